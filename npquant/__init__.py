@@ -1,0 +1,31 @@
+"""npquant: a framework-free reference implementation of neural-network quantization."""
+
+from ._version import __version__
+from .granularity import param_shape
+from .linear import (
+    METHODS,
+    QuantError,
+    dequantize,
+    fake_quantize,
+    quantization_error,
+    quantize,
+    round_values,
+)
+from .qparams import ROUNDING_MODES, QParams, QuantSpec, compute_qparams, fit_qparams
+
+__all__ = [
+    "__version__",
+    "METHODS",
+    "ROUNDING_MODES",
+    "QParams",
+    "QuantError",
+    "QuantSpec",
+    "compute_qparams",
+    "dequantize",
+    "fake_quantize",
+    "fit_qparams",
+    "param_shape",
+    "quantization_error",
+    "quantize",
+    "round_values",
+]

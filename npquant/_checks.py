@@ -1,0 +1,77 @@
+"""Argument checks shared by the public functions (private).
+
+Every check raises ``TypeError`` or ``ValueError`` whose message names the argument
+and what is allowed.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+
+def check_int(value, name: str, *, lo: int | None = None, hi: int | None = None) -> int:
+    """Return ``value`` as a Python int, or raise naming ``name`` and the allowed range."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__} {value!r}")
+    value = int(value)
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        lo_s = "-inf" if lo is None else str(lo)
+        hi_s = "inf" if hi is None else str(hi)
+        raise ValueError(f"{name} must be in [{lo_s}, {hi_s}], got {value}")
+    return value
+
+
+def check_bool(value, name: str) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {type(value).__name__} {value!r}")
+    return bool(value)
+
+
+def check_choice(value, name: str, choices) -> str:
+    if not isinstance(value, str) or value not in choices:
+        allowed = ", ".join(repr(c) for c in choices)
+        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+    return value
+
+
+def normalize_axis(axis: int, ndim: int, name: str = "axis") -> int:
+    """Map a possibly negative ``axis`` into ``[0, ndim)``."""
+    axis = check_int(axis, name)
+    if not -ndim <= axis < ndim:
+        raise ValueError(
+            f"{name}={axis} is out of range for an array with {ndim} dimension(s); "
+            f"allowed: {-ndim}..{ndim - 1}"
+        )
+    return axis % ndim
+
+
+def as_float_array(x, name: str = "x", *, allow_empty: bool = False) -> np.ndarray:
+    """``x`` as a finite float32 array; integer, bool and complex input are TypeErrors."""
+    arr = np.asarray(x)
+    if arr.dtype.kind != "f":
+        raise TypeError(
+            f"{name} must be a floating-point array (float16, float32 or float64), "
+            f"got dtype {arr.dtype}"
+        )
+    if arr.size == 0 and not allow_empty:
+        raise ValueError(f"{name} is empty; a non-empty array is required")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} contains NaN or infinity; only finite values can be quantized")
+    if arr.dtype != np.float32:
+        with np.errstate(over="ignore"):
+            arr32 = arr.astype(np.float32)
+        if not np.all(np.isfinite(arr32)):
+            raise ValueError(f"{name} has values outside the float32 range (|x| > 3.4e38)")
+        return arr32
+    return arr
+
+
+def as_int_array(q, name: str = "q") -> np.ndarray:
+    arr = np.asarray(q)
+    if arr.dtype.kind not in "iu":
+        raise TypeError(f"{name} must be an integer array, got dtype {arr.dtype}")
+    if arr.size == 0:
+        raise ValueError(f"{name} is empty; a non-empty array is required")
+    return arr

@@ -1,0 +1,127 @@
+"""numba kernels of linear quantization: float32 -> integer codes and back.
+
+Twins: ``npquant.linear._quantize_numpy`` and ``npquant.linear._dequantize_numpy``.
+
+Arrays are seen as 3-D ``(outer, n, inner)`` with the parameter axis in the middle and
+parameters as ``(outer or 1, n_blocks, inner or 1)``; element ``[o, c, i]`` uses parameter
+``[o or 0, c // block, i or 0]``. Every constant is float32 so that the JIT and plain
+Python (``NUMBA_DISABLE_JIT=1``) compute in the same precision.
+"""
+
+import math
+
+import numpy as np
+from numba import njit
+
+# rounding mode codes, in the order of npquant.qparams.ROUNDING_MODES
+HALF_EVEN, HALF_AWAY, HALF_UP, FLOOR, STOCHASTIC = 0, 1, 2, 3, 4
+# arithmetic method codes, in the order of npquant.linear.METHODS (less "torch")
+DIVIDE, MUL_ADD, FMA = 0, 1, 2
+
+_TWO53 = 9007199254740992.0
+
+
+@njit(cache=True, inline="always")
+def fma32(a, b, c):
+    """float32(a * b + c) with a single rounding, for float32 ``a, b`` and an integer ``c``.
+
+    ``a * b`` is exact in float64 (24 + 24 bits). The sum is rounded to odd in float64
+    (TwoSum error, then a one-ulp nudge of an even result toward the error), which makes
+    the final float64 -> float32 rounding correct: 53 >= 24 + 2 bits.
+    """
+    p = np.float64(a) * np.float64(b)
+    cc = np.float64(c)
+    s = p + cc
+    bb = s - p
+    e = (p - (s - bb)) + (cc - bb)
+    if e != 0.0:
+        m, ex = math.frexp(s)
+        if np.int64(m * _TWO53) & 1 == 0:
+            s = s + math.copysign(math.ldexp(1.0, ex - 53), e)
+    return np.float32(s)
+
+
+@njit(cache=True, inline="always")
+def _round(v, mode, u):
+    """Round float32 ``v`` to an integral float32. ``u`` is uniform noise in [0, 1)."""
+    half = np.float32(0.5)
+    one = np.float32(1.0)
+    if mode == HALF_EVEN:
+        return np.float32(np.rint(v))
+    if mode == HALF_AWAY:
+        t = np.float32(np.trunc(v))
+        f = np.float32(v - t)  # exact: the fraction of a float is a float
+        if f >= half:
+            return np.float32(t + one)
+        if f <= -half:
+            return np.float32(t - one)
+        return t
+    fl = np.float32(np.floor(v))
+    if mode == HALF_UP:
+        if np.float32(v - fl) >= half:
+            return np.float32(fl + one)
+        return fl
+    if mode == STOCHASTIC:
+        if u < np.float32(v - fl):
+            return np.float32(fl + one)
+        return fl
+    return fl  # FLOOR
+
+
+@njit(cache=True)
+def quantize3(x3, scale3, zp3, block, qmin, qmax, mode, method, noise3, out3):
+    """out3[o, c, i] = clamp(code, qmin, qmax); x, S float32, Z int32, all in float32.
+
+    method DIVIDE: ``round(x / S) + Z``; MUL_ADD: ``round(float32(x * R) + Z)``; FMA:
+    ``round(fma(x, R, Z))``, with ``R = float32(1 / S)``. ``noise3`` has x3's shape for
+    stochastic rounding and is ignored otherwise.
+    """
+    n_outer, n, n_inner = x3.shape
+    po = scale3.shape[0] > 1
+    pi = scale3.shape[2] > 1
+    one = np.float32(1.0)
+    zero = np.float32(0.0)
+    for o in range(n_outer):
+        oo = o if po else 0
+        for c in range(n):
+            g = c // block
+            for i in range(n_inner):
+                ii = i if pi else 0
+                s = scale3[oo, g, ii]
+                z = np.int32(zp3[oo, g, ii])
+                u = noise3[o, c, i] if mode == STOCHASTIC else zero
+                if method == DIVIDE:
+                    r = _round(np.float32(x3[o, c, i] / s), mode, u)
+                    lo = np.float32(np.int32(qmin) - z)
+                    hi = np.float32(np.int32(qmax) - z)
+                else:
+                    rcp = np.float32(one / s)
+                    if method == MUL_ADD:
+                        t = np.float32(np.float32(x3[o, c, i] * rcp) + np.float32(z))
+                    else:
+                        t = fma32(x3[o, c, i], rcp, z)
+                    r = _round(t, mode, u)
+                    lo = np.float32(qmin)
+                    hi = np.float32(qmax)
+                    z = np.int32(0)
+                if r < lo:
+                    r = lo
+                elif r > hi:
+                    r = hi
+                out3[o, c, i] = np.int32(r) + z
+
+
+@njit(cache=True)
+def dequantize3(q3, scale3, zp3, block, out3):
+    """out3[o, c, i] = float32(q - Z) * S, in float32 (one rounding)."""
+    n_outer, n, n_inner = q3.shape
+    po = scale3.shape[0] > 1
+    pi = scale3.shape[2] > 1
+    for o in range(n_outer):
+        oo = o if po else 0
+        for c in range(n):
+            g = c // block
+            for i in range(n_inner):
+                ii = i if pi else 0
+                d = np.int32(q3[o, c, i]) - np.int32(zp3[oo, g, ii])
+                out3[o, c, i] = np.float32(d) * scale3[oo, g, ii]

@@ -1,0 +1,281 @@
+"""Linear (affine) quantization: ``q = clamp(round(x / S) + Z)``, ``x_hat = S * (q - Z)``.
+
+Everything is computed in float32, as in every production stack: ``x`` is converted to
+float32 first. The stacks differ in the last bit of ``x / S`` near a rounding tie, so the
+arithmetic is a named ``method`` (``R = float32(1 / S)``):
+
+============  ==================================  ===========================================
+method        code before clamping                 reproduces
+============  ==================================  ===========================================
+``divide``    ``round(x / S) + Z``                ONNX ``QuantizeLinear`` (reference operator)
+``mul_add``   ``round(float32(x * R) + Z)``       ``torch.quantize_per_channel``
+``fma``       ``round(fma(x, R, Z))`` (one        ``torch.quantize_per_tensor`` (fbgemm's AVX2
+              rounding)                           path)
+``torch``     ``fma`` per-tensor, ``mul_add``     PyTorch, whichever function applies
+              per-channel
+============  ==================================  ===========================================
+
+These were established by comparing against PyTorch 2.13 on x86-64 (see
+``tests/test_peers_torch.py``). All round with the spec's rounding mode and saturate to
+``[qmin, qmax]``.
+Each public function runs a numba kernel (``backend="numba"``, the default) or its
+readable NumPy twin in this module (``backend="numpy"``); both give identical bits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ._checks import as_float_array, as_int_array, check_choice
+from ._kernels import quantize as _k
+from .granularity import params3, split3
+from .qparams import ROUNDING_MODES, QParams
+
+METHODS = ("divide", "mul_add", "fma", "torch")
+BACKENDS = ("numba", "numpy")
+
+
+def round_values(v, mode: str, *, seed: int | None = None) -> np.ndarray:
+    """Round a float array to integral values (same dtype) with a named ``mode``.
+
+    ``half_even`` (banker's), ``half_away`` (ties away from zero), ``half_up`` (ties
+    toward +inf), ``floor``, ``stochastic`` (up with probability equal to the fraction,
+    noise from ``numpy.random.default_rng(seed)``; ``seed`` required). Exact: no
+    ``floor(v + 0.5)`` shortcut, which is wrong just below a tie.
+    """
+    check_choice(mode, "mode", ROUNDING_MODES)
+    v = np.asarray(v)
+    if v.dtype.kind != "f":
+        raise TypeError(f"v must be a floating-point array, got dtype {v.dtype}")
+    noise = None
+    if mode == "stochastic":
+        if seed is None:
+            raise ValueError("mode='stochastic' needs seed=<int>")
+        noise = _noise(v.shape, seed, v.dtype)
+    return _round_numpy(v, mode, noise)
+
+
+def _round_numpy(v: np.ndarray, mode: str, noise) -> np.ndarray:
+    one = v.dtype.type(1)
+    half = v.dtype.type(0.5)
+    if mode == "half_even":
+        return np.rint(v)
+    if mode == "half_away":
+        t = np.trunc(v)
+        f = v - t  # exact
+        return t + np.where(f >= half, one, np.where(f <= -half, -one, v.dtype.type(0)))
+    fl = np.floor(v)
+    if mode == "half_up":
+        return fl + np.where(v - fl >= half, one, v.dtype.type(0))
+    if mode == "stochastic":
+        return fl + np.where(noise < v - fl, one, v.dtype.type(0))
+    return fl
+
+
+def _noise(shape, seed: int, dtype=np.float32) -> np.ndarray:
+    """Uniform [0, 1) noise of stochastic rounding, one draw per element in C order."""
+    return np.random.default_rng(seed).random(shape, dtype=np.dtype(dtype).type)
+
+
+def _fma32_numpy(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """``float32(a * b + c)`` with one rounding: twin of ``_kernels.quantize.fma32``.
+
+    ``a * b`` of two float32 is exact in float64; the float64 sum is made round-to-odd
+    (TwoSum error term, then a one-ulp nudge of an even result toward it), so that the
+    final rounding to float32 is correct.
+    """
+    p = a.astype(np.float64) * b.astype(np.float64)
+    c = np.asarray(c).astype(np.float64)
+    s = p + c
+    bb = s - p
+    e = (p - (s - bb)) + (c - bb)
+    m, ex = np.frexp(s)
+    even = (m * 2.0**53).astype(np.int64) & 1 == 0
+    nudge = np.copysign(np.ldexp(1.0, ex - 53), e)
+    return np.where((e != 0) & even, s + nudge, s).astype(np.float32)
+
+
+def _resolve_method(method: str, spec) -> str:
+    check_choice(method, "method", METHODS)
+    if method != "torch":
+        return method
+    if spec.block_size is not None:
+        raise ValueError(
+            "method='torch' has no per-group form (PyTorch has no blocked quantize); "
+            "use 'divide', 'mul_add' or 'fma'"
+        )
+    return "fma" if spec.axis is None else "mul_add"
+
+
+def _check_qparams(qparams) -> QParams:
+    if not isinstance(qparams, QParams):
+        raise TypeError(f"qparams must be a QParams, got {type(qparams).__name__}")
+    return qparams
+
+
+def quantize(x, qparams: QParams, *, method: str = "divide", backend: str = "numba") -> np.ndarray:
+    """Quantize a float array to integer codes.
+
+    Parameters
+    ----------
+    x : array of float16/32/64, finite, non-empty
+        Converted to float32 first.
+    qparams : QParams
+        Must fit ``x``'s shape (see :meth:`QParams.check_fits`).
+    method : ``"divide"`` (ONNX), ``"mul_add"``, ``"fma"`` or ``"torch"`` (PyTorch);
+        see the module docstring
+    backend : ``"numba"`` or ``"numpy"``
+
+    Returns
+    -------
+    ndarray of ``qparams.spec.dtype`` (int8/uint8 up to 8 bits, int16/uint16 above),
+    ``x``'s shape, values ``clamp(round(x / S) + Z, qmin, qmax)``: saturating, rounded
+    with ``qparams.spec.rounding``.
+    """
+    qparams = _check_qparams(qparams)
+    spec = qparams.spec
+    method = _resolve_method(method, spec)
+    check_choice(backend, "backend", BACKENDS)
+    x = as_float_array(x, "x")
+    qparams.check_fits(x.shape, "x")
+    shape3 = split3(x.shape, spec.axis)
+    x3 = np.ascontiguousarray(x).reshape(shape3)
+    s3, block = params3(qparams.scale, x.shape, spec.axis, spec.block_size)
+    z3, _ = params3(qparams.zero_point, x.shape, spec.axis, spec.block_size)
+    mode = ROUNDING_MODES.index(spec.rounding)
+    if spec.rounding == "stochastic":
+        noise3 = _noise(x.shape, spec.seed).reshape(shape3)
+    else:
+        noise3 = np.zeros((1, 1, 1), np.float32)
+    if backend == "numpy":
+        out3 = _quantize_numpy(x3, s3, z3, block, spec.qmin, spec.qmax, spec.rounding,
+                               method, noise3, spec.dtype)
+    else:
+        out3 = np.empty(shape3, dtype=spec.dtype)
+        _k.quantize3(x3, s3, z3, block, spec.qmin, spec.qmax, mode, METHODS.index(method),
+                     noise3, out3)
+    return out3.reshape(x.shape)
+
+
+def _per_element(p3: np.ndarray, block: int, shape3) -> np.ndarray:
+    """Parameters ``(o|1, nb, i|1)`` repeated to ``(outer, n, inner)`` (broadcastable)."""
+    n = shape3[1]
+    return np.repeat(p3, block, axis=1)[:, :n, :] if block > 1 else p3
+
+
+def _quantize_numpy(x3, s3, z3, block, qmin, qmax, rounding, method, noise3, dtype):
+    """NumPy twin of ``_kernels.quantize.quantize3``."""
+    s = _per_element(s3, block, x3.shape)
+    z = _per_element(z3, block, x3.shape).astype(np.int32)
+    if method == "divide":
+        r = _round_numpy(x3 / s, rounding, noise3)
+        r = np.clip(r, (qmin - z).astype(np.float32), (qmax - z).astype(np.float32))
+        return (r.astype(np.int32) + z).astype(dtype)
+    rcp = np.float32(1) / s
+    if method == "mul_add":
+        t = x3 * rcp + z.astype(np.float32)
+    else:
+        t = _fma32_numpy(x3, np.broadcast_to(rcp, x3.shape), z)
+    r = np.clip(_round_numpy(t, rounding, noise3), np.float32(qmin), np.float32(qmax))
+    return r.astype(np.int32).astype(dtype)
+
+
+def dequantize(q, qparams: QParams, *, backend: str = "numba") -> np.ndarray:
+    """Integer codes back to real values: ``float32(q - Z) * S`` in float32.
+
+    ``q`` must be an integer array whose values lie in ``[qmin, qmax]`` of the spec
+    (a code outside is an error, not clamped). Returns float32 of ``q``'s shape. This is
+    the arithmetic of ONNX ``DequantizeLinear`` and of PyTorch's ``dequantize``.
+    """
+    qparams = _check_qparams(qparams)
+    check_choice(backend, "backend", BACKENDS)
+    q = as_int_array(q, "q")
+    spec = qparams.spec
+    qparams.check_fits(q.shape, "q")
+    lo, hi = q.min(), q.max()
+    if lo < spec.qmin or hi > spec.qmax:
+        raise ValueError(
+            f"q has codes in [{lo}, {hi}] outside the spec's range [{spec.qmin}, {spec.qmax}]"
+        )
+    shape3 = split3(q.shape, spec.axis)
+    q3 = np.ascontiguousarray(q).reshape(shape3)
+    s3, block = params3(qparams.scale, q.shape, spec.axis, spec.block_size)
+    z3, _ = params3(qparams.zero_point, q.shape, spec.axis, spec.block_size)
+    if backend == "numpy":
+        out3 = _dequantize_numpy(q3, s3, z3, block)
+    else:
+        out3 = np.empty(shape3, dtype=np.float32)
+        _k.dequantize3(q3, s3, z3, block, out3)
+    return out3.reshape(q.shape)
+
+
+def _dequantize_numpy(q3, s3, z3, block):
+    """NumPy twin of ``_kernels.quantize.dequantize3``."""
+    s = _per_element(s3, block, q3.shape)
+    z = _per_element(z3, block, q3.shape)
+    return (q3.astype(np.int32) - z).astype(np.float32) * s
+
+
+def fake_quantize(x, qparams: QParams, *, method: str = "divide", backend: str = "numba") -> np.ndarray:
+    """``dequantize(quantize(x))``: float32 values on the quantization grid.
+
+    Idempotent for the round-to-nearest modes; ``floor`` and ``stochastic`` are not,
+    since ``S * k / S`` may land a hair below ``k`` in floating point.
+    """
+    return dequantize(quantize(x, qparams, method=method, backend=backend), qparams, backend=backend)
+
+
+@dataclass(frozen=True)
+class QuantError:
+    """Error metrics between a tensor and its reconstruction (float64)."""
+
+    mse: float
+    sqnr_db: float
+    max_abs: float
+    cosine: float
+
+    def __str__(self) -> str:
+        return (f"mse={self.mse:.4g} sqnr={self.sqnr_db:.2f} dB max_abs={self.max_abs:.4g} "
+                f"cosine={self.cosine:.6f}")
+
+
+def quantization_error(x, x_hat) -> QuantError:
+    """MSE, SQNR in dB, max absolute error and cosine similarity, in float64.
+
+    ``SQNR = 10 log10(sum x^2 / sum (x - x_hat)^2)``: ``inf`` for an exact reconstruction,
+    ``-inf`` when ``x`` is all zero but ``x_hat`` is not. Cosine similarity is 1 when both
+    are all zero and 0 when only one is.
+    """
+    a = np.asarray(x)
+    b = np.asarray(x_hat)
+    for name, arr in (("x", a), ("x_hat", b)):
+        if arr.dtype.kind not in "fiu":
+            raise TypeError(f"{name} must be a real array, got dtype {arr.dtype}")
+        if arr.size == 0:
+            raise ValueError(f"{name} is empty")
+        if not np.all(np.isfinite(arr)):
+            raise ValueError(f"{name} contains NaN or infinity")
+    if a.shape != b.shape:
+        raise ValueError(f"x shape {a.shape} differs from x_hat shape {b.shape}")
+    a = a.astype(np.float64).ravel()
+    b = b.astype(np.float64).ravel()
+    d = a - b
+    noise = float(d @ d)
+    signal = float(a @ a)
+    mse = noise / a.size
+    if noise == 0:
+        sqnr = float("inf")
+    elif signal == 0:
+        sqnr = float("-inf")
+    else:
+        sqnr = 10.0 * np.log10(signal / noise)
+    na, nb = np.sqrt(signal), np.sqrt(float(b @ b))
+    if na == 0 and nb == 0:
+        cos = 1.0
+    elif na == 0 or nb == 0:
+        cos = 0.0
+    else:
+        cos = float(np.clip((a @ b) / (na * nb), -1.0, 1.0))
+    return QuantError(mse=mse, sqnr_db=float(sqnr), max_abs=float(np.max(np.abs(d))), cosine=cos)
