@@ -54,7 +54,8 @@ def round_values(v, mode: str, *, seed: int | None = None) -> np.ndarray:
         if seed is None:
             raise ValueError("mode='stochastic' needs seed=<int>")
         noise = _noise(v.shape, seed, v.dtype)
-    return _round_numpy(v, mode, noise)
+    with np.errstate(invalid="ignore"):  # inf - inf in the fraction of +-inf: harmless
+        return _round_numpy(v, mode, noise)
 
 
 def _round_numpy(v: np.ndarray, mode: str, noise) -> np.ndarray:
@@ -149,13 +150,15 @@ def quantize(x, qparams: QParams, *, method: str = "divide", backend: str = "num
         noise3 = _noise(x.shape, spec.seed).reshape(shape3)
     else:
         noise3 = np.zeros((1, 1, 1), np.float32)
-    if backend == "numpy":
-        out3 = _quantize_numpy(x3, s3, z3, block, spec.qmin, spec.qmax, spec.rounding,
-                               method, noise3, spec.dtype)
-    else:
-        out3 = np.empty(shape3, dtype=spec.dtype)
-        _k.quantize3(x3, s3, z3, block, spec.qmin, spec.qmax, mode, METHODS.index(method),
-                     noise3, out3)
+    # x / S may overflow float32 for huge x: the result is inf and saturates, by design.
+    with np.errstate(over="ignore", invalid="ignore"):
+        if backend == "numpy":
+            out3 = _quantize_numpy(x3, s3, z3, block, spec.qmin, spec.qmax, spec.rounding,
+                                   method, noise3, spec.dtype)
+        else:
+            out3 = np.empty(shape3, dtype=spec.dtype)
+            _k.quantize3(x3, s3, z3, block, spec.qmin, spec.qmax, mode, METHODS.index(method),
+                         noise3, out3)
     return out3.reshape(x.shape)
 
 

@@ -131,6 +131,11 @@ class QParams:
             raise ValueError("scale is empty")
         if not np.all(np.isfinite(scale)) or not np.all(scale > 0):
             raise ValueError(f"scale must be positive and finite (as float32), got {_brief(scale)}")
+        if np.any(scale < np.finfo(np.float32).tiny):
+            raise ValueError(
+                f"scale must be a normal float32 (>= 1.18e-38, so that 1 / scale is finite), "
+                f"got {_brief(scale)}"
+            )
         zp = np.asarray(zero_point)
         if zp.dtype.kind == "f":
             if not np.all(np.isfinite(zp)) or not np.all(zp == np.round(zp)):
