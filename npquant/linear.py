@@ -4,16 +4,19 @@ Everything is computed in float32, as in every production stack: ``x`` is conver
 float32 first. The stacks differ in the last bit of ``x / S`` near a rounding tie, so the
 arithmetic is a named ``method`` (``R = float32(1 / S)``):
 
-============  ==================================  ===========================================
+============  ==================================  ==========================================
 method        code before clamping                 reproduces
-============  ==================================  ===========================================
+============  ==================================  ==========================================
 ``divide``    ``round(x / S) + Z``                ONNX ``QuantizeLinear`` (reference operator)
+``mul``       ``round(x * R) + Z``                ``torch.fake_quantize_per_tensor_affine`` and
+                                                  ``fake_quantize_per_channel_affine``
 ``mul_add``   ``round(float32(x * R) + Z)``       ``torch.quantize_per_channel``
 ``fma``       ``round(fma(x, R, Z))`` (one        ``torch.quantize_per_tensor`` (fbgemm's AVX2
               rounding)                           path)
-``torch``     ``fma`` per-tensor, ``mul_add``     PyTorch, whichever function applies
-              per-channel
-============  ==================================  ===========================================
+``torch``     whichever of the above PyTorch      in :func:`quantize`: ``fma`` per-tensor,
+              uses for the same call              ``mul_add`` per-channel; in
+                                                  :func:`fake_quantize`: ``mul``
+============  ==================================  ==========================================
 
 These were established by comparing against PyTorch 2.13 on x86-64 (see
 ``tests/test_peers_torch.py``). All round with the spec's rounding mode and saturate to
@@ -33,7 +36,7 @@ from ._kernels import quantize as _k
 from .granularity import params3, split3
 from .qparams import ROUNDING_MODES, QParams
 
-METHODS = ("divide", "mul_add", "fma", "torch")
+METHODS = ("divide", "mul", "mul_add", "fma", "torch")
 BACKENDS = ("numba", "numpy")
 
 
@@ -98,15 +101,17 @@ def _fma32_numpy(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
     return np.where((e != 0) & even, s + nudge, s).astype(np.float32)
 
 
-def _resolve_method(method: str, spec) -> str:
+def _resolve_method(method: str, spec, fake: bool = False) -> str:
     check_choice(method, "method", METHODS)
     if method != "torch":
         return method
     if spec.block_size is not None:
         raise ValueError(
             "method='torch' has no per-group form (PyTorch has no blocked quantize); "
-            "use 'divide', 'mul_add' or 'fma'"
+            "use 'divide', 'mul', 'mul_add' or 'fma'"
         )
+    if fake:
+        return "mul"
     return "fma" if spec.axis is None else "mul_add"
 
 
@@ -125,8 +130,8 @@ def quantize(x, qparams: QParams, *, method: str = "divide", backend: str = "num
         Converted to float32 first.
     qparams : QParams
         Must fit ``x``'s shape (see :meth:`QParams.check_fits`).
-    method : ``"divide"`` (ONNX), ``"mul_add"``, ``"fma"`` or ``"torch"`` (PyTorch);
-        see the module docstring
+    method : ``"divide"`` (ONNX), ``"mul"``, ``"mul_add"``, ``"fma"`` or ``"torch"``
+        (PyTorch); see the module docstring
     backend : ``"numba"`` or ``"numpy"``
 
     Returns
@@ -172,11 +177,12 @@ def _quantize_numpy(x3, s3, z3, block, qmin, qmax, rounding, method, noise3, dty
     """NumPy twin of ``_kernels.quantize.quantize3``."""
     s = _per_element(s3, block, x3.shape)
     z = _per_element(z3, block, x3.shape).astype(np.int32)
-    if method == "divide":
-        r = _round_numpy(x3 / s, rounding, noise3)
+    rcp = np.float32(1) / s
+    if method in ("divide", "mul"):
+        v = x3 / s if method == "divide" else x3 * rcp
+        r = _round_numpy(v, rounding, noise3)
         r = np.clip(r, (qmin - z).astype(np.float32), (qmax - z).astype(np.float32))
         return (r.astype(np.int32) + z).astype(dtype)
-    rcp = np.float32(1) / s
     if method == "mul_add":
         t = x3 * rcp + z.astype(np.float32)
     else:
@@ -222,11 +228,15 @@ def _dequantize_numpy(q3, s3, z3, block):
 
 
 def fake_quantize(x, qparams: QParams, *, method: str = "divide", backend: str = "numba") -> np.ndarray:
-    """``dequantize(quantize(x))``: float32 values on the quantization grid.
+    """``dequantize(quantize(x))``: float32 values on the quantization grid, ``x``'s shape.
 
-    Idempotent for the round-to-nearest modes; ``floor`` and ``stochastic`` are not,
-    since ``S * k / S`` may land a hair below ``k`` in floating point.
+    ``method="torch"`` means what PyTorch's ``fake_quantize_per_*_affine`` do (``mul``),
+    which differs from ``torch.quantize_per_*`` near ties. Idempotent for the
+    round-to-nearest modes; ``floor`` and ``stochastic`` are not, since ``S * k / S`` may
+    land a hair below ``k`` in floating point.
     """
+    qparams = _check_qparams(qparams)
+    method = _resolve_method(method, qparams.spec, fake=True)
     return dequantize(quantize(x, qparams, method=method, backend=backend), qparams, backend=backend)
 
 

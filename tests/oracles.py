@@ -51,8 +51,11 @@ def quantize_scalar(x, scale, zp, qmin, qmax, mode="half_even", method="divide",
     """One code, from the definitions (float32 arithmetic made explicit)."""
     x = Fraction(float(np.float32(x)))
     s = Fraction(float(np.float32(scale)))
-    if method == "divide":
-        v = Fraction(float(to_float32(x / s)))
+    if method in ("divide", "mul"):
+        if method == "divide":
+            v = Fraction(float(to_float32(x / s)))
+        else:
+            v = Fraction(float(to_float32(x * Fraction(float(to_float32(1 / s))))))
         q = round_exact(v, mode, u) + zp
     else:
         r = Fraction(float(to_float32(1 / s)))

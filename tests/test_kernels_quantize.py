@@ -19,7 +19,7 @@ from npquant.linear import _fma32_numpy
 from oracles import to_float32
 
 MODES = ("half_even", "half_away", "half_up", "floor", "stochastic")
-METHODS = ("divide", "mul_add", "fma")
+METHODS = ("divide", "mul", "mul_add", "fma")
 
 
 def _spec(bits, signed, symmetric, axis, block, rounding):

@@ -22,7 +22,7 @@ from npquant import (
 from oracles import dequantize_scalar, quantize_scalar, round_exact
 
 NEAREST = ("half_even", "half_away", "half_up")
-EXACT_METHODS = ("divide", "mul_add", "fma")
+EXACT_METHODS = ("divide", "mul", "mul_add", "fma")
 
 # ---- rounding modes at ties ------------------------------------------------------------
 
@@ -135,9 +135,12 @@ def test_methods_differ_near_ties_and_each_matches_its_definition():
     x = ((k + 0.5) * scale).astype(np.float32)
     qp = QParams(scale, 7, QuantSpec(signed=False))
     codes = {m: quantize(x, qp, method=m) for m in EXACT_METHODS}
-    assert not np.array_equal(codes["divide"], codes["fma"])
-    assert not np.array_equal(codes["mul_add"], codes["fma"])
-    diff = np.nonzero((codes["divide"] != codes["fma"]) | (codes["mul_add"] != codes["fma"]))[0]
+    for a, b in [("divide", "fma"), ("mul_add", "fma"), ("mul", "mul_add"), ("divide", "mul")]:
+        assert not np.array_equal(codes[a], codes[b]), (a, b)
+    differ = np.zeros(x.shape, bool)
+    for m in EXACT_METHODS:
+        differ |= codes[m] != codes["fma"]
+    diff = np.nonzero(differ)[0]
     for i in diff[:40]:
         for m in EXACT_METHODS:
             assert codes[m][i] == quantize_scalar(x[i], scale, 7, 0, 255, "half_even", m)
@@ -151,6 +154,10 @@ def test_torch_method_resolves_by_granularity():
     np.testing.assert_array_equal(quantize(x, qp_c, method="torch"), quantize(x, qp_c, method="mul_add"))
     with pytest.raises(ValueError, match="no per-group form"):
         quantize(x, fit_qparams(x, QuantSpec(axis=1, block_size=8)), method="torch")
+    # PyTorch's fake-quantize functions use yet another arithmetic
+    for qp in (qp_t, qp_c):
+        np.testing.assert_array_equal(fake_quantize(x, qp, method="torch"),
+                                      fake_quantize(x, qp, method="mul"))
 
 
 # ---- invariants ---------------------------------------------------------------------

@@ -16,7 +16,7 @@ from numba import njit
 # rounding mode codes, in the order of npquant.qparams.ROUNDING_MODES
 HALF_EVEN, HALF_AWAY, HALF_UP, FLOOR, STOCHASTIC = 0, 1, 2, 3, 4
 # arithmetic method codes, in the order of npquant.linear.METHODS (less "torch")
-DIVIDE, MUL_ADD, FMA = 0, 1, 2
+DIVIDE, MUL, MUL_ADD, FMA = 0, 1, 2, 3
 
 _TWO53 = 9007199254740992.0
 
@@ -72,8 +72,8 @@ def _round(v, mode, u):
 def quantize3(x3, scale3, zp3, block, qmin, qmax, mode, method, noise3, out3):
     """out3[o, c, i] = clamp(code, qmin, qmax); x, S float32, Z int32, all in float32.
 
-    method DIVIDE: ``round(x / S) + Z``; MUL_ADD: ``round(float32(x * R) + Z)``; FMA:
-    ``round(fma(x, R, Z))``, with ``R = float32(1 / S)``. ``noise3`` has x3's shape for
+    method DIVIDE: ``round(x / S) + Z``; MUL: ``round(x * R) + Z``; MUL_ADD:
+    ``round(float32(x * R) + Z)``; FMA: ``round(fma(x, R, Z))``; ``R = float32(1 / S)``. ``noise3`` has x3's shape for
     stochastic rounding and is ignored otherwise.
     """
     n_outer, n, n_inner = x3.shape
@@ -90,8 +90,12 @@ def quantize3(x3, scale3, zp3, block, qmin, qmax, mode, method, noise3, out3):
                 s = scale3[oo, g, ii]
                 z = np.int32(zp3[oo, g, ii])
                 u = noise3[o, c, i] if mode == STOCHASTIC else zero
-                if method == DIVIDE:
-                    r = _round(np.float32(x3[o, c, i] / s), mode, u)
+                if method == DIVIDE or method == MUL:
+                    if method == DIVIDE:
+                        v = np.float32(x3[o, c, i] / s)
+                    else:
+                        v = np.float32(x3[o, c, i] * np.float32(one / s))
+                    r = _round(v, mode, u)
                     lo = np.float32(np.int32(qmin) - z)
                     hi = np.float32(np.int32(qmax) - z)
                 else:
