@@ -42,11 +42,11 @@ def param_shape(x_shape, axis=None, block_size=None) -> tuple:
 def split3(x_shape, axis) -> tuple[int, int, int]:
     """``(outer, n, inner)``: ``x`` seen as a 3-D array with the parameter axis in the middle.
 
-    Per-tensor (``axis=None``) is ``(1, size, 1)``.
+    Per-tensor (``axis=None``) is ``(1, 1, size)``, so that kernels run one long inner loop.
     """
     x_shape = tuple(int(d) for d in x_shape)
     if axis is None:
-        return 1, math.prod(x_shape), 1
+        return 1, 1, math.prod(x_shape)
     ax = normalize_axis(axis, len(x_shape))
     return math.prod(x_shape[:ax]), x_shape[ax], math.prod(x_shape[ax + 1 :])
 
@@ -58,7 +58,7 @@ def params3(p: np.ndarray, x_shape, axis=None, block_size=None) -> tuple[np.ndar
     """
     outer, n, inner = split3(x_shape, axis)
     if axis is None:
-        return np.ascontiguousarray(p).reshape(1, 1, 1), max(n, 1)
+        return np.ascontiguousarray(p).reshape(1, 1, 1), 1
     if block_size is None:
         return np.ascontiguousarray(p).reshape(1, n, 1), 1
     nb = math.ceil(n / block_size)

@@ -20,7 +20,7 @@ def test_param_shapes():
 
 
 def test_split3():
-    assert split3((2, 3, 4), None) == (1, 24, 1)
+    assert split3((2, 3, 4), None) == (1, 1, 24)
     assert split3((2, 3, 4), 1) == (2, 3, 4)
     assert split3((2, 3, 4), -1) == (6, 4, 1)
 
@@ -64,4 +64,4 @@ def test_per_tensor():
     assert reduce_groups(x, np.maximum) == 5
     np.testing.assert_array_equal(expand_params(np.float32(2), x.shape), np.full((2, 3), 2))
     p3, blk = params3(np.float32(2), x.shape)
-    assert p3.shape == (1, 1, 1) and blk == 6
+    assert p3.shape == (1, 1, 1) and blk == 1

@@ -1,0 +1,1 @@
+"""Benchmarks of npquant's kernels against NumPy and peer libraries (see README.md here)."""

@@ -1,0 +1,8 @@
+"""``python -m npquant``: the same as the ``npquant`` command."""
+
+import sys
+
+from .cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,274 @@
+"""The ``npquant`` command (also ``python -m npquant``).
+
+Each subcommand is a pair of functions registered in :data:`COMMANDS`: ``_add_<name>``
+declares its arguments on a subparser and ``_run_<name>(args) -> int`` does the work and
+returns the exit status. A new subcommand is one more pair and one more line in
+:data:`COMMANDS`. Heavy imports (scikit-learn) happen inside the runners so that
+``--help`` and ``--version`` stay fast.
+
+Exit status: 0 on success, 2 for bad arguments (argparse's convention, message on
+stderr), 1 when a command fails on valid arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import sys
+import time
+import warnings
+
+from ._version import __version__
+from .qparams import ROUNDING_MODES
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def _int_list(lo: int, hi: int):
+    """An argparse ``type`` parsing ``"8,4,2"`` into ``[8, 4, 2]`` with each in ``[lo, hi]``."""
+
+    def parse(text: str) -> list[int]:
+        items = [t.strip() for t in text.split(",") if t.strip()]
+        if not items:
+            raise argparse.ArgumentTypeError(f"expected a comma-separated list of integers, got {text!r}")
+        out = []
+        for t in items:
+            try:
+                v = int(t)
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"{t!r} is not an integer") from None
+            if not lo <= v <= hi:
+                raise argparse.ArgumentTypeError(f"{v} is outside the allowed range {lo}..{hi}")
+            out.append(v)
+        return out
+
+    return parse
+
+
+def _int_range(lo: int, hi: int | None = None):
+    """An argparse ``type`` for one integer in ``[lo, hi]`` (``hi=None``: no upper bound)."""
+
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if v < lo or (hi is not None and v > hi):
+            allowed = f">= {lo}" if hi is None else f"in {lo}..{hi}"
+            raise argparse.ArgumentTypeError(f"{v} must be {allowed}")
+        return v
+
+    return parse
+
+
+def format_table(headers, rows, align=None) -> str:
+    """Rows of strings as an aligned plain-text table with a rule under the header.
+
+    ``align`` is a string with one character per column, ``"l"`` or ``"r"`` (default:
+    first column left, the others right).
+    """
+    ncol = len(headers)
+    if align is None:
+        align = "l" + "r" * (ncol - 1)
+    widths = [max(len(str(r[j])) for r in [headers, *rows]) for j in range(ncol)]
+
+    def line(cells):
+        parts = [str(c).ljust(w) if a == "l" else str(c).rjust(w)
+                 for c, w, a in zip(cells, widths, align)]
+        return "  ".join(parts).rstrip()
+
+    rule = "  ".join("-" * w for w in widths)
+    return "\n".join([line(headers), rule, *(line(r) for r in rows)])
+
+
+def _progress(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------------------- demo
+
+DEMO_SPLIT_SEED = 0
+DEMO_TEST_FRACTION = 0.25
+DEMO_QUICK_ITERS = 30
+DEMO_FULL_ITERS = 300
+
+
+def _add_demo(sub) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="train a small MLP on scikit-learn's digits and tabulate weight-quantization error",
+        description=(
+            "Train scikit-learn's MLPClassifier on load_digits (bundled with scikit-learn, "
+            "no download), then quantize each weight matrix with min-max ranges at every "
+            "combination of bit width, symmetric/asymmetric and per-tensor/per-channel/"
+            "per-group granularity, and print the MSE, SQNR and max abs error of each, and "
+            "the test accuracy of the network with all its weights fake-quantized. "
+            "The train/test split is fixed: stratified, 25% test (450 of 1797 images), "
+            f"random_state={DEMO_SPLIT_SEED}, whatever --seed is."
+        ),
+    )
+    p.add_argument("--seed", type=_int_range(0, 2**32 - 1), default=0,
+                   help="seed of the MLP's initialization and minibatch order, and of "
+                        "stochastic rounding (default: 0)")
+    p.add_argument("--bits", type=_int_list(2, 16), default=[8, 4, 2], metavar="LIST",
+                   help="comma-separated bit widths, each 2..16 (default: 8,4,2)")
+    p.add_argument("--group-size", type=_int_range(1), default=16, metavar="B",
+                   help="per-group block size along the input axis, axis=1 (default: 16)")
+    p.add_argument("--hidden", type=_int_list(1, 4096), default=[64, 32], metavar="LIST",
+                   help="hidden layer sizes (default: 64,32)")
+    p.add_argument("--max-iter", type=_int_range(1), default=None, metavar="N",
+                   help=f"training epochs at most (default: {DEMO_FULL_ITERS}, or "
+                        f"{DEMO_QUICK_ITERS} with --quick)")
+    p.add_argument("--quick", action="store_true",
+                   help=f"train for {DEMO_QUICK_ITERS} epochs only (a smoke test; lower accuracy)")
+    p.add_argument("--rounding", choices=ROUNDING_MODES, default="half_even",
+                   help="rounding mode of the quantizer (default: half_even)")
+    p.set_defaults(func=_run_demo)
+
+
+def demo_configs(bits_list, group_size):
+    """``(labels, QuantSpec keyword arguments)`` for each bits x scheme x granularity."""
+    grans = [("per-tensor", {}), ("per-channel", {"axis": 0}),
+             (f"per-group({group_size})", {"axis": 1, "block_size": group_size})]
+    out = []
+    for bits in bits_list:
+        for scheme, sym in (("symmetric", True), ("asymmetric", False)):
+            for gname, kw in grans:
+                out.append(((str(bits), scheme, gname), dict(bits=bits, signed=True, symmetric=sym, **kw)))
+    return out
+
+
+def _run_demo(args) -> int:
+    import numpy as np
+    from sklearn.datasets import load_digits
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.model_selection import train_test_split
+    from sklearn.neural_network import MLPClassifier
+
+    from .linear import fake_quantize, quantization_error
+    from .qparams import QuantSpec, fit_qparams
+
+    max_iter = args.max_iter or (DEMO_QUICK_ITERS if args.quick else DEMO_FULL_ITERS)
+    hidden = tuple(args.hidden)
+
+    X, y = load_digits(return_X_y=True)
+    X = X / 16.0  # pixels 0..16 -> [0, 1]
+    X_tr, X_te, y_tr, y_te = train_test_split(
+        X, y, test_size=DEMO_TEST_FRACTION, random_state=DEMO_SPLIT_SEED, stratify=y)
+
+    t0 = time.perf_counter()
+    _progress(f"training MLPClassifier(hidden_layer_sizes={hidden}) for at most {max_iter} epochs ...")
+    clf = MLPClassifier(hidden_layer_sizes=hidden, max_iter=max_iter, random_state=args.seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        clf.fit(X_tr, y_tr)
+    converged = clf.n_iter_ < max_iter
+    _progress(f"trained in {time.perf_counter() - t0:.1f} s ({clf.n_iter_} epochs, "
+              f"{'converged' if converged else 'stopped at --max-iter'}); quantizing ...")
+    float_acc = clf.score(X_te, y_te)
+
+    # sklearn stores coefs_[k] as (in, out); npquant follows PyTorch's (out, in).
+    weights = [np.asarray(c, dtype=np.float64).T for c in clf.coefs_]
+    configs = demo_configs(args.bits, args.group_size)
+
+    layer_rows = [[] for _ in weights]
+    acc_rows = []
+    for labels, kw in configs:
+        spec = QuantSpec(rounding=args.rounding,
+                         seed=args.seed if args.rounding == "stochastic" else None, **kw)
+        fq = []
+        for k, w in enumerate(weights):
+            w_hat = fake_quantize(w, fit_qparams(w, spec))
+            err = quantization_error(w, w_hat)
+            layer_rows[k].append([*labels, f"{err.mse:.3e}", _db(err.sqnr_db), f"{err.max_abs:.3e}"])
+            fq.append(w_hat.astype(np.float64).T)
+        qclf = copy.copy(clf)  # shallow: only coefs_ is replaced
+        qclf.coefs_ = fq
+        acc = qclf.score(X_te, y_te)
+        acc_rows.append([*labels, f"{100 * acc:.2f} %", f"{100 * (acc - float_acc):+.2f}"])
+
+    n_tr, n_te = len(y_tr), len(y_te)
+    out = [
+        "npquant demo: post-training weight quantization of an MLP trained on scikit-learn's digits",
+        "",
+        f"data     load_digits: {len(y)} 8x8 images, 10 classes, pixels scaled to [0, 1];",
+        f"         stratified split, random_state={DEMO_SPLIT_SEED}: {n_tr} train / {n_te} test",
+        f"model    MLPClassifier(hidden_layer_sizes={hidden}, relu, adam, random_state={args.seed}),"
+        f" {clf.n_iter_} epochs{'' if converged else ' (not converged)'}",
+        "weights  sklearn's coefs_[k] is (in, out); each is transposed to (out, in), PyTorch's convention",
+        f"quant    signed {'/'.join(map(str, args.bits))}-bit codes, min-max range widened to include 0,",
+        f"         float32 scales, rounding={args.rounding}; symmetric: zero point 0; asymmetric: fitted",
+        "         per-tensor: one scale; per-channel: axis=0, one scale per output row;",
+        f"         per-group({args.group_size}): axis=1, block_size={args.group_size}, one scale per "
+        f"{args.group_size} inputs of a row",
+        "         (the last block of a row may be shorter)",
+        "         only weights are quantized; biases and activations stay float64",
+        "",
+        f"float test accuracy: {100 * float_acc:.2f} % ({n_te} test images)",
+    ]
+    n_layers = len(weights)
+    for k, w in enumerate(weights):
+        what = "output layer" if k == n_layers - 1 else f"hidden layer {k + 1}"
+        out += [
+            "",
+            f"W{k + 1}: {what}, shape {w.shape} (out, in) = coefs_[{k}].T, {w.size} weights "
+            f"in [{w.min():.4f}, {w.max():.4f}]",
+            format_table(["bits", "scheme", "granularity", "MSE", "SQNR dB", "max |err|"],
+                         layer_rows[k], align="rllrrr"),
+        ]
+    out += [
+        "",
+        f"test accuracy with all {n_layers} weight matrices fake-quantized "
+        f"(change in percentage points vs float {100 * float_acc:.2f} %)",
+        format_table(["bits", "scheme", "granularity", "accuracy", "change"], acc_rows,
+                     align="rllrr"),
+    ]
+    print("\n".join(out))
+    return 0
+
+
+def _db(v: float) -> str:
+    if v == float("inf"):
+        return "inf"
+    if v == float("-inf"):
+        return "-inf"
+    return f"{v:.2f}"
+
+
+# ------------------------------------------------------------------------------- main
+
+#: Registrars of the subcommands, in the order ``--help`` lists them.
+COMMANDS = [_add_demo]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``npquant`` with every subcommand of :data:`COMMANDS`."""
+    parser = argparse.ArgumentParser(
+        prog="npquant",
+        description="npquant: a framework-free reference implementation of neural-network "
+                    "quantization in NumPy, with numba kernels.",
+    )
+    parser.add_argument("--version", action="version", version=f"npquant {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for add in COMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv=None) -> int:
+    """Entry point of the ``npquant`` console script; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, TypeError) as exc:
+        print(f"npquant {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:  # e.g. `npquant demo | head`
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the flush at exit
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

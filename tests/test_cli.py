@@ -1,0 +1,165 @@
+"""The ``npquant`` command and the benchmark runner (smoke tests; never timing assertions)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import npquant
+from npquant.cli import format_table, main
+
+ROOT = Path(__file__).resolve().parents[1]
+ROW = re.compile(
+    r"^\s*(?P<bits>\d+)\s+(?P<scheme>symmetric|asymmetric)\s+"
+    r"(?P<gran>per-tensor|per-channel|per-group\(\d+\))\s+(?P<rest>.+)$"
+)
+
+
+def run_cli(*args, timeout=120):
+    return subprocess.run([sys.executable, "-m", "npquant", *args], capture_output=True,
+                          text=True, timeout=timeout, cwd=ROOT)
+
+
+def parse_demo(stdout: str):
+    """``(float accuracy, {layer: {config: (mse, sqnr, max_abs)}}, {config: accuracy})``."""
+    m = re.search(r"float test accuracy: ([\d.]+) %", stdout)
+    assert m, stdout
+    layers, acc, current = {}, {}, None
+    for line in stdout.splitlines():
+        if re.match(r"^W\d+: ", line):
+            current = line.split(":")[0]
+            layers[current] = {}
+        elif line.startswith("test accuracy with all"):
+            current = "acc"
+        r = ROW.match(line)
+        if r and current:
+            key = (int(r["bits"]), r["scheme"], r["gran"])
+            cells = r["rest"].split()
+            if current == "acc":
+                acc[key] = float(cells[0])
+            else:
+                layers[current][key] = tuple(float(c) for c in cells)
+    return float(m.group(1)), layers, acc
+
+
+@pytest.fixture(scope="module")
+def quick_demo():
+    return run_cli("demo", "--quick")
+
+
+def test_version():
+    res = run_cli("--version")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == f"npquant {npquant.__version__}"
+
+
+def test_help_lists_commands():
+    res = run_cli("--help")
+    assert res.returncode == 0, res.stderr
+    assert "demo" in res.stdout and "--version" in res.stdout
+    res = run_cli("demo", "--help")
+    assert res.returncode == 0 and "--group-size" in res.stdout
+
+
+def test_console_script_if_installed():
+    exe = Path(sys.executable).parent / ("npquant.exe" if os.name == "nt" else "npquant")
+    if not exe.exists():
+        pytest.skip("the npquant console script is not installed next to this interpreter")
+    res = subprocess.run([str(exe), "--version"], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0 and npquant.__version__ in res.stdout
+
+
+def test_demo_prints_every_configuration(quick_demo):
+    assert quick_demo.returncode == 0, quick_demo.stderr
+    float_acc, layers, acc = parse_demo(quick_demo.stdout)
+    assert 50 < float_acc <= 100
+    expected = {(b, s, g) for b in (8, 4, 2) for s in ("symmetric", "asymmetric")
+                for g in ("per-tensor", "per-channel", "per-group(16)")}
+    assert list(layers) == ["W1", "W2", "W3"]
+    for name, table in layers.items():
+        assert set(table) == expected, name
+        for (bits, scheme, gran), (mse, sqnr, max_abs) in table.items():
+            assert mse >= 0 and max_abs >= 0
+            if bits < 8:  # more bits, less error: a property of min-max quantization
+                assert table[(bits * 2, scheme, gran)][1] > sqnr
+    assert set(acc) == expected
+    assert all(0 <= a <= 100 for a in acc.values())
+    # the weights are reported in PyTorch's (out, in) layout
+    assert "shape (64, 64) (out, in) = coefs_[0].T" in quick_demo.stdout
+    assert "shape (10, 32) (out, in) = coefs_[2].T" in quick_demo.stdout
+    # progress goes to stderr, not into the table
+    assert "training MLP" in quick_demo.stderr and "training MLP" not in quick_demo.stdout
+
+
+def test_demo_options_in_process(capsys):
+    assert main(["demo", "--quick", "--bits", "4", "--group-size", "8", "--hidden", "16"]) == 0
+    out = capsys.readouterr().out
+    _, layers, acc = parse_demo(out)
+    assert list(layers) == ["W1", "W2"]
+    assert {k[0] for k in acc} == {4}
+    assert {k[2] for k in acc} == {"per-tensor", "per-channel", "per-group(8)"}
+
+
+def test_demo_is_deterministic(capsys, quick_demo):
+    assert main(["demo", "--quick"]) == 0
+    assert capsys.readouterr().out == quick_demo.stdout
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["demo", "--bits", "3x"], "--bits"),
+    (["demo", "--bits", "1"], "--bits"),
+    (["demo", "--bits", ""], "--bits"),
+    (["demo", "--group-size", "0"], "--group-size"),
+    (["demo", "--rounding", "nearest"], "--rounding"),
+    (["demo", "--no-such-option"], "unrecognized"),
+    (["no-such-command"], "invalid choice"),
+    ([], "required"),
+])
+def test_bad_arguments_exit_2_with_message(capsys, argv, needle):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    assert needle in capsys.readouterr().err
+
+
+def test_bad_argument_exit_status_in_subprocess():
+    res = run_cli("demo", "--group-size", "-3")
+    assert res.returncode == 2
+    assert "--group-size" in res.stderr and res.stdout == ""
+
+
+def test_format_table_aligns_columns():
+    text = format_table(["a", "bb"], [["x", "1.5"], ["yyy", "10.25"]])
+    lines = text.splitlines()
+    assert len({len(line) for line in lines}) == 1
+    assert lines[2].endswith("  1.5") and lines[3].startswith("yyy")
+
+
+def test_benchmark_runner_smoke(tmp_path):
+    res = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--sizes", "64", "--repeats", "1", "--min-time", "0",
+         "--granularities", "per_tensor,per_channel,per_group", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert res.returncode == 0, res.stderr
+    data = json.loads((tmp_path / "latest.json").read_text())
+    assert data["machine"]["threads"]["requested"] == 1
+    impls = {r["impl"] for r in data["results"]}
+    assert {"numpy", "numba"} <= impls
+    for r in data["results"]:
+        assert ("median_s" in r) == (r["status"] == "ok")
+        if r["impl"] in data["missing_peers"]:
+            assert r["status"].startswith("missing")
+    md = (tmp_path / "latest.md").read_text()
+    assert "| kernel | granularity |" in md
+
+
+def test_benchmark_script_help():
+    res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run.py"), "--help"],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0 and "--threads" in res.stdout
