@@ -68,51 +68,93 @@ def _round(v, mode, u):
     return fl  # FLOOR
 
 
+@njit(cache=True, inline="always")
+def _code(xv, s, z, qmin, qmax, mode, method, u):
+    """One code: ``clamp(round(value), ...)`` for float32 ``xv``, ``s``, int32 ``z``."""
+    one = np.float32(1.0)
+    if method == DIVIDE or method == MUL:
+        if method == DIVIDE:
+            v = np.float32(xv / s)
+        else:
+            v = np.float32(xv * np.float32(one / s))
+        r = _round(v, mode, u)
+        lo = np.float32(np.int32(qmin) - z)
+        hi = np.float32(np.int32(qmax) - z)
+        zz = z
+    else:
+        rcp = np.float32(one / s)
+        if method == MUL_ADD:
+            t = np.float32(np.float32(xv * rcp) + np.float32(z))
+        else:
+            t = fma32(xv, rcp, z)
+        r = _round(t, mode, u)
+        lo = np.float32(qmin)
+        hi = np.float32(qmax)
+        zz = np.int32(0)
+    if r < lo:
+        r = lo
+    elif r > hi:
+        r = hi
+    return np.int32(r) + zz
+
+
+@njit(cache=True)
+def _quantize_row(x, s, z, qmin, qmax, mode, method, noise, out):
+    """One row with fixed parameters. The common cases get branch-free loops that LLVM
+    vectorizes; they compute exactly what ``_code`` computes."""
+    n = x.shape[0]
+    if mode == HALF_EVEN and (method == DIVIDE or method == MUL or method == MUL_ADD):
+        rcp = np.float32(np.float32(1.0) / s)
+        if method == MUL_ADD:
+            lo = np.float32(qmin)
+            hi = np.float32(qmax)
+            zf = np.float32(z)
+            for i in range(n):
+                r = np.float32(np.rint(np.float32(np.float32(x[i] * rcp) + zf)))
+                out[i] = np.int32(min(max(r, lo), hi))
+            return
+        lo = np.float32(np.int32(qmin) - z)
+        hi = np.float32(np.int32(qmax) - z)
+        if method == DIVIDE:
+            for i in range(n):
+                r = np.float32(np.rint(np.float32(x[i] / s)))
+                out[i] = np.int32(min(max(r, lo), hi)) + z
+        else:
+            for i in range(n):
+                r = np.float32(np.rint(np.float32(x[i] * rcp)))
+                out[i] = np.int32(min(max(r, lo), hi)) + z
+        return
+    zero = np.float32(0.0)
+    for i in range(n):
+        u = noise[i] if mode == STOCHASTIC else zero
+        out[i] = _code(x[i], s, z, qmin, qmax, mode, method, u)
+
+
 @njit(cache=True)
 def quantize3(x3, scale3, zp3, block, qmin, qmax, mode, method, noise3, out3):
     """out3[o, c, i] = clamp(code, qmin, qmax); x, S float32, Z int32, all in float32.
 
     method DIVIDE: ``round(x / S) + Z``; MUL: ``round(x * R) + Z``; MUL_ADD:
-    ``round(float32(x * R) + Z)``; FMA: ``round(fma(x, R, Z))``; ``R = float32(1 / S)``. ``noise3`` has x3's shape for
-    stochastic rounding and is ignored otherwise.
+    ``round(float32(x * R) + Z)``; FMA: ``round(fma(x, R, Z))``; ``R = float32(1 / S)``.
+    ``noise3`` has x3's shape for stochastic rounding and is ignored otherwise.
     """
     n_outer, n, n_inner = x3.shape
     po = scale3.shape[0] > 1
     pi = scale3.shape[2] > 1
-    one = np.float32(1.0)
     zero = np.float32(0.0)
     for o in range(n_outer):
         oo = o if po else 0
         for c in range(n):
             g = c // block
-            for i in range(n_inner):
-                ii = i if pi else 0
-                s = scale3[oo, g, ii]
-                z = np.int32(zp3[oo, g, ii])
-                u = noise3[o, c, i] if mode == STOCHASTIC else zero
-                if method == DIVIDE or method == MUL:
-                    if method == DIVIDE:
-                        v = np.float32(x3[o, c, i] / s)
-                    else:
-                        v = np.float32(x3[o, c, i] * np.float32(one / s))
-                    r = _round(v, mode, u)
-                    lo = np.float32(np.int32(qmin) - z)
-                    hi = np.float32(np.int32(qmax) - z)
-                else:
-                    rcp = np.float32(one / s)
-                    if method == MUL_ADD:
-                        t = np.float32(np.float32(x3[o, c, i] * rcp) + np.float32(z))
-                    else:
-                        t = fma32(x3[o, c, i], rcp, z)
-                    r = _round(t, mode, u)
-                    lo = np.float32(qmin)
-                    hi = np.float32(qmax)
-                    z = np.int32(0)
-                if r < lo:
-                    r = lo
-                elif r > hi:
-                    r = hi
-                out3[o, c, i] = np.int32(r) + z
+            if not pi:
+                noise = noise3[o, c] if mode == STOCHASTIC else noise3[0, 0]
+                _quantize_row(x3[o, c], scale3[oo, g, 0], np.int32(zp3[oo, g, 0]), qmin, qmax,
+                              mode, method, noise, out3[o, c])
+            else:
+                for i in range(n_inner):
+                    u = noise3[o, c, i] if mode == STOCHASTIC else zero
+                    out3[o, c, i] = _code(x3[o, c, i], scale3[oo, g, i], np.int32(zp3[oo, g, i]),
+                                          qmin, qmax, mode, method, u)
 
 
 @njit(cache=True)
