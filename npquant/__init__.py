@@ -11,12 +11,30 @@ from .linear import (
     quantize,
     round_values,
 )
+from .observers import (
+    EntropyObserver,
+    MinMaxObserver,
+    MovingAverageMinMaxObserver,
+    MovingAveragePerChannelMinMaxObserver,
+    MSEObserver,
+    Observer,
+    PercentileObserver,
+    PerChannelMinMaxObserver,
+)
 from .qparams import ROUNDING_MODES, QParams, QuantSpec, compute_qparams, fit_qparams
 
 __all__ = [
     "__version__",
     "METHODS",
     "ROUNDING_MODES",
+    "EntropyObserver",
+    "MinMaxObserver",
+    "MovingAverageMinMaxObserver",
+    "MovingAveragePerChannelMinMaxObserver",
+    "MSEObserver",
+    "Observer",
+    "PercentileObserver",
+    "PerChannelMinMaxObserver",
     "QParams",
     "QuantError",
     "QuantSpec",
