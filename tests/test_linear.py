@@ -79,6 +79,19 @@ def test_stochastic_rounding_is_seeded_and_unbiased():
         round_values(v, "stochastic")
 
 
+@pytest.mark.parametrize("backend", ["numba", "numpy"])
+def test_stochastic_rounding_at_ties(backend):
+    # an exact tie goes either way with probability 1/2; an integer never moves
+    v = np.repeat(TIES, 4000)
+    qp = QParams(1.0, 0, QuantSpec(rounding="stochastic", seed=5))
+    q = quantize(v, qp, backend=backend).astype(np.int64).reshape(len(TIES), -1)
+    for row, t in zip(q, TIES):
+        assert set(np.unique(row)) == {int(np.floor(t)), int(np.floor(t)) + 1}
+        assert abs((row == np.floor(t) + 1).mean() - 0.5) < 0.04  # sd 0.008
+    ints = np.arange(-5, 6, dtype=np.float32)
+    np.testing.assert_array_equal(quantize(ints, qp, backend=backend), ints)
+
+
 def test_stochastic_quantize_expectation():
     # E[dequantize(quantize(x))] = x inside the range: the point of stochastic rounding
     x = np.full(40000, 0.337, np.float32)
