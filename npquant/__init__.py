@@ -1,6 +1,15 @@
 """npquant: a framework-free reference implementation of neural-network quantization."""
 
 from ._version import __version__
+from .fixedpoint import (
+    REQUANT_MODES,
+    multiply_by_quantized_multiplier,
+    quantize_multiplier,
+    requantize,
+    requantize_ties,
+    rounding_divide_by_pot,
+    saturating_rounding_doubling_high_mul,
+)
 from .granularity import param_shape
 from .linear import (
     METHODS,
@@ -26,6 +35,7 @@ from .qparams import ROUNDING_MODES, QParams, QuantSpec, compute_qparams, fit_qp
 __all__ = [
     "__version__",
     "METHODS",
+    "REQUANT_MODES",
     "ROUNDING_MODES",
     "EntropyObserver",
     "MinMaxObserver",
@@ -42,8 +52,14 @@ __all__ = [
     "dequantize",
     "fake_quantize",
     "fit_qparams",
+    "multiply_by_quantized_multiplier",
     "param_shape",
     "quantization_error",
     "quantize",
+    "quantize_multiplier",
+    "requantize",
+    "requantize_ties",
     "round_values",
+    "rounding_divide_by_pot",
+    "saturating_rounding_doubling_high_mul",
 ]

@@ -236,10 +236,80 @@ def _db(v: float) -> str:
     return f"{v:.2f}"
 
 
+# ------------------------------------------------------------------------------- ties
+
+_CODE_RANGES = {"int8": (-128, 127), "uint8": (0, 255), "int16": (-32768, 32767)}
+
+
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (v > 0 and v < float("inf")):
+        raise argparse.ArgumentTypeError(f"{v} must be positive and finite")
+    return v
+
+
+def _add_ties(sub) -> None:
+    p = sub.add_parser(
+        "ties",
+        help="list the accumulators where requantization modes (TFLite, PyTorch, ONNX) disagree",
+        description=(
+            "For a real multiplier M = S_x * S_w / S_y, requantize every int32 accumulator in "
+            "[-range, range] under each mode (tflite: gemmlowp double rounding; tflite_single; "
+            "fp32: PyTorch fbgemm; onnx: ONNX reference) and print those whose output codes "
+            "differ, with the exact product acc * M."
+        ),
+    )
+    p.add_argument("--multiplier", "-m", type=_positive_float, required=True, metavar="M",
+                   help="the real multiplier, e.g. 0.0123")
+    p.add_argument("--zero-point", type=int, default=0, metavar="Z", help="output zero point (default 0)")
+    p.add_argument("--dtype", choices=sorted(_CODE_RANGES), default="int8",
+                   help="output code range (default int8)")
+    p.add_argument("--range", type=_int_range(1, 1 << 25), default=1 << 16, metavar="R",
+                   help="accumulators in [-R, R] (default 65536)")
+    p.add_argument("--limit", type=_int_range(0), default=20, metavar="N",
+                   help="rows to print (default 20; 0 prints only the summary)")
+    p.set_defaults(func=_run_ties)
+
+
+def _run_ties(args) -> int:
+    from fractions import Fraction
+
+    from .fixedpoint import REQUANT_MODES, quantize_multiplier, requantize_ties
+
+    qmin, qmax = _CODE_RANGES[args.dtype]
+    t = requantize_ties(args.multiplier, args.zero_point, qmin, qmax,
+                        acc_min=-args.range, acc_max=args.range)
+    m0, shift = (int(v) for v in quantize_multiplier(args.multiplier))
+    n_acc = 2 * args.range + 1
+    out = [
+        f"M = {args.multiplier!r}; tflite: m0 = {m0}, shift = {shift} "
+        f"(M = m0 * 2^{shift - 31}); output {args.dtype} [{qmin}, {qmax}], zero point {args.zero_point}",
+        f"{len(t['acc'])} of {n_acc} accumulators in [-{args.range}, {args.range}] "
+        "get a mode-dependent code",
+    ]
+    for i, a in enumerate(REQUANT_MODES):
+        for b in REQUANT_MODES[i + 1:]:
+            out.append(f"  {a} vs {b}: {int((t[a] != t[b]).sum())} differ")
+    if args.limit and len(t["acc"]):
+        rows = []
+        for k in range(min(args.limit, len(t["acc"]))):
+            acc = int(t["acc"][k])
+            exact = Fraction(acc) * Fraction(args.multiplier) + args.zero_point
+            rows.append([str(acc), f"{float(exact):.6f}", *(str(int(t[m][k])) for m in REQUANT_MODES)])
+        out += ["", format_table(["acc", "acc*M + Z", *REQUANT_MODES], rows)]
+        if len(t["acc"]) > args.limit:
+            out.append(f"... {len(t['acc']) - args.limit} more (--limit)")
+    print("\n".join(out))
+    return 0
+
+
 # ------------------------------------------------------------------------------- main
 
 #: Registrars of the subcommands, in the order ``--help`` lists them.
-COMMANDS = [_add_demo]
+COMMANDS = [_add_demo, _add_ties]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import npquant
@@ -163,3 +164,31 @@ def test_benchmark_script_help():
     res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run.py"), "--help"],
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 0 and "--threads" in res.stdout
+
+
+def test_ties_lists_disagreements(capsys):
+    from npquant.fixedpoint import REQUANT_MODES, requantize
+
+    assert main(["ties", "-m", "0.25", "--range", "8", "--limit", "10"]) == 0
+    out = capsys.readouterr().out
+    assert "m0 = 1073741824, shift = -1" in out
+    assert "5 of 17 accumulators" in out
+    rows = [ln.split() for ln in out.splitlines() if re.match(r"^-?\d+\s+-?\d+\.\d+", ln)]
+    assert len(rows) == 5
+    for row in rows:  # each printed row is what requantize computes, and the modes differ
+        acc = int(row[0])
+        codes = [int(v) for v in row[2:]]
+        expected = [int(requantize(np.array([acc]), 0.25, 0, -128, 127, mode=m)[0]) for m in REQUANT_MODES]
+        assert codes == expected and len(set(codes)) > 1
+
+
+def test_ties_summary_only_and_bad_multiplier(capsys):
+    assert main(["ties", "-m", "0.0123", "--limit", "0", "--dtype", "uint8", "--zero-point", "128"]) == 0
+    out = capsys.readouterr().out
+    assert "tflite vs tflite_single" in out and "acc*M" not in out
+    with pytest.raises(SystemExit) as e:
+        main(["ties", "-m", "0"])
+    assert e.value.code == 2
+    assert "must be positive" in capsys.readouterr().err
+    assert main(["ties", "-m", "0.5", "--zero-point", "300"]) == 1
+    assert "zero_point" in capsys.readouterr().err

@@ -1,0 +1,315 @@
+"""Integer requantization: fixed-point multipliers and the rounding of each stack.
+
+An integer layer accumulates ``acc = sum((q_x - Z_x)(q_w - Z_w)) + bias`` in int32 at
+scale ``S_x * S_w``; its output code is ``clamp(round(acc * M) + Z_y, qmin, qmax)`` with
+the real multiplier ``M = S_x * S_w / S_y``. Stacks differ in how they compute
+``round(acc * M)``, so that is a named ``mode``:
+
+===================  =======================================================  =======================
+mode                 ``round(acc * M)``                                       reproduces
+===================  =======================================================  =======================
+``tflite``           ``M = m0 * 2^(shift - 31)`` (:func:`quantize_multiplier`);  TFLite reference
+                     ``rdbpot(srdhm(acc << left, m0), right)``: two roundings  kernels, gemmlowp
+``tflite_single``    ``(acc * m0 + 2^(30 - shift)) >> (31 - shift)``: one        TFLite with
+                     rounding, ties toward +inf                                ``TFLITE_SINGLE_ROUNDING``
+``fp32``             ``rint(float32(acc) * float32(M))``, ties to even          PyTorch fbgemm
+``onnx``             ``rint(float64(acc) * float64(float32(M)) + Z_y)``         ONNX reference
+                                                                              QLinearMatMul/Conv
+===================  =======================================================  =======================
+
+``srdhm`` is gemmlowp's SaturatingRoundingDoublingHighMul (ties toward +inf),
+``rdbpot`` its RoundingDivideByPOT (ties away from zero). The two roundings of ``tflite``
+are why it differs from ``tflite_single`` by one at some accumulators;
+:func:`requantize_ties` lists them.
+
+Everything here works on NumPy integer arrays of any shape; scalars are accepted.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from ._checks import check_choice, check_int, normalize_axis
+from ._kernels import requantize as _k
+
+REQUANT_MODES = ("tflite", "tflite_single", "fp32", "onnx")
+MBQM_ROUNDINGS = ("double", "single")
+INT32_MIN = -(1 << 31)
+INT32_MAX = (1 << 31) - 1
+
+
+def _int_array(v, name: str, lo: int = INT32_MIN, hi: int = INT32_MAX) -> np.ndarray:
+    arr = np.asarray(v)
+    if arr.dtype.kind not in "iu":
+        raise TypeError(f"{name} must be integers, got dtype {arr.dtype}")
+    if arr.size and (arr.min() < lo or arr.max() > hi):
+        raise ValueError(f"{name} must lie in [{lo}, {hi}], got values in [{arr.min()}, {arr.max()}]")
+    return arr.astype(np.int64)
+
+
+def quantize_multiplier(real, rounding: str = "double") -> tuple[np.ndarray, np.ndarray]:
+    """TFLite's ``QuantizeMultiplier``: ``real = m0 * 2^(shift - 31)``.
+
+    ``frexp`` of the double gives ``q`` in ``[0.5, 1)``; ``m0 = round_half_away(q * 2^31)``
+    lies in ``[2^30, 2^31)`` (renormalised when it reaches ``2^31``); ``shift`` is a
+    left shift when positive. Multipliers below ``2^-31`` flush to ``(0, 0)``;
+    multipliers >= 1 are fine. ``rounding="single"`` also saturates ``shift > 30`` to
+    ``(2^31 - 1, 30)``, as TFLite does under ``TFLITE_SINGLE_ROUNDING``, which does not
+    accept negative multipliers. Returns ``(m0, shift)`` as int32 arrays of ``real``'s
+    shape.
+    """
+    check_choice(rounding, "rounding", MBQM_ROUNDINGS)
+    r = np.asarray(real)
+    if r.dtype.kind not in "fiu":
+        raise TypeError(f"real must be real numbers, got dtype {r.dtype}")
+    r = r.astype(np.float64)
+    if not np.all(np.isfinite(r)):
+        raise ValueError("real must be finite")
+    if rounding == "single" and np.any(r < 0):
+        raise ValueError("real must be >= 0 for rounding='single' (TFLite's single rounding)")
+    q, shift = np.frexp(r)
+    # round half away from zero of q * 2^31 (exact: q has 53 bits, the product is a scaling)
+    qf = q * 2.0**31
+    m0 = (np.sign(qf) * np.floor(np.abs(qf) + 0.5)).astype(np.int64)
+    top = m0 == (1 << 31)
+    m0 = np.where(top, m0 // 2, m0)
+    shift = np.where(top, shift + 1, shift).astype(np.int64)
+    tiny = shift < -31
+    m0 = np.where(tiny, 0, m0)
+    shift = np.where(tiny | (r == 0), 0, shift)
+    if rounding == "single":
+        big = shift > 30
+        m0 = np.where(big, INT32_MAX, m0)
+        shift = np.where(big, 30, shift)
+    if np.any(m0 > INT32_MAX) or np.any(shift > 62):
+        raise ValueError("real is too large for a 32-bit fixed-point multiplier")
+    return m0.astype(np.int32), shift.astype(np.int32)
+
+
+def saturating_rounding_doubling_high_mul(a, b) -> np.ndarray:
+    """gemmlowp's SaturatingRoundingDoublingHighMul: ``round(a * b / 2^31)``, int32.
+
+    Rounds half toward +infinity; ``INT32_MIN * INT32_MIN`` saturates to ``INT32_MAX``
+    (the one product that does not fit). ``a`` and ``b`` are int32 values, broadcast.
+    """
+    a = _int_array(a, "a")
+    b = _int_array(b, "b")
+    return _srdhm_numpy(a, b).astype(np.int32)
+
+
+def _srdhm_numpy(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    ab = a * b
+    nudged = ab + np.where(ab >= 0, 1 << 30, 1 - (1 << 30))
+    # C's int64 division by 2^31 truncates toward zero
+    res = np.where(nudged >= 0, nudged >> 31, -((-nudged) >> 31))
+    return np.where((a == INT32_MIN) & (b == INT32_MIN), INT32_MAX, res)
+
+
+def rounding_divide_by_pot(x, exponent) -> np.ndarray:
+    """gemmlowp's RoundingDivideByPOT: ``x / 2^exponent``, ties away from zero, int32.
+
+    ``exponent`` in ``[0, 31]``, broadcast against ``x``.
+    """
+    x = _int_array(x, "x")
+    e = _int_array(exponent, "exponent", 0, 31)
+    return _rdbpot_numpy(x, e).astype(np.int32)
+
+
+def _rdbpot_numpy(x: np.ndarray, e: np.ndarray) -> np.ndarray:
+    mask = (np.int64(1) << e) - 1
+    remainder = x & mask
+    threshold = (mask >> 1) + (x < 0)
+    return (x >> e) + (remainder > threshold)
+
+
+def _wrap32(v: np.ndarray) -> np.ndarray:
+    return ((v + (1 << 31)) & 0xFFFFFFFF) - (1 << 31)
+
+
+def multiply_by_quantized_multiplier(x, m0, shift, rounding: str = "double") -> np.ndarray:
+    """TFLite's ``MultiplyByQuantizedMultiplier(x, m0, shift)``: about ``x * m0 * 2^(shift-31)``.
+
+    ``rounding="double"`` (TFLite's default): ``rdbpot(srdhm(x << left, m0), right)``
+    where ``left = max(shift, 0)``, ``right = max(-shift, 0)``; ``x << left`` wraps like
+    C's int32 arithmetic. ``rounding="single"``: ``(x * m0 + 2^(30-shift)) >> (31-shift)``
+    in int64, ties toward +inf; needs ``m0 >= 0`` and ``shift`` in ``[-31, 30]``.
+    Returns int64 (the single-rounding result can leave the int32 range, which TFLite
+    treats as a contract violation).
+    """
+    check_choice(rounding, "rounding", MBQM_ROUNDINGS)
+    x = _int_array(x, "x")
+    m0 = _int_array(m0, "m0")
+    shift = _int_array(shift, "shift", -31, 31)
+    if rounding == "double":
+        left = np.maximum(shift, 0)
+        right = np.maximum(-shift, 0)
+        return _rdbpot_numpy(_srdhm_numpy(_wrap32(x << left), m0), right)
+    if np.any(m0 < 0) or np.any(shift > 30):
+        raise ValueError("rounding='single' needs m0 >= 0 and shift <= 30")
+    total = 31 - shift
+    return (x * m0 + (np.int64(1) << (total - 1))) >> total
+
+
+@dataclass(frozen=True)
+class RequantParams:
+    """The per-mode constants of one requantization, computed once from ``M``.
+
+    ``m0``/``shift`` (int32) for the TFLite modes, ``multiplier32`` (float32) for fp32
+    and onnx; 1-D, length 1 (per-tensor) or C (per-channel).
+    """
+
+    m0: np.ndarray
+    shift: np.ndarray
+    multiplier32: np.ndarray
+
+
+def requant_params(multiplier, mode: str) -> RequantParams:
+    """Constants of ``mode`` for real multipliers ``M > 0`` (float64 array or scalar)."""
+    check_choice(mode, "mode", REQUANT_MODES)
+    m = np.asarray(multiplier)
+    if m.dtype.kind not in "fiu":
+        raise TypeError(f"multiplier must be real numbers, got dtype {m.dtype}")
+    m = np.atleast_1d(m.astype(np.float64))
+    if m.ndim != 1 or m.size == 0:
+        raise ValueError(f"multiplier must be a scalar or a 1-D array, got shape {np.shape(multiplier)}")
+    if not np.all(np.isfinite(m)) or not np.all(m > 0):
+        raise ValueError("multiplier must be positive and finite")
+    with np.errstate(over="ignore"):
+        m32 = m.astype(np.float32)
+    if mode in ("fp32", "onnx") and not np.all(np.isfinite(m32)):
+        raise ValueError("multiplier overflows float32")
+    if mode == "tflite":
+        m0, shift = quantize_multiplier(m, "double")
+    elif mode == "tflite_single":
+        m0, shift = quantize_multiplier(m, "single")
+    else:
+        m0 = np.zeros(m.shape, np.int32)
+        shift = np.zeros(m.shape, np.int32)
+    return RequantParams(m0, shift, m32)
+
+
+def requantize(acc, multiplier, zero_point: int, qmin: int, qmax: int, *, mode: str = "tflite",
+               axis: int | None = None, backend: str = "numba") -> np.ndarray:
+    """int32 accumulators to output codes: ``clamp(round(acc * M) + zero_point, qmin, qmax)``.
+
+    Parameters
+    ----------
+    acc : integer array with values in the int32 range
+    multiplier : float, or 1-D float array of per-channel multipliers along ``axis``
+        The real ``M = S_x * S_w / S_y`` (float64; the fp32 and onnx modes round it to
+        float32 first, as those stacks hold it).
+    zero_point, qmin, qmax : int
+        Output zero point and code range (e.g. ``0, -128, 127`` for int8;
+        a fused ReLU is ``qmin = zero_point``).
+    mode : one of ``REQUANT_MODES`` (see the module docstring)
+    axis : the channel axis of ``acc`` for per-channel multipliers
+
+    Returns
+    -------
+    Codes of the smallest integer dtype holding ``[qmin, qmax]``, ``acc``'s shape. The
+    addition of the zero point is exact; only the final clamp saturates. In ``tflite``
+    mode a multiplier >= 0.5 left-shifts ``acc`` in int32 first; an overflow there is a
+    ``ValueError`` (undefined behaviour in TFLite).
+    """
+    check_choice(mode, "mode", REQUANT_MODES)
+    check_choice(backend, "backend", ("numba", "numpy"))
+    a = np.asarray(acc)
+    if a.dtype.kind not in "iu":
+        raise TypeError(f"acc must be an integer array, got dtype {a.dtype}")
+    if a.size and (a.min() < INT32_MIN or a.max() > INT32_MAX):
+        raise ValueError(f"acc must lie in the int32 range, got values in [{a.min()}, {a.max()}]")
+    qmin = check_int(qmin, "qmin", lo=INT32_MIN, hi=INT32_MAX)
+    qmax = check_int(qmax, "qmax", lo=qmin, hi=INT32_MAX)
+    zero_point = check_int(zero_point, "zero_point", lo=qmin, hi=qmax)
+    p = requant_params(multiplier, mode)
+    n_ch = p.m0.size
+    if n_ch > 1:
+        if axis is None:
+            raise ValueError(f"{n_ch} per-channel multipliers need the channel axis of acc (axis=...)")
+        ax = normalize_axis(axis, a.ndim)
+        if a.shape[ax] != n_ch:
+            raise ValueError(f"multiplier has {n_ch} channels but acc has {a.shape[ax]} along axis {ax}")
+        shape3 = (math.prod(a.shape[:ax]), n_ch, math.prod(a.shape[ax + 1:]))
+    else:
+        shape3 = (1, 1, a.size)
+    acc3 = np.ascontiguousarray(a, dtype=np.int32).reshape(shape3)
+    if mode == "tflite" and acc3.size and np.any(p.shift > 0):
+        _check_left_shift(acc3, p.shift)
+    dtype = _code_dtype(qmin, qmax)
+    if backend == "numpy":
+        out3 = _requantize_numpy(acc3, p, zero_point, qmin, qmax, mode).astype(dtype)
+    else:
+        out3 = np.empty(shape3, dtype)
+        _k.requantize3(acc3, p.m0, p.shift, p.multiplier32, zero_point, qmin, qmax,
+                       REQUANT_MODES.index(mode), out3)
+    return out3.reshape(a.shape)
+
+
+def _check_left_shift(acc3: np.ndarray, shift: np.ndarray) -> None:
+    """TFLite computes ``acc * 2^shift`` in int32 for multipliers >= 0.5: overflow there is
+    undefined behaviour in C++, so it is an error here, not a silent wrap."""
+    left = np.maximum(shift.astype(np.int64), 0)
+    lo = acc3.min(axis=(0, 2)).astype(np.int64) << left
+    hi = acc3.max(axis=(0, 2)).astype(np.int64) << left
+    if np.any(lo < INT32_MIN) or np.any(hi > INT32_MAX):
+        raise ValueError(
+            "mode='tflite': acc << shift overflows int32 for a multiplier >= 0.5 (TFLite's "
+            "left shift; undefined behaviour there); accumulators must stay within "
+            f"+-2^{31 - int(left.max())}"
+        )
+
+
+def _code_dtype(qmin: int, qmax: int) -> np.dtype:
+    for dt in (np.int8, np.uint8, np.int16, np.uint16, np.int32):
+        info = np.iinfo(dt)
+        if info.min <= qmin and qmax <= info.max:
+            return np.dtype(dt)
+    raise ValueError(f"[{qmin}, {qmax}] does not fit an int32 code")
+
+
+def _requantize_numpy(acc3, p: RequantParams, zp: int, qmin: int, qmax: int, mode: str):
+    """NumPy twin of ``_kernels.requantize.requantize3`` (int64 result)."""
+    a = acc3.astype(np.int64)
+    m0 = p.m0.astype(np.int64).reshape(1, -1, 1)
+    shift = p.shift.astype(np.int64).reshape(1, -1, 1)
+    mf = p.multiplier32.reshape(1, -1, 1)
+    if mode in ("tflite", "tflite_single"):
+        rounding = "double" if mode == "tflite" else "single"
+        v = multiply_by_quantized_multiplier(a, m0, shift, rounding) + zp
+        return np.clip(v, qmin, qmax)
+    if mode == "fp32":
+        t = np.rint(a.astype(np.float32) * mf).astype(np.float64) + zp
+    else:
+        t = np.rint(a.astype(np.float64) * mf.astype(np.float64) + zp)
+    return np.clip(t, qmin, qmax).astype(np.int64)
+
+
+def requantize_ties(multiplier: float, zero_point: int = 0, qmin: int = -128, qmax: int = 127, *,
+                    acc_min: int = -(1 << 16), acc_max: int = 1 << 16,
+                    modes=REQUANT_MODES) -> dict:
+    """Where production stacks differ by one LSB: accumulators in ``[acc_min, acc_max]``
+    whose output code depends on the requantization mode.
+
+    Returns a dict with ``acc`` (int64 array of the disagreeing accumulators),
+    ``exact`` (``acc * M`` as float64, for reading), and one int array per mode.
+    """
+    acc_min = check_int(acc_min, "acc_min", lo=INT32_MIN, hi=INT32_MAX)
+    acc_max = check_int(acc_max, "acc_max", lo=acc_min, hi=INT32_MAX)
+    if acc_max - acc_min > 1 << 26:
+        raise ValueError("acc_max - acc_min must be at most 2^26 (a table, not a sweep)")
+    modes = tuple(modes)
+    for m in modes:
+        check_choice(m, "modes", REQUANT_MODES)
+    acc = np.arange(acc_min, acc_max + 1, dtype=np.int64)
+    codes = {m: requantize(acc, multiplier, zero_point, qmin, qmax, mode=m).astype(np.int64)
+             for m in modes}
+    first = codes[modes[0]]
+    differ = np.zeros(acc.shape, bool)
+    for m in modes[1:]:
+        differ |= codes[m] != first
+    out = {"acc": acc[differ], "exact": acc[differ] * float(multiplier)}
+    out.update({m: c[differ] for m, c in codes.items()})
+    return out

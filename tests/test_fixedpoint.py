@@ -1,0 +1,357 @@
+from fractions import Fraction
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from npquant.fixedpoint import (
+    INT32_MAX,
+    INT32_MIN,
+    REQUANT_MODES,
+    multiply_by_quantized_multiplier,
+    quantize_multiplier,
+    requantize,
+    requantize_ties,
+    rounding_divide_by_pot,
+    saturating_rounding_doubling_high_mul,
+)
+
+import math
+
+int32s = st.integers(INT32_MIN, INT32_MAX)
+
+
+# ---- scalar oracles, from the definitions, in Python integers / floats ----------------
+
+def srdhm_ref(a, b):
+    if a == b == INT32_MIN:
+        return INT32_MAX
+    return math.floor(Fraction(a * b, 1 << 31) + Fraction(1, 2))  # ties toward +inf
+
+
+def rdbpot_ref(x, e):
+    v = Fraction(x, 1 << e)
+    return int(math.copysign(math.floor(abs(v) + Fraction(1, 2)), v))  # ties away from 0
+
+
+def wrap32(v):
+    return ((v + (1 << 31)) % (1 << 32)) - (1 << 31)
+
+
+def mbqm_ref(x, m0, shift, rounding):
+    if rounding == "double":
+        return rdbpot_ref(srdhm_ref(wrap32(x << max(shift, 0)), m0), max(-shift, 0))
+    return math.floor(Fraction(x * m0, 1 << (31 - shift)) + Fraction(1, 2))
+
+
+def requant_ref(acc, m, zp, qmin, qmax, mode):
+    if mode in ("tflite", "tflite_single"):
+        rounding = "double" if mode == "tflite" else "single"
+        m0, shift = (int(v) for v in quantize_multiplier(m, rounding))
+        v = mbqm_ref(acc, m0, shift, rounding) + zp
+    elif mode == "fp32":
+        v = int(np.rint(np.float32(np.float32(acc) * np.float32(m)))) + zp
+    else:
+        v = round(float(acc) * float(np.float32(m)) + zp)  # Python floats are IEEE doubles; round is half-even
+    return min(max(v, qmin), qmax)
+
+
+# ---- quantize_multiplier: TFLite's published vectors ------------------------------------
+# Source: tensorflow/lite/kernels/internal/quantization_util_test.cc (QuantizeMultiplier
+# SmallerThanOneExp, GreaterThanOne, Underflow, Array). Same (m0, shift) convention.
+
+TFLITE_MULTIPLIERS = [
+    (0.25, 1073741824, -1),
+    (0.50 - 5e-9, 2147483627, -1),
+    (0.50 - 1e-10, 1073741824, 0),
+    (0.50, 1073741824, 0),
+    (0.75, 1610612736, 0),
+    (1 - 1e-9, 2147483646, 0),
+    (1 + 1e-11, 1073741824, 1),
+    (1.25, 1342177280, 1),
+    (1.50, 1610612736, 1),
+    (1.75, 1879048192, 1),
+    (2 - 1e-9, 2147483647, 1),
+    (2 - 1e-11, 1073741824, 2),
+    (2.0, 1073741824, 2),
+    (2.0**-31, 1073741824, -30),
+    (2.0**-32, 1073741824, -31),
+    (float(np.float32(0.99)) * 2.0**-32, 0, 0),
+    (2.0**-33, 0, 0),
+    (0.0, 0, 0),
+    (0.125, 1073741824, -2),
+    (4.0, 1073741824, 3),
+    (-4.0, -1073741824, 3),
+    (-0.125, -1073741824, -2),
+]
+
+
+@pytest.mark.parametrize("real, m0, shift", TFLITE_MULTIPLIERS)
+def test_quantize_multiplier_tflite_vectors(real, m0, shift):
+    got = quantize_multiplier(real)
+    assert (int(got[0]), int(got[1])) == (m0, shift)
+
+
+def test_quantize_multiplier_single_rounding_saturates_large_shift():
+    # TFLITE_SINGLE_ROUNDING: shift > 30 becomes (2^31 - 1, 30)
+    assert tuple(int(v) for v in quantize_multiplier(2.0**31, "single")) == (INT32_MAX, 30)
+    assert tuple(int(v) for v in quantize_multiplier(2.0**31, "double")) == (1 << 30, 32)
+    with pytest.raises(ValueError, match="real must be >= 0"):
+        quantize_multiplier(-0.5, "single")
+
+
+@given(st.floats(2.0**-31, 2.0**30, allow_nan=False))
+def test_quantize_multiplier_represents_the_real(real):
+    m0, shift = (int(v) for v in quantize_multiplier(real))
+    assert (1 << 30) <= m0 < (1 << 31)
+    approx = Fraction(m0) * Fraction(2) ** (shift - 31)
+    assert abs(approx - Fraction(real)) <= Fraction(2) ** (shift - 32)  # half a unit of m0
+
+
+def test_quantize_multiplier_is_vectorized_and_rejects():
+    m0, shift = quantize_multiplier(np.array([[0.5, 0.25]]))
+    assert m0.shape == (1, 2) and m0.dtype == np.int32 and shift.dtype == np.int32
+    with pytest.raises(ValueError, match="finite"):
+        quantize_multiplier(np.inf)
+    with pytest.raises(TypeError, match="real"):
+        quantize_multiplier("0.5")
+    with pytest.raises(ValueError, match="rounding must be one of"):
+        quantize_multiplier(0.5, "triple")
+
+
+# ---- gemmlowp primitives ----------------------------------------------------------------
+
+def test_srdhm_special_cases():
+    # gemmlowp fixedpoint.h: the only overflow, INT32_MIN * INT32_MIN, saturates
+    assert saturating_rounding_doubling_high_mul(INT32_MIN, INT32_MIN) == INT32_MAX
+    # Q31 0.5 * 0.5 = 0.25; exact halves: +0.5 -> 1, -0.5 -> 0, -1.5 -> -1 (toward +inf)
+    assert saturating_rounding_doubling_high_mul(1 << 30, 1 << 30) == 1 << 29
+    assert saturating_rounding_doubling_high_mul(1, 1 << 30) == 1
+    assert saturating_rounding_doubling_high_mul(-1, 1 << 30) == 0
+    assert saturating_rounding_doubling_high_mul(-3, 1 << 30) == -1
+    assert saturating_rounding_doubling_high_mul(INT32_MAX, INT32_MAX) == INT32_MAX - 1
+
+
+@given(int32s, int32s)
+def test_srdhm_matches_definition(a, b):
+    assert saturating_rounding_doubling_high_mul(a, b) == srdhm_ref(a, b)
+
+
+def test_rdbpot_ties_away_from_zero():
+    x = np.array([-7, -6, -5, -3, -2, -1, 1, 2, 3, 5, 6, 7])
+    np.testing.assert_array_equal(rounding_divide_by_pot(x, 1), [-4, -3, -3, -2, -1, -1, 1, 1, 2, 3, 3, 4])
+    np.testing.assert_array_equal(rounding_divide_by_pot([INT32_MIN, INT32_MAX], 31), [-1, 1])
+    np.testing.assert_array_equal(rounding_divide_by_pot([5, -5], 0), [5, -5])
+
+
+@given(int32s, st.integers(0, 31))
+def test_rdbpot_matches_definition(x, e):
+    assert rounding_divide_by_pot(x, e) == rdbpot_ref(x, e)
+
+
+# ---- MultiplyByQuantizedMultiplier: TFLite's published vectors --------------------------
+# Source: quantization_util_test.cc, MultiplyByQuantizedMultiplierInt32 (both roundings
+# for non-negative multipliers; negative multipliers in double rounding only).
+
+@pytest.mark.parametrize("rounding", ["double", "single"])
+@pytest.mark.parametrize(
+    "x, real, expected",
+    [(0, 0.1, 0), (1, 0.0, 0), (10000, 0.00097656, 10), (-10000, 0.00097656, -10),
+     (INT32_MIN, 0.00001, -21475), (INT32_MAX, 0.00001, 21475)],
+)
+def test_mbqm_tflite_vectors(rounding, x, real, expected):
+    m0, shift = quantize_multiplier(real, rounding)
+    assert multiply_by_quantized_multiplier(x, m0, shift, rounding) == expected
+
+
+@pytest.mark.parametrize("x, real, expected",
+                         [(10000, -0.00097656, -10), (-10000, -0.00097656, 10),
+                          (INT32_MIN, -0.00001, 21475), (INT32_MAX, -0.00001, -21475)])
+def test_mbqm_tflite_negative_multiplier_vectors(x, real, expected):
+    m0, shift = quantize_multiplier(real)
+    assert multiply_by_quantized_multiplier(x, m0, shift) == expected
+
+
+@pytest.mark.parametrize("rounding", ["double", "single"])
+def test_mbqm_max_operands(rounding):
+    # quantization_util_test.cc: x = m0 = INT32_MAX, shift = -3 gives round(x * m0 / 2^34)
+    x = INT32_MAX
+    expected = round(x * INT32_MAX / 2.0**34)
+    assert multiply_by_quantized_multiplier(x, INT32_MAX, -3, rounding) == expected
+    assert multiply_by_quantized_multiplier(-x, INT32_MAX, -3, rounding) == -expected
+
+
+@given(int32s, st.integers(0, INT32_MAX), st.integers(-31, 30), st.sampled_from(["double", "single"]))
+def test_mbqm_matches_definition(x, m0, shift, rounding):
+    assert multiply_by_quantized_multiplier(x, m0, shift, rounding) == mbqm_ref(x, m0, shift, rounding)
+
+
+# ---- requantize ---------------------------------------------------------------------
+
+@given(
+    acc=hnp.arrays(np.int32, st.integers(1, 40), elements=int32s),
+    m=st.floats(2.0**-24, 4.0),
+    zp=st.integers(-128, 127),
+    mode=st.sampled_from(REQUANT_MODES),
+)
+def test_requantize_matches_oracle(acc, m, zp, mode):
+    if m >= 0.5:  # TFLite shifts acc left first: keep it inside int32 (see the overflow test)
+        acc = acc >> 3
+    got = requantize(acc, m, zp, -128, 127, mode=mode)
+    assert got.dtype == np.int8
+    np.testing.assert_array_equal(got, [requant_ref(int(a), m, zp, -128, 127, mode) for a in acc])
+
+
+@given(
+    acc=hnp.arrays(np.int32, hnp.array_shapes(min_dims=1, max_dims=4, max_side=5),
+                   elements=st.integers(-(1 << 24), 1 << 24)),
+    mode=st.sampled_from(REQUANT_MODES),
+    data=st.data(),
+)
+def test_requantize_kernel_equals_twin(acc, mode, data):
+    axis = data.draw(st.integers(0, acc.ndim - 1))
+    c = acc.shape[axis]
+    mult = np.array(data.draw(st.lists(st.floats(1e-5, 2.0), min_size=c, max_size=c)))
+    zp = data.draw(st.integers(0, 255))
+    for m, ax in ((mult, axis if c > 1 else None), (float(mult[0]), None)):
+        a = requantize(acc, m, zp, 0, 255, mode=mode, axis=ax, backend="numba")
+        b = requantize(acc, m, zp, 0, 255, mode=mode, axis=ax, backend="numpy")
+        assert a.dtype == b.dtype == np.uint8
+        np.testing.assert_array_equal(a, b)
+
+
+def test_requantize_per_channel_equals_per_tensor_slices():
+    rng = np.random.default_rng(0)
+    acc = rng.integers(-50000, 50000, size=(4, 3, 5)).astype(np.int32)
+    mult = np.array([0.001, 0.0123, 0.3])
+    for mode in REQUANT_MODES:
+        out = requantize(acc, mult, -3, -128, 127, mode=mode, axis=1)
+        for c in range(3):
+            np.testing.assert_array_equal(out[:, c], requantize(acc[:, c], mult[c], -3, -128, 127, mode=mode))
+
+
+def test_requantize_edges():
+    acc = np.array([INT32_MIN, -1, 0, 1, INT32_MAX], np.int64)
+    for mode in REQUANT_MODES:
+        out = requantize(acc, 0.25, 0, -128, 127, mode=mode)
+        np.testing.assert_array_equal(out, [requant_ref(int(a), 0.25, 0, -128, 127, mode) for a in acc])
+        assert out[0] == -128 and out[-1] == 127 and out[2] == 0
+        # a fused ReLU is a clamp at the zero point
+        relu = requantize(acc, 0.25, 5, 5, 127, mode=mode)
+        assert relu[0] == relu[1] == relu[2] == 5 and relu[-1] == 127
+        small = np.array([-1000, -1, 0, 1, 1000])
+        np.testing.assert_array_equal(requantize(small, 1.0, 0, -128, 127, mode=mode), [-128, -1, 0, 1, 127])
+        assert requantize(np.zeros((0, 3), np.int32), 0.5, 0, -128, 127, mode=mode).shape == (0, 3)
+    # int16 and int32 code ranges pick their dtype
+    assert requantize(acc, 0.25, 0, -32768, 32767).dtype == np.int16
+    assert requantize(acc, 0.25, 0, INT32_MIN, INT32_MAX).dtype == np.int32
+
+
+def test_tflite_left_shift_overflow_is_an_error():
+    # M = 1.0 is m0 = 2^30, shift = 1: TFLite doubles acc in int32 first
+    ok = np.array([-(1 << 30), (1 << 30) - 1], np.int32)
+    requantize(ok, 1.0, 0, -128, 127, mode="tflite")
+    for bad in ([1 << 30], [-(1 << 30) - 1]):
+        with pytest.raises(ValueError, match="overflows int32"):
+            requantize(np.array(bad, np.int32), 1.0, 0, -128, 127, mode="tflite")
+    # per channel: only the channel with a large multiplier is limited
+    acc = np.array([[1 << 27, 1 << 27]], np.int32)
+    requantize(acc, [0.4, 4.0], 0, -128, 127, axis=1, mode="tflite")  # 2^27 << 3 fits
+    with pytest.raises(ValueError, match="overflows"):
+        requantize(acc, [0.4, 16.0], 0, -128, 127, axis=1, mode="tflite")  # << 5 does not
+    # the other modes have no such step
+    requantize(np.array([1 << 30]), 1.0, 0, -128, 127, mode="tflite_single")
+
+
+def test_double_rounding_of_a_quarter():
+    # M = 0.25 is m0 = 2^30, shift = -1: srdhm(1, 2^30) = round(0.5) = 1 (toward +inf), then
+    # rdbpot(1, 1) = round(0.5) = 1 (away from zero): TFLite gives 1 for 1 * 0.25.
+    acc = np.array([1, -1, 2, 3])
+    np.testing.assert_array_equal(requantize(acc, 0.25, 0, -128, 127, mode="tflite"), [1, 0, 1, 1])
+    np.testing.assert_array_equal(requantize(acc, 0.25, 0, -128, 127, mode="tflite_single"), [0, 0, 1, 1])
+    np.testing.assert_array_equal(requantize(acc, 0.25, 0, -128, 127, mode="fp32"), [0, 0, 0, 1])
+
+
+def test_double_rounding_example():
+    # M = 0.0123 = m0 * 2^-37: srdhm rounds -10284 * m0 / 2^31 = -8095.56 to -8096 = -126.5 * 2^6,
+    # and rdbpot then rounds that tie away from zero: -127, where acc * M = -126.49.
+    acc = np.array([-10284])
+    assert requantize(acc, 0.0123, 0, -128, 127, mode="tflite")[0] == -127
+    for mode in ("tflite_single", "fp32", "onnx"):
+        assert requantize(acc, 0.0123, 0, -128, 127, mode=mode)[0] == -126
+
+
+def test_requantize_ties_lists_exactly_the_disagreements():
+    t = requantize_ties(0.0123, 3, -128, 127, acc_min=-20000, acc_max=20000)
+    acc = np.arange(-20000, 20001)
+    codes = {m: requantize(acc, 0.0123, 3, -128, 127, mode=m) for m in REQUANT_MODES}
+    differ = np.zeros(acc.shape, bool)
+    for m in REQUANT_MODES:
+        differ |= codes[m] != codes["tflite"]
+    np.testing.assert_array_equal(t["acc"], acc[differ])
+    assert len(t["acc"]) > 0
+    for m in REQUANT_MODES:
+        np.testing.assert_array_equal(t[m], codes[m][differ])
+    # every disagreement is within one LSB, near a tie of acc * M
+    stacked = np.stack([t[m] for m in REQUANT_MODES]).astype(int)
+    assert np.all(stacked.max(axis=0) - stacked.min(axis=0) == 1)
+    frac = np.abs(np.abs(t["exact"]) % 1 - 0.5)
+    assert np.all(frac < 0.02)
+
+
+@pytest.mark.parametrize(
+    "kw, exc, match",
+    [
+        ({"acc": np.array([1.5])}, TypeError, "acc must be an integer array"),
+        ({"acc": np.array([1 << 40])}, ValueError, "int32 range"),
+        ({"multiplier": 0.0}, ValueError, "positive"),
+        ({"multiplier": np.nan}, ValueError, "positive and finite"),
+        ({"multiplier": [[0.1]]}, ValueError, "1-D"),
+        ({"multiplier": [0.1, 0.2]}, ValueError, "need the channel axis"),
+        ({"multiplier": [0.1, 0.2], "axis": 0}, ValueError, "2 channels but acc has 3"),
+        ({"zero_point": 300}, ValueError, "zero_point"),
+        ({"qmin": 10, "qmax": 5}, ValueError, "qmax"),
+        ({"mode": "tf"}, ValueError, "mode must be one of"),
+        ({"multiplier": 1e39, "mode": "fp32"}, ValueError, "overflows float32"),
+    ],
+)
+def test_requantize_rejects(kw, exc, match):
+    args = dict(acc=np.array([1, 2, 3], np.int32), multiplier=0.1, zero_point=0, qmin=-128, qmax=127)
+    args.update(kw)
+    mode = args.pop("mode", "tflite")
+    axis = args.pop("axis", None)
+    with pytest.raises(exc, match=match):
+        requantize(args["acc"], args["multiplier"], args["zero_point"], args["qmin"], args["qmax"],
+                   mode=mode, axis=axis)
+
+
+# ---- the onnx mode against ONNX's reference QLinearMatMul -----------------------------
+
+def test_onnx_mode_matches_qlinear_matmul_reference():
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto as TP
+    from onnx import helper
+    from onnx.reference import ReferenceEvaluator
+
+    rng = np.random.default_rng(7)
+    for a_t, b_t, y_t, lo, hi in [(np.uint8, np.uint8, np.uint8, 0, 255), (np.int8, np.int8, np.int8, -128, 127),
+                                  (np.uint8, np.int8, np.int8, -128, 127)]:
+        M_, K, N = 7, 33, 5
+        a = rng.integers(np.iinfo(a_t).min, np.iinfo(a_t).max + 1, size=(M_, K)).astype(a_t)
+        b = rng.integers(np.iinfo(b_t).min, np.iinfo(b_t).max + 1, size=(K, N)).astype(b_t)
+        za, zb, zy = (np.array(rng.integers(np.iinfo(t).min, np.iinfo(t).max + 1), t) for t in (a_t, b_t, y_t))
+        sa, sb, sy = (np.array(rng.uniform(0.001, 0.05), np.float32) for _ in range(3))
+        names = ["a", "sa", "za", "b", "sb", "zb", "sy", "zy"]
+        types = [a_t, np.float32, a_t, b_t, np.float32, b_t, np.float32, y_t]
+        tp = {np.uint8: TP.UINT8, np.int8: TP.INT8, np.float32: TP.FLOAT}
+        inputs = [helper.make_tensor_value_info(n, tp[t], None) for n, t in zip(names, types)]
+        node = helper.make_node("QLinearMatMul", names, ["y"])
+        graph = helper.make_graph([node], "g", inputs, [helper.make_tensor_value_info("y", tp[y_t], None)])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+        ref = ReferenceEvaluator(model).run(None, dict(zip(names, [a, sa, za, b, sb, zb, sy, zy])))[0]
+        acc = (a.astype(np.int32) - za.astype(np.int32)) @ (b.astype(np.int32) - zb.astype(np.int32))
+        m = float(sa * sb / sy)  # the reference's float32 arithmetic
+        got = requantize(acc, m, int(zy), lo, hi, mode="onnx")
+        np.testing.assert_array_equal(got, ref)
