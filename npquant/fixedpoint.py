@@ -153,6 +153,32 @@ def multiply_by_quantized_multiplier(x, m0, shift, rounding: str = "double") -> 
     return (x * m0 + (np.int64(1) << (total - 1))) >> total
 
 
+def effective_multiplier(s_x, s_w, s_y, mode: str) -> np.ndarray:
+    """The real multiplier ``M = S_x * S_w / S_y`` computed as the stack of ``mode`` does.
+
+    ``tflite``/``tflite_single``: ``double(S_x) * double(S_w) / double(S_y)`` from the
+    float32 scales (TFLite's ``PopulateConvolutionQuantizationParams``). ``onnx``:
+    ``float32(S_x * S_w) / S_y`` in float32 (ONNX's reference QLinearMatMul/Conv).
+    ``fp32``: ``float32(S_x * S_w) / S_y`` in float32 (fbgemm's ``act_times_w_scale``
+    and output multiplier in PyTorch's quantized linear/conv). Scales are float32
+    (scalars or per-channel ``S_w``); returns float64 holding the value each stack uses.
+    """
+    check_choice(mode, "mode", REQUANT_MODES)
+    vals = []
+    for name, v in (("s_x", s_x), ("s_w", s_w), ("s_y", s_y)):
+        a = np.asarray(v)
+        if a.dtype.kind not in "fiu":
+            raise TypeError(f"{name} must be real numbers, got dtype {a.dtype}")
+        a = a.astype(np.float32)
+        if a.size == 0 or not np.all(np.isfinite(a)) or not np.all(a > 0):
+            raise ValueError(f"{name} must be positive and finite float32 scales")
+        vals.append(a)
+    sx, sw, sy = vals
+    if mode in ("tflite", "tflite_single"):
+        return sx.astype(np.float64) * sw.astype(np.float64) / sy.astype(np.float64)
+    return ((sx * sw) / sy).astype(np.float64)
+
+
 @dataclass(frozen=True)
 class RequantParams:
     """The per-mode constants of one requantization, computed once from ``M``.

@@ -10,6 +10,7 @@ from npquant.fixedpoint import (
     INT32_MAX,
     INT32_MIN,
     REQUANT_MODES,
+    effective_multiplier,
     multiply_by_quantized_multiplier,
     quantize_multiplier,
     requantize,
@@ -355,3 +356,15 @@ def test_onnx_mode_matches_qlinear_matmul_reference():
         m = float(sa * sb / sy)  # the reference's float32 arithmetic
         got = requantize(acc, m, int(zy), lo, hi, mode="onnx")
         np.testing.assert_array_equal(got, ref)
+
+
+def test_effective_multiplier_per_stack():
+    sx, sw, sy = np.float32(0.0123), np.array([0.002, 0.0031], np.float32), np.float32(0.077)
+    t = effective_multiplier(sx, sw, sy, "tflite")
+    np.testing.assert_array_equal(t, float(sx) * sw.astype(np.float64) / float(sy))
+    o = effective_multiplier(sx, sw, sy, "onnx")
+    np.testing.assert_array_equal(o, ((sx * sw) / sy).astype(np.float64))
+    assert o.dtype == np.float64 and np.all(o == o.astype(np.float32))
+    assert np.all(np.abs(t - o) <= 1e-7 * t)
+    with pytest.raises(ValueError, match="s_y must be positive"):
+        effective_multiplier(0.1, 0.1, 0.0, "tflite")
