@@ -236,7 +236,7 @@ def _db(v: float) -> str:
     return f"{v:.2f}"
 
 
-# ------------------------------------------------------------------------------- ties
+# ---------------------------------------------------------------------------- explain
 
 _CODE_RANGES = {"int8": (-128, 127), "uint8": (0, 255), "int16": (-32768, 32767)}
 
@@ -251,30 +251,58 @@ def _positive_float(text: str) -> float:
     return v
 
 
-def _add_ties(sub) -> None:
+def _add_explain(sub) -> None:
     p = sub.add_parser(
-        "ties",
-        help="list the accumulators where requantization modes (TFLite, PyTorch, ONNX) disagree",
+        "explain",
+        help="trace one output element of an integer layer step by step (or the tie table)",
         description=(
-            "For a real multiplier M = S_x * S_w / S_y, requantize every int32 accumulator in "
-            "[-range, range] under each mode (tflite: gemmlowp double rounding; tflite_single; "
-            "fp32: PyTorch fbgemm; onnx: ONNX reference) and print those whose output codes "
-            "differ, with the exact product acc * M."
+            "Follow one output element of an integer linear or conv layer from its codes to "
+            "its output code: zero-point corrections, the int32 accumulator, the bias, the real "
+            "multiplier and its fixed-point form (m0, shift), each rounding of the chosen "
+            "requantization mode, the zero point, the clamp and the error against the exact "
+            "result. Runs on a built-in seeded example. With --ties, list instead the "
+            "accumulators where the requantization modes (TFLite, PyTorch fbgemm, ONNX) "
+            "disagree for a multiplier."
         ),
     )
-    p.add_argument("--multiplier", "-m", type=_positive_float, required=True, metavar="M",
-                   help="the real multiplier, e.g. 0.0123")
-    p.add_argument("--zero-point", type=int, default=0, metavar="Z", help="output zero point (default 0)")
-    p.add_argument("--dtype", choices=sorted(_CODE_RANGES), default="int8",
+    p.add_argument("--mode", choices=("tflite", "tflite_single", "fp32", "onnx"), default="tflite",
+                   help="requantization mode (default tflite)")
+    p.add_argument("--layer", choices=("linear", "conv"), default="linear",
+                   help="built-in example layer (default linear)")
+    p.add_argument("--seed", type=_int_range(0, 2**32 - 1), default=0, help="seed of the example (default 0)")
+    t = p.add_argument_group("tie table (--ties)")
+    t.add_argument("--ties", action="store_true", help="print the tie table instead of a trace")
+    t.add_argument("--multiplier", "-m", type=_positive_float, default=None, metavar="M",
+                   help="the real multiplier (default: the example layer's)")
+    t.add_argument("--zero-point", type=int, default=0, metavar="Z", help="output zero point (default 0)")
+    t.add_argument("--dtype", choices=sorted(_CODE_RANGES), default="int8",
                    help="output code range (default int8)")
-    p.add_argument("--range", type=_int_range(1, 1 << 25), default=1 << 16, metavar="R",
+    t.add_argument("--range", type=_int_range(1, 1 << 25), default=1 << 16, metavar="R",
                    help="accumulators in [-R, R] (default 65536)")
-    p.add_argument("--limit", type=_int_range(0), default=20, metavar="N",
+    t.add_argument("--limit", type=_int_range(0), default=20, metavar="N",
                    help="rows to print (default 20; 0 prints only the summary)")
-    p.set_defaults(func=_run_ties)
+    p.set_defaults(func=_run_explain)
 
 
-def _run_ties(args) -> int:
+def _run_explain(args) -> int:
+    from .explain import builtin_example, explain_conv2d, explain_linear
+
+    ex = builtin_example(args.layer, args.seed)
+    if args.ties:
+        if args.multiplier is None:
+            from .fixedpoint import effective_multiplier
+
+            w_qp = ex["w_qp"]
+            o = ex["col"] if args.layer == "linear" else ex["index"][1]
+            args.multiplier = float(effective_multiplier(ex["x_qp"].scale, w_qp.scale[o], ex["y_qp"].scale,
+                                                         "tflite"))
+        return _print_ties(args)
+    fn = explain_linear if args.layer == "linear" else explain_conv2d
+    print(fn(mode=args.mode, **ex))
+    return 0
+
+
+def _print_ties(args) -> int:
     from fractions import Fraction
 
     from .fixedpoint import REQUANT_MODES, quantize_multiplier, requantize_ties
@@ -283,11 +311,10 @@ def _run_ties(args) -> int:
     t = requantize_ties(args.multiplier, args.zero_point, qmin, qmax,
                         acc_min=-args.range, acc_max=args.range)
     m0, shift = (int(v) for v in quantize_multiplier(args.multiplier))
-    n_acc = 2 * args.range + 1
     out = [
         f"M = {args.multiplier!r}; tflite: m0 = {m0}, shift = {shift} "
         f"(M = m0 * 2^{shift - 31}); output {args.dtype} [{qmin}, {qmax}], zero point {args.zero_point}",
-        f"{len(t['acc'])} of {n_acc} accumulators in [-{args.range}, {args.range}] "
+        f"{len(t['acc'])} of {2 * args.range + 1} accumulators in [-{args.range}, {args.range}] "
         "get a mode-dependent code",
     ]
     for i, a in enumerate(REQUANT_MODES):
@@ -309,7 +336,7 @@ def _run_ties(args) -> int:
 # ------------------------------------------------------------------------------- main
 
 #: Registrars of the subcommands, in the order ``--help`` lists them.
-COMMANDS = [_add_demo, _add_ties]
+COMMANDS = [_add_demo, _add_explain]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -169,7 +169,7 @@ def test_benchmark_script_help():
 def test_ties_lists_disagreements(capsys):
     from npquant.fixedpoint import REQUANT_MODES, requantize
 
-    assert main(["ties", "-m", "0.25", "--range", "8", "--limit", "10"]) == 0
+    assert main(["explain", "--ties", "-m", "0.25", "--range", "8", "--limit", "10"]) == 0
     out = capsys.readouterr().out
     assert "m0 = 1073741824, shift = -1" in out
     assert "5 of 17 accumulators" in out
@@ -183,12 +183,31 @@ def test_ties_lists_disagreements(capsys):
 
 
 def test_ties_summary_only_and_bad_multiplier(capsys):
-    assert main(["ties", "-m", "0.0123", "--limit", "0", "--dtype", "uint8", "--zero-point", "128"]) == 0
+    assert main(["explain", "--ties", "-m", "0.0123", "--limit", "0", "--dtype", "uint8",
+                 "--zero-point", "128"]) == 0
     out = capsys.readouterr().out
     assert "tflite vs tflite_single" in out and "acc*M" not in out
     with pytest.raises(SystemExit) as e:
-        main(["ties", "-m", "0"])
+        main(["explain", "--ties", "-m", "0"])
     assert e.value.code == 2
     assert "must be positive" in capsys.readouterr().err
-    assert main(["ties", "-m", "0.5", "--zero-point", "300"]) == 1
+    assert main(["explain", "--ties", "-m", "0.5", "--zero-point", "300"]) == 1
     assert "zero_point" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("layer", ["linear", "conv"])
+@pytest.mark.parametrize("mode", ["tflite", "tflite_single", "fp32", "onnx"])
+def test_explain_runs_on_the_builtin_example(capsys, layer, mode):
+    assert main(["explain", "--layer", layer, "--mode", mode]) == 0
+    out = capsys.readouterr().out
+    for needle in ("int32 accumulator", "folded form", "real multiplier", "clamp to", "LSB"):
+        assert needle in out
+    if mode == "tflite":
+        assert re.search(r"m0 = \d+ \(0x[0-9A-F]{8}\), shift = -?\d+", out)
+        assert "high multiply" in out and "rounding shift" in out
+
+
+def test_explain_ties_defaults_to_the_example_multiplier(capsys):
+    assert main(["explain", "--ties", "--limit", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "accumulators in [-65536, 65536]" in out and "tflite vs fp32" in out
