@@ -135,20 +135,21 @@ def multiply_by_quantized_multiplier(x, m0, shift, rounding: str = "double") -> 
     ``rounding="double"`` (TFLite's default): ``rdbpot(srdhm(x << left, m0), right)``
     where ``left = max(shift, 0)``, ``right = max(-shift, 0)``; ``x << left`` wraps like
     C's int32 arithmetic. ``rounding="single"``: ``(x * m0 + 2^(30-shift)) >> (31-shift)``
-    in int64, ties toward +inf; needs ``m0 >= 0`` and ``shift`` in ``[-31, 30]``.
+    in int64, ties toward +inf; needs ``m0 >= 0``. ``shift`` must lie in ``[-31, 30]``
+    (TFLite's range; a larger left shift overflows int32 for every ``x`` but 0).
     Returns int64 (the single-rounding result can leave the int32 range, which TFLite
     treats as a contract violation).
     """
     check_choice(rounding, "rounding", MBQM_ROUNDINGS)
     x = _int_array(x, "x")
     m0 = _int_array(m0, "m0")
-    shift = _int_array(shift, "shift", -31, 31)
+    shift = _int_array(shift, "shift", -31, 30)
     if rounding == "double":
         left = np.maximum(shift, 0)
         right = np.maximum(-shift, 0)
         return _rdbpot_numpy(_srdhm_numpy(_wrap32(x << left), m0), right)
-    if np.any(m0 < 0) or np.any(shift > 30):
-        raise ValueError("rounding='single' needs m0 >= 0 and shift <= 30")
+    if np.any(m0 < 0):
+        raise ValueError("rounding='single' needs m0 >= 0")
     total = 31 - shift
     return (x * m0 + (np.int64(1) << (total - 1))) >> total
 
@@ -209,6 +210,8 @@ def requant_params(multiplier, mode: str) -> RequantParams:
         raise ValueError("multiplier overflows float32")
     if mode == "tflite":
         m0, shift = quantize_multiplier(m, "double")
+        if np.any(shift > 30):
+            raise ValueError("multiplier must be below 2^30 in mode 'tflite' (shift <= 30)")
     elif mode == "tflite_single":
         m0, shift = quantize_multiplier(m, "single")
     else:

@@ -316,6 +316,7 @@ def test_requantize_ties_lists_exactly_the_disagreements():
         ({"qmin": 10, "qmax": 5}, ValueError, "qmax"),
         ({"mode": "tf"}, ValueError, "mode must be one of"),
         ({"multiplier": 1e39, "mode": "fp32"}, ValueError, "overflows float32"),
+        ({"multiplier": 2.0**31}, ValueError, "below 2"),
     ],
 )
 def test_requantize_rejects(kw, exc, match):
@@ -368,3 +369,11 @@ def test_effective_multiplier_per_stack():
     assert np.all(np.abs(t - o) <= 1e-7 * t)
     with pytest.raises(ValueError, match="s_y must be positive"):
         effective_multiplier(0.1, 0.1, 0.0, "tflite")
+
+
+def test_mbqm_rejects_shift_outside_tflite_range():
+    for shift in (31, -32):
+        with pytest.raises(ValueError, match=r"shift must lie in \[-31, 30\]"):
+            multiply_by_quantized_multiplier(1, 1 << 30, shift)
+    with pytest.raises(ValueError, match="m0 >= 0"):
+        multiply_by_quantized_multiplier(1, -5, 0, "single")
