@@ -23,6 +23,10 @@ are why it differs from ``tflite_single`` by one at some accumulators;
 :func:`requantize_ties` lists them.
 
 Everything here works on NumPy integer arrays of any shape; scalars are accepted.
+
+``fp32`` is fbgemm's rounding of an integer accumulator. PyTorch's quantized layers take a
+float bias and fold it in float32, and fbgemm turns a product beyond int32 into code 0
+rather than saturating: :mod:`npquant.qnn.fbgemm` reproduces that path bit for bit.
 """
 
 from __future__ import annotations

@@ -11,3 +11,18 @@ settings.register_profile(
     max_examples=int(os.environ.get("NPQUANT_HYPOTHESIS_EXAMPLES", "100")),
 )
 settings.load_profile("npquant")
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(params=[1, 2], ids=["1thread", "2threads"])
+def fbgemm_threads(request):
+    """torch with the fbgemm quantized engine pinned, on 1 and then 2 threads."""
+    torch = pytest.importorskip("torch")
+    old_t, old_e = torch.get_num_threads(), torch.backends.quantized.engine
+    torch.set_num_threads(request.param)
+    torch.backends.quantized.engine = "fbgemm"
+    yield request.param
+    torch.set_num_threads(old_t)
+    torch.backends.quantized.engine = old_e

@@ -377,3 +377,43 @@ def test_mbqm_rejects_shift_outside_tflite_range():
             multiply_by_quantized_multiplier(1, 1 << 30, shift)
     with pytest.raises(ValueError, match="m0 >= 0"):
         multiply_by_quantized_multiplier(1, -5, 0, "single")
+
+
+# ---- gemmlowp's fixed-point test values ---------------------------------------------
+# Source: gemmlowp test/test_fixedpoint.cc, main(): (1 << i) + {-2..2} and their negatives
+# for i < 31, INT32_MIN..MIN+2, INT32_MAX-2..MAX, and 1000 values of the LCG
+# random = random * 1664525 + 1013904223 (mod 2^32) from random = 1, cast to int32.
+
+def gemmlowp_testvals():
+    vals = []
+    for i in range(31):
+        for d in (-2, -1, 0, 1, 2):
+            vals.append(wrap32((1 << i) + d))
+            vals.append(wrap32(-(1 << i) + d))
+    vals += [INT32_MIN, INT32_MIN + 1, INT32_MIN + 2, INT32_MAX - 2, INT32_MAX - 1, INT32_MAX]
+    r = 1
+    for _ in range(1000):
+        r = (r * 1664525 + 1013904223) % (1 << 32)
+        vals.append(wrap32(r))
+    return np.array(sorted(vals), np.int64)
+
+
+def test_srdhm_on_gemmlowp_values():
+    # test_mul<0, 0>: the Q0.31 product is within one unit of round(a * b / 2^31) computed
+    # in double; here also equal to the exact definition (ties toward +inf)
+    v = gemmlowp_testvals()
+    a, b = np.meshgrid(v, v[::7])
+    got = saturating_rounding_doubling_high_mul(a, b).astype(np.int64)
+    expected_double = np.clip(np.round(a.astype(np.float64) * b.astype(np.float64) / 2.0**31), INT32_MIN, INT32_MAX)
+    assert np.all(np.abs(got - expected_double) <= 1)
+    for i in range(0, a.size, 97):
+        assert got.flat[i] == srdhm_ref(int(a.flat[i]), int(b.flat[i]))
+
+
+@pytest.mark.parametrize("exponent", [1, 3, 9, 31])
+def test_rdbpot_on_gemmlowp_values(exponent):
+    # test_Rescale<4, 5> divides by 2 with the rounding of ToFixedPoint (std::round: ties
+    # away from zero); the other exponents extend it
+    v = gemmlowp_testvals()
+    got = rounding_divide_by_pot(v, exponent)
+    np.testing.assert_array_equal(got, [rdbpot_ref(int(x), exponent) for x in v])

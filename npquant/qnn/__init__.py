@@ -2,4 +2,33 @@
 
 Every layer computes its int32 accumulator exactly, then requantizes it with a named
 mode of :mod:`npquant.fixedpoint` (``tflite``, ``tflite_single``, ``fp32``, ``onnx``).
+
+* :mod:`~npquant.qnn.gemm`: ``qlinear``, ``linear_accumulate``, ``quantize_bias``
+* :mod:`~npquant.qnn.conv`: ``qconv2d``, ``conv2d_accumulate`` (stride, padding with the
+  input zero point, dilation, groups, depthwise)
+* :mod:`~npquant.qnn.layers`: ``QLinear``, ``QConv2d`` (prepared weights, folded bias)
+* :mod:`~npquant.qnn.pool`: ``max_pool2d``, ``avg_pool2d`` (TFLite's or PyTorch's rounding)
+* :mod:`~npquant.qnn.add`: ``add`` of two tensors with different scales (TFLite's ADD,
+  PyTorch's quantized add)
+* :mod:`~npquant.qnn.activation`: fused clamps (ReLU, ReLU6), ``flatten``
+* :mod:`~npquant.qnn.overflow`: worst-case accumulator bounds, int16 pair saturation
+* :mod:`~npquant.qnn.fbgemm`: PyTorch fbgemm's float-bias requantization, bit for bit
 """
+
+from .activation import ACTIVATIONS, activation_range, clamp, flatten, relu, relu6
+from .add import ADD_MODES, add, tflite_add_params
+from .conv import conv2d_accumulate, conv_geometry, qconv2d
+from .fbgemm import fbgemm_multipliers, fbgemm_requantize
+from .gemm import linear_accumulate, qlinear, quantize_bias
+from .layers import AvgPool2d, Flatten, MaxPool2d, QAdd, QConv2d, QLinear, QReLU
+from .overflow import accumulator_bounds, check_accumulator, check_int16_pairs
+from .pool import AVG_POOL_MODES, avg_pool2d, max_pool2d
+
+__all__ = [
+    "ACTIVATIONS", "ADD_MODES", "AVG_POOL_MODES", "AvgPool2d", "Flatten", "MaxPool2d", "QAdd",
+    "QConv2d", "QLinear", "QReLU", "accumulator_bounds",
+    "activation_range", "add", "avg_pool2d", "check_accumulator", "check_int16_pairs", "clamp",
+    "conv2d_accumulate", "conv_geometry", "fbgemm_multipliers", "fbgemm_requantize", "flatten",
+    "linear_accumulate", "max_pool2d", "qconv2d", "qlinear", "quantize_bias", "relu", "relu6",
+    "tflite_add_params",
+]

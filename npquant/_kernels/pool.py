@@ -1,0 +1,56 @@
+"""numba kernels of 2-D pooling on integer codes, NCHW.
+
+Twins: ``npquant.qnn.pool._max_pool_numpy`` and ``_sum_pool_numpy``. Padding positions
+are skipped (never read), so they cannot win a max; sums and counts cover valid
+positions only. Accumulation is int64 with explicit casts.
+"""
+
+import numpy as np
+from numba import njit
+
+
+@njit(cache=True)
+def max_pool2d(x, kh, kw, sh, sw, ph, pw, out):
+    """out[n, c, i, j] = max of the valid positions of the window (at least one exists)."""
+    n_b, n_c, h, w = x.shape
+    oh, ow = out.shape[2], out.shape[3]
+    for b in range(n_b):
+        for c in range(n_c):
+            for i in range(oh):
+                y0 = i * sh - ph
+                ya = max(y0, 0)
+                yb = min(y0 + kh, h)
+                for j in range(ow):
+                    x0 = j * sw - pw
+                    xa = max(x0, 0)
+                    xb = min(x0 + kw, w)
+                    m = np.int64(x[b, c, ya, xa])
+                    for y in range(ya, yb):
+                        for xx in range(xa, xb):
+                            v = np.int64(x[b, c, y, xx])
+                            if v > m:
+                                m = v
+                    out[b, c, i, j] = m
+
+
+@njit(cache=True)
+def sum_pool2d(x, kh, kw, sh, sw, ph, pw, out_sum, out_count):
+    """Sum (int64) and number of the valid positions of each window."""
+    n_b, n_c, h, w = x.shape
+    oh, ow = out_sum.shape[2], out_sum.shape[3]
+    for b in range(n_b):
+        for c in range(n_c):
+            for i in range(oh):
+                y0 = i * sh - ph
+                ya = max(y0, 0)
+                yb = min(y0 + kh, h)
+                for j in range(ow):
+                    x0 = j * sw - pw
+                    xa = max(x0, 0)
+                    xb = min(x0 + kw, w)
+                    s = np.int64(0)
+                    for y in range(ya, yb):
+                        for xx in range(xa, xb):
+                            s += np.int64(x[b, c, y, xx])
+                    out_sum[b, c, i, j] = s
+                    out_count[b, c, i, j] = np.int64((yb - ya) * (xb - xa))

@@ -1,0 +1,113 @@
+"""Fused activations as code ranges, ReLU on codes, and flatten.
+
+A fused activation of an integer layer is a clamp of its output codes to
+``[act_min, act_max]``, computed once from the output's scale ``S`` and zero point ``Z``
+as TFLite's ``CalculateActivationRangeQuantizedImpl`` (``tensorflow/lite/kernels/
+kernel_util.cc``) does::
+
+    quantize(f) = Z + int32(TfLiteRound(float32(f) / float32(S)))
+    none          [qmin, qmax]
+    relu          [max(qmin, quantize(0)), qmax]
+    relu6         [max(qmin, quantize(0)), min(qmax, quantize(6))]
+    relu_n1_to_1  [max(qmin, quantize(-1)), min(qmax, quantize(1))]
+
+The lambda takes a ``float``, so ``f / S`` is a float32 division (one rounding), and
+``TfLiteRound`` is ``std::round`` of that float: round half away from zero
+(``tensorflow/lite/kernels/internal/cppmath.h``). Where ``6 / S`` computed in float64
+lies just below a half, float32 may round it onto the half and then away; the tests
+pin such a scale.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .._checks import check_choice, check_int
+
+ACTIVATIONS = ("none", "relu", "relu6", "relu_n1_to_1")
+
+
+def _scale32(scale) -> np.float32:
+    if isinstance(scale, (bool, np.bool_)) or not np.isscalar(scale) or np.asarray(scale).dtype.kind not in "fiu":
+        raise TypeError(f"scale must be a real scalar, got {type(scale).__name__} {scale!r}")
+    with np.errstate(over="ignore"):
+        s = np.float32(scale)
+    if not (np.isfinite(s) and s > 0):
+        raise ValueError(f"scale must be positive and finite as float32, got {scale!r}")
+    return s
+
+
+def quantize_scalar_tflite(f: float, scale, zero_point: int) -> int:
+    """TFLite's activation-range ``quantize``: ``Z + round_half_away(float32(f) / float32(S))``
+    with a float32 quotient; returns a Python int (TFLite's int32 cast would overflow
+    past 2^31; here the exact integer is returned and the caller clamps)."""
+    s = _scale32(scale)
+    with np.errstate(over="ignore"):
+        t = np.float32(np.float32(f) / s)
+    if not np.isfinite(t):
+        raise ValueError(f"{f} / scale overflows float32 (scale={scale!r})")
+    r = math.copysign(math.floor(abs(float(t)) + 0.5), float(t))  # exact: |t| < 2^128, f32 + 0.5 fits a double
+    return check_int(zero_point, "zero_point") + int(r)
+
+
+def activation_range(activation: str, scale, zero_point: int, qmin: int = -128, qmax: int = 127) -> tuple[int, int]:
+    """``(act_min, act_max)`` codes of a fused ``activation`` (one of ``ACTIVATIONS``) for
+    an output with float32 ``scale`` and integer ``zero_point`` in ``[qmin, qmax]``."""
+    check_choice(activation, "activation", ACTIVATIONS)
+    qmin = check_int(qmin, "qmin")
+    qmax = check_int(qmax, "qmax", lo=qmin)
+    zero_point = check_int(zero_point, "zero_point", lo=qmin, hi=qmax)
+    _scale32(scale)
+    if activation == "none":
+        return qmin, qmax
+    if activation == "relu":
+        return max(qmin, quantize_scalar_tflite(0.0, scale, zero_point)), qmax
+    if activation == "relu6":
+        lo = max(qmin, quantize_scalar_tflite(0.0, scale, zero_point))
+        return lo, max(lo, min(qmax, quantize_scalar_tflite(6.0, scale, zero_point)))
+    lo = max(qmin, quantize_scalar_tflite(-1.0, scale, zero_point))
+    return lo, max(lo, min(qmax, quantize_scalar_tflite(1.0, scale, zero_point)))
+
+
+def _codes(q, name: str = "q") -> np.ndarray:
+    a = np.asarray(q)
+    if a.dtype.kind not in "iu":
+        raise TypeError(f"{name} must be an integer array of codes, got dtype {a.dtype}")
+    return a
+
+
+def clamp(q, act_min: int, act_max: int) -> np.ndarray:
+    """Codes clamped to ``[act_min, act_max]`` (which must fit ``q``'s dtype); same dtype."""
+    a = _codes(q)
+    info = np.iinfo(a.dtype)
+    act_min = check_int(act_min, "act_min", lo=int(info.min), hi=int(info.max))
+    act_max = check_int(act_max, "act_max", lo=act_min, hi=int(info.max))
+    return np.clip(a, act_min, act_max).astype(a.dtype)
+
+
+def relu(q, zero_point: int) -> np.ndarray:
+    """ReLU on codes: ``max(q, zero_point)``; exact, same dtype and qparams."""
+    a = _codes(q)
+    info = np.iinfo(a.dtype)
+    zp = check_int(zero_point, "zero_point", lo=int(info.min), hi=int(info.max))
+    return np.maximum(a, a.dtype.type(zp))
+
+
+def relu6(q, scale, zero_point: int) -> np.ndarray:
+    """ReLU6 on codes: clamp to TFLite's ``relu6`` range for ``q``'s dtype range; the upper
+    bound ``Z + round_half_away(float32(6) / S)`` saturates at the dtype's max."""
+    a = _codes(q)
+    info = np.iinfo(a.dtype)
+    lo, hi = activation_range("relu6", scale, zero_point, int(info.min), int(info.max))
+    return np.clip(a, lo, hi).astype(a.dtype)
+
+
+def flatten(q) -> np.ndarray:
+    """NCHW codes to ``(N, C*H*W)`` in C order (PyTorch's ``flatten(1)``): a view when
+    ``q`` is contiguous, else a copy; qparams are unchanged (per-tensor only)."""
+    a = _codes(q)
+    if a.ndim < 1:
+        raise ValueError(f"q must have a batch axis, got shape {a.shape}")
+    return a.reshape(a.shape[0], -1)

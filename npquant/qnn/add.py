@@ -1,0 +1,152 @@
+"""Element-wise add of two quantized tensors with different scales.
+
+``mode="tflite"`` (and ``"tflite_single"``) is TFLite's int8/uint8 ADD
+(``tensorflow/lite/kernels/add.cc`` Prepare, ``kernels/internal/reference/integer_ops/add.h``).
+Constants, in float64 from the float32 scales (the products by 2 and 2^20 are exact)::
+
+    left_shift = 20 (8-bit; 15 for int16)
+    twice_max  = 2 * max(S1, S2)
+    m1 = S1 / twice_max,  m2 = S2 / twice_max,  m_out = twice_max / (2^left_shift * S_out)
+
+each turned into ``(m0, shift)`` by ``QuantizeMultiplierSmallerThanOneExp`` (needs
+``m < 1``). Per element, int32::
+
+    a_i  = MBQM((q_i - Z_i) << left_shift, m0_i, shift_i)       i = 1, 2
+    code = clamp(MBQM(a_1 + a_2, m0_out, shift_out) + Z_out, act_min, act_max)
+
+``MBQM`` is :func:`npquant.fixedpoint.multiply_by_quantized_multiplier`, double rounding
+by default, single rounding under ``TFLITE_SINGLE_ROUNDING`` (``mode="tflite_single"``).
+
+``mode="torch"`` reproduces ``torch.ops.quantized.add``/``add_relu`` on quint8 tensors
+(torch 2.13, fbgemm/x86 engine, AVX-512 build, measured bit for bit): elements in
+blocks of ``vector_width`` (64 for AVX-512, 32 for AVX2) go through the vector path
+``d_i = fma(float32(q_i), S_i, float32(S_i * -Z_i))``, ``c = d_1 + d_2``,
+``code = rint(c * inv) + Z_out``; the remaining ``n % vector_width`` elements through
+the scalar path ``d_i = float32((q_i - Z_i) * S_i)``, ``code = rint(float32(c * inv) +
+Z_out)``; ``inv = float32(1 / S_out)``, float32 arithmetic, ties to even, ReLU as
+``c = max(c, 0)``, then the clamp to [0, 255]. This holds for same-shape contiguous
+inputs processed as one chunk (fewer than 32768 elements, or one thread).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .._checks import check_choice, check_int
+from ..fixedpoint import multiply_by_quantized_multiplier, quantize_multiplier
+from .fbgemm import fma_float32
+
+ADD_MODES = ("tflite", "tflite_single", "torch")
+
+
+def _scale(v, name: str) -> np.float32:
+    a = np.asarray(v)
+    if a.dtype.kind not in "fiu" or a.ndim != 0:
+        raise TypeError(f"{name} must be a real scalar, got {v!r}")
+    with np.errstate(over="ignore"):
+        s = np.float32(a)
+    if not (np.isfinite(s) and s > 0):
+        raise ValueError(f"{name} must be positive and finite as float32, got {v!r}")
+    return s
+
+
+@dataclass(frozen=True)
+class AddParams:
+    """TFLite ADD constants: ``left_shift`` and ``(m0, shift)`` (Python ints) per input and output."""
+
+    left_shift: int
+    input1: tuple[int, int]
+    input2: tuple[int, int]
+    output: tuple[int, int]
+
+
+def tflite_add_params(s1, s2, s_out, *, left_shift: int = 20, rounding: str = "double") -> AddParams:
+    """The constants of TFLite's ADD Prepare (module docstring); float64 arithmetic on the
+    float32 scales. ``ValueError`` if a real multiplier is not below 1 (TFLite asserts)."""
+    left_shift = check_int(left_shift, "left_shift", lo=0, hi=30)
+    s1, s2, so = (np.float64(_scale(v, n)) for v, n in ((s1, "s1"), (s2, "s2"), (s_out, "s_out")))
+    twice_max = 2.0 * max(s1, s2)
+    reals = (s1 / twice_max, s2 / twice_max, twice_max / (float(1 << left_shift) * so))
+    if reals[2] >= 1.0:
+        raise ValueError(f"s_out must exceed 2 * max(s1, s2) / 2^{left_shift} "
+                         f"(the output multiplier must be < 1), got s_out={so}")
+    out = []
+    for r in reals:
+        m0, sh = quantize_multiplier(r, rounding)
+        out.append((int(m0), int(sh)))
+    return AddParams(left_shift, *out)
+
+
+def add(q1, s1, z1: int, q2, s2, z2: int, s_out, z_out: int, *, qmin: int = -128, qmax: int = 127,
+        act_min: int | None = None, act_max: int | None = None, mode: str = "tflite",
+        left_shift: int = 20, vector_width: int = 64) -> np.ndarray:
+    """Quantized ``q1 + q2`` (NumPy broadcasting) with output scale ``s_out`` and zero point
+    ``z_out`` (module docstring for each ``mode``).
+
+    ``q1``, ``q2``: integer codes in ``[qmin, qmax]`` (int8 ``-128, 127`` default; uint8
+    ``0, 255``); scales float32 scalars; zero points in ``[qmin, qmax]``.
+    ``act_min``/``act_max``: fused-activation clamp (:func:`npquant.qnn.activation.
+    activation_range`), default ``[qmin, qmax]``. ``mode="torch"`` is uint8 only; its
+    ReLU (``add_relu``) is ``act_min=z_out``. Returns codes of dtype int8 or uint8
+    (by ``qmin``), saturated to ``[act_min, act_max]``.
+    """
+    check_choice(mode, "mode", ADD_MODES)
+    qmin = check_int(qmin, "qmin", lo=-(1 << 15))
+    qmax = check_int(qmax, "qmax", lo=qmin + 1, hi=(1 << 16) - 1)
+    act_min = qmin if act_min is None else check_int(act_min, "act_min", lo=qmin, hi=qmax)
+    act_max = qmax if act_max is None else check_int(act_max, "act_max", lo=act_min, hi=qmax)
+    zs = [check_int(z, n, lo=qmin, hi=qmax) for z, n in ((z1, "z1"), (z2, "z2"), (z_out, "z_out"))]
+    arrs = []
+    for q, n in ((q1, "q1"), (q2, "q2")):
+        a = np.asarray(q)
+        if a.dtype.kind not in "iu":
+            raise TypeError(f"{n} must be an integer array of codes, got dtype {a.dtype}")
+        if a.size and (a.min() < qmin or a.max() > qmax):
+            raise ValueError(f"{n} must lie in [{qmin}, {qmax}]")
+        arrs.append(a.astype(np.int64))
+    a1, a2 = np.broadcast_arrays(*arrs)
+    dtype = np.dtype(np.int8 if qmin < 0 and qmax <= 127 else np.uint8 if qmin >= 0 and qmax <= 255
+                     else np.int16 if qmin < 0 else np.uint16)
+    if mode == "torch":
+        if (qmin, qmax) != (0, 255):
+            raise ValueError("mode='torch' reproduces quint8 add: needs qmin=0, qmax=255")
+        vector_width = check_int(vector_width, "vector_width", lo=1)
+        v = _torch_add(a1.ravel(), _scale(s1, "s1"), zs[0], a2.ravel(), _scale(s2, "s2"), zs[1],
+                       _scale(s_out, "s_out"), zs[2], act_min == zs[2], vector_width)
+        return np.clip(v, act_min, act_max).reshape(a1.shape).astype(dtype)
+    p = tflite_add_params(s1, s2, s_out, left_shift=left_shift,
+                          rounding="double" if mode == "tflite" else "single")
+    rnd = "double" if mode == "tflite" else "single"
+    sh1 = (a1 - zs[0]) << p.left_shift
+    sh2 = (a2 - zs[1]) << p.left_shift
+    if np.any(np.abs(sh1) > (1 << 31) - 1) or np.any(np.abs(sh2) > (1 << 31) - 1):
+        raise ValueError(f"(q - z) << left_shift overflows int32; left_shift={p.left_shift} is too large for these codes")
+    r1 = multiply_by_quantized_multiplier(sh1, *p.input1, rounding=rnd)
+    r2 = multiply_by_quantized_multiplier(sh2, *p.input2, rounding=rnd)
+    out = multiply_by_quantized_multiplier(r1 + r2, *p.output, rounding=rnd) + zs[2]
+    return np.clip(out, act_min, act_max).astype(dtype)
+
+
+def _torch_add(a1, s1, z1, a2, s2, z2, so, zo, relu, width):
+    n = a1.size
+    nv = n - n % width
+    f32 = np.float32
+    inv = f32(1.0 / np.float64(so))
+    out = np.empty(n, np.int64)
+    # vector path: fused dequantize with the premultiplied -Z*S, integer add of Z_out
+    d1 = fma_float32(a1[:nv].astype(f32), s1, f32(s1 * f32(-z1)))
+    d2 = fma_float32(a2[:nv].astype(f32), s2, f32(s2 * f32(-z2)))
+    c = (d1 + d2).astype(f32)
+    if relu:
+        c = np.maximum(c, f32(0))
+    out[:nv] = np.rint((c * inv).astype(f32)).astype(np.int64) + zo
+    # scalar tail: separate roundings, zero point added in float32 before rint
+    e1 = ((a1[nv:] - z1).astype(f32) * s1).astype(f32)
+    e2 = ((a2[nv:] - z2).astype(f32) * s2).astype(f32)
+    c = (e1 + e2).astype(f32)
+    if relu:
+        c = np.maximum(c, f32(0))
+    out[nv:] = np.rint(((c * inv).astype(f32) + f32(zo)).astype(f32)).astype(np.int64)
+    return out

@@ -1,0 +1,178 @@
+"""Integer 2-D convolution: NCHW int8/uint8 codes, OIHW weights, int32 accumulation.
+
+``acc[n, o, i, j] = bias[o] + sum_{c, u, v} (q_x[n, g C_g + c, i s_h - p_t + u d_h,
+j s_w - p_l + v d_w] - Z_x)(q_w[o, c, u, v] - Z_w[o])`` for output channel ``o`` of group
+``g = o // (O / groups)``; positions outside the image read ``Z_x`` (padding with the
+input zero point, i.e. a real zero). Computed as im2col (``_kernels.conv``) followed by
+the integer GEMM of :mod:`npquant.qnn.gemm` per group, in its ``direct`` or ``folded``
+form. Requantization, fused activations and the overflow check are those of
+:func:`npquant.qnn.gemm.qlinear`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .._checks import check_choice, check_int
+from .._kernels import conv as _kc
+from ..fixedpoint import REQUANT_MODES
+from ..qparams import QParams
+from . import gemm as _g
+
+
+@dataclass(frozen=True)
+class ConvGeometry:
+    """Stride, padding (top, bottom, left, right), dilation and groups of a conv2d."""
+
+    stride: tuple[int, int]
+    padding: tuple[int, int, int, int]
+    dilation: tuple[int, int]
+    groups: int
+
+    def output_size(self, h: int, w: int, kh: int, kw: int) -> tuple[int, int]:
+        """``(H + p_t + p_b - d_h (kh - 1) - 1) // s_h + 1`` and likewise for the width."""
+        (sh, sw), (pt, pb, pl, pr), (dh, dw) = self.stride, self.padding, self.dilation
+        return ((h + pt + pb - dh * (kh - 1) - 1) // sh + 1, (w + pl + pr - dw * (kw - 1) - 1) // sw + 1)
+
+
+def _pair(v, name: str, lo: int) -> tuple[int, int]:
+    if isinstance(v, (tuple, list)):
+        if len(v) != 2:
+            raise ValueError(f"{name} must be an int or a pair (h, w), got {v!r}")
+        return check_int(v[0], name, lo=lo), check_int(v[1], name, lo=lo)
+    v = check_int(v, name, lo=lo)
+    return v, v
+
+
+def conv_geometry(stride=1, padding=0, dilation=1, groups: int = 1) -> ConvGeometry:
+    """Validate and normalize conv2d arguments.
+
+    ``stride``, ``dilation``: int or (h, w), >= 1. ``padding``: int (all sides), (h, w)
+    (symmetric), or (top, bottom, left, right) (asymmetric; note ONNX orders its
+    ``pads`` as (top, left, bottom, right)), >= 0. ``groups`` >= 1.
+    """
+    s = _pair(stride, "stride", 1)
+    d = _pair(dilation, "dilation", 1)
+    if isinstance(padding, (tuple, list)) and len(padding) == 4:
+        p = tuple(check_int(v, "padding", lo=0) for v in padding)
+    elif isinstance(padding, (tuple, list)) and len(padding) != 2:
+        raise ValueError(f"padding must be an int, (h, w) or (top, bottom, left, right), got {padding!r}")
+    else:
+        ph, pw = _pair(padding, "padding", 0)
+        p = (ph, ph, pw, pw)
+    return ConvGeometry(s, p, d, check_int(groups, "groups", lo=1))
+
+
+def _im2col(x: np.ndarray, zx: int, geo: ConvGeometry, kh: int, kw: int, backend: str):
+    """(groups, N * OH * OW, C_g * kh * kw) patches of ``x``'s dtype, and (OH, OW)."""
+    n, c, h, w = x.shape
+    oh, ow = geo.output_size(h, w, kh, kw)
+    if backend == "numpy":
+        return _im2col_numpy(x, zx, geo, kh, kw, oh, ow), (oh, ow)
+    (sh, sw), (pt, _, pl, _), (dh, dw) = geo.stride, geo.padding, geo.dilation
+    out = np.empty((geo.groups, n * oh * ow, (c // geo.groups) * kh * kw), x.dtype)
+    _kc.im2col(np.ascontiguousarray(x), zx, geo.groups, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow, out)
+    return out, (oh, ow)
+
+
+def _im2col_numpy(x, zx, geo: ConvGeometry, kh, kw, oh, ow) -> np.ndarray:
+    """Twin of ``_kernels.conv.im2col``: pad with ``zx``, then strided slices per tap."""
+    n, c, _, _ = x.shape
+    (sh, sw), (pt, pb, pl, pr), (dh, dw) = geo.stride, geo.padding, geo.dilation
+    xp = np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)), constant_values=zx)
+    taps = np.empty((n, c, kh, kw, oh, ow), x.dtype)
+    for u in range(kh):
+        for v in range(kw):
+            r0, c0 = u * dh, v * dw
+            taps[:, :, u, v] = xp[:, :, r0:r0 + sh * (oh - 1) + 1:sh, c0:c0 + sw * (ow - 1) + 1:sw]
+    g = geo.groups
+    cols = taps.transpose(0, 4, 5, 1, 2, 3).reshape(n * oh * ow, g, (c // g) * kh * kw)
+    return np.ascontiguousarray(cols.transpose(1, 0, 2))
+
+
+def _conv_setup(x_q, x_qp, w_q, w_qp, bias_q, stride, padding, dilation, groups, form, overflow):
+    _g._act_qparams(x_qp, "x_qp")
+    _g._check_qparams_type(w_qp, "w_qp")
+    geo = conv_geometry(stride, padding, dilation, groups)
+    w = _g._codes(w_q, w_qp, "w_q", ndim=4)
+    x = _g._codes(x_q, x_qp, "x_q", ndim=4)
+    o, cg, kh, kw = w.shape
+    if o % geo.groups:
+        raise ValueError(f"w_q has {o} output channels, not divisible by groups={geo.groups}")
+    if x.shape[1] != cg * geo.groups:
+        raise ValueError(f"x_q has {x.shape[1]} channels but w_q {w.shape} with groups={geo.groups} "
+                         f"needs {cg * geo.groups}")
+    oh, ow = geo.output_size(x.shape[2], x.shape[3], kh, kw)
+    if oh < 1 or ow < 1:
+        raise ValueError(f"the kernel {kh}x{kw} (dilation {geo.dilation}) does not fit the padded input "
+                         f"{x.shape[2]}x{x.shape[3]} with padding {geo.padding}")
+    sw, zw, per_channel = _g._weight_qparams(w_qp, w.shape)
+    bias = _g._bias(bias_q, o)
+    prep = _g._prepare(w.reshape(o, -1), zw, x_qp, bias, form, overflow, "the conv2d accumulator")
+    return x, geo, (kh, kw), prep, sw, per_channel
+
+
+def _conv_run(x, geo: ConvGeometry, kernel, prep: "_g._Gemm", backend: str) -> np.ndarray:
+    """int32 (N, O, OH, OW) accumulators."""
+    n = x.shape[0]
+    cols, (oh, ow) = _im2col(x, prep.zx, geo, kernel[0], kernel[1], backend)
+    o = prep.w.shape[0]
+    og = o // geo.groups
+    acc = np.empty((n * oh * ow, o), np.int32)
+    for g in range(geo.groups):
+        sl = slice(g * og, (g + 1) * og)
+        sub = _g._Gemm(prep.w[sl], prep.zx, prep.zw[sl], prep.bias[sl], prep.bias_folded[sl],
+                       prep.form, prep.fits)
+        acc[:, sl] = _g._run(sub, cols[g], backend)
+    return np.ascontiguousarray(acc.reshape(n, oh, ow, o).transpose(0, 3, 1, 2))
+
+
+def conv2d_accumulate(x_q, x_qp: QParams, w_q, w_qp: QParams, bias_q=None, *, stride=1, padding=0,
+                      dilation=1, groups: int = 1, form: str = "direct", overflow: str = "error",
+                      backend: str = "numba") -> np.ndarray:
+    """int32 accumulators of an integer conv2d (before requantization).
+
+    Parameters
+    ----------
+    x_q : integer codes (N, C, H, W) of ``x_qp`` (per-tensor)
+    w_q : integer codes (O, C / groups, kh, kw) of ``w_qp`` (per-tensor or per-channel
+        along axis 0); depthwise is ``groups = C`` with ``O = C * multiplier``
+    bias_q : int32 (O,) at scale ``S_x S_w`` and zero point 0, or None
+    stride, padding, dilation, groups : see :func:`conv_geometry`; padding reads ``Z_x``
+    form, overflow, backend : as in :func:`npquant.qnn.gemm.linear_accumulate`
+
+    Returns
+    -------
+    int32 (N, O, OH, OW), exact; ``OH = (H + p_t + p_b - d_h (kh - 1) - 1) // s_h + 1``.
+    """
+    check_choice(backend, "backend", _g.BACKENDS)
+    x, geo, kernel, prep, _, _ = _conv_setup(x_q, x_qp, w_q, w_qp, bias_q, stride, padding, dilation,
+                                             groups, form, overflow)
+    return _conv_run(x, geo, kernel, prep, backend)
+
+
+def qconv2d(x_q, x_qp: QParams, w_q, w_qp: QParams, bias_q, y_qp: QParams, *, stride=1, padding=0,
+            dilation=1, groups: int = 1, mode: str = "tflite", activation=None, form: str = "direct",
+            overflow: str = "error", backend: str = "numba", float_bias=None) -> np.ndarray:
+    """Integer conv2d: NCHW codes in, NCHW codes of ``y_qp`` out.
+
+    The accumulator of :func:`conv2d_accumulate`, requantized per output channel (axis
+    1) as in :func:`npquant.qnn.gemm.qlinear`: ``mode`` names the rounding,
+    ``activation`` the fused clamp. Returns (N, O, OH, OW) codes of ``y_qp.spec.dtype``.
+    ``float_bias`` with ``mode="fp32"`` reproduces ``torch.ops.quantized.conv2d`` (dense
+    and grouped; fbgemm's depthwise kernel saturates int16 pair sums, see
+    :mod:`npquant.qnn.fbgemm`).
+    """
+    check_choice(backend, "backend", _g.BACKENDS)
+    check_choice(mode, "mode", REQUANT_MODES)
+    _g._check_float_bias(float_bias, bias_q, mode)
+    _g._act_qparams(y_qp, "y_qp")
+    _g._activation_range(activation, y_qp)
+    x, geo, kernel, prep, sw, per_channel = _conv_setup(x_q, x_qp, w_q, w_qp, bias_q, stride, padding,
+                                                        dilation, groups, form, overflow)
+    acc = _conv_run(x, geo, kernel, prep, backend)
+    if float_bias is not None:
+        return _g._float_bias_out(acc, x_qp, sw, per_channel, y_qp, float_bias, activation, axis=1)
+    return _g._requantize_out(acc, x_qp, sw, per_channel, y_qp, mode, activation, axis=1)

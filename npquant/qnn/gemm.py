@@ -1,0 +1,341 @@
+"""Integer fully connected layer: int8/uint8 codes in, int32 accumulation, codes out.
+
+``acc[n, o] = bias[o] + sum_k (q_x[n, k] - Z_x)(q_w[o, k] - Z_w[o])`` exactly in int32,
+then ``y = clamp(round(acc * M[o]) + Z_y, lo, hi)`` with ``M = S_x S_w[o] / S_y`` and the
+rounding of a named requantization ``mode`` (:mod:`npquant.fixedpoint`). The bias is
+int32 at scale ``S_x S_w`` with zero point 0 (:func:`quantize_bias`).
+
+Two equal forms of the sum (``form``): ``"direct"`` as written, and ``"folded"``, the
+expansion of Jacob et al. 2018 (eq. 7), ``sum q_x q_w - Z_w sum q_x - Z_x sum q_w +
+K Z_x Z_w``, whose weight terms are folded into the bias once per layer. They give the
+same int32 bits (modular arithmetic; see :mod:`npquant._kernels.gemm`).
+
+The worst case of ``acc`` over the actual weights, every input code and the bias is
+checked against int32 before anything runs (:mod:`npquant.qnn.overflow`): a possible
+overflow is a ``ValueError``, or, with ``overflow="wrap"``, wraps as int32.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .._checks import check_choice, check_int, normalize_axis
+from .._kernels import gemm as _k
+from .activation import activation_range
+from .fbgemm import fbgemm_requantize
+from ..fixedpoint import REQUANT_MODES, effective_multiplier, requantize
+from ..linear import round_values
+from ..qparams import QParams
+from . import overflow as _ovf
+
+FORMS = ("direct", "folded")
+BACKENDS = ("numba", "numpy")
+ACTIVATIONS = ("relu", "relu6", "relu_n1_to_1")
+BIAS_METHODS = ("onnxruntime", "tflite")
+INT32_MIN, INT32_MAX = _ovf.INT32_MIN, _ovf.INT32_MAX
+
+
+# ---- argument checks shared with conv.py and layers.py ----------------------------------
+
+def _check_qparams_type(qp, name: str) -> QParams:
+    if not isinstance(qp, QParams):
+        raise TypeError(f"{name} must be a QParams, got {type(qp).__name__}")
+    return qp
+
+
+def _act_qparams(qp, name: str) -> tuple[np.float32, int]:
+    """Per-tensor activation qparams: (scale, zero point)."""
+    _check_qparams_type(qp, name)
+    if qp.spec.axis is not None:
+        raise ValueError(f"{name} must be per-tensor (axis=None), got {qp.spec.granularity} axis={qp.spec.axis}")
+    return np.float32(qp.scale), int(qp.zero_point)
+
+
+def _codes(q, qp: QParams, name: str, ndim: int | None = None) -> np.ndarray:
+    """Integer codes inside ``qp.spec``'s range, returned as ``qp.spec.dtype``."""
+    a = np.asarray(q)
+    if a.dtype.kind not in "iu":
+        raise TypeError(f"{name} must be an integer array of codes, got dtype {a.dtype}")
+    if ndim is not None and a.ndim != ndim:
+        raise ValueError(f"{name} must have {ndim} dimensions, got shape {a.shape}")
+    if a.size == 0:
+        raise ValueError(f"{name} is empty; a non-empty array is required")
+    lo, hi = qp.spec.qmin, qp.spec.qmax
+    if a.min() < lo or a.max() > hi:
+        raise ValueError(f"{name} must hold codes in [{lo}, {hi}] of its spec, got values in "
+                         f"[{a.min()}, {a.max()}]")
+    return a.astype(qp.spec.dtype, copy=False)
+
+
+def _weight_qparams(w_qp, w_shape, name: str = "w_qp") -> tuple[np.ndarray, np.ndarray, bool]:
+    """Per-tensor or per-channel (axis 0) weight qparams as (scale (O,), Z_w (O,), per_channel)."""
+    _check_qparams_type(w_qp, name)
+    spec = w_qp.spec
+    n_out = w_shape[0]
+    if spec.axis is None:
+        return (np.full(n_out, w_qp.scale, np.float32), np.full(n_out, w_qp.zero_point, np.int32), False)
+    if spec.block_size is not None or normalize_axis(spec.axis, len(w_shape), f"{name}.spec.axis") != 0:
+        raise ValueError(f"{name} must be per-tensor or per-channel along axis 0 (output channels), got "
+                         f"{spec.granularity} axis={spec.axis} block_size={spec.block_size}")
+    if w_qp.scale.shape != (n_out,):
+        raise ValueError(f"{name} has {w_qp.scale.size} channels but the weights have {n_out} outputs")
+    return w_qp.scale.astype(np.float32), w_qp.zero_point.astype(np.int32), True
+
+
+def _bias(bias_q, n_out: int, name: str = "bias_q") -> np.ndarray:
+    if bias_q is None:
+        return np.zeros(n_out, np.int32)
+    b = np.asarray(bias_q)
+    if b.dtype.kind not in "iu":
+        raise TypeError(f"{name} must be an int32 array, got dtype {b.dtype}")
+    if b.shape != (n_out,):
+        raise ValueError(f"{name} must have shape ({n_out},), one per output channel, got {b.shape}")
+    if b.min() < INT32_MIN or b.max() > INT32_MAX:
+        raise ValueError(f"{name} must lie in the int32 range, got [{b.min()}, {b.max()}]")
+    return b.astype(np.int32)
+
+
+def _activation_range(activation, y_qp: QParams) -> tuple[int, int]:
+    """Output code range of a fused activation, as TFLite's CalculateActivationRangeQuantized.
+
+    ``None``: the spec's range; ``"relu"``: ``[max(qmin, Z_y), qmax]``; ``"relu6"``:
+    also ``hi = min(qmax, Z_y + round(6 / S_y))``; ``"relu_n1_to_1"``: ``[Z_y + round(-1 /
+    S_y), Z_y + round(1 / S_y)]`` within the spec; ``round`` is half away from zero of the
+    float32 quotient. A pair ``(lo, hi)`` of codes is taken as is.
+    """
+    qmin, qmax = y_qp.spec.qmin, y_qp.spec.qmax
+    if activation is None:
+        return qmin, qmax
+    if isinstance(activation, tuple):
+        if len(activation) != 2:
+            raise ValueError(f"activation as a range must be (lo, hi), got {activation!r}")
+        lo = check_int(activation[0], "activation[0]", lo=qmin, hi=qmax)
+        hi = check_int(activation[1], "activation[1]", lo=lo, hi=qmax)
+        return lo, hi
+    if not isinstance(activation, str) or activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be None, 'relu', 'relu6', 'relu_n1_to_1' or a (lo, hi) pair "
+                         f"of codes, got {activation!r}")
+    return activation_range(activation, np.float32(y_qp.scale), int(y_qp.zero_point), qmin, qmax)
+
+
+def _float_bias_out(acc, x_qp: QParams, w_scale: np.ndarray, per_channel: bool, y_qp: QParams,
+                    float_bias, activation, axis: int) -> np.ndarray:
+    """PyTorch fbgemm's output from the bias-free accumulator and its float bias."""
+    if y_qp.spec.qmin != 0 or y_qp.spec.qmax != 255:
+        raise ValueError("float_bias reproduces PyTorch's fbgemm, whose output is quint8: y_qp must be "
+                         "unsigned 8-bit")
+    if activation not in (None, "relu"):
+        raise ValueError(f"with float_bias, activation must be None or 'relu' (fbgemm's fused forms), "
+                         f"got {activation!r}")
+    sw = w_scale if per_channel else w_scale[0]
+    out = fbgemm_requantize(acc, np.float32(x_qp.scale), sw, np.float32(y_qp.scale), int(y_qp.zero_point),
+                            bias=float_bias, relu=activation == "relu", axis=axis)
+    return out.astype(y_qp.spec.dtype)
+
+
+def _check_float_bias(float_bias, bias_q, mode: str) -> None:
+    if float_bias is None:
+        return
+    if mode != "fp32":
+        raise ValueError(f"float_bias is PyTorch fbgemm's float bias and needs mode='fp32', got mode={mode!r}")
+    if bias_q is not None:
+        raise ValueError("give either bias_q (int32) or float_bias (fbgemm's float bias), not both")
+
+
+# ---- bias ----------------------------------------------------------------------------
+
+def quantize_bias(bias, s_x, s_w, *, method: str = "onnxruntime") -> np.ndarray:
+    """Float bias to int32 codes at scale ``S_x * S_w`` with zero point 0.
+
+    ``bias`` is a finite float array (out,); ``s_x`` a float32 scale; ``s_w`` a scale or
+    (out,) per-channel scales. The bias scale is ``float32(S_x * S_w)`` in both methods:
+
+    - ``"onnxruntime"``: ``round_half_even(float64(bias) / float64(scale))``, as
+      ``onnxruntime.quantization`` (``quantize_bias_static_impl``) does;
+    - ``"tflite"``: ``round_half_away(float32(float32(bias) * float32(1 / scale)))``, as
+      TFLite's post-training quantizer (``tools/optimize``, ``SymmetricBiasQuantize``).
+
+    Both stacks saturate a bias beyond int32; here that is a ``ValueError`` (the scale is
+    too small for the bias). PyTorch's quantized linear/conv take a float bias instead.
+    Returns int32 of ``bias``'s shape.
+    """
+    check_choice(method, "method", BIAS_METHODS)
+    b = np.asarray(bias)
+    if b.dtype.kind != "f":
+        raise TypeError(f"bias must be a floating-point array, got dtype {b.dtype}")
+    if b.size and not np.all(np.isfinite(b)):
+        raise ValueError("bias contains NaN or infinity")
+    sx = np.asarray(s_x, dtype=np.float32)
+    sw = np.asarray(s_w, dtype=np.float32)
+    for name, s in (("s_x", sx), ("s_w", sw)):
+        if s.size == 0 or not np.all(np.isfinite(s)) or not np.all(s > 0):
+            raise ValueError(f"{name} must be positive and finite float32 scales")
+    if sx.size != 1:
+        raise ValueError(f"s_x must be one per-tensor scale, got shape {sx.shape}")
+    if sw.size != 1 and sw.shape != b.shape:
+        raise ValueError(f"s_w must be a scale or one per bias element {b.shape}, got shape {sw.shape}")
+    scale = (sx.reshape(()) * sw).astype(np.float32)
+    if method == "onnxruntime":
+        q = np.rint(b.astype(np.float64) / scale.astype(np.float64))
+    else:
+        with np.errstate(over="ignore", divide="ignore"):
+            inv = (1.0 / scale.astype(np.float64)).astype(np.float32)
+            q = round_values((b.astype(np.float32) * inv).astype(np.float32), "half_away")
+    q = np.broadcast_to(q, b.shape)
+    if q.size and (not np.all(np.isfinite(q)) or q.min() < INT32_MIN or q.max() > INT32_MAX):
+        raise ValueError("bias / (s_x * s_w) does not fit int32: the bias scale is too small for this bias")
+    return q.astype(np.int32)
+
+
+# ---- the prepared product ---------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Gemm:
+    """Everything about ``x @ w.T + bias`` that does not depend on ``x``."""
+
+    w: np.ndarray            # (O, K) codes, C-contiguous
+    zx: int
+    zw: np.ndarray           # (O,) int32
+    bias: np.ndarray         # (O,) int32
+    bias_folded: np.ndarray  # (O,) int32: bias + K Zx Zw - Zx sum_k w, wrapped
+    form: str
+    fits: bool               # the worst case fits int32
+
+
+def _prepare(w2d: np.ndarray, zw: np.ndarray, x_qp: QParams, bias: np.ndarray, form: str,
+             overflow: str, what: str) -> _Gemm:
+    check_choice(form, "form", FORMS)
+    check_choice(overflow, "overflow", _ovf.OVERFLOW_MODES)
+    zx = int(x_qp.zero_point)
+    lo, hi = _ovf.accumulator_bounds(w2d, zw, x_qp.spec.qmin, x_qp.spec.qmax, zx, bias)
+    fits = _ovf.check_accumulator(lo, hi, overflow, what=what)
+    w = np.ascontiguousarray(w2d)
+    k = w.shape[1]
+    folded = bias.astype(np.int64) + k * zx * zw.astype(np.int64) - zx * w.astype(np.int64).sum(axis=1)
+    return _Gemm(w, zx, zw, bias, _wrap32(folded).astype(np.int32), form, fits)
+
+
+def _wrap32(v: np.ndarray) -> np.ndarray:
+    return ((np.asarray(v, np.int64) + (1 << 31)) & 0xFFFFFFFF) - (1 << 31)
+
+
+def _run(g: _Gemm, x2d: np.ndarray, backend: str) -> np.ndarray:
+    """int32 (N, O) accumulators of codes ``x2d`` (N, K)."""
+    x = np.ascontiguousarray(x2d)
+    if backend == "numpy":
+        if g.form == "direct":
+            return _gemm_direct_numpy(x, g.zx, g.w, g.zw, g.bias)
+        return _gemm_folded_numpy(x, g.w, g.zw, g.bias_folded)
+    out = np.empty((x.shape[0], g.w.shape[0]), np.int32)
+    if g.form == "direct":
+        _k.gemm_direct(x, np.int32(g.zx), g.w, g.zw, g.bias, out)
+    else:
+        _k.gemm_folded(x, g.w, g.zw, g.bias_folded, out)
+    return out
+
+
+def _gemm_direct_numpy(x, zx, w, zw, bias) -> np.ndarray:
+    """Twin of ``_kernels.gemm.gemm_direct``: exact in int64, then wrapped to int32."""
+    acc = (x.astype(np.int64) - zx) @ (w.astype(np.int64) - zw.astype(np.int64)[:, None]).T
+    return _wrap32(acc + bias).astype(np.int32)
+
+
+def _gemm_folded_numpy(x, w, zw, bias_folded) -> np.ndarray:
+    """Twin of ``_kernels.gemm.gemm_folded``."""
+    x64 = x.astype(np.int64)
+    acc = x64 @ w.astype(np.int64).T - x64.sum(axis=1, keepdims=True) * zw.astype(np.int64)
+    return _wrap32(acc + bias_folded).astype(np.int32)
+
+
+def _requantize_out(acc, x_qp: QParams, w_scale: np.ndarray, per_channel: bool, y_qp: QParams,
+                    mode: str, activation, axis: int) -> np.ndarray:
+    check_choice(mode, "mode", REQUANT_MODES)
+    sy, _ = _act_qparams(y_qp, "y_qp")
+    sw = w_scale if per_channel else w_scale[0]
+    m = effective_multiplier(np.float32(x_qp.scale), sw, sy, mode)
+    return _requantize_acc(acc, m, per_channel, y_qp, _activation_range(activation, y_qp), mode, axis)
+
+
+def _requantize_acc(acc, multiplier, per_channel: bool, y_qp: QParams, out_range, mode: str,
+                    axis: int) -> np.ndarray:
+    lo, hi = out_range
+    zy = int(y_qp.zero_point)
+    ax = axis if per_channel else None
+    if lo <= zy <= hi:
+        out = requantize(acc, multiplier, zy, lo, hi, mode=mode, axis=ax)
+    else:
+        # requantize wants Z_y inside [lo, hi]; clamping to the int32 range and then to
+        # [lo, hi] is the same clamp
+        out = np.clip(requantize(acc, multiplier, zy, INT32_MIN, INT32_MAX, mode=mode, axis=ax), lo, hi)
+    return out.astype(y_qp.spec.dtype)
+
+
+# ---- public functions ------------------------------------------------------------------
+
+def _linear_setup(x_q, x_qp, w_q, w_qp, bias_q, form, overflow):
+    _act_qparams(x_qp, "x_qp")
+    _check_qparams_type(w_qp, "w_qp")
+    w = _codes(w_q, w_qp, "w_q", ndim=2)
+    x = _codes(x_q, x_qp, "x_q")
+    if x.ndim < 1 or x.shape[-1] != w.shape[1]:
+        raise ValueError(f"x_q must have shape (..., {w.shape[1]}) to match w_q {w.shape}, got {x.shape}")
+    sw, zw, per_channel = _weight_qparams(w_qp, w.shape)
+    bias = _bias(bias_q, w.shape[0])
+    g = _prepare(w, zw, x_qp, bias, form, overflow, "the linear accumulator")
+    return x, g, sw, per_channel
+
+
+def linear_accumulate(x_q, x_qp: QParams, w_q, w_qp: QParams, bias_q=None, *, form: str = "direct",
+                      overflow: str = "error", backend: str = "numba") -> np.ndarray:
+    """int32 accumulators of an integer fully connected layer (before requantization).
+
+    Parameters
+    ----------
+    x_q : integer codes (..., in) of ``x_qp`` (per-tensor)
+    w_q : integer codes (out, in) of ``w_qp`` (per-tensor or per-channel along axis 0)
+    bias_q : int32 (out,) at scale ``S_x S_w`` and zero point 0, or None
+    form : ``"direct"`` or ``"folded"`` (Jacob et al. 2018); identical results
+    overflow : ``"error"`` (a possible int32 overflow over all inputs is a ValueError)
+        or ``"wrap"`` (int32 two's complement)
+    backend : ``"numba"`` or ``"numpy"`` (the twin); identical results
+
+    Returns
+    -------
+    int32 (..., out): ``bias + sum (q_x - Z_x)(q_w - Z_w)``, exact.
+    """
+    check_choice(backend, "backend", BACKENDS)
+    x, g, _, _ = _linear_setup(x_q, x_qp, w_q, w_qp, bias_q, form, overflow)
+    acc = _run(g, x.reshape(-1, x.shape[-1]), backend)
+    return acc.reshape(x.shape[:-1] + (g.w.shape[0],))
+
+
+def qlinear(x_q, x_qp: QParams, w_q, w_qp: QParams, bias_q, y_qp: QParams, *, mode: str = "tflite",
+            activation=None, form: str = "direct", overflow: str = "error",
+            backend: str = "numba", float_bias=None) -> np.ndarray:
+    """Integer fully connected layer: codes in, codes of ``y_qp`` out.
+
+    ``y = clamp(round(acc * S_x S_w / S_y) + Z_y, lo, hi)`` with ``acc`` from
+    :func:`linear_accumulate`, the multiplier of :func:`npquant.fixedpoint.effective_multiplier`
+    and the rounding of ``mode`` (``tflite``, ``tflite_single``, ``fp32``, ``onnx``;
+    per output channel for per-channel weights). ``[lo, hi]`` is ``y_qp``'s code range,
+    narrowed by a fused ``activation`` (``"relu"``, ``"relu6"``, ``"relu_n1_to_1"`` as
+    TFLite computes them, or a ``(lo, hi)`` pair of codes). ``y_qp`` is per-tensor.
+    Returns (..., out) codes of ``y_qp.spec.dtype``; only the final clamp saturates.
+    ``float_bias`` (float32 (out,), with ``mode="fp32"`` and ``bias_q=None``) is PyTorch's
+    float bias, folded as fbgemm does (:mod:`npquant.qnn.fbgemm`): the result then equals
+    ``torch.ops.quantized.linear`` / ``linear_relu`` bit for bit.
+    """
+    check_choice(backend, "backend", BACKENDS)
+    check_choice(mode, "mode", REQUANT_MODES)
+    _check_float_bias(float_bias, bias_q, mode)
+    _act_qparams(y_qp, "y_qp")
+    _activation_range(activation, y_qp)
+    x, g, sw, per_channel = _linear_setup(x_q, x_qp, w_q, w_qp, bias_q, form, overflow)
+    acc = _run(g, x.reshape(-1, x.shape[-1]), backend)
+    if float_bias is not None:
+        y = _float_bias_out(acc, x_qp, sw, per_channel, y_qp, float_bias, activation, axis=1)
+    else:
+        y = _requantize_out(acc, x_qp, sw, per_channel, y_qp, mode, activation, axis=1)
+    return y.reshape(x.shape[:-1] + (g.w.shape[0],))

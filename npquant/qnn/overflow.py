@@ -1,0 +1,167 @@
+"""Accumulator overflow: worst cases over the actual weights and every possible input.
+
+An integer layer sums ``(q_x - Z_x)(q_w - Z_w)`` over ``K`` terms plus an int32 bias.
+For one output channel with weights ``d_k = q_w[k] - Z_w`` and inputs anywhere in
+``[x_qmin, x_qmax]``, the largest sum is ``bias + sum_k max((x_qmax - Z_x) d_k,
+(x_qmin - Z_x) d_k)`` and the smallest the same with ``min``. Both bound every partial
+sum too (each term's extremes include 0, at ``q_x = Z_x``), so a layer that passes
+:func:`check_accumulator` accumulates exactly in int32 in any order of summation.
+Padding with the zero point adds zero terms and changes nothing.
+
+fbgemm's AVX2 kernels have a narrower step: ``vpmaddubsw`` multiplies uint8 activation
+codes by int8 weight codes and adds each adjacent pair of products into a *saturating*
+int16 before widening to int32. With 8-bit activations ``255 * 127 * 2 = 64770`` does
+not fit int16; with 7-bit activations (PyTorch's ``reduce_range=True``, codes in
+``[0, 127]``) no pair of int8 weights can exceed ``127 * 128 * 2 = 32512``.
+:func:`check_int16_pairs` reports whether that step can saturate for given weights,
+:func:`int16_pair_accumulate` models it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .._checks import check_choice, check_int
+
+OVERFLOW_MODES = ("error", "wrap")
+INT32_MIN = -(1 << 31)
+INT32_MAX = (1 << 31) - 1
+INT16_MIN = -(1 << 15)
+INT16_MAX = (1 << 15) - 1
+
+
+def _weights2d(w_q, name: str = "w_q") -> np.ndarray:
+    w = np.asarray(w_q)
+    if w.dtype.kind not in "iu":
+        raise TypeError(f"{name} must be an integer array, got dtype {w.dtype}")
+    if w.ndim < 1 or w.size == 0:
+        raise ValueError(f"{name} must be a non-empty array of shape (out, ...), got shape {w.shape}")
+    return w.reshape(w.shape[0], -1).astype(np.int64)
+
+
+def accumulator_bounds(w_q, w_zero_point, x_qmin: int, x_qmax: int, x_zero_point: int,
+                       bias_q=None) -> tuple[np.ndarray, np.ndarray]:
+    """Smallest and largest possible accumulator of each output channel.
+
+    ``w_q`` is (out, ...) integer codes, reduced over all axes but the first;
+    ``w_zero_point`` a scalar or (out,); inputs range over ``[x_qmin, x_qmax]`` with zero
+    point ``x_zero_point``; ``bias_q`` (out,) or None. Returns two int64 arrays of
+    shape (out,), exact (int64 holds any 16-bit layer with K < 2^31).
+    """
+    w = _weights2d(w_q)
+    x_qmin = check_int(x_qmin, "x_qmin")
+    x_qmax = check_int(x_qmax, "x_qmax", lo=x_qmin)
+    zx = check_int(x_zero_point, "x_zero_point", lo=x_qmin, hi=x_qmax)
+    zw = np.asarray(w_zero_point)
+    if zw.dtype.kind not in "iu":
+        raise TypeError(f"w_zero_point must be integers, got dtype {zw.dtype}")
+    zw = zw.astype(np.int64).reshape(-1, 1)
+    if zw.shape[0] not in (1, w.shape[0]):
+        raise ValueError(f"w_zero_point must be a scalar or one per output channel ({w.shape[0]}), "
+                         f"got {zw.shape[0]} values")
+    d = w - zw
+    a, b = d * (x_qmax - zx), d * (x_qmin - zx)
+    hi = np.maximum(a, b).sum(axis=1)
+    lo = np.minimum(a, b).sum(axis=1)
+    if bias_q is not None:
+        bias = np.asarray(bias_q)
+        if bias.dtype.kind not in "iu" or bias.shape != (w.shape[0],):
+            raise ValueError(f"bias_q must be integers of shape ({w.shape[0]},), got {bias.dtype} {bias.shape}")
+        bias = bias.astype(np.int64)
+        hi, lo = hi + bias, lo + bias
+    return lo, hi
+
+
+def check_accumulator(lo, hi, overflow: str = "error", *, what: str = "the accumulator") -> bool:
+    """Raise ``ValueError`` if ``[lo, hi]`` (from :func:`accumulator_bounds`) leaves int32.
+
+    ``overflow="error"`` raises, naming the worst channel; ``overflow="wrap"`` accepts
+    (the result then wraps as int32 two's complement, like C accumulators on real
+    hardware). Returns True when the bounds fit int32.
+    """
+    check_choice(overflow, "overflow", OVERFLOW_MODES)
+    lo = np.asarray(lo, np.int64)
+    hi = np.asarray(hi, np.int64)
+    fits = bool(lo.min() >= INT32_MIN and hi.max() <= INT32_MAX)
+    if not fits and overflow == "error":
+        c_hi, c_lo = int(np.argmax(hi)), int(np.argmin(lo))
+        c = c_hi if hi[c_hi] > INT32_MAX else c_lo
+        raise ValueError(
+            f"{what} can overflow int32: output channel {c} can reach [{int(lo[c])}, {int(hi[c])}] "
+            f"for inputs in the full code range (int32 is [{INT32_MIN}, {INT32_MAX}]); use fewer "
+            "input features, narrower codes or a smaller bias, or pass overflow='wrap' to wrap "
+            "as int32 two's complement"
+        )
+    return fits
+
+
+@dataclass(frozen=True)
+class Int16PairCheck:
+    """Result of :func:`check_int16_pairs`.
+
+    ``saturates``: some pair sum can leave int16; ``lo``/``hi``: the extreme pair sums
+    over all pairs and inputs; ``n_pairs``: pairs checked; ``n_saturating``: pairs that
+    can saturate.
+    """
+
+    saturates: bool
+    lo: int
+    hi: int
+    n_pairs: int
+    n_saturating: int
+
+
+def _pairs(w: np.ndarray) -> np.ndarray:
+    """(out, K) -> (out, ceil(K / 2), 2), an odd K padded with a zero weight."""
+    if w.shape[1] % 2:
+        w = np.concatenate([w, np.zeros((w.shape[0], 1), w.dtype)], axis=1)
+    return w.reshape(w.shape[0], -1, 2)
+
+
+def check_int16_pairs(w_q, x_qmin: int = 0, x_qmax: int = 255) -> Int16PairCheck:
+    """Can fbgemm's AVX2 ``vpmaddubsw`` step saturate for these weights?
+
+    ``w_q`` is (out, ...) int8 weight codes; the pairs are adjacent elements along the
+    flattened trailing axes (the order in which the kernel reduces; fbgemm packs conv
+    weights as (kh, kw, c), so reorder OIHW weights first to model its conv).
+    Activations are *raw* uint8 codes in ``[x_qmin, x_qmax]`` (fbgemm subtracts the zero
+    points afterwards, from row and column offsets). Each pair ``x_0 w_0 + x_1 w_1`` is
+    bounded over all inputs and compared with int16 ``[-32768, 32767]``.
+    """
+    w = _weights2d(w_q)
+    x_qmin = check_int(x_qmin, "x_qmin", lo=0, hi=255)
+    x_qmax = check_int(x_qmax, "x_qmax", lo=x_qmin, hi=255)
+    if w.min() < -128 or w.max() > 127:
+        raise ValueError(f"w_q must hold int8 codes in [-128, 127], got [{w.min()}, {w.max()}]")
+    p = _pairs(w)
+    a, b = p * x_qmax, p * x_qmin
+    hi = np.maximum(a, b).sum(axis=2)
+    lo = np.minimum(a, b).sum(axis=2)
+    bad = (hi > INT16_MAX) | (lo < INT16_MIN)
+    return Int16PairCheck(bool(bad.any()), int(lo.min()), int(hi.max()), int(bad.size), int(bad.sum()))
+
+
+def int16_pair_accumulate(x_q, w_q) -> np.ndarray:
+    """The raw product of fbgemm's AVX2 path: ``sum_pairs sat16(x_0 w_0 + x_1 w_1)``.
+
+    ``x_q`` (N, K) uint8 codes, ``w_q`` (out, K) int8 codes; adjacent pairs along K
+    are summed with int16 saturation (``vpmaddubsw``), then added in int32
+    (``vpmaddwd`` with ones, then int32 adds). Returns int32 (N, out); it equals
+    ``x_q @ w_q.T`` exactly when :func:`check_int16_pairs` reports no saturation (the int32
+    sum wraps like the hardware's).
+    NumPy only: a model for teaching and tests, not a kernel.
+    """
+    x = np.asarray(x_q)
+    w = np.asarray(w_q)
+    if x.dtype != np.uint8:
+        raise TypeError(f"x_q must be uint8 codes, got dtype {x.dtype}")
+    if w.dtype != np.int8:
+        raise TypeError(f"w_q must be int8 codes, got dtype {w.dtype}")
+    if x.ndim != 2 or w.ndim != 2 or x.shape[1] != w.shape[1]:
+        raise ValueError(f"x_q (N, K) and w_q (out, K) must share K, got shapes {x.shape} and {w.shape}")
+    xp = _pairs(x.astype(np.int64))
+    wp = _pairs(w.astype(np.int64))
+    pair = np.einsum("npt,opt->nop", xp, wp)
+    return np.clip(pair, INT16_MIN, INT16_MAX).sum(axis=2).astype(np.int32)

@@ -1,0 +1,122 @@
+from fractions import Fraction
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from npquant.fixedpoint import quantize_multiplier
+from npquant.qnn.add import add, tflite_add_params
+
+f32 = np.float32
+
+
+def _srdhm(a, b):
+    if a == b == -(1 << 31):
+        return (1 << 31) - 1
+    ab = a * b
+    nudge = (1 << 30) if ab >= 0 else 1 - (1 << 30)
+    return int(Fraction(ab + nudge, 1 << 31))  # int() truncates toward zero, like C
+
+
+def _rdbpot(x, e):
+    mask = (1 << e) - 1
+    rem = x & mask
+    thr = (mask >> 1) + (1 if x < 0 else 0)
+    return (x >> e) + (1 if rem > thr else 0)
+
+
+def _ref_add(a, b, s1, z1, s2, z2, so, zo, lo, hi):
+    """Python-int oracle of TFLite's AddFunc with constants from Prepare (float64)."""
+    tm = 2.0 * max(float(s1), float(s2))
+    ms = [quantize_multiplier(r) for r in (float(s1) / tm, float(s2) / tm, tm / ((1 << 20) * float(so)))]
+    ms = [(int(m), int(s)) for m, s in ms]
+    x = _rdbpot(_srdhm((a - z1) << 20, ms[0][0]), -ms[0][1])
+    y = _rdbpot(_srdhm((b - z2) << 20, ms[1][0]), -ms[1][1])
+    v = _rdbpot(_srdhm(x + y, ms[2][0]), -ms[2][1]) + zo
+    return min(max(v, lo), hi)
+
+
+def test_against_python_oracle_and_float():
+    rng = np.random.default_rng(0)
+    for _ in range(40):
+        s1, s2, so = (f32(v) for v in rng.uniform(0.005, 0.2, 3))
+        z1, z2, zo = (int(v) for v in rng.integers(-128, 128, 3))
+        q1 = rng.integers(-128, 128, 50).astype(np.int8)
+        q2 = rng.integers(-128, 128, 50).astype(np.int8)
+        got = add(q1, s1, z1, q2, s2, z2, so, zo)
+        assert got.dtype == np.int8
+        want = [_ref_add(int(a), int(b), s1, z1, s2, z2, so, zo, -128, 127) for a, b in zip(q1, q2)]
+        np.testing.assert_array_equal(got, want)
+        real = ((q1 - f32(z1)) * f32(s1) + (q2 - f32(z2)) * f32(s2)).astype(np.float64) / float(so) + zo
+        inside = (real > -127) & (real < 126)
+        assert np.all(np.abs(got[inside] - real[inside]) <= 1.0)  # within one LSB of float math
+
+
+def test_constants_and_single_rounding():
+    p = tflite_add_params(0.5, 0.25, 1.0)
+    assert p.left_shift == 20
+    assert p.input1 == (1 << 30, 0)  # 0.5 / 1.0 = 0.5 = 2^30 * 2^(0-31)
+    assert p.input2 == (1 << 30, -1)  # 0.25
+    single = add(np.arange(-128, 128, dtype=np.int8), 0.1, 3, np.int8(7), 0.07, -2, 0.13, 1, mode="tflite_single")
+    double = add(np.arange(-128, 128, dtype=np.int8), 0.1, 3, np.int8(7), 0.07, -2, 0.13, 1)
+    assert np.max(np.abs(single.astype(int) - double.astype(int))) <= 1
+
+
+@given(st.floats(0.001, 1), st.floats(0.001, 1), st.integers(-128, 127), st.integers(-128, 127))
+def test_commutative_and_zero(s1, s2, a, b):
+    s1, s2 = f32(s1), f32(s2)
+    so = f32(2 * max(s1, s2))
+    x = add(np.int8(a), s1, 0, np.int8(b), s2, 5, so, 0)
+    y = add(np.int8(b), s2, 5, np.int8(a), s1, 0, so, 0)
+    assert x == y
+    # adding the zero code of the other tensor requantizes q alone
+    z = add(np.int8(a), s1, 0, np.int8(5), s2, 5, so, 0)
+    assert abs(int(z) - float(a) * float(s1) / float(so)) <= 1
+
+
+def test_errors_name_arguments():
+    q = np.zeros(3, np.int8)
+    with pytest.raises(TypeError, match="q2"):
+        add(q, 0.1, 0, q.astype(float), 0.1, 0, 0.1, 0)
+    with pytest.raises(ValueError, match="s_out"):
+        add(q, 0.1, 0, q, 0.1, 0, 1e-9, 0)
+    with pytest.raises(ValueError, match="z1"):
+        add(q, 0.1, 300, q, 0.1, 0, 0.1, 0)
+    with pytest.raises(ValueError, match="mode"):
+        add(q, 0.1, 0, q, 0.1, 0, 0.1, 0, mode="onnx")
+    with pytest.raises(ValueError, match="qmin"):
+        add(q, 0.1, 0, q, 0.1, 0, 0.1, 0, mode="torch")
+    with pytest.raises(ValueError, match="s1"):
+        add(q, -0.1, 0, q, 0.1, 0, 0.1, 0)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("threads", [1, 2])
+def test_torch_quantized_add(threads):
+    torch = pytest.importorskip("torch")
+    old = torch.get_num_threads(), torch.backends.quantized.engine
+    torch.set_num_threads(threads)
+    torch.backends.quantized.engine = "fbgemm"
+    width = {"AVX512": 64, "AVX2": 32}.get(torch.backends.cpu.get_cpu_capability())
+    if width is None:
+        pytest.skip("torch's vector width is pinned for AVX2/AVX512 builds only")
+    try:
+        rng = np.random.default_rng(threads)
+        for it in range(120):
+            n = int(rng.choice([int(rng.integers(1, 300)), 64 * int(rng.integers(1, 5)), 5000]))
+            s1 = f32(rng.uniform(0.01, 0.2))
+            s2, so = (f32(s1 * 2), f32(s1 * 4)) if it % 3 == 0 else (f32(v) for v in rng.uniform(0.01, 0.3, 2))
+            z1, z2, zo = (int(v) for v in rng.integers(0, 256, 3))
+            q1, q2 = (rng.integers(0, 256, n).astype(np.uint8) for _ in range(2))
+            relu = it % 2 == 1
+            t1 = torch._make_per_tensor_quantized_tensor(torch.from_numpy(q1), float(s1), z1)
+            t2 = torch._make_per_tensor_quantized_tensor(torch.from_numpy(q2), float(s2), z2)
+            op = torch.ops.quantized.add_relu if relu else torch.ops.quantized.add
+            want = op(t1, t2, float(so), zo).int_repr().numpy()
+            got = add(q1, s1, z1, q2, s2, z2, so, zo, qmin=0, qmax=255, mode="torch",
+                      act_min=zo if relu else None, vector_width=width)
+            np.testing.assert_array_equal(got, want, err_msg=f"case {it} n={n}")
+    finally:
+        torch.set_num_threads(old[0])
+        torch.backends.quantized.engine = old[1]

@@ -1,0 +1,138 @@
+"""npquant's integer layers against PyTorch's quantized linear and conv2d (fbgemm pinned).
+
+Same integer weights, same float bias, same scales: ``qlinear`` / ``qconv2d`` and the
+layer objects in ``mode="fp32"`` with ``float_bias`` must give PyTorch's uint8 codes bit
+for bit, per-tensor and per-channel weights, with and without fused ReLU. Inputs are
+chosen so that many outputs land on exact rounding ties. The counts of compared and
+differing elements are printed with ``pytest -s`` (they go into closing notes).
+"""
+
+import numpy as np
+import pytest
+
+from npquant import QParams, QuantSpec
+from npquant.qnn.conv import qconv2d
+from npquant.qnn.gemm import qlinear
+from npquant.qnn.layers import QConv2d, QLinear
+
+torch = pytest.importorskip("torch")
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
+f32 = np.float32
+
+
+def _weights(rng, shape, per_channel, zw_range=5):
+    o = shape[0]
+    qw = rng.integers(-128, 128, shape).astype(np.int8)
+    if per_channel:
+        sw = rng.uniform(1e-3, 0.05, o).astype(f32)
+        wt = torch._make_per_channel_quantized_tensor(torch.from_numpy(qw), torch.from_numpy(sw.astype(np.float64)),
+                                                      torch.zeros(o, dtype=torch.int64), 0)
+        return qw, QParams(sw, 0, QuantSpec(axis=0)), wt, sw
+    sw = f32(rng.uniform(1e-3, 0.05))
+    zw = int(rng.integers(-zw_range, zw_range + 1))
+    wt = torch._make_per_tensor_quantized_tensor(torch.from_numpy(qw), float(sw), zw)
+    return qw, QParams(sw, zw, QuantSpec()), wt, np.array([sw], f32)
+
+
+def _output(rng, sx, sw, tie):
+    """An output scale that puts many products on exact halves, or a random one."""
+    if tie:
+        return f32(f32(sx * sw[0]) * 2.0 ** int(rng.integers(1, 9))), int(rng.integers(0, 256))
+    return f32(rng.uniform(0.01, 0.5)), int(rng.integers(0, 256))
+
+
+def _bias(rng, o, sx, sw):
+    ats = (f32(sx) * np.broadcast_to(sw, (o,))).astype(f32)
+    k = rng.integers(-3000, 3000, o)
+    return [rng.normal(0, 1, o), (k + 0.5) * ats, k * ats][int(rng.integers(0, 3))].astype(f32)
+
+
+COUNTS = {}
+
+
+def _count(name, got, want):
+    c = COUNTS.setdefault(name, [0, 0])
+    c[0] += want.size
+    c[1] += int((got != want).sum())
+
+
+@pytest.mark.slow  # a peer check, not a kernel check: the JIT-off pass would run the GEMM in Python
+def test_qlinear_fp32_equals_torch_quantized_linear(fbgemm_threads):
+    rng = np.random.default_rng(7 + fbgemm_threads)
+    for it in range(160):
+        per_channel, relu, tie = it % 2 == 1, (it // 2) % 2 == 1, rng.random() < 0.6
+        n, k, o = (int(v) for v in (rng.integers(1, 30), rng.integers(1, 150), rng.integers(1, 30)))
+        sx, zx = f32(rng.uniform(1e-3, 0.1)), int(rng.integers(0, 256))
+        qx = rng.integers(0, 256, (n, k)).astype(np.uint8)
+        qw, w_qp, wt, sw = _weights(rng, (o, k), per_channel)
+        sy, zy = _output(rng, sx, sw, tie)
+        bias = _bias(rng, o, sx, sw) if it % 5 else None
+        packed = torch.ops.quantized.linear_prepack(wt, None if bias is None else torch.from_numpy(bias))
+        xt = torch._make_per_tensor_quantized_tensor(torch.from_numpy(qx), float(sx), zx)
+        op = torch.ops.quantized.linear_relu if relu else torch.ops.quantized.linear
+        want = op(xt, packed, float(sy), zy).int_repr().numpy()
+        x_qp = QParams(sx, zx, QuantSpec(signed=False))
+        y_qp = QParams(sy, zy, QuantSpec(signed=False))
+        act = "relu" if relu else None
+        got = qlinear(qx, x_qp, qw, w_qp, None, y_qp, mode="fp32", activation=act, float_bias=bias)
+        np.testing.assert_array_equal(got, want, err_msg=f"case {it}")
+        layer = QLinear(qw, w_qp, None, x_qp, y_qp, mode="fp32", activation=act, float_bias=bias, form="folded")
+        np.testing.assert_array_equal(layer(qx), want)
+        _count("quantized.linear" + ("_relu" if relu else "") + (" per-channel" if per_channel else " per-tensor"),
+               got, want)
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+def test_qconv2d_fp32_equals_torch_quantized_conv2d(fbgemm_threads, groups):
+    rng = np.random.default_rng(31 * groups + fbgemm_threads)
+    for it in range(24):
+        per_channel, relu, tie = it % 2 == 1, (it // 2) % 2 == 1, rng.random() < 0.6
+        cin, o = 4 * groups, 3 * groups
+        h, w = int(rng.integers(4, 10)), int(rng.integers(4, 10))
+        kh, kw = (int(v) for v in rng.integers(1, 4, 2))
+        stride, pad, dil = int(rng.integers(1, 3)), int(rng.integers(0, 2)), int(rng.integers(1, 3))
+        if (h + 2 * pad - dil * (kh - 1) - 1) < 0 or (w + 2 * pad - dil * (kw - 1) - 1) < 0:
+            continue
+        sx, zx = f32(rng.uniform(1e-3, 0.1)), int(rng.integers(0, 256))
+        qx = rng.integers(0, 256, (2, cin, h, w)).astype(np.uint8)
+        qw, w_qp, wt, sw = _weights(rng, (o, cin // groups, kh, kw), per_channel, zw_range=0)
+        sy, zy = _output(rng, sx, sw, tie)
+        bias = _bias(rng, o, sx, sw)
+        packed = torch.ops.quantized.conv2d_prepack(wt, torch.from_numpy(bias), [stride, stride], [pad, pad],
+                                                    [dil, dil], groups)
+        xt = torch._make_per_tensor_quantized_tensor(torch.from_numpy(qx), float(sx), zx)
+        op = torch.ops.quantized.conv2d_relu if relu else torch.ops.quantized.conv2d
+        want = op(xt, packed, float(sy), zy).int_repr().numpy()
+        x_qp = QParams(sx, zx, QuantSpec(signed=False))
+        y_qp = QParams(sy, zy, QuantSpec(signed=False))
+        act = "relu" if relu else None
+        kw_ = dict(stride=stride, padding=pad, dilation=dil, groups=groups, mode="fp32", activation=act)
+        got = qconv2d(qx, x_qp, qw, w_qp, None, y_qp, float_bias=bias, **kw_)
+        np.testing.assert_array_equal(got, want, err_msg=f"case {it}")
+        np.testing.assert_array_equal(QConv2d(qw, w_qp, None, x_qp, y_qp, float_bias=bias, **kw_)(qx), want)
+        _count("quantized.conv2d" + ("_relu" if relu else "") + (" per-channel" if per_channel else " per-tensor")
+               + f" groups={groups}", got, want)
+
+
+def test_report_counts():
+    # runs last in this module: every comparison above was exact
+    for name, (n, bad) in sorted(COUNTS.items()):
+        print(f"{name}: {n} elements compared, {bad} differ")
+        assert bad == 0 and n > 0
+
+
+def test_float_bias_needs_fp32_and_quint8():
+    qw = np.zeros((2, 3), np.int8)
+    w_qp = QParams(0.1, 0, QuantSpec())
+    x_qp = QParams(0.1, 0, QuantSpec(signed=False))
+    y8 = QParams(0.1, 0, QuantSpec(signed=False))
+    x = np.zeros((1, 3), np.uint8)
+    b = np.zeros(2, np.float32)
+    with pytest.raises(ValueError, match="needs mode='fp32'"):
+        qlinear(x, x_qp, qw, w_qp, None, y8, mode="tflite", float_bias=b)
+    with pytest.raises(ValueError, match="not both"):
+        qlinear(x, x_qp, qw, w_qp, np.zeros(2, np.int32), y8, mode="fp32", float_bias=b)
+    with pytest.raises(ValueError, match="quint8"):
+        qlinear(x, x_qp, qw, w_qp, None, QParams(0.1, 0, QuantSpec()), mode="fp32", float_bias=b)
+    with pytest.raises(ValueError, match="None or 'relu'"):
+        qlinear(x, x_qp, qw, w_qp, None, y8, mode="fp32", activation="relu6", float_bias=b)
