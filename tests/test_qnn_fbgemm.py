@@ -60,6 +60,7 @@ def test_linear_matches_torch(fbgemm_threads):
         got = fbgemm_requantize(acc, sx, sw, sy, zy, bias=bias, relu=relu, axis=-1)
         np.testing.assert_array_equal(got, want, err_msg=f"case {it}")
         total += want.size
+    print(f"fbgemm_requantize vs torch quantized.linear: {total} elements compared, 0 differ")
     assert total > 50_000
 
 
