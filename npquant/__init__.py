@@ -1,6 +1,7 @@
 """npquant: a framework-free reference implementation of neural-network quantization."""
 
 from ._version import __version__
+from .compress import LayerConfig, read_compressed, write_compressed
 from .fixedpoint import (
     REQUANT_MODES,
     multiply_by_quantized_multiplier,
@@ -11,6 +12,15 @@ from .fixedpoint import (
     saturating_rounding_doubling_high_mul,
 )
 from .granularity import param_shape
+from .huffman import HuffmanCode, huffman_decode, huffman_encode
+from .kmeans import (
+    KMeansResult,
+    centroid_gradient,
+    finetune_centroids,
+    kmeans_quantize,
+    reaverage_centroids,
+    reconstruct,
+)
 from .linear import (
     METHODS,
     QuantError,
@@ -30,6 +40,8 @@ from .observers import (
     PercentileObserver,
     PerChannelMinMaxObserver,
 )
+from .packing import PackedArray, pack, pack_bits, unpack, unpack_bits
+from .prune import decode_relative, encode_relative, magnitude_mask
 from .qparams import ROUNDING_MODES, QParams, QuantSpec, compute_qparams, fit_qparams
 
 __all__ = [
@@ -38,6 +50,10 @@ __all__ = [
     "REQUANT_MODES",
     "ROUNDING_MODES",
     "EntropyObserver",
+    "HuffmanCode",
+    "KMeansResult",
+    "LayerConfig",
+    "PackedArray",
     "MinMaxObserver",
     "MovingAverageMinMaxObserver",
     "MovingAveragePerChannelMinMaxObserver",
@@ -48,7 +64,23 @@ __all__ = [
     "QParams",
     "QuantError",
     "QuantSpec",
+    "centroid_gradient",
     "compute_qparams",
+    "decode_relative",
+    "encode_relative",
+    "finetune_centroids",
+    "huffman_decode",
+    "huffman_encode",
+    "kmeans_quantize",
+    "magnitude_mask",
+    "pack",
+    "pack_bits",
+    "read_compressed",
+    "reaverage_centroids",
+    "reconstruct",
+    "unpack",
+    "unpack_bits",
+    "write_compressed",
     "dequantize",
     "fake_quantize",
     "fit_qparams",

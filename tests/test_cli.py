@@ -211,3 +211,35 @@ def test_explain_ties_defaults_to_the_example_multiplier(capsys):
     assert main(["explain", "--ties", "--limit", "3"]) == 0
     out = capsys.readouterr().out
     assert "accumulators in [-65536, 65536]" in out and "tflite vs fp32" in out
+
+
+def test_compress_builtin_model(capsys, tmp_path):
+    out = tmp_path / "m.npqz"
+    assert main(["compress", "--quick", "--study", "-o", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "weights identical to the pruned, quantized ones: yes" in text
+    size = out.stat().st_size
+    assert f"compressed file: {size} bytes" in text
+    acc = re.search(r"pruned \+ quantized ([\d.]+) %; rebuilt from the file ([\d.]+) %", text)
+    assert acc and acc.group(1) == acc.group(2)  # the file rebuilds the quantized model exactly
+    for layer in ("fc1.weight", "fc2.weight", "fc3.weight"):
+        assert layer in text
+    assert re.search(r"^8\s+\d+\s+[\d.]+x\s+[\d.]+ %$", text, re.M)  # the k-means study rows
+
+
+def test_compress_any_state_dict(capsys, tmp_path):
+    rng = np.random.default_rng(0)
+    src = tmp_path / "sd.npz"
+    np.savez(src, **{"conv.weight": rng.normal(size=(4, 2, 3, 3)).astype(np.float32),
+                     "lin.weight": rng.normal(size=(5, 8)).astype(np.float32),
+                     "lin.bias": np.zeros(5, np.float32)})
+    out = tmp_path / "sd.npqz"
+    assert main(["compress", "--input", str(src), "-o", str(out), "--sparsity", "0.5,0.25"]) == 0
+    text = capsys.readouterr().out
+    assert "identical to the pruned, quantized ones: yes" in text and "conv.weight" in text
+    from npquant import read_compressed
+
+    back = read_compressed(out)
+    assert abs(np.mean(back["conv.weight"] == 0) - 0.5) < 0.02
+    assert main(["compress", "--input", str(src), "-o", str(out), "--sparsity", "0.5,0.2,0.1"]) == 1
+    assert "needs 1 or 2 values" in capsys.readouterr().err

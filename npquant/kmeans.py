@@ -1,0 +1,413 @@
+"""k-means weight sharing (Deep Compression, Han et al. 2016, section 3).
+
+A weight tensor is replaced by a per-tensor codebook of ``k = 2**bits`` float32 centroids
+(``bits`` = 1..8) and, per weight, a uint8 index: the reconstruction is
+``codebook[indices]``.
+
+**Zeros** (``keep_zeros=True``, the default): index 0 is reserved for the exact value 0.0
+and ``codebook[0] == 0.0`` always, whether or not the tensor has zeros. Exact zeros
+(pruned weights) get index 0 and are not clustered; the other ``k - 1`` centroids,
+``codebook[1:]``, are fitted to the non-zero values. So a pruned weight reconstructs to
+exactly 0.0, and a pruned layer spends one code on zero (Deep Compression's sparse format
+stores zeros separately anyway; then cluster just the non-zero values with
+``keep_zeros=False``). With ``keep_zeros=False`` all ``k`` centroids are fitted to all
+values, zeros included. The fitted part of the codebook is sorted ascending.
+
+**Fitting** runs on the values converted to float32. The initial centroids are
+``"linear"`` (evenly spaced over ``[min, max]``, Deep Compression's choice: it keeps the
+rare large weights), ``"density"`` (the values at the quantiles ``(j + 1/2) / k`` of their
+distribution), ``"kmeans++"`` (D^2 sampling, Arthur & Vassilvitskii 2007, seeded with
+``numpy.random.default_rng(seed)``), or an explicit array. Lloyd iterations follow on the
+sorted values: each cluster is a run of them between two midpoints, found by one binary
+search per midpoint, and its centroid (float64 while iterating) is the mean of the run.
+An empty cluster takes the value farthest from its current centroid (an end of some run),
+which leaves its old cluster: scikit-learn's rule. The loop stops when no centroid moves
+by more than ``tol * (max - min)`` (``converged=True``; ``tol=0`` means an exact fixed
+point) or after ``max_iter`` iterations. The centroids are then rounded to float32 and every value
+is assigned to its nearest float32 centroid (ties to the lower index), so the indices
+are optimal for the returned codebook. Everything is deterministic; only ``"kmeans++"``
+uses ``seed``.
+
+**Fewer distinct values than centroids**: when the values to cluster have at most as many
+distinct values as there are centroids to fit, the codebook holds those values exactly
+(inertia 0; Lloyd is skipped: ``n_iter=0``, ``converged=True``) and the unused entries
+repeat the largest value. Equal entries are then allowed; the indices use the first of
+them. When there is nothing to cluster (every weight is zero and ``keep_zeros=True``), the
+codebook is all zeros. Never an error, never NaN.
+
+**Fine-tuning** (Deep Compression, eq. 3): with the index of every weight fixed, the
+gradient of a centroid is the sum of the gradients of the weights that share it
+(:func:`centroid_gradient`, :func:`finetune_centroids`); :func:`reaverage_centroids` is the
+simpler alternative that sets each centroid to the mean of its current weights.
+
+Each function runs numba kernels (``backend="numba"``) or their NumPy twins in this
+module (``backend="numpy"``); both give identical bits.
+"""
+
+from __future__ import annotations
+
+import numbers
+from dataclasses import dataclass
+
+import numpy as np
+
+from ._checks import as_float_array, check_bool, check_choice, check_int
+from ._kernels import kmeans as _k
+from .linear import BACKENDS
+
+KMEANS_INITS = ("linear", "density", "kmeans++")
+
+
+@dataclass(frozen=True, eq=False)
+class KMeansResult:
+    """A fitted codebook and the index of every weight.
+
+    codebook : float32 ``(2**bits,)``; ``codebook[r:]`` sorted ascending with ``r = 1`` if
+        ``reserved_zero`` (then ``codebook[0] == 0.0``) else ``r = 0``.
+    indices : uint8, the shape of the weights.
+    bits : int, 1..8.
+    inertia : float64 sum of squared errors ``sum((w - codebook[indices])**2)``, which is
+        the sum over the clustered values (reserved zeros contribute nothing).
+    n_iter : Lloyd iterations run. converged : the tolerance was met.
+    reserved_zero : index 0 is the reserved exact zero (``keep_zeros=True``).
+
+    The arrays are read-only views.
+    """
+
+    codebook: np.ndarray
+    indices: np.ndarray
+    bits: int
+    inertia: float
+    n_iter: int
+    converged: bool
+    reserved_zero: bool = False
+
+    def __post_init__(self):
+        for name in ("codebook", "indices"):
+            view = np.asarray(getattr(self, name)).view()
+            view.flags.writeable = False
+            object.__setattr__(self, name, view)
+
+
+def reconstruct(result: KMeansResult) -> np.ndarray:
+    """``result.codebook[result.indices]``: float32, the weights' shape."""
+    if not isinstance(result, KMeansResult):
+        raise TypeError(f"result must be a KMeansResult, got {type(result).__name__}")
+    return result.codebook[result.indices]
+
+
+# ---------------------------------------------------------------------------- checks
+
+
+def _check_real(value, name: str, *, lo: float | None = None) -> float:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
+    value = float(value)
+    if not np.isfinite(value) or (lo is not None and value < lo):
+        bound = "finite" if lo is None else f"finite and >= {lo}"
+        raise ValueError(f"{name} must be {bound}, got {value}")
+    return value
+
+
+def _check_indices(indices, k: int, name: str = "indices") -> np.ndarray:
+    idx = np.asarray(indices)
+    if idx.dtype.kind not in "iu":
+        raise TypeError(f"{name} must be an integer array, got dtype {idx.dtype}")
+    if idx.size == 0:
+        raise ValueError(f"{name} is empty; a non-empty array is required")
+    lo, hi = int(idx.min()), int(idx.max())
+    if lo < 0 or hi >= k:
+        raise ValueError(f"{name} must lie in [0, {k - 1}] (k={k}), got values in [{lo}, {hi}]")
+    return idx
+
+
+def _check_grad(grad, shape, name: str = "grad") -> np.ndarray:
+    """A finite float array of ``shape``, as float64 (exact for float16/32/64)."""
+    g = np.asarray(grad)
+    if g.dtype.kind != "f":
+        raise TypeError(f"{name} must be a floating-point array, got dtype {g.dtype}")
+    if g.shape != tuple(shape):
+        raise ValueError(f"{name} has shape {g.shape}, expected the indices' shape {tuple(shape)}")
+    if not np.all(np.isfinite(g)):
+        raise ValueError(f"{name} contains NaN or infinity")
+    return g.astype(np.float64)
+
+
+def _check_codebook(codebook, k: int | None = None, name: str = "codebook") -> np.ndarray:
+    cb = as_float_array(codebook, name)
+    if cb.ndim != 1 or (k is not None and cb.shape[0] != k):
+        want = "(k,)" if k is None else f"({k},)"
+        raise ValueError(f"{name} must have shape {want}, got {cb.shape}")
+    return cb
+
+
+def _reserved(reserved_zero, codebook) -> bool:
+    if reserved_zero is None:
+        return codebook is not None and bool(codebook[0] == 0.0)
+    return check_bool(reserved_zero, "reserved_zero")
+
+
+# ---------------------------------------------------------------------------- init
+
+
+def initial_centroids(x, k: int, *, init: str = "linear", seed: int = 0) -> np.ndarray:
+    """The initial centroids :func:`kmeans_quantize` starts from: float64 ``(k,)``, sorted.
+
+    ``x``: the values to cluster (finite floats, any shape, converted to float32; zeros
+    are ordinary values here). ``init``: ``"linear"`` (``linspace(min, max, k)``; the
+    midrange for ``k = 1``), ``"density"`` (the ``floor((2j + 1) n / 2k)``-th smallest
+    value, j = 0..k-1), ``"kmeans++"`` (first centroid uniform, each next one drawn with
+    probability proportional to the squared distance to the nearest chosen one; O(n k)).
+    Centroids may repeat when ``x`` has fewer than ``k`` distinct values.
+    """
+    k = check_int(k, "k", lo=1, hi=65536)
+    check_choice(init, "init", KMEANS_INITS)
+    seed = check_int(seed, "seed", lo=0)
+    x = as_float_array(x, "x")
+    return _init(np.sort(x.ravel()), k, init, seed)
+
+
+def _init(xs: np.ndarray, k: int, init: str, seed: int) -> np.ndarray:
+    """Initial centroids from sorted float32 ``xs`` (float64, sorted)."""
+    n = xs.shape[0]
+    lo, hi = float(xs[0]), float(xs[-1])
+    if init == "linear":
+        return np.array([(lo + hi) * 0.5]) if k == 1 else np.linspace(lo, hi, k)
+    if init == "density":
+        return xs[(2 * np.arange(k, dtype=np.int64) + 1) * n // (2 * k)].astype(np.float64)
+    rng = np.random.default_rng(seed)
+    x64 = xs.astype(np.float64)
+    c = np.empty(k, np.float64)
+    c[0] = x64[int(rng.integers(n))]
+    d = x64 - c[0]
+    d2 = d * d
+    for j in range(1, k):
+        cum = np.cumsum(d2)
+        if not cum[-1] > 0.0:  # fewer distinct values than k: repeat
+            c[j:] = c[j - 1]
+            break
+        i = int(np.searchsorted(cum, rng.random() * cum[-1], side="right"))
+        if i >= n:  # u rounded up to the total
+            i = int(np.flatnonzero(d2 > 0.0)[-1])
+        c[j] = x64[i]
+        d = x64 - c[j]
+        d2 = np.minimum(d2, d * d)
+    return np.sort(c)
+
+
+# ---------------------------------------------------------------------------- twins
+
+
+def _assign_numpy(x, mid, reserve_zero):
+    """NumPy twin of ``_kernels.kmeans.assign``."""
+    idx = np.searchsorted(mid, x, side="left")  # compared in float64
+    if reserve_zero:
+        idx = np.where(x == 0, 0, idx + 1)
+    return idx.astype(np.uint8)
+
+
+def _cluster_sums_numpy(v, idx, k):
+    """NumPy twin of ``_kernels.kmeans.cluster_sums``: (float64 sums, int64 counts)."""
+    idx = idx.astype(np.intp)
+    sums = np.bincount(idx, weights=v.astype(np.float64), minlength=k)
+    counts = np.bincount(idx, minlength=k).astype(np.int64)
+    return sums, counts
+
+
+def _lloyd_numpy(xs, c0, max_iter, thr):
+    """NumPy twin of ``_kernels.kmeans.lloyd_sorted``."""
+    n, k = xs.shape[0], c0.shape[0]
+    x64 = xs.astype(np.float64)
+    c = c0.copy()
+    n_iter, converged = 0, False
+    while n_iter < max_iter:
+        n_iter += 1
+        mid = (c[:-1] + c[1:]) * 0.5
+        b = np.concatenate(([0], np.searchsorted(xs, mid, side="right"), [n]))
+        counts = np.diff(b)
+        labels = np.repeat(np.arange(k), counts)
+        sums = np.bincount(labels, weights=x64, minlength=k)
+        new = c.copy()
+        empty = np.flatnonzero(counts == 0)
+        left = counts.copy()
+        if empty.size:
+            d = x64 - c[labels]
+            d2 = d * d
+            far = np.lexsort((np.arange(n), -d2))[: empty.size]  # farthest, then lowest position
+            far = far[d2[far] > 0.0]
+            for j, p in zip(empty, far):
+                sums[labels[p]] -= x64[p]
+                left[labels[p]] -= 1
+                new[j] = x64[p] + 0.0
+        ok = (counts > 0) & (left > 0)
+        new[ok] = sums[ok] / left[ok]
+        new.sort()
+        shift = np.max(np.abs(new - c))
+        c = new
+        if shift <= thr:
+            converged = True
+            break
+    return c, n_iter, converged
+
+
+def _sums(v, idx, k, backend):
+    if backend == "numpy":
+        return _cluster_sums_numpy(v, idx, k)
+    sums = np.zeros(k, np.float64)
+    counts = np.zeros(k, np.int64)
+    _k.cluster_sums(v, idx, sums, counts)
+    return sums, counts
+
+
+# ---------------------------------------------------------------------------- fitting
+
+
+def kmeans_quantize(w, bits: int, *, init="linear", max_iter: int = 100, tol: float = 1e-6,
+                    seed: int = 0, keep_zeros: bool = True, backend: str = "numba") -> KMeansResult:
+    """Fit a ``2**bits``-entry codebook to ``w`` by 1-D k-means; see the module docstring.
+
+    Parameters
+    ----------
+    w : float array, finite, non-empty, any shape; converted to float32 first.
+    bits : 1..8.
+    init : ``"linear"``, ``"density"``, ``"kmeans++"`` or an array of the initial centroids
+        to fit (``2**bits - 1`` of them with ``keep_zeros``, else ``2**bits``; sorted here).
+    max_iter : Lloyd iterations at most (0: the initial centroids as they are).
+    tol : stop when no centroid moves by more than ``tol * (max - min)`` of the clustered
+        values; 0 waits for an exact fixed point.
+    seed : for ``"kmeans++"``.
+    keep_zeros : reserve index 0 for exact zeros (pruned weights), which stay exactly 0.0.
+    backend : ``"numba"`` or ``"numpy"``; identical results.
+
+    Returns
+    -------
+    KMeansResult; ``indices`` is uint8 of ``w``'s shape.
+    """
+    bits = check_int(bits, "bits", lo=1, hi=8)
+    max_iter = check_int(max_iter, "max_iter", lo=0)
+    tol = _check_real(tol, "tol", lo=0.0)
+    seed = check_int(seed, "seed", lo=0)
+    keep_zeros = check_bool(keep_zeros, "keep_zeros")
+    check_choice(backend, "backend", BACKENDS)
+    w = as_float_array(w, "w")
+    k = 1 << bits
+    k_fit = k - 1 if keep_zeros else k
+    c_init = None
+    if isinstance(init, str):
+        check_choice(init, "init", KMEANS_INITS)
+    else:
+        c_init = np.asarray(init)
+        if c_init.dtype.kind not in "fiu" or c_init.shape != (k_fit,):
+            raise ValueError(
+                f"init must be one of {', '.join(map(repr, KMEANS_INITS))} or a real array of "
+                f"shape ({k_fit},) (2**bits{' - 1' if keep_zeros else ''} centroids), got "
+                f"{c_init.dtype} {c_init.shape}")
+        c_init = np.sort(c_init.astype(np.float64))
+        if not np.all(np.isfinite(c_init)):
+            raise ValueError("init contains NaN or infinity")
+
+    flat = np.ascontiguousarray(w).ravel()
+    xs = np.sort(flat[flat != 0] if keep_zeros else flat)
+    n_iter, converged = 0, True
+    if xs.size == 0:
+        c = np.zeros(k_fit, np.float64)
+    else:
+        distinct = xs[np.concatenate(([True], xs[1:] != xs[:-1]))]
+        if distinct.size <= k_fit:
+            c = np.pad(distinct.astype(np.float64), (0, k_fit - distinct.size), mode="edge")
+        else:
+            c0 = _init(xs, k_fit, init, seed) if c_init is None else c_init
+            thr = tol * (float(xs[-1]) - float(xs[0]))
+            if backend == "numpy":
+                c, n_iter, converged = _lloyd_numpy(xs, c0, max_iter, thr)
+            else:
+                c, n_iter, converged = _k.lloyd_sorted(xs, c0, max_iter, thr)
+            n_iter, converged = int(n_iter), bool(converged)
+    fitted = c.astype(np.float32) + np.float32(0.0)  # + 0: no -0.0 entries
+    codebook = np.concatenate((np.zeros(1, np.float32), fitted)) if keep_zeros else fitted
+
+    f64 = fitted.astype(np.float64)
+    mid = (f64[:-1] + f64[1:]) * 0.5  # exact midpoints of float32 centroids
+    if backend == "numpy":
+        indices = _assign_numpy(flat, mid, keep_zeros)
+    else:
+        indices = np.empty(flat.shape, np.uint8)
+        _k.assign(flat, mid, keep_zeros, indices)
+    d = flat.astype(np.float64) - codebook.astype(np.float64)[indices]
+    return KMeansResult(codebook=codebook, indices=indices.reshape(w.shape), bits=bits,
+                        inertia=float(np.sum(d * d)), n_iter=n_iter, converged=converged,
+                        reserved_zero=keep_zeros)
+
+
+# ---------------------------------------------------------------------------- fine-tuning
+
+
+def centroid_gradient(grad, indices, k: int, *, backend: str = "numba") -> np.ndarray:
+    """Gradient of the loss with respect to each centroid (Deep Compression, eq. 3).
+
+    ``grad``: dL/dW for the reconstructed weights ``W = codebook[indices]`` (float, the
+    indices' shape). Returns float32 ``(k,)``: entry ``j`` is the sum of ``grad`` over the
+    weights with index ``j`` (0 for an unused index), summed in float64 in element order and
+    rounded once.
+    """
+    k = check_int(k, "k", lo=1, hi=65536)
+    check_choice(backend, "backend", BACKENDS)
+    idx = _check_indices(indices, k)
+    g = _check_grad(grad, idx.shape)
+    sums, _ = _sums(g.ravel(), np.ascontiguousarray(idx).ravel(), k, backend)
+    return sums.astype(np.float32)
+
+
+def finetune_centroids(codebook, grad, indices, lr: float, *, reserved_zero: bool | None = None,
+                       backend: str = "numba") -> np.ndarray:
+    """One gradient step on the shared weights: ``codebook - lr * centroid_gradient``.
+
+    Computed in float64 from the float64 gradient sums and rounded once to float32. The
+    indices do not change, so the result need not be sorted. ``reserved_zero``: hold
+    ``codebook[0]`` at 0.0 (the pruned weights' code); ``None`` means "if ``codebook[0]`` is
+    exactly 0.0", which is always the case for ``kmeans_quantize(keep_zeros=True)``.
+    Returns float32 ``(k,)``; an update that overflows float32 is a ValueError.
+    """
+    cb = _check_codebook(codebook)
+    k = cb.shape[0]
+    lr = _check_real(lr, "lr")
+    check_choice(backend, "backend", BACKENDS)
+    idx = _check_indices(indices, k)
+    g = _check_grad(grad, idx.shape)
+    reserved = _reserved(reserved_zero, cb)
+    sums, _ = _sums(g.ravel(), np.ascontiguousarray(idx).ravel(), k, backend)
+    with np.errstate(over="ignore"):
+        new = (cb.astype(np.float64) - lr * sums).astype(np.float32)
+    if not np.all(np.isfinite(new)):
+        raise ValueError(f"lr={lr} makes the codebook overflow float32")
+    if reserved:
+        new[0] = 0.0
+    return new
+
+
+def reaverage_centroids(w, indices, k: int, codebook=None, *, reserved_zero: bool | None = None,
+                        backend: str = "numba") -> np.ndarray:
+    """Each centroid becomes the mean of the current weights ``w`` that share it.
+
+    ``w`` (float, converted to float32) and ``indices`` have the same shape. Means are
+    float64 sums over counts, rounded once to float32. An empty cluster keeps
+    ``codebook[j]`` (pass the old codebook) or becomes 0.0 when ``codebook`` is None.
+    ``reserved_zero`` as in :func:`finetune_centroids` (``None``: if ``codebook`` is given
+    and ``codebook[0] == 0.0``). Returns float32 ``(k,)``.
+    """
+    k = check_int(k, "k", lo=1, hi=65536)
+    check_choice(backend, "backend", BACKENDS)
+    w = as_float_array(w, "w")
+    idx = _check_indices(indices, k)
+    if w.shape != idx.shape:
+        raise ValueError(f"w has shape {w.shape}, expected the indices' shape {idx.shape}")
+    cb = None if codebook is None else _check_codebook(codebook, k)
+    reserved = _reserved(reserved_zero, cb)
+    sums, counts = _sums(np.ascontiguousarray(w).ravel(), np.ascontiguousarray(idx).ravel(), k,
+                         backend)
+    out = np.zeros(k, np.float32) if cb is None else cb.copy()
+    full = counts > 0
+    out[full] = (sums[full] / counts[full]).astype(np.float32)
+    if reserved:
+        out[0] = 0.0
+    return out

@@ -1,0 +1,64 @@
+"""A scikit-learn MLP on scikit-learn's digits, as a stand-in model until the PyTorch
+reference models exist: training, a PyTorch-style state dict, and accuracy.
+
+Weights follow PyTorch's ``(out, in)`` convention: scikit-learn stores ``coefs_[k]`` as
+``(in, out)``, so the state dict holds ``coefs_[k].T`` under ``fc{k+1}.weight``.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import numpy as np
+
+SPLIT_SEED = 0
+TEST_FRACTION = 0.25
+
+
+def digits_split():
+    """``(X_train, X_test, y_train, y_test)``: load_digits scaled to [0, 1], stratified
+    25 % test split with ``random_state=0`` (1347 / 450 images)."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    X, y = load_digits(return_X_y=True)
+    return train_test_split(X / 16.0, y, test_size=TEST_FRACTION, random_state=SPLIT_SEED, stratify=y)
+
+
+def train_mlp(hidden=(300, 100), *, seed: int = 0, max_iter: int = 200, data=None):
+    """A fitted ``MLPClassifier`` (ReLU, Adam) and the split it was trained on."""
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.neural_network import MLPClassifier
+
+    data = digits_split() if data is None else data
+    clf = MLPClassifier(hidden_layer_sizes=tuple(hidden), max_iter=max_iter, random_state=seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        clf.fit(data[0], data[2])
+    return clf, data
+
+
+def state_dict(clf) -> dict:
+    """``{"fc1.weight": (out, in) float32, "fc1.bias": (out,), ...}`` of a fitted MLP."""
+    out = {}
+    for k, (w, b) in enumerate(zip(clf.coefs_, clf.intercepts_)):
+        out[f"fc{k + 1}.weight"] = np.ascontiguousarray(np.asarray(w, np.float32).T)
+        out[f"fc{k + 1}.bias"] = np.asarray(b, np.float32).copy()
+    return out
+
+
+def accuracy(clf, state: dict, X, y) -> float:
+    """Test accuracy of ``clf``'s architecture with the weights of ``state``."""
+    m = copy.copy(clf)
+    n = len(clf.coefs_)
+    try:
+        m.coefs_ = [np.asarray(state[f"fc{k + 1}.weight"], np.float64).T for k in range(n)]
+        m.intercepts_ = [np.asarray(state[f"fc{k + 1}.bias"], np.float64) for k in range(n)]
+    except KeyError as e:
+        raise ValueError(f"state has no entry {e.args[0]!r} for this {n}-layer MLP") from None
+    for k in range(n):
+        if m.coefs_[k].shape != clf.coefs_[k].shape:
+            raise ValueError(f"fc{k + 1}.weight has shape {m.coefs_[k].T.shape}, "
+                             f"the model needs {clf.coefs_[k].T.shape}")
+    return float(m.score(X, y))
