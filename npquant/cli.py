@@ -17,7 +17,6 @@ import copy
 import os
 import sys
 import time
-import warnings
 
 from ._table import format_table  # noqa: F401 (re-exported for callers)
 from ._version import __version__
@@ -69,8 +68,7 @@ def _progress(msg: str) -> None:
 
 # ------------------------------------------------------------------------------- demo
 
-DEMO_SPLIT_SEED = 0
-DEMO_TEST_FRACTION = 0.25
+DEMO_SPLIT_SEED = 0  # the split of npquant.sklearn_mlp.digits_split
 DEMO_QUICK_ITERS = 30
 DEMO_FULL_ITERS = 300
 
@@ -122,28 +120,21 @@ def demo_configs(bits_list, group_size):
 
 def _run_demo(args) -> int:
     import numpy as np
-    from sklearn.datasets import load_digits
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.model_selection import train_test_split
-    from sklearn.neural_network import MLPClassifier
 
+    from . import sklearn_mlp
     from .linear import fake_quantize, quantization_error
     from .qparams import QuantSpec, fit_qparams
 
     max_iter = args.max_iter or (DEMO_QUICK_ITERS if args.quick else DEMO_FULL_ITERS)
     hidden = tuple(args.hidden)
 
-    X, y = load_digits(return_X_y=True)
-    X = X / 16.0  # pixels 0..16 -> [0, 1]
-    X_tr, X_te, y_tr, y_te = train_test_split(
-        X, y, test_size=DEMO_TEST_FRACTION, random_state=DEMO_SPLIT_SEED, stratify=y)
+    data = sklearn_mlp.digits_split()
+    X_tr, X_te, y_tr, y_te = data
+    y = np.concatenate([y_tr, y_te])
 
     t0 = time.perf_counter()
     _progress(f"training MLPClassifier(hidden_layer_sizes={hidden}) for at most {max_iter} epochs ...")
-    clf = MLPClassifier(hidden_layer_sizes=hidden, max_iter=max_iter, random_state=args.seed)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        clf.fit(X_tr, y_tr)
+    clf, _ = sklearn_mlp.train_mlp(hidden, seed=args.seed, max_iter=max_iter, data=data)
     converged = clf.n_iter_ < max_iter
     _progress(f"trained in {time.perf_counter() - t0:.1f} s ({clf.n_iter_} epochs, "
               f"{'converged' if converged else 'stopped at --max-iter'}); quantizing ...")

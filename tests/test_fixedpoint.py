@@ -332,7 +332,7 @@ def test_requantize_rejects(kw, exc, match):
 # ---- the onnx mode against ONNX's reference QLinearMatMul -----------------------------
 
 def test_onnx_mode_matches_qlinear_matmul_reference():
-    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnx")
     from onnx import TensorProto as TP
     from onnx import helper
     from onnx.reference import ReferenceEvaluator

@@ -9,8 +9,7 @@ Skipped when ``onnx`` is not installed; CI installs it.
 import numpy as np
 import pytest
 
-from npquant import QParams, QuantSpec, dequantize, fit_qparams, quantize
-from npquant.granularity import param_shape
+from npquant import QuantSpec, dequantize, fit_qparams, quantize
 
 onnx = pytest.importorskip("onnx")
 from onnx import TensorProto as TP  # noqa: E402

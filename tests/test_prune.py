@@ -5,7 +5,6 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from npquant.prune import (
-    RelativeSparse,
     decode_relative,
     encode_relative,
     magnitude_mask,
