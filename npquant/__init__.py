@@ -13,6 +13,7 @@ from .fixedpoint import (
 )
 from .granularity import param_shape
 from .huffman import HuffmanCode, huffman_decode, huffman_encode
+from .io import load_model, load_reference, load_state_dict, save_state_dict
 from .kmeans import (
     KMeansResult,
     centroid_gradient,
@@ -72,6 +73,9 @@ __all__ = [
     "huffman_decode",
     "huffman_encode",
     "kmeans_quantize",
+    "load_model",
+    "load_reference",
+    "load_state_dict",
     "magnitude_mask",
     "pack",
     "pack_bits",
@@ -92,6 +96,7 @@ __all__ = [
     "requantize",
     "requantize_ties",
     "round_values",
+    "save_state_dict",
     "rounding_divide_by_pot",
     "saturating_rounding_doubling_high_mul",
 ]
