@@ -33,9 +33,7 @@ name and renamed, so it is never half-written.
 from __future__ import annotations
 
 import json
-import os
 import struct
-import tempfile
 import zlib
 from dataclasses import dataclass, field
 
@@ -44,6 +42,7 @@ import numpy as np
 from . import huffman
 from ._checks import check_int
 from ._table import format_table
+from .io import atomic_write
 from .kmeans import kmeans_quantize, reconstruct
 from .prune import decode_relative, encode_relative, magnitude_mask, prune
 
@@ -187,19 +186,7 @@ def write_compressed(compressed: Compressed, path) -> int:
     """Write the file atomically (temporary name in the same folder, then rename);
     returns its size in bytes."""
     data = compressed.to_bytes()
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".npqz-", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda f: f.write(data))
     return len(data)
 
 

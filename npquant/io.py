@@ -23,7 +23,9 @@ _ST_DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "I64": "<i8", "I32": "<i
 _ST_NAMES = {np.dtype(v).str.lstrip("<|"): k for k, v in _ST_DTYPES.items()}
 
 
-def _atomic_write(path, write) -> None:
+def atomic_write(path, write) -> None:
+    """Call ``write(file)`` on a temporary file in ``path``'s folder, then rename it to
+    ``path``: a reader never sees a half-written file, and a failure leaves no temporary."""
     path = os.fspath(path)
     fd, tmp = tempfile.mkstemp(prefix=".npquant-", dir=os.path.dirname(os.path.abspath(path)))
     try:
@@ -69,10 +71,10 @@ def save_state_dict(path, state: dict, *, format: str | None = None) -> None:
         raise ValueError("state must be a dict with non-empty string keys")
     arrays = {k: np.asarray(v) for k, v in state.items()}
     if fmt == "npz":
-        _atomic_write(path, lambda f: np.savez(f, **arrays))
+        atomic_write(path, lambda f: np.savez(f, **arrays))
     else:
         data = write_safetensors(arrays)
-        _atomic_write(path, lambda f: f.write(data))
+        atomic_write(path, lambda f: f.write(data))
 
 
 def write_safetensors(state: dict, metadata: dict | None = None) -> bytes:

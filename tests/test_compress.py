@@ -48,7 +48,7 @@ def test_round_trip_rebuilds_the_pruned_quantized_weights(tmp_path):
         # a surviving weight is never zeroed, a pruned one never revived
         kept = state[name] != 0
         assert np.all((w != 0) <= kept)
-    assert not [f for f in os.listdir(tmp_path) if f.startswith(".npqz-")]  # no temporary left
+    assert not [f for f in os.listdir(tmp_path) if f.startswith(".npquant-")]  # no temporary left
 
 
 def test_defaults_follow_the_paper():
@@ -191,4 +191,4 @@ def test_write_is_atomic_on_failure(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         write_compressed(compress(_state(9), sparsity=0.1), path)
     assert path.read_bytes() == before
-    assert not [f for f in os.listdir(tmp_path) if f.startswith(".npqz-")]
+    assert not [f for f in os.listdir(tmp_path) if f.startswith(".npquant-")]
