@@ -1,0 +1,290 @@
+"""Post-training quantization of float models (:mod:`npquant.nn`) into integer models.
+
+* :func:`fold_batchnorm` folds each BatchNorm2d into the conv before it.
+* :func:`quantize_model` calibrates activation ranges with an observer on calibration
+  data, quantizes weights (per-tensor or per-channel), biases (int32 at ``S_x S_w``) and
+  builds an :class:`IntegerModel` of :mod:`npquant.qnn` layers. A ReLU/ReLU6 right after
+  a linear or conv layer is fused into its output clamp. The model runs from integer
+  input codes to integer logit codes with no float arithmetic in between, under any
+  requantization mode.
+* :func:`dynamic_quantize`: int8 weights, activations quantized per batch at run time
+  (min-max of each batch), float output of every layer (PyTorch's dynamic quantization).
+* :func:`weight_only_quantize`: weights quantized to ``bits`` (per channel or per group)
+  and dequantized, float activations.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import nn
+from . import observers as obs
+from ._checks import as_float_array, check_choice, check_int
+from .fixedpoint import REQUANT_MODES
+from .linear import dequantize, fake_quantize, quantize
+from .qnn import layers as ql
+from .qnn.conv import conv2d_accumulate
+from .qnn.gemm import linear_accumulate, quantize_bias
+from .qparams import QParams, QuantSpec, fit_qparams
+
+OBSERVERS = {
+    "minmax": lambda spec: obs.MinMaxObserver(spec),
+    "moving_average": lambda spec: obs.MovingAverageMinMaxObserver(spec),
+    "percentile": lambda spec: obs.PercentileObserver(spec),
+    "mse": lambda spec: obs.MSEObserver(spec),
+    "entropy": lambda spec: obs.EntropyObserver(spec),
+}
+
+
+def fold_batchnorm(model: nn.Sequential) -> nn.Sequential:
+    """A copy of ``model`` where every ``Conv2d`` followed by ``BatchNorm2d`` is one conv:
+    ``W' = W * gamma / sqrt(var + eps)`` per output channel and
+    ``b' = (b - mean) * gamma / sqrt(var + eps) + beta`` (float32)."""
+    out, layers, i = [], list(model), 0
+    while i < len(layers):
+        layer = layers[i]
+        nxt = layers[i + 1] if i + 1 < len(layers) else None
+        if isinstance(layer, nn.Conv2d) and isinstance(nxt, nn.BatchNorm2d):
+            scale, shift = nxt.scale_shift()
+            if scale.shape[0] != layer.weight.shape[0]:
+                raise ValueError(f"{nxt.name} has {scale.shape[0]} channels, {layer.name} has {layer.weight.shape[0]}")
+            w = (layer.weight * scale.reshape(-1, 1, 1, 1)).astype(np.float32)
+            b0 = np.zeros(scale.shape, np.float32) if layer.bias is None else layer.bias
+            b = (b0 * scale + shift).astype(np.float32)
+            out.append(nn.Conv2d(w, b, stride=layer.stride, padding=layer.padding, dilation=layer.dilation,
+                                 groups=layer.groups, name=layer.name))
+            i += 2
+        else:
+            out.append(layer)
+            i += 1
+    return nn.Sequential(out)
+
+
+@dataclass
+class IntegerModel:
+    """An integer-only model: ``input_qp`` quantizes float input, ``layers`` (of
+    :mod:`npquant.qnn`) map codes to codes, ``output_qp`` dequantizes the logits."""
+
+    input_qp: QParams
+    layers: list
+    output_qp: QParams
+    mode: str
+    input_method: str = "divide"
+
+    def quantize_input(self, x) -> np.ndarray:
+        return quantize(x, self.input_qp, method=self.input_method)
+
+    def run(self, x_q) -> np.ndarray:
+        """Integer codes in, integer codes out (``output_qp``'s dtype)."""
+        for layer in self.layers:
+            x_q = layer(x_q)
+        return x_q
+
+    def __call__(self, x) -> np.ndarray:
+        """Float input to dequantized float32 logits."""
+        return dequantize(self.run(self.quantize_input(x)), self.output_qp)
+
+    def float_twin(self, x) -> np.ndarray:
+        """The same model in float (fake quantization): dequantized weights and int32
+        biases, float products, and each activation fake-quantized with its qparams and
+        clamped to its fused-activation range; float32 logits. The integer model differs
+        from it only by rounding inside the requantization."""
+        h = fake_quantize(as_float_array(x, "x"), self.input_qp, method=self.input_method)
+        for layer in self.layers:
+            if isinstance(layer, (ql.QLinear, ql.QConv2d)):
+                w = dequantize(layer.w_q, layer.w_qp)
+                sx = np.float32(layer.x_qp.scale)
+                sw = np.broadcast_to(layer.w_qp.scale, (w.shape[0],)).astype(np.float32)
+                b = layer.bias_q.astype(np.float32) * sx * sw
+                if isinstance(layer, ql.QLinear):
+                    y = nn.Linear(w, b)(h)
+                else:
+                    g = layer.geometry
+                    y = nn.Conv2d(w, b, stride=g.stride, padding=(g.padding[0], g.padding[2]),
+                                  dilation=g.dilation, groups=g.groups)(h)
+                lo, hi = layer.out_range
+                qp = layer.y_qp
+                sy, zy = np.float32(qp.scale), int(qp.zero_point)
+                h = np.clip(fake_quantize(y, qp), sy * (lo - zy), sy * (hi - zy)).astype(np.float32)
+            elif isinstance(layer, ql.MaxPool2d):
+                h = nn.MaxPool2d(layer.kernel_size, layer.stride, layer.padding)(h)
+            elif isinstance(layer, ql.AvgPool2d):
+                h = nn.AvgPool2d(layer.kernel_size, layer.stride, layer.padding, count_include_pad=False)(h)
+            elif isinstance(layer, ql.Flatten):
+                h = nn.Flatten()(h)
+            elif isinstance(layer, ql.QReLU):
+                lo, hi = layer.out_range
+                sy, zy = np.float32(layer.qp.scale), int(layer.qp.zero_point)
+                h = np.clip(h, sy * (lo - zy), sy * (hi - zy))
+            else:
+                raise TypeError(f"no float twin for {type(layer).__name__}")
+        return h
+
+    def size_bytes(self) -> int:
+        """Weights (1 byte per code up to 8 bits), int32 biases, float32 scales, zero points."""
+        total = 0
+        for layer in self.layers:
+            if isinstance(layer, (ql.QLinear, ql.QConv2d)):
+                total += layer.w_q.size * layer.w_q.itemsize + 4 * layer.w_q.shape[0]
+                total += layer.w_qp.scale.size * 4 + layer.w_qp.zero_point.size * layer.w_q.itemsize
+        return total
+
+
+def _next_activation(layers, i):
+    nxt = layers[i + 1] if i + 1 < len(layers) else None
+    if isinstance(nxt, nn.ReLU):
+        return "relu"
+    if isinstance(nxt, nn.ReLU6):
+        return "relu6"
+    return None
+
+
+def quantize_model(model: nn.Sequential, calib_x, *, mode: str = "tflite", observer: str = "minmax",
+                   per_channel: bool = True, weight_bits: int = 8, activation_signed: bool = False,
+                   batch_size: int = 256, bias_method: str | None = None) -> IntegerModel:
+    """Post-training static quantization of ``model`` calibrated on ``calib_x``.
+
+    Weights: signed symmetric narrow-range ``weight_bits`` codes (TFLite's int8
+    convention, ``[-127, 127]``), per output channel or per tensor. Activations: 8-bit
+    asymmetric (uint8, or int8 with ``activation_signed``), ranges from ``observer``
+    (``minmax``, ``moving_average``, ``percentile``, ``mse``, ``entropy``) over the
+    calibration batches. Biases: int32 at ``S_x S_w`` (``bias_method`` of
+    :func:`npquant.qnn.gemm.quantize_bias`; default TFLite's for the TFLite modes,
+    onnxruntime's otherwise).
+    """
+    check_choice(mode, "mode", REQUANT_MODES)
+    check_choice(observer, "observer", tuple(OBSERVERS))
+    weight_bits = check_int(weight_bits, "weight_bits", lo=2, hi=8)
+    batch_size = check_int(batch_size, "batch_size", lo=1)
+    calib = as_float_array(calib_x, "calib_x")
+    if bias_method is None:
+        bias_method = "tflite" if mode.startswith("tflite") else "onnxruntime"
+    layers = list(fold_batchnorm(model))
+    act_spec = QuantSpec(bits=8, signed=bool(activation_signed))
+    # quantization points: the input, and the (post-activation) output of each linear/conv
+    points = {"input": OBSERVERS[observer](act_spec)}
+    for i, layer in enumerate(layers):
+        if isinstance(layer, (nn.Linear, nn.Conv2d)):
+            points[i] = OBSERVERS[observer](act_spec)
+    for start in range(0, calib.shape[0], batch_size):
+        x = calib[start:start + batch_size]
+        points["input"].update(x)
+        for i, layer in enumerate(layers):
+            x = layer(x)
+            if i in points:
+                act = _next_activation(layers, i)
+                points[i].update(x if act is None else (nn.ReLU() if act == "relu" else nn.ReLU6())(x))
+    w_spec = QuantSpec(bits=weight_bits, symmetric=True, narrow_range=True, axis=0 if per_channel else None)
+    x_qp = points["input"].qparams()
+    input_qp = x_qp
+    qlayers, i = [], 0
+    while i < len(layers):
+        layer = layers[i]
+        if isinstance(layer, (nn.Linear, nn.Conv2d)):
+            act = _next_activation(layers, i)
+            y_qp = points[i].qparams()
+            w_qp = fit_qparams(layer.weight, w_spec)
+            w_q = quantize(layer.weight, w_qp)
+            b_q = None
+            if layer.bias is not None:
+                sw = w_qp.scale if per_channel else np.full(layer.weight.shape[0], w_qp.scale, np.float32)
+                b_q = quantize_bias(layer.bias, np.float32(x_qp.scale), sw, method=bias_method)
+            if isinstance(layer, nn.Linear):
+                qlayers.append(ql.QLinear(w_q, w_qp, b_q, x_qp, y_qp, mode=mode, activation=act))
+            else:
+                qlayers.append(ql.QConv2d(w_q, w_qp, b_q, x_qp, y_qp, stride=layer.stride, padding=layer.padding,
+                                          dilation=layer.dilation, groups=layer.groups, mode=mode, activation=act))
+            x_qp = y_qp
+            i += 2 if act else 1
+            continue
+        if isinstance(layer, nn.MaxPool2d):
+            qlayers.append(ql.MaxPool2d(layer.kernel_size, layer.stride, layer.padding))
+        elif isinstance(layer, nn.AvgPool2d):
+            qlayers.append(ql.AvgPool2d(layer.kernel_size, layer.stride, layer.padding,
+                                        mode="tflite" if mode.startswith("tflite") else "torch",
+                                        zero_point=int(x_qp.zero_point), count_include_pad=False))
+        elif isinstance(layer, nn.Flatten):
+            qlayers.append(ql.Flatten())
+        elif isinstance(layer, (nn.ReLU, nn.ReLU6)):
+            qlayers.append(ql.QReLU(x_qp, "relu" if isinstance(layer, nn.ReLU) else "relu6"))
+        else:
+            raise ValueError(f"cannot quantize layer {i} of type {type(layer).__name__}")
+        i += 1
+    return IntegerModel(input_qp=input_qp, layers=qlayers, output_qp=x_qp, mode=mode)
+
+
+class _DynamicLayer:
+    """A linear/conv layer with int8 weights whose input is quantized per call (uint8,
+    min-max of the batch); the int32 accumulator is scaled back to float32 and the float
+    bias added."""
+
+    def __init__(self, layer, w_spec: QuantSpec):
+        self.layer = layer
+        self.w_qp = fit_qparams(layer.weight, w_spec)
+        self.w_q = quantize(layer.weight, self.w_qp)
+
+    def __call__(self, x):
+        x = as_float_array(x, "x")
+        x_qp = fit_qparams(x, QuantSpec(signed=False))
+        x_q = quantize(x, x_qp)
+        lay = self.layer
+        if isinstance(lay, nn.Linear):
+            acc = linear_accumulate(x_q, x_qp, self.w_q, self.w_qp)
+            shape = (1,) * (acc.ndim - 1) + (-1,)
+        else:
+            acc = conv2d_accumulate(x_q, x_qp, self.w_q, self.w_qp, stride=lay.stride, padding=lay.padding,
+                                    dilation=lay.dilation, groups=lay.groups)
+            shape = (1, -1, 1, 1)
+        sw = np.broadcast_to(self.w_qp.scale, (self.w_q.shape[0],)).astype(np.float32)
+        y = acc.astype(np.float32) * (np.float32(x_qp.scale) * sw).reshape(shape)
+        return y if lay.bias is None else y + lay.bias.reshape(shape)
+
+
+def dynamic_quantize(model: nn.Sequential, *, per_channel: bool = True) -> nn.Sequential:
+    """Dynamic quantization: int8 symmetric weights (per channel or per tensor), uint8
+    activations quantized per batch with their own min-max, float between layers."""
+    spec = QuantSpec(symmetric=True, narrow_range=True, axis=0 if per_channel else None)
+    return nn.Sequential([_DynamicLayer(layer, spec) if isinstance(layer, (nn.Linear, nn.Conv2d)) else layer
+                          for layer in fold_batchnorm(model)])
+
+
+def weight_only_quantize(model: nn.Sequential, bits: int = 8, *, group_size: int | None = None,
+                         symmetric: bool = True) -> tuple[nn.Sequential, int]:
+    """Weights quantized to ``bits`` and dequantized (per output channel, or per group of
+    ``group_size`` inputs along axis 1); activations stay float.
+
+    Returns the model and the weight storage in bytes (codes packed at ``bits``, float32
+    scales, zero points of the code width, float32 biases).
+    """
+    bits = check_int(bits, "bits", lo=2, hi=8)
+    out, size = [], 0
+    for layer in fold_batchnorm(model):
+        if isinstance(layer, (nn.Linear, nn.Conv2d)):
+            spec = QuantSpec(bits=bits, symmetric=symmetric, axis=0 if group_size is None else 1,
+                             block_size=group_size)
+            qp = fit_qparams(layer.weight, spec)
+            w = fake_quantize(layer.weight, qp)
+            size += -(-layer.weight.size * bits // 8) + 4 * qp.scale.size + (0 if symmetric else qp.zero_point.size)
+            if layer.bias is not None:
+                size += 4 * layer.bias.size
+            if isinstance(layer, nn.Linear):
+                out.append(nn.Linear(w, layer.bias, name=layer.name))
+            else:
+                out.append(nn.Conv2d(w, layer.bias, stride=layer.stride, padding=layer.padding,
+                                     dilation=layer.dilation, groups=layer.groups, name=layer.name))
+        else:
+            out.append(layer)
+    return nn.Sequential(out), size
+
+
+def float_size_bytes(model: nn.Sequential) -> int:
+    """float32 bytes of every weight and bias."""
+    total = 0
+    for layer in model:
+        for name in ("weight", "bias", "running_mean", "running_var"):
+            a = getattr(layer, name, None)
+            if isinstance(a, np.ndarray):
+                total += 4 * a.size
+    return total

@@ -1,0 +1,106 @@
+import numpy as np
+import pytest
+
+from npquant import nn, sklearn_mlp
+from npquant.convert import (
+    IntegerModel,
+    dynamic_quantize,
+    float_size_bytes,
+    fold_batchnorm,
+    quantize_model,
+    weight_only_quantize,
+)
+from npquant.fixedpoint import REQUANT_MODES
+
+
+@pytest.fixture(scope="module")
+def mlp():
+    clf, data = sklearn_mlp.train_mlp((64, 32), max_iter=300)
+    arch = {"layers": [{"type": "linear", "name": "fc1"}, {"type": "relu"}, {"type": "linear", "name": "fc2"},
+                       {"type": "relu"}, {"type": "linear", "name": "fc3"}]}
+    model = nn.build_model(arch, sklearn_mlp.state_dict(clf))
+    X_tr, X_te, y_tr, y_te = (np.asarray(a, np.float32) if a.dtype.kind == "f" else a for a in data)
+    return model, X_tr, X_te, y_te
+
+
+def _cnn(rng):
+    conv1 = nn.Conv2d(rng.normal(size=(6, 1, 3, 3)).astype(np.float32) * 0.5, rng.normal(size=6).astype(np.float32) * 0.1,
+                      padding=1, name="conv1")
+    bn1 = nn.BatchNorm2d(rng.uniform(0.5, 1.5, 6), rng.normal(size=6) * 0.1, rng.normal(size=6) * 0.1,
+                         rng.uniform(0.5, 2.0, 6), name="bn1")
+    conv2 = nn.Conv2d(rng.normal(size=(8, 6, 3, 3)).astype(np.float32) * 0.3, None, stride=1, padding=1, name="conv2")
+    fc = nn.Linear(rng.normal(size=(10, 32)).astype(np.float32) * 0.2, rng.normal(size=10).astype(np.float32), name="fc")
+    return nn.Sequential([conv1, bn1, nn.ReLU(), nn.MaxPool2d(2), conv2, nn.ReLU6(), nn.AvgPool2d(2),
+                          nn.Flatten(), fc])
+
+
+def test_fold_batchnorm_equals_conv_then_bn():
+    rng = np.random.default_rng(0)
+    model = _cnn(rng)
+    x = rng.uniform(0, 1, (5, 1, 8, 8)).astype(np.float32)
+    folded = fold_batchnorm(model)
+    assert len(folded) == len(model) - 1 and not any(isinstance(m, nn.BatchNorm2d) for m in folded)
+    np.testing.assert_allclose(folded(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", REQUANT_MODES)
+def test_ptq_mlp_accuracy_within_half_a_point(mlp, mode):
+    model, X_tr, X_te, y_te = mlp
+    q = quantize_model(model, X_tr[:300], mode=mode)
+    codes = q.run(q.quantize_input(X_te))
+    assert codes.dtype == np.uint8 and codes.shape == (len(y_te), 10)
+    acc_f = (model(X_te).argmax(1) == y_te).mean()
+    acc_q = (q(X_te).argmax(1) == y_te).mean()
+    assert acc_q >= acc_f - 0.005
+    twin = q.float_twin(X_te).argmax(1)
+    assert (twin == q(X_te).argmax(1)).mean() >= 0.99
+    assert q.size_bytes() < float_size_bytes(model) / 3
+
+
+def test_ptq_cnn_runs_integer_only_and_matches_its_twin():
+    rng = np.random.default_rng(1)
+    model = _cnn(rng)
+    x = rng.uniform(0, 1, (64, 1, 8, 8)).astype(np.float32)
+    for observer in ("minmax", "percentile", "mse"):
+        q = quantize_model(model, x[:32], observer=observer, mode="tflite")
+        assert isinstance(q, IntegerModel)
+        out = q.run(q.quantize_input(x))
+        assert out.dtype == np.uint8
+        # the twin rounds in float where the integer model rounds in fixed point: within 1 LSB
+        twin = q.float_twin(x)
+        lsb = float(q.output_qp.scale)
+        assert np.max(np.abs(q(x) - twin)) <= 1.01 * lsb
+        assert np.mean(np.abs(q(x) - model(x))) < 0.1 * np.std(model(x))
+
+
+def test_dynamic_and_weight_only(mlp):
+    model, X_tr, X_te, y_te = mlp
+    acc_f = (model(X_te).argmax(1) == y_te).mean()
+    d = dynamic_quantize(model)
+    assert (d(X_te).argmax(1) == y_te).mean() >= acc_f - 0.01
+    sizes = {}
+    for b in (8, 4, 2):
+        w, sizes[b] = weight_only_quantize(model, b)
+        acc = (w(X_te).argmax(1) == y_te).mean()
+        if b == 8:
+            assert acc >= acc_f - 0.005
+    assert sizes[8] > sizes[4] > sizes[2]
+    g, gsize = weight_only_quantize(model, 4, group_size=16)
+    assert gsize > sizes[4]  # more scales
+    assert (g(X_te).argmax(1) == y_te).mean() > 0.9
+
+
+def test_errors(mlp):
+    model, X_tr, *_ = mlp
+    with pytest.raises(ValueError, match="mode must be one of"):
+        quantize_model(model, X_tr, mode="tf")
+    with pytest.raises(ValueError, match="observer must be one of"):
+        quantize_model(model, X_tr, observer="max")
+    with pytest.raises(ValueError, match="calib_x is empty"):
+        quantize_model(model, X_tr[:0])
+    bad = X_tr[:10].copy()
+    bad[0, 0] = np.nan
+    with pytest.raises(ValueError, match="calib_x contains NaN"):
+        quantize_model(model, bad)
+    with pytest.raises(ValueError, match="weight_bits"):
+        quantize_model(model, X_tr, weight_bits=1)
