@@ -43,6 +43,9 @@ def test_fold_batchnorm_equals_conv_then_bn():
     np.testing.assert_allclose(folded(x), model(x), rtol=1e-5, atol=1e-5)
 
 
+# Model-level tests run whole test sets through the kernels: in the JIT pass only (slow);
+# the kernels themselves are checked against their twins with the JIT off elsewhere.
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", REQUANT_MODES)
 def test_ptq_mlp_accuracy_within_half_a_point(mlp, mode):
     model, X_tr, X_te, y_te = mlp
@@ -57,6 +60,7 @@ def test_ptq_mlp_accuracy_within_half_a_point(mlp, mode):
     assert q.size_bytes() < float_size_bytes(model) / 3
 
 
+@pytest.mark.slow
 def test_ptq_cnn_runs_integer_only_and_matches_its_twin():
     rng = np.random.default_rng(1)
     model = _cnn(rng)
@@ -73,6 +77,7 @@ def test_ptq_cnn_runs_integer_only_and_matches_its_twin():
         assert np.mean(np.abs(q(x) - model(x))) < 0.1 * np.std(model(x))
 
 
+@pytest.mark.slow
 def test_dynamic_and_weight_only(mlp):
     model, X_tr, X_te, y_te = mlp
     acc_f = (model(X_te).argmax(1) == y_te).mean()
