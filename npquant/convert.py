@@ -288,3 +288,54 @@ def float_size_bytes(model: nn.Sequential) -> int:
             if isinstance(a, np.ndarray):
                 total += 4 * a.size
     return total
+
+
+def from_pytorch_ptq(path_or_arrays) -> IntegerModel:
+    """The integer model of a PyTorch post-training-quantized reference file
+    (``reference_models/*_ptq.npz``): PyTorch's integer weights, float biases, scales
+    and zero points, in ``mode="fp32"`` with fbgemm's float-bias folding, input quantized
+    as ``torch.quantize_per_tensor`` does (``method="torch"``). Its outputs equal
+    PyTorch's quantized outputs bit for bit.
+    """
+    import json
+
+    if isinstance(path_or_arrays, dict):
+        data = dict(path_or_arrays)
+    else:
+        with np.load(path_or_arrays, allow_pickle=False) as z:
+            data = {k: z[k] for k in z.files}
+    try:
+        arch = json.loads(str(data["__arch__"]))
+
+        def act_qp(prefix):
+            # PyTorch holds activation scales as float64 of float32 values; quint8 codes
+            return QParams(np.float32(data[f"{prefix}.scale"]), int(data[f"{prefix}.zero_point"]),
+                           QuantSpec(signed=False))
+
+        x_qp = input_qp = act_qp("input")
+        layers = []
+        for spec in arch["layers"]:
+            t, name = spec["type"], spec.get("name")
+            if t in ("linear", "conv2d"):
+                w_q = data[f"{name}.weight_int"]
+                w_qp = QParams(data[f"{name}.weight_scale"].astype(np.float32), data[f"{name}.weight_zero_point"],
+                               QuantSpec(axis=0))
+                y_qp = act_qp(name)
+                bias = data.get(f"{name}.bias")
+                kw = dict(mode="fp32", activation=spec.get("activation"), float_bias=bias)
+                if t == "linear":
+                    layers.append(ql.QLinear(w_q, w_qp, None, x_qp, y_qp, **kw))
+                else:
+                    layers.append(ql.QConv2d(w_q, w_qp, None, x_qp, y_qp, stride=spec["stride"],
+                                             padding=spec["padding"], dilation=spec["dilation"],
+                                             groups=spec["groups"], **kw))
+                x_qp = y_qp
+            elif t == "maxpool2d":
+                layers.append(ql.MaxPool2d(spec["kernel_size"], spec["stride"], spec["padding"]))
+            elif t == "flatten":
+                layers.append(ql.Flatten())
+            else:
+                raise ValueError(f"layer type {t!r} of {name!r} is not supported in a PyTorch PTQ file")
+    except KeyError as e:
+        raise ValueError(f"PyTorch PTQ file is missing {e.args[0]!r}") from None
+    return IntegerModel(input_qp=input_qp, layers=layers, output_qp=x_qp, mode="fp32", input_method="torch")
