@@ -87,6 +87,10 @@ def _add_demo(sub) -> None:
             f"random_state={DEMO_SPLIT_SEED}, whatever --seed is."
         ),
     )
+    p.add_argument("--weights", action="store_true",
+                   help="instead of the model table, train scikit-learn's MLPClassifier and tabulate the "
+                        "quantization error of its weights (the options below apply to this job)")
+    p.add_argument("--models", metavar="DIR", help="reference models folder (default: the clone's reference_models/)")
     p.add_argument("--seed", type=_int_range(0, 2**32 - 1), default=0,
                    help="seed of the MLP's initialization and minibatch order, and of "
                         "stochastic rounding (default: 0)")
@@ -119,6 +123,17 @@ def demo_configs(bits_list, group_size):
 
 
 def _run_demo(args) -> int:
+    weight_options = (args.bits != [8, 4, 2] or args.group_size != 16 or args.hidden != [64, 32]
+                      or args.max_iter is not None or args.rounding != "half_even")
+    if not (args.weights or weight_options):
+        from .demo import MODELS, run
+
+        print(run(args.models, models=MODELS[:1] if args.quick else MODELS, progress=_progress))
+        return 0
+    return _run_weight_demo(args)
+
+
+def _run_weight_demo(args) -> int:
     import numpy as np
 
     from . import sklearn_mlp

@@ -51,7 +51,7 @@ def parse_demo(stdout: str):
 
 @pytest.fixture(scope="module")
 def quick_demo():
-    return run_cli("demo", "--quick")
+    return run_cli("demo", "--weights", "--quick")
 
 
 def test_version():
@@ -108,7 +108,7 @@ def test_demo_options_in_process(capsys):
 
 
 def test_demo_is_deterministic(capsys, quick_demo):
-    assert main(["demo", "--quick"]) == 0
+    assert main(["demo", "--weights", "--quick"]) == 0
     assert capsys.readouterr().out == quick_demo.stdout
 
 
@@ -243,3 +243,23 @@ def test_compress_any_state_dict(capsys, tmp_path):
     assert abs(np.mean(back["conv.weight"] == 0) - 0.5) < 0.02
     assert main(["compress", "--input", str(src), "-o", str(out), "--sparsity", "0.5,0.2,0.1"]) == 1
     assert "needs 1 or 2 values" in capsys.readouterr().err
+
+
+def test_demo_model_table(capsys):
+    assert main(["demo", "--quick"]) == 0  # --quick: the mlp only
+    out = capsys.readouterr().out
+    rows = [ln for ln in out.splitlines() if ln.startswith("mlp ")]
+    methods = ["float32", "PTQ int8 per-tensor", "PTQ int8 per-channel", "PyTorch PTQ, reproduced (bit-exact)",
+               "dynamic int8", "weight-only int8", "weight-only int4", "weight-only int2"]
+    for m in methods:
+        assert any(m in r for r in rows), m
+    assert len(rows) == 11  # float, per-tensor, 4 per-channel modes, PyTorch, dynamic, 3 weight-only
+    accs = [float(re.search(r"([\d.]+) %", r).group(1)) for r in rows]  # the test-accuracy column
+    assert min(accs) > 50.0 and accs[0] > 95.0
+    with pytest.raises(SystemExit):
+        main(["demo", "--models"])
+
+
+def test_demo_missing_models_dir(capsys, tmp_path):
+    assert main(["demo", "--models", str(tmp_path)]) == 1
+    assert "no reference models" in capsys.readouterr().err
