@@ -207,12 +207,14 @@ def test_explain_runs_on_the_builtin_example(capsys, layer, mode):
         assert "high multiply" in out and "rounding shift" in out
 
 
+@pytest.mark.slow  # whole models through the kernels: the JIT pass runs it
 def test_explain_ties_defaults_to_the_example_multiplier(capsys):
     assert main(["explain", "--ties", "--limit", "3"]) == 0
     out = capsys.readouterr().out
     assert "accumulators in [-65536, 65536]" in out and "tflite vs fp32" in out
 
 
+@pytest.mark.slow  # whole models through the kernels: the JIT pass runs it
 def test_compress_builtin_model(capsys, tmp_path):
     out = tmp_path / "m.npqz"
     assert main(["compress", "--quick", "--study", "-o", str(out)]) == 0
@@ -245,6 +247,7 @@ def test_compress_any_state_dict(capsys, tmp_path):
     assert "needs 1 or 2 values" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # whole models through the kernels: the JIT pass runs it
 def test_demo_model_table(capsys):
     assert main(["demo", "--quick"]) == 0  # --quick: the mlp only
     out = capsys.readouterr().out
