@@ -351,9 +351,10 @@ def _add_compress(sub) -> None:
         description=(
             "Prune (magnitude), k-means quantize (weight sharing) and Huffman-code every weight "
             "matrix and conv kernel, write one compressed file, read it back, and print the "
-            "per-layer report with the ratio from the actual file size. Without --input, a "
-            "LeNet-300-100-shaped MLP (64-300-100-10) is trained on scikit-learn's digits and "
-            "pruned with the paper's per-layer rates (92, 91, 74 %%), with no retraining."
+            "per-layer report with the ratio from the actual file size. Without --input, the "
+            "reference LeNet-300-100 (64-300-100-10, trained in PyTorch on digits) is pruned with "
+            "the paper's per-layer rates (92, 91, 74 %%), with no retraining; without the reference "
+            "models, a scikit-learn MLP of that shape is trained as a stand-in."
         ),
     )
     p.add_argument("--input", metavar="NPZ", help="a state dict (.npz of name -> array) to compress")
@@ -369,8 +370,17 @@ def _add_compress(sub) -> None:
     p.add_argument("--conv-index-bits", type=_int_range(1, 8), default=8, help="relative index bits, conv (8)")
     p.add_argument("--seed", type=_int_range(0, 2**32 - 1), default=0, help="seed of training and k-means (0)")
     p.add_argument("--study", action="store_true", help="also print the 8/4/2-bit k-means study")
-    p.add_argument("--quick", action="store_true", help="train the built-in model for 40 epochs only")
+    p.add_argument("--quick", action="store_true",
+                   help="when no reference model is found, train the stand-in for 40 epochs only")
+    p.add_argument("--models", metavar="DIR", help="reference models folder (default: the clone's reference_models/)")
     p.set_defaults(func=_run_compress)
+
+
+def _bundled_lenet():
+    from .demo import default_models_dir
+
+    p = default_models_dir() / "lenet_300_100.npz"
+    return str(p) if p.exists() else None
 
 
 def _run_compress(args) -> int:
@@ -384,16 +394,30 @@ def _run_compress(args) -> int:
 
     if args.sparsity is not None and args.quality is not None:
         raise ValueError("give --sparsity or --quality, not both")
-    clf = data = None
+    evaluate = None
     if args.input:
         with np.load(args.input) as z:
             state = {k: z[k] for k in z.files}
         sparsity = args.sparsity or [0.0]
-    else:
-        _progress("training a 64-300-100-10 MLP on scikit-learn's digits ...")
+    elif args.models is None and _bundled_lenet() is None:
+        _progress("no reference models found: training a 64-300-100-10 MLP on scikit-learn's digits ...")
         clf, data = sklearn_mlp.train_mlp((300, 100), seed=args.seed, max_iter=40 if args.quick else 200)
         state = sklearn_mlp.state_dict(clf)
         sparsity = args.sparsity or list(PAPER_LENET_SPARSITY)
+        X_te, y_te = data[1], data[3]
+        evaluate = lambda w: sklearn_mlp.accuracy(clf, w, X_te, y_te)  # noqa: E731
+    else:
+        from .io import load_reference
+        from .nn import build_model
+
+        path = (_bundled_lenet() if args.models is None else
+                os.path.join(args.models, "lenet_300_100.npz"))
+        ref = load_reference(path)
+        state = ref.state
+        X_te, y_te = ref.arrays["test_inputs"], ref.arrays["test_labels"]
+        _progress(f"compressing the reference LeNet-300-100 ({path}) ...")
+        sparsity = args.sparsity or list(PAPER_LENET_SPARSITY)
+        evaluate = lambda w: float(np.mean(build_model(ref.arch, w)(X_te).argmax(1) == y_te))  # noqa: E731
     weights = [k for k, v in state.items() if np.ndim(v) in (2, 4)]
     if len(sparsity) not in (1, len(weights)):
         raise ValueError(f"--sparsity needs 1 or {len(weights)} values (one per weight tensor), got {len(sparsity)}")
@@ -412,18 +436,15 @@ def _run_compress(args) -> int:
     same = all(np.array_equal(back[k], comp.rebuilt[k]) for k in comp.rebuilt)
     lines = [f"wrote {out} ({size} bytes); read back: weights identical to the pruned, quantized ones: "
              f"{'yes' if same else 'NO'}", "", format_report(comp, size)]
-    if clf is not None:
-        X_te, y_te = data[1], data[3]
-        acc_f = sklearn_mlp.accuracy(clf, state, X_te, y_te)
-        acc_q = sklearn_mlp.accuracy(clf, comp.rebuilt, X_te, y_te)
-        acc_f2 = sklearn_mlp.accuracy(clf, back, X_te, y_te)
+    if evaluate is not None:
+        acc_f, acc_q, acc_f2 = evaluate(state), evaluate(comp.rebuilt), evaluate(back)
         lines += ["",
                   f"test accuracy ({len(y_te)} digits): float {100 * acc_f:.2f} %; pruned + quantized "
                   f"{100 * acc_q:.2f} %; rebuilt from the file {100 * acc_f2:.2f} %",
                   "Deep Compression (Han et al. 2016) reports 40x for LeNet-300-100 on MNIST at 1.58 % error, "
                   "after retraining; npquant does not retrain yet, so accuracy drops at these rates."]
         if args.study:
-            rows = kmeans_study(state, lambda w: sklearn_mlp.accuracy(clf, w, X_te, y_te), seed=args.seed)
+            rows = kmeans_study(state, evaluate, seed=args.seed)
             lines += ["", "k-means weight sharing (no pruning), all weight tensors:",
                       format_table(["bits", "size B", "ratio", "test accuracy"],
                                    [["float32", str(sum(4 * np.asarray(v).size for v in state.values())), "1.0x",
