@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from abc import ABC, abstractmethod
 
 import numpy as np
 
@@ -66,7 +67,7 @@ __all__ = [
 # base class
 
 
-class Observer:
+class Observer(ABC):
     """Base class: streaming calibration of a real range for ``spec``.
 
     Parameters
@@ -126,20 +127,22 @@ class Observer:
         self.update(x)
         return x
 
+    @abstractmethod
     def reset(self) -> None:
         """Forget everything observed."""
-        raise NotImplementedError
 
     @property
+    @abstractmethod
     def observed(self) -> bool:
         """True once at least one batch has been observed."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _update(self, x: np.ndarray) -> None:
-        raise NotImplementedError
+        """Fold one validated float32 batch into the summary."""
 
+    @abstractmethod
     def _compute_range(self) -> tuple[np.ndarray, np.ndarray]:
-        raise NotImplementedError
+        """The calibrated ``(min_val, max_val)`` from the summary (float32)."""
 
     def _range(self) -> tuple[np.ndarray, np.ndarray]:
         if not self.observed:
@@ -507,8 +510,9 @@ class _HistogramObserver(Observer):
             self._cached = (np.array(lo, np.float32), np.array(hi, np.float32))
         return self._cached
 
+    @abstractmethod
     def _search(self) -> tuple[float, float]:
-        raise NotImplementedError
+        """The chosen ``(min_val, max_val)`` from the histogram."""
 
     def _bin_extents(self):
         """Occupied bins ``j0..j1``: counts and extents clipped to the observed extremes."""

@@ -317,7 +317,6 @@ _DISTS = {
 @pytest.mark.parametrize("dist", sorted(_DISTS))
 @pytest.mark.parametrize("init", KMEANS_INITS)
 def test_inertia_never_worse_than_sklearn(dist, init):
-    pytest.importorskip("sklearn")
     for seed in range(3):
         rng = np.random.default_rng(100 + seed)
         x = _DISTS[dist](rng, 1500).astype(F32)
@@ -331,7 +330,6 @@ def test_inertia_never_worse_than_sklearn(dist, init):
 
 
 def test_inertia_never_worse_than_sklearn_with_reserved_zero():
-    pytest.importorskip("sklearn")
     rng = np.random.default_rng(7)
     w = rng.normal(0, 0.05, (40, 50)).astype(F32)
     w[np.abs(w) < 0.03] = 0.0  # pruned: the zero code is reserved, 15 centroids fitted
