@@ -23,6 +23,16 @@ def check_int(value, name: str, *, lo: int | None = None, hi: int | None = None)
     return value
 
 
+def check_pair(value, name: str, *, lo: int = 0) -> tuple[int, int]:
+    """An int or an ``(h, w)`` pair of ints, each ``>= lo``, as a pair."""
+    if isinstance(value, (tuple, list, np.ndarray)):
+        if len(value) != 2:
+            raise ValueError(f"{name} must be an int or a pair (h, w), got {value!r}")
+        return check_int(value[0], name, lo=lo), check_int(value[1], name, lo=lo)
+    value = check_int(value, name, lo=lo)
+    return value, value
+
+
 def check_bool(value, name: str) -> bool:
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name} must be True or False, got {type(value).__name__} {value!r}")

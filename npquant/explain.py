@@ -23,6 +23,7 @@ from .fixedpoint import (
     requant_params,
     requantize,
 )
+from .qnn.conv import conv_geometry
 from .qparams import QParams
 
 
@@ -229,10 +230,9 @@ def explain_conv2d(x_q, x_qp: QParams, w_q, w_qp: QParams, bias_q, y_qp: QParams
     w = np.asarray(w_q)
     if x.ndim != 4 or w.ndim != 4:
         raise ValueError(f"x_q must be NCHW and w_q OIHW, got shapes {x.shape} and {w.shape}")
-    groups = check_int(groups, "groups", lo=1)
-    sh, sw_ = _pair(stride, "stride")
-    dh, dw = _pair(dilation, "dilation")
-    pt, pb, pl, pr = _pads(padding)
+    geo = conv_geometry(stride, padding, dilation, groups)
+    groups = geo.groups
+    (sh, sw_), (pt, pb, pl, pr), (dh, dw) = geo.stride, geo.padding, geo.dilation
     n, o, i, j = (int(v) for v in index)
     cin_g = w.shape[1]
     if x.shape[1] != cin_g * groups or w.shape[0] % groups:
@@ -259,25 +259,6 @@ def explain_conv2d(x_q, x_qp: QParams, w_q, w_qp: QParams, bias_q, y_qp: QParams
     hi = y_qp.spec.qmax if qmax is None else qmax
     return explain_dot(patch, z_x, w[o].ravel(), z_w, b, s_x, s_w, s_y, z_y, lo, hi, mode=mode,
                        title=f"conv2d, output element (n={n}, o={o}, i={i}, j={j})")
-
-
-def _pair(v, name):
-    t = (v, v) if np.isscalar(v) else tuple(v)
-    if len(t) != 2:
-        raise ValueError(f"{name} must be an int or a pair")
-    return tuple(check_int(e, name, lo=1) for e in t)
-
-
-def _pads(p):
-    if np.isscalar(p):
-        t = (p,) * 4
-    elif len(p) == 2:
-        t = (p[0], p[0], p[1], p[1])
-    elif len(p) == 4:
-        t = tuple(p)
-    else:
-        raise ValueError("padding must be an int, a pair (h, w) or (top, bottom, left, right)")
-    return tuple(check_int(e, "padding", lo=0) for e in t)
 
 
 def builtin_example(layer: str = "linear", seed: int = 0) -> dict:

@@ -11,14 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._checks import as_float_array, check_int
-
-
-def _pair(v, name: str, lo: int = 0) -> tuple[int, int]:
-    t = (v, v) if np.isscalar(v) else tuple(v)
-    if len(t) != 2:
-        raise ValueError(f"{name} must be an int or a pair, got {v!r}")
-    return tuple(check_int(e, name, lo=lo) for e in t)
+from ._checks import as_float_array, check_int, check_pair
 
 
 def _param(a, name: str, shape) -> np.ndarray:
@@ -79,9 +72,9 @@ class Conv2d:
             raise ValueError(f"{name}: {w.shape[0]} output channels are not divisible by groups={groups}")
         self.weight = _param(w, f"{name}.weight", w.shape)
         self.bias = None if bias is None else _param(bias, f"{name}.bias", (w.shape[0],))
-        self.stride = _pair(stride, "stride", 1)
-        self.padding = _pair(padding, "padding", 0)
-        self.dilation = _pair(dilation, "dilation", 1)
+        self.stride = check_pair(stride, "stride", lo=1)
+        self.padding = check_pair(padding, "padding", lo=0)
+        self.dilation = check_pair(dilation, "dilation", lo=1)
         self.name = name
 
     def __call__(self, x):
@@ -144,9 +137,9 @@ class MaxPool2d:
     """Max pooling, NCHW; padding positions never win (they hold -inf)."""
 
     def __init__(self, kernel_size, stride=None, padding=0):
-        self.kernel_size = _pair(kernel_size, "kernel_size", 1)
-        self.stride = self.kernel_size if stride is None else _pair(stride, "stride", 1)
-        self.padding = _pair(padding, "padding", 0)
+        self.kernel_size = check_pair(kernel_size, "kernel_size", lo=1)
+        self.stride = self.kernel_size if stride is None else check_pair(stride, "stride", lo=1)
+        self.padding = check_pair(padding, "padding", lo=0)
 
     def __call__(self, x):
         x = as_float_array(x, "x")
@@ -161,9 +154,9 @@ class AvgPool2d:
     """Average pooling, NCHW; ``count_include_pad`` as PyTorch (default True)."""
 
     def __init__(self, kernel_size, stride=None, padding=0, *, count_include_pad: bool = True):
-        self.kernel_size = _pair(kernel_size, "kernel_size", 1)
-        self.stride = self.kernel_size if stride is None else _pair(stride, "stride", 1)
-        self.padding = _pair(padding, "padding", 0)
+        self.kernel_size = check_pair(kernel_size, "kernel_size", lo=1)
+        self.stride = self.kernel_size if stride is None else check_pair(stride, "stride", lo=1)
+        self.padding = check_pair(padding, "padding", lo=0)
         self.count_include_pad = bool(count_include_pad)
 
     def __call__(self, x):
@@ -283,7 +276,7 @@ def build_model(arch: dict, state: dict) -> Sequential:
             shape = (spec.get("out_features", w.shape[0]), spec.get("in_features", w.shape[-1]))
             layers.append(Linear(_param(w, f"{name}.weight", shape), p.get("bias"), name=name))
         elif t == "conv2d":
-            kh, kw = _pair(spec.get("kernel_size", np.asarray(p["weight"]).shape[2:]), "kernel_size", 1)
+            kh, kw = check_pair(spec.get("kernel_size", np.asarray(p["weight"]).shape[2:]), "kernel_size", lo=1)
             g = spec.get("groups", 1)
             shape = (spec["out_channels"], spec["in_channels"] // g, kh, kw) if "out_channels" in spec else np.shape(p["weight"])
             layers.append(Conv2d(_param(p["weight"], f"{name}.weight", shape), p.get("bias"),

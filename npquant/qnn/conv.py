@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .._checks import check_choice, check_int
+from .._checks import check_choice, check_int, check_pair
 from .._kernels import conv as _kc
 from ..fixedpoint import REQUANT_MODES
 from ..qparams import QParams
@@ -37,15 +37,6 @@ class ConvGeometry:
         return ((h + pt + pb - dh * (kh - 1) - 1) // sh + 1, (w + pl + pr - dw * (kw - 1) - 1) // sw + 1)
 
 
-def _pair(v, name: str, lo: int) -> tuple[int, int]:
-    if isinstance(v, (tuple, list)):
-        if len(v) != 2:
-            raise ValueError(f"{name} must be an int or a pair (h, w), got {v!r}")
-        return check_int(v[0], name, lo=lo), check_int(v[1], name, lo=lo)
-    v = check_int(v, name, lo=lo)
-    return v, v
-
-
 def conv_geometry(stride=1, padding=0, dilation=1, groups: int = 1) -> ConvGeometry:
     """Validate and normalize conv2d arguments.
 
@@ -53,14 +44,14 @@ def conv_geometry(stride=1, padding=0, dilation=1, groups: int = 1) -> ConvGeome
     (symmetric), or (top, bottom, left, right) (asymmetric; note ONNX orders its
     ``pads`` as (top, left, bottom, right)), >= 0. ``groups`` >= 1.
     """
-    s = _pair(stride, "stride", 1)
-    d = _pair(dilation, "dilation", 1)
+    s = check_pair(stride, "stride", lo=1)
+    d = check_pair(dilation, "dilation", lo=1)
     if isinstance(padding, (tuple, list)) and len(padding) == 4:
         p = tuple(check_int(v, "padding", lo=0) for v in padding)
     elif isinstance(padding, (tuple, list)) and len(padding) != 2:
         raise ValueError(f"padding must be an int, (h, w) or (top, bottom, left, right), got {padding!r}")
     else:
-        ph, pw = _pair(padding, "padding", 0)
+        ph, pw = check_pair(padding, "padding", lo=0)
         p = (ph, ph, pw, pw)
     return ConvGeometry(s, p, d, check_int(groups, "groups", lo=1))
 

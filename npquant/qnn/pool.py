@@ -24,19 +24,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._checks import check_bool, check_choice, check_int
+from .._checks import check_bool, check_choice, check_int, check_pair
 from .._kernels import pool as _k
 
 AVG_POOL_MODES = ("tflite", "torch")
-
-
-def _pair(v, name: str, lo: int) -> tuple[int, int]:
-    if isinstance(v, (tuple, list)):
-        if len(v) != 2:
-            raise ValueError(f"{name} must be an int or a pair of ints, got {v!r}")
-        return check_int(v[0], name, lo=lo), check_int(v[1], name, lo=lo)
-    v = check_int(v, name, lo=lo)
-    return v, v
 
 
 def _geometry(q, kernel_size, stride, padding):
@@ -45,9 +36,9 @@ def _geometry(q, kernel_size, stride, padding):
         raise TypeError(f"q must be an integer array of codes, got dtype {a.dtype}")
     if a.ndim != 4:
         raise ValueError(f"q must be NCHW (4-D), got shape {a.shape}")
-    kh, kw = _pair(kernel_size, "kernel_size", 1)
-    sh, sw = _pair(kernel_size if stride is None else stride, "stride", 1)
-    ph, pw = _pair(padding, "padding", 0)
+    kh, kw = check_pair(kernel_size, "kernel_size", lo=1)
+    sh, sw = check_pair(kernel_size if stride is None else stride, "stride", lo=1)
+    ph, pw = check_pair(padding, "padding", lo=0)
     if ph > kh // 2 or pw > kw // 2:
         raise ValueError(f"padding must be at most half the kernel_size (as in PyTorch), got "
                          f"padding=({ph}, {pw}) for kernel_size=({kh}, {kw})")
