@@ -33,6 +33,18 @@ def check_pair(value, name: str, *, lo: int = 0) -> tuple[int, int]:
     return value, value
 
 
+def check_scale(value, name: str = "scale") -> np.float32:
+    """A real scalar (or 0-d array) that is positive and finite as float32."""
+    a = np.asarray(value)
+    if isinstance(value, (bool, np.bool_)) or a.dtype.kind not in "fiu" or a.ndim != 0:
+        raise TypeError(f"{name} must be a real scalar, got {type(value).__name__} {value!r}")
+    with np.errstate(over="ignore"):
+        s = np.float32(a)
+    if not (np.isfinite(s) and s > 0):
+        raise ValueError(f"{name} must be positive and finite as float32, got {value!r}")
+    return s
+
+
 def check_bool(value, name: str) -> bool:
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name} must be True or False, got {type(value).__name__} {value!r}")

@@ -20,6 +20,7 @@ import time
 
 from ._table import format_table  # noqa: F401 (re-exported for callers)
 from ._version import __version__
+from .fixedpoint import REQUANT_MODES
 from .qparams import ROUNDING_MODES
 
 # ---------------------------------------------------------------------------- helpers
@@ -252,7 +253,7 @@ def _add_explain(sub) -> None:
             "disagree for a multiplier."
         ),
     )
-    p.add_argument("--mode", choices=("tflite", "tflite_single", "fp32", "onnx"), default="tflite",
+    p.add_argument("--mode", choices=REQUANT_MODES, default="tflite",
                    help="requantization mode (default tflite)")
     p.add_argument("--layer", choices=("linear", "conv"), default="linear",
                    help="built-in example layer (default linear)")

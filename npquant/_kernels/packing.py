@@ -15,8 +15,8 @@ scatters it; this is one loop for every ``bits`` (8 bits is a plain copy).
   byte ``t`` is accumulator bits ``8 (bits - 1 - t) .. 8 (bits - t) - 1`` (a big-endian word).
 
 Full groups use loops of constant trip count 8 (the byte loop guarded by ``t < bits``),
-which LLVM unrolls: several times faster than loops of run-time length, with one compiled
-body for all widths (about 1 to 6 G values/s on one core, 1 bit fastest).
+which LLVM unrolls, with one compiled body for all widths (speed is for ``benchmarks/``
+to measure; none is claimed here).
 The last group may be short: its missing values count as zero, so padding bits are zero,
 and only the bytes that hold its bits are written or read.
 

@@ -24,26 +24,16 @@ import math
 
 import numpy as np
 
-from .._checks import check_choice, check_int
+from .._checks import check_choice, check_int, check_scale
 
 ACTIVATIONS = ("none", "relu", "relu6", "relu_n1_to_1")
-
-
-def _scale32(scale) -> np.float32:
-    if isinstance(scale, (bool, np.bool_)) or not np.isscalar(scale) or np.asarray(scale).dtype.kind not in "fiu":
-        raise TypeError(f"scale must be a real scalar, got {type(scale).__name__} {scale!r}")
-    with np.errstate(over="ignore"):
-        s = np.float32(scale)
-    if not (np.isfinite(s) and s > 0):
-        raise ValueError(f"scale must be positive and finite as float32, got {scale!r}")
-    return s
 
 
 def quantize_scalar_tflite(f: float, scale, zero_point: int) -> int:
     """TFLite's activation-range ``quantize``: ``Z + round_half_away(float32(f) / float32(S))``
     with a float32 quotient; returns a Python int (TFLite's int32 cast would overflow
     past 2^31; here the exact integer is returned and the caller clamps)."""
-    s = _scale32(scale)
+    s = check_scale(scale, "scale")
     with np.errstate(over="ignore"):
         t = np.float32(np.float32(f) / s)
     if not np.isfinite(t):
@@ -59,7 +49,7 @@ def activation_range(activation: str, scale, zero_point: int, qmin: int = -128, 
     qmin = check_int(qmin, "qmin")
     qmax = check_int(qmax, "qmax", lo=qmin)
     zero_point = check_int(zero_point, "zero_point", lo=qmin, hi=qmax)
-    _scale32(scale)
+    check_scale(scale, "scale")
     if activation == "none":
         return qmin, qmax
     if activation == "relu":

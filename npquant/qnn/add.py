@@ -34,22 +34,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .._checks import check_choice, check_int
+from .._checks import check_choice, check_int, check_scale
 from ..fixedpoint import multiply_by_quantized_multiplier, quantize_multiplier
 from .fbgemm import fma_float32
 
 ADD_MODES = ("tflite", "tflite_single", "torch")
-
-
-def _scale(v, name: str) -> np.float32:
-    a = np.asarray(v)
-    if a.dtype.kind not in "fiu" or a.ndim != 0:
-        raise TypeError(f"{name} must be a real scalar, got {v!r}")
-    with np.errstate(over="ignore"):
-        s = np.float32(a)
-    if not (np.isfinite(s) and s > 0):
-        raise ValueError(f"{name} must be positive and finite as float32, got {v!r}")
-    return s
 
 
 @dataclass(frozen=True)
@@ -66,7 +55,7 @@ def tflite_add_params(s1, s2, s_out, *, left_shift: int = 20, rounding: str = "d
     """The constants of TFLite's ADD Prepare (module docstring); float64 arithmetic on the
     float32 scales. ``ValueError`` if a real multiplier is not below 1 (TFLite asserts)."""
     left_shift = check_int(left_shift, "left_shift", lo=0, hi=30)
-    s1, s2, so = (np.float64(_scale(v, n)) for v, n in ((s1, "s1"), (s2, "s2"), (s_out, "s_out")))
+    s1, s2, so = (np.float64(check_scale(v, n)) for v, n in ((s1, "s1"), (s2, "s2"), (s_out, "s_out")))
     twice_max = 2.0 * max(s1, s2)
     reals = (s1 / twice_max, s2 / twice_max, twice_max / (float(1 << left_shift) * so))
     if reals[2] >= 1.0:
@@ -113,8 +102,8 @@ def add(q1, s1, z1: int, q2, s2, z2: int, s_out, z_out: int, *, qmin: int = -128
         if (qmin, qmax) != (0, 255):
             raise ValueError("mode='torch' reproduces quint8 add: needs qmin=0, qmax=255")
         vector_width = check_int(vector_width, "vector_width", lo=1)
-        v = _torch_add(a1.ravel(), _scale(s1, "s1"), zs[0], a2.ravel(), _scale(s2, "s2"), zs[1],
-                       _scale(s_out, "s_out"), zs[2], act_min == zs[2], vector_width)
+        v = _torch_add(a1.ravel(), check_scale(s1, "s1"), zs[0], a2.ravel(), check_scale(s2, "s2"), zs[1],
+                       check_scale(s_out, "s_out"), zs[2], act_min == zs[2], vector_width)
         return np.clip(v, act_min, act_max).reshape(a1.shape).astype(dtype)
     p = tflite_add_params(s1, s2, s_out, left_shift=left_shift,
                           rounding="double" if mode == "tflite" else "single")

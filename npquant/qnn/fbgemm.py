@@ -3,8 +3,8 @@
 Established empirically with torch 2.13 (CPU wheel, ``torch.backends.quantized.engine =
 "fbgemm"``; the default engine ``"x86"`` gives the same codes for linear), uint8
 activations, qint8 weights, float bias, 1 and 2 threads, AVX-512 VNNI machine; zero
-mismatches over about 2.6 million outputs including constructed ties
-(``tests/test_qnn_fbgemm.py``). For an int32 accumulator
+mismatches in ``tests/test_qnn_fbgemm.py`` (about 190,000 linear outputs with
+constructed ties, plus dense and grouped conv) and ``tests/test_qnn_torch.py``. For an int32 accumulator
 ``acc = sum((q_x - Z_x)(q_w - Z_w))`` of output channel ``j``::
 
     ats_j  = float32(S_x * S_w[j])                      act_times_w_scale
