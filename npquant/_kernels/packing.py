@@ -15,21 +15,32 @@ scatters it; this is one loop for every ``bits`` (8 bits is a plain copy).
   byte ``t`` is accumulator bits ``8 (bits - 1 - t) .. 8 (bits - t) - 1`` (a big-endian word).
 
 Full groups use loops of constant trip count 8 (the byte loop guarded by ``t < bits``),
-which LLVM unrolls, with one compiled body for all widths (speed is for ``benchmarks/``
-to measure; none is claimed here).
+which LLVM unrolls, with one compiled body for all widths.
+
+For 1, 2 and 4 bits, :func:`unpack` treats a group as one unsigned word (uint8, uint16,
+uint32 read in memory order) and spreads it to eight output bytes (one uint64) in three
+halving steps, each moving the upper half of every lane to the next lane: data of
+``4 * bits``, ``2 * bits`` and ``bits`` bits end up in lanes of 32, 16 and 8 bits. Within a
+byte (``f < 8``) order ``"msb"`` moves the lower half up instead. The loop is branch-free
+shifts and masks, which LLVM vectorizes. It needs a little-endian host (checked at import;
+elsewhere the group loop runs).
+
 The last group may be short: its missing values count as zero, so padding bits are zero,
 and only the bytes that hold its bits are written or read.
 
-Every operand is cast to int64 so that the JIT and ``NUMBA_DISABLE_JIT=1`` compute the
-same bits. Inputs are 1-D C-contiguous uint8 arrays whose values fit ``bits`` (the
-wrappers check).
+Every operand is cast to int64 (uint64 in the spread) so that the JIT and
+``NUMBA_DISABLE_JIT=1`` compute the same bits. Inputs are 1-D C-contiguous uint8 arrays
+whose values fit ``bits`` (the wrappers check); they need not be aligned.
 """
+
+import sys
 
 import numpy as np
 from numba import njit
 
 _8 = np.int64(8)
 _FF = np.int64(0xFF)
+_LITTLE_ENDIAN = sys.byteorder == "little"
 
 
 @njit(cache=True)
@@ -90,6 +101,51 @@ def pack(values, bits, msb, out):
         _pack_tail(values, full * _8, b, msb, out, full * b)
 
 
+@njit(cache=True, inline="always")
+def _spread_step(x, lo, hi, mask, lane):
+    """One halving step: lane ``2 * lane`` -> ``(x >> lo) & mask`` low, ``(x >> hi) & mask`` up."""
+    return ((x >> lo) & mask) | (((x >> hi) & mask) << lane)
+
+
+@njit(cache=True)
+def _step(b, s, msb):
+    """``(lo, hi, mask, lane)`` of halving step ``s`` (0, 1, 2) for ``b``-bit values."""
+    f = np.int64(b) << np.int64(2 - s)  # data bits per output lane: 4b, 2b, b
+    lane = np.int64(32) >> np.int64(s)  # lane width: 32, 16, 8
+    field = (np.int64(1) << f) - np.int64(1)
+    mask = np.int64(0)
+    for t in range(np.int64(64) // lane):
+        mask |= field << (np.int64(t) * lane)
+    swap = msb and f < _8  # inside a byte the msb order puts the high half first
+    lo = f if swap else np.int64(0)
+    hi = np.int64(0) if swap else f
+    return np.uint64(lo), np.uint64(hi), np.uint64(mask), np.uint64(lane)
+
+
+@njit(cache=True)
+def _spread(words, b, msb, out):
+    """``out[k]`` (uint64): the 8 values of ``b``-bit (1, 2, 4) group ``words[k]``, one a byte."""
+    lo0, hi0, m0, w0 = _step(b, 0, msb)
+    lo1, hi1, m1, w1 = _step(b, 1, msb)
+    lo2, hi2, m2, w2 = _step(b, 2, msb)
+    for k in range(words.shape[0]):
+        x = np.uint64(words[k])
+        x = _spread_step(x, lo0, hi0, m0, w0)
+        x = _spread_step(x, lo1, hi1, m1, w1)
+        out[k] = _spread_step(x, lo2, hi2, m2, w2)
+
+
+@njit(cache=True)
+def _unpack_spread(data, b, count, msb, out, word_type):
+    """1, 2 or 4 bits: full groups through :func:`_spread`, then the short last group."""
+    n = np.int64(count)
+    full = n // _8
+    words = data[: full * b].view(word_type)
+    _spread(words, b, msb, out[: full * _8].view(np.uint64))
+    if full * _8 < n:
+        _unpack_tail(data, full * b, b, count, msb, out, full * _8)
+
+
 @njit(cache=True)
 def unpack(data, bits, count, msb, out):
     """Unpack ``count`` values of ``bits`` bits (1..8) from uint8 ``data`` into uint8 ``out``.
@@ -103,6 +159,15 @@ def unpack(data, bits, count, msb, out):
             out[i] = data[i]
         return
     b = np.int64(bits)
+    if _LITTLE_ENDIAN and bits == 1:
+        _unpack_spread(data, b, count, msb, out, np.uint8)
+        return
+    if _LITTLE_ENDIAN and bits == 2:
+        _unpack_spread(data, b, count, msb, out, np.uint16)
+        return
+    if _LITTLE_ENDIAN and bits == 4:
+        _unpack_spread(data, b, count, msb, out, np.uint32)
+        return
     mask = (np.int64(1) << b) - np.int64(1)
     full = n // _8
     for g in range(full):
