@@ -114,8 +114,7 @@ def _conv_run(x, geo: ConvGeometry, kernel, prep: "_g._Gemm", backend: str) -> n
     acc = np.empty((n * oh * ow, o), np.int32)
     for g in range(geo.groups):
         sl = slice(g * og, (g + 1) * og)
-        sub = _g._Gemm(prep.w[sl], prep.zx, prep.zw[sl], prep.bias[sl], prep.bias_folded[sl],
-                       prep.form, prep.fits)
+        sub = prep if geo.groups == 1 else prep.rows(sl)
         acc[:, sl] = _g._run(sub, cols[g], backend)
     return np.ascontiguousarray(acc.reshape(n, oh, ow, o).transpose(0, 3, 1, 2))
 

@@ -23,6 +23,7 @@ import numpy as np
 
 from .._checks import check_choice, check_int, normalize_axis
 from .._kernels import gemm as _k
+from .._kernels.simd import HAVE_VNNI
 from .activation import activation_range
 from .fbgemm import fbgemm_requantize
 from ..fixedpoint import REQUANT_MODES, effective_multiplier, requantize
@@ -35,6 +36,7 @@ BACKENDS = ("numba", "numpy")
 ACTIVATIONS = ("relu", "relu6", "relu_n1_to_1")
 BIAS_METHODS = ("onnxruntime", "tflite")
 INT32_MIN, INT32_MAX = _ovf.INT32_MIN, _ovf.INT32_MAX
+_BYTES = (np.dtype(np.int8), np.dtype(np.uint8))
 
 
 # ---- argument checks shared with conv.py and layers.py ----------------------------------
@@ -192,6 +194,28 @@ def quantize_bias(bias, s_x, s_w, *, method: str = "onnxruntime") -> np.ndarray:
 # ---- the prepared product ---------------------------------------------------------------
 
 @dataclass(frozen=True)
+class _Fast:
+    """The weights of the numba backend's 8-bit kernels (``_kernels.gemm.gemm_u8s8_*``).
+
+    The kernels multiply unsigned by signed bytes: ``xu = x + ax`` (``ax`` 128 for int8
+    codes, else 0) and ``ws = w - aw`` (``aw`` 128 for uint8 weights, else 0), both
+    zero-padded along K to ``kp``, a multiple of 64. With ``cx = Z_x + ax`` and
+    ``dw = Z_w - aw``, ``sum (x - Z_x)(w - Z_w) = sum xu ws - dw sum xu - cx sum ws + K cx dw``,
+    so ``col = bias - cx sum ws + K cx dw`` (int32, wrapped) is all the kernel needs
+    besides ``dw``. Every array is per output row, so a slice of rows is a sub-product.
+    """
+
+    ws: np.ndarray   # (O, kp) int8, C-contiguous
+    dw: np.ndarray   # (O,) int32
+    col: np.ndarray  # (O,) int32, wrapped
+    ax: int
+    kp: int
+
+    def rows(self, sl: slice) -> "_Fast":
+        return _Fast(np.ascontiguousarray(self.ws[sl]), self.dw[sl], self.col[sl], self.ax, self.kp)
+
+
+@dataclass(frozen=True)
 class _Gemm:
     """Everything about ``x @ w.T + bias`` that does not depend on ``x``."""
 
@@ -202,6 +226,12 @@ class _Gemm:
     bias_folded: np.ndarray  # (O,) int32: bias + K Zx Zw - Zx sum_k w, wrapped
     form: str
     fits: bool               # the worst case fits int32
+    fast: _Fast | None = None  # 8-bit codes on both sides: the numba backend's fast kernels
+
+    def rows(self, sl: slice) -> "_Gemm":
+        """The product restricted to output rows ``sl`` (a convolution group)."""
+        return _Gemm(self.w[sl], self.zx, self.zw[sl], self.bias[sl], self.bias_folded[sl], self.form,
+                     self.fits, None if self.fast is None else self.fast.rows(sl))
 
 
 def _prepare(w2d: np.ndarray, zw: np.ndarray, x_qp: QParams, bias: np.ndarray, form: str,
@@ -214,7 +244,18 @@ def _prepare(w2d: np.ndarray, zw: np.ndarray, x_qp: QParams, bias: np.ndarray, f
     w = np.ascontiguousarray(w2d)
     k = w.shape[1]
     folded = bias.astype(np.int64) + k * zx * zw.astype(np.int64) - zx * w.astype(np.int64).sum(axis=1)
-    return _Gemm(w, zx, zw, bias, _wrap32(folded).astype(np.int32), form, fits)
+    fast = None
+    if w.dtype in _BYTES and np.dtype(x_qp.spec.dtype) in _BYTES:
+        ax = 128 if np.dtype(x_qp.spec.dtype) == np.int8 else 0
+        aw = 128 if w.dtype == np.uint8 else 0
+        kp = -(-k // 64) * 64 if k else 64
+        ws = np.zeros((w.shape[0], kp), np.int8)
+        ws[:, :k] = (w.astype(np.int16) - aw).astype(np.int8)
+        cx = zx + ax
+        dw = zw.astype(np.int64) - aw
+        col = bias.astype(np.int64) - cx * ws.astype(np.int64).sum(axis=1) + k * cx * dw
+        fast = _Fast(ws, _wrap32(dw).astype(np.int32), _wrap32(col).astype(np.int32), ax, kp)
+    return _Gemm(w, zx, zw, bias, _wrap32(folded).astype(np.int32), form, fits, fast)
 
 
 def _wrap32(v: np.ndarray) -> np.ndarray:
@@ -222,7 +263,14 @@ def _wrap32(v: np.ndarray) -> np.ndarray:
 
 
 def _run(g: _Gemm, x2d: np.ndarray, backend: str) -> np.ndarray:
-    """int32 (N, O) accumulators of codes ``x2d`` (N, K)."""
+    """int32 (N, O) accumulators of codes ``x2d`` (N, K).
+
+    The numba backend runs 8-bit codes through the unsigned x signed byte kernels
+    (``vpdpbusd`` where the CPU has AVX-512 VNNI); other widths, and ``backend="numpy"``,
+    use the form's own kernel. Every path gives the same int32 bits.
+    """
+    if backend == "numba" and g.fast is not None and x2d.dtype == (np.int8 if g.fast.ax else np.uint8):
+        return _run_fast(g.fast, x2d)
     x = np.ascontiguousarray(x2d)
     if backend == "numpy":
         if g.form == "direct":
@@ -234,6 +282,35 @@ def _run(g: _Gemm, x2d: np.ndarray, backend: str) -> np.ndarray:
     else:
         _k.gemm_folded(x, g.w, g.zw, g.bias_folded, out)
     return out
+
+
+def _to_u8(x2d: np.ndarray, ax: int, kp: int) -> np.ndarray:
+    """``x + ax`` as C-contiguous uint8 (N, kp), zero-padded; ``x2d`` itself when it already is."""
+    n, k = x2d.shape
+    if ax == 0 and k == kp and x2d.flags.c_contiguous:
+        return x2d
+    xu = np.empty((n, kp), np.uint8)
+    if ax:  # int8 + 128 as uint8: flip the sign bit
+        np.bitwise_xor(x2d.view(np.uint8), np.uint8(0x80), out=xu[:, :k])
+    else:
+        xu[:, :k] = x2d
+    xu[:, k:] = 0
+    return xu
+
+
+def _run_fast(f: _Fast, x2d: np.ndarray) -> np.ndarray:
+    xu = _to_u8(x2d, f.ax, f.kp)
+    out = np.empty((xu.shape[0], f.ws.shape[0]), np.int32)
+    kernel = _k.gemm_u8s8_vnni if HAVE_VNNI else _k.gemm_u8s8_portable
+    kernel(xu, f.ws, f.dw, f.col, out)
+    return out
+
+
+def _gemm_u8s8_numpy(xu, ws, dw, col) -> np.ndarray:
+    """Twin of ``_kernels.gemm.gemm_u8s8_*``: ``xu @ ws.T - dw * rowsum(xu) + col``, wrapped."""
+    x64 = xu.astype(np.int64)
+    acc = x64 @ ws.astype(np.int64).T - x64.sum(axis=1, keepdims=True) * dw.astype(np.int64)
+    return _wrap32(acc + col).astype(np.int32)
 
 
 def _gemm_direct_numpy(x, zx, w, zw, bias) -> np.ndarray:
