@@ -1,0 +1,150 @@
+"""The fast 8-bit GEMM kernels and their vector operations against NumPy, bit for bit.
+
+Runs with the JIT (compiled kernels; the VNNI kernel only on a CPU with AVX-512 VNNI)
+and with ``NUMBA_DISABLE_JIT=1`` (the kernels as Python; the VNNI operations are then
+their NumPy definitions, so the VNNI kernel's tiling is tested on any CPU).
+"""
+
+import numpy as np
+import pytest
+from numba.core import config
+
+from npquant import QParams, QuantSpec
+from npquant._kernels import gemm as kg
+from npquant._kernels import simd
+from npquant.qnn.gemm import _gemm_u8s8_numpy, linear_accumulate
+
+RUNS_VNNI = simd.HAVE_VNNI or config.DISABLE_JIT
+KERNELS = [
+    pytest.param(kg.gemm_u8s8_vnni, id="vnni",
+                 marks=pytest.mark.skipif(not RUNS_VNNI, reason="this CPU has no AVX-512 VNNI")),
+    pytest.param(kg.gemm_u8s8_portable, id="portable"),
+]
+
+
+def _operands(rng, m, o, kp, extreme=False):
+    if extreme:  # the largest products, every lane
+        xu = np.full((m, kp), 255, np.uint8)
+        ws = np.full((o, kp), -128, np.int8)
+    else:
+        xu = rng.integers(0, 256, (m, kp), dtype=np.uint8)
+        ws = rng.integers(-128, 128, (o, kp), dtype=np.int8)
+    dw = rng.integers(-2**31, 2**31, o, dtype=np.int64).astype(np.int32)
+    col = rng.integers(-2**31, 2**31, o, dtype=np.int64).astype(np.int32)
+    return xu, ws, dw, col
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("m, o, kp", [(0, 4, 64), (3, 0, 64), (0, 0, 64), (1, 1, 64), (1, 4, 64),
+                                      (1, 9, 128), (4, 4, 64), (5, 7, 128), (9, 13, 192), (8, 8, 320)])
+def test_kernel_equals_twin(kernel, m, o, kp):
+    rng = np.random.default_rng(m * 1000 + o * 10 + kp)
+    xu, ws, dw, col = _operands(rng, m, o, kp)
+    out = np.full((m, o), 7, np.int32)
+    kernel(xu, ws, dw, col, out)
+    np.testing.assert_array_equal(out, _gemm_u8s8_numpy(xu, ws, dw, col))
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_kernel_extreme_products_and_wrapping(kernel):
+    rng = np.random.default_rng(3)
+    xu, ws, dw, col = _operands(rng, 6, 5, 256, extreme=True)
+    dw[:] = np.int32(2**31 - 1)  # dw * rowsum and col wrap int32
+    out = np.empty((6, 5), np.int32)
+    kernel(xu, ws, dw, col, out)
+    np.testing.assert_array_equal(out, _gemm_u8s8_numpy(xu, ws, dw, col))
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_kernel_on_row_views(kernel):
+    """Rows of a larger C-contiguous buffer (what a convolution group passes)."""
+    rng = np.random.default_rng(4)
+    xu, ws, dw, col = _operands(rng, 10, 12, 128)
+    out = np.empty((7, 5), np.int32)
+    kernel(xu[2:9], ws[4:9], dw[4:9], col[4:9], out)
+    np.testing.assert_array_equal(out, _gemm_u8s8_numpy(xu[2:9], ws[4:9], dw[4:9], col[4:9]))
+
+
+def _bytes(rng, n, signed):
+    lo, hi = (-128, 128) if signed else (0, 256)
+    return rng.integers(lo, hi, n).astype(np.int8 if signed else np.uint8)
+
+
+@pytest.mark.parametrize("x_signed, w_signed", [(False, True), (True, True), (False, False), (True, False)])
+@pytest.mark.parametrize("k", [1, 63, 64, 65, 200])
+def test_public_fast_path_equals_numpy_backend(x_signed, w_signed, k):
+    """Each sign pair, K around the 64-byte padding, strided and Fortran-ordered inputs."""
+    rng = np.random.default_rng(k + 10 * x_signed + 20 * w_signed)
+    o = 6
+    x_spec = QuantSpec(bits=8, signed=x_signed)
+    w_spec = QuantSpec(bits=8, signed=w_signed, axis=0)
+    x_qp = QParams(np.float32(0.05), np.int32(3 if x_signed else 131), x_spec)
+    w_qp = QParams(np.full(o, 0.01, np.float32), rng.integers(-5, 5, o).astype(np.int32) + (0 if w_signed else 128),
+                   w_spec)
+    w = _bytes(rng, (o, k), w_signed)
+    bias = rng.integers(-10**6, 10**6, o).astype(np.int32)
+    big = _bytes(rng, (5, 2 * k), x_signed)
+    for x in (big[:, ::2], np.asfortranarray(big[:, :k]), big[:1, :k]):
+        ref = linear_accumulate(x, x_qp, w, w_qp, bias, backend="numpy")
+        np.testing.assert_array_equal(linear_accumulate(x, x_qp, w, w_qp, bias), ref)
+
+
+def test_public_fast_path_wraps_like_the_twin():
+    k, o = 64, 3
+    x_qp = QParams(np.float32(1.0), np.int32(0), QuantSpec(bits=8, signed=False))
+    w_qp = QParams(np.float32(1.0), np.int32(0), QuantSpec(bits=8, signed=True))
+    x = np.full((2, k), 255, np.uint8)
+    w = np.full((o, k), 127, np.int8)
+    bias = np.full(o, 2**31 - 1000, np.int32)
+    ref = linear_accumulate(x, x_qp, w, w_qp, bias, overflow="wrap", backend="numpy")
+    assert ref.min() < 0  # it did wrap
+    np.testing.assert_array_equal(linear_accumulate(x, x_qp, w, w_qp, bias, overflow="wrap"), ref)
+
+
+# ---- the vector operations -----------------------------------------------------------
+
+if RUNS_VNNI:
+    from numba import njit
+
+    @njit
+    def _dpbusd_sum(a, b):
+        acc = simd.vzero()
+        for k in range(0, a.shape[0], 64):
+            acc = simd.vdpbusd(acc, simd.vload(a, k), simd.vload(b, k))
+        return simd.vsum(acc)
+
+    @njit
+    def _reduce_store(a, out):
+        r = simd.vreduce16(simd.vload(a[0], 0), simd.vload(a[1], 0), simd.vload(a[2], 0), simd.vload(a[3], 0),
+                           simd.vload(a[4], 0), simd.vload(a[5], 0), simd.vload(a[6], 0), simd.vload(a[7], 0),
+                           simd.vload(a[8], 0), simd.vload(a[9], 0), simd.vload(a[10], 0), simd.vload(a[11], 0),
+                           simd.vload(a[12], 0), simd.vload(a[13], 0), simd.vload(a[14], 0), simd.vload(a[15], 0))
+        simd.vstore4(out, 0, 0, r, 0)
+        simd.vstore4(out, 1, 0, r, 1)
+        simd.vstore4(out, 2, 0, r, 2)
+        simd.vstore4(out, 3, 0, r, 3)
+
+
+@pytest.mark.skipif(not RUNS_VNNI, reason="this CPU has no AVX-512 VNNI")
+def test_vdpbusd_and_vsum_are_wrapped_byte_dot_products():
+    rng = np.random.default_rng(5)
+    for kp in (64, 128, 640):
+        a = rng.integers(0, 256, kp, dtype=np.uint8)
+        b = rng.integers(-128, 128, kp, dtype=np.int8)
+        exact = int(a.astype(np.int64) @ b.astype(np.int64))
+        assert int(_dpbusd_sum(a, b)) == exact
+    # int8 bytes read as unsigned by the first operand
+    a = np.full(64, -1, np.int8)
+    b = np.full(64, 2, np.int8)
+    assert int(_dpbusd_sum(a, b)) == 255 * 2 * 64
+
+
+@pytest.mark.skipif(not RUNS_VNNI, reason="this CPU has no AVX-512 VNNI")
+def test_vreduce16_puts_sum_j_in_lane_j():
+    rng = np.random.default_rng(6)
+    rows = rng.integers(-2**31, 2**31, (16, 16), dtype=np.int64).astype(np.int32)
+    a = np.ascontiguousarray(rows).view(np.uint8)  # (16, 64) bytes, one vector a row
+    out = np.zeros((4, 4), np.int32)
+    _reduce_store(a, out)
+    sums = rows.astype(np.int64).sum(axis=1).astype(np.int32)  # wrapped
+    np.testing.assert_array_equal(out.ravel(), sums)
