@@ -252,7 +252,9 @@ def requantize(acc, multiplier, zero_point: int, qmin: int, qmax: int, *, mode: 
     a = np.asarray(acc)
     if a.dtype.kind not in "iu":
         raise TypeError(f"acc must be an integer array, got dtype {a.dtype}")
-    if a.size and (a.min() < INT32_MIN or a.max() > INT32_MAX):
+    # int32 and narrower dtypes always fit: no pass over the data for them
+    if (a.size and not np.can_cast(a.dtype, np.int32)
+            and (a.min() < INT32_MIN or a.max() > INT32_MAX)):
         raise ValueError(f"acc must lie in the int32 range, got values in [{a.min()}, {a.max()}]")
     qmin = check_int(qmin, "qmin", lo=INT32_MIN, hi=INT32_MAX)
     qmax = check_int(qmax, "qmax", lo=qmin, hi=INT32_MAX)

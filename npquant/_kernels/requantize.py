@@ -2,6 +2,13 @@
 
 Twin: ``npquant.fixedpoint._requantize_numpy``. Integer steps are done in int64 with
 explicit casts, so that the JIT and plain Python (``NUMBA_DISABLE_JIT=1``) agree.
+
+Speed: the per-value functions (``_one_*``) are branch-free (selects, min/max), and each
+mode has its own loop, so LLVM vectorizes the loop. A row that shares one channel's
+parameters (``acc3[o, c, :]``) passes them as scalars, and LLVM hoists everything computed
+from them out of the loop. Short rows (a linear layer's ``(batch, out)`` output has
+``n_inner == 1``) run instead over ``acc3[o]`` flattened, with the parameters repeated to
+one per value, so the loop is long and still contiguous.
 """
 
 import numpy as np
@@ -12,6 +19,7 @@ TFLITE, TFLITE_SINGLE, FP32, ONNX = 0, 1, 2, 3
 
 _I32_MIN = -2147483648
 _I32_MAX = 2147483647
+_SHORT_ROW = 16  # rows shorter than this take the flattened path
 
 
 @njit(cache=True, inline="always")
@@ -22,17 +30,17 @@ def wrap_int32(v):
 
 @njit(cache=True, inline="always")
 def srdhm(a, b):
-    """gemmlowp SaturatingRoundingDoublingHighMul of two int32 values (as int64)."""
+    """gemmlowp SaturatingRoundingDoublingHighMul of two int32 values (as int64).
+
+    gemmlowp nudges by ``2^30`` (``ab >= 0``) or ``1 - 2^30`` and truncates toward zero;
+    for ``ab < 0`` that truncation is ``ceil((ab + 1 - 2^30) / 2^31)``, which equals
+    ``floor((ab + 2^30) / 2^31)``: so both signs are one arithmetic shift (ties toward +inf).
+    """
     a = np.int64(a)
     b = np.int64(b)
-    if a == _I32_MIN and b == _I32_MIN:
-        return np.int64(_I32_MAX)
-    ab = a * b
-    if ab >= 0:
-        return (ab + np.int64(1 << 30)) >> np.int64(31)
-    # C's division truncates toward zero
-    n = ab + np.int64(1 - (1 << 30))
-    return -((-n) >> np.int64(31))
+    r = (a * b + np.int64(1 << 30)) >> np.int64(31)
+    sat = (a == np.int64(_I32_MIN)) & (b == np.int64(_I32_MIN))
+    return np.int64(_I32_MAX) if sat else r
 
 
 @njit(cache=True, inline="always")
@@ -42,25 +50,96 @@ def rdbpot(x, exponent):
     e = np.int64(exponent)
     mask = (np.int64(1) << e) - np.int64(1)
     remainder = x & mask
-    threshold = (mask >> np.int64(1)) + (np.int64(1) if x < 0 else np.int64(0))
-    return (x >> e) + (np.int64(1) if remainder > threshold else np.int64(0))
+    threshold = (mask >> np.int64(1)) - (x >> np.int64(63))  # + 1 for negative x
+    return (x >> e) + np.int64(remainder > threshold)
 
 
 @njit(cache=True, inline="always")
 def mbqm_double(x, m0, shift):
     """TFLite MultiplyByQuantizedMultiplier, double rounding (as int64)."""
-    left = shift if shift > 0 else 0
-    right = -shift if shift < 0 else 0
-    xs = wrap_int32(np.int64(x) * (np.int64(1) << np.int64(left)))
+    s = np.int64(shift)
+    left = max(s, np.int64(0))
+    right = max(-s, np.int64(0))
+    xs = wrap_int32(np.int64(x) << left)
     return rdbpot(srdhm(xs, m0), right)
 
 
 @njit(cache=True, inline="always")
 def mbqm_single(x, m0, shift):
     """TFLite MultiplyByQuantizedMultiplier with TFLITE_SINGLE_ROUNDING (as int64)."""
-    total = np.int64(31 - shift)
+    total = np.int64(31) - np.int64(shift)
     rnd = np.int64(1) << (total - np.int64(1))
     return (np.int64(x) * np.int64(m0) + rnd) >> total
+
+
+# ---- one value of each mode: int32 acc -> clamped int64 code ------------------------------
+
+@njit(cache=True, inline="always")
+def _one_tflite(a, m0, shift, mf, zp, lo, hi):
+    return min(max(mbqm_double(a, m0, shift) + zp, lo), hi)
+
+
+@njit(cache=True, inline="always")
+def _one_tflite_single(a, m0, shift, mf, zp, lo, hi):
+    return min(max(mbqm_single(a, m0, shift) + zp, lo), hi)
+
+
+@njit(cache=True, inline="always")
+def _clamp_float(t, lo, hi):
+    """Clamp an integer-valued float64 to ``[lo, hi]`` (int64) and convert it exactly."""
+    t = np.float64(lo) if t < np.float64(lo) else t
+    t = np.float64(hi) if t > np.float64(hi) else t
+    return np.int64(t)
+
+
+@njit(cache=True, inline="always")
+def _one_fp32(a, m0, shift, mf, zp, lo, hi):
+    r = np.rint(np.float32(np.float32(a) * np.float32(mf)))
+    return _clamp_float(np.float64(r) + np.float64(zp), lo, hi)
+
+
+@njit(cache=True, inline="always")
+def _one_onnx(a, m0, shift, mf, zp, lo, hi):
+    t = np.rint(np.float64(a) * np.float64(mf) + np.float64(zp))
+    return _clamp_float(t, lo, hi)
+
+
+# ---- loops: one per mode, so that the loop body has no mode branch ------------------------
+
+@njit(cache=True)
+def _row(mode, acc, m0, shift, mf, zp, lo, hi, out):
+    """``out[i] = code of acc[i]`` with one channel's parameters (scalars)."""
+    n = acc.shape[0]
+    if mode == TFLITE:
+        for i in range(n):
+            out[i] = _one_tflite(acc[i], m0, shift, mf, zp, lo, hi)
+    elif mode == TFLITE_SINGLE:
+        for i in range(n):
+            out[i] = _one_tflite_single(acc[i], m0, shift, mf, zp, lo, hi)
+    elif mode == FP32:
+        for i in range(n):
+            out[i] = _one_fp32(acc[i], m0, shift, mf, zp, lo, hi)
+    else:
+        for i in range(n):
+            out[i] = _one_onnx(acc[i], m0, shift, mf, zp, lo, hi)
+
+
+@njit(cache=True)
+def _row_each(mode, acc, m0, shift, mf, zp, lo, hi, out):
+    """``out[i] = code of acc[i]`` with parameters ``m0[i], shift[i], mf[i]``."""
+    n = acc.shape[0]
+    if mode == TFLITE:
+        for i in range(n):
+            out[i] = _one_tflite(acc[i], m0[i], shift[i], mf[i], zp, lo, hi)
+    elif mode == TFLITE_SINGLE:
+        for i in range(n):
+            out[i] = _one_tflite_single(acc[i], m0[i], shift[i], mf[i], zp, lo, hi)
+    elif mode == FP32:
+        for i in range(n):
+            out[i] = _one_fp32(acc[i], m0[i], shift[i], mf[i], zp, lo, hi)
+    else:
+        for i in range(n):
+            out[i] = _one_onnx(acc[i], m0[i], shift[i], mf[i], zp, lo, hi)
 
 
 @njit(cache=True)
@@ -68,40 +147,33 @@ def requantize3(acc3, m0, shift, mult32, zp, qmin, qmax, mode, out3):
     """out3[o, c, i] = clamp(scaled(acc3[o, c, i]) + zp, qmin, qmax), parameters per ``c``
     (arrays of length 1 for per-tensor).
 
-    TFLITE / TFLITE_SINGLE: fixed-point ``(m0, shift)``; FP32: ``rint(float32(acc) * M)``
-    with float32 ``M``; ONNX: ``rint(float64(acc) * float64(M) + zp)``. The sum with the
-    zero point is exact (int64), so only the clamp saturates.
+    ``acc3`` int32 and ``out3`` (any integer dtype holding ``[qmin, qmax]``) C-contiguous
+    of one shape; ``m0``, ``shift`` int32, ``mult32`` float32. TFLITE / TFLITE_SINGLE:
+    fixed-point ``(m0, shift)``; FP32: ``rint(float32(acc) * M)`` with float32 ``M``; ONNX:
+    ``rint(float64(acc) * float64(M) + zp)``; ``rint`` ties to even. The sum with the zero
+    point is exact (int64 or float64), so only the clamp saturates.
     """
     n_outer, n, n_inner = acc3.shape
-    per_channel = m0.shape[0] > 1
     zp64 = np.int64(zp)
     lo = np.int64(qmin)
     hi = np.int64(qmax)
+    per_channel = m0.shape[0] > 1
+    if per_channel and n_inner < _SHORT_ROW:
+        m = n * n_inner
+        m0_e = np.empty(m, np.int32)
+        shift_e = np.empty(m, np.int32)
+        mf_e = np.empty(m, np.float32)
+        for c in range(n):
+            for i in range(n_inner):
+                m0_e[c * n_inner + i] = m0[c]
+                shift_e[c * n_inner + i] = shift[c]
+                mf_e[c * n_inner + i] = mult32[c]
+        acc2 = acc3.reshape(n_outer, m)
+        out2 = out3.reshape(n_outer, m)
+        for o in range(n_outer):
+            _row_each(mode, acc2[o], m0_e, shift_e, mf_e, zp64, lo, hi, out2[o])
+        return
     for o in range(n_outer):
         for c in range(n):
             k = c if per_channel else 0
-            m = m0[k]
-            s = shift[k]
-            mf = mult32[k]
-            for i in range(n_inner):
-                a = acc3[o, c, i]
-                if mode == TFLITE:
-                    v = mbqm_double(a, m, s) + zp64
-                elif mode == TFLITE_SINGLE:
-                    v = mbqm_single(a, m, s) + zp64
-                else:
-                    if mode == FP32:
-                        r = np.rint(np.float32(np.float32(a) * mf))
-                        t = np.float64(r) + np.float64(zp64)
-                    else:
-                        t = np.rint(np.float64(a) * np.float64(mf) + np.float64(zp64))
-                    if t < np.float64(lo):
-                        t = np.float64(lo)
-                    elif t > np.float64(hi):
-                        t = np.float64(hi)
-                    v = np.int64(t)
-                if v < lo:
-                    v = lo
-                elif v > hi:
-                    v = hi
-                out3[o, c, i] = v
+            _row(mode, acc3[o, c], m0[k], shift[k], mult32[k], zp64, lo, hi, out3[o, c])
