@@ -12,8 +12,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from npquant.packing import (PACK_ORDERS, PackedArray, from_unsigned, pack, pack_bits,
-                             packed_nbytes, to_unsigned, unpack, unpack_bits)
+from npquant._kernels import packing as _kernels
+from npquant.packing import (PACK_ORDERS, PackedArray, _unpack_numpy, from_unsigned, pack,
+                             pack_bits, packed_nbytes, to_unsigned, unpack, unpack_bits)
 
 BITS = range(1, 9)
 BACKENDS = ("numba", "numpy")
@@ -90,6 +91,45 @@ def test_round_trip_and_oracle_every_width(bits, order):
             np.testing.assert_array_equal(data, _oracle_pack(v, bits, order))
         np.testing.assert_array_equal(_both_unpack(data, bits, n, order), v)
         np.testing.assert_array_equal(_both_unpack(data.tobytes(), bits, n, order), v)
+
+
+@pytest.mark.parametrize("order", PACK_ORDERS)
+@pytest.mark.parametrize("bits", BITS)
+def test_unpack_kernel_equals_twin_on_any_bytes(bits, order):
+    # every byte value, in words of every alignment, and counts that end anywhere in a
+    # group; the kernel ignores padding bits (the wrapper checks them), as does the twin
+    rng = np.random.default_rng(10 + bits)
+    data = np.concatenate([np.arange(256), rng.integers(0, 256, 3 * 64 + 5)]).astype(np.uint8)
+    msb = order == "msb"
+    for count in (0, 1, 7, 8, 9, 63, 64, 65, 8 * 37 + 5, data.size * 8 // bits):
+        d = data[: (count * bits + 7) // 8]
+        out = np.empty(count, np.uint8)
+        _kernels.unpack(d, bits, count, msb, out)
+        np.testing.assert_array_equal(out, _unpack_numpy(d, bits, count, msb))
+    # every byte value at every position of a 1-, 2- or 4-bit group, checked value by value
+    if 8 % bits == 0:
+        per = 8 // bits
+        u = unpack_bits(np.arange(256, dtype=np.uint8), bits, 256 * per, order=order)
+        shifts = [8 - bits - j * bits if msb else j * bits for j in range(per)]
+        want = [(d >> s) & ((1 << bits) - 1) for d in range(256) for s in shifts]
+        np.testing.assert_array_equal(u, want)
+
+
+@pytest.mark.parametrize("bits", BITS)
+def test_unpack_unaligned_and_strided_data(bits):
+    rng = np.random.default_rng(20 + bits)
+    v = rng.integers(0, 1 << bits, 8 * 50 + 3).astype(np.uint8)
+    for order in PACK_ORDERS:
+        data = pack_bits(v, bits, order=order)
+        for off in range(1, 8):  # word reads at every byte offset
+            buf = np.zeros(data.size + off, np.uint8)
+            buf[off:] = data
+            np.testing.assert_array_equal(_both_unpack(buf[off:], bits, v.size, order), v)
+        spread = np.zeros(2 * data.size, np.uint8)
+        spread[::2] = data
+        np.testing.assert_array_equal(_both_unpack(spread[::2], bits, v.size, order), v)
+        np.testing.assert_array_equal(
+            _both_unpack(np.ascontiguousarray(data[::-1])[::-1], bits, v.size, order), v)
 
 
 @pytest.mark.parametrize("order", PACK_ORDERS)
