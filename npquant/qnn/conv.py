@@ -105,18 +105,29 @@ def _conv_setup(x_q, x_qp, w_q, w_qp, bias_q, stride, padding, dilation, groups,
     return x, geo, (kh, kw), prep, sw, per_channel
 
 
-def _conv_run(x, geo: ConvGeometry, kernel, prep: "_g._Gemm", backend: str) -> np.ndarray:
-    """int32 (N, O, OH, OW) accumulators."""
+def _conv_rows(x, geo: ConvGeometry, kernel, prep: "_g._Gemm", backend: str):
+    """int32 (N * OH * OW, O) accumulators, one row an output pixel, and (N, OH, OW)."""
     n = x.shape[0]
     cols, (oh, ow) = _im2col(x, prep.zx, geo, kernel[0], kernel[1], backend)
+    if geo.groups == 1:
+        return _g._run(prep, cols[0], backend), (n, oh, ow)
     o = prep.w.shape[0]
     og = o // geo.groups
     acc = np.empty((n * oh * ow, o), np.int32)
     for g in range(geo.groups):
         sl = slice(g * og, (g + 1) * og)
-        sub = prep if geo.groups == 1 else prep.rows(sl)
-        acc[:, sl] = _g._run(sub, cols[g], backend)
-    return np.ascontiguousarray(acc.reshape(n, oh, ow, o).transpose(0, 3, 1, 2))
+        acc[:, sl] = _g._run(prep.rows(sl), cols[g], backend)
+    return acc, (n, oh, ow)
+
+
+def _rows_to_nchw(rows: np.ndarray, dims) -> np.ndarray:
+    n, oh, ow = dims
+    return np.ascontiguousarray(rows.reshape(n, oh, ow, rows.shape[1]).transpose(0, 3, 1, 2))
+
+
+def _conv_run(x, geo: ConvGeometry, kernel, prep: "_g._Gemm", backend: str) -> np.ndarray:
+    """int32 (N, O, OH, OW) accumulators."""
+    return _rows_to_nchw(*_conv_rows(x, geo, kernel, prep, backend))
 
 
 def conv2d_accumulate(x_q, x_qp: QParams, w_q, w_qp: QParams, bias_q=None, *, stride=1, padding=0,
@@ -162,7 +173,10 @@ def qconv2d(x_q, x_qp: QParams, w_q, w_qp: QParams, bias_q, y_qp: QParams, *, st
     _g._activation_range(activation, y_qp)
     x, geo, kernel, prep, sw, per_channel = _conv_setup(x_q, x_qp, w_q, w_qp, bias_q, stride, padding,
                                                         dilation, groups, form, overflow)
-    acc = _conv_run(x, geo, kernel, prep, backend)
+    acc, dims = _conv_rows(x, geo, kernel, prep, backend)  # requantized as rows, then NCHW
     if float_bias is not None:
-        return _g._float_bias_out(acc, x_qp, sw, per_channel, y_qp, float_bias, activation, axis=1)
-    return _g._requantize_out(acc, x_qp, sw, per_channel, y_qp, mode, activation, axis=1)
+        y = _g._float_bias_out(acc, x_qp, sw, per_channel, y_qp, float_bias, activation, axis=1,
+                               backend=backend)
+    else:
+        y = _g._requantize_out(acc, x_qp, sw, per_channel, y_qp, mode, activation, axis=1)
+    return _rows_to_nchw(y, dims)

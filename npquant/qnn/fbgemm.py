@@ -38,7 +38,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._checks import check_bool, check_int, normalize_axis
+from .._checks import check_bool, check_choice, check_int, normalize_axis
+from .._kernels import fbgemm as _kf
 from ..linear import _fma32_numpy
 
 INT32_MIN = -(1 << 31)
@@ -78,7 +79,7 @@ def fbgemm_multipliers(s_x, s_w, s_y) -> tuple[np.ndarray, np.ndarray]:
 
 
 def fbgemm_requantize(acc, s_x, s_w, s_y, z_y: int, *, bias=None, relu: bool = False,
-                      axis: int = -1) -> np.ndarray:
+                      axis: int = -1, backend: str = "numba") -> np.ndarray:
     """uint8 output codes of PyTorch's fbgemm quantized linear/conv2d from the exact int32
     accumulator (module docstring for the formula and its evidence).
 
@@ -90,6 +91,8 @@ def fbgemm_requantize(acc, s_x, s_w, s_y, z_y: int, *, bias=None, relu: bool = F
     bias : None or float32 array of length C (the float bias given to ``*_prepack``)
     relu : fused ReLU (``linear_relu``/``conv2d_relu``): the lower clamp is ``z_y``
     axis : the output-channel axis of ``acc`` (-1 for linear (N, C), 1 for NCHW conv)
+    backend : ``"numba"`` (the kernel of :mod:`npquant._kernels.fbgemm`) or ``"numpy"``
+        (the twin below); identical codes
 
     Returns uint8 of ``acc``'s shape. Rounding half to even; saturation to [0, 255]
     except that a scaled value outside int32 gives INT32_MIN (code 0 / ``z_y``).
@@ -99,19 +102,19 @@ def fbgemm_requantize(acc, s_x, s_w, s_y, z_y: int, *, bias=None, relu: bool = F
         raise TypeError(f"acc must be an integer array, got dtype {a.dtype}")
     if a.ndim == 0:
         raise ValueError("acc must have a channel axis")
-    if a.size and (a.min() < INT32_MIN or a.max() > (1 << 31) - 1):
-        raise ValueError("acc must lie in the int32 range")
+    if a.dtype.itemsize > 4 or a.dtype == np.uint32:
+        if a.size and (a.min() < INT32_MIN or a.max() > (1 << 31) - 1):
+            raise ValueError("acc must lie in the int32 range")
     z_y = check_int(z_y, "z_y", lo=0, hi=255)
     check_bool(relu, "relu")
+    check_choice(backend, "backend", ("numba", "numpy"))
     ax = normalize_axis(axis, a.ndim)
     n_ch = a.shape[ax]
     ats, mult = fbgemm_multipliers(s_x, s_w, s_y)
     per_channel = ats.size > 1
     if per_channel and ats.size != n_ch:
         raise ValueError(f"s_w has {ats.size} channels but acc has {n_ch} along axis {ax}")
-    shape = [1] * a.ndim
-    shape[ax] = -1
-    raw = a.astype(np.float32)
+    b = None
     if bias is not None:
         b = np.asarray(bias)
         if b.dtype.kind != "f":
@@ -119,14 +122,38 @@ def fbgemm_requantize(acc, s_x, s_w, s_y, z_y: int, *, bias=None, relu: bool = F
         b = b.astype(np.float32)
         if b.ndim != 1 or b.size != n_ch or not np.all(np.isfinite(b)):
             raise ValueError(f"bias must be {n_ch} finite values (one per output channel), got shape {b.shape}")
+    lo = z_y if relu else 0
+    if backend == "numpy":
+        return _fbgemm_requantize_numpy(a, ats, mult, b, z_y, lo, ax)
+    rows = np.moveaxis(a, ax, -1)
+    acc2 = rows.reshape(-1, n_ch).astype(np.int32, copy=False)
+    use_fma = b is not None and not per_channel
+    if b is None:
+        bterm = np.zeros(n_ch, np.float32)
+    elif per_channel:
+        bterm = (b / ats).astype(np.float32)
+    else:
+        bterm = b
+    rcp = np.float32(1.0 / np.float64(ats[0]))
+    out = np.empty(acc2.shape, np.uint8)
+    _kf.requantize_rows(acc2, np.broadcast_to(mult, (n_ch,)).astype(np.float32), bterm, rcp, use_fma,
+                        z_y, lo, out)
+    return np.moveaxis(out.reshape(rows.shape), -1, ax)
+
+
+def _fbgemm_requantize_numpy(a, ats, mult, b, z_y: int, lo: int, ax: int) -> np.ndarray:
+    """Twin of ``_kernels.fbgemm.requantize_rows`` (validated arguments, channel axis ``ax``)."""
+    shape = [1] * a.ndim
+    shape[ax] = -1
+    raw = a.astype(np.float32)
+    if b is not None:
         b = b.reshape(shape)
-        if per_channel:
+        if ats.size > 1:
             raw = raw + (b / ats.reshape(shape)).astype(np.float32)
         else:
-            # reciprocal in double, then float32: the correctly rounded float32 1/ats
             rcp = np.float32(1.0 / np.float64(ats[0]))
             raw = fma_float32(b, rcp, raw)
     with np.errstate(over="ignore", invalid="ignore"):
         t = np.rint((raw.astype(np.float32) * mult.reshape(shape)).astype(np.float32)).astype(np.float64)
     t = np.where(np.isfinite(t) & (t >= -(2.0**31)) & (t < 2.0**31), t, float(INT32_MIN))
-    return np.clip(t.astype(np.int64) + z_y, z_y if relu else 0, 255).astype(np.uint8)
+    return np.clip(t.astype(np.int64) + z_y, lo, 255).astype(np.uint8)

@@ -123,7 +123,7 @@ def _activation_range(activation, y_qp: QParams) -> tuple[int, int]:
 
 
 def _float_bias_out(acc, x_qp: QParams, w_scale: np.ndarray, per_channel: bool, y_qp: QParams,
-                    float_bias, activation, axis: int) -> np.ndarray:
+                    float_bias, activation, axis: int, backend: str = "numba") -> np.ndarray:
     """PyTorch fbgemm's output from the bias-free accumulator and its float bias."""
     if y_qp.spec.qmin != 0 or y_qp.spec.qmax != 255:
         raise ValueError("float_bias reproduces PyTorch's fbgemm, whose output is quint8: y_qp must be "
@@ -133,7 +133,7 @@ def _float_bias_out(acc, x_qp: QParams, w_scale: np.ndarray, per_channel: bool, 
                          f"got {activation!r}")
     sw = w_scale if per_channel else w_scale[0]
     out = fbgemm_requantize(acc, np.float32(x_qp.scale), sw, np.float32(y_qp.scale), int(y_qp.zero_point),
-                            bias=float_bias, relu=activation == "relu", axis=axis)
+                            bias=float_bias, relu=activation == "relu", axis=axis, backend=backend)
     return out.astype(y_qp.spec.dtype)
 
 
@@ -412,7 +412,7 @@ def qlinear(x_q, x_qp: QParams, w_q, w_qp: QParams, bias_q, y_qp: QParams, *, mo
     x, g, sw, per_channel = _linear_setup(x_q, x_qp, w_q, w_qp, bias_q, form, overflow)
     acc = _run(g, x.reshape(-1, x.shape[-1]), backend)
     if float_bias is not None:
-        y = _float_bias_out(acc, x_qp, sw, per_channel, y_qp, float_bias, activation, axis=1)
+        y = _float_bias_out(acc, x_qp, sw, per_channel, y_qp, float_bias, activation, axis=1, backend=backend)
     else:
         y = _requantize_out(acc, x_qp, sw, per_channel, y_qp, mode, activation, axis=1)
     return y.reshape(x.shape[:-1] + (g.w.shape[0],))

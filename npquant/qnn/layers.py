@@ -50,7 +50,7 @@ class _QLayer:
     def _requantize(self, acc, axis):
         if self.float_bias is not None:
             return _g._float_bias_out(acc, self.x_qp, self._w_scale, self._per_channel, self.y_qp,
-                                      self.float_bias, self.activation, axis)
+                                      self.float_bias, self.activation, axis, self.backend)
         return _g._requantize_acc(acc, self.multiplier, self._per_channel, self.y_qp, self.out_range,
                                   self.mode, axis)
 
@@ -139,6 +139,9 @@ class QConv2d(_QLayer):
 
     def accumulate(self, x_q) -> np.ndarray:
         """int32 (N, O, OH, OW) accumulators of NCHW codes."""
+        return _c._rows_to_nchw(*self._accumulate_rows(x_q))
+
+    def _accumulate_rows(self, x_q):
         x = self._check_x(x_q, ndim=4)
         o, cg, kh, kw = self.w_q.shape
         geo = self.geometry
@@ -147,10 +150,11 @@ class QConv2d(_QLayer):
         oh, ow = geo.output_size(x.shape[2], x.shape[3], kh, kw)
         if oh < 1 or ow < 1:
             raise ValueError(f"the kernel {kh}x{kw} does not fit the padded input {x.shape[2]}x{x.shape[3]}")
-        return _c._conv_run(x, geo, (kh, kw), self._gemm, self.backend)
+        return _c._conv_rows(x, geo, (kh, kw), self._gemm, self.backend)
 
     def __call__(self, x_q) -> np.ndarray:
-        return self._requantize(self.accumulate(x_q), 1)
+        acc, dims = self._accumulate_rows(x_q)  # requantized as (pixels, channels) rows, then NCHW
+        return _c._rows_to_nchw(self._requantize(acc, 1), dims)
 
     def __repr__(self) -> str:
         o, cg, kh, kw = self.w_q.shape
