@@ -278,8 +278,9 @@ def requantize(acc, multiplier, zero_point: int, qmin: int, qmax: int, *, mode: 
         out3 = _requantize_numpy(acc3, p, zero_point, qmin, qmax, mode).astype(dtype)
     else:
         out3 = np.empty(shape3, dtype)
-        _k.requantize3(acc3, p.m0, p.shift, p.multiplier32, zero_point, qmin, qmax,
-                       REQUANT_MODES.index(mode), out3)
+        with np.errstate(over="ignore"):  # NUMBA_DISABLE_JIT: fp32's inf, as in the twin
+            _k.requantize3(acc3, p.m0, p.shift, p.multiplier32, zero_point, qmin, qmax,
+                           REQUANT_MODES.index(mode), out3)
     return out3.reshape(a.shape)
 
 
@@ -316,7 +317,8 @@ def _requantize_numpy(acc3, p: RequantParams, zp: int, qmin: int, qmax: int, mod
         v = multiply_by_quantized_multiplier(a, m0, shift, rounding) + zp
         return np.clip(v, qmin, qmax)
     if mode == "fp32":
-        t = np.rint(a.astype(np.float32) * mf).astype(np.float64) + zp
+        with np.errstate(over="ignore"):  # a product beyond float32 is inf, then clamped
+            t = np.rint(a.astype(np.float32) * mf).astype(np.float64) + zp
     else:
         t = np.rint(a.astype(np.float64) * mf.astype(np.float64) + zp)
     return np.clip(t, qmin, qmax).astype(np.int64)

@@ -21,6 +21,8 @@ from npquant.fixedpoint import (
 
 import math
 
+from npquant._kernels import requantize as _k
+
 int32s = st.integers(INT32_MIN, INT32_MAX)
 
 
@@ -221,6 +223,106 @@ def test_requantize_kernel_equals_twin(acc, mode, data):
         b = requantize(acc, m, zp, 0, 255, mode=mode, axis=ax, backend="numpy")
         assert a.dtype == b.dtype == np.uint8
         np.testing.assert_array_equal(a, b)
+
+
+EXTREME_ACC = np.array([INT32_MIN, INT32_MIN + 1, -(1 << 30) - 1, -(1 << 30), -65537, -1, 0,
+                        1, 65536, (1 << 30) - 1, 1 << 30, INT32_MAX - 1, INT32_MAX], np.int64)
+# multipliers at the edges: TFLite's smallest shift, m0 near 2^31, just under and at 0.5 and 1
+# (where the left shift starts), large ones (fp32 products beyond int32 and float32)
+EDGE_MULTIPLIERS = [2.0**-31, 2.0**-24, 1e-5, 0.5 - 1e-10, 0.5, 1 - 1e-9, 1.0, 3.75,
+                    1e6, 1e30]
+
+
+def _kernel_and_twin(acc, m, zp, qmin, qmax, mode, axis=None):
+    a = requantize(acc, m, zp, qmin, qmax, mode=mode, axis=axis, backend="numba")
+    b = requantize(acc, m, zp, qmin, qmax, mode=mode, axis=axis, backend="numpy")
+    assert a.dtype == b.dtype and a.shape == b.shape == np.shape(acc)
+    np.testing.assert_array_equal(a, b)
+    return a
+
+
+@pytest.mark.parametrize("mode", REQUANT_MODES)
+def test_requantize_kernel_equals_twin_at_the_edges(mode):
+    rng = np.random.default_rng(3)
+    rand = rng.integers(INT32_MIN, INT32_MAX, 50, endpoint=True)
+    for m in EDGE_MULTIPLIERS:
+        if mode == "tflite" and m >= 2.0**30:
+            continue  # shift > 30: an error in this mode
+        acc = np.concatenate([EXTREME_ACC, rand])
+        if mode == "tflite" and m >= 0.5:  # keep TFLite's int32 left shift defined
+            left = int(quantize_multiplier(m)[1])
+            acc = np.clip(acc, -(1 << (31 - left)), (1 << (31 - left)) - 1)
+        for zp, qmin, qmax in ((0, -128, 127), (-128, -128, 127), (5, 5, 255), (0, 0, 65535),
+                               (-7, INT32_MIN, INT32_MAX)):
+            got = _kernel_and_twin(acc, m, zp, qmin, qmax, mode)
+            if len(acc) == len(EXTREME_ACC) + 50 and m in (1e-5, 0.5):
+                ref = [requant_ref(int(a), m, zp, qmin, qmax, mode) for a in acc]
+                np.testing.assert_array_equal(got, ref)
+
+
+@pytest.mark.parametrize("mode", REQUANT_MODES)
+def test_requantize_kernel_equals_twin_per_channel_layouts(mode):
+    # rows shorter than the kernel's cut-off (a linear layer's (batch, out), n_inner = 1)
+    # run flattened with one parameter set per value; longer ones per (outer, channel) row
+    rng = np.random.default_rng(4)
+    for shape, axis in (((7, 5), 1), ((5, 7), 0), ((1, 9), 1), ((9, 1), 0), ((2, 3, 15), 1),
+                        ((2, 3, 16), 1), ((2, 3, 17), 1), ((3, 2, 5, 7), 1), ((2, 3, 4, 5), 3),
+                        ((0, 4), 1), ((4, 0, 3), 0)):
+        acc = rng.integers(-(1 << 24), 1 << 24, shape, endpoint=True).astype(np.int32)
+        if acc.size:
+            acc.reshape(-1)[:3] = (INT32_MIN >> 5, INT32_MAX >> 5, 0)
+        c = shape[axis]
+        mult = rng.choice(EDGE_MULTIPLIERS[:6] + [0.75, 2.5], c)
+        out = _kernel_and_twin(acc, mult, 3, -128, 127, mode, axis)
+        for k in range(c):  # per channel is per tensor on each slice
+            sl = (slice(None),) * axis + (k,)
+            np.testing.assert_array_equal(
+                out[sl], requantize(acc[sl], float(mult[k]), 3, -128, 127, mode=mode))
+
+
+def test_requantize_input_dtypes_and_strides():
+    rng = np.random.default_rng(5)
+    base = rng.integers(-30000, 30000, (6, 4, 10)).astype(np.int64)
+    mult = np.array([0.01, 0.002, 0.3, 0.04])
+    for mode in REQUANT_MODES:
+        ref = requantize(np.ascontiguousarray(base, np.int32), mult, 0, -128, 127, mode=mode,
+                         axis=1)
+        for dt in (np.int16, np.int32, np.int64, np.uint32):
+            acc = np.abs(base).astype(dt) if dt == np.uint32 else base.astype(dt)
+            want = ref if dt != np.uint32 else requantize(
+                np.abs(base).astype(np.int32), mult, 0, -128, 127, mode=mode, axis=1)
+            np.testing.assert_array_equal(_kernel_and_twin(acc, mult, 0, -128, 127, mode, 1),
+                                          want)
+        big = np.zeros((6, 8, 20), np.int32)
+        big[:, ::2, ::2] = base
+        view = big[:, ::2, ::2]
+        np.testing.assert_array_equal(_kernel_and_twin(view, mult, 0, -128, 127, mode, 1), ref)
+        t = np.ascontiguousarray(base.transpose(2, 1, 0)).transpose(2, 1, 0)  # F-ordered
+        np.testing.assert_array_equal(_kernel_and_twin(t, mult, 0, -128, 127, mode, 1), ref)
+    with pytest.raises(ValueError, match="int32 range"):
+        requantize(np.array([1 << 31], np.uint32), 0.5, 0, -128, 127)
+    with pytest.raises(ValueError, match="int32 range"):
+        requantize(np.array([INT32_MIN - 1], np.int64), 0.5, 0, -128, 127)
+
+
+@given(st.sampled_from([int(v) for v in EXTREME_ACC]) | int32s,
+       st.sampled_from([INT32_MIN, INT32_MAX, 0, 1, -1, 1 << 30]) | int32s)
+def test_kernel_srdhm_matches_definition(a, b):
+    assert _k.srdhm(np.int32(a), np.int32(b)) == srdhm_ref(a, b)
+
+
+def test_kernel_primitives_at_the_edges():
+    vals = [int(v) for v in EXTREME_ACC] + [-3, -2, 2, 3, (1 << 29), -(1 << 29) - 1]
+    for a in vals:
+        for b in vals:
+            assert _k.srdhm(np.int32(a), np.int32(b)) == srdhm_ref(a, b), (a, b)
+        for e in range(32):
+            assert _k.rdbpot(np.int32(a), np.int32(e)) == rdbpot_ref(a, e), (a, e)
+            half = (1 << e) >> 1
+            for x in (half, -half, half - 1, -half + 1, 3 * half, -3 * half):
+                if not INT32_MIN <= x <= INT32_MAX:
+                    continue
+                assert _k.rdbpot(np.int32(x), np.int32(e)) == rdbpot_ref(x, e), (x, e)
 
 
 def test_requantize_per_channel_equals_per_tensor_slices():
