@@ -1,25 +1,24 @@
-"""Time npquant's ``quantize`` and ``dequantize`` against NumPy and the peer libraries.
+"""Time npquant's kernels against NumPy and the peer libraries, side by side in one run.
 
 Run from the repository root as ``python -m benchmarks`` or ``python benchmarks/run.py``
-(``--help`` lists the options). For each kernel, granularity and size, one run times:
+(``--help`` lists the options, ``--list`` the kernels and their default sizes). Each
+kernel is a suite in ``benchmarks/suites/`` (the interface is in ``benchmarks/common.py``):
+it yields cases, each with the implementations to time (npquant's compiled kernel, its
+NumPy twin, the peers) and the ratios the project aims for.
 
-* ``numpy``  -- npquant with ``backend="numpy"`` (the readable NumPy twin),
-* ``numba``  -- npquant with ``backend="numba"`` (the compiled kernel),
-* ``torch``  -- ``torch.quantize_per_tensor`` / ``torch.quantize_per_channel`` and
-  ``Tensor.dequantize()``, when PyTorch is installed,
-* ``onnxruntime`` -- a one-node ``QuantizeLinear`` / ``DequantizeLinear`` model built with
-  ``onnx.helper`` (opset 21), when onnx and onnxruntime are installed.
+For every implementation of a case the runner calls it twice (numba compiles on the
+first call; no compile time is ever timed), raises the number of calls per sample until
+a sample lasts ``--min-time``, takes ``--repeats`` samples with the garbage collector
+off (3 when one call takes over a second), and reports the median, the spread
+``(max - min) / median``, the throughput, the peak memory of one call (Linux: the rise of
+the resident set's high-water mark, reset before the call) and the ratio
+``time(implementation) / time(npquant)`` (above 1: npquant is faster).
 
-npquant is timed through its public functions, so its times include the argument checks
-(a finite-values pass over ``x``; a range pass over ``q``). Every callable is run twice
-before timing (numba compiles on first call; no compile time is timed), the number of
-calls per sample is raised until a sample lasts ``--min-time``, and ``--repeats`` samples
-are taken with the garbage collector off. Each peer's output is compared bit for bit with
-npquant's (outside the timed region) and the result is reported.
-
-Thread counts are pinned before the libraries are imported: OMP/MKL/OPENBLAS/NUMBA env
-vars, then ``numba.set_num_threads``, ``torch.set_num_threads`` and onnxruntime's
-``intra_op_num_threads``. Results go to ``<out>/latest.md`` and ``<out>/latest.json``.
+Threads are pinned before numpy is imported (OMP/MKL/OPENBLAS/NUMBA env vars), then
+``numba.set_num_threads``, ``torch.set_num_threads`` and onnxruntime's
+``intra_op_num_threads``. With several counts (``--threads 1,2``) each count runs in its
+own process and the report adds the scaling of npquant's kernels. Results go to
+``<out>/latest.md`` and ``<out>/latest.json``.
 """
 
 from __future__ import annotations
@@ -27,28 +26,37 @@ from __future__ import annotations
 import argparse
 import datetime
 import gc
+import importlib
 import json
-import math
 import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 import warnings
 
-KERNELS = ("quantize", "dequantize")
-GRANULARITIES = ("per_tensor", "per_channel", "per_group")
-PEERS = ("torch", "onnxruntime")
-# npquant method whose arithmetic each peer's quantize reproduces (see npquant/linear.py)
-PEER_METHOD = {"torch": "torch", "onnxruntime": "divide"}
-THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS")
 HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+if ROOT not in sys.path:  # ``python benchmarks/run.py`` from anywhere
+    sys.path.insert(0, ROOT)
+
+SUITES = ("gemm", "cnn", "requantize", "unpack", "huffman", "kmeans", "quantize", "dequantize")
+PEERS = ("torch", "onnxruntime")
+THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS")
 README_START = "<!-- benchmark-results:start -->"
 README_END = "<!-- benchmark-results:end -->"
 ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl",
              "avx512_vnni", "avx512_bf16", "avx512_fp16", "avx_vnni", "amx_tile", "amx_int8",
              "neon", "asimd", "sve")
+SLOW_CALL_S = 1.0  # one call slower than this: 3 samples of one call
 
+
+def suite_module(name: str):
+    return importlib.import_module(f"benchmarks.suites.{name}")
+
+
+# ------------------------------------------------------------------------------ options
 
 def _list(choices=None, conv=str):
     def parse(text):
@@ -69,13 +77,6 @@ def _list(choices=None, conv=str):
     return parse
 
 
-def _size(text: str) -> int:
-    v = float(text)  # accepts 1e6
-    if not (v >= 1 and v == int(v)):
-        raise ValueError(text)
-    return int(v)
-
-
 def _positive(conv):
     def parse(text):
         try:
@@ -89,39 +90,50 @@ def _positive(conv):
     return parse
 
 
+def _sizes(text: str):
+    kernel, sep, labels = text.partition("=")
+    if not sep:
+        kernel, labels = None, text
+    elif kernel not in SUITES:
+        raise argparse.ArgumentTypeError(f"{kernel!r} is not one of {', '.join(SUITES)}")
+    return kernel, _list()(labels)
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m benchmarks",
-        description="Time npquant quantize/dequantize (NumPy twin, numba) against torch and "
-                    "onnxruntime, and write a Markdown and a JSON report.")
-    p.add_argument("--kernels", type=_list(KERNELS), default=list(KERNELS),
-                   help=f"comma-separated, from {','.join(KERNELS)} (default: both)")
-    p.add_argument("--granularities", type=_list(GRANULARITIES), default=["per_tensor", "per_channel"],
-                   help="comma-separated, from per_tensor,per_channel,per_group "
-                        "(default: per_tensor,per_channel)")
-    p.add_argument("--sizes", type=_list(conv=_size), default=[10_000, 1_000_000],
-                   help="element counts, e.g. 1e4,1e6 (default); the tensor is a 2-D (rows, cols) "
-                        "weight, rows the largest divisor of n up to sqrt(n)")
-    p.add_argument("--methods", type=_list(), default=["divide", "torch"],
-                   help="npquant quantize methods to time, from npquant.METHODS "
-                        "(default: divide,torch; 'torch' is skipped for per_group)")
-    p.add_argument("--dtype", choices=("uint8", "int8"), default="uint8",
-                   help="8-bit asymmetric codes, unsigned or signed (default: uint8)")
-    p.add_argument("--block-size", type=_positive(int), default=32,
-                   help="per_group block length along axis 1 (default: 32)")
+        description="Time npquant's kernels (compiled and NumPy twin) against NumPy, PyTorch, "
+                    "onnxruntime, zlib and scikit-learn; write a Markdown and a JSON report.")
+    p.add_argument("--kernels", type=_list(SUITES), default=list(SUITES),
+                   help=f"comma-separated, from {','.join(SUITES)} (default: all)")
+    p.add_argument("--sizes", type=_sizes, action="append", default=[],
+                   help="KERNEL=LABEL,LABEL (repeatable), or LABEL,... when one kernel is chosen; "
+                        "labels are the kernel's own (see --list), e.g. gemm=512x512x512,1x4096x4096")
+    p.add_argument("--threads", type=_list(conv=_positive(int)), default=[1],
+                   help="thread counts, e.g. 1 or 1,2 (each count runs in its own process; default: 1)")
     p.add_argument("--repeats", type=_positive(int), default=7, help="timed samples (default: 7)")
-    p.add_argument("--min-time", type=_positive(float), default=0.02,
-                   help="seconds a sample lasts at least; 0 = one call per sample (default: 0.02)")
-    p.add_argument("--threads", type=_positive(int), default=1,
-                   help="threads for numba, torch, onnxruntime and BLAS (default: 1)")
+    p.add_argument("--min-time", type=_positive(float), default=0.05,
+                   help="seconds a sample lasts at least; 0 = one call per sample (default: 0.05)")
     p.add_argument("--peers", type=_list(PEERS), default=list(PEERS),
-                   help="peer libraries to time when installed (default: torch,onnxruntime)")
+                   help="peer libraries to time when installed (default: torch,onnxruntime; "
+                        "numpy, zlib and scikit-learn always run)")
     p.add_argument("--out", default=os.path.join(HERE, "results"),
                    help="directory for latest.md and latest.json (default: benchmarks/results)")
     p.add_argument("--update-readme", action="store_true",
-                   help="also copy the table into benchmarks/README.md between its markers")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random input (default: 0)")
-    return p.parse_args(argv)
+                   help="also copy the report into benchmarks/README.md between its markers")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default: 0)")
+    p.add_argument("--list", action="store_true", help="list the kernels and their default sizes, then exit")
+    p.add_argument("--child-json", help=argparse.SUPPRESS)  # internal: one thread count, results here
+    args = p.parse_args(argv)
+    sizes = {}
+    for kernel, labels in args.sizes:
+        if kernel is None:
+            if len(args.kernels) != 1:
+                p.error("--sizes without KERNEL= needs exactly one --kernels")
+            kernel = args.kernels[0]
+        sizes[kernel] = labels
+    args.sizes = sizes
+    return args
 
 
 def pin_thread_env(n: int) -> bool:
@@ -133,13 +145,14 @@ def pin_thread_env(n: int) -> bool:
 
 # ------------------------------------------------------------------------- machine info
 
-
 def machine_info(threads: int, peers: dict) -> dict:
+    import llvmlite
     import llvmlite.binding as llvm
     import numba
     import numpy as np
 
     import npquant
+    from npquant._kernels.simd import HAVE_VNNI
 
     cpu, flags = platform.processor() or platform.machine(), set()
     try:
@@ -157,28 +170,35 @@ def machine_info(threads: int, peers: dict) -> dict:
         affinity = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         affinity = None
-    import llvmlite
-
     versions = {"python": platform.python_version(), "numpy": np.__version__,
                 "numba": numba.__version__, "llvmlite": llvmlite.__version__,
                 "npquant": npquant.__version__}
+    for name in ("scipy", "sklearn"):
+        try:
+            versions[name] = importlib.import_module(name).__version__
+        except ImportError:
+            pass
     for name, mod in peers.items():
-        if mod is not None:
-            versions[name] = mod.__version__
-    if peers.get("onnxruntime") is not None:
+        versions[name] = mod.__version__
+    if "onnxruntime" in peers:
         import onnx
 
         versions["onnx"] = onnx.__version__
+    import zlib
+
+    versions["zlib"] = zlib.ZLIB_RUNTIME_VERSION
     threads_info = {"requested": threads, "numba": numba.get_num_threads(),
+                    "numba_threading_layer": _threading_layer(),
                     "env": {v: os.environ.get(v) for v in THREAD_ENV}}
-    if peers.get("torch") is not None:
+    if "torch" in peers:
         threads_info["torch"] = peers["torch"].get_num_threads()
         threads_info["torch_quantized_engine"] = peers["torch"].backends.quantized.engine
-    if peers.get("onnxruntime") is not None:
+    if "onnxruntime" in peers:
         threads_info["onnxruntime_intra_op"] = threads
     return {
         "cpu": cpu,
         "llvm_host_cpu": llvm.get_host_cpu_name(),
+        "npquant_gemm_kernel": "avx512-vnni" if HAVE_VNNI else "portable",
         "logical_cores": os.cpu_count(),
         "cores_available": affinity,
         "isa_flags": [f for f in ISA_FLAGS if f in flags],
@@ -190,19 +210,24 @@ def machine_info(threads: int, peers: dict) -> dict:
     }
 
 
-def _git_commit():
+def _threading_layer():
+    import numba
+
     try:
-        root = os.path.dirname(HERE)
-        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
-                             text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True,
-                               text=True, timeout=10).stdout.strip()
-        return (sha + ("+dirty" if dirty else "")) or None
-    except (OSError, subprocess.SubprocessError):
+        return numba.threading_layer()
+    except ValueError:  # no parallel kernel has run yet
         return None
 
 
-# -------------------------------------------------------------------------------- peers
+def _git_commit():
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                             text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return (sha + ("+dirty" if dirty else "")) or None
+    except (OSError, subprocess.SubprocessError):
+        return None
 
 
 def load_peers(wanted, threads: int) -> tuple[dict, dict]:
@@ -222,7 +247,7 @@ def load_peers(wanted, threads: int) -> tuple[dict, dict]:
             missing["torch"] = f"not installed ({exc})"
     if "onnxruntime" in wanted:
         try:
-            import onnx  # noqa: F401  (needed to build the models)
+            importlib.import_module("onnx")  # the suites build their models with it
             import onnxruntime
 
             mods["onnxruntime"] = onnxruntime
@@ -231,51 +256,22 @@ def load_peers(wanted, threads: int) -> tuple[dict, dict]:
     return mods, missing
 
 
-def _ort_session(ort, op, shape, qp, dtype, threads):
-    import numpy as np
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    spec = qp.spec
-    qtype = TensorProto.UINT8 if dtype == np.uint8 else TensorProto.INT8
-    if op == "QuantizeLinear":
-        tin, tout = TensorProto.FLOAT, qtype
-    else:
-        tin, tout = qtype, TensorProto.FLOAT
-    attrs = {}
-    if spec.axis is not None:
-        attrs["axis"] = spec.axis
-    if spec.block_size is not None:
-        attrs["block_size"] = spec.block_size
-    inits = [numpy_helper.from_array(np.asarray(qp.scale, np.float32), "scale"),
-             numpy_helper.from_array(np.asarray(qp.zero_point).astype(dtype), "zero_point")]
-    graph = helper.make_graph(
-        [helper.make_node(op, ["x", "scale", "zero_point"], ["y"], **attrs)], "bench",
-        [helper.make_tensor_value_info("x", tin, list(shape))],
-        [helper.make_tensor_value_info("y", tout, list(shape))], initializer=inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
-    model.ir_version = 10
-    onnx.checker.check_model(model)
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    return sess
-
-
 # ------------------------------------------------------------------------------- timing
-
 
 def time_callable(fn, repeats: int, min_time: float) -> dict:
     """Seconds per call: ``repeats`` samples of ``number`` calls each, after two warm-up calls."""
     fn()
+    t0 = time.perf_counter()
     fn()
+    first = time.perf_counter() - t0
+    if first > SLOW_CALL_S:
+        repeats = min(repeats, 3)
     number = 1
     gc_was = gc.isenabled()
     gc.disable()
     try:
-        if min_time > 0:
+        if min_time > 0 and first < min_time:
+            number = max(1, int(min_time / max(first, 1e-9)))
             while True:
                 t0 = time.perf_counter()
                 for _ in range(number):
@@ -294,204 +290,180 @@ def time_callable(fn, repeats: int, min_time: float) -> dict:
         if gc_was:
             gc.enable()
     samples.sort()
-    med = samples[len(samples) // 2] if len(samples) % 2 else 0.5 * (
-        samples[len(samples) // 2 - 1] + samples[len(samples) // 2])
+    mid = len(samples) // 2
+    med = samples[mid] if len(samples) % 2 else 0.5 * (samples[mid - 1] + samples[mid])
     return {"median_s": med, "min_s": samples[0], "max_s": samples[-1], "number": number,
             "repeats": repeats, "samples_s": samples}
 
 
-# -------------------------------------------------------------------------------- cases
+def _status_kb(field: str):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return None
 
 
-def tensor_shape(n: int) -> tuple[int, int]:
-    """``(rows, n // rows)`` with ``rows`` the largest divisor of ``n`` up to ``sqrt(n)``."""
-    rows = next(r for r in range(math.isqrt(n), 0, -1) if n % r == 0)
-    return rows, n // rows
-
-
-def build_cases(args, peers: dict, missing: dict):
-    """Yield ``dict(kernel, granularity, shape, impl, method, fn | None, status, exact)``."""
-    import numpy as np
-
-    import npquant as nq
-
-    dtype = np.uint8 if args.dtype == "uint8" else np.int8
-    rng = np.random.default_rng(args.seed)
-    for gran in args.granularities:
-        for n in args.sizes:
-            shape = tensor_shape(n)
-            x = rng.standard_normal(shape, dtype=np.float32)
-            kw = {"per_tensor": {}, "per_channel": {"axis": 0},
-                  "per_group": {"axis": 1, "block_size": args.block_size}}[gran]
-            spec = nq.QuantSpec(bits=8, signed=dtype == np.int8, symmetric=False, **kw)
-            qp = nq.fit_qparams(x, spec)
-            methods = [m for m in args.methods if not (m == "torch" and gran == "per_group")]
-            ref_q = {m: nq.quantize(x, qp, method=m) for m in set(methods) | {"divide"}}
-            if gran != "per_group":
-                ref_q.setdefault("torch", nq.quantize(x, qp, method="torch"))
-            q = ref_q["divide"]
-            ref_dq = nq.dequantize(q, qp)
-            base = {"granularity": gran, "shape": shape, "n": shape[0] * shape[1]}
-            for kernel in args.kernels:
-                row = dict(base, kernel=kernel)
-                if kernel == "quantize":
-                    for m in methods:
-                        for be in ("numpy", "numba"):
-                            yield dict(row, impl=be, method=m, status="ok", exact=None,
-                                       fn=lambda be=be, m=m: nq.quantize(x, qp, method=m, backend=be))
-                else:
-                    for be in ("numpy", "numba"):
-                        yield dict(row, impl=be, method=None, status="ok", exact=None,
-                                   fn=lambda be=be: nq.dequantize(q, qp, backend=be))
-                for peer in args.peers:
-                    yield _peer_case(row, peer, kernel, peers, missing, x, q, qp, dtype,
-                                     ref_q, ref_dq, args.threads)
-
-
-def _peer_case(row, peer, kernel, peers, missing, x, q, qp, dtype, ref_q, ref_dq, threads):
-    import numpy as np
-
-    import npquant as nq
-
-    method = PEER_METHOD[peer] if kernel == "quantize" else None
-    row = dict(row, impl=peer, method=method, fn=None, exact=None)
-    if peer in missing:
-        return dict(row, status=f"missing: {missing[peer]}")
-    spec = qp.spec
-    if peer == "torch":
-        torch = peers["torch"]
-        if spec.block_size is not None:
-            return dict(row, status="n/a: torch has no blocked quantize")
-        xt = torch.from_numpy(x)
-        tdt = torch.quint8 if dtype == np.uint8 else torch.qint8
-        if spec.axis is None:
-            s, z = float(qp.scale), int(qp.zero_point)
-
-            def tq():
-                return torch.quantize_per_tensor(xt, s, z, tdt)
-        else:
-            s = torch.from_numpy(qp.scale.astype(np.float64))
-            z = torch.from_numpy(qp.zero_point.astype(np.int64))
-
-            def tq():
-                return torch.quantize_per_channel(xt, s, z, spec.axis, tdt)
-        if kernel == "quantize":
-            exact = bool(np.array_equal(tq().int_repr().numpy(), ref_q["torch"]))
-            return dict(row, fn=tq, status="ok", exact=exact)
-        # dequantize torch's own codes; npquant dequantizes the same codes for the check
-        qt = tq()
-        ref = nq.dequantize(qt.int_repr().numpy(), qp)
-        exact = bool(np.array_equal(qt.dequantize().numpy(), ref))
-        return dict(row, fn=qt.dequantize, status="ok", exact=exact)
-    ort = peers["onnxruntime"]
-    op = "QuantizeLinear" if kernel == "quantize" else "DequantizeLinear"
+def peak_memory_bytes(fn):
+    """Rise of the resident set's high-water mark during one call, or None off Linux."""
     try:
-        sess = _ort_session(ort, op, x.shape, qp, dtype, threads)
-    except Exception as exc:  # an unsupported op form is a result, not a crash
-        return dict(row, status=f"n/a: {type(exc).__name__}: {str(exc).splitlines()[0][:80]}")
-    feed = {"x": x if kernel == "quantize" else q}
-    ref = ref_q["divide"] if kernel == "quantize" else ref_dq
+        gc.collect()
+        before = _status_kb("VmRSS")
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets VmHWM to the current RSS
+        fn()
+        peak = _status_kb("VmHWM")
+    except OSError:
+        return None
+    if before is None or peak is None:
+        return None
+    return max(0, peak - before) * 1024
 
-    def run():
-        return sess.run(["y"], feed)
 
-    exact = bool(np.array_equal(run()[0], ref))
-    return dict(row, fn=run, status="ok", exact=exact)
+# ------------------------------------------------------------------------------- running
+
+def run_suites(args, threads: int, peers: dict, missing: dict) -> list[dict]:
+    from benchmarks.common import UNITS, Context
+
+    rows = []
+    for name in args.kernels:
+        mod = suite_module(name)
+        ctx = Context(sizes=args.sizes.get(name, list(mod.DEFAULT_SIZES)), threads=threads, seed=args.seed,
+                      peers=peers, missing=missing)
+        for case in mod.cases(ctx):
+            times = {}
+            case_rows = []
+            for impl in case.impls:
+                row = {"suite": case.suite, "case": case.label, "impl": impl.name, "threads": threads,
+                       "status": impl.status, "check": impl.check, "unit": case.unit, "work": case.work,
+                       "baseline": case.baseline, "target": case.targets.get(impl.name), "info": case.info}
+                tag = f"{case.suite} {case.label} {impl.name} [{threads}t]"
+                if impl.fn is None:
+                    print(f"  {tag:<64} {impl.status}", file=sys.stderr, flush=True)
+                else:
+                    row.update(time_callable(impl.fn, args.repeats, args.min_time))
+                    row["peak_bytes"] = peak_memory_bytes(impl.fn)
+                    row["throughput"] = case.work / row["median_s"] / UNITS[case.unit]
+                    times[impl.name] = row["median_s"]
+                    print(f"  {tag:<64} {row['median_s'] * 1e3:11.3f} ms  {row['throughput']:10.2f} {case.unit}",
+                          file=sys.stderr, flush=True)
+                case_rows.append(row)
+            base = times.get(case.baseline)
+            for row in case_rows:
+                if base and row["impl"] in times:
+                    row["ratio"] = times[row["impl"]] / base
+                    if row["target"] is not None:
+                        row["met"] = row["ratio"] >= row["target"]
+            rows += case_rows
+            del case
+    return rows
+
+
+def scaling_rows(rows: list[dict]) -> list[dict]:
+    """npquant's speed-up from the smallest thread count to each larger one."""
+    counts = sorted({r["threads"] for r in rows})
+    if len(counts) < 2:
+        return []
+    t = {(r["suite"], r["case"], r["impl"], r["threads"]): r["median_s"] for r in rows if "median_s" in r}
+    out = []
+    for r in rows:
+        if r["threads"] != counts[0] or r["impl"] != r["baseline"] or "median_s" not in r:
+            continue
+        for n in counts[1:]:
+            tn = t.get((r["suite"], r["case"], r["impl"], n))
+            if tn:
+                aim = getattr(suite_module(r["suite"]), "SCALING_AIM", None)
+                out.append({"suite": r["suite"], "case": r["case"], "impl": r["impl"], "from_threads": counts[0],
+                            "to_threads": n, "scaling": r["median_s"] / tn, "aim": aim})
+    return out
 
 
 # ------------------------------------------------------------------------------ reports
 
-
-def run_benchmarks(args, peers, missing) -> list[dict]:
-    results = []
-    for case in build_cases(args, peers, missing):
-        fn = case.pop("fn")
-        label = (f"{case['kernel']:<10} {case['granularity']:<11} n={case['n']:<9} "
-                 f"{case['impl']}{'/' + case['method'] if case['method'] else ''}")
-        if fn is not None:
-            case.update(time_callable(fn, args.repeats, args.min_time))
-            case["values_per_s"] = case["n"] / case["median_s"]
-            print(f"  {label:<56} {case['median_s'] * 1e6:12.1f} us", file=sys.stderr, flush=True)
-        else:
-            print(f"  {label:<56} {case['status']}", file=sys.stderr, flush=True)
-        results.append(case)
-    _add_ratios(results)
-    return results
-
-
-def _add_ratios(results):
-    """``speedup_numba``: time of this row / time of the matching numba row (>1: numba faster)."""
-    numba_t = {(r["kernel"], r["granularity"], r["n"], r["method"]): r["median_s"]
-               for r in results if r["impl"] == "numba" and "median_s" in r}
-    for r in results:
-        if "median_s" not in r or r["impl"] == "numba":
-            continue
-        key = (r["kernel"], r["granularity"], r["n"], r["method"])
-        if key not in numba_t and r["kernel"] == "quantize":  # peer method not timed: nearest one
-            alts = [k for k in numba_t if k[:3] == key[:3]]
-            key = alts[0] if alts else key
-            r["ratio_against_method"] = key[3]
-        if key in numba_t:
-            r["speedup_numba"] = r["median_s"] / numba_t[key]
-
-
 def _fmt_time(s: float) -> str:
-    us = s * 1e6
-    return f"{us:,.1f}" if us < 1000 else f"{us:,.0f}"
+    ms = s * 1e3
+    return f"{ms:,.4f}" if ms < 0.1 else f"{ms:,.3f}" if ms < 10 else f"{ms:,.1f}"
 
 
-def markdown_report(results, info, args) -> str:
+def _fmt_num(v: float) -> str:
+    return f"{v:,.0f}" if v >= 1000 else f"{v:,.1f}" if v >= 10 else f"{v:.3g}"
+
+
+def _fmt_info(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return str(v)
+
+
+def markdown_report(rows, scaling, info, args) -> str:
     th = info["threads"]
     ver = ", ".join(f"{k} {v}" for k, v in info["versions"].items())
     lines = [
-        "## npquant benchmark: quantize / dequantize",
+        "## npquant benchmarks",
         "",
         f"- Machine: {info['cpu']} (LLVM host CPU `{info['llvm_host_cpu']}`), "
         f"{info['logical_cores']} logical cores ({info['cores_available']} available), "
-        f"ISA: {' '.join(info['isa_flags']) or 'n/a'}",
+        f"ISA: {' '.join(info['isa_flags']) or 'n/a'}; npquant's 8-bit GEMM kernel: "
+        f"`{info['npquant_gemm_kernel']}`",
         f"- Platform: {info['platform']}",
         f"- Versions: {ver}",
-        f"- Threads: {args.threads} requested; numba {th['numba']}"
-        + (f", torch {th['torch']} (quantized engine {th['torch_quantized_engine']})" if "torch" in th else "")
-        + (f", onnxruntime intra-op {th['onnxruntime_intra_op']}" if "onnxruntime_intra_op" in th else "")
-        + "; npquant's kernels are serial loops whatever the count",
+        f"- Threads: {', '.join(map(str, args.threads))} (each count in its own process); "
+        f"numba threading layer {th.get('numba_threading_layer')}"
+        + (f"; torch quantized engine {th['torch_quantized_engine']}" if "torch_quantized_engine" in th else "")
+        + "; onnxruntime intra-op threads = the count, inter-op 1",
         f"- Date: {info['date_utc']}; commit {info['git_commit'] or 'unknown'}",
-        f"- Input: float32 N(0, 1), shape (rows, cols), 8-bit asymmetric {args.dtype}, min-max "
-        f"qparams; per_channel: axis=0; per_group: axis=1, block_size={args.block_size}",
-        f"- Timing: median of {args.repeats} samples, each >= {args.min_time} s of back-to-back "
-        "calls, after 2 warm-up calls (no JIT compile time); spread = (max - min) / median",
+        f"- Timing: median of {args.repeats} samples (3 when one call exceeds {SLOW_CALL_S:g} s), "
+        f"each >= {args.min_time} s of back-to-back calls, after 2 warm-up calls (no JIT compile "
+        "time); spread = (max - min) / median; peak = rise of the resident set during one call",
+        "- ratio = time(implementation) / time(npquant's compiled kernel), same case, same run: "
+        "above 1, npquant is faster",
         "",
-        "| kernel | granularity | elements | implementation | median us | spread | Mvalues/s "
-        "| numba speed-up | bit-exact |",
-        "|---|---|---:|---|---:|---:|---:|---:|---|",
     ]
-    for r in results:
-        impl = r["impl"] + (f" (`{r['method']}`)" if r["method"] and r["impl"] in ("numpy", "numba") else "")
-        size = f"{r['n']:,} ({r['shape'][0]}x{r['shape'][1]})"
-        if "median_s" not in r:
-            lines.append(f"| {r['kernel']} | {r['granularity']} | {size} | {impl} | {r['status']} | | | | |")
-            continue
-        spread = (r["max_s"] - r["min_s"]) / r["median_s"] * 100
-        sp = r.get("speedup_numba")
-        sp_s = "" if sp is None else f"{sp:.2f}x"
-        if sp is not None and r.get("ratio_against_method"):
-            sp_s += f" (vs `{r['ratio_against_method']}`)"
-        if r["impl"] in PEERS:
-            exact = "yes" if r["exact"] else "**no**"
-            exact += f" (vs `{r['method']}`)" if r["method"] else ""
-        else:
-            exact = ""
-        lines.append(f"| {r['kernel']} | {r['granularity']} | {size} | {impl} | "
-                     f"{_fmt_time(r['median_s'])} | {spread:.0f}% | {r['values_per_s'] / 1e6:,.1f} | "
-                     f"{sp_s} | {exact} |")
-    lines += [
-        "",
-        "numba speed-up = time of the row / time of npquant numba with the same method "
-        "(> 1: numba is faster). bit-exact = the peer's output equals npquant's (codes of the "
-        "named method, or dequantized floats) on this input. npquant rows include argument "
-        "checks; onnxruntime rows include its `InferenceSession.run` call overhead.",
-    ]
-    return "\n".join(lines) + "\n"
+    targeted = [r for r in rows if r.get("target") is not None]
+    if targeted:
+        lines += ["### Targets", "",
+                  "| kernel | case | threads | against | ratio | target | met |",
+                  "|---|---|---:|---|---:|---:|---|"]
+        for r in targeted:
+            ratio = f"{r['ratio']:.2f}x" if "ratio" in r else r["status"]
+            met = "" if "met" not in r else ("yes" if r["met"] else "**no**")
+            lines.append(f"| {r['suite']} | {r['case']} | {r['threads']} | {r['impl']} | {ratio} | "
+                         f">= {r['target']:g}x | {met} |")
+        lines.append("")
+    if scaling:
+        lines += ["### Thread scaling of npquant's kernels", "",
+                  "| kernel | case | threads | speed-up | aim |", "|---|---|---|---:|---:|"]
+        for s in scaling:
+            aim = f">= {s['aim']:g}x" if s["aim"] else ""
+            lines.append(f"| {s['suite']} | {s['case']} | {s['from_threads']} -> {s['to_threads']} | "
+                         f"{s['scaling']:.2f}x | {aim} |")
+        lines.append("")
+    for suite in dict.fromkeys(r["suite"] for r in rows):
+        srows = [r for r in rows if r["suite"] == suite]
+        doc = (suite_module(suite).__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
+        lines += [f"### {suite}", "", doc, "",
+                  f"| case | implementation | threads | median ms | spread | {srows[0]['unit']} | peak MiB "
+                  "| ratio | output |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|---|"]
+        for r in srows:
+            if "median_s" not in r:
+                lines.append(f"| {r['case']} | {r['impl']} | {r['threads']} | {r['status']} | | | | | |")
+                continue
+            spread = (r["max_s"] - r["min_s"]) / r["median_s"] * 100
+            peak = "" if r.get("peak_bytes") is None else f"{r['peak_bytes'] / 2**20:,.1f}"
+            ratio = f"{r['ratio']:.2f}x" if "ratio" in r else ""
+            lines.append(f"| {r['case']} | {r['impl']} | {r['threads']} | {_fmt_time(r['median_s'])} | "
+                         f"{spread:.0f}% | {_fmt_num(r['throughput'])} | {peak} | {ratio} | {r['check'] or ''} |")
+        infos = {}
+        for r in srows:
+            if r["info"]:
+                infos.setdefault(r["case"], r["info"])
+        if infos:
+            lines.append("")
+            for case, inf in infos.items():
+                lines.append(f"- {case}: " + "; ".join(f"{k} {_fmt_info(v)}" for k, v in inf.items()))
+        lines.append("")
+    return "\n".join(lines)
 
 
 def _write_atomic(path: str, text: str) -> None:
@@ -507,36 +479,64 @@ def update_readme(md: str, readme: str) -> None:
     i, j = text.find(README_START), text.find(README_END)
     if i < 0 or j < i:
         raise SystemExit(f"{readme} has no {README_START} ... {README_END} markers")
-    body = md.replace("## npquant benchmark: quantize / dequantize\n\n", "", 1)
+    body = md.replace("## npquant benchmarks\n\n", "", 1)
     _write_atomic(readme, text[: i + len(README_START)] + "\n" + body + text[j:])
+
+
+def _child(args, threads: int) -> dict:
+    """Run every suite on ``threads`` threads in this process."""
+    env_pinned = pin_thread_env(threads)
+    # torch 2.13 warns that its quantized tensors are deprecated; the timing is still valid
+    warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*")
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    import numba
+
+    numba.set_num_threads(threads)
+    peers, missing = load_peers(args.peers, threads)
+    for p, why in missing.items():
+        print(f"peer {p}: {why}", file=sys.stderr)
+    print(f"benchmarking on {threads} thread(s) ...", file=sys.stderr, flush=True)
+    rows = run_suites(args, threads, peers, missing)
+    info = machine_info(threads, peers)
+    info["thread_env_set_before_numpy_import"] = env_pinned
+    return {"machine": info, "missing_peers": missing, "rows": rows}
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    env_pinned = pin_thread_env(args.threads)
-    # torch 2.13 warns that its quantized tensors are deprecated; the timing is still valid
-    warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*")
-    import numba
-
-    from npquant.linear import METHODS
-
-    bad = [m for m in args.methods if m not in METHODS]
-    if bad:
-        print(f"python -m benchmarks: error: --methods: {bad[0]!r} is not one of "
-              f"{', '.join(METHODS)}", file=sys.stderr)
-        return 2
-    numba.set_num_threads(args.threads)
-    peers, missing = load_peers(args.peers, args.threads)
-    info = machine_info(args.threads, {p: peers.get(p) for p in args.peers})
-    info["thread_env_set_before_numpy_import"] = env_pinned
-    for p, why in missing.items():
-        print(f"peer {p}: {why}", file=sys.stderr)
-    print(f"benchmarking on {info['cpu']}, {args.threads} thread(s) ...", file=sys.stderr, flush=True)
-    results = run_benchmarks(args, peers, missing)
-    md = markdown_report(results, info, args)
+    if args.list:
+        for name in SUITES:
+            mod = suite_module(name)
+            print(f"{name:<11} default sizes: {','.join(mod.DEFAULT_SIZES)}")
+        return 0
+    if args.child_json:
+        res = _child(args, args.threads[0])
+        _write_atomic(args.child_json, json.dumps(res))
+        return 0
+    if len(args.threads) == 1:
+        res = [_child(args, args.threads[0])]
+    else:
+        res = []
+        passthrough = [a for a in (argv if argv is not None else sys.argv[1:])]
+        for n in args.threads:
+            with tempfile.TemporaryDirectory() as tmp:
+                path = os.path.join(tmp, "res.json")
+                cmd = [sys.executable, "-m", "benchmarks", *_without_threads(passthrough), "--threads", str(n),
+                       "--child-json", path]
+                done = subprocess.run(cmd, cwd=ROOT)
+                if done.returncode:
+                    print(f"the run on {n} threads failed (exit {done.returncode})", file=sys.stderr)
+                    return done.returncode
+                with open(path) as f:
+                    res.append(json.load(f))
+    rows = [r for x in res for r in x["rows"]]
+    info = res[0]["machine"]
+    scaling = scaling_rows(rows)
+    md = markdown_report(rows, scaling, info, args)
     os.makedirs(args.out, exist_ok=True)
-    payload = {"machine": info, "settings": {k: v for k, v in vars(args).items()},
-               "missing_peers": missing, "results": results}
+    settings = {k: v for k, v in vars(args).items() if k not in ("child_json", "list")}
+    payload = {"machine": info, "machines_per_thread_count": [x["machine"] for x in res], "settings": settings,
+               "missing_peers": res[0]["missing_peers"], "results": rows, "scaling": scaling}
     _write_atomic(os.path.join(args.out, "latest.json"), json.dumps(payload, indent=1) + "\n")
     _write_atomic(os.path.join(args.out, "latest.md"), md)
     if args.update_readme:
@@ -544,6 +544,21 @@ def main(argv=None) -> int:
     print(md)
     print(f"wrote {os.path.join(args.out, 'latest.md')} and latest.json", file=sys.stderr)
     return 0
+
+
+def _without_threads(argv: list[str]) -> list[str]:
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a == "--threads":
+            skip = True
+            continue
+        if a.startswith("--threads="):
+            continue
+        out.append(a)
+    return out
 
 
 if __name__ == "__main__":

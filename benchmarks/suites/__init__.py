@@ -1,0 +1,1 @@
+"""Benchmark suites: one module a kernel (see ``benchmarks/common.py`` for the interface)."""
