@@ -41,7 +41,8 @@ Self-describing blob (:func:`encode` / :func:`decode`)::
     ceil(B/8)   stream bytes
     uint32 LE   CRC-32 (zlib.crc32) of all the bytes before it; ends the blob
 
-Decoding runs a numba table-driven kernel (``backend="numba"``) or its pure-Python
+Decoding runs a numba table-driven kernel (``backend="numba"``: a 12-bit table whose
+entries hold up to 4 whole symbols, fed from a 64-bit bit buffer) or its pure-Python
 bit-by-bit twin (``backend="python"``); both give the same symbols and the same errors.
 Every corrupt or truncated input is a ``ValueError`` naming what was expected. A bare
 stream has no redundancy (a complete code decodes every bit string), so a flipped bit in
@@ -63,7 +64,7 @@ from ._kernels import huffman as _k
 MAX_ALPHABET = 65536
 MAX_CODE_LENGTH = 32
 BACKENDS = ("numba", "python")
-LUT_BITS = 11  # lookup-table width of the numba decoder
+LUT_BITS = 12  # lookup-table width of the numba decoder (at most 14: see _kernels.huffman)
 MAGIC = b"NQHF"
 VERSION = 1
 _MAX_TOTAL = 1 << 56  # counts are summed in int64 over up to 32 levels
@@ -110,17 +111,22 @@ class HuffmanCode:
     def alphabet_size(self) -> int:
         return int(self.lengths.shape[0])
 
-    @property
+    @functools.cached_property
     def max_length(self) -> int:
         """The longest code length in use."""
         return int(self.lengths.max())
+
+    @functools.cached_property
+    def _min_length(self) -> int:
+        """The shortest code length in use."""
+        return int(self.lengths[self.lengths > 0].min())
 
     @property
     def used(self) -> int:
         """Number of symbols that have a code."""
         return int(np.count_nonzero(self.lengths))
 
-    @property
+    @functools.cached_property
     def dtype(self) -> np.dtype:
         """Dtype of decoded symbols: uint8 for alphabets up to 256, else uint16."""
         return _symbol_dtype(self.alphabet_size)
@@ -216,7 +222,16 @@ class HuffmanCode:
 
     @functools.cached_property
     def _tables(self):
-        """(k, lut_sym, lut_len, first, cnt, offset, sorted_syms) for the decoders."""
+        """Decoder tables: ``(k, lut_sym, lut_len, first, cnt, offset, sorted_syms,
+        multi_sym, multi_bits, multi_n)``, see ``_kernels.huffman.decode``.
+
+        ``k = LUT_BITS``. Entry ``v`` of the single-symbol table is the symbol whose code
+        is a prefix of the ``k``-bit string ``v`` (length 0: none of ``<= k`` bits). The
+        multi-symbol table holds the symbols decoded one after another from ``v`` for as
+        long as each code lies wholly within the ``k`` bits, up to ``MULTI`` of them:
+        ``multi_n`` (uint8) of them, ``multi_bits`` (uint8) bits in all, the symbols in
+        ``multi_sym`` (``(2**k, MULTI)``, the symbol dtype, zero-filled).
+        """
         lengths = self.lengths.astype(np.int64)
         maxlen = self.max_length
         used = np.flatnonzero(lengths)
@@ -231,9 +246,9 @@ class HuffmanCode:
             first[ln] = c
             offset[ln] = offset[ln - 1] + cnt[ln - 1] if ln > 1 else 0
         cnt = np.concatenate([cnt, [0]])
-        k = min(maxlen, LUT_BITS)
+        k = LUT_BITS
         lut_len = np.zeros(1 << k, np.uint8)
-        lut_sym = np.zeros(1 << k, np.uint16)
+        lut_sym = np.zeros(1 << k, self.dtype)
         short = used[lengths[used] <= k]
         if short.size:
             span = np.int64(1) << (k - lengths[short])
@@ -242,7 +257,24 @@ class HuffmanCode:
                 np.cumsum(span) - span, span))
             lut_len[idx] = np.repeat(lengths[short], span)
             lut_sym[idx] = np.repeat(short, span)
-        return k, lut_sym, lut_len, first, cnt, offset, order.astype(np.int64)
+        # multi-symbol table: decode from every k-bit string at once, symbol after symbol;
+        # the bits still unread are moved to the top and zero-filled: a code found there
+        # is real if it is no longer than the unread bits
+        v = np.arange(1 << k, dtype=np.int64)
+        mask = (1 << k) - 1
+        multi_sym = np.zeros((1 << k, _k.MULTI), self.dtype)
+        multi_bits = np.zeros(1 << k, np.int64)
+        multi_n = np.zeros(1 << k, np.int64)
+        going = np.ones(1 << k, bool)
+        for j in range(_k.MULTI):
+            rest = (v << multi_bits) & mask
+            ln = lut_len[rest].astype(np.int64)
+            going &= (ln > 0) & (ln <= k - multi_bits)
+            multi_sym[:, j] = np.where(going, lut_sym[rest], 0)
+            multi_bits += np.where(going, ln, 0)
+            multi_n += going
+        return (k, lut_sym, lut_len, first, cnt, offset, order.astype(np.int64), multi_sym,
+                multi_bits.astype(np.uint8), multi_n.astype(np.uint8))
 
 
 def _check_lengths(lengths, name: str) -> np.ndarray:
@@ -516,7 +548,7 @@ def huffman_decode(stream, code: HuffmanCode, count: int, *, nbits: int | None =
                 f"stream has {len(buf)} bytes, but nbits={nbits} needs exactly "
                 f"{(nbits + 7) // 8}" + (" (stream is truncated)" if avail < nbits else ""))
         avail = nbits
-    minlen = int(code.lengths[code.lengths > 0].min())
+    minlen = code._min_length
     if count * minlen > avail:
         raise ValueError(
             f"stream is truncated: {count} symbols need at least {count * minlen} bits, "
@@ -525,12 +557,12 @@ def huffman_decode(stream, code: HuffmanCode, count: int, *, nbits: int | None =
     if backend == "python":
         status, i, pos = _decode_python(buf, avail, count, code, out)
     else:
-        k, lut_sym, lut_len, first, cnt, offset, syms = code._tables
+        k, lut_sym, lut_len, first, cnt, offset, syms, m_sym, m_bits, m_n = code._tables
         info = np.zeros(3, np.int64)
         _k.decode(np.frombuffer(buf, np.uint8), np.int64(avail), np.int64(count), np.int64(k),
                   lut_sym, lut_len, first, cnt, offset, syms, np.int64(code.max_length),
-                  out, info)
-        status, i, pos = (int(v) for v in info)
+                  m_sym, m_bits, m_n, out, info)
+        status, i, pos = info.tolist()
     if status == _k.TRUNCATED:
         raise ValueError(
             f"stream is truncated: symbol {i} of {count} starts at bit {pos} and does not "

@@ -495,19 +495,133 @@ def test_decode_uint16_for_large_alphabets():
     np.testing.assert_array_equal(y, [256, 0, 255])
 
 
+def run_kernel(stream, nbits, count, code):
+    """``_kernels.huffman.decode`` called directly: ((status, index, bit), symbols)."""
+    info = np.zeros(3, np.int64)
+    out = np.zeros(count, code.dtype)
+    kh.decode(np.frombuffer(stream, np.uint8), np.int64(nbits), np.int64(count),
+              *_kernel_tables(code), out, info)
+    return tuple(info.tolist()), out
+
+
+def _kernel_tables(code):
+    k, lut_sym, lut_len, first, cnt, offset, syms, m_sym, m_bits, m_n = code._tables
+    return (np.int64(k), lut_sym, lut_len, first, cnt, offset, syms, np.int64(code.max_length),
+            m_sym, m_bits, m_n)
+
+
 def test_kernels_return_the_same_status_as_the_twin():
     """The kernel's (status, index, bit) on invalid and truncated streams, directly."""
     code = HuffmanCode.from_counts([5])
-    k, lut_sym, lut_len, first, cnt, offset, syms = code._tables
     for stream, nbits, want in ((b"\x00", 8, (kh.OK, 8, 8)), (b"\x04", 8, (kh.INVALID, 5, 5)),
                                 (b"\x00", 3, (kh.TRUNCATED, 3, 3))):
-        info = np.zeros(3, np.int64)
-        out = np.zeros(8, np.uint8)
-        kh.decode(np.frombuffer(stream, np.uint8), np.int64(nbits), np.int64(8), np.int64(k),
-                  lut_sym, lut_len, first, cnt, offset, syms, np.int64(1), out, info)
+        info, out = run_kernel(stream, nbits, 8, code)
         out2 = np.zeros(8, np.uint8)
-        assert tuple(info.tolist()) == want == _decode_python(stream, nbits, 8, code, out2)
+        assert info == want == _decode_python(stream, nbits, 8, code, out2)
         np.testing.assert_array_equal(out[:want[1]], out2[:want[1]])
+
+
+def test_kernel_status_on_long_streams():
+    """Long streams take the multi-symbol path: errors far into them, or at the start of
+    a group, give the twin's (status, index, bit)."""
+    one = HuffmanCode.from_counts([5])  # symbol 0 = "0"; any 1 bit is an invalid code
+    for flip in (0, 1, 7, 8, 100, 255, 256, 500, 793, 799):
+        arr = np.zeros(100, np.uint8)
+        arr[flip // 8] = 0x80 >> (flip % 8)
+        stream = arr.tobytes()
+        for nbits, count in ((800, 800), (800, 700), (790, 795), (800, 801)):
+            info, out = run_kernel(stream, nbits, count, one)
+            out2 = np.zeros(count, np.uint8)
+            assert info == _decode_python(stream, nbits, count, one, out2), (flip, nbits, count)
+            np.testing.assert_array_equal(out[:info[1]], out2[:info[1]])
+
+
+@pytest.mark.parametrize("kind", ["uniform4", "lenet", "single", "two", "deep", "wide"])
+def test_multi_symbol_table(kind):
+    """Every entry of the k-bit multi-symbol table: its symbols decode its bits, each code
+    lies wholly within them, and no further whole code fits (checked against the twin)."""
+    counts = {"uniform4": [1, 1, 1, 1], "lenet": [40, 253, 817, 1334, 1792, 3689, 3900, 4043,
+                                                   3859, 3591, 2218, 1890, 1403, 811, 293, 67],
+              "single": [0, 0, 7], "two": [3, 5],
+              "deep": np.floor(1.7 ** np.arange(25)).astype(np.int64),
+              "wide": np.arange(1, 301)}[kind]
+    code = HuffmanCode.from_counts(counts)
+    k, lut_sym, lut_len, *_, m_sym, m_bits, m_n = code._tables
+    assert m_sym.shape == (1 << k, kh.MULTI) and m_sym.dtype == code.dtype
+    assert k * kh.GROUP <= 57
+    sym_of = {format(int(code.codes[t]), f"0{code.lengths[t]}b"): int(t)
+              for t in np.flatnonzero(code.lengths)}
+    lens = sorted({len(w) for w in sym_of})
+
+    def first_code(bits):  # (length, symbol) of the code that is a prefix of bits, or (0, 0)
+        hits = [(n, sym_of[bits[:n]]) for n in lens if n <= len(bits) and bits[:n] in sym_of]
+        return hits[0] if hits else (0, 0)
+
+    for v in range(1 << k):
+        bits = format(v, f"0{k}b")
+        n = int(m_n[v])
+        words = [format(int(code.codes[t]), f"0{code.lengths[t]}b") for t in m_sym[v, :n]]
+        assert "".join(words) == bits[:int(m_bits[v])]
+        assert all(m_sym[v, n:] == 0)
+        if n < kh.MULTI:  # no whole code follows
+            assert first_code(bits[int(m_bits[v]):]) == (0, 0)
+        assert (lut_len[v], lut_sym[v]) == first_code(bits)
+
+
+def _long_cases():
+    rng = np.random.default_rng(7)
+    lenet = np.array([40, 253, 817, 1334, 1792, 3689, 3900, 4043, 3859, 3591, 2218, 1890, 1403,
+                      811, 293, 67], np.float64)
+    yield "lenet", rng.choice(16, 3001, p=lenet / lenet.sum()), 16, None
+    yield "single", np.full(2000, 3), 5, None
+    yield "two", rng.integers(0, 2, 1999), 2, None
+    yield "uniform256", rng.integers(0, 256, 1500), 256, None
+    yield "uint16", rng.integers(0, 300, 1200), 300, None
+    yield "geometric", skewed(rng, 2500, 40), 40, None
+    yield "limited", skewed(rng, 2500, 40, "zipf"), 40, 7
+    # deep codes up to 32 bits, long codes scattered among short ones
+    fib = np.floor(1.7 ** np.arange(40)).astype(np.int64)
+    deep = HuffmanCode.from_counts(fib)
+    x = np.where(rng.random(1500) < 0.05, rng.integers(0, 40, 1500), 39 - rng.integers(0, 4, 1500))
+    yield "deep", x, deep, None
+
+
+@pytest.mark.parametrize("case", list(_long_cases()), ids=lambda c: c[0])
+def test_long_streams_equal_the_twin(case):
+    """Streams long enough for the multi-symbol path: every count near the end and every
+    nbits, with and without nbits; the same symbols or the same error as the twin."""
+    _, x, alphabet, ml = case
+    code = alphabet if isinstance(alphabet, HuffmanCode) else HuffmanCode.from_data(
+        x, alphabet, max_length=ml)
+    if isinstance(alphabet, HuffmanCode):
+        assert code.max_length == 32
+    s, nb = roundtrip(x, code)
+    n = x.size
+    for count in (n - 40, n - 17, n - 16, n - 15, n - 1, n + 1, n + 16):
+        for nbits in (None, nb, nb - 1, nb - 8):
+            if nbits is not None and (nbits + 7) // 8 != len(s):
+                continue
+            _attempt(s, code, count, nbits)
+    # fewer symbols than the stream holds: the multi-symbol path stops on the count
+    for count in range(n // 2, n // 2 + 17):
+        _attempt(s, code, count)
+    # a shorter stream: cut after each of the last bytes
+    for cut in range(max(0, len(s) - 10), len(s)):
+        _attempt(s[:cut], code, n)
+        _attempt(s[:cut], code, n, nbits=8 * cut)
+
+
+def test_stream_as_a_non_contiguous_array():
+    rng = np.random.default_rng(3)
+    x = rng.integers(0, 16, 500)
+    code = HuffmanCode.from_data(x, 16)
+    s, nb = huffman_encode(x, code)
+    wide = np.zeros((len(s), 2), np.uint8)
+    wide[:, 0] = np.frombuffer(s, np.uint8)
+    view = wide[:, 0]
+    assert not view.flags.c_contiguous
+    for be in BACKENDS:
+        np.testing.assert_array_equal(huffman_decode(view, code, x.size, nbits=nb, backend=be), x)
 
 
 # ----------------------------------------------------------------------------- corruption
