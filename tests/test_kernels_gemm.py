@@ -65,6 +65,34 @@ def test_kernel_on_row_views(kernel):
     np.testing.assert_array_equal(out, _gemm_u8s8_numpy(xu[2:9], ws[4:9], dw[4:9], col[4:9]))
 
 
+@pytest.mark.skipif(not RUNS_VNNI, reason="this CPU has no AVX-512 VNNI")
+@pytest.mark.parametrize("m, o, k", [(0, 5, 8), (6, 0, 4), (1, 1, 1), (5, 64, 4), (6, 64, 4), (7, 65, 12),
+                                     (13, 130, 72), (12, 8, 9), (18, 17, 100), (40, 200, 36)])
+def test_packed_kernel_equals_twin(m, o, k):
+    rng = np.random.default_rng(m * 1000 + o * 10 + k)
+    kp = -(-k // 4) * 4 if k else 4
+    xu = np.zeros((m, kp), np.uint8)
+    xu[:, :k] = rng.integers(0, 256, (m, k))
+    ws = rng.integers(-128, 128, (o, k), dtype=np.int8)
+    _, _, dw, col = _operands(rng, 0, o, 4)
+    wpad = np.zeros((o, kp), np.int8)
+    wpad[:, :k] = ws
+    out = np.full((m, o), 7, np.int32)
+    kg.gemm_u8s8_vnni_packed(xu, kg.pack_panels(ws, kp), dw, col, out)
+    np.testing.assert_array_equal(out, _gemm_u8s8_numpy(xu, wpad, dw, col))
+
+
+def test_pack_panels_layout():
+    rng = np.random.default_rng(8)
+    ws = rng.integers(-128, 128, (70, 9), dtype=np.int8)
+    wp = kg.pack_panels(ws, 12)
+    assert wp.shape == (2, 12 * 64) and wp.dtype == np.int8
+    for g, q, j, c, t in [(0, 0, 0, 0, 0), (0, 2, 3, 15, 0), (1, 1, 0, 5, 3), (1, 0, 0, 6, 2), (1, 2, 1, 0, 1)]:
+        n, kk = 64 * g + 16 * j + c, 4 * q + t
+        want = ws[n, kk] if n < 70 and kk < 9 else 0
+        assert wp[g, (q * 4 + j) * 64 + c * 4 + t] == want
+
+
 def _bytes(rng, n, signed):
     lo, hi = (-128, 128) if signed else (0, 256)
     return rng.integers(lo, hi, n).astype(np.int8 if signed else np.uint8)
@@ -72,7 +100,8 @@ def _bytes(rng, n, signed):
 
 @pytest.mark.parametrize("x_signed, w_signed", [(False, True), (True, True), (False, False), (True, False)])
 @pytest.mark.parametrize("k", [1, 63, 64, 65, 200])
-def test_public_fast_path_equals_numpy_backend(x_signed, w_signed, k):
+@pytest.mark.parametrize("rows", [5, 13])  # below and above the packed kernel's 6 rows
+def test_public_fast_path_equals_numpy_backend(x_signed, w_signed, k, rows):
     """Each sign pair, K around the 64-byte padding, strided and Fortran-ordered inputs."""
     rng = np.random.default_rng(k + 10 * x_signed + 20 * w_signed)
     o = 6
@@ -83,7 +112,7 @@ def test_public_fast_path_equals_numpy_backend(x_signed, w_signed, k):
                    w_spec)
     w = _bytes(rng, (o, k), w_signed)
     bias = rng.integers(-10**6, 10**6, o).astype(np.int32)
-    big = _bytes(rng, (5, 2 * k), x_signed)
+    big = _bytes(rng, (rows, 2 * k), x_signed)
     for x in (big[:, ::2], np.asfortranarray(big[:, :k]), big[:1, :k]):
         ref = linear_accumulate(x, x_qp, w, w_qp, bias, backend="numpy")
         np.testing.assert_array_equal(linear_accumulate(x, x_qp, w, w_qp, bias), ref)
@@ -137,6 +166,24 @@ def test_vdpbusd_and_vsum_are_wrapped_byte_dot_products():
     a = np.full(64, -1, np.int8)
     b = np.full(64, 2, np.int8)
     assert int(_dpbusd_sum(a, b)) == 255 * 2 * 64
+
+
+@pytest.mark.skipif(not RUNS_VNNI, reason="this CPU has no AVX-512 VNNI")
+@pytest.mark.parametrize("n", [-3, 0, 1, 7, 16, 40])
+def test_vbcast4_and_masked_vstore16(n):
+    a = np.arange(1, 13, dtype=np.uint8)
+    out = np.full((2, 24), -1, np.int32)
+    _bcast_store(a, out, n)
+    word = int(a[4:8].view("<i4")[0])
+    want = np.full((2, 24), -1, np.int32)
+    want[1, 3:3 + min(max(n, 0), 16)] = word
+    np.testing.assert_array_equal(out, want)
+
+
+if RUNS_VNNI:
+    @njit
+    def _bcast_store(a, out, n):
+        simd.vstore16(out, 1, 3, simd.vbcast4(a, 4), n)
 
 
 @pytest.mark.skipif(not RUNS_VNNI, reason="this CPU has no AVX-512 VNNI")

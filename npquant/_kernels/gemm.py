@@ -10,7 +10,7 @@ plain Python. The wrappers check that the final sums fit int32 (or ask for wrapp
 import numpy as np
 from numba import njit, prange
 
-from .simd import vdpbusd, vload, vreduce16, vstore4, vsum, vzero
+from .simd import vbcast4, vdpbusd, vload, vreduce16, vstore4, vstore16, vsum, vzero
 
 
 @njit(cache=True)
@@ -196,4 +196,107 @@ def gemm_u8s8_portable(xu, ws, dw, col, out):
                 for k in range(kp):
                     s = np.int32(s + np.int32(np.int32(xu[i, k]) * np.int32(ws[o, k])))
                 out[i, o] = s
+    _epilogue(xu, dw, col, row_sum, out)
+
+
+# ---- the VNNI kernel on packed weights (M >= 6) ----------------------------------------
+#
+# ``wp`` (G, kp * 64) int8 holds the weights in panels of 64 output columns: byte
+# ``(q * 4 + j) * 64 + c * 4 + t`` of panel ``g`` is ``ws[64 g + 16 j + c, 4 q + t]`` (zero
+# beyond N or K), so one 64-byte load gives 16 columns x 4 k. ``xu`` (M, kp) has kp a
+# multiple of 4. A 6 x 64 tile keeps 24 accumulators in registers: per 4 k it loads 4
+# weight vectors, broadcasts 4 input bytes of each of the 6 rows, and issues 24
+# ``vpdpbusd``; nothing is reduced across lanes, each lane is one output.
+
+
+def pack_panels(ws, kp4):
+    """``wp`` of the packed kernel from ``ws`` (N, >= K) int8 rows (NumPy; once per layer)."""
+    n, k = ws.shape[0], min(ws.shape[1], kp4)
+    g = (n + 63) // 64
+    buf = np.zeros((g * 64, kp4), np.int8)
+    buf[:n, :k] = ws[:, :k]
+    # (G, 4, 16, Q, 4) -> (G, Q, 4, 16, 4)
+    panels = buf.reshape(g, 4, 16, kp4 // 4, 4).transpose(0, 3, 1, 2, 4)
+    return np.ascontiguousarray(panels).reshape(g, kp4 * 64)
+
+
+@njit(cache=True)
+def _tile6x64(xu, i, wp, g, out):
+    x0, x1, x2, x3, x4, x5 = xu[i], xu[i + 1], xu[i + 2], xu[i + 3], xu[i + 4], xu[i + 5]
+    p = wp[g]
+    c00 = c01 = c02 = c03 = c10 = c11 = c12 = c13 = c20 = c21 = c22 = c23 = vzero()
+    c30 = c31 = c32 = c33 = c40 = c41 = c42 = c43 = c50 = c51 = c52 = c53 = vzero()
+    for k in range(0, xu.shape[1], 4):
+        o = k * 64
+        w0, w1, w2, w3 = vload(p, o), vload(p, o + 64), vload(p, o + 128), vload(p, o + 192)
+        b = vbcast4(x0, k)
+        c00, c01, c02, c03 = vdpbusd(c00, b, w0), vdpbusd(c01, b, w1), vdpbusd(c02, b, w2), vdpbusd(c03, b, w3)
+        b = vbcast4(x1, k)
+        c10, c11, c12, c13 = vdpbusd(c10, b, w0), vdpbusd(c11, b, w1), vdpbusd(c12, b, w2), vdpbusd(c13, b, w3)
+        b = vbcast4(x2, k)
+        c20, c21, c22, c23 = vdpbusd(c20, b, w0), vdpbusd(c21, b, w1), vdpbusd(c22, b, w2), vdpbusd(c23, b, w3)
+        b = vbcast4(x3, k)
+        c30, c31, c32, c33 = vdpbusd(c30, b, w0), vdpbusd(c31, b, w1), vdpbusd(c32, b, w2), vdpbusd(c33, b, w3)
+        b = vbcast4(x4, k)
+        c40, c41, c42, c43 = vdpbusd(c40, b, w0), vdpbusd(c41, b, w1), vdpbusd(c42, b, w2), vdpbusd(c43, b, w3)
+        b = vbcast4(x5, k)
+        c50, c51, c52, c53 = vdpbusd(c50, b, w0), vdpbusd(c51, b, w1), vdpbusd(c52, b, w2), vdpbusd(c53, b, w3)
+    j = g * 64
+    n = out.shape[1] - j  # columns left from j: the stores past N are masked off
+    _store4(out, i, j, n, c00, c01, c02, c03)
+    _store4(out, i + 1, j, n, c10, c11, c12, c13)
+    _store4(out, i + 2, j, n, c20, c21, c22, c23)
+    _store4(out, i + 3, j, n, c30, c31, c32, c33)
+    _store4(out, i + 4, j, n, c40, c41, c42, c43)
+    _store4(out, i + 5, j, n, c50, c51, c52, c53)
+
+
+@njit(cache=True)
+def _store4(out, i, j, n, v0, v1, v2, v3):
+    vstore16(out, i, j, v0, n)
+    vstore16(out, i, j + 16, v1, n - 16)
+    vstore16(out, i, j + 32, v2, n - 32)
+    vstore16(out, i, j + 48, v3, n - 48)
+
+
+@njit(cache=True)
+def _tile1x64(xu, i, wp, g, out):
+    x0 = xu[i]
+    p = wp[g]
+    c0 = c1 = c2 = c3 = vzero()
+    for k in range(0, xu.shape[1], 4):
+        o = k * 64
+        b = vbcast4(x0, k)
+        c0, c1 = vdpbusd(c0, b, vload(p, o)), vdpbusd(c1, b, vload(p, o + 64))
+        c2, c3 = vdpbusd(c2, b, vload(p, o + 128)), vdpbusd(c3, b, vload(p, o + 192))
+    _store4(out, i, g * 64, out.shape[1] - g * 64, c0, c1, c2, c3)
+
+
+_ROW_TILES = 16  # 6-row tiles per parallel task: 96 rows of x stay in L2 across panels
+
+
+@njit(cache=True, parallel=True)
+def gemm_u8s8_vnni_packed(xu, wp, dw, col, out):
+    """The fast 8-bit product (see the top of this section) on packed weights, with
+    AVX-512 VNNI: only where ``simd.HAVE_VNNI``. ``xu`` (M, kp) uint8, kp % 4 == 0;
+    ``wp`` from :func:`pack_panels`; ``out`` (M, N) int32.
+    """
+    m, n_out = out.shape
+    kp = xu.shape[1]
+    row_sum = np.empty(m, np.int32)
+    for i in prange(m):
+        s = np.int32(0)
+        for k in range(kp):
+            s = np.int32(s + np.int32(xu[i, k]))
+        row_sum[i] = s
+    n_g = wp.shape[0]
+    tiles = m // 6
+    chunks = (tiles + _ROW_TILES - 1) // _ROW_TILES
+    for t in prange(chunks * n_g):
+        chunk, g = t // n_g, t % n_g
+        for it in range(chunk * _ROW_TILES, min((chunk + 1) * _ROW_TILES, tiles)):
+            _tile6x64(xu, it * 6, wp, g, out)
+    for g in prange(n_g):
+        for i in range(tiles * 6, m):
+            _tile1x64(xu, i, wp, g, out)
     _epilogue(xu, dw, col, row_sum, out)

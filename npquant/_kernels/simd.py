@@ -16,6 +16,11 @@ accumulators in registers:
                     int32 (the non-saturating ``vpdpbusd``)
 ``vreduce16(v0..v15)``  lane ``j``: the wrapped int32 sum of the 16 lanes of ``vj``
 ``vsum(v)``         the wrapped int32 sum of the lanes of ``v``
+``vbcast4(a, off)`` the 4 bytes ``a[off:off+4]`` (1-D C-contiguous uint8/int8) as one
+                    int32, in all 16 lanes (no bounds check)
+``vstore16(out, i, j, v, n)``  the first ``n`` lanes (``n >= 16``: all) to
+                    ``out[i, j:j+n]`` (int32, 2-D C-contiguous; masked, so nothing past
+                    ``n`` is touched; ``n <= 0`` stores nothing)
 ``vstore4(out, i, j, v, q)``  lanes ``4q .. 4q+3`` to ``out[i, j:j+4]`` (int32, 2-D
                     C-contiguous; ``q`` a literal 0..3; no bounds check)
 ==================  ============================================================
@@ -32,7 +37,7 @@ from __future__ import annotations
 import numpy as np
 from numba.core import config
 
-__all__ = ["HAVE_VNNI", "vzero", "vload", "vdpbusd", "vreduce16", "vsum", "vstore4"]
+__all__ = ["HAVE_VNNI", "vzero", "vload", "vbcast4", "vdpbusd", "vreduce16", "vsum", "vstore4", "vstore16"]
 
 
 def _host_has_vnni() -> bool:
@@ -78,6 +83,15 @@ def _np_vstore4(out, i, j, v, q):
     out[i, j:j + 4] = v[4 * q:4 * q + 4]
 
 
+def _np_vbcast4(a, off):
+    return np.full(16, np.ascontiguousarray(a[off:off + 4]).view(np.uint8).view("<i4")[0], np.int32)
+
+
+def _np_vstore16(out, i, j, v, n):
+    n = min(max(int(n), 0), 16)
+    out[i, j:j + n] = v[:n]
+
+
 # ---- numba intrinsics ---------------------------------------------------------------
 
 def _make_intrinsics():
@@ -121,6 +135,50 @@ def _make_intrinsics():
             return builder.load(builder.bitcast(p, vt.as_pointer()), align=1)
 
         return vec16(a, off), codegen
+
+    def _elem_ptr(context, builder, aty, arr_val, idx_vals, idx_tys):
+        arr = context.make_array(aty)(context, builder, arr_val)
+        idx = [context.cast(builder, v, t, types.intp) for v, t in zip(idx_vals, idx_tys)]
+        return cgutils.get_item_pointer2(context, builder, arr.data, cgutils.unpack_tuple(builder, arr.shape),
+                                         cgutils.unpack_tuple(builder, arr.strides), aty.layout, idx)
+
+    @intrinsic
+    def vbcast4(typingctx, a, off):
+        if not (isinstance(a, types.Array) and a.ndim == 1 and a.dtype in (types.uint8, types.int8)
+                and isinstance(off, types.Integer)):
+            return None
+
+        def codegen(context, builder, sig, args):
+            arr = context.make_array(sig.args[0])(context, builder, args[0])
+            base = builder.bitcast(arr.data, ir.IntType(8).as_pointer())
+            p = builder.gep(base, [context.cast(builder, args[1], sig.args[1], types.intp)])
+            word = builder.load(builder.bitcast(p, i32.as_pointer()), align=1)
+            one = builder.insert_element(ir.Constant(vt, None), word, ir.Constant(i32, 0))
+            return builder.shuffle_vector(one, one, _mask([0] * 16))
+
+        return vec16(a, off), codegen
+
+    @intrinsic
+    def vstore16(typingctx, out, i, j, v, n):
+        if not (isinstance(out, types.Array) and out.ndim == 2 and out.dtype == types.int32
+                and v == vec16 and all(isinstance(t, types.Integer) for t in (i, j, n))):
+            return None
+
+        def codegen(context, builder, sig, args):
+            p = _elem_ptr(context, builder, sig.args[0], args[0], args[1:3], sig.args[1:3])
+            nn = context.cast(builder, args[4], sig.args[4], types.int32)
+            lanes = ir.Constant(vt, list(range(16)))
+            splat = builder.shuffle_vector(builder.insert_element(ir.Constant(vt, None), nn, ir.Constant(i32, 0)),
+                                           ir.Constant(vt, None), _mask([0] * 16))
+            mask = builder.icmp_signed("<", lanes, splat)
+            fn = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(ir.VoidType(), [vt, vt.as_pointer(), i32,
+                                                                ir.VectorType(ir.IntType(1), 16)]),
+                "llvm.masked.store.v16i32.p0")
+            builder.call(fn, [args[3], builder.bitcast(p, vt.as_pointer()), ir.Constant(i32, 4), mask])
+            return context.get_dummy_value()
+
+        return types.none(out, i, j, v, n), codegen
 
     @intrinsic
     def vdpbusd(typingctx, c, a, b):
@@ -182,12 +240,7 @@ def _make_intrinsics():
             return None
 
         def codegen(context, builder, sig, args):
-            aty = sig.args[0]
-            arr = context.make_array(aty)(context, builder, args[0])
-            idx = [context.cast(builder, args[1], sig.args[1], types.intp),
-                   context.cast(builder, args[2], sig.args[2], types.intp)]
-            p = cgutils.get_item_pointer2(context, builder, arr.data, cgutils.unpack_tuple(builder, arr.shape),
-                                          cgutils.unpack_tuple(builder, arr.strides), aty.layout, idx)
+            p = _elem_ptr(context, builder, sig.args[0], args[0], args[1:3], sig.args[1:3])
             k = sig.args[4].literal_value
             part = builder.shuffle_vector(args[3], args[3], _mask([4 * k + t for t in range(4)]))
             builder.store(part, builder.bitcast(p, ir.VectorType(i32, 4).as_pointer()), align=4)
@@ -195,11 +248,11 @@ def _make_intrinsics():
 
         return types.none(out, i, j, v, q), codegen
 
-    return vzero, vload, vdpbusd, vsum, vreduce16, vstore4
+    return vzero, vload, vbcast4, vdpbusd, vsum, vreduce16, vstore4, vstore16
 
 
 if config.DISABLE_JIT:
-    vzero, vload, vdpbusd, vsum = _np_vzero, _np_vload, _np_vdpbusd, _np_vsum
-    vreduce16, vstore4 = _np_vreduce16, _np_vstore4
+    vzero, vload, vbcast4, vdpbusd, vsum = _np_vzero, _np_vload, _np_vbcast4, _np_vdpbusd, _np_vsum
+    vreduce16, vstore4, vstore16 = _np_vreduce16, _np_vstore4, _np_vstore16
 else:
-    vzero, vload, vdpbusd, vsum, vreduce16, vstore4 = _make_intrinsics()
+    vzero, vload, vbcast4, vdpbusd, vsum, vreduce16, vstore4, vstore16 = _make_intrinsics()

@@ -17,7 +17,7 @@ overflow is a ``ValueError``, or, with ``overflow="wrap"``, wraps as int32.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -198,21 +198,45 @@ class _Fast:
     """The weights of the numba backend's 8-bit kernels (``_kernels.gemm.gemm_u8s8_*``).
 
     The kernels multiply unsigned by signed bytes: ``xu = x + ax`` (``ax`` 128 for int8
-    codes, else 0) and ``ws = w - aw`` (``aw`` 128 for uint8 weights, else 0), both
-    zero-padded along K to ``kp``, a multiple of 64. With ``cx = Z_x + ax`` and
-    ``dw = Z_w - aw``, ``sum (x - Z_x)(w - Z_w) = sum xu ws - dw sum xu - cx sum ws + K cx dw``,
-    so ``col = bias - cx sum ws + K cx dw`` (int32, wrapped) is all the kernel needs
-    besides ``dw``. Every array is per output row, so a slice of rows is a sub-product.
+    codes, else 0) and ``ws = w - aw`` (``aw`` 128 for uint8 weights, else 0). With
+    ``cx = Z_x + ax`` and ``dw = Z_w - aw``,
+    ``sum (x - Z_x)(w - Z_w) = sum xu ws - dw sum xu - cx sum ws + K cx dw``, so
+    ``col = bias - cx sum ws + K cx dw`` (int32, wrapped) is all the kernels need besides
+    ``dw``. The kernels' weight layouts (rows padded to 64 bytes; 64-column panels) are
+    built on first use and kept. Every array is per output row, so a slice of rows is
+    a sub-product (a convolution group).
     """
 
-    ws: np.ndarray   # (O, kp) int8, C-contiguous
+    ws: np.ndarray   # (O, K) int8, C-contiguous
     dw: np.ndarray   # (O,) int32
     col: np.ndarray  # (O,) int32, wrapped
     ax: int
-    kp: int
+    _cache: dict = field(default_factory=dict, compare=False, repr=False)
 
     def rows(self, sl: slice) -> "_Fast":
-        return _Fast(np.ascontiguousarray(self.ws[sl]), self.dw[sl], self.col[sl], self.ax, self.kp)
+        key = ("rows", sl.start, sl.stop)
+        if key not in self._cache:
+            self._cache[key] = _Fast(np.ascontiguousarray(self.ws[sl]), self.dw[sl], self.col[sl], self.ax)
+        return self._cache[key]
+
+    def padded(self) -> np.ndarray:
+        """(O, kp) int8 with kp the next multiple of 64 (at least 64), zero-filled."""
+        if "padded" not in self._cache:
+            o, k = self.ws.shape
+            wpad = np.zeros((o, _round_up(k, 64)), np.int8)
+            wpad[:, :k] = self.ws
+            self._cache["padded"] = wpad
+        return self._cache["padded"]
+
+    def panels(self) -> np.ndarray:
+        """The 64-column panels of ``_kernels.gemm.pack_panels`` (K padded to a multiple of 4)."""
+        if "panels" not in self._cache:
+            self._cache["panels"] = _k.pack_panels(self.ws, _round_up(self.ws.shape[1], 4))
+        return self._cache["panels"]
+
+
+def _round_up(k: int, m: int) -> int:
+    return max(m, -(-k // m) * m)
 
 
 @dataclass(frozen=True)
@@ -248,13 +272,11 @@ def _prepare(w2d: np.ndarray, zw: np.ndarray, x_qp: QParams, bias: np.ndarray, f
     if w.dtype in _BYTES and np.dtype(x_qp.spec.dtype) in _BYTES:
         ax = 128 if np.dtype(x_qp.spec.dtype) == np.int8 else 0
         aw = 128 if w.dtype == np.uint8 else 0
-        kp = -(-k // 64) * 64 if k else 64
-        ws = np.zeros((w.shape[0], kp), np.int8)
-        ws[:, :k] = (w.astype(np.int16) - aw).astype(np.int8)
+        ws = (w.astype(np.int16) - aw).astype(np.int8)
         cx = zx + ax
         dw = zw.astype(np.int64) - aw
         col = bias.astype(np.int64) - cx * ws.astype(np.int64).sum(axis=1) + k * cx * dw
-        fast = _Fast(ws, _wrap32(dw).astype(np.int32), _wrap32(col).astype(np.int32), ax, kp)
+        fast = _Fast(ws, _wrap32(dw).astype(np.int32), _wrap32(col).astype(np.int32), ax)
     return _Gemm(w, zx, zw, bias, _wrap32(folded).astype(np.int32), form, fits, fast)
 
 
@@ -298,11 +320,19 @@ def _to_u8(x2d: np.ndarray, ax: int, kp: int) -> np.ndarray:
     return xu
 
 
+_PACKED_MIN_ROWS = 6  # the packed kernel's tile height; fewer rows use the row-dot kernel
+
+
 def _run_fast(f: _Fast, x2d: np.ndarray) -> np.ndarray:
-    xu = _to_u8(x2d, f.ax, f.kp)
-    out = np.empty((xu.shape[0], f.ws.shape[0]), np.int32)
-    kernel = _k.gemm_u8s8_vnni if HAVE_VNNI else _k.gemm_u8s8_portable
-    kernel(xu, f.ws, f.dw, f.col, out)
+    """int32 (N, O) accumulators: the packed VNNI kernel for 6 rows or more, the row-dot
+    VNNI kernel below that, the portable kernel on CPUs without AVX-512 VNNI."""
+    n, k = x2d.shape
+    out = np.empty((n, f.ws.shape[0]), np.int32)
+    if HAVE_VNNI and n >= _PACKED_MIN_ROWS:
+        _k.gemm_u8s8_vnni_packed(_to_u8(x2d, f.ax, _round_up(k, 4)), f.panels(), f.dw, f.col, out)
+    else:
+        kernel = _k.gemm_u8s8_vnni if HAVE_VNNI else _k.gemm_u8s8_portable
+        kernel(_to_u8(x2d, f.ax, _round_up(k, 64)), f.padded(), f.dw, f.col, out)
     return out
 
 
