@@ -69,6 +69,12 @@ def gemm_folded(x, w, zw, bias_folded, out):
 # Output columns are split over numba's threads in blocks of four.
 
 
+@njit(cache=True, inline="always")
+def _dp4(c0, c1, c2, c3, a, b0, b1, b2, b3):
+    """Four ``vpdpbusd`` of one input vector ``a`` against four weight vectors."""
+    return vdpbusd(c0, a, b0), vdpbusd(c1, a, b1), vdpbusd(c2, a, b2), vdpbusd(c3, a, b3)
+
+
 @njit(cache=True)
 def _tile4x4_vnni(xu, i, ws, o, out):
     """out[i:i+4, o:o+4] = raw products of 4 rows by 4 columns, with vpdpbusd."""
@@ -78,14 +84,10 @@ def _tile4x4_vnni(xu, i, ws, o, out):
     a20 = a21 = a22 = a23 = a30 = a31 = a32 = a33 = vzero()
     for k in range(0, xu.shape[1], 64):
         b0, b1, b2, b3 = vload(w0, k), vload(w1, k), vload(w2, k), vload(w3, k)
-        v = vload(x0, k)
-        a00, a01, a02, a03 = vdpbusd(a00, v, b0), vdpbusd(a01, v, b1), vdpbusd(a02, v, b2), vdpbusd(a03, v, b3)
-        v = vload(x1, k)
-        a10, a11, a12, a13 = vdpbusd(a10, v, b0), vdpbusd(a11, v, b1), vdpbusd(a12, v, b2), vdpbusd(a13, v, b3)
-        v = vload(x2, k)
-        a20, a21, a22, a23 = vdpbusd(a20, v, b0), vdpbusd(a21, v, b1), vdpbusd(a22, v, b2), vdpbusd(a23, v, b3)
-        v = vload(x3, k)
-        a30, a31, a32, a33 = vdpbusd(a30, v, b0), vdpbusd(a31, v, b1), vdpbusd(a32, v, b2), vdpbusd(a33, v, b3)
+        a00, a01, a02, a03 = _dp4(a00, a01, a02, a03, vload(x0, k), b0, b1, b2, b3)
+        a10, a11, a12, a13 = _dp4(a10, a11, a12, a13, vload(x1, k), b0, b1, b2, b3)
+        a20, a21, a22, a23 = _dp4(a20, a21, a22, a23, vload(x2, k), b0, b1, b2, b3)
+        a30, a31, a32, a33 = _dp4(a30, a31, a32, a33, vload(x3, k), b0, b1, b2, b3)
     s = vreduce16(a00, a01, a02, a03, a10, a11, a12, a13, a20, a21, a22, a23, a30, a31, a32, a33)
     vstore4(out, i, o, s, 0)
     vstore4(out, i + 1, o, s, 1)
@@ -99,9 +101,8 @@ def _tile1x4_vnni(xu, i, ws, o, out):
     w0, w1, w2, w3 = ws[o], ws[o + 1], ws[o + 2], ws[o + 3]
     a0 = a1 = a2 = a3 = vzero()
     for k in range(0, xu.shape[1], 64):
-        v = vload(x0, k)
-        a0, a1 = vdpbusd(a0, v, vload(w0, k)), vdpbusd(a1, v, vload(w1, k))
-        a2, a3 = vdpbusd(a2, v, vload(w2, k)), vdpbusd(a3, v, vload(w3, k))
+        a0, a1, a2, a3 = _dp4(a0, a1, a2, a3, vload(x0, k), vload(w0, k), vload(w1, k), vload(w2, k),
+                              vload(w3, k))
     out[i, o], out[i, o + 1], out[i, o + 2], out[i, o + 3] = vsum(a0), vsum(a1), vsum(a2), vsum(a3)
 
 
@@ -229,18 +230,12 @@ def _tile6x64(xu, i, wp, g, out):
     for k in range(0, xu.shape[1], 4):
         o = k * 64
         w0, w1, w2, w3 = vload(p, o), vload(p, o + 64), vload(p, o + 128), vload(p, o + 192)
-        b = vbcast4(x0, k)
-        c00, c01, c02, c03 = vdpbusd(c00, b, w0), vdpbusd(c01, b, w1), vdpbusd(c02, b, w2), vdpbusd(c03, b, w3)
-        b = vbcast4(x1, k)
-        c10, c11, c12, c13 = vdpbusd(c10, b, w0), vdpbusd(c11, b, w1), vdpbusd(c12, b, w2), vdpbusd(c13, b, w3)
-        b = vbcast4(x2, k)
-        c20, c21, c22, c23 = vdpbusd(c20, b, w0), vdpbusd(c21, b, w1), vdpbusd(c22, b, w2), vdpbusd(c23, b, w3)
-        b = vbcast4(x3, k)
-        c30, c31, c32, c33 = vdpbusd(c30, b, w0), vdpbusd(c31, b, w1), vdpbusd(c32, b, w2), vdpbusd(c33, b, w3)
-        b = vbcast4(x4, k)
-        c40, c41, c42, c43 = vdpbusd(c40, b, w0), vdpbusd(c41, b, w1), vdpbusd(c42, b, w2), vdpbusd(c43, b, w3)
-        b = vbcast4(x5, k)
-        c50, c51, c52, c53 = vdpbusd(c50, b, w0), vdpbusd(c51, b, w1), vdpbusd(c52, b, w2), vdpbusd(c53, b, w3)
+        c00, c01, c02, c03 = _dp4(c00, c01, c02, c03, vbcast4(x0, k), w0, w1, w2, w3)
+        c10, c11, c12, c13 = _dp4(c10, c11, c12, c13, vbcast4(x1, k), w0, w1, w2, w3)
+        c20, c21, c22, c23 = _dp4(c20, c21, c22, c23, vbcast4(x2, k), w0, w1, w2, w3)
+        c30, c31, c32, c33 = _dp4(c30, c31, c32, c33, vbcast4(x3, k), w0, w1, w2, w3)
+        c40, c41, c42, c43 = _dp4(c40, c41, c42, c43, vbcast4(x4, k), w0, w1, w2, w3)
+        c50, c51, c52, c53 = _dp4(c50, c51, c52, c53, vbcast4(x5, k), w0, w1, w2, w3)
     j = g * 64
     n = out.shape[1] - j  # columns left from j: the stores past N are masked off
     _store4(out, i, j, n, c00, c01, c02, c03)
@@ -266,9 +261,8 @@ def _tile1x64(xu, i, wp, g, out):
     c0 = c1 = c2 = c3 = vzero()
     for k in range(0, xu.shape[1], 4):
         o = k * 64
-        b = vbcast4(x0, k)
-        c0, c1 = vdpbusd(c0, b, vload(p, o)), vdpbusd(c1, b, vload(p, o + 64))
-        c2, c3 = vdpbusd(c2, b, vload(p, o + 128)), vdpbusd(c3, b, vload(p, o + 192))
+        c0, c1, c2, c3 = _dp4(c0, c1, c2, c3, vbcast4(x0, k), vload(p, o), vload(p, o + 64),
+                              vload(p, o + 128), vload(p, o + 192))
     _store4(out, i, g * 64, out.shape[1] - g * 64, c0, c1, c2, c3)
 
 

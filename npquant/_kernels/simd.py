@@ -122,17 +122,24 @@ def _make_intrinsics():
 
         return vec16(), codegen
 
+    def _bytes_at(a, off):
+        return (isinstance(a, types.Array) and a.ndim == 1 and a.dtype in (types.uint8, types.int8)
+                and isinstance(off, types.Integer))
+
+    def _byte_ptr(context, builder, sig, args, ty):
+        """Pointer to byte ``args[1]`` of the 1-D array ``args[0]``, as ``ty*``."""
+        arr = context.make_array(sig.args[0])(context, builder, args[0])
+        base = builder.bitcast(arr.data, ir.IntType(8).as_pointer())
+        p = builder.gep(base, [context.cast(builder, args[1], sig.args[1], types.intp)])
+        return builder.bitcast(p, ty.as_pointer())
+
     @intrinsic
     def vload(typingctx, a, off):
-        if not (isinstance(a, types.Array) and a.ndim == 1 and a.dtype in (types.uint8, types.int8)
-                and isinstance(off, types.Integer)):
+        if not _bytes_at(a, off):
             return None
 
         def codegen(context, builder, sig, args):
-            arr = context.make_array(sig.args[0])(context, builder, args[0])
-            base = builder.bitcast(arr.data, ir.IntType(8).as_pointer())
-            p = builder.gep(base, [context.cast(builder, args[1], sig.args[1], types.intp)])
-            return builder.load(builder.bitcast(p, vt.as_pointer()), align=1)
+            return builder.load(_byte_ptr(context, builder, sig, args, vt), align=1)
 
         return vec16(a, off), codegen
 
@@ -144,15 +151,11 @@ def _make_intrinsics():
 
     @intrinsic
     def vbcast4(typingctx, a, off):
-        if not (isinstance(a, types.Array) and a.ndim == 1 and a.dtype in (types.uint8, types.int8)
-                and isinstance(off, types.Integer)):
+        if not _bytes_at(a, off):
             return None
 
         def codegen(context, builder, sig, args):
-            arr = context.make_array(sig.args[0])(context, builder, args[0])
-            base = builder.bitcast(arr.data, ir.IntType(8).as_pointer())
-            p = builder.gep(base, [context.cast(builder, args[1], sig.args[1], types.intp)])
-            word = builder.load(builder.bitcast(p, i32.as_pointer()), align=1)
+            word = builder.load(_byte_ptr(context, builder, sig, args, i32), align=1)
             one = builder.insert_element(ir.Constant(vt, None), word, ir.Constant(i32, 0))
             return builder.shuffle_vector(one, one, _mask([0] * 16))
 
