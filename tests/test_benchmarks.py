@@ -1,0 +1,50 @@
+"""The benchmark runner runs end to end on tiny sizes and writes a consistent report.
+
+No timing is asserted: only that every suite runs, that every timed row has its ratio,
+and that the outputs the suites compare are bit-exact where they must be.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SIZES = {"gemm": "7x70x100", "cnn": "9", "quantize": "1e3,1e3:per_group", "dequantize": "1e3",
+         "requantize": "2x8x4x4,16x8", "unpack": "1e3"}
+
+
+@pytest.mark.slow
+def test_runner_writes_markdown_and_json(tmp_path):
+    cmd = [sys.executable, "-m", "benchmarks", "--kernels", ",".join(SIZES), "--repeats", "1",
+           "--min-time", "0", "--out", str(tmp_path)]
+    for k, v in SIZES.items():
+        cmd += ["--sizes", f"{k}={v}"]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    payload = json.loads((tmp_path / "latest.json").read_text())
+    md = (tmp_path / "latest.md").read_text()
+    rows = payload["results"]
+    assert {r["suite"] for r in rows} == set(SIZES)
+    assert payload["machine"]["versions"]["numpy"]
+    for r in rows:
+        if r["status"] == "ok":
+            assert r["median_s"] > 0 and r["ratio"] > 0 and len(r["samples_s"]) == 1
+        else:
+            assert r["status"].startswith(("missing", "n/a")) and "median_s" not in r
+        if r["impl"] in ("numpy", "onnxruntime", "torch", "numpy-int32", "numpy.unpackbits") and r["check"]:
+            assert r["check"].startswith("bit-exact"), r
+    for suite in SIZES:
+        assert f"### {suite}" in md
+    assert "### Targets" in md
+
+
+def test_bad_options_are_refused():
+    done = subprocess.run([sys.executable, "-m", "benchmarks", "--kernels", "nope"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "nope" in done.stderr
+    done = subprocess.run([sys.executable, "-m", "benchmarks", "--kernels", "gemm,cnn", "--sizes", "8"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "KERNEL=" in done.stderr
