@@ -19,7 +19,9 @@ rare large weights), ``"density"`` (the values at the quantiles ``(j + 1/2) / k`
 distribution), ``"kmeans++"`` (D^2 sampling, Arthur & Vassilvitskii 2007, seeded with
 ``numpy.random.default_rng(seed)``), or an explicit array. Lloyd iterations follow on the
 sorted values: each cluster is a run of them between two midpoints, found by one binary
-search per midpoint, and its centroid (float64 while iterating) is the mean of the run.
+search per midpoint, and its centroid (float64 while iterating) is the mean of the run
+(its sum a difference of two float64 prefix sums of the sorted values, so an iteration
+costs O(k log n) after one O(n) pass).
 An empty cluster takes the value farthest from its current centroid (an end of some run),
 which leaves its old cluster: scikit-learn's rule. The loop stops when no centroid moves
 by more than ``tol * (max - min)`` (``converged=True``; ``tol=0`` means an exact fixed
@@ -218,6 +220,7 @@ def _lloyd_numpy(xs, c0, max_iter, thr):
     """NumPy twin of ``_kernels.kmeans.lloyd_sorted``."""
     n, k = xs.shape[0], c0.shape[0]
     x64 = xs.astype(np.float64)
+    psum = np.concatenate(([0.0], np.cumsum(x64)))
     c = c0.copy()
     n_iter, converged = 0, False
     while n_iter < max_iter:
@@ -225,12 +228,12 @@ def _lloyd_numpy(xs, c0, max_iter, thr):
         mid = (c[:-1] + c[1:]) * 0.5
         b = np.concatenate(([0], np.searchsorted(xs, mid, side="right"), [n]))
         counts = np.diff(b)
-        labels = np.repeat(np.arange(k), counts)
-        sums = np.bincount(labels, weights=x64, minlength=k)
+        sums = psum[b[1:]] - psum[b[:-1]]
         new = c.copy()
         empty = np.flatnonzero(counts == 0)
         left = counts.copy()
         if empty.size:
+            labels = np.repeat(np.arange(k), counts)
             d = x64 - c[labels]
             d2 = d * d
             far = np.lexsort((np.arange(n), -d2))[: empty.size]  # farthest, then lowest position
@@ -312,8 +315,9 @@ def kmeans_quantize(w, bits: int, *, init="linear", max_iter: int = 100, tol: fl
     if xs.size == 0:
         c = np.zeros(k_fit, np.float64)
     else:
-        distinct = xs[np.concatenate(([True], xs[1:] != xs[:-1]))]
-        if distinct.size <= k_fit:
+        new_value = np.concatenate(([True], xs[1:] != xs[:-1]))
+        if np.count_nonzero(new_value) <= k_fit:
+            distinct = xs[new_value]
             c = np.pad(distinct.astype(np.float64), (0, k_fit - distinct.size), mode="edge")
         else:
             c0 = _init(xs, k_fit, init, seed) if c_init is None else c_init

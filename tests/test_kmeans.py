@@ -290,6 +290,43 @@ def test_assign_and_sums_kernels_equal_twins(x, c, reserve):
     np.testing.assert_array_equal(counts, c2)
 
 
+@pytest.mark.parametrize("n", [0, 1, 511, 512, 513, 1025])
+@pytest.mark.parametrize("n_mid", [0, 1, 14, 255] if JIT else [0, 1, 14])
+def test_assign_kernel_equals_twin_across_blocks(n, n_mid):
+    """Sizes around the kernel's block of values, up to 255 midpoints, values on the
+    midpoints, zeros, a non-contiguous input; with and without the reserved zero."""
+    rng = np.random.default_rng(n * 1000 + n_mid)
+    c = np.sort(rng.standard_normal(n_mid + 1).astype(F32)).astype(np.float64)
+    mid = (c[1:] + c[:-1]) * 0.5
+    x = rng.standard_normal(2 * n).astype(F32)
+    if n_mid and n:
+        x[::7] = mid[rng.integers(0, n_mid, x[::7].size)].astype(F32)  # near the ties
+        x[::5] = np.nextafter(x[::5], F32(np.inf))
+        x[::11] = 0.0
+    x = x[::2]  # non-contiguous
+    for reserve in (False, True):
+        got = np.empty(n, np.uint8)
+        _k.assign(x, mid, reserve, got)
+        np.testing.assert_array_equal(got, _assign_numpy(x, mid, reserve))
+
+
+@pytest.mark.parametrize("dist", ["normal", "clumps"])
+def test_lloyd_kernel_equals_twin_on_thousands(dist):
+    """Prefix-sum Lloyd on a few thousand values, with empty clusters to relocate."""
+    rng = np.random.default_rng(5)
+    n = 3000 if JIT else 600
+    if dist == "normal":
+        xs = np.sort(rng.standard_normal(n).astype(F32))
+        c0 = np.linspace(-1.0, 1.0, 15)
+    else:  # three clumps, 15 centroids piled on one side: most start empty
+        xs = np.sort(np.concatenate([rng.normal(m, 0.01, n // 3) for m in (-5, 0, 5)])
+                     .astype(F32))
+        c0 = np.linspace(6.0, 7.0, 15)
+    for max_iter, thr in ((1, 0.0), (7, 0.0), (300, 0.0), (300, 1e-4)):
+        c, n_iter, _ = _lloyd_both(xs, c0, max_iter, thr)
+        assert n_iter <= max_iter and np.all(np.diff(c) >= 0)
+
+
 # ---------------------------------------------------------------------------- vs scikit-learn
 
 
