@@ -7,30 +7,26 @@ from numba import njit
 
 
 @njit(cache=True)
-def im2col(x, zx, groups, kh, kw, sh, sw, pad_t, pad_l, dh, dw, oh_n, ow_n, out):
-    """Patches of NCHW codes ``x``, padded with the zero point ``zx``.
+def im2col(xp, groups, kh, kw, sh, sw, dh, dw, oh_n, ow_n, out):
+    """Patches of NCHW codes ``xp``, already padded with the zero point (so every tap is
+    in range and the loops have no branches).
 
-    ``out`` has shape (groups, N * OH * OW, Cg * kh * kw) and ``x``'s dtype (``zx``
-    fits it). Row ``(n * OH + oh) * OW + ow`` of group ``g`` holds, in (c, i, j) C order, the input
-    ``x[n, g * Cg + c, oh * sh - pad_t + i * dh, ow * sw - pad_l + j * dw]`` or ``zx``
-    where that lies outside the image.
+    ``out`` has shape (groups, N * OH * OW, Cg * kh * kw) and ``xp``'s dtype. Row
+    ``(n * OH + oh) * OW + ow`` of group ``g`` holds, in (c, i, j) C order,
+    ``xp[n, g * Cg + c, oh * sh + i * dh, ow * sw + j * dw]``.
     """
-    n_b, n_c, h, wd = x.shape
+    n_b, n_c = xp.shape[0], xp.shape[1]
     cg = n_c // groups
     for g in range(groups):
         for n in range(n_b):
             for oh in range(oh_n):
-                for ow in range(ow_n):
-                    r = (n * oh_n + oh) * ow_n + ow
-                    col = 0
-                    for c in range(cg):
-                        ci = g * cg + c
-                        for i in range(kh):
-                            ih = oh * sh - pad_t + i * dh
+                r0 = (n * oh_n + oh) * ow_n
+                for c in range(cg):
+                    plane = xp[n, g * cg + c]
+                    for i in range(kh):
+                        row = plane[oh * sh + i * dh]
+                        col0 = (c * kh + i) * kw
+                        for ow in range(ow_n):
+                            base = ow * sw
                             for j in range(kw):
-                                iw = ow * sw - pad_l + j * dw
-                                if 0 <= ih < h and 0 <= iw < wd:
-                                    out[g, r, col] = x[n, ci, ih, iw]
-                                else:
-                                    out[g, r, col] = zx
-                                col += 1
+                                out[g, r0 + ow, col0 + j] = row[base + j * dw]

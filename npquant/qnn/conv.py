@@ -62,9 +62,13 @@ def _im2col(x: np.ndarray, zx: int, geo: ConvGeometry, kh: int, kw: int, backend
     oh, ow = geo.output_size(h, w, kh, kw)
     if backend == "numpy":
         return _im2col_numpy(x, zx, geo, kh, kw, oh, ow), (oh, ow)
-    (sh, sw), (pt, _, pl, _), (dh, dw) = geo.stride, geo.padding, geo.dilation
+    (sh, sw), (pt, pb, pl, pr), (dh, dw) = geo.stride, geo.padding, geo.dilation
     out = np.empty((geo.groups, n * oh * ow, (c // geo.groups) * kh * kw), x.dtype)
-    _kc.im2col(np.ascontiguousarray(x), zx, geo.groups, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow, out)
+    if pt or pb or pl or pr:
+        xp = np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)), constant_values=zx)
+    else:
+        xp = np.ascontiguousarray(x)
+    _kc.im2col(xp, geo.groups, kh, kw, sh, sw, dh, dw, oh, ow, out)
     return out, (oh, ow)
 
 
