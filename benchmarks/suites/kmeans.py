@@ -121,7 +121,7 @@ def cases(ctx):
             "max_iter": MAX_ITER, "tol": TOL,
             "work": "n weights clustered per call",
             "numba iterations": r.n_iter, "numba converged": r.converged,
-            "numba inertia": _inertia(w, r.codebook, r.indices),
+            "numba inertia": f"{_inertia(w, r.codebook, r.indices):.6f}",
         }
         if KMeans is None:
             impls.append(Impl("sklearn", None, status=sk_missing))
@@ -141,13 +141,14 @@ def cases(ctx):
             impls.append(Impl("sklearn", peer,
                               check=f"labels {compare(_sorted_labels(km), r.indices)}"))
             sk = _inertia(w, km.cluster_centers_, km.labels_)
+            ours_inertia = _inertia(w, r.codebook, r.indices)
             info.update({
                 "sklearn iterations": int(km.n_iter_),
-                "sklearn inertia": sk,
-                "numba / sklearn inertia - 1": info["numba inertia"] / sk - 1.0,
+                "sklearn inertia": f"{sk:.6f}",
+                "numba / sklearn inertia - 1": f"{ours_inertia / sk - 1.0:.2e}",
                 "sklearn float64 iterations (untimed)": int(km64.n_iter_),
-                "sklearn float64 inertia (untimed)": _inertia(w, km64.cluster_centers_,
-                                                              km64.labels_),
+                "sklearn float64 inertia (untimed)":
+                    f"{_inertia(w, km64.cluster_centers_, km64.labels_):.6f}",
                 "sklearn float64 labels vs numba": compare(_sorted_labels(km64), r.indices),
             })
         yield Case(NAME, f"k={k} n={n:,} {dist}", float(n), "Mweights/s", impls,
