@@ -13,7 +13,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZES = {"gemm": "7x70x100", "cnn": "9", "quantize": "1e3,1e3:per_group", "dequantize": "1e3",
-         "requantize": "2x8x4x4,16x8", "unpack": "1e3"}
+         "requantize": "2x8x4x4,16x8", "unpack": "1e3", "huffman": "lenet,2e3", "kmeans": "2e3"}
 
 
 @pytest.mark.slow
@@ -48,3 +48,9 @@ def test_bad_options_are_refused():
     done = subprocess.run([sys.executable, "-m", "benchmarks", "--kernels", "gemm,cnn", "--sizes", "8"], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "KERNEL=" in done.stderr
+
+
+def test_script_help():
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "run.py"), "--help"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "--threads" in done.stdout
