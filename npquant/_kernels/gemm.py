@@ -275,22 +275,30 @@ def gemm_u8s8_vnni_packed(xu, wp, dw, col, out):
     AVX-512 VNNI: only where ``simd.HAVE_VNNI``. ``xu`` (M, kp) uint8, kp % 4 == 0;
     ``wp`` from :func:`pack_panels`; ``out`` (M, N) int32.
     """
-    m, n_out = out.shape
-    kp = xu.shape[1]
-    row_sum = np.empty(m, np.int32)
-    for i in prange(m):
-        s = np.int32(0)
-        for k in range(kp):
-            s = np.int32(s + np.int32(xu[i, k]))
-        row_sum[i] = s
+    m = out.shape[0]
     n_g = wp.shape[0]
     tiles = m // 6
     chunks = (tiles + _ROW_TILES - 1) // _ROW_TILES
-    for t in prange(chunks * n_g):
+    tail = 1 if m % 6 else 0  # one more chunk: the last m % 6 rows, a row at a time
+    for t in prange((chunks + tail) * n_g):
         chunk, g = t // n_g, t % n_g
-        for it in range(chunk * _ROW_TILES, min((chunk + 1) * _ROW_TILES, tiles)):
-            _tile6x64(xu, it * 6, wp, g, out)
-    for g in prange(n_g):
-        for i in range(tiles * 6, m):
-            _tile1x64(xu, i, wp, g, out)
-    _epilogue(xu, dw, col, row_sum, out)
+        if chunk < chunks:
+            for it in range(chunk * _ROW_TILES, min((chunk + 1) * _ROW_TILES, tiles)):
+                _tile6x64(xu, it * 6, wp, g, out)
+        else:
+            for i in range(tiles * 6, m):
+                _tile1x64(xu, i, wp, g, out)
+    _epilogue_rowsum(xu, dw, col, out)
+
+
+@njit(cache=True, parallel=True)
+def _epilogue_rowsum(xu, dw, col, out):
+    """out[i, o] += col[o] - dw[o] * sum_k xu[i, k], wrapped to int32."""
+    m, n_out = out.shape
+    for i in prange(m):
+        s = np.int32(0)
+        for k in range(xu.shape[1]):
+            s = np.int32(s + np.int32(xu[i, k]))
+        r = np.int64(s)
+        for o in range(n_out):
+            out[i, o] = np.int32(np.int64(out[i, o]) + np.int64(col[o]) - np.int64(dw[o]) * r)
