@@ -65,7 +65,8 @@ def _codes(q, qp: QParams, name: str, ndim: int | None = None) -> np.ndarray:
     if a.size == 0:
         raise ValueError(f"{name} is empty; a non-empty array is required")
     lo, hi = qp.spec.qmin, qp.spec.qmax
-    if a.min() < lo or a.max() > hi:
+    info = np.iinfo(a.dtype)
+    if (info.min < lo or info.max > hi) and (a.min() < lo or a.max() > hi):  # no scan if the dtype fits
         raise ValueError(f"{name} must hold codes in [{lo}, {hi}] of its spec, got values in "
                          f"[{a.min()}, {a.max()}]")
     return a.astype(qp.spec.dtype, copy=False)
