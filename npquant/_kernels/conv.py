@@ -3,10 +3,10 @@
 Twin: ``npquant.qnn.conv._im2col_numpy``.
 """
 
-from numba import njit
+from numba import njit, prange
 
 
-@njit(cache=True)
+@njit(cache=True, parallel=True)
 def im2col(xp, groups, kh, kw, sh, sw, dh, dw, oh_n, ow_n, out):
     """Patches of NCHW codes ``xp``, already padded with the zero point (so every tap is
     in range and the loops have no branches).
@@ -17,8 +17,8 @@ def im2col(xp, groups, kh, kw, sh, sw, dh, dw, oh_n, ow_n, out):
     """
     n_b, n_c = xp.shape[0], xp.shape[1]
     cg = n_c // groups
-    for g in range(groups):
-        for n in range(n_b):
+    for n in prange(n_b):  # images in parallel
+        for g in range(groups):
             for oh in range(oh_n):
                 r0 = (n * oh_n + oh) * ow_n
                 for c in range(cg):

@@ -6,15 +6,15 @@ positions only. Accumulation is int64 with explicit casts.
 """
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 
-@njit(cache=True)
+@njit(cache=True, parallel=True)
 def max_pool2d(x, kh, kw, sh, sw, ph, pw, out):
     """out[n, c, i, j] = max of the valid positions of the window (at least one exists)."""
     n_b, n_c, h, w = x.shape
     oh, ow = out.shape[2], out.shape[3]
-    for b in range(n_b):
+    for b in prange(n_b):  # images in parallel
         for c in range(n_c):
             for i in range(oh):
                 y0 = i * sh - ph
