@@ -369,6 +369,8 @@ def scaling_rows(rows: list[dict]) -> list[dict]:
     for r in rows:
         if r["threads"] != counts[0] or r["impl"] != r["baseline"] or "median_s" not in r:
             continue
+        if not getattr(suite_module(r["suite"]), "PARALLEL", False):
+            continue  # a serial kernel: its other thread counts differ by noise only
         for n in counts[1:]:
             tn = t.get((r["suite"], r["case"], r["impl"], n))
             if tn:
@@ -431,7 +433,12 @@ def markdown_report(rows, scaling, info, args) -> str:
                          f">= {r['target']:g}x | {met} |")
         lines.append("")
     if scaling:
+        serial = [m for m in dict.fromkeys(r["suite"] for r in rows)
+                  if not getattr(suite_module(m), "PARALLEL", False)]
         lines += ["### Thread scaling of npquant's kernels", "",
+                  "npquant's parallel kernels (numba `prange`). "
+                  + (f"The kernels of {', '.join(serial)} are serial: their rows on more threads "
+                     "differ only by noise (the peers may use the threads)." if serial else ""), "",
                   "| kernel | case | threads | speed-up | aim |", "|---|---|---|---:|---:|"]
         for s in scaling:
             aim = f">= {s['aim']:g}x" if s["aim"] else ""

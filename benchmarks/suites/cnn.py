@@ -25,6 +25,7 @@ import numpy as np
 from benchmarks.common import Case, Impl, compare
 
 NAME = "cnn"
+PARALLEL = True  # npquant's kernels here use numba's threads
 DEFAULT_SIZES = ["256"]
 MODEL = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
                      "reference_models", "cnn_ptq.npz")

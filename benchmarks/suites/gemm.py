@@ -25,6 +25,7 @@ import numpy as np
 from benchmarks.common import Case, Impl, compare
 
 NAME = "gemm"
+PARALLEL = True  # npquant's kernels here use numba's threads
 DEFAULT_SIZES = ["512x512x512", "64x4096x4096", "1x4096x4096"]
 SCALING_AIM = 1.7
 ZX = 3
