@@ -7,9 +7,10 @@ it yields cases, each with the implementations to time (npquant's compiled kerne
 NumPy twin, the peers) and the ratios the project aims for.
 
 For every implementation of a case the runner calls it twice (numba compiles on the
-first call; no compile time is ever timed), raises the number of calls per sample until
-a sample lasts ``--min-time``, takes ``--repeats`` samples with the garbage collector
-off (3 when one call takes over a second), and reports the median, the spread
+first call; no compile time is ever timed) and raises the number of calls per sample
+until a sample lasts ``--min-time``. Then it takes ``--repeats`` rounds of samples, one
+sample of each implementation a round, in turns, with the garbage collector off (3
+rounds when one call takes over a second), and reports the median, the spread
 ``(max - min) / median``, the throughput, the peak memory of one call (Linux: the rise of
 the resident set's high-water mark, reset before the call) and the ratio
 ``time(implementation) / time(npquant)`` (above 1: npquant is faster).
@@ -258,42 +259,60 @@ def load_peers(wanted, threads: int) -> tuple[dict, dict]:
 
 # ------------------------------------------------------------------------------- timing
 
-def time_callable(fn, repeats: int, min_time: float) -> dict:
-    """Seconds per call: ``repeats`` samples of ``number`` calls each, after two warm-up calls."""
+def calibrate(fn, min_time: float) -> tuple[int, float]:
+    """Two warm-up calls, then ``(number, seconds of one call)``: how many back-to-back
+    calls make a sample last ``min_time``."""
     fn()
     t0 = time.perf_counter()
     fn()
     first = time.perf_counter() - t0
-    if first > SLOW_CALL_S:
-        repeats = min(repeats, 3)
     number = 1
-    gc_was = gc.isenabled()
-    gc.disable()
-    try:
-        if min_time > 0 and first < min_time:
-            number = max(1, int(min_time / max(first, 1e-9)))
-            while True:
-                t0 = time.perf_counter()
-                for _ in range(number):
-                    fn()
-                dt = time.perf_counter() - t0
-                if dt >= min_time or number >= 1 << 20:
-                    break
-                number = max(number * 2, int(number * min_time / max(dt, 1e-9) * 1.2))
-        samples = []
-        for _ in range(repeats):
+    if min_time > 0 and first < min_time:
+        number = max(1, int(min_time / max(first, 1e-9)))
+        while True:
             t0 = time.perf_counter()
             for _ in range(number):
                 fn()
-            samples.append((time.perf_counter() - t0) / number)
+            dt = time.perf_counter() - t0
+            if dt >= min_time or number >= 1 << 20:
+                break
+            number = max(number * 2, int(number * min_time / max(dt, 1e-9) * 1.2))
+    return number, first
+
+
+def sample(fn, number: int) -> float:
+    """Seconds per call over ``number`` back-to-back calls, the garbage collector off."""
+    gc_was = gc.isenabled()
+    gc.disable()
+    try:
+        t0 = time.perf_counter()
+        for _ in range(number):
+            fn()
+        return (time.perf_counter() - t0) / number
     finally:
         if gc_was:
             gc.enable()
-    samples.sort()
-    mid = len(samples) // 2
-    med = samples[mid] if len(samples) % 2 else 0.5 * (samples[mid - 1] + samples[mid])
-    return {"median_s": med, "min_s": samples[0], "max_s": samples[-1], "number": number,
-            "repeats": repeats, "samples_s": samples}
+
+
+def time_interleaved(fns: dict, repeats: int, min_time: float) -> dict:
+    """Time several callables of one case in turns: each round takes one sample of each,
+    so a slow spell of the machine falls on all of them alike (their ratios hold).
+    Returns ``{name: stats}``; 3 rounds when some call takes over ``SLOW_CALL_S``."""
+    setup = {name: calibrate(fn, min_time) for name, fn in fns.items()}
+    if any(first > SLOW_CALL_S for _, first in setup.values()):
+        repeats = min(repeats, 3)
+    samples = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            samples[name].append(sample(fn, setup[name][0]))
+    out = {}
+    for name, ss in samples.items():
+        ss.sort()
+        mid = len(ss) // 2
+        med = ss[mid] if len(ss) % 2 else 0.5 * (ss[mid - 1] + ss[mid])
+        out[name] = {"median_s": med, "min_s": ss[0], "max_s": ss[-1], "number": setup[name][0],
+                     "repeats": repeats, "samples_s": ss}
+    return out
 
 
 def _status_kb(field: str):
@@ -331,6 +350,8 @@ def run_suites(args, threads: int, peers: dict, missing: dict) -> list[dict]:
         ctx = Context(sizes=args.sizes.get(name, list(mod.DEFAULT_SIZES)), threads=threads, seed=args.seed,
                       peers=peers, missing=missing)
         for case in mod.cases(ctx):
+            timed = time_interleaved({i.name: i.fn for i in case.impls if i.fn is not None},
+                                     args.repeats, args.min_time)
             times = {}
             case_rows = []
             for impl in case.impls:
@@ -341,7 +362,7 @@ def run_suites(args, threads: int, peers: dict, missing: dict) -> list[dict]:
                 if impl.fn is None:
                     print(f"  {tag:<64} {impl.status}", file=sys.stderr, flush=True)
                 else:
-                    row.update(time_callable(impl.fn, args.repeats, args.min_time))
+                    row.update(timed[impl.name])
                     row["peak_bytes"] = peak_memory_bytes(impl.fn)
                     row["throughput"] = case.work / row["median_s"] / UNITS[case.unit]
                     times[impl.name] = row["median_s"]
