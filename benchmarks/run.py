@@ -18,7 +18,8 @@ the resident set's high-water mark, reset before the call) and the ratio
 Threads are pinned before numpy is imported (OMP/MKL/OPENBLAS/NUMBA env vars), then
 ``numba.set_num_threads``, ``torch.set_num_threads`` and onnxruntime's
 ``intra_op_num_threads``. With several counts (``--threads 1,2``) each count runs in its
-own process and the report adds the scaling of npquant's kernels. Results go to
+own process; in a run on N > 1 threads, npquant's parallel kernels are also timed on one
+numba thread, in turns with the N-thread calls, which gives their scaling. Results go to
 ``<out>/latest.md`` and ``<out>/latest.json``.
 """
 
@@ -45,12 +46,14 @@ if ROOT not in sys.path:  # ``python benchmarks/run.py`` from anywhere
 SUITES = ("gemm", "cnn", "requantize", "unpack", "huffman", "kmeans", "quantize", "dequantize")
 PEERS = ("torch", "onnxruntime")
 THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS")
+ENV_REPORTED = THREAD_ENV + ("OMP_WAIT_POLICY",)
 README_START = "<!-- benchmark-results:start -->"
 README_END = "<!-- benchmark-results:end -->"
 ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl",
              "avx512_vnni", "avx512_bf16", "avx512_fp16", "avx_vnni", "amx_tile", "amx_int8",
              "neon", "asimd", "sve")
 SLOW_CALL_S = 1.0  # one call slower than this: 3 samples of one call
+ONE_THREAD = "numba@1thread"  # npquant's kernel on one numba thread, timed in a multi-thread run
 
 
 def suite_module(name: str):
@@ -138,9 +141,17 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def pin_thread_env(n: int) -> bool:
-    """Set the thread env vars; return whether numpy was still unimported (so they bite)."""
+    """Set the thread env vars; return whether numpy was still unimported (so they bite).
+
+    On more than one thread, OpenMP's idle threads (numba's and PyTorch's) are told to
+    sleep (``OMP_WAIT_POLICY=PASSIVE``, unless set already), as onnxruntime's are by its
+    session option: the implementations of a case are timed in turns, and one library's
+    threads spinning after its call would slow the next library's call.
+    """
     for var in THREAD_ENV:
         os.environ[var] = str(n)
+    if n > 1:
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     return "numpy" not in sys.modules
 
 
@@ -190,7 +201,7 @@ def machine_info(threads: int, peers: dict) -> dict:
     versions["zlib"] = zlib.ZLIB_RUNTIME_VERSION
     threads_info = {"requested": threads, "numba": numba.get_num_threads(),
                     "numba_threading_layer": _threading_layer(),
-                    "env": {v: os.environ.get(v) for v in THREAD_ENV}}
+                    "env": {v: os.environ.get(v) for v in ENV_REPORTED}}
     if "torch" in peers:
         threads_info["torch"] = peers["torch"].get_num_threads()
         threads_info["torch_quantized_engine"] = peers["torch"].backends.quantized.engine
@@ -342,14 +353,19 @@ def peak_memory_bytes(fn):
 # ------------------------------------------------------------------------------- running
 
 def run_suites(args, threads: int, peers: dict, missing: dict) -> list[dict]:
-    from benchmarks.common import UNITS, Context
+    from benchmarks.common import UNITS, Context, Impl
 
     rows = []
     for name in args.kernels:
         mod = suite_module(name)
         ctx = Context(sizes=args.sizes.get(name, list(mod.DEFAULT_SIZES)), threads=threads, seed=args.seed,
                       peers=peers, missing=missing)
+        parallel = getattr(mod, "PARALLEL", False)
         for case in mod.cases(ctx):
+            if parallel and threads > 1:
+                base = next(i for i in case.impls if i.name == case.baseline)
+                if base.fn is not None:
+                    case.impls.append(Impl(ONE_THREAD, _on_one_thread(base.fn, threads)))
             timed = time_interleaved({i.name: i.fn for i in case.impls if i.fn is not None},
                                      args.repeats, args.min_time)
             times = {}
@@ -380,24 +396,29 @@ def run_suites(args, threads: int, peers: dict, missing: dict) -> list[dict]:
     return rows
 
 
+def _on_one_thread(fn, threads: int):
+    """``fn`` run with numba limited to one thread (restored to ``threads`` after)."""
+    import numba
+
+    def run():
+        numba.set_num_threads(1)
+        try:
+            return fn()
+        finally:
+            numba.set_num_threads(threads)
+
+    return run
+
+
 def scaling_rows(rows: list[dict]) -> list[dict]:
-    """npquant's speed-up from the smallest thread count to each larger one."""
-    counts = sorted({r["threads"] for r in rows})
-    if len(counts) < 2:
-        return []
-    t = {(r["suite"], r["case"], r["impl"], r["threads"]): r["median_s"] for r in rows if "median_s" in r}
+    """npquant's speed-up on N threads: the ratio of its ``ONE_THREAD`` row, which the
+    N-thread process times in turns with the N-thread kernel (same process, same spell)."""
     out = []
     for r in rows:
-        if r["threads"] != counts[0] or r["impl"] != r["baseline"] or "median_s" not in r:
-            continue
-        if not getattr(suite_module(r["suite"]), "PARALLEL", False):
-            continue  # a serial kernel: its other thread counts differ by noise only
-        for n in counts[1:]:
-            tn = t.get((r["suite"], r["case"], r["impl"], n))
-            if tn:
-                aim = getattr(suite_module(r["suite"]), "SCALING_AIM", None)
-                out.append({"suite": r["suite"], "case": r["case"], "impl": r["impl"], "from_threads": counts[0],
-                            "to_threads": n, "scaling": r["median_s"] / tn, "aim": aim})
+        if r["impl"] == ONE_THREAD and "ratio" in r:
+            aim = getattr(suite_module(r["suite"]), "SCALING_AIM", None)
+            out.append({"suite": r["suite"], "case": r["case"], "impl": r["baseline"], "from_threads": 1,
+                        "to_threads": r["threads"], "scaling": r["ratio"], "aim": aim})
     return out
 
 
@@ -433,7 +454,8 @@ def markdown_report(rows, scaling, info, args) -> str:
         f"- Threads: {', '.join(map(str, args.threads))} (each count in its own process); "
         f"numba threading layer {th.get('numba_threading_layer')}"
         + (f"; torch quantized engine {th['torch_quantized_engine']}" if "torch_quantized_engine" in th else "")
-        + "; onnxruntime intra-op threads = the count, inter-op 1",
+        + "; onnxruntime intra-op threads = the count, inter-op 1; on more than one thread, idle "
+        "threads sleep (`OMP_WAIT_POLICY=PASSIVE`, onnxruntime `allow_spinning=0`)",
         f"- Date: {info['date_utc']}; commit {info['git_commit'] or 'unknown'}",
         f"- Timing: median of {args.repeats} samples (3 when one call exceeds {SLOW_CALL_S:g} s), "
         f"each >= {args.min_time} s of back-to-back calls, after 2 warm-up calls (no JIT compile "
@@ -457,7 +479,8 @@ def markdown_report(rows, scaling, info, args) -> str:
         serial = [m for m in dict.fromkeys(r["suite"] for r in rows)
                   if not getattr(suite_module(m), "PARALLEL", False)]
         lines += ["### Thread scaling of npquant's kernels", "",
-                  "npquant's parallel kernels (numba `prange`). "
+                  "npquant's parallel kernels (numba `prange`): time on one numba thread / time on N, "
+                  f"both timed in turns in the N-thread run (the `{ONE_THREAD}` rows). "
                   + (f"The kernels of {', '.join(serial)} are serial: their rows on more threads "
                      "differ only by noise (the peers may use the threads)." if serial else ""), "",
                   "| kernel | case | threads | speed-up | aim |", "|---|---|---|---:|---:|"]

@@ -59,6 +59,7 @@ def _ort_matmul_integer(ort, x, w, threads):
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")  # idle threads sleep (see run.py)
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
     return lambda: sess.run(["Y"], {"A": x})[0]
