@@ -54,3 +54,19 @@ def test_script_help():
     done = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "run.py"), "--help"],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and "--threads" in done.stdout
+
+
+@pytest.mark.slow
+def test_thread_counts_run_apart_and_report_scaling(tmp_path):
+    cmd = [sys.executable, "-m", "benchmarks", "--kernels", "gemm,unpack", "--sizes", "gemm=13x70x100",
+           "--sizes", "unpack=1e3", "--threads", "1,2", "--repeats", "1", "--min-time", "0", "--out", str(tmp_path)]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    payload = json.loads((tmp_path / "latest.json").read_text())
+    assert {r["threads"] for r in payload["results"]} == {1, 2}
+    assert [m["threads"]["requested"] for m in payload["machines_per_thread_count"]] == [1, 2]
+    one = [r for r in payload["results"] if r["impl"] == "numba@1thread"]
+    assert [r["threads"] for r in one] == [2] and one[0]["suite"] == "gemm"  # unpack is serial
+    assert [(s["suite"], s["to_threads"]) for s in payload["scaling"]] == [("gemm", 2)]
+    assert payload["scaling"][0]["scaling"] == one[0]["ratio"]
+    assert "### Thread scaling" in (tmp_path / "latest.md").read_text()
