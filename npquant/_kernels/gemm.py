@@ -1,10 +1,13 @@
 """numba kernels of the integer matrix product (int8/uint8 codes, int32 accumulators).
 
-Twins: ``npquant.qnn.gemm._gemm_direct_numpy`` and ``_gemm_folded_numpy``.
+Twins: ``npquant.qnn.gemm._gemm_direct_numpy`` and ``_gemm_folded_numpy`` (any integer
+codes), ``_gemm_u8s8_numpy`` (the fast 8-bit kernels below: ``gemm_u8s8_vnni``,
+``gemm_u8s8_vnni_packed`` and ``gemm_u8s8_portable``).
 
 Accumulation is int32 two's complement: every partial sum is formed in int64 and cast
-back with ``np.int32(...)``, which truncates (wraps) identically under the JIT and in
-plain Python. The wrappers check that the final sums fit int32 (or ask for wrapping).
+back with ``np.int32(...)``, or added by ``vpdpbusd`` in int32 lanes, which wraps
+identically under the JIT and in plain Python. The wrappers check that the final sums
+fit int32 (or ask for wrapping).
 """
 
 import numpy as np
@@ -59,14 +62,15 @@ def gemm_folded(x, w, zw, bias_folded, out):
 # ---- the fast 8-bit path: unsigned x signed byte products ------------------------------
 #
 # ``xu`` (M, Kp) uint8 and ``ws`` (O, Kp) int8, C-contiguous, Kp a multiple of 64 (the
-# wrapper pads both with zero bytes, which add nothing). Both kernels compute
+# wrapper pads both with zero bytes, which add nothing; the packed kernel further down
+# takes Kp a multiple of 4 and its own weight layout). Every kernel computes
 #
 #     out[i, o] = sum_k xu[i, k] * ws[o, k] - dw[o] * sum_k xu[i, k] + col[o]
 #
 # in int32 two's complement (every step wraps, so the result is the exact value mod
 # 2**32). The wrapper (``npquant.qnn.gemm``) chooses ``dw`` and ``col`` so that this
 # equals the layer's accumulator; twin: ``npquant.qnn.gemm._gemm_u8s8_numpy``.
-# Output columns are split over numba's threads in blocks of four.
+# The two kernels here split output columns over numba's threads in blocks of four.
 
 
 @njit(cache=True, inline="always")
