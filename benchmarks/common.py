@@ -99,3 +99,41 @@ def compare(a, b) -> str:
         return f"differs: shape {a.shape} vs {b.shape}"
     n = int(np.count_nonzero(a != b))
     return "bit-exact" if n == 0 else f"differs: {n} of {a.size} values"
+
+
+def parse_count(label: str, suite: str, example: str, options=(), minimum: int = 1) -> tuple[int, str]:
+    """``(n, option)`` of a size label ``N`` or ``N:option`` (``N`` like ``1e6``, a whole
+    number >= ``minimum``; ``option`` one of ``options``, or ``""`` when absent)."""
+    n_text, sep, opt = label.partition(":")
+    try:
+        v = float(n_text)
+    except ValueError:
+        v = -1.0
+    if not (v >= minimum and v == int(v)) or (sep and not options):
+        raise ValueError(f"{suite} sizes are labels like {example}, got {label!r}")
+    if sep and opt not in options:
+        raise ValueError(f"{opt!r} in {label!r} is not one of {', '.join(options)}")
+    return int(v), opt
+
+
+def parse_shape(label: str, suite: str, example: str, ndim: tuple[int, int]) -> tuple[int, ...]:
+    """The positive dimensions of a label like ``16x64x32x32``, ``ndim[0]`` to ``ndim[1]`` of them."""
+    try:
+        shape = tuple(int(d) for d in label.lower().split("x"))
+    except ValueError:
+        shape = ()
+    if not ndim[0] <= len(shape) <= ndim[1] or min(shape) < 1:
+        raise ValueError(f"{suite} sizes are labels like {example}, got {label!r}")
+    return shape
+
+
+def ort_session(ort, model, threads: int):
+    """An onnxruntime CPU session of the ONNX ``model`` on ``threads`` intra-op threads
+    (inter-op 1, sequential). Its idle threads sleep instead of spinning, so that they do
+    not slow the implementation timed next (the runner takes samples in turns)."""
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])

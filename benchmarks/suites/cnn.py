@@ -22,7 +22,7 @@ import os
 
 import numpy as np
 
-from benchmarks.common import Case, Impl, compare
+from benchmarks.common import Case, Impl, compare, parse_count
 
 NAME = "cnn"
 PARALLEL = True  # npquant's kernels here use numba's threads
@@ -32,13 +32,7 @@ MODEL = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abs
 
 
 def _batch(label: str) -> int:
-    try:
-        n = int(float(label))
-    except ValueError:
-        raise ValueError(f"cnn sizes are batch sizes, got {label!r}") from None
-    if n < 1:
-        raise ValueError(f"cnn batch {label!r} must be positive")
-    return n
+    return parse_count(label, NAME, "a batch size such as 256")[0]
 
 
 def _numpy_twin(model):

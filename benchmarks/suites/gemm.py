@@ -22,23 +22,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from benchmarks.common import Case, Impl, compare
+from benchmarks.common import Case, Impl, compare, ort_session, parse_shape
 
 NAME = "gemm"
 PARALLEL = True  # npquant's kernels here use numba's threads
 DEFAULT_SIZES = ["512x512x512", "64x4096x4096", "1x4096x4096"]
 SCALING_AIM = 1.7
 ZX = 3
-
-
-def _shape(label: str):
-    try:
-        m, n, k = (int(v) for v in label.lower().split("x"))
-    except ValueError:
-        raise ValueError(f"gemm sizes are MxNxK labels, got {label!r}") from None
-    if min(m, n, k) < 1:
-        raise ValueError(f"gemm size {label!r} must be positive")
-    return m, n, k
 
 
 def _ort_matmul_integer(ort, x, w, threads):
@@ -56,12 +46,7 @@ def _ort_matmul_integer(ort, x, w, threads):
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
     onnx.checker.check_model(model)
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")  # idle threads sleep (see run.py)
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    sess = ort_session(ort, model, threads)
     return lambda: sess.run(["Y"], {"A": x})[0]
 
 
@@ -71,7 +56,7 @@ def cases(ctx):
 
     rng = np.random.default_rng(ctx.seed)
     for label in ctx.sizes:
-        m, n, k = _shape(label)
+        m, n, k = parse_shape(label, NAME, "MxNxK such as 512x512x512", (3, 3))
         x = rng.integers(0, 256, (m, k), dtype=np.uint8)
         w = rng.integers(-127, 128, (n, k), dtype=np.int8)
         x_qp = QParams(np.float32(0.02), ZX, QuantSpec(bits=8, signed=False))

@@ -35,7 +35,7 @@ import zlib
 
 import numpy as np
 
-from benchmarks.common import Case, Impl, compare
+from benchmarks.common import Case, Impl, compare, parse_count
 
 NAME = "huffman"
 DEFAULT_SIZES = ["lenet", "1e6"]
@@ -60,13 +60,7 @@ def parse_size(label: str) -> int | None:
     """None for ``lenet``, else a symbol count."""
     if label == "lenet":
         return None
-    try:
-        v = float(label)
-    except ValueError:
-        v = -1.0
-    if not (v >= 1 and v == int(v)):
-        raise ValueError(f"{NAME} sizes are 'lenet' or a symbol count like 1e6, got {label!r}")
-    return int(v)
+    return parse_count(label, NAME, "'lenet' or a symbol count like 1e6")[0]
 
 
 def cases(ctx):

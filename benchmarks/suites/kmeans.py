@@ -38,7 +38,7 @@ import contextlib
 
 import numpy as np
 
-from benchmarks.common import Case, Impl, compare
+from benchmarks.common import Case, Impl, compare, parse_count
 
 NAME = "kmeans"
 DEFAULT_SIZES = ["1e6"]
@@ -49,17 +49,8 @@ DISTS = ("normal", "laplace")
 
 
 def parse_size(label: str) -> tuple[int, str]:
-    n_text, _, dist = label.partition(":")
-    try:
-        v = float(n_text)
-    except ValueError:
-        v = -1.0
-    if not (v >= 32 and v == int(v)):
-        raise ValueError(f"{NAME} sizes are weight counts like 1e6 or 1e6:laplace, got {label!r}")
-    dist = dist or "normal"
-    if dist not in DISTS:
-        raise ValueError(f"distribution {dist!r} in {label!r} is not one of {', '.join(DISTS)}")
-    return int(v), dist
+    n, dist = parse_count(label, NAME, "1e6 or 1e6:laplace (at least 32 weights)", DISTS, minimum=32)
+    return n, dist or "normal"
 
 
 def _inertia(w, centers, labels) -> float:

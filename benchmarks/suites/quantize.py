@@ -16,7 +16,8 @@ import math
 
 import numpy as np
 
-from benchmarks.common import Case, Impl, compare
+from benchmarks.common import Case, Impl, compare, parse_count
+from benchmarks.common import ort_session as _session
 
 NAME = "quantize"
 DEFAULT_SIZES = ["1e4", "1e6"]
@@ -25,16 +26,8 @@ BLOCK = 32
 
 
 def parse_size(label: str):
-    n_text, _, gran = label.partition(":")
-    try:
-        v = float(n_text)
-    except ValueError:
-        v = -1.0
-    if not (v >= 1 and v == int(v)):
-        raise ValueError(f"{NAME} sizes are element counts like 1e6 or 1e6:per_group, got {label!r}")
-    if gran and gran not in GRANULARITIES:
-        raise ValueError(f"granularity {gran!r} in {label!r} is not one of {', '.join(GRANULARITIES)}")
-    return int(v), ([gran] if gran else ["per_tensor", "per_channel"])
+    n, gran = parse_count(label, NAME, "1e6 or 1e6:per_group", GRANULARITIES)
+    return n, ([gran] if gran else ["per_tensor", "per_channel"])
 
 
 def tensor_shape(n: int) -> tuple[int, int]:
@@ -80,12 +73,7 @@ def ort_session(ort, op, shape, qp, threads):
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
     model.ir_version = 10
     onnx.checker.check_model(model)
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")  # idle threads sleep (see run.py)
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    return _session(ort, model, threads)
 
 
 def torch_quantize(torch, x, qp):

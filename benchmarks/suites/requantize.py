@@ -21,7 +21,7 @@ import math
 
 import numpy as np
 
-from benchmarks.common import Case, Impl, compare
+from benchmarks.common import Case, Impl, compare, parse_shape
 
 NAME = "requantize"
 DEFAULT_SIZES = ["16x64x32x32", "4096x256"]
@@ -31,14 +31,7 @@ ZP, QMIN, QMAX = -3, -128, 127
 
 
 def parse_size(label: str) -> tuple[int, ...]:
-    try:
-        shape = tuple(int(d) for d in label.lower().split("x"))
-    except ValueError:
-        shape = ()
-    if len(shape) < 2 or min(shape) < 1:
-        raise ValueError(f"{NAME} sizes are shapes with the channel axis second, like "
-                         f"16x64x32x32 or 4096x256, got {label!r}")
-    return shape
+    return parse_shape(label, NAME, "16x64x32x32 or 4096x256 (the channel axis second)", (2, 8))
 
 
 def cases(ctx):

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from benchmarks.common import Case, Impl, compare
+from benchmarks.common import Case, Impl, compare, parse_count
 
 NAME = "unpack"
 DEFAULT_SIZES = ["1e6", "1e7"]
@@ -26,17 +26,8 @@ ORDERS = ("lsb", "msb")
 
 
 def parse_size(label: str) -> tuple[int, str]:
-    n_text, _, order = label.partition(":")
-    try:
-        v = float(n_text)
-    except ValueError:
-        v = -1.0
-    if not (v >= 1 and v == int(v)):
-        raise ValueError(f"{NAME} sizes are value counts like 1e7 or 1e7:msb, got {label!r}")
-    order = order or "lsb"
-    if order not in ORDERS:
-        raise ValueError(f"order {order!r} in {label!r} is not one of {', '.join(ORDERS)}")
-    return int(v), order
+    n, order = parse_count(label, NAME, "1e7 or 1e7:msb", ORDERS)
+    return n, order or "lsb"
 
 
 def cases(ctx):
