@@ -9,6 +9,13 @@ import numpy as np
 from numba import njit, prange
 
 
+@njit(cache=True, inline="always")
+def _span(o, stride, pad, k, size):
+    """The valid input positions ``[lo, hi)`` of output position ``o``'s window."""
+    start = o * stride - pad
+    return max(start, 0), min(start + k, size)
+
+
 @njit(cache=True, parallel=True)
 def max_pool2d(x, kh, kw, sh, sw, ph, pw, out):
     """out[n, c, i, j] = max of the valid positions of the window (at least one exists)."""
@@ -17,13 +24,9 @@ def max_pool2d(x, kh, kw, sh, sw, ph, pw, out):
     for b in prange(n_b):  # images in parallel
         for c in range(n_c):
             for i in range(oh):
-                y0 = i * sh - ph
-                ya = max(y0, 0)
-                yb = min(y0 + kh, h)
+                ya, yb = _span(i, sh, ph, kh, h)
                 for j in range(ow):
-                    x0 = j * sw - pw
-                    xa = max(x0, 0)
-                    xb = min(x0 + kw, w)
+                    xa, xb = _span(j, sw, pw, kw, w)
                     m = np.int64(x[b, c, ya, xa])
                     for y in range(ya, yb):
                         for xx in range(xa, xb):
@@ -33,21 +36,17 @@ def max_pool2d(x, kh, kw, sh, sw, ph, pw, out):
                     out[b, c, i, j] = m
 
 
-@njit(cache=True)
+@njit(cache=True, parallel=True)
 def sum_pool2d(x, kh, kw, sh, sw, ph, pw, out_sum, out_count):
     """Sum (int64) and number of the valid positions of each window."""
     n_b, n_c, h, w = x.shape
     oh, ow = out_sum.shape[2], out_sum.shape[3]
-    for b in range(n_b):
+    for b in prange(n_b):  # images in parallel
         for c in range(n_c):
             for i in range(oh):
-                y0 = i * sh - ph
-                ya = max(y0, 0)
-                yb = min(y0 + kh, h)
+                ya, yb = _span(i, sh, ph, kh, h)
                 for j in range(ow):
-                    x0 = j * sw - pw
-                    xa = max(x0, 0)
-                    xb = min(x0 + kw, w)
+                    xa, xb = _span(j, sw, pw, kw, w)
                     s = np.int64(0)
                     for y in range(ya, yb):
                         for xx in range(xa, xb):
