@@ -2,7 +2,8 @@
 
 Twins: ``npquant.qnn.gemm._gemm_direct_numpy`` and ``_gemm_folded_numpy`` (any integer
 codes), ``_gemm_u8s8_numpy`` (the fast 8-bit kernels below: ``gemm_u8s8_vnni``,
-``gemm_u8s8_vnni_packed`` and ``gemm_u8s8_portable``).
+``gemm_u8s8_vnni_packed``, ``gemm_u8s8_portable`` and ``gemm_u8s8_avx2``), and
+``_gemm_u8s8_numpy(..., sat16=True)`` (``gemm_u8s8_avx2_sat16``, int16 pair saturation).
 
 Accumulation is int32 two's complement: every partial sum is formed in int64 and cast
 back with ``np.int32(...)``, or added by ``vpdpbusd`` in int32 lanes, which wraps
@@ -14,6 +15,7 @@ import numpy as np
 from numba import njit, prange
 
 from .simd import vbcast4, vdpbusd, vload, vreduce16, vstore4, vstore16, vsum, vzero
+from .simd import v8bcast4, v8load, v8loadn, v8maddubs, v8maddwd, v8store, v8zero
 
 
 @njit(cache=True)
@@ -335,3 +337,275 @@ def _epilogue_rowsum(xu, dw, col, out):
         r = np.int64(s)
         for o in range(n_out):
             out[i, o] = np.int32(np.int64(out[i, o]) + np.int64(col[o]) - np.int64(dw[o]) * r)
+
+
+# ---- AVX2 kernels on packed weights: exact (vpmaddwd) and pair-saturating (vpmaddubsw) ----
+#
+# For CPUs with AVX2 but without AVX-512 VNNI (call them only where ``simd.HAVE_AVX2``).
+# Both compute ``out = S - dw * rowsum(xu) + col`` (int32, wrapped) like the kernels above,
+# from ``xu`` (M, kp) uint8 with kp a multiple of the kernel's K alignment (the caller
+# pads with zeros) and weights packed once per layer in panels of 16 output columns. A
+# 6 x 16 tile keeps 12 ``<8 x i32>`` accumulators in registers (of the 16 ymm registers
+# AVX2 has): per step it loads 2 weight vectors, broadcasts one 32-bit word of each of the
+# 6 rows and issues 12 multiply-adds; every lane is one output, nothing is reduced across
+# lanes. Fewer rows take tiles of 4, 2 and 1 rows (one row: a matrix-vector product,
+# bound by reading the weights).
+#
+# ``gemm_u8s8_avx2`` is exact: ``S = sum_k xu[i, k] * ws[o, k]``. It multiplies int16 by
+# int16 with ``vpmaddwd`` (two products summed into an int32 lane, exact here): the
+# weights are widened to int16 in the packing, the input rows once per call into a
+# scratch array (M x kp int16; under 2% of a call at the benchmark sizes; widening the
+# broadcast word inside the loop instead would cost a shuffle per row per step -- not
+# measured). A step covers 2 k: byte ``k * 32 + 32 j + 4 c + 2 t`` of panel ``g`` of
+# :func:`pack_panels_avx2` holds (as a little-endian int16) ``ws[16 g + 8 j + c, k + t]``.
+#
+# ``gemm_u8s8_avx2_sat16`` is the product of PyTorch's fbgemm and onnxruntime's MLAS on
+# AVX2: ``S = sum_p sat16(xu[i, 2p] ws[o, 2p] + xu[i, 2p+1] ws[o, 2p+1])``, each pair sum
+# clamped to [-32768, 32767] by ``vpmaddubsw`` before the int32 sum. A step covers 4 k on
+# the bytes as they are: byte ``k * 16 + 32 j + 4 c + t`` of panel ``g`` of
+# :func:`pack_panels_avx2_sat16` is ``ws[16 g + 8 j + c, k + t]``. Its 6 x 16 tile needs
+# 17 vector registers (12 sums, 2 weights, the broadcast, the int16 pairs, the int16
+# ones): compiled for an AVX2-only CPU, LLVM keeps one sum on the stack; on this
+# project's AVX-512 machine all fit (ymm16-31).
+#
+# Tasks are (panel, chunk of rows) pairs; each runs K in blocks of 512 bytes of a row
+# (8 KiB of the panel, which stays in L1 across the chunk's tiles), adding each block's
+# sums to ``out`` (``v8loadn``); K blocking took M=64, K=4096 from ~70 to ~100-120 GOP/s
+# (one thread, a noisy shared machine).
+
+#: ``xu.shape[1]`` of :func:`gemm_u8s8_avx2` is a multiple of this (one step: 2 k).
+AVX2_K_ALIGN = 2
+#: ``xu.shape[1]`` of :func:`gemm_u8s8_avx2_sat16` is a multiple of this (one step: 4 k).
+AVX2_SAT16_K_ALIGN = 4
+
+
+def _pack16(ws, kp, step, dtype):
+    n, k = ws.shape[0], min(ws.shape[1], kp)
+    g = (n + 15) // 16
+    buf = np.zeros((g * 16, kp), dtype)
+    buf[:n, :k] = ws[:, :k]
+    # (G, 2, 8, kp/step, step) -> (G, kp/step, 2, 8, step)
+    panels = buf.reshape(g, 2, 8, kp // step, step).transpose(0, 3, 1, 2, 4)
+    return np.ascontiguousarray(panels).reshape(g, kp * 16)
+
+
+def pack_panels_avx2(ws, kp):
+    """``wp`` (G, kp * 16) int16 of :func:`gemm_u8s8_avx2` from ``ws`` (N, >= K) int8
+    (NumPy; once per layer). ``G = ceil(N / 16)``; ``kp`` (a multiple of
+    :data:`AVX2_K_ALIGN`) is ``xu.shape[1]``; element ``(k // 2) * 32 + 16 j + 2 c + t``
+    (k even) of panel ``g`` is ``ws[16 g + 8 j + c, k + t]``, zero beyond N and K."""
+    return _pack16(ws, kp, 2, np.int16)
+
+
+def pack_panels_avx2_sat16(ws, kp):
+    """``wp`` (G, kp * 16) int8 of :func:`gemm_u8s8_avx2_sat16` from ``ws`` (N, >= K) int8
+    (NumPy; once per layer). ``G = ceil(N / 16)``; ``kp`` (a multiple of
+    :data:`AVX2_SAT16_K_ALIGN`) is ``xu.shape[1]``; byte ``(k // 4) * 64 + 32 j + 4 c + t``
+    (k a multiple of 4) of panel ``g`` is ``ws[16 g + 8 j + c, k + t]``, zero beyond N and K."""
+    return _pack16(ws, kp, 4, np.int8)
+
+
+@njit(cache=True, inline="always")
+def _madd2(sat, c0, c1, b, w0, w1):
+    """Two multiply-adds of the broadcast input ``b`` into 16 columns: ``vpmaddubsw``
+    pairs (``sat``: raw bytes, pair-saturating) or ``vpmaddwd`` (int16 words, exact).
+    ``sat`` is the same for a whole call, so LLVM moves the test out of the k loop."""
+    if sat:
+        return v8maddubs(c0, b, w0), v8maddubs(c1, b, w1)
+    return v8maddwd(c0, b, w0), v8maddwd(c1, b, w1)
+
+
+@njit(cache=True, inline="always")
+def _store2(out, i, j, n, v0, v1):
+    """Columns j .. j+15 of row i, masked past ``n`` columns (a whole panel: plain stores)."""
+    if n >= 16:
+        v8store(out, i, j, v0, 8)
+        v8store(out, i, j + 8, v1, 8)
+    else:
+        v8store(out, i, j, v0, n)
+        v8store(out, i, j + 8, v1, n - 8)
+
+
+@njit(cache=True, inline="always")
+def _init2(out, i, j, n, first):
+    """Two accumulators of columns j .. j+15 of row i: zero for the first K block, else
+    the sums so far in ``out`` (masked past ``n`` columns)."""
+    if first:
+        return v8zero(), v8zero()
+    if n >= 16:
+        return v8loadn(out, i, j, 8), v8loadn(out, i, j + 8, 8)
+    return v8loadn(out, i, j, n), v8loadn(out, i, j + 8, n - 8)
+
+
+# The tiles: rows ``i ..`` of ``xb`` by panel ``g`` of ``wb``, byte columns ``k0 .. k1``
+# of a row. Exact: ``xb`` (M, 2 kp) the bytes of the int16 rows, ``wb`` (G, 32 kp) the
+# bytes of the int16 panels, a step of 4 bytes is 2 k. Pair-saturating: ``xb`` = ``xu``
+# and ``wb`` the int8 panels as they are, a step of 4 bytes is 4 k. Either way a step
+# reads 4 bytes of a row and 64 of the panel.
+
+@njit(cache=True)
+def _tile6x16(xb, i, wb, g, out, k0, k1, first, sat):
+    x0, x1, x2, x3, x4, x5 = xb[i], xb[i + 1], xb[i + 2], xb[i + 3], xb[i + 4], xb[i + 5]
+    p = wb[g]
+    j = g * 16
+    n = out.shape[1] - j  # columns left from j: loads and stores past N are masked off
+    c00, c01 = _init2(out, i, j, n, first)
+    c10, c11 = _init2(out, i + 1, j, n, first)
+    c20, c21 = _init2(out, i + 2, j, n, first)
+    c30, c31 = _init2(out, i + 3, j, n, first)
+    c40, c41 = _init2(out, i + 4, j, n, first)
+    c50, c51 = _init2(out, i + 5, j, n, first)
+    for k in range(k0, k1, 4):
+        o = k * 16
+        w0, w1 = v8load(p, o), v8load(p, o + 32)
+        c00, c01 = _madd2(sat, c00, c01, v8bcast4(x0, k), w0, w1)
+        c10, c11 = _madd2(sat, c10, c11, v8bcast4(x1, k), w0, w1)
+        c20, c21 = _madd2(sat, c20, c21, v8bcast4(x2, k), w0, w1)
+        c30, c31 = _madd2(sat, c30, c31, v8bcast4(x3, k), w0, w1)
+        c40, c41 = _madd2(sat, c40, c41, v8bcast4(x4, k), w0, w1)
+        c50, c51 = _madd2(sat, c50, c51, v8bcast4(x5, k), w0, w1)
+    _store2(out, i, j, n, c00, c01)
+    _store2(out, i + 1, j, n, c10, c11)
+    _store2(out, i + 2, j, n, c20, c21)
+    _store2(out, i + 3, j, n, c30, c31)
+    _store2(out, i + 4, j, n, c40, c41)
+    _store2(out, i + 5, j, n, c50, c51)
+
+
+@njit(cache=True)
+def _tile4x16(xb, i, wb, g, out, k0, k1, first, sat):
+    x0, x1, x2, x3 = xb[i], xb[i + 1], xb[i + 2], xb[i + 3]
+    p = wb[g]
+    j = g * 16
+    n = out.shape[1] - j
+    c00, c01 = _init2(out, i, j, n, first)
+    c10, c11 = _init2(out, i + 1, j, n, first)
+    c20, c21 = _init2(out, i + 2, j, n, first)
+    c30, c31 = _init2(out, i + 3, j, n, first)
+    for k in range(k0, k1, 4):
+        o = k * 16
+        w0, w1 = v8load(p, o), v8load(p, o + 32)
+        c00, c01 = _madd2(sat, c00, c01, v8bcast4(x0, k), w0, w1)
+        c10, c11 = _madd2(sat, c10, c11, v8bcast4(x1, k), w0, w1)
+        c20, c21 = _madd2(sat, c20, c21, v8bcast4(x2, k), w0, w1)
+        c30, c31 = _madd2(sat, c30, c31, v8bcast4(x3, k), w0, w1)
+    _store2(out, i, j, n, c00, c01)
+    _store2(out, i + 1, j, n, c10, c11)
+    _store2(out, i + 2, j, n, c20, c21)
+    _store2(out, i + 3, j, n, c30, c31)
+
+
+@njit(cache=True)
+def _tile2x16(xb, i, wb, g, out, k0, k1, first, sat):
+    x0, x1 = xb[i], xb[i + 1]
+    p = wb[g]
+    j = g * 16
+    n = out.shape[1] - j
+    c00, c01 = _init2(out, i, j, n, first)
+    c10, c11 = _init2(out, i + 1, j, n, first)
+    for k in range(k0, k1, 4):
+        o = k * 16
+        w0, w1 = v8load(p, o), v8load(p, o + 32)
+        c00, c01 = _madd2(sat, c00, c01, v8bcast4(x0, k), w0, w1)
+        c10, c11 = _madd2(sat, c10, c11, v8bcast4(x1, k), w0, w1)
+    _store2(out, i, j, n, c00, c01)
+    _store2(out, i + 1, j, n, c10, c11)
+
+
+@njit(cache=True)
+def _tile1x16(xb, i, wb, g, out, k0, k1, first, sat):
+    x0 = xb[i]
+    p = wb[g]
+    j = g * 16
+    n = out.shape[1] - j
+    c0, c1 = _init2(out, i, j, n, first)
+    for k in range(k0, k1, 4):
+        o = k * 16
+        c0, c1 = _madd2(sat, c0, c1, v8bcast4(x0, k), v8load(p, o), v8load(p, o + 32))
+    _store2(out, i, j, n, c0, c1)
+
+
+_ROW_TILES16 = 64  # 6-row tiles per parallel task (384 rows)
+_K_BLOCK16 = 512  # bytes of an input row per K block (256 k exact, 512 k saturating): 8 KiB of a panel
+
+
+@njit(cache=True, parallel=True)
+def _panels16(xb, wb, out, sat):
+    """out = S of the exact (``sat`` False: ``xb`` the bytes of the int16 rows) or the
+    pair-saturating (``sat`` True: ``xb`` = ``xu``) tiles, over all rows and panels.
+
+    Each task is one panel and a chunk of rows; it runs K in blocks (8 KiB of the panel,
+    which stays in the L1 cache across the chunk's tiles), adding each block's sums to
+    ``out``.
+    """
+    m = out.shape[0]
+    n_g = wb.shape[0]
+    row_bytes = xb.shape[1]
+    n_kb = max(1, (row_bytes + _K_BLOCK16 - 1) // _K_BLOCK16)
+    tiles = m // 6
+    chunks = (tiles + _ROW_TILES16 - 1) // _ROW_TILES16
+    tail = 1 if m % 6 else 0  # one more chunk: the last m % 6 rows
+    n_c = chunks + tail
+    # panel-major task order, as in gemm_u8s8_vnni_packed: each thread gets whole panels
+    # and keeps each panel in cache across its row chunks
+    for t in prange(n_c * n_g):
+        g, chunk = t // n_c, t % n_c
+        for kb in range(n_kb):
+            k0 = kb * _K_BLOCK16
+            k1 = min(k0 + _K_BLOCK16, row_bytes)
+            first = kb == 0
+            if chunk < chunks:
+                for it in range(chunk * _ROW_TILES16, min((chunk + 1) * _ROW_TILES16, tiles)):
+                    _tile6x16(xb, it * 6, wb, g, out, k0, k1, first, sat)
+            else:  # the last m % 6 rows: tiles of 4, 2 and 1 rows
+                i = tiles * 6
+                if m - i >= 4:
+                    _tile4x16(xb, i, wb, g, out, k0, k1, first, sat)
+                    i += 4
+                if m - i >= 2:
+                    _tile2x16(xb, i, wb, g, out, k0, k1, first, sat)
+                    i += 2
+                if m - i >= 1:
+                    _tile1x16(xb, i, wb, g, out, k0, k1, first, sat)
+
+
+@njit(cache=True, parallel=True)
+def _widen_rows(xu, xw, row_sum):
+    """xw = xu as int16; row_sum[i] = sum_k xu[i, k] (int32)."""
+    m, kp = xu.shape
+    for i in prange(m):
+        s = np.int32(0)
+        for k in range(kp):
+            v = xu[i, k]
+            xw[i, k] = np.int16(v)
+            s = np.int32(s + np.int32(v))
+        row_sum[i] = s
+
+
+@njit(cache=True)
+def gemm_u8s8_avx2(xu, wp, dw, col, out):
+    """The fast 8-bit product, exact, with AVX2 ``vpmaddwd``: only where ``simd.HAVE_AVX2``.
+
+    ``xu`` (M, kp) uint8, C-contiguous, kp a multiple of :data:`AVX2_K_ALIGN`; ``wp`` from
+    :func:`pack_panels_avx2` with the same kp; ``dw``, ``col`` int32 (N,); ``out`` int32
+    (M, N). Twin: ``npquant.qnn.gemm._gemm_u8s8_numpy``.
+    """
+    m, kp = xu.shape
+    xw = np.empty((m, kp), np.int16)
+    row_sum = np.empty(m, np.int32)
+    _widen_rows(xu, xw, row_sum)
+    _panels16(xw.view(np.uint8), wp.view(np.uint8), out, False)
+    _epilogue(xu, dw, col, row_sum, out)
+
+
+@njit(cache=True)
+def gemm_u8s8_avx2_sat16(xu, wp, dw, col, out):
+    """The fast 8-bit product with int16 pair saturation (``vpmaddubsw``), as fbgemm and
+    MLAS compute it on AVX2: only where ``simd.HAVE_AVX2``.
+
+    ``xu`` (M, kp) uint8, C-contiguous, kp a multiple of :data:`AVX2_SAT16_K_ALIGN`; ``wp``
+    from :func:`pack_panels_avx2_sat16` with the same kp; ``dw``, ``col`` int32 (N,);
+    ``out`` int32 (M, N). Twin: ``npquant.qnn.gemm._gemm_u8s8_numpy(..., sat16=True)``.
+    """
+    _panels16(xu, wp, out, True)
+    _epilogue_rowsum(xu, dw, col, out)
