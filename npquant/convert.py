@@ -25,6 +25,7 @@ from ._checks import as_float_array, check_choice, check_int
 from .fixedpoint import REQUANT_MODES
 from .linear import dequantize, fake_quantize, quantize
 from .qnn import layers as ql
+from .qnn.accumulation import check_accumulation
 from .qnn.conv import conv2d_accumulate
 from .qnn.gemm import linear_accumulate, quantize_bias
 from .qparams import QParams, QuantSpec, fit_qparams
@@ -143,7 +144,8 @@ def _next_activation(layers, i):
 
 def quantize_model(model: nn.Sequential, calib_x, *, mode: str = "tflite", observer: str = "minmax",
                    per_channel: bool = True, weight_bits: int = 8, activation_signed: bool = False,
-                   batch_size: int = 256, bias_method: str | None = None) -> IntegerModel:
+                   batch_size: int = 256, bias_method: str | None = None,
+                   accumulation: str = "exact") -> IntegerModel:
     """Post-training static quantization of ``model`` calibrated on ``calib_x``.
 
     Weights: signed symmetric narrow-range ``weight_bits`` codes (TFLite's int8
@@ -152,9 +154,11 @@ def quantize_model(model: nn.Sequential, calib_x, *, mode: str = "tflite", obser
     (``minmax``, ``moving_average``, ``percentile``, ``mse``, ``entropy``) over the
     calibration batches. Biases: int32 at ``S_x S_w`` (``bias_method`` of
     :func:`npquant.qnn.gemm.quantize_bias`; default TFLite's for the TFLite modes,
-    onnxruntime's otherwise).
+    onnxruntime's otherwise). ``accumulation`` is that of every linear and conv layer
+    (:mod:`npquant.qnn.accumulation`; pair saturation needs uint8 activations).
     """
     check_choice(mode, "mode", REQUANT_MODES)
+    check_accumulation(accumulation)
     check_choice(observer, "observer", tuple(OBSERVERS))
     weight_bits = check_int(weight_bits, "weight_bits", lo=2, hi=8)
     batch_size = check_int(batch_size, "batch_size", lo=1)
@@ -192,10 +196,12 @@ def quantize_model(model: nn.Sequential, calib_x, *, mode: str = "tflite", obser
                 sw = w_qp.scale if per_channel else np.full(layer.weight.shape[0], w_qp.scale, np.float32)
                 b_q = quantize_bias(layer.bias, np.float32(x_qp.scale), sw, method=bias_method)
             if isinstance(layer, nn.Linear):
-                qlayers.append(ql.QLinear(w_q, w_qp, b_q, x_qp, y_qp, mode=mode, activation=act))
+                qlayers.append(ql.QLinear(w_q, w_qp, b_q, x_qp, y_qp, mode=mode, activation=act,
+                                          accumulation=accumulation))
             else:
                 qlayers.append(ql.QConv2d(w_q, w_qp, b_q, x_qp, y_qp, stride=layer.stride, padding=layer.padding,
-                                          dilation=layer.dilation, groups=layer.groups, mode=mode, activation=act))
+                                          dilation=layer.dilation, groups=layer.groups, mode=mode, activation=act,
+                                          accumulation=accumulation))
             x_qp = y_qp
             i += 2 if act else 1
             continue
@@ -290,14 +296,22 @@ def float_size_bytes(model: nn.Sequential) -> int:
     return total
 
 
-def from_pytorch_ptq(path_or_arrays) -> IntegerModel:
+def from_pytorch_ptq(path_or_arrays, *, accumulation: str = "exact") -> IntegerModel:
     """The integer model of a PyTorch post-training-quantized reference file
     (``reference_models/*_ptq.npz``): PyTorch's integer weights, float biases, scales
     and zero points, in ``mode="fp32"`` with fbgemm's float-bias folding, input quantized
-    as ``torch.quantize_per_tensor`` does (``method="torch"``). Its outputs equal
-    PyTorch's quantized outputs bit for bit.
+    as ``torch.quantize_per_tensor`` does (``method="torch"``).
+
+    ``accumulation="fbgemm"`` gives PyTorch's quantized outputs bit for bit on the CPU at
+    hand (fbgemm saturates int16 pairs without AVX-512 VNNI, and in its depthwise kernel
+    always); ``"fbgemm_avx2"`` / ``"fbgemm_vnni"`` name a path;
+    the default ``"exact"`` is the mathematically exact model
+    (:mod:`npquant.qnn.accumulation`). The bundled files' recorded outputs equal every
+    one of these (their activation codes never saturate a pair; ``tests/test_convert_reference.py``).
     """
     import json
+
+    check_accumulation(accumulation)
 
     if isinstance(path_or_arrays, dict):
         data = dict(path_or_arrays)
@@ -322,7 +336,8 @@ def from_pytorch_ptq(path_or_arrays) -> IntegerModel:
                                QuantSpec(axis=0))
                 y_qp = act_qp(name)
                 bias = data.get(f"{name}.bias")
-                kw = dict(mode="fp32", activation=spec.get("activation"), float_bias=bias)
+                kw = dict(mode="fp32", activation=spec.get("activation"), float_bias=bias,
+                          accumulation=accumulation)
                 if t == "linear":
                     layers.append(ql.QLinear(w_q, w_qp, None, x_qp, y_qp, **kw))
                 else:

@@ -216,12 +216,28 @@ def _sat16_reference(xu, ws, dw, col):
     return _wrap(s - xu.astype(np.int64).sum(axis=1, keepdims=True) * dw.astype(np.int64) + col.astype(np.int64))
 
 
-AVX2_KERNELS = [
-    pytest.param((kg.gemm_u8s8_avx2, kg.pack_panels_avx2, kg.AVX2_K_ALIGN, _gemm_u8s8_numpy), id="avx2"),
-    pytest.param((kg.gemm_u8s8_avx2_sat16, kg.pack_panels_avx2_sat16, kg.AVX2_SAT16_K_ALIGN, _sat16_reference),
-                 id="avx2_sat16"),
-]
+def _pad_rows(ws, kp):
+    """The layout of the portable pair-saturating kernel: rows zero-padded to kp."""
+    out = np.zeros((ws.shape[0], kp), np.int8)
+    out[:, :ws.shape[1]] = ws
+    return out
+
+
 _skip_avx2 = pytest.mark.skipif(not RUNS_AVX2, reason="this CPU has no AVX2")
+AVX2_KERNELS = [  # with the portable pair-saturating kernel, which runs on any CPU
+    pytest.param((kg.gemm_u8s8_avx2, kg.pack_panels_avx2, kg.AVX2_K_ALIGN, _gemm_u8s8_numpy), id="avx2",
+                 marks=_skip_avx2),
+    pytest.param((kg.gemm_u8s8_avx2_sat16, kg.pack_panels_avx2_sat16, kg.AVX2_SAT16_K_ALIGN, _sat16_reference),
+                 id="avx2_sat16", marks=_skip_avx2),
+    pytest.param((kg.gemm_u8s8_pairs_portable, _pad_rows, 2, _sat16_reference), id="pairs_portable"),
+]
+
+
+def test_library_pairs_twin_is_the_reference():
+    rng = np.random.default_rng(21)
+    for m, o, kp in [(3, 5, 8), (9, 17, 66), (1, 1, 2)]:
+        xu, ws, dw, col = _operands(rng, m, o, kp)
+        np.testing.assert_array_equal(_gemm_u8s8_numpy(xu, ws, dw, col, pairs=True), _sat16_reference(xu, ws, dw, col))
 
 _O = [7, 8, 9, 15, 16, 17, 65]
 _K = [1, 2, 3, 4, 5, 7, 8, 9, 12, 63, 64, 65, 66]
@@ -249,7 +265,6 @@ def _padded(rng, m, o, k, align):
     return xu, ws, wpad
 
 
-@_skip_avx2
 @pytest.mark.parametrize("spec", AVX2_KERNELS)
 @pytest.mark.parametrize("m, o, k", AVX2_SHAPES)
 def test_avx2_kernel_equals_reference(spec, m, o, k):
@@ -261,7 +276,6 @@ def test_avx2_kernel_equals_reference(spec, m, o, k):
     np.testing.assert_array_equal(_run_avx2(spec, xu, wpad, dw, col), out)
 
 
-@_skip_avx2
 @pytest.mark.parametrize("spec", AVX2_KERNELS)
 @pytest.mark.parametrize("w_value", [-128, 127])
 @pytest.mark.parametrize("m, o, k", [(7, 17, 40), (1, 9, 8)])
@@ -280,7 +294,6 @@ def test_avx2_kernel_extreme_operands_and_wrapping(spec, w_value, m, o, k):
     np.testing.assert_array_equal(out, exact if spec[0] is kg.gemm_u8s8_avx2 else sat)
 
 
-@_skip_avx2
 @pytest.mark.parametrize("spec", AVX2_KERNELS)
 def test_avx2_kernel_on_row_views(spec):
     """Rows of a larger C-contiguous buffer (what a convolution group passes)."""

@@ -1,13 +1,17 @@
 """fbgemm's requantization (npquant.qnn.fbgemm) against torch.ops.quantized linear/conv2d.
 
-The accumulator is computed here with exact int64 matmul / im2col; the formula under
-test is only the requantization.
+The accumulator is npquant's own (``linear_accumulate`` / ``conv2d_accumulate`` with
+``accumulation="fbgemm"``: exact where fbgemm is exact on this CPU, int16 pair-saturated
+where it is not); the formula under test is only the requantization.
 """
 
 import numpy as np
 import pytest
 
+from npquant import QParams, QuantSpec
 from npquant.fixedpoint import effective_multiplier
+from npquant.qnn.conv import conv2d_accumulate
+from npquant.qnn.gemm import linear_accumulate
 from npquant.qnn.fbgemm import fbgemm_multipliers, fbgemm_requantize, fma_float32
 
 torch = pytest.importorskip("torch")
@@ -56,7 +60,7 @@ def test_linear_matches_torch(fbgemm_threads):
         xq = torch._make_per_tensor_quantized_tensor(torch.from_numpy(qx), float(sx), zx)
         op = torch.ops.quantized.linear_relu if relu else torch.ops.quantized.linear
         want = op(xq, packed, float(sy), zy).int_repr().numpy()
-        acc = (qx.astype(np.int64) - zx) @ (qw.astype(np.int64) - np.reshape(zw, (-1, 1))).T
+        acc = linear_accumulate(qx, _x_qp(zx), qw, _w_qp(zw, o), accumulation="fbgemm")
         got = fbgemm_requantize(acc, sx, sw, sy, zy, bias=bias, relu=relu, axis=-1)
         np.testing.assert_array_equal(got, want, err_msg=f"case {it}")
         total += want.size
@@ -64,22 +68,15 @@ def test_linear_matches_torch(fbgemm_threads):
     assert total > 50_000
 
 
-def _im2col_acc(qx, zx, qw, zw, stride, pad, groups):
-    n, c, h, w = qx.shape
-    o, cg, kh, kw = qw.shape
-    x = np.pad(qx.astype(np.int64) - zx, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
-    oh, ow = (h + 2 * pad - kh) // stride + 1, (w + 2 * pad - kw) // stride + 1
-    wt = qw.astype(np.int64) - np.reshape(zw, (-1, 1, 1, 1))
-    out = np.zeros((n, o, oh, ow), np.int64)
-    og = o // groups
-    for g in range(groups):
-        xs = x[:, g * cg:(g + 1) * cg]
-        cols = np.empty((n, cg, kh, kw, oh, ow), np.int64)
-        for i in range(kh):
-            for j in range(kw):
-                cols[:, :, i, j] = xs[:, :, i:i + stride * (oh - 1) + 1:stride, j:j + stride * (ow - 1) + 1:stride]
-        out[:, g * og:(g + 1) * og] = np.einsum("ncklhw,ockl->nohw", cols, wt[g * og:(g + 1) * og])
-    return out
+def _x_qp(zx):
+    return QParams(f32(1.0), zx, QuantSpec(signed=False))
+
+
+def _w_qp(zw, o):
+    """Unit-scale qparams of the weights' zero points (scales do not enter the accumulator)."""
+    if np.ndim(zw) == 0:
+        return QParams(f32(1.0), int(zw), QuantSpec())
+    return QParams(np.ones(o, f32), np.asarray(zw, np.int32), QuantSpec(axis=0))
 
 
 @pytest.mark.parametrize("kind", ["dense", "grouped"])
@@ -105,7 +102,8 @@ def test_conv2d_matches_torch(fbgemm_threads, kind):
         xq = torch._make_per_tensor_quantized_tensor(torch.from_numpy(qx), float(sx), zx)
         op = torch.ops.quantized.conv2d_relu if relu else torch.ops.quantized.conv2d
         want = op(xq, packed, float(sy), zy).int_repr().numpy()
-        acc = _im2col_acc(qx, zx, qw, zw, stride, pad, groups)
+        acc = conv2d_accumulate(qx, _x_qp(zx), qw, _w_qp(zw, o), stride=stride, padding=pad, groups=groups,
+                                accumulation="fbgemm")
         got = fbgemm_requantize(acc, sx, sw, sy, zy, bias=bias, relu=relu, axis=1)
         np.testing.assert_array_equal(got, want, err_msg=f"case {it}")
 

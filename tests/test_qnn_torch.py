@@ -1,16 +1,21 @@
 """npquant's integer layers against PyTorch's quantized linear and conv2d (fbgemm pinned).
 
 Same integer weights, same float bias, same scales: ``qlinear`` / ``qconv2d`` and the
-layer objects in ``mode="fp32"`` with ``float_bias`` must give PyTorch's uint8 codes bit
-for bit, per-tensor and per-channel weights, with and without fused ReLU. Inputs are
-chosen so that many outputs land on exact rounding ties. The counts of compared and
-differing elements are printed with ``pytest -s`` (they go into closing notes).
+layer objects in ``mode="fp32"`` with ``float_bias`` and ``accumulation="fbgemm"`` must
+give PyTorch's uint8 codes bit for bit, per-tensor and per-channel weights, with and
+without fused ReLU, on whatever path fbgemm takes on this CPU: exact with AVX-512 VNNI
+(except the depthwise kernel), int16 pair saturation without. ``test_peers_fbgemm_avx2``
+runs this module again with fbgemm forced to its AVX2 kernels, so both paths are tested
+live on a VNNI machine. Inputs are chosen so that many outputs land on exact rounding
+ties, and activation codes span 0..255 so that pairs saturate where the path does. The
+counts of compared and differing elements are printed with ``pytest -s``.
 """
 
 import numpy as np
 import pytest
 
 from npquant import QParams, QuantSpec
+from npquant.qnn.accumulation import host_path
 from npquant.qnn.conv import qconv2d
 from npquant.qnn.gemm import qlinear
 from npquant.qnn.layers import QConv2d, QLinear
@@ -50,10 +55,13 @@ def _bias(rng, o, sx, sw):
 COUNTS = {}
 
 
-def _count(name, got, want):
-    c = COUNTS.setdefault(name, [0, 0])
+def _count(name, got, want, exact=None):
+    """Tally compared and differing outputs, and how many the exact model would get wrong."""
+    c = COUNTS.setdefault(name, [0, 0, 0])
     c[0] += want.size
     c[1] += int((got != want).sum())
+    if exact is not None:
+        c[2] += int((exact != want).sum())
 
 
 @pytest.mark.slow  # a peer check, not a kernel check: the JIT-off pass would run the GEMM in Python
@@ -74,12 +82,15 @@ def test_qlinear_fp32_equals_torch_quantized_linear(fbgemm_threads):
         x_qp = QParams(sx, zx, QuantSpec(signed=False))
         y_qp = QParams(sy, zy, QuantSpec(signed=False))
         act = "relu" if relu else None
-        got = qlinear(qx, x_qp, qw, w_qp, None, y_qp, mode="fp32", activation=act, float_bias=bias)
+        got = qlinear(qx, x_qp, qw, w_qp, None, y_qp, mode="fp32", activation=act, float_bias=bias,
+                      accumulation="fbgemm")
         np.testing.assert_array_equal(got, want, err_msg=f"case {it}")
-        layer = QLinear(qw, w_qp, None, x_qp, y_qp, mode="fp32", activation=act, float_bias=bias, form="folded")
+        layer = QLinear(qw, w_qp, None, x_qp, y_qp, mode="fp32", activation=act, float_bias=bias, form="folded",
+                        accumulation="fbgemm")
         np.testing.assert_array_equal(layer(qx), want)
+        exact = qlinear(qx, x_qp, qw, w_qp, None, y_qp, mode="fp32", activation=act, float_bias=bias)
         _count("quantized.linear" + ("_relu" if relu else "") + (" per-channel" if per_channel else " per-tensor"),
-               got, want)
+               got, want, exact)
 
 
 @pytest.mark.parametrize("groups", [1, 2])
@@ -107,17 +118,68 @@ def test_qconv2d_fp32_equals_torch_quantized_conv2d(fbgemm_threads, groups):
         y_qp = QParams(sy, zy, QuantSpec(signed=False))
         act = "relu" if relu else None
         kw_ = dict(stride=stride, padding=pad, dilation=dil, groups=groups, mode="fp32", activation=act)
-        got = qconv2d(qx, x_qp, qw, w_qp, None, y_qp, float_bias=bias, **kw_)
+        got = qconv2d(qx, x_qp, qw, w_qp, None, y_qp, float_bias=bias, accumulation="fbgemm", **kw_)
         np.testing.assert_array_equal(got, want, err_msg=f"case {it}")
-        np.testing.assert_array_equal(QConv2d(qw, w_qp, None, x_qp, y_qp, float_bias=bias, **kw_)(qx), want)
+        layer = QConv2d(qw, w_qp, None, x_qp, y_qp, float_bias=bias, accumulation="fbgemm", **kw_)
+        np.testing.assert_array_equal(layer(qx), want)
+        exact = qconv2d(qx, x_qp, qw, w_qp, None, y_qp, float_bias=bias, **kw_)
         _count("quantized.conv2d" + ("_relu" if relu else "") + (" per-channel" if per_channel else " per-tensor")
-               + f" groups={groups}", got, want)
+               + f" groups={groups}", got, want, exact)
+
+
+# fbgemm's depthwise kernel (groups == C, C % 8 == 0, square 3/5/7 kernel, stride 1-2, same
+# padding) saturates pairs of taps even with VNNI; the other shapes take im2col + GEMM.
+DEPTHWISE = [(8, 8, 3, 1, 1, 1), (16, 16, 3, 2, 1, 1), (8, 16, 5, 1, 2, 1), (8, 8, 7, 2, 3, 1), (24, 24, 3, 1, 1, 1),
+             (8, 8, 3, 1, 0, 1), (8, 8, 3, 1, 1, 2), (4, 4, 3, 1, 1, 1), (8, 24, 3, 1, 1, 1), (8, 8, 4, 1, 1, 1)]
+
+
+@pytest.mark.parametrize("c, o, k, stride, pad, dil", DEPTHWISE)
+def test_depthwise_qconv2d_equals_torch(fbgemm_threads, c, o, k, stride, pad, dil):
+    rng = np.random.default_rng(c * 100 + o * 10 + k + stride + 7 * pad + 11 * dil)
+    for relu in (False, True):
+        sx, zx = f32(rng.uniform(1e-3, 0.1)), int(rng.integers(128, 256))  # padding taps saturate too
+        qx = rng.integers(0, 256, (2, c, 11, 11)).astype(np.uint8)
+        qw, w_qp, wt, sw = _weights(rng, (o, 1, k, k), True, zw_range=0)
+        sy, zy = _output(rng, sx, sw, True)
+        bias = _bias(rng, o, sx, sw)
+        packed = torch.ops.quantized.conv2d_prepack(wt, torch.from_numpy(bias), [stride] * 2, [pad] * 2, [dil] * 2, c)
+        xt = torch._make_per_tensor_quantized_tensor(torch.from_numpy(qx), float(sx), zx)
+        op = torch.ops.quantized.conv2d_relu if relu else torch.ops.quantized.conv2d
+        want = op(xt, packed, float(sy), zy).int_repr().numpy()
+        x_qp, y_qp = QParams(sx, zx, QuantSpec(signed=False)), QParams(sy, zy, QuantSpec(signed=False))
+        kw_ = dict(stride=stride, padding=pad, dilation=dil, groups=c, mode="fp32", activation="relu" if relu else None)
+        layer = QConv2d(qw, w_qp, None, x_qp, y_qp, float_bias=bias, accumulation="fbgemm", **kw_)
+        np.testing.assert_array_equal(layer(qx), want)
+        exact = qconv2d(qx, x_qp, qw, w_qp, None, y_qp, float_bias=bias, **kw_)
+        fast_path = c % 8 == 0 and o in (c, 2 * c) and k in (3, 5, 7) and stride <= 2 and pad == (k - 1) // 2 \
+            and dil == 1
+        assert layer.saturates_pairs == (fast_path or host_path("fbgemm") == "avx2")
+        if layer.saturates_pairs and not relu:  # the inputs make pairs saturate: the modes differ
+            assert np.sum(exact != want) > 0
+        _count(f"quantized.conv2d depthwise C={c} O={o} k={k}", layer(qx), want, exact)
+
+
+def test_fbgemm_path_is_what_this_process_runs():
+    """npquant's prediction of fbgemm's path agrees with a probe of torch itself."""
+    qx = np.full((1, 4), 255, np.uint8)
+    qw = np.full((1, 4), -128, np.int8)  # every pair is -65280: saturates to -32768
+    xt = torch._make_per_tensor_quantized_tensor(torch.from_numpy(qx), 1.0, 0)
+    wt = torch._make_per_tensor_quantized_tensor(torch.from_numpy(qw), 1.0, 0)
+    old = torch.backends.quantized.engine
+    torch.backends.quantized.engine = "fbgemm"
+    try:
+        y = torch.ops.quantized.linear(xt, torch.ops.quantized.linear_prepack(wt, None), 1024.0, 128)
+    finally:
+        torch.backends.quantized.engine = old
+    saturated = int(y.int_repr()) == 128 - 64  # -65536 / 1024, not -130560 / 1024 -> 0
+    assert saturated == (host_path("fbgemm") == "avx2")
 
 
 def test_report_counts():
     # runs last in this module: every comparison above was exact
-    for name, (n, bad) in sorted(COUNTS.items()):
-        print(f"{name}: {n} elements compared, {bad} differ")
+    print(f"fbgemm path here: {host_path('fbgemm')}")
+    for name, (n, bad, exact_bad) in sorted(COUNTS.items()):
+        print(f"{name}: {n} elements compared, {bad} differ (the exact model: {exact_bad})")
         assert bad == 0 and n > 0
 
 

@@ -3,7 +3,8 @@
 Twins: ``npquant.qnn.gemm._gemm_direct_numpy`` and ``_gemm_folded_numpy`` (any integer
 codes), ``_gemm_u8s8_numpy`` (the fast 8-bit kernels below: ``gemm_u8s8_vnni``,
 ``gemm_u8s8_vnni_packed``, ``gemm_u8s8_portable`` and ``gemm_u8s8_avx2``), and
-``_gemm_u8s8_numpy(..., sat16=True)`` (``gemm_u8s8_avx2_sat16``, int16 pair saturation).
+``_gemm_u8s8_numpy(..., pairs=True)`` (``gemm_u8s8_avx2_sat16`` and ``gemm_u8s8_pairs_portable``,
+int16 pair saturation).
 
 Accumulation is int32 two's complement: every partial sum is formed in int64 and cast
 back with ``np.int32(...)``, or added by ``vpdpbusd`` in int32 lanes, which wraps
@@ -605,7 +606,31 @@ def gemm_u8s8_avx2_sat16(xu, wp, dw, col, out):
 
     ``xu`` (M, kp) uint8, C-contiguous, kp a multiple of :data:`AVX2_SAT16_K_ALIGN`; ``wp``
     from :func:`pack_panels_avx2_sat16` with the same kp; ``dw``, ``col`` int32 (N,);
-    ``out`` int32 (M, N). Twin: ``npquant.qnn.gemm._gemm_u8s8_numpy(..., sat16=True)``.
+    ``out`` int32 (M, N). Twin: ``npquant.qnn.gemm._gemm_u8s8_numpy(..., pairs=True)``.
     """
     _panels16(xu, wp, out, True)
     _epilogue_rowsum(xu, dw, col, out)
+
+
+@njit(cache=True, parallel=True)
+def gemm_u8s8_pairs_portable(xu, ws, dw, col, out):
+    """The pair-saturating product in plain numba, for any CPU (one row a task):
+    ``out[i, o] = sum_p sat16(xu[i, 2p] ws[o, 2p] + xu[i, 2p+1] ws[o, 2p+1]) - dw[o] *
+    sum_k xu[i, k] + col[o]``, wrapped; ``xu`` (M, kp) uint8 and ``ws`` (O, kp) int8
+    rows, kp even. Twin: ``npquant.qnn.gemm._gemm_u8s8_numpy(..., pairs=True)``.
+    """
+    m, n_out = out.shape
+    kp = xu.shape[1]
+    for i in prange(m):
+        x = xu[i]
+        rs = np.int32(0)
+        for k in range(kp):
+            rs = np.int32(rs + np.int32(x[k]))
+        r = np.int64(rs)
+        for o in range(n_out):
+            w = ws[o]
+            s = np.int32(0)
+            for k in range(0, kp, 2):
+                v = np.int32(x[k]) * np.int32(w[k]) + np.int32(x[k + 1]) * np.int32(w[k + 1])
+                s = np.int32(s + np.int32(min(max(v, -32768), 32767)))
+            out[i, o] = np.int32(np.int64(s) + np.int64(col[o]) - np.int64(dw[o]) * r)

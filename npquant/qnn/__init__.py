@@ -1,7 +1,8 @@
 """Integer-only layers: int8/uint8 in, int32 accumulation, int8/uint8 out.
 
-Every layer computes its int32 accumulator exactly, then requantizes it with a named
-mode of :mod:`npquant.fixedpoint` (``tflite``, ``tflite_single``, ``fp32``, ``onnx``).
+Every layer computes its int32 accumulator (exactly, or as a named stack does on a named
+CPU path: ``accumulation``), then requantizes it with a named mode of
+:mod:`npquant.fixedpoint` (``tflite``, ``tflite_single``, ``fp32``, ``onnx``).
 
 * :mod:`~npquant.qnn.gemm`: ``qlinear``, ``linear_accumulate``, ``quantize_bias``
 * :mod:`~npquant.qnn.conv`: ``qconv2d``, ``conv2d_accumulate`` (stride, padding with the
@@ -11,21 +12,26 @@ mode of :mod:`npquant.fixedpoint` (``tflite``, ``tflite_single``, ``fp32``, ``on
 * :mod:`~npquant.qnn.add`: ``add`` of two tensors with different scales (TFLite's ADD,
   PyTorch's quantized add)
 * :mod:`~npquant.qnn.activation`: fused clamps (ReLU, ReLU6), ``flatten``
+* :mod:`~npquant.qnn.accumulation`: accumulation as a named mode (exact int32, or int16
+  pair saturation as fbgemm and MLAS compute it on CPUs without VNNI), per stack and CPU
 * :mod:`~npquant.qnn.overflow`: worst-case accumulator bounds, int16 pair saturation
 * :mod:`~npquant.qnn.fbgemm`: PyTorch fbgemm's float-bias requantization, bit for bit
 """
 
+from .accumulation import ACCUMULATIONS, host_path
 from .activation import ACTIVATIONS, activation_range, clamp, flatten, relu, relu6
-from .add import ADD_MODES, add, tflite_add_params
+from .add import ADD_MODES, add, tflite_add_params, torch_add_vector_width
 from .conv import conv2d_accumulate, conv_geometry, qconv2d
 from .fbgemm import fbgemm_multipliers, fbgemm_requantize
-from .gemm import linear_accumulate, qlinear, quantize_bias
+from .gemm import (GEMM_KERNELS, available_gemm_kernels, gemm_kernel, linear_accumulate, qlinear, quantize_bias,
+                   use_gemm_kernel)
 from .layers import AvgPool2d, Flatten, MaxPool2d, QAdd, QConv2d, QLinear, QReLU
-from .overflow import accumulator_bounds, check_accumulator, check_int16_pairs
+from .overflow import accumulator_bounds, check_accumulator, check_int16_pairs, int16_pair_accumulate
 from .pool import AVG_POOL_MODES, avg_pool2d, max_pool2d
 
 __all__ = [
-    "ACTIVATIONS", "ADD_MODES", "AVG_POOL_MODES", "AvgPool2d", "Flatten", "MaxPool2d", "QAdd",
+    "ACCUMULATIONS", "ACTIVATIONS", "ADD_MODES", "AVG_POOL_MODES", "GEMM_KERNELS", "available_gemm_kernels",
+    "gemm_kernel", "host_path", "int16_pair_accumulate", "torch_add_vector_width", "use_gemm_kernel", "AvgPool2d", "Flatten", "MaxPool2d", "QAdd",
     "QConv2d", "QLinear", "QReLU", "accumulator_bounds",
     "activation_range", "add", "avg_pool2d", "check_accumulator", "check_int16_pairs", "clamp",
     "conv2d_accumulate", "conv_geometry", "fbgemm_multipliers", "fbgemm_requantize", "flatten",

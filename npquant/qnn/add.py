@@ -18,8 +18,9 @@ each turned into ``(m0, shift)`` by ``QuantizeMultiplierSmallerThanOneExp`` (nee
 by default, single rounding under ``TFLITE_SINGLE_ROUNDING`` (``mode="tflite_single"``).
 
 ``mode="torch"`` reproduces ``torch.ops.quantized.add``/``add_relu`` on quint8 tensors
-(torch 2.13, fbgemm/x86 engine, AVX-512 build, measured bit for bit): elements in
-blocks of ``vector_width`` (64 for AVX-512, 32 for AVX2) go through the vector path
+(torch 2.13, fbgemm/x86 engine, measured bit for bit): elements in blocks of
+``vector_width`` (:func:`torch_add_vector_width`: 64 on ATen's ``AVX512`` and ``AVX2``
+paths) go through the vector path
 ``d_i = fma(float32(q_i), S_i, float32(S_i * -Z_i))``, ``c = d_1 + d_2``,
 ``code = rint(c * inv) + Z_out``; the remaining ``n % vector_width`` elements through
 the scalar path ``d_i = float32((q_i - Z_i) * S_i)``, ``code = rint(float32(c * inv) +
@@ -39,6 +40,23 @@ from ..fixedpoint import multiply_by_quantized_multiplier, quantize_multiplier
 from .fbgemm import fma_float32
 
 ADD_MODES = ("tflite", "tflite_single", "torch")
+
+# torch.backends.cpu.get_cpu_capability() -> elements per vector step of quantized add.
+# Measured with torch 2.13: AVX512 on an AVX-512 VNNI CPU and AVX2 there with
+# ATEN_CPU_CAPABILITY=avx2 (tests/test_qnn_add.py), AVX2 on an AVX2-only CPU (the recorded
+# tests/data/x86_avx2/torch_add_*). The DEFAULT (non-vectorized) build computes differently
+# and is not reproduced.
+_TORCH_ADD_WIDTHS = {"AVX512": 64, "AVX2": 64}
+
+
+def torch_add_vector_width(capability: str) -> int:
+    """``vector_width`` of :func:`add` with ``mode="torch"`` for PyTorch's CPU capability
+    (``torch.backends.cpu.get_cpu_capability()``): 64 for ``"AVX512"`` and ``"AVX2"``. A
+    capability whose width was not measured is a ``ValueError``."""
+    if capability not in _TORCH_ADD_WIDTHS:
+        raise ValueError(f"capability must be one of {', '.join(map(repr, _TORCH_ADD_WIDTHS))} (measured); "
+                         f"got {capability!r}")
+    return _TORCH_ADD_WIDTHS[capability]
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from .._checks import check_choice, check_int, check_pair
 from .._kernels import conv as _kc
 from ..fixedpoint import REQUANT_MODES
 from ..qparams import QParams
+from . import accumulation as _acc
 from . import gemm as _g
 
 
@@ -87,7 +88,20 @@ def _im2col_numpy(x, zx, geo: ConvGeometry, kh, kw, oh, ow) -> np.ndarray:
     return np.ascontiguousarray(cols.transpose(1, 0, 2))
 
 
-def _conv_setup(x_q, x_qp, w_q, w_qp, bias_q, stride, padding, dilation, groups, form, overflow):
+def _prepare_conv(w: np.ndarray, zw, x_qp: QParams, bias, geo: ConvGeometry, form: str, overflow: str,
+                  accumulation: str) -> "_g._Gemm":
+    """The prepared product of OIHW weights ``w``. With int16 pair saturation the
+    reduction runs in (kh, kw, c) order, c fastest (fbgemm's and MLAS's im2col order), so
+    the weights are laid out that way here and :func:`_conv_rows` orders the patches alike."""
+    o, cg, kh, kw = w.shape
+    conv = (cg * geo.groups, o, geo.groups, (kh, kw), geo.stride, geo.padding, geo.dilation)
+    pairs = _acc.resolve(accumulation, "conv2d", conv=conv) == _acc.PAIRS
+    w2d = w.transpose(0, 2, 3, 1).reshape(o, -1) if pairs else w.reshape(o, -1)
+    return _g._prepare(w2d, zw, x_qp, bias, form, overflow, "the conv2d accumulator", pairs)
+
+
+def _conv_setup(x_q, x_qp, w_q, w_qp, bias_q, stride, padding, dilation, groups, form, overflow,
+                accumulation="exact"):
     _g._act_qparams(x_qp, "x_qp")
     _g._check_qparams_type(w_qp, "w_qp")
     geo = conv_geometry(stride, padding, dilation, groups)
@@ -105,7 +119,7 @@ def _conv_setup(x_q, x_qp, w_q, w_qp, bias_q, stride, padding, dilation, groups,
                          f"{x.shape[2]}x{x.shape[3]} with padding {geo.padding}")
     sw, zw, per_channel = _g._weight_qparams(w_qp, w.shape)
     bias = _g._bias(bias_q, o)
-    prep = _g._prepare(w.reshape(o, -1), zw, x_qp, bias, form, overflow, "the conv2d accumulator")
+    prep = _prepare_conv(w, zw, x_qp, bias, geo, form, overflow, accumulation)
     return x, geo, (kh, kw), prep, sw, per_channel
 
 
@@ -113,6 +127,10 @@ def _conv_rows(x, geo: ConvGeometry, kernel, prep: "_g._Gemm", backend: str):
     """int32 (N * OH * OW, O) accumulators, one row an output pixel, and (N, OH, OW)."""
     n = x.shape[0]
     cols, (oh, ow) = _im2col(x, prep.zx, geo, kernel[0], kernel[1], backend)
+    if prep.pairs:  # (c, kh, kw) -> (kh, kw, c) within each group, as _prepare_conv laid out w
+        g_, rows, kk = cols.shape
+        t = kernel[0] * kernel[1]
+        cols = np.ascontiguousarray(cols.reshape(g_, rows, kk // t, t).transpose(0, 1, 3, 2)).reshape(g_, rows, kk)
     if geo.groups == 1:
         return _g._run(prep, cols[0], backend), (n, oh, ow)
     o = prep.w.shape[0]
@@ -136,7 +154,7 @@ def _conv_run(x, geo: ConvGeometry, kernel, prep: "_g._Gemm", backend: str) -> n
 
 def conv2d_accumulate(x_q, x_qp: QParams, w_q, w_qp: QParams, bias_q=None, *, stride=1, padding=0,
                       dilation=1, groups: int = 1, form: str = "direct", overflow: str = "error",
-                      backend: str = "numba") -> np.ndarray:
+                      backend: str = "numba", accumulation: str = "exact") -> np.ndarray:
     """int32 accumulators of an integer conv2d (before requantization).
 
     Parameters
@@ -147,28 +165,36 @@ def conv2d_accumulate(x_q, x_qp: QParams, w_q, w_qp: QParams, bias_q=None, *, st
     bias_q : int32 (O,) at scale ``S_x S_w`` and zero point 0, or None
     stride, padding, dilation, groups : see :func:`conv_geometry`; padding reads ``Z_x``
     form, overflow, backend : as in :func:`npquant.qnn.gemm.linear_accumulate`
+    accumulation : ``"exact"`` (default), ``"int16_pairs"`` (pairs along each group's
+        (kh, kw, c) patch, c fastest, padding taps reading ``Z_x``), or a library on a CPU
+        path (``"fbgemm"``, ``"mlas_avx2"``, ...), which decides per geometry (fbgemm's
+        depthwise kernel saturates even with VNNI): :mod:`npquant.qnn.accumulation`
 
     Returns
     -------
-    int32 (N, O, OH, OW), exact; ``OH = (H + p_t + p_b - d_h (kh - 1) - 1) // s_h + 1``.
+    int32 (N, O, OH, OW), exact (or pair-saturated); ``OH = (H + p_t + p_b - d_h (kh - 1)
+    - 1) // s_h + 1``.
     """
     check_choice(backend, "backend", _g.BACKENDS)
     x, geo, kernel, prep, _, _ = _conv_setup(x_q, x_qp, w_q, w_qp, bias_q, stride, padding, dilation,
-                                             groups, form, overflow)
+                                             groups, form, overflow, accumulation)
     return _conv_run(x, geo, kernel, prep, backend)
 
 
 def qconv2d(x_q, x_qp: QParams, w_q, w_qp: QParams, bias_q, y_qp: QParams, *, stride=1, padding=0,
             dilation=1, groups: int = 1, mode: str = "tflite", activation=None, form: str = "direct",
-            overflow: str = "error", backend: str = "numba", float_bias=None) -> np.ndarray:
+            overflow: str = "error", backend: str = "numba", float_bias=None,
+            accumulation: str = "exact") -> np.ndarray:
     """Integer conv2d: NCHW codes in, NCHW codes of ``y_qp`` out.
 
     The accumulator of :func:`conv2d_accumulate`, requantized per output channel (axis
     1) as in :func:`npquant.qnn.gemm.qlinear`: ``mode`` names the rounding,
     ``activation`` the fused clamp. Returns (N, O, OH, OW) codes of ``y_qp.spec.dtype``.
-    ``float_bias`` with ``mode="fp32"`` reproduces ``torch.ops.quantized.conv2d`` (dense
-    and grouped; fbgemm's depthwise kernel saturates int16 pair sums, see
-    :mod:`npquant.qnn.fbgemm`).
+    ``float_bias`` with ``mode="fp32"`` and ``accumulation="fbgemm"`` reproduces
+    ``torch.ops.quantized.conv2d`` (torch 2.13: dense, grouped, pointwise and depthwise) bit
+    for bit on the CPU path at hand (tested live with fbgemm's VNNI and AVX2 kernels and
+    against outputs recorded on an AVX2-only CPU); ``accumulation`` as in
+    :func:`conv2d_accumulate`.
     """
     check_choice(backend, "backend", _g.BACKENDS)
     check_choice(mode, "mode", REQUANT_MODES)
@@ -176,7 +202,7 @@ def qconv2d(x_q, x_qp: QParams, w_q, w_qp: QParams, bias_q, y_qp: QParams, *, st
     _g._act_qparams(y_qp, "y_qp")
     _g._activation_range(activation, y_qp)
     x, geo, kernel, prep, sw, per_channel = _conv_setup(x_q, x_qp, w_q, w_qp, bias_q, stride, padding,
-                                                        dilation, groups, form, overflow)
+                                                        dilation, groups, form, overflow, accumulation)
     acc, dims = _conv_rows(x, geo, kernel, prep, backend)  # requantized as rows, then NCHW
     if float_bias is not None:
         y = _g._float_bias_out(acc, x_qp, sw, per_channel, y_qp, float_bias, activation, axis=1,

@@ -23,12 +23,13 @@ import numpy as np
 
 from .._checks import check_choice, check_int, normalize_axis
 from .._kernels import gemm as _k
-from .._kernels.simd import HAVE_VNNI
+from .._kernels.simd import HAVE_AVX2, HAVE_VNNI
 from .activation import activation_range
 from .fbgemm import fbgemm_requantize
 from ..fixedpoint import REQUANT_MODES, effective_multiplier, requantize
 from ..linear import round_values
 from ..qparams import QParams
+from . import accumulation as _acc
 from . import overflow as _ovf
 
 FORMS = ("direct", "folded")
@@ -220,20 +221,30 @@ class _Fast:
             self._cache[key] = _Fast(np.ascontiguousarray(self.ws[sl]), self.dw[sl], self.col[sl], self.ax)
         return self._cache[key]
 
-    def padded(self) -> np.ndarray:
-        """(O, kp) int8 with kp the next multiple of 64 (at least 64), zero-filled."""
-        if "padded" not in self._cache:
-            o, k = self.ws.shape
-            wpad = np.zeros((o, _round_up(k, 64)), np.int8)
+    def padded(self, kp: int | None = None) -> np.ndarray:
+        """(O, kp) int8 zero-filled; ``kp`` default: the next multiple of 64 (at least 64)."""
+        o, k = self.ws.shape
+        kp = _round_up(k, 64) if kp is None else kp
+        key = ("padded", kp)
+        if key not in self._cache:
+            wpad = np.zeros((o, kp), np.int8)
             wpad[:, :k] = self.ws
-            self._cache["padded"] = wpad
-        return self._cache["padded"]
+            self._cache[key] = wpad
+        return self._cache[key]
 
     def panels(self) -> np.ndarray:
         """The 64-column panels of ``_kernels.gemm.pack_panels`` (K padded to a multiple of 4)."""
         if "panels" not in self._cache:
             self._cache["panels"] = _k.pack_panels(self.ws, _round_up(self.ws.shape[1], 4))
         return self._cache["panels"]
+
+    def avx2_panels(self, kp: int, pairs: bool = False) -> np.ndarray:
+        """The weight layout of the AVX2 kernel (exact, or ``pairs``: pair-saturating)."""
+        key = ("avx2", kp, pairs)
+        if key not in self._cache:
+            pack = _k.pack_panels_avx2_sat16 if pairs else _k.pack_panels_avx2
+            self._cache[key] = pack(self.ws, kp)
+        return self._cache[key]
 
 
 def _round_up(k: int, m: int) -> int:
@@ -252,17 +263,23 @@ class _Gemm:
     form: str
     fits: bool               # the worst case fits int32
     fast: _Fast | None = None  # 8-bit codes on both sides: the numba backend's fast kernels
+    pairs: bool = False      # int16 pair saturation along K (accumulation "int16_pairs")
 
     def rows(self, sl: slice) -> "_Gemm":
         """The product restricted to output rows ``sl`` (a convolution group)."""
         return _Gemm(self.w[sl], self.zx, self.zw[sl], self.bias[sl], self.bias_folded[sl], self.form,
-                     self.fits, None if self.fast is None else self.fast.rows(sl))
+                     self.fits, None if self.fast is None else self.fast.rows(sl), self.pairs)
 
 
 def _prepare(w2d: np.ndarray, zw: np.ndarray, x_qp: QParams, bias: np.ndarray, form: str,
-             overflow: str, what: str) -> _Gemm:
+             overflow: str, what: str, pairs: bool = False) -> _Gemm:
+    """``pairs``: the resolved accumulation is ``"int16_pairs"`` (:mod:`.accumulation`)."""
     check_choice(form, "form", FORMS)
     check_choice(overflow, "overflow", _ovf.OVERFLOW_MODES)
+    if pairs and (w2d.dtype != np.int8 or np.dtype(x_qp.spec.dtype) != np.uint8):
+        raise ValueError("accumulation with int16 pair saturation models vpmaddubsw on uint8 activation "
+                         f"codes x int8 weight codes; got {np.dtype(x_qp.spec.dtype)} activations (x_qp) and "
+                         f"{w2d.dtype} weights (w_q): use accumulation='exact'")
     zx = int(x_qp.zero_point)
     lo, hi = _ovf.accumulator_bounds(w2d, zw, x_qp.spec.qmin, x_qp.spec.qmax, zx, bias)
     fits = _ovf.check_accumulator(lo, hi, overflow, what=what)
@@ -278,7 +295,7 @@ def _prepare(w2d: np.ndarray, zw: np.ndarray, x_qp: QParams, bias: np.ndarray, f
         dw = zw.astype(np.int64) - aw
         col = bias.astype(np.int64) - cx * ws.astype(np.int64).sum(axis=1) + k * cx * dw
         fast = _Fast(ws, _wrap32(dw).astype(np.int32), _wrap32(col).astype(np.int32), ax)
-    return _Gemm(w, zx, zw, bias, _wrap32(folded).astype(np.int32), form, fits, fast)
+    return _Gemm(w, zx, zw, bias, _wrap32(folded).astype(np.int32), form, fits, fast, pairs)
 
 
 def _wrap32(v: np.ndarray) -> np.ndarray:
@@ -288,10 +305,16 @@ def _wrap32(v: np.ndarray) -> np.ndarray:
 def _run(g: _Gemm, x2d: np.ndarray, backend: str) -> np.ndarray:
     """int32 (N, O) accumulators of codes ``x2d`` (N, K).
 
-    The numba backend runs 8-bit codes through the unsigned x signed byte kernels
-    (``vpdpbusd`` where the CPU has AVX-512 VNNI); other widths, and ``backend="numpy"``,
-    use the form's own kernel. Every path gives the same int32 bits.
+    The numba backend runs 8-bit codes through the unsigned x signed byte kernels (the
+    one :func:`gemm_kernel` names); other widths, and ``backend="numpy"``, use the form's
+    own kernel. Every path gives the same int32 bits. With ``g.pairs`` the product is the
+    int16 pair-saturating one, on either backend.
     """
+    if g.pairs:
+        if backend == "numpy":
+            f = g.fast
+            return _gemm_u8s8_numpy(x2d, f.ws, f.dw, f.col, pairs=True)
+        return _run_fast(g.fast, x2d, pairs=True)
     if backend == "numba" and g.fast is not None and x2d.dtype == (np.int8 if g.fast.ax else np.uint8):
         return _run_fast(g.fast, x2d)
     x = np.ascontiguousarray(x2d)
@@ -305,6 +328,76 @@ def _run(g: _Gemm, x2d: np.ndarray, backend: str) -> np.ndarray:
     else:
         _k.gemm_folded(x, g.w, g.zw, g.bias_folded, out)
     return out
+
+
+# ---- which compiled 8-bit kernel runs --------------------------------------------------
+
+#: Kernel names for :func:`gemm_kernel` and ``NPQUANT_GEMM_KERNEL``.
+GEMM_KERNELS = ("auto", "vnni", "avx2", "portable")
+_KERNEL_ENV = "NPQUANT_GEMM_KERNEL"
+_forced_kernel: str | None = None
+
+
+def available_gemm_kernels() -> tuple[str, ...]:
+    """The kernels this CPU can run, fastest first (all of them with ``NUMBA_DISABLE_JIT=1``,
+    where the vector operations are their NumPy definitions)."""
+    from numba.core import config
+
+    out = []
+    if HAVE_VNNI or config.DISABLE_JIT:
+        out.append("vnni")
+    if HAVE_AVX2 or config.DISABLE_JIT:
+        out.append("avx2")
+    return tuple(out) + ("portable",)
+
+
+def gemm_kernel(name: str | None = None) -> str:
+    """The 8-bit GEMM kernel that runs: ``name``, else :func:`use_gemm_kernel`'s choice,
+    else the environment variable ``NPQUANT_GEMM_KERNEL``, else ``"auto"``; ``"auto"`` is
+    the fastest this CPU can run (``"vnni"`` with AVX-512 VNNI, ``"avx2"``, ``"portable"``).
+
+    Forcing a kernel lets one machine test and benchmark every path it can run (an
+    AVX-512 VNNI CPU runs the AVX2 kernels too). The exact kernels give identical bits;
+    the pair-saturating product (``accumulation``) always runs the AVX2 kernel, or the
+    portable one when ``"portable"`` is chosen or the CPU has no AVX2. A kernel the CPU
+    cannot run is a ``ValueError``.
+    """
+    import os
+
+    src = "name"
+    if name is None:
+        name, src = _forced_kernel, "use_gemm_kernel"
+    if name is None:
+        name, src = os.environ.get(_KERNEL_ENV, "auto").strip().lower() or "auto", _KERNEL_ENV
+    check_choice(name, src, GEMM_KERNELS)
+    avail = available_gemm_kernels()
+    if name == "auto":
+        return avail[0]
+    if name not in avail:
+        raise ValueError(f"{src}={name!r}: this CPU cannot run that kernel; it can run "
+                         + ", ".join(repr(k) for k in avail))
+    return name
+
+
+class use_gemm_kernel:
+    """Force the 8-bit GEMM kernel in a ``with`` block (or until :meth:`restore`):
+    ``with use_gemm_kernel("avx2"): ...``. ``None`` or ``"auto"`` lifts the choice."""
+
+    def __init__(self, name: str | None):
+        global _forced_kernel
+        if name is not None:
+            gemm_kernel(name)  # validate now
+        self._old, _forced_kernel = _forced_kernel, (None if name == "auto" else name)
+
+    def restore(self) -> None:
+        global _forced_kernel
+        _forced_kernel = self._old
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.restore()
 
 
 def _to_u8(x2d: np.ndarray, ax: int, kp: int) -> np.ndarray:
@@ -324,23 +417,40 @@ def _to_u8(x2d: np.ndarray, ax: int, kp: int) -> np.ndarray:
 _PACKED_MIN_ROWS = 6  # the packed kernel's tile height; fewer rows use the row-dot kernel
 
 
-def _run_fast(f: _Fast, x2d: np.ndarray) -> np.ndarray:
-    """int32 (N, O) accumulators: the packed VNNI kernel for 6 rows or more, the row-dot
-    VNNI kernel below that, the portable kernel on CPUs without AVX-512 VNNI."""
+def _run_fast(f: _Fast, x2d: np.ndarray, pairs: bool = False) -> np.ndarray:
+    """int32 (N, O) accumulators by the kernel :func:`gemm_kernel` names: VNNI packed
+    (6 rows or more) or row-dot, AVX2, or portable; ``pairs``: the pair-saturating product."""
     n, k = x2d.shape
     out = np.empty((n, f.ws.shape[0]), np.int32)
-    if HAVE_VNNI and n >= _PACKED_MIN_ROWS:
+    kernel = gemm_kernel()
+    if pairs:
+        if kernel == "portable":
+            kp = _round_up(k, 2)
+            _k.gemm_u8s8_pairs_portable(_to_u8(x2d, 0, kp), f.padded(kp), f.dw, f.col, out)
+        else:
+            kp = _round_up(k, _k.AVX2_SAT16_K_ALIGN)
+            _k.gemm_u8s8_avx2_sat16(_to_u8(x2d, 0, kp), f.avx2_panels(kp, pairs=True), f.dw, f.col, out)
+    elif kernel == "vnni" and n >= _PACKED_MIN_ROWS:
         _k.gemm_u8s8_vnni_packed(_to_u8(x2d, f.ax, _round_up(k, 4)), f.panels(), f.dw, f.col, out)
+    elif kernel == "avx2":
+        kp = _round_up(k, _k.AVX2_K_ALIGN)
+        _k.gemm_u8s8_avx2(_to_u8(x2d, f.ax, kp), f.avx2_panels(kp), f.dw, f.col, out)
     else:
-        kernel = _k.gemm_u8s8_vnni if HAVE_VNNI else _k.gemm_u8s8_portable
-        kernel(_to_u8(x2d, f.ax, _round_up(k, 64)), f.padded(), f.dw, f.col, out)
+        kern = _k.gemm_u8s8_vnni if kernel == "vnni" else _k.gemm_u8s8_portable
+        kern(_to_u8(x2d, f.ax, _round_up(k, 64)), f.padded(), f.dw, f.col, out)
     return out
 
 
-def _gemm_u8s8_numpy(xu, ws, dw, col) -> np.ndarray:
-    """Twin of ``_kernels.gemm.gemm_u8s8_*``: ``xu @ ws.T - dw * rowsum(xu) + col``, wrapped."""
+def _gemm_u8s8_numpy(xu, ws, dw, col, pairs: bool = False) -> np.ndarray:
+    """Twin of ``_kernels.gemm.gemm_u8s8_*``: ``xu @ ws.T - dw * rowsum(xu) + col``, wrapped;
+    ``pairs``: the product is ``sum_p sat16(...)`` of :func:`.overflow.int16_pair_accumulate`
+    (twin of ``gemm_u8s8_avx2_sat16`` and ``gemm_u8s8_pairs_portable``)."""
     x64 = xu.astype(np.int64)
-    acc = x64 @ ws.astype(np.int64).T - x64.sum(axis=1, keepdims=True) * dw.astype(np.int64)
+    if pairs:
+        prod = _ovf.int16_pair_accumulate(xu, ws).astype(np.int64)
+    else:
+        prod = x64 @ ws.astype(np.int64).T
+    acc = prod - x64.sum(axis=1, keepdims=True) * dw.astype(np.int64)
     return _wrap32(acc + col).astype(np.int32)
 
 
@@ -382,7 +492,7 @@ def _requantize_acc(acc, multiplier, per_channel: bool, y_qp: QParams, out_range
 
 # ---- public functions ------------------------------------------------------------------
 
-def _linear_setup(x_q, x_qp, w_q, w_qp, bias_q, form, overflow):
+def _linear_setup(x_q, x_qp, w_q, w_qp, bias_q, form, overflow, accumulation="exact"):
     _act_qparams(x_qp, "x_qp")
     _check_qparams_type(w_qp, "w_qp")
     w = _codes(w_q, w_qp, "w_q", ndim=2)
@@ -391,12 +501,13 @@ def _linear_setup(x_q, x_qp, w_q, w_qp, bias_q, form, overflow):
         raise ValueError(f"x_q must have shape (..., {w.shape[1]}) to match w_q {w.shape}, got {x.shape}")
     sw, zw, per_channel = _weight_qparams(w_qp, w.shape)
     bias = _bias(bias_q, w.shape[0])
-    g = _prepare(w, zw, x_qp, bias, form, overflow, "the linear accumulator")
+    pairs = _acc.resolve(accumulation, "linear") == _acc.PAIRS
+    g = _prepare(w, zw, x_qp, bias, form, overflow, "the linear accumulator", pairs)
     return x, g, sw, per_channel
 
 
 def linear_accumulate(x_q, x_qp: QParams, w_q, w_qp: QParams, bias_q=None, *, form: str = "direct",
-                      overflow: str = "error", backend: str = "numba") -> np.ndarray:
+                      overflow: str = "error", backend: str = "numba", accumulation: str = "exact") -> np.ndarray:
     """int32 accumulators of an integer fully connected layer (before requantization).
 
     Parameters
@@ -408,20 +519,25 @@ def linear_accumulate(x_q, x_qp: QParams, w_q, w_qp: QParams, bias_q=None, *, fo
     overflow : ``"error"`` (a possible int32 overflow over all inputs is a ValueError)
         or ``"wrap"`` (int32 two's complement)
     backend : ``"numba"`` or ``"numpy"`` (the twin); identical results
+    accumulation : ``"exact"`` (default), ``"int16_pairs"``, or a library on a CPU path
+        (``"fbgemm"``, ``"fbgemm_avx2"``, ``"mlas_avx2"``, ...): see
+        :mod:`npquant.qnn.accumulation`. Pair saturation needs uint8 ``x_q``, int8 ``w_q``.
 
     Returns
     -------
-    int32 (..., out): ``bias + sum (q_x - Z_x)(q_w - Z_w)``, exact.
+    int32 (..., out): ``bias + sum (q_x - Z_x)(q_w - Z_w)``, exact; with pair
+    saturation, ``bias + S - Z_x sum (q_w - Z_w) - Z_w sum q_x`` with ``S`` the sum of the
+    int16-saturated pair sums of raw codes along ``in``.
     """
     check_choice(backend, "backend", BACKENDS)
-    x, g, _, _ = _linear_setup(x_q, x_qp, w_q, w_qp, bias_q, form, overflow)
+    x, g, _, _ = _linear_setup(x_q, x_qp, w_q, w_qp, bias_q, form, overflow, accumulation)
     acc = _run(g, x.reshape(-1, x.shape[-1]), backend)
     return acc.reshape(x.shape[:-1] + (g.w.shape[0],))
 
 
 def qlinear(x_q, x_qp: QParams, w_q, w_qp: QParams, bias_q, y_qp: QParams, *, mode: str = "tflite",
             activation=None, form: str = "direct", overflow: str = "error",
-            backend: str = "numba", float_bias=None) -> np.ndarray:
+            backend: str = "numba", float_bias=None, accumulation: str = "exact") -> np.ndarray:
     """Integer fully connected layer: codes in, codes of ``y_qp`` out.
 
     ``y = clamp(round(acc * S_x S_w / S_y) + Z_y, lo, hi)`` with ``acc`` from
@@ -432,15 +548,20 @@ def qlinear(x_q, x_qp: QParams, w_q, w_qp: QParams, bias_q, y_qp: QParams, *, mo
     TFLite computes them, or a ``(lo, hi)`` pair of codes). ``y_qp`` is per-tensor.
     Returns (..., out) codes of ``y_qp.spec.dtype``; only the final clamp saturates.
     ``float_bias`` (float32 (out,), with ``mode="fp32"`` and ``bias_q=None``) is PyTorch's
-    float bias, folded as fbgemm does (:mod:`npquant.qnn.fbgemm`): the result then equals
-    ``torch.ops.quantized.linear`` / ``linear_relu`` bit for bit.
+    float bias, folded as fbgemm does (:mod:`npquant.qnn.fbgemm`). ``accumulation`` as
+    in :func:`linear_accumulate`. With ``float_bias`` and ``accumulation="fbgemm"`` the
+    result equals ``torch.ops.quantized.linear`` / ``linear_relu`` (torch 2.13) bit for
+    bit on the CPU path at hand (tested live on AVX-512 VNNI and on fbgemm's AVX2
+    kernels, and against outputs recorded on an AVX2-only CPU); with the default
+    ``"exact"`` it equals PyTorch only where fbgemm is exact (AVX-512 VNNI, or activation
+    codes <= 127).
     """
     check_choice(backend, "backend", BACKENDS)
     check_choice(mode, "mode", REQUANT_MODES)
     _check_float_bias(float_bias, bias_q, mode)
     _act_qparams(y_qp, "y_qp")
     _activation_range(activation, y_qp)
-    x, g, sw, per_channel = _linear_setup(x_q, x_qp, w_q, w_qp, bias_q, form, overflow)
+    x, g, sw, per_channel = _linear_setup(x_q, x_qp, w_q, w_qp, bias_q, form, overflow, accumulation)
     acc = _run(g, x.reshape(-1, x.shape[-1]), backend)
     if float_bias is not None:
         y = _float_bias_out(acc, x_qp, sw, per_channel, y_qp, float_bias, activation, axis=1, backend=backend)

@@ -17,6 +17,7 @@ from ..fixedpoint import REQUANT_MODES, effective_multiplier
 from ..qparams import QParams
 from . import activation as _act
 from .add import ADD_MODES
+from .accumulation import PAIRS, check_accumulation, resolve
 from .add import add as _add_codes
 from . import conv as _c
 from . import gemm as _g
@@ -44,6 +45,11 @@ class _QLayer:
         self._per_channel = per_channel
         self._w_scale = w_scale
 
+    @property
+    def saturates_pairs(self) -> bool:
+        """The accumulation resolved to int16 pair saturation (:mod:`npquant.qnn.accumulation`)."""
+        return self._gemm.pairs
+
     def _check_x(self, x_q, ndim=None):
         return _g._codes(x_q, self.x_qp, "x_q", ndim=ndim)
 
@@ -61,15 +67,18 @@ class QLinear(_QLayer):
     ``w_q`` (out, in) codes of ``w_qp`` (per-tensor or per-channel along axis 0);
     ``bias_q`` int32 (out,) or None; ``x_qp``, ``y_qp`` per-tensor. ``layer(x_q)`` maps
     (..., in) codes to (..., out) codes of ``y_qp.spec.dtype``; ``layer.accumulate(x_q)``
-    returns the int32 accumulators. Attributes: ``multiplier`` (float64, per channel or
-    scalar, as the stack of ``mode`` computes it), ``out_range`` (codes), ``bias_folded``
-    (int32, the bias of the folded form).
+    returns the int32 accumulators. ``accumulation`` names the arithmetic of the sum
+    (:mod:`npquant.qnn.accumulation`; ``"fbgemm"`` for PyTorch's bits on this CPU).
+    Attributes: ``multiplier`` (float64, per channel or scalar, as the stack of ``mode``
+    computes it), ``out_range`` (codes), ``bias_folded`` (int32, the bias of the folded
+    form), ``saturates_pairs`` (whether this layer's accumulation resolved to int16 pairs).
     """
 
     def __init__(self, w_q, w_qp: QParams, bias_q, x_qp: QParams, y_qp: QParams, *, mode: str = "tflite",
                  activation=None, form: str = "direct", overflow: str = "error", backend: str = "numba",
-                 float_bias=None):
+                 float_bias=None, accumulation: str = "exact"):
         check_choice(backend, "backend", _g.BACKENDS)
+        check_accumulation(accumulation)
         if float_bias is not None and bias_q is not None:
             raise ValueError("give either bias_q (int32) or float_bias (fbgemm's float bias), not both")
         _g._act_qparams(x_qp, "x_qp")
@@ -78,7 +87,9 @@ class QLinear(_QLayer):
         sw, zw, per_channel = _g._weight_qparams(w_qp, w.shape)
         self.w_q, self.w_qp = _frozen(w), w_qp
         self.bias_q = _frozen(_g._bias(bias_q, w.shape[0]))
-        self._gemm = _g._prepare(self.w_q, zw, x_qp, self.bias_q, form, overflow, "the linear accumulator")
+        pairs = resolve(accumulation, "linear") == PAIRS
+        self._gemm = _g._prepare(self.w_q, zw, x_qp, self.bias_q, form, overflow, "the linear accumulator", pairs)
+        self.accumulation = accumulation
         self.bias_folded = self._gemm.bias_folded
         self.form, self.overflow, self.backend = form, overflow, backend
         self._setup_output(x_qp, sw, per_channel, y_qp, mode, activation, float_bias)
@@ -114,12 +125,14 @@ class QConv2d(_QLayer):
     ``w_q`` (O, C / groups, kh, kw) codes; ``stride``, ``padding``, ``dilation``,
     ``groups`` as in :func:`npquant.qnn.conv.conv_geometry`. ``layer(x_q)`` maps NCHW
     codes to NCHW codes of ``y_qp.spec.dtype``; ``layer.accumulate(x_q)`` returns int32.
+    ``accumulation`` as in :class:`QLinear`, resolved for this geometry.
     """
 
     def __init__(self, w_q, w_qp: QParams, bias_q, x_qp: QParams, y_qp: QParams, *, stride=1, padding=0,
                  dilation=1, groups: int = 1, mode: str = "tflite", activation=None, form: str = "direct",
-                 overflow: str = "error", backend: str = "numba", float_bias=None):
+                 overflow: str = "error", backend: str = "numba", float_bias=None, accumulation: str = "exact"):
         check_choice(backend, "backend", _g.BACKENDS)
+        check_accumulation(accumulation)
         if float_bias is not None and bias_q is not None:
             raise ValueError("give either bias_q (int32) or float_bias (fbgemm's float bias), not both")
         _g._act_qparams(x_qp, "x_qp")
@@ -131,8 +144,9 @@ class QConv2d(_QLayer):
         sw, zw, per_channel = _g._weight_qparams(w_qp, w.shape)
         self.w_q, self.w_qp = _frozen(w), w_qp
         self.bias_q = _frozen(_g._bias(bias_q, w.shape[0]))
-        self._gemm = _g._prepare(self.w_q.reshape(w.shape[0], -1), zw, x_qp, self.bias_q, form, overflow,
-                                 "the conv2d accumulator")
+        self._gemm = _c._prepare_conv(self.w_q, zw, x_qp, self.bias_q, self.geometry, form, overflow,
+                                      accumulation)
+        self.accumulation = accumulation
         self.bias_folded = self._gemm.bias_folded
         self.form, self.overflow, self.backend = form, overflow, backend
         self._setup_output(x_qp, sw, per_channel, y_qp, mode, activation, float_bias)

@@ -144,14 +144,15 @@ def check_int16_pairs(w_q, x_qmin: int = 0, x_qmax: int = 255) -> Int16PairCheck
 
 
 def int16_pair_accumulate(x_q, w_q) -> np.ndarray:
-    """The raw product of fbgemm's AVX2 path: ``sum_pairs sat16(x_0 w_0 + x_1 w_1)``.
+    """The raw product of fbgemm's and MLAS's ``vpmaddubsw`` kernels: ``sum_p sat16(x_0 w_0 + x_1 w_1)``.
 
     ``x_q`` (N, K) uint8 codes, ``w_q`` (out, K) int8 codes; adjacent pairs along K
-    are summed with int16 saturation (``vpmaddubsw``), then added in int32
-    (``vpmaddwd`` with ones, then int32 adds). Returns int32 (N, out); it equals
-    ``x_q @ w_q.T`` exactly when :func:`check_int16_pairs` reports no saturation (the int32
-    sum wraps like the hardware's).
-    NumPy only: a model for teaching and tests, not a kernel.
+    (k = 0,1 | 2,3 | ...; an odd last k is alone) are summed with int16 saturation
+    (``vpmaddubsw``), then added in int32 (``vpmaddwd`` with ones, then int32 adds).
+    Returns int32 (N, out); it equals ``x_q @ w_q.T`` exactly when
+    :func:`check_int16_pairs` reports no saturation (the int32 sum wraps like the
+    hardware's). The NumPy definition of ``accumulation="int16_pairs"``
+    (:mod:`npquant.qnn.accumulation`) and the twin of its kernels.
     """
     x = np.asarray(x_q)
     w = np.asarray(w_q)
@@ -161,7 +162,11 @@ def int16_pair_accumulate(x_q, w_q) -> np.ndarray:
         raise TypeError(f"w_q must be int8 codes, got dtype {w.dtype}")
     if x.ndim != 2 or w.ndim != 2 or x.shape[1] != w.shape[1]:
         raise ValueError(f"x_q (N, K) and w_q (out, K) must share K, got shapes {x.shape} and {w.shape}")
-    xp = _pairs(x.astype(np.int64))
-    wp = _pairs(w.astype(np.int64))
-    pair = np.einsum("npt,opt->nop", xp, wp)
-    return np.clip(pair, INT16_MIN, INT16_MAX).sum(axis=2).astype(np.int32)
+    wp = _pairs(w.astype(np.int32))
+    out = np.empty((x.shape[0], w.shape[0]), np.int32)
+    step = max(1, (1 << 22) // max(1, wp.shape[0] * wp.shape[1]))  # rows a block: bounded memory
+    for i in range(0, x.shape[0], step):
+        xp = _pairs(x[i:i + step].astype(np.int32))
+        pair = np.einsum("npt,opt->nop", xp, wp)  # |pair| <= 65280: exact in int32
+        out[i:i + step] = np.clip(pair, INT16_MIN, INT16_MAX).sum(axis=2, dtype=np.int64).astype(np.int32)
+    return out
