@@ -21,6 +21,7 @@ import time
 from ._table import format_table  # noqa: F401 (re-exported for callers)
 from ._version import __version__
 from .fixedpoint import REQUANT_MODES
+from .qnn.accumulation import ACCUMULATIONS
 from .qparams import ROUNDING_MODES
 
 # ---------------------------------------------------------------------------- helpers
@@ -257,6 +258,9 @@ def _add_explain(sub) -> None:
                    help="requantization mode (default tflite)")
     p.add_argument("--layer", choices=("linear", "conv"), default="linear",
                    help="built-in example layer (default linear)")
+    p.add_argument("--accumulation", choices=ACCUMULATIONS, default="exact",
+                   help="arithmetic of the sum (default exact); int16_pairs, or fbgemm/mlas on a CPU "
+                        "path (fbgemm_avx2, ...), lists the int16 pair sums and marks the saturated ones")
     p.add_argument("--seed", type=_int_range(0, 2**32 - 1), default=0, help="seed of the example (default 0)")
     t = p.add_argument_group("tie table (--ties)")
     t.add_argument("--ties", action="store_true", help="print the tie table instead of a trace")
@@ -286,7 +290,7 @@ def _run_explain(args) -> int:
                                                          "tflite"))
         return _print_ties(args)
     fn = explain_linear if args.layer == "linear" else explain_conv2d
-    print(fn(mode=args.mode, **ex))
+    print(fn(mode=args.mode, accumulation=args.accumulation, **ex))
     return 0
 
 

@@ -23,7 +23,9 @@ from .fixedpoint import (
     requant_params,
     requantize,
 )
+from .qnn.accumulation import PAIRS, check_accumulation, resolve
 from .qnn.conv import conv_geometry
+from .qnn.overflow import INT16_MAX, INT16_MIN
 from .qparams import QParams
 
 
@@ -53,6 +55,9 @@ class Explanation:
     dequantized: float = 0.0
     reference: float = 0.0
     error_lsb: float = 0.0
+    accumulation: str = "exact"
+    pairs: list = field(default_factory=list)  # (k, exact pair sum, int16 value) with int16 pairs
+    exact_acc: int = 0  # the exact sum, when the accumulation saturates pairs
 
     def __str__(self) -> str:
         k = len(self.x)
@@ -75,10 +80,17 @@ class Explanation:
             f"   q_x - Z_x = {vec(dx)}",
             f"   q_w - Z_w = {vec(dw)}",
             f"   products  = {vec([a * b for a, b in zip(dx, dw)])}",
-            f"3. int32 accumulator  acc = sum((q_x - Z_x)(q_w - Z_w)) = {self.acc}",
-            "   folded form (Jacob et al. 2018): sum q_x q_w - Z_w sum q_x - Z_x sum q_w + K Z_x Z_w",
-            f"     = {self.folded['sum_xw']} - {self.z_w}*{self.folded['sum_x']} - {self.z_x}*{self.folded['sum_w']}"
-            f" + {k}*{self.z_x}*{self.z_w} = {self.folded['total']}",
+        ]
+        if self.pairs:
+            lines += self._pair_lines()
+        else:
+            lines += [
+                f"3. int32 accumulator  acc = sum((q_x - Z_x)(q_w - Z_w)) = {self.acc}",
+                "   folded form (Jacob et al. 2018): sum q_x q_w - Z_w sum q_x - Z_x sum q_w + K Z_x Z_w",
+                f"     = {self.folded['sum_xw']} - {self.z_w}*{self.folded['sum_x']} - {self.z_x}*{self.folded['sum_w']}"
+                f" + {k}*{self.z_x}*{self.z_w} = {self.folded['total']}",
+            ]
+        lines += [
             f"4. bias (int32, scale S_x S_w, zero point 0) = {self.bias};  acc + bias = {self.acc + self.bias}",
             f"5. real multiplier M = S_x S_w / S_y = {self.s_x!r} * {self.s_w!r} / {self.s_y!r}"
             f" = {self.multiplier!r}",
@@ -92,6 +104,28 @@ class Explanation:
         ]
         return "\n".join(lines)
 
+    def _pair_lines(self) -> list:
+        k = len(self.x)
+        sat = [(i, p, v) for i, p, v in self.pairs if p != v]
+        s = sum(v for _, _, v in self.pairs)
+        lines = [
+            f"3. int16 pair saturation ({self.accumulation}): raw codes in pairs k = 0,1 | 2,3 | ...,"
+            " each pair sum clamped to [-32768, 32767] (vpmaddubsw), then added in int32",
+        ]
+        for i, p, v in self.pairs:
+            pair = f"{self.x[i]}*{self.w[i]}" + (f" + {self.x[i + 1]}*{self.w[i + 1]}" if i + 1 < k else "")
+            mark = f" -> saturates to {v}" if p != v else ""
+            lines.append(f"   k={i:<3d} {pair} = {p}{mark}")
+        lines += [
+            f"   {len(sat)} of {len(self.pairs)} pairs saturated;  S = sum of the int16 pair sums = {s}",
+            "   zero points applied afterwards, exactly: acc = S - Z_x sum (q_w - Z_w) - Z_w sum q_x",
+            f"     = {s} - {self.z_x}*{self.folded['sum_w'] - k * self.z_w} - {self.z_w}*{self.folded['sum_x']}"
+            f" = {self.acc}",
+            f"   (the exact sum((q_x - Z_x)(q_w - Z_w)) is {self.exact_acc}: "
+            f"{'equal' if self.exact_acc == self.acc else f'off by {self.acc - self.exact_acc}'})",
+        ]
+        return lines
+
 
 def _ints(a, name: str) -> list:
     arr = np.asarray(a)
@@ -102,13 +136,17 @@ def _ints(a, name: str) -> list:
 
 def explain_dot(x_codes, z_x: int, w_codes, z_w: int, bias: int, s_x: float, s_w: float,
                 s_y: float, z_y: int, qmin: int, qmax: int, *, mode: str = "tflite",
-                title: str = "one output element") -> Explanation:
+                title: str = "one output element", accumulation: str = "exact") -> Explanation:
     """Explain ``clamp(requantize(sum((q_x - Z_x)(q_w - Z_w)) + bias) + Z_y)`` step by step.
 
     ``x_codes`` and ``w_codes`` are equal-length integer vectors (the receptive field and
-    the weights of one output); scales are float32 values; ``bias`` is int32.
+    the weights of one output, in the order the kernel reduces them); scales are float32
+    values; ``bias`` is int32. ``accumulation`` is ``"exact"`` or ``"int16_pairs"`` (uint8
+    ``x``, int8 ``w``): then the trace lists every pair sum and marks the saturated ones
+    (:mod:`npquant.qnn.accumulation`).
     """
     check_choice(mode, "mode", REQUANT_MODES)
+    check_choice(accumulation, "accumulation", ("exact", PAIRS))
     x = _ints(x_codes, "x_codes")
     w = _ints(w_codes, "w_codes")
     if len(x) != len(w) or not x:
@@ -123,6 +161,14 @@ def explain_dot(x_codes, z_x: int, w_codes, z_w: int, bias: int, s_x: float, s_w
     k = len(x)
     folded = {"sum_xw": sum(a * b for a, b in zip(x, w)), "sum_x": sum(x), "sum_w": sum(w)}
     folded["total"] = folded["sum_xw"] - z_w * folded["sum_x"] - z_x * folded["sum_w"] + k * z_x * z_w
+    exact_acc, pairs = acc, []
+    if accumulation == PAIRS:
+        if min(x) < 0 or max(x) > 255 or min(w) < -128 or max(w) > 127:
+            raise ValueError("accumulation='int16_pairs' needs uint8 x_codes and int8 w_codes")
+        for i in range(0, k, 2):
+            p = sum(x[t] * w[t] for t in range(i, min(i + 2, k)))
+            pairs.append((i, p, min(max(p, INT16_MIN), INT16_MAX)))
+        acc = sum(v for _, _, v in pairs) - z_x * (folded["sum_w"] - k * z_w) - z_w * folded["sum_x"]
     total = acc + bias
     if not -(1 << 31) <= total < (1 << 31):
         raise ValueError(f"acc + bias = {total} overflows int32")
@@ -166,7 +212,8 @@ def explain_dot(x_codes, z_x: int, w_codes, z_w: int, bias: int, s_x: float, s_w
     return Explanation(title=title, mode=mode, x=x, z_x=z_x, w=w, z_w=z_w, acc=acc, folded=folded, bias=bias,
                        s_x=float(np.float32(s_x)), s_w=float(np.float32(s_w)), s_y=float(np.float32(s_y)),
                        multiplier=m, steps=steps, z_y=z_y, qmin=qmin, qmax=qmax, before_clamp=before, code=code,
-                       dequantized=deq, reference=ref, error_lsb=(deq - ref) / float(np.float32(s_y)))
+                       dequantized=deq, reference=ref, error_lsb=(deq - ref) / float(np.float32(s_y)),
+                       accumulation=accumulation, pairs=pairs, exact_acc=exact_acc)
 
 
 def _srdhm(a: int, b: int) -> int:
@@ -198,8 +245,11 @@ def _per_tensor(qp, name: str):
 
 
 def explain_linear(x_q, x_qp: QParams, w_q, w_qp: QParams, bias_q, y_qp: QParams, row: int, col: int,
-                   *, mode: str = "tflite", qmin: int | None = None, qmax: int | None = None) -> Explanation:
-    """Explain output ``[row, col]`` of a linear layer: x (N, in) codes, w (out, in)."""
+                   *, mode: str = "tflite", qmin: int | None = None, qmax: int | None = None,
+                   accumulation: str = "exact") -> Explanation:
+    """Explain output ``[row, col]`` of a linear layer: x (N, in) codes, w (out, in);
+    ``accumulation`` as in :func:`npquant.qnn.gemm.linear_accumulate`."""
+    check_accumulation(accumulation)
     x = np.asarray(x_q)
     w = np.asarray(w_q)
     if x.ndim != 2 or w.ndim != 2 or x.shape[1] != w.shape[1]:
@@ -215,17 +265,21 @@ def explain_linear(x_q, x_qp: QParams, w_q, w_qp: QParams, bias_q, y_qp: QParams
     lo = y_qp.spec.qmin if qmin is None else qmin
     hi = y_qp.spec.qmax if qmax is None else qmax
     return explain_dot(x[row], z_x, w[col], z_w, b, s_x, s_w, s_y, z_y, lo, hi, mode=mode,
-                       title=f"linear layer, output element [{row}, {col}]")
+                       title=f"linear layer, output element [{row}, {col}]",
+                       accumulation=resolve(accumulation, "linear"))
 
 
 def explain_conv2d(x_q, x_qp: QParams, w_q, w_qp: QParams, bias_q, y_qp: QParams, index, *,
                    stride=1, padding=0, dilation=1, groups: int = 1, mode: str = "tflite",
-                   qmin: int | None = None, qmax: int | None = None) -> Explanation:
+                   qmin: int | None = None, qmax: int | None = None, accumulation: str = "exact") -> Explanation:
     """Explain output ``index = (n, o, i, j)`` of a conv2d: x NCHW codes, w OIHW.
 
     The receptive field is gathered explicitly, padding positions holding ``Z_x`` (so
-    they contribute 0 after the correction), and the dot product is traced.
+    they contribute 0 after the correction), and the dot product is traced, in (c, kh,
+    kw) order, or (kh, kw, c) when ``accumulation`` resolves to int16 pairs for this
+    geometry (the order fbgemm and MLAS pair in).
     """
+    check_accumulation(accumulation)
     x = np.asarray(x_q)
     w = np.asarray(w_q)
     if x.ndim != 4 or w.ndim != 4:
@@ -246,19 +300,24 @@ def explain_conv2d(x_q, x_qp: QParams, w_q, w_qp: QParams, bias_q, y_qp: QParams
     s_y, z_y = _per_tensor(y_qp, "y_qp")
     s_w, z_w = _channel(w_qp, o)
     g = o // (w.shape[0] // groups)
-    patch = []
+    acc_mode = resolve(accumulation, "conv2d", conv=(x.shape[1], w.shape[0], groups, (kh, kw), geo.stride,
+                                                     geo.padding, geo.dilation))
+    patch = np.empty((cin_g, kh, kw), np.int64)
     for c in range(cin_g):
         for a in range(kh):
             for b in range(kw):
                 r = i * sh - pt + a * dh
                 s = j * sw_ - pl + b * dw
                 inside = 0 <= r < x.shape[2] and 0 <= s < x.shape[3]
-                patch.append(int(x[n, g * cin_g + c, r, s]) if inside else z_x)
+                patch[c, a, b] = int(x[n, g * cin_g + c, r, s]) if inside else z_x
+    wo = w[o]
+    if acc_mode == PAIRS:  # (kh, kw, c), c fastest
+        patch, wo = patch.transpose(1, 2, 0), wo.transpose(1, 2, 0)
     b = 0 if bias_q is None else int(np.asarray(bias_q).reshape(-1)[o])
     lo = y_qp.spec.qmin if qmin is None else qmin
     hi = y_qp.spec.qmax if qmax is None else qmax
-    return explain_dot(patch, z_x, w[o].ravel(), z_w, b, s_x, s_w, s_y, z_y, lo, hi, mode=mode,
-                       title=f"conv2d, output element (n={n}, o={o}, i={i}, j={j})")
+    return explain_dot(patch.ravel(), z_x, wo.ravel(), z_w, b, s_x, s_w, s_y, z_y, lo, hi, mode=mode,
+                       title=f"conv2d, output element (n={n}, o={o}, i={i}, j={j})", accumulation=acc_mode)
 
 
 def builtin_example(layer: str = "linear", seed: int = 0) -> dict:
