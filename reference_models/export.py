@@ -65,6 +65,27 @@ from torch import nn  # noqa: E402
 #   2. rest      -> train (1,078) + calibration (269),  stratify=rest labels,  random_state=0
 # Each index array is then sorted ascending, so test_inputs are in dataset order.
 # ---------------------------------------------------------------------------------------
+def export_cpu() -> dict:
+    """The CPU class of this export: vendor and the ISA extensions that choose PyTorch's
+    fbgemm and MKL code paths (Linux ``/proc/cpuinfo``; ``"unknown"`` elsewhere). The
+    fresh-export test compares bit for bit only on the same class."""
+    info = {"vendor": "unknown", "avx2": False, "avx512f": False, "avx512_vnni": False}
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return info
+    for line in text.splitlines():
+        key, _, val = line.partition(":")
+        if key.strip() == "vendor_id":
+            info["vendor"] = val.strip()
+        elif key.strip() == "flags":
+            flags = set(val.split())
+            for f in ("avx2", "avx512f", "avx512_vnni"):
+                info[f] = f in flags
+            break
+    return info
+
+
 SPLIT_SEED = 0
 N_TEST = 450
 N_CALIBRATION = 269
@@ -326,7 +347,7 @@ def export_model(name, cfg, x, y, split, out_dir):
         "training": {"optimizer": "Adam", "lr": cfg["lr"], "epochs": cfg["epochs"],
                      "batch_size": BATCH_SIZE, "loss": "CrossEntropyLoss",
                      "torch_seed": TORCH_SEED, "shuffle_seed": SHUFFLE_SEED, "threads": 1},
-        "pinned_env": PINNED_ENV,
+        "pinned_env": PINNED_ENV, "export_cpu": export_cpu(),
         "test_accuracy": acc,
         "test_correct": int((logits.argmax(1) == yte).sum()),
     }
@@ -371,7 +392,7 @@ def export_model(name, cfg, x, y, split, out_dir):
                   "codes [-128, 127], zero points 0",
         "calibration": f"calibration split ({N_CALIBRATION} images), one forward pass, one batch",
         "fusion_groups": fusion_groups(arch),
-        "threads": 1, "pinned_env": PINNED_ENV,
+        "threads": 1, "pinned_env": PINNED_ENV, "export_cpu": export_cpu(),
         "float_test_accuracy": acc,
         "test_accuracy": ptq_acc,
         "test_correct": int((logits_int.argmax(1) == yte).sum()),
