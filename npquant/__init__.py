@@ -44,8 +44,10 @@ from .observers import (
 from .packing import PackedArray, pack, pack_bits, unpack, unpack_bits
 from .prune import decode_relative, encode_relative, magnitude_mask
 from .qparams import ROUNDING_MODES, QParams, QuantSpec, compute_qparams, fit_qparams
+from ._threads import threading_info
 
 __all__ = [
+    "threading_info",
     "__version__",
     "METHODS",
     "REQUANT_MODES",
