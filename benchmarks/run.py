@@ -46,7 +46,11 @@ if ROOT not in sys.path:  # ``python benchmarks/run.py`` from anywhere
 SUITES = ("gemm", "cnn", "requantize", "unpack", "huffman", "kmeans", "quantize", "dequantize")
 PEERS = ("torch", "onnxruntime")
 THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS")
-ENV_REPORTED = THREAD_ENV + ("OMP_WAIT_POLICY",)
+# --isa avx2: every library on its AVX2 code path, where it has a switch (onnxruntime has none)
+ISA_ENV = {"avx2": {"NPQUANT_GEMM_KERNEL": "avx2", "FBGEMM_ENABLE_INSTRUCTIONS": "AVX2",
+                    "ATEN_CPU_CAPABILITY": "avx2", "OPENBLAS_CORETYPE": "Haswell"},
+           "portable": {"NPQUANT_GEMM_KERNEL": "portable"}, "auto": {}}
+ENV_REPORTED = THREAD_ENV + ("OMP_WAIT_POLICY",) + tuple(ISA_ENV["avx2"])
 README_START = "<!-- benchmark-results:start -->"
 README_END = "<!-- benchmark-results:end -->"
 ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl",
@@ -126,6 +130,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--update-readme", action="store_true",
                    help="also copy the report into benchmarks/README.md between its markers")
     p.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default: 0)")
+    p.add_argument("--isa", choices=tuple(ISA_ENV), default="auto",
+                   help="code path: auto (the fastest each library picks), avx2 (npquant's AVX2 kernels "
+                        "and fbgemm, ATen and OpenBLAS forced to AVX2; onnxruntime cannot be forced) or "
+                        "portable (npquant's portable kernels)")
     p.add_argument("--list", action="store_true", help="list the kernels and their default sizes, then exit")
     p.add_argument("--child-json", help=argparse.SUPPRESS)  # internal: one thread count, results here
     args = p.parse_args(argv)
@@ -140,8 +148,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def pin_thread_env(n: int) -> bool:
-    """Set the thread env vars; return whether numpy was still unimported (so they bite).
+def pin_thread_env(n: int, isa: str = "auto") -> bool:
+    """Set the thread env vars (and those of ``--isa``); return whether numpy was still
+    unimported (so they bite).
 
     On more than one thread, OpenMP's idle threads (numba's and PyTorch's) are told to
     sleep (``OMP_WAIT_POLICY=PASSIVE``, unless set already), as onnxruntime's are by its
@@ -150,6 +159,7 @@ def pin_thread_env(n: int) -> bool:
     """
     for var in THREAD_ENV:
         os.environ[var] = str(n)
+    os.environ.update(ISA_ENV[isa])
     if n > 1:
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     return "numpy" not in sys.modules
@@ -164,7 +174,8 @@ def machine_info(threads: int, peers: dict) -> dict:
     import numpy as np
 
     import npquant
-    from npquant._kernels.simd import HAVE_VNNI
+    from npquant.qnn.accumulation import host_path
+    from npquant.qnn.gemm import gemm_kernel
 
     cpu, flags = platform.processor() or platform.machine(), set()
     try:
@@ -210,7 +221,8 @@ def machine_info(threads: int, peers: dict) -> dict:
     return {
         "cpu": cpu,
         "llvm_host_cpu": llvm.get_host_cpu_name(),
-        "npquant_gemm_kernel": "avx512-vnni" if HAVE_VNNI else "portable",
+        "npquant_gemm_kernel": gemm_kernel(),
+        "peer_paths": {"fbgemm": host_path("fbgemm"), "mlas": host_path("mlas"), "openblas": _openblas_core()},
         "logical_cores": os.cpu_count(),
         "cores_available": affinity,
         "isa_flags": [f for f in ISA_FLAGS if f in flags],
@@ -220,6 +232,18 @@ def machine_info(threads: int, peers: dict) -> dict:
         "git_commit": _git_commit(),
         "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     }
+
+
+def _openblas_core():
+    """The kernel family NumPy's OpenBLAS runs (threadpoolctl), or None."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return None
+    for lib in threadpool_info():
+        if lib.get("internal_api") == "openblas":
+            return lib.get("architecture")
+    return None
 
 
 def _threading_layer():
@@ -448,7 +472,9 @@ def markdown_report(rows, scaling, info, args) -> str:
         f"- Machine: {info['cpu']} (LLVM host CPU `{info['llvm_host_cpu']}`), "
         f"{info['logical_cores']} logical cores ({info['cores_available']} available), "
         f"ISA: {' '.join(info['isa_flags']) or 'n/a'}; npquant's 8-bit GEMM kernel: "
-        f"`{info['npquant_gemm_kernel']}`",
+        f"`{info['npquant_gemm_kernel']}`; peers' paths: fbgemm `{info['peer_paths']['fbgemm']}`, "
+        f"onnxruntime MLAS `{info['peer_paths']['mlas']}`, NumPy's OpenBLAS `{info['peer_paths']['openblas']}`"
+        + (f" (`--isa {args.isa}`)" if args.isa != "auto" else ""),
         f"- Platform: {info['platform']}",
         f"- Versions: {ver}",
         f"- Threads: {', '.join(map(str, args.threads))} (each count in its own process); "
@@ -536,7 +562,7 @@ def update_readme(md: str, readme: str) -> None:
 
 def _child(args, threads: int) -> dict:
     """Run every suite on ``threads`` threads in this process."""
-    env_pinned = pin_thread_env(threads)
+    env_pinned = pin_thread_env(threads, args.isa)
     # torch 2.13 warns that its quantized tensors are deprecated; the timing is still valid
     warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*")
     warnings.filterwarnings("ignore", category=DeprecationWarning)

@@ -11,6 +11,8 @@ import sys
 
 import pytest
 
+from npquant.qnn.accumulation import host_path
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZES = {"gemm": "7x70x100", "cnn": "9", "quantize": "1e3,1e3:per_group", "dequantize": "1e3",
          "requantize": "2x8x4x4,16x8", "unpack": "1e3", "huffman": "lenet,2e3", "kmeans": "2e3"}
@@ -34,7 +36,13 @@ def test_runner_writes_markdown_and_json(tmp_path):
             assert r["median_s"] > 0 and r["ratio"] > 0 and len(r["samples_s"]) == 1
         else:
             assert r["status"].startswith(("missing", "n/a")) and "median_s" not in r
-        if r["impl"] in ("numpy", "onnxruntime", "torch", "numpy-int32", "numpy.unpackbits") and r["check"]:
+        if r["impl"] in ("numpy", "torch", "numpy-int32", "numpy.unpackbits") and r["check"]:
+            assert r["check"].startswith("bit-exact"), r
+        if r["impl"] == "onnxruntime" and r["suite"] == "gemm":  # MLAS saturates int16 pairs without VNNI
+            assert r["check"].startswith("bit-exact" if host_path("mlas") == "vnni" else "int16 pairs"), r
+        if r["impl"] == "numba-int16-pairs":
+            assert r["check"].startswith("int16 pairs"), r
+        if r["impl"] == "torch-qlinear":  # npquant's accumulation="fbgemm" follows torch's path
             assert r["check"].startswith("bit-exact"), r
     for suite in SIZES:
         assert f"### {suite}" in md
@@ -66,7 +74,8 @@ def test_thread_counts_run_apart_and_report_scaling(tmp_path):
     assert {r["threads"] for r in payload["results"]} == {1, 2}
     assert [m["threads"]["requested"] for m in payload["machines_per_thread_count"]] == [1, 2]
     one = [r for r in payload["results"] if r["impl"] == "numba@1thread"]
-    assert [r["threads"] for r in one] == [2] and one[0]["suite"] == "gemm"  # unpack is serial
-    assert [(s["suite"], s["to_threads"]) for s in payload["scaling"]] == [("gemm", 2)]
-    assert payload["scaling"][0]["scaling"] == one[0]["ratio"]
+    # one row per gemm case (exact and int16 pairs); unpack is serial
+    assert [(r["threads"], r["suite"]) for r in one] == [(2, "gemm"), (2, "gemm")]
+    assert [(s["suite"], s["to_threads"]) for s in payload["scaling"]] == [("gemm", 2), ("gemm", 2)]
+    assert [s["scaling"] for s in payload["scaling"]] == [r["ratio"] for r in one]
     assert "### Thread scaling" in (tmp_path / "latest.md").read_text()

@@ -5,7 +5,8 @@ conv1 3x3 (1 -> 8) + ReLU, max pool, conv2 3x3 (8 -> 16) + ReLU, max pool, fc (6
 uint8 codes of the logits:
 
 * ``numba`` -- ``npquant.convert.from_pytorch_ptq`` (``mode="fp32"`` with fbgemm's float
-  bias), ``model.run(model.quantize_input(x))``, numba backend;
+  bias, ``accumulation="fbgemm"``: the path torch takes in this process),
+  ``model.run(model.quantize_input(x))``, numba backend;
 * ``numpy`` -- the same model with every layer on ``backend="numpy"`` (the twins);
 * ``torch`` -- PyTorch's quantized modules (``ConvReLU2d``, ``MaxPool2d``, ``Linear``,
   fbgemm engine) built from the same integer weights, scales and zero points, after
@@ -94,7 +95,7 @@ def cases(ctx):
         data = {k: z[k] for k in z.files}
     with np.load(MODEL.replace("cnn_ptq", "cnn"), allow_pickle=False) as z:
         images = z["test_inputs"]
-    model = from_pytorch_ptq(data)
+    model = from_pytorch_ptq(data, accumulation="fbgemm")
     twin = _numpy_twin(model)
     for label in ctx.sizes:
         n = _batch(label)

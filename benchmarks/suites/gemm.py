@@ -15,6 +15,17 @@ point 3). Work = 2*M*N*K operations. Peers and references on the same operands:
   also requantizes to uint8: compared with ``numba-qlinear``, npquant's ``QLinear`` in
   ``mode="fp32"`` with fbgemm's float-bias folding, which adds that step.
 
+npquant's kernel is the one :func:`npquant.qnn.gemm.gemm_kernel` names (the fastest the
+CPU runs, or ``NPQUANT_GEMM_KERNEL``; ``--isa avx2`` of the runner forces the AVX2 kernels
+and puts fbgemm, ATen and OpenBLAS on their AVX2 paths too). A second case at each size,
+``... int16 pairs``, times ``QLinear(accumulation="int16_pairs").accumulate`` (the
+``vpmaddubsw`` product of fbgemm and MLAS on CPUs without VNNI) against the same peers.
+Every output is compared, outside the timed calls, with the exact int32 product and with
+the pair-saturating one, and the ``output`` column says which it equals. onnxruntime has
+no switch for its kernel: on a CPU with AVX-512 VNNI or AVX-VNNI it runs (exact) VNNI
+code even in an ``--isa avx2`` run, so its ratio there is against a faster path than an
+AVX2-only CPU would give it.
+
 Sizes are ``MxNxK`` labels.
 """
 
@@ -52,7 +63,11 @@ def _ort_matmul_integer(ort, x, w, threads):
 
 def cases(ctx):
     from npquant import QParams, QuantSpec
+    from npquant.qnn.gemm import gemm_kernel
     from npquant.qnn.layers import QLinear
+    from npquant.qnn.overflow import int16_pair_accumulate
+
+    avx2 = gemm_kernel() != "vnni"
 
     rng = np.random.default_rng(ctx.seed)
     for label in ctx.sizes:
@@ -66,26 +81,27 @@ def cases(ctx):
         fast = QLinear(w, w_qp, None, x_qp, y_qp)
         twin = QLinear(w, w_qp, None, x_qp, y_qp, backend="numpy")
         ref = fast.accumulate(x)
-        impls = [Impl("numba", lambda: fast.accumulate(x))]
+        sat = int16_pair_accumulate(x, w).astype(np.int64) - ZX * w.astype(np.int64).sum(axis=1)
+        impls = [Impl("numba", lambda: fast.accumulate(x), check=_which(ref, ref, sat) + " (exact)")]
         if 2 * m * n * k <= 2 * 512 ** 3:
             impls.append(Impl("numpy", lambda: twin.accumulate(x), check=compare(twin.accumulate(x), ref)))
         else:
             impls.append(Impl("numpy", None, status="n/a: the int64 twin takes minutes at this size"))
         x32, w32 = x.astype(np.int32) - ZX, w.astype(np.int32)
-        impls.append(Impl("numpy-int32", lambda: x32 @ w32.T, check=compare(x32 @ w32.T, ref)))
+        impls.append(Impl("numpy-int32", lambda: x32 @ w32.T, check=_which(x32 @ w32.T, ref, sat)))
         xf, wf = x32.astype(np.float32), w32.astype(np.float32)
         ff = xf @ wf.T
         exact = np.array_equal(ff.astype(np.int64), ref)
         impls.append(Impl("numpy-float32", lambda: xf @ wf.T,
                           check="exact here" if exact else "rounded: " + compare(ff.astype(np.int64), ref)[9:]))
         miss = ctx.peer_impl("onnxruntime")
-        if miss is None:
-            run = _ort_matmul_integer(ctx.peers["onnxruntime"], x, w, ctx.threads)
-            impls.append(Impl("onnxruntime", run, check=compare(run(), ref)))
-        else:
-            impls.append(miss)
+        ort = None if miss else Impl("onnxruntime", _ort_matmul_integer(ctx.peers["onnxruntime"], x, w, ctx.threads))
+        if ort is not None:
+            ort.check = _which(ort.fn(), ref, sat)
+        impls.append(ort or miss)
         bias = rng.normal(0, 0.1, n).astype(np.float32)
-        qlin = QLinear(w, w_qp, None, x_qp, y_qp, mode="fp32", float_bias=bias)
+        # fbgemm's accumulation on the path torch takes in this process (AVX2 in an --isa avx2 run)
+        qlin = QLinear(w, w_qp, None, x_qp, y_qp, mode="fp32", float_bias=bias, accumulation="fbgemm")
         y_ref = qlin(x)
         impls.append(Impl("numba-qlinear", lambda: qlin(x)))
         miss = ctx.peer_impl("torch")
@@ -96,7 +112,28 @@ def cases(ctx):
         else:
             impls.append(Impl("torch-qlinear", None, status=miss.status))
         yield Case(NAME, f"M={m} N={n} K={k}", 2.0 * m * n * k, "GOP/s", impls,
-                   targets={"onnxruntime": 0.5, "numpy-int32": 40.0, "numpy-float32": 1.0})
+                   targets={"onnxruntime": 0.5, "numpy-int32": 40.0, "numpy-float32": 1.5 if avx2 else 1.0})
+        pairs = QLinear(w, w_qp, None, x_qp, y_qp, accumulation="int16_pairs")
+        got = pairs.accumulate(x)
+        p_impls = [Impl("numba-int16-pairs", lambda: pairs.accumulate(x), check=_which(got, ref, sat) + " (pairs)"),
+                   Impl("numba", lambda: fast.accumulate(x), check="exact")]
+        if ort is not None:
+            p_impls.append(ort)
+        yield Case(NAME, f"M={m} N={n} K={k} int16 pairs", 2.0 * m * n * k, "GOP/s", p_impls,
+                   baseline="numba-int16-pairs", targets={"onnxruntime": 0.8} if ort is not None else {})
+
+
+def _which(out, exact, sat) -> str:
+    """Whether ``out`` equals the exact int32 product, the pair-saturating one, or both."""
+    out = np.asarray(out).astype(np.int64)
+    d_exact, d_sat = int(np.count_nonzero(out != exact)), int(np.count_nonzero(out != sat))
+    if d_exact == 0 and d_sat == 0:
+        return "bit-exact (no pair saturates here)"
+    if d_exact == 0:
+        return f"bit-exact: exact int32 ({d_sat} of {out.size} differ from int16 pairs)"
+    if d_sat == 0:
+        return f"int16 pairs ({d_exact} of {out.size} differ from exact)"
+    return f"differs: {d_exact} of {out.size} from exact, {d_sat} from int16 pairs"
 
 
 def _torch_qlinear(torch, x, x_qp, w, w_qp, bias, y_qp):
