@@ -78,10 +78,11 @@ def test_qlinear_matmul(m, k, n):
     _count("QLinearMatMul", got, y, qlinear(a, x_qp, w, w_qp, None, y_qp, mode="fp32"))
 
 
-CONVS = [  # C, O, k, stride, pad, group
-    (5, 6, 3, 1, 1, 1), (8, 16, 3, 1, 1, 1), (3, 4, 5, 2, 2, 1), (8, 6, 3, 1, 1, 2),
-    (8, 8, 3, 1, 1, 8), (16, 16, 3, 2, 1, 16), (9, 7, 1, 1, 0, 1),
-]
+# C, O, k, stride, pad, group: the kinds the AVX2 recordings cover (im2col, ConvSym,
+# both depthwise kernels) and a pointwise one; grouped non-depthwise QLinearConv has no
+# recording, so its pairing on AVX2 is not claimed
+CONVS = [(5, 6, 3, 1, 1, 1), (8, 16, 3, 1, 1, 1), (3, 4, 5, 2, 2, 1), (8, 8, 3, 1, 1, 8),
+         (16, 16, 3, 2, 1, 16), (9, 7, 1, 1, 0, 1)]
 
 
 @pytest.mark.parametrize("c, o, k, stride, pad, group", CONVS)

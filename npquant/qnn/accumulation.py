@@ -43,7 +43,9 @@ int32 and the sum is exact.
     ``FBGEMM_ENABLE_INSTRUCTIONS``; MLAS uses VNNI with AVX-512 VNNI or AVX-VNNI.
 
 Not covered (no measurement): int8 (signed) activations, 3-D and transposed
-convolutions, ``ConvInteger`` on VNNI-less CPUs other than one recorded case.
+convolutions, grouped (not depthwise) ``QLinearConv`` and ``ConvInteger`` shapes other
+than the recorded ones on VNNI-less CPUs, and AVX-512 CPUs without VNNI (where both
+libraries also use ``vpmaddubsw``, and the ``"avx2"`` path is assumed).
 """
 
 from __future__ import annotations

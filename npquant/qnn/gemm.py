@@ -8,7 +8,14 @@ int32 at scale ``S_x S_w`` with zero point 0 (:func:`quantize_bias`).
 Two equal forms of the sum (``form``): ``"direct"`` as written, and ``"folded"``, the
 expansion of Jacob et al. 2018 (eq. 7), ``sum q_x q_w - Z_w sum q_x - Z_x sum q_w +
 K Z_x Z_w``, whose weight terms are folded into the bias once per layer. They give the
-same int32 bits (modular arithmetic; see :mod:`npquant._kernels.gemm`).
+same int32 bits (modular arithmetic; see :mod:`npquant._kernels.gemm`). ``accumulation``
+names the arithmetic of the sum: exact (the default), or the int16 pair saturation of
+fbgemm's and MLAS's kernels on CPUs without VNNI (:mod:`npquant.qnn.accumulation`), which
+works on raw codes and applies the zero points afterwards, as those libraries do.
+
+Which compiled 8-bit kernel runs is :func:`gemm_kernel`'s choice (AVX-512 VNNI, AVX2 or
+portable, from the CPU, or forced with ``NPQUANT_GEMM_KERNEL`` / :func:`use_gemm_kernel`);
+every kernel gives the same bits.
 
 The worst case of ``acc`` over the actual weights, every input code and the bias is
 checked against int32 before anything runs (:mod:`npquant.qnn.overflow`): a possible
