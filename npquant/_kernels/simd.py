@@ -205,74 +205,120 @@ def _elem_ptr(context, builder, aty, arr_val, idx_vals, idx_tys):
     return cgutils.get_item_pointer2(context, builder, arr.data, cgutils.unpack_tuple(builder, arr.shape),
                                      cgutils.unpack_tuple(builder, arr.strides), aty.layout, idx)
 
-def _make_intrinsics():
+def _make_vector_type(lanes: int):
+    """A numba type ``<lanes x i32>`` and its common operations: zero, load, 4-byte
+    broadcast, masked store and load of the first ``n`` lanes, lane sum."""
     from llvmlite import ir
     from numba.core import cgutils, types
     from numba.extending import intrinsic, models, register_model
 
-    class Vec16Type(types.Type):
+    class VecType(types.Type):
         def __init__(self):
-            super().__init__(name="npquant.Vec16")
+            super().__init__(name=f"npquant.Vec{lanes}")
 
-    vec16 = Vec16Type()
+    vec = VecType()
     i32 = ir.IntType(32)
-    vt = ir.VectorType(i32, 16)
+    vt = ir.VectorType(i32, lanes)
+    bits = ir.VectorType(ir.IntType(1), lanes)
 
-    @register_model(Vec16Type)
-    class _Vec16Model(models.PrimitiveModel):
+    @register_model(VecType)
+    class _VecModel(models.PrimitiveModel):
         def __init__(self, dmm, fe_type):
             super().__init__(dmm, fe_type, vt)
 
+    def _lanes_below(builder, nn):
+        """The mask of the lanes l < nn (nn an i32)."""
+        splat = builder.shuffle_vector(builder.insert_element(ir.Constant(vt, None), nn, ir.Constant(i32, 0)),
+                                       ir.Constant(vt, None), _mask([0] * lanes))
+        return builder.icmp_signed("<", ir.Constant(vt, list(range(lanes))), splat)
+
+    def _rows(a, i, j, n, v=None):
+        return (isinstance(a, types.Array) and a.ndim == 2 and a.dtype == types.int32
+                and (v is None or v == vec) and all(isinstance(t, types.Integer) for t in (i, j, n)))
+
     @intrinsic
-    def vzero(typingctx):
+    def zero(typingctx):
         def codegen(context, builder, sig, args):
             return ir.Constant(vt, None)
 
-        return vec16(), codegen
+        return vec(), codegen
 
     @intrinsic
-    def vload(typingctx, a, off):
+    def load(typingctx, a, off):
         if not _bytes_at(a, off):
             return None
 
         def codegen(context, builder, sig, args):
             return builder.load(_byte_ptr(context, builder, sig, args, vt), align=1)
 
-        return vec16(a, off), codegen
+        return vec(a, off), codegen
 
     @intrinsic
-    def vbcast4(typingctx, a, off):
+    def bcast4(typingctx, a, off):
         if not _bytes_at(a, off):
             return None
 
         def codegen(context, builder, sig, args):
             word = builder.load(_byte_ptr(context, builder, sig, args, i32), align=1)
             one = builder.insert_element(ir.Constant(vt, None), word, ir.Constant(i32, 0))
-            return builder.shuffle_vector(one, one, _mask([0] * 16))
+            return builder.shuffle_vector(one, one, _mask([0] * lanes))
 
-        return vec16(a, off), codegen
+        return vec(a, off), codegen
 
     @intrinsic
-    def vstore16(typingctx, out, i, j, v, n):
-        if not (isinstance(out, types.Array) and out.ndim == 2 and out.dtype == types.int32
-                and v == vec16 and all(isinstance(t, types.Integer) for t in (i, j, n))):
+    def store(typingctx, out, i, j, v, n):
+        if not _rows(out, i, j, n, v):
             return None
 
         def codegen(context, builder, sig, args):
             p = _elem_ptr(context, builder, sig.args[0], args[0], args[1:3], sig.args[1:3])
-            nn = context.cast(builder, args[4], sig.args[4], types.int32)
-            lanes = ir.Constant(vt, list(range(16)))
-            splat = builder.shuffle_vector(builder.insert_element(ir.Constant(vt, None), nn, ir.Constant(i32, 0)),
-                                           ir.Constant(vt, None), _mask([0] * 16))
-            mask = builder.icmp_signed("<", lanes, splat)
+            mask = _lanes_below(builder, context.cast(builder, args[4], sig.args[4], types.int32))
             fn = cgutils.get_or_insert_function(
-                builder.module, ir.FunctionType(ir.VoidType(), [vt, vt.as_pointer(), i32,
-                                                                ir.VectorType(ir.IntType(1), 16)]),
-                "llvm.masked.store.v16i32.p0")
+                builder.module, ir.FunctionType(ir.VoidType(), [vt, vt.as_pointer(), i32, bits]),
+                f"llvm.masked.store.v{lanes}i32.p0")
             builder.call(fn, [args[3], builder.bitcast(p, vt.as_pointer()), ir.Constant(i32, 4), mask])
             return context.get_dummy_value()
 
         return types.none(out, i, j, v, n), codegen
+
+    @intrinsic
+    def loadn(typingctx, a, i, j, n):
+        if not _rows(a, i, j, n):
+            return None
+
+        def codegen(context, builder, sig, args):
+            p = _elem_ptr(context, builder, sig.args[0], args[0], args[1:3], sig.args[1:3])
+            fn = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(vt, [vt.as_pointer(), i32, bits, vt]),
+                f"llvm.masked.load.v{lanes}i32.p0")
+            mask = _lanes_below(builder, context.cast(builder, args[3], sig.args[3], types.int32))
+            return builder.call(fn, [builder.bitcast(p, vt.as_pointer()), ir.Constant(i32, 4), mask,
+                                     ir.Constant(vt, None)])
+
+        return vec(a, i, j, n), codegen
+
+    @intrinsic
+    def vsum(typingctx, v):
+        if v != vec:
+            return None
+
+        def codegen(context, builder, sig, args):
+            fn = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(i32, [vt]), f"llvm.vector.reduce.add.v{lanes}i32")
+            return builder.call(fn, [args[0]])
+
+        return types.int32(vec), codegen
+
+    return vec, vt, zero, load, bcast4, store, loadn, vsum
+
+
+def _make_intrinsics():
+    from llvmlite import ir
+    from numba.core import cgutils, types
+    from numba.extending import intrinsic
+
+    vec16, vt, vzero, vload, vbcast4, vstore16, _, vsum = _make_vector_type(16)
+    i32 = ir.IntType(32)
 
     @intrinsic
     def vdpbusd(typingctx, c, a, b):
@@ -285,18 +331,6 @@ def _make_intrinsics():
             return builder.call(fn, list(args))
 
         return vec16(vec16, vec16, vec16), codegen
-
-    @intrinsic
-    def vsum(typingctx, v):
-        if v != vec16:
-            return None
-
-        def codegen(context, builder, sig, args):
-            fn = cgutils.get_or_insert_function(
-                builder.module, ir.FunctionType(i32, [vt]), "llvm.vector.reduce.add.v16i32")
-            return builder.call(fn, [args[0]])
-
-        return types.int32(vec16), codegen
 
     @intrinsic
     def vreduce16(typingctx, v0, v1, v2, v3, v4, v5, v6, v7, v8, v9, v10, v11, v12, v13, v14, v15):
@@ -347,105 +381,12 @@ def _make_intrinsics():
 
 def _make_avx2_intrinsics():
     from llvmlite import ir
-    from numba.core import cgutils, types
-    from numba.extending import intrinsic, models, register_model
+    from numba.core import cgutils
+    from numba.extending import intrinsic
 
-    class Vec8Type(types.Type):
-        def __init__(self):
-            super().__init__(name="npquant.Vec8")
-
-    vec8 = Vec8Type()
-    i32 = ir.IntType(32)
-    vt = ir.VectorType(i32, 8)
+    vec8, vt, v8zero, v8load, v8bcast4, v8store, v8loadn, v8sum = _make_vector_type(8)
     v16i16 = ir.VectorType(ir.IntType(16), 16)
     v32i8 = ir.VectorType(ir.IntType(8), 32)
-
-    @register_model(Vec8Type)
-    class _Vec8Model(models.PrimitiveModel):
-        def __init__(self, dmm, fe_type):
-            super().__init__(dmm, fe_type, vt)
-
-    def _lanes_below(builder, nn):
-        """The <8 x i1> mask of the lanes l < nn (nn an i32)."""
-        splat = builder.shuffle_vector(builder.insert_element(ir.Constant(vt, None), nn, ir.Constant(i32, 0)),
-                                       ir.Constant(vt, None), _mask([0] * 8))
-        return builder.icmp_signed("<", ir.Constant(vt, list(range(8))), splat)
-
-    @intrinsic
-    def v8zero(typingctx):
-        def codegen(context, builder, sig, args):
-            return ir.Constant(vt, None)
-
-        return vec8(), codegen
-
-    @intrinsic
-    def v8load(typingctx, a, off):
-        if not _bytes_at(a, off):
-            return None
-
-        def codegen(context, builder, sig, args):
-            return builder.load(_byte_ptr(context, builder, sig, args, vt), align=1)
-
-        return vec8(a, off), codegen
-
-    @intrinsic
-    def v8bcast4(typingctx, a, off):
-        if not _bytes_at(a, off):
-            return None
-
-        def codegen(context, builder, sig, args):
-            word = builder.load(_byte_ptr(context, builder, sig, args, i32), align=1)
-            one = builder.insert_element(ir.Constant(vt, None), word, ir.Constant(i32, 0))
-            return builder.shuffle_vector(one, one, _mask([0] * 8))
-
-        return vec8(a, off), codegen
-
-    @intrinsic
-    def v8store(typingctx, out, i, j, v, n):
-        if not (isinstance(out, types.Array) and out.ndim == 2 and out.dtype == types.int32
-                and v == vec8 and all(isinstance(t, types.Integer) for t in (i, j, n))):
-            return None
-
-        def codegen(context, builder, sig, args):
-            p = _elem_ptr(context, builder, sig.args[0], args[0], args[1:3], sig.args[1:3])
-            mask = _lanes_below(builder, context.cast(builder, args[4], sig.args[4], types.int32))
-            fn = cgutils.get_or_insert_function(
-                builder.module, ir.FunctionType(ir.VoidType(), [vt, vt.as_pointer(), i32,
-                                                                ir.VectorType(ir.IntType(1), 8)]),
-                "llvm.masked.store.v8i32.p0")
-            builder.call(fn, [args[3], builder.bitcast(p, vt.as_pointer()), ir.Constant(i32, 4), mask])
-            return context.get_dummy_value()
-
-        return types.none(out, i, j, v, n), codegen
-
-    @intrinsic
-    def v8loadn(typingctx, a, i, j, n):
-        if not (isinstance(a, types.Array) and a.ndim == 2 and a.dtype == types.int32
-                and all(isinstance(t, types.Integer) for t in (i, j, n))):
-            return None
-
-        def codegen(context, builder, sig, args):
-            p = _elem_ptr(context, builder, sig.args[0], args[0], args[1:3], sig.args[1:3])
-            fn = cgutils.get_or_insert_function(
-                builder.module, ir.FunctionType(vt, [vt.as_pointer(), i32, ir.VectorType(ir.IntType(1), 8), vt]),
-                "llvm.masked.load.v8i32.p0")
-            mask = _lanes_below(builder, context.cast(builder, args[3], sig.args[3], types.int32))
-            return builder.call(fn, [builder.bitcast(p, vt.as_pointer()), ir.Constant(i32, 4), mask,
-                                     ir.Constant(vt, None)])
-
-        return vec8(a, i, j, n), codegen
-
-    @intrinsic
-    def v8sum(typingctx, v):
-        if v != vec8:
-            return None
-
-        def codegen(context, builder, sig, args):
-            fn = cgutils.get_or_insert_function(
-                builder.module, ir.FunctionType(i32, [vt]), "llvm.vector.reduce.add.v8i32")
-            return builder.call(fn, [args[0]])
-
-        return types.int32(vec8), codegen
 
     def _pmaddwd(builder, a, b):
         fn = cgutils.get_or_insert_function(

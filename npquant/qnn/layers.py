@@ -116,7 +116,8 @@ class QLinear(_QLayer):
 
     def __repr__(self) -> str:
         return (f"QLinear(in_features={self.in_features}, out_features={self.out_features}, "
-                f"mode={self.mode!r}, activation={self.activation!r}, form={self.form!r})")
+                f"mode={self.mode!r}, activation={self.activation!r}, form={self.form!r}, "
+                f"accumulation={self.accumulation!r})")
 
 
 class QConv2d(_QLayer):
@@ -174,7 +175,8 @@ class QConv2d(_QLayer):
         o, cg, kh, kw = self.w_q.shape
         g = self.geometry
         return (f"QConv2d({cg * g.groups}, {o}, kernel=({kh}, {kw}), stride={g.stride}, padding={g.padding}, "
-                f"dilation={g.dilation}, groups={g.groups}, mode={self.mode!r}, activation={self.activation!r})")
+                f"dilation={g.dilation}, groups={g.groups}, mode={self.mode!r}, activation={self.activation!r}, "
+                f"accumulation={self.accumulation!r})")
 
 
 # ---- parameter-free and elementwise layers ------------------------------------------
