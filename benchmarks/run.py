@@ -550,14 +550,19 @@ def _write_atomic(path: str, text: str) -> None:
     os.replace(tmp, path)
 
 
-def update_readme(md: str, readme: str) -> None:
+def update_readme(md: str, readme: str, isa: str = "auto") -> None:
+    """Put the report between the README's markers: ``benchmark-results`` for the default
+    code path, ``benchmark-results-<isa>`` for an ``--isa`` run."""
     with open(readme) as f:
         text = f.read()
-    i, j = text.find(README_START), text.find(README_END)
+    start, end = README_START, README_END
+    if isa != "auto":
+        start, end = (m.replace("benchmark-results", f"benchmark-results-{isa}") for m in (start, end))
+    i, j = text.find(start), text.find(end)
     if i < 0 or j < i:
-        raise SystemExit(f"{readme} has no {README_START} ... {README_END} markers")
+        raise SystemExit(f"{readme} has no {start} ... {end} markers")
     body = md.replace("## npquant benchmarks\n\n", "", 1)
-    _write_atomic(readme, text[: i + len(README_START)] + "\n" + body + text[j:])
+    _write_atomic(readme, text[: i + len(start)] + "\n" + body + text[j:])
 
 
 def _child(args, threads: int) -> dict:
@@ -617,7 +622,7 @@ def main(argv=None) -> int:
     _write_atomic(os.path.join(args.out, "latest.json"), json.dumps(payload, indent=1) + "\n")
     _write_atomic(os.path.join(args.out, "latest.md"), md)
     if args.update_readme:
-        update_readme(md, os.path.join(HERE, "README.md"))
+        update_readme(md, os.path.join(HERE, "README.md"), args.isa)
     print(md)
     print(f"wrote {os.path.join(args.out, 'latest.md')} and latest.json", file=sys.stderr)
     return 0
