@@ -109,3 +109,28 @@ def test_errors(mlp):
         quantize_model(model, bad)
     with pytest.raises(ValueError, match="weight_bits"):
         quantize_model(model, X_tr, weight_bits=1)
+
+
+def test_quantize_model_accumulation_reaches_every_layer():
+    rng = np.random.default_rng(4)
+    model = _cnn(rng)
+    calib = rng.uniform(0, 1, (16, 1, 8, 8)).astype(np.float32)
+    x = rng.uniform(0, 1, (6, 1, 8, 8)).astype(np.float32)
+    exact = quantize_model(model, calib, mode="fp32")
+    pairs = quantize_model(model, calib, mode="fp32", accumulation="int16_pairs")
+    weighted = [la for la in pairs.layers if hasattr(la, "saturates_pairs")]
+    assert len(weighted) == 3 and all(la.saturates_pairs and la.accumulation == "int16_pairs" for la in weighted)
+    assert not any(la.saturates_pairs for la in exact.layers if hasattr(la, "saturates_pairs"))
+    from npquant.qnn.conv import conv2d_accumulate
+
+    conv = weighted[0]  # the layer object runs the same pair product as the function
+    h = pairs.quantize_input(x)
+    g = conv.geometry
+    want = conv2d_accumulate(h, conv.x_qp, conv.w_q, conv.w_qp, conv.bias_q, stride=g.stride, padding=g.padding,
+                             dilation=g.dilation, groups=g.groups, accumulation="int16_pairs", backend="numpy")
+    np.testing.assert_array_equal(conv.accumulate(h), want)
+    assert pairs(x).shape == exact(x).shape
+    with pytest.raises(ValueError, match="uint8 activation"):
+        quantize_model(model, calib, activation_signed=True, accumulation="int16_pairs")
+    with pytest.raises(ValueError, match="accumulation"):
+        quantize_model(model, calib, accumulation="pairs")
