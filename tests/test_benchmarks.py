@@ -38,6 +38,8 @@ def test_runner_writes_markdown_and_json(tmp_path):
             assert r["status"].startswith(("missing", "n/a")) and "median_s" not in r
         if r["impl"] in ("numpy", "torch", "numpy-int32", "numpy.unpackbits") and r["check"]:
             assert r["check"].startswith("bit-exact"), r
+        if r["status"] != "ok":  # a peer that is not installed has no output to check
+            continue
         if r["impl"] == "onnxruntime" and r["suite"] == "gemm":  # MLAS saturates int16 pairs without VNNI
             assert r["check"].startswith("bit-exact" if host_path("mlas") == "vnni" else "int16 pairs"), r
         if r["impl"] == "numba-int16-pairs":
