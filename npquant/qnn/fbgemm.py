@@ -4,7 +4,9 @@ Established empirically with torch 2.13 (CPU wheel, ``torch.backends.quantized.e
 "fbgemm"``; the default engine ``"x86"`` gives the same codes for linear), uint8
 activations, qint8 weights, float bias, 1 and 2 threads, AVX-512 VNNI machine; zero
 mismatches in ``tests/test_qnn_fbgemm.py`` (about 190,000 linear outputs with
-constructed ties, plus dense and grouped conv) and ``tests/test_qnn_torch.py``. For an int32 accumulator
+constructed ties, plus dense and grouped conv) and ``tests/test_qnn_torch.py``, on
+fbgemm's VNNI and AVX2 kernels, and in the outputs recorded on an AVX2-only CPU
+(``tests/test_fixtures_x86_avx2.py``). For an int32 accumulator
 ``acc = sum((q_x - Z_x)(q_w - Z_w))`` of output channel ``j``::
 
     ats_j  = float32(S_x * S_w[j])                      act_times_w_scale
@@ -26,12 +28,10 @@ none). ``M`` computed as ``float32(S_x * S_w / S_y)`` in float64 also mismatches
 ties; ``float32(float32(S_x * S_w) / S_y)`` (= :func:`npquant.fixedpoint.effective_multiplier`
 with ``mode="fp32"``) does not.
 
-Limits, measured: the accumulator is exact for ``quantized.linear`` and for
-``quantized.conv2d`` through im2col + GEMM (dense and grouped). fbgemm's depthwise 3x3
-fast path (groups == in channels, a multiple of 8) adds the uint8 x int8 products of
-tap pairs (0,1), (2,3), ... of the row-major window in int16 with saturation
-(``vpmaddubsw``), padding reading ``Z_x``; when ``|q_x * q_w|`` pairs exceed 32767 its
-accumulator differs from the exact one (with weights in [-64, 63] it never does).
+The accumulator is fbgemm's own arithmetic, which depends on the CPU path: exact with
+AVX-512 VNNI except in the depthwise kernel, int16 pair-saturated (``vpmaddubsw``)
+without VNNI. :mod:`npquant.qnn.accumulation` names it (``accumulation="fbgemm"`` in the
+layers); the requantization here is the same on every path.
 """
 
 from __future__ import annotations
