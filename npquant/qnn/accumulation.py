@@ -126,6 +126,6 @@ def resolve(accumulation: str, op: str = "linear", *, conv=None) -> str:
         return EXACT
     if op == "conv2d":
         c_in, c_out, groups = conv[:3]
-        if c_in == groups and c_out == groups:  # MLAS's depthwise kernels widen to int16 x int16: exact
+        if c_in == groups and c_out == groups:  # MLAS's depthwise kernels: exact (recorded on AVX2)
             return EXACT
     return PAIRS
