@@ -69,19 +69,20 @@ from __future__ import annotations
 import numpy as np
 from numba.core import config
 
-from .cpu import cpu_features
+from .cpu import target_features
 
 __all__ = ["HAVE_VNNI", "vzero", "vload", "vbcast4", "vdpbusd", "vreduce16", "vsum", "vstore4", "vstore16",
            "HAVE_AVX2", "v8zero", "v8load", "v8bcast4", "v8store", "v8loadn", "v8sum", "v8maddwd", "v8maddubs"]
 
 
-#: The compiled kernels may use ``vpdpbusd``: the host has AVX-512 F, BW and VNNI.
-HAVE_VNNI: bool = {"avx512vnni", "avx512bw", "avx512f"} <= cpu_features()
+#: The compiled kernels may use ``vpdpbusd``: the compile target (the host, see
+#: ``cpu.target_features``) has AVX-512 F, BW and VNNI.
+HAVE_VNNI: bool = {"avx512vnni", "avx512bw", "avx512f"} <= target_features()
 
 
 #: The compiled kernels may use the ``Vec8`` operations (``vpmaddwd``, ``vpmaddubsw``,
-#: ``vpmaskmovd``): the host has AVX2.
-HAVE_AVX2: bool = {"avx2", "avx"} <= cpu_features()
+#: ``vpmaskmovd``): the compile target has AVX2.
+HAVE_AVX2: bool = {"avx2", "avx"} <= target_features()
 
 
 # ---- NumPy versions (NUMBA_DISABLE_JIT=1), the definition of each operation ----------
