@@ -217,3 +217,27 @@ def test_explain_conv_in_fbgemm_order():
             e = explain_conv2d(x, x_qp, w, w_qp, None, y_qp, idx, accumulation=mode, **kw)
             assert e.acc == accs[idx] and e.code == codes[idx]
             assert bool(e.pairs) == (mode in ("fbgemm_vnni", "fbgemm_avx2"))  # depthwise: fbgemm pairs taps
+
+
+@pytest.mark.parametrize("env, want", [
+    ({"NUMBA_CPU_NAME": "haswell", "NUMBA_CPU_FEATURES": "+avx,+avx2,+fma,-avx512f,-avx512vnni"},
+     "('avx2', 'portable')"),
+    ({"NUMBA_CPU_NAME": "haswell"}, "('portable',)"),
+])
+def test_kernel_choice_follows_numbas_compile_target(env, want):
+    """numba told to compile for another CPU: npquant picks the kernels that CPU runs,
+    while a peer's path still follows the real host."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("from npquant.qnn import available_gemm_kernels as a, host_path as h; "
+            "from npquant._kernels.cpu import cpu_features as f; "
+            "print(a()); print(h('mlas', f()) == h('mlas'))")
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("NUMBA_CPU", "NPQUANT_GEMM"))}
+    done = subprocess.run([sys.executable, "-c", code], env={**clean, **env}, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    if os.environ.get("NUMBA_DISABLE_JIT") == "1":
+        want = "('vnni', 'avx2', 'portable')"  # the JIT-off pass runs every kernel as Python
+    assert done.stdout.split("\n")[:2] == [want, "True"]
