@@ -120,7 +120,6 @@ def test_openmp_runtime_regex():
 
 @pytest.mark.slow
 def test_second_runtime_made_passive_only_for_numba():
-    pytest.importorskip("numba")
     out = run_child(PRELUDE + other_runtime_code() + KERNEL)
     info = out["info"]
     assert out["equal"]
