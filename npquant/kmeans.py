@@ -220,7 +220,7 @@ def _lloyd_numpy(xs, c0, max_iter, thr):
     """NumPy twin of ``_kernels.kmeans.lloyd_sorted``."""
     n, k = xs.shape[0], c0.shape[0]
     x64 = xs.astype(np.float64)
-    psum = np.concatenate(([0.0], np.cumsum(x64)))
+    psum = np.cumsum(np.concatenate(([0.0], x64)))  # from 0.0, as the kernel: 0.0 + -0.0 is +0.0
     c = c0.copy()
     n_iter, converged = 0, False
     while n_iter < max_iter:

@@ -497,3 +497,8 @@ def test_bad_finetune_arguments():
         reaverage_centroids(F32([1, 2]), idx, 4)
     with pytest.raises(TypeError, match="result"):
         reconstruct((np.zeros(2), np.zeros(2, np.uint8)))
+
+
+def test_lloyd_kernel_and_twin_agree_on_negative_zero():
+    # a run holding only -0.0: both start their prefix sums at +0.0, so its mean is +0.0
+    _lloyd_both(np.array([-0.0, 1.0, 2.0], F32), np.array([0.0, 0.0]), 1, 0.0)
