@@ -1,6 +1,7 @@
 """The main job (``npquant demo``): every quantization method on the reference models.
 
-For each model of ``reference_models/`` (trained in PyTorch on digits, run here without
+For each reference model (trained in PyTorch on digits by the repository's
+``reference_models/export.py``, shipped as package data in ``npquant/data/``, run here without
 PyTorch): float, npquant's post-training int8 quantization per tensor and per channel
 under each requantization mode, PyTorch's own quantized model reproduced bit for bit,
 dynamic quantization, and weight-only quantization at 8, 4 and 2 bits. Each row gives
@@ -10,7 +11,9 @@ predictions; everything is computed on the spot.
 
 from __future__ import annotations
 
+import functools
 import time
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -20,16 +23,61 @@ from .fixedpoint import REQUANT_MODES
 MODELS = ("mlp", "lenet_300_100", "cnn")
 
 
+def data_files(models=MODELS) -> list[str]:
+    """The files the demo reads for ``models``: the split, and each model's float and
+    PyTorch-quantized files."""
+    return ["digits_split.npz", *(f"{m}{s}.npz" for m in models for s in ("", "_ptq"))]
+
+
 def default_models_dir() -> Path:
-    """``reference_models/`` next to the ``npquant`` package (an editable install)."""
-    return Path(__file__).resolve().parents[1] / "reference_models"
+    """The folder of the bundled reference models: the package data ``npquant/data/``, found
+    through :mod:`importlib.resources`, a real directory (in a wheel install, in an editable
+    install, and in a clone alike).
+
+    If npquant is imported from a zip file, the files are copied once into a temporary
+    folder, removed when the interpreter exits.
+    """
+    data = resources.files("npquant") / "data"
+    if isinstance(data, Path):
+        return data
+    return _extracted(data)  # pragma: no cover - npquant imported from a zip
+
+
+@functools.lru_cache(maxsize=None)
+def _extracted(data) -> Path:  # pragma: no cover - npquant imported from a zip
+    import atexit
+    import shutil
+    import tempfile
+
+    out = Path(tempfile.mkdtemp(prefix="npquant-data-"))
+    atexit.register(shutil.rmtree, out, ignore_errors=True)
+    for f in data.iterdir():
+        if f.is_file():
+            (out / f.name).write_bytes(f.read_bytes())
+    return out
+
+
+def check_models_dir(models_dir, models=MODELS) -> Path:
+    """``models_dir`` as a ``Path``, after checking that it holds every file ``models`` need
+    (``digits_split.npz``, ``NAME.npz`` and ``NAME_ptq.npz``); else ``ValueError`` naming the
+    folder and each missing file (the command prints it and exits with status 1)."""
+    models_dir = Path(models_dir)
+    missing = [f for f in data_files(models) if not (models_dir / f).is_file()]
+    if missing:
+        where = ("npquant's package data is incomplete: reinstall npquant"
+                 if models_dir == default_models_dir() else "pass --models with a folder that holds them")
+        raise ValueError(f"no reference models in {models_dir}: missing {', '.join(missing)} ({where})")
+    return models_dir
 
 
 def calibration_inputs(models_dir: Path, name: str) -> np.ndarray:
     """The 269 calibration images of the fixed split (``digits_split.npz``), float32."""
     from sklearn.datasets import load_digits
 
-    x = (load_digits().data / 16).astype(np.float32)[np.load(models_dir / "digits_split.npz")["calibration_index"]]
+    from .io import load_state_dict
+
+    index = load_state_dict(models_dir / "digits_split.npz")["calibration_index"]
+    x = (load_digits().data / 16).astype(np.float32)[index]
     return x.reshape(-1, 1, 8, 8) if name == "cnn" else x
 
 
@@ -37,7 +85,7 @@ def model_rows(models_dir, name: str, progress=lambda msg: None) -> list[list[st
     """The table rows of one reference model."""
     from .convert import (dynamic_quantize, float_size_bytes, from_pytorch_ptq, quantize_model,
                           weight_only_quantize)
-    from .io import load_reference
+    from .io import load_reference, load_state_dict
     from .nn import build_model
 
     models_dir = Path(models_dir)
@@ -57,7 +105,7 @@ def model_rows(models_dir, name: str, progress=lambda msg: None) -> list[list[st
     for mode in REQUANT_MODES:
         q = quantize_model(model, calib, mode=mode, per_channel=True)
         rows.append(row("PTQ int8 per-channel", mode, q.size_bytes(), q(x).argmax(1)))
-    golden = np.load(models_dir / f"{name}_ptq.npz")
+    golden = load_state_dict(models_dir / f"{name}_ptq.npz")
     pt = from_pytorch_ptq(dict(golden))
     codes = pt.run(pt.quantize_input(x))
     exact = np.array_equal(codes, golden["logits_int"])
@@ -76,10 +124,7 @@ def run(models_dir=None, *, models=MODELS, progress=lambda msg: None) -> str:
     """The demo's text: one table over the given reference models."""
     from ._table import format_table
 
-    models_dir = Path(models_dir) if models_dir is not None else default_models_dir()
-    if not (models_dir / "digits_split.npz").exists():
-        raise ValueError(f"no reference models in {models_dir}: install npquant from a clone with "
-                         "'pip install -e .', or pass --models DIR")
+    models_dir = check_models_dir(default_models_dir() if models_dir is None else models_dir, models)
     t0 = time.perf_counter()
     rows = []
     for name in models:

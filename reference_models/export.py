@@ -1,7 +1,11 @@
 """Train the reference models on scikit-learn's digits and export them as .npz golden files.
 
-    python reference_models/export.py            # rewrite the files next to this script
+    python reference_models/export.py            # rewrite the package data, npquant/data/
     python reference_models/export.py --out DIR  # write them into DIR instead
+
+The files are the package data of npquant (``npquant/data/`` of this clone, shipped in the
+wheel and found at run time through ``npquant.demo.default_models_dir()``); this script,
+which needs PyTorch, stays in the repository.
 
 Writes, for each model NAME in ``MODELS``:
 
@@ -425,9 +429,10 @@ def export_model(name, cfg, x, y, split, out_dir):
 
 
 def main(argv=None):
-    here = Path(__file__).resolve().parent
+    # The package data of the clone this script is in (not of an installed npquant).
+    data = Path(__file__).resolve().parents[1] / "npquant" / "data"
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", type=Path, default=here, help="output folder (default: %(default)s)")
+    ap.add_argument("--out", type=Path, default=data, help="output folder (default: %(default)s)")
     ap.add_argument("--only", nargs="*", choices=list(MODELS), help="export only these models")
     args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -2,15 +2,15 @@
 and npquant's own post-training quantization. Needs no PyTorch."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from npquant.convert import from_pytorch_ptq, quantize_model
+from npquant.demo import default_models_dir
 from npquant.io import load_model, load_reference
 
-REF = Path(__file__).resolve().parents[1] / "reference_models"
+REF = default_models_dir()
 MODELS = ["mlp", "lenet_300_100", "cnn"]
 
 

@@ -1,4 +1,5 @@
-"""The golden files in reference_models/: format, consistency, and reproduction by export.py.
+"""The golden files (npquant's package data, npquant/data/, made by reference_models/export.py):
+format, consistency, and reproduction by export.py.
 
 Without PyTorch: every file loads with NumPy (no pickle), ``__arch__`` matches the arrays,
 the split is the documented one, a plain-NumPy float forward pass reproduces PyTorch's
@@ -16,8 +17,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from npquant.demo import default_models_dir
+
 ROOT = Path(__file__).resolve().parent.parent
-REF = ROOT / "reference_models"
+SCRIPTS = ROOT / "reference_models"  # export.py and the README (in the repository only)
+REF = default_models_dir()  # the .npz files: npquant's package data, wherever it is installed
 MODELS = ["mlp", "lenet_300_100", "cnn"]
 FILES = ["digits_split.npz"] + [f"{m}{s}.npz" for m in MODELS for s in ("", "_ptq")]
 SPLIT = {"train_index": 1078, "calibration_index": 269, "test_index": 450}
@@ -108,7 +112,7 @@ def _param_shapes(L):
 def test_files_exist_and_are_small():
     sizes = {f: (REF / f).stat().st_size for f in FILES}
     assert sum(sizes.values()) < 5 * 2**20, sizes
-    assert (REF / "export.py").is_file() and (REF / "README.md").is_file()
+    assert (SCRIPTS / "export.py").is_file() and (SCRIPTS / "README.md").is_file()
 
 
 def test_split_is_the_documented_one():
@@ -167,7 +171,7 @@ def test_numpy_forward_reproduces_float_logits(model):
 
 def _readme_rows():
     rows = {}
-    for line in (REF / "README.md").read_text().splitlines():
+    for line in (SCRIPTS / "README.md").read_text().splitlines():
         m = re.match(r"\|\s*`(\w+)`\s*\|.*?\|\s*([\d.]+) %\s*\|\s*([\d.]+) %\s*\|", line)
         if m:
             rows[m.group(1)] = (m.group(2), m.group(3))
@@ -284,7 +288,7 @@ def test_fresh_export_reproduces_checked_in_files(tmp_path):
         pytest.skip(f"files were exported with torch {recorded}, this is {torch.__version__}")
     # A fresh process: export.py pins the environment (ATEN_CPU_CAPABILITY, MKL_CBWR)
     # before importing torch and sets torch's global flags; neither may leak into this one.
-    r = subprocess.run([sys.executable, str(REF / "export.py"), "--out", str(tmp_path)],
+    r = subprocess.run([sys.executable, str(SCRIPTS / "export.py"), "--out", str(tmp_path)],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
     same_cpu = _json(_load("mlp.npz"), "__meta__")["export_cpu"] == \

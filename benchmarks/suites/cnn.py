@@ -1,4 +1,4 @@
-"""The integer CNN end to end: the reference CNN (``reference_models/cnn_ptq.npz``) on a batch.
+"""The integer CNN end to end: the reference CNN (``npquant/data/cnn_ptq.npz``) on a batch.
 
 conv1 3x3 (1 -> 8) + ReLU, max pool, conv2 3x3 (8 -> 16) + ReLU, max pool, fc (64 -> 10),
 8x8 digits. Both sides run the same integer model, from float32 input images to the
@@ -19,7 +19,6 @@ larger than the 450 test images.
 from __future__ import annotations
 
 import json
-import os
 
 import numpy as np
 
@@ -28,8 +27,14 @@ from benchmarks.common import Case, Impl, compare, parse_count
 NAME = "cnn"
 PARALLEL = True  # npquant's kernels here use numba's threads
 DEFAULT_SIZES = ["256"]
-MODEL = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-                     "reference_models", "cnn_ptq.npz")
+
+
+def _model_file(name: str) -> str:
+    """A file of npquant's bundled reference models (``npquant/data/``); npquant is imported
+    only when a case runs."""
+    from npquant.demo import default_models_dir
+
+    return str(default_models_dir() / name)
 
 
 def _batch(label: str) -> int:
@@ -91,9 +96,9 @@ def _torch_model(torch, data):
 def cases(ctx):
     from npquant.convert import from_pytorch_ptq
 
-    with np.load(MODEL, allow_pickle=False) as z:
+    with np.load(_model_file("cnn_ptq.npz"), allow_pickle=False) as z:
         data = {k: z[k] for k in z.files}
-    with np.load(MODEL.replace("cnn_ptq", "cnn"), allow_pickle=False) as z:
+    with np.load(_model_file("cnn.npz"), allow_pickle=False) as z:
         images = z["test_inputs"]
     model = from_pytorch_ptq(data, accumulation="fbgemm")
     twin = _numpy_twin(model)
@@ -128,5 +133,5 @@ def cases(ctx):
 
 
 def _labels():
-    with np.load(MODEL.replace("cnn_ptq", "cnn"), allow_pickle=False) as z:
+    with np.load(_model_file("cnn.npz"), allow_pickle=False) as z:
         return z["test_labels"]

@@ -2,7 +2,7 @@
 symbols: the 4-bit k-means indices of a real weight tensor.
 
 The symbols: the largest weight of the reference LeNet-300-100
-(``reference_models/lenet_300_100.npz``, ``fc2.weight``, 100 x 300 = 30,000 weights; its
+(``npquant/data/lenet_300_100.npz``, ``fc2.weight``, 100 x 300 = 30,000 weights; its
 ``fc1.weight`` is 300 x 64, the models take 8 x 8 digits) clustered by
 ``npquant.kmeans_quantize(w, 4, keep_zeros=False)`` into 16 clusters (linear init,
 defaults otherwise), one uint8 index per weight. The Huffman code is built from their
@@ -30,7 +30,6 @@ drawn i.i.d. (seeded) with the frequencies of the lenet indices. Both run by def
 
 from __future__ import annotations
 
-import os
 import zlib
 
 import numpy as np
@@ -39,18 +38,17 @@ from benchmarks.common import Case, Impl, compare, parse_count
 
 NAME = "huffman"
 DEFAULT_SIZES = ["lenet", "1e6"]
-MODEL = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
-    __file__)))), "reference_models", "lenet_300_100.npz")
 ZLIB_LEVEL = 6
 
 
 def lenet_symbols() -> tuple[np.ndarray, str]:
     """The 4-bit k-means indices (uint8, C order) of the largest weight of LeNet-300-100,
     and the tensor's name."""
+    from npquant.demo import default_models_dir
     from npquant.io import load_reference
     from npquant.kmeans import kmeans_quantize
 
-    state = load_reference(MODEL).state
+    state = load_reference(default_models_dir() / "lenet_300_100.npz").state
     name = max((k for k in state if k.endswith(".weight")), key=lambda k: state[k].size)
     res = kmeans_quantize(state[name], 4, keep_zeros=False)
     return np.ascontiguousarray(res.indices).ravel(), f"lenet_300_100 {name} {state[name].shape}"

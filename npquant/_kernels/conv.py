@@ -3,7 +3,9 @@
 Twin: ``npquant.qnn.conv._im2col_numpy``.
 """
 
-from numba import njit, prange
+from numba import prange
+
+from ._jit import njit
 
 
 @njit(cache=True, parallel=True)

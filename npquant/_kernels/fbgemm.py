@@ -5,8 +5,9 @@ the formula and its evidence are in that module's docstring.
 """
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
+from ._jit import njit
 from .quantize import fma32
 
 

@@ -13,8 +13,9 @@ fit int32 (or ask for wrapping).
 """
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
+from ._jit import njit
 from .simd import vbcast4, vdpbusd, vload, vreduce16, vstore4, vstore16, vsum, vzero
 from .simd import v8bcast4, v8load, v8loadn, v8maddubs, v8maddwd, v8store, v8zero
 

@@ -14,7 +14,8 @@ accumulator never holds more than 63 bits.
 """
 
 import numpy as np
-from numba import njit
+
+from ._jit import njit
 
 # decoder status codes, turned into ValueError by npquant.huffman
 OK, TRUNCATED, INVALID = 0, 1, 2

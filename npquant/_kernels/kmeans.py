@@ -10,7 +10,8 @@ plain Python and the twins agree bit for bit.
 """
 
 import numpy as np
-from numba import njit
+
+from ._jit import njit
 
 
 _BLOCK = 512  # values per block in ``assign``

@@ -36,7 +36,8 @@ whose values fit ``bits`` (the wrappers check); they need not be aligned.
 import sys
 
 import numpy as np
-from numba import njit
+
+from ._jit import njit
 
 _8 = np.int64(8)
 _FF = np.int64(0xFF)

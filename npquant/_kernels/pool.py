@@ -6,7 +6,9 @@ positions only. Accumulation is int64 with explicit casts.
 """
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
+
+from ._jit import njit
 
 
 @njit(cache=True, inline="always")

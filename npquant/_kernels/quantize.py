@@ -11,7 +11,8 @@ Python (``NUMBA_DISABLE_JIT=1``) compute in the same precision.
 import math
 
 import numpy as np
-from numba import njit
+
+from ._jit import njit
 
 # rounding mode codes, in the order of npquant.qparams.ROUNDING_MODES
 HALF_EVEN, HALF_AWAY, HALF_UP, FLOOR, STOCHASTIC = 0, 1, 2, 3, 4

@@ -12,7 +12,8 @@ one per value, so the loop is long and still contiguous.
 """
 
 import numpy as np
-from numba import njit
+
+from ._jit import njit
 
 # mode codes, in the order of npquant.fixedpoint.REQUANT_MODES
 TFLITE, TFLITE_SINGLE, FP32, ONNX = 0, 1, 2, 3
