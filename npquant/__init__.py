@@ -13,7 +13,7 @@ from .fixedpoint import (
 )
 from .granularity import param_shape
 from .huffman import HuffmanCode, huffman_decode, huffman_encode
-from .io import load_model, load_reference, load_state_dict, save_state_dict
+from .io import FileFormatError, load_model, load_reference, load_state_dict, load_weights, save_state_dict
 from .kmeans import (
     KMeansResult,
     centroid_gradient,
@@ -47,6 +47,7 @@ from .qparams import ROUNDING_MODES, QParams, QuantSpec, compute_qparams, fit_qp
 from ._threads import threading_info
 
 __all__ = [
+    "FileFormatError",
     "threading_info",
     "__version__",
     "METHODS",
@@ -78,6 +79,7 @@ __all__ = [
     "load_model",
     "load_reference",
     "load_state_dict",
+    "load_weights",
     "magnitude_mask",
     "pack",
     "pack_bits",

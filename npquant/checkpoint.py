@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .io import atomic_write
+from ._fileio import FileFormatError, atomic_write, check_path, parse_json, read_npz
 from .linear import dequantize, quantization_error, quantize
 from .packing import from_unsigned, pack_bits, to_unsigned, unpack_bits
 from .qparams import QParams, QuantSpec, fit_qparams
@@ -63,27 +63,73 @@ def quantize_checkpoint(state: dict, spec: QuantSpec) -> tuple[dict, list]:
 
 def save_quantized(path, arrays: dict) -> None:
     """Write the arrays of :func:`quantize_checkpoint` as an ``.npz`` (atomically)."""
+    if not isinstance(arrays, dict) or str(arrays.get("__format__", "")) != FORMAT:
+        raise TypeError("arrays must be the first result of quantize_checkpoint (a dict with '__format__')")
     atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
 def load_quantized(path) -> dict:
-    """The dequantized float32 tensors (and the untouched ones) of a quantized checkpoint."""
-    with np.load(path, allow_pickle=False) as z:
-        data = {k: z[k] for k in z.files}
-    if str(data.pop("__format__", "")) != FORMAT:
-        raise ValueError(f"{path!s} is not a quantized checkpoint of format {FORMAT!r}")
-    names = {k[: -len(".spec")] for k in data if k.endswith(".spec")}
+    """The dequantized float32 tensors (and the untouched ones) of a quantized checkpoint.
+
+    ``path``: ``str`` or ``os.PathLike``. The file is read through :mod:`npquant.io`'s
+    checks (each member's size and CRC-32); then every quantized tensor must have its five
+    entries, a valid spec, exactly the packed bytes its shape needs and qparams that fit
+    it, and no plain entry may share its name. Otherwise a
+    :class:`~npquant.io.FileFormatError` (``ValueError``) names the file and the tensor.
+    """
+    p = check_path(path)
+    return dequantize_checkpoint(read_npz(p), p)
+
+
+_PARTS = ("codes", "scale", "zero_point", "shape", "spec")
+
+
+def dequantize_checkpoint(arrays: dict, where="<arrays>") -> dict:
+    """:func:`load_quantized` of the arrays already read from a file named ``where``."""
+    data = dict(arrays)
+    fmt = data.pop("__format__", None)
+    if fmt is None or fmt.ndim != 0 or fmt.dtype.kind != "U" or str(fmt) != FORMAT:
+        raise FileFormatError(where, f"not a quantized checkpoint: expected '__format__' = {FORMAT!r}")
+    names = [k[: -len(".spec")] for k in data if k.endswith(".spec")]
     out = {}
     for name in names:
-        try:
-            spec = QuantSpec(**json.loads(str(data.pop(f"{name}.spec"))))
-            shape = tuple(int(d) for d in data.pop(f"{name}.shape"))
-            codes = data.pop(f"{name}.codes")
-            scale, zp = data.pop(f"{name}.scale"), data.pop(f"{name}.zero_point")
-        except KeyError as e:
-            raise ValueError(f"quantized tensor {name!r} is missing its {e.args[0]!r} entry") from None
-        u = unpack_bits(codes, spec.bits, int(np.prod(shape)))
-        q = from_unsigned(u, spec.bits, signed="twos") if spec.signed else u
-        out[name] = dequantize(q.astype(spec.dtype).reshape(shape), QParams(scale, zp, spec))
+        if name in data:
+            raise FileFormatError(where, f"{name!r} is stored both as a quantized tensor and as a plain entry")
+        missing = [f"{name}.{part}" for part in _PARTS if f"{name}.{part}" not in data]
+        if missing:
+            raise FileFormatError(where, f"quantized tensor {name!r} is missing its {missing[0]!r} entry")
+        parts = {part: data.pop(f"{name}.{part}") for part in _PARTS}
+        out[name] = _dequantize_entry(name, parts, where)
     out.update(data)
     return out
+
+
+def _dequantize_entry(name: str, parts: dict, where) -> np.ndarray:
+    spec_text = parts["spec"]
+    if spec_text.ndim != 0 or spec_text.dtype.kind != "U":
+        raise FileFormatError(where, f"{name}.spec must be a JSON string")
+    fields = parse_json(str(spec_text), f"{name}.spec", where)
+    try:
+        spec = QuantSpec(**fields) if isinstance(fields, dict) else None
+    except (TypeError, ValueError) as e:
+        raise FileFormatError(where, f"{name}.spec is not a valid QuantSpec ({e})") from None
+    if spec is None or spec.bits > 8:
+        raise FileFormatError(where, f"{name}.spec must describe a QuantSpec of 1..8 bits")
+    shape_a, codes = parts["shape"], parts["codes"]
+    if shape_a.ndim != 1 or shape_a.dtype.kind not in "iu" or shape_a.size > 32 or np.any(shape_a < 0):
+        raise FileFormatError(where, f"{name}.shape must be a 1-D array of at most 32 non-negative sizes")
+    shape = tuple(int(d) for d in shape_a)
+    count = 1
+    for d in shape:
+        count *= d
+    need = (count * spec.bits + 7) // 8
+    if codes.dtype != np.uint8 or codes.ndim != 1 or codes.size != need:
+        raise FileFormatError(where, f"{name}.codes must be {need} uint8 bytes ({count} codes of {spec.bits} "
+                                     f"bits), found {codes.dtype} of shape {codes.shape}")
+    try:
+        u = unpack_bits(codes, spec.bits, count)
+        q = from_unsigned(u, spec.bits, signed="twos") if spec.signed else u
+        qp = QParams(parts["scale"], parts["zero_point"], spec)
+        return dequantize(q.astype(spec.dtype).reshape(shape), qp)
+    except (TypeError, ValueError) as e:
+        raise FileFormatError(where, f"quantized tensor {name!r} does not decode ({e})") from None

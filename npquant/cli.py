@@ -6,8 +6,11 @@ returns the exit status. A new subcommand is one more pair and one more line in
 :data:`COMMANDS`. Heavy imports (scikit-learn) happen inside the runners so that
 ``--help`` and ``--version`` stay fast.
 
-Exit status: 0 on success, 2 for bad arguments (argparse's convention, message on
-stderr), 1 when a command fails on valid arguments.
+Exit status: 0 on success; 2 for bad arguments (argparse's convention, message on
+stderr); 1 when a command fails on valid arguments: a missing, unreadable or corrupt
+input, an output that cannot be written, each reported as one line
+``npquant <cmd>: error: ...`` on stderr; 3 for an internal error (a bug: the traceback
+is printed, with a request to report it); 130 when interrupted.
 """
 
 from __future__ import annotations
@@ -92,7 +95,7 @@ def _add_demo(sub) -> None:
     p.add_argument("--weights", action="store_true",
                    help="instead of the model table, train scikit-learn's MLPClassifier and tabulate the "
                         "quantization error of its weights (the options below apply to this job)")
-    p.add_argument("--models", metavar="DIR", help="reference models folder (default: the clone's reference_models/)")
+    p.add_argument("--models", metavar="DIR", help="reference models folder (default: the bundled models)")
     p.add_argument("--seed", type=_int_range(0, 2**32 - 1), default=0,
                    help="seed of the MLP's initialization and minibatch order, and of "
                         "stochastic rounding (default: 0)")
@@ -357,12 +360,13 @@ def _add_compress(sub) -> None:
             "Prune (magnitude), k-means quantize (weight sharing) and Huffman-code every weight "
             "matrix and conv kernel, write one compressed file, read it back, and print the "
             "per-layer report with the ratio from the actual file size. Without --input, the "
-            "reference LeNet-300-100 (64-300-100-10, trained in PyTorch on digits) is pruned with "
-            "the paper's per-layer rates (92, 91, 74 %%), with no retraining; without the reference "
-            "models, a scikit-learn MLP of that shape is trained as a stand-in."
+            "bundled reference LeNet-300-100 (64-300-100-10, trained in PyTorch on digits) is pruned "
+            "with the paper's per-layer rates (92, 91, 74 %%), with no retraining."
         ),
     )
-    p.add_argument("--input", metavar="NPZ", help="a state dict (.npz of name -> array) to compress")
+    p.add_argument("--input", metavar="FILE",
+                   help="the weights to compress: any model file npquant reads (a state dict as .npz or "
+                        ".safetensors, a reference model, a quantized checkpoint, a compressed file)")
     p.add_argument("--output", "-o", metavar="FILE",
                    help="where to write the compressed file (default: a temporary folder)")
     p.add_argument("--sparsity", type=_float_list(0.0, 1.0), metavar="S[,S...]",
@@ -375,17 +379,16 @@ def _add_compress(sub) -> None:
     p.add_argument("--conv-index-bits", type=_int_range(1, 8), default=8, help="relative index bits, conv (8)")
     p.add_argument("--seed", type=_int_range(0, 2**32 - 1), default=0, help="seed of training and k-means (0)")
     p.add_argument("--study", action="store_true", help="also print the 8/4/2-bit k-means study")
-    p.add_argument("--quick", action="store_true",
-                   help="when no reference model is found, train the stand-in for 40 epochs only")
-    p.add_argument("--models", metavar="DIR", help="reference models folder (default: the clone's reference_models/)")
+    p.add_argument("--models", metavar="DIR", help="reference models folder (default: the bundled models)")
     p.set_defaults(func=_run_compress)
 
 
-def _bundled_lenet():
-    from .demo import default_models_dir
+def _check_output(path, option: str) -> str:
+    """The output path, checked before any work: its folder exists and it is not a folder."""
+    from ._fileio import destination
 
-    p = default_models_dir() / "lenet_300_100.npz"
-    return str(p) if p.exists() else None
+    destination(path, option)
+    return path
 
 
 def _run_compress(args) -> int:
@@ -394,29 +397,30 @@ def _run_compress(args) -> int:
 
     import numpy as np
 
-    from . import sklearn_mlp
     from .compress import LayerConfig, compress, format_report, kmeans_study, read_compressed, write_compressed
 
     if args.sparsity is not None and args.quality is not None:
         raise ValueError("give --sparsity or --quality, not both")
+    if args.output is not None:
+        _check_output(args.output, "--output")
     evaluate = None
     if args.input:
-        with np.load(args.input) as z:
-            state = {k: z[k] for k in z.files}
+        from .io import load_weights
+
+        state = {k: v for k, v in load_weights(args.input).items() if np.asarray(v).dtype.kind == "f"}
+        if not state:
+            raise ValueError(f"{args.input} holds no float tensor to compress")
         sparsity = args.sparsity or [0.0]
-    elif args.models is None and _bundled_lenet() is None:
-        _progress("no reference models found: training a 64-300-100-10 MLP on scikit-learn's digits ...")
-        clf, data = sklearn_mlp.train_mlp((300, 100), seed=args.seed, max_iter=40 if args.quick else 200)
-        state = sklearn_mlp.state_dict(clf)
-        sparsity = args.sparsity or list(PAPER_LENET_SPARSITY)
-        X_te, y_te = data[1], data[3]
-        evaluate = lambda w: sklearn_mlp.accuracy(clf, w, X_te, y_te)  # noqa: E731
     else:
+        from .demo import default_models_dir
         from .io import load_reference
         from .nn import build_model
 
-        path = (_bundled_lenet() if args.models is None else
-                os.path.join(args.models, "lenet_300_100.npz"))
+        folder = default_models_dir() if args.models is None else args.models
+        path = os.path.join(folder, "lenet_300_100.npz")
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"the reference model {path!r} does not exist"
+                                    + ("" if args.models is None else " (check --models)"))
         ref = load_reference(path)
         state = ref.state
         X_te, y_te = ref.arrays["test_inputs"], ref.arrays["test_labels"]
@@ -476,7 +480,8 @@ def _add_quantize(sub) -> None:
             "reads the file back as dequantized weights."
         ),
     )
-    p.add_argument("input", help="state dict: .npz or .safetensors")
+    p.add_argument("input", help="the weights: any model file npquant reads (a state dict as .npz or "
+                                 ".safetensors, a reference model, a quantized checkpoint, a compressed file)")
     p.add_argument("--output", "-o", required=True, metavar="NPZ", help="where to write the quantized checkpoint")
     p.add_argument("--bits", type=_int_range(1, 8), default=8, help="bits per weight, 1..8 (default 8)")
     p.add_argument("--asymmetric", action="store_true", help="asymmetric (default: symmetric, signed)")
@@ -488,10 +493,11 @@ def _add_quantize(sub) -> None:
 
 def _run_quantize(args) -> int:
     from .checkpoint import load_quantized, quantize_checkpoint, save_quantized
-    from .io import load_state_dict
+    from .io import load_weights
     from .qparams import QuantSpec
 
-    state = load_state_dict(args.input)
+    _check_output(args.output, "--output")
+    state = load_weights(args.input)
     axis = {"tensor": None, "channel": 0, "group": 1}[args.granularity]
     spec = QuantSpec(bits=args.bits, symmetric=not args.asymmetric, axis=axis,
                      block_size=args.group_size if args.granularity == "group" else None)
@@ -540,12 +546,32 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, TypeError) as exc:
-        print(f"npquant {args.command}: error: {exc}", file=sys.stderr)
-        return 1
     except BrokenPipeError:  # e.g. `npquant demo | head`
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the flush at exit
         return 1
+    except (ValueError, TypeError, OSError) as exc:
+        print(f"npquant {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"npquant {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception:  # noqa: BLE001 - anything else is a bug: show it, ask for a report
+        import traceback
+
+        traceback.print_exc()
+        print(f"npquant {args.command}: internal error (a bug in npquant {__version__}): please report it "
+              "with the command line and the traceback above", file=sys.stderr)
+        return 3
+
+
+def _one_line(exc: BaseException) -> str:
+    """The message of a user error on one line; an ``OSError`` of the system as
+    ``'<file>': <reason>``."""
+    if isinstance(exc, OSError) and exc.strerror and exc.filename is not None:
+        msg = f"{exc.filename!r}: {exc.strerror.lower()}"
+    else:
+        msg = str(exc) or type(exc).__name__
+    return " ".join(msg.split())
 
 
 if __name__ == "__main__":

@@ -298,7 +298,7 @@ def float_size_bytes(model: nn.Sequential) -> int:
 
 def from_pytorch_ptq(path_or_arrays, *, accumulation: str = "exact") -> IntegerModel:
     """The integer model of a PyTorch post-training-quantized reference file
-    (``reference_models/*_ptq.npz``): PyTorch's integer weights, float biases, scales
+    (``npquant/data/*_ptq.npz``): PyTorch's integer weights, float biases, scales
     and zero points, in ``mode="fp32"`` with fbgemm's float-bias folding, input quantized
     as ``torch.quantize_per_tensor`` does (``method="torch"``).
 
@@ -309,17 +309,19 @@ def from_pytorch_ptq(path_or_arrays, *, accumulation: str = "exact") -> IntegerM
     (:mod:`npquant.qnn.accumulation`). The bundled files' recorded outputs equal every
     one of these (their activation codes never saturate a pair; ``tests/test_convert_reference.py``).
     """
-    import json
+    from ._fileio import FileFormatError, check_path, parse_json, read_npz
 
     check_accumulation(accumulation)
 
     if isinstance(path_or_arrays, dict):
-        data = dict(path_or_arrays)
+        data, where = dict(path_or_arrays), "<arrays>"
     else:
-        with np.load(path_or_arrays, allow_pickle=False) as z:
-            data = {k: z[k] for k in z.files}
+        where = check_path(path_or_arrays, "path_or_arrays")
+        data = read_npz(where)
+    if "__arch__" not in data:
+        raise FileFormatError(where, "no '__arch__' entry: not a PyTorch PTQ reference file")
+    arch = parse_json(str(data["__arch__"]), "'__arch__'", where)
     try:
-        arch = json.loads(str(data["__arch__"]))
 
         def act_qp(prefix):
             # PyTorch holds activation scales as float64 of float32 values; quint8 codes
@@ -352,5 +354,7 @@ def from_pytorch_ptq(path_or_arrays, *, accumulation: str = "exact") -> IntegerM
             else:
                 raise ValueError(f"layer type {t!r} of {name!r} is not supported in a PyTorch PTQ file")
     except KeyError as e:
-        raise ValueError(f"PyTorch PTQ file is missing {e.args[0]!r}") from None
+        raise FileFormatError(where, f"PyTorch PTQ file is missing {e.args[0]!r}") from None
+    except (AttributeError, TypeError, IndexError, ValueError) as e:  # a malformed '__arch__' or entry
+        raise FileFormatError(where, f"not a valid PyTorch PTQ file ({type(e).__name__}: {e})") from None
     return IntegerModel(input_qp=input_qp, layers=layers, output_qp=x_qp, mode="fp32", input_method="torch")

@@ -1,141 +1,206 @@
-"""Loading and saving weights: state dicts as ``.npz`` or ``.safetensors``, and the
-reference models of ``reference_models/``.
+"""Loading and saving weights: state dicts as ``.npz`` or ``.safetensors``, any model file
+npquant ships or writes (:func:`load_weights`), and the bundled reference models.
 
-The safetensors format is read and written here directly (it is small: a little-endian
-uint64 header length, a JSON header mapping each name to ``dtype``, ``shape`` and
-``data_offsets`` into the byte buffer that follows), so npquant needs no extra package.
-Every length, offset and dtype is validated; files are written to a temporary name and
-renamed.
+Every reader goes through :mod:`npquant._fileio`: a file is untrusted, every size it
+declares is checked against the bytes present before anything is allocated, and a
+corrupt, truncated or mislabelled file is a :class:`FileFormatError` (a ``ValueError``)
+naming the file and what was expected. A missing or unreadable file is the system's
+``OSError``. ``.safetensors`` goes through the ``safetensors`` package (the format's
+reference implementation); its JSON header is first checked here for size, nesting and
+duplicate names, which that package does not refuse. Files are written atomically (see
+:func:`atomic_write`).
 """
 
 from __future__ import annotations
 
-import json
+import math
 import os
 import struct
-import tempfile
 from dataclasses import dataclass
 
 import numpy as np
 
-_ST_DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "I64": "<i8", "I32": "<i4", "I16": "<i2",
-              "I8": "i1", "U8": "u1", "U16": "<u2", "U32": "<u4", "U64": "<u8", "BOOL": "?"}
-_ST_NAMES = {np.dtype(v).str.lstrip("<|"): k for k, v in _ST_DTYPES.items()}
+from ._fileio import FileFormatError, atomic_write, check_path, parse_json, parse_npz, read_bytes, read_npz
+
+__all__ = ["FileFormatError", "Reference", "atomic_write", "load_model", "load_reference", "load_state_dict",
+           "load_weights", "read_safetensors", "save_state_dict", "sniff_format", "write_safetensors"]
+
+#: numpy dtype -> safetensors dtype name, for the dtypes npquant writes and reads.
+_ST_NAMES = {"float64": "F64", "float32": "F32", "float16": "F16", "int64": "I64", "int32": "I32",
+             "int16": "I16", "int8": "I8", "uint64": "U64", "uint32": "U32", "uint16": "U16", "uint8": "U8",
+             "bool": "BOOL"}
+_ST_NUMPY = {v: k for k, v in _ST_NAMES.items()}
+_ST_DTYPES = frozenset(_ST_NUMPY)
+_FORMATS = ("npz", "safetensors")
 
 
-def atomic_write(path, write) -> None:
-    """Call ``write(file)`` on a temporary file in ``path``'s folder, then rename it to
-    ``path``: a reader never sees a half-written file, and a failure leaves no temporary."""
-    path = os.fspath(path)
-    fd, tmp = tempfile.mkstemp(prefix=".npquant-", dir=os.path.dirname(os.path.abspath(path)))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+def sniff_format(data: bytes) -> str | None:
+    """The format of a file from its first bytes: ``"npz"`` (a zip archive),
+    ``"npqz"`` (an npquant compressed file), ``"safetensors"`` (a length then a JSON
+    object), or ``None``."""
+    if data[:4] in (b"PK\x03\x04", b"PK\x05\x06"):
+        return "npz"
+    if data[:4] == b"NPQZ":
+        return "npqz"
+    if len(data) >= 10 and data[8:9] == b"{":
+        return "safetensors"
+    return None
 
 
 def _format(path, fmt):
     if fmt is None:
-        ext = os.path.splitext(os.fspath(path))[1].lower()
+        ext = os.path.splitext(path)[1].lower()
         fmt = {".npz": "npz", ".safetensors": "safetensors"}.get(ext)
         if fmt is None:
-            raise ValueError(f"cannot tell the format of {os.fspath(path)!r}: use .npz or .safetensors, or format=")
-    if fmt not in ("npz", "safetensors"):
+            raise ValueError(f"cannot tell the format of {path!r}: use .npz or .safetensors, or format=")
+    if fmt not in _FORMATS:
         raise ValueError(f"format must be 'npz' or 'safetensors', got {fmt!r}")
     return fmt
 
 
 def load_state_dict(path, *, format: str | None = None) -> dict:
-    """``{name: ndarray}`` from a ``.npz`` or ``.safetensors`` file."""
-    fmt = _format(path, format)
-    if fmt == "npz":
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                return {k: z[k] for k in z.files}
-        except (ValueError, OSError) as e:
-            raise ValueError(f"{os.fspath(path)!r} is not a readable .npz file ({e})") from None
-    with open(path, "rb") as f:
-        return read_safetensors(f.read())
+    """``{name: ndarray}`` from a ``.npz`` or ``.safetensors`` file.
+
+    ``path``: ``str`` or ``os.PathLike``. ``format``: ``"npz"``, ``"safetensors"`` or
+    ``None`` (from the extension). Arrays keep their stored dtype and shape. A file whose
+    content is not the format is a :class:`FileFormatError` saying what it looks like.
+    """
+    p = check_path(path)
+    fmt = _format(p, format)
+    data = read_bytes(p)
+    found = sniff_format(data)
+    if found != fmt:
+        what = {"npz": "an .npz (zip) file", "safetensors": "a .safetensors file",
+                "npqz": "an npquant compressed file (read it with npquant.compress.read_compressed)",
+                None: f"no known format (it starts with {data[:8]!r})"}[found]
+        raise FileFormatError(p, f"expected {'an .npz (zip)' if fmt == 'npz' else 'a .safetensors'} file, "
+                                 f"found {what}")
+    return parse_npz(data, p) if fmt == "npz" else read_safetensors(data, where=p)
 
 
 def save_state_dict(path, state: dict, *, format: str | None = None) -> None:
     """Write ``{name: array}`` as ``.npz`` or ``.safetensors`` (atomically)."""
-    fmt = _format(path, format)
+    p = check_path(path)
+    fmt = _format(p, format)
     if not isinstance(state, dict) or not all(isinstance(k, str) and k for k in state):
         raise ValueError("state must be a dict with non-empty string keys")
     arrays = {k: np.asarray(v) for k, v in state.items()}
     if fmt == "npz":
-        atomic_write(path, lambda f: np.savez(f, **arrays))
+        for k, a in arrays.items():
+            if a.dtype.hasobject:
+                raise TypeError(f"state[{k!r}] has dtype object, which .npz cannot hold without pickle")
+        atomic_write(p, lambda f: np.savez(f, **arrays))
     else:
         data = write_safetensors(arrays)
-        atomic_write(path, lambda f: f.write(data))
+        atomic_write(p, lambda f: f.write(data))
 
 
 def write_safetensors(state: dict, metadata: dict | None = None) -> bytes:
-    """The safetensors bytes of ``{name: array}`` (little-endian, C order)."""
-    header, chunks, offset = {}, [], 0
-    for name, a in state.items():
-        a = np.asarray(a)  # (np.ascontiguousarray would turn a 0-d array into 1-d)
-        key = a.dtype.str.lstrip("<|=>")
-        if key not in _ST_NAMES or (a.dtype.byteorder == ">"):
+    """The safetensors bytes of ``{name: array}`` (little-endian, C order), written by the
+    ``safetensors`` package. Dtypes: bool, (u)int8..64, float16/32/64; anything else is a
+    ``TypeError`` naming the tensor."""
+    from safetensors.numpy import save
+
+    if not isinstance(state, dict):
+        raise TypeError(f"state must be a dict of name -> array, got {type(state).__name__}")
+    arrays = {}
+    for name, v in state.items():
+        if not isinstance(name, str) or not name or name == "__metadata__":
+            raise ValueError(f"state keys must be non-empty strings other than '__metadata__', got {name!r}")
+        a = np.asarray(v)
+        if a.dtype.name not in _ST_NAMES:
             raise TypeError(f"state[{name!r}] has dtype {a.dtype}, which safetensors cannot hold here")
-        raw = a.astype(a.dtype.newbyteorder("<")).tobytes()
-        header[name] = {"dtype": _ST_NAMES[key], "shape": list(a.shape), "data_offsets": [offset, offset + len(raw)]}
-        chunks.append(raw)
-        offset += len(raw)
-    if metadata:
-        header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
-    h = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    h += b" " * (-len(h) % 8)  # align the buffer to 8 bytes, as the reference writer does
-    return struct.pack("<Q", len(h)) + h + b"".join(chunks)
+        arrays[name] = np.array(a, dtype=a.dtype.newbyteorder("<"), order="C")
+    meta = None if not metadata else {str(k): str(v) for k, v in metadata.items()}
+    return save(arrays, metadata=meta)
 
 
-def read_safetensors(data: bytes) -> dict:
-    """``{name: ndarray}`` from safetensors bytes; every field is checked."""
+def read_safetensors(data, *, where: str = "<bytes>") -> dict:
+    """``{name: ndarray}`` from the bytes of a safetensors file (``where`` names it in
+    messages). The header must be a JSON object of at most 64 MiB with no duplicate
+    name; dtypes as :func:`write_safetensors`; the tensors must tile the buffer exactly.
+    Anything else is a :class:`FileFormatError`."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load
+
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TypeError(f"data must be the file's bytes (bytes, bytearray or memoryview), got "
+                        f"{type(data).__name__}; to read a file, use load_state_dict(path)")
+    data = bytes(data)
     if len(data) < 8:
-        raise ValueError(f"not a safetensors file: {len(data)} bytes, shorter than the 8-byte header length")
+        raise FileFormatError(where, f"not a safetensors file: {len(data)} bytes, shorter than the "
+                                     "8-byte header length")
     (n,) = struct.unpack_from("<Q", data)
     if n > len(data) - 8:
-        raise ValueError(f"truncated safetensors file: the header needs {n} bytes, {len(data) - 8} remain")
-    try:
-        header = json.loads(data[8:8 + n].decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"corrupt safetensors header: not UTF-8 JSON ({e})") from None
+        raise FileFormatError(where, f"truncated safetensors file: the header needs {n} bytes, "
+                                     f"{len(data) - 8} remain")
+    header = parse_json(data[8:8 + n], "the safetensors header", where)
     if not isinstance(header, dict):
-        raise ValueError("corrupt safetensors header: expected a JSON object")
-    buf = memoryview(data)[8 + n:]
-    out, spans = {}, []
+        raise FileFormatError(where, "the safetensors header must be a JSON object")
+    buf_len, spans = len(data) - 8 - n, []
     for name, info in header.items():
         if name == "__metadata__":
             continue
-        if not isinstance(info, dict) or info.get("dtype") not in _ST_DTYPES:
-            raise ValueError(f"safetensors entry {name!r}: unsupported or missing dtype {info!r:.60}")
+        dt = info.get("dtype") if isinstance(info, dict) else None
+        if dt not in _ST_DTYPES:
+            raise FileFormatError(where, f"safetensors entry {name!r}: unsupported or missing dtype "
+                                         f"{str(dt)[:40]!r}; expected one of {sorted(_ST_DTYPES)}")
         shape, offs = info.get("shape"), info.get("data_offsets")
-        if not (isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)):
-            raise ValueError(f"safetensors entry {name!r}: bad shape {shape!r}")
-        if not (isinstance(offs, list) and len(offs) == 2 and all(isinstance(o, int) for o in offs)
-                and 0 <= offs[0] <= offs[1] <= len(buf)):
-            raise ValueError(f"safetensors entry {name!r}: data_offsets {offs!r} outside the {len(buf)}-byte buffer")
-        dt = np.dtype(_ST_DTYPES[info["dtype"]])
-        if offs[1] - offs[0] != dt.itemsize * int(np.prod(shape, dtype=np.int64)):
-            raise ValueError(f"safetensors entry {name!r}: {offs[1] - offs[0]} bytes for shape {shape} of {info['dtype']}")
-        out[name] = np.frombuffer(buf[offs[0]:offs[1]], dt).reshape(shape).astype(dt.newbyteorder("="))
-        spans.append(tuple(offs))
-    spans.sort()
+        if not (isinstance(shape, list) and len(shape) <= 32 and all(type(d) is int and d >= 0 for d in shape)):
+            raise FileFormatError(where, f"safetensors entry {name!r}: shape {str(shape)[:60]} is not a list of sizes")
+        if not (isinstance(offs, list) and len(offs) == 2 and all(type(o) is int for o in offs)
+                and 0 <= offs[0] <= offs[1] <= buf_len):
+            raise FileFormatError(where, f"safetensors entry {name!r}: data_offsets {str(offs)[:60]} outside the "
+                                         f"{buf_len}-byte buffer")
+        nbytes = np.dtype(_ST_NUMPY[dt]).itemsize * math.prod(shape)
+        if offs[1] - offs[0] != nbytes:
+            raise FileFormatError(where, f"safetensors entry {name!r}: {offs[1] - offs[0]} bytes for shape "
+                                         f"{shape} of {dt} ({nbytes} bytes)")
+        spans.append((offs[0], offs[1], name))
     pos = 0
-    for a, b in spans:
+    for a, b, name in sorted(spans):
         if a != pos:
-            raise ValueError("corrupt safetensors buffer: tensors overlap or leave holes")
+            raise FileFormatError(where, f"safetensors entry {name!r} starts at byte {a}, expected {pos}: "
+                                         "tensors overlap or leave holes")
         pos = b
-    if pos != len(buf):
-        raise ValueError(f"corrupt safetensors buffer: {len(buf) - pos} trailing bytes")
-    return out
+    if pos != buf_len:
+        raise FileFormatError(where, f"corrupt safetensors buffer: {buf_len - pos} trailing bytes")
+    try:
+        out = load(data)
+    except (SafetensorError, ValueError, TypeError, KeyError, OverflowError) as e:
+        msg = str(e).replace("Error while deserializing header: ", "")
+        raise FileFormatError(where, f"corrupt safetensors file ({msg})") from None
+    return {k: out[k] for k in header if k != "__metadata__"}
+
+
+def load_weights(path) -> dict:
+    """``{name: ndarray}`` of any model file npquant ships or writes, told by its content:
+
+    - a state dict (``.npz`` or ``.safetensors``): its arrays;
+    - a reference model (``.npz`` with ``__arch__``): its state dict (the test arrays left out);
+    - a quantized checkpoint (:mod:`npquant.checkpoint`): the dequantized float32 weights;
+    - a Deep Compression file (:mod:`npquant.compress`): the rebuilt float32 weights.
+    """
+    p = check_path(path)
+    data = read_bytes(p)
+    fmt = sniff_format(data)
+    if fmt == "npqz":
+        from .compress import read_compressed
+
+        return read_compressed(data, where=p)
+    if fmt == "safetensors":
+        return read_safetensors(data, where=p)
+    if fmt != "npz":
+        raise FileFormatError(p, f"not a model file: expected an .npz, .safetensors or npquant compressed "
+                                 f"(NPQZ) file, it starts with {data[:8]!r}")
+    arrays = parse_npz(data, p)
+    if "__format__" in arrays:
+        from .checkpoint import dequantize_checkpoint
+
+        return dequantize_checkpoint(arrays, p)
+    if "__arch__" in arrays:
+        return _reference(arrays, p).state
+    return arrays
 
 
 @dataclass
@@ -150,18 +215,33 @@ class Reference:
 
 
 def load_reference(path) -> Reference:
-    """Read a ``reference_models/*.npz`` file (see ``reference_models/README.md``)."""
+    """Read a reference model file (an ``.npz`` with ``__arch__``; see
+    ``reference_models/README.md``)."""
+    p = check_path(path)
+    return _reference(read_npz(p), p)
+
+
+def _json_entry(data: dict, key: str, where) -> object:
+    a = data.pop(key)
+    if a.ndim != 0 or a.dtype.kind != "U":
+        raise FileFormatError(where, f"{key!r} must be a JSON string (0-d text array), found {a.dtype} of shape {a.shape}")
+    return parse_json(str(a), f"{key!r}", where)
+
+
+def _reference(data: dict, where) -> Reference:
     from .nn import expected_keys
 
-    data = load_state_dict(path, format="npz")
+    data = dict(data)
     if "__arch__" not in data:
-        raise ValueError(f"{os.fspath(path)!r} has no '__arch__' entry: not a reference model file")
+        raise FileFormatError(where, "no '__arch__' entry: not a reference model file")
+    arch = _json_entry(data, "__arch__", where)
+    meta = _json_entry(data, "__meta__", where) if "__meta__" in data else {}
+    if not isinstance(meta, dict):
+        raise FileFormatError(where, "'__meta__' must be a JSON object")
     try:
-        arch = json.loads(str(data.pop("__arch__")))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"'__arch__' of {os.fspath(path)!r} is not JSON ({e})") from None
-    meta = json.loads(str(data.pop("__meta__"))) if "__meta__" in data else {}
-    keys = expected_keys(arch)
+        keys = expected_keys(arch)
+    except (ValueError, TypeError) as e:
+        raise FileFormatError(where, f"'__arch__' is not a valid architecture ({e})") from None
     state = {k: v for k, v in data.items() if k in keys}
     arrays = {k: v for k, v in data.items() if k not in keys}
     return Reference(arch=arch, state=state, arrays=arrays, meta=meta)

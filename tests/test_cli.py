@@ -192,7 +192,7 @@ def test_explain_ties_defaults_to_the_example_multiplier(capsys):
 @pytest.mark.slow  # whole models through the kernels: the JIT pass runs it
 def test_compress_builtin_model(capsys, tmp_path):
     out = tmp_path / "m.npqz"
-    assert main(["compress", "--quick", "--study", "-o", str(out)]) == 0
+    assert main(["compress", "--study", "-o", str(out)]) == 0
     text = capsys.readouterr().out
     assert "weights identical to the pruned, quantized ones: yes" in text
     size = out.stat().st_size
@@ -241,3 +241,84 @@ def test_demo_model_table(capsys):
 def test_demo_missing_models_dir(capsys, tmp_path):
     assert main(["demo", "--models", str(tmp_path)]) == 1
     assert "no reference models" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ user errors: one line
+
+
+@pytest.fixture
+def bad_inputs(tmp_path):
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "sd.npz", w=rng.normal(size=(8, 4)).astype(np.float32), b=np.zeros(8, np.float32))
+    (tmp_path / "bad.npz").write_bytes(b"PK\x03\x04" + bytes(40))
+    (tmp_path / "empty.npz").write_bytes(b"")
+    (tmp_path / "text.safetensors").write_text("not safetensors at all")
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "regular").write_bytes(b"")
+    return tmp_path
+
+
+CLI_USER_ERRORS = [
+    ("compress --input {d}/missing.npz", "no such file"),
+    ("compress --input {d}/dir", "is a directory"),
+    ("compress --input {d}/bad.npz", "not a readable .npz"),
+    ("compress --input {d}/empty.npz", "not a model file"),
+    ("compress --input {d}/text.safetensors", "not a model file"),
+    ("compress --input {d}/sd.npz -o {d}/nofolder/x.npqz", "does not exist"),
+    ("compress --input {d}/sd.npz -o {d}/regular/x.npqz", "not a folder"),
+    ("compress --input {d}/sd.npz -o {d}/dir", "is a directory"),
+    ("compress --models {d}/nowhere", "does not exist"),
+    ("quantize {d}/sd.npz -o {d}/dir", "is a directory"),
+    ("quantize {d}/sd.npz -o {d}/nofolder/q.npz", "does not exist"),
+    ("quantize {d}/sd.npz -o {d}/regular/q.npz", "not a folder"),
+    ("quantize {d}/missing.npz -o {d}/q.npz", "no such file"),
+    ("quantize {d}/bad.npz -o {d}/q.npz", "not a readable .npz"),
+    ("quantize {d}/text.safetensors -o {d}/q.npz", "not a model file"),
+    ("demo --models {d}/nowhere", "nowhere"),
+]
+
+
+@pytest.mark.parametrize("cmd, message", CLI_USER_ERRORS)
+def test_user_errors_are_one_line(bad_inputs, capsys, cmd, message):
+    argv = cmd.format(d=bad_inputs).split()
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith(f"npquant {argv[0]}: error: ") and message in err, err
+    assert not list(bad_inputs.glob("**/.npquant-*"))  # no temporary left behind
+
+
+def test_every_model_file_npquant_writes_is_accepted(bad_inputs, capsys):
+    d = bad_inputs
+    assert main(["compress", "--input", str(d / "sd.npz"), "-o", str(d / "m.npqz")]) == 0
+    assert main(["quantize", str(d / "m.npqz"), "-o", str(d / "q.npz")]) == 0  # compressed -> quantized
+    assert main(["compress", "--input", str(d / "q.npz"), "-o", str(d / "m2.npqz")]) == 0  # checkpoint
+    from npquant.io import save_state_dict
+
+    save_state_dict(d / "sd.safetensors", {"w": np.ones((4, 4), np.float32)})
+    assert main(["quantize", str(d / "sd.safetensors"), "-o", str(d / "q2.npz")]) == 0
+    from npquant.demo import default_models_dir
+
+    assert main(["quantize", str(default_models_dir() / "mlp.npz"), "-o", str(d / "q3.npz")]) == 0
+    out = capsys.readouterr().out
+    assert "fc1.weight" in out and "test_inputs" not in out  # a reference model: its state dict only
+
+
+def test_internal_errors_show_a_traceback_and_ask_for_a_report(monkeypatch, capsys):
+    import npquant.cli as cli
+
+    def broken(args):
+        raise RuntimeError("boom")
+
+    parser = cli.build_parser
+    monkeypatch.setattr(cli, "build_parser", lambda: _with_func(parser(), broken))
+    assert cli.main(["explain"]) == 3
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "RuntimeError: boom" in err and "please report it" in err
+
+
+def _with_func(parser, func):
+    for action in parser._subparsers._group_actions:
+        for sub in action.choices.values():
+            sub.set_defaults(func=func)
+    return parser

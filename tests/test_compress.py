@@ -101,8 +101,10 @@ def test_wrong_magic_version_and_truncation():
     data = _blob()
     with pytest.raises(ValueError, match="magic"):
         read_compressed(b"ZZZZ" + data[4:])
-    with pytest.raises(ValueError, match="version 2"):
-        read_compressed(data[:4] + struct.pack("<H", 2) + data[6:])
+    with pytest.raises(ValueError, match="version 3"):
+        read_compressed(data[:4] + struct.pack("<H", 3) + data[6:])
+    with pytest.raises(ValueError, match="reserved field is 1"):
+        read_compressed(data[:6] + struct.pack("<H", 1) + data[8:])
     with pytest.raises(ValueError, match="preamble"):
         read_compressed(data[:10])
     with pytest.raises(ValueError, match="truncated"):
@@ -112,6 +114,10 @@ def test_wrong_magic_version_and_truncation():
             read_compressed(data[:cut])
     with pytest.raises(ValueError, match="body"):
         read_compressed(data + b"\0")
+    with pytest.raises(TypeError, match="source must be a path"):
+        read_compressed(3)
+    with pytest.raises(TypeError, match="source must be a path"):
+        read_compressed(None)
 
 
 def test_random_corruption_is_always_detected():

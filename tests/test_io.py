@@ -54,7 +54,7 @@ def test_format_errors(tmp_path):
     with pytest.raises(ValueError, match="cannot tell the format"):
         save_state_dict(tmp_path / "m.pt", _state())
     (tmp_path / "x.npz").write_bytes(b"not a zip")
-    with pytest.raises(ValueError, match="not a readable .npz"):
+    with pytest.raises(ValueError, match="expected an .npz"):
         load_state_dict(tmp_path / "x.npz")
     with pytest.raises(ValueError, match="format must be"):
         load_state_dict(tmp_path / "x.npz", format="pickle")

@@ -1,0 +1,83 @@
+"""A bounded run of the structured fuzzer (``tests/fuzz.py``) against every file reader,
+and Hypothesis-driven bit flips and truncations. The long run (10^5 mutations per
+reader) is ``python tests/fuzz.py --count 100000 --jobs 2`` and not part of CI."""
+
+import os
+import tempfile
+import tracemalloc
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import fuzz
+
+COUNT = int(os.environ.get("NPQUANT_FUZZ_COUNT", "150"))
+
+
+@pytest.fixture(scope="module")
+def cases():
+    return {c.name: c for c in fuzz.build_cases()}
+
+
+def test_every_reader_has_a_case(cases):
+    assert set(cases) >= {"load_state_dict(.npz)", "load_state_dict(.safetensors)", "load_reference",
+                          "load_quantized", "read_compressed", "load_weights(.npqz)", "load_weights(checkpoint)",
+                          "huffman.decode", "load_model", "from_pytorch_ptq"}
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # models run on edited (huge) weights
+@pytest.mark.parametrize("name", ["load_state_dict(.npz)", "load_state_dict(.safetensors)", "load_reference",
+                                  "load_quantized", "read_compressed", "load_weights(.npqz)",
+                                  "load_weights(checkpoint)", "huffman.decode", "load_model", "from_pytorch_ptq"])
+def test_structured_mutations(cases, name):
+    tally = fuzz.run_case(cases[name], 0, COUNT, timeout=30.0)
+    assert not tally.failures, tally.failures[:5]
+    assert sum(tally.counts.values()) == COUNT
+    # The mutations reach past the first check: most are refused, some read back equal.
+    assert tally.counts.get("rejected", 0) > COUNT // 2
+
+
+def test_the_oracle_catches_a_silently_wrong_reader(cases):
+    """The fuzzer itself: a reader that ignores a shrunk shape is reported, and one that
+    allocates what a header declares is caught by the memory limit."""
+    case = cases["load_state_dict(.npz)"]
+    fake = fuzz.Case(case.name, case.suffix, case.data, lambda p: dict(list(case.expected.items())[:-1]),
+                     case.kind, case.expected, case.peak, case.mutators)
+    with tempfile.TemporaryDirectory() as d:
+        tracemalloc.start()
+        try:
+            outcome, _ = fuzz.classify(fake, case.data, os.path.join(d, "x.npz"), 10.0)
+            assert outcome == "silently_wrong"
+            hog = fuzz.Case(case.name, case.suffix, case.data, lambda p: {"x": np.ones(1 << 24)}, case.kind,
+                            case.expected, case.peak, case.mutators)
+            outcome, _ = fuzz.classify(hog, case.data, os.path.join(d, "x.npz"), 10.0)
+            assert outcome == "memory"
+        finally:
+            tracemalloc.stop()
+
+
+def _flip_or_cut(data: bytes, pos: int, bit: int, cut: bool) -> bytes:
+    pos %= len(data)
+    if cut:
+        return data[:pos]
+    b = bytearray(data)
+    b[pos] ^= 1 << bit
+    return bytes(b)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(which=st.sampled_from(["load_state_dict(.npz)", "load_quantized", "read_compressed", "load_reference"]),
+       pos=st.integers(0, 1 << 20), bit=st.integers(0, 7), cut=st.booleans())
+def test_any_flip_or_truncation_is_refused_or_harmless(cases, which, pos, bit, cut):
+    """A checksummed format never returns something else after one flipped bit or a cut."""
+    case = cases[which]
+    with tempfile.TemporaryDirectory() as d:
+        tracemalloc.start()
+        try:
+            outcome, detail = fuzz.classify(case, _flip_or_cut(case.data, pos, bit, cut),
+                                            os.path.join(d, "x" + case.suffix), 30.0)
+        finally:
+            tracemalloc.stop()
+    assert outcome in ("rejected", "equal"), detail
