@@ -154,22 +154,46 @@ def build_cases() -> list:
              load_weights, "zip"),
         Case("huffman.decode", ".huf", huffman.encode(symbols, alphabet_size=16), huff, "huffman"),
     ]
-    # The bundled model files (real files, exported from PyTorch): the float model and
-    # PyTorch's quantized one, each judged by its outputs on fixed inputs.
+    # Models built from files, judged by every array and setting the built model holds:
+    # the small reference model above, and the bundled PyTorch PTQ file of the MLP (exported
+    # from PyTorch) without its recorded test activations, which the reader does not use.
     from npquant.convert import from_pytorch_ptq
     from npquant.demo import default_models_dir
     from npquant.io import load_model
 
-    folder = default_models_dir()
-    x = load_reference(folder / "mlp.npz").arrays["test_inputs"][:16]
-    with open(folder / "mlp.npz", "rb") as f:
-        cases.append(Case("load_model", ".npz", f.read(), lambda p: {"y": load_model(p)(x)}, "zip"))
-    with open(folder / "mlp_ptq.npz", "rb") as f:
-        cases.append(Case("from_pytorch_ptq", ".npz", f.read(), lambda p: {"y": from_pytorch_ptq(p)(x)}, "zip"))
+    ptq = {k: v for k, v in np.load(default_models_dir() / "mlp_ptq.npz").items()
+           if not k.endswith(("_int", "_dequantized")) or k.endswith("weight_int")}
+    cases += [
+        Case("load_model", ".npz", _write(lambda p: np.savez(p, **ref), ".npz"),
+             lambda p: model_arrays(load_model(p)), "zip"),
+        Case("from_pytorch_ptq", ".npz", _write(lambda p: np.savez(p, **ptq), ".npz"),
+             lambda p: model_arrays(from_pytorch_ptq(p)), "zip"),
+    ]
     for c in cases:
         c.mutators = GENERIC + FORMAT_MUTATORS.get(c.kind, [])
         c.expected, c.peak = _seed_result(c)
     return cases
+
+
+def model_arrays(obj, prefix: str = "", seen=None) -> dict:
+    """Every array and scalar setting reachable from a model's attributes, by path, with
+    each object's class name: two models with equal results compute the same thing."""
+    seen = set() if seen is None else seen
+    out = {}
+    if id(obj) in seen:
+        return out
+    seen.add(id(obj))
+    out[prefix + "__class__"] = type(obj).__name__
+    items = enumerate(obj) if isinstance(obj, (list, tuple)) else vars(obj).items()
+    for k, v in items:
+        key = f"{prefix}{k}"
+        if isinstance(v, np.ndarray):
+            out[key] = v
+        elif isinstance(v, (int, float, str, bool, type(None), np.generic)):
+            out[key] = np.asarray(v)
+        elif isinstance(v, (list, tuple)) or hasattr(v, "__dict__"):
+            out.update(model_arrays(v, key + ".", seen))
+    return out
 
 
 def _seed_result(case: Case):
@@ -735,8 +759,9 @@ def main(argv=None) -> int:
         os.environ["NUMBA_NUM_THREADS"] = "1"  # the jobs are the parallelism; no threads competing
 
         with mp.get_context("spawn").Pool(args.jobs) as pool:
-            for name, tally in pool.imap_unordered(_worker, tasks):
+            for done, (name, tally) in enumerate(pool.imap_unordered(_worker, tasks), 1):
                 totals[name].merge(tally)
+                print(f"[{time.perf_counter() - t0:7.0f} s] {done}/{len(tasks)} chunks", file=sys.stderr, flush=True)
     else:
         for task in tasks:
             name, tally = _worker(task)
