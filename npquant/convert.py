@@ -231,6 +231,11 @@ class _DynamicLayer:
         self.w_qp = fit_qparams(layer.weight, w_spec)
         self.w_q = quantize(layer.weight, self.w_qp)
 
+    def size_bytes(self) -> int:
+        """int8 weight codes, float32 scales (symmetric: no zero points), float32 bias."""
+        bias = self.layer.bias
+        return self.w_q.size + 4 * self.w_qp.scale.size + (0 if bias is None else 4 * bias.size)
+
     def __call__(self, x):
         x = as_float_array(x, "x")
         x_qp = fit_qparams(x, QuantSpec(signed=False))
@@ -254,6 +259,12 @@ def dynamic_quantize(model: nn.Sequential, *, per_channel: bool = True) -> nn.Se
     spec = QuantSpec(symmetric=True, narrow_range=True, axis=0 if per_channel else None)
     return nn.Sequential([_DynamicLayer(layer, spec) if isinstance(layer, (nn.Linear, nn.Conv2d)) else layer
                           for layer in fold_batchnorm(model)])
+
+
+def dynamic_size_bytes(model: nn.Sequential) -> int:
+    """Storage of a :func:`dynamic_quantize` model: int8 weight codes, float32 scales and
+    float32 biases of its quantized layers."""
+    return sum(layer.size_bytes() for layer in model if isinstance(layer, _DynamicLayer))
 
 
 def weight_only_quantize(model: nn.Sequential, bits: int = 8, *, group_size: int | None = None,

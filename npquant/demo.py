@@ -83,8 +83,8 @@ def calibration_inputs(models_dir: Path, name: str) -> np.ndarray:
 
 def model_rows(models_dir, name: str, progress=lambda msg: None) -> list[list[str]]:
     """The table rows of one reference model."""
-    from .convert import (dynamic_quantize, float_size_bytes, from_pytorch_ptq, quantize_model,
-                          weight_only_quantize)
+    from .convert import (dynamic_quantize, dynamic_size_bytes, float_size_bytes, from_pytorch_ptq,
+                          quantize_model, weight_only_quantize)
     from .io import load_reference, load_state_dict
     from .nn import build_model
 
@@ -113,7 +113,7 @@ def model_rows(models_dir, name: str, progress=lambda msg: None) -> list[list[st
                     pt.size_bytes(), codes.argmax(1)))
     progress(f"{name}: dynamic and weight-only ...")
     d = dynamic_quantize(model)
-    rows.append(row("dynamic int8", "-", q.size_bytes(), d(x).argmax(1)))
+    rows.append(row("dynamic int8", "-", dynamic_size_bytes(d), d(x).argmax(1)))
     for bits in (8, 4, 2):
         w, size = weight_only_quantize(model, bits)
         rows.append(row(f"weight-only int{bits} per-channel", "-", size, w(x).argmax(1)))

@@ -5,6 +5,7 @@ from npquant import nn, sklearn_mlp
 from npquant.convert import (
     IntegerModel,
     dynamic_quantize,
+    dynamic_size_bytes,
     float_size_bytes,
     fold_batchnorm,
     quantize_model,
@@ -83,6 +84,9 @@ def test_dynamic_and_weight_only(mlp):
     acc_f = (model(X_te).argmax(1) == y_te).mean()
     d = dynamic_quantize(model)
     assert (d(X_te).argmax(1) == y_te).mean() >= acc_f - 0.01
+    # int8 codes + one float32 scale per output channel + float32 biases
+    weights = [lay for lay in model if hasattr(lay, "weight")]
+    assert dynamic_size_bytes(d) == sum(w.weight.size + 4 * w.weight.shape[0] + 4 * w.bias.size for w in weights)
     sizes = {}
     for b in (8, 4, 2):
         w, sizes[b] = weight_only_quantize(model, b)
