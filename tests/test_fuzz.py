@@ -81,3 +81,18 @@ def test_any_flip_or_truncation_is_refused_or_harmless(cases, which, pos, bit, c
         finally:
             tracemalloc.stop()
     assert outcome in ("rejected", "equal"), detail
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="the rss meter reads Linux's /proc")
+def test_the_rss_meter_of_the_long_run_catches_big_and_huge_allocations(cases):
+    case = cases["load_state_dict(.npz)"]
+
+    def reader(make):
+        return fuzz.Case(case.name, case.suffix, case.data, make, case.kind, case.expected, case.peak, case.mutators)
+
+    with tempfile.TemporaryDirectory() as d, fuzz.RssMeter() as meter:
+        path = os.path.join(d, "x.npz")
+        assert fuzz.classify(reader(lambda p: {"x": np.ones(1 << 24)}), case.data, path, 10.0, meter=meter)[0] == "memory"
+        assert fuzz.classify(reader(lambda p: {"x": np.empty(3 << 30, np.uint8)}), case.data, path, 10.0,
+                             meter=meter)[0] == "other_exception"  # beyond the 2 GiB address-space cap
+        assert fuzz.classify(case, case.data, path, 10.0, meter=meter)[0] == "equal"
