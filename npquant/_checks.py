@@ -6,6 +6,7 @@ and what is allowed.
 
 from __future__ import annotations
 
+import math
 import numbers
 
 import numpy as np
@@ -21,6 +22,57 @@ def check_int(value, name: str, *, lo: int | None = None, hi: int | None = None)
         hi_s = "inf" if hi is None else str(hi)
         raise ValueError(f"{name} must be in [{lo_s}, {hi_s}], got {value}")
     return value
+
+
+def check_real(value, name: str, *, lo: float | None = None, hi: float | None = None,
+               lo_open: bool = False, hi_open: bool = False, finite: bool = True) -> float:
+    """Return the real number ``value`` as a Python float, or raise naming ``name``.
+
+    Parameters
+    ----------
+    value
+        A real number: a Python or NumPy int or float (not a bool, not an array).
+    name : str
+        The argument's name, used in the messages.
+    lo, hi : float, optional
+        The allowed range; ``None`` leaves that side unbounded.
+    lo_open, hi_open : bool
+        Exclude ``lo`` (``hi``) itself: ``lo=0, lo_open=True`` means positive.
+    finite : bool
+        Reject NaN and infinity (a NaN never passes a bound either).
+
+    Returns
+    -------
+    float
+
+    Raises
+    ------
+    TypeError
+        ``value`` is not a real number.
+    ValueError
+        ``value`` is outside the range or not finite; the message says what is allowed,
+        e.g. ``lr must be positive and finite, got 0`` or ``dampening must be in [0, 1],
+        got 1.5``.
+    """
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
+    v = float(value)
+    ok = ((math.isfinite(v) or not finite)
+          and (lo is None or (v > lo if lo_open else v >= lo))
+          and (hi is None or (v < hi if hi_open else v <= hi)))
+    if not ok:
+        if lo is not None and hi is not None:
+            allowed = f"in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+        elif lo is not None:
+            allowed = "positive" if lo == 0 and lo_open else f"{'>' if lo_open else '>='} {lo:g}"
+        elif hi is not None:
+            allowed = f"{'<' if hi_open else '<='} {hi:g}"
+        else:
+            allowed = ""
+        if finite and (lo is None or hi is None):
+            allowed = f"{allowed} and finite" if allowed else "finite"
+        raise ValueError(f"{name} must be {allowed}, got {value!r}")
+    return v
 
 
 def check_pair(value, name: str, *, lo: int = 0) -> tuple[int, int]:

@@ -62,6 +62,8 @@ from sklearn.model_selection import train_test_split  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
+from torch_arch import build  # noqa: E402  (this folder is on sys.path when run as a script)
+
 # ---------------------------------------------------------------------------------------
 # The fixed split. load_digits: 1,797 images of 8x8 pixels with values 0..16.
 # Inputs are pixels / 16 as float32. Two stratified train_test_split calls:
@@ -182,31 +184,6 @@ def _inputs(x, arch):
 # ---------------------------------------------------------------------------------------
 # models
 # ---------------------------------------------------------------------------------------
-def build(arch):
-    """An nn.Sequential whose children carry the layer names of ``arch``."""
-    mods = OrderedDict()
-    for L in arch["layers"]:
-        t = L["type"]
-        if t == "linear":
-            m = nn.Linear(L["in_features"], L["out_features"], bias=L["bias"])
-        elif t == "conv2d":
-            m = nn.Conv2d(L["in_channels"], L["out_channels"], L["kernel_size"], L["stride"],
-                          L["padding"], L["dilation"], L["groups"], bias=L["bias"])
-        elif t == "batchnorm2d":
-            m = nn.BatchNorm2d(L["num_features"], eps=L["eps"], momentum=L["momentum"])
-        elif t == "relu":
-            m = nn.ReLU()
-        elif t == "maxpool2d":
-            m = nn.MaxPool2d(L["kernel_size"], L["stride"], L["padding"], L["dilation"],
-                             ceil_mode=L["ceil_mode"])
-        elif t == "flatten":
-            m = nn.Flatten(L["start_dim"])
-        else:
-            raise ValueError(f"unknown layer type {t!r}")
-        mods[L["name"]] = m
-    return nn.Sequential(mods)
-
-
 def train(arch, cfg, xtr, ytr):
     torch.manual_seed(TORCH_SEED)
     model = build(arch)
