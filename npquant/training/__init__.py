@@ -20,3 +20,17 @@ can print):
 - An optimizer (:mod:`npquant.training.optim`) holds the dict of live parameter arrays and
   updates them in place from a dict of gradients of the same keys: ``opt.step(grads)``.
 """
+
+from .fake_quant import (FakeQuantize, LSQFakeQuantize, PACTFakeQuantize, activation_fake_quant,
+                         fake_quantize_with_mask, weight_fake_quant)
+from .losses import accuracy, log_softmax, softmax, softmax_cross_entropy
+from .optim import SGD, Adam, AdamW, CosineAnnealingLR, LinearWarmup, StepLR
+from .qat import QATConv2d, QATConvBn2d, QATLinear
+from .trainer import EarlyStopping, History, Hook, evaluate, fit, train_reference
+
+__all__ = [
+    "SGD", "Adam", "AdamW", "CosineAnnealingLR", "EarlyStopping", "FakeQuantize", "History", "Hook",
+    "LSQFakeQuantize", "LinearWarmup", "PACTFakeQuantize", "QATConv2d", "QATConvBn2d", "QATLinear", "StepLR",
+    "accuracy", "activation_fake_quant", "evaluate", "fake_quantize_with_mask", "fit", "log_softmax", "softmax",
+    "softmax_cross_entropy", "train_reference", "weight_fake_quant",
+]
