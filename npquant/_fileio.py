@@ -177,7 +177,7 @@ def _check_tiling(zf: zipfile.ZipFile, data: bytes, where) -> None:
         if info.header_offset != pos or pos + _LOCAL.size > len(data):
             raise FileFormatError(where, f"damaged zip directory: member {info.filename!r} starts at byte "
                                          f"{info.header_offset}, expected {pos}")
-        sig, *_, nlen, xlen = _LOCAL.unpack_from(data, pos)
+        *_, nlen, xlen = _LOCAL.unpack_from(data, pos)
         pos += _LOCAL.size + nlen + xlen + info.compress_size
         if info.flag_bits & 0x08:  # a data descriptor follows: optional signature, CRC, sizes
             pos += 16 if data[pos:pos + 4] == b"PK\x07\x08" else 12
