@@ -344,7 +344,10 @@ def atomic_write(path, write, name: str = "path") -> None:
         mode = None
     if mode is None:
         mode = 0o666 & ~_umask()
-    fd, tmp = tempfile.mkstemp(prefix=".npquant-", dir=os.path.dirname(dest))
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".npquant-", dir=os.path.dirname(dest))
+    except OSError as e:  # name the destination, not the temporary file
+        raise type(e)(f"cannot write {os.fspath(path)!r}: {(e.strerror or str(e)).lower()}") from None
     try:
         with os.fdopen(fd, "wb") as f:
             if hasattr(os, "fchmod"):

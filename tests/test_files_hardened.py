@@ -438,3 +438,15 @@ def test_bad_destinations(tmp_path):
         atomic_write(tmp_path / "m.npz", boom)
     assert sorted(os.listdir(tmp_path)) == ["file", "m.npz"]
     assert load_state_dict(tmp_path / "m.npz")["w"].shape == (1,)
+
+
+def test_an_unwritable_folder_is_named_not_the_temporary(tmp_path, monkeypatch):
+    import tempfile
+
+    def refuse(**kw):
+        raise PermissionError(13, "Permission denied", os.path.join(kw["dir"], ".npquant-abc123"))
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)  # root ignores permission bits: simulate it
+    with pytest.raises(PermissionError) as e:
+        save_state_dict(tmp_path / "m.npz", {"w": np.ones(1)})
+    assert str(e.value) == f"cannot write {str(tmp_path / 'm.npz')!r}: permission denied"
