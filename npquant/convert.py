@@ -142,10 +142,33 @@ def _next_activation(layers, i):
     return None
 
 
+def _given_qparams(qparams, layers) -> dict:
+    """Check the ``qparams`` argument of :func:`quantize_model` against the folded layers."""
+    if qparams is None:
+        return {}
+    if not isinstance(qparams, dict):
+        raise TypeError(f"qparams must be a dict of name -> QParams or None, got {type(qparams).__name__}")
+    names = [layer.name for layer in layers if isinstance(layer, (nn.Linear, nn.Conv2d))]
+    allowed = {"input", *names, *(f"{n}.weight" for n in names)}
+    for key, qp in qparams.items():
+        if key not in allowed:
+            raise ValueError(f"qparams has key {key!r}; allowed: 'input', the linear/conv layer names "
+                             f"{names} and '<name>.weight'")
+        if not isinstance(qp, QParams):
+            raise TypeError(f"qparams[{key!r}] must be a QParams, got {type(qp).__name__}")
+        if not key.endswith(".weight") and qp.spec.axis is not None:
+            raise ValueError(f"qparams[{key!r}] must be per-tensor (an activation), got axis={qp.spec.axis}")
+        if qp.spec.bits > 8:
+            raise ValueError(f"qparams[{key!r}] has {qp.spec.bits} bits; the integer layers take at most 8")
+    if len(set(names)) != len(names):
+        raise ValueError(f"qparams are keyed by layer name, but the linear/conv names {names} repeat")
+    return dict(qparams)
+
+
 def quantize_model(model: nn.Sequential, calib_x, *, mode: str = "tflite", observer: str = "minmax",
                    per_channel: bool = True, weight_bits: int = 8, activation_signed: bool = False,
                    batch_size: int = 256, bias_method: str | None = None,
-                   accumulation: str = "exact") -> IntegerModel:
+                   accumulation: str = "exact", qparams: dict | None = None) -> IntegerModel:
     """Post-training static quantization of ``model`` calibrated on ``calib_x``.
 
     Weights: signed symmetric narrow-range ``weight_bits`` codes (TFLite's int8
@@ -156,44 +179,58 @@ def quantize_model(model: nn.Sequential, calib_x, *, mode: str = "tflite", obser
     :func:`npquant.qnn.gemm.quantize_bias`; default TFLite's for the TFLite modes,
     onnxruntime's otherwise). ``accumulation`` is that of every linear and conv layer
     (:mod:`npquant.qnn.accumulation`; pair saturation needs uint8 activations).
+
+    ``qparams`` gives quantization parameters instead of calibrating them (as a converted
+    QAT model has them, :func:`npquant.training.convert_qat`): a dict with any of the keys
+    ``"input"`` (per-tensor QParams of the input), ``"<name>"`` (per-tensor QParams of the
+    post-activation output of the linear/conv layer named ``name``; any bits up to 8 --
+    the integer layer clamps its output to that spec's ``[qmin, qmax]``) and
+    ``"<name>.weight"`` (its weight QParams, per-tensor or per-channel along axis 0,
+    replacing ``weight_bits`` and ``per_channel`` for that layer). Points not given are
+    calibrated on ``calib_x``, which may be None when every activation point is given.
     """
     check_choice(mode, "mode", REQUANT_MODES)
     check_accumulation(accumulation)
     check_choice(observer, "observer", tuple(OBSERVERS))
     weight_bits = check_int(weight_bits, "weight_bits", lo=2, hi=8)
     batch_size = check_int(batch_size, "batch_size", lo=1)
-    calib = as_float_array(calib_x, "calib_x")
     if bias_method is None:
         bias_method = "tflite" if mode.startswith("tflite") else "onnxruntime"
     layers = list(fold_batchnorm(model))
+    given = _given_qparams(qparams, layers)
     act_spec = QuantSpec(bits=8, signed=bool(activation_signed))
     # quantization points: the input, and the (post-activation) output of each linear/conv
-    points = {"input": OBSERVERS[observer](act_spec)}
+    points = {} if "input" in given else {"input": OBSERVERS[observer](act_spec)}
     for i, layer in enumerate(layers):
-        if isinstance(layer, (nn.Linear, nn.Conv2d)):
+        if isinstance(layer, (nn.Linear, nn.Conv2d)) and layer.name not in given:
             points[i] = OBSERVERS[observer](act_spec)
-    for start in range(0, calib.shape[0], batch_size):
-        x = calib[start:start + batch_size]
-        points["input"].update(x)
-        for i, layer in enumerate(layers):
-            x = layer(x)
-            if i in points:
-                act = _next_activation(layers, i)
-                points[i].update(x if act is None else (nn.ReLU() if act == "relu" else nn.ReLU6())(x))
+    if points:
+        calib = as_float_array(calib_x, "calib_x")
+        for start in range(0, calib.shape[0], batch_size):
+            x = calib[start:start + batch_size]
+            if "input" in points:
+                points["input"].update(x)
+            for i, layer in enumerate(layers):
+                x = layer(x)
+                if i in points:
+                    act = _next_activation(layers, i)
+                    points[i].update(x if act is None else (nn.ReLU() if act == "relu" else nn.ReLU6())(x))
     w_spec = QuantSpec(bits=weight_bits, symmetric=True, narrow_range=True, axis=0 if per_channel else None)
-    x_qp = points["input"].qparams()
+    x_qp = given["input"] if "input" in given else points["input"].qparams()
     input_qp = x_qp
     qlayers, i = [], 0
     while i < len(layers):
         layer = layers[i]
         if isinstance(layer, (nn.Linear, nn.Conv2d)):
             act = _next_activation(layers, i)
-            y_qp = points[i].qparams()
-            w_qp = fit_qparams(layer.weight, w_spec)
+            y_qp = given[layer.name] if layer.name in given else points[i].qparams()
+            w_qp = given.get(f"{layer.name}.weight")
+            if w_qp is None:
+                w_qp = fit_qparams(layer.weight, w_spec)
             w_q = quantize(layer.weight, w_qp)
             b_q = None
             if layer.bias is not None:
-                sw = w_qp.scale if per_channel else np.full(layer.weight.shape[0], w_qp.scale, np.float32)
+                sw = np.broadcast_to(np.asarray(w_qp.scale, np.float32), (layer.weight.shape[0],))
                 b_q = quantize_bias(layer.bias, np.float32(x_qp.scale), sw, method=bias_method)
             if isinstance(layer, nn.Linear):
                 qlayers.append(ql.QLinear(w_q, w_qp, b_q, x_qp, y_qp, mode=mode, activation=act,
