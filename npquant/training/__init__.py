@@ -21,6 +21,7 @@ can print):
   updates them in place from a dict of gradients of the same keys: ``opt.step(grads)``.
 """
 
+from .convert_qat import convert_qat, freeze_bn, freeze_observers, prepare_qat
 from .fake_quant import (FakeQuantize, LSQFakeQuantize, PACTFakeQuantize, activation_fake_quant,
                          fake_quantize_with_mask, weight_fake_quant)
 from .losses import accuracy, log_softmax, softmax, softmax_cross_entropy
@@ -31,6 +32,6 @@ from .trainer import EarlyStopping, History, Hook, evaluate, fit, train_referenc
 __all__ = [
     "SGD", "Adam", "AdamW", "CosineAnnealingLR", "EarlyStopping", "FakeQuantize", "History", "Hook",
     "LSQFakeQuantize", "LinearWarmup", "PACTFakeQuantize", "QATConv2d", "QATConvBn2d", "QATLinear", "StepLR",
-    "accuracy", "activation_fake_quant", "evaluate", "fake_quantize_with_mask", "fit", "log_softmax", "softmax",
+    "accuracy", "activation_fake_quant", "convert_qat", "evaluate", "freeze_bn", "freeze_observers", "prepare_qat", "fake_quantize_with_mask", "fit", "log_softmax", "softmax",
     "softmax_cross_entropy", "train_reference", "weight_fake_quant",
 ]
