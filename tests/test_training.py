@@ -987,16 +987,8 @@ def test_digits_data_is_the_reference_split():
     np.testing.assert_array_equal(d["y_test"], ref.arrays["test_labels"])
 
 
-def _nn_trains():
-    from npquant import nn
-
-    return hasattr(nn.Linear, "backward") and hasattr(nn.Sequential, "named_parameters")
-
-
 def test_early_stopping_restores_batch_norm_statistics_too():
     """On the CNN (npquant.nn): the best epoch's running statistics come back with its weights."""
-    if not _nn_trains():
-        pytest.skip("npquant.nn has no backward passes yet")
     from npquant.demo import default_models_dir
     from npquant.io import load_reference
     from npquant.nn import build_model
@@ -1026,8 +1018,6 @@ def test_reference_models_from_scratch_within_one_point_of_pytorch(name):
     (reference_models/README.md) within 1 percentage point. Measured with seeds 0, 1, 2:
     mlp 97.33 / 97.11 / 97.78 % (PyTorch 97.11 %), lenet_300_100 97.33 / 97.56 / 97.56 %
     (97.78 %), cnn 98.67 / 98.00 / 98.89 % (98.44 %)."""
-    if not _nn_trains():
-        pytest.skip("npquant.nn has no backward passes yet")
     r = T.train_reference(name, seed=0, progress=False)
     assert len(r.history) == 60
     assert r.history["train_loss"][-1] < 0.05 < r.history["train_loss"][0]
