@@ -1,6 +1,6 @@
 """A bounded run of the structured fuzzer (``tests/fuzz.py``) against every file reader,
 and Hypothesis-driven bit flips and truncations. The long run (10^5 mutations per
-reader) is ``python tests/fuzz.py --count 100000 --jobs 2`` and not part of CI."""
+reader) is ``python tests/fuzz.py --count 100000 --jobs 2 --memory rss`` and not part of CI."""
 
 import os
 import tempfile
