@@ -124,6 +124,23 @@ def test_fma32_is_correctly_rounded(a, b, c):
     assert tw.view(np.uint32) == ref.view(np.uint32)
 
 
+@given(
+    a=st.floats(-(2.0**20), 2.0**20, width=32),
+    b=st.floats(2.0**-20, 2.0**20, width=32),
+    c=st.floats(-(2.0**20), 2.0**20, width=32),
+)
+def test_the_optimizers_fma32_is_correctly_rounded_too(a, b, c):
+    # _kernels.optim.fma32 (the optimizers' fused multiply-add, another algorithm): the same bits
+    from npquant._kernels.optim import fma32 as fma32_optim
+
+    a, b, c = np.float32(a), np.float32(b), np.float32(c)
+    ref = to_float32(Fraction(float(a)) * Fraction(float(b)) + Fraction(float(c)))
+    if ref == 0:  # IEEE 754: an exact zero sum is -0 only when both addends are -0
+        neg = (a == 0 or b == 0) and np.signbit(a) != np.signbit(b) and c == 0 and np.signbit(c)
+        ref = np.float32(-0.0) if neg else np.float32(0.0)
+    assert np.float32(fma32_optim(a, b, c)).view(np.uint32) == ref.view(np.uint32)
+
+
 def test_fma32_on_near_ties():
     # products that land within 2^-33 of a float32 midpoint after adding c
     rng = np.random.default_rng(3)
