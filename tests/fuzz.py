@@ -27,8 +27,8 @@ Anything else is a failure: another exception, a silently different result, an i
 that takes more than ``--timeout`` seconds, or one whose reading allocates more than
 ``MEMORY_FACTOR`` times the larger of its own size and what the seed file needs, plus a
 slack (traced with :mod:`tracemalloc`, which sees NumPy's buffers; or, with ``--memory
-rss``, the growth of the resident set under a 2 GiB address-space cap, three times
-faster and coarser: see :class:`RssMeter`).
+rss``, the growth of the resident set under a 2 GiB address-space cap, cheaper and
+coarser: see :class:`RssMeter`).
 
 The test suite runs a bounded count (``tests/test_fuzz.py``). The long run::
 
@@ -200,7 +200,7 @@ def model_arrays(obj, prefix: str = "", seen=None) -> dict:
 
 class TracedMeter:
     """Peak bytes allocated during a read, as :mod:`tracemalloc` sees them (NumPy's
-    buffers included): exact, about 3x slower reads. The default, and CI's."""
+    buffers included): exact; a reference-model read took 15.6 ms traced, 5.3 ms not. The default, and CI's."""
 
     slack = MEMORY_SLACK
 
@@ -808,7 +808,7 @@ def main(argv=None) -> int:
     ap.add_argument("--timeout", type=float, default=10.0, help="seconds one input may take")
     ap.add_argument("--memory", choices=sorted(METERS), default="traced",
                     help="how a read's memory is measured: traced (tracemalloc, exact; default) or rss "
-                         "(resident-set growth and a 2 GiB address-space cap; about 3x faster)")
+                         "(resident-set growth and a 2 GiB address-space cap; cheaper than tracing)")
     ap.add_argument("--reader", action="append", help="only these readers (repeatable; default all)")
     ap.add_argument("--save", default="fuzz-failures", help="folder for failing inputs")
     args = ap.parse_args(argv)
