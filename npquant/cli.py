@@ -51,6 +51,19 @@ def _int_list(lo: int, hi: int):
     return parse
 
 
+def _choice_list(choices):
+    """An argparse ``type`` parsing ``"a,b"`` into ``["a", "b"]``, each one of ``choices``."""
+
+    def parse(text: str) -> list[str]:
+        items = [t.strip() for t in text.split(",") if t.strip()]
+        bad = [t for t in items if t not in choices]
+        if bad or not items:
+            raise argparse.ArgumentTypeError(f"expected a comma-separated list of {', '.join(choices)}, got {text!r}")
+        return items
+
+    return parse
+
+
 def _int_range(lo: int, hi: int | None = None):
     """An argparse ``type`` for one integer in ``[lo, hi]`` (``hi=None``: no upper bound)."""
 
@@ -520,10 +533,82 @@ def _run_quantize(args) -> int:
     return 0
 
 
+# -------------------------------------------------------------------------------- qat
+
+
+def _bits_pairs(text: str) -> list[tuple[int, int]]:
+    """``"W8A8,W4A4"`` -> ``[(8, 8), (4, 4)]``, each width 2..8."""
+    import re
+
+    out = []
+    for item in (t.strip() for t in text.split(",") if t.strip()):
+        m = re.fullmatch(r"[Ww](\d+)[Aa](\d+)", item)
+        if not m:
+            raise argparse.ArgumentTypeError(f"{item!r} is not a bit setting such as W4A8")
+        w, a = int(m.group(1)), int(m.group(2))
+        if not (2 <= w <= 8 and 2 <= a <= 8):
+            raise argparse.ArgumentTypeError(f"{item!r}: weight and activation bits must be in 2..8")
+        out.append((w, a))
+    if not out:
+        raise argparse.ArgumentTypeError(f"expected bit settings such as W8A8,W4A4, got {text!r}")
+    return out
+
+
+#: ``npquant qat --methods`` choices: "ptq" and :data:`npquant.training.qat_results.RANGES_SHOWN`
+#: (spelled out so that ``--help`` does not import the training package; a test checks them).
+QAT_METHODS = ("ptq", "minmax", "lsq", "pact")
+
+
+def _add_qat(sub) -> None:
+    from .demo import MODELS
+
+    p = sub.add_parser(
+        "qat",
+        help="float vs post-training quantization vs quantization-aware training of the reference models",
+        description=(
+            "For each reference model and bit setting (W8A8, W4A8, W4A4, and W2A8 for the MLPs), "
+            "train with quantization in the loop (min-max EMA, LSQ and PACT ranges) in NumPy, "
+            "convert to the integer-only model, and tabulate its test accuracy next to float and "
+            "post-training quantization (min-max calibration). Seeded; computed on the spot "
+            "(about 30-60 s on 2 cores). See npquant.training.qat_results for the recipe."
+        ),
+    )
+    p.add_argument("--models", metavar="DIR", help="reference models folder (default: the bundled models)")
+    p.add_argument("--model", action="append", choices=MODELS, metavar="NAME", dest="names",
+                   help=f"a reference model ({', '.join(MODELS)}); repeat for several (default: all)")
+    p.add_argument("--bits", type=_bits_pairs, metavar="LIST",
+                   help="comma-separated settings such as W8A8,W4A4 (default: each model's settings)")
+    p.add_argument("--methods", type=_choice_list(QAT_METHODS), default=list(QAT_METHODS),
+                   metavar="LIST", help=f"comma-separated, of {','.join(QAT_METHODS)} (default: all)")
+    p.add_argument("--seed", type=_int_range(0, 2**32 - 1), default=0,
+                   help="seed of the training shuffles (default: 0)")
+    p.add_argument("--mode", choices=REQUANT_MODES, default="tflite",
+                   help="requantization mode of the integer models (default: tflite)")
+    p.set_defaults(func=_run_qat)
+
+
+def _run_qat(args) -> int:
+    from .demo import MODELS, check_models_dir, default_models_dir
+    from .training.qat_results import format_results, results
+
+    names = tuple(dict.fromkeys(args.names)) if args.names else MODELS
+    models_dir = check_models_dir(default_models_dir() if args.models is None else args.models, names)
+    t0 = time.perf_counter()
+    rows = results(names, bits=args.bits, methods=tuple(args.methods), seed=args.seed, mode=args.mode,
+                   models_dir=models_dir, progress=_progress)
+    print("npquant qat: float vs PTQ vs QAT, integer-only models of the reference models (digits, 450 test "
+          "images)\nW<w>A<a>: signed symmetric per-channel w-bit weights, unsigned per-tensor a-bit "
+          "activations; input and logits 8-bit.\nint = QAT: test images where the integer model predicts what "
+          f"the fake-quantized model predicts. Requantization mode {args.mode}, seed {args.seed}.\n")
+    print(format_results(rows))
+    print(f"\n({time.perf_counter() - t0:.1f} s)")
+    return 0
+
+
 # ------------------------------------------------------------------------------- main
 
 #: Registrars of the subcommands, in the order ``--help`` lists them.
-COMMANDS = [_add_demo, _add_quantize, _add_explain, _add_compress]
+COMMANDS = [_add_demo, _add_quantize, _add_explain, _add_compress, _add_qat]
 
 
 def build_parser() -> argparse.ArgumentParser:

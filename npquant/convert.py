@@ -21,7 +21,7 @@ import numpy as np
 
 from . import nn
 from . import observers as obs
-from ._checks import as_float_array, check_choice, check_int
+from ._checks import as_float_array, check_bool, check_choice, check_int
 from .fixedpoint import REQUANT_MODES
 from .linear import dequantize, fake_quantize, quantize
 from .qnn import layers as ql
@@ -123,12 +123,20 @@ class IntegerModel:
                 raise TypeError(f"no float twin for {type(layer).__name__}")
         return h
 
-    def size_bytes(self) -> int:
-        """Weights (1 byte per code up to 8 bits), int32 biases, float32 scales, zero points."""
+    def size_bytes(self, *, packed: bool = False) -> int:
+        """Weights, int32 biases, float32 scales, zero points, in bytes.
+
+        Weight codes count 1 byte each (their int8 storage), or with ``packed`` the bytes of
+        each tensor's codes packed at its spec's bit width (``ceil(n * bits / 8)``, as
+        :func:`npquant.packing.pack_bits` stores them); the same for 8-bit weights.
+        """
+        packed = check_bool(packed, "packed")
         total = 0
         for layer in self.layers:
             if isinstance(layer, (ql.QLinear, ql.QConv2d)):
-                total += layer.w_q.size * layer.w_q.itemsize + 4 * layer.w_q.shape[0]
+                n = layer.w_q.size
+                codes = -(-n * layer.w_qp.spec.bits // 8) if packed else n * layer.w_q.itemsize
+                total += codes + 4 * layer.w_q.shape[0]
                 total += layer.w_qp.scale.size * 4 + layer.w_qp.zero_point.size * layer.w_q.itemsize
         return total
 

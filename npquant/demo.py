@@ -4,7 +4,9 @@ For each reference model (trained in PyTorch on digits by the repository's
 ``reference_models/export.py``, shipped as package data in ``npquant/data/``, run here without
 PyTorch): float, npquant's post-training int8 quantization per tensor and per channel
 under each requantization mode, PyTorch's own quantized model reproduced bit for bit,
-dynamic quantization, and weight-only quantization at 8, 4 and 2 bits. Each row gives
+quantization-aware training in NumPy at W8A8 and W4A4 next to post-training W4A4 (the
+rows of :data:`QAT_ROWS`; ``npquant qat`` gives the full table), dynamic quantization,
+and weight-only quantization at 8, 4 and 2 bits. Each row gives
 the model size in bytes, the test accuracy and the agreement with the float model's
 predictions; everything is computed on the spot.
 """
@@ -21,6 +23,11 @@ import numpy as np
 from .fixedpoint import REQUANT_MODES
 
 MODELS = ("mlp", "lenet_300_100", "cnn")
+
+QAT_ROWS = ((8, 8, "minmax", "QAT W8A8 per-channel, min-max EMA"), (4, 4, "ptq", "PTQ W4A4 per-channel, min-max"),
+            (4, 4, "lsq", "QAT W4A4 per-channel, LSQ"))
+"""The quantization-aware training rows of each model: ``(weight_bits, act_bits, method, label)``
+of :func:`npquant.training.qat_results.qat_experiment` (``npquant qat`` prints the full table)."""
 
 
 def data_files(models=MODELS) -> list[str]:
@@ -111,6 +118,14 @@ def model_rows(models_dir, name: str, progress=lambda msg: None) -> list[list[st
     exact = np.array_equal(codes, golden["logits_int"])
     rows.append(row("PyTorch PTQ, reproduced" + (" (bit-exact)" if exact else " (MISMATCH)"), "fp32",
                     pt.size_bytes(), codes.argmax(1)))
+    progress(f"{name}: quantization-aware training ...")
+    from .training.qat_results import qat_experiment
+    from .training.trainer import digits_data
+
+    loaded = (model, digits_data(ref.arch, models_dir))
+    for w, a, method, label in QAT_ROWS:
+        r = qat_experiment(name, w, a, method, models_dir=models_dir, _loaded=loaded)
+        rows.append(row(label, "tflite", r.integer_model.size_bytes(packed=True), r.integer_model(x).argmax(1)))
     progress(f"{name}: dynamic and weight-only ...")
     d = dynamic_quantize(model)
     rows.append(row("dynamic int8", "-", dynamic_size_bytes(d), d(x).argmax(1)))
@@ -131,8 +146,10 @@ def run(models_dir=None, *, models=MODELS, progress=lambda msg: None) -> str:
         rows += model_rows(models_dir, name, progress)
     head = ("npquant demo: quantization of the reference models (trained in PyTorch on scikit-learn's "
             "digits; 450 test images; run without PyTorch)\n"
-            "size: float32 weights; int8: weights + int32 (or float) biases + scales; weight-only: packed "
-            "codes + scales + float biases. agreement: same prediction as the float model.\n")
+            "size: float32 weights; int8: weights + int32 (or float) biases + scales; W4A4 and weight-only: "
+            "packed codes + scales + biases. agreement: same prediction as the float model.\n"
+            "W<w>A<a>: w-bit weights, a-bit activations (input and logits 8-bit); QAT: a few epochs of "
+            "quantization-aware training in NumPy from the float weights (npquant qat: the full table).\n")
     table = format_table(["model", "method", "mode", "size B", "test acc", "agree w/ float"], rows,
                          align="lllrrr")
     return f"{head}\n{table}\n\n({time.perf_counter() - t0:.1f} s)"

@@ -228,10 +228,12 @@ def test_demo_model_table(capsys):
     out = capsys.readouterr().out
     rows = [ln for ln in out.splitlines() if ln.startswith("mlp ")]
     methods = ["float32", "PTQ int8 per-tensor", "PTQ int8 per-channel", "PyTorch PTQ, reproduced (bit-exact)",
+               "QAT W8A8 per-channel, min-max EMA", "PTQ W4A4 per-channel, min-max", "QAT W4A4 per-channel, LSQ",
                "dynamic int8", "weight-only int8", "weight-only int4", "weight-only int2"]
     for m in methods:
         assert any(m in r for r in rows), m
-    assert len(rows) == 11  # float, per-tensor, 4 per-channel modes, PyTorch, dynamic, 3 weight-only
+    # float, per-tensor, 4 per-channel modes, PyTorch, 3 QAT/PTQ W4A4, dynamic, 3 weight-only
+    assert len(rows) == 14
     accs = [float(re.search(r"([\d.]+) %", r).group(1)) for r in rows]  # the test-accuracy column
     assert min(accs) > 50.0 and accs[0] > 95.0
     with pytest.raises(SystemExit):

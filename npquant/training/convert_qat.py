@@ -61,8 +61,8 @@ from ..linear import dequantize
 from ..qnn import layers as ql
 from ..qnn.accumulation import check_accumulation
 from ..qparams import QuantSpec
-from .fake_quant import (FakeQuantize, LSQFakeQuantize, PACTFakeQuantize, _FakeQuantBase, activation_fake_quant,
-                         weight_fake_quant)
+from .fake_quant import (PACT_INITS, FakeQuantize, LSQFakeQuantize, PACTFakeQuantize, _FakeQuantBase,
+                         activation_fake_quant, weight_fake_quant)
 from .qat import QATConv2d, QATConvBn2d, QATLinear
 
 __all__ = ["RANGES", "INPUT_FAKE_QUANT", "prepare_qat", "convert_qat", "freeze_observers", "freeze_bn"]
@@ -80,7 +80,8 @@ _SUPPORTED = "linear, conv2d, batchnorm2d (after a conv2d), relu, relu6, maxpool
 def prepare_qat(model, *, weight_bits: int = 8, act_bits: int = 8, ranges: str = "minmax",
                 per_channel: bool = True, input_bits: int = 8, narrow_range: bool = False,
                 averaging_constant: float = 0.01, lsq_init: str = "minmax", pact_alpha: float = 10.0,
-                freeze_bn: bool = False) -> nn.Sequential:
+                pact_init: str = "fixed", freeze_bn: bool = False,
+                output_bits: int | None = None) -> nn.Sequential:
     """A quantization-aware copy of the float ``model`` (see the module docstring).
 
     Parameters
@@ -93,10 +94,16 @@ def prepare_qat(model, *, weight_bits: int = 8, act_bits: int = 8, ranges: str =
     act_bits : 2..8, unsigned activation codes of every layer output
     ranges : ``"minmax"``, ``"lsq"`` or ``"pact"``
     input_bits : 2..8, unsigned codes of the input
+    output_bits : 2..8, codes of the last linear/conv layer's output (the logits of a
+        classifier); default ``act_bits``. Low-bit studies keep the model's ends at 8 bits
+        (Esser et al. 2020 keep the first and last layers at 8 bits): with 4-bit logits,
+        ten classes share 16 levels and the argmax often ties.
     narrow_range : weights in ``[-(2^(b-1) - 1), 2^(b-1) - 1]`` (TFLite) instead of the full range
     averaging_constant : of the moving-average observers (PyTorch's 0.01)
     lsq_init : ``"minmax"`` or ``"lsq"`` (LSQ's initialization on the first training batch)
-    pact_alpha : PACT's initial clipping level
+    pact_alpha : PACT's initial clipping level (``pact_init="fixed"``)
+    pact_init : ``"fixed"`` (start at ``pact_alpha``) or ``"max"`` (at the largest output of
+        the first training batch; :class:`~npquant.training.fake_quant.PACTFakeQuantize`)
     freeze_bn : start every QATConvBn2d with frozen batch norm (running statistics)
 
     Returns
@@ -119,12 +126,14 @@ def prepare_qat(model, *, weight_bits: int = 8, act_bits: int = 8, ranges: str =
     weight_bits = check_int(weight_bits, "weight_bits", lo=2, hi=8)
     act_bits = check_int(act_bits, "act_bits", lo=2, hi=8)
     input_bits = check_int(input_bits, "input_bits", lo=2, hi=8)
+    output_bits = act_bits if output_bits is None else check_int(output_bits, "output_bits", lo=2, hi=8)
     ranges = check_choice(ranges, "ranges", RANGES)
     per_channel = check_bool(per_channel, "per_channel")
     narrow_range = check_bool(narrow_range, "narrow_range")
     averaging_constant = check_real(averaging_constant, "averaging_constant", lo=0.0, hi=1.0, lo_open=True)
     lsq_init = check_choice(lsq_init, "lsq_init", ("minmax", "lsq"))
     pact_alpha = check_real(pact_alpha, "pact_alpha", lo=0.0, lo_open=True)
+    pact_init = check_choice(pact_init, "pact_init", PACT_INITS)
     freeze_bn = check_bool(freeze_bn, "freeze_bn")
 
     w_spec = QuantSpec(bits=weight_bits, signed=True, symmetric=True, narrow_range=narrow_range,
@@ -142,10 +151,12 @@ def prepare_qat(model, *, weight_bits: int = 8, act_bits: int = 8, ranges: str =
         if ranges == "lsq":
             return LSQFakeQuantize(spec, init=lsq_init, name=name)
         if ranges == "pact" and act is not None:
-            return PACTFakeQuantize(spec, alpha=pact_alpha, name=name)
+            return PACTFakeQuantize(spec, alpha=pact_alpha, init=pact_init, name=name)
         return activation_fake_quant(spec, averaging_constant=averaging_constant, name=name)
 
     layers = list(model)
+    weighted = [i for i, layer in enumerate(layers) if isinstance(layer, (nn.Linear, nn.Conv2d))]
+    last = weighted[-1] if weighted else None
     for i, layer in enumerate(layers):
         if getattr(layer, "name", None) == INPUT_FAKE_QUANT:
             raise ValueError(f"layers[{i}] is named {INPUT_FAKE_QUANT!r}, the name of the input fake quant")
@@ -161,8 +172,9 @@ def prepare_qat(model, *, weight_bits: int = 8, act_bits: int = 8, ranges: str =
                 j += 1
             act = _next_activation(layers, j - 1)
             name = layer.name
+            spec = a_spec if i != last else QuantSpec(bits=output_bits, signed=False)
             kw = dict(weight_fake_quant=wfq(name, layer.weight.shape[0]),
-                      act_fake_quant=afq(f"{name}.act_fake_quant", act), activation=act)
+                      act_fake_quant=afq(f"{name}.act_fake_quant", act, spec), activation=act)
             float_layer = copy.deepcopy(layer).eval()
             if bn is not None:
                 q = QATConvBn2d(float_layer, bn, **kw)

@@ -77,6 +77,7 @@ from ..qparams import FLOAT32_EPS, QParams, QuantSpec, _brief, fit_qparams
 __all__ = [
     "GRADIENTS",
     "GRAD_METHODS",
+    "PACT_INITS",
     "fake_quantize_with_mask",
     "clip_mask",
     "ste_backward",
@@ -705,6 +706,8 @@ def activation_fake_quant(spec: QuantSpec | None = None, *, averaging_constant: 
 
 
 _INITS = ("lsq", "minmax")
+PACT_INITS = ("fixed", "max")
+"""Initializations of :class:`PACTFakeQuantize`'s clipping level."""
 
 
 class LSQFakeQuantize(_FakeQuantBase):
@@ -887,31 +890,48 @@ class PACTFakeQuantize(_FakeQuantBase):
     """PACT (Choi et al. 2018): a learned clipping level ``alpha``, then fake quantization.
 
     ``spec`` is per-tensor, unsigned asymmetric (``y`` in ``[0, alpha]``, the paper's
-    activation replacing ReLU) or signed symmetric (``[-alpha, alpha]``). ``alpha`` starts
-    at ``alpha`` (the paper: 10) and is the live parameter ``parameters()["alpha"]`` (a
-    float32 0-d array); the paper regularizes it with L2 weight decay, which is the
-    optimizer's job. Gradients: :func:`pact_backward`.
+    activation replacing ReLU) or signed symmetric (``[-alpha, alpha]``). ``alpha`` is the
+    live parameter ``parameters()["alpha"]`` (a float32 0-d array). It starts at ``alpha``
+    (the paper: 10) with ``init="fixed"``, or, with ``init="max"``, at the largest value
+    (largest magnitude for a signed spec) of the first training batch, as LSQ's
+    ``init="minmax"`` starts from the batch's range. Since ``d alpha`` is non-zero only
+    where ``x >= alpha``, an ``alpha`` above every activation never moves down; the paper
+    pulls it down with L2 weight decay on ``alpha`` (the optimizer's job), ``"max"``
+    starts it where the activations end. Gradients: :func:`pact_backward`.
     """
 
     gradient = "pact"
 
-    def __init__(self, spec: QuantSpec, *, alpha: float = 10.0, backend: str = "numba",
+    def __init__(self, spec: QuantSpec, *, alpha: float = 10.0, init: str = "fixed", backend: str = "numba",
                  name: str = "pact"):
         super().__init__(name)
         self.spec = _pact_check_spec(spec)
         self.alpha = np.array(_pact_alpha(alpha), dtype=np.float32)
+        self.init = check_choice(init, "init", PACT_INITS)
+        self.initialized = self.init == "fixed"
         self.backend = check_choice(backend, "backend", BACKENDS)
         self.grads = {"alpha": np.zeros((), np.float32)}
 
     def parameters(self) -> dict:
         return {"alpha": self.alpha}
 
+    def _loaded(self) -> None:
+        self.initialized = True
+
     @property
     def qparams(self) -> QParams:
+        if not self.initialized:
+            raise RuntimeError(f"{self.name} is not initialized (init='max'): run a training forward pass first")
         return pact_qparams(self.alpha, self.spec)
 
     def forward(self, x) -> np.ndarray:
         x = as_float_array(x, "x")
+        if self.training and not self.initialized:
+            top = np.max(np.abs(x) if self.spec.signed else x) if x.size else 0.0
+            self.alpha[...] = max(np.float32(top), np.float32(FLOAT32_EPS))
+            self.initialized = True
+        if not self.initialized:
+            raise RuntimeError(f"{self.name} is not initialized (init='max'): run a training forward pass first")
         a = np.float32(self.alpha)
         if not (np.isfinite(a) and a > 0):
             raise ValueError(
