@@ -112,7 +112,8 @@ class IntegerModel:
             elif isinstance(layer, ql.MaxPool2d):
                 h = nn.MaxPool2d(layer.kernel_size, layer.stride, layer.padding)(h)
             elif isinstance(layer, ql.AvgPool2d):
-                h = nn.AvgPool2d(layer.kernel_size, layer.stride, layer.padding, count_include_pad=False)(h)
+                h = nn.AvgPool2d(layer.kernel_size, layer.stride, layer.padding,
+                                 count_include_pad=layer.count_include_pad)(h)
             elif isinstance(layer, ql.Flatten):
                 h = nn.Flatten()(h)
             elif isinstance(layer, ql.QReLU):
@@ -196,6 +197,12 @@ def quantize_model(model: nn.Sequential, calib_x, *, mode: str = "tflite", obser
     ``"<name>.weight"`` (its weight QParams, per-tensor or per-channel along axis 0,
     replacing ``weight_bits`` and ``per_channel`` for that layer). Points not given are
     calibrated on ``calib_x``, which may be None when every activation point is given.
+
+    Pools work on codes with the input's qparams. Average pooling rounds ``sum / count``
+    half away from zero in the ``tflite*`` modes (TFLite's AVERAGE_POOL_2D, padding not
+    counted) and half to even otherwise (PyTorch's quantized ``avg_pool2d``); a pool whose
+    padding counts in the divisor (``count_include_pad=True``, PyTorch's default) counts
+    padded positions as real 0 (code ``Z_x``) and rounds half to even in every mode.
     """
     check_choice(mode, "mode", REQUANT_MODES)
     check_accumulation(accumulation)
@@ -253,9 +260,12 @@ def quantize_model(model: nn.Sequential, calib_x, *, mode: str = "tflite", obser
         if isinstance(layer, nn.MaxPool2d):
             qlayers.append(ql.MaxPool2d(layer.kernel_size, layer.stride, layer.padding))
         elif isinstance(layer, nn.AvgPool2d):
+            # Padding counted in the divisor (PyTorch's default) is not a TFLite option: such a
+            # pool rounds as PyTorch's quantized avg_pool2d does, whatever the requantization mode.
+            include_pad = layer.count_include_pad and any(layer.padding)
             qlayers.append(ql.AvgPool2d(layer.kernel_size, layer.stride, layer.padding,
-                                        mode="tflite" if mode.startswith("tflite") else "torch",
-                                        zero_point=int(x_qp.zero_point), count_include_pad=False))
+                                        mode="tflite" if mode.startswith("tflite") and not include_pad else "torch",
+                                        zero_point=int(x_qp.zero_point), count_include_pad=include_pad))
         elif isinstance(layer, nn.Flatten):
             qlayers.append(ql.Flatten())
         elif isinstance(layer, (nn.ReLU, nn.ReLU6)):
@@ -404,6 +414,7 @@ def from_pytorch_ptq(path_or_arrays, *, accumulation: str = "exact") -> IntegerM
                                              groups=spec["groups"], **kw))
                 x_qp = y_qp
             elif t == "maxpool2d":
+                nn._plain_pool(spec, name, ("dilation", "ceil_mode"))
                 layers.append(ql.MaxPool2d(spec["kernel_size"], spec["stride"], spec["padding"]))
             elif t == "flatten":
                 layers.append(ql.Flatten())

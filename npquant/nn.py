@@ -866,6 +866,20 @@ def _layers(arch) -> list:
     return arch["layers"]
 
 
+def _plain_pool(spec: dict, name, keys) -> None:
+    """Refuse pooling options npquant does not implement (rather than drop them silently)."""
+    bad = None
+    if "dilation" in keys and "dilation" in spec and check_pair(spec["dilation"], "dilation", lo=1) != (1, 1):
+        bad = "dilation", spec["dilation"], 1
+    elif "ceil_mode" in keys and spec.get("ceil_mode", False) is not False:
+        bad = "ceil_mode", spec["ceil_mode"], False
+    elif "divisor_override" in keys and spec.get("divisor_override") is not None:
+        bad = "divisor_override", spec["divisor_override"], None
+    if bad:
+        raise ValueError(f"layer {name!r}: {spec['type']} with {bad[0]}={bad[1]!r} is not supported "
+                         f"(npquant's pools have {bad[0]}={bad[2]!r} only)")
+
+
 def build_model(arch: dict, state: dict) -> Sequential:
     """A :class:`Sequential` (in eval mode) from an architecture description and a state dict.
 
@@ -914,8 +928,10 @@ def build_model(arch: dict, state: dict) -> Sequential:
         elif t == "relu6":
             layers.append(ReLU6(name=name))
         elif t == "maxpool2d":
+            _plain_pool(spec, name, ("dilation", "ceil_mode"))
             layers.append(MaxPool2d(spec["kernel_size"], spec.get("stride"), spec.get("padding", 0), name=name))
         elif t == "avgpool2d":
+            _plain_pool(spec, name, ("ceil_mode", "divisor_override"))
             layers.append(AvgPool2d(spec["kernel_size"], spec.get("stride"), spec.get("padding", 0),
                                     count_include_pad=spec.get("count_include_pad", True), name=name))
         elif t == "flatten":

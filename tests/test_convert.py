@@ -138,3 +138,48 @@ def test_quantize_model_accumulation_reaches_every_layer():
         quantize_model(model, calib, activation_signed=True, accumulation="int16_pairs")
     with pytest.raises(ValueError, match="accumulation"):
         quantize_model(model, calib, accumulation="pairs")
+
+
+# ---- pooling options that the float model has and the integer model must keep ----------
+
+
+def _pool_model(pool):
+    rng = np.random.default_rng(3)
+    w = rng.normal(0, 0.3, (4, 2, 3, 3)).astype(np.float32)
+    return nn.Sequential([nn.Conv2d(w, np.zeros(4, np.float32), padding=1, name="conv"), nn.ReLU(), pool,
+                          nn.Flatten()])
+
+
+@pytest.mark.parametrize("include_pad", [True, False])
+@pytest.mark.parametrize("mode", ["tflite", "onnx"])
+def test_quantize_model_keeps_count_include_pad(include_pad, mode):
+    # AvgPool2d(3, 2, 1): a corner window holds 4 real inputs and 5 padded ones; counting the
+    # padding divides by 9 instead of 4 (the bug: the integer model always divided by 4)
+    model = _pool_model(nn.AvgPool2d(3, 2, 1, count_include_pad=include_pad))
+    x = np.random.default_rng(4).uniform(0, 1, (16, 2, 8, 8)).astype(np.float32)
+    q = quantize_model(model, x, mode=mode)
+    pool = [layer for layer in q.layers if type(layer).__name__ == "AvgPool2d"][0]
+    assert pool.count_include_pad is include_pad
+    y, yf = q(x), model(x)
+    step = float(q.layers[0].y_qp.scale)
+    assert np.max(np.abs(y - yf)) <= 2 * step  # within the grid, corners included
+    # the twin pools as the integer model, in float: within the pool's rounding (half a step)
+    # plus a conv code one off from requantization rounding (a quarter of a step after /4)
+    assert np.max(np.abs(q.float_twin(x) - y)) <= step + 1e-6
+
+
+@pytest.mark.parametrize("spec, what", [
+    ({"type": "maxpool2d", "name": "p", "kernel_size": [2, 2], "stride": [2, 2], "padding": [0, 0],
+      "dilation": [2, 2], "ceil_mode": False}, "dilation"),
+    ({"type": "maxpool2d", "name": "p", "kernel_size": [2, 2], "stride": [2, 2], "padding": [0, 0],
+      "dilation": [1, 1], "ceil_mode": True}, "ceil_mode"),
+    ({"type": "avgpool2d", "name": "p", "kernel_size": [2, 2], "stride": [2, 2], "padding": [0, 0],
+      "ceil_mode": True}, "ceil_mode"),
+    ({"type": "avgpool2d", "name": "p", "kernel_size": [2, 2], "divisor_override": 3}, "divisor_override"),
+])
+def test_build_model_refuses_pool_options_it_would_drop(spec, what):
+    arch = {"name": "m", "input_shape": [1, 8, 8], "layers": [spec]}
+    with pytest.raises(ValueError, match=f"'p'.*{what}"):
+        nn.build_model(arch, {})
+    plain = dict(spec, **{what: {"dilation": [1, 1], "ceil_mode": False, "divisor_override": None}[what]})
+    nn.build_model(dict(arch, layers=[plain]), {})  # the default value is accepted
