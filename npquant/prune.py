@@ -4,9 +4,13 @@ Pruning
 -------
 :func:`magnitude_mask` keeps the largest weights of one tensor, either to a target
 ``sparsity`` (exactly ``round(sparsity * n)`` weights pruned) or by the paper's threshold
-``|w| < quality * std(w)``. Masks are boolean arrays (True = kept); :func:`prune` applies
-one, :func:`reapply` applies a dict of them to a dict of weights after an update, so that
-pruned weights stay zero during retraining.
+``|w| < quality * std(w)``. :func:`magnitude_masks` does it for several named tensors, per
+layer or with one global threshold over all of them (``scope="global"``). Given the
+previous mask, both prune iteratively: the pruned weights stay pruned and the new mask
+nests in the old one; :func:`sparsity_schedule` gives the sparsity of each step. Masks are
+boolean arrays (True = kept); :func:`prune` applies one, :func:`reapply` applies a dict of
+them to a dict of weights after an update, so that pruned weights stay zero during
+retraining (:mod:`npquant.training.pruning` retrains with an optimizer that holds them).
 
 Relative indexing (the paper's Fig. 2)
 --------------------------------------
@@ -43,7 +47,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ._checks import check_int
+from ._checks import check_choice, check_int
 
 __all__ = [
     "RelativeSparse",
@@ -54,7 +58,13 @@ __all__ = [
     "prune",
     "reapply",
     "sparsity_of",
+    "sparsity_schedule",
+    "SCHEDULES",
+    "SCOPES",
 ]
+
+SCOPES = ("layer", "global")
+SCHEDULES = ("cubic", "linear", "geometric")
 
 
 # ---- argument helpers --------------------------------------------------------------------
@@ -105,7 +115,42 @@ def _as_mask(mask, name: str, shape) -> np.ndarray:
 
 # ---- pruning -----------------------------------------------------------------------------
 
-def magnitude_mask(w, *, sparsity=None, quality=None) -> np.ndarray:
+def _check_weights(w, name: str) -> np.ndarray:
+    arr = np.asarray(w)
+    if arr.dtype.kind != "f":
+        raise TypeError(f"{name} must be a floating-point array, got dtype {arr.dtype}")
+    if arr.size == 0:
+        raise ValueError(f"{name} is empty; a non-empty array is required")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} contains NaN or infinity")
+    return arr
+
+
+def _one_of(sparsity, quality) -> None:
+    if (sparsity is None) == (quality is None):
+        raise ValueError(
+            "give exactly one of sparsity= and quality=, got "
+            + ("both" if sparsity is not None else "neither")
+        )
+
+
+def _keep_largest(mag: np.ndarray, k: int, prior) -> np.ndarray:
+    """1-D keep-mask pruning the ``k`` smallest of the float64 magnitudes ``mag``, the
+    entries already pruned by ``prior`` (1-D bool or None) first; ties by position."""
+    if prior is not None:
+        n_prior = int(mag.size - np.count_nonzero(prior))
+        if k < n_prior:
+            raise ValueError(
+                f"the sparsity asks to prune {k} weight(s), fewer than the {n_prior} the given "
+                "mask has pruned already; a mask can only grow"
+            )
+        mag = np.where(prior, mag, -1.0)  # magnitudes are >= 0: the pruned ones rank first
+    keep = np.ones(mag.size, dtype=bool)
+    keep[np.argsort(mag, kind="stable")[:k]] = False
+    return keep
+
+
+def magnitude_mask(w, *, sparsity=None, quality=None, mask=None) -> np.ndarray:
     """Boolean mask of ``w``'s shape keeping the largest-magnitude weights (True = kept).
 
     Give exactly one of:
@@ -117,49 +162,94 @@ def magnitude_mask(w, *, sparsity=None, quality=None) -> np.ndarray:
         reach ``n`` (e.g. 0.96 of 10 weights).
     quality : float >= 0
         The paper's threshold: prune ``|w| < quality * std(w)``, with the population
-        standard deviation (``ddof=0``) and the comparison in float64. 0 prunes nothing.
+        standard deviation (``ddof=0``, over all of ``w``) and the comparison in float64.
+        0 prunes nothing.
+
+    mask : bool array of ``w``'s shape, optional
+        A previous mask (iterative pruning): its pruned entries (False) stay pruned,
+        whatever their value. With ``sparsity`` they are counted in ``k`` and pruned
+        before any other weight (``k`` below their number is a ValueError), so the new
+        mask prunes exactly ``k`` weights and nests in ``mask``; with ``quality`` the
+        result is ``mask & (|w| >= quality * std(w))``.
 
     ``w`` must be a non-empty, finite floating-point array.
     """
-    if (sparsity is None) == (quality is None):
-        raise ValueError(
-            "give exactly one of sparsity= and quality=, got "
-            + ("both" if sparsity is not None else "neither")
-        )
-    arr = np.asarray(w)
-    if arr.dtype.kind != "f":
-        raise TypeError(f"w must be a floating-point array, got dtype {arr.dtype}")
-    if arr.size == 0:
-        raise ValueError("w is empty; a non-empty array is required")
-    if not np.all(np.isfinite(arr)):
-        raise ValueError("w contains NaN or infinity")
+    _one_of(sparsity, quality)
+    arr = _check_weights(w, "w")
+    prior = None if mask is None else _as_mask(mask, "mask", arr.shape).reshape(-1)
     mag = np.abs(arr.astype(np.float64)).reshape(-1)
     if sparsity is not None:
         s = _check_sparsity(sparsity)
-        k = round(s * arr.size)
-        keep = np.ones(arr.size, dtype=bool)
-        keep[np.argsort(mag, kind="stable")[:k]] = False
+        keep = _keep_largest(mag, round(s * arr.size), prior)
     else:
         q = _check_quality(quality)
         thr = q * float(np.std(arr.astype(np.float64)))
         keep = ~(mag < thr)
+        if prior is not None:
+            keep &= prior
     return keep.reshape(arr.shape)
 
 
-def magnitude_masks(weights: Mapping, *, sparsity=None, quality=None) -> dict:
-    """:func:`magnitude_mask` for several named tensors (per layer, as in the paper).
+def magnitude_masks(weights: Mapping, *, sparsity=None, quality=None, masks=None,
+                    scope: str = "layer") -> dict:
+    """Magnitude masks for several named tensors, per layer (as in the paper) or global.
 
-    ``sparsity`` or ``quality`` is one number for every tensor in ``weights`` or a mapping
-    from name to number; with a mapping, only the named tensors get a mask (every name
-    must be in ``weights``). Returns ``{name: mask}``.
+    Parameters
+    ----------
+    weights : mapping of name to float array
+        The tensors, each non-empty and finite.
+    sparsity, quality
+        Exactly one. ``scope="layer"``: one number for every tensor in ``weights`` or a
+        mapping from name to number; with a mapping, only the named tensors get a mask
+        (every name must be in ``weights``); each tensor is pruned by
+        :func:`magnitude_mask`. ``scope="global"``: ``sparsity`` only, one number.
+    masks : mapping of name to bool array, optional
+        Previous masks (iterative pruning), passed on as :func:`magnitude_mask`'s ``mask``
+        (per layer) or ranked first (global); names not in ``weights`` are an error.
+    scope : ``"layer"`` or ``"global"``
+        ``"global"``: one threshold over all the tensors of ``weights``. Their magnitudes
+        (float64) are ranked together and the ``k = round(sparsity * N)`` smallest are
+        pruned, ``N`` the total number of weights; the entries already pruned by
+        ``masks`` rank first. Ties in ``|w|`` are broken by position in the tensors
+        concatenated in C order, in the iteration order of ``weights``: the earlier
+        weight is pruned first. So a layer of small weights can lose more than
+        ``sparsity`` of them, or all of them.
+
+    Returns
+    -------
+    dict
+        ``{name: bool mask}`` (True = kept), the shape of each tensor.
     """
     if not isinstance(weights, Mapping):
         raise TypeError(f"weights must be a mapping of name to array, got {type(weights).__name__}")
-    if (sparsity is None) == (quality is None):
-        raise ValueError(
-            "give exactly one of sparsity= and quality=, got "
-            + ("both" if sparsity is not None else "neither")
-        )
+    _one_of(sparsity, quality)
+    check_choice(scope, "scope", SCOPES)
+    if masks is not None:
+        if not isinstance(masks, Mapping):
+            raise TypeError(f"masks must be a mapping of name to boolean array, got {type(masks).__name__}")
+        unknown = [n for n in masks if n not in weights]
+        if unknown:
+            raise ValueError(f"masks names tensors not in weights: {unknown}")
+    masks = {} if masks is None else masks
+    if scope == "global":
+        if quality is not None or isinstance(sparsity, Mapping):
+            raise ValueError("scope='global' takes one sparsity= number (not quality=, not a mapping)")
+        s = _check_sparsity(sparsity)
+        if not weights:
+            return {}
+        arrs, priors = {}, []
+        for name, w in weights.items():
+            arrs[name] = _check_weights(w, f"weights[{name!r}]")
+            prior = masks.get(name)
+            priors.append(np.ones(arrs[name].size, bool) if prior is None else
+                          _as_mask(prior, f"masks[{name!r}]", arrs[name].shape).reshape(-1))
+        mag = np.concatenate([np.abs(a.astype(np.float64)).reshape(-1) for a in arrs.values()])
+        keep = _keep_largest(mag, round(s * mag.size), np.concatenate(priors) if masks else None)
+        out, start = {}, 0
+        for name, a in arrs.items():
+            out[name] = keep[start:start + a.size].reshape(a.shape)
+            start += a.size
+        return out
     key, spec = ("sparsity", sparsity) if sparsity is not None else ("quality", quality)
     if isinstance(spec, Mapping):
         unknown = [n for n in spec if n not in weights]
@@ -171,9 +261,58 @@ def magnitude_masks(weights: Mapping, *, sparsity=None, quality=None) -> dict:
     out = {}
     for name, value in per.items():
         try:
-            out[name] = magnitude_mask(weights[name], **{key: value})
+            out[name] = magnitude_mask(weights[name], mask=masks.get(name), **{key: value})
         except (TypeError, ValueError) as e:
             raise type(e)(f"{name!r}: {e}") from None
+    return out
+
+
+def sparsity_schedule(target, steps: int, *, kind: str = "cubic") -> list:
+    """The cumulative sparsity after each step of iterative pruning, ending at ``target``.
+
+    Han et al. (2015) prune and retrain repeatedly, each time removing more of the small
+    weights, but fix no schedule; these are three common ones. For step ``i = 1..steps``
+    (``t = i / steps``):
+
+    * ``"cubic"`` (Zhu & Gupta 2017, with initial sparsity 0): ``target * (1 - (1 - t)**3)``:
+      large steps first, small ones near the target, where each weight matters more;
+    * ``"linear"``: ``target * t``;
+    * ``"geometric"``: ``1 - (1 - target)**t``: each step prunes the same fraction of the
+      weights still kept (the lottery-ticket papers' rounds, Frankle & Carbin 2019).
+
+    Parameters
+    ----------
+    target : float in [0, 1), or a mapping of name to such floats
+        The final sparsity (per tensor with a mapping).
+    steps : int >= 1
+        ``steps=1`` is one-shot pruning: ``[target]``.
+    kind : ``"cubic"``, ``"linear"`` or ``"geometric"``
+
+    Returns
+    -------
+    list
+        ``steps`` Python floats (or, for a mapping, ``steps`` dicts of the same names),
+        non-decreasing, in ``[0, target]``; the last is ``target`` exactly (float64
+        arithmetic, the last value set to ``target``).
+    """
+    steps = check_int(steps, "steps", lo=1)
+    check_choice(kind, "kind", SCHEDULES)
+    if isinstance(target, Mapping):
+        per = {}
+        for n, v in target.items():
+            try:
+                per[n] = sparsity_schedule(v, steps, kind=kind)
+            except (TypeError, ValueError) as e:
+                raise type(e)(f"{n!r}: {e}") from None
+        return [{n: per[n][i] for n in per} for i in range(steps)]
+    s = _check_sparsity(target, "target")
+    out = []
+    for i in range(1, steps + 1):
+        t = i / steps
+        v = {"cubic": s * (1.0 - (1.0 - t) ** 3), "linear": s * t,
+             "geometric": 1.0 - (1.0 - s) ** t}[kind]
+        out.append(min(max(v, out[-1] if out else 0.0), s))
+    out[-1] = s
     return out
 
 

@@ -12,6 +12,7 @@ from npquant.prune import (
     prune,
     reapply,
     sparsity_of,
+    sparsity_schedule,
 )
 
 # ---- slow, obviously-correct oracle of the relative-index format ------------------------
@@ -398,6 +399,131 @@ def test_reapply_and_masks_errors():
         magnitude_masks(weights)
     q = magnitude_masks(weights, quality=0.0)
     assert set(q) == {"a", "b"} and all(m.all() for m in q.values())
+
+
+# ---- iterative and global pruning --------------------------------------------------------
+
+
+def test_previous_mask_is_pruned_first_and_nests():
+    w = np.array([0.0, 5.0, 3.0, 1.0], np.float32)
+    prior = np.array([True, True, True, False])  # w[3] pruned before, whatever its value now
+    np.testing.assert_array_equal(magnitude_mask(w, sparsity=0.25, mask=prior), prior)
+    np.testing.assert_array_equal(magnitude_mask(w, sparsity=0.5, mask=prior),
+                                  [False, True, True, False])
+    np.testing.assert_array_equal(magnitude_mask(w, sparsity=0.25), [False, True, True, True])
+    with pytest.raises(ValueError, match="fewer than the 1 the given mask has pruned"):
+        magnitude_mask(w, sparsity=0.0, mask=prior)
+    # quality: the old mask and the threshold together (std of w = 1.9203; 0.5 * std = 0.96)
+    np.testing.assert_array_equal(magnitude_mask(w, quality=0.5, mask=prior), [False, True, True, False])
+    with pytest.raises(ValueError, match="mask has shape"):
+        magnitude_mask(w, sparsity=0.5, mask=np.ones(3, bool))
+    with pytest.raises(TypeError, match="mask must be a boolean"):
+        magnitude_mask(w, sparsity=0.5, mask=np.ones(4))
+
+
+@given(hnp.arrays(np.float32, st.integers(1, 120), elements=st.floats(-4, 4, width=32)),
+       st.lists(st.floats(0.0, 1.0, exclude_max=True), min_size=1, max_size=4))
+def test_property_iterative_masks_nest_and_prune_exactly(w, sparsities):
+    mask = None
+    for s in sorted(sparsities):
+        new = magnitude_mask(w, sparsity=s, mask=mask)
+        assert int(np.sum(~new)) == round(s * w.size)
+        if mask is not None:
+            assert not np.any(new & ~mask)  # nested: nothing revived
+            # among the weights the old mask kept, the smallest were pruned
+            if np.any(new) and np.any(~new & mask):
+                assert np.abs(w[new]).min() >= np.abs(w[~new & mask]).max()
+        w = prune(w, new)  # as retraining would: pruned weights are zero
+        mask = new
+
+
+def test_global_masks_by_hand():
+    w = {"a": np.array([1.0, -1.0, 3.0]), "b": np.array([[1.0, 0.5], [-1.0, 2.0]])}
+    # 7 weights, round(3.5) = 4 pruned: 0.5, then three of the four |1.0| in the order
+    # a[0], a[1], b[0, 0], b[1, 0] (mapping order, then C order)
+    m = magnitude_masks(w, sparsity=0.5, scope="global")
+    np.testing.assert_array_equal(m["a"], [False, False, True])
+    np.testing.assert_array_equal(m["b"], [[False, False], [True, True]])
+    # the other mapping order prunes the other ties
+    m = magnitude_masks({"b": w["b"], "a": w["a"]}, sparsity=0.5, scope="global")
+    np.testing.assert_array_equal(m["a"], [False, True, True])
+    np.testing.assert_array_equal(m["b"], [[False, False], [False, True]])
+    # a layer of small weights can lose all of them
+    m = magnitude_masks({"small": np.full(4, 0.01), "big": np.arange(1.0, 5.0)}, sparsity=0.5,
+                        scope="global")
+    assert not m["small"].any() and m["big"].all()
+    # previous masks rank first
+    prior = {"b": np.array([[True, True], [True, False]])}
+    m = magnitude_masks(w, sparsity=1 / 7, scope="global", masks=prior)
+    np.testing.assert_array_equal(m["b"], prior["b"])
+    assert m["a"].all()
+    assert magnitude_masks({}, sparsity=0.5, scope="global") == {}
+
+
+@given(st.lists(hnp.arrays(np.float32, st.integers(1, 40), elements=st.floats(-2, 2, width=32)),
+                min_size=1, max_size=4),
+       st.floats(0.0, 1.0, exclude_max=True))
+def test_property_global_masks_are_one_threshold(arrays, s):
+    weights = {f"t{i}": a for i, a in enumerate(arrays)}
+    m = magnitude_masks(weights, sparsity=s, scope="global")
+    keep = np.concatenate([m[k] for k in weights])
+    allw = np.concatenate(arrays)
+    assert int(np.sum(~keep)) == round(s * allw.size)
+    np.testing.assert_array_equal(keep, magnitude_mask(allw, sparsity=s))  # one tensor, one rule
+    if keep.any() and (~keep).any():
+        assert np.abs(allw[keep]).min() >= np.abs(allw[~keep]).max()
+
+
+def test_masks_with_previous_masks_and_errors():
+    rng = np.random.default_rng(1)
+    weights = {"a": rng.standard_normal(20), "b": rng.standard_normal((3, 5))}
+    first = magnitude_masks(weights, sparsity={"a": 0.3, "b": 0.2})
+    second = magnitude_masks(weights, sparsity=0.6, masks=first)
+    for k in weights:
+        assert not np.any(second[k] & ~first[k]) and np.sum(~second[k]) == round(0.6 * weights[k].size)
+    with pytest.raises(ValueError, match=r"masks names tensors not in weights: \['z'\]"):
+        magnitude_masks(weights, sparsity=0.5, masks={"z": np.ones(3, bool)})
+    with pytest.raises(TypeError, match="masks must be a mapping"):
+        magnitude_masks(weights, sparsity=0.5, masks=[np.ones(20, bool)])
+    with pytest.raises(ValueError, match="'b': the sparsity asks to prune 0"):
+        magnitude_masks(weights, sparsity={"b": 0.0}, masks=first)
+    with pytest.raises(ValueError, match="scope='global' takes one sparsity"):
+        magnitude_masks(weights, quality=1.0, scope="global")
+    with pytest.raises(ValueError, match="scope='global' takes one sparsity"):
+        magnitude_masks(weights, sparsity={"a": 0.5}, scope="global")
+    with pytest.raises(ValueError, match="scope must be one of 'layer', 'global'"):
+        magnitude_masks(weights, sparsity=0.5, scope="model")
+    with pytest.raises(ValueError, match=r"weights\['a'\] contains NaN"):
+        magnitude_masks({"a": np.array([1.0, np.nan])}, sparsity=0.5, scope="global")
+    with pytest.raises(ValueError, match=r"masks\['a'\] has shape"):
+        magnitude_masks(weights, sparsity=0.5, scope="global", masks={"a": np.ones(3, bool)})
+
+
+def test_sparsity_schedules_by_hand():
+    assert sparsity_schedule(0.8, 1) == [0.8]
+    assert sparsity_schedule(0.8, 4, kind="linear") == [0.2, 0.4, 0.6000000000000001, 0.8]
+    cubic = sparsity_schedule(0.8, 4)  # 0.8 * (1 - (1 - i/4)^3): 0.8 * 37/64, 0.8 * 7/8, 0.8 * 63/64
+    assert cubic == pytest.approx([0.4625, 0.7, 0.7875, 0.8], abs=1e-15) and cubic[-1] == 0.8
+    geo = sparsity_schedule(0.75, 2, kind="geometric")  # keep 1/2, then 1/4
+    assert geo == [0.5, 0.75]
+    per = sparsity_schedule({"fc1": 0.9, "fc2": 0.5}, 2, kind="linear")
+    assert per == [{"fc1": 0.45, "fc2": 0.25}, {"fc1": 0.9, "fc2": 0.5}]
+    with pytest.raises(ValueError, match="steps must be in"):
+        sparsity_schedule(0.5, 0)
+    with pytest.raises(ValueError, match="kind must be one of 'cubic', 'linear', 'geometric'"):
+        sparsity_schedule(0.5, 2, kind="exp")
+    with pytest.raises(ValueError, match=r"target must be in \[0, 1\)"):
+        sparsity_schedule(1.0, 2)
+    with pytest.raises(ValueError, match="'fc2': target must be"):
+        sparsity_schedule({"fc1": 0.5, "fc2": -0.1}, 2)
+
+
+@given(st.floats(0.0, 1.0, exclude_max=True), st.integers(1, 30),
+       st.sampled_from(["cubic", "linear", "geometric"]))
+def test_property_schedules_rise_to_the_target(target, steps, kind):
+    s = sparsity_schedule(target, steps, kind=kind)
+    assert len(s) == steps and s[-1] == target
+    assert all(0.0 <= a <= b <= target for a, b in zip([0.0, *s], s))
 
 
 # ---- properties --------------------------------------------------------------------------

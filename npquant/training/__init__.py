@@ -19,19 +19,25 @@ can print):
   (:mod:`npquant.training.losses`).
 - An optimizer (:mod:`npquant.training.optim`) holds the dict of live parameter arrays and
   updates them in place from a dict of gradients of the same keys: ``opt.step(grads)``.
+
+Deep Compression's retraining: :mod:`npquant.training.pruning` (magnitude pruning, then
+retraining with the pruned weights held at 0) and :mod:`npquant.training.kmeans_qat`
+(k-means weight sharing, then fine-tuning the shared centroids).
 """
 
 from .convert_qat import convert_qat, freeze_bn, freeze_observers, prepare_qat
 from .fake_quant import (FakeQuantize, LSQFakeQuantize, PACTFakeQuantize, activation_fake_quant,
                          fake_quantize_with_mask, weight_fake_quant)
+from .kmeans_qat import KMeansQATResult, SharedWeights, kmeans_qat
 from .losses import accuracy, log_softmax, softmax, softmax_cross_entropy
 from .optim import SGD, Adam, AdamW, CosineAnnealingLR, LinearWarmup, StepLR
+from .pruning import PruneRetrainResult, prune_and_retrain, prune_model, weight_names
 from .qat import QATConv2d, QATConvBn2d, QATLinear
 from .trainer import EarlyStopping, History, Hook, evaluate, fit, train_reference
 
 __all__ = [
     "SGD", "Adam", "AdamW", "CosineAnnealingLR", "EarlyStopping", "FakeQuantize", "History", "Hook",
-    "LSQFakeQuantize", "LinearWarmup", "PACTFakeQuantize", "QATConv2d", "QATConvBn2d", "QATLinear", "StepLR",
-    "accuracy", "activation_fake_quant", "convert_qat", "evaluate", "freeze_bn", "freeze_observers", "prepare_qat", "fake_quantize_with_mask", "fit", "log_softmax", "softmax",
-    "softmax_cross_entropy", "train_reference", "weight_fake_quant",
+    "KMeansQATResult", "LSQFakeQuantize", "LinearWarmup", "PACTFakeQuantize", "PruneRetrainResult", "QATConv2d", "QATConvBn2d", "QATLinear", "SharedWeights", "StepLR",
+    "accuracy", "activation_fake_quant", "convert_qat", "evaluate", "freeze_bn", "freeze_observers", "prepare_qat", "fake_quantize_with_mask", "fit", "kmeans_qat", "log_softmax", "prune_and_retrain", "prune_model", "softmax",
+    "softmax_cross_entropy", "train_reference", "weight_fake_quant", "weight_names",
 ]
