@@ -372,16 +372,21 @@ def _runs_bytes(lengths: np.ndarray) -> bytes:
             out.append(v)
             continue
         out.append(v | 0x80)
-        r = run - 2
-        while True:
-            byte = r & 0x7F
-            r >>= 7
-            if r:
-                out.append(byte | 0x80)
-            else:
-                out.append(byte)
-                break
+        out += _varint(run - 2)
     return bytes(out)
+
+
+def _varint(x: int) -> bytes:
+    """``x >= 0`` as an unsigned LEB128 varint: 7 bits a byte, low first, the high bit set
+    on every byte but the last (no redundant last byte 0)."""
+    out = bytearray()
+    while True:
+        b = x & 0x7F
+        x >>= 7
+        if not x:
+            out.append(b)
+            return bytes(out)
+        out.append(b | 0x80)
 
 
 def _as_buffer(b, name: str) -> bytes:

@@ -1,12 +1,14 @@
 """Structured mutation fuzzing of every npquant file reader.
 
 Seed files are real files written by npquant's own writers (a state dict as ``.npz`` and
-``.safetensors``, a reference model, a quantized checkpoint, a Deep Compression file, a
-Huffman blob). Each mutation is generic (bit flips, byte edits, truncation, extension,
+``.safetensors``, a reference model, a quantized checkpoint, a Deep Compression file in
+format versions 3 and 2, a Huffman blob). Each mutation is generic (bit flips, byte edits, truncation, extension,
 chunks deleted, inserted or swapped, boundary integers written over length fields) or
 aware of the format (npy headers, zip members rebuilt with valid CRCs, JSON headers
 edited with their CRC or length fixed so the deeper checks are reached: giant, negative,
-shrunk and grown shapes, duplicate names, shared blobs, deep nesting).
+shrunk and grown shapes, duplicate names, shared blobs, deep nesting; the binary header of
+a version-3 compressed file parsed and re-encoded with its size and CRC fixed: fields,
+varints, records and sections edited).
 
 Every mutated input must end in one of:
 
@@ -94,6 +96,25 @@ def _reference_arrays() -> dict:
     }
 
 
+def _layouts_state():
+    """A state dict and configs whose version-3 file holds the layouts the first seed does
+    not: dense weights, skipped rows and columns, a float16 codebook, k-means biases
+    (``bias_bits``) with and without a reserved zero, a float32 scalar."""
+    from npquant.compress import LayerConfig
+
+    rng = np.random.default_rng(3)
+    masked = rng.normal(size=(40, 30)).astype(np.float32)
+    masked[:10] = 0
+    masked[:, :8] = 0
+    zb = rng.normal(size=200).astype(np.float32)
+    zb[rng.random(200) < 0.95] = 0
+    state = {"dense.weight": rng.normal(size=(8, 6)).astype(np.float32), "masked.weight": masked,
+             "half.weight": (rng.integers(-8, 8, (12, 10)) / 4).astype(np.float32), "zb.bias": zb,
+             "nz.bias": rng.normal(size=30).astype(np.float32), "scalar": np.float32(-0.0).reshape(())}
+    configs = {"masked.weight": LayerConfig(sparsity=0.9), "half.weight": LayerConfig(sparsity=0.3, bits=4)}
+    return state, configs, {"bias_bits": 3}
+
+
 @dataclass
 class Case:
     """One reader and its seed file."""
@@ -102,7 +123,7 @@ class Case:
     suffix: str
     data: bytes
     read: object  # path -> result
-    kind: str  # "zip", "safetensors", "npqz", "huffman"
+    kind: str  # "zip", "safetensors", "npqz" (version 2), "npqz3", "huffman"
     expected: object = None
     peak: int = 0
     mutators: list = field(default_factory=list)
@@ -130,6 +151,8 @@ def build_cases() -> list:
     ckpt, _ = quantize_checkpoint({k: v for k, v in state.items() if v.dtype.kind == "f"},
                                   QuantSpec(bits=4, symmetric=True, axis=0))
     comp = compress({k: state[k] for k in ("fc1.weight", "fc1.bias", "conv.weight")}, sparsity=0.8)
+    layouts, layout_configs, layout_kw = _layouts_state()
+    comp_b = compress(layouts, layout_configs, **layout_kw)
     rng = np.random.default_rng(2)
     symbols = np.minimum(rng.geometric(0.3, 400) - 1, 15).astype(np.uint8)
 
@@ -149,9 +172,13 @@ def build_cases() -> list:
         Case("load_reference", ".npz", _write(lambda p: np.savez(p, **ref), ".npz"), ref_state, "zip"),
         Case("load_quantized", ".npz", _write(lambda p: save_quantized(p, ckpt), ".npz"), load_quantized, "zip"),
         Case("read_compressed", ".npqz", _write(lambda p: write_compressed(comp, p), ".npqz"),
+             read_compressed, "npqz3"),
+        Case("read_compressed(layouts)", ".npqz", _write(lambda p: write_compressed(comp_b, p), ".npqz"),
+             read_compressed, "npqz3"),
+        Case("read_compressed(v2)", ".npqz", _write(lambda p: write_compressed(comp, p, version=2), ".npqz"),
              read_compressed, "npqz"),
         Case("load_weights(.npqz)", ".npqz", _write(lambda p: write_compressed(comp, p), ".npqz"),
-             load_weights, "npqz"),
+             load_weights, "npqz3"),
         Case("load_weights(checkpoint)", ".npz", _write(lambda p: save_quantized(p, ckpt), ".npz"),
              load_weights, "zip"),
         Case("huffman.decode", ".huf", huffman.encode(symbols, alphabet_size=16), huff, "huffman"),
@@ -652,10 +679,213 @@ def mq_blob(d: bytes, rng) -> bytes:
     return _npqz_join(pre, json.dumps(header), body)
 
 
+# NPQZ version 3: the binary header parsed (independently of npquant), edited, and written
+# back with its file size and CRC-32 fixed, so the field checks and the decoders are reached;
+# the CRC-32 of the rebuilt tensors stays, so only a renamed tensor may read back changed
+
+
+def _uvarint(d: bytes, pos: int):
+    x = shift = 0
+    while True:
+        b = d[pos]
+        pos += 1
+        x |= (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80:
+            return x, pos
+
+
+def _v(x: int) -> bytes:
+    out = bytearray()
+    while True:
+        out.append((x & 0x7F) | (0x80 if x >> 7 else 0))
+        x >>= 7
+        if not x:
+            return bytes(out)
+
+
+def _v3_fields(kind: int) -> int:
+    return {0: 0, 1: 1, 2: 4 if kind & 4 else 2}.get(kind & 3, 0)
+
+
+def _v3_section_lengths(r: dict) -> list:
+    size = int(np.prod(r["dims"], dtype=object)) if r["dims"] else 1
+    k, f = r["kind"] & 3, r["fields"]
+    if k == 0:
+        return [4 * size]
+    if k == 1:
+        nb = ((r["kind"] >> 2) & 1) + 23 - (r["kind"] >> 3)
+        return [f[0], -(-size * nb // 8)]
+    return [f[0], f[1]] + ([f[3]] if r["kind"] & 4 else [])
+
+
+def v3_split(d: bytes):
+    """``(records, content CRC bytes, sections)`` of a version-3 file: each record a dict
+    of ``name`` (bytes), ``kind``, ``dims``, ``fields`` (the varints after the dims), and
+    its sections (a list of bytes)."""
+    pos = 6
+    _, pos = _uvarint(d, pos)
+    count, pos = _uvarint(d, pos)
+    recs = []
+    for _ in range(count):
+        n, pos = _uvarint(d, pos)
+        name = d[pos:pos + n]
+        kind = d[pos + n]
+        pos += n + 1
+        ndim, pos = _uvarint(d, pos)
+        dims = []
+        for _ in range(ndim):
+            x, pos = _uvarint(d, pos)
+            dims.append(x)
+        fields = []
+        for _ in range(_v3_fields(kind)):
+            x, pos = _uvarint(d, pos)
+            fields.append(x)
+        recs.append({"name": name, "kind": kind, "dims": dims, "fields": fields})
+    crc = d[pos:pos + 4]
+    pos += 4
+    sections = []
+    for r in recs:
+        lens = _v3_section_lengths(r)
+        sections.append([d[pos + sum(lens[:i]):pos + sum(lens[:i + 1])] for i in range(len(lens))])
+        pos += sum(lens)
+    return recs, crc, sections
+
+
+def v3_join(recs: list, crc: bytes, sections: list, *, size_delta: int = 0, fix_crc: bool = True,
+            count: int | None = None, overlong: bool = False) -> bytes:
+    """A version-3 file of these parts (the inverse of :func:`v3_split`), with the file
+    size (plus ``size_delta``) and the final CRC-32 computed; ``count`` overrides the
+    tensor count, ``overlong`` writes it with a redundant last byte 0."""
+    head = _v(len(recs) if count is None else count)
+    if overlong:
+        head = head[:-1] + bytes([head[-1] | 0x80, 0])
+    for r in recs:
+        head += (_v(len(r["name"])) + r["name"] + bytes([r["kind"]]) + _v(len(r["dims"]))
+                 + b"".join(_v(x) for x in r["dims"]) + b"".join(_v(x) for x in r["fields"]))
+    rest = head + crc + b"".join(b"".join(s) for s in sections)
+    n = 6 + len(rest) + 4
+    n += len(_v(n + 1))
+    n = max(0, n + size_delta)
+    data = b"NPQZ" + struct.pack("<H", 3) + _v(n) + rest
+    crc32 = zlib.crc32(data) ^ (0 if fix_crc else 1)
+    return data + struct.pack("<I", crc32)
+
+
+_BIG = [0, 1, 2**31, 2**33, 2**40, 2**62, 2**63 - 1, 2**64 - 1, 2**70]
+
+
+def m3_field(d: bytes, rng):
+    """One field of one record edited: the name (a valid file of another name), the kind
+    byte, ndim, a dimension, a section length or the entry count."""
+    recs, crc, sections = v3_split(d)
+    r = recs[int(rng.integers(0, len(recs)))]
+    what = int(rng.integers(0, 5))
+    if what == 0:
+        names = [b"", b"\xff\xfe", r["name"] + b"x", b"x" * 300, recs[0]["name"]]
+        new = names[int(rng.integers(0, len(names)))]
+        valid = bool(new) and new.isascii() and all(new != q["name"] for q in recs)
+        r["name"] = new
+        return (v3_join(recs, crc, sections), VALID) if valid else v3_join(recs, crc, sections)
+    if what == 1:
+        r["kind"] = int(rng.integers(0, 256)) if rng.random() < 0.5 else r["kind"] ^ (1 << int(rng.integers(0, 8)))
+        while len(r["fields"]) < _v3_fields(r["kind"]):
+            r["fields"].append(int(rng.integers(0, 64)))
+        del r["fields"][_v3_fields(r["kind"]):]
+    elif what == 2:
+        r["dims"] = ([*r["dims"], int(rng.integers(1, 4))] if rng.random() < 0.5 else r["dims"][:-1]) or [1] * 40
+    elif what == 3 and r["dims"]:
+        i = int(rng.integers(0, len(r["dims"])))
+        x = r["dims"][i]
+        r["dims"][i] = int(rng.choice([x + 1, x - 1 if x else 0, 2 * x, x // 2, 0] + _BIG))
+    elif r["fields"]:
+        i = int(rng.integers(0, len(r["fields"])))
+        x = r["fields"][i]
+        r["fields"][i] = int(rng.choice([x + 1, max(0, x - 1), 2 * x, 0] + _BIG))
+    return v3_join(recs, crc, sections)
+
+
+def m3_records(d: bytes, rng) -> bytes:
+    """Records duplicated, dropped, swapped, multiplied; the tensor count edited; every
+    shape made giant."""
+    recs, crc, sections = v3_split(d)
+    i = int(rng.integers(0, len(recs)))
+    r = rng.random()
+    if r < 0.15:
+        recs.insert(i, dict(recs[i]))
+        sections.insert(i, list(sections[i]))
+    elif r < 0.3:
+        del recs[i], sections[i]
+    elif r < 0.45 and len(recs) > 1:
+        j = (i + 1) % len(recs)
+        recs[i], recs[j] = recs[j], recs[i]
+        sections[i], sections[j] = sections[j], sections[i]
+    elif r < 0.6:  # 100 tensors and the sections of one
+        recs = [dict(recs[i], name=f"t{k}".encode()) for k in range(100)]
+        sections = [sections[i]]
+    elif r < 0.75:
+        for q in recs:
+            q["dims"] = [int(rng.choice([2**33, 2**20, 2**62]))] * len(q["dims"] or [1])
+    else:  # the count disagrees with the records
+        return v3_join(recs, crc, sections, count=max(0, len(recs) + int(rng.choice([-1, 1, 1000, 2**40]))))
+    return v3_join(recs, crc, sections)
+
+
+def m3_section(d: bytes, rng) -> bytes:
+    """One section corrupted, its declared length (when it has one) kept in step; or two
+    sections of the same kind exchanged between tensors."""
+    recs, crc, sections = v3_split(d)
+    i = int(rng.integers(0, len(recs)))
+    j = int(rng.integers(0, len(sections[i])))
+    sec = sections[i][j]
+    r = rng.random()
+    if r < 0.15:
+        k = int(rng.integers(0, len(recs)))
+        if recs[k]["kind"] & 3 == recs[i]["kind"] & 3 and j < len(sections[k]):
+            sections[i][j], sections[k][j] = sections[k][j], sections[i][j]
+    elif r < 0.5 and sec:
+        sec = m_flip(sec, rng)
+    elif r < 0.65:
+        sec = sec[:-1]
+    elif r < 0.8:
+        sec = sec + bytes([int(rng.integers(0, 256))])
+    elif r < 0.9 and sec:
+        sec = bytes(len(sec))
+    else:
+        sec = sec[:1] + bytes(len(sec) * 4)
+    if r >= 0.15:
+        sections[i][j] = sec
+    for q, s in zip(recs, sections):  # declared lengths follow their sections
+        k = q["kind"] & 3
+        slots = {1: [0], 2: [0, 1] + ([3] if q["kind"] & 4 else [])}.get(k, [])
+        for sl, ss in zip(slots, s):
+            if sl < len(q["fields"]):
+                q["fields"][sl] = len(ss)
+    return v3_join(recs, crc, sections)
+
+
+def m3_envelope(d: bytes, rng) -> bytes:
+    """The file size, the CRC-32 of the rebuilt tensors, a varint written overlong, the
+    version, the final CRC-32."""
+    recs, crc, sections = v3_split(d)
+    r = rng.random()
+    if r < 0.3:
+        return v3_join(recs, crc, sections, size_delta=int(rng.choice([-1, 1, -6, 2**40])))
+    if r < 0.45:
+        return v3_join(recs, bytes(x ^ int(rng.integers(1, 256)) for x in crc[:1]) + crc[1:], sections)
+    if r < 0.55:
+        return v3_join(recs, crc, sections, fix_crc=False)
+    if r < 0.65:
+        data = v3_join(recs, crc, sections)
+        return data[:4] + struct.pack("<H", int(rng.choice([2, 4, 0x103]))) + data[6:]
+    return v3_join(recs, crc, sections, overlong=True)
+
+
 FORMAT_MUTATORS = {
     "zip": [mz_npy_header, mz_member_data, mz_members, mz_json_member],
     "safetensors": [ms_header, ms_header, ms_length],
     "npqz": [mq_header, mq_header, mq_preamble, mq_blob],
+    "npqz3": [m3_field, m3_field, m3_records, m3_section, m3_section, m3_envelope],
 }
 
 

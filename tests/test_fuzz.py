@@ -23,14 +23,25 @@ def cases():
 
 def test_every_reader_has_a_case(cases):
     assert set(cases) >= {"load_state_dict(.npz)", "load_state_dict(.safetensors)", "load_reference",
-                          "load_quantized", "read_compressed", "load_weights(.npqz)", "load_weights(checkpoint)",
-                          "huffman.decode", "load_model", "from_pytorch_ptq"}
+                          "load_quantized", "read_compressed", "read_compressed(layouts)", "read_compressed(v2)",
+                          "load_weights(.npqz)", "load_weights(checkpoint)", "huffman.decode", "load_model",
+                          "from_pytorch_ptq"}
+    # the compressed-file seeds: version 3 (every layout between the two) and version 2
+    from npquant.compress import read_compressed
+
+    v3 = ("read_compressed", "read_compressed(layouts)")
+    assert [cases[n].data[4] for n in (*v3, "read_compressed(v2)")] == [3, 3, 2]
+    kinds = {r["kind"] for n in v3 for r in fuzz.v3_split(cases[n].data)[0]}
+    assert {k & 3 for k in kinds} == {0, 1, 2} and {k & 0b1111100 for k in kinds if k & 3 == 2} >= {
+        0b10000, 0b11100, 0b1110100, 0}  # dense, transposed, skipped rows and columns, no reserved zero
+    assert cases["read_compressed(v2)"].expected.keys() == read_compressed(cases["read_compressed"].data).keys()
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")  # models run on edited (huge) weights
 @pytest.mark.parametrize("name", ["load_state_dict(.npz)", "load_state_dict(.safetensors)", "load_reference",
-                                  "load_quantized", "read_compressed", "load_weights(.npqz)",
-                                  "load_weights(checkpoint)", "huffman.decode", "load_model", "from_pytorch_ptq"])
+                                  "load_quantized", "read_compressed", "read_compressed(layouts)",
+                                  "read_compressed(v2)", "load_weights(.npqz)", "load_weights(checkpoint)",
+                                  "huffman.decode", "load_model", "from_pytorch_ptq"])
 def test_structured_mutations(cases, name):
     tally = fuzz.run_case(cases[name], 0, COUNT, timeout=30.0)
     assert not tally.failures, tally.failures[:5]
@@ -68,7 +79,8 @@ def _flip_or_cut(data: bytes, pos: int, bit: int, cut: bool) -> bytes:
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(which=st.sampled_from(["load_state_dict(.npz)", "load_quantized", "read_compressed", "load_reference"]),
+@given(which=st.sampled_from(["load_state_dict(.npz)", "load_quantized", "read_compressed", "read_compressed(v2)",
+                              "load_reference"]),
        pos=st.integers(0, 1 << 20), bit=st.integers(0, 7), cut=st.booleans())
 def test_any_flip_or_truncation_is_refused_or_harmless(cases, which, pos, bit, cut):
     """A checksummed format never returns something else after one flipped bit or a cut."""

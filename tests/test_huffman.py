@@ -26,7 +26,7 @@ from npquant.huffman import (
     huffman_decode,
     huffman_encode,
 )
-from npquant.huffman import _decode_python
+from npquant.huffman import _decode_python, _varint
 
 BACKENDS = ("numba", "python")
 
@@ -162,6 +162,12 @@ def test_runs_table_format():
     assert code.to_bytes() == (b"\xe7\x03\x00" + b"\x80\x01" + b"\x01" + b"\x80\xee\x03"
                                + b"\x01" + b"\x80\xf1\x03")
     assert HuffmanCode.from_bytes(code.to_bytes()) == code
+
+
+def test_varint_is_leb128():
+    # shared with the version-3 compressed file (npquant.compress)
+    assert [_varint(x) for x in (0, 1, 127, 128, 300, 2**63 - 1)] == [
+        b"\x00", b"\x01", b"\x7f", b"\x80\x01", b"\xac\x02", b"\xff" * 8 + b"\x7f"]
 
 
 # ----------------------------------------------------------------------------- construction
