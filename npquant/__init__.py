@@ -41,7 +41,7 @@ from .observers import (
     PercentileObserver,
     PerChannelMinMaxObserver,
 )
-from .packing import PackedArray, pack, pack_bits, unpack, unpack_bits
+from .packing import PackedArray, from_unsigned, pack, pack_bits, to_unsigned, unpack, unpack_bits
 from .prune import decode_relative, encode_relative, magnitude_mask
 from .qparams import ROUNDING_MODES, QParams, QuantSpec, compute_qparams, fit_qparams
 from ._threads import threading_info
@@ -73,6 +73,7 @@ __all__ = [
     "decode_relative",
     "encode_relative",
     "finetune_centroids",
+    "from_unsigned",
     "huffman_decode",
     "huffman_encode",
     "kmeans_quantize",
@@ -100,6 +101,7 @@ __all__ = [
     "requantize",
     "requantize_ties",
     "round_values",
+    "to_unsigned",
     "save_state_dict",
     "rounding_divide_by_pot",
     "saturating_rounding_doubling_high_mul",

@@ -94,38 +94,59 @@ DEMO_FULL_ITERS = 300
 def _add_demo(sub) -> None:
     p = sub.add_parser(
         "demo",
-        help="train a small MLP on scikit-learn's digits and tabulate weight-quantization error",
+        help="every quantization method on the bundled reference models: size, test accuracy and "
+             "agreement with float (--weights: the weight-error tables of a scikit-learn MLP)",
         description=(
-            "Train scikit-learn's MLPClassifier on load_digits (bundled with scikit-learn, "
-            "no download), then quantize each weight matrix with min-max ranges at every "
-            "combination of bit width, symmetric/asymmetric and per-tensor/per-channel/"
-            "per-group granularity, and print the MSE, SQNR and max abs error of each, and "
-            "the test accuracy of the network with all its weights fake-quantized. "
-            "The train/test split is fixed: stratified, 25% test (450 of 1797 images), "
-            f"random_state={DEMO_SPLIT_SEED}, whatever --seed is."
+            "The model table (the main job): for each bundled reference model (an MLP, "
+            "LeNet-300-100 and a small CNN, trained in PyTorch on scikit-learn's digits and "
+            "shipped in npquant/data/), every method: float, post-training int8 per tensor and "
+            "per channel under each requantization mode, PyTorch's quantized model reproduced "
+            "bit for bit, quantization-aware training at W8A8 and W4A4 next to post-training "
+            "W4A4, dynamic quantization, and weight-only quantization at 8, 4 and 2 bits; each "
+            "row gives the size in bytes, the test accuracy and the agreement with float. "
+            "With --weights, another job: train scikit-learn's MLPClassifier on load_digits, "
+            "quantize each weight matrix with min-max ranges at every combination of bit width, "
+            "symmetric/asymmetric and per-tensor/per-channel/per-group granularity, and print "
+            "the MSE, SQNR and max abs error of each and the test accuracy of the network with "
+            "all its weights fake-quantized (train/test split fixed: stratified, 25% test, 450 "
+            f"of 1797 images, random_state={DEMO_SPLIT_SEED}, whatever --seed is). The options "
+            "of the --weights job are an error without --weights."
         ),
     )
-    p.add_argument("--weights", action="store_true",
+    p.set_defaults(func=_run_demo, _parser=p)
+    t = p.add_argument_group("the model table (the default job)")
+    t.add_argument("--models", metavar="DIR", help="reference models folder (default: the bundled models)")
+    t.add_argument("--quick", action="store_true",
+                   help=f"the model table: the MLP only; with --weights: train {DEMO_QUICK_ITERS} epochs "
+                        "only (a smoke test; lower accuracy)")
+    p.add_argument_group("figures (needs matplotlib: pip install 'npquant[plot]')").add_argument(
+        "--plots", metavar="DIR", help="instead of the table, write the teaching figures as PNG files into DIR "
+                                       "(created if missing; see npquant.plot.DEMO_PLOTS); only --models applies")
+    w = p.add_argument_group("the weight-error job (--weights; its options need --weights)")
+    w.add_argument("--weights", action="store_true",
                    help="instead of the model table, train scikit-learn's MLPClassifier and tabulate the "
-                        "quantization error of its weights (the options below apply to this job)")
-    p.add_argument("--models", metavar="DIR", help="reference models folder (default: the bundled models)")
-    p.add_argument("--seed", type=_int_range(0, 2**32 - 1), default=0,
+                        "quantization error of its weights")
+    w.add_argument("--seed", type=_int_range(0, 2**32 - 1), default=None,
                    help="seed of the MLP's initialization and minibatch order, and of "
                         "stochastic rounding (default: 0)")
-    p.add_argument("--bits", type=_int_list(2, 16), default=[8, 4, 2], metavar="LIST",
+    w.add_argument("--bits", type=_int_list(2, 16), default=None, metavar="LIST",
                    help="comma-separated bit widths, each 2..16 (default: 8,4,2)")
-    p.add_argument("--group-size", type=_int_range(1), default=16, metavar="B",
+    w.add_argument("--group-size", type=_int_range(1), default=None, metavar="B",
                    help="per-group block size along the input axis, axis=1 (default: 16)")
-    p.add_argument("--hidden", type=_int_list(1, 4096), default=[64, 32], metavar="LIST",
+    w.add_argument("--hidden", type=_int_list(1, 4096), default=None, metavar="LIST",
                    help="hidden layer sizes (default: 64,32)")
-    p.add_argument("--max-iter", type=_int_range(1), default=None, metavar="N",
+    w.add_argument("--max-iter", type=_int_range(1), default=None, metavar="N",
                    help=f"training epochs at most (default: {DEMO_FULL_ITERS}, or "
                         f"{DEMO_QUICK_ITERS} with --quick)")
-    p.add_argument("--quick", action="store_true",
-                   help=f"train for {DEMO_QUICK_ITERS} epochs only (a smoke test; lower accuracy)")
-    p.add_argument("--rounding", choices=ROUNDING_MODES, default="half_even",
+    w.add_argument("--rounding", choices=ROUNDING_MODES, default=None,
                    help="rounding mode of the quantizer (default: half_even)")
-    p.set_defaults(func=_run_demo)
+
+
+#: The options of ``npquant demo --weights``: ``(dest, flag, default)``; each is an error without
+#: ``--weights`` (the model table does not use them).
+DEMO_WEIGHT_OPTIONS = (("seed", "--seed", 0), ("bits", "--bits", [8, 4, 2]), ("group_size", "--group-size", 16),
+                       ("hidden", "--hidden", [64, 32]), ("max_iter", "--max-iter", None),
+                       ("rounding", "--rounding", "half_even"))
 
 
 def demo_configs(bits_list, group_size):
@@ -140,14 +161,49 @@ def demo_configs(bits_list, group_size):
     return out
 
 
+def _usage_error(args, message: str):
+    """Exit with status 2 and ``message`` on stderr, as argparse does for bad arguments."""
+    args._parser.error(message)
+
+
+def _run_demo_plots(args) -> int:
+    """``npquant demo --plots DIR``: write the figures of npquant.plot.DEMO_PLOTS, print their paths."""
+    others = [flag for dest, flag, _ in DEMO_WEIGHT_OPTIONS if getattr(args, dest) is not None]
+    others += [flag for flag, on in (("--weights", args.weights), ("--quick", args.quick)) if on]
+    if others:
+        _usage_error(args, f"--plots takes only --models, not {', '.join(others)}")
+    from .plot import require_matplotlib, write_demo_plots
+
+    try:
+        require_matplotlib()
+    except ModuleNotFoundError as exc:
+        print(f"npquant demo: error: {exc}", file=sys.stderr)
+        return 1
+    for path in write_demo_plots(args.plots, models_dir=args.models, progress=_progress):
+        print(path)
+    return 0
+
+
 def _run_demo(args) -> int:
-    weight_options = (args.bits != [8, 4, 2] or args.group_size != 16 or args.hidden != [64, 32]
-                      or args.max_iter is not None or args.rounding != "half_even")
-    if not (args.weights or weight_options):
+    if args.plots is not None:
+        return _run_demo_plots(args)
+    given = [flag for dest, flag, _ in DEMO_WEIGHT_OPTIONS if getattr(args, dest) is not None]
+    if not args.weights:
+        if given:
+            many = len(given) > 1
+            _usage_error(args, f"{', '.join(given)} {'are options' if many else 'is an option'} of the "
+                               f"--weights job (the weight-error tables of a scikit-learn MLP), not of the model "
+                               f"table: add --weights, or drop {'them' if many else 'it'}")
         from .demo import MODELS, run
 
         print(run(args.models, models=MODELS[:1] if args.quick else MODELS, progress=_progress))
         return 0
+    if args.models is not None:
+        _usage_error(args, "--models is an option of the model table; the --weights job trains its own MLP: "
+                           "drop --models or --weights")
+    for dest, _, default in DEMO_WEIGHT_OPTIONS:
+        if getattr(args, dest) is None:
+            setattr(args, dest, default)
     return _run_weight_demo(args)
 
 
@@ -244,6 +300,7 @@ def _db(v: float) -> str:
 # ---------------------------------------------------------------------------- explain
 
 _CODE_RANGES = {"int8": (-128, 127), "uint8": (0, 255), "int16": (-32768, 32767)}
+_SHOWN_TERMS = 8  # npquant.explain.SHOWN_TERMS (spelled out so that --help does not import it; a test checks)
 
 
 def _positive_float(text: str) -> float:
@@ -261,15 +318,20 @@ def _add_explain(sub) -> None:
         "explain",
         help="trace one output element of an integer layer step by step (or the tie table)",
         description=(
-            "Follow one output element of an integer linear or conv layer from its codes to "
-            "its output code: zero-point corrections, the int32 accumulator, the bias, the real "
-            "multiplier and its fixed-point form (m0, shift), each rounding of the chosen "
-            "requantization mode, the zero point, the clamp and the error against the exact "
-            "result. Runs on a built-in seeded example. With --ties, list instead the "
-            "accumulators where the requantization modes (TFLite, PyTorch fbgemm, ONNX) "
-            "disagree for a multiplier."
+            "Follow one output element of an integer linear or conv layer from its float inputs "
+            "to its output code, in the notation of Jacob et al. 2018: the float x, w and b and "
+            "how each became a code (scale, zero point, rounding), the zero-point corrections, "
+            "the int32 accumulator summed directly and in the folded form of eq. 7, the bias, "
+            "the real multiplier M = 2^-n M0 and its fixed-point form (m0, shift), each rounding "
+            "of the chosen requantization mode, the zero point, the clamp, and the error against "
+            "the float layer and against the exact value of the integer accumulator. Runs on a "
+            "built-in seeded example (uint8 input and int8 weights, both with non-zero zero "
+            "points); every printed integer is checked against npquant's integer layers. With "
+            "--ties, list instead the accumulators where the requantization modes (TFLite, "
+            "PyTorch fbgemm, ONNX) disagree for a multiplier."
         ),
     )
+    p.set_defaults(_parser=p)
     p.add_argument("--mode", choices=REQUANT_MODES, default="tflite",
                    help="requantization mode (default tflite)")
     p.add_argument("--layer", choices=("linear", "conv"), default="linear",
@@ -278,6 +340,8 @@ def _add_explain(sub) -> None:
                    help="arithmetic of the sum (default exact); int16_pairs, or fbgemm/mlas on a CPU "
                         "path (fbgemm_avx2, ...), lists the int16 pair sums and marks the saturated ones")
     p.add_argument("--seed", type=_int_range(0, 2**32 - 1), default=0, help="seed of the example (default 0)")
+    p.add_argument("--all-terms", action="store_true",
+                   help=f"list every term of the dot product (default: the first {_SHOWN_TERMS})")
     t = p.add_argument_group("tie table (--ties)")
     t.add_argument("--ties", action="store_true", help="print the tie table instead of a trace")
     t.add_argument("--multiplier", "-m", type=_positive_float, default=None, metavar="M",
@@ -298,27 +362,24 @@ def _run_explain(args) -> int:
     ex = builtin_example(args.layer, args.seed)
     if args.ties:
         if args.multiplier is None:
-            from .fixedpoint import effective_multiplier
-
-            w_qp = ex["w_qp"]
-            o = ex["col"] if args.layer == "linear" else ex["index"][1]
-            args.multiplier = float(effective_multiplier(ex["x_qp"].scale, w_qp.scale[o], ex["y_qp"].scale,
-                                                         "tflite"))
+            e = (explain_linear if args.layer == "linear" else explain_conv2d)(mode="tflite", **ex)
+            args.multiplier = e.multiplier  # the example element's M, as TFLite computes it
         return _print_ties(args)
     fn = explain_linear if args.layer == "linear" else explain_conv2d
-    print(fn(mode=args.mode, accumulation=args.accumulation, **ex))
+    print(fn(mode=args.mode, accumulation=args.accumulation, **ex).format(all_terms=args.all_terms))
     return 0
 
 
 def _print_ties(args) -> int:
     from fractions import Fraction
 
-    from .fixedpoint import REQUANT_MODES, quantize_multiplier, requantize_ties
+    from .fixedpoint import REQUANT_MODES, quantize_multiplier, requantize_ties, saturating_rounding_doubling_high_mul
 
     qmin, qmax = _CODE_RANGES[args.dtype]
     t = requantize_ties(args.multiplier, args.zero_point, qmin, qmax,
                         acc_min=-args.range, acc_max=args.range)
     m0, shift = (int(v) for v in quantize_multiplier(args.multiplier))
+    left, n = max(shift, 0), max(-shift, 0)
     out = [
         f"M = {args.multiplier!r}; tflite: m0 = {m0}, shift = {shift} "
         f"(M = m0 * 2^{shift - 31}); output {args.dtype} [{qmin}, {qmax}], zero point {args.zero_point}",
@@ -333,8 +394,14 @@ def _print_ties(args) -> int:
         for k in range(min(args.limit, len(t["acc"]))):
             acc = int(t["acc"][k])
             exact = Fraction(acc) * Fraction(args.multiplier) + args.zero_point
-            rows.append([str(acc), f"{float(exact):.6f}", *(str(int(t[m][k])) for m in REQUANT_MODES)])
-        out += ["", format_table(["acc", "acc*M + Z", *REQUANT_MODES], rows)]
+            high = int(saturating_rounding_doubling_high_mul(acc << left, m0))  # tflite's first rounding
+            rows.append([str(acc), f"{float(exact):.6f}", str(high),
+                         f"{float(Fraction(high, 1 << n) + args.zero_point):.6f}",
+                         *(str(int(t[m][k])) for m in REQUANT_MODES)])
+        out += ["", f"double rounding: tflite first rounds acc*m0/2^{31 - left} to the integer high (ties up), then "
+                    f"high/2^{n} (ties away from zero); where high/2^{n} lands on a half (as -126.498 -> -126.5) "
+                    "the second rounding goes away from zero (-127) although acc*M + Z was no tie",
+                format_table(["acc", "acc*M + Z", "high", f"high/2^{n} + Z", *REQUANT_MODES], rows)]
         if len(t["acc"]) > args.limit:
             out.append(f"... {len(t['acc']) - args.limit} more (--limit)")
     print("\n".join(out))
@@ -374,7 +441,7 @@ def _add_compress(sub) -> None:
             "matrix and conv kernel, write one compressed file, read it back, and print the "
             "per-layer report with the ratio from the actual file size. Without --input, the "
             "bundled reference LeNet-300-100 (64-300-100-10, trained in PyTorch on digits) is pruned "
-            "with the paper's per-layer rates (92, 91, 74 %%), with no retraining."
+            "with the paper's per-layer rates (92, 91, 74 %), with no retraining."
         ),
     )
     p.add_argument("--input", metavar="FILE",
@@ -485,18 +552,23 @@ def _run_compress(args) -> int:
 def _add_quantize(sub) -> None:
     p = sub.add_parser(
         "quantize",
-        help="quantize every weight matrix and conv kernel of a checkpoint (.npz or .safetensors)",
+        help="quantize the weight matrices and conv kernels of a model file into a bit-packed checkpoint",
         description=(
-            "Quantize every 2-D and 4-D float tensor of a state dict with min-max qparams, "
-            "write the bit-packed codes and their qparams to an .npz, and print a per-tensor "
-            "table of size and SQNR. Other tensors are copied. npquant.checkpoint.load_quantized "
+            "Quantize the weight tensors of a model file, the 2-D and 4-D float tensors of its "
+            "state dict (weight matrices and conv kernels), with min-max qparams; write the "
+            "bit-packed codes and their qparams to an .npz, and print a per-tensor table of size "
+            "and SQNR. The other tensors of the state dict (biases, BatchNorm statistics) are "
+            "copied unchanged. Of a reference model only the state dict is read: its test inputs, "
+            "labels and logits are not weights and are left out. npquant.checkpoint.load_quantized "
             "reads the file back as dequantized weights."
         ),
     )
+    p.set_defaults(_parser=p)
     p.add_argument("input", help="the weights: any model file npquant reads (a state dict as .npz or "
                                  ".safetensors, a reference model, a quantized checkpoint, a compressed file)")
     p.add_argument("--output", "-o", required=True, metavar="NPZ", help="where to write the quantized checkpoint")
-    p.add_argument("--bits", type=_int_range(1, 8), default=8, help="bits per weight, 1..8 (default 8)")
+    p.add_argument("--bits", type=_int_range(1, 8), default=8,
+                   help="bits per weight, 1..8 (default 8; 1 needs --asymmetric)")
     p.add_argument("--asymmetric", action="store_true", help="asymmetric (default: symmetric, signed)")
     p.add_argument("--granularity", choices=("tensor", "channel", "group"), default="channel",
                    help="per-tensor, per output channel (axis 0), or per group along axis 1 (default channel)")
@@ -509,8 +581,11 @@ def _run_quantize(args) -> int:
     from .io import load_weights
     from .qparams import QuantSpec
 
+    if args.bits == 1 and not args.asymmetric:
+        _usage_error(args, "--bits 1 needs --asymmetric: symmetric 1-bit codes [-1, 0] hold no positive value, and "
+                           "the symmetric scale 2 max|w| would round every weight to 0")
     _check_output(args.output, "--output")
-    state = load_weights(args.input)
+    state = load_weights(args.input)  # of a reference model: its state dict only
     axis = {"tensor": None, "channel": 0, "group": 1}[args.granularity]
     spec = QuantSpec(bits=args.bits, symmetric=not args.asymmetric, axis=axis,
                      block_size=args.group_size if args.granularity == "group" else None)
@@ -528,6 +603,11 @@ def _run_quantize(args) -> int:
     print(f"{args.bits}-bit {'asymmetric' if args.asymmetric else 'symmetric'} {args.granularity}"
           + (f" (group size {args.group_size})" if args.granularity == "group" else "") + f" -> {args.output}")
     print(format_table(["tensor", "shape", "float32 B", "quantized B", "ratio", "SQNR dB"], rows))
+    quantized = {r.name for r in reports}
+    copied = [k for k in state if k not in quantized]
+    if copied:
+        more = f" and {len(copied) - 8} more" if len(copied) > 8 else ""
+        print(f"copied unchanged: {', '.join(copied[:8])}{more}")
     print(f"weights: {total_f} -> {total_q} bytes ({total_f / total_q:.1f}x); file {os.path.getsize(args.output)} "
           f"bytes; {len(back)} tensors load back")
     return 0

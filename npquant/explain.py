@@ -1,11 +1,28 @@
 """Step-by-step traces of the integer arithmetic of one output element, for teaching.
 
 :func:`explain_dot` follows one output of an integer linear or conv layer from its codes
-to its output code: zero-point corrections, the int32 accumulator (direct and folded),
-the bias, the real multiplier and its fixed-point form, every rounding of the chosen
-requantization mode, the zero point and the clamp, and the error against the exact real
-result. :func:`explain_linear` and :func:`explain_conv2d` pick that element out of a
-layer. All integers are Python ints (exact); reals are printed from float64.
+to its output code, in the notation of Jacob et al. 2018 ("Quantization and Training of
+Neural Networks for Efficient Integer-Arithmetic-Only Inference"):
+
+0. (when the float tensors are given) the float inputs, weights and bias, the scale and
+   zero point of each, and the rounding of every value to its code;
+1. every term: the codes, the zero-point corrections and the product;
+2. the int32 accumulator, summed directly and in the folded form of eq. 7;
+3. the int32 bias;
+4. the real multiplier ``M = S_x S_w / S_y``, as ``2^-n M0`` with ``M0`` in
+   ``[0.5, 1)`` (Jacob et al.) and as npquant's and TFLite's int32 ``m0`` and ``shift``;
+5. every rounding of the requantization ``mode`` (:mod:`npquant.fixedpoint`);
+6. the output zero point and the clamp;
+7. the output code dequantized, and its error against the float layer and against the
+   real value of the integer accumulator.
+
+Every rounding is computed by the library's own functions (:mod:`npquant.fixedpoint`,
+:func:`npquant.linear.quantize`, :func:`npquant.qnn.gemm.quantize_bias`), and the result
+is checked against :func:`npquant.fixedpoint.requantize`; :func:`explain_linear` and
+:func:`explain_conv2d` also check the accumulator and the code against the integer layers
+(:func:`npquant.qnn.gemm.qlinear`, :func:`npquant.qnn.conv.qconv2d`), so a trace cannot
+drift from the arithmetic it explains. All integers are Python ints (exact); reals are
+printed from float64.
 """
 
 from __future__ import annotations
@@ -15,23 +32,60 @@ from fractions import Fraction
 
 import numpy as np
 
-from ._checks import check_choice, check_int
+from ._checks import check_bool, check_choice, check_int
+from ._table import format_table
 from .fixedpoint import (
     REQUANT_MODES,
     effective_multiplier,
-    quantize_multiplier,
+    multiply_by_quantized_multiplier,
     requant_params,
     requantize,
+    rounding_divide_by_pot,
+    saturating_rounding_doubling_high_mul,
 )
 from .qnn.accumulation import PAIRS, check_accumulation, resolve
 from .qnn.conv import conv_geometry
 from .qnn.overflow import INT16_MAX, INT16_MIN
 from .qparams import QParams
 
+#: Terms of the dot product that ``str(explanation)`` lists (all with ``format(all_terms=True)``).
+SHOWN_TERMS = 8
+
+_MODE_NOTES = {
+    "tflite": "TFLite reference kernels and gemmlowp: fixed-point m0, shift; two roundings",
+    "tflite_single": "TFLite built with TFLITE_SINGLE_ROUNDING: fixed-point m0, shift; one rounding",
+    "fp32": "PyTorch fbgemm: float32 multiply, round half to even",
+    "onnx": "ONNX reference QLinearMatMul/QLinearConv: float64 multiply, zero point, round half to even",
+}
+
+
+class ExplainConsistencyError(AssertionError):
+    """A trace disagrees with the library computation it explains: a bug in npquant."""
+
+
+@dataclass
+class FloatInputs:
+    """The float values behind one output element: step 0 of a trace.
+
+    ``x`` and ``w`` are the float inputs and weights of the terms, in the order of the
+    codes (padding taps of a convolution hold 0.0); ``b`` is the float bias (0.0 for
+    none); ``notes`` are lines saying how the scales and zero points were found (they
+    are printed as they are). ``x_rounding`` and ``w_rounding`` name the rounding modes
+    of the specs that made the codes.
+    """
+
+    x: list
+    w: list
+    b: float = 0.0
+    notes: list = field(default_factory=list)
+    x_rounding: str = "half_even"
+    w_rounding: str = "half_even"
+
 
 @dataclass
 class Explanation:
-    """The steps of one output element; ``str()`` formats them for reading."""
+    """The steps of one output element; ``str()`` formats them for reading, and
+    :meth:`format` with ``all_terms=True`` lists every term of the dot product."""
 
     title: str
     mode: str
@@ -46,85 +100,211 @@ class Explanation:
     s_w: float
     s_y: float
     multiplier: float
-    steps: list = field(default_factory=list)  # (label, value) pairs of the requantization
+    steps: list = field(default_factory=list)  # (label, text) pairs of the requantization
     z_y: int = 0
     qmin: int = -128
     qmax: int = 127
+    scaled: int = 0  # round(acc * M) before the zero point (onnx: rint(acc * M + Z_y) - Z_y)
     before_clamp: int = 0
     code: int = 0
     dequantized: float = 0.0
-    reference: float = 0.0
-    error_lsb: float = 0.0
+    reference: float = 0.0  # S_x S_w (acc + bias), the real value of the integer accumulator
+    error_lsb: float = 0.0  # (dequantized - reference) / S_y
     accumulation: str = "exact"
     pairs: list = field(default_factory=list)  # (k, exact pair sum, int16 value) with int16 pairs
     exact_acc: int = 0  # the exact sum, when the accumulation saturates pairs
+    m0: int | None = None  # the int32 fixed-point multiplier (tflite modes)
+    shift: int | None = None
+    floats: FloatInputs | None = None
+    float_output: float | None = None  # the float layer: sum x w + b, exact from the float32 values, as float64
+    float_error_lsb: float | None = None  # (dequantized - float_output) / S_y
+    labels: list | None = None  # a name for each term (conv: channel and kernel position)
 
     def __str__(self) -> str:
-        k = len(self.x)
-        show = min(k, 8)
+        return self.format()
 
-        def vec(v):
-            s = ", ".join(str(int(e)) for e in v[:show])
-            return f"[{s}{', ...' if k > show else ''}]"
-
-        dx = [a - self.z_x for a in self.x]
-        dw = [b - self.z_w for b in self.w]
-        lines = [
-            self.title,
-            f"  mode: {self.mode}",
-            "",
-            f"1. codes ({k} terms)",
-            f"   q_x = {vec(self.x)}   Z_x = {self.z_x}",
-            f"   q_w = {vec(self.w)}   Z_w = {self.z_w}",
-            "2. zero-point corrections",
-            f"   q_x - Z_x = {vec(dx)}",
-            f"   q_w - Z_w = {vec(dw)}",
-            f"   products  = {vec([a * b for a, b in zip(dx, dw)])}",
-        ]
-        if self.pairs:
-            lines += self._pair_lines()
-        else:
-            lines += [
-                f"3. int32 accumulator  acc = sum((q_x - Z_x)(q_w - Z_w)) = {self.acc}",
-                "   folded form (Jacob et al. 2018): sum q_x q_w - Z_w sum q_x - Z_x sum q_w + K Z_x Z_w",
-                f"     = {self.folded['sum_xw']} - {self.z_w}*{self.folded['sum_x']} - {self.z_x}*{self.folded['sum_w']}"
-                f" + {k}*{self.z_x}*{self.z_w} = {self.folded['total']}",
-            ]
-        lines += [
-            f"4. bias (int32, scale S_x S_w, zero point 0) = {self.bias};  acc + bias = {self.acc + self.bias}",
-            f"5. real multiplier M = S_x S_w / S_y = {self.s_x!r} * {self.s_w!r} / {self.s_y!r}"
-            f" = {self.multiplier!r}",
-        ]
-        lines += [f"   {label}: {value}" for label, value in self.steps]
-        lines += [
-            f"6. + Z_y ({self.z_y}) = {self.before_clamp};  clamp to [{self.qmin}, {self.qmax}] -> code {self.code}",
-            f"7. dequantized  S_y (code - Z_y) = {self.dequantized:.9g}",
-            f"   exact real   S_x S_w (acc + bias) = {self.reference:.9g}",
-            f"   error        {self.error_lsb:+.4f} LSB (of S_y)",
-        ]
+    def format(self, all_terms: bool = False) -> str:
+        """The trace as text; ``all_terms`` lists every term (else the first
+        :data:`SHOWN_TERMS`)."""
+        all_terms = check_bool(all_terms, "all_terms")
+        lines = [self.title, f"  mode: {self.mode} ({_MODE_NOTES[self.mode]})", ""]
+        if self.floats is not None:
+            lines += self._float_lines()
+        lines += self._term_lines(all_terms)
+        lines += self._pair_lines() if self.pairs else self._acc_lines()
+        lines += [f"3. bias (int32, scale S_x S_w, zero point 0) = {self.bias};  "
+                  f"acc + bias = {self.acc} + {_paren(self.bias)} = {self.acc + self.bias}"]
+        lines += self._multiplier_lines()
+        lines += [f"5. rounding of mode {self.mode}"]
+        lines += [f"   {label}: {text}" for label, text in self.steps]
+        lines += self._clamp_lines()
+        lines += self._result_lines()
         return "\n".join(lines)
+
+    # ---- the parts of the text
+
+    def _float_lines(self) -> list:
+        f = self.floats
+        lines = ["0. from floats to codes: q = clamp(round(r / S) + Z, qmin, qmax)  (npquant.quantize)"]
+        lines += [f"   {n}" for n in f.notes]
+        s_b = float(np.float32(np.float32(self.s_x) * np.float32(self.s_w)))
+        if self.bias or f.b:
+            ratio = float(f.b) / s_b
+            lines.append(f"   bias: q_b = round(b / float32(S_x S_w)) = round({_g(f.b)} / {_g(s_b)}) "
+                         f"= round({ratio:.4f}) = {self.bias}  (half to even, in float64; int32, zero point 0)")
+        return lines
+
+    def _term_lines(self, all_terms: bool) -> list:
+        k = len(self.x)
+        show = k if all_terms else min(k, SHOWN_TERMS)
+        f = self.floats
+        head = "1. the terms: codes, zero-point corrections and products"
+        lines = [f"{head} ({k} terms{'' if show == k else f', {show} shown'})"]
+        headers = ["k"]
+        if f is not None:
+            headers += ["x", "x/S_x", "q_x", "w", "w/S_w", "q_w"]
+        else:
+            headers += ["q_x", "q_w"]
+        headers += ["q_x-Z_x", "q_w-Z_w", "product"]
+        rows = []
+        for i in range(show):
+            a, b = self.x[i], self.w[i]
+            name = str(i) if self.labels is None else f"{i} {self.labels[i]}"
+            row = [name]
+            if f is not None:
+                row += [_g6(f.x[i]), f"{_over(f.x[i], self.s_x):.3f}", str(a),
+                        _g6(f.w[i]), f"{_over(f.w[i], self.s_w):.3f}", str(b)]
+            else:
+                row += [str(a), str(b)]
+            row += [str(a - self.z_x), str(b - self.z_w), str((a - self.z_x) * (b - self.z_w))]
+            rows.append(row)
+        table = format_table(headers, rows, align="l" + "r" * (len(headers) - 1))
+        lines += ["   " + ln for ln in table.splitlines()]
+        if f is not None:
+            lines.append(f"   (q_x = round(x/S_x) + Z_x, Z_x = {self.z_x}, rounding {f.x_rounding}; "
+                         f"q_w = round(w/S_w) + Z_w, Z_w = {self.z_w}, rounding {f.w_rounding})")
+        else:
+            lines.append(f"   (Z_x = {self.z_x}, Z_w = {self.z_w})")
+        if show < k:
+            lines.append(f"   ... {k - show} more terms: --all-terms (format(all_terms=True)) prints every one")
+        return lines
+
+    def _acc_lines(self) -> list:
+        k = len(self.x)
+        fo = self.folded
+        t = [fo["sum_xw"], -self.z_w * fo["sum_x"], -self.z_x * fo["sum_w"], k * self.z_x * self.z_w]
+        return [
+            f"2. int32 accumulator  acc = sum of the {k} products = {self.acc}",
+            "   folded form (Jacob et al. 2018, eq. 7): acc = sum q_x q_w - Z_w sum q_x - Z_x sum q_w + K Z_x Z_w",
+            f"     = {fo['sum_xw']} - {_paren(self.z_w)}*{_paren(fo['sum_x'])} - {_paren(self.z_x)}*"
+            f"{_paren(fo['sum_w'])} + {k}*{_paren(self.z_x)}*{_paren(self.z_w)}",
+            f"     = {_signed_sum(t)} = {fo['total']}",
+            f"   (K = {k}; sum q_w = {fo['sum_w']} and K Z_x Z_w depend on the weights only: a kernel folds "
+            "them into the bias once, then sums q_x q_w and q_x)",
+        ]
 
     def _pair_lines(self) -> list:
         k = len(self.x)
         sat = [(i, p, v) for i, p, v in self.pairs if p != v]
         s = sum(v for _, _, v in self.pairs)
         lines = [
-            f"3. int16 pair saturation ({self.accumulation}): raw codes in pairs k = 0,1 | 2,3 | ...,"
+            f"2. int16 pair saturation ({self.accumulation}): raw codes in pairs k = 0,1 | 2,3 | ...,"
             " each pair sum clamped to [-32768, 32767] (vpmaddubsw), then added in int32",
         ]
         for i, p, v in self.pairs:
-            pair = f"{self.x[i]}*{self.w[i]}" + (f" + {self.x[i + 1]}*{self.w[i + 1]}" if i + 1 < k else "")
+            pair = f"{self.x[i]}*{_paren(self.w[i])}" + (f" + {self.x[i + 1]}*{_paren(self.w[i + 1])}"
+                                                         if i + 1 < k else "")
             mark = f" -> saturates to {v}" if p != v else ""
             lines.append(f"   k={i:<3d} {pair} = {p}{mark}")
         lines += [
             f"   {len(sat)} of {len(self.pairs)} pairs saturated;  S = sum of the int16 pair sums = {s}",
             "   zero points applied afterwards, exactly: acc = S - Z_x sum (q_w - Z_w) - Z_w sum q_x",
-            f"     = {s} - {self.z_x}*{self.folded['sum_w'] - k * self.z_w} - {self.z_w}*{self.folded['sum_x']}"
-            f" = {self.acc}",
+            f"     = {s} - {_paren(self.z_x)}*{_paren(self.folded['sum_w'] - k * self.z_w)} - "
+            f"{_paren(self.z_w)}*{_paren(self.folded['sum_x'])} = {self.acc}",
             f"   (the exact sum((q_x - Z_x)(q_w - Z_w)) is {self.exact_acc}: "
             f"{'equal' if self.exact_acc == self.acc else f'off by {self.acc - self.exact_acc}'})",
         ]
         return lines
+
+    def _multiplier_lines(self) -> list:
+        how = ("float64 from the float32 scales, as TFLite" if self.mode.startswith("tflite")
+               else "float32(S_x S_w) / S_y in float32, as " + ("fbgemm" if self.mode == "fp32" else "ONNX"))
+        lines = [f"4. real multiplier M = S_x S_w / S_y = {self.s_x!r} * {self.s_w!r} / {self.s_y!r}"
+                 f" = {self.multiplier!r}  ({how})"]
+        if self.m0 == 0:
+            lines.append("   M < 2^-32: TFLite flushes it to m0 = 0, shift = 0 (every output is the zero point)")
+        elif self.m0 is not None:
+            m0, shift = self.m0, self.shift
+            n = -shift
+            big_m0 = Fraction(m0, 1 << 31)
+            lines += [
+                f"   Jacob et al.: M = 2^-n M0 with M0 in [0.5, 1): n = {n}, M0 = M * 2^{n} = "
+                f"{float(Fraction(self.multiplier) * Fraction(2) ** n)!r}",
+                f"   npquant / TFLite: M0 held as the int32 m0 = round(M0 * 2^31), and shift = -n:",
+                f"   m0 = {m0} (0x{m0:08X}), shift = {shift}: M ~ m0 * 2^(shift - 31) = "
+                f"{float(big_m0 * Fraction(2) ** shift)!r}  (M0 ~ m0 / 2^31 = {float(big_m0)!r})",
+            ]
+        return lines
+
+    def _clamp_lines(self) -> list:
+        sat = ""
+        if self.before_clamp > self.qmax:
+            sat = f"  (saturated: {self.before_clamp} > qmax)"
+        elif self.before_clamp < self.qmin:
+            sat = f"  (saturated: {self.before_clamp} < qmin)"
+        if self.mode == "onnx":
+            first = (f"6. zero point: ONNX added Z_y = {self.z_y} before rounding (step 5), so {self.before_clamp} "
+                     "is already the code before the clamp")
+        else:
+            first = f"6. + Z_y: {self.scaled} + {_paren(self.z_y)} = {self.before_clamp}"
+        return [first, f"   clamp to [{self.qmin}, {self.qmax}]: {self.before_clamp} -> code {self.code}{sat}"]
+
+    def _result_lines(self) -> list:
+        lines = [f"7. dequantized  S_y (code - Z_y) = {self.s_y!r} * {_paren(self.code - self.z_y)} = "
+                 f"{self.dequantized:.9g}"]
+        if self.float_output is not None:
+            ideal = self.float_output / self.s_y + self.z_y
+            lines.append(f"   float layer   sum x w + b (exact, of the float x, w, b) = {self.float_output:.9g}"
+                         f"   error {self.float_error_lsb:+.4f} LSB  (ideal code y / S_y + Z_y = {ideal:.4f})")
+        lines.append(f"   integer acc   S_x S_w (acc + bias), its exact real value = {self.reference:.9g}"
+                     f"   error {self.error_lsb:+.4f} LSB")
+        lines.append("   (LSB = S_y, one output step. Against the integer accumulator the error is the "
+                     "requantization's rounding and clamp; against the float layer it also holds the rounding "
+                     "of x, w and b to codes)" if self.float_output is not None else
+                     "   (LSB = S_y, one output step; the error is the requantization's rounding and clamp)")
+        return lines
+
+
+def _g(v) -> str:
+    return f"{float(v):.9g}"
+
+
+def _g6(v) -> str:
+    return f"{float(v):.6g}"
+
+
+def _over(r, s) -> float:
+    """``float32(r) / float32(s)``: the value :func:`npquant.quantize` rounds (method
+    ``divide``)."""
+    return float(np.float32(r) / np.float32(s))
+
+
+def _paren(v: int) -> str:
+    return f"({v})" if v < 0 else str(v)
+
+
+def _signed_sum(terms) -> str:
+    out = str(terms[0])
+    for t in terms[1:]:
+        out += f" - {-t}" if t < 0 else f" + {t}"
+    return out
+
+
+def _decimal(fr: Fraction, digits: int = 6) -> str:
+    """An exact rational as a decimal with ``digits`` places, followed by ``exactly`` when
+    that decimal is the rational itself."""
+    text = f"{float(fr):.{digits}f}"
+    return text + (" exactly" if Fraction(text) == fr else "")
 
 
 def _ints(a, name: str) -> list:
@@ -134,16 +314,52 @@ def _ints(a, name: str) -> list:
     return [int(v) for v in arr.ravel()]
 
 
+def _floats(a, name: str, n: int) -> list:
+    arr = np.asarray(a)
+    if arr.dtype.kind != "f":
+        raise TypeError(f"{name} must be floats, got dtype {arr.dtype}")
+    if arr.size != n:
+        raise ValueError(f"{name} must hold one value per term ({n}), got {arr.size}")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} must be finite")
+    return [float(v) for v in arr.astype(np.float32).ravel()]
+
+
 def explain_dot(x_codes, z_x: int, w_codes, z_w: int, bias: int, s_x: float, s_w: float,
                 s_y: float, z_y: int, qmin: int, qmax: int, *, mode: str = "tflite",
-                title: str = "one output element", accumulation: str = "exact") -> Explanation:
+                title: str = "one output element", accumulation: str = "exact",
+                floats: FloatInputs | None = None, labels=None) -> Explanation:
     """Explain ``clamp(requantize(sum((q_x - Z_x)(q_w - Z_w)) + bias) + Z_y)`` step by step.
 
-    ``x_codes`` and ``w_codes`` are equal-length integer vectors (the receptive field and
-    the weights of one output, in the order the kernel reduces them); scales are float32
-    values; ``bias`` is int32. ``accumulation`` is ``"exact"`` or ``"int16_pairs"`` (uint8
-    ``x``, int8 ``w``): then the trace lists every pair sum and marks the saturated ones
-    (:mod:`npquant.qnn.accumulation`).
+    Parameters
+    ----------
+    x_codes, w_codes : integer vectors of equal length
+        The receptive field and the weights of one output, in the order the kernel
+        reduces them.
+    z_x, z_w, z_y : int
+        Zero points of the input, the weights and the output.
+    bias : int
+        int32 bias at scale ``S_x S_w``, zero point 0.
+    s_x, s_w, s_y : float
+        Scales (taken as float32, as every stack holds them).
+    qmin, qmax : int
+        The output code range (narrowed for a fused activation).
+    mode : one of :data:`npquant.fixedpoint.REQUANT_MODES`
+    accumulation : ``"exact"`` or ``"int16_pairs"``
+        With ``"int16_pairs"`` (uint8 ``x``, int8 ``w``) the trace lists every pair sum
+        and marks the saturated ones (:mod:`npquant.qnn.accumulation`).
+    floats : FloatInputs, optional
+        The float values behind the codes: adds step 0 and the error against the float
+        layer ``sum x w + b`` (exact from the float32 values, rounded to float64).
+    labels : list of str, optional
+        A name for each term, printed beside its index.
+
+    Returns
+    -------
+    Explanation
+        ``code`` equals :func:`npquant.fixedpoint.requantize` of ``acc + bias``; a
+        disagreement raises :class:`ExplainConsistencyError` (a bug in npquant). ``acc +
+        bias`` beyond int32 is a ``ValueError``.
     """
     check_choice(mode, "mode", REQUANT_MODES)
     check_choice(accumulation, "accumulation", ("exact", PAIRS))
@@ -157,8 +373,17 @@ def explain_dot(x_codes, z_x: int, w_codes, z_w: int, bias: int, s_x: float, s_w
     qmin = check_int(qmin, "qmin")
     qmax = check_int(qmax, "qmax", lo=qmin)
     z_y = check_int(z_y, "z_y", lo=qmin, hi=qmax)
-    acc = sum((a - z_x) * (b - z_w) for a, b in zip(x, w))
     k = len(x)
+    if floats is not None:
+        if not isinstance(floats, FloatInputs):
+            raise TypeError(f"floats must be a FloatInputs, got {type(floats).__name__}")
+        floats = FloatInputs(_floats(floats.x, "floats.x", k), _floats(floats.w, "floats.w", k),
+                             float(np.float32(floats.b)), list(floats.notes), floats.x_rounding, floats.w_rounding)
+    if labels is not None:
+        labels = [str(v) for v in labels]
+        if len(labels) != k:
+            raise ValueError(f"labels must name each of the {k} terms, got {len(labels)}")
+    acc = sum((a - z_x) * (b - z_w) for a, b in zip(x, w))
     folded = {"sum_xw": sum(a * b for a, b in zip(x, w)), "sum_x": sum(x), "sum_w": sum(w)}
     folded["total"] = folded["sum_xw"] - z_w * folded["sum_x"] - z_x * folded["sum_w"] + k * z_x * z_w
     exact_acc, pairs = acc, []
@@ -173,66 +398,94 @@ def explain_dot(x_codes, z_x: int, w_codes, z_w: int, bias: int, s_x: float, s_w
     if not -(1 << 31) <= total < (1 << 31):
         raise ValueError(f"acc + bias = {total} overflows int32")
     m = float(effective_multiplier(s_x, s_w, s_y, mode).reshape(-1)[0])
-    steps = []
+    # the library's result first: it also refuses what the stack cannot compute (tflite's left shift)
+    code = int(requantize(np.array([total], np.int64), m, z_y, qmin, qmax, mode=mode)[0])
+    steps, m0, shift = [], None, None
     if mode in ("tflite", "tflite_single"):
-        m0, shift = (int(v) for v in quantize_multiplier(m, "double" if mode == "tflite" else "single"))
-        steps.append(("fixed point", f"m0 = {m0} (0x{m0:08X}), shift = {shift}: "
-                                     f"M ~ m0 * 2^{shift - 31} = {float(Fraction(m0) * Fraction(2) ** (shift - 31))!r}"))
-        if mode == "tflite":
-            left, right = max(shift, 0), max(-shift, 0)
-            shifted = total << left
-            steps.append(("left shift", f"(acc + bias) << {left} = {shifted}"))
-            high = _srdhm(shifted, m0)
-            steps.append(("high multiply", f"SaturatingRoundingDoublingHighMul(., m0) = round({shifted} * m0 / 2^31)"
-                                           f" = {high}  (ties toward +inf)"))
-            scaled = _rdbpot(high, right)
-            steps.append(("rounding shift", f"RoundingDivideByPOT(., {right}) = {scaled}  (ties away from zero)"))
-        else:
-            tot = 31 - shift
-            scaled = (total * m0 + (1 << (tot - 1))) >> tot
-            steps.append(("single rounding", f"({total} * m0 + 2^{tot - 1}) >> {tot} = {scaled}  (ties toward +inf)"))
-    else:
         p = requant_params(m, mode)
-        m32 = float(p.multiplier32[0])
+        m0, shift = int(p.m0[0]), int(p.shift[0])
+        scaled = _fixed_point_steps(total, m0, shift, mode, steps)
+        before = scaled + z_y
+    else:
+        m32 = float(requant_params(m, mode).multiplier32[0])
         if mode == "fp32":
-            prod = float(np.float32(np.float32(total) * np.float32(m32)))
+            with np.errstate(over="ignore"):
+                prod = float(np.float32(np.float32(total) * np.float32(m32)))
             scaled = int(np.rint(prod))
-            steps.append(("float32 product", f"float32(acc + bias) * float32(M) = {prod!r}"))
-            steps.append(("round", f"rint(.) = {scaled}  (ties to even)"))
+            steps.append(("float32 product", f"float32(acc + bias) * float32(M) = {total} * {m32!r} = {prod!r}"))
+            steps.append(("round", f"rint({prod!r}) = {scaled}  (ties to even)"))
+            before = scaled + z_y
         else:
-            prod = float(total) * m32 + z_y
-            steps.append(("float64", f"float64(acc + bias) * float64(float32(M)) + Z_y = {prod!r}"))
-            steps.append(("round", f"rint(.) = {int(np.rint(prod))}  (ties to even); the zero point is already in"))
-            scaled = int(np.rint(prod)) - z_y
-    before = scaled + z_y
-    code = int(requantize(np.array([total]), m, z_y, qmin, qmax, mode=mode)[0])
-    assert code == min(max(before, qmin), qmax)  # the trace is the computation
-    deq = float(s_y) * (code - z_y)
-    ref = float(Fraction(float(np.float32(s_x))) * Fraction(float(np.float32(s_w))) * total)
+            prod = float(total) * m32
+            with_z = prod + z_y
+            before = int(np.rint(with_z))
+            scaled = before - z_y
+            steps.append(("float64 product", f"float64(acc + bias) * float64(float32(M)) = {total} * {m32!r} "
+                                             f"= {prod!r}"))
+            steps.append(("+ Z_y", f"{prod!r} + {_paren(z_y)} = {with_z!r}  (ONNX adds the zero point "
+                                   "before rounding)"))
+            steps.append(("round", f"rint({with_z!r}) = {before}  (ties to even)"))
+    if code != min(max(before, qmin), qmax):
+        raise ExplainConsistencyError(
+            f"the trace gives code {min(max(before, qmin), qmax)} but npquant.fixedpoint.requantize gives "
+            f"{code} for acc + bias = {total}, M = {m!r}, mode={mode!r}: a bug in npquant, please report it")
+    s_x32, s_w32, s_y32 = (float(np.float32(v)) for v in (s_x, s_w, s_y))
+    deq = s_y32 * (code - z_y)
+    ref = float(Fraction(s_x32) * Fraction(s_w32) * total)
+    y_float = f_err = None
+    if floats is not None:
+        y_float = float(sum(Fraction(a) * Fraction(b) for a, b in zip(floats.x, floats.w)) + Fraction(floats.b))
+        f_err = (deq - y_float) / s_y32
     return Explanation(title=title, mode=mode, x=x, z_x=z_x, w=w, z_w=z_w, acc=acc, folded=folded, bias=bias,
-                       s_x=float(np.float32(s_x)), s_w=float(np.float32(s_w)), s_y=float(np.float32(s_y)),
-                       multiplier=m, steps=steps, z_y=z_y, qmin=qmin, qmax=qmax, before_clamp=before, code=code,
-                       dequantized=deq, reference=ref, error_lsb=(deq - ref) / float(np.float32(s_y)),
-                       accumulation=accumulation, pairs=pairs, exact_acc=exact_acc)
+                       s_x=s_x32, s_w=s_w32, s_y=s_y32, multiplier=m, steps=steps, z_y=z_y, qmin=qmin, qmax=qmax,
+                       scaled=scaled, before_clamp=before, code=code, dequantized=deq, reference=ref,
+                       error_lsb=(deq - ref) / s_y32, accumulation=accumulation, pairs=pairs, exact_acc=exact_acc,
+                       m0=m0, shift=shift, floats=floats, float_output=y_float, float_error_lsb=f_err,
+                       labels=labels)
 
 
-def _srdhm(a: int, b: int) -> int:
-    if a == b == -(1 << 31):
-        return (1 << 31) - 1
-    ab = a * b
-    n = ab + ((1 << 30) if ab >= 0 else 1 - (1 << 30))
-    return n >> 31 if n >= 0 else -((-n) >> 31)
-
-
-def _rdbpot(x: int, e: int) -> int:
-    mask = (1 << e) - 1
-    threshold = (mask >> 1) + (1 if x < 0 else 0)
-    return (x >> e) + (1 if (x & mask) > threshold else 0)
+def _fixed_point_steps(total: int, m0: int, shift: int, mode: str, steps: list) -> int:
+    """The TFLite modes, step by step, each step computed by :mod:`npquant.fixedpoint`;
+    returns ``round(acc * M)`` before the zero point."""
+    if mode == "tflite":
+        left, right = max(shift, 0), max(-shift, 0)
+        shifted = total << left  # requantize has refused an int32 overflow here
+        steps.append(("left shift", f"(acc + bias) << {left} = {shifted}"
+                                    + ("  (M >= 0.5: left shift first)" if left else "  (none: M < 0.5)")))
+        high = int(saturating_rounding_doubling_high_mul(shifted, m0))
+        steps.append(("high multiply", f"SaturatingRoundingDoublingHighMul({shifted}, m0) = "
+                                       f"round({shifted} * m0 / 2^31) = round({_decimal(Fraction(shifted * m0, 1 << 31))}) = {high}"
+                                       "  (first rounding, ties toward +inf)"))
+        scaled = int(rounding_divide_by_pot(high, right))
+        steps.append(("rounding shift", f"RoundingDivideByPOT({high}, {right}) = round({high} / 2^{right}) = "
+                                        f"round({_decimal(Fraction(high, 1 << right))}) = {scaled}"
+                                        "  (second rounding, ties away from zero)"))
+        exact = Fraction(total * m0, 1 << (31 - shift))
+        once = (total * m0 + (1 << (30 - shift))) >> (31 - shift)  # one rounding, ties toward +inf
+        same = "the same" if once == scaled else f"{once}, not {scaled}: double rounding"
+        steps.append(("double rounding", f"(acc + bias) * m0 / 2^{31 - shift} = {_decimal(exact)} rounded once "
+                                         f"gives {same}  (explain --ties lists every such accumulator)"))
+        rounding = "double"
+    else:
+        tot = 31 - shift
+        scaled = (total * m0 + (1 << (tot - 1))) >> tot
+        steps.append(("single rounding", f"((acc + bias) * m0 + 2^{tot - 1}) >> {tot} = round({total} * m0 / 2^{tot}) "
+                                         f"= round({_decimal(Fraction(total * m0, 1 << tot))}) = {scaled}"
+                                         "  (one rounding, ties toward +inf)"))
+        rounding = "single"
+    lib = int(multiply_by_quantized_multiplier(total, m0, shift, rounding))
+    if lib != scaled:
+        raise ExplainConsistencyError(
+            f"the trace gives {scaled} but npquant.fixedpoint.multiply_by_quantized_multiplier gives {lib} for "
+            f"{total}, m0={m0}, shift={shift}: a bug in npquant, please report it")
+    return scaled
 
 
 def _channel(qp: QParams, o: int):
     if qp.spec.axis is None:
         return float(qp.scale), int(qp.zero_point)
+    if qp.spec.block_size is not None or qp.scale.ndim != 1:
+        raise ValueError("w_qp must be per-tensor or per-channel (axis=0), not per-group")
     return float(qp.scale[o]), int(qp.zero_point[o])
 
 
@@ -244,11 +497,108 @@ def _per_tensor(qp, name: str):
     return float(qp.scale), int(qp.zero_point)
 
 
+def _check_codes(r, q, qp: QParams, rname: str, qname: str) -> np.ndarray:
+    """``r`` as float32 after checking that :func:`npquant.quantize` turns it into ``q``."""
+    from .linear import quantize
+
+    r = np.asarray(r)
+    if r.dtype.kind != "f":
+        raise TypeError(f"{rname} must be a float array, got dtype {r.dtype}")
+    if r.shape != np.shape(q):
+        raise ValueError(f"{rname} must have the shape of {qname} {np.shape(q)}, got {r.shape}")
+    if not np.array_equal(quantize(r, qp), q):
+        raise ValueError(f"{rname} does not quantize to {qname} with its qparams (npquant.quantize, "
+                         "method='divide'): pass the float tensor the codes were made from")
+    return r.astype(np.float32)
+
+
+def _qparam_notes(r: np.ndarray, qp: QParams, what: str, sub: str, channel: int | None) -> list:
+    """How ``S`` and ``Z`` of ``qp`` follow from the min-max of ``r`` (or that they were given)."""
+    from .qparams import fit_qparams
+
+    spec = qp.spec
+    kind = (f"{'signed' if spec.signed else 'unsigned'} {spec.bits}-bit "
+            f"{'symmetric' if spec.symmetric else 'asymmetric'}"
+            f"{', narrow range' if spec.narrow_range else ''}, "
+            f"{'per-tensor' if spec.axis is None else 'per-channel'}; codes [{spec.qmin}, {spec.qmax}]")
+    s, z = _channel(qp, channel) if channel is not None else _per_tensor(qp, what)
+    fit = fit_qparams(r, spec)
+    if not (np.array_equal(fit.scale, qp.scale) and np.array_equal(fit.zero_point, qp.zero_point)):
+        return [f"{what} ({kind}): S_{sub} = {_g(s)}, Z_{sub} = {z} (given: not the min-max of the floats)"]
+    part = r if spec.axis is None else np.take(r, channel, axis=spec.axis)
+    lo, hi = float(part.min()), float(part.max())
+    where = (f"all {r.size} values of {what}" if spec.axis is None
+             else f"the {part.size} values of output channel {channel}")
+    rng = f"min-max over {where}: [{_g6(lo)}, {_g6(hi)}]"
+    if lo > 0 or hi < 0:
+        lo, hi = min(lo, 0.0), max(hi, 0.0)
+        rng += f", widened to include 0: [{_g6(lo)}, {_g6(hi)}]"
+    lines = [f"{what} ({kind})", f"  {rng}"]
+    if spec.symmetric:
+        half = (spec.qmax - spec.qmin) / 2
+        lines.append(f"  S_{sub} = max(|min|, |max|) / ((qmax - qmin) / 2) = {_g6(max(-lo, hi))} / {half:g} = {_g(s)};"
+                     f"  Z_{sub} = {z} (fixed by the symmetric spec)")
+    else:
+        lines.append(f"  S_{sub} = (max - min) / (qmax - qmin) = {_g6(hi - lo)} / {spec.qmax - spec.qmin} = {_g(s)}")
+        ratio = np.float32(lo) / np.float32(s)  # float32, as compute_qparams
+        raw = spec.qmin - int(np.rint(ratio))
+        clamp = f", clamped to {z}" if raw != z else ""
+        lines.append(f"  Z_{sub} = qmin - round(min / S_{sub}) = {spec.qmin} - round({float(ratio):.4f}) "
+                     f"= {raw}{clamp}")
+    return lines
+
+
+def _float_inputs(x_float, x_q, x_qp, w_float, w_q, w_qp, b_float, bias_q, channel, gather) -> tuple:
+    """Check the float tensors against the codes; ``(FloatInputs, ...)`` pieces for one output.
+
+    ``gather(x_float32, w_float32)`` returns the float x and w terms of the output."""
+    from .qnn.gemm import quantize_bias
+
+    x32 = _check_codes(x_float, x_q, x_qp, "x_float", "x_q")
+    w32 = _check_codes(w_float, w_q, w_qp, "w_float", "w_q")
+    b = 0.0
+    if b_float is not None:
+        if bias_q is None:
+            raise ValueError("b_float needs bias_q (the int32 codes of the bias)")
+        s_w = w_qp.scale if w_qp.spec.axis is not None else float(w_qp.scale)
+        bq = quantize_bias(np.asarray(b_float), float(x_qp.scale), s_w)
+        if not np.array_equal(bq, np.asarray(bias_q).reshape(bq.shape)):
+            raise ValueError("b_float does not give bias_q with npquant.qnn.quantize_bias (round half to even of "
+                             "b / float32(S_x S_w)): pass the float bias the codes were made from")
+        b = float(np.asarray(b_float, np.float32).reshape(-1)[channel])
+    notes = (_qparam_notes(x32, x_qp, "input x", "x", None)
+             + _qparam_notes(w32, w_qp, "weights w", "w", channel if w_qp.spec.axis is not None else None))
+    xs, ws = gather(x32, w32)
+    return FloatInputs(xs, ws, b, notes, x_qp.spec.rounding, w_qp.spec.rounding)
+
+
 def explain_linear(x_q, x_qp: QParams, w_q, w_qp: QParams, bias_q, y_qp: QParams, row: int, col: int,
                    *, mode: str = "tflite", qmin: int | None = None, qmax: int | None = None,
-                   accumulation: str = "exact") -> Explanation:
-    """Explain output ``[row, col]`` of a linear layer: x (N, in) codes, w (out, in);
-    ``accumulation`` as in :func:`npquant.qnn.gemm.linear_accumulate`."""
+                   accumulation: str = "exact", x_float=None, w_float=None, b_float=None) -> Explanation:
+    """Explain output ``[row, col]`` of an integer linear layer.
+
+    Parameters
+    ----------
+    x_q : integer codes (N, in) of the per-tensor ``x_qp``
+    w_q : integer codes (out, in) of ``w_qp`` (per-tensor, or per-channel along axis 0)
+    bias_q : int32 (out,) at scale ``S_x S_w``, or None
+    y_qp : per-tensor output qparams; ``qmin``/``qmax`` narrow its range (a fused activation)
+    row, col : the output element
+    mode : the requantization mode
+    accumulation : as in :func:`npquant.qnn.gemm.linear_accumulate`
+    x_float, w_float, b_float : float arrays of the shapes of ``x_q``, ``w_q``, ``bias_q``, optional
+        The floats the codes were made from (they must quantize to them): adds step 0
+        (how each value became its code) and the error against the float layer.
+
+    Returns
+    -------
+    Explanation
+        Its ``acc + bias`` and ``code`` are checked against
+        :func:`npquant.qnn.gemm.linear_accumulate` and :func:`npquant.qnn.gemm.qlinear`
+        (:class:`ExplainConsistencyError` if they differ: a bug).
+    """
+    from .qnn.gemm import linear_accumulate, qlinear
+
     check_accumulation(accumulation)
     x = np.asarray(x_q)
     w = np.asarray(w_q)
@@ -264,21 +614,48 @@ def explain_linear(x_q, x_qp: QParams, w_q, w_qp: QParams, bias_q, y_qp: QParams
     b = 0 if bias_q is None else int(np.asarray(bias_q).reshape(-1)[col])
     lo = y_qp.spec.qmin if qmin is None else qmin
     hi = y_qp.spec.qmax if qmax is None else qmax
-    return explain_dot(x[row], z_x, w[col], z_w, b, s_x, s_w, s_y, z_y, lo, hi, mode=mode,
-                       title=f"linear layer, output element [{row}, {col}]",
-                       accumulation=resolve(accumulation, "linear"))
+    floats = None
+    if x_float is not None or w_float is not None:
+        if x_float is None or w_float is None:
+            raise ValueError("x_float and w_float go together (b_float is optional)")
+        floats = _float_inputs(x_float, x, x_qp, w_float, w, w_qp, b_float, bias_q, col,
+                               lambda xf, wf: (xf[row], wf[col]))
+    elif b_float is not None:
+        raise ValueError("b_float needs x_float and w_float")
+    acc_mode = resolve(accumulation, "linear")
+    e = explain_dot(x[row], z_x, w[col], z_w, b, s_x, s_w, s_y, z_y, lo, hi, mode=mode,
+                    title=f"linear layer, output element [{row}, {col}]", accumulation=acc_mode, floats=floats)
+    xr = x[row:row + 1]
+    lib_acc = int(linear_accumulate(xr, x_qp, w, w_qp, bias_q, overflow="wrap", accumulation=accumulation)[0, col])
+    act = None if (qmin is None and qmax is None) else (lo, hi)
+    lib_code = int(qlinear(xr, x_qp, w, w_qp, bias_q, y_qp, mode=mode, activation=act, overflow="wrap",
+                           accumulation=accumulation)[0, col])
+    _check_layer(e, lib_acc, lib_code, "npquant.qnn.gemm.qlinear")
+    return e
+
+
+def _check_layer(e: Explanation, lib_acc: int, lib_code: int, where: str) -> None:
+    if lib_acc != e.acc + e.bias or lib_code != e.code:
+        raise ExplainConsistencyError(
+            f"the trace gives acc + bias = {e.acc + e.bias} and code {e.code}, {where} gives {lib_acc} and "
+            f"{lib_code}: a bug in npquant, please report it")
 
 
 def explain_conv2d(x_q, x_qp: QParams, w_q, w_qp: QParams, bias_q, y_qp: QParams, index, *,
                    stride=1, padding=0, dilation=1, groups: int = 1, mode: str = "tflite",
-                   qmin: int | None = None, qmax: int | None = None, accumulation: str = "exact") -> Explanation:
-    """Explain output ``index = (n, o, i, j)`` of a conv2d: x NCHW codes, w OIHW.
+                   qmin: int | None = None, qmax: int | None = None, accumulation: str = "exact",
+                   x_float=None, w_float=None, b_float=None) -> Explanation:
+    """Explain output ``index = (n, o, i, j)`` of an integer conv2d: x NCHW codes, w OIHW.
 
     The receptive field is gathered explicitly, padding positions holding ``Z_x`` (so
-    they contribute 0 after the correction), and the dot product is traced, in (c, kh,
-    kw) order, or (kh, kw, c) when ``accumulation`` resolves to int16 pairs for this
-    geometry (the order fbgemm and MLAS pair in).
+    they contribute 0 after the correction; their float value is 0.0), and the dot
+    product is traced, in (c, kh, kw) order, or (kh, kw, c) when ``accumulation``
+    resolves to int16 pairs for this geometry (the order fbgemm and MLAS pair in).
+    ``x_float``, ``w_float``, ``b_float`` and the checks against
+    :func:`npquant.qnn.conv.qconv2d` are as in :func:`explain_linear`.
     """
+    from .qnn.conv import conv2d_accumulate, qconv2d
+
     check_accumulation(accumulation)
     x = np.asarray(x_q)
     w = np.asarray(w_q)
@@ -298,48 +675,79 @@ def explain_conv2d(x_q, x_qp: QParams, w_q, w_qp: QParams, bias_q, y_qp: QParams
         raise ValueError(f"index {tuple(index)} is outside the output shape {(x.shape[0], w.shape[0], oh, ow)}")
     s_x, z_x = _per_tensor(x_qp, "x_qp")
     s_y, z_y = _per_tensor(y_qp, "y_qp")
+    if not isinstance(w_qp, QParams):
+        raise TypeError(f"w_qp must be a QParams, got {type(w_qp).__name__}")
     s_w, z_w = _channel(w_qp, o)
     g = o // (w.shape[0] // groups)
     acc_mode = resolve(accumulation, "conv2d", conv=(x.shape[1], w.shape[0], groups, (kh, kw), geo.stride,
                                                      geo.padding, geo.dilation))
-    patch = np.empty((cin_g, kh, kw), np.int64)
-    for c in range(cin_g):
-        for a in range(kh):
-            for b in range(kw):
-                r = i * sh - pt + a * dh
-                s = j * sw_ - pl + b * dw
-                inside = 0 <= r < x.shape[2] and 0 <= s < x.shape[3]
-                patch[c, a, b] = int(x[n, g * cin_g + c, r, s]) if inside else z_x
+
+    def gather(src, pad_value):
+        patch = np.empty((cin_g, kh, kw), src.dtype if src.dtype.kind == "f" else np.int64)
+        names = np.empty((cin_g, kh, kw), object)
+        for c in range(cin_g):
+            for a in range(kh):
+                for b in range(kw):
+                    r = i * sh - pt + a * dh
+                    s = j * sw_ - pl + b * dw
+                    inside = 0 <= r < src.shape[2] and 0 <= s < src.shape[3]
+                    patch[c, a, b] = src[n, g * cin_g + c, r, s] if inside else pad_value
+                    names[c, a, b] = f"x[{n},{g * cin_g + c},{r},{s}]" + ("" if inside else " pad")
+        return patch, names
+
+    patch, names = gather(x, z_x)
     wo = w[o]
-    if acc_mode == PAIRS:  # (kh, kw, c), c fastest
-        patch, wo = patch.transpose(1, 2, 0), wo.transpose(1, 2, 0)
+    order = (lambda t: t.transpose(1, 2, 0)) if acc_mode == PAIRS else (lambda t: t)  # (kh, kw, c), c fastest
+    floats = None
+    if x_float is not None or w_float is not None:
+        if x_float is None or w_float is None:
+            raise ValueError("x_float and w_float go together (b_float is optional)")
+        floats = _float_inputs(x_float, x, x_qp, w_float, w, w_qp, b_float, bias_q, o,
+                               lambda xf, wf: (order(gather(xf, np.float32(0))[0]).ravel(), order(wf[o]).ravel()))
+    elif b_float is not None:
+        raise ValueError("b_float needs x_float and w_float")
     b = 0 if bias_q is None else int(np.asarray(bias_q).reshape(-1)[o])
     lo = y_qp.spec.qmin if qmin is None else qmin
     hi = y_qp.spec.qmax if qmax is None else qmax
-    return explain_dot(patch.ravel(), z_x, wo.ravel(), z_w, b, s_x, s_w, s_y, z_y, lo, hi, mode=mode,
-                       title=f"conv2d, output element (n={n}, o={o}, i={i}, j={j})", accumulation=acc_mode)
+    e = explain_dot(order(patch).ravel(), z_x, order(wo).ravel(), z_w, b, s_x, s_w, s_y, z_y, lo, hi, mode=mode,
+                    title=f"conv2d, output element (n={n}, o={o}, i={i}, j={j})", accumulation=acc_mode,
+                    floats=floats, labels=list(order(names).ravel()))
+    kw_conv = dict(stride=stride, padding=padding, dilation=dilation, groups=groups, overflow="wrap",
+                   accumulation=accumulation)
+    xn = x[n:n + 1]
+    lib_acc = int(conv2d_accumulate(xn, x_qp, w, w_qp, bias_q, **kw_conv)[0, o, i, j])
+    act = None if (qmin is None and qmax is None) else (lo, hi)
+    lib_code = int(qconv2d(xn, x_qp, w, w_qp, bias_q, y_qp, mode=mode, activation=act, **kw_conv)[0, o, i, j])
+    _check_layer(e, lib_acc, lib_code, "npquant.qnn.conv.qconv2d")
+    return e
 
 
 def builtin_example(layer: str = "linear", seed: int = 0) -> dict:
     """A small quantized layer made from seeded float data, for ``npquant explain``.
 
-    uint8 asymmetric input, int8 symmetric per-channel weights, int32 bias at
-    ``S_x S_w``, uint8 output whose range is calibrated on the float output. Returns the
-    keyword arguments of :func:`explain_linear` / :func:`explain_conv2d` (without ``mode``).
+    uint8 asymmetric input (floats in ``[-0.4, 1)``, so ``Z_x`` is not 0), int8
+    asymmetric per-tensor weights (skewed to positive values, so ``Z_w`` is not 0: the
+    folded form of Jacob et al.'s eq. 7 has every term), int32 bias at ``S_x S_w``
+    (:func:`npquant.qnn.gemm.quantize_bias`), uint8 output whose range is calibrated on
+    the float output. Returns the keyword arguments of :func:`explain_linear` /
+    :func:`explain_conv2d` (without ``mode``), the float tensors included: linear layer
+    (2, 16) -> (2, 4), element ``[0, 1]``; conv 3x3, padding 1, (1, 2, 5, 5) -> (1, 3,
+    5, 5), element ``(0, 1, 0, 2)`` on the top border (three padding taps).
     """
     from .linear import quantize
+    from .qnn.gemm import quantize_bias
     from .qparams import QuantSpec, compute_qparams, fit_qparams
 
     check_choice(layer, "layer", ("linear", "conv"))
     rng = np.random.default_rng(seed)
     if layer == "linear":
-        x = rng.uniform(0, 1, (2, 16)).astype(np.float32)
-        w = (rng.normal(size=(4, 16)) * 0.3).astype(np.float32)
+        x = rng.uniform(-0.4, 1, (2, 16)).astype(np.float32)
+        w = (rng.normal(size=(4, 16)) * 0.3 + 0.1).astype(np.float32)
         b = (rng.normal(size=4) * 0.1).astype(np.float32)
         y = x @ w.T + b
     else:
-        x = rng.uniform(0, 1, (1, 2, 5, 5)).astype(np.float32)
-        w = (rng.normal(size=(3, 2, 3, 3)) * 0.3).astype(np.float32)
+        x = rng.uniform(-0.4, 1, (1, 2, 5, 5)).astype(np.float32)
+        w = (rng.normal(size=(3, 2, 3, 3)) * 0.3 + 0.1).astype(np.float32)
         b = (rng.normal(size=3) * 0.1).astype(np.float32)
         xp = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
         y = np.zeros((1, 3, 5, 5), np.float32)
@@ -347,12 +755,13 @@ def builtin_example(layer: str = "linear", seed: int = 0) -> dict:
             for j in range(5):
                 y[0, :, i, j] = np.tensordot(w, xp[0, :, i:i + 3, j:j + 3], axes=3) + b
     x_qp = fit_qparams(x, QuantSpec(signed=False))
-    w_qp = fit_qparams(w, QuantSpec(symmetric=True, axis=0))
+    w_qp = fit_qparams(w, QuantSpec())
     y_qp = compute_qparams(y.min(), y.max(), QuantSpec(signed=False))
-    bias_q = np.round(b.astype(np.float64) / (float(x_qp.scale) * w_qp.scale.astype(np.float64))).astype(np.int32)
-    out = dict(x_q=quantize(x, x_qp), x_qp=x_qp, w_q=quantize(w, w_qp), w_qp=w_qp, bias_q=bias_q, y_qp=y_qp)
+    bias_q = quantize_bias(b, float(x_qp.scale), float(w_qp.scale))
+    out = dict(x_q=quantize(x, x_qp), x_qp=x_qp, w_q=quantize(w, w_qp), w_qp=w_qp, bias_q=bias_q, y_qp=y_qp,
+               x_float=x, w_float=w, b_float=b)
     if layer == "conv":
-        out.update(index=(0, 1, 2, 3), padding=1)
+        out.update(index=(0, 1, 0, 2), padding=1)
     else:
         out.update(row=0, col=1)
     return out

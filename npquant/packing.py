@@ -75,8 +75,9 @@ def _where(arr: np.ndarray, flat: int) -> str:
     return f"[{', '.join(map(str, idx))}] (flat index {flat})"
 
 
-def _check_range(arr: np.ndarray, lo: int, hi: int, name: str, what: str) -> None:
-    """Raise naming the first element of ``arr`` (C order) outside ``[lo, hi]``."""
+def _check_range(arr: np.ndarray, lo: int, hi: int, name: str, what: str, negative_hint: str = "") -> None:
+    """Raise naming the first element of ``arr`` (C order) outside ``[lo, hi]``;
+    ``negative_hint`` ends the message when that element is negative."""
     if arr.size == 0:
         return
     bad = (arr < lo) | (arr > hi)  # exact for any integer dtype and Python-int bounds
@@ -85,8 +86,13 @@ def _check_range(arr: np.ndarray, lo: int, hi: int, name: str, what: str) -> Non
         value = int(arr.reshape(-1)[flat])
         raise ValueError(
             f"{name}{_where(arr, flat)} = {value} does not fit {what}: allowed {lo}..{hi}; "
-            "values are never masked"
+            "values are never masked" + (negative_hint if value < 0 else "")
         )
+
+
+_SIGNED_HINT = ("; signed codes (such as quantize's with a signed QuantSpec) are mapped to unsigned "
+                "patterns first with npquant.to_unsigned(values, bits) (two's complement, ONNX INT4's "
+                "layout) and back after unpacking with npquant.from_unsigned(u, bits)")
 
 
 def _as_data(data) -> np.ndarray:
@@ -136,7 +142,8 @@ def pack_bits(values, bits: int, *, order: str = "lsb", backend: str = "numba") 
     ----------
     values : integer array, any shape (flattened in C order), any integer dtype
         Every value must lie in ``[0, 2^bits - 1]``; otherwise ``ValueError`` naming the
-        first offending value and its index. Map signed values with :func:`to_unsigned`.
+        first offending value and its index (for a negative value, the message says to map
+        signed codes with :func:`to_unsigned`, exported as ``npquant.to_unsigned``).
     bits : int in 1..8
     order : ``"lsb"`` (default) or ``"msb"``; see the module docstring
     backend : ``"numba"`` or ``"numpy"``
@@ -149,7 +156,7 @@ def pack_bits(values, bits: int, *, order: str = "lsb", backend: str = "numba") 
     check_choice(order, "order", PACK_ORDERS)
     check_choice(backend, "backend", BACKENDS)
     arr = _as_int_values(values, "values")
-    _check_range(arr, 0, (1 << bits) - 1, "values", f"in {bits} unsigned bit(s)")
+    _check_range(arr, 0, (1 << bits) - 1, "values", f"in {bits} unsigned bit(s)", _SIGNED_HINT)
     v = np.ascontiguousarray(arr.reshape(-1), dtype=np.uint8)  # lossless after the check
     if backend == "numpy":
         return _pack_numpy(v, bits, order == "msb")

@@ -25,14 +25,24 @@ class QuantSpec:
     Parameters
     ----------
     bits : int, 1..16
-        Bit width of the integer codes.
+        Bit width of the integer codes. ``bits=1`` needs ``symmetric=False`` (below).
     signed : bool
         Signed codes ``[-2^(b-1), 2^(b-1) - 1]`` or unsigned ``[0, 2^b - 1]``.
     symmetric : bool
         Symmetric: zero point fixed (0 when signed, ``2^(b-1)`` when unsigned) and
-        ``S = max(|min|, |max|) / ((qmax - qmin) / 2)``, PyTorch's formula; with
-        ``narrow_range=True`` this is TFLite's ``max|x| / 127`` for int8.
+        ``S = max(|min|, |max|) / ((qmax - qmin) / 2)``, PyTorch's formula: for int8
+        that is ``max|x| / 127.5``. The formula of the "Quantization in Depth" course,
+        ``S = r_max / q_max = max|x| / 127`` (also TFLite's for int8 weights), is
+        ``symmetric=True, narrow_range=True``: codes ``[-127, 127]``, ``(qmax - qmin) / 2
+        = 127``.
         Asymmetric: ``S = (max - min) / (qmax - qmin)``, ``Z = qmin - round(min / S)``.
+
+        ``bits=1, symmetric=True`` is a ``ValueError``: its codes ``[-1, 0]`` (or ``[0, 1]``
+        with zero point 1) hold no non-zero value on one side of zero, and the scale
+        ``2 max|x|`` puts every ``x / S`` in ``[-1/2, 1/2]``, which rounding to nearest
+        sends to the zero point: every weight would become 0. 1-bit asymmetric
+        quantization is allowed: its grid is ``{0, S}`` or ``{-S, 0}``; a ternary grid
+        ``{-S, 0, S}`` is ``bits=2, symmetric=True, narrow_range=True``.
     narrow_range : bool
         Drop the lowest code: signed ``[-2^(b-1) + 1, 2^(b-1) - 1]``, unsigned
         ``[1, 2^b - 1]`` (as TensorFlow's ``narrow_range``).
@@ -74,6 +84,14 @@ class QuantSpec:
             raise ValueError(
                 f"bits={self.bits} with narrow_range=True leaves a single code; use more bits "
                 "or narrow_range=False"
+            )
+        if self.symmetric and self.bits == 1:
+            raise ValueError(
+                f"bits=1 with symmetric=True cannot hold a non-zero value on both sides of zero: "
+                f"codes [{self.qmin}, {self.qmax}] around zero point {self.symmetric_zero_point}, and "
+                "the symmetric scale 2 * max|x| puts every x / S in [-1/2, 1/2], which rounding to "
+                "nearest sends to the zero point (every weight would become 0); use bits >= 2 (bits=2 with narrow_range=True is the ternary grid "
+                "-S, 0, S) or symmetric=False (1-bit asymmetric: the grid {0, S} or {-S, 0})"
             )
 
     @property
@@ -213,6 +231,11 @@ def compute_qparams(min_val, max_val, spec: QuantSpec, *, eps: float = FLOAT32_E
     for bit: the range is widened to include 0; the scale is floored at ``eps`` (a
     constant-zero tensor gets scale ``eps``); the asymmetric zero point
     ``qmin - round_half_even(min / S)`` is clamped to ``[qmin, qmax]``.
+
+    Symmetric specs use ``S = max(|min|, |max|) / ((qmax - qmin) / 2)``: ``max|x| / 127.5``
+    for int8 (PyTorch's observers). The symmetric scale ``max|x| / 127`` of the
+    "Quantization in Depth" course and of TFLite is ``narrow_range=True`` (codes
+    ``[-127, 127]``); it equals the course's float64 ``r_max / q_max`` rounded to float32.
     """
     if not isinstance(spec, QuantSpec):
         raise TypeError(f"spec must be a QuantSpec, got {type(spec).__name__}")
@@ -265,6 +288,19 @@ def fit_qparams(x, spec: QuantSpec) -> QParams:
 
     ``x`` is a finite float array; the min and max of each parameter group are taken
     in float32 and passed to :func:`compute_qparams`.
+
+    For the course's symmetric int8 scale ``max|x| / 127`` pass
+    ``QuantSpec(symmetric=True, narrow_range=True)``; the default ``narrow_range=False``
+    gives PyTorch's ``max|x| / 127.5`` (see :class:`QuantSpec`).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> x = np.array([-0.5, 0.25, 1.27], np.float32)
+    >>> float(fit_qparams(x, QuantSpec(symmetric=True, narrow_range=True)).scale)  # 1.27 / 127
+    0.009999999776482582
+    >>> float(fit_qparams(x, QuantSpec(symmetric=True)).scale)  # 1.27 / 127.5
+    0.009960784576833248
     """
     from ._checks import as_float_array
 

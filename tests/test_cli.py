@@ -13,6 +13,7 @@ import pytest
 
 import npquant
 from npquant.cli import format_table, main
+from npquant.fixedpoint import saturating_rounding_doubling_high_mul
 
 ROOT = Path(__file__).resolve().parents[1]
 ROW = re.compile(
@@ -67,6 +68,53 @@ def test_help_lists_commands():
     assert res.returncode == 0 and "--group-size" in res.stdout
 
 
+def test_help_texts_match_what_the_options_do():
+    import npquant.cli as cli
+
+    parser = cli.build_parser()
+    subs = next(a for a in parser._actions if isinstance(a, __import__("argparse")._SubParsersAction))
+    demo = subs.choices["demo"].format_help()
+    text = " ".join(demo.split())
+    # the model table is the main job; --weights is its own job with its own options
+    assert text.index("The model table (the main job)") < text.index("With --weights, another job")
+    assert "the model table (the default job): --models DIR" in text
+    assert "--quick the model table: the MLP only; with --weights: train 30 epochs only" in text
+    assert "the weight-error job (--weights; its options need --weights): --weights" in text
+    assert "%%" not in demo and "25% test" in text
+    assert "%%" not in subs.choices["compress"].format_help()
+    assert "(92, 91, 74 %)" in " ".join(subs.choices["compress"].format_help().split())
+    quantize = " ".join(subs.choices["quantize"].format_help().split())
+    assert "test inputs, labels and logits are not weights and are left out" in quantize
+    assert "1 needs --asymmetric" in quantize
+    explain = " ".join(subs.choices["explain"].format_help().split())
+    assert "--all-terms list every term of the dot product (default: the first 8)" in explain
+    from npquant.explain import SHOWN_TERMS
+
+    assert cli._SHOWN_TERMS == SHOWN_TERMS
+
+
+@pytest.mark.parametrize("argv, named", [
+    (["demo", "--seed", "3"], "--seed is an option"),
+    (["demo", "--bits", "8,4,2"], "--bits is an option"),  # the default value, given: still the other job
+    (["demo", "--quick", "--hidden", "16", "--rounding", "floor"], "--hidden, --rounding are options"),
+    (["demo", "--group-size", "8"], "--group-size is an option"),
+    (["demo", "--max-iter", "5"], "--max-iter is an option"),
+])
+def test_weight_job_options_need_weights(capsys, argv, named):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert named in err and "of the --weights job" in err and "add --weights" in err
+
+
+def test_models_is_not_an_option_of_the_weight_job(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["demo", "--weights", "--models", "somewhere"])
+    assert exc.value.code == 2
+    assert "--models is an option of the model table" in capsys.readouterr().err
+
+
 def test_console_script_if_installed():
     exe = Path(sys.executable).parent / ("npquant.exe" if os.name == "nt" else "npquant")
     if not exe.exists():
@@ -98,7 +146,7 @@ def test_demo_prints_every_configuration(quick_demo):
 
 
 def test_demo_options_in_process(capsys):
-    assert main(["demo", "--quick", "--bits", "4", "--group-size", "8", "--hidden", "16"]) == 0
+    assert main(["demo", "--weights", "--quick", "--bits", "4", "--group-size", "8", "--hidden", "16"]) == 0
     out = capsys.readouterr().out
     _, layers, acc = parse_demo(out)
     assert list(layers) == ["W1", "W2"]
@@ -150,11 +198,26 @@ def test_ties_lists_disagreements(capsys):
     assert "5 of 17 accumulators" in out
     rows = [ln.split() for ln in out.splitlines() if re.match(r"^-?\d+\s+-?\d+\.\d+", ln)]
     assert len(rows) == 5
+    assert "double rounding: tflite first rounds acc*m0/2^31 to the integer high" in out
     for row in rows:  # each printed row is what requantize computes, and the modes differ
         acc = int(row[0])
-        codes = [int(v) for v in row[2:]]
+        assert float(row[1]) == acc * 0.25
+        # high: tflite's first rounding (SRDHM, before the rounding shift by n = 1), and high / 2^n
+        assert int(row[2]) == int(saturating_rounding_doubling_high_mul(acc, 1073741824))
+        assert float(row[3]) == int(row[2]) / 2
+        codes = [int(v) for v in row[4:]]
         expected = [int(requantize(np.array([acc]), 0.25, 0, -128, 127, mode=m)[0]) for m in REQUANT_MODES]
         assert codes == expected and len(set(codes)) > 1
+    # acc = 1: acc * M = 0.25 is no tie, but high / 2 = 0.5 is, and tflite rounds it away from zero
+    assert ["1", "0.250000", "1", "0.500000", "1", "0", "0", "0"] in rows
+
+
+def test_ties_show_why_a_non_tie_differs(capsys):
+    assert main(["explain", "--ties", "-m", "0.3", "--range", "2000", "--limit", "1"]) == 0
+    out = capsys.readouterr().out
+    row = next(ln.split() for ln in out.splitlines() if ln.startswith("-421 "))
+    # -421 * 0.3 = -126.3 is no tie; the first rounding gives high = -253, -253 / 2 = -126.5 is one
+    assert row == ["-421", "-126.300000", "-253", "-126.500000", "-127", "-126", "-126", "-126"]
 
 
 def test_ties_summary_only_and_bad_multiplier(capsys):
@@ -175,11 +238,20 @@ def test_ties_summary_only_and_bad_multiplier(capsys):
 def test_explain_runs_on_the_builtin_example(capsys, layer, mode):
     assert main(["explain", "--layer", layer, "--mode", mode]) == 0
     out = capsys.readouterr().out
-    for needle in ("int32 accumulator", "folded form", "real multiplier", "clamp to", "LSB"):
+    for needle in ("0. from floats to codes", "int32 accumulator", "folded form (Jacob et al. 2018, eq. 7)",
+                   "real multiplier", "clamp to", "float layer", "LSB", "more terms: --all-terms"):
         assert needle in out
-    if mode == "tflite":
+    if mode.startswith("tflite"):
         assert re.search(r"m0 = \d+ \(0x[0-9A-F]{8}\), shift = -?\d+", out)
+        assert "Jacob et al.: M = 2^-n M0 with M0 in [0.5, 1)" in out
+    if mode == "tflite":
         assert "high multiply" in out and "rounding shift" in out
+    assert main(["explain", "--layer", layer, "--mode", mode, "--all-terms"]) == 0
+    full = capsys.readouterr().out
+    products = [int(ln.split()[-1]) for ln in full.splitlines() if re.match(r"^   \d+ ", ln)]
+    assert len(products) == (16 if layer == "linear" else 18) and "more terms" not in full
+    acc = int(re.search(r"acc = sum of the \d+ products = (-?\d+)", full).group(1))
+    assert sum(products) == acc
 
 
 @pytest.mark.slow  # whole models through the kernels: the JIT pass runs it
@@ -304,6 +376,43 @@ def test_every_model_file_npquant_writes_is_accepted(bad_inputs, capsys):
     assert main(["quantize", str(default_models_dir() / "mlp.npz"), "-o", str(d / "q3.npz")]) == 0
     out = capsys.readouterr().out
     assert "fc1.weight" in out and "test_inputs" not in out  # a reference model: its state dict only
+
+
+def test_quantize_touches_only_the_weights_of_a_reference_model(tmp_path, capsys):
+    from npquant.checkpoint import load_quantized
+    from npquant.demo import default_models_dir
+    from npquant.io import load_reference
+
+    src = default_models_dir() / "cnn.npz"
+    ref = load_reference(src)
+    assert {"test_inputs", "test_labels", "float_logits"} <= set(ref.arrays)  # 2-D floats, but not weights
+    assert main(["quantize", str(src), "-o", str(tmp_path / "q.npz"), "--bits", "4"]) == 0
+    out = capsys.readouterr().out
+    table = [ln.split()[0] for ln in out.splitlines() if re.match(r"^\w[\w.]*\s+\d+(x\d+)+\s", ln)]
+    assert table == ["conv1.weight", "conv2.weight", "fc.weight"]
+    assert "copied unchanged: bn1.weight, bn1.bias" in out
+    stored = set(np.load(tmp_path / "q.npz").files)
+    assert not stored & {"test_inputs", "test_labels", "float_logits", "__arch__"}
+    back = load_quantized(tmp_path / "q.npz")
+    assert set(back) == set(ref.state)
+    for name, v in ref.state.items():
+        if name in table:
+            assert not np.array_equal(back[name], v) and back[name].shape == v.shape
+        else:
+            np.testing.assert_array_equal(back[name], v)  # biases and BatchNorm statistics as they were
+
+
+def test_quantize_refuses_one_bit_symmetric(tmp_path, capsys):
+    from npquant.demo import default_models_dir
+
+    with pytest.raises(SystemExit) as exc:
+        main(["quantize", str(default_models_dir() / "mlp.npz"), "-o", str(tmp_path / "q.npz"), "--bits", "1"])
+    assert exc.value.code == 2
+    assert "--bits 1 needs --asymmetric" in capsys.readouterr().err
+    assert not (tmp_path / "q.npz").exists()
+    assert main(["quantize", str(default_models_dir() / "mlp.npz"), "-o", str(tmp_path / "q.npz"), "--bits", "1",
+                 "--asymmetric"]) == 0
+    assert "1-bit asymmetric" in capsys.readouterr().out
 
 
 def test_internal_errors_show_a_traceback_and_ask_for_a_report(monkeypatch, capsys):

@@ -2,7 +2,7 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
@@ -111,13 +111,11 @@ def test_round_values_rejects():
 # ---- quantize against the scalar oracle -------------------------------------------------
 
 def _specs():
-    return st.builds(
-        QuantSpec,
-        bits=st.integers(1, 16),
-        signed=st.booleans(),
-        symmetric=st.booleans(),
-        rounding=st.sampled_from(["half_even", "half_away", "half_up", "floor"]),
-    )
+    return st.tuples(
+        st.integers(1, 16), st.booleans(), st.booleans(),
+        st.sampled_from(["half_even", "half_away", "half_up", "floor"]),
+    ).filter(lambda t: not (t[0] == 1 and t[2])).map(  # 1-bit symmetric is refused
+        lambda t: QuantSpec(bits=t[0], signed=t[1], symmetric=t[2], rounding=t[3]))
 
 
 @given(
@@ -190,6 +188,7 @@ def _x_and_spec():
 
 
 def _build(x, bits, signed, symmetric, gran, block, rounding):
+    assume(not (bits == 1 and symmetric))  # refused by QuantSpec
     axis = None if gran == "tensor" else x.ndim - 1
     spec = QuantSpec(bits=bits, signed=signed, symmetric=symmetric, axis=axis,
                      block_size=block if gran == "group" else None, rounding=rounding)
@@ -243,6 +242,7 @@ def test_zero_is_exact(args):
     st.sampled_from(EXACT_METHODS),
 )
 def test_monotonic(x, bits, signed, symmetric, rounding, method):
+    assume(not (bits == 1 and symmetric))  # refused by QuantSpec
     spec = QuantSpec(bits=bits, signed=signed, symmetric=symmetric, rounding=rounding)
     qp = fit_qparams(x, spec)
     xs = np.sort(x)

@@ -231,6 +231,30 @@ def test_value_out_of_range_is_an_error(backend):
         pack(np.full((2, 2), 2), 1, backend=backend)
 
 
+def test_signed_codes_point_to_to_unsigned():
+    """pack_bits(quantize(...)) with a signed spec: the error names the exported helper,
+    and following it round-trips the codes."""
+    import npquant
+
+    x = np.array([-1.0, -0.3, 0.2, 1.0], np.float32)
+    qp = npquant.fit_qparams(x, npquant.QuantSpec(bits=4, symmetric=True))
+    q = npquant.quantize(x, qp)
+    assert q.min() < 0
+    with pytest.raises(ValueError, match=r"values\[0\] = -7 does not fit.*npquant\.to_unsigned\(values, bits\)"
+                                         r".*npquant\.from_unsigned"):
+        npquant.pack_bits(q, 4)
+    with pytest.raises(ValueError, match="to_unsigned"):
+        npquant.pack(q, 4)
+    packed = npquant.pack_bits(npquant.to_unsigned(q, 4), 4)
+    back = npquant.from_unsigned(npquant.unpack_bits(packed, 4, q.size), 4)
+    np.testing.assert_array_equal(back, q)
+    assert {"to_unsigned", "from_unsigned"} <= set(npquant.__all__)
+    # a too-large unsigned value is not told to map signed codes
+    with pytest.raises(ValueError) as exc:
+        npquant.pack_bits([16], 4)
+    assert "to_unsigned" not in str(exc.value)
+
+
 @pytest.mark.parametrize(
     "values, exc, match",
     [

@@ -3,7 +3,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from npquant import QParams, QuantSpec, compute_qparams, fit_qparams
+from npquant import QParams, QuantSpec, compute_qparams, dequantize, fit_qparams, quantize
 from npquant.qparams import FLOAT32_EPS
 
 from oracles import qparams_scalar
@@ -61,11 +61,72 @@ def test_spec_granularity_names():
         ({"rounding": "stochastic"}, ValueError, "seed"),
         ({"rounding": "stochastic", "seed": -1}, ValueError, "seed"),
         ({"bits": 1, "narrow_range": True}, ValueError, "narrow_range"),
+        ({"bits": 1, "symmetric": True}, ValueError, r"bits=1 with symmetric=True .* codes \[-1, 0\]"),
+        ({"bits": 1, "symmetric": True, "signed": False}, ValueError, r"codes \[0, 1\] around zero point 1"),
     ],
 )
 def test_spec_rejects_bad_arguments(kw, exc, match):
     with pytest.raises(exc, match=match):
         QuantSpec(**kw)
+
+
+@pytest.mark.parametrize("signed", [True, False])
+def test_one_bit_symmetric_is_refused_because_it_maps_everything_to_zero(signed):
+    """What the error prevents: with the symmetric formula, 1 bit (codes [-1, 0] around 0,
+    or [0, 1] around 1) has S = 2 max|x|, and every x / S in [-1/2, 1/2] rounds to the zero
+    point. The spec is refused, naming both arguments and the alternatives."""
+    x = np.linspace(-1, 1, 101, dtype=np.float32)
+    lo, hi = (-1, 0) if signed else (0, 1)
+    z = 0 if signed else 1
+    s = np.float32(1.0) / np.float32((hi - lo) / 2)  # the symmetric scale 2 max|x|
+    assert s == 2
+    codes = np.clip(np.rint(x / s) + z, lo, hi)
+    assert np.all(codes == z)  # the trap: every weight would become 0
+    with pytest.raises(ValueError, match="bits >= 2") as exc:
+        QuantSpec(bits=1, signed=signed, symmetric=True)
+    assert "symmetric=False" in str(exc.value) and "every weight would become 0" in str(exc.value)
+    with pytest.raises(ValueError, match="bits=1 with symmetric=True"):
+        QuantSpec(bits=2, signed=signed, symmetric=True).replace(bits=1)
+
+
+@pytest.mark.parametrize("signed", [True, False])
+def test_one_bit_asymmetric_keeps_a_non_zero_level(signed):
+    x = np.array([-0.2, 0.1, 0.9, 1.0], np.float32)
+    spec = QuantSpec(bits=1, signed=signed)
+    qp = fit_qparams(x, spec)
+    q = quantize(x, qp)
+    grid = sorted({float(v) for v in dequantize(np.arange(spec.qmin, spec.qmax + 1).astype(spec.dtype), qp)})
+    assert 0.0 in grid and len(grid) == 2 and max(grid) > 0  # {0, S}: zero exact, one positive level
+    assert set(q.tolist()) == {spec.qmin, spec.qmax}  # both codes used
+    # the ternary grid the error message offers
+    t = fit_qparams(x, QuantSpec(bits=2, symmetric=True, narrow_range=True))
+    np.testing.assert_array_equal(np.unique(quantize(np.array([-1.0, 0.0, 1.0], np.float32), t)), [-1, 0, 1])
+
+
+def test_course_symmetric_scale_is_narrow_range():
+    """The "Quantization in Depth" course's symmetric scale r_max / q_max = max|x| / 127
+    (computed in float64 there) is narrow_range=True, as the docstrings say; the default is
+    PyTorch's max|x| / 127.5."""
+    import doctest
+
+    import npquant.qparams as qparams_mod
+
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        x = (rng.normal(size=(4, 4)) * rng.uniform(0.01, 100)).astype(np.float32)
+        r_max = float(np.abs(x).max())  # a Python float, as the course's .item()
+        narrow = fit_qparams(x, QuantSpec(symmetric=True, narrow_range=True))
+        assert narrow.scale == np.float32(r_max / 127)
+        wide = fit_qparams(x, QuantSpec(symmetric=True))
+        assert wide.scale == np.float32(r_max / 127.5)
+        # with the course's scale, the course's quantizer (float32 r / S, round, clamp to int8) gives npquant's codes
+        course = np.clip(np.rint(x / narrow.scale), -128, 127)
+        np.testing.assert_array_equal(quantize(x, narrow), course)
+    for name in ("QuantSpec", "compute_qparams", "fit_qparams"):
+        doc = getattr(qparams_mod, name).__doc__
+        assert "narrow_range=True" in doc and "127" in doc, name
+    results = doctest.testmod(qparams_mod)
+    assert results.attempted >= 3 and results.failed == 0
 
 
 def test_spec_replace_validates():
@@ -129,8 +190,8 @@ def test_zero_point_rounded_half_even_and_clamped():
     narrow=st.booleans(),
 )
 def test_matches_scalar_oracle(lo, hi, bits, signed, symmetric, narrow):
-    if bits == 1 and narrow:
-        return
+    if bits == 1 and (narrow or symmetric):
+        return  # refused by QuantSpec (test_spec_rejects_bad_arguments)
     spec = QuantSpec(bits=bits, signed=signed, symmetric=symmetric, narrow_range=narrow)
     qp = compute_qparams(lo, hi, spec)
     s, z = qparams_scalar(lo, hi, spec.qmin, spec.qmax, symmetric, signed)
