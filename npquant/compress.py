@@ -71,9 +71,11 @@ then x in ``bit_length(x)`` bits::
                    reaching hi); lengths are 1..32 and form a complete prefix code
 
 A k-means tensor is ``centroids[symbols]``: the stored centroids, after an implicit +0.0 at
-index 0 when the zero is reserved. Only the centroids some weight uses are stored
-(symbols renumbered in order). **Dense** layout: one value symbol per element, C order.
-**Sparse** layout (needs the reserved zero): the tensor is viewed as the matrix
+index 0 when the zero is reserved. Only the centroids some weight uses are stored, in
+ascending order of value (symbols renumbered so; a codebook fine-tuned by k-means QAT is
+no longer sorted, and sorting lets the sorted-keys coding apply). A tensor without a
+reserved zero (not pruned) is stored in the dense layout. **Dense** layout: one value
+symbol per element, C order. **Sparse** layout (needs the reserved zero): the tensor is viewed as the matrix
 ``(shape[0], size / shape[0])``; skipped rows and columns are all zero and left out; the
 rest is scanned in C order, or with the transposed flag column by column, and its
 non-zero elements are coded: before each, a gap symbol r < M says that r zeros precede
@@ -142,6 +144,7 @@ import math
 import os
 import struct
 import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -226,8 +229,9 @@ class LayerReport:
 @dataclass
 class TensorReport:
     """A tensor that is not a weight matrix or conv kernel (a bias): how the version-3
-    file stores it (``"float32"``, ``"float split"`` (exact), or ``"k-means b bits"``
-    (lossy, with ``bias_bits``)) and in how many body bytes."""
+    file stores it (``"float32"``, ``"float split"`` (exact), ``"k-means b bits"``
+    (lossy, with ``bias_bits``) or ``"shared b bits"`` (the codebook and indices given by
+    ``shared``, rebuilt exactly)) and in how many body bytes."""
 
     name: str
     shape: tuple
@@ -303,16 +307,33 @@ class Compressed:
 
 
 def compress(state: dict, configs: dict | None = None, *, sparsity=None, quality=None, seed: int = 0,
-             kmeans_init: str = "linear", bias_bits: int | None = None) -> Compressed:
+             kmeans_init: str = "linear", bias_bits: int | None = None, shared: dict | None = None) -> Compressed:
     """Compress a state dict (name -> float array).
 
     Tensors of 2 or 4 dimensions are pruned, k-means quantized and Huffman coded with
     ``configs[name]`` (a :class:`LayerConfig`) or :func:`default_config` with the given
-    ``sparsity``/``quality``. Other tensors (biases) are stored exactly as float32
-    (``bias_bits=None``, the default), or, with ``bias_bits`` = 1..8, replaced by their own
-    k-means codebook of ``2^bias_bits`` centroids (lossy; index 0 reserved for exact
-    zeros when the tensor has one) and Huffman coded. The result's ``rebuilt`` dict holds
-    exactly the float32 tensors that :func:`read_compressed` returns, bit for bit.
+    ``sparsity``/``quality``. The k-means reserves code 0 for the exact zero only when the
+    pruned tensor has an exact zero (``keep_zeros="auto"`` of
+    :func:`~npquant.kmeans.kmeans_quantize`): a tensor that is not pruned keeps all
+    ``2^bits`` codes for its values (stored in the dense layout). Other tensors (biases)
+    are stored exactly as float32 (``bias_bits=None``, the default), or, with ``bias_bits``
+    = 1..8, replaced by their own k-means codebook of ``2^bias_bits`` centroids (lossy;
+    index 0 reserved for exact zeros when the tensor has one) and Huffman coded. The
+    result's ``rebuilt`` dict holds exactly the float32 tensors that
+    :func:`read_compressed` returns, bit for bit.
+
+    ``shared`` gives the codebooks and indices of tensors already weight-shared, e.g. by
+    k-means quantization-aware training (:func:`npquant.training.kmeans_qat`, whose
+    fine-tuned codebooks a new k-means would not give back): ``{name: (codebook, indices,
+    reserved_zero)}``, or ``{name: obj}`` with those attributes (a
+    :class:`~npquant.kmeans.KMeansResult`). ``codebook`` is float32 ``(2^b,)`` with ``b``
+    in 1..8, ``indices`` an integer array of ``state[name]``'s shape with values below
+    ``2^b``, ``reserved_zero`` a bool (True: code 0 is the exact zero of pruned weights,
+    ``codebook[0]`` is ``+0.0``), and ``state[name]`` must equal ``codebook[indices]``.
+    These tensors are neither pruned nor clustered again: the file stores the codebook
+    and the indices and rebuilds ``codebook[indices]`` bit for bit. ``configs[name]``, if
+    given, sets the ``index_bits`` of such a tensor; its ``bits`` must be ``b`` and it
+    must not prune (the ``sparsity`` and ``quality`` arguments do not apply to them).
     """
     if not isinstance(state, dict) or not state:
         raise ValueError("state must be a non-empty dict of name -> array")
@@ -322,6 +343,7 @@ def compress(state: dict, configs: dict | None = None, *, sparsity=None, quality
         raise ValueError(f"configs name tensors that are not in state: {sorted(unknown)}")
     if bias_bits is not None:
         bias_bits = check_int(bias_bits, "bias_bits", lo=1, hi=8)
+    shared = _check_shared(shared, state)
     tensors, reports, rebuilt = [], [], {}
     for name, value in state.items():
         if not isinstance(name, str) or not name:
@@ -332,7 +354,11 @@ def compress(state: dict, configs: dict | None = None, *, sparsity=None, quality
         if not np.all(np.isfinite(w)):
             raise ValueError(f"state[{name!r}] contains NaN or infinity")
         w = w.astype(np.float32)
-        if w.ndim in (2, 4) and w.size > 0:
+        if name in shared:
+            entry, rep = _shared_weight(name, w, shared[name], configs.get(name))
+            if rep is not None:
+                reports.append(rep)
+        elif w.ndim in (2, 4) and w.size > 0:
             cfg = configs.get(name) or default_config(w, sparsity=sparsity, quality=quality)
             entry, rep = _quantize_weight(name, w, cfg, seed, kmeans_init)
             reports.append(rep)
@@ -347,7 +373,8 @@ def compress(state: dict, configs: dict | None = None, *, sparsity=None, quality
     v3 = _encode_v3(tensors, rebuilt)
     weights = {r.name for r in reports}
     others = [TensorReport(e.name, e.shape, int(math.prod(e.shape)),
-                           f"k-means {e.bits} bits" if e.indices is not None else v3.choices[e.name]["stored_as"],
+                           v3.choices[e.name]["stored_as"] if e.indices is None else
+                           f"{'shared' if e.name in shared else 'k-means'} {e.bits} bits",
                            sum(v3.sections[e.name]), e.bits)
               for e in tensors if e.name not in weights]
     for r in reports:
@@ -368,17 +395,99 @@ def _quantize_weight(name, w, cfg: LayerConfig, seed, init):
     else:
         mask = magnitude_mask(w, sparsity=cfg.sparsity, quality=cfg.quality)
     w_p = prune(w, mask)
-    nnz = int(np.count_nonzero(w_p))
-    res = kmeans_quantize(w_p, cfg.bits, init=init, seed=seed, keep_zeros=True)
-    indices = np.asarray(res.indices)
-    rs = encode_relative(indices, cfg.index_bits, filler=0)
-    gaps, _ = _cover_tail(np.asarray(rs.gaps), np.asarray(rs.values), w.size, cfg.index_bits)
-    entry = _Entry(name, tuple(w.shape), indices=indices, codebook=np.asarray(res.codebook), bits=cfg.bits,
-                   index_bits=cfg.index_bits, reserved_zero=True)
-    rep = LayerReport(name=name, shape=tuple(w.shape), params=int(w.size), nnz=nnz, entries=int(gaps.size),
-                      bits=cfg.bits, index_bits=cfg.index_bits, codebook_bytes=0, values_bytes=0, gaps_bytes=0,
+    res = kmeans_quantize(w_p, cfg.bits, init=init, seed=seed, keep_zeros="auto")
+    return _weight_entry(name, np.asarray(res.indices), np.asarray(res.codebook), cfg.bits, cfg.index_bits,
+                         bool(res.reserved_zero), int(np.count_nonzero(w_p)))
+
+
+def _weight_entry(name, indices, codebook, bits, index_bits, reserved_zero, nnz):
+    """The entry and report of a k-means weight tensor. ``entries``: with a reserved zero,
+    the paper's relative-index entries (non-zero codes and fillers); without one, every
+    weight (nothing is pruned, no relative index is needed)."""
+    if reserved_zero:
+        rs = encode_relative(indices, index_bits, filler=0)
+        gaps, _ = _cover_tail(np.asarray(rs.gaps), np.asarray(rs.values), indices.size, index_bits)
+        entries = int(gaps.size)
+    else:
+        entries = int(indices.size)
+    entry = _Entry(name, tuple(indices.shape), indices=indices, codebook=codebook, bits=bits,
+                   index_bits=index_bits, reserved_zero=reserved_zero)
+    rep = LayerReport(name=name, shape=tuple(indices.shape), params=int(indices.size), nnz=nnz, entries=entries,
+                      bits=bits, index_bits=index_bits, codebook_bytes=0, values_bytes=0, gaps_bytes=0,
                       huffman_bits_per_weight=0.0)
     return entry, rep
+
+
+def _check_shared(shared, state: dict) -> dict:
+    """``shared`` as ``{name: (codebook float32, indices uint8, reserved_zero bool)}``,
+    every item checked against ``state``."""
+    if shared is None:
+        return {}
+    if not isinstance(shared, Mapping):
+        raise TypeError(f"shared must be a dict of name -> (codebook, indices, reserved_zero), "
+                        f"got {type(shared).__name__}")
+    out = {}
+    for name, item in shared.items():
+        if name not in state:
+            raise ValueError(f"shared names {name!r}, which is not in state")
+        what = f"shared[{name!r}]"
+        if isinstance(item, (tuple, list)):
+            if len(item) != 3:
+                raise ValueError(f"{what} must be (codebook, indices, reserved_zero), got {len(item)} items")
+            cb, idx, res = item
+        elif all(hasattr(item, a) for a in ("codebook", "indices", "reserved_zero")):
+            cb, idx, res = item.codebook, item.indices, item.reserved_zero
+        else:
+            raise TypeError(f"{what} must be (codebook, indices, reserved_zero) or have those attributes, "
+                            f"got {type(item).__name__}")
+        cb = np.asarray(cb)
+        if cb.dtype != np.float32 or cb.ndim != 1:
+            raise TypeError(f"{what}: the codebook must be a 1-D float32 array (the file stores float32), got "
+                            f"dtype {cb.dtype} shape {cb.shape}")
+        bits = int(cb.size).bit_length() - 1
+        if cb.size != 1 << bits or not 1 <= bits <= 8:
+            raise ValueError(f"{what}: the codebook must hold 2^b centroids, b in 1..8, got {cb.size}")
+        if not np.all(np.isfinite(cb)):
+            raise ValueError(f"{what}: the codebook contains NaN or infinity")
+        idx = np.asarray(idx)
+        if idx.dtype.kind not in "iu":
+            raise TypeError(f"{what}: the indices must be an integer array, got dtype {idx.dtype}")
+        w = np.asarray(state[name])
+        if idx.shape != w.shape or idx.size == 0:
+            raise ValueError(f"{what}: the indices have shape {idx.shape}, state[{name!r}] has {w.shape} "
+                             "(non-empty, the same shape)")
+        if int(idx.min()) < 0 or int(idx.max()) >= cb.size:
+            raise ValueError(f"{what}: the indices must lie in [0, {cb.size - 1}], got values in "
+                             f"[{int(idx.min())}, {int(idx.max())}]")
+        if not isinstance(res, (bool, np.bool_)):
+            raise TypeError(f"{what}: reserved_zero must be a bool, got {type(res).__name__}")
+        if res and int(cb[:1].view(np.uint32)[0]) != 0:
+            raise ValueError(f"{what}: with reserved_zero, codebook[0] must be +0.0, got {cb[0]!r}")
+        idx = idx.astype(np.uint8)
+        if w.dtype.kind == "f" and not np.array_equal(w, cb[idx]):
+            raise ValueError(f"state[{name!r}] is not codebook[indices] of {what}: pass the weights the "
+                             "codebook and indices make (e.g. the model's state_dict() after kmeans_qat)")
+        out[name] = (cb, idx, bool(res))
+    return out
+
+
+def _shared_weight(name, w, item, cfg):
+    """The entry (and for a 2-D or 4-D tensor the report) of a tensor given by ``shared``."""
+    cb, idx, res = item
+    bits = int(cb.size).bit_length() - 1
+    if w.ndim not in (2, 4):
+        entry = _Entry(name, tuple(w.shape), indices=idx, codebook=cb, bits=bits, index_bits=8, reserved_zero=res)
+        return entry, None
+    index_bits = default_config(w).index_bits
+    if cfg is not None:
+        if cfg.sparsity is not None or cfg.quality is not None:
+            raise ValueError(f"configs[{name!r}] prunes, but shared[{name!r}] gives its codebook and indices: "
+                             "prune before the weight sharing")
+        if cfg.bits != bits:
+            raise ValueError(f"configs[{name!r}].bits is {cfg.bits}, shared[{name!r}] has a {bits}-bit codebook "
+                             f"({cb.size} centroids)")
+        index_bits = check_int(cfg.index_bits, f"index_bits of {name}", lo=1, hi=8)
+    return _weight_entry(name, idx, cb, bits, index_bits, res, int(np.count_nonzero(cb[idx])))
 
 
 def _last_position(gaps: np.ndarray) -> int:
@@ -412,7 +521,8 @@ class StageSizes:
 
     - ``original``: float32, 4 bytes a parameter.
     - ``pruned``: each stored entry (non-zeros plus the paper's fillers at
-      ``index_bits``) as a float32 value and an ``index_bits`` relative index.
+      ``index_bits``) as a float32 value and an ``index_bits`` relative index; a tensor
+      without a reserved zero (not pruned) stores every weight, without relative index.
     - ``quantized``: each entry as a ``bits`` k-means index and its relative index, plus
       the float32 codebook (``2^bits`` centroids).
     - ``huffman``: the real version-3 file; a layer's share is its body sections.
@@ -459,8 +569,8 @@ def stage_sizes(compressed: Compressed) -> StageSizes:
         body = sum(v3.sections[e.name])
         if e.name in reports:
             r = reports[e.name]
-            row = (4 * size, -(-r.entries * (32 + r.index_bits) // 8),
-                   -(-r.entries * (r.bits + r.index_bits) // 8) + (4 << r.bits))
+            ib = r.index_bits if e.reserved_zero else 0  # not pruned: no relative index
+            row = (4 * size, -(-r.entries * (32 + ib) // 8), -(-r.entries * (r.bits + ib) // 8) + (4 << r.bits))
             layers.append((e.name, *row, body))
             weights = [a + b for a, b in zip(weights, row)]
         elif e.indices is not None:
@@ -722,9 +832,14 @@ def _decode_stream(buf: bytes, start: int, code, count: int, where, what: str) -
 # --------------------------------------------------------------------------- version 3: codebooks, floats
 
 
-def _keys(cb: np.ndarray) -> list:
+def _key_array(cb: np.ndarray) -> np.ndarray:
+    """int64 sort keys of float32 values (ascending with the value; -0.0 before +0.0)."""
     u = cb.astype("<f4").view("<u4").astype(np.int64)
-    return np.where(u >= 1 << 31, 0xFFFFFFFF - u, u | (1 << 31)).tolist()
+    return np.where(u >= 1 << 31, 0xFFFFFFFF - u, u | (1 << 31))
+
+
+def _keys(cb: np.ndarray) -> list:
+    return _key_array(cb).tolist()
 
 
 def _codebook_section(cb: np.ndarray, codings=(CODEBOOK_FLOAT32, CODEBOOK_FLOAT16, CODEBOOK_KEYS)):
@@ -872,7 +987,8 @@ def _skip_bits(w: _Bits, skipped: np.ndarray):
 
 #: What the version-3 writer tries (private: the measurements of each choice turn them off).
 _WRITER = {"gap_limits": _GAP_LIMITS, "refine": True, "scans": (False, True), "skips": True,
-           "codebooks": (0, 1, 2), "dense": True, "split": True, "used_only": True}
+           "codebooks": (0, 1, 2), "dense": True, "split": True, "used_only": True,
+           "sort": True}
 
 
 def _best_gap_limit(r: np.ndarray, tail: int, limits, refine: bool, head_bits: int) -> tuple[int, int]:
@@ -905,6 +1021,8 @@ def _encode_kmeans(e: _Entry, opts: dict):
     reserved = e.reserved_zero and int(e.codebook[:1].astype("<f4").view("<u4")[0]) == 0
     if reserved:
         used = used[used > 0]
+    if opts["sort"]:  # ascending values: a fine-tuned codebook is not sorted any more
+        used = used[np.argsort(_key_array(e.codebook[used]), kind="stable")]
     lut = np.zeros(1 << e.bits, np.int64)
     lut[used] = np.arange(used.size) + int(reserved)
     alphabet = used.size + int(reserved)
@@ -1375,8 +1493,10 @@ def format_report(compressed: Compressed, file_size: int) -> str:
     lossy = [o.name for o in compressed.others if o.stored_as.startswith("k-means")]
     w_line = (f"\nweight tensors alone: {w_orig} float32 bytes -> {w_comp} bytes of codebooks, Huffman tables "
               f"and streams, {w_orig / w_comp:.1f}x" if w_comp else "")
-    bias = (f"; {', '.join(lossy)} replaced by k-means codebooks (lossy)" if lossy else
-            "; other tensors exact")
+    given = [o.name for o in compressed.others if o.stored_as.startswith("shared")]
+    bias = (f"; {', '.join(lossy)} replaced by k-means codebooks (lossy)" if lossy else "")
+    bias += (f"; {', '.join(given)} stored as the codebooks and indices given" if given else "")
+    bias = bias or "; other tensors exact"
     return ("\n\n".join(parts) + f"\n\nfloat32 size of all tensors: {original} bytes; compressed file: {file_size} "
             f"bytes (header and biases included{bias}); ratio {original / file_size:.1f}x{w_line}")
 

@@ -294,6 +294,124 @@ def test_compress_any_state_dict(capsys, tmp_path):
     assert "needs 1 or 2 values" in capsys.readouterr().err
 
 
+def test_compress_bundled_cnn_without_retraining(capsys, tmp_path):
+    from npquant.cli import COMPRESS_MODELS
+    from npquant.demo import MODELS, default_models_dir
+
+    assert COMPRESS_MODELS == MODELS
+    # the batch norms' int64 num_batches_tracked is left out (a float file)
+    assert main(["compress", "--model", "cnn", "-o", str(tmp_path / "c.npqz")]) == 0
+    text = capsys.readouterr().out
+    assert "identical to the pruned, quantized ones: yes" in text and "bn1.running_var" in text
+    assert main(["compress", "--input", str(default_models_dir() / "cnn.npz"), "-o", str(tmp_path / "d.npqz")]) == 0
+    assert "conv2.weight" in capsys.readouterr().out
+
+
+@pytest.fixture
+def retrain_files(tmp_path):
+    """A reference-format model file (the bundled MLP) and --data files, good and bad."""
+    import shutil
+
+    from npquant.demo import default_models_dir
+    from npquant.io import load_reference
+    from npquant.training.trainer import digits_data
+
+    shutil.copy(default_models_dir() / "mlp.npz", tmp_path / "ref.npz")
+    d = digits_data(load_reference(tmp_path / "ref.npz").arch)
+    good = {"x_train": d["x_train"][:256], "y_train": d["y_train"][:256], "x_test": d["x_test"],
+            "y_test": d["y_test"]}
+    np.savez(tmp_path / "data.npz", **good)
+    np.savez(tmp_path / "nokey.npz", **{k: v for k, v in good.items() if k != "y_test"})
+    np.savez(tmp_path / "shape.npz", **{**good, "x_train": good["x_train"][:, :10]})
+    np.savez(tmp_path / "labels.npz", **{**good, "y_train": good["y_train"].astype(np.float32)})
+    np.savez(tmp_path / "classes.npz", **{**good, "y_test": good["y_test"] + 5})
+    np.savez(tmp_path / "sd.npz", w=np.ones((4, 4), np.float32))
+    return tmp_path
+
+
+@pytest.mark.parametrize("args, message", [
+    ("--input {d}/sd.npz --data {d}/data.npz", "--retrain needs an architecture and training data: "),
+    ("--input {d}/ref.npz --sparsity 0.5", "needs --data FILE.npz"),
+    ("--input {d}/ref.npz --data {d}/data.npz", "needs --sparsity"),
+    ("--input {d}/ref.npz --data {d}/nokey.npz --sparsity 0.5", "missing y_test"),
+    ("--input {d}/ref.npz --data {d}/shape.npz --sparsity 0.5", "x_train must be float (N, 64)"),
+    ("--input {d}/ref.npz --data {d}/labels.npz --sparsity 0.5", "y_train must be integer labels"),
+    ("--input {d}/ref.npz --data {d}/classes.npz --sparsity 0.5", "y_test must lie in [0, 9]"),
+    ("--input {d}/ref.npz --data {d}/sd.safetensors --sparsity 0.5", "no such file"),
+    ("--input {d}/ref.npz --data {d}/data.npz --sparsity 0.5,0.5", "needs 1 or 3 values"),
+    ("--model mlp --data {d}/data.npz", "--data goes with --retrain --input"),
+    ("--quality 0.5", "--quality does not go with --retrain"),
+    ("--study", "--study does not go with --retrain"),
+])
+def test_compress_retrain_errors(retrain_files, capsys, args, message):
+    argv = ["compress", "--retrain", *args.format(d=retrain_files).split()]
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("npquant compress: error: ") and message in err, err
+
+
+def test_compress_retrain_a_reference_file_with_data(retrain_files, capsys):
+    """--retrain on any reference-format file with --data: the whole pipeline, one epoch a stage."""
+    from npquant import read_compressed
+
+    out = retrain_files / "m.npqz"
+    argv = ["compress", "--retrain", "--input", str(retrain_files / "ref.npz"), "--data",
+            str(retrain_files / "data.npz"), "--sparsity", "0.9,0.8,0.5", "--prune-steps", "1", "--prune-epochs",
+            "1", "--finetune-epochs", "1", "--fc-bits", "4", "-o", str(out)]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    text = captured.out
+    size = out.stat().st_size
+    assert f"wrote {out} ({size} bytes)" in text and "identical to the model in memory: yes" in text
+    last = re.search(r"^Huffman coded \(the file\)\s+(\d+)\s+([\d.]+)x\s+\d+\s+[\d.]+x\s+([\d.]+) %$", text, re.M)
+    assert last and int(last.group(1)) == size, text
+    assert f"the model rebuilt from the file {last.group(3)} %" in text
+    assert "pruning to 90/80/50 %" in captured.err  # progress on stderr
+    back = read_compressed(out)
+    assert abs(np.mean(back["fc1.weight"] == 0) - 0.9) < 1e-3 and len(np.unique(back["fc2.weight"])) <= 16
+
+
+def test_compress_retrain_bundled_cnn_without_epochs(capsys, tmp_path):
+    """The CNN through the pipeline with no retraining epochs: pruning, k-means, the file."""
+    out = tmp_path / "cnn.npqz"
+    argv = ["compress", "--retrain", "--model", "cnn", "--prune-epochs", "0", "--finetune-epochs", "0", "-o", str(out)]
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert "Deep Compression of cnn" in text and "conv2.weight" in text and "bn2.running_mean" in text
+    assert re.search(r"conv1.weight\s+8x1x3x3\s+72\s+50 \(69.4%\)\s+5\s+8", text), text  # 30 % pruned, 5 bits
+
+
+@pytest.mark.slow  # the whole pipeline with the default epochs (the targets of issue 14)
+def test_compress_retrain_lenet_targets(capsys, tmp_path):
+    out = tmp_path / "lenet.npqz"
+    assert main(["compress", "--retrain", "-o", str(out)]) == 0
+    text = capsys.readouterr().out
+    m = re.search(r"test accuracy: float ([\d.]+) %; the model rebuilt from the file ([\d.]+) %", text)
+    assert m and float(m.group(1)) == 97.78 and float(m.group(2)) >= 97.78 - 0.5, text
+    size = out.stat().st_size
+    ratio = re.search(r"compressed file: (\d+) bytes .* ratio ([\d.]+)x", text)
+    assert int(ratio.group(1)) == size and float(ratio.group(2)) >= 30 and 202440 / size >= 30, text
+
+
+@pytest.mark.slow  # every table, computed on the spot (about a minute on 2 cores)
+def test_compress_tables(capsys, tmp_path):
+    assert main(["compress", "--tables", "--plots", str(tmp_path / "figs")]) == 0
+    text = capsys.readouterr().out
+    for head in ("1. k-means weight sharing and k-means QAT", "2. Deep Compression per stage, lenet_300_100",
+                 "2. Deep Compression per stage, cnn", "3. LeNet-300-100: sparsity"):
+        assert head in text
+    assert len(re.findall(r"^(mlp|lenet_300_100|cnn)\s+(float32|8|4|2)\s", text, re.M)) == 12
+    assert len(re.findall(r"^Huffman coded \(the file\)", text, re.M)) == 2
+    assert len(re.findall(r"^\d+/\d+/\d+\s+[345]\s+\d+", text, re.M)) == 9
+    assert "best point within 0.5 points of float" in text and "(Deep Compression: 40x" in text
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        assert "no plot: " in text
+    else:
+        assert (tmp_path / "figs" / "deep_compression_tradeoff.png").stat().st_size > 1000
+
+
 @pytest.mark.slow  # whole models through the kernels: the JIT pass runs it
 def test_demo_model_table(capsys):
     assert main(["demo", "--quick"]) == 0  # --quick: the mlp only
@@ -342,6 +460,11 @@ CLI_USER_ERRORS = [
     ("compress --input {d}/sd.npz -o {d}/regular/x.npqz", "not a folder"),
     ("compress --input {d}/sd.npz -o {d}/dir", "is a directory"),
     ("compress --models {d}/nowhere", "does not exist"),
+    ("compress --input {d}/sd.npz --model mlp", "give --input or --model, not both"),
+    ("compress --tables -o {d}/x.npqz", "--tables takes only --seed, --models and --plots, not --output"),
+    ("compress --plots {d}/figs", "--plots goes with --tables"),
+    ("compress --prune-epochs 2 --lr 0.1", "--prune-epochs, --lr: only with --retrain"),
+    ("compress --retrain --models {d}/nowhere", "does not exist"),
     ("quantize {d}/sd.npz -o {d}/dir", "is a directory"),
     ("quantize {d}/sd.npz -o {d}/nofolder/q.npz", "does not exist"),
     ("quantize {d}/sd.npz -o {d}/regular/q.npz", "not a folder"),

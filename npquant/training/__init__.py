@@ -22,10 +22,12 @@ can print):
 
 Deep Compression's retraining: :mod:`npquant.training.pruning` (magnitude pruning, then
 retraining with the pruned weights held at 0) and :mod:`npquant.training.kmeans_qat`
-(k-means weight sharing, then fine-tuning the shared centroids).
+(k-means weight sharing, then fine-tuning the shared centroids); the whole pipeline to one
+file, and the tables of the source material: :mod:`npquant.training.deep_compression`.
 """
 
 from .convert_qat import convert_qat, freeze_bn, freeze_observers, prepare_qat
+from .deep_compression import DeepCompressionResult, deep_compression
 from .fake_quant import (FakeQuantize, LSQFakeQuantize, PACTFakeQuantize, activation_fake_quant,
                          fake_quantize_with_mask, weight_fake_quant)
 from .kmeans_qat import KMeansQATResult, SharedWeights, kmeans_qat
@@ -36,8 +38,8 @@ from .qat import QATConv2d, QATConvBn2d, QATLinear
 from .trainer import EarlyStopping, History, Hook, evaluate, fit, train_reference
 
 __all__ = [
-    "SGD", "Adam", "AdamW", "CosineAnnealingLR", "EarlyStopping", "FakeQuantize", "History", "Hook",
+    "SGD", "Adam", "AdamW", "CosineAnnealingLR", "DeepCompressionResult", "EarlyStopping", "FakeQuantize", "History", "Hook",
     "KMeansQATResult", "LSQFakeQuantize", "LinearWarmup", "PACTFakeQuantize", "PruneRetrainResult", "QATConv2d", "QATConvBn2d", "QATLinear", "SharedWeights", "StepLR",
-    "accuracy", "activation_fake_quant", "convert_qat", "evaluate", "freeze_bn", "freeze_observers", "prepare_qat", "fake_quantize_with_mask", "fit", "kmeans_qat", "log_softmax", "prune_and_retrain", "prune_model", "softmax",
+    "accuracy", "activation_fake_quant", "convert_qat", "deep_compression", "evaluate", "freeze_bn", "freeze_observers", "prepare_qat", "fake_quantize_with_mask", "fit", "kmeans_qat", "log_softmax", "prune_and_retrain", "prune_model", "softmax",
     "softmax_cross_entropy", "train_reference", "weight_fake_quant", "weight_names",
 ]
