@@ -381,16 +381,16 @@ def test_compress_retrain_bundled_cnn_without_epochs(capsys, tmp_path):
     assert re.search(r"conv1.weight\s+8x1x3x3\s+72\s+50 \(69.4%\)\s+5\s+8", text), text  # 30 % pruned, 5 bits
 
 
-@pytest.mark.slow  # the whole pipeline with the default epochs (the targets of issue 14)
-def test_compress_retrain_lenet_targets(capsys, tmp_path):
-    out = tmp_path / "lenet.npqz"
-    assert main(["compress", "--retrain", "-o", str(out)]) == 0
+@pytest.mark.slow  # the whole pipeline with the default epochs (LeNet-300-100's targets: the tables test)
+def test_compress_retrain_mlp(capsys, tmp_path):
+    out = tmp_path / "mlp.npqz"
+    assert main(["compress", "--retrain", "--model", "mlp", "-o", str(out)]) == 0
     text = capsys.readouterr().out
     m = re.search(r"test accuracy: float ([\d.]+) %; the model rebuilt from the file ([\d.]+) %", text)
-    assert m and float(m.group(1)) == 97.78 and float(m.group(2)) >= 97.78 - 0.5, text
+    assert m and float(m.group(1)) == 97.11 and float(m.group(2)) >= 97.11 - 1.0, text
     size = out.stat().st_size
     ratio = re.search(r"compressed file: (\d+) bytes .* ratio ([\d.]+)x", text)
-    assert int(ratio.group(1)) == size and float(ratio.group(2)) >= 30 and 202440 / size >= 30, text
+    assert int(ratio.group(1)) == size and 68904 / size == pytest.approx(float(ratio.group(2)), abs=0.05), text
 
 
 @pytest.mark.slow  # every table, computed on the spot (about a minute on 2 cores)
@@ -402,6 +402,13 @@ def test_compress_tables(capsys, tmp_path):
         assert head in text
     assert len(re.findall(r"^(mlp|lenet_300_100|cnn)\s+(float32|8|4|2)\s", text, re.M)) == 12
     assert len(re.findall(r"^Huffman coded \(the file\)", text, re.M)) == 2
+    # issue 14's LeNet-300-100 targets (the same run as npquant compress --retrain): the whole
+    # file >= 30x smaller than float32, the model rebuilt from it within 0.5 points of float
+    lenet = text[text.index("2. Deep Compression per stage, lenet_300_100"):]
+    flt = re.search(r"^float32\s+202440\s+1.0x\s+\d+\s+1.0x\s+([\d.]+) %", lenet, re.M)
+    last = re.search(r"^Huffman coded \(the file\)\s+(\d+)\s+([\d.]+)x\s+\d+\s+[\d.]+x\s+([\d.]+) %", lenet, re.M)
+    assert flt and last, lenet
+    assert 202440 / int(last.group(1)) >= 30 and float(last.group(3)) >= float(flt.group(1)) - 0.5, lenet
     assert len(re.findall(r"^\d+/\d+/\d+\s+[345]\s+\d+", text, re.M)) == 9
     assert "best point within 0.5 points of float" in text and "(Deep Compression: 40x" in text
     try:

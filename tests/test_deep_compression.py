@@ -15,7 +15,7 @@ from npquant.nn import build_model
 from npquant.training import evaluate
 from npquant.training.deep_compression import (DEFAULTS, PAPER_LENET_RATIO, SWEEP_BITS, SWEEP_SPARSITIES, best_point,
                                                bundled, deep_compression, default_bits, format_kmeans_table,
-                                               format_sweep, kmeans_table)
+                                               format_sweep)
 
 
 def _bits(a):
@@ -137,15 +137,6 @@ def test_formatting_and_the_best_point():
     assert re.search(r"m\s+2\s+40\s+10.0x\s+38\s+10.5x\s+50.00 %\s+88.00 %", text)
 
 
-# --------------------------------------------------------------------------- targets (slow)
-# LeNet-300-100's (>= 30x, within 0.5 points) and the tables: tests/test_cli.py, through the command.
-
-@pytest.mark.slow
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_kmeans_qat_at_2_bits_is_near_float(seed):
-    rows = kmeans_table(bits=(2,), seed=seed)
-    tol = {"mlp": 0.01, "lenet_300_100": 0.01, "cnn": 0.03}
-    for flt, q in zip(rows[::2], rows[1::2]):
-        assert flt["bits"] is None and q["bits"] == 2 and q["model"] == flt["model"]
-        assert q["accuracy"] >= flt["accuracy"] - tol[q["model"]], format_kmeans_table(rows)
-        assert q["ratio"] > 8 and q["accuracy"] >= q["accuracy_kmeans"]
+# The accuracy and size targets of issue 14 are slow tests elsewhere: LeNet-300-100's (>= 30x,
+# within 0.5 points) and the tables in tests/test_cli.py, through the command; 2-bit k-means
+# QAT over seeds 0-2 in tests/test_kmeans_qat.py.

@@ -2,8 +2,9 @@
 
 The tests that are not slow use small slices of the digits or few epochs, and the NumPy
 twins of the k-means kernels when the JIT is off; the slow tests check the accuracy
-targets (2-bit QAT within 1 point of float on the MLPs and 3 on the CNN, 3 seeds) and the
-whole prune -> retrain -> k-means -> fine-tune pipeline on LeNet-300-100.
+targets (2-bit QAT within 1 point of float on the MLPs and 3 on the CNN, 3 seeds). The whole
+prune -> retrain -> k-means -> fine-tune pipeline on LeNet-300-100 and its targets are tested
+through ``npquant compress --retrain`` and ``--tables`` (tests/test_cli.py).
 """
 
 import numpy as np
@@ -11,9 +12,9 @@ import pytest
 
 from npquant.kmeans import kmeans_quantize
 from npquant.nn import Linear, Sequential
-from npquant.training import SGD, Adam, CosineAnnealingLR, evaluate, fit, softmax_cross_entropy
+from npquant.training import SGD, Adam, evaluate, fit, softmax_cross_entropy
 from npquant.training.kmeans_qat import SharedWeights, kmeans_qat
-from npquant.training.pruning import prune_and_retrain, prune_model
+from npquant.training.pruning import prune_model
 from test_prune_retrain import FAST, fresh, refs  # noqa: F401  (refs: the module-scoped fixture of the models)
 
 F32 = np.float32
@@ -305,34 +306,11 @@ def test_sgd_summed_gradients_collapse_the_cnn(refs):
 @pytest.mark.parametrize("variant", ["centroid", "reaverage"])
 def test_2bit_kmeans_qat_targets_three_seeds(refs, name, points, variant):
     """2-bit k-means QAT, 10 epochs of Adam at lr 1e-3 (the rate that trained the MLPs),
-    reduction "mean": within 1 point of float (MLP, LeNet-300-100) or 3 (CNN), seeds 0-2."""
-    for seed in (0, 1, 2):
+    reduction "mean": within 1 point of float (MLP, LeNet-300-100) or 3 (CNN), seeds 0-2 for
+    the default variant (eq. 3's centroid update), seed 0 for the re-average variant."""
+    for seed in (0, 1, 2) if variant == "centroid" else (0,):
         res = _qat(refs, name, epochs=10, lr=1e-3, seed=seed, variant=variant)
         assert res.accuracy >= res.accuracy_float - points / 100, (seed, res.accuracy, res.accuracy_float)
         assert res.accuracy > res.accuracy_kmeans
         assert min(res.history["val_accuracy"]) > res.accuracy_kmeans - 0.02  # no collapse on the way
         _assert_shared(res)
-
-
-@pytest.mark.slow
-def test_lenet_prune_retrain_kmeans_finetune_pipeline(refs):
-    """Deep Compression on LeNet-300-100: prune to 92/91/74 % in 3 steps x 20 epochs (Adam,
-    lr 1e-3, cosine within each step), 5-bit k-means with the pruned zeros reserved, 10
-    epochs of centroid fine-tuning (Adam, lr 1e-3, cosine): within 0.5 points of float;
-    the pruned weights exactly 0, every weight a centroid."""
-    model, data = fresh(refs, "lenet_300_100")
-    sparsity = {"fc1.weight": 0.92, "fc2.weight": 0.91, "fc3.weight": 0.74}
-    pr = prune_and_retrain(model, data["x_train"], data["y_train"], sparsity=sparsity, steps=3, epochs_per_step=20,
-                           lr=1e-3, lr_schedule=CosineAnnealingLR(20), x_val=data["x_test"], y_val=data["y_test"],
-                           progress=False)
-    q = kmeans_qat(model, data["x_train"], data["y_train"], bits=5, epochs=10, lr=1e-3,
-                   lr_schedule=CosineAnnealingLR(10), x_val=data["x_test"], y_val=data["y_test"], backend=FAST,
-                   progress=False)
-    float_acc = pr.history[0]["accuracy"]
-    assert q.accuracy >= float_acc - 0.005 and pr.history[-1]["accuracy"] >= float_acc - 0.005
-    assert all(q.reserved_zero.values())
-    _assert_shared(q)
-    params = model.named_parameters()
-    for n, s in sparsity.items():
-        np.testing.assert_array_equal(q.indices[n] == 0, ~pr.masks[n])
-        assert np.count_nonzero(params[n]) == pr.masks[n].sum() == params[n].size - round(s * params[n].size)
