@@ -18,7 +18,7 @@
 #   index per weight, on the paper's 4x4 example;
 # - why k-means fits a bell-shaped weight distribution better than an evenly spaced
 #   linear grid;
-# - the table of the MIT efficient-ML lab (course 6.5940, lab 1, k-means part): model
+# - the table of the MIT efficient-ML lab (course 6.5940, Fall 2023, lab 2, k-means part): model
 #   accuracy and size with 8-, 4- and 2-bit k-means, before and after k-means
 #   quantization-aware training (`npquant.training.kmeans_qat`), here on the bundled
 #   digits MLP.
