@@ -240,7 +240,7 @@ class Explanation:
             lines += [
                 f"   Jacob et al.: M = 2^-n M0 with M0 in [0.5, 1): n = {n}, M0 = M * 2^{n} = "
                 f"{float(Fraction(self.multiplier) * Fraction(2) ** n)!r}",
-                f"   npquant / TFLite: M0 held as the int32 m0 = round(M0 * 2^31), and shift = -n:",
+                "   npquant / TFLite: M0 held as the int32 m0 = round(M0 * 2^31), and shift = -n:",
                 f"   m0 = {m0} (0x{m0:08X}), shift = {shift}: M ~ m0 * 2^(shift - 31) = "
                 f"{float(big_m0 * Fraction(2) ** shift)!r}  (M0 ~ m0 / 2^31 = {float(big_m0)!r})",
             ]
@@ -579,13 +579,24 @@ def explain_linear(x_q, x_qp: QParams, w_q, w_qp: QParams, bias_q, y_qp: QParams
 
     Parameters
     ----------
-    x_q : integer codes (N, in) of the per-tensor ``x_qp``
-    w_q : integer codes (out, in) of ``w_qp`` (per-tensor, or per-channel along axis 0)
-    bias_q : int32 (out,) at scale ``S_x S_w``, or None
-    y_qp : per-tensor output qparams; ``qmin``/``qmax`` narrow its range (a fused activation)
-    row, col : the output element
-    mode : the requantization mode
-    accumulation : as in :func:`npquant.qnn.gemm.linear_accumulate`
+    x_q : integer array (N, in)
+        Codes of the per-tensor ``x_qp``.
+    x_qp : QParams
+        The input's qparams.
+    w_q : integer array (out, in)
+        Codes of ``w_qp`` (per-tensor, or per-channel along axis 0).
+    w_qp : QParams
+        The weights' qparams.
+    bias_q : int32 array (out,) or None
+        The bias at scale ``S_x S_w``.
+    y_qp : QParams
+        Per-tensor output qparams; ``qmin``/``qmax`` narrow its range (a fused activation).
+    row, col : int
+        The output element.
+    mode : str
+        The requantization mode.
+    accumulation : str
+        As in :func:`npquant.qnn.gemm.linear_accumulate`.
     x_float, w_float, b_float : float arrays of the shapes of ``x_q``, ``w_q``, ``bias_q``, optional
         The floats the codes were made from (they must quantize to them): adds step 0
         (how each value became its code) and the error against the float layer.

@@ -5,17 +5,17 @@ scale ``S_x * S_w``; its output code is ``clamp(round(acc * M) + Z_y, qmin, qmax
 the real multiplier ``M = S_x * S_w / S_y``. Stacks differ in how they compute
 ``round(acc * M)``, so that is a named ``mode``:
 
-===================  =======================================================  =======================
-mode                 ``round(acc * M)``                                       reproduces
-===================  =======================================================  =======================
-``tflite``           ``M = m0 * 2^(shift - 31)`` (:func:`quantize_multiplier`);  TFLite reference
-                     ``rdbpot(srdhm(acc << left, m0), right)``: two roundings  kernels, gemmlowp
-``tflite_single``    ``(acc * m0 + 2^(30 - shift)) >> (31 - shift)``: one        TFLite with
-                     rounding, ties toward +inf                                ``TFLITE_SINGLE_ROUNDING``
-``fp32``             ``rint(float32(acc) * float32(M))``, ties to even          PyTorch fbgemm
-``onnx``             ``rint(float64(acc) * float64(float32(M)) + Z_y)``         ONNX reference
-                                                                              QLinearMatMul/Conv
-===================  =======================================================  =======================
+=================  ==========================================================  ==========================
+mode               ``round(acc * M)``                                          reproduces
+=================  ==========================================================  ==========================
+``tflite``         ``M = m0 * 2^(shift - 31)`` (:func:`quantize_multiplier`);  TFLite reference
+                   ``rdbpot(srdhm(acc << left, m0), right)``: two roundings    kernels, gemmlowp
+``tflite_single``  ``(acc * m0 + 2^(30 - shift)) >> (31 - shift)``: one        TFLite with
+                   rounding, ties toward +inf                                  ``TFLITE_SINGLE_ROUNDING``
+``fp32``           ``rint(float32(acc) * float32(M))``, ties to even           PyTorch fbgemm
+``onnx``           ``rint(float64(acc) * float64(float32(M)) + Z_y)``          ONNX reference
+                                                                               QLinearMatMul/Conv
+=================  ==========================================================  ==========================
 
 ``srdhm`` is gemmlowp's SaturatingRoundingDoublingHighMul (ties toward +inf),
 ``rdbpot`` its RoundingDivideByPOT (ties away from zero). The two roundings of ``tflite``
@@ -230,22 +230,26 @@ def requantize(acc, multiplier, zero_point: int, qmin: int, qmax: int, *, mode: 
 
     Parameters
     ----------
-    acc : integer array with values in the int32 range
+    acc : integer array
+        Accumulators, with values in the int32 range.
     multiplier : float, or 1-D float array of per-channel multipliers along ``axis``
         The real ``M = S_x * S_w / S_y`` (float64; the fp32 and onnx modes round it to
         float32 first, as those stacks hold it).
     zero_point, qmin, qmax : int
         Output zero point and code range (e.g. ``0, -128, 127`` for int8;
         a fused ReLU is ``qmin = zero_point``).
-    mode : one of ``REQUANT_MODES`` (see the module docstring)
-    axis : the channel axis of ``acc`` for per-channel multipliers
+    mode : str
+        One of ``REQUANT_MODES`` (see the module docstring).
+    axis : int or None
+        The channel axis of ``acc`` for per-channel multipliers.
 
     Returns
     -------
-    Codes of the smallest integer dtype holding ``[qmin, qmax]``, ``acc``'s shape. The
-    addition of the zero point is exact; only the final clamp saturates. In ``tflite``
-    mode a multiplier >= 0.5 left-shifts ``acc`` in int32 first; an overflow there is a
-    ``ValueError`` (undefined behaviour in TFLite).
+    numpy.ndarray
+        Codes of the smallest integer dtype holding ``[qmin, qmax]``, ``acc``'s shape. The
+        addition of the zero point is exact; only the final clamp saturates. In ``tflite``
+        mode a multiplier >= 0.5 left-shifts ``acc`` in int32 first; an overflow there is a
+        ``ValueError`` (undefined behaviour in TFLite).
     """
     check_choice(mode, "mode", REQUANT_MODES)
     check_choice(backend, "backend", ("numba", "numpy"))

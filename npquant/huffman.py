@@ -150,8 +150,8 @@ class HuffmanCode:
         """Minimum-redundancy code for symbol ``counts`` (non-negative integers, one per
         symbol, ``1 <= len(counts) <= 65536``; zero-count symbols get no code).
 
-        ``max_length`` (1..32) limits code lengths; it needs ``2**max_length >= `` the
-        number of used symbols. Package-merge: optimal under the limit.
+        ``max_length`` (1..32) limits code lengths; it needs ``2**max_length`` to be at least
+        the number of used symbols. Package-merge: optimal under the limit.
         """
         counts = _int_array(counts, "counts")
         if counts.ndim != 1 or not 1 <= counts.shape[0] <= MAX_ALPHABET:

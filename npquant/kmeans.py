@@ -71,16 +71,28 @@ KMEANS_INITS = ("linear", "density", "kmeans++")
 class KMeansResult:
     """A fitted codebook and the index of every weight.
 
-    codebook : float32 ``(2**bits,)``; ``codebook[r:]`` sorted ascending with ``r = 1`` if
+    Attributes
+    ----------
+    codebook : float32 array ``(2**bits,)``
+        ``codebook[r:]`` sorted ascending with ``r = 1`` if
         ``reserved_zero`` (then ``codebook[0] == 0.0``) else ``r = 0``.
-    indices : uint8, the shape of the weights.
-    bits : int, 1..8.
-    inertia : float64 sum of squared errors ``sum((w - codebook[indices])**2)``, which is
+    indices : uint8 array
+        The shape of the weights.
+    bits : int
+        1..8.
+    inertia : float
+        float64 sum of squared errors ``sum((w - codebook[indices])**2)``, which is
         the sum over the clustered values (reserved zeros contribute nothing).
-    n_iter : Lloyd iterations run. converged : the tolerance was met.
-    reserved_zero : index 0 is the reserved exact zero (``keep_zeros=True``, or ``"auto"``
+    n_iter : int
+        Lloyd iterations run.
+    converged : bool
+        The tolerance was met.
+    reserved_zero : bool
+        Index 0 is the reserved exact zero (``keep_zeros=True``, or ``"auto"``
         and the tensor had an exact zero).
 
+    Notes
+    -----
     The arrays are read-only views.
     """
 
@@ -279,24 +291,33 @@ def kmeans_quantize(w, bits: int, *, init="linear", max_iter: int = 100, tol: fl
 
     Parameters
     ----------
-    w : float array, finite, non-empty, any shape; converted to float32 first.
-    bits : 1..8.
-    init : ``"linear"``, ``"density"``, ``"kmeans++"`` or an array of the initial centroids
+    w : float array
+        Finite, non-empty, any shape; converted to float32 first.
+    bits : int
+        1..8.
+    init : str or array
+        ``"linear"``, ``"density"``, ``"kmeans++"`` or an array of the initial centroids
         to fit (``2**bits - 1`` of them when the zero is reserved, else ``2**bits``; with
         ``keep_zeros="auto"`` that depends on whether ``w`` has an exact zero; sorted here).
-    max_iter : Lloyd iterations at most (0: the initial centroids as they are).
-    tol : stop when no centroid moves by more than ``tol * (max - min)`` of the clustered
+    max_iter : int
+        Lloyd iterations at most (0: the initial centroids as they are).
+    tol : float
+        Stop when no centroid moves by more than ``tol * (max - min)`` of the clustered
         values; 0 waits for an exact fixed point.
-    seed : for ``"kmeans++"``.
-    keep_zeros : ``"auto"`` (default), True or False. Reserve index 0 for exact zeros
+    seed : int
+        For ``"kmeans++"``.
+    keep_zeros : ``"auto"`` (default), True or False
+        Reserve index 0 for exact zeros
         (pruned weights), which then stay exactly 0.0: ``True`` always, ``False`` never,
         ``"auto"`` when ``w`` has an exact zero (``w == 0``), so that an unpruned tensor
         keeps all ``2**bits`` codes for its values (module docstring).
-    backend : ``"numba"`` or ``"numpy"``; identical results.
+    backend : ``"numba"`` or ``"numpy"``
+        Identical results.
 
     Returns
     -------
-    KMeansResult; ``indices`` is uint8 of ``w``'s shape.
+    KMeansResult
+        ``indices`` is uint8 of ``w``'s shape.
     """
     bits = check_int(bits, "bits", lo=1, hi=8)
     max_iter = check_int(max_iter, "max_iter", lo=0)

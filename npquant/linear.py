@@ -130,15 +130,17 @@ def quantize(x, qparams: QParams, *, method: str = "divide", backend: str = "num
         Converted to float32 first.
     qparams : QParams
         Must fit ``x``'s shape (see :meth:`QParams.check_fits`).
-    method : ``"divide"`` (ONNX), ``"mul"``, ``"mul_add"``, ``"fma"`` or ``"torch"``
-        (PyTorch); see the module docstring
+    method : str
+        ``"divide"`` (ONNX), ``"mul"``, ``"mul_add"``, ``"fma"`` or ``"torch"``
+        (PyTorch); see the module docstring.
     backend : ``"numba"`` or ``"numpy"``
 
     Returns
     -------
-    ndarray of ``qparams.spec.dtype`` (int8/uint8 up to 8 bits, int16/uint16 above),
-    ``x``'s shape, values ``clamp(round(x / S) + Z, qmin, qmax)``: saturating, rounded
-    with ``qparams.spec.rounding``.
+    numpy.ndarray
+        Of ``qparams.spec.dtype`` (int8/uint8 up to 8 bits, int16/uint16 above),
+        ``x``'s shape, values ``clamp(round(x / S) + Z, qmin, qmax)``: saturating, rounded
+        with ``qparams.spec.rounding``.
     """
     qparams = _check_qparams(qparams)
     spec = qparams.spec

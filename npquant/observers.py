@@ -77,6 +77,8 @@ class Observer(ABC):
     reduce_range : bool
         Use one bit fewer (see the module docstring).
 
+    Notes
+    -----
     Subclasses define how batches are summarised and which range is chosen. Every
     observer offers :meth:`update`, ``__call__``, :meth:`qparams`, :meth:`reset` and the
     range :attr:`min_val`, :attr:`max_val` that :meth:`qparams` uses.

@@ -525,7 +525,7 @@ def plot_compression_tradeoff(points, *, float_accuracy: float | None = None, ax
 
     Parameters
     ----------
-    points : iterable of (ratio, accuracy, label)
+    points : iterable of ``(ratio, accuracy, label)``
         ``ratio`` > 0 (original bytes / compressed bytes), ``accuracy`` a fraction in
         [0, 1], ``label`` a str. Drawn as one scatter (gid ``"tradeoff"``, offsets
         ``(ratio, 100 * accuracy)``) on a logarithmic ratio axis, each point annotated

@@ -403,15 +403,24 @@ def _filler_scalar(filler, dtype: np.dtype, name: str = "filler"):
 class RelativeSparse:
     """A tensor in relative-index form (see the module docstring for the conventions).
 
-    gaps : 1-D uint8 (``index_bits`` <= 8) or uint16 (9..16); ``gaps[0]`` in
-        ``[0, 2^b - 1]``, later gaps in ``[1, 2^b - 1]``
-    values : 1-D, the tensor's dtype, one per gap; filler entries hold ``filler``
-    shape : the dense tensor's shape (flattened in C order)
-    index_bits : 1..16
-    filler : the value meaning "zero" (default 0 of the values' dtype)
-    n_fillers : number of entries holding ``filler`` (computed; for an encoding made by
-        :func:`encode_relative`, the number of bridged jumps)
+    Attributes
+    ----------
+    gaps : 1-D uint8 array (``index_bits`` <= 8) or uint16 array (9..16)
+        ``gaps[0]`` in ``[0, 2^b - 1]``, later gaps in ``[1, 2^b - 1]``.
+    values : 1-D array of the tensor's dtype
+        One per gap; filler entries hold ``filler``.
+    shape : tuple
+        The dense tensor's shape (flattened in C order).
+    index_bits : int
+        1..16.
+    filler
+        The value meaning "zero" (default 0 of the values' dtype).
+    n_fillers : int
+        Number of entries holding ``filler`` (computed; for an encoding made by
+        :func:`encode_relative`, the number of bridged jumps).
 
+    Notes
+    -----
     Construction validates everything and stores read-only copies, so a corrupt stream
     raises ``ValueError`` here instead of decoding to a wrong array.
     """

@@ -159,21 +159,32 @@ def conv2d_accumulate(x_q, x_qp: QParams, w_q, w_qp: QParams, bias_q=None, *, st
 
     Parameters
     ----------
-    x_q : integer codes (N, C, H, W) of ``x_qp`` (per-tensor)
-    w_q : integer codes (O, C / groups, kh, kw) of ``w_qp`` (per-tensor or per-channel
-        along axis 0); depthwise is ``groups = C`` with ``O = C * multiplier``
-    bias_q : int32 (O,) at scale ``S_x S_w`` and zero point 0, or None
-    stride, padding, dilation, groups : see :func:`conv_geometry`; padding reads ``Z_x``
-    form, overflow, backend : as in :func:`npquant.qnn.gemm.linear_accumulate`
-    accumulation : ``"exact"`` (default), ``"int16_pairs"`` (pairs along each group's
+    x_q : integer array (N, C, H, W)
+        Codes of ``x_qp`` (per-tensor).
+    x_qp : QParams
+        The input's qparams.
+    w_q : integer array (O, C / groups, kh, kw)
+        Codes of ``w_qp`` (per-tensor or per-channel along axis 0); depthwise is
+        ``groups = C`` with ``O = C * multiplier``.
+    w_qp : QParams
+        The weights' qparams.
+    bias_q : int32 array (O,) or None
+        The bias at scale ``S_x S_w`` and zero point 0.
+    stride, padding, dilation, groups
+        See :func:`conv_geometry`; padding reads ``Z_x``.
+    form, overflow, backend : str
+        As in :func:`npquant.qnn.gemm.linear_accumulate`.
+    accumulation : str
+        ``"exact"`` (default), ``"int16_pairs"`` (pairs along each group's
         (kh, kw, c) patch, c fastest, padding taps reading ``Z_x``), or a library on a CPU
         path (``"fbgemm"``, ``"mlas_avx2"``, ...), which decides per geometry (fbgemm's
-        depthwise kernel saturates even with VNNI): :mod:`npquant.qnn.accumulation`
+        depthwise kernel saturates even with VNNI): :mod:`npquant.qnn.accumulation`.
 
     Returns
     -------
-    int32 (N, O, OH, OW), exact (or pair-saturated); ``OH = (H + p_t + p_b - d_h (kh - 1)
-    - 1) // s_h + 1``.
+    int32 array (N, O, OH, OW)
+        Exact (or pair-saturated);
+        ``OH = (H + p_t + p_b - d_h (kh - 1) - 1) // s_h + 1``.
     """
     check_choice(backend, "backend", _g.BACKENDS)
     x, geo, kernel, prep, _, _ = _conv_setup(x_q, x_qp, w_q, w_qp, bias_q, stride, padding, dilation,

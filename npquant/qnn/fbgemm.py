@@ -85,17 +85,28 @@ def fbgemm_requantize(acc, s_x, s_w, s_y, z_y: int, *, bias=None, relu: bool = F
 
     Parameters
     ----------
-    acc : integer array, int32 range, ``sum((q_x - Z_x)(q_w - Z_w))`` without bias
-    s_x, s_y : float32 scalars; s_w : scalar (per-tensor) or 1-D of length C (per-channel)
-    z_y : output zero point in [0, 255]
-    bias : None or float32 array of length C (the float bias given to ``*_prepack``)
-    relu : fused ReLU (``linear_relu``/``conv2d_relu``): the lower clamp is ``z_y``
-    axis : the output-channel axis of ``acc`` (-1 for linear (N, C), 1 for NCHW conv)
-    backend : ``"numba"`` (the kernel of :mod:`npquant._kernels.fbgemm`) or ``"numpy"``
-        (the twin below); identical codes
+    acc : integer array, int32 range
+        ``sum((q_x - Z_x)(q_w - Z_w))`` without bias.
+    s_x, s_y : float32 scalars
+        The input and output scales.
+    s_w : scalar (per-tensor) or 1-D of length C (per-channel)
+        The weight scales.
+    z_y : int
+        Output zero point in [0, 255].
+    bias : None or float32 array of length C
+        The float bias given to ``*_prepack``.
+    relu : bool
+        Fused ReLU (``linear_relu``/``conv2d_relu``): the lower clamp is ``z_y``.
+    axis : int
+        The output-channel axis of ``acc`` (-1 for linear (N, C), 1 for NCHW conv).
+    backend : ``"numba"`` or ``"numpy"``
+        The kernel of :mod:`npquant._kernels.fbgemm`, or the twin below; identical codes.
 
-    Returns uint8 of ``acc``'s shape. Rounding half to even; saturation to [0, 255]
-    except that a scaled value outside int32 gives INT32_MIN (code 0 / ``z_y``).
+    Returns
+    -------
+    uint8 array of ``acc``'s shape
+        Rounding half to even; saturation to [0, 255]
+        except that a scaled value outside int32 gives INT32_MIN (code 0 / ``z_y``).
     """
     a = np.asarray(acc)
     if a.dtype.kind not in "iu":

@@ -519,22 +519,34 @@ def linear_accumulate(x_q, x_qp: QParams, w_q, w_qp: QParams, bias_q=None, *, fo
 
     Parameters
     ----------
-    x_q : integer codes (..., in) of ``x_qp`` (per-tensor)
-    w_q : integer codes (out, in) of ``w_qp`` (per-tensor or per-channel along axis 0)
-    bias_q : int32 (out,) at scale ``S_x S_w`` and zero point 0, or None
-    form : ``"direct"`` or ``"folded"`` (Jacob et al. 2018); identical results
-    overflow : ``"error"`` (a possible int32 overflow over all inputs is a ValueError)
-        or ``"wrap"`` (int32 two's complement)
-    backend : ``"numba"`` or ``"numpy"`` (the twin); identical results
-    accumulation : ``"exact"`` (default), ``"int16_pairs"``, or a library on a CPU path
+    x_q : integer array (..., in)
+        Codes of ``x_qp`` (per-tensor).
+    x_qp : QParams
+        The input's qparams.
+    w_q : integer array (out, in)
+        Codes of ``w_qp`` (per-tensor or per-channel along axis 0).
+    w_qp : QParams
+        The weights' qparams.
+    bias_q : int32 array (out,) or None
+        The bias at scale ``S_x S_w`` and zero point 0.
+    form : ``"direct"`` or ``"folded"``
+        ``"folded"`` is Jacob et al. 2018's (see the module docstring); identical results.
+    overflow : ``"error"`` or ``"wrap"``
+        ``"error"``: a possible int32 overflow over all inputs is a ValueError;
+        ``"wrap"``: int32 two's complement.
+    backend : ``"numba"`` or ``"numpy"``
+        The kernel or its NumPy twin; identical results.
+    accumulation : str
+        ``"exact"`` (default), ``"int16_pairs"``, or a library on a CPU path
         (``"fbgemm"``, ``"fbgemm_avx2"``, ``"mlas_avx2"``, ...): see
         :mod:`npquant.qnn.accumulation`. Pair saturation needs uint8 ``x_q``, int8 ``w_q``.
 
     Returns
     -------
-    int32 (..., out): ``bias + sum (q_x - Z_x)(q_w - Z_w)``, exact; with pair
-    saturation, ``bias + S - Z_x sum (q_w - Z_w) - Z_w sum q_x`` with ``S`` the sum of the
-    int16-saturated pair sums of raw codes along ``in``.
+    int32 array (..., out)
+        ``bias + sum (q_x - Z_x)(q_w - Z_w)``, exact; with pair
+        saturation, ``bias + S - Z_x sum (q_w - Z_w) - Z_w sum q_x`` with ``S`` the sum of the
+        int16-saturated pair sums of raw codes along ``in``.
     """
     check_choice(backend, "backend", BACKENDS)
     x, g, _, _ = _linear_setup(x_q, x_qp, w_q, w_qp, bias_q, form, overflow, accumulation)

@@ -86,40 +86,54 @@ def prepare_qat(model, *, weight_bits: int = 8, act_bits: int = 8, ranges: str =
 
     Parameters
     ----------
-    model : npquant.nn.Sequential of Linear, Conv2d, BatchNorm2d (right after a Conv2d),
+    model : npquant.nn.Sequential
+        Of Linear, Conv2d, BatchNorm2d (right after a Conv2d),
         ReLU, ReLU6, MaxPool2d, AvgPool2d, Flatten (float32, e.g. from
         :func:`npquant.io.load_model`); it is not modified and shares no array with the result.
-    weight_bits : 2..8, signed symmetric weight codes (per output channel with
-        ``per_channel``, else per tensor)
-    act_bits : 2..8, unsigned activation codes of every layer output
+    weight_bits : int, 2..8
+        Signed symmetric weight codes (per output channel with
+        ``per_channel``, else per tensor).
+    act_bits : int, 2..8
+        Unsigned activation codes of every layer output.
     ranges : ``"minmax"``, ``"lsq"`` or ``"pact"``
-    input_bits : 2..8, unsigned codes of the input
-    output_bits : 2..8, codes of the last linear/conv layer's output (the logits of a
+    input_bits : int, 2..8
+        Unsigned codes of the input.
+    output_bits : int, 2..8, optional
+        Codes of the last linear/conv layer's output (the logits of a
         classifier); default ``act_bits``. Low-bit studies keep the model's ends at 8 bits
         (Esser et al. 2020 keep the first and last layers at 8 bits): with 4-bit logits,
         ten classes share 16 levels and the argmax often ties.
-    narrow_range : weights in ``[-(2^(b-1) - 1), 2^(b-1) - 1]`` (TFLite) instead of the full range
-    averaging_constant : of the moving-average observers (PyTorch's 0.01)
-    lsq_init : ``"minmax"`` or ``"lsq"`` (LSQ's initialization on the first training batch)
-    pact_alpha : PACT's initial clipping level (``pact_init="fixed"``)
-    pact_init : ``"fixed"`` (start at ``pact_alpha``) or ``"max"`` (at the largest output of
-        the first training batch; :class:`~npquant.training.fake_quant.PACTFakeQuantize`)
-    freeze_bn : start every QATConvBn2d with frozen batch norm (running statistics)
+    narrow_range : bool
+        Weights in ``[-(2^(b-1) - 1), 2^(b-1) - 1]`` (TFLite) instead of the full range.
+    averaging_constant : float
+        Of the moving-average observers (PyTorch's 0.01).
+    lsq_init : ``"minmax"`` or ``"lsq"``
+        ``"lsq"``: LSQ's initialization on the first training batch.
+    pact_alpha : float
+        PACT's initial clipping level (``pact_init="fixed"``).
+    pact_init : ``"fixed"`` or ``"max"``
+        Start at ``pact_alpha``, or at the largest output of
+        the first training batch (:class:`~npquant.training.fake_quant.PACTFakeQuantize`).
+    freeze_bn : bool
+        Start every QATConvBn2d with frozen batch norm (running statistics).
 
     Returns
     -------
-    npquant.nn.Sequential, in eval mode: ``[FakeQuantize "input_fake_quant", QATLinear /
-    QATConv2d / QATConvBn2d (named as the float linear/conv), pools, flatten, ...]``. It
-    follows the training contract (``train``, ``eval``, ``backward``, ``named_parameters``,
-    ``named_grads``, ``state_dict`` with the float model's keys plus the fake quants'
-    learned ranges). Its activation ranges are set by the first training-mode forward
-    pass (observers, LSQ initialization); :func:`convert_qat` needs them set.
+    npquant.nn.Sequential
+        In eval mode: ``[FakeQuantize "input_fake_quant", QATLinear /
+        QATConv2d / QATConvBn2d (named as the float linear/conv), pools, flatten, ...]``. It
+        follows the training contract (``train``, ``eval``, ``backward``, ``named_parameters``,
+        ``named_grads``, ``state_dict`` with the float model's keys plus the fake quants'
+        learned ranges). Its activation ranges are set by the first training-mode forward
+        pass (observers, LSQ initialization); :func:`convert_qat` needs them set.
 
     Raises
     ------
-    TypeError : ``model`` is not an npquant.nn.Sequential
-    ValueError : a layer type it cannot convert (naming the layer), bits out of range, an
-        unknown ``ranges``
+    TypeError
+        ``model`` is not an npquant.nn.Sequential.
+    ValueError
+        A layer type it cannot convert (naming the layer), bits out of range, an
+        unknown ``ranges``.
     """
     if not isinstance(model, nn.Sequential):
         raise TypeError(f"model must be an npquant.nn.Sequential, got {type(model).__name__}")
@@ -266,22 +280,29 @@ def convert_qat(qat_model, *, mode: str = "tflite", accumulation: str = "exact",
 
     Parameters
     ----------
-    qat_model : npquant.nn.Sequential starting with an input fake quant, of QATLinear,
+    qat_model : npquant.nn.Sequential
+        Starting with an input fake quant, of QATLinear,
         QATConv2d, QATConvBn2d (each with an output fake quant), ReLU, ReLU6, MaxPool2d,
-        AvgPool2d, Flatten; its ranges set (a training-mode forward pass has run)
-    mode : requantization mode, one of :data:`npquant.fixedpoint.REQUANT_MODES`
-    accumulation : of every linear/conv layer (:mod:`npquant.qnn.accumulation`)
-    bias_method : rounding of the int32 biases (:func:`npquant.qnn.gemm.quantize_bias`);
-        default TFLite's for the ``tflite*`` modes, onnxruntime's otherwise
+        AvgPool2d, Flatten; its ranges set (a training-mode forward pass has run).
+    mode : str
+        Requantization mode, one of :data:`npquant.fixedpoint.REQUANT_MODES`.
+    accumulation : str
+        Of every linear/conv layer (:mod:`npquant.qnn.accumulation`).
+    bias_method : str or None
+        Rounding of the int32 biases (:func:`npquant.qnn.gemm.quantize_bias`);
+        default TFLite's for the ``tflite*`` modes, onnxruntime's otherwise.
 
     Returns
     -------
-    npquant.convert.IntegerModel: ``quantize_input`` gives the input fake quant's codes
-    (``method="mul"``, PyTorch's arithmetic, so they are exactly the QAT model's);
-    ``layers`` are :mod:`npquant.qnn` layers (QLinear, QConv2d with int8 weight codes and
-    int32 biases, MaxPool2d, AvgPool2d, Flatten, QReLU) mapping codes to codes; ``run``
-    returns the logit codes of the last layer's output fake quant (``output_qp``).
+    npquant.convert.IntegerModel
+        ``quantize_input`` gives the input fake quant's codes
+        (``method="mul"``, PyTorch's arithmetic, so they are exactly the QAT model's);
+        ``layers`` are :mod:`npquant.qnn` layers (QLinear, QConv2d with int8 weight codes and
+        int32 biases, MaxPool2d, AvgPool2d, Flatten, QReLU) mapping codes to codes; ``run``
+        returns the logit codes of the last layer's output fake quant (``output_qp``).
 
+    Notes
+    -----
     The QAT model is evaluated as in eval mode (weight fake quants that follow the
     current weights recompute their grid from the current weights, as the eval forward
     does); nothing else in it changes.

@@ -90,18 +90,30 @@ def default_bits(model) -> dict:
 class DeepCompressionResult:
     """The result of :func:`deep_compression`.
 
-    model : the model given, pruned, retrained and weight-shared in place.
-    file_model : a copy of it with every tensor of the file read back loaded (the
+    Attributes
+    ----------
+    model
+        The model given, pruned, retrained and weight-shared in place.
+    file_model
+        A copy of it with every tensor of the file read back loaded (the
         architecture is the model's; the tensors are the file's).
-    compressed : the :class:`~npquant.compress.Compressed` result; ``data`` the file's
-        bytes (version 3), ``path`` where it was written (``None``: not written).
-    sizes : :func:`~npquant.compress.stage_sizes` of it (``sizes.huffman == len(data)``).
-    accuracy : test accuracies, ``{"float", "pruned"`` (after the last retraining),
+    compressed : Compressed
+        The :class:`~npquant.compress.Compressed` result.
+    data : bytes
+        The file's bytes (version 3).
+    path : str or None
+        Where it was written (``None``: not written).
+    sizes : StageSizes
+        :func:`~npquant.compress.stage_sizes` of it (``sizes.huffman == len(data)``).
+    accuracy : dict
+        Test accuracies, ``{"float", "pruned"`` (after the last retraining),
         ``"kmeans"`` (k-means, before fine-tuning), ``"finetuned"``, ``"file"`` (the model
         rebuilt from the file)``}``, fractions in [0, 1].
-    prune, qat : the :class:`~npquant.training.pruning.PruneRetrainResult` and
+    prune, qat : PruneRetrainResult or None, KMeansQATResult
+        The :class:`~npquant.training.pruning.PruneRetrainResult` and
         :class:`~npquant.training.kmeans_qat.KMeansQATResult` of the two training stages.
-    time_s : wall seconds, ``{"prune", "quantize", "huffman", "total"}``.
+    time_s : dict
+        Wall seconds, ``{"prune", "quantize", "huffman", "total"}``.
     """
 
     model: object

@@ -5,20 +5,20 @@ Fake quantization rounds a float32 tensor onto the quantization grid and returns
 whose arithmetic and rounding this module reuses). Rounding has zero derivative almost
 everywhere, so training uses a *gradient rule* instead, named like a rounding mode:
 
-==========  ================================================================================
-rule        gradient
-==========  ================================================================================
-``ste``     straight-through: ``dx = dy`` everywhere (Bengio et al. 2013)
-``clipped`` straight-through inside the grid, zero where the code was clamped:
-            ``dx = dy * [qmin <= round(x / S) + Z <= qmax]`` -- PyTorch's rule: inclusive, and
-            tested on the *rounded* code, so ``x`` up to half a step beyond
-            ``S * (qmax - Z)`` still passes its gradient
-``lsq``     the clipped rule for ``x`` plus a learned step size ``S`` (and optionally zero
-            point) with LSQ's gradient and gradient scale (Esser et al. 2020), as
-            ``torch.ao.quantization._LearnableFakeQuantize`` computes it
-``pact``    a learned clipping level ``alpha``: ``y = fake_quantize(clip(x, 0, alpha))``,
-            ``d alpha = sum(dy where x >= alpha)`` (Choi et al. 2018)
-==========  ================================================================================
+===========  ================================================================================
+rule         gradient
+===========  ================================================================================
+``ste``      straight-through: ``dx = dy`` everywhere (Bengio et al. 2013)
+``clipped``  straight-through inside the grid, zero where the code was clamped:
+             ``dx = dy * [qmin <= round(x / S) + Z <= qmax]`` -- PyTorch's rule: inclusive, and
+             tested on the *rounded* code, so ``x`` up to half a step beyond
+             ``S * (qmax - Z)`` still passes its gradient
+``lsq``      the clipped rule for ``x`` plus a learned step size ``S`` (and optionally zero
+             point) with LSQ's gradient and gradient scale (Esser et al. 2020), as
+             ``torch.ao.quantization._LearnableFakeQuantize`` computes it
+``pact``     a learned clipping level ``alpha``: ``y = fake_quantize(clip(x, 0, alpha))``,
+             ``d alpha = sum(dy where x >= alpha)`` (Choi et al. 2018)
+===========  ================================================================================
 
 Functions (arrays in, arrays out) are the core; the layers :class:`FakeQuantize`,
 :class:`LSQFakeQuantize` and :class:`PACTFakeQuantize` wrap them in the training contract
@@ -196,18 +196,23 @@ def fake_quantize_with_mask(x, qparams: QParams, *, method: str = "mul",
 
     Parameters
     ----------
-    x : float array, finite, non-empty (converted to float32)
-    qparams : QParams fitting ``x`` (per-tensor, per-channel or per-group; any bits,
-        signed or not, any rounding mode)
-    method : ``"mul"`` (the default: PyTorch's ``fake_quantize_per_*_affine``;
-        ``"torch"`` is a synonym), ``"divide"`` (ONNX), ``"mul_add"`` or ``"fma"``
-    backend : ``"numba"`` or ``"numpy"`` (same bits)
+    x : float array
+        Finite, non-empty (converted to float32).
+    qparams : QParams
+        Fitting ``x`` (per-tensor, per-channel or per-group; any bits,
+        signed or not, any rounding mode).
+    method : str
+        ``"mul"`` (the default: PyTorch's ``fake_quantize_per_*_affine``;
+        ``"torch"`` is a synonym), ``"divide"`` (ONNX), ``"mul_add"`` or ``"fma"``.
+    backend : ``"numba"`` or ``"numpy"``
+        Same bits.
 
     Returns
     -------
-    y : float32, ``x``'s shape: :func:`npquant.linear.fake_quantize` ``(x, qparams)``
-    mask : bool, ``x``'s shape: :func:`clip_mask` -- True where the unclamped code lies in
-        ``[qmin, qmax]``
+    y : float32 array, ``x``'s shape
+        :func:`npquant.linear.fake_quantize` ``(x, qparams)``.
+    mask : bool array, ``x``'s shape
+        :func:`clip_mask` -- True where the unclamped code lies in ``[qmin, qmax]``.
     """
     qparams = _check_qparams(qparams)
     method = _check_method(method)
@@ -578,8 +583,9 @@ class FakeQuantize(_FakeQuantBase):
     qparams : QParams or None
         Initial (or, without an observer, fixed) qparams.
     gradient : ``"clipped"`` (PyTorch's) or ``"ste"``
-    method : fake-quantization arithmetic, ``"mul"`` (PyTorch's) by default; see
-        :func:`fake_quantize_with_mask`
+    method : str
+        Fake-quantization arithmetic, ``"mul"`` (PyTorch's) by default; see
+        :func:`fake_quantize_with_mask`.
     reset_observer : bool
         Forget earlier batches before each observation, so the range is the current
         tensor's (for weights: Jacob et al.'s min and max of the current weights). Such an
@@ -587,6 +593,8 @@ class FakeQuantize(_FakeQuantBase):
         then follow the weights after the last optimizer step.
     backend : ``"numba"`` or ``"numpy"``
 
+    Notes
+    -----
     Switches: :meth:`enable_observer` / :meth:`disable_observer` (freeze the range),
     :meth:`enable_fake_quant` / :meth:`disable_fake_quant` (identity). Deviation from
     PyTorch: an observer with memory (``reset_observer=False``) only sees data in training
@@ -735,8 +743,11 @@ class LSQFakeQuantize(_FakeQuantBase):
     grad_scale : True, False or a positive float
         True: ``g = 1/sqrt(N * Q_P)`` per call (:func:`lsq_grad_factor`; PyTorch's
         ``use_grad_scaling=True``); False: ``g = 1``; a float: that ``g``.
-    grad_method, backward_zero_point : see :func:`lsq_backward`
+    grad_method, backward_zero_point
+        See :func:`lsq_backward`.
 
+    Notes
+    -----
     ``parameters()`` holds the live float32 arrays ``"scale"`` (and ``"zero_point"`` when
     learned); ``grads`` the same keys. Each training forward first clamps the scale to at
     least float32's epsilon in place, as PyTorch does after an optimizer step.

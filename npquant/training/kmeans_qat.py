@@ -25,7 +25,7 @@ Two variants (``variant``):
     ``codebook[indices]``. ``reduction`` does not apply.
 
 The learning-rate rule (``reduction``, ``"centroid"`` variant)
--------------------------------------------------------------
+--------------------------------------------------------------
 Eq. 3's gradient is a *sum*: a centroid shared by ``n`` weights gets about ``n`` times the
 gradient of one weight (all of it, when the weight gradients agree). Plain SGD at the
 weights' learning rate then moves the centroid up to ``n`` times as far as training moves
@@ -100,8 +100,11 @@ class SharedWeights:
         ``codebook[0]`` must be 0.0) and stays 0.0. Default: False for every tensor.
     variant : ``"centroid"`` or ``"reaverage"``
     reduction : ``"mean"``, ``"scaled_sum"`` or ``"sum"`` (``"centroid"`` only)
-    backend : ``"numba"`` or ``"numpy"``, for the centroid sums (identical results).
+    backend : ``"numba"`` or ``"numpy"``
+        For the centroid sums (identical results).
 
+    Notes
+    -----
     The ``"centroid"`` variant's ``named_parameters()`` are the model's parameters but the
     shared weights, plus ``"<weight name>.codebook"`` for each codebook; its
     ``named_grads()`` the reduced centroid gradients for those. The ``"reaverage"``
@@ -245,18 +248,28 @@ class SharedWeights:
 class KMeansQATResult:
     """The result of :func:`kmeans_qat`.
 
-    model : the model given, trained in place; each shared weight is exactly
+    Attributes
+    ----------
+    model
+        The model given, trained in place; each shared weight is exactly
         ``codebooks[name][indices[name]]`` (bit for bit).
-    codebooks : ``{name: float32 (2**bits,)}``, the fine-tuned codebooks (not sorted any
+    codebooks : dict
+        ``{name: float32 (2**bits,)}``, the fine-tuned codebooks (not sorted any
         more; ``codebook[0] == 0.0`` where ``reserved_zero``).
-    indices : ``{name: uint8 array of the weight's shape}``, fixed since the k-means.
-    reserved_zero : ``{name: bool}``, code 0 is the exact zero of pruned weights.
-    bits : ``{name: int}``.
-    history : the :class:`~npquant.training.trainer.History` of the fine-tuning.
-    accuracy_float, accuracy_kmeans, accuracy : validation accuracy of the model as given,
+    indices : dict
+        ``{name: uint8 array of the weight's shape}``, fixed since the k-means.
+    reserved_zero : dict
+        ``{name: bool}``, code 0 is the exact zero of pruned weights.
+    bits : dict
+        ``{name: int}``.
+    history : History
+        The :class:`~npquant.training.trainer.History` of the fine-tuning.
+    accuracy_float, accuracy_kmeans, accuracy : float or None
+        Validation accuracy of the model as given,
         after the k-means (before training) and after training (``None`` without a
         validation set).
-    time_s : wall time of the whole call.
+    time_s : float
+        Wall time of the whole call.
     """
 
     model: object
@@ -296,7 +309,9 @@ def kmeans_qat(model, x_train, y_train, *, bits, epochs: int, lr: float = 1e-3, 
     variant : ``"centroid"`` (default) or ``"reaverage"``
     reduction : ``"mean"`` (default), ``"scaled_sum"`` or ``"sum"``
         The centroid gradient (``"centroid"`` variant): the module docstring's rule.
-    optimizer : ``"adam"`` (default), ``"adamw"`` or ``"sgd"``; optimizer_options : dict
+    optimizer : ``"adam"`` (default), ``"adamw"`` or ``"sgd"``
+        As in :func:`~npquant.training.pruning.prune_and_retrain`.
+    optimizer_options : dict
         As in :func:`~npquant.training.pruning.prune_and_retrain`.
     batch_size : int >= 1
     seed : int >= 0

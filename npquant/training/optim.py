@@ -119,12 +119,17 @@ class Optimizer:
     the step count, masks, and checked gradients. Subclasses implement ``_update_numpy`` (the
     formulas, vectorized) and ``_update_numba`` (the same in a compiled loop).
 
-    Attributes:
-        params: ``{name: float32 array}``, the arrays given, updated in place.
-        state: ``{name: {state name: float32 array}}`` (PyTorch's names:
-            ``momentum_buffer``; ``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq``).
-        step_count: number of :meth:`step` calls since construction or :meth:`zero_state`.
-        masks: ``{name: bool array}`` set by :meth:`set_masks`, or ``None``.
+    Attributes
+    ----------
+    params : dict
+        ``{name: float32 array}``, the arrays given, updated in place.
+    state : dict
+        ``{name: {state name: float32 array}}`` (PyTorch's names:
+        ``momentum_buffer``; ``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq``).
+    step_count : int
+        Number of :meth:`step` calls since construction or :meth:`zero_state`.
+    masks : dict or None
+        ``{name: bool array}`` set by :meth:`set_masks`, or ``None``.
     """
 
     def __init__(self, params, lr, *, fused_multiply_add: bool = True, backend: str = "numba"):
@@ -304,15 +309,24 @@ class SGD(Optimizer):
     alpha=s)``. Bit for bit equal to PyTorch 2.13 on those paths (``False``: on its
     portable path). The state holds ``momentum_buffer`` once the first step has made it.
 
-    Args:
-        params: ``{name: float32 array}``, updated in place.
-        lr: learning rate, positive and finite.
-        momentum: >= 0 (0: plain SGD, no buffer is kept).
-        dampening: in [0, 1].
-        nesterov: Nesterov momentum; needs ``momentum > 0`` and ``dampening == 0``.
-        weight_decay: >= 0, the L2 coefficient added to the gradient.
-        fused_multiply_add: see above.
-        backend: ``"numba"`` (default) or ``"numpy"`` (module docstring).
+    Parameters
+    ----------
+    params : dict
+        ``{name: float32 array}``, updated in place.
+    lr : float
+        Learning rate, positive and finite.
+    momentum : float
+        >= 0 (0: plain SGD, no buffer is kept).
+    dampening : float
+        In [0, 1].
+    nesterov : bool
+        Nesterov momentum; needs ``momentum > 0`` and ``dampening == 0``.
+    weight_decay : float
+        >= 0, the L2 coefficient added to the gradient.
+    fused_multiply_add : bool
+        See above.
+    backend : ``"numba"`` (default) or ``"numpy"``
+        See the module docstring.
     """
 
     def __init__(self, params, lr, *, momentum=0.0, dampening=0.0, nesterov=False,
@@ -388,16 +402,25 @@ class Adam(Optimizer):
     paths; the final ``addcdiv`` is never fused. Equal to PyTorch 2.13 bit for bit but for
     PyTorch's ``sqrt`` (module docstring).
 
-    Args:
-        params: ``{name: float32 array}``, updated in place.
-        lr: learning rate, positive and finite (default 1e-3).
-        betas: ``(beta1, beta2)``, each in [0, 1) (default (0.9, 0.999)).
-        eps: positive and finite (default 1e-8). (PyTorch also accepts 0, which turns a
-            zero second moment into 0 / 0 = NaN.)
-        weight_decay: >= 0 (default 0).
-        amsgrad: keep the running maximum of ``v`` and divide by it.
-        fused_multiply_add: see above.
-        backend: ``"numba"`` (default) or ``"numpy"`` (module docstring).
+    Parameters
+    ----------
+    params : dict
+        ``{name: float32 array}``, updated in place.
+    lr : float
+        Learning rate, positive and finite (default 1e-3).
+    betas : tuple of float
+        ``(beta1, beta2)``, each in [0, 1) (default (0.9, 0.999)).
+    eps : float
+        Positive and finite (default 1e-8). (PyTorch also accepts 0, which turns a
+        zero second moment into 0 / 0 = NaN.)
+    weight_decay : float
+        >= 0 (default 0).
+    amsgrad : bool
+        Keep the running maximum of ``v`` and divide by it.
+    fused_multiply_add : bool
+        See above.
+    backend : ``"numba"`` (default) or ``"numpy"``
+        See the module docstring.
     """
 
     decoupled_weight_decay = False

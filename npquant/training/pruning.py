@@ -134,10 +134,15 @@ def prune_model(model, sparsity, *, scope: str = "layer", masks=None) -> dict:
 class PruneRetrainResult:
     """The result of :func:`prune_and_retrain`.
 
-    model : the pruned and retrained model (the one given, trained in place).
-    masks : ``{name: bool array}``, True = kept; the model's weights are exactly ``+0.0``
+    Attributes
+    ----------
+    model
+        The pruned and retrained model (the one given, trained in place).
+    masks : dict
+        ``{name: bool array}``, True = kept; the model's weights are exactly ``+0.0``
         where a mask is False.
-    history : one dict per step, from step 0 (the model as given): ``step``, ``target``
+    history : list of dict
+        One dict per step, from step 0 (the model as given): ``step``, ``target``
         (the step's sparsity from the schedule: a float, or ``{name: float}`` when
         ``sparsity`` was a dict), ``sparsity`` (the fraction of zero weights over all
         the pruned tensors), ``layer_sparsity`` (``{name: fraction}``), ``accuracy_pruned``

@@ -299,35 +299,53 @@ def fit(model, loss_fn, optimizer, x_train, y_train, *, epochs: int, batch_size:
         hooks=None, progress: bool = True) -> History:
     """Train ``model`` with mini-batches; return the :class:`History`.
 
-    Args:
-        model: a trainable model (``train()``, ``eval()``, ``zero_grad()``, ``model(x)``,
-            ``backward(grad)``, ``named_grads()``, ``named_parameters()``, ``state_dict()``),
-            e.g. an :class:`npquant.nn.Sequential`.
-        loss_fn: ``loss, grad_logits = loss_fn(logits, labels)``, the loss a batch mean
-            (e.g. :func:`npquant.training.losses.softmax_cross_entropy`); ``None``: that one.
-        optimizer: an :mod:`npquant.training.optim` optimizer over the model's
-            ``named_parameters()``.
-        x_train: float (N, ...) inputs (float32 is used); y_train: int (N,) labels.
-        epochs: number of passes over the training set, >= 1.
-        batch_size: >= 1; the last batch of an epoch holds the remaining ``N % batch_size``
-            samples when that is not 0 (PyTorch's ``drop_last=False``).
-        seed: seeds ``numpy.random.default_rng``, which draws each epoch's permutation.
-        x_val, y_val: a validation set, evaluated after every epoch (both or neither).
-        schedule: ``schedule(epoch_index, base_lr) -> lr`` (:mod:`~npquant.training.optim`
-            schedules), applied at the start of every epoch; ``base_lr`` is the
-            optimizer's ``lr`` when ``fit`` starts.
-        early_stopping: an :class:`EarlyStopping` (needs the validation set).
-        hooks: a hook or a list of hooks (:class:`Hook`), called in list order.
-        progress: show a tqdm progress bar on stderr (it appears only once the run has
-            lasted a second).
+    Parameters
+    ----------
+    model
+        A trainable model (``train()``, ``eval()``, ``zero_grad()``, ``model(x)``,
+        ``backward(grad)``, ``named_grads()``, ``named_parameters()``, ``state_dict()``),
+        e.g. an :class:`npquant.nn.Sequential`.
+    loss_fn : callable or None
+        ``loss, grad_logits = loss_fn(logits, labels)``, the loss a batch mean
+        (e.g. :func:`npquant.training.losses.softmax_cross_entropy`); ``None``: that one.
+    optimizer
+        An :mod:`npquant.training.optim` optimizer over the model's
+        ``named_parameters()``.
+    x_train, y_train
+        float (N, ...) inputs (float32 is used) and int (N,) labels.
+    epochs : int
+        Number of passes over the training set, >= 1.
+    batch_size : int
+        >= 1; the last batch of an epoch holds the remaining ``N % batch_size``
+        samples when that is not 0 (PyTorch's ``drop_last=False``).
+    seed : int
+        Seeds ``numpy.random.default_rng``, which draws each epoch's permutation.
+    x_val, y_val
+        A validation set, evaluated after every epoch (both or neither).
+    schedule : callable, optional
+        ``schedule(epoch_index, base_lr) -> lr`` (:mod:`~npquant.training.optim`
+        schedules), applied at the start of every epoch; ``base_lr`` is the
+        optimizer's ``lr`` when ``fit`` starts.
+    early_stopping : EarlyStopping, optional
+        An :class:`EarlyStopping` (needs the validation set).
+    hooks : Hook or list of Hook, optional
+        A hook or a list of hooks (:class:`Hook`), called in list order.
+    progress : bool
+        Show a tqdm progress bar on stderr (it appears only once the run has
+        lasted a second).
 
-    Returns the :class:`History`; the model is left in eval mode, with the weights of the
-    best epoch when ``early_stopping`` restores them (whether or not it stopped the run).
+    Returns
+    -------
+    History
+        The model is left in eval mode, with the weights of the
+        best epoch when ``early_stopping`` restores them (whether or not it stopped the run).
 
-    Raises:
-        FloatingPointError: the loss, the logits, an activation or a gradient is NaN or
-            infinite (the run diverged, usually a learning rate too high); the message names
-            the epoch and the step. That step's update is not applied.
+    Raises
+    ------
+    FloatingPointError
+        The loss, the logits, an activation or a gradient is NaN or
+        infinite (the run diverged, usually a learning rate too high); the message names
+        the epoch and the step. That step's update is not applied.
     """
     _check_model(model)
     if loss_fn is None:
