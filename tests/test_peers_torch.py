@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from npquant import QParams, QuantSpec, dequantize, fake_quantize, quantize
+from conftest import skip_torch_threads_without_jit
 
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.filterwarnings("ignore:.*quantized tensor creation functions:UserWarning")
@@ -31,6 +32,7 @@ def _data(rng, n, scale):
 
 @pytest.fixture(params=[1, 2], ids=["1thread", "2threads"])
 def threads(request):
+    skip_torch_threads_without_jit(request.param)
     old = torch.get_num_threads()
     torch.set_num_threads(request.param)
     yield request.param

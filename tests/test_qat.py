@@ -15,6 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from npquant import QParams, QuantSpec, dequantize, fake_quantize, quantize
+from conftest import skip_torch_threads_without_jit
 from npquant.observers import (
     MinMaxObserver,
     MovingAverageMinMaxObserver,
@@ -598,6 +599,7 @@ def _torch():
 
 @pytest.fixture(params=[1, 2], ids=["1thread", "2threads"])
 def threads(request):
+    skip_torch_threads_without_jit(request.param)
     torch = _torch()
     old = torch.get_num_threads()
     torch.set_num_threads(request.param)
