@@ -59,7 +59,8 @@ def quantize_multiplier(real, rounding: str = "double") -> tuple[np.ndarray, np.
 
     ``frexp`` of the double gives ``q`` in ``[0.5, 1)``; ``m0 = round_half_away(q * 2^31)``
     lies in ``[2^30, 2^31)`` (renormalised when it reaches ``2^31``); ``shift`` is a
-    left shift when positive. Multipliers below ``2^-31`` flush to ``(0, 0)``;
+    left shift when positive. Multipliers below ``2^-32`` once rounded to ``m0``'s bits
+    (a ``shift`` below ``-31``) flush to ``(0, 0)``, as TFLite's do;
     multipliers >= 1 are fine. ``rounding="single"`` also saturates ``shift > 30`` to
     ``(2^31 - 1, 30)``, as TFLite does under ``TFLITE_SINGLE_ROUNDING``, which does not
     accept negative multipliers. Returns ``(m0, shift)`` as int32 arrays of ``real``'s

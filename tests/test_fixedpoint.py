@@ -519,3 +519,12 @@ def test_rdbpot_on_gemmlowp_values(exponent):
     v = gemmlowp_testvals()
     got = rounding_divide_by_pot(v, exponent)
     np.testing.assert_array_equal(got, [rdbpot_ref(int(x), exponent) for x in v])
+
+
+def test_quantize_multiplier_flushes_below_two_to_minus_32():
+    # frexp(2^-32) = (0.5, -31): kept; a smaller multiplier has exponent -32 and flushes, as
+    # TFLite's, unless m0 rounds up to 2^31 and renormalises to 2^-32 (TFLite's order too)
+    assert tuple(map(int, quantize_multiplier(2.0**-32))) == (1 << 30, -31)
+    assert tuple(map(int, quantize_multiplier(np.nextafter(2.0**-32, 0)))) == (1 << 30, -31)
+    assert tuple(map(int, quantize_multiplier(0.75 * 2.0**-32))) == (0, 0)
+    assert tuple(map(int, quantize_multiplier(2.0**-31))) == (1 << 30, -30)
