@@ -122,9 +122,9 @@ def model_rows(models_dir, name: str, progress=lambda msg: None) -> list[list[st
     from .training.qat_results import qat_experiment
     from .training.trainer import digits_data
 
-    loaded = (model, digits_data(ref.arch, models_dir))
+    data = digits_data(ref.arch, models_dir)
     for w, a, method, label in QAT_ROWS:
-        r = qat_experiment(name, w, a, method, models_dir=models_dir, _loaded=loaded)
+        r = qat_experiment(name, w, a, method, model=model, data=data)
         rows.append(row(label, "tflite", r.integer_model.size_bytes(packed=True), r.integer_model(x).argmax(1)))
     progress(f"{name}: dynamic and weight-only ...")
     d = dynamic_quantize(model)

@@ -13,18 +13,18 @@ from npquant.qparams import QuantSpec
 from npquant.training.convert_qat import prepare_qat
 from npquant.training.fake_quant import PACTFakeQuantize
 from npquant.training.qat import QATConv2d, QATConvBn2d, QATLinear
-from npquant.training.qat_results import (BITS, RANGES_SHOWN, QATResult, _reference, format_results,
-                                          qat_experiment, recovery, results)
+from npquant.training.qat_results import (BITS, RANGES_SHOWN, QATResult, format_results,
+                                          qat_experiment, recovery, reference, results)
 
 
 @pytest.fixture(scope="module")
 def mlp():
-    return _reference("mlp", None)
+    return reference("mlp")
 
 
 @pytest.fixture(scope="module")
 def ptq44(mlp):
-    return qat_experiment("mlp", 4, 4, "ptq", _loaded=mlp)
+    return qat_experiment("mlp", 4, 4, "ptq", model=mlp[0], data=mlp[1])
 
 
 def _weighted(im):
@@ -46,17 +46,17 @@ def test_ptq_row_uses_the_bit_widths(mlp, ptq44):
 
 @pytest.mark.slow  # 4 QAT runs: 4 s with the JIT, a minute without it
 def test_qat_row_is_seeded_and_converts_faithfully(mlp):
-    a = qat_experiment("mlp", 4, 4, "lsq", epochs=1, _loaded=mlp)
-    b = qat_experiment("mlp", 4, 4, "lsq", epochs=1, _loaded=mlp)
+    a = qat_experiment("mlp", 4, 4, "lsq", epochs=1, model=mlp[0], data=mlp[1])
+    b = qat_experiment("mlp", 4, 4, "lsq", epochs=1, model=mlp[0], data=mlp[1])
     assert a.epochs == 1 and a.lr == 1e-3 and a.agreement >= 0.99
     assert a.accuracy == b.accuracy
     for la, lb in zip(_weighted(a.integer_model), _weighted(b.integer_model)):
         np.testing.assert_array_equal(la.w_q, lb.w_q)
         np.testing.assert_array_equal(la.bias_q, lb.bias_q)
-    c = qat_experiment("mlp", 4, 4, "lsq", epochs=1, seed=1, _loaded=mlp)
+    c = qat_experiment("mlp", 4, 4, "lsq", epochs=1, seed=1, model=mlp[0], data=mlp[1])
     assert any(not np.array_equal(la.w_q, lc.w_q)
                for la, lc in zip(_weighted(a.integer_model), _weighted(c.integer_model)))
-    assert qat_experiment("mlp", 8, 8, "minmax", epochs=1, _loaded=mlp).lr == 1e-4
+    assert qat_experiment("mlp", 8, 8, "minmax", epochs=1, model=mlp[0], data=mlp[1]).lr == 1e-4
 
 
 @pytest.mark.parametrize("kw, arg", [(dict(name="vgg"), "name"), (dict(weight_bits=1), "weight_bits"),
@@ -67,7 +67,16 @@ def test_qat_experiment_bad_arguments(mlp, kw, arg):
     args.update(kw)
     with pytest.raises((ValueError, TypeError), match=arg):
         qat_experiment(args.pop("name"), args.pop("weight_bits"), args.pop("act_bits"), args.pop("method"),
-                       _loaded=mlp, **args)
+                       model=mlp[0], data=mlp[1], **args)
+
+
+def test_qat_experiment_takes_model_and_data_together(mlp):
+    with pytest.raises(ValueError, match="both model and data"):
+        qat_experiment("mlp", 4, 4, "ptq", model=mlp[0])
+    with pytest.raises(ValueError, match="both model and data"):
+        qat_experiment("mlp", 4, 4, "ptq", data=mlp[1])
+    with pytest.raises(ValueError, match="name"):
+        reference("vgg")
 
 
 def test_recovery_and_format():

@@ -174,9 +174,8 @@ assert dx.tolist() == [0.0, 1.0, 0.0, 0.0] and float(d_alpha) == 2.0
 
 # %%
 rows = [qat_results.QATResult(model="mlp", weight_bits=None, act_bits=None, method="float", accuracy=acc_float)]
-loaded = (model, data)
 for method in ("ptq", "minmax", "lsq", "pact"):
-    rows.append(qat_results.qat_experiment("mlp", 2, 8, method, epochs=3, _loaded=loaded))
+    rows.append(qat_results.qat_experiment("mlp", 2, 8, method, epochs=3, model=model, data=data))
 print(qat_results.format_results(rows))
 acc = {r.method: r.accuracy for r in rows}
 assert f"{acc['ptq']:.2%}" == "84.44%" and acc["ptq"] == acc_ptq

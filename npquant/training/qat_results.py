@@ -40,8 +40,8 @@ import numpy as np
 
 from .._checks import check_choice, check_int, check_real
 
-__all__ = ["BITS", "RANGES_SHOWN", "QATResult", "DEFAULT_EPOCHS", "DEFAULT_LR", "qat_experiment", "results", "format_results",
-           "recovery"]
+__all__ = ["BITS", "RANGES_SHOWN", "QATResult", "DEFAULT_EPOCHS", "DEFAULT_LR", "qat_experiment", "reference",
+           "results", "format_results", "recovery"]
 
 BITS = {"mlp": ((8, 8), (4, 8), (4, 4), (2, 8)), "lenet_300_100": ((8, 8), (4, 8), (4, 4), (2, 8)),
         "cnn": ((8, 8), (4, 8), (4, 4))}
@@ -82,7 +82,12 @@ class QATResult:
         return "-" if self.weight_bits is None else f"W{self.weight_bits}A{self.act_bits}"
 
 
-def _reference(name: str, models_dir):
+def reference(name: str, models_dir=None) -> tuple:
+    """The bundled reference model ``name`` (float :class:`npquant.nn.Sequential`) and its
+    digits split (:func:`npquant.training.trainer.digits_data`: ``x_train``, ``y_train``,
+    ``x_calibration``, ``x_test``, ``y_test``, ...), from ``models_dir`` (default: the
+    bundled models)."""
+    check_choice(name, "name", tuple(BITS))
     from ..demo import default_models_dir
     from ..io import load_reference
     from ..nn import build_model
@@ -99,13 +104,18 @@ def _accuracy(model, x, y) -> float:
 
 def qat_experiment(name: str, weight_bits: int, act_bits: int, method: str, *, epochs: int | None = None,
                    lr: float | None = None, seed: int = 0, mode: str = "tflite", models_dir=None,
-                   progress: bool = False, _loaded=None) -> QATResult:
+                   progress: bool = False, model=None, data=None) -> QATResult:
     """One row of the table: reference model ``name`` at ``W<weight_bits>A<act_bits>`` by
     ``method`` (``"ptq"`` or a range method of :func:`prepare_qat`), converted to the
     integer model with requantization ``mode`` and evaluated on the test images.
 
     ``epochs`` (default :data:`DEFAULT_EPOCHS`), ``lr`` (default :data:`DEFAULT_LR`, 1e-4 at W8A8) and
     ``seed`` (the shuffles) apply to QAT; see the module docstring for the recipe.
+
+    ``model`` and ``data`` (both or neither) are the float model and its data, as
+    :func:`reference` returns them (default: ``reference(name, models_dir)``); ``model`` is
+    not modified, so one loaded pair serves many rows. ``name`` still selects the recipe's
+    defaults (:data:`DEFAULT_EPOCHS`, :data:`DEFAULT_LR`).
     """
     from .convert_qat import convert_qat, freeze_bn, freeze_observers, prepare_qat
     from .losses import softmax_cross_entropy
@@ -117,7 +127,10 @@ def qat_experiment(name: str, weight_bits: int, act_bits: int, method: str, *, e
     act_bits = check_int(act_bits, "act_bits", lo=2, hi=8)
     method = check_choice(method, "method", ("ptq", *RANGES_SHOWN))
     seed = check_int(seed, "seed", lo=0)
-    model, data = _loaded if _loaded is not None else _reference(name, models_dir)
+    if (model is None) != (data is None):
+        raise ValueError("give both model and data, or neither (the bundled reference model)")
+    if model is None:
+        model, data = reference(name, models_dir)
     t0 = time.perf_counter()
     common = dict(weight_bits=weight_bits, act_bits=act_bits, input_bits=8, output_bits=8)
     if method == "ptq":
@@ -161,14 +174,13 @@ def results(models=tuple(BITS), *, bits=None, methods=("ptq", *RANGES_SHOWN), se
     rows = []
     for name in models:
         check_choice(name, "models", tuple(BITS))
-        loaded = _reference(name, models_dir)
-        model, data = loaded
+        model, data = reference(name, models_dir)
         rows.append(QATResult(model=name, weight_bits=None, act_bits=None, method="float",
                               accuracy=_accuracy(model, data["x_test"], data["y_test"])))
         for w, a in (BITS[name] if bits is None else bits):
             progress(f"{name} W{w}A{a}: {', '.join(methods)} ...")
             for method in methods:
-                rows.append(qat_experiment(name, w, a, method, seed=seed, mode=mode, _loaded=loaded))
+                rows.append(qat_experiment(name, w, a, method, seed=seed, mode=mode, model=model, data=data))
     return rows
 
 
