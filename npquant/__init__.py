@@ -1,7 +1,7 @@
 """npquant: a framework-free reference implementation of neural-network quantization."""
 
 from ._version import __version__
-from .compress import LayerConfig, read_compressed, write_compressed
+from .compress import LayerConfig, read_compressed, stage_sizes, write_compressed
 from .fixedpoint import (
     REQUANT_MODES,
     multiply_by_quantized_multiplier,
@@ -42,13 +42,16 @@ from .observers import (
     PerChannelMinMaxObserver,
 )
 from .packing import PackedArray, from_unsigned, pack, pack_bits, to_unsigned, unpack, unpack_bits
-from .prune import decode_relative, encode_relative, magnitude_mask
+from .prune import decode_relative, encode_relative, magnitude_mask, magnitude_masks, sparsity_schedule
 from .qparams import ROUNDING_MODES, QParams, QuantSpec, compute_qparams, fit_qparams
 from ._threads import threading_info
 
 __all__ = [
     "FileFormatError",
     "threading_info",
+    "magnitude_masks",
+    "sparsity_schedule",
+    "stage_sizes",
     "__version__",
     "METHODS",
     "REQUANT_MODES",
