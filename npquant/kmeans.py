@@ -55,12 +55,11 @@ module (``backend="numpy"``); both give identical bits.
 
 from __future__ import annotations
 
-import numbers
 from dataclasses import dataclass
 
 import numpy as np
 
-from ._checks import as_float_array, check_bool, check_choice, check_int
+from ._checks import as_float_array, check_bool, check_choice, check_int, check_real
 from ._kernels import kmeans as _k
 from .linear import BACKENDS
 
@@ -119,16 +118,6 @@ def reconstruct(result: KMeansResult) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------- checks
-
-
-def _check_real(value, name: str, *, lo: float | None = None) -> float:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
-    value = float(value)
-    if not np.isfinite(value) or (lo is not None and value < lo):
-        bound = "finite" if lo is None else f"finite and >= {lo}"
-        raise ValueError(f"{name} must be {bound}, got {value}")
-    return value
 
 
 def _check_indices(indices, k: int, name: str = "indices") -> np.ndarray:
@@ -321,7 +310,7 @@ def kmeans_quantize(w, bits: int, *, init="linear", max_iter: int = 100, tol: fl
     """
     bits = check_int(bits, "bits", lo=1, hi=8)
     max_iter = check_int(max_iter, "max_iter", lo=0)
-    tol = _check_real(tol, "tol", lo=0.0)
+    tol = check_real(tol, "tol", lo=0.0)
     seed = check_int(seed, "seed", lo=0)
     if isinstance(keep_zeros, str):
         check_choice(keep_zeros, "keep_zeros", ("auto",))
@@ -430,7 +419,7 @@ def finetune_centroids(codebook, grad, indices, lr: float, *, reserved_zero: boo
     """
     cb = _check_codebook(codebook)
     k = cb.shape[0]
-    lr = _check_real(lr, "lr")
+    lr = check_real(lr, "lr")
     check_choice(reduction, "reduction", REDUCTIONS)
     check_choice(backend, "backend", BACKENDS)
     idx = _check_indices(indices, k)

@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ._checks import check_choice, check_int
+from ._checks import check_choice, check_int, check_real
 
 __all__ = [
     "RelativeSparse",
@@ -69,27 +69,12 @@ SCHEDULES = ("cubic", "linear", "geometric")
 
 # ---- argument helpers --------------------------------------------------------------------
 
-def _check_real(value, name: str) -> float:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
-    value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value}")
-    return value
-
-
 def _check_sparsity(sparsity, name: str = "sparsity") -> float:
-    s = _check_real(sparsity, name)
-    if not 0.0 <= s < 1.0:
-        raise ValueError(f"{name} must be in [0, 1), got {s}")
-    return s
+    return check_real(sparsity, name, lo=0.0, hi=1.0, hi_open=True)
 
 
 def _check_quality(quality, name: str = "quality") -> float:
-    q = _check_real(quality, name)
-    if q < 0.0:
-        raise ValueError(f"{name} must be >= 0, got {q}")
-    return q
+    return check_real(quality, name, lo=0.0)
 
 
 def _as_numeric(x, name: str) -> np.ndarray:
