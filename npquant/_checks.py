@@ -12,6 +12,11 @@ import numbers
 import numpy as np
 
 
+#: The implementations of every kernel-backed function: ``"numba"`` (the compiled kernel)
+#: and ``"numpy"`` (its readable twin); the tests assert both give the same bits.
+BACKENDS = ("numba", "numpy")
+
+
 def check_int(value, name: str, *, lo: int | None = None, hi: int | None = None) -> int:
     """Return ``value`` as a Python int, or raise naming ``name`` and the allowed range."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):

@@ -35,6 +35,8 @@ import numpy as np
 from ._checks import check_bool, check_choice, check_int
 from ._table import format_table
 from .fixedpoint import (
+    INT32_MAX,
+    INT32_MIN,
     REQUANT_MODES,
     effective_multiplier,
     multiply_by_quantized_multiplier,
@@ -369,7 +371,7 @@ def explain_dot(x_codes, z_x: int, w_codes, z_w: int, bias: int, s_x: float, s_w
         raise ValueError(f"x_codes and w_codes must have the same non-zero length, got {len(x)} and {len(w)}")
     z_x = check_int(z_x, "z_x")
     z_w = check_int(z_w, "z_w")
-    bias = check_int(bias, "bias", lo=-(1 << 31), hi=(1 << 31) - 1)
+    bias = check_int(bias, "bias", lo=INT32_MIN, hi=INT32_MAX)
     qmin = check_int(qmin, "qmin")
     qmax = check_int(qmax, "qmax", lo=qmin)
     z_y = check_int(z_y, "z_y", lo=qmin, hi=qmax)
@@ -395,7 +397,7 @@ def explain_dot(x_codes, z_x: int, w_codes, z_w: int, bias: int, s_x: float, s_w
             pairs.append((i, p, min(max(p, INT16_MIN), INT16_MAX)))
         acc = sum(v for _, _, v in pairs) - z_x * (folded["sum_w"] - k * z_w) - z_w * folded["sum_x"]
     total = acc + bias
-    if not -(1 << 31) <= total < (1 << 31):
+    if not INT32_MIN <= total <= INT32_MAX:
         raise ValueError(f"acc + bias = {total} overflows int32")
     m = float(effective_multiplier(s_x, s_w, s_y, mode).reshape(-1)[0])
     # the library's result first: it also refuses what the stack cannot compute (tflite's left shift)

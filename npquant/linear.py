@@ -31,13 +31,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._checks import as_float_array, as_int_array, check_choice
+from ._checks import BACKENDS, as_float_array, as_int_array, check_choice
 from ._kernels import quantize as _k
 from .granularity import params3, split3
 from .qparams import ROUNDING_MODES, QParams
 
 METHODS = ("divide", "mul", "mul_add", "fma", "torch")
-BACKENDS = ("numba", "numpy")
 
 
 def round_values(v, mode: str, *, seed: int | None = None) -> np.ndarray:

@@ -38,12 +38,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._checks import check_bool, check_choice, check_int
+from ._checks import BACKENDS, check_bool, check_choice, check_int
 from ._kernels import packing as _k
 
 PACK_ORDERS = ("lsb", "msb")
 SIGNED_MODES = ("twos", "offset")
-BACKENDS = ("numba", "numpy")
 
 __all__ = [
     "PACK_ORDERS", "SIGNED_MODES", "PackedArray", "from_unsigned", "pack", "pack_bits",

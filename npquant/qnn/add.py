@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .._checks import check_choice, check_int, check_scale
-from ..fixedpoint import multiply_by_quantized_multiplier, quantize_multiplier
+from ..fixedpoint import INT32_MAX, multiply_by_quantized_multiplier, quantize_multiplier
 from .fbgemm import fma_float32
 
 ADD_MODES = ("tflite", "tflite_single", "torch")
@@ -128,7 +128,7 @@ def add(q1, s1, z1: int, q2, s2, z2: int, s_out, z_out: int, *, qmin: int = -128
     rnd = "double" if mode == "tflite" else "single"
     sh1 = (a1 - zs[0]) << p.left_shift
     sh2 = (a2 - zs[1]) << p.left_shift
-    if np.any(np.abs(sh1) > (1 << 31) - 1) or np.any(np.abs(sh2) > (1 << 31) - 1):
+    if np.any(np.abs(sh1) > INT32_MAX) or np.any(np.abs(sh2) > INT32_MAX):
         raise ValueError(f"(q - z) << left_shift overflows int32; left_shift={p.left_shift} is too large for these codes")
     r1 = multiply_by_quantized_multiplier(sh1, *p.input1, rounding=rnd)
     r2 = multiply_by_quantized_multiplier(sh2, *p.input2, rounding=rnd)

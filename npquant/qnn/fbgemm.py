@@ -40,9 +40,9 @@ import numpy as np
 
 from .._checks import check_bool, check_choice, check_int, normalize_axis
 from .._kernels import fbgemm as _kf
+from ..fixedpoint import INT32_MAX, INT32_MIN
 from ..linear import _fma32_numpy
 
-INT32_MIN = -(1 << 31)
 
 
 def _scales(v, name: str) -> np.ndarray:
@@ -114,7 +114,7 @@ def fbgemm_requantize(acc, s_x, s_w, s_y, z_y: int, *, bias=None, relu: bool = F
     if a.ndim == 0:
         raise ValueError("acc must have a channel axis")
     if a.dtype.itemsize > 4 or a.dtype == np.uint32:
-        if a.size and (a.min() < INT32_MIN or a.max() > (1 << 31) - 1):
+        if a.size and (a.min() < INT32_MIN or a.max() > INT32_MAX):
             raise ValueError("acc must lie in the int32 range")
     z_y = check_int(z_y, "z_y", lo=0, hi=255)
     check_bool(relu, "relu")

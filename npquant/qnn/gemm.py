@@ -28,22 +28,20 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .._checks import check_choice, check_int, normalize_axis
+from .._checks import BACKENDS, check_choice, check_int, normalize_axis
 from .._kernels import gemm as _k
 from .._kernels.simd import HAVE_AVX2, HAVE_VNNI
 from .activation import activation_range
 from .fbgemm import fbgemm_requantize
-from ..fixedpoint import REQUANT_MODES, effective_multiplier, requantize
+from ..fixedpoint import INT32_MAX, INT32_MIN, REQUANT_MODES, effective_multiplier, requantize
 from ..linear import round_values
 from ..qparams import QParams
 from . import accumulation as _acc
 from . import overflow as _ovf
 
 FORMS = ("direct", "folded")
-BACKENDS = ("numba", "numpy")
 ACTIVATIONS = ("relu", "relu6", "relu_n1_to_1")
 BIAS_METHODS = ("onnxruntime", "tflite")
-INT32_MIN, INT32_MAX = _ovf.INT32_MIN, _ovf.INT32_MAX
 _BYTES = (np.dtype(np.int8), np.dtype(np.uint8))
 
 

@@ -24,10 +24,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from .._checks import check_choice, check_int
+from ..fixedpoint import INT32_MAX, INT32_MIN
 
 OVERFLOW_MODES = ("error", "wrap")
-INT32_MIN = -(1 << 31)
-INT32_MAX = (1 << 31) - 1
 INT16_MIN = -(1 << 15)
 INT16_MAX = (1 << 15) - 1
 

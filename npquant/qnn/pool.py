@@ -26,6 +26,7 @@ import numpy as np
 
 from .._checks import check_bool, check_choice, check_int, check_pair
 from .._kernels import pool as _k
+from ..fixedpoint import INT32_MAX, INT32_MIN
 
 AVG_POOL_MODES = ("tflite", "torch")
 
@@ -79,7 +80,7 @@ def avg_pool2d(q, kernel_size, stride=None, padding=0, *, mode: str = "tflite", 
     check_choice(mode, "mode", AVG_POOL_MODES)
     check_choice(backend, "backend", ("numba", "numpy"))
     check_bool(count_include_pad, "count_include_pad")
-    zero_point = check_int(zero_point, "zero_point", lo=-(1 << 31), hi=(1 << 31) - 1)
+    zero_point = check_int(zero_point, "zero_point", lo=INT32_MIN, hi=INT32_MAX)
     if count_include_pad and mode == "tflite":
         raise ValueError("count_include_pad=True is not a TFLite option; use mode='torch'")
     a, g, oshape = _geometry(q, kernel_size, stride, padding)

@@ -52,7 +52,7 @@ import math
 
 import numpy as np
 
-from .._checks import check_bool, check_choice, check_int, check_real
+from .._checks import BACKENDS, check_bool, check_choice, check_int, check_real
 from ..linear import _fma32_numpy
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "StepLR", "CosineAnnealingLR", "LinearWarmup",
@@ -62,7 +62,6 @@ __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "StepLR", "CosineAnnealingLR", "
 # ---------------------------------------------------------------------------------------
 # arithmetic
 # ---------------------------------------------------------------------------------------
-BACKENDS = ("numba", "numpy")
 
 
 def _muladd(a, b, c, fused: bool) -> np.ndarray:
