@@ -201,7 +201,6 @@ def _check_averaging_constant(c) -> np.float32:
 class _MinMaxBase(Observer):
     """Running min/max (or their moving average) at ``spec``'s granularity, in float32."""
 
-    _per_tensor = True
     _averaging: np.float32 | None = None
 
     def reset(self) -> None:

@@ -1,5 +1,6 @@
-"""A scikit-learn MLP on scikit-learn's digits, as a stand-in model until the PyTorch
-reference models exist: training, a PyTorch-style state dict, and accuracy.
+"""The scikit-learn MLP of ``npquant demo --weights``: an ``MLPClassifier`` trained on
+scikit-learn's digits, its weights as a PyTorch-style state dict, and its accuracy with
+fake-quantized weights. (The model tables use the reference models of ``npquant/data/``.)
 
 Weights follow PyTorch's ``(out, in)`` convention: scikit-learn stores ``coefs_[k]`` as
 ``(in, out)``, so the state dict holds ``coefs_[k].T`` under ``fc{k+1}.weight``.
