@@ -15,8 +15,9 @@ Outputs are compared by the suite, outside any timed region, and the verdict is 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 # throughput unit -> the number of work items in one unit
 UNITS = {"GOP/s": 1e9, "Gvalues/s": 1e9, "Mvalues/s": 1e6, "Msymbols/s": 1e6,

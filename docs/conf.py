@@ -14,7 +14,7 @@ from pathlib import Path
 # path lets a plain checkout build too.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from npquant._version import __version__  # noqa: E402
+from npquant._version import __version__
 
 project = "npquant"
 version = release = __version__

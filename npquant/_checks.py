@@ -11,7 +11,6 @@ import numbers
 
 import numpy as np
 
-
 #: The implementations of every kernel-backed function: ``"numba"`` (the compiled kernel)
 #: and ``"numpy"`` (its readable twin); the tests assert both give the same bits.
 BACKENDS = ("numba", "numpy")

@@ -1392,7 +1392,7 @@ def _check_layout(header: dict, body: bytes, where) -> list:
             if not (_is_uint(bits, 8) and bits >= 1 and _is_uint(ibits, 8) and ibits >= 1 and _is_uint(entries)):
                 raise FileFormatError(where, f"corrupt header: bits/index_bits/entries of {name!r} out of range")
         parts = {}
-        for key, (off, length, bcrc) in blobs.items():
+        for key, (off, length, _crc) in blobs.items():
             if off + length > len(body):
                 raise FileFormatError(where, f"truncated body: blob {name}/{key} needs bytes [{off}, {off + length}), "
                                              f"the body has {len(body)}")

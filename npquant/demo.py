@@ -50,7 +50,7 @@ def default_models_dir() -> Path:
     return _extracted(data)  # pragma: no cover - npquant imported from a zip
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _extracted(data) -> Path:  # pragma: no cover - npquant imported from a zip
     import atexit
     import shutil
@@ -90,8 +90,14 @@ def calibration_inputs(models_dir: Path, name: str) -> np.ndarray:
 
 def model_rows(models_dir, name: str, progress=lambda msg: None) -> list[list[str]]:
     """The table rows of one reference model."""
-    from .convert import (dynamic_quantize, dynamic_size_bytes, float_size_bytes, from_pytorch_ptq,
-                          quantize_model, weight_only_quantize)
+    from .convert import (
+        dynamic_quantize,
+        dynamic_size_bytes,
+        float_size_bytes,
+        from_pytorch_ptq,
+        quantize_model,
+        weight_only_quantize,
+    )
     from .io import load_reference, load_state_dict
     from .nn import build_model
 

@@ -146,7 +146,7 @@ class HuffmanCode:
     # ---- constructors
 
     @classmethod
-    def from_counts(cls, counts, max_length: int | None = None) -> "HuffmanCode":
+    def from_counts(cls, counts, max_length: int | None = None) -> HuffmanCode:
         """Minimum-redundancy code for symbol ``counts`` (non-negative integers, one per
         symbol, ``1 <= len(counts) <= 65536``; zero-count symbols get no code).
 
@@ -185,7 +185,7 @@ class HuffmanCode:
 
     @classmethod
     def from_data(cls, symbols, alphabet_size: int | None = None,
-                  max_length: int | None = None) -> "HuffmanCode":
+                  max_length: int | None = None) -> HuffmanCode:
         """Code for the symbol frequencies of ``symbols`` (integers in
         ``[0, alphabet_size)``; ``alphabet_size`` defaults to ``max(symbols) + 1``)."""
         s = _check_symbols(symbols, alphabet_size)
@@ -208,7 +208,7 @@ class HuffmanCode:
         return head + b"\x00" + runs
 
     @classmethod
-    def from_bytes(cls, b) -> "HuffmanCode":
+    def from_bytes(cls, b) -> HuffmanCode:
         """Parse and validate a table written by :meth:`to_bytes`; the whole of ``b``
         must be the table. ValueError names what is wrong."""
         buf = _as_buffer(b, "b")

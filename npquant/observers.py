@@ -116,7 +116,7 @@ class Observer(ABC):
         """The spec of the QParams returned: ``spec``, with one bit fewer under ``reduce_range``."""
         return self._effective_spec
 
-    def update(self, x) -> "Observer":
+    def update(self, x) -> Observer:
         """Observe one batch ``x`` (finite float array, non-empty); returns ``self``.
 
         ``x`` is converted to float32 first (as PyTorch's observers do).

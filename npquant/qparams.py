@@ -122,7 +122,7 @@ class QuantSpec:
         """The fixed zero point of symmetric quantization: 0 signed, ``2^(b-1)`` unsigned."""
         return 0 if self.signed else 1 << (self.bits - 1)
 
-    def replace(self, **changes) -> "QuantSpec":
+    def replace(self, **changes) -> QuantSpec:
         """A copy with some fields changed (validated again)."""
         return replace(self, **changes)
 

@@ -56,13 +56,12 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 import sklearn  # noqa: E402
+import torch  # noqa: E402
 from sklearn.datasets import load_digits  # noqa: E402
 from sklearn.model_selection import train_test_split  # noqa: E402
-
-import torch  # noqa: E402
 from torch import nn  # noqa: E402
-
 from torch_arch import build  # noqa: E402  (this folder is on sys.path when run as a script)
+
 
 # ---------------------------------------------------------------------------------------
 # The fixed split. load_digits: 1,797 images of 8x8 pixels with values 0..16.
@@ -250,8 +249,7 @@ def fused_arch(arch):
 
 def quantize_ptq(model, arch, xcal):
     """PyTorch eager-mode PTQ; returns the converted model (quant stub, layers, dequant)."""
-    from torch.ao.quantization import (DeQuantStub, QuantStub, convert, fuse_modules,
-                                       get_default_qconfig, prepare)
+    from torch.ao.quantization import DeQuantStub, QuantStub, convert, fuse_modules, get_default_qconfig, prepare
     m = copy.deepcopy(model).eval()
     fuse_modules(m, fusion_groups(arch), inplace=True)
     q = nn.Sequential(OrderedDict([("quant", QuantStub()), *m.named_children(),

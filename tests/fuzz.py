@@ -672,7 +672,7 @@ def mq_blob(d: bytes, rng) -> bytes:
     delta = len(blob) - length
     body = body[:off] + blob + body[off + length:]
     for tt in header["tensors"]:
-        for k, v in tt["blobs"].items():
+        for v in tt["blobs"].values():
             if v[0] > off:
                 v[0] += delta
     t["blobs"][key] = [off, len(blob), zlib.crc32(blob)]

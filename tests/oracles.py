@@ -73,7 +73,10 @@ def dequantize_scalar(q, scale, zp) -> np.float32:
     return to_float32((int(q) - int(zp)) * Fraction(float(np.float32(scale))))
 
 
-def qparams_scalar(lo, hi, qmin, qmax, symmetric, signed, eps=float(np.finfo(np.float32).eps)):
+FLOAT32_EPS = float(np.finfo(np.float32).eps)
+
+
+def qparams_scalar(lo, hi, qmin, qmax, symmetric, signed, eps=FLOAT32_EPS):
     """PyTorch's ``_calculate_qparams`` for one range, float32 step by step."""
     f = np.float32
     lo, hi = min(f(lo), f(0)), max(f(hi), f(0))

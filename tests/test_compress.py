@@ -10,8 +10,8 @@ from fuzz import v3_join, v3_split
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from npquant import huffman
 from npquant import compress as C
+from npquant import huffman
 from npquant.compress import (
     MAGIC,
     LayerConfig,
@@ -478,7 +478,7 @@ def test_giant_declared_sizes_are_refused_before_allocating():
         for dims in ([2**33, 24], [2**20, 2**20], [32, 2**40]):
             tracemalloc.reset_peak()
             with pytest.raises(FileFormatError):
-                read_compressed(_edited(data, lambda recs, secs: recs[0].__setitem__("dims", dims)))
+                read_compressed(_edited(data, lambda recs, secs, d=dims: recs[0].__setitem__("dims", d)))
             assert tracemalloc.get_traced_memory()[1] < 1 << 20
         tracemalloc.reset_peak()
         with pytest.raises(FileFormatError, match="gaps of .w. does not decode"):  # more than the stream holds

@@ -13,9 +13,18 @@ from npquant.compress import read_compressed, stage_sizes
 from npquant.io import FileFormatError
 from npquant.nn import build_model
 from npquant.training import evaluate
-from npquant.training.deep_compression import (DEFAULTS, PAPER_LENET_RATIO, SWEEP_BITS, SWEEP_SPARSITIES, best_point,
-                                               bundled, deep_compression, default_bits, format_kmeans_table,
-                                               format_sweep)
+from npquant.training.deep_compression import (
+    DEFAULTS,
+    PAPER_LENET_RATIO,
+    SWEEP_BITS,
+    SWEEP_SPARSITIES,
+    best_point,
+    bundled,
+    deep_compression,
+    default_bits,
+    format_kmeans_table,
+    format_sweep,
+)
 
 
 def _bits(a):

@@ -16,8 +16,16 @@ from fuzz import make_zip, npy_bytes, zip_members
 
 from npquant.checkpoint import load_quantized, quantize_checkpoint, save_quantized
 from npquant.compress import LayerConfig, compress, read_compressed, write_compressed
-from npquant.io import (FileFormatError, atomic_write, load_reference, load_state_dict, load_weights,
-                        read_safetensors, save_state_dict, write_safetensors)
+from npquant.io import (
+    FileFormatError,
+    atomic_write,
+    load_reference,
+    load_state_dict,
+    load_weights,
+    read_safetensors,
+    save_state_dict,
+    write_safetensors,
+)
 from npquant.qparams import QuantSpec
 
 

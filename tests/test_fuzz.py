@@ -6,12 +6,11 @@ import os
 import tempfile
 import tracemalloc
 
+import fuzz
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-import fuzz
 
 COUNT = int(os.environ.get("NPQUANT_FUZZ_COUNT", "150"))
 

@@ -18,6 +18,8 @@ from hypothesis import strategies as st
 from npquant._kernels import huffman as kh
 from npquant.huffman import (
     HuffmanCode,
+    _decode_python,
+    _varint,
     bits_per_symbol,
     decode,
     encode,
@@ -26,7 +28,6 @@ from npquant.huffman import (
     huffman_decode,
     huffman_encode,
 )
-from npquant.huffman import _decode_python, _varint
 
 BACKENDS = ("numba", "python")
 

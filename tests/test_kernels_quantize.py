@@ -11,12 +11,11 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+from oracles import to_float32
 
 from npquant import QParams, QuantSpec, dequantize, fit_qparams, quantize
 from npquant._kernels.quantize import fma32
 from npquant.linear import _fma32_numpy
-
-from oracles import to_float32
 
 MODES = ("half_even", "half_away", "half_up", "floor", "stochastic")
 METHODS = ("divide", "mul", "mul_add", "fma")

@@ -5,6 +5,7 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+from oracles import dequantize_scalar, quantize_scalar, round_exact
 
 from npquant import (
     METHODS,
@@ -18,8 +19,6 @@ from npquant import (
     quantize,
     round_values,
 )
-
-from oracles import dequantize_scalar, quantize_scalar, round_exact
 
 NEAREST = ("half_even", "half_away", "half_up")
 EXACT_METHODS = ("divide", "mul", "mul_add", "fma")

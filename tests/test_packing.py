@@ -13,8 +13,18 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from npquant._kernels import packing as _kernels
-from npquant.packing import (PACK_ORDERS, PackedArray, _unpack_numpy, from_unsigned, pack,
-                             pack_bits, packed_nbytes, to_unsigned, unpack, unpack_bits)
+from npquant.packing import (
+    PACK_ORDERS,
+    PackedArray,
+    _unpack_numpy,
+    from_unsigned,
+    pack,
+    pack_bits,
+    packed_nbytes,
+    to_unsigned,
+    unpack,
+    unpack_bits,
+)
 
 BITS = range(1, 9)
 BACKENDS = ("numba", "numpy")

@@ -11,9 +11,9 @@ Established facts, each pinned by a test below:
 
 import numpy as np
 import pytest
+from conftest import skip_torch_threads_without_jit
 
 from npquant import QParams, QuantSpec, dequantize, fake_quantize, quantize
-from conftest import skip_torch_threads_without_jit
 
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.filterwarnings("ignore:.*quantized tensor creation functions:UserWarning")

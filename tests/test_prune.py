@@ -363,7 +363,7 @@ def test_masks_reapplied_after_perturbation_keep_zeros_zero():
     masks = magnitude_masks(weights, sparsity={"fc1": 0.9, "fc2": 0.5})
     assert set(masks) == {"fc1", "fc2"}
     pruned = reapply(weights, masks)
-    for step in range(3):  # a few "SGD steps" that touch every weight
+    for _ in range(3):  # a few "SGD steps" that touch every weight
         updated = {k: v - np.float32(0.01) * rng.standard_normal(v.shape).astype(v.dtype)
                    for k, v in pruned.items()}
         pruned = reapply(updated, masks)

@@ -14,8 +14,7 @@ from npquant.io import load_reference
 from npquant.nn import build_model
 from npquant.prune import magnitude_mask, sparsity_schedule
 from npquant.training import CosineAnnealingLR, Hook
-from npquant.training.pruning import (OPTIMIZERS, _make_optimizer, prune_and_retrain, prune_model,
-                                      weight_names)
+from npquant.training.pruning import OPTIMIZERS, _make_optimizer, prune_and_retrain, prune_model, weight_names
 from npquant.training.trainer import digits_data
 
 FAST = "numpy" if numba_config.DISABLE_JIT else "numba"  # k-means and optimizer backends (identical bits)

@@ -11,11 +11,11 @@ import textwrap
 
 import numpy as np
 import pytest
+from conftest import skip_torch_threads_without_jit
 from hypothesis import given
 from hypothesis import strategies as st
 
 from npquant import QParams, QuantSpec, dequantize, fake_quantize, quantize
-from conftest import skip_torch_threads_without_jit
 from npquant.observers import (
     MinMaxObserver,
     MovingAverageMinMaxObserver,
@@ -292,7 +292,7 @@ def test_finite_differences_pact_alpha_where_clipped():
         assert np.all(dx == 0)
         lo = -1.0 if spec.signed else 0.0
 
-        def L(a_):
+        def L(a_, spec=spec, x=x, lo=lo, dy=dy):
             st_ = a_ / spec.qmax
             v = np.clip(x.astype(np.float64), lo * a_, a_)
             return float(np.dot(dy, st_ * np.rint(v / st_)))

@@ -32,8 +32,7 @@ from npquant.linear import dequantize
 from npquant.qnn import layers as ql
 from npquant.qparams import QuantSpec
 from npquant.training import Adam, fit
-from npquant.training.convert_qat import (INPUT_FAKE_QUANT, convert_qat, freeze_bn, freeze_observers,
-                                          prepare_qat)
+from npquant.training.convert_qat import INPUT_FAKE_QUANT, convert_qat, freeze_bn, freeze_observers, prepare_qat
 from npquant.training.fake_quant import FakeQuantize, LSQFakeQuantize, PACTFakeQuantize
 from npquant.training.qat import QATConv2d, QATConvBn2d, QATLinear
 from npquant.training.trainer import digits_data

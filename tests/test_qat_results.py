@@ -13,8 +13,16 @@ from npquant.qparams import QuantSpec
 from npquant.training.convert_qat import prepare_qat
 from npquant.training.fake_quant import PACTFakeQuantize
 from npquant.training.qat import QATConv2d, QATConvBn2d, QATLinear
-from npquant.training.qat_results import (BITS, RANGES_SHOWN, QATResult, format_results,
-                                          qat_experiment, recovery, reference, results)
+from npquant.training.qat_results import (
+    BITS,
+    RANGES_SHOWN,
+    QATResult,
+    format_results,
+    qat_experiment,
+    recovery,
+    reference,
+    results,
+)
 
 
 @pytest.fixture(scope="module")

@@ -2,12 +2,10 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from oracles import qparams_scalar
 
 from npquant import QParams, QuantSpec, compute_qparams, dequantize, fit_qparams, quantize
 from npquant.qparams import FLOAT32_EPS
-
-from oracles import qparams_scalar
-
 
 # ---- QuantSpec -------------------------------------------------------------------------
 

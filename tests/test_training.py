@@ -17,6 +17,7 @@ its AVX2/AVX-512 paths, separate on ``ATEN_CPU_CAPABILITY=default``).
 from __future__ import annotations
 
 import math
+
 import numpy as np
 import pytest
 
@@ -329,7 +330,7 @@ def test_adam_within_a_few_ulps_of_torch_as_it_is(case):
         lambda t: getattr(torch.optim, tname)(t, 3e-3, foreach=False, **tkw))
     assert worst <= ADAM_ULPS
     if not (kw.get("weight_decay") and cls is O.Adam):  # moments do not depend on sqrt here
-        for (name, st_), ts in zip(opt.state.items(), topt.state.values()):
+        for st_, ts in zip(opt.state.values(), topt.state.values()):
             np.testing.assert_array_equal(st_["exp_avg"], ts["exp_avg"].numpy())
             np.testing.assert_array_equal(st_["exp_avg_sq"], ts["exp_avg_sq"].numpy())
 
@@ -957,8 +958,8 @@ def test_progress_bar_goes_to_stderr_only_when_asked(capsys):
 # from scratch: initialization, data, and (slow) training a reference model
 # ---------------------------------------------------------------------------------------
 def test_torch_default_init_bounds_and_keys():
-    from npquant.io import load_reference
     from npquant.demo import default_models_dir
+    from npquant.io import load_reference
     from npquant.nn import expected_keys
 
     ref = load_reference(default_models_dir() / "cnn.npz")
@@ -977,8 +978,8 @@ def test_torch_default_init_bounds_and_keys():
 
 
 def test_digits_data_is_the_reference_split():
-    from npquant.io import load_reference
     from npquant.demo import default_models_dir
+    from npquant.io import load_reference
 
     ref = load_reference(default_models_dir() / "cnn.npz")
     d = T.digits_data(ref.arch)

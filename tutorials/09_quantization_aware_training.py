@@ -34,9 +34,17 @@ import numpy as np
 import npquant as nq
 from npquant.demo import default_models_dir
 from npquant.io import load_model
-from npquant.training import (Adam, CosineAnnealingLR, Hook, convert_qat, fit, freeze_observers, prepare_qat,
-                              softmax_cross_entropy)
-from npquant.training import qat_results
+from npquant.training import (
+    Adam,
+    CosineAnnealingLR,
+    Hook,
+    convert_qat,
+    fit,
+    freeze_observers,
+    prepare_qat,
+    qat_results,
+    softmax_cross_entropy,
+)
 from npquant.training.fake_quant import fake_quantize_with_mask, lsq_backward, pact_backward, ste_backward
 from npquant.training.trainer import digits_data, evaluate
 

@@ -95,7 +95,7 @@ def peer_impl(ctx, peer, gran, make):
         return Impl(peer, None, status="n/a: torch has no blocked quantize")
     try:
         fn, check = make()
-    except Exception as exc:  # an op form the peer refuses is a result, not a crash
+    except Exception as exc:  # noqa: BLE001 - an op form the peer refuses is a result, not a crash
         return Impl(peer, None, status=f"n/a: {type(exc).__name__}: {str(exc).splitlines()[0][:80]}")
     return Impl(peer, fn, check=check)
 

@@ -75,7 +75,6 @@ def cases(ctx):
     from npquant.demo import default_models_dir
     from npquant.io import load_reference
     from npquant.nn import build_model
-    from npquant.training.losses import softmax_cross_entropy
     from npquant.training.optim import Adam
     from npquant.training.trainer import REFERENCE_TRAINING, digits_data, torch_default_init
 

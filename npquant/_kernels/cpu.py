@@ -14,7 +14,7 @@ def cpu_features() -> frozenset:
         import llvmlite.binding as llvm
 
         feats = llvm.get_host_cpu_features()
-    except Exception:  # an unknown host: assume nothing
+    except Exception:  # noqa: BLE001 - an unknown host: assume nothing
         return frozenset()
     return frozenset(k for k, v in feats.items() if v)
 

@@ -16,8 +16,23 @@ import numpy as np
 from numba import prange
 
 from ._jit import njit
-from .simd import vbcast4, vdpbusd, vload, vreduce16, vstore4, vstore16, vsum, vzero
-from .simd import v8bcast4, v8load, v8loadn, v8maddubs, v8maddwd, v8store, v8zero
+from .simd import (
+    v8bcast4,
+    v8load,
+    v8loadn,
+    v8maddubs,
+    v8maddwd,
+    v8store,
+    v8zero,
+    vbcast4,
+    vdpbusd,
+    vload,
+    vreduce16,
+    vstore4,
+    vstore16,
+    vsum,
+    vzero,
+)
 
 
 @njit(cache=True)

@@ -13,7 +13,6 @@ import numpy as np
 
 from ._jit import njit
 
-
 _BLOCK = 512  # values per block in ``assign``
 
 

@@ -23,8 +23,15 @@ from .activation import ACTIVATIONS, activation_range, clamp, flatten, relu, rel
 from .add import ADD_MODES, add, tflite_add_params, torch_add_vector_width
 from .conv import conv2d_accumulate, conv_geometry, qconv2d
 from .fbgemm import fbgemm_multipliers, fbgemm_requantize
-from .gemm import (GEMM_KERNELS, available_gemm_kernels, gemm_kernel, linear_accumulate, qlinear, quantize_bias,
-                   use_gemm_kernel)
+from .gemm import (
+    GEMM_KERNELS,
+    available_gemm_kernels,
+    gemm_kernel,
+    linear_accumulate,
+    qlinear,
+    quantize_bias,
+    use_gemm_kernel,
+)
 from .layers import AvgPool2d, Flatten, MaxPool2d, QAdd, QConv2d, QLinear, QReLU
 from .overflow import accumulator_bounds, check_accumulator, check_int16_pairs, int16_pair_accumulate
 from .pool import AVG_POOL_MODES, avg_pool2d, max_pool2d

@@ -89,7 +89,7 @@ def _im2col_numpy(x, zx, geo: ConvGeometry, kh, kw, oh, ow) -> np.ndarray:
 
 
 def _prepare_conv(w: np.ndarray, zw, x_qp: QParams, bias, geo: ConvGeometry, form: str, overflow: str,
-                  accumulation: str) -> "_g._Gemm":
+                  accumulation: str) -> _g._Gemm:
     """The prepared product of OIHW weights ``w``. With int16 pair saturation the
     reduction runs in (kh, kw, c) order, c fastest (fbgemm's and MLAS's im2col order), so
     the weights are laid out that way here and :func:`_conv_rows` orders the patches alike."""
@@ -123,7 +123,7 @@ def _conv_setup(x_q, x_qp, w_q, w_qp, bias_q, stride, padding, dilation, groups,
     return x, geo, (kh, kw), prep, sw, per_channel
 
 
-def _conv_rows(x, geo: ConvGeometry, kernel, prep: "_g._Gemm", backend: str):
+def _conv_rows(x, geo: ConvGeometry, kernel, prep: _g._Gemm, backend: str):
     """int32 (N * OH * OW, O) accumulators, one row an output pixel, and (N, OH, OW)."""
     n = x.shape[0]
     cols, (oh, ow) = _im2col(x, prep.zx, geo, kernel[0], kernel[1], backend)
@@ -147,7 +147,7 @@ def _rows_to_nchw(rows: np.ndarray, dims) -> np.ndarray:
     return np.ascontiguousarray(rows.reshape(n, oh, ow, rows.shape[1]).transpose(0, 3, 1, 2))
 
 
-def _conv_run(x, geo: ConvGeometry, kernel, prep: "_g._Gemm", backend: str) -> np.ndarray:
+def _conv_run(x, geo: ConvGeometry, kernel, prep: _g._Gemm, backend: str) -> np.ndarray:
     """int32 (N, O, OH, OW) accumulators."""
     return _rows_to_nchw(*_conv_rows(x, geo, kernel, prep, backend))
 

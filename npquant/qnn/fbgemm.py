@@ -44,7 +44,6 @@ from ..fixedpoint import INT32_MAX, INT32_MIN
 from ..linear import _fma32_numpy
 
 
-
 def _scales(v, name: str) -> np.ndarray:
     a = np.asarray(v)
     if a.dtype.kind not in "fiu":

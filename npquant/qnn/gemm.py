@@ -31,13 +31,13 @@ import numpy as np
 from .._checks import BACKENDS, check_choice, check_int, normalize_axis
 from .._kernels import gemm as _k
 from .._kernels.simd import HAVE_AVX2, HAVE_VNNI
-from .activation import activation_range
-from .fbgemm import fbgemm_requantize
 from ..fixedpoint import INT32_MAX, INT32_MIN, REQUANT_MODES, effective_multiplier, requantize
 from ..linear import round_values
 from ..qparams import QParams
 from . import accumulation as _acc
 from . import overflow as _ovf
+from .activation import activation_range
+from .fbgemm import fbgemm_requantize
 
 FORMS = ("direct", "folded")
 ACTIVATIONS = ("relu", "relu6", "relu_n1_to_1")
@@ -220,7 +220,7 @@ class _Fast:
     ax: int
     _cache: dict = field(default_factory=dict, compare=False, repr=False)
 
-    def rows(self, sl: slice) -> "_Fast":
+    def rows(self, sl: slice) -> _Fast:
         key = ("rows", sl.start, sl.stop)
         if key not in self._cache:
             self._cache[key] = _Fast(np.ascontiguousarray(self.ws[sl]), self.dw[sl], self.col[sl], self.ax)
@@ -270,7 +270,7 @@ class _Gemm:
     fast: _Fast | None = None  # 8-bit codes on both sides: the numba backend's fast kernels
     pairs: bool = False      # int16 pair saturation along K (accumulation "int16_pairs")
 
-    def rows(self, sl: slice) -> "_Gemm":
+    def rows(self, sl: slice) -> _Gemm:
         """The product restricted to output rows ``sl`` (a convolution group)."""
         return _Gemm(self.w[sl], self.zx, self.zw[sl], self.bias[sl], self.bias_folded[sl], self.form,
                      self.fits, None if self.fast is None else self.fast.rows(sl), self.pairs)

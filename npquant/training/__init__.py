@@ -28,8 +28,14 @@ file, and the tables of the source material: :mod:`npquant.training.deep_compres
 
 from .convert_qat import convert_qat, freeze_bn, freeze_observers, prepare_qat
 from .deep_compression import DeepCompressionResult, deep_compression
-from .fake_quant import (FakeQuantize, LSQFakeQuantize, PACTFakeQuantize, activation_fake_quant,
-                         fake_quantize_with_mask, weight_fake_quant)
+from .fake_quant import (
+    FakeQuantize,
+    LSQFakeQuantize,
+    PACTFakeQuantize,
+    activation_fake_quant,
+    fake_quantize_with_mask,
+    weight_fake_quant,
+)
 from .kmeans_qat import KMeansQATResult, SharedWeights, kmeans_qat
 from .losses import accuracy, log_softmax, softmax, softmax_cross_entropy
 from .optim import SGD, Adam, AdamW, CosineAnnealingLR, LinearWarmup, StepLR

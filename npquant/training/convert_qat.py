@@ -54,15 +54,22 @@ import copy
 import numpy as np
 
 from .. import nn
-from ..convert import _next_activation  # one definition of "the activation a layer fuses"
 from .._checks import check_bool, check_choice, check_int, check_real
+from ..convert import _next_activation  # one definition of "the activation a layer fuses"
 from ..fixedpoint import REQUANT_MODES
 from ..linear import dequantize
 from ..qnn import layers as ql
 from ..qnn.accumulation import check_accumulation
 from ..qparams import QuantSpec
-from .fake_quant import (PACT_INITS, FakeQuantize, LSQFakeQuantize, PACTFakeQuantize, _FakeQuantBase,
-                         activation_fake_quant, weight_fake_quant)
+from .fake_quant import (
+    PACT_INITS,
+    FakeQuantize,
+    LSQFakeQuantize,
+    PACTFakeQuantize,
+    _FakeQuantBase,
+    activation_fake_quant,
+    weight_fake_quant,
+)
 from .qat import QATConv2d, QATConvBn2d, QATLinear
 
 __all__ = ["RANGES", "INPUT_FAKE_QUANT", "prepare_qat", "convert_qat", "freeze_observers", "freeze_bn"]

@@ -326,13 +326,13 @@ def bundled(name: str, models_dir=None) -> tuple:
     ``cnn``): a fresh :class:`npquant.nn.Sequential` built from copies of the reference
     weights (training it leaves the reference untouched), the digits split
     (:func:`~npquant.training.trainer.digits_data`) and the :class:`~npquant.io.Reference`."""
+    from pathlib import Path
+
     from .._checks import check_choice
     from ..demo import MODELS, default_models_dir
     from ..io import load_reference
     from ..nn import build_model
     from .trainer import digits_data
-
-    from pathlib import Path
 
     check_choice(name, "name", MODELS)
     models_dir = default_models_dir() if models_dir is None else Path(models_dir)

@@ -66,8 +66,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from .._checks import check_choice, check_int, check_real
-from ..kmeans import (KMEANS_INITS, _centroid_grad64, _check_codebook, _check_indices, kmeans_quantize,
-                      reaverage_centroids)
+from ..kmeans import (
+    KMEANS_INITS,
+    _centroid_grad64,
+    _check_codebook,
+    _check_indices,
+    kmeans_quantize,
+    reaverage_centroids,
+)
 from ..linear import BACKENDS
 from .pruning import OPTIMIZERS, _check_data, _check_names, _make_optimizer
 from .trainer import Hook, _check_model, evaluate, fit
@@ -191,7 +197,7 @@ class SharedWeights:
         if self.variant == "reaverage":
             return grads
         out = {k: v for k, v in grads.items() if k not in self.codebooks}
-        for n, cb in self.codebooks.items():
+        for n in self.codebooks:
             out[n + CODEBOOK_SUFFIX] = self.centroid_grad(n, grads[n])
         return out
 
