@@ -1,5 +1,6 @@
 """npquant: a framework-free reference implementation of neural-network quantization."""
 
+from ._threads import threading_info
 from ._version import __version__
 from .compress import LayerConfig, read_compressed, stage_sizes, write_compressed
 from .fixedpoint import (
@@ -12,7 +13,9 @@ from .fixedpoint import (
     saturating_rounding_doubling_high_mul,
 )
 from .granularity import param_shape
+from .graph import Graph, Node, load_graph, save_graph
 from .huffman import HuffmanCode, huffman_decode, huffman_encode
+from .importers import from_torch, from_torch_quantized
 from .io import FileFormatError, load_model, load_reference, load_state_dict, load_weights, save_state_dict
 from .kmeans import (
     KMeansResult,
@@ -44,10 +47,15 @@ from .observers import (
 from .packing import PackedArray, from_unsigned, pack, pack_bits, to_unsigned, unpack, unpack_bits
 from .prune import decode_relative, encode_relative, magnitude_mask, magnitude_masks, sparsity_schedule
 from .qparams import ROUNDING_MODES, QParams, QuantSpec, compute_qparams, fit_qparams
-from ._threads import threading_info
 
 __all__ = [
     "FileFormatError",
+    "Graph",
+    "Node",
+    "from_torch",
+    "from_torch_quantized",
+    "load_graph",
+    "save_graph",
     "threading_info",
     "magnitude_masks",
     "sparsity_schedule",

@@ -65,3 +65,19 @@ def test_elementwise_layers():
         QReLU(y_qp, "gelu")
     with pytest.raises(TypeError, match="x_q"):
         QReLU(y_qp)(np.ones(3))
+
+
+def test_qrelu6_torch_mode_rounds_as_pytorch():
+    """PyTorch's quantized relu6 rounds the code of 6 as ``rint(float32(6 * float32(1 / S)) + Z)``
+    (ties to even after adding Z); TFLite's clamp rounds ``6 / S`` half away from zero. The
+    expected codes were measured with ``torch.ops.quantized.relu6`` (torch 2.13)."""
+    q = np.arange(256, dtype=np.uint8)
+    for scale, zp, torch_hi, tflite_hi in [(np.float32(6 / 11.5), 31, 42, 43), (np.float32(6 / 10.5), 8, 18, 19)]:
+        qp = QParams(scale, zp, QuantSpec(signed=False))
+        torch_r6 = QReLU(qp, "relu6", mode="torch")
+        assert torch_r6.out_range == (zp, torch_hi)
+        assert QReLU(qp, "relu6").out_range == (zp, tflite_hi)
+        np.testing.assert_array_equal(torch_r6(q), np.clip(q, zp, torch_hi))
+        assert QReLU(qp, "relu", mode="torch").out_range == QReLU(qp, "relu").out_range == (zp, 255)
+    with pytest.raises(ValueError, match="mode must be one of"):
+        QReLU(qp, "relu6", mode="onnx")

@@ -14,14 +14,15 @@ import numpy as np
 
 from .._checks import check_choice
 from ..fixedpoint import REQUANT_MODES, effective_multiplier
+from ..linear import quantize as _quantize
 from ..qparams import QParams
 from . import activation as _act
-from .add import ADD_MODES
-from .accumulation import PAIRS, check_accumulation, resolve
-from .add import add as _add_codes
 from . import conv as _c
 from . import gemm as _g
 from . import pool as _pool
+from .accumulation import PAIRS, check_accumulation, resolve
+from .add import ADD_MODES
+from .add import add as _add_codes
 
 
 def _frozen(a: np.ndarray) -> np.ndarray:
@@ -239,14 +240,27 @@ class QAdd:
 
 
 class QReLU:
-    """ReLU (``relu``) or ReLU6 (``relu6``) on codes of ``qp``, as TFLite's clamps; qparams
-    unchanged."""
+    """ReLU (``relu``) or ReLU6 (``relu6``) on codes of ``qp``: a clamp, qparams unchanged.
 
-    def __init__(self, qp: QParams, activation: str = "relu"):
+    ``mode`` names how the code of 6 is rounded: ``"tflite"`` (default) as TFLite's clamps
+    (:func:`npquant.qnn.activation.activation_range`: ``Z + round_half_away(float32(6 /
+    S))``); ``"torch"`` as PyTorch's quantized ``relu6`` / ``hardtanh`` (``quantize_val``:
+    ``rint(float32(float32(6 * float32(1 / S)) + Z))``, ties to even, i.e.
+    :func:`npquant.quantize` with ``method="mul_add"``; measured on torch 2.13). The lower
+    bound is ``Z`` in both.
+    """
+
+    def __init__(self, qp: QParams, activation: str = "relu", *, mode: str = "tflite"):
         _g._act_qparams(qp, "qp")
         check_choice(activation, "activation", ("relu", "relu6"))
-        self.qp, self.activation = qp, activation
-        self.out_range = _g._activation_range(activation, qp)
+        check_choice(mode, "mode", ("tflite", "torch"))
+        self.qp, self.activation, self.mode = qp, activation, mode
+        if mode == "torch":
+            qp_even = QParams(qp.scale, qp.zero_point, qp.spec.replace(rounding="half_even"))
+            lo, hi = (int(v) for v in _quantize(np.array([0.0, 6.0], np.float32), qp_even, method="mul_add"))
+            self.out_range = (lo, hi if activation == "relu6" else qp.spec.qmax)
+        else:
+            self.out_range = _g._activation_range(activation, qp)
 
     def __call__(self, x_q) -> np.ndarray:
         x = _g._codes(x_q, self.qp, "x_q")
@@ -254,7 +268,7 @@ class QReLU:
         return np.clip(x, lo, hi).astype(x.dtype)
 
     def __repr__(self) -> str:
-        return f"QReLU({self.activation!r})"
+        return f"QReLU({self.activation!r}, mode={self.mode!r})"
 
 
 class Flatten:
