@@ -115,6 +115,31 @@ def _layouts_state():
     return state, configs, {"bias_bits": 3}
 
 
+def _graph():
+    """A small integer graph: quantize, conv with ReLU, a residual add, flatten, linear."""
+    from npquant.graph import Graph, Node
+    from npquant.qparams import QParams, QuantSpec
+
+    rng = np.random.default_rng(4)
+    u8 = QuantSpec(signed=False)
+    x_qp, h_qp, a_qp, y_qp = (QParams(np.float32(s), z, u8) for s, z in ((0.02, 120), (0.015, 3), (0.03, 0),
+                                                                         (0.05, 128)))
+    w = {"conv": rng.integers(-127, 128, (3, 3, 3, 3)).astype(np.int8),
+         "fc": rng.integers(-127, 128, (4, 3 * 4 * 4)).astype(np.int8)}
+    wp = {k: {"weight": v, "weight_scale": np.full(v.shape[0], 0.01, np.float32),
+              "weight_zero_point": np.zeros(v.shape[0], np.int32)} for k, v in w.items()}
+    nodes = [
+        Node("q", "quantize", ["x"], ["xq"], {"output": x_qp}),
+        Node("conv", "qconv2d", ["xq"], ["h"], {"output": h_qp, "padding": 1, "activation": "relu"},
+             {**wp["conv"], "bias_q": rng.integers(-500, 500, 3).astype(np.int32)}),
+        Node("add", "qadd", ["h", "xq"], ["a"], {"output": a_qp}),
+        Node("flat", "qflatten", ["a"], ["f"]),
+        Node("fc", "qlinear", ["f"], ["l"], {"output": y_qp}, wp["fc"]),
+        Node("dq", "dequantize", ["l"], ["y"]),
+    ]
+    return Graph(nodes, ["x"], ["y"], name="residual")
+
+
 @dataclass
 class Case:
     """One reader and its seed file."""
@@ -198,6 +223,12 @@ def build_cases() -> list:
         Case("from_pytorch_ptq", ".npz", _write(lambda p: np.savez(p, **ptq), ".npz"),
              lambda p: model_arrays(from_pytorch_ptq(p)), "zip"),
     ]
+    # A graph file (npquant.graph): an integer residual block, judged by its arrays and header.
+    from npquant.graph import graph_to_arrays, load_graph, save_graph
+
+    graph = _graph()
+    cases.append(Case("load_graph", ".npz", _write(lambda p: save_graph(p, graph), ".npz"),
+                      lambda p: graph_to_arrays(load_graph(p)), "zip"))
     for c in cases:
         c.mutators = GENERIC + FORMAT_MUTATORS.get(c.kind, [])
         c.expected, c.peak = _seed_result(c)

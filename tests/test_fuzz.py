@@ -24,7 +24,7 @@ def test_every_reader_has_a_case(cases):
     assert set(cases) >= {"load_state_dict(.npz)", "load_state_dict(.safetensors)", "load_reference",
                           "load_quantized", "read_compressed", "read_compressed(layouts)", "read_compressed(v2)",
                           "load_weights(.npqz)", "load_weights(checkpoint)", "huffman.decode", "load_model",
-                          "from_pytorch_ptq"}
+                          "from_pytorch_ptq", "load_graph"}
     # the compressed-file seeds: version 3 (every layout between the two) and version 2
     from npquant.compress import read_compressed
 
@@ -40,7 +40,7 @@ def test_every_reader_has_a_case(cases):
 @pytest.mark.parametrize("name", ["load_state_dict(.npz)", "load_state_dict(.safetensors)", "load_reference",
                                   "load_quantized", "read_compressed", "read_compressed(layouts)",
                                   "read_compressed(v2)", "load_weights(.npqz)", "load_weights(checkpoint)",
-                                  "huffman.decode", "load_model", "from_pytorch_ptq"])
+                                  "huffman.decode", "load_model", "from_pytorch_ptq", "load_graph"])
 def test_structured_mutations(cases, name):
     tally = fuzz.run_case(cases[name], 0, COUNT, timeout=30.0)
     assert not tally.failures, tally.failures[:5]
