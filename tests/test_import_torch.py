@@ -393,6 +393,51 @@ def test_qadd_channels_last_follows_memory_order(torch):
 # ------------------------------------------------------------------------------- errors
 
 
+@pytest.mark.parametrize("skip_first", [False, True], ids=["conv_plus_input", "input_plus_conv"])
+def test_identity_skip_adds_tensors_of_two_memory_formats(torch, fbgemm_threads, skip_first):
+    """A residual block whose skip is the quantized input itself: the input is contiguous
+    (NCHW), the conv branch channels-last. PyTorch's quantized add gives its output the first
+    operand's memory format and runs in that element order; 2 x 13 x 7 x 7 = 1274 elements
+    end in a scalar tail after 19 vectors of 64."""
+    nn = torch.nn
+
+    class IdentitySkip(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.quant, self.dequant = torch.ao.quantization.QuantStub(), torch.ao.quantization.DeQuantStub()
+            self.conv1, self.relu1 = nn.Conv2d(13, 13, 3, padding=1), nn.ReLU()
+            self.conv2 = nn.Conv2d(13, 13, 3, padding=1)
+            self.add = torch.ao.nn.quantized.FloatFunctional()
+            self.fc = nn.Linear(13 * 7 * 7, 5)
+
+        def forward(self, x):
+            x = self.quant(x)
+            h = self.conv2(self.relu1(self.conv1(x)))
+            h = self.add.add_relu(x, h) if skip_first else self.add.add_relu(h, x)
+            return self.dequant(self.fc(torch.flatten(h, 1)))
+
+    torch.manual_seed(0)
+    model = IdentitySkip().eval()
+    fuse = [["conv1", "relu1"]]
+    shape = (2, 13, 7, 7)
+    from torch.ao.quantization import MinMaxObserver, QConfig, convert, default_per_channel_weight_observer, prepare
+
+    torch.ao.quantization.fuse_modules(model, fuse, inplace=True)
+    model.qconfig = QConfig(activation=MinMaxObserver.with_args(dtype=torch.quint8),
+                            weight=default_per_channel_weight_observer)
+    prepare(model, inplace=True)
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for _ in range(4):
+            model(torch.randn(shape, generator=g) * 2)
+    convert(model, inplace=True)
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(5)) * 2
+    graph = from_torch_quantized(model, x)
+    add = next(n for n in graph.nodes if n.op == "qadd")
+    assert add.attrs["memory_format"] == ("contiguous" if skip_first else "channels_last")
+    assert _compare(graph, model, x, exact=True) > 3000
+
+
 def test_unsupported_and_refused(torch, fbgemm_threads):
     nn = torch.nn
     x = _example(torch)

@@ -459,12 +459,14 @@ class _Converter:
             self.emit(n, "add", [self.ref(n, a), self.ref(n, b)])
             return
         self.need_quantized(n)
-        if self.channels_last([va, vb]):
+        # PyTorch's output takes the first operand's memory format, and its loop runs in the
+        # output's element order (mixed formats included: measured, torch 2.13)
+        if self.channels_last([va]) and not va.is_contiguous():
             fmt = "channels_last"
-        elif va.is_contiguous() and vb.is_contiguous():
+        elif va.is_contiguous():
             fmt = "contiguous"
         else:
-            self.unsupported(n, "a quantized add of tensors in different memory formats")
+            self.unsupported(n, "a quantized add whose first operand is neither contiguous nor channels-last")
         if va.numel() >= _ADD_ONE_CHUNK and self.torch.get_num_threads() > 1:
             warnings.warn(f"node {n.name!r}: PyTorch splits a quantized add of {va.numel()} elements across "
                           f"{self.torch.get_num_threads()} threads, which moves its vector/scalar boundary; npquant "
