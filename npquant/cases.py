@@ -203,7 +203,22 @@ def _bits_tuple(bits, name="bits", lo=2, hi=8) -> tuple:
 def weight_spec(granularity: str, bits: int, group_size: int = 8) -> QuantSpec:
     """The weight spec of :func:`weight_errors`: signed, symmetric, narrow range (as
     :func:`npquant.convert.quantize_model`), ``granularity`` one of ``"per-tensor"``,
-    ``"per-channel"`` (axis 0) or ``"per-group"`` (axis 1, ``group_size`` inputs)."""
+    ``"per-channel"`` (axis 0) or ``"per-group"`` (axis 1, ``group_size`` inputs).
+
+    Parameters
+    ----------
+    granularity : str
+        ``"per-tensor"``, ``"per-channel"`` or ``"per-group"``.
+    bits : int
+        Bits of the codes, 2..16.
+    group_size : int, default 8
+        Block size of ``"per-group"``, >= 1 (ignored otherwise).
+
+    Returns
+    -------
+    QuantSpec
+        The spec.
+    """
     check_choice(granularity, "granularity", ("per-tensor", "per-channel", "per-group"))
     axis = {"per-tensor": None, "per-channel": 0, "per-group": 1}[granularity]
     block = check_int(group_size, "group_size", lo=1) if granularity == "per-group" else None
@@ -215,6 +230,15 @@ def weight_errors(case: OutlierCase, bits=(8, 4), *, group_size: int = 8) -> lis
     """Quantization error of ``fc1``'s weight per granularity and bit width.
 
     Each weight tensor is fake-quantized with min-max qparams of :func:`weight_spec`.
+
+    Parameters
+    ----------
+    case : OutlierCase
+        The case (see :func:`outlier_mlp`).
+    bits : int or sequence of int, default (8, 4)
+        The bit widths, each 2..16.
+    group_size : int, default 8
+        Keyword-only; block size of the per-group spec.
 
     Returns
     -------
@@ -247,7 +271,22 @@ def _observer(name: str, bits: int):
 def calibrate_hidden(case: OutlierCase, observer: str = "minmax", bits: int = 8):
     """QParams of the hidden activation (unsigned, per-tensor, ``bits`` bits) that
     ``observer`` (a name of :data:`npquant.convert.OBSERVERS`) calibrates on
-    ``case.calib_x``."""
+    ``case.calib_x``.
+
+    Parameters
+    ----------
+    case : OutlierCase
+        The case (see :func:`outlier_mlp`).
+    observer : str, default ``"minmax"``
+        The observer's name.
+    bits : int, default 8
+        Bits of the activation codes, 2..8.
+
+    Returns
+    -------
+    QParams
+        The calibrated per-tensor qparams.
+    """
     case = _check_case(case)
     obs = _observer(observer, check_int(bits, "bits", lo=2, hi=8))
     obs.update(case.hidden(case.calib_x))
@@ -257,6 +296,15 @@ def calibrate_hidden(case: OutlierCase, observer: str = "minmax", bits: int = 8)
 def observer_errors(case: OutlierCase, bits=(8, 4), observers=OBSERVER_NAMES) -> list[dict]:
     """Quantization error of the hidden activation on the test inputs, with the range each
     observer calibrated on the calibration inputs.
+
+    Parameters
+    ----------
+    case : OutlierCase
+        The case (see :func:`outlier_mlp`).
+    bits : int or sequence of int, default (8, 4)
+        The activation bit widths, each 2..8.
+    observers : str or sequence of str, default ``OBSERVER_NAMES``
+        Names of :data:`npquant.convert.OBSERVERS`.
 
     Returns
     -------
@@ -308,6 +356,26 @@ def ptq(case: OutlierCase, *, weight_bits: int = 8, act_bits: int = 8, per_chann
     ``case.calib_x``. ``act_bits`` is the width of the hidden activation (``fc1``'s
     output, unsigned, calibrated by the same observer); the input and the logits stay
     8-bit.
+
+    Parameters
+    ----------
+    case : OutlierCase
+        The case (see :func:`outlier_mlp`).
+    weight_bits : int, default 8
+        Keyword-only; bits of the weight codes, 2..8.
+    act_bits : int, default 8
+        Bits of the hidden activation, 2..8.
+    per_channel : bool, default True
+        Weight scales per output channel, else per tensor.
+    observer : str, default ``"minmax"``
+        The observer's name.
+    mode : str, default ``"tflite"``
+        The requantization mode.
+
+    Returns
+    -------
+    PTQResult
+        The settings, the integer model, its accuracy and the SQNR of its logits.
     """
     from .convert import quantize_model
 
@@ -336,7 +404,20 @@ REPORT_PTQ = (
 def report(case: OutlierCase | None = None, settings=REPORT_PTQ) -> str:
     """The case's tables as text: weight errors, observer errors, and the PTQ accuracies
     of ``settings`` (``(weight bits, activation bits, per-channel, observer)`` tuples,
-    default :data:`REPORT_PTQ`)."""
+    default :data:`REPORT_PTQ`).
+
+    Parameters
+    ----------
+    case : OutlierCase or None, default None
+        The case; ``None`` is :func:`outlier_mlp` ``()``.
+    settings : iterable of tuple, default ``REPORT_PTQ``
+        The PTQ settings to tabulate.
+
+    Returns
+    -------
+    str
+        The tables.
+    """
     from ._table import format_table
 
     case = outlier_mlp() if case is None else _check_case(case)

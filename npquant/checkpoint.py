@@ -25,6 +25,11 @@ FORMAT = "npquant-quantized-checkpoint/1"
 
 @dataclass
 class TensorReport:
+    """One quantized tensor of :func:`quantize_checkpoint`: its ``name`` and ``shape``, its
+    ``float_bytes`` (4 per element), its ``quantized_bytes`` (packed codes, float32 scales
+    and, for an asymmetric spec, 4-byte zero points) and the ``sqnr_db`` of its
+    dequantized values."""
+
     name: str
     shape: tuple
     float_bytes: int
@@ -35,7 +40,23 @@ class TensorReport:
 def quantize_checkpoint(state: dict, spec: QuantSpec) -> tuple[dict, list]:
     """Quantize every 2-D and 4-D float tensor of ``state`` with ``spec`` (its ``axis``
     applies to each tensor: ``0`` per output channel, ``1`` with ``block_size`` per group
-    of inputs). Returns ``(arrays to save, per-tensor reports)``."""
+    of inputs). Returns ``(arrays to save, per-tensor reports)``.
+
+    Parameters
+    ----------
+    state : dict of str to array
+        The tensors, non-empty; non-empty float tensors of 2 or 4 dimensions are
+        quantized, the others stored as they are.
+    spec : QuantSpec
+        The quantization of every such tensor, 1..8 bits (the codes are bit-packed).
+
+    Returns
+    -------
+    arrays : dict of str to numpy.ndarray
+        The entries of the file (module docstring), for :func:`save_quantized`.
+    reports : list of TensorReport
+        One per quantized tensor.
+    """
     if not isinstance(spec, QuantSpec):
         raise TypeError(f"spec must be a QuantSpec, got {type(spec).__name__}")
     if not isinstance(state, dict) or not state:
@@ -62,7 +83,15 @@ def quantize_checkpoint(state: dict, spec: QuantSpec) -> tuple[dict, list]:
 
 
 def save_quantized(path, arrays: dict) -> None:
-    """Write the arrays of :func:`quantize_checkpoint` as an ``.npz`` (atomically)."""
+    """Write the arrays of :func:`quantize_checkpoint` as an ``.npz`` (atomically).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The file.
+    arrays : dict
+        The first result of :func:`quantize_checkpoint`.
+    """
     if not isinstance(arrays, dict) or str(arrays.get("__format__", "")) != FORMAT:
         raise TypeError("arrays must be the first result of quantize_checkpoint (a dict with '__format__')")
     atomic_write(path, lambda f: np.savez(f, **arrays))
@@ -71,11 +100,21 @@ def save_quantized(path, arrays: dict) -> None:
 def load_quantized(path) -> dict:
     """The dequantized float32 tensors (and the untouched ones) of a quantized checkpoint.
 
-    ``path``: ``str`` or ``os.PathLike``. The file is read through :mod:`npquant.io`'s
+    The file is read through :mod:`npquant.io`'s
     checks (each member's size and CRC-32); then every quantized tensor must have its five
     entries, a valid spec, exactly the packed bytes its shape needs and qparams that fit
     it, and no plain entry may share its name. Otherwise a
     :class:`~npquant.io.FileFormatError` (``ValueError``) names the file and the tensor.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The checkpoint file.
+
+    Returns
+    -------
+    dict of str to numpy.ndarray
+        The dequantized float32 tensors and the untouched ones, by name.
     """
     p = check_path(path)
     return dequantize_checkpoint(read_npz(p), p)
@@ -85,7 +124,20 @@ _PARTS = ("codes", "scale", "zero_point", "shape", "spec")
 
 
 def dequantize_checkpoint(arrays: dict, where="<arrays>") -> dict:
-    """:func:`load_quantized` of the arrays already read from a file named ``where``."""
+    """:func:`load_quantized` of the arrays already read from a file named ``where``.
+
+    Parameters
+    ----------
+    arrays : dict of str to numpy.ndarray
+        The file's entries.
+    where : str, default ``"<arrays>"``
+        Names the file in messages.
+
+    Returns
+    -------
+    dict of str to numpy.ndarray
+        As :func:`load_quantized`.
+    """
     data = dict(arrays)
     fmt = data.pop("__format__", None)
     if fmt is None or fmt.ndim != 0 or fmt.dtype.kind != "U" or str(fmt) != FORMAT:

@@ -188,7 +188,22 @@ class LayerConfig:
 
 
 def default_config(w: np.ndarray, *, sparsity=None, quality=None) -> LayerConfig:
-    """The paper's defaults: conv (4-D) 8-bit codebook and gaps, fully connected 5 and 5."""
+    """The paper's defaults: conv (4-D) 8-bit codebook and gaps, fully connected 5 and 5.
+
+    Parameters
+    ----------
+    w : numpy.ndarray
+        The weight tensor; only its number of dimensions is used.
+    sparsity : float or None, default None
+        Keyword-only; stored in the config as given.
+    quality : float or None, default None
+        Keyword-only; stored in the config as given.
+
+    Returns
+    -------
+    LayerConfig
+        ``bits = index_bits = 8`` for a 4-D ``w``, else 5.
+    """
     conv = np.ndim(w) == 4
     return LayerConfig(sparsity=sparsity, quality=quality, bits=8 if conv else 5,
                        index_bits=8 if conv else 5)
@@ -334,6 +349,28 @@ def compress(state: dict, configs: dict | None = None, *, sparsity=None, quality
     and the indices and rebuilds ``codebook[indices]`` bit for bit. ``configs[name]``, if
     given, sets the ``index_bits`` of such a tensor; its ``bits`` must be ``b`` and it
     must not prune (the ``sparsity`` and ``quality`` arguments do not apply to them).
+
+    Parameters
+    ----------
+    state : dict of str to float array
+        The tensors, non-empty, finite.
+    configs : dict of str to LayerConfig or None, default None
+        Per-tensor configurations of 2-D/4-D tensors; every name must be in ``state``.
+    sparsity, quality : float or None, default None
+        Keyword-only; passed to :func:`default_config` for tensors without a config.
+    seed : int, default 0
+        Seed of the k-means initialisation.
+    kmeans_init : str, default ``"linear"``
+        The ``init`` of :func:`~npquant.kmeans.kmeans_quantize`.
+    bias_bits : int or None, default None
+        1..8: k-means codebook bits of the other tensors; ``None`` stores them exactly.
+    shared : dict or None, default None
+        Tensors already weight-shared, as described above.
+
+    Returns
+    -------
+    Compressed
+        The file's contents, the per-layer reports and the ``rebuilt`` tensors.
     """
     if not isinstance(state, dict) or not state:
         raise ValueError("state must be a non-empty dict of name -> array")
@@ -556,7 +593,18 @@ class StageSizes:
 def stage_sizes(compressed: Compressed) -> StageSizes:
     """The sizes behind Deep Compression's per-stage table (ratio after pruning, after
     quantization, after Huffman coding), the last from the real file; see
-    :class:`StageSizes` for what each stage stores."""
+    :class:`StageSizes` for what each stage stores.
+
+    Parameters
+    ----------
+    compressed : Compressed
+        The result of :func:`compress`.
+
+    Returns
+    -------
+    StageSizes
+        Bytes of the whole model and of the weights alone after each stage, and per layer.
+    """
     if not isinstance(compressed, Compressed):
         raise TypeError(f"compressed must be the Compressed result of compress(), got {type(compressed).__name__}")
     v3 = compressed._v3
@@ -590,7 +638,22 @@ def stage_sizes(compressed: Compressed) -> StageSizes:
 def write_compressed(compressed: Compressed, path, *, version: int = VERSION) -> int:
     """Write the file atomically (temporary name in the same folder, then rename; see
     :func:`npquant.io.atomic_write` for permissions and symbolic links); returns its size
-    in bytes. ``version``: 3 (default) or 2."""
+    in bytes.
+
+    Parameters
+    ----------
+    compressed : Compressed
+        The result of :func:`compress`.
+    path : str or os.PathLike
+        The file to write.
+    version : int, default 3
+        Keyword-only; the file format version, 3 or 2.
+
+    Returns
+    -------
+    int
+        The file's size in bytes.
+    """
     if not isinstance(compressed, Compressed):
         raise TypeError(f"compressed must be the Compressed result of compress(), got {type(compressed).__name__}")
     check_path(path)
@@ -608,6 +671,18 @@ def read_compressed(source, *, where: str | None = None) -> dict:
     sizes, CRCs, fields, names, each tensor's size against its streams) and the rebuilt
     tensors against their CRC-32. A wrong or corrupt file is a
     :class:`~npquant.io.FileFormatError` (``ValueError``) saying what was expected.
+
+    Parameters
+    ----------
+    source : str, os.PathLike, bytes, bytearray or memoryview
+        A path, or the file's bytes.
+    where : str or None, default None
+        Keyword-only; names the file in messages (default: the path, or ``"<bytes>"``).
+
+    Returns
+    -------
+    dict of str to numpy.ndarray
+        The rebuilt float32 tensors by name.
     """
     if isinstance(source, (bytes, bytearray, memoryview)):
         data, where = bytes(source), where or "<bytes>"
@@ -1466,8 +1541,20 @@ def _x(ratio) -> str:
 
 def format_report(compressed: Compressed, file_size: int) -> str:
     """The per-layer table, the other tensors, Deep Compression's per-stage table (from
-    :func:`stage_sizes`) and the total ratio against float32 bytes of every tensor, with
-    ``file_size`` the bytes of the file written."""
+    :func:`stage_sizes`) and the total ratio against float32 bytes of every tensor.
+
+    Parameters
+    ----------
+    compressed : Compressed
+        The result of :func:`compress`.
+    file_size : int
+        The bytes of the file written.
+
+    Returns
+    -------
+    str
+        The tables and the summary lines.
+    """
     rows = []
     for r in compressed.reports:
         coding = (f"{r.layout}" if r.layout == "dense" else
@@ -1506,8 +1593,22 @@ def kmeans_study(state: dict, evaluate, bits=(8, 4, 2), *, seed: int = 0) -> lis
     model size (float32 codebooks, indices packed at ``b`` bits, other tensors raw
     float32) and ``evaluate(weights)`` of the reconstructed weights.
 
-    Returns one dict per bit width: ``bits``, ``bytes``, ``ratio`` (float32 bytes /
-    bytes), ``score`` (what ``evaluate`` returns, e.g. test accuracy).
+    Parameters
+    ----------
+    state : dict of str to array
+        The tensors by name.
+    evaluate : callable
+        Called with a dict of the reconstructed float32 tensors; its result is the score.
+    bits : iterable of int, default (8, 4, 2)
+        The bit widths, each 1..8.
+    seed : int, default 0
+        Keyword-only; seed of the k-means initialisation.
+
+    Returns
+    -------
+    list of dict
+        One per bit width: ``bits``, ``bytes``, ``ratio`` (float32 bytes / bytes),
+        ``score`` (what ``evaluate`` returns, e.g. test accuracy).
     """
     from .packing import pack_bits
 

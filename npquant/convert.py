@@ -42,7 +42,18 @@ OBSERVERS = {
 def fold_batchnorm(model: nn.Sequential) -> nn.Sequential:
     """A copy of ``model`` where every ``Conv2d`` followed by ``BatchNorm2d`` is one conv:
     ``W' = W * gamma / sqrt(var + eps)`` per output channel and
-    ``b' = (b - mean) * gamma / sqrt(var + eps) + beta`` (float32)."""
+    ``b' = (b - mean) * gamma / sqrt(var + eps) + beta`` (float32).
+
+    Parameters
+    ----------
+    model : npquant.nn.Sequential
+        The float model.
+
+    Returns
+    -------
+    npquant.nn.Sequential
+        A new model; layers other than the folded pairs are the same objects.
+    """
     out, layers, i = [], list(model), 0
     while i < len(layers):
         layer = layers[i]
@@ -203,6 +214,37 @@ def quantize_model(model: nn.Sequential, calib_x, *, mode: str = "tflite", obser
     counted) and half to even otherwise (PyTorch's quantized ``avg_pool2d``); a pool whose
     padding counts in the divisor (``count_include_pad=True``, PyTorch's default) counts
     padded positions as real 0 (code ``Z_x``) and rounds half to even in every mode.
+
+    Parameters
+    ----------
+    model : npquant.nn.Sequential
+        The float model.
+    calib_x : float array (N, ...) or None
+        Calibration inputs, run in batches; None only when ``qparams`` gives every
+        activation point.
+    mode : str, default ``"tflite"``
+        The requantization rounding, one of :data:`npquant.fixedpoint.REQUANT_MODES`.
+    observer : str, default ``"minmax"``
+        ``"minmax"``, ``"moving_average"``, ``"percentile"``, ``"mse"`` or ``"entropy"``.
+    per_channel : bool, default True
+        Weight scales per output channel, else per tensor.
+    weight_bits : int, default 8
+        Bits of the weight codes, 2..8.
+    activation_signed : bool, default False
+        int8 activations instead of uint8.
+    batch_size : int, default 256
+        Calibration batch size, >= 1.
+    bias_method : str or None, default None
+        ``"tflite"`` or ``"onnxruntime"``; ``None`` picks by ``mode`` as above.
+    accumulation : str, default ``"exact"``
+        The accumulation of every linear and conv layer.
+    qparams : dict or None, default None
+        Given quantization parameters, keyed as above.
+
+    Returns
+    -------
+    IntegerModel
+        The integer model with its input and output qparams.
     """
     check_choice(mode, "mode", REQUANT_MODES)
     check_accumulation(accumulation)
@@ -310,7 +352,20 @@ class _DynamicLayer:
 
 def dynamic_quantize(model: nn.Sequential, *, per_channel: bool = True) -> nn.Sequential:
     """Dynamic quantization: int8 symmetric weights (per channel or per tensor), uint8
-    activations quantized per batch with their own min-max, float between layers."""
+    activations quantized per batch with their own min-max, float between layers.
+
+    Parameters
+    ----------
+    model : npquant.nn.Sequential
+        The float model.
+    per_channel : bool, default True
+        Keyword-only; weight scales per output channel, else per tensor.
+
+    Returns
+    -------
+    npquant.nn.Sequential
+        The model with batch norms folded and its linear and conv layers replaced.
+    """
     spec = QuantSpec(symmetric=True, narrow_range=True, axis=0 if per_channel else None)
     return nn.Sequential([_DynamicLayer(layer, spec) if isinstance(layer, (nn.Linear, nn.Conv2d)) else layer
                           for layer in fold_batchnorm(model)])
@@ -318,7 +373,18 @@ def dynamic_quantize(model: nn.Sequential, *, per_channel: bool = True) -> nn.Se
 
 def dynamic_size_bytes(model: nn.Sequential) -> int:
     """Storage of a :func:`dynamic_quantize` model: int8 weight codes, float32 scales and
-    float32 biases of its quantized layers."""
+    float32 biases of its quantized layers.
+
+    Parameters
+    ----------
+    model : npquant.nn.Sequential
+        A model returned by :func:`dynamic_quantize`.
+
+    Returns
+    -------
+    int
+        Bytes.
+    """
     return sum(layer.size_bytes() for layer in model if isinstance(layer, _DynamicLayer))
 
 
@@ -327,8 +393,24 @@ def weight_only_quantize(model: nn.Sequential, bits: int = 8, *, group_size: int
     """Weights quantized to ``bits`` and dequantized (per output channel, or per group of
     ``group_size`` inputs along axis 1); activations stay float.
 
-    Returns the model and the weight storage in bytes (codes packed at ``bits``, float32
-    scales, zero points of the code width, float32 biases).
+    Parameters
+    ----------
+    model : npquant.nn.Sequential
+        The float model.
+    bits : int, default 8
+        Bits of the weight codes, 2..8.
+    group_size : int or None, default None
+        Keyword-only; the group length along axis 1, or ``None`` for per output channel.
+    symmetric : bool, default True
+        Keyword-only; symmetric (signed, zero point 0) or asymmetric codes.
+
+    Returns
+    -------
+    model : npquant.nn.Sequential
+        The model (batch norms folded) with fake-quantized float32 weights.
+    size : int
+        The weight storage in bytes (codes packed at ``bits``, float32 scales, zero
+        points of the code width, float32 biases).
     """
     bits = check_int(bits, "bits", lo=2, hi=8)
     out, size = [], 0
@@ -352,7 +434,19 @@ def weight_only_quantize(model: nn.Sequential, bits: int = 8, *, group_size: int
 
 
 def float_size_bytes(model: nn.Sequential) -> int:
-    """float32 bytes of every weight and bias."""
+    """float32 bytes of every weight and bias.
+
+    Parameters
+    ----------
+    model : npquant.nn.Sequential
+        The float model; batch-norm running statistics count too.
+
+    Returns
+    -------
+    int
+        ``4 *`` the number of elements of every ``weight``, ``bias``, ``running_mean`` and
+        ``running_var`` array.
+    """
     total = 0
     for layer in model:
         for name in ("weight", "bias", "running_mean", "running_var"):
@@ -374,6 +468,18 @@ def from_pytorch_ptq(path_or_arrays, *, accumulation: str = "exact") -> IntegerM
     the default ``"exact"`` is the mathematically exact model
     (:mod:`npquant.qnn.accumulation`). The bundled files' recorded outputs equal every
     one of these (their activation codes never saturate a pair; ``tests/test_convert_reference.py``).
+
+    Parameters
+    ----------
+    path_or_arrays : str, os.PathLike or dict
+        The ``.npz`` file, or its arrays by name.
+    accumulation : str, default ``"exact"``
+        Keyword-only; the accumulation of every linear and conv layer.
+
+    Returns
+    -------
+    IntegerModel
+        The integer model.
     """
     from ._fileio import FileFormatError, check_path, parse_json, read_npz
 

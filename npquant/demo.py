@@ -32,7 +32,18 @@ of :func:`npquant.training.qat_results.qat_experiment` (``npquant qat`` prints t
 
 def data_files(models=MODELS) -> list[str]:
     """The files the demo reads for ``models``: the split, and each model's float and
-    PyTorch-quantized files."""
+    PyTorch-quantized files.
+
+    Parameters
+    ----------
+    models : iterable of str, default ``MODELS``
+        Model names.
+
+    Returns
+    -------
+    list of str
+        ``"digits_split.npz"``, then ``NAME.npz`` and ``NAME_ptq.npz`` of each model.
+    """
     return ["digits_split.npz", *(f"{m}{s}.npz" for m in models for s in ("", "_ptq"))]
 
 
@@ -43,6 +54,11 @@ def default_models_dir() -> Path:
 
     If npquant is imported from a zip file, the files are copied once into a temporary
     folder, removed when the interpreter exits.
+
+    Returns
+    -------
+    pathlib.Path
+        The folder.
     """
     data = resources.files("npquant") / "data"
     if isinstance(data, Path):
@@ -67,7 +83,20 @@ def _extracted(data) -> Path:  # pragma: no cover - npquant imported from a zip
 def check_models_dir(models_dir, models=MODELS) -> Path:
     """``models_dir`` as a ``Path``, after checking that it holds every file ``models`` need
     (``digits_split.npz``, ``NAME.npz`` and ``NAME_ptq.npz``); else ``ValueError`` naming the
-    folder and each missing file (the command prints it and exits with status 1)."""
+    folder and each missing file (the command prints it and exits with status 1).
+
+    Parameters
+    ----------
+    models_dir : str or os.PathLike
+        The folder of the reference models.
+    models : iterable of str, default ``MODELS``
+        Model names.
+
+    Returns
+    -------
+    pathlib.Path
+        ``models_dir``.
+    """
     models_dir = Path(models_dir)
     missing = [f for f in data_files(models) if not (models_dir / f).is_file()]
     if missing:
@@ -78,7 +107,20 @@ def check_models_dir(models_dir, models=MODELS) -> Path:
 
 
 def calibration_inputs(models_dir: Path, name: str) -> np.ndarray:
-    """The 269 calibration images of the fixed split (``digits_split.npz``), float32."""
+    """The 269 calibration images of the fixed split (``digits_split.npz``), float32.
+
+    Parameters
+    ----------
+    models_dir : pathlib.Path
+        The folder holding ``digits_split.npz``.
+    name : str
+        The model; ``"cnn"`` gets images, the others flat vectors.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 in [0, 1]: ``(269, 1, 8, 8)`` for ``"cnn"``, else ``(269, 64)``.
+    """
     from sklearn.datasets import load_digits
 
     from .io import load_state_dict
@@ -89,7 +131,23 @@ def calibration_inputs(models_dir: Path, name: str) -> np.ndarray:
 
 
 def model_rows(models_dir, name: str, progress=lambda msg: None) -> list[list[str]]:
-    """The table rows of one reference model."""
+    """The table rows of one reference model.
+
+    Parameters
+    ----------
+    models_dir : str or os.PathLike
+        The folder of the reference models.
+    name : str
+        The model, one of ``MODELS``.
+    progress : callable, default does nothing
+        Called with a one-line message before each slow step.
+
+    Returns
+    -------
+    list of list of str
+        One row per method: model, method, mode, size in bytes, test accuracy and
+        agreement with the float model.
+    """
     from .convert import (
         dynamic_quantize,
         dynamic_size_bytes,
@@ -142,7 +200,22 @@ def model_rows(models_dir, name: str, progress=lambda msg: None) -> list[list[st
 
 
 def run(models_dir=None, *, models=MODELS, progress=lambda msg: None) -> str:
-    """The demo's text: one table over the given reference models."""
+    """The demo's text: one table over the given reference models.
+
+    Parameters
+    ----------
+    models_dir : str, os.PathLike or None, default None
+        The folder of the reference models; ``None`` is :func:`default_models_dir`.
+    models : iterable of str, default ``MODELS``
+        Keyword-only; the models to run.
+    progress : callable, default does nothing
+        Called with a one-line message before each slow step.
+
+    Returns
+    -------
+    str
+        The heading, the table and the time taken.
+    """
     from ._table import format_table
 
     models_dir = check_models_dir(default_models_dir() if models_dir is None else models_dir, models)

@@ -335,18 +335,26 @@ def explain_dot(x_codes, z_x: int, w_codes, z_w: int, bias: int, s_x: float, s_w
 
     Parameters
     ----------
-    x_codes, w_codes : integer vectors of equal length
-        The receptive field and the weights of one output, in the order the kernel
-        reduces them.
-    z_x, z_w, z_y : int
-        Zero points of the input, the weights and the output.
+    x_codes : integer vector
+        The receptive field of one output, in the order the kernel reduces it.
+    z_x : int
+        Zero point of the input.
+    w_codes : integer vector of ``x_codes``' length
+        The weights of that output, in the same order.
+    z_w : int
+        Zero point of the weights.
     bias : int
         int32 bias at scale ``S_x S_w``, zero point 0.
     s_x, s_w, s_y : float
-        Scales (taken as float32, as every stack holds them).
+        Scales of the input, the weights and the output (taken as float32, as every
+        stack holds them).
+    z_y : int
+        Zero point of the output.
     qmin, qmax : int
         The output code range (narrowed for a fused activation).
     mode : one of :data:`npquant.fixedpoint.REQUANT_MODES`
+    title : str, default ``"one output element"``
+        The heading of the explanation.
     accumulation : ``"exact"`` or ``"int16_pairs"``
         With ``"int16_pairs"`` (uint8 ``x``, int8 ``w``) the trace lists every pair sum
         and marks the saturated ones (:mod:`npquant.qnn.accumulation`).
@@ -597,6 +605,9 @@ def explain_linear(x_q, x_qp: QParams, w_q, w_qp: QParams, bias_q, y_qp: QParams
         The output element.
     mode : str
         The requantization mode.
+    qmin, qmax : int or None, default None
+        The output code range of a fused activation; ``None``: ``y_qp``'s ``qmin`` /
+        ``qmax``.
     accumulation : str
         As in :func:`npquant.qnn.gemm.linear_accumulate`.
     x_float, w_float, b_float : float arrays of the shapes of ``x_q``, ``w_q``, ``bias_q``, optional
@@ -666,6 +677,40 @@ def explain_conv2d(x_q, x_qp: QParams, w_q, w_qp: QParams, bias_q, y_qp: QParams
     resolves to int16 pairs for this geometry (the order fbgemm and MLAS pair in).
     ``x_float``, ``w_float``, ``b_float`` and the checks against
     :func:`npquant.qnn.conv.qconv2d` are as in :func:`explain_linear`.
+
+    Parameters
+    ----------
+    x_q : integer array (N, C, H, W)
+        Codes of the per-tensor ``x_qp``.
+    x_qp : QParams
+        The input's qparams.
+    w_q : integer array (O, C / groups, kh, kw)
+        Codes of ``w_qp`` (per-tensor, or per-channel along axis 0).
+    w_qp : QParams
+        The weights' qparams.
+    bias_q : int32 array (O,) or None
+        The bias at scale ``S_x S_w``.
+    y_qp : QParams
+        Per-tensor output qparams.
+    index : (int, int, int, int)
+        The output element ``(n, o, i, j)``.
+    stride, padding, dilation, groups
+        As in :func:`npquant.qnn.conv.conv_geometry`.
+    mode : str, default ``"tflite"``
+        The requantization mode.
+    qmin, qmax : int or None, default None
+        The output code range of a fused activation; ``None``: ``y_qp``'s ``qmin`` /
+        ``qmax``.
+    accumulation : str, default ``"exact"``
+        As in :func:`npquant.qnn.conv.conv2d_accumulate`.
+    x_float, w_float, b_float : float arrays of the shapes of ``x_q``, ``w_q``, ``bias_q``, optional
+        As in :func:`explain_linear`.
+
+    Returns
+    -------
+    Explanation
+        The trace, checked against :func:`npquant.qnn.conv.conv2d_accumulate` and
+        :func:`npquant.qnn.conv.qconv2d` (:class:`ExplainConsistencyError` if they differ).
     """
     from .qnn.conv import conv2d_accumulate, qconv2d
 
@@ -746,6 +791,18 @@ def builtin_example(layer: str = "linear", seed: int = 0) -> dict:
     :func:`explain_conv2d` (without ``mode``), the float tensors included: linear layer
     (2, 16) -> (2, 4), element ``[0, 1]``; conv 3x3, padding 1, (1, 2, 5, 5) -> (1, 3,
     5, 5), element ``(0, 1, 0, 2)`` on the top border (three padding taps).
+
+    Parameters
+    ----------
+    layer : ``"linear"`` or ``"conv"``, default ``"linear"``
+        The kind of layer.
+    seed : int, default 0
+        Seed of ``numpy.random.default_rng`` for the float data.
+
+    Returns
+    -------
+    dict
+        Keyword arguments of :func:`explain_linear` or :func:`explain_conv2d`.
     """
     from .linear import quantize
     from .qnn.gemm import quantize_bias

@@ -492,9 +492,23 @@ def _check_code(code) -> HuffmanCode:
 def huffman_encode(symbols, code: HuffmanCode, *, backend: str = "numba") -> tuple[bytes, int]:
     """Encode integer ``symbols`` (any shape, read in C order) with ``code``.
 
-    Returns ``(stream, nbits)``: ``ceil(nbits / 8)`` bytes, MSB first, zero padding.
-    ValueError if a symbol is outside the alphabet or has no code. ``backend``:
-    ``"numba"`` kernel or its NumPy twin (``"python"``); identical bytes.
+    ValueError if a symbol is outside the alphabet or has no code.
+
+    Parameters
+    ----------
+    symbols : integer array
+        Symbols in ``[0, code.alphabet_size)``, each with a code.
+    code : HuffmanCode
+        The code.
+    backend : ``"numba"`` or ``"python"``, default ``"numba"``
+        The kernel or its NumPy twin; identical bytes.
+
+    Returns
+    -------
+    stream : bytes
+        ``ceil(nbits / 8)`` bytes, MSB first, zero padding.
+    nbits : int
+        Number of code bits in ``stream``.
     """
     code = _check_code(code)
     check_choice(backend, "backend", BACKENDS)
@@ -540,6 +554,24 @@ def huffman_decode(stream, code: HuffmanCode, count: int, *, nbits: int | None =
     without it they must end in the last byte. Padding bits after the end must be zero.
     ValueError on a truncated stream, an invalid code, a wrong end or non-zero padding.
     Never reads outside ``stream``; every step consumes at least one bit.
+
+    Parameters
+    ----------
+    stream : bytes or 1-D uint8 array
+        The encoded bits, MSB first.
+    code : HuffmanCode
+        The code the stream was written with.
+    count : int
+        Number of symbols to decode, >= 0.
+    nbits : int or None, default None
+        Keyword-only; the exact number of code bits (see above).
+    backend : ``"numba"`` or ``"python"``, default ``"numba"``
+        The kernel or its NumPy twin; identical results.
+
+    Returns
+    -------
+    numpy.ndarray
+        1-D, ``count`` symbols: uint8 for alphabets up to 256, else uint16.
     """
     code = _check_code(code)
     check_choice(backend, "backend", BACKENDS)
@@ -627,7 +659,22 @@ _HEAD = len(MAGIC) + 1 + 4
 def encode(symbols, alphabet_size: int | None = None, max_length: int | None = None) -> bytes:
     """One self-describing blob: magic, version, table, count, nbits, stream, CRC-32
     (format in the module docstring). The code is built from ``symbols`` (flattened,
-    C order). Empty ``symbols`` are allowed: the table then gives symbol 0 a 1-bit code."""
+    C order). Empty ``symbols`` are allowed: the table then gives symbol 0 a 1-bit code.
+
+    Parameters
+    ----------
+    symbols : integer array
+        Symbols in ``[0, alphabet_size)``, any shape.
+    alphabet_size : int or None, default None
+        Size of the alphabet, 1..65536; ``None`` is ``max(symbols) + 1`` (1 when empty).
+    max_length : int or None, default None
+        Longest code length allowed, 1..32; ``None`` is 32.
+
+    Returns
+    -------
+    bytes
+        The blob.
+    """
     s = _check_symbols(symbols, alphabet_size)
     if s.size == 0:
         counts = np.zeros(1 if alphabet_size is None else alphabet_size, np.int64)
@@ -648,6 +695,18 @@ def decode(blob, *, backend: str = "numba") -> np.ndarray:
     The sizes are checked first (a short part is named), then the CRC-32, then the table
     and the stream. Any corruption is a ValueError (the checksum catches the flips that
     still decode: a Huffman stream itself has no redundancy).
+
+    Parameters
+    ----------
+    blob : bytes or 1-D uint8 array
+        The blob.
+    backend : ``"numba"`` or ``"python"``, default ``"numba"``
+        The kernel or its NumPy twin; identical results.
+
+    Returns
+    -------
+    numpy.ndarray
+        1-D symbols, uint8 (alphabet <= 256) or uint16.
     """
     buf = _as_buffer(blob, "blob")
     check_choice(backend, "backend", BACKENDS)
@@ -714,7 +773,20 @@ def _counts_of(symbols, counts, name: str) -> np.ndarray:
 def entropy_bits(symbols=None, *, counts=None) -> float:
     """Shannon entropy ``-sum p log2 p`` in bits per symbol (float64), of ``symbols``
     (integers >= 0) or of ``counts=`` (one count per symbol). Lower bound of any
-    symbol-by-symbol code."""
+    symbol-by-symbol code.
+
+    Parameters
+    ----------
+    symbols : integer array or None, default None
+        Symbols (integers >= 0, any shape); give either these or ``counts``.
+    counts : integer array or None, default None
+        Keyword-only; one non-negative count per symbol, not all zero.
+
+    Returns
+    -------
+    float
+        Bits per symbol, >= 0.
+    """
     c = _counts_of(symbols, counts, "entropy_bits")
     c = c[c > 0].astype(np.float64)
     p = c / c.sum()
@@ -724,7 +796,22 @@ def entropy_bits(symbols=None, *, counts=None) -> float:
 def bits_per_symbol(code: HuffmanCode, symbols=None, *, counts=None) -> float:
     """Mean code length in bits (float64) of ``code`` over ``symbols`` or ``counts=``
     (length ``code.alphabet_size``). Excludes the table. ValueError for a symbol with
-    no code."""
+    no code.
+
+    Parameters
+    ----------
+    code : HuffmanCode
+        The code.
+    symbols : integer array or None, default None
+        Symbols in ``[0, code.alphabet_size)``; give either these or ``counts``.
+    counts : integer array or None, default None
+        Keyword-only; one count per symbol, of length ``code.alphabet_size``.
+
+    Returns
+    -------
+    float
+        Mean code length in bits.
+    """
     code = _check_code(code)
     c = _counts_of(symbols, counts, "bits_per_symbol")
     if counts is not None and c.shape[0] != code.alphabet_size:
@@ -741,6 +828,17 @@ def bits_per_symbol(code: HuffmanCode, symbols=None, *, counts=None) -> float:
 
 def fixed_length_bits(alphabet_size: int) -> int:
     """Bits per symbol of a fixed-length code for the alphabet: ``ceil(log2 n)``, at
-    least 1."""
+    least 1.
+
+    Parameters
+    ----------
+    alphabet_size : int
+        Number of symbols ``n``, 1..65536.
+
+    Returns
+    -------
+    int
+        ``max(1, ceil(log2 n))``.
+    """
     n = check_int(alphabet_size, "alphabet_size", lo=1, hi=MAX_ALPHABET)
     return max(1, (n - 1).bit_length())

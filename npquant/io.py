@@ -37,7 +37,18 @@ _FORMATS = ("npz", "safetensors")
 def sniff_format(data: bytes) -> str | None:
     """The format of a file from its first bytes: ``"npz"`` (a zip archive),
     ``"npqz"`` (an npquant compressed file), ``"safetensors"`` (a length then a JSON
-    object), or ``None``."""
+    object), or ``None``.
+
+    Parameters
+    ----------
+    data : bytes
+        The file's bytes (the first 10 are enough).
+
+    Returns
+    -------
+    str or None
+        ``"npz"``, ``"npqz"``, ``"safetensors"`` or ``None``.
+    """
     if data[:4] in (b"PK\x03\x04", b"PK\x05\x06"):
         return "npz"
     if data[:4] == b"NPQZ":
@@ -61,9 +72,20 @@ def _format(path, fmt):
 def load_state_dict(path, *, format: str | None = None) -> dict:
     """``{name: ndarray}`` from a ``.npz`` or ``.safetensors`` file.
 
-    ``path``: ``str`` or ``os.PathLike``. ``format``: ``"npz"``, ``"safetensors"`` or
-    ``None`` (from the extension). Arrays keep their stored dtype and shape. A file whose
-    content is not the format is a :class:`FileFormatError` saying what it looks like.
+    Arrays keep their stored dtype and shape. A file whose content is not the format is a
+    :class:`FileFormatError` saying what it looks like.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The file.
+    format : ``"npz"``, ``"safetensors"`` or None, default None
+        Keyword-only; ``None`` tells the format from the extension.
+
+    Returns
+    -------
+    dict of str to numpy.ndarray
+        The arrays by name.
     """
     p = check_path(path)
     fmt = _format(p, format)
@@ -79,7 +101,17 @@ def load_state_dict(path, *, format: str | None = None) -> dict:
 
 
 def save_state_dict(path, state: dict, *, format: str | None = None) -> None:
-    """Write ``{name: array}`` as ``.npz`` or ``.safetensors`` (atomically)."""
+    """Write ``{name: array}`` as ``.npz`` or ``.safetensors`` (atomically).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The file.
+    state : dict of str to array
+        The arrays, by non-empty names.
+    format : ``"npz"``, ``"safetensors"`` or None, default None
+        Keyword-only; ``None`` tells the format from the extension.
+    """
     p = check_path(path)
     fmt = _format(p, format)
     if not isinstance(state, dict) or not all(isinstance(k, str) and k for k in state):
@@ -98,7 +130,20 @@ def save_state_dict(path, state: dict, *, format: str | None = None) -> None:
 def write_safetensors(state: dict, metadata: dict | None = None) -> bytes:
     """The safetensors bytes of ``{name: array}`` (little-endian, C order), written by the
     ``safetensors`` package. Dtypes: bool, (u)int8..64, float16/32/64; anything else is a
-    ``TypeError`` naming the tensor."""
+    ``TypeError`` naming the tensor.
+
+    Parameters
+    ----------
+    state : dict of str to array
+        The tensors, by non-empty names other than ``"__metadata__"``.
+    metadata : dict or None, default None
+        Stored as the ``__metadata__`` of string keys and values (converted with ``str``).
+
+    Returns
+    -------
+    bytes
+        The file's contents.
+    """
     from safetensors.numpy import save
 
     if not isinstance(state, dict):
@@ -119,7 +164,20 @@ def read_safetensors(data, *, where: str = "<bytes>") -> dict:
     """``{name: ndarray}`` from the bytes of a safetensors file (``where`` names it in
     messages). The header must be a JSON object of at most 64 MiB with no duplicate
     name; dtypes as :func:`write_safetensors`; the tensors must tile the buffer exactly.
-    Anything else is a :class:`FileFormatError`."""
+    Anything else is a :class:`FileFormatError`.
+
+    Parameters
+    ----------
+    data : bytes, bytearray or memoryview
+        The file's bytes.
+    where : str, default ``"<bytes>"``
+        Keyword-only; names the file in messages.
+
+    Returns
+    -------
+    dict of str to numpy.ndarray
+        The tensors, in the header's order.
+    """
     from safetensors import SafetensorError
     from safetensors.numpy import load
 
@@ -180,6 +238,16 @@ def load_weights(path) -> dict:
     - a reference model (``.npz`` with ``__arch__``): its state dict (the test arrays left out);
     - a quantized checkpoint (:mod:`npquant.checkpoint`): the dequantized float32 weights;
     - a Deep Compression file (:mod:`npquant.compress`): the rebuilt float32 weights.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The file.
+
+    Returns
+    -------
+    dict of str to numpy.ndarray
+        The weights by name.
     """
     p = check_path(path)
     data = read_bytes(p)
@@ -216,7 +284,18 @@ class Reference:
 
 def load_reference(path) -> Reference:
     """Read a reference model file (an ``.npz`` with ``__arch__``; see
-    ``reference_models/README.md``)."""
+    ``reference_models/README.md``).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The file.
+
+    Returns
+    -------
+    Reference
+        The architecture, state dict, other arrays and metadata.
+    """
     p = check_path(path)
     return _reference(read_npz(p), p)
 
@@ -248,7 +327,18 @@ def _reference(data: dict, where) -> Reference:
 
 
 def load_model(path):
-    """The float NumPy model (:class:`npquant.nn.Sequential`) of a reference ``.npz``."""
+    """The float NumPy model (:class:`npquant.nn.Sequential`) of a reference ``.npz``.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The file.
+
+    Returns
+    -------
+    npquant.nn.Sequential
+        The model, built by :func:`npquant.nn.build_model`.
+    """
     from .nn import build_model
 
     ref = load_reference(path)

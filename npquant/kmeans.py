@@ -111,7 +111,18 @@ class KMeansResult:
 
 
 def reconstruct(result: KMeansResult) -> np.ndarray:
-    """``result.codebook[result.indices]``: float32, the weights' shape."""
+    """``result.codebook[result.indices]``: float32, the weights' shape.
+
+    Parameters
+    ----------
+    result : KMeansResult
+        A fitted codebook and indices.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 of ``result.indices``' shape.
+    """
     if not isinstance(result, KMeansResult):
         raise TypeError(f"result must be a KMeansResult, got {type(result).__name__}")
     return result.codebook[result.indices]
@@ -164,12 +175,27 @@ def _reserved(reserved_zero, codebook) -> bool:
 def initial_centroids(x, k: int, *, init: str = "linear", seed: int = 0) -> np.ndarray:
     """The initial centroids :func:`kmeans_quantize` starts from: float64 ``(k,)``, sorted.
 
-    ``x``: the values to cluster (finite floats, any shape, converted to float32; zeros
-    are ordinary values here). ``init``: ``"linear"`` (``linspace(min, max, k)``; the
-    midrange for ``k = 1``), ``"density"`` (the ``floor((2j + 1) n / 2k)``-th smallest
-    value, j = 0..k-1), ``"kmeans++"`` (first centroid uniform, each next one drawn with
-    probability proportional to the squared distance to the nearest chosen one; O(n k)).
     Centroids may repeat when ``x`` has fewer than ``k`` distinct values.
+
+    Parameters
+    ----------
+    x : array_like of float
+        The values to cluster (finite floats, any shape, converted to float32; zeros
+        are ordinary values here).
+    k : int
+        Number of centroids, 1..65536.
+    init : str, default ``"linear"``
+        ``"linear"`` (``linspace(min, max, k)``; the midrange for ``k = 1``),
+        ``"density"`` (the ``floor((2j + 1) n / 2k)``-th smallest value, j = 0..k-1),
+        ``"kmeans++"`` (first centroid uniform, each next one drawn with probability
+        proportional to the squared distance to the nearest chosen one; O(n k)).
+    seed : int, default 0
+        Seed of ``numpy.random.default_rng`` for ``"kmeans++"``, >= 0.
+
+    Returns
+    -------
+    numpy.ndarray
+        float64 ``(k,)``, sorted ascending.
     """
     k = check_int(k, "k", lo=1, hi=65536)
     check_choice(init, "init", KMEANS_INITS)
@@ -388,12 +414,28 @@ def centroid_gradient(grad, indices, k: int, *, reduction: str = "sum",
                       backend: str = "numba") -> np.ndarray:
     """Gradient of the loss with respect to each centroid (Deep Compression, eq. 3).
 
-    ``grad``: dL/dW for the reconstructed weights ``W = codebook[indices]`` (float, the
-    indices' shape). Returns float32 ``(k,)``: with ``reduction="sum"`` (eq. 3, the exact
-    gradient) entry ``j`` is the sum of ``grad`` over the weights with index ``j``; with
-    ``"mean"`` that sum divided by the number of those weights (the mean gradient of the
-    cluster, eq. 3 scaled by ``1 / cluster size``). 0 for an unused index. Summed in
-    float64 in element order, divided in float64, rounded once.
+    Summed in float64 in element order, divided in float64, rounded once.
+
+    Parameters
+    ----------
+    grad : float array
+        dL/dW for the reconstructed weights ``W = codebook[indices]``, finite, of the
+        indices' shape.
+    indices : integer array
+        The index of each weight, in ``[0, k - 1]``.
+    k : int
+        Number of centroids, 1..65536.
+    reduction : ``"sum"`` or ``"mean"``, default ``"sum"``
+        ``"sum"`` (eq. 3, the exact gradient): entry ``j`` is the sum of ``grad`` over
+        the weights with index ``j``; ``"mean"``: that sum divided by the number of those
+        weights (the mean gradient of the cluster, eq. 3 scaled by ``1 / cluster size``).
+    backend : ``"numba"`` or ``"numpy"``, default ``"numba"``
+        The kernel or its NumPy twin; identical results.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 ``(k,)``; 0 for an unused index.
     """
     k = check_int(k, "k", lo=1, hi=65536)
     check_choice(reduction, "reduction", REDUCTIONS)
@@ -412,10 +454,31 @@ def finetune_centroids(codebook, grad, indices, lr: float, *, reserved_zero: boo
     shared by ``n`` weights moves about ``n`` times as far as one weight would at the same
     ``lr``: divide ``lr`` by the cluster size, or use ``"mean"``, which does just that per
     cluster (:mod:`npquant.training.kmeans_qat` shows the difference). The indices do not
-    change, so the result need not be sorted. ``reserved_zero``: hold ``codebook[0]`` at
-    0.0 (the pruned weights' code); ``None`` means "if ``codebook[0]`` is exactly 0.0",
-    which is always the case for a :func:`kmeans_quantize` result with ``reserved_zero``.
-    Returns float32 ``(k,)``; an update that overflows float32 is a ValueError.
+    change, so the result need not be sorted.
+
+    Parameters
+    ----------
+    codebook : float array (k,)
+        The current centroids.
+    grad : float array
+        dL/dW for ``codebook[indices]``, finite, of the indices' shape.
+    indices : integer array
+        The index of each weight, in ``[0, k - 1]``.
+    lr : float
+        The learning rate.
+    reserved_zero : bool or None, default None
+        Hold ``codebook[0]`` at 0.0 (the pruned weights' code); ``None`` means "if
+        ``codebook[0]`` is exactly 0.0", which is always the case for a
+        :func:`kmeans_quantize` result with ``reserved_zero``.
+    reduction : ``"sum"`` or ``"mean"``, default ``"sum"``
+        As in :func:`centroid_gradient`.
+    backend : ``"numba"`` or ``"numpy"``, default ``"numba"``
+        The kernel or its NumPy twin; identical results.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 ``(k,)``; an update that overflows float32 is a ValueError.
     """
     cb = _check_codebook(codebook)
     k = cb.shape[0]
@@ -444,6 +507,26 @@ def reaverage_centroids(w, indices, k: int, codebook=None, *, reserved_zero: boo
     ``codebook[j]`` (pass the old codebook) or becomes 0.0 when ``codebook`` is None.
     ``reserved_zero`` as in :func:`finetune_centroids` (``None``: if ``codebook`` is given
     and ``codebook[0] == 0.0``). Returns float32 ``(k,)``.
+
+    Parameters
+    ----------
+    w : float array
+        The current weights (converted to float32), of the indices' shape.
+    indices : integer array
+        The index of each weight, in ``[0, k - 1]``.
+    k : int
+        Number of centroids, 1..65536.
+    codebook : float array (k,) or None, default None
+        The old codebook, whose entries empty clusters keep.
+    reserved_zero : bool or None, default None
+        Keyword-only; hold entry 0 at 0.0 (see above).
+    backend : ``"numba"`` or ``"numpy"``, default ``"numba"``
+        The kernel or its NumPy twin; identical results.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 ``(k,)``.
     """
     k = check_int(k, "k", lo=1, hi=65536)
     check_choice(backend, "backend", BACKENDS)

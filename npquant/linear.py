@@ -46,6 +46,22 @@ def round_values(v, mode: str, *, seed: int | None = None) -> np.ndarray:
     toward +inf), ``floor``, ``stochastic`` (up with probability equal to the fraction,
     noise from ``numpy.random.default_rng(seed)``; ``seed`` required). Exact: no
     ``floor(v + 0.5)`` shortcut, which is wrong just below a tie.
+
+    Parameters
+    ----------
+    v : array_like of float
+        Values to round; any floating dtype and shape (``TypeError`` for integers).
+    mode : str
+        One of ``ROUNDING_MODES``: ``"half_even"``, ``"half_away"``, ``"half_up"``,
+        ``"floor"`` or ``"stochastic"``.
+    seed : int or None, default None
+        Seed of the noise of ``"stochastic"`` (keyword-only; required for that mode,
+        ignored by the others).
+
+    Returns
+    -------
+    numpy.ndarray
+        The rounded values, of ``v``'s dtype and shape. No clamping.
     """
     check_choice(mode, "mode", ROUNDING_MODES)
     v = np.asarray(v)
@@ -198,6 +214,20 @@ def dequantize(q, qparams: QParams, *, backend: str = "numba") -> np.ndarray:
     ``q`` must be an integer array whose values lie in ``[qmin, qmax]`` of the spec
     (a code outside is an error, not clamped). Returns float32 of ``q``'s shape. This is
     the arithmetic of ONNX ``DequantizeLinear`` and of PyTorch's ``dequantize``.
+
+    Parameters
+    ----------
+    q : array_like of int
+        The codes, non-empty, in ``[qmin, qmax]`` of ``qparams.spec`` (else ``ValueError``).
+    qparams : QParams
+        Must fit ``q``'s shape (see :meth:`QParams.check_fits`).
+    backend : ``"numba"`` or ``"numpy"``, default ``"numba"``
+        The numba kernel or the NumPy twin (identical bits).
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 of ``q``'s shape: ``float32(q - Z) * S``.
     """
     qparams = _check_qparams(qparams)
     check_choice(backend, "backend", BACKENDS)
@@ -235,6 +265,23 @@ def fake_quantize(x, qparams: QParams, *, method: str = "divide", backend: str =
     which differs from ``torch.quantize_per_*`` near ties. Idempotent for the
     round-to-nearest modes; ``floor`` and ``stochastic`` are not, since ``S * k / S`` may
     land a hair below ``k`` in floating point.
+
+    Parameters
+    ----------
+    x : array_like of float
+        Finite, non-empty; converted to float32 first.
+    qparams : QParams
+        Must fit ``x``'s shape (see :meth:`QParams.check_fits`).
+    method : str, default ``"divide"``
+        As in :func:`quantize`, except that ``"torch"`` means ``"mul"`` here.
+    backend : ``"numba"`` or ``"numpy"``, default ``"numba"``
+        The numba kernels or their NumPy twins (identical bits).
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 of ``x``'s shape: ``x`` rounded with ``qparams.spec.rounding``, saturated
+        to ``[qmin, qmax]`` and mapped back to real values.
     """
     qparams = _check_qparams(qparams)
     method = _resolve_method(method, qparams.spec, fake=True)
@@ -261,6 +308,18 @@ def quantization_error(x, x_hat) -> QuantError:
     ``SQNR = 10 log10(sum x^2 / sum (x - x_hat)^2)``: ``inf`` for an exact reconstruction,
     ``-inf`` when ``x`` is all zero but ``x_hat`` is not. Cosine similarity is 1 when both
     are all zero and 0 when only one is.
+
+    Parameters
+    ----------
+    x : array_like of real
+        The reference tensor, finite and non-empty.
+    x_hat : array_like of real
+        Its reconstruction, finite, of ``x``'s shape.
+
+    Returns
+    -------
+    QuantError
+        ``mse``, ``sqnr_db``, ``max_abs`` and ``cosine`` as Python floats.
     """
     a = np.asarray(x)
     b = np.asarray(x_hat)

@@ -64,7 +64,13 @@ def _is_module(layer) -> bool:
 
 class Module:
     """What every float layer and model shares: a name, the mode (``training``), the
-    compute dtype, ``__call__ = forward``, ``train``/``eval`` and ``astype``."""
+    compute dtype, ``__call__ = forward``, ``train``/``eval`` and ``astype``.
+
+    Parameters
+    ----------
+    name : str
+        Non-empty name of the layer or model.
+    """
 
     def __init__(self, name: str):
         if not isinstance(name, str) or not name:
@@ -149,7 +155,13 @@ class Module:
 
 class Layer(Module):
     """A leaf layer: its parameters are attributes named in ``_params`` (``None`` when
-    absent, e.g. a conv without bias), its buffers in ``_buffers``; ``grads`` is a dict."""
+    absent, e.g. a conv without bias), its buffers in ``_buffers``; ``grads`` is a dict.
+
+    Parameters
+    ----------
+    name : str
+        Non-empty name of the layer.
+    """
 
     _params: tuple = ()
     _buffers: tuple = ()
@@ -251,7 +263,17 @@ class Linear(Layer):
     """``y = x W^T + b``; ``x`` (..., in) float32 -> (..., out).
 
     Backward: ``grad_W += grad_y^T x``, ``grad_b += sum(grad_y)`` (over all leading axes),
-    ``grad_x = grad_y W``."""
+    ``grad_x = grad_y W``.
+
+    Parameters
+    ----------
+    weight : real array (out, in)
+        ``W``, stored as float32.
+    bias : real array (out,) or None, default None
+        ``b``, stored as float32; ``None``: no bias.
+    name : str, default ``"linear"``
+        Keyword-only; the layer's name, the prefix of its state-dict keys.
+    """
 
     _params = ("weight", "bias")
 
@@ -323,7 +345,25 @@ class Conv2d(Layer):
 
     Forward: im2col and one matmul per group. Backward: ``grad_W`` is ``grad_y`` times the
     im2col columns (per group); ``grad_x`` is ``W^T grad_y`` folded back by col2im (one
-    strided add per kernel offset); ``grad_b`` is ``grad_y`` summed over N, H, W."""
+    strided add per kernel offset); ``grad_b`` is ``grad_y`` summed over N, H, W.
+
+    Parameters
+    ----------
+    weight : real array (O, I / groups, kh, kw)
+        The kernel, stored as float32; ``O`` divisible by ``groups``.
+    bias : real array (O,) or None, default None
+        Stored as float32; ``None``: no bias.
+    stride : int or (int, int), default 1
+        Keyword-only, >= 1.
+    padding : int or (int, int), default 0
+        Zero padding of each side of (H, W), >= 0.
+    dilation : int or (int, int), default 1
+        Spacing of the kernel taps, >= 1.
+    groups : int, default 1
+        Number of channel groups, >= 1.
+    name : str, default ``"conv"``
+        Keyword-only; the layer's name, the prefix of its state-dict keys.
+    """
 
     _params = ("weight", "bias")
 
@@ -396,6 +436,21 @@ class BatchNorm2d(Layer):
     mode the layer normalizes with the running statistics (the eval-mode output) and leaves
     them unchanged, but still keeps what backward needs; gradients flow to ``weight``,
     ``bias`` and the input.
+
+    Parameters
+    ----------
+    weight, bias : real array (C,)
+        The affine parameters, stored as float32.
+    running_mean, running_var : real array (C,)
+        The running statistics, stored as float32.
+    eps : float, default 1e-5
+        Keyword-only; added to the variance, > 0.
+    momentum : float or None, default 0.1
+        In ``[0, 1]``; ``None``: cumulative average.
+    num_batches_tracked : int, default 0
+        Non-negative integer scalar, stored as 0-d int64.
+    name : str, default ``"bn"``
+        Keyword-only; the layer's name, the prefix of its state-dict keys.
     """
 
     _params = ("weight", "bias")
@@ -476,7 +531,13 @@ class BatchNorm2d(Layer):
 
 
 class ReLU(Layer):
-    """``max(x, 0)``; backward passes ``grad_y`` where ``x > 0`` (0 at ``x == 0``, as PyTorch)."""
+    """``max(x, 0)``; backward passes ``grad_y`` where ``x > 0`` (0 at ``x == 0``, as PyTorch).
+
+    Parameters
+    ----------
+    name : str, default ``"relu"``
+        Keyword-only; the layer's name, the prefix of its state-dict keys.
+    """
 
     def __init__(self, *, name: str = "relu"):
         super().__init__(name)
@@ -493,7 +554,13 @@ class ReLU(Layer):
 
 class ReLU6(Layer):
     """``min(max(x, 0), 6)``; backward passes ``grad_y`` where ``0 < x < 6`` (0 at both
-    ends, as PyTorch's ``hardtanh_backward``)."""
+    ends, as PyTorch's ``hardtanh_backward``).
+
+    Parameters
+    ----------
+    name : str, default ``"relu6"``
+        Keyword-only; the layer's name, the prefix of its state-dict keys.
+    """
 
     def __init__(self, *, name: str = "relu6"):
         super().__init__(name)
@@ -514,7 +581,19 @@ class MaxPool2d(Layer):
     Backward: each window's gradient goes to its maximum; on ties, to the *first* maximum
     in row-major scan order of the window (as PyTorch's CPU ``max_pool2d``, whose scan
     keeps the first and replaces it only on a strictly greater value). Overlapping windows
-    add up."""
+    add up.
+
+    Parameters
+    ----------
+    kernel_size : int or (int, int)
+        Window size, >= 1.
+    stride : int, (int, int) or None, default None
+        Window step, >= 1; ``None`` is ``kernel_size``.
+    padding : int or (int, int), default 0
+        Padding of each side of (H, W), >= 0.
+    name : str, default ``"maxpool"``
+        Keyword-only; the layer's name, the prefix of its state-dict keys.
+    """
 
     def __init__(self, kernel_size, stride=None, padding=0, *, name: str = "maxpool"):
         self.kernel_size = check_pair(kernel_size, "kernel_size", lo=1)
@@ -546,7 +625,21 @@ class MaxPool2d(Layer):
 class AvgPool2d(Layer):
     """Average pooling, NCHW; ``count_include_pad`` as PyTorch (default True).
 
-    Backward: each window's ``grad_y / divisor`` is added to every input of the window."""
+    Backward: each window's ``grad_y / divisor`` is added to every input of the window.
+
+    Parameters
+    ----------
+    kernel_size : int or (int, int)
+        Window size, >= 1.
+    stride : int, (int, int) or None, default None
+        Window step, >= 1; ``None`` is ``kernel_size``.
+    padding : int or (int, int), default 0
+        Padding of each side of (H, W), >= 0.
+    count_include_pad : bool, default True
+        Keyword-only; whether padding positions count in the divisor (they hold 0).
+    name : str, default ``"avgpool"``
+        Keyword-only; the layer's name, the prefix of its state-dict keys.
+    """
 
     def __init__(self, kernel_size, stride=None, padding=0, *, count_include_pad: bool = True,
                  name: str = "avgpool"):
@@ -578,7 +671,13 @@ class AvgPool2d(Layer):
 
 
 class Flatten(Layer):
-    """(N, ...) -> (N, prod(...)) in C order, as ``torch.flatten(x, 1)``."""
+    """(N, ...) -> (N, prod(...)) in C order, as ``torch.flatten(x, 1)``.
+
+    Parameters
+    ----------
+    name : str, default ``"flatten"``
+        Keyword-only; the layer's name, the prefix of its state-dict keys.
+    """
 
     def __init__(self, *, name: str = "flatten"):
         super().__init__(name)
@@ -671,7 +770,15 @@ class Sequential(ChildDicts, Module):
     backward passes in reverse order. ``parameters()`` / ``named_parameters()``,
     ``grads`` / ``named_grads()`` and ``state_dict()`` are flat dicts keyed
     ``"<layer name>.<param>"`` (layer names must be unique among layers that own arrays);
-    ``state_dict()`` also holds the batch-norm buffers and copies the arrays."""
+    ``state_dict()`` also holds the batch-norm buffers and copies the arrays.
+
+    Parameters
+    ----------
+    layers : iterable of callable
+        The layers, in order.
+    name : str, default ``"sequential"``
+        Keyword-only; the layer's name, the prefix of its state-dict keys.
+    """
 
     def __init__(self, layers, *, name: str = "sequential"):
         self.layers = list(layers)
@@ -767,7 +874,17 @@ class Residual(ChildDicts, Module):
 
     ``body`` and ``shortcut`` are layers or models that follow the same contract; backward
     returns ``body.backward(g) + shortcut.backward(g)`` (``+ g`` for the identity). Keys of
-    ``parameters()``, ``grads`` and ``state_dict()``: ``"body.<...>"``, ``"shortcut.<...>"``."""
+    ``parameters()``, ``grads`` and ``state_dict()``: ``"body.<...>"``, ``"shortcut.<...>"``.
+
+    Parameters
+    ----------
+    body : callable
+        The residual branch.
+    shortcut : callable or None, default None
+        The shortcut branch; ``None`` is the identity.
+    name : str, default ``"residual"``
+        Keyword-only; the layer's name, the prefix of its state-dict keys.
+    """
 
     def __init__(self, body, shortcut=None, *, name: str = "residual"):
         for what, m in (("body", body), ("shortcut", shortcut)):
@@ -831,7 +948,18 @@ class Residual(ChildDicts, Module):
 
 
 def add(a, b):
-    """Elementwise sum of two float32 tensors of the same shape."""
+    """Elementwise sum of two float32 tensors of the same shape.
+
+    Parameters
+    ----------
+    a, b : array_like of float
+        The tensors, finite, of the same shape (converted to float32).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``a + b``, float32.
+    """
     a, b = as_float_array(a, "a"), as_float_array(b, "b")
     if a.shape != b.shape:
         raise ValueError(f"add of shapes {a.shape} and {b.shape}")
@@ -846,7 +974,19 @@ _PARAMS = {
 
 
 def expected_keys(arch: dict) -> dict:
-    """``{state-dict key: required?}`` of an architecture description."""
+    """``{state-dict key: required?}`` of an architecture description.
+
+    Parameters
+    ----------
+    arch : dict
+        The architecture description: a dict with a list ``"layers"`` of layer dicts.
+
+    Returns
+    -------
+    dict of str to bool
+        Every parameter and buffer key; False for the optional ones (biases of linear and
+        conv2d layers, ``num_batches_tracked``).
+    """
     out = {}
     for spec in _layers(arch):
         for p in _PARAMS.get(spec["type"], ()):
@@ -889,6 +1029,19 @@ def build_model(arch: dict, state: dict) -> Sequential:
     ``flatten`` (fields as in ``reference_models/README.md``). Every layer takes the
     ``name`` of its entry (default: its type), so ``model.state_dict()`` has the keys of
     ``state``.
+
+    Parameters
+    ----------
+    arch : dict
+        The architecture description: ``"layers"`` (a list of dicts with ``"type"`` and
+        the fields of that type) and an optional model ``"name"``.
+    state : dict of str to array
+        The parameters and buffers; keys starting with ``"__"`` are ignored.
+
+    Returns
+    -------
+    Sequential
+        The model, in eval mode, with float32 parameters.
     """
     if not isinstance(state, dict):
         raise TypeError(f"state must be a dict of name -> array, got {type(state).__name__}")

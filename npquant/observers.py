@@ -256,6 +256,13 @@ class MinMaxObserver(_MinMaxBase):
     per_tensor_symmetric) bit for bit: min and max are exact in float32 and the
     QParams come from the same float32 arithmetic. Memory: two float32 numbers.
     Streaming is exact: any split into batches gives the same result.
+
+    Parameters
+    ----------
+    spec : QuantSpec
+        The quantization the range is for; per-tensor (``spec.axis`` must be ``None``).
+    reduce_range : bool, default False
+        Quantize with one bit fewer (see the module docstring).
     """
 
     def __init__(self, spec: QuantSpec, reduce_range: bool = False):
@@ -271,6 +278,15 @@ class MovingAverageMinMaxObserver(_MinMaxBase):
     ``c = float32(averaging_constant)``, every operation rounded to float32. This is
     ``torch.ao.quantization.MovingAverageMinMaxObserver``'s arithmetic, reproduced bit
     for bit. The result depends on how the data is split into batches.
+
+    Parameters
+    ----------
+    spec : QuantSpec
+        The quantization the range is for; per-tensor (``spec.axis`` must be ``None``).
+    averaging_constant : float, default 0.01
+        The weight ``c`` of each new batch, in ``(0, 1]``; rounded to float32.
+    reduce_range : bool, default False
+        Quantize with one bit fewer (see the module docstring).
     """
 
     def __init__(self, spec: QuantSpec, averaging_constant: float = 0.01, reduce_range: bool = False):
@@ -302,6 +318,14 @@ class PerChannelMinMaxObserver(_MinMaxBase):
     index of the other axes. Every batch must give the same parameter shape (same number
     of channels; per-group, the same shape). float32, exact; memory two float32 per
     parameter.
+
+    Parameters
+    ----------
+    spec : QuantSpec
+        The quantization the range is for; ``spec.axis`` must be an integer (per-channel,
+        or per-group with ``spec.block_size``).
+    reduce_range : bool, default False
+        Quantize with one bit fewer (see the module docstring).
     """
 
     def __init__(self, spec: QuantSpec, reduce_range: bool = False):
@@ -314,6 +338,16 @@ class MovingAveragePerChannelMinMaxObserver(_MinMaxBase):
 
     The update is :class:`MovingAverageMinMaxObserver`'s, element-wise in float32; it
     reproduces ``torch.ao.quantization.MovingAveragePerChannelMinMaxObserver`` bit for bit.
+
+    Parameters
+    ----------
+    spec : QuantSpec
+        The quantization the range is for; ``spec.axis`` must be an integer (per-channel,
+        or per-group with ``spec.block_size``).
+    averaging_constant : float, default 0.01
+        The weight ``c`` of each new batch, in ``(0, 1]``; rounded to float32.
+    reduce_range : bool, default False
+        Quantize with one bit fewer (see the module docstring).
     """
 
     def __init__(self, spec: QuantSpec, averaging_constant: float = 0.01, reduce_range: bool = False):
@@ -541,6 +575,17 @@ class PercentileObserver(_HistogramObserver):
     is within one bin width (:attr:`bin_width`) of ``np.percentile`` of all the observed
     data, and ``P(100)`` / ``P(0)`` are the exact extremes. Histogram counts are int64,
     the estimate float64, the range returned float32.
+
+    Parameters
+    ----------
+    spec : QuantSpec
+        The quantization the range is for; per-tensor (``spec.axis`` must be ``None``).
+    percentile : float, default 99.99
+        The percentile ``p``, a real number in ``[50, 100]``.
+    bins : int, default 2048
+        Number of histogram bins, at least 2 (fixed).
+    reduce_range : bool, default False
+        Quantize with one bit fewer (see the module docstring).
     """
 
     def __init__(self, spec: QuantSpec, percentile: float = 99.99, bins: int = 2048,
@@ -672,6 +717,15 @@ class MSEObserver(_HistogramObserver):
     heavy-tailed, skewed and bimodal data, 3 to 8 bits) it found the global minimum in
     588 of 600 cases and was never more than 1.1 % above it. Cost at the default 2048
     bins: about 0.05 s symmetric, 0.3 s asymmetric (float64 NumPy). The range is float32.
+
+    Parameters
+    ----------
+    spec : QuantSpec
+        The quantization the range is for; per-tensor (``spec.axis`` must be ``None``).
+    bins : int, default 2048
+        Number of histogram bins, at least 2 (fixed).
+    reduce_range : bool, default False
+        Quantize with one bit fewer (see the module docstring).
     """
 
     def __init__(self, spec: QuantSpec, bins: int = 2048, reduce_range: bool = False):
@@ -872,6 +926,18 @@ class EntropyObserver(_HistogramObserver):
     non-negative data. Counts int64, divergences float64, range float32.
     Not done, deliberately: pytorch-quantization's replacement of the first bin's count
     by the second's, and MXNet's smoothing of zero bins.
+
+    Parameters
+    ----------
+    spec : QuantSpec
+        The quantization the range is for; per-tensor (``spec.axis`` must be ``None``).
+    bins : int, default 2048
+        Number of histogram bins (fixed); at least ``max(start_bin, levels)``.
+    start_bin : int, default 128
+        The fewest kept bins a candidate threshold may have, at least 1 (the first
+        candidate is ``max(start_bin, levels)``).
+    reduce_range : bool, default False
+        Quantize with one bit fewer (see the module docstring).
     """
 
     def __init__(self, spec: QuantSpec, bins: int = 2048, start_bin: int = 128,

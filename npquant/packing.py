@@ -51,7 +51,20 @@ __all__ = [
 
 
 def packed_nbytes(count: int, bits: int) -> int:
-    """Bytes that hold ``count`` values of ``bits`` bits: ``ceil(count * bits / 8)``."""
+    """Bytes that hold ``count`` values of ``bits`` bits: ``ceil(count * bits / 8)``.
+
+    Parameters
+    ----------
+    count : int
+        Number of values, >= 0.
+    bits : int
+        Bits per value, 1..8.
+
+    Returns
+    -------
+    int
+        ``ceil(count * bits / 8)``.
+    """
     count = check_int(count, "count", lo=0)
     bits = check_int(bits, "bits", lo=1, hi=8)
     return (count * bits + 7) // 8
@@ -178,6 +191,8 @@ def unpack_bits(data, bits: int, count: int, *, order: str = "lsb", strict: bool
     bits : int in 1..8
     count : int >= 0, the number of values (padding is never returned)
     order : ``"lsb"`` (default) or ``"msb"``; must be the order the data was packed with
+    strict : bool, default True
+        Whether bytes after the last needed one are an error (see ``data``).
     backend : ``"numba"`` or ``"numpy"``
 
     Returns
@@ -249,6 +264,22 @@ def to_unsigned(values, bits: int, *, signed: str = "twos",
     ``2^(b-1)``, any integer with ``|offset| <= 2^31``), so ``values`` must lie in
     ``[-offset, 2^b - 1 - offset]``. A value outside the range is a ``ValueError`` naming
     it and its index, never wrapped.
+
+    Parameters
+    ----------
+    values : integer array
+        The signed values, any shape.
+    bits : int
+        Bit width of the patterns, 1..8.
+    signed : ``"twos"`` or ``"offset"``, default ``"twos"``
+        The mapping (keyword-only).
+    offset : int or None, default None
+        The offset of ``signed="offset"``, ``|offset| <= 2^31``; ``None`` is ``2^(b-1)``.
+
+    Returns
+    -------
+    numpy.ndarray
+        uint8 of ``values``' shape, patterns in ``[0, 2^bits - 1]``.
     """
     bits = check_int(bits, "bits", lo=1, hi=8)
     check_choice(signed, "signed", SIGNED_MODES)
@@ -270,6 +301,22 @@ def from_unsigned(u, bits: int, *, signed: str = "twos",
     ``signed="twos"``: patterns ``>= 2^(b-1)`` become ``u - 2^b``; int8. ``signed="offset"``:
     ``u - offset``, in the smallest of int8/int16/int32/int64 that holds
     ``[-offset, 2^b - 1 - offset]`` (int8 for the default offset). Shape of ``u``.
+
+    Parameters
+    ----------
+    u : integer array
+        The patterns, in ``[0, 2^bits - 1]`` (else ``ValueError``).
+    bits : int
+        Bit width of the patterns, 1..8.
+    signed : ``"twos"`` or ``"offset"``, default ``"twos"``
+        The mapping (keyword-only).
+    offset : int or None, default None
+        The offset of ``signed="offset"``, ``|offset| <= 2^31``; ``None`` is ``2^(b-1)``.
+
+    Returns
+    -------
+    numpy.ndarray
+        The signed values, of ``u``'s shape (dtype as above).
     """
     bits = check_int(bits, "bits", lo=1, hi=8)
     check_choice(signed, "signed", SIGNED_MODES)
@@ -334,14 +381,44 @@ class PackedArray:
 
 
 def pack(values, bits: int, *, order: str = "lsb", backend: str = "numba") -> PackedArray:
-    """:func:`pack_bits` that keeps ``values``' shape and count in a :class:`PackedArray`."""
+    """:func:`pack_bits` that keeps ``values``' shape and count in a :class:`PackedArray`.
+
+    Parameters
+    ----------
+    values : integer array
+        Unsigned values in ``[0, 2^bits - 1]``, any shape (packed in C order).
+    bits : int
+        Bits per value, 1..8.
+    order : ``"lsb"`` or ``"msb"``, default ``"lsb"``
+        Bit order within a byte, as in :func:`pack_bits`.
+    backend : ``"numba"`` or ``"numpy"``, default ``"numba"``
+        As in :func:`pack_bits`.
+
+    Returns
+    -------
+    PackedArray
+        The packed bytes with ``bits``, ``count``, ``order`` and ``shape``.
+    """
     arr = _as_int_values(values, "values")
     data = pack_bits(arr, bits, order=order, backend=backend)
     return PackedArray(data, bits, arr.size, order, arr.shape)
 
 
 def unpack(packed: PackedArray, *, backend: str = "numba") -> np.ndarray:
-    """Values of a :class:`PackedArray`: uint8 of its ``shape``, in ``[0, 2^bits - 1]``."""
+    """Values of a :class:`PackedArray`: uint8 of its ``shape``, in ``[0, 2^bits - 1]``.
+
+    Parameters
+    ----------
+    packed : PackedArray
+        The packed array.
+    backend : ``"numba"`` or ``"numpy"``, default ``"numba"``
+        As in :func:`unpack_bits`.
+
+    Returns
+    -------
+    numpy.ndarray
+        uint8 of ``packed.shape``.
+    """
     if not isinstance(packed, PackedArray):
         raise TypeError(f"packed must be a PackedArray, got {type(packed).__name__}")
     flat = unpack_bits(packed.data, packed.bits, packed.count, order=packed.order,

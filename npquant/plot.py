@@ -110,7 +110,18 @@ def _check_qparams_per_tensor(qparams, name="qparams") -> QParams:
 
 def grid_levels(qparams: QParams) -> np.ndarray:
     """Every value the per-tensor ``qparams`` can represent: ``dequantize(q)`` for each
-    code ``q`` from ``qmin`` to ``qmax``, float32, ascending, ``qmax - qmin + 1`` values."""
+    code ``q`` from ``qmin`` to ``qmax``, float32, ascending, ``qmax - qmin + 1`` values.
+
+    Parameters
+    ----------
+    qparams : QParams
+        Per-tensor qparams.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 ``(qmax - qmin + 1,)``.
+    """
     from .linear import dequantize
 
     qp = _check_qparams_per_tensor(qparams)
@@ -204,7 +215,20 @@ def plot_histogram(x, qparams: QParams | None = None, *, codebook=None, bins: in
 def error_options(bits: int = 4, group_size: int = 16) -> dict:
     """The options the course compares, as ``{label: QuantSpec}`` (signed, min-max):
     per-tensor symmetric, per-tensor asymmetric, per-channel symmetric (axis 0) and
-    per-group symmetric (axis 1, ``group_size`` inputs of a row)."""
+    per-group symmetric (axis 1, ``group_size`` inputs of a row).
+
+    Parameters
+    ----------
+    bits : int, default 4
+        Bits of every spec, 2..16.
+    group_size : int, default 16
+        Block size of the per-group option, >= 1.
+
+    Returns
+    -------
+    dict of str to QuantSpec
+        The four options, by label.
+    """
     bits = check_int(bits, "bits", lo=2, hi=16)
     group_size = check_int(group_size, "group_size", lo=1)
     return {
@@ -246,6 +270,8 @@ def plot_error_heatmaps(w, options: dict | None = None, *, method: str = "divide
         Default :func:`error_options` (4 bits). Min-max qparams from
         :func:`~npquant.qparams.fit_qparams`, then :func:`~npquant.linear.fake_quantize`
         with ``method``.
+    method : str, default ``"divide"``
+        The ``method`` of :func:`~npquant.linear.fake_quantize`.
     ncols : int, optional
         Panels per row (default: all in one row up to 3, else 2).
     cmap, title : str
@@ -312,7 +338,22 @@ def sqnr_vs_bits(x, options: dict | None = None, bits=range(2, 9), *, method: st
 
     ``options`` maps labels to QuantSpecs whose ``bits`` is replaced by each of ``bits``
     (default :func:`error_options`); min-max qparams (:func:`~npquant.qparams.fit_qparams`).
-    Returns ``{label: float64 array of len(bits)}`` (``inf`` for an exact reconstruction).
+
+    Parameters
+    ----------
+    x : float array
+        The tensor, finite, non-empty.
+    options : dict of str to QuantSpec, optional
+        Default :func:`error_options` ``()``.
+    bits : sequence of int, default ``range(2, 9)``
+        The bit widths, each 2..16.
+    method : str, default ``"divide"``
+        Keyword-only; the ``method`` of :func:`~npquant.linear.fake_quantize`.
+
+    Returns
+    -------
+    dict of str to numpy.ndarray
+        ``{label: float64 array of len(bits)}`` (``inf`` for an exact reconstruction).
     """
     from .linear import fake_quantize, quantization_error
     from .qparams import fit_qparams
@@ -353,13 +394,21 @@ def plot_sqnr_vs_bits(x, options: dict | None = None, bits=range(2, 9), *, accur
         The tensor (e.g. a weight matrix); see :func:`sqnr_vs_bits` for ``options``,
         ``bits`` and ``method``. One line per option (gid ``"sqnr:<label>"``), its y data
         the SQNR values in dB.
+    options : dict of str to QuantSpec, optional
+        As in :func:`sqnr_vs_bits`.
+    bits : sequence of int, default ``range(2, 9)``
+        As in :func:`sqnr_vs_bits`.
     accuracy : dict of label -> sequence of fractions, optional
         One value in [0, 1] per bit width, e.g. the test accuracy of a model quantized
         with that option; drawn in percent on a second panel (gid ``"accuracy:<label>"``).
     float_accuracy : float in [0, 1], optional
         Drawn as a dashed line on the accuracy panel.
+    method : str, default ``"divide"``
+        As in :func:`sqnr_vs_bits`.
     ax : matplotlib Axes, optional
         Only without ``accuracy`` (which needs two panels).
+    title : str, optional
+        The figure's title.
 
     Returns
     -------
@@ -439,6 +488,24 @@ def tie_map(multipliers=TIE_MULTIPLIERS, acc_min: int = -64, acc_max: int = 64, 
     Codes come from :func:`npquant.fixedpoint.requantize` (``zero_point``, ``qmin``,
     ``qmax`` as there; the default int32 range shows rounding alone, no saturation).
     At most 2^20 accumulators per multiplier and 256 multipliers.
+
+    Parameters
+    ----------
+    multipliers : float or sequence of float, default ``TIE_MULTIPLIERS``
+        1 to 256 positive, finite multipliers.
+    acc_min, acc_max : int, default -64 and 64
+        The accumulator range, inclusive, in int32, fewer than 2^20 apart.
+    zero_point : int, default 0
+        Keyword-only; the output zero point.
+    qmin, qmax : int, default the int32 range
+        Keyword-only; the output code range.
+    modes : str or sequence of str, default ``REQUANT_MODES``
+        At least two requantization modes.
+
+    Returns
+    -------
+    TieMap
+        The codes per mode, multiplier and accumulator, and the disagreement patterns.
     """
     from .fixedpoint import requantize
 
@@ -486,6 +553,15 @@ def plot_tie_map(multipliers=TIE_MULTIPLIERS, acc_min: int = -64, acc_max: int =
     mode ``a``'s code is lower). ``Axes.images[0].get_array()`` is
     :attr:`TieMap.pattern`.
 
+    Parameters
+    ----------
+    multipliers, acc_min, acc_max, zero_point, qmin, qmax, modes
+        As in :func:`tie_map`.
+    ax : matplotlib Axes, optional
+        Draw into it; default a new figure.
+    title : str, optional
+        The title; default one naming what is drawn.
+
     Returns
     -------
     matplotlib.figure.Figure
@@ -532,6 +608,10 @@ def plot_compression_tradeoff(points, *, float_accuracy: float | None = None, ax
         with its label.
     float_accuracy : float in [0, 1], optional
         The uncompressed model's accuracy, a dashed line.
+    ax : matplotlib Axes, optional
+        Draw into it; default a new figure.
+    title : str, optional
+        The axes' title; none by default.
 
     Returns
     -------
@@ -587,7 +667,21 @@ def save_figure(fig, path, *, dpi: int = 100) -> Path:
     """Write ``fig`` as a PNG of ``figsize * dpi`` pixels with matplotlib's Agg renderer.
 
     The file is written to a temporary name and renamed (never half-written); its folder
-    must exist. Returns the path.
+    must exist.
+
+    Parameters
+    ----------
+    fig : matplotlib.figure.Figure
+        The figure.
+    path : str or os.PathLike
+        The PNG file to write.
+    dpi : int, default 100
+        Keyword-only; dots per inch, 10..1000.
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
     """
     from ._fileio import atomic_write
 

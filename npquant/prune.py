@@ -138,18 +138,21 @@ def _keep_largest(mag: np.ndarray, k: int, prior) -> np.ndarray:
 def magnitude_mask(w, *, sparsity=None, quality=None, mask=None) -> np.ndarray:
     """Boolean mask of ``w``'s shape keeping the largest-magnitude weights (True = kept).
 
-    Give exactly one of:
+    Give exactly one of ``sparsity`` and ``quality``.
 
-    sparsity : float in [0, 1)
+    Parameters
+    ----------
+    w : float array
+        The weights, any shape; non-empty and finite.
+    sparsity : float in [0, 1), optional
         Prune exactly ``k = round(sparsity * n)`` weights (Python's ``round``: half to
         even, of the float64 product), the ``k`` smallest ``|w|``. Ties in ``|w|`` are
         broken by position in C order: the earlier weight is pruned first. ``k`` may
         reach ``n`` (e.g. 0.96 of 10 weights).
-    quality : float >= 0
+    quality : float >= 0, optional
         The paper's threshold: prune ``|w| < quality * std(w)``, with the population
         standard deviation (``ddof=0``, over all of ``w``) and the comparison in float64.
         0 prunes nothing.
-
     mask : bool array of ``w``'s shape, optional
         A previous mask (iterative pruning): its pruned entries (False) stay pruned,
         whatever their value. With ``sparsity`` they are counted in ``k`` and pruned
@@ -157,7 +160,10 @@ def magnitude_mask(w, *, sparsity=None, quality=None, mask=None) -> np.ndarray:
         mask prunes exactly ``k`` weights and nests in ``mask``; with ``quality`` the
         result is ``mask & (|w| >= quality * std(w))``.
 
-    ``w`` must be a non-empty, finite floating-point array.
+    Returns
+    -------
+    numpy.ndarray
+        bool of ``w``'s shape, True where the weight is kept.
     """
     _one_of(sparsity, quality)
     arr = _check_weights(w, "w")
@@ -304,8 +310,17 @@ def sparsity_schedule(target, steps: int, *, kind: str = "cubic") -> list:
 def prune(w, mask) -> np.ndarray:
     """``w`` with the entries where ``mask`` is False set to exactly +0.0 (or 0).
 
-    ``w`` is a float or integer array, ``mask`` a boolean array of the same shape (no
-    broadcasting). Returns a new array of ``w``'s dtype and shape.
+    Parameters
+    ----------
+    w : float or integer array
+        The weights.
+    mask : bool array of ``w``'s shape
+        True where the weight is kept (no broadcasting).
+
+    Returns
+    -------
+    numpy.ndarray
+        A new array of ``w``'s dtype and shape.
     """
     arr = _as_numeric(w, "w")
     m = _as_mask(mask, "mask", arr.shape)
@@ -313,7 +328,18 @@ def prune(w, mask) -> np.ndarray:
 
 
 def sparsity_of(w_or_mask) -> float:
-    """Fraction of zeros: of False entries for a boolean mask, of ``== 0`` entries otherwise."""
+    """Fraction of zeros: of False entries for a boolean mask, of ``== 0`` entries otherwise.
+
+    Parameters
+    ----------
+    w_or_mask : numeric or bool array
+        Non-empty; NaN counts as non-zero.
+
+    Returns
+    -------
+    float
+        In ``[0, 1]``.
+    """
     arr = np.asarray(w_or_mask)
     if arr.dtype.kind not in "fiub":
         raise TypeError(f"w_or_mask must be a numeric or boolean array, got dtype {arr.dtype}")
@@ -330,6 +356,20 @@ def reapply(weights: Mapping, masks: Mapping, *, inplace: bool = False) -> dict:
     weight's shape; weights without a mask pass through unchanged. Returns a new dict of
     new arrays, or with ``inplace=True`` zeroes the pruned entries of the given arrays
     (which must then be writable NumPy arrays) and returns a dict of those same arrays.
+
+    Parameters
+    ----------
+    weights : mapping of str to array
+        The weights by name.
+    masks : mapping of str to bool array
+        The masks by name (True = kept), a subset of ``weights``' names.
+    inplace : bool, default False
+        Keyword-only; zero the pruned entries of the given arrays instead of copying.
+
+    Returns
+    -------
+    dict
+        Name to array, for every name in ``weights``.
     """
     if not isinstance(weights, Mapping):
         raise TypeError(f"weights must be a mapping of name to array, got {type(weights).__name__}")
@@ -505,6 +545,21 @@ def encode_relative(w, index_bits, *, filler=None) -> RelativeSparse:
     (1..16) bits, with filler entries bridging jumps larger than ``2^index_bits - 1``.
     ``w`` is a float (finite) or integer array; values keep its dtype. Exact inverse:
     :func:`decode_relative`.
+
+    Parameters
+    ----------
+    w : float or integer array
+        The tensor, any shape.
+    index_bits : int
+        Bits per gap, 1..16.
+    filler : number or None, default None
+        Keyword-only; the value that is skipped, exactly representable in ``w``'s dtype;
+        ``None`` is 0.
+
+    Returns
+    -------
+    RelativeSparse
+        The gaps, values, shape, ``index_bits`` and filler.
     """
     b = check_int(index_bits, "index_bits", lo=1, hi=16)
     arr = _as_numeric(w, "w")
@@ -538,6 +593,24 @@ def decode_relative(rs, values=None, shape=None, index_bits=None, *, filler=None
     Returns a new array of ``shape`` and the values' dtype, ``filler`` everywhere no
     entry lands. Gaps out of range, gaps running past the end of the tensor, and gaps and
     values of different lengths raise ``ValueError``.
+
+    Parameters
+    ----------
+    rs : RelativeSparse or 1-D integer array
+        The encoding, or its gaps.
+    values : 1-D array or None, default None
+        The values, one per gap (raw parts only).
+    shape : tuple of int or None, default None
+        The dense shape (raw parts only).
+    index_bits : int or None, default None
+        Bits per gap, 1..16 (raw parts only).
+    filler : number or None, default None
+        Keyword-only; the filler (raw parts only); ``None`` is 0.
+
+    Returns
+    -------
+    numpy.ndarray
+        The dense tensor.
     """
     if isinstance(rs, RelativeSparse):
         if values is not None or shape is not None or index_bits is not None or filler is not None:

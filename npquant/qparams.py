@@ -133,6 +133,20 @@ class QParams:
     Shapes follow the granularity: ``()`` per-tensor, ``(C,)`` per-channel, and for
     per-group ``x``'s rank with the blocked axis of length ``ceil(n / block_size)``.
     The arrays are read-only.
+
+    Parameters
+    ----------
+    scale : array_like of float
+        Scale(s), stored as float32 with the shape of ``spec``'s granularity (a scalar or
+        any size-1 array per-tensor, 1-D per-channel, ``x``'s rank per-group). Each must
+        be positive, finite and a normal float32 (``>= 1.18e-38``), else ``ValueError``.
+    zero_point : array_like of int
+        Zero point(s), stored as int32; floats are accepted if they hold integers. Each
+        must lie in ``[spec.qmin, spec.qmax]``, and equal ``spec.symmetric_zero_point`` for
+        a symmetric spec. A single value is broadcast to ``scale``'s shape when ``spec``
+        has an axis.
+    spec : QuantSpec
+        The quantization spec these parameters belong to.
     """
 
     __slots__ = ("scale", "zero_point", "spec")
@@ -236,6 +250,23 @@ def compute_qparams(min_val, max_val, spec: QuantSpec, *, eps: float = FLOAT32_E
     for int8 (PyTorch's observers). The symmetric scale ``max|x| / 127`` of the
     "Quantization in Depth" course and of TFLite is ``narrow_range=True`` (codes
     ``[-127, 127]``); it equals the course's float64 ``r_max / q_max`` rounded to float32.
+
+    Parameters
+    ----------
+    min_val, max_val : array_like of float
+        Lower and upper ends of the real range, finite, of equal shape (the parameter
+        shape of ``spec``'s granularity), with ``min_val <= max_val``; converted to
+        float32 (``ValueError`` if outside the float32 range).
+    spec : QuantSpec
+        Bit width, signedness, symmetry, range and granularity of the codes.
+    eps : float, default float32 machine epsilon
+        Smallest scale, keyword-only; must be positive and finite.
+
+    Returns
+    -------
+    QParams
+        The float32 scale and int32 zero point, of ``min_val``'s shape, with ``spec``.
+        ``ValueError`` if the scale overflows float32.
     """
     if not isinstance(spec, QuantSpec):
         raise TypeError(f"spec must be a QuantSpec, got {type(spec).__name__}")
@@ -292,6 +323,18 @@ def fit_qparams(x, spec: QuantSpec) -> QParams:
     For the course's symmetric int8 scale ``max|x| / 127`` pass
     ``QuantSpec(symmetric=True, narrow_range=True)``; the default ``narrow_range=False``
     gives PyTorch's ``max|x| / 127.5`` (see :class:`QuantSpec`).
+
+    Parameters
+    ----------
+    x : array_like of float
+        The tensor to calibrate on, finite; at least 1-D when ``spec`` has an axis.
+    spec : QuantSpec
+        The spec; its ``axis`` and ``block_size`` choose the parameter groups.
+
+    Returns
+    -------
+    QParams
+        The qparams of :func:`compute_qparams` for the groups' minima and maxima.
 
     Examples
     --------

@@ -19,7 +19,13 @@ TEST_FRACTION = 0.25
 
 def digits_split():
     """``(X_train, X_test, y_train, y_test)``: load_digits scaled to [0, 1], stratified
-    25 % test split with ``random_state=0`` (1347 / 450 images)."""
+    25 % test split with ``random_state=0`` (1347 / 450 images).
+
+    Returns
+    -------
+    list of numpy.ndarray
+        ``X_train`` (1347, 64), ``X_test`` (450, 64) float64, ``y_train``, ``y_test``.
+    """
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -28,7 +34,26 @@ def digits_split():
 
 
 def train_mlp(hidden=(300, 100), *, seed: int = 0, max_iter: int = 200, data=None):
-    """A fitted ``MLPClassifier`` (ReLU, Adam) and the split it was trained on."""
+    """A fitted ``MLPClassifier`` (ReLU, Adam) and the split it was trained on.
+
+    Parameters
+    ----------
+    hidden : sequence of int, default (300, 100)
+        The hidden layer sizes.
+    seed : int, default 0
+        Keyword-only; the classifier's ``random_state``.
+    max_iter : int, default 200
+        Most training epochs (a ``ConvergenceWarning`` is silenced).
+    data : sequence or None, default None
+        ``(X_train, X_test, y_train, y_test)``; ``None`` is :func:`digits_split` ``()``.
+
+    Returns
+    -------
+    clf : sklearn.neural_network.MLPClassifier
+        The fitted classifier.
+    data : sequence
+        The split.
+    """
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.neural_network import MLPClassifier
 
@@ -41,7 +66,18 @@ def train_mlp(hidden=(300, 100), *, seed: int = 0, max_iter: int = 200, data=Non
 
 
 def state_dict(clf) -> dict:
-    """``{"fc1.weight": (out, in) float32, "fc1.bias": (out,), ...}`` of a fitted MLP."""
+    """``{"fc1.weight": (out, in) float32, "fc1.bias": (out,), ...}`` of a fitted MLP.
+
+    Parameters
+    ----------
+    clf : sklearn.neural_network.MLPClassifier
+        A fitted classifier.
+
+    Returns
+    -------
+    dict of str to numpy.ndarray
+        float32 copies of its weights (transposed) and biases.
+    """
     out = {}
     for k, (w, b) in enumerate(zip(clf.coefs_, clf.intercepts_)):
         out[f"fc{k + 1}.weight"] = np.ascontiguousarray(np.asarray(w, np.float32).T)
@@ -50,7 +86,24 @@ def state_dict(clf) -> dict:
 
 
 def accuracy(clf, state: dict, X, y) -> float:
-    """Test accuracy of ``clf``'s architecture with the weights of ``state``."""
+    """Test accuracy of ``clf``'s architecture with the weights of ``state``.
+
+    Parameters
+    ----------
+    clf : sklearn.neural_network.MLPClassifier
+        A fitted classifier; it is not modified.
+    state : dict of str to array
+        Weights in the layout of :func:`state_dict`, of ``clf``'s shapes.
+    X : array (n, 64)
+        Inputs.
+    y : array (n,)
+        Labels.
+
+    Returns
+    -------
+    float
+        The fraction of ``X`` classified as ``y``.
+    """
     m = copy.copy(clf)
     n = len(clf.coefs_)
     try:

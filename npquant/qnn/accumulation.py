@@ -75,6 +75,21 @@ def host_path(library: str, features=None, environ=None) -> str:
     ``features`` (default :func:`cpu_features`) and ``environ`` (default ``os.environ``, for
     ``FBGEMM_ENABLE_INSTRUCTIONS``, which fbgemm reads once, at its first GEMM) may be
     given to ask about another machine.
+
+    Parameters
+    ----------
+    library : ``"fbgemm"`` or ``"mlas"``
+        The library asked about.
+    features : iterable of str or None, default None
+        CPU feature flags (``"avx512vnni"``, ``"avx512bw"``, ``"avxvnni"``, ...); ``None``
+        is :func:`cpu_features` of this CPU.
+    environ : mapping or None, default None
+        The environment fbgemm reads; ``None`` is ``os.environ``.
+
+    Returns
+    -------
+    str
+        ``"vnni"`` or ``"avx2"``.
     """
     check_choice(library, "library", ("fbgemm", "mlas"))
     f = cpu_features() if features is None else frozenset(features)
@@ -89,7 +104,18 @@ def host_path(library: str, features=None, environ=None) -> str:
 
 
 def check_accumulation(accumulation) -> str:
-    """``accumulation`` if it is one of :data:`ACCUMULATIONS`, else a ``ValueError``."""
+    """``accumulation`` if it is one of :data:`ACCUMULATIONS`, else a ``ValueError``.
+
+    Parameters
+    ----------
+    accumulation : str
+        The name to check.
+
+    Returns
+    -------
+    str
+        ``accumulation``, unchanged.
+    """
     return check_choice(accumulation, "accumulation", ACCUMULATIONS)
 
 
@@ -97,6 +123,24 @@ def fbgemm_depthwise(c_in: int, c_out: int, groups: int, kernel, stride, padding
     """Does fbgemm (torch 2.13) run this conv2d through its depthwise kernel?
 
     ``padding`` is (top, bottom, left, right). Conditions in the module docstring.
+
+    Parameters
+    ----------
+    c_in, c_out, groups : int
+        Input channels, output channels and groups of the conv2d.
+    kernel : (int, int)
+        ``(kh, kw)``.
+    stride : (int, int)
+        ``(s_h, s_w)``.
+    padding : (int, int, int, int)
+        (top, bottom, left, right).
+    dilation : (int, int)
+        ``(d_h, d_w)``.
+
+    Returns
+    -------
+    bool
+        True if the depthwise kernel runs.
     """
     kh, kw = kernel
     return (groups == c_in and c_out in (c_in, 2 * c_in) and c_in % 8 == 0 and kh == kw
@@ -107,8 +151,21 @@ def fbgemm_depthwise(c_in: int, c_out: int, groups: int, kernel, stride, padding
 def resolve(accumulation: str, op: str = "linear", *, conv=None) -> str:
     """``"exact"`` or ``"int16_pairs"``: what ``accumulation`` computes for one layer.
 
-    ``op`` is ``"linear"`` or ``"conv2d"``; a conv2d gives ``conv = (c_in, c_out, groups,
-    (kh, kw), stride, (top, bottom, left, right), dilation)``.
+    Parameters
+    ----------
+    accumulation : str
+        One of :data:`ACCUMULATIONS`.
+    op : ``"linear"`` or ``"conv2d"``, default ``"linear"``
+        The kind of layer.
+    conv : tuple or None, default None
+        Keyword-only; required for a conv2d with a library's accumulation: ``(c_in, c_out,
+        groups, (kh, kw), stride, (top, bottom, left, right), dilation)``, the arguments of
+        :func:`fbgemm_depthwise`.
+
+    Returns
+    -------
+    str
+        ``"exact"`` or ``"int16_pairs"``.
     """
     check_accumulation(accumulation)
     check_choice(op, "op", ("linear", "conv2d"))

@@ -32,7 +32,23 @@ ACTIVATIONS = ("none", "relu", "relu6", "relu_n1_to_1")
 def quantize_scalar_tflite(f: float, scale, zero_point: int) -> int:
     """TFLite's activation-range ``quantize``: ``Z + round_half_away(float32(f) / float32(S))``
     with a float32 quotient; returns a Python int (TFLite's int32 cast would overflow
-    past 2^31; here the exact integer is returned and the caller clamps)."""
+    past 2^31; here the exact integer is returned and the caller clamps).
+
+    Parameters
+    ----------
+    f : float
+        The real value, rounded to float32 first.
+    scale : float
+        The output scale, positive and finite (used as float32).
+    zero_point : int
+        The output zero point.
+
+    Returns
+    -------
+    int
+        ``zero_point + round_half_away(float32(f) / float32(scale))``, not clamped.
+        ``ValueError`` if the quotient overflows float32.
+    """
     s = check_scale(scale, "scale")
     with np.errstate(over="ignore"):
         t = np.float32(np.float32(f) / s)
@@ -44,7 +60,25 @@ def quantize_scalar_tflite(f: float, scale, zero_point: int) -> int:
 
 def activation_range(activation: str, scale, zero_point: int, qmin: int = -128, qmax: int = 127) -> tuple[int, int]:
     """``(act_min, act_max)`` codes of a fused ``activation`` (one of ``ACTIVATIONS``) for
-    an output with float32 ``scale`` and integer ``zero_point`` in ``[qmin, qmax]``."""
+    an output with float32 ``scale`` and integer ``zero_point`` in ``[qmin, qmax]``.
+
+    Parameters
+    ----------
+    activation : str
+        ``"none"``, ``"relu"``, ``"relu6"`` or ``"relu_n1_to_1"``.
+    scale : float
+        The output scale, positive and finite.
+    zero_point : int
+        The output zero point, in ``[qmin, qmax]``.
+    qmin, qmax : int, default -128 and 127
+        The output's code range (``qmax >= qmin``).
+
+    Returns
+    -------
+    (int, int)
+        ``(act_min, act_max)`` within ``[qmin, qmax]``, ``act_min <= act_max``; the
+        bounds from ``quantize(f)`` are saturated to ``[qmin, qmax]``.
+    """
     check_choice(activation, "activation", ACTIVATIONS)
     qmin = check_int(qmin, "qmin")
     qmax = check_int(qmax, "qmax", lo=qmin)
@@ -69,7 +103,20 @@ def _codes(q, name: str = "q") -> np.ndarray:
 
 
 def clamp(q, act_min: int, act_max: int) -> np.ndarray:
-    """Codes clamped to ``[act_min, act_max]`` (which must fit ``q``'s dtype); same dtype."""
+    """Codes clamped to ``[act_min, act_max]`` (which must fit ``q``'s dtype); same dtype.
+
+    Parameters
+    ----------
+    q : integer array
+        The codes, any shape.
+    act_min, act_max : int
+        The bounds, within ``q``'s dtype range, ``act_min <= act_max``.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``clip(q, act_min, act_max)``, of ``q``'s dtype and shape.
+    """
     a = _codes(q)
     info = np.iinfo(a.dtype)
     act_min = check_int(act_min, "act_min", lo=int(info.min), hi=int(info.max))
@@ -78,7 +125,20 @@ def clamp(q, act_min: int, act_max: int) -> np.ndarray:
 
 
 def relu(q, zero_point: int) -> np.ndarray:
-    """ReLU on codes: ``max(q, zero_point)``; exact, same dtype and qparams."""
+    """ReLU on codes: ``max(q, zero_point)``; exact, same dtype and qparams.
+
+    Parameters
+    ----------
+    q : integer array
+        The codes, any shape.
+    zero_point : int
+        The zero point of ``q``'s qparams, within ``q``'s dtype range.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``max(q, zero_point)``, of ``q``'s dtype and shape.
+    """
     a = _codes(q)
     info = np.iinfo(a.dtype)
     zp = check_int(zero_point, "zero_point", lo=int(info.min), hi=int(info.max))
@@ -87,7 +147,22 @@ def relu(q, zero_point: int) -> np.ndarray:
 
 def relu6(q, scale, zero_point: int) -> np.ndarray:
     """ReLU6 on codes: clamp to TFLite's ``relu6`` range for ``q``'s dtype range; the upper
-    bound ``Z + round_half_away(float32(6) / S)`` saturates at the dtype's max."""
+    bound ``Z + round_half_away(float32(6) / S)`` saturates at the dtype's max.
+
+    Parameters
+    ----------
+    q : integer array
+        The codes, any shape.
+    scale : float
+        The scale of ``q``'s qparams, positive and finite.
+    zero_point : int
+        The zero point of ``q``'s qparams, within ``q``'s dtype range.
+
+    Returns
+    -------
+    numpy.ndarray
+        The clamped codes, of ``q``'s dtype and shape.
+    """
     a = _codes(q)
     info = np.iinfo(a.dtype)
     lo, hi = activation_range("relu6", scale, zero_point, int(info.min), int(info.max))
@@ -96,7 +171,18 @@ def relu6(q, scale, zero_point: int) -> np.ndarray:
 
 def flatten(q) -> np.ndarray:
     """NCHW codes to ``(N, C*H*W)`` in C order (PyTorch's ``flatten(1)``): a view when
-    ``q`` is contiguous, else a copy; qparams are unchanged (per-tensor only)."""
+    ``q`` is contiguous, else a copy; qparams are unchanged (per-tensor only).
+
+    Parameters
+    ----------
+    q : integer array (N, ...)
+        The codes, at least 1-D.
+
+    Returns
+    -------
+    numpy.ndarray
+        Of shape ``(N, prod(rest))`` and ``q``'s dtype.
+    """
     a = _codes(q)
     if a.ndim < 1:
         raise ValueError(f"q must have a batch axis, got shape {a.shape}")

@@ -44,6 +44,23 @@ def conv_geometry(stride=1, padding=0, dilation=1, groups: int = 1) -> ConvGeome
     ``stride``, ``dilation``: int or (h, w), >= 1. ``padding``: int (all sides), (h, w)
     (symmetric), or (top, bottom, left, right) (asymmetric; note ONNX orders its
     ``pads`` as (top, left, bottom, right)), >= 0. ``groups`` >= 1.
+
+    Parameters
+    ----------
+    stride : int or (int, int), default 1
+        Step of the kernel, >= 1.
+    padding : int, (int, int) or (int, int, int, int), default 0
+        Padding of all sides, of (h, w), or (top, bottom, left, right); >= 0.
+    dilation : int or (int, int), default 1
+        Spacing of the kernel taps, >= 1.
+    groups : int, default 1
+        Number of channel groups, >= 1.
+
+    Returns
+    -------
+    ConvGeometry
+        ``stride`` and ``dilation`` as (h, w), ``padding`` as (top, bottom, left, right),
+        ``groups``.
     """
     s = check_pair(stride, "stride", lo=1)
     d = check_pair(dilation, "dilation", lo=1)
@@ -206,6 +223,39 @@ def qconv2d(x_q, x_qp: QParams, w_q, w_qp: QParams, bias_q, y_qp: QParams, *, st
     for bit on the CPU path at hand (tested live with fbgemm's VNNI and AVX2 kernels and
     against outputs recorded on an AVX2-only CPU); ``accumulation`` as in
     :func:`conv2d_accumulate`.
+
+    Parameters
+    ----------
+    x_q : integer array (N, C, H, W)
+        Codes of ``x_qp`` (per-tensor).
+    x_qp : QParams
+        The input's qparams.
+    w_q : integer array (O, C / groups, kh, kw)
+        Codes of ``w_qp`` (per-tensor or per-channel along axis 0).
+    w_qp : QParams
+        The weights' qparams.
+    bias_q : int32 array (O,) or None
+        The bias at scale ``S_x S_w`` and zero point 0.
+    y_qp : QParams
+        The output's qparams, per-tensor.
+    stride, padding, dilation, groups
+        See :func:`conv_geometry`; padding reads ``Z_x``.
+    mode : str, default ``"tflite"``
+        The requantization rounding, as in :func:`npquant.qnn.gemm.qlinear`.
+    activation : str, (int, int) or None, default None
+        The fused clamp, as in :func:`npquant.qnn.gemm.qlinear`.
+    form, overflow, backend : str
+        As in :func:`npquant.qnn.gemm.linear_accumulate` (defaults ``"direct"``,
+        ``"error"``, ``"numba"``).
+    float_bias : float32 array (O,) or None, default None
+        PyTorch's float bias; needs ``mode="fp32"`` and ``bias_q=None``.
+    accumulation : str, default ``"exact"``
+        As in :func:`conv2d_accumulate`.
+
+    Returns
+    -------
+    numpy.ndarray
+        (N, O, OH, OW) codes of ``y_qp.spec.dtype``, saturated to the output range.
     """
     check_choice(backend, "backend", _g.BACKENDS)
     check_choice(mode, "mode", REQUANT_MODES)

@@ -59,6 +59,16 @@ def fma_float32(a, b, c) -> np.ndarray:
     """``a * b + c`` with one rounding to float32 (IEEE fma), broadcast, float32 result.
 
     The exact emulation of :mod:`npquant.linear` (float64 product, round-to-odd sum).
+
+    Parameters
+    ----------
+    a, b, c : array_like of float
+        The operands, converted to float32 and broadcast together.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 of the broadcast shape: ``float32(a * b + c)`` rounded once, to nearest even.
     """
     a, b, c = np.broadcast_arrays(np.asarray(a, np.float32), np.asarray(b, np.float32),
                                   np.asarray(c, np.float32))
@@ -67,7 +77,22 @@ def fma_float32(a, b, c) -> np.ndarray:
 
 def fbgemm_multipliers(s_x, s_w, s_y) -> tuple[np.ndarray, np.ndarray]:
     """``(act_times_w_scale, multiplier)``: float32 arrays of length 1 (per-tensor ``s_w``)
-    or C (per-channel): ``float32(S_x * S_w)`` and ``float32(that / float32(S_y))``."""
+    or C (per-channel): ``float32(S_x * S_w)`` and ``float32(that / float32(S_y))``.
+
+    Parameters
+    ----------
+    s_x : float
+        The input scale, per-tensor (positive, finite as float32).
+    s_w : float or 1-D float array (C,)
+        The weight scale(s), positive, finite as float32.
+    s_y : float
+        The output scale, per-tensor (positive, finite as float32).
+
+    Returns
+    -------
+    act_times_w_scale, multiplier : numpy.ndarray
+        float32 arrays of length 1 or C.
+    """
     sx = _scales(s_x, "s_x")
     sw = _scales(s_w, "s_w")
     sy = _scales(s_y, "s_y")
@@ -86,10 +111,12 @@ def fbgemm_requantize(acc, s_x, s_w, s_y, z_y: int, *, bias=None, relu: bool = F
     ----------
     acc : integer array, int32 range
         ``sum((q_x - Z_x)(q_w - Z_w))`` without bias.
-    s_x, s_y : float32 scalars
-        The input and output scales.
+    s_x : float32 scalar
+        The input scale.
     s_w : scalar (per-tensor) or 1-D of length C (per-channel)
         The weight scales.
+    s_y : float32 scalar
+        The output scale.
     z_y : int
         Output zero point in [0, 255].
     bias : None or float32 array of length C

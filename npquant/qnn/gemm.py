@@ -169,6 +169,24 @@ def quantize_bias(bias, s_x, s_w, *, method: str = "onnxruntime") -> np.ndarray:
     Both stacks saturate a bias beyond int32; here that is a ``ValueError`` (the scale is
     too small for the bias). PyTorch's quantized linear/conv take a float bias instead.
     Returns int32 of ``bias``'s shape.
+
+    Parameters
+    ----------
+    bias : float array (out,)
+        The float bias, finite.
+    s_x : float
+        The input's per-tensor scale (positive, finite; used as float32).
+    s_w : float or float array (out,)
+        The weights' scale, or one per-channel scale per bias element (positive, finite;
+        used as float32).
+    method : ``"onnxruntime"`` or ``"tflite"``, default ``"onnxruntime"``
+        The rounding arithmetic above (keyword-only).
+
+    Returns
+    -------
+    numpy.ndarray
+        int32 of ``bias``'s shape. ``ValueError`` where a code would not fit int32 (no
+        saturation).
     """
     check_choice(method, "method", BIAS_METHODS)
     b = np.asarray(bias)
@@ -345,7 +363,13 @@ _forced_kernel: str | None = None
 
 def available_gemm_kernels() -> tuple[str, ...]:
     """The kernels this CPU can run, fastest first (all of them with ``NUMBA_DISABLE_JIT=1``,
-    where the vector operations are their NumPy definitions)."""
+    where the vector operations are their NumPy definitions).
+
+    Returns
+    -------
+    tuple of str
+        Names from ``GEMM_KERNELS`` (without ``"auto"``), always ending with ``"portable"``.
+    """
     from numba.core import config
 
     out = []
@@ -366,6 +390,17 @@ def gemm_kernel(name: str | None = None) -> str:
     the pair-saturating product (``accumulation``) always runs the AVX2 kernel, or the
     portable one when ``"portable"`` is chosen or the CPU has no AVX2. A kernel the CPU
     cannot run is a ``ValueError``.
+
+    Parameters
+    ----------
+    name : str or None, default None
+        One of ``GEMM_KERNELS`` (``"auto"``, ``"vnni"``, ``"avx2"``, ``"portable"``), or
+        ``None`` for the forced or environment choice.
+
+    Returns
+    -------
+    str
+        The kernel that runs: ``"vnni"``, ``"avx2"`` or ``"portable"``.
     """
     import os
 
@@ -386,7 +421,14 @@ def gemm_kernel(name: str | None = None) -> str:
 
 class use_gemm_kernel:
     """Force the 8-bit GEMM kernel in a ``with`` block (or until :meth:`restore`):
-    ``with use_gemm_kernel("avx2"): ...``. ``None`` or ``"auto"`` lifts the choice."""
+    ``with use_gemm_kernel("avx2"): ...``. ``None`` or ``"auto"`` lifts the choice.
+
+    Parameters
+    ----------
+    name : str or None
+        One of ``GEMM_KERNELS``, validated at once by :func:`gemm_kernel` (a kernel the
+        CPU cannot run is a ``ValueError``).
+    """
 
     def __init__(self, name: str | None):
         global _forced_kernel
@@ -572,6 +614,42 @@ def qlinear(x_q, x_qp: QParams, w_q, w_qp: QParams, bias_q, y_qp: QParams, *, mo
     kernels, and against outputs recorded on an AVX2-only CPU); with the default
     ``"exact"`` it equals PyTorch only where fbgemm is exact (AVX-512 VNNI, or activation
     codes <= 127).
+
+    Parameters
+    ----------
+    x_q : integer array (..., in)
+        Codes of ``x_qp`` (per-tensor).
+    x_qp : QParams
+        The input's qparams.
+    w_q : integer array (out, in)
+        Codes of ``w_qp`` (per-tensor or per-channel along axis 0).
+    w_qp : QParams
+        The weights' qparams.
+    bias_q : int32 array (out,) or None
+        The bias at scale ``S_x S_w`` and zero point 0 (see :func:`quantize_bias`).
+    y_qp : QParams
+        The output's qparams, per-tensor.
+    mode : str, default ``"tflite"``
+        The requantization rounding: ``"tflite"``, ``"tflite_single"``, ``"fp32"`` or
+        ``"onnx"`` (see :mod:`npquant.fixedpoint`).
+    activation : str, (int, int) or None, default None
+        Fused activation that narrows the output range: ``"relu"``, ``"relu6"``,
+        ``"relu_n1_to_1"``, or a ``(lo, hi)`` pair of codes.
+    form : ``"direct"`` or ``"folded"``, default ``"direct"``
+        As in :func:`linear_accumulate`.
+    overflow : ``"error"`` or ``"wrap"``, default ``"error"``
+        As in :func:`linear_accumulate`.
+    backend : ``"numba"`` or ``"numpy"``, default ``"numba"``
+        The kernel or its NumPy twin; identical results.
+    float_bias : float32 array (out,) or None, default None
+        PyTorch's float bias; needs ``mode="fp32"`` and ``bias_q=None``.
+    accumulation : str, default ``"exact"``
+        As in :func:`linear_accumulate`.
+
+    Returns
+    -------
+    numpy.ndarray
+        Codes of ``y_qp.spec.dtype``, shape (..., out), saturated to ``[lo, hi]``.
     """
     check_choice(backend, "backend", BACKENDS)
     check_choice(mode, "mode", REQUANT_MODES)

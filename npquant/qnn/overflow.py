@@ -48,6 +48,25 @@ def accumulator_bounds(w_q, w_zero_point, x_qmin: int, x_qmax: int, x_zero_point
     ``w_zero_point`` a scalar or (out,); inputs range over ``[x_qmin, x_qmax]`` with zero
     point ``x_zero_point``; ``bias_q`` (out,) or None. Returns two int64 arrays of
     shape (out,), exact (int64 holds any 16-bit layer with K < 2^31).
+
+    Parameters
+    ----------
+    w_q : integer array (out, ...)
+        Weight codes, non-empty.
+    w_zero_point : int or integer array (out,)
+        The weights' zero point(s).
+    x_qmin, x_qmax : int
+        The input code range, ``x_qmin <= x_qmax``.
+    x_zero_point : int
+        The input zero point, in ``[x_qmin, x_qmax]``.
+    bias_q : integer array (out,) or None, default None
+        The integer bias added to every accumulator.
+
+    Returns
+    -------
+    lo, hi : numpy.ndarray
+        int64 (out,): the least and greatest ``bias + sum (q_x - Z_x)(q_w - Z_w)`` over
+        all inputs in the code range.
     """
     w = _weights2d(w_q)
     x_qmin = check_int(x_qmin, "x_qmin")
@@ -79,6 +98,20 @@ def check_accumulator(lo, hi, overflow: str = "error", *, what: str = "the accum
     ``overflow="error"`` raises, naming the worst channel; ``overflow="wrap"`` accepts
     (the result then wraps as int32 two's complement, like C accumulators on real
     hardware). Returns True when the bounds fit int32.
+
+    Parameters
+    ----------
+    lo, hi : array_like of int
+        Accumulator bounds per output channel.
+    overflow : ``"error"`` or ``"wrap"``, default ``"error"``
+        What a possible overflow does.
+    what : str, default ``"the accumulator"``
+        Keyword-only; names the accumulator in the error message.
+
+    Returns
+    -------
+    bool
+        True if ``[lo, hi]`` lies in the int32 range (with ``"wrap"``, False otherwise).
     """
     check_choice(overflow, "overflow", OVERFLOW_MODES)
     lo = np.asarray(lo, np.int64)
@@ -128,6 +161,18 @@ def check_int16_pairs(w_q, x_qmin: int = 0, x_qmax: int = 255) -> Int16PairCheck
     Activations are *raw* uint8 codes in ``[x_qmin, x_qmax]`` (fbgemm subtracts the zero
     points afterwards, from row and column offsets). Each pair ``x_0 w_0 + x_1 w_1`` is
     bounded over all inputs and compared with int16 ``[-32768, 32767]``.
+
+    Parameters
+    ----------
+    w_q : integer array (out, ...)
+        Weight codes in ``[-128, 127]``, non-empty.
+    x_qmin, x_qmax : int, default 0 and 255
+        The range of the raw uint8 activation codes, ``0 <= x_qmin <= x_qmax <= 255``.
+
+    Returns
+    -------
+    Int16PairCheck
+        Whether and how often a pair sum can leave int16, and the extreme pair sums.
     """
     w = _weights2d(w_q)
     x_qmin = check_int(x_qmin, "x_qmin", lo=0, hi=255)
@@ -152,6 +197,19 @@ def int16_pair_accumulate(x_q, w_q) -> np.ndarray:
     :func:`check_int16_pairs` reports no saturation (the int32 sum wraps like the
     hardware's). The NumPy definition of ``accumulation="int16_pairs"``
     (:mod:`npquant.qnn.accumulation`) and the twin of its kernels.
+
+    Parameters
+    ----------
+    x_q : uint8 array (N, K)
+        Raw activation codes.
+    w_q : int8 array (out, K)
+        Weight codes.
+
+    Returns
+    -------
+    numpy.ndarray
+        int32 (N, out): each pair sum saturated to int16, the pairs summed and wrapped to
+        int32.
     """
     x = np.asarray(x_q)
     w = np.asarray(w_q)

@@ -103,13 +103,10 @@ def prepare_qat(model, *, weight_bits: int = 8, act_bits: int = 8, ranges: str =
     act_bits : int, 2..8
         Unsigned activation codes of every layer output.
     ranges : ``"minmax"``, ``"lsq"`` or ``"pact"``
+    per_channel : bool
+        Weight scales per output channel, else per tensor.
     input_bits : int, 2..8
         Unsigned codes of the input.
-    output_bits : int, 2..8, optional
-        Codes of the last linear/conv layer's output (the logits of a
-        classifier); default ``act_bits``. Low-bit studies keep the model's ends at 8 bits
-        (Esser et al. 2020 keep the first and last layers at 8 bits): with 4-bit logits,
-        ten classes share 16 levels and the argmax often ties.
     narrow_range : bool
         Weights in ``[-(2^(b-1) - 1), 2^(b-1) - 1]`` (TFLite) instead of the full range.
     averaging_constant : float
@@ -123,6 +120,11 @@ def prepare_qat(model, *, weight_bits: int = 8, act_bits: int = 8, ranges: str =
         the first training batch (:class:`~npquant.training.fake_quant.PACTFakeQuantize`).
     freeze_bn : bool
         Start every QATConvBn2d with frozen batch norm (running statistics).
+    output_bits : int, 2..8, optional
+        Codes of the last linear/conv layer's output (the logits of a
+        classifier); default ``act_bits``. Low-bit studies keep the model's ends at 8 bits
+        (Esser et al. 2020 keep the first and last layers at 8 bits): with 4-bit logits,
+        ten classes share 16 levels and the argmax often ties.
 
     Returns
     -------
@@ -235,6 +237,18 @@ def freeze_observers(model, frozen: bool = True):
     keep following them: their grid is a function of the weight, not a running statistic.
     Learned ranges (LSQ scales, PACT clipping levels) are parameters: to freeze them,
     build the optimizer without them. Returns ``model``.
+
+    Parameters
+    ----------
+    model : npquant.nn.Sequential
+        A :func:`prepare_qat` model.
+    frozen : bool, default True
+        Freeze, or release.
+
+    Returns
+    -------
+    npquant.nn.Sequential
+        ``model``, changed in place.
     """
     frozen = check_bool(frozen, "frozen")
     for fq in _fake_quants(model):
@@ -245,7 +259,20 @@ def freeze_observers(model, frozen: bool = True):
 
 def freeze_bn(model, frozen: bool = True):
     """Batch norm of every :class:`QATConvBn2d` on (and keeping) its running statistics
-    (``frozen=True``), or back to batch statistics in training mode. Returns ``model``."""
+    (``frozen=True``), or back to batch statistics in training mode. Returns ``model``.
+
+    Parameters
+    ----------
+    model : npquant.nn.Sequential
+        A :func:`prepare_qat` model.
+    frozen : bool, default True
+        Freeze, or release.
+
+    Returns
+    -------
+    npquant.nn.Sequential
+        ``model``, changed in place.
+    """
     frozen = check_bool(frozen, "frozen")
     for layer in model:
         if isinstance(layer, QATConvBn2d):

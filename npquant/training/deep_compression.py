@@ -81,7 +81,18 @@ bytes, more than conv1's 288 bytes of float32 weights)."""
 
 def default_bits(model) -> dict:
     """``{weight name: bits}``: 8 for a conv kernel (4-D), 5 for a fully connected weight
-    (2-D), Deep Compression's defaults."""
+    (2-D), Deep Compression's defaults.
+
+    Parameters
+    ----------
+    model : npquant.nn.Sequential
+        The model (see :func:`npquant.training.pruning.weight_names`).
+
+    Returns
+    -------
+    dict of str to int
+        The bits of each weight.
+    """
     params = model.named_parameters()
     return {n: 8 if params[n].ndim == 4 else 5 for n in weight_names(model)}
 
@@ -325,7 +336,20 @@ def bundled(name: str, models_dir=None) -> tuple:
     """``(model, data, reference)`` of bundled model ``name`` (``mlp``, ``lenet_300_100``,
     ``cnn``): a fresh :class:`npquant.nn.Sequential` built from copies of the reference
     weights (training it leaves the reference untouched), the digits split
-    (:func:`~npquant.training.trainer.digits_data`) and the :class:`~npquant.io.Reference`."""
+    (:func:`~npquant.training.trainer.digits_data`) and the :class:`~npquant.io.Reference`.
+
+    Parameters
+    ----------
+    name : str
+        The model.
+    models_dir : str, os.PathLike or None, default None
+        The folder of the reference models; ``None``: the bundled ones.
+
+    Returns
+    -------
+    tuple
+        ``(model, data, reference)``.
+    """
     from pathlib import Path
 
     from .._checks import check_choice
@@ -346,7 +370,28 @@ def run_bundled(name: str, *, seed: int = 0, models_dir=None, path=None, progres
     """:func:`deep_compression` of bundled model ``name`` on the digits split, with its
     :data:`DEFAULTS` (``options`` override them and the other keywords of
     :func:`deep_compression`; ``bits`` given as a dict updates the model's per-layer
-    defaults)."""
+    defaults).
+
+    Parameters
+    ----------
+    name : str
+        ``"mlp"``, ``"lenet_300_100"`` or ``"cnn"``.
+    seed : int, default 0
+        Keyword-only; passed to :func:`deep_compression`.
+    models_dir : str, os.PathLike or None, default None
+        The folder of the reference models; ``None``: the bundled ones.
+    path : str, os.PathLike or None, default None
+        Passed to :func:`deep_compression`.
+    progress : bool, default True
+        Passed to :func:`deep_compression`.
+    **options
+        Other keywords of :func:`deep_compression`.
+
+    Returns
+    -------
+    DeepCompressionResult
+        The result.
+    """
     model, d, _ = bundled(name, models_dir)
     defaults = DEFAULTS[name]
     options.setdefault("sparsity", defaults["sparsity"])
@@ -364,12 +409,32 @@ def kmeans_table(models=None, bits=(8, 4, 2), *, epochs: int = 10, lr: float = 1
     k-means QAT (:func:`~npquant.training.kmeans_qat.kmeans_qat`: Adam at ``lr``, cosine
     schedule, mean centroid gradient).
 
-    Returns one dict per model and setting: ``model``, ``bits`` (``None`` for the float
-    row), ``bytes`` and ``ratio`` (the lab's size: float32 codebooks, indices packed at
-    ``bits``, other tensors float32; :attr:`StageSizes.quantized
-    <npquant.compress.StageSizes>`), ``file_bytes`` and ``file_ratio`` (the npquant file,
-    Huffman coded), ``accuracy_kmeans`` (test accuracy after k-means only), ``accuracy``
-    (after k-means QAT, from the model rebuilt from the file), ``time_s``.
+    Parameters
+    ----------
+    models : iterable of str or None, default None
+        The models; ``None`` is every bundled model.
+    bits : iterable of int, default (8, 4, 2)
+        The bit widths, each 1..8.
+    epochs : int, default 10
+        Keyword-only; k-means QAT epochs.
+    lr : float, default 1e-3
+        Adam's learning rate.
+    seed : int, default 0
+        Seed of the k-means and the shuffles.
+    models_dir : str, os.PathLike or None, default None
+        The folder of the reference models; ``None``: the bundled ones.
+    progress : bool, default False
+        Show progress.
+
+    Returns
+    -------
+    list of dict
+        One dict per model and setting: ``model``, ``bits`` (``None`` for the float
+        row), ``bytes`` and ``ratio`` (the lab's size: float32 codebooks, indices packed at
+        ``bits``, other tensors float32; :attr:`StageSizes.quantized
+        <npquant.compress.StageSizes>`), ``file_bytes`` and ``file_ratio`` (the npquant file,
+        Huffman coded), ``accuracy_kmeans`` (test accuracy after k-means only), ``accuracy``
+        (after k-means QAT, from the model rebuilt from the file), ``time_s``.
     """
     from ..demo import MODELS
 
@@ -395,7 +460,18 @@ def kmeans_table(models=None, bits=(8, 4, 2), *, epochs: int = 10, lr: float = 1
 
 
 def format_kmeans_table(rows: list) -> str:
-    """:func:`kmeans_table`'s rows as fixed-width text."""
+    """:func:`kmeans_table`'s rows as fixed-width text.
+
+    Parameters
+    ----------
+    rows : list of dict
+        The rows of :func:`kmeans_table`.
+
+    Returns
+    -------
+    str
+        The table.
+    """
     def pct(v):
         return f"{100 * v:.2f} %"
     return format_table(["model", "bits", "size B", "ratio", "file B", "file ratio", "k-means", "k-means QAT"],
@@ -425,9 +501,30 @@ def sweep(name: str = "lenet_300_100", sparsities=SWEEP_SPARSITIES, bits=SWEEP_B
     ``bits``, fine-tuned, coded. ``options``: ``prune_steps``, ``prune_epochs``,
     ``finetune_epochs``, ``lr``, ``finetune_lr`` (defaults of :func:`deep_compression`).
 
-    Returns one dict per point: ``sparsity`` (the dict), ``bits``, ``bytes`` (the file),
-    ``ratio``, ``weights_ratio``, ``accuracy`` (of the model rebuilt from the file),
-    ``float_accuracy``.
+    Parameters
+    ----------
+    name : str, default ``"lenet_300_100"``
+        The bundled model.
+    sparsities : iterable, default ``SWEEP_SPARSITIES``
+        The sparsities (each a float or a dict of weight name to float).
+    bits : iterable of int, default ``SWEEP_BITS``
+        The bit widths, each 1..8.
+    seed : int, default 0
+        Keyword-only; seed of the k-means and the shuffles.
+    models_dir : str, os.PathLike or None, default None
+        The folder of the reference models; ``None``: the bundled ones.
+    progress : bool, default False
+        Show progress.
+    **options
+        ``prune_steps`` (3), ``prune_epochs`` (20), ``finetune_epochs`` (10), ``lr``
+        (1e-3), ``finetune_lr`` (1e-3); any other is a ``TypeError``.
+
+    Returns
+    -------
+    list of dict
+        One dict per point: ``sparsity`` (the dict), ``bits``, ``bytes`` (the file),
+        ``ratio``, ``weights_ratio``, ``accuracy`` (of the model rebuilt from the file),
+        ``float_accuracy``.
     """
     steps = check_int(options.pop("prune_steps", 3), "prune_steps", lo=1)
     epochs = check_int(options.pop("prune_epochs", 20), "prune_epochs", lo=0)
@@ -455,7 +552,20 @@ def sweep(name: str = "lenet_300_100", sparsities=SWEEP_SPARSITIES, bits=SWEEP_B
 
 def best_point(rows: list, tolerance: float = 0.005):
     """The row of :func:`sweep` with the largest ratio among those within ``tolerance``
-    (a fraction: 0.005 is half a point) of float accuracy; ``None`` if there is none."""
+    (a fraction: 0.005 is half a point) of float accuracy; ``None`` if there is none.
+
+    Parameters
+    ----------
+    rows : list of dict
+        The rows of :func:`sweep`.
+    tolerance : float, default 0.005
+        The accuracy loss allowed.
+
+    Returns
+    -------
+    dict or None
+        The row.
+    """
     ok = [r for r in rows if r["accuracy"] >= r["float_accuracy"] - tolerance]
     return max(ok, key=lambda r: r["ratio"]) if ok else None
 
@@ -466,7 +576,18 @@ def _sp(sp) -> str:
 
 def format_sweep(rows: list) -> str:
     """:func:`sweep`'s rows as fixed-width text, and the best point against the paper's
-    40x."""
+    40x.
+
+    Parameters
+    ----------
+    rows : list of dict
+        The rows of :func:`sweep`.
+
+    Returns
+    -------
+    str
+        The table and a line on the best point.
+    """
     table = format_table(["sparsity %", "bits", "file B", "ratio", "weights ratio", "test accuracy", "vs float"],
                          [[_sp(r["sparsity"]), str(r["bits"]), str(r["bytes"]), f"{r['ratio']:.1f}x",
                            f"{r['weights_ratio']:.1f}x", f"{100 * r['accuracy']:.2f} %",
@@ -482,7 +603,24 @@ def format_sweep(rows: list) -> str:
 def tables(*, seed: int = 0, models_dir=None, plots=None, progress: bool = True) -> str:
     """The three tables (module docstring) as text, computed on the spot; with ``plots``
     (a folder), also the sweep's trade-off figure ``deep_compression_tradeoff.png`` when
-    matplotlib is installed (else a note in the text)."""
+    matplotlib is installed (else a note in the text).
+
+    Parameters
+    ----------
+    seed : int, default 0
+        Keyword-only; the seed of every run.
+    models_dir : str, os.PathLike or None, default None
+        The folder of the reference models; ``None``: the bundled ones.
+    plots : str, os.PathLike or None, default None
+        The folder of the figure (created if missing); ``None``: no figure.
+    progress : bool, default True
+        Print progress notes.
+
+    Returns
+    -------
+    str
+        The tables.
+    """
     from pathlib import Path
 
     if plots is not None:

@@ -161,6 +161,21 @@ def clip_mask(x, qparams: QParams, *, method: str = "mul") -> np.ndarray:
     (``divide``), ``round(float32(x * R) + Z)`` (``mul_add``) or ``round(fma(x, R, Z))``
     (``fma``), with ``R = float32(1 / S)``. Both ends are inclusive. This is the mask of
     the ``clipped`` straight-through estimator.
+
+    Parameters
+    ----------
+    x : float array
+        Finite, non-empty (converted to float32).
+    qparams : QParams
+        Fitting ``x``.
+    method : str, default ``"mul"``
+        Keyword-only; ``"mul"`` (``"torch"`` is a synonym), ``"divide"``, ``"mul_add"``
+        or ``"fma"``.
+
+    Returns
+    -------
+    numpy.ndarray
+        bool of ``x``'s shape.
     """
     qparams = _check_qparams(qparams)
     method = _check_method(method)
@@ -230,6 +245,20 @@ def ste_backward(grad_y, mask, gradient: str = "clipped") -> np.ndarray:
     returns ``grad_y * mask`` in float32 (a masked element is ``dy * 0``, so ``-0.0`` where
     ``dy < 0``, as PyTorch's ``dY * mask``). ``mask`` comes from
     :func:`fake_quantize_with_mask`; ``grad_y`` must have its shape.
+
+    Parameters
+    ----------
+    grad_y : float array
+        The gradient of the output, finite, of ``mask``'s shape.
+    mask : bool array
+        The clip mask.
+    gradient : ``"ste"`` or ``"clipped"``, default ``"clipped"``
+        The rule.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 of ``mask``'s shape.
     """
     check_choice(gradient, "gradient", ("ste", "clipped"))
     mask = np.asarray(mask)
@@ -258,6 +287,18 @@ def lsq_grad_factor(numel: int, spec: QuantSpec) -> np.float32:
     counts features), ``Q_P = qmax`` (``-qmin`` for 1-bit signed, whose ``qmax`` is 0).
     Computed as Python's ``1.0 / (N * Q_P) ** 0.5`` in float64, then rounded to float32
     as ATen's kernel receives it.
+
+    Parameters
+    ----------
+    numel : int
+        ``N``, >= 1.
+    spec : QuantSpec
+        The quantization, for ``Q_P``.
+
+    Returns
+    -------
+    numpy.float32
+        ``g``.
     """
     numel = check_int(numel, "numel", lo=1)
     _check_spec(spec)
@@ -297,6 +338,24 @@ def lsq_forward(x, scale, zero_point, spec: QuantSpec, *, backend: str = "numba"
     granularity. The zero point used is ``clamp(rint(zero_point), qmin, qmax)`` and the
     arithmetic is PyTorch's fake quantization (``method="mul"``): this equals
     ``torch._fake_quantize_learnable_per_{tensor,channel}_affine``. Returns float32.
+
+    Parameters
+    ----------
+    x : float array
+        Finite, non-empty (converted to float32).
+    scale : float array
+        Positive, of the parameter shape.
+    zero_point : real array
+        Of the parameter shape (a single value is broadcast); ignored for a symmetric spec.
+    spec : QuantSpec
+        The quantization (any granularity).
+    backend : ``"numba"`` or ``"numpy"``, default ``"numba"``
+        Keyword-only; same bits.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 of ``x``'s shape, on the grid, saturated to ``[qmin, qmax]``.
     """
     spec = _check_spec(spec)
     check_choice(backend, "backend", BACKENDS)
@@ -335,10 +394,35 @@ def lsq_backward(grad_y, x, scale, zero_point, spec: QuantSpec, *, grad_factor=1
     qmax))`` (it differs from ``rint`` for a fractional negative ``z`` and for ties; the
     per-channel backward uses ``rint`` either way).
 
-    Returns ``(dx, d_scale, d_zero_point)``: ``dx`` float32 of ``x``'s shape; the other
-    two float32 of ``scale``'s shape, each the float64 sum of the float32 element
-    contributions rounded once. For a symmetric ``spec`` the zero point is fixed and
-    ``d_zero_point`` is still returned (what it would be if it were learned).
+    For a symmetric ``spec`` the zero point is fixed and ``d_zero_point`` is still
+    returned (what it would be if it were learned).
+
+    Parameters
+    ----------
+    grad_y : float array
+        The gradient of the output, finite, of ``x``'s shape.
+    x : float array
+        The forward's input.
+    scale : float array
+        Positive, of the parameter shape.
+    zero_point : real array
+        Of the parameter shape; ignored for a symmetric spec.
+    spec : QuantSpec
+        The quantization (any granularity).
+    grad_factor : float, default 1.0
+        Keyword-only; ``g``, positive.
+    grad_method : ``"fma"`` or ``"mul_add"``, default ``"fma"``
+        The arithmetic (see above).
+    backward_zero_point : ``"forward"`` or ``"torch"``, default ``"forward"``
+        The zero point of the backward pass (see above).
+
+    Returns
+    -------
+    dx : numpy.ndarray
+        float32 of ``x``'s shape.
+    d_scale, d_zero_point : numpy.ndarray
+        float32 of ``scale``'s shape, each the float64 sum of the float32 element
+        contributions rounded once.
     """
     spec = _check_spec(spec)
     check_choice(grad_method, "grad_method", GRAD_METHODS)
@@ -434,7 +518,20 @@ def _pact_alpha(alpha) -> np.float32:
 
 
 def pact_qparams(alpha, spec: QuantSpec) -> QParams:
-    """The grid PACT quantizes onto: ``S = float32(alpha / qmax)``, ``Z = 0``."""
+    """The grid PACT quantizes onto: ``S = float32(alpha / qmax)``, ``Z = 0``.
+
+    Parameters
+    ----------
+    alpha : float
+        The clipping level, positive and finite (a scalar or size-1 array).
+    spec : QuantSpec
+        Per-tensor; unsigned asymmetric without narrow range, or signed symmetric.
+
+    Returns
+    -------
+    QParams
+        The grid.
+    """
     spec = _pact_check_spec(spec)
     a = _pact_alpha(alpha)
     return QParams(a / np.float32(spec.qmax), 0, spec)
@@ -446,6 +543,22 @@ def pact_forward(x, alpha, spec: QuantSpec, *, backend: str = "numba") -> np.nda
     ``lo = 0`` for an unsigned ``spec`` (the paper's activation function, replacing ReLU)
     and ``-alpha`` for a signed symmetric one. Per-tensor only. Rounding is the spec's,
     arithmetic ``method="mul"``. Returns float32 of ``x``'s shape.
+
+    Parameters
+    ----------
+    x : float array
+        Finite, non-empty.
+    alpha : float
+        The clipping level, positive and finite.
+    spec : QuantSpec
+        As in :func:`pact_qparams`.
+    backend : ``"numba"`` or ``"numpy"``, default ``"numba"``
+        Keyword-only; same bits.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 of ``x``'s shape.
     """
     spec = _pact_check_spec(spec)
     check_choice(backend, "backend", BACKENDS)
@@ -461,8 +574,25 @@ def pact_backward(grad_y, x, alpha, spec: QuantSpec):
     Unsigned: ``dx = dy`` where ``0 <= x < alpha``, else 0; ``d_alpha = sum(dy where x >=
     alpha)``. Signed: ``dx = dy`` where ``-alpha < x < alpha``; ``d_alpha = sum(dy where x
     >= alpha) - sum(dy where x <= -alpha)``. Rounding is straight-through, and the grid's
-    dependence on ``alpha`` below the clip is ignored, as in the paper. ``dx`` float32;
-    ``d_alpha`` a float32 scalar (0-d array), summed in float64.
+    dependence on ``alpha`` below the clip is ignored, as in the paper.
+
+    Parameters
+    ----------
+    grad_y : float array
+        The gradient of the output, finite, of ``x``'s shape.
+    x : float array
+        The forward's input.
+    alpha : float
+        The clipping level.
+    spec : QuantSpec
+        As in :func:`pact_qparams`.
+
+    Returns
+    -------
+    dx : numpy.ndarray
+        float32 of ``x``'s shape.
+    d_alpha : numpy.ndarray
+        A float32 scalar (0-d array), summed in float64.
     """
     spec = _pact_check_spec(spec)
     x = as_float_array(x, "x")
@@ -592,6 +722,8 @@ class FakeQuantize(_FakeQuantBase):
         observer has no memory, so it observes in eval mode too: the weights' qparams
         then follow the weights after the last optimizer step.
     backend : ``"numba"`` or ``"numpy"``
+    name : str, default ``"fake_quant"``
+        The layer's name.
 
     Notes
     -----
@@ -690,6 +822,20 @@ def weight_fake_quant(spec: QuantSpec | None = None, *, gradient: str = "clipped
     of 0.01, here it is the range of the current weights, as in Jacob et al. 2018). A
     per-channel or per-group spec gets a :class:`~npquant.observers.PerChannelMinMaxObserver`,
     per-tensor a :class:`~npquant.observers.MinMaxObserver`, reset before each step.
+
+    Parameters
+    ----------
+    spec : QuantSpec or None, default None
+        The weights' quantization (see above).
+    gradient : ``"clipped"`` or ``"ste"``, default ``"clipped"``
+        Keyword-only; the gradient rule.
+    name : str, default ``"weight_fake_quant"``
+        The layer's name.
+
+    Returns
+    -------
+    FakeQuantize
+        With ``reset_observer=True``.
     """
     spec = QuantSpec(bits=8, signed=True, symmetric=True, axis=0) if spec is None else _check_spec(spec)
     obs = PerChannelMinMaxObserver(spec) if spec.axis is not None else MinMaxObserver(spec)
@@ -704,6 +850,22 @@ def activation_fake_quant(spec: QuantSpec | None = None, *, averaging_constant: 
     default activation fake-quant without ``reduce_range``). The observer is
     :class:`~npquant.observers.MovingAverageMinMaxObserver` (or its per-channel twin for a
     spec with an axis) with ``averaging_constant`` (PyTorch's default 0.01).
+
+    Parameters
+    ----------
+    spec : QuantSpec or None, default None
+        The activations' quantization (see above).
+    averaging_constant : float, default 0.01
+        Keyword-only; of the observer, in (0, 1].
+    gradient : ``"clipped"`` or ``"ste"``, default ``"clipped"``
+        The gradient rule.
+    name : str, default ``"act_fake_quant"``
+        The layer's name.
+
+    Returns
+    -------
+    FakeQuantize
+        The fake quant.
     """
     spec = QuantSpec(bits=8, signed=False) if spec is None else _check_spec(spec)
     if spec.axis is None:
@@ -745,6 +907,10 @@ class LSQFakeQuantize(_FakeQuantBase):
         ``use_grad_scaling=True``); False: ``g = 1``; a float: that ``g``.
     grad_method, backward_zero_point
         See :func:`lsq_backward`.
+    backend : ``"numba"`` or ``"numpy"``, default ``"numba"``
+        The fake-quantization kernel or its NumPy twin; same bits.
+    name : str, default ``"lsq"``
+        The layer's name.
 
     Notes
     -----
@@ -909,6 +1075,19 @@ class PACTFakeQuantize(_FakeQuantBase):
     where ``x >= alpha``, an ``alpha`` above every activation never moves down; the paper
     pulls it down with L2 weight decay on ``alpha`` (the optimizer's job), ``"max"``
     starts it where the activations end. Gradients: :func:`pact_backward`.
+
+    Parameters
+    ----------
+    spec : QuantSpec
+        As above.
+    alpha : float, default 10.0
+        Keyword-only; the initial clipping level, positive and finite.
+    init : ``"fixed"`` or ``"max"``, default ``"fixed"``
+        See above.
+    backend : ``"numba"`` or ``"numpy"``, default ``"numba"``
+        The fake-quantization kernel or its NumPy twin; same bits.
+    name : str, default ``"pact"``
+        The layer's name.
     """
 
     gradient = "pact"

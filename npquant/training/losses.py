@@ -39,7 +39,20 @@ def log_softmax(x, axis: int = -1) -> np.ndarray:
     ``exp`` never overflows and the largest ``z`` is 0), ``logsumexp(z) = log1p(r)`` where
     ``r`` sums ``exp(z)`` over all entries but the (first) largest. ``log1p`` keeps the
     precision of a confident prediction, whose log-probability is close to 0 (``log(1 + r)``
-    would round ``1 + r`` first). float32 (float64 for float64 input)."""
+    would round ``1 + r`` first). float32 (float64 for float64 input).
+
+    Parameters
+    ----------
+    x : float array
+        Finite, non-empty; float32 unless float64.
+    axis : int, default -1
+        The axis of the classes.
+
+    Returns
+    -------
+    numpy.ndarray
+        The log-probabilities, of ``x``'s shape.
+    """
     x = _logits(x, "x")
     axis = normalize_axis(axis, x.ndim)
     top = x.argmax(axis=axis)
@@ -50,7 +63,20 @@ def log_softmax(x, axis: int = -1) -> np.ndarray:
 
 
 def softmax(x, axis: int = -1) -> np.ndarray:
-    """``exp(log_softmax(x))`` along ``axis``: non-negative, sums to 1 up to rounding."""
+    """``exp(log_softmax(x))`` along ``axis``: non-negative, sums to 1 up to rounding.
+
+    Parameters
+    ----------
+    x : float array
+        Finite, non-empty; float32 unless float64.
+    axis : int, default -1
+        The axis of the classes.
+
+    Returns
+    -------
+    numpy.ndarray
+        The probabilities, of ``x``'s shape and dtype as :func:`log_softmax`.
+    """
     return np.exp(log_softmax(x, axis))
 
 
@@ -69,13 +95,28 @@ def _labels(labels, n: int, c: int) -> np.ndarray:
 def softmax_cross_entropy(logits, labels, *, reduction: str = "mean") -> tuple[float, np.ndarray]:
     """Cross-entropy of the softmax of ``logits`` against integer ``labels``, and its gradient.
 
-    ``logits``: ``(N, C)`` float; ``labels``: ``(N,)`` integers in ``[0, C)``.
     ``loss = -sum_i log_softmax(logits)[i, labels[i]]`` divided by ``N`` for
     ``reduction="mean"`` (``torch.nn.functional.cross_entropy``) or not for ``"sum"``.
     The per-sample terms are float32 (float64 for float64 logits); their sum is taken in
     float64 and returned as a Python float. ``grad_logits = (softmax(logits) - onehot(labels))``
     (divided by ``N`` for ``"mean"``), float32 (float64 for float64 logits); the label's
     entry ``p - 1`` is ``expm1(log p)``, exact to float32 rounding even when ``p`` rounds to 1.
+
+    Parameters
+    ----------
+    logits : float array (N, C)
+        Finite.
+    labels : integer array (N,)
+        Class indices in ``[0, C)``.
+    reduction : ``"mean"`` or ``"sum"``, default ``"mean"``
+        Keyword-only; divide the loss and the gradient by ``N``, or not.
+
+    Returns
+    -------
+    loss : float
+        The loss.
+    grad_logits : numpy.ndarray
+        Its gradient with respect to ``logits``, ``(N, C)``.
     """
     check_choice(reduction, "reduction", REDUCTIONS)
     x = _logits(logits, "logits", ndim=2)
@@ -93,7 +134,20 @@ def softmax_cross_entropy(logits, labels, *, reduction: str = "mean") -> tuple[f
 
 
 def accuracy(logits, labels) -> float:
-    """The fraction of rows whose argmax (first index on ties) equals the label, in [0, 1]."""
+    """The fraction of rows whose argmax (first index on ties) equals the label, in [0, 1].
+
+    Parameters
+    ----------
+    logits : float array (N, C)
+        Finite scores.
+    labels : integer array (N,)
+        Class indices in ``[0, C)``.
+
+    Returns
+    -------
+    float
+        The accuracy.
+    """
     x = _logits(logits, "logits", ndim=2)
     y = _labels(labels, x.shape[0], x.shape[1])
     return float(np.mean(x.argmax(axis=1) == y))

@@ -118,6 +118,17 @@ class Optimizer:
     the step count, masks, and checked gradients. Subclasses implement ``_update_numpy`` (the
     formulas, vectorized) and ``_update_numba`` (the same in a compiled loop).
 
+    Parameters
+    ----------
+    params : dict
+        ``{name: float32 array}``, updated in place.
+    lr : float
+        Learning rate, positive and finite.
+    fused_multiply_add : bool, default True
+        Keyword-only; compute each multiply-add with one rounding (see the subclasses).
+    backend : ``"numba"`` (default) or ``"numpy"``
+        See the module docstring.
+
     Attributes
     ----------
     params : dict
@@ -503,6 +514,25 @@ class AdamW(Adam):
     The same update as :class:`Adam` except that weight decay shrinks the parameter,
     ``p = p * float32(1 - lr * weight_decay)``, before the moments are updated, instead of
     being added to the gradient. Default ``weight_decay=1e-2`` as in PyTorch.
+
+    Parameters
+    ----------
+    params : dict
+        ``{name: float32 array}``, updated in place.
+    lr : float
+        Learning rate, positive and finite (default 1e-3).
+    betas : tuple of float
+        ``(beta1, beta2)``, each in [0, 1) (default (0.9, 0.999)).
+    eps : float
+        Positive and finite (default 1e-8).
+    weight_decay : float
+        >= 0 (default 1e-2), the decoupled decay coefficient.
+    amsgrad : bool
+        Keep the running maximum of ``v`` and divide by it (default False).
+    fused_multiply_add : bool
+        As in :class:`Adam` (default True).
+    backend : ``"numba"`` (default) or ``"numpy"``
+        See the module docstring.
     """
 
     decoupled_weight_decay = True
@@ -522,6 +552,13 @@ class StepLR:
     ``schedule(epoch, base_lr)`` returns the learning rate of epoch ``epoch`` (0-based).
     PyTorch's ``scheduler.step()`` multiplies the current lr by ``gamma`` instead, which
     can differ from the closed form in the last float64 bit.
+
+    Parameters
+    ----------
+    step_size : int
+        Epochs between decays, >= 1.
+    gamma : float, default 0.1
+        The decay factor, > 0.
     """
 
     def __init__(self, step_size, gamma=0.1):
@@ -543,6 +580,13 @@ class CosineAnnealingLR:
     ``base_lr`` at epoch 0, ``eta_min`` at epoch ``T_max``; past ``T_max`` the cosine
     rises again, as in PyTorch. PyTorch's ``scheduler.step()`` uses a recursive form that
     agrees with this one to about 1e-15 relative.
+
+    Parameters
+    ----------
+    T_max : int
+        The epoch of the minimum, >= 1.
+    eta_min : float, default 0.0
+        The minimum learning rate, >= 0.
     """
 
     def __init__(self, T_max, eta_min=0.0):
@@ -565,6 +609,16 @@ class LinearWarmup:
     ``epoch < warmup_epochs`` (PyTorch's ``LinearLR`` with ``end_factor=1``), then
     ``after(epoch - warmup_epochs, base_lr)``, as PyTorch's
     ``SequentialLR([LinearLR, after], milestones=[warmup_epochs])``.
+
+    Parameters
+    ----------
+    warmup_epochs : int
+        Length of the warm-up, >= 1.
+    after : callable or None, default None
+        The schedule ``after(epoch, base_lr)`` that follows (its epochs counted from the
+        end of the warm-up); ``None`` keeps ``base_lr``.
+    start_factor : float, default 1/3
+        Keyword-only; the fraction of ``base_lr`` at epoch 0, in (0, 1].
     """
 
     def __init__(self, warmup_epochs, after=None, *, start_factor=1.0 / 3):

@@ -42,7 +42,18 @@ OPTIMIZERS = {"sgd": SGD, "adam": Adam, "adamw": AdamW}
 def weight_names(model) -> list:
     """The names of ``model``'s weight tensors, in ``named_parameters()`` order: the
     parameters named ``"<layer>.weight"`` that are 2-D (linear, ``(out, in)``) or 4-D
-    (convolution, OIHW). Batch-norm weights and biases (1-D) are not among them."""
+    (convolution, OIHW). Batch-norm weights and biases (1-D) are not among them.
+
+    Parameters
+    ----------
+    model : object with ``named_parameters()``
+        E.g. an :class:`npquant.nn.Sequential`.
+
+    Returns
+    -------
+    list of str
+        The names.
+    """
     if not callable(getattr(model, "named_parameters", None)):
         raise TypeError(f"model has no named_parameters(), got {type(model).__name__}")
     return [n for n, p in model.named_parameters().items()

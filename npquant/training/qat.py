@@ -263,6 +263,21 @@ class QATConvBn2d(_QATBase):
     ``bn.num_batches_tracked``. :meth:`freeze_bn` switches to the running statistics (and
     stops updating them) -- Jacob et al.'s "frozen" phase; :meth:`unfreeze_bn` back.
     :meth:`folded_conv` returns the float conv that inference runs.
+
+    Parameters
+    ----------
+    conv : npquant.nn.Conv2d
+        The convolution, bias optional.
+    bn : npquant.nn.BatchNorm2d
+        Its batch norm, one channel per output of ``conv``.
+    weight_fake_quant : optional
+        Keyword-only; as in :class:`QATLinear` (default per-channel symmetric int8).
+    act_fake_quant : optional
+        As in :class:`QATLinear` (default uint8 moving-average; None for a float output).
+    activation : None, ``"relu"`` or ``"relu6"``, default None
+        Fused before the output fake-quant.
+    name : str or None, default None
+        The layer's name; ``None`` is ``conv.name``.
     """
 
     def __init__(self, conv, bn, *, weight_fake_quant=_DEFAULT, act_fake_quant=_DEFAULT,

@@ -86,7 +86,22 @@ def reference(name: str, models_dir=None) -> tuple:
     """The bundled reference model ``name`` (float :class:`npquant.nn.Sequential`) and its
     digits split (:func:`npquant.training.trainer.digits_data`: ``x_train``, ``y_train``,
     ``x_calibration``, ``x_test``, ``y_test``, ...), from ``models_dir`` (default: the
-    bundled models)."""
+    bundled models).
+
+    Parameters
+    ----------
+    name : str
+        A model of :data:`BITS`: ``"mlp"``, ``"lenet_300_100"`` or ``"cnn"``.
+    models_dir : pathlib.Path or None, default None
+        The folder of the reference models; ``None``: the bundled ones.
+
+    Returns
+    -------
+    model : npquant.nn.Sequential
+        The float model.
+    data : dict of str to numpy.ndarray
+        Its digits split.
+    """
     check_choice(name, "name", tuple(BITS))
     from ..demo import default_models_dir
     from ..io import load_reference
@@ -116,6 +131,36 @@ def qat_experiment(name: str, weight_bits: int, act_bits: int, method: str, *, e
     :func:`reference` returns them (default: ``reference(name, models_dir)``); ``model`` is
     not modified, so one loaded pair serves many rows. ``name`` still selects the recipe's
     defaults (:data:`DEFAULT_EPOCHS`, :data:`DEFAULT_LR`).
+
+    Parameters
+    ----------
+    name : str
+        A model of :data:`BITS`.
+    weight_bits, act_bits : int
+        Bits of the weights and of the hidden activations, 2..8 (input and logits 8-bit).
+    method : str
+        ``"ptq"`` or one of :data:`RANGES_SHOWN`.
+    epochs : int or None, default None
+        Keyword-only; QAT epochs, >= 1 (see above).
+    lr : float or None, default None
+        Adam's learning rate, > 0 (see above).
+    seed : int, default 0
+        Seed of the shuffles, >= 0.
+    mode : str, default ``"tflite"``
+        The requantization mode of the integer model.
+    models_dir : pathlib.Path or None, default None
+        The folder of the reference models; ``None``: the bundled ones.
+    progress : bool, default False
+        Show the training progress bar.
+    model : npquant.nn.Sequential or None, default None
+        The float model (with ``data``).
+    data : dict or None, default None
+        Its data (with ``model``).
+
+    Returns
+    -------
+    QATResult
+        The row, with the integer model.
     """
     from .convert_qat import convert_qat, freeze_bn, freeze_observers, prepare_qat
     from .losses import softmax_cross_entropy
@@ -170,7 +215,30 @@ def results(models=tuple(BITS), *, bits=None, methods=("ptq", *RANGES_SHOWN), se
             mode: str = "tflite", models_dir=None, progress=lambda msg: None) -> list[QATResult]:
     """Every row of the table: for each model, the float row, then for each bit setting
     (``bits``: a list of ``(w, a)``, default :data:`BITS` of the model) each of ``methods``.
-    ``progress(msg)`` is called before each model and bit setting."""
+    ``progress(msg)`` is called before each model and bit setting.
+
+    Parameters
+    ----------
+    models : iterable of str, default all of :data:`BITS`
+        The models.
+    bits : list of (int, int) or None, default None
+        Keyword-only; the ``(w, a)`` settings.
+    methods : iterable of str, default ``("ptq", *RANGES_SHOWN)``
+        The methods of each setting.
+    seed : int, default 0
+        Seed of the shuffles.
+    mode : str, default ``"tflite"``
+        The requantization mode.
+    models_dir : pathlib.Path or None, default None
+        The folder of the reference models; ``None``: the bundled ones.
+    progress : callable, default does nothing
+        Called with a message.
+
+    Returns
+    -------
+    list of QATResult
+        The rows.
+    """
     rows = []
     for name in models:
         check_choice(name, "models", tuple(BITS))
@@ -186,7 +254,24 @@ def results(models=tuple(BITS), *, bits=None, methods=("ptq", *RANGES_SHOWN), se
 
 def recovery(rows: list[QATResult], name: str, weight_bits: int, act_bits: int, method: str) -> float | None:
     """The share of PTQ's accuracy loss that QAT ``method`` wins back at ``W<w>A<a>`` on
-    ``name``: ``(QAT - PTQ) / (float - PTQ)``; None when PTQ loses nothing."""
+    ``name``: ``(QAT - PTQ) / (float - PTQ)``; None when PTQ loses nothing.
+
+    Parameters
+    ----------
+    rows : list of QATResult
+        Rows of :func:`results` holding the float, PTQ and ``method`` rows.
+    name : str
+        The model.
+    weight_bits, act_bits : int
+        The setting.
+    method : str
+        The QAT method.
+
+    Returns
+    -------
+    float or None
+        The share.
+    """
     def acc(m, w=weight_bits, a=act_bits):
         return next(r.accuracy for r in rows if r.model == name and r.method == m
                     and (m == "float" or (r.weight_bits, r.act_bits) == (w, a)))
@@ -201,7 +286,18 @@ _LABEL = {"float": "float32", "ptq": "PTQ min-max", "minmax": "QAT min-max EMA",
 
 def format_results(rows: list[QATResult]) -> str:
     """The table of ``rows`` (from :func:`results`), with a line per model on how much of
-    PTQ's W4A4 loss QAT recovers."""
+    PTQ's W4A4 loss QAT recovers.
+
+    Parameters
+    ----------
+    rows : list of QATResult
+        The rows, each model's float row among them.
+
+    Returns
+    -------
+    str
+        The table and the notes.
+    """
     from .._table import format_table
 
     floats = {r.model: r.accuracy for r in rows if r.method == "float"}

@@ -109,20 +109,26 @@ class TrainState:
 
 
 class Hook:
-    """A hook made of plain functions, each called with the :class:`TrainState`:
-
-    - ``on_epoch_start(state)``: at the start of each epoch, after the schedule has set
-      the learning rate and ``model.train()`` has put every layer in training mode (a
-      layer meant to stay frozen, e.g. a batch norm after epoch k, is put back in eval
-      mode here, or better frozen by a flag of its own, as PyTorch's ``freeze_bn_stats``);
-    - ``on_batch_start(state)``: before each batch's forward pass (``state.x``, ``state.y``
-      hold the batch);
-    - ``on_step_end(state)``: after each optimizer step (re-apply pruning masks, update
-      observers);
-    - ``on_epoch_end(state)``: after each epoch's validation and history row (freeze batch
-      norm or observers after epoch k, save a checkpoint, set ``state.stop``).
+    """A hook made of plain functions, each called with the :class:`TrainState`.
 
     Any object with one or more of these methods is a hook too.
+
+    Parameters
+    ----------
+    on_epoch_start : callable or None, default None
+        ``on_epoch_start(state)``: at the start of each epoch, after the schedule has set
+        the learning rate and ``model.train()`` has put every layer in training mode (a
+        layer meant to stay frozen, e.g. a batch norm after epoch k, is put back in eval
+        mode here, or better frozen by a flag of its own, as PyTorch's ``freeze_bn_stats``).
+    on_batch_start : callable or None, default None
+        ``on_batch_start(state)``: before each batch's forward pass (``state.x``,
+        ``state.y`` hold the batch).
+    on_step_end : callable or None, default None
+        ``on_step_end(state)``: after each optimizer step (re-apply pruning masks, update
+        observers).
+    on_epoch_end : callable or None, default None
+        ``on_epoch_end(state)``: after each epoch's validation and history row (freeze
+        batch norm or observers after epoch k, save a checkpoint, set ``state.stop``).
     """
 
     def __init__(self, *, on_epoch_start=None, on_batch_start=None, on_step_end=None, on_epoch_end=None):
@@ -142,6 +148,17 @@ class EarlyStopping:
     better); an epoch improves when it beats the best so far by more than ``min_delta``.
     The weights are the model's whole ``state_dict()`` (batch-norm running statistics
     included), copied at each improvement.
+
+    Parameters
+    ----------
+    monitor : ``"val_loss"`` or ``"val_accuracy"``, default ``"val_loss"``
+        The metric.
+    patience : int, default 5
+        Epochs without improvement before stopping, >= 1.
+    min_delta : float, default 0.0
+        Keyword-only; the least improvement that counts, >= 0.
+    restore_best : bool, default True
+        Put back the best epoch's weights when stopping.
     """
 
     def __init__(self, monitor: str = "val_loss", patience: int = 5, *, min_delta: float = 0.0,
@@ -275,6 +292,27 @@ def evaluate(model, x, y, *, batch_size: int = 256, loss_fn=None) -> tuple[float
     the accuracy the fraction of samples whose ``argmax(logits)`` (first index on ties)
     equals the label. The model is left in eval mode, or in training mode if it had a
     ``training`` attribute that was True.
+
+    Parameters
+    ----------
+    model : callable with ``eval()`` and ``train()``
+        The model, e.g. an :class:`npquant.nn.Sequential`.
+    x : array (N, ...)
+        Inputs.
+    y : integer array (N,)
+        Labels.
+    batch_size : int, default 256
+        Keyword-only; samples per forward pass, >= 1.
+    loss_fn : callable or None, default None
+        ``loss_fn(logits, labels) -> (loss, grad)`` with a batch-mean loss; ``None`` is
+        softmax cross-entropy.
+
+    Returns
+    -------
+    loss : float
+        The mean loss per sample.
+    accuracy : float
+        The fraction of samples classified correctly.
     """
     x, y = _data(x, y, "x", "y")
     batch_size = check_int(batch_size, "batch_size", lo=1)
@@ -462,6 +500,21 @@ def torch_default_init(arch: dict, seed: int) -> dict:
       ``num_batches_tracked`` 0 (int64).
 
     The values are PyTorch's distributions, not PyTorch's random numbers.
+
+    Parameters
+    ----------
+    arch : dict
+        The architecture description (see :func:`npquant.nn.build_model`); linear and
+        conv2d layers need their size fields (``in_features``, ``out_features``;
+        ``in_channels``, ``out_channels``, ``kernel_size``), batch norms
+        ``num_features``.
+    seed : int
+        Seed, >= 0.
+
+    Returns
+    -------
+    dict of str to numpy.ndarray
+        The state dict.
     """
     from ..nn import _layers
 
@@ -501,6 +554,19 @@ def digits_data(arch: dict, models_dir=None) -> dict:
     ``k / 16``), reshaped to ``(N, *arch["input_shape"])``; the indices come from
     ``digits_split.npz`` (1,078 train, 269 calibration, 450 test; see
     ``reference_models/README.md``). Labels are int64.
+
+    Parameters
+    ----------
+    arch : dict
+        The architecture description, with ``"input_shape"``.
+    models_dir : pathlib.Path or None, default None
+        The folder holding ``digits_split.npz``; ``None`` is
+        :func:`npquant.demo.default_models_dir`.
+
+    Returns
+    -------
+    dict of str to numpy.ndarray
+        The six arrays named above.
     """
     from sklearn.datasets import load_digits
 
@@ -543,6 +609,29 @@ def train_reference(name: str, *, seed: int = 0, epochs: int = 60, batch_size: i
 
     The random numbers are NumPy's, not PyTorch's, so the weights are not PyTorch's; the
     test accuracy is comparable, not equal.
+
+    Parameters
+    ----------
+    name : str
+        ``"mlp"``, ``"lenet_300_100"`` or ``"cnn"``.
+    seed : int, default 0
+        Keyword-only; seed of the initialization (``seed + 1`` for the shuffles), >= 0.
+    epochs : int, default 60
+        Training epochs.
+    batch_size : int, default 32
+        Mini-batch size.
+    lr : float or None, default None
+        Adam's learning rate; ``None`` is the one of ``REFERENCE_TRAINING``.
+    progress : bool, default True
+        Show a progress bar.
+    models_dir : pathlib.Path or None, default None
+        The folder of the reference models; ``None`` is
+        :func:`npquant.demo.default_models_dir`.
+
+    Returns
+    -------
+    ReferenceRun
+        The model, the history and the test accuracies.
     """
     from ..demo import default_models_dir
     from ..io import load_reference
@@ -569,7 +658,13 @@ def train_reference(name: str, *, seed: int = 0, epochs: int = 60, batch_size: i
 
 def main(argv=None) -> None:
     """``python -m npquant.training.trainer [--seeds 0,1,2] [--epochs 60] [names...]``:
-    train the reference architectures from scratch and print test accuracy vs PyTorch's."""
+    train the reference architectures from scratch and print test accuracy vs PyTorch's.
+
+    Parameters
+    ----------
+    argv : list of str or None, default None
+        The command-line arguments; ``None`` reads ``sys.argv``.
+    """
     import argparse
 
     ap = argparse.ArgumentParser(description=main.__doc__.split("\n")[0].strip("`"))
