@@ -21,7 +21,7 @@ import os
 import sys
 import time
 
-from ._table import format_table  # noqa: F401 (re-exported for callers)
+from ._table import format_table
 from ._version import __version__
 from .fixedpoint import REQUANT_MODES
 from .qnn.accumulation import ACCUMULATIONS
@@ -907,10 +907,207 @@ def _run_qat(args) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------- vectors, run
+
+_MODEL_HELP = ("any model file npquant runs: a PyTorch PTQ reference (npquant/data/*_ptq.npz), a graph file "
+               "(npquant.graph.save_graph), or a reference model (npquant/data/<name>.npz)")
+
+
+def _add_vectors(sub) -> None:
+    p = sub.add_parser(
+        "vectors",
+        help="golden test vectors of an integer model for hardware testbenches ($readmemh hex files, a C "
+             "header, an .npz and a manifest)",
+        description=(
+            "Run an integer model once and write, for every layer in execution order, its input codes, "
+            "weight codes, bias, weight zero points, requantization multipliers (m0 and shift; the float32 "
+            "multiplier too in the fp32 and onnx modes), int32 accumulators and output codes: one hex file "
+            "per tensor that Verilog's $readmemh reads, one C99 header vectors.h, one vectors.npz and a "
+            "manifest.json describing dtypes, shapes, layouts, requantization and accumulation "
+            "(npquant.vectors). A PyTorch PTQ reference runs as PyTorch computes it; a reference model is "
+            "quantized first with quantize_model (--mode, per-channel int8 weights, uint8 activations, "
+            "min-max ranges on the 269 calibration images of digits_split.npz); a graph file must be an "
+            "integer graph. The input: --input, or seeded random integer codes (--seed, or --shape), or else "
+            "sample --index of the file's test inputs (a graph file has none: random codes with seed 0)."
+        ),
+    )
+    p.set_defaults(func=_run_vectors, _parser=p)
+    p.add_argument("model", metavar="MODEL", help=_MODEL_HELP)
+    p.add_argument("--output", "-o", required=True, metavar="DIR",
+                   help="the folder to write: new or empty (its parent must exist)")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--input", metavar="X", help="input file, batch first: .npy, or .npz with one array per graph "
+                                                  "input; float values (quantized with the model's input qparams) "
+                                                  "or integer codes")
+    src.add_argument("--seed", type=_int_range(0, 2**32 - 1), default=None,
+                     help="a seeded random input: uniform integer codes of the model's input qparams")
+    p.add_argument("--index", type=_int_range(0), default=None, metavar="K",
+                   help="sample K only, of --input or of the file's test inputs (default: the whole --input, or "
+                        "test sample 0)")
+    p.add_argument("--shape", type=_int_list(1, 1 << 16), default=None, metavar="N,C,H,W",
+                   help="a random input of this shape, batch first (seed: --seed, default 0); the default shape "
+                        "of a --seed input is one sample shaped as the file's test inputs, or for a graph one "
+                        "sample of its first linear layer")
+    p.add_argument("--mode", choices=REQUANT_MODES, default=None,
+                   help="requantization mode of a reference model, which is quantized first (default tflite)")
+    p.add_argument("--accumulation", choices=ACCUMULATIONS, default=None,
+                   help="accumulation of a reference model's or a PTQ reference's integer layers (default exact)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace DIR if it holds a previous vector set and nothing else")
+
+
+def _model_options(args, kind: str) -> None:
+    """Usage errors (exit status 2) for options that do not apply to a model file of ``kind``."""
+    from ._modelfile import KIND_NAMES
+
+    if args.mode is not None and kind != "reference":
+        _usage_error(args, f"--mode quantizes a reference model; {args.model} is {KIND_NAMES[kind]}")
+    if args.accumulation is not None and kind == "graph":
+        _usage_error(args, f"--accumulation does not apply to a graph file: each node names its own "
+                           f"({args.model} is {KIND_NAMES[kind]})")
+
+
+def _run_vectors(args) -> int:
+    from ._modelfile import load_model_file, random_input, read_input_file, select_sample, sniff_model_file
+    from .vectors import _out_dir, write_vectors
+
+    if args.index is not None and (args.seed is not None or args.shape is not None):
+        _usage_error(args, "--index selects a sample of --input or of the test inputs; a --seed or --shape input "
+                           "is random")
+    if args.shape is not None and args.input is not None:
+        _usage_error(args, "--shape is the shape of a random input; --input has its own")
+    path, kind, arrays = sniff_model_file(args.model)
+    _model_options(args, kind)
+    _out_dir(args.output, args.overwrite, "manifest.json", "npquant-vectors", "--output", "--overwrite")
+    mf = load_model_file(path, kind, arrays, mode=args.mode or ("tflite" if kind == "reference" else None),
+                         accumulation=args.accumulation)
+    if kind == "graph" and mf.model.kind != "integer":
+        raise ValueError(f"{args.model}: a {mf.model.kind} graph; golden vectors are of integer graphs (integer ops "
+                         "between quantize and dequantize nodes)")
+    if args.index is not None and args.input is None and mf.test_inputs is None:
+        _usage_error(args, f"--index selects a sample of --input or of the file's test inputs; {args.model} has none")
+    if args.input is not None:
+        x = read_input_file(args.input)
+        x = x if args.index is None else select_sample(x, args.index)
+        where = f"{args.input}" + ("" if args.index is None else f", sample {args.index}")
+    elif args.seed is not None or mf.test_inputs is None or args.shape is not None:
+        seed = 0 if args.seed is None else args.seed
+        x = random_input(mf, seed, args.shape)
+        where = f"random codes, seed {seed}"
+    else:
+        index = args.index or 0
+        x = select_sample(mf.test_inputs, index)
+        where = f"test sample {index} of {args.model}"
+    manifest = write_vectors(mf.model, x, args.output, overwrite=args.overwrite)
+    rows = []
+    for layer in manifest["layers"]:
+        t = layer["tensors"]
+        ins = [v for k, v in t.items() if k.startswith("input")]
+        req = layer.get("requantization", {})
+        rows.append([str(layer["index"]), layer["name"], layer["op"],
+                     req.get("mode", "-") + (f" ({req['uses']})" if "uses" in req else ""),
+                     " + ".join("x".join(map(str, v["shape"])) + " " + v["dtype"] for v in ins),
+                     "x".join(map(str, t["output"]["shape"])) + " " + t["output"]["dtype"]])
+    print(f"{args.model}: {mf.description}")
+    print(f"input: {where}")
+    print(format_table(["#", "layer", "op", "requantization", "input", "output"], rows))
+    n_hex = sum(len(layer["tensors"]) for layer in manifest["layers"])
+    print(f"wrote {n_hex} .hex files, vectors.h, vectors.npz and manifest.json to {args.output}")
+    return 0
+
+
+def _add_run(sub) -> None:
+    p = sub.add_parser(
+        "run",
+        help="run a model file on inputs: the top classes, the outputs, every intermediate tensor",
+        description=(
+            "Run a model file on the samples of --input and print, per sample, the top-K classes with their "
+            "scores (the output itself for a float model; the dequantized output codes for an integer "
+            "model). A reference model runs in float, or quantized first with --mode (as npquant vectors "
+            "does); a PyTorch PTQ reference runs as PyTorch computes it; a graph file runs as it is. "
+            "--output writes the outputs as the model returns them (float32 of a float model, integer codes "
+            "of an integer model); --dump writes every intermediate tensor as .npy with an index, "
+            "tensors.json (a graph: every tensor; an integer model: the input, its codes and each layer's "
+            "output; a float model: the input and each layer's output)."
+        ),
+    )
+    p.set_defaults(func=_run_run, _parser=p)
+    p.add_argument("model", metavar="MODEL", help=_MODEL_HELP)
+    p.add_argument("--input", required=True, metavar="X",
+                   help="input file, batch first: .npy, or .npz with one array per graph input; float values, "
+                        "or integer codes of an integer model's input qparams")
+    p.add_argument("--top", type=_int_range(0), default=5, metavar="K",
+                   help="classes to print per sample (default 5; 0 prints none)")
+    p.add_argument("--output", "-o", metavar="FILE",
+                   help="write the outputs: .npy (a model with one output) or .npz (every output by name)")
+    p.add_argument("--dump", metavar="DIR", help="write every intermediate tensor as .npy into DIR (new or empty)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="with --dump: replace DIR if it holds a previous dump and nothing else")
+    p.add_argument("--mode", choices=REQUANT_MODES, default=None,
+                   help="quantize a reference model first with this requantization mode (default: run it in float)")
+    p.add_argument("--accumulation", choices=ACCUMULATIONS, default=None,
+                   help="accumulation of an integer model's layers (with --mode, or of a PTQ reference; default "
+                        "exact)")
+
+
+def _run_run(args) -> int:
+    import io
+
+    import numpy as np
+
+    from ._fileio import atomic_write
+    from ._modelfile import load_model_file, read_input_file, run_outputs, sniff_model_file
+    from .linear import dequantize
+    from .vectors import _out_dir, write_intermediates
+
+    if args.overwrite and args.dump is None:
+        _usage_error(args, "--overwrite applies to --dump")
+    path, kind, arrays = sniff_model_file(args.model)
+    _model_options(args, kind)
+    if args.accumulation is not None and kind == "reference" and args.mode is None:
+        _usage_error(args, "--accumulation applies to integer layers: add --mode to quantize the reference model")
+    if args.output is not None:
+        if not args.output.endswith((".npy", ".npz")):
+            _usage_error(args, f"--output must end in .npy or .npz, got {args.output!r}")
+        _check_output(args.output, "--output")
+    if args.dump is not None:
+        _out_dir(args.dump, args.overwrite, "tensors.json", "npquant-tensors", "--dump", "--overwrite")
+    mf = load_model_file(path, kind, arrays, mode=args.mode, accumulation=args.accumulation)
+    x = read_input_file(args.input)
+    outputs = run_outputs(mf, x)
+    print(f"{args.model}: {mf.description}")
+    for name, y, qp in outputs:
+        scores = np.asarray(y if qp is None else dequantize(y, qp), np.float64)
+        rows2 = scores.reshape(scores.shape[0], -1) if scores.ndim >= 2 else scores.reshape(1, -1)
+        what = (f"{y.dtype} values" if qp is None else
+                f"{y.dtype} codes, scores S (code - Z) with S={float(qp.scale):.6g}, Z={int(qp.zero_point)}")
+        print(f"output {name!r}: shape {tuple(y.shape)}, {what}")
+        k = min(args.top, rows2.shape[1])
+        if k:
+            top = np.argsort(-rows2, axis=1, kind="stable")[:, :k]
+            table = [[str(i)] + [f"{c} ({rows2[i, c]:.4g})" for c in top[i]] for i in range(rows2.shape[0])]
+            print(format_table(["sample"] + [f"top-{j + 1}" for j in range(k)], table))
+    if args.output is not None:
+        if args.output.endswith(".npy"):
+            if len(outputs) != 1:
+                raise ValueError(f"the model has {len(outputs)} outputs: write them to an .npz")
+            buf = io.BytesIO()
+            np.save(buf, outputs[0][1], allow_pickle=False)
+        else:
+            buf = io.BytesIO()
+            np.savez(buf, **{name: y for name, y, _ in outputs})
+        atomic_write(args.output, lambda f: f.write(buf.getvalue()), "--output")
+        print(f"wrote the outputs to {args.output}")
+    if args.dump is not None:
+        index = write_intermediates(mf.model, x, args.dump, overwrite=args.overwrite)
+        print(f"wrote {len(index['tensors'])} tensors to {args.dump} (index: tensors.json)")
+    return 0
+
+
 # ------------------------------------------------------------------------------- main
 
 #: Registrars of the subcommands, in the order ``--help`` lists them.
-COMMANDS = [_add_demo, _add_quantize, _add_explain, _add_compress, _add_qat]
+COMMANDS = [_add_demo, _add_quantize, _add_explain, _add_compress, _add_qat, _add_vectors, _add_run]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -934,7 +1131,7 @@ def main(argv=None) -> int:
     try:
         return int(args.func(args) or 0)
     except BrokenPipeError:  # e.g. `npquant demo | head`
-        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the flush at exit
+        sys.stdout = open(os.devnull, "w")
         return 1
     except (ValueError, TypeError, OSError) as exc:
         print(f"npquant {args.command}: error: {_one_line(exc)}", file=sys.stderr)
