@@ -22,6 +22,23 @@ mode               ``round(acc * M)``                                          r
 are why it differs from ``tflite_single`` by one at some accumulators;
 :func:`requantize_ties` lists them.
 
+A stack may round differently per op. :data:`EXTRA_REQUANT_MODES` holds the modes that
+reproduce one op rather than a whole stack (outside :data:`REQUANT_MODES`, the four that
+the tie tables, plots and demos compare); :func:`requantize`, :func:`requant_params`,
+:func:`effective_multiplier` and :func:`requantize_ties` accept them:
+
+======================  ======================================================  ===========================
+mode                    ``round(acc * M)``                                      reproduces
+======================  ======================================================  ===========================
+``tflite_single_away``  ``sign(p) * ((|p| + 2^(30 - shift)) >> (31 - shift))``  LiteRT 2.3's reference
+                        with ``p = acc * m0``: one rounding, ties away from     FULLY_CONNECTED (int8,
+                        zero                                                    per-tensor and per-channel)
+======================  ======================================================  ===========================
+
+``tflite_single_away`` was measured on ``ai-edge-litert`` 2.3.0 with the ``BUILTIN_REF``
+op resolver (``tests/test_import_tflite.py``): its FULLY_CONNECTED rounds once, ties away
+from zero, where its CONV_2D, DEPTHWISE_CONV_2D, MUL and MEAN round twice (``tflite``).
+
 Everything here works on NumPy integer arrays of any shape; scalars are accepted.
 
 ``fp32`` is fbgemm's rounding of an integer accumulator. PyTorch's quantized layers take a
@@ -40,7 +57,11 @@ from ._checks import check_choice, check_int, normalize_axis
 from ._kernels import requantize as _k
 
 REQUANT_MODES = ("tflite", "tflite_single", "fp32", "onnx")
-MBQM_ROUNDINGS = ("double", "single")
+#: Modes of a single op of a stack (module docstring), accepted besides REQUANT_MODES.
+EXTRA_REQUANT_MODES = ("tflite_single_away",)
+_ALL_MODES = REQUANT_MODES + EXTRA_REQUANT_MODES
+_FIXED_POINT_MODES = ("tflite", "tflite_single", "tflite_single_away")
+MBQM_ROUNDINGS = ("double", "single", "single_away")
 INT32_MIN = -(1 << 31)
 INT32_MAX = (1 << 31) - 1
 
@@ -140,7 +161,9 @@ def multiply_by_quantized_multiplier(x, m0, shift, rounding: str = "double") -> 
     ``rounding="double"`` (TFLite's default): ``rdbpot(srdhm(x << left, m0), right)``
     where ``left = max(shift, 0)``, ``right = max(-shift, 0)``; ``x << left`` wraps like
     C's int32 arithmetic. ``rounding="single"``: ``(x * m0 + 2^(30-shift)) >> (31-shift)``
-    in int64, ties toward +inf; needs ``m0 >= 0``. ``shift`` must lie in ``[-31, 30]``
+    in int64, ties toward +inf; needs ``m0 >= 0``. ``rounding="single_away"``: the same
+    single rounding of ``|x * m0|``, sign restored (ties away from zero; LiteRT's
+    reference FULLY_CONNECTED); needs ``m0 >= 0``. ``shift`` must lie in ``[-31, 30]``
     (TFLite's range; a larger left shift overflows int32 for every ``x`` but 0).
     Returns int64 (the single-rounding result can leave the int32 range, which TFLite
     treats as a contract violation).
@@ -154,22 +177,25 @@ def multiply_by_quantized_multiplier(x, m0, shift, rounding: str = "double") -> 
         right = np.maximum(-shift, 0)
         return _rdbpot_numpy(_srdhm_numpy(_wrap32(x << left), m0), right)
     if np.any(m0 < 0):
-        raise ValueError("rounding='single' needs m0 >= 0")
+        raise ValueError(f"rounding={rounding!r} needs m0 >= 0")
     total = 31 - shift
+    if rounding == "single_away":
+        p = x * m0
+        return np.sign(p) * ((np.abs(p) + (np.int64(1) << (total - 1))) >> total)
     return (x * m0 + (np.int64(1) << (total - 1))) >> total
 
 
 def effective_multiplier(s_x, s_w, s_y, mode: str) -> np.ndarray:
     """The real multiplier ``M = S_x * S_w / S_y`` computed as the stack of ``mode`` does.
 
-    ``tflite``/``tflite_single``: ``double(S_x) * double(S_w) / double(S_y)`` from the
-    float32 scales (TFLite's ``PopulateConvolutionQuantizationParams``). ``onnx``:
+    ``tflite``/``tflite_single``/``tflite_single_away``: ``double(S_x) * double(S_w) /
+    double(S_y)`` from the float32 scales (TFLite's ``PopulateConvolutionQuantizationParams``). ``onnx``:
     ``float32(S_x * S_w) / S_y`` in float32 (ONNX's reference QLinearMatMul/Conv).
     ``fp32``: ``float32(S_x * S_w) / S_y`` in float32 (fbgemm's ``act_times_w_scale``
     and output multiplier in PyTorch's quantized linear/conv). Scales are float32
     (scalars or per-channel ``S_w``); returns float64 holding the value each stack uses.
     """
-    check_choice(mode, "mode", REQUANT_MODES)
+    check_choice(mode, "mode", _ALL_MODES)
     vals = []
     for name, v in (("s_x", s_x), ("s_w", s_w), ("s_y", s_y)):
         a = np.asarray(v)
@@ -180,7 +206,7 @@ def effective_multiplier(s_x, s_w, s_y, mode: str) -> np.ndarray:
             raise ValueError(f"{name} must be positive and finite float32 scales")
         vals.append(a)
     sx, sw, sy = vals
-    if mode in ("tflite", "tflite_single"):
+    if mode in _FIXED_POINT_MODES:
         return sx.astype(np.float64) * sw.astype(np.float64) / sy.astype(np.float64)
     return ((sx * sw) / sy).astype(np.float64)
 
@@ -200,7 +226,7 @@ class RequantParams:
 
 def requant_params(multiplier, mode: str) -> RequantParams:
     """Constants of ``mode`` for real multipliers ``M > 0`` (float64 array or scalar)."""
-    check_choice(mode, "mode", REQUANT_MODES)
+    check_choice(mode, "mode", _ALL_MODES)
     m = np.asarray(multiplier)
     if m.dtype.kind not in "fiu":
         raise TypeError(f"multiplier must be real numbers, got dtype {m.dtype}")
@@ -213,10 +239,10 @@ def requant_params(multiplier, mode: str) -> RequantParams:
         m32 = m.astype(np.float32)
     if mode in ("fp32", "onnx") and not np.all(np.isfinite(m32)):
         raise ValueError("multiplier overflows float32")
-    if mode == "tflite":
+    if mode in ("tflite", "tflite_single_away"):
         m0, shift = quantize_multiplier(m, "double")
         if np.any(shift > 30):
-            raise ValueError("multiplier must be below 2^30 in mode 'tflite' (shift <= 30)")
+            raise ValueError(f"multiplier must be below 2^30 in mode {mode!r} (shift <= 30)")
     elif mode == "tflite_single":
         m0, shift = quantize_multiplier(m, "single")
     else:
@@ -240,7 +266,7 @@ def requantize(acc, multiplier, zero_point: int, qmin: int, qmax: int, *, mode: 
         Output zero point and code range (e.g. ``0, -128, 127`` for int8;
         a fused ReLU is ``qmin = zero_point``).
     mode : str
-        One of ``REQUANT_MODES`` (see the module docstring).
+        One of ``REQUANT_MODES`` or ``EXTRA_REQUANT_MODES`` (see the module docstring).
     axis : int or None
         The channel axis of ``acc`` for per-channel multipliers.
 
@@ -252,7 +278,7 @@ def requantize(acc, multiplier, zero_point: int, qmin: int, qmax: int, *, mode: 
         mode a multiplier >= 0.5 left-shifts ``acc`` in int32 first; an overflow there is a
         ``ValueError`` (undefined behaviour in TFLite).
     """
-    check_choice(mode, "mode", REQUANT_MODES)
+    check_choice(mode, "mode", _ALL_MODES)
     check_choice(backend, "backend", ("numba", "numpy"))
     a = np.asarray(acc)
     if a.dtype.kind not in "iu":
@@ -285,7 +311,7 @@ def requantize(acc, multiplier, zero_point: int, qmin: int, qmax: int, *, mode: 
         out3 = np.empty(shape3, dtype)
         with np.errstate(over="ignore"):  # NUMBA_DISABLE_JIT: fp32's inf, as in the twin
             _k.requantize3(acc3, p.m0, p.shift, p.multiplier32, zero_point, qmin, qmax,
-                           REQUANT_MODES.index(mode), out3)
+                           _ALL_MODES.index(mode), out3)
     return out3.reshape(a.shape)
 
 
@@ -317,8 +343,8 @@ def _requantize_numpy(acc3, p: RequantParams, zp: int, qmin: int, qmax: int, mod
     m0 = p.m0.astype(np.int64).reshape(1, -1, 1)
     shift = p.shift.astype(np.int64).reshape(1, -1, 1)
     mf = p.multiplier32.reshape(1, -1, 1)
-    if mode in ("tflite", "tflite_single"):
-        rounding = "double" if mode == "tflite" else "single"
+    if mode in _FIXED_POINT_MODES:
+        rounding = {"tflite": "double", "tflite_single": "single"}.get(mode, "single_away")
         v = multiply_by_quantized_multiplier(a, m0, shift, rounding) + zp
         return np.clip(v, qmin, qmax)
     if mode == "fp32":
@@ -344,7 +370,7 @@ def requantize_ties(multiplier: float, zero_point: int = 0, qmin: int = -128, qm
         raise ValueError("acc_max - acc_min must be at most 2^26 (a table, not a sweep)")
     modes = tuple(modes)
     for m in modes:
-        check_choice(m, "modes", REQUANT_MODES)
+        check_choice(m, "modes", _ALL_MODES)
     acc = np.arange(acc_min, acc_max + 1, dtype=np.int64)
     codes = {m: requantize(acc, multiplier, zero_point, qmin, qmax, mode=m).astype(np.int64)
              for m in modes}

@@ -1,3 +1,4 @@
+import math
 from fractions import Fraction
 
 import numpy as np
@@ -6,6 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from npquant._kernels import requantize as _k
 from npquant.fixedpoint import (
     INT32_MAX,
     INT32_MIN,
@@ -18,10 +20,6 @@ from npquant.fixedpoint import (
     rounding_divide_by_pot,
     saturating_rounding_doubling_high_mul,
 )
-
-import math
-
-from npquant._kernels import requantize as _k
 
 int32s = st.integers(INT32_MIN, INT32_MAX)
 
@@ -528,3 +526,68 @@ def test_quantize_multiplier_flushes_below_two_to_minus_32():
     assert tuple(map(int, quantize_multiplier(np.nextafter(2.0**-32, 0)))) == (1 << 30, -31)
     assert tuple(map(int, quantize_multiplier(0.75 * 2.0**-32))) == (0, 0)
     assert tuple(map(int, quantize_multiplier(2.0**-31))) == (1 << 30, -30)
+
+
+# ---- tflite_single_away (EXTRA_REQUANT_MODES): LiteRT 2.3's reference FULLY_CONNECTED ----------
+
+def _single_away_ref(acc, m, zp, qmin, qmax):
+    m0, shift = (int(v) for v in quantize_multiplier(m, "double"))
+    v = Fraction(acc * m0, 1 << (31 - shift))
+    return min(max(int(math.copysign(math.floor(abs(v) + Fraction(1, 2)), v)) + zp, qmin), qmax)
+
+
+def test_single_away_is_an_extra_mode():
+    from npquant.fixedpoint import EXTRA_REQUANT_MODES
+    assert EXTRA_REQUANT_MODES == ("tflite_single_away",)
+    assert "tflite_single_away" not in REQUANT_MODES  # the tie tables compare the four stacks
+    np.testing.assert_array_equal(effective_multiplier(0.5, [0.25, 0.5], 0.125, "tflite_single_away"),
+                                  effective_multiplier(0.5, [0.25, 0.5], 0.125, "tflite"))
+
+
+def test_single_away_rounds_ties_away_from_zero():
+    # M = 1/8: acc = +-4 is +-0.5, acc = +-12 is +-1.5; one rounding, away from zero
+    acc = np.array([-12, -4, -3, 3, 4, 12, 5, -5])
+    np.testing.assert_array_equal(requantize(acc, 0.125, 0, -128, 127, mode="tflite_single_away"),
+                                  [-2, -1, 0, 0, 1, 2, 1, -1])
+    np.testing.assert_array_equal(requantize(acc, 0.125, 0, -128, 127, mode="tflite_single"),
+                                  [-1, 0, 0, 0, 1, 2, 1, -1])  # ties toward +inf
+    np.testing.assert_array_equal(multiply_by_quantized_multiplier(acc, 1 << 30, -2, "single_away"),
+                                  [-2, -1, 0, 0, 1, 2, 1, -1])
+    # one rounding: M = 1/4 maps 1 to 0, where double rounding gives 1 (README)
+    assert requantize(np.array([1]), 0.25, 0, -128, 127, mode="tflite_single_away")[0] == 0
+    with pytest.raises(ValueError, match="single_away"):
+        multiply_by_quantized_multiplier(1, -5, 0, "single_away")
+    t = requantize_ties(0.125, acc_min=-16, acc_max=16, modes=("tflite_single", "tflite_single_away"))
+    np.testing.assert_array_equal(t["acc"], [-12, -4])
+
+
+@given(
+    acc=hnp.arrays(np.int32, st.integers(1, 40), elements=int32s),
+    m=st.floats(2.0**-24, 4.0),
+    zp=st.integers(-128, 127),
+)
+def test_single_away_matches_oracle(acc, m, zp):
+    got = requantize(acc, m, zp, -128, 127, mode="tflite_single_away")
+    np.testing.assert_array_equal(got, [_single_away_ref(int(a), m, zp, -128, 127) for a in acc])
+    np.testing.assert_array_equal(
+        got, requantize(acc, m, zp, -128, 127, mode="tflite_single_away", backend="numpy"))
+
+
+def test_single_away_kernel_equals_twin_at_the_edges_and_per_channel():
+    rng = np.random.default_rng(5)
+    acc = np.concatenate([EXTREME_ACC, rng.integers(INT32_MIN, INT32_MAX, 50, endpoint=True)])
+    for m in EDGE_MULTIPLIERS[:-2]:
+        for zp, qmin, qmax in ((0, -128, 127), (5, 5, 255), (-7, INT32_MIN, INT32_MAX)):
+            got = _kernel_and_twin(acc, m, zp, qmin, qmax, "tflite_single_away")
+            if m in (1e-5, 0.5):
+                np.testing.assert_array_equal(got, [_single_away_ref(int(a), m, zp, qmin, qmax) for a in acc])
+    with pytest.raises(ValueError, match="below 2\\^30"):
+        requantize(np.array([1]), 2.0**31, 0, -128, 127, mode="tflite_single_away")
+    for shape, axis in (((7, 5), 1), ((2, 3, 17), 1), ((2, 3, 4, 5), 3)):
+        a = rng.integers(-(1 << 24), 1 << 24, shape, endpoint=True).astype(np.int32)
+        mult = rng.choice([2.0**-24, 1e-5, 0.0123, 0.75, 2.5], shape[axis])
+        out = _kernel_and_twin(a, mult, 3, -128, 127, "tflite_single_away", axis)
+        for k in range(shape[axis]):
+            sl = (slice(None),) * axis + (k,)
+            np.testing.assert_array_equal(out[sl], requantize(a[sl], float(mult[k]), 3, -128, 127,
+                                                              mode="tflite_single_away"))

@@ -126,3 +126,59 @@ def test_torch_quantized_add(threads):
     finally:
         torch.set_num_threads(old[0])
         torch.backends.quantized.engine = old[1]
+
+
+def test_onnxruntime_mode_pinned_tie():
+    # recorded from onnxruntime 1.32 (com.microsoft.QLinearAdd, uint8): the real sum lies a hair
+    # below 189.5 codes; MLAS's fmas round it onto the tie, which goes to 190 (even), where
+    # dequantize-add-quantize and TFLite's fixed point give 189
+    s1, s2, so = f32(0.035838313), f32(0.055159703), f32(0.0128217265)
+    q1, q2 = np.array([56], np.uint8), np.array([247], np.uint8)
+    got = add(q1, s1, 125, q2, s2, 216, so, 249, qmin=0, qmax=255, mode="onnxruntime")
+    assert got.dtype == np.uint8 and int(got[0]) == 190
+    real = ((56 - 125) * float(s1) + (247 - 216) * float(s2)) / float(so) + 249  # float64
+    assert 189.4999 < real < 189.5
+    assert int(add(q1, s1, 125, q2, s2, 216, so, 249, qmin=0, qmax=255)[0]) == 189
+
+
+def test_onnxruntime_mode_matches_qlinear_add():
+    pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    from onnx import TensorProto, helper, numpy_helper
+
+    def run(a, b, consts, signed):
+        g = helper.make_graph(
+            [helper.make_node("QLinearAdd", ["a", "sa", "za", "b", "sb", "zb", "sc", "zc"], ["y"],
+                              domain="com.microsoft")], "g",
+            [helper.make_tensor_value_info(k, helper.np_dtype_to_tensor_dtype(v.dtype), list(v.shape))
+             for k, v in (("a", a), ("b", b))],
+            [helper.make_tensor_value_info("y", TensorProto.INT8 if signed else TensorProto.UINT8, None)],
+            initializer=[numpy_helper.from_array(np.asarray(v), k) for k, v in consts.items()])
+        m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13), helper.make_opsetid("com.microsoft", 1)])
+        m.ir_version = 8
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = 1
+        return ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"]).run(
+            ["y"], {"a": a, "b": b})[0]
+
+    rng = np.random.default_rng(12)
+    full = (np.repeat(np.arange(256), 64), np.tile(np.arange(0, 256, 4), 256))
+    shapes = [((5, 16), (16,)), ((5, 16), (1,)), ((1,), (70,)), ((2, 3, 4, 4), (2, 3, 4, 4)),
+              ((2, 6, 1, 1), (2, 6, 5, 5)), ((2, 6, 5, 5), (2, 6, 1, 1)), ((3, 1, 5), (3, 4, 5)), ((257,), (257,))]
+    n = 0
+    for it in range(40):
+        signed = it % 4 == 3
+        dt, lo, hi = (np.int8, -128, 127) if signed else (np.uint8, 0, 255)
+        if it < 4:
+            a, b = ((v + lo).astype(dt) for v in full)
+        else:
+            sa_, sb_ = shapes[it % len(shapes)]
+            a, b = rng.integers(lo, hi + 1, sa_).astype(dt), rng.integers(lo, hi + 1, sb_).astype(dt)
+        s1, s2, so = (f32(v) for v in rng.uniform(0.005, 0.1, 3))
+        z1, z2, zo = (int(v) for v in rng.integers(lo, hi + 1, 3))
+        want = run(a, b, {"sa": s1, "za": dt(z1), "sb": s2, "zb": dt(z2), "sc": so, "zc": dt(zo)}, signed)
+        got = add(a, s1, z1, b, s2, z2, so, zo, qmin=lo, qmax=hi, mode="onnxruntime")
+        assert got.dtype == want.dtype
+        np.testing.assert_array_equal(got, want, err_msg=f"case {it}")
+        n += want.size
+    assert n > 60_000

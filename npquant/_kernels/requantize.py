@@ -15,8 +15,8 @@ import numpy as np
 
 from ._jit import njit
 
-# mode codes, in the order of npquant.fixedpoint.REQUANT_MODES
-TFLITE, TFLITE_SINGLE, FP32, ONNX = 0, 1, 2, 3
+# mode codes, in the order of npquant.fixedpoint.REQUANT_MODES + EXTRA_REQUANT_MODES
+TFLITE, TFLITE_SINGLE, FP32, ONNX, TFLITE_SINGLE_AWAY = 0, 1, 2, 3, 4
 
 _I32_MIN = -2147483648
 _I32_MAX = 2147483647
@@ -73,6 +73,18 @@ def mbqm_single(x, m0, shift):
     return (np.int64(x) * np.int64(m0) + rnd) >> total
 
 
+@njit(cache=True, inline="always")
+def mbqm_single_away(x, m0, shift):
+    """``x * m0 / 2^(31 - shift)`` rounded once, ties away from zero (as int64); needs
+    ``m0 >= 0``: the magnitude is rounded as in mbqm_single, then the sign restored."""
+    total = np.int64(31) - np.int64(shift)
+    rnd = np.int64(1) << (total - np.int64(1))
+    p = np.int64(x) * np.int64(m0)
+    sgn = p >> np.int64(63)  # 0 or -1
+    r = (((p ^ sgn) - sgn) + rnd) >> total
+    return (r ^ sgn) - sgn
+
+
 # ---- one value of each mode: int32 acc -> clamped int64 code ------------------------------
 
 @njit(cache=True, inline="always")
@@ -83,6 +95,11 @@ def _one_tflite(a, m0, shift, mf, zp, lo, hi):
 @njit(cache=True, inline="always")
 def _one_tflite_single(a, m0, shift, mf, zp, lo, hi):
     return min(max(mbqm_single(a, m0, shift) + zp, lo), hi)
+
+
+@njit(cache=True, inline="always")
+def _one_tflite_single_away(a, m0, shift, mf, zp, lo, hi):
+    return min(max(mbqm_single_away(a, m0, shift) + zp, lo), hi)
 
 
 @njit(cache=True, inline="always")
@@ -120,6 +137,9 @@ def _row(mode, acc, m0, shift, mf, zp, lo, hi, out):
     elif mode == FP32:
         for i in range(n):
             out[i] = _one_fp32(acc[i], m0, shift, mf, zp, lo, hi)
+    elif mode == TFLITE_SINGLE_AWAY:
+        for i in range(n):
+            out[i] = _one_tflite_single_away(acc[i], m0, shift, mf, zp, lo, hi)
     else:
         for i in range(n):
             out[i] = _one_onnx(acc[i], m0, shift, mf, zp, lo, hi)
@@ -138,6 +158,9 @@ def _row_each(mode, acc, m0, shift, mf, zp, lo, hi, out):
     elif mode == FP32:
         for i in range(n):
             out[i] = _one_fp32(acc[i], m0[i], shift[i], mf[i], zp, lo, hi)
+    elif mode == TFLITE_SINGLE_AWAY:
+        for i in range(n):
+            out[i] = _one_tflite_single_away(acc[i], m0[i], shift[i], mf[i], zp, lo, hi)
     else:
         for i in range(n):
             out[i] = _one_onnx(acc[i], m0[i], shift[i], mf[i], zp, lo, hi)
@@ -149,8 +172,8 @@ def requantize3(acc3, m0, shift, mult32, zp, qmin, qmax, mode, out3):
     (arrays of length 1 for per-tensor).
 
     ``acc3`` int32 and ``out3`` (any integer dtype holding ``[qmin, qmax]``) C-contiguous
-    of one shape; ``m0``, ``shift`` int32, ``mult32`` float32. TFLITE / TFLITE_SINGLE:
-    fixed-point ``(m0, shift)``; FP32: ``rint(float32(acc) * M)`` with float32 ``M``; ONNX:
+    of one shape; ``m0``, ``shift`` int32, ``mult32`` float32. TFLITE / TFLITE_SINGLE /
+    TFLITE_SINGLE_AWAY: fixed-point ``(m0, shift)``; FP32: ``rint(float32(acc) * M)`` with float32 ``M``; ONNX:
     ``rint(float64(acc) * float64(M) + zp)``; ``rint`` ties to even. The sum with the zero
     point is exact (int64 or float64), so only the clamp saturates.
     """

@@ -27,6 +27,24 @@ the scalar path ``d_i = float32((q_i - Z_i) * S_i)``, ``code = rint(float32(c * 
 Z_out)``; ``inv = float32(1 / S_out)``, float32 arithmetic, ties to even, ReLU as
 ``c = max(c, 0)``, then the clamp to [0, 255]. This holds for same-shape contiguous
 inputs processed as one chunk (fewer than 32768 elements, or one thread).
+
+``mode="onnxruntime"`` reproduces onnxruntime's ``com.microsoft.QLinearAdd`` (MLAS
+``MlasQLinearAdd``, its AVX2 kernel, which also runs on AVX-512 CPUs; onnxruntime 1.32,
+measured bit for bit on uint8 and int8, on an AVX-512 VNNI CPU). It is not
+dequantize-add-quantize: the scale ratios and a constant are folded first, and each
+element takes two fused multiply-adds (one rounding each), all in float32::
+
+    r_i  = float32(S_i / S_out)                             i = 1, 2
+    k    = float32(Z_out - fma(r_1, Z_1, float32(r_2 Z_2)))
+    v    = fma(q_1, r_1, fma(q_2, r_2, k))
+    code = clamp(rint(v), act_min, act_max)                 rint: ties to even
+
+When ``q_1`` is one value broadcast along the innermost axes where ``q_2`` varies (MLAS's
+scalar-A kernel), the two fmas swap: ``v = fma(q_2, r_2, fma(q_1, r_1, k))``. Near a
+tie the result differs by one code from ``quantize(dequantize(q_1) + dequantize(q_2))``
+and from the same formula without fma. Not reproduced: the scalar-A kernel's constant
+``k`` (compiled with a different contraction) differed in 1 of about 500,000 codes
+measured; CPUs without FMA.
 """
 
 from __future__ import annotations
@@ -39,7 +57,7 @@ from .._checks import check_choice, check_int, check_scale
 from ..fixedpoint import INT32_MAX, multiply_by_quantized_multiplier, quantize_multiplier
 from .fbgemm import fma_float32
 
-ADD_MODES = ("tflite", "tflite_single", "torch")
+ADD_MODES = ("tflite", "tflite_single", "torch", "onnxruntime")
 
 # torch.backends.cpu.get_cpu_capability() -> elements per vector step of quantized add.
 # Measured with torch 2.13: AVX512 on an AVX-512 VNNI CPU and AVX2 there with
@@ -123,6 +141,10 @@ def add(q1, s1, z1: int, q2, s2, z2: int, s_out, z_out: int, *, qmin: int = -128
         v = _torch_add(a1.ravel(), check_scale(s1, "s1"), zs[0], a2.ravel(), check_scale(s2, "s2"), zs[1],
                        check_scale(s_out, "s_out"), zs[2], act_min == zs[2], vector_width)
         return np.clip(v, act_min, act_max).reshape(a1.shape).astype(dtype)
+    if mode == "onnxruntime":
+        v = _onnxruntime_add(a1, check_scale(s1, "s1"), zs[0], a2, check_scale(s2, "s2"), zs[1],
+                             check_scale(s_out, "s_out"), zs[2], _scalar_a(arrs[0].shape, arrs[1].shape))
+        return np.clip(v, act_min, act_max).astype(dtype)
     p = tflite_add_params(s1, s2, s_out, left_shift=left_shift,
                           rounding="double" if mode == "tflite" else "single")
     rnd = "double" if mode == "tflite" else "single"
@@ -157,3 +179,30 @@ def _torch_add(a1, s1, z1, a2, s2, z2, so, zo, relu, width):
         c = np.maximum(c, f32(0))
     out[nv:] = np.rint(((c * inv).astype(f32) + f32(zo)).astype(f32)).astype(np.int64)
     return out
+
+
+def _onnxruntime_add(a1, s1, z1, a2, s2, z2, so, zo, scalar_a=False):
+    """onnxruntime's QLinearAdd (module docstring) on broadcast int64 codes; int64 codes
+    before the clamp. ``scalar_a``: MLAS's scalar-A kernel (the fmas in the other order)."""
+    f32 = np.float32
+    r1, r2 = f32(f32(s1) / f32(so)), f32(f32(s2) / f32(so))
+    k = f32(f32(zo) - fma_float32(r1, f32(z1), f32(r2 * f32(z2))))
+    x1, x2 = a1.astype(f32), a2.astype(f32)
+    with np.errstate(over="ignore"):
+        if scalar_a:
+            v = fma_float32(x2, r2, fma_float32(x1, r1, k))
+        else:
+            v = fma_float32(x1, r1, fma_float32(x2, r2, k))
+    return np.rint(v).astype(np.int64)
+
+
+def _scalar_a(shape1, shape2) -> bool:
+    """Is input 1 one value over the innermost broadcast axes where input 2 varies (the
+    span onnxruntime's broadcast loop hands MLAS's scalar-A kernel)?"""
+    n = max(len(shape1), len(shape2))
+    s1 = (1,) * (n - len(shape1)) + tuple(shape1)
+    s2 = (1,) * (n - len(shape2)) + tuple(shape2)
+    for d1, d2 in zip(reversed(s1), reversed(s2)):
+        if max(d1, d2) > 1:
+            return d1 == 1 and d2 > 1
+    return False
