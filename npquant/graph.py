@@ -428,11 +428,12 @@ def _b_qrelu(node, a, p, qps):
 
 
 @_op("qmaxpool2d", "int", 1, {"kernel_size": _REQUIRED, "stride": None, "padding": 0},
-     doc="max pooling of codes (npquant.qnn.layers.MaxPool2d); qparams unchanged")
+     doc="max pooling of codes (npquant.qnn.layers.MaxPool2d); padding [h, w] or [top, bottom, left, right]; "
+         "qparams unchanged")
 def _b_qmaxpool2d(node, a, p, qps):
     k = _geometry(a["kernel_size"], "kernel_size", 1)
     s = k if a["stride"] is None else _geometry(a["stride"], "stride", 1)
-    return ql.MaxPool2d(k, s, _geometry(a["padding"], "padding", 0)), qps[0]
+    return ql.MaxPool2d(k, s, _pool_padding(a["padding"])), qps[0]
 
 
 @_op("qavgpool2d", "int", 1, {"kernel_size": _REQUIRED, "stride": None, "padding": 0, "mode": "tflite",
@@ -515,6 +516,326 @@ def _b_qconcat(node, a, p, qps):
                 parts.append(quantize(dequantize(q, qp), y_qp, method="torch"))
         return np.concatenate(parts, axis=axis)
     return run, y_qp
+
+
+# ---- ONNX importer ops (npquant.importers.onnx): begin ----------------------------
+# onnxruntime's own integer kernels and graph constants; see npquant.qnn.pool and
+# npquant.qnn.add (mode "onnxruntime") for the arithmetic.
+
+
+def _pool_padding(value, what: str = "padding"):
+    """An int, [h, w] or [top, bottom, left, right] padding as a tuple for npquant.qnn.pool."""
+    if isinstance(value, list) and len(value) == 4:
+        return tuple(check_int(v, what, lo=0, hi=_MAX_GEOMETRY) for v in value)
+    return _geometry(value, what, 0)
+
+
+@_op("constant", "float", 0, params=("value",), doc="a float32 constant tensor (no inputs)")
+def _b_constant(node, a, p, qps):
+    value = as_float_array(p["value"], "value", allow_empty=True)
+    return (lambda: value), None
+
+
+@_op("qconstant", "int", 0, {"output": _REQUIRED}, ("value",),
+     doc="a constant tensor of integer codes of output's qparams (no inputs)")
+def _b_qconstant(node, a, p, qps):
+    qp = _act_qparams(a["output"], "output")
+    v = p["value"]
+    if v.dtype.kind not in "iu":
+        raise TypeError(f"value must hold integer codes, got dtype {v.dtype}")
+    if v.size and (v.min() < qp.spec.qmin or v.max() > qp.spec.qmax):
+        raise ValueError(f"value must hold codes in [{qp.spec.qmin}, {qp.spec.qmax}], got [{v.min()}, {v.max()}]")
+    value = v.astype(qp.spec.dtype)
+    return (lambda: value), qp
+
+
+@_op("qlinear_avgpool2d", "int", 1, {"output": _REQUIRED, "kernel_size": _REQUIRED, "stride": None, "padding": 0,
+                                     "count_include_pad": False, "mode": "onnxruntime"},
+     doc="average pooling that requantizes to output's qparams, as onnxruntime's QLinearAveragePool "
+         "(npquant.qnn.pool.onnxruntime_avg_pool2d, float32); padding [h, w] or [top, bottom, left, right]")
+def _b_qlinear_avgpool2d(node, a, p, qps):
+    from .qnn.pool import onnxruntime_avg_pool2d
+    y_qp = _act_qparams(a["output"], "output")
+    check_choice(a["mode"], "mode", ("onnxruntime",))
+    x_qp = qps[0]
+    if np.dtype(x_qp.spec.dtype) != np.dtype(y_qp.spec.dtype) or x_qp.spec.bits != 8:
+        raise ValueError("QLinearAveragePool takes and gives the same 8-bit dtype")
+    k = _geometry(a["kernel_size"], "kernel_size", 1)
+    s = k if a["stride"] is None else _geometry(a["stride"], "stride", 1)
+    pad = _pool_padding(a["padding"])
+    cip = check_bool(a["count_include_pad"], "count_include_pad")
+    sx, zx, sy, zy = np.float32(x_qp.scale), int(x_qp.zero_point), np.float32(y_qp.scale), int(y_qp.zero_point)
+    return (lambda q: onnxruntime_avg_pool2d(q, sx, zx, sy, zy, k, s, pad, count_include_pad=cip)), y_qp
+
+
+@_op("qlinear_global_avgpool2d", "int", 1, {"output": _REQUIRED, "mode": "onnxruntime"},
+     doc="global average pooling (N, C, H, W) -> (N, C, 1, 1) to output's qparams, as onnxruntime's "
+         "QLinearGlobalAveragePool (npquant.qnn.pool.onnxruntime_global_avg_pool2d)")
+def _b_qlinear_global_avgpool2d(node, a, p, qps):
+    from .qnn.pool import onnxruntime_global_avg_pool2d
+    y_qp = _act_qparams(a["output"], "output")
+    check_choice(a["mode"], "mode", ("onnxruntime",))
+    x_qp = qps[0]
+    if np.dtype(x_qp.spec.dtype) != np.dtype(y_qp.spec.dtype) or x_qp.spec.bits != 8:
+        raise ValueError("QLinearGlobalAveragePool takes and gives the same 8-bit dtype")
+    sx, zx, sy, zy = np.float32(x_qp.scale), int(x_qp.zero_point), np.float32(y_qp.scale), int(y_qp.zero_point)
+    return (lambda q: onnxruntime_global_avg_pool2d(q, sx, zx, sy, zy)), y_qp
+
+
+@_op("global_avgpool2d", "float", 1, doc="mean over H and W of NCHW input -> (N, C, 1, 1), float32")
+def _b_global_avgpool2d(node, a, p, qps):
+    return (lambda x: as_float_array(x, "x").mean(axis=(2, 3), keepdims=True, dtype=np.float32)), None
+
+
+@_op("qlinear_concat", "int", None, {"output": _REQUIRED, "axis": 1, "mode": "onnxruntime"},
+     doc="concatenation of code tensors requantized to output's qparams as onnxruntime's QLinearConcat: "
+         "exact dequantize, then ONNX QuantizeLinear's float32 x / S_y rounded half to even "
+         "(npquant.quantize, method 'divide'); an input with the output's qparams is copied")
+def _b_qlinear_concat(node, a, p, qps):
+    y_qp = _act_qparams(a["output"], "output")
+    axis = check_int(a["axis"], "axis", lo=-_MAX_RANK, hi=_MAX_RANK - 1)
+    check_choice(a["mode"], "mode", ("onnxruntime",))
+    same = [float(qp.scale) == float(y_qp.scale) and int(qp.zero_point) == int(y_qp.zero_point)
+            and qp.spec.dtype == y_qp.spec.dtype for qp in qps]
+
+    def run(*qs):
+        parts = []
+        for i, (q, qp) in enumerate(zip(qs, qps)):
+            q = np.asarray(q)
+            if q.dtype.kind not in "iu":
+                raise TypeError(f"input {i} must be an integer array of codes, got dtype {q.dtype}")
+            parts.append(q.astype(y_qp.spec.dtype) if same[i] else quantize(dequantize(q, qp), y_qp, method="divide"))
+        return np.concatenate(parts, axis=axis)
+    return run, y_qp
+
+
+@_op("add_broadcast", "float", 2, doc="a + b with NumPy (ONNX multidirectional) broadcasting, float32")
+def _b_add_broadcast(node, a, p, qps):
+    return (lambda x, y: (as_float_array(x, "a") + as_float_array(y, "b")).astype(np.float32)), None
+
+
+@_op("pad2d", "float", 1, {"padding": _REQUIRED, "value": 0.0},
+     doc="constant padding of NCHW input: padding [top, bottom, left, right], value a float or '-inf'")
+def _b_pad2d(node, a, p, qps):
+    pad = a["padding"]
+    if not isinstance(pad, list) or len(pad) != 4:
+        raise ValueError(f"padding must be [top, bottom, left, right], got {pad!r}")
+    t, b, l_, r = (check_int(v, "padding", lo=0, hi=_MAX_GEOMETRY) for v in pad)
+    value = -np.inf if a["value"] == "-inf" else np.float32(check_real(a["value"], "value"))
+
+    def run(x):
+        x = as_float_array(x, "x")
+        if x.ndim != 4:
+            raise ValueError(f"x must be NCHW (4-D), got shape {x.shape}")
+        return np.pad(x, ((0, 0), (0, 0), (t, b), (l_, r)), constant_values=value).astype(np.float32)
+    return run, None
+
+
+# ---- ONNX importer ops (npquant.importers.onnx): end ------------------------------
+
+
+# ---- TFLite importer ops (npquant.importers.tflite): begin ----------------------------
+# Tensors of these ops are NHWC, as TFLite's; the npquant.qnn layers inside stay NCHW/OIHW
+# and are converted at each op's edge. Each op names the TFLite reference kernel it
+# reproduces (LiteRT 2.3, BUILTIN_REF op resolver; tests/test_import_tflite.py).
+
+
+def _nhwc_codes(x, what: str = "x_q") -> np.ndarray:
+    x = np.asarray(x)
+    if x.dtype.kind not in "iu":
+        raise TypeError(f"{what} must be an integer array of codes, got dtype {x.dtype}")
+    if x.ndim != 4:
+        raise ValueError(f"{what} must be NHWC (4-D), got shape {x.shape}")
+    return x
+
+
+def _to_nchw(x: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+
+
+def _to_nhwc(x: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+
+
+def _tfl_activation(a, qp: QParams) -> tuple[int, int]:
+    from .qnn.gemm import _activation_range
+    return _activation_range(_activation(a["activation"]), qp)
+
+
+@_op("qconv2d_nhwc", "int", 1, {**_QGEMM_ATTRS, "stride": 1, "padding": 0, "dilation": 1, "groups": 1},
+     _QGEMM_PARAMS,
+     doc="qconv2d on NHWC codes (TFLite's CONV_2D and, with groups = C, DEPTHWISE_CONV_2D): weight codes "
+         "OIHW (the importer transposes OHWI / 1HWO), attributes and parameters as qconv2d; padding "
+         "[top, bottom, left, right] for TFLite's SAME")
+def _b_qconv2d_nhwc(node, a, p, qps):
+    layer, y_qp = _b_qconv2d(node, a, p, qps)
+    return (lambda x: _to_nhwc(layer(_to_nchw(_nhwc_codes(x))))), y_qp
+
+
+@_op("qfully_connected", "int", 1, {"output": _REQUIRED, "mode": "tflite_single_away", "activation": None,
+                                     "weight_spec": None},
+     ("weight", "weight_scale", "weight_zero_point", "bias_q?"),
+     doc="TFLite's FULLY_CONNECTED (keep_num_dims false): codes (..., K) read as rows (-1, K), weight codes "
+         "(out, K) per-tensor or per-channel, int32 bias_q; exact int32 accumulation, then mode (any "
+         "requantization mode, also npquant.fixedpoint.EXTRA_REQUANT_MODES; default 'tflite_single_away', "
+         "LiteRT 2.3's reference kernel) and the fused activation clamp")
+def _b_qfully_connected(node, a, p, qps):
+    from .fixedpoint import EXTRA_REQUANT_MODES, REQUANT_MODES, effective_multiplier, requantize
+    from .qnn.gemm import linear_accumulate
+    mode = check_choice(a["mode"], "mode", REQUANT_MODES + EXTRA_REQUANT_MODES)
+    w_qp, y_qp, x_qp = _weight_qparams(p, a["weight_spec"]), _act_qparams(a["output"], "output"), qps[0]
+    w, bias = p["weight"], p.get("bias_q")
+    if w.ndim != 2:
+        raise ValueError(f"weight must be (out, in), got shape {w.shape}")
+    lo, hi = _tfl_activation(a, y_qp)
+    m = effective_multiplier(np.float32(x_qp.scale), w_qp.scale, np.float32(y_qp.scale), mode)
+    axis = 1 if np.ndim(m) == 1 and np.size(m) > 1 else None
+    spec = y_qp.spec
+
+    def run(x):
+        x = np.asarray(x)
+        if x.size % w.shape[1]:
+            raise ValueError(f"x_q has shape {x.shape}: its size is not a multiple of the {w.shape[1]} inputs")
+        acc = linear_accumulate(x.reshape(-1, w.shape[1]), x_qp, w, w_qp, bias)
+        y = requantize(acc, m, int(y_qp.zero_point), spec.qmin, spec.qmax, mode=mode, axis=axis)
+        return np.clip(y, lo, hi).astype(spec.dtype)
+    return run, y_qp
+
+
+def _b_pool_nhwc(a, qps, kind):
+    from .qnn.pool import avg_pool2d, max_pool2d
+    k = _geometry(a["kernel_size"], "kernel_size", 1)
+    s = k if a["stride"] is None else _geometry(a["stride"], "stride", 1)
+    pad = _pool_padding(a["padding"])
+    lo, hi = _tfl_activation(a, qps[0])
+    if kind == "avg":
+        mode = check_choice(a["mode"], "mode", ("tflite", "torch"))
+        pool = lambda x: avg_pool2d(x, k, s, pad, mode=mode)  # noqa: E731
+    else:
+        pool = lambda x: max_pool2d(x, k, s, pad)  # noqa: E731
+    return (lambda x: np.clip(_to_nhwc(pool(_to_nchw(_nhwc_codes(x)))), lo, hi)), qps[0]
+
+
+@_op("qmaxpool2d_nhwc", "int", 1, {"kernel_size": _REQUIRED, "stride": None, "padding": 0, "activation": None},
+     doc="max pooling of NHWC codes (TFLite's MAX_POOL_2D): windows clipped to the input, padding [h, w] or "
+         "[top, bottom, left, right] (SAME), then the fused activation clamp; qparams unchanged")
+def _b_qmaxpool2d_nhwc(node, a, p, qps):
+    return _b_pool_nhwc(a, qps, "max")
+
+
+@_op("qavgpool2d_nhwc", "int", 1, {"kernel_size": _REQUIRED, "stride": None, "padding": 0, "activation": None,
+                                    "mode": "tflite"},
+     doc="average pooling of NHWC codes (TFLite's AVERAGE_POOL_2D): the mean of the valid positions of each "
+         "window, rounded half away from zero (mode 'tflite'), padding as qmaxpool2d_nhwc, then the fused "
+         "activation clamp; qparams unchanged")
+def _b_qavgpool2d_nhwc(node, a, p, qps):
+    return _b_pool_nhwc(a, qps, "avg")
+
+
+@_op("qmul", "int", 2, {"output": _REQUIRED, "mode": "tflite", "activation": None},
+     doc="element-wise product of two code tensors (NumPy broadcasting), TFLite's MUL: "
+         "requantize((q1 - Z1)(q2 - Z2), S1 S2 / S_y) with mode's rounding, then the fused activation clamp")
+def _b_qmul(node, a, p, qps):
+    from .fixedpoint import EXTRA_REQUANT_MODES, REQUANT_MODES, effective_multiplier, requantize
+    mode = check_choice(a["mode"], "mode", REQUANT_MODES + EXTRA_REQUANT_MODES)
+    y_qp = _act_qparams(a["output"], "output")
+    (s1, z1), (s2, z2) = ((np.float32(q.scale), int(q.zero_point)) for q in qps)
+    m = float(effective_multiplier(s1, s2, np.float32(y_qp.scale), mode))
+    lo, hi = _tfl_activation(a, y_qp)
+    spec = y_qp.spec
+
+    def run(q1, q2):
+        prod = (np.asarray(q1, np.int64) - z1) * (np.asarray(q2, np.int64) - z2)
+        y = requantize(prod.astype(np.int32), m, int(y_qp.zero_point), spec.qmin, spec.qmax, mode=mode)
+        return np.clip(y, lo, hi).astype(spec.dtype)
+    return run, y_qp
+
+
+@_op("qpad", "int", 1, {"pads": _REQUIRED},
+     doc="constant padding of codes with the zero point (a real 0; TFLite's PAD): pads is one [before, after] "
+         "pair per axis; qparams unchanged")
+def _b_qpad(node, a, p, qps):
+    pads = a["pads"]
+    if not isinstance(pads, list) or not all(isinstance(v, list) and len(v) == 2 for v in pads):
+        raise ValueError(f"pads must be a list of [before, after] pairs, one per axis, got {pads!r}")
+    widths = [(check_int(b, "pads", lo=0, hi=_MAX_GEOMETRY), check_int(e, "pads", lo=0, hi=_MAX_GEOMETRY))
+              for b, e in pads]
+    zp = int(qps[0].zero_point)
+
+    def run(q):
+        q = np.asarray(q)
+        if q.ndim != len(widths):
+            raise ValueError(f"pads has {len(widths)} axes but x_q has shape {q.shape}")
+        return np.pad(q, widths, constant_values=zp)
+    return run, qps[0]
+
+
+def _tfl_mean(q, x_qp: QParams, y_qp: QParams, axes: tuple, keep_dims: bool, rounding: str) -> np.ndarray:
+    """TFLite's int8 MEAN, reference kernels (``reduce.cc``, EvalMeanReferenceOps). Over H
+    and W of 4-D codes with keep_dims (``reference_integer_ops::Mean``): ``sum(q - Z_x)``
+    times ``S_x / S_y`` as a fixed-point multiplier, then divided by the count ``n``
+    rounding half away from zero. Otherwise (``reference_ops::QuantizedMeanOrSum``, also
+    for equal qparams in LiteRT 2.3): the same sum times the multiplier with ``1 / n``
+    folded in, ``m0' = (m0 << k) // n``, ``shift' = shift - k``, ``k = min(floor(log2 n),
+    32, 31 + shift)``. Saturated to the output's codes."""
+    from .fixedpoint import multiply_by_quantized_multiplier, quantize_multiplier
+    from .qnn.pool import div_round_half_away
+    spec = y_qp.spec
+    (sx, zx), (sy, zy) = ((np.float32(v.scale), int(v.zero_point)) for v in (x_qp, y_qp))
+    n = int(np.prod([q.shape[ax] for ax in axes], dtype=np.int64))
+    acc = q.astype(np.int64).sum(axis=axes, keepdims=keep_dims) - zx * n
+    m0, shift = (int(v) for v in quantize_multiplier(np.float64(sx) / np.float64(sy)))
+    if keep_dims and q.ndim == 4 and sorted(axes) == [1, 2]:
+        v = div_round_half_away(multiply_by_quantized_multiplier(acc, m0, shift, rounding), n) + zy
+    else:
+        k = min(n.bit_length() - 1, 32, 31 + shift)
+        v = multiply_by_quantized_multiplier(acc, (m0 << k) // n, shift - k, rounding) + zy
+    return np.clip(v, spec.qmin, spec.qmax).astype(spec.dtype)
+
+
+@_op("qmean", "int", 1, {"axes": _REQUIRED, "keep_dims": False, "output": _REQUIRED, "mode": "tflite"},
+     doc="mean of codes over axes (TFLite's MEAN, reference kernels): over H and W of 4-D codes with "
+         "keep_dims, sum(q - Z_x) requantized by S_x / S_y with mode's rounding, then divided by the count n "
+         "rounding half away; otherwise sum(q - Z_x) requantized by S_x / (n S_y) as TFLite folds 1 / n into "
+         "its fixed-point multiplier")
+def _b_qmean(node, a, p, qps):
+    mode = check_choice(a["mode"], "mode", ("tflite", "tflite_single"))
+    axes_attr = a["axes"]
+    if not isinstance(axes_attr, list) or not axes_attr:
+        raise ValueError(f"axes must be a non-empty list of axes, got {axes_attr!r}")
+    y_qp = _act_qparams(a["output"], "output")
+    keep = check_bool(a["keep_dims"], "keep_dims")
+
+    def run(q):
+        q = np.asarray(q)
+        if q.dtype.kind not in "iu":
+            raise TypeError(f"x_q must be an integer array of codes, got dtype {q.dtype}")
+        axes = tuple(sorted({check_int(v, "axes", lo=-q.ndim, hi=q.ndim - 1) % q.ndim for v in axes_attr}))
+        return _tfl_mean(q, qps[0], y_qp, axes, keep, "double" if mode == "tflite" else "single")
+    return run, y_qp
+
+
+@_op("quantize_tflite", "quantize", 1, {"output": _REQUIRED},
+     doc="float -> codes of output as TFLite's QUANTIZE: round_half_away(float32(x) / S) + Z, saturating")
+def _b_quantize_tflite(node, a, p, qps):
+    qp0 = _act_qparams(a["output"], "output")
+    qp = QParams(qp0.scale, qp0.zero_point, qp0.spec.replace(rounding="half_away"))
+    return (lambda x: quantize(x, qp, method="divide")), qp0
+
+
+@_op("qrequantize", "int", 1, {"output": _REQUIRED, "mode": "tflite"},
+     doc="codes -> codes of output (TFLite's int8 -> int8 QUANTIZE): requantize(q - Z_x, S_x / S_y) + Z_y "
+         "with mode's rounding, saturating")
+def _b_qrequantize(node, a, p, qps):
+    from .fixedpoint import EXTRA_REQUANT_MODES, REQUANT_MODES, requantize
+    mode = check_choice(a["mode"], "mode", REQUANT_MODES + EXTRA_REQUANT_MODES)
+    y_qp, x_qp = _act_qparams(a["output"], "output"), qps[0]
+    m = np.float64(np.float32(x_qp.scale)) / np.float64(np.float32(y_qp.scale))
+    spec = y_qp.spec
+    return (lambda q: requantize((np.asarray(q, np.int64) - int(x_qp.zero_point)).astype(np.int32), m,
+                                 int(y_qp.zero_point), spec.qmin, spec.qmax, mode=mode).astype(spec.dtype)), y_qp
+
+# ---- TFLite importer ops (npquant.importers.tflite): end ------------------------------
 
 
 #: ``{op: description}`` of every op a :class:`Graph` runs, with its inputs, attributes

@@ -7,15 +7,19 @@
 * :mod:`npquant.importers.tflite`: :func:`from_tflite` (an int8 ``.tflite`` flatbuffer, NHWC,
   bit for bit with LiteRT's reference kernels), :func:`tflite_intermediates` (LiteRT's
   value of every tensor) and :func:`tflite_tensor_names`; the ``tflite`` extra (and
-  ``tflite-test`` for the interpreter).
+  ``litert`` for the interpreter).
+* :mod:`npquant.importers.onnx`: :func:`from_onnx` (a float or quantized ONNX model, QOperator
+  or QDQ, bit for bit with onnxruntime's CPU kernels, or read as ``onnx.reference`` does)
+  and :func:`onnx_intermediates` (onnxruntime's or the reference's value of any tensor).
 
 The peers are imported inside the functions that need them: importing this package never
 imports torch, and a missing peer is a ``ModuleNotFoundError`` (an ``ImportError``)
 naming the ``peers`` extra (``pip install 'npquant[peers]'``).
 """
 
-from .torch import from_torch, from_torch_quantized, torch_intermediates
+from .onnx import from_onnx, onnx_intermediates
 from .tflite import from_tflite, tflite_intermediates, tflite_tensor_names
+from .torch import from_torch, from_torch_quantized, torch_intermediates
 
 __all__ = ["from_torch", "from_torch_quantized", "torch_intermediates", "from_tflite", "tflite_intermediates",
-           "tflite_tensor_names"]
+           "tflite_tensor_names", "from_onnx", "onnx_intermediates"]
