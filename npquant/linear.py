@@ -34,7 +34,7 @@ import numpy as np
 from ._checks import BACKENDS, as_float_array, as_int_array, check_choice
 from ._kernels import quantize as _k
 from .granularity import params3, split3
-from .qparams import ROUNDING_MODES, QParams
+from .qparams import ROUNDING_MODES, QParams, QuantSpec
 
 METHODS = ("divide", "mul", "mul_add", "fma", "torch")
 
@@ -300,6 +300,53 @@ class QuantError:
     def __str__(self) -> str:
         return (f"mse={self.mse:.4g} sqnr={self.sqnr_db:.2f} dB max_abs={self.max_abs:.4g} "
                 f"cosine={self.cosine:.6f}")
+
+
+DYNAMIC_STACKS = ("onnx", "onnxruntime")
+
+
+def dynamic_quantize_linear(x, *, stack: str = "onnx", backend: str = "numba") -> tuple[np.ndarray, QParams]:
+    """ONNX's ``DynamicQuantizeLinear``: uint8 codes of ``x`` with a per-tensor scale and
+    zero point computed from ``x``'s own range, in one call.
+
+    In float32, as the operator's definition: ``lo = min(0, min(x))``, ``hi = max(0,
+    max(x))``; ``S = (hi - lo) / 255``; ``Z = rint(clamp(0 - lo / S, 0, 255))``, ties to
+    even; codes ``clamp(rint(x / S) + Z, 0, 255)``, i.e. :func:`quantize` with
+    ``method="divide"``. Bit for bit equal to ``onnx.reference`` and onnxruntime 1.32
+    (``tests/test_peers_onnx.py``), which differ in one case: when ``x`` is all zeros
+    (``hi == lo``) the reference's scale is ``1 / 255`` and onnxruntime's ``1.0`` (the codes
+    and the zero point are 0 in both).
+
+    Parameters
+    ----------
+    x : array_like of real numbers, any shape, not empty
+        Converted to float32 first; NaN and infinity are errors.
+    stack : ``"onnx"`` (default) or ``"onnxruntime"``
+        Whose scale an all-zero ``x`` gets: the reference operator's ``1 / 255`` or
+        onnxruntime's ``1.0``.
+    backend : ``"numba"`` (default) or ``"numpy"``
+        The quantize kernel or its NumPy twin (the same bits).
+
+    Returns
+    -------
+    codes : numpy.ndarray of uint8, ``x``'s shape
+    qparams : QParams
+        The float32 scale and the zero point, with an unsigned 8-bit per-tensor spec
+        (``QuantSpec(signed=False)``).
+    """
+    check_choice(stack, "stack", DYNAMIC_STACKS)
+    x = as_float_array(x, "x")
+    if not np.all(np.isfinite(x)):
+        raise ValueError("x contains NaN or infinity")
+    hi = np.float32(max(np.float32(0.0), np.max(x)))
+    lo = np.float32(min(np.float32(0.0), np.min(x)))
+    if hi == lo:  # x is all zeros
+        scale = np.float32(1.0) if stack == "onnxruntime" else np.float32(1.0) / np.float32(255.0)
+    else:
+        scale = np.float32(hi - lo) / np.float32(255.0)
+    zero_point = int(np.rint(np.clip(np.float32(0.0) - lo / scale, np.float32(0.0), np.float32(255.0))))
+    qp = QParams(scale, zero_point, QuantSpec(signed=False))
+    return quantize(x, qp, method="divide", backend=backend), qp
 
 
 def quantization_error(x, x_hat) -> QuantError:

@@ -105,3 +105,57 @@ def test_onnxruntime_quantize_linear(tname):
         sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
         y = sess.run(None, {"x": x, "s": qp.scale, "z": qp.zero_point.astype(zdtype)})[0]
         np.testing.assert_array_equal(quantize(x, qp, method="divide"), y)
+
+
+def _dynamic_cases(rng):
+    yield np.zeros((3, 4), np.float32)                     # hi == lo: scale 1/255
+    yield np.abs(rng.normal(size=50)).astype(np.float32)   # all positive: Z = 0
+    yield -np.abs(rng.normal(size=50)).astype(np.float32)  # all negative: Z = 255
+    yield np.array([-1.0, 0.0, 1.0, 0.5 / 255 * 2], np.float32)
+    for _ in range(20):
+        x = (rng.normal(size=(5, 7)) * rng.uniform(0.01, 50) + rng.uniform(-3, 3)).astype(np.float32)
+        s = np.float32(max(0.0, x.max()) - min(0.0, x.min())) / np.float32(255)
+        x[0, :3] = (np.arange(3) + 0.5) * s                # half-step values: ties of x / S
+        yield x
+
+
+@pytest.mark.parametrize("backend", ["numba", "numpy"])
+def test_dynamic_quantize_linear_equals_onnx_reference_and_onnxruntime(backend):
+    from npquant.linear import dynamic_quantize_linear
+
+    node = helper.make_node("DynamicQuantizeLinear", ["x"], ["y", "s", "z"])
+    rng = np.random.default_rng(11)
+    for x in _dynamic_cases(rng):
+        graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TP.FLOAT, list(x.shape))],
+                                  [helper.make_tensor_value_info("y", TP.UINT8, list(x.shape)),
+                                   helper.make_tensor_value_info("s", TP.FLOAT, []),
+                                   helper.make_tensor_value_info("z", TP.UINT8, [])])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
+        peers = {"onnx": ReferenceEvaluator(model).run(None, {"x": x})}
+        ort = pytest.importorskip("onnxruntime")
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = 1
+        sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        peers["onnxruntime"] = sess.run(None, {"x": x})
+        for stack, (y, s, z) in peers.items():
+            q, qp = dynamic_quantize_linear(x, stack=stack, backend=backend)
+            assert q.dtype == np.uint8 and q.shape == x.shape and qp.spec == QuantSpec(signed=False)
+            np.testing.assert_array_equal(q, y)
+            assert np.float32(qp.scale) == np.float32(s) and int(qp.zero_point) == int(z), stack
+    # the one disagreement: an all-zero x
+    zeros = np.zeros(4, np.float32)
+    assert float(dynamic_quantize_linear(zeros)[1].scale) == float(np.float32(1) / np.float32(255))
+    assert float(dynamic_quantize_linear(zeros, stack="onnxruntime")[1].scale) == 1.0
+
+
+def test_dynamic_quantize_linear_errors():
+    from npquant.linear import dynamic_quantize_linear
+
+    with pytest.raises(ValueError, match="NaN or infinity"):
+        dynamic_quantize_linear(np.array([1.0, np.nan], np.float32))
+    with pytest.raises(ValueError, match="x"):
+        dynamic_quantize_linear(np.zeros(0, np.float32))
+    with pytest.raises(TypeError, match="x"):
+        dynamic_quantize_linear("1.0")
+    with pytest.raises(ValueError, match="stack"):
+        dynamic_quantize_linear(np.ones(3, np.float32), stack="torch")
