@@ -146,8 +146,15 @@ def as_float_array(x, name: str = "x", *, allow_empty: bool = False) -> np.ndarr
     return arr
 
 
+# ml_dtypes' sub-byte integers (ONNX's int4/uint4/int2/uint2, one value per byte in NumPy):
+# taken as the 8-bit integers that hold them, without importing ml_dtypes.
+_SUB_BYTE_INTS = {"int2": np.int8, "int4": np.int8, "uint2": np.uint8, "uint4": np.uint8}
+
+
 def as_int_array(q, name: str = "q") -> np.ndarray:
     arr = np.asarray(q)
+    if arr.dtype.kind == "V" and arr.dtype.name in _SUB_BYTE_INTS and arr.dtype.itemsize == 1:
+        arr = arr.astype(_SUB_BYTE_INTS[arr.dtype.name])
     if arr.dtype.kind not in "iu":
         raise TypeError(f"{name} must be an integer array, got dtype {arr.dtype}")
     if arr.size == 0:

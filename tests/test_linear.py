@@ -397,3 +397,17 @@ def test_public_names():
         assert hasattr(npquant, name)
     assert set(ROUNDING_MODES) == {"half_even", "half_away", "half_up", "floor", "stochastic"}
     assert "torch" in METHODS and "divide" in METHODS
+
+
+@pytest.mark.parametrize("name, bits, signed", [("int4", 4, True), ("uint4", 4, False), ("int2", 2, True),
+                                                ("uint2", 2, False)])
+def test_dequantize_takes_ml_dtypes_sub_byte_integers(name, bits, signed):
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    spec = QuantSpec(bits=bits, signed=signed)
+    codes = np.arange(spec.qmin, spec.qmax + 1)
+    qp = QParams(np.float32(0.37), 1 if signed else 2, spec)
+    q8 = codes.astype(np.int8 if signed else np.uint8)
+    q_sub = codes.astype(getattr(ml_dtypes, name))
+    np.testing.assert_array_equal(dequantize(q_sub, qp), dequantize(q8, qp))
+    with pytest.raises(TypeError, match="integer array"):
+        dequantize(codes.astype(ml_dtypes.float8_e4m3fn), qp)
