@@ -326,16 +326,32 @@ def _add_explain(sub) -> None:
             "of the chosen requantization mode, the zero point, the clamp, and the error against "
             "the float layer and against the exact value of the integer accumulator. Runs on a "
             "built-in seeded example (uint8 input and int8 weights, both with non-zero zero "
-            "points); every printed integer is checked against npquant's integer layers. With "
-            "--ties, list instead the accumulators where the requantization modes (TFLite, "
-            "PyTorch fbgemm, ONNX) disagree for a multiplier."
+            "points), or, given a MODEL file, on the layer --layer of that model run on an input "
+            "(--index names the output element); every printed integer is checked against "
+            "npquant's integer layers. With --ties, list instead the accumulators where the "
+            "requantization modes (TFLite, PyTorch fbgemm, ONNX) disagree for a multiplier."
         ),
     )
     p.set_defaults(_parser=p)
-    p.add_argument("--mode", choices=REQUANT_MODES, default="tflite",
-                   help="requantization mode (default tflite)")
-    p.add_argument("--layer", choices=("linear", "conv"), default="linear",
-                   help="built-in example layer (default linear)")
+    p.add_argument("model", nargs="?", default=None, metavar="MODEL",
+                   help="a model file to explain a layer of: a graph file (npquant.graph.save_graph), or a "
+                        "reference model, quantized first with --mode (a PyTorch PTQ reference's layers have "
+                        "fbgemm's float bias, which the trace does not follow)")
+    p.add_argument("--mode", choices=REQUANT_MODES, default=None,
+                   help="requantization mode (default tflite); with MODEL, the mode a reference model is "
+                        "quantized with")
+    p.add_argument("--layer", default=None, metavar="LAYER",
+                   help="without MODEL: the built-in example, linear (default) or conv; with MODEL: a graph's "
+                        "node name (a qlinear or qconv2d node) or the position of a layer of an integer model")
+    p.add_argument("--index", default=None, metavar="I,J[,K,L]",
+                   help="with MODEL: the output element, row,col of a linear layer (leading axes flattened) or "
+                        "n,o,i,j of a conv layer's NCHW output")
+    p.add_argument("--input", default=None, metavar="X",
+                   help="with MODEL: the input (.npy, batch first; float values or codes); default: the file's "
+                        "test inputs, or seeded random codes for a graph")
+    p.add_argument("--sample", type=_int_range(0), default=None, metavar="K",
+                   help="with MODEL: run sample K of the input alone (default: the whole --input; sample 0 of "
+                        "the file's test inputs)")
     p.add_argument("--accumulation", choices=ACCUMULATIONS, default="exact",
                    help="arithmetic of the sum (default exact); int16_pairs, or fbgemm/mlas on a CPU "
                         "path (fbgemm_avx2, ...), lists the int16 pair sums and marks the saturated ones")
@@ -356,9 +372,50 @@ def _add_explain(sub) -> None:
     p.set_defaults(func=_run_explain)
 
 
+def _run_explain_model(args) -> int:
+    from ._modelfile import load_model_file, random_input, read_input_file, select_sample, sniff_model_file
+    from .explain import explain_layer
+
+    if args.ties:
+        _usage_error(args, "--ties prints the tie table of a multiplier, not a layer of MODEL")
+    if args.layer is None or args.index is None:
+        _usage_error(args, "with MODEL, --layer and --index name the layer and its output element")
+    try:
+        index = tuple(int(v) for v in args.index.split(","))
+    except ValueError:
+        _usage_error(args, f"--index must be comma-separated integers, got {args.index!r}")
+    path, kind, arrays = sniff_model_file(args.model)
+    if kind != "reference" and args.mode is not None:
+        _usage_error(args, f"--mode quantizes a reference model; {args.model} is a {kind} file")
+    mf = load_model_file(path, kind, arrays, mode=args.mode or ("tflite" if kind == "reference" else None),
+                         accumulation=args.accumulation)
+    if args.input is not None:
+        x = read_input_file(args.input)
+    elif mf.test_inputs is not None:
+        x = mf.test_inputs if args.sample is not None else select_sample(mf.test_inputs, 0)
+    else:
+        x = random_input(mf, 0)
+    if args.sample is not None:
+        x = select_sample(x, args.sample)
+    layer = args.layer
+    if kind != "graph":
+        layer = layer[len("layers["):-1] if layer.startswith("layers[") and layer.endswith("]") else layer
+    print(explain_layer(mf.model, x, layer, index).format(all_terms=args.all_terms))
+    return 0
+
+
 def _run_explain(args) -> int:
     from .explain import builtin_example, explain_conv2d, explain_linear
 
+    if args.model is not None:
+        return _run_explain_model(args)
+    for option in ("index", "input", "sample"):
+        if getattr(args, option) is not None:
+            _usage_error(args, f"--{option} needs a MODEL file (the built-in example has one element)")
+    args.layer = "linear" if args.layer is None else args.layer
+    if args.layer not in ("linear", "conv"):
+        _usage_error(args, f"without MODEL, --layer is the built-in example, linear or conv; got {args.layer!r}")
+    args.mode = "tflite" if args.mode is None else args.mode
     ex = builtin_example(args.layer, args.seed)
     if args.ties:
         if args.multiplier is None:

@@ -780,6 +780,94 @@ def explain_conv2d(x_q, x_qp: QParams, w_q, w_qp: QParams, bias_q, y_qp: QParams
     return e
 
 
+def explain_layer(model, inputs, layer, index) -> Explanation:
+    """Explain one output element of a linear or conv layer inside an integer model.
+
+    The model runs on ``inputs`` up to ``layer``; the layer's input codes, weights, bias,
+    qparams, requantization ``mode``, fused clamp and ``accumulation`` then go to
+    :func:`explain_linear` or :func:`explain_conv2d`, which check the traced code against
+    the layer itself.
+
+    Parameters
+    ----------
+    model : npquant.convert.IntegerModel or npquant.graph.Graph
+        An integer model (for example from :func:`npquant.convert.quantize_model`,
+        :func:`npquant.convert.from_pytorch_ptq` or an importer), or an integer graph.
+    inputs : array_like, or a dict or list of arrays for a graph with several inputs
+        Float inputs (quantized by the model's input qparams) or input codes, batch first.
+    layer : int or str
+        A graph's node name (a ``qlinear`` or ``qconv2d`` node), or the position of the layer
+        in ``model.layers`` of an :class:`~npquant.convert.IntegerModel`.
+    index : tuple of int
+        The output element: ``(row, col)`` of a linear layer's output (its leading axes
+        flattened into rows), ``(n, o, i, j)`` of a conv layer's NCHW output.
+
+    Returns
+    -------
+    Explanation
+        The steps; ``str()`` prints them.
+
+    Raises
+    ------
+    ValueError
+        ``layer`` names no layer, or one that is not an integer linear or conv layer, or
+        one with PyTorch fbgemm's float bias (its requantization is
+        :func:`npquant.qnn.fbgemm.fbgemm_requantize`, which the trace does not follow), or
+        ``index`` is outside the output.
+    """
+    from .convert import IntegerModel
+    from .qnn import layers as ql
+
+    if isinstance(model, IntegerModel):
+        if isinstance(layer, str) and layer.startswith("layers[") and layer.endswith("]"):
+            layer = layer[len("layers["):-1]
+        try:
+            pos = int(layer)
+        except (TypeError, ValueError):
+            raise ValueError(f"layer must be the position of a layer of the IntegerModel (0 to "
+                             f"{len(model.layers) - 1}), got {layer!r}") from None
+        pos = check_int(pos, "layer", lo=0, hi=len(model.layers) - 1)
+        x = np.asarray(inputs)
+        x = model.quantize_input(x) if x.dtype.kind == "f" else x
+        for lyr in model.layers[:pos]:
+            x = lyr(x)
+        obj, what = model.layers[pos], f"model.layers[{pos}]"
+    else:
+        from .graph import Graph
+
+        if not isinstance(model, Graph):
+            raise TypeError(f"model must be an IntegerModel or a Graph, got {type(model).__name__}")
+        if not isinstance(layer, str) or layer not in {n.name for n in model.nodes}:
+            names = [n.name for n in model.nodes if n.op in ("qlinear", "qconv2d")]
+            raise ValueError(f"layer must name a node of graph {model.name!r}; its linear and conv nodes: {names}, "
+                             f"got {layer!r}")
+        node = model.node(layer)
+        env = model.run(inputs, keep_intermediates=True)
+        x, obj, what = np.asarray(env[node.inputs[0]]), model.layer(layer), f"node {layer!r} ({node.op})"
+    if not isinstance(obj, (ql.QLinear, ql.QConv2d)):
+        raise ValueError(f"{what} is a {type(obj).__name__}: explain traces integer linear and conv layers")
+    if obj.float_bias is not None:
+        raise ValueError(f"{what} has PyTorch fbgemm's float bias, whose requantization "
+                         "(npquant.qnn.fbgemm.fbgemm_requantize) the trace does not follow; explain traces "
+                         "layers with an int32 bias")
+    index = tuple(int(i) for i in index)
+    lo, hi = (int(v) for v in obj.out_range)
+    common = dict(mode=obj.mode, qmin=lo, qmax=hi, accumulation=obj.accumulation)
+    if isinstance(obj, ql.QLinear):
+        if len(index) != 2:
+            raise ValueError(f"index of a linear layer is (row, col), got {index}")
+        x2 = x.reshape(-1, x.shape[-1])
+        rows, cols = x2.shape[0], obj.out_features
+        if not (0 <= index[0] < rows and 0 <= index[1] < cols):
+            raise ValueError(f"index {index} is outside the output ({rows}, {cols})")
+        return explain_linear(x2, obj.x_qp, obj.w_q, obj.w_qp, obj.bias_q, obj.y_qp, index[0], index[1], **common)
+    if len(index) != 4:
+        raise ValueError(f"index of a conv layer is (n, o, i, j), got {index}")
+    g = obj.geometry
+    return explain_conv2d(x, obj.x_qp, obj.w_q, obj.w_qp, obj.bias_q, obj.y_qp, index, stride=g.stride,
+                          padding=g.padding, dilation=g.dilation, groups=g.groups, **common)
+
+
 def builtin_example(layer: str = "linear", seed: int = 0) -> dict:
     """A small quantized layer made from seeded float data, for ``npquant explain``.
 

@@ -359,3 +359,122 @@ def test_effective_multiplier_of_the_trace():
         assert e.multiplier == m
         assert e.code == int(requantize(np.array([e.acc + e.bias]), m, e.z_y, e.qmin, e.qmax, mode=mode)[0])
     assert e.reference == float(Fraction(e.s_x) * Fraction(e.s_w) * (e.acc + e.bias))
+
+
+# ---- a layer of a whole model (explain_layer, npquant explain MODEL) ----------------------------
+
+@pytest.fixture(scope="module")
+def cnn_int():
+    from npquant.convert import quantize_model
+    from npquant.demo import default_models_dir
+    from npquant.io import load_reference
+    from npquant.nn import build_model
+
+    ref = load_reference(default_models_dir() / "cnn.npz")
+    x = ref.arrays["test_inputs"][:3]
+    return quantize_model(build_model(ref.arch, ref.state), ref.arrays["test_inputs"][:64], mode="tflite"), x
+
+
+def test_explain_layer_of_an_integer_model_gives_the_model_s_codes(cnn_int):
+    from npquant.explain import explain_layer
+
+    q, x = cnn_int
+    h = q.quantize_input(x)
+    outs = []
+    for layer in q.layers:
+        h = layer(h)
+        outs.append(h)
+    e = explain_layer(q, x, 2, (1, 5, 1, 2))                 # the second conv
+    assert e.code == int(outs[2][1, 5, 1, 2]) and e.mode == "tflite"
+    e = explain_layer(q, x, "layers[5]", (2, 7))             # the linear head
+    assert e.code == int(outs[5][2, 7])
+    assert explain_layer(q, q.quantize_input(x), 0, (0, 1, 3, 3)).code == int(outs[0][0, 1, 3, 3])  # codes in
+
+
+def _small_graph():
+    from npquant.graph import Graph, Node
+
+    rng = np.random.default_rng(8)
+    u8 = QuantSpec(signed=False)
+    x_qp, h_qp, y_qp = (QParams(np.float32(s), z, u8) for s, z in ((0.02, 120), (0.015, 3), (0.05, 128)))
+    w_conv = rng.integers(-127, 128, (3, 2, 3, 3)).astype(np.int8)
+    w_fc = rng.integers(-127, 128, (4, 3 * 4 * 4)).astype(np.int8)
+
+    def wp(w):
+        return {"weight": w, "weight_scale": np.full(w.shape[0], 0.01, np.float32),
+                "weight_zero_point": np.zeros(w.shape[0], np.int32)}
+
+    nodes = [Node("q", "quantize", ["x"], ["xq"], {"output": x_qp}),
+             Node("conv", "qconv2d", ["xq"], ["h"], {"output": h_qp, "padding": [1, 0, 1, 0], "activation": "relu"},
+                  {**wp(w_conv), "bias_q": rng.integers(-500, 500, 3).astype(np.int32)}),
+             Node("pool", "qmaxpool2d", ["h"], ["p"], {"kernel_size": 1}),
+             Node("flat", "qflatten", ["p"], ["f"]),
+             Node("fc", "qlinear", ["f"], ["l"], {"output": y_qp, "mode": "onnx"}, wp(w_fc)),
+             Node("dq", "dequantize", ["l"], ["y"])]
+    return Graph(nodes, ["x"], ["y"], name="small"), rng.normal(size=(2, 2, 5, 5)).astype(np.float32)
+
+
+def test_explain_layer_of_a_graph_node():
+    from npquant.explain import explain_layer
+
+    g, x = _small_graph()
+    env = g.run(x, keep_intermediates=True)
+    e = explain_layer(g, x, "conv", (1, 2, 0, 0))            # asymmetric padding: the corner reads Z_x
+    assert e.code == int(env["h"][1, 2, 0, 0]) and e.qmin == 3  # relu: the clamp starts at Z_y
+    e = explain_layer(g, x, "fc", (1, 3))
+    assert e.code == int(env["l"][1, 3]) and e.mode == "onnx"
+
+
+def test_explain_layer_errors(cnn_int):
+    from npquant.convert import from_pytorch_ptq
+    from npquant.demo import default_models_dir
+    from npquant.explain import explain_layer
+
+    q, x = cnn_int
+    with pytest.raises(ValueError, match=r"model.layers\[1\] is a MaxPool2d"):
+        explain_layer(q, x, 1, (0, 0, 0, 0))
+    with pytest.raises(ValueError, match="outside"):
+        explain_layer(q, x, 5, (3, 0))
+    with pytest.raises(ValueError, match=r"\(row, col\)"):
+        explain_layer(q, x, 5, (0, 0, 0, 0))
+    with pytest.raises(ValueError, match="layer must be the position"):
+        explain_layer(q, x, "fc", (0, 0))
+    with pytest.raises(ValueError, match="layer"):
+        explain_layer(q, x, 9, (0, 0))
+    g, xg = _small_graph()
+    with pytest.raises(ValueError, match=r"its linear and conv nodes: \['conv', 'fc'\]"):
+        explain_layer(g, xg, "nope", (0, 0))
+    with pytest.raises(ValueError, match=r"node 'pool' \(qmaxpool2d\) is a"):
+        explain_layer(g, xg, "pool", (0, 0, 0, 0))
+    ptq = from_pytorch_ptq(default_models_dir() / "mlp_ptq.npz")
+    with pytest.raises(ValueError, match="float bias"):
+        explain_layer(ptq, np.zeros((1, 64), np.uint8), 0, (0, 0))
+    with pytest.raises(TypeError, match="IntegerModel or a Graph"):
+        explain_layer(object(), x, 0, (0, 0))
+
+
+def test_explain_command_on_a_model_file(capsys, tmp_path):
+    from npquant.cli import main
+    from npquant.demo import default_models_dir
+    from npquant.graph import save_graph
+
+    cnn = str(default_models_dir() / "cnn.npz")
+    assert main(["explain", cnn, "--layer", "2", "--index", "0,5,1,1", "--mode", "onnx"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("conv2d, output element (n=0, o=5, i=1, j=1)") and "mode: onnx" in out
+    g, x = _small_graph()
+    save_graph(tmp_path / "g.npz", g)
+    np.save(tmp_path / "x.npy", x)
+    assert main(["explain", str(tmp_path / "g.npz"), "--layer", "fc", "--index", "0,1", "--input",
+                 str(tmp_path / "x.npy"), "--sample", "1", "--all-terms"]) == 0
+    out = capsys.readouterr().out
+    assert "linear layer, output element [0, 1]" in out and "more terms" not in out
+    for argv, msg in [([cnn, "--layer", "2"], "--layer and --index"), ([cnn, "--layer", "2", "--index", "a,b"],
+                      "comma-separated"), ([cnn, "--ties"], "--ties"), (["--index", "0,0"], "needs a MODEL"),
+                      (["--layer", "dense"], "linear or conv"),
+                      ([str(tmp_path / "g.npz"), "--layer", "fc", "--index", "0,0", "--mode", "onnx"], "--mode")]:
+        with pytest.raises(SystemExit) as ex:
+            main(["explain", *argv])
+        assert ex.value.code == 2 and msg in capsys.readouterr().err
+    assert main(["explain", str(default_models_dir() / "mlp_ptq.npz"), "--layer", "0", "--index", "0,0"]) == 1
+    assert "float bias" in capsys.readouterr().err
