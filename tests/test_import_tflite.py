@@ -222,16 +222,6 @@ def test_graph_ops_and_layout(built):
         "tflite"
 
 
-def test_same_padding_arithmetic():
-    # out = ceil(in / s); the odd pixel of the total goes after
-    assert imp._same_padding(112, 3, 2, 1) == (0, 1)
-    assert imp._same_padding(113, 3, 2, 1) == (1, 1)
-    assert imp._same_padding(5, 3, 2, 1) == (1, 1)
-    assert imp._same_padding(6, 2, 1, 1) == (0, 1)
-    assert imp._same_padding(7, 3, 1, 2) == (2, 2)
-    assert imp._same_padding(4, 1, 3, 1) == (0, 0)
-
-
 def test_graph_saves_and_loads(built, tmp_path):
     from npquant.graph import load_graph, save_graph
     model, x = built["concat"]

@@ -209,3 +209,25 @@ def test_layer_checks_input():
         QConv2d(args["w_q"], args["w_qp"], None, args["x_qp"], args["y_qp"], dilation=4, **geo)(args["x_q"])
     with pytest.raises(ValueError, match="not divisible by groups=3"):
         QConv2d(args["w_q"], args["w_qp"], None, args["x_qp"], args["y_qp"], groups=3)
+
+
+def test_same_padding():
+    from npquant.qnn.conv import same_padding
+
+    # out = ceil(in / s); the odd row of the total goes after (TensorFlow, TFLite, ONNX SAME_UPPER)
+    assert same_padding(112, 3, 2) == (0, 1)
+    assert same_padding(113, 3, 2) == (1, 1)
+    assert same_padding(5, 3, 2) == (1, 1)
+    assert same_padding(6, 2, 1) == (0, 1)
+    assert same_padding(7, 3, 1, 2) == (2, 2)
+    assert same_padding(4, 1, 3) == (0, 0)
+    assert same_padding(112, 3, 2, extra="before") == (1, 0)  # ONNX SAME_LOWER
+    for size in range(1, 20):
+        for k in (1, 2, 3, 5):
+            for s in (1, 2, 3):
+                b, a = same_padding(size, k, s)
+                assert (size + b + a - k) // s + 1 == -(-size // s) and 0 <= a - b <= 1
+    with pytest.raises(ValueError, match="stride"):
+        same_padding(5, 3, 0)
+    with pytest.raises(ValueError, match="extra"):
+        same_padding(5, 3, 1, extra="middle")

@@ -57,6 +57,7 @@ from .. import graph as _graph
 from .._checks import check_choice
 from ..linear import quantize
 from ..qnn.accumulation import check_accumulation
+from ..qnn.conv import same_padding
 from ..qparams import QParams, QuantSpec
 
 PEERS_HINT = "install the peers extra (pip install 'npquant[peers]') for onnx and onnxruntime"
@@ -495,12 +496,8 @@ class _Importer:
         if shape is None:
             raise ValueError(f"{self.where(i)}: auto_pad={auto} needs the input's static shape; run "
                              "onnx.shape_inference.infer_shapes on the model first")
-        out = []
-        for d in range(2):
-            size, s, k, dl = shape[2 + d], strides[d], kernel[d], dil[d]
-            total = max((-(-size // s) - 1) * s + (k - 1) * dl + 1 - size, 0)
-            small = total // 2
-            out.append((small, total - small) if auto == "SAME_UPPER" else (total - small, small))
+        extra = "after" if auto == "SAME_UPPER" else "before"
+        out = [same_padding(shape[2 + d], kernel[d], strides[d], dil[d], extra=extra) for d in range(2)]
         return [out[0][0], out[0][1], out[1][0], out[1][1]]
 
     def shape_of(self, name):

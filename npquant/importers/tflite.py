@@ -67,6 +67,7 @@ import numpy as np
 
 from .. import graph as _graph
 from .._fileio import FileFormatError, read_bytes
+from ..qnn.conv import same_padding
 from ..qparams import QParams, QuantSpec
 
 TFLITE_HINT = "install the tflite extra (pip install 'npquant[tflite]': the tflite and flatbuffers packages)"
@@ -330,14 +331,6 @@ def _source(path_or_bytes):
 # ---------------------------------------------------------------------------- translate
 
 
-def _same_padding(size: int, k: int, stride: int, dilation: int) -> tuple[int, int]:
-    """TFLite's SAME padding (before, after) of one spatial axis (module docstring)."""
-    eff = (k - 1) * dilation + 1
-    out = (size + stride - 1) // stride
-    total = max((out - 1) * stride + eff - size, 0)
-    return total // 2, total - total // 2
-
-
 class _Translator:
     def __init__(self, tensors, ops, inputs, outputs, profile: dict, where):
         self.t, self.ops, self.where = tensors, ops, where
@@ -460,8 +453,8 @@ class _Translator:
             return [0, 0, 0, 0]
         if op.options["Padding"] != 0:
             raise self.err(op, f"padding must be SAME (0) or VALID (1), got {op.options['Padding']}")
-        pt, pb = _same_padding(x_shape[1], kh, sh, dh)
-        pl, pr = _same_padding(x_shape[2], kw, sw, dw)
+        pt, pb = same_padding(x_shape[1], kh, sh, dh)
+        pl, pr = same_padding(x_shape[2], kw, sw, dw)
         return [pt, pb, pl, pr]
 
     def strides(self, op: _Op, *names):

@@ -38,6 +38,46 @@ class ConvGeometry:
         return ((h + pt + pb - dh * (kh - 1) - 1) // sh + 1, (w + pl + pr - dw * (kw - 1) - 1) // sw + 1)
 
 
+def same_padding(size: int, kernel: int, stride: int = 1, dilation: int = 1, *,
+                 extra: str = "after") -> tuple[int, int]:
+    """The ``(before, after)`` padding of one spatial axis for TensorFlow's and ONNX's SAME.
+
+    The output has ``ceil(size / stride)`` positions; the total padding is
+    ``max((out - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)``, split in two
+    halves with the odd one at the end (TensorFlow and TFLite's SAME, ONNX's
+    ``SAME_UPPER``) or at the start (ONNX's ``SAME_LOWER``). For example 112 with a 3x3
+    kernel and stride 2 pads 0 before and 1 after.
+
+    Parameters
+    ----------
+    size : int
+        The input's length on this axis, >= 1.
+    kernel : int
+        The kernel's length on this axis, >= 1.
+    stride : int, default 1
+        >= 1.
+    dilation : int, default 1
+        >= 1.
+    extra : ``"after"`` (default) or ``"before"``
+        Where an odd total's extra row or column goes: ``"after"`` for TensorFlow, TFLite
+        and ONNX ``SAME_UPPER``, ``"before"`` for ONNX ``SAME_LOWER``.
+
+    Returns
+    -------
+    tuple of int
+        ``(before, after)``, each >= 0.
+    """
+    size = check_int(size, "size", lo=1)
+    kernel = check_int(kernel, "kernel", lo=1)
+    stride = check_int(stride, "stride", lo=1)
+    dilation = check_int(dilation, "dilation", lo=1)
+    check_choice(extra, "extra", ("after", "before"))
+    out = -(-size // stride)
+    total = max((out - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)
+    small = total // 2
+    return (small, total - small) if extra == "after" else (total - small, small)
+
+
 def conv_geometry(stride=1, padding=0, dilation=1, groups: int = 1) -> ConvGeometry:
     """Validate and normalize conv2d arguments.
 
