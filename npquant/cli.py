@@ -335,8 +335,8 @@ def _add_explain(sub) -> None:
     p.set_defaults(_parser=p)
     p.add_argument("model", nargs="?", default=None, metavar="MODEL",
                    help="a model file to explain a layer of: a graph file (npquant.graph.save_graph), or a "
-                        "reference model, quantized first with --mode (a PyTorch PTQ reference's layers have "
-                        "fbgemm's float bias, which the trace does not follow)")
+                        "reference model, quantized first with --mode, or a PyTorch PTQ reference (its layers "
+                        "are traced through fbgemm's float-bias requantization)")
     p.add_argument("--mode", choices=REQUANT_MODES, default=None,
                    help="requantization mode (default tflite); with MODEL, the mode a reference model is "
                         "quantized with")

@@ -121,6 +121,7 @@ class Explanation:
     float_output: float | None = None  # the float layer: sum x w + b, exact from the float32 values, as float64
     float_error_lsb: float | None = None  # (dequantized - float_output) / S_y
     labels: list | None = None  # a name for each term (conv: channel and kernel position)
+    float_bias: float | None = None  # PyTorch fbgemm's float bias (then bias is 0), added in step 5
 
     def __str__(self) -> str:
         return self.format()
@@ -134,8 +135,12 @@ class Explanation:
             lines += self._float_lines()
         lines += self._term_lines(all_terms)
         lines += self._pair_lines() if self.pairs else self._acc_lines()
-        lines += [f"3. bias (int32, scale S_x S_w, zero point 0) = {self.bias};  "
-                  f"acc + bias = {self.acc} + {_paren(self.bias)} = {self.acc + self.bias}"]
+        if self.float_bias is None:
+            lines += [f"3. bias (int32, scale S_x S_w, zero point 0) = {self.bias};  "
+                      f"acc + bias = {self.acc} + {_paren(self.bias)} = {self.acc + self.bias}"]
+        else:
+            lines += [f"3. bias: PyTorch's float bias b = {self.float_bias!r}, not an int32 code: fbgemm adds "
+                      "b / (S_x S_w) to float32(acc) in step 5"]
         lines += self._multiplier_lines()
         lines += [f"5. rounding of mode {self.mode}"]
         lines += [f"   {label}: {text}" for label, text in self.steps]
@@ -268,7 +273,8 @@ class Explanation:
             ideal = self.float_output / self.s_y + self.z_y
             lines.append(f"   float layer   sum x w + b (exact, of the float x, w, b) = {self.float_output:.9g}"
                          f"   error {self.float_error_lsb:+.4f} LSB  (ideal code y / S_y + Z_y = {ideal:.4f})")
-        lines.append(f"   integer acc   S_x S_w (acc + bias), its exact real value = {self.reference:.9g}"
+        what = "S_x S_w acc + b" if self.float_bias is not None else "S_x S_w (acc + bias)"
+        lines.append(f"   integer acc   {what}, its exact real value = {self.reference:.9g}"
                      f"   error {self.error_lsb:+.4f} LSB")
         lines.append("   (LSB = S_y, one output step. Against the integer accumulator the error is the "
                      "requantization's rounding and clamp; against the float layer it also holds the rounding "
@@ -330,7 +336,8 @@ def _floats(a, name: str, n: int) -> list:
 def explain_dot(x_codes, z_x: int, w_codes, z_w: int, bias: int, s_x: float, s_w: float,
                 s_y: float, z_y: int, qmin: int, qmax: int, *, mode: str = "tflite",
                 title: str = "one output element", accumulation: str = "exact",
-                floats: FloatInputs | None = None, labels=None) -> Explanation:
+                floats: FloatInputs | None = None, labels=None, float_bias: float | None = None,
+                float_bias_fma: bool = True) -> Explanation:
     """Explain ``clamp(requantize(sum((q_x - Z_x)(q_w - Z_w)) + bias) + Z_y)`` step by step.
 
     Parameters
@@ -363,6 +370,14 @@ def explain_dot(x_codes, z_x: int, w_codes, z_w: int, bias: int, s_x: float, s_w
         layer ``sum x w + b`` (exact from the float32 values, rounded to float64).
     labels : list of str, optional
         A name for each term, printed beside its index.
+    float_bias : float or None, default None
+        PyTorch fbgemm's float bias of this output channel (``mode="fp32"``, ``bias=0``): the
+        requantization is then fbgemm's (:mod:`npquant.qnn.fbgemm`), ``float32(acc)`` plus the
+        bias divided by ``float32(S_x S_w)``, times ``M``, rounded half to even.
+    float_bias_fma : bool, default True
+        How fbgemm adds the float bias: one fused multiply-add by ``float32(1 / (S_x S_w))``
+        (per-tensor weights, True) or a float32 add of ``float32(b / (S_x S_w))``
+        (per-channel weights, False).
 
     Returns
     -------
@@ -407,6 +422,8 @@ def explain_dot(x_codes, z_x: int, w_codes, z_w: int, bias: int, s_x: float, s_w
     total = acc + bias
     if not INT32_MIN <= total <= INT32_MAX:
         raise ValueError(f"acc + bias = {total} overflows int32")
+    if float_bias is not None:
+        return _explain_float_bias(locals())
     m = float(effective_multiplier(s_x, s_w, s_y, mode).reshape(-1)[0])
     # the library's result first: it also refuses what the stack cannot compute (tflite's left shift)
     code = int(requantize(np.array([total], np.int64), m, z_y, qmin, qmax, mode=mode)[0])
@@ -452,6 +469,67 @@ def explain_dot(x_codes, z_x: int, w_codes, z_w: int, bias: int, s_x: float, s_w
                        error_lsb=(deq - ref) / s_y32, accumulation=accumulation, pairs=pairs, exact_acc=exact_acc,
                        m0=m0, shift=shift, floats=floats, float_output=y_float, float_error_lsb=f_err,
                        labels=labels)
+
+
+def _explain_float_bias(v: dict) -> Explanation:
+    """The rest of :func:`explain_dot` for PyTorch fbgemm's float bias (its local variables ``v``)."""
+    from .qnn.fbgemm import fbgemm_multipliers, fbgemm_requantize, fma_float32
+
+    mode, bias, acc, z_y, qmin, qmax = v["mode"], v["bias"], v["acc"], v["z_y"], v["qmin"], v["qmax"]
+    if mode != "fp32" or bias != 0:
+        raise ValueError(f"float_bias is PyTorch fbgemm's bias: it needs mode='fp32' and bias=0, got mode={mode!r} "
+                         f"and bias={bias}")
+    if not (0 <= z_y <= 255 and 0 <= qmin <= qmax <= 255):
+        raise ValueError("float_bias reproduces fbgemm, whose output is uint8: z_y, qmin and qmax in [0, 255]")
+    fma = check_bool(v["float_bias_fma"], "float_bias_fma")
+    b = np.float32(v["float_bias"])
+    if not np.isfinite(b):
+        raise ValueError(f"float_bias must be finite, got {v['float_bias']!r}")
+    ats, mult = (float(a[0]) for a in fbgemm_multipliers(v["s_x"], v["s_w"], v["s_y"]))
+    ats32, m32 = np.float32(ats), np.float32(mult)
+    steps = [("act_times_w_scale", f"ats = float32(S_x S_w) = {ats!r}"),
+             ("multiplier", f"M = float32(ats / float32(S_y)) = {mult!r}")]
+    if fma:
+        rcp = np.float32(1.0 / np.float64(ats32))
+        raw = np.float32(fma_float32(np.float32(b), rcp, np.float32(acc)))
+        steps.append(("bias, fused", f"fma(b, float32(1 / ats), float32(acc)) = fma({float(b)!r}, {float(rcp)!r}, "
+                                     f"{acc}) = {float(raw)!r}  (one rounding: fbgemm's per-tensor path)"))
+    else:
+        bt = np.float32(b / ats32)
+        raw = np.float32(np.float32(acc) + bt)
+        steps.append(("bias, added", f"float32(acc) + float32(b / ats) = {acc} + {float(bt)!r} = {float(raw)!r}  "
+                                     "(fbgemm's per-channel path)"))
+    with np.errstate(over="ignore", invalid="ignore"):
+        prod = np.float32(raw * m32)
+    if np.isfinite(prod) and INT32_MIN <= float(np.rint(prod)) <= INT32_MAX:
+        scaled = int(np.rint(prod))
+        steps += [("float32 product", f"float32({float(raw)!r} * M) = {float(prod)!r}"),
+                  ("round", f"rint({float(prod)!r}) = {scaled}  (ties to even)")]
+    else:
+        scaled = INT32_MIN
+        steps += [("float32 product", f"float32({float(raw)!r} * M) = {float(prod)!r}"),
+                  ("round", f"outside int32: CVTPS2DQ gives INT32_MIN = {INT32_MIN}, so the code is the lower bound")]
+    before = scaled + z_y
+    code = min(max(before, qmin), qmax)
+    width = 2 if fma else 3  # one channel for the per-tensor (FMA) path; several for the per-channel path
+    s_w_arr = np.float32(v["s_w"]) if fma else np.full(width, np.float32(v["s_w"]))
+    lib = fbgemm_requantize(np.full((1, width if not fma else 1), acc, np.int64), np.float32(v["s_x"]), s_w_arr,
+                            np.float32(v["s_y"]), z_y, bias=np.full(1 if fma else width, b, np.float32),
+                            relu=qmin == z_y and qmin > 0)
+    lib_code = min(max(int(lib.reshape(-1)[0]), qmin), qmax)
+    if lib_code != code:
+        raise ExplainConsistencyError(
+            f"the trace gives code {code} but npquant.qnn.fbgemm.fbgemm_requantize gives {lib_code} for acc = {acc}, "
+            f"b = {float(b)!r}: a bug in npquant, please report it")
+    s_x32, s_w32, s_y32 = (float(np.float32(t)) for t in (v["s_x"], v["s_w"], v["s_y"]))
+    deq = s_y32 * (code - z_y)
+    ref = float(Fraction(s_x32) * Fraction(s_w32) * acc + Fraction(float(b)))
+    return Explanation(title=v["title"], mode=mode, x=v["x"], z_x=v["z_x"], w=v["w"], z_w=v["z_w"], acc=acc,
+                       folded=v["folded"], bias=0, s_x=s_x32, s_w=s_w32, s_y=s_y32, multiplier=float(mult),
+                       steps=steps, z_y=z_y, qmin=qmin, qmax=qmax, scaled=scaled, before_clamp=before, code=code,
+                       dequantized=deq, reference=ref, error_lsb=(deq - ref) / s_y32,
+                       accumulation=v["accumulation"], pairs=v["pairs"], exact_acc=v["exact_acc"],
+                       labels=v["labels"], float_bias=float(b))
 
 
 def _fixed_point_steps(total: int, m0: int, shift: int, mode: str, steps: list) -> int:
@@ -584,7 +662,8 @@ def _float_inputs(x_float, x_q, x_qp, w_float, w_q, w_qp, b_float, bias_q, chann
 
 def explain_linear(x_q, x_qp: QParams, w_q, w_qp: QParams, bias_q, y_qp: QParams, row: int, col: int,
                    *, mode: str = "tflite", qmin: int | None = None, qmax: int | None = None,
-                   accumulation: str = "exact", x_float=None, w_float=None, b_float=None) -> Explanation:
+                   accumulation: str = "exact", x_float=None, w_float=None, b_float=None,
+                   float_bias=None) -> Explanation:
     """Explain output ``[row, col]`` of an integer linear layer.
 
     Parameters
@@ -647,15 +726,39 @@ def explain_linear(x_q, x_qp: QParams, w_q, w_qp: QParams, bias_q, y_qp: QParams
     elif b_float is not None:
         raise ValueError("b_float needs x_float and w_float")
     acc_mode = resolve(accumulation, "linear")
+    fb, fma, act = _float_bias_args(float_bias, bias_q, floats, w_qp, y_qp, col, qmin, qmax, lo, hi)
     e = explain_dot(x[row], z_x, w[col], z_w, b, s_x, s_w, s_y, z_y, lo, hi, mode=mode,
-                    title=f"linear layer, output element [{row}, {col}]", accumulation=acc_mode, floats=floats)
+                    title=f"linear layer, output element [{row}, {col}]", accumulation=acc_mode, floats=floats,
+                    float_bias=fb, float_bias_fma=fma)
     xr = x[row:row + 1]
     lib_acc = int(linear_accumulate(xr, x_qp, w, w_qp, bias_q, overflow="wrap", accumulation=accumulation)[0, col])
-    act = None if (qmin is None and qmax is None) else (lo, hi)
     lib_code = int(qlinear(xr, x_qp, w, w_qp, bias_q, y_qp, mode=mode, activation=act, overflow="wrap",
-                           accumulation=accumulation)[0, col])
+                           accumulation=accumulation, float_bias=float_bias)[0, col])
     _check_layer(e, lib_acc, lib_code, "npquant.qnn.gemm.qlinear")
     return e
+
+
+def _float_bias_args(float_bias, bias_q, floats, w_qp: QParams, y_qp: QParams, channel: int, qmin, qmax, lo, hi):
+    """``(float bias of the channel or None, fbgemm's FMA path?, activation for the library layer)``."""
+    act = None if (qmin is None and qmax is None) else (lo, hi)
+    if float_bias is None:
+        return None, True, act
+    if bias_q is not None:
+        raise ValueError("give either bias_q (int32) or float_bias (fbgemm's float bias), not both")
+    if floats is not None:
+        raise ValueError("x_float and w_float (step 0) are traced with an int32 bias, not with float_bias")
+    fb = np.asarray(float_bias)
+    if fb.dtype.kind != "f" or fb.ndim != 1:
+        raise TypeError(f"float_bias must be a 1-D float array (one per output channel), got {fb.dtype} {fb.shape}")
+    if act is not None:  # fbgemm's fused forms: none, or relu (lower clamp Z_y)
+        z_y = int(y_qp.zero_point)
+        if (lo, hi) == (y_qp.spec.qmin, y_qp.spec.qmax):
+            act = None
+        elif (lo, hi) == (z_y, y_qp.spec.qmax):
+            act = "relu"
+        else:
+            raise ValueError(f"with float_bias the output range is fbgemm's, none or relu; got [{lo}, {hi}]")
+    return float(fb.reshape(-1)[channel]), np.asarray(w_qp.scale).size == 1, act
 
 
 def _check_layer(e: Explanation, lib_acc: int, lib_code: int, where: str) -> None:
@@ -668,7 +771,7 @@ def _check_layer(e: Explanation, lib_acc: int, lib_code: int, where: str) -> Non
 def explain_conv2d(x_q, x_qp: QParams, w_q, w_qp: QParams, bias_q, y_qp: QParams, index, *,
                    stride=1, padding=0, dilation=1, groups: int = 1, mode: str = "tflite",
                    qmin: int | None = None, qmax: int | None = None, accumulation: str = "exact",
-                   x_float=None, w_float=None, b_float=None) -> Explanation:
+                   x_float=None, w_float=None, b_float=None, float_bias=None) -> Explanation:
     """Explain output ``index = (n, o, i, j)`` of an integer conv2d: x NCHW codes, w OIHW.
 
     The receptive field is gathered explicitly, padding positions holding ``Z_x`` (so
@@ -767,15 +870,16 @@ def explain_conv2d(x_q, x_qp: QParams, w_q, w_qp: QParams, bias_q, y_qp: QParams
     b = 0 if bias_q is None else int(np.asarray(bias_q).reshape(-1)[o])
     lo = y_qp.spec.qmin if qmin is None else qmin
     hi = y_qp.spec.qmax if qmax is None else qmax
+    fb, fma, act = _float_bias_args(float_bias, bias_q, floats, w_qp, y_qp, o, qmin, qmax, lo, hi)
     e = explain_dot(order(patch).ravel(), z_x, order(wo).ravel(), z_w, b, s_x, s_w, s_y, z_y, lo, hi, mode=mode,
                     title=f"conv2d, output element (n={n}, o={o}, i={i}, j={j})", accumulation=acc_mode,
-                    floats=floats, labels=list(order(names).ravel()))
+                    floats=floats, labels=list(order(names).ravel()), float_bias=fb, float_bias_fma=fma)
     kw_conv = dict(stride=stride, padding=padding, dilation=dilation, groups=groups, overflow="wrap",
                    accumulation=accumulation)
     xn = x[n:n + 1]
     lib_acc = int(conv2d_accumulate(xn, x_qp, w, w_qp, bias_q, **kw_conv)[0, o, i, j])
-    act = None if (qmin is None and qmax is None) else (lo, hi)
-    lib_code = int(qconv2d(xn, x_qp, w, w_qp, bias_q, y_qp, mode=mode, activation=act, **kw_conv)[0, o, i, j])
+    lib_code = int(qconv2d(xn, x_qp, w, w_qp, bias_q, y_qp, mode=mode, activation=act, float_bias=float_bias,
+                           **kw_conv)[0, o, i, j])
     _check_layer(e, lib_acc, lib_code, "npquant.qnn.conv.qconv2d")
     return e
 
@@ -811,9 +915,14 @@ def explain_layer(model, inputs, layer, index) -> Explanation:
     ------
     ValueError
         ``layer`` names no layer, or one that is not an integer linear or conv layer, or
-        one with PyTorch fbgemm's float bias (its requantization is
-        :func:`npquant.qnn.fbgemm.fbgemm_requantize`, which the trace does not follow), or
         ``index`` is outside the output.
+
+    Notes
+    -----
+    A layer with PyTorch fbgemm's float bias (from :func:`npquant.convert.from_pytorch_ptq`
+    or :func:`npquant.importers.from_torch_quantized`) is traced through fbgemm's
+    requantization (:mod:`npquant.qnn.fbgemm`): the float bias added to ``float32(acc)``, by
+    a fused multiply-add for per-tensor weights.
     """
     from .convert import IntegerModel
     from .qnn import layers as ql
@@ -846,13 +955,10 @@ def explain_layer(model, inputs, layer, index) -> Explanation:
         x, obj, what = np.asarray(env[node.inputs[0]]), model.layer(layer), f"node {layer!r} ({node.op})"
     if not isinstance(obj, (ql.QLinear, ql.QConv2d)):
         raise ValueError(f"{what} is a {type(obj).__name__}: explain traces integer linear and conv layers")
-    if obj.float_bias is not None:
-        raise ValueError(f"{what} has PyTorch fbgemm's float bias, whose requantization "
-                         "(npquant.qnn.fbgemm.fbgemm_requantize) the trace does not follow; explain traces "
-                         "layers with an int32 bias")
     index = tuple(int(i) for i in index)
     lo, hi = (int(v) for v in obj.out_range)
-    common = dict(mode=obj.mode, qmin=lo, qmax=hi, accumulation=obj.accumulation)
+    common = dict(mode=obj.mode, qmin=lo, qmax=hi, accumulation=obj.accumulation, float_bias=obj.float_bias)
+    bias_q = None if obj.float_bias is not None else obj.bias_q  # (a float-bias layer holds zeros there)
     if isinstance(obj, ql.QLinear):
         if len(index) != 2:
             raise ValueError(f"index of a linear layer is (row, col), got {index}")
@@ -860,11 +966,11 @@ def explain_layer(model, inputs, layer, index) -> Explanation:
         rows, cols = x2.shape[0], obj.out_features
         if not (0 <= index[0] < rows and 0 <= index[1] < cols):
             raise ValueError(f"index {index} is outside the output ({rows}, {cols})")
-        return explain_linear(x2, obj.x_qp, obj.w_q, obj.w_qp, obj.bias_q, obj.y_qp, index[0], index[1], **common)
+        return explain_linear(x2, obj.x_qp, obj.w_q, obj.w_qp, bias_q, obj.y_qp, index[0], index[1], **common)
     if len(index) != 4:
         raise ValueError(f"index of a conv layer is (n, o, i, j), got {index}")
     g = obj.geometry
-    return explain_conv2d(x, obj.x_qp, obj.w_q, obj.w_qp, obj.bias_q, obj.y_qp, index, stride=g.stride,
+    return explain_conv2d(x, obj.x_qp, obj.w_q, obj.w_qp, bias_q, obj.y_qp, index, stride=g.stride,
                           padding=g.padding, dilation=g.dilation, groups=g.groups, **common)
 
 

@@ -426,8 +426,6 @@ def test_explain_layer_of_a_graph_node():
 
 
 def test_explain_layer_errors(cnn_int):
-    from npquant.convert import from_pytorch_ptq
-    from npquant.demo import default_models_dir
     from npquant.explain import explain_layer
 
     q, x = cnn_int
@@ -446,9 +444,6 @@ def test_explain_layer_errors(cnn_int):
         explain_layer(g, xg, "nope", (0, 0))
     with pytest.raises(ValueError, match=r"node 'pool' \(qmaxpool2d\) is a"):
         explain_layer(g, xg, "pool", (0, 0, 0, 0))
-    ptq = from_pytorch_ptq(default_models_dir() / "mlp_ptq.npz")
-    with pytest.raises(ValueError, match="float bias"):
-        explain_layer(ptq, np.zeros((1, 64), np.uint8), 0, (0, 0))
     with pytest.raises(TypeError, match="IntegerModel or a Graph"):
         explain_layer(object(), x, 0, (0, 0))
 
@@ -476,5 +471,58 @@ def test_explain_command_on_a_model_file(capsys, tmp_path):
         with pytest.raises(SystemExit) as ex:
             main(["explain", *argv])
         assert ex.value.code == 2 and msg in capsys.readouterr().err
-    assert main(["explain", str(default_models_dir() / "mlp_ptq.npz"), "--layer", "0", "--index", "0,0"]) == 1
-    assert "float bias" in capsys.readouterr().err
+    assert main(["explain", str(default_models_dir() / "mlp_ptq.npz"), "--layer", "2", "--index", "0,4"]) == 0
+    assert "3. bias: PyTorch's float bias b = " in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", ["mlp", "cnn"])
+def test_explain_layer_of_pytorch_ptq_models_with_float_bias(name):
+    from npquant.convert import from_pytorch_ptq
+    from npquant.demo import default_models_dir
+    from npquant.explain import explain_layer
+    from npquant.qnn import layers as ql
+
+    path = default_models_dir() / f"{name}_ptq.npz"
+    q = from_pytorch_ptq(path)
+    x = np.load(path)["input_int"][:2]
+    h = x
+    rng = np.random.default_rng(1)
+    for pos, layer in enumerate(q.layers):
+        y = layer(h)
+        if isinstance(layer, (ql.QLinear, ql.QConv2d)):
+            assert layer.float_bias is not None
+            for _ in range(12):
+                idx = tuple(int(rng.integers(0, d)) for d in y.shape)
+                e = explain_layer(q, x, pos, idx)
+                assert e.code == int(y[idx]) and e.float_bias is not None and e.bias == 0
+        h = y
+
+
+@pytest.mark.parametrize("per_channel", [False, True], ids=["per_tensor_fma", "per_channel_add"])
+def test_float_bias_trace_equals_fbgemm_requantize_on_every_output(per_channel):
+    """Both of fbgemm's bias paths (an FMA for per-tensor weights, an add per channel), on
+    every output of a small layer whose values sit near rounding ties."""
+    from npquant.qnn import QLinear
+
+    rng = np.random.default_rng(4)
+    x_qp = QParams(np.float32(0.05), 131, QuantSpec(signed=False))
+    y_qp = QParams(np.float32(0.21), 17, QuantSpec(signed=False))
+    w = rng.integers(-127, 128, (6, 9)).astype(np.int8)
+    scale = np.float32(0.013) if not per_channel else rng.uniform(0.005, 0.02, 6).astype(np.float32)
+    w_qp = QParams(scale, 0 if not per_channel else np.zeros(6, np.int32),
+                   QuantSpec(symmetric=True, axis=0 if per_channel else None))
+    fb = (rng.normal(size=6) * 0.7).astype(np.float32)
+    xq = rng.integers(0, 256, (40, 9)).astype(np.uint8)
+    for act in (None, "relu"):
+        layer = QLinear(w, w_qp, None, x_qp, y_qp, mode="fp32", float_bias=fb, activation=act)
+        y = layer(xq)
+        lo, hi = (int(v) for v in layer.out_range)
+        for r in range(xq.shape[0]):
+            for c in range(6):
+                e = explain_linear(xq, x_qp, w, w_qp, None, y_qp, r, c, mode="fp32", qmin=lo, qmax=hi, float_bias=fb)
+                assert e.code == int(y[r, c])
+                assert ("bias, fused" if not per_channel else "bias, added") in e.format()
+    with pytest.raises(ValueError, match="not both"):
+        explain_linear(xq, x_qp, w, w_qp, np.zeros(6, np.int32), y_qp, 0, 0, mode="fp32", float_bias=fb)
+    with pytest.raises(ValueError, match="mode='fp32'"):
+        explain_linear(xq, x_qp, w, w_qp, None, y_qp, 0, 0, mode="tflite", float_bias=fb)
