@@ -692,6 +692,10 @@ def explain_linear(x_q, x_qp: QParams, w_q, w_qp: QParams, bias_q, y_qp: QParams
     x_float, w_float, b_float : float arrays of the shapes of ``x_q``, ``w_q``, ``bias_q``, optional
         The floats the codes were made from (they must quantize to them): adds step 0
         (how each value became its code) and the error against the float layer.
+    float_bias : float array (out,), optional
+        PyTorch fbgemm's float bias, instead of ``bias_q`` (``mode="fp32"``; the output
+        range none or ReLU): the requantization traced is fbgemm's
+        (:func:`npquant.qnn.fbgemm.fbgemm_requantize`).
 
     Returns
     -------
@@ -807,6 +811,8 @@ def explain_conv2d(x_q, x_qp: QParams, w_q, w_qp: QParams, bias_q, y_qp: QParams
     accumulation : str, default ``"exact"``
         As in :func:`npquant.qnn.conv.conv2d_accumulate`.
     x_float, w_float, b_float : float arrays of the shapes of ``x_q``, ``w_q``, ``bias_q``, optional
+        As in :func:`explain_linear`.
+    float_bias : float array (out,), optional
         As in :func:`explain_linear`.
 
     Returns
