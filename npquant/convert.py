@@ -7,6 +7,9 @@
   a linear or conv layer is fused into its output clamp. The model runs from integer
   input codes to integer logit codes with no float arithmetic in between, under any
   requantization mode.
+* :func:`quantize_graph` does the same for a float :class:`~npquant.graph.Graph` (residual
+  adds, concatenations, tensors read several times): an integer graph of ``qconv2d``,
+  ``qlinear``, ``qadd``, ``qconcat``, ... with the float graph's tensor names.
 * :func:`dynamic_quantize`: int8 weights, activations quantized per batch at run time
   (min-max of each batch), float output of every layer (PyTorch's dynamic quantization).
 * :func:`weight_only_quantize`: weights quantized to ``bits`` (per channel or per group)
@@ -185,6 +188,40 @@ def _given_qparams(qparams, layers) -> dict:
     return dict(qparams)
 
 
+def _check_ptq(mode, accumulation, observer, weight_bits, batch_size, bias_method) -> tuple[int, int, str]:
+    """The arguments shared by :func:`quantize_model` and :func:`quantize_graph`, checked:
+    ``(weight_bits, batch_size, bias_method)`` with the bias method picked by ``mode``."""
+    check_choice(mode, "mode", REQUANT_MODES)
+    check_accumulation(accumulation)
+    check_choice(observer, "observer", tuple(OBSERVERS))
+    weight_bits = check_int(weight_bits, "weight_bits", lo=2, hi=8)
+    batch_size = check_int(batch_size, "batch_size", lo=1)
+    if bias_method is None:
+        bias_method = "tflite" if mode.startswith("tflite") else "onnxruntime"
+    return weight_bits, batch_size, bias_method
+
+
+def _quantize_params(weight, bias, x_qp: QParams, w_qp: QParams | None, w_spec: QuantSpec, bias_method: str):
+    """Weight codes, their QParams (fitted with ``w_spec`` unless given) and the int32 bias
+    at ``S_x S_w`` (None without a bias) of a linear/conv layer."""
+    if w_qp is None:
+        w_qp = fit_qparams(weight, w_spec)
+    w_q = quantize(weight, w_qp)
+    b_q = None
+    if bias is not None:
+        sw = np.broadcast_to(np.asarray(w_qp.scale, np.float32), (weight.shape[0],))
+        b_q = quantize_bias(bias, np.float32(x_qp.scale), sw, method=bias_method)
+    return w_q, w_qp, b_q
+
+
+def _avgpool_mode(layer: nn.AvgPool2d, mode: str) -> tuple[str, bool]:
+    """``(mode, count_include_pad)`` of the integer average pool of ``layer``."""
+    # Padding counted in the divisor (PyTorch's default) is not a TFLite option: such a
+    # pool rounds as PyTorch's quantized avg_pool2d does, whatever the requantization mode.
+    include_pad = bool(layer.count_include_pad and any(layer.padding))
+    return ("tflite" if mode.startswith("tflite") and not include_pad else "torch"), include_pad
+
+
 def quantize_model(model: nn.Sequential, calib_x, *, mode: str = "tflite", observer: str = "minmax",
                    per_channel: bool = True, weight_bits: int = 8, activation_signed: bool = False,
                    batch_size: int = 256, bias_method: str | None = None,
@@ -246,13 +283,8 @@ def quantize_model(model: nn.Sequential, calib_x, *, mode: str = "tflite", obser
     IntegerModel
         The integer model with its input and output qparams.
     """
-    check_choice(mode, "mode", REQUANT_MODES)
-    check_accumulation(accumulation)
-    check_choice(observer, "observer", tuple(OBSERVERS))
-    weight_bits = check_int(weight_bits, "weight_bits", lo=2, hi=8)
-    batch_size = check_int(batch_size, "batch_size", lo=1)
-    if bias_method is None:
-        bias_method = "tflite" if mode.startswith("tflite") else "onnxruntime"
+    weight_bits, batch_size, bias_method = _check_ptq(mode, accumulation, observer, weight_bits, batch_size,
+                                                      bias_method)
     layers = list(fold_batchnorm(model))
     given = _given_qparams(qparams, layers)
     act_spec = QuantSpec(bits=8, signed=bool(activation_signed))
@@ -281,14 +313,8 @@ def quantize_model(model: nn.Sequential, calib_x, *, mode: str = "tflite", obser
         if isinstance(layer, (nn.Linear, nn.Conv2d)):
             act = _next_activation(layers, i)
             y_qp = given[layer.name] if layer.name in given else points[i].qparams()
-            w_qp = given.get(f"{layer.name}.weight")
-            if w_qp is None:
-                w_qp = fit_qparams(layer.weight, w_spec)
-            w_q = quantize(layer.weight, w_qp)
-            b_q = None
-            if layer.bias is not None:
-                sw = np.broadcast_to(np.asarray(w_qp.scale, np.float32), (layer.weight.shape[0],))
-                b_q = quantize_bias(layer.bias, np.float32(x_qp.scale), sw, method=bias_method)
+            w_q, w_qp, b_q = _quantize_params(layer.weight, layer.bias, x_qp, given.get(f"{layer.name}.weight"),
+                                              w_spec, bias_method)
             if isinstance(layer, nn.Linear):
                 qlayers.append(ql.QLinear(w_q, w_qp, b_q, x_qp, y_qp, mode=mode, activation=act,
                                           accumulation=accumulation))
@@ -302,11 +328,8 @@ def quantize_model(model: nn.Sequential, calib_x, *, mode: str = "tflite", obser
         if isinstance(layer, nn.MaxPool2d):
             qlayers.append(ql.MaxPool2d(layer.kernel_size, layer.stride, layer.padding))
         elif isinstance(layer, nn.AvgPool2d):
-            # Padding counted in the divisor (PyTorch's default) is not a TFLite option: such a
-            # pool rounds as PyTorch's quantized avg_pool2d does, whatever the requantization mode.
-            include_pad = layer.count_include_pad and any(layer.padding)
-            qlayers.append(ql.AvgPool2d(layer.kernel_size, layer.stride, layer.padding,
-                                        mode="tflite" if mode.startswith("tflite") and not include_pad else "torch",
+            pool_mode, include_pad = _avgpool_mode(layer, mode)
+            qlayers.append(ql.AvgPool2d(layer.kernel_size, layer.stride, layer.padding, mode=pool_mode,
                                         zero_point=int(x_qp.zero_point), count_include_pad=include_pad))
         elif isinstance(layer, nn.Flatten):
             qlayers.append(ql.Flatten())
@@ -316,6 +339,241 @@ def quantize_model(model: nn.Sequential, calib_x, *, mode: str = "tflite", obser
             raise ValueError(f"cannot quantize layer {i} of type {type(layer).__name__}")
         i += 1
     return IntegerModel(input_qp=input_qp, layers=qlayers, output_qp=x_qp, mode=mode)
+
+
+#: ``mode`` of :func:`quantize_graph` -> the ``mode`` of its ``qadd`` nodes.
+GRAPH_ADD_MODES = {"tflite": "tflite", "tflite_single": "tflite_single", "fp32": "torch", "onnx": "onnxruntime"}
+_GRAPH_OPS = ("linear", "conv2d", "relu", "relu6", "maxpool2d", "avgpool2d", "flatten", "reshape", "add", "concat")
+
+
+def _calib_feeds(graph, calib_inputs) -> dict:
+    """``calib_inputs`` as ``{input name: float32 array}`` with one batch size."""
+    if isinstance(calib_inputs, dict):
+        names = [k for k in calib_inputs if k not in graph.inputs]
+        if names:
+            raise ValueError(f"calib_inputs has {names[0]!r}, which is not a graph input ({list(graph.inputs)})")
+        missing = [k for k in graph.inputs if k not in calib_inputs]
+        if missing:
+            raise ValueError(f"calib_inputs is missing the graph input {missing[0]!r}")
+        values = [calib_inputs[k] for k in graph.inputs]
+    elif isinstance(calib_inputs, (list, tuple)):
+        if len(calib_inputs) != len(graph.inputs):
+            raise ValueError(f"calib_inputs must hold {len(graph.inputs)} array(s), one per graph input "
+                             f"{list(graph.inputs)}, got {len(calib_inputs)}")
+        values = list(calib_inputs)
+    elif len(graph.inputs) == 1:
+        values = [calib_inputs]
+    else:
+        raise ValueError(f"the graph takes {len(graph.inputs)} inputs {list(graph.inputs)}: calib_inputs must be "
+                         "a list or a dict of arrays")
+    feeds = {k: as_float_array(v, f"calib_inputs[{k!r}]") for k, v in zip(graph.inputs, values)}
+    sizes = {v.shape[0] if v.ndim else None for v in feeds.values()}
+    if None in sizes or len(sizes) != 1:
+        raise ValueError(f"calib_inputs must be arrays with one batch size along axis 0, got shapes "
+                         f"{[v.shape for v in feeds.values()]}")
+    return feeds
+
+
+def quantize_graph(graph, calib_inputs, *, mode: str = "tflite", observer: str = "minmax",
+                   per_channel: bool = True, weight_bits: int = 8, act_dtype: str = "uint8",
+                   accumulation: str = "exact", bias_method: str | None = None, batch_size: int = 256,
+                   name: str | None = None):
+    """Post-training static quantization of a float :class:`~npquant.graph.Graph`.
+
+    The graph counterpart of :func:`quantize_model`, with its conventions for weights,
+    biases, activations, observers and pools; on a chain the two give the same codes.
+    Batch norms are folded (:func:`npquant.graph.fold_batchnorm`); the float graph runs on
+    ``calib_inputs`` (``keep_intermediates=True``, in batches of ``batch_size``) and an
+    observer records every tensor that gets its own qparams: each graph input, and the
+    output of each linear, conv, add and concat. The nodes become:
+
+    * ``linear`` / ``conv2d`` -> ``qlinear`` / ``qconv2d``. A ``relu`` or ``relu6`` that is
+      the only reader of the layer's output (which is not a graph output) is fused into
+      the layer's output clamp; the fused node keeps the layer's name and writes the
+      activation's output tensor, and the observer sees the activated values.
+    * ``add`` -> ``qadd`` with its own output qparams, in the add of the stack that
+      ``mode`` names (:data:`GRAPH_ADD_MODES`): TFLite's ADD for ``"tflite"`` and
+      ``"tflite_single"``, PyTorch's quantized add for ``"fp32"`` (uint8 activations only),
+      onnxruntime's QLinearAdd for ``"onnx"``.
+    * ``concat`` -> ``qconcat`` (``qlinear_concat`` in mode ``"onnx"``): the output has the
+      qparams of its observed range and each input is requantized to them (an input that
+      already has them is copied). TFLite's converter instead gives all inputs one shared
+      scale; that convention is not applied here.
+    * ``maxpool2d``, ``flatten``, ``reshape`` and a standalone ``relu`` / ``relu6``
+      (``qrelu``, TFLite's clamp) work on codes and keep the qparams of their input;
+      ``avgpool2d`` -> ``qavgpool2d`` keeps them too and rounds as in :func:`quantize_model`.
+    * A ``quantize`` node (``method="divide"``) after each graph input ``x`` writes its
+      codes ``x + "_q"``; a ``dequantize`` node before each graph output ``y`` reads codes
+      ``y + "_q"`` and writes ``y`` in float32. Every other tensor keeps its name, so the
+      intermediates of the float and the integer graph compare by name
+      (``graph.qparams[name]`` dequantizes them).
+
+    Parameters
+    ----------
+    graph : npquant.graph.Graph
+        A float graph (all ops float) of the ops above and ``batchnorm2d`` after a conv.
+    calib_inputs : array, list of arrays or dict of name to array
+        Calibration data: one float array (N, ...) per graph input, as ``graph.run`` takes them.
+    mode : str, default ``"tflite"``
+        Requantization of every linear/conv layer, one of
+        :data:`npquant.fixedpoint.REQUANT_MODES`; it also picks the add (above).
+    observer : str, default ``"minmax"``
+        ``"minmax"``, ``"moving_average"``, ``"percentile"``, ``"mse"`` or ``"entropy"``.
+    per_channel : bool, default True
+        Weight scales per output channel, else per tensor.
+    weight_bits : int, default 8
+        Bits of the weight codes (signed symmetric narrow range), 2..8.
+    act_dtype : str, default ``"uint8"``
+        ``"uint8"`` or ``"int8"`` activation codes (8-bit asymmetric).
+    accumulation : str, default ``"exact"``
+        The accumulation of every linear and conv layer (:mod:`npquant.qnn.accumulation`).
+    bias_method : str or None, default None
+        ``"tflite"`` or ``"onnxruntime"`` (:func:`npquant.qnn.gemm.quantize_bias`); ``None``
+        picks TFLite's for the ``tflite*`` modes, onnxruntime's otherwise.
+    batch_size : int, default 256
+        Calibration batch size, >= 1.
+    name : str or None, default None
+        The integer graph's name (default: the float graph's).
+
+    Returns
+    -------
+    npquant.graph.Graph
+        The integer graph: float inputs and outputs under the float graph's names, integer
+        codes in between.
+
+    Raises
+    ------
+    ValueError
+        An argument out of its choices, a graph that is not float, or a node that cannot be
+        quantized (an op not listed above, a batch norm that does not fold, a graph output
+        that is a graph input, a PyTorch add on int8 codes); the message names the node.
+    """
+    from . import graph as _graph
+
+    weight_bits, batch_size, bias_method = _check_ptq(mode, accumulation, observer, weight_bits, batch_size,
+                                                      bias_method)
+    check_bool(per_channel, "per_channel")
+    act_dtype = check_choice(act_dtype, "act_dtype", ("uint8", "int8"))
+    if not isinstance(graph, _graph.Graph):
+        raise TypeError(f"graph must be an npquant.graph.Graph, got {type(graph).__name__}")
+    if graph.kind != "float" or graph.input_qparams:
+        raise ValueError(f"graph must be a float graph (float ops and inputs), got kind {graph.kind!r}")
+    name = graph.name if name is None else name
+    g = _graph.fold_batchnorm(graph)
+    for n in g.nodes:
+        if n.op == "batchnorm2d":
+            raise ValueError(f"node {n.name!r} (batchnorm2d) cannot be quantized: it does not fold into a conv "
+                             "(its input is not the output of a conv2d read by it alone)")
+        if n.op not in _GRAPH_OPS:
+            raise ValueError(f"node {n.name!r} ({n.op}) cannot be quantized; quantize_graph takes the ops "
+                             f"{', '.join(_GRAPH_OPS)} (and batchnorm2d after a conv2d)")
+        if mode == "fp32" and n.op == "add" and act_dtype == "int8":
+            raise ValueError(f"node {n.name!r} (add): mode='fp32' quantizes adds as PyTorch's quint8 add, "
+                             "which needs act_dtype='uint8'")
+    for t in g.outputs:
+        if t in g.inputs:
+            raise ValueError(f"graph output {t!r} is a graph input; quantize_graph needs a node before each output")
+    readers = {}
+    for n in g.nodes:
+        for t in n.inputs:
+            readers.setdefault(t, []).append(n)
+    fused = {}  # linear/conv node name -> the relu/relu6 node fused into it
+    for n in g.nodes:
+        if n.op in ("linear", "conv2d"):
+            t = n.outputs[0]
+            r = readers.get(t, [])
+            if len(r) == 1 and r[0].op in ("relu", "relu6") and t not in g.outputs:
+                fused[n.name] = r[0]
+    absorbed = {r.name for r in fused.values()}
+
+    # calibration: each graph input and the (activated) output of each linear/conv/add/concat
+    act_spec = QuantSpec(bits=8, signed=act_dtype == "int8")
+    observed = list(g.inputs)
+    for n in g.nodes:
+        if n.op in ("linear", "conv2d", "add", "concat"):
+            observed.append(fused[n.name].outputs[0] if n.name in fused else n.outputs[0])
+    points = {t: OBSERVERS[observer](act_spec) for t in observed}
+    feeds = _calib_feeds(g, calib_inputs)
+    total = next(iter(feeds.values())).shape[0]
+    for start in range(0, total, batch_size):
+        env = g.run({k: v[start:start + batch_size] for k, v in feeds.items()}, keep_intermediates=True)
+        for t, o in points.items():
+            o.update(env[t])
+
+    # the integer graph
+    taken = set(g.tensors)
+    node_names = {n.name for n in g.nodes}
+
+    def fresh(base, used):
+        out, k = base, 1
+        while out in used:
+            k += 1
+            out = f"{base}_{k}"
+        used.add(out)
+        return out
+
+    codes = {t: t for t in g.tensors}  # float tensor -> its codes' tensor
+    for t in (*g.inputs, *g.outputs):
+        codes[t] = fresh(f"{t}_q", taken)
+    qps, nodes = {}, []
+    for t in g.inputs:
+        qps[codes[t]] = points[t].qparams()
+        nodes.append(_graph.Node(fresh(f"quantize_{t}", node_names), "quantize", [t], [codes[t]],
+                                 {"output": qps[codes[t]], "method": "divide"}))
+    w_spec = QuantSpec(bits=weight_bits, symmetric=True, narrow_range=True, axis=0 if per_channel else None)
+    for n in g.nodes:
+        if n.name in absorbed:
+            continue
+        ins = [codes[t] for t in n.inputs]
+        in_qps = [qps[t] for t in ins]
+        out_t = fused[n.name].outputs[0] if n.name in fused else n.outputs[0]
+        out = codes[out_t]
+        if n.op in ("linear", "conv2d"):
+            layer = g.layer(n.name)
+            y_qp = points[out_t].qparams()
+            w_q, w_qp, b_q = _quantize_params(layer.weight, layer.bias, in_qps[0], None, w_spec, bias_method)
+            params = {"weight": w_q, "weight_scale": np.asarray(w_qp.scale, np.float32),
+                      "weight_zero_point": np.asarray(w_qp.zero_point)}
+            if b_q is not None:
+                params["bias_q"] = b_q
+            attrs = {"output": y_qp, "mode": mode, "activation": fused[n.name].op if n.name in fused else None,
+                     "accumulation": accumulation, "weight_spec": w_spec}
+            if n.op == "conv2d":
+                attrs.update(stride=list(layer.stride), padding=list(layer.padding),
+                             dilation=list(layer.dilation), groups=layer.groups)
+            node = _graph.Node(n.name, "q" + n.op, ins, [out], attrs, params)
+        elif n.op == "add":
+            y_qp = points[out_t].qparams()
+            node = _graph.Node(n.name, "qadd", ins, [out], {"output": y_qp, "mode": GRAPH_ADD_MODES[mode]})
+        elif n.op == "concat":
+            y_qp = points[out_t].qparams()
+            op, cat_mode = ("qlinear_concat", "onnxruntime") if mode == "onnx" else ("qconcat", "torch")
+            node = _graph.Node(n.name, op, ins, [out], {"output": y_qp, "axis": n.attrs.get("axis", 1),
+                                                        "mode": cat_mode})
+        else:
+            y_qp = in_qps[0]
+            if n.op in ("relu", "relu6"):
+                node = _graph.Node(n.name, "qrelu", ins, [out], {"activation": n.op})
+            elif n.op == "maxpool2d":
+                layer = g.layer(n.name)
+                node = _graph.Node(n.name, "qmaxpool2d", ins, [out], {
+                    "kernel_size": list(layer.kernel_size), "stride": list(layer.stride),
+                    "padding": list(layer.padding)})
+            elif n.op == "avgpool2d":
+                layer = g.layer(n.name)
+                pool_mode, include_pad = _avgpool_mode(layer, mode)
+                node = _graph.Node(n.name, "qavgpool2d", ins, [out], {
+                    "kernel_size": list(layer.kernel_size), "stride": list(layer.stride),
+                    "padding": list(layer.padding), "mode": pool_mode, "count_include_pad": include_pad})
+            elif n.op == "flatten":
+                node = _graph.Node(n.name, "qflatten", ins, [out])
+            else:  # reshape
+                node = _graph.Node(n.name, "qreshape", ins, [out], {"shape": n.attrs["shape"]})
+        qps[out] = y_qp
+        nodes.append(node)
+    for t in g.outputs:
+        nodes.append(_graph.Node(fresh(f"dequantize_{t}", node_names), "dequantize", [codes[t]], [t]))
+    return _graph.Graph(nodes, g.inputs, g.outputs, name=name)
 
 
 class _DynamicLayer:
