@@ -342,10 +342,11 @@ def _add_explain(sub) -> None:
                         "quantized with")
     p.add_argument("--layer", default=None, metavar="LAYER",
                    help="without MODEL: the built-in example, linear (default) or conv; with MODEL: a graph's "
-                        "node name (a qlinear or qconv2d node) or the position of a layer of an integer model")
+                        "node name or the position of a layer of an integer model (a linear or conv layer is "
+                        "traced step by step; pooling, add, concat, clamps and reshapes element by element)")
     p.add_argument("--index", default=None, metavar="I,J[,K,L]",
-                   help="with MODEL: the output element, row,col of a linear layer (leading axes flattened) or "
-                        "n,o,i,j of a conv layer's NCHW output")
+                   help="with MODEL: the output element, row,col of a linear layer (leading axes flattened), "
+                        "n,o,i,j of a conv layer's NCHW output, the full index of another layer's output")
     p.add_argument("--input", default=None, metavar="X",
                    help="with MODEL: the input (.npy, batch first; float values or codes); default: the file's "
                         "test inputs, or seeded random codes for a graph")

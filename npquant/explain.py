@@ -891,12 +891,15 @@ def explain_conv2d(x_q, x_qp: QParams, w_q, w_qp: QParams, bias_q, y_qp: QParams
 
 
 def explain_layer(model, inputs, layer, index) -> Explanation:
-    """Explain one output element of a linear or conv layer inside an integer model.
+    """Explain one output element of any integer layer inside an integer model.
 
-    The model runs on ``inputs`` up to ``layer``; the layer's input codes, weights, bias,
-    qparams, requantization ``mode``, fused clamp and ``accumulation`` then go to
-    :func:`explain_linear` or :func:`explain_conv2d`, which check the traced code against
-    the layer itself.
+    The model runs on ``inputs`` up to ``layer``. For a linear or conv layer, the layer's
+    input codes, weights, bias, qparams, requantization ``mode``, fused clamp and
+    ``accumulation`` then go to :func:`explain_linear` or :func:`explain_conv2d`, which check
+    the traced code against the layer itself. Any other integer layer (pooling, add,
+    concat, a clamp, a reshape, quantize and dequantize) is traced by :func:`trace_element`:
+    the input elements the output element is made of, the float result of the operation
+    on their real values, and the layer's output code with its error.
 
     Parameters
     ----------
@@ -906,22 +909,23 @@ def explain_layer(model, inputs, layer, index) -> Explanation:
     inputs : array_like, or a dict or list of arrays for a graph with several inputs
         Float inputs (quantized by the model's input qparams) or input codes, batch first.
     layer : int or str
-        A graph's node name (a ``qlinear`` or ``qconv2d`` node), or the position of the layer
-        in ``model.layers`` of an :class:`~npquant.convert.IntegerModel`.
+        A graph's node name, or the position of the layer in ``model.layers`` of an
+        :class:`~npquant.convert.IntegerModel`.
     index : tuple of int
         The output element: ``(row, col)`` of a linear layer's output (its leading axes
-        flattened into rows), ``(n, o, i, j)`` of a conv layer's NCHW output.
+        flattened into rows), ``(n, o, i, j)`` of a conv layer's NCHW output, the full index
+        of any other layer's output.
 
     Returns
     -------
-    Explanation
+    Explanation or ElementTrace
         The steps; ``str()`` prints them.
 
     Raises
     ------
     ValueError
-        ``layer`` names no layer, or one that is not an integer linear or conv layer, or
-        ``index`` is outside the output.
+        ``layer`` names no layer, or a float node, or an op explain does not trace (a
+        graph's ``qpad``, ``qmean``, global pooling), or ``index`` is outside the output.
 
     Notes
     -----
@@ -953,14 +957,27 @@ def explain_layer(model, inputs, layer, index) -> Explanation:
         if not isinstance(model, Graph):
             raise TypeError(f"model must be an IntegerModel or a Graph, got {type(model).__name__}")
         if not isinstance(layer, str) or layer not in {n.name for n in model.nodes}:
-            names = [n.name for n in model.nodes if n.op in ("qlinear", "qconv2d")]
-            raise ValueError(f"layer must name a node of graph {model.name!r}; its linear and conv nodes: {names}, "
-                             f"got {layer!r}")
+            names = [n.name for n in model.nodes]
+            raise ValueError(f"layer must name a node of graph {model.name!r} ({names}), got {layer!r}")
         node = model.node(layer)
         env = model.run(inputs, keep_intermediates=True)
         x, obj, what = np.asarray(env[node.inputs[0]]), model.layer(layer), f"node {layer!r} ({node.op})"
     if not isinstance(obj, (ql.QLinear, ql.QConv2d)):
-        raise ValueError(f"{what} is a {type(obj).__name__}: explain traces integer linear and conv layers")
+        index = tuple(int(i) for i in index)
+        if isinstance(model, IntegerModel):
+            op, attrs = _layer_op(obj, what)
+            qp_in = model.input_qp
+            for lyr in model.layers[:pos]:
+                qp_in = getattr(lyr, "y_qp", qp_in)
+            y = np.asarray(obj(x))
+            return trace_element(op, attrs, [x], [qp_in], y, getattr(obj, "y_qp", qp_in), index, name=what)
+        from .graph import OPS
+
+        if not OPS[node.op].startswith("[int]") and node.op not in ("quantize", "dequantize", "quantize_tflite"):
+            raise ValueError(f"{what} is a float op: explain traces the integer nodes of a graph")
+        return trace_element(node.op, dict(node.attrs), [np.asarray(env[t]) for t in node.inputs],
+                             [model.qparams.get(t) for t in node.inputs], np.asarray(env[node.outputs[0]]),
+                             model.qparams.get(node.outputs[0]), index, name=what)
     index = tuple(int(i) for i in index)
     lo, hi = (int(v) for v in obj.out_range)
     common = dict(mode=obj.mode, qmin=lo, qmax=hi, accumulation=obj.accumulation, float_bias=obj.float_bias)
@@ -978,6 +995,205 @@ def explain_layer(model, inputs, layer, index) -> Explanation:
     g = obj.geometry
     return explain_conv2d(x, obj.x_qp, obj.w_q, obj.w_qp, bias_q, obj.y_qp, index, stride=g.stride,
                           padding=g.padding, dilation=g.dilation, groups=g.groups, **common)
+
+
+def _layer_op(obj, what: str) -> tuple[str, dict]:
+    """The graph op name and attributes of an IntegerModel layer without an accumulator."""
+    from .qnn import layers as ql
+
+    if isinstance(obj, ql.MaxPool2d):
+        return "qmaxpool2d", {"kernel_size": obj.kernel_size, "stride": obj.stride, "padding": obj.padding}
+    if isinstance(obj, ql.AvgPool2d):
+        return "qavgpool2d", {"kernel_size": obj.kernel_size, "stride": obj.stride, "padding": obj.padding,
+                              "count_include_pad": obj.count_include_pad, "mode": obj.mode}
+    if isinstance(obj, ql.Flatten):
+        return "qflatten", {}
+    if isinstance(obj, ql.QReLU):
+        return "qrelu", {"activation": obj.activation}
+    raise ValueError(f"{what} is a {type(obj).__name__}, which explain does not trace")
+
+
+@dataclass
+class ElementTrace:
+    """One output element of a layer without an accumulator (pooling, add, concat, a clamp,
+    a reshape, a quantize or dequantize step): the input elements it is made of, their codes
+    and real values, the float result of the layer's operation on those real values, and the
+    output code with its error against that float result. ``str()`` formats it."""
+
+    title: str
+    rule: str
+    inputs: list  # (tensor label, index, code or float, QParams or None, real value)
+    float_result: float
+    code: int | float
+    out_qp: QParams | None
+    note: str = ""
+
+    def format(self, all_terms: bool = False) -> str:
+        """The trace as text (``all_terms`` is accepted for symmetry with :class:`Explanation`).
+
+        Parameters
+        ----------
+        all_terms : bool, default False
+            Ignored: every input element is listed.
+
+        Returns
+        -------
+        str
+        """
+        check_bool(all_terms, "all_terms")
+        lines = [self.title, f"  {self.rule}", "", f"1. the input elements ({len(self.inputs)})"]
+        rows = []
+        for label, idx, v, qp, real in self.inputs:
+            if qp is None:
+                rows.append([label, str(list(idx)), "-", "-", "-", _g(real)])
+            else:
+                rows.append([label, str(list(idx)), str(v), _g(qp.scale), str(int(qp.zero_point)), _g(real)])
+        table = format_table(["tensor", "index", "code", "S", "Z", "real S (q - Z)"], rows, align="llrrrr")
+        lines += ["   " + ln for ln in table.splitlines()]
+        lines.append(f"2. the operation on the real values = {_g(self.float_result)}" + (f"  ({self.note})"
+                                                                                           if self.note else ""))
+        if self.out_qp is None:
+            lines.append(f"3. output (float) = {_g(self.code)}")
+            return "\n".join(lines)
+        s_y, z_y = float(np.float32(self.out_qp.scale)), int(self.out_qp.zero_point)
+        ideal = self.float_result / s_y + z_y
+        deq = s_y * (int(self.code) - z_y)
+        lines += [f"3. ideal code  result / S_y + Z_y = {_g(self.float_result)} / {_g(s_y)} + {z_y} = {ideal:.4f}",
+                  f"   output code {int(self.code)} (the layer's), dequantized S_y (code - Z_y) = {_g(deq)}; "
+                  f"error {(deq - self.float_result) / s_y:+.4f} LSB (LSB = S_y; its rounding and clamp)"]
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.format()
+
+
+_ELEMENTWISE = {"qadd": "sum", "qmul": "product", "qrelu": "clamp", "quantize": "identity",
+                "quantize_tflite": "identity", "dequantize": "identity", "qrequantize": "identity"}
+_POOLS = {"qmaxpool2d": ("max", False), "qavgpool2d": ("avg", False), "qlinear_avgpool2d": ("avg", False),
+          "qmaxpool2d_nhwc": ("max", True), "qavgpool2d_nhwc": ("avg", True)}
+
+
+def _pair2(v, what: str) -> tuple[int, int]:
+    t = (int(v), int(v)) if np.ndim(v) == 0 else tuple(int(a) for a in v)
+    if len(t) != 2:
+        raise ValueError(f"{what} must be an int or two ints, got {v!r}")
+    return t
+
+
+def _pads(v) -> tuple[int, int, int, int]:
+    if np.ndim(v) == 0:
+        return (int(v),) * 4
+    t = tuple(int(a) for a in v)
+    return (t[0], t[0], t[1], t[1]) if len(t) == 2 else t
+
+
+def trace_element(op: str, attrs: dict, inputs: list, in_qps: list, output, out_qp, index, *,
+                  name: str = "layer") -> ElementTrace:
+    """Trace one output element of a layer without an accumulator from the codes of a run.
+
+    Parameters
+    ----------
+    op : str
+        The graph op (:data:`npquant.graph.OPS`): ``qadd``, ``qmul``, ``qrelu``, the pools
+        (``qmaxpool2d``, ``qavgpool2d``, their ``_nhwc`` forms, ``qlinear_avgpool2d``),
+        ``qflatten``, ``qreshape``, ``qconcat``, ``qlinear_concat``, ``quantize``,
+        ``dequantize``, ``qrequantize``.
+    attrs : dict
+        The node's attributes (kernel, stride, padding, axis, activation, ...).
+    inputs : list of numpy.ndarray
+        The layer's input tensors of the run (codes, or floats for ``quantize``).
+    in_qps : list of QParams or None
+        Their qparams (None for a float tensor).
+    output : numpy.ndarray
+        The layer's output of the run.
+    out_qp : QParams or None
+        The output's qparams (None for ``dequantize``).
+    index : tuple of int
+        The output element.
+    name : str, default "layer"
+        The layer's name, for the title.
+
+    Returns
+    -------
+    ElementTrace
+    """
+    index = tuple(int(i) for i in index)
+    if len(index) != output.ndim or any(not 0 <= i < d for i, d in zip(index, output.shape)):
+        raise ValueError(f"index {index} is outside the output of shape {output.shape}")
+
+    def real(k, idx):
+        v = inputs[k][idx]
+        qp = in_qps[k]
+        r = float(np.float32(v)) if qp is None else float(np.float32(qp.scale)) * (int(v) - int(qp.zero_point))
+        return (f"input {k}" if len(inputs) > 1 else "input", idx, v if qp is None else int(v), qp, r)
+
+    code = output[index]
+    code = float(code) if out_qp is None else int(code)
+    if op in _ELEMENTWISE:
+        elems = []
+        for k, a in enumerate(inputs):  # broadcasting: a size-1 axis reads index 0
+            off = output.ndim - a.ndim
+            elems.append(real(k, tuple(0 if a.shape[d] == 1 else index[off + d] for d in range(a.ndim))))
+        vals = [e[4] for e in elems]
+        kind = _ELEMENTWISE[op]
+        result = sum(vals) if kind == "sum" else float(np.prod(vals)) if kind == "product" else vals[0]
+        act = attrs.get("activation")
+        note = ""
+        if kind == "clamp" or act in ("relu", "relu6", "relu_n1_to_1"):
+            a = act or "relu"
+            lo_hi = {"relu": (0.0, np.inf), "relu6": (0.0, 6.0), "relu_n1_to_1": (-1.0, 1.0)}[a]
+            result = min(max(result, lo_hi[0]), lo_hi[1])
+            note = f"then {a}"
+        rule = {"sum": "the sum of the inputs' real values", "product": "the product of the inputs' real values",
+                "clamp": "a clamp of the codes (ReLU / ReLU6 on the real values)",
+                "identity": "the value itself, quantized (or dequantized) to the output's grid"}[kind]
+        return ElementTrace(f"{op}: {name}, output element {list(index)}",
+                            f"{rule}; mode {attrs.get('mode', '-')}", elems, float(result), code, out_qp, note)
+    if op in _POOLS:
+        kind, nhwc = _POOLS[op]
+        kh, kw = _pair2(attrs["kernel_size"], "kernel_size")
+        sh, sw = (kh, kw) if attrs.get("stride") is None else _pair2(attrs["stride"], "stride")
+        pt, pb, pl, pr = _pads(attrs.get("padding", 0))
+        x = inputs[0]
+        n, c, i, j = (index[0], index[3], index[1], index[2]) if nhwc else index
+        h_in, w_in = (x.shape[1], x.shape[2]) if nhwc else (x.shape[2], x.shape[3])
+        elems, pad = [], 0
+        for a in range(kh):
+            for b in range(kw):
+                r, t = i * sh - pt + a, j * sw - pl + b
+                if 0 <= r < h_in and 0 <= t < w_in:
+                    elems.append(real(0, (n, r, t, c) if nhwc else (n, c, r, t)))
+                else:
+                    pad += 1
+        vals = [e[4] for e in elems]
+        include = bool(attrs.get("count_include_pad", False))
+        if kind == "max":
+            result, rule = max(vals), "the largest real value of the window (padding excluded)"
+        else:
+            count = len(vals) + (pad if include else 0)
+            result = sum(vals) / count
+            rule = (f"the mean of the window: sum / {count} ({'padding counted' if include else 'padding excluded'}"
+                    f"); rounding {attrs.get('mode', 'tflite')}")
+        return ElementTrace(f"{op}: {name}, output element {list(index)}", rule, elems, float(result), code, out_qp,
+                            f"{pad} padding position(s)" if pad else "")
+    if op in ("qflatten", "qreshape"):
+        flat = int(np.ravel_multi_index(index, output.shape))
+        src = tuple(int(v) for v in np.unravel_index(flat, inputs[0].shape))
+        e = real(0, src)
+        return ElementTrace(f"{op}: {name}, output element {list(index)}",
+                            f"the same element in C order (flat position {flat}); qparams unchanged", [e], e[4],
+                            code, out_qp)
+    if op in ("qconcat", "qlinear_concat"):
+        axis = int(attrs.get("axis", 1)) % output.ndim
+        off = index[axis]
+        for k, a in enumerate(inputs):
+            if off < a.shape[axis]:
+                e = real(k, index[:axis] + (off,) + index[axis + 1:])
+                return ElementTrace(f"{op}: {name}, output element {list(index)}",
+                                    f"element {off} of input {k} along axis {axis}, requantized to the output's "
+                                    f"qparams; mode {attrs.get('mode', '-')}", [e], e[4], code, out_qp)
+            off -= a.shape[axis]
+    raise ValueError(f"{name}: explain does not trace op {op!r}")
 
 
 def builtin_example(layer: str = "linear", seed: int = 0) -> dict:

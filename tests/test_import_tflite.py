@@ -463,3 +463,31 @@ def test_graph_ops_check_their_arguments():
     with pytest.raises(ValueError, match="NHWC"):
         Graph([Node("m", "qmaxpool2d_nhwc", ["x"], ["y"], {"kernel_size": 2})], ["x"], ["y"],
               input_qparams={"x": qp})(np.zeros((2, 2), np.int8))
+
+
+def test_explain_traces_nhwc_pools_and_mul(built):
+    """npquant.explain.explain_layer on the NHWC nodes: the window (or the two operands) it
+    lists give the node's code through the op on their real values, to within one code."""
+    from npquant.explain import explain_layer
+
+    rng = np.random.default_rng(5)
+    seen = set()
+    for name in ("cnn", "concat"):
+        model, x = built[name]
+        g = imp.from_tflite(model)
+        env = g.run(x, keep_intermediates=True)
+        for node in g.nodes:
+            if node.op not in ("qmaxpool2d_nhwc", "qavgpool2d_nhwc", "qmul"):
+                continue
+            y = env[node.outputs[0]]
+            qp = g.qparams[node.outputs[0]]
+            for _ in range(5):
+                idx = tuple(int(rng.integers(0, d)) for d in y.shape)
+                t = explain_layer(g, x, node.name, idx)
+                ideal = t.float_result / float(np.float32(qp.scale)) + int(qp.zero_point)
+                assert t.code == int(y[idx]) and abs(min(max(ideal, qp.spec.qmin), qp.spec.qmax) - t.code) <= 1.0
+                if node.op == "qmaxpool2d_nhwc":
+                    assert min(max(max(e[2] for e in t.inputs), qp.spec.qmin), qp.spec.qmax) == t.code or \
+                        node.attrs.get("activation") not in (None, "none")
+            seen.add(node.op)
+    assert seen == {"qmaxpool2d_nhwc", "qavgpool2d_nhwc", "qmul"}
