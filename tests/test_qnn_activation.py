@@ -72,3 +72,27 @@ def test_errors_name_arguments():
         relu(np.zeros(3), 0)
     with pytest.raises(ValueError, match="act_max"):
         clamp(np.zeros(3, np.int8), 0, 300)
+
+
+# ---- None and "none" are one spelling (normalize_activation) -----------------------------
+
+def test_normalize_activation_spellings():
+    from npquant.qnn.activation import normalize_activation
+
+    assert normalize_activation(None) is None
+    assert normalize_activation("none") is None
+    for a in ("relu", "relu6", "relu_n1_to_1"):
+        assert normalize_activation(a) == a
+    assert normalize_activation((3, 9), allow_range=True) == (3, 9)
+    with pytest.raises(ValueError, match="activation"):
+        normalize_activation((3, 9))
+    with pytest.raises(ValueError, match="fused_act"):
+        normalize_activation("sigmoid", "fused_act")
+    with pytest.raises(ValueError, match="activation"):
+        normalize_activation("None")
+
+
+@pytest.mark.parametrize("spelling", [None, "none"])
+def test_activation_range_accepts_none_and_none_string(spelling):
+    assert activation_range(spelling, 0.1, 3) == (-128, 127)
+    assert activation_range(spelling, 0.1, 3, 0, 255) == (0, 255)

@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from npquant.fixedpoint import quantize_multiplier
-from npquant.qnn.add import add, tflite_add_params, torch_add_vector_width
+from npquant.qnn.add import ADD_MODES, add, tflite_add_params, torch_add_vector_width
 
 f32 = np.float32
 
@@ -182,3 +182,61 @@ def test_onnxruntime_mode_matches_qlinear_add():
         np.testing.assert_array_equal(got, want, err_msg=f"case {it}")
         n += want.size
     assert n > 60_000
+
+
+# ---- qadd: add on QParams with a fused activation (QAdd called once) ---------------------
+
+@pytest.mark.parametrize("mode", ADD_MODES)
+@pytest.mark.parametrize("activation", [None, "none", "relu", "relu6"])
+def test_qadd_equals_add_and_qadd_layer(mode, activation):
+    from npquant import QParams, QuantSpec
+    from npquant.qnn import QAdd, activation_range, qadd
+
+    rng = np.random.default_rng(31)
+    signed_options = (False,) if mode == "torch" else (True, False)
+    for signed in signed_options:
+        spec = QuantSpec(bits=8, signed=signed)
+        for trial in range(4):
+            s1, s2 = (f32(v) for v in rng.uniform(0.005, 0.1, 2))
+            so = f32(rng.uniform(0.5, 2.0) * max(s1, s2))
+            z1, z2, zo = (int(v) for v in rng.integers(spec.qmin, spec.qmax + 1, 3))
+            shape1, shape2 = ((3, 70), (3, 70)) if trial % 2 == 0 else ((4, 1, 5), (6, 5))
+            if mode == "torch":
+                shape2 = shape1  # torch mode: same-shape inputs (module docstring)
+            q1 = rng.integers(spec.qmin, spec.qmax + 1, shape1).astype(spec.dtype)
+            q2 = rng.integers(spec.qmin, spec.qmax + 1, shape2).astype(spec.dtype)
+            qp1, qp2, y_qp = QParams(s1, z1, spec), QParams(s2, z2, spec), QParams(so, zo, spec)
+            lo, hi = activation_range(activation, so, zo, spec.qmin, spec.qmax)
+            ref = add(q1, s1, z1, q2, s2, z2, so, zo, qmin=spec.qmin, qmax=spec.qmax, act_min=lo, act_max=hi,
+                      mode=mode)
+            got = qadd(q1, qp1, q2, qp2, y_qp, mode=mode, activation=activation)
+            assert got.dtype == ref.dtype == spec.dtype
+            np.testing.assert_array_equal(got, ref)
+            np.testing.assert_array_equal(QAdd(qp1, qp2, y_qp, mode=mode, activation=activation)(q1, q2), ref)
+
+
+def test_qadd_passes_left_shift_and_vector_width_and_checks():
+    from npquant import QParams, QuantSpec
+    from npquant.qnn import QAdd, qadd
+
+    rng = np.random.default_rng(32)
+    u8 = QuantSpec(bits=8, signed=False)
+    q1 = rng.integers(0, 256, 100).astype(np.uint8)
+    q2 = rng.integers(0, 256, 100).astype(np.uint8)
+    qp1, qp2, y_qp = QParams(0.02, 120, u8), QParams(0.03, 130, u8), QParams(0.05, 128, u8)
+    for kw in (dict(mode="tflite", left_shift=12), dict(mode="torch", vector_width=32)):
+        ref = add(q1, 0.02, 120, q2, 0.03, 130, 0.05, 128, qmin=0, qmax=255, **kw)
+        np.testing.assert_array_equal(qadd(q1, qp1, q2, qp2, y_qp, **kw), ref)
+        np.testing.assert_array_equal(QAdd(qp1, qp2, y_qp, **kw)(q1, q2), ref)
+    lo, hi = 130, 200
+    np.testing.assert_array_equal(qadd(q1, qp1, q2, qp2, y_qp, activation=(lo, hi)),
+                                  add(q1, 0.02, 120, q2, 0.03, 130, 0.05, 128, qmin=0, qmax=255, act_min=lo,
+                                      act_max=hi))
+    with pytest.raises(ValueError, match="activation"):
+        qadd(q1, qp1, q2, qp2, y_qp, activation="sigmoid")
+    with pytest.raises(TypeError, match="qp1 must be a QParams"):
+        qadd(q1, 0.02, q2, qp2, y_qp)
+    with pytest.raises(ValueError, match="mode"):
+        qadd(q1, qp1, q2, qp2, y_qp, mode="fp32")
+    with pytest.raises(ValueError, match="per-tensor"):
+        qadd(q1, QParams(np.full(100, 0.02, np.float32), 120, u8.replace(axis=0)), q2, qp2, y_qp)

@@ -231,3 +231,52 @@ def test_same_padding():
         same_padding(5, 3, 0)
     with pytest.raises(ValueError, match="extra"):
         same_padding(5, 3, 1, extra="middle")
+
+
+# ---- activation=None and "none"; plain zero points in conv2d_accumulate -----------------
+
+@pytest.mark.parametrize("spelling", [None, "none"])
+def test_no_activation_both_spellings(spelling):
+    rng = np.random.default_rng(21)
+    spec = QuantSpec()
+    x_qp, w_qp, y_qp = QParams(0.05, -4, spec), QParams(0.02, 0, spec), QParams(0.4, 6, spec)
+    x = rng.integers(-128, 128, (1, 3, 6, 6)).astype(np.int8)
+    w = rng.integers(-127, 128, (4, 3, 3, 3)).astype(np.int8)
+    ref = qconv2d(x, x_qp, w, w_qp, None, y_qp, padding=1)
+    np.testing.assert_array_equal(qconv2d(x, x_qp, w, w_qp, None, y_qp, padding=1, activation=spelling), ref)
+    layer = QConv2d(w, w_qp, None, x_qp, y_qp, padding=1, activation=spelling)
+    np.testing.assert_array_equal(layer(x), ref)
+
+
+@pytest.mark.parametrize("groups", [1, 3])
+def test_conv2d_accumulate_plain_zero_points(groups):
+    rng = np.random.default_rng(22)
+    x = rng.integers(0, 256, (2, 6, 5, 5)).astype(np.uint8)
+    w = rng.integers(-128, 128, (6, 6 // groups, 3, 3)).astype(np.int8)
+    zx, zw = 131, rng.integers(-5, 5, 6).astype(np.int32)
+    x_qp = QParams(0.1, zx, QuantSpec(signed=False))
+    w_qp = QParams(np.full(6, 0.01, np.float32), zw, QuantSpec(axis=0))
+    bias = rng.integers(-300, 300, 6).astype(np.int32)
+    kw = dict(stride=2, padding=(1, 0, 2, 1), groups=groups)
+    ref = conv2d_accumulate(x, x_qp, w, w_qp, bias, **kw)
+    geo = conv_geometry(**kw)
+    np.testing.assert_array_equal(ref, conv_oracle(x, zx, w, zw, bias, geo.stride, geo.padding, geo.dilation,
+                                                   groups))
+    for backend in ("numba", "numpy"):
+        np.testing.assert_array_equal(conv2d_accumulate(x, zx, w, zw, bias, backend=backend, **kw), ref)
+        np.testing.assert_array_equal(conv2d_accumulate(x, x_qp, w, zw, bias, backend=backend, **kw), ref)
+        np.testing.assert_array_equal(conv2d_accumulate(x, zx, w, w_qp, bias, backend=backend, **kw), ref)
+    w_t = QParams(0.01, 2, QuantSpec())
+    np.testing.assert_array_equal(conv2d_accumulate(x, zx, w, 2, bias, **kw),
+                                  conv2d_accumulate(x, x_qp, w, w_t, bias, **kw))
+
+
+def test_conv2d_accumulate_bad_plain_zero_points():
+    x = np.zeros((1, 2, 4, 4), np.uint8)
+    w = np.zeros((3, 2, 3, 3), np.int8)
+    with pytest.raises(ValueError, match=r"x_qp must lie in \[0, 255\]"):
+        conv2d_accumulate(x, 256, w, 0)
+    with pytest.raises(ValueError, match=r"w_qp must lie in \[-128, 127\]"):
+        conv2d_accumulate(x, 0, w, -200)
+    with pytest.raises(ValueError, match=r"w_qp must hold one zero point per output channel of w_q \(3\)"):
+        conv2d_accumulate(x, 0, w, [0, 1])

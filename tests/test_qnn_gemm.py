@@ -1,7 +1,10 @@
-"""Integer fully connected layer: kernels against twins and a Python-integer oracle.
+"""Integer fully connected layer: kernels against twins and a Python-integer oracle; the
+matmul of two activations (qmatmul) against an oracle, onnx.reference and onnxruntime.
 
 Runs with the JIT on and with NUMBA_DISABLE_JIT=1 (arrays kept small for the latter).
 """
+
+import math
 
 import numpy as np
 import pytest
@@ -9,8 +12,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from npquant import QParams, QuantSpec
-from npquant.fixedpoint import REQUANT_MODES, effective_multiplier, requantize
-from npquant.qnn.gemm import linear_accumulate, qlinear, quantize_bias
+from npquant.fixedpoint import EXTRA_REQUANT_MODES, REQUANT_MODES, effective_multiplier, requantize
+from npquant.qnn.activation import activation_range
+from npquant.qnn.gemm import linear_accumulate, qlinear, qmatmul, quantize_bias
 from npquant.qnn.layers import QLinear
 from npquant.qnn.overflow import (
     accumulator_bounds,
@@ -352,3 +356,246 @@ def test_accumulator_bounds_rejects():
     lo, hi = accumulator_bounds(w, np.array([0, 1, 2]), 0, 255, 10, np.array([1, 2, 3]))
     np.testing.assert_array_equal(lo, [1 - 40, 2, 3 - 4 * 245])
     np.testing.assert_array_equal(hi, [1 + 4 * 245, 2, 3 + 40])
+
+
+# ---- activation=None and "none"; plain zero points in linear_accumulate -----------------
+
+@pytest.mark.parametrize("spelling", [None, "none"])
+def test_no_activation_both_spellings(spelling):
+    rng = np.random.default_rng(11)
+    spec = QuantSpec(bits=8, signed=True)
+    x_qp, w_qp, y_qp = QParams(0.05, 3, spec), QParams(0.02, 0, spec), QParams(0.3, -7, spec)
+    x = rng.integers(-128, 128, (5, 12)).astype(np.int8)
+    w = rng.integers(-127, 128, (4, 12)).astype(np.int8)
+    bias = rng.integers(-500, 500, 4).astype(np.int32)
+    ref = qlinear(x, x_qp, w, w_qp, bias, y_qp)
+    np.testing.assert_array_equal(qlinear(x, x_qp, w, w_qp, bias, y_qp, activation=spelling), ref)
+    layer = QLinear(w, w_qp, bias, x_qp, y_qp, activation=spelling)
+    np.testing.assert_array_equal(layer(x), ref)
+    assert layer.activation is None
+    # PyTorch's float bias path (quint8 output) takes both spellings too
+    u8 = QuantSpec(bits=8, signed=False)
+    xu, yu = QParams(0.05, 120, u8), QParams(0.3, 100, u8)
+    xq = rng.integers(0, 256, (5, 12)).astype(np.uint8)
+    fb = rng.normal(size=4).astype(np.float32)
+    ref = qlinear(xq, xu, w, w_qp, None, yu, mode="fp32", float_bias=fb)
+    got = qlinear(xq, xu, w, w_qp, None, yu, mode="fp32", float_bias=fb, activation=spelling)
+    np.testing.assert_array_equal(got, ref)
+    got = QLinear(w, w_qp, None, xu, yu, mode="fp32", float_bias=fb, activation=spelling)(xq)
+    np.testing.assert_array_equal(got, ref)
+
+
+@pytest.mark.parametrize("signed", [True, False])
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_linear_accumulate_plain_zero_points(signed, per_channel):
+    rng = np.random.default_rng(12)
+    spec = QuantSpec(bits=8, signed=signed)
+    dt = spec.dtype
+    x = rng.integers(spec.qmin, spec.qmax + 1, (6, 20)).astype(dt)
+    w = rng.integers(-128, 128, (5, 20)).astype(np.int8)
+    zx = int(rng.integers(spec.qmin, spec.qmax + 1))
+    x_qp = QParams(0.1, zx, spec)
+    if per_channel:
+        zw = rng.integers(-10, 10, 5).astype(np.int32)
+        w_qp = QParams(np.full(5, 0.02, np.float32), zw, QuantSpec(axis=0))
+    else:
+        zw = int(rng.integers(-10, 10))
+        w_qp = QParams(0.02, zw, QuantSpec())
+    bias = rng.integers(-1000, 1000, 5).astype(np.int32)
+    ref = linear_accumulate(x, x_qp, w, w_qp, bias)
+    np.testing.assert_array_equal(ref, acc_oracle(x, zx, w, zw, bias))
+    for backend in ("numba", "numpy"):
+        for xz, wz in ((zx, zw), (np.int64(zx), zw), (x_qp, zw), (zx, w_qp)):
+            np.testing.assert_array_equal(linear_accumulate(x, xz, w, wz, bias, backend=backend), ref)
+    if per_channel:
+        np.testing.assert_array_equal(linear_accumulate(x, zx, w, list(map(int, zw)), bias), ref)
+
+
+def test_linear_accumulate_bad_plain_zero_points():
+    x = np.zeros((2, 3), np.int8)
+    w = np.zeros((4, 3), np.int8)
+    with pytest.raises(ValueError, match=r"x_qp must lie in \[-128, 127\]"):
+        linear_accumulate(x, 200, w, 0)
+    with pytest.raises(ValueError, match=r"x_qp must lie in \[0, 255\]"):
+        linear_accumulate(x.astype(np.uint8), -1, w, 0)
+    with pytest.raises(ValueError, match="w_qp must lie in"):
+        linear_accumulate(x, 0, w, 128)
+    with pytest.raises(ValueError, match="w_qp must lie in"):
+        linear_accumulate(x, 0, w, np.array([0, 0, 0, -129]))
+    with pytest.raises(ValueError, match=r"w_qp must hold one zero point per output channel of w_q \(4\)"):
+        linear_accumulate(x, 0, w, np.zeros(3, np.int32))
+    with pytest.raises(ValueError, match="x_qp must be one zero point"):
+        linear_accumulate(x, np.zeros(3, np.int32), w, 0)
+    with pytest.raises(ValueError, match="w_qp must be one zero point"):
+        linear_accumulate(x, 0, w, np.zeros((4, 1), np.int32))
+    with pytest.raises(TypeError, match="x_qp must be a QParams or an integer zero point"):
+        linear_accumulate(x, 0.5, w, 0)
+    with pytest.raises(TypeError, match="w_qp must be a QParams or an integer zero point"):
+        linear_accumulate(x, 0, w, True)
+    with pytest.raises(TypeError, match="x_qp is a plain zero point.*int64"):
+        linear_accumulate(x.astype(np.int64), 0, w, 0)
+    with pytest.raises(TypeError, match="x_qp must be a QParams"):
+        qlinear(x, 0, w, QParams(0.1, 0, QuantSpec()), None, QParams(0.1, 0, QuantSpec()))
+
+
+# ---- qmatmul: the product of two quantized activations (ONNX QLinearMatMul, B an input) ----------
+
+U8, S8 = QuantSpec(bits=8, signed=False), QuantSpec(bits=8, signed=True)
+
+
+def _matmul_oracle(a, za, b, zb, sa, sb, sy, zy, lo, hi):
+    """Python ints for the sum, exact fractions for onnx's float64 product of the float32
+    multiplier: ``rint(acc * M32) + Z_y`` (ties to even), clamped."""
+    m32 = float(np.float32(np.float32(np.float32(sa) * np.float32(sb)) / np.float32(sy)))
+    shape = np.broadcast_shapes(a.shape[:-2], b.shape[:-2]) + (a.shape[-2], b.shape[-1])
+    aa = np.broadcast_to(a, shape[:-2] + a.shape[-2:])
+    bb = np.broadcast_to(b, shape[:-2] + b.shape[-2:])
+    out = np.empty(shape, np.int64)
+    for idx in np.ndindex(*shape):
+        *lead, i, j = idx
+        acc = sum((int(aa[(*lead, i, t)]) - za) * (int(bb[(*lead, t, j)]) - zb) for t in range(a.shape[-1]))
+        v = acc * m32  # exact: |acc| < 2^24 and M32 has 24 bits, so the float64 product is exact
+        r = math.floor(v)
+        r = r + 1 if v - r > 0.5 or (v - r == 0.5 and r % 2) else r
+        out[idx] = min(max(r + zy, lo), hi)
+    return out
+
+
+@pytest.mark.parametrize("spec", [U8, S8], ids=["uint8", "int8"])
+@pytest.mark.parametrize("shapes", [((4, 6), (6, 5)), ((2, 3, 7), (2, 7, 4)), ((2, 1, 3, 5), (4, 5, 2)),
+                                    ((3, 4), (2, 4, 3))])
+def test_qmatmul_against_python_int_oracle(spec, shapes):
+    rng = np.random.default_rng(41)
+    sa, sb, sy = 0.05, 0.04, 0.09
+    za, zb, zy = (int(v) for v in rng.integers(spec.qmin, spec.qmax + 1, 3))
+    a = rng.integers(spec.qmin, spec.qmax + 1, shapes[0]).astype(spec.dtype)
+    b = rng.integers(spec.qmin, spec.qmax + 1, shapes[1]).astype(spec.dtype)
+    a_qp, b_qp, y_qp = QParams(sa, za, spec), QParams(sb, zb, spec), QParams(sy, zy, spec)
+    for activation in (None, "none", "relu", "relu6"):
+        lo, hi = activation_range(activation, sy, zy, spec.qmin, spec.qmax)
+        got = qmatmul(a, a_qp, b, b_qp, y_qp, activation=activation)
+        assert got.dtype == spec.dtype
+        assert got.shape == np.matmul(a.astype(np.int64), b.astype(np.int64)).shape
+        np.testing.assert_array_equal(got, _matmul_oracle(a, za, b, zb, sa, sb, sy, zy, lo, hi))
+
+
+@pytest.mark.parametrize("mode", REQUANT_MODES + EXTRA_REQUANT_MODES)
+def test_qmatmul_each_mode_is_requantize_of_the_exact_accumulator(mode):
+    """Any requantization mode: ``requantize`` of the exact sum; a 2-D ``a @ b`` is also a
+    fully connected layer with weights ``b.T`` and no bias."""
+    rng = np.random.default_rng(42)
+    a = rng.integers(-128, 128, (2, 5, 9)).astype(np.int8)
+    b = rng.integers(-128, 128, (9, 4)).astype(np.int8)
+    a_qp, b_qp, y_qp = QParams(0.03, 5, S8), QParams(0.02, -3, S8), QParams(0.07, 2, S8)
+    acc = np.matmul(a.astype(np.int64) - 5, b.astype(np.int64) + 3)
+    m = effective_multiplier(0.03, 0.02, 0.07, mode)
+    for activation, (lo, hi) in ((None, (-128, 127)), ("relu", (2, 127)), ((-20, 40), (-20, 40))):
+        got = qmatmul(a, a_qp, b, b_qp, y_qp, mode=mode, activation=activation)
+        np.testing.assert_array_equal(got, requantize(acc, m, 2, lo, hi, mode=mode))
+        if mode in REQUANT_MODES:
+            ref = qlinear(a, a_qp, np.ascontiguousarray(b.T), b_qp, None, y_qp, mode=mode, activation=activation)
+            np.testing.assert_array_equal(got, ref)
+
+
+def test_qmatmul_overflow_is_an_error_or_wraps():
+    k = 40000  # 40000 * 255 * 255 > 2^31
+    a = np.full((1, k), 255, np.uint8)
+    b = np.full((k, 1), 255, np.uint8)
+    qp = QParams(0.1, 0, U8)
+    with pytest.raises(ValueError, match="overflows int32"):
+        qmatmul(a, qp, b, qp, qp)
+    got = qmatmul(a, qp, b, qp, QParams(1e6, 0, U8), overflow="wrap", mode="onnx")
+    wrapped = ((k * 255 * 255 + (1 << 31)) % (1 << 32)) - (1 << 31)  # negative
+    assert wrapped < 0 and got[0, 0] == 0
+
+
+def test_qmatmul_argument_errors():
+    a = np.zeros((2, 3), np.uint8)
+    qp = QParams(0.1, 0, U8)
+    with pytest.raises(ValueError, match="disagree on K"):
+        qmatmul(a, qp, np.zeros((4, 2), np.uint8), qp, qp)
+    with pytest.raises(ValueError, match="at least 2-D"):
+        qmatmul(a, qp, np.zeros(3, np.uint8), qp, qp)
+    with pytest.raises(ValueError, match="do not broadcast"):
+        qmatmul(np.zeros((2, 2, 3), np.uint8), qp, np.zeros((3, 3, 2), np.uint8), qp, qp)
+    with pytest.raises(TypeError, match="b_qp must be a QParams"):
+        qmatmul(a, qp, np.zeros((3, 2), np.uint8), 0, qp)
+    with pytest.raises(ValueError, match="a_qp must be per-tensor"):
+        qmatmul(a, QParams(np.full(2, 0.1, np.float32), 0, U8.replace(axis=0)), np.zeros((3, 2), np.uint8), qp, qp)
+    with pytest.raises(ValueError, match="a_q must hold codes"):
+        qmatmul(np.full((2, 3), 300, np.int32), qp, np.zeros((3, 2), np.uint8), qp, qp)
+    with pytest.raises(ValueError, match="mode"):
+        qmatmul(a, qp, np.zeros((3, 2), np.uint8), qp, qp, mode="torch")
+    with pytest.raises(ValueError, match="activation"):
+        qmatmul(a, qp, np.zeros((3, 2), np.uint8), qp, qp, activation="gelu")
+
+
+# ---- ONNX QLinearMatMul with B a graph input -------------------------------------------------
+
+def _qlinear_matmul_model(spec, shape_a, shape_b, sa, za, sb, zb, sy, zy):
+    from onnx import TensorProto, helper
+
+    t = TensorProto.UINT8 if spec is U8 else TensorProto.INT8
+    inits = [helper.make_tensor(n, TensorProto.FLOAT, [], [float(v)]) for n, v in (("sa", sa), ("sb", sb),
+                                                                                 ("sy", sy))]
+    inits += [helper.make_tensor(n, t, [], [int(v)]) for n, v in (("za", za), ("zb", zb), ("zy", zy))]
+    node = helper.make_node("QLinearMatMul", ["a", "sa", "za", "b", "sb", "zb", "sy", "zy"], ["y"])
+    graph = helper.make_graph([node], "qlinear_matmul",
+                              [helper.make_tensor_value_info("a", t, list(shape_a)),
+                               helper.make_tensor_value_info("b", t, list(shape_b))],
+                              [helper.make_tensor_value_info("y", t, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    model.ir_version = 10
+    return model
+
+
+def _qmatmul_cases(spec):
+    """Random scales, and a tie-heavy case: M = float32(S_a S_b) / S_y = float32(1/6), where
+    float32(acc * M) lands exactly on k + 0.5 for acc = 3 (mod 6) but the float64 product
+    does not: fp32 and onnx then differ by one code for even k."""
+    rng = np.random.default_rng(43)
+    zmid = 0 if spec.signed else 128
+    for shape_a, shape_b in (((6, 16), (16, 5)), ((3, 8, 12), (3, 12, 7))):
+        sa, sb = (float(v) for v in np.float32(rng.uniform(0.005, 0.1, 2)))
+        sy = float(np.float32(sa * sb * rng.uniform(30, 200)))
+        za, zb, zy = (int(v) for v in rng.integers(spec.qmin, spec.qmax + 1, 3))
+        a = rng.integers(spec.qmin, spec.qmax + 1, shape_a).astype(spec.dtype)
+        b = rng.integers(spec.qmin, spec.qmax + 1, shape_b).astype(spec.dtype)
+        yield (sa, za, sb, zb, sy, zy), a, b, False
+    shape_a, shape_b = (3, 24, 4), (3, 4, 24)
+    a = (rng.integers(-12, 13, shape_a) + zmid).astype(spec.dtype)
+    b = (rng.integers(-12, 13, shape_b) + zmid).astype(spec.dtype)
+    yield (0.25, zmid, 0.25, zmid, 0.375, zmid), a, b, True
+
+
+@pytest.mark.parametrize("spec", [U8, S8], ids=["uint8", "int8"])
+def test_qmatmul_onnx_reference_qlinear_matmul_is_mode_onnx(spec):
+    pytest.importorskip("onnx")
+    from onnx.reference import ReferenceEvaluator
+
+    for (sa, za, sb, zb, sy, zy), a, b, ties in _qmatmul_cases(spec):
+        model = _qlinear_matmul_model(spec, a.shape, b.shape, sa, za, sb, zb, sy, zy)
+        want = ReferenceEvaluator(model).run(None, {"a": a, "b": b})[0]
+        qps = [QParams(s, z, spec) for s, z in ((sa, za), (sb, zb), (sy, zy))]
+        got = qmatmul(a, qps[0], b, qps[1], qps[2], mode="onnx")
+        assert got.dtype == want.dtype
+        np.testing.assert_array_equal(got, want)
+        if ties:  # the case tells the modes apart
+            assert np.any(qmatmul(a, qps[0], b, qps[1], qps[2], mode="fp32") != want)
+
+
+@pytest.mark.parametrize("spec", [U8, S8], ids=["uint8", "int8"])
+def test_qmatmul_onnxruntime_qlinear_matmul_is_mode_fp32(spec):
+    pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+
+    for (sa, za, sb, zb, sy, zy), a, b, ties in _qmatmul_cases(spec):
+        model = _qlinear_matmul_model(spec, a.shape, b.shape, sa, za, sb, zb, sy, zy)
+        sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        want = sess.run(None, {"a": a, "b": b})[0]
+        qps = [QParams(s, z, spec) for s, z in ((sa, za), (sb, zb), (sy, zy))]
+        got = qmatmul(a, qps[0], b, qps[1], qps[2], mode="fp32")
+        assert got.dtype == want.dtype
+        np.testing.assert_array_equal(got, want)
+        if ties:
+            assert np.any(qmatmul(a, qps[0], b, qps[1], qps[2], mode="onnx") != want)

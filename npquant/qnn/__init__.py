@@ -5,13 +5,18 @@ CPU path: ``accumulation``), then requantizes it with a named mode of
 :mod:`npquant.fixedpoint` (``tflite``, ``tflite_single``, ``fp32``, ``onnx``).
 
 * :mod:`~npquant.qnn.gemm`: ``qlinear``, ``linear_accumulate``, ``quantize_bias``
+  (the accumulate functions take QParams or plain zero points); ``qmatmul``, the
+  product of two quantized activations (ONNX's QLinearMatMul with a non-constant B),
+  NumPy matmul broadcasting
 * :mod:`~npquant.qnn.conv`: ``qconv2d``, ``conv2d_accumulate`` (stride, padding with the
   input zero point, dilation, groups, depthwise)
 * :mod:`~npquant.qnn.layers`: ``QLinear``, ``QConv2d`` (prepared weights, folded bias)
 * :mod:`~npquant.qnn.pool`: ``max_pool2d``, ``avg_pool2d`` (TFLite's or PyTorch's rounding)
 * :mod:`~npquant.qnn.add`: ``add`` of two tensors with different scales (TFLite's ADD,
-  PyTorch's quantized add)
-* :mod:`~npquant.qnn.activation`: fused clamps (ReLU, ReLU6), ``flatten``
+  PyTorch's quantized add, onnxruntime's QLinearAdd) on raw scales and zero points, and
+  ``qadd``, the same on QParams with a fused ``activation`` (``QAdd`` called once)
+* :mod:`~npquant.qnn.activation`: fused clamps (ReLU, ReLU6), ``normalize_activation``
+  (``None`` and ``"none"`` both mean no activation, in every layer), ``flatten``
 * :mod:`~npquant.qnn.accumulation`: accumulation as a named mode (exact int32, or int16
   pair saturation as fbgemm and MLAS compute it on CPUs without VNNI), per stack and CPU
 * :mod:`~npquant.qnn.overflow`: worst-case accumulator bounds, int16 pair saturation
@@ -19,8 +24,8 @@ CPU path: ``accumulation``), then requantizes it with a named mode of
 """
 
 from .accumulation import ACCUMULATIONS, host_path
-from .activation import ACTIVATIONS, activation_range, clamp, flatten, relu, relu6
-from .add import ADD_MODES, add, tflite_add_params, torch_add_vector_width
+from .activation import ACTIVATIONS, activation_range, clamp, flatten, normalize_activation, relu, relu6
+from .add import ADD_MODES, add, qadd, tflite_add_params, torch_add_vector_width
 from .conv import conv2d_accumulate, conv_geometry, qconv2d
 from .fbgemm import fbgemm_multipliers, fbgemm_requantize
 from .gemm import (
@@ -29,6 +34,7 @@ from .gemm import (
     gemm_kernel,
     linear_accumulate,
     qlinear,
+    qmatmul,
     quantize_bias,
     use_gemm_kernel,
 )
@@ -42,6 +48,6 @@ __all__ = [
     "QConv2d", "QLinear", "QReLU", "accumulator_bounds",
     "activation_range", "add", "avg_pool2d", "check_accumulator", "check_int16_pairs", "clamp",
     "conv2d_accumulate", "conv_geometry", "fbgemm_multipliers", "fbgemm_requantize", "flatten",
-    "linear_accumulate", "max_pool2d", "qconv2d", "qlinear", "quantize_bias", "relu", "relu6",
-    "tflite_add_params",
+    "linear_accumulate", "max_pool2d", "normalize_activation", "qadd", "qconv2d", "qlinear", "qmatmul",
+    "quantize_bias", "relu", "relu6", "tflite_add_params",
 ]

@@ -24,9 +24,45 @@ import math
 
 import numpy as np
 
-from .._checks import check_choice, check_int, check_scale
+from .._checks import check_int, check_scale
 
 ACTIVATIONS = ("none", "relu", "relu6", "relu_n1_to_1")
+
+
+def normalize_activation(activation, name: str = "activation", *, allow_range: bool = False):
+    """The one spelling of a fused activation that every integer layer accepts.
+
+    ``None`` and ``"none"`` both mean no activation and become ``None``; ``"relu"``,
+    ``"relu6"`` and ``"relu_n1_to_1"`` are returned as they are; with ``allow_range`` a
+    ``(lo, hi)`` pair of codes is returned as a tuple (its bounds are checked against the
+    output range by the caller). Anything else is a ``ValueError`` naming ``name`` and
+    the allowed values.
+
+    Parameters
+    ----------
+    activation : str, None or (int, int)
+        The activation as a caller spelled it.
+    name : str, default ``"activation"``
+        The argument name for error messages.
+    allow_range : bool, default False
+        Accept a ``(lo, hi)`` pair of codes (the layer functions and classes do).
+
+    Returns
+    -------
+    None, str or (int, int)
+        ``None`` for no activation, else ``"relu"``, ``"relu6"``, ``"relu_n1_to_1"`` or
+        the ``(lo, hi)`` pair.
+    """
+    if activation is None or (isinstance(activation, str) and activation == "none"):
+        return None
+    if isinstance(activation, str) and activation in ACTIVATIONS:
+        return activation
+    if allow_range and isinstance(activation, (tuple, list)) and not isinstance(activation, str):
+        if len(activation) != 2:
+            raise ValueError(f"{name} as a range must be (lo, hi), got {activation!r}")
+        return tuple(activation)
+    pair = " or a (lo, hi) pair of codes" if allow_range else ""
+    raise ValueError(f"{name} must be None, 'none', 'relu', 'relu6', 'relu_n1_to_1'{pair}, got {activation!r}")
 
 
 def quantize_scalar_tflite(f: float, scale, zero_point: int) -> int:
@@ -58,14 +94,15 @@ def quantize_scalar_tflite(f: float, scale, zero_point: int) -> int:
     return check_int(zero_point, "zero_point") + int(r)
 
 
-def activation_range(activation: str, scale, zero_point: int, qmin: int = -128, qmax: int = 127) -> tuple[int, int]:
+def activation_range(activation, scale, zero_point: int, qmin: int = -128, qmax: int = 127) -> tuple[int, int]:
     """``(act_min, act_max)`` codes of a fused ``activation`` (one of ``ACTIVATIONS``) for
     an output with float32 ``scale`` and integer ``zero_point`` in ``[qmin, qmax]``.
 
     Parameters
     ----------
-    activation : str
-        ``"none"``, ``"relu"``, ``"relu6"`` or ``"relu_n1_to_1"``.
+    activation : str or None
+        ``None`` or ``"none"`` (no activation), ``"relu"``, ``"relu6"`` or
+        ``"relu_n1_to_1"`` (:func:`normalize_activation`).
     scale : float
         The output scale, positive and finite.
     zero_point : int
@@ -79,12 +116,12 @@ def activation_range(activation: str, scale, zero_point: int, qmin: int = -128, 
         ``(act_min, act_max)`` within ``[qmin, qmax]``, ``act_min <= act_max``; the
         bounds from ``quantize(f)`` are saturated to ``[qmin, qmax]``.
     """
-    check_choice(activation, "activation", ACTIVATIONS)
+    activation = normalize_activation(activation)
     qmin = check_int(qmin, "qmin")
     qmax = check_int(qmax, "qmax", lo=qmin)
     zero_point = check_int(zero_point, "zero_point", lo=qmin, hi=qmax)
     check_scale(scale, "scale")
-    if activation == "none":
+    if activation is None:
         return qmin, qmax
     if activation == "relu":
         return max(qmin, quantize_scalar_tflite(0.0, scale, zero_point)), qmax

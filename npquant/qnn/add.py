@@ -110,6 +110,12 @@ def add(q1, s1, z1: int, q2, s2, z2: int, s_out, z_out: int, *, qmin: int = -128
     """Quantized ``q1 + q2`` (NumPy broadcasting) with output scale ``s_out`` and zero point
     ``z_out`` (module docstring for each ``mode``).
 
+    This is the raw-number primitive: scales, zero points and the clamp are plain numbers.
+    Use it to drive one stack's arithmetic by hand (a golden model fed from a model file's
+    numbers); for a layer whose tensors carry :class:`~npquant.qparams.QParams`, with a
+    named fused ``activation`` as :func:`npquant.qnn.gemm.qlinear` takes it, use
+    :func:`qadd` (or :class:`npquant.qnn.layers.QAdd` to prepare it once), which calls this.
+
     ``q1``, ``q2``: integer codes in ``[qmin, qmax]`` (int8 ``-128, 127`` default; uint8
     ``0, 255``); scales float32 scalars; zero points in ``[qmin, qmax]``.
     ``act_min``/``act_max``: fused-activation clamp (:func:`npquant.qnn.activation.
@@ -156,6 +162,59 @@ def add(q1, s1, z1: int, q2, s2, z2: int, s_out, z_out: int, *, qmin: int = -128
     r2 = multiply_by_quantized_multiplier(sh2, *p.input2, rounding=rnd)
     out = multiply_by_quantized_multiplier(r1 + r2, *p.output, rounding=rnd) + zs[2]
     return np.clip(out, act_min, act_max).astype(dtype)
+
+
+def qadd(q1, qp1, q2, qp2, y_qp, *, mode: str = "tflite", activation=None, left_shift: int = 20,
+         vector_width: int = 64) -> np.ndarray:
+    """Quantized ``q1 + q2`` with the argument conventions of :func:`npquant.qnn.gemm.qlinear`.
+
+    The codes of two per-tensor-quantized tensors in, codes of ``y_qp`` out; the code range
+    is ``y_qp.spec``'s, narrowed by a fused ``activation`` computed as ``qlinear`` computes
+    it (TFLite's ``CalculateActivationRangeQuantized``). This is
+    ``QAdd(qp1, qp2, y_qp, mode=..., activation=...)(q1, q2)``
+    (:class:`npquant.qnn.layers.QAdd`), which calls :func:`add`: the same bits as ``add``
+    given ``qp1``'s, ``qp2``'s and ``y_qp``'s numbers, ``qmin``/``qmax`` of ``y_qp.spec``
+    and ``act_min``/``act_max`` of the activation. Use ``qadd`` (or ``QAdd``, to prepare
+    the constants once for many calls) when the tensors carry QParams; use :func:`add`
+    when you hold raw scales, zero points and clamp bounds.
+
+    Parameters
+    ----------
+    q1 : integer array
+        Codes of ``qp1`` in ``[y_qp.spec.qmin, y_qp.spec.qmax]``.
+    qp1 : QParams
+        Per-tensor qparams of ``q1`` (zero point in ``y_qp.spec``'s range).
+    q2 : integer array
+        Codes of ``qp2``, like ``q1``; the shapes broadcast as in NumPy.
+    qp2 : QParams
+        Per-tensor qparams of ``q2``.
+    y_qp : QParams
+        Per-tensor qparams of the output; its spec gives the code range and the dtype.
+    mode : str, default ``"tflite"``
+        One of ``ADD_MODES``: ``"tflite"``, ``"tflite_single"``, ``"torch"`` (uint8 only),
+        ``"onnxruntime"`` (module docstring).
+    activation : str, (int, int) or None, default None
+        ``None`` or ``"none"``, ``"relu"``, ``"relu6"``, ``"relu_n1_to_1"``, or a ``(lo,
+        hi)`` pair of codes within ``y_qp.spec``'s range.
+    left_shift : int, default 20
+        TFLite's input left shift (``"tflite"`` modes; 20 for 8-bit, 15 for int16).
+    vector_width : int, default 64
+        Elements per vector step of ``mode="torch"`` (:func:`torch_add_vector_width`).
+
+    Returns
+    -------
+    numpy.ndarray
+        Codes of the broadcast shape, of ``y_qp``'s 8- or 16-bit dtype (int8/uint8 for
+        8-bit specs), rounded as ``mode`` rounds and saturated to the activation's
+        ``[lo, hi]`` within ``y_qp.spec``'s range.
+    """
+    from .gemm import _act_qparams
+    from .layers import QAdd  # layers imports this module
+
+    for qp, name in ((qp1, "qp1"), (qp2, "qp2"), (y_qp, "y_qp")):
+        _act_qparams(qp, name)  # errors name qadd's arguments
+    return QAdd(qp1, qp2, y_qp, mode=mode, activation=activation, left_shift=left_shift,
+                vector_width=vector_width)(q1, q2)
 
 
 def _torch_add(a1, s1, z1, a2, s2, z2, so, zo, relu, width):

@@ -209,7 +209,7 @@ def _conv_run(x, geo: ConvGeometry, kernel, prep: _g._Gemm, backend: str) -> np.
     return _rows_to_nchw(*_conv_rows(x, geo, kernel, prep, backend))
 
 
-def conv2d_accumulate(x_q, x_qp: QParams, w_q, w_qp: QParams, bias_q=None, *, stride=1, padding=0,
+def conv2d_accumulate(x_q, x_qp, w_q, w_qp, bias_q=None, *, stride=1, padding=0,
                       dilation=1, groups: int = 1, form: str = "direct", overflow: str = "error",
                       backend: str = "numba", accumulation: str = "exact") -> np.ndarray:
     """int32 accumulators of an integer conv2d (before requantization).
@@ -218,13 +218,16 @@ def conv2d_accumulate(x_q, x_qp: QParams, w_q, w_qp: QParams, bias_q=None, *, st
     ----------
     x_q : integer array (N, C, H, W)
         Codes of ``x_qp`` (per-tensor).
-    x_qp : QParams
-        The input's qparams.
+    x_qp : QParams or int
+        The input's qparams, or only its zero point (the scales are not used here), as in
+        :func:`npquant.qnn.gemm.linear_accumulate`: a plain int takes the code range from
+        ``x_q``'s 8- or 16-bit dtype and must lie in it; it is also the padding value.
     w_q : integer array (O, C / groups, kh, kw)
         Codes of ``w_qp`` (per-tensor or per-channel along axis 0); depthwise is
         ``groups = C`` with ``O = C * multiplier``.
-    w_qp : QParams
-        The weights' qparams.
+    w_qp : QParams, int or 1-D integer array (O,)
+        The weights' qparams, or only the zero point (an int) or one per output channel;
+        a plain zero point takes the code range from ``w_q``'s 8- or 16-bit dtype.
     bias_q : int32 array (O,) or None
         The bias at scale ``S_x S_w`` and zero point 0.
     stride, padding, dilation, groups
@@ -244,6 +247,7 @@ def conv2d_accumulate(x_q, x_qp: QParams, w_q, w_qp: QParams, bias_q=None, *, st
         ``OH = (H + p_t + p_b - d_h (kh - 1) - 1) // s_h + 1``.
     """
     check_choice(backend, "backend", _g.BACKENDS)
+    x_qp, w_qp = _g._accumulate_qparams(x_q, x_qp, w_q, w_qp)
     x, geo, kernel, prep, _, _ = _conv_setup(x_q, x_qp, w_q, w_qp, bias_q, stride, padding, dilation,
                                              groups, form, overflow, accumulation)
     return _conv_run(x, geo, kernel, prep, backend)

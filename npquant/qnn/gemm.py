@@ -20,6 +20,19 @@ every kernel gives the same bits.
 The worst case of ``acc`` over the actual weights, every input code and the bias is
 checked against int32 before anything runs (:mod:`npquant.qnn.overflow`): a possible
 overflow is a ``ValueError``, or, with ``overflow="wrap"``, wraps as int32.
+
+:func:`qmatmul` is the product of two quantized *activations* (ONNX's ``QLinearMatMul``
+with a non-constant ``B``, as in attention): neither operand is a prepared weight, both
+are per-tensor, and the leading axes broadcast as in :func:`numpy.matmul`::
+
+    acc[..., m, n] = sum_k (q_a[..., m, k] - Z_a)(q_b[..., k, n] - Z_b)
+    y[..., m, n]   = clamp(round(acc * S_a S_b / S_y) + Z_y, lo, hi)
+
+Its sum is computed exactly in int64 and must fit int32 (checked on the actual values, as
+no worst case over constant weights exists); the multiplier and rounding are those of
+``qlinear``. ``mode="onnx"`` matches ``onnx.reference``'s QLinearMatMul; onnxruntime's
+CPU kernel (float32 ``S_a S_b / S_y``, round half to even of the float32 product) is
+``mode="fp32"`` (tests/test_qnn_gemm.py).
 """
 
 from __future__ import annotations
@@ -31,16 +44,23 @@ import numpy as np
 from .._checks import BACKENDS, check_choice, check_int, normalize_axis
 from .._kernels import gemm as _k
 from .._kernels.simd import HAVE_AVX2, HAVE_VNNI
-from ..fixedpoint import INT32_MAX, INT32_MIN, REQUANT_MODES, effective_multiplier, requantize
+from ..fixedpoint import (
+    EXTRA_REQUANT_MODES,
+    INT32_MAX,
+    INT32_MIN,
+    REQUANT_MODES,
+    effective_multiplier,
+    requantize,
+)
 from ..linear import round_values
-from ..qparams import QParams
+from ..qparams import QParams, QuantSpec
 from . import accumulation as _acc
 from . import overflow as _ovf
-from .activation import activation_range
+from .activation import activation_range, normalize_activation
 from .fbgemm import fbgemm_requantize
 
 FORMS = ("direct", "folded")
-ACTIVATIONS = ("relu", "relu6", "relu_n1_to_1")
+ACTIVATIONS = ("relu", "relu6", "relu_n1_to_1")  # besides None / "none" (activation.normalize_activation)
 BIAS_METHODS = ("onnxruntime", "tflite")
 _BYTES = (np.dtype(np.int8), np.dtype(np.uint8))
 
@@ -78,6 +98,38 @@ def _codes(q, qp: QParams, name: str, ndim: int | None = None) -> np.ndarray:
     return a.astype(qp.spec.dtype, copy=False)
 
 
+def _zero_point_qparams(qp, codes, name: str, per_channel_len: int | None = None) -> QParams:
+    """``qp`` itself if a QParams, else a plain zero point made into one: an int
+    (per-tensor), or for weights (``per_channel_len`` given) a 1-D integer array of that
+    length (per-channel along axis 0). The code range is that of ``codes``' dtype (8- or
+    16-bit integers); the scale, never used by the accumulators, is 1."""
+    if isinstance(qp, QParams):
+        return qp
+    z = np.asarray(qp)
+    if isinstance(qp, (bool, np.bool_)) or z.dtype.kind not in "iu":
+        raise TypeError(f"{name} must be a QParams or an integer zero point"
+                        + (" (an int, or a 1-D array of one per output channel)" if per_channel_len else "")
+                        + f", got {type(qp).__name__}" + (f" of dtype {z.dtype}" if z.dtype != object else ""))
+    a = np.asarray(codes)
+    code = "w_q" if per_channel_len is not None else "x_q"
+    if a.dtype.kind not in "iu" or a.dtype.itemsize > 2:
+        raise TypeError(f"{name} is a plain zero point, so the code range comes from {code}'s dtype, which "
+                        f"must be an 8- or 16-bit integer type; got {a.dtype} (cast the codes or pass a QParams)")
+    spec = QuantSpec(bits=8 * a.dtype.itemsize, signed=a.dtype.kind == "i")
+    if z.ndim == 1 and per_channel_len is not None:
+        if z.shape != (per_channel_len,):
+            raise ValueError(f"{name} must hold one zero point per output channel of {code} "
+                             f"({per_channel_len}), got {z.shape[0]}")
+        spec = spec.replace(axis=0)
+    elif z.ndim != 0:
+        raise ValueError(f"{name} must be one zero point" + (" or a 1-D array of one per output channel"
+                         if per_channel_len is not None else "") + f", got shape {z.shape}")
+    if z.size and (z.min() < spec.qmin or z.max() > spec.qmax):
+        raise ValueError(f"{name} must lie in [{spec.qmin}, {spec.qmax}], the code range of {code}'s dtype "
+                         f"{a.dtype}, got values in [{z.min()}, {z.max()}]")
+    return QParams(np.ones(z.shape, np.float32), z.astype(np.int64), spec)
+
+
 def _weight_qparams(w_qp, w_shape, name: str = "w_qp") -> tuple[np.ndarray, np.ndarray, bool]:
     """Per-tensor or per-channel (axis 0) weight qparams as (scale (O,), Z_w (O,), per_channel)."""
     _check_qparams_type(w_qp, name)
@@ -109,23 +161,20 @@ def _bias(bias_q, n_out: int, name: str = "bias_q") -> np.ndarray:
 def _activation_range(activation, y_qp: QParams) -> tuple[int, int]:
     """Output code range of a fused activation, as TFLite's CalculateActivationRangeQuantized.
 
-    ``None``: the spec's range; ``"relu"``: ``[max(qmin, Z_y), qmax]``; ``"relu6"``:
-    also ``hi = min(qmax, Z_y + round(6 / S_y))``; ``"relu_n1_to_1"``: ``[Z_y + round(-1 /
-    S_y), Z_y + round(1 / S_y)]`` within the spec; ``round`` is half away from zero of the
-    float32 quotient. A pair ``(lo, hi)`` of codes is taken as is.
+    ``None`` or ``"none"``: the spec's range; ``"relu"``: ``[max(qmin, Z_y), qmax]``;
+    ``"relu6"``: also ``hi = min(qmax, Z_y + round(6 / S_y))``; ``"relu_n1_to_1"``:
+    ``[Z_y + round(-1 / S_y), Z_y + round(1 / S_y)]`` within the spec; ``round`` is half
+    away from zero of the float32 quotient. A pair ``(lo, hi)`` of codes is taken as is.
+    Spellings are normalized by :func:`npquant.qnn.activation.normalize_activation`.
     """
     qmin, qmax = y_qp.spec.qmin, y_qp.spec.qmax
+    activation = normalize_activation(activation, allow_range=True)
     if activation is None:
         return qmin, qmax
     if isinstance(activation, tuple):
-        if len(activation) != 2:
-            raise ValueError(f"activation as a range must be (lo, hi), got {activation!r}")
         lo = check_int(activation[0], "activation[0]", lo=qmin, hi=qmax)
         hi = check_int(activation[1], "activation[1]", lo=lo, hi=qmax)
         return lo, hi
-    if not isinstance(activation, str) or activation not in ACTIVATIONS:
-        raise ValueError(f"activation must be None, 'relu', 'relu6', 'relu_n1_to_1' or a (lo, hi) pair "
-                         f"of codes, got {activation!r}")
     return activation_range(activation, np.float32(y_qp.scale), int(y_qp.zero_point), qmin, qmax)
 
 
@@ -135,8 +184,9 @@ def _float_bias_out(acc, x_qp: QParams, w_scale: np.ndarray, per_channel: bool, 
     if y_qp.spec.qmin != 0 or y_qp.spec.qmax != 255:
         raise ValueError("float_bias reproduces PyTorch's fbgemm, whose output is quint8: y_qp must be "
                          "unsigned 8-bit")
+    activation = normalize_activation(activation, allow_range=True)
     if activation not in (None, "relu"):
-        raise ValueError(f"with float_bias, activation must be None or 'relu' (fbgemm's fused forms), "
+        raise ValueError(f"with float_bias, activation must be None, 'none' or 'relu' (fbgemm's fused forms), "
                          f"got {activation!r}")
     sw = w_scale if per_channel else w_scale[0]
     out = fbgemm_requantize(acc, np.float32(x_qp.scale), sw, np.float32(y_qp.scale), int(y_qp.zero_point),
@@ -539,6 +589,13 @@ def _requantize_acc(acc, multiplier, per_channel: bool, y_qp: QParams, out_range
 
 # ---- public functions ------------------------------------------------------------------
 
+def _accumulate_qparams(x_q, x_qp, w_q, w_qp) -> tuple[QParams, QParams]:
+    """The accumulate functions' ``x_qp`` and ``w_qp``: QParams, or plain zero points."""
+    w = np.asarray(w_q)
+    n_out = w.shape[0] if w.ndim >= 1 else 0
+    return (_zero_point_qparams(x_qp, x_q, "x_qp"), _zero_point_qparams(w_qp, w, "w_qp", per_channel_len=n_out))
+
+
 def _linear_setup(x_q, x_qp, w_q, w_qp, bias_q, form, overflow, accumulation="exact"):
     _act_qparams(x_qp, "x_qp")
     _check_qparams_type(w_qp, "w_qp")
@@ -553,7 +610,7 @@ def _linear_setup(x_q, x_qp, w_q, w_qp, bias_q, form, overflow, accumulation="ex
     return x, g, sw, per_channel
 
 
-def linear_accumulate(x_q, x_qp: QParams, w_q, w_qp: QParams, bias_q=None, *, form: str = "direct",
+def linear_accumulate(x_q, x_qp, w_q, w_qp, bias_q=None, *, form: str = "direct",
                       overflow: str = "error", backend: str = "numba", accumulation: str = "exact") -> np.ndarray:
     """int32 accumulators of an integer fully connected layer (before requantization).
 
@@ -561,12 +618,16 @@ def linear_accumulate(x_q, x_qp: QParams, w_q, w_qp: QParams, bias_q=None, *, fo
     ----------
     x_q : integer array (..., in)
         Codes of ``x_qp`` (per-tensor).
-    x_qp : QParams
-        The input's qparams.
+    x_qp : QParams or int
+        The input's qparams, or only its zero point: the scales are not used here. A
+        plain int takes the code range from ``x_q``'s dtype (int8, uint8, int16, uint16)
+        and must lie in it; a QParams gives its spec's range.
     w_q : integer array (out, in)
         Codes of ``w_qp`` (per-tensor or per-channel along axis 0).
-    w_qp : QParams
-        The weights' qparams.
+    w_qp : QParams, int or 1-D integer array (out,)
+        The weights' qparams, or only the zero point (an int, per-tensor) or one zero
+        point per output channel; a plain zero point takes the code range from ``w_q``'s
+        dtype (8- or 16-bit) and must lie in it.
     bias_q : int32 array (out,) or None
         The bias at scale ``S_x S_w`` and zero point 0.
     form : ``"direct"`` or ``"folded"``
@@ -589,6 +650,7 @@ def linear_accumulate(x_q, x_qp: QParams, w_q, w_qp: QParams, bias_q=None, *, fo
         int16-saturated pair sums of raw codes along ``in``.
     """
     check_choice(backend, "backend", BACKENDS)
+    x_qp, w_qp = _accumulate_qparams(x_q, x_qp, w_q, w_qp)
     x, g, _, _ = _linear_setup(x_q, x_qp, w_q, w_qp, bias_q, form, overflow, accumulation)
     acc = _run(g, x.reshape(-1, x.shape[-1]), backend)
     return acc.reshape(x.shape[:-1] + (g.w.shape[0],))
@@ -663,3 +725,75 @@ def qlinear(x_q, x_qp: QParams, w_q, w_qp: QParams, bias_q, y_qp: QParams, *, mo
     else:
         y = _requantize_out(acc, x_qp, sw, per_channel, y_qp, mode, activation, axis=1)
     return y.reshape(x.shape[:-1] + (g.w.shape[0],))
+
+
+# ---- the product of two quantized activations --------------------------------------------
+
+def qmatmul(a_q, a_qp, b_q, b_qp, y_qp, *, mode: str = "onnx", activation=None,
+            overflow: str = "error") -> np.ndarray:
+    """Integer ``a @ b`` of two quantized activations, codes of ``y_qp`` out.
+
+    Parameters
+    ----------
+    a_q : integer array (..., M, K)
+        Codes of ``a_qp``, at least 2-D.
+    a_qp : QParams
+        Per-tensor qparams of ``a``.
+    b_q : integer array (..., K, N)
+        Codes of ``b_qp``, at least 2-D; the leading axes of ``a_q`` and ``b_q``
+        broadcast as in :func:`numpy.matmul`.
+    b_qp : QParams
+        Per-tensor qparams of ``b``.
+    y_qp : QParams
+        Per-tensor qparams of the output; its spec gives the code range and the dtype.
+    mode : str, default ``"onnx"``
+        The requantization: ``"tflite"``, ``"tflite_single"``, ``"fp32"``, ``"onnx"``, or
+        ``"tflite_single_away"`` (:mod:`npquant.fixedpoint`). ``"onnx"`` is ONNX's
+        reference QLinearMatMul; ``"fp32"`` is onnxruntime's CPU kernel.
+    activation : str, (int, int) or None, default None
+        A fused clamp as in :func:`npquant.qnn.gemm.qlinear`: ``None`` or ``"none"``,
+        ``"relu"``, ``"relu6"``, ``"relu_n1_to_1"``, or a ``(lo, hi)`` pair of codes.
+    overflow : ``"error"`` or ``"wrap"``, default ``"error"``
+        A sum outside int32 is a ``ValueError``, or wraps as int32 two's complement.
+
+    Returns
+    -------
+    numpy.ndarray
+        Codes of ``y_qp.spec.dtype``, shape ``broadcast(a.shape[:-2], b.shape[:-2]) +
+        (M, N)``: the exact int32 accumulator requantized with the rounding of ``mode``;
+        only the final clamp to ``[lo, hi]`` (``y_qp.spec``'s range, narrowed by
+        ``activation``) saturates.
+    """
+    check_choice(mode, "mode", REQUANT_MODES + EXTRA_REQUANT_MODES)
+    check_choice(overflow, "overflow", _ovf.OVERFLOW_MODES)
+    sa, za = _act_qparams(a_qp, "a_qp")
+    sb, zb = _act_qparams(b_qp, "b_qp")
+    sy, _ = _act_qparams(y_qp, "y_qp")
+    out_range = _activation_range(activation, y_qp)
+    a = _codes(a_q, a_qp, "a_q")
+    b = _codes(b_q, b_qp, "b_q")
+    if a.ndim < 2 or b.ndim < 2:
+        raise ValueError(f"a_q and b_q must be at least 2-D (..., M, K) and (..., K, N), got shapes "
+                         f"{a.shape} and {b.shape}")
+    if a.shape[-1] != b.shape[-2]:
+        raise ValueError(f"a_q (..., M, K) and b_q (..., K, N) disagree on K: shapes {a.shape} and {b.shape}")
+    try:
+        np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    except ValueError:
+        raise ValueError(f"the leading axes of a_q {a.shape} and b_q {b.shape} do not broadcast") from None
+    acc = _matmul_accumulate(a, za, b, zb)
+    if acc.size and (acc.min() < INT32_MIN or acc.max() > INT32_MAX):
+        if overflow == "error":
+            raise ValueError(f"the matmul accumulator overflows int32 (values in [{acc.min()}, {acc.max()}]); "
+                             "use overflow='wrap' for int32 wrap-around")
+        acc = _wrap32(acc)
+    m = effective_multiplier(sa, sb, sy, mode)
+    return _requantize_acc(acc.astype(np.int32), m, False, y_qp, out_range, mode, None)
+
+
+def _matmul_accumulate(a: np.ndarray, za: int, b: np.ndarray, zb: int) -> np.ndarray:
+    """Exact int64 ``(a - Z_a) @ (b - Z_b)`` with matmul broadcasting (each product of
+    16-bit code differences is below 2^32 in magnitude, so the sum is exact for K < 2^31)."""
+    if a.shape[-1] >= 1 << 31:
+        raise ValueError(f"K = {a.shape[-1]} is too long for an exact int64 sum")
+    return np.matmul(a.astype(np.int64) - za, b.astype(np.int64) - zb)

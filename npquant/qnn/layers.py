@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._checks import check_choice
+from .._checks import check_choice, check_int
 from ..fixedpoint import REQUANT_MODES, effective_multiplier
 from ..linear import quantize as _quantize
 from ..qparams import QParams
@@ -39,6 +39,7 @@ class _QLayer:
         self.float_bias = None if float_bias is None else _frozen(np.asarray(float_bias, np.float32))
         _g._act_qparams(x_qp, "x_qp")
         sy, zy = _g._act_qparams(y_qp, "y_qp")
+        activation = _act.normalize_activation(activation, allow_range=True)
         self.x_qp, self.y_qp, self.mode, self.activation = x_qp, y_qp, mode, activation
         self.out_range = _g._activation_range(activation, y_qp)
         sw = w_scale if per_channel else w_scale[0]
@@ -219,21 +220,47 @@ class AvgPool2d:
 
 class QAdd:
     """Sum of two quantized tensors with their own scales (:func:`npquant.qnn.add.add`):
-    ``layer(q1, q2)`` gives codes of ``y_qp``, with an optional fused activation."""
+    ``layer(q1, q2)`` gives codes of ``y_qp``, with an optional fused activation.
 
-    def __init__(self, a_qp: QParams, b_qp: QParams, y_qp: QParams, *, mode: str = "tflite", activation=None):
+    The constants are checked once; :func:`~npquant.qnn.add.qadd` is this layer called
+    once. Codes are those of ``y_qp``'s spec (int8/uint8 for 8-bit specs), saturated to the
+    activation's range.
+
+    Parameters
+    ----------
+    a_qp, b_qp : QParams
+        Per-tensor qparams of the two inputs (zero points in ``y_qp.spec``'s range).
+    y_qp : QParams
+        Per-tensor qparams of the output; its spec gives the code range.
+    mode : str, default ``"tflite"``
+        One of :data:`npquant.qnn.add.ADD_MODES`.
+    activation : str, (int, int) or None, default None
+        ``None`` or ``"none"``, ``"relu"``, ``"relu6"``, ``"relu_n1_to_1"`` or a ``(lo,
+        hi)`` pair of codes: the clamp of :func:`npquant.qnn.gemm.qlinear`.
+    left_shift : int, default 20
+        TFLite's input left shift (``"tflite"`` modes), as in :func:`~npquant.qnn.add.add`.
+    vector_width : int, default 64
+        Elements per vector step of ``mode="torch"``, as in :func:`~npquant.qnn.add.add`.
+    """
+
+    def __init__(self, a_qp: QParams, b_qp: QParams, y_qp: QParams, *, mode: str = "tflite", activation=None,
+                 left_shift: int = 20, vector_width: int = 64):
         self.s1, self.z1 = _g._act_qparams(a_qp, "a_qp")
         self.s2, self.z2 = _g._act_qparams(b_qp, "b_qp")
         self.sy, self.zy = _g._act_qparams(y_qp, "y_qp")
         check_choice(mode, "mode", ADD_MODES)
+        activation = _act.normalize_activation(activation, allow_range=True)
         self.a_qp, self.b_qp, self.y_qp, self.mode, self.activation = a_qp, b_qp, y_qp, mode, activation
         self.out_range = _g._activation_range(activation, y_qp)
+        self.left_shift = check_int(left_shift, "left_shift", lo=0, hi=30)
+        self.vector_width = check_int(vector_width, "vector_width", lo=1)
 
     def __call__(self, a_q, b_q) -> np.ndarray:
         qmin, qmax = self.y_qp.spec.qmin, self.y_qp.spec.qmax
         lo, hi = self.out_range
         return _add_codes(a_q, self.s1, self.z1, b_q, self.s2, self.z2, self.sy, self.zy, qmin=qmin,
-                          qmax=qmax, act_min=lo, act_max=hi, mode=self.mode)
+                          qmax=qmax, act_min=lo, act_max=hi, mode=self.mode, left_shift=self.left_shift,
+                          vector_width=self.vector_width)
 
     def __repr__(self) -> str:
         return f"QAdd(mode={self.mode!r}, activation={self.activation!r})"
