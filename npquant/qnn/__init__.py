@@ -26,7 +26,7 @@ CPU path: ``accumulation``), then requantizes it with a named mode of
 from .accumulation import ACCUMULATIONS, host_path
 from .activation import ACTIVATIONS, activation_range, clamp, flatten, normalize_activation, relu, relu6
 from .add import ADD_MODES, add, qadd, tflite_add_params, torch_add_vector_width
-from .conv import conv2d_accumulate, conv_geometry, qconv2d
+from .conv import conv2d_accumulate, conv_geometry, qconv2d, same_padding
 from .fbgemm import fbgemm_multipliers, fbgemm_requantize
 from .gemm import (
     GEMM_KERNELS,
@@ -49,5 +49,5 @@ __all__ = [
     "activation_range", "add", "avg_pool2d", "check_accumulator", "check_int16_pairs", "clamp",
     "conv2d_accumulate", "conv_geometry", "fbgemm_multipliers", "fbgemm_requantize", "flatten",
     "linear_accumulate", "max_pool2d", "normalize_activation", "qadd", "qconv2d", "qlinear", "qmatmul",
-    "quantize_bias", "relu", "relu6", "tflite_add_params",
+    "quantize_bias", "relu", "relu6", "same_padding", "tflite_add_params",
 ]
