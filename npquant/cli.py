@@ -150,7 +150,23 @@ DEMO_WEIGHT_OPTIONS = (("seed", "--seed", 0), ("bits", "--bits", [8, 4, 2]), ("g
 
 
 def demo_configs(bits_list, group_size):
-    """``(labels, QuantSpec keyword arguments)`` for each bits x scheme x granularity."""
+    """``(labels, QuantSpec keyword arguments)`` for each bits x scheme x granularity.
+
+    Parameters
+    ----------
+    bits_list : list of int
+        The bit widths, in order (``--bits``, e.g. ``[8, 4, 2]``).
+    group_size : int
+        Block size along axis 1 of the per-group granularity (``--group-size``).
+
+    Returns
+    -------
+    list of (tuple of str, dict)
+        One ``(labels, kwargs)`` pair per bit width x scheme (symmetric, asymmetric) x
+        granularity (per-tensor, per-channel along axis 0, per-group along axis 1), in
+        that nesting order: ``labels`` is ``(bits, scheme, granularity)`` as strings and
+        ``kwargs`` the keyword arguments of a signed ``QuantSpec``.
+    """
     grans = [("per-tensor", {}), ("per-channel", {"axis": 0}),
              (f"per-group({group_size})", {"axis": 1, "block_size": group_size})]
     out = []
@@ -1169,7 +1185,14 @@ COMMANDS = [_add_demo, _add_quantize, _add_explain, _add_compress, _add_qat, _ad
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of ``npquant`` with every subcommand of :data:`COMMANDS`."""
+    """The argument parser of ``npquant`` with every subcommand of :data:`COMMANDS`.
+
+    Returns
+    -------
+    argparse.ArgumentParser
+        A new parser with ``--version`` and a required subcommand, registered in the
+        order of :data:`COMMANDS`.
+    """
     parser = argparse.ArgumentParser(
         prog="npquant",
         description="npquant: a framework-free reference implementation of neural-network "
@@ -1183,7 +1206,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    """Entry point of the ``npquant`` console script; returns the exit status."""
+    """Entry point of the ``npquant`` console script; returns the exit status.
+
+    Parameters
+    ----------
+    argv : list of str or None, default None
+        The arguments after the program name; None parses ``sys.argv[1:]`` (argparse's
+        default).
+
+    Returns
+    -------
+    int
+        The exit status (module docstring): the command's status, 0 on success; 1 when a
+        command fails on valid arguments (``ValueError``, ``TypeError``, ``OSError``) or
+        its output pipe is closed; 3 for an internal error; 130 when interrupted. Bad
+        arguments, ``--help`` and ``--version`` exit through argparse's ``SystemExit``
+        (status 2 for bad arguments) instead of returning.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

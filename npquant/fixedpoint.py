@@ -82,10 +82,26 @@ def quantize_multiplier(real, rounding: str = "double") -> tuple[np.ndarray, np.
     lies in ``[2^30, 2^31)`` (renormalised when it reaches ``2^31``); ``shift`` is a
     left shift when positive. Multipliers below ``2^-32`` once rounded to ``m0``'s bits
     (a ``shift`` below ``-31``) flush to ``(0, 0)``, as TFLite's do;
-    multipliers >= 1 are fine. ``rounding="single"`` also saturates ``shift > 30`` to
-    ``(2^31 - 1, 30)``, as TFLite does under ``TFLITE_SINGLE_ROUNDING``, which does not
-    accept negative multipliers. Returns ``(m0, shift)`` as int32 arrays of ``real``'s
-    shape.
+    multipliers >= 1 are fine.
+
+    Parameters
+    ----------
+    real : float or float array
+        The real multipliers, any shape, finite (taken as float64). ``ValueError`` when
+        one is too large for a 32-bit fixed-point multiplier.
+    rounding : {"double", "single", "single_away"}, default ``"double"``
+        One of ``MBQM_ROUNDINGS``. ``"single"`` also saturates ``shift > 30`` to
+        ``(2^31 - 1, 30)``, as TFLite does under ``TFLITE_SINGLE_ROUNDING``, which does
+        not accept negative multipliers (a ``ValueError`` here); the other two compute
+        the same constants.
+
+    Returns
+    -------
+    m0 : numpy.ndarray
+        int32, ``real``'s shape: the rounded mantissa (0 for ``real == 0`` and flushed
+        multipliers).
+    shift : numpy.ndarray
+        int32, ``real``'s shape: the power of two, ``real = m0 * 2^(shift - 31)``.
     """
     check_choice(rounding, "rounding", MBQM_ROUNDINGS)
     r = np.asarray(real)
@@ -118,8 +134,18 @@ def quantize_multiplier(real, rounding: str = "double") -> tuple[np.ndarray, np.
 def saturating_rounding_doubling_high_mul(a, b) -> np.ndarray:
     """gemmlowp's SaturatingRoundingDoublingHighMul: ``round(a * b / 2^31)``, int32.
 
-    Rounds half toward +infinity; ``INT32_MIN * INT32_MIN`` saturates to ``INT32_MAX``
-    (the one product that does not fit). ``a`` and ``b`` are int32 values, broadcast.
+    Parameters
+    ----------
+    a, b : int or integer array
+        int32 values (``ValueError`` outside the int32 range), broadcast against each
+        other.
+
+    Returns
+    -------
+    numpy.ndarray
+        int32, the broadcast shape: ``a * b / 2^31`` rounded half toward +infinity;
+        ``INT32_MIN * INT32_MIN`` saturates to ``INT32_MAX`` (the one product that does
+        not fit).
     """
     a = _int_array(a, "a")
     b = _int_array(b, "b")
@@ -137,7 +163,18 @@ def _srdhm_numpy(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def rounding_divide_by_pot(x, exponent) -> np.ndarray:
     """gemmlowp's RoundingDivideByPOT: ``x / 2^exponent``, ties away from zero, int32.
 
-    ``exponent`` in ``[0, 31]``, broadcast against ``x``.
+    Parameters
+    ----------
+    x : int or integer array
+        int32 values (``ValueError`` outside the int32 range).
+    exponent : int or integer array
+        The power of two, in ``[0, 31]``, broadcast against ``x``.
+
+    Returns
+    -------
+    numpy.ndarray
+        int32, the broadcast shape (a NumPy scalar for scalar inputs): ``x / 2^exponent``
+        rounded half away from zero.
     """
     x = _int_array(x, "x")
     e = _int_array(exponent, "exponent", 0, 31)
@@ -158,15 +195,31 @@ def _wrap32(v: np.ndarray) -> np.ndarray:
 def multiply_by_quantized_multiplier(x, m0, shift, rounding: str = "double") -> np.ndarray:
     """TFLite's ``MultiplyByQuantizedMultiplier(x, m0, shift)``: about ``x * m0 * 2^(shift-31)``.
 
-    ``rounding="double"`` (TFLite's default): ``rdbpot(srdhm(x << left, m0), right)``
-    where ``left = max(shift, 0)``, ``right = max(-shift, 0)``; ``x << left`` wraps like
-    C's int32 arithmetic. ``rounding="single"``: ``(x * m0 + 2^(30-shift)) >> (31-shift)``
-    in int64, ties toward +inf; needs ``m0 >= 0``. ``rounding="single_away"``: the same
-    single rounding of ``|x * m0|``, sign restored (ties away from zero; LiteRT's
-    reference FULLY_CONNECTED); needs ``m0 >= 0``. ``shift`` must lie in ``[-31, 30]``
-    (TFLite's range; a larger left shift overflows int32 for every ``x`` but 0).
-    Returns int64 (the single-rounding result can leave the int32 range, which TFLite
-    treats as a contract violation).
+    Parameters
+    ----------
+    x : int or integer array
+        int32 values (``ValueError`` outside the int32 range).
+    m0 : int or integer array
+        The int32 mantissa of :func:`quantize_multiplier`; ``m0 >= 0`` for the single
+        roundings.
+    shift : int or integer array
+        The power of two of :func:`quantize_multiplier`, in ``[-31, 30]`` (TFLite's
+        range; a larger left shift overflows int32 for every ``x`` but 0). ``x``, ``m0``
+        and ``shift`` broadcast against each other.
+    rounding : {"double", "single", "single_away"}, default ``"double"``
+        ``"double"`` (TFLite's default): ``rdbpot(srdhm(x << left, m0), right)`` where
+        ``left = max(shift, 0)``, ``right = max(-shift, 0)``; ``x << left`` wraps like
+        C's int32 arithmetic. ``"single"``: ``(x * m0 + 2^(30-shift)) >> (31-shift)`` in
+        int64, ties toward +inf. ``"single_away"``: the same single rounding of
+        ``|x * m0|``, sign restored (ties away from zero; LiteRT's reference
+        FULLY_CONNECTED).
+
+    Returns
+    -------
+    numpy.ndarray
+        int64, the broadcast shape (a NumPy scalar for scalar inputs); not saturated (the
+        single-rounding result can leave the int32 range, which TFLite treats as a
+        contract violation).
     """
     check_choice(rounding, "rounding", MBQM_ROUNDINGS)
     x = _int_array(x, "x")
@@ -188,12 +241,29 @@ def multiply_by_quantized_multiplier(x, m0, shift, rounding: str = "double") -> 
 def effective_multiplier(s_x, s_w, s_y, mode: str) -> np.ndarray:
     """The real multiplier ``M = S_x * S_w / S_y`` computed as the stack of ``mode`` does.
 
-    ``tflite``/``tflite_single``/``tflite_single_away``: ``double(S_x) * double(S_w) /
-    double(S_y)`` from the float32 scales (TFLite's ``PopulateConvolutionQuantizationParams``). ``onnx``:
-    ``float32(S_x * S_w) / S_y`` in float32 (ONNX's reference QLinearMatMul/Conv).
-    ``fp32``: ``float32(S_x * S_w) / S_y`` in float32 (fbgemm's ``act_times_w_scale``
-    and output multiplier in PyTorch's quantized linear/conv). Scales are float32
-    (scalars or per-channel ``S_w``); returns float64 holding the value each stack uses.
+    Parameters
+    ----------
+    s_x : float
+        The input scale ``S_x``, taken as float32; positive and finite.
+    s_w : float or 1-D float array (C,)
+        The weight scale ``S_w``, or per-channel scales; taken as float32, positive and
+        finite.
+    s_y : float
+        The output scale ``S_y``, taken as float32; positive and finite.
+    mode : str
+        One of ``REQUANT_MODES`` or ``EXTRA_REQUANT_MODES``.
+        ``tflite``/``tflite_single``/``tflite_single_away``: ``double(S_x) * double(S_w) /
+        double(S_y)`` from the float32 scales (TFLite's
+        ``PopulateConvolutionQuantizationParams``). ``onnx``: ``float32(S_x * S_w) / S_y``
+        in float32 (ONNX's reference QLinearMatMul/Conv). ``fp32``: ``float32(S_x * S_w)
+        / S_y`` in float32 (fbgemm's ``act_times_w_scale`` and output multiplier in
+        PyTorch's quantized linear/conv).
+
+    Returns
+    -------
+    numpy.ndarray
+        float64, the broadcast shape of the scales (a NumPy scalar for scalar scales),
+        holding the value each stack uses.
     """
     check_choice(mode, "mode", _ALL_MODES)
     vals = []
@@ -215,8 +285,18 @@ def effective_multiplier(s_x, s_w, s_y, mode: str) -> np.ndarray:
 class RequantParams:
     """The per-mode constants of one requantization, computed once from ``M``.
 
-    ``m0``/``shift`` (int32) for the TFLite modes, ``multiplier32`` (float32) for fp32
-    and onnx; 1-D, length 1 (per-tensor) or C (per-channel).
+    Each field is 1-D, length 1 (per-tensor) or C (per-channel).
+
+    Attributes
+    ----------
+    m0 : numpy.ndarray
+        int32 (1,) or (C,): the mantissas of :func:`quantize_multiplier`, for the TFLite
+        modes.
+    shift : numpy.ndarray
+        int32 (1,) or (C,): the powers of two of :func:`quantize_multiplier`, for the
+        TFLite modes.
+    multiplier32 : numpy.ndarray
+        float32 (1,) or (C,): ``M`` as float32, for fp32 and onnx.
     """
 
     m0: np.ndarray
@@ -225,7 +305,25 @@ class RequantParams:
 
 
 def requant_params(multiplier, mode: str) -> RequantParams:
-    """Constants of ``mode`` for real multipliers ``M > 0`` (float64 array or scalar)."""
+    """Constants of ``mode`` for real multipliers ``M > 0`` (float64 array or scalar).
+
+    Parameters
+    ----------
+    multiplier : float or 1-D float array (C,)
+        The real multipliers ``M``, positive and finite (taken as float64). Modes
+        ``tflite`` and ``tflite_single_away`` need ``M < 2^30``; ``fp32`` and ``onnx``
+        need ``M`` finite in float32.
+    mode : str
+        One of ``REQUANT_MODES`` or ``EXTRA_REQUANT_MODES``.
+
+    Returns
+    -------
+    RequantParams
+        1-D arrays of length 1 (scalar ``multiplier``) or C: ``m0``/``shift`` of
+        :func:`quantize_multiplier` (double rounding for ``tflite`` and
+        ``tflite_single_away``, single for ``tflite_single``; zeros for ``fp32`` and
+        ``onnx``) and ``multiplier32 = float32(M)`` in every mode.
+    """
     check_choice(mode, "mode", _ALL_MODES)
     m = np.asarray(multiplier)
     if m.dtype.kind not in "fiu":
@@ -265,10 +363,13 @@ def requantize(acc, multiplier, zero_point: int, qmin: int, qmax: int, *, mode: 
     zero_point, qmin, qmax : int
         Output zero point and code range (e.g. ``0, -128, 127`` for int8;
         a fused ReLU is ``qmin = zero_point``).
-    mode : str
+    mode : str, default ``"tflite"``
         One of ``REQUANT_MODES`` or ``EXTRA_REQUANT_MODES`` (see the module docstring).
-    axis : int or None
-        The channel axis of ``acc`` for per-channel multipliers.
+    axis : int or None, default None
+        The channel axis of ``acc`` for per-channel multipliers (needed with more than
+        one multiplier).
+    backend : {"numba", "numpy"}, default ``"numba"``
+        The numba kernel or its NumPy twin.
 
     Returns
     -------
@@ -361,8 +462,27 @@ def requantize_ties(multiplier: float, zero_point: int = 0, qmin: int = -128, qm
     """Where production stacks differ by one LSB: accumulators in ``[acc_min, acc_max]``
     whose output code depends on the requantization mode.
 
-    Returns a dict with ``acc`` (int64 array of the disagreeing accumulators),
-    ``exact`` (``acc * M`` as float64, for reading), and one int array per mode.
+    Parameters
+    ----------
+    multiplier : float
+        The real multiplier ``M``, as in :func:`requantize`.
+    zero_point : int, default 0
+        Output zero point, as in :func:`requantize`.
+    qmin, qmax : int, default -128, 127
+        Output code range, as in :func:`requantize`.
+    acc_min, acc_max : int, default ``-2^16``, ``2^16``
+        The accumulators tried, inclusive; within the int32 range and at most ``2^26``
+        apart.
+    modes : sequence of str, default ``REQUANT_MODES``
+        The modes compared (each of ``REQUANT_MODES`` or ``EXTRA_REQUANT_MODES``).
+
+    Returns
+    -------
+    dict
+        ``acc`` (int64 array of the disagreeing accumulators, ascending), ``exact``
+        (``acc * M`` as float64, for reading), and for each mode of ``modes`` the int64
+        array of its codes of those accumulators (as :func:`requantize` rounds and
+        saturates them).
     """
     acc_min = check_int(acc_min, "acc_min", lo=INT32_MIN, hi=INT32_MAX)
     acc_max = check_int(acc_max, "acc_max", lo=acc_min, hi=INT32_MAX)

@@ -68,9 +68,19 @@ _TORCH_ADD_WIDTHS = {"AVX512": 64, "AVX2": 64}
 
 
 def torch_add_vector_width(capability: str) -> int:
-    """``vector_width`` of :func:`add` with ``mode="torch"`` for PyTorch's CPU capability
-    (``torch.backends.cpu.get_cpu_capability()``): 64 for ``"AVX512"`` and ``"AVX2"``. A
-    capability whose width was not measured is a ``ValueError``."""
+    """``vector_width`` of :func:`add` with ``mode="torch"`` for PyTorch's CPU capability.
+
+    Parameters
+    ----------
+    capability : str
+        ``torch.backends.cpu.get_cpu_capability()``: ``"AVX512"`` or ``"AVX2"``. A
+        capability whose width was not measured is a ``ValueError``.
+
+    Returns
+    -------
+    int
+        Elements per vector step: 64 for ``"AVX512"`` and ``"AVX2"``.
+    """
     if capability not in _TORCH_ADD_WIDTHS:
         raise ValueError(f"capability must be one of {', '.join(map(repr, _TORCH_ADD_WIDTHS))} (measured); "
                          f"got {capability!r}")
@@ -79,7 +89,17 @@ def torch_add_vector_width(capability: str) -> int:
 
 @dataclass(frozen=True)
 class AddParams:
-    """TFLite ADD constants: ``left_shift`` and ``(m0, shift)`` (Python ints) per input and output."""
+    """TFLite ADD constants: ``left_shift`` and ``(m0, shift)`` (Python ints) per input and output.
+
+    Attributes
+    ----------
+    left_shift : int
+        The input left shift.
+    input1, input2 : (int, int)
+        ``(m0, shift)`` of ``m1`` and ``m2`` (module docstring).
+    output : (int, int)
+        ``(m0, shift)`` of ``m_out``.
+    """
 
     left_shift: int
     input1: tuple[int, int]
@@ -89,7 +109,26 @@ class AddParams:
 
 def tflite_add_params(s1, s2, s_out, *, left_shift: int = 20, rounding: str = "double") -> AddParams:
     """The constants of TFLite's ADD Prepare (module docstring); float64 arithmetic on the
-    float32 scales. ``ValueError`` if a real multiplier is not below 1 (TFLite asserts)."""
+    float32 scales. ``ValueError`` if a real multiplier is not below 1 (TFLite asserts).
+
+    Parameters
+    ----------
+    s1, s2 : float
+        Scales of the two inputs, positive and finite as float32.
+    s_out : float
+        Scale of the output, positive and finite as float32; must exceed
+        ``2 * max(s1, s2) / 2^left_shift`` (the output multiplier below 1).
+    left_shift : int, default 20
+        TFLite's input left shift, in ``[0, 30]`` (20 for 8-bit, 15 for int16).
+    rounding : {"double", "single", "single_away"}, default ``"double"``
+        The rounding of :func:`npquant.fixedpoint.quantize_multiplier` (``"single"``
+        under ``TFLITE_SINGLE_ROUNDING``).
+
+    Returns
+    -------
+    AddParams
+        ``left_shift`` and the ``(m0, shift)`` of ``m1``, ``m2`` and ``m_out``.
+    """
     left_shift = check_int(left_shift, "left_shift", lo=0, hi=30)
     s1, s2, so = (np.float64(check_scale(v, n)) for v, n in ((s1, "s1"), (s2, "s2"), (s_out, "s_out")))
     twice_max = 2.0 * max(s1, s2)
@@ -116,12 +155,46 @@ def add(q1, s1, z1: int, q2, s2, z2: int, s_out, z_out: int, *, qmin: int = -128
     named fused ``activation`` as :func:`npquant.qnn.gemm.qlinear` takes it, use
     :func:`qadd` (or :class:`npquant.qnn.layers.QAdd` to prepare it once), which calls this.
 
-    ``q1``, ``q2``: integer codes in ``[qmin, qmax]`` (int8 ``-128, 127`` default; uint8
-    ``0, 255``); scales float32 scalars; zero points in ``[qmin, qmax]``.
-    ``act_min``/``act_max``: fused-activation clamp (:func:`npquant.qnn.activation.
-    activation_range`), default ``[qmin, qmax]``. ``mode="torch"`` is uint8 only; its
-    ReLU (``add_relu``) is ``act_min=z_out``. Returns codes of dtype int8 or uint8
-    (by ``qmin``), saturated to ``[act_min, act_max]``.
+    Parameters
+    ----------
+    q1 : integer array
+        Codes of the first input, in ``[qmin, qmax]``.
+    s1 : float
+        Scale of ``q1``, a float32 scalar (positive and finite).
+    z1 : int
+        Zero point of ``q1``, in ``[qmin, qmax]``.
+    q2 : integer array
+        Codes of the second input, like ``q1``; the shapes broadcast as in NumPy.
+    s2 : float
+        Scale of ``q2``, a float32 scalar.
+    z2 : int
+        Zero point of ``q2``, in ``[qmin, qmax]``.
+    s_out : float
+        Scale of the output, a float32 scalar.
+    z_out : int
+        Zero point of the output, in ``[qmin, qmax]``.
+    qmin, qmax : int, default -128, 127
+        Code range of the inputs and the output (int8 ``-128, 127``; uint8 ``0, 255``).
+    act_min, act_max : int or None, default None
+        Fused-activation clamp (:func:`npquant.qnn.activation.activation_range`) within
+        ``[qmin, qmax]``; None: ``qmin``, ``qmax``. With ``mode="torch"``,
+        ``act_min=z_out`` is its ReLU (``add_relu``).
+    mode : str, default ``"tflite"``
+        One of ``ADD_MODES``: ``"tflite"``, ``"tflite_single"``, ``"torch"`` (uint8 only:
+        ``qmin=0, qmax=255``), ``"onnxruntime"`` (module docstring).
+    left_shift : int, default 20
+        TFLite's input left shift (``"tflite"`` modes; 20 for 8-bit, 15 for int16), in
+        ``[0, 30]``; ``ValueError`` when ``(q - z) << left_shift`` overflows int32.
+    vector_width : int, default 64
+        Elements per vector step of ``mode="torch"`` (:func:`torch_add_vector_width`),
+        >= 1.
+
+    Returns
+    -------
+    numpy.ndarray
+        Codes of the broadcast shape, rounded as ``mode`` rounds and saturated to
+        ``[act_min, act_max]``; dtype int8 or uint8 by ``qmin`` (int16 or uint16 for
+        wider ranges).
     """
     check_choice(mode, "mode", ADD_MODES)
     qmin = check_int(qmin, "qmin", lo=-(1 << 15))

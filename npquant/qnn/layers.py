@@ -66,14 +66,39 @@ class _QLayer:
 class QLinear(_QLayer):
     """Integer fully connected layer (see :func:`npquant.qnn.gemm.qlinear`).
 
-    ``w_q`` (out, in) codes of ``w_qp`` (per-tensor or per-channel along axis 0);
-    ``bias_q`` int32 (out,) or None; ``x_qp``, ``y_qp`` per-tensor. ``layer(x_q)`` maps
-    (..., in) codes to (..., out) codes of ``y_qp.spec.dtype``; ``layer.accumulate(x_q)``
-    returns the int32 accumulators. ``accumulation`` names the arithmetic of the sum
-    (:mod:`npquant.qnn.accumulation`; ``"fbgemm"`` for PyTorch's bits on this CPU).
+    ``layer(x_q)`` maps (..., in) codes to (..., out) codes of ``y_qp.spec.dtype``;
+    ``layer.accumulate(x_q)`` returns the int32 accumulators.
     Attributes: ``multiplier`` (float64, per channel or scalar, as the stack of ``mode``
     computes it), ``out_range`` (codes), ``bias_folded`` (int32, the bias of the folded
     form), ``saturates_pairs`` (whether this layer's accumulation resolved to int16 pairs).
+
+    Parameters
+    ----------
+    w_q : integer array (out, in)
+        Codes of ``w_qp``.
+    w_qp : QParams
+        The weights' qparams, per-tensor or per-channel along axis 0.
+    bias_q : int32 array (out,) or None
+        The bias at scale ``S_x S_w`` and zero point 0; None: no bias.
+    x_qp : QParams
+        The input's qparams, per-tensor.
+    y_qp : QParams
+        The output's qparams, per-tensor.
+    mode : str, default ``"tflite"``
+        The requantization rounding, one of :data:`npquant.fixedpoint.REQUANT_MODES`.
+    activation : str, (int, int) or None, default None
+        The fused clamp, as in :func:`npquant.qnn.gemm.qlinear`.
+    form : ``"direct"`` or ``"folded"``, default ``"direct"``
+        As in :func:`npquant.qnn.gemm.linear_accumulate`.
+    overflow : ``"error"`` or ``"wrap"``, default ``"error"``
+        As in :func:`npquant.qnn.gemm.linear_accumulate`.
+    backend : ``"numba"`` or ``"numpy"``, default ``"numba"``
+        The kernels or their NumPy twins.
+    float_bias : float32 array (out,) or None, default None
+        PyTorch's float bias; needs ``mode="fp32"`` and ``bias_q=None``.
+    accumulation : str, default ``"exact"``
+        The arithmetic of the sum (:mod:`npquant.qnn.accumulation`; ``"fbgemm"`` for
+        PyTorch's bits on this CPU).
     """
 
     def __init__(self, w_q, w_qp: QParams, bias_q, x_qp: QParams, y_qp: QParams, *, mode: str = "tflite",
@@ -125,10 +150,39 @@ class QLinear(_QLayer):
 class QConv2d(_QLayer):
     """Integer conv2d layer (see :func:`npquant.qnn.conv.qconv2d`).
 
-    ``w_q`` (O, C / groups, kh, kw) codes; ``stride``, ``padding``, ``dilation``,
-    ``groups`` as in :func:`npquant.qnn.conv.conv_geometry`. ``layer(x_q)`` maps NCHW
-    codes to NCHW codes of ``y_qp.spec.dtype``; ``layer.accumulate(x_q)`` returns int32.
-    ``accumulation`` as in :class:`QLinear`, resolved for this geometry.
+    ``layer(x_q)`` maps NCHW codes to NCHW codes of ``y_qp.spec.dtype``;
+    ``layer.accumulate(x_q)`` returns int32.
+
+    Parameters
+    ----------
+    w_q : integer array (O, C / groups, kh, kw)
+        Codes of ``w_qp``.
+    w_qp : QParams
+        The weights' qparams, per-tensor or per-channel along axis 0.
+    bias_q : int32 array (O,) or None
+        The bias at scale ``S_x S_w`` and zero point 0; None: no bias.
+    x_qp : QParams
+        The input's qparams, per-tensor.
+    y_qp : QParams
+        The output's qparams, per-tensor.
+    stride, padding, dilation : int or tuple of int, default 1, 0, 1
+        As in :func:`npquant.qnn.conv.conv_geometry`.
+    groups : int, default 1
+        As in :func:`npquant.qnn.conv.conv_geometry`; ``O`` must be divisible by it.
+    mode : str, default ``"tflite"``
+        The requantization rounding, one of :data:`npquant.fixedpoint.REQUANT_MODES`.
+    activation : str, (int, int) or None, default None
+        The fused clamp, as in :func:`npquant.qnn.gemm.qlinear`.
+    form : ``"direct"`` or ``"folded"``, default ``"direct"``
+        As in :func:`npquant.qnn.gemm.linear_accumulate`.
+    overflow : ``"error"`` or ``"wrap"``, default ``"error"``
+        As in :func:`npquant.qnn.gemm.linear_accumulate`.
+    backend : ``"numba"`` or ``"numpy"``, default ``"numba"``
+        The kernels or their NumPy twins.
+    float_bias : float32 array (O,) or None, default None
+        PyTorch's float bias; needs ``mode="fp32"`` and ``bias_q=None``.
+    accumulation : str, default ``"exact"``
+        As in :class:`QLinear`, resolved for this geometry.
     """
 
     def __init__(self, w_q, w_qp: QParams, bias_q, x_qp: QParams, y_qp: QParams, *, stride=1, padding=0,
@@ -187,7 +241,21 @@ class QConv2d(_QLayer):
 
 
 class MaxPool2d:
-    """Max pooling of NCHW codes (:func:`npquant.qnn.pool.max_pool2d`); qparams unchanged."""
+    """Max pooling of NCHW codes (:func:`npquant.qnn.pool.max_pool2d`); qparams unchanged.
+
+    The arguments are checked when the layer is called.
+
+    Parameters
+    ----------
+    kernel_size : int or (int, int)
+        The window, as in :func:`npquant.qnn.pool.max_pool2d`.
+    stride : int, (int, int) or None, default None
+        None: ``kernel_size``.
+    padding : int, (int, int) or (int, int, int, int), default 0
+        As in :func:`npquant.qnn.pool.max_pool2d`.
+    backend : ``"numba"`` or ``"numpy"``, default ``"numba"``
+        The kernel or its NumPy twin.
+    """
 
     def __init__(self, kernel_size, stride=None, padding=0, *, backend: str = "numba"):
         self.kernel_size, self.stride, self.padding, self.backend = kernel_size, stride, padding, backend
@@ -201,7 +269,27 @@ class MaxPool2d:
 
 class AvgPool2d:
     """Average pooling of NCHW codes (:func:`npquant.qnn.pool.avg_pool2d`) with TFLite's
-    (half away) or PyTorch's (half even) rounding; qparams unchanged."""
+    (half away) or PyTorch's (half even) rounding; qparams unchanged.
+
+    ``mode`` is checked here, the other arguments when the layer is called.
+
+    Parameters
+    ----------
+    kernel_size : int or (int, int)
+        The window, as in :func:`npquant.qnn.pool.avg_pool2d`.
+    stride : int, (int, int) or None, default None
+        None: ``kernel_size``.
+    padding : int, (int, int) or (int, int, int, int), default 0
+        As in :func:`npquant.qnn.pool.max_pool2d`.
+    mode : ``"tflite"`` or ``"torch"``, default ``"tflite"``
+        The rounding of ``sum / count``: half away from zero or half to even.
+    zero_point : int, default 0
+        The code that padding counts as with ``count_include_pad``.
+    count_include_pad : bool, default False
+        Count padding as ``zero_point`` (PyTorch's option; only with ``mode="torch"``).
+    backend : ``"numba"`` or ``"numpy"``, default ``"numba"``
+        The kernel or its NumPy twin.
+    """
 
     def __init__(self, kernel_size, stride=None, padding=0, *, mode: str = "tflite", zero_point: int = 0,
                  count_include_pad: bool = False, backend: str = "numba"):
@@ -269,12 +357,19 @@ class QAdd:
 class QReLU:
     """ReLU (``relu``) or ReLU6 (``relu6``) on codes of ``qp``: a clamp, qparams unchanged.
 
-    ``mode`` names how the code of 6 is rounded: ``"tflite"`` (default) as TFLite's clamps
-    (:func:`npquant.qnn.activation.activation_range`: ``Z + round_half_away(float32(6 /
-    S))``); ``"torch"`` as PyTorch's quantized ``relu6`` / ``hardtanh`` (``quantize_val``:
-    ``rint(float32(float32(6 * float32(1 / S)) + Z))``, ties to even, i.e.
-    :func:`npquant.quantize` with ``method="mul_add"``; measured on torch 2.13). The lower
-    bound is ``Z`` in both.
+    Parameters
+    ----------
+    qp : QParams
+        Per-tensor qparams of the codes, in and out.
+    activation : ``"relu"`` or ``"relu6"``, default ``"relu"``
+        The clamp: ``[Z, qmax]`` or ``[Z, code of 6]``, within ``qp.spec``'s range.
+    mode : ``"tflite"`` or ``"torch"``, default ``"tflite"``
+        How the code of 6 is rounded: ``"tflite"`` as TFLite's clamps
+        (:func:`npquant.qnn.activation.activation_range`: ``Z + round_half_away(float32(6 /
+        S))``); ``"torch"`` as PyTorch's quantized ``relu6`` / ``hardtanh``
+        (``quantize_val``: ``rint(float32(float32(6 * float32(1 / S)) + Z))``, ties to
+        even, i.e. :func:`npquant.quantize` with ``method="mul_add"``; measured on torch
+        2.13). The lower bound is ``Z`` in both.
     """
 
     def __init__(self, qp: QParams, activation: str = "relu", *, mode: str = "tflite"):

@@ -62,13 +62,31 @@ def _geometry(q, kernel_size, stride, padding):
 
 
 def max_pool2d(q, kernel_size, stride=None, padding=0, *, backend: str = "numba") -> np.ndarray:
-    """Max pooling of codes ``q`` (N, C, H, W), any integer dtype; ``stride`` defaults to
-    ``kernel_size``; output size ``floor((H + 2p - k) / s) + 1`` (no ceil mode, no
-    dilation). ``padding``: int, (h, w), or (top, bottom, left, right) (asymmetric, as
-    TFLite's SAME padding; output size ``floor((H + p_t + p_b - k) / s) + 1``). Padding
-    (at most ``k // 2`` on each side) is excluded from the max. Exact, no
-    rounding or saturation; returns ``q``'s dtype. A fused TFLite activation is a
-    clamp afterwards (:func:`npquant.qnn.activation.clamp`).
+    """Max pooling of codes ``q`` (N, C, H, W), any integer dtype.
+
+    No ceil mode, no dilation. A fused TFLite activation is a clamp afterwards
+    (:func:`npquant.qnn.activation.clamp`).
+
+    Parameters
+    ----------
+    q : integer array (N, C, H, W)
+        The codes, any integer dtype.
+    kernel_size : int or (int, int)
+        The window ``k``, as ``(kh, kw)`` or one int for both.
+    stride : int, (int, int) or None, default None
+        The step ``s``; None: ``kernel_size``.
+    padding : int, (int, int) or (int, int, int, int), default 0
+        ``p``: int, (h, w), or (top, bottom, left, right) (asymmetric, as TFLite's SAME
+        padding); at most ``k // 2`` on each side. Padding is excluded from the max.
+    backend : ``"numba"`` or ``"numpy"``, default ``"numba"``
+        The kernel or its NumPy twin.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``q``'s dtype, shape (N, C, OH, OW) with ``OH = floor((H + 2p - k) / s) + 1``
+        (``floor((H + p_t + p_b - k) / s) + 1`` for asymmetric padding), likewise ``OW``.
+        Exact, no rounding or saturation.
     """
     check_choice(backend, "backend", ("numba", "numpy"))
     a, g, oshape, after = _geometry(q, kernel_size, stride, padding)
@@ -83,12 +101,34 @@ def avg_pool2d(q, kernel_size, stride=None, padding=0, *, mode: str = "tflite", 
                count_include_pad: bool = False, backend: str = "numba") -> np.ndarray:
     """Average pooling of codes ``q`` (N, C, H, W), int8/uint8/int16 (any integer dtype).
 
-    ``mode`` picks the rounding of ``sum / count`` (module docstring): ``tflite`` rounds
-    half away from zero, ``torch`` half to even. ``count_include_pad=True`` (PyTorch's
-    default; not in TFLite, so only with ``mode="torch"``) counts padding as code
-    ``zero_point``. ``padding`` as in :func:`max_pool2d` (asymmetric for TFLite's SAME).
-    The result lies between the window's min and max codes, so it never saturates;
-    returns ``q``'s dtype.
+    Parameters
+    ----------
+    q : integer array (N, C, H, W)
+        The codes, int8/uint8/int16 (any integer dtype).
+    kernel_size : int or (int, int)
+        The window, as in :func:`max_pool2d`.
+    stride : int, (int, int) or None, default None
+        The step; None: ``kernel_size``.
+    padding : int, (int, int) or (int, int, int, int), default 0
+        As in :func:`max_pool2d` (asymmetric for TFLite's SAME).
+    mode : ``"tflite"`` or ``"torch"``, default ``"tflite"``
+        The rounding of ``sum / count`` (module docstring): ``tflite`` rounds half away
+        from zero, ``torch`` half to even.
+    zero_point : int, default 0
+        The code that padding counts as with ``count_include_pad=True``; in the int32
+        range.
+    count_include_pad : bool, default False
+        ``True`` (PyTorch's default; not in TFLite, so only with ``mode="torch"``)
+        counts padding as code ``zero_point`` and ``count`` is the window size.
+    backend : ``"numba"`` or ``"numpy"``, default ``"numba"``
+        The kernel or its NumPy twin.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``q``'s dtype, shape (N, C, OH, OW) as in :func:`max_pool2d`, rounded as ``mode``
+        rounds. The result lies between the window's min and max codes, so it never
+        saturates.
     """
     check_choice(mode, "mode", AVG_POOL_MODES)
     check_choice(backend, "backend", ("numba", "numpy"))
@@ -112,14 +152,40 @@ def avg_pool2d(q, kernel_size, stride=None, padding=0, *, mode: str = "tflite", 
 
 def div_round_half_away(s, c) -> np.ndarray:
     """``s / c`` rounded half away from zero, exactly, for int64 ``s`` and ``c > 0``
-    (TFLite's ``(s +- c/2) / c`` with truncating division)."""
+    (TFLite's ``(s +- c/2) / c`` with truncating division).
+
+    Parameters
+    ----------
+    s : int or integer array
+        The numerators, taken as int64.
+    c : int or integer array
+        The denominators, taken as int64, ``c > 0``; broadcast against ``s``.
+
+    Returns
+    -------
+    numpy.ndarray
+        int64, the broadcast shape.
+    """
     s = np.asarray(s, np.int64)
     c = np.asarray(c, np.int64)
     return np.sign(s) * ((np.abs(s) + c // 2) // c)
 
 
 def div_round_half_even(s, c) -> np.ndarray:
-    """``s / c`` rounded half to even, exactly, for int64 ``s`` and ``c > 0``."""
+    """``s / c`` rounded half to even, exactly, for int64 ``s`` and ``c > 0``.
+
+    Parameters
+    ----------
+    s : int or integer array
+        The numerators, taken as int64.
+    c : int or integer array
+        The denominators, taken as int64, ``c > 0``; broadcast against ``s``.
+
+    Returns
+    -------
+    numpy.ndarray
+        int64, the broadcast shape.
+    """
     s = np.asarray(s, np.int64)
     c = np.asarray(c, np.int64)
     fl, r = np.divmod(s, c)
@@ -166,14 +232,41 @@ def onnxruntime_avg_pool2d(q, s_x, z_x: int, s_y, z_y: int, kernel_size, stride=
                            count_include_pad: bool = False) -> np.ndarray:
     """onnxruntime's ``QLinearAveragePool`` (2-D, NCHW) on int8/uint8 codes ``q``.
 
-    ``padding``: int, (h, w) or (top, bottom, left, right), each side below the kernel
-    size (ONNX's ``pads`` are (top, left, bottom, right)); no ceil mode, no dilation.
-    As onnxruntime computes it (``contrib_ops/cpu/quantization/qlinear_pool.cc``), in
-    float32: each code dequantized ``d = float32(S_x * (q - Z_x))``; the valid positions
-    of the window summed in row-major order; divided by the count (the window size with
-    ``count_include_pad``, else the number of valid positions); then
-    ``clamp(rint(float32(float32(avg / S_y) + Z_y)))``, ties to even. Returns
-    ``q``'s dtype, codes of ``(s_y, z_y)``.
+    No ceil mode, no dilation. As onnxruntime computes it
+    (``contrib_ops/cpu/quantization/qlinear_pool.cc``), in float32: each code dequantized
+    ``d = float32(S_x * (q - Z_x))``; the valid positions of the window summed in
+    row-major order; divided by the count (the window size with ``count_include_pad``,
+    else the number of valid positions); then
+    ``clamp(rint(float32(float32(avg / S_y) + Z_y)))``, ties to even.
+
+    Parameters
+    ----------
+    q : int8 or uint8 array (N, C, H, W)
+        The input codes.
+    s_x : float
+        The input scale, positive and finite as float32.
+    z_x : int
+        The input zero point, within ``q``'s dtype range.
+    s_y : float
+        The output scale, positive and finite as float32.
+    z_y : int
+        The output zero point, within ``q``'s dtype range.
+    kernel_size : int or (int, int)
+        The window ``(kh, kw)``, or one int for both.
+    stride : int, (int, int) or None, default None
+        The step; None: ``kernel_size``.
+    padding : int, (int, int) or (int, int, int, int), default 0
+        int, (h, w) or (top, bottom, left, right), each side below the kernel size
+        (ONNX's ``pads`` are (top, left, bottom, right)).
+    count_include_pad : bool, default False
+        Divide by the window size instead of the number of valid positions.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``q``'s dtype, shape (N, C, OH, OW) with ``OH = floor((H + p_t + p_b - kh) / sh)
+        + 1``, likewise ``OW``: codes of ``(s_y, z_y)``, rounded ties to even and
+        saturated to the dtype's range.
     """
     a = _ort_codes(q)
     info = np.iinfo(a.dtype)
@@ -217,14 +310,32 @@ def onnxruntime_avg_pool2d(q, s_x, z_x: int, s_y, z_y: int, kernel_size, stride=
 
 
 def onnxruntime_global_avg_pool2d(q, s_x, z_x: int, s_y, z_y: int) -> np.ndarray:
-    """onnxruntime's ``QLinearGlobalAveragePool`` (NCHW) on int8/uint8 codes ``q``:
-    (N, C, H, W) -> (N, C, 1, 1) codes of ``(s_y, z_y)``, ``q``'s dtype.
+    """onnxruntime's ``QLinearGlobalAveragePool`` (NCHW) on int8/uint8 codes ``q``.
 
     As MLAS computes it (``MlasQLinearGlobalAveragePoolNchw``): the exact int32 sum
     ``acc = sum q - Z_x H W``, the float32 scale ``m = float32(S_x / float32(S_y *
     float32(H W)))``, then ``clamp(rint(float32(float32(acc) m)) + Z_y)``, ties to even.
     MLAS refuses ``m`` outside ``[2^-32, 256)`` and images of ``2^24`` pixels or more;
     so does this (``ValueError``).
+
+    Parameters
+    ----------
+    q : int8 or uint8 array (N, C, H, W)
+        The input codes.
+    s_x : float
+        The input scale, positive and finite as float32.
+    z_x : int
+        The input zero point, within ``q``'s dtype range.
+    s_y : float
+        The output scale, positive and finite as float32.
+    z_y : int
+        The output zero point, within ``q``'s dtype range.
+
+    Returns
+    -------
+    numpy.ndarray
+        (N, C, 1, 1) codes of ``(s_y, z_y)``, ``q``'s dtype, saturated to the dtype's
+        range.
     """
     a = _ort_codes(q)
     info = np.iinfo(a.dtype)
