@@ -1022,7 +1022,7 @@ class ElementTrace:
 
     title: str
     rule: str
-    inputs: list  # (tensor label, index, code or float, QParams or None, real value)
+    elements: list  # (tensor label, index, code or float, QParams or None, real value)
     float_result: float
     code: int | float
     out_qp: QParams | None
@@ -1041,9 +1041,9 @@ class ElementTrace:
         str
         """
         check_bool(all_terms, "all_terms")
-        lines = [self.title, f"  {self.rule}", "", f"1. the input elements ({len(self.inputs)})"]
+        lines = [self.title, f"  {self.rule}", "", f"1. the input elements ({len(self.elements)})"]
         rows = []
-        for label, idx, v, qp, real in self.inputs:
+        for label, idx, v, qp, real in self.elements:
             if qp is None:
                 rows.append([label, str(list(idx)), "-", "-", "-", _g(real)])
             else:

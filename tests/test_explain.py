@@ -559,9 +559,9 @@ def test_trace_element_of_every_other_integer_node():
             assert abs(min(max(ideal, lo), hi) - t.code) <= 1.0, (node.name, idx, ideal, t.code)
             if node.op in ("qmaxpool2d", "qflatten", "qrelu"):
                 if node.op == "qmaxpool2d":
-                    assert t.code == max(e[2] for e in t.inputs)
+                    assert t.code == max(e[2] for e in t.elements)
                 elif node.op == "qflatten":
-                    assert t.code == t.inputs[0][2]
+                    assert t.code == t.elements[0][2]
             traced.add(node.op)
     assert traced >= {"quantize", "qadd", "qrelu", "qconcat", "qavgpool2d", "qmaxpool2d", "qflatten"}
 

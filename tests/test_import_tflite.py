@@ -487,7 +487,7 @@ def test_explain_traces_nhwc_pools_and_mul(built):
                 ideal = t.float_result / float(np.float32(qp.scale)) + int(qp.zero_point)
                 assert t.code == int(y[idx]) and abs(min(max(ideal, qp.spec.qmin), qp.spec.qmax) - t.code) <= 1.0
                 if node.op == "qmaxpool2d_nhwc":
-                    assert min(max(max(e[2] for e in t.inputs), qp.spec.qmin), qp.spec.qmax) == t.code or \
+                    assert min(max(max(e[2] for e in t.elements), qp.spec.qmin), qp.spec.qmax) == t.code or \
                         node.attrs.get("activation") not in (None, "none")
             seen.add(node.op)
     assert seen == {"qmaxpool2d_nhwc", "qavgpool2d_nhwc", "qmul"}
