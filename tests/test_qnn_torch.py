@@ -196,5 +196,5 @@ def test_float_bias_needs_fp32_and_quint8():
         qlinear(x, x_qp, qw, w_qp, np.zeros(2, np.int32), y8, mode="fp32", float_bias=b)
     with pytest.raises(ValueError, match="quint8"):
         qlinear(x, x_qp, qw, w_qp, None, QParams(0.1, 0, QuantSpec()), mode="fp32", float_bias=b)
-    with pytest.raises(ValueError, match="None or 'relu'"):
+    with pytest.raises(ValueError, match="None, 'none' or 'relu'"):
         qlinear(x, x_qp, qw, w_qp, None, y8, mode="fp32", activation="relu6", float_bias=b)
