@@ -219,6 +219,15 @@ def test_int8_activations_against_onnxruntime(models, name, fmt):
              onnx_intermediates(q, {"x": x}, g))
 
 
+def test_int8_activations_on_the_avx2_path_are_refused_clearly(models):
+    # MLAS's AVX2 kernels pair uint8 activations with int8 weights (vpmaddubsw); int8
+    # activations take another path npquant does not model: an error, never wrong codes
+    q = models.quantized("mlp", "QOperator", True, activations="QInt8")
+    with pytest.raises(ValueError, match=r"node 'QLinearMatMul.*int16 pair saturation.*int8 activations"):
+        from_onnx(q, accumulation="mlas_avx2")
+    assert from_onnx(q, accumulation="exact").kind == "integer"
+
+
 def test_qdq_is_fused_by_onnxruntime(models, tmp_path):
     # the premise of target="onnxruntime": onnxruntime runs QDQ groups as QOperator kernels
     for name in BUILDERS:
