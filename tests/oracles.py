@@ -24,6 +24,19 @@ def _odd_mantissa(c: np.float32) -> int:
     return int(np.array(c, np.float32).view(np.uint32)) & 1
 
 
+def fma32(a, b, c) -> np.float32:
+    """``float32(a * b + c)`` rounded once from the exact value, with IEEE 754's signed zeros:
+    a non-zero exact value that rounds to zero keeps its sign; an exact zero sum is -0 only
+    when both addends (the product ``a * b`` and ``c``) are -0."""
+    a, b, c = np.float32(a), np.float32(b), np.float32(c)
+    exact = Fraction(float(a)) * Fraction(float(b)) + Fraction(float(c))
+    if exact != 0:
+        r = to_float32(exact)
+        return np.float32(-0.0) if r == 0 and exact < 0 else (np.float32(0.0) if r == 0 else r)
+    product_neg_zero = (a == 0 or b == 0) and np.signbit(a) != np.signbit(b)
+    return np.float32(-0.0) if product_neg_zero and c == 0 and np.signbit(c) else np.float32(0.0)
+
+
 def round_exact(v: Fraction, mode: str, u: Fraction | None = None) -> int:
     """Round a rational to an integer; ``u`` is the stochastic noise in [0, 1)."""
     fl = math.floor(v)
