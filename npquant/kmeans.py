@@ -267,16 +267,24 @@ def _lloyd_numpy(xs, c0, max_iter, thr):
         new = c.copy()
         empty = np.flatnonzero(counts == 0)
         left = counts.copy()
-        if empty.size:
-            labels = np.repeat(np.arange(k), counts)
-            d = x64 - c[labels]
+        lo, hi = b[:-1].copy(), b[1:] - 1  # the ends of each run still in it
+        for j in empty:
+            runs = np.flatnonzero(lo <= hi)
+            ends = np.concatenate((lo[runs], hi[runs]))
+            runs = np.concatenate((runs, runs))
+            d = x64[ends] - c[runs]
             d2 = d * d
-            far = np.lexsort((np.arange(n), -d2))[: empty.size]  # farthest, then lowest position
-            far = far[d2[far] > 0.0]
-            for j, p in zip(empty, far):
-                sums[labels[p]] -= x64[p]
-                left[labels[p]] -= 1
-                new[j] = x64[p] + 0.0
+            if not np.any(d2 > 0.0):
+                break
+            i = np.lexsort((ends, -d2))[0]  # farthest end, then lowest position
+            p, r = ends[i], runs[i]
+            sums[r] -= x64[p]
+            left[r] -= 1
+            if p == lo[r]:
+                lo[r] += 1
+            else:
+                hi[r] -= 1
+            new[j] = x64[p] + 0.0
         ok = (counts > 0) & (left > 0)
         new[ok] = sums[ok] / left[ok]
         new.sort()

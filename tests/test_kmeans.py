@@ -306,6 +306,16 @@ def test_lloyd_relocates_empty_clusters():
         assert len(np.unique(lab)) == 5
 
 
+def test_lloyd_relocation_tie_within_a_run():
+    """Hypothesis found it: in the run ``[-1, -0.5, 0, 1.86e-35]`` with centroid -0.5 the
+    values 0 and 1.86e-35 are at the same float64 squared distance (0.25) once -1 has
+    left. Relocation takes the farther *end* of a run (the kernel's pointer pair), so the
+    emptied cluster gets 1.86e-35; the twin once ranked every value and took 0."""
+    xs = np.sort(np.array([0, 1, -0.5, 1.8591308e-35, -1, 2, 2, 2, 2], F32))
+    c, _, _ = _lloyd_both(xs, np.zeros(5), 2, 0.0)
+    assert c[2] == np.float64(F32(1.8591308e-35))
+
+
 @given(xs=hnp.arrays(F32, st.integers(3, 40), elements=st.floats(-10, 10, width=32)),
        data=st.data())
 def test_lloyd_kernel_equals_twin(xs, data):

@@ -82,9 +82,10 @@ def lloyd_sorted(xs, c0, max_iter, thr):
     centroid is the float64 mean of the run, its sum taken from float64 prefix sums of
     ``xs`` (computed once: ``P[b[j+1]] - P[b[j]]``), so an iteration costs O(k log n).
     Each cluster left empty takes, in turn, the value farthest from its current centroid
-    (ties: lower position; zero distances never), which leaves the run it came from; as
-    scikit-learn relocates. In a sorted run the farthest values are at its ends, so a
-    pointer pair per run finds them. The centroids are then sorted. Stops when the largest
+    among the two ends of each run (ties: lower position; zero distances never), which
+    leaves the run it came from; as scikit-learn relocates. In a sorted run the farthest
+    values are at its ends (exactly; after float64 rounding an inner value may tie with an
+    end, and the end is taken), so a pointer pair per run finds them. The centroids are then sorted. Stops when the largest
     centroid move is ``<= thr`` (``converged``) or after ``max_iter`` iterations. Needs
     more distinct values than centroids. Returns ``(c, n_iter, converged)``.
     """
