@@ -1,31 +1,28 @@
-"""npquant: a framework-free reference implementation of neural-network quantization."""
+"""npquant: a framework-free reference implementation of neural-network quantization.
 
+The package is grouped by stage of the quantization pipeline:
+
+- top level: quantization parameters (:mod:`~npquant.qparams`), granularity,
+  affine quantization (:mod:`~npquant.affine`), rounding (:mod:`~npquant.rounding`) and
+  observers;
+- :mod:`npquant.requant`: fixed-point multipliers and the requantization mode of each stack;
+- :mod:`npquant.qnn`: integer-only layers (the GEMM engine, one module per layer kind);
+- :mod:`npquant.models`: float layers, the layer registry, conversion to integer models,
+  graphs and model files;
+- :mod:`npquant.importers`: models from PyTorch, ONNX and TFLite;
+- :mod:`npquant.training`: training, quantization-aware training, retraining with pruning;
+- :mod:`npquant.compression`: Deep Compression (pruning, k-means, Huffman, packing, the file);
+- :mod:`npquant.explain` and :mod:`npquant.vectors`: step-by-step traces and golden vectors;
+- :mod:`npquant.app`: the ``npquant`` command and its demos;
+- ``npquant._kernels``: the numba kernels (private; each has a NumPy twin).
+
+The names below are the most used ones, re-exported from the module that defines each.
+"""
+
+from . import _compat
 from ._threads import threading_info
 from ._version import __version__
-from .compress import LayerConfig, read_compressed, stage_sizes, write_compressed
-from .fixedpoint import (
-    REQUANT_MODES,
-    multiply_by_quantized_multiplier,
-    quantize_multiplier,
-    requantize,
-    requantize_ties,
-    rounding_divide_by_pot,
-    saturating_rounding_doubling_high_mul,
-)
-from .granularity import param_shape
-from .graph import Graph, Node, load_graph, save_graph
-from .huffman import HuffmanCode, huffman_decode, huffman_encode
-from .importers import from_torch, from_torch_quantized
-from .io import FileFormatError, load_model, load_reference, load_state_dict, load_weights, save_state_dict
-from .kmeans import (
-    KMeansResult,
-    centroid_gradient,
-    finetune_centroids,
-    kmeans_quantize,
-    reaverage_centroids,
-    reconstruct,
-)
-from .linear import (
+from .affine import (
     METHODS,
     QuantError,
     dequantize,
@@ -35,6 +32,22 @@ from .linear import (
     quantize,
     round_values,
 )
+from .compression.huffman import HuffmanCode, huffman_decode, huffman_encode
+from .compression.kmeans import (
+    KMeansResult,
+    centroid_gradient,
+    finetune_centroids,
+    kmeans_quantize,
+    reaverage_centroids,
+    reconstruct,
+)
+from .compression.packing import PackedArray, from_unsigned, pack, pack_bits, to_unsigned, unpack, unpack_bits
+from .compression.pipeline import LayerConfig, read_compressed, stage_sizes, write_compressed
+from .compression.prune import decode_relative, encode_relative, magnitude_mask, magnitude_masks, sparsity_schedule
+from .granularity import param_shape
+from .importers import from_torch, from_torch_quantized
+from .models.graph import Graph, Node, load_graph, save_graph
+from .models.io import FileFormatError, load_model, load_reference, load_state_dict, load_weights, save_state_dict
 from .observers import (
     EntropyObserver,
     MinMaxObserver,
@@ -45,9 +58,16 @@ from .observers import (
     PercentileObserver,
     PerChannelMinMaxObserver,
 )
-from .packing import PackedArray, from_unsigned, pack, pack_bits, to_unsigned, unpack, unpack_bits
-from .prune import decode_relative, encode_relative, magnitude_mask, magnitude_masks, sparsity_schedule
 from .qparams import ROUNDING_MODES, QParams, QuantSpec, compute_qparams, fit_qparams
+from .requant.fixedpoint import (
+    REQUANT_MODES,
+    multiply_by_quantized_multiplier,
+    quantize_multiplier,
+    requantize,
+    requantize_ties,
+    rounding_divide_by_pot,
+    saturating_rounding_doubling_high_mul,
+)
 
 __all__ = [
     "FileFormatError",
@@ -119,3 +139,9 @@ __all__ = [
     "rounding_divide_by_pot",
     "saturating_rounding_doubling_high_mul",
 ]
+
+_compat.install()
+
+
+def __getattr__(name):
+    return _compat.moved_attribute(name)

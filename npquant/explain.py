@@ -11,14 +11,14 @@ Neural Networks for Efficient Integer-Arithmetic-Only Inference"):
 3. the int32 bias;
 4. the real multiplier ``M = S_x S_w / S_y``, as ``2^-n M0`` with ``M0`` in
    ``[0.5, 1)`` (Jacob et al.) and as npquant's and TFLite's int32 ``m0`` and ``shift``;
-5. every rounding of the requantization ``mode`` (:mod:`npquant.fixedpoint`);
+5. every rounding of the requantization ``mode`` (:mod:`npquant.requant.fixedpoint`);
 6. the output zero point and the clamp;
 7. the output code dequantized, and its error against the float layer and against the
    real value of the integer accumulator.
 
-Every rounding is computed by the library's own functions (:mod:`npquant.fixedpoint`,
-:func:`npquant.linear.quantize`, :func:`npquant.qnn.gemm.quantize_bias`), and the result
-is checked against :func:`npquant.fixedpoint.requantize`; :func:`explain_linear` and
+Every rounding is computed by the library's own functions (:mod:`npquant.requant.fixedpoint`,
+:func:`npquant.affine.quantize`, :func:`npquant.qnn.gemm.quantize_bias`), and the result
+is checked against :func:`npquant.requant.fixedpoint.requantize`; :func:`explain_linear` and
 :func:`explain_conv2d` also check the accumulator and the code against the integer layers
 (:func:`npquant.qnn.gemm.qlinear`, :func:`npquant.qnn.conv.qconv2d`), so a trace cannot
 drift from the arithmetic it explains. All integers are Python ints (exact); reals are
@@ -34,7 +34,11 @@ import numpy as np
 
 from ._checks import check_bool, check_choice, check_int
 from ._table import format_table
-from .fixedpoint import (
+from .qnn.accumulation import PAIRS, check_accumulation, resolve
+from .qnn.conv import conv_geometry
+from .qnn.overflow import INT16_MAX, INT16_MIN
+from .qparams import QParams
+from .requant.fixedpoint import (
     INT32_MAX,
     INT32_MIN,
     REQUANT_MODES,
@@ -45,10 +49,6 @@ from .fixedpoint import (
     rounding_divide_by_pot,
     saturating_rounding_doubling_high_mul,
 )
-from .qnn.accumulation import PAIRS, check_accumulation, resolve
-from .qnn.conv import conv_geometry
-from .qnn.overflow import INT16_MAX, INT16_MIN
-from .qparams import QParams
 
 #: Terms of the dot product that ``str(explanation)`` lists (all with ``format(all_terms=True)``).
 SHOWN_TERMS = 8
@@ -359,7 +359,7 @@ def explain_dot(x_codes, z_x: int, w_codes, z_w: int, bias: int, s_x: float, s_w
         Zero point of the output.
     qmin, qmax : int
         The output code range (narrowed for a fused activation).
-    mode : one of :data:`npquant.fixedpoint.REQUANT_MODES`
+    mode : one of :data:`npquant.requant.fixedpoint.REQUANT_MODES`
     title : str, default ``"one output element"``
         The heading of the explanation.
     accumulation : ``"exact"`` or ``"int16_pairs"``
@@ -382,7 +382,7 @@ def explain_dot(x_codes, z_x: int, w_codes, z_w: int, bias: int, s_x: float, s_w
     Returns
     -------
     Explanation
-        ``code`` equals :func:`npquant.fixedpoint.requantize` of ``acc + bias``; a
+        ``code`` equals :func:`npquant.requant.fixedpoint.requantize` of ``acc + bias``; a
         disagreement raises :class:`ExplainConsistencyError` (a bug in npquant). ``acc +
         bias`` beyond int32 is a ``ValueError``.
     """
@@ -454,7 +454,7 @@ def explain_dot(x_codes, z_x: int, w_codes, z_w: int, bias: int, s_x: float, s_w
             steps.append(("round", f"rint({with_z!r}) = {before}  (ties to even)"))
     if code != min(max(before, qmin), qmax):
         raise ExplainConsistencyError(
-            f"the trace gives code {min(max(before, qmin), qmax)} but npquant.fixedpoint.requantize gives "
+            f"the trace gives code {min(max(before, qmin), qmax)} but npquant.requant.fixedpoint.requantize gives "
             f"{code} for acc + bias = {total}, M = {m!r}, mode={mode!r}: a bug in npquant, please report it")
     s_x32, s_w32, s_y32 = (float(np.float32(v)) for v in (s_x, s_w, s_y))
     deq = s_y32 * (code - z_y)
@@ -533,7 +533,7 @@ def _explain_float_bias(v: dict) -> Explanation:
 
 
 def _fixed_point_steps(total: int, m0: int, shift: int, mode: str, steps: list) -> int:
-    """The TFLite modes, step by step, each step computed by :mod:`npquant.fixedpoint`;
+    """The TFLite modes, step by step, each step computed by :mod:`npquant.requant.fixedpoint`;
     returns ``round(acc * M)`` before the zero point."""
     if mode == "tflite":
         left, right = max(shift, 0), max(-shift, 0)
@@ -564,7 +564,7 @@ def _fixed_point_steps(total: int, m0: int, shift: int, mode: str, steps: list) 
     lib = int(multiply_by_quantized_multiplier(total, m0, shift, rounding))
     if lib != scaled:
         raise ExplainConsistencyError(
-            f"the trace gives {scaled} but npquant.fixedpoint.multiply_by_quantized_multiplier gives {lib} for "
+            f"the trace gives {scaled} but npquant.requant.fixedpoint.multiply_by_quantized_multiplier gives {lib} for "
             f"{total}, m0={m0}, shift={shift}: a bug in npquant, please report it")
     return scaled
 
@@ -587,7 +587,7 @@ def _per_tensor(qp, name: str):
 
 def _check_codes(r, q, qp: QParams, rname: str, qname: str) -> np.ndarray:
     """``r`` as float32 after checking that :func:`npquant.quantize` turns it into ``q``."""
-    from .linear import quantize
+    from .affine import quantize
 
     r = np.asarray(r)
     if r.dtype.kind != "f":
@@ -903,14 +903,14 @@ def explain_layer(model, inputs, layer, index) -> Explanation:
 
     Parameters
     ----------
-    model : npquant.convert.IntegerModel or npquant.graph.Graph
-        An integer model (for example from :func:`npquant.convert.quantize_model`,
-        :func:`npquant.convert.from_pytorch_ptq` or an importer), or an integer graph.
+    model : npquant.models.convert.IntegerModel or npquant.models.graph.Graph
+        An integer model (for example from :func:`npquant.models.convert.quantize_model`,
+        :func:`npquant.models.convert.from_pytorch_ptq` or an importer), or an integer graph.
     inputs : array_like, or a dict or list of arrays for a graph with several inputs
         Float inputs (quantized by the model's input qparams) or input codes, batch first.
     layer : int or str
         A graph's node name, or the position of the layer in ``model.layers`` of an
-        :class:`~npquant.convert.IntegerModel`.
+        :class:`~npquant.models.convert.IntegerModel`.
     index : tuple of int
         The output element: ``(row, col)`` of a linear layer's output (its leading axes
         flattened into rows), ``(n, o, i, j)`` of a conv layer's NCHW output, the full index
@@ -929,12 +929,12 @@ def explain_layer(model, inputs, layer, index) -> Explanation:
 
     Notes
     -----
-    A layer with PyTorch fbgemm's float bias (from :func:`npquant.convert.from_pytorch_ptq`
+    A layer with PyTorch fbgemm's float bias (from :func:`npquant.models.convert.from_pytorch_ptq`
     or :func:`npquant.importers.from_torch_quantized`) is traced through fbgemm's
     requantization (:mod:`npquant.qnn.fbgemm`): the float bias added to ``float32(acc)``, by
     a fused multiply-add for per-tensor weights.
     """
-    from .convert import IntegerModel
+    from .models.convert import IntegerModel
     from .qnn import layers as ql
 
     if isinstance(model, IntegerModel):
@@ -952,7 +952,7 @@ def explain_layer(model, inputs, layer, index) -> Explanation:
             x = lyr(x)
         obj, what = model.layers[pos], f"model.layers[{pos}]"
     else:
-        from .graph import Graph
+        from .models.graph import Graph
 
         if not isinstance(model, Graph):
             raise TypeError(f"model must be an IntegerModel or a Graph, got {type(model).__name__}")
@@ -971,7 +971,7 @@ def explain_layer(model, inputs, layer, index) -> Explanation:
                 qp_in = getattr(lyr, "y_qp", qp_in)
             y = np.asarray(obj(x))
             return trace_element(op, attrs, [x], [qp_in], y, getattr(obj, "y_qp", qp_in), index, name=what)
-        from .graph import OPS
+        from .models.graph import OPS
 
         if not OPS[node.op].startswith("[int]") and node.op not in ("quantize", "dequantize", "quantize_tflite"):
             raise ValueError(f"{what} is a float op: explain traces the integer nodes of a graph")
@@ -1094,7 +1094,7 @@ def trace_element(op: str, attrs: dict, inputs: list, in_qps: list, output, out_
     Parameters
     ----------
     op : str
-        The graph op (:data:`npquant.graph.OPS`): ``qadd``, ``qmul``, ``qrelu``, the pools
+        The graph op (:data:`npquant.models.graph.OPS`): ``qadd``, ``qmul``, ``qrelu``, the pools
         (``qmaxpool2d``, ``qavgpool2d``, their ``_nhwc`` forms, ``qlinear_avgpool2d``),
         ``qflatten``, ``qreshape``, ``qconcat``, ``qlinear_concat``, ``quantize``,
         ``dequantize``, ``qrequantize``.
@@ -1220,7 +1220,7 @@ def builtin_example(layer: str = "linear", seed: int = 0) -> dict:
     dict
         Keyword arguments of :func:`explain_linear` or :func:`explain_conv2d`.
     """
-    from .linear import quantize
+    from .affine import quantize
     from .qnn.gemm import quantize_bias
     from .qparams import QuantSpec, compute_qparams, fit_qparams
 

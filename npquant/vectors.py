@@ -1,8 +1,8 @@
 """Golden test vectors: every integer tensor of one run of an integer model, in the files
 a hardware testbench reads.
 
-:func:`write_vectors` runs an integer model (an :class:`~npquant.convert.IntegerModel`,
-or an integer :class:`~npquant.graph.Graph`) once and writes, for every layer (graph
+:func:`write_vectors` runs an integer model (an :class:`~npquant.models.convert.IntegerModel`,
+or an integer :class:`~npquant.models.graph.Graph`) once and writes, for every layer (graph
 node) in execution order, its input codes, its constants (weight codes, bias, weight zero
 points, requantization multipliers), its int32 accumulators and its output codes. The
 same arrays go into four forms, all in one folder:
@@ -36,8 +36,8 @@ same arrays go into four forms, all in one folder:
 Names are safe file names and C identifiers: each layer name is reduced to letters,
 digits and ``_`` (at most 40 characters, not starting with a digit, unique without
 regard to case); the manifest maps each original name to its identifier. An
-:class:`~npquant.convert.IntegerModel` has no layer names: its layers are named
-``l<index>_<op>`` (``l00_qlinear``). The ops are those of :data:`npquant.graph.OPS`.
+:class:`~npquant.models.convert.IntegerModel` has no layer names: its layers are named
+``l<index>_<op>`` (``l00_qlinear``). The ops are those of :data:`npquant.models.graph.OPS`.
 
 The tensors of each op:
 
@@ -57,7 +57,7 @@ other ops                  ``input``, ``output``
 =========================  =================================================================
 
 The requantization multipliers: ``m0`` and ``shift`` are always
-:func:`npquant.fixedpoint.quantize_multiplier` of the layer's real multiplier ``M = S_x
+:func:`npquant.requant.fixedpoint.quantize_multiplier` of the layer's real multiplier ``M = S_x
 S_w / S_y`` as its mode computes it (``layer.multiplier``; single rounding's saturation
 for ``tflite_single``), per output channel (``M = m0 * 2^(shift - 31)``). The modes
 ``fp32`` and ``onnx`` do not use them: they multiply by ``multiplier``, the float32 ``M``,
@@ -82,13 +82,13 @@ import numpy as np
 from ._checks import as_float_array, check_bool, check_pair
 from ._fileio import FileFormatError, _umask, check_path, parse_json, read_bytes
 from ._version import __version__
-from .convert import IntegerModel
-from .fixedpoint import quantize_multiplier
-from .linear import dequantize, quantize
+from .affine import dequantize, quantize
+from .models.convert import IntegerModel
 from .qnn import layers as ql
 from .qnn.add import tflite_add_params
 from .qnn.fbgemm import fbgemm_multipliers
 from .qparams import QParams
+from .requant.fixedpoint import quantize_multiplier
 
 __all__ = ["C_HEADER", "C_TYPES", "FORMAT", "HEX_DIGITS", "MANIFEST", "NPZ", "TENSORS_FORMAT", "TENSORS_INDEX",
            "VERSION", "read_manifest", "read_vectors", "write_intermediates", "write_vectors"]
@@ -424,7 +424,7 @@ def _layer_record(layer, ins, y, qps_in, qp_out, op, attrs) -> tuple:
         info = {"axis": attrs.get("axis", 1), "requantization": {
             "mode": attrs.get("mode", "torch"), "uses": "scales",
             "formula": "each input with other qparams than the output: dequantize exactly, then quantize "
-                       "as torch.quantize_per_tensor (npquant.graph, op qconcat)"},
+                       "as torch.quantize_per_tensor (npquant.models.graph, op qconcat)"},
             "memory_format": attrs.get("memory_format", "contiguous"), **_io_info(qps_in, qp_out)}
         return info, tensors, _zp_defines(qps_in, qp_out)
     if op == "quantize":
@@ -474,7 +474,7 @@ def _integer_model_records(model: IntegerModel, inputs) -> tuple:
 
 
 def _graph_class():
-    from .graph import Graph
+    from .models.graph import Graph
 
     return Graph
 
@@ -561,7 +561,7 @@ def _records(model, inputs) -> tuple:
         return _integer_model_records(model, inputs)
     if isinstance(model, _graph_class()):
         return _graph_records(model, inputs)
-    hint = (": a float model; quantize it with npquant.convert.quantize_model first"
+    hint = (": a float model; quantize it with npquant.models.convert.quantize_model first"
             if callable(model) else "")
     raise TypeError(f"model must be an IntegerModel or an integer Graph, got {type(model).__name__}{hint}")
 
@@ -806,9 +806,9 @@ def write_vectors(model, inputs, out_dir, *, overwrite: bool = False) -> dict:
     Parameters
     ----------
     model : IntegerModel or Graph
-        An integer model (:class:`npquant.convert.IntegerModel`, e.g. from
-        :func:`~npquant.convert.quantize_model` or :func:`~npquant.convert.from_pytorch_ptq`),
-        or a :class:`npquant.graph.Graph` of kind ``"integer"``. A float model is a
+        An integer model (:class:`npquant.models.convert.IntegerModel`, e.g. from
+        :func:`~npquant.models.convert.quantize_model` or :func:`~npquant.models.convert.from_pytorch_ptq`),
+        or a :class:`npquant.models.graph.Graph` of kind ``"integer"``. A float model is a
         ``TypeError`` (a float graph a ``ValueError``).
     inputs : array, or for a graph a list or dict of arrays
         Float values, quantized with the model's input qparams (``model.quantize_input``;
@@ -1025,9 +1025,9 @@ def write_intermediates(model, inputs, out_dir, *, overwrite: bool = False) -> d
     Parameters
     ----------
     model : nn.Sequential, IntegerModel or Graph
-        A float model (:class:`npquant.nn.Sequential`: its input and each top-level
-        layer's output), an :class:`~npquant.convert.IntegerModel` (the input, its codes
-        and each layer's output codes) or a :class:`~npquant.graph.Graph` of any kind
+        A float model (:class:`npquant.models.nn.Sequential`: its input and each top-level
+        layer's output), an :class:`~npquant.models.convert.IntegerModel` (the input, its codes
+        and each layer's output codes) or a :class:`~npquant.models.graph.Graph` of any kind
         (every tensor, ``graph.run(..., keep_intermediates=True)``).
     inputs : array, or for a graph a list or dict of arrays
         As the model takes them (float values or integer codes; see :func:`write_vectors`).
@@ -1046,7 +1046,7 @@ def write_intermediates(model, inputs, out_dir, *, overwrite: bool = False) -> d
         layer or node that computed it, None for inputs). File names are
         ``<index>_<name>.npy`` with the name reduced to a safe identifier.
     """
-    from .nn import Sequential
+    from .models.nn import Sequential
 
     given, real, kind = _out_dir(out_dir, overwrite, TENSORS_INDEX, TENSORS_FORMAT)
     if isinstance(model, IntegerModel):

@@ -4,7 +4,7 @@
     python reference_models/export.py --out DIR  # write them into DIR instead
 
 The files are the package data of npquant (``npquant/data/`` of this clone, shipped in the
-wheel and found at run time through ``npquant.demo.default_models_dir()``); this script,
+wheel and found at run time through ``npquant.app.demo.default_models_dir()``); this script,
 which needs PyTorch, stays in the repository.
 
 Writes, for each model NAME in ``MODELS``:

@@ -100,7 +100,7 @@ def _layouts_state():
     """A state dict and configs whose version-3 file holds the layouts the first seed does
     not: dense weights, skipped rows and columns, a float16 codebook, k-means biases
     (``bias_bits``) with and without a reserved zero, a float32 scalar."""
-    from npquant.compress import LayerConfig
+    from npquant.compression.pipeline import LayerConfig
 
     rng = np.random.default_rng(3)
     masked = rng.normal(size=(40, 30)).astype(np.float32)
@@ -117,7 +117,7 @@ def _layouts_state():
 
 def _graph():
     """A small integer graph: quantize, conv with ReLU, a residual add, flatten, linear."""
-    from npquant.graph import Graph, Node
+    from npquant.models.graph import Graph, Node
     from npquant.qparams import QParams, QuantSpec
 
     rng = np.random.default_rng(4)
@@ -164,10 +164,10 @@ def _write(writer, suffix) -> bytes:
 
 def build_cases() -> list:
     """The seed files, each written by npquant and paired with the reader under test."""
-    from npquant import huffman
-    from npquant.checkpoint import load_quantized, quantize_checkpoint, save_quantized
-    from npquant.compress import compress, read_compressed, write_compressed
-    from npquant.io import load_reference, load_state_dict, load_weights, save_state_dict
+    from npquant.compression import huffman
+    from npquant.compression.pipeline import compress, read_compressed, write_compressed
+    from npquant.models.checkpoint import load_quantized, quantize_checkpoint, save_quantized
+    from npquant.models.io import load_reference, load_state_dict, load_weights, save_state_dict
     from npquant.qparams import QuantSpec
 
     state = _state()
@@ -211,9 +211,9 @@ def build_cases() -> list:
     # Models built from files, judged by every array and setting the built model holds:
     # the small reference model above, and the bundled PyTorch PTQ file of the MLP (exported
     # from PyTorch) without its recorded test activations, which the reader does not use.
-    from npquant.convert import from_pytorch_ptq
-    from npquant.demo import default_models_dir
-    from npquant.io import load_model
+    from npquant.app.demo import default_models_dir
+    from npquant.models.convert import from_pytorch_ptq
+    from npquant.models.io import load_model
 
     ptq = {k: v for k, v in np.load(default_models_dir() / "mlp_ptq.npz").items()
            if not k.endswith(("_int", "_dequantized")) or k.endswith("weight_int")}
@@ -223,8 +223,8 @@ def build_cases() -> list:
         Case("from_pytorch_ptq", ".npz", _write(lambda p: np.savez(p, **ptq), ".npz"),
              lambda p: model_arrays(from_pytorch_ptq(p)), "zip"),
     ]
-    # A graph file (npquant.graph): an integer residual block, judged by its arrays and header.
-    from npquant.graph import graph_to_arrays, load_graph, save_graph
+    # A graph file (npquant.models.graph): an integer residual block, judged by its arrays and header.
+    from npquant.models.graph import graph_to_arrays, load_graph, save_graph
 
     graph = _graph()
     cases.append(Case("load_graph", ".npz", _write(lambda p: save_graph(p, graph), ".npz"),

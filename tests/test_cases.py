@@ -1,4 +1,4 @@
-"""Tests of npquant.cases: the outlier case is deterministic, its float function does not
+"""Tests of npquant.models.cases: the outlier case is deterministic, its float function does not
 depend on the outlier scaling, and the orderings its docstring claims hold with margins
 (per-channel vs per-tensor, MSE/entropy vs min-max observers, 4 vs 8 bits)."""
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from npquant import QuantSpec, fake_quantize, fit_qparams, quantization_error
-from npquant.cases import (
+from npquant.models.cases import (
     OUTLIER_GAIN,
     OutlierCase,
     calibrate_hidden,

@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 
 from npquant import QuantSpec, dequantize, fit_qparams, quantize
-from npquant.checkpoint import load_quantized, quantize_checkpoint, save_quantized
-from npquant.cli import main
-from npquant.io import save_state_dict
+from npquant.app.cli import main
+from npquant.models.checkpoint import load_quantized, quantize_checkpoint, save_quantized
+from npquant.models.io import save_state_dict
 
 
 def _state():

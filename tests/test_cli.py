@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 import npquant
-from npquant.cli import format_table, main
-from npquant.fixedpoint import saturating_rounding_doubling_high_mul
+from npquant.app.cli import format_table, main
+from npquant.requant.fixedpoint import saturating_rounding_doubling_high_mul
 
 ROOT = Path(__file__).resolve().parents[1]
 ROW = re.compile(
@@ -69,7 +69,7 @@ def test_help_lists_commands():
 
 
 def test_help_texts_match_what_the_options_do():
-    import npquant.cli as cli
+    import npquant.app.cli as cli
 
     parser = cli.build_parser()
     subs = next(a for a in parser._actions if isinstance(a, __import__("argparse")._SubParsersAction))
@@ -190,7 +190,7 @@ def test_format_table_aligns_columns():
 
 
 def test_ties_lists_disagreements(capsys):
-    from npquant.fixedpoint import REQUANT_MODES, requantize
+    from npquant.requant.fixedpoint import REQUANT_MODES, requantize
 
     assert main(["explain", "--ties", "-m", "0.25", "--range", "8", "--limit", "10"]) == 0
     out = capsys.readouterr().out
@@ -295,8 +295,8 @@ def test_compress_any_state_dict(capsys, tmp_path):
 
 
 def test_compress_bundled_cnn_without_retraining(capsys, tmp_path):
-    from npquant.cli import COMPRESS_MODELS
-    from npquant.demo import MODELS, default_models_dir
+    from npquant.app.cli import COMPRESS_MODELS
+    from npquant.app.demo import MODELS, default_models_dir
 
     assert COMPRESS_MODELS == MODELS
     # the batch norms' int64 num_batches_tracked is left out (a float file)
@@ -312,8 +312,8 @@ def retrain_files(tmp_path):
     """A reference-format model file (the bundled MLP) and --data files, good and bad."""
     import shutil
 
-    from npquant.demo import default_models_dir
-    from npquant.io import load_reference
+    from npquant.app.demo import default_models_dir
+    from npquant.models.io import load_reference
     from npquant.training.trainer import digits_data
 
     shutil.copy(default_models_dir() / "mlp.npz", tmp_path / "ref.npz")
@@ -497,11 +497,11 @@ def test_every_model_file_npquant_writes_is_accepted(bad_inputs, capsys):
     assert main(["compress", "--input", str(d / "sd.npz"), "-o", str(d / "m.npqz")]) == 0
     assert main(["quantize", str(d / "m.npqz"), "-o", str(d / "q.npz")]) == 0  # compressed -> quantized
     assert main(["compress", "--input", str(d / "q.npz"), "-o", str(d / "m2.npqz")]) == 0  # checkpoint
-    from npquant.io import save_state_dict
+    from npquant.models.io import save_state_dict
 
     save_state_dict(d / "sd.safetensors", {"w": np.ones((4, 4), np.float32)})
     assert main(["quantize", str(d / "sd.safetensors"), "-o", str(d / "q2.npz")]) == 0
-    from npquant.demo import default_models_dir
+    from npquant.app.demo import default_models_dir
 
     assert main(["quantize", str(default_models_dir() / "mlp.npz"), "-o", str(d / "q3.npz")]) == 0
     out = capsys.readouterr().out
@@ -509,9 +509,9 @@ def test_every_model_file_npquant_writes_is_accepted(bad_inputs, capsys):
 
 
 def test_quantize_touches_only_the_weights_of_a_reference_model(tmp_path, capsys):
-    from npquant.checkpoint import load_quantized
-    from npquant.demo import default_models_dir
-    from npquant.io import load_reference
+    from npquant.app.demo import default_models_dir
+    from npquant.models.checkpoint import load_quantized
+    from npquant.models.io import load_reference
 
     src = default_models_dir() / "cnn.npz"
     ref = load_reference(src)
@@ -533,7 +533,7 @@ def test_quantize_touches_only_the_weights_of_a_reference_model(tmp_path, capsys
 
 
 def test_quantize_refuses_one_bit_symmetric(tmp_path, capsys):
-    from npquant.demo import default_models_dir
+    from npquant.app.demo import default_models_dir
 
     with pytest.raises(SystemExit) as exc:
         main(["quantize", str(default_models_dir() / "mlp.npz"), "-o", str(tmp_path / "q.npz"), "--bits", "1"])
@@ -546,7 +546,7 @@ def test_quantize_refuses_one_bit_symmetric(tmp_path, capsys):
 
 
 def test_internal_errors_show_a_traceback_and_ask_for_a_report(monkeypatch, capsys):
-    import npquant.cli as cli
+    import npquant.app.cli as cli
 
     def broken(args):
         raise RuntimeError("boom")

@@ -10,9 +10,9 @@ from fuzz import v3_join, v3_split
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from npquant import compress as C
-from npquant import huffman
-from npquant.compress import (
+from npquant.compression import huffman
+from npquant.compression import pipeline as C
+from npquant.compression.pipeline import (
     MAGIC,
     LayerConfig,
     compress,
@@ -23,7 +23,7 @@ from npquant.compress import (
     stage_sizes,
     write_compressed,
 )
-from npquant.io import FileFormatError
+from npquant.models.io import FileFormatError
 
 
 def _state(seed=0):
@@ -573,7 +573,7 @@ def test_shared_codebooks_round_trip_bit_for_bit():
 
 def test_shared_kmeans_result_and_config():
     """A KMeansResult is accepted as it is; the config sets the paper's index bits."""
-    from npquant.kmeans import kmeans_quantize
+    from npquant.compression.kmeans import kmeans_quantize
 
     w = np.random.default_rng(3).normal(size=(12, 10)).astype(np.float32)
     res = kmeans_quantize(w, 3)
@@ -620,7 +620,7 @@ def test_shared_rejects_a_config_that_prunes_or_disagrees():
 def test_unpruned_tensors_keep_every_code():
     """No exact zero, no pruning: no code is reserved for zero (kmeans_quantize's "auto"),
     the dense layout, and the paper's stages count no relative index."""
-    from npquant.kmeans import kmeans_quantize
+    from npquant.compression.kmeans import kmeans_quantize
 
     state = _state(6)
     comp = compress(state, {"fc.weight": LayerConfig(bits=2)})
@@ -638,10 +638,10 @@ def test_unpruned_tensors_keep_every_code():
 def test_unpruned_lenet_at_2_bits_is_not_hurt_by_a_reserved_zero():
     """The trap of issue 14: a reserved zero on unpruned weights cost LeNet-300-100 at 2 bits
     5 points (91.56 % instead of 96.44 %). compress() now reserves it only for pruned tensors."""
-    from npquant.demo import default_models_dir
-    from npquant.io import load_reference
-    from npquant.kmeans import kmeans_quantize
-    from npquant.nn import build_model
+    from npquant.app.demo import default_models_dir
+    from npquant.compression.kmeans import kmeans_quantize
+    from npquant.models.io import load_reference
+    from npquant.models.nn import build_model
 
     ref = load_reference(default_models_dir() / "lenet_300_100.npz")
     x, y = ref.arrays["test_inputs"], ref.arrays["test_labels"]
@@ -661,7 +661,7 @@ def test_unpruned_lenet_at_2_bits_is_not_hurt_by_a_reserved_zero():
 
 
 def reconstruct_reserved(w):
-    from npquant.kmeans import kmeans_quantize
+    from npquant.compression.kmeans import kmeans_quantize
 
     r = kmeans_quantize(w, 2, keep_zeros=True)
     return r.codebook[r.indices]

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from npquant import nn, sklearn_mlp
-from npquant.convert import (
+from npquant.models import nn, sklearn_mlp
+from npquant.models.convert import (
     IntegerModel,
     dynamic_quantize,
     dynamic_size_bytes,
@@ -11,7 +11,7 @@ from npquant.convert import (
     quantize_model,
     weight_only_quantize,
 )
-from npquant.fixedpoint import REQUANT_MODES
+from npquant.requant.fixedpoint import REQUANT_MODES
 
 
 @pytest.fixture(scope="module")

@@ -6,9 +6,9 @@ import json
 import numpy as np
 import pytest
 
-from npquant.convert import from_pytorch_ptq, quantize_model
-from npquant.demo import default_models_dir
-from npquant.io import load_model, load_reference
+from npquant.app.demo import default_models_dir
+from npquant.models.convert import from_pytorch_ptq, quantize_model
+from npquant.models.io import load_model, load_reference
 
 REF = default_models_dir()
 MODELS = ["mlp", "lenet_300_100", "cnn"]

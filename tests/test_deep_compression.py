@@ -9,9 +9,9 @@ import re
 import numpy as np
 import pytest
 
-from npquant.compress import read_compressed, stage_sizes
-from npquant.io import FileFormatError
-from npquant.nn import build_model
+from npquant.compression.pipeline import read_compressed, stage_sizes
+from npquant.models.io import FileFormatError
+from npquant.models.nn import build_model
 from npquant.training import evaluate
 from npquant.training.deep_compression import (
     DEFAULTS,

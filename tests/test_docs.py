@@ -53,7 +53,7 @@ def documented_modules() -> dict[str, list[str]]:
 
 def test_scan_sees_the_package():
     mods = public_modules()
-    assert {"npquant", "npquant.linear", "npquant.qnn", "npquant.qnn.gemm",
+    assert {"npquant", "npquant.affine", "npquant.qnn", "npquant.qnn.gemm",
             "npquant.training", "npquant.training.trainer"} <= mods
     assert not any(m.split(".")[-1].startswith("_") for m in mods)
     assert "npquant.__main__" not in mods

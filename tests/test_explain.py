@@ -15,7 +15,9 @@ from npquant.explain import (
     explain_dot,
     explain_linear,
 )
-from npquant.fixedpoint import (
+from npquant.qnn.conv import conv2d_accumulate, qconv2d
+from npquant.qnn.gemm import linear_accumulate, qlinear, quantize_bias
+from npquant.requant.fixedpoint import (
     REQUANT_MODES,
     effective_multiplier,
     quantize_multiplier,
@@ -23,8 +25,6 @@ from npquant.fixedpoint import (
     rounding_divide_by_pot,
     saturating_rounding_doubling_high_mul,
 )
-from npquant.qnn.conv import conv2d_accumulate, qconv2d
-from npquant.qnn.gemm import linear_accumulate, qlinear, quantize_bias
 
 CONV_INDICES = [(0, 0, 0, 0), (0, 1, 0, 2), (0, 2, 4, 4), (0, 1, 2, 3)]
 
@@ -365,10 +365,10 @@ def test_effective_multiplier_of_the_trace():
 
 @pytest.fixture(scope="module")
 def cnn_int():
-    from npquant.convert import quantize_model
-    from npquant.demo import default_models_dir
-    from npquant.io import load_reference
-    from npquant.nn import build_model
+    from npquant.app.demo import default_models_dir
+    from npquant.models.convert import quantize_model
+    from npquant.models.io import load_reference
+    from npquant.models.nn import build_model
 
     ref = load_reference(default_models_dir() / "cnn.npz")
     x = ref.arrays["test_inputs"][:3]
@@ -392,7 +392,7 @@ def test_explain_layer_of_an_integer_model_gives_the_model_s_codes(cnn_int):
 
 
 def _small_graph():
-    from npquant.graph import Graph, Node
+    from npquant.models.graph import Graph, Node
 
     rng = np.random.default_rng(8)
     u8 = QuantSpec(signed=False)
@@ -447,9 +447,9 @@ def test_explain_layer_errors(cnn_int):
 
 
 def test_explain_command_on_a_model_file(capsys, tmp_path):
-    from npquant.cli import main
-    from npquant.demo import default_models_dir
-    from npquant.graph import save_graph
+    from npquant.app.cli import main
+    from npquant.app.demo import default_models_dir
+    from npquant.models.graph import save_graph
 
     cnn = str(default_models_dir() / "cnn.npz")
     assert main(["explain", cnn, "--layer", "2", "--index", "0,5,1,1", "--mode", "onnx"]) == 0
@@ -475,9 +475,9 @@ def test_explain_command_on_a_model_file(capsys, tmp_path):
 
 @pytest.mark.parametrize("name", ["mlp", "cnn"])
 def test_explain_layer_of_pytorch_ptq_models_with_float_bias(name):
-    from npquant.convert import from_pytorch_ptq
-    from npquant.demo import default_models_dir
+    from npquant.app.demo import default_models_dir
     from npquant.explain import explain_layer
+    from npquant.models.convert import from_pytorch_ptq
     from npquant.qnn import layers as ql
 
     path = default_models_dir() / f"{name}_ptq.npz"

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from fuzz import make_zip, npy_bytes, zip_members
 
-from npquant.checkpoint import load_quantized, quantize_checkpoint, save_quantized
-from npquant.compress import LayerConfig, compress, read_compressed, write_compressed
-from npquant.io import (
+from npquant.compression.pipeline import LayerConfig, compress, read_compressed, write_compressed
+from npquant.models.checkpoint import load_quantized, quantize_checkpoint, save_quantized
+from npquant.models.io import (
     FileFormatError,
     atomic_write,
     load_reference,

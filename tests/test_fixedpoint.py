@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from npquant._kernels import requantize as _k
-from npquant.fixedpoint import (
+from npquant.requant.fixedpoint import (
     INT32_MAX,
     INT32_MIN,
     REQUANT_MODES,
@@ -537,7 +537,7 @@ def _single_away_ref(acc, m, zp, qmin, qmax):
 
 
 def test_single_away_is_an_extra_mode():
-    from npquant.fixedpoint import EXTRA_REQUANT_MODES
+    from npquant.requant.fixedpoint import EXTRA_REQUANT_MODES
     assert EXTRA_REQUANT_MODES == ("tflite_single_away",)
     assert "tflite_single_away" not in REQUANT_MODES  # the tie tables compare the four stacks
     np.testing.assert_array_equal(effective_multiplier(0.5, [0.25, 0.5], 0.125, "tflite_single_away"),

@@ -26,7 +26,7 @@ def test_every_reader_has_a_case(cases):
                           "load_weights(.npqz)", "load_weights(checkpoint)", "huffman.decode", "load_model",
                           "from_pytorch_ptq", "load_graph"}
     # the compressed-file seeds: version 3 (every layout between the two) and version 2
-    from npquant.compress import read_compressed
+    from npquant.compression.pipeline import read_compressed
 
     v3 = ("read_compressed", "read_compressed(layouts)")
     assert [cases[n].data[4] for n in (*v3, "read_compressed(v2)")] == [3, 3, 2]

@@ -1,4 +1,4 @@
-"""npquant.graph: graphs built by hand (float and integer), run, inspected, validated, saved
+"""npquant.models.graph: graphs built by hand (float and integer), run, inspected, validated, saved
 and loaded, and corrupt files refused. Needs no PyTorch (tests/test_import_torch.py
 checks the imported graphs against PyTorch)."""
 
@@ -8,8 +8,9 @@ import os
 import numpy as np
 import pytest
 
-from npquant import QParams, QuantSpec, dequantize, fit_qparams, nn, quantize
-from npquant.graph import (
+from npquant import QParams, QuantSpec, dequantize, fit_qparams, quantize
+from npquant.models import nn
+from npquant.models.graph import (
     FORMAT,
     OPS,
     VERSION,
@@ -21,7 +22,7 @@ from npquant.graph import (
     load_graph,
     save_graph,
 )
-from npquant.io import FileFormatError
+from npquant.models.io import FileFormatError
 from npquant.qnn import layers as ql
 from npquant.qnn.fbgemm import fma_float32
 

@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from npquant._kernels import huffman as kh
-from npquant.huffman import (
+from npquant.compression.huffman import (
     HuffmanCode,
     _decode_python,
     _varint,
@@ -166,7 +166,7 @@ def test_runs_table_format():
 
 
 def test_varint_is_leb128():
-    # shared with the version-3 compressed file (npquant.compress)
+    # shared with the version-3 compressed file (npquant.compression.pipeline)
     assert [_varint(x) for x in (0, 1, 127, 128, 300, 2**63 - 1)] == [
         b"\x00", b"\x01", b"\x7f", b"\x80\x01", b"\xac\x02", b"\xff" * 8 + b"\x7f"]
 

@@ -18,7 +18,7 @@ import sys
 import numpy as np
 import pytest
 
-from npquant.graph import load_graph, save_graph
+from npquant.models.graph import load_graph, save_graph
 from npquant.qnn.accumulation import host_path
 
 onnx = pytest.importorskip("onnx")

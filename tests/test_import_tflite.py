@@ -18,7 +18,7 @@ pytest.importorskip("tflite")
 from tflite_builder import TFLiteBuilder, act_qparams, bias, weights
 
 from npquant.importers import tflite as imp
-from npquant.io import FileFormatError
+from npquant.models.io import FileFormatError
 
 # ---- the models --------------------------------------------------------------------------
 
@@ -223,7 +223,7 @@ def test_graph_ops_and_layout(built):
 
 
 def test_graph_saves_and_loads(built, tmp_path):
-    from npquant.graph import load_graph, save_graph
+    from npquant.models.graph import load_graph, save_graph
     model, x = built["concat"]
     g = imp.from_tflite(model)
     save_graph(tmp_path / "g.npz", g)
@@ -448,7 +448,7 @@ def test_operator_errors_name_the_operator():
 
 
 def test_graph_ops_check_their_arguments():
-    from npquant.graph import Graph, Node
+    from npquant.models.graph import Graph, Node
     from npquant.qparams import QParams, QuantSpec
     qp = QParams(np.float32(0.1), 3, QuantSpec())
     with pytest.raises(ValueError, match="pads"):

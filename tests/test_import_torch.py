@@ -16,9 +16,9 @@ import sys
 import numpy as np
 import pytest
 
-from npquant.graph import load_graph, save_graph
 from npquant.importers import from_torch, from_torch_quantized, torch_intermediates
 from npquant.importers import torch as torch_importer
+from npquant.models.graph import load_graph, save_graph
 from npquant.qnn.accumulation import host_path
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
@@ -344,7 +344,7 @@ def test_qconcat_equals_quantized_cat(torch, channels_last):
     """Both of PyTorch's cat kernels, with inputs on rounding ties; the importer picks the
     memory format PyTorch's inputs had."""
     from npquant import QParams, QuantSpec
-    from npquant.graph import Graph, Node
+    from npquant.models.graph import Graph, Node
 
     rng = np.random.default_rng(1 + channels_last)
     compared = wrong_kernel = 0
@@ -369,7 +369,7 @@ def test_qadd_channels_last_follows_memory_order(torch):
     """A case where PyTorch's vector and scalar add paths differ (found by search): the
     element is in the vector body in NCHW order but in the scalar tail in NHWC order."""
     from npquant import QParams, QuantSpec
-    from npquant.graph import Graph, Node
+    from npquant.models.graph import Graph, Node
 
     f32 = np.float32
     sa, sb, so, za, zb, zo = f32(0.01721417), f32(0.052431397), f32(0.062142342), 182, 7, 124

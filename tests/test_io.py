@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from npquant.io import load_state_dict, read_safetensors, save_state_dict, write_safetensors
+from npquant.models.io import load_state_dict, read_safetensors, save_state_dict, write_safetensors
 
 
 def _state():

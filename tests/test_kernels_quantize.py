@@ -15,7 +15,7 @@ from oracles import fma32 as oracle_fma32
 
 from npquant import QParams, QuantSpec, dequantize, fit_qparams, quantize
 from npquant._kernels.quantize import fma32
-from npquant.linear import _fma32_numpy
+from npquant.affine import _fma32_numpy
 
 MODES = ("half_even", "half_away", "half_up", "floor", "stochastic")
 METHODS = ("divide", "mul", "mul_add", "fma")

@@ -1,4 +1,4 @@
-"""k-means weight sharing (npquant.kmeans) and its kernels (npquant._kernels.kmeans).
+"""k-means weight sharing (npquant.compression.kmeans) and its kernels (npquant._kernels.kmeans).
 
 Runs with the JIT on and with NUMBA_DISABLE_JIT=1; with the JIT off the numba kernels are
 plain Python loops, so arrays given to them are kept small.
@@ -14,7 +14,7 @@ from hypothesis.extra import numpy as hnp
 from numba import config as numba_config
 
 from npquant._kernels import kmeans as _k
-from npquant.kmeans import (
+from npquant.compression.kmeans import (
     KMEANS_INITS,
     KMeansResult,
     _assign_numpy,
@@ -160,9 +160,9 @@ def test_keep_zeros_auto_reserves_only_for_tensors_with_zeros():
 def test_keep_zeros_trap_on_the_bundled_lenet():
     """Forcing the zero code on unpruned weights: LeNet-300-100 at 2 bits drops to 91.56 %;
     "auto" (no zeros, 4 centroids) keeps 96.44 %, the same as keep_zeros=False."""
-    from npquant.demo import default_models_dir
-    from npquant.io import load_reference
-    from npquant.nn import build_model
+    from npquant.app.demo import default_models_dir
+    from npquant.models.io import load_reference
+    from npquant.models.nn import build_model
     from npquant.training import evaluate
     from npquant.training.trainer import digits_data
 

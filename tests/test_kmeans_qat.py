@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from test_prune_retrain import FAST, fresh, refs  # noqa: F401  (refs: the module-scoped fixture of the models)
 
-from npquant.kmeans import kmeans_quantize
-from npquant.nn import Linear, Sequential
+from npquant.compression.kmeans import kmeans_quantize
+from npquant.models.nn import Linear, Sequential
 from npquant.training import SGD, Adam, evaluate, fit, softmax_cross_entropy
 from npquant.training.kmeans_qat import SharedWeights, kmeans_qat
 from npquant.training.pruning import prune_model

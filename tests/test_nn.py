@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from npquant import nn
+from npquant.models import nn
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional

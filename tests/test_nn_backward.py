@@ -1,4 +1,4 @@
-"""Backward passes of the float layers (npquant.nn), training mode, state dicts, and the
+"""Backward passes of the float layers (npquant.models.nn), training mode, state dicts, and the
 softmax cross-entropy loss (npquant.training.losses).
 
 Three kinds of checks:
@@ -23,7 +23,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from npquant import demo, io, nn
+from npquant.app import demo
+from npquant.models import io, nn
 from npquant.training.losses import accuracy, log_softmax, softmax, softmax_cross_entropy
 
 TINY = np.finfo(np.float32).tiny
@@ -648,7 +649,7 @@ def test_backward_errors_name_the_layer():
 
 
 def test_training_errors():
-    from npquant.convert import dynamic_quantize
+    from npquant.models.convert import dynamic_quantize
 
     dyn = dynamic_quantize(_cnn())
     dyn.eval()  # fine: inference only

@@ -24,8 +24,8 @@ import numpy as np
 import pytest
 
 import npquant
-from npquant import demo
-from npquant.cli import main
+from npquant.app import demo
+from npquant.app.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = Path(npquant.__file__).resolve().parent
@@ -60,9 +60,9 @@ def _npz_literals(module) -> set[str]:
 
 
 def test_every_model_a_command_names_is_package_data():
-    import npquant.cli
+    import npquant.app.cli
 
-    named = _npz_literals(npquant.cli) | _npz_literals(demo) | set(demo.data_files())
+    named = _npz_literals(npquant.app.cli) | _npz_literals(demo) | set(demo.data_files())
     assert "lenet_300_100.npz" in named  # npquant compress's model
     missing = [n for n in sorted(named) if not (demo.default_models_dir() / n).is_file()]
     assert not missing

@@ -1,4 +1,4 @@
-"""Bit packing (npquant.packing): layout, kernel == twin, peers, errors, signed maps.
+"""Bit packing (npquant.compression.packing): layout, kernel == twin, peers, errors, signed maps.
 
 Runs with the JIT on and with NUMBA_DISABLE_JIT=1 (the kernels then run as plain Python,
 so the arrays here stay small).
@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from npquant._kernels import packing as _kernels
-from npquant.packing import (
+from npquant.compression.packing import (
     PACK_ORDERS,
     PackedArray,
     _unpack_numpy,

@@ -121,7 +121,7 @@ def _dynamic_cases(rng):
 
 @pytest.mark.parametrize("backend", ["numba", "numpy"])
 def test_dynamic_quantize_linear_equals_onnx_reference_and_onnxruntime(backend):
-    from npquant.linear import dynamic_quantize_linear
+    from npquant.affine import dynamic_quantize_linear
 
     node = helper.make_node("DynamicQuantizeLinear", ["x"], ["y", "s", "z"])
     rng = np.random.default_rng(11)
@@ -149,7 +149,7 @@ def test_dynamic_quantize_linear_equals_onnx_reference_and_onnxruntime(backend):
 
 
 def test_dynamic_quantize_linear_errors():
-    from npquant.linear import dynamic_quantize_linear
+    from npquant.affine import dynamic_quantize_linear
 
     with pytest.raises(ValueError, match="NaN or infinity"):
         dynamic_quantize_linear(np.array([1.0, np.nan], np.float32))

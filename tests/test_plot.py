@@ -1,4 +1,4 @@
-"""Tests of npquant.plot: each figure holds what it claims (labels, grid lines, heatmap
+"""Tests of npquant.app.plot: each figure holds what it claims (labels, grid lines, heatmap
 data, line data), the PNG files are valid and of the stated size, matplotlib is never
 imported by ``import npquant``, and a missing matplotlib is a clear error."""
 
@@ -25,7 +25,7 @@ from npquant import (  # noqa: E402
     quantization_error,
     requantize,
 )
-from npquant import plot as P  # noqa: E402
+from npquant.app import plot as P  # noqa: E402
 
 
 def _by_gid(ax, gid):
@@ -60,7 +60,7 @@ def weights():
 
 
 def test_import_npquant_does_not_import_matplotlib():
-    code = ("import sys, npquant, npquant.plot, npquant.cases, npquant.cli; "
+    code = ("import sys, npquant, npquant.app.plot, npquant.models.cases, npquant.app.cli; "
             "print(any(m == 'matplotlib' or m.startswith('matplotlib.') for m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
@@ -75,7 +75,7 @@ def test_missing_matplotlib_names_the_extra(monkeypatch, tmp_path, capsys):
     with pytest.raises(ModuleNotFoundError, match=r"npquant\[plot\]"):
         P.write_demo_plots(tmp_path / "figs")
     assert not (tmp_path / "figs").exists()
-    from npquant.cli import main
+    from npquant.app.cli import main
 
     assert main(["demo", "--plots", str(tmp_path / "figs")]) == 1
     err = capsys.readouterr().err
@@ -352,7 +352,7 @@ def test_write_demo_plots_errors(tmp_path):
 
 
 def test_cli_demo_plots(tmp_path, monkeypatch, capsys):
-    from npquant.cli import main
+    from npquant.app.cli import main
 
     real = P.write_demo_plots
     calls = []
@@ -375,7 +375,7 @@ def test_cli_demo_plots(tmp_path, monkeypatch, capsys):
 
 @pytest.mark.slow
 def test_cli_demo_plots_writes_every_figure(tmp_path, capsys):
-    from npquant.cli import main
+    from npquant.app.cli import main
 
     assert main(["demo", "--plots", str(tmp_path)]) == 0
     out = capsys.readouterr().out.splitlines()

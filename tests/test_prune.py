@@ -4,7 +4,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from npquant.prune import (
+from npquant.compression.prune import (
     decode_relative,
     encode_relative,
     magnitude_mask,

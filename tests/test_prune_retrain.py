@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from numba import config as numba_config
 
-from npquant.demo import default_models_dir
-from npquant.io import load_reference
-from npquant.nn import build_model
-from npquant.prune import magnitude_mask, sparsity_schedule
+from npquant.app.demo import default_models_dir
+from npquant.compression.prune import magnitude_mask, sparsity_schedule
+from npquant.models.io import load_reference
+from npquant.models.nn import build_model
 from npquant.training import CosineAnnealingLR, Hook
 from npquant.training.pruning import OPTIMIZERS, _make_optimizer, prune_and_retrain, prune_model, weight_names
 from npquant.training.trainer import digits_data

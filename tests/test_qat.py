@@ -369,7 +369,7 @@ def test_lsq_layer_contract_and_init():
     x = (rng.normal(size=(16, 5)) + 1).astype(np.float32)
     spec = QuantSpec(bits=4, signed=False)
     layer = LSQFakeQuantize(spec)
-    assert not layer.training  # layers start in eval mode, as npquant.nn's
+    assert not layer.training  # layers start in eval mode, as npquant.models.nn's
     layer.train()
     params = layer.parameters()
     assert set(params) == {"scale", "zero_point"} == set(layer.grads)
@@ -933,7 +933,7 @@ def test_torch_learnable_fake_quantize_module():
 # ========================================================================================
 # QAT layers (npquant.training.qat)
 
-from npquant import nn  # noqa: E402
+from npquant.models import nn  # noqa: E402
 from npquant.training.qat import QATConv2d, QATConvBn2d, QATLinear  # noqa: E402
 
 
@@ -1106,7 +1106,7 @@ def test_torch_qat_conv_bn_folding(bias):
         yt = tm(xt)
         yt.backward(torch.from_numpy(dy))
         # the folded weight's grid: the same bits while the running variances are (same
-        # float32 arithmetic for s); npquant.nn's batch variance may differ by an ulp later
+        # float32 arithmetic for s); npquant.models.nn's batch variance may differ by an ulp later
         if k == 0:
             _assert_bits(q.weight_fake_quant.qparams.scale, tm.weight_fake_quant.scale.numpy())
         np.testing.assert_allclose(q.weight_fake_quant.qparams.scale, tm.weight_fake_quant.scale.numpy(),
@@ -1141,7 +1141,7 @@ def test_torch_qat_conv_bn_folding(bias):
 
 
 def test_qat_model_trains_in_a_sequential():
-    # A two-layer QAT MLP (W4A8, LSQ weights) in npquant.nn.Sequential learns a toy task.
+    # A two-layer QAT MLP (W4A8, LSQ weights) in npquant.models.nn.Sequential learns a toy task.
     rng = np.random.default_rng(803)
     x = rng.normal(size=(256, 8)).astype(np.float32)
     labels = (x[:, :4].sum(axis=1) > x[:, 4:].sum(axis=1)).astype(int)

@@ -23,14 +23,14 @@ tests below).
 import numpy as np
 import pytest
 
-from npquant import nn
-from npquant.convert import IntegerModel, quantize_model
-from npquant.demo import default_models_dir
-from npquant.fixedpoint import REQUANT_MODES
-from npquant.io import load_model, load_reference
-from npquant.linear import dequantize
+from npquant.affine import dequantize
+from npquant.app.demo import default_models_dir
+from npquant.models import nn
+from npquant.models.convert import IntegerModel, quantize_model
+from npquant.models.io import load_model, load_reference
 from npquant.qnn import layers as ql
 from npquant.qparams import QuantSpec
+from npquant.requant.fixedpoint import REQUANT_MODES
 from npquant.training import Adam, fit
 from npquant.training.convert_qat import INPUT_FAKE_QUANT, convert_qat, freeze_bn, freeze_observers, prepare_qat
 from npquant.training.fake_quant import FakeQuantize, LSQFakeQuantize, PACTFakeQuantize
@@ -293,7 +293,7 @@ def test_quantize_model_takes_given_qparams():
 
 def test_bad_input_errors():
     model, data = _reference("mlp")
-    with pytest.raises(TypeError, match="model must be an npquant.nn.Sequential"):
+    with pytest.raises(TypeError, match="model must be an npquant.models.nn.Sequential"):
         prepare_qat(list(model))
     for kw, match in [(dict(weight_bits=1), "weight_bits"), (dict(weight_bits=9), "weight_bits"),
                       (dict(act_bits=0), "act_bits"), (dict(act_bits=16), "act_bits"),
@@ -324,7 +324,7 @@ def test_bad_input_errors():
         convert_qat(qat, mode="tflite2")
     with pytest.raises(ValueError, match="accumulation"):
         convert_qat(qat, accumulation="int16")
-    with pytest.raises(TypeError, match="qat_model must be an npquant.nn.Sequential"):
+    with pytest.raises(TypeError, match="qat_model must be an npquant.models.nn.Sequential"):
         convert_qat(list(qat))
     with pytest.raises(ValueError, match="must start with the input fake quant"):
         convert_qat(nn.Sequential(list(qat)[1:]))

@@ -5,9 +5,9 @@ pieces it added: ``prepare_qat(output_bits=)``, PACT's ``init="max"`` and
 import numpy as np
 import pytest
 
-from npquant import cli
-from npquant.cli import main
-from npquant.demo import MODELS
+from npquant.app import cli
+from npquant.app.cli import main
+from npquant.app.demo import MODELS
 from npquant.qnn import layers as ql
 from npquant.qparams import QuantSpec
 from npquant.training.convert_qat import prepare_qat

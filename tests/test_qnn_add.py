@@ -5,8 +5,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from npquant.fixedpoint import quantize_multiplier
 from npquant.qnn.add import ADD_MODES, add, tflite_add_params, torch_add_vector_width
+from npquant.requant.fixedpoint import quantize_multiplier
 
 f32 = np.float32
 

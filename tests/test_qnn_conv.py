@@ -9,10 +9,10 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from npquant import QParams, QuantSpec
-from npquant.fixedpoint import REQUANT_MODES, effective_multiplier, requantize
 from npquant.qnn.conv import conv2d_accumulate, conv_geometry, qconv2d
 from npquant.qnn.gemm import linear_accumulate, qlinear
 from npquant.qnn.layers import QConv2d
+from npquant.requant.fixedpoint import REQUANT_MODES, effective_multiplier, requantize
 
 
 def conv_oracle(x, zx, w, zw, bias, stride, pads, dilation, groups):

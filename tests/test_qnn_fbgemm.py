@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from npquant import QParams, QuantSpec
-from npquant.fixedpoint import effective_multiplier
 from npquant.qnn.conv import conv2d_accumulate
 from npquant.qnn.fbgemm import fbgemm_multipliers, fbgemm_requantize, fma_float32
 from npquant.qnn.gemm import linear_accumulate
+from npquant.requant.fixedpoint import effective_multiplier
 
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")

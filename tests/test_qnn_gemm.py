@@ -12,7 +12,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from npquant import QParams, QuantSpec
-from npquant.fixedpoint import EXTRA_REQUANT_MODES, REQUANT_MODES, effective_multiplier, requantize
 from npquant.qnn.activation import activation_range
 from npquant.qnn.gemm import linear_accumulate, qlinear, qmatmul, quantize_bias
 from npquant.qnn.layers import QLinear
@@ -21,6 +20,7 @@ from npquant.qnn.overflow import (
     check_int16_pairs,
     int16_pair_accumulate,
 )
+from npquant.requant.fixedpoint import EXTRA_REQUANT_MODES, REQUANT_MODES, effective_multiplier, requantize
 
 INT32_MIN, INT32_MAX = -(1 << 31), (1 << 31) - 1
 

@@ -1,4 +1,4 @@
-"""npquant.convert.quantize_graph: post-training quantization of float graphs.
+"""npquant.models.convert.quantize_graph: post-training quantization of float graphs.
 
 A chain graph gives the codes of quantize_model on the same Sequential; residual and concat
 graphs (built by hand, and one imported from PyTorch) agree with the float graph, every
@@ -11,11 +11,12 @@ refused naming the node.
 import numpy as np
 import pytest
 
-from npquant import QParams, QuantSpec, dequantize, fake_quantize, nn, quantize
-from npquant.convert import GRAPH_ADD_MODES, quantize_graph, quantize_model
-from npquant.fixedpoint import REQUANT_MODES
-from npquant.graph import Graph, Node, load_graph, save_graph
+from npquant import QParams, QuantSpec, dequantize, fake_quantize, quantize
+from npquant.models import nn
+from npquant.models.convert import GRAPH_ADD_MODES, quantize_graph, quantize_model
+from npquant.models.graph import Graph, Node, load_graph, save_graph
 from npquant.qnn.add import add as qnn_add
+from npquant.requant.fixedpoint import REQUANT_MODES
 
 
 def _w(rng, *shape, s=0.3):

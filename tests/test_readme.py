@@ -16,8 +16,8 @@ import pytest
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 # Where a bare name of the glossary's npquant column is looked up, in order.
-NAMESPACES = ("npquant", "npquant.qnn", "npquant.convert", "npquant.training", "npquant.fixedpoint",
-              "npquant.kmeans", "npquant.prune")
+NAMESPACES = ("npquant", "npquant.qnn", "npquant.models.convert", "npquant.training", "npquant.requant.fixedpoint",
+              "npquant.compression.kmeans", "npquant.compression.prune")
 # Tokens of the npquant column that are variables or parameter names in the text, not API.
 NOT_API = {"w_q", "x_q", "y_q", "qp", "spec", "m0", "shift", "codebook", "indices", "out_range", "narrow_range",
            "float_bias", "reduce_range", "sparsity", "axis", "form", "mode", "activation", "accumulation",

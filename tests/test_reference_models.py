@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from npquant.demo import default_models_dir
+from npquant.app.demo import default_models_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = ROOT / "reference_models"  # export.py and the README (in the repository only)
@@ -315,7 +315,7 @@ def test_fresh_export_reproduces_checked_in_files(tmp_path):
                 np.testing.assert_array_equal(new[k], old[k], err_msg=f"{f}:{k}")
     if same_cpu:
         return
-    from npquant.convert import from_pytorch_ptq
+    from npquant.models.convert import from_pytorch_ptq
 
     for m in MODELS:  # another CPU class: the fresh files agree with themselves
         d = dict(np.load(tmp_path / f"{m}.npz"))

@@ -28,7 +28,7 @@ ADAM_ULPS = 32  # measured: at most 8 after 20 steps of the configurations below
 
 
 # ---------------------------------------------------------------------------------------
-# a tiny model that follows the contract of npquant.training (independent of npquant.nn)
+# a tiny model that follows the contract of npquant.training (independent of npquant.models.nn)
 # ---------------------------------------------------------------------------------------
 class ToyLinear:
     def __init__(self, w, b):
@@ -141,7 +141,7 @@ def toy_data(n=120, seed=0):
 # ---------------------------------------------------------------------------------------
 def test_fused_multiply_add_rounds_once_where_float64_rounds_twice():
     from npquant._kernels.quantize import fma32
-    from npquant.linear import _fma32_numpy
+    from npquant.affine import _fma32_numpy
 
     # a*b + c = 1 + 2**-24 + 2**-70: float64 rounds it to the float32 midpoint 1 + 2**-24,
     # which then ties to 1.0; the exact value is above the midpoint: 1 + 2**-23.
@@ -167,7 +167,7 @@ def test_fused_multiply_add_rounds_once_where_float64_rounds_twice():
 
 def test_optimizer_fma32_kernel_equals_the_numpy_twin():
     from npquant._kernels import optim as K
-    from npquant.linear import _fma32_numpy
+    from npquant.affine import _fma32_numpy
 
     rng = np.random.default_rng(4)
     n = 3000
@@ -958,9 +958,9 @@ def test_progress_bar_goes_to_stderr_only_when_asked(capsys):
 # from scratch: initialization, data, and (slow) training a reference model
 # ---------------------------------------------------------------------------------------
 def test_torch_default_init_bounds_and_keys():
-    from npquant.demo import default_models_dir
-    from npquant.io import load_reference
-    from npquant.nn import expected_keys
+    from npquant.app.demo import default_models_dir
+    from npquant.models.io import load_reference
+    from npquant.models.nn import expected_keys
 
     ref = load_reference(default_models_dir() / "cnn.npz")
     s = T.torch_default_init(ref.arch, 0)
@@ -978,8 +978,8 @@ def test_torch_default_init_bounds_and_keys():
 
 
 def test_digits_data_is_the_reference_split():
-    from npquant.demo import default_models_dir
-    from npquant.io import load_reference
+    from npquant.app.demo import default_models_dir
+    from npquant.models.io import load_reference
 
     ref = load_reference(default_models_dir() / "cnn.npz")
     d = T.digits_data(ref.arch)
@@ -989,10 +989,10 @@ def test_digits_data_is_the_reference_split():
 
 
 def test_early_stopping_restores_batch_norm_statistics_too():
-    """On the CNN (npquant.nn): the best epoch's running statistics come back with its weights."""
-    from npquant.demo import default_models_dir
-    from npquant.io import load_reference
-    from npquant.nn import build_model
+    """On the CNN (npquant.models.nn): the best epoch's running statistics come back with its weights."""
+    from npquant.app.demo import default_models_dir
+    from npquant.models.io import load_reference
+    from npquant.models.nn import build_model
     from npquant.training.losses import softmax_cross_entropy
 
     ref = load_reference(default_models_dir() / "cnn.npz")

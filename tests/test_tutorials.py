@@ -219,7 +219,7 @@ def _params():
 @pytest.mark.parametrize("name", list(_params()))
 def test_tutorial_runs_and_its_exercise_is_right(name, tmp_path, monkeypatch, capsys):
     if TUTORIALS[name][0]:
-        pytest.importorskip("matplotlib", reason="the tutorial draws with npquant.plot (the plot or test extra)")
+        pytest.importorskip("matplotlib", reason="the tutorial draws with npquant.app.plot (the plot or test extra)")
     monkeypatch.delenv("NPQUANT_TUTORIAL_OUTPUT", raising=False)
     monkeypatch.chdir(tmp_path)                        # the working directory must not matter
     before = sorted(p.name for p in TUTORIALS_DIR.iterdir())
@@ -239,7 +239,7 @@ def test_a_tutorial_runs_as_a_script_and_writes_figures_when_asked(tmp_path):
     """``python tutorials/05_....py`` from another folder, as a user runs it; with
     ``NPQUANT_TUTORIAL_OUTPUT`` its figure is written there, the folder made if need be
     (and nothing elsewhere)."""
-    pytest.importorskip("matplotlib", reason="the tutorial draws with npquant.plot (the plot or test extra)")
+    pytest.importorskip("matplotlib", reason="the tutorial draws with npquant.app.plot (the plot or test extra)")
     cwd, figs = tmp_path / "cwd", tmp_path / "figs" / "new"     # the tutorial makes the folder
     cwd.mkdir()
     env = {**os.environ, "NPQUANT_TUTORIAL_OUTPUT": str(figs)}

@@ -17,15 +17,15 @@ import subprocess
 import numpy as np
 import pytest
 
-from npquant import nn
-from npquant.cli import main
-from npquant.convert import from_pytorch_ptq, quantize_model
-from npquant.demo import calibration_inputs, default_models_dir
-from npquant.fixedpoint import multiply_by_quantized_multiplier
-from npquant.io import FileFormatError, load_model, load_reference
-from npquant.linear import dequantize, quantize
+from npquant.affine import dequantize, quantize
+from npquant.app.cli import main
+from npquant.app.demo import calibration_inputs, default_models_dir
+from npquant.models import nn
+from npquant.models.convert import from_pytorch_ptq, quantize_model
+from npquant.models.io import FileFormatError, load_model, load_reference
 from npquant.qnn import avg_pool2d, max_pool2d
 from npquant.qparams import QParams, QuantSpec
+from npquant.requant.fixedpoint import multiply_by_quantized_multiplier
 from npquant.vectors import (
     C_HEADER,
     HEX_DIGITS,
@@ -242,7 +242,7 @@ def small_float_model(seed=0):
 
 def residual_graph(seed=0):
     """quantize -> conv(relu) -> conv -> add(skip) -> max pool -> flatten -> linear -> dequantize."""
-    from npquant.graph import Graph, Node
+    from npquant.models.graph import Graph, Node
 
     rng = np.random.default_rng(seed)
 
@@ -377,7 +377,7 @@ def test_graph_of_other_integer_ops(tmp_path):
     """Integer input codes (input_qparams), PyTorch-mode relu6, average pool, add (channels
     last) and concat, reshape: the vectors are the run's tensors; the ops with integer
     formulas are recomputed."""
-    from npquant.graph import Graph, Node
+    from npquant.models.graph import Graph, Node
 
     def qp(scale, zp):
         return {"scale": scale, "zero_point": zp, "bits": 8, "signed": False}
@@ -519,7 +519,7 @@ def test_refuses_float_models_and_bad_inputs(tmp_path, cnn_float):
     model, calib, x = cnn_float
     with pytest.raises(TypeError, match="model must be an IntegerModel or an integer Graph, got Sequential.*float"):
         write_vectors(model, x[:1], tmp_path / "a")
-    from npquant.graph import Graph, Node
+    from npquant.models.graph import Graph, Node
 
     fg = Graph([Node("fc", "linear", ["x"], ["y"], params={"weight": np.ones((2, 3), np.float32)})], ["x"], ["y"])
     with pytest.raises(ValueError, match="model is a float graph"):
@@ -645,7 +645,7 @@ def test_cli_vectors_reference_model_and_input_file(tmp_path, capsys):
 
 
 def test_cli_vectors_graph_file(tmp_path, capsys):
-    from npquant.graph import save_graph
+    from npquant.models.graph import save_graph
 
     save_graph(tmp_path / "g.npz", residual_graph())
     assert main(["vectors", str(tmp_path / "g.npz"), "-o", str(tmp_path / "v")]) == 1
@@ -675,7 +675,7 @@ def test_cli_vectors_usage_errors(tmp_path, capsys, argv, message):
 def test_cli_vectors_refuses_weights_only_files_and_float_graphs(tmp_path, capsys):
     assert main(["vectors", str(REF / "digits_split.npz"), "-o", str(tmp_path / "v")]) == 1
     assert "a state dict (weights without an architecture)" in capsys.readouterr().err
-    from npquant.graph import Graph, Node, save_graph
+    from npquant.models.graph import Graph, Node, save_graph
 
     fg = Graph([Node("fc", "linear", ["x"], ["y"], params={"weight": np.ones((2, 3), np.float32)})], ["x"], ["y"])
     save_graph(tmp_path / "f.npz", fg)
@@ -704,7 +704,7 @@ def test_cli_run(tmp_path, capsys):
     rows = [line.split() for line in out.splitlines() if line[:1].isdigit()]
     assert [(int(r[0]), int(r[1])) for r in rows] == list(enumerate(logits.argmax(1)))
     # a graph file
-    from npquant.graph import save_graph
+    from npquant.models.graph import save_graph
 
     save_graph(tmp_path / "g.npz", residual_graph())
     np.save(tmp_path / "gx.npy", np.ones((2, 4, 4, 4), np.float32))
@@ -732,7 +732,7 @@ def test_cli_run_errors(tmp_path, capsys):
 
 
 def test_cli_help_describes_the_options():
-    import npquant.cli as cli
+    import npquant.app.cli as cli
 
     parser = cli.build_parser()
     subs = next(a for a in parser._actions if isinstance(a, __import__("argparse")._SubParsersAction))

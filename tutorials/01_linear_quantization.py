@@ -211,12 +211,12 @@ assert list(n_scales.values()) == [1, 8, 32] and w.size * 4 // 8 == 128 and 4 * 
 # bytes), so per-group adds 128 bytes of scales here; real layers have far more weights
 # per group, which is why groups of 32 to 128 are common.
 #
-# `npquant.plot` draws the same comparison as heatmaps of `|w - fq(w)|` on one colour
+# `npquant.app.plot` draws the same comparison as heatmaps of `|w - fq(w)|` on one colour
 # scale: the outlier's row lights up in every option, but only per-tensor spreads the
 # damage over the other rows.
 
 # %%
-from npquant import plot as nqplot  # noqa: E402  (matplotlib is imported when drawing)
+from npquant.app import plot as nqplot  # noqa: E402  (matplotlib is imported when drawing)
 
 fig = nqplot.plot_error_heatmaps(w, options, title="4-bit symmetric, three granularities")
 assert len([a for a in fig.axes if a.images]) == 3    # one heatmap per option

@@ -140,11 +140,11 @@ assert nq.to_unsigned(np.array([-2, -1, 0, 1]), bits=2, signed="offset").tolist(
 #
 # A weight matrix of LeNet-300-100's first layer has `300 x 784 = 235200` weights:
 # 940800 bytes as float32, 235200 as int8 codes, 117600 packed at 4 bits and 58800 at 2
-# bits (plus the scales: one float32 per row is 1200 bytes). `npquant.packing.packed_nbytes`
+# bits (plus the scales: one float32 per row is 1200 bytes). `npquant.compression.packing.packed_nbytes`
 # gives `ceil(n * bits / 8)`.
 
 # %%
-from npquant.packing import packed_nbytes  # noqa: E402
+from npquant.compression.packing import packed_nbytes  # noqa: E402
 
 n = 300 * 784
 sizes = {bits: packed_nbytes(n, bits) for bits in (8, 4, 2)}

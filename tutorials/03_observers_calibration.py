@@ -18,7 +18,7 @@
 # - min-max and moving-average min-max (PyTorch's defaults, reproduced bit for bit);
 # - why the range of a heavy-tailed activation should be *clipped*, and how the
 #   percentile, MSE and entropy (KL, TensorRT's) observers choose where;
-# - on `npquant.cases.outlier_mlp`, a small bundled network with heavy-tailed inputs
+# - on `npquant.models.cases.outlier_mlp`, a small bundled network with heavy-tailed inputs
 #   and one outlier channel, how much the choice matters at 4 bits: from 54 % to 92 %
 #   test accuracy.
 #
@@ -31,7 +31,7 @@ import os
 import numpy as np
 
 import npquant as nq
-from npquant import cases
+from npquant.models import cases
 
 OUT = os.environ.get("NPQUANT_TUTORIAL_OUTPUT")   # a folder for the figures, or None
 if OUT:
@@ -79,7 +79,7 @@ assert float(mm.max_val) == 50.0 and f"{float(ema.max_val):.2f}" == "4.49"
 # %% [markdown]
 # ## A case where the choice matters
 #
-# `npquant.cases.outlier_mlp()` builds, from a seed and in well under a second, a
+# `npquant.models.cases.outlier_mlp()` builds, from a seed and in well under a second, a
 # classifier `fc1 (32 -> 64) -> ReLU -> fc2 (64 -> 8)` on 8 classes whose inputs have
 # Student-t noise (heavy tails: a few inputs are far out), and whose hidden channel 0
 # is 16 times larger than the others (the float function is unchanged; trained
@@ -167,7 +167,7 @@ assert f"{relu_zeros:.1%}" == "50.1%"
 # A histogram with both grids shows it (a log scale makes the tail visible):
 
 # %%
-from npquant import plot as nqplot  # noqa: E402
+from npquant.app import plot as nqplot  # noqa: E402
 
 qp_minmax = nq.fit_qparams(h_cal, nq.QuantSpec(bits=4, signed=False))
 ent = nq.EntropyObserver(nq.QuantSpec(bits=4, signed=False)).update(h_cal)

@@ -143,11 +143,11 @@ assert (int(t["acc"].min()), int(t["acc"].max())) == (-421, 421)
 # %% [markdown]
 # 196 of 2001 accumulators, about one in ten (of those the clamp to `[-128, 127]`
 # leaves visible). A hardware engineer matching TFLite must
-# implement both roundings exactly as gemmlowp does. `npquant.plot.plot_tie_map` maps
+# implement both roundings exactly as gemmlowp does. `npquant.app.plot.plot_tie_map` maps
 # the disagreements over accumulators and several multipliers:
 
 # %%
-from npquant import plot as nqplot  # noqa: E402
+from npquant.app import plot as nqplot  # noqa: E402
 
 tm = nqplot.tie_map((0.5, 0.25, 0.3), -32, 32)
 fig = nqplot.plot_tie_map((0.5, 0.25, 0.3), -32, 32)

@@ -16,7 +16,7 @@
 # - the three post-training recipes of PyTorch's quantization documentation, on a
 #   bundled reference model (an MLP trained in PyTorch on scikit-learn's digits):
 #   - **static**: weights *and* activations quantized, activation ranges calibrated
-#     once on sample data, integer-only inference (`npquant.convert.quantize_model`);
+#     once on sample data, integer-only inference (`npquant.models.convert.quantize_model`);
 #   - **dynamic**: int8 weights, activations quantized per batch at run time from
 #     their own min-max, float between layers (`dynamic_quantize`);
 #   - **weight-only**: weights stored in few bits, dequantized to float for the
@@ -34,9 +34,9 @@ import os
 import numpy as np
 
 import npquant as nq
-from npquant import cases, convert
-from npquant.demo import default_models_dir
-from npquant.io import load_model
+from npquant.app.demo import default_models_dir
+from npquant.models import cases, convert
+from npquant.models.io import load_model
 from npquant.training.trainer import digits_data
 
 OUT = os.environ.get("NPQUANT_TUTORIAL_OUTPUT")   # a folder for the figures, or None
@@ -52,7 +52,7 @@ if OUT:
 # calibration and 450 test images of 8x8 pixels.
 
 # %%
-model = load_model(default_models_dir() / "mlp.npz")      # npquant.nn.Sequential, float32
+model = load_model(default_models_dir() / "mlp.npz")      # npquant.models.nn.Sequential, float32
 data = digits_data({"input_shape": [64]})
 x, y, calib = data["x_test"], data["y_test"], data["x_calibration"]
 pred_float = model(x).argmax(1)
@@ -171,7 +171,7 @@ assert [f"{r[3]:.2%}" for r in rows[-3:]] == ["100.00%", "99.56%", "87.33%"]
 # 97 %; one of them stands for all):
 
 # %%
-from npquant import plot as nqplot  # noqa: E402
+from npquant.app import plot as nqplot  # noqa: E402
 
 short = {"static int8 per-channel": "int8 static", "weight-only int4 per-channel": "int4 weights",
          "weight-only int2 per-channel": "int2 weights"}
@@ -186,7 +186,7 @@ fig
 # %% [markdown]
 # ## Where the choices matter
 #
-# The digits MLP is easy. `npquant.cases.outlier_mlp` (tutorial 3) has an outlier
+# The digits MLP is easy. `npquant.models.cases.outlier_mlp` (tutorial 3) has an outlier
 # channel in `fc1`'s weights and heavy-tailed inputs. `cases.ptq` quantizes it with
 # `quantize_model` and reports the integer model's accuracy (`W8A4`: 8-bit weights,
 # 4-bit hidden activation):

@@ -33,8 +33,8 @@ import os
 import numpy as np
 
 import npquant as nq
-from npquant.demo import default_models_dir
-from npquant.io import load_model
+from npquant.app.demo import default_models_dir
+from npquant.models.io import load_model
 from npquant.training import kmeans_qat
 from npquant.training.trainer import digits_data, evaluate
 
@@ -123,7 +123,7 @@ assert [f"{gain[b]:.1f}" for b in (8, 4, 2)] == ["2.6", "3.1", "6.3"]
 # linear grid) for the arithmetic.
 
 # %%
-from npquant import plot as nqplot  # noqa: E402
+from npquant.app import plot as nqplot  # noqa: E402
 
 km4 = nq.kmeans_quantize(w1, 4)
 fig = nqplot.plot_histogram(w1, nq.fit_qparams(w1, nq.QuantSpec(bits=4)), codebook=km4,

@@ -21,7 +21,7 @@
 #   tutorial 7);
 # - relative indexing of the non-zero positions, with filler entries (the paper's
 #   Fig. 2), and Huffman coding of indices and gaps;
-# - the compressed file (`npquant.compress`) and its size after each stage
+# - the compressed file (`npquant.compression.pipeline`) and its size after each stage
 #   (`stage_sizes`): the paper's per-stage table.
 #
 # Every number printed is checked by an `assert` beside it: exactly, or with a margin or a
@@ -35,10 +35,10 @@ import os
 import numpy as np
 
 import npquant as nq
-from npquant import compress as npc
-from npquant import huffman
-from npquant.demo import default_models_dir
-from npquant.io import load_model
+from npquant.app.demo import default_models_dir
+from npquant.compression import huffman
+from npquant.compression import pipeline as npc
+from npquant.models.io import load_model
 from npquant.training import CosineAnnealingLR, kmeans_qat, prune_and_retrain, prune_model
 from npquant.training.trainer import digits_data, evaluate
 
@@ -165,7 +165,7 @@ assert np.array_equal(huffman.huffman_decode(stream, code, symbols.size, nbits=n
 # %% [markdown]
 # ## The file and the per-stage sizes
 #
-# `npquant.compress.compress` builds the whole file from a state dict: the tensors are
+# `npquant.compression.pipeline.compress` builds the whole file from a state dict: the tensors are
 # already pruned and shared, so we give each weight tensor its 5-bit codebook and 5-bit
 # gaps and no further pruning (`LayerConfig(bits=5, index_bits=5)`); the k-means it runs
 # finds the 31 shared values exactly. Biases are stored exactly. `stage_sizes` gives the
@@ -205,7 +205,7 @@ if OUT:
 # the 64-input model here has relatively more of its size in biases.
 
 # %%
-from npquant import plot as nqplot  # noqa: E402
+from npquant.app import plot as nqplot  # noqa: E402
 
 points = [(rows[1][2], acc_pruned, "pruned"), (rows[2][2], acc_shared, "k-means"),
           (rows[3][2], acc_shared, "file")]

@@ -32,8 +32,8 @@
 import numpy as np
 
 import npquant as nq
-from npquant.demo import default_models_dir
-from npquant.io import load_model
+from npquant.app.demo import default_models_dir
+from npquant.models.io import load_model
 from npquant.training import (
     Adam,
     CosineAnnealingLR,

@@ -4,7 +4,7 @@ conv1 3x3 (1 -> 8) + ReLU, max pool, conv2 3x3 (8 -> 16) + ReLU, max pool, fc (6
 8x8 digits. Both sides run the same integer model, from float32 input images to the
 uint8 codes of the logits:
 
-* ``numba`` -- ``npquant.convert.from_pytorch_ptq`` (``mode="fp32"`` with fbgemm's float
+* ``numba`` -- ``npquant.models.convert.from_pytorch_ptq`` (``mode="fp32"`` with fbgemm's float
   bias, ``accumulation="fbgemm"``: the path torch takes in this process),
   ``model.run(model.quantize_input(x))``, numba backend;
 * ``numpy`` -- the same model with every layer on ``backend="numpy"`` (the twins);
@@ -32,7 +32,7 @@ DEFAULT_SIZES = ["256"]
 def _model_file(name: str) -> str:
     """A file of npquant's bundled reference models (``npquant/data/``); npquant is imported
     only when a case runs."""
-    from npquant.demo import default_models_dir
+    from npquant.app.demo import default_models_dir
 
     return str(default_models_dir() / name)
 
@@ -94,7 +94,7 @@ def _torch_model(torch, data):
 
 
 def cases(ctx):
-    from npquant.convert import from_pytorch_ptq
+    from npquant.models.convert import from_pytorch_ptq
 
     with np.load(_model_file("cnn_ptq.npz"), allow_pickle=False) as z:
         data = {k: z[k] for k in z.files}

@@ -44,9 +44,9 @@ ZLIB_LEVEL = 6
 def lenet_symbols() -> tuple[np.ndarray, str]:
     """The 4-bit k-means indices (uint8, C order) of the largest weight of LeNet-300-100,
     and the tensor's name."""
-    from npquant.demo import default_models_dir
-    from npquant.io import load_reference
-    from npquant.kmeans import kmeans_quantize
+    from npquant.app.demo import default_models_dir
+    from npquant.compression.kmeans import kmeans_quantize
+    from npquant.models.io import load_reference
 
     state = load_reference(default_models_dir() / "lenet_300_100.npz").state
     name = max((k for k in state if k.endswith(".weight")), key=lambda k: state[k].size)
@@ -63,7 +63,7 @@ def parse_size(label: str) -> int | None:
 
 def cases(ctx):
     from npquant._kernels import huffman as kernels
-    from npquant.huffman import HuffmanCode, entropy_bits, huffman_decode, huffman_encode
+    from npquant.compression.huffman import HuffmanCode, entropy_bits, huffman_decode, huffman_encode
 
     base, tensor = lenet_symbols()
     for label in ctx.sizes:

@@ -65,7 +65,7 @@ def _sorted_labels(km) -> np.ndarray:
 
 
 def cases(ctx):
-    from npquant.kmeans import initial_centroids, kmeans_quantize
+    from npquant.compression.kmeans import initial_centroids, kmeans_quantize
 
     try:
         from sklearn.cluster import KMeans

@@ -72,9 +72,9 @@ def _npq_epoch(model, opt, x, y, batch, seed):
 
 
 def cases(ctx):
-    from npquant.demo import default_models_dir
-    from npquant.io import load_reference
-    from npquant.nn import build_model
+    from npquant.app.demo import default_models_dir
+    from npquant.models.io import load_reference
+    from npquant.models.nn import build_model
     from npquant.training.optim import Adam
     from npquant.training.trainer import REFERENCE_TRAINING, digits_data, torch_default_init
 
@@ -120,7 +120,7 @@ def cases(ctx):
 def _check(torch, arch, init, lr, x, y, batch, seed) -> str:
     """One epoch from the same weights over the same permutation on both sides; the largest
     weight difference relative to the tensor's largest magnitude."""
-    from npquant.nn import build_model
+    from npquant.models.nn import build_model
     from npquant.training.losses import softmax_cross_entropy
     from npquant.training.optim import Adam
 

@@ -32,7 +32,7 @@ def parse_size(label: str) -> tuple[int, str]:
 
 def cases(ctx):
     from npquant._kernels import packing as kernels
-    from npquant.packing import pack_bits, unpack_bits
+    from npquant.compression.packing import pack_bits, unpack_bits
 
     rng = np.random.default_rng(ctx.seed)
     for label in ctx.sizes:

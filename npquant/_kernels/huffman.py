@@ -1,8 +1,8 @@
 """numba kernels of canonical Huffman coding: bit-stream encoder and table-driven decoder
 (several symbols per table lookup).
 
-Twins: ``npquant.huffman._encode_numpy`` (vectorized NumPy) and
-``npquant.huffman._decode_python`` (bit-by-bit pure Python, a different algorithm on
+Twins: ``npquant.compression.huffman._encode_numpy`` (vectorized NumPy) and
+``npquant.compression.huffman._decode_python`` (bit-by-bit pure Python, a different algorithm on
 purpose: it checks the lookup tables as well as the loop).
 
 Bit order: MSB first. Stream bit ``p`` is bit ``7 - p % 8`` of byte ``p // 8``; a code is
@@ -17,7 +17,7 @@ import numpy as np
 
 from ._jit import njit
 
-# decoder status codes, turned into ValueError by npquant.huffman
+# decoder status codes, turned into ValueError by npquant.compression.huffman
 OK, TRUNCATED, INVALID = 0, 1, 2
 
 # multi-symbol decoding: each lookup of the k-bit table (k <= 14) decodes up to MULTI whole

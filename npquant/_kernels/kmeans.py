@@ -1,6 +1,6 @@
 """numba kernels of 1-D k-means (weight sharing).
 
-Twins, in ``npquant.kmeans``: ``_assign_numpy``, ``_cluster_sums_numpy``, ``_lloyd_numpy``.
+Twins, in ``npquant.compression.kmeans``: ``_assign_numpy``, ``_cluster_sums_numpy``, ``_lloyd_numpy``.
 
 Tie rule everywhere: a value exactly on the midpoint of two centroids goes to the lower
 index. Midpoints are float64 ``(c[j] + c[j+1]) * 0.5``; values are float32 and are compared

@@ -1,7 +1,7 @@
 """numba kernels of the optimizers: one SGD or Adam update of a flat float32 parameter.
 
 Twins: ``npquant.training.optim.SGD._update_numpy`` and ``Adam._update_numpy``, which
-state the formulas (PyTorch's), and, for :func:`fma32`, ``npquant.linear._fma32_numpy``.
+state the formulas (PyTorch's), and, for :func:`fma32`, ``npquant.affine._fma32_numpy``.
 A kernel does, element by element, the same float32 operations in the same order as its
 twin, so both give the same bits (with the JIT and with ``NUMBA_DISABLE_JIT=1``). Every
 scalar argument is already float32 (or a flag); the arrays are 1-D, C-contiguous,

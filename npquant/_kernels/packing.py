@@ -1,6 +1,6 @@
 """numba kernels of bit packing: unsigned ``bits``-bit values <-> a byte stream.
 
-Twins: ``npquant.packing._pack_numpy`` and ``npquant.packing._unpack_numpy``.
+Twins: ``npquant.compression.packing._pack_numpy`` and ``npquant.compression.packing._unpack_numpy``.
 
 Value ``i`` occupies stream bits ``[i * bits, (i + 1) * bits)``. Eight values of ``bits``
 bits fill exactly ``bits`` bytes, so the stream is a sequence of independent words: group

@@ -1,6 +1,6 @@
 """numba kernels of linear quantization: float32 -> integer codes and back.
 
-Twins: ``npquant.linear._quantize_numpy`` and ``npquant.linear._dequantize_numpy``.
+Twins: ``npquant.affine._quantize_numpy`` and ``npquant.affine._dequantize_numpy``.
 
 Arrays are seen as 3-D ``(outer, n, inner)`` with the parameter axis in the middle and
 parameters as ``(outer or 1, n_blocks, inner or 1)``; element ``[o, c, i]`` uses parameter
@@ -16,7 +16,7 @@ from ._jit import njit
 
 # rounding mode codes, in the order of npquant.qparams.ROUNDING_MODES
 HALF_EVEN, HALF_AWAY, HALF_UP, FLOOR, STOCHASTIC = 0, 1, 2, 3, 4
-# arithmetic method codes, in the order of npquant.linear.METHODS (less "torch")
+# arithmetic method codes, in the order of npquant.affine.METHODS (less "torch")
 DIVIDE, MUL, MUL_ADD, FMA = 0, 1, 2, 3
 
 _TWO53 = 9007199254740992.0

@@ -1,6 +1,6 @@
 """numba kernels of integer requantization (int32 accumulator -> output codes).
 
-Twin: ``npquant.fixedpoint._requantize_numpy``. Integer steps are done in int64 with
+Twin: ``npquant.requant.fixedpoint._requantize_numpy``. Integer steps are done in int64 with
 explicit casts, so that the JIT and plain Python (``NUMBA_DISABLE_JIT=1``) agree.
 
 Speed: the per-value functions (``_one_*``) are branch-free (selects, min/max), and each
@@ -15,7 +15,7 @@ import numpy as np
 
 from ._jit import njit
 
-# mode codes, in the order of npquant.fixedpoint.REQUANT_MODES + EXTRA_REQUANT_MODES
+# mode codes, in the order of npquant.requant.fixedpoint.REQUANT_MODES + EXTRA_REQUANT_MODES
 TFLITE, TFLITE_SINGLE, FP32, ONNX, TFLITE_SINGLE_AWAY = 0, 1, 2, 3, 4
 
 _I32_MIN = -2147483648

@@ -1,4 +1,4 @@
-"""Importers: a peer's model translated into npquant's own :class:`~npquant.graph.Graph`.
+"""Importers: a peer's model translated into npquant's own :class:`~npquant.models.graph.Graph`.
 
 * :mod:`npquant.importers.torch`: :func:`from_torch` (a float ``torch.nn.Module``, traced
   with ``torch.fx``), :func:`from_torch_quantized` (an eager-mode quantized module, bit for

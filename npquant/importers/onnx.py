@@ -1,7 +1,7 @@
 """ONNX models as npquant graphs: quantized models bit for bit with onnxruntime (QOperator and QDQ).
 
 :func:`from_onnx` reads an ONNX model (a file or a ``ModelProto``) and translates it
-into a :class:`~npquant.graph.Graph` whose tensors keep their ONNX names. A quantized
+into a :class:`~npquant.models.graph.Graph` whose tensors keep their ONNX names. A quantized
 model comes in two formats, as ``onnxruntime.quantization.quantize_static`` writes them:
 
 * **QOperator**: integer operators (``QLinearConv``, ``QLinearMatMul``, the
@@ -53,9 +53,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .. import graph as _graph
 from .._checks import check_choice
-from ..linear import quantize
+from ..affine import quantize
+from ..models import graph as _graph
 from ..qnn.accumulation import check_accumulation
 from ..qnn.conv import same_padding
 from ..qparams import QParams, QuantSpec
@@ -833,7 +833,7 @@ class _Importer:
 
 
 def from_onnx(model, *, accumulation: str | None = None, target: str = "onnxruntime", name: str | None = None):
-    """An npquant :class:`~npquant.graph.Graph` of an ONNX model.
+    """An npquant :class:`~npquant.models.graph.Graph` of an ONNX model.
 
     Parameters
     ----------

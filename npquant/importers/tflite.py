@@ -2,7 +2,7 @@
 
 :func:`from_tflite` reads a ``.tflite`` flatbuffer through the ``tflite`` package (the
 schema's generated Python bindings) and translates its integer operators into an integer
-:class:`~npquant.graph.Graph` whose tensors are NHWC, as TFLite's, and carry TFLite's
+:class:`~npquant.models.graph.Graph` whose tensors are NHWC, as TFLite's, and carry TFLite's
 tensor names: ``graph.run(x, keep_intermediates=True)`` gives every tensor that LiteRT's
 interpreter holds, and :func:`tflite_intermediates` runs the interpreter itself (with
 ``experimental_preserve_all_tensors``) and returns its values under the same names.
@@ -43,14 +43,14 @@ How each operator rounds its requantization is a *profile* (:data:`PROFILES`): t
 default ``"litert_ref"`` is LiteRT 2.3's reference kernels (``ai-edge-litert`` 2.3.0,
 ``OpResolverType.BUILTIN_REF``), measured: CONV_2D, DEPTHWISE_CONV_2D, MUL, MEAN, ADD and
 an int8 QUANTIZE round twice (``"tflite"``, gemmlowp), FULLY_CONNECTED rounds once, ties
-away from zero (``"tflite_single_away"``, :data:`npquant.fixedpoint.EXTRA_REQUANT_MODES`).
+away from zero (``"tflite_single_away"``, :data:`npquant.requant.fixedpoint.EXTRA_REQUANT_MODES`).
 ``"tflite_single"`` is a build with ``TFLITE_SINGLE_ROUNDING`` (not measured here). A dict
 ``{operator: mode}`` overrides single operators.
 
 Tensor names are the flatbuffer's, made unique (``"<name>#<index>"`` for an empty or
 repeated name); node names are ``"<index>:<OPERATOR>"``. An operator this module does not
 translate is a ``ValueError`` naming its index and name; a buffer that is not a valid
-TFLite flatbuffer is a :class:`~npquant.io.FileFormatError` naming what was expected.
+TFLite flatbuffer is a :class:`~npquant.models.io.FileFormatError` naming what was expected.
 
 The ``tflite`` and ``flatbuffers`` packages are imported inside the functions (the
 ``tflite`` extra: ``pip install 'npquant[tflite]'``); :func:`tflite_intermediates` also
@@ -65,8 +65,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .. import graph as _graph
 from .._fileio import FileFormatError, read_bytes
+from ..models import graph as _graph
 from ..qnn.conv import same_padding
 from ..qparams import QParams, QuantSpec
 
@@ -666,8 +666,8 @@ def _profile(profile) -> dict:
             raise ValueError(f"profile must be one of {', '.join(map(repr, PROFILES))} or a dict, got {profile!r}")
         return dict(PROFILES[profile])
     if isinstance(profile, dict):
-        from ..fixedpoint import EXTRA_REQUANT_MODES, REQUANT_MODES
         from ..qnn.add import ADD_MODES
+        from ..requant.fixedpoint import EXTRA_REQUANT_MODES, REQUANT_MODES
         allowed = {op: REQUANT_MODES + EXTRA_REQUANT_MODES for op in ("FULLY_CONNECTED", "MUL", "QUANTIZE")}
         allowed.update({"CONV_2D": REQUANT_MODES, "DEPTHWISE_CONV_2D": REQUANT_MODES,
                         "ADD": tuple(m for m in ADD_MODES if m.startswith("tflite")),
@@ -686,7 +686,7 @@ def _profile(profile) -> dict:
 
 
 def from_tflite(path_or_bytes, *, profile="litert_ref", name: str = "tflite") -> _graph.Graph:
-    """An int8 ``.tflite`` model as an integer :class:`~npquant.graph.Graph` (NHWC).
+    """An int8 ``.tflite`` model as an integer :class:`~npquant.models.graph.Graph` (NHWC).
 
     Parameters
     ----------

@@ -1,7 +1,7 @@
 """PyTorch modules as npquant graphs: float models traced with torch.fx, eager-mode quantized models bit for bit.
 
 :func:`from_torch` traces a float ``torch.nn.Module`` with ``torch.fx.symbolic_trace``
-and translates each call into a float :class:`~npquant.graph.Graph` node (batch norms
+and translates each call into a float :class:`~npquant.models.graph.Graph` node (batch norms
 folded into the conv before them). :func:`from_torch_quantized` does the same for a
 module quantized in PyTorch's eager mode (``QuantStub``/``DeQuantStub``, ``fuse_modules``,
 ``prepare``, calibration, ``convert``): its quantized layers become integer nodes that
@@ -27,9 +27,9 @@ import warnings
 
 import numpy as np
 
-from .. import graph as _graph
-from .. import nn as _nn
 from .._checks import check_bool
+from ..models import graph as _graph
+from ..models import nn as _nn
 from ..qnn.accumulation import check_accumulation
 
 PEERS_HINT = "install the peers extra (pip install 'npquant[peers]') for PyTorch"
@@ -148,7 +148,7 @@ def _bind(n, names, defaults):
 
 
 class _Converter:
-    """One pass over a traced module's fx graph, emitting :class:`~npquant.graph.Node`."""
+    """One pass over a traced module's fx graph, emitting :class:`~npquant.models.graph.Node`."""
 
     def __init__(self, torch, gm, values, *, quantized: bool, accumulation: str):
         self.torch, self.gm, self.values = torch, gm, values
@@ -614,7 +614,7 @@ def _convert_module(module, example_input, *, quantized: bool, accumulation: str
 
 
 def from_torch(module, example_input, *, fold_batchnorm: bool = True, name: str | None = None):
-    """A float :class:`~npquant.graph.Graph` of a float PyTorch module.
+    """A float :class:`~npquant.models.graph.Graph` of a float PyTorch module.
 
     The module is traced with ``torch.fx.symbolic_trace`` and run once on
     ``example_input``. Translated (:data:`FLOAT_SUPPORTED`): ``nn.Linear``, ``nn.Conv2d``
@@ -637,7 +637,7 @@ def from_torch(module, example_input, *, fold_batchnorm: bool = True, name: str 
     example_input : torch.Tensor, numpy.ndarray, or tuple of them
         One input per argument of ``forward``; its shapes fix the reshapes' non-batch sizes.
     fold_batchnorm : bool
-        Fold each batch norm into the conv before it (:func:`npquant.graph.fold_batchnorm`);
+        Fold each batch norm into the conv before it (:func:`npquant.models.graph.fold_batchnorm`);
         the folded conv's output takes the batch norm's tensor name.
     name : str, optional
         The graph's name (default: the module's class name).
@@ -661,7 +661,7 @@ def from_torch(module, example_input, *, fold_batchnorm: bool = True, name: str 
 
 
 def from_torch_quantized(module, example_input, *, accumulation: str = "fbgemm", name: str | None = None):
-    """An integer :class:`~npquant.graph.Graph` of a PyTorch eager-mode quantized module.
+    """An integer :class:`~npquant.models.graph.Graph` of a PyTorch eager-mode quantized module.
 
     ``module`` is the result of ``torch.ao.quantization.convert`` (after
     ``fuse_modules``, ``prepare`` and calibration). Translated, besides the float calls of

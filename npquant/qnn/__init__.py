@@ -2,7 +2,7 @@
 
 Every layer computes its int32 accumulator (exactly, or as a named stack does on a named
 CPU path: ``accumulation``), then requantizes it with a named mode of
-:mod:`npquant.fixedpoint` (``tflite``, ``tflite_single``, ``fp32``, ``onnx``).
+:mod:`npquant.requant.fixedpoint` (``tflite``, ``tflite_single``, ``fp32``, ``onnx``).
 
 * :mod:`~npquant.qnn.gemm`: ``qlinear``, ``linear_accumulate``, ``quantize_bias``
   (the accumulate functions take QParams or plain zero points); ``qmatmul``, the

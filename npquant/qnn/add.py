@@ -14,7 +14,7 @@ each turned into ``(m0, shift)`` by ``QuantizeMultiplierSmallerThanOneExp`` (nee
     a_i  = MBQM((q_i - Z_i) << left_shift, m0_i, shift_i)       i = 1, 2
     code = clamp(MBQM(a_1 + a_2, m0_out, shift_out) + Z_out, act_min, act_max)
 
-``MBQM`` is :func:`npquant.fixedpoint.multiply_by_quantized_multiplier`, double rounding
+``MBQM`` is :func:`npquant.requant.fixedpoint.multiply_by_quantized_multiplier`, double rounding
 by default, single rounding under ``TFLITE_SINGLE_ROUNDING`` (``mode="tflite_single"``).
 
 ``mode="torch"`` reproduces ``torch.ops.quantized.add``/``add_relu`` on quint8 tensors
@@ -54,7 +54,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .._checks import check_choice, check_int, check_scale
-from ..fixedpoint import INT32_MAX, multiply_by_quantized_multiplier, quantize_multiplier
+from ..requant.fixedpoint import INT32_MAX, multiply_by_quantized_multiplier, quantize_multiplier
 from .fbgemm import fma_float32
 
 ADD_MODES = ("tflite", "tflite_single", "torch", "onnxruntime")
@@ -121,7 +121,7 @@ def tflite_add_params(s1, s2, s_out, *, left_shift: int = 20, rounding: str = "d
     left_shift : int, default 20
         TFLite's input left shift, in ``[0, 30]`` (20 for 8-bit, 15 for int16).
     rounding : {"double", "single", "single_away"}, default ``"double"``
-        The rounding of :func:`npquant.fixedpoint.quantize_multiplier` (``"single"``
+        The rounding of :func:`npquant.requant.fixedpoint.quantize_multiplier` (``"single"``
         under ``TFLITE_SINGLE_ROUNDING``).
 
     Returns
@@ -282,7 +282,7 @@ def qadd(q1, qp1, q2, qp2, y_qp, *, mode: str = "tflite", activation=None, left_
         ``[lo, hi]`` within ``y_qp.spec``'s range.
     """
     from .gemm import _act_qparams
-    from .layers import QAdd  # layers imports this module
+    from .layers import QAdd
 
     for qp, name in ((qp1, "qp1"), (qp2, "qp2"), (y_qp, "y_qp")):
         _act_qparams(qp, name)  # errors name qadd's arguments

@@ -17,8 +17,8 @@ import numpy as np
 
 from .._checks import check_choice, check_int, check_pair
 from .._kernels import conv as _kc
-from ..fixedpoint import REQUANT_MODES
 from ..qparams import QParams
+from ..requant.fixedpoint import REQUANT_MODES
 from . import accumulation as _acc
 from . import gemm as _g
 

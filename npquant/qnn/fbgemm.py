@@ -25,7 +25,7 @@ Evidence for the less obvious steps: fbgemm's ``requantizeOutputProcessingAvx2``
 per channel; the compiler fuses the per-tensor multiply with the following add into one
 FMA (a separate multiply and add mismatches about 1 in 10^5 outputs at ties, the FMA
 none). ``M`` computed as ``float32(S_x * S_w / S_y)`` in float64 also mismatches at
-ties; ``float32(float32(S_x * S_w) / S_y)`` (= :func:`npquant.fixedpoint.effective_multiplier`
+ties; ``float32(float32(S_x * S_w) / S_y)`` (= :func:`npquant.requant.fixedpoint.effective_multiplier`
 with ``mode="fp32"``) does not.
 
 The accumulator is fbgemm's own arithmetic, which depends on the CPU path: exact with
@@ -40,8 +40,8 @@ import numpy as np
 
 from .._checks import check_bool, check_choice, check_int, normalize_axis
 from .._kernels import fbgemm as _kf
-from ..fixedpoint import INT32_MAX, INT32_MIN
-from ..linear import _fma32_numpy
+from ..affine import _fma32_numpy
+from ..requant.fixedpoint import INT32_MAX, INT32_MIN
 
 
 def _scales(v, name: str) -> np.ndarray:
@@ -58,7 +58,7 @@ def _scales(v, name: str) -> np.ndarray:
 def fma_float32(a, b, c) -> np.ndarray:
     """``a * b + c`` with one rounding to float32 (IEEE fma), broadcast, float32 result.
 
-    The exact emulation of :mod:`npquant.linear` (float64 product, round-to-odd sum).
+    The exact emulation of :mod:`npquant.affine` (float64 product, round-to-odd sum).
 
     Parameters
     ----------

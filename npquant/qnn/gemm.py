@@ -2,7 +2,7 @@
 
 ``acc[n, o] = bias[o] + sum_k (q_x[n, k] - Z_x)(q_w[o, k] - Z_w[o])`` exactly in int32,
 then ``y = clamp(round(acc * M[o]) + Z_y, lo, hi)`` with ``M = S_x S_w[o] / S_y`` and the
-rounding of a named requantization ``mode`` (:mod:`npquant.fixedpoint`). The bias is
+rounding of a named requantization ``mode`` (:mod:`npquant.requant.fixedpoint`). The bias is
 int32 at scale ``S_x S_w`` with zero point 0 (:func:`quantize_bias`).
 
 Two equal forms of the sum (``form``): ``"direct"`` as written, and ``"folded"``, the
@@ -44,7 +44,9 @@ import numpy as np
 from .._checks import BACKENDS, check_choice, check_int, normalize_axis
 from .._kernels import gemm as _k
 from .._kernels.simd import HAVE_AVX2, HAVE_VNNI
-from ..fixedpoint import (
+from ..affine import round_values
+from ..qparams import QParams, QuantSpec
+from ..requant.fixedpoint import (
     EXTRA_REQUANT_MODES,
     INT32_MAX,
     INT32_MIN,
@@ -52,8 +54,6 @@ from ..fixedpoint import (
     effective_multiplier,
     requantize,
 )
-from ..linear import round_values
-from ..qparams import QParams, QuantSpec
 from . import accumulation as _acc
 from . import overflow as _ovf
 from .activation import activation_range, normalize_activation
@@ -662,7 +662,7 @@ def qlinear(x_q, x_qp: QParams, w_q, w_qp: QParams, bias_q, y_qp: QParams, *, mo
     """Integer fully connected layer: codes in, codes of ``y_qp`` out.
 
     ``y = clamp(round(acc * S_x S_w / S_y) + Z_y, lo, hi)`` with ``acc`` from
-    :func:`linear_accumulate`, the multiplier of :func:`npquant.fixedpoint.effective_multiplier`
+    :func:`linear_accumulate`, the multiplier of :func:`npquant.requant.fixedpoint.effective_multiplier`
     and the rounding of ``mode`` (``tflite``, ``tflite_single``, ``fp32``, ``onnx``;
     per output channel for per-channel weights). ``[lo, hi]`` is ``y_qp``'s code range,
     narrowed by a fused ``activation`` (``"relu"``, ``"relu6"``, ``"relu_n1_to_1"`` as
@@ -693,7 +693,7 @@ def qlinear(x_q, x_qp: QParams, w_q, w_qp: QParams, bias_q, y_qp: QParams, *, mo
         The output's qparams, per-tensor.
     mode : str, default ``"tflite"``
         The requantization rounding: ``"tflite"``, ``"tflite_single"``, ``"fp32"`` or
-        ``"onnx"`` (see :mod:`npquant.fixedpoint`).
+        ``"onnx"`` (see :mod:`npquant.requant.fixedpoint`).
     activation : str, (int, int) or None, default None
         Fused activation that narrows the output range: ``"relu"``, ``"relu6"``,
         ``"relu_n1_to_1"``, or a ``(lo, hi)`` pair of codes.
@@ -748,7 +748,7 @@ def qmatmul(a_q, a_qp, b_q, b_qp, y_qp, *, mode: str = "onnx", activation=None,
         Per-tensor qparams of the output; its spec gives the code range and the dtype.
     mode : str, default ``"onnx"``
         The requantization: ``"tflite"``, ``"tflite_single"``, ``"fp32"``, ``"onnx"``, or
-        ``"tflite_single_away"`` (:mod:`npquant.fixedpoint`). ``"onnx"`` is ONNX's
+        ``"tflite_single_away"`` (:mod:`npquant.requant.fixedpoint`). ``"onnx"`` is ONNX's
         reference QLinearMatMul; ``"fp32"`` is onnxruntime's CPU kernel.
     activation : str, (int, int) or None, default None
         A fused clamp as in :func:`npquant.qnn.gemm.qlinear`: ``None`` or ``"none"``,

@@ -13,9 +13,9 @@ from __future__ import annotations
 import numpy as np
 
 from .._checks import check_choice, check_int
-from ..fixedpoint import REQUANT_MODES, effective_multiplier
-from ..linear import quantize as _quantize
+from ..affine import quantize as _quantize
 from ..qparams import QParams
+from ..requant.fixedpoint import REQUANT_MODES, effective_multiplier
 from . import activation as _act
 from . import conv as _c
 from . import gemm as _g
@@ -85,7 +85,7 @@ class QLinear(_QLayer):
     y_qp : QParams
         The output's qparams, per-tensor.
     mode : str, default ``"tflite"``
-        The requantization rounding, one of :data:`npquant.fixedpoint.REQUANT_MODES`.
+        The requantization rounding, one of :data:`npquant.requant.fixedpoint.REQUANT_MODES`.
     activation : str, (int, int) or None, default None
         The fused clamp, as in :func:`npquant.qnn.gemm.qlinear`.
     form : ``"direct"`` or ``"folded"``, default ``"direct"``
@@ -170,7 +170,7 @@ class QConv2d(_QLayer):
     groups : int, default 1
         As in :func:`npquant.qnn.conv.conv_geometry`; ``O`` must be divisible by it.
     mode : str, default ``"tflite"``
-        The requantization rounding, one of :data:`npquant.fixedpoint.REQUANT_MODES`.
+        The requantization rounding, one of :data:`npquant.requant.fixedpoint.REQUANT_MODES`.
     activation : str, (int, int) or None, default None
         The fused clamp, as in :func:`npquant.qnn.gemm.qlinear`.
     form : ``"direct"`` or ``"folded"``, default ``"direct"``

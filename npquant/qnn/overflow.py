@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .._checks import check_choice, check_int
-from ..fixedpoint import INT32_MAX, INT32_MIN
+from ..requant.fixedpoint import INT32_MAX, INT32_MIN
 
 OVERFLOW_MODES = ("error", "wrap")
 INT16_MIN = -(1 << 15)

@@ -31,7 +31,7 @@ import numpy as np
 
 from .._checks import check_bool, check_choice, check_int, check_pair, check_scale
 from .._kernels import pool as _k
-from ..fixedpoint import INT32_MAX, INT32_MIN
+from ..requant.fixedpoint import INT32_MAX, INT32_MIN
 
 AVG_POOL_MODES = ("tflite", "torch")
 

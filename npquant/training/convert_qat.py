@@ -1,20 +1,20 @@
 """QAT then convert: build a quantization-aware model from a float model, and turn the
 trained QAT model into npquant's integer-only model.
 
-* :func:`prepare_qat` -- a float :class:`npquant.nn.Sequential` (linear, conv2d,
+* :func:`prepare_qat` -- a float :class:`npquant.models.nn.Sequential` (linear, conv2d,
   batchnorm2d, relu, relu6, maxpool2d, avgpool2d, flatten) becomes a QAT
-  :class:`~npquant.nn.Sequential`: an input fake quant, then each linear/conv (with the
+  :class:`~npquant.models.nn.Sequential`: an input fake quant, then each linear/conv (with the
   batch norm after it as :class:`~npquant.training.qat.QATConvBn2d`, and a ReLU/ReLU6
   after that fused as the layer's activation, as PyTorch's ``fuse_modules`` does) with a
   fake-quantized weight and a fake-quantized output. Pools and flatten pass through
   (copies). Every array is copied: training the QAT model leaves the float model as it was.
-* :func:`convert_qat` -- the integer model (:class:`npquant.convert.IntegerModel`) with the
+* :func:`convert_qat` -- the integer model (:class:`npquant.models.convert.IntegerModel`) with the
   QAT model's qparams: input codes from the input fake quant, weight codes on exactly the
   weight fake quant's grid (so ``dequantize(w_q, w_qp)`` equals the fake-quantized float
   weight bit for bit; batch norm folded as :meth:`QATConvBn2d.folded_conv` does), int32
   biases at ``S_x S_w``, output codes of each layer's output fake quant (clamped to its
   ``act_bits`` grid and its fused activation), requantized in any mode of
-  :data:`npquant.fixedpoint.REQUANT_MODES`. Between the integer input codes and the
+  :data:`npquant.requant.fixedpoint.REQUANT_MODES`. Between the integer input codes and the
   integer logit codes there is no float arithmetic (the ``fp32`` mode's multiplier is
   float32 by definition of that mode, as fbgemm's).
 * :func:`freeze_observers`, :func:`freeze_bn`: the switches of a QAT schedule (ranges
@@ -53,14 +53,14 @@ import copy
 
 import numpy as np
 
-from .. import nn
 from .._checks import check_bool, check_choice, check_int, check_real
-from ..convert import _next_activation  # one definition of "the activation a layer fuses"
-from ..fixedpoint import REQUANT_MODES
-from ..linear import dequantize
+from ..affine import dequantize
+from ..models import nn
+from ..models.convert import _next_activation
 from ..qnn import layers as ql
 from ..qnn.accumulation import check_accumulation
 from ..qparams import QuantSpec
+from ..requant.fixedpoint import REQUANT_MODES
 from .fake_quant import (
     PACT_INITS,
     FakeQuantize,
@@ -93,10 +93,10 @@ def prepare_qat(model, *, weight_bits: int = 8, act_bits: int = 8, ranges: str =
 
     Parameters
     ----------
-    model : npquant.nn.Sequential
+    model : npquant.models.nn.Sequential
         Of Linear, Conv2d, BatchNorm2d (right after a Conv2d),
         ReLU, ReLU6, MaxPool2d, AvgPool2d, Flatten (float32, e.g. from
-        :func:`npquant.io.load_model`); it is not modified and shares no array with the result.
+        :func:`npquant.models.io.load_model`); it is not modified and shares no array with the result.
     weight_bits : int, 2..8
         Signed symmetric weight codes (per output channel with
         ``per_channel``, else per tensor).
@@ -128,7 +128,7 @@ def prepare_qat(model, *, weight_bits: int = 8, act_bits: int = 8, ranges: str =
 
     Returns
     -------
-    npquant.nn.Sequential
+    npquant.models.nn.Sequential
         In eval mode: ``[FakeQuantize "input_fake_quant", QATLinear /
         QATConv2d / QATConvBn2d (named as the float linear/conv), pools, flatten, ...]``. It
         follows the training contract (``train``, ``eval``, ``backward``, ``named_parameters``,
@@ -139,13 +139,13 @@ def prepare_qat(model, *, weight_bits: int = 8, act_bits: int = 8, ranges: str =
     Raises
     ------
     TypeError
-        ``model`` is not an npquant.nn.Sequential.
+        ``model`` is not an npquant.models.nn.Sequential.
     ValueError
         A layer type it cannot convert (naming the layer), bits out of range, an
         unknown ``ranges``.
     """
     if not isinstance(model, nn.Sequential):
-        raise TypeError(f"model must be an npquant.nn.Sequential, got {type(model).__name__}")
+        raise TypeError(f"model must be an npquant.models.nn.Sequential, got {type(model).__name__}")
     weight_bits = check_int(weight_bits, "weight_bits", lo=2, hi=8)
     act_bits = check_int(act_bits, "act_bits", lo=2, hi=8)
     input_bits = check_int(input_bits, "input_bits", lo=2, hi=8)
@@ -240,14 +240,14 @@ def freeze_observers(model, frozen: bool = True):
 
     Parameters
     ----------
-    model : npquant.nn.Sequential
+    model : npquant.models.nn.Sequential
         A :func:`prepare_qat` model.
     frozen : bool, default True
         Freeze, or release.
 
     Returns
     -------
-    npquant.nn.Sequential
+    npquant.models.nn.Sequential
         ``model``, changed in place.
     """
     frozen = check_bool(frozen, "frozen")
@@ -263,14 +263,14 @@ def freeze_bn(model, frozen: bool = True):
 
     Parameters
     ----------
-    model : npquant.nn.Sequential
+    model : npquant.models.nn.Sequential
         A :func:`prepare_qat` model.
     frozen : bool, default True
         Freeze, or release.
 
     Returns
     -------
-    npquant.nn.Sequential
+    npquant.models.nn.Sequential
         ``model``, changed in place.
     """
     frozen = check_bool(frozen, "frozen")
@@ -314,12 +314,12 @@ def convert_qat(qat_model, *, mode: str = "tflite", accumulation: str = "exact",
 
     Parameters
     ----------
-    qat_model : npquant.nn.Sequential
+    qat_model : npquant.models.nn.Sequential
         Starting with an input fake quant, of QATLinear,
         QATConv2d, QATConvBn2d (each with an output fake quant), ReLU, ReLU6, MaxPool2d,
         AvgPool2d, Flatten; its ranges set (a training-mode forward pass has run).
     mode : str
-        Requantization mode, one of :data:`npquant.fixedpoint.REQUANT_MODES`.
+        Requantization mode, one of :data:`npquant.requant.fixedpoint.REQUANT_MODES`.
     accumulation : str
         Of every linear/conv layer (:mod:`npquant.qnn.accumulation`).
     bias_method : str or None
@@ -328,7 +328,7 @@ def convert_qat(qat_model, *, mode: str = "tflite", accumulation: str = "exact",
 
     Returns
     -------
-    npquant.convert.IntegerModel
+    npquant.models.convert.IntegerModel
         ``quantize_input`` gives the input fake quant's codes
         (``method="mul"``, PyTorch's arithmetic, so they are exactly the QAT model's);
         ``layers`` are :mod:`npquant.qnn` layers (QLinear, QConv2d with int8 weight codes and
@@ -341,12 +341,12 @@ def convert_qat(qat_model, *, mode: str = "tflite", accumulation: str = "exact",
     current weights recompute their grid from the current weights, as the eval forward
     does); nothing else in it changes.
     """
-    from ..convert import quantize_model
+    from ..models.convert import quantize_model
 
     check_choice(mode, "mode", REQUANT_MODES)
     check_accumulation(accumulation)
     if not isinstance(qat_model, nn.Sequential):
-        raise TypeError(f"qat_model must be an npquant.nn.Sequential (from prepare_qat), got "
+        raise TypeError(f"qat_model must be an npquant.models.nn.Sequential (from prepare_qat), got "
                         f"{type(qat_model).__name__}")
     layers = list(qat_model)
     if not layers or not isinstance(layers[0], _FakeQuantBase):

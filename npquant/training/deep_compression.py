@@ -22,7 +22,7 @@ the model computes with). The file keeps the fine-tuned codebooks and indices as
 (``compress(shared=...)``): clustering the fine-tuned weights again is not guaranteed to
 give them back. The per-stage table (:meth:`DeepCompressionResult.table`)
 gives the bytes and ratio after pruning, after quantization and after Huffman coding
-(:func:`npquant.compress.stage_sizes`; the last is the real file) and the test accuracy
+(:func:`npquant.compression.pipeline.stage_sizes`; the last is the real file) and the test accuracy
 after each stage; the last accuracy is that of the model rebuilt from the file read back,
 checked equal (bit for bit in every tensor) to the model in memory. The test set is used
 only to report: nothing is chosen on it.
@@ -36,7 +36,7 @@ Tables (:func:`tables`, ``npquant compress --tables``):
    LeNet-300-100 and the CNN;
 3. a sweep of sparsity x bits on LeNet-300-100 (:func:`sweep`): file ratio and accuracy,
    with the best point (the largest ratio within 0.5 points of float) against the
-   paper's 40x, and a plot (:func:`npquant.plot.plot_compression_tradeoff`).
+   paper's 40x, and a plot (:func:`npquant.app.plot.plot_compression_tradeoff`).
 """
 
 from __future__ import annotations
@@ -51,7 +51,15 @@ import numpy as np
 
 from .._checks import check_bool, check_int, check_real
 from .._table import format_table
-from ..compress import Compressed, LayerConfig, StageSizes, compress, read_compressed, stage_sizes, write_compressed
+from ..compression.pipeline import (
+    Compressed,
+    LayerConfig,
+    StageSizes,
+    compress,
+    read_compressed,
+    stage_sizes,
+    write_compressed,
+)
 from .kmeans_qat import KMeansQATResult, kmeans_qat
 from .optim import CosineAnnealingLR
 from .pruning import PruneRetrainResult, _check_data, _check_names, prune_and_retrain, weight_names
@@ -85,7 +93,7 @@ def default_bits(model) -> dict:
 
     Parameters
     ----------
-    model : npquant.nn.Sequential
+    model : npquant.models.nn.Sequential
         The model (see :func:`npquant.training.pruning.weight_names`).
 
     Returns
@@ -109,13 +117,13 @@ class DeepCompressionResult:
         A copy of it with every tensor of the file read back loaded (the
         architecture is the model's; the tensors are the file's).
     compressed : Compressed
-        The :class:`~npquant.compress.Compressed` result.
+        The :class:`~npquant.compression.pipeline.Compressed` result.
     data : bytes
         The file's bytes (version 3).
     path : str or None
         Where it was written (``None``: not written).
     sizes : StageSizes
-        :func:`~npquant.compress.stage_sizes` of it (``sizes.huffman == len(data)``).
+        :func:`~npquant.compression.pipeline.stage_sizes` of it (``sizes.huffman == len(data)``).
     accuracy : dict
         Test accuracies, ``{"float", "pruned"`` (after the last retraining),
         ``"kmeans"`` (k-means, before fine-tuning), ``"finetuned"``, ``"file"`` (the model
@@ -191,7 +199,7 @@ def deep_compression(model, x_train, y_train, x_test, y_test, *, sparsity, prune
     Parameters
     ----------
     model
-        A trainable model with ``state_dict()`` (e.g. an :class:`npquant.nn.Sequential`),
+        A trainable model with ``state_dict()`` (e.g. an :class:`npquant.models.nn.Sequential`),
         changed in place. Its float tensors go into the file; other entries (a batch
         norm's int64 ``num_batches_tracked``, which inference does not use) do not.
     x_train, y_train, x_test, y_test
@@ -334,9 +342,9 @@ def _share_and_code(model, x_train, y_train, x_test, y_test, per_bits: dict, epo
 # ---------------------------------------------------------------------------------------
 def bundled(name: str, models_dir=None) -> tuple:
     """``(model, data, reference)`` of bundled model ``name`` (``mlp``, ``lenet_300_100``,
-    ``cnn``): a fresh :class:`npquant.nn.Sequential` built from copies of the reference
+    ``cnn``): a fresh :class:`npquant.models.nn.Sequential` built from copies of the reference
     weights (training it leaves the reference untouched), the digits split
-    (:func:`~npquant.training.trainer.digits_data`) and the :class:`~npquant.io.Reference`.
+    (:func:`~npquant.training.trainer.digits_data`) and the :class:`~npquant.models.io.Reference`.
 
     Parameters
     ----------
@@ -353,9 +361,9 @@ def bundled(name: str, models_dir=None) -> tuple:
     from pathlib import Path
 
     from .._checks import check_choice
-    from ..demo import MODELS, default_models_dir
-    from ..io import load_reference
-    from ..nn import build_model
+    from ..app.demo import MODELS, default_models_dir
+    from ..models.io import load_reference
+    from ..models.nn import build_model
     from .trainer import digits_data
 
     check_choice(name, "name", MODELS)
@@ -432,11 +440,11 @@ def kmeans_table(models=None, bits=(8, 4, 2), *, epochs: int = 10, lr: float = 1
         One dict per model and setting: ``model``, ``bits`` (``None`` for the float
         row), ``bytes`` and ``ratio`` (the lab's size: float32 codebooks, indices packed at
         ``bits``, other tensors float32; :attr:`StageSizes.quantized
-        <npquant.compress.StageSizes>`), ``file_bytes`` and ``file_ratio`` (the npquant file,
+        <npquant.compression.pipeline.StageSizes>`), ``file_bytes`` and ``file_ratio`` (the npquant file,
         Huffman coded), ``accuracy_kmeans`` (test accuracy after k-means only), ``accuracy``
         (after k-means QAT, from the model rebuilt from the file), ``time_s``.
     """
-    from ..demo import MODELS
+    from ..app.demo import MODELS
 
     models = MODELS if models is None else tuple(models)
     rows = []
@@ -661,7 +669,7 @@ def _plot_sweep(rows: list, directory) -> str:
     """Write the sweep's trade-off figure into ``directory``; a line saying where, or why not."""
     from pathlib import Path
 
-    from ..plot import plot_compression_tradeoff, require_matplotlib, save_figure
+    from ..app.plot import plot_compression_tradeoff, require_matplotlib, save_figure
 
     try:
         require_matplotlib()

@@ -1,7 +1,7 @@
 """Fake quantization with a gradient: the straight-through estimators, LSQ and PACT.
 
 Fake quantization rounds a float32 tensor onto the quantization grid and returns floats,
-``y = S * (clamp(round(x / S) + Z, qmin, qmax) - Z)`` (:func:`npquant.linear.fake_quantize`,
+``y = S * (clamp(round(x / S) + Z, qmin, qmax) - Z)`` (:func:`npquant.affine.fake_quantize`,
 whose arithmetic and rounding this module reuses). Rounding has zero derivative almost
 everywhere, so training uses a *gradient rule* instead, named like a rounding mode:
 
@@ -63,8 +63,8 @@ import numbers
 import numpy as np
 
 from .._checks import as_float_array, check_bool, check_choice, check_int, check_scale
+from ..affine import BACKENDS, METHODS, _check_qparams, _fma32_numpy, fake_quantize, round_values
 from ..granularity import expand_params, param_shape, reduce_groups
-from ..linear import BACKENDS, METHODS, _check_qparams, _fma32_numpy, fake_quantize, round_values
 from ..observers import (
     MinMaxObserver,
     MovingAverageMinMaxObserver,
@@ -155,8 +155,8 @@ def _positive_array(a, name: str, shape=None) -> np.ndarray:
 def clip_mask(x, qparams: QParams, *, method: str = "mul") -> np.ndarray:
     """Where the code of ``x`` before clamping lies in ``[qmin, qmax]`` (bool, ``x``'s shape).
 
-    The code is computed with the arithmetic of :func:`npquant.linear.quantize`'s
-    ``method`` and the spec's rounding (:func:`npquant.linear.round_values`):
+    The code is computed with the arithmetic of :func:`npquant.affine.quantize`'s
+    ``method`` and the spec's rounding (:func:`npquant.affine.round_values`):
     ``Z + round(x * R)`` (``mul``, PyTorch's fake quantization), ``Z + round(x / S)``
     (``divide``), ``round(float32(x * R) + Z)`` (``mul_add``) or ``round(fma(x, R, Z))``
     (``fma``), with ``R = float32(1 / S)``. Both ends are inclusive. This is the mask of
@@ -225,7 +225,7 @@ def fake_quantize_with_mask(x, qparams: QParams, *, method: str = "mul",
     Returns
     -------
     y : float32 array, ``x``'s shape
-        :func:`npquant.linear.fake_quantize` ``(x, qparams)``.
+        :func:`npquant.affine.fake_quantize` ``(x, qparams)``.
     mask : bool array, ``x``'s shape
         :func:`clip_mask` -- True where the unclamped code lies in ``[qmin, qmax]``.
     """
@@ -616,7 +616,7 @@ def pact_backward(grad_y, x, alpha, spec: QuantSpec):
 class _FakeQuantBase:
     """Train/eval mode, the fake-quant switch and the parameter part of the contract.
 
-    Like the layers of :mod:`npquant.nn`, a fake-quant layer starts in eval mode;
+    Like the layers of :mod:`npquant.models.nn`, a fake-quant layer starts in eval mode;
     ``train()`` (or a model's) switches it to training mode.
     """
 

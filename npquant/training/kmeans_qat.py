@@ -3,7 +3,7 @@ Compression, Han et al. 2016, section 3.3; the MIT lab's variant, Han's course 6
 
 Each weight tensor ``W`` of the model (by default every 2-D or 4-D ``"<layer>.weight"``,
 :func:`npquant.training.pruning.weight_names`) is replaced by a codebook of ``2**bits``
-float32 centroids and a uint8 index per weight (:func:`npquant.kmeans.kmeans_quantize`):
+float32 centroids and a uint8 index per weight (:func:`npquant.compression.kmeans.kmeans_quantize`):
 ``W = codebook[indices]``. The indices stay fixed; only the centroids move. A pruned tensor
 (one with exact zeros, ``keep_zeros="auto"``) reserves code 0 for zero, and that centroid is
 held at exactly ``0.0`` by the optimizer's masks, so the pruned weights stay ``+0.0``.
@@ -16,12 +16,12 @@ Two variants (``variant``):
     The codebooks are parameters of the optimizer (any of :mod:`npquant.training.optim`).
     Each step the model runs with ``W = codebook[indices]``, the backward pass gives
     ``dL/dW``, and the centroid gradient is its sum over each cluster,
-    ``dL/dc_j = sum_{i: idx_i = j} dL/dW_i`` (:func:`npquant.kmeans.centroid_gradient`),
+    ``dL/dc_j = sum_{i: idx_i = j} dL/dW_i`` (:func:`npquant.compression.kmeans.centroid_gradient`),
     reduced as ``reduction`` says (below); the optimizer then steps the codebooks.
 ``"reaverage"`` (the MIT lab's)
     The optimizer steps the weights as in ordinary training (the pruned ones masked); then
     each centroid becomes the mean of its cluster's updated weights
-    (:func:`npquant.kmeans.reaverage_centroids`) and the weights are set back to
+    (:func:`npquant.compression.kmeans.reaverage_centroids`) and the weights are set back to
     ``codebook[indices]``. ``reduction`` does not apply.
 
 The learning-rate rule (``reduction``, ``"centroid"`` variant)
@@ -66,7 +66,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .._checks import check_choice, check_int, check_real
-from ..kmeans import (
+from ..affine import BACKENDS
+from ..compression.kmeans import (
     KMEANS_INITS,
     _centroid_grad64,
     _check_codebook,
@@ -74,7 +75,6 @@ from ..kmeans import (
     kmeans_quantize,
     reaverage_centroids,
 )
-from ..linear import BACKENDS
 from .pruning import OPTIMIZERS, _check_data, _check_names, _make_optimizer
 from .trainer import Hook, _check_model, evaluate, fit
 
@@ -94,7 +94,7 @@ class SharedWeights:
     Parameters
     ----------
     model
-        The model (e.g. an :class:`npquant.nn.Sequential`); its weight arrays are
+        The model (e.g. an :class:`npquant.models.nn.Sequential`); its weight arrays are
         overwritten in place with ``codebook[indices]``.
     codebooks : dict
         ``{weight name: float32 (k,) codebook}``; copied, the copies are the live
@@ -324,7 +324,7 @@ def kmeans_qat(model, x_train, y_train, *, bits, epochs: int, lr: float = 1e-3, 
         Seeds :func:`fit`'s shuffles (and ``init="kmeans++"``).
     init : ``"linear"`` (default, Deep Compression's), ``"density"`` or ``"kmeans++"``
     keep_zeros : ``"auto"`` (default), True or False
-        :func:`~npquant.kmeans.kmeans_quantize`'s: ``"auto"`` reserves code 0 exactly for
+        :func:`~npquant.compression.kmeans.kmeans_quantize`'s: ``"auto"`` reserves code 0 exactly for
         the tensors with exact zeros (pruned ones).
     x_val, y_val
         A validation set (both or neither) for the accuracies and the history.

@@ -19,7 +19,7 @@ multiply-add (one rounding) on its AVX2 and AVX-512 code paths, and as a product
 sum (two roundings) on its portable ``default`` path. ``fused_multiply_add=True`` (the
 default) follows the AVX2/AVX-512 paths, ``False`` the portable one; NumPy has no fused
 multiply-add, so it is computed exactly (float64 product, round-to-odd sum, one rounding
-to float32: ``npquant.linear._fma32_numpy`` and its numba twin).
+to float32: ``npquant.affine._fma32_numpy`` and its numba twin).
 
 Backends: ``backend="numba"`` (default) updates each parameter in one compiled loop
 (``npquant._kernels.optim``); ``backend="numpy"`` runs the vectorized NumPy twins
@@ -53,7 +53,7 @@ import math
 import numpy as np
 
 from .._checks import BACKENDS, check_bool, check_choice, check_int, check_real
-from ..linear import _fma32_numpy
+from ..affine import _fma32_numpy
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "StepLR", "CosineAnnealingLR", "LinearWarmup",
            "BACKENDS"]
@@ -65,7 +65,7 @@ __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "StepLR", "CosineAnnealingLR", "
 
 
 def _muladd(a, b, c, fused: bool) -> np.ndarray:
-    """``a * b + c`` in float32: fused (one rounding, :func:`npquant.linear._fma32_numpy`)
+    """``a * b + c`` in float32: fused (one rounding, :func:`npquant.affine._fma32_numpy`)
     or a rounded product then a rounded sum."""
     f32 = np.float32
     if fused:

@@ -3,12 +3,12 @@ a model's weight tensors, and retraining with the masks held by the optimizer.
 
 One step of :func:`prune_and_retrain`, as a student would write it::
 
-    masks = magnitude_masks(weights, sparsity=s_i, masks=masks)   # npquant.prune
+    masks = magnitude_masks(weights, sparsity=s_i, masks=masks)   # npquant.compression.prune
     w[~masks[name]] = 0                                           # for every pruned tensor
     opt = Adam(model.named_parameters(), lr); opt.set_masks(masks)
     fit(model, None, opt, x_train, y_train, epochs=epochs_per_step, ...)
 
-``s_i`` is the cumulative sparsity after step ``i`` (:func:`npquant.prune.sparsity_schedule`;
+``s_i`` is the cumulative sparsity after step ``i`` (:func:`npquant.compression.prune.sparsity_schedule`;
 ``steps=1`` is one-shot pruning). The masks of a step nest in those of the step before: a
 pruned weight is never revived. The optimizer's masks (:meth:`Optimizer.set_masks
 <npquant.training.optim.Optimizer.set_masks>`) zero the masked gradient entries before
@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .._checks import check_choice, check_int, check_real
-from ..prune import SCHEDULES, SCOPES, magnitude_masks, sparsity_schedule
+from ..compression.prune import SCHEDULES, SCOPES, magnitude_masks, sparsity_schedule
 from .optim import SGD, Adam, AdamW
 from .trainer import _check_model, _data, evaluate, fit
 
@@ -47,7 +47,7 @@ def weight_names(model) -> list:
     Parameters
     ----------
     model : object with ``named_parameters()``
-        E.g. an :class:`npquant.nn.Sequential`.
+        E.g. an :class:`npquant.models.nn.Sequential`.
 
     Returns
     -------
@@ -112,7 +112,7 @@ def prune_model(model, sparsity, *, scope: str = "layer", masks=None) -> dict:
     ----------
     model
         A model with ``named_parameters()`` (live float32 arrays), e.g. an
-        :class:`npquant.nn.Sequential`.
+        :class:`npquant.models.nn.Sequential`.
     sparsity : float in [0, 1) or dict
         The fraction of weights to prune. A number prunes every weight tensor
         (:func:`weight_names`); a dict ``{parameter name: sparsity}`` prunes exactly the
@@ -121,7 +121,7 @@ def prune_model(model, sparsity, *, scope: str = "layer", masks=None) -> dict:
     scope : ``"layer"`` or ``"global"``
         ``"layer"``: exactly ``round(sparsity * n)`` weights of each tensor;
         ``"global"``: one threshold over all the weight tensors together
-        (:func:`npquant.prune.magnitude_masks` states the tie rule).
+        (:func:`npquant.compression.prune.magnitude_masks` states the tie rule).
     masks : dict, optional
         The masks of an earlier step: their pruned weights stay pruned (they count toward
         the sparsity), so the new masks nest in them.
@@ -207,7 +207,7 @@ def prune_and_retrain(model, x_train, y_train, *, sparsity, steps: int = 1, epoc
         ``{parameter name: sparsity}`` (``scope="layer"``).
     steps : int >= 1
         Pruning steps; step ``i`` prunes to ``sparsity_schedule(sparsity, steps,
-        kind=schedule)[i - 1]`` (:func:`npquant.prune.sparsity_schedule`), 1 is one-shot.
+        kind=schedule)[i - 1]`` (:func:`npquant.compression.prune.sparsity_schedule`), 1 is one-shot.
     epochs_per_step : int >= 0
         Retraining epochs after each pruning step (0: prune without retraining).
     scope : ``"layer"`` or ``"global"``

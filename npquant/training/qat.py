@@ -1,4 +1,4 @@
-"""Quantization-aware training layers: float layers of :mod:`npquant.nn` whose weights
+"""Quantization-aware training layers: float layers of :mod:`npquant.models.nn` whose weights
 (and outputs) are fake-quantized in the forward pass, trained through the gradient rules
 of :mod:`npquant.training.fake_quant`.
 
@@ -26,8 +26,8 @@ of :mod:`npquant.training.fake_quant`.
 
 Every layer follows the contract of :mod:`npquant.training` (``forward``/``backward``/
 ``parameters``/``grads``/``zero_grad``/``train``/``eval``/``state_dict``), starts in eval
-mode like :mod:`npquant.nn`'s, and keeps the float layer's name, so that a
-:class:`~npquant.nn.Sequential` of QAT layers has the float model's state-dict keys
+mode like :mod:`npquant.models.nn`'s, and keeps the float layer's name, so that a
+:class:`~npquant.models.nn.Sequential` of QAT layers has the float model's state-dict keys
 (``"<name>.weight"``, ``"<name>.bias"``; learned ranges add
 ``"<name>.weight_fake_quant.scale"`` and the like). Float32 throughout.
 """
@@ -36,8 +36,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import nn
 from .._checks import check_bool
+from ..models import nn
 from .fake_quant import _FakeQuantBase, activation_fake_quant, weight_fake_quant
 
 __all__ = ["QATLinear", "QATConv2d", "QATConvBn2d", "ACTIVATIONS"]
@@ -62,7 +62,7 @@ def _check_fq(fq, name: str, allow_none: bool):
 class _QATBase(nn.ChildDicts):
     """Mode, parameter/gradient dicts and state dicts of a QAT layer: the float layer's
     arrays (``weight``, ``bias``; a batch norm's under ``bn.``) and the learned ranges
-    (``weight_fake_quant.scale``, ...), from :class:`npquant.nn.ChildDicts`."""
+    (``weight_fake_quant.scale``, ...), from :class:`npquant.models.nn.ChildDicts`."""
 
     def __init__(self, name: str, weight_fake_quant, act_fake_quant, activation):
         self.name = name
@@ -185,7 +185,7 @@ class _QATWeighted(_QATBase):
     def __init__(self, layer, *, weight_fake_quant=_DEFAULT, act_fake_quant=_DEFAULT,
                  activation=None, name: str | None = None):
         if not isinstance(layer, self._kind):
-            raise TypeError(f"layer must be an npquant.nn.{self._kind.__name__}, got {type(layer).__name__}")
+            raise TypeError(f"layer must be an npquant.models.nn.{self._kind.__name__}, got {type(layer).__name__}")
         name = layer.name if name is None else name
         wfq, afq = _default_fqs(weight_fake_quant, act_fake_quant, name)
         super().__init__(name, wfq, afq, activation)
@@ -224,7 +224,7 @@ class _QATWeighted(_QATBase):
 
 
 class QATLinear(_QATWeighted):
-    """:class:`npquant.nn.Linear` with a fake-quantized weight (and output).
+    """:class:`npquant.models.nn.Linear` with a fake-quantized weight (and output).
 
     ``x`` (..., in) float32 -> (..., out). ``layer`` keeps the float weights (the live
     parameters ``weight``, ``bias``); ``weight_fake_quant`` (default per-channel symmetric
@@ -241,7 +241,7 @@ class QATLinear(_QATWeighted):
 
 
 class QATConv2d(_QATWeighted):
-    """:class:`npquant.nn.Conv2d` with a fake-quantized weight (and output); NCHW in and
+    """:class:`npquant.models.nn.Conv2d` with a fake-quantized weight (and output); NCHW in and
     out, the conv's stride, padding, dilation and groups. Arguments as :class:`QATLinear`."""
 
     _kind = nn.Conv2d
@@ -256,8 +256,8 @@ class QATConvBn2d(_QATBase):
     """Conv2d + BatchNorm2d trained with the batch norm folded into the fake-quantized
     weights (see the module docstring for the arithmetic).
 
-    ``conv`` (:class:`npquant.nn.Conv2d`, bias optional) and ``bn``
-    (:class:`npquant.nn.BatchNorm2d`) keep their live arrays: ``parameters()`` are
+    ``conv`` (:class:`npquant.models.nn.Conv2d`, bias optional) and ``bn``
+    (:class:`npquant.models.nn.BatchNorm2d`) keep their live arrays: ``parameters()`` are
     ``weight``, ``bias`` (if the conv has one), ``bn.weight``, ``bn.bias``;
     ``state_dict()`` adds ``bn.running_mean``, ``bn.running_var``,
     ``bn.num_batches_tracked``. :meth:`freeze_bn` switches to the running statistics (and
@@ -266,9 +266,9 @@ class QATConvBn2d(_QATBase):
 
     Parameters
     ----------
-    conv : npquant.nn.Conv2d
+    conv : npquant.models.nn.Conv2d
         The convolution, bias optional.
-    bn : npquant.nn.BatchNorm2d
+    bn : npquant.models.nn.BatchNorm2d
         Its batch norm, one channel per output of ``conv``.
     weight_fake_quant : optional
         Keyword-only; as in :class:`QATLinear` (default per-channel symmetric int8).
@@ -283,9 +283,9 @@ class QATConvBn2d(_QATBase):
     def __init__(self, conv, bn, *, weight_fake_quant=_DEFAULT, act_fake_quant=_DEFAULT,
                  activation=None, name: str | None = None):
         if not isinstance(conv, nn.Conv2d):
-            raise TypeError(f"conv must be an npquant.nn.Conv2d, got {type(conv).__name__}")
+            raise TypeError(f"conv must be an npquant.models.nn.Conv2d, got {type(conv).__name__}")
         if not isinstance(bn, nn.BatchNorm2d):
-            raise TypeError(f"bn must be an npquant.nn.BatchNorm2d, got {type(bn).__name__}")
+            raise TypeError(f"bn must be an npquant.models.nn.BatchNorm2d, got {type(bn).__name__}")
         if bn.weight.shape[0] != conv.weight.shape[0]:
             raise ValueError(f"bn has {bn.weight.shape[0]} channels, conv has {conv.weight.shape[0]} outputs")
         name = conv.name if name is None else name

@@ -45,7 +45,7 @@ __all__ = ["BITS", "RANGES_SHOWN", "QATResult", "DEFAULT_EPOCHS", "DEFAULT_LR", 
 
 BITS = {"mlp": ((8, 8), (4, 8), (4, 4), (2, 8)), "lenet_300_100": ((8, 8), (4, 8), (4, 4), (2, 8)),
         "cnn": ((8, 8), (4, 8), (4, 4))}
-"""The ``(weight_bits, act_bits)`` settings of each reference model (:data:`npquant.demo.MODELS`;
+"""The ``(weight_bits, act_bits)`` settings of each reference model (:data:`npquant.app.demo.MODELS`;
 W2A8 for the MLPs only)."""
 
 RANGES_SHOWN = ("minmax", "lsq", "pact")
@@ -75,7 +75,7 @@ class QATResult:
     epochs: int = 0
     lr: float | None = None
     time_s: float = 0.0
-    integer_model: object = None    # the npquant.convert.IntegerModel (not for "float")
+    integer_model: object = None    # the npquant.models.convert.IntegerModel (not for "float")
 
     @property
     def bits(self) -> str:
@@ -83,7 +83,7 @@ class QATResult:
 
 
 def reference(name: str, models_dir=None) -> tuple:
-    """The bundled reference model ``name`` (float :class:`npquant.nn.Sequential`) and its
+    """The bundled reference model ``name`` (float :class:`npquant.models.nn.Sequential`) and its
     digits split (:func:`npquant.training.trainer.digits_data`: ``x_train``, ``y_train``,
     ``x_calibration``, ``x_test``, ``y_test``, ...), from ``models_dir`` (default: the
     bundled models).
@@ -97,15 +97,15 @@ def reference(name: str, models_dir=None) -> tuple:
 
     Returns
     -------
-    model : npquant.nn.Sequential
+    model : npquant.models.nn.Sequential
         The float model.
     data : dict of str to numpy.ndarray
         Its digits split.
     """
     check_choice(name, "name", tuple(BITS))
-    from ..demo import default_models_dir
-    from ..io import load_reference
-    from ..nn import build_model
+    from ..app.demo import default_models_dir
+    from ..models.io import load_reference
+    from ..models.nn import build_model
     from .trainer import digits_data
 
     models_dir = default_models_dir() if models_dir is None else models_dir
@@ -152,7 +152,7 @@ def qat_experiment(name: str, weight_bits: int, act_bits: int, method: str, *, e
         The folder of the reference models; ``None``: the bundled ones.
     progress : bool, default False
         Show the training progress bar.
-    model : npquant.nn.Sequential or None, default None
+    model : npquant.models.nn.Sequential or None, default None
         The float model (with ``data``).
     data : dict or None, default None
         Its data (with ``model``).

@@ -296,7 +296,7 @@ def evaluate(model, x, y, *, batch_size: int = 256, loss_fn=None) -> tuple[float
     Parameters
     ----------
     model : callable with ``eval()`` and ``train()``
-        The model, e.g. an :class:`npquant.nn.Sequential`.
+        The model, e.g. an :class:`npquant.models.nn.Sequential`.
     x : array (N, ...)
         Inputs.
     y : integer array (N,)
@@ -342,7 +342,7 @@ def fit(model, loss_fn, optimizer, x_train, y_train, *, epochs: int, batch_size:
     model
         A trainable model (``train()``, ``eval()``, ``zero_grad()``, ``model(x)``,
         ``backward(grad)``, ``named_grads()``, ``named_parameters()``, ``state_dict()``),
-        e.g. an :class:`npquant.nn.Sequential`.
+        e.g. an :class:`npquant.models.nn.Sequential`.
     loss_fn : callable or None
         ``loss, grad_logits = loss_fn(logits, labels)``, the loss a batch mean
         (e.g. :func:`npquant.training.losses.softmax_cross_entropy`); ``None``: that one.
@@ -504,7 +504,7 @@ def torch_default_init(arch: dict, seed: int) -> dict:
     Parameters
     ----------
     arch : dict
-        The architecture description (see :func:`npquant.nn.build_model`); linear and
+        The architecture description (see :func:`npquant.models.nn.build_model`); linear and
         conv2d layers need their size fields (``in_features``, ``out_features``;
         ``in_channels``, ``out_channels``, ``kernel_size``), batch norms
         ``num_features``.
@@ -516,7 +516,7 @@ def torch_default_init(arch: dict, seed: int) -> dict:
     dict of str to numpy.ndarray
         The state dict.
     """
-    from ..nn import _layers
+    from ..models.nn import _layers
 
     rng = np.random.default_rng(check_int(seed, "seed", lo=0))
     state = {}
@@ -561,7 +561,7 @@ def digits_data(arch: dict, models_dir=None) -> dict:
         The architecture description, with ``"input_shape"``.
     models_dir : pathlib.Path or None, default None
         The folder holding ``digits_split.npz``; ``None`` is
-        :func:`npquant.demo.default_models_dir`.
+        :func:`npquant.app.demo.default_models_dir`.
 
     Returns
     -------
@@ -570,8 +570,8 @@ def digits_data(arch: dict, models_dir=None) -> dict:
     """
     from sklearn.datasets import load_digits
 
-    from ..demo import default_models_dir
-    from ..io import load_state_dict
+    from ..app.demo import default_models_dir
+    from ..models.io import load_state_dict
 
     models_dir = default_models_dir() if models_dir is None else models_dir
     split = load_state_dict(models_dir / "digits_split.npz")
@@ -626,16 +626,16 @@ def train_reference(name: str, *, seed: int = 0, epochs: int = 60, batch_size: i
         Show a progress bar.
     models_dir : pathlib.Path or None, default None
         The folder of the reference models; ``None`` is
-        :func:`npquant.demo.default_models_dir`.
+        :func:`npquant.app.demo.default_models_dir`.
 
     Returns
     -------
     ReferenceRun
         The model, the history and the test accuracies.
     """
-    from ..demo import default_models_dir
-    from ..io import load_reference
-    from ..nn import build_model
+    from ..app.demo import default_models_dir
+    from ..models.io import load_reference
+    from ..models.nn import build_model
     from .losses import softmax_cross_entropy
     from .optim import Adam
 
