@@ -30,7 +30,6 @@ from .affine import (
     fake_quantize,
     quantization_error,
     quantize,
-    round_values,
 )
 from .compression.huffman import HuffmanCode, huffman_decode, huffman_encode
 from .compression.kmeans import (
@@ -60,14 +59,13 @@ from .observers import (
 )
 from .qparams import ROUNDING_MODES, QParams, QuantSpec, compute_qparams, fit_qparams
 from .requant.fixedpoint import (
-    REQUANT_MODES,
     multiply_by_quantized_multiplier,
     quantize_multiplier,
-    requantize,
-    requantize_ties,
     rounding_divide_by_pot,
     saturating_rounding_doubling_high_mul,
 )
+from .requant.modes import REQUANT_MODES, requantize, requantize_ties
+from .rounding import round_values
 
 __all__ = [
     "FileFormatError",

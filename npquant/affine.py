@@ -19,8 +19,8 @@ method        code before clamping                 reproduces
 ============  ==================================  ==========================================
 
 These were established by comparing against PyTorch 2.13 on x86-64 (see
-``tests/test_peers_torch.py``). All round with the spec's rounding mode and saturate to
-``[qmin, qmax]``.
+``tests/test_peers_torch.py``). All round with the spec's rounding mode
+(:func:`npquant.rounding.round_values`) and saturate to ``[qmin, qmax]``.
 Each public function runs a numba kernel (``backend="numba"``, the default) or its
 readable NumPy twin in this module (``backend="numpy"``); both give identical bits.
 """
@@ -30,90 +30,22 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 
-from ._checks import BACKENDS, as_float_array, as_int_array, check_choice
+from ._checks import BACKENDS, as_float_array, as_int_array, check_choice, check_qparams
 from ._kernels import quantize as _k
+from ._kernels.modes import METHOD_CODES, ROUNDING_CODES
 from .granularity import params3, split3
-from .qparams import ROUNDING_MODES, QParams, QuantSpec
+from .qparams import QParams, QuantSpec
+from .rounding import (
+    _noise,
+    _round_numpy,
+    fma32,
+    round_scalar,
+    round_values,  # noqa: F401  (its old home: npquant.affine.round_values still works)
+)
 
 METHODS = ("divide", "mul", "mul_add", "fma", "torch")
-
-
-def round_values(v, mode: str, *, seed: int | None = None) -> np.ndarray:
-    """Round a float array to integral values (same dtype) with a named ``mode``.
-
-    ``half_even`` (banker's), ``half_away`` (ties away from zero), ``half_up`` (ties
-    toward +inf), ``floor``, ``stochastic`` (up with probability equal to the fraction,
-    noise from ``numpy.random.default_rng(seed)``; ``seed`` required). Exact: no
-    ``floor(v + 0.5)`` shortcut, which is wrong just below a tie.
-
-    Parameters
-    ----------
-    v : array_like of float
-        Values to round; any floating dtype and shape (``TypeError`` for integers).
-    mode : str
-        One of ``ROUNDING_MODES``: ``"half_even"``, ``"half_away"``, ``"half_up"``,
-        ``"floor"`` or ``"stochastic"``.
-    seed : int or None, default None
-        Seed of the noise of ``"stochastic"`` (keyword-only; required for that mode,
-        ignored by the others).
-
-    Returns
-    -------
-    numpy.ndarray
-        The rounded values, of ``v``'s dtype and shape. No clamping.
-    """
-    check_choice(mode, "mode", ROUNDING_MODES)
-    v = np.asarray(v)
-    if v.dtype.kind != "f":
-        raise TypeError(f"v must be a floating-point array, got dtype {v.dtype}")
-    noise = None
-    if mode == "stochastic":
-        if seed is None:
-            raise ValueError("mode='stochastic' needs seed=<int>")
-        noise = _noise(v.shape, seed, v.dtype)
-    with np.errstate(invalid="ignore"):  # inf - inf in the fraction of +-inf: harmless
-        return _round_numpy(v, mode, noise)
-
-
-def _round_numpy(v: np.ndarray, mode: str, noise) -> np.ndarray:
-    one = v.dtype.type(1)
-    half = v.dtype.type(0.5)
-    if mode == "half_even":
-        return np.rint(v)
-    if mode == "half_away":
-        t = np.trunc(v)
-        f = v - t  # exact
-        return t + np.where(f >= half, one, np.where(f <= -half, -one, v.dtype.type(0)))
-    fl = np.floor(v)
-    if mode == "half_up":
-        return fl + np.where(v - fl >= half, one, v.dtype.type(0))
-    if mode == "stochastic":
-        return fl + np.where(noise < v - fl, one, v.dtype.type(0))
-    return fl
-
-
-def _noise(shape, seed: int, dtype=np.float32) -> np.ndarray:
-    """Uniform [0, 1) noise of stochastic rounding, one draw per element in C order."""
-    return np.random.default_rng(seed).random(shape, dtype=np.dtype(dtype).type)
-
-
-def _fma32_numpy(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
-    """``float32(a * b + c)`` with one rounding: twin of ``_kernels.quantize.fma32``.
-
-    ``a * b`` of two float32 is exact in float64; the float64 sum is made round-to-odd
-    (TwoSum error term, then a one-ulp nudge of an even result toward it), so that the
-    final rounding to float32 is correct.
-    """
-    p = a.astype(np.float64) * b.astype(np.float64)
-    c = np.asarray(c).astype(np.float64)
-    s = p + c
-    bb = s - p
-    e = (p - (s - bb)) + (c - bb)
-    m, ex = np.frexp(s)
-    even = (m * 2.0**53).astype(np.int64) & 1 == 0
-    nudge = np.copysign(np.ldexp(1.0, ex - 53), e)
-    return np.where((e != 0) & even, s + nudge, s).astype(np.float32)
 
 
 def _resolve_method(method: str, spec, fake: bool = False) -> str:
@@ -130,13 +62,7 @@ def _resolve_method(method: str, spec, fake: bool = False) -> str:
     return "fma" if spec.axis is None else "mul_add"
 
 
-def _check_qparams(qparams) -> QParams:
-    if not isinstance(qparams, QParams):
-        raise TypeError(f"qparams must be a QParams, got {type(qparams).__name__}")
-    return qparams
-
-
-def quantize(x, qparams: QParams, *, method: str = "divide", backend: str = "numba") -> np.ndarray:
+def quantize(x: npt.ArrayLike, qparams: QParams, *, method: str = "divide", backend: str = "numba") -> np.ndarray:
     """Quantize a float array to integer codes.
 
     Parameters
@@ -157,7 +83,7 @@ def quantize(x, qparams: QParams, *, method: str = "divide", backend: str = "num
         ``x``'s shape, values ``clamp(round(x / S) + Z, qmin, qmax)``: saturating, rounded
         with ``qparams.spec.rounding``.
     """
-    qparams = _check_qparams(qparams)
+    qparams = check_qparams(qparams)
     spec = qparams.spec
     method = _resolve_method(method, spec)
     check_choice(backend, "backend", BACKENDS)
@@ -167,7 +93,7 @@ def quantize(x, qparams: QParams, *, method: str = "divide", backend: str = "num
     x3 = np.ascontiguousarray(x).reshape(shape3)
     s3, block = params3(qparams.scale, x.shape, spec.axis, spec.block_size)
     z3, _ = params3(qparams.zero_point, x.shape, spec.axis, spec.block_size)
-    mode = ROUNDING_MODES.index(spec.rounding)
+    mode = ROUNDING_CODES[spec.rounding]
     if spec.rounding == "stochastic":
         noise3 = _noise(x.shape, spec.seed).reshape(shape3)
     else:
@@ -179,7 +105,7 @@ def quantize(x, qparams: QParams, *, method: str = "divide", backend: str = "num
                                    method, noise3, spec.dtype)
         else:
             out3 = np.empty(shape3, dtype=spec.dtype)
-            _k.quantize3(x3, s3, z3, block, spec.qmin, spec.qmax, mode, METHODS.index(method),
+            _k.quantize3(x3, s3, z3, block, spec.qmin, spec.qmax, mode, METHOD_CODES[method],
                          noise3, out3)
     return out3.reshape(x.shape)
 
@@ -203,12 +129,12 @@ def _quantize_numpy(x3, s3, z3, block, qmin, qmax, rounding, method, noise3, dty
     if method == "mul_add":
         t = x3 * rcp + z.astype(np.float32)
     else:
-        t = _fma32_numpy(x3, np.broadcast_to(rcp, x3.shape), z)
+        t = fma32(x3, rcp, z)
     r = np.clip(_round_numpy(t, rounding, noise3), np.float32(qmin), np.float32(qmax))
     return r.astype(np.int32).astype(dtype)
 
 
-def dequantize(q, qparams: QParams, *, backend: str = "numba") -> np.ndarray:
+def dequantize(q: npt.ArrayLike, qparams: QParams, *, backend: str = "numba") -> np.ndarray:
     """Integer codes back to real values: ``float32(q - Z) * S`` in float32.
 
     ``q`` must be an integer array whose values lie in ``[qmin, qmax]`` of the spec
@@ -229,7 +155,7 @@ def dequantize(q, qparams: QParams, *, backend: str = "numba") -> np.ndarray:
     numpy.ndarray
         float32 of ``q``'s shape: ``float32(q - Z) * S``.
     """
-    qparams = _check_qparams(qparams)
+    qparams = check_qparams(qparams)
     check_choice(backend, "backend", BACKENDS)
     q = as_int_array(q, "q")
     spec = qparams.spec
@@ -258,7 +184,7 @@ def _dequantize_numpy(q3, s3, z3, block):
     return (q3.astype(np.int32) - z).astype(np.float32) * s
 
 
-def fake_quantize(x, qparams: QParams, *, method: str = "divide", backend: str = "numba") -> np.ndarray:
+def fake_quantize(x: npt.ArrayLike, qparams: QParams, *, method: str = "divide", backend: str = "numba") -> np.ndarray:
     """``dequantize(quantize(x))``: float32 values on the quantization grid, ``x``'s shape.
 
     ``method="torch"`` means what PyTorch's ``fake_quantize_per_*_affine`` do (``mul``),
@@ -283,7 +209,7 @@ def fake_quantize(x, qparams: QParams, *, method: str = "divide", backend: str =
         float32 of ``x``'s shape: ``x`` rounded with ``qparams.spec.rounding``, saturated
         to ``[qmin, qmax]`` and mapped back to real values.
     """
-    qparams = _check_qparams(qparams)
+    qparams = check_qparams(qparams)
     method = _resolve_method(method, qparams.spec, fake=True)
     return dequantize(quantize(x, qparams, method=method, backend=backend), qparams, backend=backend)
 
@@ -305,7 +231,7 @@ class QuantError:
 DYNAMIC_STACKS = ("onnx", "onnxruntime")
 
 
-def dynamic_quantize_linear(x, *, stack: str = "onnx", backend: str = "numba") -> tuple[np.ndarray, QParams]:
+def dynamic_quantize_linear(x: npt.ArrayLike, *, stack: str = "onnx", backend: str = "numba") -> tuple[np.ndarray, QParams]:
     """ONNX's ``DynamicQuantizeLinear``: uint8 codes of ``x`` with a per-tensor scale and
     zero point computed from ``x``'s own range, in one call.
 
@@ -344,12 +270,12 @@ def dynamic_quantize_linear(x, *, stack: str = "onnx", backend: str = "numba") -
         scale = np.float32(1.0) if stack == "onnxruntime" else np.float32(1.0) / np.float32(255.0)
     else:
         scale = np.float32(hi - lo) / np.float32(255.0)
-    zero_point = int(np.rint(np.clip(np.float32(0.0) - lo / scale, np.float32(0.0), np.float32(255.0))))
+    zero_point = round_scalar(np.clip(np.float32(0.0) - lo / scale, np.float32(0.0), np.float32(255.0)), "half_even")
     qp = QParams(scale, zero_point, QuantSpec(signed=False))
     return quantize(x, qp, method="divide", backend=backend), qp
 
 
-def quantization_error(x, x_hat) -> QuantError:
+def quantization_error(x: npt.ArrayLike, x_hat: npt.ArrayLike) -> QuantError:
     """MSE, SQNR in dB, max absolute error and cosine similarity, in float64.
 
     ``SQNR = 10 log10(sum x^2 / sum (x - x_hat)^2)``: ``inf`` for an exact reconstruction,

@@ -11,28 +11,34 @@ Neural Networks for Efficient Integer-Arithmetic-Only Inference"):
 3. the int32 bias;
 4. the real multiplier ``M = S_x S_w / S_y``, as ``2^-n M0`` with ``M0`` in
    ``[0.5, 1)`` (Jacob et al.) and as npquant's and TFLite's int32 ``m0`` and ``shift``;
-5. every rounding of the requantization ``mode`` (:mod:`npquant.requant.fixedpoint`);
+5. every rounding of the requantization ``mode``, each value computed by the scalar
+   reference of that mode (:func:`npquant.requant.modes.requantize_scalar`, built on the
+   primitives of :mod:`npquant.requant.fixedpoint`);
 6. the output zero point and the clamp;
 7. the output code dequantized, and its error against the float layer and against the
    real value of the integer accumulator.
 
-Every rounding is computed by the library's own functions (:mod:`npquant.requant.fixedpoint`,
-:func:`npquant.affine.quantize`, :func:`npquant.qnn.gemm.quantize_bias`), and the result
-is checked against :func:`npquant.requant.fixedpoint.requantize`; :func:`explain_linear` and
+Every rounding is computed by the library's own functions (the scalar references of
+:mod:`npquant.requant.modes` and :mod:`npquant.requant.fixedpoint`,
+:func:`npquant.affine.quantize`, :func:`npquant.qnn.bias.quantize_bias`), and the result
+is checked against :func:`npquant.requant.modes.requantize` (the kernel); :func:`explain_linear` and
 :func:`explain_conv2d` also check the accumulator and the code against the integer layers
-(:func:`npquant.qnn.gemm.qlinear`, :func:`npquant.qnn.conv.qconv2d`), so a trace cannot
+(:func:`npquant.qnn.linear.qlinear`, :func:`npquant.qnn.conv.qconv2d`), so a trace cannot
 drift from the arithmetic it explains. All integers are Python ints (exact); reals are
 printed from float64.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
+from typing import TYPE_CHECKING
 
 import numpy as np
+import numpy.typing as npt
 
-from ._checks import check_bool, check_choice, check_int
+from ._checks import check_bool, check_choice, check_int, check_int_array, check_qparams
 from ._table import format_table
 from .qnn.accumulation import PAIRS, check_accumulation, resolve
 from .qnn.conv import conv_geometry
@@ -41,14 +47,21 @@ from .qparams import QParams
 from .requant.fixedpoint import (
     INT32_MAX,
     INT32_MIN,
+    multiply_by_quantized_multiplier,
+    multiply_by_quantized_multiplier_scalar,
+)
+from .requant.modes import (
     REQUANT_MODES,
     effective_multiplier,
-    multiply_by_quantized_multiplier,
-    requant_params,
+    fbgemm_requantize_scalar,
     requantize,
-    rounding_divide_by_pot,
-    saturating_rounding_doubling_high_mul,
+    requantize_scalar,
 )
+from .rounding import round_scalar
+
+if TYPE_CHECKING:
+    from .models.convert import IntegerModel
+    from .models.graph import Graph
 
 #: Terms of the dot product that ``str(explanation)`` lists (all with ``format(all_terms=True)``).
 SHOWN_TERMS = 8
@@ -316,10 +329,7 @@ def _decimal(fr: Fraction, digits: int = 6) -> str:
 
 
 def _ints(a, name: str) -> list:
-    arr = np.asarray(a)
-    if arr.dtype.kind not in "iu":
-        raise TypeError(f"{name} must be integer codes, got dtype {arr.dtype}")
-    return [int(v) for v in arr.ravel()]
+    return [int(v) for v in check_int_array(a, name, what="integer codes").ravel()]
 
 
 def _floats(a, name: str, n: int) -> list:
@@ -333,10 +343,11 @@ def _floats(a, name: str, n: int) -> list:
     return [float(v) for v in arr.astype(np.float32).ravel()]
 
 
-def explain_dot(x_codes, z_x: int, w_codes, z_w: int, bias: int, s_x: float, s_w: float,
-                s_y: float, z_y: int, qmin: int, qmax: int, *, mode: str = "tflite",
+def explain_dot(x_codes: npt.ArrayLike, z_x: int, w_codes: npt.ArrayLike, z_w: int, bias: int, s_x: float,
+                s_w: float, s_y: float, z_y: int, qmin: int, qmax: int, *, mode: str = "tflite",
                 title: str = "one output element", accumulation: str = "exact",
-                floats: FloatInputs | None = None, labels=None, float_bias: float | None = None,
+                floats: FloatInputs | None = None, labels: Sequence[str] | None = None,
+                float_bias: float | None = None,
                 float_bias_fma: bool = True) -> Explanation:
     """Explain ``clamp(requantize(sum((q_x - Z_x)(q_w - Z_w)) + bias) + Z_y)`` step by step.
 
@@ -359,7 +370,7 @@ def explain_dot(x_codes, z_x: int, w_codes, z_w: int, bias: int, s_x: float, s_w
         Zero point of the output.
     qmin, qmax : int
         The output code range (narrowed for a fused activation).
-    mode : one of :data:`npquant.requant.fixedpoint.REQUANT_MODES`
+    mode : one of :data:`npquant.requant.modes.REQUANT_MODES`
     title : str, default ``"one output element"``
         The heading of the explanation.
     accumulation : ``"exact"`` or ``"int16_pairs"``
@@ -382,7 +393,7 @@ def explain_dot(x_codes, z_x: int, w_codes, z_w: int, bias: int, s_x: float, s_w
     Returns
     -------
     Explanation
-        ``code`` equals :func:`npquant.requant.fixedpoint.requantize` of ``acc + bias``; a
+        ``code`` equals :func:`npquant.requant.modes.requantize` of ``acc + bias``; a
         disagreement raises :class:`ExplainConsistencyError` (a bug in npquant). ``acc +
         bias`` beyond int32 is a ``ValueError``.
     """
@@ -427,35 +438,14 @@ def explain_dot(x_codes, z_x: int, w_codes, z_w: int, bias: int, s_x: float, s_w
     m = float(effective_multiplier(s_x, s_w, s_y, mode).reshape(-1)[0])
     # the library's result first: it also refuses what the stack cannot compute (tflite's left shift)
     code = int(requantize(np.array([total], np.int64), m, z_y, qmin, qmax, mode=mode)[0])
-    steps, m0, shift = [], None, None
-    if mode in ("tflite", "tflite_single"):
-        p = requant_params(m, mode)
-        m0, shift = int(p.m0[0]), int(p.shift[0])
-        scaled = _fixed_point_steps(total, m0, shift, mode, steps)
-        before = scaled + z_y
-    else:
-        m32 = float(requant_params(m, mode).multiplier32[0])
-        if mode == "fp32":
-            with np.errstate(over="ignore"):
-                prod = float(np.float32(np.float32(total) * np.float32(m32)))
-            scaled = int(np.rint(prod))
-            steps.append(("float32 product", f"float32(acc + bias) * float32(M) = {total} * {m32!r} = {prod!r}"))
-            steps.append(("round", f"rint({prod!r}) = {scaled}  (ties to even)"))
-            before = scaled + z_y
-        else:
-            prod = float(total) * m32
-            with_z = prod + z_y
-            before = int(np.rint(with_z))
-            scaled = before - z_y
-            steps.append(("float64 product", f"float64(acc + bias) * float64(float32(M)) = {total} * {m32!r} "
-                                             f"= {prod!r}"))
-            steps.append(("+ Z_y", f"{prod!r} + {_paren(z_y)} = {with_z!r}  (ONNX adds the zero point "
-                                   "before rounding)"))
-            steps.append(("round", f"rint({with_z!r}) = {before}  (ties to even)"))
-    if code != min(max(before, qmin), qmax):
+    r = requantize_scalar(total, m, z_y, qmin, qmax, mode)
+    steps = _requant_steps(r)
+    scaled, before = r.scaled, r.before_clamp
+    if code != r.code:
         raise ExplainConsistencyError(
-            f"the trace gives code {min(max(before, qmin), qmax)} but npquant.requant.fixedpoint.requantize gives "
-            f"{code} for acc + bias = {total}, M = {m!r}, mode={mode!r}: a bug in npquant, please report it")
+            f"the trace (npquant.requant.modes.requantize_scalar) gives code {r.code} but "
+            f"npquant.requant.modes.requantize gives {code} for acc + bias = {total}, M = {m!r}, mode={mode!r}: "
+            "a bug in npquant, please report it")
     s_x32, s_w32, s_y32 = (float(np.float32(v)) for v in (s_x, s_w, s_y))
     deq = s_y32 * (code - z_y)
     ref = float(Fraction(s_x32) * Fraction(s_w32) * total)
@@ -467,13 +457,13 @@ def explain_dot(x_codes, z_x: int, w_codes, z_w: int, bias: int, s_x: float, s_w
                        s_x=s_x32, s_w=s_w32, s_y=s_y32, multiplier=m, steps=steps, z_y=z_y, qmin=qmin, qmax=qmax,
                        scaled=scaled, before_clamp=before, code=code, dequantized=deq, reference=ref,
                        error_lsb=(deq - ref) / s_y32, accumulation=accumulation, pairs=pairs, exact_acc=exact_acc,
-                       m0=m0, shift=shift, floats=floats, float_output=y_float, float_error_lsb=f_err,
+                       m0=r.m0, shift=r.shift, floats=floats, float_output=y_float, float_error_lsb=f_err,
                        labels=labels)
 
 
 def _explain_float_bias(v: dict) -> Explanation:
     """The rest of :func:`explain_dot` for PyTorch fbgemm's float bias (its local variables ``v``)."""
-    from .qnn.fbgemm import fbgemm_multipliers, fbgemm_requantize, fma_float32
+    from .qnn.fbgemm import fbgemm_requantize
 
     mode, bias, acc, z_y, qmin, qmax = v["mode"], v["bias"], v["acc"], v["z_y"], v["qmin"], v["qmax"]
     if mode != "fp32" or bias != 0:
@@ -485,32 +475,22 @@ def _explain_float_bias(v: dict) -> Explanation:
     b = np.float32(v["float_bias"])
     if not np.isfinite(b):
         raise ValueError(f"float_bias must be finite, got {v['float_bias']!r}")
-    ats, mult = (float(a[0]) for a in fbgemm_multipliers(v["s_x"], v["s_w"], v["s_y"]))
-    ats32, m32 = np.float32(ats), np.float32(mult)
-    steps = [("act_times_w_scale", f"ats = float32(S_x S_w) = {ats!r}"),
-             ("multiplier", f"M = float32(ats / float32(S_y)) = {mult!r}")]
+    r = fbgemm_requantize_scalar(acc, v["s_x"], v["s_w"], v["s_y"], b, z_y, qmin, qmax, fused=fma)
+    steps = [("act_times_w_scale", f"ats = float32(S_x S_w) = {r.act_times_w_scale!r}"),
+             ("multiplier", f"M = float32(ats / float32(S_y)) = {r.multiplier32!r}")]
     if fma:
-        rcp = np.float32(1.0 / np.float64(ats32))
-        raw = np.float32(fma_float32(np.float32(b), rcp, np.float32(acc)))
-        steps.append(("bias, fused", f"fma(b, float32(1 / ats), float32(acc)) = fma({float(b)!r}, {float(rcp)!r}, "
-                                     f"{acc}) = {float(raw)!r}  (one rounding: fbgemm's per-tensor path)"))
+        steps.append(("bias, fused", f"fma(b, float32(1 / ats), float32(acc)) = fma({r.bias!r}, {r.reciprocal!r}, "
+                                     f"{acc}) = {r.raw!r}  (one rounding: fbgemm's per-tensor path)"))
     else:
-        bt = np.float32(b / ats32)
-        raw = np.float32(np.float32(acc) + bt)
-        steps.append(("bias, added", f"float32(acc) + float32(b / ats) = {acc} + {float(bt)!r} = {float(raw)!r}  "
+        steps.append(("bias, added", f"float32(acc) + float32(b / ats) = {acc} + {r.bias_term!r} = {r.raw!r}  "
                                      "(fbgemm's per-channel path)"))
-    with np.errstate(over="ignore", invalid="ignore"):
-        prod = np.float32(raw * m32)
-    if np.isfinite(prod) and INT32_MIN <= float(np.rint(prod)) <= INT32_MAX:
-        scaled = int(np.rint(prod))
-        steps += [("float32 product", f"float32({float(raw)!r} * M) = {float(prod)!r}"),
-                  ("round", f"rint({float(prod)!r}) = {scaled}  (ties to even)")]
+    steps.append(("float32 product", f"float32({r.raw!r} * M) = {r.product!r}"))
+    if np.isfinite(r.product) and r.scaled == round_scalar(r.product, "half_even"):
+        steps.append(("round", f"rint({r.product!r}) = {r.scaled}  (ties to even)"))
     else:
-        scaled = INT32_MIN
-        steps += [("float32 product", f"float32({float(raw)!r} * M) = {float(prod)!r}"),
-                  ("round", f"outside int32: CVTPS2DQ gives INT32_MIN = {INT32_MIN}, so the code is the lower bound")]
-    before = scaled + z_y
-    code = min(max(before, qmin), qmax)
+        steps.append(("round", f"outside int32: CVTPS2DQ gives INT32_MIN = {INT32_MIN}, so the code is the lower "
+                               "bound"))
+    scaled, before, code, mult = r.scaled, r.before_clamp, r.code, r.multiplier32
     width = 2 if fma else 3  # one channel for the per-tensor (FMA) path; several for the per-channel path
     s_w_arr = np.float32(v["s_w"]) if fma else np.full(width, np.float32(v["s_w"]))
     lib = fbgemm_requantize(np.full((1, width if not fma else 1), acc, np.int64), np.float32(v["s_x"]), s_w_arr,
@@ -532,31 +512,43 @@ def _explain_float_bias(v: dict) -> Explanation:
                        labels=v["labels"], float_bias=float(b))
 
 
-def _fixed_point_steps(total: int, m0: int, shift: int, mode: str, steps: list) -> int:
-    """The TFLite modes, step by step, each step computed by :mod:`npquant.requant.fixedpoint`;
-    returns ``round(acc * M)`` before the zero point."""
-    if mode == "tflite":
+def _requant_steps(r) -> list:
+    """The ``(label, text)`` steps of mode ``r.mode`` from the scalar reference's values ``r``
+    (:func:`npquant.requant.modes.requantize_scalar`); the fixed-point result is also checked
+    against the NumPy twin :func:`npquant.requant.fixedpoint.multiply_by_quantized_multiplier`."""
+    total, steps = r.acc, []
+    if r.mode == "fp32":
+        steps.append(("float32 product", f"float32(acc + bias) * float32(M) = {total} * {r.multiplier32!r} = "
+                                         f"{r.product!r}"))
+        steps.append(("round", f"rint({r.product!r}) = {r.scaled}  (ties to even)"))
+        return steps
+    if r.mode == "onnx":
+        steps.append(("float64 product", f"float64(acc + bias) * float64(float32(M)) = {total} * "
+                                         f"{r.multiplier32!r} = {r.product!r}"))
+        steps.append(("+ Z_y", f"{r.product!r} + {_paren(r.before_clamp - r.scaled)} = {r.with_zero_point!r}  "
+                               "(ONNX adds the zero point before rounding)"))
+        steps.append(("round", f"rint({r.with_zero_point!r}) = {r.before_clamp}  (ties to even)"))
+        return steps
+    m0, shift, scaled = r.m0, r.shift, r.scaled
+    if r.mode == "tflite":
         left, right = max(shift, 0), max(-shift, 0)
-        shifted = total << left  # requantize has refused an int32 overflow here
+        shifted, high = r.shifted, r.high
         steps.append(("left shift", f"(acc + bias) << {left} = {shifted}"
                                     + ("  (M >= 0.5: left shift first)" if left else "  (none: M < 0.5)")))
-        high = int(saturating_rounding_doubling_high_mul(shifted, m0))
         steps.append(("high multiply", f"SaturatingRoundingDoublingHighMul({shifted}, m0) = "
                                        f"round({shifted} * m0 / 2^31) = round({_decimal(Fraction(shifted * m0, 1 << 31))}) = {high}"
                                        "  (first rounding, ties toward +inf)"))
-        scaled = int(rounding_divide_by_pot(high, right))
         steps.append(("rounding shift", f"RoundingDivideByPOT({high}, {right}) = round({high} / 2^{right}) = "
                                         f"round({_decimal(Fraction(high, 1 << right))}) = {scaled}"
                                         "  (second rounding, ties away from zero)"))
         exact = Fraction(total * m0, 1 << (31 - shift))
-        once = (total * m0 + (1 << (30 - shift))) >> (31 - shift)  # one rounding, ties toward +inf
+        once = multiply_by_quantized_multiplier_scalar(total, m0, shift, "single")
         same = "the same" if once == scaled else f"{once}, not {scaled}: double rounding"
         steps.append(("double rounding", f"(acc + bias) * m0 / 2^{31 - shift} = {_decimal(exact)} rounded once "
                                          f"gives {same}  (explain --ties lists every such accumulator)"))
         rounding = "double"
     else:
         tot = 31 - shift
-        scaled = (total * m0 + (1 << (tot - 1))) >> tot
         steps.append(("single rounding", f"((acc + bias) * m0 + 2^{tot - 1}) >> {tot} = round({total} * m0 / 2^{tot}) "
                                          f"= round({_decimal(Fraction(total * m0, 1 << tot))}) = {scaled}"
                                          "  (one rounding, ties toward +inf)"))
@@ -566,7 +558,7 @@ def _fixed_point_steps(total: int, m0: int, shift: int, mode: str, steps: list) 
         raise ExplainConsistencyError(
             f"the trace gives {scaled} but npquant.requant.fixedpoint.multiply_by_quantized_multiplier gives {lib} for "
             f"{total}, m0={m0}, shift={shift}: a bug in npquant, please report it")
-    return scaled
+    return steps
 
 
 def _channel(qp: QParams, o: int):
@@ -578,10 +570,7 @@ def _channel(qp: QParams, o: int):
 
 
 def _per_tensor(qp, name: str):
-    if not isinstance(qp, QParams):
-        raise TypeError(f"{name} must be a QParams, got {type(qp).__name__}")
-    if qp.spec.axis is not None:
-        raise ValueError(f"{name} must be per-tensor")
+    qp = check_qparams(qp, name, per_tensor=True)
     return float(qp.scale), int(qp.zero_point)
 
 
@@ -629,7 +618,7 @@ def _qparam_notes(r: np.ndarray, qp: QParams, what: str, sub: str, channel: int 
     else:
         lines.append(f"  S_{sub} = (max - min) / (qmax - qmin) = {_g6(hi - lo)} / {spec.qmax - spec.qmin} = {_g(s)}")
         ratio = np.float32(lo) / np.float32(s)  # float32, as compute_qparams
-        raw = spec.qmin - int(np.rint(ratio))
+        raw = spec.qmin - round_scalar(ratio, "half_even")
         clamp = f", clamped to {z}" if raw != z else ""
         lines.append(f"  Z_{sub} = qmin - round(min / S_{sub}) = {spec.qmin} - round({float(ratio):.4f}) "
                      f"= {raw}{clamp}")
@@ -640,7 +629,7 @@ def _float_inputs(x_float, x_q, x_qp, w_float, w_q, w_qp, b_float, bias_q, chann
     """Check the float tensors against the codes; ``(FloatInputs, ...)`` pieces for one output.
 
     ``gather(x_float32, w_float32)`` returns the float x and w terms of the output."""
-    from .qnn.gemm import quantize_bias
+    from .qnn.bias import quantize_bias
 
     x32 = _check_codes(x_float, x_q, x_qp, "x_float", "x_q")
     w32 = _check_codes(w_float, w_q, w_qp, "w_float", "w_q")
@@ -660,10 +649,12 @@ def _float_inputs(x_float, x_q, x_qp, w_float, w_q, w_qp, b_float, bias_q, chann
     return FloatInputs(xs, ws, b, notes, x_qp.spec.rounding, w_qp.spec.rounding)
 
 
-def explain_linear(x_q, x_qp: QParams, w_q, w_qp: QParams, bias_q, y_qp: QParams, row: int, col: int,
+def explain_linear(x_q: npt.ArrayLike, x_qp: QParams, w_q: npt.ArrayLike, w_qp: QParams,
+                   bias_q: npt.ArrayLike | None, y_qp: QParams, row: int, col: int,
                    *, mode: str = "tflite", qmin: int | None = None, qmax: int | None = None,
-                   accumulation: str = "exact", x_float=None, w_float=None, b_float=None,
-                   float_bias=None) -> Explanation:
+                   accumulation: str = "exact", x_float: npt.ArrayLike | None = None,
+                   w_float: npt.ArrayLike | None = None, b_float: npt.ArrayLike | None = None,
+                   float_bias: npt.ArrayLike | None = None) -> Explanation:
     """Explain output ``[row, col]`` of an integer linear layer.
 
     Parameters
@@ -688,7 +679,7 @@ def explain_linear(x_q, x_qp: QParams, w_q, w_qp: QParams, bias_q, y_qp: QParams
         The output code range of a fused activation; ``None``: ``y_qp``'s ``qmin`` /
         ``qmax``.
     accumulation : str
-        As in :func:`npquant.qnn.gemm.linear_accumulate`.
+        As in :func:`npquant.qnn.linear.linear_accumulate`.
     x_float, w_float, b_float : float arrays of the shapes of ``x_q``, ``w_q``, ``bias_q``, optional
         The floats the codes were made from (they must quantize to them): adds step 0
         (how each value became its code) and the error against the float layer.
@@ -701,10 +692,10 @@ def explain_linear(x_q, x_qp: QParams, w_q, w_qp: QParams, bias_q, y_qp: QParams
     -------
     Explanation
         Its ``acc + bias`` and ``code`` are checked against
-        :func:`npquant.qnn.gemm.linear_accumulate` and :func:`npquant.qnn.gemm.qlinear`
+        :func:`npquant.qnn.linear.linear_accumulate` and :func:`npquant.qnn.linear.qlinear`
         (:class:`ExplainConsistencyError` if they differ: a bug).
     """
-    from .qnn.gemm import linear_accumulate, qlinear
+    from .qnn.linear import linear_accumulate, qlinear
 
     check_accumulation(accumulation)
     x = np.asarray(x_q)
@@ -715,8 +706,7 @@ def explain_linear(x_q, x_qp: QParams, w_q, w_qp: QParams, bias_q, y_qp: QParams
     col = check_int(col, "col", lo=0, hi=w.shape[0] - 1)
     s_x, z_x = _per_tensor(x_qp, "x_qp")
     s_y, z_y = _per_tensor(y_qp, "y_qp")
-    if not isinstance(w_qp, QParams):
-        raise TypeError(f"w_qp must be a QParams, got {type(w_qp).__name__}")
+    check_qparams(w_qp, "w_qp")
     s_w, z_w = _channel(w_qp, col)
     b = 0 if bias_q is None else int(np.asarray(bias_q).reshape(-1)[col])
     lo = y_qp.spec.qmin if qmin is None else qmin
@@ -736,9 +726,10 @@ def explain_linear(x_q, x_qp: QParams, w_q, w_qp: QParams, bias_q, y_qp: QParams
                     float_bias=fb, float_bias_fma=fma)
     xr = x[row:row + 1]
     lib_acc = int(linear_accumulate(xr, x_qp, w, w_qp, bias_q, overflow="wrap", accumulation=accumulation)[0, col])
-    lib_code = int(qlinear(xr, x_qp, w, w_qp, bias_q, y_qp, mode=mode, activation=act, overflow="wrap",
-                           accumulation=accumulation, float_bias=float_bias)[0, col])
-    _check_layer(e, lib_acc, lib_code, "npquant.qnn.gemm.qlinear")
+    lib_code = int(qlinear(xr, x_qp, w, w_qp, bias_q if float_bias is None else float_bias, y_qp,
+                           mode=mode if float_bias is None else "fbgemm", activation=act, overflow="wrap",
+                           accumulation=accumulation)[0, col])
+    _check_layer(e, lib_acc, lib_code, "npquant.qnn.linear.qlinear")
     return e
 
 
@@ -772,10 +763,13 @@ def _check_layer(e: Explanation, lib_acc: int, lib_code: int, where: str) -> Non
             f"{lib_code}: a bug in npquant, please report it")
 
 
-def explain_conv2d(x_q, x_qp: QParams, w_q, w_qp: QParams, bias_q, y_qp: QParams, index, *,
-                   stride=1, padding=0, dilation=1, groups: int = 1, mode: str = "tflite",
+def explain_conv2d(x_q: npt.ArrayLike, x_qp: QParams, w_q: npt.ArrayLike, w_qp: QParams,
+                   bias_q: npt.ArrayLike | None, y_qp: QParams, index: Sequence[int], *,
+                   stride: int | Sequence[int] = 1, padding: int | Sequence[int] = 0,
+                   dilation: int | Sequence[int] = 1, groups: int = 1, mode: str = "tflite",
                    qmin: int | None = None, qmax: int | None = None, accumulation: str = "exact",
-                   x_float=None, w_float=None, b_float=None, float_bias=None) -> Explanation:
+                   x_float: npt.ArrayLike | None = None, w_float: npt.ArrayLike | None = None,
+                   b_float: npt.ArrayLike | None = None, float_bias: npt.ArrayLike | None = None) -> Explanation:
     """Explain output ``index = (n, o, i, j)`` of an integer conv2d: x NCHW codes, w OIHW.
 
     The receptive field is gathered explicitly, padding positions holding ``Z_x`` (so
@@ -842,8 +836,7 @@ def explain_conv2d(x_q, x_qp: QParams, w_q, w_qp: QParams, bias_q, y_qp: QParams
         raise ValueError(f"index {tuple(index)} is outside the output shape {(x.shape[0], w.shape[0], oh, ow)}")
     s_x, z_x = _per_tensor(x_qp, "x_qp")
     s_y, z_y = _per_tensor(y_qp, "y_qp")
-    if not isinstance(w_qp, QParams):
-        raise TypeError(f"w_qp must be a QParams, got {type(w_qp).__name__}")
+    check_qparams(w_qp, "w_qp")
     s_w, z_w = _channel(w_qp, o)
     g = o // (w.shape[0] // groups)
     acc_mode = resolve(accumulation, "conv2d", conv=(x.shape[1], w.shape[0], groups, (kh, kw), geo.stride,
@@ -884,13 +877,14 @@ def explain_conv2d(x_q, x_qp: QParams, w_q, w_qp: QParams, bias_q, y_qp: QParams
                    accumulation=accumulation)
     xn = x[n:n + 1]
     lib_acc = int(conv2d_accumulate(xn, x_qp, w, w_qp, bias_q, **kw_conv)[0, o, i, j])
-    lib_code = int(qconv2d(xn, x_qp, w, w_qp, bias_q, y_qp, mode=mode, activation=act, float_bias=float_bias,
-                           **kw_conv)[0, o, i, j])
+    lib_code = int(qconv2d(xn, x_qp, w, w_qp, bias_q if float_bias is None else float_bias, y_qp,
+                           mode=mode if float_bias is None else "fbgemm", activation=act, **kw_conv)[0, o, i, j])
     _check_layer(e, lib_acc, lib_code, "npquant.qnn.conv.qconv2d")
     return e
 
 
-def explain_layer(model, inputs, layer, index) -> Explanation:
+def explain_layer(model: IntegerModel | Graph, inputs: npt.ArrayLike | dict | list, layer: int | str,
+                  index: Sequence[int]) -> Explanation | ElementTrace:
     """Explain one output element of any integer layer inside an integer model.
 
     The model runs on ``inputs`` up to ``layer``. For a linear or conv layer, the layer's
@@ -971,16 +965,17 @@ def explain_layer(model, inputs, layer, index) -> Explanation:
                 qp_in = getattr(lyr, "y_qp", qp_in)
             y = np.asarray(obj(x))
             return trace_element(op, attrs, [x], [qp_in], y, getattr(obj, "y_qp", qp_in), index, name=what)
-        from .models.graph import OPS
+        from .models.graph import op_kind
 
-        if not OPS[node.op].startswith("[int]") and node.op not in ("quantize", "dequantize", "quantize_tflite"):
+        if op_kind(node.op) == "float":
             raise ValueError(f"{what} is a float op: explain traces the integer nodes of a graph")
         return trace_element(node.op, dict(node.attrs), [np.asarray(env[t]) for t in node.inputs],
                              [model.qparams.get(t) for t in node.inputs], np.asarray(env[node.outputs[0]]),
                              model.qparams.get(node.outputs[0]), index, name=what)
     index = tuple(int(i) for i in index)
     lo, hi = (int(v) for v in obj.out_range)
-    common = dict(mode=obj.mode, qmin=lo, qmax=hi, accumulation=obj.accumulation, float_bias=obj.float_bias)
+    mode = "fp32" if obj.mode == "fbgemm" else obj.mode  # explain_* spell fbgemm's path mode="fp32", float_bias=
+    common = dict(mode=mode, qmin=lo, qmax=hi, accumulation=obj.accumulation, float_bias=obj.float_bias)
     bias_q = None if obj.float_bias is not None else obj.bias_q  # (a float-bias layer holds zeros there)
     if isinstance(obj, ql.QLinear):
         if len(index) != 2:
@@ -1087,8 +1082,8 @@ def _pads(v) -> tuple[int, int, int, int]:
     return (t[0], t[0], t[1], t[1]) if len(t) == 2 else t
 
 
-def trace_element(op: str, attrs: dict, inputs: list, in_qps: list, output, out_qp, index, *,
-                  name: str = "layer") -> ElementTrace:
+def trace_element(op: str, attrs: dict, inputs: list, in_qps: list, output: np.ndarray, out_qp: QParams | None,
+                  index: Sequence[int], *, name: str = "layer") -> ElementTrace:
     """Trace one output element of a layer without an accumulator from the codes of a run.
 
     Parameters
@@ -1202,7 +1197,7 @@ def builtin_example(layer: str = "linear", seed: int = 0) -> dict:
     uint8 asymmetric input (floats in ``[-0.4, 1)``, so ``Z_x`` is not 0), int8
     asymmetric per-tensor weights (skewed to positive values, so ``Z_w`` is not 0: the
     folded form of Jacob et al.'s eq. 7 has every term), int32 bias at ``S_x S_w``
-    (:func:`npquant.qnn.gemm.quantize_bias`), uint8 output whose range is calibrated on
+    (:func:`npquant.qnn.bias.quantize_bias`), uint8 output whose range is calibrated on
     the float output. Returns the keyword arguments of :func:`explain_linear` /
     :func:`explain_conv2d` (without ``mode``), the float tensors included: linear layer
     (2, 16) -> (2, 4), element ``[0, 1]``; conv 3x3, padding 1, (1, 2, 5, 5) -> (1, 3,
@@ -1221,7 +1216,7 @@ def builtin_example(layer: str = "linear", seed: int = 0) -> dict:
         Keyword arguments of :func:`explain_linear` or :func:`explain_conv2d`.
     """
     from .affine import quantize
-    from .qnn.gemm import quantize_bias
+    from .qnn.bias import quantize_bias
     from .qparams import QuantSpec, compute_qparams, fit_qparams
 
     check_choice(layer, "layer", ("linear", "conv"))

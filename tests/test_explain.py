@@ -15,16 +15,15 @@ from npquant.explain import (
     explain_dot,
     explain_linear,
 )
+from npquant.qnn.bias import quantize_bias
 from npquant.qnn.conv import conv2d_accumulate, qconv2d
-from npquant.qnn.gemm import linear_accumulate, qlinear, quantize_bias
+from npquant.qnn.linear import linear_accumulate, qlinear
 from npquant.requant.fixedpoint import (
-    REQUANT_MODES,
-    effective_multiplier,
     quantize_multiplier,
-    requantize,
     rounding_divide_by_pot,
     saturating_rounding_doubling_high_mul,
 )
+from npquant.requant.modes import REQUANT_MODES, effective_multiplier, requantize
 
 CONV_INDICES = [(0, 0, 0, 0), (0, 1, 0, 2), (0, 2, 4, 4), (0, 1, 2, 3)]
 
@@ -473,6 +472,7 @@ def test_explain_command_on_a_model_file(capsys, tmp_path):
     assert "3. bias: PyTorch's float bias b = " in capsys.readouterr().out
 
 
+@pytest.mark.slow  # whole models: run in the JIT pass
 @pytest.mark.parametrize("name", ["mlp", "cnn"])
 def test_explain_layer_of_pytorch_ptq_models_with_float_bias(name):
     from npquant.app.demo import default_models_dir
@@ -512,7 +512,7 @@ def test_float_bias_trace_equals_fbgemm_requantize_on_every_output(per_channel):
     fb = (rng.normal(size=6) * 0.7).astype(np.float32)
     xq = rng.integers(0, 256, (40, 9)).astype(np.uint8)
     for act in (None, "relu"):
-        layer = QLinear(w, w_qp, None, x_qp, y_qp, mode="fp32", float_bias=fb, activation=act)
+        layer = QLinear(w, w_qp, fb, x_qp, y_qp, mode="fbgemm", activation=act)
         y = layer(xq)
         lo, hi = (int(v) for v in layer.out_range)
         for r in range(xq.shape[0]):
@@ -526,6 +526,7 @@ def test_float_bias_trace_equals_fbgemm_requantize_on_every_output(per_channel):
         explain_linear(xq, x_qp, w, w_qp, None, y_qp, 0, 0, mode="tflite", float_bias=fb)
 
 
+@pytest.mark.slow  # whole models: run in the JIT pass
 def test_trace_element_of_every_other_integer_node():
     """Every node without an accumulator of a graph with add, relu6, concat, both pools,
     flatten, quantize and dequantize: the listed input elements, through the op on their real

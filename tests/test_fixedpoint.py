@@ -11,15 +11,12 @@ from npquant._kernels import requantize as _k
 from npquant.requant.fixedpoint import (
     INT32_MAX,
     INT32_MIN,
-    REQUANT_MODES,
-    effective_multiplier,
     multiply_by_quantized_multiplier,
     quantize_multiplier,
-    requantize,
-    requantize_ties,
     rounding_divide_by_pot,
     saturating_rounding_doubling_high_mul,
 )
+from npquant.requant.modes import REQUANT_MODES, effective_multiplier, requantize, requantize_ties
 
 int32s = st.integers(INT32_MIN, INT32_MAX)
 
@@ -537,7 +534,7 @@ def _single_away_ref(acc, m, zp, qmin, qmax):
 
 
 def test_single_away_is_an_extra_mode():
-    from npquant.requant.fixedpoint import EXTRA_REQUANT_MODES
+    from npquant.requant.modes import EXTRA_REQUANT_MODES
     assert EXTRA_REQUANT_MODES == ("tflite_single_away",)
     assert "tflite_single_away" not in REQUANT_MODES  # the tie tables compare the four stacks
     np.testing.assert_array_equal(effective_multiplier(0.5, [0.25, 0.5], 0.125, "tflite_single_away"),
@@ -591,3 +588,109 @@ def test_single_away_kernel_equals_twin_at_the_edges_and_per_channel():
             sl = (slice(None),) * axis + (k,)
             np.testing.assert_array_equal(out[sl], requantize(a[sl], float(mult[k]), 3, -128, 127,
                                                               mode="tflite_single_away"))
+
+
+# ---- the scalar reference: the definition, the NumPy twin and the kernel agree ----------------
+
+from npquant.requant.fixedpoint import (  # noqa: E402
+    multiply_by_quantized_multiplier_scalar,
+    quantize_multiplier_scalar,
+    rounding_divide_by_pot_scalar,
+    saturating_rounding_doubling_high_mul_scalar,
+    wrap_int32,
+)
+
+EDGE_INT32 = [int(v) for v in EXTREME_ACC] + [-3, -2, 2, 3, (1 << 29), -(1 << 29) - 1]
+
+
+@pytest.mark.parametrize("real, m0, shift", TFLITE_MULTIPLIERS)
+def test_quantize_multiplier_scalar_tflite_vectors(real, m0, shift):
+    assert quantize_multiplier_scalar(real) == (m0, shift)
+
+
+@given(st.floats(-(2.0**40), 2.0**40, allow_nan=False)
+       | st.sampled_from([2.0**-32, 2.0**-33, 0.75 * 2.0**-32, 2.0**31, 2.0**62 - 2.0**9, 2.0**62]),
+       st.sampled_from(["double", "single", "single_away"]))
+def test_quantize_multiplier_twin_equals_scalar(real, rounding):
+    try:
+        want = quantize_multiplier_scalar(real, rounding)
+    except ValueError as e:  # negative for "single", or too large: the twin refuses too
+        with pytest.raises(ValueError, match=str(e)[:20]):
+            quantize_multiplier(real, rounding)
+        return
+    m0, shift = quantize_multiplier(real, rounding)
+    assert (int(m0), int(shift)) == want
+
+
+def test_quantize_multiplier_scalar_rejects():
+    assert quantize_multiplier_scalar(2.0**31, "single") == (INT32_MAX, 30)
+    with pytest.raises(ValueError, match="real must be >= 0"):
+        quantize_multiplier_scalar(-0.5, "single")
+    with pytest.raises(ValueError, match="finite"):
+        quantize_multiplier_scalar(float("nan"))
+    with pytest.raises(ValueError, match="too large"):
+        quantize_multiplier_scalar(2.0**70)
+
+
+@given(int32s, int32s)
+def test_srdhm_scalar_is_the_definition_and_the_twin_and_kernel_equal_it(a, b):
+    ref = saturating_rounding_doubling_high_mul_scalar(a, b)
+    assert ref == srdhm_ref(a, b)
+    assert int(saturating_rounding_doubling_high_mul(a, b)) == ref
+    assert int(_k.srdhm(np.int32(a), np.int32(b))) == ref
+
+
+@given(int32s, st.integers(0, 31))
+def test_rdbpot_scalar_is_the_definition_and_the_twin_and_kernel_equal_it(x, e):
+    ref = rounding_divide_by_pot_scalar(x, e)
+    assert ref == rdbpot_ref(x, e)
+    assert int(rounding_divide_by_pot(x, e)) == ref
+    assert int(_k.rdbpot(np.int32(x), np.int32(e))) == ref
+
+
+@given(int32s, st.integers(0, INT32_MAX) | st.sampled_from([0, 1 << 30, INT32_MAX]), st.integers(-31, 30),
+       st.sampled_from(["double", "single", "single_away"]))
+def test_mbqm_scalar_is_the_definition_and_the_twin_and_kernels_equal_it(x, m0, shift, rounding):
+    ref = multiply_by_quantized_multiplier_scalar(x, m0, shift, rounding)
+    if rounding != "single_away":
+        assert ref == mbqm_ref(x, m0, shift, rounding)
+    else:
+        v = Fraction(x * m0, 1 << (31 - shift))
+        assert ref == int(math.copysign(math.floor(abs(v) + Fraction(1, 2)), v))
+    assert int(multiply_by_quantized_multiplier(x, m0, shift, rounding)) == ref
+    kernel = {"double": _k.mbqm_double, "single": _k.mbqm_single, "single_away": _k.mbqm_single_away}[rounding]
+    assert int(kernel(np.int32(x), np.int32(m0), np.int32(shift))) == ref
+
+
+def test_scalar_primitives_at_the_edges():
+    for a in EDGE_INT32:
+        assert wrap_int32(a) == a and wrap_int32(a + (1 << 32)) == a
+        for b in EDGE_INT32:
+            ref = saturating_rounding_doubling_high_mul_scalar(a, b)
+            assert ref == srdhm_ref(a, b) == int(_k.srdhm(np.int32(a), np.int32(b))), (a, b)
+        for e in range(32):
+            ref = rounding_divide_by_pot_scalar(a, e)
+            assert ref == rdbpot_ref(a, e) == int(_k.rdbpot(np.int32(a), np.int32(e))), (a, e)
+        for m0 in (0, 1, 1 << 30, INT32_MAX):
+            for shift in (-31, -5, 0, 1, 30):
+                for rounding in MBQM:
+                    ref = multiply_by_quantized_multiplier_scalar(a, m0, shift, rounding)
+                    assert ref == int(multiply_by_quantized_multiplier(a, m0, shift, rounding)), (a, m0, shift)
+
+
+MBQM = ("double", "single", "single_away")
+
+
+def test_scalar_primitives_reject():
+    with pytest.raises(ValueError, match="a must be in"):
+        saturating_rounding_doubling_high_mul_scalar(1 << 31, 1)
+    with pytest.raises(TypeError, match="b must be an integer"):
+        saturating_rounding_doubling_high_mul_scalar(1, 0.5)
+    with pytest.raises(ValueError, match="exponent must be in"):
+        rounding_divide_by_pot_scalar(1, 32)
+    with pytest.raises(ValueError, match="shift must be in"):
+        multiply_by_quantized_multiplier_scalar(1, 1 << 30, 31)
+    with pytest.raises(ValueError, match="m0 >= 0"):
+        multiply_by_quantized_multiplier_scalar(1, -5, 0, "single")
+    with pytest.raises(ValueError, match="rounding must be one of"):
+        multiply_by_quantized_multiplier_scalar(1, 5, 0, "triple")

@@ -15,7 +15,7 @@ from oracles import fma32 as oracle_fma32
 
 from npquant import QParams, QuantSpec, dequantize, fit_qparams, quantize
 from npquant._kernels.quantize import fma32
-from npquant.affine import _fma32_numpy
+from npquant.rounding import fma32 as _fma32_numpy
 
 MODES = ("half_even", "half_away", "half_up", "floor", "stochastic")
 METHODS = ("divide", "mul", "mul_add", "fma")
@@ -132,13 +132,23 @@ def test_fma32_is_correctly_rounded(a, b, c):
 @example(a=-1.401298464324817e-45, b=0.5, c=0.0)  # -2^-150 exactly: rounds to -0, not +0
 @example(a=-0.0, b=1.0, c=-0.0)  # an exact zero sum of two -0 addends is -0
 @example(a=1.0, b=1.0, c=-1.0)  # an exact zero sum otherwise is +0
-def test_the_optimizers_fma32_is_correctly_rounded_too(a, b, c):
-    # _kernels.optim.fma32 (the optimizers' fused multiply-add, another algorithm): the same bits
-    from npquant._kernels.optim import fma32 as fma32_optim
+def test_fma32_is_correctly_rounded_with_a_float32_addend(a, b, c):
+    # the optimizers' use (_kernels.optim imports this kernel): c is any float32
+    from npquant._kernels import optim
 
+    assert optim.fma32 is fma32
     a, b, c = np.float32(a), np.float32(b), np.float32(c)
     ref = oracle_fma32(a, b, c)
-    assert np.float32(fma32_optim(a, b, c)).view(np.uint32) == ref.view(np.uint32)
+    assert np.float32(fma32(a, b, c)).view(np.uint32) == ref.view(np.uint32)
+
+
+def test_fma32_nan_and_overflow():
+    nan = np.float32("nan")
+    assert np.isnan(fma32(nan, np.float32(1), 0)) and np.isnan(fma32(np.float32(1), np.float32(1), nan))
+    big = np.float32(3e38)
+    with np.errstate(over="ignore"):  # NUMBA_DISABLE_JIT=1: NumPy's float32 cast warns
+        assert fma32(big, np.float32(2), np.float32(0)) == np.float32("inf")
+        assert fma32(-big, np.float32(2), np.float32(0)) == np.float32("-inf")
 
 
 def test_fma32_on_near_ties():

@@ -141,7 +141,7 @@ def toy_data(n=120, seed=0):
 # ---------------------------------------------------------------------------------------
 def test_fused_multiply_add_rounds_once_where_float64_rounds_twice():
     from npquant._kernels.quantize import fma32
-    from npquant.affine import _fma32_numpy
+    from npquant.rounding import fma32 as _fma32_numpy
 
     # a*b + c = 1 + 2**-24 + 2**-70: float64 rounds it to the float32 midpoint 1 + 2**-24,
     # which then ties to 1.0; the exact value is above the midpoint: 1 + 2**-23.
@@ -167,7 +167,7 @@ def test_fused_multiply_add_rounds_once_where_float64_rounds_twice():
 
 def test_optimizer_fma32_kernel_equals_the_numpy_twin():
     from npquant._kernels import optim as K
-    from npquant.affine import _fma32_numpy
+    from npquant.rounding import fma32 as _fma32_numpy
 
     rng = np.random.default_rng(4)
     n = 3000

@@ -35,7 +35,7 @@ def parse_size(label: str) -> tuple[int, ...]:
 
 
 def cases(ctx):
-    from npquant.requant.fixedpoint import requantize
+    from npquant.requant.modes import requantize
 
     rng = np.random.default_rng(ctx.seed)
     for label in ctx.sizes:

@@ -1,47 +1,19 @@
 """numba kernels of the optimizers: one SGD or Adam update of a flat float32 parameter.
 
 Twins: ``npquant.training.optim.SGD._update_numpy`` and ``Adam._update_numpy``, which
-state the formulas (PyTorch's), and, for :func:`fma32`, ``npquant.affine._fma32_numpy``.
+state the formulas (PyTorch's); the fused multiply-add is ``_kernels.quantize.fma32``
+(twin: ``npquant.rounding.fma32``).
 A kernel does, element by element, the same float32 operations in the same order as its
 twin, so both give the same bits (with the JIT and with ``NUMBA_DISABLE_JIT=1``). Every
 scalar argument is already float32 (or a flag); the arrays are 1-D, C-contiguous,
 float32, updated in place. Kernels never validate.
 """
 
-import math
 
 import numpy as np
 
 from ._jit import njit
-
-
-@njit(cache=True, inline="always")
-def fma32(a, b, c):
-    """float32 ``a * b + c`` rounded once, for float32 ``a, b, c`` (a fused multiply-add).
-
-    The product is exact in float64 (24 + 24 bits) and the float64 sum ``s`` is within
-    half a float64 ulp of the exact value; rounding ``s`` to float32 is then correct unless
-    ``s`` lies exactly halfway between two float32 values ``r`` and ``q`` while the exact
-    value does not (double rounding). That case is detected without bit tricks: ``q = 2s -
-    r`` is exact in float64 and is a float32 value only when ``s`` is such a midpoint. Then
-    the TwoSum error ``e`` (exact value ``= s + e``) says which of ``r`` and ``q`` is nearer.
-    Correctly rounded like ``_kernels.quantize.fma32`` (round to odd), with no libm call
-    (both tested against exact rational arithmetic in tests/test_kernels_quantize.py).
-    """
-    p = np.float64(a) * np.float64(b)
-    cc = np.float64(c)
-    s = p + cc
-    r = np.float32(s)
-    rd = np.float64(r)
-    if rd != s and not math.isinf(r):
-        q = 2.0 * s - rd
-        qf = np.float32(q)
-        if np.float64(qf) == q:               # s is halfway between r and q
-            t = s - p                          # TwoSum: s + e == p + cc exactly
-            e = (p - (s - t)) + (cc - t)
-            if (e > 0.0 and q > rd) or (e < 0.0 and q < rd):
-                r = qf
-    return r
+from .quantize import fma32
 
 
 @njit(cache=True, inline="always")

@@ -1,6 +1,8 @@
 """numba kernels of linear quantization: float32 -> integer codes and back.
 
-Twins: ``npquant.affine._quantize_numpy`` and ``npquant.affine._dequantize_numpy``.
+Twins: ``npquant.affine._quantize_numpy`` and ``npquant.affine._dequantize_numpy``;
+:func:`fma32` is the twin of ``npquant.rounding.fma32`` and ``_round`` of
+``npquant.rounding.round_values``. Mode and method codes: ``npquant._kernels.modes``.
 
 Arrays are seen as 3-D ``(outer, n, inner)`` with the parameter axis in the middle and
 parameters as ``(outer or 1, n_blocks, inner or 1)``; element ``[o, c, i]`` uses parameter
@@ -13,29 +15,28 @@ import math
 import numpy as np
 
 from ._jit import njit
-
-# rounding mode codes, in the order of npquant.qparams.ROUNDING_MODES
-HALF_EVEN, HALF_AWAY, HALF_UP, FLOOR, STOCHASTIC = 0, 1, 2, 3, 4
-# arithmetic method codes, in the order of npquant.affine.METHODS (less "torch")
-DIVIDE, MUL, MUL_ADD, FMA = 0, 1, 2, 3
+from .modes import DIVIDE, HALF_AWAY, HALF_EVEN, HALF_UP, MUL, MUL_ADD, STOCHASTIC
 
 _TWO53 = 9007199254740992.0
 
 
 @njit(cache=True, inline="always")
 def fma32(a, b, c):
-    """float32(a * b + c) with a single rounding, for float32 ``a, b`` and an integer ``c``.
+    """float32(a * b + c) with a single rounding (a fused multiply-add), for float32 ``a, b``
+    and ``c`` a float32 or an integer exact in float64 (a zero point). The one kernel of
+    this primitive: quantization and the optimizers (``_kernels.optim``) use it.
 
     ``a * b`` is exact in float64 (24 + 24 bits). The sum is rounded to odd in float64
     (TwoSum error, then a one-ulp nudge of an even result toward the error), which makes
-    the final float64 -> float32 rounding correct: 53 >= 24 + 2 bits.
+    the final float64 -> float32 rounding correct: 53 >= 24 + 2 bits. A NaN sum is
+    returned as is (no nudge).
     """
     p = np.float64(a) * np.float64(b)
     cc = np.float64(c)
     s = p + cc
     bb = s - p
     e = (p - (s - bb)) + (cc - bb)
-    if e != 0.0:
+    if e != 0.0 and not math.isnan(e):
         m, ex = math.frexp(s)
         if np.int64(m * _TWO53) & 1 == 0:
             s = s + math.copysign(math.ldexp(1.0, ex - 53), e)

@@ -1,6 +1,7 @@
 """numba kernels of integer requantization (int32 accumulator -> output codes).
 
-Twin: ``npquant.requant.fixedpoint._requantize_numpy``. Integer steps are done in int64 with
+Twin: ``npquant.requant.modes._requantize_numpy``; the scalar reference of ``srdhm``,
+``rdbpot`` and ``mbqm_*``: ``npquant.requant.fixedpoint.*_scalar``. Integer steps are done in int64 with
 explicit casts, so that the JIT and plain Python (``NUMBA_DISABLE_JIT=1``) agree.
 
 Speed: the per-value functions (``_one_*``) are branch-free (selects, min/max), and each
@@ -14,12 +15,10 @@ one per value, so the loop is long and still contiguous.
 import numpy as np
 
 from ._jit import njit
+from .modes import FP32, TFLITE, TFLITE_SINGLE, TFLITE_SINGLE_AWAY
 
-# mode codes, in the order of npquant.requant.fixedpoint.REQUANT_MODES + EXTRA_REQUANT_MODES
-TFLITE, TFLITE_SINGLE, FP32, ONNX, TFLITE_SINGLE_AWAY = 0, 1, 2, 3, 4
-
-_I32_MIN = -2147483648
-_I32_MAX = 2147483647
+_I32_MIN = int(np.iinfo(np.int32).min)
+_I32_MAX = int(np.iinfo(np.int32).max)
 _SHORT_ROW = 16  # rows shorter than this take the flattened path
 
 
