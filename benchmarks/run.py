@@ -43,7 +43,7 @@ ROOT = os.path.dirname(HERE)
 if ROOT not in sys.path:  # ``python benchmarks/run.py`` from anywhere
     sys.path.insert(0, ROOT)
 
-SUITES = ("gemm", "cnn", "requantize", "unpack", "huffman", "kmeans", "quantize", "dequantize", "training")
+SUITES = ("gemm", "conv", "cnn", "requantize", "unpack", "huffman", "kmeans", "quantize", "dequantize", "training")
 PEERS = ("torch", "onnxruntime")
 THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS")
 # --isa avx2: every library on its AVX2 code path, where it has a switch (onnxruntime has none)

@@ -15,7 +15,8 @@ from npquant.qnn.accumulation import host_path
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZES = {"gemm": "7x70x100", "cnn": "9", "quantize": "1e3,1e3:per_group", "dequantize": "1e3", "training": "mlp:64",
-         "requantize": "2x8x4x4,16x8", "unpack": "1e3", "huffman": "lenet,2e3", "kmeans": "2e3"}
+         "requantize": "2x8x4x4,16x8", "unpack": "1e3", "huffman": "lenet,2e3", "kmeans": "2e3",
+         "conv": "1x4x6x6x5x3"}
 
 
 @pytest.mark.slow

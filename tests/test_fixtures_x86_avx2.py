@@ -18,7 +18,7 @@ from npquant import QParams, QuantSpec
 from npquant.qnn.accumulation import resolve
 from npquant.qnn.add import add, torch_add_vector_width
 from npquant.qnn.conv import conv2d_accumulate, qconv2d
-from npquant.qnn.gemm import linear_accumulate, qlinear
+from npquant.qnn.linear import linear_accumulate, qlinear
 
 DATA = Path(__file__).parent / "data" / "x86_avx2"
 FILES = sorted(p.name for p in DATA.glob("*.npz"))
@@ -63,8 +63,8 @@ def test_torch_linear(name):
     for mode, want, acc_want in (("fbgemm_avx2", d["y"], d["acc"]), ("exact", d["exact"], d["acc_exact"])):
         acc = linear_accumulate(d["x"], x_qp, d["w"], w_qp, accumulation=mode)
         np.testing.assert_array_equal(acc, acc_want)
-        got = qlinear(d["x"], x_qp, d["w"], w_qp, None, y_qp, mode="fp32", activation=act,
-                      float_bias=d["bias"], accumulation=mode)
+        got = qlinear(d["x"], x_qp, d["w"], w_qp, d["bias"], y_qp, mode="fbgemm", activation=act,
+                      accumulation=mode)
         _record(name, mode, got, want)
     COUNTS[(name, "exact vs library")] = (int(np.sum(d["exact"] != d["y"])), d["y"].size)
 
@@ -86,8 +86,8 @@ def test_torch_conv2d(name):
         for backend in ("numba", "numpy"):
             acc = conv2d_accumulate(d["x"], x_qp, d["w"], w_qp, accumulation=mode, backend=backend, **kw)
             np.testing.assert_array_equal(acc, acc_want, err_msg=f"{name} {mode} {backend}")
-        got = qconv2d(d["x"], x_qp, d["w"], w_qp, None, y_qp, mode="fp32", activation=act,
-                      float_bias=d["bias"], accumulation=mode, **kw)
+        got = qconv2d(d["x"], x_qp, d["w"], w_qp, d["bias"], y_qp, mode="fbgemm", activation=act,
+                      accumulation=mode, **kw)
         _record(name, mode, got, want)
     COUNTS[(name, "exact vs library")] = (int(np.sum(d["exact"] != d["y"])), d["y"].size)
 

@@ -13,7 +13,8 @@ from numba.core import config
 from npquant import QParams, QuantSpec
 from npquant._kernels import gemm as kg
 from npquant._kernels import simd
-from npquant.qnn.gemm import _gemm_u8s8_numpy, linear_accumulate
+from npquant.qnn.gemm import _gemm_u8s8_numpy
+from npquant.qnn.linear import linear_accumulate
 
 RUNS_VNNI = simd.HAVE_VNNI or config.DISABLE_JIT
 RUNS_AVX2 = simd.HAVE_AVX2 or config.DISABLE_JIT

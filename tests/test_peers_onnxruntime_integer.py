@@ -12,7 +12,7 @@ import pytest
 from npquant import QParams, QuantSpec
 from npquant.qnn.accumulation import host_path
 from npquant.qnn.conv import conv2d_accumulate, qconv2d
-from npquant.qnn.gemm import linear_accumulate, qlinear
+from npquant.qnn.linear import linear_accumulate, qlinear
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")

@@ -13,16 +13,9 @@ from hypothesis import strategies as st
 from npquant import QParams, QuantSpec
 from npquant.explain import explain_conv2d, explain_linear
 from npquant.qnn import accumulation as acc
-from npquant.qnn.conv import conv2d_accumulate, qconv2d
-from npquant.qnn.gemm import (
-    _gemm_u8s8_numpy,
-    available_gemm_kernels,
-    gemm_kernel,
-    linear_accumulate,
-    qlinear,
-    use_gemm_kernel,
-)
-from npquant.qnn.layers import QConv2d, QLinear
+from npquant.qnn.conv import QConv2d, conv2d_accumulate, qconv2d
+from npquant.qnn.gemm import _gemm_u8s8_numpy, available_gemm_kernels, gemm_kernel, use_gemm_kernel
+from npquant.qnn.linear import QLinear, linear_accumulate, qlinear
 from npquant.qnn.overflow import int16_pair_accumulate
 
 KERNELS = available_gemm_kernels()

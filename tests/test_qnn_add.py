@@ -240,3 +240,13 @@ def test_qadd_passes_left_shift_and_vector_width_and_checks():
         qadd(q1, qp1, q2, qp2, y_qp, mode="fp32")
     with pytest.raises(ValueError, match="per-tensor"):
         qadd(q1, QParams(np.full(100, 0.02, np.float32), 120, u8.replace(axis=0)), q2, qp2, y_qp)
+
+
+@pytest.mark.parametrize("qmin, qmax, dtype", [(-128, 127, np.int8), (0, 255, np.uint8), (-200, 100, np.int16),
+                                               (-1, 40000, np.int32), (0, 65535, np.uint16)])
+def test_add_output_dtype_holds_the_code_range(qmin, qmax, dtype):
+    # the smallest integer dtype that holds [qmin, qmax]: (-200, 100) once came out as int8 and wrapped
+    q = np.array([qmin, qmax, 0], np.int64)
+    out = add(q, 1.0, 0, np.zeros(3, np.int64), 1.0, 0, 1.0, 0, qmin=qmin, qmax=qmax, left_shift=10)
+    assert out.dtype == dtype
+    np.testing.assert_array_equal(out, [qmin, qmax, 0])

@@ -9,10 +9,10 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from npquant import QParams, QuantSpec
-from npquant.qnn.conv import conv2d_accumulate, conv_geometry, qconv2d
-from npquant.qnn.gemm import linear_accumulate, qlinear
-from npquant.qnn.layers import QConv2d
-from npquant.requant.fixedpoint import REQUANT_MODES, effective_multiplier, requantize
+from npquant.qnn.conv import QConv2d, conv2d_accumulate, conv_geometry, qconv2d
+from npquant.qnn.gemm import FORMS
+from npquant.qnn.linear import linear_accumulate, qlinear
+from npquant.requant.modes import REQUANT_MODES, effective_multiplier, requantize
 
 
 def conv_oracle(x, zx, w, zw, bias, stride, pads, dilation, groups):
@@ -57,7 +57,7 @@ def make_conv(rng, n, c, h, wd, o, cg, kh, kw, x_signed=False, w_signed=True, pe
 
 def all_accumulators(x, x_qp, w, w_qp, b, **geo):
     outs = [conv2d_accumulate(x, x_qp, w, w_qp, b, form=f, backend=be, **geo)
-            for f in ("direct", "folded") for be in ("numba", "numpy")]
+            for f in FORMS for be in ("numba", "numpy")]
     for a in outs:
         assert a.dtype == np.int32
         np.testing.assert_array_equal(a, outs[0])
@@ -134,7 +134,7 @@ def test_qconv2d_modes(mode, per_channel):
     geo = dict(stride=(2, 1), padding=(1, 0, 2, 1), dilation=(1, 2), groups=2)
     acc = check(x, x_qp, w, w_qp, b, **geo)
     outs = [qconv2d(x, x_qp, w, w_qp, b, y_qp, mode=mode, form=f, backend=be, **geo)
-            for f in ("direct", "folded") for be in ("numba", "numpy")]
+            for f in FORMS for be in ("numba", "numpy")]
     for y in outs:
         assert y.dtype == np.int8 and y.shape == acc.shape
         np.testing.assert_array_equal(y, outs[0])
@@ -162,7 +162,7 @@ def test_conv_overflow():
     with pytest.raises(ValueError, match="conv2d accumulator can overflow int32"):
         conv2d_accumulate(x, xq, w, wq)
     exact = -255 * 128 * 66048
-    for form in ("direct", "folded"):
+    for form in FORMS:
         for be in ("numba", "numpy"):
             got = conv2d_accumulate(x, xq, w, wq, overflow="wrap", form=form, backend=be)
             assert int(got[0, 0, 0, 0]) == ((exact + (1 << 31)) % (1 << 32)) - (1 << 31)

@@ -11,8 +11,8 @@ import pytest
 from npquant import QParams, QuantSpec
 from npquant.qnn.conv import conv2d_accumulate
 from npquant.qnn.fbgemm import fbgemm_multipliers, fbgemm_requantize, fma_float32
-from npquant.qnn.gemm import linear_accumulate
-from npquant.requant.fixedpoint import effective_multiplier
+from npquant.qnn.linear import linear_accumulate
+from npquant.requant.modes import effective_multiplier
 
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
@@ -45,6 +45,7 @@ def _case_params(rng, sx, base, ats, o, tie, use_bias):
     return sy, int(rng.integers(0, 256)), bias
 
 
+@pytest.mark.slow  # torch comparisons: run in the JIT pass
 def test_linear_matches_torch(fbgemm_threads):
     rng = np.random.default_rng(100 + fbgemm_threads)
     total = 0
@@ -79,6 +80,7 @@ def _w_qp(zw, o):
     return QParams(np.ones(o, f32), np.asarray(zw, np.int32), QuantSpec(axis=0))
 
 
+@pytest.mark.slow  # torch comparisons: run in the JIT pass
 @pytest.mark.parametrize("kind", ["dense", "grouped"])
 def test_conv2d_matches_torch(fbgemm_threads, kind):
     rng = np.random.default_rng(200 + fbgemm_threads + 10 * (kind == "grouped"))

@@ -13,14 +13,15 @@ from hypothesis import strategies as st
 
 from npquant import QParams, QuantSpec
 from npquant.qnn.activation import activation_range
-from npquant.qnn.gemm import linear_accumulate, qlinear, qmatmul, quantize_bias
-from npquant.qnn.layers import QLinear
+from npquant.qnn.bias import quantize_bias
+from npquant.qnn.gemm import FORMS
+from npquant.qnn.linear import QLinear, linear_accumulate, qlinear, qmatmul
 from npquant.qnn.overflow import (
     accumulator_bounds,
     check_int16_pairs,
     int16_pair_accumulate,
 )
-from npquant.requant.fixedpoint import EXTRA_REQUANT_MODES, REQUANT_MODES, effective_multiplier, requantize
+from npquant.requant.modes import EXTRA_REQUANT_MODES, REQUANT_MODES, effective_multiplier, requantize
 
 INT32_MIN, INT32_MAX = -(1 << 31), (1 << 31) - 1
 
@@ -60,7 +61,7 @@ def make_layer(rng, n, k, o, x_signed, w_signed, per_channel, bias=True):
 
 def all_accumulators(x, x_qp, w, w_qp, b, **kw):
     outs = [linear_accumulate(x, x_qp, w, w_qp, b, form=f, backend=be, **kw)
-            for f in ("direct", "folded") for be in ("numba", "numpy")]
+            for f in FORMS for be in ("numba", "numpy")]
     for a in outs:
         assert a.dtype == np.int32
         np.testing.assert_array_equal(a, outs[0])
@@ -122,7 +123,7 @@ def test_qlinear_modes(mode, per_channel, signs):
     x, x_qp, w, w_qp, b, y_qp = make_layer(rng, 7, 23, 6, signs[0], signs[1], per_channel)
     acc = acc_oracle(x, x_qp.zero_point, w, w_qp.zero_point, b)
     outs = [qlinear(x, x_qp, w, w_qp, b, y_qp, mode=mode, form=f, backend=be)
-            for f in ("direct", "folded") for be in ("numba", "numpy")]
+            for f in FORMS for be in ("numba", "numpy")]
     for y in outs:
         assert y.dtype == np.int8
         np.testing.assert_array_equal(y, outs[0])
@@ -201,7 +202,7 @@ def test_overflow_is_an_error_or_wraps():
         QLinear(w, wq, None, xq, QParams(1.0, 0, QuantSpec(8)))
     x[:] = 255
     exact = 255 * -128 * k
-    for form in ("direct", "folded"):
+    for form in FORMS:
         for be in ("numba", "numpy"):
             got = linear_accumulate(x, xq, w, wq, form=form, overflow="wrap", backend=be)
             assert int(got[0, 0]) == wrap32(exact) and exact < INT32_MIN
@@ -378,10 +379,10 @@ def test_no_activation_both_spellings(spelling):
     xu, yu = QParams(0.05, 120, u8), QParams(0.3, 100, u8)
     xq = rng.integers(0, 256, (5, 12)).astype(np.uint8)
     fb = rng.normal(size=4).astype(np.float32)
-    ref = qlinear(xq, xu, w, w_qp, None, yu, mode="fp32", float_bias=fb)
-    got = qlinear(xq, xu, w, w_qp, None, yu, mode="fp32", float_bias=fb, activation=spelling)
+    ref = qlinear(xq, xu, w, w_qp, fb, yu, mode="fbgemm")
+    got = qlinear(xq, xu, w, w_qp, fb, yu, mode="fbgemm", activation=spelling)
     np.testing.assert_array_equal(got, ref)
-    got = QLinear(w, w_qp, None, xu, yu, mode="fp32", float_bias=fb, activation=spelling)(xq)
+    got = QLinear(w, w_qp, fb, xu, yu, mode="fbgemm", activation=spelling)(xq)
     np.testing.assert_array_equal(got, ref)
 
 
@@ -599,3 +600,52 @@ def test_qmatmul_onnxruntime_qlinear_matmul_is_mode_fp32(spec):
         np.testing.assert_array_equal(got, want)
         if ties:
             assert np.any(qmatmul(a, qps[0], b, qps[1], qps[2], mode="onnx") != want)
+
+
+def test_form_names_the_kernel_that_runs(monkeypatch):
+    """``form="direct"`` / ``"folded"`` run that formula's kernel on 8-bit codes too;
+    ``"auto"`` runs the byte kernels; all give the same bits."""
+    import npquant._kernels.gemm as kg
+
+    rng = np.random.default_rng(5)
+    x, x_qp, w, w_qp, b, _ = make_layer(rng, 7, 23, 6, False, True, True)
+    want = acc_oracle(x, x_qp.zero_point, w, w_qp.zero_point, b)
+    calls = []
+    for name in ("gemm_direct", "gemm_folded"):
+        real = getattr(kg, name)
+        monkeypatch.setattr(kg, name, lambda *a, _r=real, _n=name: (calls.append(_n), _r(*a))[1])
+    for form, ran in (("direct", ["gemm_direct"]), ("folded", ["gemm_folded"]), ("auto", [])):
+        calls.clear()
+        np.testing.assert_array_equal(linear_accumulate(x, x_qp, w, w_qp, b, form=form), want)
+        assert calls == ran, form
+    with pytest.raises(ValueError, match="form='direct' cannot saturate int16 pairs"):
+        QLinear(w, w_qp, b, x_qp, None, form="direct", accumulation="int16_pairs")
+    np.testing.assert_array_equal(QLinear(w, w_qp, b, x_qp, None, form="folded", accumulation="int16_pairs")
+                                  .accumulate(x), QLinear(w, w_qp, b, x_qp, None, accumulation="int16_pairs")
+                                  .accumulate(x))
+
+
+@pytest.mark.parametrize("w_signed", [True, False])
+def test_layer_keeps_one_copy_of_the_weights(w_signed):
+    """The layer's read-only ``w_q`` is the prepared product's ``w``; int8 weights are the
+    byte kernels' ``ws`` as they are; one kernel layout is kept, built on first use."""
+    from npquant.qnn.gemm import available_gemm_kernels, use_gemm_kernel
+
+    rng = np.random.default_rng(6)
+    x, x_qp, w, w_qp, b, _ = make_layer(rng, 9, 64, 6, False, w_signed, True)
+    lay = QLinear(w, w_qp, b, x_qp, None)
+    g = lay._gemm
+    assert g.w is lay.w_q and not np.shares_memory(lay.w_q, w)
+    assert (g.fast.ws is g.w) == w_signed
+    assert "layout" not in g.fast._cache  # nothing built before the first call
+    want = acc_oracle(x, x_qp.zero_point, w, w_qp.zero_point, b)
+    for kernel in available_gemm_kernels():
+        with use_gemm_kernel(kernel):
+            np.testing.assert_array_equal(lay.accumulate(x), want)
+            np.testing.assert_array_equal(lay.accumulate(x[:2]), want[:2])
+        layouts = [v for key, v in g.fast._cache.items() if key == "layout"]
+        assert len(layouts) <= 1
+    # a cast is the only copy: int64 codes in, one int8 / uint8 array kept
+    lay64 = QLinear(w.astype(np.int64), w_qp, b, x_qp, None)
+    assert lay64.w_q.dtype == w.dtype and lay64._gemm.w is lay64.w_q and not lay64.w_q.flags.writeable
+    np.testing.assert_array_equal(lay64.accumulate(x), want)

@@ -1,7 +1,7 @@
 """npquant's integer layers against PyTorch's quantized linear and conv2d (fbgemm pinned).
 
 Same integer weights, same float bias, same scales: ``qlinear`` / ``qconv2d`` and the
-layer objects in ``mode="fp32"`` with ``float_bias`` and ``accumulation="fbgemm"`` must
+layer objects in ``mode="fbgemm"`` (float bias) and ``accumulation="fbgemm"`` must
 give PyTorch's uint8 codes bit for bit, per-tensor and per-channel weights, with and
 without fused ReLU, on whatever path fbgemm takes on this CPU: exact with AVX-512 VNNI
 (except the depthwise kernel), int16 pair saturation without. ``test_peers_fbgemm_avx2``
@@ -13,12 +13,12 @@ counts of compared and differing elements are printed with ``pytest -s``.
 
 import numpy as np
 import pytest
+from conftest import slow_after
 
 from npquant import QParams, QuantSpec
 from npquant.qnn.accumulation import host_path
-from npquant.qnn.conv import qconv2d
-from npquant.qnn.gemm import qlinear
-from npquant.qnn.layers import QConv2d, QLinear
+from npquant.qnn.conv import QConv2d, qconv2d
+from npquant.qnn.linear import QLinear, qlinear
 
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
@@ -82,13 +82,12 @@ def test_qlinear_fp32_equals_torch_quantized_linear(fbgemm_threads):
         x_qp = QParams(sx, zx, QuantSpec(signed=False))
         y_qp = QParams(sy, zy, QuantSpec(signed=False))
         act = "relu" if relu else None
-        got = qlinear(qx, x_qp, qw, w_qp, None, y_qp, mode="fp32", activation=act, float_bias=bias,
-                      accumulation="fbgemm")
+        got = qlinear(qx, x_qp, qw, w_qp, bias, y_qp, mode="fbgemm", activation=act, accumulation="fbgemm")
         np.testing.assert_array_equal(got, want, err_msg=f"case {it}")
-        layer = QLinear(qw, w_qp, None, x_qp, y_qp, mode="fp32", activation=act, float_bias=bias, form="folded",
+        layer = QLinear(qw, w_qp, bias, x_qp, y_qp, mode="fbgemm", activation=act, form="folded",
                         accumulation="fbgemm")
         np.testing.assert_array_equal(layer(qx), want)
-        exact = qlinear(qx, x_qp, qw, w_qp, None, y_qp, mode="fp32", activation=act, float_bias=bias)
+        exact = qlinear(qx, x_qp, qw, w_qp, bias, y_qp, mode="fbgemm", activation=act)
         _count("quantized.linear" + ("_relu" if relu else "") + (" per-channel" if per_channel else " per-tensor"),
                got, want, exact)
 
@@ -117,12 +116,12 @@ def test_qconv2d_fp32_equals_torch_quantized_conv2d(fbgemm_threads, groups):
         x_qp = QParams(sx, zx, QuantSpec(signed=False))
         y_qp = QParams(sy, zy, QuantSpec(signed=False))
         act = "relu" if relu else None
-        kw_ = dict(stride=stride, padding=pad, dilation=dil, groups=groups, mode="fp32", activation=act)
-        got = qconv2d(qx, x_qp, qw, w_qp, None, y_qp, float_bias=bias, accumulation="fbgemm", **kw_)
+        kw_ = dict(stride=stride, padding=pad, dilation=dil, groups=groups, mode="fbgemm", activation=act)
+        got = qconv2d(qx, x_qp, qw, w_qp, bias, y_qp, accumulation="fbgemm", **kw_)
         np.testing.assert_array_equal(got, want, err_msg=f"case {it}")
-        layer = QConv2d(qw, w_qp, None, x_qp, y_qp, float_bias=bias, accumulation="fbgemm", **kw_)
+        layer = QConv2d(qw, w_qp, bias, x_qp, y_qp, accumulation="fbgemm", **kw_)
         np.testing.assert_array_equal(layer(qx), want)
-        exact = qconv2d(qx, x_qp, qw, w_qp, None, y_qp, float_bias=bias, **kw_)
+        exact = qconv2d(qx, x_qp, qw, w_qp, bias, y_qp, **kw_)
         _count("quantized.conv2d" + ("_relu" if relu else "") + (" per-channel" if per_channel else " per-tensor")
                + f" groups={groups}", got, want, exact)
 
@@ -133,7 +132,7 @@ DEPTHWISE = [(8, 8, 3, 1, 1, 1), (16, 16, 3, 2, 1, 1), (8, 16, 5, 1, 2, 1), (8, 
              (8, 8, 3, 1, 0, 1), (8, 8, 3, 1, 1, 2), (4, 4, 3, 1, 1, 1), (8, 24, 3, 1, 1, 1), (8, 8, 4, 1, 1, 1)]
 
 
-@pytest.mark.parametrize("c, o, k, stride, pad, dil", DEPTHWISE)
+@pytest.mark.parametrize("c, o, k, stride, pad, dil", slow_after(DEPTHWISE, 2))
 def test_depthwise_qconv2d_equals_torch(fbgemm_threads, c, o, k, stride, pad, dil):
     rng = np.random.default_rng(c * 100 + o * 10 + k + stride + 7 * pad + 11 * dil)
     for relu in (False, True):
@@ -147,10 +146,11 @@ def test_depthwise_qconv2d_equals_torch(fbgemm_threads, c, o, k, stride, pad, di
         op = torch.ops.quantized.conv2d_relu if relu else torch.ops.quantized.conv2d
         want = op(xt, packed, float(sy), zy).int_repr().numpy()
         x_qp, y_qp = QParams(sx, zx, QuantSpec(signed=False)), QParams(sy, zy, QuantSpec(signed=False))
-        kw_ = dict(stride=stride, padding=pad, dilation=dil, groups=c, mode="fp32", activation="relu" if relu else None)
-        layer = QConv2d(qw, w_qp, None, x_qp, y_qp, float_bias=bias, accumulation="fbgemm", **kw_)
+        kw_ = dict(stride=stride, padding=pad, dilation=dil, groups=c, mode="fbgemm",
+                   activation="relu" if relu else None)
+        layer = QConv2d(qw, w_qp, bias, x_qp, y_qp, accumulation="fbgemm", **kw_)
         np.testing.assert_array_equal(layer(qx), want)
-        exact = qconv2d(qx, x_qp, qw, w_qp, None, y_qp, float_bias=bias, **kw_)
+        exact = qconv2d(qx, x_qp, qw, w_qp, bias, y_qp, **kw_)
         fast_path = c % 8 == 0 and o in (c, 2 * c) and k in (3, 5, 7) and stride <= 2 and pad == (k - 1) // 2 \
             and dil == 1
         assert layer.saturates_pairs == (fast_path or host_path("fbgemm") == "avx2")
@@ -183,18 +183,53 @@ def test_report_counts():
         assert bad == 0 and n > 0
 
 
-def test_float_bias_needs_fp32_and_quint8():
+def test_fbgemm_mode_needs_a_float_bias_quint8_and_relu_at_most():
     qw = np.zeros((2, 3), np.int8)
     w_qp = QParams(0.1, 0, QuantSpec())
     x_qp = QParams(0.1, 0, QuantSpec(signed=False))
     y8 = QParams(0.1, 0, QuantSpec(signed=False))
     x = np.zeros((1, 3), np.uint8)
     b = np.zeros(2, np.float32)
-    with pytest.raises(ValueError, match="needs mode='fp32'"):
-        qlinear(x, x_qp, qw, w_qp, None, y8, mode="tflite", float_bias=b)
-    with pytest.raises(ValueError, match="not both"):
-        qlinear(x, x_qp, qw, w_qp, np.zeros(2, np.int32), y8, mode="fp32", float_bias=b)
+    with pytest.raises(TypeError, match="with mode='fbgemm', bias_q is PyTorch's float bias"):
+        qlinear(x, x_qp, qw, w_qp, np.zeros(2, np.int32), y8, mode="fbgemm")
+    with pytest.raises(TypeError, match=r"bias_q must be an int32 array.*mode='fbgemm'"):
+        qlinear(x, x_qp, qw, w_qp, b, y8, mode="fp32")
+    with pytest.raises(ValueError, match=r"must be 2 finite values"):
+        QLinear(qw, w_qp, np.array([0.0, np.nan], np.float32), x_qp, y8, mode="fbgemm")
     with pytest.raises(ValueError, match="quint8"):
-        qlinear(x, x_qp, qw, w_qp, None, QParams(0.1, 0, QuantSpec()), mode="fp32", float_bias=b)
+        qlinear(x, x_qp, qw, w_qp, b, QParams(0.1, 0, QuantSpec()), mode="fbgemm")
     with pytest.raises(ValueError, match="None, 'none' or 'relu'"):
-        qlinear(x, x_qp, qw, w_qp, None, y8, mode="fp32", activation="relu6", float_bias=b)
+        QConv2d(qw[:, :, None, None], w_qp, b, x_qp, y8, mode="fbgemm", activation="relu6")
+    # the deprecated spelling: float_bias= with mode="fp32" warns, and keeps its old errors
+    with pytest.warns(DeprecationWarning, match="mode='fbgemm'"), pytest.raises(ValueError, match="needs mode='fp32'"):
+        qlinear(x, x_qp, qw, w_qp, None, y8, mode="tflite", float_bias=b)
+    with pytest.warns(DeprecationWarning), pytest.raises(ValueError, match="not both"):
+        qlinear(x, x_qp, qw, w_qp, np.zeros(2, np.int32), y8, mode="fp32", float_bias=b)
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_float_bias_spelling_is_mode_fbgemm(per_channel):
+    """``mode="fp32", float_bias=b`` (deprecated) is ``mode="fbgemm"`` with ``b`` as the
+    bias, in the functions and the layers; no bias is a zero bias."""
+    rng = np.random.default_rng(5)
+    qx = rng.integers(0, 256, (3, 2, 6, 6)).astype(np.uint8)
+    qw, w_qp, _, sw = _weights(rng, (4, 2, 3, 3), per_channel, zw_range=0)
+    sx = f32(0.02)
+    sy, zy = _output(rng, sx, sw, True)
+    x_qp, y_qp = QParams(sx, 7, QuantSpec(signed=False)), QParams(sy, zy, QuantSpec(signed=False))
+    b = _bias(rng, 4, sx, sw)
+    want = qconv2d(qx, x_qp, qw, w_qp, b, y_qp, mode="fbgemm", padding=1, activation="relu")
+    with pytest.warns(DeprecationWarning, match="float_bias= is deprecated"):
+        got = qconv2d(qx, x_qp, qw, w_qp, None, y_qp, mode="fp32", float_bias=b, padding=1, activation="relu")
+    np.testing.assert_array_equal(got, want)
+    with pytest.warns(DeprecationWarning, match="float_bias= is deprecated"):
+        layer = QConv2d(qw, w_qp, None, x_qp, y_qp, mode="fp32", float_bias=b, padding=1, activation="relu")
+    assert layer.mode == "fbgemm"
+    np.testing.assert_array_equal(layer(qx), want)
+    x2 = qx.reshape(3, -1)[:, :18]
+    w2 = qw.reshape(4, -1)
+    want = qlinear(x2, x_qp, w2, w_qp, b, y_qp, mode="fbgemm")
+    with pytest.warns(DeprecationWarning, match="float_bias= is deprecated"):
+        np.testing.assert_array_equal(qlinear(x2, x_qp, w2, w_qp, None, y_qp, mode="fp32", float_bias=b), want)
+    zero = qlinear(x2, x_qp, w2, w_qp, np.zeros(4, np.float32), y_qp, mode="fbgemm")
+    np.testing.assert_array_equal(qlinear(x2, x_qp, w2, w_qp, None, y_qp, mode="fbgemm"), zero)

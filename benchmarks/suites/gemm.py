@@ -107,7 +107,7 @@ def cases(ctx):
         impls.append(ort or miss)
         bias = rng.normal(0, 0.1, n).astype(np.float32)
         # fbgemm's accumulation on the path torch takes in this process (AVX2 in an --isa avx2 run)
-        qlin = QLinear(w, w_qp, None, x_qp, y_qp, mode="fp32", float_bias=bias, accumulation="fbgemm")
+        qlin = QLinear(w, w_qp, bias, x_qp, y_qp, mode="fbgemm", accumulation="fbgemm")
         y_ref = qlin(x)
         impls.append(Impl("numba-qlinear", lambda: qlin(x)))
         miss = ctx.peer_impl("torch")

@@ -177,8 +177,8 @@ def gemm_u8s8_portable(xu, ws, dw, col, out):
     """The fast 8-bit product (see above) in plain numba, for any CPU.
 
     4 x 4 register tiles; LLVM vectorizes the k loop (``vpmaddwd`` or ``vpdpwssd`` where
-    the CPU has them). Not in the benchmark suite (the benchmark machine has VNNI); timed
-    by hand there at 30-33 GOP/s on one thread, against 136-254 for ``gemm_u8s8_vnni``.
+    the CPU has them). ``NPQUANT_GEMM_KERNEL=portable python -m benchmarks --kernels gemm``
+    times it against the others.
     """
     m, n_out = out.shape
     kp = xu.shape[1]
@@ -387,8 +387,7 @@ def _epilogue_rowsum(xu, dw, col, out):
 #
 # Tasks are (panel, chunk of rows) pairs; each runs K in blocks of 512 bytes of a row
 # (8 KiB of the panel, which stays in L1 across the chunk's tiles), adding each block's
-# sums to ``out`` (``v8loadn``); K blocking took M=64, K=4096 from ~70 to ~100-120 GOP/s
-# (one thread, a noisy shared machine).
+# sums to ``out`` (``v8loadn``); the gemm suite of benchmarks/ times it.
 
 #: ``xu.shape[1]`` of :func:`gemm_u8s8_avx2` is a multiple of this (one step: 2 k).
 AVX2_K_ALIGN = 2

@@ -51,6 +51,7 @@ libraries also use ``vpmaddubsw``, and the ``"avx2"`` path is assumed).
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Mapping
 
 from .._checks import check_choice
 from .._kernels.cpu import cpu_features
@@ -68,7 +69,7 @@ _FBGEMM_ALLOWED = {"avx2": {"avx2"}, "avx512": {"avx512", "avx2"},
                    "avx512_vnni": {"avx512_vnni", "avx512", "avx2"}}
 
 
-def host_path(library: str, features=None, environ=None) -> str:
+def host_path(library: str, features: Iterable[str] | None = None, environ: Mapping[str, str] | None = None) -> str:
     """``"vnni"`` or ``"avx2"``: whether ``library`` (``"fbgemm"`` or ``"mlas"``) runs its
     exact VNNI kernels or its ``vpmaddubsw`` kernels on this CPU.
 
@@ -103,7 +104,7 @@ def host_path(library: str, features=None, environ=None) -> str:
     return "vnni" if isa == "avx512_vnni" else "avx2"
 
 
-def check_accumulation(accumulation) -> str:
+def check_accumulation(accumulation: str) -> str:
     """``accumulation`` if it is one of :data:`ACCUMULATIONS`, else a ``ValueError``.
 
     Parameters
@@ -119,7 +120,8 @@ def check_accumulation(accumulation) -> str:
     return check_choice(accumulation, "accumulation", ACCUMULATIONS)
 
 
-def fbgemm_depthwise(c_in: int, c_out: int, groups: int, kernel, stride, padding, dilation) -> bool:
+def fbgemm_depthwise(c_in: int, c_out: int, groups: int, kernel: tuple[int, int], stride: tuple[int, int],
+                     padding: tuple[int, int, int, int], dilation: tuple[int, int]) -> bool:
     """Does fbgemm (torch 2.13) run this conv2d through its depthwise kernel?
 
     ``padding`` is (top, bottom, left, right). Conditions in the module docstring.
@@ -148,7 +150,7 @@ def fbgemm_depthwise(c_in: int, c_out: int, groups: int, kernel, stride, padding
             and tuple(padding) == ((kh - 1) // 2,) * 4)
 
 
-def resolve(accumulation: str, op: str = "linear", *, conv=None) -> str:
+def resolve(accumulation: str, op: str = "linear", *, conv: tuple | None = None) -> str:
     """``"exact"`` or ``"int16_pairs"``: what ``accumulation`` computes for one layer.
 
     Parameters

@@ -20,16 +20,17 @@ pin such a scale.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
+import numpy.typing as npt
 
-from .._checks import check_int, check_scale
+from .._checks import check_int, check_int_array, check_scale
+from ..rounding import round_scalar
 
 ACTIVATIONS = ("none", "relu", "relu6", "relu_n1_to_1")
 
 
-def normalize_activation(activation, name: str = "activation", *, allow_range: bool = False):
+def normalize_activation(activation: str | tuple[int, int] | list[int] | None, name: str = "activation", *,
+                         allow_range: bool = False) -> str | tuple[int, int] | None:
     """The one spelling of a fused activation that every integer layer accepts.
 
     ``None`` and ``"none"`` both mean no activation and become ``None``; ``"relu"``,
@@ -65,7 +66,7 @@ def normalize_activation(activation, name: str = "activation", *, allow_range: b
     raise ValueError(f"{name} must be None, 'none', 'relu', 'relu6', 'relu_n1_to_1'{pair}, got {activation!r}")
 
 
-def quantize_scalar_tflite(f: float, scale, zero_point: int) -> int:
+def quantize_scalar_tflite(f: float, scale: float, zero_point: int) -> int:
     """TFLite's activation-range ``quantize``: ``Z + round_half_away(float32(f) / float32(S))``
     with a float32 quotient; returns a Python int (TFLite's int32 cast would overflow
     past 2^31; here the exact integer is returned and the caller clamps).
@@ -90,11 +91,11 @@ def quantize_scalar_tflite(f: float, scale, zero_point: int) -> int:
         t = np.float32(np.float32(f) / s)
     if not np.isfinite(t):
         raise ValueError(f"{f} / scale overflows float32 (scale={scale!r})")
-    r = math.copysign(math.floor(abs(float(t)) + 0.5), float(t))  # exact: |t| < 2^128, f32 + 0.5 fits a double
-    return check_int(zero_point, "zero_point") + int(r)
+    return check_int(zero_point, "zero_point") + round_scalar(t, "half_away")
 
 
-def activation_range(activation, scale, zero_point: int, qmin: int = -128, qmax: int = 127) -> tuple[int, int]:
+def activation_range(activation: str | None, scale: float, zero_point: int, qmin: int = -128,
+                     qmax: int = 127) -> tuple[int, int]:
     """``(act_min, act_max)`` codes of a fused ``activation`` (one of ``ACTIVATIONS``) for
     an output with float32 ``scale`` and integer ``zero_point`` in ``[qmin, qmax]``.
 
@@ -132,14 +133,7 @@ def activation_range(activation, scale, zero_point: int, qmin: int = -128, qmax:
     return lo, max(lo, min(qmax, quantize_scalar_tflite(1.0, scale, zero_point)))
 
 
-def _codes(q, name: str = "q") -> np.ndarray:
-    a = np.asarray(q)
-    if a.dtype.kind not in "iu":
-        raise TypeError(f"{name} must be an integer array of codes, got dtype {a.dtype}")
-    return a
-
-
-def clamp(q, act_min: int, act_max: int) -> np.ndarray:
+def clamp(q: npt.ArrayLike, act_min: int, act_max: int) -> np.ndarray:
     """Codes clamped to ``[act_min, act_max]`` (which must fit ``q``'s dtype); same dtype.
 
     Parameters
@@ -154,14 +148,14 @@ def clamp(q, act_min: int, act_max: int) -> np.ndarray:
     numpy.ndarray
         ``clip(q, act_min, act_max)``, of ``q``'s dtype and shape.
     """
-    a = _codes(q)
+    a = check_int_array(q, "q", what="an integer array of codes")
     info = np.iinfo(a.dtype)
     act_min = check_int(act_min, "act_min", lo=int(info.min), hi=int(info.max))
     act_max = check_int(act_max, "act_max", lo=act_min, hi=int(info.max))
     return np.clip(a, act_min, act_max).astype(a.dtype)
 
 
-def relu(q, zero_point: int) -> np.ndarray:
+def relu(q: npt.ArrayLike, zero_point: int) -> np.ndarray:
     """ReLU on codes: ``max(q, zero_point)``; exact, same dtype and qparams.
 
     Parameters
@@ -176,13 +170,13 @@ def relu(q, zero_point: int) -> np.ndarray:
     numpy.ndarray
         ``max(q, zero_point)``, of ``q``'s dtype and shape.
     """
-    a = _codes(q)
+    a = check_int_array(q, "q", what="an integer array of codes")
     info = np.iinfo(a.dtype)
     zp = check_int(zero_point, "zero_point", lo=int(info.min), hi=int(info.max))
     return np.maximum(a, a.dtype.type(zp))
 
 
-def relu6(q, scale, zero_point: int) -> np.ndarray:
+def relu6(q: npt.ArrayLike, scale: float, zero_point: int) -> np.ndarray:
     """ReLU6 on codes: clamp to TFLite's ``relu6`` range for ``q``'s dtype range; the upper
     bound ``Z + round_half_away(float32(6) / S)`` saturates at the dtype's max.
 
@@ -200,13 +194,13 @@ def relu6(q, scale, zero_point: int) -> np.ndarray:
     numpy.ndarray
         The clamped codes, of ``q``'s dtype and shape.
     """
-    a = _codes(q)
+    a = check_int_array(q, "q", what="an integer array of codes")
     info = np.iinfo(a.dtype)
     lo, hi = activation_range("relu6", scale, zero_point, int(info.min), int(info.max))
     return np.clip(a, lo, hi).astype(a.dtype)
 
 
-def flatten(q) -> np.ndarray:
+def flatten(q: npt.ArrayLike) -> np.ndarray:
     """NCHW codes to ``(N, C*H*W)`` in C order (PyTorch's ``flatten(1)``): a view when
     ``q`` is contiguous, else a copy; qparams are unchanged (per-tensor only).
 
@@ -220,7 +214,7 @@ def flatten(q) -> np.ndarray:
     numpy.ndarray
         Of shape ``(N, prod(rest))`` and ``q``'s dtype.
     """
-    a = _codes(q)
+    a = check_int_array(q, "q", what="an integer array of codes")
     if a.ndim < 1:
         raise ValueError(f"q must have a batch axis, got shape {a.shape}")
     return a.reshape(a.shape[0], -1)

@@ -52,8 +52,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 
-from .._checks import check_choice, check_int, check_scale
+from .._checks import check_choice, check_int, check_int_array, check_scale, smallest_int_dtype
+from ..qparams import QParams
 from ..requant.fixedpoint import INT32_MAX, multiply_by_quantized_multiplier, quantize_multiplier
 from .fbgemm import fma_float32
 
@@ -107,7 +109,8 @@ class AddParams:
     output: tuple[int, int]
 
 
-def tflite_add_params(s1, s2, s_out, *, left_shift: int = 20, rounding: str = "double") -> AddParams:
+def tflite_add_params(s1: float, s2: float, s_out: float, *, left_shift: int = 20,
+                      rounding: str = "double") -> AddParams:
     """The constants of TFLite's ADD Prepare (module docstring); float64 arithmetic on the
     float32 scales. ``ValueError`` if a real multiplier is not below 1 (TFLite asserts).
 
@@ -143,7 +146,7 @@ def tflite_add_params(s1, s2, s_out, *, left_shift: int = 20, rounding: str = "d
     return AddParams(left_shift, *out)
 
 
-def add(q1, s1, z1: int, q2, s2, z2: int, s_out, z_out: int, *, qmin: int = -128, qmax: int = 127,
+def add(q1: npt.ArrayLike, s1: float, z1: int, q2: npt.ArrayLike, s2: float, z2: int, s_out: float, z_out: int, *, qmin: int = -128, qmax: int = 127,
         act_min: int | None = None, act_max: int | None = None, mode: str = "tflite",
         left_shift: int = 20, vector_width: int = 64) -> np.ndarray:
     """Quantized ``q1 + q2`` (NumPy broadcasting) with output scale ``s_out`` and zero point
@@ -152,7 +155,7 @@ def add(q1, s1, z1: int, q2, s2, z2: int, s_out, z_out: int, *, qmin: int = -128
     This is the raw-number primitive: scales, zero points and the clamp are plain numbers.
     Use it to drive one stack's arithmetic by hand (a golden model fed from a model file's
     numbers); for a layer whose tensors carry :class:`~npquant.qparams.QParams`, with a
-    named fused ``activation`` as :func:`npquant.qnn.gemm.qlinear` takes it, use
+    named fused ``activation`` as :func:`npquant.qnn.linear.qlinear` takes it, use
     :func:`qadd` (or :class:`npquant.qnn.layers.QAdd` to prepare it once), which calls this.
 
     Parameters
@@ -193,8 +196,9 @@ def add(q1, s1, z1: int, q2, s2, z2: int, s_out, z_out: int, *, qmin: int = -128
     -------
     numpy.ndarray
         Codes of the broadcast shape, rounded as ``mode`` rounds and saturated to
-        ``[act_min, act_max]``; dtype int8 or uint8 by ``qmin`` (int16 or uint16 for
-        wider ranges).
+        ``[act_min, act_max]``; dtype the smallest integer dtype holding ``[qmin, qmax]``,
+        signed if ``qmin < 0`` (int8 or uint8 for 8-bit ranges, int16, uint16 or int32 for
+        wider ones).
     """
     check_choice(mode, "mode", ADD_MODES)
     qmin = check_int(qmin, "qmin", lo=-(1 << 15))
@@ -204,15 +208,12 @@ def add(q1, s1, z1: int, q2, s2, z2: int, s_out, z_out: int, *, qmin: int = -128
     zs = [check_int(z, n, lo=qmin, hi=qmax) for z, n in ((z1, "z1"), (z2, "z2"), (z_out, "z_out"))]
     arrs = []
     for q, n in ((q1, "q1"), (q2, "q2")):
-        a = np.asarray(q)
-        if a.dtype.kind not in "iu":
-            raise TypeError(f"{n} must be an integer array of codes, got dtype {a.dtype}")
+        a = check_int_array(q, n, what="an integer array of codes")
         if a.size and (a.min() < qmin or a.max() > qmax):
             raise ValueError(f"{n} must lie in [{qmin}, {qmax}]")
         arrs.append(a.astype(np.int64))
     a1, a2 = np.broadcast_arrays(*arrs)
-    dtype = np.dtype(np.int8 if qmin < 0 and qmax <= 127 else np.uint8 if qmin >= 0 and qmax <= 255
-                     else np.int16 if qmin < 0 else np.uint16)
+    dtype = smallest_int_dtype(qmin, qmax, signed=qmin < 0, max_bits=32)
     if mode == "torch":
         if (qmin, qmax) != (0, 255):
             raise ValueError("mode='torch' reproduces quint8 add: needs qmin=0, qmax=255")
@@ -237,9 +238,10 @@ def add(q1, s1, z1: int, q2, s2, z2: int, s_out, z_out: int, *, qmin: int = -128
     return np.clip(out, act_min, act_max).astype(dtype)
 
 
-def qadd(q1, qp1, q2, qp2, y_qp, *, mode: str = "tflite", activation=None, left_shift: int = 20,
+def qadd(q1: npt.ArrayLike, qp1: QParams, q2: npt.ArrayLike, qp2: QParams, y_qp: QParams, *, mode: str = "tflite",
+         activation: str | tuple[int, int] | None = None, left_shift: int = 20,
          vector_width: int = 64) -> np.ndarray:
-    """Quantized ``q1 + q2`` with the argument conventions of :func:`npquant.qnn.gemm.qlinear`.
+    """Quantized ``q1 + q2`` with the argument conventions of :func:`npquant.qnn.linear.qlinear`.
 
     The codes of two per-tensor-quantized tensors in, codes of ``y_qp`` out; the code range
     is ``y_qp.spec``'s, narrowed by a fused ``activation`` computed as ``qlinear`` computes
@@ -281,7 +283,7 @@ def qadd(q1, qp1, q2, qp2, y_qp, *, mode: str = "tflite", activation=None, left_
         8-bit specs), rounded as ``mode`` rounds and saturated to the activation's
         ``[lo, hi]`` within ``y_qp.spec``'s range.
     """
-    from .gemm import _act_qparams
+    from ._common import act_qparams as _act_qparams
     from .layers import QAdd
 
     for qp, name in ((qp1, "qp1"), (qp2, "qp2"), (y_qp, "y_qp")):

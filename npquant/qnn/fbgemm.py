@@ -25,7 +25,7 @@ Evidence for the less obvious steps: fbgemm's ``requantizeOutputProcessingAvx2``
 per channel; the compiler fuses the per-tensor multiply with the following add into one
 FMA (a separate multiply and add mismatches about 1 in 10^5 outputs at ties, the FMA
 none). ``M`` computed as ``float32(S_x * S_w / S_y)`` in float64 also mismatches at
-ties; ``float32(float32(S_x * S_w) / S_y)`` (= :func:`npquant.requant.fixedpoint.effective_multiplier`
+ties; ``float32(float32(S_x * S_w) / S_y)`` (= :func:`npquant.requant.modes.effective_multiplier`
 with ``mode="fp32"``) does not.
 
 The accumulator is fbgemm's own arithmetic, which depends on the CPU path: exact with
@@ -37,28 +37,26 @@ layers); the requantization here is the same on every path.
 from __future__ import annotations
 
 import numpy as np
+import numpy.typing as npt
 
-from .._checks import check_bool, check_choice, check_int, normalize_axis
+from .._checks import check_bool, check_choice, check_int, check_int_array, check_scales, normalize_axis
 from .._kernels import fbgemm as _kf
-from ..affine import _fma32_numpy
 from ..requant.fixedpoint import INT32_MAX, INT32_MIN
+from ..rounding import fma32
 
 
-def _scales(v, name: str) -> np.ndarray:
-    a = np.asarray(v)
-    if a.dtype.kind not in "fiu":
-        raise TypeError(f"{name} must be real numbers, got dtype {a.dtype}")
-    with np.errstate(over="ignore"):
-        a = np.atleast_1d(a.astype(np.float32))
-    if a.ndim != 1 or a.size == 0 or not np.all(np.isfinite(a)) or not np.all(a > 0):
-        raise ValueError(f"{name} must be a positive finite float32 scalar or 1-D array, got {v!r}")
+def _scales(v: npt.ArrayLike, name: str) -> np.ndarray:
+    a = np.atleast_1d(check_scales(v, name))
+    if a.ndim != 1:
+        raise ValueError(f"{name} must be a scalar or a 1-D array of scales, got shape {a.shape}")
     return a
 
 
-def fma_float32(a, b, c) -> np.ndarray:
+def fma_float32(a: npt.ArrayLike, b: npt.ArrayLike, c: npt.ArrayLike) -> np.ndarray:
     """``a * b + c`` with one rounding to float32 (IEEE fma), broadcast, float32 result.
 
-    The exact emulation of :mod:`npquant.affine` (float64 product, round-to-odd sum).
+    :func:`npquant.rounding.fma32` with ``c`` rounded to float32 first, as fbgemm's
+    ``_mm256_fmadd_ps`` takes it.
 
     Parameters
     ----------
@@ -70,12 +68,10 @@ def fma_float32(a, b, c) -> np.ndarray:
     numpy.ndarray
         float32 of the broadcast shape: ``float32(a * b + c)`` rounded once, to nearest even.
     """
-    a, b, c = np.broadcast_arrays(np.asarray(a, np.float32), np.asarray(b, np.float32),
-                                  np.asarray(c, np.float32))
-    return _fma32_numpy(a, b, c)
+    return fma32(a, b, np.asarray(c, np.float32))
 
 
-def fbgemm_multipliers(s_x, s_w, s_y) -> tuple[np.ndarray, np.ndarray]:
+def fbgemm_multipliers(s_x: float, s_w: float | npt.ArrayLike, s_y: float) -> tuple[np.ndarray, np.ndarray]:
     """``(act_times_w_scale, multiplier)``: float32 arrays of length 1 (per-tensor ``s_w``)
     or C (per-channel): ``float32(S_x * S_w)`` and ``float32(that / float32(S_y))``.
 
@@ -102,8 +98,9 @@ def fbgemm_multipliers(s_x, s_w, s_y) -> tuple[np.ndarray, np.ndarray]:
     return ats, (ats / sy[0]).astype(np.float32)
 
 
-def fbgemm_requantize(acc, s_x, s_w, s_y, z_y: int, *, bias=None, relu: bool = False,
-                      axis: int = -1, backend: str = "numba") -> np.ndarray:
+def fbgemm_requantize(acc: npt.ArrayLike, s_x: float, s_w: float | npt.ArrayLike, s_y: float, z_y: int, *,
+                      bias: npt.ArrayLike | None = None, relu: bool = False, axis: int = -1,
+                      backend: str = "numba") -> np.ndarray:
     """uint8 output codes of PyTorch's fbgemm quantized linear/conv2d from the exact int32
     accumulator (module docstring for the formula and its evidence).
 
@@ -134,9 +131,7 @@ def fbgemm_requantize(acc, s_x, s_w, s_y, z_y: int, *, bias=None, relu: bool = F
         Rounding half to even; saturation to [0, 255]
         except that a scaled value outside int32 gives INT32_MIN (code 0 / ``z_y``).
     """
-    a = np.asarray(acc)
-    if a.dtype.kind not in "iu":
-        raise TypeError(f"acc must be an integer array, got dtype {a.dtype}")
+    a = check_int_array(acc, "acc")
     if a.ndim == 0:
         raise ValueError("acc must have a channel axis")
     if a.dtype.itemsize > 4 or a.dtype == np.uint32:

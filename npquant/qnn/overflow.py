@@ -22,8 +22,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 
-from .._checks import check_choice, check_int
+from .._checks import check_choice, check_int, check_int_array
 from ..requant.fixedpoint import INT32_MAX, INT32_MIN
 
 OVERFLOW_MODES = ("error", "wrap")
@@ -31,17 +32,15 @@ INT16_MIN = -(1 << 15)
 INT16_MAX = (1 << 15) - 1
 
 
-def _weights2d(w_q, name: str = "w_q") -> np.ndarray:
-    w = np.asarray(w_q)
-    if w.dtype.kind not in "iu":
-        raise TypeError(f"{name} must be an integer array, got dtype {w.dtype}")
+def _weights2d(w_q: npt.ArrayLike, name: str = "w_q") -> np.ndarray:
+    w = check_int_array(w_q, name)
     if w.ndim < 1 or w.size == 0:
         raise ValueError(f"{name} must be a non-empty array of shape (out, ...), got shape {w.shape}")
     return w.reshape(w.shape[0], -1).astype(np.int64)
 
 
-def accumulator_bounds(w_q, w_zero_point, x_qmin: int, x_qmax: int, x_zero_point: int,
-                       bias_q=None) -> tuple[np.ndarray, np.ndarray]:
+def accumulator_bounds(w_q: npt.ArrayLike, w_zero_point: int | npt.ArrayLike, x_qmin: int, x_qmax: int,
+                       x_zero_point: int, bias_q: npt.ArrayLike | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Smallest and largest possible accumulator of each output channel.
 
     ``w_q`` is (out, ...) integer codes, reduced over all axes but the first;
@@ -72,10 +71,7 @@ def accumulator_bounds(w_q, w_zero_point, x_qmin: int, x_qmax: int, x_zero_point
     x_qmin = check_int(x_qmin, "x_qmin")
     x_qmax = check_int(x_qmax, "x_qmax", lo=x_qmin)
     zx = check_int(x_zero_point, "x_zero_point", lo=x_qmin, hi=x_qmax)
-    zw = np.asarray(w_zero_point)
-    if zw.dtype.kind not in "iu":
-        raise TypeError(f"w_zero_point must be integers, got dtype {zw.dtype}")
-    zw = zw.astype(np.int64).reshape(-1, 1)
+    zw = check_int_array(w_zero_point, "w_zero_point", what="integers").astype(np.int64).reshape(-1, 1)
     if zw.shape[0] not in (1, w.shape[0]):
         raise ValueError(f"w_zero_point must be a scalar or one per output channel ({w.shape[0]}), "
                          f"got {zw.shape[0]} values")
@@ -92,7 +88,8 @@ def accumulator_bounds(w_q, w_zero_point, x_qmin: int, x_qmax: int, x_zero_point
     return lo, hi
 
 
-def check_accumulator(lo, hi, overflow: str = "error", *, what: str = "the accumulator") -> bool:
+def check_accumulator(lo: npt.ArrayLike, hi: npt.ArrayLike, overflow: str = "error", *,
+                      what: str = "the accumulator") -> bool:
     """Raise ``ValueError`` if ``[lo, hi]`` (from :func:`accumulator_bounds`) leaves int32.
 
     ``overflow="error"`` raises, naming the worst channel; ``overflow="wrap"`` accepts
@@ -152,7 +149,7 @@ def _pairs(w: np.ndarray) -> np.ndarray:
     return w.reshape(w.shape[0], -1, 2)
 
 
-def check_int16_pairs(w_q, x_qmin: int = 0, x_qmax: int = 255) -> Int16PairCheck:
+def check_int16_pairs(w_q: npt.ArrayLike, x_qmin: int = 0, x_qmax: int = 255) -> Int16PairCheck:
     """Can fbgemm's AVX2 ``vpmaddubsw`` step saturate for these weights?
 
     ``w_q`` is (out, ...) int8 weight codes; the pairs are adjacent elements along the
@@ -187,7 +184,7 @@ def check_int16_pairs(w_q, x_qmin: int = 0, x_qmax: int = 255) -> Int16PairCheck
     return Int16PairCheck(bool(bad.any()), int(lo.min()), int(hi.max()), int(bad.size), int(bad.sum()))
 
 
-def int16_pair_accumulate(x_q, w_q) -> np.ndarray:
+def int16_pair_accumulate(x_q: npt.ArrayLike, w_q: npt.ArrayLike) -> np.ndarray:
     """The raw product of fbgemm's and MLAS's ``vpmaddubsw`` kernels: ``sum_p sat16(x_0 w_0 + x_1 w_1)``.
 
     ``x_q`` (N, K) uint8 codes, ``w_q`` (out, K) int8 codes; adjacent pairs along K

@@ -28,18 +28,18 @@ for bit, uint8 and int8).
 from __future__ import annotations
 
 import numpy as np
+import numpy.typing as npt
 
-from .._checks import check_bool, check_choice, check_int, check_pair, check_scale
+from .._checks import check_bool, check_choice, check_int, check_int_array, check_pair, check_scale
 from .._kernels import pool as _k
 from ..requant.fixedpoint import INT32_MAX, INT32_MIN
+from ..rounding import div_round_half_away, div_round_half_even
 
 AVG_POOL_MODES = ("tflite", "torch")
 
 
 def _geometry(q, kernel_size, stride, padding):
-    a = np.asarray(q)
-    if a.dtype.kind not in "iu":
-        raise TypeError(f"q must be an integer array of codes, got dtype {a.dtype}")
+    a = check_int_array(q, "q", what="an integer array of codes")
     if a.ndim != 4:
         raise ValueError(f"q must be NCHW (4-D), got shape {a.shape}")
     kh, kw = check_pair(kernel_size, "kernel_size", lo=1)
@@ -61,7 +61,8 @@ def _geometry(q, kernel_size, stride, padding):
     return a, (kh, kw, sh, sw, pt, pl), (a.shape[0], a.shape[1], oh, ow), (pb, pr)
 
 
-def max_pool2d(q, kernel_size, stride=None, padding=0, *, backend: str = "numba") -> np.ndarray:
+def max_pool2d(q: npt.ArrayLike, kernel_size: int | tuple[int, int], stride: int | tuple[int, int] | None = None,
+               padding: int | tuple[int, ...] = 0, *, backend: str = "numba") -> np.ndarray:
     """Max pooling of codes ``q`` (N, C, H, W), any integer dtype.
 
     No ceil mode, no dilation. A fused TFLite activation is a clamp afterwards
@@ -97,7 +98,8 @@ def max_pool2d(q, kernel_size, stride=None, padding=0, *, backend: str = "numba"
     return out
 
 
-def avg_pool2d(q, kernel_size, stride=None, padding=0, *, mode: str = "tflite", zero_point: int = 0,
+def avg_pool2d(q: npt.ArrayLike, kernel_size: int | tuple[int, int], stride: int | tuple[int, int] | None = None,
+               padding: int | tuple[int, ...] = 0, *, mode: str = "tflite", zero_point: int = 0,
                count_include_pad: bool = False, backend: str = "numba") -> np.ndarray:
     """Average pooling of codes ``q`` (N, C, H, W), int8/uint8/int16 (any integer dtype).
 
@@ -150,49 +152,6 @@ def avg_pool2d(q, kernel_size, stride=None, padding=0, *, mode: str = "tflite", 
     return (div_round_half_away(s, c) if mode == "tflite" else div_round_half_even(s, c)).astype(a.dtype)
 
 
-def div_round_half_away(s, c) -> np.ndarray:
-    """``s / c`` rounded half away from zero, exactly, for int64 ``s`` and ``c > 0``
-    (TFLite's ``(s +- c/2) / c`` with truncating division).
-
-    Parameters
-    ----------
-    s : int or integer array
-        The numerators, taken as int64.
-    c : int or integer array
-        The denominators, taken as int64, ``c > 0``; broadcast against ``s``.
-
-    Returns
-    -------
-    numpy.ndarray
-        int64, the broadcast shape.
-    """
-    s = np.asarray(s, np.int64)
-    c = np.asarray(c, np.int64)
-    return np.sign(s) * ((np.abs(s) + c // 2) // c)
-
-
-def div_round_half_even(s, c) -> np.ndarray:
-    """``s / c`` rounded half to even, exactly, for int64 ``s`` and ``c > 0``.
-
-    Parameters
-    ----------
-    s : int or integer array
-        The numerators, taken as int64.
-    c : int or integer array
-        The denominators, taken as int64, ``c > 0``; broadcast against ``s``.
-
-    Returns
-    -------
-    numpy.ndarray
-        int64, the broadcast shape.
-    """
-    s = np.asarray(s, np.int64)
-    c = np.asarray(c, np.int64)
-    fl, r = np.divmod(s, c)
-    up = (2 * r > c) | ((2 * r == c) & (fl % 2 == 1))
-    return fl + up
-
-
 def _windows(a, kh, kw, sh, sw, ph, pw, fill, pb=None, pr=None):
     pb, pr = ph if pb is None else pb, pw if pr is None else pr
     p = np.pad(a, ((0, 0), (0, 0), (ph, pb), (pw, pr)), constant_values=fill)
@@ -228,8 +187,9 @@ def _ort_codes(q, name="q"):
     return a
 
 
-def onnxruntime_avg_pool2d(q, s_x, z_x: int, s_y, z_y: int, kernel_size, stride=None, padding=0, *,
-                           count_include_pad: bool = False) -> np.ndarray:
+def onnxruntime_avg_pool2d(q: npt.ArrayLike, s_x: float, z_x: int, s_y: float, z_y: int,
+                           kernel_size: int | tuple[int, int], stride: int | tuple[int, int] | None = None,
+                           padding: int | tuple[int, ...] = 0, *, count_include_pad: bool = False) -> np.ndarray:
     """onnxruntime's ``QLinearAveragePool`` (2-D, NCHW) on int8/uint8 codes ``q``.
 
     No ceil mode, no dilation. As onnxruntime computes it
@@ -309,7 +269,7 @@ def onnxruntime_avg_pool2d(q, s_x, z_x: int, s_y, z_y: int, kernel_size, stride=
     return np.clip(y, info.min, info.max).astype(a.dtype)
 
 
-def onnxruntime_global_avg_pool2d(q, s_x, z_x: int, s_y, z_y: int) -> np.ndarray:
+def onnxruntime_global_avg_pool2d(q: npt.ArrayLike, s_x: float, z_x: int, s_y: float, z_y: int) -> np.ndarray:
     """onnxruntime's ``QLinearGlobalAveragePool`` (NCHW) on int8/uint8 codes ``q``.
 
     As MLAS computes it (``MlasQLinearGlobalAveragePoolNchw``): the exact int32 sum
