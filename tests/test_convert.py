@@ -11,7 +11,7 @@ from npquant.models.convert import (
     quantize_model,
     weight_only_quantize,
 )
-from npquant.requant.fixedpoint import REQUANT_MODES
+from npquant.requant.modes import REQUANT_MODES
 
 
 @pytest.fixture(scope="module")
@@ -99,8 +99,14 @@ def test_dynamic_and_weight_only(mlp):
     assert (g(X_te).argmax(1) == y_te).mean() > 0.9
 
 
-def test_errors(mlp):
-    model, X_tr, *_ = mlp
+def test_errors():
+    # Argument errors need no trained model (the mlp fixture trains for seconds): a small random MLP.
+    rng = np.random.default_rng(0)
+    model = nn.Sequential([nn.Linear(rng.normal(size=(16, 8)).astype(np.float32), np.zeros(16, np.float32), name="fc1"),
+                           nn.ReLU(),
+                           nn.Linear(rng.normal(size=(4, 16)).astype(np.float32), np.zeros(4, np.float32), name="fc2")])
+    X_tr = rng.uniform(0, 1, (32, 8)).astype(np.float32)
+    quantize_model(model, X_tr)  # the arguments the errors below change one at a time are valid
     with pytest.raises(ValueError, match="mode must be one of"):
         quantize_model(model, X_tr, mode="tf")
     with pytest.raises(ValueError, match="observer must be one of"):

@@ -167,8 +167,7 @@ def test_integer_graph_equals_the_layers_at_every_tensor():
     k = np.concatenate([quantize(dequantize(t, qp), cat_qp, method="torch") for t, qp in ((a, a_qp), (r, h_qp))], 1)
     p = ql.AvgPool2d(3, 2, 1, mode="torch", zero_point=5, count_include_pad=True)(k)
     f = ql.MaxPool2d(2)(p).reshape(2, -1)
-    lq = ql.QLinear(qw["l"], qs["l"], None, cat_qp, y_qp, mode="fp32", float_bias=fbias,
-                    accumulation="int16_pairs")(f)
+    lq = ql.QLinear(qw["l"], qs["l"], fbias, cat_qp, y_qp, mode="fbgemm", accumulation="int16_pairs")(f)
     every = g.run(x, keep_intermediates=True)
     for name, want in [("xq", xq), ("h", h), ("c", c), ("a", a), ("r", r), ("k", k), ("p", p), ("f", f), ("l", lq)]:
         np.testing.assert_array_equal(every[name], want, err_msg=name)

@@ -30,7 +30,7 @@ from npquant.models.convert import IntegerModel, quantize_model
 from npquant.models.io import load_model, load_reference
 from npquant.qnn import layers as ql
 from npquant.qparams import QuantSpec
-from npquant.requant.fixedpoint import REQUANT_MODES
+from npquant.requant.modes import REQUANT_MODES
 from npquant.training import Adam, fit
 from npquant.training.convert_qat import INPUT_FAKE_QUANT, convert_qat, freeze_bn, freeze_observers, prepare_qat
 from npquant.training.fake_quant import FakeQuantize, LSQFakeQuantize, PACTFakeQuantize

@@ -10,13 +10,14 @@ refused naming the node.
 
 import numpy as np
 import pytest
+from conftest import slow_after
 
 from npquant import QParams, QuantSpec, dequantize, fake_quantize, quantize
 from npquant.models import nn
 from npquant.models.convert import GRAPH_ADD_MODES, quantize_graph, quantize_model
 from npquant.models.graph import Graph, Node, load_graph, save_graph
 from npquant.qnn.add import add as qnn_add
-from npquant.requant.fixedpoint import REQUANT_MODES
+from npquant.requant.modes import REQUANT_MODES
 
 
 def _w(rng, *shape, s=0.3):
@@ -54,13 +55,7 @@ def _chain(rng):
     return model, Graph(nodes, ["x"], ["y"], name="chain")
 
 
-def _slow_after(cases, n_fast):
-    """The first ``n_fast`` cases run in every pass; the rest are slow (the JIT pass runs them,
-    the JIT-off pass, where the kernels run as plain Python, skips them)."""
-    return [c if i < n_fast else pytest.param(*c, marks=pytest.mark.slow) for i, c in enumerate(cases)]
-
-
-CHAIN_CASES = _slow_after([(m, "uint8", True, 8) for m in REQUANT_MODES]
+CHAIN_CASES = slow_after([(m, "uint8", True, 8) for m in REQUANT_MODES]
                           + [("tflite", "int8", False, 4), ("onnx", "int8", True, 6)], 2)
 
 
@@ -152,7 +147,7 @@ def _local_float(qg, node, env):
     return quantize(y, out_qp)
 
 
-MODES_DTYPES = _slow_after([(m, "uint8") for m in REQUANT_MODES] + [("tflite", "int8"), ("onnx", "int8")], 2)
+MODES_DTYPES = slow_after([(m, "uint8") for m in REQUANT_MODES] + [("tflite", "int8"), ("onnx", "int8")], 1)
 
 
 @pytest.mark.parametrize(("mode", "act_dtype"), MODES_DTYPES)
@@ -221,6 +216,7 @@ def test_add_and_concat_equal_a_direct_computation(mode):
     np.testing.assert_array_equal(qg.qparams["c1"].scale, qg.qparams["c0"].scale)
 
 
+@pytest.mark.slow  # a torch model end to end; the JIT-off pass runs the smaller graph tests
 def test_from_torch_module_with_a_skip_connection(tmp_path):
     torch = pytest.importorskip("torch")
     from npquant.importers.torch import from_torch

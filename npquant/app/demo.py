@@ -14,13 +14,15 @@ predictions; everything is computed on the spot.
 from __future__ import annotations
 
 import functools
+import os
 import time
+from collections.abc import Callable, Iterable
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
 
-from ..requant.fixedpoint import REQUANT_MODES
+from ..requant.modes import REQUANT_MODES
 
 MODELS = ("mlp", "lenet_300_100", "cnn")
 
@@ -30,7 +32,7 @@ QAT_ROWS = ((8, 8, "minmax", "QAT W8A8 per-channel, min-max EMA"), (4, 4, "ptq",
 of :func:`npquant.training.qat_results.qat_experiment` (``npquant qat`` prints the full table)."""
 
 
-def data_files(models=MODELS) -> list[str]:
+def data_files(models: Iterable[str] = MODELS) -> list[str]:
     """The files the demo reads for ``models``: the split, and each model's float and
     PyTorch-quantized files.
 
@@ -80,7 +82,7 @@ def _extracted(data) -> Path:  # pragma: no cover - npquant imported from a zip
     return out
 
 
-def check_models_dir(models_dir, models=MODELS) -> Path:
+def check_models_dir(models_dir: str | os.PathLike, models: Iterable[str] = MODELS) -> Path:
     """``models_dir`` as a ``Path``, after checking that it holds every file ``models`` need
     (``digits_split.npz``, ``NAME.npz`` and ``NAME_ptq.npz``); else ``ValueError`` naming the
     folder and each missing file (the command prints it and exits with status 1).
@@ -130,7 +132,8 @@ def calibration_inputs(models_dir: Path, name: str) -> np.ndarray:
     return x.reshape(-1, 1, 8, 8) if name == "cnn" else x
 
 
-def model_rows(models_dir, name: str, progress=lambda msg: None) -> list[list[str]]:
+def model_rows(models_dir: str | os.PathLike, name: str,
+               progress: Callable[[str], object] = lambda msg: None) -> list[list[str]]:
     """The table rows of one reference model.
 
     Parameters
@@ -145,19 +148,15 @@ def model_rows(models_dir, name: str, progress=lambda msg: None) -> list[list[st
     Returns
     -------
     list of list of str
-        One row per method: model, method, mode, size in bytes, test accuracy and
-        agreement with the float model.
+        One row per method: model, method, mode, size in bytes (of that row's own model,
+        each layer counted by its layer type: :func:`npquant.models.registry.model_size_bytes`;
+        weight-only: as :func:`npquant.models.convert.weight_only_quantize` counts it), test
+        accuracy and agreement with the float model.
     """
-    from ..models.convert import (
-        dynamic_quantize,
-        dynamic_size_bytes,
-        float_size_bytes,
-        from_pytorch_ptq,
-        quantize_model,
-        weight_only_quantize,
-    )
+    from ..models.convert import dynamic_quantize, from_pytorch_ptq, quantize_model, weight_only_quantize
     from ..models.io import load_reference, load_state_dict
     from ..models.nn import build_model
+    from ..models.registry import model_size_bytes as size_of
 
     models_dir = Path(models_dir)
     ref = load_reference(models_dir / f"{name}.npz")
@@ -168,20 +167,20 @@ def model_rows(models_dir, name: str, progress=lambda msg: None) -> list[list[st
     def row(method, mode, size, pred):
         return [name, method, mode, str(size), f"{100 * np.mean(pred == y):.2f} %", f"{100 * np.mean(pred == pred_f):.1f} %"]
 
-    rows = [row("float32", "-", float_size_bytes(model), pred_f)]
+    rows = [row("float32", "-", size_of(model), pred_f)]
     calib = calibration_inputs(models_dir, name)
     progress(f"{name}: post-training quantization ...")
     q = quantize_model(model, calib, mode="tflite", per_channel=False)
-    rows.append(row("PTQ int8 per-tensor", "tflite", q.size_bytes(), q(x).argmax(1)))
+    rows.append(row("PTQ int8 per-tensor", "tflite", size_of(q), q(x).argmax(1)))
     for mode in REQUANT_MODES:
         q = quantize_model(model, calib, mode=mode, per_channel=True)
-        rows.append(row("PTQ int8 per-channel", mode, q.size_bytes(), q(x).argmax(1)))
+        rows.append(row("PTQ int8 per-channel", mode, size_of(q), q(x).argmax(1)))
     golden = load_state_dict(models_dir / f"{name}_ptq.npz")
     pt = from_pytorch_ptq(dict(golden))
     codes = pt.run(pt.quantize_input(x))
     exact = np.array_equal(codes, golden["logits_int"])
     rows.append(row("PyTorch PTQ, reproduced" + (" (bit-exact)" if exact else " (MISMATCH)"), "fp32",
-                    pt.size_bytes(), codes.argmax(1)))
+                    size_of(pt), codes.argmax(1)))
     progress(f"{name}: quantization-aware training ...")
     from ..training.qat_results import qat_experiment
     from ..training.trainer import digits_data
@@ -189,17 +188,18 @@ def model_rows(models_dir, name: str, progress=lambda msg: None) -> list[list[st
     data = digits_data(ref.arch, models_dir)
     for w, a, method, label in QAT_ROWS:
         r = qat_experiment(name, w, a, method, model=model, data=data)
-        rows.append(row(label, "tflite", r.integer_model.size_bytes(packed=True), r.integer_model(x).argmax(1)))
+        rows.append(row(label, "tflite", size_of(r.integer_model, packed=True), r.integer_model(x).argmax(1)))
     progress(f"{name}: dynamic and weight-only ...")
     d = dynamic_quantize(model)
-    rows.append(row("dynamic int8", "-", dynamic_size_bytes(d), d(x).argmax(1)))
+    rows.append(row("dynamic int8", "-", size_of(d), d(x).argmax(1)))  # the dynamic model's own layers
     for bits in (8, 4, 2):
         w, size = weight_only_quantize(model, bits)
         rows.append(row(f"weight-only int{bits} per-channel", "-", size, w(x).argmax(1)))
     return rows
 
 
-def run(models_dir=None, *, models=MODELS, progress=lambda msg: None) -> str:
+def run(models_dir: str | os.PathLike | None = None, *, models: Iterable[str] = MODELS,
+        progress: Callable[[str], object] = lambda msg: None) -> str:
     """The demo's text: one table over the given reference models.
 
     Parameters

@@ -11,6 +11,7 @@ format and version. :func:`load_quantized` returns the dequantized float32 weigh
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -19,6 +20,7 @@ from .._fileio import FileFormatError, atomic_write, check_path, parse_json, rea
 from ..affine import dequantize, quantization_error, quantize
 from ..compression.packing import from_unsigned, pack_bits, to_unsigned, unpack_bits
 from ..qparams import QParams, QuantSpec, fit_qparams
+from .registry import quantized_storage
 
 FORMAT = "npquant-quantized-checkpoint/1"
 
@@ -27,8 +29,8 @@ FORMAT = "npquant-quantized-checkpoint/1"
 class TensorReport:
     """One quantized tensor of :func:`quantize_checkpoint`: its ``name`` and ``shape``, its
     ``float_bytes`` (4 per element), its ``quantized_bytes`` (packed codes, float32 scales
-    and, for an asymmetric spec, 4-byte zero points) and the ``sqnr_db`` of its
-    dequantized values."""
+    and, for an asymmetric spec, 4-byte zero points: :func:`npquant.models.registry.quantized_storage`)
+    and the ``sqnr_db`` of its dequantized values."""
 
     name: str
     shape: tuple
@@ -74,7 +76,8 @@ def quantize_checkpoint(state: dict, spec: QuantSpec) -> tuple[dict, list]:
             out[f"{name}.zero_point"] = np.asarray(qp.zero_point, np.int32)
             out[f"{name}.shape"] = np.asarray(a.shape, np.int64)
             out[f"{name}.spec"] = np.array(json.dumps(asdict(spec)))
-            qbytes = packed.nbytes + 4 * qp.scale.size + (0 if spec.symmetric else 4 * qp.zero_point.size)
+            # the registry's counting rule: codes packed at bits, float32 scales, int32 zero points
+            qbytes = quantized_storage(a.size, qp, packed=True, zero_point_bytes=0 if spec.symmetric else 4).total
             err = quantization_error(a, dequantize(q, qp))
             reports.append(TensorReport(name, a.shape, 4 * a.size, qbytes, err.sqnr_db))
         else:
@@ -82,7 +85,7 @@ def quantize_checkpoint(state: dict, spec: QuantSpec) -> tuple[dict, list]:
     return out, reports
 
 
-def save_quantized(path, arrays: dict) -> None:
+def save_quantized(path: str | os.PathLike, arrays: dict) -> None:
     """Write the arrays of :func:`quantize_checkpoint` as an ``.npz`` (atomically).
 
     Parameters
@@ -97,7 +100,7 @@ def save_quantized(path, arrays: dict) -> None:
     atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
-def load_quantized(path) -> dict:
+def load_quantized(path: str | os.PathLike) -> dict:
     """The dequantized float32 tensors (and the untouched ones) of a quantized checkpoint.
 
     The file is read through :mod:`npquant.models.io`'s
@@ -123,7 +126,7 @@ def load_quantized(path) -> dict:
 _PARTS = ("codes", "scale", "zero_point", "shape", "spec")
 
 
-def dequantize_checkpoint(arrays: dict, where="<arrays>") -> dict:
+def dequantize_checkpoint(arrays: dict, where: str | os.PathLike = "<arrays>") -> dict:
     """:func:`load_quantized` of the arrays already read from a file named ``where``.
 
     Parameters

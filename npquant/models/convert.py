@@ -18,20 +18,24 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+import numpy.typing as npt
 
 from .. import observers as obs
 from .._checks import as_float_array, check_bool, check_choice, check_int
 from ..affine import dequantize, fake_quantize, quantize
-from ..qnn import layers as ql
 from ..qnn.accumulation import check_accumulation
-from ..qnn.conv import conv2d_accumulate
-from ..qnn.gemm import linear_accumulate, quantize_bias
-from ..qparams import QParams, QuantSpec, fit_qparams
-from ..requant.fixedpoint import REQUANT_MODES
+from ..qparams import QParams, QuantSpec
+from ..requant.modes import REQUANT_MODES
 from . import nn
+from . import registry as _reg
+
+if TYPE_CHECKING:
+    from . import graph as _graph
 
 OBSERVERS = {
     "minmax": lambda spec: obs.MinMaxObserver(spec),
@@ -43,9 +47,10 @@ OBSERVERS = {
 
 
 def fold_batchnorm(model: nn.Sequential) -> nn.Sequential:
-    """A copy of ``model`` where every ``Conv2d`` followed by ``BatchNorm2d`` is one conv:
-    ``W' = W * gamma / sqrt(var + eps)`` per output channel and
-    ``b' = (b - mean) * gamma / sqrt(var + eps) + beta`` (float32).
+    """A copy of ``model`` where every layer that folds the next one (its layer type's
+    ``fold``, :mod:`npquant.models.registry`) is one layer: a ``Conv2d`` followed by
+    ``BatchNorm2d`` becomes one conv, ``W' = W * gamma / sqrt(var + eps)`` per output
+    channel and ``b' = (b - mean) * gamma / sqrt(var + eps) + beta`` (float32).
 
     Parameters
     ----------
@@ -61,15 +66,10 @@ def fold_batchnorm(model: nn.Sequential) -> nn.Sequential:
     while i < len(layers):
         layer = layers[i]
         nxt = layers[i + 1] if i + 1 < len(layers) else None
-        if isinstance(layer, nn.Conv2d) and isinstance(nxt, nn.BatchNorm2d):
-            scale, shift = nxt.scale_shift()
-            if scale.shape[0] != layer.weight.shape[0]:
-                raise ValueError(f"{nxt.name} has {scale.shape[0]} channels, {layer.name} has {layer.weight.shape[0]}")
-            w = (layer.weight * scale.reshape(-1, 1, 1, 1)).astype(np.float32)
-            b0 = np.zeros(scale.shape, np.float32) if layer.bias is None else layer.bias
-            b = (b0 * scale + shift).astype(np.float32)
-            out.append(nn.Conv2d(w, b, stride=layer.stride, padding=layer.padding, dilation=layer.dilation,
-                                 groups=layer.groups, name=layer.name))
+        kind = _reg.kind_of(layer)
+        folded = None if kind is None else kind.fold(layer, nxt)
+        if folded is not None:
+            out.append(folded)
             i += 2
         else:
             out.append(layer)
@@ -88,10 +88,10 @@ class IntegerModel:
     mode: str
     input_method: str = "divide"
 
-    def quantize_input(self, x) -> np.ndarray:
+    def quantize_input(self, x: npt.ArrayLike) -> np.ndarray:
         return quantize(x, self.input_qp, method=self.input_method)
 
-    def run(self, x_q) -> np.ndarray:
+    def run(self, x_q: npt.ArrayLike) -> np.ndarray:
         """Integer codes in, integer codes out (``output_qp``'s dtype)."""
         for layer in self.layers:
             x_q = layer(x_q)
@@ -101,41 +101,18 @@ class IntegerModel:
         """Float input to dequantized float32 logits."""
         return dequantize(self.run(self.quantize_input(x)), self.output_qp)
 
-    def float_twin(self, x) -> np.ndarray:
+    def float_twin(self, x: npt.ArrayLike) -> np.ndarray:
         """The same model in float (fake quantization): dequantized weights and int32
         biases, float products, and each activation fake-quantized with its qparams and
-        clamped to its fused-activation range; float32 logits. The integer model differs
-        from it only by rounding inside the requantization."""
+        clamped to its fused-activation range; float32 logits (each layer by its layer
+        type's ``float_twin``). The integer model differs from it only by rounding inside
+        the requantization."""
         h = fake_quantize(as_float_array(x, "x"), self.input_qp, method=self.input_method)
         for layer in self.layers:
-            if isinstance(layer, (ql.QLinear, ql.QConv2d)):
-                w = dequantize(layer.w_q, layer.w_qp)
-                sx = np.float32(layer.x_qp.scale)
-                sw = np.broadcast_to(layer.w_qp.scale, (w.shape[0],)).astype(np.float32)
-                b = layer.bias_q.astype(np.float32) * sx * sw
-                if isinstance(layer, ql.QLinear):
-                    y = nn.Linear(w, b)(h)
-                else:
-                    g = layer.geometry
-                    y = nn.Conv2d(w, b, stride=g.stride, padding=(g.padding[0], g.padding[2]),
-                                  dilation=g.dilation, groups=g.groups)(h)
-                lo, hi = layer.out_range
-                qp = layer.y_qp
-                sy, zy = np.float32(qp.scale), int(qp.zero_point)
-                h = np.clip(fake_quantize(y, qp), sy * (lo - zy), sy * (hi - zy)).astype(np.float32)
-            elif isinstance(layer, ql.MaxPool2d):
-                h = nn.MaxPool2d(layer.kernel_size, layer.stride, layer.padding)(h)
-            elif isinstance(layer, ql.AvgPool2d):
-                h = nn.AvgPool2d(layer.kernel_size, layer.stride, layer.padding,
-                                 count_include_pad=layer.count_include_pad)(h)
-            elif isinstance(layer, ql.Flatten):
-                h = nn.Flatten()(h)
-            elif isinstance(layer, ql.QReLU):
-                lo, hi = layer.out_range
-                sy, zy = np.float32(layer.qp.scale), int(layer.qp.zero_point)
-                h = np.clip(h, sy * (lo - zy), sy * (hi - zy))
-            else:
+            kind = _reg.kind_of(layer)
+            if kind is None:
                 raise TypeError(f"no float twin for {type(layer).__name__}")
+            h = kind.float_twin(layer, h)
         return h
 
     def size_bytes(self, *, packed: bool = False) -> int:
@@ -144,25 +121,17 @@ class IntegerModel:
         Weight codes count 1 byte each (their int8 storage), or with ``packed`` the bytes of
         each tensor's codes packed at its spec's bit width (``ceil(n * bits / 8)``, as
         :func:`npquant.compression.packing.pack_bits` stores them); the same for 8-bit weights.
+        Each layer is counted by its layer type (:func:`npquant.models.registry.model_size_bytes`).
         """
-        packed = check_bool(packed, "packed")
-        total = 0
-        for layer in self.layers:
-            if isinstance(layer, (ql.QLinear, ql.QConv2d)):
-                n = layer.w_q.size
-                codes = -(-n * layer.w_qp.spec.bits // 8) if packed else n * layer.w_q.itemsize
-                total += codes + 4 * layer.w_q.shape[0]
-                total += layer.w_qp.scale.size * 4 + layer.w_qp.zero_point.size * layer.w_q.itemsize
-        return total
+        return _reg.model_size_bytes(self, packed=check_bool(packed, "packed"))
 
 
-def _next_activation(layers, i):
-    nxt = layers[i + 1] if i + 1 < len(layers) else None
-    if isinstance(nxt, nn.ReLU):
-        return "relu"
-    if isinstance(nxt, nn.ReLU6):
-        return "relu6"
-    return None
+def _next_activation(layers, i) -> str | None:
+    """The clamp name of the layer after ``layers[i]`` if its type fuses (``activation``), else None."""
+    if i + 1 >= len(layers):
+        return None
+    kind = _reg.kind_of(layers[i + 1])
+    return None if kind is None else kind.activation
 
 
 def _given_qparams(qparams, layers) -> dict:
@@ -171,7 +140,7 @@ def _given_qparams(qparams, layers) -> dict:
         return {}
     if not isinstance(qparams, dict):
         raise TypeError(f"qparams must be a dict of name -> QParams or None, got {type(qparams).__name__}")
-    names = [layer.name for layer in layers if isinstance(layer, (nn.Linear, nn.Conv2d))]
+    names = [layer.name for layer in layers if _weighted(layer)]
     allowed = {"input", *names, *(f"{n}.weight" for n in names)}
     for key, qp in qparams.items():
         if key not in allowed:
@@ -201,28 +170,12 @@ def _check_ptq(mode, accumulation, observer, weight_bits, batch_size, bias_metho
     return weight_bits, batch_size, bias_method
 
 
-def _quantize_params(weight, bias, x_qp: QParams, w_qp: QParams | None, w_spec: QuantSpec, bias_method: str):
-    """Weight codes, their QParams (fitted with ``w_spec`` unless given) and the int32 bias
-    at ``S_x S_w`` (None without a bias) of a linear/conv layer."""
-    if w_qp is None:
-        w_qp = fit_qparams(weight, w_spec)
-    w_q = quantize(weight, w_qp)
-    b_q = None
-    if bias is not None:
-        sw = np.broadcast_to(np.asarray(w_qp.scale, np.float32), (weight.shape[0],))
-        b_q = quantize_bias(bias, np.float32(x_qp.scale), sw, method=bias_method)
-    return w_q, w_qp, b_q
+def _weighted(layer) -> bool:
+    kind = _reg.kind_of(layer)
+    return kind is not None and kind.weighted
 
 
-def _avgpool_mode(layer: nn.AvgPool2d, mode: str) -> tuple[str, bool]:
-    """``(mode, count_include_pad)`` of the integer average pool of ``layer``."""
-    # Padding counted in the divisor (PyTorch's default) is not a TFLite option: such a
-    # pool rounds as PyTorch's quantized avg_pool2d does, whatever the requantization mode.
-    include_pad = bool(layer.count_include_pad and any(layer.padding))
-    return ("tflite" if mode.startswith("tflite") and not include_pad else "torch"), include_pad
-
-
-def quantize_model(model: nn.Sequential, calib_x, *, mode: str = "tflite", observer: str = "minmax",
+def quantize_model(model: nn.Sequential, calib_x: npt.ArrayLike | None, *, mode: str = "tflite", observer: str = "minmax",
                    per_channel: bool = True, weight_bits: int = 8, activation_signed: bool = False,
                    batch_size: int = 256, bias_method: str | None = None,
                    accumulation: str = "exact", qparams: dict | None = None) -> IntegerModel:
@@ -233,7 +186,7 @@ def quantize_model(model: nn.Sequential, calib_x, *, mode: str = "tflite", obser
     asymmetric (uint8, or int8 with ``activation_signed``), ranges from ``observer``
     (``minmax``, ``moving_average``, ``percentile``, ``mse``, ``entropy``) over the
     calibration batches. Biases: int32 at ``S_x S_w`` (``bias_method`` of
-    :func:`npquant.qnn.gemm.quantize_bias`; default TFLite's for the TFLite modes,
+    :func:`npquant.qnn.bias.quantize_bias`; default TFLite's for the TFLite modes,
     onnxruntime's otherwise). ``accumulation`` is that of every linear and conv layer
     (:mod:`npquant.qnn.accumulation`; pair saturation needs uint8 activations).
 
@@ -246,6 +199,8 @@ def quantize_model(model: nn.Sequential, calib_x, *, mode: str = "tflite", obser
     replacing ``weight_bits`` and ``per_channel`` for that layer). Points not given are
     calibrated on ``calib_x``, which may be None when every activation point is given.
 
+    Each layer converts as its layer type says (:mod:`npquant.models.registry`;
+    ``to_integer``); a layer whose type declares no integer form is an error naming it.
     Pools work on codes with the input's qparams. Average pooling rounds ``sum / count``
     half away from zero in the ``tflite*`` modes (TFLite's AVERAGE_POOL_2D, padding not
     counted) and half to even otherwise (PyTorch's quantized ``avg_pool2d``); a pool whose
@@ -260,7 +215,7 @@ def quantize_model(model: nn.Sequential, calib_x, *, mode: str = "tflite", obser
         Calibration inputs, run in batches; None only when ``qparams`` gives every
         activation point.
     mode : str, default ``"tflite"``
-        The requantization rounding, one of :data:`npquant.requant.fixedpoint.REQUANT_MODES`.
+        The requantization rounding, one of :data:`npquant.requant.modes.REQUANT_MODES`.
     observer : str, default ``"minmax"``
         ``"minmax"``, ``"moving_average"``, ``"percentile"``, ``"mse"`` or ``"entropy"``.
     per_channel : bool, default True
@@ -291,7 +246,7 @@ def quantize_model(model: nn.Sequential, calib_x, *, mode: str = "tflite", obser
     # quantization points: the input, and the (post-activation) output of each linear/conv
     points = {} if "input" in given else {"input": OBSERVERS[observer](act_spec)}
     for i, layer in enumerate(layers):
-        if isinstance(layer, (nn.Linear, nn.Conv2d)) and layer.name not in given:
+        if _weighted(layer) and layer.name not in given:
             points[i] = OBSERVERS[observer](act_spec)
     if points:
         calib = as_float_array(calib_x, "calib_x")
@@ -301,49 +256,46 @@ def quantize_model(model: nn.Sequential, calib_x, *, mode: str = "tflite", obser
                 points["input"].update(x)
             for i, layer in enumerate(layers):
                 x = layer(x)
-                if i in points:
-                    act = _next_activation(layers, i)
-                    points[i].update(x if act is None else (nn.ReLU() if act == "relu" else nn.ReLU6())(x))
+                if i in points:  # observed after a fused activation (a fresh float32 clamp)
+                    points[i].update(_reg.kind_of(layers[i + 1]).float_class()(x) if _next_activation(layers, i)
+                                     else x)
     w_spec = QuantSpec(bits=weight_bits, symmetric=True, narrow_range=True, axis=0 if per_channel else None)
     x_qp = given["input"] if "input" in given else points["input"].qparams()
     input_qp = x_qp
     qlayers, i = [], 0
     while i < len(layers):
         layer = layers[i]
-        if isinstance(layer, (nn.Linear, nn.Conv2d)):
+        kind = _reg.kind_of(layer)
+        if kind is None:
+            raise ValueError(f"cannot quantize layer {i} of type {type(layer).__name__}: no registered layer type "
+                             "(npquant.models.registry) has that class")
+        ctx = _reg.QuantContext(x_qp, mode, accumulation, bias_method)
+        act = None
+        if kind.weighted:
             act = _next_activation(layers, i)
-            y_qp = given[layer.name] if layer.name in given else points[i].qparams()
-            w_q, w_qp, b_q = _quantize_params(layer.weight, layer.bias, x_qp, given.get(f"{layer.name}.weight"),
-                                              w_spec, bias_method)
-            if isinstance(layer, nn.Linear):
-                qlayers.append(ql.QLinear(w_q, w_qp, b_q, x_qp, y_qp, mode=mode, activation=act,
-                                          accumulation=accumulation))
-            else:
-                qlayers.append(ql.QConv2d(w_q, w_qp, b_q, x_qp, y_qp, stride=layer.stride, padding=layer.padding,
-                                          dilation=layer.dilation, groups=layer.groups, mode=mode, activation=act,
-                                          accumulation=accumulation))
-            x_qp = y_qp
-            i += 2 if act else 1
-            continue
-        if isinstance(layer, nn.MaxPool2d):
-            qlayers.append(ql.MaxPool2d(layer.kernel_size, layer.stride, layer.padding))
-        elif isinstance(layer, nn.AvgPool2d):
-            pool_mode, include_pad = _avgpool_mode(layer, mode)
-            qlayers.append(ql.AvgPool2d(layer.kernel_size, layer.stride, layer.padding, mode=pool_mode,
-                                        zero_point=int(x_qp.zero_point), count_include_pad=include_pad))
-        elif isinstance(layer, nn.Flatten):
-            qlayers.append(ql.Flatten())
-        elif isinstance(layer, (nn.ReLU, nn.ReLU6)):
-            qlayers.append(ql.QReLU(x_qp, "relu" if isinstance(layer, nn.ReLU) else "relu6"))
-        else:
-            raise ValueError(f"cannot quantize layer {i} of type {type(layer).__name__}")
-        i += 1
+            ctx.y_qp = given[layer.name] if layer.name in given else points[i].qparams()
+            ctx.activation, ctx.w_spec, ctx.w_qp = act, w_spec, given.get(f"{layer.name}.weight")
+        qlayer, x_qp = kind.to_integer(layer, ctx)
+        qlayers.append(qlayer)
+        i += 2 if act else 1
     return IntegerModel(input_qp=input_qp, layers=qlayers, output_qp=x_qp, mode=mode)
 
 
 #: ``mode`` of :func:`quantize_graph` -> the ``mode`` of its ``qadd`` nodes.
 GRAPH_ADD_MODES = {"tflite": "tflite", "tflite_single": "tflite_single", "fp32": "torch", "onnx": "onnxruntime"}
-_GRAPH_OPS = ("linear", "conv2d", "relu", "relu6", "maxpool2d", "avgpool2d", "flatten", "reshape", "add", "concat")
+_GRAPH_ONLY_OPS = ("reshape", "add", "concat")  # graph ops of no layer type, quantized by quantize_graph itself
+
+
+def _graph_kind(op: str) -> _reg.LayerType | None:
+    """The registered layer type of a float graph op whose type gives an integer graph node
+    (:meth:`~npquant.models.registry.LayerType.graph_node`), else None."""
+    kind = _reg.layer_types().get(op)
+    return kind if kind is not None and kind.graph_quantizable else None
+
+
+def _graph_ops() -> list:
+    """The ops :func:`quantize_graph` takes, for messages."""
+    return [n for n, t in _reg.layer_types().items() if t.graph_quantizable] + list(_GRAPH_ONLY_OPS)
 
 
 def _calib_feeds(graph, calib_inputs) -> dict:
@@ -374,10 +326,10 @@ def _calib_feeds(graph, calib_inputs) -> dict:
     return feeds
 
 
-def quantize_graph(graph, calib_inputs, *, mode: str = "tflite", observer: str = "minmax",
+def quantize_graph(graph: _graph.Graph, calib_inputs: npt.ArrayLike | list | dict, *, mode: str = "tflite", observer: str = "minmax",
                    per_channel: bool = True, weight_bits: int = 8, act_dtype: str = "uint8",
                    accumulation: str = "exact", bias_method: str | None = None, batch_size: int = 256,
-                   name: str | None = None):
+                   name: str | None = None) -> _graph.Graph:
     """Post-training static quantization of a float :class:`~npquant.models.graph.Graph`.
 
     The graph counterpart of :func:`quantize_model`, with its conventions for weights,
@@ -385,7 +337,9 @@ def quantize_graph(graph, calib_inputs, *, mode: str = "tflite", observer: str =
     Batch norms are folded (:func:`npquant.models.graph.fold_batchnorm`); the float graph runs on
     ``calib_inputs`` (``keep_intermediates=True``, in batches of ``batch_size``) and an
     observer records every tensor that gets its own qparams: each graph input, and the
-    output of each linear, conv, add and concat. The nodes become:
+    output of each linear, conv, add and concat. A node of a layer type becomes the node
+    its type's :meth:`~npquant.models.registry.LayerType.graph_node` gives
+    (:mod:`npquant.models.registry`); the nodes become:
 
     * ``linear`` / ``conv2d`` -> ``qlinear`` / ``qconv2d``. A ``relu`` or ``relu6`` that is
       the only reader of the layer's output (which is not a graph output) is fused into
@@ -416,7 +370,7 @@ def quantize_graph(graph, calib_inputs, *, mode: str = "tflite", observer: str =
         Calibration data: one float array (N, ...) per graph input, as ``graph.run`` takes them.
     mode : str, default ``"tflite"``
         Requantization of every linear/conv layer, one of
-        :data:`npquant.requant.fixedpoint.REQUANT_MODES`; it also picks the add (above).
+        :data:`npquant.requant.modes.REQUANT_MODES`; it also picks the add (above).
     observer : str, default ``"minmax"``
         ``"minmax"``, ``"moving_average"``, ``"percentile"``, ``"mse"`` or ``"entropy"``.
     per_channel : bool, default True
@@ -428,7 +382,7 @@ def quantize_graph(graph, calib_inputs, *, mode: str = "tflite", observer: str =
     accumulation : str, default ``"exact"``
         The accumulation of every linear and conv layer (:mod:`npquant.qnn.accumulation`).
     bias_method : str or None, default None
-        ``"tflite"`` or ``"onnxruntime"`` (:func:`npquant.qnn.gemm.quantize_bias`); ``None``
+        ``"tflite"`` or ``"onnxruntime"`` (:func:`npquant.qnn.bias.quantize_bias`); ``None``
         picks TFLite's for the ``tflite*`` modes, onnxruntime's otherwise.
     batch_size : int, default 256
         Calibration batch size, >= 1.
@@ -464,9 +418,9 @@ def quantize_graph(graph, calib_inputs, *, mode: str = "tflite", observer: str =
         if n.op == "batchnorm2d":
             raise ValueError(f"node {n.name!r} (batchnorm2d) cannot be quantized: it does not fold into a conv "
                              "(its input is not the output of a conv2d read by it alone)")
-        if n.op not in _GRAPH_OPS:
+        if n.op not in _GRAPH_ONLY_OPS and _graph_kind(n.op) is None:
             raise ValueError(f"node {n.name!r} ({n.op}) cannot be quantized; quantize_graph takes the ops "
-                             f"{', '.join(_GRAPH_OPS)} (and batchnorm2d after a conv2d)")
+                             f"{', '.join(_graph_ops())} (and batchnorm2d after a conv2d)")
         if mode == "fp32" and n.op == "add" and act_dtype == "int8":
             raise ValueError(f"node {n.name!r} (add): mode='fp32' quantizes adds as PyTorch's quint8 add, "
                              "which needs act_dtype='uint8'")
@@ -477,12 +431,15 @@ def quantize_graph(graph, calib_inputs, *, mode: str = "tflite", observer: str =
     for n in g.nodes:
         for t in n.inputs:
             readers.setdefault(t, []).append(n)
-    fused = {}  # linear/conv node name -> the relu/relu6 node fused into it
+    kinds = {n.name: _graph_kind(n.op) for n in g.nodes}
+    weighted = {n.name for n in g.nodes if kinds[n.name] is not None and kinds[n.name].weighted}
+    fused = {}  # weighted (linear/conv) node name -> the clamp (relu/relu6) node fused into it
     for n in g.nodes:
-        if n.op in ("linear", "conv2d"):
+        if n.name in weighted:
             t = n.outputs[0]
             r = readers.get(t, [])
-            if len(r) == 1 and r[0].op in ("relu", "relu6") and t not in g.outputs:
+            if (len(r) == 1 and kinds[r[0].name] is not None and kinds[r[0].name].activation is not None
+                    and t not in g.outputs):
                 fused[n.name] = r[0]
     absorbed = {r.name for r in fused.values()}
 
@@ -490,7 +447,7 @@ def quantize_graph(graph, calib_inputs, *, mode: str = "tflite", observer: str =
     act_spec = QuantSpec(bits=8, signed=act_dtype == "int8")
     observed = list(g.inputs)
     for n in g.nodes:
-        if n.op in ("linear", "conv2d", "add", "concat"):
+        if n.name in weighted or n.op in ("add", "concat"):
             observed.append(fused[n.name].outputs[0] if n.name in fused else n.outputs[0])
     points = {t: OBSERVERS[observer](act_spec) for t in observed}
     feeds = _calib_feeds(g, calib_inputs)
@@ -528,20 +485,14 @@ def quantize_graph(graph, calib_inputs, *, mode: str = "tflite", observer: str =
         in_qps = [qps[t] for t in ins]
         out_t = fused[n.name].outputs[0] if n.name in fused else n.outputs[0]
         out = codes[out_t]
-        if n.op in ("linear", "conv2d"):
-            layer = g.layer(n.name)
-            y_qp = points[out_t].qparams()
-            w_q, w_qp, b_q = _quantize_params(layer.weight, layer.bias, in_qps[0], None, w_spec, bias_method)
-            params = {"weight": w_q, "weight_scale": np.asarray(w_qp.scale, np.float32),
-                      "weight_zero_point": np.asarray(w_qp.zero_point)}
-            if b_q is not None:
-                params["bias_q"] = b_q
-            attrs = {"output": y_qp, "mode": mode, "activation": fused[n.name].op if n.name in fused else None,
-                     "accumulation": accumulation, "weight_spec": w_spec}
-            if n.op == "conv2d":
-                attrs.update(stride=list(layer.stride), padding=list(layer.padding),
-                             dilation=list(layer.dilation), groups=layer.groups)
-            node = _graph.Node(n.name, "q" + n.op, ins, [out], attrs, params)
+        kind = kinds[n.name]
+        if kind is not None:
+            ctx = _reg.QuantContext(in_qps[0], mode, accumulation, bias_method)
+            if kind.weighted:
+                ctx.y_qp, ctx.w_spec = points[out_t].qparams(), w_spec
+                ctx.activation = kinds[fused[n.name].name].activation if n.name in fused else None
+            op, attrs, params, y_qp = kind.graph_node(g.layer(n.name), ctx)
+            node = _graph.Node(n.name, op, ins, [out], attrs, params)
         elif n.op == "add":
             y_qp = points[out_t].qparams()
             node = _graph.Node(n.name, "qadd", ins, [out], {"output": y_qp, "mode": GRAPH_ADD_MODES[mode]})
@@ -550,62 +501,14 @@ def quantize_graph(graph, calib_inputs, *, mode: str = "tflite", observer: str =
             op, cat_mode = ("qlinear_concat", "onnxruntime") if mode == "onnx" else ("qconcat", "torch")
             node = _graph.Node(n.name, op, ins, [out], {"output": y_qp, "axis": n.attrs.get("axis", 1),
                                                         "mode": cat_mode})
-        else:
+        else:  # reshape
             y_qp = in_qps[0]
-            if n.op in ("relu", "relu6"):
-                node = _graph.Node(n.name, "qrelu", ins, [out], {"activation": n.op})
-            elif n.op == "maxpool2d":
-                layer = g.layer(n.name)
-                node = _graph.Node(n.name, "qmaxpool2d", ins, [out], {
-                    "kernel_size": list(layer.kernel_size), "stride": list(layer.stride),
-                    "padding": list(layer.padding)})
-            elif n.op == "avgpool2d":
-                layer = g.layer(n.name)
-                pool_mode, include_pad = _avgpool_mode(layer, mode)
-                node = _graph.Node(n.name, "qavgpool2d", ins, [out], {
-                    "kernel_size": list(layer.kernel_size), "stride": list(layer.stride),
-                    "padding": list(layer.padding), "mode": pool_mode, "count_include_pad": include_pad})
-            elif n.op == "flatten":
-                node = _graph.Node(n.name, "qflatten", ins, [out])
-            else:  # reshape
-                node = _graph.Node(n.name, "qreshape", ins, [out], {"shape": n.attrs["shape"]})
+            node = _graph.Node(n.name, "qreshape", ins, [out], {"shape": n.attrs["shape"]})
         qps[out] = y_qp
         nodes.append(node)
     for t in g.outputs:
         nodes.append(_graph.Node(fresh(f"dequantize_{t}", node_names), "dequantize", [codes[t]], [t]))
     return _graph.Graph(nodes, g.inputs, g.outputs, name=name)
-
-
-class _DynamicLayer:
-    """A linear/conv layer with int8 weights whose input is quantized per call (uint8,
-    min-max of the batch); the int32 accumulator is scaled back to float32 and the float
-    bias added."""
-
-    def __init__(self, layer, w_spec: QuantSpec):
-        self.layer = layer
-        self.w_qp = fit_qparams(layer.weight, w_spec)
-        self.w_q = quantize(layer.weight, self.w_qp)
-
-    def size_bytes(self) -> int:
-        """int8 weight codes, float32 scales (symmetric: no zero points), float32 bias."""
-        bias = self.layer.bias
-        return self.w_q.size + 4 * self.w_qp.scale.size + (0 if bias is None else 4 * bias.size)
-
-    def __call__(self, x):
-        x = as_float_array(x, "x")
-        x_qp = fit_qparams(x, QuantSpec(signed=False))
-        x_q = quantize(x, x_qp)
-        lay = self.layer
-        if isinstance(lay, nn.Linear):
-            acc = linear_accumulate(x_q, x_qp, self.w_q, self.w_qp)
-            shape = (1,) * (acc.ndim - 1) + (-1,)
-        else:
-            acc = conv2d_accumulate(x_q, x_qp, self.w_q, self.w_qp, stride=lay.stride, padding=lay.padding,
-                                    dilation=lay.dilation, groups=lay.groups)
-            shape = (1, -1, 1, 1)
-        sw = np.broadcast_to(self.w_qp.scale, (self.w_q.shape[0],)).astype(np.float32)
-        y = acc.astype(np.float32) * (np.float32(x_qp.scale) * sw).reshape(shape)
-        return y if lay.bias is None else y + lay.bias.reshape(shape)
 
 
 def dynamic_quantize(model: nn.Sequential, *, per_channel: bool = True) -> nn.Sequential:
@@ -622,16 +525,21 @@ def dynamic_quantize(model: nn.Sequential, *, per_channel: bool = True) -> nn.Se
     Returns
     -------
     npquant.models.nn.Sequential
-        The model with batch norms folded and its linear and conv layers replaced.
+        The model with batch norms folded and its linear and conv layers replaced (each
+        layer by its layer type's ``dynamic``; the others stay float).
     """
     spec = QuantSpec(symmetric=True, narrow_range=True, axis=0 if per_channel else None)
-    return nn.Sequential([_DynamicLayer(layer, spec) if isinstance(layer, (nn.Linear, nn.Conv2d)) else layer
-                          for layer in fold_batchnorm(model)])
+    out = []
+    for layer in fold_batchnorm(model):
+        kind = _reg.kind_of(layer)
+        out.append(layer if kind is None else kind.dynamic(layer, spec))
+    return nn.Sequential(out)
 
 
 def dynamic_size_bytes(model: nn.Sequential) -> int:
     """Storage of a :func:`dynamic_quantize` model: int8 weight codes, float32 scales and
-    float32 biases of its quantized layers.
+    float32 biases of its quantized layers, and the float32 parameters of the layers that
+    stay float (:func:`npquant.models.registry.model_size_bytes`).
 
     Parameters
     ----------
@@ -643,7 +551,7 @@ def dynamic_size_bytes(model: nn.Sequential) -> int:
     int
         Bytes.
     """
-    return sum(layer.size_bytes() for layer in model if isinstance(layer, _DynamicLayer))
+    return _reg.model_size_bytes(model)
 
 
 def weight_only_quantize(model: nn.Sequential, bits: int = 8, *, group_size: int | None = None,
@@ -668,26 +576,20 @@ def weight_only_quantize(model: nn.Sequential, bits: int = 8, *, group_size: int
         The model (batch norms folded) with fake-quantized float32 weights.
     size : int
         The weight storage in bytes (codes packed at ``bits``, float32 scales, zero
-        points of the code width, float32 biases).
+        points of the code width, float32 biases) of the weighted layers (their layer
+        type's ``weight_only``).
     """
     bits = check_int(bits, "bits", lo=2, hi=8)
+    spec = QuantSpec(bits=bits, symmetric=symmetric, axis=0 if group_size is None else 1, block_size=group_size)
     out, size = [], 0
     for layer in fold_batchnorm(model):
-        if isinstance(layer, (nn.Linear, nn.Conv2d)):
-            spec = QuantSpec(bits=bits, symmetric=symmetric, axis=0 if group_size is None else 1,
-                             block_size=group_size)
-            qp = fit_qparams(layer.weight, spec)
-            w = fake_quantize(layer.weight, qp)
-            size += -(-layer.weight.size * bits // 8) + 4 * qp.scale.size + (0 if symmetric else qp.zero_point.size)
-            if layer.bias is not None:
-                size += 4 * layer.bias.size
-            if isinstance(layer, nn.Linear):
-                out.append(nn.Linear(w, layer.bias, name=layer.name))
-            else:
-                out.append(nn.Conv2d(w, layer.bias, stride=layer.stride, padding=layer.padding,
-                                     dilation=layer.dilation, groups=layer.groups, name=layer.name))
-        else:
+        kind = _reg.kind_of(layer)
+        if kind is None or not kind.weighted:
             out.append(layer)
+            continue
+        new, storage = kind.weight_only(layer, spec)
+        out.append(new)
+        size += storage.total
     return nn.Sequential(out), size
 
 
@@ -702,19 +604,14 @@ def float_size_bytes(model: nn.Sequential) -> int:
     Returns
     -------
     int
-        ``4 *`` the number of elements of every ``weight``, ``bias``, ``running_mean`` and
-        ``running_var`` array.
+        ``4 *`` the number of elements of every float parameter and buffer (``weight``,
+        ``bias``, ``running_mean``, ``running_var``; each layer by its layer type's
+        ``float_bytes``, :func:`npquant.models.registry.model_size_bytes`).
     """
-    total = 0
-    for layer in model:
-        for name in ("weight", "bias", "running_mean", "running_var"):
-            a = getattr(layer, name, None)
-            if isinstance(a, np.ndarray):
-                total += 4 * a.size
-    return total
+    return _reg.model_size_bytes(model)
 
 
-def from_pytorch_ptq(path_or_arrays, *, accumulation: str = "exact") -> IntegerModel:
+def from_pytorch_ptq(path_or_arrays: str | os.PathLike | dict, *, accumulation: str = "exact") -> IntegerModel:
     """The integer model of a PyTorch post-training-quantized reference file
     (``npquant/data/*_ptq.npz``): PyTorch's integer weights, float biases, scales
     and zero points, in ``mode="fp32"`` with fbgemm's float-bias folding, input quantized
@@ -739,7 +636,7 @@ def from_pytorch_ptq(path_or_arrays, *, accumulation: str = "exact") -> IntegerM
     IntegerModel
         The integer model.
     """
-    from .._fileio import FileFormatError, check_path, parse_json, read_npz
+    from .._fileio import FileFormatError, check_path, read_npz
 
     check_accumulation(accumulation)
 
@@ -748,9 +645,7 @@ def from_pytorch_ptq(path_or_arrays, *, accumulation: str = "exact") -> IntegerM
     else:
         where = check_path(path_or_arrays, "path_or_arrays")
         data = read_npz(where)
-    if "__arch__" not in data:
-        raise FileFormatError(where, "no '__arch__' entry: not a PyTorch PTQ reference file")
-    arch = parse_json(str(data["__arch__"]), "'__arch__'", where)
+    arch = _reg.read_arch(data, where, what="PyTorch PTQ reference file")
     try:
 
         def act_qp(prefix):
@@ -758,32 +653,16 @@ def from_pytorch_ptq(path_or_arrays, *, accumulation: str = "exact") -> IntegerM
             return QParams(np.float32(data[f"{prefix}.scale"]), int(data[f"{prefix}.zero_point"]),
                            QuantSpec(signed=False))
 
+        src = _reg.TorchPTQ(data, act_qp, accumulation)
         x_qp = input_qp = act_qp("input")
         layers = []
         for spec in arch["layers"]:
-            t, name = spec["type"], spec.get("name")
-            if t in ("linear", "conv2d"):
-                w_q = data[f"{name}.weight_int"]
-                w_qp = QParams(data[f"{name}.weight_scale"].astype(np.float32), data[f"{name}.weight_zero_point"],
-                               QuantSpec(axis=0))
-                y_qp = act_qp(name)
-                bias = data.get(f"{name}.bias")
-                kw = dict(mode="fp32", activation=spec.get("activation"), float_bias=bias,
-                          accumulation=accumulation)
-                if t == "linear":
-                    layers.append(ql.QLinear(w_q, w_qp, None, x_qp, y_qp, **kw))
-                else:
-                    layers.append(ql.QConv2d(w_q, w_qp, None, x_qp, y_qp, stride=spec["stride"],
-                                             padding=spec["padding"], dilation=spec["dilation"],
-                                             groups=spec["groups"], **kw))
-                x_qp = y_qp
-            elif t == "maxpool2d":
-                nn._plain_pool(spec, name, ("dilation", "ceil_mode"))
-                layers.append(ql.MaxPool2d(spec["kernel_size"], spec["stride"], spec["padding"]))
-            elif t == "flatten":
-                layers.append(ql.Flatten())
-            else:
-                raise ValueError(f"layer type {t!r} of {name!r} is not supported in a PyTorch PTQ file")
+            t = spec["type"]
+            kind = _reg.layer_types().get(t) if isinstance(t, str) else None
+            if kind is None:
+                raise ValueError(f"layer type {t!r} of {spec.get('name')!r} is not supported in a PyTorch PTQ file")
+            qlayer, x_qp = kind.from_torch_ptq(spec, src, x_qp)
+            layers.append(qlayer)
     except KeyError as e:
         raise FileFormatError(where, f"PyTorch PTQ file is missing {e.args[0]!r}") from None
     except (AttributeError, TypeError, IndexError, ValueError) as e:  # a malformed '__arch__' or entry

@@ -7,7 +7,10 @@ and NumPy parameter arrays. The same class holds float graphs (``linear``, ``con
 ``batchnorm2d``, ...; the layers of :mod:`npquant.models.nn`) and integer graphs (``qlinear``,
 ``qconv2d``, ``qadd``, ...; the layers of :mod:`npquant.qnn`, with ``quantize`` /
 ``dequantize`` nodes at the float boundaries); :data:`OPS` lists every op with its
-inputs, attributes and parameters. A graph is validated when built: an unknown op, a
+inputs, attributes and parameters. The float layers are built by their layer types
+(:mod:`npquant.models.registry`), and a node whose op is a registered layer type with no
+op of its own (a new type) is a float op built by that type from the node's attributes
+(its ``graph_attrs``) and parameters (its ``params``). A graph is validated when built: an unknown op, a
 tensor used before it is defined, a cycle, a missing input, a duplicate name, an unknown
 attribute, a missing parameter or a float op fed integer codes (or the reverse) is an
 error naming the node.
@@ -30,19 +33,32 @@ naming what was expected.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 
-from .._checks import as_float_array, check_bool, check_choice, check_int, check_pair, check_real
+from .._checks import (
+    as_float_array,
+    check_bool,
+    check_choice,
+    check_int,
+    check_int_array,
+    check_pair,
+    check_qparams,
+    check_real,
+)
 from .._fileio import FileFormatError, atomic_write, check_path, parse_json, read_npz
 from ..affine import METHODS, dequantize, quantize
 from ..qnn import layers as ql
+from ..qnn._common import fbgemm_mode
 from ..qnn.accumulation import check_accumulation
 from ..qnn.fbgemm import fma_float32
 from ..qparams import QParams, QuantSpec
 from . import convert as _convert
 from . import nn
+from . import registry as _reg
 
 __all__ = ["FORMAT", "OPS", "VERSION", "Graph", "Node", "fold_batchnorm", "graph_from_arrays", "graph_to_arrays",
            "load_graph", "save_graph"]
@@ -137,8 +153,8 @@ class Node:
 
     __slots__ = ("name", "op", "inputs", "outputs", "attrs", "params")
 
-    def __init__(self, name: str, op: str, inputs, outputs, attrs: dict | None = None,
-                 params: dict | None = None):
+    def __init__(self, name: str, op: str, inputs: list[str] | tuple[str, ...], outputs: list[str] | tuple[str, ...],
+                 attrs: dict | None = None, params: dict | None = None):
         if not isinstance(name, str) or not name:
             raise TypeError(f"node name must be a non-empty string, got {name!r}")
         if not isinstance(op, str) or not op:
@@ -252,60 +268,68 @@ def _shape_attr(value) -> list:
     return shape
 
 
-# ---- float ops: the layers of npquant.models.nn
+# ---- float ops: the layers of npquant.models.nn, built by their layer types (npquant.models.registry)
+# from the node's attributes, checked here first
+
+
+def _layer(node: Node, fields: dict, p: dict) -> object:
+    """The float layer of a node whose op is a registered layer type: its ``build`` with the
+    node's (checked) attributes as the arch entry's fields."""
+    return _reg.layer_type(node.op).build({"type": node.op, "name": node.name, **fields}, p, node.name)
+
 
 @_op("linear", "float", 1, params=("weight", "bias?"),
      doc="x W^T + b: (..., in) -> (..., out); weight (out, in), bias (out,) optional; float32")
 def _b_linear(node, a, p, qps):
-    return nn.Linear(p["weight"], p.get("bias"), name=node.name), None
+    return _layer(node, {}, p), None
 
 
 @_op("conv2d", "float", 1, {"stride": 1, "padding": 0, "dilation": 1, "groups": 1}, ("weight", "bias?"),
      doc="2-D convolution, NCHW; weight (O, C/groups, kh, kw), bias (O,) optional; zero padding; float32")
 def _b_conv2d(node, a, p, qps):
-    return nn.Conv2d(p["weight"], p.get("bias"), stride=_geometry(a["stride"], "stride", 1),
-                     padding=_geometry(a["padding"], "padding", 0), dilation=_geometry(a["dilation"], "dilation", 1),
-                     groups=check_int(a["groups"], "groups", lo=1), name=node.name), None
+    return _layer(node, {"stride": _geometry(a["stride"], "stride", 1),
+                         "padding": _geometry(a["padding"], "padding", 0),
+                         "dilation": _geometry(a["dilation"], "dilation", 1),
+                         "groups": check_int(a["groups"], "groups", lo=1)}, p), None
 
 
 @_op("batchnorm2d", "float", 1, {"eps": 1e-5}, ("weight", "bias", "running_mean", "running_var"),
      doc="inference batch norm over the channels of NCHW input (running statistics); float32")
 def _b_batchnorm2d(node, a, p, qps):
-    return nn.BatchNorm2d(p["weight"], p["bias"], p["running_mean"], p["running_var"],
-                          eps=check_real(a["eps"], "eps", lo=0, lo_open=True), name=node.name), None
+    return _layer(node, {"eps": check_real(a["eps"], "eps", lo=0, lo_open=True)}, p), None
 
 
 @_op("relu", "float", 1, doc="max(x, 0)")
 def _b_relu(node, a, p, qps):
-    return nn.ReLU(name=node.name), None
+    return _layer(node, {}, p), None
 
 
 @_op("relu6", "float", 1, doc="min(max(x, 0), 6)")
 def _b_relu6(node, a, p, qps):
-    return nn.ReLU6(name=node.name), None
+    return _layer(node, {}, p), None
+
+
+def _pool_fields(a) -> dict:
+    k = _geometry(a["kernel_size"], "kernel_size", 1)
+    return {"kernel_size": k, "stride": k if a["stride"] is None else _geometry(a["stride"], "stride", 1)}
 
 
 @_op("maxpool2d", "float", 1, {"kernel_size": _REQUIRED, "stride": None, "padding": 0},
      doc="max pooling, NCHW; stride defaults to kernel_size; padding never wins")
 def _b_maxpool2d(node, a, p, qps):
-    k = _geometry(a["kernel_size"], "kernel_size", 1)
-    s = k if a["stride"] is None else _geometry(a["stride"], "stride", 1)
-    return nn.MaxPool2d(k, s, _geometry(a["padding"], "padding", 0), name=node.name), None
+    return _layer(node, {**_pool_fields(a), "padding": _geometry(a["padding"], "padding", 0)}, p), None
 
 
 @_op("avgpool2d", "float", 1, {"kernel_size": _REQUIRED, "stride": None, "padding": 0, "count_include_pad": True},
      doc="average pooling, NCHW; count_include_pad as PyTorch (default True)")
 def _b_avgpool2d(node, a, p, qps):
-    k = _geometry(a["kernel_size"], "kernel_size", 1)
-    s = k if a["stride"] is None else _geometry(a["stride"], "stride", 1)
-    return nn.AvgPool2d(k, s, _geometry(a["padding"], "padding", 0),
-                        count_include_pad=check_bool(a["count_include_pad"], "count_include_pad"),
-                        name=node.name), None
+    return _layer(node, {**_pool_fields(a), "padding": _geometry(a["padding"], "padding", 0),
+                         "count_include_pad": check_bool(a["count_include_pad"], "count_include_pad")}, p), None
 
 
 @_op("flatten", "float", 1, doc="(N, ...) -> (N, prod(...)) in C order (torch.flatten(x, 1))")
 def _b_flatten(node, a, p, qps):
-    return nn.Flatten(name=node.name), None
+    return _layer(node, {}, p), None
 
 
 @_op("add", "float", 2, doc="a + b, same shapes, float32")
@@ -359,18 +383,20 @@ def _weight_qparams(p: dict, spec_attr) -> QParams:
 
 
 _QGEMM_ATTRS = {"output": _REQUIRED, "mode": "tflite", "activation": None, "accumulation": "exact",
-                "form": "direct", "weight_spec": None}
+                "form": "auto", "weight_spec": None}
 _QGEMM_PARAMS = ("weight", "weight_scale", "weight_zero_point", "bias?", "bias_q?")
 
 
 def _qgemm_kwargs(a, p):
-    kw = dict(mode=a["mode"], activation=_activation(a["activation"]),
-              accumulation=check_accumulation(a["accumulation"]), form=a["form"], float_bias=p.get("bias"))
-    return _weight_qparams(p, a["weight_spec"]), p.get("bias_q"), _act_qparams(a["output"], "output"), kw
+    # a float "bias" is PyTorch fbgemm's: mode "fbgemm" (spelled "fp32" in files written before that mode)
+    mode, bias = fbgemm_mode(a["mode"], p.get("bias_q"), p.get("bias"))
+    kw = dict(mode=mode, activation=_activation(a["activation"]), accumulation=check_accumulation(a["accumulation"]),
+              form=a["form"])
+    return _weight_qparams(p, a["weight_spec"]), bias, _act_qparams(a["output"], "output"), kw
 
 
 @_op("qlinear", "int", 1, _QGEMM_ATTRS, _QGEMM_PARAMS,
-     doc="integer fully connected layer (npquant.qnn.layers.QLinear): weight codes (out, in) of "
+     doc="integer fully connected layer (npquant.qnn.linear.QLinear): weight codes (out, in) of "
          "weight_scale/weight_zero_point (per-tensor, or per-channel along axis 0), int32 bias_q or "
          "float bias (PyTorch fbgemm's, mode 'fp32'); output qparams, requantization mode, fused "
          "activation, accumulation")
@@ -380,7 +406,7 @@ def _b_qlinear(node, a, p, qps):
 
 
 @_op("qconv2d", "int", 1, {**_QGEMM_ATTRS, "stride": 1, "padding": 0, "dilation": 1, "groups": 1}, _QGEMM_PARAMS,
-     doc="integer conv2d (npquant.qnn.layers.QConv2d), NCHW codes, padding reads Z_x; parameters and "
+     doc="integer conv2d (npquant.qnn.conv.QConv2d), NCHW codes, padding reads Z_x; parameters and "
          "attributes as qlinear plus stride, padding ([h, w] or [top, bottom, left, right]), dilation, groups")
 def _b_qconv2d(node, a, p, qps):
     w_qp, bias_q, y_qp, kw = _qgemm_kwargs(a, p)
@@ -458,9 +484,7 @@ def _b_qreshape(node, a, p, qps):
     shape = _shape_attr(a["shape"])
 
     def run(q):
-        q = np.asarray(q)
-        if q.dtype.kind not in "iu":
-            raise TypeError(f"x_q must be an integer array of codes, got dtype {q.dtype}")
+        q = check_int_array(q, "x_q", what="an integer array of codes")
         return _reshape(q, shape)
     return run, qps[0]
 
@@ -505,9 +529,7 @@ def _b_qconcat(node, a, p, qps):
     def run(*qs):
         parts = []
         for i, (q, qp) in enumerate(zip(qs, qps)):
-            q = np.asarray(q)
-            if q.dtype.kind not in "iu":
-                raise TypeError(f"input {i} must be an integer array of codes, got dtype {q.dtype}")
+            q = check_int_array(q, f"input {i}", what="an integer array of codes")
             if same[i]:
                 parts.append(q.astype(y_qp.spec.dtype))
             elif fmt == "channels_last":
@@ -540,9 +562,7 @@ def _b_constant(node, a, p, qps):
      doc="a constant tensor of integer codes of output's qparams (no inputs)")
 def _b_qconstant(node, a, p, qps):
     qp = _act_qparams(a["output"], "output")
-    v = p["value"]
-    if v.dtype.kind not in "iu":
-        raise TypeError(f"value must hold integer codes, got dtype {v.dtype}")
+    v = check_int_array(p["value"], "value", what="an integer array of codes")
     if v.size and (v.min() < qp.spec.qmin or v.max() > qp.spec.qmax):
         raise ValueError(f"value must hold codes in [{qp.spec.qmin}, {qp.spec.qmax}], got [{v.min()}, {v.max()}]")
     value = v.astype(qp.spec.dtype)
@@ -601,9 +621,7 @@ def _b_qlinear_concat(node, a, p, qps):
     def run(*qs):
         parts = []
         for i, (q, qp) in enumerate(zip(qs, qps)):
-            q = np.asarray(q)
-            if q.dtype.kind not in "iu":
-                raise TypeError(f"input {i} must be an integer array of codes, got dtype {q.dtype}")
+            q = check_int_array(q, f"input {i}", what="an integer array of codes")
             parts.append(q.astype(y_qp.spec.dtype) if same[i] else quantize(dequantize(q, qp), y_qp, method="divide"))
         return np.concatenate(parts, axis=axis)
     return run, y_qp
@@ -641,9 +659,7 @@ def _b_pad2d(node, a, p, qps):
 
 
 def _nhwc_codes(x, what: str = "x_q") -> np.ndarray:
-    x = np.asarray(x)
-    if x.dtype.kind not in "iu":
-        raise TypeError(f"{what} must be an integer array of codes, got dtype {x.dtype}")
+    x = check_int_array(x, what, what="an integer array of codes")
     if x.ndim != 4:
         raise ValueError(f"{what} must be NHWC (4-D), got shape {x.shape}")
     return x
@@ -658,8 +674,8 @@ def _to_nhwc(x: np.ndarray) -> np.ndarray:
 
 
 def _tfl_activation(a, qp: QParams) -> tuple[int, int]:
-    from ..qnn.gemm import _activation_range
-    return _activation_range(_activation(a["activation"]), qp)
+    from ..qnn._common import output_range
+    return output_range(_activation(a["activation"]), qp)
 
 
 @_op("qconv2d_nhwc", "int", 1, {**_QGEMM_ATTRS, "stride": 1, "padding": 0, "dilation": 1, "groups": 1},
@@ -677,11 +693,11 @@ def _b_qconv2d_nhwc(node, a, p, qps):
      ("weight", "weight_scale", "weight_zero_point", "bias_q?"),
      doc="TFLite's FULLY_CONNECTED (keep_num_dims false): codes (..., K) read as rows (-1, K), weight codes "
          "(out, K) per-tensor or per-channel, int32 bias_q; exact int32 accumulation, then mode (any "
-         "requantization mode, also npquant.requant.fixedpoint.EXTRA_REQUANT_MODES; default 'tflite_single_away', "
+         "requantization mode, also npquant.requant.modes.EXTRA_REQUANT_MODES; default 'tflite_single_away', "
          "LiteRT 2.3's reference kernel) and the fused activation clamp")
 def _b_qfully_connected(node, a, p, qps):
-    from ..qnn.gemm import linear_accumulate
-    from ..requant.fixedpoint import EXTRA_REQUANT_MODES, REQUANT_MODES, effective_multiplier, requantize
+    from ..qnn.linear import linear_accumulate
+    from ..requant.modes import EXTRA_REQUANT_MODES, REQUANT_MODES, effective_multiplier, requantize
     mode = check_choice(a["mode"], "mode", REQUANT_MODES + EXTRA_REQUANT_MODES)
     w_qp, y_qp, x_qp = _weight_qparams(p, a["weight_spec"]), _act_qparams(a["output"], "output"), qps[0]
     w, bias = p["weight"], p.get("bias_q")
@@ -736,7 +752,7 @@ def _b_qavgpool2d_nhwc(node, a, p, qps):
      doc="element-wise product of two code tensors (NumPy broadcasting), TFLite's MUL: "
          "requantize((q1 - Z1)(q2 - Z2), S1 S2 / S_y) with mode's rounding, then the fused activation clamp")
 def _b_qmul(node, a, p, qps):
-    from ..requant.fixedpoint import EXTRA_REQUANT_MODES, REQUANT_MODES, effective_multiplier, requantize
+    from ..requant.modes import EXTRA_REQUANT_MODES, REQUANT_MODES, effective_multiplier, requantize
     mode = check_choice(a["mode"], "mode", REQUANT_MODES + EXTRA_REQUANT_MODES)
     y_qp = _act_qparams(a["output"], "output")
     (s1, z1), (s2, z2) = ((np.float32(q.scale), int(q.zero_point)) for q in qps)
@@ -807,9 +823,7 @@ def _b_qmean(node, a, p, qps):
     keep = check_bool(a["keep_dims"], "keep_dims")
 
     def run(q):
-        q = np.asarray(q)
-        if q.dtype.kind not in "iu":
-            raise TypeError(f"x_q must be an integer array of codes, got dtype {q.dtype}")
+        q = check_int_array(q, "x_q", what="an integer array of codes")
         axes = tuple(sorted({check_int(v, "axes", lo=-q.ndim, hi=q.ndim - 1) % q.ndim for v in axes_attr}))
         return _tfl_mean(q, qps[0], y_qp, axes, keep, "double" if mode == "tflite" else "single")
     return run, y_qp
@@ -827,7 +841,7 @@ def _b_quantize_tflite(node, a, p, qps):
      doc="codes -> codes of output (TFLite's int8 -> int8 QUANTIZE): requantize(q - Z_x, S_x / S_y) + Z_y "
          "with mode's rounding, saturating")
 def _b_qrequantize(node, a, p, qps):
-    from ..requant.fixedpoint import EXTRA_REQUANT_MODES, REQUANT_MODES, requantize
+    from ..requant.modes import EXTRA_REQUANT_MODES, REQUANT_MODES, requantize
     mode = check_choice(a["mode"], "mode", REQUANT_MODES + EXTRA_REQUANT_MODES)
     y_qp, x_qp = _act_qparams(a["output"], "output"), qps[0]
     m = np.float64(np.float32(x_qp.scale)) / np.float64(np.float32(y_qp.scale))
@@ -838,8 +852,47 @@ def _b_qrequantize(node, a, p, qps):
 # ---- TFLite importer ops (npquant.importers.tflite): end ------------------------------
 
 
+def _b_registered(node, a, p, qps):
+    try:
+        return _layer(node, a, p), None
+    except KeyError as e:
+        raise ValueError(f"layer type {node.op!r} needs {e} (an attribute or parameter)") from None
+
+
+def _op_def(op: str) -> _OpDef | None:
+    """The definition of ``op``: an op of :data:`OPS`, else a float op of the registered
+    layer type of that name (its ``graph_attrs`` and ``params``, built by its ``build``),
+    else None."""
+    d = _OP_DEFS.get(op)
+    if d is None and op in _reg.layer_types():
+        kind = _reg.layer_type(op)
+        d = _OpDef(op, "float", 1, dict(kind.graph_attrs), tuple(kind.params), _b_registered,
+                   f"the layer type {op!r} (npquant.models.registry)")
+    return d
+
+
+def op_kind(op: str) -> str:
+    """What an op computes with.
+
+    Parameters
+    ----------
+    op : str
+        An op of :data:`OPS`, or a registered layer type (a float op).
+
+    Returns
+    -------
+    str
+        ``"float"``, ``"int"`` (codes in, codes out), ``"quantize"`` or ``"dequantize"``.
+    """
+    d = _op_def(op)
+    if d is None:
+        raise ValueError(f"unknown op {op!r}: not in npquant.models.graph.OPS nor a registered layer type")
+    return d.kind
+
+
 #: ``{op: description}`` of every op a :class:`Graph` runs, with its inputs, attributes
-#: (default values) and parameters (``?``: optional).
+#: (default values) and parameters (``?``: optional). A registered layer type with no op
+#: here (:mod:`npquant.models.registry`) is a float op too, built by its type.
 OPS = {name: (f"[{d.kind}] {d.doc}; inputs: {'one or more' if d.arity is None else d.arity}"
               + (f"; attrs: {', '.join(k + ('' if v is _REQUIRED else '=' + repr(v)) for k, v in d.attrs.items())}"
                  if d.attrs else "")
@@ -901,7 +954,8 @@ class Graph:
         Every tensor: the inputs, then each node's outputs in execution order.
     """
 
-    def __init__(self, nodes, inputs, outputs, *, input_qparams: dict | None = None, name: str = "graph"):
+    def __init__(self, nodes: list[Node] | tuple[Node, ...], inputs: list[str] | tuple[str, ...],
+                 outputs: list[str] | tuple[str, ...], *, input_qparams: dict | None = None, name: str = "graph"):
         if not isinstance(name, str) or not name:
             raise TypeError(f"name must be a non-empty string, got {name!r}")
         self.name = name
@@ -919,8 +973,7 @@ class Graph:
         for k, qp in iqp.items():
             if k not in self.inputs:
                 raise ValueError(f"input_qparams has {k!r}, which is not a graph input (inputs: {list(self.inputs)})")
-            if not isinstance(qp, QParams) or qp.spec.axis is not None:
-                raise TypeError(f"input_qparams[{k!r}] must be per-tensor QParams, got {qp!r}")
+            check_qparams(qp, f"input_qparams[{k!r}]", per_tensor=True)
         self.input_qparams = dict(iqp)
         self._check_names()
         self._check_order()
@@ -1005,9 +1058,10 @@ class Graph:
         steps = []
         self._layers = {}
         for i, n in enumerate(self.nodes):
-            d = _OP_DEFS.get(n.op)
+            d = _op_def(n.op)
             if d is None:
-                raise ValueError(f"node {n.name!r} has unknown op {n.op!r}; known ops: {', '.join(_OP_DEFS)}")
+                raise ValueError(f"node {n.name!r} has unknown op {n.op!r}; known ops: {', '.join(_OP_DEFS)} "
+                                 "and the registered layer types (npquant.models.registry)")
             if (d.arity is None and not n.inputs) or (d.arity is not None and len(n.inputs) != d.arity):
                 want = "one or more" if d.arity is None else str(d.arity)
                 raise ValueError(f"node {n.name!r} ({n.op}) takes {want} input(s), got {len(n.inputs)}")
@@ -1063,10 +1117,10 @@ class Graph:
             ``"float"`` (only float ops), ``"integer"`` (only integer ops, ``quantize`` and
             ``dequantize``), or ``"mixed"``.
         """
-        kinds = {_OP_DEFS[n.op].kind == "float" for n in self.nodes}
+        kinds = {_op_def(n.op).kind == "float" for n in self.nodes}
         return "float" if kinds <= {True} else "integer" if kinds == {False} else "mixed"
 
-    def layer(self, node_name: str):
+    def layer(self, node_name: str) -> object:
         """The object that runs a node, prepared when the graph was built.
 
         Parameters
@@ -1126,7 +1180,7 @@ class Graph:
             raise ValueError(f"the graph takes {len(self.inputs)} inputs {list(self.inputs)}: pass a dict or a list")
         return {self.inputs[0]: inputs}
 
-    def run(self, inputs, *, keep_intermediates: bool = False) -> dict:
+    def run(self, inputs: npt.ArrayLike | list | dict, *, keep_intermediates: bool = False) -> dict:
         """Run the graph.
 
         Parameters
@@ -1284,7 +1338,7 @@ def graph_to_arrays(graph: Graph) -> dict:
     return arrays
 
 
-def save_graph(path, graph: Graph) -> None:
+def save_graph(path: str | os.PathLike, graph: Graph) -> None:
     """Write ``graph`` as an ``.npz`` (:func:`graph_to_arrays`), atomically.
 
     Parameters
@@ -1312,7 +1366,7 @@ def _str_list(v, what, where) -> list:
     return v
 
 
-def graph_from_arrays(arrays: dict, where="<arrays>") -> Graph:
+def graph_from_arrays(arrays: dict, where: str = "<arrays>") -> Graph:
     """The :class:`Graph` of the arrays of a graph file (as :func:`graph_to_arrays` makes them).
 
     Parameters
@@ -1382,7 +1436,7 @@ def graph_from_arrays(arrays: dict, where="<arrays>") -> Graph:
         raise FileFormatError(where, f"not a valid npquant graph ({type(e).__name__}: {e})") from None
 
 
-def load_graph(path) -> Graph:
+def load_graph(path: str | os.PathLike) -> Graph:
     """Read a graph file written by :func:`save_graph`.
 
     Parameters

@@ -17,10 +17,14 @@ import math
 import os
 import struct
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .._fileio import FileFormatError, atomic_write, check_path, parse_json, parse_npz, read_bytes, read_npz
+
+if TYPE_CHECKING:
+    from .nn import Sequential
 
 __all__ = ["FileFormatError", "Reference", "atomic_write", "load_model", "load_reference", "load_state_dict",
            "load_weights", "read_safetensors", "save_state_dict", "sniff_format", "write_safetensors"]
@@ -69,7 +73,7 @@ def _format(path, fmt):
     return fmt
 
 
-def load_state_dict(path, *, format: str | None = None) -> dict:
+def load_state_dict(path: str | os.PathLike, *, format: str | None = None) -> dict:
     """``{name: ndarray}`` from a ``.npz`` or ``.safetensors`` file.
 
     Arrays keep their stored dtype and shape. A file whose content is not the format is a
@@ -100,7 +104,7 @@ def load_state_dict(path, *, format: str | None = None) -> dict:
     return parse_npz(data, p) if fmt == "npz" else read_safetensors(data, where=p)
 
 
-def save_state_dict(path, state: dict, *, format: str | None = None) -> None:
+def save_state_dict(path: str | os.PathLike, state: dict, *, format: str | None = None) -> None:
     """Write ``{name: array}`` as ``.npz`` or ``.safetensors`` (atomically).
 
     Parameters
@@ -160,7 +164,7 @@ def write_safetensors(state: dict, metadata: dict | None = None) -> bytes:
     return save(arrays, metadata=meta)
 
 
-def read_safetensors(data, *, where: str = "<bytes>") -> dict:
+def read_safetensors(data: bytes | bytearray | memoryview, *, where: str = "<bytes>") -> dict:
     """``{name: ndarray}`` from the bytes of a safetensors file (``where`` names it in
     messages). The header must be a JSON object of at most 64 MiB with no duplicate
     name; dtypes as :func:`write_safetensors`; the tensors must tile the buffer exactly.
@@ -231,7 +235,7 @@ def read_safetensors(data, *, where: str = "<bytes>") -> dict:
     return {k: out[k] for k in header if k != "__metadata__"}
 
 
-def load_weights(path) -> dict:
+def load_weights(path: str | os.PathLike) -> dict:
     """``{name: ndarray}`` of any model file npquant ships or writes, told by its content:
 
     - a state dict (``.npz`` or ``.safetensors``): its arrays;
@@ -282,7 +286,7 @@ class Reference:
     meta: dict
 
 
-def load_reference(path) -> Reference:
+def load_reference(path: str | os.PathLike) -> Reference:
     """Read a reference model file (an ``.npz`` with ``__arch__``; see
     ``reference_models/README.md``).
 
@@ -309,24 +313,21 @@ def _json_entry(data: dict, key: str, where) -> object:
 
 def _reference(data: dict, where) -> Reference:
     from .nn import expected_keys
+    from .registry import read_arch
 
     data = dict(data)
-    if "__arch__" not in data:
-        raise FileFormatError(where, "no '__arch__' entry: not a reference model file")
-    arch = _json_entry(data, "__arch__", where)
+    arch = read_arch(data, where)
+    del data["__arch__"]
     meta = _json_entry(data, "__meta__", where) if "__meta__" in data else {}
     if not isinstance(meta, dict):
         raise FileFormatError(where, "'__meta__' must be a JSON object")
-    try:
-        keys = expected_keys(arch)
-    except (ValueError, TypeError) as e:
-        raise FileFormatError(where, f"'__arch__' is not a valid architecture ({e})") from None
+    keys = expected_keys(arch)
     state = {k: v for k, v in data.items() if k in keys}
     arrays = {k: v for k, v in data.items() if k not in keys}
     return Reference(arch=arch, state=state, arrays=arrays, meta=meta)
 
 
-def load_model(path):
+def load_model(path: str | os.PathLike) -> Sequential:
     """The float NumPy model (:class:`npquant.models.nn.Sequential`) of a reference ``.npz``.
 
     Parameters

@@ -40,8 +40,10 @@ and float64 finite differences in ``tests/test_nn_backward.py``.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable, Iterable
 
 import numpy as np
+import numpy.typing as npt
 
 from .._checks import as_float_array, check_bool, check_int, check_pair
 
@@ -82,7 +84,7 @@ class Module:
     def __call__(self, x):
         return self.forward(x)
 
-    def forward(self, x):  # pragma: no cover - every subclass defines it
+    def forward(self, x: npt.ArrayLike) -> np.ndarray:  # pragma: no cover - every subclass defines it
         raise NotImplementedError
 
     @property
@@ -92,14 +94,14 @@ class Module:
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}{', training' if self.training else ''})"
 
-    def train(self, mode: bool = True):
+    def train(self, mode: bool = True) -> Module:
         """Training mode (``mode=True``) or eval mode; returns ``self``."""
         self.training = check_bool(mode, "mode")
         if not self.training:
             self._drop_cache()
         return self
 
-    def eval(self):
+    def eval(self) -> Module:
         """Eval mode (inference; nothing is kept for a backward pass); returns ``self``."""
         return self.train(False)
 
@@ -111,7 +113,7 @@ class Module:
         if not self.training:
             raise RuntimeError(f"{self._who}: backward in eval mode; call train() before the forward pass")
 
-    def astype(self, dtype):
+    def astype(self, dtype: npt.DTypeLike) -> Module:
         """A copy computing in ``dtype`` (float32 or float64): parameters, buffers and
         gradients converted, inputs converted to ``dtype``, same mode. For gradient checks."""
         dt = np.dtype(dtype)
@@ -124,7 +126,7 @@ class Module:
     def _set_dtype(self, dt):  # pragma: no cover - every subclass defines it
         raise NotImplementedError
 
-    def load_state_dict(self, state: dict, *, strict: bool = True):
+    def load_state_dict(self, state: dict, *, strict: bool = True) -> Module:
         """Copy ``state`` (keys as :meth:`state_dict`) into the live arrays, in place, so an
         optimizer holding them sees the new values; returns ``self``. Shapes must match;
         with ``strict`` (default), missing and unexpected keys are errors naming the key
@@ -177,7 +179,7 @@ class Layer(Module):
         """``{name: live array}`` of the parameters (``{}`` for a layer without any)."""
         return {p: getattr(self, p) for p in self._params if getattr(self, p) is not None}
 
-    def zero_grad(self):
+    def zero_grad(self) -> None:
         """Set every gradient in ``grads`` to zero (reallocated if a parameter's shape changed)."""
         params = self.parameters()
         for k in [k for k in self.grads if k not in params]:
@@ -255,7 +257,7 @@ class Layer(Module):
         self.grads = {}
         self.zero_grad()
 
-    def backward(self, grad_y):  # pragma: no cover - every subclass defines it
+    def backward(self, grad_y: npt.ArrayLike) -> np.ndarray:  # pragma: no cover - every subclass defines it
         raise NotImplementedError
 
 
@@ -277,7 +279,7 @@ class Linear(Layer):
 
     _params = ("weight", "bias")
 
-    def __init__(self, weight, bias=None, *, name: str = "linear"):
+    def __init__(self, weight: npt.ArrayLike, bias: npt.ArrayLike | None = None, *, name: str = "linear"):
         w = np.asarray(weight)
         if w.ndim != 2:
             raise ValueError(f"{name}.weight must be (out, in), got shape {w.shape}")
@@ -285,7 +287,7 @@ class Linear(Layer):
         self.bias = None if bias is None else _param(bias, f"{name}.bias", (w.shape[0],))
         super().__init__(name)
 
-    def forward(self, x):
+    def forward(self, x: npt.ArrayLike) -> np.ndarray:
         x = self._input(x)
         w = self.weight
         if x.shape[-1] != w.shape[1]:
@@ -294,7 +296,7 @@ class Linear(Layer):
         y = y if self.bias is None else y + self.bias
         return self._save(y, x, w)
 
-    def backward(self, grad_y):
+    def backward(self, grad_y: npt.ArrayLike) -> np.ndarray:
         g, (x, w) = self._begin_backward(grad_y)
         g2 = g.reshape(-1, w.shape[0])
         self._accumulate("weight", g2.T @ x.reshape(-1, w.shape[1]))
@@ -367,7 +369,8 @@ class Conv2d(Layer):
 
     _params = ("weight", "bias")
 
-    def __init__(self, weight, bias=None, *, stride=1, padding=0, dilation=1, groups: int = 1,
+    def __init__(self, weight: npt.ArrayLike, bias: npt.ArrayLike | None = None, *, stride: int | tuple[int, int] = 1,
+                 padding: int | tuple[int, int] = 0, dilation: int | tuple[int, int] = 1, groups: int = 1,
                  name: str = "conv"):
         w = np.asarray(weight)
         if w.ndim != 4:
@@ -382,7 +385,7 @@ class Conv2d(Layer):
         self.dilation = check_pair(dilation, "dilation", lo=1)
         super().__init__(name)
 
-    def forward(self, x):
+    def forward(self, x: npt.ArrayLike) -> np.ndarray:
         x = self._input(x)
         wt = self.weight
         o, cg, kh, kw = wt.shape
@@ -399,7 +402,7 @@ class Conv2d(Layer):
         y = out if self.bias is None else out + self.bias.reshape(1, -1, 1, 1)
         return self._save(y, cols, x.shape, wt)
 
-    def backward(self, grad_y):
+    def backward(self, grad_y: npt.ArrayLike) -> np.ndarray:
         g, (cols, x_shape, wt) = self._begin_backward(grad_y)
         o, cg, kh, kw = wt.shape
         n, _, oh, ow = g.shape
@@ -457,8 +460,9 @@ class BatchNorm2d(Layer):
     _buffers = ("running_mean", "running_var", "num_batches_tracked")
     _optional_state = ("num_batches_tracked",)
 
-    def __init__(self, weight, bias, running_mean, running_var, *, eps: float = 1e-5, momentum=0.1,
-                 num_batches_tracked=0, name: str = "bn"):
+    def __init__(self, weight: npt.ArrayLike, bias: npt.ArrayLike, running_mean: npt.ArrayLike,
+                 running_var: npt.ArrayLike, *, eps: float = 1e-5, momentum: float | None = 0.1,
+                 num_batches_tracked: int | npt.ArrayLike = 0, name: str = "bn"):
         c = np.asarray(weight).shape
         if len(c) != 1:
             raise ValueError(f"{name}.weight must be 1-D, got shape {c}")
@@ -486,7 +490,7 @@ class BatchNorm2d(Layer):
         scale = (self.weight / np.sqrt(self.running_var + np.float32(self.eps))).astype(np.float32)
         return scale, (self.bias - self.running_mean * scale).astype(np.float32)
 
-    def forward(self, x):
+    def forward(self, x: npt.ArrayLike) -> np.ndarray:
         x = self._input(x)
         c = self.weight.shape[0]
         if x.ndim != 4 or x.shape[1] != c:
@@ -516,7 +520,7 @@ class BatchNorm2d(Layer):
         self.running_var[...] = (one - f) * self.running_var + f * (var * self.dtype.type(m / (m - 1)))
         return self._save(y, xhat, invstd, self.weight, True)
 
-    def backward(self, grad_y):
+    def backward(self, grad_y: npt.ArrayLike) -> np.ndarray:
         g, (xhat, invstd, w, batch) = self._begin_backward(grad_y)
         shape = (1, -1, 1, 1)
         gb = g.sum(axis=(0, 2, 3))
@@ -542,12 +546,12 @@ class ReLU(Layer):
     def __init__(self, *, name: str = "relu"):
         super().__init__(name)
 
-    def forward(self, x):
+    def forward(self, x: npt.ArrayLike) -> np.ndarray:
         x = self._input(x)
         y = np.maximum(x, self.dtype.type(0))
         return self._save(y, x > 0) if self.training else y
 
-    def backward(self, grad_y):
+    def backward(self, grad_y: npt.ArrayLike) -> np.ndarray:
         g, (mask,) = self._begin_backward(grad_y)
         return np.where(mask, g, self.dtype.type(0))
 
@@ -565,12 +569,12 @@ class ReLU6(Layer):
     def __init__(self, *, name: str = "relu6"):
         super().__init__(name)
 
-    def forward(self, x):
+    def forward(self, x: npt.ArrayLike) -> np.ndarray:
         x = self._input(x)
         y = np.clip(x, self.dtype.type(0), self.dtype.type(6))
         return self._save(y, (x > 0) & (x < 6)) if self.training else y
 
-    def backward(self, grad_y):
+    def backward(self, grad_y: npt.ArrayLike) -> np.ndarray:
         g, (mask,) = self._begin_backward(grad_y)
         return np.where(mask, g, self.dtype.type(0))
 
@@ -595,13 +599,14 @@ class MaxPool2d(Layer):
         Keyword-only; the layer's name, the prefix of its state-dict keys.
     """
 
-    def __init__(self, kernel_size, stride=None, padding=0, *, name: str = "maxpool"):
+    def __init__(self, kernel_size: int | tuple[int, int], stride: int | tuple[int, int] | None = None,
+                 padding: int | tuple[int, int] = 0, *, name: str = "maxpool"):
         self.kernel_size = check_pair(kernel_size, "kernel_size", lo=1)
         self.stride = self.kernel_size if stride is None else check_pair(stride, "stride", lo=1)
         self.padding = check_pair(padding, "padding", lo=0)
         super().__init__(name)
 
-    def forward(self, x):
+    def forward(self, x: npt.ArrayLike) -> np.ndarray:
         x = self._input(x)
         if x.ndim != 4:
             raise ValueError(f"x must be NCHW, got shape {x.shape}")
@@ -613,7 +618,7 @@ class MaxPool2d(Layer):
         idx = cols.reshape(n, c, kh * kw, oh, ow).argmax(axis=2)[:, :, None]  # first maximum
         return self._save(cols.max(axis=(2, 3)), idx, x.shape)
 
-    def backward(self, grad_y):
+    def backward(self, grad_y: npt.ArrayLike) -> np.ndarray:
         g, (idx, x_shape) = self._begin_backward(grad_y)
         kh, kw = self.kernel_size
         n, c, oh, ow = g.shape
@@ -641,15 +646,15 @@ class AvgPool2d(Layer):
         Keyword-only; the layer's name, the prefix of its state-dict keys.
     """
 
-    def __init__(self, kernel_size, stride=None, padding=0, *, count_include_pad: bool = True,
-                 name: str = "avgpool"):
+    def __init__(self, kernel_size: int | tuple[int, int], stride: int | tuple[int, int] | None = None,
+                 padding: int | tuple[int, int] = 0, *, count_include_pad: bool = True, name: str = "avgpool"):
         self.kernel_size = check_pair(kernel_size, "kernel_size", lo=1)
         self.stride = self.kernel_size if stride is None else check_pair(stride, "stride", lo=1)
         self.padding = check_pair(padding, "padding", lo=0)
         self.count_include_pad = bool(count_include_pad)
         super().__init__(name)
 
-    def forward(self, x):
+    def forward(self, x: npt.ArrayLike) -> np.ndarray:
         x = self._input(x)
         if x.ndim != 4:
             raise ValueError(f"x must be NCHW, got shape {x.shape}")
@@ -662,7 +667,7 @@ class AvgPool2d(Layer):
             div = ones.sum(axis=(2, 3))
         return self._save(cols.sum(axis=(2, 3)) / div, div, x.shape)
 
-    def backward(self, grad_y):
+    def backward(self, grad_y: npt.ArrayLike) -> np.ndarray:
         g, (div, x_shape) = self._begin_backward(grad_y)
         kh, kw = self.kernel_size
         gd = g / div
@@ -682,11 +687,11 @@ class Flatten(Layer):
     def __init__(self, *, name: str = "flatten"):
         super().__init__(name)
 
-    def forward(self, x):
+    def forward(self, x: npt.ArrayLike) -> np.ndarray:
         x = self._input(x)
         return self._save(x.reshape(x.shape[0], -1), x.shape)
 
-    def backward(self, grad_y):
+    def backward(self, grad_y: npt.ArrayLike) -> np.ndarray:
         g, (x_shape,) = self._begin_backward(grad_y)
         return g.reshape(x_shape)
 
@@ -739,7 +744,7 @@ class ChildDicts:
     def named_grads(self) -> dict:
         return self.grads
 
-    def zero_grad(self):
+    def zero_grad(self) -> None:
         for _, m in self._children():
             if hasattr(m, "zero_grad"):
                 m.zero_grad()
@@ -780,14 +785,14 @@ class Sequential(ChildDicts, Module):
         Keyword-only; the layer's name, the prefix of its state-dict keys.
     """
 
-    def __init__(self, layers, *, name: str = "sequential"):
+    def __init__(self, layers: Iterable[Callable], *, name: str = "sequential"):
         self.layers = list(layers)
         for i, layer in enumerate(self.layers):
             if not callable(layer):
                 raise TypeError(f"layers[{i}] is not callable: {layer!r}")
         super().__init__(name)
 
-    def forward(self, x):
+    def forward(self, x: npt.ArrayLike) -> np.ndarray:
         for layer in self.layers:
             x = layer(x)
         return x
@@ -810,7 +815,7 @@ class Sequential(ChildDicts, Module):
                 raise TypeError(f"{self.name}: layers[{i}] ({type(layer).__name__}) has no backward pass; "
                                 f"a model with it cannot {what}")
 
-    def train(self, mode: bool = True):
+    def train(self, mode: bool = True) -> Module:
         mode = check_bool(mode, "mode")
         if mode:
             self._untrainable("be trained")
@@ -828,7 +833,7 @@ class Sequential(ChildDicts, Module):
             elif not getattr(layer, "training", True):
                 raise RuntimeError(f"{type(layer).__name__}: backward in eval mode; call train() before the forward pass")
 
-    def backward(self, grad_y):
+    def backward(self, grad_y: npt.ArrayLike) -> np.ndarray:
         self._check_ready()  # every layer first, so that an error leaves no gradient half-accumulated
         g = grad_y
         for layer in reversed(self.layers):
@@ -886,7 +891,7 @@ class Residual(ChildDicts, Module):
         Keyword-only; the layer's name, the prefix of its state-dict keys.
     """
 
-    def __init__(self, body, shortcut=None, *, name: str = "residual"):
+    def __init__(self, body: Callable, shortcut: Callable | None = None, *, name: str = "residual"):
         for what, m in (("body", body), ("shortcut", shortcut)):
             if m is not None and not callable(m):
                 raise TypeError(f"{what} is not callable: {m!r}")
@@ -897,7 +902,7 @@ class Residual(ChildDicts, Module):
     def _children(self):
         return [("body", self.body)] + ([] if self.shortcut is None else [("shortcut", self.shortcut)])
 
-    def forward(self, x):
+    def forward(self, x: npt.ArrayLike) -> np.ndarray:
         x = self._input(x)
         y = self.body(x)
         s = x if self.shortcut is None else self.shortcut(x)
@@ -908,7 +913,7 @@ class Residual(ChildDicts, Module):
             self._out_shape = out.shape
         return out
 
-    def train(self, mode: bool = True):
+    def train(self, mode: bool = True) -> Module:
         mode = check_bool(mode, "mode")
         for what, m in self._children():
             if not _is_module(m):
@@ -932,7 +937,7 @@ class Residual(ChildDicts, Module):
             elif not _is_module(m):
                 raise TypeError(f"{self._who}: {what} ({type(m).__name__}) has no backward pass")
 
-    def backward(self, grad_y):
+    def backward(self, grad_y: npt.ArrayLike) -> np.ndarray:
         self._check_ready()
         g = self._check_grad(grad_y, self._out_shape)
         gx = self.body.backward(g)
@@ -947,7 +952,7 @@ class Residual(ChildDicts, Module):
         self._out_shape = None
 
 
-def add(a, b):
+def add(a: npt.ArrayLike, b: npt.ArrayLike) -> np.ndarray:
     """Elementwise sum of two float32 tensors of the same shape.
 
     Parameters
@@ -966,13 +971,6 @@ def add(a, b):
     return a + b
 
 
-_PARAMS = {
-    "linear": ("weight", "bias?"),
-    "conv2d": ("weight", "bias?"),
-    "batchnorm2d": ("weight", "bias", "running_mean", "running_var", "num_batches_tracked?"),
-}
-
-
 def expected_keys(arch: dict) -> dict:
     """``{state-dict key: required?}`` of an architecture description.
 
@@ -984,26 +982,26 @@ def expected_keys(arch: dict) -> dict:
     Returns
     -------
     dict of str to bool
-        Every parameter and buffer key; False for the optional ones (biases of linear and
-        conv2d layers, ``num_batches_tracked``).
+        Every parameter and buffer key (the ``params`` of each layer's registered type,
+        :mod:`npquant.models.registry`); False for the optional ones (biases of linear and
+        conv2d layers, ``num_batches_tracked``). Unregistered types have no keys.
     """
+    from .registry import layer_types
+
+    types = layer_types()
     out = {}
     for spec in _layers(arch):
-        for p in _PARAMS.get(spec["type"], ()):
+        t = types.get(spec["type"]) if isinstance(spec["type"], str) else None
+        for p in () if t is None else t.params:
             opt = p.endswith("?")
             out[f"{spec['name']}.{p.rstrip('?')}"] = not opt
     return out
 
 
 def _layers(arch) -> list:
-    if not isinstance(arch, dict) or not isinstance(arch.get("layers"), list):
-        raise ValueError("arch must be a dict with a list 'layers'")
-    for i, spec in enumerate(arch["layers"]):
-        if not isinstance(spec, dict) or "type" not in spec:
-            raise ValueError(f"arch layers[{i}] must be a dict with a 'type'")
-        if spec["type"] in _PARAMS and not isinstance(spec.get("name"), str):
-            raise ValueError(f"arch layers[{i}] ({spec['type']}) needs a 'name'")
-    return arch["layers"]
+    from .registry import arch_layers
+
+    return arch_layers(arch)
 
 
 def _plain_pool(spec: dict, name, keys) -> None:
@@ -1023,9 +1021,10 @@ def _plain_pool(spec: dict, name, keys) -> None:
 def build_model(arch: dict, state: dict) -> Sequential:
     """A :class:`Sequential` (in eval mode) from an architecture description and a state dict.
 
-    Missing, unexpected and mis-shaped keys are errors naming the key. Layer types:
-    ``linear``, ``conv2d``, ``batchnorm2d`` (with ``momentum``, default 0.1, and the
-    optional ``num_batches_tracked``), ``relu``, ``relu6``, ``maxpool2d``, ``avgpool2d``,
+    Missing, unexpected and mis-shaped keys are errors naming the key. Layer types: those
+    of :mod:`npquant.models.registry` (each builds its layer with ``build``): ``linear``,
+    ``conv2d``, ``batchnorm2d`` (with ``momentum``, default 0.1, and the optional
+    ``num_batches_tracked``), ``relu``, ``relu6``, ``maxpool2d``, ``avgpool2d``,
     ``flatten`` (fields as in ``reference_models/README.md``). Every layer takes the
     ``name`` of its entry (default: its type), so ``model.state_dict()`` has the keys of
     ``state``.
@@ -1052,44 +1051,15 @@ def build_model(arch: dict, state: dict) -> Sequential:
     unexpected = [k for k in state if k not in want and not k.startswith("__")]
     if unexpected:
         raise ValueError(f"state dict has unexpected key {unexpected[0]!r}")
+    from .registry import layer_type
+
     layers = []
     for spec in _layers(arch):
         t = spec["type"]
+        kind = layer_type(t)
         name = spec.get("name", t)
         name = name if isinstance(name, str) and name else t
-        p = {k.split(".", 1)[1]: state[k] for k in state if k.startswith(name + ".")} if t in _PARAMS else {}
-        if t == "linear":
-            w = np.asarray(p["weight"])
-            shape = (spec.get("out_features", w.shape[0]), spec.get("in_features", w.shape[-1]))
-            layers.append(Linear(_param(w, f"{name}.weight", shape), p.get("bias"), name=name))
-        elif t == "conv2d":
-            kh, kw = check_pair(spec.get("kernel_size", np.asarray(p["weight"]).shape[2:]), "kernel_size", lo=1)
-            g = spec.get("groups", 1)
-            shape = (spec["out_channels"], spec["in_channels"] // g, kh, kw) if "out_channels" in spec else np.shape(p["weight"])
-            layers.append(Conv2d(_param(p["weight"], f"{name}.weight", shape), p.get("bias"),
-                                 stride=spec.get("stride", 1), padding=spec.get("padding", 0),
-                                 dilation=spec.get("dilation", 1), groups=g, name=name))
-        elif t == "batchnorm2d":
-            c = spec.get("num_features", np.shape(p["weight"])[0])
-            for k in ("weight", "bias", "running_mean", "running_var"):
-                _param(p[k], f"{name}.{k}", (c,))
-            layers.append(BatchNorm2d(p["weight"], p["bias"], p["running_mean"], p["running_var"],
-                                      eps=spec.get("eps", 1e-5), momentum=spec.get("momentum", 0.1),
-                                      num_batches_tracked=p.get("num_batches_tracked", 0), name=name))
-        elif t == "relu":
-            layers.append(ReLU(name=name))
-        elif t == "relu6":
-            layers.append(ReLU6(name=name))
-        elif t == "maxpool2d":
-            _plain_pool(spec, name, ("dilation", "ceil_mode"))
-            layers.append(MaxPool2d(spec["kernel_size"], spec.get("stride"), spec.get("padding", 0), name=name))
-        elif t == "avgpool2d":
-            _plain_pool(spec, name, ("ceil_mode", "divisor_override"))
-            layers.append(AvgPool2d(spec["kernel_size"], spec.get("stride"), spec.get("padding", 0),
-                                    count_include_pad=spec.get("count_include_pad", True), name=name))
-        elif t == "flatten":
-            layers.append(Flatten(name=name))
-        else:
-            raise ValueError(f"unknown layer type {t!r} in arch")
+        p = {k.split(".", 1)[1]: state[k] for k in state if k.startswith(name + ".")} if kind.params else {}
+        layers.append(kind.build(spec, p, name))
     model_name = arch.get("name")
     return Sequential(layers, name=model_name if isinstance(model_name, str) and model_name else "sequential")

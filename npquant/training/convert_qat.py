@@ -8,13 +8,15 @@ trained QAT model into npquant's integer-only model.
   after that fused as the layer's activation, as PyTorch's ``fuse_modules`` does) with a
   fake-quantized weight and a fake-quantized output. Pools and flatten pass through
   (copies). Every array is copied: training the QAT model leaves the float model as it was.
+  Each layer converts as its layer type says (:meth:`npquant.models.registry.LayerType.prepare_qat`,
+  ``qat_passes``); a layer of a type with no QAT form is an error naming it.
 * :func:`convert_qat` -- the integer model (:class:`npquant.models.convert.IntegerModel`) with the
   QAT model's qparams: input codes from the input fake quant, weight codes on exactly the
   weight fake quant's grid (so ``dequantize(w_q, w_qp)`` equals the fake-quantized float
   weight bit for bit; batch norm folded as :meth:`QATConvBn2d.folded_conv` does), int32
   biases at ``S_x S_w``, output codes of each layer's output fake quant (clamped to its
   ``act_bits`` grid and its fused activation), requantized in any mode of
-  :data:`npquant.requant.fixedpoint.REQUANT_MODES`. Between the integer input codes and the
+  :data:`npquant.requant.modes.REQUANT_MODES`. Between the integer input codes and the
   integer logit codes there is no float arithmetic (the ``fp32`` mode's multiplier is
   float32 by definition of that mode, as fbgemm's).
 * :func:`freeze_observers`, :func:`freeze_bn`: the switches of a QAT schedule (ranges
@@ -49,18 +51,17 @@ at most half a step there. The reference models have no average pooling.
 
 from __future__ import annotations
 
-import copy
-
 import numpy as np
 
 from .._checks import check_bool, check_choice, check_int, check_real
 from ..affine import dequantize
 from ..models import nn
-from ..models.convert import _next_activation
+from ..models import registry as _reg
+from ..models.convert import IntegerModel
 from ..qnn import layers as ql
 from ..qnn.accumulation import check_accumulation
 from ..qparams import QuantSpec
-from ..requant.fixedpoint import REQUANT_MODES
+from ..requant.modes import REQUANT_MODES
 from .fake_quant import (
     PACT_INITS,
     FakeQuantize,
@@ -80,11 +81,8 @@ RANGES = ("minmax", "lsq", "pact")
 INPUT_FAKE_QUANT = "input_fake_quant"
 """Name of the input fake quant, the first layer of a :func:`prepare_qat` model."""
 
-_PASS = (nn.MaxPool2d, nn.AvgPool2d, nn.Flatten, nn.ReLU, nn.ReLU6)
-_SUPPORTED = "linear, conv2d, batchnorm2d (after a conv2d), relu, relu6, maxpool2d, avgpool2d, flatten"
 
-
-def prepare_qat(model, *, weight_bits: int = 8, act_bits: int = 8, ranges: str = "minmax",
+def prepare_qat(model: nn.Sequential, *, weight_bits: int = 8, act_bits: int = 8, ranges: str = "minmax",
                 per_channel: bool = True, input_bits: int = 8, narrow_range: bool = False,
                 averaging_constant: float = 0.01, lsq_init: str = "minmax", pact_alpha: float = 10.0,
                 pact_init: str = "fixed", freeze_bn: bool = False,
@@ -141,8 +139,8 @@ def prepare_qat(model, *, weight_bits: int = 8, act_bits: int = 8, ranges: str =
     TypeError
         ``model`` is not an npquant.models.nn.Sequential.
     ValueError
-        A layer type it cannot convert (naming the layer), bits out of range, an
-        unknown ``ranges``.
+        A layer it cannot convert (naming the layer: no registered layer type, or one
+        with no QAT form), bits out of range, an unknown ``ranges``.
     """
     if not isinstance(model, nn.Sequential):
         raise TypeError(f"model must be an npquant.models.nn.Sequential, got {type(model).__name__}")
@@ -178,46 +176,31 @@ def prepare_qat(model, *, weight_bits: int = 8, act_bits: int = 8, ranges: str =
         return activation_fake_quant(spec, averaging_constant=averaging_constant, name=name)
 
     layers = list(model)
-    weighted = [i for i, layer in enumerate(layers) if isinstance(layer, (nn.Linear, nn.Conv2d))]
-    last = weighted[-1] if weighted else None
+    kinds = [_reg.kind_of(layer) for layer in layers]
+    weighted = [i for i, kind in enumerate(kinds) if kind is not None and kind.weighted]
     for i, layer in enumerate(layers):
         if getattr(layer, "name", None) == INPUT_FAKE_QUANT:
             raise ValueError(f"layers[{i}] is named {INPUT_FAKE_QUANT!r}, the name of the input fake quant")
+    ctx = _reg.QATContext(wfq, afq, a_spec, QuantSpec(bits=output_bits, signed=False),
+                          weighted[-1] if weighted else None, freeze_bn)
     out = [afq(INPUT_FAKE_QUANT, None, QuantSpec(bits=input_bits, signed=False))]
     i = 0
     while i < len(layers):
-        layer = layers[i]
-        if isinstance(layer, (nn.Linear, nn.Conv2d)):
-            bn = None
-            j = i + 1
-            if isinstance(layer, nn.Conv2d) and j < len(layers) and isinstance(layers[j], nn.BatchNorm2d):
-                bn = copy.deepcopy(layers[j]).eval()
-                j += 1
-            act = _next_activation(layers, j - 1)
-            name = layer.name
-            spec = a_spec if i != last else QuantSpec(bits=output_bits, signed=False)
-            kw = dict(weight_fake_quant=wfq(name, layer.weight.shape[0]),
-                      act_fake_quant=afq(f"{name}.act_fake_quant", act, spec), activation=act)
-            float_layer = copy.deepcopy(layer).eval()
-            if bn is not None:
-                q = QATConvBn2d(float_layer, bn, **kw)
-                if freeze_bn:
-                    q.freeze_bn()
-            elif isinstance(layer, nn.Linear):
-                q = QATLinear(float_layer, **kw)
-            else:
-                q = QATConv2d(float_layer, **kw)
-            out.append(q)
-            i = j + (1 if act else 0)
-        elif isinstance(layer, _PASS):
-            out.append(copy.deepcopy(layer).eval())
-            i += 1
-        else:
-            what = ("a BatchNorm2d not right after a Conv2d" if isinstance(layer, nn.BatchNorm2d)
-                    else f"type {type(layer).__name__}")
-            raise ValueError(f"prepare_qat cannot convert layers[{i}] "
-                             f"({getattr(layer, 'name', '?')!r}): {what}; supported: {_SUPPORTED}")
+        if kinds[i] is None:
+            raise ValueError(f"prepare_qat cannot convert layers[{i}] ({getattr(layers[i], 'name', '?')!r}): "
+                             f"type {type(layers[i]).__name__}; supported: {_reg.qat_type_names()}")
+        q, count = kinds[i].prepare_qat(layers, i, ctx)
+        out.append(q)
+        i += count
     return nn.Sequential(out, name=model.name).eval()
+
+
+def _passes(layer) -> bool:
+    """A float layer of a QAT model that :func:`convert_qat` hands to ``quantize_model`` as it
+    is: one whose layer type has ``qat_passes`` (pools, flatten, a clamp not fused); its
+    type's ``to_integer`` converts it."""
+    kind = _reg.kind_of(layer)
+    return kind is not None and kind.qat_passes and isinstance(layer, kind.float_class)
 
 
 def _fake_quants(model):
@@ -230,7 +213,7 @@ def _fake_quants(model):
                 yield layer.act_fake_quant
 
 
-def freeze_observers(model, frozen: bool = True):
+def freeze_observers(model: nn.Sequential, frozen: bool = True) -> nn.Sequential:
     """Freeze (``frozen=True``) or release the activation ranges of a QAT model: the
     observers of its moving-average fake quants stop (or resume) updating in training
     mode. Weight fake quants that follow the current weights (min-max reset at each step)
@@ -257,7 +240,7 @@ def freeze_observers(model, frozen: bool = True):
     return model
 
 
-def freeze_bn(model, frozen: bool = True):
+def freeze_bn(model: nn.Sequential, frozen: bool = True) -> nn.Sequential:
     """Batch norm of every :class:`QATConvBn2d` on (and keeping) its running statistics
     (``frozen=True``), or back to batch statistics in training mode. Returns ``model``.
 
@@ -308,8 +291,8 @@ def _weight_grid(layer):
     return w, qp, None if bias is None else np.array(bias, np.float32)
 
 
-def convert_qat(qat_model, *, mode: str = "tflite", accumulation: str = "exact",
-                bias_method: str | None = None):
+def convert_qat(qat_model: nn.Sequential, *, mode: str = "tflite", accumulation: str = "exact",
+                bias_method: str | None = None) -> IntegerModel:
     """The integer-only model of a QAT model made by :func:`prepare_qat` (after training).
 
     Parameters
@@ -319,11 +302,11 @@ def convert_qat(qat_model, *, mode: str = "tflite", accumulation: str = "exact",
         QATConv2d, QATConvBn2d (each with an output fake quant), ReLU, ReLU6, MaxPool2d,
         AvgPool2d, Flatten; its ranges set (a training-mode forward pass has run).
     mode : str
-        Requantization mode, one of :data:`npquant.requant.fixedpoint.REQUANT_MODES`.
+        Requantization mode, one of :data:`npquant.requant.modes.REQUANT_MODES`.
     accumulation : str
         Of every linear/conv layer (:mod:`npquant.qnn.accumulation`).
     bias_method : str or None
-        Rounding of the int32 biases (:func:`npquant.qnn.gemm.quantize_bias`);
+        Rounding of the int32 biases (:func:`npquant.qnn.bias.quantize_bias`);
         default TFLite's for the ``tflite*`` modes, onnxruntime's otherwise.
 
     Returns
@@ -371,7 +354,7 @@ def convert_qat(qat_model, *, mode: str = "tflite", accumulation: str = "exact",
                 float_layers.append(nn.ReLU())
             elif layer.activation == "relu6":
                 float_layers.append(nn.ReLU6())
-        elif isinstance(layer, _PASS):
+        elif _passes(layer):
             float_layers.append(layer)
         else:
             raise ValueError(f"convert_qat cannot convert layers[{i}] ({getattr(layer, 'name', '?')!r}) of type "

@@ -29,18 +29,41 @@ messages; a schedule is called with the 0-based epoch index (PyTorch's ``last_ep
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
+import numpy.typing as npt
 
 from .._checks import check_bool, check_choice, check_int, check_real
 
-__all__ = ["fit", "evaluate", "EarlyStopping", "Hook", "TrainState", "History",
+if TYPE_CHECKING:
+    from .optim import Optimizer
+
+__all__ = ["fit", "evaluate", "EarlyStopping", "Hook", "TrainState", "History", "TrainableModel",
            "torch_default_init", "digits_data", "train_reference", "ReferenceRun", "REFERENCE_TRAINING"]
 
 HOOK_EVENTS = ("on_epoch_start", "on_batch_start", "on_step_end", "on_epoch_end")
+
+
+class TrainableModel(Protocol):
+    """What :func:`fit` and :func:`evaluate` call on a model (a type for hints only), e.g.
+    an :class:`npquant.models.nn.Sequential`: ``model(x)`` gives the logits, ``backward``
+    takes their gradient, ``named_parameters()`` and ``named_grads()`` map names to arrays.
+    """
+
+    def __call__(self, x: np.ndarray) -> np.ndarray: ...
+    def train(self, mode: bool = True) -> TrainableModel: ...
+    def eval(self) -> TrainableModel: ...
+    def zero_grad(self) -> None: ...
+    def backward(self, grad_y: np.ndarray) -> np.ndarray: ...
+    def named_parameters(self) -> dict: ...
+    def named_grads(self) -> dict: ...
+    def state_dict(self) -> dict: ...
 
 
 # ---------------------------------------------------------------------------------------
@@ -131,7 +154,10 @@ class Hook:
         batch norm or observers after epoch k, save a checkpoint, set ``state.stop``).
     """
 
-    def __init__(self, *, on_epoch_start=None, on_batch_start=None, on_step_end=None, on_epoch_end=None):
+    def __init__(self, *, on_epoch_start: Callable[[TrainState], None] | None = None,
+                 on_batch_start: Callable[[TrainState], None] | None = None,
+                 on_step_end: Callable[[TrainState], None] | None = None,
+                 on_epoch_end: Callable[[TrainState], None] | None = None):
         for name, fn in (("on_epoch_start", on_epoch_start), ("on_batch_start", on_batch_start),
                          ("on_step_end", on_step_end), ("on_epoch_end", on_epoch_end)):
             if fn is not None and not callable(fn):
@@ -175,7 +201,7 @@ class EarlyStopping:
         self.best_state = None
         self.wait = 0
 
-    def update(self, epoch: int, value: float, model) -> bool:
+    def update(self, epoch: int, value: float, model: TrainableModel) -> bool:
         """Record epoch ``epoch``'s metric; return True when the run should stop."""
         better = (self.best is None or
                   (value < self.best - self.min_delta if self.monitor == "val_loss"
@@ -284,7 +310,9 @@ def _default_loss():
 # ---------------------------------------------------------------------------------------
 # evaluate and fit
 # ---------------------------------------------------------------------------------------
-def evaluate(model, x, y, *, batch_size: int = 256, loss_fn=None) -> tuple[float, float]:
+def evaluate(model: TrainableModel, x: npt.ArrayLike, y: npt.ArrayLike, *, batch_size: int = 256,
+             loss_fn: Callable[[np.ndarray, np.ndarray], tuple[float, np.ndarray]] | None = None
+             ) -> tuple[float, float]:
     """``(loss, accuracy)`` of ``model`` on ``(x, y)`` in eval mode.
 
     The loss is the mean over all samples of ``loss_fn`` (default
@@ -332,9 +360,11 @@ def evaluate(model, x, y, *, batch_size: int = 256, loss_fn=None) -> tuple[float
     return total / len(x), correct / len(x)
 
 
-def fit(model, loss_fn, optimizer, x_train, y_train, *, epochs: int, batch_size: int, seed: int,
-        x_val=None, y_val=None, schedule=None, early_stopping: EarlyStopping | None = None,
-        hooks=None, progress: bool = True) -> History:
+def fit(model: TrainableModel, loss_fn: Callable[[np.ndarray, np.ndarray], tuple[float, np.ndarray]] | None,
+        optimizer: Optimizer, x_train: npt.ArrayLike, y_train: npt.ArrayLike, *, epochs: int, batch_size: int,
+        seed: int, x_val: npt.ArrayLike | None = None, y_val: npt.ArrayLike | None = None,
+        schedule: Callable[[int, float], float] | None = None, early_stopping: EarlyStopping | None = None,
+        hooks: Hook | list[Hook] | None = None, progress: bool = True) -> History:
     """Train ``model`` with mini-batches; return the :class:`History`.
 
     Parameters
@@ -490,7 +520,8 @@ REFERENCE_TRAINING = {"mlp": {"lr": 1e-3}, "lenet_300_100": {"lr": 1e-3}, "cnn":
 
 def torch_default_init(arch: dict, seed: int) -> dict:
     """A fresh state dict for ``arch`` with PyTorch's default initialization, drawn from
-    ``numpy.random.default_rng(seed)`` (float32):
+    ``numpy.random.default_rng(seed)`` (float32), each layer as its layer type's
+    :meth:`~npquant.models.registry.LayerType.init_params` says, in the order of the layers:
 
     - linear and conv weights: ``kaiming_uniform_(a=sqrt(5))``, i.e. uniform in
       ``[-1/sqrt(fan_in), 1/sqrt(fan_in)]`` (gain ``sqrt(2 / (1 + 5))`` times
@@ -499,7 +530,8 @@ def torch_default_init(arch: dict, seed: int) -> dict:
     - batch norm: weight 1, bias 0, running mean 0, running variance 1,
       ``num_batches_tracked`` 0 (int64).
 
-    The values are PyTorch's distributions, not PyTorch's random numbers.
+    The values are PyTorch's distributions, not PyTorch's random numbers. A layer type
+    with parameters and no ``init_params`` is an error naming the layer.
 
     Parameters
     ----------
@@ -517,36 +549,17 @@ def torch_default_init(arch: dict, seed: int) -> dict:
         The state dict.
     """
     from ..models.nn import _layers
+    from ..models.registry import layer_type
 
     rng = np.random.default_rng(check_int(seed, "seed", lo=0))
     state = {}
     for spec in _layers(arch):
-        t, name = spec["type"], spec.get("name")
-        if t in ("linear", "conv2d"):
-            if t == "linear":
-                shape = (spec["out_features"], spec["in_features"])
-                fan_in = spec["in_features"]
-            else:
-                kh, kw = spec["kernel_size"]
-                cg = spec["in_channels"] // spec.get("groups", 1)
-                shape = (spec["out_channels"], cg, kh, kw)
-                fan_in = cg * kh * kw
-            bound = math.sqrt(1.0 / 3.0) * math.sqrt(3.0 / fan_in)
-            state[f"{name}.weight"] = rng.uniform(-bound, bound, shape).astype(np.float32)
-            if spec.get("bias", True):
-                b = 1.0 / math.sqrt(fan_in)
-                state[f"{name}.bias"] = rng.uniform(-b, b, shape[0]).astype(np.float32)
-        elif t == "batchnorm2d":
-            c = spec["num_features"]
-            state[f"{name}.weight"] = np.ones(c, np.float32)
-            state[f"{name}.bias"] = np.zeros(c, np.float32)
-            state[f"{name}.running_mean"] = np.zeros(c, np.float32)
-            state[f"{name}.running_var"] = np.ones(c, np.float32)
-            state[f"{name}.num_batches_tracked"] = np.zeros((), np.int64)
+        for k, v in layer_type(spec["type"]).init_params(spec, rng).items():
+            state[f"{spec.get('name')}.{k}"] = v
     return state
 
 
-def digits_data(arch: dict, models_dir=None) -> dict:
+def digits_data(arch: dict, models_dir: str | os.PathLike | None = None) -> dict:
     """The fixed digits split of the reference models, shaped for ``arch``:
     ``{"x_train", "y_train", "x_calibration", "y_calibration", "x_test", "y_test"}``.
 
@@ -597,8 +610,8 @@ class ReferenceRun:
     seed: int
 
 
-def train_reference(name: str, *, seed: int = 0, epochs: int = 60, batch_size: int = 32,
-                    lr: float | None = None, progress: bool = True, models_dir=None) -> ReferenceRun:
+def train_reference(name: str, *, seed: int = 0, epochs: int = 60, batch_size: int = 32, lr: float | None = None,
+                    progress: bool = True, models_dir: str | os.PathLike | None = None) -> ReferenceRun:
     """Train the architecture of reference model ``name`` (``mlp``, ``lenet_300_100``,
     ``cnn``) from scratch in NumPy, as ``reference_models/export.py`` trains it in PyTorch:
     PyTorch's default initialization (:func:`torch_default_init`, seeded with ``seed``),
@@ -656,7 +669,7 @@ def train_reference(name: str, *, seed: int = 0, epochs: int = 60, batch_size: i
                         seed=seed)
 
 
-def main(argv=None) -> None:
+def main(argv: list[str] | None = None) -> None:
     """``python -m npquant.training.trainer [--seeds 0,1,2] [--epochs 60] [names...]``:
     train the reference architectures from scratch and print test accuracy vs PyTorch's.
 
