@@ -8,8 +8,13 @@ from __future__ import annotations
 
 import math
 import numbers
+from typing import TYPE_CHECKING
 
 import numpy as np
+import numpy.typing as npt
+
+if TYPE_CHECKING:
+    from .qparams import QParams
 
 #: The implementations of every kernel-backed function: ``"numba"`` (the compiled kernel)
 #: and ``"numpy"`` (its readable twin); the tests assert both give the same bits.
@@ -151,12 +156,97 @@ def as_float_array(x, name: str = "x", *, allow_empty: bool = False) -> np.ndarr
 _SUB_BYTE_INTS = {"int2": np.int8, "int4": np.int8, "uint2": np.uint8, "uint4": np.uint8}
 
 
-def as_int_array(q, name: str = "q") -> np.ndarray:
+def as_int_array(q: npt.ArrayLike, name: str = "q") -> np.ndarray:
+    """``q`` as a non-empty integer array (ml_dtypes' int4/uint4/int2/uint2 as int8/uint8)."""
     arr = np.asarray(q)
     if arr.dtype.kind == "V" and arr.dtype.name in _SUB_BYTE_INTS and arr.dtype.itemsize == 1:
         arr = arr.astype(_SUB_BYTE_INTS[arr.dtype.name])
-    if arr.dtype.kind not in "iu":
-        raise TypeError(f"{name} must be an integer array, got dtype {arr.dtype}")
+    arr = check_int_array(arr, name)
     if arr.size == 0:
         raise ValueError(f"{name} is empty; a non-empty array is required")
     return arr
+
+
+def check_int_array(x: npt.ArrayLike, name: str, *, what: str = "an integer array") -> np.ndarray:
+    """``np.asarray(x)`` if its dtype is a NumPy integer (any width, signed or not).
+
+    Otherwise ``TypeError: <name> must be <what>, got dtype <dtype>``; a bool array is told
+    how to convert. An empty array passes (callers that need values check the size).
+    """
+    arr = np.asarray(x)
+    if arr.dtype.kind not in "iu":
+        hint = "; convert with .astype(np.uint8)" if arr.dtype.kind == "b" else ""
+        raise TypeError(f"{name} must be {what}, got dtype {arr.dtype}{hint}")
+    return arr
+
+
+def brief(a: npt.ArrayLike) -> str:
+    """A short text of an array for error messages: its values, or shape, min and max."""
+    a = np.asarray(a)
+    if a.size <= 6:
+        return np.array2string(a, separator=", ")
+    return f"array(shape={a.shape}, min={a.min()}, max={a.max()})"
+
+
+def check_scales(value: npt.ArrayLike, name: str = "scale", *,
+                 shape: tuple[int, ...] | None = None) -> np.ndarray:
+    """``value`` as a non-empty float32 array of positive, finite scales.
+
+    ``shape`` (optional) is the shape required; a single value is broadcast to it.
+    ``TypeError`` if ``value`` is not real numbers; ``ValueError`` if empty, of another
+    shape, or not positive and finite once rounded to float32 (the message says
+    ``<name> must be positive and finite (as float32), got ...``).
+    """
+    arr = np.asarray(value)
+    if arr.dtype.kind not in "fiu":
+        raise TypeError(f"{name} must be a real array, got dtype {arr.dtype}")
+    with np.errstate(over="ignore"):
+        arr = np.array(arr, dtype=np.float32)
+    if arr.size == 0:
+        raise ValueError(f"{name} is empty")
+    if shape is not None and arr.shape != tuple(shape):
+        if arr.size != 1:
+            raise ValueError(f"{name} has shape {arr.shape}, expected {tuple(shape)}")
+        arr = np.full(shape, arr.reshape(()), np.float32)
+    if not np.all(np.isfinite(arr)) or not np.all(arr > 0):
+        raise ValueError(f"{name} must be positive and finite (as float32), got {brief(arr)}")
+    return arr
+
+
+def check_qparams(value: object, name: str = "qparams", *, per_tensor: bool = False) -> QParams:
+    """``value`` if it is a :class:`~npquant.qparams.QParams` (per tensor if ``per_tensor``).
+
+    ``TypeError`` naming ``name`` otherwise; ``ValueError`` for per-channel or per-group
+    qparams where one scale is required.
+    """
+    from .qparams import QParams  # qparams imports this module
+
+    if not isinstance(value, QParams):
+        raise TypeError(f"{name} must be a QParams, got {type(value).__name__}")
+    if per_tensor and value.spec.axis is not None:
+        raise ValueError(f"{name} must be per-tensor qparams (spec.axis=None), got {value.spec.granularity}")
+    return value
+
+
+#: NumPy's integer dtypes by width, the signed one first at each width.
+_INT_DTYPES = tuple(np.dtype(t) for t in (np.int8, np.uint8, np.int16, np.uint16, np.int32, np.uint32,
+                                          np.int64, np.uint64))
+
+
+def smallest_int_dtype(lo: int, hi: int, *, signed: bool | None = None, max_bits: int = 64) -> np.dtype:
+    """The smallest NumPy integer dtype holding every integer of ``[lo, hi]``.
+
+    ``signed=True`` (``False``) considers only int (uint) dtypes; ``None`` both, the signed
+    one first at each width (``[0, 127]`` is int8, ``[0, 255]`` uint8). ``ValueError`` if
+    no dtype of at most ``max_bits`` bits holds the range.
+    """
+    lo, hi = int(lo), int(hi)
+    for dt in _INT_DTYPES:
+        if dt.itemsize * 8 > max_bits:
+            break
+        if signed is not None and (dt.kind == "i") != signed:
+            continue
+        info = np.iinfo(dt)
+        if info.min <= lo and hi <= info.max:
+            return dt
+    raise ValueError(f"[{lo}, {hi}] does not fit an integer dtype of at most {max_bits} bits")

@@ -12,13 +12,14 @@ ONNX's words are used throughout:
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 
 from ._checks import check_int, normalize_axis
 
 
-def granularity_name(axis, block_size) -> str:
+def granularity_name(axis: int | None, block_size: int | None) -> str:
     """``"per_tensor"``, ``"per_channel"`` or ``"per_group"``.
 
     Parameters
@@ -38,7 +39,7 @@ def granularity_name(axis, block_size) -> str:
     return "per_channel" if block_size is None else "per_group"
 
 
-def param_shape(x_shape, axis=None, block_size=None) -> tuple:
+def param_shape(x_shape: Sequence[int], axis: int | None = None, block_size: int | None = None) -> tuple[int, ...]:
     """Shape of the parameter array for a tensor of shape ``x_shape``.
 
     Parameters
@@ -69,7 +70,7 @@ def param_shape(x_shape, axis=None, block_size=None) -> tuple:
     return tuple(shape)
 
 
-def split3(x_shape, axis) -> tuple[int, int, int]:
+def split3(x_shape: Sequence[int], axis: int | None) -> tuple[int, int, int]:
     """``(outer, n, inner)``: ``x`` seen as a 3-D array with the parameter axis in the middle.
 
     Per-tensor (``axis=None``) is ``(1, 1, size)``, so that kernels run one long inner loop.
@@ -94,7 +95,8 @@ def split3(x_shape, axis) -> tuple[int, int, int]:
     return math.prod(x_shape[:ax]), x_shape[ax], math.prod(x_shape[ax + 1 :])
 
 
-def params3(p: np.ndarray, x_shape, axis=None, block_size=None) -> tuple[np.ndarray, int]:
+def params3(p: np.ndarray, x_shape: Sequence[int], axis: int | None = None,
+            block_size: int | None = None) -> tuple[np.ndarray, int]:
     """The parameter array as 3-D ``(outer or 1, n_blocks, inner or 1)`` and the block length.
 
     An element ``x3[o, c, i]`` uses ``p3[o or 0, c // block, i or 0]``.
@@ -128,7 +130,8 @@ def params3(p: np.ndarray, x_shape, axis=None, block_size=None) -> tuple[np.ndar
     return np.ascontiguousarray(p).reshape(outer, nb, inner), int(block_size)
 
 
-def expand_params(p: np.ndarray, x_shape, axis=None, block_size=None) -> np.ndarray:
+def expand_params(p: np.ndarray, x_shape: Sequence[int], axis: int | None = None,
+                  block_size: int | None = None) -> np.ndarray:
     """``p`` broadcast (per-channel) or repeated (per-group) to ``x_shape``.
 
     Parameters
@@ -162,7 +165,7 @@ def expand_params(p: np.ndarray, x_shape, axis=None, block_size=None) -> np.ndar
     return np.take(rep, np.arange(x_shape[ax]), axis=ax)
 
 
-def reduce_groups(x: np.ndarray, ufunc, axis=None, block_size=None) -> np.ndarray:
+def reduce_groups(x: np.ndarray, ufunc: np.ufunc, axis: int | None = None, block_size: int | None = None) -> np.ndarray:
     """Reduce ``x`` with ``ufunc`` (e.g. ``np.minimum``) over each parameter group.
 
     Parameters

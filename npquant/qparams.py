@@ -10,8 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 import numpy as np
+import numpy.typing as npt
 
-from ._checks import check_bool, check_choice, check_int
+from ._checks import brief as _brief
+from ._checks import check_bool, check_choice, check_int, check_int_array, check_scales, smallest_int_dtype
 from .granularity import granularity_name, param_shape, reduce_groups
 
 ROUNDING_MODES = ("half_even", "half_away", "half_up", "floor", "stochastic")
@@ -108,9 +110,7 @@ class QuantSpec:
     @property
     def dtype(self) -> np.dtype:
         """Smallest NumPy integer dtype that holds ``[qmin, qmax]``."""
-        if self.signed:
-            return np.dtype(np.int8 if self.bits <= 8 else np.int16)
-        return np.dtype(np.uint8 if self.bits <= 8 else np.uint16)
+        return smallest_int_dtype(self.qmin, self.qmax, signed=self.signed)
 
     @property
     def granularity(self) -> str:
@@ -151,18 +151,10 @@ class QParams:
 
     __slots__ = ("scale", "zero_point", "spec")
 
-    def __init__(self, scale, zero_point, spec: QuantSpec):
+    def __init__(self, scale: npt.ArrayLike, zero_point: npt.ArrayLike, spec: QuantSpec):
         if not isinstance(spec, QuantSpec):
             raise TypeError(f"spec must be a QuantSpec, got {type(spec).__name__}")
-        scale = np.asarray(scale)
-        if scale.dtype.kind not in "fiu":
-            raise TypeError(f"scale must be a real array, got dtype {scale.dtype}")
-        with np.errstate(over="ignore"):
-            scale = np.array(scale, dtype=np.float32)
-        if scale.size == 0:
-            raise ValueError("scale is empty")
-        if not np.all(np.isfinite(scale)) or not np.all(scale > 0):
-            raise ValueError(f"scale must be positive and finite (as float32), got {_brief(scale)}")
+        scale = check_scales(scale, "scale")
         if np.any(scale < np.finfo(np.float32).tiny):
             raise ValueError(
                 f"scale must be a normal float32 (>= 1.18e-38, so that 1 / scale is finite), "
@@ -172,8 +164,8 @@ class QParams:
         if zp.dtype.kind == "f":
             if not np.all(np.isfinite(zp)) or not np.all(zp == np.round(zp)):
                 raise ValueError(f"zero_point must hold integers, got {_brief(zp)}")
-        elif zp.dtype.kind not in "iu":
-            raise TypeError(f"zero_point must be an integer array, got dtype {zp.dtype}")
+        else:
+            check_int_array(zp, "zero_point")
         if np.any(zp < spec.qmin) or np.any(zp > spec.qmax):
             raise ValueError(
                 f"zero_point must be in [{spec.qmin}, {spec.qmax}] for this spec, got {_brief(zp)}"
@@ -216,7 +208,7 @@ class QParams:
     def __repr__(self) -> str:
         return f"QParams(scale={_brief(self.scale)}, zero_point={_brief(self.zero_point)}, spec={self.spec})"
 
-    def check_fits(self, shape, name: str = "x") -> None:
+    def check_fits(self, shape: tuple[int, ...], name: str = "x") -> None:
         """Raise ``ValueError`` unless these qparams apply to a tensor of ``shape``."""
         shape = tuple(int(d) for d in shape)
         if self.spec.axis is not None and len(shape) == 0:
@@ -230,14 +222,8 @@ class QParams:
             )
 
 
-def _brief(a: np.ndarray) -> str:
-    a = np.asarray(a)
-    if a.size <= 6:
-        return np.array2string(a, separator=", ")
-    return f"array(shape={a.shape}, min={a.min()}, max={a.max()})"
-
-
-def compute_qparams(min_val, max_val, spec: QuantSpec, *, eps: float = FLOAT32_EPS) -> QParams:
+def compute_qparams(min_val: npt.ArrayLike, max_val: npt.ArrayLike, spec: QuantSpec, *,
+                    eps: float = FLOAT32_EPS) -> QParams:
     """Scale and zero point for the real range ``[min_val, max_val]``.
 
     ``min_val`` and ``max_val`` have the parameter shape of ``spec``'s granularity. The
@@ -314,7 +300,7 @@ def _range_bound(v, name: str) -> np.ndarray:
     return arr32
 
 
-def fit_qparams(x, spec: QuantSpec) -> QParams:
+def fit_qparams(x: npt.ArrayLike, spec: QuantSpec) -> QParams:
     """Min-max qparams for ``x`` at ``spec``'s granularity (one-shot calibration).
 
     ``x`` is a finite float array; the min and max of each parameter group are taken

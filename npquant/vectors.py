@@ -76,10 +76,12 @@ import shutil
 import tempfile
 import types
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+import numpy.typing as npt
 
-from ._checks import as_float_array, check_bool, check_pair
+from ._checks import as_float_array, check_bool, check_int_array, check_pair
 from ._fileio import FileFormatError, _umask, check_path, parse_json, read_bytes
 from ._version import __version__
 from .affine import dequantize, quantize
@@ -89,6 +91,10 @@ from .qnn.add import tflite_add_params
 from .qnn.fbgemm import fbgemm_multipliers
 from .qparams import QParams
 from .requant.fixedpoint import quantize_multiplier
+
+if TYPE_CHECKING:
+    from .models import nn
+    from .models.graph import Graph
 
 __all__ = ["C_HEADER", "C_TYPES", "FORMAT", "HEX_DIGITS", "MANIFEST", "NPZ", "TENSORS_FORMAT", "TENSORS_INDEX",
            "VERSION", "read_manifest", "read_vectors", "write_intermediates", "write_vectors"]
@@ -224,8 +230,7 @@ def _codes_in(x, qp: QParams, what: str) -> np.ndarray:
     a = np.asarray(x)
     if a.dtype.kind == "f":
         return quantize(a, qp)
-    if a.dtype.kind not in "iu":
-        raise TypeError(f"{what} must be float values or integer codes, got dtype {a.dtype}")
+    check_int_array(a, what, what="float values or integer codes")
     if a.size == 0:
         raise ValueError(f"{what} is empty; a non-empty array is required")
     lo, hi = qp.spec.qmin, qp.spec.qmax
@@ -266,7 +271,7 @@ def _gemm_record(layer, x, y, op: str) -> tuple:
     per_channel = w_qp.spec.axis is not None
     zw = np.broadcast_to(np.asarray(w_qp.zero_point), (o,)).astype(w.dtype)
     sw = np.broadcast_to(np.asarray(w_qp.scale, np.float32), (o,))
-    mode = layer.mode
+    mode = "fp32" if layer.mode == "fbgemm" else layer.mode  # fbgemm: fp32's multiplier, uses fbgemm_float_bias
     m = np.array(np.broadcast_to(np.asarray(layer.multiplier, np.float64), (o,)))
     m0, shift = quantize_multiplier(m, "single" if mode == "tflite_single" else "double")
     acc = np.asarray(layer.accumulate(x)).astype(np.int32)
@@ -800,7 +805,8 @@ def _npz_bytes(arrays: dict) -> bytes:
 # ---------------------------------------------------------------------------- public
 
 
-def write_vectors(model, inputs, out_dir, *, overwrite: bool = False) -> dict:
+def write_vectors(model: IntegerModel | Graph, inputs: npt.ArrayLike | list | dict, out_dir: str | os.PathLike, *,
+                  overwrite: bool = False) -> dict:
     """Run ``model`` once on ``inputs`` and write the golden test vectors of every layer.
 
     Parameters
@@ -868,7 +874,7 @@ def _expect(cond, where, message) -> None:
         raise FileFormatError(where, message)
 
 
-def read_manifest(out_dir) -> dict:
+def read_manifest(out_dir: str | os.PathLike) -> dict:
     """The manifest of a vector set written by :func:`write_vectors`, checked.
 
     Parameters
@@ -967,7 +973,7 @@ def _parse_hex(data: bytes, dtype: str, shape, where) -> np.ndarray:
     return arr.reshape(shape)
 
 
-def read_vectors(out_dir) -> dict:
+def read_vectors(out_dir: str | os.PathLike) -> dict:
     """Read a vector set back from its manifest and ``.hex`` files, strictly.
 
     Parameters
@@ -1019,7 +1025,8 @@ def _float_model_tensors(model, x) -> tuple:
     return {"type": type(model).__name__}, names, arrays, producers, [None] * len(names)
 
 
-def write_intermediates(model, inputs, out_dir, *, overwrite: bool = False) -> dict:
+def write_intermediates(model: nn.Sequential | IntegerModel | Graph, inputs: npt.ArrayLike | list | dict,
+                        out_dir: str | os.PathLike, *, overwrite: bool = False) -> dict:
     """Run ``model`` on ``inputs`` and write every intermediate tensor as an ``.npy`` file.
 
     Parameters

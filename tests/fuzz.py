@@ -187,7 +187,7 @@ def build_cases() -> list:
 
     def huff(p):
         with open(p, "rb") as f:
-            return {"symbols": huffman.decode(f.read())}
+            return {"symbols": huffman.decode_blob(f.read())}
 
     cases = [
         Case("load_state_dict(.npz)", ".npz", _write(lambda p: save_state_dict(p, state), ".npz"),
@@ -206,7 +206,7 @@ def build_cases() -> list:
              load_weights, "npqz3"),
         Case("load_weights(checkpoint)", ".npz", _write(lambda p: save_quantized(p, ckpt), ".npz"),
              load_weights, "zip"),
-        Case("huffman.decode", ".huf", huffman.encode(symbols, alphabet_size=16), huff, "huffman"),
+        Case("huffman.decode", ".huf", huffman.encode_blob(symbols, alphabet_size=16), huff, "huffman"),
     ]
     # Models built from files, judged by every array and setting the built model holds:
     # the small reference model above, and the bundled PyTorch PTQ file of the MLP (exported

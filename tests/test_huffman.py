@@ -21,14 +21,15 @@ from npquant.compression.huffman import (
     _decode_python,
     _varint,
     bits_per_symbol,
-    decode,
-    encode,
+    decode_blob,
+    encode_blob,
     entropy_bits,
     fixed_length_bits,
     huffman_decode,
     huffman_encode,
 )
 
+encode, decode = encode_blob, decode_blob  # the blob pair, by its names in these tests
 BACKENDS = ("numba", "python")
 
 
@@ -859,3 +860,14 @@ def test_property_corrupt_stream(data, seed, nflip, extra):
     for count in (x.size, max(0, x.size + extra)):
         for nbits in (nb, None, max(0, nb + extra)):
             _attempt(c, code, count, nbits)
+
+
+def test_encode_and_decode_are_deprecated_names_of_the_blob_pair():
+    import npquant.compression.huffman as huffman
+
+    for old, new in (("encode", "encode_blob"), ("decode", "decode_blob")):
+        with pytest.warns(DeprecationWarning, match=f"huffman.{old} is deprecated: it is now {new}"):
+            assert getattr(huffman, old) is getattr(huffman, new)
+    with pytest.raises(AttributeError, match="no attribute 'encode_stream'"):
+        huffman.encode_stream
+

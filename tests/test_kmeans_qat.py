@@ -243,7 +243,7 @@ def _qat(refs, name, **kw):
     return kmeans_qat(model, data["x_train"], data["y_train"], x_val=data["x_test"], y_val=data["y_test"], **kw)
 
 
-@pytest.mark.parametrize("name", ["mlp", "lenet_300_100"])
+@pytest.mark.parametrize("name", ["mlp", pytest.param("lenet_300_100", marks=pytest.mark.slow)])
 def test_sgd_needs_the_rule_summed_gradients_collapse_the_mlps(refs, name):
     """SGD at lr 0.1 fine-tunes the float model; with eq. 3's raw sum the 2-bit model
     collapses to chance, with the mean (eq. 3 over the cluster size) or the per-tensor

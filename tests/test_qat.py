@@ -345,6 +345,7 @@ def test_lsq_per_group_sums_over_blocks():
     _assert_bits(y, fake_quantize(x, QParams(s, z.astype(int), spec), method="mul"))
 
 
+@pytest.mark.slow  # training: run in the JIT pass
 def test_lsq_layer_learns_a_better_step_than_a_bad_start():
     rng = np.random.default_rng(9)
     x = rng.normal(size=4000).astype(np.float32)
@@ -857,6 +858,7 @@ _DEFAULT_KERNEL_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # a torch subprocess: run in the JIT pass
 def test_torch_lsq_default_cpu_kernel_is_mul_add(tmp_path):
     _torch()
     rng = np.random.default_rng(601)
@@ -1140,6 +1142,7 @@ def test_torch_qat_conv_bn_folding(bias):
         QATConvBn2d(conv, conv)
 
 
+@pytest.mark.slow  # training: run in the JIT pass
 def test_qat_model_trains_in_a_sequential():
     # A two-layer QAT MLP (W4A8, LSQ weights) in npquant.models.nn.Sequential learns a toy task.
     rng = np.random.default_rng(803)
@@ -1171,3 +1174,15 @@ def test_qat_model_trains_in_a_sequential():
     model.eval()
     acc = np.mean(model(x).argmax(axis=1) == labels)
     assert acc > 0.9
+
+
+def test_qat_activations_and_the_deprecated_name():
+    import npquant.training.qat as qat
+    from npquant.qnn import ACTIVATIONS as INTEGER_CLAMPS
+
+    assert qat.QAT_ACTIVATIONS == (None, "relu", "relu6")
+    assert {"none" if a is None else a for a in qat.QAT_ACTIVATIONS} <= set(INTEGER_CLAMPS)
+    with pytest.warns(DeprecationWarning, match="qat.ACTIVATIONS is deprecated: it is now QAT_ACTIVATIONS"):
+        assert qat.ACTIVATIONS is qat.QAT_ACTIVATIONS
+    with pytest.raises(AttributeError, match="no attribute 'ACTIVATION'"):
+        qat.ACTIVATION

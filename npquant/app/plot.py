@@ -33,15 +33,26 @@ from __future__ import annotations
 import functools
 import math
 import numbers
+import os
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+import numpy.typing as npt
 
-from .._checks import as_float_array, check_bool, check_choice, check_int
+from .._checks import as_float_array, check_bool, check_choice, check_int, check_qparams
 from ..qparams import QParams, QuantSpec
-from ..requant.fixedpoint import INT32_MAX, INT32_MIN, REQUANT_MODES
+from ..requant.fixedpoint import INT32_MAX, INT32_MIN
+from ..requant.modes import REQUANT_MODES
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+    from ..compression.kmeans import KMeansResult
 
 PLOT_EXTRA_HINT = "install npquant[plot] (pip install 'npquant[plot]') for matplotlib"
 
@@ -99,8 +110,7 @@ def _check_fraction(v, name: str) -> float:
 
 
 def _check_qparams_per_tensor(qparams, name="qparams") -> QParams:
-    if not isinstance(qparams, QParams):
-        raise TypeError(f"{name} must be a QParams or None, got {type(qparams).__name__}")
+    qparams = check_qparams(qparams, name)
     if qparams.spec.axis is not None:
         raise ValueError(f"{name} must be per-tensor (spec.axis=None) to draw one grid, got "
                          f"{qparams.spec.granularity} with axis={qparams.spec.axis}; plot one channel "
@@ -133,8 +143,9 @@ def grid_levels(qparams: QParams) -> np.ndarray:
 # ----------------------------------------------------------------------------- histogram
 
 
-def plot_histogram(x, qparams: QParams | None = None, *, codebook=None, bins: int = 100, log: bool = False,
-                   ax=None, title: str | None = None, label: str = "values"):
+def plot_histogram(x: npt.ArrayLike, qparams: QParams | None = None, *,
+                   codebook: npt.ArrayLike | KMeansResult | None = None, bins: int = 100, log: bool = False,
+                   ax: Axes | None = None, title: str | None = None, label: str = "values") -> Figure:
     """Histogram of a tensor with its quantization grid, clipping range and k-means codebook.
 
     Parameters
@@ -258,8 +269,8 @@ def _fake_quantized(w: np.ndarray, options, method: str) -> dict:
             for label, spec in _check_options(options).items()}
 
 
-def plot_error_heatmaps(w, options: dict | None = None, *, method: str = "divide", ncols: int | None = None,
-                        cmap: str = "viridis", title: str | None = None):
+def plot_error_heatmaps(w: npt.ArrayLike, options: dict | None = None, *, method: str = "divide",
+                        ncols: int | None = None, cmap: str = "viridis", title: str | None = None) -> Figure:
     """The quantization error ``|w - fq(w)|`` of a weight matrix as a heatmap per option.
 
     Parameters
@@ -333,7 +344,8 @@ def _bits_list(bits, name="bits") -> list:
     return items
 
 
-def sqnr_vs_bits(x, options: dict | None = None, bits=range(2, 9), *, method: str = "divide") -> dict:
+def sqnr_vs_bits(x: npt.ArrayLike, options: dict | None = None, bits: Iterable[int] = range(2, 9), *,
+                 method: str = "divide") -> dict:
     """SQNR (dB) of ``x`` fake-quantized at each bit width, for each option.
 
     ``options`` maps labels to QuantSpecs whose ``bits`` is replaced by each of ``bits``
@@ -383,9 +395,9 @@ def _bits_panel(ax, bits, series: dict, gid: str, ylabel: str, title: str) -> No
     ax.set_title(title)
 
 
-def plot_sqnr_vs_bits(x, options: dict | None = None, bits=range(2, 9), *, accuracy: dict | None = None,
-                      float_accuracy: float | None = None, method: str = "divide", ax=None,
-                      title: str | None = None):
+def plot_sqnr_vs_bits(x: npt.ArrayLike, options: dict | None = None, bits: Iterable[int] = range(2, 9), *,
+                      accuracy: dict | None = None, float_accuracy: float | None = None, method: str = "divide",
+                      ax: Axes | None = None, title: str | None = None) -> Figure:
     """SQNR against bit width for several options, and accuracy when given.
 
     Parameters
@@ -480,12 +492,13 @@ def _pattern_label(modes, key) -> str:
     return " < ".join(" = ".join(groups[k]) for k in sorted(groups))
 
 
-def tie_map(multipliers=TIE_MULTIPLIERS, acc_min: int = -64, acc_max: int = 64, *, zero_point: int = 0,
-            qmin: int = INT32_MIN, qmax: int = INT32_MAX, modes=REQUANT_MODES) -> TieMap:
+def tie_map(multipliers: float | Sequence[float] = TIE_MULTIPLIERS, acc_min: int = -64, acc_max: int = 64, *,
+            zero_point: int = 0, qmin: int = INT32_MIN, qmax: int = INT32_MAX,
+            modes: str | Sequence[str] = REQUANT_MODES) -> TieMap:
     """The output code of every requantization mode for each accumulator in
     ``[acc_min, acc_max]`` and each multiplier, and where they disagree.
 
-    Codes come from :func:`npquant.requant.fixedpoint.requantize` (``zero_point``, ``qmin``,
+    Codes come from :func:`npquant.requant.modes.requantize` (``zero_point``, ``qmin``,
     ``qmax`` as there; the default int32 range shows rounding alone, no saturation).
     At most 2^20 accumulators per multiplier and 256 multipliers.
 
@@ -507,7 +520,7 @@ def tie_map(multipliers=TIE_MULTIPLIERS, acc_min: int = -64, acc_max: int = 64, 
     TieMap
         The codes per mode, multiplier and accumulator, and the disagreement patterns.
     """
-    from ..requant.fixedpoint import requantize
+    from ..requant.modes import requantize
 
     m = np.atleast_1d(np.asarray(multipliers))
     if m.dtype.kind not in "fiu":
@@ -542,9 +555,10 @@ def tie_map(multipliers=TIE_MULTIPLIERS, acc_min: int = -64, acc_max: int = 64, 
                   labels=tuple(_pattern_label(modes, k) for k in patterns))
 
 
-def plot_tie_map(multipliers=TIE_MULTIPLIERS, acc_min: int = -64, acc_max: int = 64, *, zero_point: int = 0,
-                 qmin: int = INT32_MIN, qmax: int = INT32_MAX, modes=REQUANT_MODES, ax=None,
-                 title: str | None = None):
+def plot_tie_map(multipliers: float | Sequence[float] = TIE_MULTIPLIERS, acc_min: int = -64, acc_max: int = 64, *,
+                 zero_point: int = 0, qmin: int = INT32_MIN, qmax: int = INT32_MAX,
+                 modes: str | Sequence[str] = REQUANT_MODES, ax: Axes | None = None,
+                 title: str | None = None) -> Figure:
     """Map of where the requantization modes give different codes (see :func:`tie_map`).
 
     One row per multiplier (labelled with it and its number of disagreements), one column
@@ -596,7 +610,8 @@ def plot_tie_map(multipliers=TIE_MULTIPLIERS, acc_min: int = -64, acc_max: int =
 # -------------------------------------------------------------------------- compression
 
 
-def plot_compression_tradeoff(points, *, float_accuracy: float | None = None, ax=None, title: str | None = None):
+def plot_compression_tradeoff(points: Iterable[tuple[float, float, str]], *, float_accuracy: float | None = None,
+                              ax: Axes | None = None, title: str | None = None) -> Figure:
     """Accuracy against compression ratio, one labelled point per configuration.
 
     Parameters
@@ -663,7 +678,7 @@ def plot_compression_tradeoff(points, *, float_accuracy: float | None = None, ax
 # --------------------------------------------------------------------------------- files
 
 
-def save_figure(fig, path, *, dpi: int = 100) -> Path:
+def save_figure(fig: Figure, path: str | os.PathLike, *, dpi: int = 100) -> Path:
     """Write ``fig`` as a PNG of ``figsize * dpi`` pixels with matplotlib's Agg renderer.
 
     The file is written to a temporary name and renamed (never half-written); its folder
@@ -722,7 +737,9 @@ def _weight_only(state: dict, spec: QuantSpec) -> dict:
     return {k: fake_quantize(v, fit_qparams(v, spec)) if v.ndim in (2, 4) else v for k, v in state.items()}
 
 
-def write_demo_plots(directory, *, names=None, models_dir=None, dpi: int = 100, progress=None) -> list:
+def write_demo_plots(directory: str | os.PathLike, *, names: Iterable[str] | None = None,
+                     models_dir: str | os.PathLike | None = None, dpi: int = 100,
+                     progress: Callable[[str], object] | None = None) -> list:
     """Compute and write the figures of :data:`DEMO_PLOTS` as PNG files into ``directory``.
 
     Parameters

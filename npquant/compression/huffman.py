@@ -30,7 +30,13 @@ Code table format (:meth:`HuffmanCode.to_bytes`)::
 
 :meth:`HuffmanCode.to_bytes` writes whichever format is shorter (runs on a tie).
 
-Self-describing blob (:func:`encode` / :func:`decode`)::
+Two levels, two pairs of functions: :func:`huffman_encode` / :func:`huffman_decode` write
+and read a bare bit stream under a code you hold (the caller keeps the code, the count and
+the bit length); :func:`encode_blob` / :func:`decode_blob` make and read one
+self-describing blob that carries all of them. (``encode`` / ``decode``, the blob pair's
+first names, still work for one release with a ``DeprecationWarning``.)
+
+Self-describing blob (:func:`encode_blob` / :func:`decode_blob`)::
 
     4 bytes     magic b"NQHF"
     uint8       version (1)
@@ -52,13 +58,15 @@ it may decode to other symbols of the right count; the blob's CRC-32 catches tho
 from __future__ import annotations
 
 import functools
+import warnings
 import zlib
 from dataclasses import dataclass, field
 from fractions import Fraction
 
 import numpy as np
+import numpy.typing as npt
 
-from .._checks import check_choice, check_int
+from .._checks import check_choice, check_int, check_int_array
 from .._kernels import huffman as _k
 
 MAX_ALPHABET = 65536
@@ -76,11 +84,9 @@ def _symbol_dtype(alphabet_size: int) -> np.dtype:
 
 def _int_array(x, name: str) -> np.ndarray:
     arr = np.asarray(x)
-    if arr.dtype.kind not in "iu":
-        if arr.size == 0 and arr.dtype.kind == "f":  # np.asarray([]) is float64
-            return arr.astype(np.int64)
-        raise TypeError(f"{name} must be an integer array, got dtype {arr.dtype}")
-    return arr
+    if arr.size == 0 and arr.dtype.kind == "f":  # np.asarray([]) is float64
+        return arr.astype(np.int64)
+    return check_int_array(arr, name)
 
 
 # --------------------------------------------------------------------------- the code
@@ -146,7 +152,7 @@ class HuffmanCode:
     # ---- constructors
 
     @classmethod
-    def from_counts(cls, counts, max_length: int | None = None) -> HuffmanCode:
+    def from_counts(cls, counts: npt.ArrayLike, max_length: int | None = None) -> HuffmanCode:
         """Minimum-redundancy code for symbol ``counts`` (non-negative integers, one per
         symbol, ``1 <= len(counts) <= 65536``; zero-count symbols get no code).
 
@@ -184,7 +190,7 @@ class HuffmanCode:
         return cls(lengths)
 
     @classmethod
-    def from_data(cls, symbols, alphabet_size: int | None = None,
+    def from_data(cls, symbols: npt.ArrayLike, alphabet_size: int | None = None,
                   max_length: int | None = None) -> HuffmanCode:
         """Code for the symbol frequencies of ``symbols`` (integers in
         ``[0, alphabet_size)``; ``alphabet_size`` defaults to ``max(symbols) + 1``)."""
@@ -208,7 +214,7 @@ class HuffmanCode:
         return head + b"\x00" + runs
 
     @classmethod
-    def from_bytes(cls, b) -> HuffmanCode:
+    def from_bytes(cls, b: bytes | bytearray | memoryview | np.ndarray) -> HuffmanCode:
         """Parse and validate a table written by :meth:`to_bytes`; the whole of ``b``
         must be the table. ValueError names what is wrong."""
         buf = _as_buffer(b, "b")
@@ -489,7 +495,7 @@ def _check_code(code) -> HuffmanCode:
     return code
 
 
-def huffman_encode(symbols, code: HuffmanCode, *, backend: str = "numba") -> tuple[bytes, int]:
+def huffman_encode(symbols: npt.ArrayLike, code: HuffmanCode, *, backend: str = "numba") -> tuple[bytes, int]:
     """Encode integer ``symbols`` (any shape, read in C order) with ``code``.
 
     ValueError if a symbol is outside the alphabet or has no code.
@@ -545,8 +551,8 @@ def _encode_numpy(s: np.ndarray, lengths: np.ndarray, codes: np.ndarray,
 # --------------------------------------------------------------------------- decoding
 
 
-def huffman_decode(stream, code: HuffmanCode, count: int, *, nbits: int | None = None,
-                   backend: str = "numba") -> np.ndarray:
+def huffman_decode(stream: bytes | bytearray | memoryview | np.ndarray, code: HuffmanCode, count: int, *,
+                   nbits: int | None = None, backend: str = "numba") -> np.ndarray:
     """Decode exactly ``count`` symbols (1-D, uint8 for alphabets up to 256, else uint16).
 
     ``stream``: bytes (or a 1-D uint8 array), MSB first. With ``nbits`` the stream must be
@@ -656,7 +662,7 @@ def _decode_python(buf: bytes, nbits: int, count: int, code: HuffmanCode, out) -
 _HEAD = len(MAGIC) + 1 + 4
 
 
-def encode(symbols, alphabet_size: int | None = None, max_length: int | None = None) -> bytes:
+def encode_blob(symbols: npt.ArrayLike, alphabet_size: int | None = None, max_length: int | None = None) -> bytes:
     """One self-describing blob: magic, version, table, count, nbits, stream, CRC-32
     (format in the module docstring). The code is built from ``symbols`` (flattened,
     C order). Empty ``symbols`` are allowed: the table then gives symbol 0 a 1-bit code.
@@ -689,8 +695,8 @@ def encode(symbols, alphabet_size: int | None = None, max_length: int | None = N
     return body + zlib.crc32(body).to_bytes(4, "little")
 
 
-def decode(blob, *, backend: str = "numba") -> np.ndarray:
-    """Decode a blob written by :func:`encode`: 1-D uint8 (alphabet <= 256) or uint16.
+def decode_blob(blob: bytes | bytearray | memoryview | np.ndarray, *, backend: str = "numba") -> np.ndarray:
+    """Decode a blob written by :func:`encode_blob`: 1-D uint8 (alphabet <= 256) or uint16.
 
     The sizes are checked first (a short part is named), then the CRC-32, then the table
     and the stream. Any corruption is a ValueError (the checksum catches the flips that
@@ -770,7 +776,7 @@ def _counts_of(symbols, counts, name: str) -> np.ndarray:
     return np.bincount(s.astype(np.int64))
 
 
-def entropy_bits(symbols=None, *, counts=None) -> float:
+def entropy_bits(symbols: npt.ArrayLike | None = None, *, counts: npt.ArrayLike | None = None) -> float:
     """Shannon entropy ``-sum p log2 p`` in bits per symbol (float64), of ``symbols``
     (integers >= 0) or of ``counts=`` (one count per symbol). Lower bound of any
     symbol-by-symbol code.
@@ -793,7 +799,8 @@ def entropy_bits(symbols=None, *, counts=None) -> float:
     return float(max(0.0, -np.sum(p * np.log2(p))))
 
 
-def bits_per_symbol(code: HuffmanCode, symbols=None, *, counts=None) -> float:
+def bits_per_symbol(code: HuffmanCode, symbols: npt.ArrayLike | None = None, *,
+                    counts: npt.ArrayLike | None = None) -> float:
     """Mean code length in bits (float64) of ``code`` over ``symbols`` or ``counts=``
     (length ``code.alphabet_size``). Excludes the table. ValueError for a symbol with
     no code.
@@ -842,3 +849,17 @@ def fixed_length_bits(alphabet_size: int) -> int:
     """
     n = check_int(alphabet_size, "alphabet_size", lo=1, hi=MAX_ALPHABET)
     return max(1, (n - 1).bit_length())
+
+
+_RENAMED = {"encode": "encode_blob", "decode": "decode_blob"}
+
+
+def __getattr__(name: str):
+    """The blob pair's first names, ``encode`` and ``decode``: deprecated for one release."""
+    if name in _RENAMED:
+        new = _RENAMED[name]
+        warnings.warn(f"npquant.compression.huffman.{name} is deprecated: it is now {new} (the self-describing "
+                      f"blob; huffman_encode / huffman_decode handle a bare stream)", DeprecationWarning,
+                      stacklevel=2)
+        return globals()[new]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -56,10 +56,12 @@ module (``backend="numpy"``); both give identical bits.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
+import numpy.typing as npt
 
-from .._checks import as_float_array, check_bool, check_choice, check_int, check_real
+from .._checks import as_float_array, as_int_array, check_bool, check_choice, check_int, check_real
 from .._kernels import kmeans as _k
 from ..affine import BACKENDS
 
@@ -132,11 +134,7 @@ def reconstruct(result: KMeansResult) -> np.ndarray:
 
 
 def _check_indices(indices, k: int, name: str = "indices") -> np.ndarray:
-    idx = np.asarray(indices)
-    if idx.dtype.kind not in "iu":
-        raise TypeError(f"{name} must be an integer array, got dtype {idx.dtype}")
-    if idx.size == 0:
-        raise ValueError(f"{name} is empty; a non-empty array is required")
+    idx = as_int_array(indices, name)
     lo, hi = int(idx.min()), int(idx.max())
     if lo < 0 or hi >= k:
         raise ValueError(f"{name} must lie in [0, {k - 1}] (k={k}), got values in [{lo}, {hi}]")
@@ -172,7 +170,7 @@ def _reserved(reserved_zero, codebook) -> bool:
 # ---------------------------------------------------------------------------- init
 
 
-def initial_centroids(x, k: int, *, init: str = "linear", seed: int = 0) -> np.ndarray:
+def initial_centroids(x: npt.ArrayLike, k: int, *, init: str = "linear", seed: int = 0) -> np.ndarray:
     """The initial centroids :func:`kmeans_quantize` starts from: float64 ``(k,)``, sorted.
 
     Centroids may repeat when ``x`` has fewer than ``k`` distinct values.
@@ -308,8 +306,9 @@ def _sums(v, idx, k, backend):
 # ---------------------------------------------------------------------------- fitting
 
 
-def kmeans_quantize(w, bits: int, *, init="linear", max_iter: int = 100, tol: float = 1e-6,
-                    seed: int = 0, keep_zeros="auto", backend: str = "numba") -> KMeansResult:
+def kmeans_quantize(w: npt.ArrayLike, bits: int, *, init: str | npt.ArrayLike = "linear", max_iter: int = 100,
+                    tol: float = 1e-6, seed: int = 0, keep_zeros: bool | Literal["auto"] = "auto",
+                    backend: str = "numba") -> KMeansResult:
     """Fit a ``2**bits``-entry codebook to ``w`` by 1-D k-means; see the module docstring.
 
     Parameters
@@ -418,7 +417,7 @@ def _centroid_grad64(grad, idx, k, reduction, backend) -> np.ndarray:
     return sums
 
 
-def centroid_gradient(grad, indices, k: int, *, reduction: str = "sum",
+def centroid_gradient(grad: npt.ArrayLike, indices: npt.ArrayLike, k: int, *, reduction: str = "sum",
                       backend: str = "numba") -> np.ndarray:
     """Gradient of the loss with respect to each centroid (Deep Compression, eq. 3).
 
@@ -453,8 +452,8 @@ def centroid_gradient(grad, indices, k: int, *, reduction: str = "sum",
     return _centroid_grad64(g, idx, k, reduction, backend).astype(np.float32)
 
 
-def finetune_centroids(codebook, grad, indices, lr: float, *, reserved_zero: bool | None = None,
-                       reduction: str = "sum", backend: str = "numba") -> np.ndarray:
+def finetune_centroids(codebook: npt.ArrayLike, grad: npt.ArrayLike, indices: npt.ArrayLike, lr: float, *,
+                       reserved_zero: bool | None = None, reduction: str = "sum", backend: str = "numba") -> np.ndarray:
     """One gradient step on the shared weights: ``codebook - lr * centroid_gradient``.
 
     Computed in float64 from the float64 gradient sums (or means, ``reduction`` as in
@@ -506,8 +505,8 @@ def finetune_centroids(codebook, grad, indices, lr: float, *, reserved_zero: boo
     return new
 
 
-def reaverage_centroids(w, indices, k: int, codebook=None, *, reserved_zero: bool | None = None,
-                        backend: str = "numba") -> np.ndarray:
+def reaverage_centroids(w: npt.ArrayLike, indices: npt.ArrayLike, k: int, codebook: npt.ArrayLike | None = None, *,
+                        reserved_zero: bool | None = None, backend: str = "numba") -> np.ndarray:
     """Each centroid becomes the mean of the current weights ``w`` that share it.
 
     ``w`` (float, converted to float32) and ``indices`` have the same shape. Means are

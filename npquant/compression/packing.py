@@ -37,8 +37,9 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 
-from .._checks import BACKENDS, check_bool, check_choice, check_int
+from .._checks import BACKENDS, check_bool, check_choice, check_int, check_int_array, smallest_int_dtype
 from .._kernels import packing as _k
 
 PACK_ORDERS = ("lsb", "msb")
@@ -73,11 +74,7 @@ def packed_nbytes(count: int, bits: int) -> int:
 # ---- argument checks ---------------------------------------------------------------------
 
 def _as_int_values(values, name: str) -> np.ndarray:
-    arr = np.asarray(values)
-    if arr.dtype.kind not in "iu":
-        hint = "; convert with .astype(np.uint8)" if arr.dtype.kind == "b" else ""
-        raise TypeError(f"{name} must be an integer array, got dtype {arr.dtype}{hint}")
-    return arr
+    return check_int_array(values, name)
 
 
 def _where(arr: np.ndarray, flat: int) -> str:
@@ -147,7 +144,7 @@ def _check_stream(data: np.ndarray, bits: int, count: int, order: str, strict: b
 
 # ---- pack / unpack -------------------------------------------------------------------------
 
-def pack_bits(values, bits: int, *, order: str = "lsb", backend: str = "numba") -> np.ndarray:
+def pack_bits(values: npt.ArrayLike, bits: int, *, order: str = "lsb", backend: str = "numba") -> np.ndarray:
     """Pack unsigned integers of ``bits`` bits (1..8) into bytes.
 
     Parameters
@@ -177,8 +174,8 @@ def pack_bits(values, bits: int, *, order: str = "lsb", backend: str = "numba") 
     return out
 
 
-def unpack_bits(data, bits: int, count: int, *, order: str = "lsb", strict: bool = True,
-                backend: str = "numba") -> np.ndarray:
+def unpack_bits(data: bytes | bytearray | memoryview | np.ndarray, bits: int, count: int, *, order: str = "lsb",
+                strict: bool = True, backend: str = "numba") -> np.ndarray:
     """Unpack ``count`` unsigned values of ``bits`` bits (1..8) from bytes.
 
     Parameters
@@ -247,15 +244,7 @@ def _signed_range(bits: int, signed: str, offset) -> tuple[int, int, int]:
     return -off, (1 << bits) - 1 - off, off
 
 
-def _signed_dtype(lo: int, hi: int) -> np.dtype:
-    for dt in (np.int8, np.int16, np.int32, np.int64):
-        info = np.iinfo(dt)
-        if info.min <= lo and hi <= info.max:
-            return np.dtype(dt)
-    raise AssertionError("unreachable: |offset| <= 2^31")
-
-
-def to_unsigned(values, bits: int, *, signed: str = "twos",
+def to_unsigned(values: npt.ArrayLike, bits: int, *, signed: str = "twos",
                 offset: int | None = None) -> np.ndarray:
     """Map signed integers to ``bits``-bit unsigned patterns (uint8, ``values``' shape).
 
@@ -294,7 +283,7 @@ def to_unsigned(values, bits: int, *, signed: str = "twos",
     return (v + off).astype(np.uint8)
 
 
-def from_unsigned(u, bits: int, *, signed: str = "twos",
+def from_unsigned(u: npt.ArrayLike, bits: int, *, signed: str = "twos",
                   offset: int | None = None) -> np.ndarray:
     """Inverse of :func:`to_unsigned`: ``bits``-bit patterns in ``[0, 2^b - 1]`` to signed.
 
@@ -327,7 +316,7 @@ def from_unsigned(u, bits: int, *, signed: str = "twos",
     if signed == "twos":
         half = 1 << (bits - 1)
         return np.where(v >= half, v - (1 << bits), v).astype(np.int8)
-    return (v - off).astype(_signed_dtype(lo, hi))
+    return (v - off).astype(smallest_int_dtype(lo, hi, signed=True))
 
 
 # ---- container -----------------------------------------------------------------------------
@@ -380,7 +369,7 @@ class PackedArray:
     __hash__ = None
 
 
-def pack(values, bits: int, *, order: str = "lsb", backend: str = "numba") -> PackedArray:
+def pack(values: npt.ArrayLike, bits: int, *, order: str = "lsb", backend: str = "numba") -> PackedArray:
     """:func:`pack_bits` that keeps ``values``' shape and count in a :class:`PackedArray`.
 
     Parameters

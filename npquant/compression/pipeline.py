@@ -119,7 +119,7 @@ counts disagree with its streams) and ``blobs``: a map from blob name to
 ``[offset, length, crc32]`` relative to the body start. A compressed
 tensor has ``bits``, ``index_bits``, ``nnz``, ``entries`` (non-zeros plus fillers) and the
 blobs ``codebook`` (float32 ``2^bits``, entry 0 is 0.0), ``values`` and ``gaps``
-(self-describing Huffman blobs of :func:`npquant.compression.huffman.encode`). A raw tensor has the
+(self-describing Huffman blobs of :func:`npquant.compression.huffman.encode_blob`). A raw tensor has the
 blob ``data`` (float32). The blobs tile the body exactly, in order, without overlap.
 
 Version 2 adds one rule to version 1: the relative-index stream covers the tensor to
@@ -144,12 +144,12 @@ import math
 import os
 import struct
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from .._checks import check_int
+from .._checks import check_int, check_int_array
 from .._fileio import MAX_JSON_BYTES, FileFormatError, atomic_write, check_path, parse_json, read_bytes
 from .._table import format_table
 from . import huffman
@@ -187,7 +187,7 @@ class LayerConfig:
     index_bits: int = 5
 
 
-def default_config(w: np.ndarray, *, sparsity=None, quality=None) -> LayerConfig:
+def default_config(w: np.ndarray, *, sparsity: float | None = None, quality: float | None = None) -> LayerConfig:
     """The paper's defaults: conv (4-D) 8-bit codebook and gaps, fully connected 5 and 5.
 
     Parameters
@@ -321,8 +321,9 @@ class Compressed:
 # --------------------------------------------------------------------------- compress
 
 
-def compress(state: dict, configs: dict | None = None, *, sparsity=None, quality=None, seed: int = 0,
-             kmeans_init: str = "linear", bias_bits: int | None = None, shared: dict | None = None) -> Compressed:
+def compress(state: dict, configs: dict | None = None, *, sparsity: float | None = None, quality: float | None = None,
+             seed: int = 0, kmeans_init: str = "linear", bias_bits: int | None = None,
+             shared: dict | None = None) -> Compressed:
     """Compress a state dict (name -> float array).
 
     Tensors of 2 or 4 dimensions are pruned, k-means quantized and Huffman coded with
@@ -486,9 +487,7 @@ def _check_shared(shared, state: dict) -> dict:
             raise ValueError(f"{what}: the codebook must hold 2^b centroids, b in 1..8, got {cb.size}")
         if not np.all(np.isfinite(cb)):
             raise ValueError(f"{what}: the codebook contains NaN or infinity")
-        idx = np.asarray(idx)
-        if idx.dtype.kind not in "iu":
-            raise TypeError(f"{what}: the indices must be an integer array, got dtype {idx.dtype}")
+        idx = check_int_array(idx, f"{what}: the indices")
         w = np.asarray(state[name])
         if idx.shape != w.shape or idx.size == 0:
             raise ValueError(f"{what}: the indices have shape {idx.shape}, state[{name!r}] has {w.shape} "
@@ -635,7 +634,7 @@ def stage_sizes(compressed: Compressed) -> StageSizes:
 # --------------------------------------------------------------------------- write / read
 
 
-def write_compressed(compressed: Compressed, path, *, version: int = VERSION) -> int:
+def write_compressed(compressed: Compressed, path: str | os.PathLike, *, version: int = VERSION) -> int:
     """Write the file atomically (temporary name in the same folder, then rename; see
     :func:`npquant.models.io.atomic_write` for permissions and symbolic links); returns its size
     in bytes.
@@ -662,7 +661,7 @@ def write_compressed(compressed: Compressed, path, *, version: int = VERSION) ->
     return len(data)
 
 
-def read_compressed(source, *, where: str | None = None) -> dict:
+def read_compressed(source: str | os.PathLike | bytes | bytearray | memoryview, *, where: str | None = None) -> dict:
     """Rebuild the float32 tensors (name -> array) from a compressed file or its bytes.
 
     ``source``: a path (``str`` or ``os.PathLike``) or the file's bytes (``bytes``,
@@ -1397,8 +1396,8 @@ def _encode_v2(entries: list, rebuilt: dict) -> tuple[dict, bytes]:
             rs = encode_relative(e.indices, e.index_bits, filler=0)
             gaps, values = _cover_tail(np.asarray(rs.gaps), np.asarray(rs.values), e.indices.size, e.index_bits)
             blobs = {"codebook": blob(np.asarray(e.codebook, "<f4").tobytes()),
-                     "values": blob(huffman.encode(values, alphabet_size=1 << e.bits)),
-                     "gaps": blob(huffman.encode(gaps, alphabet_size=1 << e.index_bits))}
+                     "values": blob(huffman.encode_blob(values, alphabet_size=1 << e.bits)),
+                     "gaps": blob(huffman.encode_blob(gaps, alphabet_size=1 << e.index_bits))}
             entry.update(kind="compressed", bits=e.bits, index_bits=e.index_bits,
                          nnz=int(np.count_nonzero(e.indices)), entries=int(values.size), blobs=blobs)
         else:
@@ -1506,8 +1505,8 @@ def _rebuild(t: dict, parts: dict, where, version: int) -> np.ndarray:
                                      f"{bits} bits need {4 << bits}")
     codebook = np.frombuffer(parts["codebook"], "<f4").astype(np.float32)
     try:
-        values = huffman.decode(parts["values"])  # sized by its own bytes
-        gaps = huffman.decode(parts["gaps"])
+        values = huffman.decode_blob(parts["values"])  # sized by its own bytes
+        gaps = huffman.decode_blob(parts["gaps"])
     except ValueError as e:
         raise FileFormatError(where, f"corrupt body: a stream of {name!r} does not decode ({e})") from None
     if values.size != t["entries"] or gaps.size != values.size:
@@ -1588,7 +1587,8 @@ def format_report(compressed: Compressed, file_size: int) -> str:
             f"bytes (header and biases included{bias}); ratio {original / file_size:.1f}x{w_line}")
 
 
-def kmeans_study(state: dict, evaluate, bits=(8, 4, 2), *, seed: int = 0) -> list[dict]:
+def kmeans_study(state: dict, evaluate: Callable[[dict], float], bits: Iterable[int] = (8, 4, 2), *,
+                 seed: int = 0) -> list[dict]:
     """k-means weight sharing of every 2-D/4-D tensor at each bit width (no pruning): the
     model size (float32 codebooks, indices packed at ``b`` bits, other tensors raw
     float32) and ``evaluate(weights)`` of the reconstructed weights.

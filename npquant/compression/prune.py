@@ -46,8 +46,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
+import numpy.typing as npt
 
-from .._checks import check_choice, check_int, check_real
+from .._checks import check_choice, check_int, check_int_array, check_real
 
 __all__ = [
     "RelativeSparse",
@@ -135,7 +136,8 @@ def _keep_largest(mag: np.ndarray, k: int, prior) -> np.ndarray:
     return keep
 
 
-def magnitude_mask(w, *, sparsity=None, quality=None, mask=None) -> np.ndarray:
+def magnitude_mask(w: npt.ArrayLike, *, sparsity: float | None = None, quality: float | None = None,
+                   mask: npt.ArrayLike | None = None) -> np.ndarray:
     """Boolean mask of ``w``'s shape keeping the largest-magnitude weights (True = kept).
 
     Give exactly one of ``sparsity`` and ``quality``.
@@ -181,8 +183,8 @@ def magnitude_mask(w, *, sparsity=None, quality=None, mask=None) -> np.ndarray:
     return keep.reshape(arr.shape)
 
 
-def magnitude_masks(weights: Mapping, *, sparsity=None, quality=None, masks=None,
-                    scope: str = "layer") -> dict:
+def magnitude_masks(weights: Mapping, *, sparsity: float | None = None, quality: float | None = None,
+                    masks: Mapping | None = None, scope: str = "layer") -> dict:
     """Magnitude masks for several named tensors, per layer (as in the paper) or global.
 
     Parameters
@@ -258,7 +260,7 @@ def magnitude_masks(weights: Mapping, *, sparsity=None, quality=None, masks=None
     return out
 
 
-def sparsity_schedule(target, steps: int, *, kind: str = "cubic") -> list:
+def sparsity_schedule(target: float | Mapping[str, float], steps: int, *, kind: str = "cubic") -> list:
     """The cumulative sparsity after each step of iterative pruning, ending at ``target``.
 
     Han et al. (2015) prune and retrain repeatedly, each time removing more of the small
@@ -307,7 +309,7 @@ def sparsity_schedule(target, steps: int, *, kind: str = "cubic") -> list:
     return out
 
 
-def prune(w, mask) -> np.ndarray:
+def prune(w: npt.ArrayLike, mask: npt.ArrayLike) -> np.ndarray:
     """``w`` with the entries where ``mask`` is False set to exactly +0.0 (or 0).
 
     Parameters
@@ -327,7 +329,7 @@ def prune(w, mask) -> np.ndarray:
     return np.where(m, arr, arr.dtype.type(0))
 
 
-def sparsity_of(w_or_mask) -> float:
+def sparsity_of(w_or_mask: npt.ArrayLike) -> float:
     """Fraction of zeros: of False entries for a boolean mask, of ``== 0`` entries otherwise.
 
     Parameters
@@ -505,9 +507,7 @@ def _check_shape(shape) -> tuple:
 
 def _check_gaps(gaps, index_bits: int, n: int) -> np.ndarray:
     """Range-checked read-only copy of ``gaps`` in the canonical dtype."""
-    g = np.asarray(gaps)
-    if g.dtype.kind not in "iu":
-        raise TypeError(f"gaps must be an integer array, got dtype {g.dtype}")
+    g = check_int_array(gaps, "gaps")
     if g.ndim != 1:
         raise ValueError(f"gaps must be 1-D, got shape {g.shape}")
     top = (1 << index_bits) - 1
@@ -537,7 +537,7 @@ def _check_gaps(gaps, index_bits: int, n: int) -> np.ndarray:
     return out
 
 
-def encode_relative(w, index_bits, *, filler=None) -> RelativeSparse:
+def encode_relative(w: npt.ArrayLike, index_bits: int, *, filler: float | None = None) -> RelativeSparse:
     """Relative-index form of ``w`` (any shape, flattened in C order).
 
     Entries equal to ``filler`` (default 0; give the index meaning zero for k-means
@@ -585,7 +585,9 @@ def _encode_numpy(pos: np.ndarray, nz: np.ndarray, index_bits: int, fill):
     return gaps, values
 
 
-def decode_relative(rs, values=None, shape=None, index_bits=None, *, filler=None) -> np.ndarray:
+def decode_relative(rs: RelativeSparse | npt.ArrayLike, values: npt.ArrayLike | None = None,
+                    shape: tuple[int, ...] | None = None, index_bits: int | None = None, *,
+                    filler: float | None = None) -> np.ndarray:
     """Dense array from relative-index form: ``decode_relative(rs)`` for a
     :class:`RelativeSparse`, or ``decode_relative(gaps, values, shape, index_bits,
     filler=...)`` from raw parts (validated as :class:`RelativeSparse` does).

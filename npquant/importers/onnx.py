@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -59,6 +60,9 @@ from ..models import graph as _graph
 from ..qnn.accumulation import check_accumulation
 from ..qnn.conv import same_padding
 from ..qparams import QParams, QuantSpec
+
+if TYPE_CHECKING:
+    import onnx
 
 PEERS_HINT = "install the peers extra (pip install 'npquant[peers]') for onnx and onnxruntime"
 
@@ -832,7 +836,8 @@ class _Importer:
         self.env[n.output[0]] = _T("const", value=self.np_helper.to_array(a["value"]))
 
 
-def from_onnx(model, *, accumulation: str | None = None, target: str = "onnxruntime", name: str | None = None):
+def from_onnx(model: str | os.PathLike | bytes | onnx.ModelProto, *, accumulation: str | None = None,
+              target: str = "onnxruntime", name: str | None = None) -> _graph.Graph:
     """An npquant :class:`~npquant.models.graph.Graph` of an ONNX model.
 
     Parameters
@@ -894,7 +899,8 @@ def from_onnx(model, *, accumulation: str | None = None, target: str = "onnxrunt
     return _graph.Graph(nodes, inputs, outputs, input_qparams=iqp, name=name or m.graph.name or "onnx")
 
 
-def onnx_intermediates(model, inputs, tensors, *, evaluator: str = "onnxruntime") -> dict:
+def onnx_intermediates(model: str | os.PathLike | bytes | onnx.ModelProto, inputs: dict[str, np.ndarray],
+                       tensors: _graph.Graph | dict, *, evaluator: str = "onnxruntime") -> dict:
     """onnxruntime's (or ``onnx.reference``'s) value of named tensors of ``model``.
 
     Parameters

@@ -43,7 +43,7 @@ How each operator rounds its requantization is a *profile* (:data:`PROFILES`): t
 default ``"litert_ref"`` is LiteRT 2.3's reference kernels (``ai-edge-litert`` 2.3.0,
 ``OpResolverType.BUILTIN_REF``), measured: CONV_2D, DEPTHWISE_CONV_2D, MUL, MEAN, ADD and
 an int8 QUANTIZE round twice (``"tflite"``, gemmlowp), FULLY_CONNECTED rounds once, ties
-away from zero (``"tflite_single_away"``, :data:`npquant.requant.fixedpoint.EXTRA_REQUANT_MODES`).
+away from zero (``"tflite_single_away"``, :data:`npquant.requant.modes.EXTRA_REQUANT_MODES`).
 ``"tflite_single"`` is a build with ``TFLITE_SINGLE_ROUNDING`` (not measured here). A dict
 ``{operator: mode}`` overrides single operators.
 
@@ -60,6 +60,7 @@ module imports neither.
 
 from __future__ import annotations
 
+import os
 import struct
 from dataclasses import dataclass
 
@@ -667,7 +668,7 @@ def _profile(profile) -> dict:
         return dict(PROFILES[profile])
     if isinstance(profile, dict):
         from ..qnn.add import ADD_MODES
-        from ..requant.fixedpoint import EXTRA_REQUANT_MODES, REQUANT_MODES
+        from ..requant.modes import EXTRA_REQUANT_MODES, REQUANT_MODES
         allowed = {op: REQUANT_MODES + EXTRA_REQUANT_MODES for op in ("FULLY_CONNECTED", "MUL", "QUANTIZE")}
         allowed.update({"CONV_2D": REQUANT_MODES, "DEPTHWISE_CONV_2D": REQUANT_MODES,
                         "ADD": tuple(m for m in ADD_MODES if m.startswith("tflite")),
@@ -685,7 +686,8 @@ def _profile(profile) -> dict:
     raise TypeError(f"profile must be a profile name or a dict of operator -> mode, got {type(profile).__name__}")
 
 
-def from_tflite(path_or_bytes, *, profile="litert_ref", name: str = "tflite") -> _graph.Graph:
+def from_tflite(path_or_bytes: str | os.PathLike | bytes | bytearray | memoryview, *,
+                profile: str | dict = "litert_ref", name: str = "tflite") -> _graph.Graph:
     """An int8 ``.tflite`` model as an integer :class:`~npquant.models.graph.Graph` (NHWC).
 
     Parameters
@@ -726,7 +728,7 @@ def from_tflite(path_or_bytes, *, profile="litert_ref", name: str = "tflite") ->
     return _Translator(tensors, ops, inputs, outputs, _profile(profile), where).translate(name)
 
 
-def tflite_tensor_names(path_or_bytes) -> list:
+def tflite_tensor_names(path_or_bytes: str | os.PathLike | bytes | bytearray | memoryview) -> list:
     """The graph name of each tensor of the model, by TFLite tensor index (as
     :func:`from_tflite` names them).
 
@@ -744,7 +746,8 @@ def tflite_tensor_names(path_or_bytes) -> list:
     return _tensor_names(_read_model(data, where)[0])
 
 
-def tflite_intermediates(path_or_bytes, inputs, *, op_resolver: str = "BUILTIN_REF") -> dict:
+def tflite_intermediates(path_or_bytes: str | os.PathLike | bytes | bytearray | memoryview,
+                         inputs: np.ndarray | list | dict, *, op_resolver: str = "BUILTIN_REF") -> dict:
     """LiteRT's value of every non-constant tensor, under :func:`from_tflite`'s names.
 
     Runs ``ai_edge_litert.interpreter.Interpreter`` with ``experimental_preserve_all_tensors``.

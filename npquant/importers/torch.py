@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import operator
 import warnings
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -31,6 +32,9 @@ from .._checks import check_bool
 from ..models import graph as _graph
 from ..models import nn as _nn
 from ..qnn.accumulation import check_accumulation
+
+if TYPE_CHECKING:
+    import torch
 
 PEERS_HINT = "install the peers extra (pip install 'npquant[peers]') for PyTorch"
 
@@ -613,7 +617,8 @@ def _convert_module(module, example_input, *, quantized: bool, accumulation: str
     return _graph.fold_batchnorm(g) if fold_batchnorm else g
 
 
-def from_torch(module, example_input, *, fold_batchnorm: bool = True, name: str | None = None):
+def from_torch(module: torch.nn.Module, example_input: torch.Tensor | np.ndarray | tuple, *,
+               fold_batchnorm: bool = True, name: str | None = None) -> _graph.Graph:
     """A float :class:`~npquant.models.graph.Graph` of a float PyTorch module.
 
     The module is traced with ``torch.fx.symbolic_trace`` and run once on
@@ -660,7 +665,8 @@ def from_torch(module, example_input, *, fold_batchnorm: bool = True, name: str 
     return _convert_module(module, example_input, quantized=False, fold_batchnorm=fold_batchnorm, name=name)
 
 
-def from_torch_quantized(module, example_input, *, accumulation: str = "fbgemm", name: str | None = None):
+def from_torch_quantized(module: torch.nn.Module, example_input: torch.Tensor | np.ndarray | tuple, *,
+                         accumulation: str = "fbgemm", name: str | None = None) -> _graph.Graph:
     """An integer :class:`~npquant.models.graph.Graph` of a PyTorch eager-mode quantized module.
 
     ``module`` is the result of ``torch.ao.quantization.convert`` (after
@@ -717,7 +723,7 @@ def from_torch_quantized(module, example_input, *, accumulation: str = "fbgemm",
                            fold_batchnorm=False, name=name)
 
 
-def torch_intermediates(module, example_input) -> dict:
+def torch_intermediates(module: torch.nn.Module, example_input: torch.Tensor | np.ndarray | tuple) -> dict:
     """PyTorch's value of every tensor of ``module`` run on ``example_input``, by the names
     :func:`from_torch` and :func:`from_torch_quantized` give the graph's tensors.
 

@@ -61,13 +61,15 @@ Run ``python -m npquant.models.cases`` to print the tables (a few seconds).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 
 from .._checks import as_float_array, check_bool, check_choice, check_int
 from ..affine import fake_quantize, quantization_error
-from ..qparams import QuantSpec, fit_qparams
+from ..qparams import QParams, QuantSpec, fit_qparams
 from . import nn
 
 OUTLIER_GAIN = 16.0
@@ -118,12 +120,12 @@ class OutlierCase:
         """``fc1``'s float32 weight, shape (64, 32) (out, in); row 0 is the outlier."""
         return self.model[0].weight
 
-    def hidden(self, x) -> np.ndarray:
+    def hidden(self, x: npt.ArrayLike) -> np.ndarray:
         """The hidden activation ``ReLU(fc1(x))`` (float32, (n, 64)) of inputs ``x`` (n, 32)."""
         x = as_float_array(x, "x")
         return self.model[1](self.model[0](x))
 
-    def accuracy(self, model=None) -> float:
+    def accuracy(self, model: Callable[[np.ndarray], npt.ArrayLike] | None = None) -> float:
         """Fraction of the test inputs that ``model`` (a callable from float inputs to
         logits; default the float model) classifies correctly."""
         model = self.model if model is None else model
@@ -226,7 +228,7 @@ def weight_spec(granularity: str, bits: int, group_size: int = 8) -> QuantSpec:
                      axis=axis, block_size=block)
 
 
-def weight_errors(case: OutlierCase, bits=(8, 4), *, group_size: int = 8) -> list[dict]:
+def weight_errors(case: OutlierCase, bits: int | Sequence[int] = (8, 4), *, group_size: int = 8) -> list[dict]:
     """Quantization error of ``fc1``'s weight per granularity and bit width.
 
     Each weight tensor is fake-quantized with min-max qparams of :func:`weight_spec`.
@@ -268,7 +270,7 @@ def _observer(name: str, bits: int):
     return OBSERVERS[name](QuantSpec(bits=bits, signed=False))
 
 
-def calibrate_hidden(case: OutlierCase, observer: str = "minmax", bits: int = 8):
+def calibrate_hidden(case: OutlierCase, observer: str = "minmax", bits: int = 8) -> QParams:
     """QParams of the hidden activation (unsigned, per-tensor, ``bits`` bits) that
     ``observer`` (a name of :data:`npquant.models.convert.OBSERVERS`) calibrates on
     ``case.calib_x``.
@@ -293,7 +295,8 @@ def calibrate_hidden(case: OutlierCase, observer: str = "minmax", bits: int = 8)
     return obs.qparams()
 
 
-def observer_errors(case: OutlierCase, bits=(8, 4), observers=OBSERVER_NAMES) -> list[dict]:
+def observer_errors(case: OutlierCase, bits: int | Sequence[int] = (8, 4),
+                    observers: str | Sequence[str] = OBSERVER_NAMES) -> list[dict]:
     """Quantization error of the hidden activation on the test inputs, with the range each
     observer calibrated on the calibration inputs.
 
@@ -401,7 +404,7 @@ REPORT_PTQ = (
 )
 
 
-def report(case: OutlierCase | None = None, settings=REPORT_PTQ) -> str:
+def report(case: OutlierCase | None = None, settings: Iterable[tuple] = REPORT_PTQ) -> str:
     """The case's tables as text: weight errors, observer errors, and the PTQ accuracies
     of ``settings`` (``(weight bits, activation bits, per-channel, observer)`` tuples,
     default :data:`REPORT_PTQ`).

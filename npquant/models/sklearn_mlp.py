@@ -10,14 +10,20 @@ from __future__ import annotations
 
 import copy
 import warnings
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
+import numpy.typing as npt
+
+if TYPE_CHECKING:
+    from sklearn.neural_network import MLPClassifier
 
 SPLIT_SEED = 0
 TEST_FRACTION = 0.25
 
 
-def digits_split():
+def digits_split() -> list[np.ndarray]:
     """``(X_train, X_test, y_train, y_test)``: load_digits scaled to [0, 1], stratified
     25 % test split with ``random_state=0`` (1347 / 450 images).
 
@@ -33,7 +39,8 @@ def digits_split():
     return train_test_split(X / 16.0, y, test_size=TEST_FRACTION, random_state=SPLIT_SEED, stratify=y)
 
 
-def train_mlp(hidden=(300, 100), *, seed: int = 0, max_iter: int = 200, data=None):
+def train_mlp(hidden: Sequence[int] = (300, 100), *, seed: int = 0, max_iter: int = 200,
+              data: Sequence[np.ndarray] | None = None) -> tuple[MLPClassifier, Sequence[np.ndarray]]:
     """A fitted ``MLPClassifier`` (ReLU, Adam) and the split it was trained on.
 
     Parameters
@@ -65,7 +72,7 @@ def train_mlp(hidden=(300, 100), *, seed: int = 0, max_iter: int = 200, data=Non
     return clf, data
 
 
-def state_dict(clf) -> dict:
+def state_dict(clf: MLPClassifier) -> dict:
     """``{"fc1.weight": (out, in) float32, "fc1.bias": (out,), ...}`` of a fitted MLP.
 
     Parameters
@@ -85,7 +92,7 @@ def state_dict(clf) -> dict:
     return out
 
 
-def accuracy(clf, state: dict, X, y) -> float:
+def accuracy(clf: MLPClassifier, state: dict, X: npt.ArrayLike, y: npt.ArrayLike) -> float:
     """Test accuracy of ``clf``'s architecture with the weights of ``state``.
 
     Parameters

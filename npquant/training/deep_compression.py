@@ -42,12 +42,15 @@ Tables (:func:`tables`, ``npquant compress --tables``):
 from __future__ import annotations
 
 import copy
+import os
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
+import numpy.typing as npt
 
 from .._checks import check_bool, check_int, check_real
 from .._table import format_table
@@ -64,6 +67,9 @@ from .kmeans_qat import KMeansQATResult, kmeans_qat
 from .optim import CosineAnnealingLR
 from .pruning import PruneRetrainResult, _check_data, _check_names, prune_and_retrain, weight_names
 from .trainer import _check_model, _data, evaluate
+
+if TYPE_CHECKING:
+    from ..models import nn
 
 __all__ = ["DEFAULTS", "PAPER_LENET_RATIO", "SWEEP_BITS", "SWEEP_SPARSITIES", "DeepCompressionResult", "best_point",
            "bundled", "deep_compression", "default_bits", "format_kmeans_table", "format_sweep", "kmeans_table",
@@ -87,7 +93,7 @@ for the conv layers too: a paper-sized 8-bit codebook holds 256 float32 centroid
 bytes, more than conv1's 288 bytes of float32 weights)."""
 
 
-def default_bits(model) -> dict:
+def default_bits(model: nn.Sequential) -> dict:
     """``{weight name: bits}``: 8 for a conv kernel (4-D), 5 for a fully connected weight
     (2-D), Deep Compression's defaults.
 
@@ -190,9 +196,11 @@ def _note(progress, msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
 
-def deep_compression(model, x_train, y_train, x_test, y_test, *, sparsity, prune_steps: int = 3,
-                     prune_epochs: int = 20, bits=None, bias_bits: int | None = 5, finetune_epochs: int = 10,
-                     lr: float = 1e-3, finetune_lr: float = 1e-3, batch_size: int = 32, seed: int = 0, path=None,
+def deep_compression(model: nn.Sequential, x_train: npt.ArrayLike, y_train: npt.ArrayLike, x_test: npt.ArrayLike,
+                     y_test: npt.ArrayLike, *, sparsity: float | Mapping[str, float], prune_steps: int = 3,
+                     prune_epochs: int = 20, bits: int | Mapping[str, int] | None = None, bias_bits: int | None = 5,
+                     finetune_epochs: int = 10, lr: float = 1e-3, finetune_lr: float = 1e-3, batch_size: int = 32,
+                     seed: int = 0, path: str | os.PathLike | None = None,
                      progress: bool = True) -> DeepCompressionResult:
     """Prune, retrain, k-means quantize, fine-tune the centroids, Huffman code: one file.
 
@@ -340,7 +348,7 @@ def _share_and_code(model, x_train, y_train, x_test, y_test, per_bits: dict, epo
 # ---------------------------------------------------------------------------------------
 # the bundled models and the tables
 # ---------------------------------------------------------------------------------------
-def bundled(name: str, models_dir=None) -> tuple:
+def bundled(name: str, models_dir: str | os.PathLike | None = None) -> tuple:
     """``(model, data, reference)`` of bundled model ``name`` (``mlp``, ``lenet_300_100``,
     ``cnn``): a fresh :class:`npquant.models.nn.Sequential` built from copies of the reference
     weights (training it leaves the reference untouched), the digits split
@@ -373,8 +381,8 @@ def bundled(name: str, models_dir=None) -> tuple:
     return model, digits_data(ref.arch, models_dir), ref
 
 
-def run_bundled(name: str, *, seed: int = 0, models_dir=None, path=None, progress: bool = True,
-                **options) -> DeepCompressionResult:
+def run_bundled(name: str, *, seed: int = 0, models_dir: str | os.PathLike | None = None,
+                path: str | os.PathLike | None = None, progress: bool = True, **options) -> DeepCompressionResult:
     """:func:`deep_compression` of bundled model ``name`` on the digits split, with its
     :data:`DEFAULTS` (``options`` override them and the other keywords of
     :func:`deep_compression`; ``bits`` given as a dict updates the model's per-layer
@@ -410,8 +418,9 @@ def run_bundled(name: str, *, seed: int = 0, models_dir=None, path=None, progres
                             path=path, progress=progress, **options)
 
 
-def kmeans_table(models=None, bits=(8, 4, 2), *, epochs: int = 10, lr: float = 1e-3, seed: int = 0,
-                 models_dir=None, progress: bool = False) -> list:
+def kmeans_table(models: Iterable[str] | None = None, bits: Iterable[int] = (8, 4, 2), *, epochs: int = 10,
+                 lr: float = 1e-3, seed: int = 0, models_dir: str | os.PathLike | None = None,
+                 progress: bool = False) -> list:
     """The MIT lab's k-means table on the bundled models: every weight tensor k-means
     quantized at each of ``bits`` (no pruning, biases exact), then ``epochs`` epochs of
     k-means QAT (:func:`~npquant.training.kmeans_qat.kmeans_qat`: Adam at ``lr``, cosine
@@ -499,8 +508,8 @@ SWEEP_BITS = (5, 4, 3)
 """The bit widths of :func:`sweep` (weights and biases)."""
 
 
-def sweep(name: str = "lenet_300_100", sparsities=SWEEP_SPARSITIES, bits=SWEEP_BITS, *, seed: int = 0,
-          models_dir=None, progress: bool = False, **options) -> list:
+def sweep(name: str = "lenet_300_100", sparsities: Iterable = SWEEP_SPARSITIES, bits: Iterable[int] = SWEEP_BITS, *,
+          seed: int = 0, models_dir: str | os.PathLike | None = None, progress: bool = False, **options) -> list:
     """Deep Compression of a bundled model at each sparsity x bit width: the trade-off
     between the file's ratio and the test accuracy.
 
@@ -558,7 +567,7 @@ def sweep(name: str = "lenet_300_100", sparsities=SWEEP_SPARSITIES, bits=SWEEP_B
     return rows
 
 
-def best_point(rows: list, tolerance: float = 0.005):
+def best_point(rows: list, tolerance: float = 0.005) -> dict | None:
     """The row of :func:`sweep` with the largest ratio among those within ``tolerance``
     (a fraction: 0.005 is half a point) of float accuracy; ``None`` if there is none.
 
@@ -608,7 +617,8 @@ def format_sweep(rows: list) -> str:
             f"(Deep Compression: {PAPER_LENET_RATIO}x on MNIST, whose first layer has 784 inputs, not 64)")
 
 
-def tables(*, seed: int = 0, models_dir=None, plots=None, progress: bool = True) -> str:
+def tables(*, seed: int = 0, models_dir: str | os.PathLike | None = None, plots: str | os.PathLike | None = None,
+           progress: bool = True) -> str:
     """The three tables (module docstring) as text, computed on the spot; with ``plots``
     (a folder), also the sweep's trade-off figure ``deep_compression_tradeoff.png`` when
     matplotlib is installed (else a note in the text).

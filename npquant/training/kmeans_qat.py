@@ -60,10 +60,12 @@ and the cluster sizes are constant, so the three reductions take almost the same
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
+import numpy.typing as npt
 
 from .._checks import check_choice, check_int, check_real
 from ..affine import BACKENDS
@@ -76,7 +78,7 @@ from ..compression.kmeans import (
     reaverage_centroids,
 )
 from .pruning import OPTIMIZERS, _check_data, _check_names, _make_optimizer
-from .trainer import Hook, _check_model, evaluate, fit
+from .trainer import Hook, TrainableModel, _check_model, evaluate, fit
 
 __all__ = ["KMeansQATResult", "REDUCTIONS", "SharedWeights", "VARIANTS", "kmeans_qat"]
 
@@ -119,8 +121,8 @@ class SharedWeights:
     the weights).
     """
 
-    def __init__(self, model, codebooks: dict, indices: dict, *, reserved_zero=None, variant="centroid",
-                 reduction="mean", backend="numba"):
+    def __init__(self, model: TrainableModel, codebooks: dict, indices: dict, *, reserved_zero: bool | None = None,
+                 variant: str = "centroid", reduction: str = "mean", backend: str = "numba"):
         _check_model(model)
         self.model = model
         self.variant = check_choice(variant, "variant", VARIANTS)
@@ -157,26 +159,26 @@ class SharedWeights:
     def training(self):
         return getattr(self.model, "training", False)
 
-    def train(self, mode: bool = True):
+    def train(self, mode: bool = True) -> SharedWeights:
         self.model.train(mode)
         return self
 
-    def eval(self):
+    def eval(self) -> SharedWeights:
         self.model.eval()
         return self
 
-    def zero_grad(self):
+    def zero_grad(self) -> None:
         self.model.zero_grad()
 
     def __call__(self, x):
         return self.forward(x)
 
-    def forward(self, x):
+    def forward(self, x: npt.ArrayLike) -> np.ndarray:
         if self.variant == "centroid":
             self.sync()
         return self.model(x)
 
-    def backward(self, grad_y):
+    def backward(self, grad_y: npt.ArrayLike) -> np.ndarray:
         return self.model.backward(grad_y)
 
     def state_dict(self) -> dict:
@@ -202,7 +204,7 @@ class SharedWeights:
         return out
 
     # -- shared weights ---------------------------------------------------------------
-    def centroid_grad(self, name: str, grad_w) -> np.ndarray:
+    def centroid_grad(self, name: str, grad_w: npt.ArrayLike) -> np.ndarray:
         """The reduced centroid gradient (float32 ``(k,)``) of weight ``name`` from
         ``grad_w = dL/dW``: the per-cluster sums (eq. 3) for ``"sum"``, means for
         ``"mean"``, sums over the tensor's mean cluster size for ``"scaled_sum"``; float64
@@ -290,10 +292,13 @@ class KMeansQATResult:
     time_s: float
 
 
-def kmeans_qat(model, x_train, y_train, *, bits, epochs: int, lr: float = 1e-3, variant: str = "centroid",
-               reduction: str = "mean", optimizer: str = "adam", optimizer_options=None, batch_size: int = 32,
-               seed: int = 0, init: str = "linear", keep_zeros="auto", x_val=None, y_val=None,
-               lr_schedule=None, hooks=None, backend: str = "numba", progress: bool = True) -> KMeansQATResult:
+def kmeans_qat(model: TrainableModel, x_train: npt.ArrayLike, y_train: npt.ArrayLike, *, bits: int | Mapping[str, int],
+               epochs: int, lr: float = 1e-3, variant: str = "centroid", reduction: str = "mean",
+               optimizer: str = "adam", optimizer_options: dict | None = None, batch_size: int = 32, seed: int = 0,
+               init: str = "linear", keep_zeros: bool | Literal["auto"] = "auto", x_val: npt.ArrayLike | None = None,
+               y_val: npt.ArrayLike | None = None, lr_schedule: Callable[[int, float], float] | None = None,
+               hooks: Hook | list[Hook] | None = None, backend: str = "numba",
+               progress: bool = True) -> KMeansQATResult:
     """k-means weight sharing of ``model``'s weight tensors, then quantization-aware
     fine-tuning of the centroids (module docstring).
 

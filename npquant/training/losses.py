@@ -12,8 +12,9 @@ in the logits is an error naming ``logits`` (a diverged model stops here, not si
 from __future__ import annotations
 
 import numpy as np
+import numpy.typing as npt
 
-from .._checks import check_choice, normalize_axis
+from .._checks import check_choice, check_int_array, normalize_axis
 
 __all__ = ["log_softmax", "softmax", "softmax_cross_entropy", "accuracy", "REDUCTIONS"]
 
@@ -34,7 +35,7 @@ def _logits(x, name: str, *, ndim: int | None = None) -> np.ndarray:
     return a if a.dtype == np.float64 else a.astype(np.float32)
 
 
-def log_softmax(x, axis: int = -1) -> np.ndarray:
+def log_softmax(x: npt.ArrayLike, axis: int = -1) -> np.ndarray:
     """``x - logsumexp(x)`` along ``axis``, computed stably: with ``z = x - max(x)`` (so
     ``exp`` never overflows and the largest ``z`` is 0), ``logsumexp(z) = log1p(r)`` where
     ``r`` sums ``exp(z)`` over all entries but the (first) largest. ``log1p`` keeps the
@@ -62,7 +63,7 @@ def log_softmax(x, axis: int = -1) -> np.ndarray:
     return z - np.log1p(e.sum(axis=axis, keepdims=True))
 
 
-def softmax(x, axis: int = -1) -> np.ndarray:
+def softmax(x: npt.ArrayLike, axis: int = -1) -> np.ndarray:
     """``exp(log_softmax(x))`` along ``axis``: non-negative, sums to 1 up to rounding.
 
     Parameters
@@ -81,9 +82,7 @@ def softmax(x, axis: int = -1) -> np.ndarray:
 
 
 def _labels(labels, n: int, c: int) -> np.ndarray:
-    y = np.asarray(labels)
-    if y.dtype.kind not in "iu" or y.dtype == np.bool_:
-        raise TypeError(f"labels must be an integer array of class indices, got dtype {y.dtype}")
+    y = check_int_array(labels, "labels", what="an integer array of class indices")
     if y.shape != (n,):
         raise ValueError(f"labels must have shape ({n},) (one per row of logits), got {y.shape}")
     if y.size and (y.min() < 0 or y.max() >= c):
@@ -92,7 +91,8 @@ def _labels(labels, n: int, c: int) -> np.ndarray:
     return y.astype(np.intp)
 
 
-def softmax_cross_entropy(logits, labels, *, reduction: str = "mean") -> tuple[float, np.ndarray]:
+def softmax_cross_entropy(logits: npt.ArrayLike, labels: npt.ArrayLike, *,
+                          reduction: str = "mean") -> tuple[float, np.ndarray]:
     """Cross-entropy of the softmax of ``logits`` against integer ``labels``, and its gradient.
 
     ``loss = -sum_i log_softmax(logits)[i, labels[i]]`` divided by ``N`` for
@@ -133,7 +133,7 @@ def softmax_cross_entropy(logits, labels, *, reduction: str = "mean") -> tuple[f
     return total, grad
 
 
-def accuracy(logits, labels) -> float:
+def accuracy(logits: npt.ArrayLike, labels: npt.ArrayLike) -> float:
     """The fraction of rows whose argmax (first index on ties) equals the label, in [0, 1].
 
     Parameters

@@ -19,7 +19,7 @@ multiply-add (one rounding) on its AVX2 and AVX-512 code paths, and as a product
 sum (two roundings) on its portable ``default`` path. ``fused_multiply_add=True`` (the
 default) follows the AVX2/AVX-512 paths, ``False`` the portable one; NumPy has no fused
 multiply-add, so it is computed exactly (float64 product, round-to-odd sum, one rounding
-to float32: ``npquant.affine._fma32_numpy`` and its numba twin).
+to float32: ``npquant.rounding.fma32`` and its numba twin).
 
 Backends: ``backend="numba"`` (default) updates each parameter in one compiled loop
 (``npquant._kernels.optim``); ``backend="numpy"`` runs the vectorized NumPy twins
@@ -49,11 +49,12 @@ the start of every epoch.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 
 from .._checks import BACKENDS, check_bool, check_choice, check_int, check_real
-from ..affine import _fma32_numpy
+from ..rounding import fma32 as _fma32_numpy
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "StepLR", "CosineAnnealingLR", "LinearWarmup",
            "BACKENDS"]
@@ -65,7 +66,7 @@ __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "StepLR", "CosineAnnealingLR", "
 
 
 def _muladd(a, b, c, fused: bool) -> np.ndarray:
-    """``a * b + c`` in float32: fused (one rounding, :func:`npquant.affine._fma32_numpy`)
+    """``a * b + c`` in float32: fused (one rounding, :func:`npquant.rounding.fma32`)
     or a rounded product then a rounded sum."""
     f32 = np.float32
     if fused:
@@ -142,7 +143,8 @@ class Optimizer:
         ``{name: bool array}`` set by :meth:`set_masks`, or ``None``.
     """
 
-    def __init__(self, params, lr, *, fused_multiply_add: bool = True, backend: str = "numba"):
+    def __init__(self, params: dict[str, np.ndarray], lr: float, *, fused_multiply_add: bool = True,
+                 backend: str = "numba"):
         self.params = _check_params(params)
         self.lr = lr
         self.fused_multiply_add = check_bool(fused_multiply_add, "fused_multiply_add")
@@ -339,8 +341,9 @@ class SGD(Optimizer):
         See the module docstring.
     """
 
-    def __init__(self, params, lr, *, momentum=0.0, dampening=0.0, nesterov=False,
-                 weight_decay=0.0, fused_multiply_add=True, backend="numba"):
+    def __init__(self, params: dict[str, np.ndarray], lr: float, *, momentum: float = 0.0, dampening: float = 0.0,
+                 nesterov: bool = False, weight_decay: float = 0.0, fused_multiply_add: bool = True,
+                 backend: str = "numba"):
         self.momentum = check_real(momentum, "momentum", lo=0)
         self.dampening = check_real(dampening, "dampening", lo=0, hi=1)
         self.nesterov = check_bool(nesterov, "nesterov")
@@ -435,8 +438,9 @@ class Adam(Optimizer):
 
     decoupled_weight_decay = False
 
-    def __init__(self, params, lr=1e-3, *, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
-                 amsgrad=False, fused_multiply_add=True, backend="numba"):
+    def __init__(self, params: dict[str, np.ndarray], lr: float = 1e-3, *, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0.0, amsgrad: bool = False, fused_multiply_add: bool = True,
+                 backend: str = "numba"):
         if not isinstance(betas, (tuple, list)) or len(betas) != 2:
             raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")
         self.betas = (check_real(betas[0], "betas[0]", lo=0, hi=1, hi_open=True),
@@ -537,8 +541,9 @@ class AdamW(Adam):
 
     decoupled_weight_decay = True
 
-    def __init__(self, params, lr=1e-3, *, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
-                 amsgrad=False, fused_multiply_add=True, backend="numba"):
+    def __init__(self, params: dict[str, np.ndarray], lr: float = 1e-3, *, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 1e-2, amsgrad: bool = False, fused_multiply_add: bool = True,
+                 backend: str = "numba"):
         super().__init__(params, lr, betas=betas, eps=eps, weight_decay=weight_decay,
                          amsgrad=amsgrad, fused_multiply_add=fused_multiply_add, backend=backend)
 
@@ -561,7 +566,7 @@ class StepLR:
         The decay factor, > 0.
     """
 
-    def __init__(self, step_size, gamma=0.1):
+    def __init__(self, step_size: int, gamma: float = 0.1):
         self.step_size = check_int(step_size, "step_size", lo=1)
         self.gamma = check_real(gamma, "gamma", lo=0, lo_open=True)
 
@@ -589,7 +594,7 @@ class CosineAnnealingLR:
         The minimum learning rate, >= 0.
     """
 
-    def __init__(self, T_max, eta_min=0.0):
+    def __init__(self, T_max: int, eta_min: float = 0.0):
         self.T_max = check_int(T_max, "T_max", lo=1)
         self.eta_min = check_real(eta_min, "eta_min", lo=0)
 
@@ -621,7 +626,8 @@ class LinearWarmup:
         Keyword-only; the fraction of ``base_lr`` at epoch 0, in (0, 1].
     """
 
-    def __init__(self, warmup_epochs, after=None, *, start_factor=1.0 / 3):
+    def __init__(self, warmup_epochs: int, after: Callable[[int, float], float] | None = None, *,
+                 start_factor: float = 1.0 / 3):
         self.warmup_epochs = check_int(warmup_epochs, "warmup_epochs", lo=1)
         if after is not None and not callable(after):
             raise TypeError(f"after must be a schedule (callable(epoch, base_lr)) or None, got {after!r}")

@@ -24,22 +24,23 @@ parameters (1-D) are never pruned by default and keep training.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
+import numpy.typing as npt
 
 from .._checks import check_choice, check_int, check_real
 from ..compression.prune import SCHEDULES, SCOPES, magnitude_masks, sparsity_schedule
 from .optim import SGD, Adam, AdamW
-from .trainer import _check_model, _data, evaluate, fit
+from .trainer import Hook, TrainableModel, _check_model, _data, evaluate, fit
 
 __all__ = ["OPTIMIZERS", "PruneRetrainResult", "prune_and_retrain", "prune_model", "weight_names"]
 
 OPTIMIZERS = {"sgd": SGD, "adam": Adam, "adamw": AdamW}
 
 
-def weight_names(model) -> list:
+def weight_names(model: TrainableModel) -> list:
     """The names of ``model``'s weight tensors, in ``named_parameters()`` order: the
     parameters named ``"<layer>.weight"`` that are 2-D (linear, ``(out, in)``) or 4-D
     (convolution, OIHW). Batch-norm weights and biases (1-D) are not among them.
@@ -105,7 +106,8 @@ def _weights(model, names) -> dict:
     return {n: params[n] for n in names}
 
 
-def prune_model(model, sparsity, *, scope: str = "layer", masks=None) -> dict:
+def prune_model(model: TrainableModel, sparsity: float | Mapping[str, float], *, scope: str = "layer",
+                masks: dict | None = None) -> dict:
     """Magnitude-prune ``model``'s weight tensors in place; return the masks.
 
     Parameters
@@ -186,10 +188,12 @@ def _sparsities(model, names) -> tuple:
     return sum(zeros.values()) / sum(sizes.values()), {n: zeros[n] / sizes[n] for n in names}
 
 
-def prune_and_retrain(model, x_train, y_train, *, sparsity, steps: int = 1, epochs_per_step: int,
-                      scope: str = "layer", schedule: str = "cubic", lr: float = 1e-3,
-                      optimizer: str = "adam", optimizer_options=None, batch_size: int = 32,
-                      seed: int = 0, x_val=None, y_val=None, lr_schedule=None, hooks=None,
+def prune_and_retrain(model: TrainableModel, x_train: npt.ArrayLike, y_train: npt.ArrayLike, *,
+                      sparsity: float | Mapping[str, float], steps: int = 1, epochs_per_step: int, scope: str = "layer",
+                      schedule: str = "cubic", lr: float = 1e-3, optimizer: str = "adam",
+                      optimizer_options: dict | None = None, batch_size: int = 32, seed: int = 0,
+                      x_val: npt.ArrayLike | None = None, y_val: npt.ArrayLike | None = None,
+                      lr_schedule: Callable[[int, float], float] | None = None, hooks: Hook | list[Hook] | None = None,
                       progress: bool = True) -> PruneRetrainResult:
     """Prune ``model`` by magnitude in ``steps`` steps to ``sparsity``, retraining after each
     with the pruned weights held at exactly 0 (module docstring).

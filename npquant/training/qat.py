@@ -34,16 +34,28 @@ mode like :mod:`npquant.models.nn`'s, and keeps the float layer's name, so that 
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
+import numpy.typing as npt
 
 from .._checks import check_bool
 from ..models import nn
-from .fake_quant import _FakeQuantBase, activation_fake_quant, weight_fake_quant
+from .fake_quant import (
+    FakeQuantize,
+    LSQFakeQuantize,
+    PACTFakeQuantize,
+    _FakeQuantBase,
+    activation_fake_quant,
+    weight_fake_quant,
+)
 
-__all__ = ["QATLinear", "QATConv2d", "QATConvBn2d", "ACTIVATIONS"]
+__all__ = ["QATLinear", "QATConv2d", "QATConvBn2d", "QAT_ACTIVATIONS"]
 
-ACTIVATIONS = (None, "relu", "relu6")
-"""Activations a QAT layer can fuse before its output fake-quant."""
+QAT_ACTIVATIONS = (None, "relu", "relu6")
+"""Activations a QAT layer can fuse before its output fake-quant (float, in training).
+Not :data:`npquant.qnn.ACTIVATIONS`, the names of the clamps an integer layer applies to
+its codes (``"none"``, ``"relu"``, ``"relu6"``, ``"relu_n1_to_1"``)."""
 
 _DEFAULT = object()
 
@@ -64,13 +76,14 @@ class _QATBase(nn.ChildDicts):
     arrays (``weight``, ``bias``; a batch norm's under ``bn.``) and the learned ranges
     (``weight_fake_quant.scale``, ...), from :class:`npquant.models.nn.ChildDicts`."""
 
-    def __init__(self, name: str, weight_fake_quant, act_fake_quant, activation):
+    def __init__(self, name: str, weight_fake_quant: FakeQuantize | LSQFakeQuantize | PACTFakeQuantize | None,
+                 act_fake_quant: FakeQuantize | LSQFakeQuantize | PACTFakeQuantize | None, activation: str | None):
         self.name = name
         self.training = False
         self.weight_fake_quant = _check_fq(weight_fake_quant, "weight_fake_quant", False)
         self.act_fake_quant = _check_fq(act_fake_quant, "act_fake_quant", True)
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+        if activation not in QAT_ACTIVATIONS:
+            raise ValueError(f"activation must be one of {QAT_ACTIVATIONS}, got {activation!r}")
         self.activation = activation
         self._act_mask = None
         self._out_shape = None
@@ -95,7 +108,7 @@ class _QATBase(nn.ChildDicts):
         return (f"{type(self).__name__}(name={self.name!r}, weight_fake_quant={self.weight_fake_quant!r}, "
                 f"act_fake_quant={self.act_fake_quant!r}, activation={self.activation!r})")
 
-    def train(self, mode: bool = True):
+    def train(self, mode: bool = True) -> _QATBase:
         """Training mode for the layer and its fake quants; returns self."""
         mode = check_bool(mode, "mode")
         for _, m in self._children():
@@ -107,10 +120,10 @@ class _QATBase(nn.ChildDicts):
             self._out_shape = None
         return self
 
-    def eval(self):
+    def eval(self) -> _QATBase:
         return self.train(False)
 
-    def load_state_dict(self, state: dict, *, strict: bool = True):
+    def load_state_dict(self, state: dict, *, strict: bool = True) -> _QATBase:
         """Copy ``state`` into the live arrays; with ``strict=False`` keys may be missing
         (a float model's state dict loads into a QAT model with learned ranges)."""
         if not isinstance(state, dict):
@@ -182,8 +195,10 @@ class _QATWeighted(_QATBase):
 
     _kind: type = nn.Layer
 
-    def __init__(self, layer, *, weight_fake_quant=_DEFAULT, act_fake_quant=_DEFAULT,
-                 activation=None, name: str | None = None):
+    def __init__(self, layer: nn.Linear | nn.Conv2d, *,
+                 weight_fake_quant: FakeQuantize | LSQFakeQuantize | PACTFakeQuantize | None = _DEFAULT,
+                 act_fake_quant: FakeQuantize | LSQFakeQuantize | PACTFakeQuantize | None = _DEFAULT,
+                 activation: str | None = None, name: str | None = None):
         if not isinstance(layer, self._kind):
             raise TypeError(f"layer must be an npquant.models.nn.{self._kind.__name__}, got {type(layer).__name__}")
         name = layer.name if name is None else name
@@ -207,13 +222,13 @@ class _QATWeighted(_QATBase):
         """The weight as the forward pass uses it (float32 on the weight's grid)."""
         return self.weight_fake_quant(self.layer.weight)
 
-    def forward(self, x):
+    def forward(self, x: npt.ArrayLike) -> np.ndarray:
         wq = self.weight_fake_quant(self.layer.weight)
         self._op.weight = wq
         self._op.bias = self.layer.bias
         return self._finish_forward(self._op(x))
 
-    def backward(self, grad_y):
+    def backward(self, grad_y: npt.ArrayLike) -> np.ndarray:
         g = self._start_backward(grad_y)
         self._op.zero_grad()
         gx = self._op.backward(g)
@@ -280,8 +295,10 @@ class QATConvBn2d(_QATBase):
         The layer's name; ``None`` is ``conv.name``.
     """
 
-    def __init__(self, conv, bn, *, weight_fake_quant=_DEFAULT, act_fake_quant=_DEFAULT,
-                 activation=None, name: str | None = None):
+    def __init__(self, conv: nn.Conv2d, bn: nn.BatchNorm2d, *,
+                 weight_fake_quant: FakeQuantize | LSQFakeQuantize | PACTFakeQuantize | None = _DEFAULT,
+                 act_fake_quant: FakeQuantize | LSQFakeQuantize | PACTFakeQuantize | None = _DEFAULT,
+                 activation: str | None = None, name: str | None = None):
         if not isinstance(conv, nn.Conv2d):
             raise TypeError(f"conv must be an npquant.models.nn.Conv2d, got {type(conv).__name__}")
         if not isinstance(bn, nn.BatchNorm2d):
@@ -304,12 +321,12 @@ class QATConvBn2d(_QATBase):
     def bn_frozen(self) -> bool:
         return bool(self.bn.frozen)
 
-    def freeze_bn(self, frozen: bool = True):
+    def freeze_bn(self, frozen: bool = True) -> QATConvBn2d:
         """Use (and keep) the running statistics in training mode. Returns self."""
         self.bn.frozen = check_bool(frozen, "frozen")
         return self
 
-    def unfreeze_bn(self):
+    def unfreeze_bn(self) -> QATConvBn2d:
         return self.freeze_bn(False)
 
     def _scale_factor(self):
@@ -332,7 +349,7 @@ class QATConvBn2d(_QATBase):
         return nn.Conv2d(wq, bias, stride=c.stride, padding=c.padding, dilation=c.dilation,
                          groups=c.groups, name=c.name)
 
-    def forward(self, x):
+    def forward(self, x: npt.ArrayLike) -> np.ndarray:
         if np.any(self.bn.weight == 0):
             raise ValueError(f"{self.name}: bn.weight has a zero; the fold divides by gamma / sqrt(var + eps)")
         s, std = self._scale_factor()
@@ -347,7 +364,7 @@ class QATConvBn2d(_QATBase):
             self._cache = (s, std, y0)
         return self._finish_forward(out)
 
-    def backward(self, grad_y):
+    def backward(self, grad_y: npt.ArrayLike) -> np.ndarray:
         g = self._start_backward(grad_y)
         s, std, y0 = self._cache
         g_y = self.bn.backward(g)  # accumulates bn.weight, bn.bias
@@ -366,3 +383,14 @@ class QATConvBn2d(_QATBase):
         # s = gamma / std (std from the running variance: no gradient)
         self.bn.grads["weight"] += (d_s / std).astype(np.float32)
         return gx
+
+
+def __getattr__(name: str):
+    """``ACTIVATIONS``, the first name of :data:`QAT_ACTIVATIONS`: deprecated for one release."""
+    if name == "ACTIVATIONS":
+        warnings.warn("npquant.training.qat.ACTIVATIONS is deprecated: it is now QAT_ACTIVATIONS (what a QAT "
+                      "layer fuses; npquant.qnn.ACTIVATIONS are the integer clamps)", DeprecationWarning,
+                      stacklevel=2)
+        return QAT_ACTIVATIONS
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+

@@ -33,12 +33,18 @@ on one machine a run repeats bit for bit.
 
 from __future__ import annotations
 
+import os
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .._checks import check_choice, check_int, check_real
+
+if TYPE_CHECKING:
+    from ..models import nn
 
 __all__ = ["BITS", "RANGES_SHOWN", "QATResult", "DEFAULT_EPOCHS", "DEFAULT_LR", "qat_experiment", "reference",
            "results", "format_results", "recovery"]
@@ -52,8 +58,7 @@ RANGES_SHOWN = ("minmax", "lsq", "pact")
 """The range methods of the QAT rows, in table order."""
 
 DEFAULT_EPOCHS = {"mlp": 4, "lenet_300_100": 4, "cnn": 10}
-"""QAT epochs per model: enough to reach the targets here, small enough that the whole table
-runs in under two minutes on 2 cores."""
+"""QAT epochs per model: enough to reach the targets of ``tests/test_qat_results.py``."""
 
 DEFAULT_LR = {"mlp": 1e-3, "lenet_300_100": 1e-3, "cnn": 5e-4}
 """Adam's learning rate below 8 bits per model (1e-4 at W8A8 for every model). The CNN's
@@ -82,7 +87,7 @@ class QATResult:
         return "-" if self.weight_bits is None else f"W{self.weight_bits}A{self.act_bits}"
 
 
-def reference(name: str, models_dir=None) -> tuple:
+def reference(name: str, models_dir: str | os.PathLike | None = None) -> tuple:
     """The bundled reference model ``name`` (float :class:`npquant.models.nn.Sequential`) and its
     digits split (:func:`npquant.training.trainer.digits_data`: ``x_train``, ``y_train``,
     ``x_calibration``, ``x_test``, ``y_test``, ...), from ``models_dir`` (default: the
@@ -118,8 +123,9 @@ def _accuracy(model, x, y) -> float:
 
 
 def qat_experiment(name: str, weight_bits: int, act_bits: int, method: str, *, epochs: int | None = None,
-                   lr: float | None = None, seed: int = 0, mode: str = "tflite", models_dir=None,
-                   progress: bool = False, model=None, data=None) -> QATResult:
+                   lr: float | None = None, seed: int = 0, mode: str = "tflite",
+                   models_dir: str | os.PathLike | None = None, progress: bool = False,
+                   model: nn.Sequential | None = None, data: dict | None = None) -> QATResult:
     """One row of the table: reference model ``name`` at ``W<weight_bits>A<act_bits>`` by
     ``method`` (``"ptq"`` or a range method of :func:`prepare_qat`), converted to the
     integer model with requantization ``mode`` and evaluated on the test images.
@@ -211,8 +217,10 @@ def qat_experiment(name: str, weight_bits: int, act_bits: int, method: str, *, e
                      time_s=time.perf_counter() - t0, integer_model=im)
 
 
-def results(models=tuple(BITS), *, bits=None, methods=("ptq", *RANGES_SHOWN), seed: int = 0,
-            mode: str = "tflite", models_dir=None, progress=lambda msg: None) -> list[QATResult]:
+def results(models: Iterable[str] = tuple(BITS), *, bits: list[tuple[int, int]] | None = None,
+            methods: Iterable[str] = ("ptq", *RANGES_SHOWN), seed: int = 0, mode: str = "tflite",
+            models_dir: str | os.PathLike | None = None,
+            progress: Callable[[str], object] = lambda msg: None) -> list[QATResult]:
     """Every row of the table: for each model, the float row, then for each bit setting
     (``bits``: a list of ``(w, a)``, default :data:`BITS` of the model) each of ``methods``.
     ``progress(msg)`` is called before each model and bit setting.
