@@ -46,10 +46,14 @@ class _AliasLoader(importlib.abc.Loader):
         self.new = new
 
     def create_module(self, spec):
-        return importlib.import_module(self.new)
+        module = importlib.import_module(self.new)
+        self.spec = module.__spec__
+        return module
 
     def exec_module(self, module):
-        pass  # the new module is already executed
+        # The new module is already executed; importlib has just set the old name's spec on
+        # it: give it back its own (its __name__, __package__ and __loader__ are untouched).
+        module.__spec__ = self.spec
 
 
 class _MovedFinder(importlib.abc.MetaPathFinder):
@@ -59,7 +63,7 @@ class _MovedFinder(importlib.abc.MetaPathFinder):
         new = MOVED.get(fullname)
         if new is None:
             return None
-        _warn(fullname, new, stacklevel=4)
+        _warn(fullname, new, stacklevel=3)  # the line of the import statement
         return importlib.util.spec_from_loader(fullname, _AliasLoader(new))
 
 
@@ -74,5 +78,5 @@ def moved_attribute(name: str):
     new = MOVED.get(f"npquant.{name}")
     if new is None:
         raise AttributeError(f"module 'npquant' has no attribute {name!r}")
-    _warn(f"npquant.{name}", new, stacklevel=3)
+    _warn(f"npquant.{name}", new, stacklevel=4)  # the line that reads npquant.<name>
     return importlib.import_module(new)

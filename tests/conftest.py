@@ -40,3 +40,10 @@ def fbgemm_threads(request):
     yield request.param
     torch.set_num_threads(old_t)
     torch.backends.quantized.engine = old_e
+
+
+def slow_after(cases, n_fast: int) -> list:
+    """Parametrize cases: the first ``n_fast`` run in every pass; the rest are marked slow
+    (the JIT pass runs them; the JIT-off pass, where the kernels run as plain Python under
+    coverage, skips them)."""
+    return [c if i < n_fast else pytest.param(*c, marks=pytest.mark.slow) for i, c in enumerate(cases)]

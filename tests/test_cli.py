@@ -190,7 +190,7 @@ def test_format_table_aligns_columns():
 
 
 def test_ties_lists_disagreements(capsys):
-    from npquant.requant.fixedpoint import REQUANT_MODES, requantize
+    from npquant.requant.modes import REQUANT_MODES, requantize
 
     assert main(["explain", "--ties", "-m", "0.25", "--range", "8", "--limit", "10"]) == 0
     out = capsys.readouterr().out

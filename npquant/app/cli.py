@@ -3,8 +3,10 @@
 Each subcommand is a pair of functions registered in :data:`COMMANDS`: ``_add_<name>``
 declares its arguments on a subparser and ``_run_<name>(args) -> int`` does the work and
 returns the exit status. A new subcommand is one more pair and one more line in
-:data:`COMMANDS`. Heavy imports (scikit-learn) happen inside the runners so that
-``--help`` and ``--version`` stay fast.
+:data:`COMMANDS`. A runner that is a whole application lives in its own module of
+``npquant.app`` (``npquant demo``'s tables: :mod:`npquant.app.demo`; its ``--weights`` job:
+``_weight_demo``; ``npquant compress``: ``_compress``). Heavy imports (scikit-learn) happen
+inside the runners so that ``--help`` and ``--version`` stay fast.
 
 Exit status: 0 on success; 2 for bad arguments (argparse's convention, message on
 stderr); 1 when a command fails on valid arguments: a missing, unreadable or corrupt
@@ -16,7 +18,6 @@ is printed, with a request to report it); 130 when interrupted.
 from __future__ import annotations
 
 import argparse
-import copy
 import os
 import sys
 import time
@@ -25,7 +26,13 @@ from .._table import format_table
 from .._version import __version__
 from ..qnn.accumulation import ACCUMULATIONS
 from ..qparams import ROUNDING_MODES
-from ..requant.fixedpoint import REQUANT_MODES
+from ..requant.modes import REQUANT_MODES
+from ._weight_demo import (
+    DEMO_SPLIT_SEED,
+    _db,
+    demo_configs,  # noqa: F401 - npquant.cli.demo_configs, the old public path
+    weight_demo,
+)
 
 # ---------------------------------------------------------------------------- helpers
 
@@ -86,7 +93,6 @@ def _progress(msg: str) -> None:
 
 # ------------------------------------------------------------------------------- demo
 
-DEMO_SPLIT_SEED = 0  # the split of npquant.models.sklearn_mlp.digits_split
 DEMO_QUICK_ITERS = 30
 DEMO_FULL_ITERS = 300
 
@@ -149,34 +155,6 @@ DEMO_WEIGHT_OPTIONS = (("seed", "--seed", 0), ("bits", "--bits", [8, 4, 2]), ("g
                        ("rounding", "--rounding", "half_even"))
 
 
-def demo_configs(bits_list, group_size):
-    """``(labels, QuantSpec keyword arguments)`` for each bits x scheme x granularity.
-
-    Parameters
-    ----------
-    bits_list : list of int
-        The bit widths, in order (``--bits``, e.g. ``[8, 4, 2]``).
-    group_size : int
-        Block size along axis 1 of the per-group granularity (``--group-size``).
-
-    Returns
-    -------
-    list of (tuple of str, dict)
-        One ``(labels, kwargs)`` pair per bit width x scheme (symmetric, asymmetric) x
-        granularity (per-tensor, per-channel along axis 0, per-group along axis 1), in
-        that nesting order: ``labels`` is ``(bits, scheme, granularity)`` as strings and
-        ``kwargs`` the keyword arguments of a signed ``QuantSpec``.
-    """
-    grans = [("per-tensor", {}), ("per-channel", {"axis": 0}),
-             (f"per-group({group_size})", {"axis": 1, "block_size": group_size})]
-    out = []
-    for bits in bits_list:
-        for scheme, sym in (("symmetric", True), ("asymmetric", False)):
-            for gname, kw in grans:
-                out.append(((str(bits), scheme, gname), dict(bits=bits, signed=True, symmetric=sym, **kw)))
-    return out
-
-
 def _usage_error(args, message: str):
     """Exit with status 2 and ``message`` on stderr, as argparse does for bad arguments."""
     args._parser.error(message)
@@ -224,93 +202,10 @@ def _run_demo(args) -> int:
 
 
 def _run_weight_demo(args) -> int:
-    import numpy as np
-
-    from ..affine import fake_quantize, quantization_error
-    from ..models import sklearn_mlp
-    from ..qparams import QuantSpec, fit_qparams
-
     max_iter = args.max_iter or (DEMO_QUICK_ITERS if args.quick else DEMO_FULL_ITERS)
-    hidden = tuple(args.hidden)
-
-    data = sklearn_mlp.digits_split()
-    X_tr, X_te, y_tr, y_te = data
-    y = np.concatenate([y_tr, y_te])
-
-    t0 = time.perf_counter()
-    _progress(f"training MLPClassifier(hidden_layer_sizes={hidden}) for at most {max_iter} epochs ...")
-    clf, _ = sklearn_mlp.train_mlp(hidden, seed=args.seed, max_iter=max_iter, data=data)
-    converged = clf.n_iter_ < max_iter
-    _progress(f"trained in {time.perf_counter() - t0:.1f} s ({clf.n_iter_} epochs, "
-              f"{'converged' if converged else 'stopped at --max-iter'}); quantizing ...")
-    float_acc = clf.score(X_te, y_te)
-
-    # sklearn stores coefs_[k] as (in, out); npquant follows PyTorch's (out, in).
-    weights = [np.asarray(c, dtype=np.float64).T for c in clf.coefs_]
-    configs = demo_configs(args.bits, args.group_size)
-
-    layer_rows = [[] for _ in weights]
-    acc_rows = []
-    for labels, kw in configs:
-        spec = QuantSpec(rounding=args.rounding,
-                         seed=args.seed if args.rounding == "stochastic" else None, **kw)
-        fq = []
-        for k, w in enumerate(weights):
-            w_hat = fake_quantize(w, fit_qparams(w, spec))
-            err = quantization_error(w, w_hat)
-            layer_rows[k].append([*labels, f"{err.mse:.3e}", _db(err.sqnr_db), f"{err.max_abs:.3e}"])
-            fq.append(w_hat.astype(np.float64).T)
-        qclf = copy.copy(clf)  # shallow: only coefs_ is replaced
-        qclf.coefs_ = fq
-        acc = qclf.score(X_te, y_te)
-        acc_rows.append([*labels, f"{100 * acc:.2f} %", f"{100 * (acc - float_acc):+.2f}"])
-
-    n_tr, n_te = len(y_tr), len(y_te)
-    out = [
-        "npquant demo: post-training weight quantization of an MLP trained on scikit-learn's digits",
-        "",
-        f"data     load_digits: {len(y)} 8x8 images, 10 classes, pixels scaled to [0, 1];",
-        f"         stratified split, random_state={DEMO_SPLIT_SEED}: {n_tr} train / {n_te} test",
-        f"model    MLPClassifier(hidden_layer_sizes={hidden}, relu, adam, random_state={args.seed}),"
-        f" {clf.n_iter_} epochs{'' if converged else ' (not converged)'}",
-        "weights  sklearn's coefs_[k] is (in, out); each is transposed to (out, in), PyTorch's convention",
-        f"quant    signed {'/'.join(map(str, args.bits))}-bit codes, min-max range widened to include 0,",
-        f"         float32 scales, rounding={args.rounding}; symmetric: zero point 0; asymmetric: fitted",
-        "         per-tensor: one scale; per-channel: axis=0, one scale per output row;",
-        f"         per-group({args.group_size}): axis=1, block_size={args.group_size}, one scale per "
-        f"{args.group_size} inputs of a row",
-        "         (the last block of a row may be shorter)",
-        "         only weights are quantized; biases and activations stay float64",
-        "",
-        f"float test accuracy: {100 * float_acc:.2f} % ({n_te} test images)",
-    ]
-    n_layers = len(weights)
-    for k, w in enumerate(weights):
-        what = "output layer" if k == n_layers - 1 else f"hidden layer {k + 1}"
-        out += [
-            "",
-            f"W{k + 1}: {what}, shape {w.shape} (out, in) = coefs_[{k}].T, {w.size} weights "
-            f"in [{w.min():.4f}, {w.max():.4f}]",
-            format_table(["bits", "scheme", "granularity", "MSE", "SQNR dB", "max |err|"],
-                         layer_rows[k], align="rllrrr"),
-        ]
-    out += [
-        "",
-        f"test accuracy with all {n_layers} weight matrices fake-quantized "
-        f"(change in percentage points vs float {100 * float_acc:.2f} %)",
-        format_table(["bits", "scheme", "granularity", "accuracy", "change"], acc_rows,
-                     align="rllrr"),
-    ]
-    print("\n".join(out))
+    print(weight_demo(args.hidden, seed=args.seed, max_iter=max_iter, bits=args.bits,
+                      group_size=args.group_size, rounding=args.rounding, progress=_progress))
     return 0
-
-
-def _db(v: float) -> str:
-    if v == float("inf"):
-        return "inf"
-    if v == float("-inf"):
-        return "-inf"
-    return f"{v:.2f}"
 
 
 # ---------------------------------------------------------------------------- explain
@@ -447,12 +342,8 @@ def _run_explain(args) -> int:
 def _print_ties(args) -> int:
     from fractions import Fraction
 
-    from ..requant.fixedpoint import (
-        REQUANT_MODES,
-        quantize_multiplier,
-        requantize_ties,
-        saturating_rounding_doubling_high_mul,
-    )
+    from ..requant.fixedpoint import quantize_multiplier, saturating_rounding_doubling_high_mul
+    from ..requant.modes import REQUANT_MODES, requantize_ties
 
     qmin, qmax = _CODE_RANGES[args.dtype]
     t = requantize_ties(args.multiplier, args.zero_point, qmin, qmax,
@@ -489,10 +380,6 @@ def _print_ties(args) -> int:
 
 # --------------------------------------------------------------------------- compress
 
-# Deep Compression, Table 1 / 2 (Han et al. 2016): LeNet-300-100 keeps 8 %, 9 % and 26 %
-# of the weights of its three layers, and compresses 40x (error 1.58 % on MNIST, after
-# retraining: npquant compress --retrain).
-PAPER_LENET_SPARSITY = (0.92, 0.91, 0.74)
 #: ``npquant compress --model`` choices (npquant.app.demo.MODELS, spelled out so that ``--help``
 #: stays fast; a test checks them).
 COMPRESS_MODELS = ("mlp", "lenet_300_100", "cnn")
@@ -576,7 +463,7 @@ def _add_compress(sub) -> None:
     t = p.add_argument_group("the tables of the source material (--tables)")
     t.add_argument("--tables", action="store_true",
                    help="print the k-means / k-means QAT table (8, 4, 2 bits), the per-stage table of "
-                        "LeNet-300-100 and the CNN, and a sparsity x bits sweep (about 1-2 minutes)")
+                        "LeNet-300-100 and the CNN, and a sparsity x bits sweep (it retrains the models: minutes)")
     t.add_argument("--plots", metavar="DIR",
                    help="with --tables: write the sweep's trade-off figure into DIR (created if missing; "
                         "needs matplotlib)")
@@ -592,266 +479,9 @@ def _check_output(path, option: str) -> str:
 
 
 def _run_compress(args) -> int:
-    import os
-    import tempfile
+    from ._compress import run_compress
 
-    import numpy as np
-
-    from ..compression.pipeline import (
-        LayerConfig,
-        compress,
-        format_report,
-        kmeans_study,
-        read_compressed,
-        write_compressed,
-    )
-
-    _check_compress_options(args)
-    if args.tables:
-        return _run_compress_tables(args)
-    if args.output is not None:
-        _check_output(args.output, "--output")
-    if args.retrain:
-        return _run_compress_retrain(args)
-    evaluate = None
-    if args.input:
-        from ..models.io import load_weights
-
-        state = {k: v for k, v in load_weights(args.input).items() if np.asarray(v).dtype.kind == "f"}
-        if not state:
-            raise ValueError(f"{args.input} holds no float tensor to compress")
-        sparsity = args.sparsity or [0.0]
-    else:
-        from ..models.nn import build_model
-
-        name = args.model or "lenet_300_100"
-        path, ref = _bundled_reference(args, name)
-        state = {k: v for k, v in ref.state.items() if np.asarray(v).dtype.kind == "f"}  # not num_batches_tracked
-        X_te, y_te = ref.arrays["test_inputs"], ref.arrays["test_labels"]
-        _progress(f"compressing the reference {name} ({path}) ...")
-        sparsity = args.sparsity or _default_sparsity(name)
-        evaluate = lambda w: float(np.mean(build_model(ref.arch, w)(X_te).argmax(1) == y_te))  # noqa: E731
-    weights = [k for k, v in state.items() if np.ndim(v) in (2, 4)]
-    if len(sparsity) not in (1, len(weights)):
-        raise ValueError(f"--sparsity needs 1 or {len(weights)} values (one per weight tensor), got {len(sparsity)}")
-    configs = {}
-    for i, name in enumerate(weights):
-        conv = np.ndim(state[name]) == 4
-        s = None if args.quality is not None else sparsity[i if len(sparsity) > 1 else 0]
-        configs[name] = LayerConfig(sparsity=s, quality=args.quality,
-                                    bits=(args.conv_bits or 8) if conv else (args.fc_bits or 5),
-                                    index_bits=args.conv_index_bits if conv else args.fc_index_bits)
-    _progress(f"compressing {len(weights)} weight tensors ...")
-    comp = compress(state, configs, seed=args.seed, bias_bits=args.bias_bits or None)
-    out = args.output or os.path.join(tempfile.mkdtemp(prefix="npquant-"), "model.npqz")
-    size = write_compressed(comp, out)
-    back = read_compressed(out)
-    same = all(np.array_equal(back[k], comp.rebuilt[k]) for k in comp.rebuilt)
-    lines = [f"wrote {out} ({size} bytes); read back: weights identical to the pruned, quantized ones: "
-             f"{'yes' if same else 'NO'}", "", format_report(comp, size)]
-    if evaluate is not None:
-        acc_f, acc_q, acc_f2 = evaluate(state), evaluate(comp.rebuilt), evaluate(back)
-        lines += ["",
-                  f"test accuracy ({len(y_te)} digits): float {100 * acc_f:.2f} %; pruned + quantized "
-                  f"{100 * acc_q:.2f} %; rebuilt from the file {100 * acc_f2:.2f} %",
-                  "Deep Compression (Han et al. 2016) reports 40x for LeNet-300-100 on MNIST at 1.58 % error, "
-                  "after retraining; without retraining accuracy drops at these rates (npquant compress "
-                  "--retrain retrains)."]
-        if args.study:
-            rows = kmeans_study(state, evaluate, seed=args.seed)
-            lines += ["", "k-means weight sharing (no pruning), all weight tensors:",
-                      format_table(["bits", "size B", "ratio", "test accuracy"],
-                                   [["float32", str(sum(4 * np.asarray(v).size for v in state.values())), "1.0x",
-                                     f"{100 * acc_f:.2f} %"]]
-                                   + [[str(r["bits"]), str(r["bytes"]), f"{r['ratio']:.1f}x",
-                                       f"{100 * r['score']:.2f} %"] for r in rows])]
-    if not same:
-        lines.append("ERROR: the file does not rebuild the compressed weights")
-    print("\n".join(lines))
-    return 0 if same else 1
-
-
-#: Options of ``npquant compress`` that only ``--retrain`` takes: ``(dest, flag)``.
-_RETRAIN_ONLY = (("data", "--data"), ("prune_steps", "--prune-steps"), ("prune_epochs", "--prune-epochs"),
-                 ("finetune_epochs", "--finetune-epochs"), ("lr", "--lr"), ("finetune_lr", "--finetune-lr"))
-
-
-def _check_compress_options(args) -> None:
-    """Refuse combinations of ``npquant compress`` options that do not go together."""
-    defaults = {"prune_steps": 3, "prune_epochs": 20, "finetune_epochs": 10, "lr": 1e-3, "finetune_lr": 1e-3,
-                "data": None}
-    if args.sparsity is not None and args.quality is not None:
-        raise ValueError("give --sparsity or --quality, not both")
-    if args.input and args.model:
-        raise ValueError("give --input or --model, not both")
-    if args.plots is not None and not args.tables:
-        raise ValueError("--plots goes with --tables")
-    if args.tables:
-        given = [flag for dest, flag in (("input", "--input"), ("model", "--model"), ("output", "--output"),
-                                         ("sparsity", "--sparsity"), ("quality", "--quality"),
-                                         ("fc_bits", "--fc-bits"), ("conv_bits", "--conv-bits"),
-                                         ("bias_bits", "--bias-bits"))
-                 if getattr(args, dest) is not None]
-        given += [flag for flag, on in (("--retrain", args.retrain), ("--study", args.study)) if on]
-        given += [flag for dest, flag in _RETRAIN_ONLY if getattr(args, dest) != defaults[dest]]
-        if given:
-            raise ValueError(f"--tables takes only --seed, --models and --plots, not {', '.join(given)}")
-    elif args.retrain:
-        if args.quality is not None:
-            raise ValueError("--quality does not go with --retrain: give --sparsity")
-        if args.study:
-            raise ValueError("--study does not go with --retrain (--tables prints the k-means table)")
-    else:
-        given = [flag for dest, flag in _RETRAIN_ONLY if getattr(args, dest) != defaults[dest]]
-        if given:
-            raise ValueError(f"{', '.join(given)}: only with --retrain")
-
-
-def _bundled_reference(args, name: str):
-    """``(path, Reference)`` of bundled model ``name`` in ``--models`` (default: the package's)."""
-    from ..models.io import load_reference
-    from .demo import default_models_dir
-
-    folder = default_models_dir() if args.models is None else args.models
-    path = os.path.join(folder, f"{name}.npz")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"the reference model {path!r} does not exist"
-                                + ("" if args.models is None else " (check --models)"))
-    return path, load_reference(path)
-
-
-def _default_sparsity(name: str) -> list:
-    """The per-layer sparsity of bundled model ``name``, in weight order."""
-    if name == "lenet_300_100":
-        return list(PAPER_LENET_SPARSITY)
-    from ..training.deep_compression import DEFAULTS
-
-    return list(DEFAULTS[name]["sparsity"].values())
-
-
-def _training_data(path, arch: dict) -> dict:
-    """``--data``: an .npz with float x_train, x_test ``(N, *input_shape)`` and integer
-    y_train, y_test ``(N,)``, checked against the architecture's input shape."""
-    from ..models.io import load_state_dict
-
-    arrays = load_state_dict(path, format="npz")
-    missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in arrays]
-    if missing:
-        raise ValueError(f"--data {path}: missing {', '.join(missing)} (it needs x_train, y_train, x_test, y_test)")
-    shape = tuple(arch.get("input_shape", ()))
-    for part in ("train", "test"):
-        x, y = arrays[f"x_{part}"], arrays[f"y_{part}"]
-        if x.dtype.kind != "f" or x.ndim < 2 or len(x) == 0 or (shape and tuple(x.shape[1:]) != shape):
-            raise ValueError(f"--data {path}: x_{part} must be float (N, {', '.join(map(str, shape)) or '...'}) "
-                             f"with N >= 1 for this model, got {x.dtype} {x.shape}")
-        if y.dtype.kind not in "iu" or y.shape != (len(x),):
-            raise ValueError(f"--data {path}: y_{part} must be integer labels of shape ({len(x)},), got "
-                             f"{y.dtype} {y.shape}")
-        classes = arch.get("num_classes")
-        if classes is not None and y.size and not (0 <= int(y.min()) and int(y.max()) < classes):
-            raise ValueError(f"--data {path}: y_{part} must lie in [0, {classes - 1}], got "
-                             f"[{int(y.min())}, {int(y.max())}]")
-    return arrays
-
-
-def _retrain_model(args):
-    """``(label, model, data, sparsity, bits)`` for ``--retrain``: the model built from copies
-    of the reference weights, its training and test data, and the pipeline's settings."""
-    from pathlib import Path
-
-    import numpy as np
-
-    from ..models.nn import build_model
-    from ..training.pruning import weight_names
-
-    if args.input:
-        from .._fileio import parse_npz, read_bytes
-        from ..models.io import load_reference, sniff_format
-
-        raw = read_bytes(args.input, "--input")
-        if sniff_format(raw) != "npz" or "__arch__" not in parse_npz(raw, args.input):
-            raise ValueError(f"--retrain needs an architecture and training data: {args.input} has no '__arch__' "
-                             "(a plain state dict or another file); give a reference-format .npz (with '__arch__') "
-                             "and --data, or a bundled --model")
-        if args.data is None:
-            raise ValueError("--retrain --input needs --data FILE.npz (x_train, y_train, x_test, y_test)")
-        if args.sparsity is None:
-            raise ValueError("--retrain --input needs --sparsity (one value, or one per weight tensor)")
-        ref = load_reference(args.input)
-        data = _training_data(args.data, ref.arch)
-        label, defaults = args.input, {"sparsity": None, "bits": {}}
-    else:
-        if args.data is not None:
-            raise ValueError("--data goes with --retrain --input (a bundled model trains on its digits split)")
-        from ..training.deep_compression import DEFAULTS
-        from ..training.trainer import digits_data
-
-        label = args.model or "lenet_300_100"
-        path, ref = _bundled_reference(args, label)
-        data = digits_data(ref.arch, Path(path).parent)
-        defaults = DEFAULTS[label]
-    model = build_model(ref.arch, {k: np.array(v, copy=True) for k, v in ref.state.items()})
-    names = weight_names(model)
-    params = model.named_parameters()
-    if args.sparsity is None:
-        sparsity = defaults["sparsity"]
-    elif len(args.sparsity) == 1:
-        sparsity = args.sparsity[0]
-    elif len(args.sparsity) == len(names):
-        sparsity = dict(zip(names, args.sparsity))
-    else:
-        raise ValueError(f"--sparsity needs 1 or {len(names)} values (one per weight tensor), got {len(args.sparsity)}")
-    bits = dict(defaults["bits"])
-    for n in names:
-        given = args.conv_bits if params[n].ndim == 4 else args.fc_bits
-        if given is not None:
-            bits[n] = given
-    return label, model, data, sparsity, bits
-
-
-def _run_compress_retrain(args) -> int:
-    """``npquant compress --retrain``: the whole pipeline, the per-stage table on stdout."""
-    import tempfile
-
-    from ..compression.pipeline import format_report
-    from ..training.deep_compression import deep_compression
-
-    label, model, data, sparsity, bits = _retrain_model(args)
-    out = args.output or os.path.join(tempfile.mkdtemp(prefix="npquant-"), "model.npqz")
-    t0 = time.perf_counter()
-    _progress(f"Deep Compression of {label}, with retraining ...")
-    r = deep_compression(model, data["x_train"], data["y_train"], data["x_test"], data["y_test"],
-                         sparsity=sparsity, bits=bits or None, bias_bits=5 if args.bias_bits is None else
-                         (args.bias_bits or None), prune_steps=args.prune_steps, prune_epochs=args.prune_epochs,
-                         finetune_epochs=args.finetune_epochs, lr=args.lr, finetune_lr=args.finetune_lr,
-                         seed=args.seed, path=out, progress=True)
-    dt = time.perf_counter() - t0
-    a = r.accuracy
-    print("\n".join([
-        f"wrote {out} ({len(r.data)} bytes); read back: every tensor identical to the model in memory: yes",
-        "",
-        f"Deep Compression of {label} ({len(data['y_test'])} test images; seed {args.seed}; "
-        f"{args.prune_steps} pruning steps x {args.prune_epochs} epochs, {args.finetune_epochs} fine-tuning epochs)",
-        r.table(),
-        "",
-        format_report(r.compressed, len(r.data)),
-        "",
-        f"test accuracy: float {100 * a['float']:.2f} %; the model rebuilt from the file {100 * a['file']:.2f} % "
-        f"({100 * (a['file'] - a['float']):+.2f} points); the file is {r.ratio:.1f}x smaller than float32",
-        f"Deep Compression (Han et al. 2016): 40x for LeNet-300-100 on MNIST at 1.58 % error. ({dt:.1f} s)"]))
-    return 0
-
-
-def _run_compress_tables(args) -> int:
-    """``npquant compress --tables``: the three tables of the source material."""
-    from pathlib import Path
-
-    from ..training.deep_compression import tables
-    from .demo import check_models_dir, default_models_dir
-
-    models_dir = check_models_dir(default_models_dir() if args.models is None else args.models)
-    print(tables(seed=args.seed, models_dir=Path(models_dir), plots=args.plots, progress=True))
-    return 0
+    return run_compress(args)
 
 
 # --------------------------------------------------------------------------- quantize
@@ -906,8 +536,6 @@ def _run_quantize(args) -> int:
              f"{r.float_bytes / r.quantized_bytes:.1f}x", _db(r.sqnr_db)] for r in reports]
     total_f = sum(r.float_bytes for r in reports)
     total_q = sum(r.quantized_bytes for r in reports)
-    import os
-
     print(f"{args.bits}-bit {'asymmetric' if args.asymmetric else 'symmetric'} {args.granularity}"
           + (f" (group size {args.group_size})" if args.granularity == "group" else "") + f" -> {args.output}")
     print(format_table(["tensor", "shape", "float32 B", "quantized B", "ratio", "SQNR dB"], rows))
@@ -958,7 +586,7 @@ def _add_qat(sub) -> None:
             "train with quantization in the loop (min-max EMA, LSQ and PACT ranges) in NumPy, "
             "convert to the integer-only model, and tabulate its test accuracy next to float and "
             "post-training quantization (min-max calibration). Seeded; computed on the spot "
-            "(about 30-60 s on 2 cores). See npquant.training.qat_results for the recipe."
+            "(it trains every model at every setting: minutes). See npquant.training.qat_results for the recipe."
         ),
     )
     p.add_argument("--models", metavar="DIR", help="reference models folder (default: the bundled models)")
@@ -1217,7 +845,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``npquant`` console script; returns the exit status.
 
     Parameters
