@@ -20,8 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 # throughput unit -> the number of work items in one unit
-UNITS = {"GOP/s": 1e9, "Gvalues/s": 1e9, "Mvalues/s": 1e6, "Msymbols/s": 1e6,
-         "images/s": 1.0, "Mweights/s": 1e6}
+UNITS = {"GOP/s": 1e9, "Gvalues/s": 1e9, "Mvalues/s": 1e6, "Msymbols/s": 1e6, "images/s": 1.0, "Mweights/s": 1e6}
 
 
 @dataclass

@@ -47,12 +47,23 @@ CONFIGS = {
 }
 ORDERS = ("torch first", "npquant first")
 # variables that would change what is measured; removed from the children's environment
-CLEARED = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME", "KMP_LIBRARY", "NUMBA_THREADING_LAYER",
-           "NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
-           "NPQUANT_NUMBA_WAIT_POLICY", "NUMBA_DISABLE_JIT")
+CLEARED = (
+    "OMP_WAIT_POLICY",
+    "GOMP_SPINCOUNT",
+    "KMP_BLOCKTIME",
+    "KMP_LIBRARY",
+    "NUMBA_THREADING_LAYER",
+    "NUMBA_NUM_THREADS",
+    "OMP_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "NPQUANT_NUMBA_WAIT_POLICY",
+    "NUMBA_DISABLE_JIT",
+)
 
 
 # ------------------------------------------------------------------------------ the child
+
 
 def _tids():
     try:
@@ -77,8 +88,11 @@ def child(order: str, steps: int, matmuls: int, threads: int) -> dict:
     x = rng.integers(0, 256, (m, k), dtype=np.uint8)
     w = rng.integers(-127, 128, (n, k), dtype=np.int8)
     x_qp = QParams(np.float32(0.02), 3, QuantSpec(bits=8, signed=False))
-    w_qp = QParams(rng.uniform(0.001, 0.01, n).astype(np.float32), np.zeros(n, np.int32),
-                   QuantSpec(bits=8, signed=True, symmetric=True, axis=0))
+    w_qp = QParams(
+        rng.uniform(0.001, 0.01, n).astype(np.float32),
+        np.zeros(n, np.int32),
+        QuantSpec(bits=8, signed=True, symmetric=True, axis=0),
+    )
     y_qp = QParams(np.float32(0.5), 128, QuantSpec(bits=8, signed=False))
     a = rng.standard_normal((512, 512)).astype(np.float32)
 
@@ -98,8 +112,13 @@ def child(order: str, steps: int, matmuls: int, threads: int) -> dict:
 
         torch.set_num_threads(threads)
         torch.manual_seed(0)
-        model = torch.nn.Sequential(torch.nn.Linear(256, 512), torch.nn.ReLU(), torch.nn.Linear(512, 512),
-                                    torch.nn.ReLU(), torch.nn.Linear(512, 10))
+        model = torch.nn.Sequential(
+            torch.nn.Linear(256, 512),
+            torch.nn.ReLU(),
+            torch.nn.Linear(512, 512),
+            torch.nn.ReLU(),
+            torch.nn.Linear(512, 10),
+        )
         opt = torch.optim.SGD(model.parameters(), lr=0.01)
         xb, yb = torch.randn(256, 256), torch.randint(0, 10, (256,))
 
@@ -165,11 +184,22 @@ def child(order: str, steps: int, matmuls: int, threads: int) -> dict:
 
 # ----------------------------------------------------------------------------- the parent
 
+
 def run_one(config: str, order: str, args) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in CLEARED}
     env.update(CONFIGS[config])
-    cmd = [sys.executable, os.path.abspath(__file__), "--child", order, "--steps", str(args.steps),
-           "--matmuls", str(args.matmuls), "--threads", str(args.threads)]
+    cmd = [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--child",
+        order,
+        "--steps",
+        str(args.steps),
+        "--matmuls",
+        str(args.matmuls),
+        "--threads",
+        str(args.threads),
+    ]
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     if done.returncode:
         return {"error": (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]}
@@ -186,14 +216,16 @@ def _fmt(v, unit="s", scale=1.0, digits=2):
 
 
 def table(results: dict, args) -> str:
-    lines = [f"npquant neighbour benchmark: {args.threads} threads each (PyTorch, numba, OpenBLAS), "
-             f"{os.cpu_count()} logical cores; medians of {args.repeats} fresh processes per row",
-             f"torch train = {args.steps} MLP steps; numpy matmul = {args.matmuls} x 512^3 float32; "
-             "npquant gemm = one 512x512x512 QLinear.accumulate; interleaved = steps each followed by one gemm",
-             "",
-             "| order | config | layer | torch train before | after | numpy matmul before | after "
-             "| npquant gemm | interleaved | numba wait policy | OpenMP runtimes | exact |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"npquant neighbour benchmark: {args.threads} threads each (PyTorch, numba, OpenBLAS), "
+        f"{os.cpu_count()} logical cores; medians of {args.repeats} fresh processes per row",
+        f"torch train = {args.steps} MLP steps; numpy matmul = {args.matmuls} x 512^3 float32; "
+        "npquant gemm = one 512x512x512 QLinear.accumulate; interleaved = steps each followed by one gemm",
+        "",
+        "| order | config | layer | torch train before | after | numpy matmul before | after "
+        "| npquant gemm | interleaved | numba wait policy | OpenMP runtimes | exact |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for (order, config), rs in results.items():
         ok = [r for r in rs if "error" not in r]
         if not ok:
@@ -205,7 +237,8 @@ def table(results: dict, args) -> str:
             f"{_fmt(_med(ok, 'torch_after'))} | {_fmt(_med(ok, 'numpy_before'))} | {_fmt(_med(ok, 'numpy_after'))} | "
             f"{_fmt(_med(ok, 'gemm'), ' ms', 1e3)} | {_fmt(_med(ok, 'interleaved'))} | "
             f" {r0['wait_policy']} | {', '.join(r0['openmp_runtimes'])} | "
-            f"{'yes' if all(r['correct'] for r in ok) else 'NO'} |")
+            f"{'yes' if all(r['correct'] for r in ok) else 'NO'} |"
+        )
     return "\n".join(lines)
 
 

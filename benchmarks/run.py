@@ -47,15 +47,38 @@ SUITES = ("gemm", "conv", "cnn", "requantize", "unpack", "huffman", "kmeans", "q
 PEERS = ("torch", "onnxruntime")
 THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS")
 # --isa avx2: every library on its AVX2 code path, where it has a switch (onnxruntime has none)
-ISA_ENV = {"avx2": {"NPQUANT_GEMM_KERNEL": "avx2", "FBGEMM_ENABLE_INSTRUCTIONS": "AVX2",
-                    "ATEN_CPU_CAPABILITY": "avx2", "OPENBLAS_CORETYPE": "Haswell"},
-           "portable": {"NPQUANT_GEMM_KERNEL": "portable"}, "auto": {}}
+ISA_ENV = {
+    "avx2": {
+        "NPQUANT_GEMM_KERNEL": "avx2",
+        "FBGEMM_ENABLE_INSTRUCTIONS": "AVX2",
+        "ATEN_CPU_CAPABILITY": "avx2",
+        "OPENBLAS_CORETYPE": "Haswell",
+    },
+    "portable": {"NPQUANT_GEMM_KERNEL": "portable"},
+    "auto": {},
+}
 ENV_REPORTED = THREAD_ENV + ("OMP_WAIT_POLICY",) + tuple(ISA_ENV["avx2"])
 README_START = "<!-- benchmark-results:start -->"
 README_END = "<!-- benchmark-results:end -->"
-ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl",
-             "avx512_vnni", "avx512_bf16", "avx512_fp16", "avx_vnni", "amx_tile", "amx_int8",
-             "neon", "asimd", "sve")
+ISA_FLAGS = (
+    "sse4_2",
+    "avx",
+    "avx2",
+    "fma",
+    "f16c",
+    "avx512f",
+    "avx512bw",
+    "avx512vl",
+    "avx512_vnni",
+    "avx512_bf16",
+    "avx512_fp16",
+    "avx_vnni",
+    "amx_tile",
+    "amx_int8",
+    "neon",
+    "asimd",
+    "sve",
+)
 SLOW_CALL_S = 1.0  # one call slower than this: 3 samples of one call
 ONE_THREAD = "numba@1thread"  # npquant's kernel on one numba thread, timed in a multi-thread run
 
@@ -65,6 +88,7 @@ def suite_module(name: str):
 
 
 # ------------------------------------------------------------------------------ options
+
 
 def _list(choices=None, conv=str):
     def parse(text):
@@ -111,29 +135,61 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m benchmarks",
         description="Time npquant's kernels (compiled and NumPy twin) against NumPy, PyTorch, "
-                    "onnxruntime, zlib and scikit-learn; write a Markdown and a JSON report.")
-    p.add_argument("--kernels", type=_list(SUITES), default=list(SUITES),
-                   help=f"comma-separated, from {','.join(SUITES)} (default: all)")
-    p.add_argument("--sizes", type=_sizes, action="append", default=[],
-                   help="KERNEL=LABEL,LABEL (repeatable), or LABEL,... when one kernel is chosen; "
-                        "labels are the kernel's own (see --list), e.g. gemm=512x512x512,1x4096x4096")
-    p.add_argument("--threads", type=_list(conv=_positive(int)), default=[1],
-                   help="thread counts, e.g. 1 or 1,2 (each count runs in its own process; default: 1)")
+        "onnxruntime, zlib and scikit-learn; write a Markdown and a JSON report.",
+    )
+    p.add_argument(
+        "--kernels",
+        type=_list(SUITES),
+        default=list(SUITES),
+        help=f"comma-separated, from {','.join(SUITES)} (default: all)",
+    )
+    p.add_argument(
+        "--sizes",
+        type=_sizes,
+        action="append",
+        default=[],
+        help="KERNEL=LABEL,LABEL (repeatable), or LABEL,... when one kernel is chosen; "
+        "labels are the kernel's own (see --list), e.g. gemm=512x512x512,1x4096x4096",
+    )
+    p.add_argument(
+        "--threads",
+        type=_list(conv=_positive(int)),
+        default=[1],
+        help="thread counts, e.g. 1 or 1,2 (each count runs in its own process; default: 1)",
+    )
     p.add_argument("--repeats", type=_positive(int), default=7, help="timed samples (default: 7)")
-    p.add_argument("--min-time", type=_positive(float), default=0.05,
-                   help="seconds a sample lasts at least; 0 = one call per sample (default: 0.05)")
-    p.add_argument("--peers", type=_list(PEERS), default=list(PEERS),
-                   help="peer libraries to time when installed (default: torch,onnxruntime; "
-                        "numpy, zlib and scikit-learn always run)")
-    p.add_argument("--out", default=os.path.join(HERE, "results"),
-                   help="directory for latest.md and latest.json (default: benchmarks/results)")
-    p.add_argument("--update-readme", action="store_true",
-                   help="also copy the report into benchmarks/README.md between its markers")
+    p.add_argument(
+        "--min-time",
+        type=_positive(float),
+        default=0.05,
+        help="seconds a sample lasts at least; 0 = one call per sample (default: 0.05)",
+    )
+    p.add_argument(
+        "--peers",
+        type=_list(PEERS),
+        default=list(PEERS),
+        help="peer libraries to time when installed (default: torch,onnxruntime; "
+        "numpy, zlib and scikit-learn always run)",
+    )
+    p.add_argument(
+        "--out",
+        default=os.path.join(HERE, "results"),
+        help="directory for latest.md and latest.json (default: benchmarks/results)",
+    )
+    p.add_argument(
+        "--update-readme",
+        action="store_true",
+        help="also copy the report into benchmarks/README.md between its markers",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default: 0)")
-    p.add_argument("--isa", choices=tuple(ISA_ENV), default="auto",
-                   help="code path: auto (the fastest each library picks), avx2 (npquant's AVX2 kernels "
-                        "and fbgemm, ATen and OpenBLAS forced to AVX2; onnxruntime cannot be forced) or "
-                        "portable (npquant's portable kernels)")
+    p.add_argument(
+        "--isa",
+        choices=tuple(ISA_ENV),
+        default="auto",
+        help="code path: auto (the fastest each library picks), avx2 (npquant's AVX2 kernels "
+        "and fbgemm, ATen and OpenBLAS forced to AVX2; onnxruntime cannot be forced) or "
+        "portable (npquant's portable kernels)",
+    )
     p.add_argument("--list", action="store_true", help="list the kernels and their default sizes, then exit")
     p.add_argument("--child-json", help=argparse.SUPPRESS)  # internal: one thread count, results here
     args = p.parse_args(argv)
@@ -167,6 +223,7 @@ def pin_thread_env(n: int, isa: str = "auto") -> bool:
 
 # ------------------------------------------------------------------------- machine info
 
+
 def machine_info(threads: int, peers: dict) -> dict:
     import llvmlite
     import llvmlite.binding as llvm
@@ -193,9 +250,13 @@ def machine_info(threads: int, peers: dict) -> dict:
         affinity = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         affinity = None
-    versions = {"python": platform.python_version(), "numpy": np.__version__,
-                "numba": numba.__version__, "llvmlite": llvmlite.__version__,
-                "npquant": npquant.__version__}
+    versions = {
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "numba": numba.__version__,
+        "llvmlite": llvmlite.__version__,
+        "npquant": npquant.__version__,
+    }
     for name in ("scipy", "sklearn"):
         try:
             versions[name] = importlib.import_module(name).__version__
@@ -210,9 +271,12 @@ def machine_info(threads: int, peers: dict) -> dict:
     import zlib
 
     versions["zlib"] = zlib.ZLIB_RUNTIME_VERSION
-    threads_info = {"requested": threads, "numba": numba.get_num_threads(),
-                    "numba_threading_layer": _threading_layer(),
-                    "env": {v: os.environ.get(v) for v in ENV_REPORTED}}
+    threads_info = {
+        "requested": threads,
+        "numba": numba.get_num_threads(),
+        "numba_threading_layer": _threading_layer(),
+        "env": {v: os.environ.get(v) for v in ENV_REPORTED},
+    }
     if "torch" in peers:
         threads_info["torch"] = peers["torch"].get_num_threads()
         threads_info["torch_quantized_engine"] = peers["torch"].backends.quantized.engine
@@ -257,10 +321,16 @@ def _threading_layer():
 
 def _git_commit():
     try:
-        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                             text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
         return (sha + ("+dirty" if dirty else "")) or None
     except (OSError, subprocess.SubprocessError):
         return None
@@ -293,6 +363,7 @@ def load_peers(wanted, threads: int) -> tuple[dict, dict]:
 
 
 # ------------------------------------------------------------------------------- timing
+
 
 def calibrate(fn, min_time: float) -> tuple[int, float]:
     """Two warm-up calls, then ``(number, seconds of one call)``: how many back-to-back
@@ -345,8 +416,14 @@ def time_interleaved(fns: dict, repeats: int, min_time: float) -> dict:
         ss.sort()
         mid = len(ss) // 2
         med = ss[mid] if len(ss) % 2 else 0.5 * (ss[mid - 1] + ss[mid])
-        out[name] = {"median_s": med, "min_s": ss[0], "max_s": ss[-1], "number": setup[name][0],
-                     "repeats": repeats, "samples_s": ss}
+        out[name] = {
+            "median_s": med,
+            "min_s": ss[0],
+            "max_s": ss[-1],
+            "number": setup[name][0],
+            "repeats": repeats,
+            "samples_s": ss,
+        }
     return out
 
 
@@ -376,28 +453,45 @@ def peak_memory_bytes(fn):
 
 # ------------------------------------------------------------------------------- running
 
+
 def run_suites(args, threads: int, peers: dict, missing: dict) -> list[dict]:
     from benchmarks.common import UNITS, Context, Impl
 
     rows = []
     for name in args.kernels:
         mod = suite_module(name)
-        ctx = Context(sizes=args.sizes.get(name, list(mod.DEFAULT_SIZES)), threads=threads, seed=args.seed,
-                      peers=peers, missing=missing)
+        ctx = Context(
+            sizes=args.sizes.get(name, list(mod.DEFAULT_SIZES)),
+            threads=threads,
+            seed=args.seed,
+            peers=peers,
+            missing=missing,
+        )
         parallel = getattr(mod, "PARALLEL", False)
         for case in mod.cases(ctx):
             if parallel and threads > 1:
                 base = next(i for i in case.impls if i.name == case.baseline)
                 if base.fn is not None:
                     case.impls.append(Impl(ONE_THREAD, _on_one_thread(base.fn, threads)))
-            timed = time_interleaved({i.name: i.fn for i in case.impls if i.fn is not None},
-                                     args.repeats, args.min_time)
+            timed = time_interleaved(
+                {i.name: i.fn for i in case.impls if i.fn is not None}, args.repeats, args.min_time
+            )
             times = {}
             case_rows = []
             for impl in case.impls:
-                row = {"suite": case.suite, "case": case.label, "impl": impl.name, "threads": threads,
-                       "status": impl.status, "check": impl.check, "unit": case.unit, "work": case.work,
-                       "baseline": case.baseline, "target": case.targets.get(impl.name), "info": case.info}
+                row = {
+                    "suite": case.suite,
+                    "case": case.label,
+                    "impl": impl.name,
+                    "threads": threads,
+                    "status": impl.status,
+                    "check": impl.check,
+                    "unit": case.unit,
+                    "work": case.work,
+                    "baseline": case.baseline,
+                    "target": case.targets.get(impl.name),
+                    "info": case.info,
+                }
                 tag = f"{case.suite} {case.label} {impl.name} [{threads}t]"
                 if impl.fn is None:
                     print(f"  {tag:<64} {impl.status}", file=sys.stderr, flush=True)
@@ -406,8 +500,11 @@ def run_suites(args, threads: int, peers: dict, missing: dict) -> list[dict]:
                     row["peak_bytes"] = peak_memory_bytes(impl.fn)
                     row["throughput"] = case.work / row["median_s"] / UNITS[case.unit]
                     times[impl.name] = row["median_s"]
-                    print(f"  {tag:<64} {row['median_s'] * 1e3:11.3f} ms  {row['throughput']:10.2f} {case.unit}",
-                          file=sys.stderr, flush=True)
+                    print(
+                        f"  {tag:<64} {row['median_s'] * 1e3:11.3f} ms  {row['throughput']:10.2f} {case.unit}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
                 case_rows.append(row)
             base = times.get(case.baseline)
             for row in case_rows:
@@ -441,12 +538,22 @@ def scaling_rows(rows: list[dict]) -> list[dict]:
     for r in rows:
         if r["impl"] == ONE_THREAD and "ratio" in r:
             aim = getattr(suite_module(r["suite"]), "SCALING_AIM", None)
-            out.append({"suite": r["suite"], "case": r["case"], "impl": r["baseline"], "from_threads": 1,
-                        "to_threads": r["threads"], "scaling": r["ratio"], "aim": aim})
+            out.append(
+                {
+                    "suite": r["suite"],
+                    "case": r["case"],
+                    "impl": r["baseline"],
+                    "from_threads": 1,
+                    "to_threads": r["threads"],
+                    "scaling": r["ratio"],
+                    "aim": aim,
+                }
+            )
     return out
 
 
 # ------------------------------------------------------------------------------ reports
+
 
 def _fmt_time(s: float) -> str:
     ms = s * 1e3
@@ -492,36 +599,55 @@ def markdown_report(rows, scaling, info, args) -> str:
     ]
     targeted = [r for r in rows if r.get("target") is not None]
     if targeted:
-        lines += ["### Targets", "",
-                  "| kernel | case | threads | against | ratio | target | met |",
-                  "|---|---|---:|---|---:|---:|---|"]
+        lines += [
+            "### Targets",
+            "",
+            "| kernel | case | threads | against | ratio | target | met |",
+            "|---|---|---:|---|---:|---:|---|",
+        ]
         for r in targeted:
             ratio = f"{r['ratio']:.2f}x" if "ratio" in r else r["status"]
             met = "" if "met" not in r else ("yes" if r["met"] else "**no**")
-            lines.append(f"| {r['suite']} | {r['case']} | {r['threads']} | {r['impl']} | {ratio} | "
-                         f">= {r['target']:g}x | {met} |")
+            lines.append(
+                f"| {r['suite']} | {r['case']} | {r['threads']} | {r['impl']} | {ratio} | >= {r['target']:g}x | {met} |"
+            )
         lines.append("")
     if scaling:
-        serial = [m for m in dict.fromkeys(r["suite"] for r in rows)
-                  if not getattr(suite_module(m), "PARALLEL", False)]
-        lines += ["### Thread scaling of npquant's kernels", "",
-                  "npquant's parallel kernels (numba `prange`): time on one numba thread / time on N, "
-                  f"both timed in turns in the N-thread run (the `{ONE_THREAD}` rows). "
-                  + (f"The kernels of {', '.join(serial)} are serial: their rows on more threads "
-                     "differ only by noise (the peers may use the threads)." if serial else ""), "",
-                  "| kernel | case | threads | speed-up | aim |", "|---|---|---|---:|---:|"]
+        serial = [m for m in dict.fromkeys(r["suite"] for r in rows) if not getattr(suite_module(m), "PARALLEL", False)]
+        lines += [
+            "### Thread scaling of npquant's kernels",
+            "",
+            "npquant's parallel kernels (numba `prange`): time on one numba thread / time on N, "
+            f"both timed in turns in the N-thread run (the `{ONE_THREAD}` rows). "
+            + (
+                f"The kernels of {', '.join(serial)} are serial: their rows on more threads "
+                "differ only by noise (the peers may use the threads)."
+                if serial
+                else ""
+            ),
+            "",
+            "| kernel | case | threads | speed-up | aim |",
+            "|---|---|---|---:|---:|",
+        ]
         for s in scaling:
             aim = f">= {s['aim']:g}x" if s["aim"] else ""
-            lines.append(f"| {s['suite']} | {s['case']} | {s['from_threads']} -> {s['to_threads']} | "
-                         f"{s['scaling']:.2f}x | {aim} |")
+            lines.append(
+                f"| {s['suite']} | {s['case']} | {s['from_threads']} -> {s['to_threads']} | "
+                f"{s['scaling']:.2f}x | {aim} |"
+            )
         lines.append("")
     for suite in dict.fromkeys(r["suite"] for r in rows):
         srows = [r for r in rows if r["suite"] == suite]
         doc = (suite_module(suite).__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
-        lines += [f"### {suite}", "", doc, "",
-                  f"| case | implementation | threads | median ms | spread | {srows[0]['unit']} | peak MiB "
-                  "| ratio | output |",
-                  "|---|---|---:|---:|---:|---:|---:|---:|---|"]
+        lines += [
+            f"### {suite}",
+            "",
+            doc,
+            "",
+            f"| case | implementation | threads | median ms | spread | {srows[0]['unit']} | peak MiB "
+            "| ratio | output |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---|",
+        ]
         for r in srows:
             if "median_s" not in r:
                 lines.append(f"| {r['case']} | {r['impl']} | {r['threads']} | {r['status']} | | | | | |")
@@ -529,8 +655,10 @@ def markdown_report(rows, scaling, info, args) -> str:
             spread = (r["max_s"] - r["min_s"]) / r["median_s"] * 100
             peak = "" if r.get("peak_bytes") is None else f"{r['peak_bytes'] / 2**20:,.1f}"
             ratio = f"{r['ratio']:.2f}x" if "ratio" in r else ""
-            lines.append(f"| {r['case']} | {r['impl']} | {r['threads']} | {_fmt_time(r['median_s'])} | "
-                         f"{spread:.0f}% | {_fmt_num(r['throughput'])} | {peak} | {ratio} | {r['check'] or ''} |")
+            lines.append(
+                f"| {r['case']} | {r['impl']} | {r['threads']} | {_fmt_time(r['median_s'])} | "
+                f"{spread:.0f}% | {_fmt_num(r['throughput'])} | {peak} | {ratio} | {r['check'] or ''} |"
+            )
         infos = {}
         for r in srows:
             if r["info"]:
@@ -603,8 +731,16 @@ def main(argv=None) -> int:
         for n in args.threads:
             with tempfile.TemporaryDirectory() as tmp:
                 path = os.path.join(tmp, "res.json")
-                cmd = [sys.executable, "-m", "benchmarks", *_without_threads(passthrough), "--threads", str(n),
-                       "--child-json", path]
+                cmd = [
+                    sys.executable,
+                    "-m",
+                    "benchmarks",
+                    *_without_threads(passthrough),
+                    "--threads",
+                    str(n),
+                    "--child-json",
+                    path,
+                ]
                 done = subprocess.run(cmd, cwd=ROOT)
                 if done.returncode:
                     print(f"the run on {n} threads failed (exit {done.returncode})", file=sys.stderr)
@@ -617,8 +753,14 @@ def main(argv=None) -> int:
     md = markdown_report(rows, scaling, info, args)
     os.makedirs(args.out, exist_ok=True)
     settings = {k: v for k, v in vars(args).items() if k not in ("child_json", "list")}
-    payload = {"machine": info, "machines_per_thread_count": [x["machine"] for x in res], "settings": settings,
-               "missing_peers": res[0]["missing_peers"], "results": rows, "scaling": scaling}
+    payload = {
+        "machine": info,
+        "machines_per_thread_count": [x["machine"] for x in res],
+        "settings": settings,
+        "missing_peers": res[0]["missing_peers"],
+        "results": rows,
+        "scaling": scaling,
+    }
     _write_atomic(os.path.join(args.out, "latest.json"), json.dumps(payload, indent=1) + "\n")
     _write_atomic(os.path.join(args.out, "latest.md"), md)
     if args.update_readme:

@@ -33,8 +33,16 @@ def check_int(value, name: str, *, lo: int | None = None, hi: int | None = None)
     return value
 
 
-def check_real(value, name: str, *, lo: float | None = None, hi: float | None = None,
-               lo_open: bool = False, hi_open: bool = False, finite: bool = True) -> float:
+def check_real(
+    value,
+    name: str,
+    *,
+    lo: float | None = None,
+    hi: float | None = None,
+    lo_open: bool = False,
+    hi_open: bool = False,
+    finite: bool = True,
+) -> float:
     """Return the real number ``value`` as a Python float, or raise naming ``name``.
 
     Parameters
@@ -66,9 +74,11 @@ def check_real(value, name: str, *, lo: float | None = None, hi: float | None = 
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
     v = float(value)
-    ok = ((math.isfinite(v) or not finite)
-          and (lo is None or (v > lo if lo_open else v >= lo))
-          and (hi is None or (v < hi if hi_open else v <= hi)))
+    ok = (
+        (math.isfinite(v) or not finite)
+        and (lo is None or (v > lo if lo_open else v >= lo))
+        and (hi is None or (v < hi if hi_open else v <= hi))
+    )
     if not ok:
         if lo is not None and hi is not None:
             allowed = f"in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
@@ -124,8 +134,7 @@ def normalize_axis(axis: int, ndim: int, name: str = "axis") -> int:
     axis = check_int(axis, name)
     if not -ndim <= axis < ndim:
         raise ValueError(
-            f"{name}={axis} is out of range for an array with {ndim} dimension(s); "
-            f"allowed: {-ndim}..{ndim - 1}"
+            f"{name}={axis} is out of range for an array with {ndim} dimension(s); allowed: {-ndim}..{ndim - 1}"
         )
     return axis % ndim
 
@@ -134,10 +143,7 @@ def as_float_array(x, name: str = "x", *, allow_empty: bool = False) -> np.ndarr
     """``x`` as a finite float32 array; integer, bool and complex input are TypeErrors."""
     arr = np.asarray(x)
     if arr.dtype.kind != "f":
-        raise TypeError(
-            f"{name} must be a floating-point array (float16, float32 or float64), "
-            f"got dtype {arr.dtype}"
-        )
+        raise TypeError(f"{name} must be a floating-point array (float16, float32 or float64), got dtype {arr.dtype}")
     if arr.size == 0 and not allow_empty:
         raise ValueError(f"{name} is empty; a non-empty array is required")
     if not np.all(np.isfinite(arr)):
@@ -188,8 +194,7 @@ def brief(a: npt.ArrayLike) -> str:
     return f"array(shape={a.shape}, min={a.min()}, max={a.max()})"
 
 
-def check_scales(value: npt.ArrayLike, name: str = "scale", *,
-                 shape: tuple[int, ...] | None = None) -> np.ndarray:
+def check_scales(value: npt.ArrayLike, name: str = "scale", *, shape: tuple[int, ...] | None = None) -> np.ndarray:
     """``value`` as a non-empty float32 array of positive, finite scales.
 
     ``shape`` (optional) is the shape required; a single value is broadcast to it.
@@ -229,8 +234,9 @@ def check_qparams(value: object, name: str = "qparams", *, per_tensor: bool = Fa
 
 
 #: NumPy's integer dtypes by width, the signed one first at each width.
-_INT_DTYPES = tuple(np.dtype(t) for t in (np.int8, np.uint8, np.int16, np.uint16, np.int32, np.uint32,
-                                          np.int64, np.uint64))
+_INT_DTYPES = tuple(
+    np.dtype(t) for t in (np.int8, np.uint8, np.int16, np.uint16, np.int32, np.uint32, np.int64, np.uint64)
+)
 
 
 def smallest_int_dtype(lo: int, hi: int, *, signed: bool | None = None, max_bits: int = 64) -> np.dtype:

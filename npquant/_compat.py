@@ -37,8 +37,11 @@ MOVED = {
 
 
 def _warn(old: str, new: str, stacklevel: int) -> None:
-    warnings.warn(f"{old} moved to {new}; the old name will be removed in the next release",
-                  DeprecationWarning, stacklevel=stacklevel)
+    warnings.warn(
+        f"{old} moved to {new}; the old name will be removed in the next release",
+        DeprecationWarning,
+        stacklevel=stacklevel,
+    )
 
 
 class _AliasLoader(importlib.abc.Loader):

@@ -88,8 +88,7 @@ def _refuse_constant(name):
     raise ValueError(f"{name} is not valid JSON")
 
 
-def parse_json(raw, what: str, where="<bytes>", *, max_bytes: int = MAX_JSON_BYTES,
-               max_depth: int = MAX_JSON_DEPTH):
+def parse_json(raw, what: str, where="<bytes>", *, max_bytes: int = MAX_JSON_BYTES, max_depth: int = MAX_JSON_DEPTH):
     """Parse UTF-8 JSON text ``raw`` (bytes or str) describing ``what`` of the file
     ``where``: at most ``max_bytes`` long and ``max_depth`` deep, no duplicate object
     keys, no NaN or infinity. Anything else is a :class:`FileFormatError`."""
@@ -175,17 +174,20 @@ def _check_tiling(zf: zipfile.ZipFile, data: bytes, where) -> None:
     pos = 0
     for info in sorted(zf.infolist(), key=lambda i: i.header_offset):
         if info.header_offset != pos or pos + _LOCAL.size > len(data):
-            raise FileFormatError(where, f"damaged zip directory: member {info.filename!r} starts at byte "
-                                         f"{info.header_offset}, expected {pos}")
+            raise FileFormatError(
+                where,
+                f"damaged zip directory: member {info.filename!r} starts at byte {info.header_offset}, expected {pos}",
+            )
         *_, nlen, xlen = _LOCAL.unpack_from(data, pos)
         pos += _LOCAL.size + nlen + xlen + info.compress_size
         if info.flag_bits & 0x08:  # a data descriptor follows: optional signature, CRC, sizes
-            pos += 16 if data[pos:pos + 4] == b"PK\x07\x08" else 12
+            pos += 16 if data[pos : pos + 4] == b"PK\x07\x08" else 12
             if info.file_size >= 0xFFFFFFFF or info.compress_size >= 0xFFFFFFFF:
                 pos += 8
     if zf.start_dir != pos:
-        raise FileFormatError(where, f"damaged zip directory: the members end at byte {pos}, the directory "
-                                     f"starts at {zf.start_dir}")
+        raise FileFormatError(
+            where, f"damaged zip directory: the members end at byte {pos}, the directory starts at {zf.start_dir}"
+        )
 
 
 def _member_key(info: zipfile.ZipInfo, where) -> str:
@@ -194,31 +196,40 @@ def _member_key(info: zipfile.ZipInfo, where) -> str:
     if info.flag_bits & 0x1:
         raise FileFormatError(where, f"member {info.filename!r} is encrypted")
     if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
-        raise FileFormatError(where, f"member {info.filename!r} uses compression method {info.compress_type}; "
-                                     "expected stored or deflated")
+        raise FileFormatError(
+            where, f"member {info.filename!r} uses compression method {info.compress_type}; expected stored or deflated"
+        )
     return info.filename[:-4]
 
 
 def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, archive_bytes: int, where) -> np.ndarray:
     name = info.filename
     if info.compress_size > archive_bytes:
-        raise FileFormatError(where, f"member {name!r} claims {info.compress_size} bytes, "
-                                     f"more than the {archive_bytes}-byte file")
+        raise FileFormatError(
+            where, f"member {name!r} claims {info.compress_size} bytes, more than the {archive_bytes}-byte file"
+        )
     stored = info.compress_type == zipfile.ZIP_STORED
     if stored and info.file_size != info.compress_size:
-        raise FileFormatError(where, f"stored member {name!r} has size {info.file_size} but holds "
-                                     f"{info.compress_size} bytes")
+        raise FileFormatError(
+            where, f"stored member {name!r} has size {info.file_size} but holds {info.compress_size} bytes"
+        )
     if not stored and info.file_size > _DEFLATE_MAX_RATIO * info.compress_size + 64:
-        raise FileFormatError(where, f"deflated member {name!r} claims {info.file_size} bytes from "
-                                     f"{info.compress_size}, beyond what deflate can expand to")
+        raise FileFormatError(
+            where,
+            f"deflated member {name!r} claims {info.file_size} bytes from "
+            f"{info.compress_size}, beyond what deflate can expand to",
+        )
     with zf.open(info) as f:
         dtype, shape, fortran, hlen = _read_npy_header(f, name, where)
         nbytes = dtype.itemsize
         for d in shape:
             nbytes *= d
         if hlen + nbytes != info.file_size:
-            raise FileFormatError(where, f"member {name!r} declares {dtype.str} of shape {shape} "
-                                         f"({nbytes} bytes), but holds {info.file_size - hlen} bytes of data")
+            raise FileFormatError(
+                where,
+                f"member {name!r} declares {dtype.str} of shape {shape} "
+                f"({nbytes} bytes), but holds {info.file_size - hlen} bytes of data",
+            )
         buf = _read_exact(f, nbytes, name, where)
         if f.read(1):  # reaching the end is also where zipfile checks the CRC-32
             raise FileFormatError(where, f"member {name!r} has bytes after its data")
@@ -276,12 +287,13 @@ def _check_npy_header(h, name, where):
     try:
         dtype = np.lib.format.descr_to_dtype(h["descr"])
     except Exception as e:  # noqa: BLE001
-        raise FileFormatError(where, f"member {name!r}: npy dtype {h['descr']!r:.40} is not valid ({_describe(e)})") from None
+        raise FileFormatError(
+            where, f"member {name!r}: npy dtype {h['descr']!r:.40} is not valid ({_describe(e)})"
+        ) from None
     if dtype.hasobject or dtype.kind not in NPY_KINDS or dtype.fields is not None or dtype.subdtype is not None:
         raise FileFormatError(where, f"member {name!r}: dtype {dtype} is not a plain numeric or text dtype")
     shape = h["shape"]
-    if not (isinstance(shape, tuple) and len(shape) <= 32
-            and all(type(d) is int and d >= 0 for d in shape)):
+    if not (isinstance(shape, tuple) and len(shape) <= 32 and all(type(d) is int and d >= 0 for d in shape)):
         raise FileFormatError(where, f"member {name!r}: npy shape {shape!r:.60} is not a tuple of sizes")
     if not isinstance(h["fortran_order"], bool):
         raise FileFormatError(where, f"member {name!r}: npy fortran_order must be True or False")

@@ -13,8 +13,7 @@ def format_table(headers, rows, align=None) -> str:
     widths = [max(len(str(r[j])) for r in [headers, *rows]) for j in range(ncol)]
 
     def line(cells):
-        parts = [str(c).ljust(w) if a == "l" else str(c).rjust(w)
-                 for c, w, a in zip(cells, widths, align)]
+        parts = [str(c).ljust(w) if a == "l" else str(c).rjust(w) for c, w, a in zip(cells, widths, align)]
         return "  ".join(parts).rstrip()
 
     rule = "  ".join("-" * w for w in widths)

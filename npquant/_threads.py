@@ -57,8 +57,13 @@ _OPENMP_RE = re.compile(r"/lib(?:g|i)?omp[0-9]*(?:[-.][^/]*)?\.(?:so|dylib)[^/]*
 _lock = threading.Lock()
 _finder = None
 # What happened when numba's OpenMP layer was loaded (filled in by the finder).
-_state: dict = {"hooked": False, "loaded_by_npquant_hook": False, "decision": None,
-                "runtimes_before": None, "numba_runtime": None}
+_state: dict = {
+    "hooked": False,
+    "loaded_by_npquant_hook": False,
+    "decision": None,
+    "runtimes_before": None,
+    "numba_runtime": None,
+}
 
 
 def openmp_runtimes() -> list[str]:
@@ -131,8 +136,13 @@ class _PassiveLoader:
         if passive and not new:
             why += " (no effect: numba's runtime was already loaded and initialised)"
             passive = False
-        _state.update(loaded_by_npquant_hook=True, decision=why, passive=passive,
-                      runtimes_before=before, numba_runtime=(new[0] if new else None))
+        _state.update(
+            loaded_by_npquant_hook=True,
+            decision=why,
+            passive=passive,
+            runtimes_before=before,
+            numba_runtime=(new[0] if new else None),
+        )
         return module
 
     def exec_module(self, module):

@@ -101,12 +101,10 @@ def quantize(x: npt.ArrayLike, qparams: QParams, *, method: str = "divide", back
     # x / S may overflow float32 for huge x: the result is inf and saturates, by design.
     with np.errstate(over="ignore", invalid="ignore"):
         if backend == "numpy":
-            out3 = _quantize_numpy(x3, s3, z3, block, spec.qmin, spec.qmax, spec.rounding,
-                                   method, noise3, spec.dtype)
+            out3 = _quantize_numpy(x3, s3, z3, block, spec.qmin, spec.qmax, spec.rounding, method, noise3, spec.dtype)
         else:
             out3 = np.empty(shape3, dtype=spec.dtype)
-            _k.quantize3(x3, s3, z3, block, spec.qmin, spec.qmax, mode, METHOD_CODES[method],
-                         noise3, out3)
+            _k.quantize3(x3, s3, z3, block, spec.qmin, spec.qmax, mode, METHOD_CODES[method], noise3, out3)
     return out3.reshape(x.shape)
 
 
@@ -162,9 +160,7 @@ def dequantize(q: npt.ArrayLike, qparams: QParams, *, backend: str = "numba") ->
     qparams.check_fits(q.shape, "q")
     lo, hi = q.min(), q.max()
     if lo < spec.qmin or hi > spec.qmax:
-        raise ValueError(
-            f"q has codes in [{lo}, {hi}] outside the spec's range [{spec.qmin}, {spec.qmax}]"
-        )
+        raise ValueError(f"q has codes in [{lo}, {hi}] outside the spec's range [{spec.qmin}, {spec.qmax}]")
     shape3 = split3(q.shape, spec.axis)
     q3 = np.ascontiguousarray(q).reshape(shape3)
     s3, block = params3(qparams.scale, q.shape, spec.axis, spec.block_size)
@@ -224,14 +220,15 @@ class QuantError:
     cosine: float
 
     def __str__(self) -> str:
-        return (f"mse={self.mse:.4g} sqnr={self.sqnr_db:.2f} dB max_abs={self.max_abs:.4g} "
-                f"cosine={self.cosine:.6f}")
+        return f"mse={self.mse:.4g} sqnr={self.sqnr_db:.2f} dB max_abs={self.max_abs:.4g} cosine={self.cosine:.6f}"
 
 
 DYNAMIC_STACKS = ("onnx", "onnxruntime")
 
 
-def dynamic_quantize_linear(x: npt.ArrayLike, *, stack: str = "onnx", backend: str = "numba") -> tuple[np.ndarray, QParams]:
+def dynamic_quantize_linear(
+    x: npt.ArrayLike, *, stack: str = "onnx", backend: str = "numba"
+) -> tuple[np.ndarray, QParams]:
     """ONNX's ``DynamicQuantizeLinear``: uint8 codes of ``x`` with a per-tensor scale and
     zero point computed from ``x``'s own range, in one call.
 

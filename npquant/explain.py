@@ -149,11 +149,15 @@ class Explanation:
         lines += self._term_lines(all_terms)
         lines += self._pair_lines() if self.pairs else self._acc_lines()
         if self.float_bias is None:
-            lines += [f"3. bias (int32, scale S_x S_w, zero point 0) = {self.bias};  "
-                      f"acc + bias = {self.acc} + {_paren(self.bias)} = {self.acc + self.bias}"]
+            lines += [
+                f"3. bias (int32, scale S_x S_w, zero point 0) = {self.bias};  "
+                f"acc + bias = {self.acc} + {_paren(self.bias)} = {self.acc + self.bias}"
+            ]
         else:
-            lines += [f"3. bias: PyTorch's float bias b = {self.float_bias!r}, not an int32 code: fbgemm adds "
-                      "b / (S_x S_w) to float32(acc) in step 5"]
+            lines += [
+                f"3. bias: PyTorch's float bias b = {self.float_bias!r}, not an int32 code: fbgemm adds "
+                "b / (S_x S_w) to float32(acc) in step 5"
+            ]
         lines += self._multiplier_lines()
         lines += [f"5. rounding of mode {self.mode}"]
         lines += [f"   {label}: {text}" for label, text in self.steps]
@@ -170,8 +174,10 @@ class Explanation:
         s_b = float(np.float32(np.float32(self.s_x) * np.float32(self.s_w)))
         if self.bias or f.b:
             ratio = float(f.b) / s_b
-            lines.append(f"   bias: q_b = round(b / float32(S_x S_w)) = round({_g(f.b)} / {_g(s_b)}) "
-                         f"= round({ratio:.4f}) = {self.bias}  (half to even, in float64; int32, zero point 0)")
+            lines.append(
+                f"   bias: q_b = round(b / float32(S_x S_w)) = round({_g(f.b)} / {_g(s_b)}) "
+                f"= round({ratio:.4f}) = {self.bias}  (half to even, in float64; int32, zero point 0)"
+            )
         return lines
 
     def _term_lines(self, all_terms: bool) -> list:
@@ -192,8 +198,14 @@ class Explanation:
             name = str(i) if self.labels is None else f"{i} {self.labels[i]}"
             row = [name]
             if f is not None:
-                row += [_g6(f.x[i]), f"{_over(f.x[i], self.s_x):.3f}", str(a),
-                        _g6(f.w[i]), f"{_over(f.w[i], self.s_w):.3f}", str(b)]
+                row += [
+                    _g6(f.x[i]),
+                    f"{_over(f.x[i], self.s_x):.3f}",
+                    str(a),
+                    _g6(f.w[i]),
+                    f"{_over(f.w[i], self.s_w):.3f}",
+                    str(b),
+                ]
             else:
                 row += [str(a), str(b)]
             row += [str(a - self.z_x), str(b - self.z_w), str((a - self.z_x) * (b - self.z_w))]
@@ -201,8 +213,10 @@ class Explanation:
         table = format_table(headers, rows, align="l" + "r" * (len(headers) - 1))
         lines += ["   " + ln for ln in table.splitlines()]
         if f is not None:
-            lines.append(f"   (q_x = round(x/S_x) + Z_x, Z_x = {self.z_x}, rounding {f.x_rounding}; "
-                         f"q_w = round(w/S_w) + Z_w, Z_w = {self.z_w}, rounding {f.w_rounding})")
+            lines.append(
+                f"   (q_x = round(x/S_x) + Z_x, Z_x = {self.z_x}, rounding {f.x_rounding}; "
+                f"q_w = round(w/S_w) + Z_w, Z_w = {self.z_w}, rounding {f.w_rounding})"
+            )
         else:
             lines.append(f"   (Z_x = {self.z_x}, Z_w = {self.z_w})")
         if show < k:
@@ -232,8 +246,9 @@ class Explanation:
             " each pair sum clamped to [-32768, 32767] (vpmaddubsw), then added in int32",
         ]
         for i, p, v in self.pairs:
-            pair = f"{self.x[i]}*{_paren(self.w[i])}" + (f" + {self.x[i + 1]}*{_paren(self.w[i + 1])}"
-                                                         if i + 1 < k else "")
+            pair = f"{self.x[i]}*{_paren(self.w[i])}" + (
+                f" + {self.x[i + 1]}*{_paren(self.w[i + 1])}" if i + 1 < k else ""
+            )
             mark = f" -> saturates to {v}" if p != v else ""
             lines.append(f"   k={i:<3d} {pair} = {p}{mark}")
         lines += [
@@ -247,10 +262,15 @@ class Explanation:
         return lines
 
     def _multiplier_lines(self) -> list:
-        how = ("float64 from the float32 scales, as TFLite" if self.mode.startswith("tflite")
-               else "float32(S_x S_w) / S_y in float32, as " + ("fbgemm" if self.mode == "fp32" else "ONNX"))
-        lines = [f"4. real multiplier M = S_x S_w / S_y = {self.s_x!r} * {self.s_w!r} / {self.s_y!r}"
-                 f" = {self.multiplier!r}  ({how})"]
+        how = (
+            "float64 from the float32 scales, as TFLite"
+            if self.mode.startswith("tflite")
+            else "float32(S_x S_w) / S_y in float32, as " + ("fbgemm" if self.mode == "fp32" else "ONNX")
+        )
+        lines = [
+            f"4. real multiplier M = S_x S_w / S_y = {self.s_x!r} * {self.s_w!r} / {self.s_y!r}"
+            f" = {self.multiplier!r}  ({how})"
+        ]
         if self.m0 == 0:
             lines.append("   M < 2^-32: TFLite flushes it to m0 = 0, shift = 0 (every output is the zero point)")
         elif self.m0 is not None:
@@ -273,26 +293,35 @@ class Explanation:
         elif self.before_clamp < self.qmin:
             sat = f"  (saturated: {self.before_clamp} < qmin)"
         if self.mode == "onnx":
-            first = (f"6. zero point: ONNX added Z_y = {self.z_y} before rounding (step 5), so {self.before_clamp} "
-                     "is already the code before the clamp")
+            first = (
+                f"6. zero point: ONNX added Z_y = {self.z_y} before rounding (step 5), so {self.before_clamp} "
+                "is already the code before the clamp"
+            )
         else:
             first = f"6. + Z_y: {self.scaled} + {_paren(self.z_y)} = {self.before_clamp}"
         return [first, f"   clamp to [{self.qmin}, {self.qmax}]: {self.before_clamp} -> code {self.code}{sat}"]
 
     def _result_lines(self) -> list:
-        lines = [f"7. dequantized  S_y (code - Z_y) = {self.s_y!r} * {_paren(self.code - self.z_y)} = "
-                 f"{self.dequantized:.9g}"]
+        lines = [
+            f"7. dequantized  S_y (code - Z_y) = {self.s_y!r} * {_paren(self.code - self.z_y)} = {self.dequantized:.9g}"
+        ]
         if self.float_output is not None:
             ideal = self.float_output / self.s_y + self.z_y
-            lines.append(f"   float layer   sum x w + b (exact, of the float x, w, b) = {self.float_output:.9g}"
-                         f"   error {self.float_error_lsb:+.4f} LSB  (ideal code y / S_y + Z_y = {ideal:.4f})")
+            lines.append(
+                f"   float layer   sum x w + b (exact, of the float x, w, b) = {self.float_output:.9g}"
+                f"   error {self.float_error_lsb:+.4f} LSB  (ideal code y / S_y + Z_y = {ideal:.4f})"
+            )
         what = "S_x S_w acc + b" if self.float_bias is not None else "S_x S_w (acc + bias)"
-        lines.append(f"   integer acc   {what}, its exact real value = {self.reference:.9g}"
-                     f"   error {self.error_lsb:+.4f} LSB")
-        lines.append("   (LSB = S_y, one output step. Against the integer accumulator the error is the "
-                     "requantization's rounding and clamp; against the float layer it also holds the rounding "
-                     "of x, w and b to codes)" if self.float_output is not None else
-                     "   (LSB = S_y, one output step; the error is the requantization's rounding and clamp)")
+        lines.append(
+            f"   integer acc   {what}, its exact real value = {self.reference:.9g}   error {self.error_lsb:+.4f} LSB"
+        )
+        lines.append(
+            "   (LSB = S_y, one output step. Against the integer accumulator the error is the "
+            "requantization's rounding and clamp; against the float layer it also holds the rounding "
+            "of x, w and b to codes)"
+            if self.float_output is not None
+            else "   (LSB = S_y, one output step; the error is the requantization's rounding and clamp)"
+        )
         return lines
 
 
@@ -343,12 +372,27 @@ def _floats(a, name: str, n: int) -> list:
     return [float(v) for v in arr.astype(np.float32).ravel()]
 
 
-def explain_dot(x_codes: npt.ArrayLike, z_x: int, w_codes: npt.ArrayLike, z_w: int, bias: int, s_x: float,
-                s_w: float, s_y: float, z_y: int, qmin: int, qmax: int, *, mode: str = "tflite",
-                title: str = "one output element", accumulation: str = "exact",
-                floats: FloatInputs | None = None, labels: Sequence[str] | None = None,
-                float_bias: float | None = None,
-                float_bias_fma: bool = True) -> Explanation:
+def explain_dot(
+    x_codes: npt.ArrayLike,
+    z_x: int,
+    w_codes: npt.ArrayLike,
+    z_w: int,
+    bias: int,
+    s_x: float,
+    s_w: float,
+    s_y: float,
+    z_y: int,
+    qmin: int,
+    qmax: int,
+    *,
+    mode: str = "tflite",
+    title: str = "one output element",
+    accumulation: str = "exact",
+    floats: FloatInputs | None = None,
+    labels: Sequence[str] | None = None,
+    float_bias: float | None = None,
+    float_bias_fma: bool = True,
+) -> Explanation:
     """Explain ``clamp(requantize(sum((q_x - Z_x)(q_w - Z_w)) + bias) + Z_y)`` step by step.
 
     Parameters
@@ -413,8 +457,14 @@ def explain_dot(x_codes: npt.ArrayLike, z_x: int, w_codes: npt.ArrayLike, z_w: i
     if floats is not None:
         if not isinstance(floats, FloatInputs):
             raise TypeError(f"floats must be a FloatInputs, got {type(floats).__name__}")
-        floats = FloatInputs(_floats(floats.x, "floats.x", k), _floats(floats.w, "floats.w", k),
-                             float(np.float32(floats.b)), list(floats.notes), floats.x_rounding, floats.w_rounding)
+        floats = FloatInputs(
+            _floats(floats.x, "floats.x", k),
+            _floats(floats.w, "floats.w", k),
+            float(np.float32(floats.b)),
+            list(floats.notes),
+            floats.x_rounding,
+            floats.w_rounding,
+        )
     if labels is not None:
         labels = [str(v) for v in labels]
         if len(labels) != k:
@@ -445,7 +495,8 @@ def explain_dot(x_codes: npt.ArrayLike, z_x: int, w_codes: npt.ArrayLike, z_w: i
         raise ExplainConsistencyError(
             f"the trace (npquant.requant.modes.requantize_scalar) gives code {r.code} but "
             f"npquant.requant.modes.requantize gives {code} for acc + bias = {total}, M = {m!r}, mode={mode!r}: "
-            "a bug in npquant, please report it")
+            "a bug in npquant, please report it"
+        )
     s_x32, s_w32, s_y32 = (float(np.float32(v)) for v in (s_x, s_w, s_y))
     deq = s_y32 * (code - z_y)
     ref = float(Fraction(s_x32) * Fraction(s_w32) * total)
@@ -453,12 +504,40 @@ def explain_dot(x_codes: npt.ArrayLike, z_x: int, w_codes: npt.ArrayLike, z_w: i
     if floats is not None:
         y_float = float(sum(Fraction(a) * Fraction(b) for a, b in zip(floats.x, floats.w)) + Fraction(floats.b))
         f_err = (deq - y_float) / s_y32
-    return Explanation(title=title, mode=mode, x=x, z_x=z_x, w=w, z_w=z_w, acc=acc, folded=folded, bias=bias,
-                       s_x=s_x32, s_w=s_w32, s_y=s_y32, multiplier=m, steps=steps, z_y=z_y, qmin=qmin, qmax=qmax,
-                       scaled=scaled, before_clamp=before, code=code, dequantized=deq, reference=ref,
-                       error_lsb=(deq - ref) / s_y32, accumulation=accumulation, pairs=pairs, exact_acc=exact_acc,
-                       m0=r.m0, shift=r.shift, floats=floats, float_output=y_float, float_error_lsb=f_err,
-                       labels=labels)
+    return Explanation(
+        title=title,
+        mode=mode,
+        x=x,
+        z_x=z_x,
+        w=w,
+        z_w=z_w,
+        acc=acc,
+        folded=folded,
+        bias=bias,
+        s_x=s_x32,
+        s_w=s_w32,
+        s_y=s_y32,
+        multiplier=m,
+        steps=steps,
+        z_y=z_y,
+        qmin=qmin,
+        qmax=qmax,
+        scaled=scaled,
+        before_clamp=before,
+        code=code,
+        dequantized=deq,
+        reference=ref,
+        error_lsb=(deq - ref) / s_y32,
+        accumulation=accumulation,
+        pairs=pairs,
+        exact_acc=exact_acc,
+        m0=r.m0,
+        shift=r.shift,
+        floats=floats,
+        float_output=y_float,
+        float_error_lsb=f_err,
+        labels=labels,
+    )
 
 
 def _explain_float_bias(v: dict) -> Explanation:
@@ -467,8 +546,9 @@ def _explain_float_bias(v: dict) -> Explanation:
 
     mode, bias, acc, z_y, qmin, qmax = v["mode"], v["bias"], v["acc"], v["z_y"], v["qmin"], v["qmax"]
     if mode != "fp32" or bias != 0:
-        raise ValueError(f"float_bias is PyTorch fbgemm's bias: it needs mode='fp32' and bias=0, got mode={mode!r} "
-                         f"and bias={bias}")
+        raise ValueError(
+            f"float_bias is PyTorch fbgemm's bias: it needs mode='fp32' and bias=0, got mode={mode!r} and bias={bias}"
+        )
     if not (0 <= z_y <= 255 and 0 <= qmin <= qmax <= 255):
         raise ValueError("float_bias reproduces fbgemm, whose output is uint8: z_y, qmin and qmax in [0, 255]")
     fma = check_bool(v["float_bias_fma"], "float_bias_fma")
@@ -476,40 +556,83 @@ def _explain_float_bias(v: dict) -> Explanation:
     if not np.isfinite(b):
         raise ValueError(f"float_bias must be finite, got {v['float_bias']!r}")
     r = fbgemm_requantize_scalar(acc, v["s_x"], v["s_w"], v["s_y"], b, z_y, qmin, qmax, fused=fma)
-    steps = [("act_times_w_scale", f"ats = float32(S_x S_w) = {r.act_times_w_scale!r}"),
-             ("multiplier", f"M = float32(ats / float32(S_y)) = {r.multiplier32!r}")]
+    steps = [
+        ("act_times_w_scale", f"ats = float32(S_x S_w) = {r.act_times_w_scale!r}"),
+        ("multiplier", f"M = float32(ats / float32(S_y)) = {r.multiplier32!r}"),
+    ]
     if fma:
-        steps.append(("bias, fused", f"fma(b, float32(1 / ats), float32(acc)) = fma({r.bias!r}, {r.reciprocal!r}, "
-                                     f"{acc}) = {r.raw!r}  (one rounding: fbgemm's per-tensor path)"))
+        steps.append(
+            (
+                "bias, fused",
+                f"fma(b, float32(1 / ats), float32(acc)) = fma({r.bias!r}, {r.reciprocal!r}, "
+                f"{acc}) = {r.raw!r}  (one rounding: fbgemm's per-tensor path)",
+            )
+        )
     else:
-        steps.append(("bias, added", f"float32(acc) + float32(b / ats) = {acc} + {r.bias_term!r} = {r.raw!r}  "
-                                     "(fbgemm's per-channel path)"))
+        steps.append(
+            (
+                "bias, added",
+                f"float32(acc) + float32(b / ats) = {acc} + {r.bias_term!r} = {r.raw!r}  (fbgemm's per-channel path)",
+            )
+        )
     steps.append(("float32 product", f"float32({r.raw!r} * M) = {r.product!r}"))
     if np.isfinite(r.product) and r.scaled == round_scalar(r.product, "half_even"):
         steps.append(("round", f"rint({r.product!r}) = {r.scaled}  (ties to even)"))
     else:
-        steps.append(("round", f"outside int32: CVTPS2DQ gives INT32_MIN = {INT32_MIN}, so the code is the lower "
-                               "bound"))
+        steps.append(
+            ("round", f"outside int32: CVTPS2DQ gives INT32_MIN = {INT32_MIN}, so the code is the lower bound")
+        )
     scaled, before, code, mult = r.scaled, r.before_clamp, r.code, r.multiplier32
     width = 2 if fma else 3  # one channel for the per-tensor (FMA) path; several for the per-channel path
     s_w_arr = np.float32(v["s_w"]) if fma else np.full(width, np.float32(v["s_w"]))
-    lib = fbgemm_requantize(np.full((1, width if not fma else 1), acc, np.int64), np.float32(v["s_x"]), s_w_arr,
-                            np.float32(v["s_y"]), z_y, bias=np.full(1 if fma else width, b, np.float32),
-                            relu=qmin == z_y and qmin > 0)
+    lib = fbgemm_requantize(
+        np.full((1, width if not fma else 1), acc, np.int64),
+        np.float32(v["s_x"]),
+        s_w_arr,
+        np.float32(v["s_y"]),
+        z_y,
+        bias=np.full(1 if fma else width, b, np.float32),
+        relu=qmin == z_y and qmin > 0,
+    )
     lib_code = min(max(int(lib.reshape(-1)[0]), qmin), qmax)
     if lib_code != code:
         raise ExplainConsistencyError(
             f"the trace gives code {code} but npquant.qnn.fbgemm.fbgemm_requantize gives {lib_code} for acc = {acc}, "
-            f"b = {float(b)!r}: a bug in npquant, please report it")
+            f"b = {float(b)!r}: a bug in npquant, please report it"
+        )
     s_x32, s_w32, s_y32 = (float(np.float32(t)) for t in (v["s_x"], v["s_w"], v["s_y"]))
     deq = s_y32 * (code - z_y)
     ref = float(Fraction(s_x32) * Fraction(s_w32) * acc + Fraction(float(b)))
-    return Explanation(title=v["title"], mode=mode, x=v["x"], z_x=v["z_x"], w=v["w"], z_w=v["z_w"], acc=acc,
-                       folded=v["folded"], bias=0, s_x=s_x32, s_w=s_w32, s_y=s_y32, multiplier=float(mult),
-                       steps=steps, z_y=z_y, qmin=qmin, qmax=qmax, scaled=scaled, before_clamp=before, code=code,
-                       dequantized=deq, reference=ref, error_lsb=(deq - ref) / s_y32,
-                       accumulation=v["accumulation"], pairs=v["pairs"], exact_acc=v["exact_acc"],
-                       labels=v["labels"], float_bias=float(b))
+    return Explanation(
+        title=v["title"],
+        mode=mode,
+        x=v["x"],
+        z_x=v["z_x"],
+        w=v["w"],
+        z_w=v["z_w"],
+        acc=acc,
+        folded=v["folded"],
+        bias=0,
+        s_x=s_x32,
+        s_w=s_w32,
+        s_y=s_y32,
+        multiplier=float(mult),
+        steps=steps,
+        z_y=z_y,
+        qmin=qmin,
+        qmax=qmax,
+        scaled=scaled,
+        before_clamp=before,
+        code=code,
+        dequantized=deq,
+        reference=ref,
+        error_lsb=(deq - ref) / s_y32,
+        accumulation=v["accumulation"],
+        pairs=v["pairs"],
+        exact_acc=v["exact_acc"],
+        labels=v["labels"],
+        float_bias=float(b),
+    )
 
 
 def _requant_steps(r) -> list:
@@ -518,46 +641,82 @@ def _requant_steps(r) -> list:
     against the NumPy twin :func:`npquant.requant.fixedpoint.multiply_by_quantized_multiplier`."""
     total, steps = r.acc, []
     if r.mode == "fp32":
-        steps.append(("float32 product", f"float32(acc + bias) * float32(M) = {total} * {r.multiplier32!r} = "
-                                         f"{r.product!r}"))
+        steps.append(
+            ("float32 product", f"float32(acc + bias) * float32(M) = {total} * {r.multiplier32!r} = {r.product!r}")
+        )
         steps.append(("round", f"rint({r.product!r}) = {r.scaled}  (ties to even)"))
         return steps
     if r.mode == "onnx":
-        steps.append(("float64 product", f"float64(acc + bias) * float64(float32(M)) = {total} * "
-                                         f"{r.multiplier32!r} = {r.product!r}"))
-        steps.append(("+ Z_y", f"{r.product!r} + {_paren(r.before_clamp - r.scaled)} = {r.with_zero_point!r}  "
-                               "(ONNX adds the zero point before rounding)"))
+        steps.append(
+            (
+                "float64 product",
+                f"float64(acc + bias) * float64(float32(M)) = {total} * {r.multiplier32!r} = {r.product!r}",
+            )
+        )
+        steps.append(
+            (
+                "+ Z_y",
+                f"{r.product!r} + {_paren(r.before_clamp - r.scaled)} = {r.with_zero_point!r}  "
+                "(ONNX adds the zero point before rounding)",
+            )
+        )
         steps.append(("round", f"rint({r.with_zero_point!r}) = {r.before_clamp}  (ties to even)"))
         return steps
     m0, shift, scaled = r.m0, r.shift, r.scaled
     if r.mode == "tflite":
         left, right = max(shift, 0), max(-shift, 0)
         shifted, high = r.shifted, r.high
-        steps.append(("left shift", f"(acc + bias) << {left} = {shifted}"
-                                    + ("  (M >= 0.5: left shift first)" if left else "  (none: M < 0.5)")))
-        steps.append(("high multiply", f"SaturatingRoundingDoublingHighMul({shifted}, m0) = "
-                                       f"round({shifted} * m0 / 2^31) = round({_decimal(Fraction(shifted * m0, 1 << 31))}) = {high}"
-                                       "  (first rounding, ties toward +inf)"))
-        steps.append(("rounding shift", f"RoundingDivideByPOT({high}, {right}) = round({high} / 2^{right}) = "
-                                        f"round({_decimal(Fraction(high, 1 << right))}) = {scaled}"
-                                        "  (second rounding, ties away from zero)"))
+        steps.append(
+            (
+                "left shift",
+                f"(acc + bias) << {left} = {shifted}"
+                + ("  (M >= 0.5: left shift first)" if left else "  (none: M < 0.5)"),
+            )
+        )
+        steps.append(
+            (
+                "high multiply",
+                f"SaturatingRoundingDoublingHighMul({shifted}, m0) = "
+                f"round({shifted} * m0 / 2^31) = round({_decimal(Fraction(shifted * m0, 1 << 31))}) = {high}"
+                "  (first rounding, ties toward +inf)",
+            )
+        )
+        steps.append(
+            (
+                "rounding shift",
+                f"RoundingDivideByPOT({high}, {right}) = round({high} / 2^{right}) = "
+                f"round({_decimal(Fraction(high, 1 << right))}) = {scaled}"
+                "  (second rounding, ties away from zero)",
+            )
+        )
         exact = Fraction(total * m0, 1 << (31 - shift))
         once = multiply_by_quantized_multiplier_scalar(total, m0, shift, "single")
         same = "the same" if once == scaled else f"{once}, not {scaled}: double rounding"
-        steps.append(("double rounding", f"(acc + bias) * m0 / 2^{31 - shift} = {_decimal(exact)} rounded once "
-                                         f"gives {same}  (explain --ties lists every such accumulator)"))
+        steps.append(
+            (
+                "double rounding",
+                f"(acc + bias) * m0 / 2^{31 - shift} = {_decimal(exact)} rounded once "
+                f"gives {same}  (explain --ties lists every such accumulator)",
+            )
+        )
         rounding = "double"
     else:
         tot = 31 - shift
-        steps.append(("single rounding", f"((acc + bias) * m0 + 2^{tot - 1}) >> {tot} = round({total} * m0 / 2^{tot}) "
-                                         f"= round({_decimal(Fraction(total * m0, 1 << tot))}) = {scaled}"
-                                         "  (one rounding, ties toward +inf)"))
+        steps.append(
+            (
+                "single rounding",
+                f"((acc + bias) * m0 + 2^{tot - 1}) >> {tot} = round({total} * m0 / 2^{tot}) "
+                f"= round({_decimal(Fraction(total * m0, 1 << tot))}) = {scaled}"
+                "  (one rounding, ties toward +inf)",
+            )
+        )
         rounding = "single"
     lib = int(multiply_by_quantized_multiplier(total, m0, shift, rounding))
     if lib != scaled:
         raise ExplainConsistencyError(
             f"the trace gives {scaled} but npquant.requant.fixedpoint.multiply_by_quantized_multiplier gives {lib} for "
-            f"{total}, m0={m0}, shift={shift}: a bug in npquant, please report it")
+            f"{total}, m0={m0}, shift={shift}: a bug in npquant, please report it"
+        )
     return steps
 
 
@@ -584,8 +743,10 @@ def _check_codes(r, q, qp: QParams, rname: str, qname: str) -> np.ndarray:
     if r.shape != np.shape(q):
         raise ValueError(f"{rname} must have the shape of {qname} {np.shape(q)}, got {r.shape}")
     if not np.array_equal(quantize(r, qp), q):
-        raise ValueError(f"{rname} does not quantize to {qname} with its qparams (npquant.quantize, "
-                         "method='divide'): pass the float tensor the codes were made from")
+        raise ValueError(
+            f"{rname} does not quantize to {qname} with its qparams (npquant.quantize, "
+            "method='divide'): pass the float tensor the codes were made from"
+        )
     return r.astype(np.float32)
 
 
@@ -594,18 +755,21 @@ def _qparam_notes(r: np.ndarray, qp: QParams, what: str, sub: str, channel: int 
     from .qparams import fit_qparams
 
     spec = qp.spec
-    kind = (f"{'signed' if spec.signed else 'unsigned'} {spec.bits}-bit "
-            f"{'symmetric' if spec.symmetric else 'asymmetric'}"
-            f"{', narrow range' if spec.narrow_range else ''}, "
-            f"{'per-tensor' if spec.axis is None else 'per-channel'}; codes [{spec.qmin}, {spec.qmax}]")
+    kind = (
+        f"{'signed' if spec.signed else 'unsigned'} {spec.bits}-bit "
+        f"{'symmetric' if spec.symmetric else 'asymmetric'}"
+        f"{', narrow range' if spec.narrow_range else ''}, "
+        f"{'per-tensor' if spec.axis is None else 'per-channel'}; codes [{spec.qmin}, {spec.qmax}]"
+    )
     s, z = _channel(qp, channel) if channel is not None else _per_tensor(qp, what)
     fit = fit_qparams(r, spec)
     if not (np.array_equal(fit.scale, qp.scale) and np.array_equal(fit.zero_point, qp.zero_point)):
         return [f"{what} ({kind}): S_{sub} = {_g(s)}, Z_{sub} = {z} (given: not the min-max of the floats)"]
     part = r if spec.axis is None else np.take(r, channel, axis=spec.axis)
     lo, hi = float(part.min()), float(part.max())
-    where = (f"all {r.size} values of {what}" if spec.axis is None
-             else f"the {part.size} values of output channel {channel}")
+    where = (
+        f"all {r.size} values of {what}" if spec.axis is None else f"the {part.size} values of output channel {channel}"
+    )
     rng = f"min-max over {where}: [{_g6(lo)}, {_g6(hi)}]"
     if lo > 0 or hi < 0:
         lo, hi = min(lo, 0.0), max(hi, 0.0)
@@ -613,15 +777,18 @@ def _qparam_notes(r: np.ndarray, qp: QParams, what: str, sub: str, channel: int 
     lines = [f"{what} ({kind})", f"  {rng}"]
     if spec.symmetric:
         half = (spec.qmax - spec.qmin) / 2
-        lines.append(f"  S_{sub} = max(|min|, |max|) / ((qmax - qmin) / 2) = {_g6(max(-lo, hi))} / {half:g} = {_g(s)};"
-                     f"  Z_{sub} = {z} (fixed by the symmetric spec)")
+        lines.append(
+            f"  S_{sub} = max(|min|, |max|) / ((qmax - qmin) / 2) = {_g6(max(-lo, hi))} / {half:g} = {_g(s)};"
+            f"  Z_{sub} = {z} (fixed by the symmetric spec)"
+        )
     else:
         lines.append(f"  S_{sub} = (max - min) / (qmax - qmin) = {_g6(hi - lo)} / {spec.qmax - spec.qmin} = {_g(s)}")
         ratio = np.float32(lo) / np.float32(s)  # float32, as compute_qparams
         raw = spec.qmin - round_scalar(ratio, "half_even")
         clamp = f", clamped to {z}" if raw != z else ""
-        lines.append(f"  Z_{sub} = qmin - round(min / S_{sub}) = {spec.qmin} - round({float(ratio):.4f}) "
-                     f"= {raw}{clamp}")
+        lines.append(
+            f"  Z_{sub} = qmin - round(min / S_{sub}) = {spec.qmin} - round({float(ratio):.4f}) = {raw}{clamp}"
+        )
     return lines
 
 
@@ -640,21 +807,37 @@ def _float_inputs(x_float, x_q, x_qp, w_float, w_q, w_qp, b_float, bias_q, chann
         s_w = w_qp.scale if w_qp.spec.axis is not None else float(w_qp.scale)
         bq = quantize_bias(np.asarray(b_float), float(x_qp.scale), s_w)
         if not np.array_equal(bq, np.asarray(bias_q).reshape(bq.shape)):
-            raise ValueError("b_float does not give bias_q with npquant.qnn.quantize_bias (round half to even of "
-                             "b / float32(S_x S_w)): pass the float bias the codes were made from")
+            raise ValueError(
+                "b_float does not give bias_q with npquant.qnn.quantize_bias (round half to even of "
+                "b / float32(S_x S_w)): pass the float bias the codes were made from"
+            )
         b = float(np.asarray(b_float, np.float32).reshape(-1)[channel])
-    notes = (_qparam_notes(x32, x_qp, "input x", "x", None)
-             + _qparam_notes(w32, w_qp, "weights w", "w", channel if w_qp.spec.axis is not None else None))
+    notes = _qparam_notes(x32, x_qp, "input x", "x", None) + _qparam_notes(
+        w32, w_qp, "weights w", "w", channel if w_qp.spec.axis is not None else None
+    )
     xs, ws = gather(x32, w32)
     return FloatInputs(xs, ws, b, notes, x_qp.spec.rounding, w_qp.spec.rounding)
 
 
-def explain_linear(x_q: npt.ArrayLike, x_qp: QParams, w_q: npt.ArrayLike, w_qp: QParams,
-                   bias_q: npt.ArrayLike | None, y_qp: QParams, row: int, col: int,
-                   *, mode: str = "tflite", qmin: int | None = None, qmax: int | None = None,
-                   accumulation: str = "exact", x_float: npt.ArrayLike | None = None,
-                   w_float: npt.ArrayLike | None = None, b_float: npt.ArrayLike | None = None,
-                   float_bias: npt.ArrayLike | None = None) -> Explanation:
+def explain_linear(
+    x_q: npt.ArrayLike,
+    x_qp: QParams,
+    w_q: npt.ArrayLike,
+    w_qp: QParams,
+    bias_q: npt.ArrayLike | None,
+    y_qp: QParams,
+    row: int,
+    col: int,
+    *,
+    mode: str = "tflite",
+    qmin: int | None = None,
+    qmax: int | None = None,
+    accumulation: str = "exact",
+    x_float: npt.ArrayLike | None = None,
+    w_float: npt.ArrayLike | None = None,
+    b_float: npt.ArrayLike | None = None,
+    float_bias: npt.ArrayLike | None = None,
+) -> Explanation:
     """Explain output ``[row, col]`` of an integer linear layer.
 
     Parameters
@@ -715,20 +898,48 @@ def explain_linear(x_q: npt.ArrayLike, x_qp: QParams, w_q: npt.ArrayLike, w_qp: 
     if x_float is not None or w_float is not None:
         if x_float is None or w_float is None:
             raise ValueError("x_float and w_float go together (b_float is optional)")
-        floats = _float_inputs(x_float, x, x_qp, w_float, w, w_qp, b_float, bias_q, col,
-                               lambda xf, wf: (xf[row], wf[col]))
+        floats = _float_inputs(
+            x_float, x, x_qp, w_float, w, w_qp, b_float, bias_q, col, lambda xf, wf: (xf[row], wf[col])
+        )
     elif b_float is not None:
         raise ValueError("b_float needs x_float and w_float")
     acc_mode = resolve(accumulation, "linear")
     fb, fma, act = _float_bias_args(float_bias, bias_q, floats, w_qp, y_qp, col, qmin, qmax, lo, hi)
-    e = explain_dot(x[row], z_x, w[col], z_w, b, s_x, s_w, s_y, z_y, lo, hi, mode=mode,
-                    title=f"linear layer, output element [{row}, {col}]", accumulation=acc_mode, floats=floats,
-                    float_bias=fb, float_bias_fma=fma)
-    xr = x[row:row + 1]
+    e = explain_dot(
+        x[row],
+        z_x,
+        w[col],
+        z_w,
+        b,
+        s_x,
+        s_w,
+        s_y,
+        z_y,
+        lo,
+        hi,
+        mode=mode,
+        title=f"linear layer, output element [{row}, {col}]",
+        accumulation=acc_mode,
+        floats=floats,
+        float_bias=fb,
+        float_bias_fma=fma,
+    )
+    xr = x[row : row + 1]
     lib_acc = int(linear_accumulate(xr, x_qp, w, w_qp, bias_q, overflow="wrap", accumulation=accumulation)[0, col])
-    lib_code = int(qlinear(xr, x_qp, w, w_qp, bias_q if float_bias is None else float_bias, y_qp,
-                           mode=mode if float_bias is None else "fbgemm", activation=act, overflow="wrap",
-                           accumulation=accumulation)[0, col])
+    lib_code = int(
+        qlinear(
+            xr,
+            x_qp,
+            w,
+            w_qp,
+            bias_q if float_bias is None else float_bias,
+            y_qp,
+            mode=mode if float_bias is None else "fbgemm",
+            activation=act,
+            overflow="wrap",
+            accumulation=accumulation,
+        )[0, col]
+    )
     _check_layer(e, lib_acc, lib_code, "npquant.qnn.linear.qlinear")
     return e
 
@@ -760,16 +971,32 @@ def _check_layer(e: Explanation, lib_acc: int, lib_code: int, where: str) -> Non
     if lib_acc != e.acc + e.bias or lib_code != e.code:
         raise ExplainConsistencyError(
             f"the trace gives acc + bias = {e.acc + e.bias} and code {e.code}, {where} gives {lib_acc} and "
-            f"{lib_code}: a bug in npquant, please report it")
+            f"{lib_code}: a bug in npquant, please report it"
+        )
 
 
-def explain_conv2d(x_q: npt.ArrayLike, x_qp: QParams, w_q: npt.ArrayLike, w_qp: QParams,
-                   bias_q: npt.ArrayLike | None, y_qp: QParams, index: Sequence[int], *,
-                   stride: int | Sequence[int] = 1, padding: int | Sequence[int] = 0,
-                   dilation: int | Sequence[int] = 1, groups: int = 1, mode: str = "tflite",
-                   qmin: int | None = None, qmax: int | None = None, accumulation: str = "exact",
-                   x_float: npt.ArrayLike | None = None, w_float: npt.ArrayLike | None = None,
-                   b_float: npt.ArrayLike | None = None, float_bias: npt.ArrayLike | None = None) -> Explanation:
+def explain_conv2d(
+    x_q: npt.ArrayLike,
+    x_qp: QParams,
+    w_q: npt.ArrayLike,
+    w_qp: QParams,
+    bias_q: npt.ArrayLike | None,
+    y_qp: QParams,
+    index: Sequence[int],
+    *,
+    stride: int | Sequence[int] = 1,
+    padding: int | Sequence[int] = 0,
+    dilation: int | Sequence[int] = 1,
+    groups: int = 1,
+    mode: str = "tflite",
+    qmin: int | None = None,
+    qmax: int | None = None,
+    accumulation: str = "exact",
+    x_float: npt.ArrayLike | None = None,
+    w_float: npt.ArrayLike | None = None,
+    b_float: npt.ArrayLike | None = None,
+    float_bias: npt.ArrayLike | None = None,
+) -> Explanation:
     """Explain output ``index = (n, o, i, j)`` of an integer conv2d: x NCHW codes, w OIHW.
 
     The receptive field is gathered explicitly, padding positions holding ``Z_x`` (so
@@ -839,8 +1066,9 @@ def explain_conv2d(x_q: npt.ArrayLike, x_qp: QParams, w_q: npt.ArrayLike, w_qp: 
     check_qparams(w_qp, "w_qp")
     s_w, z_w = _channel(w_qp, o)
     g = o // (w.shape[0] // groups)
-    acc_mode = resolve(accumulation, "conv2d", conv=(x.shape[1], w.shape[0], groups, (kh, kw), geo.stride,
-                                                     geo.padding, geo.dilation))
+    acc_mode = resolve(
+        accumulation, "conv2d", conv=(x.shape[1], w.shape[0], groups, (kh, kw), geo.stride, geo.padding, geo.dilation)
+    )
 
     def gather(src, pad_value):
         patch = np.empty((cin_g, kh, kw), src.dtype if src.dtype.kind == "f" else np.int64)
@@ -862,29 +1090,69 @@ def explain_conv2d(x_q: npt.ArrayLike, x_qp: QParams, w_q: npt.ArrayLike, w_qp: 
     if x_float is not None or w_float is not None:
         if x_float is None or w_float is None:
             raise ValueError("x_float and w_float go together (b_float is optional)")
-        floats = _float_inputs(x_float, x, x_qp, w_float, w, w_qp, b_float, bias_q, o,
-                               lambda xf, wf: (order(gather(xf, np.float32(0))[0]).ravel(), order(wf[o]).ravel()))
+        floats = _float_inputs(
+            x_float,
+            x,
+            x_qp,
+            w_float,
+            w,
+            w_qp,
+            b_float,
+            bias_q,
+            o,
+            lambda xf, wf: (order(gather(xf, np.float32(0))[0]).ravel(), order(wf[o]).ravel()),
+        )
     elif b_float is not None:
         raise ValueError("b_float needs x_float and w_float")
     b = 0 if bias_q is None else int(np.asarray(bias_q).reshape(-1)[o])
     lo = y_qp.spec.qmin if qmin is None else qmin
     hi = y_qp.spec.qmax if qmax is None else qmax
     fb, fma, act = _float_bias_args(float_bias, bias_q, floats, w_qp, y_qp, o, qmin, qmax, lo, hi)
-    e = explain_dot(order(patch).ravel(), z_x, order(wo).ravel(), z_w, b, s_x, s_w, s_y, z_y, lo, hi, mode=mode,
-                    title=f"conv2d, output element (n={n}, o={o}, i={i}, j={j})", accumulation=acc_mode,
-                    floats=floats, labels=list(order(names).ravel()), float_bias=fb, float_bias_fma=fma)
-    kw_conv = dict(stride=stride, padding=padding, dilation=dilation, groups=groups, overflow="wrap",
-                   accumulation=accumulation)
-    xn = x[n:n + 1]
+    e = explain_dot(
+        order(patch).ravel(),
+        z_x,
+        order(wo).ravel(),
+        z_w,
+        b,
+        s_x,
+        s_w,
+        s_y,
+        z_y,
+        lo,
+        hi,
+        mode=mode,
+        title=f"conv2d, output element (n={n}, o={o}, i={i}, j={j})",
+        accumulation=acc_mode,
+        floats=floats,
+        labels=list(order(names).ravel()),
+        float_bias=fb,
+        float_bias_fma=fma,
+    )
+    kw_conv = dict(
+        stride=stride, padding=padding, dilation=dilation, groups=groups, overflow="wrap", accumulation=accumulation
+    )
+    xn = x[n : n + 1]
     lib_acc = int(conv2d_accumulate(xn, x_qp, w, w_qp, bias_q, **kw_conv)[0, o, i, j])
-    lib_code = int(qconv2d(xn, x_qp, w, w_qp, bias_q if float_bias is None else float_bias, y_qp,
-                           mode=mode if float_bias is None else "fbgemm", activation=act, **kw_conv)[0, o, i, j])
+    lib_code = int(
+        qconv2d(
+            xn,
+            x_qp,
+            w,
+            w_qp,
+            bias_q if float_bias is None else float_bias,
+            y_qp,
+            mode=mode if float_bias is None else "fbgemm",
+            activation=act,
+            **kw_conv,
+        )[0, o, i, j]
+    )
     _check_layer(e, lib_acc, lib_code, "npquant.qnn.conv.qconv2d")
     return e
 
 
-def explain_layer(model: IntegerModel | Graph, inputs: npt.ArrayLike | dict | list, layer: int | str,
-                  index: Sequence[int]) -> Explanation | ElementTrace:
+def explain_layer(
+    model: IntegerModel | Graph, inputs: npt.ArrayLike | dict | list, layer: int | str, index: Sequence[int]
+) -> Explanation | ElementTrace:
     """Explain one output element of any integer layer inside an integer model.
 
     The model runs on ``inputs`` up to ``layer``. For a linear or conv layer, the layer's
@@ -933,12 +1201,14 @@ def explain_layer(model: IntegerModel | Graph, inputs: npt.ArrayLike | dict | li
 
     if isinstance(model, IntegerModel):
         if isinstance(layer, str) and layer.startswith("layers[") and layer.endswith("]"):
-            layer = layer[len("layers["):-1]
+            layer = layer[len("layers[") : -1]
         try:
             pos = int(layer)
         except (TypeError, ValueError):
-            raise ValueError(f"layer must be the position of a layer of the IntegerModel (0 to "
-                             f"{len(model.layers) - 1}), got {layer!r}") from None
+            raise ValueError(
+                f"layer must be the position of a layer of the IntegerModel (0 to "
+                f"{len(model.layers) - 1}), got {layer!r}"
+            ) from None
         pos = check_int(pos, "layer", lo=0, hi=len(model.layers) - 1)
         x = np.asarray(inputs)
         x = model.quantize_input(x) if x.dtype.kind == "f" else x
@@ -969,9 +1239,16 @@ def explain_layer(model: IntegerModel | Graph, inputs: npt.ArrayLike | dict | li
 
         if op_kind(node.op) == "float":
             raise ValueError(f"{what} is a float op: explain traces the integer nodes of a graph")
-        return trace_element(node.op, dict(node.attrs), [np.asarray(env[t]) for t in node.inputs],
-                             [model.qparams.get(t) for t in node.inputs], np.asarray(env[node.outputs[0]]),
-                             model.qparams.get(node.outputs[0]), index, name=what)
+        return trace_element(
+            node.op,
+            dict(node.attrs),
+            [np.asarray(env[t]) for t in node.inputs],
+            [model.qparams.get(t) for t in node.inputs],
+            np.asarray(env[node.outputs[0]]),
+            model.qparams.get(node.outputs[0]),
+            index,
+            name=what,
+        )
     index = tuple(int(i) for i in index)
     lo, hi = (int(v) for v in obj.out_range)
     mode = "fp32" if obj.mode == "fbgemm" else obj.mode  # explain_* spell fbgemm's path mode="fp32", float_bias=
@@ -988,8 +1265,20 @@ def explain_layer(model: IntegerModel | Graph, inputs: npt.ArrayLike | dict | li
     if len(index) != 4:
         raise ValueError(f"index of a conv layer is (n, o, i, j), got {index}")
     g = obj.geometry
-    return explain_conv2d(x, obj.x_qp, obj.w_q, obj.w_qp, bias_q, obj.y_qp, index, stride=g.stride,
-                          padding=g.padding, dilation=g.dilation, groups=g.groups, **common)
+    return explain_conv2d(
+        x,
+        obj.x_qp,
+        obj.w_q,
+        obj.w_qp,
+        bias_q,
+        obj.y_qp,
+        index,
+        stride=g.stride,
+        padding=g.padding,
+        dilation=g.dilation,
+        groups=g.groups,
+        **common,
+    )
 
 
 def _layer_op(obj, what: str) -> tuple[str, dict]:
@@ -999,8 +1288,13 @@ def _layer_op(obj, what: str) -> tuple[str, dict]:
     if isinstance(obj, ql.MaxPool2d):
         return "qmaxpool2d", {"kernel_size": obj.kernel_size, "stride": obj.stride, "padding": obj.padding}
     if isinstance(obj, ql.AvgPool2d):
-        return "qavgpool2d", {"kernel_size": obj.kernel_size, "stride": obj.stride, "padding": obj.padding,
-                              "count_include_pad": obj.count_include_pad, "mode": obj.mode}
+        return "qavgpool2d", {
+            "kernel_size": obj.kernel_size,
+            "stride": obj.stride,
+            "padding": obj.padding,
+            "count_include_pad": obj.count_include_pad,
+            "mode": obj.mode,
+        }
     if isinstance(obj, ql.Flatten):
         return "qflatten", {}
     if isinstance(obj, ql.QReLU):
@@ -1045,27 +1339,42 @@ class ElementTrace:
                 rows.append([label, str(list(idx)), str(v), _g(qp.scale), str(int(qp.zero_point)), _g(real)])
         table = format_table(["tensor", "index", "code", "S", "Z", "real S (q - Z)"], rows, align="llrrrr")
         lines += ["   " + ln for ln in table.splitlines()]
-        lines.append(f"2. the operation on the real values = {_g(self.float_result)}" + (f"  ({self.note})"
-                                                                                           if self.note else ""))
+        lines.append(
+            f"2. the operation on the real values = {_g(self.float_result)}" + (f"  ({self.note})" if self.note else "")
+        )
         if self.out_qp is None:
             lines.append(f"3. output (float) = {_g(self.code)}")
             return "\n".join(lines)
         s_y, z_y = float(np.float32(self.out_qp.scale)), int(self.out_qp.zero_point)
         ideal = self.float_result / s_y + z_y
         deq = s_y * (int(self.code) - z_y)
-        lines += [f"3. ideal code  result / S_y + Z_y = {_g(self.float_result)} / {_g(s_y)} + {z_y} = {ideal:.4f}",
-                  f"   output code {int(self.code)} (the layer's), dequantized S_y (code - Z_y) = {_g(deq)}; "
-                  f"error {(deq - self.float_result) / s_y:+.4f} LSB (LSB = S_y; its rounding and clamp)"]
+        lines += [
+            f"3. ideal code  result / S_y + Z_y = {_g(self.float_result)} / {_g(s_y)} + {z_y} = {ideal:.4f}",
+            f"   output code {int(self.code)} (the layer's), dequantized S_y (code - Z_y) = {_g(deq)}; "
+            f"error {(deq - self.float_result) / s_y:+.4f} LSB (LSB = S_y; its rounding and clamp)",
+        ]
         return "\n".join(lines)
 
     def __str__(self) -> str:
         return self.format()
 
 
-_ELEMENTWISE = {"qadd": "sum", "qmul": "product", "qrelu": "clamp", "quantize": "identity",
-                "quantize_tflite": "identity", "dequantize": "identity", "qrequantize": "identity"}
-_POOLS = {"qmaxpool2d": ("max", False), "qavgpool2d": ("avg", False), "qlinear_avgpool2d": ("avg", False),
-          "qmaxpool2d_nhwc": ("max", True), "qavgpool2d_nhwc": ("avg", True)}
+_ELEMENTWISE = {
+    "qadd": "sum",
+    "qmul": "product",
+    "qrelu": "clamp",
+    "quantize": "identity",
+    "quantize_tflite": "identity",
+    "dequantize": "identity",
+    "qrequantize": "identity",
+}
+_POOLS = {
+    "qmaxpool2d": ("max", False),
+    "qavgpool2d": ("avg", False),
+    "qlinear_avgpool2d": ("avg", False),
+    "qmaxpool2d_nhwc": ("max", True),
+    "qavgpool2d_nhwc": ("avg", True),
+}
 
 
 def _pair2(v, what: str) -> tuple[int, int]:
@@ -1082,8 +1391,17 @@ def _pads(v) -> tuple[int, int, int, int]:
     return (t[0], t[0], t[1], t[1]) if len(t) == 2 else t
 
 
-def trace_element(op: str, attrs: dict, inputs: list, in_qps: list, output: np.ndarray, out_qp: QParams | None,
-                  index: Sequence[int], *, name: str = "layer") -> ElementTrace:
+def trace_element(
+    op: str,
+    attrs: dict,
+    inputs: list,
+    in_qps: list,
+    output: np.ndarray,
+    out_qp: QParams | None,
+    index: Sequence[int],
+    *,
+    name: str = "layer",
+) -> ElementTrace:
     """Trace one output element of a layer without an accumulator from the codes of a run.
 
     Parameters
@@ -1139,11 +1457,21 @@ def trace_element(op: str, attrs: dict, inputs: list, in_qps: list, output: np.n
             lo_hi = {"relu": (0.0, np.inf), "relu6": (0.0, 6.0), "relu_n1_to_1": (-1.0, 1.0)}[a]
             result = min(max(result, lo_hi[0]), lo_hi[1])
             note = f"then {a}"
-        rule = {"sum": "the sum of the inputs' real values", "product": "the product of the inputs' real values",
-                "clamp": "a clamp of the codes (ReLU / ReLU6 on the real values)",
-                "identity": "the value itself, quantized (or dequantized) to the output's grid"}[kind]
-        return ElementTrace(f"{op}: {name}, output element {list(index)}",
-                            f"{rule}; mode {attrs.get('mode', '-')}", elems, float(result), code, out_qp, note)
+        rule = {
+            "sum": "the sum of the inputs' real values",
+            "product": "the product of the inputs' real values",
+            "clamp": "a clamp of the codes (ReLU / ReLU6 on the real values)",
+            "identity": "the value itself, quantized (or dequantized) to the output's grid",
+        }[kind]
+        return ElementTrace(
+            f"{op}: {name}, output element {list(index)}",
+            f"{rule}; mode {attrs.get('mode', '-')}",
+            elems,
+            float(result),
+            code,
+            out_qp,
+            note,
+        )
     if op in _POOLS:
         kind, nhwc = _POOLS[op]
         kh, kw = _pair2(attrs["kernel_size"], "kernel_size")
@@ -1167,26 +1495,46 @@ def trace_element(op: str, attrs: dict, inputs: list, in_qps: list, output: np.n
         else:
             count = len(vals) + (pad if include else 0)
             result = sum(vals) / count
-            rule = (f"the mean of the window: sum / {count} ({'padding counted' if include else 'padding excluded'}"
-                    f"); rounding {attrs.get('mode', 'tflite')}")
-        return ElementTrace(f"{op}: {name}, output element {list(index)}", rule, elems, float(result), code, out_qp,
-                            f"{pad} padding position(s)" if pad else "")
+            rule = (
+                f"the mean of the window: sum / {count} ({'padding counted' if include else 'padding excluded'}"
+                f"); rounding {attrs.get('mode', 'tflite')}"
+            )
+        return ElementTrace(
+            f"{op}: {name}, output element {list(index)}",
+            rule,
+            elems,
+            float(result),
+            code,
+            out_qp,
+            f"{pad} padding position(s)" if pad else "",
+        )
     if op in ("qflatten", "qreshape"):
         flat = int(np.ravel_multi_index(index, output.shape))
         src = tuple(int(v) for v in np.unravel_index(flat, inputs[0].shape))
         e = real(0, src)
-        return ElementTrace(f"{op}: {name}, output element {list(index)}",
-                            f"the same element in C order (flat position {flat}); qparams unchanged", [e], e[4],
-                            code, out_qp)
+        return ElementTrace(
+            f"{op}: {name}, output element {list(index)}",
+            f"the same element in C order (flat position {flat}); qparams unchanged",
+            [e],
+            e[4],
+            code,
+            out_qp,
+        )
     if op in ("qconcat", "qlinear_concat"):
         axis = int(attrs.get("axis", 1)) % output.ndim
         off = index[axis]
         for k, a in enumerate(inputs):
             if off < a.shape[axis]:
-                e = real(k, index[:axis] + (off,) + index[axis + 1:])
-                return ElementTrace(f"{op}: {name}, output element {list(index)}",
-                                    f"element {off} of input {k} along axis {axis}, requantized to the output's "
-                                    f"qparams; mode {attrs.get('mode', '-')}", [e], e[4], code, out_qp)
+                e = real(k, index[:axis] + (off,) + index[axis + 1 :])
+                return ElementTrace(
+                    f"{op}: {name}, output element {list(index)}",
+                    f"element {off} of input {k} along axis {axis}, requantized to the output's "
+                    f"qparams; mode {attrs.get('mode', '-')}",
+                    [e],
+                    e[4],
+                    code,
+                    out_qp,
+                )
             off -= a.shape[axis]
     raise ValueError(f"{name}: explain does not trace op {op!r}")
 
@@ -1234,13 +1582,22 @@ def builtin_example(layer: str = "linear", seed: int = 0) -> dict:
         y = np.zeros((1, 3, 5, 5), np.float32)
         for i in range(5):
             for j in range(5):
-                y[0, :, i, j] = np.tensordot(w, xp[0, :, i:i + 3, j:j + 3], axes=3) + b
+                y[0, :, i, j] = np.tensordot(w, xp[0, :, i : i + 3, j : j + 3], axes=3) + b
     x_qp = fit_qparams(x, QuantSpec(signed=False))
     w_qp = fit_qparams(w, QuantSpec())
     y_qp = compute_qparams(y.min(), y.max(), QuantSpec(signed=False))
     bias_q = quantize_bias(b, float(x_qp.scale), float(w_qp.scale))
-    out = dict(x_q=quantize(x, x_qp), x_qp=x_qp, w_q=quantize(w, w_qp), w_qp=w_qp, bias_q=bias_q, y_qp=y_qp,
-               x_float=x, w_float=w, b_float=b)
+    out = dict(
+        x_q=quantize(x, x_qp),
+        x_qp=x_qp,
+        w_q=quantize(w, w_qp),
+        w_qp=w_qp,
+        bias_q=bias_q,
+        y_qp=y_qp,
+        x_float=x,
+        w_float=w,
+        b_float=b,
+    )
     if layer == "conv":
         out.update(index=(0, 1, 0, 2), padding=1)
     else:

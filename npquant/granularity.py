@@ -95,8 +95,9 @@ def split3(x_shape: Sequence[int], axis: int | None) -> tuple[int, int, int]:
     return math.prod(x_shape[:ax]), x_shape[ax], math.prod(x_shape[ax + 1 :])
 
 
-def params3(p: np.ndarray, x_shape: Sequence[int], axis: int | None = None,
-            block_size: int | None = None) -> tuple[np.ndarray, int]:
+def params3(
+    p: np.ndarray, x_shape: Sequence[int], axis: int | None = None, block_size: int | None = None
+) -> tuple[np.ndarray, int]:
     """The parameter array as 3-D ``(outer or 1, n_blocks, inner or 1)`` and the block length.
 
     An element ``x3[o, c, i]`` uses ``p3[o or 0, c // block, i or 0]``.
@@ -130,8 +131,9 @@ def params3(p: np.ndarray, x_shape: Sequence[int], axis: int | None = None,
     return np.ascontiguousarray(p).reshape(outer, nb, inner), int(block_size)
 
 
-def expand_params(p: np.ndarray, x_shape: Sequence[int], axis: int | None = None,
-                  block_size: int | None = None) -> np.ndarray:
+def expand_params(
+    p: np.ndarray, x_shape: Sequence[int], axis: int | None = None, block_size: int | None = None
+) -> np.ndarray:
     """``p`` broadcast (per-channel) or repeated (per-group) to ``x_shape``.
 
     Parameters

@@ -589,8 +589,7 @@ class PercentileObserver(_HistogramObserver):
         Quantize with one bit fewer (see the module docstring).
     """
 
-    def __init__(self, spec: QuantSpec, percentile: float = 99.99, bins: int = 2048,
-                 reduce_range: bool = False):
+    def __init__(self, spec: QuantSpec, percentile: float = 99.99, bins: int = 2048, reduce_range: bool = False):
         if isinstance(percentile, (bool, np.bool_)) or not isinstance(percentile, numbers.Real):
             raise TypeError(f"percentile must be a real number in [50, 100], got {percentile!r}")
         if not 50.0 <= float(percentile) <= 100.0:
@@ -749,8 +748,7 @@ class MSEObserver(_HistogramObserver):
         spec = self._effective_spec.replace(axis=0, block_size=None)
         qp = compute_qparams(lo, hi, spec)
         counts, left, right = self._bin_extents()
-        return _expected_sq_error(counts, left, right, qp.scale, qp.zero_point,
-                                  spec.qmin, spec.qmax)
+        return _expected_sq_error(counts, left, right, qp.scale, qp.zero_point, spec.qmin, spec.qmax)
 
     def _search(self):
         h = self._hist
@@ -770,10 +768,8 @@ class MSEObserver(_HistogramObserver):
             return float(lo[k]), float(hi[k])
         # Each end's candidates lie between the data's extreme and 0 (or the other end,
         # for data of one sign); the extremes themselves give min-max.
-        lows = np.append(np.float32(vmin),
-                         edges[(edges > vmin) & (edges <= min(0.0, vmax))].astype(np.float32))
-        highs = np.append(edges[(edges >= max(0.0, vmin)) & (edges < vmax)].astype(np.float32),
-                          np.float32(vmax))
+        lows = np.append(np.float32(vmin), edges[(edges > vmin) & (edges <= min(0.0, vmax))].astype(np.float32))
+        highs = np.append(edges[(edges >= max(0.0, vmin)) & (edges < vmax)].astype(np.float32), np.float32(vmax))
         # 1. every pair, scored by the O(1) approximation; 2. the best few and min-max
         # scored exactly; 3. exact coordinate descent from the best of those.
         il, ih = 0, len(highs) - 1
@@ -816,9 +812,15 @@ class MSEObserver(_HistogramObserver):
             m0a, m1a, m2a = mom.below(gmin)
             m0b, m1b, m2b = mom.below(gmax)
             t0, t1, t2 = mom.total
-            err = (gmin * gmin * m0a - 2 * gmin * m1a + m2a
-                   + (t2 - m2b) - 2 * gmax * (t1 - m1b) + gmax * gmax * (t0 - m0b)
-                   + (m0b - m0a) * S * S / 12.0)
+            err = (
+                gmin * gmin * m0a
+                - 2 * gmin * m1a
+                + m2a
+                + (t2 - m2b)
+                - 2 * gmax * (t1 - m1b)
+                + gmax * gmax * (t0 - m0b)
+                + (m0b - m0a) * S * S / 12.0
+            )
             top = np.argsort(err, kind="stable")[:k]
             keep_i.append(r0 + top // len(highs))
             keep_j.append(top % len(highs))
@@ -939,8 +941,7 @@ class EntropyObserver(_HistogramObserver):
         Quantize with one bit fewer (see the module docstring).
     """
 
-    def __init__(self, spec: QuantSpec, bins: int = 2048, start_bin: int = 128,
-                 reduce_range: bool = False):
+    def __init__(self, spec: QuantSpec, bins: int = 2048, start_bin: int = 128, reduce_range: bool = False):
         self._start_bin = check_int(start_bin, "start_bin", lo=1)
         super().__init__(spec, bins, reduce_range)
         if self._first_candidate() > self._bins:

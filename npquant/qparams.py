@@ -84,8 +84,7 @@ class QuantSpec:
             raise ValueError("rounding='stochastic' needs seed=<int> so that results are reproducible")
         if self.qmax <= self.qmin:
             raise ValueError(
-                f"bits={self.bits} with narrow_range=True leaves a single code; use more bits "
-                "or narrow_range=False"
+                f"bits={self.bits} with narrow_range=True leaves a single code; use more bits or narrow_range=False"
             )
         if self.symmetric and self.bits == 1:
             raise ValueError(
@@ -157,8 +156,7 @@ class QParams:
         scale = check_scales(scale, "scale")
         if np.any(scale < np.finfo(np.float32).tiny):
             raise ValueError(
-                f"scale must be a normal float32 (>= 1.18e-38, so that 1 / scale is finite), "
-                f"got {_brief(scale)}"
+                f"scale must be a normal float32 (>= 1.18e-38, so that 1 / scale is finite), got {_brief(scale)}"
             )
         zp = np.asarray(zero_point)
         if zp.dtype.kind == "f":
@@ -167,19 +165,14 @@ class QParams:
         else:
             check_int_array(zp, "zero_point")
         if np.any(zp < spec.qmin) or np.any(zp > spec.qmax):
-            raise ValueError(
-                f"zero_point must be in [{spec.qmin}, {spec.qmax}] for this spec, got {_brief(zp)}"
-            )
+            raise ValueError(f"zero_point must be in [{spec.qmin}, {spec.qmax}] for this spec, got {_brief(zp)}")
         zp = np.array(zp, dtype=np.int32)
         if spec.symmetric and np.any(zp != spec.symmetric_zero_point):
-            raise ValueError(
-                f"symmetric spec needs zero_point={spec.symmetric_zero_point}, got {_brief(zp)}"
-            )
+            raise ValueError(f"symmetric spec needs zero_point={spec.symmetric_zero_point}, got {_brief(zp)}")
         if spec.axis is None:
             if scale.size != 1 or zp.size != 1:
                 raise ValueError(
-                    f"per-tensor qparams need one scale and one zero point, got shapes "
-                    f"{scale.shape} and {zp.shape}"
+                    f"per-tensor qparams need one scale and one zero point, got shapes {scale.shape} and {zp.shape}"
                 )
             scale, zp = scale.reshape(()), zp.reshape(())
         else:
@@ -187,13 +180,9 @@ class QParams:
                 if zp.size == 1:
                     zp = np.full(scale.shape, zp.reshape(()), dtype=np.int32)
                 else:
-                    raise ValueError(
-                        f"zero_point shape {zp.shape} does not match scale shape {scale.shape}"
-                    )
+                    raise ValueError(f"zero_point shape {zp.shape} does not match scale shape {scale.shape}")
             if spec.block_size is None and scale.ndim != 1:
-                raise ValueError(
-                    f"per-channel qparams need 1-D scale and zero_point, got shape {scale.shape}"
-                )
+                raise ValueError(f"per-channel qparams need 1-D scale and zero_point, got shape {scale.shape}")
             if spec.block_size is not None and scale.ndim == 0:
                 raise ValueError("per-group qparams need scale with the rank of x, got a scalar")
         scale.setflags(write=False)
@@ -222,8 +211,9 @@ class QParams:
             )
 
 
-def compute_qparams(min_val: npt.ArrayLike, max_val: npt.ArrayLike, spec: QuantSpec, *,
-                    eps: float = FLOAT32_EPS) -> QParams:
+def compute_qparams(
+    min_val: npt.ArrayLike, max_val: npt.ArrayLike, spec: QuantSpec, *, eps: float = FLOAT32_EPS
+) -> QParams:
     """Scale and zero point for the real range ``[min_val, max_val]``.
 
     ``min_val`` and ``max_val`` have the parameter shape of ``spec``'s granularity. The

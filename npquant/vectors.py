@@ -96,8 +96,21 @@ if TYPE_CHECKING:
     from .models import nn
     from .models.graph import Graph
 
-__all__ = ["C_HEADER", "C_TYPES", "FORMAT", "HEX_DIGITS", "MANIFEST", "NPZ", "TENSORS_FORMAT", "TENSORS_INDEX",
-           "VERSION", "read_manifest", "read_vectors", "write_intermediates", "write_vectors"]
+__all__ = [
+    "C_HEADER",
+    "C_TYPES",
+    "FORMAT",
+    "HEX_DIGITS",
+    "MANIFEST",
+    "NPZ",
+    "TENSORS_FORMAT",
+    "TENSORS_INDEX",
+    "VERSION",
+    "read_manifest",
+    "read_vectors",
+    "write_intermediates",
+    "write_vectors",
+]
 
 #: The ``format`` of ``manifest.json``.
 FORMAT = "npquant-vectors"
@@ -112,8 +125,14 @@ NPZ = "vectors.npz"
 #: Hexadecimal digits per element of each dtype in the ``.hex`` files.
 HEX_DIGITS = {"int8": 2, "uint8": 2, "int16": 4, "uint16": 4, "int32": 8, "float32": 8}
 #: The C type of each dtype in ``vectors.h``.
-C_TYPES = {"int8": "int8_t", "uint8": "uint8_t", "int16": "int16_t", "uint16": "uint16_t", "int32": "int32_t",
-           "float32": "float"}
+C_TYPES = {
+    "int8": "int8_t",
+    "uint8": "uint8_t",
+    "int16": "int16_t",
+    "uint16": "uint16_t",
+    "int32": "int32_t",
+    "float32": "float",
+}
 #: The ``format`` of the index of a folder of intermediate tensors (:func:`write_intermediates`).
 TENSORS_FORMAT = "npquant-tensors"
 #: The index file's name in a folder of intermediate tensors.
@@ -128,41 +147,46 @@ _INT32_MIN = -(1 << 31)
 
 _BYTE_ORDER = {
     "hex": "value-based: each line is one value written most significant digit first; the text has no "
-           "byte order (two's complement for signed integers, IEEE 754 binary32 bits for float32)",
+    "byte order (two's complement for signed integers, IEEE 754 binary32 bits for float32)",
     "npz": "little-endian",
     "c_header": "values (C literals); the compiler stores them in the target's byte order",
 }
 
 _FORMULAS = {
     "tflite": "code = clamp(RoundingDivideByPOT(SaturatingRoundingDoublingHighMul(acc << max(shift, 0), m0), "
-              "max(-shift, 0)) + Z_y, clamp_min, clamp_max); int32, the high mul rounds half toward +inf, the "
-              "divide half away from zero (TFLite's MultiplyByQuantizedMultiplier, two roundings)",
+    "max(-shift, 0)) + Z_y, clamp_min, clamp_max); int32, the high mul rounds half toward +inf, the "
+    "divide half away from zero (TFLite's MultiplyByQuantizedMultiplier, two roundings)",
     "tflite_single": "code = clamp(((acc * m0 + 2^(30 - shift)) >> (31 - shift)) + Z_y, clamp_min, clamp_max); "
-                     "int64 product, one rounding, ties toward +inf (TFLite with TFLITE_SINGLE_ROUNDING)",
+    "int64 product, one rounding, ties toward +inf (TFLite with TFLITE_SINGLE_ROUNDING)",
     "fp32": "code = clamp(rint(float32(acc) * multiplier) + Z_y, clamp_min, clamp_max); float32 product, "
-            "round half to even (PyTorch fbgemm's requantization)",
+    "round half to even (PyTorch fbgemm's requantization)",
     "onnx": "code = clamp(rint(float64(acc) * float64(multiplier) + Z_y), clamp_min, clamp_max); float64, "
-            "round half to even (ONNX reference QLinearMatMul / QLinearConv)",
+    "round half to even (ONNX reference QLinearMatMul / QLinearConv)",
     "fbgemm_float_bias": "per-channel weights: raw = float32(acc) + float32(bias / bias_scale); per-tensor "
-                         "weights: raw = fma(bias, float32(1 / float64(bias_scale)), float32(acc)) (one "
-                         "rounding); code = clamp(rint(float32(raw * multiplier)) + Z_y, clamp_min, clamp_max), "
-                         "round half to even, except that a product outside the int32 range gives clamp_min "
-                         "(PyTorch fbgemm with a float bias; npquant.qnn.fbgemm)",
+    "weights: raw = fma(bias, float32(1 / float64(bias_scale)), float32(acc)) (one "
+    "rounding); code = clamp(rint(float32(raw * multiplier)) + Z_y, clamp_min, clamp_max), "
+    "round half to even, except that a product outside the int32 range gives clamp_min "
+    "(PyTorch fbgemm with a float bias; npquant.qnn.fbgemm)",
 }
 
 _ADD_FORMULAS = {
     "tflite": "a_i = MBQM((q_i - Z_i) << left_shift, m0[i], shift[i]) for i = 0, 1; code = clamp(MBQM(a_0 + "
-              "a_1, m0[2], shift[2]) + Z_y, clamp_min, clamp_max); MBQM is TFLite's "
-              "MultiplyByQuantizedMultiplier (two roundings); TFLite's ADD",
+    "a_1, m0[2], shift[2]) + Z_y, clamp_min, clamp_max); MBQM is TFLite's "
+    "MultiplyByQuantizedMultiplier (two roundings); TFLite's ADD",
     "tflite_single": "as tflite, with MBQM's single rounding (TFLITE_SINGLE_ROUNDING)",
     "torch": "PyTorch's quantized add in float32 (npquant.qnn.add, mode 'torch': blocks of 64 elements through "
-             "its vector path, the rest through its scalar path); no integer multipliers",
+    "its vector path, the rest through its scalar path); no integer multipliers",
 }
 
 
 def _qp_json(qp: QParams) -> dict:
-    return {"scale": float(np.float32(qp.scale)), "zero_point": int(qp.zero_point),
-            "dtype": np.dtype(qp.spec.dtype).name, "qmin": int(qp.spec.qmin), "qmax": int(qp.spec.qmax)}
+    return {
+        "scale": float(np.float32(qp.scale)),
+        "zero_point": int(qp.zero_point),
+        "dtype": np.dtype(qp.spec.dtype).name,
+        "qmin": int(qp.spec.qmin),
+        "qmax": int(qp.spec.qmax),
+    }
 
 
 def _dtype_name(a: np.ndarray) -> str:
@@ -215,7 +239,7 @@ def _unique_idents(names) -> list:
         k = 2
         while s.lower() in seen:
             suffix = f"_{k}"
-            s = base[:_MAX_IDENT - len(suffix)] + suffix
+            s = base[: _MAX_IDENT - len(suffix)] + suffix
             k += 1
         seen.add(s.lower())
         out.append(s)
@@ -235,8 +259,10 @@ def _codes_in(x, qp: QParams, what: str) -> np.ndarray:
         raise ValueError(f"{what} is empty; a non-empty array is required")
     lo, hi = qp.spec.qmin, qp.spec.qmax
     if a.min() < lo or a.max() > hi:
-        raise ValueError(f"{what} holds integer codes in [{a.min()}, {a.max()}], outside the input range "
-                         f"[{lo}, {hi}] of the model's input qparams")
+        raise ValueError(
+            f"{what} holds integer codes in [{a.min()}, {a.max()}], outside the input range "
+            f"[{lo}, {hi}] of the model's input qparams"
+        )
     return a.astype(qp.spec.dtype)
 
 
@@ -281,30 +307,56 @@ def _gemm_record(layer, x, y, op: str) -> tuple:
     lay = "NCHW" if conv else _layout(x)
     tensors = [
         _Tensor("input", x, lay, "input codes"),
-        _Tensor("weight", w, "OIHW" if conv else "OI",
-                "weight codes (out channels, in channels / groups, kh, kw)" if conv
-                else "weight codes (out features, in features)"),
+        _Tensor(
+            "weight",
+            w,
+            "OIHW" if conv else "OI",
+            "weight codes (out channels, in channels / groups, kh, kw)"
+            if conv
+            else "weight codes (out features, in features)",
+        ),
         _Tensor("weight_zero_point", zw, "O", "weight zero point of each output channel"),
     ]
     if float_bias:
         s_w = np.asarray(w_qp.scale, np.float32) if per_channel else np.float32(np.asarray(w_qp.scale).ravel()[0])
         ats, _ = fbgemm_multipliers(np.float32(x_qp.scale), s_w, np.float32(y_qp.scale))
-        tensors += [_Tensor("bias", np.asarray(layer.float_bias, np.float32), "O",
-                            "PyTorch's float bias (fbgemm folds it in float32; not in acc)"),
-                    _Tensor("bias_scale", np.broadcast_to(ats, (o,)).astype(np.float32), "O",
-                            "float32(S_x * S_w[o]), fbgemm's act_times_w_scale")]
+        tensors += [
+            _Tensor(
+                "bias",
+                np.asarray(layer.float_bias, np.float32),
+                "O",
+                "PyTorch's float bias (fbgemm folds it in float32; not in acc)",
+            ),
+            _Tensor(
+                "bias_scale",
+                np.broadcast_to(ats, (o,)).astype(np.float32),
+                "O",
+                "float32(S_x * S_w[o]), fbgemm's act_times_w_scale",
+            ),
+        ]
         uses = "fbgemm_float_bias"
     else:
-        tensors.append(_Tensor("bias", np.asarray(layer.bias_q, np.int32), "O",
-                               "int32 bias at scale S_x * S_w[o], zero point 0 (included in acc)"))
+        tensors.append(
+            _Tensor(
+                "bias",
+                np.asarray(layer.bias_q, np.int32),
+                "O",
+                "int32 bias at scale S_x * S_w[o], zero point 0 (included in acc)",
+            )
+        )
         uses = "m0_shift" if mode.startswith("tflite") else "multiplier"
-    tensors += [_Tensor("m0", m0, "O", "fixed-point multiplier: M = m0 * 2^(shift - 31)"),
-                _Tensor("shift", shift, "O", "exponent of M: a left shift when positive")]
+    tensors += [
+        _Tensor("m0", m0, "O", "fixed-point multiplier: M = m0 * 2^(shift - 31)"),
+        _Tensor("shift", shift, "O", "exponent of M: a left shift when positive"),
+    ]
     if uses != "m0_shift":
-        tensors.append(_Tensor("multiplier", m.astype(np.float32), "O",
-                               "the float32 multiplier M the mode multiplies by"))
-    tensors += [_Tensor("acc", acc, lay, "int32 accumulator" + ("" if float_bias else " including the bias")),
-                _Tensor("output", y, lay, "output codes")]
+        tensors.append(
+            _Tensor("multiplier", m.astype(np.float32), "O", "the float32 multiplier M the mode multiplies by")
+        )
+    tensors += [
+        _Tensor("acc", acc, lay, "int32 accumulator" + ("" if float_bias else " including the bias")),
+        _Tensor("output", y, lay, "output codes"),
+    ]
     geo = None
     defines = [("OUT_CHANNELS", o), ("PER_CHANNEL", int(per_channel)), ("CLAMP_MIN", lo), ("CLAMP_MAX", hi)]
     defines += _zp_defines([x_qp], y_qp)
@@ -313,13 +365,29 @@ def _gemm_record(layer, x, y, op: str) -> tuple:
     if conv:
         g = layer.geometry
         kh, kw = w.shape[2:]
-        geo = {"kernel": [kh, kw], "stride": list(g.stride), "padding": list(g.padding),
-               "padding_order": "top, bottom, left, right; padded positions read the input zero point",
-               "dilation": list(g.dilation), "groups": g.groups, "in_channels": w.shape[1] * g.groups}
-        defines += [("IN_CHANNELS", w.shape[1] * g.groups), ("KERNEL_H", kh), ("KERNEL_W", kw),
-                    ("STRIDE_H", g.stride[0]), ("STRIDE_W", g.stride[1]), ("PAD_TOP", g.padding[0]),
-                    ("PAD_BOTTOM", g.padding[1]), ("PAD_LEFT", g.padding[2]), ("PAD_RIGHT", g.padding[3]),
-                    ("DILATION_H", g.dilation[0]), ("DILATION_W", g.dilation[1]), ("GROUPS", g.groups)]
+        geo = {
+            "kernel": [kh, kw],
+            "stride": list(g.stride),
+            "padding": list(g.padding),
+            "padding_order": "top, bottom, left, right; padded positions read the input zero point",
+            "dilation": list(g.dilation),
+            "groups": g.groups,
+            "in_channels": w.shape[1] * g.groups,
+        }
+        defines += [
+            ("IN_CHANNELS", w.shape[1] * g.groups),
+            ("KERNEL_H", kh),
+            ("KERNEL_W", kw),
+            ("STRIDE_H", g.stride[0]),
+            ("STRIDE_W", g.stride[1]),
+            ("PAD_TOP", g.padding[0]),
+            ("PAD_BOTTOM", g.padding[1]),
+            ("PAD_LEFT", g.padding[2]),
+            ("PAD_RIGHT", g.padding[3]),
+            ("DILATION_H", g.dilation[0]),
+            ("DILATION_W", g.dilation[1]),
+            ("GROUPS", g.groups),
+        ]
     else:
         defines.append(("IN_FEATURES", w.shape[1]))
     if uses == "fbgemm_float_bias":
@@ -327,20 +395,38 @@ def _gemm_record(layer, x, y, op: str) -> tuple:
     else:
         acc_text = "bias[o] + sum over the inputs of (x - Z_x)(w - Z_w[o])"
     if layer.saturates_pairs:
-        acc_text += ("; the product sum saturates int16 pairs of raw-code products (vpmaddubsw) before "
-                     "the zero-point terms, as npquant.qnn.accumulation documents")
+        acc_text += (
+            "; the product sum saturates int16 pairs of raw-code products (vpmaddubsw) before "
+            "the zero-point terms, as npquant.qnn.accumulation documents"
+        )
     info = {
-        "requantization": {"mode": mode, "uses": uses, "formula": _FORMULAS[uses if float_bias else mode],
-                           "per_channel": per_channel, "real_multiplier": [float(v) for v in m]},
-        "accumulation": {"mode": layer.accumulation, "int16_pair_saturation": bool(layer.saturates_pairs),
-                         "form": layer.form, "overflow": layer.overflow, "acc": acc_text,
-                         "acc_includes_bias": not float_bias},
+        "requantization": {
+            "mode": mode,
+            "uses": uses,
+            "formula": _FORMULAS[uses if float_bias else mode],
+            "per_channel": per_channel,
+            "real_multiplier": [float(v) for v in m],
+        },
+        "accumulation": {
+            "mode": layer.accumulation,
+            "int16_pair_saturation": bool(layer.saturates_pairs),
+            "form": layer.form,
+            "overflow": layer.overflow,
+            "acc": acc_text,
+            "acc_includes_bias": not float_bias,
+        },
         "activation": list(act) if isinstance(act, tuple) else act,
         "clamp": [lo, hi],
-        "zero_points": {"input": int(x_qp.zero_point), "output": int(y_qp.zero_point),
-                        "weight": [int(v) for v in zw] if per_channel else int(zw[0])},
-        "scales": {"input": float(np.float32(x_qp.scale)), "output": float(np.float32(y_qp.scale)),
-                   "weight": [float(v) for v in sw] if per_channel else float(sw[0])},
+        "zero_points": {
+            "input": int(x_qp.zero_point),
+            "output": int(y_qp.zero_point),
+            "weight": [int(v) for v in zw] if per_channel else int(zw[0]),
+        },
+        "scales": {
+            "input": float(np.float32(x_qp.scale)),
+            "output": float(np.float32(y_qp.scale)),
+            "weight": [float(v) for v in sw] if per_channel else float(sw[0]),
+        },
         **_io_info([x_qp], y_qp),
     }
     if geo is not None:
@@ -352,19 +438,37 @@ def _pool_record(layer, x, y, op, qp) -> tuple:
     k = check_pair(layer.kernel_size, "kernel_size", lo=1)
     s = check_pair(layer.kernel_size if layer.stride is None else layer.stride, "stride", lo=1)
     p = check_pair(layer.padding, "padding", lo=0)
-    pool = {"kernel": list(k), "stride": list(s), "padding": list(p),
-            "padding_order": "height, width (each on both sides)"}
-    defines = [("KERNEL_H", k[0]), ("KERNEL_W", k[1]), ("STRIDE_H", s[0]), ("STRIDE_W", s[1]),
-               ("PAD_H", p[0]), ("PAD_W", p[1])]
+    pool = {
+        "kernel": list(k),
+        "stride": list(s),
+        "padding": list(p),
+        "padding_order": "height, width (each on both sides)",
+    }
+    defines = [
+        ("KERNEL_H", k[0]),
+        ("KERNEL_W", k[1]),
+        ("STRIDE_H", s[0]),
+        ("STRIDE_W", s[1]),
+        ("PAD_H", p[0]),
+        ("PAD_W", p[1]),
+    ]
     if op == "qmaxpool2d":
         pool["rule"] = "the max of the valid positions of each window: padding never wins"
     else:
-        pool.update(mode=layer.mode, count_include_pad=bool(layer.count_include_pad),
-                    zero_point=int(layer.zero_point),
-                    rule=("sum of the window's codes / count, rounded "
-                          + ("half away from zero (TFLite)" if layer.mode == "tflite" else "half to even (PyTorch)")
-                          + ("; padding counts as the zero point and in count" if layer.count_include_pad
-                             else "; count is the number of valid positions")))
+        pool.update(
+            mode=layer.mode,
+            count_include_pad=bool(layer.count_include_pad),
+            zero_point=int(layer.zero_point),
+            rule=(
+                "sum of the window's codes / count, rounded "
+                + ("half away from zero (TFLite)" if layer.mode == "tflite" else "half to even (PyTorch)")
+                + (
+                    "; padding counts as the zero point and in count"
+                    if layer.count_include_pad
+                    else "; count is the number of valid positions"
+                )
+            ),
+        )
         defines += [("COUNT_INCLUDE_PAD", int(layer.count_include_pad)), ("POOL_ZERO_POINT", int(layer.zero_point))]
     info = {"pool": pool, **_io_info([qp], qp)}
     tensors = [_Tensor("input", x, "NCHW", "input codes"), _Tensor("output", y, "NCHW", "output codes")]
@@ -372,8 +476,10 @@ def _pool_record(layer, x, y, op, qp) -> tuple:
 
 
 def _simple(x, y, qps_in, qp_out, info=None) -> tuple:
-    tensors = [_Tensor("input", x, _layout(x), "input codes" if qps_in[0] is not None else "float input"),
-               _Tensor("output", y, _layout(y), "output codes" if qp_out is not None else "float output")]
+    tensors = [
+        _Tensor("input", x, _layout(x), "input codes" if qps_in[0] is not None else "float input"),
+        _Tensor("output", y, _layout(y), "output codes" if qp_out is not None else "float output"),
+    ]
     return {**(info or {}), **_io_info(qps_in, qp_out)}, tensors, _zp_defines(qps_in, qp_out)
 
 
@@ -381,16 +487,25 @@ def _add_record(ins, y, qps_in, qp_out, mode, activation) -> tuple:
     layer = ql.QAdd(qps_in[0], qps_in[1], qp_out, mode=mode, activation=activation)
     lo, hi = (int(v) for v in layer.out_range)
     tensors = [_Tensor(f"input{i}", a, _layout(a), f"codes of input {i}") for i, a in enumerate(ins)]
-    info = {"requantization": {"mode": mode, "formula": _ADD_FORMULAS[mode]},
-            "activation": list(activation) if isinstance(activation, tuple) else activation, "clamp": [lo, hi]}
+    info = {
+        "requantization": {"mode": mode, "formula": _ADD_FORMULAS[mode]},
+        "activation": list(activation) if isinstance(activation, tuple) else activation,
+        "clamp": [lo, hi],
+    }
     defines = [("CLAMP_MIN", lo), ("CLAMP_MAX", hi)]
     if mode != "torch":
-        p = tflite_add_params(np.float32(qps_in[0].scale), np.float32(qps_in[1].scale), np.float32(qp_out.scale),
-                              rounding="double" if mode == "tflite" else "single")
+        p = tflite_add_params(
+            np.float32(qps_in[0].scale),
+            np.float32(qps_in[1].scale),
+            np.float32(qp_out.scale),
+            rounding="double" if mode == "tflite" else "single",
+        )
         m0 = np.array([p.input1[0], p.input2[0], p.output[0]], np.int32)
         sh = np.array([p.input1[1], p.input2[1], p.output[1]], np.int32)
-        tensors += [_Tensor("m0", m0, "3: input0, input1, output", "fixed-point multipliers"),
-                    _Tensor("shift", sh, "3: input0, input1, output", "their exponents")]
+        tensors += [
+            _Tensor("m0", m0, "3: input0, input1, output", "fixed-point multipliers"),
+            _Tensor("shift", sh, "3: input0, input1, output", "their exponents"),
+        ]
         info["requantization"]["uses"] = "m0_shift"
         info["requantization"]["left_shift"] = p.left_shift
         defines.append(("LEFT_SHIFT", p.left_shift))
@@ -410,8 +525,9 @@ def _layer_record(layer, ins, y, qps_in, qp_out, op, attrs) -> tuple:
         return _pool_record(layer, x, y, op, qps_in[0])
     if op == "qrelu":
         lo, hi = (int(v) for v in layer.out_range)
-        info, tensors, defines = _simple(x, y, qps_in, qp_out, {"activation": layer.activation,
-                                                                 "relu_mode": layer.mode, "clamp": [lo, hi]})
+        info, tensors, defines = _simple(
+            x, y, qps_in, qp_out, {"activation": layer.activation, "relu_mode": layer.mode, "clamp": [lo, hi]}
+        )
         return info, tensors, defines + [("CLAMP_MIN", lo), ("CLAMP_MAX", hi)]
     if op == "qadd":
         if isinstance(layer, ql.QAdd):
@@ -426,36 +542,52 @@ def _layer_record(layer, ins, y, qps_in, qp_out, op, attrs) -> tuple:
     if op == "qconcat":
         tensors = [_Tensor(f"input{i}", a, _layout(a), f"codes of input {i}") for i, a in enumerate(ins)]
         tensors.append(_Tensor("output", y, _layout(y), "output codes"))
-        info = {"axis": attrs.get("axis", 1), "requantization": {
-            "mode": attrs.get("mode", "torch"), "uses": "scales",
-            "formula": "each input with other qparams than the output: dequantize exactly, then quantize "
-                       "as torch.quantize_per_tensor (npquant.models.graph, op qconcat)"},
-            "memory_format": attrs.get("memory_format", "contiguous"), **_io_info(qps_in, qp_out)}
+        info = {
+            "axis": attrs.get("axis", 1),
+            "requantization": {
+                "mode": attrs.get("mode", "torch"),
+                "uses": "scales",
+                "formula": "each input with other qparams than the output: dequantize exactly, then quantize "
+                "as torch.quantize_per_tensor (npquant.models.graph, op qconcat)",
+            },
+            "memory_format": attrs.get("memory_format", "contiguous"),
+            **_io_info(qps_in, qp_out),
+        }
         return info, tensors, _zp_defines(qps_in, qp_out)
     if op == "quantize":
-        return _simple(x, y, qps_in, qp_out, {"method": attrs.get("method", "divide"),
-                                               "rounding": qp_out.spec.rounding})
+        return _simple(
+            x, y, qps_in, qp_out, {"method": attrs.get("method", "divide"), "rounding": qp_out.spec.rounding}
+        )
     if op == "qreshape":
         return _simple(x, y, qps_in, qp_out, {"shape": attrs.get("shape")})
     return _simple(x, y, qps_in, qp_out)  # qflatten, dequantize
 
 
-_CLASS_OPS = ((ql.QLinear, "qlinear"), (ql.QConv2d, "qconv2d"), (ql.MaxPool2d, "qmaxpool2d"),
-              (ql.AvgPool2d, "qavgpool2d"), (ql.Flatten, "qflatten"), (ql.QReLU, "qrelu"))
+_CLASS_OPS = (
+    (ql.QLinear, "qlinear"),
+    (ql.QConv2d, "qconv2d"),
+    (ql.MaxPool2d, "qmaxpool2d"),
+    (ql.AvgPool2d, "qavgpool2d"),
+    (ql.Flatten, "qflatten"),
+    (ql.QReLU, "qrelu"),
+)
 
 
 def _model_op(layer, i: int) -> str:
     for cls, op in _CLASS_OPS:
         if isinstance(layer, cls):
             return op
-    raise TypeError(f"model.layers[{i}] is a {type(layer).__name__}, which golden vectors do not describe; "
-                    f"supported: {', '.join(c.__name__ for c, _ in _CLASS_OPS)}")
+    raise TypeError(
+        f"model.layers[{i}] is a {type(layer).__name__}, which golden vectors do not describe; "
+        f"supported: {', '.join(c.__name__ for c, _ in _CLASS_OPS)}"
+    )
 
 
 def _integer_model_records(model: IntegerModel, inputs) -> tuple:
     if isinstance(inputs, (dict, list, tuple)):
-        raise TypeError("inputs of an IntegerModel must be one array (float values or integer codes), "
-                        f"got {type(inputs).__name__}")
+        raise TypeError(
+            f"inputs of an IntegerModel must be one array (float values or integer codes), got {type(inputs).__name__}"
+        )
     x = np.asarray(inputs)
     if x.dtype.kind == "f":
         x = model.quantize_input(x)
@@ -473,8 +605,14 @@ def _integer_model_records(model: IntegerModel, inputs) -> tuple:
     idents = [f"l{i:0{max(2, len(str(len(records) - 1)))}d}_{r.op}" for i, r in enumerate(records)]
     for r, ident in zip(records, idents):
         r.ident = ident
-    model_info = {"type": "IntegerModel", "kind": "integer", "mode": model.mode, "input_method": model.input_method,
-                  "input_qparams": _qp_json(model.input_qp), "output_qparams": _qp_json(model.output_qp)}
+    model_info = {
+        "type": "IntegerModel",
+        "kind": "integer",
+        "mode": model.mode,
+        "input_method": model.input_method,
+        "input_qparams": _qp_json(model.input_qp),
+        "output_qparams": _qp_json(model.output_qp),
+    }
     return model_info, records
 
 
@@ -519,13 +657,17 @@ def _graph_feeds(graph, inputs) -> tuple:
         qps = {}
         for n in readers:
             if n.op != "quantize":
-                raise ValueError(f"{what} holds integer codes, but graph input {t!r} is float and node "
-                                 f"{n.name!r} ({n.op}) reads it: pass float values")
+                raise ValueError(
+                    f"{what} holds integer codes, but graph input {t!r} is float and node "
+                    f"{n.name!r} ({n.op}) reads it: pass float values"
+                )
             qps[n.outputs[0]] = graph.qparams[n.outputs[0]]
         first = next(iter(qps.values()), None)
         if first is None or any(_qp_json(q) != _qp_json(first) for q in qps.values()):
-            raise ValueError(f"{what} holds integer codes, but graph input {t!r} is float and is quantized "
-                             "with several qparams (or not at all): pass float values")
+            raise ValueError(
+                f"{what} holds integer codes, but graph input {t!r} is float and is quantized "
+                "with several qparams (or not at all): pass float values"
+            )
         codes = _codes_in(a, first, what)
         feeds[t] = dequantize(codes, first)
         checks += [(out, codes) for out in qps]
@@ -534,14 +676,18 @@ def _graph_feeds(graph, inputs) -> tuple:
 
 def _graph_records(graph, inputs) -> tuple:
     if graph.kind != "integer":
-        raise ValueError(f"model is a {graph.kind} graph; golden vectors are of integer graphs (integer ops "
-                         "between quantize and dequantize nodes): quantize the model first")
+        raise ValueError(
+            f"model is a {graph.kind} graph; golden vectors are of integer graphs (integer ops "
+            "between quantize and dequantize nodes): quantize the model first"
+        )
     feeds, checks = _graph_feeds(graph, inputs)
     env = graph.run(feeds, keep_intermediates=True)
     for t, codes in checks:
         if not np.array_equal(env[t], codes):
-            raise ValueError(f"the integer codes given for the graph's float input do not survive its quantize node "
-                             f"{t!r} (dequantized and quantized again they change): pass float values")
+            raise ValueError(
+                f"the integer codes given for the graph's float input do not survive its quantize node "
+                f"{t!r} (dequantized and quantized again they change): pass float values"
+            )
     records = []
     for n in graph.nodes:
         layer = graph.layer(n.name)
@@ -554,10 +700,15 @@ def _graph_records(graph, inputs) -> tuple:
         records.append(_Record(n.name, n.op, cls, info, tensors, defines, list(n.inputs), list(n.outputs)))
     for r, ident in zip(records, _unique_idents([r.original for r in records])):
         r.ident = ident
-    model_info = {"type": "Graph", "kind": graph.kind, "name": graph.name, "inputs": list(graph.inputs),
-                  "outputs": list(graph.outputs),
-                  "input_qparams": {k: _qp_json(v) for k, v in graph.input_qparams.items()},
-                  "output_qparams": {t: _qp_json(graph.qparams[t]) for t in graph.outputs if t in graph.qparams}}
+    model_info = {
+        "type": "Graph",
+        "kind": graph.kind,
+        "name": graph.name,
+        "inputs": list(graph.inputs),
+        "outputs": list(graph.outputs),
+        "input_qparams": {k: _qp_json(v) for k, v in graph.input_qparams.items()},
+        "output_qparams": {t: _qp_json(graph.qparams[t]) for t in graph.outputs if t in graph.qparams},
+    }
     return model_info, records
 
 
@@ -566,8 +717,7 @@ def _records(model, inputs) -> tuple:
         return _integer_model_records(model, inputs)
     if isinstance(model, _graph_class()):
         return _graph_records(model, inputs)
-    hint = (": a float model; quantize it with npquant.models.convert.quantize_model first"
-            if callable(model) else "")
+    hint = ": a float model; quantize it with npquant.models.convert.quantize_model first" if callable(model) else ""
     raise TypeError(f"model must be an IntegerModel or an integer Graph, got {type(model).__name__}{hint}")
 
 
@@ -602,8 +752,9 @@ def _c_int(v: int) -> str:
 
 
 def _c_header(records, manifest) -> bytes:
-    needs_math = any(t.array.dtype == np.float32 and not np.all(np.isfinite(t.array))
-                     for r in records for t in r.tensors)
+    needs_math = any(
+        t.array.dtype == np.float32 and not np.all(np.isfinite(t.array)) for r in records for t in r.tensors
+    )
     lines = [
         f"/* {C_HEADER}: golden test vectors written by npquant {__version__} ({FORMAT} version {VERSION}).",
         " * Every array is in C order (row-major, the last index fastest); manifest.json gives each",
@@ -647,7 +798,7 @@ def _c_header(records, manifest) -> bytes:
             lines.append(f"/* {t.key}: {dtype} {list(t.array.shape)} {t.layout}: {_c_comment(t.meaning)} */")
             lines.append(f"static const {C_TYPES[dtype]} {name}[{t.array.size}] NPQ_VECTORS_UNUSED = {{")
             for j in range(0, len(lits), per_line):
-                lines.append("    " + ", ".join(lits[j:j + per_line]) + ",")
+                lines.append("    " + ", ".join(lits[j : j + per_line]) + ",")
             lines.append("};")
     lines += ["", "#endif /* NPQUANT_VECTORS_H */", ""]
     return "\n".join(lines).encode("ascii")
@@ -684,9 +835,16 @@ def _manifest(model_info, records) -> dict:
             dtype = _dtype_name(t.array)
             name = f"{r.ident}_{t.key}"
             files.append(f"{name}.hex")
-            tensors[t.key] = {"file": f"{name}.hex", "name": name, "dtype": dtype,
-                              "shape": [int(d) for d in t.array.shape], "layout": t.layout,
-                              "hex_digits": HEX_DIGITS[dtype], "c_type": C_TYPES[dtype], "meaning": t.meaning}
+            tensors[t.key] = {
+                "file": f"{name}.hex",
+                "name": name,
+                "dtype": dtype,
+                "shape": [int(d) for d in t.array.shape],
+                "layout": t.layout,
+                "hex_digits": HEX_DIGITS[dtype],
+                "c_type": C_TYPES[dtype],
+                "meaning": t.meaning,
+            }
         entry = {"index": i, "name": r.ident, "original_name": r.original, "op": r.op, "class": r.cls}
         if r.inputs is not None:
             entry["input_tensors"], entry["output_tensors"] = r.inputs, r.outputs
@@ -695,16 +853,22 @@ def _manifest(model_info, records) -> dict:
         entry["tensors"] = tensors
         layers.append(entry)
     return {
-        "format": FORMAT, "version": VERSION, "npquant_version": __version__,
+        "format": FORMAT,
+        "version": VERSION,
+        "npquant_version": __version__,
         "model": model_info,
         "byte_order": _BYTE_ORDER,
-        "hex": {"digits": HEX_DIGITS, "order": "C (row-major, the last axis fastest), one value per line",
-                "signed": "two's complement in the dtype's width",
-                "float32": "IEEE 754 binary32 bit pattern",
-                "case": "lowercase, no 0x prefix",
-                "comment": "the first line is a // comment ($readmemh skips comments)",
-                "line_end": "\\n after every line"},
-        "c_header": C_HEADER, "npz": NPZ,
+        "hex": {
+            "digits": HEX_DIGITS,
+            "order": "C (row-major, the last axis fastest), one value per line",
+            "signed": "two's complement in the dtype's width",
+            "float32": "IEEE 754 binary32 bit pattern",
+            "case": "lowercase, no 0x prefix",
+            "comment": "the first line is a // comment ($readmemh skips comments)",
+            "line_end": "\\n after every line",
+        },
+        "c_header": C_HEADER,
+        "npz": NPZ,
         "names": {r.original: r.ident for r in records},
         "files": sorted(files) + [C_HEADER, NPZ],
         "layers": layers,
@@ -714,8 +878,9 @@ def _manifest(model_info, records) -> dict:
 # ---------------------------------------------------------------------------- folders
 
 
-def _out_dir(out_dir, overwrite: bool, marker: str, fmt: str, name: str = "out_dir",
-             flag: str = "overwrite=True") -> tuple:
+def _out_dir(
+    out_dir, overwrite: bool, marker: str, fmt: str, name: str = "out_dir", flag: str = "overwrite=True"
+) -> tuple:
     """``(given, real path, kind)`` after checking ``out_dir``; kind is ``"new"``, ``"empty"``
     or ``"previous"`` (a folder holding only a previous set of ``fmt``). ``name`` and
     ``flag`` are the argument and the option named in messages."""
@@ -733,12 +898,16 @@ def _out_dir(out_dir, overwrite: bool, marker: str, fmt: str, name: str = "out_d
     if not entries:
         return given, real, "empty"
     if not overwrite:
-        raise FileExistsError(f"{name} {given!r} is not empty ({len(entries)} entries, e.g. {entries[0]!r}): "
-                              f"choose a new or empty folder, or pass {flag} to replace a previous set")
+        raise FileExistsError(
+            f"{name} {given!r} is not empty ({len(entries)} entries, e.g. {entries[0]!r}): "
+            f"choose a new or empty folder, or pass {flag} to replace a previous set"
+        )
     foreign = _foreign_entries(real, entries, marker, fmt)
     if foreign:
-        raise FileExistsError(f"{name} {given!r} holds {foreign[0]!r}, which is not part of a previous {fmt} set; "
-                              f"{flag} replaces only such a set: choose a new or empty folder")
+        raise FileExistsError(
+            f"{name} {given!r} holds {foreign[0]!r}, which is not part of a previous {fmt} set; "
+            f"{flag} replaces only such a set: choose a new or empty folder"
+        )
     return given, real, "previous"
 
 
@@ -754,8 +923,11 @@ def _foreign_entries(real: str, entries, marker: str, fmt: str) -> list:
     if not ok:
         return [marker]
     listed = {f for f in head["files"] if isinstance(f, str)} | {marker}
-    return [e for e in entries if e not in listed or os.path.islink(os.path.join(real, e))
-            or not os.path.isfile(os.path.join(real, e))]
+    return [
+        e
+        for e in entries
+        if e not in listed or os.path.islink(os.path.join(real, e)) or not os.path.isfile(os.path.join(real, e))
+    ]
 
 
 def _write_folder(given: str, real: str, kind: str, files: dict) -> None:
@@ -805,8 +977,13 @@ def _npz_bytes(arrays: dict) -> bytes:
 # ---------------------------------------------------------------------------- public
 
 
-def write_vectors(model: IntegerModel | Graph, inputs: npt.ArrayLike | list | dict, out_dir: str | os.PathLike, *,
-                  overwrite: bool = False) -> dict:
+def write_vectors(
+    model: IntegerModel | Graph,
+    inputs: npt.ArrayLike | list | dict,
+    out_dir: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+) -> dict:
     """Run ``model`` once on ``inputs`` and write the golden test vectors of every layer.
 
     Parameters
@@ -858,8 +1035,10 @@ def write_vectors(model: IntegerModel | Graph, inputs: npt.ArrayLike | list | di
         for t in r.tensors:
             dtype = _dtype_name(t.array)
             name = f"{r.ident}_{t.key}"
-            comment = (f"{FORMAT} {VERSION}: {name} {dtype} shape {list(t.array.shape)} {t.layout}, C order, "
-                       f"{t.array.size} values of {HEX_DIGITS[dtype]} hex digits")
+            comment = (
+                f"{FORMAT} {VERSION}: {name} {dtype} shape {list(t.array.shape)} {t.layout}, C order, "
+                f"{t.array.size} values of {HEX_DIGITS[dtype]} hex digits"
+            )
             files[f"{name}.hex"] = _hex_text(t.array, dtype, comment)
             arrays[name] = t.array
     files[C_HEADER] = _c_header(records, manifest)
@@ -909,8 +1088,11 @@ def read_manifest(out_dir: str | os.PathLike) -> dict:
     for i, layer in enumerate(m["layers"]):
         _expect(isinstance(layer, dict), where, f"layers[{i}] must be an object")
         name = layer.get("name")
-        _expect(isinstance(name, str) and _IDENT.fullmatch(name) is not None, where,
-                f"layers[{i}].name must be an identifier (letters, digits, _), got {name!r}")
+        _expect(
+            isinstance(name, str) and _IDENT.fullmatch(name) is not None,
+            where,
+            f"layers[{i}].name must be an identifier (letters, digits, _), got {name!r}",
+        )
         _expect(name not in names, where, f"layer name {name!r} appears twice")
         names.add(name)
         tensors = layer.get("tensors")
@@ -919,16 +1101,24 @@ def read_manifest(out_dir: str | os.PathLike) -> dict:
             what = f"layer {name!r}, tensor {key!r}"
             _expect(isinstance(t, dict), where, f"{what} must be an object")
             f = t.get("file")
-            _expect(isinstance(f, str) and _HEX_FILE.fullmatch(f) is not None, where,
-                    f"{what}: file must be a plain .hex file name in the folder, got {f!r}")
+            _expect(
+                isinstance(f, str) and _HEX_FILE.fullmatch(f) is not None,
+                where,
+                f"{what}: file must be a plain .hex file name in the folder, got {f!r}",
+            )
             _expect(f.lower() not in files, where, f"{what}: file {f!r} is listed twice")
             files.add(f.lower())
-            _expect(t.get("dtype") in HEX_DIGITS, where,
-                    f"{what}: dtype must be one of {', '.join(HEX_DIGITS)}, got {t.get('dtype')!r}")
+            _expect(
+                t.get("dtype") in HEX_DIGITS,
+                where,
+                f"{what}: dtype must be one of {', '.join(HEX_DIGITS)}, got {t.get('dtype')!r}",
+            )
             shape = t.get("shape")
-            _expect(isinstance(shape, list) and len(shape) <= 32
-                    and all(type(d) is int and d >= 0 for d in shape), where,
-                    f"{what}: shape must be a list of at most 32 sizes, got {shape!r}")
+            _expect(
+                isinstance(shape, list) and len(shape) <= 32 and all(type(d) is int and d >= 0 for d in shape),
+                where,
+                f"{what}: shape must be a list of at most 32 sizes, got {shape!r}",
+            )
             _expect(math.prod(shape) <= _MAX_ELEMENTS, where, f"{what}: shape {shape} has too many elements")
     return m
 
@@ -941,7 +1131,7 @@ def _parse_hex(data: bytes, dtype: str, shape, where) -> np.ndarray:
     try:
         text = data.decode("ascii")
     except UnicodeDecodeError as e:
-        bad_line = data[:e.start].count(b"\n") + 1
+        bad_line = data[: e.start].count(b"\n") + 1
         raise FileFormatError(where, f"line {bad_line}: not ASCII text") from None
     lines = text.split("\n")
     if lines[-1] == "":
@@ -957,18 +1147,25 @@ def _parse_hex(data: bytes, dtype: str, shape, where) -> np.ndarray:
         if value.fullmatch(line) is None:
             if re.fullmatch(r"[0-9A-Fa-f]+", line):
                 if len(line) > w and int(line, 16) >= 1 << (4 * w):
-                    raise FileFormatError(where, f"line {lineno}: value {line!r} is out of range for {dtype} "
-                                                 f"({w} hex digits, 0 to {'f' * w})")
-                raise FileFormatError(where, f"line {lineno}: {line!r} has {len(line)} hex digits; {dtype} values "
-                                             f"have exactly {w}")
-            raise FileFormatError(where, f"line {lineno}: malformed line {line[:40]!r}: expected {w} hex digits "
-                                         f"(one {dtype} value) or a // comment")
+                    raise FileFormatError(
+                        where,
+                        f"line {lineno}: value {line!r} is out of range for {dtype} ({w} hex digits, 0 to {'f' * w})",
+                    )
+                raise FileFormatError(
+                    where, f"line {lineno}: {line!r} has {len(line)} hex digits; {dtype} values have exactly {w}"
+                )
+            raise FileFormatError(
+                where,
+                f"line {lineno}: malformed line {line[:40]!r}: expected {w} hex digits "
+                f"(one {dtype} value) or a // comment",
+            )
         if len(digits) == count:
             raise FileFormatError(where, f"line {lineno}: more than the {count} values of shape {list(shape)}")
         digits.append(line)
     if len(digits) != count:
-        raise FileFormatError(where, f"line {lineno + 1}: the file ends after {len(digits)} values; shape "
-                                     f"{list(shape)} needs {count}")
+        raise FileFormatError(
+            where, f"line {lineno + 1}: the file ends after {len(digits)} values; shape {list(shape)} needs {count}"
+        )
     arr = np.frombuffer(bytes.fromhex("".join(digits)), _BIG_ENDIAN[dtype]).astype(dtype)
     return arr.reshape(shape)
 
@@ -1025,8 +1222,13 @@ def _float_model_tensors(model, x) -> tuple:
     return {"type": type(model).__name__}, names, arrays, producers, [None] * len(names)
 
 
-def write_intermediates(model: nn.Sequential | IntegerModel | Graph, inputs: npt.ArrayLike | list | dict,
-                        out_dir: str | os.PathLike, *, overwrite: bool = False) -> dict:
+def write_intermediates(
+    model: nn.Sequential | IntegerModel | Graph,
+    inputs: npt.ArrayLike | list | dict,
+    out_dir: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+) -> dict:
     """Run ``model`` on ``inputs`` and write every intermediate tensor as an ``.npy`` file.
 
     Parameters
@@ -1099,11 +1301,25 @@ def write_intermediates(model: nn.Sequential | IntegerModel | Graph, inputs: npt
         buf = io.BytesIO()
         np.save(buf, np.ascontiguousarray(a), allow_pickle=False)
         files[fname] = buf.getvalue()
-        entries.append({"index": i, "name": name, "file": fname, "dtype": a.dtype.name,
-                        "shape": [int(d) for d in a.shape], "qparams": None if qp is None else _qp_json(qp),
-                        "producer": prod})
-    index = {"format": TENSORS_FORMAT, "version": VERSION, "npquant_version": __version__, "model": info,
-             "files": sorted(files), "tensors": entries}
+        entries.append(
+            {
+                "index": i,
+                "name": name,
+                "file": fname,
+                "dtype": a.dtype.name,
+                "shape": [int(d) for d in a.shape],
+                "qparams": None if qp is None else _qp_json(qp),
+                "producer": prod,
+            }
+        )
+    index = {
+        "format": TENSORS_FORMAT,
+        "version": VERSION,
+        "npquant_version": __version__,
+        "model": info,
+        "files": sorted(files),
+        "tensors": entries,
+    }
     files[TENSORS_INDEX] = (json.dumps(index, indent=1) + "\n").encode("utf-8")
     _write_folder(given, real, kind, files)
     return index

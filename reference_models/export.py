@@ -39,8 +39,11 @@ PINNED_ENV = {
     "MKL_NUM_THREADS": "1",
 }
 if "torch" in sys.modules:  # pragma: no cover - only when imported into a live session
-    print("warning: torch was imported before export.py; the pinned environment "
-          "(ATEN_CPU_CAPABILITY, MKL_CBWR) does not apply", file=sys.stderr)
+    print(
+        "warning: torch was imported before export.py; the pinned environment "
+        "(ATEN_CPU_CAPABILITY, MKL_CBWR) does not apply",
+        file=sys.stderr,
+    )
 os.environ.update(PINNED_ENV)
 
 import argparse  # noqa: E402
@@ -98,11 +101,11 @@ N_TRAIN = 1078
 PIXEL_SCALE = 16.0
 
 # Training: the same for every model except where MODELS says otherwise.
-TORCH_SEED = 0          # torch.manual_seed before building each model
-SHUFFLE_SEED = 1        # seeds the torch.Generator that shuffles the training set each epoch
+TORCH_SEED = 0  # torch.manual_seed before building each model
+SHUFFLE_SEED = 1  # seeds the torch.Generator that shuffles the training set each epoch
 BATCH_SIZE = 32
 ENGINE = "fbgemm"
-QCONFIG_NAME = ENGINE   # torch.ao.quantization.get_default_qconfig(QCONFIG_NAME)
+QCONFIG_NAME = ENGINE  # torch.ao.quantization.get_default_qconfig(QCONFIG_NAME)
 FORMAT_VERSION = 1
 
 
@@ -111,49 +114,106 @@ def _linear(name, i, o):
 
 
 def _conv(name, i, o):
-    return {"type": "conv2d", "name": name, "in_channels": i, "out_channels": o,
-            "kernel_size": [3, 3], "stride": [1, 1], "padding": [1, 1], "dilation": [1, 1],
-            "groups": 1, "bias": False}
+    return {
+        "type": "conv2d",
+        "name": name,
+        "in_channels": i,
+        "out_channels": o,
+        "kernel_size": [3, 3],
+        "stride": [1, 1],
+        "padding": [1, 1],
+        "dilation": [1, 1],
+        "groups": 1,
+        "bias": False,
+    }
 
 
 def _bn(name, c):
-    return {"type": "batchnorm2d", "name": name, "num_features": c, "eps": 1e-05,
-            "momentum": 0.1}
+    return {"type": "batchnorm2d", "name": name, "num_features": c, "eps": 1e-05, "momentum": 0.1}
 
 
 def _pool(name):
-    return {"type": "maxpool2d", "name": name, "kernel_size": [2, 2], "stride": [2, 2],
-            "padding": [0, 0], "dilation": [1, 1], "ceil_mode": False}
+    return {
+        "type": "maxpool2d",
+        "name": name,
+        "kernel_size": [2, 2],
+        "stride": [2, 2],
+        "padding": [0, 0],
+        "dilation": [1, 1],
+        "ceil_mode": False,
+    }
 
 
 def _relu(name):
     return {"type": "relu", "name": name}
 
 
-MODELS = OrderedDict([
-    ("mlp", {
-        "arch": {"name": "mlp", "input_shape": [64], "num_classes": 10, "layers": [
-            _linear("fc1", 64, 128), _relu("relu1"),
-            _linear("fc2", 128, 64), _relu("relu2"),
-            _linear("fc3", 64, 10)]},
-        "epochs": 60, "lr": 1e-3,
-    }),
-    ("lenet_300_100", {
-        "arch": {"name": "lenet_300_100", "input_shape": [64], "num_classes": 10, "layers": [
-            _linear("fc1", 64, 300), _relu("relu1"),
-            _linear("fc2", 300, 100), _relu("relu2"),
-            _linear("fc3", 100, 10)]},
-        "epochs": 60, "lr": 1e-3,
-    }),
-    ("cnn", {
-        "arch": {"name": "cnn", "input_shape": [1, 8, 8], "num_classes": 10, "layers": [
-            _conv("conv1", 1, 8), _bn("bn1", 8), _relu("relu1"), _pool("pool1"),
-            _conv("conv2", 8, 16), _bn("bn2", 16), _relu("relu2"), _pool("pool2"),
-            {"type": "flatten", "name": "flatten", "start_dim": 1},
-            _linear("fc", 64, 10)]},
-        "epochs": 60, "lr": 3e-3,
-    }),
-])
+MODELS = OrderedDict(
+    [
+        (
+            "mlp",
+            {
+                "arch": {
+                    "name": "mlp",
+                    "input_shape": [64],
+                    "num_classes": 10,
+                    "layers": [
+                        _linear("fc1", 64, 128),
+                        _relu("relu1"),
+                        _linear("fc2", 128, 64),
+                        _relu("relu2"),
+                        _linear("fc3", 64, 10),
+                    ],
+                },
+                "epochs": 60,
+                "lr": 1e-3,
+            },
+        ),
+        (
+            "lenet_300_100",
+            {
+                "arch": {
+                    "name": "lenet_300_100",
+                    "input_shape": [64],
+                    "num_classes": 10,
+                    "layers": [
+                        _linear("fc1", 64, 300),
+                        _relu("relu1"),
+                        _linear("fc2", 300, 100),
+                        _relu("relu2"),
+                        _linear("fc3", 100, 10),
+                    ],
+                },
+                "epochs": 60,
+                "lr": 1e-3,
+            },
+        ),
+        (
+            "cnn",
+            {
+                "arch": {
+                    "name": "cnn",
+                    "input_shape": [1, 8, 8],
+                    "num_classes": 10,
+                    "layers": [
+                        _conv("conv1", 1, 8),
+                        _bn("bn1", 8),
+                        _relu("relu1"),
+                        _pool("pool1"),
+                        _conv("conv2", 8, 16),
+                        _bn("bn2", 16),
+                        _relu("relu2"),
+                        _pool("pool2"),
+                        {"type": "flatten", "name": "flatten", "start_dim": 1},
+                        _linear("fc", 64, 10),
+                    ],
+                },
+                "epochs": 60,
+                "lr": 3e-3,
+            },
+        ),
+    ]
+)
 
 
 # ---------------------------------------------------------------------------------------
@@ -166,13 +226,17 @@ def load_split():
     y = digits.target.astype(np.int64)
     idx = np.arange(len(y))
     rest, test = train_test_split(idx, test_size=N_TEST, stratify=y, random_state=SPLIT_SEED)
-    train, cal = train_test_split(rest, test_size=N_CALIBRATION, stratify=y[rest],
-                                  random_state=SPLIT_SEED)
-    split = {"train_index": np.sort(train).astype(np.int64),
-             "calibration_index": np.sort(cal).astype(np.int64),
-             "test_index": np.sort(test).astype(np.int64)}
-    assert [len(split[k]) for k in ("train_index", "calibration_index", "test_index")] == \
-        [N_TRAIN, N_CALIBRATION, N_TEST]
+    train, cal = train_test_split(rest, test_size=N_CALIBRATION, stratify=y[rest], random_state=SPLIT_SEED)
+    split = {
+        "train_index": np.sort(train).astype(np.int64),
+        "calibration_index": np.sort(cal).astype(np.int64),
+        "test_index": np.sort(test).astype(np.int64),
+    }
+    assert [len(split[k]) for k in ("train_index", "calibration_index", "test_index")] == [
+        N_TRAIN,
+        N_CALIBRATION,
+        N_TEST,
+    ]
     return x, y, split
 
 
@@ -194,7 +258,7 @@ def train(arch, cfg, xtr, ytr):
     for _ in range(cfg["epochs"]):
         perm = torch.randperm(len(xt), generator=gen)
         for s in range(0, len(xt), BATCH_SIZE):
-            b = perm[s:s + BATCH_SIZE]
+            b = perm[s : s + BATCH_SIZE]
             opt.zero_grad()
             loss_fn(model(xt[b]), yt[b]).backward()
             opt.step()
@@ -243,22 +307,21 @@ def fused_arch(arch):
         elif L["type"] in ("relu", "batchnorm2d"):
             raise ValueError(f"cannot fuse {L['name']}: no linear/conv before it")
         out.append(L)
-    return {"name": arch["name"], "input_shape": arch["input_shape"],
-            "num_classes": arch["num_classes"], "layers": out}
+    return {"name": arch["name"], "input_shape": arch["input_shape"], "num_classes": arch["num_classes"], "layers": out}
 
 
 def quantize_ptq(model, arch, xcal):
     """PyTorch eager-mode PTQ; returns the converted model (quant stub, layers, dequant)."""
     from torch.ao.quantization import DeQuantStub, QuantStub, convert, fuse_modules, get_default_qconfig, prepare
+
     m = copy.deepcopy(model).eval()
     fuse_modules(m, fusion_groups(arch), inplace=True)
-    q = nn.Sequential(OrderedDict([("quant", QuantStub()), *m.named_children(),
-                                   ("dequant", DeQuantStub())]))
+    q = nn.Sequential(OrderedDict([("quant", QuantStub()), *m.named_children(), ("dequant", DeQuantStub())]))
     q.eval()
     q.qconfig = get_default_qconfig(QCONFIG_NAME)
     prepare(q, inplace=True)
     with torch.no_grad():
-        q(torch.from_numpy(xcal))          # one calibration batch: the whole calibration split
+        q(torch.from_numpy(xcal))  # one calibration batch: the whole calibration split
     convert(q, inplace=True)
     return q
 
@@ -317,16 +380,32 @@ def export_model(name, cfg, x, y, split, out_dir):
 
     sd = model.state_dict()
     float_meta = {
-        "format_version": FORMAT_VERSION, "kind": "float", "model": name,
-        "torch_version": torch.__version__, "numpy_version": np.__version__,
+        "format_version": FORMAT_VERSION,
+        "kind": "float",
+        "model": name,
+        "torch_version": torch.__version__,
+        "numpy_version": np.__version__,
         "sklearn_version": sklearn.__version__,
         "dataset": "sklearn.datasets.load_digits, pixels / 16, float32",
-        "split": {"seed": SPLIT_SEED, "train": N_TRAIN, "calibration": N_CALIBRATION,
-                  "test": N_TEST, "file": "digits_split.npz"},
-        "training": {"optimizer": "Adam", "lr": cfg["lr"], "epochs": cfg["epochs"],
-                     "batch_size": BATCH_SIZE, "loss": "CrossEntropyLoss",
-                     "torch_seed": TORCH_SEED, "shuffle_seed": SHUFFLE_SEED, "threads": 1},
-        "pinned_env": PINNED_ENV, "export_cpu": export_cpu(),
+        "split": {
+            "seed": SPLIT_SEED,
+            "train": N_TRAIN,
+            "calibration": N_CALIBRATION,
+            "test": N_TEST,
+            "file": "digits_split.npz",
+        },
+        "training": {
+            "optimizer": "Adam",
+            "lr": cfg["lr"],
+            "epochs": cfg["epochs"],
+            "batch_size": BATCH_SIZE,
+            "loss": "CrossEntropyLoss",
+            "torch_seed": TORCH_SEED,
+            "shuffle_seed": SHUFFLE_SEED,
+            "threads": 1,
+        },
+        "pinned_env": PINNED_ENV,
+        "export_cpu": export_cpu(),
         "test_accuracy": acc,
         "test_correct": int((logits.argmax(1) == yte).sum()),
     }
@@ -346,8 +425,10 @@ def export_model(name, cfg, x, y, split, out_dir):
     farch = fused_arch(arch)
     qlayers = [L["name"] for L in farch["layers"] if L["type"] in ("linear", "conv2d")]
     outs = {}
-    hooks = [getattr(q, n).register_forward_hook(
-        lambda mod, inp, out, n=n: outs.__setitem__(n, out)) for n in ["quant", *qlayers]]
+    hooks = [
+        getattr(q, n).register_forward_hook(lambda mod, inp, out, n=n: outs.__setitem__(n, out))
+        for n in ["quant", *qlayers]
+    ]
     with torch.no_grad():
         deq = q(torch.from_numpy(xte))
     for h in hooks:
@@ -358,20 +439,26 @@ def export_model(name, cfg, x, y, split, out_dir):
     ptq_acc = float((logits_int.argmax(1) == yte).mean())
 
     from torch.ao.quantization import get_default_qconfig
+
     qconfig = get_default_qconfig(QCONFIG_NAME)
     ptq_meta = {
-        "format_version": FORMAT_VERSION, "kind": "ptq", "model": name,
-        "torch_version": torch.__version__, "quantized_engine": torch.backends.quantized.engine,
+        "format_version": FORMAT_VERSION,
+        "kind": "ptq",
+        "model": name,
+        "torch_version": torch.__version__,
+        "quantized_engine": torch.backends.quantized.engine,
         "workflow": "eager mode: torch.ao.quantization fuse_modules, prepare, convert",
         "qconfig": f"torch.ao.quantization.get_default_qconfig({QCONFIG_NAME!r})",
         "qconfig_repr": repr(qconfig),
         "activation": "quint8, per-tensor affine, HistogramObserver(reduce_range=True): "
-                      "scale chosen for codes [0, 127], outputs stored in [0, 255]",
+        "scale chosen for codes [0, 127], outputs stored in [0, 255]",
         "weight": "qint8, per-channel symmetric along axis 0, PerChannelMinMaxObserver, "
-                  "codes [-128, 127], zero points 0",
+        "codes [-128, 127], zero points 0",
         "calibration": f"calibration split ({N_CALIBRATION} images), one forward pass, one batch",
         "fusion_groups": fusion_groups(arch),
-        "threads": 1, "pinned_env": PINNED_ENV, "export_cpu": export_cpu(),
+        "threads": 1,
+        "pinned_env": PINNED_ENV,
+        "export_cpu": export_cpu(),
         "float_test_accuracy": acc,
         "test_accuracy": ptq_acc,
         "test_correct": int((logits_int.argmax(1) == yte).sum()),
@@ -422,18 +509,31 @@ def main(argv=None):
 
     t0 = time.perf_counter()
     x, y, split = load_split()
-    write_npz(args.out / "digits_split.npz", OrderedDict([
-        ("__meta__", _json({
-            "format_version": FORMAT_VERSION, "dataset": "sklearn.datasets.load_digits",
-            "pixel_scale": PIXEL_SCALE, "seed": SPLIT_SEED, "sklearn_version": sklearn.__version__,
-            "method": "train_test_split(all, test_size=450, stratify, random_state=0) then "
-                      "train_test_split(rest, test_size=269, stratify, random_state=0); "
-                      "indices sorted"})),
-        *split.items()]))
-    print(f"split: train {N_TRAIN}, calibration {N_CALIBRATION}, test {N_TEST} "
-          f"(seed {SPLIT_SEED})")
-    print(f"{'model':15s} {'float acc':>9s} {'PTQ acc':>9s} {'train s':>8s} "
-          f"{'float KB':>9s} {'ptq KB':>8s}")
+    write_npz(
+        args.out / "digits_split.npz",
+        OrderedDict(
+            [
+                (
+                    "__meta__",
+                    _json(
+                        {
+                            "format_version": FORMAT_VERSION,
+                            "dataset": "sklearn.datasets.load_digits",
+                            "pixel_scale": PIXEL_SCALE,
+                            "seed": SPLIT_SEED,
+                            "sklearn_version": sklearn.__version__,
+                            "method": "train_test_split(all, test_size=450, stratify, random_state=0) then "
+                            "train_test_split(rest, test_size=269, stratify, random_state=0); "
+                            "indices sorted",
+                        }
+                    ),
+                ),
+                *split.items(),
+            ]
+        ),
+    )
+    print(f"split: train {N_TRAIN}, calibration {N_CALIBRATION}, test {N_TEST} (seed {SPLIT_SEED})")
+    print(f"{'model':15s} {'float acc':>9s} {'PTQ acc':>9s} {'train s':>8s} {'float KB':>9s} {'ptq KB':>8s}")
     for name, cfg in MODELS.items():
         if args.only and name not in args.only:
             continue

@@ -18,15 +18,22 @@ def build(arch, state=None):
         if t == "linear":
             m = nn.Linear(L["in_features"], L["out_features"], bias=L["bias"])
         elif t == "conv2d":
-            m = nn.Conv2d(L["in_channels"], L["out_channels"], L["kernel_size"], L["stride"],
-                          L["padding"], L["dilation"], L["groups"], bias=L["bias"])
+            m = nn.Conv2d(
+                L["in_channels"],
+                L["out_channels"],
+                L["kernel_size"],
+                L["stride"],
+                L["padding"],
+                L["dilation"],
+                L["groups"],
+                bias=L["bias"],
+            )
         elif t == "batchnorm2d":
             m = nn.BatchNorm2d(L["num_features"], eps=L["eps"], momentum=L["momentum"])
         elif t == "relu":
             m = nn.ReLU()
         elif t == "maxpool2d":
-            m = nn.MaxPool2d(L["kernel_size"], L["stride"], L["padding"], L["dilation"],
-                             ceil_mode=L["ceil_mode"])
+            m = nn.MaxPool2d(L["kernel_size"], L["stride"], L["padding"], L["dilation"], ceil_mode=L["ceil_mode"])
         elif t == "flatten":
             m = nn.Flatten(L["start_dim"])
         else:

@@ -85,14 +85,23 @@ def _state() -> dict:
 
 def _reference_arrays() -> dict:
     rng = np.random.default_rng(1)
-    arch = {"layers": [{"type": "flatten"}, {"type": "linear", "name": "fc1", "in_features": 16, "out_features": 8},
-                       {"type": "relu"}, {"type": "linear", "name": "fc2", "in_features": 8, "out_features": 3}]}
+    arch = {
+        "layers": [
+            {"type": "flatten"},
+            {"type": "linear", "name": "fc1", "in_features": 16, "out_features": 8},
+            {"type": "relu"},
+            {"type": "linear", "name": "fc2", "in_features": 8, "out_features": 3},
+        ]
+    }
     return {
         "__arch__": np.array(json.dumps(arch)),
         "__meta__": np.array(json.dumps({"accuracy": 0.5, "note": "fuzz seed"})),
-        "fc1.weight": rng.normal(size=(8, 16)).astype(np.float32), "fc1.bias": np.zeros(8, np.float32),
-        "fc2.weight": rng.normal(size=(3, 8)).astype(np.float32), "fc2.bias": np.ones(3, np.float32),
-        "test_inputs": rng.random((20, 16)).astype(np.float32), "test_labels": rng.integers(0, 3, 20),
+        "fc1.weight": rng.normal(size=(8, 16)).astype(np.float32),
+        "fc1.bias": np.zeros(8, np.float32),
+        "fc2.weight": rng.normal(size=(3, 8)).astype(np.float32),
+        "fc2.bias": np.ones(3, np.float32),
+        "test_inputs": rng.random((20, 16)).astype(np.float32),
+        "test_labels": rng.integers(0, 3, 20),
     }
 
 
@@ -108,9 +117,14 @@ def _layouts_state():
     masked[:, :8] = 0
     zb = rng.normal(size=200).astype(np.float32)
     zb[rng.random(200) < 0.95] = 0
-    state = {"dense.weight": rng.normal(size=(8, 6)).astype(np.float32), "masked.weight": masked,
-             "half.weight": (rng.integers(-8, 8, (12, 10)) / 4).astype(np.float32), "zb.bias": zb,
-             "nz.bias": rng.normal(size=30).astype(np.float32), "scalar": np.float32(-0.0).reshape(())}
+    state = {
+        "dense.weight": rng.normal(size=(8, 6)).astype(np.float32),
+        "masked.weight": masked,
+        "half.weight": (rng.integers(-8, 8, (12, 10)) / 4).astype(np.float32),
+        "zb.bias": zb,
+        "nz.bias": rng.normal(size=30).astype(np.float32),
+        "scalar": np.float32(-0.0).reshape(()),
+    }
     configs = {"masked.weight": LayerConfig(sparsity=0.9), "half.weight": LayerConfig(sparsity=0.3, bits=4)}
     return state, configs, {"bias_bits": 3}
 
@@ -122,16 +136,31 @@ def _graph():
 
     rng = np.random.default_rng(4)
     u8 = QuantSpec(signed=False)
-    x_qp, h_qp, a_qp, y_qp = (QParams(np.float32(s), z, u8) for s, z in ((0.02, 120), (0.015, 3), (0.03, 0),
-                                                                         (0.05, 128)))
-    w = {"conv": rng.integers(-127, 128, (3, 3, 3, 3)).astype(np.int8),
-         "fc": rng.integers(-127, 128, (4, 3 * 4 * 4)).astype(np.int8)}
-    wp = {k: {"weight": v, "weight_scale": np.full(v.shape[0], 0.01, np.float32),
-              "weight_zero_point": np.zeros(v.shape[0], np.int32)} for k, v in w.items()}
+    x_qp, h_qp, a_qp, y_qp = (
+        QParams(np.float32(s), z, u8) for s, z in ((0.02, 120), (0.015, 3), (0.03, 0), (0.05, 128))
+    )
+    w = {
+        "conv": rng.integers(-127, 128, (3, 3, 3, 3)).astype(np.int8),
+        "fc": rng.integers(-127, 128, (4, 3 * 4 * 4)).astype(np.int8),
+    }
+    wp = {
+        k: {
+            "weight": v,
+            "weight_scale": np.full(v.shape[0], 0.01, np.float32),
+            "weight_zero_point": np.zeros(v.shape[0], np.int32),
+        }
+        for k, v in w.items()
+    }
     nodes = [
         Node("q", "quantize", ["x"], ["xq"], {"output": x_qp}),
-        Node("conv", "qconv2d", ["xq"], ["h"], {"output": h_qp, "padding": 1, "activation": "relu"},
-             {**wp["conv"], "bias_q": rng.integers(-500, 500, 3).astype(np.int32)}),
+        Node(
+            "conv",
+            "qconv2d",
+            ["xq"],
+            ["h"],
+            {"output": h_qp, "padding": 1, "activation": "relu"},
+            {**wp["conv"], "bias_q": rng.integers(-500, 500, 3).astype(np.int32)},
+        ),
         Node("add", "qadd", ["h", "xq"], ["a"], {"output": a_qp}),
         Node("flat", "qflatten", ["a"], ["f"]),
         Node("fc", "qlinear", ["f"], ["l"], {"output": y_qp}, wp["fc"]),
@@ -173,8 +202,9 @@ def build_cases() -> list:
     state = _state()
     st_state = {k: v for k, v in state.items()}
     ref = _reference_arrays()
-    ckpt, _ = quantize_checkpoint({k: v for k, v in state.items() if v.dtype.kind == "f"},
-                                  QuantSpec(bits=4, symmetric=True, axis=0))
+    ckpt, _ = quantize_checkpoint(
+        {k: v for k, v in state.items() if v.dtype.kind == "f"}, QuantSpec(bits=4, symmetric=True, axis=0)
+    )
     comp = compress({k: state[k] for k in ("fc1.weight", "fc1.bias", "conv.weight")}, sparsity=0.8)
     layouts, layout_configs, layout_kw = _layouts_state()
     comp_b = compress(layouts, layout_configs, **layout_kw)
@@ -190,22 +220,41 @@ def build_cases() -> list:
             return {"symbols": huffman.decode_blob(f.read())}
 
     cases = [
-        Case("load_state_dict(.npz)", ".npz", _write(lambda p: save_state_dict(p, state), ".npz"),
-             load_state_dict, "zip"),
-        Case("load_state_dict(.safetensors)", ".safetensors",
-             _write(lambda p: save_state_dict(p, st_state), ".safetensors"), load_state_dict, "safetensors"),
+        Case(
+            "load_state_dict(.npz)", ".npz", _write(lambda p: save_state_dict(p, state), ".npz"), load_state_dict, "zip"
+        ),
+        Case(
+            "load_state_dict(.safetensors)",
+            ".safetensors",
+            _write(lambda p: save_state_dict(p, st_state), ".safetensors"),
+            load_state_dict,
+            "safetensors",
+        ),
         Case("load_reference", ".npz", _write(lambda p: np.savez(p, **ref), ".npz"), ref_state, "zip"),
         Case("load_quantized", ".npz", _write(lambda p: save_quantized(p, ckpt), ".npz"), load_quantized, "zip"),
-        Case("read_compressed", ".npqz", _write(lambda p: write_compressed(comp, p), ".npqz"),
-             read_compressed, "npqz3"),
-        Case("read_compressed(layouts)", ".npqz", _write(lambda p: write_compressed(comp_b, p), ".npqz"),
-             read_compressed, "npqz3"),
-        Case("read_compressed(v2)", ".npqz", _write(lambda p: write_compressed(comp, p, version=2), ".npqz"),
-             read_compressed, "npqz"),
-        Case("load_weights(.npqz)", ".npqz", _write(lambda p: write_compressed(comp, p), ".npqz"),
-             load_weights, "npqz3"),
-        Case("load_weights(checkpoint)", ".npz", _write(lambda p: save_quantized(p, ckpt), ".npz"),
-             load_weights, "zip"),
+        Case(
+            "read_compressed", ".npqz", _write(lambda p: write_compressed(comp, p), ".npqz"), read_compressed, "npqz3"
+        ),
+        Case(
+            "read_compressed(layouts)",
+            ".npqz",
+            _write(lambda p: write_compressed(comp_b, p), ".npqz"),
+            read_compressed,
+            "npqz3",
+        ),
+        Case(
+            "read_compressed(v2)",
+            ".npqz",
+            _write(lambda p: write_compressed(comp, p, version=2), ".npqz"),
+            read_compressed,
+            "npqz",
+        ),
+        Case(
+            "load_weights(.npqz)", ".npqz", _write(lambda p: write_compressed(comp, p), ".npqz"), load_weights, "npqz3"
+        ),
+        Case(
+            "load_weights(checkpoint)", ".npz", _write(lambda p: save_quantized(p, ckpt), ".npz"), load_weights, "zip"
+        ),
         Case("huffman.decode", ".huf", huffman.encode_blob(symbols, alphabet_size=16), huff, "huffman"),
     ]
     # Models built from files, judged by every array and setting the built model holds:
@@ -215,20 +264,40 @@ def build_cases() -> list:
     from npquant.models.convert import from_pytorch_ptq
     from npquant.models.io import load_model
 
-    ptq = {k: v for k, v in np.load(default_models_dir() / "mlp_ptq.npz").items()
-           if not k.endswith(("_int", "_dequantized")) or k.endswith("weight_int")}
+    ptq = {
+        k: v
+        for k, v in np.load(default_models_dir() / "mlp_ptq.npz").items()
+        if not k.endswith(("_int", "_dequantized")) or k.endswith("weight_int")
+    }
     cases += [
-        Case("load_model", ".npz", _write(lambda p: np.savez(p, **ref), ".npz"),
-             lambda p: model_arrays(load_model(p)), "zip"),
-        Case("from_pytorch_ptq", ".npz", _write(lambda p: np.savez(p, **ptq), ".npz"),
-             lambda p: model_arrays(from_pytorch_ptq(p)), "zip"),
+        Case(
+            "load_model",
+            ".npz",
+            _write(lambda p: np.savez(p, **ref), ".npz"),
+            lambda p: model_arrays(load_model(p)),
+            "zip",
+        ),
+        Case(
+            "from_pytorch_ptq",
+            ".npz",
+            _write(lambda p: np.savez(p, **ptq), ".npz"),
+            lambda p: model_arrays(from_pytorch_ptq(p)),
+            "zip",
+        ),
     ]
     # A graph file (npquant.models.graph): an integer residual block, judged by its arrays and header.
     from npquant.models.graph import graph_to_arrays, load_graph, save_graph
 
     graph = _graph()
-    cases.append(Case("load_graph", ".npz", _write(lambda p: save_graph(p, graph), ".npz"),
-                      lambda p: graph_to_arrays(load_graph(p)), "zip"))
+    cases.append(
+        Case(
+            "load_graph",
+            ".npz",
+            _write(lambda p: save_graph(p, graph), ".npz"),
+            lambda p: graph_to_arrays(load_graph(p)),
+            "zip",
+        )
+    )
     for c in cases:
         c.mutators = GENERIC + FORMAT_MUTATORS.get(c.kind, [])
         c.expected, c.peak = _seed_result(c)
@@ -320,7 +389,7 @@ METERS = {"traced": TracedMeter, "rss": RssMeter}
 
 
 def _seed_result(case: Case, meter=None):
-    with tempfile.TemporaryDirectory() as d, (meter or TracedMeter()) as m:
+    with tempfile.TemporaryDirectory() as d, meter or TracedMeter() as m:
         p = os.path.join(d, "seed" + case.suffix)
         with open(p, "wb") as f:
             f.write(case.data)
@@ -363,7 +432,7 @@ def m_extend(d: bytes, rng) -> bytes:
 
 def m_delete(d: bytes, rng) -> bytes:
     i = int(rng.integers(0, len(d)))
-    return d[:i] + d[i + int(rng.integers(1, 65)):]
+    return d[:i] + d[i + int(rng.integers(1, 65)) :]
 
 
 def m_insert(d: bytes, rng) -> bytes:
@@ -386,7 +455,7 @@ def m_swap(d: bytes, rng) -> bytes:
     if j < i + n:
         return m_flip(d, rng)
     b = bytearray(d)
-    b[i:i + n], b[j:j + n] = d[j:j + n], d[i:i + n]
+    b[i : i + n], b[j : j + n] = d[j : j + n], d[i : i + n]
     return bytes(b)
 
 
@@ -397,7 +466,7 @@ def m_integer(d: bytes, rng) -> bytes:
     i = int(rng.integers(0, max(1, len(d) - width)))
     if rng.random() < 0.5:  # favour the front, where preambles and length fields live
         i = int(rng.integers(0, min(len(d), 64)))
-    return d[:i] + v.to_bytes(width, "little") + d[i + width:]
+    return d[:i] + v.to_bytes(width, "little") + d[i + width :]
 
 
 GENERIC = [m_flip, m_bytes, m_truncate, m_extend, m_delete, m_insert, m_duplicate, m_swap, m_integer]
@@ -409,9 +478,20 @@ def _deep(n: int) -> str:
 
 
 _JSON_SWAPS = [
-    lambda rng: 2**64, lambda rng: 2**33, lambda rng: -1, lambda rng: 1.5, lambda rng: None, lambda rng: "x",
-    lambda rng: [], lambda rng: {}, lambda rng: [2**33], lambda rng: [2**62, 2**62], lambda rng: [0],
-    lambda rng: [-3, 4], lambda rng: True, lambda rng: "1" * 1000,
+    lambda rng: 2**64,
+    lambda rng: 2**33,
+    lambda rng: -1,
+    lambda rng: 1.5,
+    lambda rng: None,
+    lambda rng: "x",
+    lambda rng: [],
+    lambda rng: {},
+    lambda rng: [2**33],
+    lambda rng: [2**62, 2**62],
+    lambda rng: [0],
+    lambda rng: [-3, 4],
+    lambda rng: True,
+    lambda rng: "1" * 1000,
 ]
 
 
@@ -485,15 +565,23 @@ def npy_bytes(arr) -> bytes:
 
 def _npy_header_edit(npy: bytes, rng) -> bytes:
     hlen = struct.unpack("<H", npy[8:10])[0]
-    header = npy[10:10 + hlen].decode("latin1")
-    data = npy[10 + hlen:]
+    header = npy[10 : 10 + hlen].decode("latin1")
+    data = npy[10 + hlen :]
     choices = [
-        ("'shape': (", "'shape': (1099511627776, "), ("'shape': (", "'shape': (-1, "),
-        ("'shape': (", "'shape': (4611686018427387904, 4611686018427387904, "), ("'shape': (", "'shape': ('a', "),
-        ("'descr': '", "'descr': '|O"), ("'descr': '<f4'", "'descr': '<f8'"), ("'descr': '<f4'", "'descr': '>f4'"),
-        ("'descr': '", "'descr': '|V8"), ("'descr': '<f4'", "'descr': [('a', '<f4')]"),
-        ("'fortran_order': False", "'fortran_order': True"), ("'fortran_order': False", "'fortran_order': None"),
-        ("{", "{'extra': 1, "), ("}", ""), ("'shape'", "'shapes'"),
+        ("'shape': (", "'shape': (1099511627776, "),
+        ("'shape': (", "'shape': (-1, "),
+        ("'shape': (", "'shape': (4611686018427387904, 4611686018427387904, "),
+        ("'shape': (", "'shape': ('a', "),
+        ("'descr': '", "'descr': '|O"),
+        ("'descr': '<f4'", "'descr': '<f8'"),
+        ("'descr': '<f4'", "'descr': '>f4'"),
+        ("'descr': '", "'descr': '|V8"),
+        ("'descr': '<f4'", "'descr': [('a', '<f4')]"),
+        ("'fortran_order': False", "'fortran_order': True"),
+        ("'fortran_order': False", "'fortran_order': None"),
+        ("{", "{'extra': 1, "),
+        ("}", ""),
+        ("'shape'", "'shapes'"),
     ]
     old, new = choices[int(rng.integers(0, len(choices)))]
     if rng.random() < 0.3:  # shrink or grow one dimension, keeping the header well formed
@@ -505,7 +593,7 @@ def _npy_header_edit(npy: bytes, rng) -> bytes:
             i = int(rng.integers(0, len(dims)))
             dims[i] = int(rng.choice([dims[i] // 3, dims[i] + 1, dims[i] * 2, 0]))
             inner = ", ".join(map(str, dims)) + ("," if len(dims) == 1 else "")
-            header = header[:m.start(1)] + inner + header[m.end(1):]
+            header = header[: m.start(1)] + inner + header[m.end(1) :]
     else:
         header = header.replace(old, new, 1)
     raw = header.encode("latin1")
@@ -523,8 +611,12 @@ def _npy_valid(npy: bytes, nbytes: int) -> bool:
         shape, _, dtype = np.lib.format.read_array_header_1_0(f)
     except Exception:  # noqa: BLE001
         return False
-    return (not dtype.hasobject and dtype.kind in "biufcUS" and dtype.fields is None
-            and dtype.itemsize * int(np.prod(shape, dtype=object)) == nbytes == len(npy) - f.tell())
+    return (
+        not dtype.hasobject
+        and dtype.kind in "biufcUS"
+        and dtype.fields is None
+        and dtype.itemsize * int(np.prod(shape, dtype=object)) == nbytes == len(npy) - f.tell()
+    )
 
 
 def mz_npy_header(d: bytes, rng):
@@ -577,8 +669,11 @@ def mz_json_member(d: bytes, rng) -> bytes:
     shape, codes, scale or format entries, as values of the right npy form."""
     ms = zip_members(d)
     texts = [i for i, (n, _) in enumerate(ms) if n.endswith((".spec.npy", "__arch__.npy", "__meta__.npy"))]
-    others = [i for i, (n, _) in enumerate(ms) if n.endswith((".shape.npy", ".codes.npy", ".scale.npy",
-                                                                 ".zero_point.npy", "__format__.npy"))]
+    others = [
+        i
+        for i, (n, _) in enumerate(ms)
+        if n.endswith((".shape.npy", ".codes.npy", ".scale.npy", ".zero_point.npy", "__format__.npy"))
+    ]
     if not texts and not others:
         return mz_npy_header(d, rng)
     if texts and (not others or rng.random() < 0.5):
@@ -591,10 +686,18 @@ def mz_json_member(d: bytes, rng) -> bytes:
     name = ms[i][0]
     r = rng.random()
     if name.endswith(".shape.npy"):
-        new = [np.array([2**33], np.int64), np.array([2**40, 2**40], np.int64), arr * 2, arr[:-1],
-               np.array([-1] + list(arr[1:]), np.int64), arr.astype(np.float64)][int(rng.integers(0, 6))]
+        new = [
+            np.array([2**33], np.int64),
+            np.array([2**40, 2**40], np.int64),
+            arr * 2,
+            arr[:-1],
+            np.array([-1] + list(arr[1:]), np.int64),
+            arr.astype(np.float64),
+        ][int(rng.integers(0, 6))]
     elif name.endswith(".codes.npy"):
-        new = [arr[:-1], np.concatenate([arr, arr[:1]]), arr.astype(np.int16), arr.reshape(1, -1)][int(rng.integers(0, 4))]
+        new = [arr[:-1], np.concatenate([arr, arr[:1]]), arr.astype(np.int16), arr.reshape(1, -1)][
+            int(rng.integers(0, 4))
+        ]
     elif name.endswith("__format__.npy"):
         new = np.array("npquant-quantized-checkpoint/2") if r < 0.5 else np.array(3)
     else:  # qparams: some edits stay valid (another scale), others must be refused
@@ -612,7 +715,7 @@ def mz_json_member(d: bytes, rng) -> bytes:
 
 def _st_split(d: bytes):
     n = struct.unpack("<Q", d[:8])[0]
-    return json.loads(d[8:8 + n]), d[8 + n:]
+    return json.loads(d[8 : 8 + n]), d[8 + n :]
 
 
 def _st_join(header_text: str, body: bytes) -> bytes:
@@ -628,7 +731,9 @@ def ms_header(d: bytes, rng) -> bytes:
         k = next(k for k in header if k != "__metadata__")
         text = "{" + json.dumps(k) + ": " + json.dumps(header[k]) + ", " + text[1:]
     elif r < 0.2:
-        text = json.dumps({**header, "__metadata__": {"deep": _deep(3)}}).replace('"[[[]]]"', _deep(int(rng.choice([100, 5000]))))
+        text = json.dumps({**header, "__metadata__": {"deep": _deep(3)}}).replace(
+            '"[[[]]]"', _deep(int(rng.choice([100, 5000])))
+        )
     else:
         text = _json_text(header, rng)
     return _st_join(text, body)
@@ -645,7 +750,7 @@ def ms_length(d: bytes, rng) -> bytes:
 
 def _npqz_split(d: bytes):
     magic, version, reserved, hlen = struct.unpack_from("<4sHHI", d)
-    return (magic, version, reserved), json.loads(d[12:12 + hlen]), d[12 + hlen + 4:]
+    return (magic, version, reserved), json.loads(d[12 : 12 + hlen]), d[12 + hlen + 4 :]
 
 
 def _npqz_join(pre, header_text: str, body: bytes, fix_crc: bool = True) -> bytes:
@@ -660,8 +765,13 @@ def mq_header(d: bytes, rng) -> bytes:
     r = rng.random()
     if r < 0.15:  # giant or grown shapes
         t = tensors[int(rng.integers(0, len(tensors)))]
-        t["shape"] = [[2**33], [2**20, 2**20], [x * 2 for x in t["shape"]], [x + 40 for x in t["shape"]],
-                      [0] * len(t["shape"])][int(rng.integers(0, 5))]
+        t["shape"] = [
+            [2**33],
+            [2**20, 2**20],
+            [x * 2 for x in t["shape"]],
+            [x + 40 for x in t["shape"]],
+            [0] * len(t["shape"]),
+        ][int(rng.integers(0, 5))]
     elif r < 0.25:  # every tensor's blobs point at the first tensor's
         for t in tensors:
             if t["kind"] == tensors[0]["kind"]:
@@ -671,7 +781,11 @@ def mq_header(d: bytes, rng) -> bytes:
     elif r < 0.35:  # 100 tensors sharing one blob
         header["tensors"] = [dict(tensors[0], name=f"t{i}") for i in range(100)]
     elif r < 0.4:
-        return _npqz_join(pre, '{"format": "npquant-deep-compression", "tensors": ' + _deep(int(rng.choice([100, 100000]))) + "}", body)
+        return _npqz_join(
+            pre,
+            '{"format": "npquant-deep-compression", "tensors": ' + _deep(int(rng.choice([100, 100000]))) + "}",
+            body,
+        )
     else:  # a JSON edit with the CRC fixed may be a valid file (a renamed tensor)
         fix = rng.random() < 0.9
         out = _npqz_join(pre, _json_text(header, rng), body, fix_crc=fix)
@@ -698,10 +812,10 @@ def mq_blob(d: bytes, rng) -> bytes:
     t = header["tensors"][int(rng.integers(0, len(header["tensors"])))]
     key = list(t["blobs"])[int(rng.integers(0, len(t["blobs"])))]
     off, length, _ = t["blobs"][key]
-    blob = body[off:off + length]
+    blob = body[off : off + length]
     blob = m_flip(blob, rng) if blob and rng.random() < 0.7 else (blob[:-1] if blob else b"\0")
     delta = len(blob) - length
-    body = body[:off] + blob + body[off + length:]
+    body = body[:off] + blob + body[off + length :]
     for tt in header["tensors"]:
         for v in tt["blobs"].values():
             if v[0] > off:
@@ -760,7 +874,7 @@ def v3_split(d: bytes):
     recs = []
     for _ in range(count):
         n, pos = _uvarint(d, pos)
-        name = d[pos:pos + n]
+        name = d[pos : pos + n]
         kind = d[pos + n]
         pos += n + 1
         ndim, pos = _uvarint(d, pos)
@@ -773,18 +887,26 @@ def v3_split(d: bytes):
             x, pos = _uvarint(d, pos)
             fields.append(x)
         recs.append({"name": name, "kind": kind, "dims": dims, "fields": fields})
-    crc = d[pos:pos + 4]
+    crc = d[pos : pos + 4]
     pos += 4
     sections = []
     for r in recs:
         lens = _v3_section_lengths(r)
-        sections.append([d[pos + sum(lens[:i]):pos + sum(lens[:i + 1])] for i in range(len(lens))])
+        sections.append([d[pos + sum(lens[:i]) : pos + sum(lens[: i + 1])] for i in range(len(lens))])
         pos += sum(lens)
     return recs, crc, sections
 
 
-def v3_join(recs: list, crc: bytes, sections: list, *, size_delta: int = 0, fix_crc: bool = True,
-            count: int | None = None, overlong: bool = False) -> bytes:
+def v3_join(
+    recs: list,
+    crc: bytes,
+    sections: list,
+    *,
+    size_delta: int = 0,
+    fix_crc: bool = True,
+    count: int | None = None,
+    overlong: bool = False,
+) -> bytes:
     """A version-3 file of these parts (the inverse of :func:`v3_split`), with the file
     size (plus ``size_delta``) and the final CRC-32 computed; ``count`` overrides the
     tensor count, ``overlong`` writes it with a redundant last byte 0."""
@@ -792,8 +914,14 @@ def v3_join(recs: list, crc: bytes, sections: list, *, size_delta: int = 0, fix_
     if overlong:
         head = head[:-1] + bytes([head[-1] | 0x80, 0])
     for r in recs:
-        head += (_v(len(r["name"])) + r["name"] + bytes([r["kind"]]) + _v(len(r["dims"]))
-                 + b"".join(_v(x) for x in r["dims"]) + b"".join(_v(x) for x in r["fields"]))
+        head += (
+            _v(len(r["name"]))
+            + r["name"]
+            + bytes([r["kind"]])
+            + _v(len(r["dims"]))
+            + b"".join(_v(x) for x in r["dims"])
+            + b"".join(_v(x) for x in r["fields"])
+        )
     rest = head + crc + b"".join(b"".join(s) for s in sections)
     n = 6 + len(rest) + 4
     n += len(_v(n + 1))
@@ -822,7 +950,7 @@ def m3_field(d: bytes, rng):
         r["kind"] = int(rng.integers(0, 256)) if rng.random() < 0.5 else r["kind"] ^ (1 << int(rng.integers(0, 8)))
         while len(r["fields"]) < _v3_fields(r["kind"]):
             r["fields"].append(int(rng.integers(0, 64)))
-        del r["fields"][_v3_fields(r["kind"]):]
+        del r["fields"][_v3_fields(r["kind"]) :]
     elif what == 2:
         r["dims"] = ([*r["dims"], int(rng.integers(1, 4))] if rng.random() < 0.5 else r["dims"][:-1]) or [1] * 40
     elif what == 3 and r["dims"]:
@@ -927,8 +1055,12 @@ def _same(a, b) -> bool:
     if isinstance(a, dict):
         return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
     if isinstance(a, np.ndarray):
-        return (isinstance(b, np.ndarray) and a.dtype == b.dtype and a.shape == b.shape
-                and np.array_equal(a, b, equal_nan=a.dtype.kind in "fc"))
+        return (
+            isinstance(b, np.ndarray)
+            and a.dtype == b.dtype
+            and a.shape == b.shape
+            and np.array_equal(a, b, equal_nan=a.dtype.kind in "fc")
+        )
     return a == b
 
 
@@ -979,16 +1111,28 @@ def classify(case: Case, mutated: bytes, path: str, timeout: float, valid: bool 
     return outcome, detail
 
 
-_ST_ORACLE_DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "I64": "<i8", "I32": "<i4", "I16": "<i2",
-                     "I8": "i1", "U64": "<u8", "U32": "<u4", "U16": "<u2", "U8": "u1", "BOOL": "?"}
+_ST_ORACLE_DTYPES = {
+    "F64": "<f8",
+    "F32": "<f4",
+    "F16": "<f2",
+    "I64": "<i8",
+    "I32": "<i4",
+    "I16": "<i2",
+    "I8": "i1",
+    "U64": "<u8",
+    "U32": "<u4",
+    "U16": "<u2",
+    "U8": "u1",
+    "BOOL": "?",
+}
 
 
 def _st_oracle(data: bytes):
     """An independent reading of safetensors bytes (None if malformed), for the check."""
     try:
         n = struct.unpack("<Q", data[:8])[0]
-        header = json.loads(data[8:8 + n])
-        buf = data[8 + n:]
+        header = json.loads(data[8 : 8 + n])
+        buf = data[8 + n :]
         out = {}
         for k, v in header.items():
             if k == "__metadata__":
@@ -1028,8 +1172,16 @@ def mutate(case: Case, i: int, seed: int = 0):
     return (out[0] if isinstance(out, tuple) else out), fn.__name__, valid
 
 
-def run_case(case: Case, start: int, count: int, *, seed: int = 0, timeout: float = 10.0,
-             save: str | None = None, memory: str = "traced") -> Tally:
+def run_case(
+    case: Case,
+    start: int,
+    count: int,
+    *,
+    seed: int = 0,
+    timeout: float = 10.0,
+    save: str | None = None,
+    memory: str = "traced",
+) -> Tally:
     """Run mutations ``start .. start + count - 1`` of ``case``, memory measured by
     ``memory`` (``"traced"`` or ``"rss"``, see :data:`METERS`)."""
     tally = Tally()
@@ -1067,17 +1219,24 @@ def main(argv=None) -> int:
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="worker processes")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--timeout", type=float, default=10.0, help="seconds one input may take")
-    ap.add_argument("--memory", choices=sorted(METERS), default="traced",
-                    help="how a read's memory is measured: traced (tracemalloc, exact; default) or rss "
-                         "(resident-set growth and a 2 GiB address-space cap; cheaper than tracing)")
+    ap.add_argument(
+        "--memory",
+        choices=sorted(METERS),
+        default="traced",
+        help="how a read's memory is measured: traced (tracemalloc, exact; default) or rss "
+        "(resident-set growth and a 2 GiB address-space cap; cheaper than tracing)",
+    )
     ap.add_argument("--reader", action="append", help="only these readers (repeatable; default all)")
     ap.add_argument("--save", default="fuzz-failures", help="folder for failing inputs")
     args = ap.parse_args(argv)
     cases = build_cases()
     names = [c.name for c in cases if not args.reader or c.name in args.reader]
     chunk = max(1, min(2000, args.count // max(1, args.jobs)))
-    tasks = [(n, s, min(chunk, args.count - s), args.seed, args.timeout, args.save, args.memory)
-             for n in names for s in range(0, args.count, chunk)]
+    tasks = [
+        (n, s, min(chunk, args.count - s), args.seed, args.timeout, args.save, args.memory)
+        for n in names
+        for s in range(0, args.count, chunk)
+    ]
     t0 = time.perf_counter()
     totals = {n: Tally() for n in names}
     if args.jobs > 1:
@@ -1103,8 +1262,10 @@ def main(argv=None) -> int:
         for f in t.failures[:10]:
             print("   FAIL", f)
         bad += len(t.failures)
-    print(f"{len(names)} readers x {args.count} mutations, {args.jobs} jobs, memory {args.memory}, {wall:.1f} s wall; "
-          f"{bad} failures" + (f" (inputs in {args.save}/)" if bad else ""))
+    print(
+        f"{len(names)} readers x {args.count} mutations, {args.jobs} jobs, memory {args.memory}, {wall:.1f} s wall; "
+        f"{bad} failures" + (f" (inputs in {args.save}/)" if bad else "")
+    )
     return 1 if bad else 0
 
 

@@ -14,15 +14,35 @@ import pytest
 from npquant.qnn.accumulation import host_path
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SIZES = {"gemm": "7x70x100", "cnn": "9", "quantize": "1e3,1e3:per_group", "dequantize": "1e3", "training": "mlp:64",
-         "requantize": "2x8x4x4,16x8", "unpack": "1e3", "huffman": "lenet,2e3", "kmeans": "2e3",
-         "conv": "1x4x6x6x5x3"}
+SIZES = {
+    "gemm": "7x70x100",
+    "cnn": "9",
+    "quantize": "1e3,1e3:per_group",
+    "dequantize": "1e3",
+    "training": "mlp:64",
+    "requantize": "2x8x4x4,16x8",
+    "unpack": "1e3",
+    "huffman": "lenet,2e3",
+    "kmeans": "2e3",
+    "conv": "1x4x6x6x5x3",
+}
 
 
 @pytest.mark.slow
 def test_runner_writes_markdown_and_json(tmp_path):
-    cmd = [sys.executable, "-m", "benchmarks", "--kernels", ",".join(SIZES), "--repeats", "1",
-           "--min-time", "0", "--out", str(tmp_path)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks",
+        "--kernels",
+        ",".join(SIZES),
+        "--repeats",
+        "1",
+        "--min-time",
+        "0",
+        "--out",
+        str(tmp_path),
+    ]
     for k, v in SIZES.items():
         cmd += ["--sizes", f"{k}={v}"]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
@@ -56,24 +76,51 @@ def test_runner_writes_markdown_and_json(tmp_path):
 
 
 def test_bad_options_are_refused():
-    done = subprocess.run([sys.executable, "-m", "benchmarks", "--kernels", "nope"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--kernels", "nope"], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 2 and "nope" in done.stderr
-    done = subprocess.run([sys.executable, "-m", "benchmarks", "--kernels", "gemm,cnn", "--sizes", "8"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--kernels", "gemm,cnn", "--sizes", "8"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2 and "KERNEL=" in done.stderr
 
 
 def test_script_help():
-    done = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "run.py"), "--help"],
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "benchmarks", "run.py"), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0 and "--threads" in done.stdout
 
 
 @pytest.mark.slow
 def test_thread_counts_run_apart_and_report_scaling(tmp_path):
-    cmd = [sys.executable, "-m", "benchmarks", "--kernels", "gemm,unpack", "--sizes", "gemm=13x70x100",
-           "--sizes", "unpack=1e3", "--threads", "1,2", "--repeats", "1", "--min-time", "0", "--out", str(tmp_path)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks",
+        "--kernels",
+        "gemm,unpack",
+        "--sizes",
+        "gemm=13x70x100",
+        "--sizes",
+        "unpack=1e3",
+        "--threads",
+        "1,2",
+        "--repeats",
+        "1",
+        "--min-time",
+        "0",
+        "--out",
+        str(tmp_path),
+    ]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     payload = json.loads((tmp_path / "latest.json").read_text())

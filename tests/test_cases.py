@@ -44,8 +44,12 @@ def test_shapes_and_determinism(case):
     assert case.test_x.dtype == np.float32 and case.test_y.dtype == np.int64
     assert set(np.unique(case.test_y)) == set(range(8))
     again = outlier_mlp(0)
-    for a, b in [(case.test_x, again.test_x), (case.calib_x, again.calib_x), (case.test_y, again.test_y),
-                 *zip(case.model.state_dict().values(), again.model.state_dict().values())]:
+    for a, b in [
+        (case.test_x, again.test_x),
+        (case.calib_x, again.calib_x),
+        (case.test_y, again.test_y),
+        *zip(case.model.state_dict().values(), again.model.state_dict().values()),
+    ]:
         np.testing.assert_array_equal(a, b)
     other = outlier_mlp(1)
     assert not np.array_equal(other.test_x, case.test_x)
@@ -79,8 +83,13 @@ def test_float_accuracy(case):
 def test_per_channel_beats_per_tensor(case):
     rows = weight_errors(case, bits=(8, 4))
     assert [(r["bits"], r["granularity"]) for r in rows] == [
-        (8, "per-tensor"), (8, "per-channel"), (8, "per-group"),
-        (4, "per-tensor"), (4, "per-channel"), (4, "per-group")]
+        (8, "per-tensor"),
+        (8, "per-channel"),
+        (8, "per-group"),
+        (4, "per-tensor"),
+        (4, "per-channel"),
+        (4, "per-group"),
+    ]
     w = case.fc1_weight
     for b in (8, 4):
         t = _row(rows, bits=b, granularity="per-tensor")
@@ -144,8 +153,15 @@ def test_observers_at_8_bits_are_close(case):
 
 @pytest.fixture(scope="module")
 def results(case):
-    settings = [(8, 8, True, "minmax"), (4, 8, False, "minmax"), (4, 8, True, "minmax"),
-                (8, 4, True, "minmax"), (8, 4, True, "mse"), (8, 4, True, "entropy"), (4, 4, True, "minmax")]
+    settings = [
+        (8, 8, True, "minmax"),
+        (4, 8, False, "minmax"),
+        (4, 8, True, "minmax"),
+        (8, 4, True, "minmax"),
+        (8, 4, True, "mse"),
+        (8, 4, True, "entropy"),
+        (4, 4, True, "minmax"),
+    ]
     return {s: ptq(case, weight_bits=s[0], act_bits=s[1], per_channel=s[2], observer=s[3]) for s in settings}
 
 

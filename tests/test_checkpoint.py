@@ -9,14 +9,24 @@ from npquant.models.io import save_state_dict
 
 def _state():
     rng = np.random.default_rng(0)
-    return {"conv.weight": rng.normal(size=(8, 3, 3, 3)).astype(np.float32),
-            "fc.weight": rng.normal(size=(10, 72)).astype(np.float32),
-            "fc.bias": rng.normal(size=10).astype(np.float32), "step": np.array(3)}
+    return {
+        "conv.weight": rng.normal(size=(8, 3, 3, 3)).astype(np.float32),
+        "fc.weight": rng.normal(size=(10, 72)).astype(np.float32),
+        "fc.bias": rng.normal(size=10).astype(np.float32),
+        "step": np.array(3),
+    }
 
 
-@pytest.mark.parametrize("spec", [QuantSpec(bits=8, symmetric=True, axis=0), QuantSpec(bits=4, axis=1, block_size=8),
-                                  QuantSpec(bits=2, signed=False), QuantSpec(bits=3, symmetric=True, axis=0),
-                                  QuantSpec(bits=1, signed=False, axis=0)])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        QuantSpec(bits=8, symmetric=True, axis=0),
+        QuantSpec(bits=4, axis=1, block_size=8),
+        QuantSpec(bits=2, signed=False),
+        QuantSpec(bits=3, symmetric=True, axis=0),
+        QuantSpec(bits=1, signed=False, axis=0),
+    ],
+)
 def test_round_trip_gives_the_dequantized_weights(tmp_path, spec):
     state = _state()
     arrays, reports = quantize_checkpoint(state, spec)

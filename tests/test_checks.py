@@ -18,8 +18,7 @@ from npquant.qparams import QParams, QuantSpec
 
 
 # --------------------------------------------------------------------------- integer arrays
-@pytest.mark.parametrize("dtype", [np.int8, np.uint8, np.int16, np.uint16, np.int32, np.uint32, np.int64,
-                                   np.uint64])
+@pytest.mark.parametrize("dtype", [np.int8, np.uint8, np.int16, np.uint16, np.int32, np.uint32, np.int64, np.uint64])
 def test_check_int_array_accepts_every_integer_dtype(dtype):
     a = np.arange(3, dtype=dtype)
     out = check_int_array(a, "q")
@@ -31,8 +30,10 @@ def test_check_int_array_accepts_lists_and_empty_arrays():
     assert check_int_array(np.zeros(0, np.int8), "q").size == 0
 
 
-@pytest.mark.parametrize("value, dtype", [(np.array([0.5]), "float64"), ([0.5], "float64"),
-                                          (np.array(["1"]), "<U1"), (np.array([1 + 0j]), "complex128")])
+@pytest.mark.parametrize(
+    "value, dtype",
+    [(np.array([0.5]), "float64"), ([0.5], "float64"), (np.array(["1"]), "<U1"), (np.array([1 + 0j]), "complex128")],
+)
 def test_check_int_array_rejects_other_dtypes_naming_the_argument(value, dtype):
     with pytest.raises(TypeError, match=f"^indices must be an integer array, got dtype {dtype}$"):
         check_int_array(value, "indices")
@@ -108,13 +109,25 @@ def test_check_qparams():
 
 
 # --------------------------------------------------------------------------- smallest dtype
-@pytest.mark.parametrize("lo, hi, signed, expected", [
-    (-128, 127, None, np.int8), (0, 127, None, np.int8), (0, 255, None, np.uint8), (-1, 128, None, np.int16),
-    (0, 65535, None, np.uint16), (-(2**31), 2**31 - 1, None, np.int32), (0, 2**32 - 1, None, np.uint32),
-    (0, 2**64 - 1, None, np.uint64),
-    (0, 127, False, np.uint8), (0, 255, True, np.int16), (-8, 7, True, np.int8), (0, 15, False, np.uint8),
-    (0, 65535, True, np.int32), (-(2**31) - 1, 0, True, np.int64),
-])
+@pytest.mark.parametrize(
+    "lo, hi, signed, expected",
+    [
+        (-128, 127, None, np.int8),
+        (0, 127, None, np.int8),
+        (0, 255, None, np.uint8),
+        (-1, 128, None, np.int16),
+        (0, 65535, None, np.uint16),
+        (-(2**31), 2**31 - 1, None, np.int32),
+        (0, 2**32 - 1, None, np.uint32),
+        (0, 2**64 - 1, None, np.uint64),
+        (0, 127, False, np.uint8),
+        (0, 255, True, np.int16),
+        (-8, 7, True, np.int8),
+        (0, 15, False, np.uint8),
+        (0, 65535, True, np.int32),
+        (-(2**31) - 1, 0, True, np.int64),
+    ],
+)
 def test_smallest_int_dtype(lo, hi, signed, expected):
     assert smallest_int_dtype(lo, hi, signed=signed) == np.dtype(expected)
 
@@ -122,10 +135,8 @@ def test_smallest_int_dtype(lo, hi, signed, expected):
 def test_smallest_int_dtype_agrees_with_a_search_over_all_dtypes():
     """For ranges around every power of two, the result holds the range and no smaller
     (or, at the same width, signed-first) dtype does."""
-    order = [np.dtype(t) for t in (np.int8, np.uint8, np.int16, np.uint16, np.int32, np.uint32, np.int64,
-                                   np.uint64)]
-    edges = sorted({s * (2**k) + d for k in range(0, 64) for s in (1, -1) for d in (-1, 0, 1)}
-                   | {0, 2**64 - 1})
+    order = [np.dtype(t) for t in (np.int8, np.uint8, np.int16, np.uint16, np.int32, np.uint32, np.int64, np.uint64)]
+    edges = sorted({s * (2**k) + d for k in range(0, 64) for s in (1, -1) for d in (-1, 0, 1)} | {0, 2**64 - 1})
     edges = [e for e in edges if -(2**63) <= e <= 2**64 - 1]
     for lo in edges[::7]:
         for hi in edges[::5]:

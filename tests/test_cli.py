@@ -23,8 +23,9 @@ ROW = re.compile(
 
 
 def run_cli(*args, timeout=120):
-    return subprocess.run([sys.executable, "-m", "npquant", *args], capture_output=True,
-                          text=True, timeout=timeout, cwd=ROOT)
+    return subprocess.run(
+        [sys.executable, "-m", "npquant", *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT
+    )
 
 
 def parse_demo(stdout: str):
@@ -93,13 +94,16 @@ def test_help_texts_match_what_the_options_do():
     assert cli._SHOWN_TERMS == SHOWN_TERMS
 
 
-@pytest.mark.parametrize("argv, named", [
-    (["demo", "--seed", "3"], "--seed is an option"),
-    (["demo", "--bits", "8,4,2"], "--bits is an option"),  # the default value, given: still the other job
-    (["demo", "--quick", "--hidden", "16", "--rounding", "floor"], "--hidden, --rounding are options"),
-    (["demo", "--group-size", "8"], "--group-size is an option"),
-    (["demo", "--max-iter", "5"], "--max-iter is an option"),
-])
+@pytest.mark.parametrize(
+    "argv, named",
+    [
+        (["demo", "--seed", "3"], "--seed is an option"),
+        (["demo", "--bits", "8,4,2"], "--bits is an option"),  # the default value, given: still the other job
+        (["demo", "--quick", "--hidden", "16", "--rounding", "floor"], "--hidden, --rounding are options"),
+        (["demo", "--group-size", "8"], "--group-size is an option"),
+        (["demo", "--max-iter", "5"], "--max-iter is an option"),
+    ],
+)
 def test_weight_job_options_need_weights(capsys, argv, named):
     with pytest.raises(SystemExit) as exc:
         main(argv)
@@ -127,8 +131,12 @@ def test_demo_prints_every_configuration(quick_demo):
     assert quick_demo.returncode == 0, quick_demo.stderr
     float_acc, layers, acc = parse_demo(quick_demo.stdout)
     assert 50 < float_acc <= 100
-    expected = {(b, s, g) for b in (8, 4, 2) for s in ("symmetric", "asymmetric")
-                for g in ("per-tensor", "per-channel", "per-group(16)")}
+    expected = {
+        (b, s, g)
+        for b in (8, 4, 2)
+        for s in ("symmetric", "asymmetric")
+        for g in ("per-tensor", "per-channel", "per-group(16)")
+    }
     assert list(layers) == ["W1", "W2", "W3"]
     for name, table in layers.items():
         assert set(table) == expected, name
@@ -159,16 +167,19 @@ def test_demo_is_deterministic(capsys, quick_demo):
     assert capsys.readouterr().out == quick_demo.stdout
 
 
-@pytest.mark.parametrize("argv, needle", [
-    (["demo", "--bits", "3x"], "--bits"),
-    (["demo", "--bits", "1"], "--bits"),
-    (["demo", "--bits", ""], "--bits"),
-    (["demo", "--group-size", "0"], "--group-size"),
-    (["demo", "--rounding", "nearest"], "--rounding"),
-    (["demo", "--no-such-option"], "unrecognized"),
-    (["no-such-command"], "invalid choice"),
-    ([], "required"),
-])
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["demo", "--bits", "3x"], "--bits"),
+        (["demo", "--bits", "1"], "--bits"),
+        (["demo", "--bits", ""], "--bits"),
+        (["demo", "--group-size", "0"], "--group-size"),
+        (["demo", "--rounding", "nearest"], "--rounding"),
+        (["demo", "--no-such-option"], "unrecognized"),
+        (["no-such-command"], "invalid choice"),
+        ([], "required"),
+    ],
+)
 def test_bad_arguments_exit_2_with_message(capsys, argv, needle):
     with pytest.raises(SystemExit) as exc:
         main(argv)
@@ -221,8 +232,7 @@ def test_ties_show_why_a_non_tie_differs(capsys):
 
 
 def test_ties_summary_only_and_bad_multiplier(capsys):
-    assert main(["explain", "--ties", "-m", "0.0123", "--limit", "0", "--dtype", "uint8",
-                 "--zero-point", "128"]) == 0
+    assert main(["explain", "--ties", "-m", "0.0123", "--limit", "0", "--dtype", "uint8", "--zero-point", "128"]) == 0
     out = capsys.readouterr().out
     assert "tflite vs tflite_single" in out and "acc*M" not in out
     with pytest.raises(SystemExit) as e:
@@ -238,8 +248,16 @@ def test_ties_summary_only_and_bad_multiplier(capsys):
 def test_explain_runs_on_the_builtin_example(capsys, layer, mode):
     assert main(["explain", "--layer", layer, "--mode", mode]) == 0
     out = capsys.readouterr().out
-    for needle in ("0. from floats to codes", "int32 accumulator", "folded form (Jacob et al. 2018, eq. 7)",
-                   "real multiplier", "clamp to", "float layer", "LSB", "more terms: --all-terms"):
+    for needle in (
+        "0. from floats to codes",
+        "int32 accumulator",
+        "folded form (Jacob et al. 2018, eq. 7)",
+        "real multiplier",
+        "clamp to",
+        "float layer",
+        "LSB",
+        "more terms: --all-terms",
+    ):
         assert needle in out
     if mode.startswith("tflite"):
         assert re.search(r"m0 = \d+ \(0x[0-9A-F]{8}\), shift = -?\d+", out)
@@ -279,9 +297,14 @@ def test_compress_builtin_model(capsys, tmp_path):
 def test_compress_any_state_dict(capsys, tmp_path):
     rng = np.random.default_rng(0)
     src = tmp_path / "sd.npz"
-    np.savez(src, **{"conv.weight": rng.normal(size=(4, 2, 3, 3)).astype(np.float32),
-                     "lin.weight": rng.normal(size=(5, 8)).astype(np.float32),
-                     "lin.bias": np.zeros(5, np.float32)})
+    np.savez(
+        src,
+        **{
+            "conv.weight": rng.normal(size=(4, 2, 3, 3)).astype(np.float32),
+            "lin.weight": rng.normal(size=(5, 8)).astype(np.float32),
+            "lin.bias": np.zeros(5, np.float32),
+        },
+    )
     out = tmp_path / "sd.npqz"
     assert main(["compress", "--input", str(src), "-o", str(out), "--sparsity", "0.5,0.25"]) == 0
     text = capsys.readouterr().out
@@ -318,8 +341,7 @@ def retrain_files(tmp_path):
 
     shutil.copy(default_models_dir() / "mlp.npz", tmp_path / "ref.npz")
     d = digits_data(load_reference(tmp_path / "ref.npz").arch)
-    good = {"x_train": d["x_train"][:256], "y_train": d["y_train"][:256], "x_test": d["x_test"],
-            "y_test": d["y_test"]}
+    good = {"x_train": d["x_train"][:256], "y_train": d["y_train"][:256], "x_test": d["x_test"], "y_test": d["y_test"]}
     np.savez(tmp_path / "data.npz", **good)
     np.savez(tmp_path / "nokey.npz", **{k: v for k, v in good.items() if k != "y_test"})
     np.savez(tmp_path / "shape.npz", **{**good, "x_train": good["x_train"][:, :10]})
@@ -329,20 +351,23 @@ def retrain_files(tmp_path):
     return tmp_path
 
 
-@pytest.mark.parametrize("args, message", [
-    ("--input {d}/sd.npz --data {d}/data.npz", "--retrain needs an architecture and training data: "),
-    ("--input {d}/ref.npz --sparsity 0.5", "needs --data FILE.npz"),
-    ("--input {d}/ref.npz --data {d}/data.npz", "needs --sparsity"),
-    ("--input {d}/ref.npz --data {d}/nokey.npz --sparsity 0.5", "missing y_test"),
-    ("--input {d}/ref.npz --data {d}/shape.npz --sparsity 0.5", "x_train must be float (N, 64)"),
-    ("--input {d}/ref.npz --data {d}/labels.npz --sparsity 0.5", "y_train must be integer labels"),
-    ("--input {d}/ref.npz --data {d}/classes.npz --sparsity 0.5", "y_test must lie in [0, 9]"),
-    ("--input {d}/ref.npz --data {d}/sd.safetensors --sparsity 0.5", "no such file"),
-    ("--input {d}/ref.npz --data {d}/data.npz --sparsity 0.5,0.5", "needs 1 or 3 values"),
-    ("--model mlp --data {d}/data.npz", "--data goes with --retrain --input"),
-    ("--quality 0.5", "--quality does not go with --retrain"),
-    ("--study", "--study does not go with --retrain"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ("--input {d}/sd.npz --data {d}/data.npz", "--retrain needs an architecture and training data: "),
+        ("--input {d}/ref.npz --sparsity 0.5", "needs --data FILE.npz"),
+        ("--input {d}/ref.npz --data {d}/data.npz", "needs --sparsity"),
+        ("--input {d}/ref.npz --data {d}/nokey.npz --sparsity 0.5", "missing y_test"),
+        ("--input {d}/ref.npz --data {d}/shape.npz --sparsity 0.5", "x_train must be float (N, 64)"),
+        ("--input {d}/ref.npz --data {d}/labels.npz --sparsity 0.5", "y_train must be integer labels"),
+        ("--input {d}/ref.npz --data {d}/classes.npz --sparsity 0.5", "y_test must lie in [0, 9]"),
+        ("--input {d}/ref.npz --data {d}/sd.safetensors --sparsity 0.5", "no such file"),
+        ("--input {d}/ref.npz --data {d}/data.npz --sparsity 0.5,0.5", "needs 1 or 3 values"),
+        ("--model mlp --data {d}/data.npz", "--data goes with --retrain --input"),
+        ("--quality 0.5", "--quality does not go with --retrain"),
+        ("--study", "--study does not go with --retrain"),
+    ],
+)
 def test_compress_retrain_errors(retrain_files, capsys, args, message):
     argv = ["compress", "--retrain", *args.format(d=retrain_files).split()]
     assert main(argv) == 1
@@ -355,9 +380,26 @@ def test_compress_retrain_a_reference_file_with_data(retrain_files, capsys):
     from npquant import read_compressed
 
     out = retrain_files / "m.npqz"
-    argv = ["compress", "--retrain", "--input", str(retrain_files / "ref.npz"), "--data",
-            str(retrain_files / "data.npz"), "--sparsity", "0.9,0.8,0.5", "--prune-steps", "1", "--prune-epochs",
-            "1", "--finetune-epochs", "1", "--fc-bits", "4", "-o", str(out)]
+    argv = [
+        "compress",
+        "--retrain",
+        "--input",
+        str(retrain_files / "ref.npz"),
+        "--data",
+        str(retrain_files / "data.npz"),
+        "--sparsity",
+        "0.9,0.8,0.5",
+        "--prune-steps",
+        "1",
+        "--prune-epochs",
+        "1",
+        "--finetune-epochs",
+        "1",
+        "--fc-bits",
+        "4",
+        "-o",
+        str(out),
+    ]
     assert main(argv) == 0
     captured = capsys.readouterr()
     text = captured.out
@@ -397,14 +439,18 @@ def test_compress_retrain_mlp(capsys, tmp_path):
 def test_compress_tables(capsys, tmp_path):
     assert main(["compress", "--tables", "--plots", str(tmp_path / "figs")]) == 0
     text = capsys.readouterr().out
-    for head in ("1. k-means weight sharing and k-means QAT", "2. Deep Compression per stage, lenet_300_100",
-                 "2. Deep Compression per stage, cnn", "3. LeNet-300-100: sparsity"):
+    for head in (
+        "1. k-means weight sharing and k-means QAT",
+        "2. Deep Compression per stage, lenet_300_100",
+        "2. Deep Compression per stage, cnn",
+        "3. LeNet-300-100: sparsity",
+    ):
         assert head in text
     assert len(re.findall(r"^(mlp|lenet_300_100|cnn)\s+(float32|8|4|2)\s", text, re.M)) == 12
     assert len(re.findall(r"^Huffman coded \(the file\)", text, re.M)) == 2
     # issue 14's LeNet-300-100 targets (the same run as npquant compress --retrain): the whole
     # file >= 30x smaller than float32, the model rebuilt from it within 0.5 points of float
-    lenet = text[text.index("2. Deep Compression per stage, lenet_300_100"):]
+    lenet = text[text.index("2. Deep Compression per stage, lenet_300_100") :]
     flt = re.search(r"^float32\s+202440\s+1.0x\s+\d+\s+1.0x\s+([\d.]+) %", lenet, re.M)
     last = re.search(r"^Huffman coded \(the file\)\s+(\d+)\s+([\d.]+)x\s+\d+\s+[\d.]+x\s+([\d.]+) %", lenet, re.M)
     assert flt and last, lenet
@@ -424,9 +470,19 @@ def test_demo_model_table(capsys):
     assert main(["demo", "--quick"]) == 0  # --quick: the mlp only
     out = capsys.readouterr().out
     rows = [ln for ln in out.splitlines() if ln.startswith("mlp ")]
-    methods = ["float32", "PTQ int8 per-tensor", "PTQ int8 per-channel", "PyTorch PTQ, reproduced (bit-exact)",
-               "QAT W8A8 per-channel, min-max EMA", "PTQ W4A4 per-channel, min-max", "QAT W4A4 per-channel, LSQ",
-               "dynamic int8", "weight-only int8", "weight-only int4", "weight-only int2"]
+    methods = [
+        "float32",
+        "PTQ int8 per-tensor",
+        "PTQ int8 per-channel",
+        "PyTorch PTQ, reproduced (bit-exact)",
+        "QAT W8A8 per-channel, min-max EMA",
+        "PTQ W4A4 per-channel, min-max",
+        "QAT W4A4 per-channel, LSQ",
+        "dynamic int8",
+        "weight-only int8",
+        "weight-only int4",
+        "weight-only int2",
+    ]
     for m in methods:
         assert any(m in r for r in rows), m
     # float, per-tensor, 4 per-channel modes, PyTorch, 3 QAT/PTQ W4A4, dynamic, 3 weight-only
@@ -540,8 +596,20 @@ def test_quantize_refuses_one_bit_symmetric(tmp_path, capsys):
     assert exc.value.code == 2
     assert "--bits 1 needs --asymmetric" in capsys.readouterr().err
     assert not (tmp_path / "q.npz").exists()
-    assert main(["quantize", str(default_models_dir() / "mlp.npz"), "-o", str(tmp_path / "q.npz"), "--bits", "1",
-                 "--asymmetric"]) == 0
+    assert (
+        main(
+            [
+                "quantize",
+                str(default_models_dir() / "mlp.npz"),
+                "-o",
+                str(tmp_path / "q.npz"),
+                "--bits",
+                "1",
+                "--asymmetric",
+            ]
+        )
+        == 0
+    )
     assert "1-bit asymmetric" in capsys.readouterr().out
 
 

@@ -67,7 +67,7 @@ def test_round_trip_rebuilds_the_pruned_quantized_weights(tmp_path):
         w = back[name]
         assert abs(np.mean(w == 0) - 0.8) < 0.01
         bits = default_config(state[name]).bits
-        assert len(np.unique(w)) <= 2 ** bits
+        assert len(np.unique(w)) <= 2**bits
         # a surviving weight is never zeroed, a pruned one never revived
         kept = state[name] != 0
         assert np.all((w != 0) <= kept)
@@ -174,19 +174,31 @@ def test_version_3_layouts():
     masked[:, 20:] = 0
     cols = rng.normal(size=(30, 64)).astype(np.float32)
     cols[:, rng.random(64) < 0.8] = 0  # dense columns: the transposed scan is shorter
-    state = {"masked": masked, "cols": cols, "half": (rng.integers(-8, 8, (12, 10)) / 4).astype(np.float32),
-             "tiny": np.float32([0.1]), "scalar": np.float32(3.0).reshape(()), "empty": np.zeros((0, 3), np.float32),
-             "odd": np.tile(np.array([-0.0, 0.0, 1e-45, -3e38, 1.0, 2.0, -0.5, 0.7], np.float32), 8),
-             "zeros": np.zeros(64, np.float32)}
-    comp = compress(state, {"masked": LayerConfig(sparsity=0.7), "cols": LayerConfig(sparsity=0.0),
-                            "half": LayerConfig(bits=4)})
+    state = {
+        "masked": masked,
+        "cols": cols,
+        "half": (rng.integers(-8, 8, (12, 10)) / 4).astype(np.float32),
+        "tiny": np.float32([0.1]),
+        "scalar": np.float32(3.0).reshape(()),
+        "empty": np.zeros((0, 3), np.float32),
+        "odd": np.tile(np.array([-0.0, 0.0, 1e-45, -3e38, 1.0, 2.0, -0.5, 0.7], np.float32), 8),
+        "zeros": np.zeros(64, np.float32),
+    }
+    comp = compress(
+        state, {"masked": LayerConfig(sparsity=0.7), "cols": LayerConfig(sparsity=0.0), "half": LayerConfig(bits=4)}
+    )
     rep = {r.name: r for r in comp.reports}
     assert rep["masked"].layout == "sparse" and rep["masked"].skipped == (12, 10)
     assert rep["cols"].scan == "transposed"
     assert rep["half"].codebook_coding == "float16" and rep["masked"].codebook_coding == "sorted keys"
     others = {o.name: o.stored_as for o in comp.others}
-    assert others == {"tiny": "float32", "scalar": "float32", "empty": "float32", "odd": "float split",
-                      "zeros": "float split"}
+    assert others == {
+        "tiny": "float32",
+        "scalar": "float32",
+        "empty": "float32",
+        "odd": "float split",
+        "zeros": "float split",
+    }
     assert {o.name: o.bytes for o in comp.others}["zeros"] < 16  # 64 exact zeros: one exponent, no mantissa
     _round_trips(comp, state)
 
@@ -197,8 +209,11 @@ def test_a_lone_weight_and_all_zeros():
     comp = compress({"w": w}, {"w": LayerConfig(bits=2, index_bits=3)})
     _round_trips(comp, ["w"])
     assert comp.reports[0].gaps_bytes < 20  # 9999 zeros after it: 39 escapes of 255, coded in few bits
-    z = compress({"w": np.zeros((20, 30), np.float32), "v": np.zeros(7, np.float32)},
-                 {"w": LayerConfig(bits=1, index_bits=2)}, bias_bits=2)
+    z = compress(
+        {"w": np.zeros((20, 30), np.float32), "v": np.zeros(7, np.float32)},
+        {"w": LayerConfig(bits=1, index_bits=2)},
+        bias_bits=2,
+    )
     _round_trips(z, ["w", "v"])
     assert not read_compressed(z.to_bytes(3))["w"].any()
 
@@ -207,9 +222,16 @@ _floats = st.floats(width=32, allow_nan=False, allow_infinity=False)
 
 
 @settings(max_examples=40, deadline=None)
-@given(rows=st.integers(1, 12), cols=st.integers(1, 12), sparsity=st.sampled_from([None, 0.0, 0.5, 0.9, 0.99]),
-       bits=st.integers(1, 8), index_bits=st.integers(1, 8), bias_bits=st.sampled_from([None, 1, 4]),
-       bias=st.lists(_floats, min_size=0, max_size=20), seed=st.integers(0, 2**16))
+@given(
+    rows=st.integers(1, 12),
+    cols=st.integers(1, 12),
+    sparsity=st.sampled_from([None, 0.0, 0.5, 0.9, 0.99]),
+    bits=st.integers(1, 8),
+    index_bits=st.integers(1, 8),
+    bias_bits=st.sampled_from([None, 1, 4]),
+    bias=st.lists(_floats, min_size=0, max_size=20),
+    seed=st.integers(0, 2**16),
+)
 def test_round_trip_property(rows, cols, sparsity, bits, index_bits, bias_bits, bias, seed):
     rng = np.random.default_rng(seed)
     w = rng.normal(size=(rows, cols)).astype(np.float32)
@@ -221,6 +243,7 @@ def test_round_trip_property(rows, cols, sparsity, bits, index_bits, bias_bits, 
 
 
 # ---- version-3 building blocks ------------------------------------------------------
+
 
 @settings(max_examples=60, deadline=None)
 @given(counts=st.lists(st.integers(0, 50), min_size=1, max_size=300).filter(any))
@@ -260,20 +283,23 @@ def test_length_table_extremes_and_errors():
         C._read_table(C._BitReader(b"", "<t>", "t"), 4)
 
 
-@pytest.mark.parametrize("values, coding", [
-    ([0.25, 0.5, -2.0, 0.0, -0.0, 2.0**-24, 65504.0], "float16"),
-    ([-3.5, -1e-3, -1e-40, 0.0, 1e-40, 0.1, 0.2, 3e38], "sorted keys"),
-    ([0.3, 0.1, 0.2], "float32"),  # not sorted: keys do not apply
-    ([0.1], "float32"),
-    ([], "float32"),
-])
+@pytest.mark.parametrize(
+    "values, coding",
+    [
+        ([0.25, 0.5, -2.0, 0.0, -0.0, 2.0**-24, 65504.0], "float16"),
+        ([-3.5, -1e-3, -1e-40, 0.0, 1e-40, 0.1, 0.2, 3e38], "sorted keys"),
+        ([0.3, 0.1, 0.2], "float32"),  # not sorted: keys do not apply
+        ([0.1], "float32"),
+        ([], "float32"),
+    ],
+)
 def test_codebook_codings_are_exact(values, coding):
     cb = np.array(values, np.float32)
     data, name = C._codebook_section(cb)
     assert name == coding
     for reserved in (False, True):
         back = C._read_codebook(data, reserved, "<t>", "x")
-        _same_bits(back[int(reserved):], cb)
+        _same_bits(back[int(reserved) :], cb)
         if reserved:
             assert back[0].view(np.uint32) == 0
     if cb.size:
@@ -299,12 +325,20 @@ def test_split_floats_keep_every_bit():
     x = rng.integers(0, 2**32, 500, dtype=np.uint64).astype(np.uint32).view(np.float32)  # NaNs too
     for arr in (x, np.float32([-0.0, 0.0]), np.float32([1.0, 2.0, 4.0]), np.float32([0.5, 0.75]) * -1):
         exps, signs, t, mant = C._split_float(arr)
-        rec = {"name": "x", "shape": arr.shape, "size": arr.size, "kind": 1, "flags": int(signs) | t << 1,
-               "nb": int(signs) + 23 - t, "parts": [C._stream_section(exps.astype(np.int64), 256), mant]}
+        rec = {
+            "name": "x",
+            "shape": arr.shape,
+            "size": arr.size,
+            "kind": 1,
+            "flags": int(signs) | t << 1,
+            "nb": int(signs) + 23 - t,
+            "parts": [C._stream_section(exps.astype(np.int64), 256), mant],
+        }
         _same_bits(C._rebuild_v3(rec, "<t>"), arr)
 
 
 # ---- corruption -------------------------------------------------------------------
+
 
 def _blob(version=2):
     return compress(_state(3), sparsity=0.7).to_bytes(version)
@@ -336,8 +370,9 @@ def test_wrong_magic_version_and_truncation():
 def test_version_3_truncation_and_extension_name_what_was_expected():
     data = _blob(3)
     for cut in (len(data) - 1, len(data) // 2, 9):
-        with pytest.raises(FileFormatError, match=f"truncated file: the header declares {len(data)} bytes, "
-                                                  f"the file has {cut}"):
+        with pytest.raises(
+            FileFormatError, match=f"truncated file: the header declares {len(data)} bytes, the file has {cut}"
+        ):
             read_compressed(data[:cut])
     with pytest.raises(FileFormatError, match="corrupt file: the header declares"):
         read_compressed(data + b"\0")
@@ -365,18 +400,20 @@ def test_consistent_but_wrong_header_is_caught():
     # a header edited together with its CRC: the decoders must still refuse it
     data = _blob()
     hlen = struct.unpack_from("<I", data, 8)[0]
-    header = json.loads(data[12:12 + hlen])
-    body = data[16 + hlen:]
+    header = json.loads(data[12 : 12 + hlen])
+    body = data[16 + hlen :]
 
     def rebuild(h):
         hb = json.dumps(h).encode()
         return MAGIC + struct.pack("<HHI", 1, 0, len(hb)) + hb + struct.pack("<I", zlib.crc32(hb)) + body
 
-    for edit in (lambda h: h["tensors"][0].__setitem__("shape", [6, 3, 3, 4]),
-                 lambda h: h["tensors"][0].__setitem__("entries", 1),
-                 lambda h: h["tensors"][0].__setitem__("bits", 9),
-                 lambda h: h["tensors"][0].__setitem__("kind", "other"),
-                 lambda h: h.__setitem__("format", "zip")):
+    for edit in (
+        lambda h: h["tensors"][0].__setitem__("shape", [6, 3, 3, 4]),
+        lambda h: h["tensors"][0].__setitem__("entries", 1),
+        lambda h: h["tensors"][0].__setitem__("bits", 9),
+        lambda h: h["tensors"][0].__setitem__("kind", "other"),
+        lambda h: h.__setitem__("format", "zip"),
+    ):
         h = json.loads(json.dumps(header))
         edit(h)
         with pytest.raises(ValueError):
@@ -429,6 +466,7 @@ def test_version_3_fields_edited_with_the_crc_fixed_are_refused():
 
     def sparse_without_zero(recs, secs):
         recs[2]["kind"] &= ~16
+
     with pytest.raises(FileFormatError, match="no reserved zero"):
         read_compressed(_edited(data, sparse_without_zero))
     v = compress({"b": np.where(np.arange(50) % 9 == 0, 1.0, 0).astype(np.float32)}, bias_bits=2).to_bytes(3)
@@ -436,6 +474,7 @@ def test_version_3_fields_edited_with_the_crc_fixed_are_refused():
 
     def transposed(recs, secs):
         recs[0]["kind"] |= 8
+
     with pytest.raises(FileFormatError, match="need 2 or more"):
         read_compressed(_edited(v, transposed))
 
@@ -490,13 +529,14 @@ def test_giant_declared_sizes_are_refused_before_allocating():
 
 # ---- study and bad input -----------------------------------------------------------
 
+
 def test_kmeans_study_sizes_shrink_with_bits():
     state = _state(4)
     rows = kmeans_study(state, lambda w: float(np.mean([np.abs(w[k] - state[k]).mean() for k in w])))
     assert [r["bits"] for r in rows] == [8, 4, 2]
     assert rows[0]["bytes"] > rows[1]["bytes"] > rows[2]["bytes"]
     assert rows[0]["score"] < rows[1]["score"] < rows[2]["score"]  # error grows as bits shrink
-    packed = sum(4 * 2 ** 4 + -(-state[k].size * 4 // 8) for k in ("conv.weight", "fc.weight"))
+    packed = sum(4 * 2**4 + -(-state[k].size * 4 // 8) for k in ("conv.weight", "fc.weight"))
     assert rows[1]["bytes"] == packed + 4 * (6 + 20)
 
 
@@ -534,6 +574,7 @@ def test_write_is_atomic_on_failure(tmp_path, monkeypatch):
 
 # ---- weight sharing given (k-means QAT) and unpruned tensors --------------------------
 
+
 def _shared_state(seed=0):
     """A pruned weight with a fine-tuned-like codebook (unsorted, not float16-exact, code 0 the
     reserved zero), an unpruned one without reserved zero, and a shared bias."""
@@ -546,8 +587,12 @@ def _shared_state(seed=0):
     cb_b = rng.normal(size=8).astype(np.float32)
     idx_b = rng.integers(0, 8, 30).astype(np.uint8)
     shared = {"fc.weight": (cb_p, idx_p, True), "conv.weight": (cb_d, idx_d, False), "fc.bias": (cb_b, idx_b, False)}
-    state = {"conv.weight": cb_d[idx_d], "fc.weight": cb_p[idx_p], "fc.bias": cb_b[idx_b],
-             "other": rng.normal(size=5).astype(np.float32)}
+    state = {
+        "conv.weight": cb_d[idx_d],
+        "fc.weight": cb_p[idx_p],
+        "fc.bias": cb_b[idx_b],
+        "other": rng.normal(size=5).astype(np.float32),
+    }
     return state, shared
 
 
@@ -583,23 +628,48 @@ def test_shared_kmeans_result_and_config():
     assert (comp.reports[0].bits, comp.reports[0].index_bits, comp.reports[0].entries) == (3, 2, w.size)
 
 
-@pytest.mark.parametrize("edit, exc, match", [
-    (lambda st, sh: sh.update(nope=sh["fc.bias"]), ValueError, "shared names 'nope'"),
-    (lambda st, sh: sh.update({"fc.bias": sh["fc.bias"][:2]}), ValueError, r"shared\['fc.bias'\] must be \(codebook"),
-    (lambda st, sh: sh.update({"fc.bias": object()}), TypeError, r"shared\['fc.bias'\] must be"),
-    (lambda st, sh: sh.update({"fc.bias": (sh["fc.bias"][0].astype(np.float64),) + sh["fc.bias"][1:]}), TypeError,
-     "float32"),
-    (lambda st, sh: sh.update({"fc.bias": (sh["fc.bias"][0][:6],) + sh["fc.bias"][1:]}), ValueError, "2.b centroids"),
-    (lambda st, sh: sh.update({"fc.bias": (sh["fc.bias"][0], sh["fc.bias"][1][:5], False)}), ValueError, "shape"),
-    (lambda st, sh: sh.update({"fc.bias": (sh["fc.bias"][0], sh["fc.bias"][1].astype(float), False)}), TypeError,
-     "integer"),
-    (lambda st, sh: sh.update({"fc.bias": (sh["fc.bias"][0], sh["fc.bias"][1] + 8, False)}), ValueError,
-     r"lie in \[0, 7\]"),
-    (lambda st, sh: sh.update({"fc.bias": sh["fc.bias"][:2] + (1,)}), TypeError, "reserved_zero must be a bool"),
-    (lambda st, sh: sh.update({"conv.weight": sh["conv.weight"][:2] + (True,)}), ValueError, r"must be \+0.0"),
-    (lambda st, sh: st.update(other=st["other"] + 1) or sh.update(other=(np.float32([0, 1]), np.zeros(5, int), True)),
-     ValueError, r"state\['other'\] is not codebook\[indices\]"),
-])
+@pytest.mark.parametrize(
+    "edit, exc, match",
+    [
+        (lambda st, sh: sh.update(nope=sh["fc.bias"]), ValueError, "shared names 'nope'"),
+        (
+            lambda st, sh: sh.update({"fc.bias": sh["fc.bias"][:2]}),
+            ValueError,
+            r"shared\['fc.bias'\] must be \(codebook",
+        ),
+        (lambda st, sh: sh.update({"fc.bias": object()}), TypeError, r"shared\['fc.bias'\] must be"),
+        (
+            lambda st, sh: sh.update({"fc.bias": (sh["fc.bias"][0].astype(np.float64),) + sh["fc.bias"][1:]}),
+            TypeError,
+            "float32",
+        ),
+        (
+            lambda st, sh: sh.update({"fc.bias": (sh["fc.bias"][0][:6],) + sh["fc.bias"][1:]}),
+            ValueError,
+            "2.b centroids",
+        ),
+        (lambda st, sh: sh.update({"fc.bias": (sh["fc.bias"][0], sh["fc.bias"][1][:5], False)}), ValueError, "shape"),
+        (
+            lambda st, sh: sh.update({"fc.bias": (sh["fc.bias"][0], sh["fc.bias"][1].astype(float), False)}),
+            TypeError,
+            "integer",
+        ),
+        (
+            lambda st, sh: sh.update({"fc.bias": (sh["fc.bias"][0], sh["fc.bias"][1] + 8, False)}),
+            ValueError,
+            r"lie in \[0, 7\]",
+        ),
+        (lambda st, sh: sh.update({"fc.bias": sh["fc.bias"][:2] + (1,)}), TypeError, "reserved_zero must be a bool"),
+        (lambda st, sh: sh.update({"conv.weight": sh["conv.weight"][:2] + (True,)}), ValueError, r"must be \+0.0"),
+        (
+            lambda st, sh: (
+                st.update(other=st["other"] + 1) or sh.update(other=(np.float32([0, 1]), np.zeros(5, int), True))
+            ),
+            ValueError,
+            r"state\['other'\] is not codebook\[indices\]",
+        ),
+    ],
+)
 def test_shared_rejects(edit, exc, match):
     state, shared = _shared_state()
     edit(state, shared)

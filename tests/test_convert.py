@@ -17,22 +17,39 @@ from npquant.requant.modes import REQUANT_MODES
 @pytest.fixture(scope="module")
 def mlp():
     clf, data = sklearn_mlp.train_mlp((64, 32), max_iter=300)
-    arch = {"layers": [{"type": "linear", "name": "fc1"}, {"type": "relu"}, {"type": "linear", "name": "fc2"},
-                       {"type": "relu"}, {"type": "linear", "name": "fc3"}]}
+    arch = {
+        "layers": [
+            {"type": "linear", "name": "fc1"},
+            {"type": "relu"},
+            {"type": "linear", "name": "fc2"},
+            {"type": "relu"},
+            {"type": "linear", "name": "fc3"},
+        ]
+    }
     model = nn.build_model(arch, sklearn_mlp.state_dict(clf))
     X_tr, X_te, y_tr, y_te = (np.asarray(a, np.float32) if a.dtype.kind == "f" else a for a in data)
     return model, X_tr, X_te, y_te
 
 
 def _cnn(rng):
-    conv1 = nn.Conv2d(rng.normal(size=(6, 1, 3, 3)).astype(np.float32) * 0.5, rng.normal(size=6).astype(np.float32) * 0.1,
-                      padding=1, name="conv1")
-    bn1 = nn.BatchNorm2d(rng.uniform(0.5, 1.5, 6), rng.normal(size=6) * 0.1, rng.normal(size=6) * 0.1,
-                         rng.uniform(0.5, 2.0, 6), name="bn1")
+    conv1 = nn.Conv2d(
+        rng.normal(size=(6, 1, 3, 3)).astype(np.float32) * 0.5,
+        rng.normal(size=6).astype(np.float32) * 0.1,
+        padding=1,
+        name="conv1",
+    )
+    bn1 = nn.BatchNorm2d(
+        rng.uniform(0.5, 1.5, 6),
+        rng.normal(size=6) * 0.1,
+        rng.normal(size=6) * 0.1,
+        rng.uniform(0.5, 2.0, 6),
+        name="bn1",
+    )
     conv2 = nn.Conv2d(rng.normal(size=(8, 6, 3, 3)).astype(np.float32) * 0.3, None, stride=1, padding=1, name="conv2")
-    fc = nn.Linear(rng.normal(size=(10, 32)).astype(np.float32) * 0.2, rng.normal(size=10).astype(np.float32), name="fc")
-    return nn.Sequential([conv1, bn1, nn.ReLU(), nn.MaxPool2d(2), conv2, nn.ReLU6(), nn.AvgPool2d(2),
-                          nn.Flatten(), fc])
+    fc = nn.Linear(
+        rng.normal(size=(10, 32)).astype(np.float32) * 0.2, rng.normal(size=10).astype(np.float32), name="fc"
+    )
+    return nn.Sequential([conv1, bn1, nn.ReLU(), nn.MaxPool2d(2), conv2, nn.ReLU6(), nn.AvgPool2d(2), nn.Flatten(), fc])
 
 
 def test_fold_batchnorm_equals_conv_then_bn():
@@ -102,9 +119,13 @@ def test_dynamic_and_weight_only(mlp):
 def test_errors():
     # Argument errors need no trained model (the mlp fixture trains for seconds): a small random MLP.
     rng = np.random.default_rng(0)
-    model = nn.Sequential([nn.Linear(rng.normal(size=(16, 8)).astype(np.float32), np.zeros(16, np.float32), name="fc1"),
-                           nn.ReLU(),
-                           nn.Linear(rng.normal(size=(4, 16)).astype(np.float32), np.zeros(4, np.float32), name="fc2")])
+    model = nn.Sequential(
+        [
+            nn.Linear(rng.normal(size=(16, 8)).astype(np.float32), np.zeros(16, np.float32), name="fc1"),
+            nn.ReLU(),
+            nn.Linear(rng.normal(size=(4, 16)).astype(np.float32), np.zeros(4, np.float32), name="fc2"),
+        ]
+    )
     X_tr = rng.uniform(0, 1, (32, 8)).astype(np.float32)
     quantize_model(model, X_tr)  # the arguments the errors below change one at a time are valid
     with pytest.raises(ValueError, match="mode must be one of"):
@@ -136,8 +157,19 @@ def test_quantize_model_accumulation_reaches_every_layer():
     conv = weighted[0]  # the layer object runs the same pair product as the function
     h = pairs.quantize_input(x)
     g = conv.geometry
-    want = conv2d_accumulate(h, conv.x_qp, conv.w_q, conv.w_qp, conv.bias_q, stride=g.stride, padding=g.padding,
-                             dilation=g.dilation, groups=g.groups, accumulation="int16_pairs", backend="numpy")
+    want = conv2d_accumulate(
+        h,
+        conv.x_qp,
+        conv.w_q,
+        conv.w_qp,
+        conv.bias_q,
+        stride=g.stride,
+        padding=g.padding,
+        dilation=g.dilation,
+        groups=g.groups,
+        accumulation="int16_pairs",
+        backend="numpy",
+    )
     np.testing.assert_array_equal(conv.accumulate(h), want)
     assert pairs(x).shape == exact(x).shape
     with pytest.raises(ValueError, match="uint8 activation"):
@@ -152,8 +184,7 @@ def test_quantize_model_accumulation_reaches_every_layer():
 def _pool_model(pool):
     rng = np.random.default_rng(3)
     w = rng.normal(0, 0.3, (4, 2, 3, 3)).astype(np.float32)
-    return nn.Sequential([nn.Conv2d(w, np.zeros(4, np.float32), padding=1, name="conv"), nn.ReLU(), pool,
-                          nn.Flatten()])
+    return nn.Sequential([nn.Conv2d(w, np.zeros(4, np.float32), padding=1, name="conv"), nn.ReLU(), pool, nn.Flatten()])
 
 
 @pytest.mark.parametrize("include_pad", [True, False])
@@ -174,15 +205,47 @@ def test_quantize_model_keeps_count_include_pad(include_pad, mode):
     assert np.max(np.abs(q.float_twin(x) - y)) <= step + 1e-6
 
 
-@pytest.mark.parametrize("spec, what", [
-    ({"type": "maxpool2d", "name": "p", "kernel_size": [2, 2], "stride": [2, 2], "padding": [0, 0],
-      "dilation": [2, 2], "ceil_mode": False}, "dilation"),
-    ({"type": "maxpool2d", "name": "p", "kernel_size": [2, 2], "stride": [2, 2], "padding": [0, 0],
-      "dilation": [1, 1], "ceil_mode": True}, "ceil_mode"),
-    ({"type": "avgpool2d", "name": "p", "kernel_size": [2, 2], "stride": [2, 2], "padding": [0, 0],
-      "ceil_mode": True}, "ceil_mode"),
-    ({"type": "avgpool2d", "name": "p", "kernel_size": [2, 2], "divisor_override": 3}, "divisor_override"),
-])
+@pytest.mark.parametrize(
+    "spec, what",
+    [
+        (
+            {
+                "type": "maxpool2d",
+                "name": "p",
+                "kernel_size": [2, 2],
+                "stride": [2, 2],
+                "padding": [0, 0],
+                "dilation": [2, 2],
+                "ceil_mode": False,
+            },
+            "dilation",
+        ),
+        (
+            {
+                "type": "maxpool2d",
+                "name": "p",
+                "kernel_size": [2, 2],
+                "stride": [2, 2],
+                "padding": [0, 0],
+                "dilation": [1, 1],
+                "ceil_mode": True,
+            },
+            "ceil_mode",
+        ),
+        (
+            {
+                "type": "avgpool2d",
+                "name": "p",
+                "kernel_size": [2, 2],
+                "stride": [2, 2],
+                "padding": [0, 0],
+                "ceil_mode": True,
+            },
+            "ceil_mode",
+        ),
+        ({"type": "avgpool2d", "name": "p", "kernel_size": [2, 2], "divisor_override": 3}, "divisor_override"),
+    ],
+)
 def test_build_model_refuses_pool_options_it_would_drop(spec, what):
     arch = {"name": "m", "input_shape": [1, 8, 8], "layers": [spec]}
     with pytest.raises(ValueError, match=f"'p'.*{what}"):

@@ -37,9 +37,21 @@ def small_run(tmp_path_factory):
     with the JIT and without)."""
     model, data, ref = bundled("mlp")
     path = tmp_path_factory.mktemp("dc") / "mlp.npqz"
-    r = deep_compression(model, data["x_train"][:256], data["y_train"][:256], data["x_test"], data["y_test"],
-                         sparsity={"fc1.weight": 0.9, "fc2.weight": 0.8}, prune_steps=1, prune_epochs=1,
-                         bits={"fc3.weight": 3}, finetune_epochs=1, seed=0, path=path, progress=False)
+    r = deep_compression(
+        model,
+        data["x_train"][:256],
+        data["y_train"][:256],
+        data["x_test"],
+        data["y_test"],
+        sparsity={"fc1.weight": 0.9, "fc2.weight": 0.8},
+        prune_steps=1,
+        prune_epochs=1,
+        bits={"fc3.weight": 3},
+        finetune_epochs=1,
+        seed=0,
+        path=path,
+        progress=False,
+    )
     return r, data, ref, path
 
 
@@ -48,10 +60,20 @@ def test_the_stage_table_is_computed_from_the_real_file(small_run):
     assert r.path == str(path) and path.read_bytes() == r.data
     assert r.sizes == stage_sizes(r.compressed) and r.sizes.huffman == len(r.data) == path.stat().st_size
     rows = r.rows()
-    assert [row[0] for row in rows] == ["float32", "pruned + retrained", "k-means (not fine-tuned)",
-                                        "k-means + fine-tuned centroids", "Huffman coded (the file)"]
-    assert [row[1] for row in rows] == [r.sizes.original, r.sizes.pruned, r.sizes.quantized, r.sizes.quantized,
-                                        len(r.data)]
+    assert [row[0] for row in rows] == [
+        "float32",
+        "pruned + retrained",
+        "k-means (not fine-tuned)",
+        "k-means + fine-tuned centroids",
+        "Huffman coded (the file)",
+    ]
+    assert [row[1] for row in rows] == [
+        r.sizes.original,
+        r.sizes.pruned,
+        r.sizes.quantized,
+        r.sizes.quantized,
+        len(r.data),
+    ]
     assert rows[-1][2] == r.ratio == r.sizes.original / len(r.data)
     # the last accuracy: a model built from the architecture and the file read back
     back = read_compressed(path)
@@ -73,8 +95,14 @@ def test_the_file_is_the_fine_tuned_model_bit_for_bit(small_run):
     assert set(r.qat.codebooks) == {"fc1.weight", "fc2.weight", "fc3.weight", "fc1.bias", "fc2.bias", "fc3.bias"}
     for name, cb in r.qat.codebooks.items():
         np.testing.assert_array_equal(_bits(back[name]), _bits(cb[r.qat.indices[name]]))
-    assert r.qat.bits == {"fc1.weight": 5, "fc2.weight": 5, "fc3.weight": 3, "fc1.bias": 5, "fc2.bias": 5,
-                          "fc3.bias": 5}
+    assert r.qat.bits == {
+        "fc1.weight": 5,
+        "fc2.weight": 5,
+        "fc3.weight": 3,
+        "fc1.bias": 5,
+        "fc2.bias": 5,
+        "fc3.bias": 5,
+    }
     # pruned weights are exactly +0.0 after retraining and fine-tuning, in memory and in the file
     for name, mask in r.prune.masks.items():
         assert np.all(_bits(back[name])[~mask] == 0) and np.all(_bits(state[name])[~mask] == 0)
@@ -105,42 +133,72 @@ def test_default_bits_and_defaults():
     assert SWEEP_SPARSITIES[1] == DEFAULTS["lenet_300_100"]["sparsity"] and len(SWEEP_BITS) == 3
 
 
-@pytest.mark.parametrize("kw, exc, match", [
-    ({"sparsity": {"fc9.weight": 0.5}}, ValueError, "sparsity names 'fc9.weight'"),
-    ({"sparsity": {"fc1.bias": 0.5}}, ValueError, "not a weight tensor"),
-    ({"sparsity": 1.0}, ValueError, "sparsity must be in"),
-    ({"sparsity": 0.5, "bits": 9}, ValueError, "bits must be in"),
-    ({"sparsity": 0.5, "bits": {"fc1.weight": 0}}, ValueError, r"bits\['fc1.weight'\]"),
-    ({"sparsity": 0.5, "bias_bits": 0}, ValueError, "bias_bits"),
-    ({"sparsity": 0.5, "prune_steps": 0}, ValueError, "prune_steps"),
-    ({"sparsity": 0.5, "finetune_lr": 0}, ValueError, "finetune_lr"),
-    ({"sparsity": 0.5, "x_test": np.zeros((3, 64), int)}, TypeError, "x_test"),
-    ({"sparsity": 0.5, "y_test": np.zeros(2, int)}, ValueError, "y_test"),
-])
+@pytest.mark.parametrize(
+    "kw, exc, match",
+    [
+        ({"sparsity": {"fc9.weight": 0.5}}, ValueError, "sparsity names 'fc9.weight'"),
+        ({"sparsity": {"fc1.bias": 0.5}}, ValueError, "not a weight tensor"),
+        ({"sparsity": 1.0}, ValueError, "sparsity must be in"),
+        ({"sparsity": 0.5, "bits": 9}, ValueError, "bits must be in"),
+        ({"sparsity": 0.5, "bits": {"fc1.weight": 0}}, ValueError, r"bits\['fc1.weight'\]"),
+        ({"sparsity": 0.5, "bias_bits": 0}, ValueError, "bias_bits"),
+        ({"sparsity": 0.5, "prune_steps": 0}, ValueError, "prune_steps"),
+        ({"sparsity": 0.5, "finetune_lr": 0}, ValueError, "finetune_lr"),
+        ({"sparsity": 0.5, "x_test": np.zeros((3, 64), int)}, TypeError, "x_test"),
+        ({"sparsity": 0.5, "y_test": np.zeros(2, int)}, ValueError, "y_test"),
+    ],
+)
 def test_arguments_are_checked_before_any_training(kw, exc, match):
     model, data, _ = bundled("mlp")
     args = {k: data[k] for k in ("x_train", "y_train", "x_test", "y_test")}
     args.update({k: kw.pop(k) for k in list(kw) if k in args})
     with pytest.raises(exc, match=match):
-        deep_compression(model, args["x_train"], args["y_train"], args["x_test"], args["y_test"], progress=False,
-                         **kw)
+        deep_compression(model, args["x_train"], args["y_train"], args["x_test"], args["y_test"], progress=False, **kw)
     with pytest.raises(TypeError, match="trainable model"):
         deep_compression(object(), args["x_train"], args["y_train"], args["x_test"], args["y_test"], sparsity=0.5)
 
 
 def test_formatting_and_the_best_point():
-    rows = [{"sparsity": {"a": 0.9, "b": 0.8}, "bits": b, "bytes": 100 * b, "ratio": r, "weights_ratio": r + 1,
-             "accuracy": a, "float_accuracy": 0.97} for b, r, a in ((5, 30.0, 0.97), (4, 35.0, 0.966), (3, 40.0, 0.96))]
+    rows = [
+        {
+            "sparsity": {"a": 0.9, "b": 0.8},
+            "bits": b,
+            "bytes": 100 * b,
+            "ratio": r,
+            "weights_ratio": r + 1,
+            "accuracy": a,
+            "float_accuracy": 0.97,
+        }
+        for b, r, a in ((5, 30.0, 0.97), (4, 35.0, 0.966), (3, 40.0, 0.96))
+    ]
     assert best_point(rows)["bits"] == 4 and best_point(rows, tolerance=0.0)["bits"] == 5
     assert best_point(rows, tolerance=-0.1) is None
     text = format_sweep(rows)
     assert "90/80" in text and "35.0x" in text and "-1.00" in text
     assert f"4 bits: 35.0x at 96.60 % (Deep Compression: {PAPER_LENET_RATIO}x" in text
     assert "no point is within" in format_sweep(rows[2:])
-    km = [{"model": "m", "bits": None, "bytes": 400, "ratio": 1.0, "file_bytes": None, "file_ratio": None,
-           "accuracy_kmeans": 0.9, "accuracy": 0.9},
-          {"model": "m", "bits": 2, "bytes": 40, "ratio": 10.0, "file_bytes": 38, "file_ratio": 400 / 38,
-           "accuracy_kmeans": 0.5, "accuracy": 0.88}]
+    km = [
+        {
+            "model": "m",
+            "bits": None,
+            "bytes": 400,
+            "ratio": 1.0,
+            "file_bytes": None,
+            "file_ratio": None,
+            "accuracy_kmeans": 0.9,
+            "accuracy": 0.9,
+        },
+        {
+            "model": "m",
+            "bits": 2,
+            "bytes": 40,
+            "ratio": 10.0,
+            "file_bytes": 38,
+            "file_ratio": 400 / 38,
+            "accuracy_kmeans": 0.5,
+            "accuracy": 0.88,
+        },
+    ]
     text = format_kmeans_table(km)
     assert re.search(r"m\s+float32\s+400\s+1.0x\s+-\s+-\s+90.00 %\s+-", text)
     assert re.search(r"m\s+2\s+40\s+10.0x\s+38\s+10.5x\s+50.00 %\s+88.00 %", text)

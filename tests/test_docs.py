@@ -24,8 +24,9 @@ API = ROOT / "docs" / "api"
 
 AUTOMODULE = re.compile(r"^\s*\.\.\s+automodule::\s+(\S+)\s*$", re.MULTILINE)
 
-pytestmark = pytest.mark.skipif(not (PACKAGE.is_dir() and API.is_dir()),
-                                reason="needs the source tree (npquant/ and docs/api/)")
+pytestmark = pytest.mark.skipif(
+    not (PACKAGE.is_dir() and API.is_dir()), reason="needs the source tree (npquant/ and docs/api/)"
+)
 
 
 def public_modules() -> set[str]:
@@ -53,8 +54,14 @@ def documented_modules() -> dict[str, list[str]]:
 
 def test_scan_sees_the_package():
     mods = public_modules()
-    assert {"npquant", "npquant.affine", "npquant.qnn", "npquant.qnn.gemm",
-            "npquant.training", "npquant.training.trainer"} <= mods
+    assert {
+        "npquant",
+        "npquant.affine",
+        "npquant.qnn",
+        "npquant.qnn.gemm",
+        "npquant.training",
+        "npquant.training.trainer",
+    } <= mods
     assert not any(m.split(".")[-1].startswith("_") for m in mods)
     assert "npquant.__main__" not in mods
 
@@ -63,7 +70,8 @@ def test_every_public_module_has_an_automodule():
     missing = sorted(public_modules() - set(documented_modules()))
     assert not missing, (
         f"public modules with no '.. automodule::' in docs/api/*.rst: {missing}; add a page "
-        f"docs/api/<module>.rst and list it in the toctree of docs/api/index.rst")
+        f"docs/api/<module>.rst and list it in the toctree of docs/api/index.rst"
+    )
 
 
 def test_every_automodule_names_a_public_module_once():

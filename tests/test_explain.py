@@ -39,10 +39,14 @@ def _layer_outputs(layer, ex, mode, accumulation):
     """Accumulators (with bias) and codes of the whole layer from npquant.qnn."""
     args = (ex["x_q"], ex["x_qp"], ex["w_q"], ex["w_qp"], ex["bias_q"])
     if layer == "linear":
-        return (linear_accumulate(*args, accumulation=accumulation),
-                qlinear(*args, ex["y_qp"], mode=mode, accumulation=accumulation))
-    return (conv2d_accumulate(*args, padding=1, accumulation=accumulation),
-            qconv2d(*args, ex["y_qp"], mode=mode, padding=1, accumulation=accumulation))
+        return (
+            linear_accumulate(*args, accumulation=accumulation),
+            qlinear(*args, ex["y_qp"], mode=mode, accumulation=accumulation),
+        )
+    return (
+        conv2d_accumulate(*args, padding=1, accumulation=accumulation),
+        qconv2d(*args, ex["y_qp"], mode=mode, padding=1, accumulation=accumulation),
+    )
 
 
 def _printed(pattern, text):
@@ -86,7 +90,8 @@ def test_builtin_examples_have_zero_points_and_floats(layer):
     np.testing.assert_array_equal(quantize(ex["x_float"], ex["x_qp"]), ex["x_q"])
     np.testing.assert_array_equal(quantize(ex["w_float"], ex["w_qp"]), ex["w_q"])
     np.testing.assert_array_equal(
-        quantize_bias(ex["b_float"], float(ex["x_qp"].scale), float(ex["w_qp"].scale)), ex["bias_q"])
+        quantize_bias(ex["b_float"], float(ex["x_qp"].scale), float(ex["w_qp"].scale)), ex["bias_q"]
+    )
 
 
 def test_folded_form_prints_every_term_of_eq7():
@@ -95,8 +100,11 @@ def test_folded_form_prints_every_term_of_eq7():
     x, w = np.asarray(e.x), np.asarray(e.w)
     zx, zw, k = e.z_x, e.z_w, len(e.x)
     text = str(e)
-    m = _printed(r"^     = (-?\d+) - \((-?\d+)\)\*(-?\d+) - (-?\d+)\*\(?(-?\d+)\)? "
-                 r"\+ (\d+)\*(-?\d+)\*\((-?\d+)\)$", text)
+    m = _printed(
+        r"^     = (-?\d+) - \((-?\d+)\)\*(-?\d+) - (-?\d+)\*\(?(-?\d+)\)? "
+        r"\+ (\d+)\*(-?\d+)\*\((-?\d+)\)$",
+        text,
+    )
     assert [int(v) for v in m.groups()] == [int(x @ w), zw, int(x.sum()), zx, int(w.sum()), k, zx, zw]
     terms = [int(x @ w), -zw * int(x.sum()), -zx * int(w.sum()), k * zx * zw]
     assert all(terms)  # every term of eq. 7 is non-zero in the built-in example
@@ -251,7 +259,7 @@ def test_conv_trace_gathers_the_padded_receptive_field(mode):
     for index in CONV_INDICES:
         n, o, i, j = index
         e = explain_conv2d(**{**ex, "index": index}, mode=mode)
-        assert e.acc == int((xp[n, :, i:i + 3, j:j + 3] * (w[o] - zw)).sum())
+        assert e.acc == int((xp[n, :, i : i + 3, j : j + 3] * (w[o] - zw)).sum())
         assert len(e.x) == 2 * 3 * 3
     e = explain_conv2d(**{**ex, "index": (0, 1, 0, 2)}, mode=mode)
     pads = [k for k, label in enumerate(e.labels) if label.endswith(" pad")]
@@ -362,6 +370,7 @@ def test_effective_multiplier_of_the_trace():
 
 # ---- a layer of a whole model (explain_layer, npquant explain MODEL) ----------------------------
 
+
 @pytest.fixture(scope="module")
 def cnn_int():
     from npquant.app.demo import default_models_dir
@@ -383,9 +392,9 @@ def test_explain_layer_of_an_integer_model_gives_the_model_s_codes(cnn_int):
     for layer in q.layers:
         h = layer(h)
         outs.append(h)
-    e = explain_layer(q, x, 2, (1, 5, 1, 2))                 # the second conv
+    e = explain_layer(q, x, 2, (1, 5, 1, 2))  # the second conv
     assert e.code == int(outs[2][1, 5, 1, 2]) and e.mode == "tflite"
-    e = explain_layer(q, x, "layers[5]", (2, 7))             # the linear head
+    e = explain_layer(q, x, "layers[5]", (2, 7))  # the linear head
     assert e.code == int(outs[5][2, 7])
     assert explain_layer(q, q.quantize_input(x), 0, (0, 1, 3, 3)).code == int(outs[0][0, 1, 3, 3])  # codes in
 
@@ -400,16 +409,27 @@ def _small_graph():
     w_fc = rng.integers(-127, 128, (4, 3 * 4 * 4)).astype(np.int8)
 
     def wp(w):
-        return {"weight": w, "weight_scale": np.full(w.shape[0], 0.01, np.float32),
-                "weight_zero_point": np.zeros(w.shape[0], np.int32)}
+        return {
+            "weight": w,
+            "weight_scale": np.full(w.shape[0], 0.01, np.float32),
+            "weight_zero_point": np.zeros(w.shape[0], np.int32),
+        }
 
-    nodes = [Node("q", "quantize", ["x"], ["xq"], {"output": x_qp}),
-             Node("conv", "qconv2d", ["xq"], ["h"], {"output": h_qp, "padding": [1, 0, 1, 0], "activation": "relu"},
-                  {**wp(w_conv), "bias_q": rng.integers(-500, 500, 3).astype(np.int32)}),
-             Node("pool", "qmaxpool2d", ["h"], ["p"], {"kernel_size": 1}),
-             Node("flat", "qflatten", ["p"], ["f"]),
-             Node("fc", "qlinear", ["f"], ["l"], {"output": y_qp, "mode": "onnx"}, wp(w_fc)),
-             Node("dq", "dequantize", ["l"], ["y"])]
+    nodes = [
+        Node("q", "quantize", ["x"], ["xq"], {"output": x_qp}),
+        Node(
+            "conv",
+            "qconv2d",
+            ["xq"],
+            ["h"],
+            {"output": h_qp, "padding": [1, 0, 1, 0], "activation": "relu"},
+            {**wp(w_conv), "bias_q": rng.integers(-500, 500, 3).astype(np.int32)},
+        ),
+        Node("pool", "qmaxpool2d", ["h"], ["p"], {"kernel_size": 1}),
+        Node("flat", "qflatten", ["p"], ["f"]),
+        Node("fc", "qlinear", ["f"], ["l"], {"output": y_qp, "mode": "onnx"}, wp(w_fc)),
+        Node("dq", "dequantize", ["l"], ["y"]),
+    ]
     return Graph(nodes, ["x"], ["y"], name="small"), rng.normal(size=(2, 2, 5, 5)).astype(np.float32)
 
 
@@ -418,7 +438,7 @@ def test_explain_layer_of_a_graph_node():
 
     g, x = _small_graph()
     env = g.run(x, keep_intermediates=True)
-    e = explain_layer(g, x, "conv", (1, 2, 0, 0))            # asymmetric padding: the corner reads Z_x
+    e = explain_layer(g, x, "conv", (1, 2, 0, 0))  # asymmetric padding: the corner reads Z_x
     assert e.code == int(env["h"][1, 2, 0, 0]) and e.qmin == 3  # relu: the clamp starts at Z_y
     e = explain_layer(g, x, "fc", (1, 3))
     assert e.code == int(env["l"][1, 3]) and e.mode == "onnx"
@@ -457,14 +477,34 @@ def test_explain_command_on_a_model_file(capsys, tmp_path):
     g, x = _small_graph()
     save_graph(tmp_path / "g.npz", g)
     np.save(tmp_path / "x.npy", x)
-    assert main(["explain", str(tmp_path / "g.npz"), "--layer", "fc", "--index", "0,1", "--input",
-                 str(tmp_path / "x.npy"), "--sample", "1", "--all-terms"]) == 0
+    assert (
+        main(
+            [
+                "explain",
+                str(tmp_path / "g.npz"),
+                "--layer",
+                "fc",
+                "--index",
+                "0,1",
+                "--input",
+                str(tmp_path / "x.npy"),
+                "--sample",
+                "1",
+                "--all-terms",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "linear layer, output element [0, 1]" in out and "more terms" not in out
-    for argv, msg in [([cnn, "--layer", "2"], "--layer and --index"), ([cnn, "--layer", "2", "--index", "a,b"],
-                      "comma-separated"), ([cnn, "--ties"], "--ties"), (["--index", "0,0"], "needs a MODEL"),
-                      (["--layer", "dense"], "linear or conv"),
-                      ([str(tmp_path / "g.npz"), "--layer", "fc", "--index", "0,0", "--mode", "onnx"], "--mode")]:
+    for argv, msg in [
+        ([cnn, "--layer", "2"], "--layer and --index"),
+        ([cnn, "--layer", "2", "--index", "a,b"], "comma-separated"),
+        ([cnn, "--ties"], "--ties"),
+        (["--index", "0,0"], "needs a MODEL"),
+        (["--layer", "dense"], "linear or conv"),
+        ([str(tmp_path / "g.npz"), "--layer", "fc", "--index", "0,0", "--mode", "onnx"], "--mode"),
+    ]:
         with pytest.raises(SystemExit) as ex:
             main(["explain", *argv])
         assert ex.value.code == 2 and msg in capsys.readouterr().err
@@ -507,8 +547,11 @@ def test_float_bias_trace_equals_fbgemm_requantize_on_every_output(per_channel):
     y_qp = QParams(np.float32(0.21), 17, QuantSpec(signed=False))
     w = rng.integers(-127, 128, (6, 9)).astype(np.int8)
     scale = np.float32(0.013) if not per_channel else rng.uniform(0.005, 0.02, 6).astype(np.float32)
-    w_qp = QParams(scale, 0 if not per_channel else np.zeros(6, np.int32),
-                   QuantSpec(symmetric=True, axis=0 if per_channel else None))
+    w_qp = QParams(
+        scale,
+        0 if not per_channel else np.zeros(6, np.int32),
+        QuantSpec(symmetric=True, axis=0 if per_channel else None),
+    )
     fb = (rng.normal(size=6) * 0.7).astype(np.float32)
     xq = rng.integers(0, 256, (40, 9)).astype(np.uint8)
     for act in (None, "relu"):

@@ -67,7 +67,7 @@ def test_npz_shrunk_shape_is_refused_not_read_short(tmp_path):
     data = _npz_bytes(_state())
     # one flipped bit: (100, 300) -> (100, 100) ('3' ^ 0x02 == '1'), CRC left as is
     i = data.index(b"(100, 300)") + 6
-    bad = data[:i] + bytes([data[i] ^ 0x02]) + data[i + 1:]
+    bad = data[:i] + bytes([data[i] ^ 0x02]) + data[i + 1 :]
     p = tmp_path / "m.npz"
     p.write_bytes(bad)
     with pytest.raises(FileFormatError):
@@ -89,9 +89,14 @@ def test_npz_giant_declared_shape_allocates_nothing(tmp_path):
     assert peak < 1 << 20 and "4398046511104 bytes" in str(err)
 
 
-@pytest.mark.parametrize("content, match", [
-    (b"", "expected an .npz"), (b"PK\x03\x04", "not a readable .npz"), (b"PK\x05\x06" + bytes(18), None),
-])
+@pytest.mark.parametrize(
+    "content, match",
+    [
+        (b"", "expected an .npz"),
+        (b"PK\x03\x04", "not a readable .npz"),
+        (b"PK\x05\x06" + bytes(18), None),
+    ],
+)
 def test_npz_empty_or_cut_files(tmp_path, content, match):
     p = tmp_path / "m.npz"
     p.write_bytes(content)
@@ -104,9 +109,13 @@ def test_npz_empty_or_cut_files(tmp_path, content, match):
 
 def test_npz_corrupt_npy_header_is_a_value_error(tmp_path):
     ms = zip_members(_npz_bytes({"x": np.zeros(4, np.float32)}))
-    for junk in (b"{'descr': '<f4', 'fortran_order': False, 'shape': (4,\x00", b"{'descr': '|O', 'fortran_order'",
-                 b"'''", b"\xff\xfe"):
-        bad = [(n, d[:10] + junk + d[10 + len(junk):]) for n, d in ms]
+    for junk in (
+        b"{'descr': '<f4', 'fortran_order': False, 'shape': (4,\x00",
+        b"{'descr': '|O', 'fortran_order'",
+        b"'''",
+        b"\xff\xfe",
+    ):
+        bad = [(n, d[:10] + junk + d[10 + len(junk) :]) for n, d in ms]
         (tmp_path / "m.npz").write_bytes(make_zip(bad))
         with pytest.raises(FileFormatError, match="npy"):
             load_state_dict(tmp_path / "m.npz")
@@ -178,16 +187,25 @@ def _st(header: str, body: bytes = b"") -> bytes:
     return struct.pack("<Q", len(h)) + h + body
 
 
-@pytest.mark.parametrize("data, match", [
-    (_st('{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"a":{"dtype":"F32","shape":[1],'
-         '"data_offsets":[0,4]}}', bytes(4)), "twice"),
-    (_st('{"__metadata__":{"x":' + "[" * 5000 + "]" * 5000 + "}}"), "nests 5002 levels"),
-    (_st('{"a":{"dtype":"F32","shape":[18446744073709551616],"data_offsets":[0,4]}}', bytes(4)), "bytes for shape"),
-    (_st('{"a":{"dtype":"BF16","shape":[1],"data_offsets":[0,2]}}', bytes(2)), "unsupported .* 'BF16'"),
-    (_st('{"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}', bytes(8)), "overlap or leave holes"),
-    (_st('{"a":{"dtype":"F32","shape":[NaN],"data_offsets":[0,4]}}', bytes(4)), "not valid"),
-    (_st("[]"), "JSON object"),
-])
+@pytest.mark.parametrize(
+    "data, match",
+    [
+        (
+            _st(
+                '{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"a":{"dtype":"F32","shape":[1],'
+                '"data_offsets":[0,4]}}',
+                bytes(4),
+            ),
+            "twice",
+        ),
+        (_st('{"__metadata__":{"x":' + "[" * 5000 + "]" * 5000 + "}}"), "nests 5002 levels"),
+        (_st('{"a":{"dtype":"F32","shape":[18446744073709551616],"data_offsets":[0,4]}}', bytes(4)), "bytes for shape"),
+        (_st('{"a":{"dtype":"BF16","shape":[1],"data_offsets":[0,2]}}', bytes(2)), "unsupported .* 'BF16'"),
+        (_st('{"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}', bytes(8)), "overlap or leave holes"),
+        (_st('{"a":{"dtype":"F32","shape":[NaN],"data_offsets":[0,4]}}', bytes(4)), "not valid"),
+        (_st("[]"), "JSON object"),
+    ],
+)
 def test_safetensors_bad_headers(data, match):
     with pytest.raises(FileFormatError, match=match):
         read_safetensors(data)
@@ -226,11 +244,15 @@ def _npqz(comp) -> bytes:
 
 def _edit_header(data: bytes, edit, *, version=None, reserved=None) -> bytes:
     magic, v, r, hlen = struct.unpack_from("<4sHHI", data)
-    header = json.loads(data[12:12 + hlen])
+    header = json.loads(data[12 : 12 + hlen])
     text = edit(header)
     h = (text if isinstance(text, str) else json.dumps(header)).encode()
-    return (struct.pack("<4sHHI", magic, v if version is None else version, r if reserved is None else reserved,
-                        len(h)) + h + struct.pack("<I", zlib.crc32(h)) + data[12 + hlen + 4:])
+    return (
+        struct.pack("<4sHHI", magic, v if version is None else version, r if reserved is None else reserved, len(h))
+        + h
+        + struct.pack("<I", zlib.crc32(h))
+        + data[12 + hlen + 4 :]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -316,8 +338,9 @@ def test_read_and_write_compressed_argument_types(npqz, tmp_path):
 
 @pytest.fixture
 def ckpt(tmp_path):
-    arrays, _ = quantize_checkpoint({"w": _state()["w"][:8, :16], "b": np.arange(4, dtype=np.float32)},
-                                    QuantSpec(bits=4, symmetric=True, axis=0))
+    arrays, _ = quantize_checkpoint(
+        {"w": _state()["w"][:8, :16], "b": np.arange(4, dtype=np.float32)}, QuantSpec(bits=4, symmetric=True, axis=0)
+    )
     p = tmp_path / "q.npz"
     save_quantized(p, arrays)
     return p
@@ -335,17 +358,20 @@ def test_checkpoint_plain_entry_cannot_replace_a_quantized_tensor(ckpt):
         load_quantized(ckpt)
 
 
-@pytest.mark.parametrize("part, value, match", [
-    ("w.codes", np.zeros(3, np.uint8), "must be 64 uint8 bytes"),
-    ("w.shape", np.array([2**33, 2**33], np.int64), "must be .* uint8 bytes"),
-    ("w.shape", np.array([-1, 16], np.int64), "non-negative"),
-    ("w.spec", np.array(json.dumps({"bits": 16})), "1..8 bits"),
-    ("w.spec", np.array(json.dumps({"bitz": 4})), "not a valid QuantSpec"),
-    ("w.spec", np.array("[" * 1000 + "]" * 1000), "nests"),
-    ("w.spec", np.array(3), "JSON string"),
-    ("w.scale", np.zeros(8, np.float32), "does not decode"),
-    ("__format__", np.array("something else"), "not a quantized checkpoint"),
-])
+@pytest.mark.parametrize(
+    "part, value, match",
+    [
+        ("w.codes", np.zeros(3, np.uint8), "must be 64 uint8 bytes"),
+        ("w.shape", np.array([2**33, 2**33], np.int64), "must be .* uint8 bytes"),
+        ("w.shape", np.array([-1, 16], np.int64), "non-negative"),
+        ("w.spec", np.array(json.dumps({"bits": 16})), "1..8 bits"),
+        ("w.spec", np.array(json.dumps({"bitz": 4})), "not a valid QuantSpec"),
+        ("w.spec", np.array("[" * 1000 + "]" * 1000), "nests"),
+        ("w.spec", np.array(3), "JSON string"),
+        ("w.scale", np.zeros(8, np.float32), "does not decode"),
+        ("__format__", np.array("something else"), "not a quantized checkpoint"),
+    ],
+)
 def test_checkpoint_bad_parts(ckpt, part, value, match):
     _rewrite(ckpt, lambda ms: ms.update({part + ".npy": npy_bytes(value)}))
     peak, err = _peak(lambda: load_quantized(ckpt))
@@ -372,8 +398,12 @@ def test_checkpoint_missing_part_and_pass_through_flip(ckpt):
 
 def test_reference_arch_and_meta_are_checked(tmp_path):
     p = tmp_path / "r.npz"
-    for arch, meta, match in [("[" * 3000 + "]" * 3000, "{}", "nests"), ('{"layers": 3}', "{}", "architecture"),
-                              ('{"layers": []}', "[1]", "JSON object"), ('{"layers": [],', "{}", "not valid")]:
+    for arch, meta, match in [
+        ("[" * 3000 + "]" * 3000, "{}", "nests"),
+        ('{"layers": 3}', "{}", "architecture"),
+        ('{"layers": []}', "[1]", "JSON object"),
+        ('{"layers": [],', "{}", "not valid"),
+    ]:
         np.savez(p, __arch__=np.array(arch), __meta__=np.array(meta))
         with pytest.raises(FileFormatError, match=match):
             load_reference(p)

@@ -23,6 +23,7 @@ int32s = st.integers(INT32_MIN, INT32_MAX)
 
 # ---- scalar oracles, from the definitions, in Python integers / floats ----------------
 
+
 def srdhm_ref(a, b):
     if a == b == INT32_MIN:
         return INT32_MAX
@@ -121,6 +122,7 @@ def test_quantize_multiplier_is_vectorized_and_rejects():
 
 # ---- gemmlowp primitives ----------------------------------------------------------------
 
+
 def test_srdhm_special_cases():
     # gemmlowp fixedpoint.h: the only overflow, INT32_MIN * INT32_MIN, saturates
     assert saturating_rounding_doubling_high_mul(INT32_MIN, INT32_MIN) == INT32_MAX
@@ -153,20 +155,28 @@ def test_rdbpot_matches_definition(x, e):
 # Source: quantization_util_test.cc, MultiplyByQuantizedMultiplierInt32 (both roundings
 # for non-negative multipliers; negative multipliers in double rounding only).
 
+
 @pytest.mark.parametrize("rounding", ["double", "single"])
 @pytest.mark.parametrize(
     "x, real, expected",
-    [(0, 0.1, 0), (1, 0.0, 0), (10000, 0.00097656, 10), (-10000, 0.00097656, -10),
-     (INT32_MIN, 0.00001, -21475), (INT32_MAX, 0.00001, 21475)],
+    [
+        (0, 0.1, 0),
+        (1, 0.0, 0),
+        (10000, 0.00097656, 10),
+        (-10000, 0.00097656, -10),
+        (INT32_MIN, 0.00001, -21475),
+        (INT32_MAX, 0.00001, 21475),
+    ],
 )
 def test_mbqm_tflite_vectors(rounding, x, real, expected):
     m0, shift = quantize_multiplier(real, rounding)
     assert multiply_by_quantized_multiplier(x, m0, shift, rounding) == expected
 
 
-@pytest.mark.parametrize("x, real, expected",
-                         [(10000, -0.00097656, -10), (-10000, -0.00097656, 10),
-                          (INT32_MIN, -0.00001, 21475), (INT32_MAX, -0.00001, -21475)])
+@pytest.mark.parametrize(
+    "x, real, expected",
+    [(10000, -0.00097656, -10), (-10000, -0.00097656, 10), (INT32_MIN, -0.00001, 21475), (INT32_MAX, -0.00001, -21475)],
+)
 def test_mbqm_tflite_negative_multiplier_vectors(x, real, expected):
     m0, shift = quantize_multiplier(real)
     assert multiply_by_quantized_multiplier(x, m0, shift) == expected
@@ -188,6 +198,7 @@ def test_mbqm_matches_definition(x, m0, shift, rounding):
 
 # ---- requantize ---------------------------------------------------------------------
 
+
 @given(
     acc=hnp.arrays(np.int32, st.integers(1, 40), elements=int32s),
     m=st.floats(2.0**-24, 4.0),
@@ -203,8 +214,9 @@ def test_requantize_matches_oracle(acc, m, zp, mode):
 
 
 @given(
-    acc=hnp.arrays(np.int32, hnp.array_shapes(min_dims=1, max_dims=4, max_side=5),
-                   elements=st.integers(-(1 << 24), 1 << 24)),
+    acc=hnp.arrays(
+        np.int32, hnp.array_shapes(min_dims=1, max_dims=4, max_side=5), elements=st.integers(-(1 << 24), 1 << 24)
+    ),
     mode=st.sampled_from(REQUANT_MODES),
     data=st.data(),
 )
@@ -220,12 +232,27 @@ def test_requantize_kernel_equals_twin(acc, mode, data):
         np.testing.assert_array_equal(a, b)
 
 
-EXTREME_ACC = np.array([INT32_MIN, INT32_MIN + 1, -(1 << 30) - 1, -(1 << 30), -65537, -1, 0,
-                        1, 65536, (1 << 30) - 1, 1 << 30, INT32_MAX - 1, INT32_MAX], np.int64)
+EXTREME_ACC = np.array(
+    [
+        INT32_MIN,
+        INT32_MIN + 1,
+        -(1 << 30) - 1,
+        -(1 << 30),
+        -65537,
+        -1,
+        0,
+        1,
+        65536,
+        (1 << 30) - 1,
+        1 << 30,
+        INT32_MAX - 1,
+        INT32_MAX,
+    ],
+    np.int64,
+)
 # multipliers at the edges: TFLite's smallest shift, m0 near 2^31, just under and at 0.5 and 1
 # (where the left shift starts), large ones (fp32 products beyond int32 and float32)
-EDGE_MULTIPLIERS = [2.0**-31, 2.0**-24, 1e-5, 0.5 - 1e-10, 0.5, 1 - 1e-9, 1.0, 3.75,
-                    1e6, 1e30]
+EDGE_MULTIPLIERS = [2.0**-31, 2.0**-24, 1e-5, 0.5 - 1e-10, 0.5, 1 - 1e-9, 1.0, 3.75, 1e6, 1e30]
 
 
 def _kernel_and_twin(acc, m, zp, qmin, qmax, mode, axis=None):
@@ -247,8 +274,13 @@ def test_requantize_kernel_equals_twin_at_the_edges(mode):
         if mode == "tflite" and m >= 0.5:  # keep TFLite's int32 left shift defined
             left = int(quantize_multiplier(m)[1])
             acc = np.clip(acc, -(1 << (31 - left)), (1 << (31 - left)) - 1)
-        for zp, qmin, qmax in ((0, -128, 127), (-128, -128, 127), (5, 5, 255), (0, 0, 65535),
-                               (-7, INT32_MIN, INT32_MAX)):
+        for zp, qmin, qmax in (
+            (0, -128, 127),
+            (-128, -128, 127),
+            (5, 5, 255),
+            (0, 0, 65535),
+            (-7, INT32_MIN, INT32_MAX),
+        ):
             got = _kernel_and_twin(acc, m, zp, qmin, qmax, mode)
             if len(acc) == len(EXTREME_ACC) + 50 and m in (1e-5, 0.5):
                 ref = [requant_ref(int(a), m, zp, qmin, qmax, mode) for a in acc]
@@ -260,9 +292,19 @@ def test_requantize_kernel_equals_twin_per_channel_layouts(mode):
     # rows shorter than the kernel's cut-off (a linear layer's (batch, out), n_inner = 1)
     # run flattened with one parameter set per value; longer ones per (outer, channel) row
     rng = np.random.default_rng(4)
-    for shape, axis in (((7, 5), 1), ((5, 7), 0), ((1, 9), 1), ((9, 1), 0), ((2, 3, 15), 1),
-                        ((2, 3, 16), 1), ((2, 3, 17), 1), ((3, 2, 5, 7), 1), ((2, 3, 4, 5), 3),
-                        ((0, 4), 1), ((4, 0, 3), 0)):
+    for shape, axis in (
+        ((7, 5), 1),
+        ((5, 7), 0),
+        ((1, 9), 1),
+        ((9, 1), 0),
+        ((2, 3, 15), 1),
+        ((2, 3, 16), 1),
+        ((2, 3, 17), 1),
+        ((3, 2, 5, 7), 1),
+        ((2, 3, 4, 5), 3),
+        ((0, 4), 1),
+        ((4, 0, 3), 0),
+    ):
         acc = rng.integers(-(1 << 24), 1 << 24, shape, endpoint=True).astype(np.int32)
         if acc.size:
             acc.reshape(-1)[:3] = (INT32_MIN >> 5, INT32_MAX >> 5, 0)
@@ -271,8 +313,7 @@ def test_requantize_kernel_equals_twin_per_channel_layouts(mode):
         out = _kernel_and_twin(acc, mult, 3, -128, 127, mode, axis)
         for k in range(c):  # per channel is per tensor on each slice
             sl = (slice(None),) * axis + (k,)
-            np.testing.assert_array_equal(
-                out[sl], requantize(acc[sl], float(mult[k]), 3, -128, 127, mode=mode))
+            np.testing.assert_array_equal(out[sl], requantize(acc[sl], float(mult[k]), 3, -128, 127, mode=mode))
 
 
 def test_requantize_input_dtypes_and_strides():
@@ -280,14 +321,15 @@ def test_requantize_input_dtypes_and_strides():
     base = rng.integers(-30000, 30000, (6, 4, 10)).astype(np.int64)
     mult = np.array([0.01, 0.002, 0.3, 0.04])
     for mode in REQUANT_MODES:
-        ref = requantize(np.ascontiguousarray(base, np.int32), mult, 0, -128, 127, mode=mode,
-                         axis=1)
+        ref = requantize(np.ascontiguousarray(base, np.int32), mult, 0, -128, 127, mode=mode, axis=1)
         for dt in (np.int16, np.int32, np.int64, np.uint32):
             acc = np.abs(base).astype(dt) if dt == np.uint32 else base.astype(dt)
-            want = ref if dt != np.uint32 else requantize(
-                np.abs(base).astype(np.int32), mult, 0, -128, 127, mode=mode, axis=1)
-            np.testing.assert_array_equal(_kernel_and_twin(acc, mult, 0, -128, 127, mode, 1),
-                                          want)
+            want = (
+                ref
+                if dt != np.uint32
+                else requantize(np.abs(base).astype(np.int32), mult, 0, -128, 127, mode=mode, axis=1)
+            )
+            np.testing.assert_array_equal(_kernel_and_twin(acc, mult, 0, -128, 127, mode, 1), want)
         big = np.zeros((6, 8, 20), np.int32)
         big[:, ::2, ::2] = base
         view = big[:, ::2, ::2]
@@ -300,8 +342,10 @@ def test_requantize_input_dtypes_and_strides():
         requantize(np.array([INT32_MIN - 1], np.int64), 0.5, 0, -128, 127)
 
 
-@given(st.sampled_from([int(v) for v in EXTREME_ACC]) | int32s,
-       st.sampled_from([INT32_MIN, INT32_MAX, 0, 1, -1, 1 << 30]) | int32s)
+@given(
+    st.sampled_from([int(v) for v in EXTREME_ACC]) | int32s,
+    st.sampled_from([INT32_MIN, INT32_MAX, 0, 1, -1, 1 << 30]) | int32s,
+)
 def test_kernel_srdhm_matches_definition(a, b):
     assert _k.srdhm(np.int32(a), np.int32(b)) == srdhm_ref(a, b)
 
@@ -422,11 +466,13 @@ def test_requantize_rejects(kw, exc, match):
     mode = args.pop("mode", "tflite")
     axis = args.pop("axis", None)
     with pytest.raises(exc, match=match):
-        requantize(args["acc"], args["multiplier"], args["zero_point"], args["qmin"], args["qmax"],
-                   mode=mode, axis=axis)
+        requantize(
+            args["acc"], args["multiplier"], args["zero_point"], args["qmin"], args["qmax"], mode=mode, axis=axis
+        )
 
 
 # ---- the onnx mode against ONNX's reference QLinearMatMul -----------------------------
+
 
 def test_onnx_mode_matches_qlinear_matmul_reference():
     pytest.importorskip("onnx")
@@ -435,8 +481,11 @@ def test_onnx_mode_matches_qlinear_matmul_reference():
     from onnx.reference import ReferenceEvaluator
 
     rng = np.random.default_rng(7)
-    for a_t, b_t, y_t, lo, hi in [(np.uint8, np.uint8, np.uint8, 0, 255), (np.int8, np.int8, np.int8, -128, 127),
-                                  (np.uint8, np.int8, np.int8, -128, 127)]:
+    for a_t, b_t, y_t, lo, hi in [
+        (np.uint8, np.uint8, np.uint8, 0, 255),
+        (np.int8, np.int8, np.int8, -128, 127),
+        (np.uint8, np.int8, np.int8, -128, 127),
+    ]:
         M_, K, N = 7, 33, 5
         a = rng.integers(np.iinfo(a_t).min, np.iinfo(a_t).max + 1, size=(M_, K)).astype(a_t)
         b = rng.integers(np.iinfo(b_t).min, np.iinfo(b_t).max + 1, size=(K, N)).astype(b_t)
@@ -480,6 +529,7 @@ def test_mbqm_rejects_shift_outside_tflite_range():
 # Source: gemmlowp test/test_fixedpoint.cc, main(): (1 << i) + {-2..2} and their negatives
 # for i < 31, INT32_MIN..MIN+2, INT32_MAX-2..MAX, and 1000 values of the LCG
 # random = random * 1664525 + 1013904223 (mod 2^32) from random = 1, cast to int32.
+
 
 def gemmlowp_testvals():
     vals = []
@@ -527,6 +577,7 @@ def test_quantize_multiplier_flushes_below_two_to_minus_32():
 
 # ---- tflite_single_away (EXTRA_REQUANT_MODES): LiteRT 2.3's reference FULLY_CONNECTED ----------
 
+
 def _single_away_ref(acc, m, zp, qmin, qmax):
     m0, shift = (int(v) for v in quantize_multiplier(m, "double"))
     v = Fraction(acc * m0, 1 << (31 - shift))
@@ -535,21 +586,27 @@ def _single_away_ref(acc, m, zp, qmin, qmax):
 
 def test_single_away_is_an_extra_mode():
     from npquant.requant.modes import EXTRA_REQUANT_MODES
+
     assert EXTRA_REQUANT_MODES == ("tflite_single_away",)
     assert "tflite_single_away" not in REQUANT_MODES  # the tie tables compare the four stacks
-    np.testing.assert_array_equal(effective_multiplier(0.5, [0.25, 0.5], 0.125, "tflite_single_away"),
-                                  effective_multiplier(0.5, [0.25, 0.5], 0.125, "tflite"))
+    np.testing.assert_array_equal(
+        effective_multiplier(0.5, [0.25, 0.5], 0.125, "tflite_single_away"),
+        effective_multiplier(0.5, [0.25, 0.5], 0.125, "tflite"),
+    )
 
 
 def test_single_away_rounds_ties_away_from_zero():
     # M = 1/8: acc = +-4 is +-0.5, acc = +-12 is +-1.5; one rounding, away from zero
     acc = np.array([-12, -4, -3, 3, 4, 12, 5, -5])
-    np.testing.assert_array_equal(requantize(acc, 0.125, 0, -128, 127, mode="tflite_single_away"),
-                                  [-2, -1, 0, 0, 1, 2, 1, -1])
-    np.testing.assert_array_equal(requantize(acc, 0.125, 0, -128, 127, mode="tflite_single"),
-                                  [-1, 0, 0, 0, 1, 2, 1, -1])  # ties toward +inf
-    np.testing.assert_array_equal(multiply_by_quantized_multiplier(acc, 1 << 30, -2, "single_away"),
-                                  [-2, -1, 0, 0, 1, 2, 1, -1])
+    np.testing.assert_array_equal(
+        requantize(acc, 0.125, 0, -128, 127, mode="tflite_single_away"), [-2, -1, 0, 0, 1, 2, 1, -1]
+    )
+    np.testing.assert_array_equal(
+        requantize(acc, 0.125, 0, -128, 127, mode="tflite_single"), [-1, 0, 0, 0, 1, 2, 1, -1]
+    )  # ties toward +inf
+    np.testing.assert_array_equal(
+        multiply_by_quantized_multiplier(acc, 1 << 30, -2, "single_away"), [-2, -1, 0, 0, 1, 2, 1, -1]
+    )
     # one rounding: M = 1/4 maps 1 to 0, where double rounding gives 1 (README)
     assert requantize(np.array([1]), 0.25, 0, -128, 127, mode="tflite_single_away")[0] == 0
     with pytest.raises(ValueError, match="single_away"):
@@ -566,8 +623,7 @@ def test_single_away_rounds_ties_away_from_zero():
 def test_single_away_matches_oracle(acc, m, zp):
     got = requantize(acc, m, zp, -128, 127, mode="tflite_single_away")
     np.testing.assert_array_equal(got, [_single_away_ref(int(a), m, zp, -128, 127) for a in acc])
-    np.testing.assert_array_equal(
-        got, requantize(acc, m, zp, -128, 127, mode="tflite_single_away", backend="numpy"))
+    np.testing.assert_array_equal(got, requantize(acc, m, zp, -128, 127, mode="tflite_single_away", backend="numpy"))
 
 
 def test_single_away_kernel_equals_twin_at_the_edges_and_per_channel():
@@ -586,8 +642,9 @@ def test_single_away_kernel_equals_twin_at_the_edges_and_per_channel():
         out = _kernel_and_twin(a, mult, 3, -128, 127, "tflite_single_away", axis)
         for k in range(shape[axis]):
             sl = (slice(None),) * axis + (k,)
-            np.testing.assert_array_equal(out[sl], requantize(a[sl], float(mult[k]), 3, -128, 127,
-                                                              mode="tflite_single_away"))
+            np.testing.assert_array_equal(
+                out[sl], requantize(a[sl], float(mult[k]), 3, -128, 127, mode="tflite_single_away")
+            )
 
 
 # ---- the scalar reference: the definition, the NumPy twin and the kernel agree ----------------
@@ -608,9 +665,11 @@ def test_quantize_multiplier_scalar_tflite_vectors(real, m0, shift):
     assert quantize_multiplier_scalar(real) == (m0, shift)
 
 
-@given(st.floats(-(2.0**40), 2.0**40, allow_nan=False)
-       | st.sampled_from([2.0**-32, 2.0**-33, 0.75 * 2.0**-32, 2.0**31, 2.0**62 - 2.0**9, 2.0**62]),
-       st.sampled_from(["double", "single", "single_away"]))
+@given(
+    st.floats(-(2.0**40), 2.0**40, allow_nan=False)
+    | st.sampled_from([2.0**-32, 2.0**-33, 0.75 * 2.0**-32, 2.0**31, 2.0**62 - 2.0**9, 2.0**62]),
+    st.sampled_from(["double", "single", "single_away"]),
+)
 def test_quantize_multiplier_twin_equals_scalar(real, rounding):
     try:
         want = quantize_multiplier_scalar(real, rounding)
@@ -648,8 +707,12 @@ def test_rdbpot_scalar_is_the_definition_and_the_twin_and_kernel_equal_it(x, e):
     assert int(_k.rdbpot(np.int32(x), np.int32(e))) == ref
 
 
-@given(int32s, st.integers(0, INT32_MAX) | st.sampled_from([0, 1 << 30, INT32_MAX]), st.integers(-31, 30),
-       st.sampled_from(["double", "single", "single_away"]))
+@given(
+    int32s,
+    st.integers(0, INT32_MAX) | st.sampled_from([0, 1 << 30, INT32_MAX]),
+    st.integers(-31, 30),
+    st.sampled_from(["double", "single", "single_away"]),
+)
 def test_mbqm_scalar_is_the_definition_and_the_twin_and_kernels_equal_it(x, m0, shift, rounding):
     ref = multiply_by_quantized_multiplier_scalar(x, m0, shift, rounding)
     if rounding != "single_away":

@@ -50,8 +50,15 @@ def _record(name, mode, got, want):
 def test_every_file_is_covered():
     assert len(FILES) == 39
     kinds = {f.split("_")[0] + "_" + f.split("_")[1] for f in FILES}
-    assert kinds == {"torch_linear", "torch_conv", "torch_add", "ort_matmulinteger", "ort_qlinearmatmul",
-                     "ort_qlinearconv", "ort_convinteger"}
+    assert kinds == {
+        "torch_linear",
+        "torch_conv",
+        "torch_add",
+        "ort_matmulinteger",
+        "ort_qlinearmatmul",
+        "ort_qlinearconv",
+        "ort_convinteger",
+    }
 
 
 @pytest.mark.parametrize("name", [f for f in FILES if f.startswith("torch_linear")])
@@ -63,16 +70,19 @@ def test_torch_linear(name):
     for mode, want, acc_want in (("fbgemm_avx2", d["y"], d["acc"]), ("exact", d["exact"], d["acc_exact"])):
         acc = linear_accumulate(d["x"], x_qp, d["w"], w_qp, accumulation=mode)
         np.testing.assert_array_equal(acc, acc_want)
-        got = qlinear(d["x"], x_qp, d["w"], w_qp, d["bias"], y_qp, mode="fbgemm", activation=act,
-                      accumulation=mode)
+        got = qlinear(d["x"], x_qp, d["w"], w_qp, d["bias"], y_qp, mode="fbgemm", activation=act, accumulation=mode)
         _record(name, mode, got, want)
     COUNTS[(name, "exact vs library")] = (int(np.sum(d["exact"] != d["y"])), d["y"].size)
 
 
 def _torch_conv_kw(d):
     (ph, pw) = (int(v) for v in d["padding"])
-    return dict(stride=tuple(int(v) for v in d["stride"]), padding=(ph, ph, pw, pw),
-                dilation=tuple(int(v) for v in d["dilation"]), groups=int(d["groups"]))
+    return dict(
+        stride=tuple(int(v) for v in d["stride"]),
+        padding=(ph, ph, pw, pw),
+        dilation=tuple(int(v) for v in d["dilation"]),
+        groups=int(d["groups"]),
+    )
 
 
 @pytest.mark.parametrize("name", [f for f in FILES if f.startswith("torch_conv")])
@@ -86,8 +96,9 @@ def test_torch_conv2d(name):
         for backend in ("numba", "numpy"):
             acc = conv2d_accumulate(d["x"], x_qp, d["w"], w_qp, accumulation=mode, backend=backend, **kw)
             np.testing.assert_array_equal(acc, acc_want, err_msg=f"{name} {mode} {backend}")
-        got = qconv2d(d["x"], x_qp, d["w"], w_qp, d["bias"], y_qp, mode="fbgemm", activation=act,
-                      accumulation=mode, **kw)
+        got = qconv2d(
+            d["x"], x_qp, d["w"], w_qp, d["bias"], y_qp, mode="fbgemm", activation=act, accumulation=mode, **kw
+        )
         _record(name, mode, got, want)
     COUNTS[(name, "exact vs library")] = (int(np.sum(d["exact"] != d["y"])), d["y"].size)
 
@@ -132,8 +143,12 @@ def test_ort_qlinearmatmul(name):
 
 def _onnx_conv_kw(d):
     t, l, b, r = (int(v) for v in d["pads"])  # ONNX: h_begin, w_begin, h_end, w_end
-    return dict(stride=tuple(int(v) for v in d["strides"]), padding=(t, b, l, r),
-                dilation=tuple(int(v) for v in d["dilations"]), groups=int(d["group"]))
+    return dict(
+        stride=tuple(int(v) for v in d["strides"]),
+        padding=(t, b, l, r),
+        dilation=tuple(int(v) for v in d["dilations"]),
+        groups=int(d["group"]),
+    )
 
 
 @pytest.mark.parametrize("name", [f for f in FILES if f.startswith("ort_qlinearconv")])
@@ -143,8 +158,7 @@ def test_ort_qlinearconv(name):
     w_qp = _w_qp(d["w_scale"], d["w_zero_point"])
     kw = _onnx_conv_kw(d)
     for mode, want, acc_want in (("mlas_avx2", d["y"], d["acc"]), ("exact", d["exact"], d["acc_exact"])):
-        np.testing.assert_array_equal(conv2d_accumulate(d["x"], x_qp, d["w"], w_qp, accumulation=mode, **kw),
-                                      acc_want)
+        np.testing.assert_array_equal(conv2d_accumulate(d["x"], x_qp, d["w"], w_qp, accumulation=mode, **kw), acc_want)
         got = qconv2d(d["x"], x_qp, d["w"], w_qp, d["B"], y_qp, mode="fp32", accumulation=mode, **kw)
         _record(name, mode, got, want)
     if "depthwise" in str(d["mlas_path"]):  # MLAS's depthwise kernels are exact; pairs would not be
@@ -166,8 +180,19 @@ def test_ort_convinteger_is_exact():
 @pytest.mark.parametrize("name", [f for f in FILES if f.startswith("torch_add")])
 def test_torch_add(name):
     d = _load(name)
-    args = lambda a, b: (a, d["a_scale"], int(d["a_zero_point"]), b, d["b_scale"], int(d["b_zero_point"]),  # noqa: E731
-                         d["y_scale"], int(d["y_zero_point"]))
+
+    def args(a, b):
+        return (
+            a,
+            d["a_scale"],
+            int(d["a_zero_point"]),
+            b,
+            d["b_scale"],
+            int(d["b_zero_point"]),
+            d["y_scale"],
+            int(d["y_zero_point"]),
+        )
+
     width = torch_add_vector_width("AVX2")
     zy = int(d["y_zero_point"])
     if "allpairs" in name:
@@ -176,14 +201,25 @@ def test_torch_add(name):
             sfx = "_relu" if relu else ""
             vec = add(*args(a, b), qmin=0, qmax=255, mode="torch", act_min=zy if relu else None, vector_width=width)
             _record(name, "torch vector" + sfx, vec, d[f"y{sfx}_vector"])
-            sc = np.concatenate([add(*args(a[i:i + 63], b[i:i + 63]), qmin=0, qmax=255, mode="torch",
-                                     act_min=zy if relu else None, vector_width=width)
-                                 for i in range(0, a.size, 63)])
+            sc = np.concatenate(
+                [
+                    add(
+                        *args(a[i : i + 63], b[i : i + 63]),
+                        qmin=0,
+                        qmax=255,
+                        mode="torch",
+                        act_min=zy if relu else None,
+                        vector_width=width,
+                    )
+                    for i in range(0, a.size, 63)
+                ]
+            )
             _record(name, "torch scalar" + sfx, sc, d[f"y{sfx}_scalar"])
         return
     assert int(d["vector_part"]) == d["a"].size - d["a"].size % width
-    got = add(*args(d["a"], d["b"]), qmin=0, qmax=255, mode="torch", act_min=zy if d["relu"] else None,
-              vector_width=width)
+    got = add(
+        *args(d["a"], d["b"]), qmin=0, qmax=255, mode="torch", act_min=zy if d["relu"] else None, vector_width=width
+    )
     _record(name, "torch", got, d["y"])
 
 

@@ -26,8 +26,9 @@ def test_split3():
 
 
 @given(
-    x=hnp.arrays(np.float32, hnp.array_shapes(min_dims=1, max_dims=4, max_side=7),
-                 elements=st.floats(-100, 100, width=32)),
+    x=hnp.arrays(
+        np.float32, hnp.array_shapes(min_dims=1, max_dims=4, max_side=7), elements=st.floats(-100, 100, width=32)
+    ),
     block=st.integers(1, 8),
     data=st.data(),
 )
@@ -46,9 +47,8 @@ def test_reduce_and_expand_agree_with_explicit_loops(x, block, data):
                 assert np.all(fmoved[c] == moved[c].min())
         else:  # a group is a run of b indices along the axis, at one position of the others
             for start in range(0, n, b):
-                grp = moved[start:start + b]
-                np.testing.assert_array_equal(
-                    fmoved[start:start + b], np.broadcast_to(grp.min(axis=0), grp.shape))
+                grp = moved[start : start + b]
+                np.testing.assert_array_equal(fmoved[start : start + b], np.broadcast_to(grp.min(axis=0), grp.shape))
         # params3 indexing reproduces expand_params
         p3, blk = params3(mn, x.shape, axis, b)
         o, nn, i = split3(x.shape, axis)

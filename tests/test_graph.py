@@ -39,11 +39,22 @@ def _qp(scale, zp):
 def _float_graph(rng):
     """A residual block with a projection shortcut, a concat of two branches, pools and a
     linear head: every float op, tensors read several times."""
-    w = {k: rng.normal(0, 0.3, s).astype(np.float32) for k, s in
-         [("stem", (4, 3, 3, 3)), ("b1", (4, 4, 3, 3)), ("b2", (4, 2, 3, 3)), ("sc", (4, 3, 1, 1)),
-          ("fc", (6, 8 * 2 * 2))]}
-    bn = {"weight": rng.uniform(0.5, 1.5, 4), "bias": rng.normal(0, 0.1, 4), "running_mean": rng.normal(0, 0.1, 4),
-          "running_var": rng.uniform(0.5, 2, 4)}
+    w = {
+        k: rng.normal(0, 0.3, s).astype(np.float32)
+        for k, s in [
+            ("stem", (4, 3, 3, 3)),
+            ("b1", (4, 4, 3, 3)),
+            ("b2", (4, 2, 3, 3)),
+            ("sc", (4, 3, 1, 1)),
+            ("fc", (6, 8 * 2 * 2)),
+        ]
+    }
+    bn = {
+        "weight": rng.uniform(0.5, 1.5, 4),
+        "bias": rng.normal(0, 0.1, 4),
+        "running_mean": rng.normal(0, 0.1, 4),
+        "running_var": rng.uniform(0.5, 2, 4),
+    }
     nodes = [
         Node("stem", "conv2d", ["x"], ["h0"], {"stride": 1, "padding": 1}, {"weight": w["stem"], "bias": np.ones(4)}),
         Node("bn", "batchnorm2d", ["h0"], ["h1"], {"eps": 1e-5}, bn),
@@ -55,8 +66,13 @@ def _float_graph(rng):
         Node("relu6", "relu6", ["h5"], ["h6"]),
         Node("cat", "concat", ["h6", "h2"], ["h7"], {"axis": 1}),
         Node("maxpool", "maxpool2d", ["h7"], ["h8"], {"kernel_size": 2}),
-        Node("avgpool", "avgpool2d", ["h8"], ["h9"], {"kernel_size": 3, "stride": 2, "padding": 1,
-                                                      "count_include_pad": False}),
+        Node(
+            "avgpool",
+            "avgpool2d",
+            ["h8"],
+            ["h9"],
+            {"kernel_size": 3, "stride": 2, "padding": 1, "count_include_pad": False},
+        ),
         Node("flatten", "flatten", ["h9"], ["h10"]),
         Node("fc", "linear", ["h10"], ["logits"], {}, {"weight": w["fc"], "bias": np.zeros(6, np.float32)}),
         Node("reshape", "reshape", ["logits"], ["y"], {"shape": [0, 2, -1]}),
@@ -81,8 +97,11 @@ def test_float_graph_equals_the_layers_and_keeps_every_tensor():
     np.testing.assert_array_equal(yy, out["y"])
     np.testing.assert_array_equal(g.run({"x": x})["y"], g.run([x])["y"])
     every = g.run(x, keep_intermediates=True)
-    assert tuple(every) == g.tensors == ("x", "h0", "h1", "h2", "h3", "h4", "s", "h5", "h6", "h7", "h8", "h9", "h10",
-                                         "logits", "y")
+    assert (
+        tuple(every)
+        == g.tensors
+        == ("x", "h0", "h1", "h2", "h3", "h4", "s", "h5", "h6", "h7", "h8", "h9", "h10", "logits", "y")
+    )
     np.testing.assert_array_equal(every["h6"], h6)
     assert all(v.dtype == np.float32 for v in every.values())
     assert g.kind == "float" and g.qparams == {}
@@ -129,27 +148,45 @@ def _int_graph(rng):
     wc = rng.normal(0, 0.3, (4, 3, 3, 3)).astype(np.float32)
     wc2 = rng.normal(0, 0.3, (4, 4, 3, 3)).astype(np.float32)
     wl = rng.normal(0, 0.1, (5, 8 * 2 * 2)).astype(np.float32)
-    qs = {k: fit_qparams(v, QuantSpec(symmetric=True, narrow_range=True, axis=0)) for k, v in
-          [("c", wc), ("c2", wc2), ("l", wl)]}
+    qs = {
+        k: fit_qparams(v, QuantSpec(symmetric=True, narrow_range=True, axis=0))
+        for k, v in [("c", wc), ("c2", wc2), ("l", wl)]
+    }
     qw = {k: quantize(v, qs[k]) for k, v in [("c", wc), ("c2", wc2), ("l", wl)]}
     bias_c = rng.integers(-500, 500, 4).astype(np.int32)
     fbias = rng.normal(0, 0.2, 5).astype(np.float32)
-    wp = {k: {"weight": qw[k], "weight_scale": qs[k].scale, "weight_zero_point": qs[k].zero_point}
-          for k in qw}
+    wp = {k: {"weight": qw[k], "weight_scale": qs[k].scale, "weight_zero_point": qs[k].zero_point} for k in qw}
     nodes = [
         Node("q", "quantize", ["x"], ["xq"], {"output": x_qp, "method": "torch"}),
-        Node("conv", "qconv2d", ["xq"], ["h"], {"output": h_qp, "padding": 1, "activation": "relu",
-                                                "mode": "tflite"}, {**wp["c"], "bias_q": bias_c}),
+        Node(
+            "conv",
+            "qconv2d",
+            ["xq"],
+            ["h"],
+            {"output": h_qp, "padding": 1, "activation": "relu", "mode": "tflite"},
+            {**wp["c"], "bias_q": bias_c},
+        ),
         Node("conv2", "qconv2d", ["h"], ["c"], {"output": c_qp, "padding": [1, 1, 1, 1], "mode": "onnx"}, wp["c2"]),
         Node("add", "qadd", ["c", "h"], ["a"], {"output": a_qp, "mode": "torch", "activation": "relu"}),
         Node("r6", "qrelu", ["h"], ["r"], {"activation": "relu6", "mode": "torch"}),
         Node("cat", "qconcat", ["a", "r"], ["k"], {"output": cat_qp}),
-        Node("avg", "qavgpool2d", ["k"], ["p"], {"kernel_size": 3, "stride": 2, "padding": 1, "mode": "torch",
-                                                 "count_include_pad": True}),
+        Node(
+            "avg",
+            "qavgpool2d",
+            ["k"],
+            ["p"],
+            {"kernel_size": 3, "stride": 2, "padding": 1, "mode": "torch", "count_include_pad": True},
+        ),
         Node("max", "qmaxpool2d", ["p"], ["m"], {"kernel_size": 2}),
         Node("flat", "qflatten", ["m"], ["f"]),
-        Node("fc", "qlinear", ["f"], ["l"], {"output": y_qp, "mode": "fp32", "accumulation": "int16_pairs"},
-             {**wp["l"], "bias": fbias}),
+        Node(
+            "fc",
+            "qlinear",
+            ["f"],
+            ["l"],
+            {"output": y_qp, "mode": "fp32", "accumulation": "int16_pairs"},
+            {**wp["l"], "bias": fbias},
+        ),
         Node("dq", "dequantize", ["l"], ["y"]),
     ]
     return Graph(nodes, ["x"], ["y"], name="integer"), (x_qp, h_qp, c_qp, a_qp, cat_qp, y_qp, qw, qs, bias_c, fbias)
@@ -175,9 +212,20 @@ def test_integer_graph_equals_the_layers_at_every_tensor():
     np.testing.assert_array_equal(every["y"], dequantize(lq, y_qp))
     assert g.kind == "integer"
     assert {t: (float(qp.scale), int(qp.zero_point)) for t, qp in g.qparams.items()} == {
-        t: (float(qp.scale), int(qp.zero_point)) for t, qp in
-        [("xq", x_qp), ("h", h_qp), ("c", c_qp), ("a", a_qp), ("r", h_qp), ("k", cat_qp), ("p", cat_qp),
-         ("m", cat_qp), ("f", cat_qp), ("l", y_qp)]}
+        t: (float(qp.scale), int(qp.zero_point))
+        for t, qp in [
+            ("xq", x_qp),
+            ("h", h_qp),
+            ("c", c_qp),
+            ("a", a_qp),
+            ("r", h_qp),
+            ("k", cat_qp),
+            ("p", cat_qp),
+            ("m", cat_qp),
+            ("f", cat_qp),
+            ("l", y_qp),
+        ]
+    }
     assert g.layer("fc").saturates_pairs and isinstance(g.layer("conv"), ql.QConv2d)
     assert "S=0.028 Z=5 uint8" in g.summary()
 
@@ -185,8 +233,12 @@ def test_integer_graph_equals_the_layers_at_every_tensor():
 def test_codes_as_graph_input():
     rng = np.random.default_rng(4)
     x_qp = _qp(0.1, 10)
-    g = Graph([Node("relu", "qrelu", ["x"], ["r"]), Node("flat", "qreshape", ["r"], ["y"], {"shape": [0, -1]})],
-              ["x"], ["y"], input_qparams={"x": x_qp})
+    g = Graph(
+        [Node("relu", "qrelu", ["x"], ["r"]), Node("flat", "qreshape", ["r"], ["y"], {"shape": [0, -1]})],
+        ["x"],
+        ["y"],
+        input_qparams={"x": x_qp},
+    )
     x = rng.integers(0, 256, (2, 3, 4)).astype(np.uint8)
     np.testing.assert_array_equal(g(x), np.maximum(x, 10).reshape(2, -1))
     assert g.qparams["y"] is x_qp
@@ -200,8 +252,12 @@ def test_qconcat_requantizes_as_documented():
     same = rng.integers(0, 256, (2, 2, 3, 3)).astype(np.uint8)
 
     def cat(fmt):
-        g = Graph([Node("cat", "qconcat", ["a", "b", "s"], ["y"], {"output": y_qp, "memory_format": fmt})],
-                  ["a", "b", "s"], ["y"], input_qparams={"a": a_qp, "b": b_qp, "s": y_qp})
+        g = Graph(
+            [Node("cat", "qconcat", ["a", "b", "s"], ["y"], {"output": y_qp, "memory_format": fmt})],
+            ["a", "b", "s"],
+            ["y"],
+            input_qparams={"a": a_qp, "b": b_qp, "s": y_qp},
+        )
         return g(a, b, same)
 
     generic = cat("contiguous")
@@ -209,14 +265,18 @@ def test_qconcat_requantizes_as_documented():
     np.testing.assert_array_equal(generic[:, 17:], same)  # the output's own qparams: copied
     nhwc = cat("channels_last")
     d = fma_float32(a[:, :8].astype(np.float32), np.float32(0.03), np.float32(np.float32(0.03) * np.float32(-100)))
-    np.testing.assert_array_equal(nhwc[:, :8], quantize(d, y_qp, method="mul"))          # vector channels
+    np.testing.assert_array_equal(nhwc[:, :8], quantize(d, y_qp, method="mul"))  # vector channels
     np.testing.assert_array_equal(nhwc[:, 8:12], quantize(dequantize(a[:, 8:], a_qp), y_qp, method="mul_add"))
     np.testing.assert_array_equal(nhwc[:, 12:17], quantize(dequantize(b, b_qp), y_qp, method="mul_add"))
     np.testing.assert_array_equal(nhwc[:, 17:], same)
     assert np.abs(nhwc.astype(int) - generic.astype(int)).max() <= 1
     with pytest.raises(ValueError, match="axis 1"):
-        Graph([Node("cat", "qconcat", ["a"], ["y"], {"output": y_qp, "axis": 0, "memory_format": "channels_last"})],
-              ["a"], ["y"], input_qparams={"a": a_qp})
+        Graph(
+            [Node("cat", "qconcat", ["a"], ["y"], {"output": y_qp, "axis": 0, "memory_format": "channels_last"})],
+            ["a"],
+            ["y"],
+            input_qparams={"a": a_qp},
+        )
 
 
 def test_qadd_channels_last_is_nhwc_element_order():
@@ -225,9 +285,12 @@ def test_qadd_channels_last_is_nhwc_element_order():
     a = rng.integers(0, 256, (2, 3, 5, 7)).astype(np.uint8)
     b = rng.integers(0, 256, (2, 3, 5, 7)).astype(np.uint8)
     layer = ql.QAdd(a_qp, b_qp, y_qp, mode="torch")
-    g = Graph([Node("add", "qadd", ["a", "b"], ["y"], {"output": y_qp, "mode": "torch",
-                                                       "memory_format": "channels_last"})],
-              ["a", "b"], ["y"], input_qparams={"a": a_qp, "b": b_qp})
+    g = Graph(
+        [Node("add", "qadd", ["a", "b"], ["y"], {"output": y_qp, "mode": "torch", "memory_format": "channels_last"})],
+        ["a", "b"],
+        ["y"],
+        input_qparams={"a": a_qp, "b": b_qp},
+    )
     nhwc = layer(a.transpose(0, 2, 3, 1).copy(), b.transpose(0, 2, 3, 1).copy()).transpose(0, 3, 1, 2)
     np.testing.assert_array_equal(g(a, b), nhwc)
     with pytest.raises(ValueError, match=r"node 'add' \(qadd\): .*4-D"):
@@ -244,39 +307,73 @@ def _n(name, op, inputs, outputs, attrs=None, params=None):
 W = {"weight": np.ones((2, 2), np.float32)}
 BAD_GRAPHS = [
     ("unknown op", [_n("a", "gelu", ["x"], ["y"])], r"node 'a' has unknown op 'gelu'; known ops: linear"),
-    ("used before defined", [_n("a", "relu", ["t"], ["y"]), _n("b", "relu", ["x"], ["t"])],
-     r"node 'a' uses tensor 't' before it is defined \(node 'b' produces it later"),
-    ("cycle", [_n("a", "add", ["x", "t2"], ["t1"]), _n("b", "relu", ["t1"], ["t2"]), _n("c", "relu", ["t2"], ["y"])],
-     r"node '(a|b)' is in a cycle: (a -> b -> a|b -> a -> b)"),
+    (
+        "used before defined",
+        [_n("a", "relu", ["t"], ["y"]), _n("b", "relu", ["x"], ["t"])],
+        r"node 'a' uses tensor 't' before it is defined \(node 'b' produces it later",
+    ),
+    (
+        "cycle",
+        [_n("a", "add", ["x", "t2"], ["t1"]), _n("b", "relu", ["t1"], ["t2"]), _n("c", "relu", ["t2"], ["y"])],
+        r"node '(a|b)' is in a cycle: (a -> b -> a|b -> a -> b)",
+    ),
     ("self loop", [_n("a", "add", ["x", "y"], ["y"])], r"node 'a' is in a cycle: a -> a"),
     ("missing input", [_n("a", "add", ["x", "z"], ["y"])], r"node 'a' has a missing input: tensor 'z'"),
     ("duplicate node", [_n("a", "relu", ["x"], ["t"]), _n("a", "relu", ["t"], ["y"])], r"duplicate node name 'a'"),
-    ("duplicate tensor", [_n("a", "relu", ["x"], ["y"]), _n("b", "relu", ["x"], ["y"])],
-     r"tensor 'y' is an output of both node 'a' and node 'b'"),
+    (
+        "duplicate tensor",
+        [_n("a", "relu", ["x"], ["y"]), _n("b", "relu", ["x"], ["y"])],
+        r"tensor 'y' is an output of both node 'a' and node 'b'",
+    ),
     ("output is an input", [_n("a", "relu", ["x"], ["x"])], r"node 'a' outputs 'x', which is a graph input"),
     ("arity", [_n("a", "add", ["x"], ["y"])], r"node 'a' \(add\) takes 2 input\(s\), got 1"),
     ("two outputs", [_n("a", "relu", ["x"], ["y", "z"])], r"node 'a' \(relu\) has one output, got 2"),
     ("unknown attr", [_n("a", "relu", ["x"], ["y"], {"inplace": True})], r"node 'a' \(relu\) has unknown attribute"),
     ("missing attr", [_n("a", "maxpool2d", ["x"], ["y"])], r"node 'a' \(maxpool2d\) needs the attribute 'kernel_size'"),
-    ("bad attr", [_n("a", "maxpool2d", ["x"], ["y"], {"kernel_size": "2"})],
-     r"node 'a' \(maxpool2d\): kernel_size must be an integer"),
-    ("huge attr", [_n("a", "maxpool2d", ["x"], ["y"], {"kernel_size": 1 << 40})],
-     r"node 'a' \(maxpool2d\): kernel_size must be at most 65536"),
+    (
+        "bad attr",
+        [_n("a", "maxpool2d", ["x"], ["y"], {"kernel_size": "2"})],
+        r"node 'a' \(maxpool2d\): kernel_size must be an integer",
+    ),
+    (
+        "huge attr",
+        [_n("a", "maxpool2d", ["x"], ["y"], {"kernel_size": 1 << 40})],
+        r"node 'a' \(maxpool2d\): kernel_size must be at most 65536",
+    ),
     ("missing param", [_n("a", "linear", ["x"], ["y"])], r"node 'a' \(linear\) needs the parameter 'weight'"),
-    ("unknown param", [_n("a", "linear", ["x"], ["y"], {}, {**W, "scale": np.ones(2)})],
-     r"node 'a' \(linear\) has unknown parameter 'scale'"),
-    ("bad param", [_n("a", "linear", ["x"], ["y"], {}, {"weight": np.ones(3, np.float32)})],
-     r"node 'a' \(linear\): a.weight must be \(out, in\)"),
-    ("float op on codes", [_n("q", "quantize", ["x"], ["t"], {"output": QParams(0.1, 0, U8)}),
-                           _n("a", "linear", ["t"], ["y"], {}, W)],
-     r"node 'a' \(linear\) takes float tensors, but tensor 't' holds integer codes \(insert a dequantize"),
-    ("integer op on floats", [_n("a", "qrelu", ["x"], ["y"])],
-     r"node 'a' \(qrelu\) takes integer codes, but tensor 'x' is float \(insert a quantize"),
-    ("bad qparams", [_n("a", "quantize", ["x"], ["y"], {"output": {"scale": 0.1}})],
-     r"node 'a' \(quantize\): output must be qparams"),
-    ("torch add of int8", [_n("q", "quantize", ["x"], ["t"], {"output": QParams(0.1, 0, QuantSpec())}),
-                           _n("a", "qadd", ["t", "t"], ["y"], {"output": QParams(0.1, 0, QuantSpec()), "mode": "torch"})],
-     r"node 'a' \(qadd\): mode='torch' is PyTorch's quint8 add"),
+    (
+        "unknown param",
+        [_n("a", "linear", ["x"], ["y"], {}, {**W, "scale": np.ones(2)})],
+        r"node 'a' \(linear\) has unknown parameter 'scale'",
+    ),
+    (
+        "bad param",
+        [_n("a", "linear", ["x"], ["y"], {}, {"weight": np.ones(3, np.float32)})],
+        r"node 'a' \(linear\): a.weight must be \(out, in\)",
+    ),
+    (
+        "float op on codes",
+        [_n("q", "quantize", ["x"], ["t"], {"output": QParams(0.1, 0, U8)}), _n("a", "linear", ["t"], ["y"], {}, W)],
+        r"node 'a' \(linear\) takes float tensors, but tensor 't' holds integer codes \(insert a dequantize",
+    ),
+    (
+        "integer op on floats",
+        [_n("a", "qrelu", ["x"], ["y"])],
+        r"node 'a' \(qrelu\) takes integer codes, but tensor 'x' is float \(insert a quantize",
+    ),
+    (
+        "bad qparams",
+        [_n("a", "quantize", ["x"], ["y"], {"output": {"scale": 0.1}})],
+        r"node 'a' \(quantize\): output must be qparams",
+    ),
+    (
+        "torch add of int8",
+        [
+            _n("q", "quantize", ["x"], ["t"], {"output": QParams(0.1, 0, QuantSpec())}),
+            _n("a", "qadd", ["t", "t"], ["y"], {"output": QParams(0.1, 0, QuantSpec()), "mode": "torch"}),
+        ],
+        r"node 'a' \(qadd\): mode='torch' is PyTorch's quint8 add",
+    ),
 ]
 
 
@@ -308,9 +405,30 @@ def test_other_graph_errors():
         Node("a", "linear", ["x"], ["y"], params={"w.x": np.ones(2)})
     with pytest.raises(TypeError, match="bool, integer or float"):
         Node("a", "linear", ["x"], ["y"], params={"w": np.array(["s"])})
-    assert set(OPS) >= {"linear", "conv2d", "batchnorm2d", "relu", "relu6", "maxpool2d", "avgpool2d", "flatten", "add",
-                        "concat", "reshape", "quantize", "dequantize", "qlinear", "qconv2d", "qadd", "qrelu",
-                        "qmaxpool2d", "qavgpool2d", "qflatten", "qreshape", "qconcat"}
+    assert set(OPS) >= {
+        "linear",
+        "conv2d",
+        "batchnorm2d",
+        "relu",
+        "relu6",
+        "maxpool2d",
+        "avgpool2d",
+        "flatten",
+        "add",
+        "concat",
+        "reshape",
+        "quantize",
+        "dequantize",
+        "qlinear",
+        "qconv2d",
+        "qadd",
+        "qrelu",
+        "qmaxpool2d",
+        "qavgpool2d",
+        "qflatten",
+        "qreshape",
+        "qconcat",
+    }
     assert "attrs: kernel_size, stride=None" in OPS["maxpool2d"]
 
 
@@ -401,10 +519,13 @@ def test_corrupt_files_are_file_format_errors(tmp_path):
     np.savez(tmp_path / "plain.npz", **no_header)
     with pytest.raises(FileFormatError, match="no '__graph__' entry: not an npquant graph file"):
         load_graph(tmp_path / "plain.npz")
-    for bad, match in [(np.array([1, 2]), "must be a JSON string"), (np.array("{"), "not valid UTF-8 JSON"),
-                       (np.array('{"format": 1, "format": 2}'), "has the key 'format' twice"),
-                       (np.array("[" * 100 + "]" * 100), "nests 100 levels deep"),
-                       (np.array("[1]"), "must be a JSON object")]:
+    for bad, match in [
+        (np.array([1, 2]), "must be a JSON string"),
+        (np.array("{"), "not valid UTF-8 JSON"),
+        (np.array('{"format": 1, "format": 2}'), "has the key 'format' twice"),
+        (np.array("[" * 100 + "]" * 100), "nests 100 levels deep"),
+        (np.array("[1]"), "must be a JSON object"),
+    ]:
         with pytest.raises(FileFormatError, match=match):
             graph_from_arrays({**arrays, "__graph__": bad}, "g.npz")
     wrong = {**arrays, "conv.weight": np.zeros((4, 3, 3), np.int8)}
@@ -429,7 +550,7 @@ def test_every_header_value_replaced_by_junk_is_refused_or_valid():
     sizes: the reader returns a graph or raises FileFormatError, never anything else."""
     arrays = _arrays()
     header = json.loads(str(arrays["__graph__"]))
-    junk = [None, True, -1, 2 ** 40, 1e300, "x", [1, 2], {"a": 1}]
+    junk = [None, True, -1, 2**40, 1e300, "x", [1, 2], {"a": 1}]
     outcomes = {"refused": 0, "valid": 0}
     for path in list(_paths(header))[1:]:
         for j in junk:

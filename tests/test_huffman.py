@@ -143,8 +143,14 @@ def test_known_code_stream_and_table():
     # alphabet_size - 1 (uint16 LE), format 1 = nibbles, low nibble first
     assert code.to_bytes() == b"\x03\x00\x01\x21\x33"
     blob = encode([0, 1, 2, 3, 0, 0, 0, 1], alphabet_size=4)  # 0 10 110 111 0 0 0 10
-    body = (b"NQHF\x01" + (5).to_bytes(4, "little") + b"\x03\x00\x01\x21\x33"
-            + (8).to_bytes(8, "little") + (14).to_bytes(8, "little") + b"\x5b\x88")
+    body = (
+        b"NQHF\x01"
+        + (5).to_bytes(4, "little")
+        + b"\x03\x00\x01\x21\x33"
+        + (8).to_bytes(8, "little")
+        + (14).to_bytes(8, "little")
+        + b"\x5b\x88"
+    )
     assert blob == body + zlib.crc32(body).to_bytes(4, "little")
 
 
@@ -161,15 +167,20 @@ def test_runs_table_format():
     lengths[[3, 500]] = 1
     code = HuffmanCode(lengths)
     # 0 x3, 1, 0 x496, 1, 0 x499: runs with LEB128 (run - 2) varints
-    assert code.to_bytes() == (b"\xe7\x03\x00" + b"\x80\x01" + b"\x01" + b"\x80\xee\x03"
-                               + b"\x01" + b"\x80\xf1\x03")
+    assert code.to_bytes() == (b"\xe7\x03\x00" + b"\x80\x01" + b"\x01" + b"\x80\xee\x03" + b"\x01" + b"\x80\xf1\x03")
     assert HuffmanCode.from_bytes(code.to_bytes()) == code
 
 
 def test_varint_is_leb128():
     # shared with the version-3 compressed file (npquant.compression.pipeline)
     assert [_varint(x) for x in (0, 1, 127, 128, 300, 2**63 - 1)] == [
-        b"\x00", b"\x01", b"\x7f", b"\x80\x01", b"\xac\x02", b"\xff" * 8 + b"\x7f"]
+        b"\x00",
+        b"\x01",
+        b"\x7f",
+        b"\x80\x01",
+        b"\xac\x02",
+        b"\xff" * 8 + b"\x7f",
+    ]
 
 
 # ----------------------------------------------------------------------------- construction
@@ -329,8 +340,7 @@ def test_code_object_validates_lengths():
     with pytest.raises(ValueError, match=r"lengths must lie in 0..32, got \[0, 33\]"):
         HuffmanCode([0, 33])
     code = HuffmanCode([2, 2, 1])
-    assert code == HuffmanCode(np.array([2, 2, 1], np.uint8)) and hash(code) == hash(
-        HuffmanCode([2, 2, 1]))
+    assert code == HuffmanCode(np.array([2, 2, 1], np.uint8)) and hash(code) == hash(HuffmanCode([2, 2, 1]))
     assert repr(code) == "HuffmanCode(alphabet_size=3, used=3, max_length=2)"
     with pytest.raises(ValueError):
         code.lengths[0] = 1  # read-only
@@ -341,8 +351,10 @@ def test_code_object_validates_lengths():
 # ----------------------------------------------------------------------------- statistics
 
 
-@pytest.mark.parametrize("alphabet,kind", [(2, "geometric"), (16, "geometric"), (256, "zipf"),
-                                           (256, "geometric"), (4096, "zipf"), (3, "uniform")])
+@pytest.mark.parametrize(
+    "alphabet,kind",
+    [(2, "geometric"), (16, "geometric"), (256, "zipf"), (256, "geometric"), (4096, "zipf"), (3, "uniform")],
+)
 def test_bits_per_symbol_within_one_bit_of_entropy(alphabet, kind):
     x = skewed(np.random.default_rng(5), 20000, alphabet, kind)
     code = HuffmanCode.from_data(x, alphabet)
@@ -363,8 +375,7 @@ def test_statistics_known_values_and_errors():
     code = HuffmanCode.from_counts([2, 1, 1])
     assert bits_per_symbol(code, counts=[2, 1, 1]) == 1.5
     assert bits_per_symbol(code, [0, 0, 1, 2]) == 1.5
-    assert [fixed_length_bits(n) for n in (1, 2, 3, 4, 5, 256, 257, 65536)] == [
-        1, 1, 2, 2, 3, 8, 9, 16]
+    assert [fixed_length_bits(n) for n in (1, 2, 3, 4, 5, 256, 257, 65536)] == [1, 1, 2, 2, 3, 8, 9, 16]
     with pytest.raises(TypeError, match="exactly one of symbols"):
         entropy_bits()
     with pytest.raises(TypeError, match="exactly one of symbols"):
@@ -408,26 +419,28 @@ def test_table_nibble_format_when_shorter():
     assert HuffmanCode.from_bytes(np.frombuffer(b, np.uint8)) == code
 
 
-@pytest.mark.parametrize("b,msg", [
-    (b"", "code table is truncated: the header needs 3 bytes, got 0"),
-    (b"\x03\x00", "code table is truncated: the header needs 3 bytes, got 2"),
-    (b"\x03\x00\x02\x00", "unknown format byte 2; expected 0 .runs. or 1 .nibbles."),
-    (b"\x03\x00\x01\x21", "code table is truncated: 4 nibble-packed lengths need 2 bytes, got 1"),
-    (b"\x02\x00\x01\x21\x12", "the unused last nibble must be 0, got 1"),
-    (b"\x03\x00\x00\x01\x02\x03", "code table is truncated: runs cover 3 of 4 code lengths"),
-    (b"\x03\x00\x00\x01\x02\x83", "code table is truncated inside a run-length varint"),
-    (b"\x03\x00\x00\x01\x02\x83\x80\x00", "overlong run-length varint"),
-    (b"\x03\x00\x00\x81\x80\x80\x80\x01", "run-length varint longer than 3 bytes"),
-    (b"\x03\x00\x00\x01\x02\x83\x01", "a run of 3 lengths overruns the alphabet .2 left of 4."),
-    (b"\x01\x00\x00\x01\x21", "bad run byte 0x21 at offset 4 .length must be 0..32"),
-    (b"\x01\x00\x00\x01\x41", "bad run byte 0x41 at offset 4"),
-    (b"\x03\x00\x01\x21\x43", "code table: lengths do not form a complete prefix code: Kraft sum "
-                              "15/16 != 1"),
-    (b"\x03\x00\x01\x11\x33", "Kraft sum 5/4 != 1"),
-    (b"\x01\x00\x01\x00", "code table: lengths: no symbol has a code"),
-    (b"\x01\x00\x01\x20", "a single used symbol must have length 1, got 2"),
-    (b"\x03\x00\x01\x21\x33\x00", "code table: 1 trailing byte.s. after the 5-byte table"),
-])
+@pytest.mark.parametrize(
+    "b,msg",
+    [
+        (b"", "code table is truncated: the header needs 3 bytes, got 0"),
+        (b"\x03\x00", "code table is truncated: the header needs 3 bytes, got 2"),
+        (b"\x03\x00\x02\x00", "unknown format byte 2; expected 0 .runs. or 1 .nibbles."),
+        (b"\x03\x00\x01\x21", "code table is truncated: 4 nibble-packed lengths need 2 bytes, got 1"),
+        (b"\x02\x00\x01\x21\x12", "the unused last nibble must be 0, got 1"),
+        (b"\x03\x00\x00\x01\x02\x03", "code table is truncated: runs cover 3 of 4 code lengths"),
+        (b"\x03\x00\x00\x01\x02\x83", "code table is truncated inside a run-length varint"),
+        (b"\x03\x00\x00\x01\x02\x83\x80\x00", "overlong run-length varint"),
+        (b"\x03\x00\x00\x81\x80\x80\x80\x01", "run-length varint longer than 3 bytes"),
+        (b"\x03\x00\x00\x01\x02\x83\x01", "a run of 3 lengths overruns the alphabet .2 left of 4."),
+        (b"\x01\x00\x00\x01\x21", "bad run byte 0x21 at offset 4 .length must be 0..32"),
+        (b"\x01\x00\x00\x01\x41", "bad run byte 0x41 at offset 4"),
+        (b"\x03\x00\x01\x21\x43", "code table: lengths do not form a complete prefix code: Kraft sum 15/16 != 1"),
+        (b"\x03\x00\x01\x11\x33", "Kraft sum 5/4 != 1"),
+        (b"\x01\x00\x01\x00", "code table: lengths: no symbol has a code"),
+        (b"\x01\x00\x01\x20", "a single used symbol must have length 1, got 2"),
+        (b"\x03\x00\x01\x21\x33\x00", "code table: 1 trailing byte.s. after the 5-byte table"),
+    ],
+)
 def test_table_errors(b, msg):
     with pytest.raises(ValueError, match=msg):
         HuffmanCode.from_bytes(b)
@@ -446,23 +459,26 @@ def test_table_type_errors():
 CODE4 = HuffmanCode.from_counts([8, 4, 2, 2])  # 0, 10, 110, 111
 
 
-@pytest.mark.parametrize("stream,count,nbits,msg", [
-    (b"\x5b\x80", 5, 9, "symbol 4 of 5 starts at bit 9 and does not end within the 9 bits"),
-    (b"\x5b\xff", 7, None, "symbol 6 of 7 starts at bit 15 and does not end within the 16 bits"),
-    (b"\x5b", 4, None, "symbol 3 of 4 starts at bit 6 and does not end within the 8 bits"),
-    (b"\x5b", 4, 8, "symbol 3 of 4 starts at bit 6 and does not end within the 8 bits"),
-    (b"\x5b\x80", 4, 8, "stream has 2 bytes, but nbits=8 needs exactly 1"),
-    (b"\x5b", 4, 9, r"stream has 1 bytes, but nbits=9 needs exactly 2 \(stream is truncated\)"),
-    (b"\x5b\x80", 4, 10, "4 symbols end at bit 9, expected nbits=10"),
-    (b"\x5b\x80", 3, 9, "3 symbols end at bit 6, expected nbits=9"),
-    (b"\x5b\x80", 3, None, r"3 symbols end at bit 6 \(byte 1\), but the stream has 2 bytes"),
-    (b"\x5b\xc0", 4, 9, "non-zero padding bits after bit 9"),
-    (b"\x5b\x81", 4, None, "non-zero padding bits after bit 9"),
-    (b"\x5b\x80\x00", 4, None, r"end at bit 9 \(byte 2\), but the stream has 3 bytes"),
-    (b"\x00", 9, None, "9 symbols need at least 9 bits, the stream has 8"),
-    (b"", 1, None, "1 symbols need at least 1 bits, the stream has 0"),
-    (b"\x00", 2**62, 8, "symbols need at least"),
-])
+@pytest.mark.parametrize(
+    "stream,count,nbits,msg",
+    [
+        (b"\x5b\x80", 5, 9, "symbol 4 of 5 starts at bit 9 and does not end within the 9 bits"),
+        (b"\x5b\xff", 7, None, "symbol 6 of 7 starts at bit 15 and does not end within the 16 bits"),
+        (b"\x5b", 4, None, "symbol 3 of 4 starts at bit 6 and does not end within the 8 bits"),
+        (b"\x5b", 4, 8, "symbol 3 of 4 starts at bit 6 and does not end within the 8 bits"),
+        (b"\x5b\x80", 4, 8, "stream has 2 bytes, but nbits=8 needs exactly 1"),
+        (b"\x5b", 4, 9, r"stream has 1 bytes, but nbits=9 needs exactly 2 \(stream is truncated\)"),
+        (b"\x5b\x80", 4, 10, "4 symbols end at bit 9, expected nbits=10"),
+        (b"\x5b\x80", 3, 9, "3 symbols end at bit 6, expected nbits=9"),
+        (b"\x5b\x80", 3, None, r"3 symbols end at bit 6 \(byte 1\), but the stream has 2 bytes"),
+        (b"\x5b\xc0", 4, 9, "non-zero padding bits after bit 9"),
+        (b"\x5b\x81", 4, None, "non-zero padding bits after bit 9"),
+        (b"\x5b\x80\x00", 4, None, r"end at bit 9 \(byte 2\), but the stream has 3 bytes"),
+        (b"\x00", 9, None, "9 symbols need at least 9 bits, the stream has 8"),
+        (b"", 1, None, "1 symbols need at least 1 bits, the stream has 0"),
+        (b"\x00", 2**62, 8, "symbols need at least"),
+    ],
+)
 def test_decode_errors(stream, count, nbits, msg):
     with pytest.raises(ValueError, match=msg):
         decode_both(stream, CODE4, count, nbits=nbits)
@@ -474,8 +490,7 @@ def test_decode_edge_cases_and_argument_errors():
     assert huffman_encode(np.zeros(0, np.int64), CODE4) == (b"", 0)
     assert huffman_encode([], CODE4, backend="python") == (b"", 0)
     np.testing.assert_array_equal(decode_both(b"\x5b\x80", CODE4, 4), [0, 1, 2, 3])
-    np.testing.assert_array_equal(
-        huffman_decode(np.frombuffer(b"\x5b\x80", np.uint8), CODE4, 4), [0, 1, 2, 3])
+    np.testing.assert_array_equal(huffman_decode(np.frombuffer(b"\x5b\x80", np.uint8), CODE4, 4), [0, 1, 2, 3])
     with pytest.raises(ValueError, match="backend must be one of 'numba', 'python'"):
         huffman_decode(b"", CODE4, 0, backend="numpy")
     with pytest.raises(ValueError, match=r"count must be in \[0, inf\]"):
@@ -507,26 +522,27 @@ def run_kernel(stream, nbits, count, code):
     """``_kernels.huffman.decode`` called directly: ((status, index, bit), symbols)."""
     info = np.zeros(3, np.int64)
     out = np.zeros(count, code.dtype)
-    kh.decode(np.frombuffer(stream, np.uint8), np.int64(nbits), np.int64(count),
-              *_kernel_tables(code), out, info)
+    kh.decode(np.frombuffer(stream, np.uint8), np.int64(nbits), np.int64(count), *_kernel_tables(code), out, info)
     return tuple(info.tolist()), out
 
 
 def _kernel_tables(code):
     k, lut_sym, lut_len, first, cnt, offset, syms, m_sym, m_bits, m_n = code._tables
-    return (np.int64(k), lut_sym, lut_len, first, cnt, offset, syms, np.int64(code.max_length),
-            m_sym, m_bits, m_n)
+    return (np.int64(k), lut_sym, lut_len, first, cnt, offset, syms, np.int64(code.max_length), m_sym, m_bits, m_n)
 
 
 def test_kernels_return_the_same_status_as_the_twin():
     """The kernel's (status, index, bit) on invalid and truncated streams, directly."""
     code = HuffmanCode.from_counts([5])
-    for stream, nbits, want in ((b"\x00", 8, (kh.OK, 8, 8)), (b"\x04", 8, (kh.INVALID, 5, 5)),
-                                (b"\x00", 3, (kh.TRUNCATED, 3, 3))):
+    for stream, nbits, want in (
+        (b"\x00", 8, (kh.OK, 8, 8)),
+        (b"\x04", 8, (kh.INVALID, 5, 5)),
+        (b"\x00", 3, (kh.TRUNCATED, 3, 3)),
+    ):
         info, out = run_kernel(stream, nbits, 8, code)
         out2 = np.zeros(8, np.uint8)
         assert info == want == _decode_python(stream, nbits, 8, code, out2)
-        np.testing.assert_array_equal(out[:want[1]], out2[:want[1]])
+        np.testing.assert_array_equal(out[: want[1]], out2[: want[1]])
 
 
 def test_kernel_status_on_long_streams():
@@ -541,24 +557,26 @@ def test_kernel_status_on_long_streams():
             info, out = run_kernel(stream, nbits, count, one)
             out2 = np.zeros(count, np.uint8)
             assert info == _decode_python(stream, nbits, count, one, out2), (flip, nbits, count)
-            np.testing.assert_array_equal(out[:info[1]], out2[:info[1]])
+            np.testing.assert_array_equal(out[: info[1]], out2[: info[1]])
 
 
 @pytest.mark.parametrize("kind", ["uniform4", "lenet", "single", "two", "deep", "wide"])
 def test_multi_symbol_table(kind):
     """Every entry of the k-bit multi-symbol table: its symbols decode its bits, each code
     lies wholly within them, and no further whole code fits (checked against the twin)."""
-    counts = {"uniform4": [1, 1, 1, 1], "lenet": [40, 253, 817, 1334, 1792, 3689, 3900, 4043,
-                                                   3859, 3591, 2218, 1890, 1403, 811, 293, 67],
-              "single": [0, 0, 7], "two": [3, 5],
-              "deep": np.floor(1.7 ** np.arange(25)).astype(np.int64),
-              "wide": np.arange(1, 301)}[kind]
+    counts = {
+        "uniform4": [1, 1, 1, 1],
+        "lenet": [40, 253, 817, 1334, 1792, 3689, 3900, 4043, 3859, 3591, 2218, 1890, 1403, 811, 293, 67],
+        "single": [0, 0, 7],
+        "two": [3, 5],
+        "deep": np.floor(1.7 ** np.arange(25)).astype(np.int64),
+        "wide": np.arange(1, 301),
+    }[kind]
     code = HuffmanCode.from_counts(counts)
     k, lut_sym, lut_len, *_, m_sym, m_bits, m_n = code._tables
     assert m_sym.shape == (1 << k, kh.MULTI) and m_sym.dtype == code.dtype
     assert k * kh.GROUP <= 57
-    sym_of = {format(int(code.codes[t]), f"0{code.lengths[t]}b"): int(t)
-              for t in np.flatnonzero(code.lengths)}
+    sym_of = {format(int(code.codes[t]), f"0{code.lengths[t]}b"): int(t) for t in np.flatnonzero(code.lengths)}
     lens = sorted({len(w) for w in sym_of})
 
     def first_code(bits):  # (length, symbol) of the code that is a prefix of bits, or (0, 0)
@@ -569,17 +587,18 @@ def test_multi_symbol_table(kind):
         bits = format(v, f"0{k}b")
         n = int(m_n[v])
         words = [format(int(code.codes[t]), f"0{code.lengths[t]}b") for t in m_sym[v, :n]]
-        assert "".join(words) == bits[:int(m_bits[v])]
+        assert "".join(words) == bits[: int(m_bits[v])]
         assert all(m_sym[v, n:] == 0)
         if n < kh.MULTI:  # no whole code follows
-            assert first_code(bits[int(m_bits[v]):]) == (0, 0)
+            assert first_code(bits[int(m_bits[v]) :]) == (0, 0)
         assert (lut_len[v], lut_sym[v]) == first_code(bits)
 
 
 def _long_cases():
     rng = np.random.default_rng(7)
-    lenet = np.array([40, 253, 817, 1334, 1792, 3689, 3900, 4043, 3859, 3591, 2218, 1890, 1403,
-                      811, 293, 67], np.float64)
+    lenet = np.array(
+        [40, 253, 817, 1334, 1792, 3689, 3900, 4043, 3859, 3591, 2218, 1890, 1403, 811, 293, 67], np.float64
+    )
     yield "lenet", rng.choice(16, 3001, p=lenet / lenet.sum()), 16, None
     yield "single", np.full(2000, 3), 5, None
     yield "two", rng.integers(0, 2, 1999), 2, None
@@ -599,8 +618,7 @@ def test_long_streams_equal_the_twin(case):
     """Streams long enough for the multi-symbol path: every count near the end and every
     nbits, with and without nbits; the same symbols or the same error as the twin."""
     _, x, alphabet, ml = case
-    code = alphabet if isinstance(alphabet, HuffmanCode) else HuffmanCode.from_data(
-        x, alphabet, max_length=ml)
+    code = alphabet if isinstance(alphabet, HuffmanCode) else HuffmanCode.from_data(x, alphabet, max_length=ml)
     if isinstance(alphabet, HuffmanCode):
         assert code.max_length == 32
     s, nb = roundtrip(x, code)
@@ -645,8 +663,9 @@ def _real_streams(n_streams, seed):
         code = HuffmanCode.from_data(x, alphabet, max_length=ml)
         if t % 5 == 4:  # deep codes (up to 32 bits): the decoder's slow path past the LUT
             k = int(rng.integers(12, 45))
-            code = HuffmanCode.from_counts(np.floor(1.7 ** np.arange(k)).astype(np.int64),
-                                           max_length=int(rng.choice([32, 20, 14])))
+            code = HuffmanCode.from_counts(
+                np.floor(1.7 ** np.arange(k)).astype(np.int64), max_length=int(rng.choice([32, 20, 14]))
+            )
             x = rng.integers(0, k, n)
         s, nb = huffman_encode(x, code)
         yield rng, x, code, s, nb
@@ -725,8 +744,7 @@ def test_corrupt_tables_and_blobs():
             _attempt(s, other, x.size, nb)
             _attempt(s, other, x.size)
             if encoded is not None:
-                np.testing.assert_array_equal(
-                    decode_both(encoded[0], other, x.size, encoded[1]), x)
+                np.testing.assert_array_equal(decode_both(encoded[0], other, x.size, encoded[1]), x)
         for cut in sorted(set(rng.integers(0, len(blob), 8).tolist())):  # truncated blob
             with pytest.raises(ValueError, match="truncated|table"):
                 decode(blob[:cut])
@@ -744,38 +762,64 @@ def test_corrupt_tables_and_blobs():
 
 
 def _blob(table, count, nbits, stream, crc=None):
-    body = (b"NQHF\x01" + len(table).to_bytes(4, "little") + table + count.to_bytes(8, "little")
-            + nbits.to_bytes(8, "little") + stream)
+    body = (
+        b"NQHF\x01"
+        + len(table).to_bytes(4, "little")
+        + table
+        + count.to_bytes(8, "little")
+        + nbits.to_bytes(8, "little")
+        + stream
+    )
     return body + (zlib.crc32(body) if crc is None else crc).to_bytes(4, "little")
 
 
-@pytest.mark.parametrize("b,msg", [
-    (b"NQHF\x01\x05\x00", "blob is truncated: the header needs 9 bytes, got 7"),
-    (b"NQHX\x01\x05\x00\x00\x00", "blob does not start with the magic"),
-    (b"NQHF\x02\x05\x00\x00\x00", "blob has version 2, expected 1"),
-    (b"NQHF\x01\x05\x00\x00\x00\x03\x00", "blob is truncated: the code table needs 5 bytes, got 2"),
-    (b"NQHF\x01\x05\x00\x00\x00\x03\x00\x01\x21\x33" + bytes(15),
-     "blob is truncated: count and nbits need 16 bytes, got 15"),
-    (_blob(b"\x03\x00\x01\x21\x33", 4, 9, b"\x5b\x80")[:-1],
-     r"blob is truncated: the stream \(nbits=9\) and its CRC-32 need 6 bytes, got 5"),
-    (_blob(b"\x03\x00\x01\x21\x33", 4, 9, b"\x5b\x80") + b"\x00",
-     r"blob has 1 trailing byte\(s\) after the stream and its CRC-32"),
-    (_blob(b"\x03\x00\x01\x21\x33", 4, 2**64 - 1, b""),
-     "the stream .nbits=18446744073709551615. and its CRC-32 need 2305843009213693956 bytes"),
-    (_blob(b"\x03\x00\x01\x21\x33", 4, 9, b"\x5b\x80", crc=0x12345678),
-     "blob is corrupt: CRC-32 is 0x[0-9a-f]{8}, the blob says 0x12345678"),
-    (_blob(b"\x03\x00\x01\x21", 4, 9, b"\x5b\x80"),
-     "blob code table is truncated: 4 nibble-packed lengths need 2 bytes, got 1"),
-    (_blob(b"\x03\x00\x01\x21\x33\x00", 4, 9, b"\x5b\x80"),
-     "blob code table: the table ends at byte 5, the header says 6"),
-    (_blob(b"\x03\x00\x01\x21\x43", 4, 9, b"\x5b\x80"),
-     "blob code table: lengths do not form a complete prefix code: Kraft sum 15/16"),
-    (_blob(b"\x03\x00\x01\x21\x33", 2**64 - 1, 9, b"\x5b\x80"),
-     "18446744073709551615 symbols need at least"),
-    (_blob(b"\x03\x00\x01\x21\x33", 4, 9, b"\x5b\xc0"), "non-zero padding bits after bit 9"),
-    (_blob(b"\x03\x00\x01\x21\x33", 5, 9, b"\x5b\x80"),
-     "symbol 4 of 5 starts at bit 9 and does not end within the 9 bits"),
-])
+@pytest.mark.parametrize(
+    "b,msg",
+    [
+        (b"NQHF\x01\x05\x00", "blob is truncated: the header needs 9 bytes, got 7"),
+        (b"NQHX\x01\x05\x00\x00\x00", "blob does not start with the magic"),
+        (b"NQHF\x02\x05\x00\x00\x00", "blob has version 2, expected 1"),
+        (b"NQHF\x01\x05\x00\x00\x00\x03\x00", "blob is truncated: the code table needs 5 bytes, got 2"),
+        (
+            b"NQHF\x01\x05\x00\x00\x00\x03\x00\x01\x21\x33" + bytes(15),
+            "blob is truncated: count and nbits need 16 bytes, got 15",
+        ),
+        (
+            _blob(b"\x03\x00\x01\x21\x33", 4, 9, b"\x5b\x80")[:-1],
+            r"blob is truncated: the stream \(nbits=9\) and its CRC-32 need 6 bytes, got 5",
+        ),
+        (
+            _blob(b"\x03\x00\x01\x21\x33", 4, 9, b"\x5b\x80") + b"\x00",
+            r"blob has 1 trailing byte\(s\) after the stream and its CRC-32",
+        ),
+        (
+            _blob(b"\x03\x00\x01\x21\x33", 4, 2**64 - 1, b""),
+            "the stream .nbits=18446744073709551615. and its CRC-32 need 2305843009213693956 bytes",
+        ),
+        (
+            _blob(b"\x03\x00\x01\x21\x33", 4, 9, b"\x5b\x80", crc=0x12345678),
+            "blob is corrupt: CRC-32 is 0x[0-9a-f]{8}, the blob says 0x12345678",
+        ),
+        (
+            _blob(b"\x03\x00\x01\x21", 4, 9, b"\x5b\x80"),
+            "blob code table is truncated: 4 nibble-packed lengths need 2 bytes, got 1",
+        ),
+        (
+            _blob(b"\x03\x00\x01\x21\x33\x00", 4, 9, b"\x5b\x80"),
+            "blob code table: the table ends at byte 5, the header says 6",
+        ),
+        (
+            _blob(b"\x03\x00\x01\x21\x43", 4, 9, b"\x5b\x80"),
+            "blob code table: lengths do not form a complete prefix code: Kraft sum 15/16",
+        ),
+        (_blob(b"\x03\x00\x01\x21\x33", 2**64 - 1, 9, b"\x5b\x80"), "18446744073709551615 symbols need at least"),
+        (_blob(b"\x03\x00\x01\x21\x33", 4, 9, b"\x5b\xc0"), "non-zero padding bits after bit 9"),
+        (
+            _blob(b"\x03\x00\x01\x21\x33", 5, 9, b"\x5b\x80"),
+            "symbol 4 of 5 starts at bit 9 and does not end within the 9 bits",
+        ),
+    ],
+)
 def test_blob_errors(b, msg):
     with pytest.raises(ValueError, match=msg):
         decode(b)
@@ -785,7 +829,8 @@ def test_blob_errors(b, msg):
 
 
 symbol_lists = st.integers(1, 300).flatmap(
-    lambda n: st.tuples(st.just(n), st.lists(st.integers(0, n - 1), min_size=1, max_size=60)))
+    lambda n: st.tuples(st.just(n), st.lists(st.integers(0, n - 1), min_size=1, max_size=60))
+)
 
 
 @given(data=symbol_lists, ml=st.one_of(st.none(), st.integers(1, 32)))
@@ -809,8 +854,7 @@ def test_property_roundtrip(data, ml):
     cu, lu = counts[u], code.lengths[u].astype(int)
     assert not np.any((cu[:, None] < cu[None, :]) & (lu[:, None] < lu[None, :]))
     # ties: the higher symbol never gets the shorter code
-    assert not np.any((cu[:, None] == cu[None, :]) & (u[:, None] < u[None, :])
-                      & (lu[:, None] > lu[None, :]))
+    assert not np.any((cu[:, None] == cu[None, :]) & (u[:, None] < u[None, :]) & (lu[:, None] > lu[None, :]))
     roundtrip(x, code)
     assert HuffmanCode.from_bytes(code.to_bytes()) == code
     np.testing.assert_array_equal(decode(encode(x, alphabet, ml), backend="python"), x)
@@ -844,8 +888,7 @@ def test_property_arbitrary_bytes_never_crash(b):
 
 
 @settings(max_examples=50)
-@given(data=symbol_lists, seed=st.integers(0, 2**32 - 1), nflip=st.integers(1, 8),
-       extra=st.integers(-3, 3))
+@given(data=symbol_lists, seed=st.integers(0, 2**32 - 1), nflip=st.integers(1, 8), extra=st.integers(-3, 3))
 def test_property_corrupt_stream(data, seed, nflip, extra):
     alphabet, xs = data
     x = np.array(xs)
@@ -870,4 +913,3 @@ def test_encode_and_decode_are_deprecated_names_of_the_blob_pair():
             assert getattr(huffman, old) is getattr(huffman, new)
     with pytest.raises(AttributeError, match="no attribute 'encode_stream'"):
         huffman.encode_stream
-

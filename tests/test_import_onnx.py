@@ -35,8 +35,13 @@ def _init(name, a, dtype=np.float32):
 
 
 def _model(nodes, inits, x_shape, name):
-    g = helper.make_graph(nodes, name, [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x_shape))],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], initializer=inits)
+    g = helper.make_graph(
+        nodes,
+        name,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x_shape))],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        initializer=inits,
+    )
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 21)])
     m.ir_version = 10
     return m
@@ -49,14 +54,23 @@ def _conv(rng, name, x, o, c, k, **kw):
 
 def mlp(rng):
     """MatMul + Add + Relu twice, then Gemm (transB)."""
-    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h1"]), helper.make_node("Add", ["h1", "b1"], ["a1"]),
-             helper.make_node("Relu", ["a1"], ["r1"]),
-             helper.make_node("MatMul", ["r1", "w2"], ["h2"]), helper.make_node("Add", ["h2", "b2"], ["a2"]),
-             helper.make_node("Relu", ["a2"], ["r2"]),
-             helper.make_node("Gemm", ["r2", "w3", "b3"], ["y"], transB=1)]
-    inits = [_init("w1", rng.normal(0, 0.3, (12, 16))), _init("b1", rng.normal(0, 0.1, 16)),
-             _init("w2", rng.normal(0, 0.3, (16, 8))), _init("b2", rng.normal(0, 0.1, 8)),
-             _init("w3", rng.normal(0, 0.3, (5, 8))), _init("b3", rng.normal(0, 0.1, 5))]
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["h1"]),
+        helper.make_node("Add", ["h1", "b1"], ["a1"]),
+        helper.make_node("Relu", ["a1"], ["r1"]),
+        helper.make_node("MatMul", ["r1", "w2"], ["h2"]),
+        helper.make_node("Add", ["h2", "b2"], ["a2"]),
+        helper.make_node("Relu", ["a2"], ["r2"]),
+        helper.make_node("Gemm", ["r2", "w3", "b3"], ["y"], transB=1),
+    ]
+    inits = [
+        _init("w1", rng.normal(0, 0.3, (12, 16))),
+        _init("b1", rng.normal(0, 0.1, 16)),
+        _init("w2", rng.normal(0, 0.3, (16, 8))),
+        _init("b2", rng.normal(0, 0.1, 8)),
+        _init("w3", rng.normal(0, 0.3, (5, 8))),
+        _init("b3", rng.normal(0, 0.1, 5)),
+    ]
     return _model(nodes, inits, (3, 12), "mlp")
 
 
@@ -68,14 +82,21 @@ def cnn(rng, asymmetric_pool=True):
     n3, i3 = _conv(rng, "c3", "r2", 8, 1, 3, group=8, auto_pad="SAME_UPPER")
     pool = ([0, 0, 1, 1], 5) if asymmetric_pool else ([1, 1, 1, 1], 6)  # (pads, output size)
     side = (pool[1] + 2 - 3) // 2 + 1
-    nodes = [n1, helper.make_node("Relu", ["c1"], ["r1"]), n2, helper.make_node("Relu", ["c2"], ["r2"]), n3,
-             helper.make_node("Relu", ["c3"], ["r3"]),
-             helper.make_node("MaxPool", ["r3"], ["p1"], kernel_shape=[2, 2], strides=[1, 1], pads=pool[0]),
-             helper.make_node("AveragePool", ["p1"], ["p2"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]),
-             helper.make_node("Flatten", ["p2"], ["f"], axis=1),
-             helper.make_node("Gemm", ["f", "fc_w", "fc_b"], ["y"], transB=1)]
-    inits = i1 + i2 + i3 + [_init("fc_w", rng.normal(0, 0.2, (6, 8 * side * side))),
-                            _init("fc_b", rng.normal(0, 0.1, 6))]
+    nodes = [
+        n1,
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        n2,
+        helper.make_node("Relu", ["c2"], ["r2"]),
+        n3,
+        helper.make_node("Relu", ["c3"], ["r3"]),
+        helper.make_node("MaxPool", ["r3"], ["p1"], kernel_shape=[2, 2], strides=[1, 1], pads=pool[0]),
+        helper.make_node("AveragePool", ["p1"], ["p2"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]),
+        helper.make_node("Flatten", ["p2"], ["f"], axis=1),
+        helper.make_node("Gemm", ["f", "fc_w", "fc_b"], ["y"], transB=1),
+    ]
+    inits = (
+        i1 + i2 + i3 + [_init("fc_w", rng.normal(0, 0.2, (6, 8 * side * side))), _init("fc_b", rng.normal(0, 0.1, 6))]
+    )
     return _model(nodes, inits, (2, 3, 11, 11), "cnn")
 
 
@@ -84,10 +105,18 @@ def residual(rng):
     n0, i0 = _conv(rng, "c0", "x", 6, 3, 3, pads=[1, 1, 1, 1])
     n1, i1 = _conv(rng, "c1", "r0", 6, 6, 3, pads=[1, 1, 1, 1])
     n2, i2 = _conv(rng, "c2", "r1", 6, 6, 3, pads=[1, 1, 1, 1])
-    nodes = [n0, helper.make_node("Relu", ["c0"], ["r0"]), n1, helper.make_node("Relu", ["c1"], ["r1"]), n2,
-             helper.make_node("Add", ["c2", "r0"], ["s"]), helper.make_node("Relu", ["s"], ["r2"]),
-             helper.make_node("GlobalAveragePool", ["r2"], ["g"]), helper.make_node("Flatten", ["g"], ["f"]),
-             helper.make_node("MatMul", ["f", "fc_w"], ["y"])]
+    nodes = [
+        n0,
+        helper.make_node("Relu", ["c0"], ["r0"]),
+        n1,
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        n2,
+        helper.make_node("Add", ["c2", "r0"], ["s"]),
+        helper.make_node("Relu", ["s"], ["r2"]),
+        helper.make_node("GlobalAveragePool", ["r2"], ["g"]),
+        helper.make_node("Flatten", ["g"], ["f"]),
+        helper.make_node("MatMul", ["f", "fc_w"], ["y"]),
+    ]
     return _model(nodes, i0 + i1 + i2 + [_init("fc_w", rng.normal(0, 0.3, (6, 4)))], (2, 3, 8, 8), "residual")
 
 
@@ -95,8 +124,14 @@ def concat(rng):
     """Two convs of one input, Concat of their outputs (different scales), Reshape, batched 3-D MatMul."""
     n1, i1 = _conv(rng, "c1", "x", 4, 3, 3, pads=[1, 1, 1, 1])
     n2, i2 = _conv(rng, "c2", "x", 5, 3, 1)
-    nodes = [n1, n2, helper.make_node("Relu", ["c1"], ["r1"]), helper.make_node("Concat", ["r1", "c2"], ["k"], axis=1),
-             helper.make_node("Reshape", ["k", "shape"], ["rs"]), helper.make_node("MatMul", ["rs", "fc_w"], ["y"])]
+    nodes = [
+        n1,
+        n2,
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        helper.make_node("Concat", ["r1", "c2"], ["k"], axis=1),
+        helper.make_node("Reshape", ["k", "shape"], ["rs"]),
+        helper.make_node("MatMul", ["rs", "fc_w"], ["y"]),
+    ]
     inits = i1 + i2 + [_init("shape", [2, 9, 36], np.int64), _init("fc_w", rng.normal(0, 0.3, (36, 7)))]
     return _model(nodes, inits, (2, 3, 6, 6), "concat")
 
@@ -106,12 +141,17 @@ def padding(rng):
     average pool padding counted or not, Reshape to a batched MatMul."""
     n1, i1 = _conv(rng, "c1", "x", 4, 3, 4, strides=[2, 2], auto_pad="SAME_LOWER")
     n2, i2 = _conv(rng, "c2", "p1", 4, 4, 2, auto_pad="VALID")
-    nodes = [n1, helper.make_node("MaxPool", ["c1"], ["p1"], kernel_shape=[3, 3], strides=[1, 1], auto_pad="SAME_UPPER"),
-             n2,
-             helper.make_node("AveragePool", ["c2"], ["p2"], kernel_shape=[3, 2], strides=[1, 1], pads=[0, 1, 2, 0],
-                              count_include_pad=1),
-             helper.make_node("AveragePool", ["p2"], ["p3"], kernel_shape=[2, 2], strides=[2, 1], pads=[1, 0, 0, 1]),
-             helper.make_node("Reshape", ["p3", "shape"], ["rs"]), helper.make_node("MatMul", ["rs", "fc_w"], ["y"])]
+    nodes = [
+        n1,
+        helper.make_node("MaxPool", ["c1"], ["p1"], kernel_shape=[3, 3], strides=[1, 1], auto_pad="SAME_UPPER"),
+        n2,
+        helper.make_node(
+            "AveragePool", ["c2"], ["p2"], kernel_shape=[3, 2], strides=[1, 1], pads=[0, 1, 2, 0], count_include_pad=1
+        ),
+        helper.make_node("AveragePool", ["p2"], ["p3"], kernel_shape=[2, 2], strides=[2, 1], pads=[1, 0, 0, 1]),
+        helper.make_node("Reshape", ["p3", "shape"], ["rs"]),
+        helper.make_node("MatMul", ["rs", "fc_w"], ["y"]),
+    ]
     inits = i1 + i2 + [_init("shape", [2, 4, -1], np.int64), _init("fc_w", rng.normal(0, 0.3, (8, 3)))]
     return _model(nodes, inits, (2, 3, 9, 9), "padding")
 
@@ -139,6 +179,7 @@ class _Models:
 
     def quantized(self, name, fmt, per_channel, activations="QUInt8", **kw):
         from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
         key = (name, fmt, per_channel, activations, tuple(sorted(kw.items())))
         if key not in self.cache:
             m = self.float(name, **kw)
@@ -153,9 +194,15 @@ class _Models:
                 def get_next(self):
                     return next(self.feeds, None)
 
-            quantize_static(str(src), str(dst), Reader(), quant_format=getattr(QuantFormat, fmt),
-                            per_channel=per_channel, activation_type=getattr(QuantType, activations),
-                            weight_type=QuantType.QInt8)
+            quantize_static(
+                str(src),
+                str(dst),
+                Reader(),
+                quant_format=getattr(QuantFormat, fmt),
+                per_channel=per_channel,
+                activation_type=getattr(QuantType, activations),
+                weight_type=QuantType.QInt8,
+            )
             self.cache[key] = onnx.load(str(dst))
         return self.cache[key]
 
@@ -163,6 +210,7 @@ class _Models:
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     import logging
+
     logging.getLogger().setLevel(logging.ERROR)  # quantize_static's advice to pre-process
     return _Models(tmp_path_factory.mktemp("onnx_models"))
 
@@ -186,8 +234,9 @@ def _compare(key, got, want, float_rtol=None):
 def _ort_output(model, x):
     so = ort.SessionOptions()
     so.intra_op_num_threads = 1
-    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"]).run(
-        ["y"], {"x": x})[0]
+    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"]).run(["y"], {"x": x})[
+        0
+    ]
 
 
 @pytest.mark.parametrize("name, fmt, per_channel", CASES, ids=[f"{m}-{f}-{'pc' if p else 'pt'}" for m, f, p in CASES])
@@ -215,8 +264,11 @@ def test_int8_activations_against_onnxruntime(models, name, fmt):
     g = from_onnx(q)
     assert g.qparams[g.nodes[0].outputs[0]].spec.signed
     x = _x(q, 12)
-    _compare(f"{name} {fmt} per-channel, int8 activations", g.run({"x": x}, keep_intermediates=True),
-             onnx_intermediates(q, {"x": x}, g))
+    _compare(
+        f"{name} {fmt} per-channel, int8 activations",
+        g.run({"x": x}, keep_intermediates=True),
+        onnx_intermediates(q, {"x": x}, g),
+    )
 
 
 def test_int8_activations_on_the_avx2_path_are_refused_clearly(models):
@@ -245,8 +297,9 @@ def test_qdq_is_fused_by_onnxruntime(models, tmp_path):
 REFERENCE_CASES = [(m, pc) for m in ("mlp", "cnn", "residual", "concat") for pc in (False, True)]
 
 
-@pytest.mark.parametrize("name, per_channel", REFERENCE_CASES,
-                         ids=[f"{m}-{'pc' if p else 'pt'}" for m, p in REFERENCE_CASES])
+@pytest.mark.parametrize(
+    "name, per_channel", REFERENCE_CASES, ids=[f"{m}-{'pc' if p else 'pt'}" for m, p in REFERENCE_CASES]
+)
 def test_qdq_against_onnx_reference(models, name, per_channel):
     # onnx 1.23's reference MaxPool reads asymmetric pads in another order (its output shape
     # differs from onnxruntime's), so the CNN here pads its max pool symmetrically
@@ -258,20 +311,29 @@ def test_qdq_against_onnx_reference(models, name, per_channel):
     got = g.run({"x": x}, keep_intermediates=True)
     want = onnx_intermediates(q, {"x": x}, g, evaluator="reference")
     assert len(want) >= 8
-    _compare(f"{name} QDQ {'per-channel' if per_channel else 'per-tensor'} vs onnx.reference", got, want,
-             float_rtol=1e-6)
+    _compare(
+        f"{name} QDQ {'per-channel' if per_channel else 'per-tensor'} vs onnx.reference", got, want, float_rtol=1e-6
+    )
 
 
 def _qdq_activations_model():
     """Hand-written QDQ: Relu between equal qparams (runs on codes), Relu and Clip(0, 6)
     between different qparams (float between exact Q/DQ), Clip(0, inf), Identity."""
     s = {"s0": 0.05, "s1": 0.03, "s2": 0.02}
-    inits = [_init(k, v) for k, v in s.items()] + [_init("z0", 128, np.uint8), _init("z1", 0, np.uint8),
-                                                   _init("z2", 3, np.uint8), _init("lo", 0.0), _init("hi", 6.0)]
+    inits = [_init(k, v) for k, v in s.items()] + [
+        _init("z0", 128, np.uint8),
+        _init("z1", 0, np.uint8),
+        _init("z2", 3, np.uint8),
+        _init("lo", 0.0),
+        _init("hi", 6.0),
+    ]
 
     def qdq(x, s_, z, out):
-        return [helper.make_node("QuantizeLinear", [x, s_, z], [out + "_q"]),
-                helper.make_node("DequantizeLinear", [out + "_q", s_, z], [out])]
+        return [
+            helper.make_node("QuantizeLinear", [x, s_, z], [out + "_q"]),
+            helper.make_node("DequantizeLinear", [out + "_q", s_, z], [out]),
+        ]
+
     nodes = qdq("x", "s0", "z0", "a")
     nodes += [helper.make_node("Relu", ["a"], ["r1"], name="relu_same")] + qdq("r1", "s0", "z0", "b")
     nodes += [helper.make_node("Relu", ["b"], ["r2"], name="relu_requant")] + qdq("r2", "s1", "z1", "c")
@@ -330,24 +392,46 @@ def test_float_model_and_options(models, tmp_path):
 def test_integer_input_and_output():
     # a QOperator graph on codes end to end: the input's qparams come from the QLinearConv that reads it
     rng = np.random.default_rng(7)
-    inits = [_init("sx", 0.04), _init("zx", 120, np.uint8), _init("w", rng.integers(-127, 128, (4, 3, 3, 3)), np.int8),
-             _init("sw", rng.uniform(0.005, 0.02, 4)), _init("zw", np.zeros(4), np.int8), _init("sy", 0.3),
-             _init("zy", 100, np.uint8), _init("b", rng.integers(-3000, 3000, 4), np.int32)]
-    node = helper.make_node("QLinearConv", ["xq", "sx", "zx", "w", "sw", "zw", "sy", "zy", "b"], ["yq"],
-                            strides=[2, 1], pads=[1, 0, 2, 1], name="conv")
-    g = helper.make_graph([node], "codes", [helper.make_tensor_value_info("xq", TensorProto.UINT8, [2, 3, 7, 6])],
-                          [helper.make_tensor_value_info("yq", TensorProto.UINT8, None)], initializer=inits)
+    inits = [
+        _init("sx", 0.04),
+        _init("zx", 120, np.uint8),
+        _init("w", rng.integers(-127, 128, (4, 3, 3, 3)), np.int8),
+        _init("sw", rng.uniform(0.005, 0.02, 4)),
+        _init("zw", np.zeros(4), np.int8),
+        _init("sy", 0.3),
+        _init("zy", 100, np.uint8),
+        _init("b", rng.integers(-3000, 3000, 4), np.int32),
+    ]
+    node = helper.make_node(
+        "QLinearConv",
+        ["xq", "sx", "zx", "w", "sw", "zw", "sy", "zy", "b"],
+        ["yq"],
+        strides=[2, 1],
+        pads=[1, 0, 2, 1],
+        name="conv",
+    )
+    g = helper.make_graph(
+        [node],
+        "codes",
+        [helper.make_tensor_value_info("xq", TensorProto.UINT8, [2, 3, 7, 6])],
+        [helper.make_tensor_value_info("yq", TensorProto.UINT8, None)],
+        initializer=inits,
+    )
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 21)])
     m.ir_version = 10
     gr = from_onnx(m)
     assert gr.input_qparams["xq"].zero_point == 120
     xq = rng.integers(0, 256, (2, 3, 7, 6)).astype(np.uint8)
-    _compare("QLinearConv on integer input", gr.run({"xq": xq}, keep_intermediates=True),
-             onnx_intermediates(m, {"xq": xq}, gr))
+    _compare(
+        "QLinearConv on integer input",
+        gr.run({"xq": xq}, keep_intermediates=True),
+        onnx_intermediates(m, {"xq": xq}, gr),
+    )
 
 
 def test_dynamic_quantization_is_refused(models, tmp_path):
     from onnxruntime.quantization import quantize_dynamic
+
     onnx.save(models.float("mlp"), str(tmp_path / "f.onnx"))
     quantize_dynamic(str(tmp_path / "f.onnx"), str(tmp_path / "d.onnx"))
     with pytest.raises(ValueError, match="dynamic quantization"):
@@ -356,9 +440,15 @@ def test_dynamic_quantization_is_refused(models, tmp_path):
 
 def test_unsupported_op_names_node_and_type():
     rng = np.random.default_rng(0)
-    m = _model([helper.make_node("MatMul", ["x", "w"], ["h"], name="fc"),
-                helper.make_node("Sigmoid", ["h"], ["y"], name="gate")], [_init("w", rng.normal(0, 1, (4, 3)))],
-               (2, 4), "bad")
+    m = _model(
+        [
+            helper.make_node("MatMul", ["x", "w"], ["h"], name="fc"),
+            helper.make_node("Sigmoid", ["h"], ["y"], name="gate"),
+        ],
+        [_init("w", rng.normal(0, 1, (4, 3)))],
+        (2, 4),
+        "bad",
+    )
     with pytest.raises(ValueError, match=r"node 'gate' \(Sigmoid\) is not supported.*op type 'Sigmoid'"):
         from_onnx(m)
     m = _model([helper.make_node("LayerNormalization", ["x", "w"], ["y"])], [_init("w", np.ones(4))], (2, 4), "ln")
@@ -367,14 +457,25 @@ def test_unsupported_op_names_node_and_type():
 
 
 def test_malformed_model_names_what_is_expected():
-    inits = [_init("sx", 0.1), _init("zx", 0, np.uint8), _init("sw", 0.05), _init("zw", 0, np.int8),
-             _init("sy", 0.2), _init("zy", 0, np.uint8)]
-    nodes = [helper.make_node("QuantizeLinear", ["x", "sx", "zx"], ["xq"]),
-             helper.make_node("QLinearConv", ["xq", "sx", "zx", "w", "sw", "zw", "sy", "zy"], ["yq"], name="conv"),
-             helper.make_node("DequantizeLinear", ["yq", "sy", "zy"], ["y"])]
+    inits = [
+        _init("sx", 0.1),
+        _init("zx", 0, np.uint8),
+        _init("sw", 0.05),
+        _init("zw", 0, np.int8),
+        _init("sy", 0.2),
+        _init("zy", 0, np.uint8),
+    ]
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "sx", "zx"], ["xq"]),
+        helper.make_node("QLinearConv", ["xq", "sx", "zx", "w", "sw", "zw", "sy", "zy"], ["yq"], name="conv"),
+        helper.make_node("DequantizeLinear", ["yq", "sy", "zy"], ["y"]),
+    ]
     m = _model(nodes, inits, (1, 2, 5, 5), "no_weights")  # the initializer "w" is missing
-    with pytest.raises(ValueError, match=r"node 'conv' \(QLinearConv\): input 3 \(w\) must be a constant: expected an "
-                                         r"initializer or Constant node named 'w', found none"):
+    with pytest.raises(
+        ValueError,
+        match=r"node 'conv' \(QLinearConv\): input 3 \(w\) must be a constant: expected an "
+        r"initializer or Constant node named 'w', found none",
+    ):
         from_onnx(m)
     nodes[1] = helper.make_node("QLinearConv", ["xq", "sx", "zx"], ["yq"], name="conv")
     with pytest.raises(ValueError, match=r"node 'conv' \(QLinearConv\): missing input 3"):
@@ -394,6 +495,8 @@ def test_report_counts():
     # runs last in this module: every comparison above was exact
     print(f"\nMLAS path here: {host_path('mlas')}")
     for key, (tensors, n, inter, ulp) in sorted(COUNTS.items()):
-        print(f"{key}: {tensors} tensors, {n} elements ({inter} in intermediates) equal"
-              + (f", except {ulp} float32 elements within 1e-6" if ulp else ""))
+        print(
+            f"{key}: {tensors} tensors, {n} elements ({inter} in intermediates) equal"
+            + (f", except {ulp} float32 elements within 1e-6" if ulp else "")
+        )
         assert n > 0

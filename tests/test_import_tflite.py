@@ -22,6 +22,7 @@ from npquant.models.io import FileFormatError
 
 # ---- the models --------------------------------------------------------------------------
 
+
 class _Maker:
     """Tensors with qparams and shapes, and layers with the converter's constants. Output
     scales come from the expected spread of the accumulator, so codes use the range."""
@@ -33,8 +34,13 @@ class _Maker:
         self.shape = {}
 
     def act(self, name, shape, scale, zp, dtype="int8"):
-        i = self.b.tensor(name, shape, dtype, scale=None if dtype == "float32" else scale,
-                          zero_point=None if dtype == "float32" else zp)
+        i = self.b.tensor(
+            name,
+            shape,
+            dtype,
+            scale=None if dtype == "float32" else scale,
+            zero_point=None if dtype == "float32" else zp,
+        )
         self.q[i], self.shape[i] = (np.float32(scale), zp), tuple(shape)
         return i
 
@@ -53,20 +59,44 @@ class _Maker:
         sx = self.q[x][0]
         bq, bs = bias(self.rng, cout, sx, sw, 40 * 50 * np.sqrt(kk) / 4)
         eff = (k - 1) * dil + 1
-        oh, ow = ((h + stride - 1) // stride, (w + stride - 1) // stride) if padding == "same" else \
-            ((h - eff) // stride + 1, (w - eff) // stride + 1)
+        oh, ow = (
+            ((h + stride - 1) // stride, (w + stride - 1) // stride)
+            if padding == "same"
+            else ((h - eff) // stride + 1, (w - eff) // stride + 1)
+        )
         sy, zy = out_q or (self.out_scale(x, kk, sw), -100 if act else 3)
-        wi = self.b.tensor(f"{name}/w", wq.shape, scale=sw, zero_point=np.zeros(cout, int),
-                           axis=3 if depthwise_mult else 0, data=wq)
+        wi = self.b.tensor(
+            f"{name}/w", wq.shape, scale=sw, zero_point=np.zeros(cout, int), axis=3 if depthwise_mult else 0, data=wq
+        )
         bi = self.b.tensor(f"{name}/b", (cout,), "int32", scale=bs, zero_point=np.zeros(cout, int), data=bq)
         y = self.act(name, (n, oh, ow, cout), sy, zy)
         if depthwise_mult:
-            self.b.op("DEPTHWISE_CONV_2D", [x, wi, bi], [y], "DepthwiseConv2DOptions", Padding=padding,
-                      StrideW=stride, StrideH=stride, DepthMultiplier=depthwise_mult, activation=act,
-                      DilationWFactor=dil, DilationHFactor=dil)
+            self.b.op(
+                "DEPTHWISE_CONV_2D",
+                [x, wi, bi],
+                [y],
+                "DepthwiseConv2DOptions",
+                Padding=padding,
+                StrideW=stride,
+                StrideH=stride,
+                DepthMultiplier=depthwise_mult,
+                activation=act,
+                DilationWFactor=dil,
+                DilationHFactor=dil,
+            )
         else:
-            self.b.op("CONV_2D", [x, wi, bi], [y], "Conv2DOptions", Padding=padding, StrideW=stride,
-                      StrideH=stride, activation=act, DilationWFactor=dil, DilationHFactor=dil)
+            self.b.op(
+                "CONV_2D",
+                [x, wi, bi],
+                [y],
+                "Conv2DOptions",
+                Padding=padding,
+                StrideW=stride,
+                StrideH=stride,
+                activation=act,
+                DilationWFactor=dil,
+                DilationHFactor=dil,
+            )
         return y
 
     def fc(self, x, o, act=None, per_channel=True, name="fc"):
@@ -115,11 +145,21 @@ def cnn_model():
     s6 = np.float32(6.5 / 255)  # RELU6 clamps inside the code range
     d1 = m.conv(c1, None, 3, 1, "same", "relu6", name="depthwise", depthwise_mult=2, out_q=(s6, -128))
     ap = m.act("avg_pool", (2, 6, 5, 12), *m.q[d1])
-    m.b.op("AVERAGE_POOL_2D", [d1], [ap], "Pool2DOptions", Padding="same", StrideW=1, StrideH=1, FilterWidth=2,
-           FilterHeight=2)
+    m.b.op(
+        "AVERAGE_POOL_2D",
+        [d1],
+        [ap],
+        "Pool2DOptions",
+        Padding="same",
+        StrideW=1,
+        StrideH=1,
+        FilterWidth=2,
+        FilterHeight=2,
+    )
     mp = m.act("max_pool", (2, 3, 3, 12), *m.q[d1])
-    m.b.op("MAX_POOL_2D", [ap], [mp], "Pool2DOptions", Padding="same", StrideW=2, StrideH=2, FilterWidth=3,
-           FilterHeight=3)
+    m.b.op(
+        "MAX_POOL_2D", [ap], [mp], "Pool2DOptions", Padding="same", StrideW=2, StrideH=2, FilterWidth=3, FilterHeight=3
+    )
     fl = m.act("flatten", (2, 108), *m.q[d1])
     shape = m.b.tensor("flatten/shape", (2,), "int32", data=np.array([-1, 108], np.int32))
     m.b.op("RESHAPE", [mp, shape], [fl], "ReshapeOptions", NewShape=[-1, 108])
@@ -187,6 +227,7 @@ def built():
 
 # ---- LiteRT's reference kernels: every tensor, bit for bit ----------------------------------
 
+
 @pytest.mark.parametrize("name", MODELS)
 def test_matches_litert_reference_kernels(built, name):
     pytest.importorskip("ai_edge_litert")
@@ -207,8 +248,14 @@ def test_matches_litert_reference_kernels(built, name):
 
 def test_graph_ops_and_layout(built):
     g = imp.from_tflite(built["cnn"][0])
-    assert [n.op for n in g.nodes] == ["qconv2d_nhwc", "qconv2d_nhwc", "qavgpool2d_nhwc", "qmaxpool2d_nhwc",
-                                       "qreshape", "qfully_connected"]
+    assert [n.op for n in g.nodes] == [
+        "qconv2d_nhwc",
+        "qconv2d_nhwc",
+        "qavgpool2d_nhwc",
+        "qmaxpool2d_nhwc",
+        "qreshape",
+        "qfully_connected",
+    ]
     conv, dw = g.nodes[0], g.nodes[1]
     assert conv.attrs["padding"] == [0, 1, 0, 1] and conv.attrs["stride"] == [2, 2]  # 12 -> 6, 10 -> 5
     assert dw.attrs["groups"] == 6 and dw.params["weight"].shape == (12, 1, 3, 3)
@@ -218,12 +265,12 @@ def test_graph_ops_and_layout(built):
     assert g.node("4:RESHAPE").attrs["shape"] == [0, 108]
     out = g.run(built["cnn"][1], keep_intermediates=True)
     assert out["conv"].shape == (2, 6, 5, 6)  # NHWC
-    assert imp.from_tflite(built["cnn"][0], profile={"FULLY_CONNECTED": "tflite"}).nodes[-1].attrs["mode"] == \
-        "tflite"
+    assert imp.from_tflite(built["cnn"][0], profile={"FULLY_CONNECTED": "tflite"}).nodes[-1].attrs["mode"] == "tflite"
 
 
 def test_graph_saves_and_loads(built, tmp_path):
     from npquant.models.graph import load_graph, save_graph
+
     model, x = built["concat"]
     g = imp.from_tflite(model)
     save_graph(tmp_path / "g.npz", g)
@@ -235,6 +282,7 @@ def test_graph_saves_and_loads(built, tmp_path):
 
 
 # ---- FULLY_CONNECTED rounds once, ties away from zero (a per-op profile) -----------------------
+
 
 def _fc_ties_model(per_channel):
     """K = 1, w = 1, power-of-two scales: acc * M hits exact halves, both signs."""
@@ -274,8 +322,16 @@ def _ties_model():
     d = b.tensor("depthwise", (1, 10, 20, 1), scale=s(2**-3), zero_point=0)
     m = b.tensor("mul", (1, 10, 20, 1), scale=s(2**-3), zero_point=0)
     b.op("CONV_2D", [x, w, bb], [c], "Conv2DOptions", Padding="valid", StrideW=1, StrideH=1)
-    b.op("DEPTHWISE_CONV_2D", [x, wd, bb], [d], "DepthwiseConv2DOptions", Padding="valid", StrideW=1, StrideH=1,
-         DepthMultiplier=1)
+    b.op(
+        "DEPTHWISE_CONV_2D",
+        [x, wd, bb],
+        [d],
+        "DepthwiseConv2DOptions",
+        Padding="valid",
+        StrideW=1,
+        StrideH=1,
+        DepthMultiplier=1,
+    )
     b.op("MUL", [x, w], [m], "MulOptions")
     return b.build([x], [c, d, m]), np.arange(-100, 100, dtype=np.int8).reshape(1, 10, 20, 1)
 
@@ -304,16 +360,21 @@ def test_conv_depthwise_and_mul_round_twice():
 # ties (mlp, which rounds them half to even); the builtin DEQUANTIZE (mlp). Fully
 # connected layers match on these inputs but not at exact ties (test_fully_connected_ties_
 # in_optimized_kernels).
-_ALL = {"mlp": ["1:FULLY_CONNECTED", "2:FULLY_CONNECTED", "3:FULLY_CONNECTED", "4:DEQUANTIZE"],
-        "cnn": ["0:CONV_2D", "2:AVERAGE_POOL_2D", "3:MAX_POOL_2D", "4:RESHAPE", "5:FULLY_CONNECTED"],
-        "residual": ["0:CONV_2D", "2:ADD", "3:DEPTHWISE_CONV_2D"],
-        "concat": ["0:CONV_2D", "1:CONCATENATION", "2:PAD", "4:MEAN", "5:MEAN", "7:QUANTIZE"]}
+_ALL = {
+    "mlp": ["1:FULLY_CONNECTED", "2:FULLY_CONNECTED", "3:FULLY_CONNECTED", "4:DEQUANTIZE"],
+    "cnn": ["0:CONV_2D", "2:AVERAGE_POOL_2D", "3:MAX_POOL_2D", "4:RESHAPE", "5:FULLY_CONNECTED"],
+    "residual": ["0:CONV_2D", "2:ADD", "3:DEPTHWISE_CONV_2D"],
+    "concat": ["0:CONV_2D", "1:CONCATENATION", "2:PAD", "4:MEAN", "5:MEAN", "7:QUANTIZE"],
+}
 OPTIMIZED_MATCHES = {
     "BUILTIN": _ALL,
     "AUTO": _ALL,
     "BUILTIN_WITHOUT_DEFAULT_DELEGATES": {
-        "mlp": _ALL["mlp"][:3], "cnn": _ALL["cnn"] + ["1:DEPTHWISE_CONV_2D"], "residual": _ALL["residual"],
-        "concat": _ALL["concat"] + ["3:MUL", "6:MEAN"]},
+        "mlp": _ALL["mlp"][:3],
+        "cnn": _ALL["cnn"] + ["1:DEPTHWISE_CONV_2D"],
+        "residual": _ALL["residual"],
+        "concat": _ALL["concat"] + ["3:MUL", "6:MEAN"],
+    },
 }
 
 
@@ -323,8 +384,10 @@ def _measured_cpu():
     from npquant._kernels.cpu import cpu_features
 
     if not {"avx512f", "avx512bw", "avx512vl"} <= cpu_features():
-        pytest.skip("LiteRT's optimized kernels were measured on an AVX-512 CPU; this CPU takes other "
-                    "micro-kernels (the reference kernels are compared on every CPU)")
+        pytest.skip(
+            "LiteRT's optimized kernels were measured on an AVX-512 CPU; this CPU takes other "
+            "micro-kernels (the reference kernels are compared on every CPU)"
+        )
 
 
 def per_op_mismatches(model, x, op_resolver):
@@ -368,6 +431,7 @@ def test_fully_connected_ties_in_optimized_kernels():
 
 
 # ---- errors ----------------------------------------------------------------------------------------
+
 
 def test_unsupported_operator_is_named(built):
     b = TFLiteBuilder()
@@ -414,6 +478,7 @@ def test_bad_arguments(built, tmp_path):
 
 def test_missing_package_names_the_extra(built, monkeypatch):
     import sys
+
     monkeypatch.setitem(sys.modules, "tflite", None)  # import tflite raises ImportError
     with pytest.raises(ModuleNotFoundError, match=r"npquant\[tflite\]"):
         imp.from_tflite(built["mlp"][0])
@@ -434,8 +499,7 @@ def test_operator_errors_name_the_operator():
     b = TFLiteBuilder()  # a pooling layer whose output has other qparams than its input
     x = b.tensor("x", (1, 4, 4, 2), scale=0.1, zero_point=0)
     y = b.tensor("y", (1, 2, 2, 2), scale=0.2, zero_point=0)
-    b.op("MAX_POOL_2D", [x], [y], "Pool2DOptions", Padding="valid", StrideW=2, StrideH=2, FilterWidth=2,
-         FilterHeight=2)
+    b.op("MAX_POOL_2D", [x], [y], "Pool2DOptions", Padding="valid", StrideW=2, StrideH=2, FilterWidth=2, FilterHeight=2)
     with pytest.raises(ValueError, match=r"operator 0 \(MAX_POOL_2D\): the output 'y' must have the input's"):
         imp.from_tflite(b.build([x], [y]))
     b = TFLiteBuilder()  # a float model
@@ -450,19 +514,25 @@ def test_operator_errors_name_the_operator():
 def test_graph_ops_check_their_arguments():
     from npquant.models.graph import Graph, Node
     from npquant.qparams import QParams, QuantSpec
+
     qp = QParams(np.float32(0.1), 3, QuantSpec())
     with pytest.raises(ValueError, match="pads"):
         Graph([Node("p", "qpad", ["x"], ["y"], {"pads": [1, 2]})], ["x"], ["y"], input_qparams={"x": qp})
     with pytest.raises(ValueError, match="axes"):
         Graph([Node("m", "qmean", ["x"], ["y"], {"axes": [], "output": qp})], ["x"], ["y"], input_qparams={"x": qp})
     with pytest.raises(ValueError, match="value"):
-        Graph([Node("c", "qconstant", [], ["y"], {"output": qp}, {"value": np.array([300], np.int32)})], ["x"], ["y"],
-              input_qparams={"x": qp})
+        Graph(
+            [Node("c", "qconstant", [], ["y"], {"output": qp}, {"value": np.array([300], np.int32)})],
+            ["x"],
+            ["y"],
+            input_qparams={"x": qp},
+        )
     g = Graph([Node("p", "qpad", ["x"], ["y"], {"pads": [[0, 0], [1, 2]]})], ["x"], ["y"], input_qparams={"x": qp})
     np.testing.assert_array_equal(g(np.ones((1, 2), np.int8)), [[3, 1, 1, 3, 3]])  # padded with Z = 3
     with pytest.raises(ValueError, match="NHWC"):
-        Graph([Node("m", "qmaxpool2d_nhwc", ["x"], ["y"], {"kernel_size": 2})], ["x"], ["y"],
-              input_qparams={"x": qp})(np.zeros((2, 2), np.int8))
+        Graph([Node("m", "qmaxpool2d_nhwc", ["x"], ["y"], {"kernel_size": 2})], ["x"], ["y"], input_qparams={"x": qp})(
+            np.zeros((2, 2), np.int8)
+        )
 
 
 def test_explain_traces_nhwc_pools_and_mul(built):
@@ -487,7 +557,8 @@ def test_explain_traces_nhwc_pools_and_mul(built):
                 ideal = t.float_result / float(np.float32(qp.scale)) + int(qp.zero_point)
                 assert t.code == int(y[idx]) and abs(min(max(ideal, qp.spec.qmin), qp.spec.qmax) - t.code) <= 1.0
                 if node.op == "qmaxpool2d_nhwc":
-                    assert min(max(max(e[2] for e in t.elements), qp.spec.qmin), qp.spec.qmax) == t.code or \
-                        node.attrs.get("activation") not in (None, "none")
+                    assert min(
+                        max(max(e[2] for e in t.elements), qp.spec.qmin), qp.spec.qmax
+                    ) == t.code or node.attrs.get("activation") not in (None, "none")
             seen.add(node.op)
     assert seen == {"qmaxpool2d_nhwc", "qavgpool2d_nhwc", "qmul"}

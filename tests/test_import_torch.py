@@ -108,10 +108,13 @@ def _models(torch, plus: bool = False):
             return self.dequant(self.fc3(self.cat2.cat([self.fc1(y), self.fc2(y)], dim=1)))
 
     torch.manual_seed(0)
-    models = {"mlp": (MLP(), []), "cnn": (CNN(), [["conv1", "relu1"], ["conv2", "relu2"]]),
-              "depthwise": (Depthwise(), [["pw", "bn1"], ["dw", "bn2"]]),
-              "resblock": (ResBlock(), [["stem", "stem_relu"], ["conv1", "bn1", "relu1"], ["conv2", "bn2"]]),
-              "cat": (Cat(), [["b1", "b1r"], ["b2", "b2r"]])}
+    models = {
+        "mlp": (MLP(), []),
+        "cnn": (CNN(), [["conv1", "relu1"], ["conv2", "relu2"]]),
+        "depthwise": (Depthwise(), [["pw", "bn1"], ["dw", "bn2"]]),
+        "resblock": (ResBlock(), [["stem", "stem_relu"], ["conv1", "bn1", "relu1"], ["conv2", "bn2"]]),
+        "cat": (Cat(), [["b1", "b1r"], ["b2", "b2r"]]),
+    }
     g = torch.Generator().manual_seed(1)
     for model, _ in models.values():
         for m in model.modules():
@@ -142,8 +145,10 @@ def _ptq(torch, model, fuse, per_channel=True):
 
     if fuse:
         fuse_modules(model, fuse, inplace=True)
-    model.qconfig = QConfig(activation=MinMaxObserver.with_args(dtype=torch.quint8),
-                            weight=default_per_channel_weight_observer if per_channel else default_weight_observer)
+    model.qconfig = QConfig(
+        activation=MinMaxObserver.with_args(dtype=torch.quint8),
+        weight=default_per_channel_weight_observer if per_channel else default_weight_observer,
+    )
     prepare(model, inplace=True)
     g = torch.Generator().manual_seed(3)
     with torch.no_grad():
@@ -280,8 +285,16 @@ def test_quantized_backbone_with_a_float_head(torch, fbgemm_threads):
     _ptq(torch, model, [])
     x = _example(torch)
     g = from_torch_quantized(model, x)
-    assert g.kind == "mixed" and [n.op for n in g.nodes] == ["quantize", "qconv2d", "qrelu", "qconv2d", "qrelu",
-                                                             "dequantize", "flatten", "linear"]
+    assert g.kind == "mixed" and [n.op for n in g.nodes] == [
+        "quantize",
+        "qconv2d",
+        "qrelu",
+        "qconv2d",
+        "qrelu",
+        "dequantize",
+        "flatten",
+        "linear",
+    ]
     assert [n.name for n in g.nodes if n.op == "qrelu"] == ["relu", "relu_1"]
     got = g.run(x.numpy(), keep_intermediates=True)
     want = torch_intermediates(model, x)
@@ -297,8 +310,10 @@ def test_report_counts(torch):
     record of what was compared); it runs after them in file order."""
     print(f"\nfbgemm path here: {host_path('fbgemm')}")
     for k, (n, differ) in COUNTS.items():
-        print(f"{k}: {n} elements compared, 0 differ" + (f" (accumulation='exact': {differ} differ)"
-                                                          if k.startswith("quantized") else ""))
+        print(
+            f"{k}: {n} elements compared, 0 differ"
+            + (f" (accumulation='exact': {differ} differ)" if k.startswith("quantized") else "")
+        )
     assert all(n > 0 for n, _ in COUNTS.values())
 
 
@@ -356,8 +371,12 @@ def test_qconcat_equals_quantized_cat(torch, channels_last):
         iqp = {k: QParams(s, z, U) for k, (_, s, z, _) in zip(names, ins)}
         outs = {}
         for fmt in ("contiguous", "channels_last"):
-            g = Graph([Node("cat", "qconcat", names, ["y"], {"output": QParams(so, zo, U), "memory_format": fmt})],
-                      names, ["y"], input_qparams=iqp)
+            g = Graph(
+                [Node("cat", "qconcat", names, ["y"], {"output": QParams(so, zo, U), "memory_format": fmt})],
+                names,
+                ["y"],
+                input_qparams=iqp,
+            )
             outs[fmt] = g(*[q for q, *_ in ins])
         np.testing.assert_array_equal(outs["channels_last" if channels_last else "contiguous"], want)
         wrong_kernel += int((outs["contiguous" if channels_last else "channels_last"] != want).sum())
@@ -384,9 +403,20 @@ def test_qadd_channels_last_follows_memory_order(torch):
     U = QuantSpec(signed=False)
     out = {}
     for fmt in ("contiguous", "channels_last"):
-        g = Graph([Node("add", "qadd", ["a", "b"], ["y"], {"output": QParams(so, zo, U), "mode": "torch",
-                                                           "memory_format": fmt})],
-                  ["a", "b"], ["y"], input_qparams={"a": QParams(sa, za, U), "b": QParams(sb, zb, U)})
+        g = Graph(
+            [
+                Node(
+                    "add",
+                    "qadd",
+                    ["a", "b"],
+                    ["y"],
+                    {"output": QParams(so, zo, U), "mode": "torch", "memory_format": fmt},
+                )
+            ],
+            ["a", "b"],
+            ["y"],
+            input_qparams={"a": QParams(sa, za, U), "b": QParams(sb, zb, U)},
+        )
         out[fmt] = g(qa, qb)
     np.testing.assert_array_equal(out["channels_last"], want)
     assert out["contiguous"][0, 0, 5, 2] == 209 and want[0, 0, 5, 2] == 208
@@ -425,8 +455,9 @@ def test_identity_skip_adds_tensors_of_two_memory_formats(torch, fbgemm_threads,
     from torch.ao.quantization import MinMaxObserver, QConfig, convert, default_per_channel_weight_observer, prepare
 
     torch.ao.quantization.fuse_modules(model, fuse, inplace=True)
-    model.qconfig = QConfig(activation=MinMaxObserver.with_args(dtype=torch.quint8),
-                            weight=default_per_channel_weight_observer)
+    model.qconfig = QConfig(
+        activation=MinMaxObserver.with_args(dtype=torch.quint8), weight=default_per_channel_weight_observer
+    )
     prepare(model, inplace=True)
     g = torch.Generator().manual_seed(3)
     with torch.no_grad():
@@ -461,8 +492,11 @@ def test_unsupported_and_refused(torch, fbgemm_threads):
 
     with pytest.raises(ValueError, match=r"node 'mul': function mul is not supported"):
         from_torch(Mul().eval(), x)
-    for pool, match in [(nn.MaxPool2d(2, dilation=2), "dilation=2"), (nn.MaxPool2d(2, ceil_mode=True), "ceil_mode=True"),
-                        (nn.AvgPool2d(2, divisor_override=3), "divisor_override=3")]:
+    for pool, match in [
+        (nn.MaxPool2d(2, dilation=2), "dilation=2"),
+        (nn.MaxPool2d(2, ceil_mode=True), "ceil_mode=True"),
+        (nn.AvgPool2d(2, divisor_override=3), "divisor_override=3"),
+    ]:
         with pytest.raises(ValueError, match=rf"node 'pool'.*{match} is not supported"):
             from_torch(_Wrap(torch, pool).eval(), x)
     with pytest.raises(ValueError, match="training mode"):
@@ -479,7 +513,10 @@ def test_unsupported_and_refused(torch, fbgemm_threads):
         from_torch_quantized(model, x)
     model, fuse = _models(torch)["cnn"]
     _ptq(torch, model, fuse)
-    with pytest.raises(ValueError, match=r"node .quant.: module .quant. of type Quantize .*use npquant\.importers\.torch\.from_torch_quantized"):
+    with pytest.raises(
+        ValueError,
+        match=r"node .quant.: module .quant. of type Quantize .*use npquant\.importers\.torch\.from_torch_quantized",
+    ):
         from_torch(model, x)
     with pytest.raises(ValueError, match="accumulation must be one of"):
         from_torch_quantized(model, x, accumulation="vnni")
@@ -493,6 +530,7 @@ def _Wrap(torch, pool):
 
         def forward(self, x):
             return self.pool(x)
+
     return W()
 
 

@@ -6,9 +6,13 @@ from npquant.models.io import load_state_dict, read_safetensors, save_state_dict
 
 def _state():
     rng = np.random.default_rng(0)
-    return {"a.weight": rng.normal(size=(3, 4)).astype(np.float32), "a.bias": np.arange(3, dtype=np.float64),
-            "n": np.array(7, np.int64), "m": rng.integers(0, 255, (2, 2, 2)).astype(np.uint8),
-            "e": np.zeros((0, 3), np.float32)}
+    return {
+        "a.weight": rng.normal(size=(3, 4)).astype(np.float32),
+        "a.bias": np.arange(3, dtype=np.float64),
+        "n": np.array(7, np.int64),
+        "m": rng.integers(0, 255, (2, 2, 2)).astype(np.uint8),
+        "e": np.zeros((0, 3), np.float32),
+    }
 
 
 @pytest.mark.parametrize("ext", ["npz", "safetensors"])

@@ -21,14 +21,26 @@ def _both(x, zx, geo, kh, kw, **kw_):
     return got, (oh, ow)
 
 
-@given(n=st.integers(1, 2), groups=st.integers(1, 3), cg=st.integers(1, 3), h=st.integers(1, 7),
-       wd=st.integers(1, 7), kh=st.integers(1, 3), kw=st.integers(1, 3),
-       stride=st.tuples(st.integers(1, 3), st.integers(1, 3)),
-       dilation=st.tuples(st.integers(1, 3), st.integers(1, 3)),
-       pads=st.tuples(*[st.integers(0, 4)] * 4), signed=st.booleans(), u8=st.booleans(),
-       extra=st.integers(0, 70), tap_major=st.booleans(), seed=st.integers(0, 2**32 - 1))
-def test_im2col_kernel_equals_twin(n, groups, cg, h, wd, kh, kw, stride, dilation, pads, signed, u8, extra,
-                                   tap_major, seed):
+@given(
+    n=st.integers(1, 2),
+    groups=st.integers(1, 3),
+    cg=st.integers(1, 3),
+    h=st.integers(1, 7),
+    wd=st.integers(1, 7),
+    kh=st.integers(1, 3),
+    kw=st.integers(1, 3),
+    stride=st.tuples(st.integers(1, 3), st.integers(1, 3)),
+    dilation=st.tuples(st.integers(1, 3), st.integers(1, 3)),
+    pads=st.tuples(*[st.integers(0, 4)] * 4),
+    signed=st.booleans(),
+    u8=st.booleans(),
+    extra=st.integers(0, 70),
+    tap_major=st.booleans(),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_im2col_kernel_equals_twin(
+    n, groups, cg, h, wd, kh, kw, stride, dilation, pads, signed, u8, extra, tap_major, seed
+):
     geo = conv_geometry(stride, pads, dilation, groups)
     oh, ow = geo.output_size(h, wd, kh, kw)
     assume(oh >= 1 and ow >= 1)
@@ -64,8 +76,7 @@ def test_im2col_padding_reads_zero_point_and_views(signed):
     assert (first == zx + (128 if signed else 0)).all()
     nhwc = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
     assert not nhwc.flags.c_contiguous
-    np.testing.assert_array_equal(_both(nhwc, zx, geo, 2, 3, off=128 if signed else 0, kp=16, dtype=np.uint8)[0],
-                                  cols)
+    np.testing.assert_array_equal(_both(nhwc, zx, geo, 2, 3, off=128 if signed else 0, kp=16, dtype=np.uint8)[0], cols)
     _both(x.astype(np.int16) * 300, -1000, geo, 2, 3)
     a, _ = _both(x, zx, geo, 2, 3)
     b, _ = _both(x, zx, geo, 2, 3, tap_major=True)

@@ -32,7 +32,7 @@ def test_random_and_tie_accumulators(per_channel, with_bias, relu):
 
 
 def test_overflow_and_extremes_give_int32_min():
-    acc = np.array([[2**31 - 1, -2**31, 0, 1, -1, 2072640]], np.int32)
+    acc = np.array([[2**31 - 1, -(2**31), 0, 1, -1, 2072640]], np.int32)
     out = _both(acc, 1.0, 1.0, 1e-5, 10)
     assert out[0, 0] == 0 and out[0, 5] == 0  # beyond int32 after scaling: INT32_MIN + Z_y -> 0
     _both(acc, 1.0, 1.0, 1e-5, 10, relu=True)
@@ -40,8 +40,7 @@ def test_overflow_and_extremes_give_int32_min():
         _both(acc, 3.0e38, 3.0e38, 1e-30, 0)  # an infinite multiplier
 
 
-@pytest.mark.parametrize("shape, axis", [((0, 4), -1), ((3, 0), 0), ((1, 1), -1), ((2, 5, 3, 3), 1),
-                                          ((4, 6), 0)])
+@pytest.mark.parametrize("shape, axis", [((0, 4), -1), ((3, 0), 0), ((1, 1), -1), ((2, 5, 3, 3), 1), ((4, 6), 0)])
 def test_shapes_and_axes(shape, axis):
     rng = np.random.default_rng(len(shape))
     acc = rng.integers(-5000, 5000, shape).astype(np.int32)

@@ -19,8 +19,9 @@ from npquant.qnn.linear import linear_accumulate
 RUNS_VNNI = simd.HAVE_VNNI or config.DISABLE_JIT
 RUNS_AVX2 = simd.HAVE_AVX2 or config.DISABLE_JIT
 KERNELS = [
-    pytest.param(kg.gemm_u8s8_vnni, id="vnni",
-                 marks=pytest.mark.skipif(not RUNS_VNNI, reason="this CPU has no AVX-512 VNNI")),
+    pytest.param(
+        kg.gemm_u8s8_vnni, id="vnni", marks=pytest.mark.skipif(not RUNS_VNNI, reason="this CPU has no AVX-512 VNNI")
+    ),
     pytest.param(kg.gemm_u8s8_portable, id="portable"),
 ]
 
@@ -32,14 +33,27 @@ def _operands(rng, m, o, kp, extreme=False):
     else:
         xu = rng.integers(0, 256, (m, kp), dtype=np.uint8)
         ws = rng.integers(-128, 128, (o, kp), dtype=np.int8)
-    dw = rng.integers(-2**31, 2**31, o, dtype=np.int64).astype(np.int32)
-    col = rng.integers(-2**31, 2**31, o, dtype=np.int64).astype(np.int32)
+    dw = rng.integers(-(2**31), 2**31, o, dtype=np.int64).astype(np.int32)
+    col = rng.integers(-(2**31), 2**31, o, dtype=np.int64).astype(np.int32)
     return xu, ws, dw, col
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
-@pytest.mark.parametrize("m, o, kp", [(0, 4, 64), (3, 0, 64), (0, 0, 64), (1, 1, 64), (1, 4, 64),
-                                      (1, 9, 128), (4, 4, 64), (5, 7, 128), (9, 13, 192), (8, 8, 320)])
+@pytest.mark.parametrize(
+    "m, o, kp",
+    [
+        (0, 4, 64),
+        (3, 0, 64),
+        (0, 0, 64),
+        (1, 1, 64),
+        (1, 4, 64),
+        (1, 9, 128),
+        (4, 4, 64),
+        (5, 7, 128),
+        (9, 13, 192),
+        (8, 8, 320),
+    ],
+)
 def test_kernel_equals_twin(kernel, m, o, kp):
     rng = np.random.default_rng(m * 1000 + o * 10 + kp)
     xu, ws, dw, col = _operands(rng, m, o, kp)
@@ -69,8 +83,21 @@ def test_kernel_on_row_views(kernel):
 
 
 @pytest.mark.skipif(not RUNS_VNNI, reason="this CPU has no AVX-512 VNNI")
-@pytest.mark.parametrize("m, o, k", [(0, 5, 8), (6, 0, 4), (1, 1, 1), (5, 64, 4), (6, 64, 4), (7, 65, 12),
-                                     (13, 130, 72), (12, 8, 9), (18, 17, 100), (40, 200, 36)])
+@pytest.mark.parametrize(
+    "m, o, k",
+    [
+        (0, 5, 8),
+        (6, 0, 4),
+        (1, 1, 1),
+        (5, 64, 4),
+        (6, 64, 4),
+        (7, 65, 12),
+        (13, 130, 72),
+        (12, 8, 9),
+        (18, 17, 100),
+        (40, 200, 36),
+    ],
+)
 def test_packed_kernel_equals_twin(m, o, k):
     rng = np.random.default_rng(m * 1000 + o * 10 + k)
     kp = -(-k // 4) * 4 if k else 4
@@ -111,10 +138,11 @@ def test_public_fast_path_equals_numpy_backend(x_signed, w_signed, k, rows):
     x_spec = QuantSpec(bits=8, signed=x_signed)
     w_spec = QuantSpec(bits=8, signed=w_signed, axis=0)
     x_qp = QParams(np.float32(0.05), np.int32(3 if x_signed else 131), x_spec)
-    w_qp = QParams(np.full(o, 0.01, np.float32), rng.integers(-5, 5, o).astype(np.int32) + (0 if w_signed else 128),
-                   w_spec)
+    w_qp = QParams(
+        np.full(o, 0.01, np.float32), rng.integers(-5, 5, o).astype(np.int32) + (0 if w_signed else 128), w_spec
+    )
     w = _bytes(rng, (o, k), w_signed)
-    bias = rng.integers(-10**6, 10**6, o).astype(np.int32)
+    bias = rng.integers(-(10**6), 10**6, o).astype(np.int32)
     big = _bytes(rng, (rows, 2 * k), x_signed)
     for x in (big[:, ::2], np.asfortranarray(big[:, :k]), big[:1, :k]):
         ref = linear_accumulate(x, x_qp, w, w_qp, bias, backend="numpy")
@@ -147,10 +175,24 @@ if RUNS_VNNI:
 
     @njit
     def _reduce_store(a, out):
-        r = simd.vreduce16(simd.vload(a[0], 0), simd.vload(a[1], 0), simd.vload(a[2], 0), simd.vload(a[3], 0),
-                           simd.vload(a[4], 0), simd.vload(a[5], 0), simd.vload(a[6], 0), simd.vload(a[7], 0),
-                           simd.vload(a[8], 0), simd.vload(a[9], 0), simd.vload(a[10], 0), simd.vload(a[11], 0),
-                           simd.vload(a[12], 0), simd.vload(a[13], 0), simd.vload(a[14], 0), simd.vload(a[15], 0))
+        r = simd.vreduce16(
+            simd.vload(a[0], 0),
+            simd.vload(a[1], 0),
+            simd.vload(a[2], 0),
+            simd.vload(a[3], 0),
+            simd.vload(a[4], 0),
+            simd.vload(a[5], 0),
+            simd.vload(a[6], 0),
+            simd.vload(a[7], 0),
+            simd.vload(a[8], 0),
+            simd.vload(a[9], 0),
+            simd.vload(a[10], 0),
+            simd.vload(a[11], 0),
+            simd.vload(a[12], 0),
+            simd.vload(a[13], 0),
+            simd.vload(a[14], 0),
+            simd.vload(a[15], 0),
+        )
         simd.vstore4(out, 0, 0, r, 0)
         simd.vstore4(out, 1, 0, r, 1)
         simd.vstore4(out, 2, 0, r, 2)
@@ -179,11 +221,12 @@ def test_vbcast4_and_masked_vstore16(n):
     _bcast_store(a, out, n)
     word = int(a[4:8].view("<i4")[0])
     want = np.full((2, 24), -1, np.int32)
-    want[1, 3:3 + min(max(n, 0), 16)] = word
+    want[1, 3 : 3 + min(max(n, 0), 16)] = word
     np.testing.assert_array_equal(out, want)
 
 
 if RUNS_VNNI:
+
     @njit
     def _bcast_store(a, out, n):
         simd.vstore16(out, 1, 3, simd.vbcast4(a, 4), n)
@@ -192,7 +235,7 @@ if RUNS_VNNI:
 @pytest.mark.skipif(not RUNS_VNNI, reason="this CPU has no AVX-512 VNNI")
 def test_vreduce16_puts_sum_j_in_lane_j():
     rng = np.random.default_rng(6)
-    rows = rng.integers(-2**31, 2**31, (16, 16), dtype=np.int64).astype(np.int32)
+    rows = rng.integers(-(2**31), 2**31, (16, 16), dtype=np.int64).astype(np.int32)
     a = np.ascontiguousarray(rows).view(np.uint8)  # (16, 64) bytes, one vector a row
     out = np.zeros((4, 4), np.int32)
     _reduce_store(a, out)
@@ -201,6 +244,7 @@ def test_vreduce16_puts_sum_j_in_lane_j():
 
 
 # ---- the AVX2 kernels: exact (vpmaddwd) and pair-saturating (vpmaddubsw) -------------
+
 
 def _wrap(v):
     return (((np.asarray(v, np.int64) + 2**31) & 0xFFFFFFFF) - 2**31).astype(np.int32)
@@ -220,16 +264,20 @@ def _sat16_reference(xu, ws, dw, col):
 def _pad_rows(ws, kp):
     """The layout of the portable pair-saturating kernel: rows zero-padded to kp."""
     out = np.zeros((ws.shape[0], kp), np.int8)
-    out[:, :ws.shape[1]] = ws
+    out[:, : ws.shape[1]] = ws
     return out
 
 
 _skip_avx2 = pytest.mark.skipif(not RUNS_AVX2, reason="this CPU has no AVX2")
 AVX2_KERNELS = [  # with the portable pair-saturating kernel, which runs on any CPU
-    pytest.param((kg.gemm_u8s8_avx2, kg.pack_panels_avx2, kg.AVX2_K_ALIGN, _gemm_u8s8_numpy), id="avx2",
-                 marks=_skip_avx2),
-    pytest.param((kg.gemm_u8s8_avx2_sat16, kg.pack_panels_avx2_sat16, kg.AVX2_SAT16_K_ALIGN, _sat16_reference),
-                 id="avx2_sat16", marks=_skip_avx2),
+    pytest.param(
+        (kg.gemm_u8s8_avx2, kg.pack_panels_avx2, kg.AVX2_K_ALIGN, _gemm_u8s8_numpy), id="avx2", marks=_skip_avx2
+    ),
+    pytest.param(
+        (kg.gemm_u8s8_avx2_sat16, kg.pack_panels_avx2_sat16, kg.AVX2_SAT16_K_ALIGN, _sat16_reference),
+        id="avx2_sat16",
+        marks=_skip_avx2,
+    ),
     pytest.param((kg.gemm_u8s8_pairs_portable, _pad_rows, 2, _sat16_reference), id="pairs_portable"),
 ]
 
@@ -240,12 +288,15 @@ def test_library_pairs_twin_is_the_reference():
         xu, ws, dw, col = _operands(rng, m, o, kp)
         np.testing.assert_array_equal(_gemm_u8s8_numpy(xu, ws, dw, col, pairs=True), _sat16_reference(xu, ws, dw, col))
 
+
 _O = [7, 8, 9, 15, 16, 17, 65]
 _K = [1, 2, 3, 4, 5, 7, 8, 9, 12, 63, 64, 65, 66]
-AVX2_SHAPES = ([(0, 5, 8), (6, 0, 4), (0, 0, 4), (1, 1, 1), (1, 1, 2), (1, 16, 3), (2, 1, 6)]
-               + [(m, _O[m % 7], _K[m - 1]) for m in range(1, 14)]
-               # K over more than one K block of the tiles (512 bytes of a row)
-               + [(6, 17, 300), (13, 9, 530), (1, 16, 1030), (5, 33, 257)])
+AVX2_SHAPES = (
+    [(0, 5, 8), (6, 0, 4), (0, 0, 4), (1, 1, 1), (1, 1, 2), (1, 16, 3), (2, 1, 6)]
+    + [(m, _O[m % 7], _K[m - 1]) for m in range(1, 14)]
+    # K over more than one K block of the tiles (512 bytes of a row)
+    + [(6, 17, 300), (13, 9, 530), (1, 16, 1030), (5, 33, 257)]
+)
 
 
 def _run_avx2(spec, xu, ws, dw, col):
@@ -285,8 +336,8 @@ def test_avx2_kernel_extreme_operands_and_wrapping(spec, w_value, m, o, k):
     dw and col at the int32 extremes make every zero-point term wrap."""
     xu = np.full((m, k), 255, np.uint8)
     ws = np.full((o, k), w_value, np.int8)
-    dw = np.array([2**31 - 1, -2**31, -1, 1] * o, np.int64)[:o].astype(np.int32)
-    col = np.array([-2**31, 2**31 - 1, 12345] * o, np.int64)[:o].astype(np.int32)
+    dw = np.array([2**31 - 1, -(2**31), -1, 1] * o, np.int64)[:o].astype(np.int32)
+    col = np.array([-(2**31), 2**31 - 1, 12345] * o, np.int64)[:o].astype(np.int32)
     out = _run_avx2(spec, xu, ws, dw, col)
     want = spec[3](xu, ws, dw, col)
     np.testing.assert_array_equal(out, want)
@@ -377,16 +428,16 @@ def _lanes_i32(words):
 def test_v8maddwd_is_a_wrapped_word_dot_product():
     rng = np.random.default_rng(11)
     for kp in (32, 64, 320):
-        a = rng.integers(-2**15, 2**15, kp // 2).astype(np.int16)
-        b = rng.integers(-2**15, 2**15, kp // 2).astype(np.int16)
+        a = rng.integers(-(2**15), 2**15, kp // 2).astype(np.int16)
+        b = rng.integers(-(2**15), 2**15, kp // 2).astype(np.int16)
         exact = int(a.astype(np.int64) @ b.astype(np.int64))
         want = (exact + 2**31) % 2**32 - 2**31
         assert int(_maddwd_sum(a.view(np.uint8), b.view(np.uint8))) == want
     # per lane: c + a0 b0 + a1 b1, wrapped; lane 0 is the one case vpmaddwd itself wraps
-    a = rng.integers(-2**15, 2**15, 16).astype(np.int16)
-    b = rng.integers(-2**15, 2**15, 16).astype(np.int16)
-    a[:2] = b[:2] = -2**15
-    c = rng.integers(-2**31, 2**31, 8, dtype=np.int64)
+    a = rng.integers(-(2**15), 2**15, 16).astype(np.int16)
+    b = rng.integers(-(2**15), 2**15, 16).astype(np.int16)
+    a[:2] = b[:2] = -(2**15)
+    c = rng.integers(-(2**31), 2**31, 8, dtype=np.int64)
     c[1] = 2**31 - 1
     out = np.zeros((1, 8), np.int32)
     _maddwd_lanes(_lanes_i32(c), a.view(np.uint8), b.view(np.uint8), out)
@@ -407,8 +458,8 @@ def test_v8maddubs_saturates_each_byte_pair():
         if trial == 2:
             a[:] = 255
             b[:16], b[16:] = -128, 127
-        c = rng.integers(-2**31, 2**31, 8, dtype=np.int64)
-        c[0], c[1] = 2**31 - 1, -2**31
+        c = rng.integers(-(2**31), 2**31, 8, dtype=np.int64)
+        c[0], c[1] = 2**31 - 1, -(2**31)
         out = np.zeros((1, 8), np.int32)
         _maddubs_lanes(_lanes_i32(c), a, b.view(np.uint8), out)
         pairs = (a.astype(np.int64) * b.astype(np.int64)).reshape(16, 2).sum(axis=1)
@@ -424,11 +475,11 @@ def test_v8bcast4_v8loadn_and_masked_v8store(n):
     _bcast_store8(a, out, n)
     word = int(a[4:8].view("<i4")[0])
     want = np.full((2, 16), -1, np.int32)
-    want[1, 3:3 + min(max(n, 0), 8)] = word
+    want[1, 3 : 3 + min(max(n, 0), 8)] = word
     np.testing.assert_array_equal(out, want)
     src = np.arange(40, dtype=np.int32).reshape(2, 20) - 5
     got = np.full((1, 8), -1, np.int32)
     _loadn_store(src, got, n)
     want = np.zeros(8, np.int32)
-    want[:min(max(n, 0), 8)] = src[1, 2:2 + min(max(n, 0), 8)]
+    want[: min(max(n, 0), 8)] = src[1, 2 : 2 + min(max(n, 0), 8)]
     np.testing.assert_array_equal(got[0], want)

@@ -22,8 +22,15 @@ METHODS = ("divide", "mul", "mul_add", "fma")
 
 
 def _spec(bits, signed, symmetric, axis, block, rounding):
-    return QuantSpec(bits=bits, signed=signed, symmetric=symmetric, axis=axis, block_size=block,
-                     rounding=rounding, seed=7 if rounding == "stochastic" else None)
+    return QuantSpec(
+        bits=bits,
+        signed=signed,
+        symmetric=symmetric,
+        axis=axis,
+        block_size=block,
+        rounding=rounding,
+        seed=7 if rounding == "stochastic" else None,
+    )
 
 
 def _both(x, qp, method):
@@ -39,8 +46,9 @@ def _both(x, qp, method):
 
 
 @given(
-    x=hnp.arrays(np.float32, hnp.array_shapes(min_dims=1, max_dims=4, max_side=5),
-                 elements=st.floats(-1e4, 1e4, width=32)),
+    x=hnp.arrays(
+        np.float32, hnp.array_shapes(min_dims=1, max_dims=4, max_side=5), elements=st.floats(-1e4, 1e4, width=32)
+    ),
     bits=st.integers(1, 16),
     signed=st.booleans(),
     symmetric=st.booleans(),
@@ -63,8 +71,9 @@ def test_ties_and_saturation_edges(method, rounding):
     # exact ties of x / S, huge values, signed zeros and the smallest subnormals
     scale = np.float32(0.1)
     k = np.arange(-300, 300, dtype=np.float32)
-    x = np.concatenate([(k + np.float32(0.5)) * scale, k * scale,
-                        np.array([3e38, -3e38, 0.0, -0.0, 1e-45, -1e-45], np.float32)])
+    x = np.concatenate(
+        [(k + np.float32(0.5)) * scale, k * scale, np.array([3e38, -3e38, 0.0, -0.0, 1e-45, -1e-45], np.float32)]
+    )
     for spec in (_spec(8, True, False, None, None, rounding), _spec(4, False, False, None, None, rounding)):
         zp = (spec.qmin + spec.qmax) // 2
         q = _both(x, QParams(scale, zp, spec), method)
@@ -73,8 +82,16 @@ def test_ties_and_saturation_edges(method, rounding):
 
 @pytest.mark.parametrize(
     "shape, axis, block",
-    [((0,), None, None), ((1, 7), 0, None), ((7, 1), 1, None), ((3, 5, 2), 1, 2),
-     ((1,), 0, 5), ((4, 9), 1, 9), ((4, 9), 1, 20), ((2, 3, 4, 5), -3, 2)],
+    [
+        ((0,), None, None),
+        ((1, 7), 0, None),
+        ((7, 1), 1, None),
+        ((3, 5, 2), 1, 2),
+        ((1,), 0, 5),
+        ((4, 9), 1, 9),
+        ((4, 9), 1, 20),
+        ((2, 3, 4, 5), -3, 2),
+    ],
 )
 def test_edge_shapes(shape, axis, block):
     x = np.random.default_rng(0).normal(size=shape).astype(np.float32)
@@ -105,6 +122,7 @@ def test_stochastic_noise_is_the_same_in_both_backends():
 
 
 # ---- the fused multiply-add emulation --------------------------------------------------
+
 
 def _fma_oracle(a, b, c):
     return oracle_fma32(a, b, c)

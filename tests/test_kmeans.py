@@ -170,8 +170,14 @@ def test_keep_zeros_trap_on_the_bundled_lenet():
     data = digits_data(ref.arch)
     acc = {}
     for kz in (True, "auto", False):
-        state = {k: (reconstruct(kmeans_quantize(v, 2, keep_zeros=kz, backend=FAST))
-                     if np.ndim(v) == 2 else np.array(v, copy=True)) for k, v in ref.state.items()}
+        state = {
+            k: (
+                reconstruct(kmeans_quantize(v, 2, keep_zeros=kz, backend=FAST))
+                if np.ndim(v) == 2
+                else np.array(v, copy=True)
+            )
+            for k, v in ref.state.items()
+        }
         acc[kz] = evaluate(build_model(ref.arch, state), data["x_test"], data["y_test"])[1]
     assert round(100 * acc[True], 2) == 91.56
     assert round(100 * acc["auto"], 2) == round(100 * acc[False], 2) == 96.44
@@ -243,24 +249,30 @@ def test_convergence_flag():
     assert loose.converged and exact.converged and loose.n_iter < exact.n_iter
     assert exact.inertia <= loose.inertia
     # an exact fixed point: one more round changes nothing, and re-averaging is a no-op
-    again = kmeans_quantize(w, 4, init=exact.codebook.astype(np.float64), keep_zeros=False,
-                            tol=0.0, backend=FAST)
+    again = kmeans_quantize(w, 4, init=exact.codebook.astype(np.float64), keep_zeros=False, tol=0.0, backend=FAST)
     np.testing.assert_array_equal(again.codebook, exact.codebook)
     np.testing.assert_array_equal(
-        reaverage_centroids(w, exact.indices, 16, exact.codebook, backend=FAST), exact.codebook)
+        reaverage_centroids(w, exact.indices, 16, exact.codebook, backend=FAST), exact.codebook
+    )
 
 
 # ---------------------------------------------------------------------------- kernel == twin
 
 _values = hnp.arrays(
-    F32, st.integers(1, 60 if JIT else 25),
-    elements=st.one_of(st.just(0.0), st.sampled_from([-1.0, 0.5, 2.0]),
-                       st.floats(-100, 100, width=32)))
+    F32,
+    st.integers(1, 60 if JIT else 25),
+    elements=st.one_of(st.just(0.0), st.sampled_from([-1.0, 0.5, 2.0]), st.floats(-100, 100, width=32)),
+)
 
 
-@given(w=_values, bits=st.integers(1, 8), keep_zeros=st.sampled_from([True, False, "auto"]),
-       init=st.sampled_from(KMEANS_INITS), seed=st.integers(0, 3),
-       tol=st.sampled_from([0.0, 1e-3]))
+@given(
+    w=_values,
+    bits=st.integers(1, 8),
+    keep_zeros=st.sampled_from([True, False, "auto"]),
+    init=st.sampled_from(KMEANS_INITS),
+    seed=st.integers(0, 3),
+    tol=st.sampled_from([0.0, 1e-3]),
+)
 def test_backends_identical(w, bits, keep_zeros, init, seed, tol):
     kw = dict(init=init, seed=seed, tol=tol, keep_zeros=keep_zeros)
     a = kmeans_quantize(w, bits, backend="numba", **kw)
@@ -316,8 +328,7 @@ def test_lloyd_relocation_tie_within_a_run():
     assert c[2] == np.float64(F32(1.8591308e-35))
 
 
-@given(xs=hnp.arrays(F32, st.integers(3, 40), elements=st.floats(-10, 10, width=32)),
-       data=st.data())
+@given(xs=hnp.arrays(F32, st.integers(3, 40), elements=st.floats(-10, 10, width=32)), data=st.data())
 def test_lloyd_kernel_equals_twin(xs, data):
     xs = np.sort(xs)
     n_distinct = len(np.unique(xs))
@@ -329,8 +340,11 @@ def test_lloyd_kernel_equals_twin(xs, data):
     _lloyd_both(xs, c0, data.draw(st.integers(0, 50)), thr)
 
 
-@given(x=hnp.arrays(F32, st.integers(1, 50), elements=st.floats(-5, 5, width=32)),
-       c=st.lists(st.floats(-5, 5, width=32), min_size=1, max_size=16), reserve=st.booleans())
+@given(
+    x=hnp.arrays(F32, st.integers(1, 50), elements=st.floats(-5, 5, width=32)),
+    c=st.lists(st.floats(-5, 5, width=32), min_size=1, max_size=16),
+    reserve=st.booleans(),
+)
 def test_assign_and_sums_kernels_equal_twins(x, c, reserve):
     cb = np.sort(np.array(c, F32)).astype(np.float64)
     mid = (cb[1:] + cb[:-1]) * 0.5
@@ -374,8 +388,7 @@ def test_lloyd_kernel_equals_twin_on_thousands(dist):
         xs = np.sort(rng.standard_normal(n).astype(F32))
         c0 = np.linspace(-1.0, 1.0, 15)
     else:  # three clumps, 15 centroids piled on one side: most start empty
-        xs = np.sort(np.concatenate([rng.normal(m, 0.01, n // 3) for m in (-5, 0, 5)])
-                     .astype(F32))
+        xs = np.sort(np.concatenate([rng.normal(m, 0.01, n // 3) for m in (-5, 0, 5)]).astype(F32))
         c0 = np.linspace(6.0, 7.0, 15)
     for max_iter, thr in ((1, 0.0), (7, 0.0), (300, 0.0), (300, 1e-4)):
         c, n_iter, _ = _lloyd_both(xs, c0, max_iter, thr)
@@ -389,8 +402,9 @@ def _sklearn_inertia(x, c0, seed):
     from sklearn.cluster import KMeans
 
     X = x.astype(np.float64).reshape(-1, 1)
-    km = KMeans(n_clusters=c0.size, init=c0.reshape(-1, 1), n_init=1, algorithm="lloyd", tol=0,
-                max_iter=300, random_state=seed).fit(X)
+    km = KMeans(
+        n_clusters=c0.size, init=c0.reshape(-1, 1), n_init=1, algorithm="lloyd", tol=0, max_iter=300, random_state=seed
+    ).fit(X)
     centers = np.sort(km.cluster_centers_.ravel())
     d = np.abs(X - centers[None, :]).min(axis=1)  # best labels for sklearn's centers
     return min(float(d @ d), float(km.inertia_))
@@ -400,8 +414,7 @@ _DISTS = {
     "normal": lambda rng, n: rng.normal(0, 0.05, n),
     "laplace": lambda rng, n: rng.laplace(0, 0.02, n),
     "uniform": lambda rng, n: rng.uniform(-1, 1, n),
-    "bimodal": lambda rng, n: np.concatenate([rng.normal(-1, 0.1, n // 3),
-                                              rng.normal(0.5, 0.3, n - n // 3)]),
+    "bimodal": lambda rng, n: np.concatenate([rng.normal(-1, 0.1, n // 3), rng.normal(0.5, 0.3, n - n // 3)]),
     "pruned": lambda rng, n: (lambda v: v[np.abs(v) > 0.03])(rng.normal(0, 0.05, n)),
 }
 
@@ -415,8 +428,7 @@ def test_inertia_never_worse_than_sklearn(dist, init):
         for bits in (2, 4):
             k = 2**bits
             c0 = initial_centroids(x, k, init=init, seed=seed)
-            ours = kmeans_quantize(x, bits, init=c0, keep_zeros=False, tol=0.0, max_iter=300,
-                                   backend=FAST)
+            ours = kmeans_quantize(x, bits, init=c0, keep_zeros=False, tol=0.0, max_iter=300, backend=FAST)
             theirs = _sklearn_inertia(x, c0, seed)
             assert ours.inertia <= theirs * (1 + 1e-9), (seed, bits, ours.inertia, theirs)
 
@@ -457,8 +469,7 @@ def test_centroid_gradient_mean_hand_computed(backend):
     np.testing.assert_array_equal(new, F32([-1.0, -1.5, 0.25 + 0.5 * 3.5 / 3, 1.0]))
 
 
-@given(g=hnp.arrays(np.float64, st.integers(1, 60), elements=st.floats(-1e3, 1e3)),
-       data=st.data())
+@given(g=hnp.arrays(np.float64, st.integers(1, 60), elements=st.floats(-1e3, 1e3)), data=st.data())
 def test_centroid_gradient_mean_is_the_sum_over_the_cluster_size(g, data):
     k = data.draw(st.integers(1, 9))
     idx = data.draw(hnp.arrays(np.uint8, g.shape, elements=st.integers(0, k - 1)))
@@ -510,8 +521,7 @@ def test_reaverage_centroids():
     idx = np.array([1, 1, 2, 0, 2], np.uint8)
     np.testing.assert_array_equal(reaverage_centroids(w, idx, 4), F32([0.0, 1.5, 2.25, 0.0]))
     old = F32([0.0, 9.0, 9.0, 7.0])  # codebook[0] == 0 -> held; empty cluster 3 keeps 7
-    np.testing.assert_array_equal(reaverage_centroids(w, idx, 4, old, backend="numpy"),
-                                  F32([0.0, 1.5, 2.25, 7.0]))
+    np.testing.assert_array_equal(reaverage_centroids(w, idx, 4, old, backend="numpy"), F32([0.0, 1.5, 2.25, 7.0]))
     w2 = w.copy()
     w2[3] = 0.125  # a pruned weight that drifted: held at 0 only when reserved
     np.testing.assert_array_equal(reaverage_centroids(w2, idx, 4, old)[0], 0.0)
@@ -521,37 +531,43 @@ def test_reaverage_centroids():
 # ---------------------------------------------------------------------------- errors
 
 
-@pytest.mark.parametrize("kwargs, exc, words", [
-    (dict(bits=0), ValueError, "bits"),
-    (dict(bits=9), ValueError, "bits"),
-    (dict(bits=2.0), TypeError, "bits"),
-    (dict(init="random"), ValueError, "init"),
-    (dict(init=np.zeros(5)), ValueError, "init"),
-    (dict(init=np.zeros(3)), ValueError, r"shape \(4,\)"),  # "auto", no zero: 4 centroids
-    (dict(init=np.zeros(4), keep_zeros=True), ValueError, r"shape \(3,\)"),
-    (dict(init=[0.0, np.nan, 1.0, 2.0], keep_zeros=False), ValueError, "init"),
-    (dict(max_iter=-1), ValueError, "max_iter"),
-    (dict(tol=-1e-3), ValueError, "tol"),
-    (dict(tol=float("nan")), ValueError, "tol"),
-    (dict(seed=-1), ValueError, "seed"),
-    (dict(keep_zeros=1), TypeError, "keep_zeros"),
-    (dict(keep_zeros="yes"), ValueError, "keep_zeros must be one of 'auto'"),
-    (dict(keep_zeros=None), TypeError, "keep_zeros"),
-    (dict(backend="torch"), ValueError, "backend"),
-])
+@pytest.mark.parametrize(
+    "kwargs, exc, words",
+    [
+        (dict(bits=0), ValueError, "bits"),
+        (dict(bits=9), ValueError, "bits"),
+        (dict(bits=2.0), TypeError, "bits"),
+        (dict(init="random"), ValueError, "init"),
+        (dict(init=np.zeros(5)), ValueError, "init"),
+        (dict(init=np.zeros(3)), ValueError, r"shape \(4,\)"),  # "auto", no zero: 4 centroids
+        (dict(init=np.zeros(4), keep_zeros=True), ValueError, r"shape \(3,\)"),
+        (dict(init=[0.0, np.nan, 1.0, 2.0], keep_zeros=False), ValueError, "init"),
+        (dict(max_iter=-1), ValueError, "max_iter"),
+        (dict(tol=-1e-3), ValueError, "tol"),
+        (dict(tol=float("nan")), ValueError, "tol"),
+        (dict(seed=-1), ValueError, "seed"),
+        (dict(keep_zeros=1), TypeError, "keep_zeros"),
+        (dict(keep_zeros="yes"), ValueError, "keep_zeros must be one of 'auto'"),
+        (dict(keep_zeros=None), TypeError, "keep_zeros"),
+        (dict(backend="torch"), ValueError, "backend"),
+    ],
+)
 def test_bad_arguments(kwargs, exc, words):
     kwargs = {"bits": 2, **kwargs}
     with pytest.raises(exc, match=words):
         kmeans_quantize(np.linspace(-1, 1, 10), **kwargs)
 
 
-@pytest.mark.parametrize("w, exc", [
-    (np.array([0.1, np.nan]), ValueError),
-    (np.array([0.1, np.inf]), ValueError),
-    (np.array([], F32), ValueError),
-    (np.arange(5), TypeError),
-    (np.array([True, False]), TypeError),
-])
+@pytest.mark.parametrize(
+    "w, exc",
+    [
+        (np.array([0.1, np.nan]), ValueError),
+        (np.array([0.1, np.inf]), ValueError),
+        (np.array([], F32), ValueError),
+        (np.arange(5), TypeError),
+        (np.array([True, False]), TypeError),
+    ],
+)
 def test_bad_weights(w, exc):
     with pytest.raises(exc, match="w "):
         kmeans_quantize(w, 2)

@@ -43,8 +43,15 @@ def _tiny(reduction, variant="centroid", backend=FAST):
     idx = np.array([[1, 2, 2], [0, 1, 2]], np.uint8)
     cb = F32([0.0, 0.25, -0.5, 1.0])
     model = Sequential([Linear(np.zeros((2, 3), F32), np.zeros(2, F32), name="fc")])
-    shared = SharedWeights(model, {"fc.weight": cb}, {"fc.weight": idx}, reserved_zero={"fc.weight": True},
-                           variant=variant, reduction=reduction, backend=backend)
+    shared = SharedWeights(
+        model,
+        {"fc.weight": cb},
+        {"fc.weight": idx},
+        reserved_zero={"fc.weight": True},
+        variant=variant,
+        reduction=reduction,
+        backend=backend,
+    )
     shared.train()
     shared.zero_grad()
     shared(np.array([[1.0, 2.0, 3.0]], F32))
@@ -52,11 +59,14 @@ def _tiny(reduction, variant="centroid", backend=FAST):
     return shared, model
 
 
-@pytest.mark.parametrize("reduction, want", [
-    ("sum", [-1.0, -1.0, 2.0, 0.0]),                # eq. 3: code 1 = 1 - 2, code 2 = 2 + 3 - 3
-    ("mean", [-1.0, -0.5, 2.0 / 3.0, 0.0]),         # over the cluster sizes 1, 2, 3 (code 3 unused)
-    ("scaled_sum", [-0.4, -0.4, 0.8, 0.0]),         # over 5 weights / 2 used clusters = 2.5
-])
+@pytest.mark.parametrize(
+    "reduction, want",
+    [
+        ("sum", [-1.0, -1.0, 2.0, 0.0]),  # eq. 3: code 1 = 1 - 2, code 2 = 2 + 3 - 3
+        ("mean", [-1.0, -0.5, 2.0 / 3.0, 0.0]),  # over the cluster sizes 1, 2, 3 (code 3 unused)
+        ("scaled_sum", [-0.4, -0.4, 0.8, 0.0]),  # over 5 weights / 2 used clusters = 2.5
+    ],
+)
 @pytest.mark.parametrize("backend", ["numba", "numpy"])  # the numba kernel of the sums and its twin
 def test_centroid_gradient_and_step_by_hand(reduction, want, backend):
     shared, model = _tiny(reduction, backend=backend)
@@ -96,8 +106,9 @@ def test_reaverage_variant_by_hand(backend):
     # code 2 (-1.5 - 2 + 1) / 3; code 0 held; code 3 unused keeps 1.0
     shared.after_step()
     np.testing.assert_array_equal(shared.codebooks["fc.weight"], F32([0.0, 0.5, np.float64(-2.5) / 3, 1.0]))
-    np.testing.assert_array_equal(model.named_parameters()["fc.weight"],
-                                  shared.codebooks["fc.weight"][[[1, 2, 2], [0, 1, 2]]])
+    np.testing.assert_array_equal(
+        model.named_parameters()["fc.weight"], shared.codebooks["fc.weight"][[[1, 2, 2], [0, 1, 2]]]
+    )
 
 
 def test_shared_weights_bad_input():
@@ -128,23 +139,40 @@ def test_shared_weights_bad_input():
 
 
 @pytest.mark.parametrize("variant", ["centroid", "reaverage"])
-@pytest.mark.parametrize("optimizer, options", [("sgd", {"momentum": 0.9, "nesterov": True, "weight_decay": 1e-3}),
-                                                ("adam", {}), ("adamw", {"weight_decay": 1e-2})])
+@pytest.mark.parametrize(
+    "optimizer, options",
+    [
+        ("sgd", {"momentum": 0.9, "nesterov": True, "weight_decay": 1e-3}),
+        ("adam", {}),
+        ("adamw", {"weight_decay": 1e-2}),
+    ],
+)
 def test_pruned_model_ends_bit_exact_with_fixed_indices(refs, variant, optimizer, options):
     model, data = fresh(refs, "mlp")
     masks = prune_model(model, {"fc1.weight": 0.8, "fc2.weight": 0.6})  # fc3 unpruned
     start = {k: v.copy() for k, v in model.named_parameters().items()}
     want = {n: kmeans_quantize(start[n], 3, backend=FAST) for n in ("fc1.weight", "fc2.weight", "fc3.weight")}
-    res = kmeans_qat(model, data["x_train"][:64], data["y_train"][:64], bits=3, epochs=2, lr=1e-2,
-                     variant=variant, optimizer=optimizer, optimizer_options={**options, "backend": FAST},
-                     batch_size=16, backend=FAST, progress=False)
+    res = kmeans_qat(
+        model,
+        data["x_train"][:64],
+        data["y_train"][:64],
+        bits=3,
+        epochs=2,
+        lr=1e-2,
+        variant=variant,
+        optimizer=optimizer,
+        optimizer_options={**options, "backend": FAST},
+        batch_size=16,
+        backend=FAST,
+        progress=False,
+    )
     _assert_shared(res)
     assert res.reserved_zero == {"fc1.weight": True, "fc2.weight": True, "fc3.weight": False}  # "auto"
     assert res.bits == {"fc1.weight": 3, "fc2.weight": 3, "fc3.weight": 3}
     params = model.named_parameters()
     for n, r in want.items():
         np.testing.assert_array_equal(res.indices[n], r.indices)  # fixed since the k-means
-        assert not np.array_equal(res.codebooks[n], r.codebook)    # the centroids moved
+        assert not np.array_equal(res.codebooks[n], r.codebook)  # the centroids moved
         assert len(np.unique(params[n])) <= 8
     for n, m in masks.items():
         assert np.all(params[n][~m] == 0) and not np.signbit(params[n][~m]).any()
@@ -157,23 +185,42 @@ def test_pruned_model_ends_bit_exact_with_fixed_indices(refs, variant, optimizer
 def test_cnn_batch_norm_trains_and_conv_weights_are_shared(refs):
     model, data = fresh(refs, "cnn")
     bn_before = {k: np.array(v, copy=True) for k, v in model.state_dict().items() if k.startswith("bn")}
-    res = kmeans_qat(model, data["x_train"][:64], data["y_train"][:64], bits=2, epochs=1, batch_size=16,
-                     x_val=data["x_test"][:90], y_val=data["y_test"][:90], backend=FAST, progress=False)
+    res = kmeans_qat(
+        model,
+        data["x_train"][:64],
+        data["y_train"][:64],
+        bits=2,
+        epochs=1,
+        batch_size=16,
+        x_val=data["x_test"][:90],
+        y_val=data["y_test"][:90],
+        backend=FAST,
+        progress=False,
+    )
     _assert_shared(res)
     assert set(res.codebooks) == {"conv1.weight", "conv2.weight", "fc.weight"}
     assert res.indices["conv2.weight"].shape == (16, 8, 3, 3)
     after = model.state_dict()
     for k in ("bn1.weight", "bn1.bias", "bn2.running_mean", "bn2.running_var"):
         assert not np.array_equal(after[k], bn_before[k])
-    assert 0.1 < res.accuracy_kmeans < res.accuracy_float and res.accuracy == evaluate(
-        model, data["x_test"][:90], data["y_test"][:90])[1]
+    assert (
+        0.1 < res.accuracy_kmeans < res.accuracy_float
+        and res.accuracy == evaluate(model, data["x_test"][:90], data["y_test"][:90])[1]
+    )
 
 
 def test_bits_per_layer_and_kmeans_only(refs):
     model, data = fresh(refs, "mlp")
     start = {k: v.copy() for k, v in model.named_parameters().items()}
-    res = kmeans_qat(model, data["x_train"][:32], data["y_train"][:32], bits={"fc1.weight": 2, "fc3.weight": 4},
-                     epochs=0, backend=FAST, progress=False)
+    res = kmeans_qat(
+        model,
+        data["x_train"][:32],
+        data["y_train"][:32],
+        bits={"fc1.weight": 2, "fc3.weight": 4},
+        epochs=0,
+        backend=FAST,
+        progress=False,
+    )
     assert set(res.codebooks) == {"fc1.weight", "fc3.weight"} and res.history is None
     params = model.named_parameters()
     for n, b in res.bits.items():  # epochs=0: exactly kmeans_quantize's reconstruction
@@ -181,8 +228,16 @@ def test_bits_per_layer_and_kmeans_only(refs):
         np.testing.assert_array_equal(_bits(params[n]), _bits(r.codebook[r.indices]))
     np.testing.assert_array_equal(params["fc2.weight"], start["fc2.weight"])  # not named: float
     model, _ = fresh(refs, "mlp")
-    res = kmeans_qat(model, data["x_train"][:32], data["y_train"][:32], bits={"fc1.weight": 2}, epochs=1,
-                     batch_size=16, backend=FAST, progress=False)
+    res = kmeans_qat(
+        model,
+        data["x_train"][:32],
+        data["y_train"][:32],
+        bits={"fc1.weight": 2},
+        epochs=1,
+        batch_size=16,
+        backend=FAST,
+        progress=False,
+    )
     assert not np.array_equal(model.named_parameters()["fc2.weight"], start["fc2.weight"])  # trains as a float
     assert len(np.unique(model.named_parameters()["fc1.weight"])) <= 4
 
@@ -218,15 +273,19 @@ def test_kmeans_qat_is_fit_over_the_shared_weights_bit_for_bit(refs):
     x, y = data["x_train"][:32], data["y_train"][:32]
     res = kmeans_qat(model, x, y, bits=2, epochs=1, batch_size=32, lr=1e-3, backend=FAST, progress=False)
     model2, _ = fresh(refs, "mlp")
-    fitted = {n: kmeans_quantize(model2.named_parameters()[n], 2, backend=FAST)
-              for n in ("fc1.weight", "fc2.weight", "fc3.weight")}
-    shared = SharedWeights(model2, {n: r.codebook for n, r in fitted.items()},
-                           {n: r.indices for n, r in fitted.items()}, backend=FAST)
+    fitted = {
+        n: kmeans_quantize(model2.named_parameters()[n], 2, backend=FAST)
+        for n in ("fc1.weight", "fc2.weight", "fc3.weight")
+    }
+    shared = SharedWeights(
+        model2, {n: r.codebook for n, r in fitted.items()}, {n: r.indices for n, r in fitted.items()}, backend=FAST
+    )
     opt = Adam(shared.named_parameters(), 1e-3)
     shared.train()
     shared.zero_grad()
-    _, g = softmax_cross_entropy(shared(x[np.random.default_rng(0).permutation(32)]),
-                                 y[np.random.default_rng(0).permutation(32)])
+    _, g = softmax_cross_entropy(
+        shared(x[np.random.default_rng(0).permutation(32)]), y[np.random.default_rng(0).permutation(32)]
+    )
     shared.backward(g)
     opt.step(shared.named_grads())
     shared.after_step()
@@ -249,8 +308,17 @@ def test_sgd_needs_the_rule_summed_gradients_collapse_the_mlps(refs, name):
     collapses to chance, with the mean (eq. 3 over the cluster size) or the per-tensor
     scaled sum it ends above its k-means accuracy and within 1 point of float."""
     model, data = fresh(refs, name)
-    fit(model, None, SGD(model.named_parameters(), 0.1, backend=FAST), data["x_train"], data["y_train"], epochs=3,
-        batch_size=32, seed=0, progress=False)
+    fit(
+        model,
+        None,
+        SGD(model.named_parameters(), 0.1, backend=FAST),
+        data["x_train"],
+        data["y_train"],
+        epochs=3,
+        batch_size=32,
+        seed=0,
+        progress=False,
+    )
     float_acc = evaluate(model, data["x_test"], data["y_test"])[1]
     assert float_acc > 0.96
     raw = _qat(refs, name, epochs=3, lr=0.1, optimizer="sgd", reduction="sum")
@@ -264,8 +332,9 @@ def test_sgd_needs_the_rule_summed_gradients_collapse_the_mlps(refs, name):
 def test_adam_steps_do_not_depend_on_the_reduction(refs):
     """A constant factor on a gradient leaves Adam's steps unchanged (but for eps and
     rounding): sum, mean and scaled sum end within 1e-5 of each other after 3 epochs."""
-    res = {r: _qat(refs, "mlp", epochs=3, reduction=r, optimizer="adam", lr=1e-3)
-           for r in ("sum", "mean", "scaled_sum")}
+    res = {
+        r: _qat(refs, "mlp", epochs=3, reduction=r, optimizer="adam", lr=1e-3) for r in ("sum", "mean", "scaled_sum")
+    }
     for r in ("sum", "scaled_sum"):
         for n, cb in res["mean"].codebooks.items():
             np.testing.assert_allclose(res[r].codebooks[n], cb, rtol=0, atol=1e-5)
@@ -290,8 +359,17 @@ def test_sgd_summed_gradients_collapse_the_cnn(refs):
     assert raw.accuracy < 0.6
     assert _qat(refs, "cnn", epochs=10, lr=1.0, optimizer="sgd", reduction="sum").accuracy < 0.15
     model, data = fresh(refs, "cnn")
-    fit(model, None, SGD(model.named_parameters(), 0.1, backend=FAST), data["x_train"], data["y_train"], epochs=10,
-        batch_size=32, seed=0, progress=False)
+    fit(
+        model,
+        None,
+        SGD(model.named_parameters(), 0.1, backend=FAST),
+        data["x_train"],
+        data["y_train"],
+        epochs=10,
+        batch_size=32,
+        seed=0,
+        progress=False,
+    )
     assert evaluate(model, data["x_test"], data["y_test"])[1] > 0.98
     for reduction in ("mean", "scaled_sum"):
         ok = _qat(refs, "cnn", epochs=10, lr=0.1, optimizer="sgd", reduction=reduction)

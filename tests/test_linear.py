@@ -109,12 +109,20 @@ def test_round_values_rejects():
 
 # ---- quantize against the scalar oracle -------------------------------------------------
 
+
 def _specs():
-    return st.tuples(
-        st.integers(1, 16), st.booleans(), st.booleans(),
-        st.sampled_from(["half_even", "half_away", "half_up", "floor"]),
-    ).filter(lambda t: not (t[0] == 1 and t[2])).map(  # 1-bit symmetric is refused
-        lambda t: QuantSpec(bits=t[0], signed=t[1], symmetric=t[2], rounding=t[3]))
+    return (
+        st.tuples(
+            st.integers(1, 16),
+            st.booleans(),
+            st.booleans(),
+            st.sampled_from(["half_even", "half_away", "half_up", "floor"]),
+        )
+        .filter(lambda t: not (t[0] == 1 and t[2]))
+        .map(  # 1-bit symmetric is refused
+            lambda t: QuantSpec(bits=t[0], signed=t[1], symmetric=t[2], rounding=t[3])
+        )
+    )
 
 
 @given(
@@ -166,16 +174,17 @@ def test_torch_method_resolves_by_granularity():
         quantize(x, fit_qparams(x, QuantSpec(axis=1, block_size=8)), method="torch")
     # PyTorch's fake-quantize functions use yet another arithmetic
     for qp in (qp_t, qp_c):
-        np.testing.assert_array_equal(fake_quantize(x, qp, method="torch"),
-                                      fake_quantize(x, qp, method="mul"))
+        np.testing.assert_array_equal(fake_quantize(x, qp, method="torch"), fake_quantize(x, qp, method="mul"))
 
 
 # ---- invariants ---------------------------------------------------------------------
 
+
 def _x_and_spec():
     return st.tuples(
-        hnp.arrays(np.float32, hnp.array_shapes(min_dims=1, max_dims=3, max_side=6),
-                   elements=st.floats(-1e3, 1e3, width=32)),
+        hnp.arrays(
+            np.float32, hnp.array_shapes(min_dims=1, max_dims=3, max_side=6), elements=st.floats(-1e3, 1e3, width=32)
+        ),
         st.integers(1, 16),
         st.booleans(),
         st.booleans(),
@@ -189,8 +198,14 @@ def _x_and_spec():
 def _build(x, bits, signed, symmetric, gran, block, rounding):
     assume(not (bits == 1 and symmetric))  # refused by QuantSpec
     axis = None if gran == "tensor" else x.ndim - 1
-    spec = QuantSpec(bits=bits, signed=signed, symmetric=symmetric, axis=axis,
-                     block_size=block if gran == "group" else None, rounding=rounding)
+    spec = QuantSpec(
+        bits=bits,
+        signed=signed,
+        symmetric=symmetric,
+        axis=axis,
+        block_size=block if gran == "group" else None,
+        rounding=rounding,
+    )
     return spec, fit_qparams(x, spec)
 
 
@@ -279,8 +294,7 @@ def test_bits_1_to_16_roundtrip_range():
 
 def test_sqnr_gains_about_6db_per_bit():
     x = np.random.default_rng(2).uniform(-1, 1, 20000).astype(np.float32)
-    sq = {b: quantization_error(x, fake_quantize(x, fit_qparams(x, QuantSpec(bits=b)))).sqnr_db
-          for b in (4, 6, 8)}
+    sq = {b: quantization_error(x, fake_quantize(x, fit_qparams(x, QuantSpec(bits=b)))).sqnr_db for b in (4, 6, 8)}
     # uniform data: SQNR = 6.02 b dB (up to the range edges)
     for b, v in sq.items():
         assert abs(v - 6.02 * b) < 0.6, (b, v)
@@ -291,8 +305,7 @@ def test_per_channel_beats_per_tensor_on_unequal_rows():
     w = rng.normal(size=(16, 64)) * np.logspace(-3, 0, 16)[:, None]
     t = quantization_error(w, fake_quantize(w, fit_qparams(w, QuantSpec(bits=4, symmetric=True))))
     c = quantization_error(w, fake_quantize(w, fit_qparams(w, QuantSpec(bits=4, symmetric=True, axis=0))))
-    g = quantization_error(
-        w, fake_quantize(w, fit_qparams(w, QuantSpec(bits=4, symmetric=True, axis=1, block_size=8))))
+    g = quantization_error(w, fake_quantize(w, fit_qparams(w, QuantSpec(bits=4, symmetric=True, axis=1, block_size=8))))
     assert c.mse < t.mse and g.mse < c.mse
 
 
@@ -312,6 +325,7 @@ def test_16_bit_codes():
 
 
 # ---- quantization_error -------------------------------------------------------------
+
 
 def test_quantization_error_values():
     e = quantization_error(np.array([1.0, -2.0, 2.0]), np.array([1.0, -1.0, 2.0]))
@@ -359,10 +373,20 @@ QP = QParams(0.1, 0, QuantSpec())
         (np.ones(3, np.float32), "qp", {}, TypeError, "qparams must be a QParams"),
         (np.ones(3, np.float32), QP, {"method": "round"}, ValueError, "method must be one of"),
         (np.ones(3, np.float32), QP, {"backend": "cuda"}, ValueError, "backend must be one of"),
-        (np.ones((2, 3), np.float32), QParams([0.1] * 3, 0, QuantSpec(axis=0)), {}, ValueError,
-         r"do not fit x of shape \(2, 3\)"),
-        (np.ones((2, 3), np.float32), QParams([0.1] * 3, 0, QuantSpec(axis=2)), {}, ValueError,
-         "axis=2 is out of range"),
+        (
+            np.ones((2, 3), np.float32),
+            QParams([0.1] * 3, 0, QuantSpec(axis=0)),
+            {},
+            ValueError,
+            r"do not fit x of shape \(2, 3\)",
+        ),
+        (
+            np.ones((2, 3), np.float32),
+            QParams([0.1] * 3, 0, QuantSpec(axis=2)),
+            {},
+            ValueError,
+            "axis=2 is out of range",
+        ),
         (np.float32(1), QParams([0.1], 0, QuantSpec(axis=0)), {}, ValueError, "scalar"),
     ],
 )
@@ -399,8 +423,9 @@ def test_public_names():
     assert "torch" in METHODS and "divide" in METHODS
 
 
-@pytest.mark.parametrize("name, bits, signed", [("int4", 4, True), ("uint4", 4, False), ("int2", 2, True),
-                                                ("uint2", 2, False)])
+@pytest.mark.parametrize(
+    "name, bits, signed", [("int4", 4, True), ("uint4", 4, False), ("int2", 2, True), ("uint2", 2, False)]
+)
 def test_dequantize_takes_ml_dtypes_sub_byte_integers(name, bits, signed):
     ml_dtypes = pytest.importorskip("ml_dtypes")
     spec = QuantSpec(bits=bits, signed=signed)

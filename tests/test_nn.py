@@ -14,8 +14,10 @@ def _t(a):
     return torch.from_numpy(np.ascontiguousarray(a))
 
 
-@pytest.mark.parametrize("stride, padding, dilation, groups", [(1, 0, 1, 1), (2, 1, 1, 1), (1, 2, 2, 1),
-                                                                (1, 1, 1, 2), (2, 1, 1, 4), (3, 0, 2, 1)])
+@pytest.mark.parametrize(
+    "stride, padding, dilation, groups",
+    [(1, 0, 1, 1), (2, 1, 1, 1), (1, 2, 2, 1), (1, 1, 1, 2), (2, 1, 1, 4), (3, 0, 2, 1)],
+)
 def test_conv2d(stride, padding, dilation, groups):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(2, 4, 9, 8)).astype(np.float32)
@@ -42,8 +44,12 @@ def test_linear_bn_pools_activations():
     for k, s, p in [(2, 2, 0), (3, 2, 1), (3, 1, 1)]:
         np.testing.assert_array_equal(nn.MaxPool2d(k, s, p)(x4), F.max_pool2d(_t(x4), k, s, p).numpy())
         for cip in (True, False):
-            np.testing.assert_allclose(nn.AvgPool2d(k, s, p, count_include_pad=cip)(x4),
-                                       F.avg_pool2d(_t(x4), k, s, p, count_include_pad=cip).numpy(), rtol=RTOL, atol=ATOL)
+            np.testing.assert_allclose(
+                nn.AvgPool2d(k, s, p, count_include_pad=cip)(x4),
+                F.avg_pool2d(_t(x4), k, s, p, count_include_pad=cip).numpy(),
+                rtol=RTOL,
+                atol=ATOL,
+            )
     np.testing.assert_array_equal(nn.ReLU()(x4), F.relu(_t(x4)).numpy())
     np.testing.assert_array_equal(nn.ReLU6()(x4), F.relu6(_t(x4)).numpy())
     np.testing.assert_array_equal(nn.Flatten()(x4), torch.flatten(_t(x4), 1).numpy())
@@ -52,10 +58,18 @@ def test_linear_bn_pools_activations():
 
 
 def test_build_model_checks_keys():
-    arch = {"layers": [{"type": "linear", "name": "fc1", "in_features": 4, "out_features": 3}, {"type": "relu"},
-                       {"type": "linear", "name": "fc2", "in_features": 3, "out_features": 2}]}
-    state = {"fc1.weight": np.ones((3, 4), np.float32), "fc1.bias": np.zeros(3, np.float32),
-             "fc2.weight": np.ones((2, 3), np.float32)}
+    arch = {
+        "layers": [
+            {"type": "linear", "name": "fc1", "in_features": 4, "out_features": 3},
+            {"type": "relu"},
+            {"type": "linear", "name": "fc2", "in_features": 3, "out_features": 2},
+        ]
+    }
+    state = {
+        "fc1.weight": np.ones((3, 4), np.float32),
+        "fc1.bias": np.zeros(3, np.float32),
+        "fc2.weight": np.ones((2, 3), np.float32),
+    }
     m = nn.build_model(arch, state)
     np.testing.assert_array_equal(m(np.ones((1, 4), np.float32)), [[12.0, 12.0]])
     with pytest.raises(ValueError, match="missing 'fc2.weight'"):

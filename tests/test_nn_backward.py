@@ -51,9 +51,11 @@ def _f32(rng, *shape, scale=1.0):
 # layer configurations, shared by the finite-difference and the PyTorch tests
 # (factory, input shape); each factory builds a fresh layer from a seed
 
+
 def _linear(bias=True):
     def make(rng):
         return nn.Linear(_f32(rng, 6, 7, scale=0.5), _f32(rng, 6) if bias else None, name="fc")
+
     return make
 
 
@@ -61,15 +63,25 @@ def _conv(cin, cout, k, stride=1, padding=0, dilation=1, groups=1, bias=True):
     kh, kw = (k, k) if isinstance(k, int) else k
 
     def make(rng):
-        return nn.Conv2d(_f32(rng, cout, cin // groups, kh, kw, scale=0.4), _f32(rng, cout) if bias else None,
-                         stride=stride, padding=padding, dilation=dilation, groups=groups, name="conv")
+        return nn.Conv2d(
+            _f32(rng, cout, cin // groups, kh, kw, scale=0.4),
+            _f32(rng, cout) if bias else None,
+            stride=stride,
+            padding=padding,
+            dilation=dilation,
+            groups=groups,
+            name="conv",
+        )
+
     return make
 
 
 def _bn(c=4, momentum=0.1):
     def make(rng):
-        return nn.BatchNorm2d(rng.uniform(0.5, 1.5, c), _f32(rng, c), _f32(rng, c), rng.uniform(0.5, 2, c),
-                              momentum=momentum, name="bn")
+        return nn.BatchNorm2d(
+            rng.uniform(0.5, 1.5, c), _f32(rng, c), _f32(rng, c), rng.uniform(0.5, 2, c), momentum=momentum, name="bn"
+        )
+
     return make
 
 
@@ -79,18 +91,32 @@ def _res(shortcut):
             body = nn.Sequential([_conv(4, 6, 3, stride=2, padding=1, bias=False)(rng), _bn(6)(rng), nn.ReLU()])
             proj = nn.Conv2d(_f32(rng, 6, 4, 1, 1, scale=0.5), None, stride=2, name="proj")
             return nn.Residual(body, proj, name="res")
-        return nn.Residual(nn.Sequential([_conv(4, 4, 3, padding=1, bias=False)(rng), _bn(4)(rng), nn.ReLU()]), name="res")
+        return nn.Residual(
+            nn.Sequential([_conv(4, 4, 3, padding=1, bias=False)(rng), _bn(4)(rng), nn.ReLU()]), name="res"
+        )
+
     return make
 
 
 def _small_cnn(rng):
     """Every layer type in one model, with a residual block inside."""
-    return nn.Sequential([
-        _conv(3, 4, 3, padding=1, bias=False)(rng), _bn(4)(rng), nn.ReLU6(name="act0"),
-        nn.Residual(nn.Sequential([nn.Conv2d(_f32(rng, 4, 1, 3, 3, scale=0.5), None, padding=1, groups=4, name="dw"),
-                                   nn.ReLU()]), name="res1"),
-        nn.MaxPool2d(2, name="pool"), nn.AvgPool2d(3, 1, 1, count_include_pad=False, name="avg"),
-        nn.Flatten(), nn.Linear(_f32(rng, 5, 4 * 3 * 3, scale=0.3), _f32(rng, 5), name="fc")])
+    return nn.Sequential(
+        [
+            _conv(3, 4, 3, padding=1, bias=False)(rng),
+            _bn(4)(rng),
+            nn.ReLU6(name="act0"),
+            nn.Residual(
+                nn.Sequential(
+                    [nn.Conv2d(_f32(rng, 4, 1, 3, 3, scale=0.5), None, padding=1, groups=4, name="dw"), nn.ReLU()]
+                ),
+                name="res1",
+            ),
+            nn.MaxPool2d(2, name="pool"),
+            nn.AvgPool2d(3, 1, 1, count_include_pad=False, name="avg"),
+            nn.Flatten(),
+            nn.Linear(_f32(rng, 5, 4 * 3 * 3, scale=0.3), _f32(rng, 5), name="fc"),
+        ]
+    )
 
 
 LAYERS = {
@@ -103,8 +129,10 @@ LAYERS = {
     "conv_g2": (_conv(4, 6, 3, padding=1, groups=2), (2, 4, 7, 6)),
     "conv_depthwise": (_conv(4, 4, 3, padding=1, groups=4), (2, 4, 7, 6)),
     "conv_depthwise_x2": (_conv(4, 8, 3, stride=2, padding=1, groups=4), (2, 4, 7, 6)),
-    "conv_nobias_3x2_mixed": (_conv(3, 5, (3, 2), stride=(2, 1), padding=(1, 0), dilation=(1, 2), bias=False),
-                              (2, 3, 8, 7)),
+    "conv_nobias_3x2_mixed": (
+        _conv(3, 5, (3, 2), stride=(2, 1), padding=(1, 0), dilation=(1, 2), bias=False),
+        (2, 3, 8, 7),
+    ),
     "conv_1x1": (_conv(4, 3, 1, bias=False), (3, 4, 5, 5)),
     "bn": (_bn(4), (3, 4, 5, 6)),
     "bn_momentum_none": (_bn(4, None), (3, 4, 5, 6)),
@@ -135,6 +163,7 @@ def _input(name, shape, rng):
 
 # ---------------------------------------------------------------------------------------
 # float64 finite differences (no PyTorch)
+
 
 def _fd_subset(a, rng, k):
     return rng.choice(a.size, size=min(k, a.size), replace=False)
@@ -236,8 +265,10 @@ def test_loss_gradient_matches_finite_differences():
             lp, lm = logits.copy(), logits.copy()
             lp[i] += h
             lm[i] -= h
-            fd[i] = (softmax_cross_entropy(lp, labels, reduction=reduction)[0]
-                     - softmax_cross_entropy(lm, labels, reduction=reduction)[0]) / (2 * h)
+            fd[i] = (
+                softmax_cross_entropy(lp, labels, reduction=reduction)[0]
+                - softmax_cross_entropy(lm, labels, reduction=reduction)[0]
+            ) / (2 * h)
         assert rel_err(g, fd) <= FD_TOL
     loss32, g32 = softmax_cross_entropy(logits.astype(np.float32), labels)
     loss64, g64 = softmax_cross_entropy(logits.astype(np.float32).astype(np.float64), labels)
@@ -247,6 +278,7 @@ def test_loss_gradient_matches_finite_differences():
 
 # ---------------------------------------------------------------------------------------
 # exact identities (Hypothesis): a linear map's backward is its adjoint
+
 
 @st.composite
 def _conv_geometry(draw):
@@ -258,16 +290,31 @@ def _conv_geometry(draw):
     dh, dw = draw(st.integers(1, 2)), draw(st.integers(1, 2))
     h = draw(st.integers(max(1, dh * (kh - 1) + 1 - 2 * ph), 7))
     w = draw(st.integers(max(1, dw * (kw - 1) + 1 - 2 * pw), 7))
-    return dict(groups=groups, cin=cin, cout=cout, k=(kh, kw), s=(sh, sw), p=(ph, pw), d=(dh, dw),
-                x=(draw(st.integers(1, 3)), cin, h, w), seed=draw(st.integers(0, 2**16)))
+    return dict(
+        groups=groups,
+        cin=cin,
+        cout=cout,
+        k=(kh, kw),
+        s=(sh, sw),
+        p=(ph, pw),
+        d=(dh, dw),
+        x=(draw(st.integers(1, 3)), cin, h, w),
+        seed=draw(st.integers(0, 2**16)),
+    )
 
 
 @given(_conv_geometry())
 def test_conv_backward_is_the_adjoint(geo):
     """``<conv(x), g> = <x, grad_x> = <W, grad_W>`` (no bias: conv is linear in x and in W)."""
     rng = _rng(geo["seed"])
-    conv = nn.Conv2d(rng.normal(size=(geo["cout"], geo["cin"] // geo["groups"], *geo["k"])), None,
-                     stride=geo["s"], padding=geo["p"], dilation=geo["d"], groups=geo["groups"]).astype(np.float64)
+    conv = nn.Conv2d(
+        rng.normal(size=(geo["cout"], geo["cin"] // geo["groups"], *geo["k"])),
+        None,
+        stride=geo["s"],
+        padding=geo["p"],
+        dilation=geo["d"],
+        groups=geo["groups"],
+    ).astype(np.float64)
     x = rng.normal(size=geo["x"])
     y = conv.train()(x)
     g = rng.normal(size=y.shape)
@@ -277,8 +324,15 @@ def test_conv_backward_is_the_adjoint(geo):
     assert np.isclose(np.sum(conv.weight * conv.grads["weight"]), ref, rtol=1e-10, atol=1e-10)
 
 
-@given(st.integers(1, 3), st.integers(1, 3), st.integers(0, 1), st.booleans(), st.integers(3, 7),
-       st.integers(3, 7), st.integers(0, 2**16))
+@given(
+    st.integers(1, 3),
+    st.integers(1, 3),
+    st.integers(0, 1),
+    st.booleans(),
+    st.integers(3, 7),
+    st.integers(3, 7),
+    st.integers(0, 2**16),
+)
 def test_pool_backward_is_the_adjoint(k, s, p, cip, h, w, seed):
     """Average pooling is linear; max pooling picks ``x[argmax]``: both satisfy
     ``<pool(x), g> = <x, grad_x>`` for the backward of the same forward pass."""
@@ -293,10 +347,7 @@ def test_pool_backward_is_the_adjoint(k, s, p, cip, h, w, seed):
 
 
 def test_maxpool_ties_go_to_the_first_maximum_in_scan_order():
-    x = np.array([[[[1, 1, 0, 2],
-                    [1, 1, 2, 1],
-                    [5, 3, 4, 4],
-                    [3, 5, 4, 4]]]], np.float32)
+    x = np.array([[[[1, 1, 0, 2], [1, 1, 2, 1], [5, 3, 4, 4], [3, 5, 4, 4]]]], np.float32)
     pool = nn.MaxPool2d(2).train()
     np.testing.assert_array_equal(pool(x), [[[[1, 2], [5, 4]]]])
     gx = pool.backward(np.array([[[[1, 2], [3, 4]]]], np.float32))
@@ -311,6 +362,7 @@ def test_maxpool_ties_go_to_the_first_maximum_in_scan_order():
 # ---------------------------------------------------------------------------------------
 # PyTorch autograd (lazy; skipped without torch)
 
+
 @pytest.fixture(scope="module")
 def torch():
     return pytest.importorskip("torch")
@@ -321,9 +373,12 @@ def _to_torch(torch, layer):
     tnn = torch.nn
     if isinstance(layer, nn.Sequential):
         subs = [_to_torch(torch, sub) for sub in layer]
-        keys = {f"{sub.name}.{k}": f"{i}.{v}" for i, (sub, (_, km)) in enumerate(zip(layer, subs)) for k, v in km.items()}
+        keys = {
+            f"{sub.name}.{k}": f"{i}.{v}" for i, (sub, (_, km)) in enumerate(zip(layer, subs)) for k, v in km.items()
+        }
         return tnn.Sequential(*[m for m, _ in subs]), keys
     if isinstance(layer, nn.Residual):
+
         class Res(tnn.Module):
             def __init__(self, body, shortcut):
                 super().__init__()
@@ -334,15 +389,25 @@ def _to_torch(torch, layer):
 
         body, kb = _to_torch(torch, layer.body)
         short, ks = (None, {}) if layer.shortcut is None else _to_torch(torch, layer.shortcut)
-        keys = {**{f"body.{k}": f"body.{v}" for k, v in kb.items()},
-                **{f"shortcut.{k}": f"shortcut.{v}" for k, v in ks.items()}}
+        keys = {
+            **{f"body.{k}": f"body.{v}" for k, v in kb.items()},
+            **{f"shortcut.{k}": f"shortcut.{v}" for k, v in ks.items()},
+        }
         return Res(body, short), keys
     if isinstance(layer, nn.Linear):
         m = tnn.Linear(layer.weight.shape[1], layer.weight.shape[0], bias=layer.bias is not None)
     elif isinstance(layer, nn.Conv2d):
         o, cg, kh, kw = layer.weight.shape
-        m = tnn.Conv2d(cg * layer.groups, o, (kh, kw), layer.stride, layer.padding, layer.dilation, layer.groups,
-                       bias=layer.bias is not None)
+        m = tnn.Conv2d(
+            cg * layer.groups,
+            o,
+            (kh, kw),
+            layer.stride,
+            layer.padding,
+            layer.dilation,
+            layer.groups,
+            bias=layer.bias is not None,
+        )
     elif isinstance(layer, nn.BatchNorm2d):
         m = tnn.BatchNorm2d(layer.weight.shape[0], eps=layer.eps, momentum=layer.momentum)
     elif isinstance(layer, nn.ReLU):
@@ -477,8 +542,15 @@ def test_reference_model_gradients_match_torch(torch, name, ref_dtype):
     assert set(keys) == set(ref.state)
     x, labels = ref.arrays["test_inputs"], ref.arrays["test_labels"]
     for step in range(2):
-        errs = _compare_step(torch, model, tmodel, keys, x[32 * step:32 * (step + 1)], dtype,
-                             labels=labels[32 * step:32 * (step + 1)])
+        errs = _compare_step(
+            torch,
+            model,
+            tmodel,
+            keys,
+            x[32 * step : 32 * (step + 1)],
+            dtype,
+            labels=labels[32 * step : 32 * (step + 1)],
+        )
         if ref_dtype == "float32":
             # PyTorch's float32 loss rounds 1 + r inside its log-sum-exp: on the CNN's second,
             # confidently classified batch (mean loss ~2e-3) its own error is ~1e-5 of the
@@ -489,6 +561,7 @@ def test_reference_model_gradients_match_torch(torch, name, ref_dtype):
 
 # ---------------------------------------------------------------------------------------
 # the contract: modes, accumulation, parameters and state dicts
+
 
 def _cnn():
     return io.load_model(demo.default_models_dir() / "cnn.npz")
@@ -504,10 +577,21 @@ def test_build_model_gives_an_eval_model_that_keeps_nothing():
     model(x)
     assert all(layer._cache is not None for layer in model)
     assert model.eval() is model and all(layer._cache is None for layer in model)  # eval drops them
-    assert [layer.name for layer in model] == ["conv1", "bn1", "relu1", "pool1", "conv2", "bn2", "relu2", "pool2",
-                                               "flatten", "fc"]
+    assert [layer.name for layer in model] == [
+        "conv1",
+        "bn1",
+        "relu1",
+        "pool1",
+        "conv2",
+        "bn2",
+        "relu2",
+        "pool2",
+        "flatten",
+        "fc",
+    ]
     assert model[1].momentum == 0.1 and int(_cnn()[1].num_batches_tracked) == int(
-        io.load_reference(demo.default_models_dir() / "cnn.npz").state["bn1.num_batches_tracked"])
+        io.load_reference(demo.default_models_dir() / "cnn.npz").state["bn1.num_batches_tracked"]
+    )
 
 
 def test_gradients_accumulate_and_zero_grad_resets():
@@ -575,8 +659,9 @@ def test_batchnorm_running_statistics_without_torch():
     x = _f32(rng, 4, 3, 5, 5) * 2 + 1
     y = bn(x)
     mean, var = x.mean(axis=(0, 2, 3)), x.var(axis=(0, 2, 3))
-    np.testing.assert_allclose(y, (x - mean.reshape(1, -1, 1, 1)) / np.sqrt(var.reshape(1, -1, 1, 1) + 1e-5),
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        y, (x - mean.reshape(1, -1, 1, 1)) / np.sqrt(var.reshape(1, -1, 1, 1) + 1e-5), rtol=1e-5, atol=1e-5
+    )
     np.testing.assert_allclose(bn.running_mean, 0.25 * mean, rtol=1e-6)
     np.testing.assert_allclose(bn.running_var, 0.75 + 0.25 * x.var(axis=(0, 2, 3), ddof=1), rtol=1e-6)
     assert bn.num_batches_tracked.dtype == np.int64 and int(bn.num_batches_tracked) == 1
@@ -605,6 +690,7 @@ def test_astype_float64_is_an_independent_copy():
 
 # ---------------------------------------------------------------------------------------
 # errors
+
 
 def test_backward_errors_name_the_layer():
     rng = _rng(10)

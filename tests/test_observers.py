@@ -90,8 +90,7 @@ def _run_torch(torch, obs, batches):
         for b in batches:
             obs(torch.from_numpy(np.ascontiguousarray(b)))
         scale, zp = obs.calculate_qparams()
-    return (scale.numpy().astype(np.float32), zp.numpy().astype(np.int64),
-            obs.min_val.numpy(), obs.max_val.numpy())
+    return (scale.numpy().astype(np.float32), zp.numpy().astype(np.int64), obs.min_val.numpy(), obs.max_val.numpy())
 
 
 def _assert_same(ours, theirs, shape):
@@ -122,8 +121,7 @@ def test_minmax_matches_torch(tobs, seq, signed, symmetric, reduce_range):
     spec = QuantSpec(signed=signed, symmetric=symmetric)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        t = ob.MinMaxObserver(dtype=_torch_dtype(torch, signed), qscheme=qscheme,
-                              reduce_range=reduce_range)
+        t = ob.MinMaxObserver(dtype=_torch_dtype(torch, signed), qscheme=qscheme, reduce_range=reduce_range)
     theirs = _run_torch(torch, t, batches)
     ours = _feed(MinMaxObserver(spec, reduce_range=reduce_range), batches)
     _assert_same(ours, theirs, ())
@@ -139,11 +137,11 @@ def test_moving_average_matches_torch(tobs, seq, signed, symmetric, reduce_range
     spec = QuantSpec(signed=signed, symmetric=symmetric)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        t = ob.MovingAverageMinMaxObserver(averaging_constant=c, dtype=_torch_dtype(torch, signed),
-                                           qscheme=qscheme, reduce_range=reduce_range)
+        t = ob.MovingAverageMinMaxObserver(
+            averaging_constant=c, dtype=_torch_dtype(torch, signed), qscheme=qscheme, reduce_range=reduce_range
+        )
     theirs = _run_torch(torch, t, batches)
-    ours = _feed(MovingAverageMinMaxObserver(spec, averaging_constant=c, reduce_range=reduce_range),
-                 batches)
+    ours = _feed(MovingAverageMinMaxObserver(spec, averaging_constant=c, reduce_range=reduce_range), batches)
     _assert_same(ours, theirs, ())
 
 
@@ -156,8 +154,7 @@ def test_per_channel_matches_torch(tobs, seq, axis, signed, symmetric, reduce_ra
     qscheme = torch.per_channel_symmetric if symmetric else torch.per_channel_affine
     batches = TORCH_SEQS[seq]
     spec = QuantSpec(signed=signed, symmetric=symmetric, axis=axis)
-    kw = dict(ch_axis=axis, dtype=_torch_dtype(torch, signed), qscheme=qscheme,
-              reduce_range=reduce_range)
+    kw = dict(ch_axis=axis, dtype=_torch_dtype(torch, signed), qscheme=qscheme, reduce_range=reduce_range)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if moving:
@@ -166,8 +163,7 @@ def test_per_channel_matches_torch(tobs, seq, axis, signed, symmetric, reduce_ra
             t = ob.PerChannelMinMaxObserver(**kw)
     theirs = _run_torch(torch, t, batches)
     if moving:
-        ours = MovingAveragePerChannelMinMaxObserver(spec, averaging_constant=0.01,
-                                                     reduce_range=reduce_range)
+        ours = MovingAveragePerChannelMinMaxObserver(spec, averaging_constant=0.01, reduce_range=reduce_range)
     else:
         ours = PerChannelMinMaxObserver(spec, reduce_range=reduce_range)
     _feed(ours, batches)
@@ -177,9 +173,12 @@ def test_per_channel_matches_torch(tobs, seq, axis, signed, symmetric, reduce_ra
 @HYP
 @given(
     batches=st.lists(
-        hnp.arrays(np.float32, st.integers(1, 30),
-                   elements=st.floats(-2.0**100, 2.0**100, width=32, allow_subnormal=True)),
-        min_size=1, max_size=4),
+        hnp.arrays(
+            np.float32, st.integers(1, 30), elements=st.floats(-(2.0**100), 2.0**100, width=32, allow_subnormal=True)
+        ),
+        min_size=1,
+        max_size=4,
+    ),
     signed=st.booleans(),
     symmetric=st.booleans(),
 )
@@ -211,9 +210,11 @@ def test_reduce_range_ranges():
     assert obs.effective_spec == QuantSpec(bits=7, signed=False, symmetric=True)
     assert obs.spec == QuantSpec(signed=False, symmetric=True)
     # histogram observers search with the reduced spec
-    for obs in (PercentileObserver(QuantSpec(), bins=64, reduce_range=True),
-                MSEObserver(QuantSpec(), bins=64, reduce_range=True),
-                EntropyObserver(QuantSpec(), bins=256, reduce_range=True)):
+    for obs in (
+        PercentileObserver(QuantSpec(), bins=64, reduce_range=True),
+        MSEObserver(QuantSpec(), bins=64, reduce_range=True),
+        EntropyObserver(QuantSpec(), bins=256, reduce_range=True),
+    ):
         assert obs.update(x).qparams().spec == QuantSpec(bits=7)
     assert EntropyObserver(QuantSpec(), reduce_range=True).levels == 64
 
@@ -269,9 +270,12 @@ def test_per_group_min_max_and_moving_average_against_numpy(symmetric):
 
 
 float_batches = st.lists(
-    hnp.arrays(np.float32, hnp.array_shapes(min_dims=1, max_dims=2, max_side=6),
-               elements=st.floats(-1e6, 1e6, width=32)),
-    min_size=1, max_size=5)
+    hnp.arrays(
+        np.float32, hnp.array_shapes(min_dims=1, max_dims=2, max_side=6), elements=st.floats(-1e6, 1e6, width=32)
+    ),
+    min_size=1,
+    max_size=5,
+)
 
 
 @HYP
@@ -285,8 +289,7 @@ def test_minmax_streaming_equals_concatenated(batches, signed, symmetric):
 
 
 @HYP
-@given(batches=float_batches, signed=st.booleans(), symmetric=st.booleans(),
-       bits=st.integers(2, 8))
+@given(batches=float_batches, signed=st.booleans(), symmetric=st.booleans(), bits=st.integers(2, 8))
 def test_minmax_range_covers_data_and_zero(batches, signed, symmetric, bits):
     """min_val <= 0 <= max_val after widening: every observed value is within half a
     step of the grid (no clipping), and real 0 is a code."""
@@ -302,9 +305,10 @@ def test_minmax_range_covers_data_and_zero(batches, signed, symmetric, bits):
 
 
 @HYP
-@given(batches=st.lists(hnp.arrays(np.float32, (3, 4), elements=st.floats(-100, 100, width=32)),
-                        min_size=1, max_size=4),
-       axis=st.sampled_from([0, 1, -1]))
+@given(
+    batches=st.lists(hnp.arrays(np.float32, (3, 4), elements=st.floats(-100, 100, width=32)), min_size=1, max_size=4),
+    axis=st.sampled_from([0, 1, -1]),
+)
 def test_per_channel_streaming_equals_concatenated(batches, axis):
     spec = QuantSpec(signed=False, axis=axis)
     streamed = _feed(PerChannelMinMaxObserver(spec), batches)
@@ -338,8 +342,7 @@ def test_histogram_counts_are_exact_through_growth(bins):
     seen = []
     for k in range(30):
         scale = 10.0 ** rng.uniform(-40, 30)
-        x = (rng.standard_normal(int(rng.integers(1, 40))) * scale
-             + rng.choice([-3, 0, 2]) * scale).astype(np.float32)
+        x = (rng.standard_normal(int(rng.integers(1, 40))) * scale + rng.choice([-3, 0, 2]) * scale).astype(np.float32)
         if k == 7:
             x = np.append(x, np.float32(-1e-45))  # tiny value next to the 0 edge
         obs.update(x)
@@ -388,17 +391,19 @@ def test_percentile_within_one_bin_of_numpy(p, bins):
     w = asym.bin_width
     assert abs(float(asym.min_val) - lo) <= w
     assert abs(float(asym.max_val) - hi) <= w
-    sym = _feed(PercentileObserver(QuantSpec(symmetric=True), percentile=p, bins=bins),
-                np.array_split(x, 7))
+    sym = _feed(PercentileObserver(QuantSpec(symmetric=True), percentile=p, bins=bins), np.array_split(x, 7))
     a = np.percentile(np.abs(x.astype(np.float64)), p)
     assert abs(max(float(sym.max_val), -float(sym.min_val)) - a) <= sym.bin_width
 
 
 @HYP
-@given(batches=st.lists(hnp.arrays(np.float32, st.integers(1, 40),
-                                   elements=st.floats(-1e4, 1e4, width=32)),
-                        min_size=1, max_size=5),
-       p=st.floats(50, 100), bins=st.sampled_from([8, 33, 256]))
+@given(
+    batches=st.lists(
+        hnp.arrays(np.float32, st.integers(1, 40), elements=st.floats(-1e4, 1e4, width=32)), min_size=1, max_size=5
+    ),
+    p=st.floats(50, 100),
+    bins=st.sampled_from([8, 33, 256]),
+)
 def test_percentile_property(batches, p, bins):
     obs = _feed(PercentileObserver(QuantSpec(), percentile=p, bins=bins), batches)
     x = np.concatenate(batches).astype(np.float64)
@@ -427,9 +432,11 @@ def test_histogram_streaming_without_growth_equals_one_batch():
     first = np.concatenate([x[[i, j]], x[:100]])
     rest = np.array_split(np.delete(x, [i, j])[100:], 5)
     whole = np.concatenate([first] + rest)
-    for make in (lambda: PercentileObserver(QuantSpec(), bins=256),
-                 lambda: MSEObserver(QuantSpec(bits=4), bins=128),
-                 lambda: EntropyObserver(QuantSpec(), bins=512)):
+    for make in (
+        lambda: PercentileObserver(QuantSpec(), bins=256),
+        lambda: MSEObserver(QuantSpec(bits=4), bins=128),
+        lambda: EntropyObserver(QuantSpec(), bins=512),
+    ):
         a = _feed(make(), [first] + rest)
         b = make().update(whole)
         np.testing.assert_array_equal(a.histogram[0], b.histogram[0])
@@ -595,8 +602,7 @@ def test_entropy_choice_is_kl_minimiser(bits, signed, bins):
     x = _heavy_tailed(rng, 20000)
     if not signed:
         x = np.abs(x)
-    obs = _feed(EntropyObserver(QuantSpec(bits=bits, signed=signed), bins=bins),
-                np.array_split(x, 3))
+    obs = _feed(EntropyObserver(QuantSpec(bits=bits, signed=signed), bins=bins), np.array_split(x, 3))
     counts, edges = obs.histogram
     n = int(np.flatnonzero(counts)[-1]) + 1
     levels = 1 << (bits - 1 + (not signed))
@@ -684,8 +690,9 @@ def test_per_channel_errors(cls):
         grp.update(np.zeros((3, 4), np.float32))
 
 
-@pytest.mark.parametrize("cls", [MinMaxObserver, MovingAverageMinMaxObserver, PercentileObserver,
-                                 MSEObserver, EntropyObserver])
+@pytest.mark.parametrize(
+    "cls", [MinMaxObserver, MovingAverageMinMaxObserver, PercentileObserver, MSEObserver, EntropyObserver]
+)
 def test_per_tensor_observer_rejects_axis(cls):
     with pytest.raises(ValueError, match="spec.axis must be None"):
         cls(QuantSpec(axis=0))

@@ -55,8 +55,15 @@ def _npz_literals(module) -> set[str]:
     """String constants of a module's source that name a bare ``.npz`` file."""
     tree = ast.parse(Path(module.__file__).read_text())
     parts = {id(v) for n in ast.walk(tree) if isinstance(n, ast.JoinedStr) for v in n.values}  # f"{x}.npz"
-    return {n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)
-            and id(n) not in parts and n.value.endswith(".npz") and n.value[:-4].replace("_", "").isalnum()}
+    return {
+        n.value
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Constant)
+        and isinstance(n.value, str)
+        and id(n) not in parts
+        and n.value.endswith(".npz")
+        and n.value[:-4].replace("_", "").isalnum()
+    }
 
 
 def test_every_model_a_command_names_is_package_data():
@@ -116,14 +123,21 @@ def test_subprocesses_import_the_npquant_under_test():
     test_benchmarks) must import the same npquant as this process: from a checkout, both
     the checkout; in CI's wheel stage, which runs a copy of tests/ without npquant/, both
     the installed package."""
-    r = subprocess.run([sys.executable, "-c", "import npquant; print(npquant.__file__)"], cwd=ROOT,
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-c", "import npquant; print(npquant.__file__)"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     assert Path(r.stdout.strip()).resolve() == Path(npquant.__file__).resolve()
 
 
-@pytest.mark.skipif(not os.environ.get("NPQUANT_TEST_INSTALLED"),
-                    reason="set NPQUANT_TEST_INSTALLED=1 to assert a non-editable install (CI's wheel stage)")
+@pytest.mark.skipif(
+    not os.environ.get("NPQUANT_TEST_INSTALLED"),
+    reason="set NPQUANT_TEST_INSTALLED=1 to assert a non-editable install (CI's wheel stage)",
+)
 def test_npquant_is_the_installed_wheel():
     purelib = Path(sysconfig.get_paths()["purelib"]).resolve()
     assert PACKAGE.is_relative_to(purelib), (PACKAGE, purelib)
@@ -183,8 +197,14 @@ def test_read_only_install_caches_kernels(tmp_path):
     base.update(PYTHONPATH=str(site), PYTHONDONTWRITEBYTECODE="1")
 
     def probe(**env):
-        r = subprocess.run(wrap([sys.executable, "-c", PROBE]), env={**base, **env}, cwd=tmp_path,
-                           capture_output=True, text=True, timeout=300)
+        r = subprocess.run(
+            wrap([sys.executable, "-c", PROBE]),
+            env={**base, **env},
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert r.returncode == 0, r.stdout + r.stderr
         out = json.loads(r.stdout.strip().splitlines()[-1])
         assert Path(out["file"]).resolve() == (site / "npquant" / "__init__.py").resolve()

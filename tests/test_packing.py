@@ -61,6 +61,7 @@ def _both_unpack(data, bits, count, order, **kw):
 
 # ---- layout ------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize(
     "values, bits, lsb, msb",
     [
@@ -138,8 +139,7 @@ def test_unpack_unaligned_and_strided_data(bits):
         spread = np.zeros(2 * data.size, np.uint8)
         spread[::2] = data
         np.testing.assert_array_equal(_both_unpack(spread[::2], bits, v.size, order), v)
-        np.testing.assert_array_equal(
-            _both_unpack(np.ascontiguousarray(data[::-1])[::-1], bits, v.size, order), v)
+        np.testing.assert_array_equal(_both_unpack(np.ascontiguousarray(data[::-1])[::-1], bits, v.size, order), v)
 
 
 @pytest.mark.parametrize("order", PACK_ORDERS)
@@ -166,8 +166,7 @@ def test_input_dtypes_shapes_and_strides():
         assert view is not base
         flat = np.ascontiguousarray(view).reshape(-1)
         for order in PACK_ORDERS:
-            np.testing.assert_array_equal(_both_pack(view, 3, order),
-                                          _oracle_pack(flat, 3, order))
+            np.testing.assert_array_equal(_both_pack(view, 3, order), _oracle_pack(flat, 3, order))
     np.testing.assert_array_equal(pack_bits(np.int64(5), 3), [5])  # 0-d: one value
     # non-contiguous packed data
     data = pack_bits(base, 3)
@@ -175,11 +174,11 @@ def test_input_dtypes_shapes_and_strides():
     spread[::2] = data
     assert not spread[::2].flags.c_contiguous
     np.testing.assert_array_equal(_both_unpack(spread[::2], 3, base.size, "lsb"), base.reshape(-1))
-    np.testing.assert_array_equal(unpack_bits(bytearray(data.tobytes()), 3, base.size),
-                                  base.reshape(-1))
+    np.testing.assert_array_equal(unpack_bits(bytearray(data.tobytes()), 3, base.size), base.reshape(-1))
 
 
 # ---- peers ---------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("n", [0, 1, 7, 8, 9, 64, 333])
 def test_one_bit_matches_numpy_packbits(n):
@@ -187,8 +186,7 @@ def test_one_bit_matches_numpy_packbits(n):
     for order, bitorder in (("lsb", "little"), ("msb", "big")):
         data = _both_pack(v, 1, order)
         np.testing.assert_array_equal(data, np.packbits(v, bitorder=bitorder))
-        np.testing.assert_array_equal(_both_unpack(data, 1, n, order),
-                                      np.unpackbits(data, count=n, bitorder=bitorder))
+        np.testing.assert_array_equal(_both_unpack(data, 1, n, order), np.unpackbits(data, count=n, bitorder=bitorder))
 
 
 @pytest.mark.parametrize("n", [1, 2, 5, 8, 33])
@@ -227,6 +225,7 @@ def test_matches_onnx_sub_byte_tensors(n):
 
 # ---- errors --------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_value_out_of_range_is_an_error(backend):
     with pytest.raises(ValueError, match=r"values\[3\] = 4 does not fit in 2 unsigned bit"):
@@ -250,8 +249,11 @@ def test_signed_codes_point_to_to_unsigned():
     qp = npquant.fit_qparams(x, npquant.QuantSpec(bits=4, symmetric=True))
     q = npquant.quantize(x, qp)
     assert q.min() < 0
-    with pytest.raises(ValueError, match=r"values\[0\] = -7 does not fit.*npquant\.to_unsigned\(values, bits\)"
-                                         r".*npquant\.from_unsigned"):
+    with pytest.raises(
+        ValueError,
+        match=r"values\[0\] = -7 does not fit.*npquant\.to_unsigned\(values, bits\)"
+        r".*npquant\.from_unsigned",
+    ):
         npquant.pack_bits(q, 4)
     with pytest.raises(ValueError, match="to_unsigned"):
         npquant.pack(q, 4)
@@ -315,16 +317,14 @@ def test_bad_arguments():
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_truncated_and_trailing_data(backend):
     data = pack_bits(np.arange(8), 3)  # 3 bytes
-    with pytest.raises(ValueError,
-                       match="data is truncated: 8 values of 3 bits need 3 bytes, got 2"):
+    with pytest.raises(ValueError, match="data is truncated: 8 values of 3 bits need 3 bytes, got 2"):
         unpack_bits(data[:2], 3, 8, backend=backend)
     with pytest.raises(ValueError, match="need 1 bytes, got 0"):
         unpack_bits(b"", 3, 1, backend=backend)
     longer = np.concatenate([data, [0xFF]]).astype(np.uint8)
     with pytest.raises(ValueError, match=r"data has 1 trailing byte\(s\).*strict=False"):
         unpack_bits(longer, 3, 8, backend=backend)
-    np.testing.assert_array_equal(unpack_bits(longer, 3, 8, strict=False, backend=backend),
-                                  np.arange(8))
+    np.testing.assert_array_equal(unpack_bits(longer, 3, 8, strict=False, backend=backend), np.arange(8))
     np.testing.assert_array_equal(unpack_bits(longer, 3, 0, strict=False, backend=backend), [])
 
 
@@ -351,6 +351,7 @@ def test_non_zero_padding_is_corrupt(order, backend):
 
 
 # ---- signed values -------------------------------------------------------------------------
+
 
 def test_signed_examples():
     np.testing.assert_array_equal(to_unsigned([-8, -1, 0, 7], 4), [8, 15, 0, 7])
@@ -379,8 +380,7 @@ def test_signed_round_trips_through_packing(bits, signed):
     for order in PACK_ORDERS:
         u = to_unsigned(v, bits, signed=signed)
         assert u.dtype == np.uint8 and u.min() >= 0 and u.max() < (1 << bits)
-        back = from_unsigned(_both_unpack(_both_pack(u, bits, order), bits, v.size, order),
-                             bits, signed=signed)
+        back = from_unsigned(_both_unpack(_both_pack(u, bits, order), bits, v.size, order), bits, signed=signed)
         assert back.dtype == np.int8
         np.testing.assert_array_equal(back, v)
     if signed == "twos":  # two's complement is the low bits of the int8 pattern
@@ -388,8 +388,7 @@ def test_signed_round_trips_through_packing(bits, signed):
 
 
 def test_signed_errors():
-    with pytest.raises(ValueError,
-                       match=r"values\[1\] = 8 does not fit 4-bit two's complement: allowed -8..7"):
+    with pytest.raises(ValueError, match=r"values\[1\] = 8 does not fit 4-bit two's complement: allowed -8..7"):
         to_unsigned([0, 8], 4)
     with pytest.raises(ValueError, match=r"values\[0\] = -9 .*allowed -8\.\.7"):
         to_unsigned([-9], 4, signed="offset")
@@ -414,6 +413,7 @@ def test_signed_errors():
 
 
 # ---- container -----------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_packed_array_keeps_shape_and_count(backend):
@@ -461,11 +461,11 @@ def test_packed_array_is_immutable_and_checked():
 
 # ---- properties ----------------------------------------------------------------------------
 
+
 @st.composite
 def _values(draw, max_len=120):
     bits = draw(st.integers(1, 8))
-    v = draw(hnp.arrays(np.uint8, st.integers(0, max_len),
-                        elements=st.integers(0, (1 << bits) - 1)))
+    v = draw(hnp.arrays(np.uint8, st.integers(0, max_len), elements=st.integers(0, (1 << bits) - 1)))
     return v, bits
 
 
@@ -484,8 +484,7 @@ def test_property_streams_concatenate_at_group_boundaries(a, k, order, data):
     v, bits = a
     cut = min(8 * k, v.size // 8 * 8)
     whole = pack_bits(v, bits, order=order)
-    parts = np.concatenate([pack_bits(v[:cut], bits, order=order),
-                            pack_bits(v[cut:], bits, order=order)])
+    parts = np.concatenate([pack_bits(v[:cut], bits, order=order), pack_bits(v[cut:], bits, order=order)])
     np.testing.assert_array_equal(whole, parts)
 
 

@@ -26,8 +26,14 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.mark.skipif("avx2" not in cpu_features(), reason="fbgemm needs AVX2")
 def test_torch_peer_tests_pass_on_fbgemm_avx2_kernels():
     env = dict(os.environ, FBGEMM_ENABLE_INSTRUCTIONS="AVX2", ATEN_CPU_CAPABILITY="avx2")
-    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider", *MODULES],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider", *MODULES],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
     assert done.returncode == 0, done.stdout[-5000:] + done.stderr[-3000:]
     assert "fbgemm path here: avx2" in done.stdout  # the forced path took effect
     assert " failed" not in done.stdout and " passed" in done.stdout

@@ -37,10 +37,13 @@ def _model(op, in_type, out_type, x_shape, p_shape, axis, block_size, opset=25, 
         attrs["block_size"] = block_size
     node = helper.make_node(op, ["x", "s", "z"], ["y"], **attrs)
     graph = helper.make_graph(
-        [node], "g",
-        [helper.make_tensor_value_info("x", in_type, x_shape),
-         helper.make_tensor_value_info("s", TP.FLOAT, p_shape),
-         helper.make_tensor_value_info("z", out_type if op == "QuantizeLinear" else in_type, p_shape)],
+        [node],
+        "g",
+        [
+            helper.make_tensor_value_info("x", in_type, x_shape),
+            helper.make_tensor_value_info("s", TP.FLOAT, p_shape),
+            helper.make_tensor_value_info("z", out_type if op == "QuantizeLinear" else in_type, p_shape),
+        ],
         [helper.make_tensor_value_info("y", out_type, x_shape)],
     )
     kw = {"ir_version": ir_version} if ir_version else {}
@@ -49,9 +52,16 @@ def _model(op, in_type, out_type, x_shape, p_shape, axis, block_size, opset=25, 
 
 def _cases(rng):
     """(x, spec-granularity kwargs) for per-tensor, per-axis and blocked, with ties."""
-    for shape, axis, block in [((37,), None, None), ((4, 9), 0, None), ((4, 9), 1, None),
-                               ((3, 5, 6), 1, None), ((4, 10), 1, 4), ((6, 7), 0, 3),
-                               ((2, 9, 3), 1, 2), ((3, 16), 1, 16)]:
+    for shape, axis, block in [
+        ((37,), None, None),
+        ((4, 9), 0, None),
+        ((4, 9), 1, None),
+        ((3, 5, 6), 1, None),
+        ((4, 10), 1, 4),
+        ((6, 7), 0, 3),
+        ((2, 9, 3), 1, 2),
+        ((3, 16), 1, 16),
+    ]:
         x = (rng.normal(size=shape) * rng.uniform(0.1, 5)).astype(np.float32)
         yield x, axis, block
 
@@ -74,18 +84,16 @@ def test_quantize_and_dequantize_linear(tname, symmetric):
         # to int32 before clipping, so beyond that it wraps (npquant saturates)
         x.flat[0] = 4 * np.abs(x).max()
         ref_axis = 0 if axis is None else axis
-        model = _model("QuantizeLinear", TP.FLOAT, onnx_type, list(x.shape), list(qp.scale.shape),
-                       ref_axis, block)
+        model = _model("QuantizeLinear", TP.FLOAT, onnx_type, list(x.shape), list(qp.scale.shape), ref_axis, block)
         feeds = {"x": x, "s": qp.scale, "z": qp.zero_point.astype(zdtype)}
         y = ReferenceEvaluator(model).run(None, feeds)[0]
         q = quantize(x, qp, method="divide")
         np.testing.assert_array_equal(q, y.astype(np.int32), err_msg=f"{x.shape} axis={axis} block={block}")
-        dmodel = _model("DequantizeLinear", onnx_type, TP.FLOAT, list(x.shape), list(qp.scale.shape),
-                        ref_axis, block)
-        d = ReferenceEvaluator(dmodel).run(None, {"x": q.astype(zdtype), "s": qp.scale,
-                                                   "z": qp.zero_point.astype(zdtype)})[0]
-        np.testing.assert_array_equal(dequantize(q, qp).view(np.uint32),
-                                      d.astype(np.float32).view(np.uint32))
+        dmodel = _model("DequantizeLinear", onnx_type, TP.FLOAT, list(x.shape), list(qp.scale.shape), ref_axis, block)
+        d = ReferenceEvaluator(dmodel).run(
+            None, {"x": q.astype(zdtype), "s": qp.scale, "z": qp.zero_point.astype(zdtype)}
+        )[0]
+        np.testing.assert_array_equal(dequantize(q, qp).view(np.uint32), d.astype(np.float32).view(np.uint32))
 
 
 @pytest.mark.parametrize("tname", ["UINT8", "INT8"])
@@ -98,8 +106,17 @@ def test_onnxruntime_quantize_linear(tname):
             continue
         spec = QuantSpec(bits=bits, signed=signed, axis=axis)
         qp = fit_qparams(x, spec)
-        model = _model("QuantizeLinear", TP.FLOAT, onnx_type, list(x.shape), list(qp.scale.shape),
-                       0 if axis is None else axis, None, opset=21, ir_version=10)
+        model = _model(
+            "QuantizeLinear",
+            TP.FLOAT,
+            onnx_type,
+            list(x.shape),
+            list(qp.scale.shape),
+            0 if axis is None else axis,
+            None,
+            opset=21,
+            ir_version=10,
+        )
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = 1
         sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
@@ -108,14 +125,14 @@ def test_onnxruntime_quantize_linear(tname):
 
 
 def _dynamic_cases(rng):
-    yield np.zeros((3, 4), np.float32)                     # hi == lo: scale 1/255
-    yield np.abs(rng.normal(size=50)).astype(np.float32)   # all positive: Z = 0
+    yield np.zeros((3, 4), np.float32)  # hi == lo: scale 1/255
+    yield np.abs(rng.normal(size=50)).astype(np.float32)  # all positive: Z = 0
     yield -np.abs(rng.normal(size=50)).astype(np.float32)  # all negative: Z = 255
     yield np.array([-1.0, 0.0, 1.0, 0.5 / 255 * 2], np.float32)
     for _ in range(20):
         x = (rng.normal(size=(5, 7)) * rng.uniform(0.01, 50) + rng.uniform(-3, 3)).astype(np.float32)
         s = np.float32(max(0.0, x.max()) - min(0.0, x.min())) / np.float32(255)
-        x[0, :3] = (np.arange(3) + 0.5) * s                # half-step values: ties of x / S
+        x[0, :3] = (np.arange(3) + 0.5) * s  # half-step values: ties of x / S
         yield x
 
 
@@ -126,10 +143,16 @@ def test_dynamic_quantize_linear_equals_onnx_reference_and_onnxruntime(backend):
     node = helper.make_node("DynamicQuantizeLinear", ["x"], ["y", "s", "z"])
     rng = np.random.default_rng(11)
     for x in _dynamic_cases(rng):
-        graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TP.FLOAT, list(x.shape))],
-                                  [helper.make_tensor_value_info("y", TP.UINT8, list(x.shape)),
-                                   helper.make_tensor_value_info("s", TP.FLOAT, []),
-                                   helper.make_tensor_value_info("z", TP.UINT8, [])])
+        graph = helper.make_graph(
+            [node],
+            "g",
+            [helper.make_tensor_value_info("x", TP.FLOAT, list(x.shape))],
+            [
+                helper.make_tensor_value_info("y", TP.UINT8, list(x.shape)),
+                helper.make_tensor_value_info("s", TP.FLOAT, []),
+                helper.make_tensor_value_info("z", TP.UINT8, []),
+            ],
+        )
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
         peers = {"onnx": ReferenceEvaluator(model).run(None, {"x": x})}
         ort = pytest.importorskip("onnxruntime")

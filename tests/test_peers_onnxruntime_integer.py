@@ -24,11 +24,15 @@ COUNTS = {}
 
 def _run(node, inputs, initializers, out_type, out_name="y"):
     graph = helper.make_graph(
-        [node], "g",
-        [helper.make_tensor_value_info(k, helper.np_dtype_to_tensor_dtype(v.dtype), list(v.shape))
-         for k, v in inputs.items()],
+        [node],
+        "g",
+        [
+            helper.make_tensor_value_info(k, helper.np_dtype_to_tensor_dtype(v.dtype), list(v.shape))
+            for k, v in inputs.items()
+        ],
         [helper.make_tensor_value_info(out_name, out_type, None)],
-        initializer=[numpy_helper.from_array(v, k) for k, v in initializers.items()])
+        initializer=[numpy_helper.from_array(v, k) for k, v in initializers.items()],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
     so = ort.SessionOptions()
@@ -51,8 +55,12 @@ def test_matmul_integer(m, k, n):
     a = rng.integers(0, 256, (m, k)).astype(np.uint8)
     b = rng.integers(-128, 128, (k, n)).astype(np.int8)
     za, zb = np.uint8(rng.integers(0, 256)), rng.integers(-4, 5, n).astype(np.int8)
-    y = _run(helper.make_node("MatMulInteger", ["a", "b", "za", "zb"], ["y"]), {"a": a},
-             {"b": b, "za": za, "zb": zb}, TensorProto.INT32)
+    y = _run(
+        helper.make_node("MatMulInteger", ["a", "b", "za", "zb"], ["y"]),
+        {"a": a},
+        {"b": b, "za": za, "zb": zb},
+        TensorProto.INT32,
+    )
     x_qp = QParams(np.float32(1), int(za), U8)
     w_qp = QParams(np.ones(n, np.float32), zb.astype(np.int32), QuantSpec(axis=0))
     w = np.ascontiguousarray(b.T)
@@ -69,8 +77,12 @@ def test_qlinear_matmul(m, k, n):
     za, zy = np.uint8(rng.integers(0, 256)), np.uint8(rng.integers(0, 256))
     sy = np.float32(rng.uniform(0.2, 1.0))
     init = {"sa": sa, "za": za, "b": b, "sb": sb, "zb": np.zeros((1, n), np.int8), "sy": sy, "zy": zy}
-    y = _run(helper.make_node("QLinearMatMul", ["a", "sa", "za", "b", "sb", "zb", "sy", "zy"], ["y"]), {"a": a},
-             init, TensorProto.UINT8)
+    y = _run(
+        helper.make_node("QLinearMatMul", ["a", "sa", "za", "b", "sb", "zb", "sy", "zy"], ["y"]),
+        {"a": a},
+        init,
+        TensorProto.UINT8,
+    )
     x_qp, y_qp = QParams(sa, int(za), U8), QParams(sy, int(zy), U8)
     w_qp = QParams(sb.ravel(), 0, QuantSpec(axis=0))
     w = np.ascontiguousarray(b.T)
@@ -81,8 +93,14 @@ def test_qlinear_matmul(m, k, n):
 # C, O, k, stride, pad, group: the kinds the AVX2 recordings cover (im2col, ConvSym,
 # both depthwise kernels) and a pointwise one; grouped non-depthwise QLinearConv has no
 # recording, so its pairing on AVX2 is not claimed
-CONVS = [(5, 6, 3, 1, 1, 1), (8, 16, 3, 1, 1, 1), (3, 4, 5, 2, 2, 1), (8, 8, 3, 1, 1, 8),
-         (16, 16, 3, 2, 1, 16), (9, 7, 1, 1, 0, 1)]
+CONVS = [
+    (5, 6, 3, 1, 1, 1),
+    (8, 16, 3, 1, 1, 1),
+    (3, 4, 5, 2, 2, 1),
+    (8, 8, 3, 1, 1, 8),
+    (16, 16, 3, 2, 1, 16),
+    (9, 7, 1, 1, 0, 1),
+]
 
 
 @pytest.mark.parametrize("c, o, k, stride, pad, group", CONVS)
@@ -95,15 +113,21 @@ def test_qlinear_conv(c, o, k, stride, pad, group):
     sy, zy = np.float32(rng.uniform(0.1, 0.5)), np.uint8(rng.integers(0, 256))
     bias = rng.integers(-20000, 20000, o).astype(np.int32)
     init = {"sx": sx, "zx": zx, "w": w, "sw": sw, "zw": np.zeros(o, np.int8), "sy": sy, "zy": zy, "B": bias}
-    node = helper.make_node("QLinearConv", ["x", "sx", "zx", "w", "sw", "zw", "sy", "zy", "B"], ["y"],
-                            strides=[stride] * 2, pads=[pad] * 4, group=group, kernel_shape=[k, k])
+    node = helper.make_node(
+        "QLinearConv",
+        ["x", "sx", "zx", "w", "sw", "zw", "sy", "zy", "B"],
+        ["y"],
+        strides=[stride] * 2,
+        pads=[pad] * 4,
+        group=group,
+        kernel_shape=[k, k],
+    )
     y = _run(node, {"x": x}, init, TensorProto.UINT8)
     x_qp, y_qp = QParams(sx, int(zx), U8), QParams(sy, int(zy), U8)
     w_qp = QParams(sw, 0, QuantSpec(axis=0))
     kw = dict(stride=stride, padding=pad, groups=group, mode="fp32")
     got = qconv2d(x, x_qp, w, w_qp, bias, y_qp, accumulation="mlas", **kw)
-    _count("QLinearConv" + (" depthwise" if group == c else ""), got, y,
-           qconv2d(x, x_qp, w, w_qp, bias, y_qp, **kw))
+    _count("QLinearConv" + (" depthwise" if group == c else ""), got, y, qconv2d(x, x_qp, w, w_qp, bias, y_qp, **kw))
 
 
 def test_conv_integer_is_exact():
@@ -113,8 +137,9 @@ def test_conv_integer_is_exact():
     zx = np.uint8(200)
     node = helper.make_node("ConvInteger", ["x", "w", "zx"], ["y"], pads=[1] * 4, kernel_shape=[3, 3])
     y = _run(node, {"x": x}, {"w": w, "zx": zx}, TensorProto.INT32)
-    got = conv2d_accumulate(x, QParams(np.float32(1), int(zx), U8), w, QParams(np.float32(1), 0, QuantSpec()),
-                            padding=1)
+    got = conv2d_accumulate(
+        x, QParams(np.float32(1), int(zx), U8), w, QParams(np.float32(1), 0, QuantSpec()), padding=1
+    )
     _count("ConvInteger", got, y, got)
 
 

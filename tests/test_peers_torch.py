@@ -54,8 +54,7 @@ def test_quantize_per_tensor(tdtype, threads):
         np.testing.assert_array_equal(q, t.int_repr().numpy())
         np.testing.assert_array_equal(quantize(x, qp, method="torch", backend="numpy"), q)
         # float32 bits of the dequantized values
-        np.testing.assert_array_equal(dequantize(q, qp).view(np.uint32),
-                                      t.dequantize().numpy().view(np.uint32))
+        np.testing.assert_array_equal(dequantize(q, qp).view(np.uint32), t.dequantize().numpy().view(np.uint32))
 
 
 def test_other_methods_do_not_match_per_tensor():
@@ -85,13 +84,13 @@ def test_quantize_per_channel(tdtype, threads):
             k = rng.integers(-200, 200, size=shape)
             ties = ((k + 0.5) * scale.reshape(bshape)).astype(np.float32)
             x = np.where(rng.random(shape) < 0.5, ties, x).astype(np.float32)
-            t = torch.quantize_per_channel(torch.from_numpy(x), torch.from_numpy(scale.astype(np.float64)),
-                                           torch.from_numpy(zp), axis, tdtype)
+            t = torch.quantize_per_channel(
+                torch.from_numpy(x), torch.from_numpy(scale.astype(np.float64)), torch.from_numpy(zp), axis, tdtype
+            )
             qp = QParams(scale, zp, spec0.replace(axis=axis))
             q = quantize(x, qp, method="torch")
             np.testing.assert_array_equal(q, t.int_repr().numpy(), err_msg=f"{shape} axis={axis}")
-            np.testing.assert_array_equal(dequantize(q, qp).view(np.uint32),
-                                          t.dequantize().numpy().view(np.uint32))
+            np.testing.assert_array_equal(dequantize(q, qp).view(np.uint32), t.dequantize().numpy().view(np.uint32))
 
 
 def test_fake_quantize_per_tensor_and_per_channel():
@@ -102,14 +101,13 @@ def test_fake_quantize_per_tensor_and_per_channel():
         x = _data(rng, 3000, scale)
         t = torch.fake_quantize_per_tensor_affine(torch.from_numpy(x), float(scale), zp, 0, 255)
         qp = QParams(scale, zp, QuantSpec(signed=False))
-        np.testing.assert_array_equal(fake_quantize(x, qp, method="torch").view(np.uint32),
-                                      t.numpy().view(np.uint32))
+        np.testing.assert_array_equal(fake_quantize(x, qp, method="torch").view(np.uint32), t.numpy().view(np.uint32))
     sc = rng.uniform(1e-3, 0.1, 6).astype(np.float32)
     z = rng.integers(-128, 128, 6)
     k = rng.integers(-200, 200, size=(6, 500))
     x = ((k + 0.5) * sc[:, None]).astype(np.float32)
-    t = torch.fake_quantize_per_channel_affine(torch.from_numpy(x), torch.from_numpy(sc),
-                                               torch.from_numpy(z).int(), 0, -128, 127)
+    t = torch.fake_quantize_per_channel_affine(
+        torch.from_numpy(x), torch.from_numpy(sc), torch.from_numpy(z).int(), 0, -128, 127
+    )
     qp = QParams(sc, z, QuantSpec(axis=0))
-    np.testing.assert_array_equal(fake_quantize(x, qp, method="torch").view(np.uint32),
-                                  t.numpy().view(np.uint32))
+    np.testing.assert_array_equal(fake_quantize(x, qp, method="torch").view(np.uint32), t.numpy().view(np.uint32))

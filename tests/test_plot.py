@@ -60,8 +60,10 @@ def weights():
 
 
 def test_import_npquant_does_not_import_matplotlib():
-    code = ("import sys, npquant, npquant.app.plot, npquant.models.cases, npquant.app.cli; "
-            "print(any(m == 'matplotlib' or m.startswith('matplotlib.') for m in sys.modules))")
+    code = (
+        "import sys, npquant, npquant.app.plot, npquant.models.cases, npquant.app.cli; "
+        "print(any(m == 'matplotlib' or m.startswith('matplotlib.') for m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
@@ -86,11 +88,14 @@ def test_missing_matplotlib_names_the_extra(monkeypatch, tmp_path, capsys):
 # -------------------------------------------------------------------------- histogram
 
 
-@pytest.mark.parametrize("spec, n_levels", [
-    (QuantSpec(bits=3), 8),
-    (QuantSpec(bits=4, symmetric=True, narrow_range=True), 15),
-    (QuantSpec(bits=2, signed=False), 4),
-])
+@pytest.mark.parametrize(
+    "spec, n_levels",
+    [
+        (QuantSpec(bits=3), 8),
+        (QuantSpec(bits=4, symmetric=True, narrow_range=True), 15),
+        (QuantSpec(bits=2, signed=False), 4),
+    ],
+)
 def test_histogram_grid_clip_range_and_codebook(weights, spec, n_levels):
     qp = fit_qparams(weights, spec)
     km = kmeans_quantize(weights, 2)
@@ -149,8 +154,12 @@ def test_histogram_errors(weights):
 
 def test_error_heatmaps_show_the_errors(weights):
     options = P.error_options(bits=3, group_size=8)
-    assert list(options) == ["per-tensor symmetric", "per-tensor asymmetric", "per-channel symmetric",
-                             "per-group(8) symmetric"]
+    assert list(options) == [
+        "per-tensor symmetric",
+        "per-tensor asymmetric",
+        "per-channel symmetric",
+        "per-group(8) symmetric",
+    ]
     fig = P.plot_error_heatmaps(weights, options, title="fc")
     axes = _data_axes(fig)
     assert len(axes) == 4 and fig._suptitle.get_text() == "fc"
@@ -199,13 +208,16 @@ def test_sqnr_lines_hold_the_sqnr(weights):
     assert (ax.get_xlabel(), ax.get_ylabel()) == ("bits", "SQNR (dB)")
     for label, spec in options.items():
         line = _by_gid(ax, f"sqnr:{label}")
-        expect = [quantization_error(weights, fake_quantize(weights, fit_qparams(weights, spec.replace(bits=b))))
-                  .sqnr_db for b in bits]
+        expect = [
+            quantization_error(weights, fake_quantize(weights, fit_qparams(weights, spec.replace(bits=b)))).sqnr_db
+            for b in bits
+        ]
         np.testing.assert_array_equal(line.get_xdata(), bits)
         np.testing.assert_array_equal(line.get_ydata(), expect)
         assert line.get_label() == label
-    np.testing.assert_array_equal(P.sqnr_vs_bits(weights, options, bits)["per-channel"],
-                                  _by_gid(ax, "sqnr:per-channel").get_ydata())
+    np.testing.assert_array_equal(
+        P.sqnr_vs_bits(weights, options, bits)["per-channel"], _by_gid(ax, "sqnr:per-channel").get_ydata()
+    )
     # about 6 dB per bit
     y = _by_gid(ax, "sqnr:per-tensor").get_ydata()
     assert 4 * 5 < y[2] - y[1] < 4 * 7
@@ -247,7 +259,7 @@ def test_tie_map_marks_where_the_modes_disagree():
     assert t.modes == REQUANT_MODES
     np.testing.assert_array_equal(t.acc, acc)
     for i, m in enumerate(mults):
-        codes = np.stack([requantize(acc, m, 0, -2**31, 2**31 - 1, mode=mode) for mode in REQUANT_MODES])
+        codes = np.stack([requantize(acc, m, 0, -(2**31), 2**31 - 1, mode=mode) for mode in REQUANT_MODES])
         np.testing.assert_array_equal(t.codes[:, i], codes)
         differ = np.any(codes != codes[0], axis=0)
         np.testing.assert_array_equal(t.pattern[i] > 0, differ)
@@ -263,7 +275,8 @@ def test_tie_map_marks_where_the_modes_disagree():
     (ax,) = fig.axes
     np.testing.assert_array_equal(ax.images[0].get_array(), t.pattern)
     assert [x.get_text() for x in ax.get_yticklabels()] == [
-        f"M={m:.6g} ({int((t.pattern[i] > 0).sum())})" for i, m in enumerate(mults)]
+        f"M={m:.6g} ({int((t.pattern[i] > 0).sum())})" for i, m in enumerate(mults)
+    ]
     assert [x.get_text() for x in ax.get_legend().get_texts()] == list(t.labels)
     assert ax.get_xlabel() == "accumulator"
 

@@ -302,10 +302,14 @@ def test_quality_threshold_by_hand():
     w = np.array([1.0, -2.0, 3.0, -4.0, 0.5], np.float32)
     # mean -0.3; squared deviations 1.69 2.89 10.89 13.69 0.64, sum 29.8; std sqrt(5.96)
     std = 5.96**0.5  # 2.44131...
-    np.testing.assert_array_equal(magnitude_mask(w, quality=0.5),  # prune |w| < 1.2207
-                                  [False, True, True, True, False])
-    np.testing.assert_array_equal(magnitude_mask(w, quality=1.0),  # prune |w| < 2.4413
-                                  [False, False, True, True, False])
+    np.testing.assert_array_equal(
+        magnitude_mask(w, quality=0.5),  # prune |w| < 1.2207
+        [False, True, True, True, False],
+    )
+    np.testing.assert_array_equal(
+        magnitude_mask(w, quality=1.0),  # prune |w| < 2.4413
+        [False, False, True, True, False],
+    )
     np.testing.assert_array_equal(magnitude_mask(w, quality=0.0), [True] * 5)
     # strict inequality: a weight exactly at the threshold is kept
     v = np.array([-1.0, 1.0])  # std 1
@@ -345,8 +349,7 @@ def test_prune_and_sparsity_of():
     assert not np.any(np.signbit(p[~m]))  # exactly +0.0, also for negative weights
     assert sparsity_of(p) == 0.5 and sparsity_of(m) == 0.5
     assert sparsity_of(np.ones(4)) == 0.0 and sparsity_of(np.zeros(4, np.int8)) == 1.0
-    np.testing.assert_array_equal(prune(np.int8([1, -2, 3]), np.array([True, False, True])),
-                                  np.int8([1, 0, 3]))
+    np.testing.assert_array_equal(prune(np.int8([1, -2, 3]), np.array([True, False, True])), np.int8([1, 0, 3]))
     with pytest.raises(ValueError, match="mask has shape"):
         prune(w, np.ones(4, bool))
     with pytest.raises(TypeError, match="mask must be a boolean"):
@@ -357,15 +360,16 @@ def test_prune_and_sparsity_of():
 
 def test_masks_reapplied_after_perturbation_keep_zeros_zero():
     rng = np.random.default_rng(5)
-    weights = {"fc1": rng.standard_normal((8, 16)).astype(np.float32),
-               "fc2": rng.standard_normal((4, 8)).astype(np.float32),
-               "fc2.bias": rng.standard_normal(4).astype(np.float32)}
+    weights = {
+        "fc1": rng.standard_normal((8, 16)).astype(np.float32),
+        "fc2": rng.standard_normal((4, 8)).astype(np.float32),
+        "fc2.bias": rng.standard_normal(4).astype(np.float32),
+    }
     masks = magnitude_masks(weights, sparsity={"fc1": 0.9, "fc2": 0.5})
     assert set(masks) == {"fc1", "fc2"}
     pruned = reapply(weights, masks)
     for _ in range(3):  # a few "SGD steps" that touch every weight
-        updated = {k: v - np.float32(0.01) * rng.standard_normal(v.shape).astype(v.dtype)
-                   for k, v in pruned.items()}
+        updated = {k: v - np.float32(0.01) * rng.standard_normal(v.shape).astype(v.dtype) for k, v in pruned.items()}
         pruned = reapply(updated, masks)
         for k, m in masks.items():
             assert np.all(pruned[k][~m] == 0) and np.all(pruned[k][m] == updated[k][m])
@@ -408,8 +412,7 @@ def test_previous_mask_is_pruned_first_and_nests():
     w = np.array([0.0, 5.0, 3.0, 1.0], np.float32)
     prior = np.array([True, True, True, False])  # w[3] pruned before, whatever its value now
     np.testing.assert_array_equal(magnitude_mask(w, sparsity=0.25, mask=prior), prior)
-    np.testing.assert_array_equal(magnitude_mask(w, sparsity=0.5, mask=prior),
-                                  [False, True, True, False])
+    np.testing.assert_array_equal(magnitude_mask(w, sparsity=0.5, mask=prior), [False, True, True, False])
     np.testing.assert_array_equal(magnitude_mask(w, sparsity=0.25), [False, True, True, True])
     with pytest.raises(ValueError, match="fewer than the 1 the given mask has pruned"):
         magnitude_mask(w, sparsity=0.0, mask=prior)
@@ -421,8 +424,10 @@ def test_previous_mask_is_pruned_first_and_nests():
         magnitude_mask(w, sparsity=0.5, mask=np.ones(4))
 
 
-@given(hnp.arrays(np.float32, st.integers(1, 120), elements=st.floats(-4, 4, width=32)),
-       st.lists(st.floats(0.0, 1.0, exclude_max=True), min_size=1, max_size=4))
+@given(
+    hnp.arrays(np.float32, st.integers(1, 120), elements=st.floats(-4, 4, width=32)),
+    st.lists(st.floats(0.0, 1.0, exclude_max=True), min_size=1, max_size=4),
+)
 def test_property_iterative_masks_nest_and_prune_exactly(w, sparsities):
     mask = None
     for s in sorted(sparsities):
@@ -449,8 +454,7 @@ def test_global_masks_by_hand():
     np.testing.assert_array_equal(m["a"], [False, True, True])
     np.testing.assert_array_equal(m["b"], [[False, False], [False, True]])
     # a layer of small weights can lose all of them
-    m = magnitude_masks({"small": np.full(4, 0.01), "big": np.arange(1.0, 5.0)}, sparsity=0.5,
-                        scope="global")
+    m = magnitude_masks({"small": np.full(4, 0.01), "big": np.arange(1.0, 5.0)}, sparsity=0.5, scope="global")
     assert not m["small"].any() and m["big"].all()
     # previous masks rank first
     prior = {"b": np.array([[True, True], [True, False]])}
@@ -460,9 +464,10 @@ def test_global_masks_by_hand():
     assert magnitude_masks({}, sparsity=0.5, scope="global") == {}
 
 
-@given(st.lists(hnp.arrays(np.float32, st.integers(1, 40), elements=st.floats(-2, 2, width=32)),
-                min_size=1, max_size=4),
-       st.floats(0.0, 1.0, exclude_max=True))
+@given(
+    st.lists(hnp.arrays(np.float32, st.integers(1, 40), elements=st.floats(-2, 2, width=32)), min_size=1, max_size=4),
+    st.floats(0.0, 1.0, exclude_max=True),
+)
 def test_property_global_masks_are_one_threshold(arrays, s):
     weights = {f"t{i}": a for i, a in enumerate(arrays)}
     m = magnitude_masks(weights, sparsity=s, scope="global")
@@ -518,8 +523,7 @@ def test_sparsity_schedules_by_hand():
         sparsity_schedule({"fc1": 0.5, "fc2": -0.1}, 2)
 
 
-@given(st.floats(0.0, 1.0, exclude_max=True), st.integers(1, 30),
-       st.sampled_from(["cubic", "linear", "geometric"]))
+@given(st.floats(0.0, 1.0, exclude_max=True), st.integers(1, 30), st.sampled_from(["cubic", "linear", "geometric"]))
 def test_property_schedules_rise_to_the_target(target, steps, kind):
     s = sparsity_schedule(target, steps, kind=kind)
     assert len(s) == steps and s[-1] == target
@@ -562,9 +566,12 @@ def test_property_round_trip(arr_spec, index_bits):
     np.testing.assert_array_equal(rs.values, np.array(values, dtype=w.dtype))
 
 
-@given(hnp.arrays(np.float32, st.integers(1, 200),
-                  elements=st.floats(-4, 4, width=32).filter(lambda x: x != 0) | st.just(0.5)),
-       st.floats(0.0, 1.0, exclude_max=True))
+@given(
+    hnp.arrays(
+        np.float32, st.integers(1, 200), elements=st.floats(-4, 4, width=32).filter(lambda x: x != 0) | st.just(0.5)
+    ),
+    st.floats(0.0, 1.0, exclude_max=True),
+)
 def test_property_magnitude_mask_sparsity(w, s):
     m = magnitude_mask(w, sparsity=s)
     k = round(s * w.size)
@@ -578,8 +585,7 @@ def test_property_magnitude_mask_sparsity(w, s):
     np.testing.assert_array_equal(decode_relative(encode_relative(p, 3)), p)
 
 
-@given(hnp.arrays(np.float64, st.integers(1, 100), elements=st.floats(-10, 10)),
-       st.floats(0.0, 3.0))
+@given(hnp.arrays(np.float64, st.integers(1, 100), elements=st.floats(-10, 10)), st.floats(0.0, 3.0))
 def test_property_quality_threshold(w, q):
     m = magnitude_mask(w, quality=q)
     thr = q * np.std(w)

@@ -132,12 +132,28 @@ def test_pruned_weights_exactly_zero_after_every_step_of_retraining(refs, case):
     def check(state):
         params = state.model.named_parameters()
         for n, m in state.optimizer.masks.items():
-            seen.append(bool(np.all(params[n][~m] == 0) and not np.signbit(params[n][~m]).any()
-                             and all(np.all(b[~m] == 0) for b in state.optimizer.state[n].values())))
+            seen.append(
+                bool(
+                    np.all(params[n][~m] == 0)
+                    and not np.signbit(params[n][~m]).any()
+                    and all(np.all(b[~m] == 0) for b in state.optimizer.state[n].values())
+                )
+            )
 
-    res = prune_and_retrain(model, data["x_train"][:48], data["y_train"][:48], sparsity=0.6, steps=2,
-                            epochs_per_step=1, lr=1e-2, optimizer=optimizer, optimizer_options=options,
-                            batch_size=16, hooks=Hook(on_step_end=check), progress=False)
+    res = prune_and_retrain(
+        model,
+        data["x_train"][:48],
+        data["y_train"][:48],
+        sparsity=0.6,
+        steps=2,
+        epochs_per_step=1,
+        lr=1e-2,
+        optimizer=optimizer,
+        optimizer_options=options,
+        batch_size=16,
+        hooks=Hook(on_step_end=check),
+        progress=False,
+    )
     assert len(seen) == 2 * 3 * 3 and all(seen)  # 2 steps x 3 batches x 3 weight tensors
     assert [r["step"] for r in res.history] == [0, 1, 2]
     assert all(r["accuracy"] is None for r in res.history)  # no validation set
@@ -146,10 +162,21 @@ def test_pruned_weights_exactly_zero_after_every_step_of_retraining(refs, case):
 def test_iterative_history_masks_and_determinism(refs):
     def run(seed):
         model, data = fresh(refs, "mlp")
-        return prune_and_retrain(model, data["x_train"][:64], data["y_train"][:64],
-                                 sparsity={"fc1.weight": 0.8, "fc2.weight": 0.5}, steps=3, epochs_per_step=1,
-                                 schedule="linear", lr=1e-3, seed=seed, optimizer_options={"backend": FAST},
-                                 x_val=data["x_test"][:100], y_val=data["y_test"][:100], progress=False)
+        return prune_and_retrain(
+            model,
+            data["x_train"][:64],
+            data["y_train"][:64],
+            sparsity={"fc1.weight": 0.8, "fc2.weight": 0.5},
+            steps=3,
+            epochs_per_step=1,
+            schedule="linear",
+            lr=1e-3,
+            seed=seed,
+            optimizer_options={"backend": FAST},
+            x_val=data["x_test"][:100],
+            y_val=data["y_test"][:100],
+            progress=False,
+        )
 
     res = run(0)
     params = res.model.named_parameters()
@@ -177,8 +204,16 @@ def test_iterative_history_masks_and_determinism(refs):
 def test_no_retraining_is_pruning_alone_and_global_scope(refs):
     model, data = fresh(refs, "mlp")
     ref_model, _ = fresh(refs, "mlp")
-    res = prune_and_retrain(model, data["x_train"][:32], data["y_train"][:32], sparsity=0.7, steps=2,
-                            epochs_per_step=0, scope="global", progress=False)
+    res = prune_and_retrain(
+        model,
+        data["x_train"][:32],
+        data["y_train"][:32],
+        sparsity=0.7,
+        steps=2,
+        epochs_per_step=0,
+        scope="global",
+        progress=False,
+    )
     masks = prune_model(ref_model, 0.7, scope="global")
     for n, p in model.named_parameters().items():
         np.testing.assert_array_equal(p, ref_model.named_parameters()[n])
@@ -223,9 +258,20 @@ def test_lenet_pruned_to_92_91_74_within_half_a_point_of_float(refs, seed):
     91 % of the weights) x 20 epochs of Adam at lr 1e-3, cosine-annealed within each step:
     within 0.5 points of the float model's 97.78 % on the test set."""
     model, data = fresh(refs, "lenet_300_100")
-    res = prune_and_retrain(model, data["x_train"], data["y_train"], sparsity=LENET_SPARSITY, steps=3,
-                            epochs_per_step=20, lr=1e-3, lr_schedule=CosineAnnealingLR(20), seed=seed,
-                            x_val=data["x_test"], y_val=data["y_test"], progress=False)
+    res = prune_and_retrain(
+        model,
+        data["x_train"],
+        data["y_train"],
+        sparsity=LENET_SPARSITY,
+        steps=3,
+        epochs_per_step=20,
+        lr=1e-3,
+        lr_schedule=CosineAnnealingLR(20),
+        seed=seed,
+        x_val=data["x_test"],
+        y_val=data["y_test"],
+        progress=False,
+    )
     float_acc = res.history[0]["accuracy"]
     assert round(100 * float_acc, 2) == 97.78
     assert res.history[-1]["accuracy"] >= float_acc - 0.005

@@ -82,9 +82,14 @@ def test_gradients_named():
 @pytest.mark.parametrize("backend", ["numba", "numpy"])
 def test_forward_is_linear_fake_quantize_and_mask_matches_codes(method, backend):
     rng = np.random.default_rng(1)
-    for spec in [QuantSpec(bits=8, signed=False), QuantSpec(bits=4, symmetric=True),
-                 QuantSpec(bits=3, axis=1), QuantSpec(bits=5, signed=False, axis=1, block_size=3),
-                 QuantSpec(bits=16), QuantSpec(bits=1, signed=False)]:
+    for spec in [
+        QuantSpec(bits=8, signed=False),
+        QuantSpec(bits=4, symmetric=True),
+        QuantSpec(bits=3, axis=1),
+        QuantSpec(bits=5, signed=False, axis=1, block_size=3),
+        QuantSpec(bits=16),
+        QuantSpec(bits=1, signed=False),
+    ]:
         x = (rng.normal(size=(4, 7, 3)) * 3).astype(np.float32)
         qp = fit_qparams(x * F32(0.7), spec)  # a range narrower than x: some values clip
         y, mask = fake_quantize_with_mask(x, qp, method=method, backend=backend)
@@ -103,8 +108,7 @@ def test_mask_boundary_is_on_the_rounded_code_inclusive():
     s, z = F32(0.25), 3  # exact binary scale: x * R is exact
     qp = QParams(s, z, spec)
     top = (spec.qmax - z) * s  # 3.0, the largest representable value
-    x = np.array([top, top + 0.125 - 2**-20, top + 0.125, top + 0.125 + 2**-20,
-                  top + 0.25 * 1.5], np.float32)
+    x = np.array([top, top + 0.125 - 2**-20, top + 0.125, top + 0.125 + 2**-20, top + 0.25 * 1.5], np.float32)
     # x / S = 12, 12.49.., 12.5 (tie -> 12, even: inside), 12.50.. (-> 13: clipped), 13.5
     _, mask = fake_quantize_with_mask(x, qp)
     np.testing.assert_array_equal(mask, [True, True, True, False, False])
@@ -156,7 +160,7 @@ def test_per_group_mask_equals_per_element_oracle():
         for j in range(10):
             b = j // 4
             one = QParams(qp.scale[i, b], qp.zero_point[i, b], spec.replace(axis=None, block_size=None))
-            v = fake_quantize_with_mask(x[i:i + 1, j], one)
+            v = fake_quantize_with_mask(x[i : i + 1, j], one)
             assert v[1][0] == mask[i, j]
             assert _bits(v[0][0]) == _bits(fake_quantize(x, qp)[i, j])
 
@@ -182,15 +186,12 @@ def _case(draw):
     symmetric = draw(st.booleans()) and bits >= 2  # 1-bit symmetric is refused (QuantSpec)
     narrow = draw(st.booleans()) and bits >= 2
     rounding = draw(st.sampled_from(["half_even", "half_away", "half_up"]))
-    spec = QuantSpec(bits=bits, signed=signed, symmetric=symmetric, narrow_range=narrow,
-                     rounding=rounding)
+    spec = QuantSpec(bits=bits, signed=signed, symmetric=symmetric, narrow_range=narrow, rounding=rounding)
     scale = F32(draw(st.floats(1e-4, 10.0)))
-    zp = (spec.symmetric_zero_point if symmetric
-          else draw(st.integers(spec.qmin, spec.qmax)))
+    zp = spec.symmetric_zero_point if symmetric else draw(st.integers(spec.qmin, spec.qmax))
     n = draw(st.integers(1, 40))
     span = float(F32(float(scale) * (spec.qmax - spec.qmin + 8)))
-    x = np.array(draw(st.lists(st.floats(-span, span, width=32), min_size=n, max_size=n)),
-                 np.float32)
+    x = np.array(draw(st.lists(st.floats(-span, span, width=32), min_size=n, max_size=n)), np.float32)
     return x, QParams(scale, zp, spec)
 
 
@@ -226,8 +227,7 @@ def test_property_gradient_zero_exactly_where_clipped(case, seed):
     assert not mask[(x64 > hi + slack) | (x64 < lo - slack)].any()
     # where the gradient is zero the value was clamped to an end of the grid
     ends = np.float32([s * (spec.qmin - z), s * (spec.qmax - z)])
-    assert np.all(np.isin(y[~mask], (np.float32(spec.qmin - z) * qp.scale,
-                                      np.float32(spec.qmax - z) * qp.scale))), ends
+    assert np.all(np.isin(y[~mask], (np.float32(spec.qmin - z) * qp.scale, np.float32(spec.qmax - z) * qp.scale))), ends
     np.testing.assert_array_equal(ste_backward(g, mask, "ste"), g)
 
 
@@ -489,8 +489,9 @@ def test_weight_fake_quant_follows_the_current_weights():
     assert isinstance(per_tensor.observer, MinMaxObserver)
     grouped = weight_fake_quant(QuantSpec(bits=4, symmetric=True, axis=1, block_size=4)).train()
     _assert_bits(grouped(w), fake_quantize(w, fit_qparams(w, grouped.spec), method="mul"))
-    assert isinstance(activation_fake_quant(QuantSpec(signed=False, axis=1)).observer,
-                      MovingAveragePerChannelMinMaxObserver)
+    assert isinstance(
+        activation_fake_quant(QuantSpec(signed=False, axis=1)).observer, MovingAveragePerChannelMinMaxObserver
+    )
 
 
 def test_fake_quantize_layer_fixed_qparams_and_errors():
@@ -544,9 +545,13 @@ def test_bad_input_errors_name_the_argument():
     with pytest.raises(ValueError, match="zero_point must be finite"):
         lsq_forward(x, 0.1, np.nan, spec)
     nan_x = np.array([0.5, np.nan], np.float32)
-    layers = [FakeQuantize(qparams=QParams(F32(0.1), 0, spec)),
-              activation_fake_quant(), weight_fake_quant(QuantSpec(bits=4, symmetric=True)),
-              LSQFakeQuantize(spec, scale=0.1), PACTFakeQuantize(QuantSpec(bits=4, signed=False))]
+    layers = [
+        FakeQuantize(qparams=QParams(F32(0.1), 0, spec)),
+        activation_fake_quant(),
+        weight_fake_quant(QuantSpec(bits=4, symmetric=True)),
+        LSQFakeQuantize(spec, scale=0.1),
+        PACTFakeQuantize(QuantSpec(bits=4, signed=False)),
+    ]
     for layer in layers:
         layer.train()
         with pytest.raises(ValueError, match="x contains NaN"):
@@ -608,11 +613,17 @@ def threads(request):
     torch.set_num_threads(old)
 
 
-SPECS = [QuantSpec(bits=8, signed=False), QuantSpec(bits=8, signed=True),
-         QuantSpec(bits=4, signed=True), QuantSpec(bits=2, signed=False),
-         QuantSpec(bits=1, signed=False), QuantSpec(bits=1, signed=True),
-         QuantSpec(bits=16, signed=True), QuantSpec(bits=16, signed=False),
-         QuantSpec(bits=7, signed=True, narrow_range=True)]
+SPECS = [
+    QuantSpec(bits=8, signed=False),
+    QuantSpec(bits=8, signed=True),
+    QuantSpec(bits=4, signed=True),
+    QuantSpec(bits=2, signed=False),
+    QuantSpec(bits=1, signed=False),
+    QuantSpec(bits=1, signed=True),
+    QuantSpec(bits=16, signed=True),
+    QuantSpec(bits=16, signed=False),
+    QuantSpec(bits=7, signed=True, narrow_range=True),
+]
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=lambda s: f"{'s' if s.signed else 'u'}{s.bits}")
@@ -634,7 +645,8 @@ def test_torch_fake_quantize_per_tensor_forward_and_grad(spec, threads):
         # the tensor-qparams overload (what torch's FakeQuantize module calls)
         xt2 = torch.from_numpy(x.copy()).requires_grad_()
         yt2 = torch.fake_quantize_per_tensor_affine(
-            xt2, torch.tensor(float(scale)), torch.tensor(zp, dtype=torch.int32), spec.qmin, spec.qmax)
+            xt2, torch.tensor(float(scale)), torch.tensor(zp, dtype=torch.int32), spec.qmin, spec.qmax
+        )
         yt2.backward(torch.from_numpy(dy))
         _assert_bits(y, yt2.detach().numpy())
         _assert_bits(ste_backward(dy, mask), xt2.grad.numpy())
@@ -654,8 +666,8 @@ def test_torch_fake_quantize_per_channel_forward_and_grad(spec, threads):
             x = _tie_data(rng, shape, scale.reshape(bshape), zp.reshape(bshape), spec)
             xt = torch.from_numpy(x.copy()).requires_grad_()
             yt = torch.fake_quantize_per_channel_affine(
-                xt, torch.from_numpy(scale), torch.from_numpy(zp.astype(np.int32)), axis,
-                spec.qmin, spec.qmax)
+                xt, torch.from_numpy(scale), torch.from_numpy(zp.astype(np.int32)), axis, spec.qmin, spec.qmax
+            )
             dy = rng.normal(size=shape).astype(np.float32)
             yt.backward(torch.from_numpy(dy))
             qp = QParams(scale, zp, spec.replace(axis=axis))
@@ -672,15 +684,32 @@ def test_torch_fake_quantize_module_with_moving_average_observer():
 
     rng = np.random.default_rng(300)
     cases = [
-        (TFQ(observer=TMA, quant_min=0, quant_max=255, dtype=torch.quint8,
-             qscheme=torch.per_tensor_affine, averaging_constant=0.1),
-         activation_fake_quant(QuantSpec(bits=8, signed=False), averaging_constant=0.1)),
-        (TFQ(observer=TMA, quant_min=-128, quant_max=127, dtype=torch.qint8,
-             qscheme=torch.per_tensor_symmetric),
-         activation_fake_quant(QuantSpec(bits=8, signed=True, symmetric=True))),
-        (TFQ(observer=TMAC, quant_min=-128, quant_max=127, dtype=torch.qint8,
-             qscheme=torch.per_channel_symmetric, ch_axis=1),
-         activation_fake_quant(QuantSpec(bits=8, signed=True, symmetric=True, axis=1))),
+        (
+            TFQ(
+                observer=TMA,
+                quant_min=0,
+                quant_max=255,
+                dtype=torch.quint8,
+                qscheme=torch.per_tensor_affine,
+                averaging_constant=0.1,
+            ),
+            activation_fake_quant(QuantSpec(bits=8, signed=False), averaging_constant=0.1),
+        ),
+        (
+            TFQ(observer=TMA, quant_min=-128, quant_max=127, dtype=torch.qint8, qscheme=torch.per_tensor_symmetric),
+            activation_fake_quant(QuantSpec(bits=8, signed=True, symmetric=True)),
+        ),
+        (
+            TFQ(
+                observer=TMAC,
+                quant_min=-128,
+                quant_max=127,
+                dtype=torch.qint8,
+                qscheme=torch.per_channel_symmetric,
+                ch_axis=1,
+            ),
+            activation_fake_quant(QuantSpec(bits=8, signed=True, symmetric=True, axis=1)),
+        ),
     ]
     for tfq, fq in cases:
         tfq.train()
@@ -695,8 +724,9 @@ def test_torch_fake_quantize_module_with_moving_average_observer():
             _assert_bits(y, yt.detach().numpy())
             _assert_bits(fq.backward(dy), xt.grad.numpy())
             _assert_bits(fq.qparams.scale, tfq.scale.numpy().reshape(fq.qparams.scale.shape))
-            np.testing.assert_array_equal(fq.qparams.zero_point,
-                                          tfq.zero_point.numpy().reshape(fq.qparams.zero_point.shape))
+            np.testing.assert_array_equal(
+                fq.qparams.zero_point, tfq.zero_point.numpy().reshape(fq.qparams.zero_point.shape)
+            )
 
 
 def test_torch_fake_quantize_module_weights_per_channel_min_max():
@@ -706,8 +736,9 @@ def test_torch_fake_quantize_module_weights_per_channel_min_max():
 
     rng = np.random.default_rng(301)
     w = rng.normal(size=(6, 4, 3, 3)).astype(np.float32)
-    tfq = TFQ(observer=TPC, quant_min=-128, quant_max=127, dtype=torch.qint8,
-              qscheme=torch.per_channel_symmetric, ch_axis=0)
+    tfq = TFQ(
+        observer=TPC, quant_min=-128, quant_max=127, dtype=torch.qint8, qscheme=torch.per_channel_symmetric, ch_axis=0
+    )
     wt = torch.from_numpy(w.copy()).requires_grad_()
     yt = tfq(wt)
     dy = rng.normal(size=w.shape).astype(np.float32)
@@ -731,9 +762,13 @@ def _torch_lsq_per_tensor(torch, x, s, z, spec, gf, dy):
     return yt.detach().numpy(), xt.grad.numpy(), st_.grad.numpy()[0], zt.grad.numpy()[0]
 
 
-LSQ_SPECS = [QuantSpec(bits=8, signed=False), QuantSpec(bits=8, signed=True),
-             QuantSpec(bits=4, signed=True), QuantSpec(bits=3, signed=False),
-             QuantSpec(bits=16, signed=True)]
+LSQ_SPECS = [
+    QuantSpec(bits=8, signed=False),
+    QuantSpec(bits=8, signed=True),
+    QuantSpec(bits=4, signed=True),
+    QuantSpec(bits=3, signed=False),
+    QuantSpec(bits=16, signed=True),
+]
 
 
 def _lsq_ids(s):
@@ -756,8 +791,9 @@ def test_torch_lsq_per_tensor(spec):
         gf = lsq_grad_factor(n, spec)
         y_t, dx_t, ds_t, dz_t = _torch_lsq_per_tensor(torch, x, scale, zp, spec, gf, dy)
         _assert_bits(lsq_forward(x, scale, zp, spec), y_t)
-        dx, ds, dz = lsq_backward(dy, x, scale, zp, spec, grad_factor=gf, backward_zero_point="torch",
-                                  grad_method=_grad_method(torch))
+        dx, ds, dz = lsq_backward(
+            dy, x, scale, zp, spec, grad_factor=gf, backward_zero_point="torch", grad_method=_grad_method(torch)
+        )
         _assert_bits(dx, dx_t)
         # the sums: float64 here, float32 in torch's order there
         assert _rel(ds, ds_t) < 1e-5
@@ -768,9 +804,17 @@ def test_torch_lsq_per_tensor(spec):
     x = _tie_data(rng, (250,), scale, int(zp), spec)
     dy = rng.normal(size=x.shape).astype(np.float32)
     for i in range(x.size):
-        _, dx_t, ds_t, dz_t = _torch_lsq_per_tensor(torch, x[i:i + 1], scale, zp, spec, 0.37, dy[i:i + 1])
-        dx, ds, dz = lsq_backward(dy[i:i + 1], x[i:i + 1], scale, zp, spec, grad_factor=0.37,
-                                  backward_zero_point="torch", grad_method=_grad_method(torch))
+        _, dx_t, ds_t, dz_t = _torch_lsq_per_tensor(torch, x[i : i + 1], scale, zp, spec, 0.37, dy[i : i + 1])
+        dx, ds, dz = lsq_backward(
+            dy[i : i + 1],
+            x[i : i + 1],
+            scale,
+            zp,
+            spec,
+            grad_factor=0.37,
+            backward_zero_point="torch",
+            grad_method=_grad_method(torch),
+        )
         _assert_bits(dx, dx_t)
         _assert_bits(ds, ds_t)
         _assert_bits(dz, dz_t)
@@ -866,8 +910,12 @@ def test_torch_lsq_default_cpu_kernel_is_mul_add(tmp_path):
     x, s, z, dy = _per_element_channel_case(rng, spec)
     np.savez(tmp_path / "in.npz", x=x, s=s, z=z, dy=dy)
     env = dict(os.environ, ATEN_CPU_CAPABILITY="default")
-    subprocess.run([sys.executable, "-c", _DEFAULT_KERNEL_SCRIPT, str(tmp_path / "in.npz"),
-                    str(tmp_path / "out.npz")], check=True, env=env, timeout=300)
+    subprocess.run(
+        [sys.executable, "-c", _DEFAULT_KERNEL_SCRIPT, str(tmp_path / "in.npz"), str(tmp_path / "out.npz")],
+        check=True,
+        env=env,
+        timeout=300,
+    )
     t = np.load(tmp_path / "out.npz")
     aspec = spec.replace(axis=0)
     _assert_bits(lsq_forward(x, s, z, aspec), t["y"])
@@ -890,13 +938,14 @@ def test_torch_lsq_fractional_zero_point_backward():
     for z in (-3.3, -2.5, 2.5, 4.7, -127.8, -5.0, 3.0):
         x = _tie_data(rng, (64,), s, int(np.rint(z)), spec)
         dy = rng.normal(size=x.shape).astype(np.float32)
-        dys = [dy[i:i + 1] for i in range(x.size)]
-        res = [_torch_lsq_per_tensor(torch, x[i:i + 1], s, z, spec, 1.0, dys[i]) for i in range(x.size)]
+        dys = [dy[i : i + 1] for i in range(x.size)]
+        res = [_torch_lsq_per_tensor(torch, x[i : i + 1], s, z, spec, 1.0, dys[i]) for i in range(x.size)]
         y_t = np.concatenate([r[0] for r in res])
         _assert_bits(lsq_forward(x, s, z, spec), y_t)
         for i in range(x.size):
-            dx, ds, dz = lsq_backward(dys[i], x[i:i + 1], s, F32(z), spec, backward_zero_point="torch",
-                                      grad_method=_grad_method(torch))
+            dx, ds, dz = lsq_backward(
+                dys[i], x[i : i + 1], s, F32(z), spec, backward_zero_point="torch", grad_method=_grad_method(torch)
+            )
             _assert_bits(dx, res[i][1])
             _assert_bits(ds, res[i][2])
             _assert_bits(dz, res[i][3])
@@ -915,15 +964,23 @@ def test_torch_learnable_fake_quantize_module():
     rng = np.random.default_rng(700)
     x = (rng.normal(size=(32, 10)) * 2).astype(np.float32)
     dy = rng.normal(size=x.shape).astype(np.float32)
-    tq = _LearnableFakeQuantize(observer=TMA, quant_min=0, quant_max=255, dtype=torch.quint8,
-                                qscheme=torch.per_tensor_affine, use_grad_scaling=True,
-                                scale=0.05, zero_point=100.0)
+    tq = _LearnableFakeQuantize(
+        observer=TMA,
+        quant_min=0,
+        quant_max=255,
+        dtype=torch.quint8,
+        qscheme=torch.per_tensor_affine,
+        use_grad_scaling=True,
+        scale=0.05,
+        zero_point=100.0,
+    )
     tq.enable_param_learning()
     xt = torch.from_numpy(x.copy()).requires_grad_()
     yt = tq(xt)
     yt.backward(torch.from_numpy(dy))
-    lq = LSQFakeQuantize(QuantSpec(bits=8, signed=False), scale=0.05, zero_point=100.0,
-                         grad_method=_grad_method(torch)).train()
+    lq = LSQFakeQuantize(
+        QuantSpec(bits=8, signed=False), scale=0.05, zero_point=100.0, grad_method=_grad_method(torch)
+    ).train()
     y = lq(x)
     dx = lq.backward(dy)
     _assert_bits(y, yt.detach().numpy())
@@ -940,8 +997,11 @@ from npquant.training.qat import QATConv2d, QATConvBn2d, QATLinear  # noqa: E402
 
 
 def _linear(rng, i, o, name="fc"):
-    return nn.Linear((rng.normal(size=(o, i)) / np.sqrt(i)).astype(np.float32),
-                     (rng.normal(size=o) * 0.1).astype(np.float32), name=name)
+    return nn.Linear(
+        (rng.normal(size=(o, i)) / np.sqrt(i)).astype(np.float32),
+        (rng.normal(size=o) * 0.1).astype(np.float32),
+        name=name,
+    )
 
 
 def _conv(rng, cin, cout, k, groups=1, bias=True, name="conv", **kw):
@@ -958,8 +1018,7 @@ def test_qat_linear_forward_is_the_composition_and_contract():
     q.train()
     x = rng.normal(size=(5, 6)).astype(np.float32)
     y = q(x)
-    wq = fake_quantize(fc.weight, fit_qparams(fc.weight, QuantSpec(bits=8, symmetric=True, axis=0)),
-                       method="mul")
+    wq = fake_quantize(fc.weight, fit_qparams(fc.weight, QuantSpec(bits=8, symmetric=True, axis=0)), method="mul")
     pre = np.maximum(x @ wq.T + fc.bias, F32(0))
     _assert_bits(y, fake_quantize(pre, q.act_fake_quant.qparams, method="mul"))
     assert set(q.parameters()) == {"weight", "bias"} == set(q.grads)
@@ -978,17 +1037,22 @@ def test_qat_linear_forward_is_the_composition_and_contract():
     with pytest.raises(RuntimeError, match="train"):
         q.backward(dy)
     # a learned range adds its parameter under the fake quant's prefix
-    lsq = QATLinear(_linear(rng, 6, 4), weight_fake_quant=LSQFakeQuantize(
-        QuantSpec(bits=4, symmetric=True, axis=0), param_shape=(4,)), act_fake_quant=PACTFakeQuantize(
-        QuantSpec(bits=4, signed=False), alpha=2.0))
+    lsq = QATLinear(
+        _linear(rng, 6, 4),
+        weight_fake_quant=LSQFakeQuantize(QuantSpec(bits=4, symmetric=True, axis=0), param_shape=(4,)),
+        act_fake_quant=PACTFakeQuantize(QuantSpec(bits=4, signed=False), alpha=2.0),
+    )
     assert set(lsq.parameters()) == {"weight", "bias", "weight_fake_quant.scale", "act_fake_quant.alpha"}
     lsq.train()
     lsq(x)
     lsq.backward(dy)
     assert lsq.grads["act_fake_quant.alpha"] != 0 and np.any(lsq.grads["weight_fake_quant.scale"] != 0)
     sd = lsq.state_dict()
-    lsq2 = QATLinear(_linear(rng, 6, 4), weight_fake_quant=LSQFakeQuantize(
-        QuantSpec(bits=4, symmetric=True, axis=0), param_shape=(4,)), act_fake_quant=None)
+    lsq2 = QATLinear(
+        _linear(rng, 6, 4),
+        weight_fake_quant=LSQFakeQuantize(QuantSpec(bits=4, symmetric=True, axis=0), param_shape=(4,)),
+        act_fake_quant=None,
+    )
     lsq2.load_state_dict(sd, strict=False)
     _assert_bits(lsq2.weight, lsq.weight)
     _assert_bits(lsq2.weight_fake_quant.scale, lsq.weight_fake_quant.scale)
@@ -1005,9 +1069,9 @@ def _torch_fq_from(torch, t, qp):
     spec = qp.spec
     if spec.axis is None:
         return torch.fake_quantize_per_tensor_affine(t, float(qp.scale), int(qp.zero_point), spec.qmin, spec.qmax)
-    return torch.fake_quantize_per_channel_affine(t, torch.from_numpy(qp.scale.copy()),
-                                                  torch.from_numpy(qp.zero_point.copy()), spec.axis,
-                                                  spec.qmin, spec.qmax)
+    return torch.fake_quantize_per_channel_affine(
+        t, torch.from_numpy(qp.scale.copy()), torch.from_numpy(qp.zero_point.copy()), spec.axis, spec.qmin, spec.qmax
+    )
 
 
 def test_torch_qat_linear_and_conv_gradients():
@@ -1058,13 +1122,32 @@ def _torch_convbn(torch, conv, bn, freeze=False):
     from torch.ao.quantization import PerChannelMinMaxObserver as TPC
     from torch.ao.quantization import QConfig
 
-    qconfig = QConfig(activation=TFQ.with_args(observer=TMA, quant_min=0, quant_max=255, dtype=torch.quint8),
-                      weight=TFQ.with_args(observer=TPC, quant_min=-128, quant_max=127, dtype=torch.qint8,
-                                           qscheme=torch.per_channel_symmetric, ch_axis=0))
+    qconfig = QConfig(
+        activation=TFQ.with_args(observer=TMA, quant_min=0, quant_max=255, dtype=torch.quint8),
+        weight=TFQ.with_args(
+            observer=TPC,
+            quant_min=-128,
+            quant_max=127,
+            dtype=torch.qint8,
+            qscheme=torch.per_channel_symmetric,
+            ch_axis=0,
+        ),
+    )
     o, cg, kh, kw = conv.weight.shape
-    m = nniqat.ConvBn2d(cg * conv.groups, o, (kh, kw), stride=conv.stride, padding=conv.padding,
-                        dilation=conv.dilation, groups=conv.groups, bias=conv.bias is not None,
-                        eps=bn.eps, momentum=bn.momentum, freeze_bn=freeze, qconfig=qconfig)
+    m = nniqat.ConvBn2d(
+        cg * conv.groups,
+        o,
+        (kh, kw),
+        stride=conv.stride,
+        padding=conv.padding,
+        dilation=conv.dilation,
+        groups=conv.groups,
+        bias=conv.bias is not None,
+        eps=bn.eps,
+        momentum=bn.momentum,
+        freeze_bn=freeze,
+        qconfig=qconfig,
+    )
     with torch.no_grad():
         m.weight.copy_(torch.from_numpy(conv.weight))
         if conv.bias is not None:
@@ -1077,9 +1160,13 @@ def _torch_convbn(torch, conv, bn, freeze=False):
 
 
 def _bn(rng, c, name="bn"):
-    return nn.BatchNorm2d(rng.uniform(0.5, 1.5, c).astype(np.float32), (rng.normal(size=c) * 0.1).astype(np.float32),
-                          (rng.normal(size=c) * 0.1).astype(np.float32), rng.uniform(0.5, 2, c).astype(np.float32),
-                          name=name)
+    return nn.BatchNorm2d(
+        rng.uniform(0.5, 1.5, c).astype(np.float32),
+        (rng.normal(size=c) * 0.1).astype(np.float32),
+        (rng.normal(size=c) * 0.1).astype(np.float32),
+        rng.uniform(0.5, 2, c).astype(np.float32),
+        name=name,
+    )
 
 
 @pytest.mark.parametrize("bias", [True, False])
@@ -1090,8 +1177,12 @@ def test_torch_qat_conv_bn_folding(bias):
     bn = _bn(rng, 5)
     tm = _torch_convbn(torch, conv, bn)
     tm.train()
-    q = QATConvBn2d(conv, bn, weight_fake_quant=FakeQuantize(
-        PerChannelMinMaxObserver(QuantSpec(bits=8, symmetric=True, axis=0))), act_fake_quant=None)
+    q = QATConvBn2d(
+        conv,
+        bn,
+        weight_fake_quant=FakeQuantize(PerChannelMinMaxObserver(QuantSpec(bits=8, symmetric=True, axis=0))),
+        act_fake_quant=None,
+    )
     q.train()
     keys = {"weight", "bn.weight", "bn.bias"} | ({"bias"} if bias else set())
     assert set(q.parameters()) == keys
@@ -1111,13 +1202,13 @@ def test_torch_qat_conv_bn_folding(bias):
         # float32 arithmetic for s); npquant.models.nn's batch variance may differ by an ulp later
         if k == 0:
             _assert_bits(q.weight_fake_quant.qparams.scale, tm.weight_fake_quant.scale.numpy())
-        np.testing.assert_allclose(q.weight_fake_quant.qparams.scale, tm.weight_fake_quant.scale.numpy(),
-                                   rtol=1e-6)
+        np.testing.assert_allclose(q.weight_fake_quant.qparams.scale, tm.weight_fake_quant.scale.numpy(), rtol=1e-6)
         # measured: ~1e-6 of the largest value (conv and batch-statistics arithmetic order)
         np.testing.assert_allclose(y, yt.detach().numpy(), rtol=2e-5, atol=2e-5 * np.abs(y).max())
         np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=2e-5, atol=2e-5 * np.abs(dx).max())
         for key, tp in [("weight", tm.weight), ("bn.weight", tm.bn.weight), ("bn.bias", tm.bn.bias)] + (
-                [("bias", tm.bias)] if bias else []):
+            [("bias", tm.bias)] if bias else []
+        ):
             g = q.grads[key]
             # the conv bias before a batch-statistics BN has gradient 0 (rounding noise in both)
             atol = 1e-5 if key == "bias" else 2e-5 * np.abs(g).max()
@@ -1148,12 +1239,18 @@ def test_qat_model_trains_in_a_sequential():
     rng = np.random.default_rng(803)
     x = rng.normal(size=(256, 8)).astype(np.float32)
     labels = (x[:, :4].sum(axis=1) > x[:, 4:].sum(axis=1)).astype(int)
-    model = nn.Sequential([
-        QATLinear(_linear(rng, 8, 16, name="fc1"), activation="relu",
-                  weight_fake_quant=LSQFakeQuantize(QuantSpec(bits=4, symmetric=True, axis=0),
-                                                    param_shape=(16,), init="minmax")),
-        QATLinear(_linear(rng, 16, 2, name="fc2"), act_fake_quant=None),
-    ])
+    model = nn.Sequential(
+        [
+            QATLinear(
+                _linear(rng, 8, 16, name="fc1"),
+                activation="relu",
+                weight_fake_quant=LSQFakeQuantize(
+                    QuantSpec(bits=4, symmetric=True, axis=0), param_shape=(16,), init="minmax"
+                ),
+            ),
+            QATLinear(_linear(rng, 16, 2, name="fc2"), act_fake_quant=None),
+        ]
+    )
     model.train()
     params = model.parameters()
     assert set(params) == {"fc1.weight", "fc1.bias", "fc1.weight_fake_quant.scale", "fc2.weight", "fc2.bias"}

@@ -93,6 +93,7 @@ def test_prepare_qat_structure(reference):
         assert layer.weight_fake_quant.spec == QuantSpec(bits=8, signed=True, symmetric=True, axis=0)
         assert layer.act_fake_quant.spec == QuantSpec(bits=8, signed=False)
         assert layer.weight_fake_quant.reset_observer  # follows the current weights
+
     # the float model's state-dict keys and values; a batch norm fused with its conv is
     # under "<conv>.bn." (as in PyTorch's fused ConvBn2d)
     def key(k):
@@ -161,8 +162,13 @@ def test_prepare_qat_range_methods_and_options():
             assert layer.weight_fake_quant.spec.bits == 4 and layer.weight_fake_quant.spec.axis == 0
             assert isinstance(layer.act_fake_quant, LSQFakeQuantize) and layer.act_fake_quant.spec.bits == 4
     keys = set(lsq.named_parameters())
-    assert {"input_fake_quant.scale", "input_fake_quant.zero_point", "conv1.weight_fake_quant.scale",
-            "conv1.act_fake_quant.scale", "fc.act_fake_quant.zero_point"} <= keys
+    assert {
+        "input_fake_quant.scale",
+        "input_fake_quant.zero_point",
+        "conv1.weight_fake_quant.scale",
+        "conv1.act_fake_quant.scale",
+        "fc.act_fake_quant.zero_point",
+    } <= keys
     pact = prepare_qat(model, ranges="pact", pact_alpha=4.0)
     # PACT replaces the fused ReLUs; the input and the logits keep moving-average min-max
     assert isinstance(pact[0], FakeQuantize)
@@ -196,8 +202,14 @@ def test_integer_model_is_integer_only_and_on_the_fake_quant_grid():
     qat = _observe(prepare_qat(model), data["x_calibration"][:128])
     im = convert_qat(qat, mode="tflite")
     assert isinstance(im, IntegerModel)
-    assert [type(layer) for layer in im.layers] == [ql.QConv2d, ql.MaxPool2d, ql.QConv2d, ql.MaxPool2d,
-                                                    ql.Flatten, ql.QLinear]
+    assert [type(layer) for layer in im.layers] == [
+        ql.QConv2d,
+        ql.MaxPool2d,
+        ql.QConv2d,
+        ql.MaxPool2d,
+        ql.Flatten,
+        ql.QLinear,
+    ]
     weighted = [layer for layer in qat if isinstance(layer, QAT_LAYERS)]
     qlayers = [layer for layer in im.layers if isinstance(layer, (ql.QLinear, ql.QConv2d))]
     for q, f in zip(qlayers, weighted):
@@ -238,13 +250,26 @@ def test_low_bit_activations_are_clamped_to_their_grid(bits):
 
 
 def _toy_model(rng):
-    conv1 = nn.Conv2d(rng.normal(size=(4, 1, 3, 3)).astype(np.float32) * 0.5,
-                      rng.normal(size=4).astype(np.float32) * 0.1, padding=1, name="conv1")
+    conv1 = nn.Conv2d(
+        rng.normal(size=(4, 1, 3, 3)).astype(np.float32) * 0.5,
+        rng.normal(size=4).astype(np.float32) * 0.1,
+        padding=1,
+        name="conv1",
+    )
     conv2 = nn.Conv2d(rng.normal(size=(6, 4, 3, 3)).astype(np.float32) * 0.3, None, padding=1, name="conv2")
-    fc = nn.Linear(rng.normal(size=(5, 24)).astype(np.float32) * 0.3, rng.normal(size=5).astype(np.float32),
-                   name="fc")
-    return nn.Sequential([conv1, nn.ReLU6(), nn.MaxPool2d(2), conv2, nn.AvgPool2d(2, count_include_pad=False),
-                          nn.ReLU(), nn.Flatten(), fc])
+    fc = nn.Linear(rng.normal(size=(5, 24)).astype(np.float32) * 0.3, rng.normal(size=5).astype(np.float32), name="fc")
+    return nn.Sequential(
+        [
+            conv1,
+            nn.ReLU6(),
+            nn.MaxPool2d(2),
+            conv2,
+            nn.AvgPool2d(2, count_include_pad=False),
+            nn.ReLU(),
+            nn.Flatten(),
+            fc,
+        ]
+    )
 
 
 @pytest.mark.parametrize("ranges", ["minmax", "lsq", "pact"])
@@ -252,17 +277,31 @@ def test_conv_without_bn_relu6_avgpool_and_a_standalone_relu(ranges):
     rng = np.random.default_rng(1301)
     model = _toy_model(rng)
     qat = prepare_qat(model, ranges=ranges, per_channel=ranges != "lsq", pact_alpha=3.0)
-    assert [type(layer).__name__ for layer in qat] == ["FakeQuantize" if ranges != "lsq" else "LSQFakeQuantize",
-                                                        "QATConv2d", "MaxPool2d", "QATConv2d", "AvgPool2d",
-                                                        "ReLU", "Flatten", "QATLinear"]
+    assert [type(layer).__name__ for layer in qat] == [
+        "FakeQuantize" if ranges != "lsq" else "LSQFakeQuantize",
+        "QATConv2d",
+        "MaxPool2d",
+        "QATConv2d",
+        "AvgPool2d",
+        "ReLU",
+        "Flatten",
+        "QATLinear",
+    ]
     assert qat[1].activation == "relu6" and qat[3].activation is None
     x = rng.uniform(0, 1, (64, 1, 8, 8)).astype(np.float32)
     _observe(qat, x)
     x = x[:24]
     for mode in REQUANT_MODES:
         im = convert_qat(qat, mode=mode)
-        assert [type(layer) for layer in im.layers] == [ql.QConv2d, ql.MaxPool2d, ql.QConv2d, ql.AvgPool2d,
-                                                        ql.QReLU, ql.Flatten, ql.QLinear]
+        assert [type(layer) for layer in im.layers] == [
+            ql.QConv2d,
+            ql.MaxPool2d,
+            ql.QConv2d,
+            ql.AvgPool2d,
+            ql.QReLU,
+            ql.Flatten,
+            ql.QLinear,
+        ]
         agree, within, _ = _compare(qat, im, x)
         # the float average pool of the QAT model is off the grid the integer pool rounds to
         assert agree >= 0.95 and within >= 0.9
@@ -295,11 +334,17 @@ def test_bad_input_errors():
     model, data = _reference("mlp")
     with pytest.raises(TypeError, match="model must be an npquant.models.nn.Sequential"):
         prepare_qat(list(model))
-    for kw, match in [(dict(weight_bits=1), "weight_bits"), (dict(weight_bits=9), "weight_bits"),
-                      (dict(act_bits=0), "act_bits"), (dict(act_bits=16), "act_bits"),
-                      (dict(input_bits=9), "input_bits"), (dict(ranges="ema"), "ranges"),
-                      (dict(averaging_constant=0.0), "averaging_constant"), (dict(pact_alpha=-1.0), "pact_alpha"),
-                      (dict(lsq_init="zeros"), "lsq_init")]:
+    for kw, match in [
+        (dict(weight_bits=1), "weight_bits"),
+        (dict(weight_bits=9), "weight_bits"),
+        (dict(act_bits=0), "act_bits"),
+        (dict(act_bits=16), "act_bits"),
+        (dict(input_bits=9), "input_bits"),
+        (dict(ranges="ema"), "ranges"),
+        (dict(averaging_constant=0.0), "averaging_constant"),
+        (dict(pact_alpha=-1.0), "pact_alpha"),
+        (dict(lsq_init="zeros"), "lsq_init"),
+    ]:
         with pytest.raises(ValueError, match=match):
             prepare_qat(model, **kw)
     with pytest.raises(TypeError, match="weight_bits"):
@@ -340,8 +385,17 @@ def test_bad_input_errors():
 
 def _finetune(model, data, **kw):
     qat = prepare_qat(model, **kw)
-    fit(qat, None, Adam(qat.named_parameters(), lr=1e-4), data["x_train"], data["y_train"], epochs=3,
-        batch_size=32, seed=0, progress=False)
+    fit(
+        qat,
+        None,
+        Adam(qat.named_parameters(), lr=1e-4),
+        data["x_train"],
+        data["y_train"],
+        epochs=3,
+        batch_size=32,
+        seed=0,
+        progress=False,
+    )
     return qat
 
 
@@ -376,9 +430,11 @@ def test_finetuned_w8a8_integer_model_agrees_on_the_test_set(finetuned, mode):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("config", [(4, 8, "minmax"), (4, 4, "minmax"), (4, 4, "lsq"), (4, 4, "pact"),
-                                    (8, 8, "lsq"), (8, 8, "pact")],
-                         ids=["W4A8-minmax", "W4A4-minmax", "W4A4-lsq", "W4A4-pact", "W8A8-lsq", "W8A8-pact"])
+@pytest.mark.parametrize(
+    "config",
+    [(4, 8, "minmax"), (4, 4, "minmax"), (4, 4, "lsq"), (4, 4, "pact"), (8, 8, "lsq"), (8, 8, "pact")],
+    ids=["W4A8-minmax", "W4A4-minmax", "W4A4-lsq", "W4A4-pact", "W8A8-lsq", "W8A8-pact"],
+)
 def test_finetuned_low_bit_and_learned_ranges_agree(reference, config):
     # Measured agreement: W8A8 lsq/pact 450/450; W4A8 450/450; W4A4 447-450/450 (tflite
     # lowest: the double rounding moves more 4-bit codes than the single-rounding modes).

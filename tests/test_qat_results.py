@@ -62,20 +62,37 @@ def test_qat_row_is_seeded_and_converts_faithfully(mlp):
         np.testing.assert_array_equal(la.w_q, lb.w_q)
         np.testing.assert_array_equal(la.bias_q, lb.bias_q)
     c = qat_experiment("mlp", 4, 4, "lsq", epochs=1, seed=1, model=mlp[0], data=mlp[1])
-    assert any(not np.array_equal(la.w_q, lc.w_q)
-               for la, lc in zip(_weighted(a.integer_model), _weighted(c.integer_model)))
+    assert any(
+        not np.array_equal(la.w_q, lc.w_q) for la, lc in zip(_weighted(a.integer_model), _weighted(c.integer_model))
+    )
     assert qat_experiment("mlp", 8, 8, "minmax", epochs=1, model=mlp[0], data=mlp[1]).lr == 1e-4
 
 
-@pytest.mark.parametrize("kw, arg", [(dict(name="vgg"), "name"), (dict(weight_bits=1), "weight_bits"),
-                                     (dict(act_bits=9), "act_bits"), (dict(method="adaround"), "method"),
-                                     (dict(epochs=0), "epochs"), (dict(lr=-1.0), "lr"), (dict(seed=-1), "seed")])
+@pytest.mark.parametrize(
+    "kw, arg",
+    [
+        (dict(name="vgg"), "name"),
+        (dict(weight_bits=1), "weight_bits"),
+        (dict(act_bits=9), "act_bits"),
+        (dict(method="adaround"), "method"),
+        (dict(epochs=0), "epochs"),
+        (dict(lr=-1.0), "lr"),
+        (dict(seed=-1), "seed"),
+    ],
+)
 def test_qat_experiment_bad_arguments(mlp, kw, arg):
     args = dict(name="mlp", weight_bits=4, act_bits=4, method="lsq")
     args.update(kw)
     with pytest.raises((ValueError, TypeError), match=arg):
-        qat_experiment(args.pop("name"), args.pop("weight_bits"), args.pop("act_bits"), args.pop("method"),
-                       model=mlp[0], data=mlp[1], **args)
+        qat_experiment(
+            args.pop("name"),
+            args.pop("weight_bits"),
+            args.pop("act_bits"),
+            args.pop("method"),
+            model=mlp[0],
+            data=mlp[1],
+            **args,
+        )
 
 
 def test_qat_experiment_takes_model_and_data_together(mlp):
@@ -88,17 +105,24 @@ def test_qat_experiment_takes_model_and_data_together(mlp):
 
 
 def test_recovery_and_format():
-    rows = [QATResult("cnn", None, None, "float", 0.98), QATResult("cnn", 4, 4, "ptq", 0.96),
-            QATResult("cnn", 4, 4, "lsq", 0.975, agreement=1.0, epochs=2, time_s=1.0),
-            QATResult("cnn", 4, 4, "pact", 0.95, agreement=0.99, epochs=2, time_s=1.0),
-            QATResult("mlp", None, None, "float", 0.97), QATResult("mlp", 4, 4, "ptq", 0.97),
-            QATResult("mlp", 4, 4, "lsq", 0.97, agreement=1.0, epochs=2)]
+    rows = [
+        QATResult("cnn", None, None, "float", 0.98),
+        QATResult("cnn", 4, 4, "ptq", 0.96),
+        QATResult("cnn", 4, 4, "lsq", 0.975, agreement=1.0, epochs=2, time_s=1.0),
+        QATResult("cnn", 4, 4, "pact", 0.95, agreement=0.99, epochs=2, time_s=1.0),
+        QATResult("mlp", None, None, "float", 0.97),
+        QATResult("mlp", 4, 4, "ptq", 0.97),
+        QATResult("mlp", 4, 4, "lsq", 0.97, agreement=1.0, epochs=2),
+    ]
     assert recovery(rows, "cnn", 4, 4, "lsq") == pytest.approx(0.75)
     assert recovery(rows, "cnn", 4, 4, "pact") == pytest.approx(-0.5)
     assert recovery(rows, "mlp", 4, 4, "lsq") is None  # PTQ lost nothing
     text = format_results(rows)
-    assert "QAT LSQ 75 %" in text and "QAT PACT -50 %" in text and "mlp W4A4: share of PTQ's loss recovered: " \
-        "QAT LSQ n/a" in text
+    assert (
+        "QAT LSQ 75 %" in text
+        and "QAT PACT -50 %" in text
+        and "mlp W4A4: share of PTQ's loss recovered: QAT LSQ n/a" in text
+    )
     assert "-2.00" in text and "-0.50" in text and "99.0 %" in text
 
 
@@ -116,9 +140,15 @@ def test_qat_command(capsys):
     assert "W4A4" in rows[1] and "share of PTQ's loss recovered" in out
 
 
-@pytest.mark.parametrize("argv, what", [(["qat", "--bits", "W9A8"], "--bits"), (["qat", "--bits", "4,4"], "--bits"),
-                                        (["qat", "--methods", "ptq,adaround"], "--methods"),
-                                        (["qat", "--model", "vgg"], "--model")])
+@pytest.mark.parametrize(
+    "argv, what",
+    [
+        (["qat", "--bits", "W9A8"], "--bits"),
+        (["qat", "--bits", "4,4"], "--bits"),
+        (["qat", "--methods", "ptq,adaround"], "--methods"),
+        (["qat", "--model", "vgg"], "--model"),
+    ],
+)
 def test_qat_command_bad_arguments(capsys, argv, what):
     with pytest.raises(SystemExit) as e:
         main(argv)
@@ -200,8 +230,7 @@ def test_size_bytes_packed(ptq44):
     im = ptq44.integer_model
     layers = _weighted(im)
     n = sum(layer.w_q.size for layer in layers)
-    rest = sum(4 * layer.w_q.shape[0] + 4 * layer.w_qp.scale.size + layer.w_qp.zero_point.size
-               for layer in layers)
+    rest = sum(4 * layer.w_q.shape[0] + 4 * layer.w_qp.scale.size + layer.w_qp.zero_point.size for layer in layers)
     assert im.size_bytes() == n + rest
     assert im.size_bytes(packed=True) == sum(-(-layer.w_q.size * 4 // 8) for layer in layers) + rest
     with pytest.raises(TypeError, match="packed"):

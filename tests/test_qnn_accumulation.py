@@ -87,8 +87,9 @@ def test_pairs_every_kernel_and_backend_equal_the_oracle(kernel, m, k, o):
     with use_gemm_kernel(kernel):
         got = linear_accumulate(x, x_qp, w, w_qp, accumulation="int16_pairs")
     np.testing.assert_array_equal(got, want)
-    np.testing.assert_array_equal(linear_accumulate(x, x_qp, w, w_qp, accumulation="int16_pairs",
-                                                    backend="numpy"), want)
+    np.testing.assert_array_equal(
+        linear_accumulate(x, x_qp, w, w_qp, accumulation="int16_pairs", backend="numpy"), want
+    )
     np.testing.assert_array_equal(int16_pair_accumulate(x, w), raw)
 
 
@@ -116,8 +117,8 @@ def test_pairs_twin_is_the_definition(m, k, o, seed):
     if seed % 3 == 0:  # every pair saturates
         xu[:] = 255
         ws[:] = -128 if seed % 2 else 127
-    dw = rng.integers(-2**31, 2**31, o).astype(np.int32)
-    col = rng.integers(-2**31, 2**31, o).astype(np.int32)
+    dw = rng.integers(-(2**31), 2**31, o).astype(np.int32)
+    col = rng.integers(-(2**31), 2**31, o).astype(np.int32)
     got = _gemm_u8s8_numpy(xu, ws, dw, col, pairs=True)
     want = _pairs_oracle(xu, ws) - dw.astype(np.int64) * xu.astype(np.int64).sum(1)[:, None] + col
     np.testing.assert_array_equal(got, ((want + 2**31) % 2**32 - 2**31).astype(np.int32))
@@ -134,12 +135,13 @@ def test_pairs_conv_orders_hwc_and_pads_with_zero_point():
     xp = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)), constant_values=zx)
     for n, o, i, j in [(0, 0, 0, 0), (1, 3, 4, 4), (0, 2, 2, 1), (1, 1, 0, 3)]:
         g = o // 2
-        patch = xp[n, 3 * g:3 * g + 3, i:i + 3, j:j + 3].transpose(1, 2, 0).reshape(1, -1)
+        patch = xp[n, 3 * g : 3 * g + 3, i : i + 3, j : j + 3].transpose(1, 2, 0).reshape(1, -1)
         wv = w[o].transpose(1, 2, 0).reshape(1, -1)
         s = int(_pairs_oracle(patch, wv)[0, 0]) - zx * int(wv.astype(np.int64).sum())
         assert got[n, o, i, j] == s
-    layer = QConv2d(w, w_qp, None, x_qp, QParams(np.float32(1.0), 0, U8), padding=1, groups=2,
-                    accumulation="int16_pairs")
+    layer = QConv2d(
+        w, w_qp, None, x_qp, QParams(np.float32(1.0), 0, U8), padding=1, groups=2, accumulation="int16_pairs"
+    )
     np.testing.assert_array_equal(layer.accumulate(x), got)
     assert layer.saturates_pairs
 
@@ -148,17 +150,41 @@ def test_pairs_need_uint8_activations_and_int8_weights():
     x = np.zeros((2, 4), np.int8)
     w = np.zeros((3, 4), np.int8)
     with pytest.raises(ValueError, match="uint8 activation"):
-        linear_accumulate(x, QParams(np.float32(0.1), 0, QuantSpec()), w, QParams(np.float32(0.1), 0, QuantSpec()),
-                          accumulation="int16_pairs")
+        linear_accumulate(
+            x,
+            QParams(np.float32(0.1), 0, QuantSpec()),
+            w,
+            QParams(np.float32(0.1), 0, QuantSpec()),
+            accumulation="int16_pairs",
+        )
     with pytest.raises(ValueError, match="uint8 activation"):
-        QLinear(w.astype(np.uint8), QParams(np.float32(0.1), 0, U8), None, QParams(np.float32(0.1), 0, U8),
-                QParams(np.float32(0.1), 0, U8), accumulation="mlas_avx2")
+        QLinear(
+            w.astype(np.uint8),
+            QParams(np.float32(0.1), 0, U8),
+            None,
+            QParams(np.float32(0.1), 0, U8),
+            QParams(np.float32(0.1), 0, U8),
+            accumulation="mlas_avx2",
+        )
     # exact on VNNI: a library's mode is accepted where it does not saturate
-    QLinear(w, QParams(np.float32(0.1), 0, QuantSpec()), None, QParams(np.float32(0.1), 0, QuantSpec()),
-            QParams(np.float32(0.1), 0, QuantSpec()), accumulation="mlas_vnni")
+    QLinear(
+        w,
+        QParams(np.float32(0.1), 0, QuantSpec()),
+        None,
+        QParams(np.float32(0.1), 0, QuantSpec()),
+        QParams(np.float32(0.1), 0, QuantSpec()),
+        accumulation="mlas_vnni",
+    )
     with pytest.raises(ValueError, match="accumulation"):
-        qlinear(x.astype(np.uint8), QParams(np.float32(0.1), 0, U8), w, QParams(np.float32(0.1), 0, QuantSpec()),
-                None, QParams(np.float32(0.1), 0, U8), accumulation="vpmaddubsw")
+        qlinear(
+            x.astype(np.uint8),
+            QParams(np.float32(0.1), 0, U8),
+            w,
+            QParams(np.float32(0.1), 0, QuantSpec()),
+            None,
+            QParams(np.float32(0.1), 0, U8),
+            accumulation="vpmaddubsw",
+        )
 
 
 def test_gemm_kernel_is_chosen_forced_and_checked(monkeypatch):
@@ -212,11 +238,16 @@ def test_explain_conv_in_fbgemm_order():
             assert bool(e.pairs) == (mode in ("fbgemm_vnni", "fbgemm_avx2"))  # depthwise: fbgemm pairs taps
 
 
-@pytest.mark.parametrize("env, want", [
-    ({"NUMBA_CPU_NAME": "haswell", "NUMBA_CPU_FEATURES": "+avx,+avx2,+fma,-avx512f,-avx512vnni"},
-     "('avx2', 'portable')"),
-    ({"NUMBA_CPU_NAME": "haswell"}, "('portable',)"),
-])
+@pytest.mark.parametrize(
+    "env, want",
+    [
+        (
+            {"NUMBA_CPU_NAME": "haswell", "NUMBA_CPU_FEATURES": "+avx,+avx2,+fma,-avx512f,-avx512vnni"},
+            "('avx2', 'portable')",
+        ),
+        ({"NUMBA_CPU_NAME": "haswell"}, "('portable',)"),
+    ],
+)
 def test_kernel_choice_follows_numbas_compile_target(env, want):
     """numba told to compile for another CPU: npquant picks the kernels that CPU runs,
     while a peer's path still follows the real host."""
@@ -224,12 +255,15 @@ def test_kernel_choice_follows_numbas_compile_target(env, want):
     import subprocess
     import sys
 
-    code = ("from npquant.qnn import available_gemm_kernels as a, host_path as h; "
-            "from npquant._kernels.cpu import cpu_features as f; "
-            "print(a()); print(h('mlas', f()) == h('mlas'))")
+    code = (
+        "from npquant.qnn import available_gemm_kernels as a, host_path as h; "
+        "from npquant._kernels.cpu import cpu_features as f; "
+        "print(a()); print(h('mlas', f()) == h('mlas'))"
+    )
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("NUMBA_CPU", "NPQUANT_GEMM"))}
-    done = subprocess.run([sys.executable, "-c", code], env={**clean, **env}, capture_output=True, text=True,
-                          timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", code], env={**clean, **env}, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr
     if os.environ.get("NUMBA_DISABLE_JIT") == "1":
         want = "('vnni', 'avx2', 'portable')"  # the JIT-off pass runs every kernel as Python

@@ -76,6 +76,7 @@ def test_errors_name_arguments():
 
 # ---- None and "none" are one spelling (normalize_activation) -----------------------------
 
+
 def test_normalize_activation_spellings():
     from npquant.qnn.activation import normalize_activation
 

@@ -120,8 +120,21 @@ def test_torch_quantized_add(threads):
             t2 = torch._make_per_tensor_quantized_tensor(torch.from_numpy(q2), float(s2), z2)
             op = torch.ops.quantized.add_relu if relu else torch.ops.quantized.add
             want = op(t1, t2, float(so), zo).int_repr().numpy()
-            got = add(q1, s1, z1, q2, s2, z2, so, zo, qmin=0, qmax=255, mode="torch",
-                      act_min=zo if relu else None, vector_width=width)
+            got = add(
+                q1,
+                s1,
+                z1,
+                q2,
+                s2,
+                z2,
+                so,
+                zo,
+                qmin=0,
+                qmax=255,
+                mode="torch",
+                act_min=zo if relu else None,
+                vector_width=width,
+            )
             np.testing.assert_array_equal(got, want, err_msg=f"case {it} n={n}")
     finally:
         torch.set_num_threads(old[0])
@@ -148,23 +161,39 @@ def test_onnxruntime_mode_matches_qlinear_add():
 
     def run(a, b, consts, signed):
         g = helper.make_graph(
-            [helper.make_node("QLinearAdd", ["a", "sa", "za", "b", "sb", "zb", "sc", "zc"], ["y"],
-                              domain="com.microsoft")], "g",
-            [helper.make_tensor_value_info(k, helper.np_dtype_to_tensor_dtype(v.dtype), list(v.shape))
-             for k, v in (("a", a), ("b", b))],
+            [
+                helper.make_node(
+                    "QLinearAdd", ["a", "sa", "za", "b", "sb", "zb", "sc", "zc"], ["y"], domain="com.microsoft"
+                )
+            ],
+            "g",
+            [
+                helper.make_tensor_value_info(k, helper.np_dtype_to_tensor_dtype(v.dtype), list(v.shape))
+                for k, v in (("a", a), ("b", b))
+            ],
             [helper.make_tensor_value_info("y", TensorProto.INT8 if signed else TensorProto.UINT8, None)],
-            initializer=[numpy_helper.from_array(np.asarray(v), k) for k, v in consts.items()])
+            initializer=[numpy_helper.from_array(np.asarray(v), k) for k, v in consts.items()],
+        )
         m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13), helper.make_opsetid("com.microsoft", 1)])
         m.ir_version = 8
         so = ort.SessionOptions()
         so.intra_op_num_threads = 1
         return ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"]).run(
-            ["y"], {"a": a, "b": b})[0]
+            ["y"], {"a": a, "b": b}
+        )[0]
 
     rng = np.random.default_rng(12)
     full = (np.repeat(np.arange(256), 64), np.tile(np.arange(0, 256, 4), 256))
-    shapes = [((5, 16), (16,)), ((5, 16), (1,)), ((1,), (70,)), ((2, 3, 4, 4), (2, 3, 4, 4)),
-              ((2, 6, 1, 1), (2, 6, 5, 5)), ((2, 6, 5, 5), (2, 6, 1, 1)), ((3, 1, 5), (3, 4, 5)), ((257,), (257,))]
+    shapes = [
+        ((5, 16), (16,)),
+        ((5, 16), (1,)),
+        ((1,), (70,)),
+        ((2, 3, 4, 4), (2, 3, 4, 4)),
+        ((2, 6, 1, 1), (2, 6, 5, 5)),
+        ((2, 6, 5, 5), (2, 6, 1, 1)),
+        ((3, 1, 5), (3, 4, 5)),
+        ((257,), (257,)),
+    ]
     n = 0
     for it in range(40):
         signed = it % 4 == 3
@@ -185,6 +214,7 @@ def test_onnxruntime_mode_matches_qlinear_add():
 
 
 # ---- qadd: add on QParams with a fused activation (QAdd called once) ---------------------
+
 
 @pytest.mark.parametrize("mode", ADD_MODES)
 @pytest.mark.parametrize("activation", [None, "none", "relu", "relu6"])
@@ -207,8 +237,7 @@ def test_qadd_equals_add_and_qadd_layer(mode, activation):
             q2 = rng.integers(spec.qmin, spec.qmax + 1, shape2).astype(spec.dtype)
             qp1, qp2, y_qp = QParams(s1, z1, spec), QParams(s2, z2, spec), QParams(so, zo, spec)
             lo, hi = activation_range(activation, so, zo, spec.qmin, spec.qmax)
-            ref = add(q1, s1, z1, q2, s2, z2, so, zo, qmin=spec.qmin, qmax=spec.qmax, act_min=lo, act_max=hi,
-                      mode=mode)
+            ref = add(q1, s1, z1, q2, s2, z2, so, zo, qmin=spec.qmin, qmax=spec.qmax, act_min=lo, act_max=hi, mode=mode)
             got = qadd(q1, qp1, q2, qp2, y_qp, mode=mode, activation=activation)
             assert got.dtype == ref.dtype == spec.dtype
             np.testing.assert_array_equal(got, ref)
@@ -229,9 +258,10 @@ def test_qadd_passes_left_shift_and_vector_width_and_checks():
         np.testing.assert_array_equal(qadd(q1, qp1, q2, qp2, y_qp, **kw), ref)
         np.testing.assert_array_equal(QAdd(qp1, qp2, y_qp, **kw)(q1, q2), ref)
     lo, hi = 130, 200
-    np.testing.assert_array_equal(qadd(q1, qp1, q2, qp2, y_qp, activation=(lo, hi)),
-                                  add(q1, 0.02, 120, q2, 0.03, 130, 0.05, 128, qmin=0, qmax=255, act_min=lo,
-                                      act_max=hi))
+    np.testing.assert_array_equal(
+        qadd(q1, qp1, q2, qp2, y_qp, activation=(lo, hi)),
+        add(q1, 0.02, 120, q2, 0.03, 130, 0.05, 128, qmin=0, qmax=255, act_min=lo, act_max=hi),
+    )
     with pytest.raises(ValueError, match="activation"):
         qadd(q1, qp1, q2, qp2, y_qp, activation="sigmoid")
     with pytest.raises(TypeError, match="qp1 must be a QParams"):
@@ -242,8 +272,10 @@ def test_qadd_passes_left_shift_and_vector_width_and_checks():
         qadd(q1, QParams(np.full(100, 0.02, np.float32), 120, u8.replace(axis=0)), q2, qp2, y_qp)
 
 
-@pytest.mark.parametrize("qmin, qmax, dtype", [(-128, 127, np.int8), (0, 255, np.uint8), (-200, 100, np.int16),
-                                               (-1, 40000, np.int32), (0, 65535, np.uint16)])
+@pytest.mark.parametrize(
+    "qmin, qmax, dtype",
+    [(-128, 127, np.int8), (0, 255, np.uint8), (-200, 100, np.int16), (-1, 40000, np.int32), (0, 65535, np.uint16)],
+)
 def test_add_output_dtype_holds_the_code_range(qmin, qmax, dtype):
     # the smallest integer dtype that holds [qmin, qmax]: (-200, 100) once came out as int8 and wrapped
     q = np.array([qmin, qmax, 0], np.int64)

@@ -21,7 +21,7 @@ def conv_oracle(x, zx, w, zw, bias, stride, pads, dilation, groups):
     n, c, h, wd = x.shape
     o, cg, kh, kw = w.shape
     xp = np.full((n, c, h + pt + pb, wd + pl + pr), int(zx), np.int64)
-    xp[:, :, pt:pt + h, pl:pl + wd] = x
+    xp[:, :, pt : pt + h, pl : pl + wd] = x
     oh = (h + pt + pb - dh * (kh - 1) - 1) // sh + 1
     ow = (wd + pl + pr - dw * (kw - 1) - 1) // sw + 1
     zw = np.broadcast_to(np.asarray(zw), (o,))
@@ -56,8 +56,9 @@ def make_conv(rng, n, c, h, wd, o, cg, kh, kw, x_signed=False, w_signed=True, pe
 
 
 def all_accumulators(x, x_qp, w, w_qp, b, **geo):
-    outs = [conv2d_accumulate(x, x_qp, w, w_qp, b, form=f, backend=be, **geo)
-            for f in FORMS for be in ("numba", "numpy")]
+    outs = [
+        conv2d_accumulate(x, x_qp, w, w_qp, b, form=f, backend=be, **geo) for f in FORMS for be in ("numba", "numpy")
+    ]
     for a in outs:
         assert a.dtype == np.int32
         np.testing.assert_array_equal(a, outs[0])
@@ -72,32 +73,47 @@ def check(x, x_qp, w, w_qp, b, stride=1, padding=0, dilation=1, groups=1):
     return acc
 
 
-@given(n=st.integers(1, 2), groups=st.integers(1, 3), cg=st.integers(1, 2), og=st.integers(1, 2),
-       h=st.integers(1, 6), wd=st.integers(1, 6), kh=st.integers(1, 3), kw=st.integers(1, 3),
-       stride=st.tuples(st.integers(1, 3), st.integers(1, 3)),
-       dilation=st.tuples(st.integers(1, 2), st.integers(1, 2)),
-       pads=st.tuples(*[st.integers(0, 3)] * 4), x_signed=st.booleans(), per_channel=st.booleans(),
-       seed=st.integers(0, 2**32 - 1))
-def test_conv_forms_backends_and_oracle_agree(n, groups, cg, og, h, wd, kh, kw, stride, dilation, pads,
-                                              x_signed, per_channel, seed):
+@given(
+    n=st.integers(1, 2),
+    groups=st.integers(1, 3),
+    cg=st.integers(1, 2),
+    og=st.integers(1, 2),
+    h=st.integers(1, 6),
+    wd=st.integers(1, 6),
+    kh=st.integers(1, 3),
+    kw=st.integers(1, 3),
+    stride=st.tuples(st.integers(1, 3), st.integers(1, 3)),
+    dilation=st.tuples(st.integers(1, 2), st.integers(1, 2)),
+    pads=st.tuples(*[st.integers(0, 3)] * 4),
+    x_signed=st.booleans(),
+    per_channel=st.booleans(),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_conv_forms_backends_and_oracle_agree(
+    n, groups, cg, og, h, wd, kh, kw, stride, dilation, pads, x_signed, per_channel, seed
+):
     geo = conv_geometry(stride, pads, dilation, groups)
     oh, ow = geo.output_size(h, wd, kh, kw)
     assume(oh >= 1 and ow >= 1)
     rng = np.random.default_rng(seed)
-    x, x_qp, w, w_qp, b, _ = make_conv(rng, n, groups * cg, h, wd, groups * og, cg, kh, kw,
-                                       x_signed=x_signed, per_channel=per_channel)
+    x, x_qp, w, w_qp, b, _ = make_conv(
+        rng, n, groups * cg, h, wd, groups * og, cg, kh, kw, x_signed=x_signed, per_channel=per_channel
+    )
     check(x, x_qp, w, w_qp, b, stride, pads, dilation, groups)
 
 
-@pytest.mark.parametrize("case", [
-    dict(name="depthwise x2", c=4, o=8, cg=1, groups=4, k=3, padding=1),
-    dict(name="depthwise strided", c=3, o=3, cg=1, groups=3, k=3, stride=2, padding=(0, 1, 1, 0)),
-    dict(name="stride > kernel", c=2, o=3, cg=2, groups=1, k=2, stride=(3, 4)),
-    dict(name="padding > kernel", c=2, o=2, cg=2, groups=1, k=2, padding=(3, 4, 5, 2)),
-    dict(name="dilation", c=2, o=4, cg=1, groups=2, k=3, dilation=(2, 3), padding=2),
-    dict(name="1x1", c=5, o=3, cg=5, groups=1, k=1),
-    dict(name="kernel = image", c=2, o=2, cg=2, groups=1, k=5),
-])
+@pytest.mark.parametrize(
+    "case",
+    [
+        dict(name="depthwise x2", c=4, o=8, cg=1, groups=4, k=3, padding=1),
+        dict(name="depthwise strided", c=3, o=3, cg=1, groups=3, k=3, stride=2, padding=(0, 1, 1, 0)),
+        dict(name="stride > kernel", c=2, o=3, cg=2, groups=1, k=2, stride=(3, 4)),
+        dict(name="padding > kernel", c=2, o=2, cg=2, groups=1, k=2, padding=(3, 4, 5, 2)),
+        dict(name="dilation", c=2, o=4, cg=1, groups=2, k=3, dilation=(2, 3), padding=2),
+        dict(name="1x1", c=5, o=3, cg=5, groups=1, k=1),
+        dict(name="kernel = image", c=2, o=2, cg=2, groups=1, k=5),
+    ],
+)
 def test_conv_edge_cases(case):
     rng = np.random.default_rng(len(case["name"]))
     geo = {k: case[k] for k in ("stride", "padding", "dilation") if k in case}
@@ -133,8 +149,11 @@ def test_qconv2d_modes(mode, per_channel):
     x, x_qp, w, w_qp, b, y_qp = make_conv(rng, 2, 4, 5, 5, 6, 2, 3, 3, per_channel=per_channel)
     geo = dict(stride=(2, 1), padding=(1, 0, 2, 1), dilation=(1, 2), groups=2)
     acc = check(x, x_qp, w, w_qp, b, **geo)
-    outs = [qconv2d(x, x_qp, w, w_qp, b, y_qp, mode=mode, form=f, backend=be, **geo)
-            for f in FORMS for be in ("numba", "numpy")]
+    outs = [
+        qconv2d(x, x_qp, w, w_qp, b, y_qp, mode=mode, form=f, backend=be, **geo)
+        for f in FORMS
+        for be in ("numba", "numpy")
+    ]
     for y in outs:
         assert y.dtype == np.int8 and y.shape == acc.shape
         np.testing.assert_array_equal(y, outs[0])
@@ -174,22 +193,25 @@ def _args():
     return dict(x_q=x, x_qp=x_qp, w_q=w, w_qp=w_qp, bias_q=b, y_qp=y_qp), dict(groups=2)
 
 
-@pytest.mark.parametrize("change, kw, exc, match", [
-    ({}, {"groups": 3}, ValueError, "not divisible by groups=3"),
-    ({}, {"groups": 1}, ValueError, "x_q has 4 channels but w_q"),
-    ({"x_q": np.zeros((1, 4, 5), np.uint8)}, {}, ValueError, "x_q must have 4 dimensions"),
-    ({"x_q": np.zeros((1, 4, 5, 5), np.float32)}, {}, TypeError, "x_q must be an integer"),
-    ({"w_q": np.zeros((4, 2, 3), np.int8)}, {}, ValueError, "w_q must have 4 dimensions"),
-    ({}, {"dilation": 3}, ValueError, "does not fit the padded input"),
-    ({}, {"stride": 0}, ValueError, "stride must be in"),
-    ({}, {"padding": -1}, ValueError, "padding must be in"),
-    ({}, {"padding": (1, 2, 3)}, ValueError, r"padding must be an int, \(h, w\)"),
-    ({}, {"stride": (1, 2, 3)}, ValueError, "stride must be an int or a pair"),
-    ({}, {"groups": 0}, ValueError, "groups must be in"),
-    ({"w_qp": QParams(np.full(2, 0.1), 0, QuantSpec(axis=1))}, {}, ValueError, "per-channel along axis 0"),
-    ({"bias_q": np.zeros(2, np.int32)}, {}, ValueError, r"bias_q must have shape \(4,\)"),
-    ({}, {"mode": "x"}, ValueError, "mode must be one of"),
-])
+@pytest.mark.parametrize(
+    "change, kw, exc, match",
+    [
+        ({}, {"groups": 3}, ValueError, "not divisible by groups=3"),
+        ({}, {"groups": 1}, ValueError, "x_q has 4 channels but w_q"),
+        ({"x_q": np.zeros((1, 4, 5), np.uint8)}, {}, ValueError, "x_q must have 4 dimensions"),
+        ({"x_q": np.zeros((1, 4, 5, 5), np.float32)}, {}, TypeError, "x_q must be an integer"),
+        ({"w_q": np.zeros((4, 2, 3), np.int8)}, {}, ValueError, "w_q must have 4 dimensions"),
+        ({}, {"dilation": 3}, ValueError, "does not fit the padded input"),
+        ({}, {"stride": 0}, ValueError, "stride must be in"),
+        ({}, {"padding": -1}, ValueError, "padding must be in"),
+        ({}, {"padding": (1, 2, 3)}, ValueError, r"padding must be an int, \(h, w\)"),
+        ({}, {"stride": (1, 2, 3)}, ValueError, "stride must be an int or a pair"),
+        ({}, {"groups": 0}, ValueError, "groups must be in"),
+        ({"w_qp": QParams(np.full(2, 0.1), 0, QuantSpec(axis=1))}, {}, ValueError, "per-channel along axis 0"),
+        ({"bias_q": np.zeros(2, np.int32)}, {}, ValueError, r"bias_q must have shape \(4,\)"),
+        ({}, {"mode": "x"}, ValueError, "mode must be one of"),
+    ],
+)
 def test_qconv2d_rejects(change, kw, exc, match):
     args, geo = _args()
     args.update(change)
@@ -235,6 +257,7 @@ def test_same_padding():
 
 # ---- activation=None and "none"; plain zero points in conv2d_accumulate -----------------
 
+
 @pytest.mark.parametrize("spelling", [None, "none"])
 def test_no_activation_both_spellings(spelling):
     rng = np.random.default_rng(21)
@@ -260,15 +283,15 @@ def test_conv2d_accumulate_plain_zero_points(groups):
     kw = dict(stride=2, padding=(1, 0, 2, 1), groups=groups)
     ref = conv2d_accumulate(x, x_qp, w, w_qp, bias, **kw)
     geo = conv_geometry(**kw)
-    np.testing.assert_array_equal(ref, conv_oracle(x, zx, w, zw, bias, geo.stride, geo.padding, geo.dilation,
-                                                   groups))
+    np.testing.assert_array_equal(ref, conv_oracle(x, zx, w, zw, bias, geo.stride, geo.padding, geo.dilation, groups))
     for backend in ("numba", "numpy"):
         np.testing.assert_array_equal(conv2d_accumulate(x, zx, w, zw, bias, backend=backend, **kw), ref)
         np.testing.assert_array_equal(conv2d_accumulate(x, x_qp, w, zw, bias, backend=backend, **kw), ref)
         np.testing.assert_array_equal(conv2d_accumulate(x, zx, w, w_qp, bias, backend=backend, **kw), ref)
     w_t = QParams(0.01, 2, QuantSpec())
-    np.testing.assert_array_equal(conv2d_accumulate(x, zx, w, 2, bias, **kw),
-                                  conv2d_accumulate(x, x_qp, w, w_t, bias, **kw))
+    np.testing.assert_array_equal(
+        conv2d_accumulate(x, zx, w, 2, bias, **kw), conv2d_accumulate(x, x_qp, w, w_t, bias, **kw)
+    )
 
 
 def test_conv2d_accumulate_bad_plain_zero_points():

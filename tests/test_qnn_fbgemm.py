@@ -26,8 +26,9 @@ def _weights(rng, shape, per_channel, tie):
         base = f32(rng.uniform(1e-3, 0.05))
         sw = (base * 2.0 ** rng.integers(-3, 3, o)).astype(f32) if tie else rng.uniform(1e-3, 0.05, o).astype(f32)
         zw = np.zeros(o, np.int64)
-        wq = torch._make_per_channel_quantized_tensor(torch.from_numpy(qw), torch.from_numpy(sw.astype(f64)),
-                                                      torch.from_numpy(zw), 0)
+        wq = torch._make_per_channel_quantized_tensor(
+            torch.from_numpy(qw), torch.from_numpy(sw.astype(f64)), torch.from_numpy(zw), 0
+        )
         return qw, sw, zw, wq, base
     sw = f32(rng.uniform(1e-3, 0.05))
     zw = int(rng.integers(-5, 6)) if len(shape) == 2 else 0
@@ -99,13 +100,15 @@ def test_conv2d_matches_torch(fbgemm_threads, kind):
         qw, sw, zw, wq, base = _weights(rng, (o, c // groups, k, k), per_channel, tie)
         ats = np.broadcast_to(f32(sx) * np.atleast_1d(sw).astype(f32), (o,)).astype(f32)
         sy, zy, bias = _case_params(rng, sx, base, ats, o, tie, use_bias)
-        packed = torch.ops.quantized.conv2d_prepack(wq, None if bias is None else torch.from_numpy(bias),
-                                                    [stride] * 2, [pad] * 2, [1, 1], groups)
+        packed = torch.ops.quantized.conv2d_prepack(
+            wq, None if bias is None else torch.from_numpy(bias), [stride] * 2, [pad] * 2, [1, 1], groups
+        )
         xq = torch._make_per_tensor_quantized_tensor(torch.from_numpy(qx), float(sx), zx)
         op = torch.ops.quantized.conv2d_relu if relu else torch.ops.quantized.conv2d
         want = op(xq, packed, float(sy), zy).int_repr().numpy()
-        acc = conv2d_accumulate(qx, _x_qp(zx), qw, _w_qp(zw, o), stride=stride, padding=pad, groups=groups,
-                                accumulation="fbgemm")
+        acc = conv2d_accumulate(
+            qx, _x_qp(zx), qw, _w_qp(zw, o), stride=stride, padding=pad, groups=groups, accumulation="fbgemm"
+        )
         got = fbgemm_requantize(acc, sx, sw, sy, zy, bias=bias, relu=relu, axis=1)
         np.testing.assert_array_equal(got, want, err_msg=f"case {it}")
 
@@ -135,6 +138,7 @@ def test_multiplier_is_effective_multiplier_fp32():
 
 def test_fma_float32_is_single_rounding():
     from fractions import Fraction
+
     rng = np.random.default_rng(4)
     a = (rng.normal(size=3000) * 1e3).astype(f32)
     b = rng.normal(size=3000).astype(f32)

@@ -50,8 +50,11 @@ def make_layer(rng, n, k, o, x_signed, w_signed, per_channel, bias=True):
     ws = QuantSpec(8, signed=w_signed, axis=0 if per_channel else None)
     x_qp = QParams(rng.uniform(0.005, 0.05), rng.integers(xs.qmin, xs.qmax + 1), xs)
     nsc = o if per_channel else 1
-    w_qp = QParams(rng.uniform(0.001, 0.02, nsc).reshape(() if not per_channel else (o,)),
-                   rng.integers(ws.qmin, ws.qmax + 1, nsc).reshape(() if not per_channel else (o,)), ws)
+    w_qp = QParams(
+        rng.uniform(0.001, 0.02, nsc).reshape(() if not per_channel else (o,)),
+        rng.integers(ws.qmin, ws.qmax + 1, nsc).reshape(() if not per_channel else (o,)),
+        ws,
+    )
     y_qp = QParams(rng.uniform(0.05, 0.5), rng.integers(-20, 20), QuantSpec(8))
     x = rng.integers(xs.qmin, xs.qmax + 1, (n, k)).astype(xs.dtype)
     w = rng.integers(ws.qmin, ws.qmax + 1, (o, k)).astype(ws.dtype)
@@ -60,16 +63,25 @@ def make_layer(rng, n, k, o, x_signed, w_signed, per_channel, bias=True):
 
 
 def all_accumulators(x, x_qp, w, w_qp, b, **kw):
-    outs = [linear_accumulate(x, x_qp, w, w_qp, b, form=f, backend=be, **kw)
-            for f in FORMS for be in ("numba", "numpy")]
+    outs = [
+        linear_accumulate(x, x_qp, w, w_qp, b, form=f, backend=be, **kw) for f in FORMS for be in ("numba", "numpy")
+    ]
     for a in outs:
         assert a.dtype == np.int32
         np.testing.assert_array_equal(a, outs[0])
     return outs[0]
 
 
-@given(n=st.integers(1, 4), k=st.integers(1, 9), o=st.integers(1, 5), x_signed=st.booleans(),
-       w_signed=st.booleans(), per_channel=st.booleans(), bias=st.booleans(), seed=st.integers(0, 2**32 - 1))
+@given(
+    n=st.integers(1, 4),
+    k=st.integers(1, 9),
+    o=st.integers(1, 5),
+    x_signed=st.booleans(),
+    w_signed=st.booleans(),
+    per_channel=st.booleans(),
+    bias=st.booleans(),
+    seed=st.integers(0, 2**32 - 1),
+)
 def test_forms_backends_and_oracle_agree(n, k, o, x_signed, w_signed, per_channel, bias, seed):
     rng = np.random.default_rng(seed)
     x, x_qp, w, w_qp, b, _ = make_layer(rng, n, k, o, x_signed, w_signed, per_channel, bias)
@@ -90,13 +102,14 @@ def test_non_contiguous_and_batched_input():
     rng = np.random.default_rng(1)
     x, x_qp, w, w_qp, b, y_qp = make_layer(rng, 6, 10, 4, True, True, False)
     big = rng.integers(-128, 128, (6, 20)).astype(np.int8)
-    xs = big[:, ::2]                           # strided view
-    xf = np.asfortranarray(x)                  # column-major
+    xs = big[:, ::2]  # strided view
+    xf = np.asfortranarray(x)  # column-major
     ref = acc_oracle(xs, x_qp.zero_point, w, w_qp.zero_point, b)
     np.testing.assert_array_equal(all_accumulators(xs, x_qp, w, w_qp, b), ref)
-    np.testing.assert_array_equal(all_accumulators(xf, x_qp, w, w_qp, b),
-                                  acc_oracle(x, x_qp.zero_point, w, w_qp.zero_point, b))
-    wt = np.ascontiguousarray(w.T).T          # non-contiguous weights
+    np.testing.assert_array_equal(
+        all_accumulators(xf, x_qp, w, w_qp, b), acc_oracle(x, x_qp.zero_point, w, w_qp.zero_point, b)
+    )
+    wt = np.ascontiguousarray(w.T).T  # non-contiguous weights
     np.testing.assert_array_equal(all_accumulators(xs, x_qp, wt, w_qp, b), ref)
     # leading batch dimensions are kept
     x3 = xs.reshape(2, 3, 10)
@@ -122,8 +135,9 @@ def test_qlinear_modes(mode, per_channel, signs):
     rng = np.random.default_rng(hash((mode, per_channel, signs)) % 2**32)
     x, x_qp, w, w_qp, b, y_qp = make_layer(rng, 7, 23, 6, signs[0], signs[1], per_channel)
     acc = acc_oracle(x, x_qp.zero_point, w, w_qp.zero_point, b)
-    outs = [qlinear(x, x_qp, w, w_qp, b, y_qp, mode=mode, form=f, backend=be)
-            for f in FORMS for be in ("numba", "numpy")]
+    outs = [
+        qlinear(x, x_qp, w, w_qp, b, y_qp, mode=mode, form=f, backend=be) for f in FORMS for be in ("numba", "numpy")
+    ]
     for y in outs:
         assert y.dtype == np.int8
         np.testing.assert_array_equal(y, outs[0])
@@ -168,8 +182,9 @@ def test_fused_activation_ranges(mode):
     np.testing.assert_array_equal(n1, np.clip(plain, -30, 10))
     assert relu.min() == -10 and plain.min() < -10 and plain.max() > 110 and relu6.max() == 110
     # a clamp range that excludes Z_y
-    np.testing.assert_array_equal(qlinear(x, x_qp, w, w_qp, b, y_qp, mode=mode, activation=(0, 50)),
-                                  np.clip(plain, 0, 50))
+    np.testing.assert_array_equal(
+        qlinear(x, x_qp, w, w_qp, b, y_qp, mode=mode, activation=(0, 50)), np.clip(plain, 0, 50)
+    )
     # relu6 is capped by qmax when 6 / S_y is large
     small = QParams(0.001, 0, QuantSpec(8))
     assert QLinear(w, w_qp, b, x_qp, small, activation="relu6").out_range == (0, 127)
@@ -189,6 +204,7 @@ def test_relu6_rounds_half_away():
 
 
 # ---- overflow --------------------------------------------------------------------------
+
 
 def test_overflow_is_an_error_or_wraps():
     k = (1 << 31) // (255 * 128) + 1  # 65794: 255 * -128 * k < INT32_MIN
@@ -257,12 +273,12 @@ def test_reduce_range_int16_pairs():
 
 # ---- bias ------------------------------------------------------------------------------
 
+
 def test_quantize_bias_methods():
     # TFLite's quantization_utils_test (SymmetricPerLayerBiasQuantize): scales 0.5 * 0.5,
     # bias {4.0, 1.0} -> {16, 4}
     for method in ("onnxruntime", "tflite"):
-        np.testing.assert_array_equal(quantize_bias(np.array([4.0, 1.0], np.float32), 0.5, 0.5, method=method),
-                                      [16, 4])
+        np.testing.assert_array_equal(quantize_bias(np.array([4.0, 1.0], np.float32), 0.5, 0.5, method=method), [16, 4])
     ties = np.array([0.625, -0.625, 0.375, 0.0], np.float32)  # 2.5, -2.5, 1.5 units of 0.25
     np.testing.assert_array_equal(quantize_bias(ties, 0.5, 0.5), [2, -2, 2, 0])  # half even
     np.testing.assert_array_equal(quantize_bias(ties, 0.5, 0.5, method="tflite"), [3, -3, 2, 0])  # half away
@@ -291,34 +307,38 @@ def test_quantize_bias_is_within_half_a_unit(b, sx, sw):
 
 # ---- errors ----------------------------------------------------------------------------
 
+
 def _args():
     rng = np.random.default_rng(0)
     x, x_qp, w, w_qp, b, y_qp = make_layer(rng, 2, 3, 4, False, True, False)
     return dict(x_q=x, x_qp=x_qp, w_q=w, w_qp=w_qp, bias_q=b, y_qp=y_qp)
 
 
-@pytest.mark.parametrize("change, kw, exc, match", [
-    ({"x_q": np.zeros((2, 3), np.float32)}, {}, TypeError, "x_q must be an integer array"),
-    ({"x_q": np.full((2, 3), 300, np.int32)}, {}, ValueError, r"x_q must hold codes in \[0, 255\]"),
-    ({"x_q": np.zeros((2, 4), np.uint8)}, {}, ValueError, r"x_q must have shape \(..., 3\)"),
-    ({"w_q": np.zeros((4, 3, 1), np.int8)}, {}, ValueError, "w_q must have 2 dimensions"),
-    ({"w_q": np.full((4, 3), 200, np.int16)}, {}, ValueError, "w_q must hold codes"),
-    ({"w_qp": QParams([0.1, 0.1, 0.1], 0, QuantSpec(axis=1))}, {}, ValueError, "per-channel along axis 0"),
-    ({"w_qp": QParams([0.1, 0.1], 0, QuantSpec(axis=0))}, {}, ValueError, "2 channels but the weights have 4"),
-    ({"w_qp": QParams(np.ones((4, 1)), 0, QuantSpec(axis=1, block_size=2))}, {}, ValueError, "per-channel along"),
-    ({"x_qp": QParams([0.1, 0.1], 0, QuantSpec(signed=False, axis=0))}, {}, ValueError, "x_qp must be per-tensor"),
-    ({"y_qp": QParams([0.1], 0, QuantSpec(axis=0))}, {}, ValueError, "y_qp must be per-tensor"),
-    ({"w_qp": 0.1}, {}, TypeError, "w_qp must be a QParams"),
-    ({"bias_q": np.zeros(3, np.int32)}, {}, ValueError, r"bias_q must have shape \(4,\)"),
-    ({"bias_q": np.zeros(4, np.float32)}, {}, TypeError, "bias_q must be an int32"),
-    ({"bias_q": np.full(4, 1 << 40)}, {}, ValueError, "bias_q must lie in the int32 range"),
-    ({}, {"mode": "gemmlowp"}, ValueError, "mode must be one of"),
-    ({}, {"form": "fast"}, ValueError, "form must be one of"),
-    ({}, {"overflow": "saturate"}, ValueError, "overflow must be one of"),
-    ({}, {"activation": "gelu"}, ValueError, "activation must be None"),
-    ({}, {"activation": (10, 5)}, ValueError, r"activation\[1\]"),
-    ({}, {"backend": "torch"}, ValueError, "backend must be one of"),
-])
+@pytest.mark.parametrize(
+    "change, kw, exc, match",
+    [
+        ({"x_q": np.zeros((2, 3), np.float32)}, {}, TypeError, "x_q must be an integer array"),
+        ({"x_q": np.full((2, 3), 300, np.int32)}, {}, ValueError, r"x_q must hold codes in \[0, 255\]"),
+        ({"x_q": np.zeros((2, 4), np.uint8)}, {}, ValueError, r"x_q must have shape \(..., 3\)"),
+        ({"w_q": np.zeros((4, 3, 1), np.int8)}, {}, ValueError, "w_q must have 2 dimensions"),
+        ({"w_q": np.full((4, 3), 200, np.int16)}, {}, ValueError, "w_q must hold codes"),
+        ({"w_qp": QParams([0.1, 0.1, 0.1], 0, QuantSpec(axis=1))}, {}, ValueError, "per-channel along axis 0"),
+        ({"w_qp": QParams([0.1, 0.1], 0, QuantSpec(axis=0))}, {}, ValueError, "2 channels but the weights have 4"),
+        ({"w_qp": QParams(np.ones((4, 1)), 0, QuantSpec(axis=1, block_size=2))}, {}, ValueError, "per-channel along"),
+        ({"x_qp": QParams([0.1, 0.1], 0, QuantSpec(signed=False, axis=0))}, {}, ValueError, "x_qp must be per-tensor"),
+        ({"y_qp": QParams([0.1], 0, QuantSpec(axis=0))}, {}, ValueError, "y_qp must be per-tensor"),
+        ({"w_qp": 0.1}, {}, TypeError, "w_qp must be a QParams"),
+        ({"bias_q": np.zeros(3, np.int32)}, {}, ValueError, r"bias_q must have shape \(4,\)"),
+        ({"bias_q": np.zeros(4, np.float32)}, {}, TypeError, "bias_q must be an int32"),
+        ({"bias_q": np.full(4, 1 << 40)}, {}, ValueError, "bias_q must lie in the int32 range"),
+        ({}, {"mode": "gemmlowp"}, ValueError, "mode must be one of"),
+        ({}, {"form": "fast"}, ValueError, "form must be one of"),
+        ({}, {"overflow": "saturate"}, ValueError, "overflow must be one of"),
+        ({}, {"activation": "gelu"}, ValueError, "activation must be None"),
+        ({}, {"activation": (10, 5)}, ValueError, r"activation\[1\]"),
+        ({}, {"backend": "torch"}, ValueError, "backend must be one of"),
+    ],
+)
 def test_qlinear_rejects(change, kw, exc, match):
     args = _args()
     args.update(change)
@@ -330,8 +350,10 @@ def test_layer_rejects_wrong_input():
     a = _args()
     lay = QLinear(a["w_q"], a["w_qp"], a["bias_q"], a["x_qp"], a["y_qp"], mode="onnx", activation="relu")
     assert "QLinear(in_features=3, out_features=4" in repr(lay)
-    np.testing.assert_array_equal(lay(a["x_q"]), qlinear(a["x_q"], a["x_qp"], a["w_q"], a["w_qp"], a["bias_q"],
-                                                          a["y_qp"], mode="onnx", activation="relu"))
+    np.testing.assert_array_equal(
+        lay(a["x_q"]),
+        qlinear(a["x_q"], a["x_qp"], a["w_q"], a["w_qp"], a["bias_q"], a["y_qp"], mode="onnx", activation="relu"),
+    )
     with pytest.raises(ValueError, match=r"x_q must have shape \(..., 3\)"):
         lay(np.zeros((2, 5), np.uint8))
     with pytest.raises(TypeError, match="x_q must be an integer"):
@@ -360,6 +382,7 @@ def test_accumulator_bounds_rejects():
 
 
 # ---- activation=None and "none"; plain zero points in linear_accumulate -----------------
+
 
 @pytest.mark.parametrize("spelling", [None, "none"])
 def test_no_activation_both_spellings(spelling):
@@ -463,8 +486,9 @@ def _matmul_oracle(a, za, b, zb, sa, sb, sy, zy, lo, hi):
 
 
 @pytest.mark.parametrize("spec", [U8, S8], ids=["uint8", "int8"])
-@pytest.mark.parametrize("shapes", [((4, 6), (6, 5)), ((2, 3, 7), (2, 7, 4)), ((2, 1, 3, 5), (4, 5, 2)),
-                                    ((3, 4), (2, 4, 3))])
+@pytest.mark.parametrize(
+    "shapes", [((4, 6), (6, 5)), ((2, 3, 7), (2, 7, 4)), ((2, 1, 3, 5), (4, 5, 2)), ((3, 4), (2, 4, 3))]
+)
 def test_qmatmul_against_python_int_oracle(spec, shapes):
     rng = np.random.default_rng(41)
     sa, sb, sy = 0.05, 0.04, 0.09
@@ -533,18 +557,21 @@ def test_qmatmul_argument_errors():
 
 # ---- ONNX QLinearMatMul with B a graph input -------------------------------------------------
 
+
 def _qlinear_matmul_model(spec, shape_a, shape_b, sa, za, sb, zb, sy, zy):
     from onnx import TensorProto, helper
 
     t = TensorProto.UINT8 if spec is U8 else TensorProto.INT8
-    inits = [helper.make_tensor(n, TensorProto.FLOAT, [], [float(v)]) for n, v in (("sa", sa), ("sb", sb),
-                                                                                 ("sy", sy))]
+    inits = [helper.make_tensor(n, TensorProto.FLOAT, [], [float(v)]) for n, v in (("sa", sa), ("sb", sb), ("sy", sy))]
     inits += [helper.make_tensor(n, t, [], [int(v)]) for n, v in (("za", za), ("zb", zb), ("zy", zy))]
     node = helper.make_node("QLinearMatMul", ["a", "sa", "za", "b", "sb", "zb", "sy", "zy"], ["y"])
-    graph = helper.make_graph([node], "qlinear_matmul",
-                              [helper.make_tensor_value_info("a", t, list(shape_a)),
-                               helper.make_tensor_value_info("b", t, list(shape_b))],
-                              [helper.make_tensor_value_info("y", t, None)], inits)
+    graph = helper.make_graph(
+        [node],
+        "qlinear_matmul",
+        [helper.make_tensor_value_info("a", t, list(shape_a)), helper.make_tensor_value_info("b", t, list(shape_b))],
+        [helper.make_tensor_value_info("y", t, None)],
+        inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
     model.ir_version = 10
     return model
@@ -620,9 +647,10 @@ def test_form_names_the_kernel_that_runs(monkeypatch):
         assert calls == ran, form
     with pytest.raises(ValueError, match="form='direct' cannot saturate int16 pairs"):
         QLinear(w, w_qp, b, x_qp, None, form="direct", accumulation="int16_pairs")
-    np.testing.assert_array_equal(QLinear(w, w_qp, b, x_qp, None, form="folded", accumulation="int16_pairs")
-                                  .accumulate(x), QLinear(w, w_qp, b, x_qp, None, accumulation="int16_pairs")
-                                  .accumulate(x))
+    np.testing.assert_array_equal(
+        QLinear(w, w_qp, b, x_qp, None, form="folded", accumulation="int16_pairs").accumulate(x),
+        QLinear(w, w_qp, b, x_qp, None, accumulation="int16_pairs").accumulate(x),
+    )
 
 
 @pytest.mark.parametrize("w_signed", [True, False])

@@ -32,8 +32,12 @@ def test_small_integer_cnn_equals_the_functions():
     wl = rng.normal(size=(10, 4 * 4 * 4)).astype(np.float32) * 0.1
     wl_qp = fit_qparams(wl, QuantSpec(symmetric=True, axis=0))
     wl_q = quantize(wl, wl_qp)
-    model = [QConv2d(wc_q, wc_qp, None, x_qp, h_qp, padding=1, activation="relu"),
-             MaxPool2d(2), Flatten(), QLinear(wl_q, wl_qp, None, h_qp, y_qp)]
+    model = [
+        QConv2d(wc_q, wc_qp, None, x_qp, h_qp, padding=1, activation="relu"),
+        MaxPool2d(2),
+        Flatten(),
+        QLinear(wl_q, wl_qp, None, h_qp, y_qp),
+    ]
     out = x
     for layer in model:
         out = layer(out)
@@ -84,6 +88,7 @@ def test_qrelu6_torch_mode_rounds_as_pytorch():
 
 
 # ---- one code path: each function is its layer object called once ------------------------
+
 
 def _spy_init(monkeypatch, cls):
     """Count the objects of ``cls`` built while the spy is on."""
@@ -152,8 +157,13 @@ def test_old_paths_of_moved_names():
     import npquant.qnn.linear as linear_mod
 
     assert layers_mod.QLinear is linear_mod.QLinear and layers_mod.QConv2d is conv_mod.QConv2d
-    for name, mod in (("qlinear", linear_mod), ("linear_accumulate", linear_mod), ("qmatmul", linear_mod),
-                      ("quantize_bias", bias_mod), ("BIAS_METHODS", bias_mod)):
+    for name, mod in (
+        ("qlinear", linear_mod),
+        ("linear_accumulate", linear_mod),
+        ("qmatmul", linear_mod),
+        ("quantize_bias", bias_mod),
+        ("BIAS_METHODS", bias_mod),
+    ):
         with pytest.warns(DeprecationWarning, match=f"npquant.qnn.gemm.{name} moved to npquant.qnn"):
             assert getattr(gemm_mod, name) is getattr(mod, name)
     with pytest.raises(AttributeError, match="no attribute 'qconv2d'"):

@@ -20,16 +20,21 @@ from onnx import TensorProto as TP  # noqa: E402
 from onnx import helper  # noqa: E402
 from onnx.reference import ReferenceEvaluator  # noqa: E402
 
-ONNX_TYPES = {np.dtype(np.uint8): TP.UINT8, np.dtype(np.int8): TP.INT8, np.dtype(np.float32): TP.FLOAT,
-              np.dtype(np.int32): TP.INT32}
+ONNX_TYPES = {
+    np.dtype(np.uint8): TP.UINT8,
+    np.dtype(np.int8): TP.INT8,
+    np.dtype(np.float32): TP.FLOAT,
+    np.dtype(np.int32): TP.INT32,
+}
 
 
 def run_op(op, inputs, out_dtype, **attrs):
     """One node; ``inputs`` is a list of (name, array), all graph inputs."""
     vis = [helper.make_tensor_value_info(n, ONNX_TYPES[a.dtype], a.shape) for n, a in inputs]
     node = helper.make_node(op, [n for n, _ in inputs], ["y"], **attrs)
-    graph = helper.make_graph([node], "g", vis, [helper.make_tensor_value_info("y", ONNX_TYPES[np.dtype(out_dtype)],
-                                                                               None)])
+    graph = helper.make_graph(
+        [node], "g", vis, [helper.make_tensor_value_info("y", ONNX_TYPES[np.dtype(out_dtype)], None)]
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
     return ReferenceEvaluator(model).run(None, dict(inputs))[0]
 
@@ -57,8 +62,13 @@ def out_qparams(rng, acc_real, y_t):
     return np.array(sy, np.float32), np.array(zy, y_t)
 
 
-TYPE_COMBOS = [(np.uint8, np.uint8, np.uint8), (np.int8, np.int8, np.int8), (np.uint8, np.int8, np.int8),
-               (np.int8, np.uint8, np.uint8), (np.uint8, np.int8, np.uint8)]
+TYPE_COMBOS = [
+    (np.uint8, np.uint8, np.uint8),
+    (np.int8, np.int8, np.int8),
+    (np.uint8, np.int8, np.int8),
+    (np.int8, np.uint8, np.uint8),
+    (np.uint8, np.int8, np.uint8),
+]
 
 
 COUNTS = {}
@@ -84,19 +94,37 @@ def test_qlinear_matmul(types, shape):
         sa, sb = (np.array(rng.uniform(0.001, 0.05), np.float32) for _ in range(2))
         acc = (a.astype(np.int64) - za) @ (b.astype(np.int64) - zb)
         sy, zy = out_qparams(rng, acc * float(sa * sb), y_t)
-        ref = run_op("QLinearMatMul", [("a", a), ("sa", sa), ("za", za), ("b", b), ("sb", sb), ("zb", zb),
-                                       ("sy", sy), ("zy", zy)], y_t)
-        got = qlinear(a, QParams(sa, za, spec_of(a_t)), b.T, QParams(sb, zb, spec_of(b_t)), None,
-                      QParams(sy, zy, spec_of(y_t)), mode="onnx")
+        ref = run_op(
+            "QLinearMatMul",
+            [("a", a), ("sa", sa), ("za", za), ("b", b), ("sb", sb), ("zb", zb), ("sy", sy), ("zy", zy)],
+            y_t,
+        )
+        got = qlinear(
+            a,
+            QParams(sa, za, spec_of(a_t)),
+            b.T,
+            QParams(sb, zb, spec_of(b_t)),
+            None,
+            QParams(sy, zy, spec_of(y_t)),
+            mode="onnx",
+        )
         assert got.dtype == ref.dtype
         _same("QLinearMatMul", got, ref)
-        folded = qlinear(a, QParams(sa, za, spec_of(a_t)), b.T, QParams(sb, zb, spec_of(b_t)), None,
-                         QParams(sy, zy, spec_of(y_t)), mode="onnx", form="folded", backend="numpy")
+        folded = qlinear(
+            a,
+            QParams(sa, za, spec_of(a_t)),
+            b.T,
+            QParams(sb, zb, spec_of(b_t)),
+            None,
+            QParams(sy, zy, spec_of(y_t)),
+            mode="onnx",
+            form="folded",
+            backend="numpy",
+        )
         _same("QLinearMatMul", folded, ref)
 
 
-@pytest.mark.parametrize("types", [(np.uint8, np.uint8), (np.int8, np.int8), (np.uint8, np.int8),
-                                   (np.int8, np.uint8)])
+@pytest.mark.parametrize("types", [(np.uint8, np.uint8), (np.int8, np.int8), (np.uint8, np.int8), (np.int8, np.uint8)])
 @pytest.mark.parametrize("per_column", [False, True])
 @pytest.mark.parametrize("mkn", [(6, 29, 4), (40, 97, 33)])
 def test_matmul_integer(types, per_column, mkn):
@@ -145,17 +173,25 @@ def test_conv_integer(case, types):
     rng = np.random.default_rng(len(case[0]))
     x, w = codes(rng, x_t, xs), codes(rng, w_t, ws)
     zx, zw = scalar(rng, x_t), scalar(rng, w_t)
-    ref = run_op("ConvInteger", [("x", x), ("w", w), ("zx", zx), ("zw", zw)], np.int32,
-                 **conv_attrs(group, strides, pads, dil))
-    got = conv2d_accumulate(x, QParams(1.0, zx, spec_of(x_t)), w, QParams(1.0, zw, spec_of(w_t)), None,
-                            **npq_geometry(group, strides, pads, dil))
+    ref = run_op(
+        "ConvInteger", [("x", x), ("w", w), ("zx", zx), ("zw", zw)], np.int32, **conv_attrs(group, strides, pads, dil)
+    )
+    got = conv2d_accumulate(
+        x,
+        QParams(1.0, zx, spec_of(x_t)),
+        w,
+        QParams(1.0, zw, spec_of(w_t)),
+        None,
+        **npq_geometry(group, strides, pads, dil),
+    )
     assert got.dtype == ref.dtype and got.shape == ref.shape
     _same("ConvInteger", got, ref)
 
 
 @pytest.mark.parametrize("case", CONV_CASES, ids=[c[0] for c in CONV_CASES])
-@pytest.mark.parametrize("types", [(np.uint8, np.uint8, np.uint8), (np.int8, np.int8, np.int8),
-                                   (np.uint8, np.int8, np.uint8)])
+@pytest.mark.parametrize(
+    "types", [(np.uint8, np.uint8, np.uint8), (np.int8, np.int8, np.int8), (np.uint8, np.int8, np.uint8)]
+)
 @pytest.mark.parametrize("per_channel", [False, True])
 def test_qlinear_conv(case, types, per_channel):
     _, xs, ws, group, strides, pads, dil = case
@@ -169,8 +205,14 @@ def test_qlinear_conv(case, types, per_channel):
     sx = np.array(rng.uniform(0.005, 0.05), np.float32)
     sw = rng.uniform(0.001, 0.02, (o,) if per_channel else ()).astype(np.float32)
     bias = rng.integers(-20000, 20000, o).astype(np.int32)
-    acc = conv2d_accumulate(x, QParams(1.0, zx, spec_of(x_t)), w, QParams(np.ones(o), zw, spec_of(w_t, 0)), bias,
-                            **npq_geometry(group, strides, pads, dil))
+    acc = conv2d_accumulate(
+        x,
+        QParams(1.0, zx, spec_of(x_t)),
+        w,
+        QParams(np.ones(o), zw, spec_of(w_t, 0)),
+        bias,
+        **npq_geometry(group, strides, pads, dil),
+    )
     sy, zy = out_qparams(rng, acc * (float(sx) * np.broadcast_to(sw, (o,))[:, None, None]), y_t)
     for use_bias in (False, True):
         inputs = [("x", x), ("sx", sx), ("zx", zx), ("w", w), ("sw", sw), ("zw", zw), ("sy", sy), ("zy", zy)]
@@ -180,8 +222,17 @@ def test_qlinear_conv(case, types, per_channel):
         w_qp = QParams(sw, zw, spec_of(w_t, 0 if per_channel else None))
         b = bias if use_bias else None
         for form in ("direct", "folded"):
-            got = qconv2d(x, QParams(sx, zx, spec_of(x_t)), w, w_qp, b, QParams(sy, zy, spec_of(y_t)), mode="onnx",
-                          form=form, **npq_geometry(group, strides, pads, dil))
+            got = qconv2d(
+                x,
+                QParams(sx, zx, spec_of(x_t)),
+                w,
+                w_qp,
+                b,
+                QParams(sy, zy, spec_of(y_t)),
+                mode="onnx",
+                form=form,
+                **npq_geometry(group, strides, pads, dil),
+            )
             assert got.dtype == ref.dtype and got.shape == ref.shape
             _same("QLinearConv", got, ref)
 

@@ -22,8 +22,12 @@ def _ref(q, k, s, p, op, mode="tflite", zp=0, cip=False):
     oh, ow = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
     out = np.zeros((n, c, oh, ow), np.int64)
     for b, ch, i, j in np.ndindex(n, c, oh, ow):
-        vals = [int(q[b, ch, y, x]) for y in range(i * s - p, i * s - p + k) for x in range(j * s - p, j * s - p + k)
-                if 0 <= y < h and 0 <= x < w]
+        vals = [
+            int(q[b, ch, y, x])
+            for y in range(i * s - p, i * s - p + k)
+            for x in range(j * s - p, j * s - p + k)
+            if 0 <= y < h and 0 <= x < w
+        ]
         if op == "max":
             out[b, ch, i, j] = max(vals)
             continue
@@ -57,7 +61,8 @@ def test_against_oracle_and_twin(k, s, p, dtype):
         assert av.dtype == dtype
         np.testing.assert_array_equal(av, _ref(q, k, s, p, "avg", mode, 5, cip))
         np.testing.assert_array_equal(
-            avg_pool2d(q, k, s, p, mode=mode, zero_point=5, count_include_pad=cip, backend="numpy"), av)
+            avg_pool2d(q, k, s, p, mode=mode, zero_point=5, count_include_pad=cip, backend="numpy"), av
+        )
 
 
 def test_rounding_ties_differ_between_modes():
@@ -67,20 +72,23 @@ def test_rounding_ties_differ_between_modes():
     assert avg_pool2d(q, (1, 2), mode="torch").ravel().tolist() == [2, -2]  # even: 2, -2
     q = np.array([[[[0, 1, 2, 3]]]], np.int8)
     assert avg_pool2d(q, (1, 2), mode="tflite").ravel().tolist() == [1, 3]  # 0.5->1, 2.5->3
-    assert avg_pool2d(q, (1, 2), mode="torch").ravel().tolist() == [0, 2]   # 0.5->0, 2.5->2
+    assert avg_pool2d(q, (1, 2), mode="torch").ravel().tolist() == [0, 2]  # 0.5->0, 2.5->2
 
 
-@given(st.integers(-10**9, 10**9), st.integers(1, 1000))
+@given(st.integers(-(10**9), 10**9), st.integers(1, 1000))
 def test_integer_division_rounding(s, c):
     from fractions import Fraction
+
     v = Fraction(s, c)
     away = int(math.copysign(math.floor(abs(v) + Fraction(1, 2)), v))
     assert int(div_round_half_away(s, c)) == away
     assert int(div_round_half_even(s, c)) == round(v)
 
 
-@given(hnp.arrays(np.int8, st.tuples(st.integers(1, 2), st.integers(1, 3), st.integers(3, 8), st.integers(3, 8))),
-       st.sampled_from(GEOMS[:5]))
+@given(
+    hnp.arrays(np.int8, st.tuples(st.integers(1, 2), st.integers(1, 3), st.integers(3, 8), st.integers(3, 8))),
+    st.sampled_from(GEOMS[:5]),
+)
 def test_pool_bounds(q, geom):
     k, s, p = geom
     mx = max_pool2d(q, k, s, p).astype(int)
@@ -137,8 +145,12 @@ def _ref_asym(q, k, s, pads, op):
     oh, ow = (h + pt + pb - k) // s + 1, (w + pl + pr - k) // s + 1
     out = np.zeros((n, c, oh, ow), np.int64)
     for b, ch, i, j in np.ndindex(n, c, oh, ow):
-        vals = [int(q[b, ch, y, x]) for y in range(i * s - pt, i * s - pt + k)
-                for x in range(j * s - pl, j * s - pl + k) if 0 <= y < h and 0 <= x < w]
+        vals = [
+            int(q[b, ch, y, x])
+            for y in range(i * s - pt, i * s - pt + k)
+            for x in range(j * s - pl, j * s - pl + k)
+            if 0 <= y < h and 0 <= x < w
+        ]
         if op == "max":
             out[b, ch, i, j] = max(vals)
         else:
@@ -147,8 +159,15 @@ def _ref_asym(q, k, s, pads, op):
     return out
 
 
-@pytest.mark.parametrize("k,s,pads,hw", [(3, 2, (0, 1, 0, 1), (7, 6)), (3, 2, (1, 1, 0, 1), (6, 7)),
-                                         (2, 2, (0, 1, 0, 0), (5, 4)), (4, 1, (1, 2, 2, 1), (5, 5))])
+@pytest.mark.parametrize(
+    "k,s,pads,hw",
+    [
+        (3, 2, (0, 1, 0, 1), (7, 6)),
+        (3, 2, (1, 1, 0, 1), (6, 7)),
+        (2, 2, (0, 1, 0, 0), (5, 4)),
+        (4, 1, (1, 2, 2, 1), (5, 5)),
+    ],
+)
 def test_asymmetric_padding(k, s, pads, hw):
     # TFLite's SAME padding puts the odd pixel at the bottom/right: 3x3 stride 2 on 7 pads (0, 1)
     rng = np.random.default_rng(sum(pads) + k)
@@ -194,8 +213,12 @@ def test_onnxruntime_pools_against_oracle():
         q = rng.integers(info.min, info.max + 1, (2, 2, 6, 7)).astype(dt)
         k = (int(rng.integers(1, 4)), int(rng.integers(2, 4)))
         s = (int(rng.integers(1, 3)), int(rng.integers(1, 3)))
-        pads = (int(rng.integers(0, k[0])), int(rng.integers(0, k[0])), int(rng.integers(0, k[1])),
-                int(rng.integers(0, k[1])))
+        pads = (
+            int(rng.integers(0, k[0])),
+            int(rng.integers(0, k[0])),
+            int(rng.integers(0, k[1])),
+            int(rng.integers(0, k[1])),
+        )
         sx, sy = (np.float32(v) for v in rng.uniform(0.01, 0.1, 2))
         zx, zy = (int(v) for v in rng.integers(info.min, info.max + 1, 2))
         got = onnxruntime_avg_pool2d(q, sx, zx, sy, zy, k, s, pads, count_include_pad=it % 2 == 1)
@@ -221,17 +244,20 @@ def test_onnxruntime_pools_match_onnxruntime():
 
     def run(op, x, consts, **attrs):
         ty = TensorProto.INT8 if x.dtype == np.int8 else TensorProto.UINT8
-        g = helper.make_graph([helper.make_node(op, ["x", "sx", "zx", "sy", "zy"], ["y"], domain="com.microsoft",
-                                                **attrs)], "g",
-                              [helper.make_tensor_value_info("x", ty, list(x.shape))],
-                              [helper.make_tensor_value_info("y", ty, None)],
-                              initializer=[numpy_helper.from_array(np.asarray(v), k) for k, v in consts.items()])
+        g = helper.make_graph(
+            [helper.make_node(op, ["x", "sx", "zx", "sy", "zy"], ["y"], domain="com.microsoft", **attrs)],
+            "g",
+            [helper.make_tensor_value_info("x", ty, list(x.shape))],
+            [helper.make_tensor_value_info("y", ty, None)],
+            initializer=[numpy_helper.from_array(np.asarray(v), k) for k, v in consts.items()],
+        )
         m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13), helper.make_opsetid("com.microsoft", 1)])
         m.ir_version = 8
         so = ort.SessionOptions()
         so.intra_op_num_threads = 1
-        return ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"]).run(
-            ["y"], {"x": x})[0]
+        return ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"]).run(["y"], {"x": x})[
+            0
+        ]
 
     rng = np.random.default_rng(2)
     n = 0
@@ -241,14 +267,19 @@ def test_onnxruntime_pools_match_onnxruntime():
         x = rng.integers(info.min, info.max + 1, (2, 3, 7, 8)).astype(dt)
         k = [int(rng.integers(1, 4)), int(rng.integers(1, 4))]
         s = [int(rng.integers(1, 3)), int(rng.integers(1, 3))]
-        p = [int(rng.integers(0, k[0])), int(rng.integers(0, k[1])), int(rng.integers(0, k[0])),
-             int(rng.integers(0, k[1]))]  # ONNX order: top, left, bottom, right
+        p = [
+            int(rng.integers(0, k[0])),
+            int(rng.integers(0, k[1])),
+            int(rng.integers(0, k[0])),
+            int(rng.integers(0, k[1])),
+        ]  # ONNX order: top, left, bottom, right
         sx, sy = (np.float32(v) for v in rng.uniform(0.01, 0.1, 2))
         zx, zy = (dt(v) for v in rng.integers(info.min, info.max + 1, 2))
         consts = {"sx": sx, "zx": zx, "sy": sy, "zy": zy}
         want = run("QLinearAveragePool", x, consts, kernel_shape=k, strides=s, pads=p, count_include_pad=it % 2)
-        got = onnxruntime_avg_pool2d(x, sx, int(zx), sy, int(zy), k, s, (p[0], p[2], p[1], p[3]),
-                                     count_include_pad=it % 2 == 1)
+        got = onnxruntime_avg_pool2d(
+            x, sx, int(zx), sy, int(zy), k, s, (p[0], p[2], p[1], p[3]), count_include_pad=it % 2 == 1
+        )
         np.testing.assert_array_equal(got, want, err_msg=f"case {it}")
         want = run("QLinearGlobalAveragePool", x, consts)
         np.testing.assert_array_equal(onnxruntime_global_avg_pool2d(x, sx, int(zx), sy, int(zy)), want)

@@ -30,8 +30,9 @@ def _weights(rng, shape, per_channel, zw_range=5):
     qw = rng.integers(-128, 128, shape).astype(np.int8)
     if per_channel:
         sw = rng.uniform(1e-3, 0.05, o).astype(f32)
-        wt = torch._make_per_channel_quantized_tensor(torch.from_numpy(qw), torch.from_numpy(sw.astype(np.float64)),
-                                                      torch.zeros(o, dtype=torch.int64), 0)
+        wt = torch._make_per_channel_quantized_tensor(
+            torch.from_numpy(qw), torch.from_numpy(sw.astype(np.float64)), torch.zeros(o, dtype=torch.int64), 0
+        )
         return qw, QParams(sw, 0, QuantSpec(axis=0)), wt, sw
     sw = f32(rng.uniform(1e-3, 0.05))
     zw = int(rng.integers(-zw_range, zw_range + 1))
@@ -84,12 +85,15 @@ def test_qlinear_fp32_equals_torch_quantized_linear(fbgemm_threads):
         act = "relu" if relu else None
         got = qlinear(qx, x_qp, qw, w_qp, bias, y_qp, mode="fbgemm", activation=act, accumulation="fbgemm")
         np.testing.assert_array_equal(got, want, err_msg=f"case {it}")
-        layer = QLinear(qw, w_qp, bias, x_qp, y_qp, mode="fbgemm", activation=act, form="folded",
-                        accumulation="fbgemm")
+        layer = QLinear(qw, w_qp, bias, x_qp, y_qp, mode="fbgemm", activation=act, form="folded", accumulation="fbgemm")
         np.testing.assert_array_equal(layer(qx), want)
         exact = qlinear(qx, x_qp, qw, w_qp, bias, y_qp, mode="fbgemm", activation=act)
-        _count("quantized.linear" + ("_relu" if relu else "") + (" per-channel" if per_channel else " per-tensor"),
-               got, want, exact)
+        _count(
+            "quantized.linear" + ("_relu" if relu else "") + (" per-channel" if per_channel else " per-tensor"),
+            got,
+            want,
+            exact,
+        )
 
 
 @pytest.mark.parametrize("groups", [1, 2])
@@ -108,8 +112,9 @@ def test_qconv2d_fp32_equals_torch_quantized_conv2d(fbgemm_threads, groups):
         qw, w_qp, wt, sw = _weights(rng, (o, cin // groups, kh, kw), per_channel, zw_range=0)
         sy, zy = _output(rng, sx, sw, tie)
         bias = _bias(rng, o, sx, sw)
-        packed = torch.ops.quantized.conv2d_prepack(wt, torch.from_numpy(bias), [stride, stride], [pad, pad],
-                                                    [dil, dil], groups)
+        packed = torch.ops.quantized.conv2d_prepack(
+            wt, torch.from_numpy(bias), [stride, stride], [pad, pad], [dil, dil], groups
+        )
         xt = torch._make_per_tensor_quantized_tensor(torch.from_numpy(qx), float(sx), zx)
         op = torch.ops.quantized.conv2d_relu if relu else torch.ops.quantized.conv2d
         want = op(xt, packed, float(sy), zy).int_repr().numpy()
@@ -122,14 +127,31 @@ def test_qconv2d_fp32_equals_torch_quantized_conv2d(fbgemm_threads, groups):
         layer = QConv2d(qw, w_qp, bias, x_qp, y_qp, accumulation="fbgemm", **kw_)
         np.testing.assert_array_equal(layer(qx), want)
         exact = qconv2d(qx, x_qp, qw, w_qp, bias, y_qp, **kw_)
-        _count("quantized.conv2d" + ("_relu" if relu else "") + (" per-channel" if per_channel else " per-tensor")
-               + f" groups={groups}", got, want, exact)
+        _count(
+            "quantized.conv2d"
+            + ("_relu" if relu else "")
+            + (" per-channel" if per_channel else " per-tensor")
+            + f" groups={groups}",
+            got,
+            want,
+            exact,
+        )
 
 
 # fbgemm's depthwise kernel (groups == C, C % 8 == 0, square 3/5/7 kernel, stride 1-2, same
 # padding) saturates pairs of taps even with VNNI; the other shapes take im2col + GEMM.
-DEPTHWISE = [(8, 8, 3, 1, 1, 1), (16, 16, 3, 2, 1, 1), (8, 16, 5, 1, 2, 1), (8, 8, 7, 2, 3, 1), (24, 24, 3, 1, 1, 1),
-             (8, 8, 3, 1, 0, 1), (8, 8, 3, 1, 1, 2), (4, 4, 3, 1, 1, 1), (8, 24, 3, 1, 1, 1), (8, 8, 4, 1, 1, 1)]
+DEPTHWISE = [
+    (8, 8, 3, 1, 1, 1),
+    (16, 16, 3, 2, 1, 1),
+    (8, 16, 5, 1, 2, 1),
+    (8, 8, 7, 2, 3, 1),
+    (24, 24, 3, 1, 1, 1),
+    (8, 8, 3, 1, 0, 1),
+    (8, 8, 3, 1, 1, 2),
+    (4, 4, 3, 1, 1, 1),
+    (8, 24, 3, 1, 1, 1),
+    (8, 8, 4, 1, 1, 1),
+]
 
 
 @pytest.mark.parametrize("c, o, k, stride, pad, dil", slow_after(DEPTHWISE, 2))
@@ -146,13 +168,15 @@ def test_depthwise_qconv2d_equals_torch(fbgemm_threads, c, o, k, stride, pad, di
         op = torch.ops.quantized.conv2d_relu if relu else torch.ops.quantized.conv2d
         want = op(xt, packed, float(sy), zy).int_repr().numpy()
         x_qp, y_qp = QParams(sx, zx, QuantSpec(signed=False)), QParams(sy, zy, QuantSpec(signed=False))
-        kw_ = dict(stride=stride, padding=pad, dilation=dil, groups=c, mode="fbgemm",
-                   activation="relu" if relu else None)
+        kw_ = dict(
+            stride=stride, padding=pad, dilation=dil, groups=c, mode="fbgemm", activation="relu" if relu else None
+        )
         layer = QConv2d(qw, w_qp, bias, x_qp, y_qp, accumulation="fbgemm", **kw_)
         np.testing.assert_array_equal(layer(qx), want)
         exact = qconv2d(qx, x_qp, qw, w_qp, bias, y_qp, **kw_)
-        fast_path = c % 8 == 0 and o in (c, 2 * c) and k in (3, 5, 7) and stride <= 2 and pad == (k - 1) // 2 \
-            and dil == 1
+        fast_path = (
+            c % 8 == 0 and o in (c, 2 * c) and k in (3, 5, 7) and stride <= 2 and pad == (k - 1) // 2 and dil == 1
+        )
         assert layer.saturates_pairs == (fast_path or host_path("fbgemm") == "avx2")
         if layer.saturates_pairs and not relu:  # the inputs make pairs saturate: the modes differ
             assert np.sum(exact != want) > 0

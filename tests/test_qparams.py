@@ -9,6 +9,7 @@ from npquant.qparams import FLOAT32_EPS
 
 # ---- QuantSpec -------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize(
     "kw, qmin, qmax, dtype",
     [
@@ -136,6 +137,7 @@ def test_spec_replace_validates():
 
 # ---- compute_qparams ----------------------------------------------------------------
 
+
 def test_known_asymmetric_uint8():
     # range [-1, 3] over 255 steps: S = 4/255, Z = 0 - round(-1 / S) = round(63.75) = 64
     qp = compute_qparams(-1.0, 3.0, QuantSpec(signed=False))
@@ -228,6 +230,7 @@ def test_compute_qparams_needs_spec():
 
 # ---- QParams validation --------------------------------------------------------------
 
+
 @pytest.mark.parametrize(
     "scale, zp, spec, exc, match",
     [
@@ -276,6 +279,7 @@ def test_check_fits():
 
 
 # ---- fit_qparams -------------------------------------------------------------------
+
 
 def test_fit_qparams_per_group_last_block_shorter():
     x = np.arange(14, dtype=np.float32).reshape(2, 7) - 5

@@ -25,8 +25,12 @@ def _w(rng, *shape, s=0.3):
 
 
 def _bn(rng, c):
-    return dict(weight=rng.uniform(0.5, 1.5, c).astype(np.float32), bias=_w(rng, c, s=0.1),
-                running_mean=_w(rng, c, s=0.1), running_var=rng.uniform(0.5, 2, c).astype(np.float32))
+    return dict(
+        weight=rng.uniform(0.5, 1.5, c).astype(np.float32),
+        bias=_w(rng, c, s=0.1),
+        running_mean=_w(rng, c, s=0.1),
+        running_var=rng.uniform(0.5, 2, c).astype(np.float32),
+    )
 
 
 # --------------------------------------------------------------------------- chain
@@ -37,9 +41,20 @@ def _chain(rng):
     conv+relu6, avg pool counting padding, a standalone relu, flatten, linear."""
     w1, b1, bn, w2 = _w(rng, 6, 1, 3, 3), _w(rng, 6, s=0.1), _bn(rng, 6), _w(rng, 8, 6, 3, 3)
     wf, bf = _w(rng, 10, 32, s=0.2), _w(rng, 10)
-    model = nn.Sequential([nn.Conv2d(w1, b1, padding=1, name="conv1"), nn.BatchNorm2d(**bn, name="bn1"), nn.ReLU(),
-                           nn.MaxPool2d(2), nn.Conv2d(w2, None, padding=1, name="conv2"), nn.ReLU6(),
-                           nn.AvgPool2d(3, 2, 1), nn.ReLU(), nn.Flatten(), nn.Linear(wf, bf, name="fc")])
+    model = nn.Sequential(
+        [
+            nn.Conv2d(w1, b1, padding=1, name="conv1"),
+            nn.BatchNorm2d(**bn, name="bn1"),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(w2, None, padding=1, name="conv2"),
+            nn.ReLU6(),
+            nn.AvgPool2d(3, 2, 1),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(wf, bf, name="fc"),
+        ]
+    )
     nodes = [
         Node("conv1", "conv2d", ["x"], ["h0"], {"padding": 1}, {"weight": w1, "bias": b1}),
         Node("bn1", "batchnorm2d", ["h0"], ["h1"], {}, bn),
@@ -55,8 +70,9 @@ def _chain(rng):
     return model, Graph(nodes, ["x"], ["y"], name="chain")
 
 
-CHAIN_CASES = slow_after([(m, "uint8", True, 8) for m in REQUANT_MODES]
-                          + [("tflite", "int8", False, 4), ("onnx", "int8", True, 6)], 2)
+CHAIN_CASES = slow_after(
+    [(m, "uint8", True, 8) for m in REQUANT_MODES] + [("tflite", "int8", False, 4), ("onnx", "int8", True, 6)], 2
+)
 
 
 @pytest.mark.parametrize(("mode", "act_dtype", "per_channel", "bits"), CHAIN_CASES)
@@ -69,7 +85,16 @@ def test_chain_equals_quantize_model_at_every_tensor(mode, act_dtype, per_channe
     qm = quantize_model(model, calib, activation_signed=act_dtype == "int8", **kw)
     qg = quantize_graph(g, calib, act_dtype=act_dtype, **kw)
     assert qg.kind == "integer" and [n.op for n in qg.nodes] == [
-        "quantize", "qconv2d", "qmaxpool2d", "qconv2d", "qavgpool2d", "qrelu", "qflatten", "qlinear", "dequantize"]
+        "quantize",
+        "qconv2d",
+        "qmaxpool2d",
+        "qconv2d",
+        "qavgpool2d",
+        "qrelu",
+        "qflatten",
+        "qlinear",
+        "dequantize",
+    ]
     env = qg.run(x, keep_intermediates=True)
     h = qm.quantize_input(x)
     want = [("x_q", h)]
@@ -126,8 +151,9 @@ def _local_float(qg, node, env):
             y = nn.Linear(w, b)(ins[0])
         else:
             a = node.attrs
-            y = nn.Conv2d(w, b, stride=a["stride"], padding=a["padding"], dilation=a["dilation"],
-                          groups=a["groups"])(ins[0])
+            y = nn.Conv2d(w, b, stride=a["stride"], padding=a["padding"], dilation=a["dilation"], groups=a["groups"])(
+                ins[0]
+            )
         act = node.attrs["activation"]
         y = y if act is None else np.clip(y, 0, 6 if act == "relu6" else None)
     elif node.op == "qadd":
@@ -204,9 +230,19 @@ def test_add_and_concat_equal_a_direct_computation(mode):
     qg = quantize_graph(g, rng.normal(0, 1, (32, 3, 8, 8)).astype(np.float32), mode=mode)
     env = qg.run(rng.normal(0, 1, (4, 3, 8, 8)).astype(np.float32), keep_intermediates=True)
     (a_qp, b_qp), y_qp = (qg.qparams[t] for t in ("h4", "h1")), qg.qparams["h5"]
-    want = qnn_add(env["h4"], np.float32(a_qp.scale), int(a_qp.zero_point), env["h1"], np.float32(b_qp.scale),
-                   int(b_qp.zero_point), np.float32(y_qp.scale), int(y_qp.zero_point), qmin=0, qmax=255,
-                   mode=GRAPH_ADD_MODES[mode])
+    want = qnn_add(
+        env["h4"],
+        np.float32(a_qp.scale),
+        int(a_qp.zero_point),
+        env["h1"],
+        np.float32(b_qp.scale),
+        int(b_qp.zero_point),
+        np.float32(y_qp.scale),
+        int(y_qp.zero_point),
+        qmin=0,
+        qmax=255,
+        mode=GRAPH_ADD_MODES[mode],
+    )
     np.testing.assert_array_equal(env["h5"], want)
     k_qp = qg.qparams["k"]
     method = "divide" if mode == "onnx" else "torch"
@@ -286,14 +322,26 @@ def test_errors_name_the_node():
     with pytest.raises(ValueError, match="observer"):
         quantize_graph(g, calib, observer="max")
     w = _w(rng, 3, 3, 1, 1)
-    pad = Graph([Node("c", "conv2d", ["x"], ["h"], {}, {"weight": w}),
-                 Node("p", "pad2d", ["h"], ["y"], {"padding": [1, 1, 1, 1]})], ["x"], ["y"])
+    pad = Graph(
+        [
+            Node("c", "conv2d", ["x"], ["h"], {}, {"weight": w}),
+            Node("p", "pad2d", ["h"], ["y"], {"padding": [1, 1, 1, 1]}),
+        ],
+        ["x"],
+        ["y"],
+    )
     with pytest.raises(ValueError, match=r"node 'p' \(pad2d\) cannot be quantized"):
         quantize_graph(pad, calib)
     # a batch norm whose conv output is read elsewhere does not fold
-    bn = Graph([Node("c", "conv2d", ["x"], ["h"], {}, {"weight": w}),
-                Node("bn", "batchnorm2d", ["h"], ["b"], {}, _bn(rng, 3)),
-                Node("add", "add", ["b", "h"], ["y"])], ["x"], ["y"])
+    bn = Graph(
+        [
+            Node("c", "conv2d", ["x"], ["h"], {}, {"weight": w}),
+            Node("bn", "batchnorm2d", ["h"], ["b"], {}, _bn(rng, 3)),
+            Node("add", "add", ["b", "h"], ["y"]),
+        ],
+        ["x"],
+        ["y"],
+    )
     with pytest.raises(ValueError, match=r"node 'bn' \(batchnorm2d\) cannot be quantized"):
         quantize_graph(bn, calib)
     qg = quantize_graph(g, calib)
@@ -306,8 +354,12 @@ def test_errors_name_the_node():
         quantize_graph(two, {"a": calib})
     with pytest.raises(ValueError, match="one batch size"):
         quantize_graph(two, [calib, calib[:2]])
-    codes = Graph([Node("r", "qrelu", ["x"], ["y"])], ["x"], ["y"],
-                  input_qparams={"x": QParams(np.float32(0.1), 0, QuantSpec(signed=False))})
+    codes = Graph(
+        [Node("r", "qrelu", ["x"], ["y"])],
+        ["x"],
+        ["y"],
+        input_qparams={"x": QParams(np.float32(0.1), 0, QuantSpec(signed=False))},
+    )
     with pytest.raises(ValueError, match="must be a float graph"):
         quantize_graph(codes, calib)
     ident = Graph([Node("r", "relu", ["x"], ["y"])], ["x"], ["y", "x"])
@@ -317,8 +369,11 @@ def test_errors_name_the_node():
 
 def test_two_inputs_and_names_that_collide():
     rng = np.random.default_rng(5)
-    nodes = [Node("add", "add", ["a", "b"], ["s"]), Node("relu", "relu", ["s"], ["a_q"]),
-             Node("cat", "concat", ["a_q", "b"], ["y"])]
+    nodes = [
+        Node("add", "add", ["a", "b"], ["s"]),
+        Node("relu", "relu", ["s"], ["a_q"]),
+        Node("cat", "concat", ["a_q", "b"], ["y"]),
+    ]
     g = Graph(nodes, ["a", "b"], ["y"])
     a, b = rng.normal(0, 1, (2, 8, 3)).astype(np.float32), rng.uniform(0, 2, (8, 3)).astype(np.float32)
     qg = quantize_graph(g, {"b": b[None].repeat(2, 0), "a": a})

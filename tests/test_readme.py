@@ -16,12 +16,45 @@ import pytest
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 # Where a bare name of the glossary's npquant column is looked up, in order.
-NAMESPACES = ("npquant", "npquant.qnn", "npquant.models.convert", "npquant.training", "npquant.requant.fixedpoint",
-              "npquant.compression.kmeans", "npquant.compression.prune")
+NAMESPACES = (
+    "npquant",
+    "npquant.qnn",
+    "npquant.models.convert",
+    "npquant.training",
+    "npquant.requant.fixedpoint",
+    "npquant.compression.kmeans",
+    "npquant.compression.prune",
+)
 # Tokens of the npquant column that are variables or parameter names in the text, not API.
-NOT_API = {"w_q", "x_q", "y_q", "qp", "spec", "m0", "shift", "codebook", "indices", "out_range", "narrow_range",
-           "float_bias", "reduce_range", "sparsity", "axis", "form", "mode", "activation", "accumulation",
-           "init", "symmetric", "HistogramObserver", "Z_x", "Z_y", "Z_w", "max", "float32"}
+NOT_API = {
+    "w_q",
+    "x_q",
+    "y_q",
+    "qp",
+    "spec",
+    "m0",
+    "shift",
+    "codebook",
+    "indices",
+    "out_range",
+    "narrow_range",
+    "float_bias",
+    "reduce_range",
+    "sparsity",
+    "axis",
+    "form",
+    "mode",
+    "activation",
+    "accumulation",
+    "init",
+    "symmetric",
+    "HistogramObserver",
+    "Z_x",
+    "Z_y",
+    "Z_w",
+    "max",
+    "float32",
+}
 
 
 def _readme() -> str:
@@ -31,7 +64,7 @@ def _readme() -> str:
 
 
 def _section(text: str, start: str, end: str) -> str:
-    return text[text.index(start):text.index(end)]
+    return text[text.index(start) : text.index(end)]
 
 
 def _glossary_tokens() -> set[str]:
@@ -77,7 +110,7 @@ def test_glossary_names_exist():
         if not m or token.startswith("npquant ") or m.group(1).split(".")[0] in NOT_API:
             continue
         name = m.group(1)
-        if not (name.startswith("npquant.") or "_" in name or name[0].isupper() or token[len(name):].startswith("(")):
+        if not (name.startswith("npquant.") or "_" in name or name[0].isupper() or token[len(name) :].startswith("(")):
             continue
         checked += 1
         try:

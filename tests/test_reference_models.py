@@ -49,7 +49,7 @@ def _conv2d(x, w, b, stride, padding, dilation, groups):
     out = np.zeros((n, o, oh, ow))
     for i in range(kh):
         for j in range(kw):
-            patch = xp[:, :, i:i + sh * oh:sh, j:j + sw * ow:sw]       # (n, c, oh, ow)
+            patch = xp[:, :, i : i + sh * oh : sh, j : j + sw * ow : sw]  # (n, c, oh, ow)
             out += np.einsum("nchw,oc->nohw", patch, w[:, :, i, j])
     return out if b is None else out + b[None, :, None, None]
 
@@ -58,7 +58,7 @@ def _maxpool2d(x, L):
     assert L["padding"] == [0, 0] and L["kernel_size"] == L["stride"] and not L["ceil_mode"]
     kh, kw = L["kernel_size"]
     n, c, h, w = x.shape
-    x = x[:, :, :h // kh * kh, :w // kw * kw]
+    x = x[:, :, : h // kh * kh, : w // kw * kw]
     return x.reshape(n, c, h // kh, kh, w // kw, kw).max(axis=(3, 5))
 
 
@@ -70,18 +70,26 @@ def float_forward(arch, p, x):
         if t == "linear":
             x = x @ p[f"{n}.weight"].T + (p[f"{n}.bias"] if L["bias"] else 0)
         elif t == "conv2d":
-            x = _conv2d(x, p[f"{n}.weight"], p.get(f"{n}.bias") if L["bias"] else None,
-                        L["stride"], L["padding"], L["dilation"], L["groups"])
+            x = _conv2d(
+                x,
+                p[f"{n}.weight"],
+                p.get(f"{n}.bias") if L["bias"] else None,
+                L["stride"],
+                L["padding"],
+                L["dilation"],
+                L["groups"],
+            )
         elif t == "batchnorm2d":
             s = p[f"{n}.weight"] / np.sqrt(p[f"{n}.running_var"] + L["eps"])
-            x = (x - p[f"{n}.running_mean"][None, :, None, None]) * s[None, :, None, None] \
-                + p[f"{n}.bias"][None, :, None, None]
+            x = (x - p[f"{n}.running_mean"][None, :, None, None]) * s[None, :, None, None] + p[f"{n}.bias"][
+                None, :, None, None
+            ]
         elif t == "relu":
             x = np.maximum(x, 0)
         elif t == "maxpool2d":
             x = _maxpool2d(x, L)
         elif t == "flatten":
-            x = x.reshape(*x.shape[:L["start_dim"]], -1)
+            x = x.reshape(*x.shape[: L["start_dim"]], -1)
         else:
             raise AssertionError(f"unknown layer type {t}")
     return x
@@ -101,8 +109,13 @@ def _param_shapes(L):
         return s
     if t == "batchnorm2d":
         c = (L["num_features"],)
-        return {f"{n}.weight": c, f"{n}.bias": c, f"{n}.running_mean": c, f"{n}.running_var": c,
-                f"{n}.num_batches_tracked": ()}
+        return {
+            f"{n}.weight": c,
+            f"{n}.bias": c,
+            f"{n}.running_mean": c,
+            f"{n}.running_var": c,
+            f"{n}.num_batches_tracked": (),
+        }
     return {}
 
 
@@ -148,8 +161,9 @@ def test_float_file_format(model):
     want = {}
     for L in arch["layers"]:
         want.update(_param_shapes(L))
-    params = {k: v for k, v in d.items()
-              if not k.startswith("__") and k not in ("test_inputs", "test_labels", "float_logits")}
+    params = {
+        k: v for k, v in d.items() if not k.startswith("__") and k not in ("test_inputs", "test_labels", "float_logits")
+    }
     assert set(params) == set(want)
     for k, v in params.items():
         assert v.shape == want[k], k
@@ -221,8 +235,17 @@ def test_ptq_file_format(model):
     approx = np.clip(np.round(d["test_inputs"] / s) + z, 0, 255)
     assert np.abs(approx - q["input_int"]).max() <= 1
 
-    expected_keys = {"__arch__", "__meta__", "input.scale", "input.zero_point", "input_int",
-                     "logits_int", "logits.scale", "logits.zero_point", "logits_dequantized"}
+    expected_keys = {
+        "__arch__",
+        "__meta__",
+        "input.scale",
+        "input.zero_point",
+        "input_int",
+        "logits_int",
+        "logits.scale",
+        "logits.zero_point",
+        "logits_dequantized",
+    }
     for L in fused:
         nm = L["name"]
         o = L["out_features"] if L["type"] == "linear" else L["out_channels"]
@@ -242,12 +265,14 @@ def test_ptq_file_format(model):
         out = q[f"{nm}.output_int"]
         assert out.dtype == np.uint8 and out.shape[0] == n
         if L["activation"] == "relu":
-            assert q[f"{nm}.zero_point"] == 0    # ReLU output: range [0, max], zero point 0
+            assert q[f"{nm}.zero_point"] == 0  # ReLU output: range [0, max], zero point 0
         assert L["activation"] in (None, "relu")
         if L["type"] == "conv2d":
             assert L["fused_bn"] is True and L["bias"] is True
-        expected_keys |= {f"{nm}.{k}" for k in ("weight_int", "weight_scale", "weight_zero_point",
-                                                "bias", "scale", "zero_point", "output_int")}
+        expected_keys |= {
+            f"{nm}.{k}"
+            for k in ("weight_int", "weight_scale", "weight_zero_point", "bias", "scale", "zero_point", "output_int")
+        }
         # dequantized integer weights are close to the float ones (unfused layers only)
         if not L.get("fused_bn"):
             wf = d[f"{nm}.weight"]
@@ -258,8 +283,7 @@ def test_ptq_file_format(model):
     np.testing.assert_array_equal(q["logits_int"], q[f"{last}.output_int"])
     assert q["logits_int"].dtype == np.uint8 and q["logits_int"].shape == (n, farch["num_classes"])
     assert q["logits.scale"] == q[f"{last}.scale"] and q["logits.zero_point"] == q[f"{last}.zero_point"]
-    deq = (q["logits_int"].astype(np.float32) - np.float32(q["logits.zero_point"])) \
-        * np.float32(q["logits.scale"])
+    deq = (q["logits_int"].astype(np.float32) - np.float32(q["logits.zero_point"])) * np.float32(q["logits.scale"])
     np.testing.assert_array_equal(q["logits_dequantized"], deq)
     # the quantized model agrees with the float one on almost every test image
     agree = (q["logits_int"].argmax(1) == d["float_logits"].argmax(1)).mean()
@@ -288,13 +312,25 @@ def test_fresh_export_reproduces_checked_in_files(tmp_path):
         pytest.skip(f"files were exported with torch {recorded}, this is {torch.__version__}")
     # A fresh process: export.py pins the environment (ATEN_CPU_CAPABILITY, MKL_CBWR)
     # before importing torch and sets torch's global flags; neither may leak into this one.
-    r = subprocess.run([sys.executable, str(SCRIPTS / "export.py"), "--out", str(tmp_path)],
-                       capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        [sys.executable, str(SCRIPTS / "export.py"), "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
-    same_cpu = _json(_load("mlp.npz"), "__meta__")["export_cpu"] == \
-        _json(dict(np.load(tmp_path / "mlp.npz")), "__meta__")["export_cpu"]
-    volatile = ("sklearn_version", "numpy_version", "export_cpu", "test_accuracy", "test_correct",
-                "float_test_accuracy")
+    same_cpu = (
+        _json(_load("mlp.npz"), "__meta__")["export_cpu"]
+        == _json(dict(np.load(tmp_path / "mlp.npz")), "__meta__")["export_cpu"]
+    )
+    volatile = (
+        "sklearn_version",
+        "numpy_version",
+        "export_cpu",
+        "test_accuracy",
+        "test_correct",
+        "float_test_accuracy",
+    )
     for f in FILES:
         new, old = _load(tmp_path / f), _load(f)
         assert list(new) == list(old), f

@@ -22,7 +22,7 @@ BUILTIN = ("linear", "conv2d", "batchnorm2d", "relu", "relu6", "maxpool2d", "avg
 
 
 def test_builtin_types_are_registered_in_order():
-    assert tuple(registry.layer_types())[:len(BUILTIN)] == BUILTIN
+    assert tuple(registry.layer_types())[: len(BUILTIN)] == BUILTIN
     for name, kind in registry.layer_types().items():
         assert kind.name == name and registry.layer_type(name) is kind
 
@@ -48,8 +48,9 @@ def test_every_layer_type_of_the_reference_models_is_registered(name):
 def _small_model():
     rng = np.random.default_rng(0)
     conv = nn.Conv2d(rng.normal(0, 0.5, (4, 2, 3, 3)), rng.normal(0, 0.1, 4), padding=1, name="conv")
-    bn = nn.BatchNorm2d(rng.uniform(0.5, 1.5, 4), rng.normal(0, 0.1, 4), rng.normal(0, 0.1, 4),
-                        rng.uniform(0.5, 2, 4), name="bn")
+    bn = nn.BatchNorm2d(
+        rng.uniform(0.5, 1.5, 4), rng.normal(0, 0.1, 4), rng.normal(0, 0.1, 4), rng.uniform(0.5, 2, 4), name="bn"
+    )
     fc = nn.Linear(rng.normal(0, 0.3, (3, 16)), rng.normal(0, 0.1, 3), name="fc")
     model = nn.Sequential([conv, bn, nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), fc])
     return model, rng.uniform(0, 1, (32, 2, 4, 4)).astype(np.float32)
@@ -188,15 +189,25 @@ def toy_types():
 
 
 def _toy_arch(middle):
-    return {"name": "toy", "layers": [{"type": "linear", "name": "fc1", "in_features": 6, "out_features": 5},
-                                      {"type": "relu", "name": "relu1"}, middle,
-                                      {"type": "linear", "name": "fc2", "in_features": 5, "out_features": 3}]}
+    return {
+        "name": "toy",
+        "layers": [
+            {"type": "linear", "name": "fc1", "in_features": 6, "out_features": 5},
+            {"type": "relu", "name": "relu1"},
+            middle,
+            {"type": "linear", "name": "fc2", "in_features": 5, "out_features": 3},
+        ],
+    }
 
 
 def _toy_state(rng):
-    return {"fc1.weight": rng.normal(0, 0.5, (5, 6)).astype(np.float32), "fc1.bias": np.zeros(5, np.float32),
-            "fc2.weight": rng.normal(0, 0.5, (3, 5)).astype(np.float32), "fc2.bias": np.ones(3, np.float32),
-            "s.a": np.array(2.5, np.float32)}
+    return {
+        "fc1.weight": rng.normal(0, 0.5, (5, 6)).astype(np.float32),
+        "fc1.bias": np.zeros(5, np.float32),
+        "fc2.weight": rng.normal(0, 0.5, (3, 5)).astype(np.float32),
+        "fc2.bias": np.ones(3, np.float32),
+        "s.a": np.array(2.5, np.float32),
+    }
 
 
 def test_a_new_layer_type_is_one_class(toy_types, tmp_path):
@@ -275,11 +286,13 @@ def test_register_errors():
 def test_read_arch():
     good = {"layers": [{"type": "linear", "name": "fc"}, {"type": "relu"}]}
     assert registry.read_arch({"__arch__": np.array(json.dumps(good))}) == good
-    for data, match in [({}, "no '__arch__' entry: not a reference model file"),
-                        ({"__arch__": np.zeros(3)}, "JSON string"),
-                        ({"__arch__": np.array("{")}, "not valid"),
-                        ({"__arch__": np.array('{"layers": 3}')}, "not a valid architecture"),
-                        ({"__arch__": np.array('{"layers": [{"type": "linear"}]}')}, "needs a 'name'")]:
+    for data, match in [
+        ({}, "no '__arch__' entry: not a reference model file"),
+        ({"__arch__": np.zeros(3)}, "JSON string"),
+        ({"__arch__": np.array("{")}, "not valid"),
+        ({"__arch__": np.array('{"layers": 3}')}, "not a valid architecture"),
+        ({"__arch__": np.array('{"layers": [{"type": "linear"}]}')}, "needs a 'name'"),
+    ]:
         with pytest.raises(FileFormatError, match=match):
             registry.read_arch(data, "f.npz")
     with pytest.raises(FileFormatError, match="not a PyTorch PTQ reference file"):
@@ -290,11 +303,17 @@ def test_read_arch():
 
 
 def _toy_graph(state, middle_op, middle_params):
-    return Graph([Node("fc1", "linear", ["x"], ["h1"], params={"weight": state["fc1.weight"], "bias": state["fc1.bias"]}),
-                  Node("relu1", "relu", ["h1"], ["h2"]),
-                  Node("s", middle_op, ["h2"], ["h3"], params=middle_params),
-                  Node("fc2", "linear", ["h3"], ["y"], params={"weight": state["fc2.weight"], "bias": state["fc2.bias"]})],
-                 ["x"], ["y"], name="toy")
+    return Graph(
+        [
+            Node("fc1", "linear", ["x"], ["h1"], params={"weight": state["fc1.weight"], "bias": state["fc1.bias"]}),
+            Node("relu1", "relu", ["h1"], ["h2"]),
+            Node("s", middle_op, ["h2"], ["h3"], params=middle_params),
+            Node("fc2", "linear", ["h3"], ["y"], params={"weight": state["fc2.weight"], "bias": state["fc2.bias"]}),
+        ],
+        ["x"],
+        ["y"],
+        name="toy",
+    )
 
 
 def test_a_new_layer_type_runs_in_a_graph(toy_types, tmp_path):
@@ -315,11 +334,14 @@ def test_a_new_layer_type_runs_in_a_graph(toy_types, tmp_path):
     with pytest.raises(ValueError, match="node 's' \\(scale\\) needs the parameter 'a'"):
         Graph([Node("s", "scale", ["x"], ["y"])], ["x"], ["y"])
     # no integer graph node declared: quantize_graph refuses it by name
-    with pytest.raises(ValueError, match="node 's' \\(scale\\) cannot be quantized; quantize_graph takes the ops "
-                                         "linear, conv2d"):
+    with pytest.raises(
+        ValueError, match="node 's' \\(scale\\) cannot be quantized; quantize_graph takes the ops linear, conv2d"
+    ):
         convert.quantize_graph(g, x)
-    np.testing.assert_array_equal(_toy_graph(state, "square", {})(x), nn.build_model(
-        _toy_arch({"type": "square", "name": "s"}), {k: v for k, v in state.items() if k != "s.a"})(x))
+    np.testing.assert_array_equal(
+        _toy_graph(state, "square", {})(x),
+        nn.build_model(_toy_arch({"type": "square", "name": "s"}), {k: v for k, v in state.items() if k != "s.a"})(x),
+    )
 
 
 def test_a_graph_of_an_unregistered_type_does_not_load(tmp_path):
@@ -345,8 +367,11 @@ def test_a_new_layer_type_in_qat(toy_types):
     assert np.max(np.abs(im(x) - qat(x))) <= 2 * step  # rounding of S_y = a S_x apart, the same grid
     # a type that declares no QAT form is refused, naming the layer and the types that have one
     sq = nn.build_model(_toy_arch({"type": "square", "name": "sq"}), {k: v for k, v in state.items() if k != "s.a"})
-    with pytest.raises(ValueError, match="prepare_qat cannot convert layers\\[2\\] \\('sq'\\): its layer type "
-                                         "'square' declares no QAT form \\(prepare_qat\\); supported: linear, conv2d"):
+    with pytest.raises(
+        ValueError,
+        match="prepare_qat cannot convert layers\\[2\\] \\('sq'\\): its layer type "
+        "'square' declares no QAT form \\(prepare_qat\\); supported: linear, conv2d",
+    ):
         prepare_qat(sq)
 
 
@@ -370,8 +395,9 @@ def test_a_new_layer_type_in_the_default_initialization(toy_types):
         params = ("b",)
 
     try:
-        with pytest.raises(ValueError, match="layer 'o' \\(type 'offset'\\) has parameters, but its layer type "
-                                             "declares no init_params"):
+        with pytest.raises(
+            ValueError, match="layer 'o' \\(type 'offset'\\) has parameters, but its layer type declares no init_params"
+        ):
             torch_default_init(_toy_arch({"type": "offset", "name": "o"}), 3)
     finally:
         registry.unregister("offset")

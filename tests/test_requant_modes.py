@@ -35,6 +35,7 @@ PACKAGE = Path(nq.__file__).parent
 
 # ---- one table of mode codes ---------------------------------------------------------------
 
+
 def test_every_name_has_one_code():
     assert set(km.ROUNDING_CODES) == set(ROUNDING_MODES)
     assert set(km.METHOD_CODES) == set(METHODS) - {"torch"}
@@ -53,14 +54,25 @@ def test_kernels_use_the_table_constants():
 def test_no_mode_code_by_tuple_position():
     # a mode name becomes a kernel code through npquant._kernels.modes only
     pattern = re.compile(r"(MODES|METHODS|ROUNDINGS)\w*\.index\(")
-    hits = [f"{p.relative_to(PACKAGE)}:{i}" for p in PACKAGE.rglob("*.py")
-            for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1) if pattern.search(line)]
+    hits = [
+        f"{p.relative_to(PACKAGE)}:{i}"
+        for p in PACKAGE.rglob("*.py")
+        for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1)
+        if pattern.search(line)
+    ]
     assert not hits, hits
 
 
 def test_old_names_in_fixedpoint_are_the_modes_objects():
-    for name in ("REQUANT_MODES", "EXTRA_REQUANT_MODES", "RequantParams", "effective_multiplier",
-                 "requant_params", "requantize", "requantize_ties"):
+    for name in (
+        "REQUANT_MODES",
+        "EXTRA_REQUANT_MODES",
+        "RequantParams",
+        "effective_multiplier",
+        "requant_params",
+        "requantize",
+        "requantize_ties",
+    ):
         with pytest.warns(DeprecationWarning, match=f"fixedpoint.{name} moved to npquant.requant.modes.{name}"):
             assert getattr(fixedpoint, name) is getattr(modes, name), name
     with pytest.warns(DeprecationWarning, match="moved to npquant.requant.modes"):
@@ -74,8 +86,21 @@ def test_old_names_in_fixedpoint_are_the_modes_objects():
 
 # ---- the scalar reference against requantize --------------------------------------------------
 
-EXTREME_ACC = [INT32_MIN, INT32_MIN + 1, -(1 << 30) - 1, -(1 << 30), -65537, -1, 0, 1, 65536,
-               (1 << 30) - 1, 1 << 30, INT32_MAX - 1, INT32_MAX]
+EXTREME_ACC = [
+    INT32_MIN,
+    INT32_MIN + 1,
+    -(1 << 30) - 1,
+    -(1 << 30),
+    -65537,
+    -1,
+    0,
+    1,
+    65536,
+    (1 << 30) - 1,
+    1 << 30,
+    INT32_MAX - 1,
+    INT32_MAX,
+]
 MULTIPLIERS = [2.0**-31, 2.0**-24, 1e-5, 0.125, 0.5 - 1e-10, 0.5, 1 - 1e-9, 1.0, 3.75, 1e6, 1e30]
 RANGES = [(0, -128, 127), (-128, -128, 127), (5, 5, 255), (-7, INT32_MIN, INT32_MAX)]
 
@@ -107,8 +132,12 @@ def test_scalar_reference_equals_requantize_at_the_edges(mode):
                 np.testing.assert_array_equal(got, want)
 
 
-@given(acc=st.integers(-(1 << 24), 1 << 24), m=st.floats(2.0**-30, 4.0), zp=st.integers(-128, 127),
-       mode=st.sampled_from(ALL))
+@given(
+    acc=st.integers(-(1 << 24), 1 << 24),
+    m=st.floats(2.0**-30, 4.0),
+    zp=st.integers(-128, 127),
+    mode=st.sampled_from(ALL),
+)
 def test_scalar_reference_equals_requantize(acc, m, zp, mode):
     r = requantize_scalar(acc, m, zp, -128, 127, mode)
     assert r.code == int(requantize(np.array([acc]), m, zp, -128, 127, mode=mode)[0])
@@ -156,6 +185,7 @@ def test_scalar_reference_rejects_like_requantize():
 
 # ---- fbgemm's float bias -----------------------------------------------------------------
 
+
 @pytest.mark.parametrize("fused", [True, False])
 def test_fbgemm_scalar_reference_equals_fbgemm_requantize(fused):
     rng = np.random.default_rng(11)
@@ -170,8 +200,9 @@ def test_fbgemm_scalar_reference_equals_fbgemm_requantize(fused):
         if fused:  # per-tensor weights: the FMA path
             lib = fbgemm_requantize(np.array([[acc]]), s_x, s_w, s_y, z_y, bias=np.array([bias]), relu=relu)
         else:  # per-channel weights: bias / ats added in float32
-            lib = fbgemm_requantize(np.array([[acc, acc]]), s_x, np.array([s_w, s_w]), s_y, z_y,
-                                    bias=np.array([bias, bias]), relu=relu)
+            lib = fbgemm_requantize(
+                np.array([[acc, acc]]), s_x, np.array([s_w, s_w]), s_y, z_y, bias=np.array([bias, bias]), relu=relu
+            )
         assert r.code == int(lib[0, 0])
         assert r.act_times_w_scale == float(np.float32(s_x * s_w)) and r.bias == float(bias)
         assert (r.reciprocal is None) != fused and (r.bias_term is None) == fused

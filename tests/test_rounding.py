@@ -30,23 +30,47 @@ from npquant.rounding import (
 
 DETERMINISTIC = ("half_even", "half_away", "half_up", "floor")
 # ties, their neighbours, integers, and values where floor(v + 0.5) fails
-EDGES32 = np.array([0.0, -0.0, 0.5, -0.5, 1.5, -1.5, 2.5, -2.5, 1.0, -1.0,
-                    np.nextafter(np.float32(0.5), np.float32(0)), -np.nextafter(np.float32(0.5), np.float32(0)),
-                    np.nextafter(np.float32(2.5), np.float32(0)), 8388607.5, -8388607.5, 8388608.0, 1e30, -1e30,
-                    np.float32(2.0**-149), -np.float32(2.0**-149)], np.float32)
+EDGES32 = np.array(
+    [
+        0.0,
+        -0.0,
+        0.5,
+        -0.5,
+        1.5,
+        -1.5,
+        2.5,
+        -2.5,
+        1.0,
+        -1.0,
+        np.nextafter(np.float32(0.5), np.float32(0)),
+        -np.nextafter(np.float32(0.5), np.float32(0)),
+        np.nextafter(np.float32(2.5), np.float32(0)),
+        8388607.5,
+        -8388607.5,
+        8388608.0,
+        1e30,
+        -1e30,
+        np.float32(2.0**-149),
+        -np.float32(2.0**-149),
+    ],
+    np.float32,
+)
 
 
 def test_the_public_name_is_the_rounding_module():
     assert nq.round_values is round_values
     from npquant.affine import round_values as old_home
+
     assert old_home is round_values
     from npquant.qnn.pool import div_round_half_away as pool_away
     from npquant.qnn.pool import div_round_half_even as pool_even
+
     assert pool_away is div_round_half_away and pool_even is div_round_half_even
     assert rounding.ROUNDING_MODES == ROUNDING_MODES
 
 
 # ---- round_values and round_scalar ---------------------------------------------------------
+
 
 @given(hnp.arrays(np.float32, st.integers(1, 40), elements=st.floats(-1e9, 1e9, width=32)))
 def test_round_scalar_equals_round_values_and_the_oracle(v):
@@ -74,8 +98,13 @@ def test_round_scalar_at_the_edges():
 def test_kernel_round_equals_the_numpy_rule(mode):
     # _kernels.quantize._round (float32, one value) against rounding._round_numpy, bit for bit
     rng = np.random.default_rng(1)
-    v = np.concatenate([EDGES32, rng.normal(size=300).astype(np.float32) * np.float32(40),
-                        (rng.integers(-64, 64, 100) / np.float32(2)).astype(np.float32)])
+    v = np.concatenate(
+        [
+            EDGES32,
+            rng.normal(size=300).astype(np.float32) * np.float32(40),
+            (rng.integers(-64, 64, 100) / np.float32(2)).astype(np.float32),
+        ]
+    )
     u = rng.random(v.shape, dtype=np.float32)
     want = _round_numpy(v, mode, u)
     code = ROUNDING_CODES[mode]
@@ -85,6 +114,7 @@ def test_kernel_round_equals_the_numpy_rule(mode):
 
 
 # ---- exact integer division ----------------------------------------------------------------
+
 
 @given(st.integers(-(1 << 40), 1 << 40), st.integers(1, 1 << 20))
 @example(5, 2)

@@ -15,8 +15,15 @@ import pytest
 import npquant
 from npquant import _threads
 
-CLEARED = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME", "KMP_LIBRARY", "NUMBA_THREADING_LAYER",
-           "NPQUANT_NUMBA_WAIT_POLICY", "NUMBA_DISABLE_JIT")
+CLEARED = (
+    "OMP_WAIT_POLICY",
+    "GOMP_SPINCOUNT",
+    "KMP_BLOCKTIME",
+    "KMP_LIBRARY",
+    "NUMBA_THREADING_LAYER",
+    "NPQUANT_NUMBA_WAIT_POLICY",
+    "NUMBA_DISABLE_JIT",
+)
 
 
 def run_child(code: str, **env_extra) -> dict:
@@ -84,7 +91,9 @@ def spincount(stderr: str):
 
 
 def test_import_does_not_change_environment_or_load_peers():
-    out = run_child(PRELUDE + """
+    out = run_child(
+        PRELUDE
+        + """
 env = dict(os.environ)
 before = set(sys.modules)
 import npquant
@@ -93,7 +102,8 @@ print(json.dumps({"env_same": env == dict(os.environ),
                   "torch": "torch" in sys.modules,
                   "omppool": "numba.np.ufunc.omppool" in sys.modules,
                   "runtimes": npquant._threads.openmp_runtimes()}))
-""")
+"""
+    )
     assert out["env_same"]
     assert not out["torch"]
     assert not out["omppool"]  # numba's threading layer is still loaded lazily, by numba
@@ -104,15 +114,19 @@ def test_install_is_idempotent_and_info_does_not_load_layer():
     assert _threads.install() in (True, False)
     assert _threads.install() in (True, False)
     info = _threads.threading_info()
-    assert set(info) == {"layer", "num_threads", "wait_policy", "decision", "numba_openmp_runtime",
-                         "openmp_runtimes"}
+    assert set(info) == {"layer", "num_threads", "wait_policy", "decision", "numba_openmp_runtime", "openmp_runtimes"}
     assert info["num_threads"] >= 1
 
 
 def test_openmp_runtime_regex():
     rx = _threads._OPENMP_RE
-    for p in ("/usr/lib/x86_64-linux-gnu/libgomp.so.1.0.0", "/x/torch/lib/libgomp.so.1",
-              "/x/scikit_learn.libs/libgomp-e985bcbb.so.1.0.0", "/opt/lib/libiomp5.so", "/opt/lib/libomp.so"):
+    for p in (
+        "/usr/lib/x86_64-linux-gnu/libgomp.so.1.0.0",
+        "/x/torch/lib/libgomp.so.1",
+        "/x/scikit_learn.libs/libgomp-e985bcbb.so.1.0.0",
+        "/opt/lib/libiomp5.so",
+        "/opt/lib/libomp.so",
+    ):
         assert rx.search(p), p
     for p in ("/usr/lib/libm.so.6", "/x/libgompish/libc.so", "/x/libtorch_cpu.so"):
         assert not rx.search(p), p
@@ -147,8 +161,9 @@ def test_other_runtime_is_not_numbas():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("var,value", [("OMP_WAIT_POLICY", "ACTIVE"), ("GOMP_SPINCOUNT", "12345"),
-                                       ("KMP_BLOCKTIME", "200")])
+@pytest.mark.parametrize(
+    "var,value", [("OMP_WAIT_POLICY", "ACTIVE"), ("GOMP_SPINCOUNT", "12345"), ("KMP_BLOCKTIME", "200")]
+)
 def test_user_setting_is_respected(var, value):
     out = run_child(PRELUDE + other_runtime_code() + KERNEL, **{var: value})
     info = out["info"]
@@ -206,8 +221,11 @@ def test_kernels_exact_in_this_process():
     x = rng.integers(0, 256, (70, 130), dtype=np.uint8)
     w = rng.integers(-127, 128, (33, 130), dtype=np.int8)
     x_qp = QParams(np.float32(0.02), 3, QuantSpec(bits=8, signed=False))
-    w_qp = QParams(rng.uniform(0.001, 0.01, 33).astype(np.float32), np.zeros(33, np.int32),
-                   QuantSpec(bits=8, signed=True, symmetric=True, axis=0))
+    w_qp = QParams(
+        rng.uniform(0.001, 0.01, 33).astype(np.float32),
+        np.zeros(33, np.int32),
+        QuantSpec(bits=8, signed=True, symmetric=True, axis=0),
+    )
     y_qp = QParams(np.float32(0.5), 128, QuantSpec(bits=8, signed=False))
     fast = QLinear(w, w_qp, None, x_qp, y_qp)
     twin = QLinear(w, w_qp, None, x_qp, y_qp, backend="numpy")

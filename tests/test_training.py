@@ -72,11 +72,15 @@ class ToyModel:
         rng = np.random.default_rng(seed)
         b1, b2 = 1 / math.sqrt(n_in), 1 / math.sqrt(n_hidden)
         self.layers = {
-            "fc1": ToyLinear(rng.uniform(-b1, b1, (n_hidden, n_in)).astype(np.float32),
-                             rng.uniform(-b1, b1, n_hidden).astype(np.float32)),
+            "fc1": ToyLinear(
+                rng.uniform(-b1, b1, (n_hidden, n_in)).astype(np.float32),
+                rng.uniform(-b1, b1, n_hidden).astype(np.float32),
+            ),
             "relu": ToyReLU(),
-            "fc2": ToyLinear(rng.uniform(-b2, b2, (n_out, n_hidden)).astype(np.float32),
-                             rng.uniform(-b2, b2, n_out).astype(np.float32)),
+            "fc2": ToyLinear(
+                rng.uniform(-b2, b2, (n_out, n_hidden)).astype(np.float32),
+                rng.uniform(-b2, b2, n_out).astype(np.float32),
+            ),
         }
         self.training = True
 
@@ -145,22 +149,23 @@ def test_fused_multiply_add_rounds_once_where_float64_rounds_twice():
 
     # a*b + c = 1 + 2**-24 + 2**-70: float64 rounds it to the float32 midpoint 1 + 2**-24,
     # which then ties to 1.0; the exact value is above the midpoint: 1 + 2**-23.
-    a = np.float32(1 + 2.0 ** -23)
-    b = np.float32(-(1 - 2.0 ** -23) * 2.0 ** -24)
-    c = np.float32(1 + 2.0 ** -23)
+    a = np.float32(1 + 2.0**-23)
+    b = np.float32(-(1 - 2.0**-23) * 2.0**-24)
+    c = np.float32(1 + 2.0**-23)
     assert np.float32(np.float64(a) * np.float64(b) + np.float64(c)) == np.float32(1.0)
-    assert O._muladd(a, b, c, True) == np.float32(1 + 2.0 ** -23)
-    assert fma32(a, b, c) == np.float32(1 + 2.0 ** -23)
-    assert _fma32_numpy(-a, b, -c) == -np.float32(1 + 2.0 ** -23)
+    assert O._muladd(a, b, c, True) == np.float32(1 + 2.0**-23)
+    assert fma32(a, b, c) == np.float32(1 + 2.0**-23)
+    assert _fma32_numpy(-a, b, -c) == -np.float32(1 + 2.0**-23)
     assert O._muladd(a, b, c, False) == np.float32(1.0)
     from npquant._kernels import optim as K
-    assert K.fma32(a, b, c) == np.float32(1 + 2.0 ** -23)
+
+    assert K.fma32(a, b, c) == np.float32(1 + 2.0**-23)
     # float32 subnormals: c = (2**23 - 1) * 2**-149, the largest; c + 2**-150 - 2**-196
     # rounds in float64 to the midpoint between c and 2**-126, which ties to 2**-126
-    a = np.float32(2.0 ** -75 * (1 + 2.0 ** -23))
-    b = np.float32(2.0 ** -75 * (1 - 2.0 ** -23))
-    c = np.float32((2 ** 23 - 1) * 2.0 ** -149)
-    assert np.float32(np.float64(a) * np.float64(b) + np.float64(c)) == np.float32(2.0 ** -126)
+    a = np.float32(2.0**-75 * (1 + 2.0**-23))
+    b = np.float32(2.0**-75 * (1 - 2.0**-23))
+    c = np.float32((2**23 - 1) * 2.0**-149)
+    assert np.float32(np.float64(a) * np.float64(b) + np.float64(c)) == np.float32(2.0**-126)
     for fma in (K.fma32, fma32, _fma32_numpy):
         assert fma(a, b, c) == c
 
@@ -172,15 +177,16 @@ def test_optimizer_fma32_kernel_equals_the_numpy_twin():
     rng = np.random.default_rng(4)
     n = 3000
     # random, and near-ties: c on a fine grid, a * b close to half a float32 ulp of c
-    a = np.concatenate([rng.standard_normal(n), 1 + rng.integers(-99, 99, n) * 2.0 ** -23]).astype(np.float32)
-    b = np.concatenate([rng.standard_normal(n) * 1e-3,
-                        -(1 + rng.integers(-99, 99, n) * 2.0 ** -23) * 2.0 ** -24]).astype(np.float32)
-    c = np.concatenate([rng.standard_normal(n), 1 + rng.integers(1, 1 << 20, n) * 2.0 ** -23]).astype(np.float32)
+    a = np.concatenate([rng.standard_normal(n), 1 + rng.integers(-99, 99, n) * 2.0**-23]).astype(np.float32)
+    b = np.concatenate([rng.standard_normal(n) * 1e-3, -(1 + rng.integers(-99, 99, n) * 2.0**-23) * 2.0**-24]).astype(
+        np.float32
+    )
+    c = np.concatenate([rng.standard_normal(n), 1 + rng.integers(1, 1 << 20, n) * 2.0**-23]).astype(np.float32)
     want = _fma32_numpy(a, b, c)
     got = np.array([K.fma32(x, y, z) for x, y, z in zip(a, b, c)], np.float32)
     np.testing.assert_array_equal(got, want)
     naive = (a.astype(np.float64) * b + c).astype(np.float32)
-    assert np.count_nonzero(naive != want) > 0       # the near-ties do exercise the fix
+    assert np.count_nonzero(naive != want) > 0  # the near-ties do exercise the fix
 
 
 # ---------------------------------------------------------------------------------------
@@ -192,8 +198,7 @@ SHAPES = {"fc.weight": (37, 13), "fc.bias": (37,), "conv.weight": (8, 3, 3, 3), 
 def _problem(steps, seed=0, scale=0.1):
     rng = np.random.default_rng(seed)
     p0 = {k: rng.standard_normal(s).astype(np.float32) for k, s in SHAPES.items()}
-    grads = [{k: (rng.standard_normal(s) * scale).astype(np.float32) for k, s in SHAPES.items()}
-             for _ in range(steps)]
+    grads = [{k: (rng.standard_normal(s) * scale).astype(np.float32) for k, s in SHAPES.items()} for _ in range(steps)]
     return p0, grads
 
 
@@ -205,7 +210,7 @@ def _torch_fused(torch):
 def _ulps(a, b):
     ia = a.view(np.int32).astype(np.int64)
     ib = b.view(np.int32).astype(np.int64)
-    ia = np.where(ia < 0, -(ia & 0x7FFFFFFF), ia)   # monotonic integer order of floats
+    ia = np.where(ia < 0, -(ia & 0x7FFFFFFF), ia)  # monotonic integer order of floats
     ib = np.where(ib < 0, -(ib & 0x7FFFFFFF), ib)
     return int(np.abs(ia - ib).max())
 
@@ -225,8 +230,18 @@ class _CorrectSqrt:
         self.torch.Tensor.sqrt = self.orig
 
 
-def _run_both(torch, make_np, make_torch, steps=20, *, masks=None, lr_changes=None, correct_sqrt=False,
-              fused=None, backend="numba"):
+def _run_both(
+    torch,
+    make_np,
+    make_torch,
+    steps=20,
+    *,
+    masks=None,
+    lr_changes=None,
+    correct_sqrt=False,
+    fused=None,
+    backend="numba",
+):
     """Run our optimizer and torch's on the same start and gradients; return
     (our params, torch params, our optimizer, torch optimizer, worst ulps over all steps)."""
     p0, grads = _problem(steps)
@@ -259,10 +274,14 @@ def _run_both(torch, make_np, make_torch, steps=20, *, masks=None, lr_changes=No
 SGD_CASES = {
     "plain": ({}, {}),
     "momentum": ({"momentum": 0.9}, {"momentum": 0.9}),
-    "momentum_dampening_wd": ({"momentum": 0.9, "dampening": 0.3, "weight_decay": 1e-3},
-                              {"momentum": 0.9, "dampening": 0.3, "weight_decay": 1e-3}),
-    "nesterov_wd": ({"momentum": 0.8, "nesterov": True, "weight_decay": 1e-2},
-                    {"momentum": 0.8, "nesterov": True, "weight_decay": 1e-2}),
+    "momentum_dampening_wd": (
+        {"momentum": 0.9, "dampening": 0.3, "weight_decay": 1e-3},
+        {"momentum": 0.9, "dampening": 0.3, "weight_decay": 1e-3},
+    ),
+    "nesterov_wd": (
+        {"momentum": 0.8, "nesterov": True, "weight_decay": 1e-2},
+        {"momentum": 0.8, "nesterov": True, "weight_decay": 1e-2},
+    ),
 }
 
 
@@ -272,9 +291,12 @@ def test_sgd_equals_torch_bit_for_bit(case, backend):
     torch = pytest.importorskip("torch")
     ours_kw, torch_kw = SGD_CASES[case]
     ours, theirs, _, _, worst = _run_both(
-        torch, lambda P, f: O.SGD(P, 0.05, fused_multiply_add=f, **ours_kw),
-        lambda t: torch.optim.SGD(t, 0.05, foreach=False, **torch_kw), lr_changes={10: 0.02},
-        backend=backend)
+        torch,
+        lambda P, f: O.SGD(P, 0.05, fused_multiply_add=f, **ours_kw),
+        lambda t: torch.optim.SGD(t, 0.05, foreach=False, **torch_kw),
+        lr_changes={10: 0.02},
+        backend=backend,
+    )
     assert worst == 0
     for k in ours:
         np.testing.assert_array_equal(ours[k], theirs[k])
@@ -285,20 +307,29 @@ def test_sgd_in_the_other_multiply_add_mode_differs_from_torch():
     test above does test the fused multiply-add)."""
     torch = pytest.importorskip("torch")
     _, _, _, _, worst = _run_both(
-        torch, lambda P, f: O.SGD(P, 0.05, momentum=0.9, fused_multiply_add=not f),
-        lambda t: torch.optim.SGD(t, 0.05, momentum=0.9, foreach=False))
+        torch,
+        lambda P, f: O.SGD(P, 0.05, momentum=0.9, fused_multiply_add=not f),
+        lambda t: torch.optim.SGD(t, 0.05, momentum=0.9, foreach=False),
+    )
     assert worst >= 1
 
 
 ADAM_CASES = {
     "adam": (O.Adam, {}, "Adam", {}),
-    "adam_wd_amsgrad": (O.Adam, {"weight_decay": 1e-2, "amsgrad": True, "betas": (0.8, 0.99)},
-                        "Adam", {"weight_decay": 1e-2, "amsgrad": True, "betas": (0.8, 0.99)}),
-    "adam_beta1_small": (O.Adam, {"betas": (0.3, 0.9), "eps": 1e-6},   # lerp weight 0.7 >= 0.5
-                         "Adam", {"betas": (0.3, 0.9), "eps": 1e-6}),
+    "adam_wd_amsgrad": (
+        O.Adam,
+        {"weight_decay": 1e-2, "amsgrad": True, "betas": (0.8, 0.99)},
+        "Adam",
+        {"weight_decay": 1e-2, "amsgrad": True, "betas": (0.8, 0.99)},
+    ),
+    "adam_beta1_small": (
+        O.Adam,
+        {"betas": (0.3, 0.9), "eps": 1e-6},  # lerp weight 0.7 >= 0.5
+        "Adam",
+        {"betas": (0.3, 0.9), "eps": 1e-6},
+    ),
     "adamw": (O.AdamW, {}, "AdamW", {}),
-    "adamw_amsgrad": (O.AdamW, {"weight_decay": 0.1, "amsgrad": True}, "AdamW",
-                      {"weight_decay": 0.1, "amsgrad": True}),
+    "adamw_amsgrad": (O.AdamW, {"weight_decay": 0.1, "amsgrad": True}, "AdamW", {"weight_decay": 0.1, "amsgrad": True}),
 }
 
 
@@ -308,9 +339,13 @@ def test_adam_equals_torch_given_a_correctly_rounded_sqrt(case, backend):
     torch = pytest.importorskip("torch")
     cls, kw, tname, tkw = ADAM_CASES[case]
     ours, theirs, opt, topt, worst = _run_both(
-        torch, lambda P, f: cls(P, 3e-3, fused_multiply_add=f, **kw),
+        torch,
+        lambda P, f: cls(P, 3e-3, fused_multiply_add=f, **kw),
         lambda t: getattr(torch.optim, tname)(t, 3e-3, foreach=False, **tkw),
-        lr_changes={7: 1e-3}, correct_sqrt=True, backend=backend)
+        lr_changes={7: 1e-3},
+        correct_sqrt=True,
+        backend=backend,
+    )
     assert worst == 0
     for k in ours:
         np.testing.assert_array_equal(ours[k], theirs[k])
@@ -326,8 +361,10 @@ def test_adam_within_a_few_ulps_of_torch_as_it_is(case):
     torch = pytest.importorskip("torch")
     cls, kw, tname, tkw = ADAM_CASES[case]
     ours, theirs, opt, topt, worst = _run_both(
-        torch, lambda P, f: cls(P, 3e-3, fused_multiply_add=f, **kw),
-        lambda t: getattr(torch.optim, tname)(t, 3e-3, foreach=False, **tkw))
+        torch,
+        lambda P, f: cls(P, 3e-3, fused_multiply_add=f, **kw),
+        lambda t: getattr(torch.optim, tname)(t, 3e-3, foreach=False, **tkw),
+    )
     assert worst <= ADAM_ULPS
     if not (kw.get("weight_decay") and cls is O.Adam):  # moments do not depend on sqrt here
         for st_, ts in zip(opt.state.values(), topt.state.values()):
@@ -337,12 +374,14 @@ def test_adam_within_a_few_ulps_of_torch_as_it_is(case):
 
 TWIN_CASES = {
     "sgd": lambda P, f: O.SGD(P, 0.05, fused_multiply_add=f),
-    "sgd_momentum_dampening_wd": lambda P, f: O.SGD(P, 0.05, momentum=0.9, dampening=0.25, weight_decay=1e-2,
-                                                    fused_multiply_add=f),
+    "sgd_momentum_dampening_wd": lambda P, f: O.SGD(
+        P, 0.05, momentum=0.9, dampening=0.25, weight_decay=1e-2, fused_multiply_add=f
+    ),
     "sgd_nesterov": lambda P, f: O.SGD(P, 0.05, momentum=0.9, nesterov=True, fused_multiply_add=f),
     "adam": lambda P, f: O.Adam(P, 3e-3, fused_multiply_add=f),
-    "adam_wd_amsgrad_small_beta1": lambda P, f: O.Adam(P, 3e-3, betas=(0.2, 0.9), weight_decay=0.1,
-                                                       amsgrad=True, fused_multiply_add=f),
+    "adam_wd_amsgrad_small_beta1": lambda P, f: O.Adam(
+        P, 3e-3, betas=(0.2, 0.9), weight_decay=0.1, amsgrad=True, fused_multiply_add=f
+    ),
     "adamw": lambda P, f: O.AdamW(P, 1e-2, weight_decay=0.5, fused_multiply_add=f),
 }
 
@@ -358,7 +397,7 @@ def test_numba_kernels_equal_their_numpy_twins(case, fused):
 
     def values(scale):
         a = (rng.standard_normal(shape) * scale).astype(np.float32)
-        a[:special.size] = special
+        a[: special.size] = special
         return a
 
     p0 = values(1.0)
@@ -397,14 +436,17 @@ def test_backend_is_checked():
 # ---------------------------------------------------------------------------------------
 def _masks(seed=5):
     rng = np.random.default_rng(seed)
-    return {"fc.weight": rng.random(SHAPES["fc.weight"]) > 0.5,
-            "conv.weight": (rng.random(SHAPES["conv.weight"]) > 0.3).astype(np.uint8)}
+    return {
+        "fc.weight": rng.random(SHAPES["fc.weight"]) > 0.5,
+        "conv.weight": (rng.random(SHAPES["conv.weight"]) > 0.3).astype(np.uint8),
+    }
 
 
 MASK_CASES = {
     "sgd_momentum": lambda P, f: O.SGD(P, 0.05, momentum=0.9, fused_multiply_add=f),
-    "sgd_nesterov_wd": lambda P, f: O.SGD(P, 0.05, momentum=0.9, nesterov=True, weight_decay=1e-2,
-                                          fused_multiply_add=f),
+    "sgd_nesterov_wd": lambda P, f: O.SGD(
+        P, 0.05, momentum=0.9, nesterov=True, weight_decay=1e-2, fused_multiply_add=f
+    ),
     "adam_wd": lambda P, f: O.Adam(P, 1e-2, weight_decay=1e-2, fused_multiply_add=f),
     "adamw_amsgrad": lambda P, f: O.AdamW(P, 1e-2, amsgrad=True, fused_multiply_add=f),
 }
@@ -426,8 +468,8 @@ def test_persistent_masks_keep_pruned_weights_and_state_exactly_zero(case):
             assert np.all(P[k][pruned] == 0) and not np.signbit(P[k][pruned]).any()
             for buf in opt.state[k].values():
                 assert np.all(buf[pruned] == 0)
-            assert np.all(P[k][~pruned] != 0)     # the others train
-        for k in g:                               # the caller's gradients are untouched
+            assert np.all(P[k][~pruned] != 0)  # the others train
+        for k in g:  # the caller's gradients are untouched
             np.testing.assert_array_equal(g[k], g_before[k])
 
 
@@ -435,14 +477,16 @@ def test_persistent_masks_keep_pruned_weights_and_state_exactly_zero(case):
 def test_masked_optimizer_equals_torch_with_masked_gradients(case):
     """The unpruned weights train exactly as in PyTorch with the gradients masked."""
     torch = pytest.importorskip("torch")
-    tmake = {"sgd_momentum": lambda t: torch.optim.SGD(t, 0.05, momentum=0.9, foreach=False),
-             "sgd_nesterov_wd": lambda t: torch.optim.SGD(t, 0.05, momentum=0.9, nesterov=True,
-                                                          weight_decay=1e-2, foreach=False),
-             "adam_wd": lambda t: torch.optim.Adam(t, 1e-2, weight_decay=1e-2, foreach=False),
-             "adamw_amsgrad": lambda t: torch.optim.AdamW(t, 1e-2, amsgrad=True, foreach=False)}[case]
+    tmake = {
+        "sgd_momentum": lambda t: torch.optim.SGD(t, 0.05, momentum=0.9, foreach=False),
+        "sgd_nesterov_wd": lambda t: torch.optim.SGD(
+            t, 0.05, momentum=0.9, nesterov=True, weight_decay=1e-2, foreach=False
+        ),
+        "adam_wd": lambda t: torch.optim.Adam(t, 1e-2, weight_decay=1e-2, foreach=False),
+        "adamw_amsgrad": lambda t: torch.optim.AdamW(t, 1e-2, amsgrad=True, foreach=False),
+    }[case]
     masks = {k: np.asarray(v, bool) for k, v in _masks().items()}
-    ours, theirs, _, _, worst = _run_both(torch, MASK_CASES[case], tmake, steps=12, masks=masks,
-                                          correct_sqrt=True)
+    ours, theirs, _, _, worst = _run_both(torch, MASK_CASES[case], tmake, steps=12, masks=masks, correct_sqrt=True)
     assert worst == 0
 
 
@@ -457,7 +501,7 @@ def test_apply_mask_zeroes_parameters_and_state_once():
     assert np.all(P["fc.weight"][pruned] == 0)
     assert np.all(opt.state["fc.weight"]["momentum_buffer"][pruned] == 0)
     assert opt.masks is None
-    opt.step(grads[1])                    # not persistent: the momentum-free gradient revives them
+    opt.step(grads[1])  # not persistent: the momentum-free gradient revives them
     assert np.any(P["fc.weight"][pruned] != 0)
     opt.set_masks(m)
     opt.set_masks(None)
@@ -480,9 +524,14 @@ def test_masks_bad_input():
 # ---------------------------------------------------------------------------------------
 # state
 # ---------------------------------------------------------------------------------------
-@pytest.mark.parametrize("make", [lambda P: O.SGD(P, 0.1, momentum=0.9, nesterov=True),
-                                  lambda P: O.Adam(P, 1e-2, amsgrad=True),
-                                  lambda P: O.AdamW(P, 1e-2)])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda P: O.SGD(P, 0.1, momentum=0.9, nesterov=True),
+        lambda P: O.Adam(P, 1e-2, amsgrad=True),
+        lambda P: O.AdamW(P, 1e-2),
+    ],
+)
 def test_state_dict_round_trip_resumes_bit_for_bit(make):
     p0, grads = _problem(8)
     A = {k: v.copy() for k, v in p0.items()}
@@ -568,27 +617,33 @@ def test_lr_must_be_positive_and_finite(lr):
         opt.lr = lr
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"momentum": -0.1}, "momentum must be >= 0"),
-    ({"momentum": float("nan")}, "momentum must be >= 0"),
-    ({"dampening": 1.5}, r"dampening must be in \[0, 1\]"),
-    ({"weight_decay": -1e-4}, "weight_decay must be >= 0"),
-    ({"nesterov": True}, "nesterov=True needs momentum > 0"),
-    ({"nesterov": True, "momentum": 0.9, "dampening": 0.1}, "nesterov=True needs momentum > 0 and dampening == 0"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"momentum": -0.1}, "momentum must be >= 0"),
+        ({"momentum": float("nan")}, "momentum must be >= 0"),
+        ({"dampening": 1.5}, r"dampening must be in \[0, 1\]"),
+        ({"weight_decay": -1e-4}, "weight_decay must be >= 0"),
+        ({"nesterov": True}, "nesterov=True needs momentum > 0"),
+        ({"nesterov": True, "momentum": 0.9, "dampening": 0.1}, "nesterov=True needs momentum > 0 and dampening == 0"),
+    ],
+)
 def test_sgd_bad_hyperparameters(kwargs, match):
     with pytest.raises(ValueError, match=match):
         O.SGD(_params(), 0.1, **kwargs)
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"betas": (1.0, 0.999)}, r"betas\[0\] must be in \[0, 1\)"),
-    ({"betas": (0.9, -0.1)}, r"betas\[1\] must be in \[0, 1\)"),
-    ({"betas": (0.9,)}, "betas must be a pair"),
-    ({"eps": 0.0}, "eps must be positive"),
-    ({"eps": float("inf")}, "eps must be positive"),
-    ({"weight_decay": -1.0}, "weight_decay must be >= 0"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"betas": (1.0, 0.999)}, r"betas\[0\] must be in \[0, 1\)"),
+        ({"betas": (0.9, -0.1)}, r"betas\[1\] must be in \[0, 1\)"),
+        ({"betas": (0.9,)}, "betas must be a pair"),
+        ({"eps": 0.0}, "eps must be positive"),
+        ({"eps": float("inf")}, "eps must be positive"),
+        ({"weight_decay": -1.0}, "weight_decay must be >= 0"),
+    ],
+)
 def test_adam_bad_hyperparameters(kwargs, match):
     for cls in (O.Adam, O.AdamW):
         with pytest.raises(ValueError, match=match):
@@ -634,8 +689,8 @@ def test_grads_are_checked():
         opt.step({**g, "b": np.array([1, np.nan], np.float32)})
     with pytest.raises(TypeError, match="grads must be a dict"):
         opt.step([g["w"], g["b"]])
-    assert opt.step_count == 0 and np.all(opt.params["w"] == 1)   # nothing was applied
-    opt.step({k: v.astype(np.float64) for k, v in g.items()})       # float64 is converted
+    assert opt.step_count == 0 and np.all(opt.params["w"] == 1)  # nothing was applied
+    opt.step({k: v.astype(np.float64) for k, v in g.items()})  # float64 is converted
     assert opt.step_count == 1 and np.allclose(opt.params["w"], 0.9)
 
 
@@ -656,20 +711,25 @@ def _torch_lrs(torch, make_sched, epochs, base_lr=0.1):
     return lrs, closed
 
 
-@pytest.mark.parametrize("ours, theirs", [
-    (lambda: O.StepLR(7, 0.1), lambda torch, o: torch.optim.lr_scheduler.StepLR(o, 7, 0.1)),
-    (lambda: O.StepLR(3, 0.5), lambda torch, o: torch.optim.lr_scheduler.StepLR(o, 3, 0.5)),
-    (lambda: O.CosineAnnealingLR(20), lambda torch, o: torch.optim.lr_scheduler.CosineAnnealingLR(o, 20)),
-    (lambda: O.CosineAnnealingLR(10, 1e-3),
-     lambda torch, o: torch.optim.lr_scheduler.CosineAnnealingLR(o, 10, 1e-3)),   # past T_max: rises again
-])
+@pytest.mark.parametrize(
+    "ours, theirs",
+    [
+        (lambda: O.StepLR(7, 0.1), lambda torch, o: torch.optim.lr_scheduler.StepLR(o, 7, 0.1)),
+        (lambda: O.StepLR(3, 0.5), lambda torch, o: torch.optim.lr_scheduler.StepLR(o, 3, 0.5)),
+        (lambda: O.CosineAnnealingLR(20), lambda torch, o: torch.optim.lr_scheduler.CosineAnnealingLR(o, 20)),
+        (
+            lambda: O.CosineAnnealingLR(10, 1e-3),
+            lambda torch, o: torch.optim.lr_scheduler.CosineAnnealingLR(o, 10, 1e-3),
+        ),  # past T_max: rises again
+    ],
+)
 def test_schedules_equal_torch(ours, theirs):
     torch = pytest.importorskip("torch")
     sched = ours()
     lrs, closed = _torch_lrs(torch, lambda o: theirs(torch, o), 30)
     mine = [sched(e, 0.1) for e in range(30)]
-    assert mine == closed                                    # closed forms: exactly
-    np.testing.assert_allclose(mine, lrs, rtol=1e-12, atol=1e-18)   # torch's recursive step()
+    assert mine == closed  # closed forms: exactly
+    np.testing.assert_allclose(mine, lrs, rtol=1e-12, atol=1e-18)  # torch's recursive step()
 
 
 def test_warmup_then_cosine_equals_torch_sequential_lr():
@@ -678,8 +738,12 @@ def test_warmup_then_cosine_equals_torch_sequential_lr():
 
     def theirs(o):
         lr_s = torch.optim.lr_scheduler
-        return lr_s.SequentialLR(o, [lr_s.LinearLR(o, start_factor=0.25, total_iters=5),
-                                     lr_s.CosineAnnealingLR(o, T_max=15, eta_min=1e-4)], milestones=[5])
+        return lr_s.SequentialLR(
+            o,
+            [lr_s.LinearLR(o, start_factor=0.25, total_iters=5), lr_s.CosineAnnealingLR(o, T_max=15, eta_min=1e-4)],
+            milestones=[5],
+        )
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         lrs, _ = _torch_lrs(torch, theirs, 25)
@@ -714,8 +778,20 @@ def _fit(seed=0, epochs=4, **kw):
     x, y = toy_data()
     model = ToyModel(seed=1)
     opt = kw.pop("opt", None) or O.SGD(model.named_parameters(), 0.1, momentum=0.9)
-    h = T.fit(model, toy_loss, opt, x[:90], y[:90], epochs=epochs, batch_size=16, seed=seed,
-              x_val=x[90:], y_val=y[90:], progress=False, **kw)
+    h = T.fit(
+        model,
+        toy_loss,
+        opt,
+        x[:90],
+        y[:90],
+        epochs=epochs,
+        batch_size=16,
+        seed=seed,
+        x_val=x[90:],
+        y_val=y[90:],
+        progress=False,
+        **kw,
+    )
     return model, h
 
 
@@ -725,7 +801,7 @@ def test_fit_learns_and_records_history():
     assert h["train_loss"][-1] < h["train_loss"][0]
     assert h["val_accuracy"][-1] >= 0.9
     assert all(r["time_s"] > 0 and r["lr"] == 0.1 for r in h.rows)
-    assert model.training is False                    # left in eval mode
+    assert model.training is False  # left in eval mode
     assert "train loss" in h.table() and h.best_epoch is None and not h.stopped_early
     with pytest.raises(KeyError, match="not a history column"):
         h["loss"]
@@ -737,8 +813,9 @@ def test_fit_is_reproducible_bit_for_bit():
     m3, _ = _fit(seed=4)
     for k, v in m1.named_parameters().items():
         np.testing.assert_array_equal(v, m2.named_parameters()[k])
-    assert [{k: v for k, v in r.items() if k != "time_s"} for r in h1.rows] == \
-           [{k: v for k, v in r.items() if k != "time_s"} for r in h2.rows]
+    assert [{k: v for k, v in r.items() if k != "time_s"} for r in h1.rows] == [
+        {k: v for k, v in r.items() if k != "time_s"} for r in h2.rows
+    ]
     assert any(not np.array_equal(v, m3.named_parameters()[k]) for k, v in m1.named_parameters().items())
 
 
@@ -754,7 +831,7 @@ def test_fit_equals_a_hand_written_loop():
         order = rng.permutation(90)
         ref.train()
         for s in range(0, 90, 16):
-            i = order[s:s + 16]
+            i = order[s : s + 16]
             ref.zero_grad()
             _, g = toy_loss(ref(x[:90][i]), y[:90][i])
             ref.backward(g)
@@ -784,16 +861,19 @@ def test_hooks_are_called_in_order_with_the_state():
         def on_epoch_end(self, s):
             events.append(("epoch", s.epoch, len(s.history)))
 
-    _fit(epochs=2, schedule=O.StepLR(1, 0.5),
-         hooks=[Recorder(), T.Hook(on_epoch_end=lambda s: events.append(("fn", s.epoch)))])
+    _fit(
+        epochs=2,
+        schedule=O.StepLR(1, 0.5),
+        hooks=[Recorder(), T.Hook(on_epoch_end=lambda s: events.append(("fn", s.epoch)))],
+    )
     batches = math.ceil(90 / 16)
     per_epoch = 2 * batches + 3
     assert len(events) == 2 * per_epoch
     assert events[0] == ("start", 1, 0, True, 0.1)
     assert events[1] == ("batch", 1, 1, 0, 16)
     assert events[2] == ("step", 1, 1, 1, True)
-    assert events[2 * batches - 1][4] == 90 - 16 * (batches - 1)        # the short last batch
-    assert events[2 * batches + 1:per_epoch] == [("epoch", 1, 1), ("fn", 1)]
+    assert events[2 * batches - 1][4] == 90 - 16 * (batches - 1)  # the short last batch
+    assert events[2 * batches + 1 : per_epoch] == [("epoch", 1, 1), ("fn", 1)]
     assert events[per_epoch] == ("start", 2, 0, True, 0.05)
     assert events[-2:] == [("epoch", 2, 2), ("fn", 2)]
 
@@ -810,8 +890,18 @@ def test_mask_hook_keeps_pruned_weights_zero_through_fit():
     mask = np.random.default_rng(0).random((16, 6)) > 0.5
     opt.set_masks({"fc1.weight": mask})
     seen = []
-    T.fit(model, toy_loss, opt, x, y, epochs=3, batch_size=16, seed=0, progress=False,
-          hooks=T.Hook(on_step_end=lambda s: seen.append(bool(np.all(s.model.layers["fc1"].weight[~mask] == 0)))))
+    T.fit(
+        model,
+        toy_loss,
+        opt,
+        x,
+        y,
+        epochs=3,
+        batch_size=16,
+        seed=0,
+        progress=False,
+        hooks=T.Hook(on_step_end=lambda s: seen.append(bool(np.all(s.model.layers["fc1"].weight[~mask] == 0)))),
+    )
     assert seen and all(seen)
 
 
@@ -823,11 +913,25 @@ def test_early_stopping_restores_the_best_weights(monitor):
     y_val = np.random.default_rng(1).integers(0, 3, 30)
     model = ToyModel(seed=1)
     snapshots = {}
-    h = T.fit(model, toy_loss, O.SGD(model.named_parameters(), 0.1, momentum=0.9), x[:90], y[:90],
-              epochs=30, batch_size=16, seed=0, x_val=x[90:], y_val=y_val, progress=False,
-              early_stopping=T.EarlyStopping(monitor, patience=2),
-              hooks=T.Hook(on_epoch_end=lambda s: snapshots.__setitem__(
-                  s.epoch, {k: v.copy() for k, v in s.model.named_parameters().items()})))
+    h = T.fit(
+        model,
+        toy_loss,
+        O.SGD(model.named_parameters(), 0.1, momentum=0.9),
+        x[:90],
+        y[:90],
+        epochs=30,
+        batch_size=16,
+        seed=0,
+        x_val=x[90:],
+        y_val=y_val,
+        progress=False,
+        early_stopping=T.EarlyStopping(monitor, patience=2),
+        hooks=T.Hook(
+            on_epoch_end=lambda s: snapshots.__setitem__(
+                s.epoch, {k: v.copy() for k, v in s.model.named_parameters().items()}
+            )
+        ),
+    )
     col = h[monitor]
     best = (int(np.argmin(col)) if monitor == "val_loss" else int(np.argmax(col))) + 1
     assert h.stopped_early and h.best_epoch == best and len(h) == best + 2
@@ -854,10 +958,20 @@ def test_nan_loss_stops_with_epoch_and_step():
 
     opt = O.SGD(model.named_parameters(), 0.1)
     with pytest.raises(FloatingPointError, match=r"the loss is nan at epoch 2 of 3, step 3 of 6 \(optimizer step 9\)"):
-        T.fit(model, loss_fn, opt, x[:90], y[:90], epochs=3, batch_size=16, seed=0, progress=False,
-              hooks=T.Hook(on_step_end=remember))
+        T.fit(
+            model,
+            loss_fn,
+            opt,
+            x[:90],
+            y[:90],
+            epochs=3,
+            batch_size=16,
+            seed=0,
+            progress=False,
+            hooks=T.Hook(on_step_end=remember),
+        )
     assert opt.step_count == 8
-    for k, v in model.named_parameters().items():   # the bad step changed nothing
+    for k, v in model.named_parameters().items():  # the bad step changed nothing
         np.testing.assert_array_equal(v, before[k])
 
 
@@ -870,11 +984,17 @@ def test_nan_gradient_stops_with_epoch_and_step():
         g[0, 0] = np.inf
         return loss, g
 
-    with np.errstate(invalid="ignore"), \
-            pytest.raises(FloatingPointError, match=r"diverged at epoch 1 of 2, step 1 of .*grads\['fc1.weight'\] "
-                                                    r"contains NaN or infinity"):
-        T.fit(model, loss_fn, O.SGD(model.named_parameters(), 0.1), x, y, epochs=2, batch_size=16,
-              seed=0, progress=False)
+    with (
+        np.errstate(invalid="ignore"),
+        pytest.raises(
+            FloatingPointError,
+            match=r"diverged at epoch 1 of 2, step 1 of .*grads\['fc1.weight'\] "
+            r"contains NaN or infinity",
+        ),
+    ):
+        T.fit(
+            model, loss_fn, O.SGD(model.named_parameters(), 0.1), x, y, epochs=2, batch_size=16, seed=0, progress=False
+        )
 
 
 def test_divergence_with_npquant_loss_names_epoch_and_step():
@@ -883,11 +1003,25 @@ def test_divergence_with_npquant_loss_names_epoch_and_step():
 
     x, y = toy_data()
     model = ToyModel()
-    with np.errstate(all="ignore"), \
-            pytest.raises(FloatingPointError, match=r"training diverged at epoch \d+ of 50, step \d+ of 8 "
-                                                    r"\(optimizer step \d+\) \(lr=1e\+30\): logits contains NaN"):
-        T.fit(model, softmax_cross_entropy, O.SGD(model.named_parameters(), 1e30), x, y, epochs=50,
-              batch_size=16, seed=0, progress=False)
+    with (
+        np.errstate(all="ignore"),
+        pytest.raises(
+            FloatingPointError,
+            match=r"training diverged at epoch \d+ of 50, step \d+ of 8 "
+            r"\(optimizer step \d+\) \(lr=1e\+30\): logits contains NaN",
+        ),
+    ):
+        T.fit(
+            model,
+            softmax_cross_entropy,
+            O.SGD(model.named_parameters(), 1e30),
+            x,
+            y,
+            epochs=50,
+            batch_size=16,
+            seed=0,
+            progress=False,
+        )
 
 
 def test_fit_bad_input():
@@ -916,8 +1050,7 @@ def test_fit_bad_input():
     with pytest.raises(TypeError, match="model has no train"):
         T.fit(lambda x: x, toy_loss, opt, x, y, **kw)
     with pytest.raises(TypeError, match="model has no backward"):
-        T.fit(type("NoBackward", (), {"train": print, "eval": print, "zero_grad": print})(),
-              toy_loss, opt, x, y, **kw)
+        T.fit(type("NoBackward", (), {"train": print, "eval": print, "zero_grad": print})(), toy_loss, opt, x, y, **kw)
     with pytest.raises(TypeError, match="schedule must be callable"):
         T.fit(model, toy_loss, opt, x, y, schedule=0.1, **kw)
     with pytest.raises(ValueError, match="monitor must be one of 'val_loss', 'val_accuracy'"):
@@ -948,8 +1081,9 @@ def test_progress_bar_goes_to_stderr_only_when_asked(capsys):
     slow = T.Hook(on_batch_start=lambda s: time.sleep(1.1) if s.step == 0 else None)
     x, y = toy_data()
     model = ToyModel()
-    T.fit(model, toy_loss, O.SGD(model.named_parameters(), 0.1), x, y, epochs=2, batch_size=16, seed=0,
-          hooks=slow)                                   # progress=True: a bar once a second has passed
+    T.fit(
+        model, toy_loss, O.SGD(model.named_parameters(), 0.1), x, y, epochs=2, batch_size=16, seed=0, hooks=slow
+    )  # progress=True: a bar once a second has passed
     out = capsys.readouterr()
     assert out.out == "" and "fit: 100%" in out.err and "16/16" in out.err
 
@@ -999,11 +1133,22 @@ def test_early_stopping_restores_batch_norm_statistics_too():
     d = T.digits_data(ref.arch)
     model = build_model(ref.arch, T.torch_default_init(ref.arch, 0))
     snapshots = {}
-    y_val = np.random.default_rng(0).integers(0, 10, 100)       # unlearnable: stops soon
-    h = T.fit(model, softmax_cross_entropy, O.Adam(model.named_parameters(), 3e-3), d["x_train"][:256],
-              d["y_train"][:256], epochs=20, batch_size=32, seed=0, x_val=d["x_calibration"][:100], y_val=y_val,
-              early_stopping=T.EarlyStopping("val_loss", patience=2), progress=False,
-              hooks=T.Hook(on_epoch_end=lambda s: snapshots.__setitem__(s.epoch, s.model.state_dict())))
+    y_val = np.random.default_rng(0).integers(0, 10, 100)  # unlearnable: stops soon
+    h = T.fit(
+        model,
+        softmax_cross_entropy,
+        O.Adam(model.named_parameters(), 3e-3),
+        d["x_train"][:256],
+        d["y_train"][:256],
+        epochs=20,
+        batch_size=32,
+        seed=0,
+        x_val=d["x_calibration"][:100],
+        y_val=y_val,
+        early_stopping=T.EarlyStopping("val_loss", patience=2),
+        progress=False,
+        hooks=T.Hook(on_epoch_end=lambda s: snapshots.__setitem__(s.epoch, s.model.state_dict())),
+    )
     assert h.stopped_early and len(h) == h.best_epoch + 2
     state = model.state_dict()
     assert "bn1.running_mean" in state

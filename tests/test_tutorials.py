@@ -54,9 +54,12 @@ def _tutorials_dir() -> Path | None:
 TUTORIALS_DIR = _tutorials_dir()
 pytestmark = pytest.mark.skipif(
     TUTORIALS_DIR is None,
-    reason=("no tutorials/ folder beside tests/: the tutorials are repository files, not in the wheel "
-            "(CI's wheel stage runs a copy of tests/ without them; its JIT pass runs them from the "
-            "checkout); set NPQUANT_TUTORIALS_DIR to a tutorials folder to run them here"))
+    reason=(
+        "no tutorials/ folder beside tests/: the tutorials are repository files, not in the wheel "
+        "(CI's wheel stage runs a copy of tests/ without them; its JIT pass runs them from the "
+        "checkout); set NPQUANT_TUTORIALS_DIR to a tutorials folder to run them here"
+    ),
+)
 
 
 def _path(name: str) -> Path:
@@ -66,7 +69,7 @@ def _path(name: str) -> Path:
 # ------------------------------------------------------------------ independent answers
 def _answer_01(ns):
     x = [-0.5, 0.0, 0.25, 1.5]
-    s = (1.5 - (-0.5)) / 255                          # unsigned 8 bits: qmin 0, qmax 255
+    s = (1.5 - (-0.5)) / 255  # unsigned 8 bits: qmin 0, qmax 255
     z = 0 - round(-0.5 / s)
     codes = [min(max(round(v / s) + z, 0), 255) for v in x]
     return s, z, codes
@@ -79,16 +82,16 @@ def _check_01(got, ns):
 
 
 def _check_02(got, ns):
-    nibbles = [c & 0xF for c in (-1, 7, -8, 2)]       # two's complement, 4 bits
+    nibbles = [c & 0xF for c in (-1, 7, -8, 2)]  # two's complement, 4 bits
     want = [nibbles[0] | nibbles[1] << 4, nibbles[2] | nibbles[3] << 4]
     assert got == want == [127, 40]
 
 
 def _check_03(got, ns):
     h_cal, h_test = np.asarray(ns["h_cal"], np.float64), np.asarray(ns["h_test"], np.float64)
-    step = h_cal.max() / 15                           # 4-bit unsigned min-max, zero point 0
-    frac = float(np.mean(h_test / step <= 0.5))       # round half to even: 0.5 -> 0
-    assert abs(got - frac) <= 2 / h_test.size         # float32 against float64 near a tie
+    step = h_cal.max() / 15  # 4-bit unsigned min-max, zero point 0
+    frac = float(np.mean(h_test / step <= 0.5))  # round half to even: 0.5 -> 0
+    assert abs(got - frac) <= 2 / h_test.size  # float32 against float64 near a tie
     assert 0.95 < got < 0.97
 
 
@@ -96,7 +99,7 @@ def _srdhm(a: int, b: int) -> int:
     """gemmlowp's SaturatingRoundingDoublingHighMul (no saturation case here)."""
     ab = a * b
     nudge = (1 << 30) if ab >= 0 else 1 - (1 << 30)
-    return _trunc_div(ab + nudge, 1 << 31)            # C's division truncates toward zero
+    return _trunc_div(ab + nudge, 1 << 31)  # C's division truncates toward zero
 
 
 def _trunc_div(n: int, d: int) -> int:
@@ -118,12 +121,12 @@ def _check_04(got, ns):
     zx, zw, zy = int(ex["x_qp"].zero_point), int(ex["w_qp"].zero_point), int(ex["y_qp"].zero_point)
     a = sum((p - zx) * (q - zw) for p, q in zip(xq, wq)) + int(ex["bias_q"][2])
     m = float(ex["x_qp"].scale) * float(ex["w_qp"].scale) / float(ex["y_qp"].scale)
-    mant, exp = math.frexp(m)                          # m = mant * 2^exp, mant in [0.5, 1)
-    m0 = round(Fraction(mant) * 2**31)                 # exact; no tie at this m
+    mant, exp = math.frexp(m)  # m = mant * 2^exp, mant in [0.5, 1)
+    m0 = round(Fraction(mant) * 2**31)  # exact; no tie at this m
     assert m0 < 2**31 and exp < 0
     code = min(max(_rdbpot(_srdhm(a, m0), -exp) + zy, 0), 255)
     assert tuple(got) == (a, code)
-    assert abs(code - (a * m + zy)) <= 0.5 + 1e-6     # and the code is the rounded real value
+    assert abs(code - (a * m + zy)) <= 0.5 + 1e-6  # and the code is the rounded real value
 
 
 def _check_05(got, ns):
@@ -141,15 +144,15 @@ def _check_06(got, ns):
         if w is None:
             continue
         out, k = w.shape
-        total += math.ceil(w.size * 4 / 8)              # packed 4-bit codes
-        total += 4 * out * math.ceil(k / 16)             # a float32 scale per group of 16 inputs
-        total += 4 * layer.bias.size                     # float32 biases
+        total += math.ceil(w.size * 4 / 8)  # packed 4-bit codes
+        total += 4 * out * math.ceil(k / 16)  # a float32 scale per group of 16 inputs
+        total += 4 * layer.bias.size  # float32 biases
     assert got == total == 13576
 
 
 def _check_07(got, ns):
     v = [-1.2, -1.0, -0.1, 0.1, 0.9, 1.1, 2.0, 2.2]
-    want = [(v[i] + v[i + 1]) / 2 for i in range(0, 8, 2)]    # one cluster per pair
+    want = [(v[i] + v[i + 1]) / 2 for i in range(0, 8, 2)]  # one cluster per pair
     assert np.allclose(got, want, atol=1e-6) and np.allclose(want, [-1.1, 0.0, 1.0, 2.1])
 
 
@@ -158,7 +161,7 @@ def _check_08(got, ns):
     gaps, fillers, prev = [], 0, 0
     for p in positions:
         jump = p - prev
-        while jump > top:                              # a filler entry every top positions
+        while jump > top:  # a filler entry every top positions
             gaps.append(top)
             fillers += 1
             jump -= top
@@ -221,7 +224,7 @@ def test_tutorial_runs_and_its_exercise_is_right(name, tmp_path, monkeypatch, ca
     if TUTORIALS[name][0]:
         pytest.importorskip("matplotlib", reason="the tutorial draws with npquant.app.plot (the plot or test extra)")
     monkeypatch.delenv("NPQUANT_TUTORIAL_OUTPUT", raising=False)
-    monkeypatch.chdir(tmp_path)                        # the working directory must not matter
+    monkeypatch.chdir(tmp_path)  # the working directory must not matter
     before = sorted(p.name for p in TUTORIALS_DIR.iterdir())
     ns = runpy.run_path(str(_path(name)), run_name="__main__")
     out = capsys.readouterr().out
@@ -240,11 +243,17 @@ def test_a_tutorial_runs_as_a_script_and_writes_figures_when_asked(tmp_path):
     ``NPQUANT_TUTORIAL_OUTPUT`` its figure is written there, the folder made if need be
     (and nothing elsewhere)."""
     pytest.importorskip("matplotlib", reason="the tutorial draws with npquant.app.plot (the plot or test extra)")
-    cwd, figs = tmp_path / "cwd", tmp_path / "figs" / "new"     # the tutorial makes the folder
+    cwd, figs = tmp_path / "cwd", tmp_path / "figs" / "new"  # the tutorial makes the folder
     cwd.mkdir()
     env = {**os.environ, "NPQUANT_TUTORIAL_OUTPUT": str(figs)}
-    r = subprocess.run([sys.executable, str(_path("05_where_stacks_disagree"))], cwd=cwd, env=env,
-                       capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        [sys.executable, str(_path("05_where_stacks_disagree"))],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert "acc = -421: exact -126.3" in r.stdout
     assert list(cwd.iterdir()) == []

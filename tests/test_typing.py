@@ -25,8 +25,7 @@ PACKAGE = Path(npquant.__file__).resolve().parent
 def _public_modules() -> list[str]:
     """Names of npquant's modules with no underscore-led component (``npquant`` included)."""
     names = ["npquant"]
-    for info in pkgutil.walk_packages(npquant.__path__, prefix="npquant.",
-                                      onerror=lambda name: None):
+    for info in pkgutil.walk_packages(npquant.__path__, prefix="npquant.", onerror=lambda name: None):
         if not any(part.startswith("_") for part in info.name.split(".")[1:]):
             names.append(info.name)
     return sorted(names)
@@ -78,31 +77,36 @@ def missing_hints(modname: str) -> list[str]:
                     if func is None or id(func) in seen or not _reported_here(func, modname):
                         continue
                     seen.add(id(func))
-                    missing += _missing_in_callable(func, f"{func.__module__}.{owner.__qualname__}.{attr}",
-                                                    need_return=attr != "__init__")
+                    missing += _missing_in_callable(
+                        func, f"{func.__module__}.{owner.__qualname__}.{attr}", need_return=attr != "__init__"
+                    )
     return missing
 
 
 def _owners(cls: type) -> list[type]:
     """``cls`` and its private npquant base classes: their public methods (and ``__init__``)
     are ``cls``'s public API too, and no public class of theirs is checked."""
-    return [cls] + [b for b in cls.__mro__[1:]
-                    if b.__module__.startswith("npquant") and b.__name__.startswith("_")]
+    return [cls] + [b for b in cls.__mro__[1:] if b.__module__.startswith("npquant") and b.__name__.startswith("_")]
 
 
 def _reported_here(func, modname: str) -> bool:
     """Report a method in the module that defines it, or, if that module is private, here."""
     return func.__module__ == modname or (
-        func.__module__.startswith("npquant.")
-        and any(p.startswith("_") for p in func.__module__.split(".")[1:]))
+        func.__module__.startswith("npquant.") and any(p.startswith("_") for p in func.__module__.split(".")[1:])
+    )
 
 
 MODULES = _public_modules()
 
 
 def test_the_walk_finds_the_public_modules():
-    assert {"npquant", "npquant.qparams", "npquant.compression.huffman",
-            "npquant.training.qat", "npquant.models.graph"} <= set(MODULES)
+    assert {
+        "npquant",
+        "npquant.qparams",
+        "npquant.compression.huffman",
+        "npquant.training.qat",
+        "npquant.models.graph",
+    } <= set(MODULES)
     assert not [m for m in MODULES if m.startswith(("npquant._kernels", "npquant._"))]
 
 

@@ -95,7 +95,7 @@ def conv_acc(x, zx, w, zw, bias, stride, pad, dilation, groups):
     o, cg, kh, kw = w.shape
     t, b, left, r = pad
     xp = np.full((n, c, h + t + b, wd + left + r), zx, np.int64)
-    xp[:, :, t:t + h, left:left + wd] = x
+    xp[:, :, t : t + h, left : left + wd] = x
     oh = (h + t + b - dilation[0] * (kh - 1) - 1) // stride[0] + 1
     ow = (wd + left + r - dilation[1] * (kw - 1) - 1) // stride[1] + 1
     wc = w.astype(np.int64) - zw.astype(np.int64)[:, None, None, None]
@@ -104,9 +104,16 @@ def conv_acc(x, zx, w, zw, bias, stride, pad, dilation, groups):
     for g in range(groups):
         for i in range(kh):
             for j in range(kw):
-                patch = xp[:, g * cg:(g + 1) * cg, i * dilation[0]:i * dilation[0] + stride[0] * (oh - 1) + 1:stride[0],
-                           j * dilation[1]:j * dilation[1] + stride[1] * (ow - 1) + 1:stride[1]] - zx
-                acc[:, g * og:(g + 1) * og] += np.einsum("nchw,oc->nohw", patch, wc[g * og:(g + 1) * og, :, i, j])
+                patch = (
+                    xp[
+                        :,
+                        g * cg : (g + 1) * cg,
+                        i * dilation[0] : i * dilation[0] + stride[0] * (oh - 1) + 1 : stride[0],
+                        j * dilation[1] : j * dilation[1] + stride[1] * (ow - 1) + 1 : stride[1],
+                    ]
+                    - zx
+                )
+                acc[:, g * og : (g + 1) * og] += np.einsum("nchw,oc->nohw", patch, wc[g * og : (g + 1) * og, :, i, j])
     return acc
 
 
@@ -153,8 +160,16 @@ def recompute(layer, v):
         return max_pool2d(v["input"], p["kernel"], p["stride"], p["padding"], backend="numpy")
     if op == "qavgpool2d":
         p = layer["pool"]
-        return avg_pool2d(v["input"], p["kernel"], p["stride"], p["padding"], mode=p["mode"],
-                          zero_point=p["zero_point"], count_include_pad=p["count_include_pad"], backend="numpy")
+        return avg_pool2d(
+            v["input"],
+            p["kernel"],
+            p["stride"],
+            p["padding"],
+            mode=p["mode"],
+            zero_point=p["zero_point"],
+            count_include_pad=p["count_include_pad"],
+            backend="numpy",
+        )
     if op == "qrelu":
         return np.clip(v["input"], *layer["clamp"])
     if op == "qflatten":
@@ -164,9 +179,15 @@ def recompute(layer, v):
         assert req["uses"] == "m0_shift"
         rounding = "single" if req["mode"] == "tflite_single" else "double"
         qps = layer["input_qparams"]
-        a = [multiply_by_quantized_multiplier((v[f"input{i}"].astype(np.int64) - qps[i]["zero_point"])
-                                              << req["left_shift"], v["m0"][i], v["shift"][i], rounding)
-             for i in range(2)]
+        a = [
+            multiply_by_quantized_multiplier(
+                (v[f"input{i}"].astype(np.int64) - qps[i]["zero_point"]) << req["left_shift"],
+                v["m0"][i],
+                v["shift"][i],
+                rounding,
+            )
+            for i in range(2)
+        ]
         t = multiply_by_quantized_multiplier(a[0] + a[1], v["m0"][2], v["shift"][2], rounding)
         return np.clip(t + layer["output_qparams"]["zero_point"], *layer["clamp"])
     if op == "quantize":
@@ -175,8 +196,10 @@ def recompute(layer, v):
         return quantize(v["input"], QParams(np.float32(qp["scale"]), qp["zero_point"], spec), method=layer["method"])
     if op == "dequantize":
         qp = layer["input_qparams"]
-        return dequantize(v["input"], QParams(np.float32(qp["scale"]), qp["zero_point"],
-                                              QuantSpec(bits=8, signed=qp["dtype"] == "int8")))
+        return dequantize(
+            v["input"],
+            QParams(np.float32(qp["scale"]), qp["zero_point"], QuantSpec(bits=8, signed=qp["dtype"] == "int8")),
+        )
     raise AssertionError(f"no recomputation for op {op}")
 
 
@@ -184,8 +207,11 @@ def check_recomputed(m, got):
     for layer in m["layers"]:
         v = got[layer["name"]]
         out = recompute(layer, v)
-        np.testing.assert_array_equal(np.asarray(out).astype(v["output"].dtype), v["output"],
-                                      err_msg=f"{layer['name']} ({layer['op']}) recomputed from its vectors")
+        np.testing.assert_array_equal(
+            np.asarray(out).astype(v["output"].dtype),
+            v["output"],
+            err_msg=f"{layer['name']} ({layer['op']}) recomputed from its vectors",
+        )
 
 
 def check_against_model(q, x_codes, got, m):
@@ -229,15 +255,22 @@ def cnn_float():
 def small_float_model(seed=0):
     """conv -> avg pool -> relu -> flatten -> linear: exercises QAvgPool2d and QReLU."""
     rng = np.random.default_rng(seed)
-    return nn.Sequential([
-        nn.Conv2d(rng.normal(0, 0.3, (4, 2, 3, 3)).astype(np.float32), rng.normal(0, 0.1, 4).astype(np.float32),
-                  padding=1, name="conv"),
-        nn.AvgPool2d(2, 2, name="pool"),
-        nn.ReLU(name="relu"),
-        nn.Flatten(name="flat"),
-        nn.Linear(rng.normal(0, 0.3, (3, 16)).astype(np.float32), rng.normal(0, 0.1, 3).astype(np.float32),
-                  name="fc"),
-    ])
+    return nn.Sequential(
+        [
+            nn.Conv2d(
+                rng.normal(0, 0.3, (4, 2, 3, 3)).astype(np.float32),
+                rng.normal(0, 0.1, 4).astype(np.float32),
+                padding=1,
+                name="conv",
+            ),
+            nn.AvgPool2d(2, 2, name="pool"),
+            nn.ReLU(name="relu"),
+            nn.Flatten(name="flat"),
+            nn.Linear(
+                rng.normal(0, 0.3, (3, 16)).astype(np.float32), rng.normal(0, 0.1, 3).astype(np.float32), name="fc"
+            ),
+        ]
+    )
 
 
 def residual_graph(seed=0):
@@ -251,10 +284,19 @@ def residual_graph(seed=0):
 
     def conv(name, src, dst, out, act=None):
         w = rng.integers(-127, 128, (4, 4, 3, 3)).astype(np.int8)
-        return Node(name, "qconv2d", [src], [dst], {"output": out, "padding": 1, "activation": act},
-                    {"weight": w, "weight_scale": rng.uniform(0.002, 0.01, 4).astype(np.float32),
-                     "weight_zero_point": np.zeros(4, np.int64),
-                     "bias_q": rng.integers(-500, 500, 4).astype(np.int32)})
+        return Node(
+            name,
+            "qconv2d",
+            [src],
+            [dst],
+            {"output": out, "padding": 1, "activation": act},
+            {
+                "weight": w,
+                "weight_scale": rng.uniform(0.002, 0.01, 4).astype(np.float32),
+                "weight_zero_point": np.zeros(4, np.int64),
+                "bias_q": rng.integers(-500, 500, 4).astype(np.int32),
+            },
+        )
 
     w_fc = rng.integers(-127, 128, (3, 16)).astype(np.int8)
     nodes = [
@@ -264,9 +306,19 @@ def residual_graph(seed=0):
         Node("block1/add", "qadd", ["c2", "xq"], ["s"], {"output": qp(0.07, 60), "activation": "relu"}),
         Node("pool", "qmaxpool2d", ["s"], ["p"], {"kernel_size": 2}),
         Node("flatten", "qflatten", ["p"], ["f"]),
-        Node("fc", "qlinear", ["f"], ["logits_q"], {"output": qp(0.1, 128), "mode": "tflite_single"},
-             {"weight": w_fc, "weight_scale": np.float32(0.01), "weight_zero_point": np.int64(0),
-              "bias_q": np.arange(3, dtype=np.int32)}),
+        Node(
+            "fc",
+            "qlinear",
+            ["f"],
+            ["logits_q"],
+            {"output": qp(0.1, 128), "mode": "tflite_single"},
+            {
+                "weight": w_fc,
+                "weight_scale": np.float32(0.01),
+                "weight_zero_point": np.int64(0),
+                "bias_q": np.arange(3, dtype=np.int32),
+            },
+        ),
         Node("out", "dequantize", ["logits_q"], ["logits"]),
     ]
     return Graph(nodes, ["x"], ["logits"], name="residual")
@@ -312,8 +364,9 @@ def test_pytorch_ptq_cnn_vectors(tmp_path):
     assert conv["geometry"]["padding"] == [1, 1, 1, 1]
 
 
-@pytest.mark.parametrize("mode, per_channel", [("tflite", True), ("tflite_single", True), ("fp32", False),
-                                               ("onnx", True)])
+@pytest.mark.parametrize(
+    "mode, per_channel", [("tflite", True), ("tflite_single", True), ("fp32", False), ("onnx", True)]
+)
 def test_quantized_cnn_vectors_every_mode(tmp_path, cnn_float, mode, per_channel):
     model, calib, x = cnn_float
     q = quantize_model(model, calib, mode=mode, per_channel=per_channel)
@@ -351,8 +404,16 @@ def test_residual_graph_vectors(tmp_path):
     m = write_vectors(g, x, tmp_path / "g")
     m, got = check_set(tmp_path / "g")
     env = g.run(x, keep_intermediates=True)
-    assert m["names"] == {"in/quant": "in_quant", "block1/conv.0": "block1_conv_0", "block1/conv.1": "block1_conv_1",
-                          "block1/add": "block1_add", "pool": "pool", "flatten": "flatten", "fc": "fc", "out": "out"}
+    assert m["names"] == {
+        "in/quant": "in_quant",
+        "block1/conv.0": "block1_conv_0",
+        "block1/conv.1": "block1_conv_1",
+        "block1/add": "block1_add",
+        "pool": "pool",
+        "flatten": "flatten",
+        "fc": "fc",
+        "out": "out",
+    }
     for entry, node in zip(m["layers"], g.nodes):
         v = got[entry["name"]]
         assert entry["original_name"] == node.name and entry["op"] == node.op
@@ -384,10 +445,16 @@ def test_graph_of_other_integer_ops(tmp_path):
 
     nodes = [
         Node("relu6", "qrelu", ["x"], ["r"], {"activation": "relu6", "mode": "torch"}),
-        Node("avg", "qavgpool2d", ["r"], ["a"], {"kernel_size": 2, "mode": "torch", "padding": 1,
-                                                 "count_include_pad": True}),
-        Node("add", "qadd", ["a", "a"], ["s"], {"output": qp(0.1, 3), "mode": "torch",
-                                                "memory_format": "channels_last"}),
+        Node(
+            "avg",
+            "qavgpool2d",
+            ["r"],
+            ["a"],
+            {"kernel_size": 2, "mode": "torch", "padding": 1, "count_include_pad": True},
+        ),
+        Node(
+            "add", "qadd", ["a", "a"], ["s"], {"output": qp(0.1, 3), "mode": "torch", "memory_format": "channels_last"}
+        ),
         Node("cat", "qconcat", ["s", "a"], ["c"], {"output": qp(0.2, 5)}),
         Node("reshape", "qreshape", ["c"], ["f"], {"shape": [0, -1]}),
         Node("deq", "dequantize", ["f"], ["y"]),
@@ -414,15 +481,22 @@ def test_graph_of_other_integer_ops(tmp_path):
 
 
 def _c_dump_program(m) -> str:
-    lines = ['#include <stdio.h>', '#include <string.h>', '#include "vectors.h"', "int main(void) {",
-             "    size_t i; uint32_t u;"]
+    lines = [
+        "#include <stdio.h>",
+        "#include <string.h>",
+        '#include "vectors.h"',
+        "int main(void) {",
+        "    size_t i; uint32_t u;",
+    ]
     for layer in m["layers"]:
         for t in layer["tensors"].values():
             n, up = t["name"], t["name"].upper()
             lines.append(f'    printf("{n} %d\\n", (int){up}_LEN);')
             if t["dtype"] == "float32":
-                lines.append(f'    for (i = 0; i < {up}_LEN; i++) {{ memcpy(&u, &{n}[i], 4); '
-                             'printf("%lu\\n", (unsigned long)u); }')
+                lines.append(
+                    f"    for (i = 0; i < {up}_LEN; i++) {{ memcpy(&u, &{n}[i], 4); "
+                    'printf("%lu\\n", (unsigned long)u); }'
+                )
             else:
                 lines.append(f'    for (i = 0; i < {up}_LEN; i++) printf("%ld\\n", (long){n}[i]);')
     lines += ["    return 0;", "}"]
@@ -439,14 +513,18 @@ def test_c_header_compiles_and_holds_the_values(tmp_path, mlp_ptq):
         m = write_vectors(model, inp, folder)
         header = folder / C_HEADER
         for flags in (["-std=c99", "-Wall", "-Werror"], ["-std=c99", "-Wall", "-Wextra", "-pedantic", "-Werror"]):
-            res = subprocess.run([CC, *flags, "-x", "c", "-c", str(header), "-o", os.devnull],
-                                 capture_output=True, text=True)
+            res = subprocess.run(
+                [CC, *flags, "-x", "c", "-c", str(header), "-o", os.devnull], capture_output=True, text=True
+            )
             assert res.returncode == 0, res.stderr
         prog = tmp_path / f"{name}.c"
         prog.write_text(_c_dump_program(m))
         exe = tmp_path / f"{name}.out"
-        res = subprocess.run([CC, "-std=c99", "-Wall", "-Werror", f"-I{folder}", str(prog), "-o", str(exe)],
-                             capture_output=True, text=True)
+        res = subprocess.run(
+            [CC, "-std=c99", "-Wall", "-Werror", f"-I{folder}", str(prog), "-o", str(exe)],
+            capture_output=True,
+            text=True,
+        )
         assert res.returncode == 0, res.stderr
         out = subprocess.run([str(exe)], capture_output=True, text=True, check=True).stdout.split("\n")
         npz = np.load(folder / NPZ)
@@ -455,7 +533,7 @@ def test_c_header_compiles_and_holds_the_values(tmp_path, mlp_ptq):
             for t in layer["tensors"].values():
                 n, count = out[pos].split()
                 assert n == t["name"] and int(count) == np.prod(t["shape"])
-                vals = np.array([int(v) for v in out[pos + 1:pos + 1 + int(count)]], np.int64)
+                vals = np.array([int(v) for v in out[pos + 1 : pos + 1 + int(count)]], np.int64)
                 pos += 1 + int(count)
                 want = npz[t["name"]].ravel()
                 if t["dtype"] == "float32":
@@ -473,16 +551,19 @@ def small_set(tmp_path, mlp_ptq):
     return tmp_path / "v"
 
 
-@pytest.mark.parametrize("edit, message", [
-    (lambda lines: lines.__setitem__(3, "zz"), "line 4: malformed line 'zz'"),
-    (lambda lines: lines.__setitem__(2, "1ff"), "line 3: value '1ff' is out of range for int8"),
-    (lambda lines: lines.__setitem__(5, "f"), "line 6: 'f' has 1 hex digits; int8 values have exactly 2"),
-    (lambda lines: lines.__setitem__(4, " 0f"), "line 5: malformed line"),
-    (lambda lines: lines.pop(), "line 8193: the file ends after 8191 values; shape [128, 64] needs 8192"),
-    (lambda lines: lines.append("00"), "line 8194: more than the 8192 values"),
-    (lambda lines: lines.__setitem__(7, "\u00e9e"), "line 8: not ASCII text"),
-    (lambda lines: lines.insert(9, ""), "line 10: malformed line ''"),
-])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda lines: lines.__setitem__(3, "zz"), "line 4: malformed line 'zz'"),
+        (lambda lines: lines.__setitem__(2, "1ff"), "line 3: value '1ff' is out of range for int8"),
+        (lambda lines: lines.__setitem__(5, "f"), "line 6: 'f' has 1 hex digits; int8 values have exactly 2"),
+        (lambda lines: lines.__setitem__(4, " 0f"), "line 5: malformed line"),
+        (lambda lines: lines.pop(), "line 8193: the file ends after 8191 values; shape [128, 64] needs 8192"),
+        (lambda lines: lines.append("00"), "line 8194: more than the 8192 values"),
+        (lambda lines: lines.__setitem__(7, "\u00e9e"), "line 8: not ASCII text"),
+        (lambda lines: lines.insert(9, ""), "line 10: malformed line ''"),
+    ],
+)
 def test_corrupt_hex_is_refused_naming_file_and_line(small_set, edit, message):
     path = small_set / "l00_qlinear_weight.hex"
     lines = path.read_text(encoding="utf-8").split("\n")[:-1]
@@ -501,11 +582,14 @@ def test_hex_reader_accepts_comments_crlf_and_no_final_newline(small_set):
     np.testing.assert_array_equal(read_vectors(small_set)["l02_qlinear"]["bias"], want)
 
 
-@pytest.mark.parametrize("field, value, message", [
-    ("file", "../escape.hex", "file must be a plain .hex file name"),
-    ("dtype", "int64", "dtype must be one of"),
-    ("shape", [2, -1], "shape must be a list"),
-])
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("file", "../escape.hex", "file must be a plain .hex file name"),
+        ("dtype", "int64", "dtype must be one of"),
+        ("shape", [2, -1], "shape must be a list"),
+    ],
+)
 def test_invalid_manifest_is_refused(small_set, field, value, message):
     path = small_set / MANIFEST
     m = json.loads(path.read_text())
@@ -591,8 +675,13 @@ def test_write_intermediates(tmp_path, mlp_ptq):
     q, z = mlp_ptq
     x = load_reference(REF / "mlp.npz").arrays["test_inputs"][:3]
     index = write_intermediates(q, x, tmp_path / "d")
-    assert [t["name"] for t in index["tensors"]] == ["input", "input_codes", "l00_qlinear", "l01_qlinear",
-                                                     "l02_qlinear"]
+    assert [t["name"] for t in index["tensors"]] == [
+        "input",
+        "input_codes",
+        "l00_qlinear",
+        "l01_qlinear",
+        "l02_qlinear",
+    ]
     files = {t["name"]: np.load(tmp_path / "d" / t["file"]) for t in index["tensors"]}
     np.testing.assert_array_equal(files["input_codes"], z["input_int"][:3])
     np.testing.assert_array_equal(files["l01_qlinear"], z["fc2.output_int"][:3])
@@ -621,8 +710,22 @@ def test_cli_vectors_ptq_reference(tmp_path, capsys):
     assert main(["vectors", str(REF / "mlp_ptq.npz"), "-o", str(tmp_path / "v")]) == 1
     err = capsys.readouterr().err
     assert err.startswith("npquant vectors: error: --output ") and "--overwrite" in err and err.count("\n") == 1
-    assert main(["vectors", str(REF / "mlp_ptq.npz"), "-o", str(tmp_path / "v"), "--overwrite", "--seed", "4",
-                 "--accumulation", "fbgemm_avx2"]) == 0
+    assert (
+        main(
+            [
+                "vectors",
+                str(REF / "mlp_ptq.npz"),
+                "-o",
+                str(tmp_path / "v"),
+                "--overwrite",
+                "--seed",
+                "4",
+                "--accumulation",
+                "fbgemm_avx2",
+            ]
+        )
+        == 0
+    )
     assert "random codes, seed 4" in capsys.readouterr().out
     m = read_manifest(tmp_path / "v")
     assert m["layers"][0]["accumulation"]["mode"] == "fbgemm_avx2"
@@ -633,8 +736,23 @@ def test_cli_vectors_ptq_reference(tmp_path, capsys):
 def test_cli_vectors_reference_model_and_input_file(tmp_path, capsys):
     x = load_reference(REF / "mlp.npz").arrays["test_inputs"][:4]
     np.save(tmp_path / "x.npy", x)
-    assert main(["vectors", str(REF / "mlp.npz"), "-o", str(tmp_path / "v"), "--mode", "onnx",
-                 "--input", str(tmp_path / "x.npy"), "--index", "1"]) == 0
+    assert (
+        main(
+            [
+                "vectors",
+                str(REF / "mlp.npz"),
+                "-o",
+                str(tmp_path / "v"),
+                "--mode",
+                "onnx",
+                "--input",
+                str(tmp_path / "x.npy"),
+                "--index",
+                "1",
+            ]
+        )
+        == 0
+    )
     assert "quantized by quantize_model: mode onnx" in capsys.readouterr().out
     m, got = check_set(tmp_path / "v")
     assert {e["requantization"]["mode"] for e in m["layers"]} == {"onnx"}
@@ -650,20 +768,24 @@ def test_cli_vectors_graph_file(tmp_path, capsys):
     save_graph(tmp_path / "g.npz", residual_graph())
     assert main(["vectors", str(tmp_path / "g.npz"), "-o", str(tmp_path / "v")]) == 1
     assert "pass --shape N,C,H,W" in capsys.readouterr().err
-    assert main(["vectors", str(tmp_path / "g.npz"), "-o", str(tmp_path / "v"), "--shape", "1,4,4,4",
-                 "--seed", "9"]) == 0
+    assert (
+        main(["vectors", str(tmp_path / "g.npz"), "-o", str(tmp_path / "v"), "--shape", "1,4,4,4", "--seed", "9"]) == 0
+    )
     m, got = check_set(tmp_path / "v")
     check_recomputed(m, got)
     assert m["model"]["type"] == "Graph" and m["model"]["name"] == "residual"
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--mode", "fp32"], "--mode quantizes a reference model; .* is a PyTorch PTQ reference"),
-    (["--seed", "1", "--index", "2"], "--index selects a sample"),
-    (["--shape", "1,64", "--index", "2"], "--index selects a sample"),
-    (["--shape", "1,64", "--input", "x.npy"], "--shape is the shape of a random input"),
-    (["--seed", "1", "--input", "x.npy"], "not allowed with argument"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--mode", "fp32"], "--mode quantizes a reference model; .* is a PyTorch PTQ reference"),
+        (["--seed", "1", "--index", "2"], "--index selects a sample"),
+        (["--shape", "1,64", "--index", "2"], "--index selects a sample"),
+        (["--shape", "1,64", "--input", "x.npy"], "--shape is the shape of a random input"),
+        (["--seed", "1", "--input", "x.npy"], "not allowed with argument"),
+    ],
+)
 def test_cli_vectors_usage_errors(tmp_path, capsys, argv, message):
     with pytest.raises(SystemExit) as e:
         main(["vectors", str(REF / "mlp_ptq.npz"), "-o", str(tmp_path / "v"), *argv])
@@ -688,16 +810,44 @@ def test_cli_run(tmp_path, capsys):
     z = np.load(REF / "mlp_ptq.npz")
     x = load_reference(REF / "mlp.npz").arrays["test_inputs"][:3]
     np.save(tmp_path / "x.npy", x)
-    assert main(["run", str(REF / "mlp_ptq.npz"), "--input", str(tmp_path / "x.npy"), "--top", "3",
-                 "-o", str(tmp_path / "y.npy"), "--dump", str(tmp_path / "d")]) == 0
+    assert (
+        main(
+            [
+                "run",
+                str(REF / "mlp_ptq.npz"),
+                "--input",
+                str(tmp_path / "x.npy"),
+                "--top",
+                "3",
+                "-o",
+                str(tmp_path / "y.npy"),
+                "--dump",
+                str(tmp_path / "d"),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "top-3" in out and "top-4" not in out and "uint8 codes, scores S (code - Z)" in out
     np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), z["logits_int"][:3])
     index = json.loads((tmp_path / "d" / "tensors.json").read_text())
     np.testing.assert_array_equal(np.load(tmp_path / "d" / index["tensors"][-1]["file"]), z["logits_int"][:3])
     # the float reference model, and its top classes
-    assert main(["run", str(REF / "mlp.npz"), "--input", str(tmp_path / "x.npy"), "--top", "1",
-                 "-o", str(tmp_path / "f.npz")]) == 0
+    assert (
+        main(
+            [
+                "run",
+                str(REF / "mlp.npz"),
+                "--input",
+                str(tmp_path / "x.npy"),
+                "--top",
+                "1",
+                "-o",
+                str(tmp_path / "f.npz"),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     logits = load_model(REF / "mlp.npz")(x)
     np.testing.assert_array_equal(np.load(tmp_path / "f.npz")["output"], logits)
@@ -708,8 +858,9 @@ def test_cli_run(tmp_path, capsys):
 
     save_graph(tmp_path / "g.npz", residual_graph())
     np.save(tmp_path / "gx.npy", np.ones((2, 4, 4, 4), np.float32))
-    assert main(["run", str(tmp_path / "g.npz"), "--input", str(tmp_path / "gx.npy"),
-                 "--dump", str(tmp_path / "gd")]) == 0
+    assert (
+        main(["run", str(tmp_path / "g.npz"), "--input", str(tmp_path / "gx.npy"), "--dump", str(tmp_path / "gd")]) == 0
+    )
     assert "output 'logits': shape (2, 3), float32 values" in capsys.readouterr().out
     assert len(os.listdir(tmp_path / "gd")) == len(residual_graph().tensors) + 1
 
@@ -719,8 +870,10 @@ def test_cli_run_errors(tmp_path, capsys):
     assert main(["run", str(REF / "mlp.npz"), "--input", str(tmp_path / "x.npy")]) == 1
     err = capsys.readouterr().err
     assert err.startswith("npquant run: error: ") and "64" in err
-    (tmp_path / "bad.npy").write_bytes(b"\x93NUMPY\x01\x00v\x00{'descr': '<f4', 'fortran_order': False, "
-                                       b"'shape': (1000000, 64), }" + b" " * 51 + b"\n" + b"\0" * 8)
+    (tmp_path / "bad.npy").write_bytes(
+        b"\x93NUMPY\x01\x00v\x00{'descr': '<f4', 'fortran_order': False, "
+        b"'shape': (1000000, 64), }" + b" " * 51 + b"\n" + b"\0" * 8
+    )
     assert main(["run", str(REF / "mlp.npz"), "--input", str(tmp_path / "bad.npy")]) == 1
     assert "declares <f4 of shape (1000000, 64)" in capsys.readouterr().err
     with pytest.raises(SystemExit) as e:
@@ -737,8 +890,19 @@ def test_cli_help_describes_the_options():
     parser = cli.build_parser()
     subs = next(a for a in parser._actions if isinstance(a, __import__("argparse")._SubParsersAction))
     vectors = " ".join(subs.choices["vectors"].format_help().split())
-    for text in ("--input X", "--seed SEED", "--index K", "--shape N,C,H,W", "--mode", "--overwrite",
-                 "$readmemh", "manifest.json", "default tflite", "test sample 0", "seed 0"):
+    for text in (
+        "--input X",
+        "--seed SEED",
+        "--index K",
+        "--shape N,C,H,W",
+        "--mode",
+        "--overwrite",
+        "$readmemh",
+        "manifest.json",
+        "default tflite",
+        "test sample 0",
+        "seed 0",
+    ):
         assert text in vectors, text
     run = " ".join(subs.choices["run"].format_help().split())
     for text in ("--input X", "--top K", "--dump DIR", "tensors.json", "default 5", ".npy", ".npz"):

@@ -29,10 +29,10 @@ class TFLiteBuilder:
     """Tensors and operators of one subgraph; :meth:`build` writes the flatbuffer."""
 
     def __init__(self):
-        self.tensors = []   # dicts
+        self.tensors = []  # dicts
         self.buffers = [b""]
-        self.ops = []       # (opcode index, inputs, outputs, options type name, fields)
-        self.opcodes = []   # builtin codes
+        self.ops = []  # (opcode index, inputs, outputs, options type name, fields)
+        self.opcodes = []  # builtin codes
 
     def tensor(self, name, shape, dtype="int8", *, scale=None, zero_point=None, axis=0, data=None) -> int:
         """Add a tensor (a constant when ``data`` is given); returns its index."""
@@ -43,8 +43,11 @@ class TFLiteBuilder:
             buf = len(self.buffers) - 1
         q = None
         if scale is not None:
-            q = (np.atleast_1d(np.asarray(scale, np.float32)),
-                 np.atleast_1d(np.asarray(0 if zero_point is None else zero_point, np.int64)), int(axis))
+            q = (
+                np.atleast_1d(np.asarray(scale, np.float32)),
+                np.atleast_1d(np.asarray(0 if zero_point is None else zero_point, np.int64)),
+                int(axis),
+            )
         self.tensors.append(dict(name=name, shape=[int(d) for d in shape], type=_TYPES[dtype], buffer=buf, q=q))
         return len(self.tensors) - 1
 
@@ -83,7 +86,7 @@ class TFLiteBuilder:
             if data:
                 b.StartVector(1, len(data), 16)
                 b.head = b.head - len(data)
-                b.Bytes[b.head:b.head + len(data)] = data
+                b.Bytes[b.head : b.head + len(data)] = data
                 b.vectorNumElems = len(data)
                 d = b.EndVector()
             tflite.BufferStart(b)
@@ -167,6 +170,7 @@ class TFLiteBuilder:
 
 # ---- quantized constants, as the converter makes them
 
+
 def act_qparams(lo: float, hi: float) -> tuple[np.float32, int]:
     """int8 scale and zero point of the real range ``[lo, hi]`` widened to include 0."""
     lo, hi = min(lo, 0.0), max(hi, 0.0)
@@ -179,7 +183,8 @@ def weights(rng, shape, axis: int):
     """Float weights quantized int8 symmetric narrow-range per channel along ``axis``:
     ``(codes, scales)``."""
     w = rng.normal(0, 1, shape).astype(np.float32) * rng.uniform(0.5, 2, shape[axis]).astype(np.float32).reshape(
-        [-1 if i == axis else 1 for i in range(len(shape))])
+        [-1 if i == axis else 1 for i in range(len(shape))]
+    )
     red = tuple(i for i in range(len(shape)) if i != axis)
     scale = (np.abs(w).max(axis=red) / 127).astype(np.float32)
     bshape = [-1 if i == axis else 1 for i in range(len(shape))]

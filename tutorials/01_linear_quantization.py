@@ -49,9 +49,7 @@ if OUT:
 # The course starts with an arbitrary choice, `S = 3.5` and `Z = -70`, on this tensor:
 
 # %%
-r = np.array([[191.6, -13.5, 728.6],
-              [92.14, 295.5, -184.0],
-              [0.0, 684.6, 245.5]], dtype=np.float32)
+r = np.array([[191.6, -13.5, 728.6], [92.14, 295.5, -184.0], [0.0, 684.6, 245.5]], dtype=np.float32)
 
 S, Z = 3.5, -70
 q_by_hand = np.clip(np.rint(r / np.float32(S)) + Z, -128, 127).astype(np.int8)
@@ -69,7 +67,7 @@ assert q.tolist() == [[-15, -74, 127], [-44, 14, -123], [-70, 126, 0]]
 # a mean squared error (MSE) over the tensor of 170.88.
 
 # %%
-r_hat = nq.dequantize(q, qp)          # float32: S * (q - Z)
+r_hat = nq.dequantize(q, qp)  # float32: S * (q - Z)
 print(r_hat)
 err = nq.quantization_error(r, r_hat)
 print(f"MSE {err.mse:.2f}, largest error {err.max_abs:.1f}")
@@ -96,7 +94,7 @@ Z_hand = -128 - round(r_min / S_hand)
 print(f"by hand: S = {S_hand:.6f}, Z = {Z_hand}, r_min / S = {r_min / S_hand:.2f}")
 assert f"{S_hand:.6f}" == "3.578824" and Z_hand == -77 and f"{r_min / S_hand:.2f}" == "-51.41"
 
-qp = nq.fit_qparams(r, nq.QuantSpec(bits=8))        # min-max of r, asymmetric by default
+qp = nq.fit_qparams(r, nq.QuantSpec(bits=8))  # min-max of r, asymmetric by default
 print(f"npquant: S = {float(qp.scale):.7f} (float32), Z = {int(qp.zero_point)}")
 assert int(qp.zero_point) == Z_hand
 # npquant computes in float32, as PyTorch's observers do: one float32 step from S_hand
@@ -111,7 +109,7 @@ print(q)
 print(f"MSE {err_asym.mse:.4f}")
 assert q.tolist() == [[-23, -81, 127], [-51, 6, -128], [-77, 114, -8]]
 assert f"{err_asym.mse:.4f}" == "1.5730"
-assert r_hat[2, 0] == 0.0                           # r = 0 -> q = Z -> exactly 0.0
+assert r_hat[2, 0] == 0.0  # r = 0 -> q = Z -> exactly 0.0
 
 # %% [markdown]
 # The MSE drops from 170.88 to 1.5730: nothing saturates any more, and every value is
@@ -219,9 +217,8 @@ assert list(n_scales.values()) == [1, 8, 32] and w.size * 4 // 8 == 128 and 4 * 
 from npquant.app import plot as nqplot  # noqa: E402  (matplotlib is imported when drawing)
 
 fig = nqplot.plot_error_heatmaps(w, options, title="4-bit symmetric, three granularities")
-assert len([a for a in fig.axes if a.images]) == 3    # one heatmap per option
-fig2 = nqplot.plot_histogram(w, nq.fit_qparams(w, options["per-tensor"]),
-                             title="w with the 4-bit per-tensor grid")
+assert len([a for a in fig.axes if a.images]) == 3  # one heatmap per option
+fig2 = nqplot.plot_histogram(w, nq.fit_qparams(w, options["per-tensor"]), title="w with the 4-bit per-tensor grid")
 assert len(nqplot.grid_levels(nq.fit_qparams(w, options["per-tensor"]))) == 16
 if OUT:
     nqplot.save_figure(fig, os.path.join(OUT, "01_error_heatmaps.png"))
@@ -246,7 +243,7 @@ def exercise_answer():
     return float(qp_x.scale), int(qp_x.zero_point), nq.quantize(x_exercise, qp_x).tolist()
 
 
-my_answer = None   # your (S, Z, [q0, q1, q2, q3])
+my_answer = None  # your (S, Z, [q0, q1, q2, q3])
 if my_answer is not None:
     s_ok = abs(my_answer[0] - exercise_answer()[0]) < 1e-6
     print("right" if s_ok and list(my_answer[1:]) == list(exercise_answer()[1:]) else "not yet")

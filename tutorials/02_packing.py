@@ -43,7 +43,7 @@ values = [1, 0, 3, 2]
 
 byte = 0
 for i, v in enumerate(values):
-    byte |= v << (2 * i)          # value i goes to bits 2i, 2i+1
+    byte |= v << (2 * i)  # value i goes to bits 2i, 2i+1
 print(byte, bin(byte))
 assert byte == 177 and bin(byte) == "0b10110001"
 
@@ -89,7 +89,7 @@ msb = nq.pack_bits(np.array(values, np.uint8), bits=2, order="msb")
 print(msb, f"0b{int(msb[0]):08b}")
 assert msb.tolist() == [78]
 
-threes = np.arange(8, dtype=np.uint8).reshape(2, 4)        # 0..7, 3 bits each
+threes = np.arange(8, dtype=np.uint8).reshape(2, 4)  # 0..7, 3 bits each
 p3 = nq.pack(threes, bits=3)
 print(p3.data, p3.nbytes, "bytes for", p3.count, "values of 3 bits")
 assert p3.nbytes == 3 and p3.data.tolist() == [136, 198, 250] and np.array_equal(nq.unpack(p3), threes)
@@ -107,7 +107,7 @@ assert p3.nbytes == 3 and p3.data.tolist() == [136, 198, 250] and np.array_equal
 # %%
 rng = np.random.default_rng(0)
 w = rng.standard_normal(8).astype(np.float32)
-spec = nq.QuantSpec(bits=2, symmetric=True)                # signed codes -2..1
+spec = nq.QuantSpec(bits=2, symmetric=True)  # signed codes -2..1
 qp = nq.fit_qparams(w, spec)
 codes = nq.quantize(w, qp)
 print("codes:", codes)
@@ -120,7 +120,7 @@ except ValueError as e:
 else:
     raise AssertionError("pack_bits accepted a negative code")
 
-patterns = nq.to_unsigned(codes, bits=2)                   # two's complement, 2 bits
+patterns = nq.to_unsigned(codes, bits=2)  # two's complement, 2 bits
 print("patterns:", patterns)
 assert patterns.tolist() == [0, 0, 1, 0, 3, 0, 1, 1]
 assert nq.to_unsigned(np.array([-2, -1, 0, 1]), bits=2).tolist() == [2, 3, 0, 1]
@@ -167,6 +167,6 @@ def exercise_answer():
     return nq.pack_bits(nq.to_unsigned(exercise_codes, bits=4), bits=4).tolist()
 
 
-my_answer = None   # your [byte0, byte1]
+my_answer = None  # your [byte0, byte1]
 if my_answer is not None:
     print("right" if list(my_answer) == exercise_answer() else "not yet")

@@ -33,7 +33,7 @@ import numpy as np
 import npquant as nq
 from npquant.models import cases
 
-OUT = os.environ.get("NPQUANT_TUTORIAL_OUTPUT")   # a folder for the figures, or None
+OUT = os.environ.get("NPQUANT_TUTORIAL_OUTPUT")  # a folder for the figures, or None
 if OUT:
     os.makedirs(OUT, exist_ok=True)
 
@@ -48,15 +48,16 @@ if OUT:
 # %%
 rng = np.random.default_rng(0)
 batches = [rng.normal(1.0, 1.0, 256).astype(np.float32) for _ in range(10)]
-spec = nq.QuantSpec(bits=8, signed=False)            # uint8 activations, asymmetric
+spec = nq.QuantSpec(bits=8, signed=False)  # uint8 activations, asymmetric
 
 obs = nq.MinMaxObserver(spec)
 for b in batches:
     obs.update(b)
 qp = obs.qparams()
 assert qp.scale == nq.fit_qparams(np.concatenate(batches), spec).scale
-print(f"min {float(obs.min_val):.3f}, max {float(obs.max_val):.3f} -> S = {float(qp.scale):.5f}, "
-      f"Z = {int(qp.zero_point)}")
+print(
+    f"min {float(obs.min_val):.3f}, max {float(obs.max_val):.3f} -> S = {float(qp.scale):.5f}, Z = {int(qp.zero_point)}"
+)
 assert int(qp.zero_point) == int(np.rint(-float(obs.min_val) / float(qp.scale))) == 106
 assert f"{float(obs.min_val):.3f}" == "-2.899" and f"{float(obs.max_val):.3f}" == "4.066"
 assert f"{float(qp.scale):.5f}" == "0.02732"
@@ -88,14 +89,16 @@ assert float(mm.max_val) == 50.0 and f"{float(ema.max_val):.2f}" == "4.49"
 
 # %%
 case = cases.outlier_mlp(seed=0)
-h_cal = case.hidden(case.calib_x)          # ReLU(fc1(x)), shape (512, 64)
-h_test = case.hidden(case.test_x)          # (2000, 64)
+h_cal = case.hidden(case.calib_x)  # ReLU(fc1(x)), shape (512, 64)
+h_test = case.hidden(case.test_x)  # (2000, 64)
 acc_float = case.accuracy()
 assert h_cal.shape == (512, 64) and h_test.shape == (2000, 64) and case.gain == 16
 p99 = float(np.percentile(h_cal, 99))
 print(f"float test accuracy {acc_float:.2%}")
-print(f"hidden activation: 99 % of values below {p99:.2f}; max of channel 0 "
-      f"{h_cal[:, 0].max():.2f}, max of the other 63 channels {h_cal[:, 1:].max():.2f}")
+print(
+    f"hidden activation: 99 % of values below {p99:.2f}; max of channel 0 "
+    f"{h_cal[:, 0].max():.2f}, max of the other 63 channels {h_cal[:, 1:].max():.2f}"
+)
 assert f"{acc_float:.2%}" == "94.05%"
 assert f"{p99:.2f}" == "5.04" and f"{h_cal[:, 0].max():.2f}" == "94.52" and f"{h_cal[:, 1:].max():.2f}" == "12.45"
 
@@ -118,23 +121,30 @@ assert f"{p99:.2f}" == "5.04" and f"{h_cal[:, 0].max():.2f}" == "94.52" and f"{h
 fc2 = case.model[2]
 results = {}
 for bits in (8, 4):
-    for name, make in (("min-max", nq.MinMaxObserver), ("percentile", nq.PercentileObserver),
-                       ("MSE", nq.MSEObserver), ("entropy", nq.EntropyObserver)):
+    for name, make in (
+        ("min-max", nq.MinMaxObserver),
+        ("percentile", nq.PercentileObserver),
+        ("MSE", nq.MSEObserver),
+        ("entropy", nq.EntropyObserver),
+    ):
         o = make(nq.QuantSpec(bits=bits, signed=False))
-        for start in range(0, len(h_cal), 128):         # four calibration batches
-            o.update(h_cal[start:start + 128])
+        for start in range(0, len(h_cal), 128):  # four calibration batches
+            o.update(h_cal[start : start + 128])
         qp_h = o.qparams()
         h_hat = nq.fake_quantize(h_test, qp_h, backend="numpy")
         top = float(qp_h.scale) * (qp_h.spec.qmax - int(qp_h.zero_point))
         zeros = float(np.mean(nq.quantize(h_test, qp_h, backend="numpy") == qp_h.zero_point))
         err = nq.quantization_error(h_test, h_hat)
-        err_ord = nq.quantization_error(h_test[:, 1:], h_hat[:, 1:])   # the 63 ordinary channels
+        err_ord = nq.quantization_error(h_test[:, 1:], h_hat[:, 1:])  # the 63 ordinary channels
         acc = float(np.mean(fc2(h_hat).argmax(1) == case.test_y))
-        results[bits, name] = dict(top=top, step=float(qp_h.scale), zeros=zeros, mse=err.mse,
-                                   mse_ord=err_ord.mse, acc=acc)
-        print(f"{bits} bits {name:10s} range [0, {top:6.2f}]  step {float(qp_h.scale):.4f}  "
-              f"code 0: {zeros:6.1%}  MSE {err.mse:.4f} (other channels {err_ord.mse:.4f})  "
-              f"accuracy {acc:.2%}")
+        results[bits, name] = dict(
+            top=top, step=float(qp_h.scale), zeros=zeros, mse=err.mse, mse_ord=err_ord.mse, acc=acc
+        )
+        print(
+            f"{bits} bits {name:10s} range [0, {top:6.2f}]  step {float(qp_h.scale):.4f}  "
+            f"code 0: {zeros:6.1%}  MSE {err.mse:.4f} (other channels {err_ord.mse:.4f})  "
+            f"accuracy {acc:.2%}"
+        )
 
 r4 = {name: results[4, name] for name in ("min-max", "percentile", "MSE", "entropy")}
 assert [f"{r['top']:.2f}" for r in r4.values()] == ["94.52", "82.67", "50.06", "8.87"]
@@ -173,7 +183,7 @@ qp_minmax = nq.fit_qparams(h_cal, nq.QuantSpec(bits=4, signed=False))
 ent = nq.EntropyObserver(nq.QuantSpec(bits=4, signed=False)).update(h_cal)
 fig = nqplot.plot_histogram(h_cal, qp_minmax, log=True, title="hidden activation, 4-bit min-max grid")
 fig2 = nqplot.plot_histogram(h_cal, ent.qparams(), log=True, title="the same, 4-bit entropy grid")
-for f in (fig, fig2):   # what the figures claim: a histogram, 16 grid lines, the clipping range
+for f in (fig, fig2):  # what the figures claim: a histogram, 16 grid lines, the clipping range
     gids = {a.get_gid() for a in f.axes[0].get_children()}
     assert {"histogram", "quantization_grid", "clip_min", "clip_max"} <= gids
 if OUT:
@@ -189,6 +199,7 @@ fig2
 # round to code 0? (Hint: a value rounds to 0 when `h / S < 0.5`, ties to even.)
 # Check your number with `exercise_answer()` (not printed unless you call it).
 
+
 # %%
 def exercise_answer():
     """Fraction of ``h_test`` whose 4-bit code is 0 with the min-max range of ``h_cal``."""
@@ -196,6 +207,6 @@ def exercise_answer():
     return float(np.mean(nq.quantize(h_test, qp4, backend="numpy") == 0))
 
 
-my_answer = None   # your fraction, e.g. 0.5
+my_answer = None  # your fraction, e.g. 0.5
 if my_answer is not None:
     print("right" if abs(my_answer - exercise_answer()) < 5e-4 else "not yet")

@@ -51,7 +51,7 @@ S_w, Z_w = float(w_qp.scale), int(w_qp.zero_point)
 S_y, Z_y = float(y_qp.scale), int(y_qp.zero_point)
 print(f"S_x = {S_x:.7f}, Z_x = {Z_x};  S_w = {S_w:.7f}, Z_w = {Z_w};  S_y = {S_y:.7f}, Z_y = {Z_y}")
 assert (Z_x, Z_w, Z_y) == (73, -15, 5)
-assert np.array_equal(x_q, nq.quantize(ex["x_float"], x_qp))      # the codes of the float input
+assert np.array_equal(x_q, nq.quantize(ex["x_float"], x_qp))  # the codes of the float input
 
 # %% [markdown]
 # ## From reals to integers
@@ -98,11 +98,13 @@ folded = sum_xw - Z_w * sum_x - Z_x * sum_w + K * Z_x * Z_w
 print(f"{sum_xw} - ({Z_w})*{sum_x} - {Z_x}*{sum_w} + {K}*{Z_x}*({Z_w}) = {folded}")
 assert (sum_xw, sum_x, sum_w) == (46193, 2078, 139) and folded == acc
 
-bias_folded = int(q_b[col]) - Z_x * sum_w + K * Z_x * Z_w          # once per layer
-assert sum_xw - Z_w * sum_x + bias_folded == acc + int(q_b[col])     # per input row
+bias_folded = int(q_b[col]) - Z_x * sum_w + K * Z_x * Z_w  # once per layer
+assert sum_xw - Z_w * sum_x + bias_folded == acc + int(q_b[col])  # per input row
 # npquant's kernels compute either form and give the same bits
-assert np.array_equal(linear_accumulate(x_q, x_qp, w_q, w_qp, q_b, form="folded"),
-                      linear_accumulate(x_q, x_qp, w_q, w_qp, q_b, form="direct"))
+assert np.array_equal(
+    linear_accumulate(x_q, x_qp, w_q, w_qp, q_b, form="folded"),
+    linear_accumulate(x_q, x_qp, w_q, w_qp, q_b, form="direct"),
+)
 
 # %% [markdown]
 # ## `M = 2^-n M0`: a real multiplier in integers
@@ -115,8 +117,8 @@ assert np.array_equal(linear_accumulate(x_q, x_qp, w_q, w_qp, q_b, form="folded"
 # (`npquant.quantize_multiplier`).
 
 # %%
-M = S_x * S_w / S_y                    # float64 from the float32 scales, as TFLite
-M0, exponent = math.frexp(M)           # M = M0 * 2^exponent, M0 in [0.5, 1)
+M = S_x * S_w / S_y  # float64 from the float32 scales, as TFLite
+M0, exponent = math.frexp(M)  # M = M0 * 2^exponent, M0 in [0.5, 1)
 n = -exponent
 m0, shift = (int(v) for v in nq.quantize_multiplier(M))
 print(f"M = {M:.10f} = 2^-{n} * {M0:.10f};  m0 = {m0} = round(M0 * 2^31), shift = {shift}")
@@ -157,8 +159,10 @@ assert int(y_q[row, col]) == code and y_q.tolist() == [[183, 169, 0, 114], [255,
 # %%
 y_float = ex["x_float"] @ ex["w_float"].T + ex["b_float"]
 y_deq = S_y * (code - Z_y)
-print(f"integer layer {y_deq:.4f}, float layer {y_float[row, col]:.4f}, "
-      f"error {(y_deq - y_float[row, col]) / S_y:+.3f} LSB")
+print(
+    f"integer layer {y_deq:.4f}, float layer {y_float[row, col]:.4f}, "
+    f"error {(y_deq - y_float[row, col]) / S_y:+.3f} LSB"
+)
 assert f"{y_deq:.4f}" == "1.2848" and f"{y_float[row, col]:.4f}" == "1.2847"
 assert f"{(y_deq - y_float[row, col]) / S_y:+.3f}" == "+0.016"
 
@@ -198,6 +202,7 @@ assert set(codes.values()) == {169}
 # `a = acc + q_b`, and the output code after TFLite's requantization? Check with
 # `exercise_answer()` (not printed unless you call it).
 
+
 # %%
 def exercise_answer():
     """``(acc + bias, code)`` of output element ``[1, 2]`` in mode ``tflite``."""
@@ -205,6 +210,6 @@ def exercise_answer():
     return t.acc + t.bias, t.code
 
 
-my_answer = None   # your (a, code)
+my_answer = None  # your (a, code)
 if my_answer is not None:
     print("right" if tuple(my_answer) == exercise_answer() else "not yet")

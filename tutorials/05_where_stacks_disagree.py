@@ -35,7 +35,7 @@ import numpy as np
 import npquant as nq
 from npquant.qnn import check_int16_pairs, host_path, int16_pair_accumulate, linear_accumulate, qlinear
 
-OUT = os.environ.get("NPQUANT_TUTORIAL_OUTPUT")   # a folder for the figures, or None
+OUT = os.environ.get("NPQUANT_TUTORIAL_OUTPUT")  # a folder for the figures, or None
 if OUT:
     os.makedirs(OUT, exist_ok=True)
 
@@ -49,19 +49,25 @@ if OUT:
 
 # %%
 ties = np.array([0.5, 1.5, 2.5, -0.5, -1.5, -2.5], np.float32)
-table = {mode: nq.round_values(ties, mode).astype(int).tolist()
-         for mode in ("half_even", "half_away", "half_up", "floor")}
+table = {
+    mode: nq.round_values(ties, mode).astype(int).tolist() for mode in ("half_even", "half_away", "half_up", "floor")
+}
 print("value      ", ties.tolist())
 for mode, row in table.items():
     print(f"{mode:11s}", row)
-assert table == {"half_even": [0, 2, 2, 0, -2, -2], "half_away": [1, 2, 3, -1, -2, -3],
-                 "half_up": [1, 2, 3, 0, -1, -2], "floor": [0, 1, 2, -1, -2, -3]}
+assert table == {
+    "half_even": [0, 2, 2, 0, -2, -2],
+    "half_away": [1, 2, 3, -1, -2, -3],
+    "half_up": [1, 2, 3, 0, -1, -2],
+    "floor": [0, 1, 2, -1, -2, -3],
+}
 
 # The same tie inside quantize: x = 2.5 S lands between codes 2 and 3.
 S = 0.1
 x = np.array([2.5 * S], np.float32)
-codes = {mode: int(nq.quantize(x, nq.QParams(S, 0, nq.QuantSpec(rounding=mode)))[0])
-         for mode in ("half_even", "half_away")}
+codes = {
+    mode: int(nq.quantize(x, nq.QParams(S, 0, nq.QuantSpec(rounding=mode)))[0]) for mode in ("half_even", "half_away")
+}
 print("x = 0.25, S = 0.1:", codes)
 assert codes == {"half_even": 2, "half_away": 3}
 
@@ -108,8 +114,10 @@ assert half["fp32"] == half["onnx"] == [-2, -2, -1, 0, 0, 0, 1, 2, 2]
 # %%
 m0, shift = (int(v) for v in nq.quantize_multiplier(0.25))
 high = int(nq.saturating_rounding_doubling_high_mul(1, m0))
-print(f"m0 = {m0} = 2^30, shift = {shift}; high = {high}; "
-      f"rounding shift -> {int(nq.rounding_divide_by_pot(high, -shift))}")
+print(
+    f"m0 = {m0} = 2^30, shift = {shift}; high = {high}; "
+    f"rounding shift -> {int(nq.rounding_divide_by_pot(high, -shift))}"
+)
 assert m0 == 2**30 and shift == -1 and high == 1 and int(nq.rounding_divide_by_pot(high, 1)) == 1
 quarter = {mode: nq.requantize(acc, 0.25, 0, -128, 127, mode=mode).tolist() for mode in nq.REQUANT_MODES}
 print("acc            ", acc.tolist())
@@ -131,11 +139,17 @@ i = int(np.nonzero(t["acc"] == -421)[0][0])
 m0_3, shift_3 = (int(v) for v in nq.quantize_multiplier(0.3))
 high_3 = int(nq.saturating_rounding_doubling_high_mul(-421, m0_3))
 print(f"{len(t['acc'])} of 2001 accumulators in [-1000, 1000] get a mode-dependent code")
-print(f"acc = -421: exact {t['exact'][i]:.1f}, high = {high_3}; codes",
-      {mode: int(t[mode][i]) for mode in nq.REQUANT_MODES})
+print(
+    f"acc = -421: exact {t['exact'][i]:.1f}, high = {high_3}; codes",
+    {mode: int(t[mode][i]) for mode in nq.REQUANT_MODES},
+)
 assert (m0_3, shift_3, high_3) == (1288490189, -1, -253) and f"{t['exact'][i]:.1f}" == "-126.3"
 assert {mode: int(t[mode][i]) for mode in nq.REQUANT_MODES} == {
-    "tflite": -127, "tflite_single": -126, "fp32": -126, "onnx": -126}
+    "tflite": -127,
+    "tflite_single": -126,
+    "fp32": -126,
+    "onnx": -126,
+}
 assert len(t["acc"]) == 196
 print(f"all of them within [{t['acc'].min()}, {t['acc'].max()}]: beyond, the int8 clamp hides the difference")
 assert (int(t["acc"].min()), int(t["acc"].max())) == (-421, 421)
@@ -190,10 +204,14 @@ assert int(int16_pair_accumulate(x_q, w_q)[0, 0]) == 31938
 x_qp = nq.QParams(0.02, 0, nq.QuantSpec(signed=False))
 w_qp = nq.QParams(0.01, 0, nq.QuantSpec(symmetric=True))
 y_qp = nq.QParams(0.1, 0, nq.QuantSpec(signed=False))
-accs = {a: int(linear_accumulate(x_q, x_qp, w_q, w_qp, accumulation=a)[0, 0])
-        for a in ("exact", "fbgemm_avx2", "fbgemm_vnni", "mlas_avx2")}
-outs = {a: int(qlinear(x_q, x_qp, w_q, w_qp, None, y_qp, mode="fp32", accumulation=a)[0, 0])
-        for a in ("exact", "fbgemm_avx2")}
+accs = {
+    a: int(linear_accumulate(x_q, x_qp, w_q, w_qp, accumulation=a)[0, 0])
+    for a in ("exact", "fbgemm_avx2", "fbgemm_vnni", "mlas_avx2")
+}
+outs = {
+    a: int(qlinear(x_q, x_qp, w_q, w_qp, None, y_qp, mode="fp32", accumulation=a)[0, 0])
+    for a in ("exact", "fbgemm_avx2")
+}
 print("accumulators:", accs)
 M = 0.02 * 0.01 / 0.1
 print(f"output codes (M = {M:g}):", outs)
@@ -225,6 +243,7 @@ assert 2 * 127 * 128 == 32512
 # what does `vpmaddubsw` (int16 pair saturation) give? Check with `exercise_answer()`
 # (not printed unless you call it).
 
+
 # %%
 def exercise_answer():
     """``(exact, int16_pairs)`` sums of the exercise's products."""
@@ -233,6 +252,6 @@ def exercise_answer():
     return int((xe.astype(np.int64) @ we.astype(np.int64).T)[0, 0]), int(int16_pair_accumulate(xe, we)[0, 0])
 
 
-my_answer = None   # your (exact, saturated)
+my_answer = None  # your (exact, saturated)
 if my_answer is not None:
     print("right" if tuple(my_answer) == exercise_answer() else "not yet")

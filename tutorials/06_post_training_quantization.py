@@ -39,7 +39,7 @@ from npquant.models import cases, convert
 from npquant.models.io import load_model
 from npquant.training.trainer import digits_data
 
-OUT = os.environ.get("NPQUANT_TUTORIAL_OUTPUT")   # a folder for the figures, or None
+OUT = os.environ.get("NPQUANT_TUTORIAL_OUTPUT")  # a folder for the figures, or None
 if OUT:
     os.makedirs(OUT, exist_ok=True)
 
@@ -52,7 +52,7 @@ if OUT:
 # calibration and 450 test images of 8x8 pixels.
 
 # %%
-model = load_model(default_models_dir() / "mlp.npz")      # npquant.models.nn.Sequential, float32
+model = load_model(default_models_dir() / "mlp.npz")  # npquant.models.nn.Sequential, float32
 data = digits_data({"input_shape": [64]})
 x, y, calib = data["x_test"], data["y_test"], data["x_calibration"]
 pred_float = model(x).argmax(1)
@@ -104,9 +104,11 @@ assert [r[1] for r in rows[1:]] == [17847, 18842]
 q = static[True]
 print("input:", f"S = {float(q.input_qp.scale):.6f}, Z = {int(q.input_qp.zero_point)}")
 for layer in q.layers:
-    print(f"{type(layer).__name__}: weights {layer.w_q.dtype} {layer.w_q.shape}, bias {layer.bias_q.dtype}, "
-          f"output S = {float(layer.y_qp.scale):.5f}, Z = {int(layer.y_qp.zero_point)}, "
-          f"clamp {layer.out_range}")
+    print(
+        f"{type(layer).__name__}: weights {layer.w_q.dtype} {layer.w_q.shape}, bias {layer.bias_q.dtype}, "
+        f"output S = {float(layer.y_qp.scale):.5f}, Z = {int(layer.y_qp.zero_point)}, "
+        f"clamp {layer.out_range}"
+    )
 codes = q.run(q.quantize_input(x))
 print("logit codes of the first image:", codes[0].tolist())
 assert codes[0].tolist() == [51, 214, 109, 129, 135, 97, 76, 105, 158, 145]
@@ -173,8 +175,11 @@ assert [f"{r[3]:.2%}" for r in rows[-3:]] == ["100.00%", "99.56%", "87.33%"]
 # %%
 from npquant.app import plot as nqplot  # noqa: E402
 
-short = {"static int8 per-channel": "int8 static", "weight-only int4 per-channel": "int4 weights",
-         "weight-only int2 per-channel": "int2 weights"}
+short = {
+    "static int8 per-channel": "int8 static",
+    "weight-only int4 per-channel": "int4 weights",
+    "weight-only int2 per-channel": "int2 weights",
+}
 points = [(size_float / size, acc, short[label]) for label, size, acc, _ in rows if label in short]
 fig = nqplot.plot_compression_tradeoff(points, float_accuracy=acc_float, title="mlp on digits: PTQ")
 offsets = [c for c in fig.axes[0].collections if c.get_gid() == "tradeoff"][0].get_offsets()
@@ -223,12 +228,13 @@ assert f"{100 * (ptq_rows['W4A4 per-channel'] - acc_case):.1f}" == "-38.6"
 # output row (symmetric: no zero points), and float32 biases. Check with
 # `exercise_answer()` (not printed unless you call it).
 
+
 # %%
 def exercise_answer():
     """The weight storage in bytes of the 4-bit weight-only MLP with groups of 16."""
     return convert.weight_only_quantize(model, 4, group_size=16)[1]
 
 
-my_answer = None   # your number of bytes
+my_answer = None  # your number of bytes
 if my_answer is not None:
     print("right" if my_answer == exercise_answer() else "not yet")

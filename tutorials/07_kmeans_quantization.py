@@ -38,7 +38,7 @@ from npquant.models.io import load_model
 from npquant.training import kmeans_qat
 from npquant.training.trainer import digits_data, evaluate
 
-OUT = os.environ.get("NPQUANT_TUTORIAL_OUTPUT")   # a folder for the figures, or None
+OUT = os.environ.get("NPQUANT_TUTORIAL_OUTPUT")  # a folder for the figures, or None
 if OUT:
     os.makedirs(OUT, exist_ok=True)
 
@@ -55,10 +55,10 @@ if OUT:
 # initialization), which keeps the rare large weights represented.
 
 # %%
-w = np.array([[2.09, -0.98, 1.48, 0.09],
-              [0.05, -0.14, -1.08, 2.12],
-              [-0.91, 1.92, 0.00, -1.03],
-              [1.87, 0.00, 1.53, 1.49]], np.float32)
+w = np.array(
+    [[2.09, -0.98, 1.48, 0.09], [0.05, -0.14, -1.08, 2.12], [-0.91, 1.92, 0.00, -1.03], [1.87, 0.00, 1.53, 1.49]],
+    np.float32,
+)
 
 # by hand: linear initialization, then Lloyd iterations in float64
 c = np.linspace(w.min(), w.max(), 4).astype(np.float64)
@@ -86,7 +86,7 @@ assert np.array_equal(nq.reconstruct(km), km.codebook[km.indices])
 # zero, as this one does, which costs one centroid here:
 
 # %%
-auto = nq.kmeans_quantize(w, bits=2)          # keep_zeros="auto": w has exact zeros
+auto = nq.kmeans_quantize(w, bits=2)  # keep_zeros="auto": w has exact zeros
 print("reserved zero:", auto.reserved_zero, "codebook:", np.round(auto.codebook, 2))
 assert auto.reserved_zero and auto.codebook[0] == 0.0
 assert [f"{v:.2f}" for v in auto.codebook] == ["0.00", "-1.00", "0.00", "1.79"]
@@ -110,7 +110,10 @@ for bits in (8, 4, 2):
     print(f"{bits} bits: linear {sqnr[bits][0]:5.2f} dB, k-means {sqnr[bits][1]:5.2f} dB")
 assert w1.size == 8192
 assert {b: (f"{a:.2f}", f"{k:.2f}") for b, (a, k) in sqnr.items()} == {
-    8: ("41.39", "44.00"), 4: ("16.70", "19.78"), 2: ("3.02", "9.37")}
+    8: ("41.39", "44.00"),
+    4: ("16.70", "19.78"),
+    2: ("3.02", "9.37"),
+}
 gain = {b: k - a for b, (a, k) in sqnr.items()}
 print("k-means gains", {b: f"{g:.1f} dB" for b, g in gain.items()})
 assert [f"{gain[b]:.1f}" for b in (8, 4, 2)] == ["2.6", "3.1", "6.3"]
@@ -126,8 +129,12 @@ assert [f"{gain[b]:.1f}" for b in (8, 4, 2)] == ["2.6", "3.1", "6.3"]
 from npquant.app import plot as nqplot  # noqa: E402
 
 km4 = nq.kmeans_quantize(w1, 4)
-fig = nqplot.plot_histogram(w1, nq.fit_qparams(w1, nq.QuantSpec(bits=4)), codebook=km4,
-                            title="fc1 weights: 4-bit linear grid and k-means codebook")
+fig = nqplot.plot_histogram(
+    w1,
+    nq.fit_qparams(w1, nq.QuantSpec(bits=4)),
+    codebook=km4,
+    title="fc1 weights: 4-bit linear grid and k-means codebook",
+)
 assert len([c for c in fig.axes[0].collections if c.get_gid() == "codebook"][0].get_segments()) == 16
 if OUT:
     nqplot.save_figure(fig, os.path.join(OUT, "07_kmeans_codebook.png"))
@@ -154,7 +161,7 @@ def kmeans_size(m, bits):
     total = 0
     for name, p in m.named_parameters().items():
         if name.endswith(".weight"):
-            total += -(-p.size * bits // 8) + 4 * 2 ** bits
+            total += -(-p.size * bits // 8) + 4 * 2**bits
         else:
             total += 4 * p.size
     return total
@@ -165,18 +172,33 @@ _, acc_float = evaluate(model, data["x_test"], data["y_test"])
 print(f"float32: {float_size} bytes, accuracy {acc_float:.2%}")
 table = {}
 for bits in (8, 4, 2):
-    m = load_model(default_models_dir() / "mlp.npz")      # a fresh copy: kmeans_qat trains in place
-    res = kmeans_qat(m, data["x_train"], data["y_train"], bits=bits, epochs=3, lr=1e-3,
-                     x_val=data["x_test"], y_val=data["y_test"], progress=False, seed=0)
+    m = load_model(default_models_dir() / "mlp.npz")  # a fresh copy: kmeans_qat trains in place
+    res = kmeans_qat(
+        m,
+        data["x_train"],
+        data["y_train"],
+        bits=bits,
+        epochs=3,
+        lr=1e-3,
+        x_val=data["x_test"],
+        y_val=data["y_test"],
+        progress=False,
+        seed=0,
+    )
     table[bits] = (kmeans_size(m, bits), res.accuracy_kmeans, res.accuracy)
     distinct = len(np.unique(m[0].weight))
-    print(f"{bits}-bit k-means: {table[bits][0]:6d} bytes ({float_size / table[bits][0]:4.1f}x), "
-          f"accuracy {res.accuracy_kmeans:.2%} before QAT, {res.accuracy:.2%} after 3 epochs "
-          f"(fc1 holds {distinct} distinct values)")
-    assert distinct <= 2 ** bits
+    print(
+        f"{bits}-bit k-means: {table[bits][0]:6d} bytes ({float_size / table[bits][0]:4.1f}x), "
+        f"accuracy {res.accuracy_kmeans:.2%} before QAT, {res.accuracy:.2%} after 3 epochs "
+        f"(fc1 holds {distinct} distinct values)"
+    )
+    assert distinct <= 2**bits
 assert f"{acc_float:.2%}" == "97.11%" and float_size == 68904
 assert {b: (s, f"{a:.2%}") for b, (s, a, q) in table.items()} == {
-    8: (20904, "97.11%"), 4: (9512, "97.11%"), 2: (5112, "94.44%")}
+    8: (20904, "97.11%"),
+    4: (9512, "97.11%"),
+    2: (5112, "94.44%"),
+}
 # after training: checked with a margin (float rounding may differ on another CPU)
 assert all(abs(table[b][2] - want) <= 0.005 for b, want in ((8, 0.9733), (4, 0.9756), (2, 0.9689)))
 assert [f"{float_size / table[b][0]:.1f}" for b in (8, 4, 2)] == ["3.3", "7.2", "13.5"]
@@ -198,6 +220,7 @@ assert f"{100 * (acc_float - table[2][1]):.2f}" == "2.67"
 # values in its own cluster.) Check with `exercise_answer()` (not printed unless you
 # call it).
 
+
 # %%
 def exercise_answer():
     """The 2-bit k-means codebook of the exercise's values (sorted, float32)."""
@@ -205,6 +228,6 @@ def exercise_answer():
     return nq.kmeans_quantize(v, 2).codebook.tolist()
 
 
-my_answer = None   # your four centroids, ascending
+my_answer = None  # your four centroids, ascending
 if my_answer is not None:
     print("right" if np.allclose(my_answer, exercise_answer(), atol=1e-6) else "not yet")

@@ -42,7 +42,7 @@ from npquant.models.io import load_model
 from npquant.training import CosineAnnealingLR, kmeans_qat, prune_and_retrain, prune_model
 from npquant.training.trainer import digits_data, evaluate
 
-OUT = os.environ.get("NPQUANT_TUTORIAL_OUTPUT")   # a folder for the file and figures, or None
+OUT = os.environ.get("NPQUANT_TUTORIAL_OUTPUT")  # a folder for the file and figures, or None
 if OUT:
     os.makedirs(OUT, exist_ok=True)
 
@@ -75,7 +75,7 @@ sparsity = {"fc1.weight": 0.92, "fc2.weight": 0.91, "fc3.weight": 0.74}
 w3 = params["fc3.weight"]
 mask3 = nq.magnitude_mask(w3, sparsity=0.74)
 threshold = np.sort(np.abs(w3).ravel())[round(0.74 * w3.size)]
-assert np.array_equal(mask3, np.abs(w3) >= threshold)          # keep the largest 26 %
+assert np.array_equal(mask3, np.abs(w3) >= threshold)  # keep the largest 26 %
 print(f"fc3 keeps {mask3.sum()} of {w3.size} weights, those with |w| >= {threshold:.4f}")
 assert mask3.sum() == 260
 
@@ -93,14 +93,26 @@ assert f"{acc_one_shot:.2%}" == "67.78%"
 # optimizer state, so pruned weights stay exactly `+0.0`.
 
 # %%
-result = prune_and_retrain(model, data["x_train"], data["y_train"], sparsity=sparsity, steps=1,
-                           epochs_per_step=6, batch_size=64, lr=2e-3, lr_schedule=CosineAnnealingLR(6),
-                           x_val=data["x_test"], y_val=data["y_test"], progress=False, seed=0)
+result = prune_and_retrain(
+    model,
+    data["x_train"],
+    data["y_train"],
+    sparsity=sparsity,
+    steps=1,
+    epochs_per_step=6,
+    batch_size=64,
+    lr=2e-3,
+    lr_schedule=CosineAnnealingLR(6),
+    x_val=data["x_test"],
+    y_val=data["y_test"],
+    progress=False,
+    seed=0,
+)
 print(result.table())
 acc_pruned = result.history[-1]["accuracy"]
 density = {n: float(np.mean(params[n] != 0)) for n in sparsity}
 print("kept:", {n: f"{d:.0%}" for n, d in density.items()})
-assert abs(acc_pruned - 0.9622) <= 0.005          # after training: a margin for float rounding
+assert abs(acc_pruned - 0.9622) <= 0.005  # after training: a margin for float rounding
 assert f"{result.history[-1]['sparsity']:.2%}" == "91.04%"
 assert {n: f"{d:.0%}" for n, d in density.items()} == {"fc1.weight": "8%", "fc2.weight": "9%", "fc3.weight": "26%"}
 assert all(np.all(params[n][~result.masks[n]] == 0) for n in sparsity)
@@ -114,15 +126,25 @@ assert all(np.all(params[n][~result.masks[n]] == 0) for n in sparsity)
 # fine-tuned for one epoch (tutorial 7).
 
 # %%
-shared = kmeans_qat(model, data["x_train"], data["y_train"], bits=5, epochs=1, batch_size=64,
-                    x_val=data["x_test"], y_val=data["y_test"], progress=False, seed=0)
+shared = kmeans_qat(
+    model,
+    data["x_train"],
+    data["y_train"],
+    bits=5,
+    epochs=1,
+    batch_size=64,
+    x_val=data["x_test"],
+    y_val=data["y_test"],
+    progress=False,
+    seed=0,
+)
 acc_shared = shared.accuracy
 distinct = {n: len(np.unique(params[n])) for n in sparsity}
 print(f"after k-means: {shared.accuracy_kmeans:.2%}, after fine-tuning: {acc_shared:.2%}")
 print("distinct values per tensor (0.0 included):", distinct)
 assert all(shared.reserved_zero.values()) and all(d <= 32 for d in distinct.values())
 assert abs(shared.accuracy_kmeans - 0.9622) <= 0.005 and abs(acc_shared - 0.9622) <= 0.005
-assert all(np.all(params[n][~result.masks[n]] == 0) for n in sparsity)   # still pruned
+assert all(np.all(params[n][~result.masks[n]] == 0) for n in sparsity)  # still pruned
 
 # %% [markdown]
 # ## Relative indexing
@@ -141,7 +163,7 @@ print("gaps", rs.gaps.tolist(), "values", rs.values.tolist(), "fillers", rs.n_fi
 assert rs.gaps.tolist() == [1, 3, 7, 4] and rs.n_fillers == 1
 assert np.array_equal(nq.decode_relative(rs), v)
 
-rs1 = nq.encode_relative(shared.indices["fc1.weight"], 5)    # k-means indices, 0 = pruned
+rs1 = nq.encode_relative(shared.indices["fc1.weight"], 5)  # k-means indices, 0 = pruned
 nnz1 = int(np.count_nonzero(params["fc1.weight"]))
 print(f"fc1: {nnz1} non-zeros stored as {rs1.n_entries} entries ({rs1.n_fillers} fillers) of 5 + 5 bits")
 assert rs1.n_entries == nnz1 + rs1.n_fillers and (nnz1, rs1.n_fillers) == (1536, 153)
@@ -182,17 +204,17 @@ for stage, total, ratio, weights, w_ratio in sizes.rows():
     print(f"{stage:26s} {total:7d} bytes ({ratio:5.1f}x)   weights alone {weights:7d} bytes ({w_ratio:5.1f}x)")
 rows = sizes.rows()
 assert rows[0][1] == 202440 and rows[0][3] == 4 * sum(p.size for n, p in params.items() if n in sparsity)
-assert rows[1][1] > rows[2][1] > rows[3][1]                       # every stage shrinks the model
-for n in sparsity:                                               # pruned: each entry a float32 and a 5-bit gap
+assert rows[1][1] > rows[2][1] > rows[3][1]  # every stage shrinks the model
+for n in sparsity:  # pruned: each entry a float32 and a 5-bit gap
     entries = next(r.entries for r in compressed.reports if r.name == n)
     assert next(row for row in sizes.layers if row[0] == n)[2] == -(-entries * (32 + 5) // 8)
-assert [f"{rows[k][2]:.1f}" for k in (1, 2)] == ["8.2", "24.6"]   # fixed by the pruning masks
-assert 25 < rows[3][2] < 40                                      # the file: about 30 times smaller
+assert [f"{rows[k][2]:.1f}" for k in (1, 2)] == ["8.2", "24.6"]  # fixed by the pruning masks
+assert 25 < rows[3][2] < 40  # the file: about 30 times smaller
 
 file_bytes = compressed.to_bytes()
 assert len(file_bytes) == sizes.huffman
 rebuilt = npc.read_compressed(file_bytes)
-assert all(np.array_equal(rebuilt[k], state[k]) for k in state)   # every weight, bit for bit
+assert all(np.array_equal(rebuilt[k], state[k]) for k in state)  # every weight, bit for bit
 print(f"the file: {len(file_bytes)} bytes, read back bit for bit")
 if OUT:
     npc.write_compressed(compressed, os.path.join(OUT, "08_lenet_300_100.npqz"))
@@ -207,8 +229,7 @@ if OUT:
 # %%
 from npquant.app import plot as nqplot  # noqa: E402
 
-points = [(rows[1][2], acc_pruned, "pruned"), (rows[2][2], acc_shared, "k-means"),
-          (rows[3][2], acc_shared, "file")]
+points = [(rows[1][2], acc_pruned, "pruned"), (rows[2][2], acc_shared, "k-means"), (rows[3][2], acc_shared, "file")]
 fig = nqplot.plot_compression_tradeoff(points, float_accuracy=acc_float, title="Deep Compression of LeNet-300-100")
 assert len(fig.axes[0].texts) == 3
 if OUT:
@@ -223,6 +244,7 @@ fig
 # stored, and how many fillers? Check with `exercise_answer()` (not printed unless you
 # call it).
 
+
 # %%
 def exercise_answer():
     """``(gaps, n_fillers)`` of the exercise's row at 3 index bits."""
@@ -232,6 +254,6 @@ def exercise_answer():
     return r.gaps.tolist(), r.n_fillers
 
 
-my_answer = None   # your ([gap, ...], n_fillers)
+my_answer = None  # your ([gap, ...], n_fillers)
 if my_answer is not None:
     print("right" if (list(my_answer[0]), my_answer[1]) == exercise_answer() else "not yet")

@@ -61,7 +61,7 @@ from npquant.training.trainer import digits_data, evaluate
 x = np.array([-1.3, -0.26, 0.04, 0.5, 0.74, 1.2], np.float32)
 qp = nq.QParams(0.25, 0, nq.QuantSpec(bits=3, symmetric=True))
 y, inside = fake_quantize_with_mask(x, qp)
-grad_x = ste_backward(np.ones_like(x), inside)       # upstream gradient 1 everywhere
+grad_x = ste_backward(np.ones_like(x), inside)  # upstream gradient 1 everywhere
 print("x      ", [f"{v:g}" for v in x])
 print("fq(x)  ", [f"{v:g}" for v in y])
 print("dL/dx  ", [f"{v:g}" for v in grad_x], "(STE, clipped)")
@@ -99,7 +99,7 @@ assert [type(ly).__name__ for ly in qat] == ["FakeQuantize", "QATLinear", "QATLi
 # %%
 ptq = prepare_qat(model, weight_bits=2, act_bits=8)
 ptq.train()
-ptq(data["x_calibration"])          # observers see the calibration set once
+ptq(data["x_calibration"])  # observers see the calibration set once
 ptq.eval()
 acc_ptq = float(np.mean(convert_qat(ptq)(data["x_test"]).argmax(1) == data["y_test"]))
 print(f"float {acc_float:.2%}; W2A8 post-training quantization (integer model) {acc_ptq:.2%}")
@@ -113,15 +113,26 @@ assert f"{acc_float:.2%}" == "97.11%" and f"{acc_ptq:.2%}" == "84.44%"
 # ranges the integer model will use. Then `convert_qat` builds the integer-only model:
 # its integer weights dequantize exactly to the fake-quantized weights.
 
+
 # %%
 def freeze_last_epoch(state):
     if state.epoch == 3:
         freeze_observers(state.model)
 
 
-history = fit(qat, softmax_cross_entropy, Adam(qat.named_parameters(), lr=1e-3), data["x_train"], data["y_train"],
-              epochs=3, batch_size=32, seed=0, schedule=CosineAnnealingLR(3),
-              hooks=Hook(on_epoch_start=freeze_last_epoch), progress=False)
+history = fit(
+    qat,
+    softmax_cross_entropy,
+    Adam(qat.named_parameters(), lr=1e-3),
+    data["x_train"],
+    data["y_train"],
+    epochs=3,
+    batch_size=32,
+    seed=0,
+    schedule=CosineAnnealingLR(3),
+    hooks=Hook(on_epoch_start=freeze_last_epoch),
+    progress=False,
+)
 integer_model = convert_qat(qat, mode="tflite")
 pred_int = integer_model(data["x_test"]).argmax(1)
 acc_qat = float(np.mean(pred_int == data["y_test"]))
@@ -154,7 +165,7 @@ assert f"{100 * (acc_float - acc_ptq):.2f}" == "12.67"
 # pushes the range out.
 
 # %%
-spec4 = nq.QuantSpec(bits=4, symmetric=True)        # codes -8..7
+spec4 = nq.QuantSpec(bits=4, symmetric=True)  # codes -8..7
 xs = np.array([0.34, 1.2], np.float32)
 _, d_scale, _ = lsq_backward(np.ones(2, np.float32), xs, np.float32(0.1), 0, spec4)
 print(f"x / S = {[f'{v:.2f}' for v in xs / np.float32(0.1)]}: dL/dS = (3 - 3.4) + 7 = {float(d_scale):.4f}")
@@ -187,7 +198,7 @@ for method in ("ptq", "minmax", "lsq", "pact"):
 print(qat_results.format_results(rows))
 acc = {r.method: r.accuracy for r in rows}
 assert f"{acc['ptq']:.2%}" == "84.44%" and acc["ptq"] == acc_ptq
-assert acc["minmax"] == acc_qat          # the same recipe as our run above, the same seed: the same model
+assert acc["minmax"] == acc_qat  # the same recipe as our run above, the same seed: the same model
 assert all(abs(acc[m] - acc_float) < 0.015 for m in ("minmax", "lsq", "pact"))
 assert all(r.agreement >= 0.99 for r in rows[2:])
 qat_accs = [acc[m] for m in ("minmax", "lsq", "pact")]
@@ -206,6 +217,7 @@ assert max(qat_accs) - min(qat_accs) <= 0.01
 # `qmax` where the code saturates.) Check with `exercise_answer()` (not printed unless you
 # call it).
 
+
 # %%
 def exercise_answer():
     """LSQ's ``dL/dS`` for the exercise (float)."""
@@ -214,6 +226,6 @@ def exercise_answer():
     return float(ds)
 
 
-my_answer = None   # your dL/dS
+my_answer = None  # your dL/dS
 if my_answer is not None:
     print("right" if abs(my_answer - exercise_answer()) < 1e-4 else "not yet")

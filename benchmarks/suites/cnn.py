@@ -66,15 +66,24 @@ def _torch_model(torch, data):
         if t in ("conv2d", "linear"):
             w = data[f"{name}.weight_int"]
             wq = torch._make_per_channel_quantized_tensor(
-                torch.from_numpy(w), torch.from_numpy(data[f"{name}.weight_scale"]),
-                torch.from_numpy(data[f"{name}.weight_zero_point"]), 0)
+                torch.from_numpy(w),
+                torch.from_numpy(data[f"{name}.weight_scale"]),
+                torch.from_numpy(data[f"{name}.weight_zero_point"]),
+                0,
+            )
             bias = torch.from_numpy(data[f"{name}.bias"])
             relu = spec.get("activation") == "relu"
             if t == "conv2d":
                 cls = nni.quantized.ConvReLU2d if relu else nnq.Conv2d
-                m = cls(w.shape[1] * spec["groups"], w.shape[0], tuple(spec["kernel_size"]),
-                        stride=tuple(spec["stride"]), padding=tuple(spec["padding"]),
-                        dilation=tuple(spec["dilation"]), groups=spec["groups"])
+                m = cls(
+                    w.shape[1] * spec["groups"],
+                    w.shape[0],
+                    tuple(spec["kernel_size"]),
+                    stride=tuple(spec["stride"]),
+                    padding=tuple(spec["padding"]),
+                    dilation=tuple(spec["dilation"]),
+                    groups=spec["groups"],
+                )
             else:
                 cls = nni.quantized.LinearReLU if relu else nnq.Linear
                 m = cls(w.shape[1], w.shape[0])
@@ -128,8 +137,15 @@ def cases(ctx):
         else:
             impls.append(miss)
         acc = float((ref.argmax(axis=1) == np.resize(_labels(), n)).mean())
-        yield Case(NAME, f"batch {n}", float(n), "images/s", impls, targets={"torch": 0.5},
-                   info={"top-1 on these images": f"{acc:.4f}"})
+        yield Case(
+            NAME,
+            f"batch {n}",
+            float(n),
+            "images/s",
+            impls,
+            targets={"torch": 0.5},
+            info={"top-1 on these images": f"{acc:.4f}"},
+        )
 
 
 def _labels():

@@ -42,7 +42,7 @@ def cases(ctx):
         w_scale = rng.uniform(0.001, 0.01, o).astype(np.float32)
         w_qp = QParams(w_scale, np.zeros(o, np.int32), QuantSpec(bits=8, signed=True, symmetric=True, axis=0))
         kk = c * k * k
-        y_qp = QParams(np.float32(0.5 * kk ** 0.5 * 0.02 * 0.005 * 128), 128, QuantSpec(bits=8, signed=False))
+        y_qp = QParams(np.float32(0.5 * kk**0.5 * 0.02 * 0.005 * 128), 128, QuantSpec(bits=8, signed=False))
         pad = k // 2
         fast = QConv2d(w, w_qp, None, x_qp, None, padding=pad)
         ref = fast.accumulate(x)
@@ -60,8 +60,9 @@ def cases(ctx):
         miss = ctx.peer_impl("torch")
         if miss is None:
             run = _torch_qconv(ctx.peers["torch"], x, x_qp, w, w_qp, bias, y_qp, pad)
-            impls.append(Impl("torch-qconv2d", run, check=compare(run().int_repr().numpy(), y_ref)
-                              + " (vs numba-qconv2d)"))
+            impls.append(
+                Impl("torch-qconv2d", run, check=compare(run().int_repr().numpy(), y_ref) + " (vs numba-qconv2d)")
+            )
         else:
             impls.append(Impl("torch-qconv2d", None, status=miss.status))
         yield Case(NAME, f"N={n} C={c} {h}x{wd} O={o} {k}x{k}", work, "GOP/s", impls)
@@ -71,8 +72,11 @@ def _torch_qconv(torch, x, x_qp, w, w_qp, bias, y_qp, pad):
     torch.backends.quantized.engine = "fbgemm"
     xq = torch._make_per_tensor_quantized_tensor(torch.from_numpy(x), float(x_qp.scale), int(x_qp.zero_point))
     wq = torch._make_per_channel_quantized_tensor(
-        torch.from_numpy(w), torch.from_numpy(w_qp.scale.astype(np.float64)),
-        torch.from_numpy(w_qp.zero_point.astype(np.int64)), 0)
+        torch.from_numpy(w),
+        torch.from_numpy(w_qp.scale.astype(np.float64)),
+        torch.from_numpy(w_qp.zero_point.astype(np.int64)),
+        0,
+    )
     packed = torch.ops.quantized.conv2d_prepack(wq, torch.from_numpy(bias), [1, 1], [pad, pad], [1, 1], 1)
     s, z = float(y_qp.scale), int(y_qp.zero_point)
     return lambda: torch.ops.quantized.conv2d(xq, packed, s, z)

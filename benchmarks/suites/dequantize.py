@@ -21,9 +21,14 @@ def cases(ctx):
     for label, x, qp, gran in _q.setup(ctx):
         q = nq.quantize(x, qp)
         ref = nq.dequantize(q, qp)
-        impls = [Impl("numba", lambda: nq.dequantize(q, qp)),
-                 Impl("numpy", lambda: nq.dequantize(q, qp, backend="numpy"),
-                      check=compare(nq.dequantize(q, qp, backend="numpy"), ref))]
+        impls = [
+            Impl("numba", lambda: nq.dequantize(q, qp)),
+            Impl(
+                "numpy",
+                lambda: nq.dequantize(q, qp, backend="numpy"),
+                check=compare(nq.dequantize(q, qp, backend="numpy"), ref),
+            ),
+        ]
 
         def make_torch():
             qt = _q.torch_quantize(ctx.peers["torch"], x, qp)()
@@ -40,4 +45,3 @@ def cases(ctx):
         impls.append(_q.peer_impl(ctx, "torch", gran, make_torch))
         impls.append(_q.peer_impl(ctx, "onnxruntime", gran, make_ort))
         yield Case(NAME, label, float(x.size), "Mvalues/s", impls)
-

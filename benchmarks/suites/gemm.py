@@ -51,11 +51,15 @@ def _ort_matmul_integer(ort, x, w, threads):
     m, k = x.shape
     n = w.shape[0]
     graph = helper.make_graph(
-        [helper.make_node("MatMulInteger", ["A", "B", "a_zero_point"], ["Y"])], "gemm",
+        [helper.make_node("MatMulInteger", ["A", "B", "a_zero_point"], ["Y"])],
+        "gemm",
         [helper.make_tensor_value_info("A", TensorProto.UINT8, [m, k])],
         [helper.make_tensor_value_info("Y", TensorProto.INT32, [m, n])],
-        initializer=[numpy_helper.from_array(np.ascontiguousarray(w.T), "B"),
-                     numpy_helper.from_array(np.array(ZX, np.uint8), "a_zero_point")])
+        initializer=[
+            numpy_helper.from_array(np.ascontiguousarray(w.T), "B"),
+            numpy_helper.from_array(np.array(ZX, np.uint8), "a_zero_point"),
+        ],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
     onnx.checker.check_model(model)
@@ -83,13 +87,13 @@ def cases(ctx):
         x_qp = QParams(np.float32(0.02), ZX, QuantSpec(bits=8, signed=False))
         w_scale = rng.uniform(0.001, 0.01, n).astype(np.float32)
         w_qp = QParams(w_scale, np.zeros(n, np.int32), QuantSpec(bits=8, signed=True, symmetric=True, axis=0))
-        y_qp = QParams(np.float32(0.5 * k ** 0.5 * 0.02 * 0.005 * 128), 128, QuantSpec(bits=8, signed=False))
+        y_qp = QParams(np.float32(0.5 * k**0.5 * 0.02 * 0.005 * 128), 128, QuantSpec(bits=8, signed=False))
         fast = QLinear(w, w_qp, None, x_qp, y_qp)
         twin = QLinear(w, w_qp, None, x_qp, y_qp, backend="numpy")
         ref = fast.accumulate(x)
         sat = int16_pair_accumulate(x, w).astype(np.int64) - ZX * w.astype(np.int64).sum(axis=1)
         impls = [Impl("numba", lambda: fast.accumulate(x), check=_which(ref, ref, sat) + " (exact)")]
-        if 2 * m * n * k <= 2 * 512 ** 3:
+        if 2 * m * n * k <= 2 * 512**3:
             impls.append(Impl("numpy", lambda: twin.accumulate(x), check=compare(twin.accumulate(x), ref)))
         else:
             impls.append(Impl("numpy", None, status="n/a: the int64 twin takes minutes at this size"))
@@ -98,8 +102,13 @@ def cases(ctx):
         xf, wf = x32.astype(np.float32), w32.astype(np.float32)
         ff = xf @ wf.T
         exact = np.array_equal(ff.astype(np.int64), ref)
-        impls.append(Impl("numpy-float32", lambda: xf @ wf.T,
-                          check="exact here" if exact else "rounded: " + compare(ff.astype(np.int64), ref)[9:]))
+        impls.append(
+            Impl(
+                "numpy-float32",
+                lambda: xf @ wf.T,
+                check="exact here" if exact else "rounded: " + compare(ff.astype(np.int64), ref)[9:],
+            )
+        )
         miss = ctx.peer_impl("onnxruntime")
         ort = None if miss else Impl("onnxruntime", _ort_matmul_integer(ctx.peers["onnxruntime"], x, w, ctx.threads))
         if ort is not None:
@@ -113,8 +122,9 @@ def cases(ctx):
         miss = ctx.peer_impl("torch")
         if miss is None:
             run = _torch_qlinear(ctx.peers["torch"], x, x_qp, w, w_qp, bias, y_qp)
-            impls.append(Impl("torch-qlinear", run, check=compare(run().int_repr().numpy(), y_ref)
-                              + " (vs numba-qlinear)"))
+            impls.append(
+                Impl("torch-qlinear", run, check=compare(run().int_repr().numpy(), y_ref) + " (vs numba-qlinear)")
+            )
         else:
             impls.append(Impl("torch-qlinear", None, status=miss.status))
         targets = {"numpy-int32": 40.0, "numpy-float32": 1.5 if avx2 else 1.0}
@@ -123,13 +133,21 @@ def cases(ctx):
         yield Case(NAME, f"M={m} N={n} K={k}", 2.0 * m * n * k, "GOP/s", impls, targets=targets)
         pairs = QLinear(w, w_qp, None, x_qp, y_qp, accumulation="int16_pairs")
         got = pairs.accumulate(x)
-        p_impls = [Impl("numba-int16-pairs", lambda: pairs.accumulate(x), check=_which(got, ref, sat) + " (pairs)"),
-                   Impl("numba", lambda: fast.accumulate(x), check="exact")]
+        p_impls = [
+            Impl("numba-int16-pairs", lambda: pairs.accumulate(x), check=_which(got, ref, sat) + " (pairs)"),
+            Impl("numba", lambda: fast.accumulate(x), check="exact"),
+        ]
         if ort is not None:
             p_impls.append(ort)
-        yield Case(NAME, f"M={m} N={n} K={k} int16 pairs", 2.0 * m * n * k, "GOP/s", p_impls,
-                   baseline="numba-int16-pairs",
-                   targets={"onnxruntime": 0.8} if ort is not None and host_path("mlas") == "avx2" else {})
+        yield Case(
+            NAME,
+            f"M={m} N={n} K={k} int16 pairs",
+            2.0 * m * n * k,
+            "GOP/s",
+            p_impls,
+            baseline="numba-int16-pairs",
+            targets={"onnxruntime": 0.8} if ort is not None and host_path("mlas") == "avx2" else {},
+        )
 
 
 def _which(out, exact, sat) -> str:
@@ -149,8 +167,11 @@ def _torch_qlinear(torch, x, x_qp, w, w_qp, bias, y_qp):
     torch.backends.quantized.engine = "fbgemm"
     xq = torch._make_per_tensor_quantized_tensor(torch.from_numpy(x), float(x_qp.scale), int(x_qp.zero_point))
     wq = torch._make_per_channel_quantized_tensor(
-        torch.from_numpy(w), torch.from_numpy(w_qp.scale.astype(np.float64)),
-        torch.from_numpy(w_qp.zero_point.astype(np.int64)), 0)
+        torch.from_numpy(w),
+        torch.from_numpy(w_qp.scale.astype(np.float64)),
+        torch.from_numpy(w_qp.zero_point.astype(np.int64)),
+        0,
+    )
     packed = torch.ops.quantized.linear_prepack(wq, torch.from_numpy(bias))
     s, z = float(y_qp.scale), int(y_qp.zero_point)
     return lambda: torch.ops.quantized.linear(xq, packed, s, z)

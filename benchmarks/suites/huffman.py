@@ -88,9 +88,24 @@ def cases(ctx):
             return huffman_decode(stream, code, n, nbits=nbits)
 
         def kernel():
-            kernels.decode(arr, np.int64(nbits), np.int64(n), np.int64(k), lut_sym, lut_len,
-                           first, cnt, offset, syms, np.int64(code.max_length), m_sym, m_bits,
-                           m_n, out, info_out)
+            kernels.decode(
+                arr,
+                np.int64(nbits),
+                np.int64(n),
+                np.int64(k),
+                lut_sym,
+                lut_len,
+                first,
+                cnt,
+                offset,
+                syms,
+                np.int64(code.max_length),
+                m_sym,
+                m_bits,
+                m_n,
+                out,
+                info_out,
+            )
             return out
 
         def twin():
@@ -102,10 +117,12 @@ def cases(ctx):
         kernel_check = compare(kernel(), symbols)
         if info_out[0] != kernels.OK:
             kernel_check = f"differs: status {info_out.tolist()}"
-        impls = [Impl("numba", public, check=compare(public(), symbols)),
-                 Impl("numba.kernel", kernel, check=kernel_check),
-                 Impl("python", twin, check=compare(twin(), symbols)),
-                 Impl("zlib", peer, check=compare(np.frombuffer(peer(), np.uint8), symbols))]
+        impls = [
+            Impl("numba", public, check=compare(public(), symbols)),
+            Impl("numba.kernel", kernel, check=kernel_check),
+            Impl("python", twin, check=compare(twin(), symbols)),
+            Impl("zlib", peer, check=compare(np.frombuffer(peer(), np.uint8), symbols)),
+        ]
         entropy = entropy_bits(symbols)
         huff = nbits / n
         info = {
@@ -121,5 +138,12 @@ def cases(ctx):
             "stream bytes": len(stream),
             "zlib bytes": len(blob),
         }
-        yield Case(NAME, f"{'lenet' if label == 'lenet' else 'iid'} n={n:,}", float(n),
-                   "Msymbols/s", impls, targets={"zlib": 1.0}, info=info)
+        yield Case(
+            NAME,
+            f"{'lenet' if label == 'lenet' else 'iid'} n={n:,}",
+            float(n),
+            "Msymbols/s",
+            impls,
+            targets={"zlib": 1.0},
+            info=info,
+        )

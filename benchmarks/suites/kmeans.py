@@ -89,8 +89,7 @@ def cases(ctx):
         c0 = initial_centroids(w, k, init="linear")
 
         def ours(backend="numba"):
-            return kmeans_quantize(w, BITS, init=c0, keep_zeros=False, max_iter=MAX_ITER,
-                                   tol=TOL, backend=backend)
+            return kmeans_quantize(w, BITS, init=c0, keep_zeros=False, max_iter=MAX_ITER, tol=TOL, backend=backend)
 
         def twin():
             return ours("numpy")
@@ -98,20 +97,23 @@ def cases(ctx):
         r = ours()
         r_np = twin()
         same = compare(r_np.indices, r.indices)
-        if same == "bit-exact" and not np.array_equal(r_np.codebook.view(np.uint32),
-                                                      r.codebook.view(np.uint32)):
+        if same == "bit-exact" and not np.array_equal(r_np.codebook.view(np.uint32), r.codebook.view(np.uint32)):
             same = "differs: codebook"
         cb = r.codebook.astype(np.float64)  # nearest centroid of each weight, ties low
         nearest = np.searchsorted((cb[:-1] + cb[1:]) * 0.5, w.astype(np.float64), side="left")
-        impls = [Impl("numba", ours, check=compare(r.indices, nearest.astype(np.uint8))),
-                 Impl("numpy", twin, check=same)]
+        impls = [
+            Impl("numba", ours, check=compare(r.indices, nearest.astype(np.uint8))),
+            Impl("numpy", twin, check=same),
+        ]
         info = {
             "weights": f"{n:,} float32 {'N(0, 1)' if dist == 'normal' else 'Laplace(0, 1)'}",
             "clusters": k,
             "init": "linear (npquant.initial_centroids), the same array for all",
-            "max_iter": MAX_ITER, "tol": TOL,
+            "max_iter": MAX_ITER,
+            "tol": TOL,
             "work": "n weights clustered per call",
-            "numba iterations": r.n_iter, "numba converged": r.converged,
+            "numba iterations": r.n_iter,
+            "numba converged": r.converged,
             "numba inertia": f"{_inertia(w, r.codebook, r.indices):.6f}",
         }
         if KMeans is None:
@@ -122,25 +124,26 @@ def cases(ctx):
 
             def peer():
                 with limits():
-                    return KMeans(n_clusters=k, init=init32, n_init=1, algorithm="lloyd",
-                                  max_iter=MAX_ITER, tol=TOL).fit(X)
+                    return KMeans(
+                        n_clusters=k, init=init32, n_init=1, algorithm="lloyd", max_iter=MAX_ITER, tol=TOL
+                    ).fit(X)
 
             km = peer()
             with limits():  # the float64 run that follows npquant's arithmetic (not timed)
-                km64 = KMeans(n_clusters=k, init=c0.reshape(-1, 1), n_init=1, algorithm="lloyd",
-                              max_iter=MAX_ITER, tol=TOL).fit(X.astype(np.float64))
-            impls.append(Impl("sklearn", peer,
-                              check=f"labels {compare(_sorted_labels(km), r.indices)}"))
+                km64 = KMeans(
+                    n_clusters=k, init=c0.reshape(-1, 1), n_init=1, algorithm="lloyd", max_iter=MAX_ITER, tol=TOL
+                ).fit(X.astype(np.float64))
+            impls.append(Impl("sklearn", peer, check=f"labels {compare(_sorted_labels(km), r.indices)}"))
             sk = _inertia(w, km.cluster_centers_, km.labels_)
             ours_inertia = _inertia(w, r.codebook, r.indices)
-            info.update({
-                "sklearn iterations": int(km.n_iter_),
-                "sklearn inertia": f"{sk:.6f}",
-                "numba / sklearn inertia - 1": f"{ours_inertia / sk - 1.0:.2e}",
-                "sklearn float64 iterations (untimed)": int(km64.n_iter_),
-                "sklearn float64 inertia (untimed)":
-                    f"{_inertia(w, km64.cluster_centers_, km64.labels_):.6f}",
-                "sklearn float64 labels vs numba": compare(_sorted_labels(km64), r.indices),
-            })
-        yield Case(NAME, f"k={k} n={n:,} {dist}", float(n), "Mweights/s", impls,
-                   targets={"sklearn": 10.0}, info=info)
+            info.update(
+                {
+                    "sklearn iterations": int(km.n_iter_),
+                    "sklearn inertia": f"{sk:.6f}",
+                    "numba / sklearn inertia - 1": f"{ours_inertia / sk - 1.0:.2e}",
+                    "sklearn float64 iterations (untimed)": int(km64.n_iter_),
+                    "sklearn float64 inertia (untimed)": f"{_inertia(w, km64.cluster_centers_, km64.labels_):.6f}",
+                    "sklearn float64 labels vs numba": compare(_sorted_labels(km64), r.indices),
+                }
+            )
+        yield Case(NAME, f"k={k} n={n:,} {dist}", float(n), "Mweights/s", impls, targets={"sklearn": 10.0}, info=info)

@@ -46,8 +46,7 @@ def setup(ctx):
         shape = tensor_shape(n)
         x = rng.standard_normal(shape, dtype=np.float32)
         for gran in grans:
-            kw = {"per_tensor": {}, "per_channel": {"axis": 0},
-                  "per_group": {"axis": 1, "block_size": BLOCK}}[gran]
+            kw = {"per_tensor": {}, "per_channel": {"axis": 0}, "per_group": {"axis": 1, "block_size": BLOCK}}[gran]
             qp = nq.fit_qparams(x, nq.QuantSpec(bits=8, signed=False, symmetric=False, **kw))
             yield f"{gran} n={n:,} ({shape[0]}x{shape[1]})", x, qp, gran
 
@@ -57,19 +56,25 @@ def ort_session(ort, op, shape, qp, threads):
     from onnx import TensorProto, helper, numpy_helper
 
     spec = qp.spec
-    tin, tout = (TensorProto.FLOAT, TensorProto.UINT8) if op == "QuantizeLinear" else \
-        (TensorProto.UINT8, TensorProto.FLOAT)
+    tin, tout = (
+        (TensorProto.FLOAT, TensorProto.UINT8) if op == "QuantizeLinear" else (TensorProto.UINT8, TensorProto.FLOAT)
+    )
     attrs = {}
     if spec.axis is not None:
         attrs["axis"] = spec.axis
     if spec.block_size is not None:
         attrs["block_size"] = spec.block_size
-    inits = [numpy_helper.from_array(np.asarray(qp.scale, np.float32), "scale"),
-             numpy_helper.from_array(np.asarray(qp.zero_point).astype(np.uint8), "zero_point")]
+    inits = [
+        numpy_helper.from_array(np.asarray(qp.scale, np.float32), "scale"),
+        numpy_helper.from_array(np.asarray(qp.zero_point).astype(np.uint8), "zero_point"),
+    ]
     graph = helper.make_graph(
-        [helper.make_node(op, ["x", "scale", "zero_point"], ["y"], **attrs)], "bench",
+        [helper.make_node(op, ["x", "scale", "zero_point"], ["y"], **attrs)],
+        "bench",
         [helper.make_tensor_value_info("x", tin, list(shape))],
-        [helper.make_tensor_value_info("y", tout, list(shape))], initializer=inits)
+        [helper.make_tensor_value_info("y", tout, list(shape))],
+        initializer=inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
     model.ir_version = 10
     onnx.checker.check_model(model)
@@ -108,9 +113,14 @@ def cases(ctx):
             if method == "torch" and gran == "per_group":
                 continue
             ref = nq.quantize(x, qp, method=method)
-            impls = [Impl("numba", lambda m=method: nq.quantize(x, qp, method=m)),
-                     Impl("numpy", lambda m=method: nq.quantize(x, qp, method=m, backend="numpy"),
-                          check=compare(nq.quantize(x, qp, method=method, backend="numpy"), ref))]
+            impls = [
+                Impl("numba", lambda m=method: nq.quantize(x, qp, method=m)),
+                Impl(
+                    "numpy",
+                    lambda m=method: nq.quantize(x, qp, method=m, backend="numpy"),
+                    check=compare(nq.quantize(x, qp, method=method, backend="numpy"), ref),
+                ),
+            ]
 
             def make(peer=peer, ref=ref):
                 if peer == "torch":

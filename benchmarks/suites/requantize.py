@@ -41,11 +41,12 @@ def cases(ctx):
     for label in ctx.sizes:
         shape = parse_size(label)
         c = shape[1]
-        acc = np.clip(np.rint(rng.standard_normal(shape) * 2.0**15), -2**31, 2**31 - 1)
+        acc = np.clip(np.rint(rng.standard_normal(shape) * 2.0**15), -(2**31), 2**31 - 1)
         acc = acc.astype(np.int32)
         mult = 127 / (3 * 2.0**15) * np.exp(rng.uniform(-0.5, 0.5, c))
         inner = math.prod(shape[2:])
         for mode in MODES:
+
             def fast(mode=mode):
                 return requantize(acc, mult, ZP, QMIN, QMAX, mode=mode, axis=1)
 
@@ -54,7 +55,12 @@ def cases(ctx):
 
             ref = fast()
             saturated = float(np.mean((ref == QMIN) | (ref == QMAX)))
-            yield Case(NAME, f"{mode} {label} (C={c})", float(acc.size), "Mvalues/s",
-                       [Impl("numba", fast), Impl("numpy", twin, check=compare(twin(), ref))],
-                       targets=TARGETS.get(mode, {}),
-                       info={"channels": c, "row": inner, "saturated": round(saturated, 4)})
+            yield Case(
+                NAME,
+                f"{mode} {label} (C={c})",
+                float(acc.size),
+                "Mvalues/s",
+                [Impl("numba", fast), Impl("numpy", twin, check=compare(twin(), ref))],
+                targets=TARGETS.get(mode, {}),
+                info={"channels": c, "row": inner, "saturated": round(saturated, 4)},
+            )

@@ -35,8 +35,10 @@ MODELS = ("mlp", "lenet_300_100", "cnn")
 def _label(label: str) -> tuple[str, int]:
     name, sep, b = label.partition(":")
     if name not in MODELS or (sep and not (b.isdigit() and int(b) >= 1)):
-        raise ValueError(f"{NAME} sizes are a model name ({', '.join(MODELS)}), optionally with a "
-                         f"batch size as in cnn:64, got {label!r}")
+        raise ValueError(
+            f"{NAME} sizes are a model name ({', '.join(MODELS)}), optionally with a "
+            f"batch size as in cnn:64, got {label!r}"
+        )
     return name, int(b) if sep else 32
 
 
@@ -52,7 +54,7 @@ def _torch_epoch(torch, model, opt, xt, yt, batch, order=None, gen=None):
     perm = torch.randperm(len(xt), generator=gen) if order is None else torch.from_numpy(order)
     total, correct = 0.0, 0
     for s in range(0, len(xt), batch):
-        b = perm[s:s + batch]
+        b = perm[s : s + batch]
         xb, yb = xt[b], yt[b]
         opt.zero_grad()
         out = model(xb)
@@ -97,8 +99,11 @@ def cases(ctx):
             impls.append(Impl(backend, run))
             models[backend] = model
         buffers = ("running_mean", "running_var", "num_batches_tracked")
-        info = {"batch": batch, "steps/epoch": -(-len(x) // batch),
-                "parameters": sum(int(np.size(v)) for k, v in init.items() if not k.endswith(buffers))}
+        info = {
+            "batch": batch,
+            "steps/epoch": -(-len(x) // batch),
+            "parameters": sum(int(np.size(v)) for k, v in init.items() if not k.endswith(buffers)),
+        }
         miss = ctx.peer_impl("torch")
         if miss is None:
             torch = ctx.peers["torch"]
@@ -113,8 +118,7 @@ def cases(ctx):
             impls.append(Impl("torch", run_torch, check=_check(torch, arch, init, lr, x, y, batch, ctx.seed)))
         else:
             impls.append(miss)
-        yield Case(NAME, f"{name} batch {batch}", float(len(x)), "images/s", impls,
-                   targets={"torch": 0.5}, info=info)
+        yield Case(NAME, f"{name} batch {batch}", float(len(x)), "images/s", impls, targets={"torch": 0.5}, info=info)
 
 
 def _check(torch, arch, init, lr, x, y, batch, seed) -> str:
@@ -128,14 +132,21 @@ def _check(torch, arch, init, lr, x, y, batch, seed) -> str:
     model = build_model(arch, {k: np.array(v) for k, v in init.items()}).train()
     opt = Adam(model.named_parameters(), lr)
     for s in range(0, len(x), batch):
-        b = order[s:s + batch]
+        b = order[s : s + batch]
         model.zero_grad()
         _, g = softmax_cross_entropy(model(x[b]), y[b])
         model.backward(g)
         opt.step(model.named_grads())
     tmodel = _torch_model(torch, arch, init)
-    _torch_epoch(torch, tmodel, torch.optim.Adam(tmodel.parameters(), lr), torch.from_numpy(x),
-                 torch.from_numpy(y), batch, order=order)
+    _torch_epoch(
+        torch,
+        tmodel,
+        torch.optim.Adam(tmodel.parameters(), lr),
+        torch.from_numpy(x),
+        torch.from_numpy(y),
+        batch,
+        order=order,
+    )
     ours = model.state_dict()
     worst = 0.0
     for k, v in tmodel.state_dict().items():

@@ -53,9 +53,11 @@ def cases(ctx):
             def twin(data=data, bits=bits):
                 return unpack_bits(data, bits, n, order=order, backend="numpy")
 
-            impls = [Impl("numba", public, check=compare(public(), values)),
-                     Impl("numba.kernel", kernel, check=compare(kernel(), values)),
-                     Impl("numpy", twin, check=compare(twin(), values))]
+            impls = [
+                Impl("numba", public, check=compare(public(), values)),
+                Impl("numba.kernel", kernel, check=compare(kernel(), values)),
+                Impl("numpy", twin, check=compare(twin(), values)),
+            ]
             targets = {"numpy": 3.0}
             if bits == 1:
                 bitorder = "big" if msb else "little"
@@ -65,6 +67,12 @@ def cases(ctx):
 
                 impls.append(Impl("numpy.unpackbits", peer, check=compare(peer(), values)))
                 targets = {"numpy.unpackbits": 0.5}
-            yield Case(NAME, f"{bits}-bit {order} n={n:,}", float(n), "Mvalues/s", impls,
-                       targets=targets, info={"bits": bits, "order": order,
-                                              "packed_bytes": int(data.size)})
+            yield Case(
+                NAME,
+                f"{bits}-bit {order} n={n:,}",
+                float(n),
+                "Mvalues/s",
+                impls,
+                targets=targets,
+                info={"bits": bits, "order": order, "packed_bytes": int(data.size)},
+            )

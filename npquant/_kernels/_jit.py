@@ -49,5 +49,6 @@ def _warn_no_cache(func) -> None:
         f"npquant: numba has no writable cache location for {func.__code__.co_filename} (not its "
         "__pycache__, not the user-wide cache folder): kernels are compiled in every process. "
         "Set NUMBA_CACHE_DIR to a writable folder to cache them.",
-        RuntimeWarning, stacklevel=3,
+        RuntimeWarning,
+        stacklevel=3,
     )

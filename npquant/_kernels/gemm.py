@@ -124,8 +124,7 @@ def _tile1x4_vnni(xu, i, ws, o, out):
     w0, w1, w2, w3 = ws[o], ws[o + 1], ws[o + 2], ws[o + 3]
     a0 = a1 = a2 = a3 = vzero()
     for k in range(0, xu.shape[1], 64):
-        a0, a1, a2, a3 = _dp4(a0, a1, a2, a3, vload(x0, k), vload(w0, k), vload(w1, k), vload(w2, k),
-                              vload(w3, k))
+        a0, a1, a2, a3 = _dp4(a0, a1, a2, a3, vload(x0, k), vload(w0, k), vload(w1, k), vload(w2, k), vload(w3, k))
     out[i, o], out[i, o + 1], out[i, o + 2], out[i, o + 3] = vsum(a0), vsum(a1), vsum(a2), vsum(a3)
 
 
@@ -306,8 +305,9 @@ def _tile1x64(xu, i, wp, g, out):
     c0 = c1 = c2 = c3 = vzero()
     for k in range(0, xu.shape[1], 4):
         o = k * 64
-        c0, c1, c2, c3 = _dp4(c0, c1, c2, c3, vbcast4(x0, k), vload(p, o), vload(p, o + 64),
-                              vload(p, o + 128), vload(p, o + 192))
+        c0, c1, c2, c3 = _dp4(
+            c0, c1, c2, c3, vbcast4(x0, k), vload(p, o), vload(p, o + 64), vload(p, o + 128), vload(p, o + 192)
+        )
     _store4(out, i, g * 64, out.shape[1] - g * 64, c0, c1, c2, c3)
 
 
@@ -459,6 +459,7 @@ def _init2(out, i, j, n, first):
 # bytes of the int16 panels, a step of 4 bytes is 2 k. Pair-saturating: ``xb`` = ``xu``
 # and ``wb`` the int8 panels as they are, a step of 4 bytes is 4 k. Either way a step
 # reads 4 bytes of a row and 64 of the panel.
+
 
 @njit(cache=True)
 def _tile6x16(xb, i, wb, g, out, k0, k1, first, sat):

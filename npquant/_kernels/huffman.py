@@ -56,10 +56,16 @@ def _load_be64(stream, b):
     """Bytes ``stream[b:b + 8]`` as a big-endian uint64 (the caller checks the bounds;
     ``b`` is uint64 so that no negative-index wraparound is compiled)."""
     u = np.uint64
-    return ((u(stream[b]) << u(56)) | (u(stream[b + u(1)]) << u(48))
-            | (u(stream[b + u(2)]) << u(40)) | (u(stream[b + u(3)]) << u(32))
-            | (u(stream[b + u(4)]) << u(24)) | (u(stream[b + u(5)]) << u(16))
-            | (u(stream[b + u(6)]) << u(8)) | u(stream[b + u(7)]))
+    return (
+        (u(stream[b]) << u(56))
+        | (u(stream[b + u(1)]) << u(48))
+        | (u(stream[b + u(2)]) << u(40))
+        | (u(stream[b + u(3)]) << u(32))
+        | (u(stream[b + u(4)]) << u(24))
+        | (u(stream[b + u(5)]) << u(16))
+        | (u(stream[b + u(6)]) << u(8))
+        | u(stream[b + u(7)])
+    )
 
 
 @njit(cache=True, inline="always")
@@ -72,8 +78,7 @@ def _peek(stream, nbytes, pos, width):
         acc = acc << np.int64(8)
         if b + t < nbytes:
             acc = acc | np.int64(stream[b + t])
-    return (acc >> (np.int64(40) - (pos & np.int64(7)) - width)) & (
-        (np.int64(1) << width) - np.int64(1))
+    return (acc >> (np.int64(40) - (pos & np.int64(7)) - width)) & ((np.int64(1) << width) - np.int64(1))
 
 
 @njit(cache=True)
@@ -100,8 +105,24 @@ def _decode_fast(stream, pos, i, pos_lim, i_lim, shift, multi_sym, multi_bits, m
 
 
 @njit(cache=True)
-def decode(stream, nbits, count, k, lut_sym, lut_len, first, cnt, offset, sorted_syms,
-           maxlen, multi_sym, multi_bits, multi_n, out, info):
+def decode(
+    stream,
+    nbits,
+    count,
+    k,
+    lut_sym,
+    lut_len,
+    first,
+    cnt,
+    offset,
+    sorted_syms,
+    maxlen,
+    multi_sym,
+    multi_bits,
+    multi_n,
+    out,
+    info,
+):
     """Decode ``count`` symbols from the first ``nbits`` bits of ``stream`` into ``out``.
 
     Fast path, while 8 whole bytes remain from bit ``pos``'s byte and ``GROUP * MULTI``
@@ -126,8 +147,7 @@ def decode(stream, nbits, count, k, lut_sym, lut_len, first, cnt, offset, sorted
     i = np.int64(0)
     pos = np.int64(0)  # bit position of the next code
     while i < count:
-        i, pos = _decode_fast(stream, pos, i, pos_lim, i_lim, shift, multi_sym, multi_bits,
-                              multi_n, out)
+        i, pos = _decode_fast(stream, pos, i, pos_lim, i_lim, shift, multi_sym, multi_bits, multi_n, out)
         if i >= count:
             break
         # one symbol, with every check

@@ -9,7 +9,6 @@ scalar argument is already float32 (or a flag); the arrays are 1-D, C-contiguous
 float32, updated in place. Kernels never validate.
 """
 
-
 import numpy as np
 
 from ._jit import njit
@@ -25,8 +24,7 @@ def _muladd(a, b, c, fused):
 
 
 @njit(cache=True)
-def sgd_update(p, g, buf, first, weight_decay, momentum, one_minus_dampening, nesterov,
-               neg_lr, fused):
+def sgd_update(p, g, buf, first, weight_decay, momentum, one_minus_dampening, nesterov, neg_lr, fused):
     """``torch.optim.SGD`` on one parameter. ``buf`` is the momentum buffer (ignored when
     ``momentum == 0``); ``first``: this is its first step (the buffer becomes ``g``)."""
     zero = np.float32(0.0)
@@ -48,8 +46,24 @@ def sgd_update(p, g, buf, first, weight_decay, momentum, one_minus_dampening, ne
 
 
 @njit(cache=True)
-def adam_update(p, g, m, v, vmax, amsgrad, decay, weight_decay, lerp_coef, lerp_from_g,
-                beta2, one_minus_beta2, bias_correction2_sqrt, eps, neg_step_size, fused):
+def adam_update(
+    p,
+    g,
+    m,
+    v,
+    vmax,
+    amsgrad,
+    decay,
+    weight_decay,
+    lerp_coef,
+    lerp_from_g,
+    beta2,
+    one_minus_beta2,
+    bias_correction2_sqrt,
+    eps,
+    neg_step_size,
+    fused,
+):
     """``torch.optim.Adam`` / ``AdamW`` on one parameter.
 
     ``decay``: AdamW's factor ``1 - lr * weight_decay`` (1 for Adam); ``weight_decay``:

@@ -150,14 +150,16 @@ def quantize3(x3, scale3, zp3, block, qmin, qmax, mode, method, noise3, out3):
             g = c // block
             if not pi and n_inner > 1:  # a row of one parameter: the vectorizable loop
                 noise = noise3[o, c] if mode == STOCHASTIC else noise3[0, 0]
-                _quantize_row(x3[o, c], scale3[oo, g, 0], np.int32(zp3[oo, g, 0]), qmin, qmax,
-                              mode, method, noise, out3[o, c])
+                _quantize_row(
+                    x3[o, c], scale3[oo, g, 0], np.int32(zp3[oo, g, 0]), qmin, qmax, mode, method, noise, out3[o, c]
+                )
             else:
                 for i in range(n_inner):  # one parameter a value (inner 1: the last axis)
                     ii = i if pi else 0
                     u = noise3[o, c, i] if mode == STOCHASTIC else zero
-                    out3[o, c, i] = _code(x3[o, c, i], scale3[oo, g, ii], np.int32(zp3[oo, g, ii]),
-                                          qmin, qmax, mode, method, u)
+                    out3[o, c, i] = _code(
+                        x3[o, c, i], scale3[oo, g, ii], np.int32(zp3[oo, g, ii]), qmin, qmax, mode, method, u
+                    )
 
 
 @njit(cache=True)

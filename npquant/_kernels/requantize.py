@@ -86,6 +86,7 @@ def mbqm_single_away(x, m0, shift):
 
 # ---- one value of each mode: int32 acc -> clamped int64 code ------------------------------
 
+
 @njit(cache=True, inline="always")
 def _one_tflite(a, m0, shift, mf, zp, lo, hi):
     return min(max(mbqm_double(a, m0, shift) + zp, lo), hi)
@@ -122,6 +123,7 @@ def _one_onnx(a, m0, shift, mf, zp, lo, hi):
 
 
 # ---- loops: one per mode, so that the loop body has no mode branch ------------------------
+
 
 @njit(cache=True)
 def _row(mode, acc, m0, shift, mf, zp, lo, hi, out):

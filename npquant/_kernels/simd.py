@@ -71,8 +71,26 @@ from numba.core import config
 
 from .cpu import target_features
 
-__all__ = ["HAVE_VNNI", "vzero", "vload", "vbcast4", "vdpbusd", "vreduce16", "vsum", "vstore4", "vstore16",
-           "HAVE_AVX2", "v8zero", "v8load", "v8bcast4", "v8store", "v8loadn", "v8sum", "v8maddwd", "v8maddubs"]
+__all__ = [
+    "HAVE_VNNI",
+    "vzero",
+    "vload",
+    "vbcast4",
+    "vdpbusd",
+    "vreduce16",
+    "vsum",
+    "vstore4",
+    "vstore16",
+    "HAVE_AVX2",
+    "v8zero",
+    "v8load",
+    "v8bcast4",
+    "v8store",
+    "v8loadn",
+    "v8sum",
+    "v8maddwd",
+    "v8maddubs",
+]
 
 
 #: The compiled kernels may use ``vpdpbusd``: the compile target (the host, see
@@ -87,12 +105,13 @@ HAVE_AVX2: bool = {"avx2", "avx"} <= target_features()
 
 # ---- NumPy versions (NUMBA_DISABLE_JIT=1), the definition of each operation ----------
 
+
 def _np_vzero():
     return np.zeros(16, np.int32)
 
 
 def _np_vload(a, off):
-    return np.ascontiguousarray(a[off:off + 64]).view(np.uint8).view("<i4").astype(np.int32)
+    return np.ascontiguousarray(a[off : off + 64]).view(np.uint8).view("<i4").astype(np.int32)
 
 
 def _np_vdpbusd(c, a, b):
@@ -111,16 +130,16 @@ def _np_vreduce16(*vs):
 
 
 def _np_vstore4(out, i, j, v, q):
-    out[i, j:j + 4] = v[4 * q:4 * q + 4]
+    out[i, j : j + 4] = v[4 * q : 4 * q + 4]
 
 
 def _np_vbcast4(a, off):
-    return np.full(16, np.ascontiguousarray(a[off:off + 4]).view(np.uint8).view("<i4")[0], np.int32)
+    return np.full(16, np.ascontiguousarray(a[off : off + 4]).view(np.uint8).view("<i4")[0], np.int32)
 
 
 def _np_vstore16(out, i, j, v, n):
     n = min(max(int(n), 0), 16)
-    out[i, j:j + n] = v[:n]
+    out[i, j : j + n] = v[:n]
 
 
 def _np_v8zero():
@@ -128,22 +147,22 @@ def _np_v8zero():
 
 
 def _np_v8load(a, off):
-    return np.ascontiguousarray(a[off:off + 32]).view(np.uint8).view("<i4").astype(np.int32)
+    return np.ascontiguousarray(a[off : off + 32]).view(np.uint8).view("<i4").astype(np.int32)
 
 
 def _np_v8bcast4(a, off):
-    return np.full(8, np.ascontiguousarray(a[off:off + 4]).view(np.uint8).view("<i4")[0], np.int32)
+    return np.full(8, np.ascontiguousarray(a[off : off + 4]).view(np.uint8).view("<i4")[0], np.int32)
 
 
 def _np_v8store(out, i, j, v, n):
     n = min(max(int(n), 0), 8)
-    out[i, j:j + n] = v[:n]
+    out[i, j : j + n] = v[:n]
 
 
 def _np_v8loadn(a, i, j, n):
     n = min(max(int(n), 0), 8)
     v = np.zeros(8, np.int32)
-    v[:n] = a[i, j:j + n]
+    v[:n] = a[i, j : j + n]
     return v
 
 
@@ -171,6 +190,7 @@ def _np_v8maddubs(c, a, b):
 # Helpers of the code generators below (numba and llvmlite are imported only when the
 # JIT is on and the intrinsics are made).
 
+
 def _mask(idx):
     from llvmlite import ir
 
@@ -182,8 +202,12 @@ def _bytes_at(a, off):
     """Typing: ``a`` a 1-D uint8/int8 array and ``off`` an integer (a byte offset)."""
     from numba.core import types
 
-    return (isinstance(a, types.Array) and a.ndim == 1 and a.dtype in (types.uint8, types.int8)
-            and isinstance(off, types.Integer))
+    return (
+        isinstance(a, types.Array)
+        and a.ndim == 1
+        and a.dtype in (types.uint8, types.int8)
+        and isinstance(off, types.Integer)
+    )
 
 
 def _byte_ptr(context, builder, sig, args, ty):
@@ -203,8 +227,16 @@ def _elem_ptr(context, builder, aty, arr_val, idx_vals, idx_tys):
 
     arr = context.make_array(aty)(context, builder, arr_val)
     idx = [context.cast(builder, v, t, types.intp) for v, t in zip(idx_vals, idx_tys)]
-    return cgutils.get_item_pointer2(context, builder, arr.data, cgutils.unpack_tuple(builder, arr.shape),
-                                     cgutils.unpack_tuple(builder, arr.strides), aty.layout, idx)
+    return cgutils.get_item_pointer2(
+        context,
+        builder,
+        arr.data,
+        cgutils.unpack_tuple(builder, arr.shape),
+        cgutils.unpack_tuple(builder, arr.strides),
+        aty.layout,
+        idx,
+    )
+
 
 def _make_vector_type(lanes: int):
     """A numba type ``<lanes x i32>`` and its common operations: zero, load, 4-byte
@@ -229,13 +261,21 @@ def _make_vector_type(lanes: int):
 
     def _lanes_below(builder, nn):
         """The mask of the lanes l < nn (nn an i32)."""
-        splat = builder.shuffle_vector(builder.insert_element(ir.Constant(vt, None), nn, ir.Constant(i32, 0)),
-                                       ir.Constant(vt, None), _mask([0] * lanes))
+        splat = builder.shuffle_vector(
+            builder.insert_element(ir.Constant(vt, None), nn, ir.Constant(i32, 0)),
+            ir.Constant(vt, None),
+            _mask([0] * lanes),
+        )
         return builder.icmp_signed("<", ir.Constant(vt, list(range(lanes))), splat)
 
     def _rows(a, i, j, n, v=None):
-        return (isinstance(a, types.Array) and a.ndim == 2 and a.dtype == types.int32
-                and (v is None or v == vec) and all(isinstance(t, types.Integer) for t in (i, j, n)))
+        return (
+            isinstance(a, types.Array)
+            and a.ndim == 2
+            and a.dtype == types.int32
+            and (v is None or v == vec)
+            and all(isinstance(t, types.Integer) for t in (i, j, n))
+        )
 
     @intrinsic
     def zero(typingctx):
@@ -275,8 +315,10 @@ def _make_vector_type(lanes: int):
             p = _elem_ptr(context, builder, sig.args[0], args[0], args[1:3], sig.args[1:3])
             mask = _lanes_below(builder, context.cast(builder, args[4], sig.args[4], types.int32))
             fn = cgutils.get_or_insert_function(
-                builder.module, ir.FunctionType(ir.VoidType(), [vt, vt.as_pointer(), i32, bits]),
-                f"llvm.masked.store.v{lanes}i32.p0")
+                builder.module,
+                ir.FunctionType(ir.VoidType(), [vt, vt.as_pointer(), i32, bits]),
+                f"llvm.masked.store.v{lanes}i32.p0",
+            )
             builder.call(fn, [args[3], builder.bitcast(p, vt.as_pointer()), ir.Constant(i32, 4), mask])
             return context.get_dummy_value()
 
@@ -290,11 +332,14 @@ def _make_vector_type(lanes: int):
         def codegen(context, builder, sig, args):
             p = _elem_ptr(context, builder, sig.args[0], args[0], args[1:3], sig.args[1:3])
             fn = cgutils.get_or_insert_function(
-                builder.module, ir.FunctionType(vt, [vt.as_pointer(), i32, bits, vt]),
-                f"llvm.masked.load.v{lanes}i32.p0")
+                builder.module,
+                ir.FunctionType(vt, [vt.as_pointer(), i32, bits, vt]),
+                f"llvm.masked.load.v{lanes}i32.p0",
+            )
             mask = _lanes_below(builder, context.cast(builder, args[3], sig.args[3], types.int32))
-            return builder.call(fn, [builder.bitcast(p, vt.as_pointer()), ir.Constant(i32, 4), mask,
-                                     ir.Constant(vt, None)])
+            return builder.call(
+                fn, [builder.bitcast(p, vt.as_pointer()), ir.Constant(i32, 4), mask, ir.Constant(vt, None)]
+            )
 
         return vec(a, i, j, n), codegen
 
@@ -305,7 +350,8 @@ def _make_vector_type(lanes: int):
 
         def codegen(context, builder, sig, args):
             fn = cgutils.get_or_insert_function(
-                builder.module, ir.FunctionType(i32, [vt]), f"llvm.vector.reduce.add.v{lanes}i32")
+                builder.module, ir.FunctionType(i32, [vt]), f"llvm.vector.reduce.add.v{lanes}i32"
+            )
             return builder.call(fn, [args[0]])
 
         return types.int32(vec), codegen
@@ -328,7 +374,8 @@ def _make_intrinsics():
 
         def codegen(context, builder, sig, args):
             fn = cgutils.get_or_insert_function(
-                builder.module, ir.FunctionType(vt, [vt, vt, vt]), "llvm.x86.avx512.vpdpbusd.512")
+                builder.module, ir.FunctionType(vt, [vt, vt, vt]), "llvm.x86.avx512.vpdpbusd.512"
+            )
             return builder.call(fn, list(args))
 
         return vec16(vec16, vec16, vec16), codegen
@@ -354,8 +401,14 @@ def _make_intrinsics():
                         lo += [s0 + t for t in range(half)] + [16 + s0 + t for t in range(half)]
                         hi += [s0 + half + t for t in range(half)] + [16 + s0 + half + t for t in range(half)]
                         ids += [lu[blk], lw[blk]]
-                    nxt.append((builder.add(builder.shuffle_vector(u, w, _mask(lo)),
-                                            builder.shuffle_vector(u, w, _mask(hi))), ids))
+                    nxt.append(
+                        (
+                            builder.add(
+                                builder.shuffle_vector(u, w, _mask(lo)), builder.shuffle_vector(u, w, _mask(hi))
+                            ),
+                            ids,
+                        )
+                    )
                 items, size = nxt, half
             v, ids = items[0]
             return builder.shuffle_vector(v, v, _mask([ids.index(j) for j in range(16)]))
@@ -364,8 +417,14 @@ def _make_intrinsics():
 
     @intrinsic
     def vstore4(typingctx, out, i, j, v, q):
-        if not (isinstance(out, types.Array) and out.ndim == 2 and out.dtype == types.int32
-                and v == vec16 and isinstance(q, types.IntegerLiteral) and 0 <= q.literal_value < 4):
+        if not (
+            isinstance(out, types.Array)
+            and out.ndim == 2
+            and out.dtype == types.int32
+            and v == vec16
+            and isinstance(q, types.IntegerLiteral)
+            and 0 <= q.literal_value < 4
+        ):
             return None
 
         def codegen(context, builder, sig, args):
@@ -391,7 +450,8 @@ def _make_avx2_intrinsics():
 
     def _pmaddwd(builder, a, b):
         fn = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(vt, [v16i16, v16i16]), "llvm.x86.avx2.pmadd.wd")
+            builder.module, ir.FunctionType(vt, [v16i16, v16i16]), "llvm.x86.avx2.pmadd.wd"
+        )
         return builder.call(fn, [builder.bitcast(a, v16i16), builder.bitcast(b, v16i16)])
 
     @intrinsic
@@ -411,7 +471,8 @@ def _make_avx2_intrinsics():
 
         def codegen(context, builder, sig, args):
             fn = cgutils.get_or_insert_function(
-                builder.module, ir.FunctionType(v16i16, [v32i8, v32i8]), "llvm.x86.avx2.pmadd.ub.sw")
+                builder.module, ir.FunctionType(v16i16, [v32i8, v32i8]), "llvm.x86.avx2.pmadd.ub.sw"
+            )
             pairs = builder.call(fn, [builder.bitcast(args[1], v32i8), builder.bitcast(args[2], v32i8)])
             ones = ir.Constant(v16i16, [1] * 16)
             return builder.add(args[0], _pmaddwd(builder, builder.bitcast(pairs, vt), builder.bitcast(ones, vt)))

@@ -75,33 +75,55 @@ def run_compress(args: argparse.Namespace) -> int:
     for i, name in enumerate(weights):
         conv = np.ndim(state[name]) == 4
         s = None if args.quality is not None else sparsity[i if len(sparsity) > 1 else 0]
-        configs[name] = LayerConfig(sparsity=s, quality=args.quality,
-                                    bits=(args.conv_bits or 8) if conv else (args.fc_bits or 5),
-                                    index_bits=args.conv_index_bits if conv else args.fc_index_bits)
+        configs[name] = LayerConfig(
+            sparsity=s,
+            quality=args.quality,
+            bits=(args.conv_bits or 8) if conv else (args.fc_bits or 5),
+            index_bits=args.conv_index_bits if conv else args.fc_index_bits,
+        )
     _progress(f"compressing {len(weights)} weight tensors ...")
     comp = compress(state, configs, seed=args.seed, bias_bits=args.bias_bits or None)
     out = args.output or os.path.join(tempfile.mkdtemp(prefix="npquant-"), "model.npqz")
     size = write_compressed(comp, out)
     back = read_compressed(out)
     same = all(np.array_equal(back[k], comp.rebuilt[k]) for k in comp.rebuilt)
-    lines = [f"wrote {out} ({size} bytes); read back: weights identical to the pruned, quantized ones: "
-             f"{'yes' if same else 'NO'}", "", format_report(comp, size)]
+    lines = [
+        f"wrote {out} ({size} bytes); read back: weights identical to the pruned, quantized ones: "
+        f"{'yes' if same else 'NO'}",
+        "",
+        format_report(comp, size),
+    ]
     if evaluate is not None:
         acc_f, acc_q, acc_f2 = evaluate(state), evaluate(comp.rebuilt), evaluate(back)
-        lines += ["",
-                  f"test accuracy ({len(y_te)} digits): float {100 * acc_f:.2f} %; pruned + quantized "
-                  f"{100 * acc_q:.2f} %; rebuilt from the file {100 * acc_f2:.2f} %",
-                  "Deep Compression (Han et al. 2016) reports 40x for LeNet-300-100 on MNIST at 1.58 % error, "
-                  "after retraining; without retraining accuracy drops at these rates (npquant compress "
-                  "--retrain retrains)."]
+        lines += [
+            "",
+            f"test accuracy ({len(y_te)} digits): float {100 * acc_f:.2f} %; pruned + quantized "
+            f"{100 * acc_q:.2f} %; rebuilt from the file {100 * acc_f2:.2f} %",
+            "Deep Compression (Han et al. 2016) reports 40x for LeNet-300-100 on MNIST at 1.58 % error, "
+            "after retraining; without retraining accuracy drops at these rates (npquant compress "
+            "--retrain retrains).",
+        ]
         if args.study:
             rows = kmeans_study(state, evaluate, seed=args.seed)
-            lines += ["", "k-means weight sharing (no pruning), all weight tensors:",
-                      format_table(["bits", "size B", "ratio", "test accuracy"],
-                                   [["float32", str(sum(4 * np.asarray(v).size for v in state.values())), "1.0x",
-                                     f"{100 * acc_f:.2f} %"]]
-                                   + [[str(r["bits"]), str(r["bytes"]), f"{r['ratio']:.1f}x",
-                                       f"{100 * r['score']:.2f} %"] for r in rows])]
+            lines += [
+                "",
+                "k-means weight sharing (no pruning), all weight tensors:",
+                format_table(
+                    ["bits", "size B", "ratio", "test accuracy"],
+                    [
+                        [
+                            "float32",
+                            str(sum(4 * np.asarray(v).size for v in state.values())),
+                            "1.0x",
+                            f"{100 * acc_f:.2f} %",
+                        ]
+                    ]
+                    + [
+                        [str(r["bits"]), str(r["bytes"]), f"{r['ratio']:.1f}x", f"{100 * r['score']:.2f} %"]
+                        for r in rows
+                    ],
+                ),
+            ]
     if not same:
         lines.append("ERROR: the file does not rebuild the compressed weights")
     print("\n".join(lines))
@@ -109,14 +131,26 @@ def run_compress(args: argparse.Namespace) -> int:
 
 
 #: Options of ``npquant compress`` that only ``--retrain`` takes: ``(dest, flag)``.
-_RETRAIN_ONLY = (("data", "--data"), ("prune_steps", "--prune-steps"), ("prune_epochs", "--prune-epochs"),
-                 ("finetune_epochs", "--finetune-epochs"), ("lr", "--lr"), ("finetune_lr", "--finetune-lr"))
+_RETRAIN_ONLY = (
+    ("data", "--data"),
+    ("prune_steps", "--prune-steps"),
+    ("prune_epochs", "--prune-epochs"),
+    ("finetune_epochs", "--finetune-epochs"),
+    ("lr", "--lr"),
+    ("finetune_lr", "--finetune-lr"),
+)
 
 
 def _check_compress_options(args) -> None:
     """Refuse combinations of ``npquant compress`` options that do not go together."""
-    defaults = {"prune_steps": 3, "prune_epochs": 20, "finetune_epochs": 10, "lr": 1e-3, "finetune_lr": 1e-3,
-                "data": None}
+    defaults = {
+        "prune_steps": 3,
+        "prune_epochs": 20,
+        "finetune_epochs": 10,
+        "lr": 1e-3,
+        "finetune_lr": 1e-3,
+        "data": None,
+    }
     if args.sparsity is not None and args.quality is not None:
         raise ValueError("give --sparsity or --quality, not both")
     if args.input and args.model:
@@ -124,11 +158,20 @@ def _check_compress_options(args) -> None:
     if args.plots is not None and not args.tables:
         raise ValueError("--plots goes with --tables")
     if args.tables:
-        given = [flag for dest, flag in (("input", "--input"), ("model", "--model"), ("output", "--output"),
-                                         ("sparsity", "--sparsity"), ("quality", "--quality"),
-                                         ("fc_bits", "--fc-bits"), ("conv_bits", "--conv-bits"),
-                                         ("bias_bits", "--bias-bits"))
-                 if getattr(args, dest) is not None]
+        given = [
+            flag
+            for dest, flag in (
+                ("input", "--input"),
+                ("model", "--model"),
+                ("output", "--output"),
+                ("sparsity", "--sparsity"),
+                ("quality", "--quality"),
+                ("fc_bits", "--fc-bits"),
+                ("conv_bits", "--conv-bits"),
+                ("bias_bits", "--bias-bits"),
+            )
+            if getattr(args, dest) is not None
+        ]
         given += [flag for flag, on in (("--retrain", args.retrain), ("--study", args.study)) if on]
         given += [flag for dest, flag in _RETRAIN_ONLY if getattr(args, dest) != defaults[dest]]
         if given:
@@ -152,8 +195,9 @@ def _bundled_reference(args, name: str):
     folder = default_models_dir() if args.models is None else args.models
     path = os.path.join(folder, f"{name}.npz")
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"the reference model {path!r} does not exist"
-                                + ("" if args.models is None else " (check --models)"))
+        raise FileNotFoundError(
+            f"the reference model {path!r} does not exist" + ("" if args.models is None else " (check --models)")
+        )
     return path, load_reference(path)
 
 
@@ -179,15 +223,19 @@ def _training_data(path, arch: dict) -> dict:
     for part in ("train", "test"):
         x, y = arrays[f"x_{part}"], arrays[f"y_{part}"]
         if x.dtype.kind != "f" or x.ndim < 2 or len(x) == 0 or (shape and tuple(x.shape[1:]) != shape):
-            raise ValueError(f"--data {path}: x_{part} must be float (N, {', '.join(map(str, shape)) or '...'}) "
-                             f"with N >= 1 for this model, got {x.dtype} {x.shape}")
+            raise ValueError(
+                f"--data {path}: x_{part} must be float (N, {', '.join(map(str, shape)) or '...'}) "
+                f"with N >= 1 for this model, got {x.dtype} {x.shape}"
+            )
         if y.dtype.kind not in "iu" or y.shape != (len(x),):
-            raise ValueError(f"--data {path}: y_{part} must be integer labels of shape ({len(x)},), got "
-                             f"{y.dtype} {y.shape}")
+            raise ValueError(
+                f"--data {path}: y_{part} must be integer labels of shape ({len(x)},), got {y.dtype} {y.shape}"
+            )
         classes = arch.get("num_classes")
         if classes is not None and y.size and not (0 <= int(y.min()) and int(y.max()) < classes):
-            raise ValueError(f"--data {path}: y_{part} must lie in [0, {classes - 1}], got "
-                             f"[{int(y.min())}, {int(y.max())}]")
+            raise ValueError(
+                f"--data {path}: y_{part} must lie in [0, {classes - 1}], got [{int(y.min())}, {int(y.max())}]"
+            )
     return arrays
 
 
@@ -207,9 +255,11 @@ def _retrain_model(args):
 
         raw = read_bytes(args.input, "--input")
         if sniff_format(raw) != "npz" or "__arch__" not in parse_npz(raw, args.input):
-            raise ValueError(f"--retrain needs an architecture and training data: {args.input} has no '__arch__' "
-                             "(a plain state dict or another file); give a reference-format .npz (with '__arch__') "
-                             "and --data, or a bundled --model")
+            raise ValueError(
+                f"--retrain needs an architecture and training data: {args.input} has no '__arch__' "
+                "(a plain state dict or another file); give a reference-format .npz (with '__arch__') "
+                "and --data, or a bundled --model"
+            )
         if args.data is None:
             raise ValueError("--retrain --input needs --data FILE.npz (x_train, y_train, x_test, y_test)")
         if args.sparsity is None:
@@ -257,25 +307,43 @@ def _run_compress_retrain(args) -> int:
     out = args.output or os.path.join(tempfile.mkdtemp(prefix="npquant-"), "model.npqz")
     t0 = time.perf_counter()
     _progress(f"Deep Compression of {label}, with retraining ...")
-    r = deep_compression(model, data["x_train"], data["y_train"], data["x_test"], data["y_test"],
-                         sparsity=sparsity, bits=bits or None, bias_bits=5 if args.bias_bits is None else
-                         (args.bias_bits or None), prune_steps=args.prune_steps, prune_epochs=args.prune_epochs,
-                         finetune_epochs=args.finetune_epochs, lr=args.lr, finetune_lr=args.finetune_lr,
-                         seed=args.seed, path=out, progress=True)
+    r = deep_compression(
+        model,
+        data["x_train"],
+        data["y_train"],
+        data["x_test"],
+        data["y_test"],
+        sparsity=sparsity,
+        bits=bits or None,
+        bias_bits=5 if args.bias_bits is None else (args.bias_bits or None),
+        prune_steps=args.prune_steps,
+        prune_epochs=args.prune_epochs,
+        finetune_epochs=args.finetune_epochs,
+        lr=args.lr,
+        finetune_lr=args.finetune_lr,
+        seed=args.seed,
+        path=out,
+        progress=True,
+    )
     dt = time.perf_counter() - t0
     a = r.accuracy
-    print("\n".join([
-        f"wrote {out} ({len(r.data)} bytes); read back: every tensor identical to the model in memory: yes",
-        "",
-        f"Deep Compression of {label} ({len(data['y_test'])} test images; seed {args.seed}; "
-        f"{args.prune_steps} pruning steps x {args.prune_epochs} epochs, {args.finetune_epochs} fine-tuning epochs)",
-        r.table(),
-        "",
-        format_report(r.compressed, len(r.data)),
-        "",
-        f"test accuracy: float {100 * a['float']:.2f} %; the model rebuilt from the file {100 * a['file']:.2f} % "
-        f"({100 * (a['file'] - a['float']):+.2f} points); the file is {r.ratio:.1f}x smaller than float32",
-        f"Deep Compression (Han et al. 2016): 40x for LeNet-300-100 on MNIST at 1.58 % error. ({dt:.1f} s)"]))
+    print(
+        "\n".join(
+            [
+                f"wrote {out} ({len(r.data)} bytes); read back: every tensor identical to the model in memory: yes",
+                "",
+                f"Deep Compression of {label} ({len(data['y_test'])} test images; seed {args.seed}; "
+                f"{args.prune_steps} pruning steps x {args.prune_epochs} epochs, {args.finetune_epochs} fine-tuning epochs)",
+                r.table(),
+                "",
+                format_report(r.compressed, len(r.data)),
+                "",
+                f"test accuracy: float {100 * a['float']:.2f} %; the model rebuilt from the file {100 * a['file']:.2f} % "
+                f"({100 * (a['file'] - a['float']):+.2f} points); the file is {r.ratio:.1f}x smaller than float32",
+                f"Deep Compression (Han et al. 2016): 40x for LeNet-300-100 on MNIST at 1.58 % error. ({dt:.1f} s)",
+            ]
+        )
+    )
     return 0
 
 

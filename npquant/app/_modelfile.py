@@ -42,9 +42,10 @@ def sniff_model_file(path, option: str = "MODEL") -> tuple:
     fmt = sniff_format(data)
     runs = "npquant runs reference models, PyTorch PTQ references (*_ptq.npz) and graph files"
     if fmt != "npz":
-        what = {"npqz": "a Deep Compression file (weights without an architecture)",
-                "safetensors": "a .safetensors state dict (weights without an architecture)"}.get(
-                    fmt, f"not an .npz file (it starts with {data[:8]!r})")
+        what = {
+            "npqz": "a Deep Compression file (weights without an architecture)",
+            "safetensors": "a .safetensors state dict (weights without an architecture)",
+        }.get(fmt, f"not an .npz file (it starts with {data[:8]!r})")
         raise FileFormatError(p, f"{what}: {runs}")
     arrays = parse_npz(data, p)
     if "__graph__" in arrays:
@@ -52,8 +53,11 @@ def sniff_model_file(path, option: str = "MODEL") -> tuple:
     if "__arch__" in arrays:
         ptq = any(k.endswith(".weight_int") for k in arrays)
         return p, "ptq" if ptq else "reference", arrays
-    what = ("a quantized checkpoint (weights without an architecture)" if "__format__" in arrays
-            else "a state dict (weights without an architecture)")
+    what = (
+        "a quantized checkpoint (weights without an architecture)"
+        if "__format__" in arrays
+        else "a state dict (weights without an architecture)"
+    )
     raise FileFormatError(p, f"{what}: {runs}")
 
 
@@ -73,14 +77,17 @@ def calibration_images(path: str, test_inputs) -> np.ndarray:
     x = (load_digits().data / 16).astype(np.float32)[index]
     if test_inputs is None or int(np.prod(test_inputs.shape[1:])) != x.shape[1]:
         shape = None if test_inputs is None else tuple(test_inputs.shape[1:])
-        raise ValueError(f"{path}: the calibration split holds 8x8 digits images (64 values), but this model's test "
-                         f"inputs have shape {shape}: quantize it in Python with npquant.models.convert.quantize_model and "
-                         "your own calibration data")
+        raise ValueError(
+            f"{path}: the calibration split holds 8x8 digits images (64 values), but this model's test "
+            f"inputs have shape {shape}: quantize it in Python with npquant.models.convert.quantize_model and "
+            "your own calibration data"
+        )
     return x.reshape((-1,) + tuple(test_inputs.shape[1:]))
 
 
-def load_model_file(path, kind: str, arrays: dict, *, mode: str | None = None,
-                    accumulation: str | None = None) -> ModelFile:
+def load_model_file(
+    path, kind: str, arrays: dict, *, mode: str | None = None, accumulation: str | None = None
+) -> ModelFile:
     """The model of a file :func:`sniff_model_file` told: a graph as it is; a PTQ reference
     through :func:`~npquant.models.convert.from_pytorch_ptq`; a reference model in float, or
     with ``mode`` quantized by :func:`~npquant.models.convert.quantize_model` (per-channel int8
@@ -95,8 +102,13 @@ def load_model_file(path, kind: str, arrays: dict, *, mode: str | None = None,
         return ModelFile(path, kind, g, f"graph {g.name!r} ({g.kind}, {len(g.nodes)} nodes)", None)
     if kind == "ptq":
         q = from_pytorch_ptq(path, accumulation=acc)  # re-read: its messages name the file
-        return ModelFile(path, kind, q, f"PyTorch PTQ reference: integer model, mode fp32 with fbgemm's float bias, "
-                                        f"accumulation {acc}", arrays.get("input_int"))
+        return ModelFile(
+            path,
+            kind,
+            q,
+            f"PyTorch PTQ reference: integer model, mode fp32 with fbgemm's float bias, accumulation {acc}",
+            arrays.get("input_int"),
+        )
     from ..models.io import _reference
     from ..models.nn import build_model
 
@@ -110,9 +122,15 @@ def load_model_file(path, kind: str, arrays: dict, *, mode: str | None = None,
         return ModelFile(path, kind, model, "reference model, float", x)
     calib = calibration_images(path, x)
     q = quantize_model(model, calib, mode=mode, accumulation=acc)
-    return ModelFile(path, kind, q, f"reference model quantized by quantize_model: mode {mode}, accumulation {acc}, "
-                                    f"per-channel int8 weights, uint8 activations, min-max ranges of "
-                                    f"{len(calib)} calibration images", x)
+    return ModelFile(
+        path,
+        kind,
+        q,
+        f"reference model quantized by quantize_model: mode {mode}, accumulation {acc}, "
+        f"per-channel int8 weights, uint8 activations, min-max ranges of "
+        f"{len(calib)} calibration images",
+        x,
+    )
 
 
 def _read_npy(data: bytes, where) -> np.ndarray:
@@ -120,8 +138,11 @@ def _read_npy(data: bytes, where) -> np.ndarray:
     dtype, shape, fortran, hlen = _read_npy_header(f, "array", where)
     nbytes = dtype.itemsize * int(np.prod(shape, dtype=object))
     if hlen + nbytes != len(data):
-        raise FileFormatError(where, f"the .npy header declares {dtype.str} of shape {shape} ({nbytes} bytes), but "
-                                     f"the file holds {len(data) - hlen} bytes of data")
+        raise FileFormatError(
+            where,
+            f"the .npy header declares {dtype.str} of shape {shape} ({nbytes} bytes), but "
+            f"the file holds {len(data) - hlen} bytes of data",
+        )
     arr = np.frombuffer(data, dtype, offset=hlen, count=nbytes // dtype.itemsize if dtype.itemsize else 0)
     return arr.reshape(shape, order="F" if fortran else "C")
 
@@ -140,10 +161,12 @@ def read_input_file(path, option: str = "--input"):
         arr = next(iter(arrays.values())) if len(arrays) == 1 else arrays
     else:
         raise FileFormatError(p, f"expected an .npy or .npz file, it starts with {data[:8]!r}")
-    for a in (arr.values() if isinstance(arr, dict) else [arr]):
+    for a in arr.values() if isinstance(arr, dict) else [arr]:
         if a.dtype.kind not in "iuf" or a.ndim == 0 or a.size == 0:
-            raise ValueError(f"{option} {p}: expected a non-empty array of numbers with the batch first, got "
-                             f"{a.dtype} of shape {a.shape}")
+            raise ValueError(
+                f"{option} {p}: expected a non-empty array of numbers with the batch first, got "
+                f"{a.dtype} of shape {a.shape}"
+            )
     return arr
 
 
@@ -153,7 +176,7 @@ def select_sample(x, index: int, option: str = "--index"):
         return {k: select_sample(v, index, option) for k, v in x.items()}
     if index >= x.shape[0]:
         raise ValueError(f"{option} {index} is out of range: the input has {x.shape[0]} samples")
-    return np.ascontiguousarray(x[index:index + 1])
+    return np.ascontiguousarray(x[index : index + 1])
 
 
 def _graph_input_qparams(g, t: str):

@@ -35,8 +35,11 @@ def demo_configs(bits_list: list[int], group_size: int) -> list[tuple[tuple[str,
         that nesting order: ``labels`` is ``(bits, scheme, granularity)`` as strings and
         ``kwargs`` the keyword arguments of a signed ``QuantSpec``.
     """
-    grans = [("per-tensor", {}), ("per-channel", {"axis": 0}),
-             (f"per-group({group_size})", {"axis": 1, "block_size": group_size})]
+    grans = [
+        ("per-tensor", {}),
+        ("per-channel", {"axis": 0}),
+        (f"per-group({group_size})", {"axis": 1, "block_size": group_size}),
+    ]
     out = []
     for bits in bits_list:
         for scheme, sym in (("symmetric", True), ("asymmetric", False)):
@@ -45,8 +48,16 @@ def demo_configs(bits_list: list[int], group_size: int) -> list[tuple[tuple[str,
     return out
 
 
-def weight_demo(hidden: list[int], *, seed: int, max_iter: int, bits: list[int], group_size: int,
-                rounding: str, progress: Callable[[str], None] | None = None) -> str:
+def weight_demo(
+    hidden: list[int],
+    *,
+    seed: int,
+    max_iter: int,
+    bits: list[int],
+    group_size: int,
+    rounding: str,
+    progress: Callable[[str], None] | None = None,
+) -> str:
     """The report of ``npquant demo --weights``.
 
     Parameters
@@ -90,8 +101,10 @@ def weight_demo(hidden: list[int], *, seed: int, max_iter: int, bits: list[int],
     progress(f"training MLPClassifier(hidden_layer_sizes={hidden}) for at most {max_iter} epochs ...")
     clf, _ = sklearn_mlp.train_mlp(hidden, seed=seed, max_iter=max_iter, data=data)
     converged = clf.n_iter_ < max_iter
-    progress(f"trained in {time.perf_counter() - t0:.1f} s ({clf.n_iter_} epochs, "
-              f"{'converged' if converged else 'stopped at --max-iter'}); quantizing ...")
+    progress(
+        f"trained in {time.perf_counter() - t0:.1f} s ({clf.n_iter_} epochs, "
+        f"{'converged' if converged else 'stopped at --max-iter'}); quantizing ..."
+    )
     float_acc = clf.score(X_te, y_te)
 
     # sklearn stores coefs_[k] as (in, out); npquant follows PyTorch's (out, in).
@@ -101,8 +114,7 @@ def weight_demo(hidden: list[int], *, seed: int, max_iter: int, bits: list[int],
     layer_rows = [[] for _ in weights]
     acc_rows = []
     for labels, kw in configs:
-        spec = QuantSpec(rounding=rounding,
-                         seed=seed if rounding == "stochastic" else None, **kw)
+        spec = QuantSpec(rounding=rounding, seed=seed if rounding == "stochastic" else None, **kw)
         fq = []
         for k, w in enumerate(weights):
             w_hat = fake_quantize(w, fit_qparams(w, spec))
@@ -140,15 +152,15 @@ def weight_demo(hidden: list[int], *, seed: int, max_iter: int, bits: list[int],
             "",
             f"W{k + 1}: {what}, shape {w.shape} (out, in) = coefs_[{k}].T, {w.size} weights "
             f"in [{w.min():.4f}, {w.max():.4f}]",
-            format_table(["bits", "scheme", "granularity", "MSE", "SQNR dB", "max |err|"],
-                         layer_rows[k], align="rllrrr"),
+            format_table(
+                ["bits", "scheme", "granularity", "MSE", "SQNR dB", "max |err|"], layer_rows[k], align="rllrrr"
+            ),
         ]
     out += [
         "",
         f"test accuracy with all {n_layers} weight matrices fake-quantized "
         f"(change in percentage points vs float {100 * float_acc:.2f} %)",
-        format_table(["bits", "scheme", "granularity", "accuracy", "change"], acc_rows,
-                     align="rllrr"),
+        format_table(["bits", "scheme", "granularity", "accuracy", "change"], acc_rows, align="rllrr"),
     ]
     return "\n".join(out)
 

@@ -101,7 +101,7 @@ def _add_demo(sub) -> None:
     p = sub.add_parser(
         "demo",
         help="every quantization method on the bundled reference models: size, test accuracy and "
-             "agreement with float (--weights: the weight-error tables of a scikit-learn MLP)",
+        "agreement with float (--weights: the weight-error tables of a scikit-learn MLP)",
         description=(
             "The model table (the main job): for each bundled reference model (an MLP, "
             "LeNet-300-100 and a small CNN, trained in PyTorch on scikit-learn's digits and "
@@ -122,37 +122,70 @@ def _add_demo(sub) -> None:
     p.set_defaults(func=_run_demo, _parser=p)
     t = p.add_argument_group("the model table (the default job)")
     t.add_argument("--models", metavar="DIR", help="reference models folder (default: the bundled models)")
-    t.add_argument("--quick", action="store_true",
-                   help=f"the model table: the MLP only; with --weights: train {DEMO_QUICK_ITERS} epochs "
-                        "only (a smoke test; lower accuracy)")
+    t.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"the model table: the MLP only; with --weights: train {DEMO_QUICK_ITERS} epochs "
+        "only (a smoke test; lower accuracy)",
+    )
     p.add_argument_group("figures (needs matplotlib: pip install 'npquant[plot]')").add_argument(
-        "--plots", metavar="DIR", help="instead of the table, write the teaching figures as PNG files into DIR "
-                                       "(created if missing; see npquant.app.plot.DEMO_PLOTS); only --models applies")
+        "--plots",
+        metavar="DIR",
+        help="instead of the table, write the teaching figures as PNG files into DIR "
+        "(created if missing; see npquant.app.plot.DEMO_PLOTS); only --models applies",
+    )
     w = p.add_argument_group("the weight-error job (--weights; its options need --weights)")
-    w.add_argument("--weights", action="store_true",
-                   help="instead of the model table, train scikit-learn's MLPClassifier and tabulate the "
-                        "quantization error of its weights")
-    w.add_argument("--seed", type=_int_range(0, 2**32 - 1), default=None,
-                   help="seed of the MLP's initialization and minibatch order, and of "
-                        "stochastic rounding (default: 0)")
-    w.add_argument("--bits", type=_int_list(2, 16), default=None, metavar="LIST",
-                   help="comma-separated bit widths, each 2..16 (default: 8,4,2)")
-    w.add_argument("--group-size", type=_int_range(1), default=None, metavar="B",
-                   help="per-group block size along the input axis, axis=1 (default: 16)")
-    w.add_argument("--hidden", type=_int_list(1, 4096), default=None, metavar="LIST",
-                   help="hidden layer sizes (default: 64,32)")
-    w.add_argument("--max-iter", type=_int_range(1), default=None, metavar="N",
-                   help=f"training epochs at most (default: {DEMO_FULL_ITERS}, or "
-                        f"{DEMO_QUICK_ITERS} with --quick)")
-    w.add_argument("--rounding", choices=ROUNDING_MODES, default=None,
-                   help="rounding mode of the quantizer (default: half_even)")
+    w.add_argument(
+        "--weights",
+        action="store_true",
+        help="instead of the model table, train scikit-learn's MLPClassifier and tabulate the "
+        "quantization error of its weights",
+    )
+    w.add_argument(
+        "--seed",
+        type=_int_range(0, 2**32 - 1),
+        default=None,
+        help="seed of the MLP's initialization and minibatch order, and of stochastic rounding (default: 0)",
+    )
+    w.add_argument(
+        "--bits",
+        type=_int_list(2, 16),
+        default=None,
+        metavar="LIST",
+        help="comma-separated bit widths, each 2..16 (default: 8,4,2)",
+    )
+    w.add_argument(
+        "--group-size",
+        type=_int_range(1),
+        default=None,
+        metavar="B",
+        help="per-group block size along the input axis, axis=1 (default: 16)",
+    )
+    w.add_argument(
+        "--hidden", type=_int_list(1, 4096), default=None, metavar="LIST", help="hidden layer sizes (default: 64,32)"
+    )
+    w.add_argument(
+        "--max-iter",
+        type=_int_range(1),
+        default=None,
+        metavar="N",
+        help=f"training epochs at most (default: {DEMO_FULL_ITERS}, or {DEMO_QUICK_ITERS} with --quick)",
+    )
+    w.add_argument(
+        "--rounding", choices=ROUNDING_MODES, default=None, help="rounding mode of the quantizer (default: half_even)"
+    )
 
 
 #: The options of ``npquant demo --weights``: ``(dest, flag, default)``; each is an error without
 #: ``--weights`` (the model table does not use them).
-DEMO_WEIGHT_OPTIONS = (("seed", "--seed", 0), ("bits", "--bits", [8, 4, 2]), ("group_size", "--group-size", 16),
-                       ("hidden", "--hidden", [64, 32]), ("max_iter", "--max-iter", None),
-                       ("rounding", "--rounding", "half_even"))
+DEMO_WEIGHT_OPTIONS = (
+    ("seed", "--seed", 0),
+    ("bits", "--bits", [8, 4, 2]),
+    ("group_size", "--group-size", 16),
+    ("hidden", "--hidden", [64, 32]),
+    ("max_iter", "--max-iter", None),
+    ("rounding", "--rounding", "half_even"),
+)
 
 
 def _usage_error(args, message: str):
@@ -185,16 +218,22 @@ def _run_demo(args) -> int:
     if not args.weights:
         if given:
             many = len(given) > 1
-            _usage_error(args, f"{', '.join(given)} {'are options' if many else 'is an option'} of the "
-                               f"--weights job (the weight-error tables of a scikit-learn MLP), not of the model "
-                               f"table: add --weights, or drop {'them' if many else 'it'}")
+            _usage_error(
+                args,
+                f"{', '.join(given)} {'are options' if many else 'is an option'} of the "
+                f"--weights job (the weight-error tables of a scikit-learn MLP), not of the model "
+                f"table: add --weights, or drop {'them' if many else 'it'}",
+            )
         from .demo import MODELS, run
 
         print(run(args.models, models=MODELS[:1] if args.quick else MODELS, progress=_progress))
         return 0
     if args.models is not None:
-        _usage_error(args, "--models is an option of the model table; the --weights job trains its own MLP: "
-                           "drop --models or --weights")
+        _usage_error(
+            args,
+            "--models is an option of the model table; the --weights job trains its own MLP: "
+            "drop --models or --weights",
+        )
     for dest, _, default in DEMO_WEIGHT_OPTIONS:
         if getattr(args, dest) is None:
             setattr(args, dest, default)
@@ -203,8 +242,17 @@ def _run_demo(args) -> int:
 
 def _run_weight_demo(args) -> int:
     max_iter = args.max_iter or (DEMO_QUICK_ITERS if args.quick else DEMO_FULL_ITERS)
-    print(weight_demo(args.hidden, seed=args.seed, max_iter=max_iter, bits=args.bits,
-                      group_size=args.group_size, rounding=args.rounding, progress=_progress))
+    print(
+        weight_demo(
+            args.hidden,
+            seed=args.seed,
+            max_iter=max_iter,
+            bits=args.bits,
+            group_size=args.group_size,
+            rounding=args.rounding,
+            progress=_progress,
+        )
+    )
     return 0
 
 
@@ -244,43 +292,90 @@ def _add_explain(sub) -> None:
         ),
     )
     p.set_defaults(_parser=p)
-    p.add_argument("model", nargs="?", default=None, metavar="MODEL",
-                   help="a model file to explain a layer of: a graph file (npquant.models.graph.save_graph), or a "
-                        "reference model, quantized first with --mode, or a PyTorch PTQ reference (its layers "
-                        "are traced through fbgemm's float-bias requantization)")
-    p.add_argument("--mode", choices=REQUANT_MODES, default=None,
-                   help="requantization mode (default tflite); with MODEL, the mode a reference model is "
-                        "quantized with")
-    p.add_argument("--layer", default=None, metavar="LAYER",
-                   help="without MODEL: the built-in example, linear (default) or conv; with MODEL: a graph's "
-                        "node name or the position of a layer of an integer model (a linear or conv layer is "
-                        "traced step by step; pooling, add, concat, clamps and reshapes element by element)")
-    p.add_argument("--index", default=None, metavar="I,J[,K,L]",
-                   help="with MODEL: the output element, row,col of a linear layer (leading axes flattened), "
-                        "n,o,i,j of a conv layer's NCHW output, the full index of another layer's output")
-    p.add_argument("--input", default=None, metavar="X",
-                   help="with MODEL: the input (.npy, batch first; float values or codes); default: the file's "
-                        "test inputs, or seeded random codes for a graph")
-    p.add_argument("--sample", type=_int_range(0), default=None, metavar="K",
-                   help="with MODEL: run sample K of the input alone (default: the whole --input; sample 0 of "
-                        "the file's test inputs)")
-    p.add_argument("--accumulation", choices=ACCUMULATIONS, default="exact",
-                   help="arithmetic of the sum (default exact); int16_pairs, or fbgemm/mlas on a CPU "
-                        "path (fbgemm_avx2, ...), lists the int16 pair sums and marks the saturated ones")
+    p.add_argument(
+        "model",
+        nargs="?",
+        default=None,
+        metavar="MODEL",
+        help="a model file to explain a layer of: a graph file (npquant.models.graph.save_graph), or a "
+        "reference model, quantized first with --mode, or a PyTorch PTQ reference (its layers "
+        "are traced through fbgemm's float-bias requantization)",
+    )
+    p.add_argument(
+        "--mode",
+        choices=REQUANT_MODES,
+        default=None,
+        help="requantization mode (default tflite); with MODEL, the mode a reference model is quantized with",
+    )
+    p.add_argument(
+        "--layer",
+        default=None,
+        metavar="LAYER",
+        help="without MODEL: the built-in example, linear (default) or conv; with MODEL: a graph's "
+        "node name or the position of a layer of an integer model (a linear or conv layer is "
+        "traced step by step; pooling, add, concat, clamps and reshapes element by element)",
+    )
+    p.add_argument(
+        "--index",
+        default=None,
+        metavar="I,J[,K,L]",
+        help="with MODEL: the output element, row,col of a linear layer (leading axes flattened), "
+        "n,o,i,j of a conv layer's NCHW output, the full index of another layer's output",
+    )
+    p.add_argument(
+        "--input",
+        default=None,
+        metavar="X",
+        help="with MODEL: the input (.npy, batch first; float values or codes); default: the file's "
+        "test inputs, or seeded random codes for a graph",
+    )
+    p.add_argument(
+        "--sample",
+        type=_int_range(0),
+        default=None,
+        metavar="K",
+        help="with MODEL: run sample K of the input alone (default: the whole --input; sample 0 of "
+        "the file's test inputs)",
+    )
+    p.add_argument(
+        "--accumulation",
+        choices=ACCUMULATIONS,
+        default="exact",
+        help="arithmetic of the sum (default exact); int16_pairs, or fbgemm/mlas on a CPU "
+        "path (fbgemm_avx2, ...), lists the int16 pair sums and marks the saturated ones",
+    )
     p.add_argument("--seed", type=_int_range(0, 2**32 - 1), default=0, help="seed of the example (default 0)")
-    p.add_argument("--all-terms", action="store_true",
-                   help=f"list every term of the dot product (default: the first {_SHOWN_TERMS})")
+    p.add_argument(
+        "--all-terms",
+        action="store_true",
+        help=f"list every term of the dot product (default: the first {_SHOWN_TERMS})",
+    )
     t = p.add_argument_group("tie table (--ties)")
     t.add_argument("--ties", action="store_true", help="print the tie table instead of a trace")
-    t.add_argument("--multiplier", "-m", type=_positive_float, default=None, metavar="M",
-                   help="the real multiplier (default: the example layer's)")
+    t.add_argument(
+        "--multiplier",
+        "-m",
+        type=_positive_float,
+        default=None,
+        metavar="M",
+        help="the real multiplier (default: the example layer's)",
+    )
     t.add_argument("--zero-point", type=int, default=0, metavar="Z", help="output zero point (default 0)")
-    t.add_argument("--dtype", choices=sorted(_CODE_RANGES), default="int8",
-                   help="output code range (default int8)")
-    t.add_argument("--range", type=_int_range(1, 1 << 25), default=1 << 16, metavar="R",
-                   help="accumulators in [-R, R] (default 65536)")
-    t.add_argument("--limit", type=_int_range(0), default=20, metavar="N",
-                   help="rows to print (default 20; 0 prints only the summary)")
+    t.add_argument("--dtype", choices=sorted(_CODE_RANGES), default="int8", help="output code range (default int8)")
+    t.add_argument(
+        "--range",
+        type=_int_range(1, 1 << 25),
+        default=1 << 16,
+        metavar="R",
+        help="accumulators in [-R, R] (default 65536)",
+    )
+    t.add_argument(
+        "--limit",
+        type=_int_range(0),
+        default=20,
+        metavar="N",
+        help="rows to print (default 20; 0 prints only the summary)",
+    )
     p.set_defaults(func=_run_explain)
 
 
@@ -299,8 +394,13 @@ def _run_explain_model(args) -> int:
     path, kind, arrays = sniff_model_file(args.model)
     if kind != "reference" and args.mode is not None:
         _usage_error(args, f"--mode quantizes a reference model; {args.model} is a {kind} file")
-    mf = load_model_file(path, kind, arrays, mode=args.mode or ("tflite" if kind == "reference" else None),
-                         accumulation=args.accumulation)
+    mf = load_model_file(
+        path,
+        kind,
+        arrays,
+        mode=args.mode or ("tflite" if kind == "reference" else None),
+        accumulation=args.accumulation,
+    )
     if args.input is not None:
         x = read_input_file(args.input)
     elif mf.test_inputs is not None:
@@ -311,7 +411,7 @@ def _run_explain_model(args) -> int:
         x = select_sample(x, args.sample)
     layer = args.layer
     if kind != "graph":
-        layer = layer[len("layers["):-1] if layer.startswith("layers[") and layer.endswith("]") else layer
+        layer = layer[len("layers[") : -1] if layer.startswith("layers[") and layer.endswith("]") else layer
     print(explain_layer(mf.model, x, layer, index).format(all_terms=args.all_terms))
     return 0
 
@@ -346,8 +446,7 @@ def _print_ties(args) -> int:
     from ..requant.modes import REQUANT_MODES, requantize_ties
 
     qmin, qmax = _CODE_RANGES[args.dtype]
-    t = requantize_ties(args.multiplier, args.zero_point, qmin, qmax,
-                        acc_min=-args.range, acc_max=args.range)
+    t = requantize_ties(args.multiplier, args.zero_point, qmin, qmax, acc_min=-args.range, acc_max=args.range)
     m0, shift = (int(v) for v in quantize_multiplier(args.multiplier))
     left, n = max(shift, 0), max(-shift, 0)
     out = [
@@ -357,7 +456,7 @@ def _print_ties(args) -> int:
         "get a mode-dependent code",
     ]
     for i, a in enumerate(REQUANT_MODES):
-        for b in REQUANT_MODES[i + 1:]:
+        for b in REQUANT_MODES[i + 1 :]:
             out.append(f"  {a} vs {b}: {int((t[a] != t[b]).sum())} differ")
     if args.limit and len(t["acc"]):
         rows = []
@@ -365,13 +464,22 @@ def _print_ties(args) -> int:
             acc = int(t["acc"][k])
             exact = Fraction(acc) * Fraction(args.multiplier) + args.zero_point
             high = int(saturating_rounding_doubling_high_mul(acc << left, m0))  # tflite's first rounding
-            rows.append([str(acc), f"{float(exact):.6f}", str(high),
-                         f"{float(Fraction(high, 1 << n) + args.zero_point):.6f}",
-                         *(str(int(t[m][k])) for m in REQUANT_MODES)])
-        out += ["", f"double rounding: tflite first rounds acc*m0/2^{31 - left} to the integer high (ties up), then "
-                    f"high/2^{n} (ties away from zero); where high/2^{n} lands on a half (as -126.498 -> -126.5) "
-                    "the second rounding goes away from zero (-127) although acc*M + Z was no tie",
-                format_table(["acc", "acc*M + Z", "high", f"high/2^{n} + Z", *REQUANT_MODES], rows)]
+            rows.append(
+                [
+                    str(acc),
+                    f"{float(exact):.6f}",
+                    str(high),
+                    f"{float(Fraction(high, 1 << n) + args.zero_point):.6f}",
+                    *(str(int(t[m][k])) for m in REQUANT_MODES),
+                ]
+            )
+        out += [
+            "",
+            f"double rounding: tflite first rounds acc*m0/2^{31 - left} to the integer high (ties up), then "
+            f"high/2^{n} (ties away from zero); where high/2^{n} lands on a half (as -126.498 -> -126.5) "
+            "the second rounding goes away from zero (-127) although acc*M + Z was no tie",
+            format_table(["acc", "acc*M + Z", "high", f"high/2^{n} + Z", *REQUANT_MODES], rows),
+        ]
         if len(t["acc"]) > args.limit:
             out.append(f"... {len(t['acc']) - args.limit} more (--limit)")
     print("\n".join(out))
@@ -418,55 +526,96 @@ def _add_compress(sub) -> None:
             "(see npquant.training.deep_compression)."
         ),
     )
-    p.add_argument("--input", metavar="FILE",
-                   help="the weights to compress: any model file npquant reads (a state dict as .npz or "
-                        ".safetensors, a reference model, a quantized checkpoint, a compressed file); "
-                        "with --retrain, a reference-format .npz (with its architecture) and --data")
-    p.add_argument("--model", choices=COMPRESS_MODELS, metavar="NAME",
-                   help=f"a bundled model instead of --input: {', '.join(COMPRESS_MODELS)} "
-                        "(default: lenet_300_100)")
-    p.add_argument("--output", "-o", metavar="FILE",
-                   help="where to write the compressed file (default: a temporary folder)")
-    p.add_argument("--sparsity", type=_float_list(0.0, 1.0), metavar="S[,S...]",
-                   help="fraction of weights pruned: one value, or one per weight tensor in order "
-                        "(default: the paper's 0.92,0.91,0.74 for LeNet-300-100, each bundled model's "
-                        "own with --model (npquant.training.deep_compression.DEFAULTS), none for --input; "
-                        "--retrain --input needs it)")
+    p.add_argument(
+        "--input",
+        metavar="FILE",
+        help="the weights to compress: any model file npquant reads (a state dict as .npz or "
+        ".safetensors, a reference model, a quantized checkpoint, a compressed file); "
+        "with --retrain, a reference-format .npz (with its architecture) and --data",
+    )
+    p.add_argument(
+        "--model",
+        choices=COMPRESS_MODELS,
+        metavar="NAME",
+        help=f"a bundled model instead of --input: {', '.join(COMPRESS_MODELS)} (default: lenet_300_100)",
+    )
+    p.add_argument(
+        "--output", "-o", metavar="FILE", help="where to write the compressed file (default: a temporary folder)"
+    )
+    p.add_argument(
+        "--sparsity",
+        type=_float_list(0.0, 1.0),
+        metavar="S[,S...]",
+        help="fraction of weights pruned: one value, or one per weight tensor in order "
+        "(default: the paper's 0.92,0.91,0.74 for LeNet-300-100, each bundled model's "
+        "own with --model (npquant.training.deep_compression.DEFAULTS), none for --input; "
+        "--retrain --input needs it)",
+    )
     p.add_argument("--quality", type=float, metavar="Q", help="prune |w| < Q * std(w) instead (the paper's rule)")
-    p.add_argument("--fc-bits", type=_int_range(1, 8), default=None,
-                   help="k-means bits of fully connected layers (5)")
-    p.add_argument("--conv-bits", type=_int_range(1, 8), default=None,
-                   help="k-means bits of conv layers (8; the bundled CNN's default with --retrain is 5)")
+    p.add_argument("--fc-bits", type=_int_range(1, 8), default=None, help="k-means bits of fully connected layers (5)")
+    p.add_argument(
+        "--conv-bits",
+        type=_int_range(1, 8),
+        default=None,
+        help="k-means bits of conv layers (8; the bundled CNN's default with --retrain is 5)",
+    )
     p.add_argument("--fc-index-bits", type=_int_range(1, 8), default=5, help="relative index bits, fc (5)")
     p.add_argument("--conv-index-bits", type=_int_range(1, 8), default=8, help="relative index bits, conv (8)")
     p.add_argument("--seed", type=_int_range(0, 2**32 - 1), default=0, help="seed of training and k-means (0)")
     p.add_argument("--study", action="store_true", help="also print the 8/4/2-bit k-means study")
     p.add_argument("--models", metavar="DIR", help="reference models folder (default: the bundled models)")
     r = p.add_argument_group("the whole pipeline, with retraining (--retrain)")
-    r.add_argument("--retrain", action="store_true",
-                   help="prune and retrain, k-means, fine-tune the centroids, Huffman code (the paper's pipeline)")
-    r.add_argument("--data", metavar="FILE",
-                   help="training data for --retrain --input: an .npz with x_train, y_train, x_test, y_test "
-                        "(the bundled models train on their digits split)")
-    r.add_argument("--prune-steps", type=_int_range(1, 100), default=3, metavar="N",
-                   help="pruning steps to the sparsity (3)")
-    r.add_argument("--prune-epochs", type=_int_range(0, 10000), default=20, metavar="N",
-                   help="retraining epochs after each pruning step (20)")
-    r.add_argument("--finetune-epochs", type=_int_range(0, 10000), default=10, metavar="N",
-                   help="centroid fine-tuning epochs (10)")
+    r.add_argument(
+        "--retrain",
+        action="store_true",
+        help="prune and retrain, k-means, fine-tune the centroids, Huffman code (the paper's pipeline)",
+    )
+    r.add_argument(
+        "--data",
+        metavar="FILE",
+        help="training data for --retrain --input: an .npz with x_train, y_train, x_test, y_test "
+        "(the bundled models train on their digits split)",
+    )
+    r.add_argument(
+        "--prune-steps", type=_int_range(1, 100), default=3, metavar="N", help="pruning steps to the sparsity (3)"
+    )
+    r.add_argument(
+        "--prune-epochs",
+        type=_int_range(0, 10000),
+        default=20,
+        metavar="N",
+        help="retraining epochs after each pruning step (20)",
+    )
+    r.add_argument(
+        "--finetune-epochs", type=_int_range(0, 10000), default=10, metavar="N", help="centroid fine-tuning epochs (10)"
+    )
     r.add_argument("--lr", type=_positive_float, default=1e-3, help="Adam learning rate of the retraining (1e-3)")
-    r.add_argument("--finetune-lr", type=_positive_float, default=1e-3,
-                   help="Adam learning rate of the centroid fine-tuning (1e-3)")
-    r.add_argument("--bias-bits", type=_int_range(0, 8), default=None, metavar="B",
-                   help="biases share a B-bit codebook, fine-tuned with the weights (default 5 with --retrain); "
-                        "0 keeps them exact. Without --retrain: a B-bit k-means codebook (lossy; default exact)")
+    r.add_argument(
+        "--finetune-lr",
+        type=_positive_float,
+        default=1e-3,
+        help="Adam learning rate of the centroid fine-tuning (1e-3)",
+    )
+    r.add_argument(
+        "--bias-bits",
+        type=_int_range(0, 8),
+        default=None,
+        metavar="B",
+        help="biases share a B-bit codebook, fine-tuned with the weights (default 5 with --retrain); "
+        "0 keeps them exact. Without --retrain: a B-bit k-means codebook (lossy; default exact)",
+    )
     t = p.add_argument_group("the tables of the source material (--tables)")
-    t.add_argument("--tables", action="store_true",
-                   help="print the k-means / k-means QAT table (8, 4, 2 bits), the per-stage table of "
-                        "LeNet-300-100 and the CNN, and a sparsity x bits sweep (it retrains the models: minutes)")
-    t.add_argument("--plots", metavar="DIR",
-                   help="with --tables: write the sweep's trade-off figure into DIR (created if missing; "
-                        "needs matplotlib)")
+    t.add_argument(
+        "--tables",
+        action="store_true",
+        help="print the k-means / k-means QAT table (8, 4, 2 bits), the per-stage table of "
+        "LeNet-300-100 and the CNN, and a sparsity x bits sweep (it retrains the models: minutes)",
+    )
+    t.add_argument(
+        "--plots",
+        metavar="DIR",
+        help="with --tables: write the sweep's trade-off figure into DIR (created if missing; needs matplotlib)",
+    )
     p.set_defaults(func=_run_compress)
 
 
@@ -502,14 +651,22 @@ def _add_quantize(sub) -> None:
         ),
     )
     p.set_defaults(_parser=p)
-    p.add_argument("input", help="the weights: any model file npquant reads (a state dict as .npz or "
-                                 ".safetensors, a reference model, a quantized checkpoint, a compressed file)")
+    p.add_argument(
+        "input",
+        help="the weights: any model file npquant reads (a state dict as .npz or "
+        ".safetensors, a reference model, a quantized checkpoint, a compressed file)",
+    )
     p.add_argument("--output", "-o", required=True, metavar="NPZ", help="where to write the quantized checkpoint")
-    p.add_argument("--bits", type=_int_range(1, 8), default=8,
-                   help="bits per weight, 1..8 (default 8; 1 needs --asymmetric)")
+    p.add_argument(
+        "--bits", type=_int_range(1, 8), default=8, help="bits per weight, 1..8 (default 8; 1 needs --asymmetric)"
+    )
     p.add_argument("--asymmetric", action="store_true", help="asymmetric (default: symmetric, signed)")
-    p.add_argument("--granularity", choices=("tensor", "channel", "group"), default="channel",
-                   help="per-tensor, per output channel (axis 0), or per group along axis 1 (default channel)")
+    p.add_argument(
+        "--granularity",
+        choices=("tensor", "channel", "group"),
+        default="channel",
+        help="per-tensor, per output channel (axis 0), or per group along axis 1 (default channel)",
+    )
     p.add_argument("--group-size", type=_int_range(1), default=32, metavar="B", help="group size (default 32)")
     p.set_defaults(func=_run_quantize)
 
@@ -520,32 +677,53 @@ def _run_quantize(args) -> int:
     from ..qparams import QuantSpec
 
     if args.bits == 1 and not args.asymmetric:
-        _usage_error(args, "--bits 1 needs --asymmetric: symmetric 1-bit codes [-1, 0] hold no positive value, and "
-                           "the symmetric scale 2 max|w| would round every weight to 0")
+        _usage_error(
+            args,
+            "--bits 1 needs --asymmetric: symmetric 1-bit codes [-1, 0] hold no positive value, and "
+            "the symmetric scale 2 max|w| would round every weight to 0",
+        )
     _check_output(args.output, "--output")
     state = load_weights(args.input)  # of a reference model: its state dict only
     axis = {"tensor": None, "channel": 0, "group": 1}[args.granularity]
-    spec = QuantSpec(bits=args.bits, symmetric=not args.asymmetric, axis=axis,
-                     block_size=args.group_size if args.granularity == "group" else None)
+    spec = QuantSpec(
+        bits=args.bits,
+        symmetric=not args.asymmetric,
+        axis=axis,
+        block_size=args.group_size if args.granularity == "group" else None,
+    )
     arrays, reports = quantize_checkpoint(state, spec)
     if not reports:
         raise ValueError(f"{args.input} has no 2-D or 4-D float tensor to quantize")
     save_quantized(args.output, arrays)
     back = load_quantized(args.output)
-    rows = [[r.name, "x".join(map(str, r.shape)), str(r.float_bytes), str(r.quantized_bytes),
-             f"{r.float_bytes / r.quantized_bytes:.1f}x", _db(r.sqnr_db)] for r in reports]
+    rows = [
+        [
+            r.name,
+            "x".join(map(str, r.shape)),
+            str(r.float_bytes),
+            str(r.quantized_bytes),
+            f"{r.float_bytes / r.quantized_bytes:.1f}x",
+            _db(r.sqnr_db),
+        ]
+        for r in reports
+    ]
     total_f = sum(r.float_bytes for r in reports)
     total_q = sum(r.quantized_bytes for r in reports)
-    print(f"{args.bits}-bit {'asymmetric' if args.asymmetric else 'symmetric'} {args.granularity}"
-          + (f" (group size {args.group_size})" if args.granularity == "group" else "") + f" -> {args.output}")
+    print(
+        f"{args.bits}-bit {'asymmetric' if args.asymmetric else 'symmetric'} {args.granularity}"
+        + (f" (group size {args.group_size})" if args.granularity == "group" else "")
+        + f" -> {args.output}"
+    )
     print(format_table(["tensor", "shape", "float32 B", "quantized B", "ratio", "SQNR dB"], rows))
     quantized = {r.name for r in reports}
     copied = [k for k in state if k not in quantized]
     if copied:
         more = f" and {len(copied) - 8} more" if len(copied) > 8 else ""
         print(f"copied unchanged: {', '.join(copied[:8])}{more}")
-    print(f"weights: {total_f} -> {total_q} bytes ({total_f / total_q:.1f}x); file {os.path.getsize(args.output)} "
-          f"bytes; {len(back)} tensors load back")
+    print(
+        f"weights: {total_f} -> {total_q} bytes ({total_f / total_q:.1f}x); file {os.path.getsize(args.output)} "
+        f"bytes; {len(back)} tensors load back"
+    )
     return 0
 
 
@@ -590,16 +768,36 @@ def _add_qat(sub) -> None:
         ),
     )
     p.add_argument("--models", metavar="DIR", help="reference models folder (default: the bundled models)")
-    p.add_argument("--model", action="append", choices=MODELS, metavar="NAME", dest="names",
-                   help=f"a reference model ({', '.join(MODELS)}); repeat for several (default: all)")
-    p.add_argument("--bits", type=_bits_pairs, metavar="LIST",
-                   help="comma-separated settings such as W8A8,W4A4 (default: each model's settings)")
-    p.add_argument("--methods", type=_choice_list(QAT_METHODS), default=list(QAT_METHODS),
-                   metavar="LIST", help=f"comma-separated, of {','.join(QAT_METHODS)} (default: all)")
-    p.add_argument("--seed", type=_int_range(0, 2**32 - 1), default=0,
-                   help="seed of the training shuffles (default: 0)")
-    p.add_argument("--mode", choices=REQUANT_MODES, default="tflite",
-                   help="requantization mode of the integer models (default: tflite)")
+    p.add_argument(
+        "--model",
+        action="append",
+        choices=MODELS,
+        metavar="NAME",
+        dest="names",
+        help=f"a reference model ({', '.join(MODELS)}); repeat for several (default: all)",
+    )
+    p.add_argument(
+        "--bits",
+        type=_bits_pairs,
+        metavar="LIST",
+        help="comma-separated settings such as W8A8,W4A4 (default: each model's settings)",
+    )
+    p.add_argument(
+        "--methods",
+        type=_choice_list(QAT_METHODS),
+        default=list(QAT_METHODS),
+        metavar="LIST",
+        help=f"comma-separated, of {','.join(QAT_METHODS)} (default: all)",
+    )
+    p.add_argument(
+        "--seed", type=_int_range(0, 2**32 - 1), default=0, help="seed of the training shuffles (default: 0)"
+    )
+    p.add_argument(
+        "--mode",
+        choices=REQUANT_MODES,
+        default="tflite",
+        help="requantization mode of the integer models (default: tflite)",
+    )
     p.set_defaults(func=_run_qat)
 
 
@@ -610,12 +808,21 @@ def _run_qat(args) -> int:
     names = tuple(dict.fromkeys(args.names)) if args.names else MODELS
     models_dir = check_models_dir(default_models_dir() if args.models is None else args.models, names)
     t0 = time.perf_counter()
-    rows = results(names, bits=args.bits, methods=tuple(args.methods), seed=args.seed, mode=args.mode,
-                   models_dir=models_dir, progress=_progress)
-    print("npquant qat: float vs PTQ vs QAT, integer-only models of the reference models (digits, 450 test "
-          "images)\nW<w>A<a>: signed symmetric per-channel w-bit weights, unsigned per-tensor a-bit "
-          "activations; input and logits 8-bit.\nint = QAT: test images where the integer model predicts what "
-          f"the fake-quantized model predicts. Requantization mode {args.mode}, seed {args.seed}.\n")
+    rows = results(
+        names,
+        bits=args.bits,
+        methods=tuple(args.methods),
+        seed=args.seed,
+        mode=args.mode,
+        models_dir=models_dir,
+        progress=_progress,
+    )
+    print(
+        "npquant qat: float vs PTQ vs QAT, integer-only models of the reference models (digits, 450 test "
+        "images)\nW<w>A<a>: signed symmetric per-channel w-bit weights, unsigned per-tensor a-bit "
+        "activations; input and logits 8-bit.\nint = QAT: test images where the integer model predicts what "
+        f"the fake-quantized model predicts. Requantization mode {args.mode}, seed {args.seed}.\n"
+    )
     print(format_results(rows))
     print(f"\n({time.perf_counter() - t0:.1f} s)")
     return 0
@@ -623,15 +830,17 @@ def _run_qat(args) -> int:
 
 # ------------------------------------------------------------------------- vectors, run
 
-_MODEL_HELP = ("any model file npquant runs: a PyTorch PTQ reference (npquant/data/*_ptq.npz), a graph file "
-               "(npquant.models.graph.save_graph), or a reference model (npquant/data/<name>.npz)")
+_MODEL_HELP = (
+    "any model file npquant runs: a PyTorch PTQ reference (npquant/data/*_ptq.npz), a graph file "
+    "(npquant.models.graph.save_graph), or a reference model (npquant/data/<name>.npz)"
+)
 
 
 def _add_vectors(sub) -> None:
     p = sub.add_parser(
         "vectors",
         help="golden test vectors of an integer model for hardware testbenches ($readmemh hex files, a C "
-             "header, an .npz and a manifest)",
+        "header, an .npz and a manifest)",
         description=(
             "Run an integer model once and write, for every layer in execution order, its input codes, "
             "weight codes, bias, weight zero points, requantization multipliers (m0 and shift; the float32 "
@@ -647,27 +856,54 @@ def _add_vectors(sub) -> None:
     )
     p.set_defaults(func=_run_vectors, _parser=p)
     p.add_argument("model", metavar="MODEL", help=_MODEL_HELP)
-    p.add_argument("--output", "-o", required=True, metavar="DIR",
-                   help="the folder to write: new or empty (its parent must exist)")
+    p.add_argument(
+        "--output", "-o", required=True, metavar="DIR", help="the folder to write: new or empty (its parent must exist)"
+    )
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--input", metavar="X", help="input file, batch first: .npy, or .npz with one array per graph "
-                                                  "input; float values (quantized with the model's input qparams) "
-                                                  "or integer codes")
-    src.add_argument("--seed", type=_int_range(0, 2**32 - 1), default=None,
-                     help="a seeded random input: uniform integer codes of the model's input qparams")
-    p.add_argument("--index", type=_int_range(0), default=None, metavar="K",
-                   help="sample K only, of --input or of the file's test inputs (default: the whole --input, or "
-                        "test sample 0)")
-    p.add_argument("--shape", type=_int_list(1, 1 << 16), default=None, metavar="N,C,H,W",
-                   help="a random input of this shape, batch first (seed: --seed, default 0); the default shape "
-                        "of a --seed input is one sample shaped as the file's test inputs, or for a graph one "
-                        "sample of its first linear layer")
-    p.add_argument("--mode", choices=REQUANT_MODES, default=None,
-                   help="requantization mode of a reference model, which is quantized first (default tflite)")
-    p.add_argument("--accumulation", choices=ACCUMULATIONS, default=None,
-                   help="accumulation of a reference model's or a PTQ reference's integer layers (default exact)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace DIR if it holds a previous vector set and nothing else")
+    src.add_argument(
+        "--input",
+        metavar="X",
+        help="input file, batch first: .npy, or .npz with one array per graph "
+        "input; float values (quantized with the model's input qparams) "
+        "or integer codes",
+    )
+    src.add_argument(
+        "--seed",
+        type=_int_range(0, 2**32 - 1),
+        default=None,
+        help="a seeded random input: uniform integer codes of the model's input qparams",
+    )
+    p.add_argument(
+        "--index",
+        type=_int_range(0),
+        default=None,
+        metavar="K",
+        help="sample K only, of --input or of the file's test inputs (default: the whole --input, or test sample 0)",
+    )
+    p.add_argument(
+        "--shape",
+        type=_int_list(1, 1 << 16),
+        default=None,
+        metavar="N,C,H,W",
+        help="a random input of this shape, batch first (seed: --seed, default 0); the default shape "
+        "of a --seed input is one sample shaped as the file's test inputs, or for a graph one "
+        "sample of its first linear layer",
+    )
+    p.add_argument(
+        "--mode",
+        choices=REQUANT_MODES,
+        default=None,
+        help="requantization mode of a reference model, which is quantized first (default tflite)",
+    )
+    p.add_argument(
+        "--accumulation",
+        choices=ACCUMULATIONS,
+        default=None,
+        help="accumulation of a reference model's or a PTQ reference's integer layers (default exact)",
+    )
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace DIR if it holds a previous vector set and nothing else"
+    )
 
 
 def _model_options(args, kind: str) -> None:
@@ -677,8 +913,11 @@ def _model_options(args, kind: str) -> None:
     if args.mode is not None and kind != "reference":
         _usage_error(args, f"--mode quantizes a reference model; {args.model} is {KIND_NAMES[kind]}")
     if args.accumulation is not None and kind == "graph":
-        _usage_error(args, f"--accumulation does not apply to a graph file: each node names its own "
-                           f"({args.model} is {KIND_NAMES[kind]})")
+        _usage_error(
+            args,
+            f"--accumulation does not apply to a graph file: each node names its own "
+            f"({args.model} is {KIND_NAMES[kind]})",
+        )
 
 
 def _run_vectors(args) -> int:
@@ -686,18 +925,26 @@ def _run_vectors(args) -> int:
     from ._modelfile import load_model_file, random_input, read_input_file, select_sample, sniff_model_file
 
     if args.index is not None and (args.seed is not None or args.shape is not None):
-        _usage_error(args, "--index selects a sample of --input or of the test inputs; a --seed or --shape input "
-                           "is random")
+        _usage_error(
+            args, "--index selects a sample of --input or of the test inputs; a --seed or --shape input is random"
+        )
     if args.shape is not None and args.input is not None:
         _usage_error(args, "--shape is the shape of a random input; --input has its own")
     path, kind, arrays = sniff_model_file(args.model)
     _model_options(args, kind)
     _out_dir(args.output, args.overwrite, "manifest.json", "npquant-vectors", "--output", "--overwrite")
-    mf = load_model_file(path, kind, arrays, mode=args.mode or ("tflite" if kind == "reference" else None),
-                         accumulation=args.accumulation)
+    mf = load_model_file(
+        path,
+        kind,
+        arrays,
+        mode=args.mode or ("tflite" if kind == "reference" else None),
+        accumulation=args.accumulation,
+    )
     if kind == "graph" and mf.model.kind != "integer":
-        raise ValueError(f"{args.model}: a {mf.model.kind} graph; golden vectors are of integer graphs (integer ops "
-                         "between quantize and dequantize nodes)")
+        raise ValueError(
+            f"{args.model}: a {mf.model.kind} graph; golden vectors are of integer graphs (integer ops "
+            "between quantize and dequantize nodes)"
+        )
     if args.index is not None and args.input is None and mf.test_inputs is None:
         _usage_error(args, f"--index selects a sample of --input or of the file's test inputs; {args.model} has none")
     if args.input is not None:
@@ -718,10 +965,16 @@ def _run_vectors(args) -> int:
         t = layer["tensors"]
         ins = [v for k, v in t.items() if k.startswith("input")]
         req = layer.get("requantization", {})
-        rows.append([str(layer["index"]), layer["name"], layer["op"],
-                     req.get("mode", "-") + (f" ({req['uses']})" if "uses" in req else ""),
-                     " + ".join("x".join(map(str, v["shape"])) + " " + v["dtype"] for v in ins),
-                     "x".join(map(str, t["output"]["shape"])) + " " + t["output"]["dtype"]])
+        rows.append(
+            [
+                str(layer["index"]),
+                layer["name"],
+                layer["op"],
+                req.get("mode", "-") + (f" ({req['uses']})" if "uses" in req else ""),
+                " + ".join("x".join(map(str, v["shape"])) + " " + v["dtype"] for v in ins),
+                "x".join(map(str, t["output"]["shape"])) + " " + t["output"]["dtype"],
+            ]
+        )
     print(f"{args.model}: {mf.description}")
     print(f"input: {where}")
     print(format_table(["#", "layer", "op", "requantization", "input", "output"], rows))
@@ -747,21 +1000,42 @@ def _add_run(sub) -> None:
     )
     p.set_defaults(func=_run_run, _parser=p)
     p.add_argument("model", metavar="MODEL", help=_MODEL_HELP)
-    p.add_argument("--input", required=True, metavar="X",
-                   help="input file, batch first: .npy, or .npz with one array per graph input; float values, "
-                        "or integer codes of an integer model's input qparams")
-    p.add_argument("--top", type=_int_range(0), default=5, metavar="K",
-                   help="classes to print per sample (default 5; 0 prints none)")
-    p.add_argument("--output", "-o", metavar="FILE",
-                   help="write the outputs: .npy (a model with one output) or .npz (every output by name)")
+    p.add_argument(
+        "--input",
+        required=True,
+        metavar="X",
+        help="input file, batch first: .npy, or .npz with one array per graph input; float values, "
+        "or integer codes of an integer model's input qparams",
+    )
+    p.add_argument(
+        "--top",
+        type=_int_range(0),
+        default=5,
+        metavar="K",
+        help="classes to print per sample (default 5; 0 prints none)",
+    )
+    p.add_argument(
+        "--output",
+        "-o",
+        metavar="FILE",
+        help="write the outputs: .npy (a model with one output) or .npz (every output by name)",
+    )
     p.add_argument("--dump", metavar="DIR", help="write every intermediate tensor as .npy into DIR (new or empty)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="with --dump: replace DIR if it holds a previous dump and nothing else")
-    p.add_argument("--mode", choices=REQUANT_MODES, default=None,
-                   help="quantize a reference model first with this requantization mode (default: run it in float)")
-    p.add_argument("--accumulation", choices=ACCUMULATIONS, default=None,
-                   help="accumulation of an integer model's layers (with --mode, or of a PTQ reference; default "
-                        "exact)")
+    p.add_argument(
+        "--overwrite", action="store_true", help="with --dump: replace DIR if it holds a previous dump and nothing else"
+    )
+    p.add_argument(
+        "--mode",
+        choices=REQUANT_MODES,
+        default=None,
+        help="quantize a reference model first with this requantization mode (default: run it in float)",
+    )
+    p.add_argument(
+        "--accumulation",
+        choices=ACCUMULATIONS,
+        default=None,
+        help="accumulation of an integer model's layers (with --mode, or of a PTQ reference; default exact)",
+    )
 
 
 def _run_run(args) -> int:
@@ -793,8 +1067,11 @@ def _run_run(args) -> int:
     for name, y, qp in outputs:
         scores = np.asarray(y if qp is None else dequantize(y, qp), np.float64)
         rows2 = scores.reshape(scores.shape[0], -1) if scores.ndim >= 2 else scores.reshape(1, -1)
-        what = (f"{y.dtype} values" if qp is None else
-                f"{y.dtype} codes, scores S (code - Z) with S={float(qp.scale):.6g}, Z={int(qp.zero_point)}")
+        what = (
+            f"{y.dtype} values"
+            if qp is None
+            else f"{y.dtype} codes, scores S (code - Z) with S={float(qp.scale):.6g}, Z={int(qp.zero_point)}"
+        )
         print(f"output {name!r}: shape {tuple(y.shape)}, {what}")
         k = min(args.top, rows2.shape[1])
         if k:
@@ -836,7 +1113,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="npquant",
         description="npquant: a framework-free reference implementation of neural-network "
-                    "quantization in NumPy, with numba kernels.",
+        "quantization in NumPy, with numba kernels.",
     )
     parser.add_argument("--version", action="version", version=f"npquant {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -880,8 +1157,11 @@ def main(argv: list[str] | None = None) -> int:
         import traceback
 
         traceback.print_exc()
-        print(f"npquant {args.command}: internal error (a bug in npquant {__version__}): please report it "
-              "with the command line and the traceback above", file=sys.stderr)
+        print(
+            f"npquant {args.command}: internal error (a bug in npquant {__version__}): please report it "
+            "with the command line and the traceback above",
+            file=sys.stderr,
+        )
         return 3
 
 

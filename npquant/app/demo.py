@@ -26,8 +26,11 @@ from ..requant.modes import REQUANT_MODES
 
 MODELS = ("mlp", "lenet_300_100", "cnn")
 
-QAT_ROWS = ((8, 8, "minmax", "QAT W8A8 per-channel, min-max EMA"), (4, 4, "ptq", "PTQ W4A4 per-channel, min-max"),
-            (4, 4, "lsq", "QAT W4A4 per-channel, LSQ"))
+QAT_ROWS = (
+    (8, 8, "minmax", "QAT W8A8 per-channel, min-max EMA"),
+    (4, 4, "ptq", "PTQ W4A4 per-channel, min-max"),
+    (4, 4, "lsq", "QAT W4A4 per-channel, LSQ"),
+)
 """The quantization-aware training rows of each model: ``(weight_bits, act_bits, method, label)``
 of :func:`npquant.training.qat_results.qat_experiment` (``npquant qat`` prints the full table)."""
 
@@ -102,8 +105,11 @@ def check_models_dir(models_dir: str | os.PathLike, models: Iterable[str] = MODE
     models_dir = Path(models_dir)
     missing = [f for f in data_files(models) if not (models_dir / f).is_file()]
     if missing:
-        where = ("npquant's package data is incomplete: reinstall npquant"
-                 if models_dir == default_models_dir() else "pass --models with a folder that holds them")
+        where = (
+            "npquant's package data is incomplete: reinstall npquant"
+            if models_dir == default_models_dir()
+            else "pass --models with a folder that holds them"
+        )
         raise ValueError(f"no reference models in {models_dir}: missing {', '.join(missing)} ({where})")
     return models_dir
 
@@ -132,8 +138,9 @@ def calibration_inputs(models_dir: Path, name: str) -> np.ndarray:
     return x.reshape(-1, 1, 8, 8) if name == "cnn" else x
 
 
-def model_rows(models_dir: str | os.PathLike, name: str,
-               progress: Callable[[str], object] = lambda msg: None) -> list[list[str]]:
+def model_rows(
+    models_dir: str | os.PathLike, name: str, progress: Callable[[str], object] = lambda msg: None
+) -> list[list[str]]:
     """The table rows of one reference model.
 
     Parameters
@@ -165,7 +172,14 @@ def model_rows(models_dir: str | os.PathLike, name: str,
     pred_f = model(x).argmax(1)
 
     def row(method, mode, size, pred):
-        return [name, method, mode, str(size), f"{100 * np.mean(pred == y):.2f} %", f"{100 * np.mean(pred == pred_f):.1f} %"]
+        return [
+            name,
+            method,
+            mode,
+            str(size),
+            f"{100 * np.mean(pred == y):.2f} %",
+            f"{100 * np.mean(pred == pred_f):.1f} %",
+        ]
 
     rows = [row("float32", "-", size_of(model), pred_f)]
     calib = calibration_inputs(models_dir, name)
@@ -179,8 +193,14 @@ def model_rows(models_dir: str | os.PathLike, name: str,
     pt = from_pytorch_ptq(dict(golden))
     codes = pt.run(pt.quantize_input(x))
     exact = np.array_equal(codes, golden["logits_int"])
-    rows.append(row("PyTorch PTQ, reproduced" + (" (bit-exact)" if exact else " (MISMATCH)"), "fp32",
-                    size_of(pt), codes.argmax(1)))
+    rows.append(
+        row(
+            "PyTorch PTQ, reproduced" + (" (bit-exact)" if exact else " (MISMATCH)"),
+            "fp32",
+            size_of(pt),
+            codes.argmax(1),
+        )
+    )
     progress(f"{name}: quantization-aware training ...")
     from ..training.qat_results import qat_experiment
     from ..training.trainer import digits_data
@@ -198,8 +218,12 @@ def model_rows(models_dir: str | os.PathLike, name: str,
     return rows
 
 
-def run(models_dir: str | os.PathLike | None = None, *, models: Iterable[str] = MODELS,
-        progress: Callable[[str], object] = lambda msg: None) -> str:
+def run(
+    models_dir: str | os.PathLike | None = None,
+    *,
+    models: Iterable[str] = MODELS,
+    progress: Callable[[str], object] = lambda msg: None,
+) -> str:
     """The demo's text: one table over the given reference models.
 
     Parameters
@@ -223,12 +247,13 @@ def run(models_dir: str | os.PathLike | None = None, *, models: Iterable[str] = 
     rows = []
     for name in models:
         rows += model_rows(models_dir, name, progress)
-    head = ("npquant demo: quantization of the reference models (trained in PyTorch on scikit-learn's "
-            "digits; 450 test images; run without PyTorch)\n"
-            "size: float32 weights; int8: weights + int32 (or float) biases + scales; W4A4 and weight-only: "
-            "packed codes + scales + biases. agreement: same prediction as the float model.\n"
-            "W<w>A<a>: w-bit weights, a-bit activations (input and logits 8-bit); QAT: a few epochs of "
-            "quantization-aware training in NumPy from the float weights (npquant qat: the full table).\n")
-    table = format_table(["model", "method", "mode", "size B", "test acc", "agree w/ float"], rows,
-                         align="lllrrr")
+    head = (
+        "npquant demo: quantization of the reference models (trained in PyTorch on scikit-learn's "
+        "digits; 450 test images; run without PyTorch)\n"
+        "size: float32 weights; int8: weights + int32 (or float) biases + scales; W4A4 and weight-only: "
+        "packed codes + scales + biases. agreement: same prediction as the float model.\n"
+        "W<w>A<a>: w-bit weights, a-bit activations (input and logits 8-bit); QAT: a few epochs of "
+        "quantization-aware training in NumPy from the float weights (npquant qat: the full table).\n"
+    )
+    table = format_table(["model", "method", "mode", "size B", "test acc", "agree w/ float"], rows, align="lllrrr")
     return f"{head}\n{table}\n\n({time.perf_counter() - t0:.1f} s)"

@@ -112,9 +112,11 @@ def _check_fraction(v, name: str) -> float:
 def _check_qparams_per_tensor(qparams, name="qparams") -> QParams:
     qparams = check_qparams(qparams, name)
     if qparams.spec.axis is not None:
-        raise ValueError(f"{name} must be per-tensor (spec.axis=None) to draw one grid, got "
-                         f"{qparams.spec.granularity} with axis={qparams.spec.axis}; plot one channel "
-                         "with its own per-tensor qparams")
+        raise ValueError(
+            f"{name} must be per-tensor (spec.axis=None) to draw one grid, got "
+            f"{qparams.spec.granularity} with axis={qparams.spec.axis}; plot one channel "
+            "with its own per-tensor qparams"
+        )
     return qparams
 
 
@@ -143,9 +145,17 @@ def grid_levels(qparams: QParams) -> np.ndarray:
 # ----------------------------------------------------------------------------- histogram
 
 
-def plot_histogram(x: npt.ArrayLike, qparams: QParams | None = None, *,
-                   codebook: npt.ArrayLike | KMeansResult | None = None, bins: int = 100, log: bool = False,
-                   ax: Axes | None = None, title: str | None = None, label: str = "values") -> Figure:
+def plot_histogram(
+    x: npt.ArrayLike,
+    qparams: QParams | None = None,
+    *,
+    codebook: npt.ArrayLike | KMeansResult | None = None,
+    bins: int = 100,
+    log: bool = False,
+    ax: Axes | None = None,
+    title: str | None = None,
+    label: str = "values",
+) -> Figure:
     """Histogram of a tensor with its quantization grid, clipping range and k-means codebook.
 
     Parameters
@@ -196,20 +206,43 @@ def plot_histogram(x: npt.ArrayLike, qparams: QParams | None = None, *,
     if hi == lo:
         lo, hi = lo - 0.5, hi + 0.5
     counts, edges = np.histogram(x, bins=bins, range=(lo, hi))
-    ax.stairs(counts, edges, fill=True, alpha=0.5, color="C0", label=f"{label} ({x.size} values)",
-              gid="histogram")
+    ax.stairs(counts, edges, fill=True, alpha=0.5, color="C0", label=f"{label} ({x.size} values)", gid="histogram")
     trans = ax.get_xaxis_transform()
     if levels is not None:
         spec = qparams.spec
         kind = "symmetric" if spec.symmetric else "asymmetric"
-        ax.vlines(levels, 0, 1, transform=trans, colors="C1", linewidth=0.6, alpha=0.7,
-                  label=f"{spec.bits}-bit {kind} grid ({len(levels)} levels)", gid="quantization_grid")
-        ax.axvline(float(levels[0]), color="C3", linestyle="--", linewidth=1.5, gid="clip_min",
-                   label=f"clipping range [{float(levels[0]):.4g}, {float(levels[-1]):.4g}]")
+        ax.vlines(
+            levels,
+            0,
+            1,
+            transform=trans,
+            colors="C1",
+            linewidth=0.6,
+            alpha=0.7,
+            label=f"{spec.bits}-bit {kind} grid ({len(levels)} levels)",
+            gid="quantization_grid",
+        )
+        ax.axvline(
+            float(levels[0]),
+            color="C3",
+            linestyle="--",
+            linewidth=1.5,
+            gid="clip_min",
+            label=f"clipping range [{float(levels[0]):.4g}, {float(levels[-1]):.4g}]",
+        )
         ax.axvline(float(levels[-1]), color="C3", linestyle="--", linewidth=1.5, gid="clip_max")
     if cb is not None:
-        ax.vlines(cb, 0, 1, transform=trans, colors="C2", linewidth=1.4, linestyles=":",
-                  label=f"k-means codebook ({len(cb)} centroids)", gid="codebook")
+        ax.vlines(
+            cb,
+            0,
+            1,
+            transform=trans,
+            colors="C2",
+            linewidth=1.4,
+            linestyles=":",
+            label=f"k-means codebook ({len(cb)} centroids)",
+            gid="codebook",
+        )
     if log:
         ax.set_yscale("log")
     ax.set_xlabel("value")
@@ -265,12 +298,20 @@ def _fake_quantized(w: np.ndarray, options, method: str) -> dict:
     from ..affine import fake_quantize
     from ..qparams import fit_qparams
 
-    return {label: fake_quantize(w, fit_qparams(w, spec), method=method)
-            for label, spec in _check_options(options).items()}
+    return {
+        label: fake_quantize(w, fit_qparams(w, spec), method=method) for label, spec in _check_options(options).items()
+    }
 
 
-def plot_error_heatmaps(w: npt.ArrayLike, options: dict | None = None, *, method: str = "divide",
-                        ncols: int | None = None, cmap: str = "viridis", title: str | None = None) -> Figure:
+def plot_error_heatmaps(
+    w: npt.ArrayLike,
+    options: dict | None = None,
+    *,
+    method: str = "divide",
+    ncols: int | None = None,
+    cmap: str = "viridis",
+    title: str | None = None,
+) -> Figure:
     """The quantization error ``|w - fq(w)|`` of a weight matrix as a heatmap per option.
 
     Parameters
@@ -344,8 +385,9 @@ def _bits_list(bits, name="bits") -> list:
     return items
 
 
-def sqnr_vs_bits(x: npt.ArrayLike, options: dict | None = None, bits: Iterable[int] = range(2, 9), *,
-                 method: str = "divide") -> dict:
+def sqnr_vs_bits(
+    x: npt.ArrayLike, options: dict | None = None, bits: Iterable[int] = range(2, 9), *, method: str = "divide"
+) -> dict:
     """SQNR (dB) of ``x`` fake-quantized at each bit width, for each option.
 
     ``options`` maps labels to QuantSpecs whose ``bits`` is replaced by each of ``bits``
@@ -395,9 +437,17 @@ def _bits_panel(ax, bits, series: dict, gid: str, ylabel: str, title: str) -> No
     ax.set_title(title)
 
 
-def plot_sqnr_vs_bits(x: npt.ArrayLike, options: dict | None = None, bits: Iterable[int] = range(2, 9), *,
-                      accuracy: dict | None = None, float_accuracy: float | None = None, method: str = "divide",
-                      ax: Axes | None = None, title: str | None = None) -> Figure:
+def plot_sqnr_vs_bits(
+    x: npt.ArrayLike,
+    options: dict | None = None,
+    bits: Iterable[int] = range(2, 9),
+    *,
+    accuracy: dict | None = None,
+    float_accuracy: float | None = None,
+    method: str = "divide",
+    ax: Axes | None = None,
+    title: str | None = None,
+) -> Figure:
     """SQNR against bit width for several options, and accuracy when given.
 
     Parameters
@@ -453,8 +503,14 @@ def plot_sqnr_vs_bits(x: npt.ArrayLike, options: dict | None = None, bits: Itera
     _bits_panel(ax_s, bits_l, values, "sqnr", "SQNR (dB)", "signal-to-quantization-noise ratio")
     if acc is not None:
         if float_accuracy is not None:
-            ax_a.axhline(100 * float_accuracy, color="k", linestyle="--", linewidth=1,
-                         label=f"float ({100 * float_accuracy:.2f} %)", gid="float_accuracy")
+            ax_a.axhline(
+                100 * float_accuracy,
+                color="k",
+                linestyle="--",
+                linewidth=1,
+                label=f"float ({100 * float_accuracy:.2f} %)",
+                gid="float_accuracy",
+            )
         _bits_panel(ax_a, bits_l, {k: 100 * v for k, v in acc.items()}, "accuracy", "accuracy (%)", "accuracy")
     if title:
         fig.suptitle(title)
@@ -492,9 +548,16 @@ def _pattern_label(modes, key) -> str:
     return " < ".join(" = ".join(groups[k]) for k in sorted(groups))
 
 
-def tie_map(multipliers: float | Sequence[float] = TIE_MULTIPLIERS, acc_min: int = -64, acc_max: int = 64, *,
-            zero_point: int = 0, qmin: int = INT32_MIN, qmax: int = INT32_MAX,
-            modes: str | Sequence[str] = REQUANT_MODES) -> TieMap:
+def tie_map(
+    multipliers: float | Sequence[float] = TIE_MULTIPLIERS,
+    acc_min: int = -64,
+    acc_max: int = 64,
+    *,
+    zero_point: int = 0,
+    qmin: int = INT32_MIN,
+    qmax: int = INT32_MAX,
+    modes: str | Sequence[str] = REQUANT_MODES,
+) -> TieMap:
     """The output code of every requantization mode for each accumulator in
     ``[acc_min, acc_max]`` and each multiplier, and where they disagree.
 
@@ -540,8 +603,12 @@ def tie_map(multipliers: float | Sequence[float] = TIE_MULTIPLIERS, acc_min: int
     for mode in modes:
         check_choice(mode, "modes", REQUANT_MODES)
     acc = np.arange(acc_min, acc_max + 1, dtype=np.int64)
-    codes = np.stack([np.stack([requantize(acc, float(mult), zero_point, qmin, qmax, mode=mode).astype(np.int64)
-                                for mult in m]) for mode in modes])
+    codes = np.stack(
+        [
+            np.stack([requantize(acc, float(mult), zero_point, qmin, qmax, mode=mode).astype(np.int64) for mult in m])
+            for mode in modes
+        ]
+    )
     low = codes.min(axis=0)
     rel = codes - low
     differ = np.any(codes != codes[0], axis=0)
@@ -551,14 +618,29 @@ def tie_map(multipliers: float | Sequence[float] = TIE_MULTIPLIERS, acc_min: int
         key = tuple(int(v) for v in rel[:, i, j])
         pattern[i, j] = keys.setdefault(key, len(keys) + 1)
     patterns = tuple(sorted(keys, key=keys.get))
-    return TieMap(multipliers=m, acc=acc, modes=modes, codes=codes, pattern=pattern, patterns=patterns,
-                  labels=tuple(_pattern_label(modes, k) for k in patterns))
+    return TieMap(
+        multipliers=m,
+        acc=acc,
+        modes=modes,
+        codes=codes,
+        pattern=pattern,
+        patterns=patterns,
+        labels=tuple(_pattern_label(modes, k) for k in patterns),
+    )
 
 
-def plot_tie_map(multipliers: float | Sequence[float] = TIE_MULTIPLIERS, acc_min: int = -64, acc_max: int = 64, *,
-                 zero_point: int = 0, qmin: int = INT32_MIN, qmax: int = INT32_MAX,
-                 modes: str | Sequence[str] = REQUANT_MODES, ax: Axes | None = None,
-                 title: str | None = None) -> Figure:
+def plot_tie_map(
+    multipliers: float | Sequence[float] = TIE_MULTIPLIERS,
+    acc_min: int = -64,
+    acc_max: int = 64,
+    *,
+    zero_point: int = 0,
+    qmin: int = INT32_MIN,
+    qmax: int = INT32_MAX,
+    modes: str | Sequence[str] = REQUANT_MODES,
+    ax: Axes | None = None,
+    title: str | None = None,
+) -> Figure:
     """Map of where the requantization modes give different codes (see :func:`tie_map`).
 
     One row per multiplier (labelled with it and its number of disagreements), one column
@@ -590,9 +672,15 @@ def plot_tie_map(multipliers: float | Sequence[float] = TIE_MULTIPLIERS, acc_min
     fig, ax = _figure_and_axes(ax, (10.0, 1.2 + 0.45 * len(t.multipliers) + 0.25 * max(1, len(t.patterns))))
     palette = matplotlib.colormaps["tab10"].colors
     colors = ["white"] + [palette[k % len(palette)] for k in range(len(t.patterns))]
-    ax.imshow(t.pattern, cmap=ListedColormap(colors), vmin=-0.5, vmax=len(colors) - 0.5, aspect="auto",
-              interpolation="nearest",
-              extent=(t.acc[0] - 0.5, t.acc[-1] + 0.5, len(t.multipliers) - 0.5, -0.5))
+    ax.imshow(
+        t.pattern,
+        cmap=ListedColormap(colors),
+        vmin=-0.5,
+        vmax=len(colors) - 0.5,
+        aspect="auto",
+        interpolation="nearest",
+        extent=(t.acc[0] - 0.5, t.acc[-1] + 0.5, len(t.multipliers) - 0.5, -0.5),
+    )
     counts = (t.pattern > 0).sum(axis=1)
     ax.set_yticks(range(len(t.multipliers)))
     ax.set_yticklabels([f"M={mult:.6g} ({c})" for mult, c in zip(t.multipliers, counts)])
@@ -600,18 +688,30 @@ def plot_tie_map(multipliers: float | Sequence[float] = TIE_MULTIPLIERS, acc_min
     ax.set_ylabel("multiplier (disagreements)")
     handles = [Patch(facecolor=colors[k + 1], edgecolor="0.5", label=lab) for k, lab in enumerate(t.labels)]
     if handles:
-        ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2, fontsize="small",
-                  title="codes where modes disagree (a < b: a's code is lower)")
-    ax.set_title(title or f"requantization: round(acc * M) + {zero_point} by mode; white: all "
-                          f"{len(t.modes)} modes agree")
+        ax.legend(
+            handles=handles,
+            loc="upper center",
+            bbox_to_anchor=(0.5, -0.18),
+            ncol=2,
+            fontsize="small",
+            title="codes where modes disagree (a < b: a's code is lower)",
+        )
+    ax.set_title(
+        title or f"requantization: round(acc * M) + {zero_point} by mode; white: all {len(t.modes)} modes agree"
+    )
     return fig
 
 
 # -------------------------------------------------------------------------- compression
 
 
-def plot_compression_tradeoff(points: Iterable[tuple[float, float, str]], *, float_accuracy: float | None = None,
-                              ax: Axes | None = None, title: str | None = None) -> Figure:
+def plot_compression_tradeoff(
+    points: Iterable[tuple[float, float, str]],
+    *,
+    float_accuracy: float | None = None,
+    ax: Axes | None = None,
+    title: str | None = None,
+) -> Figure:
     """Accuracy against compression ratio, one labelled point per configuration.
 
     Parameters
@@ -652,12 +752,13 @@ def plot_compression_tradeoff(points: Iterable[tuple[float, float, str]], *, flo
     r = np.array([p[0] for p in rows])
     a = np.array([100 * p[1] for p in rows])
     ax.scatter(r, a, zorder=3, gid="tradeoff")
-    for (ratio, acc, label) in rows:
+    for ratio, acc, label in rows:
         ax.annotate(label, (ratio, 100 * acc), textcoords="offset points", xytext=(5, 4), fontsize="small")
     if float_accuracy is not None:
         fa = _check_fraction(float_accuracy, "float_accuracy")
-        ax.axhline(100 * fa, color="k", linestyle="--", linewidth=1, label=f"float32 ({100 * fa:.2f} %)",
-                   gid="float_accuracy")
+        ax.axhline(
+            100 * fa, color="k", linestyle="--", linewidth=1, label=f"float32 ({100 * fa:.2f} %)", gid="float_accuracy"
+        )
         ax.legend(fontsize="small", loc="lower left")
     from matplotlib.ticker import FuncFormatter
 
@@ -711,21 +812,21 @@ def save_figure(fig: Figure, path: str | os.PathLike, *, dpi: int = 100) -> Path
 #: The figures of :func:`write_demo_plots`: file name -> what it shows.
 DEMO_PLOTS = {
     "lenet_fc1_histogram.png": "LeNet-300-100 fc1 weights, the 4-bit symmetric per-tensor grid, its clipping "
-                               "range and the 4-bit k-means codebook",
+    "range and the 4-bit k-means codebook",
     "lenet_fc2_error_heatmaps.png": "|w - fq(w)| of LeNet-300-100 fc2 at 4 bits: per-tensor symmetric and "
-                                    "asymmetric, per-channel, per-group(16)",
+    "asymmetric, per-channel, per-group(16)",
     "lenet_sqnr_accuracy_vs_bits.png": "SQNR of LeNet-300-100 fc2 and test accuracy of the weight-only quantized "
-                                       "model (all weights) against bits, 2 to 8, per option",
+    "model (all weights) against bits, 2 to 8, per option",
     "requant_tie_map.png": "where the requantization modes (tflite, tflite_single, fp32, onnx) disagree, "
-                           "accumulators -64..64, eight multipliers",
+    "accumulators -64..64, eight multipliers",
     "lenet_compression_tradeoff.png": "LeNet-300-100 test accuracy against compression ratio: k-means at 8/4/2 "
-                                      "bits, pruning + k-means + Huffman (no retraining)",
+    "bits, pruning + k-means + Huffman (no retraining)",
     "case_fc1_error_heatmaps.png": "npquant.models.cases.outlier_mlp: |w - fq(w)| of fc1 (outlier row 0) at 4 bits, "
-                                   "per-tensor vs per-channel vs per-group(8)",
+    "per-tensor vs per-channel vs per-group(8)",
     "case_hidden_histogram.png": "npquant.models.cases.outlier_mlp: the hidden activation (log counts) with the 4-bit "
-                                 "grid of the min-max, MSE and entropy observers",
+    "grid of the min-max, MSE and entropy observers",
     "case_sqnr_accuracy_vs_bits.png": "npquant.models.cases.outlier_mlp: SQNR of fc1 and integer-model test accuracy "
-                                      "against weight bits, per-tensor vs per-channel",
+    "against weight bits, per-tensor vs per-channel",
 }
 
 
@@ -737,9 +838,14 @@ def _weight_only(state: dict, spec: QuantSpec) -> dict:
     return {k: fake_quantize(v, fit_qparams(v, spec)) if v.ndim in (2, 4) else v for k, v in state.items()}
 
 
-def write_demo_plots(directory: str | os.PathLike, *, names: Iterable[str] | None = None,
-                     models_dir: str | os.PathLike | None = None, dpi: int = 100,
-                     progress: Callable[[str], object] | None = None) -> list:
+def write_demo_plots(
+    directory: str | os.PathLike,
+    *,
+    names: Iterable[str] | None = None,
+    models_dir: str | os.PathLike | None = None,
+    dpi: int = 100,
+    progress: Callable[[str], object] | None = None,
+) -> list:
     """Compute and write the figures of :data:`DEMO_PLOTS` as PNG files into ``directory``.
 
     Parameters
@@ -772,8 +878,10 @@ def write_demo_plots(directory: str | os.PathLike, *, names: Iterable[str] | Non
         wanted = {names} if isinstance(names, str) else set(names)
         unknown = sorted(str(n) for n in wanted - set(DEMO_PLOTS))
         if unknown or not wanted:
-            raise ValueError(f"names must be a non-empty subset of {', '.join(DEMO_PLOTS)}; got "
-                             f"{', '.join(unknown) if unknown else 'nothing'}")
+            raise ValueError(
+                f"names must be a non-empty subset of {', '.join(DEMO_PLOTS)}; got "
+                f"{', '.join(unknown) if unknown else 'nothing'}"
+            )
     progress = progress or (lambda msg: None)
     if not callable(progress):
         raise TypeError(f"progress must be callable or None, got {type(progress).__name__}")
@@ -809,8 +917,10 @@ class _DemoData:
 
     def check(self) -> None:
         if not self.ref_path.is_file():
-            raise FileNotFoundError(f"the reference model {str(self.ref_path)!r} does not exist"
-                                    + (" (check models_dir, or npquant demo --models)" if self.given else ""))
+            raise FileNotFoundError(
+                f"the reference model {str(self.ref_path)!r} does not exist"
+                + (" (check models_dir, or npquant demo --models)" if self.given else "")
+            )
 
     @functools.cached_property
     def lenet(self):
@@ -855,24 +965,36 @@ def _demo_histogram(d: _DemoData):
     from ..qparams import fit_qparams
 
     w = d.state["fc1.weight"]
-    return plot_histogram(w, fit_qparams(w, QuantSpec(bits=4, symmetric=True)), codebook=kmeans_quantize(w, 4),
-                          bins=120, label="fc1.weight",
-                          title="LeNet-300-100 fc1: 4-bit symmetric per-tensor grid vs 4-bit k-means")
+    return plot_histogram(
+        w,
+        fit_qparams(w, QuantSpec(bits=4, symmetric=True)),
+        codebook=kmeans_quantize(w, 4),
+        bins=120,
+        label="fc1.weight",
+        title="LeNet-300-100 fc1: 4-bit symmetric per-tensor grid vs 4-bit k-means",
+    )
 
 
 def _demo_heatmaps(d: _DemoData):
-    return plot_error_heatmaps(d.state["fc2.weight"], error_options(4, 16),
-                               title="LeNet-300-100 fc2 (100 x 300), 4 bits")
+    return plot_error_heatmaps(
+        d.state["fc2.weight"], error_options(4, 16), title="LeNet-300-100 fc2 (100 x 300), 4 bits"
+    )
 
 
 def _demo_bits(d: _DemoData):
     bits = list(range(2, 9))
-    acc = {label: [d.evaluate(_weight_only(d.state, spec.replace(bits=b))) for b in bits]
-           for label, spec in error_options(4, 16).items()}
-    return plot_sqnr_vs_bits(d.state["fc2.weight"], error_options(4, 16), bits, accuracy=acc,
-                             float_accuracy=d.float_accuracy,
-                             title="LeNet-300-100: SQNR of fc2; test accuracy with every weight matrix "
-                                   "quantized (weight-only)")
+    acc = {
+        label: [d.evaluate(_weight_only(d.state, spec.replace(bits=b))) for b in bits]
+        for label, spec in error_options(4, 16).items()
+    }
+    return plot_sqnr_vs_bits(
+        d.state["fc2.weight"],
+        error_options(4, 16),
+        bits,
+        accuracy=acc,
+        float_accuracy=d.float_accuracy,
+        title="LeNet-300-100: SQNR of fc2; test accuracy with every weight matrix quantized (weight-only)",
+    )
 
 
 def _demo_ties(d: _DemoData):
@@ -886,15 +1008,22 @@ def _demo_tradeoff(d: _DemoData):
     original = sum(4 * v.size for v in d.state.values())
     for sparsity in (0.5, 0.7):
         comp = compress(d.state, sparsity=sparsity)
-        points.append((original / len(comp.to_bytes(3)), d.evaluate(comp.rebuilt),
-                       f"prune {int(100 * sparsity)} % + k-means + Huffman"))
-    return plot_compression_tradeoff(points, float_accuracy=d.float_accuracy,
-                                     title="LeNet-300-100 on digits: compression without retraining")
+        points.append(
+            (
+                original / len(comp.to_bytes(3)),
+                d.evaluate(comp.rebuilt),
+                f"prune {int(100 * sparsity)} % + k-means + Huffman",
+            )
+        )
+    return plot_compression_tradeoff(
+        points, float_accuracy=d.float_accuracy, title="LeNet-300-100 on digits: compression without retraining"
+    )
 
 
 def _demo_case_heatmaps(d: _DemoData):
-    return plot_error_heatmaps(d.case.fc1_weight, d.case_options,
-                               title="outlier case fc1 (64 x 32, row 0 is 16x larger), 4-bit symmetric")
+    return plot_error_heatmaps(
+        d.case.fc1_weight, d.case_options, title="outlier case fc1 (64 x 32, row 0 is 16x larger), 4-bit symmetric"
+    )
 
 
 def _demo_case_histogram(d: _DemoData):
@@ -906,8 +1035,15 @@ def _demo_case_histogram(d: _DemoData):
     axes = fig.subplots(1, 3, sharey=True)
     for a, ob in zip(axes, ("minmax", "mse", "entropy")):
         qp = calibrate_hidden(case, ob, 4)
-        plot_histogram(h, qp, bins=150, log=True, ax=a, label="hidden activation",
-                       title=f"observer {ob}: 4-bit range [0, {float(grid_levels(qp)[-1]):.3g}]")
+        plot_histogram(
+            h,
+            qp,
+            bins=150,
+            log=True,
+            ax=a,
+            label="hidden activation",
+            title=f"observer {ob}: 4-bit range [0, {float(grid_levels(qp)[-1]):.3g}]",
+        )
     fig.suptitle("outlier case: hidden activation on the test inputs (channel 0 is 16x larger, Student-t inputs)")
     return fig
 
@@ -916,11 +1052,32 @@ def _demo_case_bits(d: _DemoData):
     from ..models.cases import ptq
 
     case, bits = d.case, list(range(2, 9))
-    acc = {g: [ptq(case, weight_bits=b, per_channel=(g == "per-channel")).accuracy for b in bits]
-           for g in ("per-tensor", "per-channel")}
-    return plot_sqnr_vs_bits(case.fc1_weight, d.case_options, bits, accuracy=acc, float_accuracy=case.accuracy(),
-                             title="outlier case: SQNR of fc1; integer model accuracy (8-bit activations, min-max)")
+    acc = {
+        g: [ptq(case, weight_bits=b, per_channel=(g == "per-channel")).accuracy for b in bits]
+        for g in ("per-tensor", "per-channel")
+    }
+    return plot_sqnr_vs_bits(
+        case.fc1_weight,
+        d.case_options,
+        bits,
+        accuracy=acc,
+        float_accuracy=case.accuracy(),
+        title="outlier case: SQNR of fc1; integer model accuracy (8-bit activations, min-max)",
+    )
 
 
-_DEMO_BUILDERS = dict(zip(DEMO_PLOTS, (_demo_histogram, _demo_heatmaps, _demo_bits, _demo_ties, _demo_tradeoff,
-                                       _demo_case_heatmaps, _demo_case_histogram, _demo_case_bits)))
+_DEMO_BUILDERS = dict(
+    zip(
+        DEMO_PLOTS,
+        (
+            _demo_histogram,
+            _demo_heatmaps,
+            _demo_bits,
+            _demo_ties,
+            _demo_tradeoff,
+            _demo_case_heatmaps,
+            _demo_case_histogram,
+            _demo_case_bits,
+        ),
+    )
+)

@@ -146,8 +146,7 @@ class HuffmanCode:
         return hash(self.lengths.tobytes())
 
     def __repr__(self):
-        return (f"HuffmanCode(alphabet_size={self.alphabet_size}, used={self.used}, "
-                f"max_length={self.max_length})")
+        return f"HuffmanCode(alphabet_size={self.alphabet_size}, used={self.used}, max_length={self.max_length})"
 
     # ---- constructors
 
@@ -163,7 +162,8 @@ class HuffmanCode:
         if counts.ndim != 1 or not 1 <= counts.shape[0] <= MAX_ALPHABET:
             raise ValueError(
                 f"counts must be a 1-D array of length 1..{MAX_ALPHABET} (one count per "
-                f"symbol of the alphabet), got shape {counts.shape}")
+                f"symbol of the alphabet), got shape {counts.shape}"
+            )
         if counts.min() < 0:
             raise ValueError(f"counts must be non-negative, got a minimum of {counts.min()}")
         if counts.dtype == np.uint64 and counts.max() >= _MAX_TOTAL:
@@ -181,7 +181,8 @@ class HuffmanCode:
             if used.size > (1 << limit):
                 raise ValueError(
                     f"max_length={limit} is too short for {used.size} used symbols: a prefix "
-                    f"code needs 2**max_length >= {used.size}")
+                    f"code needs 2**max_length >= {used.size}"
+                )
         lengths = np.zeros(counts.shape[0], np.uint8)
         if used.size == 1:
             lengths[used[0]] = 1
@@ -190,8 +191,9 @@ class HuffmanCode:
         return cls(lengths)
 
     @classmethod
-    def from_data(cls, symbols: npt.ArrayLike, alphabet_size: int | None = None,
-                  max_length: int | None = None) -> HuffmanCode:
+    def from_data(
+        cls, symbols: npt.ArrayLike, alphabet_size: int | None = None, max_length: int | None = None
+    ) -> HuffmanCode:
         """Code for the symbol frequencies of ``symbols`` (integers in
         ``[0, alphabet_size)``; ``alphabet_size`` defaults to ``max(symbols) + 1``)."""
         s = _check_symbols(symbols, alphabet_size)
@@ -220,8 +222,7 @@ class HuffmanCode:
         buf = _as_buffer(b, "b")
         code, end = _parse_table(buf, 0, "code table")
         if end != len(buf):
-            raise ValueError(
-                f"code table: {len(buf) - end} trailing byte(s) after the {end}-byte table")
+            raise ValueError(f"code table: {len(buf) - end} trailing byte(s) after the {end}-byte table")
         return code
 
     # ---- decoder tables (cached)
@@ -259,8 +260,7 @@ class HuffmanCode:
         if short.size:
             span = np.int64(1) << (k - lengths[short])
             start = self.codes[short].astype(np.int64) << (k - lengths[short])
-            idx = np.repeat(start, span) + (np.arange(span.sum()) - np.repeat(
-                np.cumsum(span) - span, span))
+            idx = np.repeat(start, span) + (np.arange(span.sum()) - np.repeat(np.cumsum(span) - span, span))
             lut_len[idx] = np.repeat(lengths[short], span)
             lut_sym[idx] = np.repeat(short, span)
         # multi-symbol table: decode from every k-bit string at once, symbol after symbol;
@@ -279,18 +279,26 @@ class HuffmanCode:
             multi_sym[:, j] = np.where(going, lut_sym[rest], 0)
             multi_bits += np.where(going, ln, 0)
             multi_n += going
-        return (k, lut_sym, lut_len, first, cnt, offset, order.astype(np.int64), multi_sym,
-                multi_bits.astype(np.uint8), multi_n.astype(np.uint8))
+        return (
+            k,
+            lut_sym,
+            lut_len,
+            first,
+            cnt,
+            offset,
+            order.astype(np.int64),
+            multi_sym,
+            multi_bits.astype(np.uint8),
+            multi_n.astype(np.uint8),
+        )
 
 
 def _check_lengths(lengths, name: str) -> np.ndarray:
     arr = _int_array(lengths, name)
     if arr.ndim != 1 or not 1 <= arr.shape[0] <= MAX_ALPHABET:
-        raise ValueError(
-            f"{name} must be a 1-D array of length 1..{MAX_ALPHABET}, got shape {arr.shape}")
+        raise ValueError(f"{name} must be a 1-D array of length 1..{MAX_ALPHABET}, got shape {arr.shape}")
     if arr.min() < 0 or arr.max() > MAX_CODE_LENGTH:
-        raise ValueError(
-            f"{name} must lie in 0..{MAX_CODE_LENGTH}, got [{arr.min()}, {arr.max()}]")
+        raise ValueError(f"{name} must lie in 0..{MAX_CODE_LENGTH}, got [{arr.min()}, {arr.max()}]")
     arr = arr.astype(np.uint8)
     nz = arr[arr > 0].astype(np.int64)
     if nz.size == 0:
@@ -302,8 +310,8 @@ def _check_lengths(lengths, name: str) -> np.ndarray:
     kraft = int(np.sum(np.int64(1) << (MAX_CODE_LENGTH - nz)))  # exact: < 2**49
     if kraft != 1 << MAX_CODE_LENGTH:
         raise ValueError(
-            f"{name} do not form a complete prefix code: Kraft sum "
-            f"{Fraction(kraft, 1 << MAX_CODE_LENGTH)} != 1")
+            f"{name} do not form a complete prefix code: Kraft sum {Fraction(kraft, 1 << MAX_CODE_LENGTH)} != 1"
+        )
     return arr
 
 
@@ -324,8 +332,7 @@ def _canonical_codes(lengths: np.ndarray) -> np.ndarray:
     # rank within each length = position in ``order`` minus the start of its length group
     starts = np.searchsorted(lo, lo, side="left")
     codes = np.zeros(ln.shape[0], np.uint32)
-    codes[order] = (np.asarray(next_code, np.int64)[lo] + np.arange(order.size) - starts
-                    ).astype(np.uint32)
+    codes[order] = (np.asarray(next_code, np.int64)[lo] + np.arange(order.size) - starts).astype(np.uint32)
     return codes
 
 
@@ -409,15 +416,13 @@ def _parse_table(buf: bytes, start: int, what: str) -> tuple[HuffmanCode, int]:
     """Parse a code table at ``buf[start:]``; return the code and the end offset."""
     if len(buf) - start < 3:
         raise ValueError(f"{what} is truncated: the header needs 3 bytes, got {len(buf) - start}")
-    n = int.from_bytes(buf[start:start + 2], "little") + 1
+    n = int.from_bytes(buf[start : start + 2], "little") + 1
     fmt = buf[start + 2]
     p = start + 3
     if fmt == 1:
         nb = (n + 1) // 2
         if len(buf) - p < nb:
-            raise ValueError(
-                f"{what} is truncated: {n} nibble-packed lengths need {nb} bytes, got "
-                f"{len(buf) - p}")
+            raise ValueError(f"{what} is truncated: {n} nibble-packed lengths need {nb} bytes, got {len(buf) - p}")
         raw = np.frombuffer(buf, np.uint8, nb, p)
         ln = np.empty(2 * nb, np.uint8)
         ln[0::2] = raw & 0x0F
@@ -431,15 +436,15 @@ def _parse_table(buf: bytes, start: int, what: str) -> tuple[HuffmanCode, int]:
         filled = 0
         while filled < n:
             if p >= len(buf):
-                raise ValueError(
-                    f"{what} is truncated: runs cover {filled} of {n} code lengths")
+                raise ValueError(f"{what} is truncated: runs cover {filled} of {n} code lengths")
             byte = buf[p]
             p += 1
             v = byte & 0x3F
             if byte & 0x40 or v > MAX_CODE_LENGTH:
                 raise ValueError(
                     f"{what}: bad run byte 0x{byte:02x} at offset {p - 1 - start} (length "
-                    f"must be 0..{MAX_CODE_LENGTH}, bit 6 must be 0)")
+                    f"must be 0..{MAX_CODE_LENGTH}, bit 6 must be 0)"
+                )
             run = 1
             if byte & 0x80:
                 r, shift, nbytes = 0, 0, 0
@@ -459,10 +464,8 @@ def _parse_table(buf: bytes, start: int, what: str) -> tuple[HuffmanCode, int]:
                         raise ValueError(f"{what}: run-length varint longer than 3 bytes")
                 run = r + 2
             if run > n - filled:
-                raise ValueError(
-                    f"{what}: a run of {run} lengths overruns the alphabet ({n - filled} "
-                    f"left of {n})")
-            lengths[filled:filled + run] = v
+                raise ValueError(f"{what}: a run of {run} lengths overruns the alphabet ({n - filled} left of {n})")
+            lengths[filled : filled + run] = v
             filled += run
     else:
         raise ValueError(f"{what}: unknown format byte {fmt}; expected 0 (runs) or 1 (nibbles)")
@@ -483,9 +486,7 @@ def _check_symbols(symbols, alphabet_size) -> np.ndarray:
         alphabet_size = check_int(alphabet_size, "alphabet_size", lo=1, hi=MAX_ALPHABET)
     hi = MAX_ALPHABET if alphabet_size is None else alphabet_size
     if s.size and (s.min() < 0 or s.max() >= hi):
-        raise ValueError(
-            f"symbols must lie in [0, {hi}) (alphabet_size={alphabet_size}), got "
-            f"[{s.min()}, {s.max()}]")
+        raise ValueError(f"symbols must lie in [0, {hi}) (alphabet_size={alphabet_size}), got [{s.min()}, {s.max()}]")
     return s.astype(np.int64)
 
 
@@ -523,7 +524,8 @@ def huffman_encode(symbols: npt.ArrayLike, code: HuffmanCode, *, backend: str = 
         bad = np.unique(s[code.lengths[s] == 0])
         raise ValueError(
             f"symbols {bad[:8].tolist()}{'...' if bad.size > 8 else ''} have no code "
-            f"(zero count when the code was built)")
+            f"(zero count when the code was built)"
+        )
     if backend == "python":
         return _encode_numpy(s, code.lengths, code.codes)
     total = int(code.lengths[s].astype(np.int64).sum())
@@ -532,13 +534,12 @@ def huffman_encode(symbols: npt.ArrayLike, code: HuffmanCode, *, backend: str = 
     return out.tobytes(), int(nbits)
 
 
-def _encode_numpy(s: np.ndarray, lengths: np.ndarray, codes: np.ndarray,
-                  chunk: int = 1 << 16) -> tuple[bytes, int]:
+def _encode_numpy(s: np.ndarray, lengths: np.ndarray, codes: np.ndarray, chunk: int = 1 << 16) -> tuple[bytes, int]:
     """NumPy twin of ``_kernels.huffman.encode``: every code expanded to bits, then
     ``np.packbits`` (MSB first, zero padding), in chunks to bound memory."""
     parts = []
     for a in range(0, s.shape[0], chunk):
-        ss = s[a:a + chunk]
+        ss = s[a : a + chunk]
         ls = lengths[ss].astype(np.int64)
         cs = codes[ss].astype(np.int64)
         owner = np.repeat(np.arange(ss.shape[0]), ls)  # symbol of each bit
@@ -551,8 +552,14 @@ def _encode_numpy(s: np.ndarray, lengths: np.ndarray, codes: np.ndarray,
 # --------------------------------------------------------------------------- decoding
 
 
-def huffman_decode(stream: bytes | bytearray | memoryview | np.ndarray, code: HuffmanCode, count: int, *,
-                   nbits: int | None = None, backend: str = "numba") -> np.ndarray:
+def huffman_decode(
+    stream: bytes | bytearray | memoryview | np.ndarray,
+    code: HuffmanCode,
+    count: int,
+    *,
+    nbits: int | None = None,
+    backend: str = "numba",
+) -> np.ndarray:
     """Decode exactly ``count`` symbols (1-D, uint8 for alphabets up to 256, else uint16).
 
     ``stream``: bytes (or a 1-D uint8 array), MSB first. With ``nbits`` the stream must be
@@ -589,37 +596,53 @@ def huffman_decode(stream: bytes | bytearray | memoryview | np.ndarray, code: Hu
         if (nbits + 7) // 8 != len(buf):
             raise ValueError(
                 f"stream has {len(buf)} bytes, but nbits={nbits} needs exactly "
-                f"{(nbits + 7) // 8}" + (" (stream is truncated)" if avail < nbits else ""))
+                f"{(nbits + 7) // 8}" + (" (stream is truncated)" if avail < nbits else "")
+            )
         avail = nbits
     minlen = code._min_length
     if count * minlen > avail:
         raise ValueError(
-            f"stream is truncated: {count} symbols need at least {count * minlen} bits, "
-            f"the stream has {avail}")
+            f"stream is truncated: {count} symbols need at least {count * minlen} bits, the stream has {avail}"
+        )
     out = np.empty(count, code.dtype)
     if backend == "python":
         status, i, pos = _decode_python(buf, avail, count, code, out)
     else:
         k, lut_sym, lut_len, first, cnt, offset, syms, m_sym, m_bits, m_n = code._tables
         info = np.zeros(3, np.int64)
-        _k.decode(np.frombuffer(buf, np.uint8), np.int64(avail), np.int64(count), np.int64(k),
-                  lut_sym, lut_len, first, cnt, offset, syms, np.int64(code.max_length),
-                  m_sym, m_bits, m_n, out, info)
+        _k.decode(
+            np.frombuffer(buf, np.uint8),
+            np.int64(avail),
+            np.int64(count),
+            np.int64(k),
+            lut_sym,
+            lut_len,
+            first,
+            cnt,
+            offset,
+            syms,
+            np.int64(code.max_length),
+            m_sym,
+            m_bits,
+            m_n,
+            out,
+            info,
+        )
         status, i, pos = info.tolist()
     if status == _k.TRUNCATED:
         raise ValueError(
             f"stream is truncated: symbol {i} of {count} starts at bit {pos} and does not "
-            f"end within the {avail} bits available")
+            f"end within the {avail} bits available"
+        )
     if status == _k.INVALID:
-        raise ValueError(
-            f"stream is corrupt: invalid code for symbol {i} of {count} at bit {pos}")
+        raise ValueError(f"stream is corrupt: invalid code for symbol {i} of {count} at bit {pos}")
     if nbits is not None and pos != nbits:
-        raise ValueError(
-            f"stream is corrupt: {count} symbols end at bit {pos}, expected nbits={nbits}")
+        raise ValueError(f"stream is corrupt: {count} symbols end at bit {pos}, expected nbits={nbits}")
     if (pos + 7) // 8 != len(buf):
         raise ValueError(
             f"stream is corrupt: {count} symbols end at bit {pos} (byte {(pos + 7) // 8}), "
-            f"but the stream has {len(buf)} bytes")
+            f"but the stream has {len(buf)} bytes"
+        )
     if pos % 8 and buf[-1] & ((1 << (8 - pos % 8)) - 1):
         raise ValueError(f"stream is corrupt: non-zero padding bits after bit {pos}")
     return out
@@ -690,8 +713,17 @@ def encode_blob(symbols: npt.ArrayLike, alphabet_size: int | None = None, max_le
         code = HuffmanCode.from_data(s, alphabet_size, max_length)
     table = code.to_bytes()
     stream, nbits = huffman_encode(s, code)
-    body = b"".join([MAGIC, bytes([VERSION]), len(table).to_bytes(4, "little"), table,
-                     s.size.to_bytes(8, "little"), nbits.to_bytes(8, "little"), stream])
+    body = b"".join(
+        [
+            MAGIC,
+            bytes([VERSION]),
+            len(table).to_bytes(4, "little"),
+            table,
+            s.size.to_bytes(8, "little"),
+            nbits.to_bytes(8, "little"),
+            stream,
+        ]
+    )
     return body + zlib.crc32(body).to_bytes(4, "little")
 
 
@@ -725,32 +757,25 @@ def decode_blob(blob: bytes | bytearray | memoryview | np.ndarray, *, backend: s
     tlen = int.from_bytes(buf[5:9], "little")
     end = _HEAD + tlen
     if len(buf) < end:
-        raise ValueError(
-            f"blob is truncated: the code table needs {tlen} bytes, got {len(buf) - _HEAD}")
+        raise ValueError(f"blob is truncated: the code table needs {tlen} bytes, got {len(buf) - _HEAD}")
     if len(buf) - end < 16:
-        raise ValueError(
-            f"blob is truncated: count and nbits need 16 bytes, got {len(buf) - end}")
-    count = int.from_bytes(buf[end:end + 8], "little")
-    nbits = int.from_bytes(buf[end + 8:end + 16], "little")
+        raise ValueError(f"blob is truncated: count and nbits need 16 bytes, got {len(buf) - end}")
+    count = int.from_bytes(buf[end : end + 8], "little")
+    nbits = int.from_bytes(buf[end + 8 : end + 16], "little")
     need = (nbits + 7) // 8 + 4
     have = len(buf) - end - 16
     if have < need:
-        raise ValueError(
-            f"blob is truncated: the stream (nbits={nbits}) and its CRC-32 need {need} bytes, "
-            f"got {have}")
+        raise ValueError(f"blob is truncated: the stream (nbits={nbits}) and its CRC-32 need {need} bytes, got {have}")
     if have > need:
-        raise ValueError(
-            f"blob has {have - need} trailing byte(s) after the stream and its CRC-32")
+        raise ValueError(f"blob has {have - need} trailing byte(s) after the stream and its CRC-32")
     stored = int.from_bytes(buf[-4:], "little")
     crc = zlib.crc32(buf[:-4])
     if stored != crc:
-        raise ValueError(
-            f"blob is corrupt: CRC-32 is 0x{crc:08x}, the blob says 0x{stored:08x}")
+        raise ValueError(f"blob is corrupt: CRC-32 is 0x{crc:08x}, the blob says 0x{stored:08x}")
     code, tend = _parse_table(buf[:end], _HEAD, "blob code table")
     if tend != end:
-        raise ValueError(
-            f"blob code table: the table ends at byte {tend - _HEAD}, the header says {tlen}")
-    return huffman_decode(buf[end + 16:-4], code, count, nbits=nbits, backend=backend)
+        raise ValueError(f"blob code table: the table ends at byte {tend - _HEAD}, the header says {tlen}")
+    return huffman_decode(buf[end + 16 : -4], code, count, nbits=nbits, backend=backend)
 
 
 # --------------------------------------------------------------------------- statistics
@@ -799,8 +824,9 @@ def entropy_bits(symbols: npt.ArrayLike | None = None, *, counts: npt.ArrayLike 
     return float(max(0.0, -np.sum(p * np.log2(p))))
 
 
-def bits_per_symbol(code: HuffmanCode, symbols: npt.ArrayLike | None = None, *,
-                    counts: npt.ArrayLike | None = None) -> float:
+def bits_per_symbol(
+    code: HuffmanCode, symbols: npt.ArrayLike | None = None, *, counts: npt.ArrayLike | None = None
+) -> float:
     """Mean code length in bits (float64) of ``code`` over ``symbols`` or ``counts=``
     (length ``code.alphabet_size``). Excludes the table. ValueError for a symbol with
     no code.
@@ -822,12 +848,10 @@ def bits_per_symbol(code: HuffmanCode, symbols: npt.ArrayLike | None = None, *,
     code = _check_code(code)
     c = _counts_of(symbols, counts, "bits_per_symbol")
     if counts is not None and c.shape[0] != code.alphabet_size:
-        raise ValueError(
-            f"counts must have one entry per symbol ({code.alphabet_size}), got {c.shape[0]}")
+        raise ValueError(f"counts must have one entry per symbol ({code.alphabet_size}), got {c.shape[0]}")
     if c.shape[0] > code.alphabet_size:
-        raise ValueError(
-            f"symbols must lie in [0, {code.alphabet_size}), got a maximum of {c.shape[0] - 1}")
-    ln = code.lengths[:c.shape[0]].astype(np.int64)
+        raise ValueError(f"symbols must lie in [0, {code.alphabet_size}), got a maximum of {c.shape[0] - 1}")
+    ln = code.lengths[: c.shape[0]].astype(np.int64)
     if np.any((c > 0) & (ln == 0)):
         raise ValueError("some symbols with non-zero count have no code")
     return float(np.sum(c * ln) / np.sum(c))
@@ -858,8 +882,11 @@ def __getattr__(name: str):
     """The blob pair's first names, ``encode`` and ``decode``: deprecated for one release."""
     if name in _RENAMED:
         new = _RENAMED[name]
-        warnings.warn(f"npquant.compression.huffman.{name} is deprecated: it is now {new} (the self-describing "
-                      f"blob; huffman_encode / huffman_decode handle a bare stream)", DeprecationWarning,
-                      stacklevel=2)
+        warnings.warn(
+            f"npquant.compression.huffman.{name} is deprecated: it is now {new} (the self-describing "
+            f"blob; huffman_encode / huffman_decode handle a bare stream)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
         return globals()[new]
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

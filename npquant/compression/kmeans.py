@@ -306,9 +306,17 @@ def _sums(v, idx, k, backend):
 # ---------------------------------------------------------------------------- fitting
 
 
-def kmeans_quantize(w: npt.ArrayLike, bits: int, *, init: str | npt.ArrayLike = "linear", max_iter: int = 100,
-                    tol: float = 1e-6, seed: int = 0, keep_zeros: bool | Literal["auto"] = "auto",
-                    backend: str = "numba") -> KMeansResult:
+def kmeans_quantize(
+    w: npt.ArrayLike,
+    bits: int,
+    *,
+    init: str | npt.ArrayLike = "linear",
+    max_iter: int = 100,
+    tol: float = 1e-6,
+    seed: int = 0,
+    keep_zeros: bool | Literal["auto"] = "auto",
+    backend: str = "numba",
+) -> KMeansResult:
     """Fit a ``2**bits``-entry codebook to ``w`` by 1-D k-means; see the module docstring.
 
     Parameters
@@ -363,7 +371,8 @@ def kmeans_quantize(w: npt.ArrayLike, bits: int, *, init: str | npt.ArrayLike = 
             raise ValueError(
                 f"init must be one of {', '.join(map(repr, KMEANS_INITS))} or a real array of "
                 f"shape ({k_fit},) (2**bits{' - 1' if keep_zeros else ''} centroids), got "
-                f"{c_init.dtype} {c_init.shape}")
+                f"{c_init.dtype} {c_init.shape}"
+            )
         c_init = np.sort(c_init.astype(np.float64))
         if not np.all(np.isfinite(c_init)):
             raise ValueError("init contains NaN or infinity")
@@ -397,9 +406,15 @@ def kmeans_quantize(w: npt.ArrayLike, bits: int, *, init: str | npt.ArrayLike = 
         indices = np.empty(flat.shape, np.uint8)
         _k.assign(flat, mid, keep_zeros, indices)
     d = flat.astype(np.float64) - codebook.astype(np.float64)[indices]
-    return KMeansResult(codebook=codebook, indices=indices.reshape(w.shape), bits=bits,
-                        inertia=float(np.sum(d * d)), n_iter=n_iter, converged=converged,
-                        reserved_zero=keep_zeros)
+    return KMeansResult(
+        codebook=codebook,
+        indices=indices.reshape(w.shape),
+        bits=bits,
+        inertia=float(np.sum(d * d)),
+        n_iter=n_iter,
+        converged=converged,
+        reserved_zero=keep_zeros,
+    )
 
 
 # ---------------------------------------------------------------------------- fine-tuning
@@ -417,8 +432,9 @@ def _centroid_grad64(grad, idx, k, reduction, backend) -> np.ndarray:
     return sums
 
 
-def centroid_gradient(grad: npt.ArrayLike, indices: npt.ArrayLike, k: int, *, reduction: str = "sum",
-                      backend: str = "numba") -> np.ndarray:
+def centroid_gradient(
+    grad: npt.ArrayLike, indices: npt.ArrayLike, k: int, *, reduction: str = "sum", backend: str = "numba"
+) -> np.ndarray:
     """Gradient of the loss with respect to each centroid (Deep Compression, eq. 3).
 
     Summed in float64 in element order, divided in float64, rounded once.
@@ -452,8 +468,16 @@ def centroid_gradient(grad: npt.ArrayLike, indices: npt.ArrayLike, k: int, *, re
     return _centroid_grad64(g, idx, k, reduction, backend).astype(np.float32)
 
 
-def finetune_centroids(codebook: npt.ArrayLike, grad: npt.ArrayLike, indices: npt.ArrayLike, lr: float, *,
-                       reserved_zero: bool | None = None, reduction: str = "sum", backend: str = "numba") -> np.ndarray:
+def finetune_centroids(
+    codebook: npt.ArrayLike,
+    grad: npt.ArrayLike,
+    indices: npt.ArrayLike,
+    lr: float,
+    *,
+    reserved_zero: bool | None = None,
+    reduction: str = "sum",
+    backend: str = "numba",
+) -> np.ndarray:
     """One gradient step on the shared weights: ``codebook - lr * centroid_gradient``.
 
     Computed in float64 from the float64 gradient sums (or means, ``reduction`` as in
@@ -505,8 +529,15 @@ def finetune_centroids(codebook: npt.ArrayLike, grad: npt.ArrayLike, indices: np
     return new
 
 
-def reaverage_centroids(w: npt.ArrayLike, indices: npt.ArrayLike, k: int, codebook: npt.ArrayLike | None = None, *,
-                        reserved_zero: bool | None = None, backend: str = "numba") -> np.ndarray:
+def reaverage_centroids(
+    w: npt.ArrayLike,
+    indices: npt.ArrayLike,
+    k: int,
+    codebook: npt.ArrayLike | None = None,
+    *,
+    reserved_zero: bool | None = None,
+    backend: str = "numba",
+) -> np.ndarray:
     """Each centroid becomes the mean of the current weights ``w`` that share it.
 
     ``w`` (float, converted to float32) and ``indices`` have the same shape. Means are
@@ -543,8 +574,7 @@ def reaverage_centroids(w: npt.ArrayLike, indices: npt.ArrayLike, k: int, codebo
         raise ValueError(f"w has shape {w.shape}, expected the indices' shape {idx.shape}")
     cb = None if codebook is None else _check_codebook(codebook, k)
     reserved = _reserved(reserved_zero, cb)
-    sums, counts = _sums(np.ascontiguousarray(w).ravel(), np.ascontiguousarray(idx).ravel(), k,
-                         backend)
+    sums, counts = _sums(np.ascontiguousarray(w).ravel(), np.ascontiguousarray(idx).ravel(), k, backend)
     out = np.zeros(k, np.float32) if cb is None else cb.copy()
     full = counts > 0
     out[full] = (sums[full] / counts[full]).astype(np.float32)

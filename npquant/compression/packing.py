@@ -46,8 +46,16 @@ PACK_ORDERS = ("lsb", "msb")
 SIGNED_MODES = ("twos", "offset")
 
 __all__ = [
-    "PACK_ORDERS", "SIGNED_MODES", "PackedArray", "from_unsigned", "pack", "pack_bits",
-    "packed_nbytes", "to_unsigned", "unpack", "unpack_bits",
+    "PACK_ORDERS",
+    "SIGNED_MODES",
+    "PackedArray",
+    "from_unsigned",
+    "pack",
+    "pack_bits",
+    "packed_nbytes",
+    "to_unsigned",
+    "unpack",
+    "unpack_bits",
 ]
 
 
@@ -72,6 +80,7 @@ def packed_nbytes(count: int, bits: int) -> int:
 
 
 # ---- argument checks ---------------------------------------------------------------------
+
 
 def _as_int_values(values, name: str) -> np.ndarray:
     return check_int_array(values, name)
@@ -99,9 +108,11 @@ def _check_range(arr: np.ndarray, lo: int, hi: int, name: str, what: str, negati
         )
 
 
-_SIGNED_HINT = ("; signed codes (such as quantize's with a signed QuantSpec) are mapped to unsigned "
-                "patterns first with npquant.to_unsigned(values, bits) (two's complement, ONNX INT4's "
-                "layout) and back after unpacking with npquant.from_unsigned(u, bits)")
+_SIGNED_HINT = (
+    "; signed codes (such as quantize's with a signed QuantSpec) are mapped to unsigned "
+    "patterns first with npquant.to_unsigned(values, bits) (two's complement, ONNX INT4's "
+    "layout) and back after unpacking with npquant.from_unsigned(u, bits)"
+)
 
 
 def _as_data(data) -> np.ndarray:
@@ -119,10 +130,7 @@ def _check_stream(data: np.ndarray, bits: int, count: int, order: str, strict: b
     """Length and padding checks of a packed stream; returns the bytes it uses."""
     need = (count * bits + 7) // 8
     if data.shape[0] < need:
-        raise ValueError(
-            f"data is truncated: {count} values of {bits} bits need {need} bytes, "
-            f"got {data.shape[0]}"
-        )
+        raise ValueError(f"data is truncated: {count} values of {bits} bits need {need} bytes, got {data.shape[0]}")
     if strict and data.shape[0] > need:
         raise ValueError(
             f"data has {data.shape[0] - need} trailing byte(s): {count} values of {bits} bits "
@@ -143,6 +151,7 @@ def _check_stream(data: np.ndarray, bits: int, count: int, order: str, strict: b
 
 
 # ---- pack / unpack -------------------------------------------------------------------------
+
 
 def pack_bits(values: npt.ArrayLike, bits: int, *, order: str = "lsb", backend: str = "numba") -> np.ndarray:
     """Pack unsigned integers of ``bits`` bits (1..8) into bytes.
@@ -174,8 +183,15 @@ def pack_bits(values: npt.ArrayLike, bits: int, *, order: str = "lsb", backend: 
     return out
 
 
-def unpack_bits(data: bytes | bytearray | memoryview | np.ndarray, bits: int, count: int, *, order: str = "lsb",
-                strict: bool = True, backend: str = "numba") -> np.ndarray:
+def unpack_bits(
+    data: bytes | bytearray | memoryview | np.ndarray,
+    bits: int,
+    count: int,
+    *,
+    order: str = "lsb",
+    strict: bool = True,
+    backend: str = "numba",
+) -> np.ndarray:
     """Unpack ``count`` unsigned values of ``bits`` bits (1..8) from bytes.
 
     Parameters
@@ -231,21 +247,19 @@ def _unpack_numpy(data: np.ndarray, bits: int, count: int, msb: bool) -> np.ndar
 
 # ---- signed values -------------------------------------------------------------------------
 
+
 def _signed_range(bits: int, signed: str, offset) -> tuple[int, int, int]:
     """``(lo, hi, offset)``: signed values ``lo..hi`` map to patterns ``0..2^bits - 1``."""
     if signed == "twos":
         if offset is not None:
-            raise ValueError("offset is only used with signed='offset', got "
-                             f"signed='twos' and offset={offset!r}")
+            raise ValueError(f"offset is only used with signed='offset', got signed='twos' and offset={offset!r}")
         half = 1 << (bits - 1)
         return -half, half - 1, 0
-    off = (1 << (bits - 1)) if offset is None else check_int(offset, "offset",
-                                                              lo=-(2**31), hi=2**31)
+    off = (1 << (bits - 1)) if offset is None else check_int(offset, "offset", lo=-(2**31), hi=2**31)
     return -off, (1 << bits) - 1 - off, off
 
 
-def to_unsigned(values: npt.ArrayLike, bits: int, *, signed: str = "twos",
-                offset: int | None = None) -> np.ndarray:
+def to_unsigned(values: npt.ArrayLike, bits: int, *, signed: str = "twos", offset: int | None = None) -> np.ndarray:
     """Map signed integers to ``bits``-bit unsigned patterns (uint8, ``values``' shape).
 
     ``signed="twos"``: ``[-2^(b-1), 2^(b-1) - 1]`` -> the low ``b`` bits of the two's
@@ -274,8 +288,7 @@ def to_unsigned(values: npt.ArrayLike, bits: int, *, signed: str = "twos",
     check_choice(signed, "signed", SIGNED_MODES)
     lo, hi, off = _signed_range(bits, signed, offset)
     arr = _as_int_values(values, "values")
-    what = (f"{bits}-bit two's complement" if signed == "twos"
-            else f"{bits} bits with offset {off}")
+    what = f"{bits}-bit two's complement" if signed == "twos" else f"{bits} bits with offset {off}"
     _check_range(arr, lo, hi, "values", what)
     v = arr.astype(np.int64)
     if signed == "twos":
@@ -283,8 +296,7 @@ def to_unsigned(values: npt.ArrayLike, bits: int, *, signed: str = "twos",
     return (v + off).astype(np.uint8)
 
 
-def from_unsigned(u: npt.ArrayLike, bits: int, *, signed: str = "twos",
-                  offset: int | None = None) -> np.ndarray:
+def from_unsigned(u: npt.ArrayLike, bits: int, *, signed: str = "twos", offset: int | None = None) -> np.ndarray:
     """Inverse of :func:`to_unsigned`: ``bits``-bit patterns in ``[0, 2^b - 1]`` to signed.
 
     ``signed="twos"``: patterns ``>= 2^(b-1)`` become ``u - 2^b``; int8. ``signed="offset"``:
@@ -321,6 +333,7 @@ def from_unsigned(u: npt.ArrayLike, bits: int, *, signed: str = "twos",
 
 # ---- container -----------------------------------------------------------------------------
 
+
 @dataclass(frozen=True, eq=False)
 class PackedArray:
     """A packed array that remembers what is needed to restore it.
@@ -347,8 +360,7 @@ class PackedArray:
         except TypeError as e:
             raise TypeError(f"shape must be a tuple of integers, got {self.shape!r}") from e
         if math.prod(shape) != count:
-            raise ValueError(f"count={count} does not match shape {shape} "
-                             f"({math.prod(shape)} elements)")
+            raise ValueError(f"count={count} does not match shape {shape} ({math.prod(shape)} elements)")
         data = _as_data(self.data).view()
         data.flags.writeable = False
         _check_stream(data, bits, count, self.order, True)
@@ -362,9 +374,12 @@ class PackedArray:
     def __eq__(self, other):
         if not isinstance(other, PackedArray):
             return NotImplemented
-        return ((self.bits, self.count, self.order, self.shape)
-                == (other.bits, other.count, other.order, other.shape)
-                and np.array_equal(self.data, other.data))
+        return (self.bits, self.count, self.order, self.shape) == (
+            other.bits,
+            other.count,
+            other.order,
+            other.shape,
+        ) and np.array_equal(self.data, other.data)
 
     __hash__ = None
 
@@ -410,6 +425,5 @@ def unpack(packed: PackedArray, *, backend: str = "numba") -> np.ndarray:
     """
     if not isinstance(packed, PackedArray):
         raise TypeError(f"packed must be a PackedArray, got {type(packed).__name__}")
-    flat = unpack_bits(packed.data, packed.bits, packed.count, order=packed.order,
-                       backend=backend)
+    flat = unpack_bits(packed.data, packed.bits, packed.count, order=packed.order, backend=backend)
     return flat.reshape(packed.shape)

@@ -205,8 +205,7 @@ def default_config(w: np.ndarray, *, sparsity: float | None = None, quality: flo
         ``bits = index_bits = 8`` for a 4-D ``w``, else 5.
     """
     conv = np.ndim(w) == 4
-    return LayerConfig(sparsity=sparsity, quality=quality, bits=8 if conv else 5,
-                       index_bits=8 if conv else 5)
+    return LayerConfig(sparsity=sparsity, quality=quality, bits=8 if conv else 5, index_bits=8 if conv else 5)
 
 
 @dataclass
@@ -315,15 +314,23 @@ class Compressed:
             return self._v3.data
         header, body = self._v2
         h = json.dumps(header, separators=(",", ":"), sort_keys=True).encode("utf-8")
-        return (_PREAMBLE.pack(MAGIC, version, 0, len(h)) + h + struct.pack("<I", zlib.crc32(h)) + body)
+        return _PREAMBLE.pack(MAGIC, version, 0, len(h)) + h + struct.pack("<I", zlib.crc32(h)) + body
 
 
 # --------------------------------------------------------------------------- compress
 
 
-def compress(state: dict, configs: dict | None = None, *, sparsity: float | None = None, quality: float | None = None,
-             seed: int = 0, kmeans_init: str = "linear", bias_bits: int | None = None,
-             shared: dict | None = None) -> Compressed:
+def compress(
+    state: dict,
+    configs: dict | None = None,
+    *,
+    sparsity: float | None = None,
+    quality: float | None = None,
+    seed: int = 0,
+    kmeans_init: str = "linear",
+    bias_bits: int | None = None,
+    shared: dict | None = None,
+) -> Compressed:
     """Compress a state dict (name -> float array).
 
     Tensors of 2 or 4 dimensions are pruned, k-means quantized and Huffman coded with
@@ -402,19 +409,35 @@ def compress(state: dict, configs: dict | None = None, *, sparsity: float | None
             reports.append(rep)
         elif bias_bits is not None and w.ndim >= 1 and w.size > 0:
             res = kmeans_quantize(w, bias_bits, init=kmeans_init, seed=seed, keep_zeros=bool(np.any(w == 0)))
-            entry = _Entry(name, tuple(w.shape), indices=np.asarray(res.indices), codebook=np.asarray(res.codebook),
-                           bits=bias_bits, index_bits=8, reserved_zero=bool(res.reserved_zero))
+            entry = _Entry(
+                name,
+                tuple(w.shape),
+                indices=np.asarray(res.indices),
+                codebook=np.asarray(res.codebook),
+                bits=bias_bits,
+                index_bits=8,
+                reserved_zero=bool(res.reserved_zero),
+            )
         else:
             entry = _Entry(name, tuple(w.shape), data=w)
         tensors.append(entry)
         rebuilt[name] = entry.data if entry.data is not None else entry.codebook[entry.indices]
     v3 = _encode_v3(tensors, rebuilt)
     weights = {r.name for r in reports}
-    others = [TensorReport(e.name, e.shape, int(math.prod(e.shape)),
-                           v3.choices[e.name]["stored_as"] if e.indices is None else
-                           f"{'shared' if e.name in shared else 'k-means'} {e.bits} bits",
-                           sum(v3.sections[e.name]), e.bits)
-              for e in tensors if e.name not in weights]
+    others = [
+        TensorReport(
+            e.name,
+            e.shape,
+            int(math.prod(e.shape)),
+            v3.choices[e.name]["stored_as"]
+            if e.indices is None
+            else f"{'shared' if e.name in shared else 'k-means'} {e.bits} bits",
+            sum(v3.sections[e.name]),
+            e.bits,
+        )
+        for e in tensors
+        if e.name not in weights
+    ]
     for r in reports:
         sec, ch = v3.sections[r.name], v3.choices[r.name]
         r.codebook_bytes, r.values_bytes = sec[0], sec[1]
@@ -434,8 +457,15 @@ def _quantize_weight(name, w, cfg: LayerConfig, seed, init):
         mask = magnitude_mask(w, sparsity=cfg.sparsity, quality=cfg.quality)
     w_p = prune(w, mask)
     res = kmeans_quantize(w_p, cfg.bits, init=init, seed=seed, keep_zeros="auto")
-    return _weight_entry(name, np.asarray(res.indices), np.asarray(res.codebook), cfg.bits, cfg.index_bits,
-                         bool(res.reserved_zero), int(np.count_nonzero(w_p)))
+    return _weight_entry(
+        name,
+        np.asarray(res.indices),
+        np.asarray(res.codebook),
+        cfg.bits,
+        cfg.index_bits,
+        bool(res.reserved_zero),
+        int(np.count_nonzero(w_p)),
+    )
 
 
 def _weight_entry(name, indices, codebook, bits, index_bits, reserved_zero, nnz):
@@ -448,11 +478,28 @@ def _weight_entry(name, indices, codebook, bits, index_bits, reserved_zero, nnz)
         entries = int(gaps.size)
     else:
         entries = int(indices.size)
-    entry = _Entry(name, tuple(indices.shape), indices=indices, codebook=codebook, bits=bits,
-                   index_bits=index_bits, reserved_zero=reserved_zero)
-    rep = LayerReport(name=name, shape=tuple(indices.shape), params=int(indices.size), nnz=nnz, entries=entries,
-                      bits=bits, index_bits=index_bits, codebook_bytes=0, values_bytes=0, gaps_bytes=0,
-                      huffman_bits_per_weight=0.0)
+    entry = _Entry(
+        name,
+        tuple(indices.shape),
+        indices=indices,
+        codebook=codebook,
+        bits=bits,
+        index_bits=index_bits,
+        reserved_zero=reserved_zero,
+    )
+    rep = LayerReport(
+        name=name,
+        shape=tuple(indices.shape),
+        params=int(indices.size),
+        nnz=nnz,
+        entries=entries,
+        bits=bits,
+        index_bits=index_bits,
+        codebook_bytes=0,
+        values_bytes=0,
+        gaps_bytes=0,
+        huffman_bits_per_weight=0.0,
+    )
     return entry, rep
 
 
@@ -462,8 +509,9 @@ def _check_shared(shared, state: dict) -> dict:
     if shared is None:
         return {}
     if not isinstance(shared, Mapping):
-        raise TypeError(f"shared must be a dict of name -> (codebook, indices, reserved_zero), "
-                        f"got {type(shared).__name__}")
+        raise TypeError(
+            f"shared must be a dict of name -> (codebook, indices, reserved_zero), got {type(shared).__name__}"
+        )
     out = {}
     for name, item in shared.items():
         if name not in state:
@@ -476,12 +524,15 @@ def _check_shared(shared, state: dict) -> dict:
         elif all(hasattr(item, a) for a in ("codebook", "indices", "reserved_zero")):
             cb, idx, res = item.codebook, item.indices, item.reserved_zero
         else:
-            raise TypeError(f"{what} must be (codebook, indices, reserved_zero) or have those attributes, "
-                            f"got {type(item).__name__}")
+            raise TypeError(
+                f"{what} must be (codebook, indices, reserved_zero) or have those attributes, got {type(item).__name__}"
+            )
         cb = np.asarray(cb)
         if cb.dtype != np.float32 or cb.ndim != 1:
-            raise TypeError(f"{what}: the codebook must be a 1-D float32 array (the file stores float32), got "
-                            f"dtype {cb.dtype} shape {cb.shape}")
+            raise TypeError(
+                f"{what}: the codebook must be a 1-D float32 array (the file stores float32), got "
+                f"dtype {cb.dtype} shape {cb.shape}"
+            )
         bits = int(cb.size).bit_length() - 1
         if cb.size != 1 << bits or not 1 <= bits <= 8:
             raise ValueError(f"{what}: the codebook must hold 2^b centroids, b in 1..8, got {cb.size}")
@@ -490,19 +541,24 @@ def _check_shared(shared, state: dict) -> dict:
         idx = check_int_array(idx, f"{what}: the indices")
         w = np.asarray(state[name])
         if idx.shape != w.shape or idx.size == 0:
-            raise ValueError(f"{what}: the indices have shape {idx.shape}, state[{name!r}] has {w.shape} "
-                             "(non-empty, the same shape)")
+            raise ValueError(
+                f"{what}: the indices have shape {idx.shape}, state[{name!r}] has {w.shape} (non-empty, the same shape)"
+            )
         if int(idx.min()) < 0 or int(idx.max()) >= cb.size:
-            raise ValueError(f"{what}: the indices must lie in [0, {cb.size - 1}], got values in "
-                             f"[{int(idx.min())}, {int(idx.max())}]")
+            raise ValueError(
+                f"{what}: the indices must lie in [0, {cb.size - 1}], got values in "
+                f"[{int(idx.min())}, {int(idx.max())}]"
+            )
         if not isinstance(res, (bool, np.bool_)):
             raise TypeError(f"{what}: reserved_zero must be a bool, got {type(res).__name__}")
         if res and int(cb[:1].view(np.uint32)[0]) != 0:
             raise ValueError(f"{what}: with reserved_zero, codebook[0] must be +0.0, got {cb[0]!r}")
         idx = idx.astype(np.uint8)
         if w.dtype.kind == "f" and not np.array_equal(w, cb[idx]):
-            raise ValueError(f"state[{name!r}] is not codebook[indices] of {what}: pass the weights the "
-                             "codebook and indices make (e.g. the model's state_dict() after kmeans_qat)")
+            raise ValueError(
+                f"state[{name!r}] is not codebook[indices] of {what}: pass the weights the "
+                "codebook and indices make (e.g. the model's state_dict() after kmeans_qat)"
+            )
         out[name] = (cb, idx, bool(res))
     return out
 
@@ -517,11 +573,15 @@ def _shared_weight(name, w, item, cfg):
     index_bits = default_config(w).index_bits
     if cfg is not None:
         if cfg.sparsity is not None or cfg.quality is not None:
-            raise ValueError(f"configs[{name!r}] prunes, but shared[{name!r}] gives its codebook and indices: "
-                             "prune before the weight sharing")
+            raise ValueError(
+                f"configs[{name!r}] prunes, but shared[{name!r}] gives its codebook and indices: "
+                "prune before the weight sharing"
+            )
         if cfg.bits != bits:
-            raise ValueError(f"configs[{name!r}].bits is {cfg.bits}, shared[{name!r}] has a {bits}-bit codebook "
-                             f"({cb.size} centroids)")
+            raise ValueError(
+                f"configs[{name!r}].bits is {cfg.bits}, shared[{name!r}] has a {bits}-bit codebook "
+                f"({cb.size} centroids)"
+            )
         index_bits = check_int(cfg.index_bits, f"index_bits of {name}", lo=1, hi=8)
     return _weight_entry(name, idx, cb, bits, index_bits, res, int(np.count_nonzero(cb[idx])))
 
@@ -581,10 +641,12 @@ class StageSizes:
         """``[(stage, bytes, ratio, weight bytes, weight ratio)]`` in pipeline order; a
         ratio is float32 bytes over the stage's bytes (None when there are none)."""
         out = []
-        for stage, a, b in (("float32", self.original, self.weights_original),
-                            ("pruned", self.pruned, self.weights_pruned),
-                            ("quantized", self.quantized, self.weights_quantized),
-                            ("Huffman coded (the file)", self.huffman, self.weights_huffman)):
+        for stage, a, b in (
+            ("float32", self.original, self.weights_original),
+            ("pruned", self.pruned, self.weights_pruned),
+            ("quantized", self.quantized, self.weights_quantized),
+            ("Huffman coded (the file)", self.huffman, self.weights_huffman),
+        ):
             out.append((stage, a, self.original / a if a else None, b, self.weights_original / b if b else None))
         return out
 
@@ -626,9 +688,17 @@ def stage_sizes(compressed: Compressed) -> StageSizes:
             row = (4 * size,) * 3
         total = [a + b for a, b in zip(total, row)]
     w_huff = sum(r[4] for r in layers)
-    return StageSizes(original=total[0], pruned=total[1], quantized=total[2], huffman=len(v3.data),
-                      weights_original=weights[0], weights_pruned=weights[1], weights_quantized=weights[2],
-                      weights_huffman=w_huff, layers=tuple(layers))
+    return StageSizes(
+        original=total[0],
+        pruned=total[1],
+        quantized=total[2],
+        huffman=len(v3.data),
+        weights_original=weights[0],
+        weights_pruned=weights[1],
+        weights_quantized=weights[2],
+        weights_huffman=w_huff,
+        layers=tuple(layers),
+    )
 
 
 # --------------------------------------------------------------------------- write / read
@@ -780,7 +850,7 @@ class _Cursor:
         if n > self.end - self.pos:
             self.fail(f"truncated: {what} needs {n} bytes at {self.pos}, {self.end - self.pos} remain")
         self.pos += n
-        return self.data[self.pos - n:self.pos]
+        return self.data[self.pos - n : self.pos]
 
     def varint(self, what: str, hi: int = (1 << 63) - 1) -> int:
         x, shift = 0, 0
@@ -1005,8 +1075,12 @@ def _pack(vals: np.ndarray, nb: int, chunk: int = 8192) -> bytes:
     if nb == 0 or vals.size == 0:
         return b""
     shifts = np.arange(nb - 1, -1, -1, dtype=np.uint32)
-    bits = np.concatenate([((vals[a:a + chunk, None] >> shifts) & np.uint32(1)).astype(np.uint8).ravel()
-                           for a in range(0, vals.size, chunk)])
+    bits = np.concatenate(
+        [
+            ((vals[a : a + chunk, None] >> shifts) & np.uint32(1)).astype(np.uint8).ravel()
+            for a in range(0, vals.size, chunk)
+        ]
+    )
     return np.packbits(bits).tobytes()
 
 
@@ -1019,10 +1093,14 @@ def _unpack(buf: bytes, count: int, nb: int, chunk: int = 8192) -> np.ndarray:
     for a in range(0, count, chunk):
         off = np.arange(a, min(count, a + chunk), dtype=np.int64) * nb
         i = off >> 3
-        word = ((b[i].astype(np.uint64) << np.uint64(24)) | (b[i + 1].astype(np.uint64) << np.uint64(16))
-                | (b[i + 2].astype(np.uint64) << np.uint64(8)) | b[i + 3].astype(np.uint64))
+        word = (
+            (b[i].astype(np.uint64) << np.uint64(24))
+            | (b[i + 1].astype(np.uint64) << np.uint64(16))
+            | (b[i + 2].astype(np.uint64) << np.uint64(8))
+            | b[i + 3].astype(np.uint64)
+        )
         sh = (np.int64(32 - nb) - (off & 7)).astype(np.uint64)
-        out[a:a + off.size] = ((word >> sh) & np.uint64((1 << nb) - 1)).astype(np.uint32)
+        out[a : a + off.size] = ((word >> sh) & np.uint64((1 << nb) - 1)).astype(np.uint32)
     return out
 
 
@@ -1060,9 +1138,17 @@ def _skip_bits(w: _Bits, skipped: np.ndarray):
 
 
 #: What the version-3 writer tries (private: the measurements of each choice turn them off).
-_WRITER = {"gap_limits": _GAP_LIMITS, "refine": True, "scans": (False, True), "skips": True,
-           "codebooks": (0, 1, 2), "dense": True, "split": True, "used_only": True,
-           "sort": True}
+_WRITER = {
+    "gap_limits": _GAP_LIMITS,
+    "refine": True,
+    "scans": (False, True),
+    "skips": True,
+    "codebooks": (0, 1, 2),
+    "dense": True,
+    "split": True,
+    "used_only": True,
+    "sort": True,
+}
 
 
 def _best_gap_limit(r: np.ndarray, tail: int, limits, refine: bool, head_bits: int) -> tuple[int, int]:
@@ -1124,7 +1210,7 @@ def _encode_kmeans(e: _Entry, opts: dict):
             rows = np.setdiff1d(np.arange(view.shape[0]), empty[0]) if sk[0] else slice(None)
             cols = np.setdiff1d(np.arange(view.shape[1]), empty[1]) if sk[1] else slice(None)
             sub = view[rows][:, cols]
-            for transposed in (opts["scans"] if two_d else (False,)):
+            for transposed in opts["scans"] if two_d else (False,):
                 r, tail = _runs(sub.T.reshape(-1) if transposed else sub.reshape(-1))
                 size, m = _best_gap_limit(r, tail, opts["gap_limits"], False, head.n)
                 cands.append((values + size, sk, transposed, head, r, tail, m))
@@ -1141,10 +1227,20 @@ def _encode_kmeans(e: _Entry, opts: dict):
     view = sym.reshape(e.shape[0], -1)
     flat = view.T.reshape(-1) if transposed else view.reshape(-1)
     sections = [cb_section, _stream_section(flat[flat > 0], alphabet), _stream_section(gsyms, m + 1, head)]
-    choice.update(layout="sparse", scan="transposed" if transposed else "C", gap_limit=m,
-                  skipped=tuple(int(x.size) if s_ else 0 for s_, x in zip(sk, empty)))
-    kind = (KIND_KMEANS | _SPARSE | _RESERVED | (_TRANSPOSED if transposed else 0)
-            | (_SKIP_ROWS if sk[0] else 0) | (_SKIP_COLS if sk[1] else 0))
+    choice.update(
+        layout="sparse",
+        scan="transposed" if transposed else "C",
+        gap_limit=m,
+        skipped=tuple(int(x.size) if s_ else 0 for s_, x in zip(sk, empty)),
+    )
+    kind = (
+        KIND_KMEANS
+        | _SPARSE
+        | _RESERVED
+        | (_TRANSPOSED if transposed else 0)
+        | (_SKIP_ROWS if sk[0] else 0)
+        | (_SKIP_COLS if sk[1] else 0)
+    )
     return sections, kind, [int(gsyms.size)], choice
 
 
@@ -1193,12 +1289,12 @@ def _read_v3(data: bytes, where) -> dict:
         what = "truncated file" if declared > len(data) else "corrupt file"
         raise FileFormatError(where, f"{what}: the header declares {declared} bytes, the file has {len(data)}")
     if len(data) < cur.pos + 8:
-        raise FileFormatError(where, f"truncated file: {len(data)} bytes, too short for a tensor count and "
-                                     "two CRC-32s")
+        raise FileFormatError(where, f"truncated file: {len(data)} bytes, too short for a tensor count and two CRC-32s")
     stored = struct.unpack_from("<I", data, len(data) - 4)[0]
     if zlib.crc32(data[:-4]) != stored:
-        raise FileFormatError(where, "corrupt file: CRC-32 mismatch (the last 4 bytes hold the CRC-32 of the "
-                                     "bytes before them)")
+        raise FileFormatError(
+            where, "corrupt file: CRC-32 mismatch (the last 4 bytes hold the CRC-32 of the bytes before them)"
+        )
     cur.end = len(data) - 4
     count = cur.varint("the tensor count")
     records, seen = [], set()
@@ -1214,14 +1310,17 @@ def _read_v3(data: bytes, where) -> dict:
         parts = []
         for what, n in rec["sections"]:
             if n > cur.end - pos:
-                raise FileFormatError(where, f"truncated body: {what} of {rec['name']!r} needs {n} bytes at "
-                                             f"{pos}, {cur.end - pos} remain")
-            parts.append(data[pos:pos + n])
+                raise FileFormatError(
+                    where, f"truncated body: {what} of {rec['name']!r} needs {n} bytes at {pos}, {cur.end - pos} remain"
+                )
+            parts.append(data[pos : pos + n])
             pos += n
         rec["parts"] = parts
     if pos != cur.end:
-        raise FileFormatError(where, f"corrupt file: the sections account for {pos - cur.pos} body bytes, the body "
-                                     f"has {cur.end - cur.pos}")
+        raise FileFormatError(
+            where,
+            f"corrupt file: the sections account for {pos - cur.pos} body bytes, the body has {cur.end - cur.pos}",
+        )
     out, check = {}, 0
     for rec in records:
         t = _rebuild_v3(rec, where)
@@ -1257,23 +1356,31 @@ def _read_record(cur: _Cursor, i: int, where) -> dict:
         if size == 0:
             cur.fail(f"the float-split tensor {name!r} is empty")
         rec["nb"] = ((kind >> 2) & 1) + 23 - t
-        rec["sections"] = [("the exponents", cur.varint(f"the exponents length of {name!r}")),
-                           ("the mantissas", -(-size * rec["nb"] // 8))]
+        rec["sections"] = [
+            ("the exponents", cur.varint(f"the exponents length of {name!r}")),
+            ("the mantissas", -(-size * rec["nb"] // 8)),
+        ]
     elif kind & 3 == KIND_KMEANS:
         if kind & 0x80:
             cur.fail(f"kind byte 0x{kind:02x} of {name!r}: bit 7 must be 0")
         if size == 0:
             cur.fail(f"the k-means tensor {name!r} is empty")
         if kind & (_TRANSPOSED | _SKIP_ROWS | _SKIP_COLS) and not kind & _SPARSE:
-            cur.fail(f"kind byte 0x{kind:02x} of {name!r}: a transposed scan or skipped rows or columns need "
-                     "the sparse layout")
+            cur.fail(
+                f"kind byte 0x{kind:02x} of {name!r}: a transposed scan or skipped rows or columns need "
+                "the sparse layout"
+            )
         if kind & (_TRANSPOSED | _SKIP_ROWS | _SKIP_COLS) and ndim < 2:
-            cur.fail(f"{name!r} has a transposed scan or skipped rows or columns and {ndim} dimension(s); "
-                     "they need 2 or more")
+            cur.fail(
+                f"{name!r} has a transposed scan or skipped rows or columns and {ndim} dimension(s); "
+                "they need 2 or more"
+            )
         if kind & _SPARSE and not kind & _RESERVED:
             cur.fail(f"the sparse tensor {name!r} has no reserved zero")
-        rec["sections"] = [("the codebook", cur.varint(f"the codebook length of {name!r}")),
-                           ("the values", cur.varint(f"the values length of {name!r}"))]
+        rec["sections"] = [
+            ("the codebook", cur.varint(f"the codebook length of {name!r}")),
+            ("the values", cur.varint(f"the values length of {name!r}")),
+        ]
         if kind & _SPARSE:
             rec["entries"] = cur.varint(f"the entries of {name!r}")
             rec["sections"].append(("the gaps", cur.varint(f"the gaps length of {name!r}")))
@@ -1305,8 +1412,9 @@ def _rebuild_v3(rec: dict, where) -> np.ndarray:
     else:
         count = size
     if (count == 0) != (len(parts[1]) == 0):
-        raise FileFormatError(where, f"corrupt body: the values section of {name!r} holds {len(parts[1])} bytes "
-                                     f"for {count} values")
+        raise FileFormatError(
+            where, f"corrupt body: the values section of {name!r} holds {len(parts[1])} bytes for {count} values"
+        )
     if count:
         v = _BitReader(parts[1], where, f"the values of {name!r}")
         vcode = _read_table(v, max(alphabet, 1))
@@ -1362,9 +1470,12 @@ def _read_gaps(rec: dict, buf: bytes, where) -> tuple[np.ndarray, int]:
     # at most M - 1 zeros after the last symbol; skipping at most half the rows and
     # columns, the tensor is at most 4 times what the gaps cover
     if not 0 <= kept_r * kept_c - covered < m:
-        raise FileFormatError(where, f"corrupt header: shape {shape} of {name!r} does not fit its gaps: they "
-                                     f"cover {covered} of the {kept_r} x {kept_c} elements scanned, fewer than {m} "
-                                     "may follow")
+        raise FileFormatError(
+            where,
+            f"corrupt header: shape {shape} of {name!r} does not fit its gaps: they "
+            f"cover {covered} of the {kept_r} x {kept_c} elements scanned, fewer than {m} "
+            "may follow",
+        )
     p = ends[~esc] - 1
     if flags & _TRANSPOSED:
         i, j = p % kept_r, p // kept_r
@@ -1395,11 +1506,19 @@ def _encode_v2(entries: list, rebuilt: dict) -> tuple[dict, bytes]:
         if e.indices is not None:
             rs = encode_relative(e.indices, e.index_bits, filler=0)
             gaps, values = _cover_tail(np.asarray(rs.gaps), np.asarray(rs.values), e.indices.size, e.index_bits)
-            blobs = {"codebook": blob(np.asarray(e.codebook, "<f4").tobytes()),
-                     "values": blob(huffman.encode_blob(values, alphabet_size=1 << e.bits)),
-                     "gaps": blob(huffman.encode_blob(gaps, alphabet_size=1 << e.index_bits))}
-            entry.update(kind="compressed", bits=e.bits, index_bits=e.index_bits,
-                         nnz=int(np.count_nonzero(e.indices)), entries=int(values.size), blobs=blobs)
+            blobs = {
+                "codebook": blob(np.asarray(e.codebook, "<f4").tobytes()),
+                "values": blob(huffman.encode_blob(values, alphabet_size=1 << e.bits)),
+                "gaps": blob(huffman.encode_blob(gaps, alphabet_size=1 << e.index_bits)),
+            }
+            entry.update(
+                kind="compressed",
+                bits=e.bits,
+                index_bits=e.index_bits,
+                nnz=int(np.count_nonzero(e.indices)),
+                entries=int(values.size),
+                blobs=blobs,
+            )
         else:
             entry.update(kind="raw", blobs={"data": blob(e.data.astype("<f4").tobytes())})
         entry["crc"] = zlib.crc32(rebuilt[e.name].astype("<f4").tobytes())
@@ -1409,14 +1528,19 @@ def _encode_v2(entries: list, rebuilt: dict) -> tuple[dict, bytes]:
 
 def _parse_preamble(data: bytes, where):
     if len(data) < _PREAMBLE.size + 4:
-        raise FileFormatError(where, f"not an npquant compressed file: {len(data)} bytes, shorter than the "
-                                     f"{_PREAMBLE.size + 4}-byte preamble")
+        raise FileFormatError(
+            where,
+            f"not an npquant compressed file: {len(data)} bytes, shorter than the {_PREAMBLE.size + 4}-byte preamble",
+        )
     magic, version, reserved, hlen = _PREAMBLE.unpack_from(data)
     if magic != MAGIC:
         raise FileFormatError(where, f"not an npquant compressed file: magic {magic!r}, expected {MAGIC!r}")
     if version not in READ_VERSIONS:
-        raise FileFormatError(where, f"unsupported compressed-file version {version}; this npquant reads "
-                                     f"versions {', '.join(map(str, READ_VERSIONS))}")
+        raise FileFormatError(
+            where,
+            f"unsupported compressed-file version {version}; this npquant reads "
+            f"versions {', '.join(map(str, READ_VERSIONS))}",
+        )
     if reserved != 0:
         raise FileFormatError(where, f"corrupt preamble: reserved field is {reserved}, expected 0")
     start = _PREAMBLE.size
@@ -1424,14 +1548,14 @@ def _parse_preamble(data: bytes, where):
         raise FileFormatError(where, f"corrupt preamble: a {hlen}-byte header is larger than {MAX_JSON_BYTES}")
     if start + hlen + 4 > len(data):
         raise FileFormatError(where, f"truncated file: the header needs {hlen} + 4 bytes, {len(data) - start} remain")
-    hbytes = data[start:start + hlen]
+    hbytes = data[start : start + hlen]
     (crc,) = struct.unpack_from("<I", data, start + hlen)
     if zlib.crc32(hbytes) != crc:
         raise FileFormatError(where, "corrupt header: CRC-32 mismatch")
     header = parse_json(hbytes, "the header", where)
     if not isinstance(header, dict) or header.get("format") != FORMAT or not isinstance(header.get("tensors"), list):
         raise FileFormatError(where, f"corrupt header: expected format {FORMAT!r} with a list of tensors")
-    return version, header, data[start + hlen + 4:]
+    return version, header, data[start + hlen + 4 :]
 
 
 def _is_uint(v, hi=None) -> bool:
@@ -1444,8 +1568,9 @@ def _check_layout(header: dict, body: bytes, where) -> list:
     seen, spans, out = set(), [], []
     for i, t in enumerate(header["tensors"]):
         if not isinstance(t, dict) or not isinstance(t.get("name"), str) or t.get("kind") not in ("compressed", "raw"):
-            raise FileFormatError(where, f"corrupt header: tensor entry {i} needs a name and a kind "
-                                         "('compressed' or 'raw')")
+            raise FileFormatError(
+                where, f"corrupt header: tensor entry {i} needs a name and a kind ('compressed' or 'raw')"
+            )
         name = t["name"]
         if name in seen:
             raise FileFormatError(where, f"corrupt header: the tensor {name!r} appears twice")
@@ -1457,10 +1582,14 @@ def _check_layout(header: dict, body: bytes, where) -> list:
             raise FileFormatError(where, f"corrupt header: tensor {name!r} has no valid crc")
         blobs = t.get("blobs")
         need = {"codebook", "values", "gaps"} if t["kind"] == "compressed" else {"data"}
-        if not isinstance(blobs, dict) or set(blobs) != need or not all(
-                isinstance(v, list) and len(v) == 3 and all(_is_uint(e) for e in v) for v in blobs.values()):
-            raise FileFormatError(where, f"corrupt header: tensor {name!r} needs blobs {sorted(need)} "
-                                         "of [offset, length, crc32]")
+        if (
+            not isinstance(blobs, dict)
+            or set(blobs) != need
+            or not all(isinstance(v, list) and len(v) == 3 and all(_is_uint(e) for e in v) for v in blobs.values())
+        ):
+            raise FileFormatError(
+                where, f"corrupt header: tensor {name!r} needs blobs {sorted(need)} of [offset, length, crc32]"
+            )
         if t["kind"] == "compressed":
             bits, ibits, entries = t.get("bits"), t.get("index_bits"), t.get("entries")
             if not (_is_uint(bits, 8) and bits >= 1 and _is_uint(ibits, 8) and ibits >= 1 and _is_uint(entries)):
@@ -1468,17 +1597,22 @@ def _check_layout(header: dict, body: bytes, where) -> list:
         parts = {}
         for key, (off, length, _crc) in blobs.items():
             if off + length > len(body):
-                raise FileFormatError(where, f"truncated body: blob {name}/{key} needs bytes [{off}, {off + length}), "
-                                             f"the body has {len(body)}")
+                raise FileFormatError(
+                    where,
+                    f"truncated body: blob {name}/{key} needs bytes [{off}, {off + length}), the body has {len(body)}",
+                )
             spans.append((off, off + length, f"{name}/{key}"))
-            parts[key] = body[off:off + length]  # a slice of bytes: the data is present
+            parts[key] = body[off : off + length]  # a slice of bytes: the data is present
         out.append((t, parts, blobs))
     spans.sort()
     pos = 0
     for a, b, label in spans:
         if a != pos:
-            raise FileFormatError(where, f"corrupt header: blob {label} starts at {a}, expected {pos} "
-                                         "(blobs must tile the body without overlap or gap)")
+            raise FileFormatError(
+                where,
+                f"corrupt header: blob {label} starts at {a}, expected {pos} "
+                "(blobs must tile the body without overlap or gap)",
+            )
         pos = b
     if pos != len(body):
         raise FileFormatError(where, f"corrupt file: the blobs account for {pos} body bytes, the body has {len(body)}")
@@ -1496,13 +1630,17 @@ def _rebuild(t: dict, parts: dict, where, version: int) -> np.ndarray:
         size *= d
     if t["kind"] == "raw":
         if len(parts["data"]) != 4 * size:
-            raise FileFormatError(where, f"corrupt body: raw tensor {name!r} has {len(parts['data'])} bytes, "
-                                         f"shape {shape} needs {4 * size}")
+            raise FileFormatError(
+                where,
+                f"corrupt body: raw tensor {name!r} has {len(parts['data'])} bytes, shape {shape} needs {4 * size}",
+            )
         return np.frombuffer(parts["data"], "<f4").astype(np.float32).reshape(shape)
     bits, ibits = t["bits"], t["index_bits"]
     if len(parts["codebook"]) != 4 * (1 << bits):
-        raise FileFormatError(where, f"corrupt body: codebook of {name!r} has {len(parts['codebook'])} bytes, "
-                                     f"{bits} bits need {4 << bits}")
+        raise FileFormatError(
+            where,
+            f"corrupt body: codebook of {name!r} has {len(parts['codebook'])} bytes, {bits} bits need {4 << bits}",
+        )
     codebook = np.frombuffer(parts["codebook"], "<f4").astype(np.float32)
     try:
         values = huffman.decode_blob(parts["values"])  # sized by its own bytes
@@ -1510,8 +1648,10 @@ def _rebuild(t: dict, parts: dict, where, version: int) -> np.ndarray:
     except ValueError as e:
         raise FileFormatError(where, f"corrupt body: a stream of {name!r} does not decode ({e})") from None
     if values.size != t["entries"] or gaps.size != values.size:
-        raise FileFormatError(where, f"corrupt body: {name!r} decodes {values.size} values and {gaps.size} gaps, "
-                                     f"the header says {t['entries']}")
+        raise FileFormatError(
+            where,
+            f"corrupt body: {name!r} decodes {values.size} values and {gaps.size} gaps, the header says {t['entries']}",
+        )
     if values.size and int(values.max()) >= (1 << bits):
         raise FileFormatError(where, f"corrupt body: {name!r} has a k-means index beyond its {bits}-bit codebook")
     if gaps.size and int(gaps.max()) >= (1 << ibits):
@@ -1522,8 +1662,11 @@ def _rebuild(t: dict, parts: dict, where, version: int) -> np.ndarray:
         raise FileFormatError(where, f"corrupt body: the entries of {name!r} run past its {size} elements")
     if tail > (1 << ibits) - 1:
         hint = " (a version-1 file: write it again with this npquant)" if version == 1 else ""
-        raise FileFormatError(where, f"corrupt header: shape {shape} of {name!r} reaches {tail} elements past "
-                                     f"its last entry; at most {(1 << ibits) - 1} may follow{hint}")
+        raise FileFormatError(
+            where,
+            f"corrupt header: shape {shape} of {name!r} reaches {tail} elements past "
+            f"its last entry; at most {(1 << ibits) - 1} may follow{hint}",
+        )
     try:
         indices = decode_relative(gaps, values, shape, ibits)
     except ValueError as e:
@@ -1556,39 +1699,91 @@ def format_report(compressed: Compressed, file_size: int) -> str:
     """
     rows = []
     for r in compressed.reports:
-        coding = (f"{r.layout}" if r.layout == "dense" else
-                  f"{'T' if r.scan == 'transposed' else 'C'}, M={r.gap_limit}"
-                  + "".join(f", -{n} {w}" for n, w in zip(r.skipped, ("rows", "cols")) if n))
-        rows.append([r.name, "x".join(map(str, r.shape)), str(r.params), f"{r.nnz} ({100 * r.nnz / r.params:.1f}%)",
-                     str(r.bits), str(r.index_bits), coding, str(r.codebook_bytes),
-                     f"{r.huffman_bits_per_weight:.2f}", str(r.compressed_bytes),
-                     f"{4 * r.params / r.compressed_bytes:.1f}x"])
-    table = format_table(["layer", "shape", "params", "non-zeros", "w bits", "idx bits", "gap code", "codebook B",
-                          "Huffman bits/nz", "compressed B", "ratio"], rows)
+        coding = (
+            f"{r.layout}"
+            if r.layout == "dense"
+            else f"{'T' if r.scan == 'transposed' else 'C'}, M={r.gap_limit}"
+            + "".join(f", -{n} {w}" for n, w in zip(r.skipped, ("rows", "cols")) if n)
+        )
+        rows.append(
+            [
+                r.name,
+                "x".join(map(str, r.shape)),
+                str(r.params),
+                f"{r.nnz} ({100 * r.nnz / r.params:.1f}%)",
+                str(r.bits),
+                str(r.index_bits),
+                coding,
+                str(r.codebook_bytes),
+                f"{r.huffman_bits_per_weight:.2f}",
+                str(r.compressed_bytes),
+                f"{4 * r.params / r.compressed_bytes:.1f}x",
+            ]
+        )
+    table = format_table(
+        [
+            "layer",
+            "shape",
+            "params",
+            "non-zeros",
+            "w bits",
+            "idx bits",
+            "gap code",
+            "codebook B",
+            "Huffman bits/nz",
+            "compressed B",
+            "ratio",
+        ],
+        rows,
+    )
     parts = [table]
     if compressed.others:
-        parts.append(format_table(["other tensor", "shape", "params", "stored as", "bytes", "float32 B"],
-                                  [[o.name, "x".join(map(str, o.shape)) or "scalar", str(o.params), o.stored_as,
-                                    str(o.bytes), str(4 * o.params)] for o in compressed.others]))
+        parts.append(
+            format_table(
+                ["other tensor", "shape", "params", "stored as", "bytes", "float32 B"],
+                [
+                    [
+                        o.name,
+                        "x".join(map(str, o.shape)) or "scalar",
+                        str(o.params),
+                        o.stored_as,
+                        str(o.bytes),
+                        str(4 * o.params),
+                    ]
+                    for o in compressed.others
+                ],
+            )
+        )
     st = stage_sizes(compressed)
-    parts.append(format_table(["stage", "model B", "ratio", "weights B", "weights ratio"],
-                              [[s, str(a), _x(ra), str(b), _x(rb)] for s, a, ra, b, rb in st.rows()]))
+    parts.append(
+        format_table(
+            ["stage", "model B", "ratio", "weights B", "weights ratio"],
+            [[s, str(a), _x(ra), str(b), _x(rb)] for s, a, ra, b, rb in st.rows()],
+        )
+    )
     original = st.original
     w_orig = sum(4 * r.params for r in compressed.reports)
     w_comp = sum(r.compressed_bytes for r in compressed.reports)
     lossy = [o.name for o in compressed.others if o.stored_as.startswith("k-means")]
-    w_line = (f"\nweight tensors alone: {w_orig} float32 bytes -> {w_comp} bytes of codebooks, Huffman tables "
-              f"and streams, {w_orig / w_comp:.1f}x" if w_comp else "")
+    w_line = (
+        f"\nweight tensors alone: {w_orig} float32 bytes -> {w_comp} bytes of codebooks, Huffman tables "
+        f"and streams, {w_orig / w_comp:.1f}x"
+        if w_comp
+        else ""
+    )
     given = [o.name for o in compressed.others if o.stored_as.startswith("shared")]
-    bias = (f"; {', '.join(lossy)} replaced by k-means codebooks (lossy)" if lossy else "")
-    bias += (f"; {', '.join(given)} stored as the codebooks and indices given" if given else "")
+    bias = f"; {', '.join(lossy)} replaced by k-means codebooks (lossy)" if lossy else ""
+    bias += f"; {', '.join(given)} stored as the codebooks and indices given" if given else ""
     bias = bias or "; other tensors exact"
-    return ("\n\n".join(parts) + f"\n\nfloat32 size of all tensors: {original} bytes; compressed file: {file_size} "
-            f"bytes (header and biases included{bias}); ratio {original / file_size:.1f}x{w_line}")
+    return (
+        "\n\n".join(parts) + f"\n\nfloat32 size of all tensors: {original} bytes; compressed file: {file_size} "
+        f"bytes (header and biases included{bias}); ratio {original / file_size:.1f}x{w_line}"
+    )
 
 
-def kmeans_study(state: dict, evaluate: Callable[[dict], float], bits: Iterable[int] = (8, 4, 2), *,
-                 seed: int = 0) -> list[dict]:
+def kmeans_study(
+    state: dict, evaluate: Callable[[dict], float], bits: Iterable[int] = (8, 4, 2), *, seed: int = 0
+) -> list[dict]:
     """k-means weight sharing of every 2-D/4-D tensor at each bit width (no pruning): the
     model size (float32 codebooks, indices packed at ``b`` bits, other tensors raw
     float32) and ``evaluate(weights)`` of the reconstructed weights.

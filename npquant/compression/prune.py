@@ -70,6 +70,7 @@ SCHEDULES = ("cubic", "linear", "geometric")
 
 # ---- argument helpers --------------------------------------------------------------------
 
+
 def _check_sparsity(sparsity, name: str = "sparsity") -> float:
     return check_real(sparsity, name, lo=0.0, hi=1.0, hi_open=True)
 
@@ -82,9 +83,7 @@ def _as_numeric(x, name: str) -> np.ndarray:
     """``x`` as an array of float or integer dtype; floats must be finite."""
     arr = np.asarray(x)
     if arr.dtype.kind not in "fiu":
-        raise TypeError(
-            f"{name} must be a floating-point or integer array, got dtype {arr.dtype}"
-        )
+        raise TypeError(f"{name} must be a floating-point or integer array, got dtype {arr.dtype}")
     if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
         raise ValueError(f"{name} contains NaN or infinity")
     return arr
@@ -101,6 +100,7 @@ def _as_mask(mask, name: str, shape) -> np.ndarray:
 
 # ---- pruning -----------------------------------------------------------------------------
 
+
 def _check_weights(w, name: str) -> np.ndarray:
     arr = np.asarray(w)
     if arr.dtype.kind != "f":
@@ -115,8 +115,7 @@ def _check_weights(w, name: str) -> np.ndarray:
 def _one_of(sparsity, quality) -> None:
     if (sparsity is None) == (quality is None):
         raise ValueError(
-            "give exactly one of sparsity= and quality=, got "
-            + ("both" if sparsity is not None else "neither")
+            "give exactly one of sparsity= and quality=, got " + ("both" if sparsity is not None else "neither")
         )
 
 
@@ -136,8 +135,9 @@ def _keep_largest(mag: np.ndarray, k: int, prior) -> np.ndarray:
     return keep
 
 
-def magnitude_mask(w: npt.ArrayLike, *, sparsity: float | None = None, quality: float | None = None,
-                   mask: npt.ArrayLike | None = None) -> np.ndarray:
+def magnitude_mask(
+    w: npt.ArrayLike, *, sparsity: float | None = None, quality: float | None = None, mask: npt.ArrayLike | None = None
+) -> np.ndarray:
     """Boolean mask of ``w``'s shape keeping the largest-magnitude weights (True = kept).
 
     Give exactly one of ``sparsity`` and ``quality``.
@@ -183,8 +183,14 @@ def magnitude_mask(w: npt.ArrayLike, *, sparsity: float | None = None, quality: 
     return keep.reshape(arr.shape)
 
 
-def magnitude_masks(weights: Mapping, *, sparsity: float | None = None, quality: float | None = None,
-                    masks: Mapping | None = None, scope: str = "layer") -> dict:
+def magnitude_masks(
+    weights: Mapping,
+    *,
+    sparsity: float | None = None,
+    quality: float | None = None,
+    masks: Mapping | None = None,
+    scope: str = "layer",
+) -> dict:
     """Magnitude masks for several named tensors, per layer (as in the paper) or global.
 
     Parameters
@@ -234,13 +240,16 @@ def magnitude_masks(weights: Mapping, *, sparsity: float | None = None, quality:
         for name, w in weights.items():
             arrs[name] = _check_weights(w, f"weights[{name!r}]")
             prior = masks.get(name)
-            priors.append(np.ones(arrs[name].size, bool) if prior is None else
-                          _as_mask(prior, f"masks[{name!r}]", arrs[name].shape).reshape(-1))
+            priors.append(
+                np.ones(arrs[name].size, bool)
+                if prior is None
+                else _as_mask(prior, f"masks[{name!r}]", arrs[name].shape).reshape(-1)
+            )
         mag = np.concatenate([np.abs(a.astype(np.float64)).reshape(-1) for a in arrs.values()])
         keep = _keep_largest(mag, round(s * mag.size), np.concatenate(priors) if masks else None)
         out, start = {}, 0
         for name, a in arrs.items():
-            out[name] = keep[start:start + a.size].reshape(a.shape)
+            out[name] = keep[start : start + a.size].reshape(a.shape)
             start += a.size
         return out
     key, spec = ("sparsity", sparsity) if sparsity is not None else ("quality", quality)
@@ -302,8 +311,7 @@ def sparsity_schedule(target: float | Mapping[str, float], steps: int, *, kind: 
     out = []
     for i in range(1, steps + 1):
         t = i / steps
-        v = {"cubic": s * (1.0 - (1.0 - t) ** 3), "linear": s * t,
-             "geometric": 1.0 - (1.0 - s) ** t}[kind]
+        v = {"cubic": s * (1.0 - (1.0 - t) ** 3), "linear": s * t, "geometric": 1.0 - (1.0 - s) ** t}[kind]
         out.append(min(max(v, out[-1] if out else 0.0), s))
     out[-1] = s
     return out
@@ -376,9 +384,7 @@ def reapply(weights: Mapping, masks: Mapping, *, inplace: bool = False) -> dict:
     if not isinstance(weights, Mapping):
         raise TypeError(f"weights must be a mapping of name to array, got {type(weights).__name__}")
     if not isinstance(masks, Mapping):
-        raise TypeError(
-            f"masks must be a mapping of name to boolean array, got {type(masks).__name__}"
-        )
+        raise TypeError(f"masks must be a mapping of name to boolean array, got {type(masks).__name__}")
     if not isinstance(inplace, (bool, np.bool_)):
         raise TypeError(f"inplace must be True or False, got {inplace!r}")
     unknown = [n for n in masks if n not in weights]
@@ -401,6 +407,7 @@ def reapply(weights: Mapping, masks: Mapping, *, inplace: bool = False) -> dict:
 
 
 # ---- relative indexing -------------------------------------------------------------------
+
 
 def _gap_dtype(index_bits: int):
     return np.uint8 if index_bits <= 8 else np.uint16
@@ -468,14 +475,17 @@ class RelativeSparse:
         fill = _filler_scalar(self.filler, values.dtype)
         gaps = _check_gaps(self.gaps, b, math.prod(shape))
         if gaps.size != values.size:
-            raise ValueError(
-                f"gaps and values differ in length: {gaps.size} gaps, {values.size} values"
-            )
+            raise ValueError(f"gaps and values differ in length: {gaps.size} gaps, {values.size} values")
         values = values.copy()
         values.setflags(write=False)
-        for name, v in (("gaps", gaps), ("values", values), ("shape", shape),
-                        ("index_bits", b), ("filler", fill),
-                        ("n_fillers", int(np.count_nonzero(values == fill)))):
+        for name, v in (
+            ("gaps", gaps),
+            ("values", values),
+            ("shape", shape),
+            ("index_bits", b),
+            ("filler", fill),
+            ("n_fillers", int(np.count_nonzero(values == fill))),
+        ):
             object.__setattr__(self, name, v)
 
     @property
@@ -488,9 +498,11 @@ class RelativeSparse:
         return self.values.dtype
 
     def __repr__(self) -> str:
-        return (f"RelativeSparse(shape={self.shape}, index_bits={self.index_bits}, "
-                f"n_entries={self.n_entries}, n_fillers={self.n_fillers}, "
-                f"dtype={self.values.dtype}, filler={self.filler!r})")
+        return (
+            f"RelativeSparse(shape={self.shape}, index_bits={self.index_bits}, "
+            f"n_entries={self.n_entries}, n_fillers={self.n_fillers}, "
+            f"dtype={self.values.dtype}, filler={self.filler!r})"
+        )
 
 
 def _check_shape(shape) -> tuple:
@@ -523,8 +535,7 @@ def _check_gaps(gaps, index_bits: int, n: int) -> np.ndarray:
         if zero_later.size:
             i = int(zero_later[0]) + 1
             raise ValueError(
-                f"gap out of range: gaps[{i}] = 0; only the first gap may be 0 "
-                "(two entries at one position)"
+                f"gap out of range: gaps[{i}] = 0; only the first gap may be 0 (two entries at one position)"
             )
         last = int(g.astype(np.int64).sum())
         if last >= n:
@@ -585,9 +596,14 @@ def _encode_numpy(pos: np.ndarray, nz: np.ndarray, index_bits: int, fill):
     return gaps, values
 
 
-def decode_relative(rs: RelativeSparse | npt.ArrayLike, values: npt.ArrayLike | None = None,
-                    shape: tuple[int, ...] | None = None, index_bits: int | None = None, *,
-                    filler: float | None = None) -> np.ndarray:
+def decode_relative(
+    rs: RelativeSparse | npt.ArrayLike,
+    values: npt.ArrayLike | None = None,
+    shape: tuple[int, ...] | None = None,
+    index_bits: int | None = None,
+    *,
+    filler: float | None = None,
+) -> np.ndarray:
     """Dense array from relative-index form: ``decode_relative(rs)`` for a
     :class:`RelativeSparse`, or ``decode_relative(gaps, values, shape, index_bits,
     filler=...)`` from raw parts (validated as :class:`RelativeSparse` does).
@@ -616,18 +632,13 @@ def decode_relative(rs: RelativeSparse | npt.ArrayLike, values: npt.ArrayLike | 
     """
     if isinstance(rs, RelativeSparse):
         if values is not None or shape is not None or index_bits is not None or filler is not None:
-            raise TypeError(
-                "decode_relative(rs) takes no further arguments when rs is a RelativeSparse"
-            )
+            raise TypeError("decode_relative(rs) takes no further arguments when rs is a RelativeSparse")
         # Re-validate: the object may come from elsewhere (its arrays are read-only copies).
         rs = RelativeSparse(rs.gaps, rs.values, rs.shape, rs.index_bits, rs.filler)
     else:
-        missing = [n for n, v in (("values", values), ("shape", shape), ("index_bits", index_bits))
-                   if v is None]
+        missing = [n for n, v in (("values", values), ("shape", shape), ("index_bits", index_bits)) if v is None]
         if missing:
-            raise TypeError(
-                f"decode_relative(gaps, values, shape, index_bits): missing {', '.join(missing)}"
-            )
+            raise TypeError(f"decode_relative(gaps, values, shape, index_bits): missing {', '.join(missing)}")
         rs = RelativeSparse(rs, values, shape, index_bits, filler)
     return _decode_numpy(rs.gaps, rs.values, rs.shape, rs.filler)
 

@@ -21,5 +21,13 @@ from .onnx import from_onnx, onnx_intermediates
 from .tflite import from_tflite, tflite_intermediates, tflite_tensor_names
 from .torch import from_torch, from_torch_quantized, torch_intermediates
 
-__all__ = ["from_torch", "from_torch_quantized", "torch_intermediates", "from_tflite", "tflite_intermediates",
-           "tflite_tensor_names", "from_onnx", "onnx_intermediates"]
+__all__ = [
+    "from_torch",
+    "from_torch_quantized",
+    "torch_intermediates",
+    "from_tflite",
+    "tflite_intermediates",
+    "tflite_tensor_names",
+    "from_onnx",
+    "onnx_intermediates",
+]

@@ -70,24 +70,54 @@ TARGETS = ("onnxruntime", "reference")
 
 #: ONNX operators :func:`from_onnx` translates, by format.
 SUPPORTED = {
-    "QOperator": ("QuantizeLinear", "DequantizeLinear", "QLinearConv (grouped, depthwise, per-channel weights, "
-                  "int32 bias)", "QLinearMatMul (constant B, batched A)", "com.microsoft.QGemm (alpha 1, "
-                  "quantized output)", "com.microsoft.QLinearAdd", "com.microsoft.QLinearAveragePool",
-                  "com.microsoft.QLinearGlobalAveragePool", "com.microsoft.QLinearConcat",
-                  "MaxPool / Reshape / Flatten on codes"),
-    "QDQ": ("DequantizeLinear -> Conv / MatMul / Gemm / Add / AveragePool / GlobalAveragePool / Concat / "
-            "MaxPool / Reshape / Flatten / Relu / Clip -> QuantizeLinear",),
-    "float": ("Conv", "MatMul (constant B)", "Gemm (alpha = beta = 1, transA = 0)", "Add", "Relu",
-              "Clip (0 .. inf or 0 .. 6)", "MaxPool", "AveragePool", "GlobalAveragePool", "Concat", "Reshape",
-              "Flatten", "Identity", "Dropout (inference)", "Constant"),
+    "QOperator": (
+        "QuantizeLinear",
+        "DequantizeLinear",
+        "QLinearConv (grouped, depthwise, per-channel weights, int32 bias)",
+        "QLinearMatMul (constant B, batched A)",
+        "com.microsoft.QGemm (alpha 1, quantized output)",
+        "com.microsoft.QLinearAdd",
+        "com.microsoft.QLinearAveragePool",
+        "com.microsoft.QLinearGlobalAveragePool",
+        "com.microsoft.QLinearConcat",
+        "MaxPool / Reshape / Flatten on codes",
+    ),
+    "QDQ": (
+        "DequantizeLinear -> Conv / MatMul / Gemm / Add / AveragePool / GlobalAveragePool / Concat / "
+        "MaxPool / Reshape / Flatten / Relu / Clip -> QuantizeLinear",
+    ),
+    "float": (
+        "Conv",
+        "MatMul (constant B)",
+        "Gemm (alpha = beta = 1, transA = 0)",
+        "Add",
+        "Relu",
+        "Clip (0 .. inf or 0 .. 6)",
+        "MaxPool",
+        "AveragePool",
+        "GlobalAveragePool",
+        "Concat",
+        "Reshape",
+        "Flatten",
+        "Identity",
+        "Dropout (inference)",
+        "Constant",
+    ),
 }
 
 _MS = "com.microsoft"
 _FUSABLE = ("Conv", "MatMul", "Gemm", "Add", "AveragePool", "GlobalAveragePool", "Concat")
 _ON_CODES = ("MaxPool", "Reshape", "Flatten", "Relu")  # exact on codes between equal qparams
 # (op type, index of the codes input, index of its scale); its zero point follows the scale
-_CODE_INPUTS = {"QLinearConv": (0, 1), "QLinearMatMul": (0, 1), "DequantizeLinear": (0, 1), "QGemm": (0, 1),
-                "QLinearAdd": (0, 1), "QLinearAveragePool": (0, 1), "QLinearGlobalAveragePool": (0, 1)}
+_CODE_INPUTS = {
+    "QLinearConv": (0, 1),
+    "QLinearMatMul": (0, 1),
+    "DequantizeLinear": (0, 1),
+    "QGemm": (0, 1),
+    "QLinearAdd": (0, 1),
+    "QLinearAveragePool": (0, 1),
+    "QLinearGlobalAveragePool": (0, 1),
+}
 
 
 def _onnx():
@@ -142,13 +172,22 @@ def _qparams(scale, zero_point, axis=None, what="qparams") -> QParams:
 
 
 def _act(qp: QParams) -> dict:
-    return {"scale": float(np.float32(qp.scale)), "zero_point": int(qp.zero_point), "bits": 8,
-            "signed": bool(qp.spec.signed)}
+    return {
+        "scale": float(np.float32(qp.scale)),
+        "zero_point": int(qp.zero_point),
+        "bits": 8,
+        "signed": bool(qp.spec.signed),
+    }
 
 
 def _same_qp(a: QParams, b: QParams) -> bool:
-    return (a.spec.axis is None and b.spec.axis is None and np.float32(a.scale) == np.float32(b.scale)
-            and int(a.zero_point) == int(b.zero_point) and a.spec.signed == b.spec.signed)
+    return (
+        a.spec.axis is None
+        and b.spec.axis is None
+        and np.float32(a.scale) == np.float32(b.scale)
+        and int(a.zero_point) == int(b.zero_point)
+        and a.spec.signed == b.spec.signed
+    )
 
 
 def _attrs(onnx, node) -> dict:
@@ -158,6 +197,7 @@ def _attrs(onnx, node) -> dict:
 class _Importer:
     def __init__(self, onnx, model, target: str, accumulation: str, shapes: dict):
         from onnx import numpy_helper
+
         self.onnx, self.np_helper = onnx, numpy_helper
         self.target, self.accumulation, self.shapes = target, accumulation, shapes
         g = model.graph
@@ -198,9 +238,11 @@ class _Importer:
 
     def unsupported(self, i, why=""):
         n = self.nodes[i]
-        raise ValueError(f"{self.where(i)} is not supported{': ' + why if why else ''} (op type {n.op_type!r}"
-                         f"{', domain ' + repr(n.domain) if n.domain else ''}; npquant.importers.onnx.SUPPORTED "
-                         "lists what from_onnx translates)")
+        raise ValueError(
+            f"{self.where(i)} is not supported{': ' + why if why else ''} (op type {n.op_type!r}"
+            f"{', domain ' + repr(n.domain) if n.domain else ''}; npquant.importers.onnx.SUPPORTED "
+            "lists what from_onnx translates)"
+        )
 
     def get(self, i, k, role="input"):
         n = self.nodes[i]
@@ -208,8 +250,10 @@ class _Importer:
             raise ValueError(f"{self.where(i)}: missing input {k} ({role})")
         t = n.input[k]
         if t not in self.env:
-            raise ValueError(f"{self.where(i)}: input {k} ({role}) is tensor {t!r}, which is neither a graph input, "
-                             "an initializer nor the output of an earlier node")
+            raise ValueError(
+                f"{self.where(i)}: input {k} ({role}) is tensor {t!r}, which is neither a graph input, "
+                "an initializer nor the output of an earlier node"
+            )
         return self.env[t]
 
     def const(self, i, k, role, optional=False):
@@ -222,13 +266,19 @@ class _Importer:
         t = n.input[k]
         e = self.env.get(t)
         if e is None or e.kind not in ("const", "qconst"):
-            raise ValueError(f"{self.where(i)}: input {k} ({role}) must be a constant: expected an initializer or "
-                             f"Constant node named {t!r}, " + ("found none" if e is None else "found a computed tensor"))
+            raise ValueError(
+                f"{self.where(i)}: input {k} ({role}) must be a constant: expected an initializer or "
+                f"Constant node named {t!r}, " + ("found none" if e is None else "found a computed tensor")
+            )
         return e.value
 
     def qp_inputs(self, i, k_scale, what, axis=None):
-        return _qparams(self.const(i, k_scale, f"{what} scale"), self.const(i, k_scale + 1, f"{what} zero point",
-                                                                            optional=True), axis, what)
+        return _qparams(
+            self.const(i, k_scale, f"{what} scale"),
+            self.const(i, k_scale + 1, f"{what} zero point", optional=True),
+            axis,
+            what,
+        )
 
     def emit(self, name, op, inputs, out, attrs=None, params=None):
         self.out_nodes.append(_graph.Node(name, op, inputs, [out], attrs or {}, params or {}))
@@ -244,17 +294,25 @@ class _Importer:
                 n = self.nodes[j]
                 ks = _CODE_INPUTS.get(n.op_type)
                 if ks and n.input[ks[0]] == vi.name:
-                    qp = _qparams(self.const(j, ks[1], "x scale"),
-                                  self.const(j, ks[1] + 1, "x zero point", optional=True), None, vi.name)
+                    qp = _qparams(
+                        self.const(j, ks[1], "x scale"),
+                        self.const(j, ks[1] + 1, "x zero point", optional=True),
+                        None,
+                        vi.name,
+                    )
                     break
             if qp is None:
-                raise ValueError(f"graph input {vi.name!r} holds integer codes, but no QLinear* or DequantizeLinear "
-                                 "node reads it, so its scale and zero point are unknown")
+                raise ValueError(
+                    f"graph input {vi.name!r} holds integer codes, but no QLinear* or DequantizeLinear "
+                    "node reads it, so its scale and zero point are unknown"
+                )
             self.env[vi.name] = _T("codes", vi.name, qp)
             self.input_qparams[vi.name] = qp
         else:
-            raise ValueError(f"graph input {vi.name!r} has element type "
-                             f"{onnx.TensorProto.DataType.Name(et)}; float, uint8 and int8 inputs are supported")
+            raise ValueError(
+                f"graph input {vi.name!r} has element type "
+                f"{onnx.TensorProto.DataType.Name(et)}; float, uint8 and int8 inputs are supported"
+            )
         self.inputs.append(vi.name)
 
     def float_ref(self, i, k):
@@ -274,8 +332,10 @@ class _Importer:
                 self.emit(f"{name}_constant", "constant", [], name, params={"value": self.float_value(e)})
                 self.materialized[t, "float"] = name
             return self.materialized[t, "float"]
-        raise ValueError(f"{self.where(i)}: input {k} {t!r} holds integer codes where a float op needs floats "
-                         "(a DequantizeLinear is missing)")
+        raise ValueError(
+            f"{self.where(i)}: input {k} {t!r} holds integer codes where a float op needs floats "
+            "(a DequantizeLinear is missing)"
+        )
 
     def float_value(self, e) -> np.ndarray:
         if e.kind == "const":
@@ -302,8 +362,9 @@ class _Importer:
         if e.kind == "qconst":
             t = e.name or t  # the codes' own tensor (an initializer, or a QuantizeLinear output)
             if e.qp.spec.axis is not None:
-                raise ValueError(f"{self.where(i)}: input {k} {t!r} is a per-axis constant where per-tensor codes "
-                                 "are expected")
+                raise ValueError(
+                    f"{self.where(i)}: input {k} {t!r} is a per-axis constant where per-tensor codes are expected"
+                )
             if (t, "codes") not in self.materialized:
                 name = t if (t, "float") not in self.materialized else f"{t}_codes"
                 self.emit(f"{name}_constant", "qconstant", [], name, {"output": _act(e.qp)}, {"value": e.value})
@@ -314,9 +375,11 @@ class _Importer:
         else:
             raise ValueError(f"{self.where(i)}: input {k} {t!r} must hold integer codes, got a float tensor")
         if qp_given is not None and not _same_qp(qp, qp_given):
-            raise ValueError(f"{self.where(i)}: input {k} {t!r} has scale {float(qp.scale)!r} and zero point "
-                             f"{int(qp.zero_point)} where it was produced, but this node reads it with scale "
-                             f"{float(qp_given.scale)!r} and zero point {int(qp_given.zero_point)}")
+            raise ValueError(
+                f"{self.where(i)}: input {k} {t!r} has scale {float(qp.scale)!r} and zero point "
+                f"{int(qp.zero_point)} where it was produced, but this node reads it with scale "
+                f"{float(qp_given.scale)!r} and zero point {int(qp_given.zero_point)}"
+            )
         return name, qp
 
     # -- the pass
@@ -327,14 +390,22 @@ class _Importer:
                 continue
             if n.domain not in ("", "ai.onnx", _MS):
                 self.unsupported(i, f"the domain {n.domain!r} is unknown")
-            if n.op_type in ("MatMulInteger", "ConvInteger", "DynamicQuantizeLinear", "MatMulIntegerToFloat",
-                             "DynamicQuantizeMatMul"):
-                self.unsupported(i, "dynamic quantization (int32 accumulators and scales computed at run time) is "
-                                    "not a static integer graph; quantize the model statically (quantize_static)")
+            if n.op_type in (
+                "MatMulInteger",
+                "ConvInteger",
+                "DynamicQuantizeLinear",
+                "MatMulIntegerToFloat",
+                "DynamicQuantizeMatMul",
+            ):
+                self.unsupported(
+                    i,
+                    "dynamic quantization (int32 accumulators and scales computed at run time) is "
+                    "not a static integer graph; quantize the model statically (quantize_static)",
+                )
             fn = getattr(self, f"op_{n.op_type}", None)
-            if fn is None or (n.domain == _MS) != n.op_type.startswith(("QGemm", "QLinearAdd", "QLinearAveragePool",
-                                                                         "QLinearGlobalAveragePool",
-                                                                         "QLinearConcat")):
+            if fn is None or (n.domain == _MS) != n.op_type.startswith(
+                ("QGemm", "QLinearAdd", "QLinearAveragePool", "QLinearGlobalAveragePool", "QLinearConcat")
+            ):
                 self.unsupported(i)
             if len(n.output) != 1 and n.op_type not in ("Dropout",):
                 self.unsupported(i, f"{len(n.output)} outputs")
@@ -395,8 +466,9 @@ class _Importer:
             return self.codes_ref(i, k)
         src = self.env[e.src]
         if not _same_qp(src.qp, e.qp):
-            raise ValueError(f"{self.where(i)}: input {k} {t!r} dequantizes {e.src!r} with other qparams than it "
-                             "was quantized with")
+            raise ValueError(
+                f"{self.where(i)}: input {k} {t!r} dequantizes {e.src!r} with other qparams than it was quantized with"
+            )
         return e.src, e.qp
 
     # -- quantize / dequantize
@@ -418,8 +490,9 @@ class _Importer:
         qp = _qparams(s, zp, None, n.output[0])
         if qp.spec.bits != 8:
             self.unsupported(i, "only int8 and uint8 outputs")
-        self.emit(self.names[i], "quantize", [self.float_ref(i, 0)], n.output[0], {"output": _act(qp),
-                                                                                    "method": "divide"})
+        self.emit(
+            self.names[i], "quantize", [self.float_ref(i, 0)], n.output[0], {"output": _act(qp), "method": "divide"}
+        )
         self.env[n.output[0]] = _T("codes", n.output[0], qp)
 
     def op_DequantizeLinear(self, i, n, a):
@@ -434,8 +507,12 @@ class _Importer:
                 self.unsupported(i, f"constant codes of dtype {codes.dtype}")
             axis = a.get("axis", 1) % max(codes.ndim, 1)
             zp = np.zeros((), codes.dtype) if zp is None else np.asarray(zp)
-            self.env[n.output[0]] = _T("qconst", x.name if x.kind == "qconst" else n.input[0],
-                                       _qparams(s, zp, axis if s.size > 1 else None, n.output[0]), codes)
+            self.env[n.output[0]] = _T(
+                "qconst",
+                x.name if x.kind == "qconst" else n.input[0],
+                _qparams(s, zp, axis if s.size > 1 else None, n.output[0]),
+                codes,
+            )
             return
         if x.kind != "codes":
             raise ValueError(f"{self.where(i)}: input 0 {n.input[0]!r} is float; DequantizeLinear needs codes")
@@ -444,9 +521,11 @@ class _Importer:
         zp = np.zeros((), x.qp.spec.dtype) if zp is None else zp
         qp = _qparams(s, zp, None, n.input[0])
         if not _same_qp(qp, x.qp):
-            raise ValueError(f"{self.where(i)}: dequantizes {n.input[0]!r} with scale {float(qp.scale)!r} and zero "
-                             f"point {int(qp.zero_point)}, but it holds codes of scale {float(x.qp.scale)!r} and "
-                             f"zero point {int(x.qp.zero_point)}")
+            raise ValueError(
+                f"{self.where(i)}: dequantizes {n.input[0]!r} with scale {float(qp.scale)!r} and zero "
+                f"point {int(qp.zero_point)}, but it holds codes of scale {float(x.qp.scale)!r} and "
+                f"zero point {int(x.qp.zero_point)}"
+            )
         self.env[n.output[0]] = _T("dq", qp=qp, src=x.name, node=self.names[i])
 
     # -- integer GEMM-like ops
@@ -461,8 +540,11 @@ class _Importer:
 
     def gemm_attrs(self, y_qp, target_mode=None):
         mode = target_mode or ("fp32" if self.target == "onnxruntime" else "onnx")
-        return {"output": _act(y_qp), "mode": mode,
-                "accumulation": self.accumulation if self.target == "onnxruntime" else "exact"}
+        return {
+            "output": _act(y_qp),
+            "mode": mode,
+            "accumulation": self.accumulation if self.target == "onnxruntime" else "exact",
+        }
 
     def bias(self, i, b, n_out):
         if b is None:
@@ -498,8 +580,10 @@ class _Importer:
             self.unsupported(i, f"auto_pad={auto!r}")
         shape = self.shape_of(x_name)
         if shape is None:
-            raise ValueError(f"{self.where(i)}: auto_pad={auto} needs the input's static shape; run "
-                             "onnx.shape_inference.infer_shapes on the model first")
+            raise ValueError(
+                f"{self.where(i)}: auto_pad={auto} needs the input's static shape; run "
+                "onnx.shape_inference.infer_shapes on the model first"
+            )
         extra = "after" if auto == "SAME_UPPER" else "before"
         out = [same_padding(shape[2 + d], kernel[d], strides[d], dil[d], extra=extra) for d in range(2)]
         return [out[0][0], out[0][1], out[1][0], out[1][1]]
@@ -513,8 +597,14 @@ class _Importer:
         if w.ndim != 4:
             self.unsupported(i, f"a weight of shape {w.shape} (2-D convolutions only)")
         attrs = {**self.gemm_attrs(y_qp, mode), **self.conv_geometry(i, a, self.nodes[i].input[0], w.shape[2:])}
-        self.emit(self.names[i], "qconv2d", [x_name], out, attrs,
-                  {**self.weight_params(i, w, w_qp), **self.bias(i, b, w.shape[0])})
+        self.emit(
+            self.names[i],
+            "qconv2d",
+            [x_name],
+            out,
+            attrs,
+            {**self.weight_params(i, w, w_qp), **self.bias(i, b, w.shape[0])},
+        )
 
     def emit_qlinear(self, i, x_name, w_kn, w_qp, b, y_qp, out, mode=None, trans=False):
         """``w_kn``: (K, N) codes (ONNX MatMul's B), or (N, K) with ``trans``; per-column qparams."""
@@ -527,10 +617,19 @@ class _Importer:
         w_on = w if trans else w.T
         qp = w_qp
         if w_qp.spec.axis is not None:
-            qp = QParams(np.asarray(w_qp.scale, np.float32).ravel(), np.asarray(w_qp.zero_point).ravel(),
-                         w_qp.spec.replace(axis=0))
-        self.emit(self.names[i], "qlinear", [x_name], out, self.gemm_attrs(y_qp, mode),
-                  {**self.weight_params(i, np.ascontiguousarray(w_on), qp), **self.bias(i, b, w_on.shape[0])})
+            qp = QParams(
+                np.asarray(w_qp.scale, np.float32).ravel(),
+                np.asarray(w_qp.zero_point).ravel(),
+                w_qp.spec.replace(axis=0),
+            )
+        self.emit(
+            self.names[i],
+            "qlinear",
+            [x_name],
+            out,
+            self.gemm_attrs(y_qp, mode),
+            {**self.weight_params(i, np.ascontiguousarray(w_on), qp), **self.bias(i, b, w_on.shape[0])},
+        )
 
     def op_QLinearConv(self, i, n, a):
         x_qp = self.qp_inputs(i, 1, "x")
@@ -564,8 +663,9 @@ class _Importer:
         w = np.asarray(self.const(i, 3, "B"))
         w_qp = self.qp_inputs(i, 4, "B", axis=0 if trans else 1)
         y_qp = self.qp_inputs(i, 7, "y")
-        self.emit_qlinear(i, x_name, w, w_qp, self.const(i, 6, "C", optional=True), y_qp, n.output[0],
-                          mode="fp32", trans=trans)
+        self.emit_qlinear(
+            i, x_name, w, w_qp, self.const(i, 6, "C", optional=True), y_qp, n.output[0], mode="fp32", trans=trans
+        )
         self.env[n.output[0]] = _T("codes", n.output[0], y_qp)
 
     def op_QLinearAdd(self, i, n, a):
@@ -592,8 +692,11 @@ class _Importer:
         self.emit_avgpool(i, x_name, y_qp, n.output[0], a)
 
     def emit_avgpool(self, i, x_name, y_qp, out, a):
-        attrs = {"output": _act(y_qp), **self.pool_attrs(i, a, self.nodes[i].input[0]),
-                 "count_include_pad": bool(a.get("count_include_pad", 0))}
+        attrs = {
+            "output": _act(y_qp),
+            **self.pool_attrs(i, a, self.nodes[i].input[0]),
+            "count_include_pad": bool(a.get("count_include_pad", 0)),
+        }
         self.emit(self.names[i], "qlinear_avgpool2d", [x_name], out, attrs)
         self.env[out] = _T("codes", out, y_qp)
 
@@ -608,13 +711,16 @@ class _Importer:
     def op_QLinearConcat(self, i, n, a):
         y_qp = self.qp_inputs(i, 0, "Y")
         if (len(n.input) - 2) % 3 or len(n.input) < 5:
-            raise ValueError(f"{self.where(i)}: expected Y_scale, Y_zero_point and (tensor, scale, zero point) "
-                             f"triples, got {len(n.input)} inputs")
+            raise ValueError(
+                f"{self.where(i)}: expected Y_scale, Y_zero_point and (tensor, scale, zero point) "
+                f"triples, got {len(n.input)} inputs"
+            )
         names = []
         for k in range(2, len(n.input), 3):
             names.append(self.codes_ref(i, k, self.qp_inputs(i, k + 1, f"input {k}"))[0])
-        self.emit(self.names[i], "qlinear_concat", names, n.output[0], {"output": _act(y_qp),
-                                                                        "axis": int(a.get("axis", 1))})
+        self.emit(
+            self.names[i], "qlinear_concat", names, n.output[0], {"output": _act(y_qp), "axis": int(a.get("axis", 1))}
+        )
         self.env[n.output[0]] = _T("codes", n.output[0], y_qp)
 
     # -- float ops, fused QDQ groups, ops on codes
@@ -622,14 +728,17 @@ class _Importer:
     def op_Conv(self, i, n, a):
         ks = [0, 1] + ([2] if len(n.input) > 2 and n.input[2] else [])
         if self.target == "onnxruntime" and self.get(i, 1).kind == "qconst":
+
             def fuse(out, y_qp):
                 w = self.get(i, 1)
                 b = self.get(i, 2) if 2 in ks else None
                 if b is not None and (b.kind != "qconst" or np.asarray(b.value).dtype != np.int32):
                     return False
                 x_name, x_qp = self.dq_codes(i, 0)
-                self.emit_qconv(i, x_name, x_qp, np.asarray(w.value), w.qp, None if b is None else b.value, y_qp,
-                                out, a)
+                self.emit_qconv(
+                    i, x_name, x_qp, np.asarray(w.value), w.qp, None if b is None else b.value, y_qp, out, a
+                )
+
             if self.try_fuse(i, ks, fuse):
                 return
         w = self.float_value(self.get(i, 1))
@@ -644,9 +753,14 @@ class _Importer:
         params = {"weight": w}
         if 2 in ks:
             params["bias"] = self.float_value(self.get(i, 2)).reshape(-1)
-        self.emit(self.names[i], "conv2d", [x_ref], n.output[0],
-                  {"stride": geo["stride"], "padding": [t, l_], "dilation": geo["dilation"], "groups": geo["groups"]},
-                  params)
+        self.emit(
+            self.names[i],
+            "conv2d",
+            [x_ref],
+            n.output[0],
+            {"stride": geo["stride"], "padding": [t, l_], "dilation": geo["dilation"], "groups": geo["groups"]},
+            params,
+        )
         self.env[n.output[0]] = _T("float", n.output[0])
 
     def gemm_like(self, i, n, w_k, b_k, trans, a):
@@ -654,6 +768,7 @@ class _Importer:
             self.unsupported(i, "a computed B (only a constant B, the weights)")
         ks = [0, w_k] + ([b_k] if b_k is not None else [])
         if self.target == "onnxruntime" and self.get(i, w_k).kind == "qconst":
+
             def fuse(out, y_qp):
                 w = self.get(i, w_k)
                 b = self.get(i, b_k) if b_k is not None else None
@@ -661,6 +776,7 @@ class _Importer:
                     return False
                 x_name, _ = self.dq_codes(i, 0)
                 self.emit_qlinear(i, x_name, w.value, w.qp, None if b is None else b.value, y_qp, out, trans=trans)
+
             if self.try_fuse(i, ks, fuse):
                 return
         w = self.float_value(self.get(i, w_k))
@@ -668,8 +784,9 @@ class _Importer:
             self.unsupported(i, f"a constant B of shape {w.shape} (2-D)")
         params = {"weight": np.ascontiguousarray(w if trans else w.T)}
         if b_k is not None:
-            params["bias"] = np.broadcast_to(self.float_value(self.get(i, b_k)).reshape(-1),
-                                             (params["weight"].shape[0],)).copy()
+            params["bias"] = np.broadcast_to(
+                self.float_value(self.get(i, b_k)).reshape(-1), (params["weight"].shape[0],)
+            ).copy()
         self.emit(self.names[i], "linear", [self.float_ref(i, 0)], n.output[0], params=params)
         self.env[n.output[0]] = _T("float", n.output[0])
 
@@ -683,11 +800,13 @@ class _Importer:
 
     def op_Add(self, i, n, a):
         if self.target == "onnxruntime":
+
             def fuse(out, y_qp):
                 if any(self.get(i, k).qp.spec.bits != 8 for k in (0, 1)):
                     return False
                 an, bn = self.dq_codes(i, 0)[0], self.dq_codes(i, 1)[0]
                 self.emit(self.names[i], "qadd", [an, bn], out, {"output": _act(y_qp), "mode": "onnxruntime"})
+
             if self.try_fuse(i, [0, 1], fuse):
                 return
         sa, sb = self.shape_of(n.input[0]), self.shape_of(n.input[1])
@@ -703,16 +822,28 @@ class _Importer:
         t, b, l_, r = p["padding"]
         if t != b or l_ != r:
             self.unsupported(i, f"asymmetric padding {p['padding']} in a float average pool")
-        self.emit(self.names[i], "avgpool2d", [self.float_ref(i, 0)], n.output[0],
-                  {"kernel_size": p["kernel_size"], "stride": p["stride"], "padding": [t, l_],
-                   "count_include_pad": bool(a.get("count_include_pad", 0))})
+        self.emit(
+            self.names[i],
+            "avgpool2d",
+            [self.float_ref(i, 0)],
+            n.output[0],
+            {
+                "kernel_size": p["kernel_size"],
+                "stride": p["stride"],
+                "padding": [t, l_],
+                "count_include_pad": bool(a.get("count_include_pad", 0)),
+            },
+        )
         self.env[n.output[0]] = _T("float", n.output[0])
 
     def op_GlobalAveragePool(self, i, n, a):
         if self.target == "onnxruntime":
+
             def fuse(out, y_qp):
-                self.emit(self.names[i], "qlinear_global_avgpool2d", [self.dq_codes(i, 0)[0]], out,
-                          {"output": _act(y_qp)})
+                self.emit(
+                    self.names[i], "qlinear_global_avgpool2d", [self.dq_codes(i, 0)[0]], out, {"output": _act(y_qp)}
+                )
+
             if self.try_fuse(i, [0], fuse):
                 return
         self.emit(self.names[i], "global_avgpool2d", [self.float_ref(i, 0)], n.output[0])
@@ -722,9 +853,11 @@ class _Importer:
         ks = list(range(len(n.input)))
         axis = int(a.get("axis", 1))
         if self.target == "onnxruntime":
+
             def fuse(out, y_qp):
                 names = [self.dq_codes(i, k)[0] for k in ks]
                 self.emit(self.names[i], "qlinear_concat", names, out, {"output": _act(y_qp), "axis": axis})
+
             if self.try_fuse(i, ks, fuse):
                 return
         x = self.get(i, 0)
@@ -772,6 +905,7 @@ class _Importer:
                     self.unsupported(i, f"asymmetric padding {p['padding']} in a float max pool")
                 return "maxpool2d", {"kernel_size": p["kernel_size"], "stride": p["stride"], "padding": [t, l_]}
             return "qmaxpool2d", {**p, "padding": [t, l_] if (t, l_) == (b, r) else p["padding"]}
+
         self.on_codes(i, n, make)
 
     def reshape_target(self, i, n, a):
@@ -801,6 +935,7 @@ class _Importer:
     def op_Relu(self, i, n, a):
         def make(flt):
             return ("relu", {}) if flt else ("qrelu", {"activation": "relu"})
+
         if self.get(i, 0).kind == "codes":
             self.unsupported(i, "Relu on integer codes (ONNX Relu takes floats; a DequantizeLinear is missing)")
         self.on_codes(i, n, make)
@@ -836,8 +971,13 @@ class _Importer:
         self.env[n.output[0]] = _T("const", value=self.np_helper.to_array(a["value"]))
 
 
-def from_onnx(model: str | os.PathLike | bytes | onnx.ModelProto, *, accumulation: str | None = None,
-              target: str = "onnxruntime", name: str | None = None) -> _graph.Graph:
+def from_onnx(
+    model: str | os.PathLike | bytes | onnx.ModelProto,
+    *,
+    accumulation: str | None = None,
+    target: str = "onnxruntime",
+    name: str | None = None,
+) -> _graph.Graph:
     """An npquant :class:`~npquant.models.graph.Graph` of an ONNX model.
 
     Parameters
@@ -899,8 +1039,13 @@ def from_onnx(model: str | os.PathLike | bytes | onnx.ModelProto, *, accumulatio
     return _graph.Graph(nodes, inputs, outputs, input_qparams=iqp, name=name or m.graph.name or "onnx")
 
 
-def onnx_intermediates(model: str | os.PathLike | bytes | onnx.ModelProto, inputs: dict[str, np.ndarray],
-                       tensors: _graph.Graph | dict, *, evaluator: str = "onnxruntime") -> dict:
+def onnx_intermediates(
+    model: str | os.PathLike | bytes | onnx.ModelProto,
+    inputs: dict[str, np.ndarray],
+    tensors: _graph.Graph | dict,
+    *,
+    evaluator: str = "onnxruntime",
+) -> dict:
     """onnxruntime's (or ``onnx.reference``'s) value of named tensors of ``model``.
 
     Parameters
@@ -940,10 +1085,12 @@ def onnx_intermediates(model: str | os.PathLike | bytes | onnx.ModelProto, input
     have = {o.name for o in m2.graph.output}
     for t in names:
         if t not in have:
-            m2.graph.output.append(onnx.helper.make_tensor_value_info(
-                t, onnx.helper.np_dtype_to_tensor_dtype(want[t]), None))
+            m2.graph.output.append(
+                onnx.helper.make_tensor_value_info(t, onnx.helper.np_dtype_to_tensor_dtype(want[t]), None)
+            )
     if evaluator == "reference":
         from onnx.reference import ReferenceEvaluator
+
         values = ReferenceEvaluator(m2).run(names, inputs)
     else:
         try:

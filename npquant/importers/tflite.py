@@ -75,37 +75,86 @@ TFLITE_HINT = "install the tflite extra (pip install 'npquant[tflite]': the tfli
 LITERT_HINT = "install the litert extra (pip install 'npquant[litert]': ai-edge-litert, LiteRT's interpreter)"
 
 #: The operators :func:`from_tflite` translates.
-SUPPORTED = ("FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D", "AVERAGE_POOL_2D", "MAX_POOL_2D", "ADD", "MUL",
-             "CONCATENATION", "RESHAPE", "PAD", "MEAN", "QUANTIZE", "DEQUANTIZE")
+SUPPORTED = (
+    "FULLY_CONNECTED",
+    "CONV_2D",
+    "DEPTHWISE_CONV_2D",
+    "AVERAGE_POOL_2D",
+    "MAX_POOL_2D",
+    "ADD",
+    "MUL",
+    "CONCATENATION",
+    "RESHAPE",
+    "PAD",
+    "MEAN",
+    "QUANTIZE",
+    "DEQUANTIZE",
+)
 
 _REQUANTIZING = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "ADD", "MUL", "MEAN", "QUANTIZE")
 
 #: Requantization mode of each operator, per stack (module docstring).
 PROFILES = {
     # ai-edge-litert 2.3.0, OpResolverType.BUILTIN_REF (tests/test_import_tflite.py)
-    "litert_ref": {"CONV_2D": "tflite", "DEPTHWISE_CONV_2D": "tflite", "FULLY_CONNECTED": "tflite_single_away",
-                   "ADD": "tflite", "MUL": "tflite", "MEAN": "tflite", "QUANTIZE": "tflite"},
+    "litert_ref": {
+        "CONV_2D": "tflite",
+        "DEPTHWISE_CONV_2D": "tflite",
+        "FULLY_CONNECTED": "tflite_single_away",
+        "ADD": "tflite",
+        "MUL": "tflite",
+        "MEAN": "tflite",
+        "QUANTIZE": "tflite",
+    },
     # TFLite's reference kernels as published before LiteRT: gemmlowp's double rounding throughout
     "tflite": {op: "tflite" for op in _REQUANTIZING},
     # a build with TFLITE_SINGLE_ROUNDING (MultiplyByQuantizedMultiplier rounds once, ties up)
     "tflite_single": {op: "tflite_single" for op in _REQUANTIZING},
 }
 
-_TYPES = {0: "float32", 1: "float16", 2: "int32", 3: "uint8", 4: "int64", 5: "string", 6: "bool", 7: "int16",
-          9: "int8", 10: "float64"}
+_TYPES = {
+    0: "float32",
+    1: "float16",
+    2: "int32",
+    3: "uint8",
+    4: "int64",
+    5: "string",
+    6: "bool",
+    7: "int16",
+    9: "int8",
+    10: "float64",
+}
 _ACTIVATIONS = {0: None, 1: "relu", 2: "relu_n1_to_1", 3: "relu6"}
 _ACTIVATION_NAMES = {0: "NONE", 1: "RELU", 2: "RELU_N1_TO_1", 3: "RELU6", 4: "TANH", 5: "SIGN_BIT"}
 # options table of each operator: (name, fields, required)
 _OPTIONS = {
-    "CONV_2D": ("Conv2DOptions", ("Padding", "StrideW", "StrideH", "FusedActivationFunction", "DilationWFactor",
-                                  "DilationHFactor"), True),
-    "DEPTHWISE_CONV_2D": ("DepthwiseConv2DOptions", ("Padding", "StrideW", "StrideH", "DepthMultiplier",
-                                                     "FusedActivationFunction", "DilationWFactor",
-                                                     "DilationHFactor"), True),
-    "AVERAGE_POOL_2D": ("Pool2DOptions", ("Padding", "StrideW", "StrideH", "FilterWidth", "FilterHeight",
-                                          "FusedActivationFunction"), True),
-    "MAX_POOL_2D": ("Pool2DOptions", ("Padding", "StrideW", "StrideH", "FilterWidth", "FilterHeight",
-                                      "FusedActivationFunction"), True),
+    "CONV_2D": (
+        "Conv2DOptions",
+        ("Padding", "StrideW", "StrideH", "FusedActivationFunction", "DilationWFactor", "DilationHFactor"),
+        True,
+    ),
+    "DEPTHWISE_CONV_2D": (
+        "DepthwiseConv2DOptions",
+        (
+            "Padding",
+            "StrideW",
+            "StrideH",
+            "DepthMultiplier",
+            "FusedActivationFunction",
+            "DilationWFactor",
+            "DilationHFactor",
+        ),
+        True,
+    ),
+    "AVERAGE_POOL_2D": (
+        "Pool2DOptions",
+        ("Padding", "StrideW", "StrideH", "FilterWidth", "FilterHeight", "FusedActivationFunction"),
+        True,
+    ),
+    "MAX_POOL_2D": (
+        "Pool2DOptions",
+        ("Padding", "StrideW", "StrideH", "FilterWidth", "FilterHeight", "FusedActivationFunction"),
+        True,
+    ),
     "FULLY_CONNECTED": ("FullyConnectedOptions", ("FusedActivationFunction", "WeightsFormat", "KeepNumDims"), False),
     "ADD": ("AddOptions", ("FusedActivationFunction",), False),
     "MUL": ("MulOptions", ("FusedActivationFunction",), False),
@@ -123,8 +172,9 @@ def _tflite():
     except ImportError as e:
         raise ModuleNotFoundError(f"npquant.importers.tflite needs the tflite package: {TFLITE_HINT}") from e
     if not hasattr(flatbuffers, "Builder") or not hasattr(tflite, "Model"):
-        raise ModuleNotFoundError(f"the installed tflite or flatbuffers package is not the schema's bindings: "
-                                  f"{TFLITE_HINT}")
+        raise ModuleNotFoundError(
+            f"the installed tflite or flatbuffers package is not the schema's bindings: {TFLITE_HINT}"
+        )
     return tflite
 
 
@@ -137,17 +187,17 @@ class _Tensor:
     name: str
     shape: tuple
     dtype: str
-    scale: np.ndarray | None      # float32 (n,)
+    scale: np.ndarray | None  # float32 (n,)
     zero_point: np.ndarray | None  # int64 (n,)
     axis: int
-    data: np.ndarray | None       # constant data, shaped
+    data: np.ndarray | None  # constant data, shaped
 
 
 @dataclass
 class _Op:
     index: int
     name: str
-    inputs: tuple   # tensor indices, -1 for an omitted optional input
+    inputs: tuple  # tensor indices, -1 for an omitted optional input
     outputs: tuple
     options: dict
 
@@ -165,10 +215,19 @@ class _Reader:
     def get(self, fn, what: str):
         try:
             return fn()
-        except (IndexError, struct.error, ValueError, TypeError, OverflowError, AttributeError,
-                UnicodeDecodeError, MemoryError) as e:
-            raise FileFormatError(self.where, f"corrupt TFLite flatbuffer: cannot read {what} "
-                                              f"({type(e).__name__})") from None
+        except (
+            IndexError,
+            struct.error,
+            ValueError,
+            TypeError,
+            OverflowError,
+            AttributeError,
+            UnicodeDecodeError,
+            MemoryError,
+        ) as e:
+            raise FileFormatError(
+                self.where, f"corrupt TFLite flatbuffer: cannot read {what} ({type(e).__name__})"
+            ) from None
 
     def count(self, fn, what: str, limit: int = _MAX_TENSORS) -> int:
         n = self.get(fn, what)
@@ -189,8 +248,10 @@ def _read_model(data, where):
     buf = bytes(data)
     r = _Reader(buf, where)
     if len(buf) < 8 or buf[4:8] != b"TFL3":
-        r.fail("expected a TFLite flatbuffer: the file identifier 'TFL3' at bytes 4-8 "
-               f"(got {buf[4:8]!r} in {len(buf)} bytes)")
+        r.fail(
+            "expected a TFLite flatbuffer: the file identifier 'TFL3' at bytes 4-8 "
+            f"(got {buf[4:8]!r} in {len(buf)} bytes)"
+        )
     root = struct.unpack_from("<I", buf, 0)[0]
     if not 8 <= root <= len(buf) - 4:
         r.fail(f"corrupt TFLite flatbuffer: the root table offset {root} lies outside the {len(buf)} bytes")
@@ -206,8 +267,9 @@ def _read_model(data, where):
         new = r.get(oc.BuiltinCode, f"operator_codes[{i}].builtin_code")
         code = max(int(dep), int(new))  # the schema's rule for the two fields
         custom = r.get(oc.CustomCode, f"operator_codes[{i}].custom_code")
-        codes.append(f"CUSTOM({custom.decode('utf-8', 'replace')})" if code == 32 and custom else
-                     _builtin_name(tfl, code))
+        codes.append(
+            f"CUSTOM({custom.decode('utf-8', 'replace')})" if code == 32 and custom else _builtin_name(tfl, code)
+        )
     n_sub = r.count(model.SubgraphsLength, "subgraphs")
     if n_sub != 1:
         r.fail(f"expected exactly one subgraph, got {n_sub} (control flow is not supported)")
@@ -279,7 +341,7 @@ def _read_tensor(tfl, r: _Reader, model, sg, i: int, n_buf: int) -> _Tensor:
         if off > 1:  # data stored after the flatbuffer (models above 2 GB)
             if off + size > len(r.buf):
                 r.fail(f"buffer {b}: expected {size} bytes at offset {off}, the file has {len(r.buf)}")
-            payload = r.buf[off:off + size]
+            payload = r.buf[off : off + size]
         else:
             arr = r.get(bt.DataAsNumpy, f"buffers[{b}].data")
             payload = b"" if isinstance(arr, int) else np.asarray(arr, np.uint8).tobytes()
@@ -289,8 +351,10 @@ def _read_tensor(tfl, r: _Reader, model, sg, i: int, n_buf: int) -> _Tensor:
             dt = np.dtype(dtype).newbyteorder("<")
             n = int(np.prod(shape, dtype=np.int64))
             if len(payload) != n * dt.itemsize:
-                r.fail(f"tensor {i} ({name!r}): expected {n * dt.itemsize} bytes of {dtype} data for shape "
-                       f"{list(shape)}, buffer {b} holds {len(payload)}")
+                r.fail(
+                    f"tensor {i} ({name!r}): expected {n * dt.itemsize} bytes of {dtype} data for shape "
+                    f"{list(shape)}, buffer {b} holds {len(payload)}"
+                )
             data = np.frombuffer(payload, dt).astype(dt.newbyteorder("="), copy=True).reshape(shape)
     return _Tensor(i, name, tuple(shape), dtype, scale, zp, axis, data)
 
@@ -350,21 +414,26 @@ class _Translator:
         """Per-tensor int8 QParams of activation tensor ``ti``."""
         t = self.t[ti]
         if t.dtype != "int8":
-            raise self.err(op, f"tensor {self.names[ti]!r} must be int8, got {t.dtype} (only int8 models are "
-                                "supported)")
+            raise self.err(
+                op, f"tensor {self.names[ti]!r} must be int8, got {t.dtype} (only int8 models are supported)"
+            )
         if t.scale is None or t.scale.size != 1:
             raise self.err(op, f"tensor {self.names[ti]!r} must have per-tensor quantization parameters")
         if not (np.isfinite(t.scale[0]) and t.scale[0] > 0) or not -128 <= int(t.zero_point[0]) <= 127:
-            raise self.err(op, f"tensor {self.names[ti]!r} has an invalid scale {t.scale[0]} or zero point "
-                                f"{t.zero_point[0]}")
+            raise self.err(
+                op, f"tensor {self.names[ti]!r} has an invalid scale {t.scale[0]} or zero point {t.zero_point[0]}"
+            )
         return QParams(np.float32(t.scale[0]), int(t.zero_point[0]), QuantSpec(bits=8, signed=True))
 
     def same_qp(self, op: _Op, a: int, b: int):
         qa, qb = self.qp(op, a), self.qp(op, b)
         if float(qa.scale) != float(qb.scale) or int(qa.zero_point) != int(qb.zero_point):
-            raise self.err(op, f"the output {self.names[b]!r} must have the input's qparams (scale "
-                                f"{float(qa.scale)}, zero point {int(qa.zero_point)}), got scale "
-                                f"{float(qb.scale)}, zero point {int(qb.zero_point)}")
+            raise self.err(
+                op,
+                f"the output {self.names[b]!r} must have the input's qparams (scale "
+                f"{float(qa.scale)}, zero point {int(qa.zero_point)}), got scale "
+                f"{float(qb.scale)}, zero point {int(qb.zero_point)}",
+            )
 
     def const(self, op: _Op, ti: int, what: str, dtype: str | None = None) -> np.ndarray:
         if ti < 0:
@@ -383,20 +452,34 @@ class _Translator:
             return name
         t = self.t[ti]
         if t.data is None:
-            raise self.err(op, f"input tensor {name!r} is neither a graph input, a constant nor the output of "
-                               "an earlier operator")
+            raise self.err(
+                op, f"input tensor {name!r} is neither a graph input, a constant nor the output of an earlier operator"
+            )
         qp = self.qp(op, ti)
-        self.nodes.append(_graph.Node(f"{op.index}:const:{name}", "qconstant", [], [name], {"output": qp},
-                                      {"value": t.data.astype(np.int8)}))
+        self.nodes.append(
+            _graph.Node(
+                f"{op.index}:const:{name}", "qconstant", [], [name], {"output": qp}, {"value": t.data.astype(np.int8)}
+            )
+        )
         self.defined.add(ti)
         return name
 
-    def emit(self, op: _Op, graph_op: str, inputs, attrs=None, params=None, out: int | None = None,
-             out_name: str | None = None, suffix: str = ""):
+    def emit(
+        self,
+        op: _Op,
+        graph_op: str,
+        inputs,
+        attrs=None,
+        params=None,
+        out: int | None = None,
+        out_name: str | None = None,
+        suffix: str = "",
+    ):
         o = op.outputs[0] if out is None else out
         name = out_name or self.names[o]
-        self.nodes.append(_graph.Node(f"{op.index}:{op.name}{suffix}", graph_op, list(inputs), [name], attrs or {},
-                                      params or {}))
+        self.nodes.append(
+            _graph.Node(f"{op.index}:{op.name}{suffix}", graph_op, list(inputs), [name], attrs or {}, params or {})
+        )
         self.defined.add(o)
         return name
 
@@ -406,8 +489,11 @@ class _Translator:
     def activation(self, op: _Op):
         code = op.options.get("FusedActivationFunction", 0)
         if code not in _ACTIVATIONS:
-            raise self.err(op, f"fused activation {_ACTIVATION_NAMES.get(code, code)} is not supported "
-                               "(NONE, RELU, RELU6, RELU_N1_TO_1)")
+            raise self.err(
+                op,
+                f"fused activation {_ACTIVATION_NAMES.get(code, code)} is not supported "
+                "(NONE, RELU, RELU6, RELU_N1_TO_1)",
+            )
         return _ACTIVATIONS[code]
 
     def arity(self, op: _Op, lo: int, hi: int | None = None):
@@ -430,15 +516,19 @@ class _Translator:
             scale, zp = np.float32(t.scale[0]), np.int32(t.zero_point[0])
         else:
             if t.axis != axis or t.scale.size != n_out:
-                raise self.err(op, f"the weights {self.names[ti]!r} must be quantized per tensor or per channel "
-                                   f"along axis {axis} ({n_out} channels), got {t.scale.size} scales along axis "
-                                   f"{t.axis}")
+                raise self.err(
+                    op,
+                    f"the weights {self.names[ti]!r} must be quantized per tensor or per channel "
+                    f"along axis {axis} ({n_out} channels), got {t.scale.size} scales along axis "
+                    f"{t.axis}",
+                )
             scale, zp = t.scale.astype(np.float32), t.zero_point.astype(np.int32)
         if not np.all(np.isfinite(scale)) or not np.all(np.asarray(scale) > 0):
             raise self.err(op, f"the weights {self.names[ti]!r} have a scale that is not positive and finite")
         if symmetric and np.any(zp != 0):
-            raise self.err(op, f"the weights {self.names[ti]!r} must have zero points 0 (TFLite's int8 kernels "
-                               "ignore them)")
+            raise self.err(
+                op, f"the weights {self.names[ti]!r} must have zero points 0 (TFLite's int8 kernels ignore them)"
+            )
         return scale, zp
 
     def bias(self, op: _Op, n_out: int):
@@ -485,21 +575,30 @@ class _Translator:
         else:
             _, kh, kw, o = w.shape
             if w.shape[0] != 1 or xs[3] == 0 or o % xs[3]:
-                raise self.err(op, f"expected 1HWO depthwise weights with O a multiple of the {xs[3]} input "
-                                   f"channels, got {list(w.shape)}")
+                raise self.err(
+                    op,
+                    f"expected 1HWO depthwise weights with O a multiple of the {xs[3]} input "
+                    f"channels, got {list(w.shape)}",
+                )
             mult = op.options["DepthMultiplier"]
             if mult not in (0, o // xs[3]):  # LiteRT derives the multiplier from the shapes
-                raise self.err(op, f"depth_multiplier {mult} does not match the weights ({o} outputs for "
-                                   f"{xs[3]} channels)")
+                raise self.err(
+                    op, f"depth_multiplier {mult} does not match the weights ({o} outputs for {xs[3]} channels)"
+                )
             groups = xs[3]
             weight = np.ascontiguousarray(w[0].transpose(2, 0, 1)[:, None])  # 1HWO -> (O, 1, kh, kw)
             scale, zp = self.weight_qparams(op, op.inputs[1], 3, o, True)
-        attrs = {"output": self.qp(op, y), "mode": self.mode(op), "activation": self.activation(op),
-                 "stride": [sh, sw_], "padding": self.pads(op, xs, kh, kw, sh, sw_, dh, dw),
-                 "dilation": [dh, dw], "groups": groups}
+        attrs = {
+            "output": self.qp(op, y),
+            "mode": self.mode(op),
+            "activation": self.activation(op),
+            "stride": [sh, sw_],
+            "padding": self.pads(op, xs, kh, kw, sh, sw_, dh, dw),
+            "dilation": [dh, dw],
+            "groups": groups,
+        }
         self.qp(op, x)
-        params = {"weight": weight.astype(np.int8), "weight_scale": scale, "weight_zero_point": zp,
-                  **self.bias(op, o)}
+        params = {"weight": weight.astype(np.int8), "weight_scale": scale, "weight_zero_point": zp, **self.bias(op, o)}
         self.emit(op, "qconv2d_nhwc", [self.value(op, x)], attrs, params)
 
     op_depthwise = op_conv
@@ -525,8 +624,9 @@ class _Translator:
         if tuple(ys) == (rows, o):
             self.emit(op, "qfully_connected", [self.value(op, x)], attrs, params)
         else:  # keep_num_dims: the rows, then the output's shape
-            tmp = self.emit(op, "qfully_connected", [self.value(op, x)], attrs, params,
-                            out_name=f"{self.names[y]}#rows")
+            tmp = self.emit(
+                op, "qfully_connected", [self.value(op, x)], attrs, params, out_name=f"{self.names[y]}#rows"
+            )
             self.emit(op, "qreshape", [tmp], {"shape": [int(d) for d in ys]}, suffix=":reshape")
 
     def op_pool(self, op: _Op):
@@ -589,8 +689,9 @@ class _Translator:
         pads = self.const(op, op.inputs[1], "paddings")
         rank = len(self.shape(x))
         if pads.dtype.kind not in "iu" or pads.shape != (rank, 2) or np.any(pads < 0):
-            raise self.err(op, f"expected non-negative integer paddings of shape ({rank}, 2), got "
-                               f"{pads.dtype} {list(pads.shape)}")
+            raise self.err(
+                op, f"expected non-negative integer paddings of shape ({rank}, 2), got {pads.dtype} {list(pads.shape)}"
+            )
         self.emit(op, "qpad", [self.value(op, x)], {"pads": [[int(b), int(e)] for b, e in pads]})
 
     def op_mean(self, op: _Op):
@@ -601,8 +702,12 @@ class _Translator:
         rank = len(self.shape(x))
         if axes.size == 0 or np.any(axes < -rank) or np.any(axes >= rank):
             raise self.err(op, f"axes {axes.tolist()} must be non-empty and within the input's {rank} axes")
-        attrs = {"axes": [int(v) % rank for v in axes], "keep_dims": bool(op.options["KeepDims"]),
-                 "output": self.qp(op, y), "mode": self.mode(op)}
+        attrs = {
+            "axes": [int(v) % rank for v in axes],
+            "keep_dims": bool(op.options["KeepDims"]),
+            "output": self.qp(op, y),
+            "mode": self.mode(op),
+        }
         self.emit(op, "qmean", [self.value(op, x)], attrs)
 
     def op_quantize(self, op: _Op):
@@ -633,11 +738,21 @@ class _Translator:
     # -- the graph
 
     def translate(self, name: str) -> _graph.Graph:
-        handlers = {"CONV_2D": self.op_conv, "DEPTHWISE_CONV_2D": self.op_depthwise,
-                    "FULLY_CONNECTED": self.op_fully_connected, "AVERAGE_POOL_2D": self.op_pool,
-                    "MAX_POOL_2D": self.op_pool, "ADD": self.op_add, "MUL": self.op_mul,
-                    "CONCATENATION": self.op_concatenation, "RESHAPE": self.op_reshape, "PAD": self.op_pad,
-                    "MEAN": self.op_mean, "QUANTIZE": self.op_quantize, "DEQUANTIZE": self.op_dequantize}
+        handlers = {
+            "CONV_2D": self.op_conv,
+            "DEPTHWISE_CONV_2D": self.op_depthwise,
+            "FULLY_CONNECTED": self.op_fully_connected,
+            "AVERAGE_POOL_2D": self.op_pool,
+            "MAX_POOL_2D": self.op_pool,
+            "ADD": self.op_add,
+            "MUL": self.op_mul,
+            "CONCATENATION": self.op_concatenation,
+            "RESHAPE": self.op_reshape,
+            "PAD": self.op_pad,
+            "MEAN": self.op_mean,
+            "QUANTIZE": self.op_quantize,
+            "DEQUANTIZE": self.op_dequantize,
+        }
         input_qparams = {}
         for ti in self.inputs:
             t = self.t[ti]
@@ -648,15 +763,22 @@ class _Translator:
         for op in self.ops:
             h = handlers.get(op.name)
             if h is None:
-                raise ValueError(f"operator {op.index} ({op.name}) is not supported by npquant.importers.tflite; "
-                                 f"supported: {', '.join(SUPPORTED)}")
+                raise ValueError(
+                    f"operator {op.index} ({op.name}) is not supported by npquant.importers.tflite; "
+                    f"supported: {', '.join(SUPPORTED)}"
+                )
             h(op)
         for ti in self.outputs:
             if ti not in self.defined:
                 raise ValueError(f"graph output {self.names[ti]!r} is not computed by any operator")
         try:
-            return _graph.Graph(self.nodes, [self.names[i] for i in self.inputs],
-                                [self.names[i] for i in self.outputs], input_qparams=input_qparams, name=name)
+            return _graph.Graph(
+                self.nodes,
+                [self.names[i] for i in self.inputs],
+                [self.names[i] for i in self.outputs],
+                input_qparams=input_qparams,
+                name=name,
+            )
         except (ValueError, TypeError) as e:
             raise ValueError(f"the translated graph does not build: {e}") from e
 
@@ -669,25 +791,38 @@ def _profile(profile) -> dict:
     if isinstance(profile, dict):
         from ..qnn.add import ADD_MODES
         from ..requant.modes import EXTRA_REQUANT_MODES, REQUANT_MODES
+
         allowed = {op: REQUANT_MODES + EXTRA_REQUANT_MODES for op in ("FULLY_CONNECTED", "MUL", "QUANTIZE")}
-        allowed.update({"CONV_2D": REQUANT_MODES, "DEPTHWISE_CONV_2D": REQUANT_MODES,
-                        "ADD": tuple(m for m in ADD_MODES if m.startswith("tflite")),
-                        "MEAN": ("tflite", "tflite_single")})
+        allowed.update(
+            {
+                "CONV_2D": REQUANT_MODES,
+                "DEPTHWISE_CONV_2D": REQUANT_MODES,
+                "ADD": tuple(m for m in ADD_MODES if m.startswith("tflite")),
+                "MEAN": ("tflite", "tflite_single"),
+            }
+        )
         out = dict(PROFILES["litert_ref"])
         for k, v in profile.items():
             if k not in _REQUANTIZING:
-                raise ValueError(f"profile has {k!r}, which is not an operator that requantizes "
-                                 f"({', '.join(_REQUANTIZING)})")
+                raise ValueError(
+                    f"profile has {k!r}, which is not an operator that requantizes ({', '.join(_REQUANTIZING)})"
+                )
             if v not in allowed[k]:
-                raise ValueError(f"profile[{k!r}] must be a requantization mode of that operator "
-                                 f"({', '.join(allowed[k])}), got {v!r}")
+                raise ValueError(
+                    f"profile[{k!r}] must be a requantization mode of that operator "
+                    f"({', '.join(allowed[k])}), got {v!r}"
+                )
             out[k] = v
         return out
     raise TypeError(f"profile must be a profile name or a dict of operator -> mode, got {type(profile).__name__}")
 
 
-def from_tflite(path_or_bytes: str | os.PathLike | bytes | bytearray | memoryview, *,
-                profile: str | dict = "litert_ref", name: str = "tflite") -> _graph.Graph:
+def from_tflite(
+    path_or_bytes: str | os.PathLike | bytes | bytearray | memoryview,
+    *,
+    profile: str | dict = "litert_ref",
+    name: str = "tflite",
+) -> _graph.Graph:
     """An int8 ``.tflite`` model as an integer :class:`~npquant.models.graph.Graph` (NHWC).
 
     Parameters
@@ -746,8 +881,12 @@ def tflite_tensor_names(path_or_bytes: str | os.PathLike | bytes | bytearray | m
     return _tensor_names(_read_model(data, where)[0])
 
 
-def tflite_intermediates(path_or_bytes: str | os.PathLike | bytes | bytearray | memoryview,
-                         inputs: np.ndarray | list | dict, *, op_resolver: str = "BUILTIN_REF") -> dict:
+def tflite_intermediates(
+    path_or_bytes: str | os.PathLike | bytes | bytearray | memoryview,
+    inputs: np.ndarray | list | dict,
+    *,
+    op_resolver: str = "BUILTIN_REF",
+) -> dict:
     """LiteRT's value of every non-constant tensor, under :func:`from_tflite`'s names.
 
     Runs ``ai_edge_litert.interpreter.Interpreter`` with ``experimental_preserve_all_tensors``.
@@ -778,8 +917,11 @@ def tflite_intermediates(path_or_bytes: str | os.PathLike | bytes | bytearray | 
     data, where = _source(path_or_bytes)
     tensors, ops, ins, outs = _read_model(data, where)
     names = _tensor_names(tensors)
-    it = Interpreter(model_content=data, experimental_op_resolver_type=getattr(OpResolverType, op_resolver),
-                     experimental_preserve_all_tensors=True)
+    it = Interpreter(
+        model_content=data,
+        experimental_op_resolver_type=getattr(OpResolverType, op_resolver),
+        experimental_preserve_all_tensors=True,
+    )
     it.allocate_tensors()
     if isinstance(inputs, dict):
         feeds = [inputs[names[i]] for i in ins]

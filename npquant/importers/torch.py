@@ -39,20 +39,51 @@ if TYPE_CHECKING:
 PEERS_HINT = "install the peers extra (pip install 'npquant[peers]') for PyTorch"
 
 #: What :func:`from_torch` translates (module types, functions and tensor methods).
-FLOAT_SUPPORTED = ("nn.Linear", "nn.Conv2d", "nn.BatchNorm2d", "nn.ReLU", "nn.ReLU6", "nn.MaxPool2d",
-                   "nn.AvgPool2d", "nn.Flatten", "nn.Identity", "nn.Dropout*", "QuantStub", "DeQuantStub",
-                   "F.relu", "torch.relu", "F.relu6", "F.max_pool2d", "F.avg_pool2d", "F.dropout",
-                   "+ / operator.add / torch.add / Tensor.add", "torch.cat", "torch.flatten / Tensor.flatten",
-                   "Tensor.view / Tensor.reshape / torch.reshape", "Tensor.size / Tensor.shape",
-                   "Tensor.relu", "Tensor.contiguous")
+FLOAT_SUPPORTED = (
+    "nn.Linear",
+    "nn.Conv2d",
+    "nn.BatchNorm2d",
+    "nn.ReLU",
+    "nn.ReLU6",
+    "nn.MaxPool2d",
+    "nn.AvgPool2d",
+    "nn.Flatten",
+    "nn.Identity",
+    "nn.Dropout*",
+    "QuantStub",
+    "DeQuantStub",
+    "F.relu",
+    "torch.relu",
+    "F.relu6",
+    "F.max_pool2d",
+    "F.avg_pool2d",
+    "F.dropout",
+    "+ / operator.add / torch.add / Tensor.add",
+    "torch.cat",
+    "torch.flatten / Tensor.flatten",
+    "Tensor.view / Tensor.reshape / torch.reshape",
+    "Tensor.size / Tensor.shape",
+    "Tensor.relu",
+    "Tensor.contiguous",
+)
 #: What :func:`from_torch_quantized` translates besides :data:`FLOAT_SUPPORTED`.
-QUANTIZED_SUPPORTED = ("nnq.Quantize (QuantStub)", "nnq.DeQuantize (DeQuantStub)", "nnq.Linear",
-                       "nniq.LinearReLU", "nnq.Conv2d", "nniq.ConvReLU2d", "nnq.ReLU6", "nn.ReLU / F.relu on "
-                       "quantized tensors", "F.relu6 on quantized tensors", "nn.MaxPool2d / nn.AvgPool2d on "
-                       "quantized tensors", "flatten / view / reshape of quantized tensors",
-                       "quantized::add, quantized::add_relu (FloatFunctional / QFunctional add, add_relu)",
-                       "quantized::cat (QFunctional cat), torch.cat of quantized tensors",
-                       "torch.quantize_per_tensor", "Tensor.dequantize")
+QUANTIZED_SUPPORTED = (
+    "nnq.Quantize (QuantStub)",
+    "nnq.DeQuantize (DeQuantStub)",
+    "nnq.Linear",
+    "nniq.LinearReLU",
+    "nnq.Conv2d",
+    "nniq.ConvReLU2d",
+    "nnq.ReLU6",
+    "nn.ReLU / F.relu on quantized tensors",
+    "F.relu6 on quantized tensors",
+    "nn.MaxPool2d / nn.AvgPool2d on quantized tensors",
+    "flatten / view / reshape of quantized tensors",
+    "quantized::add, quantized::add_relu (FloatFunctional / QFunctional add, add_relu)",
+    "quantized::cat (QFunctional cat), torch.cat of quantized tensors",
+    "torch.quantize_per_tensor",
+    "Tensor.dequantize",
+)
 
 _ADD_ONE_CHUNK = 32768  # elements torch's quantized add processes as one chunk (npquant.qnn.add)
 
@@ -73,8 +104,9 @@ def _example(torch, example_input) -> tuple:
         if isinstance(v, np.ndarray):
             v = torch.from_numpy(np.ascontiguousarray(v))
         if not isinstance(v, torch.Tensor):
-            raise TypeError(f"example_input must be a tensor, an array, or a tuple of them; item {i} is "
-                            f"{type(v).__name__}")
+            raise TypeError(
+                f"example_input must be a tensor, an array, or a tuple of them; item {i} is {type(v).__name__}"
+            )
         out.append(v)
     if not out:
         raise ValueError("example_input is empty; give one tensor per input of forward()")
@@ -88,21 +120,27 @@ def _trace(torch, module, example_input, snapshot: dict | None = None):
     if not isinstance(module, torch.nn.Module):
         raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
     if module.training:
-        raise ValueError(f"{type(module).__name__} is in training mode; call module.eval() first (dropout and "
-                         "batch norm differ in training)")
+        raise ValueError(
+            f"{type(module).__name__} is in training mode; call module.eval() first (dropout and "
+            "batch norm differ in training)"
+        )
     args = _example(torch, example_input)
     from torch.ao.quantization.fake_quantize import FakeQuantizeBase
     from torch.ao.quantization.observer import ObserverBase
 
     for path, m in module.named_modules():
         if isinstance(m, (ObserverBase, FakeQuantizeBase)):
-            raise ValueError(f"module {path!r} is an observer ({type(m).__name__}): {type(module).__name__} is "
-                             "prepared but not converted; call torch.ao.quantization.convert(model) first")
+            raise ValueError(
+                f"module {path!r} is an observer ({type(m).__name__}): {type(module).__name__} is "
+                "prepared but not converted; call torch.ao.quantization.convert(model) first"
+            )
     try:
         gm = torch.fx.symbolic_trace(module)
     except Exception as e:
-        raise ValueError(f"torch.fx cannot trace {type(module).__name__} ({type(e).__name__}: {e}); forward() "
-                         "must not branch on tensor values") from e
+        raise ValueError(
+            f"torch.fx cannot trace {type(module).__name__} ({type(e).__name__}: {e}); forward() "
+            "must not branch on tensor values"
+        ) from e
     values = {}
 
     class _Recorder(torch.fx.Interpreter):
@@ -118,8 +156,10 @@ def _trace(torch, module, example_input, snapshot: dict | None = None):
         with torch.no_grad():
             _Recorder(gm).run(*args)
     except Exception as e:
-        raise ValueError(f"{type(module).__name__} fails on example_input ({type(e).__name__}: "
-                         f"{str(e).splitlines()[0] if str(e) else ''})") from e
+        raise ValueError(
+            f"{type(module).__name__} fails on example_input ({type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else ''})"
+        ) from e
     return gm, values
 
 
@@ -160,7 +200,7 @@ class _Converter:
         self.modules = dict(gm.named_modules())
         self.nodes, self.names, self.alias = [], set(), {}
         self.inputs, self.outputs = [], []
-        self.dims = {}    # fx name -> (tensor fx name, axis) of x.size(i) / x.shape[i]
+        self.dims = {}  # fx name -> (tensor fx name, axis) of x.size(i) / x.shape[i]
         self.shapes = {}  # fx name -> tensor fx name of x.size() / x.shape
 
     # -- helpers
@@ -170,8 +210,10 @@ class _Converter:
 
     def ref(self, n, a) -> str:
         if not self.is_tensor(a):
-            raise ValueError(f"node {n.name!r} ({self.what(n)}): argument {a!r} is not a tensor; only tensor "
-                             "arguments are supported here")
+            raise ValueError(
+                f"node {n.name!r} ({self.what(n)}): argument {a!r} is not a tensor; only tensor "
+                "arguments are supported here"
+            )
         return self.alias.get(a.name, a.name)
 
     def value(self, a):
@@ -198,15 +240,19 @@ class _Converter:
         return f"function {getattr(n.target, '__name__', None) or n.target}"
 
     def unsupported(self, n, why: str = ""):
-        raise ValueError(f"node {n.name!r}: {self.what(n)} is not supported{': ' + why if why else ''} "
-                         f"(from_torch: {', '.join(FLOAT_SUPPORTED)}"
-                         + (f"; from_torch_quantized also: {', '.join(QUANTIZED_SUPPORTED)}" if self.quantized
-                            else "") + ")")
+        raise ValueError(
+            f"node {n.name!r}: {self.what(n)} is not supported{': ' + why if why else ''} "
+            f"(from_torch: {', '.join(FLOAT_SUPPORTED)}"
+            + (f"; from_torch_quantized also: {', '.join(QUANTIZED_SUPPORTED)}" if self.quantized else "")
+            + ")"
+        )
 
     def need_quantized(self, n):
         if not self.quantized:
-            raise ValueError(f"node {n.name!r}: {self.what(n)} works on quantized tensors; use "
-                             "npquant.importers.torch.from_torch_quantized for a quantized module")
+            raise ValueError(
+                f"node {n.name!r}: {self.what(n)} works on quantized tensors; use "
+                "npquant.importers.torch.from_torch_quantized for a quantized module"
+            )
 
     def emit(self, n, op, inputs, attrs=None, params=None, name=None):
         name = name if name and name not in self.names else n.name
@@ -221,8 +267,12 @@ class _Converter:
 
     @staticmethod
     def act_qp(scale, zero_point, dtype_is_signed: bool) -> dict:
-        return {"scale": float(np.float32(scale)), "zero_point": int(zero_point), "bits": 8,
-                "signed": bool(dtype_is_signed)}
+        return {
+            "scale": float(np.float32(scale)),
+            "zero_point": int(zero_point),
+            "bits": 8,
+            "signed": bool(dtype_is_signed),
+        }
 
     def qp_of(self, v) -> dict:
         return self.act_qp(v.q_scale(), v.q_zero_point(), v.dtype == self.torch.qint8)
@@ -240,8 +290,10 @@ class _Converter:
                 if not self.is_tensor(n):
                     raise ValueError(f"input {n.name!r} of forward() got no tensor from example_input")
                 if self.is_q(n):
-                    raise ValueError(f"input {n.name!r} is a quantized tensor; give float input (the module "
-                                     "quantizes it with a QuantStub)")
+                    raise ValueError(
+                        f"input {n.name!r} is a quantized tensor; give float input (the module "
+                        "quantizes it with a QuantStub)"
+                    )
                 self.inputs.append(n.name)
             elif n.op == "output":
                 outs = n.args[0]
@@ -250,9 +302,11 @@ class _Converter:
                     self.outputs.append(self.ref(n, a))
             elif n.op == "get_attr":
                 if isinstance(self.values.get(n.name), torch.Tensor):
-                    raise ValueError(f"node {n.name!r}: forward() reads the tensor {n.target!r} directly; only "
-                                     "module calls and the functions listed in from_torch's docstring are "
-                                     "supported")
+                    raise ValueError(
+                        f"node {n.name!r}: forward() reads the tensor {n.target!r} directly; only "
+                        "module calls and the functions listed in from_torch's docstring are "
+                        "supported"
+                    )
             elif not isinstance(self.values.get(n.name), torch.Tensor):
                 self.non_tensor(n)
             elif n.op == "call_module":
@@ -275,11 +329,21 @@ class _Converter:
                 self.shapes[n.name] = n.args[0].name
             else:
                 self.dims[n.name] = (n.args[0].name, int(dim) % self.value(n.args[0]).dim())
-        elif n.op == "call_function" and n.target is getattr and len(n.args) == 2 and n.args[1] == "shape" \
-                and self.is_tensor(n.args[0]):
+        elif (
+            n.op == "call_function"
+            and n.target is getattr
+            and len(n.args) == 2
+            and n.args[1] == "shape"
+            and self.is_tensor(n.args[0])
+        ):
             self.shapes[n.name] = n.args[0].name
-        elif n.op == "call_function" and n.target is operator.getitem and isinstance(n.args[0], self.torch.fx.Node) \
-                and n.args[0].name in self.shapes and isinstance(n.args[1], int):
+        elif (
+            n.op == "call_function"
+            and n.target is operator.getitem
+            and isinstance(n.args[0], self.torch.fx.Node)
+            and n.args[0].name in self.shapes
+            and isinstance(n.args[1], int)
+        ):
             t = self.shapes[n.args[0].name]
             self.dims[n.name] = (t, n.args[1] % self.values[t].dim())
 
@@ -295,9 +359,13 @@ class _Converter:
             self.unsupported(n, "only modules called on one tensor are supported")
         if isinstance(m, nnq.Quantize):
             self.need_quantized(n)
-            self.emit(n, "quantize", [self.ref(n, x)], {"output": self.act_qp(float(m.scale), int(m.zero_point),
-                                                                              m.dtype == torch.qint8),
-                                                        "method": "torch"}, name=n.target)
+            self.emit(
+                n,
+                "quantize",
+                [self.ref(n, x)],
+                {"output": self.act_qp(float(m.scale), int(m.zero_point), m.dtype == torch.qint8), "method": "torch"},
+                name=n.target,
+            )
         elif isinstance(m, nnq.DeQuantize):
             self.need_quantized(n)
             self.emit(n, "dequantize", [self.ref(n, x)], name=n.target)
@@ -309,34 +377,73 @@ class _Converter:
         elif isinstance(m, nnq.ReLU6):
             self.need_quantized(n)
             self.emit(n, "qrelu", [self.ref(n, x)], {"activation": "relu6", "mode": "torch"}, name=n.target)
-        elif type(m).__module__.startswith(("torch.ao.nn.quantized", "torch.ao.nn.intrinsic.quantized",
-                                            "torch.nn.quantized")):
+        elif type(m).__module__.startswith(
+            ("torch.ao.nn.quantized", "torch.ao.nn.intrinsic.quantized", "torch.nn.quantized")
+        ):
             self.unsupported(n)
         elif isinstance(m, nn.Linear):
             self.emit(n, "linear", [self.ref(n, x)], params=self.float_params(m, "weight", "bias"), name=n.target)
         elif isinstance(m, nn.Conv2d):
-            self.emit(n, "conv2d", [self.ref(n, x)], self.conv_attrs(n, m),
-                      self.float_params(m, "weight", "bias"), name=n.target)
+            self.emit(
+                n,
+                "conv2d",
+                [self.ref(n, x)],
+                self.conv_attrs(n, m),
+                self.float_params(m, "weight", "bias"),
+                name=n.target,
+            )
         elif isinstance(m, nn.BatchNorm2d):
             if m.running_mean is None or m.running_var is None:
                 self.unsupported(n, "a batch norm without running statistics (track_running_stats=False)")
             c = m.num_features
-            params = {"weight": m.weight if m.affine else torch.ones(c), "bias": m.bias if m.affine else
-                      torch.zeros(c), "running_mean": m.running_mean, "running_var": m.running_var}
-            self.emit(n, "batchnorm2d", [self.ref(n, x)], {"eps": float(m.eps)},
-                      {k: v.detach().cpu().numpy().astype(np.float32) for k, v in params.items()}, name=n.target)
+            params = {
+                "weight": m.weight if m.affine else torch.ones(c),
+                "bias": m.bias if m.affine else torch.zeros(c),
+                "running_mean": m.running_mean,
+                "running_var": m.running_var,
+            }
+            self.emit(
+                n,
+                "batchnorm2d",
+                [self.ref(n, x)],
+                {"eps": float(m.eps)},
+                {k: v.detach().cpu().numpy().astype(np.float32) for k, v in params.items()},
+                name=n.target,
+            )
         elif isinstance(m, nn.ReLU6) or (type(m) is nn.Hardtanh and (m.min_val, m.max_val) == (0.0, 6.0)):
             self.relu(n, x, "relu6", name=n.target)
         elif isinstance(m, nn.ReLU):
             self.relu(n, x, "relu", name=n.target)
         elif isinstance(m, nn.MaxPool2d):
-            self.pool(n, x, "max", dict(kernel_size=m.kernel_size, stride=m.stride, padding=m.padding,
-                                        dilation=m.dilation, ceil_mode=m.ceil_mode,
-                                        return_indices=m.return_indices), name=n.target)
+            self.pool(
+                n,
+                x,
+                "max",
+                dict(
+                    kernel_size=m.kernel_size,
+                    stride=m.stride,
+                    padding=m.padding,
+                    dilation=m.dilation,
+                    ceil_mode=m.ceil_mode,
+                    return_indices=m.return_indices,
+                ),
+                name=n.target,
+            )
         elif isinstance(m, nn.AvgPool2d):
-            self.pool(n, x, "avg", dict(kernel_size=m.kernel_size, stride=m.stride, padding=m.padding,
-                                        ceil_mode=m.ceil_mode, count_include_pad=m.count_include_pad,
-                                        divisor_override=m.divisor_override), name=n.target)
+            self.pool(
+                n,
+                x,
+                "avg",
+                dict(
+                    kernel_size=m.kernel_size,
+                    stride=m.stride,
+                    padding=m.padding,
+                    ceil_mode=m.ceil_mode,
+                    count_include_pad=m.count_include_pad,
+                    divisor_override=m.divisor_override,
+                ),
+                name=n.target,
+            )
         elif isinstance(m, nn.Flatten):
             self.flatten(n, x, m.start_dim, m.end_dim, name=n.target)
         elif isinstance(m, (nn.Identity, nn.modules.dropout._DropoutNd, QuantStub, DeQuantStub)):
@@ -346,8 +453,9 @@ class _Converter:
 
     @staticmethod
     def float_params(m, *names) -> dict:
-        return {k: getattr(m, k).detach().cpu().numpy().astype(np.float32)
-                for k in names if getattr(m, k, None) is not None}
+        return {
+            k: getattr(m, k).detach().cpu().numpy().astype(np.float32) for k in names if getattr(m, k, None) is not None
+        }
 
     def conv_attrs(self, n, m) -> dict:
         if m.padding_mode != "zeros":
@@ -363,8 +471,12 @@ class _Converter:
                 pad = (total[0] // 2, total[1] // 2)
             else:
                 self.unsupported(n, "padding='same' that pads one side more than the other")
-        return {"stride": _pair(m.stride), "padding": _pair(pad), "dilation": _pair(m.dilation),
-                "groups": int(m.groups)}
+        return {
+            "stride": _pair(m.stride),
+            "padding": _pair(pad),
+            "dilation": _pair(m.dilation),
+            "groups": int(m.groups),
+        }
 
     def quantized_gemm(self, n, m, x):
         torch = self.torch
@@ -388,8 +500,12 @@ class _Converter:
             params["bias"] = bias.detach().numpy().astype(np.float32)
         relu = isinstance(m, (nniq.LinearReLU, nniq.ConvReLU2d))
         out = self.value(n)
-        attrs = {"output": self.act_qp(m.scale, m.zero_point, out.dtype == torch.qint8), "mode": "fp32",
-                 "activation": "relu" if relu else None, "accumulation": self.accumulation}
+        attrs = {
+            "output": self.act_qp(m.scale, m.zero_point, out.dtype == torch.qint8),
+            "mode": "fp32",
+            "activation": "relu" if relu else None,
+            "accumulation": self.accumulation,
+        }
         if isinstance(m, torch.ao.nn.quantized.Conv2d):
             if type(m).__name__ not in ("Conv2d", "ConvReLU2d"):
                 self.unsupported(n)
@@ -417,8 +533,11 @@ class _Converter:
         except ValueError as e:
             raise ValueError(f"node {n.name!r}: {e}") from None
         k = _pair(a["kernel_size"])
-        attrs = {"kernel_size": k, "stride": k if a["stride"] in (None, []) else _pair(a["stride"]),
-                 "padding": _pair(a["padding"])}
+        attrs = {
+            "kernel_size": k,
+            "stride": k if a["stride"] in (None, []) else _pair(a["stride"]),
+            "padding": _pair(a["padding"]),
+        }
         if self.is_q(x):
             self.need_quantized(n)
             if kind == "avg":
@@ -432,8 +551,9 @@ class _Converter:
     def flatten(self, n, x, start, end, name=None):
         ndim = self.value(x).dim()
         if ndim < 2 or start % ndim != 1 or end % ndim != ndim - 1:
-            self.unsupported(n, f"flatten(start_dim={start}, end_dim={end}) of a {ndim}-D tensor (only "
-                                "start_dim=1 to the last axis)")
+            self.unsupported(
+                n, f"flatten(start_dim={start}, end_dim={end}) of a {ndim}-D tensor (only start_dim=1 to the last axis)"
+            )
         self.emit(n, "qflatten" if self.is_q(x) else "flatten", [self.ref(n, x)], name=name)
 
     def reshape(self, n, x, shape):
@@ -472,12 +592,19 @@ class _Converter:
         else:
             self.unsupported(n, "a quantized add whose first operand is neither contiguous nor channels-last")
         if va.numel() >= _ADD_ONE_CHUNK and self.torch.get_num_threads() > 1:
-            warnings.warn(f"node {n.name!r}: PyTorch splits a quantized add of {va.numel()} elements across "
-                          f"{self.torch.get_num_threads()} threads, which moves its vector/scalar boundary; npquant "
-                          "reproduces the one-thread result (torch.set_num_threads(1))", RuntimeWarning,
-                          stacklevel=4)
-        self.emit(n, "qadd", [self.ref(n, a), self.ref(n, b)],
-                  {"output": out_qp, "mode": "torch", "activation": "relu" if relu else None, "memory_format": fmt})
+            warnings.warn(
+                f"node {n.name!r}: PyTorch splits a quantized add of {va.numel()} elements across "
+                f"{self.torch.get_num_threads()} threads, which moves its vector/scalar boundary; npquant "
+                "reproduces the one-thread result (torch.set_num_threads(1))",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+        self.emit(
+            n,
+            "qadd",
+            [self.ref(n, a), self.ref(n, b)],
+            {"output": out_qp, "mode": "torch", "activation": "relu" if relu else None, "memory_format": fmt},
+        )
 
     def cat(self, n, tensors, dim, out_qp=None):
         if not isinstance(tensors, (list, tuple)) or not tensors:
@@ -493,8 +620,12 @@ class _Converter:
             self.unsupported(n, "cat of float and quantized tensors")
         self.need_quantized(n)
         fmt = "channels_last" if dim == 1 and self.channels_last(vals) else "contiguous"
-        self.emit(n, "qconcat", refs, {"output": out_qp or self.qp_of(self.value(n)), "axis": dim, "mode": "torch",
-                                       "memory_format": fmt})
+        self.emit(
+            n,
+            "qconcat",
+            refs,
+            {"output": out_qp or self.qp_of(self.value(n)), "axis": dim, "mode": "torch", "memory_format": fmt},
+        )
 
     # -- functions and methods
 
@@ -507,8 +638,13 @@ class _Converter:
             self.need_quantized(n)
             a = _bind(n, ("qa", "qb", "scale", "zero_point"), {})
             out = self.value(n)
-            self.add(n, a["qa"], a["qb"], relu=q.endswith("relu"),
-                     out_qp=self.act_qp(a["scale"], a["zero_point"], out.dtype == torch.qint8))
+            self.add(
+                n,
+                a["qa"],
+                a["qb"],
+                relu=q.endswith("relu"),
+                out_qp=self.act_qp(a["scale"], a["zero_point"], out.dtype == torch.qint8),
+            )
         elif q == "quantized::cat":
             self.need_quantized(n)
             a = _bind(n, ("qx", "dim", "scale", "zero_point"), {"scale": None, "zero_point": None})
@@ -526,14 +662,18 @@ class _Converter:
         elif t is F.relu6:
             self.relu(n, _bind(n, ("input", "inplace"), {"inplace": False})["input"], "relu6")
         elif t is F.max_pool2d:
-            a = _bind(n, ("input", "kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices"),
-                      {"stride": None, "padding": 0, "dilation": 1, "ceil_mode": False, "return_indices": False})
+            a = _bind(
+                n,
+                ("input", "kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices"),
+                {"stride": None, "padding": 0, "dilation": 1, "ceil_mode": False, "return_indices": False},
+            )
             self.pool(n, a.pop("input"), "max", {k: self.const(n, v) for k, v in a.items()})
         elif t is F.avg_pool2d:
-            a = _bind(n, ("input", "kernel_size", "stride", "padding", "ceil_mode", "count_include_pad",
-                          "divisor_override"),
-                      {"stride": None, "padding": 0, "ceil_mode": False, "count_include_pad": True,
-                       "divisor_override": None})
+            a = _bind(
+                n,
+                ("input", "kernel_size", "stride", "padding", "ceil_mode", "count_include_pad", "divisor_override"),
+                {"stride": None, "padding": 0, "ceil_mode": False, "count_include_pad": True, "divisor_override": None},
+            )
             self.pool(n, a.pop("input"), "avg", {k: self.const(n, v) for k, v in a.items()})
         elif t is torch.flatten:
             a = _bind(n, ("input", "start_dim", "end_dim"), {"start_dim": 0, "end_dim": -1})
@@ -552,9 +692,19 @@ class _Converter:
         elif t is torch.quantize_per_tensor:
             self.need_quantized(n)
             a = _bind(n, ("input", "scale", "zero_point", "dtype"), {})
-            self.emit(n, "quantize", [self.ref(n, a["input"])],
-                      {"output": self.act_qp(self.const(n, a["scale"]), self.const(n, a["zero_point"]),
-                                             self.const(n, a["dtype"]) == torch.qint8), "method": "torch"})
+            self.emit(
+                n,
+                "quantize",
+                [self.ref(n, a["input"])],
+                {
+                    "output": self.act_qp(
+                        self.const(n, a["scale"]),
+                        self.const(n, a["zero_point"]),
+                        self.const(n, a["dtype"]) == torch.qint8,
+                    ),
+                    "method": "torch",
+                },
+            )
         else:
             self.unsupported(n)
 
@@ -590,16 +740,22 @@ def _check_against_torch(torch, g, values):
             continue
         qp = g.qparams.get(t)
         if v.is_quantized != (qp is not None):
-            raise ValueError(f"tensor {t!r}: PyTorch's is {'quantized' if v.is_quantized else 'float'}, npquant's "
-                             f"{'integer codes' if qp is not None else 'float'}")
-        if qp is not None and (np.float32(v.q_scale()) != np.float32(qp.scale)
-                               or int(v.q_zero_point()) != int(qp.zero_point)):
-            raise ValueError(f"tensor {t!r}: npquant derives scale {float(qp.scale)!r} and zero point "
-                             f"{int(qp.zero_point)}, PyTorch has {v.q_scale()!r} and {v.q_zero_point()}")
+            raise ValueError(
+                f"tensor {t!r}: PyTorch's is {'quantized' if v.is_quantized else 'float'}, npquant's "
+                f"{'integer codes' if qp is not None else 'float'}"
+            )
+        if qp is not None and (
+            np.float32(v.q_scale()) != np.float32(qp.scale) or int(v.q_zero_point()) != int(qp.zero_point)
+        ):
+            raise ValueError(
+                f"tensor {t!r}: npquant derives scale {float(qp.scale)!r} and zero point "
+                f"{int(qp.zero_point)}, PyTorch has {v.q_scale()!r} and {v.q_zero_point()}"
+            )
 
 
-def _convert_module(module, example_input, *, quantized: bool, accumulation: str = "fbgemm",
-                    fold_batchnorm: bool = True, name=None):
+def _convert_module(
+    module, example_input, *, quantized: bool, accumulation: str = "fbgemm", fold_batchnorm: bool = True, name=None
+):
     torch = _torch()
     gm, values = _trace(torch, module, example_input)
     conv = _Converter(torch, gm, values, quantized=quantized, accumulation=accumulation)
@@ -607,18 +763,26 @@ def _convert_module(module, example_input, *, quantized: bool, accumulation: str
     if not quantized:
         for k, v in values.items():
             if isinstance(v, torch.Tensor) and v.is_quantized:
-                raise ValueError(f"node {k!r} produces a quantized tensor; use from_torch_quantized for a "
-                                 "quantized module")
+                raise ValueError(
+                    f"node {k!r} produces a quantized tensor; use from_torch_quantized for a quantized module"
+                )
     g = _graph.Graph(nodes, inputs, outputs, name=name or type(module).__name__)
     _check_against_torch(torch, g, values)
     if quantized and g.kind == "float":
-        raise ValueError(f"{type(module).__name__} has no quantized layer: is it converted "
-                         "(torch.ao.quantization.convert)? Use from_torch for a float module")
+        raise ValueError(
+            f"{type(module).__name__} has no quantized layer: is it converted "
+            "(torch.ao.quantization.convert)? Use from_torch for a float module"
+        )
     return _graph.fold_batchnorm(g) if fold_batchnorm else g
 
 
-def from_torch(module: torch.nn.Module, example_input: torch.Tensor | np.ndarray | tuple, *,
-               fold_batchnorm: bool = True, name: str | None = None) -> _graph.Graph:
+def from_torch(
+    module: torch.nn.Module,
+    example_input: torch.Tensor | np.ndarray | tuple,
+    *,
+    fold_batchnorm: bool = True,
+    name: str | None = None,
+) -> _graph.Graph:
     """A float :class:`~npquant.models.graph.Graph` of a float PyTorch module.
 
     The module is traced with ``torch.fx.symbolic_trace`` and run once on
@@ -665,8 +829,13 @@ def from_torch(module: torch.nn.Module, example_input: torch.Tensor | np.ndarray
     return _convert_module(module, example_input, quantized=False, fold_batchnorm=fold_batchnorm, name=name)
 
 
-def from_torch_quantized(module: torch.nn.Module, example_input: torch.Tensor | np.ndarray | tuple, *,
-                         accumulation: str = "fbgemm", name: str | None = None) -> _graph.Graph:
+def from_torch_quantized(
+    module: torch.nn.Module,
+    example_input: torch.Tensor | np.ndarray | tuple,
+    *,
+    accumulation: str = "fbgemm",
+    name: str | None = None,
+) -> _graph.Graph:
     """An integer :class:`~npquant.models.graph.Graph` of a PyTorch eager-mode quantized module.
 
     ``module`` is the result of ``torch.ao.quantization.convert`` (after
@@ -719,8 +888,9 @@ def from_torch_quantized(module: torch.nn.Module, example_input: torch.Tensor | 
         that differ from PyTorch's for some tensor.
     """
     check_accumulation(accumulation)
-    return _convert_module(module, example_input, quantized=True, accumulation=accumulation,
-                           fold_batchnorm=False, name=name)
+    return _convert_module(
+        module, example_input, quantized=True, accumulation=accumulation, fold_batchnorm=False, name=name
+    )
 
 
 def torch_intermediates(module: torch.nn.Module, example_input: torch.Tensor | np.ndarray | tuple) -> dict:

@@ -180,8 +180,7 @@ def outlier_mlp(seed: int = 0, *, gain: float = OUTLIER_GAIN) -> OutlierCase:
     b1[c] *= np.float32(gain)
     w2[:, c] /= np.float32(gain)
     model = nn.Sequential([nn.Linear(w1, b1, name="fc1"), nn.ReLU(name="relu"), nn.Linear(w2, b2, name="fc2")])
-    return OutlierCase(model=model, calib_x=x_cal, test_x=x_te, test_y=y_te, outlier_channel=c,
-                       gain=gain, seed=seed)
+    return OutlierCase(model=model, calib_x=x_cal, test_x=x_te, test_y=y_te, outlier_channel=c, gain=gain, seed=seed)
 
 
 def _check_case(case) -> OutlierCase:
@@ -224,8 +223,9 @@ def weight_spec(granularity: str, bits: int, group_size: int = 8) -> QuantSpec:
     check_choice(granularity, "granularity", ("per-tensor", "per-channel", "per-group"))
     axis = {"per-tensor": None, "per-channel": 0, "per-group": 1}[granularity]
     block = check_int(group_size, "group_size", lo=1) if granularity == "per-group" else None
-    return QuantSpec(bits=check_int(bits, "bits", lo=2, hi=16), symmetric=True, narrow_range=True,
-                     axis=axis, block_size=block)
+    return QuantSpec(
+        bits=check_int(bits, "bits", lo=2, hi=16), symmetric=True, narrow_range=True, axis=axis, block_size=block
+    )
 
 
 def weight_errors(case: OutlierCase, bits: int | Sequence[int] = (8, 4), *, group_size: int = 8) -> list[dict]:
@@ -257,9 +257,15 @@ def weight_errors(case: OutlierCase, bits: int | Sequence[int] = (8, 4), *, grou
         for g in ("per-tensor", "per-channel", "per-group"):
             w_hat = fake_quantize(w, fit_qparams(w, weight_spec(g, b, group_size)), backend="numpy")
             err = quantization_error(w, w_hat)
-            rows.append({"bits": b, "granularity": g, "mse": err.mse,
-                         "mse_ordinary": quantization_error(w[keep], w_hat[keep]).mse,
-                         "sqnr_db": err.sqnr_db})
+            rows.append(
+                {
+                    "bits": b,
+                    "granularity": g,
+                    "mse": err.mse,
+                    "mse_ordinary": quantization_error(w[keep], w_hat[keep]).mse,
+                    "sqnr_db": err.sqnr_db,
+                }
+            )
     return rows
 
 
@@ -295,8 +301,9 @@ def calibrate_hidden(case: OutlierCase, observer: str = "minmax", bits: int = 8)
     return obs.qparams()
 
 
-def observer_errors(case: OutlierCase, bits: int | Sequence[int] = (8, 4),
-                    observers: str | Sequence[str] = OBSERVER_NAMES) -> list[dict]:
+def observer_errors(
+    case: OutlierCase, bits: int | Sequence[int] = (8, 4), observers: str | Sequence[str] = OBSERVER_NAMES
+) -> list[dict]:
     """Quantization error of the hidden activation on the test inputs, with the range each
     observer calibrated on the calibration inputs.
 
@@ -329,10 +336,17 @@ def observer_errors(case: OutlierCase, bits: int | Sequence[int] = (8, 4),
             h_hat = fake_quantize(h, qp, backend="numpy")
             err = quantization_error(h, h_hat)
             s, z = float(qp.scale), int(qp.zero_point)
-            rows.append({"bits": b, "observer": name, "min_val": s * (qp.spec.qmin - z),
-                         "max_val": s * (qp.spec.qmax - z), "mse": err.mse,
-                         "mse_ordinary": quantization_error(h[:, keep], h_hat[:, keep]).mse,
-                         "sqnr_db": err.sqnr_db})
+            rows.append(
+                {
+                    "bits": b,
+                    "observer": name,
+                    "min_val": s * (qp.spec.qmin - z),
+                    "max_val": s * (qp.spec.qmax - z),
+                    "mse": err.mse,
+                    "mse_ordinary": quantization_error(h[:, keep], h_hat[:, keep]).mse,
+                    "sqnr_db": err.sqnr_db,
+                }
+            )
     return rows
 
 
@@ -350,8 +364,15 @@ class PTQResult:
     model: object
 
 
-def ptq(case: OutlierCase, *, weight_bits: int = 8, act_bits: int = 8, per_channel: bool = True,
-        observer: str = "minmax", mode: str = "tflite") -> PTQResult:
+def ptq(
+    case: OutlierCase,
+    *,
+    weight_bits: int = 8,
+    act_bits: int = 8,
+    per_channel: bool = True,
+    observer: str = "minmax",
+    mode: str = "tflite",
+) -> PTQResult:
     """Post-training static quantization of the case's model into an integer model.
 
     :func:`npquant.models.convert.quantize_model` with ``weight_bits`` signed symmetric weights
@@ -387,19 +408,36 @@ def ptq(case: OutlierCase, *, weight_bits: int = 8, act_bits: int = 8, per_chann
     act_bits = check_int(act_bits, "act_bits", lo=2, hi=8)
     per_channel = check_bool(per_channel, "per_channel")
     qparams = None if act_bits == 8 else {"fc1": calibrate_hidden(case, observer, act_bits)}
-    q = quantize_model(case.model, case.calib_x, mode=mode, observer=observer, per_channel=per_channel,
-                       weight_bits=weight_bits, qparams=qparams)
+    q = quantize_model(
+        case.model,
+        case.calib_x,
+        mode=mode,
+        observer=observer,
+        per_channel=per_channel,
+        weight_bits=weight_bits,
+        qparams=qparams,
+    )
     logits = q(case.test_x)
-    return PTQResult(weight_bits=weight_bits, act_bits=act_bits, per_channel=per_channel, observer=observer,
-                     accuracy=case.accuracy(lambda _x: logits),
-                     sqnr_db=quantization_error(case.model(case.test_x), logits).sqnr_db, model=q)
+    return PTQResult(
+        weight_bits=weight_bits,
+        act_bits=act_bits,
+        per_channel=per_channel,
+        observer=observer,
+        accuracy=case.accuracy(lambda _x: logits),
+        sqnr_db=quantization_error(case.model(case.test_x), logits).sqnr_db,
+        model=q,
+    )
 
 
 #: The PTQ settings :func:`report` tabulates: (weight bits, activation bits, per-channel, observer).
 REPORT_PTQ = (
-    (8, 8, False, "minmax"), (8, 8, True, "minmax"),
-    (4, 8, False, "minmax"), (4, 8, True, "minmax"),
-    (8, 4, True, "minmax"), (8, 4, True, "mse"), (8, 4, True, "entropy"),
+    (8, 8, False, "minmax"),
+    (8, 8, True, "minmax"),
+    (4, 8, False, "minmax"),
+    (4, 8, True, "minmax"),
+    (8, 4, True, "minmax"),
+    (8, 4, True, "mse"),
+    (8, 4, True, "entropy"),
     (4, 4, True, "minmax"),
 )
 
@@ -425,27 +463,51 @@ def report(case: OutlierCase | None = None, settings: Iterable[tuple] = REPORT_P
 
     case = outlier_mlp() if case is None else _check_case(case)
     acc_f = case.accuracy()
-    w_rows = [[str(r["bits"]), r["granularity"], f"{r['mse']:.3e}", f"{r['mse_ordinary']:.3e}",
-               f"{r['sqnr_db']:.2f}"] for r in weight_errors(case)]
-    o_rows = [[str(r["bits"]), r["observer"], f"[{r['min_val']:.3f}, {r['max_val']:.3f}]", f"{r['mse']:.3e}",
-               f"{r['mse_ordinary']:.3e}", f"{r['sqnr_db']:.2f}"] for r in observer_errors(case)]
+    w_rows = [
+        [str(r["bits"]), r["granularity"], f"{r['mse']:.3e}", f"{r['mse_ordinary']:.3e}", f"{r['sqnr_db']:.2f}"]
+        for r in weight_errors(case)
+    ]
+    o_rows = [
+        [
+            str(r["bits"]),
+            r["observer"],
+            f"[{r['min_val']:.3f}, {r['max_val']:.3f}]",
+            f"{r['mse']:.3e}",
+            f"{r['mse_ordinary']:.3e}",
+            f"{r['sqnr_db']:.2f}",
+        ]
+        for r in observer_errors(case)
+    ]
     p_rows = []
     for wb, ab, pc, ob in settings:
         r = ptq(case, weight_bits=wb, act_bits=ab, per_channel=pc, observer=ob)
-        p_rows.append([f"W{wb}A{ab}", "per-channel" if pc else "per-tensor", ob,
-                       f"{100 * r.accuracy:.2f} %", f"{100 * (r.accuracy - acc_f):+.2f}", f"{r.sqnr_db:.2f}"])
-    return "\n".join([
-        f"npquant.models.cases.outlier_mlp(seed={case.seed}): fc1 row {case.outlier_channel} scaled by {case.gain:g}, "
-        f"Student-t inputs; float test accuracy {100 * acc_f:.2f} % ({len(case.test_y)} test inputs)",
-        "", "fc1 weight error (signed symmetric narrow-range, min-max; per-group: 8 inputs)",
-        format_table(["bits", "granularity", "MSE", "MSE other rows", "SQNR dB"], w_rows, align="rlrrr"),
-        "", "hidden activation error on the test inputs (unsigned, range calibrated on the calibration inputs)",
-        format_table(["bits", "observer", "range", "MSE", "MSE other channels", "SQNR dB"], o_rows,
-                     align="rllrrr"),
-        "", "integer model (tflite requantization); A: bits of the hidden activation (input and logits 8-bit)",
-        format_table(["setting", "weights", "observer", "test acc", "change", "logit SQNR dB"], p_rows,
-                     align="lllrrr"),
-    ])
+        p_rows.append(
+            [
+                f"W{wb}A{ab}",
+                "per-channel" if pc else "per-tensor",
+                ob,
+                f"{100 * r.accuracy:.2f} %",
+                f"{100 * (r.accuracy - acc_f):+.2f}",
+                f"{r.sqnr_db:.2f}",
+            ]
+        )
+    return "\n".join(
+        [
+            f"npquant.models.cases.outlier_mlp(seed={case.seed}): fc1 row {case.outlier_channel} scaled by {case.gain:g}, "
+            f"Student-t inputs; float test accuracy {100 * acc_f:.2f} % ({len(case.test_y)} test inputs)",
+            "",
+            "fc1 weight error (signed symmetric narrow-range, min-max; per-group: 8 inputs)",
+            format_table(["bits", "granularity", "MSE", "MSE other rows", "SQNR dB"], w_rows, align="rlrrr"),
+            "",
+            "hidden activation error on the test inputs (unsigned, range calibrated on the calibration inputs)",
+            format_table(["bits", "observer", "range", "MSE", "MSE other channels", "SQNR dB"], o_rows, align="rllrrr"),
+            "",
+            "integer model (tflite requantization); A: bits of the hidden activation (input and logits 8-bit)",
+            format_table(
+                ["setting", "weights", "observer", "test acc", "change", "logit SQNR dB"], p_rows, align="lllrrr"
+            ),
+        ]
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover - python -m npquant.models.cases

@@ -179,8 +179,11 @@ def _dequantize_entry(name: str, parts: dict, where) -> np.ndarray:
         count *= d
     need = (count * spec.bits + 7) // 8
     if codes.dtype != np.uint8 or codes.ndim != 1 or codes.size != need:
-        raise FileFormatError(where, f"{name}.codes must be {need} uint8 bytes ({count} codes of {spec.bits} "
-                                     f"bits), found {codes.dtype} of shape {codes.shape}")
+        raise FileFormatError(
+            where,
+            f"{name}.codes must be {need} uint8 bytes ({count} codes of {spec.bits} "
+            f"bits), found {codes.dtype} of shape {codes.shape}",
+        )
     try:
         u = unpack_bits(codes, spec.bits, count)
         q = from_unsigned(u, spec.bits, signed="twos") if spec.signed else u

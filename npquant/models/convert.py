@@ -144,8 +144,9 @@ def _given_qparams(qparams, layers) -> dict:
     allowed = {"input", *names, *(f"{n}.weight" for n in names)}
     for key, qp in qparams.items():
         if key not in allowed:
-            raise ValueError(f"qparams has key {key!r}; allowed: 'input', the linear/conv layer names "
-                             f"{names} and '<name>.weight'")
+            raise ValueError(
+                f"qparams has key {key!r}; allowed: 'input', the linear/conv layer names {names} and '<name>.weight'"
+            )
         if not isinstance(qp, QParams):
             raise TypeError(f"qparams[{key!r}] must be a QParams, got {type(qp).__name__}")
         if not key.endswith(".weight") and qp.spec.axis is not None:
@@ -175,10 +176,20 @@ def _weighted(layer) -> bool:
     return kind is not None and kind.weighted
 
 
-def quantize_model(model: nn.Sequential, calib_x: npt.ArrayLike | None, *, mode: str = "tflite", observer: str = "minmax",
-                   per_channel: bool = True, weight_bits: int = 8, activation_signed: bool = False,
-                   batch_size: int = 256, bias_method: str | None = None,
-                   accumulation: str = "exact", qparams: dict | None = None) -> IntegerModel:
+def quantize_model(
+    model: nn.Sequential,
+    calib_x: npt.ArrayLike | None,
+    *,
+    mode: str = "tflite",
+    observer: str = "minmax",
+    per_channel: bool = True,
+    weight_bits: int = 8,
+    activation_signed: bool = False,
+    batch_size: int = 256,
+    bias_method: str | None = None,
+    accumulation: str = "exact",
+    qparams: dict | None = None,
+) -> IntegerModel:
     """Post-training static quantization of ``model`` calibrated on ``calib_x``.
 
     Weights: signed symmetric narrow-range ``weight_bits`` codes (TFLite's int8
@@ -238,8 +249,9 @@ def quantize_model(model: nn.Sequential, calib_x: npt.ArrayLike | None, *, mode:
     IntegerModel
         The integer model with its input and output qparams.
     """
-    weight_bits, batch_size, bias_method = _check_ptq(mode, accumulation, observer, weight_bits, batch_size,
-                                                      bias_method)
+    weight_bits, batch_size, bias_method = _check_ptq(
+        mode, accumulation, observer, weight_bits, batch_size, bias_method
+    )
     layers = list(fold_batchnorm(model))
     given = _given_qparams(qparams, layers)
     act_spec = QuantSpec(bits=8, signed=bool(activation_signed))
@@ -251,14 +263,13 @@ def quantize_model(model: nn.Sequential, calib_x: npt.ArrayLike | None, *, mode:
     if points:
         calib = as_float_array(calib_x, "calib_x")
         for start in range(0, calib.shape[0], batch_size):
-            x = calib[start:start + batch_size]
+            x = calib[start : start + batch_size]
             if "input" in points:
                 points["input"].update(x)
             for i, layer in enumerate(layers):
                 x = layer(x)
                 if i in points:  # observed after a fused activation (a fresh float32 clamp)
-                    points[i].update(_reg.kind_of(layers[i + 1]).float_class()(x) if _next_activation(layers, i)
-                                     else x)
+                    points[i].update(_reg.kind_of(layers[i + 1]).float_class()(x) if _next_activation(layers, i) else x)
     w_spec = QuantSpec(bits=weight_bits, symmetric=True, narrow_range=True, axis=0 if per_channel else None)
     x_qp = given["input"] if "input" in given else points["input"].qparams()
     input_qp = x_qp
@@ -267,8 +278,10 @@ def quantize_model(model: nn.Sequential, calib_x: npt.ArrayLike | None, *, mode:
         layer = layers[i]
         kind = _reg.kind_of(layer)
         if kind is None:
-            raise ValueError(f"cannot quantize layer {i} of type {type(layer).__name__}: no registered layer type "
-                             "(npquant.models.registry) has that class")
+            raise ValueError(
+                f"cannot quantize layer {i} of type {type(layer).__name__}: no registered layer type "
+                "(npquant.models.registry) has that class"
+            )
         ctx = _reg.QuantContext(x_qp, mode, accumulation, bias_method)
         act = None
         if kind.weighted:
@@ -310,26 +323,42 @@ def _calib_feeds(graph, calib_inputs) -> dict:
         values = [calib_inputs[k] for k in graph.inputs]
     elif isinstance(calib_inputs, (list, tuple)):
         if len(calib_inputs) != len(graph.inputs):
-            raise ValueError(f"calib_inputs must hold {len(graph.inputs)} array(s), one per graph input "
-                             f"{list(graph.inputs)}, got {len(calib_inputs)}")
+            raise ValueError(
+                f"calib_inputs must hold {len(graph.inputs)} array(s), one per graph input "
+                f"{list(graph.inputs)}, got {len(calib_inputs)}"
+            )
         values = list(calib_inputs)
     elif len(graph.inputs) == 1:
         values = [calib_inputs]
     else:
-        raise ValueError(f"the graph takes {len(graph.inputs)} inputs {list(graph.inputs)}: calib_inputs must be "
-                         "a list or a dict of arrays")
+        raise ValueError(
+            f"the graph takes {len(graph.inputs)} inputs {list(graph.inputs)}: calib_inputs must be "
+            "a list or a dict of arrays"
+        )
     feeds = {k: as_float_array(v, f"calib_inputs[{k!r}]") for k, v in zip(graph.inputs, values)}
     sizes = {v.shape[0] if v.ndim else None for v in feeds.values()}
     if None in sizes or len(sizes) != 1:
-        raise ValueError(f"calib_inputs must be arrays with one batch size along axis 0, got shapes "
-                         f"{[v.shape for v in feeds.values()]}")
+        raise ValueError(
+            f"calib_inputs must be arrays with one batch size along axis 0, got shapes "
+            f"{[v.shape for v in feeds.values()]}"
+        )
     return feeds
 
 
-def quantize_graph(graph: _graph.Graph, calib_inputs: npt.ArrayLike | list | dict, *, mode: str = "tflite", observer: str = "minmax",
-                   per_channel: bool = True, weight_bits: int = 8, act_dtype: str = "uint8",
-                   accumulation: str = "exact", bias_method: str | None = None, batch_size: int = 256,
-                   name: str | None = None) -> _graph.Graph:
+def quantize_graph(
+    graph: _graph.Graph,
+    calib_inputs: npt.ArrayLike | list | dict,
+    *,
+    mode: str = "tflite",
+    observer: str = "minmax",
+    per_channel: bool = True,
+    weight_bits: int = 8,
+    act_dtype: str = "uint8",
+    accumulation: str = "exact",
+    bias_method: str | None = None,
+    batch_size: int = 256,
+    name: str | None = None,
+) -> _graph.Graph:
     """Post-training static quantization of a float :class:`~npquant.models.graph.Graph`.
 
     The graph counterpart of :func:`quantize_model`, with its conventions for weights,
@@ -404,8 +433,9 @@ def quantize_graph(graph: _graph.Graph, calib_inputs: npt.ArrayLike | list | dic
     """
     from . import graph as _graph
 
-    weight_bits, batch_size, bias_method = _check_ptq(mode, accumulation, observer, weight_bits, batch_size,
-                                                      bias_method)
+    weight_bits, batch_size, bias_method = _check_ptq(
+        mode, accumulation, observer, weight_bits, batch_size, bias_method
+    )
     check_bool(per_channel, "per_channel")
     act_dtype = check_choice(act_dtype, "act_dtype", ("uint8", "int8"))
     if not isinstance(graph, _graph.Graph):
@@ -416,14 +446,20 @@ def quantize_graph(graph: _graph.Graph, calib_inputs: npt.ArrayLike | list | dic
     g = _graph.fold_batchnorm(graph)
     for n in g.nodes:
         if n.op == "batchnorm2d":
-            raise ValueError(f"node {n.name!r} (batchnorm2d) cannot be quantized: it does not fold into a conv "
-                             "(its input is not the output of a conv2d read by it alone)")
+            raise ValueError(
+                f"node {n.name!r} (batchnorm2d) cannot be quantized: it does not fold into a conv "
+                "(its input is not the output of a conv2d read by it alone)"
+            )
         if n.op not in _GRAPH_ONLY_OPS and _graph_kind(n.op) is None:
-            raise ValueError(f"node {n.name!r} ({n.op}) cannot be quantized; quantize_graph takes the ops "
-                             f"{', '.join(_graph_ops())} (and batchnorm2d after a conv2d)")
+            raise ValueError(
+                f"node {n.name!r} ({n.op}) cannot be quantized; quantize_graph takes the ops "
+                f"{', '.join(_graph_ops())} (and batchnorm2d after a conv2d)"
+            )
         if mode == "fp32" and n.op == "add" and act_dtype == "int8":
-            raise ValueError(f"node {n.name!r} (add): mode='fp32' quantizes adds as PyTorch's quint8 add, "
-                             "which needs act_dtype='uint8'")
+            raise ValueError(
+                f"node {n.name!r} (add): mode='fp32' quantizes adds as PyTorch's quint8 add, "
+                "which needs act_dtype='uint8'"
+            )
     for t in g.outputs:
         if t in g.inputs:
             raise ValueError(f"graph output {t!r} is a graph input; quantize_graph needs a node before each output")
@@ -438,8 +474,12 @@ def quantize_graph(graph: _graph.Graph, calib_inputs: npt.ArrayLike | list | dic
         if n.name in weighted:
             t = n.outputs[0]
             r = readers.get(t, [])
-            if (len(r) == 1 and kinds[r[0].name] is not None and kinds[r[0].name].activation is not None
-                    and t not in g.outputs):
+            if (
+                len(r) == 1
+                and kinds[r[0].name] is not None
+                and kinds[r[0].name].activation is not None
+                and t not in g.outputs
+            ):
                 fused[n.name] = r[0]
     absorbed = {r.name for r in fused.values()}
 
@@ -453,7 +493,7 @@ def quantize_graph(graph: _graph.Graph, calib_inputs: npt.ArrayLike | list | dic
     feeds = _calib_feeds(g, calib_inputs)
     total = next(iter(feeds.values())).shape[0]
     for start in range(0, total, batch_size):
-        env = g.run({k: v[start:start + batch_size] for k, v in feeds.items()}, keep_intermediates=True)
+        env = g.run({k: v[start : start + batch_size] for k, v in feeds.items()}, keep_intermediates=True)
         for t, o in points.items():
             o.update(env[t])
 
@@ -475,8 +515,15 @@ def quantize_graph(graph: _graph.Graph, calib_inputs: npt.ArrayLike | list | dic
     qps, nodes = {}, []
     for t in g.inputs:
         qps[codes[t]] = points[t].qparams()
-        nodes.append(_graph.Node(fresh(f"quantize_{t}", node_names), "quantize", [t], [codes[t]],
-                                 {"output": qps[codes[t]], "method": "divide"}))
+        nodes.append(
+            _graph.Node(
+                fresh(f"quantize_{t}", node_names),
+                "quantize",
+                [t],
+                [codes[t]],
+                {"output": qps[codes[t]], "method": "divide"},
+            )
+        )
     w_spec = QuantSpec(bits=weight_bits, symmetric=True, narrow_range=True, axis=0 if per_channel else None)
     for n in g.nodes:
         if n.name in absorbed:
@@ -499,8 +546,9 @@ def quantize_graph(graph: _graph.Graph, calib_inputs: npt.ArrayLike | list | dic
         elif n.op == "concat":
             y_qp = points[out_t].qparams()
             op, cat_mode = ("qlinear_concat", "onnxruntime") if mode == "onnx" else ("qconcat", "torch")
-            node = _graph.Node(n.name, op, ins, [out], {"output": y_qp, "axis": n.attrs.get("axis", 1),
-                                                        "mode": cat_mode})
+            node = _graph.Node(
+                n.name, op, ins, [out], {"output": y_qp, "axis": n.attrs.get("axis", 1), "mode": cat_mode}
+            )
         else:  # reshape
             y_qp = in_qps[0]
             node = _graph.Node(n.name, "qreshape", ins, [out], {"shape": n.attrs["shape"]})
@@ -554,8 +602,9 @@ def dynamic_size_bytes(model: nn.Sequential) -> int:
     return _reg.model_size_bytes(model)
 
 
-def weight_only_quantize(model: nn.Sequential, bits: int = 8, *, group_size: int | None = None,
-                         symmetric: bool = True) -> tuple[nn.Sequential, int]:
+def weight_only_quantize(
+    model: nn.Sequential, bits: int = 8, *, group_size: int | None = None, symmetric: bool = True
+) -> tuple[nn.Sequential, int]:
     """Weights quantized to ``bits`` and dequantized (per output channel, or per group of
     ``group_size`` inputs along axis 1); activations stay float.
 
@@ -650,8 +699,9 @@ def from_pytorch_ptq(path_or_arrays: str | os.PathLike | dict, *, accumulation: 
 
         def act_qp(prefix):
             # PyTorch holds activation scales as float64 of float32 values; quint8 codes
-            return QParams(np.float32(data[f"{prefix}.scale"]), int(data[f"{prefix}.zero_point"]),
-                           QuantSpec(signed=False))
+            return QParams(
+                np.float32(data[f"{prefix}.scale"]), int(data[f"{prefix}.zero_point"]), QuantSpec(signed=False)
+            )
 
         src = _reg.TorchPTQ(data, act_qp, accumulation)
         x_qp = input_qp = act_qp("input")

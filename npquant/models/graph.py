@@ -60,8 +60,18 @@ from . import convert as _convert
 from . import nn
 from . import registry as _reg
 
-__all__ = ["FORMAT", "OPS", "VERSION", "Graph", "Node", "fold_batchnorm", "graph_from_arrays", "graph_to_arrays",
-           "load_graph", "save_graph"]
+__all__ = [
+    "FORMAT",
+    "OPS",
+    "VERSION",
+    "Graph",
+    "Node",
+    "fold_batchnorm",
+    "graph_from_arrays",
+    "graph_to_arrays",
+    "load_graph",
+    "save_graph",
+]
 
 #: The ``format`` and ``version`` of the JSON header of a graph file.
 FORMAT = "npquant-graph"
@@ -82,11 +92,20 @@ def _jsonable(value, what: str):
     if isinstance(value, QParams):
         if value.spec.axis is not None:
             raise ValueError(f"{what} must be per-tensor qparams, got axis={value.spec.axis}")
-        return {"scale": float(value.scale), "zero_point": int(value.zero_point), "bits": value.spec.bits,
-                "signed": value.spec.signed}
+        return {
+            "scale": float(value.scale),
+            "zero_point": int(value.zero_point),
+            "bits": value.spec.bits,
+            "signed": value.spec.signed,
+        }
     if isinstance(value, QuantSpec):
-        return {"bits": value.bits, "signed": value.signed, "symmetric": value.symmetric,
-                "narrow_range": value.narrow_range, "axis": value.axis}
+        return {
+            "bits": value.bits,
+            "signed": value.signed,
+            "symmetric": value.symmetric,
+            "narrow_range": value.narrow_range,
+            "axis": value.axis,
+        }
     if value is None or isinstance(value, (bool, str)):
         return value
     if isinstance(value, np.bool_):
@@ -106,8 +125,10 @@ def _jsonable(value, what: str):
                 raise TypeError(f"{what} has a key {k!r} that is not a string")
             out[k] = _jsonable(v, f"{what}[{k!r}]")
         return out
-    raise TypeError(f"{what} must be JSON data (None, bool, int, float, str, list, dict), QParams or "
-                    f"QuantSpec, got {type(value).__name__}")
+    raise TypeError(
+        f"{what} must be JSON data (None, bool, int, float, str, list, dict), QParams or "
+        f"QuantSpec, got {type(value).__name__}"
+    )
 
 
 def _names(value, what: str, *, allow_empty: bool = False) -> tuple:
@@ -153,8 +174,15 @@ class Node:
 
     __slots__ = ("name", "op", "inputs", "outputs", "attrs", "params")
 
-    def __init__(self, name: str, op: str, inputs: list[str] | tuple[str, ...], outputs: list[str] | tuple[str, ...],
-                 attrs: dict | None = None, params: dict | None = None):
+    def __init__(
+        self,
+        name: str,
+        op: str,
+        inputs: list[str] | tuple[str, ...],
+        outputs: list[str] | tuple[str, ...],
+        attrs: dict | None = None,
+        params: dict | None = None,
+    ):
         if not isinstance(name, str) or not name:
             raise TypeError(f"node name must be a non-empty string, got {name!r}")
         if not isinstance(op, str) or not op:
@@ -175,24 +203,32 @@ class Node:
                 raise ValueError(f"node {name!r}: parameter names must be non-empty strings without '.', got {k!r}")
             a = np.array(v, copy=True)
             if a.dtype.kind not in "biuf":
-                raise TypeError(f"node {name!r}: parameter {k!r} must be a bool, integer or float array, "
-                                f"got dtype {a.dtype}")
+                raise TypeError(
+                    f"node {name!r}: parameter {k!r} must be a bool, integer or float array, got dtype {a.dtype}"
+                )
             a.setflags(write=False)
             self.params[k] = a
 
     def __repr__(self) -> str:
-        return (f"Node({self.name!r}, {self.op!r}, inputs={list(self.inputs)}, outputs={list(self.outputs)}"
-                + (f", attrs={self.attrs}" if self.attrs else "")
-                + (f", params={ {k: v.shape for k, v in self.params.items()} }" if self.params else "") + ")")
+        return (
+            f"Node({self.name!r}, {self.op!r}, inputs={list(self.inputs)}, outputs={list(self.outputs)}"
+            + (f", attrs={self.attrs}" if self.attrs else "")
+            + (f", params={ {k: v.shape for k, v in self.params.items()} }" if self.params else "")
+            + ")"
+        )
 
     def __eq__(self, other) -> bool:
         if not isinstance(other, Node):
             return NotImplemented
-        return ((self.name, self.op, self.inputs, self.outputs, self.attrs)
-                == (other.name, other.op, other.inputs, other.outputs, other.attrs)
-                and self.params.keys() == other.params.keys()
-                and all(self.params[k].dtype == other.params[k].dtype
-                        and np.array_equal(self.params[k], other.params[k]) for k in self.params))
+        return (
+            (self.name, self.op, self.inputs, self.outputs, self.attrs)
+            == (other.name, other.op, other.inputs, other.outputs, other.attrs)
+            and self.params.keys() == other.params.keys()
+            and all(
+                self.params[k].dtype == other.params[k].dtype and np.array_equal(self.params[k], other.params[k])
+                for k in self.params
+            )
+        )
 
     __hash__ = None
 
@@ -203,11 +239,11 @@ class Node:
 @dataclass(frozen=True)
 class _OpDef:
     name: str
-    kind: str        # "float", "int" (codes in, codes out), "quantize", "dequantize"
+    kind: str  # "float", "int" (codes in, codes out), "quantize", "dequantize"
     arity: int | None  # number of inputs; None: one or more
-    attrs: dict      # name -> default (_REQUIRED when required)
-    params: tuple    # names; a trailing "?" marks an optional one
-    build: object    # (node, attrs, params, input qparams) -> (callable, output QParams or None)
+    attrs: dict  # name -> default (_REQUIRED when required)
+    params: tuple  # names; a trailing "?" marks an optional one
+    build: object  # (node, attrs, params, input qparams) -> (callable, output QParams or None)
     doc: str
 
 
@@ -218,6 +254,7 @@ def _op(name, kind, arity, attrs=None, params=(), doc=""):
     def deco(fn):
         _OP_DEFS[name] = _OpDef(name, kind, arity, dict(attrs or {}), tuple(params), fn, doc)
         return fn
+
     return deco
 
 
@@ -232,11 +269,13 @@ def _act_qparams(d, what: str) -> QParams:
     """Per-tensor activation QParams from the dict form of a node attribute."""
     keys = {"scale", "zero_point", "bits", "signed"}
     if not isinstance(d, dict) or set(d) != keys:
-        raise ValueError(f"{what} must be qparams {{'scale', 'zero_point', 'bits', 'signed'}} (or a per-tensor "
-                         f"QParams), got {d!r}")
+        raise ValueError(
+            f"{what} must be qparams {{'scale', 'zero_point', 'bits', 'signed'}} (or a per-tensor QParams), got {d!r}"
+        )
     scale = check_real(d["scale"], f"{what}['scale']", lo=0, lo_open=True)
-    spec = QuantSpec(bits=check_int(d["bits"], f"{what}['bits']", lo=2, hi=16),
-                     signed=check_bool(d["signed"], f"{what}['signed']"))
+    spec = QuantSpec(
+        bits=check_int(d["bits"], f"{what}['bits']", lo=2, hi=16), signed=check_bool(d["signed"], f"{what}['signed']")
+    )
     return QParams(scale, check_int(d["zero_point"], f"{what}['zero_point']"), spec)
 
 
@@ -278,23 +317,46 @@ def _layer(node: Node, fields: dict, p: dict) -> object:
     return _reg.layer_type(node.op).build({"type": node.op, "name": node.name, **fields}, p, node.name)
 
 
-@_op("linear", "float", 1, params=("weight", "bias?"),
-     doc="x W^T + b: (..., in) -> (..., out); weight (out, in), bias (out,) optional; float32")
+@_op(
+    "linear",
+    "float",
+    1,
+    params=("weight", "bias?"),
+    doc="x W^T + b: (..., in) -> (..., out); weight (out, in), bias (out,) optional; float32",
+)
 def _b_linear(node, a, p, qps):
     return _layer(node, {}, p), None
 
 
-@_op("conv2d", "float", 1, {"stride": 1, "padding": 0, "dilation": 1, "groups": 1}, ("weight", "bias?"),
-     doc="2-D convolution, NCHW; weight (O, C/groups, kh, kw), bias (O,) optional; zero padding; float32")
+@_op(
+    "conv2d",
+    "float",
+    1,
+    {"stride": 1, "padding": 0, "dilation": 1, "groups": 1},
+    ("weight", "bias?"),
+    doc="2-D convolution, NCHW; weight (O, C/groups, kh, kw), bias (O,) optional; zero padding; float32",
+)
 def _b_conv2d(node, a, p, qps):
-    return _layer(node, {"stride": _geometry(a["stride"], "stride", 1),
-                         "padding": _geometry(a["padding"], "padding", 0),
-                         "dilation": _geometry(a["dilation"], "dilation", 1),
-                         "groups": check_int(a["groups"], "groups", lo=1)}, p), None
+    return _layer(
+        node,
+        {
+            "stride": _geometry(a["stride"], "stride", 1),
+            "padding": _geometry(a["padding"], "padding", 0),
+            "dilation": _geometry(a["dilation"], "dilation", 1),
+            "groups": check_int(a["groups"], "groups", lo=1),
+        },
+        p,
+    ), None
 
 
-@_op("batchnorm2d", "float", 1, {"eps": 1e-5}, ("weight", "bias", "running_mean", "running_var"),
-     doc="inference batch norm over the channels of NCHW input (running statistics); float32")
+@_op(
+    "batchnorm2d",
+    "float",
+    1,
+    {"eps": 1e-5},
+    ("weight", "bias", "running_mean", "running_var"),
+    doc="inference batch norm over the channels of NCHW input (running statistics); float32",
+)
 def _b_batchnorm2d(node, a, p, qps):
     return _layer(node, {"eps": check_real(a["eps"], "eps", lo=0, lo_open=True)}, p), None
 
@@ -314,17 +376,34 @@ def _pool_fields(a) -> dict:
     return {"kernel_size": k, "stride": k if a["stride"] is None else _geometry(a["stride"], "stride", 1)}
 
 
-@_op("maxpool2d", "float", 1, {"kernel_size": _REQUIRED, "stride": None, "padding": 0},
-     doc="max pooling, NCHW; stride defaults to kernel_size; padding never wins")
+@_op(
+    "maxpool2d",
+    "float",
+    1,
+    {"kernel_size": _REQUIRED, "stride": None, "padding": 0},
+    doc="max pooling, NCHW; stride defaults to kernel_size; padding never wins",
+)
 def _b_maxpool2d(node, a, p, qps):
     return _layer(node, {**_pool_fields(a), "padding": _geometry(a["padding"], "padding", 0)}, p), None
 
 
-@_op("avgpool2d", "float", 1, {"kernel_size": _REQUIRED, "stride": None, "padding": 0, "count_include_pad": True},
-     doc="average pooling, NCHW; count_include_pad as PyTorch (default True)")
+@_op(
+    "avgpool2d",
+    "float",
+    1,
+    {"kernel_size": _REQUIRED, "stride": None, "padding": 0, "count_include_pad": True},
+    doc="average pooling, NCHW; count_include_pad as PyTorch (default True)",
+)
 def _b_avgpool2d(node, a, p, qps):
-    return _layer(node, {**_pool_fields(a), "padding": _geometry(a["padding"], "padding", 0),
-                         "count_include_pad": check_bool(a["count_include_pad"], "count_include_pad")}, p), None
+    return _layer(
+        node,
+        {
+            **_pool_fields(a),
+            "padding": _geometry(a["padding"], "padding", 0),
+            "count_include_pad": check_bool(a["count_include_pad"], "count_include_pad"),
+        },
+        p,
+    ), None
 
 
 @_op("flatten", "float", 1, doc="(N, ...) -> (N, prod(...)) in C order (torch.flatten(x, 1))")
@@ -343,8 +422,13 @@ def _b_concat(node, a, p, qps):
     return (lambda *xs: np.concatenate([as_float_array(x, "x") for x in xs], axis=axis)), None
 
 
-@_op("reshape", "float", 1, {"shape": _REQUIRED},
-     doc="reshape to shape: 0 copies the input's size on that axis (the batch), -1 is inferred")
+@_op(
+    "reshape",
+    "float",
+    1,
+    {"shape": _REQUIRED},
+    doc="reshape to shape: 0 copies the input's size on that axis (the batch), -1 is inferred",
+)
 def _b_reshape(node, a, p, qps):
     shape = _shape_attr(a["shape"])
     return (lambda x: _reshape(as_float_array(x, "x"), shape)), None
@@ -352,8 +436,14 @@ def _b_reshape(node, a, p, qps):
 
 # ---- integer ops: the layers of npquant.qnn
 
-@_op("quantize", "quantize", 1, {"output": _REQUIRED, "method": "divide"},
-     doc="float -> codes of output (npquant.quantize; method 'torch' is torch.quantize_per_tensor)")
+
+@_op(
+    "quantize",
+    "quantize",
+    1,
+    {"output": _REQUIRED, "method": "divide"},
+    doc="float -> codes of output (npquant.quantize; method 'torch' is torch.quantize_per_tensor)",
+)
 def _b_quantize(node, a, p, qps):
     qp = _act_qparams(a["output"], "output")
     method = check_choice(a["method"], "method", METHODS)
@@ -374,52 +464,94 @@ def _weight_qparams(p: dict, spec_attr) -> QParams:
             raise ValueError(f"weight must hold int8 or uint8 codes, got dtype {w.dtype} (or give weight_spec)")
         spec = QuantSpec(signed=w.dtype == np.int8, axis=0 if scale.ndim == 1 else None)
     else:
-        if not isinstance(spec_attr, dict) or not set(spec_attr) <= {"bits", "signed", "symmetric",
-                                                                      "narrow_range", "axis"}:
-            raise ValueError(f"weight_spec must be a dict of QuantSpec fields bits, signed, symmetric, "
-                             f"narrow_range, axis (or a QuantSpec), got {spec_attr!r}")
+        if not isinstance(spec_attr, dict) or not set(spec_attr) <= {
+            "bits",
+            "signed",
+            "symmetric",
+            "narrow_range",
+            "axis",
+        }:
+            raise ValueError(
+                f"weight_spec must be a dict of QuantSpec fields bits, signed, symmetric, "
+                f"narrow_range, axis (or a QuantSpec), got {spec_attr!r}"
+            )
         spec = QuantSpec(**spec_attr)
     return QParams(scale, zp, spec)
 
 
-_QGEMM_ATTRS = {"output": _REQUIRED, "mode": "tflite", "activation": None, "accumulation": "exact",
-                "form": "auto", "weight_spec": None}
+_QGEMM_ATTRS = {
+    "output": _REQUIRED,
+    "mode": "tflite",
+    "activation": None,
+    "accumulation": "exact",
+    "form": "auto",
+    "weight_spec": None,
+}
 _QGEMM_PARAMS = ("weight", "weight_scale", "weight_zero_point", "bias?", "bias_q?")
 
 
 def _qgemm_kwargs(a, p):
     # a float "bias" is PyTorch fbgemm's: mode "fbgemm" (spelled "fp32" in files written before that mode)
     mode, bias = fbgemm_mode(a["mode"], p.get("bias_q"), p.get("bias"))
-    kw = dict(mode=mode, activation=_activation(a["activation"]), accumulation=check_accumulation(a["accumulation"]),
-              form=a["form"])
+    kw = dict(
+        mode=mode,
+        activation=_activation(a["activation"]),
+        accumulation=check_accumulation(a["accumulation"]),
+        form=a["form"],
+    )
     return _weight_qparams(p, a["weight_spec"]), bias, _act_qparams(a["output"], "output"), kw
 
 
-@_op("qlinear", "int", 1, _QGEMM_ATTRS, _QGEMM_PARAMS,
-     doc="integer fully connected layer (npquant.qnn.linear.QLinear): weight codes (out, in) of "
-         "weight_scale/weight_zero_point (per-tensor, or per-channel along axis 0), int32 bias_q or "
-         "float bias (PyTorch fbgemm's, mode 'fp32'); output qparams, requantization mode, fused "
-         "activation, accumulation")
+@_op(
+    "qlinear",
+    "int",
+    1,
+    _QGEMM_ATTRS,
+    _QGEMM_PARAMS,
+    doc="integer fully connected layer (npquant.qnn.linear.QLinear): weight codes (out, in) of "
+    "weight_scale/weight_zero_point (per-tensor, or per-channel along axis 0), int32 bias_q or "
+    "float bias (PyTorch fbgemm's, mode 'fp32'); output qparams, requantization mode, fused "
+    "activation, accumulation",
+)
 def _b_qlinear(node, a, p, qps):
     w_qp, bias_q, y_qp, kw = _qgemm_kwargs(a, p)
     return ql.QLinear(p["weight"], w_qp, bias_q, qps[0], y_qp, **kw), y_qp
 
 
-@_op("qconv2d", "int", 1, {**_QGEMM_ATTRS, "stride": 1, "padding": 0, "dilation": 1, "groups": 1}, _QGEMM_PARAMS,
-     doc="integer conv2d (npquant.qnn.conv.QConv2d), NCHW codes, padding reads Z_x; parameters and "
-         "attributes as qlinear plus stride, padding ([h, w] or [top, bottom, left, right]), dilation, groups")
+@_op(
+    "qconv2d",
+    "int",
+    1,
+    {**_QGEMM_ATTRS, "stride": 1, "padding": 0, "dilation": 1, "groups": 1},
+    _QGEMM_PARAMS,
+    doc="integer conv2d (npquant.qnn.conv.QConv2d), NCHW codes, padding reads Z_x; parameters and "
+    "attributes as qlinear plus stride, padding ([h, w] or [top, bottom, left, right]), dilation, groups",
+)
 def _b_qconv2d(node, a, p, qps):
     w_qp, bias_q, y_qp, kw = _qgemm_kwargs(a, p)
     pad = a["padding"]
-    padding = (tuple(check_int(v, "padding", lo=0, hi=_MAX_GEOMETRY) for v in pad)
-               if isinstance(pad, list) and len(pad) == 4 else _geometry(pad, "padding", 0))
-    return ql.QConv2d(p["weight"], w_qp, bias_q, qps[0], y_qp, stride=_geometry(a["stride"], "stride", 1),
-                      padding=padding, dilation=_geometry(a["dilation"], "dilation", 1),
-                      groups=check_int(a["groups"], "groups", lo=1), **kw), y_qp
+    padding = (
+        tuple(check_int(v, "padding", lo=0, hi=_MAX_GEOMETRY) for v in pad)
+        if isinstance(pad, list) and len(pad) == 4
+        else _geometry(pad, "padding", 0)
+    )
+    return ql.QConv2d(
+        p["weight"],
+        w_qp,
+        bias_q,
+        qps[0],
+        y_qp,
+        stride=_geometry(a["stride"], "stride", 1),
+        padding=padding,
+        dilation=_geometry(a["dilation"], "dilation", 1),
+        groups=check_int(a["groups"], "groups", lo=1),
+        **kw,
+    ), y_qp
 
 
 def _nhwc(fn):
     """``fn`` applied to NCHW arrays in NHWC memory order (elementwise ops only)."""
+
     def run(*xs):
         xs = [np.asarray(x) for x in xs]
         for x in xs:
@@ -427,16 +559,22 @@ def _nhwc(fn):
                 raise ValueError(f"memory_format='channels_last' needs NCHW (4-D) inputs, got shape {x.shape}")
         y = fn(*(np.ascontiguousarray(x.transpose(0, 2, 3, 1)) for x in xs))
         return np.ascontiguousarray(y.transpose(0, 3, 1, 2))
+
     return run
 
 
 _MEMORY_FORMATS = ("contiguous", "channels_last")
 
 
-@_op("qadd", "int", 2, {"output": _REQUIRED, "mode": "tflite", "activation": None, "memory_format": "contiguous"},
-     doc="sum of two code tensors with their own qparams (npquant.qnn.layers.QAdd), fused 'relu' optional; "
-         "memory_format 'channels_last' runs mode 'torch' in NHWC element order, as PyTorch does on "
-         "channels-last tensors (its vector/scalar split follows memory order)")
+@_op(
+    "qadd",
+    "int",
+    2,
+    {"output": _REQUIRED, "mode": "tflite", "activation": None, "memory_format": "contiguous"},
+    doc="sum of two code tensors with their own qparams (npquant.qnn.layers.QAdd), fused 'relu' optional; "
+    "memory_format 'channels_last' runs mode 'torch' in NHWC element order, as PyTorch does on "
+    "channels-last tensors (its vector/scalar split follows memory order)",
+)
 def _b_qadd(node, a, p, qps):
     y_qp = _act_qparams(a["output"], "output")
     if a["mode"] == "torch" and any((qp.spec.qmin, qp.spec.qmax) != (0, 255) for qp in (*qps, y_qp)):
@@ -446,32 +584,51 @@ def _b_qadd(node, a, p, qps):
     return (layer if fmt == "contiguous" else _nhwc(layer)), y_qp
 
 
-@_op("qrelu", "int", 1, {"activation": "relu", "mode": "tflite"},
-     doc="ReLU or ReLU6 on codes (npquant.qnn.layers.QReLU; mode 'torch' rounds the code of 6 as "
-         "PyTorch's quantized relu6); qparams unchanged")
+@_op(
+    "qrelu",
+    "int",
+    1,
+    {"activation": "relu", "mode": "tflite"},
+    doc="ReLU or ReLU6 on codes (npquant.qnn.layers.QReLU; mode 'torch' rounds the code of 6 as "
+    "PyTorch's quantized relu6); qparams unchanged",
+)
 def _b_qrelu(node, a, p, qps):
     return ql.QReLU(qps[0], a["activation"], mode=a["mode"]), qps[0]
 
 
-@_op("qmaxpool2d", "int", 1, {"kernel_size": _REQUIRED, "stride": None, "padding": 0},
-     doc="max pooling of codes (npquant.qnn.layers.MaxPool2d); padding [h, w] or [top, bottom, left, right]; "
-         "qparams unchanged")
+@_op(
+    "qmaxpool2d",
+    "int",
+    1,
+    {"kernel_size": _REQUIRED, "stride": None, "padding": 0},
+    doc="max pooling of codes (npquant.qnn.layers.MaxPool2d); padding [h, w] or [top, bottom, left, right]; "
+    "qparams unchanged",
+)
 def _b_qmaxpool2d(node, a, p, qps):
     k = _geometry(a["kernel_size"], "kernel_size", 1)
     s = k if a["stride"] is None else _geometry(a["stride"], "stride", 1)
     return ql.MaxPool2d(k, s, _pool_padding(a["padding"])), qps[0]
 
 
-@_op("qavgpool2d", "int", 1, {"kernel_size": _REQUIRED, "stride": None, "padding": 0, "mode": "tflite",
-                              "count_include_pad": False},
-     doc="average pooling of codes (npquant.qnn.layers.AvgPool2d): mode 'tflite' rounds half away, "
-         "'torch' half to even; count_include_pad (mode 'torch') counts padding as Z; qparams unchanged")
+@_op(
+    "qavgpool2d",
+    "int",
+    1,
+    {"kernel_size": _REQUIRED, "stride": None, "padding": 0, "mode": "tflite", "count_include_pad": False},
+    doc="average pooling of codes (npquant.qnn.layers.AvgPool2d): mode 'tflite' rounds half away, "
+    "'torch' half to even; count_include_pad (mode 'torch') counts padding as Z; qparams unchanged",
+)
 def _b_qavgpool2d(node, a, p, qps):
     k = _geometry(a["kernel_size"], "kernel_size", 1)
     s = k if a["stride"] is None else _geometry(a["stride"], "stride", 1)
-    return ql.AvgPool2d(k, s, _geometry(a["padding"], "padding", 0), mode=a["mode"],
-                        zero_point=int(qps[0].zero_point),
-                        count_include_pad=check_bool(a["count_include_pad"], "count_include_pad")), qps[0]
+    return ql.AvgPool2d(
+        k,
+        s,
+        _geometry(a["padding"], "padding", 0),
+        mode=a["mode"],
+        zero_point=int(qps[0].zero_point),
+        count_include_pad=check_bool(a["count_include_pad"], "count_include_pad"),
+    ), qps[0]
 
 
 @_op("qflatten", "int", 1, doc="NCHW codes -> (N, C*H*W) (npquant.qnn.layers.Flatten); qparams unchanged")
@@ -486,6 +643,7 @@ def _b_qreshape(node, a, p, qps):
     def run(q):
         q = check_int_array(q, "x_q", what="an integer array of codes")
         return _reshape(q, shape)
+
     return run, qps[0]
 
 
@@ -511,11 +669,16 @@ def _requantize_torch_nhwc(q, qp: QParams, y_qp: QParams) -> np.ndarray:
     return out
 
 
-@_op("qconcat", "int", None, {"output": _REQUIRED, "axis": 1, "mode": "torch", "memory_format": "contiguous"},
-     doc="concatenation of code tensors, each requantized to output's qparams as PyTorch's quantized cat "
-         "(mode 'torch'): exact dequantize, then torch.quantize_per_tensor's rounding (npquant.quantize, "
-         "method 'torch'); memory_format 'channels_last' (4-D inputs, axis 1) reproduces its channels-last "
-         "kernel instead; an input with the output's qparams is copied")
+@_op(
+    "qconcat",
+    "int",
+    None,
+    {"output": _REQUIRED, "axis": 1, "mode": "torch", "memory_format": "contiguous"},
+    doc="concatenation of code tensors, each requantized to output's qparams as PyTorch's quantized cat "
+    "(mode 'torch'): exact dequantize, then torch.quantize_per_tensor's rounding (npquant.quantize, "
+    "method 'torch'); memory_format 'channels_last' (4-D inputs, axis 1) reproduces its channels-last "
+    "kernel instead; an input with the output's qparams is copied",
+)
 def _b_qconcat(node, a, p, qps):
     y_qp = _act_qparams(a["output"], "output")
     axis = check_int(a["axis"], "axis", lo=-_MAX_RANK, hi=_MAX_RANK - 1)
@@ -523,8 +686,10 @@ def _b_qconcat(node, a, p, qps):
     fmt = check_choice(a["memory_format"], "memory_format", _MEMORY_FORMATS)
     if fmt == "channels_last" and axis != 1:
         raise ValueError(f"memory_format='channels_last' is PyTorch's kernel for axis 1, got axis={axis}")
-    same = [float(qp.scale) == float(y_qp.scale) and int(qp.zero_point) == int(y_qp.zero_point)
-            and qp.spec == y_qp.spec for qp in qps]
+    same = [
+        float(qp.scale) == float(y_qp.scale) and int(qp.zero_point) == int(y_qp.zero_point) and qp.spec == y_qp.spec
+        for qp in qps
+    ]
 
     def run(*qs):
         parts = []
@@ -537,6 +702,7 @@ def _b_qconcat(node, a, p, qps):
             else:
                 parts.append(quantize(dequantize(q, qp), y_qp, method="torch"))
         return np.concatenate(parts, axis=axis)
+
     return run, y_qp
 
 
@@ -558,8 +724,14 @@ def _b_constant(node, a, p, qps):
     return (lambda: value), None
 
 
-@_op("qconstant", "int", 0, {"output": _REQUIRED}, ("value",),
-     doc="a constant tensor of integer codes of output's qparams (no inputs)")
+@_op(
+    "qconstant",
+    "int",
+    0,
+    {"output": _REQUIRED},
+    ("value",),
+    doc="a constant tensor of integer codes of output's qparams (no inputs)",
+)
 def _b_qconstant(node, a, p, qps):
     qp = _act_qparams(a["output"], "output")
     v = check_int_array(p["value"], "value", what="an integer array of codes")
@@ -569,12 +741,24 @@ def _b_qconstant(node, a, p, qps):
     return (lambda: value), qp
 
 
-@_op("qlinear_avgpool2d", "int", 1, {"output": _REQUIRED, "kernel_size": _REQUIRED, "stride": None, "padding": 0,
-                                     "count_include_pad": False, "mode": "onnxruntime"},
-     doc="average pooling that requantizes to output's qparams, as onnxruntime's QLinearAveragePool "
-         "(npquant.qnn.pool.onnxruntime_avg_pool2d, float32); padding [h, w] or [top, bottom, left, right]")
+@_op(
+    "qlinear_avgpool2d",
+    "int",
+    1,
+    {
+        "output": _REQUIRED,
+        "kernel_size": _REQUIRED,
+        "stride": None,
+        "padding": 0,
+        "count_include_pad": False,
+        "mode": "onnxruntime",
+    },
+    doc="average pooling that requantizes to output's qparams, as onnxruntime's QLinearAveragePool "
+    "(npquant.qnn.pool.onnxruntime_avg_pool2d, float32); padding [h, w] or [top, bottom, left, right]",
+)
 def _b_qlinear_avgpool2d(node, a, p, qps):
     from ..qnn.pool import onnxruntime_avg_pool2d
+
     y_qp = _act_qparams(a["output"], "output")
     check_choice(a["mode"], "mode", ("onnxruntime",))
     x_qp = qps[0]
@@ -588,11 +772,17 @@ def _b_qlinear_avgpool2d(node, a, p, qps):
     return (lambda q: onnxruntime_avg_pool2d(q, sx, zx, sy, zy, k, s, pad, count_include_pad=cip)), y_qp
 
 
-@_op("qlinear_global_avgpool2d", "int", 1, {"output": _REQUIRED, "mode": "onnxruntime"},
-     doc="global average pooling (N, C, H, W) -> (N, C, 1, 1) to output's qparams, as onnxruntime's "
-         "QLinearGlobalAveragePool (npquant.qnn.pool.onnxruntime_global_avg_pool2d)")
+@_op(
+    "qlinear_global_avgpool2d",
+    "int",
+    1,
+    {"output": _REQUIRED, "mode": "onnxruntime"},
+    doc="global average pooling (N, C, H, W) -> (N, C, 1, 1) to output's qparams, as onnxruntime's "
+    "QLinearGlobalAveragePool (npquant.qnn.pool.onnxruntime_global_avg_pool2d)",
+)
 def _b_qlinear_global_avgpool2d(node, a, p, qps):
     from ..qnn.pool import onnxruntime_global_avg_pool2d
+
     y_qp = _act_qparams(a["output"], "output")
     check_choice(a["mode"], "mode", ("onnxruntime",))
     x_qp = qps[0]
@@ -607,16 +797,25 @@ def _b_global_avgpool2d(node, a, p, qps):
     return (lambda x: as_float_array(x, "x").mean(axis=(2, 3), keepdims=True, dtype=np.float32)), None
 
 
-@_op("qlinear_concat", "int", None, {"output": _REQUIRED, "axis": 1, "mode": "onnxruntime"},
-     doc="concatenation of code tensors requantized to output's qparams as onnxruntime's QLinearConcat: "
-         "exact dequantize, then ONNX QuantizeLinear's float32 x / S_y rounded half to even "
-         "(npquant.quantize, method 'divide'); an input with the output's qparams is copied")
+@_op(
+    "qlinear_concat",
+    "int",
+    None,
+    {"output": _REQUIRED, "axis": 1, "mode": "onnxruntime"},
+    doc="concatenation of code tensors requantized to output's qparams as onnxruntime's QLinearConcat: "
+    "exact dequantize, then ONNX QuantizeLinear's float32 x / S_y rounded half to even "
+    "(npquant.quantize, method 'divide'); an input with the output's qparams is copied",
+)
 def _b_qlinear_concat(node, a, p, qps):
     y_qp = _act_qparams(a["output"], "output")
     axis = check_int(a["axis"], "axis", lo=-_MAX_RANK, hi=_MAX_RANK - 1)
     check_choice(a["mode"], "mode", ("onnxruntime",))
-    same = [float(qp.scale) == float(y_qp.scale) and int(qp.zero_point) == int(y_qp.zero_point)
-            and qp.spec.dtype == y_qp.spec.dtype for qp in qps]
+    same = [
+        float(qp.scale) == float(y_qp.scale)
+        and int(qp.zero_point) == int(y_qp.zero_point)
+        and qp.spec.dtype == y_qp.spec.dtype
+        for qp in qps
+    ]
 
     def run(*qs):
         parts = []
@@ -624,6 +823,7 @@ def _b_qlinear_concat(node, a, p, qps):
             q = check_int_array(q, f"input {i}", what="an integer array of codes")
             parts.append(q.astype(y_qp.spec.dtype) if same[i] else quantize(dequantize(q, qp), y_qp, method="divide"))
         return np.concatenate(parts, axis=axis)
+
     return run, y_qp
 
 
@@ -632,8 +832,13 @@ def _b_add_broadcast(node, a, p, qps):
     return (lambda x, y: (as_float_array(x, "a") + as_float_array(y, "b")).astype(np.float32)), None
 
 
-@_op("pad2d", "float", 1, {"padding": _REQUIRED, "value": 0.0},
-     doc="constant padding of NCHW input: padding [top, bottom, left, right], value a float or '-inf'")
+@_op(
+    "pad2d",
+    "float",
+    1,
+    {"padding": _REQUIRED, "value": 0.0},
+    doc="constant padding of NCHW input: padding [top, bottom, left, right], value a float or '-inf'",
+)
 def _b_pad2d(node, a, p, qps):
     pad = a["padding"]
     if not isinstance(pad, list) or len(pad) != 4:
@@ -646,6 +851,7 @@ def _b_pad2d(node, a, p, qps):
         if x.ndim != 4:
             raise ValueError(f"x must be NCHW (4-D), got shape {x.shape}")
         return np.pad(x, ((0, 0), (0, 0), (t, b), (l_, r)), constant_values=value).astype(np.float32)
+
     return run, None
 
 
@@ -675,29 +881,40 @@ def _to_nhwc(x: np.ndarray) -> np.ndarray:
 
 def _tfl_activation(a, qp: QParams) -> tuple[int, int]:
     from ..qnn._common import output_range
+
     return output_range(_activation(a["activation"]), qp)
 
 
-@_op("qconv2d_nhwc", "int", 1, {**_QGEMM_ATTRS, "stride": 1, "padding": 0, "dilation": 1, "groups": 1},
-     _QGEMM_PARAMS,
-     doc="qconv2d on NHWC codes (TFLite's CONV_2D and, with groups = C, DEPTHWISE_CONV_2D): weight codes "
-         "OIHW (the importer transposes OHWI / 1HWO), attributes and parameters as qconv2d; padding "
-         "[top, bottom, left, right] for TFLite's SAME")
+@_op(
+    "qconv2d_nhwc",
+    "int",
+    1,
+    {**_QGEMM_ATTRS, "stride": 1, "padding": 0, "dilation": 1, "groups": 1},
+    _QGEMM_PARAMS,
+    doc="qconv2d on NHWC codes (TFLite's CONV_2D and, with groups = C, DEPTHWISE_CONV_2D): weight codes "
+    "OIHW (the importer transposes OHWI / 1HWO), attributes and parameters as qconv2d; padding "
+    "[top, bottom, left, right] for TFLite's SAME",
+)
 def _b_qconv2d_nhwc(node, a, p, qps):
     layer, y_qp = _b_qconv2d(node, a, p, qps)
     return (lambda x: _to_nhwc(layer(_to_nchw(_nhwc_codes(x))))), y_qp
 
 
-@_op("qfully_connected", "int", 1, {"output": _REQUIRED, "mode": "tflite_single_away", "activation": None,
-                                     "weight_spec": None},
-     ("weight", "weight_scale", "weight_zero_point", "bias_q?"),
-     doc="TFLite's FULLY_CONNECTED (keep_num_dims false): codes (..., K) read as rows (-1, K), weight codes "
-         "(out, K) per-tensor or per-channel, int32 bias_q; exact int32 accumulation, then mode (any "
-         "requantization mode, also npquant.requant.modes.EXTRA_REQUANT_MODES; default 'tflite_single_away', "
-         "LiteRT 2.3's reference kernel) and the fused activation clamp")
+@_op(
+    "qfully_connected",
+    "int",
+    1,
+    {"output": _REQUIRED, "mode": "tflite_single_away", "activation": None, "weight_spec": None},
+    ("weight", "weight_scale", "weight_zero_point", "bias_q?"),
+    doc="TFLite's FULLY_CONNECTED (keep_num_dims false): codes (..., K) read as rows (-1, K), weight codes "
+    "(out, K) per-tensor or per-channel, int32 bias_q; exact int32 accumulation, then mode (any "
+    "requantization mode, also npquant.requant.modes.EXTRA_REQUANT_MODES; default 'tflite_single_away', "
+    "LiteRT 2.3's reference kernel) and the fused activation clamp",
+)
 def _b_qfully_connected(node, a, p, qps):
     from ..qnn.linear import linear_accumulate
     from ..requant.modes import EXTRA_REQUANT_MODES, REQUANT_MODES, effective_multiplier, requantize
+
     mode = check_choice(a["mode"], "mode", REQUANT_MODES + EXTRA_REQUANT_MODES)
     w_qp, y_qp, x_qp = _weight_qparams(p, a["weight_spec"]), _act_qparams(a["output"], "output"), qps[0]
     w, bias = p["weight"], p.get("bias_q")
@@ -715,11 +932,13 @@ def _b_qfully_connected(node, a, p, qps):
         acc = linear_accumulate(x.reshape(-1, w.shape[1]), x_qp, w, w_qp, bias)
         y = requantize(acc, m, int(y_qp.zero_point), spec.qmin, spec.qmax, mode=mode, axis=axis)
         return np.clip(y, lo, hi).astype(spec.dtype)
+
     return run, y_qp
 
 
 def _b_pool_nhwc(a, qps, kind):
     from ..qnn.pool import avg_pool2d, max_pool2d
+
     k = _geometry(a["kernel_size"], "kernel_size", 1)
     s = k if a["stride"] is None else _geometry(a["stride"], "stride", 1)
     pad = _pool_padding(a["padding"])
@@ -732,27 +951,42 @@ def _b_pool_nhwc(a, qps, kind):
     return (lambda x: np.clip(_to_nhwc(pool(_to_nchw(_nhwc_codes(x)))), lo, hi)), qps[0]
 
 
-@_op("qmaxpool2d_nhwc", "int", 1, {"kernel_size": _REQUIRED, "stride": None, "padding": 0, "activation": None},
-     doc="max pooling of NHWC codes (TFLite's MAX_POOL_2D): windows clipped to the input, padding [h, w] or "
-         "[top, bottom, left, right] (SAME), then the fused activation clamp; qparams unchanged")
+@_op(
+    "qmaxpool2d_nhwc",
+    "int",
+    1,
+    {"kernel_size": _REQUIRED, "stride": None, "padding": 0, "activation": None},
+    doc="max pooling of NHWC codes (TFLite's MAX_POOL_2D): windows clipped to the input, padding [h, w] or "
+    "[top, bottom, left, right] (SAME), then the fused activation clamp; qparams unchanged",
+)
 def _b_qmaxpool2d_nhwc(node, a, p, qps):
     return _b_pool_nhwc(a, qps, "max")
 
 
-@_op("qavgpool2d_nhwc", "int", 1, {"kernel_size": _REQUIRED, "stride": None, "padding": 0, "activation": None,
-                                    "mode": "tflite"},
-     doc="average pooling of NHWC codes (TFLite's AVERAGE_POOL_2D): the mean of the valid positions of each "
-         "window, rounded half away from zero (mode 'tflite'), padding as qmaxpool2d_nhwc, then the fused "
-         "activation clamp; qparams unchanged")
+@_op(
+    "qavgpool2d_nhwc",
+    "int",
+    1,
+    {"kernel_size": _REQUIRED, "stride": None, "padding": 0, "activation": None, "mode": "tflite"},
+    doc="average pooling of NHWC codes (TFLite's AVERAGE_POOL_2D): the mean of the valid positions of each "
+    "window, rounded half away from zero (mode 'tflite'), padding as qmaxpool2d_nhwc, then the fused "
+    "activation clamp; qparams unchanged",
+)
 def _b_qavgpool2d_nhwc(node, a, p, qps):
     return _b_pool_nhwc(a, qps, "avg")
 
 
-@_op("qmul", "int", 2, {"output": _REQUIRED, "mode": "tflite", "activation": None},
-     doc="element-wise product of two code tensors (NumPy broadcasting), TFLite's MUL: "
-         "requantize((q1 - Z1)(q2 - Z2), S1 S2 / S_y) with mode's rounding, then the fused activation clamp")
+@_op(
+    "qmul",
+    "int",
+    2,
+    {"output": _REQUIRED, "mode": "tflite", "activation": None},
+    doc="element-wise product of two code tensors (NumPy broadcasting), TFLite's MUL: "
+    "requantize((q1 - Z1)(q2 - Z2), S1 S2 / S_y) with mode's rounding, then the fused activation clamp",
+)
 def _b_qmul(node, a, p, qps):
     from ..requant.modes import EXTRA_REQUANT_MODES, REQUANT_MODES, effective_multiplier, requantize
+
     mode = check_choice(a["mode"], "mode", REQUANT_MODES + EXTRA_REQUANT_MODES)
     y_qp = _act_qparams(a["output"], "output")
     (s1, z1), (s2, z2) = ((np.float32(q.scale), int(q.zero_point)) for q in qps)
@@ -764,18 +998,25 @@ def _b_qmul(node, a, p, qps):
         prod = (np.asarray(q1, np.int64) - z1) * (np.asarray(q2, np.int64) - z2)
         y = requantize(prod.astype(np.int32), m, int(y_qp.zero_point), spec.qmin, spec.qmax, mode=mode)
         return np.clip(y, lo, hi).astype(spec.dtype)
+
     return run, y_qp
 
 
-@_op("qpad", "int", 1, {"pads": _REQUIRED},
-     doc="constant padding of codes with the zero point (a real 0; TFLite's PAD): pads is one [before, after] "
-         "pair per axis; qparams unchanged")
+@_op(
+    "qpad",
+    "int",
+    1,
+    {"pads": _REQUIRED},
+    doc="constant padding of codes with the zero point (a real 0; TFLite's PAD): pads is one [before, after] "
+    "pair per axis; qparams unchanged",
+)
 def _b_qpad(node, a, p, qps):
     pads = a["pads"]
     if not isinstance(pads, list) or not all(isinstance(v, list) and len(v) == 2 for v in pads):
         raise ValueError(f"pads must be a list of [before, after] pairs, one per axis, got {pads!r}")
-    widths = [(check_int(b, "pads", lo=0, hi=_MAX_GEOMETRY), check_int(e, "pads", lo=0, hi=_MAX_GEOMETRY))
-              for b, e in pads]
+    widths = [
+        (check_int(b, "pads", lo=0, hi=_MAX_GEOMETRY), check_int(e, "pads", lo=0, hi=_MAX_GEOMETRY)) for b, e in pads
+    ]
     zp = int(qps[0].zero_point)
 
     def run(q):
@@ -783,6 +1024,7 @@ def _b_qpad(node, a, p, qps):
         if q.ndim != len(widths):
             raise ValueError(f"pads has {len(widths)} axes but x_q has shape {q.shape}")
         return np.pad(q, widths, constant_values=zp)
+
     return run, qps[0]
 
 
@@ -796,6 +1038,7 @@ def _tfl_mean(q, x_qp: QParams, y_qp: QParams, axes: tuple, keep_dims: bool, rou
     32, 31 + shift)``. Saturated to the output's codes."""
     from ..qnn.pool import div_round_half_away
     from ..requant.fixedpoint import multiply_by_quantized_multiplier, quantize_multiplier
+
     spec = y_qp.spec
     (sx, zx), (sy, zy) = ((np.float32(v.scale), int(v.zero_point)) for v in (x_qp, y_qp))
     n = int(np.prod([q.shape[ax] for ax in axes], dtype=np.int64))
@@ -809,11 +1052,16 @@ def _tfl_mean(q, x_qp: QParams, y_qp: QParams, axes: tuple, keep_dims: bool, rou
     return np.clip(v, spec.qmin, spec.qmax).astype(spec.dtype)
 
 
-@_op("qmean", "int", 1, {"axes": _REQUIRED, "keep_dims": False, "output": _REQUIRED, "mode": "tflite"},
-     doc="mean of codes over axes (TFLite's MEAN, reference kernels): over H and W of 4-D codes with "
-         "keep_dims, sum(q - Z_x) requantized by S_x / S_y with mode's rounding, then divided by the count n "
-         "rounding half away; otherwise sum(q - Z_x) requantized by S_x / (n S_y) as TFLite folds 1 / n into "
-         "its fixed-point multiplier")
+@_op(
+    "qmean",
+    "int",
+    1,
+    {"axes": _REQUIRED, "keep_dims": False, "output": _REQUIRED, "mode": "tflite"},
+    doc="mean of codes over axes (TFLite's MEAN, reference kernels): over H and W of 4-D codes with "
+    "keep_dims, sum(q - Z_x) requantized by S_x / S_y with mode's rounding, then divided by the count n "
+    "rounding half away; otherwise sum(q - Z_x) requantized by S_x / (n S_y) as TFLite folds 1 / n into "
+    "its fixed-point multiplier",
+)
 def _b_qmean(node, a, p, qps):
     mode = check_choice(a["mode"], "mode", ("tflite", "tflite_single"))
     axes_attr = a["axes"]
@@ -826,28 +1074,49 @@ def _b_qmean(node, a, p, qps):
         q = check_int_array(q, "x_q", what="an integer array of codes")
         axes = tuple(sorted({check_int(v, "axes", lo=-q.ndim, hi=q.ndim - 1) % q.ndim for v in axes_attr}))
         return _tfl_mean(q, qps[0], y_qp, axes, keep, "double" if mode == "tflite" else "single")
+
     return run, y_qp
 
 
-@_op("quantize_tflite", "quantize", 1, {"output": _REQUIRED},
-     doc="float -> codes of output as TFLite's QUANTIZE: round_half_away(float32(x) / S) + Z, saturating")
+@_op(
+    "quantize_tflite",
+    "quantize",
+    1,
+    {"output": _REQUIRED},
+    doc="float -> codes of output as TFLite's QUANTIZE: round_half_away(float32(x) / S) + Z, saturating",
+)
 def _b_quantize_tflite(node, a, p, qps):
     qp0 = _act_qparams(a["output"], "output")
     qp = QParams(qp0.scale, qp0.zero_point, qp0.spec.replace(rounding="half_away"))
     return (lambda x: quantize(x, qp, method="divide")), qp0
 
 
-@_op("qrequantize", "int", 1, {"output": _REQUIRED, "mode": "tflite"},
-     doc="codes -> codes of output (TFLite's int8 -> int8 QUANTIZE): requantize(q - Z_x, S_x / S_y) + Z_y "
-         "with mode's rounding, saturating")
+@_op(
+    "qrequantize",
+    "int",
+    1,
+    {"output": _REQUIRED, "mode": "tflite"},
+    doc="codes -> codes of output (TFLite's int8 -> int8 QUANTIZE): requantize(q - Z_x, S_x / S_y) + Z_y "
+    "with mode's rounding, saturating",
+)
 def _b_qrequantize(node, a, p, qps):
     from ..requant.modes import EXTRA_REQUANT_MODES, REQUANT_MODES, requantize
+
     mode = check_choice(a["mode"], "mode", REQUANT_MODES + EXTRA_REQUANT_MODES)
     y_qp, x_qp = _act_qparams(a["output"], "output"), qps[0]
     m = np.float64(np.float32(x_qp.scale)) / np.float64(np.float32(y_qp.scale))
     spec = y_qp.spec
-    return (lambda q: requantize((np.asarray(q, np.int64) - int(x_qp.zero_point)).astype(np.int32), m,
-                                 int(y_qp.zero_point), spec.qmin, spec.qmax, mode=mode).astype(spec.dtype)), y_qp
+    return (
+        lambda q: requantize(
+            (np.asarray(q, np.int64) - int(x_qp.zero_point)).astype(np.int32),
+            m,
+            int(y_qp.zero_point),
+            spec.qmin,
+            spec.qmax,
+            mode=mode,
+        ).astype(spec.dtype)
+    ), y_qp
+
 
 # ---- TFLite importer ops (npquant.importers.tflite): end ------------------------------
 
@@ -866,8 +1135,15 @@ def _op_def(op: str) -> _OpDef | None:
     d = _OP_DEFS.get(op)
     if d is None and op in _reg.layer_types():
         kind = _reg.layer_type(op)
-        d = _OpDef(op, "float", 1, dict(kind.graph_attrs), tuple(kind.params), _b_registered,
-                   f"the layer type {op!r} (npquant.models.registry)")
+        d = _OpDef(
+            op,
+            "float",
+            1,
+            dict(kind.graph_attrs),
+            tuple(kind.params),
+            _b_registered,
+            f"the layer type {op!r} (npquant.models.registry)",
+        )
     return d
 
 
@@ -893,11 +1169,18 @@ def op_kind(op: str) -> str:
 #: ``{op: description}`` of every op a :class:`Graph` runs, with its inputs, attributes
 #: (default values) and parameters (``?``: optional). A registered layer type with no op
 #: here (:mod:`npquant.models.registry`) is a float op too, built by its type.
-OPS = {name: (f"[{d.kind}] {d.doc}; inputs: {'one or more' if d.arity is None else d.arity}"
-              + (f"; attrs: {', '.join(k + ('' if v is _REQUIRED else '=' + repr(v)) for k, v in d.attrs.items())}"
-                 if d.attrs else "")
-              + (f"; params: {', '.join(d.params)}" if d.params else ""))
-       for name, d in _OP_DEFS.items()}
+OPS = {
+    name: (
+        f"[{d.kind}] {d.doc}; inputs: {'one or more' if d.arity is None else d.arity}"
+        + (
+            f"; attrs: {', '.join(k + ('' if v is _REQUIRED else '=' + repr(v)) for k, v in d.attrs.items())}"
+            if d.attrs
+            else ""
+        )
+        + (f"; params: {', '.join(d.params)}" if d.params else "")
+    )
+    for name, d in _OP_DEFS.items()
+}
 
 
 # ------------------------------------------------------------------------------ graph
@@ -954,8 +1237,15 @@ class Graph:
         Every tensor: the inputs, then each node's outputs in execution order.
     """
 
-    def __init__(self, nodes: list[Node] | tuple[Node, ...], inputs: list[str] | tuple[str, ...],
-                 outputs: list[str] | tuple[str, ...], *, input_qparams: dict | None = None, name: str = "graph"):
+    def __init__(
+        self,
+        nodes: list[Node] | tuple[Node, ...],
+        inputs: list[str] | tuple[str, ...],
+        outputs: list[str] | tuple[str, ...],
+        *,
+        input_qparams: dict | None = None,
+        name: str = "graph",
+    ):
         if not isinstance(name, str) or not name:
             raise TypeError(f"name must be a non-empty string, got {name!r}")
         self.name = name
@@ -999,8 +1289,10 @@ class Graph:
                 if t in self.inputs:
                     raise ValueError(f"node {n.name!r} outputs {t!r}, which is a graph input (duplicate tensor name)")
                 if t in producer:
-                    raise ValueError(f"tensor {t!r} is an output of both node {self.nodes[producer[t]].name!r} "
-                                     f"and node {n.name!r} (duplicate tensor name)")
+                    raise ValueError(
+                        f"tensor {t!r} is an output of both node {self.nodes[producer[t]].name!r} "
+                        f"and node {n.name!r} (duplicate tensor name)"
+                    )
                 producer[t] = i
         self._producer = producer
 
@@ -1021,7 +1313,7 @@ class Graph:
                     stack.pop()
                     path.pop()
                 elif state[j] == 1:
-                    loop = path[path.index(j):] + [j]
+                    loop = path[path.index(j) :] + [j]
                     return [self.nodes[k].name for k in reversed(loop)]
                 elif state[j] == 0:
                     state[j] = 1
@@ -1039,11 +1331,15 @@ class Graph:
                 if t in defined:
                     continue
                 if t in self._producer:
-                    raise ValueError(f"node {n.name!r} uses tensor {t!r} before it is defined (node "
-                                     f"{self.nodes[self._producer[t]].name!r} produces it later; list the nodes "
-                                     "in execution order)")
-                raise ValueError(f"node {n.name!r} has a missing input: tensor {t!r} is neither a graph input "
-                                 "nor the output of any node")
+                    raise ValueError(
+                        f"node {n.name!r} uses tensor {t!r} before it is defined (node "
+                        f"{self.nodes[self._producer[t]].name!r} produces it later; list the nodes "
+                        "in execution order)"
+                    )
+                raise ValueError(
+                    f"node {n.name!r} has a missing input: tensor {t!r} is neither a graph input "
+                    "nor the output of any node"
+                )
             defined.update(n.outputs)
         for t in self.outputs:
             if t not in defined:
@@ -1060,8 +1356,10 @@ class Graph:
         for i, n in enumerate(self.nodes):
             d = _op_def(n.op)
             if d is None:
-                raise ValueError(f"node {n.name!r} has unknown op {n.op!r}; known ops: {', '.join(_OP_DEFS)} "
-                                 "and the registered layer types (npquant.models.registry)")
+                raise ValueError(
+                    f"node {n.name!r} has unknown op {n.op!r}; known ops: {', '.join(_OP_DEFS)} "
+                    "and the registered layer types (npquant.models.registry)"
+                )
             if (d.arity is None and not n.inputs) or (d.arity is not None and len(n.inputs) != d.arity):
                 want = "one or more" if d.arity is None else str(d.arity)
                 raise ValueError(f"node {n.name!r} ({n.op}) takes {want} input(s), got {len(n.inputs)}")
@@ -1069,16 +1367,20 @@ class Graph:
                 raise ValueError(f"node {n.name!r} ({n.op}) has one output, got {len(n.outputs)}")
             unknown = [k for k in n.attrs if k not in d.attrs]
             if unknown:
-                raise ValueError(f"node {n.name!r} ({n.op}) has unknown attribute {unknown[0]!r}; "
-                                 f"allowed: {', '.join(d.attrs) or 'none'}")
+                raise ValueError(
+                    f"node {n.name!r} ({n.op}) has unknown attribute {unknown[0]!r}; "
+                    f"allowed: {', '.join(d.attrs) or 'none'}"
+                )
             missing = [k for k, v in d.attrs.items() if v is _REQUIRED and k not in n.attrs]
             if missing:
                 raise ValueError(f"node {n.name!r} ({n.op}) needs the attribute {missing[0]!r}")
             names = [p.rstrip("?") for p in d.params]
             unknown = [k for k in n.params if k not in names]
             if unknown:
-                raise ValueError(f"node {n.name!r} ({n.op}) has unknown parameter {unknown[0]!r}; "
-                                 f"allowed: {', '.join(names) or 'none'}")
+                raise ValueError(
+                    f"node {n.name!r} ({n.op}) has unknown parameter {unknown[0]!r}; "
+                    f"allowed: {', '.join(names) or 'none'}"
+                )
             missing = [p for p in d.params if not p.endswith("?") and p not in n.params]
             if missing:
                 raise ValueError(f"node {n.name!r} ({n.op}) needs the parameter {missing[0]!r}")
@@ -1086,11 +1388,15 @@ class Graph:
             wants_codes = d.kind in ("int", "dequantize")
             for t, qp in zip(n.inputs, in_qps):
                 if wants_codes and qp is None:
-                    raise ValueError(f"node {n.name!r} ({n.op}) takes integer codes, but tensor {t!r} is float "
-                                     "(insert a quantize node)")
+                    raise ValueError(
+                        f"node {n.name!r} ({n.op}) takes integer codes, but tensor {t!r} is float "
+                        "(insert a quantize node)"
+                    )
                 if not wants_codes and qp is not None:
-                    raise ValueError(f"node {n.name!r} ({n.op}) takes float tensors, but tensor {t!r} holds "
-                                     "integer codes (insert a dequantize node)")
+                    raise ValueError(
+                        f"node {n.name!r} ({n.op}) takes float tensors, but tensor {t!r} holds "
+                        "integer codes (insert a dequantize node)"
+                    )
             attrs = {k: n.attrs.get(k, v) for k, v in d.attrs.items()}
             try:
                 fn, out_qp = d.build(n, attrs, dict(n.params), in_qps)
@@ -1246,24 +1552,36 @@ class Graph:
         rows = [("node", "op", "inputs -> outputs", "output qparams")]
         for n in self.nodes:
             qp = self.qparams.get(n.outputs[0])
-            rows.append((n.name, n.op, f"{', '.join(n.inputs)} -> {', '.join(n.outputs)}",
-                         "" if qp is None else f"S={float(qp.scale):.6g} Z={int(qp.zero_point)} {qp.spec.dtype}"))
+            rows.append(
+                (
+                    n.name,
+                    n.op,
+                    f"{', '.join(n.inputs)} -> {', '.join(n.outputs)}",
+                    "" if qp is None else f"S={float(qp.scale):.6g} Z={int(qp.zero_point)} {qp.spec.dtype}",
+                )
+            )
         widths = [max(len(r[i]) for r in rows) for i in range(4)]
         lines = [f"Graph {self.name!r}: inputs {list(self.inputs)}, outputs {list(self.outputs)}"]
         lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
         return "\n".join(lines)
 
     def __repr__(self) -> str:
-        return (f"Graph({self.name!r}, {len(self.nodes)} nodes, inputs={list(self.inputs)}, "
-                f"outputs={list(self.outputs)}, kind={self.kind!r})")
+        return (
+            f"Graph({self.name!r}, {len(self.nodes)} nodes, inputs={list(self.inputs)}, "
+            f"outputs={list(self.outputs)}, kind={self.kind!r})"
+        )
 
     def __eq__(self, other) -> bool:
         if not isinstance(other, Graph):
             return NotImplemented
-        return ((self.name, self.inputs, self.outputs, self.nodes) == (other.name, other.inputs, other.outputs,
-                                                                      other.nodes)
-                and {k: _jsonable(v, k) for k, v in self.input_qparams.items()}
-                == {k: _jsonable(v, k) for k, v in other.input_qparams.items()})
+        return (self.name, self.inputs, self.outputs, self.nodes) == (
+            other.name,
+            other.inputs,
+            other.outputs,
+            other.nodes,
+        ) and {k: _jsonable(v, k) for k, v in self.input_qparams.items()} == {
+            k: _jsonable(v, k) for k, v in other.input_qparams.items()
+        }
 
     __hash__ = None
 
@@ -1298,11 +1616,11 @@ def fold_batchnorm(graph: Graph) -> Graph:
     out, index = [], {}
     for n in graph.nodes:
         conv = producer.get(n.inputs[0]) if n.op == "batchnorm2d" else None
-        if (conv is not None and conv.op == "conv2d" and uses[n.inputs[0]] == 1
-                and n.inputs[0] not in graph.outputs):
+        if conv is not None and conv.op == "conv2d" and uses[n.inputs[0]] == 1 and n.inputs[0] not in graph.outputs:
             folded = _convert.fold_batchnorm(nn.Sequential([graph.layer(conv.name), graph.layer(n.name)]))[0]
-            out[index[conv.name]] = Node(conv.name, "conv2d", conv.inputs, n.outputs, conv.attrs,
-                                         {"weight": folded.weight, "bias": folded.bias})
+            out[index[conv.name]] = Node(
+                conv.name, "conv2d", conv.inputs, n.outputs, conv.attrs, {"weight": folded.weight, "bias": folded.bias}
+            )
             continue
         index[n.name] = len(out)
         out.append(n)
@@ -1326,11 +1644,25 @@ def graph_to_arrays(graph: Graph) -> dict:
     """
     if not isinstance(graph, Graph):
         raise TypeError(f"graph must be a Graph, got {type(graph).__name__}")
-    header = {"format": FORMAT, "version": VERSION, "name": graph.name, "inputs": list(graph.inputs),
-              "input_qparams": {k: _jsonable(v, k) for k, v in graph.input_qparams.items()},
-              "outputs": list(graph.outputs),
-              "nodes": [{"name": n.name, "op": n.op, "inputs": list(n.inputs), "outputs": list(n.outputs),
-                         "attrs": n.attrs, "params": sorted(n.params)} for n in graph.nodes]}
+    header = {
+        "format": FORMAT,
+        "version": VERSION,
+        "name": graph.name,
+        "inputs": list(graph.inputs),
+        "input_qparams": {k: _jsonable(v, k) for k, v in graph.input_qparams.items()},
+        "outputs": list(graph.outputs),
+        "nodes": [
+            {
+                "name": n.name,
+                "op": n.op,
+                "inputs": list(n.inputs),
+                "outputs": list(n.outputs),
+                "attrs": n.attrs,
+                "params": sorted(n.params),
+            }
+            for n in graph.nodes
+        ],
+    }
     arrays = {_HEADER_KEY: np.array(json.dumps(header))}
     for n in graph.nodes:
         for k, v in n.params.items():
@@ -1361,8 +1693,11 @@ def _expect(cond, where, message):
 
 
 def _str_list(v, what, where) -> list:
-    _expect(isinstance(v, list) and all(isinstance(s, str) and s for s in v), where,
-            f"{what} must be a list of non-empty strings")
+    _expect(
+        isinstance(v, list) and all(isinstance(s, str) and s for s in v),
+        where,
+        f"{what} must be a list of non-empty strings",
+    )
     return v
 
 
@@ -1390,18 +1725,28 @@ def graph_from_arrays(arrays: dict, where: str = "<arrays>") -> Graph:
     data = dict(arrays)
     raw = data.pop(_HEADER_KEY, None)
     _expect(raw is not None, where, f"no {_HEADER_KEY!r} entry: not an npquant graph file")
-    _expect(isinstance(raw, np.ndarray) and raw.ndim == 0 and raw.dtype.kind == "U", where,
-            f"{_HEADER_KEY!r} must be a JSON string (a 0-d unicode array)")
+    _expect(
+        isinstance(raw, np.ndarray) and raw.ndim == 0 and raw.dtype.kind == "U",
+        where,
+        f"{_HEADER_KEY!r} must be a JSON string (a 0-d unicode array)",
+    )
     h = parse_json(str(raw), f"the {_HEADER_KEY!r} header", where)
     _expect(isinstance(h, dict), where, f"the {_HEADER_KEY!r} header must be a JSON object")
     _expect(h.get("format") == FORMAT, where, f"the header's format must be {FORMAT!r}, got {h.get('format')!r}")
     version = h.get("version")
-    _expect(type(version) is int and version >= 1, where, f"the header's version must be a positive integer, "
-                                                          f"got {version!r}")
-    _expect(version <= VERSION, where, f"graph file version {version} is newer than this npquant reads "
-                                       f"(version {VERSION}); upgrade npquant")
-    _expect(set(h) == _HEADER_KEYS, where, f"the header must have exactly the keys {sorted(_HEADER_KEYS)}, "
-                                           f"got {sorted(h)}")
+    _expect(
+        type(version) is int and version >= 1,
+        where,
+        f"the header's version must be a positive integer, got {version!r}",
+    )
+    _expect(
+        version <= VERSION,
+        where,
+        f"graph file version {version} is newer than this npquant reads (version {VERSION}); upgrade npquant",
+    )
+    _expect(
+        set(h) == _HEADER_KEYS, where, f"the header must have exactly the keys {sorted(_HEADER_KEYS)}, got {sorted(h)}"
+    )
     _expect(isinstance(h["name"], str) and h["name"], where, "the header's name must be a non-empty string")
     inputs, outputs = _str_list(h["inputs"], "inputs", where), _str_list(h["outputs"], "outputs", where)
     _expect(isinstance(h["input_qparams"], dict), where, "input_qparams must be an object")
@@ -1411,8 +1756,11 @@ def graph_from_arrays(arrays: dict, where: str = "<arrays>") -> Graph:
         iqp = {k: _act_qparams(v, f"input_qparams[{k!r}]") for k, v in h["input_qparams"].items()}
         nodes = []
         for i, nd in enumerate(h["nodes"]):
-            _expect(isinstance(nd, dict) and set(nd) == _NODE_KEYS, where,
-                    f"nodes[{i}] must be an object with exactly the keys {sorted(_NODE_KEYS)}")
+            _expect(
+                isinstance(nd, dict) and set(nd) == _NODE_KEYS,
+                where,
+                f"nodes[{i}] must be an object with exactly the keys {sorted(_NODE_KEYS)}",
+            )
             _expect(isinstance(nd["name"], str) and nd["name"], where, f"nodes[{i}].name must be a non-empty string")
             _expect(isinstance(nd["op"], str), where, f"node {nd['name']!r}: op must be a string")
             _str_list(nd["inputs"], f"node {nd['name']!r}: inputs", where)

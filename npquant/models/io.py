@@ -26,13 +26,35 @@ from .._fileio import FileFormatError, atomic_write, check_path, parse_json, par
 if TYPE_CHECKING:
     from .nn import Sequential
 
-__all__ = ["FileFormatError", "Reference", "atomic_write", "load_model", "load_reference", "load_state_dict",
-           "load_weights", "read_safetensors", "save_state_dict", "sniff_format", "write_safetensors"]
+__all__ = [
+    "FileFormatError",
+    "Reference",
+    "atomic_write",
+    "load_model",
+    "load_reference",
+    "load_state_dict",
+    "load_weights",
+    "read_safetensors",
+    "save_state_dict",
+    "sniff_format",
+    "write_safetensors",
+]
 
 #: numpy dtype -> safetensors dtype name, for the dtypes npquant writes and reads.
-_ST_NAMES = {"float64": "F64", "float32": "F32", "float16": "F16", "int64": "I64", "int32": "I32",
-             "int16": "I16", "int8": "I8", "uint64": "U64", "uint32": "U32", "uint16": "U16", "uint8": "U8",
-             "bool": "BOOL"}
+_ST_NAMES = {
+    "float64": "F64",
+    "float32": "F32",
+    "float16": "F16",
+    "int64": "I64",
+    "int32": "I32",
+    "int16": "I16",
+    "int8": "I8",
+    "uint64": "U64",
+    "uint32": "U32",
+    "uint16": "U16",
+    "uint8": "U8",
+    "bool": "BOOL",
+}
 _ST_NUMPY = {v: k for k, v in _ST_NAMES.items()}
 _ST_DTYPES = frozenset(_ST_NUMPY)
 _FORMATS = ("npz", "safetensors")
@@ -96,11 +118,13 @@ def load_state_dict(path: str | os.PathLike, *, format: str | None = None) -> di
     data = read_bytes(p)
     found = sniff_format(data)
     if found != fmt:
-        what = {"npz": "an .npz (zip) file", "safetensors": "a .safetensors file",
-                "npqz": "an npquant compressed file (read it with npquant.compression.pipeline.read_compressed)",
-                None: f"no known format (it starts with {data[:8]!r})"}[found]
-        raise FileFormatError(p, f"expected {'an .npz (zip)' if fmt == 'npz' else 'a .safetensors'} file, "
-                                 f"found {what}")
+        what = {
+            "npz": "an .npz (zip) file",
+            "safetensors": "a .safetensors file",
+            "npqz": "an npquant compressed file (read it with npquant.compression.pipeline.read_compressed)",
+            None: f"no known format (it starts with {data[:8]!r})",
+        }[found]
+        raise FileFormatError(p, f"expected {'an .npz (zip)' if fmt == 'npz' else 'a .safetensors'} file, found {what}")
     return parse_npz(data, p) if fmt == "npz" else read_safetensors(data, where=p)
 
 
@@ -186,17 +210,19 @@ def read_safetensors(data: bytes | bytearray | memoryview, *, where: str = "<byt
     from safetensors.numpy import load
 
     if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise TypeError(f"data must be the file's bytes (bytes, bytearray or memoryview), got "
-                        f"{type(data).__name__}; to read a file, use load_state_dict(path)")
+        raise TypeError(
+            f"data must be the file's bytes (bytes, bytearray or memoryview), got "
+            f"{type(data).__name__}; to read a file, use load_state_dict(path)"
+        )
     data = bytes(data)
     if len(data) < 8:
-        raise FileFormatError(where, f"not a safetensors file: {len(data)} bytes, shorter than the "
-                                     "8-byte header length")
+        raise FileFormatError(
+            where, f"not a safetensors file: {len(data)} bytes, shorter than the 8-byte header length"
+        )
     (n,) = struct.unpack_from("<Q", data)
     if n > len(data) - 8:
-        raise FileFormatError(where, f"truncated safetensors file: the header needs {n} bytes, "
-                                     f"{len(data) - 8} remain")
-    header = parse_json(data[8:8 + n], "the safetensors header", where)
+        raise FileFormatError(where, f"truncated safetensors file: the header needs {n} bytes, {len(data) - 8} remain")
+    header = parse_json(data[8 : 8 + n], "the safetensors header", where)
     if not isinstance(header, dict):
         raise FileFormatError(where, "the safetensors header must be a JSON object")
     buf_len, spans = len(data) - 8 - n, []
@@ -205,25 +231,36 @@ def read_safetensors(data: bytes | bytearray | memoryview, *, where: str = "<byt
             continue
         dt = info.get("dtype") if isinstance(info, dict) else None
         if dt not in _ST_DTYPES:
-            raise FileFormatError(where, f"safetensors entry {name!r}: unsupported or missing dtype "
-                                         f"{str(dt)[:40]!r}; expected one of {sorted(_ST_DTYPES)}")
+            raise FileFormatError(
+                where,
+                f"safetensors entry {name!r}: unsupported or missing dtype "
+                f"{str(dt)[:40]!r}; expected one of {sorted(_ST_DTYPES)}",
+            )
         shape, offs = info.get("shape"), info.get("data_offsets")
         if not (isinstance(shape, list) and len(shape) <= 32 and all(type(d) is int and d >= 0 for d in shape)):
             raise FileFormatError(where, f"safetensors entry {name!r}: shape {str(shape)[:60]} is not a list of sizes")
-        if not (isinstance(offs, list) and len(offs) == 2 and all(type(o) is int for o in offs)
-                and 0 <= offs[0] <= offs[1] <= buf_len):
-            raise FileFormatError(where, f"safetensors entry {name!r}: data_offsets {str(offs)[:60]} outside the "
-                                         f"{buf_len}-byte buffer")
+        if not (
+            isinstance(offs, list)
+            and len(offs) == 2
+            and all(type(o) is int for o in offs)
+            and 0 <= offs[0] <= offs[1] <= buf_len
+        ):
+            raise FileFormatError(
+                where, f"safetensors entry {name!r}: data_offsets {str(offs)[:60]} outside the {buf_len}-byte buffer"
+            )
         nbytes = np.dtype(_ST_NUMPY[dt]).itemsize * math.prod(shape)
         if offs[1] - offs[0] != nbytes:
-            raise FileFormatError(where, f"safetensors entry {name!r}: {offs[1] - offs[0]} bytes for shape "
-                                         f"{shape} of {dt} ({nbytes} bytes)")
+            raise FileFormatError(
+                where,
+                f"safetensors entry {name!r}: {offs[1] - offs[0]} bytes for shape {shape} of {dt} ({nbytes} bytes)",
+            )
         spans.append((offs[0], offs[1], name))
     pos = 0
     for a, b, name in sorted(spans):
         if a != pos:
-            raise FileFormatError(where, f"safetensors entry {name!r} starts at byte {a}, expected {pos}: "
-                                         "tensors overlap or leave holes")
+            raise FileFormatError(
+                where, f"safetensors entry {name!r} starts at byte {a}, expected {pos}: tensors overlap or leave holes"
+            )
         pos = b
     if pos != buf_len:
         raise FileFormatError(where, f"corrupt safetensors buffer: {buf_len - pos} trailing bytes")
@@ -263,8 +300,11 @@ def load_weights(path: str | os.PathLike) -> dict:
     if fmt == "safetensors":
         return read_safetensors(data, where=p)
     if fmt != "npz":
-        raise FileFormatError(p, f"not a model file: expected an .npz, .safetensors or npquant compressed "
-                                 f"(NPQZ) file, it starts with {data[:8]!r}")
+        raise FileFormatError(
+            p,
+            f"not a model file: expected an .npz, .safetensors or npquant compressed "
+            f"(NPQZ) file, it starts with {data[:8]!r}",
+        )
     arrays = parse_npz(data, p)
     if "__format__" in arrays:
         from .checkpoint import dequantize_checkpoint
@@ -307,7 +347,9 @@ def load_reference(path: str | os.PathLike) -> Reference:
 def _json_entry(data: dict, key: str, where) -> object:
     a = data.pop(key)
     if a.ndim != 0 or a.dtype.kind != "U":
-        raise FileFormatError(where, f"{key!r} must be a JSON string (0-d text array), found {a.dtype} of shape {a.shape}")
+        raise FileFormatError(
+            where, f"{key!r} must be a JSON string (0-d text array), found {a.dtype} of shape {a.shape}"
+        )
     return parse_json(str(a), f"{key!r}", where)
 
 

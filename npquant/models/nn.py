@@ -150,8 +150,10 @@ class Module:
         if g.dtype.kind != "f":
             raise TypeError(f"{self._who}: grad_y must be a floating-point array, got dtype {g.dtype}")
         if g.shape != shape:
-            raise ValueError(f"{self._who}: grad_y has shape {g.shape}, expected {shape} "
-                             "(the shape of the output of the last forward pass)")
+            raise ValueError(
+                f"{self._who}: grad_y has shape {g.shape}, expected {shape} "
+                "(the shape of the output of the last forward pass)"
+            )
         return g.astype(self.dtype, copy=False)
 
 
@@ -314,14 +316,14 @@ def _im2col(x, kh, kw, stride, padding, dilation, pad_value=0.0):
         raise ValueError(f"the {kh}x{kw} window does not fit the padded {h}x{w} input")
     if ph or pw:  # the same array as np.pad(x, ..., constant_values=pad_value), faster
         xp = np.full((n, c, h + 2 * ph, w + 2 * pw), pad_value, x.dtype)
-        xp[:, :, ph:ph + h, pw:pw + w] = x
+        xp[:, :, ph : ph + h, pw : pw + w] = x
     else:
         xp = x
     cols = np.empty((n, c, kh, kw, oh, ow), x.dtype)
     for a in range(kh):
         for b in range(kw):
             r, s = a * dh, b * dw
-            cols[:, :, a, b] = xp[:, :, r:r + sh * (oh - 1) + 1:sh, s:s + sw * (ow - 1) + 1:sw]
+            cols[:, :, a, b] = xp[:, :, r : r + sh * (oh - 1) + 1 : sh, s : s + sw * (ow - 1) + 1 : sw]
     return cols, oh, ow
 
 
@@ -335,9 +337,9 @@ def _col2im(cols, x_shape, stride, padding, dilation):
     for a in range(kh):
         for b in range(kw):
             r, s = a * dh, b * dw
-            gxp[:, :, r:r + sh * (oh - 1) + 1:sh, s:s + sw * (ow - 1) + 1:sw] += cols[:, :, a, b]
+            gxp[:, :, r : r + sh * (oh - 1) + 1 : sh, s : s + sw * (ow - 1) + 1 : sw] += cols[:, :, a, b]
     if ph or pw:
-        return np.ascontiguousarray(gxp[:, :, ph:ph + h, pw:pw + w])
+        return np.ascontiguousarray(gxp[:, :, ph : ph + h, pw : pw + w])
     return gxp
 
 
@@ -369,9 +371,17 @@ class Conv2d(Layer):
 
     _params = ("weight", "bias")
 
-    def __init__(self, weight: npt.ArrayLike, bias: npt.ArrayLike | None = None, *, stride: int | tuple[int, int] = 1,
-                 padding: int | tuple[int, int] = 0, dilation: int | tuple[int, int] = 1, groups: int = 1,
-                 name: str = "conv"):
+    def __init__(
+        self,
+        weight: npt.ArrayLike,
+        bias: npt.ArrayLike | None = None,
+        *,
+        stride: int | tuple[int, int] = 1,
+        padding: int | tuple[int, int] = 0,
+        dilation: int | tuple[int, int] = 1,
+        groups: int = 1,
+        name: str = "conv",
+    ):
         w = np.asarray(weight)
         if w.ndim != 4:
             raise ValueError(f"{name}.weight must be (O, I/groups, kh, kw), got shape {w.shape}")
@@ -396,9 +406,9 @@ class Conv2d(Layer):
         og = o // self.groups
         out = np.empty((n, o, oh, ow), x.dtype)
         for g in range(self.groups):
-            c = cols[:, g * cg:(g + 1) * cg].reshape(n, cg * kh * kw, oh * ow)
-            wg = wt[g * og:(g + 1) * og].reshape(og, cg * kh * kw)
-            out[:, g * og:(g + 1) * og] = np.matmul(wg, c).reshape(n, og, oh, ow)
+            c = cols[:, g * cg : (g + 1) * cg].reshape(n, cg * kh * kw, oh * ow)
+            wg = wt[g * og : (g + 1) * og].reshape(og, cg * kh * kw)
+            out[:, g * og : (g + 1) * og] = np.matmul(wg, c).reshape(n, og, oh, ow)
         y = out if self.bias is None else out + self.bias.reshape(1, -1, 1, 1)
         return self._save(y, cols, x.shape, wt)
 
@@ -410,12 +420,12 @@ class Conv2d(Layer):
         gw = np.empty_like(wt)
         gcols = np.empty_like(cols)
         for grp in range(self.groups):
-            gy = g[:, grp * og:(grp + 1) * og].reshape(n, og, length)
-            c = cols[:, grp * cg:(grp + 1) * cg].reshape(n, k, length)
+            gy = g[:, grp * og : (grp + 1) * og].reshape(n, og, length)
+            c = cols[:, grp * cg : (grp + 1) * cg].reshape(n, k, length)
             # sum over the batch of grad_y[n] @ cols[n]^T (one small GEMM per image)
-            gw[grp * og:(grp + 1) * og] = np.matmul(gy, c.transpose(0, 2, 1)).sum(axis=0).reshape(og, cg, kh, kw)
-            wg = wt[grp * og:(grp + 1) * og].reshape(og, k)
-            gcols[:, grp * cg:(grp + 1) * cg] = np.matmul(wg.T, gy).reshape(n, cg, kh, kw, oh, ow)
+            gw[grp * og : (grp + 1) * og] = np.matmul(gy, c.transpose(0, 2, 1)).sum(axis=0).reshape(og, cg, kh, kw)
+            wg = wt[grp * og : (grp + 1) * og].reshape(og, k)
+            gcols[:, grp * cg : (grp + 1) * cg] = np.matmul(wg.T, gy).reshape(n, cg, kh, kw, oh, ow)
         self._accumulate("weight", gw)
         if self.bias is not None:
             self._accumulate("bias", g.sum(axis=(0, 2, 3)))
@@ -460,9 +470,18 @@ class BatchNorm2d(Layer):
     _buffers = ("running_mean", "running_var", "num_batches_tracked")
     _optional_state = ("num_batches_tracked",)
 
-    def __init__(self, weight: npt.ArrayLike, bias: npt.ArrayLike, running_mean: npt.ArrayLike,
-                 running_var: npt.ArrayLike, *, eps: float = 1e-5, momentum: float | None = 0.1,
-                 num_batches_tracked: int | npt.ArrayLike = 0, name: str = "bn"):
+    def __init__(
+        self,
+        weight: npt.ArrayLike,
+        bias: npt.ArrayLike,
+        running_mean: npt.ArrayLike,
+        running_var: npt.ArrayLike,
+        *,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        num_batches_tracked: int | npt.ArrayLike = 0,
+        name: str = "bn",
+    ):
         c = np.asarray(weight).shape
         if len(c) != 1:
             raise ValueError(f"{name}.weight must be 1-D, got shape {c}")
@@ -480,7 +499,9 @@ class BatchNorm2d(Layer):
         self.momentum = momentum
         nbt = np.asarray(num_batches_tracked)
         if nbt.shape != () or nbt.dtype.kind not in "iu" or int(nbt) < 0:
-            raise ValueError(f"{name}.num_batches_tracked must be a non-negative integer scalar, got {num_batches_tracked!r}")
+            raise ValueError(
+                f"{name}.num_batches_tracked must be a non-negative integer scalar, got {num_batches_tracked!r}"
+            )
         self.num_batches_tracked = np.array(int(nbt), np.int64)
         self.frozen = False
         super().__init__(name)
@@ -599,8 +620,14 @@ class MaxPool2d(Layer):
         Keyword-only; the layer's name, the prefix of its state-dict keys.
     """
 
-    def __init__(self, kernel_size: int | tuple[int, int], stride: int | tuple[int, int] | None = None,
-                 padding: int | tuple[int, int] = 0, *, name: str = "maxpool"):
+    def __init__(
+        self,
+        kernel_size: int | tuple[int, int],
+        stride: int | tuple[int, int] | None = None,
+        padding: int | tuple[int, int] = 0,
+        *,
+        name: str = "maxpool",
+    ):
         self.kernel_size = check_pair(kernel_size, "kernel_size", lo=1)
         self.stride = self.kernel_size if stride is None else check_pair(stride, "stride", lo=1)
         self.padding = check_pair(padding, "padding", lo=0)
@@ -646,8 +673,15 @@ class AvgPool2d(Layer):
         Keyword-only; the layer's name, the prefix of its state-dict keys.
     """
 
-    def __init__(self, kernel_size: int | tuple[int, int], stride: int | tuple[int, int] | None = None,
-                 padding: int | tuple[int, int] = 0, *, count_include_pad: bool = True, name: str = "avgpool"):
+    def __init__(
+        self,
+        kernel_size: int | tuple[int, int],
+        stride: int | tuple[int, int] | None = None,
+        padding: int | tuple[int, int] = 0,
+        *,
+        count_include_pad: bool = True,
+        name: str = "avgpool",
+    ):
         self.kernel_size = check_pair(kernel_size, "kernel_size", lo=1)
         self.stride = self.kernel_size if stride is None else check_pair(stride, "stride", lo=1)
         self.padding = check_pair(padding, "padding", lo=0)
@@ -706,7 +740,7 @@ def _split_state(state: dict, prefixes) -> tuple[dict, list]:
     for k, v in state.items():
         for p in prefixes:
             if isinstance(k, str) and k.startswith(p + "."):
-                parts[p][k[len(p) + 1:]] = v
+                parts[p][k[len(p) + 1 :]] = v
                 break
         else:
             rest.append(k)
@@ -755,8 +789,11 @@ class ChildDicts:
 
     def _load(self, state: dict, strict: bool, prefix: str):
         """Each child with a state takes the keys under its prefix; others are unexpected."""
-        children = [(n, m) for n, m in self._children()
-                    if hasattr(m, "load_state_dict") and hasattr(m, "state_dict") and m.state_dict()]
+        children = [
+            (n, m)
+            for n, m in self._children()
+            if hasattr(m, "load_state_dict") and hasattr(m, "state_dict") and m.state_dict()
+        ]
         parts, rest = _split_state(state, [n for n, _ in children])
         if strict and rest:
             raise ValueError(f"state dict has unexpected key {prefix + str(rest[0])!r}")
@@ -812,8 +849,10 @@ class Sequential(ChildDicts, Module):
     def _untrainable(self, what: str):
         for i, layer in enumerate(self.layers):
             if not _is_module(layer):
-                raise TypeError(f"{self.name}: layers[{i}] ({type(layer).__name__}) has no backward pass; "
-                                f"a model with it cannot {what}")
+                raise TypeError(
+                    f"{self.name}: layers[{i}] ({type(layer).__name__}) has no backward pass; "
+                    f"a model with it cannot {what}"
+                )
 
     def train(self, mode: bool = True) -> Module:
         mode = check_bool(mode, "mode")
@@ -831,7 +870,9 @@ class Sequential(ChildDicts, Module):
             if isinstance(layer, Module):
                 layer._check_ready()
             elif not getattr(layer, "training", True):
-                raise RuntimeError(f"{type(layer).__name__}: backward in eval mode; call train() before the forward pass")
+                raise RuntimeError(
+                    f"{type(layer).__name__}: backward in eval mode; call train() before the forward pass"
+                )
 
     def backward(self, grad_y: npt.ArrayLike) -> np.ndarray:
         self._check_ready()  # every layer first, so that an error leaves no gradient half-accumulated
@@ -853,8 +894,10 @@ class Sequential(ChildDicts, Module):
             if not isinstance(name, str) or not name:
                 raise ValueError(f"{self.name}: layers[{i}] ({type(layer).__name__}) has arrays but no name")
             if name in owner:
-                raise ValueError(f"{self.name}: layers[{owner[name]}] and layers[{i}] are both named {name!r}; "
-                                 "give each layer with parameters a unique name")
+                raise ValueError(
+                    f"{self.name}: layers[{owner[name]}] and layers[{i}] are both named {name!r}; "
+                    "give each layer with parameters a unique name"
+                )
             owner[name] = i
             out.update(_prefixed(name, d))
         return out
@@ -918,8 +961,9 @@ class Residual(ChildDicts, Module):
         for what, m in self._children():
             if not _is_module(m):
                 if mode:
-                    raise TypeError(f"{self._who}: {what} ({type(m).__name__}) has no backward pass; "
-                                    "it cannot be trained")
+                    raise TypeError(
+                        f"{self._who}: {what} ({type(m).__name__}) has no backward pass; it cannot be trained"
+                    )
                 continue
             m.train(mode)
         self.training = mode
@@ -1014,8 +1058,10 @@ def _plain_pool(spec: dict, name, keys) -> None:
     elif "divisor_override" in keys and spec.get("divisor_override") is not None:
         bad = "divisor_override", spec["divisor_override"], None
     if bad:
-        raise ValueError(f"layer {name!r}: {spec['type']} with {bad[0]}={bad[1]!r} is not supported "
-                         f"(npquant's pools have {bad[0]}={bad[2]!r} only)")
+        raise ValueError(
+            f"layer {name!r}: {spec['type']} with {bad[0]}={bad[1]!r} is not supported "
+            f"(npquant's pools have {bad[0]}={bad[2]!r} only)"
+        )
 
 
 def build_model(arch: dict, state: dict) -> Sequential:
@@ -1047,7 +1093,9 @@ def build_model(arch: dict, state: dict) -> Sequential:
     want = expected_keys(arch)
     missing = [k for k, req in want.items() if req and k not in state]
     if missing:
-        raise ValueError(f"state dict is missing {missing[0]!r}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+        raise ValueError(
+            f"state dict is missing {missing[0]!r}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+        )
     unexpected = [k for k in state if k not in want and not k.startswith("__")]
     if unexpected:
         raise ValueError(f"state dict has unexpected key {unexpected[0]!r}")

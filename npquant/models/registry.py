@@ -92,10 +92,32 @@ from ..qnn import QConv2d, QLinear, QReLU, conv2d_accumulate, linear_accumulate,
 from ..qparams import QParams, QuantSpec, fit_qparams
 from . import nn
 
-__all__ = ["AvgPool2dType", "BatchNorm2dType", "Conv2dType", "FlattenType", "LayerType", "LinearType", "MaxPool2dType",
-           "QATContext", "QuantContext", "ReLU6Type", "ReLUType", "Storage", "TorchPTQ", "arch_layers", "kind_of", "layer_type",
-           "layer_types", "model_size_bytes", "qat_type_names", "quantize_params", "quantized_storage", "read_arch", "register",
-           "unregister"]
+__all__ = [
+    "AvgPool2dType",
+    "BatchNorm2dType",
+    "Conv2dType",
+    "FlattenType",
+    "LayerType",
+    "LinearType",
+    "MaxPool2dType",
+    "QATContext",
+    "QuantContext",
+    "ReLU6Type",
+    "ReLUType",
+    "Storage",
+    "TorchPTQ",
+    "arch_layers",
+    "kind_of",
+    "layer_type",
+    "layer_types",
+    "model_size_bytes",
+    "qat_type_names",
+    "quantize_params",
+    "quantized_storage",
+    "read_arch",
+    "register",
+    "unregister",
+]
 
 _TYPES: dict[str, LayerType] = {}
 
@@ -120,8 +142,9 @@ class Storage:
         return self.codes + self.scales + self.zero_points + self.bias + self.floats
 
 
-def quantized_storage(count: int, qp: QParams, *, packed: bool = True, code_bytes: int = 1,
-                      zero_point_bytes: int = 0, bias_bytes: int = 0) -> Storage:
+def quantized_storage(
+    count: int, qp: QParams, *, packed: bool = True, code_bytes: int = 1, zero_point_bytes: int = 0, bias_bytes: int = 0
+) -> Storage:
     """Storage of ``count`` weight codes with their qparams: the one counting rule.
 
     Parameters
@@ -146,15 +169,22 @@ def quantized_storage(count: int, qp: QParams, *, packed: bool = True, code_byte
         ``codes``, ``scales`` (4 per scale), ``zero_points`` and ``bias``.
     """
     codes = -(-int(count) * qp.spec.bits // 8) if check_bool(packed, "packed") else int(count) * code_bytes
-    return Storage(codes=codes, scales=4 * int(np.size(qp.scale)),
-                   zero_points=zero_point_bytes * int(np.size(qp.zero_point)), bias=int(bias_bytes))
+    return Storage(
+        codes=codes,
+        scales=4 * int(np.size(qp.scale)),
+        zero_points=zero_point_bytes * int(np.size(qp.zero_point)),
+        bias=int(bias_bytes),
+    )
 
 
 def _float_elements(layer: object) -> int:
     """Elements of the float parameters and buffers of ``layer`` (its float state dict;
     for an object without one, its ``weight``, ``bias``, ``running_mean``, ``running_var``)."""
-    state = layer.state_dict() if callable(getattr(layer, "state_dict", None)) else {
-        k: getattr(layer, k, None) for k in ("weight", "bias", "running_mean", "running_var")}
+    state = (
+        layer.state_dict()
+        if callable(getattr(layer, "state_dict", None))
+        else {k: getattr(layer, k, None) for k in ("weight", "bias", "running_mean", "running_var")}
+    )
     return sum(int(np.size(v)) for v in state.values() if isinstance(v, np.ndarray) and v.dtype.kind == "f")
 
 
@@ -291,8 +321,10 @@ class LayerType:
         y_qp : QParams
             The qparams of its output codes.
         """
-        raise ValueError(f"layer {getattr(layer, 'name', '?')!r} (type {self.name!r}) has no integer form: "
-                         f"its layer type declares no to_integer, so the model cannot be quantized")
+        raise ValueError(
+            f"layer {getattr(layer, 'name', '?')!r} (type {self.name!r}) has no integer form: "
+            f"its layer type declares no to_integer, so the model cannot be quantized"
+        )
 
     def float_twin(self, qlayer: object, h: np.ndarray) -> np.ndarray:
         """The integer layer ``qlayer`` computed in float on ``h`` (fake quantization).
@@ -421,8 +453,10 @@ class LayerType:
             State-dict entries keyed without the ``"<name>."`` prefix.
         """
         if self.params:
-            raise ValueError(f"layer {entry.get('name')!r} (type {self.name!r}) has parameters, but its layer type "
-                             "declares no init_params: no default initialization")
+            raise ValueError(
+                f"layer {entry.get('name')!r} (type {self.name!r}) has parameters, but its layer type "
+                "declares no init_params: no default initialization"
+            )
         return {}
 
     def prepare_qat(self, layers: list, i: int, ctx: QATContext) -> tuple[object, int]:
@@ -448,8 +482,10 @@ class LayerType:
         """
         if self.qat_passes:
             return copy.deepcopy(layers[i]).eval(), 1
-        raise ValueError(f"prepare_qat cannot convert layers[{i}] ({getattr(layers[i], 'name', '?')!r}): its layer "
-                         f"type {self.name!r} declares no QAT form (prepare_qat); supported: {qat_type_names()}")
+        raise ValueError(
+            f"prepare_qat cannot convert layers[{i}] ({getattr(layers[i], 'name', '?')!r}): its layer "
+            f"type {self.name!r} declares no QAT form (prepare_qat); supported: {qat_type_names()}"
+        )
 
     def graph_node(self, layer: object, ctx: QuantContext) -> tuple[str, dict, dict, QParams]:
         """The integer graph node of a float layer of this type
@@ -473,8 +509,10 @@ class LayerType:
         y_qp : QParams
             The qparams of its output codes.
         """
-        raise ValueError(f"layer {getattr(layer, 'name', '?')!r} (type {self.name!r}) has no integer graph node: "
-                         "its layer type declares no graph_node")
+        raise ValueError(
+            f"layer {getattr(layer, 'name', '?')!r} (type {self.name!r}) has no integer graph node: "
+            "its layer type declares no graph_node"
+        )
 
     @property
     def graph_quantizable(self) -> bool:
@@ -653,8 +691,9 @@ def read_arch(data: dict, where: object = "<arrays>", *, what: str = "reference 
         raise FileFormatError(where, f"no '__arch__' entry: not a {what}")
     a = np.asarray(data["__arch__"])
     if a.ndim != 0 or a.dtype.kind != "U":
-        raise FileFormatError(where, f"'__arch__' must be a JSON string (0-d text array), found {a.dtype} of "
-                                     f"shape {a.shape}")
+        raise FileFormatError(
+            where, f"'__arch__' must be a JSON string (0-d text array), found {a.dtype} of shape {a.shape}"
+        )
     arch = parse_json(str(a), "'__arch__'", where)
     try:
         arch_layers(arch)
@@ -705,8 +744,14 @@ def model_size_bytes(model: Iterable | object, *, packed: bool = False) -> int:
 # ----------------------------------------------------------------------------- weighted layers
 
 
-def quantize_params(weight: np.ndarray, bias: np.ndarray | None, x_qp: QParams, w_qp: QParams | None,
-                    w_spec: QuantSpec | None, bias_method: str) -> tuple[np.ndarray, QParams, np.ndarray | None]:
+def quantize_params(
+    weight: np.ndarray,
+    bias: np.ndarray | None,
+    x_qp: QParams,
+    w_qp: QParams | None,
+    w_spec: QuantSpec | None,
+    bias_method: str,
+) -> tuple[np.ndarray, QParams, np.ndarray | None]:
     """Weight codes, their qparams and the int32 bias of a weighted layer.
 
     Parameters
@@ -775,8 +820,14 @@ class _DynamicLayer:
         """
         bias = self.layer.bias
         zp_bytes = 0 if self.w_qp.spec.symmetric else self.w_q.itemsize
-        return quantized_storage(self.w_q.size, self.w_qp, packed=False, code_bytes=self.w_q.itemsize,
-                                 zero_point_bytes=zp_bytes, bias_bytes=0 if bias is None else 4 * bias.size)
+        return quantized_storage(
+            self.w_q.size,
+            self.w_qp,
+            packed=False,
+            code_bytes=self.w_q.itemsize,
+            zero_point_bytes=zp_bytes,
+            bias_bytes=0 if bias is None else 4 * bias.size,
+        )
 
     def size_bytes(self) -> int:
         """``storage().total``.
@@ -816,8 +867,9 @@ class _Weighted(LayerType):
         """``layer`` with another weight and bias (same geometry and name)."""
         raise NotImplementedError
 
-    def make_int(self, w_q: np.ndarray, w_qp: QParams, b_q: np.ndarray | None, x_qp: QParams, y_qp: QParams,
-                 **kw: object) -> object:
+    def make_int(
+        self, w_q: np.ndarray, w_qp: QParams, b_q: np.ndarray | None, x_qp: QParams, y_qp: QParams, **kw: object
+    ) -> object:
         """The integer layer from its codes and qparams; ``kw`` are the options of the
         integer layer's class (``mode``, ``activation``, the geometry of :meth:`geometry`...)."""
         raise NotImplementedError
@@ -876,14 +928,26 @@ class _Weighted(LayerType):
         nxt = kind_of(layers[j]) if j < len(layers) else None
         act = None if nxt is None else nxt.activation
         spec = ctx.act_spec if i != ctx.last else ctx.output_spec
-        kw = dict(weight_fake_quant=ctx.weight_fake_quant(layer.name, layer.weight.shape[0]),
-                  act_fake_quant=ctx.act_fake_quant(f"{layer.name}.act_fake_quant", act, spec), activation=act)
+        kw = dict(
+            weight_fake_quant=ctx.weight_fake_quant(layer.name, layer.weight.shape[0]),
+            act_fake_quant=ctx.act_fake_quant(f"{layer.name}.act_fake_quant", act, spec),
+            activation=act,
+        )
         return self.qat_layer(copy.deepcopy(layer).eval(), absorbed, kw, ctx), j - i + (1 if act else 0)
 
     def to_integer(self, layer: object, ctx: QuantContext) -> tuple[object, QParams]:
         w_q, w_qp, b_q = quantize_params(layer.weight, layer.bias, ctx.x_qp, ctx.w_qp, ctx.w_spec, ctx.bias_method)
-        q = self.make_int(w_q, w_qp, b_q, ctx.x_qp, ctx.y_qp, **self.geometry(layer), mode=ctx.mode,
-                          activation=ctx.activation, accumulation=ctx.accumulation)
+        q = self.make_int(
+            w_q,
+            w_qp,
+            b_q,
+            ctx.x_qp,
+            ctx.y_qp,
+            **self.geometry(layer),
+            mode=ctx.mode,
+            activation=ctx.activation,
+            accumulation=ctx.accumulation,
+        )
         return q, ctx.y_qp
 
     def float_twin(self, qlayer: object, h: np.ndarray) -> np.ndarray:
@@ -902,22 +966,41 @@ class _Weighted(LayerType):
     def from_torch_ptq(self, entry: dict, src: TorchPTQ, x_qp: QParams) -> tuple[object, QParams]:
         name, data = entry.get("name"), src.data
         w_q = data[f"{name}.weight_int"]
-        w_qp = QParams(data[f"{name}.weight_scale"].astype(np.float32), data[f"{name}.weight_zero_point"],
-                       QuantSpec(axis=0))
+        w_qp = QParams(
+            data[f"{name}.weight_scale"].astype(np.float32), data[f"{name}.weight_zero_point"], QuantSpec(axis=0)
+        )
         y_qp = src.act_qp(name)
         # PyTorch's float bias, added in float32 by fbgemm's requantization
-        q = self.make_int(w_q, w_qp, data.get(f"{name}.bias"), x_qp, y_qp, **self.geometry(entry), mode="fbgemm",
-                          activation=entry.get("activation"), accumulation=src.accumulation)
+        q = self.make_int(
+            w_q,
+            w_qp,
+            data.get(f"{name}.bias"),
+            x_qp,
+            y_qp,
+            **self.geometry(entry),
+            mode="fbgemm",
+            activation=entry.get("activation"),
+            accumulation=src.accumulation,
+        )
         return q, y_qp
 
     def graph_node(self, layer: object, ctx: QuantContext) -> tuple[str, dict, dict, QParams]:
         w_q, w_qp, b_q = quantize_params(layer.weight, layer.bias, ctx.x_qp, ctx.w_qp, ctx.w_spec, ctx.bias_method)
-        params = {"weight": w_q, "weight_scale": np.asarray(w_qp.scale, np.float32),
-                  "weight_zero_point": np.asarray(w_qp.zero_point)}
+        params = {
+            "weight": w_q,
+            "weight_scale": np.asarray(w_qp.scale, np.float32),
+            "weight_zero_point": np.asarray(w_qp.zero_point),
+        }
         if b_q is not None:
             params["bias_q"] = b_q
-        attrs = {"output": ctx.y_qp, "mode": ctx.mode, "activation": ctx.activation,
-                 "accumulation": ctx.accumulation, "weight_spec": ctx.w_spec, **self.graph_geometry(layer)}
+        attrs = {
+            "output": ctx.y_qp,
+            "mode": ctx.mode,
+            "activation": ctx.activation,
+            "accumulation": ctx.accumulation,
+            "weight_spec": ctx.w_spec,
+            **self.graph_geometry(layer),
+        }
         return "q" + self.name, attrs, params, ctx.y_qp
 
     def graph_geometry(self, layer: object) -> dict:
@@ -931,16 +1014,27 @@ class _Weighted(LayerType):
         qp = fit_qparams(layer.weight, spec)
         w = fake_quantize(layer.weight, qp)
         bias = layer.bias
-        storage = quantized_storage(layer.weight.size, qp, packed=True, zero_point_bytes=0 if spec.symmetric else 1,
-                                    bias_bytes=0 if bias is None else 4 * bias.size)
+        storage = quantized_storage(
+            layer.weight.size,
+            qp,
+            packed=True,
+            zero_point_bytes=0 if spec.symmetric else 1,
+            bias_bytes=0 if bias is None else 4 * bias.size,
+        )
         return self.rebuild(layer, w, bias), storage
 
     def storage(self, qlayer: object, *, packed: bool = False) -> Storage:
         """Weight codes (their itemsize each, or packed at the spec's bits), int32 bias per
         output channel, float32 scales, zero points (the codes' itemsize each)."""
         w_q, w_qp = qlayer.w_q, qlayer.w_qp
-        return quantized_storage(w_q.size, w_qp, packed=packed, code_bytes=w_q.itemsize,
-                                 zero_point_bytes=w_q.itemsize, bias_bytes=4 * w_q.shape[0])
+        return quantized_storage(
+            w_q.size,
+            w_qp,
+            packed=packed,
+            code_bytes=w_q.itemsize,
+            zero_point_bytes=w_q.itemsize,
+            bias_bytes=4 * w_q.shape[0],
+        )
 
 
 @register("linear")
@@ -954,8 +1048,9 @@ class LinearType(_Weighted):
     def build(self, entry: dict, params: dict, name: str) -> object:
         w = np.asarray(params["weight"])
         if ("out_features" in entry or "in_features" in entry) and w.ndim:
-            w = nn._param(w, f"{name}.weight", (entry.get("out_features", w.shape[0]),
-                                                entry.get("in_features", w.shape[-1])))
+            w = nn._param(
+                w, f"{name}.weight", (entry.get("out_features", w.shape[0]), entry.get("in_features", w.shape[-1]))
+            )
         return nn.Linear(w, params.get("bias"), name=name)
 
     def weight_shape(self, entry: dict) -> tuple[tuple, int]:
@@ -969,8 +1064,9 @@ class LinearType(_Weighted):
     def rebuild(self, layer: object, weight: np.ndarray, bias: np.ndarray | None) -> object:
         return nn.Linear(weight, bias, name=layer.name)
 
-    def make_int(self, w_q: np.ndarray, w_qp: QParams, b_q: np.ndarray | None, x_qp: QParams, y_qp: QParams,
-                 **kw: object) -> object:
+    def make_int(
+        self, w_q: np.ndarray, w_qp: QParams, b_q: np.ndarray | None, x_qp: QParams, y_qp: QParams, **kw: object
+    ) -> object:
         return QLinear(w_q, w_qp, b_q, x_qp, y_qp, **kw)
 
     def twin_of(self, qlayer: object, weight: np.ndarray, bias: np.ndarray) -> object:
@@ -998,8 +1094,15 @@ class Conv2dType(_Weighted):
             kh, kw = check_pair(entry.get("kernel_size", np.shape(w)[2:]), "kernel_size", lo=1)
             if "out_channels" in entry:
                 w = nn._param(w, f"{name}.weight", (entry["out_channels"], entry["in_channels"] // g, kh, kw))
-        return nn.Conv2d(w, params.get("bias"), stride=entry.get("stride", 1), padding=entry.get("padding", 0),
-                         dilation=entry.get("dilation", 1), groups=g, name=name)
+        return nn.Conv2d(
+            w,
+            params.get("bias"),
+            stride=entry.get("stride", 1),
+            padding=entry.get("padding", 0),
+            dilation=entry.get("dilation", 1),
+            groups=g,
+            name=name,
+        )
 
     def weight_shape(self, entry: dict) -> tuple[tuple, int]:
         kh, kw = check_pair(entry["kernel_size"], "kernel_size", lo=1)
@@ -1010,8 +1113,12 @@ class Conv2dType(_Weighted):
         return isinstance(nxt, nn.BatchNorm2d)
 
     def graph_geometry(self, layer: object) -> dict:
-        return {"stride": list(layer.stride), "padding": list(layer.padding), "dilation": list(layer.dilation),
-                "groups": layer.groups}
+        return {
+            "stride": list(layer.stride),
+            "padding": list(layer.padding),
+            "dilation": list(layer.dilation),
+            "groups": layer.groups,
+        }
 
     def qat_layer(self, layer: object, absorbed: object | None, kw: dict, ctx: QATContext) -> object:
         from ..training.qat import QATConv2d, QATConvBn2d
@@ -1036,11 +1143,19 @@ class Conv2dType(_Weighted):
         return self.rebuild(layer, w, (b0 * scale + shift).astype(np.float32))
 
     def rebuild(self, layer: object, weight: np.ndarray, bias: np.ndarray | None) -> object:
-        return nn.Conv2d(weight, bias, stride=layer.stride, padding=layer.padding, dilation=layer.dilation,
-                         groups=layer.groups, name=layer.name)
+        return nn.Conv2d(
+            weight,
+            bias,
+            stride=layer.stride,
+            padding=layer.padding,
+            dilation=layer.dilation,
+            groups=layer.groups,
+            name=layer.name,
+        )
 
-    def make_int(self, w_q: np.ndarray, w_qp: QParams, b_q: np.ndarray | None, x_qp: QParams, y_qp: QParams,
-                 **kw: object) -> object:
+    def make_int(
+        self, w_q: np.ndarray, w_qp: QParams, b_q: np.ndarray | None, x_qp: QParams, y_qp: QParams, **kw: object
+    ) -> object:
         return QConv2d(w_q, w_qp, b_q, x_qp, y_qp, **kw)
 
     def geometry(self, layer: object) -> dict:
@@ -1051,12 +1166,21 @@ class Conv2dType(_Weighted):
 
     def twin_of(self, qlayer: object, weight: np.ndarray, bias: np.ndarray) -> object:
         g = qlayer.geometry
-        return nn.Conv2d(weight, bias, stride=g.stride, padding=(g.padding[0], g.padding[2]), dilation=g.dilation,
-                         groups=g.groups)
+        return nn.Conv2d(
+            weight, bias, stride=g.stride, padding=(g.padding[0], g.padding[2]), dilation=g.dilation, groups=g.groups
+        )
 
     def accumulate(self, layer: object, x_q: np.ndarray, x_qp: QParams, w_q: np.ndarray, w_qp: QParams) -> np.ndarray:
-        return conv2d_accumulate(x_q, x_qp, w_q, w_qp, stride=layer.stride, padding=layer.padding,
-                                 dilation=layer.dilation, groups=layer.groups)
+        return conv2d_accumulate(
+            x_q,
+            x_qp,
+            w_q,
+            w_qp,
+            stride=layer.stride,
+            padding=layer.padding,
+            dilation=layer.dilation,
+            groups=layer.groups,
+        )
 
     def channel_shape(self, ndim: int) -> tuple:
         return (1, -1, 1, 1)
@@ -1077,25 +1201,40 @@ class BatchNorm2dType(LayerType):
         if "num_features" in entry:
             for k in ("weight", "bias", "running_mean", "running_var"):
                 nn._param(params[k], f"{name}.{k}", (entry["num_features"],))
-        return nn.BatchNorm2d(params["weight"], params["bias"], params["running_mean"], params["running_var"],
-                              eps=entry.get("eps", 1e-5), momentum=entry.get("momentum", 0.1),
-                              num_batches_tracked=params.get("num_batches_tracked", 0), name=name)
+        return nn.BatchNorm2d(
+            params["weight"],
+            params["bias"],
+            params["running_mean"],
+            params["running_var"],
+            eps=entry.get("eps", 1e-5),
+            momentum=entry.get("momentum", 0.1),
+            num_batches_tracked=params.get("num_batches_tracked", 0),
+            name=name,
+        )
 
     def to_integer(self, layer: object, ctx: QuantContext) -> tuple[object, QParams]:
-        raise ValueError(f"layer {layer.name!r} (batchnorm2d) cannot be quantized on its own: it folds only into "
-                         "a conv2d right before it")
+        raise ValueError(
+            f"layer {layer.name!r} (batchnorm2d) cannot be quantized on its own: it folds only into "
+            "a conv2d right before it"
+        )
 
     def init_params(self, entry: dict, rng: np.random.Generator) -> dict:
         """PyTorch's: weight 1, bias 0, running mean 0, running variance 1 (float32),
         ``num_batches_tracked`` 0 (int64); no random numbers."""
         c = entry["num_features"]
-        return {"weight": np.ones(c, np.float32), "bias": np.zeros(c, np.float32),
-                "running_mean": np.zeros(c, np.float32), "running_var": np.ones(c, np.float32),
-                "num_batches_tracked": np.zeros((), np.int64)}
+        return {
+            "weight": np.ones(c, np.float32),
+            "bias": np.zeros(c, np.float32),
+            "running_mean": np.zeros(c, np.float32),
+            "running_var": np.ones(c, np.float32),
+            "num_batches_tracked": np.zeros((), np.int64),
+        }
 
     def prepare_qat(self, layers: list, i: int, ctx: QATContext) -> tuple[object, int]:
-        raise ValueError(f"prepare_qat cannot convert layers[{i}] ({getattr(layers[i], 'name', '?')!r}): a "
-                         f"BatchNorm2d not right after a Conv2d; supported: {qat_type_names()}")
+        raise ValueError(
+            f"prepare_qat cannot convert layers[{i}] ({getattr(layers[i], 'name', '?')!r}): a "
+            f"BatchNorm2d not right after a Conv2d; supported: {qat_type_names()}"
+        )
 
 
 class _Clamp(LayerType):
@@ -1161,8 +1300,12 @@ class MaxPool2dType(LayerType):
         return QMaxPool2d(entry["kernel_size"], entry["stride"], entry["padding"]), x_qp
 
     def graph_node(self, layer: object, ctx: QuantContext) -> tuple[str, dict, dict, QParams]:
-        return "qmaxpool2d", {"kernel_size": list(layer.kernel_size), "stride": list(layer.stride),
-                              "padding": list(layer.padding)}, {}, ctx.x_qp
+        return (
+            "qmaxpool2d",
+            {"kernel_size": list(layer.kernel_size), "stride": list(layer.stride), "padding": list(layer.padding)},
+            {},
+            ctx.x_qp,
+        )
 
 
 @register("avgpool2d")
@@ -1178,8 +1321,13 @@ class AvgPool2dType(LayerType):
 
     def build(self, entry: dict, params: dict, name: str) -> object:
         nn._plain_pool(entry, name, ("ceil_mode", "divisor_override"))
-        return nn.AvgPool2d(entry["kernel_size"], entry.get("stride"), entry.get("padding", 0),
-                            count_include_pad=entry.get("count_include_pad", True), name=name)
+        return nn.AvgPool2d(
+            entry["kernel_size"],
+            entry.get("stride"),
+            entry.get("padding", 0),
+            count_include_pad=entry.get("count_include_pad", True),
+            name=name,
+        )
 
     @staticmethod
     def int_mode(layer: object, mode: str) -> tuple[str, bool]:
@@ -1205,18 +1353,34 @@ class AvgPool2dType(LayerType):
 
     def to_integer(self, layer: object, ctx: QuantContext) -> tuple[object, QParams]:
         pool_mode, include_pad = self.int_mode(layer, ctx.mode)
-        return QAvgPool2d(layer.kernel_size, layer.stride, layer.padding, mode=pool_mode,
-                          zero_point=int(ctx.x_qp.zero_point), count_include_pad=include_pad), ctx.x_qp
+        return QAvgPool2d(
+            layer.kernel_size,
+            layer.stride,
+            layer.padding,
+            mode=pool_mode,
+            zero_point=int(ctx.x_qp.zero_point),
+            count_include_pad=include_pad,
+        ), ctx.x_qp
 
     def float_twin(self, qlayer: object, h: np.ndarray) -> np.ndarray:
-        return nn.AvgPool2d(qlayer.kernel_size, qlayer.stride, qlayer.padding,
-                            count_include_pad=qlayer.count_include_pad)(h)
+        return nn.AvgPool2d(
+            qlayer.kernel_size, qlayer.stride, qlayer.padding, count_include_pad=qlayer.count_include_pad
+        )(h)
 
     def graph_node(self, layer: object, ctx: QuantContext) -> tuple[str, dict, dict, QParams]:
         pool_mode, include_pad = self.int_mode(layer, ctx.mode)
-        return "qavgpool2d", {"kernel_size": list(layer.kernel_size), "stride": list(layer.stride),
-                              "padding": list(layer.padding), "mode": pool_mode,
-                              "count_include_pad": include_pad}, {}, ctx.x_qp
+        return (
+            "qavgpool2d",
+            {
+                "kernel_size": list(layer.kernel_size),
+                "stride": list(layer.stride),
+                "padding": list(layer.padding),
+                "mode": pool_mode,
+                "count_include_pad": include_pad,
+            },
+            {},
+            ctx.x_qp,
+        )
 
 
 @register("flatten")

@@ -39,8 +39,9 @@ def digits_split() -> list[np.ndarray]:
     return train_test_split(X / 16.0, y, test_size=TEST_FRACTION, random_state=SPLIT_SEED, stratify=y)
 
 
-def train_mlp(hidden: Sequence[int] = (300, 100), *, seed: int = 0, max_iter: int = 200,
-              data: Sequence[np.ndarray] | None = None) -> tuple[MLPClassifier, Sequence[np.ndarray]]:
+def train_mlp(
+    hidden: Sequence[int] = (300, 100), *, seed: int = 0, max_iter: int = 200, data: Sequence[np.ndarray] | None = None
+) -> tuple[MLPClassifier, Sequence[np.ndarray]]:
     """A fitted ``MLPClassifier`` (ReLU, Adam) and the split it was trained on.
 
     Parameters
@@ -120,6 +121,7 @@ def accuracy(clf: MLPClassifier, state: dict, X: npt.ArrayLike, y: npt.ArrayLike
         raise ValueError(f"state has no entry {e.args[0]!r} for this {n}-layer MLP") from None
     for k in range(n):
         if m.coefs_[k].shape != clf.coefs_[k].shape:
-            raise ValueError(f"fc{k + 1}.weight has shape {m.coefs_[k].T.shape}, "
-                             f"the model needs {clf.coefs_[k].T.shape}")
+            raise ValueError(
+                f"fc{k + 1}.weight has shape {m.coefs_[k].T.shape}, the model needs {clf.coefs_[k].T.shape}"
+            )
     return float(m.score(X, y))

@@ -38,10 +38,13 @@ if TYPE_CHECKING:
 # ---- error messages (written once) -------------------------------------------------------
 
 BOTH_BIASES = "give either bias_q (int32) or float_bias (fbgemm's float bias), not both"
-FLOAT_BIAS_DEPRECATED = ("float_bias= is deprecated and will be removed in the next release: pass "
-                         "mode='fbgemm' and the float bias as the bias argument (bias_q)")
-NO_OUTPUT = ("this layer was built with y_qp=None: it only accumulates (call layer.accumulate(x_q)); "
-             "give y_qp to requantize")
+FLOAT_BIAS_DEPRECATED = (
+    "float_bias= is deprecated and will be removed in the next release: pass "
+    "mode='fbgemm' and the float bias as the bias argument (bias_q)"
+)
+NO_OUTPUT = (
+    "this layer was built with y_qp=None: it only accumulates (call layer.accumulate(x_q)); give y_qp to requantize"
+)
 
 
 def linear_shape_error(x_shape: tuple[int, ...], w_shape: tuple[int, ...]) -> ValueError:
@@ -49,8 +52,7 @@ def linear_shape_error(x_shape: tuple[int, ...], w_shape: tuple[int, ...]) -> Va
 
 
 def conv_channels_error(c: int, w_shape: tuple[int, ...], groups: int) -> ValueError:
-    return ValueError(f"x_q has {c} channels but w_q {tuple(w_shape)} with groups={groups} needs "
-                      f"{w_shape[1] * groups}")
+    return ValueError(f"x_q has {c} channels but w_q {tuple(w_shape)} with groups={groups} needs {w_shape[1] * groups}")
 
 
 def conv_groups_error(o: int, groups: int) -> ValueError:
@@ -58,11 +60,14 @@ def conv_groups_error(o: int, groups: int) -> ValueError:
 
 
 def conv_fit_error(kernel: tuple[int, int], geo: ConvGeometry, h: int, w: int) -> ValueError:
-    return ValueError(f"the kernel {kernel[0]}x{kernel[1]} (dilation {geo.dilation}) does not fit the padded "
-                      f"input {h}x{w} with padding {geo.padding}")
+    return ValueError(
+        f"the kernel {kernel[0]}x{kernel[1]} (dilation {geo.dilation}) does not fit the padded "
+        f"input {h}x{w} with padding {geo.padding}"
+    )
 
 
 # ---- argument checks ----------------------------------------------------------------------
+
 
 def check_qparams_type(qp: object, name: str) -> QParams:
     if not isinstance(qp, QParams):
@@ -88,13 +93,13 @@ def codes(q: npt.ArrayLike, qp: QParams, name: str, ndim: int | None = None) -> 
     lo, hi = qp.spec.qmin, qp.spec.qmax
     info = np.iinfo(a.dtype)
     if (info.min < lo or info.max > hi) and (a.min() < lo or a.max() > hi):  # no scan if the dtype fits
-        raise ValueError(f"{name} must hold codes in [{lo}, {hi}] of its spec, got values in "
-                         f"[{a.min()}, {a.max()}]")
+        raise ValueError(f"{name} must hold codes in [{lo}, {hi}] of its spec, got values in [{a.min()}, {a.max()}]")
     return a.astype(qp.spec.dtype, copy=False)
 
 
-def zero_point_qparams(qp: QParams | npt.ArrayLike, codes_: npt.ArrayLike, name: str,
-                       per_channel_len: int | None = None) -> QParams:
+def zero_point_qparams(
+    qp: QParams | npt.ArrayLike, codes_: npt.ArrayLike, name: str, per_channel_len: int | None = None
+) -> QParams:
     """``qp`` itself if a QParams, else a plain zero point made into one: an int
     (per-tensor), or for weights (``per_channel_len`` given) a 1-D integer array of that
     length (per-channel along axis 0). The code range is that of ``codes_``' dtype (8- or
@@ -103,31 +108,43 @@ def zero_point_qparams(qp: QParams | npt.ArrayLike, codes_: npt.ArrayLike, name:
         return qp
     z = np.asarray(qp)
     if isinstance(qp, (bool, np.bool_)) or z.dtype.kind not in "iu":
-        raise TypeError(f"{name} must be a QParams or an integer zero point"
-                        + (" (an int, or a 1-D array of one per output channel)" if per_channel_len else "")
-                        + f", got {type(qp).__name__}" + (f" of dtype {z.dtype}" if z.dtype != object else ""))
+        raise TypeError(
+            f"{name} must be a QParams or an integer zero point"
+            + (" (an int, or a 1-D array of one per output channel)" if per_channel_len else "")
+            + f", got {type(qp).__name__}"
+            + (f" of dtype {z.dtype}" if z.dtype != object else "")
+        )
     a = np.asarray(codes_)
     code = "w_q" if per_channel_len is not None else "x_q"
     if a.dtype.kind not in "iu" or a.dtype.itemsize > 2:
-        raise TypeError(f"{name} is a plain zero point, so the code range comes from {code}'s dtype, which "
-                        f"must be an 8- or 16-bit integer type; got {a.dtype} (cast the codes or pass a QParams)")
+        raise TypeError(
+            f"{name} is a plain zero point, so the code range comes from {code}'s dtype, which "
+            f"must be an 8- or 16-bit integer type; got {a.dtype} (cast the codes or pass a QParams)"
+        )
     spec = QuantSpec(bits=8 * a.dtype.itemsize, signed=a.dtype.kind == "i")
     if z.ndim == 1 and per_channel_len is not None:
         if z.shape != (per_channel_len,):
-            raise ValueError(f"{name} must hold one zero point per output channel of {code} "
-                             f"({per_channel_len}), got {z.shape[0]}")
+            raise ValueError(
+                f"{name} must hold one zero point per output channel of {code} ({per_channel_len}), got {z.shape[0]}"
+            )
         spec = spec.replace(axis=0)
     elif z.ndim != 0:
-        raise ValueError(f"{name} must be one zero point" + (" or a 1-D array of one per output channel"
-                         if per_channel_len is not None else "") + f", got shape {z.shape}")
+        raise ValueError(
+            f"{name} must be one zero point"
+            + (" or a 1-D array of one per output channel" if per_channel_len is not None else "")
+            + f", got shape {z.shape}"
+        )
     if z.size and (z.min() < spec.qmin or z.max() > spec.qmax):
-        raise ValueError(f"{name} must lie in [{spec.qmin}, {spec.qmax}], the code range of {code}'s dtype "
-                         f"{a.dtype}, got values in [{z.min()}, {z.max()}]")
+        raise ValueError(
+            f"{name} must lie in [{spec.qmin}, {spec.qmax}], the code range of {code}'s dtype "
+            f"{a.dtype}, got values in [{z.min()}, {z.max()}]"
+        )
     return QParams(np.ones(z.shape, np.float32), z.astype(np.int64), spec)
 
 
-def accumulate_qparams(x_q: npt.ArrayLike, x_qp: QParams | int, w_q: npt.ArrayLike,
-                       w_qp: QParams | npt.ArrayLike) -> tuple[QParams, QParams]:
+def accumulate_qparams(
+    x_q: npt.ArrayLike, x_qp: QParams | int, w_q: npt.ArrayLike, w_qp: QParams | npt.ArrayLike
+) -> tuple[QParams, QParams]:
     """The accumulate functions' ``x_qp`` and ``w_qp``: QParams, or plain zero points."""
     w = np.asarray(w_q)
     n_out = w.shape[0] if w.ndim >= 1 else 0
@@ -142,8 +159,10 @@ def weight_qparams(w_qp: QParams, w_shape: tuple[int, ...], name: str = "w_qp") 
     if spec.axis is None:
         return (np.full(n_out, w_qp.scale, np.float32), np.full(n_out, w_qp.zero_point, np.int32), False)
     if spec.block_size is not None or normalize_axis(spec.axis, len(w_shape), f"{name}.spec.axis") != 0:
-        raise ValueError(f"{name} must be per-tensor or per-channel along axis 0 (output channels), got "
-                         f"{spec.granularity} axis={spec.axis} block_size={spec.block_size}")
+        raise ValueError(
+            f"{name} must be per-tensor or per-channel along axis 0 (output channels), got "
+            f"{spec.granularity} axis={spec.axis} block_size={spec.block_size}"
+        )
     if w_qp.scale.shape != (n_out,):
         raise ValueError(f"{name} has {w_qp.scale.size} channels but the weights have {n_out} outputs")
     return w_qp.scale.astype(np.float32), w_qp.zero_point.astype(np.int32), True
@@ -155,8 +174,9 @@ def int32_bias(bias_q: npt.ArrayLike | None, n_out: int, name: str = "bias_q") -
         return np.zeros(n_out, np.int32)
     b = np.asarray(bias_q)
     if b.dtype.kind not in "iu":
-        raise TypeError(f"{name} must be an int32 array, got dtype {b.dtype} (a float bias is PyTorch "
-                        f"fbgemm's: mode={FBGEMM!r})")
+        raise TypeError(
+            f"{name} must be an int32 array, got dtype {b.dtype} (a float bias is PyTorch fbgemm's: mode={FBGEMM!r})"
+        )
     if b.shape != (n_out,):
         raise ValueError(f"{name} must have shape ({n_out},), one per output channel, got {b.shape}")
     if b.min() < INT32_MIN or b.max() > INT32_MAX:
@@ -173,8 +193,9 @@ def float_bias(bias: npt.ArrayLike | None, n_out: int, name: str = "bias_q") -> 
     if b.dtype.kind != "f":
         raise TypeError(f"with mode={FBGEMM!r}, {name} is PyTorch's float bias: a float array, got dtype {b.dtype}")
     if b.shape != (n_out,) or not np.all(np.isfinite(b)):
-        raise ValueError(f"with mode={FBGEMM!r}, {name} must be {n_out} finite values (one per output channel), "
-                         f"got shape {b.shape}")
+        raise ValueError(
+            f"with mode={FBGEMM!r}, {name} must be {n_out} finite values (one per output channel), got shape {b.shape}"
+        )
     return b.astype(np.float32)
 
 
@@ -186,23 +207,27 @@ def layer_biases(mode: str, bias_q: npt.ArrayLike | None, n_out: int) -> tuple[n
     return int32_bias(bias_q, n_out), None
 
 
-def layer_mode(mode: str, bias_q: npt.ArrayLike | None, float_bias_: npt.ArrayLike | None, *,
-               stacklevel: int) -> tuple[str, npt.ArrayLike | None]:
+def layer_mode(
+    mode: str, bias_q: npt.ArrayLike | None, float_bias_: npt.ArrayLike | None, *, stacklevel: int
+) -> tuple[str, npt.ArrayLike | None]:
     """``(mode, bias)`` with the deprecated ``float_bias=`` spelling (``mode="fp32"``)
     turned into ``mode="fbgemm"`` and the bias, with a DeprecationWarning; ``mode`` checked."""
     if float_bias_ is not None:
         warnings.warn(FLOAT_BIAS_DEPRECATED, DeprecationWarning, stacklevel=stacklevel + 1)
         if mode != "fp32":
-            raise ValueError(f"float_bias is PyTorch fbgemm's float bias and needs mode='fp32', got mode={mode!r} "
-                             f"(or use mode={FBGEMM!r} with the float bias as bias_q)")
+            raise ValueError(
+                f"float_bias is PyTorch fbgemm's float bias and needs mode='fp32', got mode={mode!r} "
+                f"(or use mode={FBGEMM!r} with the float bias as bias_q)"
+            )
         if bias_q is not None:
             raise ValueError(BOTH_BIASES)
         return FBGEMM, float_bias_
     return check_choice(mode, "mode", LAYER_REQUANT_MODES), bias_q
 
 
-def fbgemm_mode(mode: str, bias_q: npt.ArrayLike | None,
-                fbias: npt.ArrayLike | None) -> tuple[str, npt.ArrayLike | None]:
+def fbgemm_mode(
+    mode: str, bias_q: npt.ArrayLike | None, fbias: npt.ArrayLike | None
+) -> tuple[str, npt.ArrayLike | None]:
     """``(mode, bias)`` of a layer stored with an int32 ``bias_q`` or a float ``fbias``
     (models.graph files): a float bias is fbgemm's, ``mode="fbgemm"``, which files written
     before that mode spell ``"fp32"``."""
@@ -211,8 +236,10 @@ def fbgemm_mode(mode: str, bias_q: npt.ArrayLike | None,
     if bias_q is not None:
         raise ValueError(BOTH_BIASES)
     if mode not in ("fp32", FBGEMM):
-        raise ValueError(f"a float bias is PyTorch fbgemm's and needs mode={FBGEMM!r} (or 'fp32', its spelling "
-                         f"before that mode), got mode={mode!r}")
+        raise ValueError(
+            f"a float bias is PyTorch fbgemm's and needs mode={FBGEMM!r} (or 'fp32', its spelling "
+            f"before that mode), got mode={mode!r}"
+        )
     return FBGEMM, fbias
 
 
@@ -252,8 +279,16 @@ def frozen(a: npt.ArrayLike, copy: bool = True) -> np.ndarray:
 
 # ---- the requantization epilogue ----------------------------------------------------------
 
-def requantize_acc(acc: np.ndarray, multiplier: float | np.ndarray, per_channel: bool, y_qp: QParams,
-                   out_range: tuple[int, int], mode: str, axis: int | None) -> np.ndarray:
+
+def requantize_acc(
+    acc: np.ndarray,
+    multiplier: float | np.ndarray,
+    per_channel: bool,
+    y_qp: QParams,
+    out_range: tuple[int, int],
+    mode: str,
+    axis: int | None,
+) -> np.ndarray:
     """Codes of ``y_qp`` from int32 accumulators, by a mode of :mod:`npquant.requant.fixedpoint`."""
     lo, hi = out_range
     zy = int(y_qp.zero_point)
@@ -275,8 +310,16 @@ class QLayer:
     ``backend``, then calls :meth:`_setup_output`.
     """
 
-    def _setup_output(self, x_qp: QParams, w_scale: np.ndarray, per_channel: bool, y_qp: QParams | None,
-                      mode: str, activation: str | tuple[int, int] | None, fb: np.ndarray | None) -> None:
+    def _setup_output(
+        self,
+        x_qp: QParams,
+        w_scale: np.ndarray,
+        per_channel: bool,
+        y_qp: QParams | None,
+        mode: str,
+        activation: str | tuple[int, int] | None,
+        fb: np.ndarray | None,
+    ) -> None:
         self.float_bias = None if fb is None else frozen(fb)
         act_qparams(x_qp, "x_qp")
         activation = normalize_activation(activation, allow_range=True)
@@ -290,11 +333,14 @@ class QLayer:
         self.out_range = output_range(activation, y_qp)
         if mode == FBGEMM:
             if y_qp.spec.qmin != 0 or y_qp.spec.qmax != 255:
-                raise ValueError(f"mode={FBGEMM!r} reproduces PyTorch's fbgemm, whose output is quint8: y_qp must "
-                                 "be unsigned 8-bit")
+                raise ValueError(
+                    f"mode={FBGEMM!r} reproduces PyTorch's fbgemm, whose output is quint8: y_qp must be unsigned 8-bit"
+                )
             if activation not in (None, "relu"):
-                raise ValueError(f"with mode={FBGEMM!r}, activation must be None, 'none' or 'relu' (fbgemm's "
-                                 f"fused forms), got {activation!r}")
+                raise ValueError(
+                    f"with mode={FBGEMM!r}, activation must be None, 'none' or 'relu' (fbgemm's "
+                    f"fused forms), got {activation!r}"
+                )
         sw = w_scale if per_channel else w_scale[0]
         self.multiplier = effective_multiplier(np.float32(x_qp.scale), sw, sy, "fp32" if mode == FBGEMM else mode)
 
@@ -312,8 +358,16 @@ class QLayer:
             raise ValueError(NO_OUTPUT)
         if self.mode == FBGEMM:
             sw = self._w_scale if self._per_channel else self._w_scale[0]
-            out = fbgemm_requantize(acc, np.float32(self.x_qp.scale), sw, np.float32(self.y_qp.scale),
-                                    int(self.y_qp.zero_point), bias=self.float_bias, relu=self.activation == "relu",
-                                    axis=axis, backend=self.backend)
+            out = fbgemm_requantize(
+                acc,
+                np.float32(self.x_qp.scale),
+                sw,
+                np.float32(self.y_qp.scale),
+                int(self.y_qp.zero_point),
+                bias=self.float_bias,
+                relu=self.activation == "relu",
+                axis=axis,
+                backend=self.backend,
+            )
             return out.astype(self.y_qp.spec.dtype)
         return requantize_acc(acc, self.multiplier, self._per_channel, self.y_qp, self.out_range, self.mode, axis)

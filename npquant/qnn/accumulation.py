@@ -56,17 +56,20 @@ from collections.abc import Iterable, Mapping
 from .._checks import check_choice
 from .._kernels.cpu import cpu_features
 
-ACCUMULATIONS = ("exact", "int16_pairs", "fbgemm", "fbgemm_avx2", "fbgemm_vnni", "mlas", "mlas_avx2",
-                 "mlas_vnni")
+ACCUMULATIONS = ("exact", "int16_pairs", "fbgemm", "fbgemm_avx2", "fbgemm_vnni", "mlas", "mlas_avx2", "mlas_vnni")
 #: The two arithmetics every named accumulation resolves to.
 EXACT, PAIRS = "exact", "int16_pairs"
 
 # fbgemm's FBGEMM_ENABLE_INSTRUCTIONS values, and what a detected ISA lets it be forced to
 # (fbgemm src/Utils.cc: fbgemmEnvGetIsa, isaSupportMap)
-_FBGEMM_ENV = {"AVX2": "avx2", "AVX512": "avx512", "AVX512_E1": "avx512_vnni", "AVX512_256": "avx512",
-               "AVX512_E1_256": "avx512_vnni"}
-_FBGEMM_ALLOWED = {"avx2": {"avx2"}, "avx512": {"avx512", "avx2"},
-                   "avx512_vnni": {"avx512_vnni", "avx512", "avx2"}}
+_FBGEMM_ENV = {
+    "AVX2": "avx2",
+    "AVX512": "avx512",
+    "AVX512_E1": "avx512_vnni",
+    "AVX512_256": "avx512",
+    "AVX512_E1_256": "avx512_vnni",
+}
+_FBGEMM_ALLOWED = {"avx2": {"avx2"}, "avx512": {"avx512", "avx2"}, "avx512_vnni": {"avx512_vnni", "avx512", "avx2"}}
 
 
 def host_path(library: str, features: Iterable[str] | None = None, environ: Mapping[str, str] | None = None) -> str:
@@ -96,8 +99,13 @@ def host_path(library: str, features: Iterable[str] | None = None, environ: Mapp
     f = cpu_features() if features is None else frozenset(features)
     if library == "mlas":
         return "vnni" if ("avx512vnni" in f and "avx512bw" in f) or "avxvnni" in f else "avx2"
-    detected = ("avx512_vnni" if "avx512vnni" in f else
-                "avx512" if {"avx512f", "avx512bw", "avx512dq", "avx512vl"} <= f else "avx2")
+    detected = (
+        "avx512_vnni"
+        if "avx512vnni" in f
+        else "avx512"
+        if {"avx512f", "avx512bw", "avx512dq", "avx512vl"} <= f
+        else "avx2"
+    )
     env = (os.environ if environ is None else environ).get("FBGEMM_ENABLE_INSTRUCTIONS")
     forced = _FBGEMM_ENV.get(env.strip().upper()) if env else None
     isa = forced if forced in _FBGEMM_ALLOWED[detected] else detected
@@ -120,8 +128,15 @@ def check_accumulation(accumulation: str) -> str:
     return check_choice(accumulation, "accumulation", ACCUMULATIONS)
 
 
-def fbgemm_depthwise(c_in: int, c_out: int, groups: int, kernel: tuple[int, int], stride: tuple[int, int],
-                     padding: tuple[int, int, int, int], dilation: tuple[int, int]) -> bool:
+def fbgemm_depthwise(
+    c_in: int,
+    c_out: int,
+    groups: int,
+    kernel: tuple[int, int],
+    stride: tuple[int, int],
+    padding: tuple[int, int, int, int],
+    dilation: tuple[int, int],
+) -> bool:
     """Does fbgemm (torch 2.13) run this conv2d through its depthwise kernel?
 
     ``padding`` is (top, bottom, left, right). Conditions in the module docstring.
@@ -145,9 +160,16 @@ def fbgemm_depthwise(c_in: int, c_out: int, groups: int, kernel: tuple[int, int]
         True if the depthwise kernel runs.
     """
     kh, kw = kernel
-    return (groups == c_in and c_out in (c_in, 2 * c_in) and c_in % 8 == 0 and kh == kw
-            and kh in (3, 5, 7) and all(s in (1, 2) for s in stride) and tuple(dilation) == (1, 1)
-            and tuple(padding) == ((kh - 1) // 2,) * 4)
+    return (
+        groups == c_in
+        and c_out in (c_in, 2 * c_in)
+        and c_in % 8 == 0
+        and kh == kw
+        and kh in (3, 5, 7)
+        and all(s in (1, 2) for s in stride)
+        and tuple(dilation) == (1, 1)
+        and tuple(padding) == ((kh - 1) // 2,) * 4
+    )
 
 
 def resolve(accumulation: str, op: str = "linear", *, conv: tuple | None = None) -> str:

@@ -29,8 +29,9 @@ from ..rounding import round_scalar
 ACTIVATIONS = ("none", "relu", "relu6", "relu_n1_to_1")
 
 
-def normalize_activation(activation: str | tuple[int, int] | list[int] | None, name: str = "activation", *,
-                         allow_range: bool = False) -> str | tuple[int, int] | None:
+def normalize_activation(
+    activation: str | tuple[int, int] | list[int] | None, name: str = "activation", *, allow_range: bool = False
+) -> str | tuple[int, int] | None:
     """The one spelling of a fused activation that every integer layer accepts.
 
     ``None`` and ``"none"`` both mean no activation and become ``None``; ``"relu"``,
@@ -94,8 +95,9 @@ def quantize_scalar_tflite(f: float, scale: float, zero_point: int) -> int:
     return check_int(zero_point, "zero_point") + round_scalar(t, "half_away")
 
 
-def activation_range(activation: str | None, scale: float, zero_point: int, qmin: int = -128,
-                     qmax: int = 127) -> tuple[int, int]:
+def activation_range(
+    activation: str | None, scale: float, zero_point: int, qmin: int = -128, qmax: int = 127
+) -> tuple[int, int]:
     """``(act_min, act_max)`` codes of a fused ``activation`` (one of ``ACTIVATIONS``) for
     an output with float32 ``scale`` and integer ``zero_point`` in ``[qmin, qmax]``.
 

@@ -84,8 +84,9 @@ def torch_add_vector_width(capability: str) -> int:
         Elements per vector step: 64 for ``"AVX512"`` and ``"AVX2"``.
     """
     if capability not in _TORCH_ADD_WIDTHS:
-        raise ValueError(f"capability must be one of {', '.join(map(repr, _TORCH_ADD_WIDTHS))} (measured); "
-                         f"got {capability!r}")
+        raise ValueError(
+            f"capability must be one of {', '.join(map(repr, _TORCH_ADD_WIDTHS))} (measured); got {capability!r}"
+        )
     return _TORCH_ADD_WIDTHS[capability]
 
 
@@ -109,8 +110,9 @@ class AddParams:
     output: tuple[int, int]
 
 
-def tflite_add_params(s1: float, s2: float, s_out: float, *, left_shift: int = 20,
-                      rounding: str = "double") -> AddParams:
+def tflite_add_params(
+    s1: float, s2: float, s_out: float, *, left_shift: int = 20, rounding: str = "double"
+) -> AddParams:
     """The constants of TFLite's ADD Prepare (module docstring); float64 arithmetic on the
     float32 scales. ``ValueError`` if a real multiplier is not below 1 (TFLite asserts).
 
@@ -137,8 +139,9 @@ def tflite_add_params(s1: float, s2: float, s_out: float, *, left_shift: int = 2
     twice_max = 2.0 * max(s1, s2)
     reals = (s1 / twice_max, s2 / twice_max, twice_max / (float(1 << left_shift) * so))
     if reals[2] >= 1.0:
-        raise ValueError(f"s_out must exceed 2 * max(s1, s2) / 2^{left_shift} "
-                         f"(the output multiplier must be < 1), got s_out={so}")
+        raise ValueError(
+            f"s_out must exceed 2 * max(s1, s2) / 2^{left_shift} (the output multiplier must be < 1), got s_out={so}"
+        )
     out = []
     for r in reals:
         m0, sh = quantize_multiplier(r, rounding)
@@ -146,9 +149,24 @@ def tflite_add_params(s1: float, s2: float, s_out: float, *, left_shift: int = 2
     return AddParams(left_shift, *out)
 
 
-def add(q1: npt.ArrayLike, s1: float, z1: int, q2: npt.ArrayLike, s2: float, z2: int, s_out: float, z_out: int, *, qmin: int = -128, qmax: int = 127,
-        act_min: int | None = None, act_max: int | None = None, mode: str = "tflite",
-        left_shift: int = 20, vector_width: int = 64) -> np.ndarray:
+def add(
+    q1: npt.ArrayLike,
+    s1: float,
+    z1: int,
+    q2: npt.ArrayLike,
+    s2: float,
+    z2: int,
+    s_out: float,
+    z_out: int,
+    *,
+    qmin: int = -128,
+    qmax: int = 127,
+    act_min: int | None = None,
+    act_max: int | None = None,
+    mode: str = "tflite",
+    left_shift: int = 20,
+    vector_width: int = 64,
+) -> np.ndarray:
     """Quantized ``q1 + q2`` (NumPy broadcasting) with output scale ``s_out`` and zero point
     ``z_out`` (module docstring for each ``mode``).
 
@@ -218,29 +236,58 @@ def add(q1: npt.ArrayLike, s1: float, z1: int, q2: npt.ArrayLike, s2: float, z2:
         if (qmin, qmax) != (0, 255):
             raise ValueError("mode='torch' reproduces quint8 add: needs qmin=0, qmax=255")
         vector_width = check_int(vector_width, "vector_width", lo=1)
-        v = _torch_add(a1.ravel(), check_scale(s1, "s1"), zs[0], a2.ravel(), check_scale(s2, "s2"), zs[1],
-                       check_scale(s_out, "s_out"), zs[2], act_min == zs[2], vector_width)
+        v = _torch_add(
+            a1.ravel(),
+            check_scale(s1, "s1"),
+            zs[0],
+            a2.ravel(),
+            check_scale(s2, "s2"),
+            zs[1],
+            check_scale(s_out, "s_out"),
+            zs[2],
+            act_min == zs[2],
+            vector_width,
+        )
         return np.clip(v, act_min, act_max).reshape(a1.shape).astype(dtype)
     if mode == "onnxruntime":
-        v = _onnxruntime_add(a1, check_scale(s1, "s1"), zs[0], a2, check_scale(s2, "s2"), zs[1],
-                             check_scale(s_out, "s_out"), zs[2], _scalar_a(arrs[0].shape, arrs[1].shape))
+        v = _onnxruntime_add(
+            a1,
+            check_scale(s1, "s1"),
+            zs[0],
+            a2,
+            check_scale(s2, "s2"),
+            zs[1],
+            check_scale(s_out, "s_out"),
+            zs[2],
+            _scalar_a(arrs[0].shape, arrs[1].shape),
+        )
         return np.clip(v, act_min, act_max).astype(dtype)
-    p = tflite_add_params(s1, s2, s_out, left_shift=left_shift,
-                          rounding="double" if mode == "tflite" else "single")
+    p = tflite_add_params(s1, s2, s_out, left_shift=left_shift, rounding="double" if mode == "tflite" else "single")
     rnd = "double" if mode == "tflite" else "single"
     sh1 = (a1 - zs[0]) << p.left_shift
     sh2 = (a2 - zs[1]) << p.left_shift
     if np.any(np.abs(sh1) > INT32_MAX) or np.any(np.abs(sh2) > INT32_MAX):
-        raise ValueError(f"(q - z) << left_shift overflows int32; left_shift={p.left_shift} is too large for these codes")
+        raise ValueError(
+            f"(q - z) << left_shift overflows int32; left_shift={p.left_shift} is too large for these codes"
+        )
     r1 = multiply_by_quantized_multiplier(sh1, *p.input1, rounding=rnd)
     r2 = multiply_by_quantized_multiplier(sh2, *p.input2, rounding=rnd)
     out = multiply_by_quantized_multiplier(r1 + r2, *p.output, rounding=rnd) + zs[2]
     return np.clip(out, act_min, act_max).astype(dtype)
 
 
-def qadd(q1: npt.ArrayLike, qp1: QParams, q2: npt.ArrayLike, qp2: QParams, y_qp: QParams, *, mode: str = "tflite",
-         activation: str | tuple[int, int] | None = None, left_shift: int = 20,
-         vector_width: int = 64) -> np.ndarray:
+def qadd(
+    q1: npt.ArrayLike,
+    qp1: QParams,
+    q2: npt.ArrayLike,
+    qp2: QParams,
+    y_qp: QParams,
+    *,
+    mode: str = "tflite",
+    activation: str | tuple[int, int] | None = None,
+    left_shift: int = 20,
+    vector_width: int = 64,
+) -> np.ndarray:
     """Quantized ``q1 + q2`` with the argument conventions of :func:`npquant.qnn.linear.qlinear`.
 
     The codes of two per-tensor-quantized tensors in, codes of ``y_qp`` out; the code range
@@ -288,8 +335,9 @@ def qadd(q1: npt.ArrayLike, qp1: QParams, q2: npt.ArrayLike, qp2: QParams, y_qp:
 
     for qp, name in ((qp1, "qp1"), (qp2, "qp2"), (y_qp, "y_qp")):
         _act_qparams(qp, name)  # errors name qadd's arguments
-    return QAdd(qp1, qp2, y_qp, mode=mode, activation=activation, left_shift=left_shift,
-                vector_width=vector_width)(q1, q2)
+    return QAdd(qp1, qp2, y_qp, mode=mode, activation=activation, left_shift=left_shift, vector_width=vector_width)(
+        q1, q2
+    )
 
 
 def _torch_add(a1, s1, z1, a2, s2, z2, so, zo, relu, width):

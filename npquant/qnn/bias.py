@@ -19,8 +19,9 @@ from ..requant.fixedpoint import INT32_MAX, INT32_MIN
 BIAS_METHODS = ("onnxruntime", "tflite")
 
 
-def quantize_bias(bias: npt.ArrayLike, s_x: float, s_w: float | npt.ArrayLike, *,
-                  method: str = "onnxruntime") -> np.ndarray:
+def quantize_bias(
+    bias: npt.ArrayLike, s_x: float, s_w: float | npt.ArrayLike, *, method: str = "onnxruntime"
+) -> np.ndarray:
     """Float bias to int32 codes at scale ``S_x * S_w`` with zero point 0.
 
     ``bias`` is a finite float array (out,); ``s_x`` a float32 scale; ``s_w`` a scale or

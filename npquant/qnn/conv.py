@@ -54,8 +54,9 @@ class ConvGeometry:
         return ((h + pt + pb - dh * (kh - 1) - 1) // sh + 1, (w + pl + pr - dw * (kw - 1) - 1) // sw + 1)
 
 
-def same_padding(size: int, kernel: int, stride: int = 1, dilation: int = 1, *,
-                 extra: str = "after") -> tuple[int, int]:
+def same_padding(
+    size: int, kernel: int, stride: int = 1, dilation: int = 1, *, extra: str = "after"
+) -> tuple[int, int]:
     """The ``(before, after)`` padding of one spatial axis for TensorFlow's and ONNX's SAME.
 
     The output has ``ceil(size / stride)`` positions; the total padding is
@@ -94,8 +95,12 @@ def same_padding(size: int, kernel: int, stride: int = 1, dilation: int = 1, *,
     return (small, total - small) if extra == "after" else (total - small, small)
 
 
-def conv_geometry(stride: int | tuple[int, int] = 1, padding: int | tuple[int, ...] = 0,
-                  dilation: int | tuple[int, int] = 1, groups: int = 1) -> ConvGeometry:
+def conv_geometry(
+    stride: int | tuple[int, int] = 1,
+    padding: int | tuple[int, ...] = 0,
+    dilation: int | tuple[int, int] = 1,
+    groups: int = 1,
+) -> ConvGeometry:
     """Validate and normalize conv2d arguments.
 
     ``stride``, ``dilation``: int or (h, w), >= 1. ``padding``: int (all sides), (h, w)
@@ -131,8 +136,19 @@ def conv_geometry(stride: int | tuple[int, int] = 1, padding: int | tuple[int, .
     return ConvGeometry(s, p, d, check_int(groups, "groups", lo=1))
 
 
-def _im2col(x: np.ndarray, zx: int, geo: ConvGeometry, kh: int, kw: int, backend: str, *, off: int = 0,
-            kp: int | None = None, tap_major: bool = False, dtype=None) -> tuple[np.ndarray, tuple[int, int]]:
+def _im2col(
+    x: np.ndarray,
+    zx: int,
+    geo: ConvGeometry,
+    kh: int,
+    kw: int,
+    backend: str,
+    *,
+    off: int = 0,
+    kp: int | None = None,
+    tap_major: bool = False,
+    dtype=None,
+) -> tuple[np.ndarray, tuple[int, int]]:
     """(groups, N * OH * OW, kp) patches of ``x`` (``kp`` default K = C_g * kh * kw), and (OH, OW).
 
     Each value is the tap plus ``off`` as ``dtype`` (default ``x``'s), taps outside the
@@ -152,8 +168,20 @@ def _im2col(x: np.ndarray, zx: int, geo: ConvGeometry, kh: int, kw: int, backend
     return out, (oh, ow)
 
 
-def _im2col_numpy(x, zx, geo: ConvGeometry, kh, kw, oh, ow, *, off: int = 0, kp: int | None = None,
-                  tap_major: bool = False, dtype=None) -> np.ndarray:
+def _im2col_numpy(
+    x,
+    zx,
+    geo: ConvGeometry,
+    kh,
+    kw,
+    oh,
+    ow,
+    *,
+    off: int = 0,
+    kp: int | None = None,
+    tap_major: bool = False,
+    dtype=None,
+) -> np.ndarray:
     """Twin of ``_kernels.conv.im2col``: pad with ``zx``, strided slices per tap, then
     ``+ off`` as ``dtype`` and zero columns up to ``kp``."""
     n, c, _, _ = x.shape
@@ -163,7 +191,7 @@ def _im2col_numpy(x, zx, geo: ConvGeometry, kh, kw, oh, ow, *, off: int = 0, kp:
     for u in range(kh):
         for v in range(kw):
             r0, c0 = u * dh, v * dw
-            taps[:, :, u, v] = xp[:, :, r0:r0 + sh * (oh - 1) + 1:sh, c0:c0 + sw * (ow - 1) + 1:sw]
+            taps[:, :, u, v] = xp[:, :, r0 : r0 + sh * (oh - 1) + 1 : sh, c0 : c0 + sw * (ow - 1) + 1 : sw]
     g = geo.groups
     cg = c // g
     k = cg * kh * kw
@@ -176,8 +204,16 @@ def _im2col_numpy(x, zx, geo: ConvGeometry, kh, kw, oh, ow, *, off: int = 0, kp:
     return out
 
 
-def _prepare_conv(w: np.ndarray, zw: np.ndarray, x_qp: QParams, bias: np.ndarray, geo: ConvGeometry, form: str,
-                  overflow: str, accumulation: str) -> PreparedGemm:
+def _prepare_conv(
+    w: np.ndarray,
+    zw: np.ndarray,
+    x_qp: QParams,
+    bias: np.ndarray,
+    geo: ConvGeometry,
+    form: str,
+    overflow: str,
+    accumulation: str,
+) -> PreparedGemm:
     """The prepared product of OIHW weights ``w``. With int16 pair saturation the
     reduction runs in (kh, kw, c) order, c fastest (fbgemm's and MLAS's im2col order), so
     the weights are laid out that way here (a copy: the order the product needs; otherwise
@@ -204,8 +240,18 @@ def _conv_rows(x, geo: ConvGeometry, kernel, prep: PreparedGemm, backend: str):
         cols, _ = _im2col(x, prep.zx, geo, kernel[0], kernel[1], backend, tap_major=prep.pairs)
         run = lambda p, rows: run_gemm(p, rows, backend)  # noqa: E731
     else:
-        cols, _ = _im2col(x, prep.zx, geo, kernel[0], kernel[1], backend, off=prep.fast.ax, kp=plan[1],
-                          tap_major=prep.pairs, dtype=np.uint8)
+        cols, _ = _im2col(
+            x,
+            prep.zx,
+            geo,
+            kernel[0],
+            kernel[1],
+            backend,
+            off=prep.fast.ax,
+            kp=plan[1],
+            tap_major=prep.pairs,
+            dtype=np.uint8,
+        )
         run = lambda p, rows: run_fast_rows(p, plan, rows)  # noqa: E731
     if geo.groups == 1:
         return run(prep, cols[0]), (n, oh, ow)
@@ -278,12 +324,26 @@ class QConv2d(QLayer):
         saturates even with VNNI): :mod:`npquant.qnn.accumulation`.
     """
 
-    def __init__(self, w_q: npt.ArrayLike, w_qp: QParams, bias_q: npt.ArrayLike | None, x_qp: QParams,
-                 y_qp: QParams | None, *, stride: int | tuple[int, int] = 1, padding: int | tuple[int, ...] = 0,
-                 dilation: int | tuple[int, int] = 1, groups: int = 1, mode: str = "tflite",
-                 activation: str | tuple[int, int] | None = None, form: str = "auto", overflow: str = "error",
-                 backend: str = "numba", float_bias: npt.ArrayLike | None = None,
-                 accumulation: str = "exact") -> None:
+    def __init__(
+        self,
+        w_q: npt.ArrayLike,
+        w_qp: QParams,
+        bias_q: npt.ArrayLike | None,
+        x_qp: QParams,
+        y_qp: QParams | None,
+        *,
+        stride: int | tuple[int, int] = 1,
+        padding: int | tuple[int, ...] = 0,
+        dilation: int | tuple[int, int] = 1,
+        groups: int = 1,
+        mode: str = "tflite",
+        activation: str | tuple[int, int] | None = None,
+        form: str = "auto",
+        overflow: str = "error",
+        backend: str = "numba",
+        float_bias: npt.ArrayLike | None = None,
+        accumulation: str = "exact",
+    ) -> None:
         check_choice(backend, "backend", BACKENDS)
         check_accumulation(accumulation)
         mode, bias_q = layer_mode(mode, bias_q, float_bias, stacklevel=2)
@@ -352,16 +412,29 @@ class QConv2d(QLayer):
     def __repr__(self) -> str:
         o, cg, kh, kw = self.w_q.shape
         g = self.geometry
-        return (f"QConv2d({cg * g.groups}, {o}, kernel=({kh}, {kw}), stride={g.stride}, padding={g.padding}, "
-                f"dilation={g.dilation}, groups={g.groups}, mode={self.mode!r}, activation={self.activation!r}, "
-                f"accumulation={self.accumulation!r})")
+        return (
+            f"QConv2d({cg * g.groups}, {o}, kernel=({kh}, {kw}), stride={g.stride}, padding={g.padding}, "
+            f"dilation={g.dilation}, groups={g.groups}, mode={self.mode!r}, activation={self.activation!r}, "
+            f"accumulation={self.accumulation!r})"
+        )
 
 
-def conv2d_accumulate(x_q: npt.ArrayLike, x_qp: QParams | int, w_q: npt.ArrayLike,
-                      w_qp: QParams | int | npt.ArrayLike, bias_q: npt.ArrayLike | None = None, *,
-                      stride: int | tuple[int, int] = 1, padding: int | tuple[int, ...] = 0,
-                      dilation: int | tuple[int, int] = 1, groups: int = 1, form: str = "auto",
-                      overflow: str = "error", backend: str = "numba", accumulation: str = "exact") -> np.ndarray:
+def conv2d_accumulate(
+    x_q: npt.ArrayLike,
+    x_qp: QParams | int,
+    w_q: npt.ArrayLike,
+    w_qp: QParams | int | npt.ArrayLike,
+    bias_q: npt.ArrayLike | None = None,
+    *,
+    stride: int | tuple[int, int] = 1,
+    padding: int | tuple[int, ...] = 0,
+    dilation: int | tuple[int, int] = 1,
+    groups: int = 1,
+    form: str = "auto",
+    overflow: str = "error",
+    backend: str = "numba",
+    accumulation: str = "exact",
+) -> np.ndarray:
     """int32 accumulators of an integer conv2d (before requantization).
 
     ``QConv2d(w_q, w_qp, bias_q, x_qp, None, ...).accumulate(x_q)``, with plain zero
@@ -398,16 +471,43 @@ def conv2d_accumulate(x_q: npt.ArrayLike, x_qp: QParams | int, w_q: npt.ArrayLik
     """
     check_choice(backend, "backend", BACKENDS)
     x_qp, w_qp = accumulate_qparams(x_q, x_qp, w_q, w_qp)
-    return QConv2d(w_q, w_qp, bias_q, x_qp, None, stride=stride, padding=padding, dilation=dilation, groups=groups,
-                   form=form, overflow=overflow, backend=backend, accumulation=accumulation).accumulate(x_q)
+    return QConv2d(
+        w_q,
+        w_qp,
+        bias_q,
+        x_qp,
+        None,
+        stride=stride,
+        padding=padding,
+        dilation=dilation,
+        groups=groups,
+        form=form,
+        overflow=overflow,
+        backend=backend,
+        accumulation=accumulation,
+    ).accumulate(x_q)
 
 
-def qconv2d(x_q: npt.ArrayLike, x_qp: QParams, w_q: npt.ArrayLike, w_qp: QParams, bias_q: npt.ArrayLike | None,
-            y_qp: QParams, *, stride: int | tuple[int, int] = 1, padding: int | tuple[int, ...] = 0,
-            dilation: int | tuple[int, int] = 1, groups: int = 1, mode: str = "tflite",
-            activation: str | tuple[int, int] | None = None, form: str = "auto", overflow: str = "error",
-            backend: str = "numba", float_bias: npt.ArrayLike | None = None,
-            accumulation: str = "exact") -> np.ndarray:
+def qconv2d(
+    x_q: npt.ArrayLike,
+    x_qp: QParams,
+    w_q: npt.ArrayLike,
+    w_qp: QParams,
+    bias_q: npt.ArrayLike | None,
+    y_qp: QParams,
+    *,
+    stride: int | tuple[int, int] = 1,
+    padding: int | tuple[int, ...] = 0,
+    dilation: int | tuple[int, int] = 1,
+    groups: int = 1,
+    mode: str = "tflite",
+    activation: str | tuple[int, int] | None = None,
+    form: str = "auto",
+    overflow: str = "error",
+    backend: str = "numba",
+    float_bias: npt.ArrayLike | None = None,
+    accumulation: str = "exact",
+) -> np.ndarray:
     """Integer conv2d: NCHW codes in, NCHW codes of ``y_qp`` out.
 
     ``QConv2d(w_q, w_qp, bias_q, x_qp, y_qp, ...)(x_q)``: the formula, the modes and the
@@ -450,6 +550,20 @@ def qconv2d(x_q: npt.ArrayLike, x_qp: QParams, w_q: npt.ArrayLike, w_qp: QParams
         (N, O, OH, OW) codes of ``y_qp.spec.dtype``, saturated to the output range.
     """
     mode, bias_q = layer_mode(mode, bias_q, float_bias, stacklevel=2)
-    return QConv2d(w_q, w_qp, bias_q, x_qp, y_qp, stride=stride, padding=padding, dilation=dilation, groups=groups,
-                   mode=mode, activation=activation, form=form, overflow=overflow, backend=backend,
-                   accumulation=accumulation)(x_q)
+    return QConv2d(
+        w_q,
+        w_qp,
+        bias_q,
+        x_qp,
+        y_qp,
+        stride=stride,
+        padding=padding,
+        dilation=dilation,
+        groups=groups,
+        mode=mode,
+        activation=activation,
+        form=form,
+        overflow=overflow,
+        backend=backend,
+        accumulation=accumulation,
+    )(x_q)

@@ -98,9 +98,18 @@ def fbgemm_multipliers(s_x: float, s_w: float | npt.ArrayLike, s_y: float) -> tu
     return ats, (ats / sy[0]).astype(np.float32)
 
 
-def fbgemm_requantize(acc: npt.ArrayLike, s_x: float, s_w: float | npt.ArrayLike, s_y: float, z_y: int, *,
-                      bias: npt.ArrayLike | None = None, relu: bool = False, axis: int = -1,
-                      backend: str = "numba") -> np.ndarray:
+def fbgemm_requantize(
+    acc: npt.ArrayLike,
+    s_x: float,
+    s_w: float | npt.ArrayLike,
+    s_y: float,
+    z_y: int,
+    *,
+    bias: npt.ArrayLike | None = None,
+    relu: bool = False,
+    axis: int = -1,
+    backend: str = "numba",
+) -> np.ndarray:
     """uint8 output codes of PyTorch's fbgemm quantized linear/conv2d from the exact int32
     accumulator (module docstring for the formula and its evidence).
 
@@ -168,8 +177,7 @@ def fbgemm_requantize(acc: npt.ArrayLike, s_x: float, s_w: float | npt.ArrayLike
         bterm = b
     rcp = np.float32(1.0 / np.float64(ats[0]))
     out = np.empty(acc2.shape, np.uint8)
-    _kf.requantize_rows(acc2, np.broadcast_to(mult, (n_ch,)).astype(np.float32), bterm, rcp, use_fma,
-                        z_y, lo, out)
+    _kf.requantize_rows(acc2, np.broadcast_to(mult, (n_ch,)).astype(np.float32), bterm, rcp, use_fma, z_y, lo, out)
     return np.moveaxis(out.reshape(rows.shape), -1, ax)
 
 

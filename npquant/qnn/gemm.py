@@ -54,20 +54,29 @@ FORMS = ("auto", "direct", "folded")
 _BYTES = (np.dtype(np.int8), np.dtype(np.uint8))
 
 # Names that moved out of this module, for one release: name -> new module.
-_MOVED = {"qlinear": "linear", "linear_accumulate": "linear", "qmatmul": "linear",
-          "quantize_bias": "bias", "BIAS_METHODS": "bias"}
+_MOVED = {
+    "qlinear": "linear",
+    "linear_accumulate": "linear",
+    "qmatmul": "linear",
+    "quantize_bias": "bias",
+    "BIAS_METHODS": "bias",
+}
 
 
 def __getattr__(name: str):
     new = _MOVED.get(name)
     if new is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    warnings.warn(f"npquant.qnn.gemm.{name} moved to npquant.qnn.{new}.{name}; the old name will be removed "
-                  "in the next release", DeprecationWarning, stacklevel=2)
+    warnings.warn(
+        f"npquant.qnn.gemm.{name} moved to npquant.qnn.{new}.{name}; the old name will be removed in the next release",
+        DeprecationWarning,
+        stacklevel=2,
+    )
     return getattr(importlib.import_module(f"npquant.qnn.{new}"), name)
 
 
 # ---- the prepared product ---------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class _Fast:
@@ -88,9 +97,9 @@ class _Fast:
     a layer holds at most one kernel copy of its weights.
     """
 
-    w: np.ndarray    # (O, K) int8 or uint8 codes, C-contiguous (PreparedGemm.w, shared)
-    aw: int          # 128 for uint8 weights, else 0
-    dw: np.ndarray   # (O,) int32
+    w: np.ndarray  # (O, K) int8 or uint8 codes, C-contiguous (PreparedGemm.w, shared)
+    aw: int  # 128 for uint8 weights, else 0
+    dw: np.ndarray  # (O,) int32
     col: np.ndarray  # (O,) int32, wrapped
     ax: int
     _cache: dict = field(default_factory=dict, compare=False, repr=False)
@@ -129,6 +138,7 @@ class _Fast:
             wpad = np.zeros((o, kp), np.int8)  # the kernels read whole rows of kp bytes
             wpad[:, :k] = self.ws
             return wpad
+
         return self._layout(("padded", kp), build)
 
     def panels(self) -> np.ndarray:
@@ -172,15 +182,15 @@ class PreparedGemm:
         int16 pair saturation along K (accumulation ``"int16_pairs"``).
     """
 
-    w: np.ndarray            # (O, K) codes, C-contiguous
+    w: np.ndarray  # (O, K) codes, C-contiguous
     zx: int
-    zw: np.ndarray           # (O,) int32
-    bias: np.ndarray         # (O,) int32
+    zw: np.ndarray  # (O,) int32
+    bias: np.ndarray  # (O,) int32
     bias_folded: np.ndarray  # (O,) int32: bias + K Zx Zw - Zx sum_k w, wrapped
     form: str
-    fits: bool               # the worst case fits int32
+    fits: bool  # the worst case fits int32
     fast: _Fast | None = None  # 8-bit codes on both sides: the numba backend's fast kernels
-    pairs: bool = False      # int16 pair saturation along K (accumulation "int16_pairs")
+    pairs: bool = False  # int16 pair saturation along K (accumulation "int16_pairs")
 
     def rows(self, sl: slice) -> PreparedGemm:
         """The product restricted to output rows ``sl`` (a convolution group).
@@ -196,12 +206,29 @@ class PreparedGemm:
             The same product on those rows (views of the weights; the kernels' layouts
             are kept per slice).
         """
-        return PreparedGemm(self.w[sl], self.zx, self.zw[sl], self.bias[sl], self.bias_folded[sl], self.form,
-                            self.fits, None if self.fast is None else self.fast.rows(sl), self.pairs)
+        return PreparedGemm(
+            self.w[sl],
+            self.zx,
+            self.zw[sl],
+            self.bias[sl],
+            self.bias_folded[sl],
+            self.form,
+            self.fits,
+            None if self.fast is None else self.fast.rows(sl),
+            self.pairs,
+        )
 
 
-def prepare_gemm(w2d: np.ndarray, zw: np.ndarray, x_qp: QParams, bias: np.ndarray, form: str,
-                 overflow: str, what: str, pairs: bool = False) -> PreparedGemm:
+def prepare_gemm(
+    w2d: np.ndarray,
+    zw: np.ndarray,
+    x_qp: QParams,
+    bias: np.ndarray,
+    form: str,
+    overflow: str,
+    what: str,
+    pairs: bool = False,
+) -> PreparedGemm:
     """Prepare ``x @ w.T + bias`` once: check the worst case, fold the bias, lay out the weights.
 
     The layers call this with validated arguments (:mod:`npquant.qnn.linear`,
@@ -238,13 +265,17 @@ def prepare_gemm(w2d: np.ndarray, zw: np.ndarray, x_qp: QParams, bias: np.ndarra
     check_choice(form, "form", FORMS)
     check_choice(overflow, "overflow", _ovf.OVERFLOW_MODES)
     if pairs and (w2d.dtype != np.int8 or np.dtype(x_qp.spec.dtype) != np.uint8):
-        raise ValueError("accumulation with int16 pair saturation models vpmaddubsw on uint8 activation "
-                         f"codes x int8 weight codes; got {np.dtype(x_qp.spec.dtype)} activations (x_qp) and "
-                         f"{w2d.dtype} weights (w_q): use accumulation='exact'")
+        raise ValueError(
+            "accumulation with int16 pair saturation models vpmaddubsw on uint8 activation "
+            f"codes x int8 weight codes; got {np.dtype(x_qp.spec.dtype)} activations (x_qp) and "
+            f"{w2d.dtype} weights (w_q): use accumulation='exact'"
+        )
     if pairs and form == "direct":
-        raise ValueError("form='direct' cannot saturate int16 pairs: the pair-saturating product multiplies raw "
-                         "codes and applies the zero points afterwards (the folded form); use form='auto' or "
-                         "'folded', or accumulation='exact'")
+        raise ValueError(
+            "form='direct' cannot saturate int16 pairs: the pair-saturating product multiplies raw "
+            "codes and applies the zero points afterwards (the folded form); use form='auto' or "
+            "'folded', or accumulation='exact'"
+        )
     zx = int(x_qp.zero_point)
     lo, hi = _ovf.accumulator_bounds(w2d, zw, x_qp.spec.qmin, x_qp.spec.qmax, zx, bias)
     fits = _ovf.check_accumulator(lo, hi, overflow, what=what)
@@ -422,8 +453,9 @@ def gemm_kernel(name: str | None = None) -> str:
     if name == "auto":
         return avail[0]
     if name not in avail:
-        raise ValueError(f"{src}={name!r}: this CPU cannot run that kernel; it can run "
-                         + ", ".join(repr(k) for k in avail))
+        raise ValueError(
+            f"{src}={name!r}: this CPU cannot run that kernel; it can run " + ", ".join(repr(k) for k in avail)
+        )
     return name
 
 

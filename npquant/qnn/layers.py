@@ -44,8 +44,14 @@ class MaxPool2d:
         The kernel or its NumPy twin.
     """
 
-    def __init__(self, kernel_size: int | tuple[int, int], stride: int | tuple[int, int] | None = None,
-                 padding: int | tuple[int, ...] = 0, *, backend: str = "numba") -> None:
+    def __init__(
+        self,
+        kernel_size: int | tuple[int, int],
+        stride: int | tuple[int, int] | None = None,
+        padding: int | tuple[int, ...] = 0,
+        *,
+        backend: str = "numba",
+    ) -> None:
         self.kernel_size, self.stride, self.padding, self.backend = kernel_size, stride, padding, backend
 
     def __call__(self, x_q: npt.ArrayLike) -> np.ndarray:
@@ -79,17 +85,32 @@ class AvgPool2d:
         The kernel or its NumPy twin.
     """
 
-    def __init__(self, kernel_size: int | tuple[int, int], stride: int | tuple[int, int] | None = None,
-                 padding: int | tuple[int, ...] = 0, *, mode: str = "tflite", zero_point: int = 0,
-                 count_include_pad: bool = False, backend: str = "numba") -> None:
+    def __init__(
+        self,
+        kernel_size: int | tuple[int, int],
+        stride: int | tuple[int, int] | None = None,
+        padding: int | tuple[int, ...] = 0,
+        *,
+        mode: str = "tflite",
+        zero_point: int = 0,
+        count_include_pad: bool = False,
+        backend: str = "numba",
+    ) -> None:
         check_choice(mode, "mode", _pool.AVG_POOL_MODES)
         self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
         self.mode, self.zero_point, self.count_include_pad, self.backend = mode, zero_point, count_include_pad, backend
 
     def __call__(self, x_q: npt.ArrayLike) -> np.ndarray:
-        return _pool.avg_pool2d(x_q, self.kernel_size, self.stride, self.padding, mode=self.mode,
-                                zero_point=self.zero_point, count_include_pad=self.count_include_pad,
-                                backend=self.backend)
+        return _pool.avg_pool2d(
+            x_q,
+            self.kernel_size,
+            self.stride,
+            self.padding,
+            mode=self.mode,
+            zero_point=self.zero_point,
+            count_include_pad=self.count_include_pad,
+            backend=self.backend,
+        )
 
     def __repr__(self) -> str:
         return f"AvgPool2d(kernel_size={self.kernel_size}, stride={self.stride}, mode={self.mode!r})"
@@ -120,9 +141,17 @@ class QAdd:
         Elements per vector step of ``mode="torch"``, as in :func:`~npquant.qnn.add.add`.
     """
 
-    def __init__(self, a_qp: QParams, b_qp: QParams, y_qp: QParams, *, mode: str = "tflite",
-                 activation: str | tuple[int, int] | None = None, left_shift: int = 20,
-                 vector_width: int = 64) -> None:
+    def __init__(
+        self,
+        a_qp: QParams,
+        b_qp: QParams,
+        y_qp: QParams,
+        *,
+        mode: str = "tflite",
+        activation: str | tuple[int, int] | None = None,
+        left_shift: int = 20,
+        vector_width: int = 64,
+    ) -> None:
         self.s1, self.z1 = act_qparams(a_qp, "a_qp")
         self.s2, self.z2 = act_qparams(b_qp, "b_qp")
         self.sy, self.zy = act_qparams(y_qp, "y_qp")
@@ -136,9 +165,23 @@ class QAdd:
     def __call__(self, a_q: npt.ArrayLike, b_q: npt.ArrayLike) -> np.ndarray:
         qmin, qmax = self.y_qp.spec.qmin, self.y_qp.spec.qmax
         lo, hi = self.out_range
-        return _add_codes(a_q, self.s1, self.z1, b_q, self.s2, self.z2, self.sy, self.zy, qmin=qmin,
-                          qmax=qmax, act_min=lo, act_max=hi, mode=self.mode, left_shift=self.left_shift,
-                          vector_width=self.vector_width)
+        return _add_codes(
+            a_q,
+            self.s1,
+            self.z1,
+            b_q,
+            self.s2,
+            self.z2,
+            self.sy,
+            self.zy,
+            qmin=qmin,
+            qmax=qmax,
+            act_min=lo,
+            act_max=hi,
+            mode=self.mode,
+            left_shift=self.left_shift,
+            vector_width=self.vector_width,
+        )
 
     def __repr__(self) -> str:
         return f"QAdd(mode={self.mode!r}, activation={self.activation!r})"

@@ -124,10 +124,22 @@ class QLinear(QLayer):
         weights.
     """
 
-    def __init__(self, w_q: npt.ArrayLike, w_qp: QParams, bias_q: npt.ArrayLike | None, x_qp: QParams,
-                 y_qp: QParams | None, *, mode: str = "tflite", activation: str | tuple[int, int] | None = None,
-                 form: str = "auto", overflow: str = "error", backend: str = "numba",
-                 float_bias: npt.ArrayLike | None = None, accumulation: str = "exact") -> None:
+    def __init__(
+        self,
+        w_q: npt.ArrayLike,
+        w_qp: QParams,
+        bias_q: npt.ArrayLike | None,
+        x_qp: QParams,
+        y_qp: QParams | None,
+        *,
+        mode: str = "tflite",
+        activation: str | tuple[int, int] | None = None,
+        form: str = "auto",
+        overflow: str = "error",
+        backend: str = "numba",
+        float_bias: npt.ArrayLike | None = None,
+        accumulation: str = "exact",
+    ) -> None:
         check_choice(backend, "backend", BACKENDS)
         check_accumulation(accumulation)
         mode, bias_q = layer_mode(mode, bias_q, float_bias, stacklevel=2)
@@ -196,15 +208,25 @@ class QLinear(QLayer):
         return self._requantize(acc.reshape(-1, self.out_features), 1).reshape(acc.shape)
 
     def __repr__(self) -> str:
-        return (f"QLinear(in_features={self.in_features}, out_features={self.out_features}, "
-                f"mode={self.mode!r}, activation={self.activation!r}, form={self.form!r}, "
-                f"accumulation={self.accumulation!r})")
+        return (
+            f"QLinear(in_features={self.in_features}, out_features={self.out_features}, "
+            f"mode={self.mode!r}, activation={self.activation!r}, form={self.form!r}, "
+            f"accumulation={self.accumulation!r})"
+        )
 
 
-def linear_accumulate(x_q: npt.ArrayLike, x_qp: QParams | int, w_q: npt.ArrayLike,
-                      w_qp: QParams | int | npt.ArrayLike, bias_q: npt.ArrayLike | None = None, *,
-                      form: str = "auto", overflow: str = "error", backend: str = "numba",
-                      accumulation: str = "exact") -> np.ndarray:
+def linear_accumulate(
+    x_q: npt.ArrayLike,
+    x_qp: QParams | int,
+    w_q: npt.ArrayLike,
+    w_qp: QParams | int | npt.ArrayLike,
+    bias_q: npt.ArrayLike | None = None,
+    *,
+    form: str = "auto",
+    overflow: str = "error",
+    backend: str = "numba",
+    accumulation: str = "exact",
+) -> np.ndarray:
     """int32 accumulators of an integer fully connected layer (before requantization).
 
     ``QLinear(w_q, w_qp, bias_q, x_qp, None, ...).accumulate(x_q)``, with plain zero
@@ -248,14 +270,27 @@ def linear_accumulate(x_q: npt.ArrayLike, x_qp: QParams | int, w_q: npt.ArrayLik
     """
     check_choice(backend, "backend", BACKENDS)
     x_qp, w_qp = accumulate_qparams(x_q, x_qp, w_q, w_qp)
-    return QLinear(w_q, w_qp, bias_q, x_qp, None, form=form, overflow=overflow, backend=backend,
-                   accumulation=accumulation).accumulate(x_q)
+    return QLinear(
+        w_q, w_qp, bias_q, x_qp, None, form=form, overflow=overflow, backend=backend, accumulation=accumulation
+    ).accumulate(x_q)
 
 
-def qlinear(x_q: npt.ArrayLike, x_qp: QParams, w_q: npt.ArrayLike, w_qp: QParams, bias_q: npt.ArrayLike | None,
-            y_qp: QParams, *, mode: str = "tflite", activation: str | tuple[int, int] | None = None,
-            form: str = "auto", overflow: str = "error", backend: str = "numba",
-            float_bias: npt.ArrayLike | None = None, accumulation: str = "exact") -> np.ndarray:
+def qlinear(
+    x_q: npt.ArrayLike,
+    x_qp: QParams,
+    w_q: npt.ArrayLike,
+    w_qp: QParams,
+    bias_q: npt.ArrayLike | None,
+    y_qp: QParams,
+    *,
+    mode: str = "tflite",
+    activation: str | tuple[int, int] | None = None,
+    form: str = "auto",
+    overflow: str = "error",
+    backend: str = "numba",
+    float_bias: npt.ArrayLike | None = None,
+    accumulation: str = "exact",
+) -> np.ndarray:
     """Integer fully connected layer: codes in, codes of ``y_qp`` out.
 
     ``QLinear(w_q, w_qp, bias_q, x_qp, y_qp, ...)(x_q)``: the formula, the modes and the
@@ -301,15 +336,35 @@ def qlinear(x_q: npt.ArrayLike, x_qp: QParams, w_q: npt.ArrayLike, w_qp: QParams
         Codes of ``y_qp.spec.dtype``, shape (..., out), saturated to ``[lo, hi]``.
     """
     mode, bias_q = layer_mode(mode, bias_q, float_bias, stacklevel=2)
-    return QLinear(w_q, w_qp, bias_q, x_qp, y_qp, mode=mode, activation=activation, form=form, overflow=overflow,
-                   backend=backend, accumulation=accumulation)(x_q)
+    return QLinear(
+        w_q,
+        w_qp,
+        bias_q,
+        x_qp,
+        y_qp,
+        mode=mode,
+        activation=activation,
+        form=form,
+        overflow=overflow,
+        backend=backend,
+        accumulation=accumulation,
+    )(x_q)
 
 
 # ---- the product of two quantized activations --------------------------------------------
 
-def qmatmul(a_q: npt.ArrayLike, a_qp: QParams, b_q: npt.ArrayLike, b_qp: QParams, y_qp: QParams, *,
-            mode: str = "onnx", activation: str | tuple[int, int] | None = None,
-            overflow: str = "error") -> np.ndarray:
+
+def qmatmul(
+    a_q: npt.ArrayLike,
+    a_qp: QParams,
+    b_q: npt.ArrayLike,
+    b_qp: QParams,
+    y_qp: QParams,
+    *,
+    mode: str = "onnx",
+    activation: str | tuple[int, int] | None = None,
+    overflow: str = "error",
+) -> np.ndarray:
     """Integer ``a @ b`` of two quantized activations, codes of ``y_qp`` out.
 
     Parameters
@@ -352,8 +407,9 @@ def qmatmul(a_q: npt.ArrayLike, a_qp: QParams, b_q: npt.ArrayLike, b_qp: QParams
     a = codes(a_q, a_qp, "a_q")
     b = codes(b_q, b_qp, "b_q")
     if a.ndim < 2 or b.ndim < 2:
-        raise ValueError(f"a_q and b_q must be at least 2-D (..., M, K) and (..., K, N), got shapes "
-                         f"{a.shape} and {b.shape}")
+        raise ValueError(
+            f"a_q and b_q must be at least 2-D (..., M, K) and (..., K, N), got shapes {a.shape} and {b.shape}"
+        )
     if a.shape[-1] != b.shape[-2]:
         raise ValueError(f"a_q (..., M, K) and b_q (..., K, N) disagree on K: shapes {a.shape} and {b.shape}")
     try:
@@ -363,8 +419,10 @@ def qmatmul(a_q: npt.ArrayLike, a_qp: QParams, b_q: npt.ArrayLike, b_qp: QParams
     acc = _matmul_accumulate(a, za, b, zb)
     if acc.size and (acc.min() < INT32_MIN or acc.max() > INT32_MAX):
         if overflow == "error":
-            raise ValueError(f"the matmul accumulator overflows int32 (values in [{acc.min()}, {acc.max()}]); "
-                             "use overflow='wrap' for int32 wrap-around")
+            raise ValueError(
+                f"the matmul accumulator overflows int32 (values in [{acc.min()}, {acc.max()}]); "
+                "use overflow='wrap' for int32 wrap-around"
+            )
         acc = wrap32(acc)
     m = effective_multiplier(sa, sb, sy, mode)
     return requantize_acc(acc.astype(np.int32), m, False, y_qp, out_range, mode, None)

@@ -39,8 +39,14 @@ def _weights2d(w_q: npt.ArrayLike, name: str = "w_q") -> np.ndarray:
     return w.reshape(w.shape[0], -1).astype(np.int64)
 
 
-def accumulator_bounds(w_q: npt.ArrayLike, w_zero_point: int | npt.ArrayLike, x_qmin: int, x_qmax: int,
-                       x_zero_point: int, bias_q: npt.ArrayLike | None = None) -> tuple[np.ndarray, np.ndarray]:
+def accumulator_bounds(
+    w_q: npt.ArrayLike,
+    w_zero_point: int | npt.ArrayLike,
+    x_qmin: int,
+    x_qmax: int,
+    x_zero_point: int,
+    bias_q: npt.ArrayLike | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """Smallest and largest possible accumulator of each output channel.
 
     ``w_q`` is (out, ...) integer codes, reduced over all axes but the first;
@@ -73,8 +79,9 @@ def accumulator_bounds(w_q: npt.ArrayLike, w_zero_point: int | npt.ArrayLike, x_
     zx = check_int(x_zero_point, "x_zero_point", lo=x_qmin, hi=x_qmax)
     zw = check_int_array(w_zero_point, "w_zero_point", what="integers").astype(np.int64).reshape(-1, 1)
     if zw.shape[0] not in (1, w.shape[0]):
-        raise ValueError(f"w_zero_point must be a scalar or one per output channel ({w.shape[0]}), "
-                         f"got {zw.shape[0]} values")
+        raise ValueError(
+            f"w_zero_point must be a scalar or one per output channel ({w.shape[0]}), got {zw.shape[0]} values"
+        )
     d = w - zw
     a, b = d * (x_qmax - zx), d * (x_qmin - zx)
     hi = np.maximum(a, b).sum(axis=1)
@@ -88,8 +95,9 @@ def accumulator_bounds(w_q: npt.ArrayLike, w_zero_point: int | npt.ArrayLike, x_
     return lo, hi
 
 
-def check_accumulator(lo: npt.ArrayLike, hi: npt.ArrayLike, overflow: str = "error", *,
-                      what: str = "the accumulator") -> bool:
+def check_accumulator(
+    lo: npt.ArrayLike, hi: npt.ArrayLike, overflow: str = "error", *, what: str = "the accumulator"
+) -> bool:
     """Raise ``ValueError`` if ``[lo, hi]`` (from :func:`accumulator_bounds`) leaves int32.
 
     ``overflow="error"`` raises, naming the worst channel; ``overflow="wrap"`` accepts
@@ -220,7 +228,7 @@ def int16_pair_accumulate(x_q: npt.ArrayLike, w_q: npt.ArrayLike) -> np.ndarray:
     out = np.empty((x.shape[0], w.shape[0]), np.int32)
     step = max(1, (1 << 22) // max(1, wp.shape[0] * wp.shape[1]))  # rows a block: bounded memory
     for i in range(0, x.shape[0], step):
-        xp = _pairs(x[i:i + step].astype(np.int32))
+        xp = _pairs(x[i : i + step].astype(np.int32))
         pair = np.einsum("npt,opt->nop", xp, wp)  # |pair| <= 65280: exact in int32
-        out[i:i + step] = np.clip(pair, INT16_MIN, INT16_MAX).sum(axis=2, dtype=np.int64).astype(np.int32)
+        out[i : i + step] = np.clip(pair, INT16_MIN, INT16_MAX).sum(axis=2, dtype=np.int64).astype(np.int32)
     return out

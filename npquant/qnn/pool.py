@@ -50,8 +50,10 @@ def _geometry(q, kernel_size, stride, padding):
         pt, pl = check_pair(padding, "padding", lo=0)
         pb, pr = pt, pl
     if max(pt, pb) > kh // 2 or max(pl, pr) > kw // 2:
-        raise ValueError(f"padding must be at most half the kernel_size (as in PyTorch), got "
-                         f"padding={padding!r} for kernel_size=({kh}, {kw})")
+        raise ValueError(
+            f"padding must be at most half the kernel_size (as in PyTorch), got "
+            f"padding={padding!r} for kernel_size=({kh}, {kw})"
+        )
     h, w = a.shape[2], a.shape[3]
     if h + pt + pb < kh or w + pl + pr < kw:
         raise ValueError(f"kernel_size ({kh}, {kw}) is larger than the padded input ({h + pt + pb}, {w + pl + pr})")
@@ -61,8 +63,14 @@ def _geometry(q, kernel_size, stride, padding):
     return a, (kh, kw, sh, sw, pt, pl), (a.shape[0], a.shape[1], oh, ow), (pb, pr)
 
 
-def max_pool2d(q: npt.ArrayLike, kernel_size: int | tuple[int, int], stride: int | tuple[int, int] | None = None,
-               padding: int | tuple[int, ...] = 0, *, backend: str = "numba") -> np.ndarray:
+def max_pool2d(
+    q: npt.ArrayLike,
+    kernel_size: int | tuple[int, int],
+    stride: int | tuple[int, int] | None = None,
+    padding: int | tuple[int, ...] = 0,
+    *,
+    backend: str = "numba",
+) -> np.ndarray:
     """Max pooling of codes ``q`` (N, C, H, W), any integer dtype.
 
     No ceil mode, no dilation. A fused TFLite activation is a clamp afterwards
@@ -98,9 +106,17 @@ def max_pool2d(q: npt.ArrayLike, kernel_size: int | tuple[int, int], stride: int
     return out
 
 
-def avg_pool2d(q: npt.ArrayLike, kernel_size: int | tuple[int, int], stride: int | tuple[int, int] | None = None,
-               padding: int | tuple[int, ...] = 0, *, mode: str = "tflite", zero_point: int = 0,
-               count_include_pad: bool = False, backend: str = "numba") -> np.ndarray:
+def avg_pool2d(
+    q: npt.ArrayLike,
+    kernel_size: int | tuple[int, int],
+    stride: int | tuple[int, int] | None = None,
+    padding: int | tuple[int, ...] = 0,
+    *,
+    mode: str = "tflite",
+    zero_point: int = 0,
+    count_include_pad: bool = False,
+    backend: str = "numba",
+) -> np.ndarray:
     """Average pooling of codes ``q`` (N, C, H, W), int8/uint8/int16 (any integer dtype).
 
     Parameters
@@ -187,9 +203,18 @@ def _ort_codes(q, name="q"):
     return a
 
 
-def onnxruntime_avg_pool2d(q: npt.ArrayLike, s_x: float, z_x: int, s_y: float, z_y: int,
-                           kernel_size: int | tuple[int, int], stride: int | tuple[int, int] | None = None,
-                           padding: int | tuple[int, ...] = 0, *, count_include_pad: bool = False) -> np.ndarray:
+def onnxruntime_avg_pool2d(
+    q: npt.ArrayLike,
+    s_x: float,
+    z_x: int,
+    s_y: float,
+    z_y: int,
+    kernel_size: int | tuple[int, int],
+    stride: int | tuple[int, int] | None = None,
+    padding: int | tuple[int, ...] = 0,
+    *,
+    count_include_pad: bool = False,
+) -> np.ndarray:
     """onnxruntime's ``QLinearAveragePool`` (2-D, NCHW) on int8/uint8 codes ``q``.
 
     No ceil mode, no dilation. As onnxruntime computes it
@@ -239,8 +264,10 @@ def onnxruntime_avg_pool2d(q: npt.ArrayLike, s_x: float, z_x: int, s_y: float, z
         pt, pl = check_pair(padding, "padding", lo=0)
         pb, pr = pt, pl
     if max(pt, pb) >= kh or max(pl, pr) >= kw:
-        raise ValueError(f"padding must be smaller than the kernel_size on each side, got padding={padding!r} "
-                         f"for kernel_size=({kh}, {kw})")
+        raise ValueError(
+            f"padding must be smaller than the kernel_size on each side, got padding={padding!r} "
+            f"for kernel_size=({kh}, {kw})"
+        )
     n, c, h, w = a.shape
     oh, ow = (h + pt + pb - kh) // sh + 1, (w + pl + pr - kw) // sw + 1
     if oh < 1 or ow < 1:
@@ -254,7 +281,7 @@ def onnxruntime_avg_pool2d(q: npt.ArrayLike, s_x: float, z_x: int, s_y: float, z
     acc = np.zeros((n, c, oh, ow), f32)
     for u in range(kh):
         for v in range(kw):
-            acc = (acc + d[:, :, u:u + sh * (oh - 1) + 1:sh, v:v + sw * (ow - 1) + 1:sw]).astype(f32)
+            acc = (acc + d[:, :, u : u + sh * (oh - 1) + 1 : sh, v : v + sw * (ow - 1) + 1 : sw]).astype(f32)
     if count_include_pad:
         count = np.full((oh, ow), kh * kw, np.int64)
     else:
@@ -307,7 +334,7 @@ def onnxruntime_global_avg_pool2d(q: npt.ArrayLike, s_x: float, z_x: int, s_y: f
     if hw >= 1 << 24:
         raise ValueError(f"the image has {hw} pixels; MLAS takes fewer than 2^24")
     m = f32(sx / f32(sy * f32(hw)))
-    if not 2.0 ** -32 <= m < 256:
+    if not 2.0**-32 <= m < 256:
         raise ValueError(f"s_x / (s_y * H * W) = {m} is outside MLAS's range [2^-32, 256)")
     acc = a.astype(np.int64).sum(axis=(2, 3), keepdims=True) - zx * hw
     y = np.rint((acc.astype(f32) * m).astype(f32)).astype(np.int64) + zy

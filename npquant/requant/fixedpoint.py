@@ -44,8 +44,15 @@ INT32_MIN = int(np.iinfo(np.int32).min)
 INT32_MAX = int(np.iinfo(np.int32).max)
 
 # names defined in npquant.requant.modes, re-exported here (module __getattr__ below)
-_MODES_NAMES = ("REQUANT_MODES", "EXTRA_REQUANT_MODES", "RequantParams", "effective_multiplier", "requant_params",
-                "requantize", "requantize_ties")
+_MODES_NAMES = (
+    "REQUANT_MODES",
+    "EXTRA_REQUANT_MODES",
+    "RequantParams",
+    "effective_multiplier",
+    "requant_params",
+    "requantize",
+    "requantize_ties",
+)
 
 
 # ---- scalar reference: Python ints ----------------------------------------------------------
@@ -199,7 +206,8 @@ def multiply_by_quantized_multiplier_scalar(x: int, m0: int, shift: int, roundin
     if rounding == "double":
         left, right = max(shift, 0), max(-shift, 0)
         return rounding_divide_by_pot_scalar(
-            saturating_rounding_doubling_high_mul_scalar(wrap_int32(x << left), m0), right)
+            saturating_rounding_doubling_high_mul_scalar(wrap_int32(x << left), m0), right
+        )
     if m0 < 0:
         raise ValueError(f"rounding={rounding!r} needs m0 >= 0")
     total = 31 - shift
@@ -341,8 +349,9 @@ def _wrap32(v: np.ndarray) -> np.ndarray:
     return ((v + (1 << 31)) & 0xFFFFFFFF) - (1 << 31)
 
 
-def multiply_by_quantized_multiplier(x: npt.ArrayLike, m0: npt.ArrayLike, shift: npt.ArrayLike,
-                                     rounding: str = "double") -> np.ndarray:
+def multiply_by_quantized_multiplier(
+    x: npt.ArrayLike, m0: npt.ArrayLike, shift: npt.ArrayLike, rounding: str = "double"
+) -> np.ndarray:
     """TFLite's ``MultiplyByQuantizedMultiplier(x, m0, shift)``: about ``x * m0 * 2^(shift-31)``.
 
     Vectorized twin of :func:`multiply_by_quantized_multiplier_scalar`.
@@ -397,7 +406,11 @@ def __getattr__(name: str):
 
         from . import modes
 
-        warnings.warn(f"npquant.requant.fixedpoint.{name} moved to npquant.requant.modes.{name}; the old name will "
-                      "be removed in the next release", DeprecationWarning, stacklevel=2)
+        warnings.warn(
+            f"npquant.requant.fixedpoint.{name} moved to npquant.requant.modes.{name}; the old name will "
+            "be removed in the next release",
+            DeprecationWarning,
+            stacklevel=2,
+        )
         return getattr(modes, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -215,8 +215,17 @@ def _left_shift_error(left: int) -> ValueError:
     )
 
 
-def requantize(acc: npt.ArrayLike, multiplier: npt.ArrayLike, zero_point: int, qmin: int, qmax: int, *,
-               mode: str = "tflite", axis: int | None = None, backend: str = "numba") -> np.ndarray:
+def requantize(
+    acc: npt.ArrayLike,
+    multiplier: npt.ArrayLike,
+    zero_point: int,
+    qmin: int,
+    qmax: int,
+    *,
+    mode: str = "tflite",
+    axis: int | None = None,
+    backend: str = "numba",
+) -> np.ndarray:
     """int32 accumulators to output codes: ``clamp(round(acc * M) + zero_point, qmin, qmax)``.
 
     Parameters
@@ -249,8 +258,7 @@ def requantize(acc: npt.ArrayLike, multiplier: npt.ArrayLike, zero_point: int, q
     check_choice(backend, "backend", ("numba", "numpy"))
     a = check_int_array(acc, "acc")
     # int32 and narrower dtypes always fit: no pass over the data for them
-    if (a.size and not np.can_cast(a.dtype, np.int32)
-            and (a.min() < INT32_MIN or a.max() > INT32_MAX)):
+    if a.size and not np.can_cast(a.dtype, np.int32) and (a.min() < INT32_MIN or a.max() > INT32_MAX):
         raise ValueError(f"acc must lie in the int32 range, got values in [{a.min()}, {a.max()}]")
     zero_point, qmin, qmax = _check_out_range(zero_point, qmin, qmax)
     p = requant_params(multiplier, mode)
@@ -261,7 +269,7 @@ def requantize(acc: npt.ArrayLike, multiplier: npt.ArrayLike, zero_point: int, q
         ax = normalize_axis(axis, a.ndim)
         if a.shape[ax] != n_ch:
             raise ValueError(f"multiplier has {n_ch} channels but acc has {a.shape[ax]} along axis {ax}")
-        shape3 = (math.prod(a.shape[:ax]), n_ch, math.prod(a.shape[ax + 1:]))
+        shape3 = (math.prod(a.shape[:ax]), n_ch, math.prod(a.shape[ax + 1 :]))
     else:
         shape3 = (1, 1, a.size)
     acc3 = np.ascontiguousarray(a, dtype=np.int32).reshape(shape3)
@@ -273,8 +281,7 @@ def requantize(acc: npt.ArrayLike, multiplier: npt.ArrayLike, zero_point: int, q
     else:
         out3 = np.empty(shape3, dtype)
         with np.errstate(over="ignore"):  # NUMBA_DISABLE_JIT: fp32's inf, as in the twin
-            _k.requantize3(acc3, p.m0, p.shift, p.multiplier32, zero_point, qmin, qmax,
-                           REQUANT_CODES[mode], out3)
+            _k.requantize3(acc3, p.m0, p.shift, p.multiplier32, zero_point, qmin, qmax, REQUANT_CODES[mode], out3)
     return out3.reshape(a.shape)
 
 
@@ -305,9 +312,16 @@ def _requantize_numpy(acc3, p: RequantParams, zp: int, qmin: int, qmax: int, mod
     return np.clip(t, qmin, qmax).astype(np.int64)
 
 
-def requantize_ties(multiplier: float, zero_point: int = 0, qmin: int = -128, qmax: int = 127, *,
-                    acc_min: int = -(1 << 16), acc_max: int = 1 << 16,
-                    modes: Sequence[str] = REQUANT_MODES) -> dict:
+def requantize_ties(
+    multiplier: float,
+    zero_point: int = 0,
+    qmin: int = -128,
+    qmax: int = 127,
+    *,
+    acc_min: int = -(1 << 16),
+    acc_max: int = 1 << 16,
+    modes: Sequence[str] = REQUANT_MODES,
+) -> dict:
     """Where production stacks differ by one LSB: accumulators in ``[acc_min, acc_max]``
     whose output code depends on the requantization mode.
 
@@ -341,8 +355,7 @@ def requantize_ties(multiplier: float, zero_point: int = 0, qmin: int = -128, qm
     for m in modes:
         check_choice(m, "modes", _ALL_MODES)
     acc = np.arange(acc_min, acc_max + 1, dtype=np.int64)
-    codes = {m: requantize(acc, multiplier, zero_point, qmin, qmax, mode=m).astype(np.int64)
-             for m in modes}
+    codes = {m: requantize(acc, multiplier, zero_point, qmin, qmax, mode=m).astype(np.int64) for m in modes}
     first = codes[modes[0]]
     differ = np.zeros(acc.shape, bool)
     for m in modes[1:]:
@@ -417,8 +430,9 @@ class RequantSteps:
     raw: float | None = None
 
 
-def requantize_scalar(acc: int, multiplier: float, zero_point: int, qmin: int, qmax: int,
-                      mode: str = "tflite") -> RequantSteps:
+def requantize_scalar(
+    acc: int, multiplier: float, zero_point: int, qmin: int, qmax: int, mode: str = "tflite"
+) -> RequantSteps:
     """Scalar reference of :func:`requantize`: one accumulator, Python ints, every step kept.
 
     ``tflite``: ``rdbpot(srdhm(acc << left, m0), right)``; ``tflite_single`` and
@@ -481,8 +495,9 @@ def requantize_scalar(acc: int, multiplier: float, zero_point: int, qmin: int, q
     return RequantSteps(mode=mode, acc=acc, scaled=scaled, before_clamp=before, code=code, **extra)
 
 
-def fbgemm_requantize_scalar(acc: int, s_x: float, s_w: float, s_y: float, bias: float, zero_point: int,
-                             qmin: int, qmax: int, *, fused: bool) -> RequantSteps:
+def fbgemm_requantize_scalar(
+    acc: int, s_x: float, s_w: float, s_y: float, bias: float, zero_point: int, qmin: int, qmax: int, *, fused: bool
+) -> RequantSteps:
     """Scalar reference of PyTorch fbgemm's requantization with a float bias (:data:`FBGEMM`).
 
     In float32: ``ats = float32(S_x S_w)``, ``M = float32(ats / S_y)``; the bias added to
@@ -537,6 +552,16 @@ def fbgemm_requantize_scalar(acc: int, s_x: float, s_w: float, s_y: float, bias:
     if not INT32_MIN <= scaled <= INT32_MAX:
         scaled = INT32_MIN
     before = scaled + zero_point
-    return RequantSteps(mode=FBGEMM, acc=acc, scaled=scaled, before_clamp=before,
-                        code=min(max(before, qmin), qmax), multiplier32=float(mult), product=float(product),
-                        act_times_w_scale=float(ats), bias=float(b), raw=float(raw), **extra)
+    return RequantSteps(
+        mode=FBGEMM,
+        acc=acc,
+        scaled=scaled,
+        before_clamp=before,
+        code=min(max(before, qmin), qmax),
+        multiplier32=float(mult),
+        product=float(product),
+        act_times_w_scale=float(ats),
+        bias=float(b),
+        raw=float(raw),
+        **extra,
+    )

@@ -82,11 +82,22 @@ INPUT_FAKE_QUANT = "input_fake_quant"
 """Name of the input fake quant, the first layer of a :func:`prepare_qat` model."""
 
 
-def prepare_qat(model: nn.Sequential, *, weight_bits: int = 8, act_bits: int = 8, ranges: str = "minmax",
-                per_channel: bool = True, input_bits: int = 8, narrow_range: bool = False,
-                averaging_constant: float = 0.01, lsq_init: str = "minmax", pact_alpha: float = 10.0,
-                pact_init: str = "fixed", freeze_bn: bool = False,
-                output_bits: int | None = None) -> nn.Sequential:
+def prepare_qat(
+    model: nn.Sequential,
+    *,
+    weight_bits: int = 8,
+    act_bits: int = 8,
+    ranges: str = "minmax",
+    per_channel: bool = True,
+    input_bits: int = 8,
+    narrow_range: bool = False,
+    averaging_constant: float = 0.01,
+    lsq_init: str = "minmax",
+    pact_alpha: float = 10.0,
+    pact_init: str = "fixed",
+    freeze_bn: bool = False,
+    output_bits: int | None = None,
+) -> nn.Sequential:
     """A quantization-aware copy of the float ``model`` (see the module docstring).
 
     Parameters
@@ -157,15 +168,15 @@ def prepare_qat(model: nn.Sequential, *, weight_bits: int = 8, act_bits: int = 8
     pact_init = check_choice(pact_init, "pact_init", PACT_INITS)
     freeze_bn = check_bool(freeze_bn, "freeze_bn")
 
-    w_spec = QuantSpec(bits=weight_bits, signed=True, symmetric=True, narrow_range=narrow_range,
-                       axis=0 if per_channel else None)
+    w_spec = QuantSpec(
+        bits=weight_bits, signed=True, symmetric=True, narrow_range=narrow_range, axis=0 if per_channel else None
+    )
     a_spec = QuantSpec(bits=act_bits, signed=False)
 
     def wfq(name, n_out):
         fq_name = f"{name}.weight_fake_quant"
         if ranges == "lsq":
-            return LSQFakeQuantize(w_spec, param_shape=(n_out,) if per_channel else None, init=lsq_init,
-                                   name=fq_name)
+            return LSQFakeQuantize(w_spec, param_shape=(n_out,) if per_channel else None, init=lsq_init, name=fq_name)
         return weight_fake_quant(w_spec, name=fq_name)
 
     def afq(name, act, spec=a_spec):
@@ -181,14 +192,17 @@ def prepare_qat(model: nn.Sequential, *, weight_bits: int = 8, act_bits: int = 8
     for i, layer in enumerate(layers):
         if getattr(layer, "name", None) == INPUT_FAKE_QUANT:
             raise ValueError(f"layers[{i}] is named {INPUT_FAKE_QUANT!r}, the name of the input fake quant")
-    ctx = _reg.QATContext(wfq, afq, a_spec, QuantSpec(bits=output_bits, signed=False),
-                          weighted[-1] if weighted else None, freeze_bn)
+    ctx = _reg.QATContext(
+        wfq, afq, a_spec, QuantSpec(bits=output_bits, signed=False), weighted[-1] if weighted else None, freeze_bn
+    )
     out = [afq(INPUT_FAKE_QUANT, None, QuantSpec(bits=input_bits, signed=False))]
     i = 0
     while i < len(layers):
         if kinds[i] is None:
-            raise ValueError(f"prepare_qat cannot convert layers[{i}] ({getattr(layers[i], 'name', '?')!r}): "
-                             f"type {type(layers[i]).__name__}; supported: {_reg.qat_type_names()}")
+            raise ValueError(
+                f"prepare_qat cannot convert layers[{i}] ({getattr(layers[i], 'name', '?')!r}): "
+                f"type {type(layers[i]).__name__}; supported: {_reg.qat_type_names()}"
+            )
         q, count = kinds[i].prepare_qat(layers, i, ctx)
         out.append(q)
         i += count
@@ -272,8 +286,10 @@ def _qparams_of(fq, what: str):
         except RuntimeError:
             qp = None
     if qp is None:
-        raise ValueError(f"{what} ({fq.name}) has no qparams yet: run the QAT model in training mode "
-                         "(fine-tune or calibrate it) before convert_qat")
+        raise ValueError(
+            f"{what} ({fq.name}) has no qparams yet: run the QAT model in training mode "
+            "(fine-tune or calibrate it) before convert_qat"
+        )
     if not fq.fake_quant_enabled:
         raise ValueError(f"{what} ({fq.name}) has fake quantization disabled; enable it before convert_qat")
     return qp
@@ -291,8 +307,9 @@ def _weight_grid(layer):
     return w, qp, None if bias is None else np.array(bias, np.float32)
 
 
-def convert_qat(qat_model: nn.Sequential, *, mode: str = "tflite", accumulation: str = "exact",
-                bias_method: str | None = None) -> IntegerModel:
+def convert_qat(
+    qat_model: nn.Sequential, *, mode: str = "tflite", accumulation: str = "exact", bias_method: str | None = None
+) -> IntegerModel:
     """The integer-only model of a QAT model made by :func:`prepare_qat` (after training).
 
     Parameters
@@ -329,8 +346,9 @@ def convert_qat(qat_model: nn.Sequential, *, mode: str = "tflite", accumulation:
     check_choice(mode, "mode", REQUANT_MODES)
     check_accumulation(accumulation)
     if not isinstance(qat_model, nn.Sequential):
-        raise TypeError(f"qat_model must be an npquant.models.nn.Sequential (from prepare_qat), got "
-                        f"{type(qat_model).__name__}")
+        raise TypeError(
+            f"qat_model must be an npquant.models.nn.Sequential (from prepare_qat), got {type(qat_model).__name__}"
+        )
     layers = list(qat_model)
     if not layers or not isinstance(layers[0], _FakeQuantBase):
         raise ValueError("qat_model must start with the input fake quant (a model from prepare_qat)")
@@ -339,8 +357,10 @@ def convert_qat(qat_model: nn.Sequential, *, mode: str = "tflite", accumulation:
     for i, layer in enumerate(layers[1:], start=1):
         if isinstance(layer, (QATLinear, QATConv2d, QATConvBn2d)):
             if layer.act_fake_quant is None:
-                raise ValueError(f"layers[{i}] ({layer.name!r}) has no output fake quant (act_fake_quant=None); "
-                                 "the integer model needs the qparams of every linear/conv output")
+                raise ValueError(
+                    f"layers[{i}] ({layer.name!r}) has no output fake quant (act_fake_quant=None); "
+                    "the integer model needs the qparams of every linear/conv output"
+                )
             w, w_qp, bias = _weight_grid(layer)
             qparams[layer.name] = _qparams_of(layer.act_fake_quant, f"{layer.name}: the output fake quant")
             qparams[f"{layer.name}.weight"] = w_qp
@@ -348,8 +368,17 @@ def convert_qat(qat_model: nn.Sequential, *, mode: str = "tflite", accumulation:
                 float_layers.append(nn.Linear(w, bias, name=layer.name))
             else:
                 c = layer.conv if isinstance(layer, QATConvBn2d) else layer.layer
-                float_layers.append(nn.Conv2d(w, bias, stride=c.stride, padding=c.padding, dilation=c.dilation,
-                                              groups=c.groups, name=layer.name))
+                float_layers.append(
+                    nn.Conv2d(
+                        w,
+                        bias,
+                        stride=c.stride,
+                        padding=c.padding,
+                        dilation=c.dilation,
+                        groups=c.groups,
+                        name=layer.name,
+                    )
+                )
             if layer.activation == "relu":
                 float_layers.append(nn.ReLU())
             elif layer.activation == "relu6":
@@ -357,11 +386,19 @@ def convert_qat(qat_model: nn.Sequential, *, mode: str = "tflite", accumulation:
         elif _passes(layer):
             float_layers.append(layer)
         else:
-            raise ValueError(f"convert_qat cannot convert layers[{i}] ({getattr(layer, 'name', '?')!r}) of type "
-                             f"{type(layer).__name__}; a prepare_qat model holds the input fake quant, QATLinear, "
-                             f"QATConv2d, QATConvBn2d, relu, relu6, maxpool2d, avgpool2d, flatten")
-    im = quantize_model(nn.Sequential(float_layers), None, mode=mode, accumulation=accumulation,
-                        bias_method=bias_method, qparams=qparams)
+            raise ValueError(
+                f"convert_qat cannot convert layers[{i}] ({getattr(layer, 'name', '?')!r}) of type "
+                f"{type(layer).__name__}; a prepare_qat model holds the input fake quant, QATLinear, "
+                f"QATConv2d, QATConvBn2d, relu, relu6, maxpool2d, avgpool2d, flatten"
+            )
+    im = quantize_model(
+        nn.Sequential(float_layers),
+        None,
+        mode=mode,
+        accumulation=accumulation,
+        bias_method=bias_method,
+        qparams=qparams,
+    )
     im.input_method = "mul"
     # the contract: integer weights dequantize to the fake-quantized weights, bit for bit
     weighted = iter(fl for fl in float_layers if isinstance(fl, (nn.Linear, nn.Conv2d)))
@@ -369,6 +406,8 @@ def convert_qat(qat_model: nn.Sequential, *, mode: str = "tflite", accumulation:
         if isinstance(ql_layer, (ql.QLinear, ql.QConv2d)):
             fl = next(weighted)
             if not np.array_equal(dequantize(ql_layer.w_q, ql_layer.w_qp), fl.weight):
-                raise RuntimeError(f"{fl.name}: the integer weights do not dequantize to the fake-quantized "
-                                   "weights (a rounding mode that is not idempotent?)")
+                raise RuntimeError(
+                    f"{fl.name}: the integer weights do not dequantize to the fake-quantized "
+                    "weights (a rounding mode that is not idempotent?)"
+                )
     return im

@@ -71,9 +71,23 @@ from .trainer import _check_model, _data, evaluate
 if TYPE_CHECKING:
     from ..models import nn
 
-__all__ = ["DEFAULTS", "PAPER_LENET_RATIO", "SWEEP_BITS", "SWEEP_SPARSITIES", "DeepCompressionResult", "best_point",
-           "bundled", "deep_compression", "default_bits", "format_kmeans_table", "format_sweep", "kmeans_table",
-           "run_bundled", "sweep", "tables"]
+__all__ = [
+    "DEFAULTS",
+    "PAPER_LENET_RATIO",
+    "SWEEP_BITS",
+    "SWEEP_SPARSITIES",
+    "DeepCompressionResult",
+    "best_point",
+    "bundled",
+    "deep_compression",
+    "default_bits",
+    "format_kmeans_table",
+    "format_sweep",
+    "kmeans_table",
+    "run_bundled",
+    "sweep",
+    "tables",
+]
 
 PAPER_LENET_RATIO = 40
 """Deep Compression's ratio for LeNet-300-100 on MNIST (Han et al. 2016, Table 1)."""
@@ -81,8 +95,10 @@ PAPER_LENET_RATIO = 40
 DEFAULTS = {
     "mlp": {"sparsity": {"fc1.weight": 0.9, "fc2.weight": 0.85, "fc3.weight": 0.6}, "bits": {}},
     "lenet_300_100": {"sparsity": {"fc1.weight": 0.92, "fc2.weight": 0.91, "fc3.weight": 0.74}, "bits": {}},
-    "cnn": {"sparsity": {"conv1.weight": 0.3, "conv2.weight": 0.5, "fc.weight": 0.7},
-            "bits": {"conv1.weight": 5, "conv2.weight": 5}},
+    "cnn": {
+        "sparsity": {"conv1.weight": 0.3, "conv2.weight": 0.5, "fc.weight": 0.7},
+        "bits": {"conv1.weight": 5, "conv2.weight": 5},
+    },
 }
 """The :func:`deep_compression` settings of each bundled model: per-layer ``sparsity`` and
 ``bits`` over :func:`default_bits`. LeNet-300-100: the paper's rates (92, 91, 74 %) and
@@ -165,19 +181,24 @@ class DeepCompressionResult:
         def row(stage, total, weights, acc):
             return (stage, total, s.original / total, weights, s.weights_original / weights if weights else None, acc)
 
-        return [row("float32", s.original, s.weights_original, a["float"]),
-                row("pruned + retrained", s.pruned, s.weights_pruned, a["pruned"]),
-                row("k-means (not fine-tuned)", s.quantized, s.weights_quantized, a["kmeans"]),
-                row("k-means + fine-tuned centroids", s.quantized, s.weights_quantized, a["finetuned"]),
-                row("Huffman coded (the file)", s.huffman, s.weights_huffman, a["file"])]
+        return [
+            row("float32", s.original, s.weights_original, a["float"]),
+            row("pruned + retrained", s.pruned, s.weights_pruned, a["pruned"]),
+            row("k-means (not fine-tuned)", s.quantized, s.weights_quantized, a["kmeans"]),
+            row("k-means + fine-tuned centroids", s.quantized, s.weights_quantized, a["finetuned"]),
+            row("Huffman coded (the file)", s.huffman, s.weights_huffman, a["file"]),
+        ]
 
     def table(self) -> str:
         """The per-stage table as fixed-width text (accuracies in %)."""
+
         def x(r):
             return "-" if r is None else f"{r:.1f}x"
-        return format_table(["stage", "model B", "ratio", "weights B", "weights ratio", "test accuracy"],
-                            [[st, str(b), x(r), str(wb), x(wr), f"{100 * acc:.2f} %"]
-                             for st, b, r, wb, wr, acc in self.rows()])
+
+        return format_table(
+            ["stage", "model B", "ratio", "weights B", "weights ratio", "test accuracy"],
+            [[st, str(b), x(r), str(wb), x(wr), f"{100 * acc:.2f} %"] for st, b, r, wb, wr, acc in self.rows()],
+        )
 
 
 def _per_weight(spec, names: list, what: str, check) -> dict:
@@ -185,8 +206,9 @@ def _per_weight(spec, names: list, what: str, check) -> dict:
     if isinstance(spec, Mapping):
         unknown = [n for n in spec if n not in names]
         if unknown:
-            raise ValueError(f"{what} names {unknown[0]!r}, which is not a weight tensor of the model; "
-                             f"they are {names}")
+            raise ValueError(
+                f"{what} names {unknown[0]!r}, which is not a weight tensor of the model; they are {names}"
+            )
         return {n: check(v, f"{what}[{n!r}]") for n, v in spec.items()}
     return {n: check(spec, what) for n in names}
 
@@ -196,12 +218,26 @@ def _note(progress, msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
 
-def deep_compression(model: nn.Sequential, x_train: npt.ArrayLike, y_train: npt.ArrayLike, x_test: npt.ArrayLike,
-                     y_test: npt.ArrayLike, *, sparsity: float | Mapping[str, float], prune_steps: int = 3,
-                     prune_epochs: int = 20, bits: int | Mapping[str, int] | None = None, bias_bits: int | None = 5,
-                     finetune_epochs: int = 10, lr: float = 1e-3, finetune_lr: float = 1e-3, batch_size: int = 32,
-                     seed: int = 0, path: str | os.PathLike | None = None,
-                     progress: bool = True) -> DeepCompressionResult:
+def deep_compression(
+    model: nn.Sequential,
+    x_train: npt.ArrayLike,
+    y_train: npt.ArrayLike,
+    x_test: npt.ArrayLike,
+    y_test: npt.ArrayLike,
+    *,
+    sparsity: float | Mapping[str, float],
+    prune_steps: int = 3,
+    prune_epochs: int = 20,
+    bits: int | Mapping[str, int] | None = None,
+    bias_bits: int | None = 5,
+    finetune_epochs: int = 10,
+    lr: float = 1e-3,
+    finetune_lr: float = 1e-3,
+    batch_size: int = 32,
+    seed: int = 0,
+    path: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> DeepCompressionResult:
     """Prune, retrain, k-means quantize, fine-tune the centroids, Huffman code: one file.
 
     Parameters
@@ -265,16 +301,31 @@ def deep_compression(model: nn.Sequential, x_train: npt.ArrayLike, y_train: npt.
     names = weight_names(model)
     _check_names(model, sparsity, "sparsity")
     _per_weight(sparsity, names, "sparsity", lambda v, n: check_real(v, n, lo=0, hi=1, hi_open=True))
-    per_bits = {**default_bits(model), **_per_weight({} if bits is None else bits, names, "bits",
-                                                     lambda v, n: check_int(v, n, lo=1, hi=8))}
+    per_bits = {
+        **default_bits(model),
+        **_per_weight({} if bits is None else bits, names, "bits", lambda v, n: check_int(v, n, lo=1, hi=8)),
+    }
     if bias_bits is not None:
         per_bits.update(_bias_bits(model, check_int(bias_bits, "bias_bits", lo=1, hi=8)))
     acc_float = evaluate(model, x_test, y_test)[1]
-    pr = _prune(model, x_train, y_train, x_test, y_test, sparsity, prune_steps, prune_epochs, lr, batch_size, seed,
-                progress)
+    pr = _prune(
+        model, x_train, y_train, x_test, y_test, sparsity, prune_steps, prune_epochs, lr, batch_size, seed, progress
+    )
     t_prune = time.perf_counter() - t0
-    result = _share_and_code(model, x_train, y_train, x_test, y_test, per_bits, finetune_epochs, finetune_lr,
-                             batch_size, seed, path, progress)
+    result = _share_and_code(
+        model,
+        x_train,
+        y_train,
+        x_test,
+        y_test,
+        per_bits,
+        finetune_epochs,
+        finetune_lr,
+        batch_size,
+        seed,
+        path,
+        progress,
+    )
     result.prune = pr
     result.accuracy.update(float=acc_float, pruned=pr.history[-1]["accuracy"])
     result.time_s.update(prune=t_prune, total=time.perf_counter() - t0)
@@ -284,16 +335,27 @@ def deep_compression(model: nn.Sequential, x_train: npt.ArrayLike, y_train: npt.
 def _bias_bits(model, bits: int) -> dict:
     """``{bias name: bits}`` for the ``"<layer>.bias"`` of every layer whose weight is shared."""
     params = model.named_parameters()
-    return {b: bits for b in (n[:-len("weight")] + "bias" for n in weight_names(model)) if b in params}
+    return {b: bits for b in (n[: -len("weight")] + "bias" for n in weight_names(model)) if b in params}
 
 
 def _prune(model, x_train, y_train, x_test, y_test, sparsity, steps, epochs, lr, batch_size, seed, progress):
     """Stage 1: :func:`prune_and_retrain` with Adam and a cosine schedule in each step."""
     _note(progress, f"pruning to {_describe(sparsity)} in {steps} step(s), {epochs} epoch(s) of retraining each ...")
-    return prune_and_retrain(model, x_train, y_train, sparsity=sparsity, steps=steps, epochs_per_step=epochs,
-                             lr=lr, batch_size=batch_size, seed=seed,
-                             lr_schedule=CosineAnnealingLR(epochs) if epochs else None,
-                             x_val=x_test, y_val=y_test, progress=progress)
+    return prune_and_retrain(
+        model,
+        x_train,
+        y_train,
+        sparsity=sparsity,
+        steps=steps,
+        epochs_per_step=epochs,
+        lr=lr,
+        batch_size=batch_size,
+        seed=seed,
+        lr_schedule=CosineAnnealingLR(epochs) if epochs else None,
+        x_val=x_test,
+        y_val=y_test,
+        progress=progress,
+    )
 
 
 def _describe(sparsity) -> str:
@@ -302,20 +364,49 @@ def _describe(sparsity) -> str:
     return f"{100 * sparsity:g} %"
 
 
-def _share_and_code(model, x_train, y_train, x_test, y_test, per_bits: dict, epochs: int, lr: float,
-                    batch_size: int, seed: int, path, progress: bool) -> DeepCompressionResult:
+def _share_and_code(
+    model,
+    x_train,
+    y_train,
+    x_test,
+    y_test,
+    per_bits: dict,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    seed: int,
+    path,
+    progress: bool,
+) -> DeepCompressionResult:
     """Stages 2 and 3 on a (pruned) model: k-means QAT, the file, the model rebuilt from it."""
     t0 = time.perf_counter()
-    _note(progress, f"k-means weight sharing ({', '.join(f'{n} {b} bits' for n, b in per_bits.items())}), "
-                    f"{epochs} epoch(s) of centroid fine-tuning ...")
-    qat = kmeans_qat(model, x_train, y_train, bits=per_bits, epochs=epochs, lr=lr, batch_size=batch_size,
-                     seed=seed, x_val=x_test, y_val=y_test, progress=progress,
-                     lr_schedule=CosineAnnealingLR(epochs) if epochs else None)
+    _note(
+        progress,
+        f"k-means weight sharing ({', '.join(f'{n} {b} bits' for n, b in per_bits.items())}), "
+        f"{epochs} epoch(s) of centroid fine-tuning ...",
+    )
+    qat = kmeans_qat(
+        model,
+        x_train,
+        y_train,
+        bits=per_bits,
+        epochs=epochs,
+        lr=lr,
+        batch_size=batch_size,
+        seed=seed,
+        x_val=x_test,
+        y_val=y_test,
+        progress=progress,
+        lr_schedule=CosineAnnealingLR(epochs) if epochs else None,
+    )
     t1 = time.perf_counter()
     state = {k: v for k, v in model.state_dict().items() if np.asarray(v).dtype.kind == "f"}
     params = model.named_parameters()
-    configs = {n: LayerConfig(bits=b, index_bits=8 if params[n].ndim == 4 else 5) for n, b in per_bits.items()
-               if params[n].ndim in (2, 4)}
+    configs = {
+        n: LayerConfig(bits=b, index_bits=8 if params[n].ndim == 4 else 5)
+        for n, b in per_bits.items()
+        if params[n].ndim in (2, 4)
+    }
     shared = {n: (qat.codebooks[n], qat.indices[n], qat.reserved_zero[n]) for n in per_bits}
     comp = compress(state, configs, shared=shared)
     data = comp.to_bytes()
@@ -325,8 +416,9 @@ def _share_and_code(model, x_train, y_train, x_test, y_test, per_bits: dict, epo
     else:
         back = read_compressed(data)
     for n, v in state.items():  # the file holds the model in memory, bit for bit
-        if n not in back or not np.array_equal(np.asarray(back[n]).view(np.uint32),
-                                               np.asarray(v, np.float32).view(np.uint32)):
+        if n not in back or not np.array_equal(
+            np.asarray(back[n]).view(np.uint32), np.asarray(v, np.float32).view(np.uint32)
+        ):
             raise RuntimeError(f"the file does not rebuild {n!r} of the model bit for bit")
     file_model = copy.deepcopy(model)
     file_model.load_state_dict(back)
@@ -335,14 +427,23 @@ def _share_and_code(model, x_train, y_train, x_test, y_test, per_bits: dict, epo
     if acc_file != acc_mem:
         raise RuntimeError(f"the model rebuilt from the file scores {acc_file}, the model in memory {acc_mem}")
     sizes = stage_sizes(comp)
-    _note(progress, f"the file: {len(data)} bytes, {sizes.original / len(data):.1f}x smaller than float32; test "
-                    f"accuracy {100 * acc_file:.2f} %")
-    return DeepCompressionResult(model=model, file_model=file_model, compressed=comp, data=data,
-                                 path=None if path is None else str(path), sizes=sizes,
-                                 accuracy={"kmeans": qat.accuracy_kmeans, "finetuned": qat.accuracy,
-                                           "file": acc_file},
-                                 prune=None, qat=qat,
-                                 time_s={"quantize": t1 - t0, "huffman": time.perf_counter() - t1})
+    _note(
+        progress,
+        f"the file: {len(data)} bytes, {sizes.original / len(data):.1f}x smaller than float32; test "
+        f"accuracy {100 * acc_file:.2f} %",
+    )
+    return DeepCompressionResult(
+        model=model,
+        file_model=file_model,
+        compressed=comp,
+        data=data,
+        path=None if path is None else str(path),
+        sizes=sizes,
+        accuracy={"kmeans": qat.accuracy_kmeans, "finetuned": qat.accuracy, "file": acc_file},
+        prune=None,
+        qat=qat,
+        time_s={"quantize": t1 - t0, "huffman": time.perf_counter() - t1},
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -381,8 +482,15 @@ def bundled(name: str, models_dir: str | os.PathLike | None = None) -> tuple:
     return model, digits_data(ref.arch, models_dir), ref
 
 
-def run_bundled(name: str, *, seed: int = 0, models_dir: str | os.PathLike | None = None,
-                path: str | os.PathLike | None = None, progress: bool = True, **options) -> DeepCompressionResult:
+def run_bundled(
+    name: str,
+    *,
+    seed: int = 0,
+    models_dir: str | os.PathLike | None = None,
+    path: str | os.PathLike | None = None,
+    progress: bool = True,
+    **options,
+) -> DeepCompressionResult:
     """:func:`deep_compression` of bundled model ``name`` on the digits split, with its
     :data:`DEFAULTS` (``options`` override them and the other keywords of
     :func:`deep_compression`; ``bits`` given as a dict updates the model's per-layer
@@ -414,13 +522,30 @@ def run_bundled(name: str, *, seed: int = 0, models_dir: str | os.PathLike | Non
     bits = options.pop("bits", None)
     if bits is None or isinstance(bits, Mapping):
         bits = {**defaults["bits"], **(bits or {})} or None
-    return deep_compression(model, d["x_train"], d["y_train"], d["x_test"], d["y_test"], bits=bits, seed=seed,
-                            path=path, progress=progress, **options)
+    return deep_compression(
+        model,
+        d["x_train"],
+        d["y_train"],
+        d["x_test"],
+        d["y_test"],
+        bits=bits,
+        seed=seed,
+        path=path,
+        progress=progress,
+        **options,
+    )
 
 
-def kmeans_table(models: Iterable[str] | None = None, bits: Iterable[int] = (8, 4, 2), *, epochs: int = 10,
-                 lr: float = 1e-3, seed: int = 0, models_dir: str | os.PathLike | None = None,
-                 progress: bool = False) -> list:
+def kmeans_table(
+    models: Iterable[str] | None = None,
+    bits: Iterable[int] = (8, 4, 2),
+    *,
+    epochs: int = 10,
+    lr: float = 1e-3,
+    seed: int = 0,
+    models_dir: str | os.PathLike | None = None,
+    progress: bool = False,
+) -> list:
     """The MIT lab's k-means table on the bundled models: every weight tensor k-means
     quantized at each of ``bits`` (no pruning, biases exact), then ``epochs`` epochs of
     k-means QAT (:func:`~npquant.training.kmeans_qat.kmeans_qat`: Adam at ``lr``, cosine
@@ -461,18 +586,50 @@ def kmeans_table(models: Iterable[str] | None = None, bits: Iterable[int] = (8, 
         model, d, _ = bundled(name, models_dir)
         acc = evaluate(model, d["x_test"], d["y_test"])[1]
         original = sum(4 * np.asarray(v).size for v in model.state_dict().values() if np.asarray(v).dtype.kind == "f")
-        rows.append({"model": name, "bits": None, "bytes": original, "ratio": 1.0, "file_bytes": None,
-                     "file_ratio": None, "accuracy_kmeans": acc, "accuracy": acc, "time_s": 0.0})
+        rows.append(
+            {
+                "model": name,
+                "bits": None,
+                "bytes": original,
+                "ratio": 1.0,
+                "file_bytes": None,
+                "file_ratio": None,
+                "accuracy_kmeans": acc,
+                "accuracy": acc,
+                "time_s": 0.0,
+            }
+        )
         for b in bits:
             b = check_int(b, "bits", lo=1, hi=8)
             t0 = time.perf_counter()
             m = copy.deepcopy(model)
-            r = _share_and_code(m, d["x_train"], d["y_train"], d["x_test"], d["y_test"],
-                                {n: b for n in weight_names(m)}, epochs, lr, 32, seed, None, progress)
-            rows.append({"model": name, "bits": b, "bytes": r.sizes.quantized,
-                         "ratio": r.sizes.original / r.sizes.quantized, "file_bytes": len(r.data),
-                         "file_ratio": r.ratio, "accuracy_kmeans": r.accuracy["kmeans"],
-                         "accuracy": r.accuracy["file"], "time_s": time.perf_counter() - t0})
+            r = _share_and_code(
+                m,
+                d["x_train"],
+                d["y_train"],
+                d["x_test"],
+                d["y_test"],
+                {n: b for n in weight_names(m)},
+                epochs,
+                lr,
+                32,
+                seed,
+                None,
+                progress,
+            )
+            rows.append(
+                {
+                    "model": name,
+                    "bits": b,
+                    "bytes": r.sizes.quantized,
+                    "ratio": r.sizes.original / r.sizes.quantized,
+                    "file_bytes": len(r.data),
+                    "file_ratio": r.ratio,
+                    "accuracy_kmeans": r.accuracy["kmeans"],
+                    "accuracy": r.accuracy["file"],
+                    "time_s": time.perf_counter() - t0,
+                }
+            )
     return rows
 
 
@@ -489,27 +646,49 @@ def format_kmeans_table(rows: list) -> str:
     str
         The table.
     """
+
     def pct(v):
         return f"{100 * v:.2f} %"
-    return format_table(["model", "bits", "size B", "ratio", "file B", "file ratio", "k-means", "k-means QAT"],
-                        [[r["model"], "float32" if r["bits"] is None else str(r["bits"]), str(r["bytes"]),
-                          f"{r['ratio']:.1f}x", "-" if r["file_bytes"] is None else str(r["file_bytes"]),
-                          "-" if r["file_ratio"] is None else f"{r['file_ratio']:.1f}x",
-                          pct(r["accuracy_kmeans"]), "-" if r["bits"] is None else pct(r["accuracy"])]
-                         for r in rows])
+
+    return format_table(
+        ["model", "bits", "size B", "ratio", "file B", "file ratio", "k-means", "k-means QAT"],
+        [
+            [
+                r["model"],
+                "float32" if r["bits"] is None else str(r["bits"]),
+                str(r["bytes"]),
+                f"{r['ratio']:.1f}x",
+                "-" if r["file_bytes"] is None else str(r["file_bytes"]),
+                "-" if r["file_ratio"] is None else f"{r['file_ratio']:.1f}x",
+                pct(r["accuracy_kmeans"]),
+                "-" if r["bits"] is None else pct(r["accuracy"]),
+            ]
+            for r in rows
+        ],
+    )
 
 
-SWEEP_SPARSITIES = ({"fc1.weight": 0.85, "fc2.weight": 0.85, "fc3.weight": 0.6},
-                    DEFAULTS["lenet_300_100"]["sparsity"],
-                    {"fc1.weight": 0.95, "fc2.weight": 0.95, "fc3.weight": 0.8})
+SWEEP_SPARSITIES = (
+    {"fc1.weight": 0.85, "fc2.weight": 0.85, "fc3.weight": 0.6},
+    DEFAULTS["lenet_300_100"]["sparsity"],
+    {"fc1.weight": 0.95, "fc2.weight": 0.95, "fc3.weight": 0.8},
+)
 """The sparsities of :func:`sweep`: lighter than the paper's, the paper's, heavier."""
 
 SWEEP_BITS = (5, 4, 3)
 """The bit widths of :func:`sweep` (weights and biases)."""
 
 
-def sweep(name: str = "lenet_300_100", sparsities: Iterable = SWEEP_SPARSITIES, bits: Iterable[int] = SWEEP_BITS, *,
-          seed: int = 0, models_dir: str | os.PathLike | None = None, progress: bool = False, **options) -> list:
+def sweep(
+    name: str = "lenet_300_100",
+    sparsities: Iterable = SWEEP_SPARSITIES,
+    bits: Iterable[int] = SWEEP_BITS,
+    *,
+    seed: int = 0,
+    models_dir: str | os.PathLike | None = None,
+    progress: bool = False,
+    **options,
+) -> list:
     """Deep Compression of a bundled model at each sparsity x bit width: the trade-off
     between the file's ratio and the test accuracy.
 
@@ -561,9 +740,17 @@ def sweep(name: str = "lenet_300_100", sparsities: Iterable = SWEEP_SPARSITIES, 
             m = copy.deepcopy(model)
             per_bits = {**{n: b for n in weight_names(m)}, **_bias_bits(m, b)}
             r = _share_and_code(m, *data, per_bits, ft_epochs, ft_lr, 32, seed, None, progress)
-            rows.append({"sparsity": sp, "bits": b, "bytes": len(r.data), "ratio": r.ratio,
-                         "weights_ratio": r.sizes.weights_original / r.sizes.weights_huffman,
-                         "accuracy": r.accuracy["file"], "float_accuracy": acc_float})
+            rows.append(
+                {
+                    "sparsity": sp,
+                    "bits": b,
+                    "bytes": len(r.data),
+                    "ratio": r.ratio,
+                    "weights_ratio": r.sizes.weights_original / r.sizes.weights_huffman,
+                    "accuracy": r.accuracy["file"],
+                    "float_accuracy": acc_float,
+                }
+            )
     return rows
 
 
@@ -605,20 +792,38 @@ def format_sweep(rows: list) -> str:
     str
         The table and a line on the best point.
     """
-    table = format_table(["sparsity %", "bits", "file B", "ratio", "weights ratio", "test accuracy", "vs float"],
-                         [[_sp(r["sparsity"]), str(r["bits"]), str(r["bytes"]), f"{r['ratio']:.1f}x",
-                           f"{r['weights_ratio']:.1f}x", f"{100 * r['accuracy']:.2f} %",
-                           f"{100 * (r['accuracy'] - r['float_accuracy']):+.2f}"] for r in rows])
+    table = format_table(
+        ["sparsity %", "bits", "file B", "ratio", "weights ratio", "test accuracy", "vs float"],
+        [
+            [
+                _sp(r["sparsity"]),
+                str(r["bits"]),
+                str(r["bytes"]),
+                f"{r['ratio']:.1f}x",
+                f"{r['weights_ratio']:.1f}x",
+                f"{100 * r['accuracy']:.2f} %",
+                f"{100 * (r['accuracy'] - r['float_accuracy']):+.2f}",
+            ]
+            for r in rows
+        ],
+    )
     best = best_point(rows)
     if best is None:
         return table + "\nno point is within 0.5 points of float accuracy"
-    return (table + f"\nbest point within 0.5 points of float ({100 * best['float_accuracy']:.2f} %): sparsity "
-            f"{_sp(best['sparsity'])} %, {best['bits']} bits: {best['ratio']:.1f}x at {100 * best['accuracy']:.2f} % "
-            f"(Deep Compression: {PAPER_LENET_RATIO}x on MNIST, whose first layer has 784 inputs, not 64)")
+    return (
+        table + f"\nbest point within 0.5 points of float ({100 * best['float_accuracy']:.2f} %): sparsity "
+        f"{_sp(best['sparsity'])} %, {best['bits']} bits: {best['ratio']:.1f}x at {100 * best['accuracy']:.2f} % "
+        f"(Deep Compression: {PAPER_LENET_RATIO}x on MNIST, whose first layer has 784 inputs, not 64)"
+    )
 
 
-def tables(*, seed: int = 0, models_dir: str | os.PathLike | None = None, plots: str | os.PathLike | None = None,
-           progress: bool = True) -> str:
+def tables(
+    *,
+    seed: int = 0,
+    models_dir: str | os.PathLike | None = None,
+    plots: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> str:
     """The three tables (module docstring) as text, computed on the spot; with ``plots``
     (a folder), also the sweep's trade-off figure ``deep_compression_tradeoff.png`` when
     matplotlib is installed (else a note in the text).
@@ -653,18 +858,24 @@ def tables(*, seed: int = 0, models_dir: str | os.PathLike | None = None, plots:
 
     _note(progress, "table 1: k-means and k-means QAT at 8, 4 and 2 bits ...")
     km = kmeans_table(seed=seed, models_dir=models_dir, progress=progress)
-    parts.append("1. k-means weight sharing and k-means QAT (the MIT lab's table; no pruning, biases exact; "
-                 "size: float32 codebooks and packed indices; file: npquant's, Huffman coded; test accuracy, "
-                 f"450 digits) {took()}\n" + format_kmeans_table(km))
+    parts.append(
+        "1. k-means weight sharing and k-means QAT (the MIT lab's table; no pruning, biases exact; "
+        "size: float32 codebooks and packed indices; file: npquant's, Huffman coded; test accuracy, "
+        f"450 digits) {took()}\n" + format_kmeans_table(km)
+    )
     for name in ("lenet_300_100", "cnn"):
         _note(progress, f"table 2: Deep Compression of {name} ...")
         r = run_bundled(name, seed=seed, models_dir=models_dir, progress=progress)
-        parts.append(f"2. Deep Compression per stage, {name} (sparsity {_sp(DEFAULTS[name]['sparsity'])} %, "
-                     f"bits {_bits_text(r)}) {took()}\n" + r.table())
+        parts.append(
+            f"2. Deep Compression per stage, {name} (sparsity {_sp(DEFAULTS[name]['sparsity'])} %, "
+            f"bits {_bits_text(r)}) {took()}\n" + r.table()
+        )
     _note(progress, "table 3: sparsity x bits on lenet_300_100 ...")
     sw = sweep(seed=seed, models_dir=models_dir, progress=progress)
-    parts.append("3. LeNet-300-100: sparsity (fc1/fc2/fc3) x bits (weights and biases), the file's ratio and test "
-                 f"accuracy {took()}\n" + format_sweep(sw))
+    parts.append(
+        "3. LeNet-300-100: sparsity (fc1/fc2/fc3) x bits (weights and biases), the file's ratio and test "
+        f"accuracy {took()}\n" + format_sweep(sw)
+    )
     if plots is not None:
         parts.append(_plot_sweep(sw, plots))
     parts.append(f"seed {seed}; computed in {time.perf_counter() - t0:.0f} s")
@@ -686,9 +897,11 @@ def _plot_sweep(rows: list, directory) -> str:
     except ModuleNotFoundError as e:
         return f"no plot: {e}"
     points = [(r["ratio"], r["accuracy"], f"{_sp(r['sparsity']).split('/')[0]} % {r['bits']}b") for r in rows]
-    fig = plot_compression_tradeoff(points, float_accuracy=rows[0]["float_accuracy"],
-                                    title="LeNet-300-100 on digits, Deep Compression with retraining\n"
-                                          "(labels: sparsity of fc1, bits)")
+    fig = plot_compression_tradeoff(
+        points,
+        float_accuracy=rows[0]["float_accuracy"],
+        title="LeNet-300-100 on digits, Deep Compression with retraining\n(labels: sparsity of fc1, bits)",
+    )
     # points of equal accuracy sit on one line: put every other label below its point
     by_acc = {}
     for ann, (ratio, acc, _) in zip(fig.axes[0].texts, points):

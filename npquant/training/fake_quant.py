@@ -192,8 +192,9 @@ def _clip_mask(x: np.ndarray, qparams: QParams, method: str) -> np.ndarray:
     return (code >= spec.qmin) & (code <= spec.qmax)
 
 
-def fake_quantize_with_mask(x: npt.ArrayLike, qparams: QParams, *, method: str = "mul",
-                            backend: str = "numba") -> tuple[np.ndarray, np.ndarray]:
+def fake_quantize_with_mask(
+    x: npt.ArrayLike, qparams: QParams, *, method: str = "mul", backend: str = "numba"
+) -> tuple[np.ndarray, np.ndarray]:
     """Fake-quantize ``x`` and say where its gradient passes under the ``clipped`` rule.
 
     Parameters
@@ -317,8 +318,9 @@ def _lsq_qparams(scale, zero_point, spec: QuantSpec) -> QParams:
     return QParams(s, z, spec)
 
 
-def lsq_forward(x: npt.ArrayLike, scale: npt.ArrayLike, zero_point: npt.ArrayLike, spec: QuantSpec, *,
-                backend: str = "numba") -> np.ndarray:
+def lsq_forward(
+    x: npt.ArrayLike, scale: npt.ArrayLike, zero_point: npt.ArrayLike, spec: QuantSpec, *, backend: str = "numba"
+) -> np.ndarray:
     """LSQ's forward pass: fake quantization with a float scale and zero point.
 
     ``scale`` (positive, float32) and ``zero_point`` (any real; ignored for a symmetric
@@ -353,9 +355,17 @@ def lsq_forward(x: npt.ArrayLike, scale: npt.ArrayLike, zero_point: npt.ArrayLik
     return fake_quantize(x, qp, method="mul", backend=backend)
 
 
-def lsq_backward(grad_y: npt.ArrayLike, x: npt.ArrayLike, scale: npt.ArrayLike, zero_point: npt.ArrayLike,
-                 spec: QuantSpec, *, grad_factor: float = 1.0, grad_method: str = "fma",
-                 backward_zero_point: str = "forward") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def lsq_backward(
+    grad_y: npt.ArrayLike,
+    x: npt.ArrayLike,
+    scale: npt.ArrayLike,
+    zero_point: npt.ArrayLike,
+    spec: QuantSpec,
+    *,
+    grad_factor: float = 1.0,
+    grad_method: str = "fma",
+    backward_zero_point: str = "forward",
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """LSQ's backward pass: gradients with respect to ``x``, the scale and the zero point.
 
     With ``R = float32(1 / S)``, the code is recomputed from ``x`` as PyTorch's backward
@@ -449,8 +459,7 @@ def lsq_backward(grad_y: npt.ArrayLike, x: npt.ArrayLike, scale: npt.ArrayLike, 
             v = fma32(x, r, z)
         else:
             v = x * r + z32
-        q = round_values(np.ascontiguousarray(v, dtype=np.float32), spec.rounding,
-                         seed=spec.seed).astype(np.float64)
+        q = round_values(np.ascontiguousarray(v, dtype=np.float32), spec.rounding, seed=spec.seed).astype(np.float64)
     below = q < spec.qmin
     above = q > spec.qmax
     inside = ~(below | above)
@@ -502,8 +511,7 @@ def _pact_check_spec(spec: QuantSpec) -> QuantSpec:
 def _pact_alpha(alpha) -> np.float32:
     """``alpha`` (a real scalar or size-1 array) as a positive finite float32."""
     a = np.asarray(alpha)
-    return check_scale(a.reshape(()) if a.ndim and a.size == 1 and a.dtype.kind in "fiu" else alpha,
-                       "alpha")
+    return check_scale(a.reshape(()) if a.ndim and a.size == 1 and a.dtype.kind in "fiu" else alpha, "alpha")
 
 
 def pact_qparams(alpha: float, spec: QuantSpec) -> QParams:
@@ -557,8 +565,9 @@ def pact_forward(x: npt.ArrayLike, alpha: float, spec: QuantSpec, *, backend: st
     return fake_quantize(np.clip(x, lo, a), pact_qparams(a, spec), method="mul", backend=backend)
 
 
-def pact_backward(grad_y: npt.ArrayLike, x: npt.ArrayLike, alpha: float,
-                  spec: QuantSpec) -> tuple[np.ndarray, np.ndarray]:
+def pact_backward(
+    grad_y: npt.ArrayLike, x: npt.ArrayLike, alpha: float, spec: QuantSpec
+) -> tuple[np.ndarray, np.ndarray]:
     """PACT's gradients ``(dx, d_alpha)``.
 
     Unsigned: ``dx = dy`` where ``0 <= x < alpha``, else 0; ``d_alpha = sum(dy where x >=
@@ -727,9 +736,17 @@ class FakeQuantize(_FakeQuantBase):
     ``grad_x`` by the gradient rule.
     """
 
-    def __init__(self, observer: Observer | None = None, *, qparams: QParams | None = None,
-                 gradient: str = "clipped", method: str = "mul", reset_observer: bool = False,
-                 backend: str = "numba", name: str = "fake_quant"):
+    def __init__(
+        self,
+        observer: Observer | None = None,
+        *,
+        qparams: QParams | None = None,
+        gradient: str = "clipped",
+        method: str = "mul",
+        reset_observer: bool = False,
+        backend: str = "numba",
+        name: str = "fake_quant",
+    ):
         super().__init__(name)
         if observer is not None and not isinstance(observer, Observer):
             raise TypeError(f"observer must be an npquant Observer, got {type(observer).__name__}")
@@ -739,8 +756,7 @@ class FakeQuantize(_FakeQuantBase):
             raise ValueError("FakeQuantize needs an observer, qparams, or both")
         if observer is not None and qparams is not None and qparams.spec != observer.effective_spec:
             raise ValueError(
-                f"qparams.spec {qparams.spec} differs from the observer's effective spec "
-                f"{observer.effective_spec}"
+                f"qparams.spec {qparams.spec} differs from the observer's effective spec {observer.effective_spec}"
             )
         self.gradient = check_choice(gradient, "gradient", ("ste", "clipped"))
         self.method = _check_method(method)
@@ -798,12 +814,15 @@ class FakeQuantize(_FakeQuantBase):
         return ste_backward(grad_y, mask, self.gradient)
 
     def __repr__(self) -> str:
-        return (f"FakeQuantize(observer={self.observer!r}, gradient={self.gradient!r}, "
-                f"method={self.method!r}, reset_observer={self.reset_observer}, name={self.name!r})")
+        return (
+            f"FakeQuantize(observer={self.observer!r}, gradient={self.gradient!r}, "
+            f"method={self.method!r}, reset_observer={self.reset_observer}, name={self.name!r})"
+        )
 
 
-def weight_fake_quant(spec: QuantSpec | None = None, *, gradient: str = "clipped",
-                      name: str = "weight_fake_quant") -> FakeQuantize:
+def weight_fake_quant(
+    spec: QuantSpec | None = None, *, gradient: str = "clipped", name: str = "weight_fake_quant"
+) -> FakeQuantize:
     """Fake quantization for weights: min-max of the current weights at each training step.
 
     ``spec`` defaults to ``QuantSpec(bits=8, signed=True, symmetric=True, axis=0)``
@@ -832,8 +851,13 @@ def weight_fake_quant(spec: QuantSpec | None = None, *, gradient: str = "clipped
     return FakeQuantize(obs, gradient=gradient, reset_observer=True, name=name)
 
 
-def activation_fake_quant(spec: QuantSpec | None = None, *, averaging_constant: float = 0.01,
-                          gradient: str = "clipped", name: str = "act_fake_quant") -> FakeQuantize:
+def activation_fake_quant(
+    spec: QuantSpec | None = None,
+    *,
+    averaging_constant: float = 0.01,
+    gradient: str = "clipped",
+    name: str = "act_fake_quant",
+) -> FakeQuantize:
     """Fake quantization for activations, range tracked by a moving average of min and max.
 
     ``spec`` defaults to ``QuantSpec(bits=8, signed=False)`` (quint8 affine, PyTorch's
@@ -911,16 +935,26 @@ class LSQFakeQuantize(_FakeQuantBase):
 
     gradient = "lsq"
 
-    def __init__(self, spec: QuantSpec, *, scale: npt.ArrayLike | None = None, zero_point: npt.ArrayLike | None = None,
-                 param_shape: tuple[int, ...] | None = None, init: str = "lsq", learn_zero_point: bool | None = None,
-                 grad_scale: bool | float = True, grad_method: str = "fma", backward_zero_point: str = "forward",
-                 backend: str = "numba", name: str = "lsq"):
+    def __init__(
+        self,
+        spec: QuantSpec,
+        *,
+        scale: npt.ArrayLike | None = None,
+        zero_point: npt.ArrayLike | None = None,
+        param_shape: tuple[int, ...] | None = None,
+        init: str = "lsq",
+        learn_zero_point: bool | None = None,
+        grad_scale: bool | float = True,
+        grad_method: str = "fma",
+        backward_zero_point: str = "forward",
+        backend: str = "numba",
+        name: str = "lsq",
+    ):
         super().__init__(name)
         self.spec = _check_spec(spec)
         self.init = check_choice(init, "init", _INITS)
         self.grad_method = check_choice(grad_method, "grad_method", GRAD_METHODS)
-        self.backward_zero_point = check_choice(backward_zero_point, "backward_zero_point",
-                                                ("forward", "torch"))
+        self.backward_zero_point = check_choice(backward_zero_point, "backward_zero_point", ("forward", "torch"))
         self.backend = check_choice(backend, "backend", BACKENDS)
         if isinstance(grad_scale, (bool, np.bool_)):
             self.grad_scale = bool(grad_scale)
@@ -955,8 +989,9 @@ class LSQFakeQuantize(_FakeQuantBase):
         zdefault = spec.symmetric_zero_point if spec.symmetric else (0 if spec.qmin <= 0 else spec.qmin)
         if zero_point is None or spec.symmetric:
             if zero_point is not None and not np.all(np.asarray(zero_point) == spec.symmetric_zero_point):
-                raise ValueError(f"zero_point of a symmetric spec is fixed at {spec.symmetric_zero_point}, "
-                                 f"got {_brief(zero_point)}")
+                raise ValueError(
+                    f"zero_point of a symmetric spec is fixed at {spec.symmetric_zero_point}, got {_brief(zero_point)}"
+                )
             self.zero_point = np.full(self.scale.shape, zdefault, np.float32)
         else:
             zp = np.asarray(zero_point)
@@ -1029,8 +1064,9 @@ class LSQFakeQuantize(_FakeQuantBase):
         if not self.fake_quant_enabled:
             y = x.copy()
         else:
-            y = lsq_forward(x, np.maximum(self.scale, np.float32(FLOAT32_EPS)), self.zero_point,
-                            self.spec, backend=self.backend)
+            y = lsq_forward(
+                x, np.maximum(self.scale, np.float32(FLOAT32_EPS)), self.zero_point, self.spec, backend=self.backend
+            )
         if self.training:
             self._cache = (x, self.scale.copy(), self.zero_point.copy(), self.fake_quant_enabled)
         return y
@@ -1039,17 +1075,26 @@ class LSQFakeQuantize(_FakeQuantBase):
         x, s, z, enabled = self._need_cache()
         if not enabled:
             return _check_grad(grad_y, x.shape).copy()
-        dx, ds, dz = lsq_backward(grad_y, x, s, z, self.spec, grad_factor=self._grad_factor(x.size),
-                                  grad_method=self.grad_method,
-                                  backward_zero_point=self.backward_zero_point)
+        dx, ds, dz = lsq_backward(
+            grad_y,
+            x,
+            s,
+            z,
+            self.spec,
+            grad_factor=self._grad_factor(x.size),
+            grad_method=self.grad_method,
+            backward_zero_point=self.backward_zero_point,
+        )
         self.grads["scale"] += ds
         if self.learn_zero_point:
             self.grads["zero_point"] += dz
         return dx
 
     def __repr__(self) -> str:
-        return (f"LSQFakeQuantize(spec={self.spec}, scale={_brief(self.scale)}, "
-                f"zero_point={_brief(self.zero_point)}, grad_scale={self.grad_scale}, name={self.name!r})")
+        return (
+            f"LSQFakeQuantize(spec={self.spec}, scale={_brief(self.scale)}, "
+            f"zero_point={_brief(self.zero_point)}, grad_scale={self.grad_scale}, name={self.name!r})"
+        )
 
 
 class PACTFakeQuantize(_FakeQuantBase):
@@ -1081,8 +1126,9 @@ class PACTFakeQuantize(_FakeQuantBase):
 
     gradient = "pact"
 
-    def __init__(self, spec: QuantSpec, *, alpha: float = 10.0, init: str = "fixed", backend: str = "numba",
-                 name: str = "pact"):
+    def __init__(
+        self, spec: QuantSpec, *, alpha: float = 10.0, init: str = "fixed", backend: str = "numba", name: str = "pact"
+    ):
         super().__init__(name)
         self.spec = _pact_check_spec(spec)
         self.alpha = np.array(_pact_alpha(alpha), dtype=np.float32)

@@ -121,8 +121,17 @@ class SharedWeights:
     the weights).
     """
 
-    def __init__(self, model: TrainableModel, codebooks: dict, indices: dict, *, reserved_zero: bool | None = None,
-                 variant: str = "centroid", reduction: str = "mean", backend: str = "numba"):
+    def __init__(
+        self,
+        model: TrainableModel,
+        codebooks: dict,
+        indices: dict,
+        *,
+        reserved_zero: bool | None = None,
+        variant: str = "centroid",
+        reduction: str = "mean",
+        backend: str = "numba",
+    ):
         _check_model(model)
         self.model = model
         self.variant = check_choice(variant, "variant", VARIANTS)
@@ -131,8 +140,9 @@ class SharedWeights:
         if not isinstance(codebooks, Mapping) or not isinstance(indices, Mapping):
             raise TypeError("codebooks and indices must be dicts of weight name -> array")
         if set(codebooks) != set(indices):
-            raise ValueError(f"codebooks and indices must name the same weights, got {sorted(codebooks)} "
-                             f"and {sorted(indices)}")
+            raise ValueError(
+                f"codebooks and indices must name the same weights, got {sorted(codebooks)} and {sorted(indices)}"
+            )
         reserved_zero = {} if reserved_zero is None else reserved_zero
         params = model.named_parameters()
         self.codebooks, self.indices, self.reserved_zero, self._scale = {}, {}, {}, {}
@@ -241,8 +251,9 @@ class SharedWeights:
         if self.variant == "reaverage":
             params = self.model.named_parameters()
             for n, cb in self.codebooks.items():
-                cb[...] = reaverage_centroids(params[n], self.indices[n], cb.size, cb,
-                                              reserved_zero=self.reserved_zero[n], backend=self.backend)
+                cb[...] = reaverage_centroids(
+                    params[n], self.indices[n], cb.size, cb, reserved_zero=self.reserved_zero[n], backend=self.backend
+                )
         self.sync()
 
     def sync(self) -> None:
@@ -292,13 +303,29 @@ class KMeansQATResult:
     time_s: float
 
 
-def kmeans_qat(model: TrainableModel, x_train: npt.ArrayLike, y_train: npt.ArrayLike, *, bits: int | Mapping[str, int],
-               epochs: int, lr: float = 1e-3, variant: str = "centroid", reduction: str = "mean",
-               optimizer: str = "adam", optimizer_options: dict | None = None, batch_size: int = 32, seed: int = 0,
-               init: str = "linear", keep_zeros: bool | Literal["auto"] = "auto", x_val: npt.ArrayLike | None = None,
-               y_val: npt.ArrayLike | None = None, lr_schedule: Callable[[int, float], float] | None = None,
-               hooks: Hook | list[Hook] | None = None, backend: str = "numba",
-               progress: bool = True) -> KMeansQATResult:
+def kmeans_qat(
+    model: TrainableModel,
+    x_train: npt.ArrayLike,
+    y_train: npt.ArrayLike,
+    *,
+    bits: int | Mapping[str, int],
+    epochs: int,
+    lr: float = 1e-3,
+    variant: str = "centroid",
+    reduction: str = "mean",
+    optimizer: str = "adam",
+    optimizer_options: dict | None = None,
+    batch_size: int = 32,
+    seed: int = 0,
+    init: str = "linear",
+    keep_zeros: bool | Literal["auto"] = "auto",
+    x_val: npt.ArrayLike | None = None,
+    y_val: npt.ArrayLike | None = None,
+    lr_schedule: Callable[[int, float], float] | None = None,
+    hooks: Hook | list[Hook] | None = None,
+    backend: str = "numba",
+    progress: bool = True,
+) -> KMeansQATResult:
     """k-means weight sharing of ``model``'s weight tensors, then quantization-aware
     fine-tuning of the centroids (module docstring).
 
@@ -366,12 +393,19 @@ def kmeans_qat(model: TrainableModel, x_train: npt.ArrayLike, y_train: npt.Array
 
     acc_float = accuracy()
     params = model.named_parameters()
-    fitted = {n: kmeans_quantize(params[n], per_bits[n], init=init, seed=seed, keep_zeros=keep_zeros,
-                                 backend=backend) for n in names}
-    shared = SharedWeights(model, {n: r.codebook for n, r in fitted.items()},
-                           {n: r.indices for n, r in fitted.items()},
-                           reserved_zero={n: r.reserved_zero for n, r in fitted.items()},
-                           variant=variant, reduction=reduction, backend=backend)
+    fitted = {
+        n: kmeans_quantize(params[n], per_bits[n], init=init, seed=seed, keep_zeros=keep_zeros, backend=backend)
+        for n in names
+    }
+    shared = SharedWeights(
+        model,
+        {n: r.codebook for n, r in fitted.items()},
+        {n: r.indices for n, r in fitted.items()},
+        reserved_zero={n: r.reserved_zero for n, r in fitted.items()},
+        variant=variant,
+        reduction=reduction,
+        backend=backend,
+    )
     acc_kmeans = accuracy()
     history = None
     if epochs:
@@ -379,12 +413,32 @@ def kmeans_qat(model: TrainableModel, x_train: npt.ArrayLike, y_train: npt.Array
         opt.set_masks(shared.optimizer_masks())
         own = Hook(on_step_end=lambda state: shared.after_step())
         more = [] if hooks is None else (list(hooks) if isinstance(hooks, (list, tuple)) else [hooks])
-        history = fit(shared, None, opt, x_train, y_train, epochs=epochs, batch_size=batch_size, seed=seed,
-                      x_val=x_val, y_val=y_val, schedule=lr_schedule, hooks=[own, *more], progress=progress)
+        history = fit(
+            shared,
+            None,
+            opt,
+            x_train,
+            y_train,
+            epochs=epochs,
+            batch_size=batch_size,
+            seed=seed,
+            x_val=x_val,
+            y_val=y_val,
+            schedule=lr_schedule,
+            hooks=[own, *more],
+            progress=progress,
+        )
     shared.sync()
     model.eval()
-    return KMeansQATResult(model=model, codebooks=dict(shared.codebooks),
-                           indices={n: shared.indices[n] for n in names},
-                           reserved_zero=dict(shared.reserved_zero), bits=per_bits, history=history,
-                           accuracy_float=acc_float, accuracy_kmeans=acc_kmeans, accuracy=accuracy(),
-                           time_s=time.perf_counter() - t0)
+    return KMeansQATResult(
+        model=model,
+        codebooks=dict(shared.codebooks),
+        indices={n: shared.indices[n] for n in names},
+        reserved_zero=dict(shared.reserved_zero),
+        bits=per_bits,
+        history=history,
+        accuracy_float=acc_float,
+        accuracy_kmeans=acc_kmeans,
+        accuracy=accuracy(),
+        time_s=time.perf_counter() - t0,
+    )

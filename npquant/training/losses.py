@@ -91,8 +91,9 @@ def _labels(labels, n: int, c: int) -> np.ndarray:
     return y.astype(np.intp)
 
 
-def softmax_cross_entropy(logits: npt.ArrayLike, labels: npt.ArrayLike, *,
-                          reduction: str = "mean") -> tuple[float, np.ndarray]:
+def softmax_cross_entropy(
+    logits: npt.ArrayLike, labels: npt.ArrayLike, *, reduction: str = "mean"
+) -> tuple[float, np.ndarray]:
     """Cross-entropy of the softmax of ``logits`` against integer ``labels``, and its gradient.
 
     ``loss = -sum_i log_softmax(logits)[i, labels[i]]`` divided by ``N`` for

@@ -56,8 +56,7 @@ import numpy as np
 from .._checks import BACKENDS, check_bool, check_choice, check_int, check_real
 from ..rounding import fma32 as _fma32_numpy
 
-__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "StepLR", "CosineAnnealingLR", "LinearWarmup",
-           "BACKENDS"]
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "StepLR", "CosineAnnealingLR", "LinearWarmup", "BACKENDS"]
 
 
 # ---------------------------------------------------------------------------------------
@@ -143,8 +142,9 @@ class Optimizer:
         ``{name: bool array}`` set by :meth:`set_masks`, or ``None``.
     """
 
-    def __init__(self, params: dict[str, np.ndarray], lr: float, *, fused_multiply_add: bool = True,
-                 backend: str = "numba"):
+    def __init__(
+        self, params: dict[str, np.ndarray], lr: float, *, fused_multiply_add: bool = True, backend: str = "numba"
+    ):
         self.params = _check_params(params)
         self.lr = lr
         self.fused_multiply_add = check_bool(fused_multiply_add, "fused_multiply_add")
@@ -180,10 +180,14 @@ class Optimizer:
         "step_count", "hyper", "state", "masks"}`` (``state`` maps each parameter name to
         copies of its state arrays; ``masks`` is ``None`` or copies of the persistent
         masks). :meth:`load_state_dict` restores it."""
-        return {"optimizer": type(self).__name__, "lr": self.lr, "step_count": self.step_count,
-                "hyper": self._hyper(),
-                "state": {n: {k: v.copy() for k, v in s.items()} for n, s in self.state.items()},
-                "masks": None if self.masks is None else {n: m.copy() for n, m in self.masks.items()}}
+        return {
+            "optimizer": type(self).__name__,
+            "lr": self.lr,
+            "step_count": self.step_count,
+            "hyper": self._hyper(),
+            "state": {n: {k: v.copy() for k, v in s.items()} for n, s in self.state.items()},
+            "masks": None if self.masks is None else {n: m.copy() for n, m in self.masks.items()},
+        }
 
     def load_state_dict(self, state_dict: dict) -> None:
         """Restore a :meth:`state_dict` of an optimizer of the same class and parameters
@@ -198,8 +202,10 @@ class Optimizer:
             for k, v in s.items():
                 v = np.asarray(v)
                 if v.shape != self.params[n].shape:
-                    raise ValueError(f"state_dict['state'][{n!r}][{k!r}] has shape {v.shape}, "
-                                     f"the parameter has {self.params[n].shape}")
+                    raise ValueError(
+                        f"state_dict['state'][{n!r}][{k!r}] has shape {v.shape}, "
+                        f"the parameter has {self.params[n].shape}"
+                    )
                 new[n][k] = v.astype(np.float32, copy=True)
         for k, v in state_dict["hyper"].items():
             setattr(self, k, v)
@@ -264,8 +270,7 @@ class Optimizer:
             if g.dtype.kind != "f":
                 raise TypeError(f"grads[{n!r}] must be a floating-point array, got dtype {g.dtype}")
             if g.shape != self.params[n].shape:
-                raise ValueError(f"grads[{n!r}] has shape {g.shape}, the parameter has shape "
-                                 f"{self.params[n].shape}")
+                raise ValueError(f"grads[{n!r}] has shape {g.shape}, the parameter has shape {self.params[n].shape}")
             g = g.astype(np.float32, copy=False)
             if not np.isfinite(g).all():
                 raise ValueError(f"grads[{n!r}] contains NaN or infinity")
@@ -341,21 +346,36 @@ class SGD(Optimizer):
         See the module docstring.
     """
 
-    def __init__(self, params: dict[str, np.ndarray], lr: float, *, momentum: float = 0.0, dampening: float = 0.0,
-                 nesterov: bool = False, weight_decay: float = 0.0, fused_multiply_add: bool = True,
-                 backend: str = "numba"):
+    def __init__(
+        self,
+        params: dict[str, np.ndarray],
+        lr: float,
+        *,
+        momentum: float = 0.0,
+        dampening: float = 0.0,
+        nesterov: bool = False,
+        weight_decay: float = 0.0,
+        fused_multiply_add: bool = True,
+        backend: str = "numba",
+    ):
         self.momentum = check_real(momentum, "momentum", lo=0)
         self.dampening = check_real(dampening, "dampening", lo=0, hi=1)
         self.nesterov = check_bool(nesterov, "nesterov")
         self.weight_decay = check_real(weight_decay, "weight_decay", lo=0)
         if self.nesterov and (self.momentum == 0 or self.dampening != 0):
-            raise ValueError(f"nesterov=True needs momentum > 0 and dampening == 0, got "
-                             f"momentum={momentum!r}, dampening={dampening!r}")
+            raise ValueError(
+                f"nesterov=True needs momentum > 0 and dampening == 0, got "
+                f"momentum={momentum!r}, dampening={dampening!r}"
+            )
         super().__init__(params, lr, fused_multiply_add=fused_multiply_add, backend=backend)
 
     def _hyper(self) -> dict:
-        return {"momentum": self.momentum, "dampening": self.dampening, "nesterov": self.nesterov,
-                "weight_decay": self.weight_decay}
+        return {
+            "momentum": self.momentum,
+            "dampening": self.dampening,
+            "nesterov": self.nesterov,
+            "weight_decay": self.weight_decay,
+        }
 
     def _update_numba(self, p, g, state) -> bool:
         from .._kernels.optim import sgd_update
@@ -364,14 +384,24 @@ class SGD(Optimizer):
         first = "momentum_buffer" not in state
         if self.momentum != 0 and first:
             state["momentum_buffer"] = np.empty_like(p)
-        buf = state.get("momentum_buffer", p)      # p: a placeholder, unused without momentum
+        buf = state.get("momentum_buffer", p)  # p: a placeholder, unused without momentum
         flat = [_flat(a) for a in (p, g, buf)]
         if any(a is None for a in flat):
             if self.momentum != 0 and first:
                 del state["momentum_buffer"]
             return False
-        sgd_update(flat[0], flat[1], flat[2], first, f32(self.weight_decay), f32(self.momentum),
-                   f32(1.0 - self.dampening), self.nesterov, f32(-self.lr), self.fused_multiply_add)
+        sgd_update(
+            flat[0],
+            flat[1],
+            flat[2],
+            first,
+            f32(self.weight_decay),
+            f32(self.momentum),
+            f32(1.0 - self.dampening),
+            self.nesterov,
+            f32(-self.lr),
+            self.fused_multiply_add,
+        )
         return True
 
     def _update_numpy(self, p, g, state) -> None:
@@ -438,21 +468,31 @@ class Adam(Optimizer):
 
     decoupled_weight_decay = False
 
-    def __init__(self, params: dict[str, np.ndarray], lr: float = 1e-3, *, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8, weight_decay: float = 0.0, amsgrad: bool = False, fused_multiply_add: bool = True,
-                 backend: str = "numba"):
+    def __init__(
+        self,
+        params: dict[str, np.ndarray],
+        lr: float = 1e-3,
+        *,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        amsgrad: bool = False,
+        fused_multiply_add: bool = True,
+        backend: str = "numba",
+    ):
         if not isinstance(betas, (tuple, list)) or len(betas) != 2:
             raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")
-        self.betas = (check_real(betas[0], "betas[0]", lo=0, hi=1, hi_open=True),
-                      check_real(betas[1], "betas[1]", lo=0, hi=1, hi_open=True))
+        self.betas = (
+            check_real(betas[0], "betas[0]", lo=0, hi=1, hi_open=True),
+            check_real(betas[1], "betas[1]", lo=0, hi=1, hi_open=True),
+        )
         self.eps = check_real(eps, "eps", lo=0, lo_open=True)
         self.weight_decay = check_real(weight_decay, "weight_decay", lo=0)
         self.amsgrad = check_bool(amsgrad, "amsgrad")
         super().__init__(params, lr, fused_multiply_add=fused_multiply_add, backend=backend)
 
     def _hyper(self) -> dict:
-        return {"betas": self.betas, "eps": self.eps, "weight_decay": self.weight_decay,
-                "amsgrad": self.amsgrad}
+        return {"betas": self.betas, "eps": self.eps, "weight_decay": self.weight_decay, "amsgrad": self.amsgrad}
 
     def _required_state(self) -> tuple:
         return ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if self.amsgrad else ())
@@ -468,7 +508,7 @@ class Adam(Optimizer):
         from .._kernels.optim import adam_update
 
         f32 = np.float32
-        vmax = state.get("max_exp_avg_sq", p)        # p: a placeholder, unused without amsgrad
+        vmax = state.get("max_exp_avg_sq", p)  # p: a placeholder, unused without amsgrad
         flat = [_flat(a) for a in (p, g, state["exp_avg"], state["exp_avg_sq"], vmax)]
         if any(a is None for a in flat):
             return False
@@ -477,12 +517,20 @@ class Adam(Optimizer):
         w = f32(1 - beta1)
         small = abs(w) < 0.5
         decoupled = self.decoupled_weight_decay and wd != 0
-        adam_update(*flat, self.amsgrad,
-                    f32(1 - lr * wd) if decoupled else f32(1),
-                    f32(0) if self.decoupled_weight_decay else f32(wd),
-                    w if small else w - f32(1), not small,
-                    f32(beta2), f32(1 - beta2), f32((1 - beta2 ** t) ** 0.5), f32(self.eps),
-                    f32(-(lr / (1 - beta1 ** t))), self.fused_multiply_add)
+        adam_update(
+            *flat,
+            self.amsgrad,
+            f32(1 - lr * wd) if decoupled else f32(1),
+            f32(0) if self.decoupled_weight_decay else f32(wd),
+            w if small else w - f32(1),
+            not small,
+            f32(beta2),
+            f32(1 - beta2),
+            f32((1 - beta2**t) ** 0.5),
+            f32(self.eps),
+            f32(-(lr / (1 - beta1**t))),
+            self.fused_multiply_add,
+        )
         return True
 
     def _update_numpy(self, p, g, state) -> None:
@@ -495,21 +543,21 @@ class Adam(Optimizer):
             else:
                 g = _muladd(p, f32(self.weight_decay), g, fused)
         m, v = state["exp_avg"], state["exp_avg_sq"]
-        w = f32(1 - beta1)                                   # m.lerp_(g, 1 - beta1)
+        w = f32(1 - beta1)  # m.lerp_(g, 1 - beta1)
         if abs(w) < 0.5:
             m[...] = _muladd(w, g - m, m, fused)
         else:
             m[...] = _muladd(w - f32(1), g - m, g, fused)
-        v *= f32(beta2)                                      # v.mul_(beta2).addcmul_(g, g, 1 - beta2)
+        v *= f32(beta2)  # v.mul_(beta2).addcmul_(g, g, 1 - beta2)
         v[...] = _muladd(f32(1 - beta2) * g, g, v, fused)
         if self.amsgrad:
             np.maximum(state["max_exp_avg_sq"], v, out=state["max_exp_avg_sq"])
             v = state["max_exp_avg_sq"]
-        bias_correction1 = 1 - beta1 ** t
-        bias_correction2 = 1 - beta2 ** t
+        bias_correction1 = 1 - beta1**t
+        bias_correction2 = 1 - beta2**t
         step_size = lr / bias_correction1
-        denom = np.sqrt(v) / f32(bias_correction2 ** 0.5) + f32(self.eps)
-        p += (f32(-step_size) * m) / denom                  # p.addcdiv_(m, denom, value=-step_size)
+        denom = np.sqrt(v) / f32(bias_correction2**0.5) + f32(self.eps)
+        p += (f32(-step_size) * m) / denom  # p.addcdiv_(m, denom, value=-step_size)
 
 
 class AdamW(Adam):
@@ -541,11 +589,28 @@ class AdamW(Adam):
 
     decoupled_weight_decay = True
 
-    def __init__(self, params: dict[str, np.ndarray], lr: float = 1e-3, *, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8, weight_decay: float = 1e-2, amsgrad: bool = False, fused_multiply_add: bool = True,
-                 backend: str = "numba"):
-        super().__init__(params, lr, betas=betas, eps=eps, weight_decay=weight_decay,
-                         amsgrad=amsgrad, fused_multiply_add=fused_multiply_add, backend=backend)
+    def __init__(
+        self,
+        params: dict[str, np.ndarray],
+        lr: float = 1e-3,
+        *,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
+        amsgrad: bool = False,
+        fused_multiply_add: bool = True,
+        backend: str = "numba",
+    ):
+        super().__init__(
+            params,
+            lr,
+            betas=betas,
+            eps=eps,
+            weight_decay=weight_decay,
+            amsgrad=amsgrad,
+            fused_multiply_add=fused_multiply_add,
+            backend=backend,
+        )
 
 
 # ---------------------------------------------------------------------------------------
@@ -626,8 +691,9 @@ class LinearWarmup:
         Keyword-only; the fraction of ``base_lr`` at epoch 0, in (0, 1].
     """
 
-    def __init__(self, warmup_epochs: int, after: Callable[[int, float], float] | None = None, *,
-                 start_factor: float = 1.0 / 3):
+    def __init__(
+        self, warmup_epochs: int, after: Callable[[int, float], float] | None = None, *, start_factor: float = 1.0 / 3
+    ):
         self.warmup_epochs = check_int(warmup_epochs, "warmup_epochs", lo=1)
         if after is not None and not callable(after):
             raise TypeError(f"after must be a schedule (callable(epoch, base_lr)) or None, got {after!r}")

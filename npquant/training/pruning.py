@@ -57,8 +57,7 @@ def weight_names(model: TrainableModel) -> list:
     """
     if not callable(getattr(model, "named_parameters", None)):
         raise TypeError(f"model has no named_parameters(), got {type(model).__name__}")
-    return [n for n, p in model.named_parameters().items()
-            if n.endswith(".weight") and np.ndim(p) in (2, 4)]
+    return [n for n, p in model.named_parameters().items() if n.endswith(".weight") and np.ndim(p) in (2, 4)]
 
 
 def _make_optimizer(params: dict, optimizer: str, lr, options):
@@ -93,8 +92,9 @@ def _check_names(model, spec, what: str) -> list:
         params = model.named_parameters()
         for n in spec:
             if n not in params:
-                raise ValueError(f"{what} names {n!r}, which is not a parameter of the model; "
-                                 f"its weight tensors are {names}")
+                raise ValueError(
+                    f"{what} names {n!r}, which is not a parameter of the model; its weight tensors are {names}"
+                )
         return list(spec)
     if not names:
         raise ValueError("the model has no weight tensors (2-D or 4-D '<layer>.weight' parameters)")
@@ -106,8 +106,9 @@ def _weights(model, names) -> dict:
     return {n: params[n] for n in names}
 
 
-def prune_model(model: TrainableModel, sparsity: float | Mapping[str, float], *, scope: str = "layer",
-                masks: dict | None = None) -> dict:
+def prune_model(
+    model: TrainableModel, sparsity: float | Mapping[str, float], *, scope: str = "layer", masks: dict | None = None
+) -> dict:
     """Magnitude-prune ``model``'s weight tensors in place; return the masks.
 
     Parameters
@@ -172,12 +173,16 @@ class PruneRetrainResult:
 
     def table(self) -> str:
         """The history as a fixed-width text table (accuracies in %)."""
+
         def pct(v):
             return "      -" if v is None else f"{100 * v:6.2f}%"
+
         lines = ["step  sparsity  acc pruned  acc retrained  time s"]
         for r in self.history:
-            lines.append(f"{r['step']:4d}  {100 * r['sparsity']:7.2f}%  {pct(r['accuracy_pruned']):>10s}  "
-                         f"{pct(r['accuracy']):>13s}  {r['time_s']:6.2f}")
+            lines.append(
+                f"{r['step']:4d}  {100 * r['sparsity']:7.2f}%  {pct(r['accuracy_pruned']):>10s}  "
+                f"{pct(r['accuracy']):>13s}  {r['time_s']:6.2f}"
+            )
         return "\n".join(lines)
 
 
@@ -188,13 +193,27 @@ def _sparsities(model, names) -> tuple:
     return sum(zeros.values()) / sum(sizes.values()), {n: zeros[n] / sizes[n] for n in names}
 
 
-def prune_and_retrain(model: TrainableModel, x_train: npt.ArrayLike, y_train: npt.ArrayLike, *,
-                      sparsity: float | Mapping[str, float], steps: int = 1, epochs_per_step: int, scope: str = "layer",
-                      schedule: str = "cubic", lr: float = 1e-3, optimizer: str = "adam",
-                      optimizer_options: dict | None = None, batch_size: int = 32, seed: int = 0,
-                      x_val: npt.ArrayLike | None = None, y_val: npt.ArrayLike | None = None,
-                      lr_schedule: Callable[[int, float], float] | None = None, hooks: Hook | list[Hook] | None = None,
-                      progress: bool = True) -> PruneRetrainResult:
+def prune_and_retrain(
+    model: TrainableModel,
+    x_train: npt.ArrayLike,
+    y_train: npt.ArrayLike,
+    *,
+    sparsity: float | Mapping[str, float],
+    steps: int = 1,
+    epochs_per_step: int,
+    scope: str = "layer",
+    schedule: str = "cubic",
+    lr: float = 1e-3,
+    optimizer: str = "adam",
+    optimizer_options: dict | None = None,
+    batch_size: int = 32,
+    seed: int = 0,
+    x_val: npt.ArrayLike | None = None,
+    y_val: npt.ArrayLike | None = None,
+    lr_schedule: Callable[[int, float], float] | None = None,
+    hooks: Hook | list[Hook] | None = None,
+    progress: bool = True,
+) -> PruneRetrainResult:
     """Prune ``model`` by magnitude in ``steps`` steps to ``sparsity``, retraining after each
     with the pruned weights held at exactly 0 (module docstring).
 
@@ -269,8 +288,19 @@ def prune_and_retrain(model: TrainableModel, x_train: npt.ArrayLike, y_train: np
 
     loss, acc = measure()
     total, layer = _sparsities(model, names)
-    history = [{"step": 0, "target": 0.0, "sparsity": total, "layer_sparsity": layer,
-                "accuracy_pruned": acc, "accuracy": acc, "loss": loss, "time_s": 0.0, "fit": None}]
+    history = [
+        {
+            "step": 0,
+            "target": 0.0,
+            "sparsity": total,
+            "layer_sparsity": layer,
+            "accuracy_pruned": acc,
+            "accuracy": acc,
+            "loss": loss,
+            "time_s": 0.0,
+            "fit": None,
+        }
+    ]
     masks = None
     for i, target in enumerate(targets, start=1):
         t0 = time.perf_counter()
@@ -280,15 +310,33 @@ def prune_and_retrain(model: TrainableModel, x_train: npt.ArrayLike, y_train: np
         if epochs_per_step:
             opt = _make_optimizer(model.named_parameters(), optimizer, lr, optimizer_options)
             opt.set_masks(masks)
-            fit_history = fit(model, None, opt, x_train, y_train, epochs=epochs_per_step,
-                              batch_size=batch_size, seed=seed + i - 1, schedule=lr_schedule,
-                              hooks=hooks, progress=progress)
+            fit_history = fit(
+                model,
+                None,
+                opt,
+                x_train,
+                y_train,
+                epochs=epochs_per_step,
+                batch_size=batch_size,
+                seed=seed + i - 1,
+                schedule=lr_schedule,
+                hooks=hooks,
+                progress=progress,
+            )
         loss, acc = measure()
         total, layer = _sparsities(model, names)
-        history.append({"step": i, "target": target,
-                        "sparsity": total, "layer_sparsity": layer, "accuracy_pruned": acc_pruned,
-                        "accuracy": acc, "loss": loss, "time_s": time.perf_counter() - t0,
-                        "fit": fit_history})
+        history.append(
+            {
+                "step": i,
+                "target": target,
+                "sparsity": total,
+                "layer_sparsity": layer,
+                "accuracy_pruned": acc_pruned,
+                "accuracy": acc,
+                "loss": loss,
+                "time_s": time.perf_counter() - t0,
+                "fit": fit_history,
+            }
+        )
     model.eval()
     return PruneRetrainResult(model=model, masks=masks, history=history)
-

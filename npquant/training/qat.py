@@ -76,8 +76,13 @@ class _QATBase(nn.ChildDicts):
     arrays (``weight``, ``bias``; a batch norm's under ``bn.``) and the learned ranges
     (``weight_fake_quant.scale``, ...), from :class:`npquant.models.nn.ChildDicts`."""
 
-    def __init__(self, name: str, weight_fake_quant: FakeQuantize | LSQFakeQuantize | PACTFakeQuantize | None,
-                 act_fake_quant: FakeQuantize | LSQFakeQuantize | PACTFakeQuantize | None, activation: str | None):
+    def __init__(
+        self,
+        name: str,
+        weight_fake_quant: FakeQuantize | LSQFakeQuantize | PACTFakeQuantize | None,
+        act_fake_quant: FakeQuantize | LSQFakeQuantize | PACTFakeQuantize | None,
+        activation: str | None,
+    ):
         self.name = name
         self.training = False
         self.weight_fake_quant = _check_fq(weight_fake_quant, "weight_fake_quant", False)
@@ -105,8 +110,10 @@ class _QATBase(nn.ChildDicts):
         return self.forward(x)
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}(name={self.name!r}, weight_fake_quant={self.weight_fake_quant!r}, "
-                f"act_fake_quant={self.act_fake_quant!r}, activation={self.activation!r})")
+        return (
+            f"{type(self).__name__}(name={self.name!r}, weight_fake_quant={self.weight_fake_quant!r}, "
+            f"act_fake_quant={self.act_fake_quant!r}, activation={self.activation!r})"
+        )
 
     def train(self, mode: bool = True) -> _QATBase:
         """Training mode for the layer and its fake quants; returns self."""
@@ -195,10 +202,15 @@ class _QATWeighted(_QATBase):
 
     _kind: type = nn.Layer
 
-    def __init__(self, layer: nn.Linear | nn.Conv2d, *,
-                 weight_fake_quant: FakeQuantize | LSQFakeQuantize | PACTFakeQuantize | None = _DEFAULT,
-                 act_fake_quant: FakeQuantize | LSQFakeQuantize | PACTFakeQuantize | None = _DEFAULT,
-                 activation: str | None = None, name: str | None = None):
+    def __init__(
+        self,
+        layer: nn.Linear | nn.Conv2d,
+        *,
+        weight_fake_quant: FakeQuantize | LSQFakeQuantize | PACTFakeQuantize | None = _DEFAULT,
+        act_fake_quant: FakeQuantize | LSQFakeQuantize | PACTFakeQuantize | None = _DEFAULT,
+        activation: str | None = None,
+        name: str | None = None,
+    ):
         if not isinstance(layer, self._kind):
             raise TypeError(f"layer must be an npquant.models.nn.{self._kind.__name__}, got {type(layer).__name__}")
         name = layer.name if name is None else name
@@ -263,8 +275,15 @@ class QATConv2d(_QATWeighted):
 
     @staticmethod
     def _make_op(layer):
-        return nn.Conv2d(layer.weight, layer.bias, stride=layer.stride, padding=layer.padding,
-                         dilation=layer.dilation, groups=layer.groups, name=layer.name)
+        return nn.Conv2d(
+            layer.weight,
+            layer.bias,
+            stride=layer.stride,
+            padding=layer.padding,
+            dilation=layer.dilation,
+            groups=layer.groups,
+            name=layer.name,
+        )
 
 
 class QATConvBn2d(_QATBase):
@@ -295,10 +314,16 @@ class QATConvBn2d(_QATBase):
         The layer's name; ``None`` is ``conv.name``.
     """
 
-    def __init__(self, conv: nn.Conv2d, bn: nn.BatchNorm2d, *,
-                 weight_fake_quant: FakeQuantize | LSQFakeQuantize | PACTFakeQuantize | None = _DEFAULT,
-                 act_fake_quant: FakeQuantize | LSQFakeQuantize | PACTFakeQuantize | None = _DEFAULT,
-                 activation: str | None = None, name: str | None = None):
+    def __init__(
+        self,
+        conv: nn.Conv2d,
+        bn: nn.BatchNorm2d,
+        *,
+        weight_fake_quant: FakeQuantize | LSQFakeQuantize | PACTFakeQuantize | None = _DEFAULT,
+        act_fake_quant: FakeQuantize | LSQFakeQuantize | PACTFakeQuantize | None = _DEFAULT,
+        activation: str | None = None,
+        name: str | None = None,
+    ):
         if not isinstance(conv, nn.Conv2d):
             raise TypeError(f"conv must be an npquant.models.nn.Conv2d, got {type(conv).__name__}")
         if not isinstance(bn, nn.BatchNorm2d):
@@ -310,8 +335,15 @@ class QATConvBn2d(_QATBase):
         super().__init__(name, wfq, afq, activation)
         self.conv = conv
         self.bn = bn
-        self._op = nn.Conv2d(conv.weight, None, stride=conv.stride, padding=conv.padding,
-                             dilation=conv.dilation, groups=conv.groups, name=conv.name)
+        self._op = nn.Conv2d(
+            conv.weight,
+            None,
+            stride=conv.stride,
+            padding=conv.padding,
+            dilation=conv.dilation,
+            groups=conv.groups,
+            name=conv.name,
+        )
         self._cache = None
 
     def _owners(self):
@@ -346,8 +378,9 @@ class QATConvBn2d(_QATBase):
         b0 = np.zeros_like(s) if self.conv.bias is None else self.conv.bias
         bias = ((b0 - self.bn.running_mean) * s + self.bn.bias).astype(np.float32)
         c = self.conv
-        return nn.Conv2d(wq, bias, stride=c.stride, padding=c.padding, dilation=c.dilation,
-                         groups=c.groups, name=c.name)
+        return nn.Conv2d(
+            wq, bias, stride=c.stride, padding=c.padding, dilation=c.dilation, groups=c.groups, name=c.name
+        )
 
     def forward(self, x: npt.ArrayLike) -> np.ndarray:
         if np.any(self.bn.weight == 0):
@@ -388,9 +421,11 @@ class QATConvBn2d(_QATBase):
 def __getattr__(name: str):
     """``ACTIVATIONS``, the first name of :data:`QAT_ACTIVATIONS`: deprecated for one release."""
     if name == "ACTIVATIONS":
-        warnings.warn("npquant.training.qat.ACTIVATIONS is deprecated: it is now QAT_ACTIVATIONS (what a QAT "
-                      "layer fuses; npquant.qnn.ACTIVATIONS are the integer clamps)", DeprecationWarning,
-                      stacklevel=2)
+        warnings.warn(
+            "npquant.training.qat.ACTIVATIONS is deprecated: it is now QAT_ACTIVATIONS (what a QAT "
+            "layer fuses; npquant.qnn.ACTIVATIONS are the integer clamps)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
         return QAT_ACTIVATIONS
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-

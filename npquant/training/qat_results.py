@@ -46,11 +46,24 @@ from .._checks import check_choice, check_int, check_real
 if TYPE_CHECKING:
     from ..models import nn
 
-__all__ = ["BITS", "RANGES_SHOWN", "QATResult", "DEFAULT_EPOCHS", "DEFAULT_LR", "qat_experiment", "reference",
-           "results", "format_results", "recovery"]
+__all__ = [
+    "BITS",
+    "RANGES_SHOWN",
+    "QATResult",
+    "DEFAULT_EPOCHS",
+    "DEFAULT_LR",
+    "qat_experiment",
+    "reference",
+    "results",
+    "format_results",
+    "recovery",
+]
 
-BITS = {"mlp": ((8, 8), (4, 8), (4, 4), (2, 8)), "lenet_300_100": ((8, 8), (4, 8), (4, 4), (2, 8)),
-        "cnn": ((8, 8), (4, 8), (4, 4))}
+BITS = {
+    "mlp": ((8, 8), (4, 8), (4, 4), (2, 8)),
+    "lenet_300_100": ((8, 8), (4, 8), (4, 4), (2, 8)),
+    "cnn": ((8, 8), (4, 8), (4, 4)),
+}
 """The ``(weight_bits, act_bits)`` settings of each reference model (:data:`npquant.app.demo.MODELS`;
 W2A8 for the MLPs only)."""
 
@@ -75,12 +88,12 @@ class QATResult:
     weight_bits: int | None
     act_bits: int | None
     method: str
-    accuracy: float                 # test accuracy of the (integer, except "float") model
+    accuracy: float  # test accuracy of the (integer, except "float") model
     agreement: float | None = None  # integer vs fake-quantized predictions (QAT rows)
     epochs: int = 0
     lr: float | None = None
     time_s: float = 0.0
-    integer_model: object = None    # the npquant.models.convert.IntegerModel (not for "float")
+    integer_model: object = None  # the npquant.models.convert.IntegerModel (not for "float")
 
     @property
     def bits(self) -> str:
@@ -122,10 +135,21 @@ def _accuracy(model, x, y) -> float:
     return float(np.mean(model(x).argmax(1) == y))
 
 
-def qat_experiment(name: str, weight_bits: int, act_bits: int, method: str, *, epochs: int | None = None,
-                   lr: float | None = None, seed: int = 0, mode: str = "tflite",
-                   models_dir: str | os.PathLike | None = None, progress: bool = False,
-                   model: nn.Sequential | None = None, data: dict | None = None) -> QATResult:
+def qat_experiment(
+    name: str,
+    weight_bits: int,
+    act_bits: int,
+    method: str,
+    *,
+    epochs: int | None = None,
+    lr: float | None = None,
+    seed: int = 0,
+    mode: str = "tflite",
+    models_dir: str | os.PathLike | None = None,
+    progress: bool = False,
+    model: nn.Sequential | None = None,
+    data: dict | None = None,
+) -> QATResult:
     """One row of the table: reference model ``name`` at ``W<weight_bits>A<act_bits>`` by
     ``method`` (``"ptq"`` or a range method of :func:`prepare_qat`), converted to the
     integer model with requantization ``mode`` and evaluated on the test images.
@@ -193,8 +217,11 @@ def qat_experiment(name: str, weight_bits: int, act_bits: int, method: str, *, e
         epochs, lr = 0, None
     else:
         epochs = DEFAULT_EPOCHS[name] if epochs is None else check_int(epochs, "epochs", lo=1)
-        lr = (1e-4 if weight_bits == act_bits == 8 else DEFAULT_LR[name]) if lr is None else check_real(
-            lr, "lr", lo=0.0, lo_open=True)
+        lr = (
+            (1e-4 if weight_bits == act_bits == 8 else DEFAULT_LR[name])
+            if lr is None
+            else check_real(lr, "lr", lo=0.0, lo_open=True)
+        )
         q = prepare_qat(model, ranges=method, lsq_init="minmax", pact_init="max", **common)
         # from the middle epoch and for the last quarter; never in the first (nothing observed yet)
         freeze_bn_at, freeze_obs_at = max(epochs // 2 + 1, 2), max((3 * epochs) // 4 + 1, 2)
@@ -205,22 +232,47 @@ def qat_experiment(name: str, weight_bits: int, act_bits: int, method: str, *, e
             if state.epoch >= freeze_obs_at:
                 freeze_observers(state.model)
 
-        fit(q, softmax_cross_entropy, Adam(q.named_parameters(), lr=lr), data["x_train"], data["y_train"],
-            epochs=epochs, batch_size=32, seed=seed, schedule=CosineAnnealingLR(epochs),
-            hooks=Hook(on_epoch_start=on_epoch_start), progress=progress)
+        fit(
+            q,
+            softmax_cross_entropy,
+            Adam(q.named_parameters(), lr=lr),
+            data["x_train"],
+            data["y_train"],
+            epochs=epochs,
+            batch_size=32,
+            seed=seed,
+            schedule=CosineAnnealingLR(epochs),
+            hooks=Hook(on_epoch_start=on_epoch_start),
+            progress=progress,
+        )
     im = convert_qat(q, mode=mode)
     x, y = data["x_test"], data["y_test"]
     pred = im(x).argmax(1)
     agreement = None if method == "ptq" else float(np.mean(pred == q(x).argmax(1)))
-    return QATResult(model=name, weight_bits=weight_bits, act_bits=act_bits, method=method,
-                     accuracy=float(np.mean(pred == y)), agreement=agreement, epochs=epochs, lr=lr,
-                     time_s=time.perf_counter() - t0, integer_model=im)
+    return QATResult(
+        model=name,
+        weight_bits=weight_bits,
+        act_bits=act_bits,
+        method=method,
+        accuracy=float(np.mean(pred == y)),
+        agreement=agreement,
+        epochs=epochs,
+        lr=lr,
+        time_s=time.perf_counter() - t0,
+        integer_model=im,
+    )
 
 
-def results(models: Iterable[str] = tuple(BITS), *, bits: list[tuple[int, int]] | None = None,
-            methods: Iterable[str] = ("ptq", *RANGES_SHOWN), seed: int = 0, mode: str = "tflite",
-            models_dir: str | os.PathLike | None = None,
-            progress: Callable[[str], object] = lambda msg: None) -> list[QATResult]:
+def results(
+    models: Iterable[str] = tuple(BITS),
+    *,
+    bits: list[tuple[int, int]] | None = None,
+    methods: Iterable[str] = ("ptq", *RANGES_SHOWN),
+    seed: int = 0,
+    mode: str = "tflite",
+    models_dir: str | os.PathLike | None = None,
+    progress: Callable[[str], object] = lambda msg: None,
+) -> list[QATResult]:
     """Every row of the table: for each model, the float row, then for each bit setting
     (``bits``: a list of ``(w, a)``, default :data:`BITS` of the model) each of ``methods``.
     ``progress(msg)`` is called before each model and bit setting.
@@ -251,9 +303,16 @@ def results(models: Iterable[str] = tuple(BITS), *, bits: list[tuple[int, int]] 
     for name in models:
         check_choice(name, "models", tuple(BITS))
         model, data = reference(name, models_dir)
-        rows.append(QATResult(model=name, weight_bits=None, act_bits=None, method="float",
-                              accuracy=_accuracy(model, data["x_test"], data["y_test"])))
-        for w, a in (BITS[name] if bits is None else bits):
+        rows.append(
+            QATResult(
+                model=name,
+                weight_bits=None,
+                act_bits=None,
+                method="float",
+                accuracy=_accuracy(model, data["x_test"], data["y_test"]),
+            )
+        )
+        for w, a in BITS[name] if bits is None else bits:
             progress(f"{name} W{w}A{a}: {', '.join(methods)} ...")
             for method in methods:
                 rows.append(qat_experiment(name, w, a, method, seed=seed, mode=mode, model=model, data=data))
@@ -280,16 +339,19 @@ def recovery(rows: list[QATResult], name: str, weight_bits: int, act_bits: int, 
     float or None
         The share.
     """
+
     def acc(m, w=weight_bits, a=act_bits):
-        return next(r.accuracy for r in rows if r.model == name and r.method == m
-                    and (m == "float" or (r.weight_bits, r.act_bits) == (w, a)))
+        return next(
+            r.accuracy
+            for r in rows
+            if r.model == name and r.method == m and (m == "float" or (r.weight_bits, r.act_bits) == (w, a))
+        )
 
     lost = acc("float") - acc("ptq")
     return None if lost <= 0 else (acc(method) - acc("ptq")) / lost
 
 
-_LABEL = {"float": "float32", "ptq": "PTQ min-max", "minmax": "QAT min-max EMA", "lsq": "QAT LSQ",
-          "pact": "QAT PACT"}
+_LABEL = {"float": "float32", "ptq": "PTQ min-max", "minmax": "QAT min-max EMA", "lsq": "QAT LSQ", "pact": "QAT PACT"}
 
 
 def format_results(rows: list[QATResult]) -> str:
@@ -312,11 +374,21 @@ def format_results(rows: list[QATResult]) -> str:
     cells = []
     for r in rows:
         diff = "" if r.method == "float" else f"{100 * (r.accuracy - floats[r.model]):+.2f}"
-        cells.append([r.model, r.bits, _LABEL[r.method], f"{100 * r.accuracy:.2f} %", diff,
-                      "" if r.agreement is None else f"{100 * r.agreement:.1f} %",
-                      str(r.epochs) if r.epochs else "", "" if r.method == "float" else f"{r.time_s:.1f}"])
-    table = format_table(["model", "bits", "method", "test acc", "vs float pp", "int = QAT", "epochs", "s"],
-                         cells, align="lllrrrrr")
+        cells.append(
+            [
+                r.model,
+                r.bits,
+                _LABEL[r.method],
+                f"{100 * r.accuracy:.2f} %",
+                diff,
+                "" if r.agreement is None else f"{100 * r.agreement:.1f} %",
+                str(r.epochs) if r.epochs else "",
+                "" if r.method == "float" else f"{r.time_s:.1f}",
+            ]
+        )
+    table = format_table(
+        ["model", "bits", "method", "test acc", "vs float pp", "int = QAT", "epochs", "s"], cells, align="lllrrrrr"
+    )
     notes = []
     for name in floats:
         have = {(r.weight_bits, r.act_bits, r.method) for r in rows if r.model == name}

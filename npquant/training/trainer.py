@@ -44,8 +44,20 @@ from .._checks import check_bool, check_choice, check_int, check_real
 if TYPE_CHECKING:
     from .optim import Optimizer
 
-__all__ = ["fit", "evaluate", "EarlyStopping", "Hook", "TrainState", "History", "TrainableModel",
-           "torch_default_init", "digits_data", "train_reference", "ReferenceRun", "REFERENCE_TRAINING"]
+__all__ = [
+    "fit",
+    "evaluate",
+    "EarlyStopping",
+    "Hook",
+    "TrainState",
+    "History",
+    "TrainableModel",
+    "torch_default_init",
+    "digits_data",
+    "train_reference",
+    "ReferenceRun",
+    "REFERENCE_TRAINING",
+]
 
 HOOK_EVENTS = ("on_epoch_start", "on_batch_start", "on_step_end", "on_epoch_end")
 
@@ -98,13 +110,17 @@ class History:
 
     def table(self) -> str:
         """The rows as a fixed-width text table."""
+
         def cell(v, fmt):
             return "-" if v is None else format(v, fmt)
+
         lines = ["epoch  train loss  train acc  val loss  val acc        lr   time s"]
         for r in self.rows:
-            lines.append(f"{r['epoch']:5d}  {cell(r['train_loss'], '10.4f')}  {cell(r['train_accuracy'], '9.4f')}  "
-                         f"{cell(r['val_loss'], '8.4f')}  {cell(r['val_accuracy'], '7.4f')}  {r['lr']:8.2e}  "
-                         f"{r['time_s']:7.3f}")
+            lines.append(
+                f"{r['epoch']:5d}  {cell(r['train_loss'], '10.4f')}  {cell(r['train_accuracy'], '9.4f')}  "
+                f"{cell(r['val_loss'], '8.4f')}  {cell(r['val_accuracy'], '7.4f')}  {r['lr']:8.2e}  "
+                f"{r['time_s']:7.3f}"
+            )
         return "\n".join(lines)
 
     def __repr__(self):
@@ -120,10 +136,10 @@ class TrainState:
     model: object
     optimizer: object
     epochs: int
-    batches: int               # batches per epoch
-    epoch: int = 0             # current epoch, from 1
-    batch: int = 0             # batch within the epoch, from 1
-    step: int = 0              # optimizer steps taken so far in this run
+    batches: int  # batches per epoch
+    epoch: int = 0  # current epoch, from 1
+    batch: int = 0  # batch within the epoch, from 1
+    step: int = 0  # optimizer steps taken so far in this run
     x: np.ndarray | None = None
     y: np.ndarray | None = None
     loss: float | None = None  # the loss of the current batch (after the forward pass)
@@ -154,12 +170,20 @@ class Hook:
         batch norm or observers after epoch k, save a checkpoint, set ``state.stop``).
     """
 
-    def __init__(self, *, on_epoch_start: Callable[[TrainState], None] | None = None,
-                 on_batch_start: Callable[[TrainState], None] | None = None,
-                 on_step_end: Callable[[TrainState], None] | None = None,
-                 on_epoch_end: Callable[[TrainState], None] | None = None):
-        for name, fn in (("on_epoch_start", on_epoch_start), ("on_batch_start", on_batch_start),
-                         ("on_step_end", on_step_end), ("on_epoch_end", on_epoch_end)):
+    def __init__(
+        self,
+        *,
+        on_epoch_start: Callable[[TrainState], None] | None = None,
+        on_batch_start: Callable[[TrainState], None] | None = None,
+        on_step_end: Callable[[TrainState], None] | None = None,
+        on_epoch_end: Callable[[TrainState], None] | None = None,
+    ):
+        for name, fn in (
+            ("on_epoch_start", on_epoch_start),
+            ("on_batch_start", on_batch_start),
+            ("on_step_end", on_step_end),
+            ("on_epoch_end", on_epoch_end),
+        ):
             if fn is not None and not callable(fn):
                 raise TypeError(f"{name} must be callable or None, got {fn!r}")
             if fn is not None:
@@ -187,8 +211,9 @@ class EarlyStopping:
         Put back the best epoch's weights when stopping.
     """
 
-    def __init__(self, monitor: str = "val_loss", patience: int = 5, *, min_delta: float = 0.0,
-                 restore_best: bool = True):
+    def __init__(
+        self, monitor: str = "val_loss", patience: int = 5, *, min_delta: float = 0.0, restore_best: bool = True
+    ):
         self.monitor = check_choice(monitor, "monitor", ("val_loss", "val_accuracy"))
         self.patience = check_int(patience, "patience", lo=1)
         self.min_delta = check_real(min_delta, "min_delta", lo=0)
@@ -203,9 +228,9 @@ class EarlyStopping:
 
     def update(self, epoch: int, value: float, model: TrainableModel) -> bool:
         """Record epoch ``epoch``'s metric; return True when the run should stop."""
-        better = (self.best is None or
-                  (value < self.best - self.min_delta if self.monitor == "val_loss"
-                   else value > self.best + self.min_delta))
+        better = self.best is None or (
+            value < self.best - self.min_delta if self.monitor == "val_loss" else value > self.best + self.min_delta
+        )
         if better:
             self.best, self.best_epoch, self.wait = value, epoch, 0
             if self.restore_best:
@@ -215,8 +240,10 @@ class EarlyStopping:
         return self.wait >= self.patience
 
     def __repr__(self):
-        return (f"EarlyStopping(monitor={self.monitor!r}, patience={self.patience}, "
-                f"min_delta={self.min_delta}, restore_best={self.restore_best})")
+        return (
+            f"EarlyStopping(monitor={self.monitor!r}, patience={self.patience}, "
+            f"min_delta={self.min_delta}, restore_best={self.restore_best})"
+        )
 
 
 def _snapshot(model) -> dict:
@@ -236,7 +263,7 @@ def _restore(model, snapshot: dict) -> None:
         return
     if callable(getattr(model, "load_state_dict", None)):
         model.load_state_dict({k: np.array(v, copy=True) for k, v in snapshot.items()})
-        for k, a in model.named_parameters().items():   # in case it replaced the arrays
+        for k, a in model.named_parameters().items():  # in case it replaced the arrays
             if a is not live[k]:
                 np.copyto(live[k], a)
         return
@@ -258,16 +285,16 @@ def _data(x, y, xname: str, yname: str):
         raise ValueError(f"{xname} contains NaN or infinity")
     y = np.asarray(y)
     if y.dtype.kind not in "iu" or y.shape != (len(x),):
-        raise ValueError(f"{yname} must be integer class labels of shape ({len(x)},), got "
-                         f"dtype {y.dtype} shape {y.shape}")
+        raise ValueError(
+            f"{yname} must be integer class labels of shape ({len(x)},), got dtype {y.dtype} shape {y.shape}"
+        )
     return x.astype(np.float32, copy=False), y.astype(np.int64, copy=False)
 
 
 def _check_model(model) -> None:
     for attr in ("train", "eval", "zero_grad", "backward", "named_grads", "named_parameters"):
         if not callable(getattr(model, attr, None)):
-            raise TypeError(f"model has no {attr}(): fit needs a trainable model "
-                            "(the contract of npquant.training)")
+            raise TypeError(f"model has no {attr}(): fit needs a trainable model (the contract of npquant.training)")
     if not callable(model):
         raise TypeError("model is not callable: model(x) must return the logits")
 
@@ -291,8 +318,10 @@ def _call(hooks, event: str, state: TrainState) -> None:
 
 
 def _where(state: TrainState) -> str:
-    return (f"epoch {state.epoch} of {state.epochs}, step {state.batch} of {state.batches} "
-            f"(optimizer step {state.step + 1})")
+    return (
+        f"epoch {state.epoch} of {state.epochs}, step {state.batch} of {state.batches} "
+        f"(optimizer step {state.step + 1})"
+    )
 
 
 def _diverged(e: ValueError, state: TrainState) -> None:
@@ -304,15 +333,21 @@ def _diverged(e: ValueError, state: TrainState) -> None:
 
 def _default_loss():
     from .losses import softmax_cross_entropy
+
     return softmax_cross_entropy
 
 
 # ---------------------------------------------------------------------------------------
 # evaluate and fit
 # ---------------------------------------------------------------------------------------
-def evaluate(model: TrainableModel, x: npt.ArrayLike, y: npt.ArrayLike, *, batch_size: int = 256,
-             loss_fn: Callable[[np.ndarray, np.ndarray], tuple[float, np.ndarray]] | None = None
-             ) -> tuple[float, float]:
+def evaluate(
+    model: TrainableModel,
+    x: npt.ArrayLike,
+    y: npt.ArrayLike,
+    *,
+    batch_size: int = 256,
+    loss_fn: Callable[[np.ndarray, np.ndarray], tuple[float, np.ndarray]] | None = None,
+) -> tuple[float, float]:
     """``(loss, accuracy)`` of ``model`` on ``(x, y)`` in eval mode.
 
     The loss is the mean over all samples of ``loss_fn`` (default
@@ -350,21 +385,33 @@ def evaluate(model: TrainableModel, x: npt.ArrayLike, y: npt.ArrayLike, *, batch
     total, correct = 0.0, 0
     try:
         for s in range(0, len(x), batch_size):
-            logits = model(x[s:s + batch_size])
-            loss, _ = loss_fn(logits, y[s:s + batch_size])
+            logits = model(x[s : s + batch_size])
+            loss, _ = loss_fn(logits, y[s : s + batch_size])
             total += float(loss) * len(logits)
-            correct += int((np.argmax(logits, axis=1) == y[s:s + batch_size]).sum())
+            correct += int((np.argmax(logits, axis=1) == y[s : s + batch_size]).sum())
     finally:
         if was_training:
             model.train()
     return total / len(x), correct / len(x)
 
 
-def fit(model: TrainableModel, loss_fn: Callable[[np.ndarray, np.ndarray], tuple[float, np.ndarray]] | None,
-        optimizer: Optimizer, x_train: npt.ArrayLike, y_train: npt.ArrayLike, *, epochs: int, batch_size: int,
-        seed: int, x_val: npt.ArrayLike | None = None, y_val: npt.ArrayLike | None = None,
-        schedule: Callable[[int, float], float] | None = None, early_stopping: EarlyStopping | None = None,
-        hooks: Hook | list[Hook] | None = None, progress: bool = True) -> History:
+def fit(
+    model: TrainableModel,
+    loss_fn: Callable[[np.ndarray, np.ndarray], tuple[float, np.ndarray]] | None,
+    optimizer: Optimizer,
+    x_train: npt.ArrayLike,
+    y_train: npt.ArrayLike,
+    *,
+    epochs: int,
+    batch_size: int,
+    seed: int,
+    x_val: npt.ArrayLike | None = None,
+    y_val: npt.ArrayLike | None = None,
+    schedule: Callable[[int, float], float] | None = None,
+    early_stopping: EarlyStopping | None = None,
+    hooks: Hook | list[Hook] | None = None,
+    progress: bool = True,
+) -> History:
     """Train ``model`` with mini-batches; return the :class:`History`.
 
     Parameters
@@ -449,8 +496,15 @@ def fit(model: TrainableModel, loss_fn: Callable[[np.ndarray, np.ndarray], tuple
     base_lr = optimizer.lr
     history = History()
     state = TrainState(model=model, optimizer=optimizer, epochs=epochs, batches=batches, history=history)
-    bar = tqdm(total=epochs * batches, desc="fit", unit="step", file=sys.stderr, disable=not progress,
-               delay=1.0, dynamic_ncols=True)
+    bar = tqdm(
+        total=epochs * batches,
+        desc="fit",
+        unit="step",
+        file=sys.stderr,
+        disable=not progress,
+        delay=1.0,
+        dynamic_ncols=True,
+    )
     try:
         for epoch in range(1, epochs + 1):
             if schedule is not None:
@@ -462,7 +516,7 @@ def fit(model: TrainableModel, loss_fn: Callable[[np.ndarray, np.ndarray], tuple
             loss_sum, correct = 0.0, 0
             t0 = time.perf_counter()
             for b in range(batches):
-                idx = order[b * batch_size:(b + 1) * batch_size]
+                idx = order[b * batch_size : (b + 1) * batch_size]
                 state.batch, state.x, state.y, state.loss = b + 1, x_train[idx], y_train[idx], None
                 _call(hooks, "on_batch_start", state)
                 model.zero_grad()
@@ -474,8 +528,10 @@ def fit(model: TrainableModel, loss_fn: Callable[[np.ndarray, np.ndarray], tuple
                     raise
                 state.loss = loss = float(loss)
                 if not math.isfinite(loss):
-                    raise FloatingPointError(f"the loss is {loss} at {_where(state)}; lower the learning "
-                                             f"rate (lr={optimizer.lr!r}) or check the data")
+                    raise FloatingPointError(
+                        f"the loss is {loss} at {_where(state)}; lower the learning "
+                        f"rate (lr={optimizer.lr!r}) or check the data"
+                    )
                 model.backward(grad)
                 try:
                     optimizer.step(model.named_grads())
@@ -487,15 +543,25 @@ def fit(model: TrainableModel, loss_fn: Callable[[np.ndarray, np.ndarray], tuple
                 correct += int((np.argmax(logits, axis=1) == state.y).sum())
                 _call(hooks, "on_step_end", state)
                 bar.update(1)
-            row = {"epoch": epoch, "train_loss": loss_sum / n, "train_accuracy": correct / n,
-                   "val_loss": None, "val_accuracy": None, "lr": optimizer.lr,
-                   "time_s": time.perf_counter() - t0}
+            row = {
+                "epoch": epoch,
+                "train_loss": loss_sum / n,
+                "train_accuracy": correct / n,
+                "val_loss": None,
+                "val_accuracy": None,
+                "lr": optimizer.lr,
+                "time_s": time.perf_counter() - t0,
+            }
             state.x = state.y = None
             if x_val is not None:
                 row["val_loss"], row["val_accuracy"] = evaluate(model, x_val, y_val, loss_fn=loss_fn)
             history.rows.append(row)
-            bar.set_postfix(epoch=epoch, loss=f"{row['train_loss']:.4f}", acc=f"{row['train_accuracy']:.4f}",
-                            **({} if x_val is None else {"val_acc": f"{row['val_accuracy']:.4f}"}))
+            bar.set_postfix(
+                epoch=epoch,
+                loss=f"{row['train_loss']:.4f}",
+                acc=f"{row['train_accuracy']:.4f}",
+                **({} if x_val is None else {"val_acc": f"{row['val_accuracy']:.4f}"}),
+            )
             _call(hooks, "on_epoch_end", state)
             if early_stopping is not None and early_stopping.update(epoch, row[early_stopping.monitor], model):
                 history.stopped_early = True
@@ -605,13 +671,21 @@ class ReferenceRun:
     model: object
     history: History
     test_accuracy: float
-    torch_test_accuracy: float   # the accuracy PyTorch reached (the bundled file's __meta__)
+    torch_test_accuracy: float  # the accuracy PyTorch reached (the bundled file's __meta__)
     train_time_s: float
     seed: int
 
 
-def train_reference(name: str, *, seed: int = 0, epochs: int = 60, batch_size: int = 32, lr: float | None = None,
-                    progress: bool = True, models_dir: str | os.PathLike | None = None) -> ReferenceRun:
+def train_reference(
+    name: str,
+    *,
+    seed: int = 0,
+    epochs: int = 60,
+    batch_size: int = 32,
+    lr: float | None = None,
+    progress: bool = True,
+    models_dir: str | os.PathLike | None = None,
+) -> ReferenceRun:
     """Train the architecture of reference model ``name`` (``mlp``, ``lenet_300_100``,
     ``cnn``) from scratch in NumPy, as ``reference_models/export.py`` trains it in PyTorch:
     PyTorch's default initialization (:func:`torch_default_init`, seeded with ``seed``),
@@ -660,13 +734,28 @@ def train_reference(name: str, *, seed: int = 0, epochs: int = 60, batch_size: i
     data = digits_data(ref.arch, models_dir)
     opt = Adam(model.named_parameters(), lr=REFERENCE_TRAINING[name]["lr"] if lr is None else lr)
     t0 = time.perf_counter()
-    history = fit(model, softmax_cross_entropy, opt, data["x_train"], data["y_train"], epochs=epochs,
-                  batch_size=batch_size, seed=seed + 1, progress=progress)
+    history = fit(
+        model,
+        softmax_cross_entropy,
+        opt,
+        data["x_train"],
+        data["y_train"],
+        epochs=epochs,
+        batch_size=batch_size,
+        seed=seed + 1,
+        progress=progress,
+    )
     train_time = time.perf_counter() - t0
     _, acc = evaluate(model, data["x_test"], data["y_test"])
-    return ReferenceRun(name=name, model=model, history=history, test_accuracy=acc,
-                        torch_test_accuracy=float(ref.meta["test_accuracy"]), train_time_s=train_time,
-                        seed=seed)
+    return ReferenceRun(
+        name=name,
+        model=model,
+        history=history,
+        test_accuracy=acc,
+        torch_test_accuracy=float(ref.meta["test_accuracy"]),
+        train_time_s=train_time,
+        seed=seed,
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -690,14 +779,19 @@ def main(argv: list[str] | None = None) -> None:
         if n not in REFERENCE_TRAINING:
             ap.error(f"{n!r} is not one of {', '.join(REFERENCE_TRAINING)}")
     names = args.names or list(REFERENCE_TRAINING)
-    print(f"{'model':15s} {'seed':>4s} {'npquant acc':>11s} {'PyTorch acc':>11s} {'diff pp':>8s} "
-          f"{'train s':>8s} {'s/epoch':>8s}")
+    print(
+        f"{'model':15s} {'seed':>4s} {'npquant acc':>11s} {'PyTorch acc':>11s} {'diff pp':>8s} "
+        f"{'train s':>8s} {'s/epoch':>8s}"
+    )
     for name in names:
         for seed in seeds:
             r = train_reference(name, seed=seed, epochs=args.epochs, progress=False)
             d = 100 * (r.test_accuracy - r.torch_test_accuracy)
-            print(f"{name:15s} {seed:4d} {100 * r.test_accuracy:10.2f}% {100 * r.torch_test_accuracy:10.2f}% "
-                  f"{d:+8.2f} {r.train_time_s:8.1f} {r.train_time_s / args.epochs:8.3f}", flush=True)
+            print(
+                f"{name:15s} {seed:4d} {100 * r.test_accuracy:10.2f}% {100 * r.torch_test_accuracy:10.2f}% "
+                f"{d:+8.2f} {r.train_time_s:8.1f} {r.train_time_s / args.epochs:8.3f}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":
